@@ -1,0 +1,5 @@
+import sys
+
+from guestagent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The host root prefix and validated readers for sysfs and procfs text.
+
+Every path under /sys, /proc, /dev and /run that guestagent touches goes through a :class:`HostFS`,
+so the whole agent runs unchanged on a fixture tree (``--root DIR`` or ``GUESTAGENT_ROOT``).
+Readers return typed values or raise :class:`~guestagent.errors.InputError` naming the file and
+the offending text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from guestagent.errors import InputError, MissingInputError
+
+ROOT_ENV = "GUESTAGENT_ROOT"
+
+#: No sysfs or procfs file the agent reads is anywhere near this size; a bigger one is garbage.
+MAX_READ_BYTES = 1 << 20
+
+#: Largest CPU or node number accepted from text (Linux NR_CPUS tops out at 8192).
+MAX_CPU_ID = 8191
+
+_UNIT_FACTORS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 * 1024, "GB": 1024 * 1024 * 1024}
+_MEMINFO_LINE = re.compile(r"^(?:Node\s+(\d+)\s+)?([A-Za-z0-9_()]+):\s+(\d+)(?:\s+([kKmMgG]?B))?\s*$")
+
+
+class HostFS:
+    """A view of the host's pseudo file systems below one root directory."""
+
+    def __init__(self, root: str = "/") -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def from_env(cls, root: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> HostFS:
+        """The root given on the command line, else ``GUESTAGENT_ROOT``, else ``/``."""
+        env = os.environ if environ is None else environ
+        return cls(root or env.get(ROOT_ENV) or "/")
+
+    @property
+    def is_real_host(self) -> bool:
+        return self.root == Path("/")
+
+    def path(self, host_path: str) -> Path:
+        """The real location of an absolute host path such as ``/sys/devices/system/node``."""
+        if not host_path.startswith("/"):
+            raise ValueError(f"host paths are absolute, got {host_path!r}")
+        return self.root / host_path.lstrip("/")
+
+    def exists(self, host_path: str) -> bool:
+        return self.path(host_path).exists()
+
+    def listdir(self, host_path: str) -> List[str]:
+        """Entry names of a directory, sorted; an absent directory raises MissingInputError."""
+        try:
+            return sorted(os.listdir(self.path(host_path)))
+        except FileNotFoundError:
+            raise MissingInputError(host_path) from None
+        except NotADirectoryError:
+            raise InputError(host_path, "is not a directory") from None
+        except PermissionError:
+            raise InputError(host_path, "permission denied") from None
+
+    def read_text(self, host_path: str) -> str:
+        """The whole file as ASCII text; a missing, unreadable, oversized or binary file raises."""
+        try:
+            with open(self.path(host_path), "rb") as f:
+                data = f.read(MAX_READ_BYTES + 1)
+        except FileNotFoundError:
+            raise MissingInputError(host_path) from None
+        except IsADirectoryError:
+            raise InputError(host_path, "is a directory, expected a file") from None
+        except PermissionError:
+            raise InputError(host_path, "permission denied") from None
+        except OSError as e:
+            raise InputError(host_path, f"read failed: {e.strerror or e}") from None
+        if len(data) > MAX_READ_BYTES:
+            raise InputError(host_path, f"larger than {MAX_READ_BYTES} bytes")
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError:
+            raise InputError(host_path, "not ASCII text", data[:40]) from None
+        if "\0" in text:
+            raise InputError(host_path, "contains a NUL byte", data[:40])
+        return text
+
+    def read_int(
+        self, host_path: str, minimum: Optional[int] = None, maximum: Optional[int] = None
+    ) -> int:
+        return parse_int(self.read_text(host_path), host_path, minimum, maximum)
+
+    def read_cpulist(self, host_path: str) -> List[int]:
+        return parse_cpulist(self.read_text(host_path), host_path)
+
+    def read_meminfo(self, host_path: str) -> Dict[str, int]:
+        return parse_meminfo(self.read_text(host_path), host_path)
+
+    def write_text(self, host_path: str, value: str) -> None:
+        """Write one value to a sysfs or procfs file (no create, no truncate semantics needed)."""
+        with open(self.path(host_path), "w") as f:
+            f.write(value)
+
+
+def parse_int(
+    text: str, source: str, minimum: Optional[int] = None, maximum: Optional[int] = None
+) -> int:
+    """A single decimal integer, optionally bounded."""
+    stripped = text.strip()
+    if not re.fullmatch(r"-?\d{1,20}", stripped):
+        raise InputError(source, "expected an integer", text)
+    value = int(stripped)
+    if minimum is not None and value < minimum:
+        raise InputError(source, f"below the minimum {minimum}", text)
+    if maximum is not None and value > maximum:
+        raise InputError(source, f"above the maximum {maximum}", text)
+    return value
+
+
+def parse_cpulist(text: str, source: str, maximum: int = MAX_CPU_ID) -> List[int]:
+    """A Linux cpulist such as ``0-3,8,10-11`` (also used for node lists); empty means none."""
+    stripped = text.strip()
+    if not stripped:
+        return []
+    ids: set[int] = set()
+    for part in stripped.split(","):
+        m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", part)
+        if m is None:
+            raise InputError(source, "expected a CPU list like 0-3,8", text)
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) is not None else first
+        if last < first:
+            raise InputError(source, f"range {part} runs backwards", text)
+        if last > maximum:
+            raise InputError(source, f"id {last} exceeds {maximum}", text)
+        ids.update(range(first, last + 1))
+    return sorted(ids)
+
+
+def format_cpulist(ids: List[int]) -> str:
+    """The inverse of :func:`parse_cpulist`: ``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    parts: List[str] = []
+    ordered = sorted(set(ids))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def parse_meminfo(text: str, source: str) -> Dict[str, int]:
+    """``/proc/meminfo`` or a node's ``meminfo``: key -> value, sizes converted to bytes.
+
+    Keys without a unit (HugePages_Total, ...) keep their plain count. A file with no valid line, or
+    a malformed line, raises.
+    """
+    values: Dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _MEMINFO_LINE.match(line)
+        if m is None:
+            raise InputError(f"{source} line {lineno}", "expected 'Key: number [kB]'", line)
+        unit = (m.group(4) or "").upper()
+        values[m.group(2)] = int(m.group(3)) * _UNIT_FACTORS[unit]
+    if not values:
+        raise InputError(source, "no meminfo lines", text)
+    return values
