@@ -1,0 +1,1 @@
+"""The Xen layer: hypercalls through privcmd, xenstore, hypervisor detection."""
