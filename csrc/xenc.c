@@ -1,0 +1,208 @@
+/*
+ * guestagent's doorway to the kernel: privcmd hypercalls and their buffers, and framed xenstore
+ * messages over the xenbus device or the xenstored socket. No policy lives here; every function
+ * returns 0 (or a count) on success and a negative errno on failure, and Python turns that into
+ * an exception that names the operation.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "guestagent_xen.h"
+
+/*
+ * IOCTL_PRIVCMD_HYPERCALL. The kernel returns the hypercall's long result; glibc's ioctl()
+ * returns int, so go through syscall() to keep positive results above 2^31 intact
+ * (reference 1.2). The argument struct is copied by the kernel and need not be locked; what it
+ * points to must live in a hypercall buffer (ga_buffer_alloc).
+ */
+int ga_hypercall(int fd, uint64_t op, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3,
+                 uint64_t a4, long *result)
+{
+    struct ga_privcmd_hypercall call = { op, { a0, a1, a2, a3, a4 } };
+    long rc;
+
+    do {
+        rc = syscall(SYS_ioctl, fd, (unsigned long)GA_IOCTL_PRIVCMD_HYPERCALL, &call);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0)
+        return -errno;
+    *result = rc;
+    return 0;
+}
+
+/*
+ * Memory a hypercall may read and write: Xen cannot take a page fault in the guest, so it must be
+ * resident and never copy-on-write broken. With /dev/xen/hypercall (buf_fd >= 0) the kernel hands
+ * out pre-populated pages; without it, locked anonymous memory kept out of children on fork and
+ * touched page by page (what libxencall does, reference 1.4).
+ */
+void *ga_buffer_alloc(int buf_fd, size_t npages, int *err)
+{
+    size_t size = npages * GA_PAGE_SIZE;
+    void *p;
+
+    *err = 0;
+    if (npages == 0) {
+        *err = EINVAL;
+        return NULL;
+    }
+    if (buf_fd >= 0) {
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, buf_fd, 0);
+        if (p == MAP_FAILED) {
+            *err = errno;
+            return NULL;
+        }
+        return p;
+    }
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED, -1, 0);
+    if (p == MAP_FAILED) {
+        *err = errno;
+        return NULL;
+    }
+    if (madvise(p, size, MADV_DONTFORK) < 0) {
+        *err = errno;
+        munmap(p, size);
+        return NULL;
+    }
+    for (size_t i = 0; i < npages; i++)
+        ((volatile uint8_t *)p)[i * GA_PAGE_SIZE] = 0;
+    return p;
+}
+
+int ga_buffer_free(void *addr, size_t npages, int from_device)
+{
+    size_t size = npages * GA_PAGE_SIZE;
+
+    if (!from_device)
+        madvise(addr, size, MADV_DOFORK);
+    if (munmap(addr, size) < 0)
+        return -errno;
+    return 0;
+}
+
+/* ---- xenstore framing ---- */
+
+static long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait until fd is readable; timeout_ms < 0 waits forever. Returns 1, 0 on timeout, or -errno. */
+static int wait_readable(int fd, int timeout_ms)
+{
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    long deadline = timeout_ms < 0 ? 0 : now_ms() + timeout_ms;
+
+    for (;;) {
+        int left = timeout_ms < 0 ? -1 : (int)(deadline - now_ms());
+        int rc;
+
+        if (timeout_ms >= 0 && left < 0)
+            left = 0;
+        rc = poll(&pfd, 1, left);
+        if (rc > 0)
+            return 1;
+        if (rc == 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+/* Read exactly len bytes, waiting at most timeout_ms for each chunk. */
+static int read_exact(int fd, uint8_t *buf, size_t len, int timeout_ms)
+{
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t n;
+        int rc = wait_readable(fd, timeout_ms);
+
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return -ETIMEDOUT;
+        n = read(fd, buf + got, len - got);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EPIPE;
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+/*
+ * Send one message, header and payload in a single write where possible: the xenbus device
+ * assembles a message from consecutive writes, a socket may accept it in parts.
+ */
+int ga_xs_send(int fd, uint32_t type, uint32_t req_id, uint32_t tx_id,
+               const uint8_t *payload, uint32_t len)
+{
+    uint8_t frame[sizeof(struct ga_xsd_sockmsg) + GA_XENSTORE_PAYLOAD_MAX];
+    struct ga_xsd_sockmsg hdr = { type, req_id, tx_id, len };
+    size_t total = sizeof(hdr) + len, sent = 0;
+
+    if (len > GA_XENSTORE_PAYLOAD_MAX)
+        return -E2BIG;
+    memcpy(frame, &hdr, sizeof(hdr));
+    if (len)
+        memcpy(frame + sizeof(hdr), payload, len);
+    while (sent < total) {
+        ssize_t n = write(fd, frame + sent, total - sent);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        sent += (size_t)n;
+    }
+    return 0;
+}
+
+/*
+ * Receive one message. Waits up to first_byte_timeout_ms (< 0: forever) for a message to start,
+ * -ETIMEDOUT if none did; once a header has started, the rest must arrive within
+ * message_timeout_ms per chunk or the stream is out of step (-EPROTO: the caller must drop the
+ * connection). A header announcing more than cap bytes gives -EMSGSIZE with *hdr filled in.
+ * Returns the payload length.
+ */
+int ga_xs_recv(int fd, struct ga_xsd_sockmsg *hdr, uint8_t *payload, uint32_t cap,
+               int first_byte_timeout_ms, int message_timeout_ms)
+{
+    int rc = wait_readable(fd, first_byte_timeout_ms);
+
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return -ETIMEDOUT;
+    rc = read_exact(fd, (uint8_t *)hdr, sizeof(*hdr), message_timeout_ms);
+    if (rc == -ETIMEDOUT)
+        return -EPROTO;
+    if (rc < 0)
+        return rc;
+    if (hdr->len > cap)
+        return -EMSGSIZE;
+    rc = read_exact(fd, payload, hdr->len, message_timeout_ms);
+    if (rc == -ETIMEDOUT)
+        return -EPROTO;
+    if (rc < 0)
+        return rc;
+    return (int)hdr->len;
+}
