@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Callable, List, Optional, Sequence
+from typing import Callable
 
 from guestagent import __version__
 from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 
 #: Modules that contribute sub-commands, in the order they appear in ``--help``.
-COMMAND_MODULES = (
-    "guestagent.topology.commands",
-)
+COMMAND_MODULES = ("guestagent.topology.commands",)
 
 
 @dataclass
@@ -52,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Optional[Handler] = getattr(args, "func", None)
+    handler: Handler | None = getattr(args, "func", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
@@ -74,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
 
-def run(argv: List[str]) -> int:  # pragma: no cover - convenience for python -m
+def run(argv: list[str]) -> int:  # pragma: no cover - convenience for python -m
     return main(argv)
 
 

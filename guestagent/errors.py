@@ -7,8 +7,6 @@ line instead of a traceback.
 
 from __future__ import annotations
 
-from typing import Optional
-
 _MAX_VALUE_CHARS = 80
 
 
@@ -28,7 +26,7 @@ class GuestAgentError(Exception):
 class InputError(GuestAgentError):
     """A value read from the host (sysfs, procfs, hypercall, xenstore, config) is unusable."""
 
-    def __init__(self, source: str, reason: str, value: Optional[object] = None) -> None:
+    def __init__(self, source: str, reason: str, value: object | None = None) -> None:
         self.source = source
         self.reason = reason
         self.value = value

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
 
 from guestagent.errors import InputError, MissingInputError
 
@@ -24,7 +24,9 @@ MAX_READ_BYTES = 1 << 20
 MAX_CPU_ID = 8191
 
 _UNIT_FACTORS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 * 1024, "GB": 1024 * 1024 * 1024}
-_MEMINFO_LINE = re.compile(r"^(?:Node\s+(\d+)\s+)?([A-Za-z0-9_()]+):\s+(\d+)(?:\s+([kKmMgG]?B))?\s*$")
+_MEMINFO_LINE = re.compile(
+    r"^(?:Node\s+(\d+)\s+)?([A-Za-z0-9_()]+):\s+(\d+)(?:\s+([kKmMgG]?B))?\s*$"
+)
 
 
 class HostFS:
@@ -34,7 +36,7 @@ class HostFS:
         self.root = Path(root)
 
     @classmethod
-    def from_env(cls, root: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> HostFS:
+    def from_env(cls, root: str | None = None, environ: Mapping[str, str] | None = None) -> HostFS:
         """The root given on the command line, else ``GUESTAGENT_ROOT``, else ``/``."""
         env = os.environ if environ is None else environ
         return cls(root or env.get(ROOT_ENV) or "/")
@@ -52,7 +54,7 @@ class HostFS:
     def exists(self, host_path: str) -> bool:
         return self.path(host_path).exists()
 
-    def listdir(self, host_path: str) -> List[str]:
+    def listdir(self, host_path: str) -> list[str]:
         """Entry names of a directory, sorted; an absent directory raises MissingInputError."""
         try:
             return sorted(os.listdir(self.path(host_path)))
@@ -87,14 +89,14 @@ class HostFS:
         return text
 
     def read_int(
-        self, host_path: str, minimum: Optional[int] = None, maximum: Optional[int] = None
+        self, host_path: str, minimum: int | None = None, maximum: int | None = None
     ) -> int:
         return parse_int(self.read_text(host_path), host_path, minimum, maximum)
 
-    def read_cpulist(self, host_path: str) -> List[int]:
+    def read_cpulist(self, host_path: str) -> list[int]:
         return parse_cpulist(self.read_text(host_path), host_path)
 
-    def read_meminfo(self, host_path: str) -> Dict[str, int]:
+    def read_meminfo(self, host_path: str) -> dict[str, int]:
         return parse_meminfo(self.read_text(host_path), host_path)
 
     def write_text(self, host_path: str, value: str) -> None:
@@ -104,7 +106,7 @@ class HostFS:
 
 
 def parse_int(
-    text: str, source: str, minimum: Optional[int] = None, maximum: Optional[int] = None
+    text: str, source: str, minimum: int | None = None, maximum: int | None = None
 ) -> int:
     """A single decimal integer, optionally bounded."""
     stripped = text.strip()
@@ -118,7 +120,7 @@ def parse_int(
     return value
 
 
-def parse_cpulist(text: str, source: str, maximum: int = MAX_CPU_ID) -> List[int]:
+def parse_cpulist(text: str, source: str, maximum: int = MAX_CPU_ID) -> list[int]:
     """A Linux cpulist such as ``0-3,8,10-11`` (also used for node lists); empty means none."""
     stripped = text.strip()
     if not stripped:
@@ -138,9 +140,9 @@ def parse_cpulist(text: str, source: str, maximum: int = MAX_CPU_ID) -> List[int
     return sorted(ids)
 
 
-def format_cpulist(ids: List[int]) -> str:
+def format_cpulist(ids: list[int]) -> str:
     """The inverse of :func:`parse_cpulist`: ``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
-    parts: List[str] = []
+    parts: list[str] = []
     ordered = sorted(set(ids))
     i = 0
     while i < len(ordered):
@@ -152,13 +154,13 @@ def format_cpulist(ids: List[int]) -> str:
     return ",".join(parts)
 
 
-def parse_meminfo(text: str, source: str) -> Dict[str, int]:
+def parse_meminfo(text: str, source: str) -> dict[str, int]:
     """``/proc/meminfo`` or a node's ``meminfo``: key -> value, sizes converted to bytes.
 
     Keys without a unit (HugePages_Total, ...) keep their plain count. A file with no valid line, or
     a malformed line, raises.
     """
-    values: Dict[str, int] = {}
+    values: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

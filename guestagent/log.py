@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Optional
+from typing import Any
 
 _configured = False
 
 
-def configure(level: str = "info", json: bool = False, stream: Optional[Any] = None) -> None:
+def configure(level: str = "info", json: bool = False, stream: Any | None = None) -> None:
     """Set up structlog once for the process: key=value (default) or JSON lines on stderr."""
     global _configured
     import structlog

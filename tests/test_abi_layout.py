@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ lib: Any = _xenc.lib
 XEN_INCLUDE = Path("/usr/include/xen/memory.h")
 
 # (our struct, Xen's struct, compilation unit)
-STRUCTS: List[Tuple[str, str, str]] = [
+STRUCTS: list[tuple[str, str, str]] = [
     ("ga_privcmd_hypercall", "privcmd_hypercall", "tools"),
     ("ga_xen_vmemrange", "xen_vmemrange", "tools"),
     ("ga_xen_vnuma_topology_info", "xen_vnuma_topology_info", "tools"),
@@ -40,7 +41,7 @@ STRUCTS: List[Tuple[str, str, str]] = [
 ]
 
 # our constant -> Xen's expression, compilation unit
-CONSTANTS: List[Tuple[str, str, str]] = [
+CONSTANTS: list[tuple[str, str, str]] = [
     ("GA_IOCTL_PRIVCMD_HYPERCALL", "IOCTL_PRIVCMD_HYPERCALL", "tools"),
     ("GA_HYPERVISOR_memory_op", "__HYPERVISOR_memory_op", "tools"),
     ("GA_HYPERVISOR_xen_version", "__HYPERVISOR_xen_version", "tools"),
@@ -83,7 +84,7 @@ PRELUDE = {
 }
 
 
-def member_paths(ctype: Any, prefix: str = "") -> Iterator[Tuple[str, int, int]]:
+def member_paths(ctype: Any, prefix: str = "") -> Iterator[tuple[str, int, int]]:
     """(member path, offset, size) for every member of a cffi struct, descending into nested
     structs and unions (arrays are compared whole)."""
     for name, field in ctype.fields:
@@ -94,9 +95,9 @@ def member_paths(ctype: Any, prefix: str = "") -> Iterator[Tuple[str, int, int]]
                 yield sub, field.offset + off, size
 
 
-def expected_layout() -> Dict[str, List[Tuple[str, str, int, int]]]:
+def expected_layout() -> dict[str, list[tuple[str, str, int, int]]]:
     """Per compilation unit: (key, C expression, our value) lines to compare."""
-    units: Dict[str, List[Tuple[str, str, int, int]]] = {"tools": [], "tmem": []}
+    units: dict[str, list[tuple[str, str, int, int]]] = {"tools": [], "tmem": []}
     for ours, theirs, unit in STRUCTS:
         ctype = ffi.typeof(f"struct {ours}")
         units[unit].append((f"sizeof {ours}", f"sizeof(struct {theirs})", ffi.sizeof(ctype), 0))
@@ -112,7 +113,7 @@ def expected_layout() -> Dict[str, List[Tuple[str, str, int, int]]]:
     return units
 
 
-def compile_and_run(tmp_path: Path, unit: str, lines: List[Tuple[str, str, int, int]]) -> List[int]:
+def compile_and_run(tmp_path: Path, unit: str, lines: list[tuple[str, str, int, int]]) -> list[int]:
     body = "\n".join(
         f'    printf("%llu\\n", (unsigned long long)({expr}));' for _, expr, _, _ in lines
     )

@@ -24,7 +24,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_declarations())
 ffibuilder.set_source(
     "guestagent.xen._xenc",
-    "#include <stddef.h>\n#include <stdint.h>\n#include \"guestagent_xen.h\"\n",
+    '#include <stddef.h>\n#include <stdint.h>\n#include "guestagent_xen.h"\n',
     sources=[os.path.relpath(os.path.join(CSRC, "xenc.c"))],
     include_dirs=[os.path.relpath(CSRC)],
     extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Werror"],

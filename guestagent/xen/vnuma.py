@@ -7,10 +7,16 @@ through privcmd.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import TYPE_CHECKING, Any
 
 from guestagent.errors import InputError
+from guestagent.xen.errors import HypercallError, NoVnuma, XenTooOld
+
+if TYPE_CHECKING:
+    from guestagent.xen.privcmd import Privcmd
 
 SOURCE = "XENMEM_get_vnumainfo"
 
@@ -40,14 +46,14 @@ class VnumaInfo:
     """The vNUMA topology as the hypervisor reports it (validated)."""
 
     nr_vnodes: int
-    vcpu_to_vnode: List[int]
-    distances: List[List[int]]
-    memory_ranges: List[MemoryRange]
+    vcpu_to_vnode: list[int]
+    distances: list[list[int]]
+    memory_ranges: list[MemoryRange]
 
     def memory_bytes(self, node: int) -> int:
         return sum(r.size for r in self.memory_ranges if r.node == node)
 
-    def vcpus_of(self, node: int) -> List[int]:
+    def vcpus_of(self, node: int) -> list[int]:
         return [cpu for cpu, n in enumerate(self.vcpu_to_vnode) if n == node]
 
 
@@ -79,16 +85,112 @@ def validate_vnuma(
             raise InputError(
                 SOURCE, f"distance({i // nr_vnodes},{i % nr_vnodes}) out of range 1..255", d
             )
-    memory_ranges: List[MemoryRange] = []
+    memory_ranges: list[MemoryRange] = []
     for start, end, _flags, nid in ranges:
         if not 0 <= nid < nr_vnodes:
-            raise InputError(SOURCE, f"memory range {start:#x} names vnode outside 0..{nr_vnodes - 1}", nid)
+            raise InputError(
+                SOURCE, f"memory range {start:#x} names vnode outside 0..{nr_vnodes - 1}", nid
+            )
         if end <= start:
             raise InputError(SOURCE, f"memory range {start:#x}-{end:#x} is empty or reversed")
         memory_ranges.append(MemoryRange(start, end, nid))
     ordered = sorted(memory_ranges, key=lambda r: r.start)
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.end:
-            raise InputError(SOURCE, f"memory ranges {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap")
-    distances = [list(flat_distances[i * nr_vnodes : (i + 1) * nr_vnodes]) for i in range(nr_vnodes)]
+            raise InputError(
+                SOURCE, f"memory ranges {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap"
+            )
+    distances = [
+        list(flat_distances[i * nr_vnodes : (i + 1) * nr_vnodes]) for i in range(nr_vnodes)
+    ]
     return VnumaInfo(nr_vnodes, list(vcpu_to_vnode), distances, memory_ranges)
+
+
+#: How often the size-discovery protocol restarts when the topology changes under it.
+MAX_ATTEMPTS = 5
+
+
+def get_vnumainfo(privcmd: Privcmd, attempts: int = MAX_ATTEMPTS) -> VnumaInfo:
+    """Run XENMEM_get_vnumainfo on DOMID_SELF (reference section 2.2).
+
+    First ask with zero capacities: Xen answers -ENOBUFS with the counts it needs. Then allocate
+    the arrays in one hypercall buffer and ask again, starting over on -ENOBUFS or -EAGAIN (the
+    topology changed meanwhile) at most ``attempts`` times.
+    Raises NoVnuma (-EOPNOTSUPP), XenTooOld (-ENOSYS), PrivcmdRestricted, HypercallError, or
+    InputError for counts or contents no sane hypervisor reports.
+    """
+    from guestagent.xen.privcmd import MEMORY_OP, ffi, lib
+
+    subop = int(lib.GA_XENMEM_get_vnumainfo)
+    info_type = "struct ga_xen_vnuma_topology_info"
+    range_type = "struct ga_xen_vmemrange"
+    info_size = ffi.sizeof(info_type)
+
+    def call(address: int) -> int:
+        try:
+            return privcmd.hypercall(MEMORY_OP, subop, address, name=SOURCE)
+        except HypercallError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                raise NoVnuma(
+                    "no vNUMA: Xen has no virtual NUMA topology for this domain"
+                ) from None
+            if e.errno == errno.ENOSYS:
+                raise XenTooOld(f"{SOURCE} is not implemented by this Xen (before 4.5)") from None
+            if e.errno in (errno.ENOBUFS, errno.EAGAIN):
+                return -e.errno
+            raise
+
+    for _ in range(attempts):
+        with privcmd.buffer(info_size) as probe:
+            info: Any = probe.struct(info_type)
+            info.domid = int(lib.GA_DOMID_SELF)
+            if call(probe.address) == 0:
+                raise InputError(
+                    SOURCE, "answered a zero-capacity query with success, not -ENOBUFS"
+                )
+            nodes, vcpus, nranges = int(info.nr_vnodes), int(info.nr_vcpus), int(info.nr_vmemranges)
+        _check_count("nr_vnodes", nodes, MAX_VNODES)
+        _check_count("nr_vcpus", vcpus, MAX_VCPUS)
+        _check_count("nr_vmemranges", nranges, MAX_VMEMRANGES)
+
+        dist_off = info_size
+        cpus_off = dist_off + 4 * nodes * nodes
+        ranges_off = (cpus_off + 4 * vcpus + 7) & ~7
+        total = ranges_off + ffi.sizeof(range_type) * nranges
+        with privcmd.buffer(total) as buf:
+            info = buf.struct(info_type)
+            info.domid = int(lib.GA_DOMID_SELF)
+            info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = nodes, vcpus, nranges
+            info.vdistance = buf.address_of(dist_off)
+            info.vcpu_to_vnode = buf.address_of(cpus_off)
+            info.vmemrange = buf.address_of(ranges_off)
+            if call(buf.address) < 0:
+                continue
+            got_nodes, got_vcpus = int(info.nr_vnodes), int(info.nr_vcpus)
+            got_ranges = int(info.nr_vmemranges)
+            if got_nodes > nodes or got_vcpus > vcpus or got_ranges > nranges:
+                raise InputError(
+                    SOURCE,
+                    "returned more entries than the buffers hold",
+                    f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
+                )
+            dist = buf.array("uint32_t", got_nodes * got_nodes, dist_off)
+            cpus = buf.array("uint32_t", got_vcpus, cpus_off)
+            ranges = buf.array(range_type, got_ranges, ranges_off)
+            return validate_vnuma(
+                got_nodes,
+                [int(cpus[i]) for i in range(got_vcpus)],
+                [int(dist[i]) for i in range(got_nodes * got_nodes)],
+                [
+                    (int(r.start), int(r.end), int(r.flags), int(r.nid))
+                    for r in (ranges[i] for i in range(got_ranges))
+                ],
+            )
+    raise HypercallError(
+        SOURCE, errno.EAGAIN, f": the topology kept changing over {attempts} attempts"
+    )
+
+
+def _check_count(name: str, value: int, maximum: int) -> None:
+    if not 1 <= value <= maximum:
+        raise InputError(SOURCE, f"{name} out of range 1..{maximum}", value)

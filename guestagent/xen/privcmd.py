@@ -1,0 +1,194 @@
+"""Hypercalls from user space through /dev/xen/privcmd (reference section 1).
+
+Arguments that a hypercall dereferences live in :class:`HypercallBuffer` memory (from
+/dev/xen/hypercall, else locked anonymous pages), never in Python-managed memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from types import TracebackType
+from typing import Any
+
+import guestagent.xen._xenc as _xenc
+from guestagent.errors import GuestAgentError
+from guestagent.hostfs import HostFS
+from guestagent.log import get_logger
+from guestagent.xen.errors import HypercallError, NotOnXen, PrivcmdRestricted, XenUnavailable
+
+ffi: Any = _xenc.ffi
+lib: Any = _xenc.lib
+
+PRIVCMD_PATHS = ("/dev/xen/privcmd", "/proc/xen/privcmd")
+HYPERCALL_BUFFER_PATH = "/dev/xen/hypercall"
+UNRESTRICTED_PARAM = "/sys/module/xen_privcmd/parameters/unrestricted"
+PAGE_SIZE = int(lib.GA_PAGE_SIZE)
+
+MEMORY_OP = int(lib.GA_HYPERVISOR_memory_op)
+XEN_VERSION = int(lib.GA_HYPERVISOR_xen_version)
+SYSCTL = int(lib.GA_HYPERVISOR_sysctl)
+TMEM_OP = int(lib.GA_HYPERVISOR_tmem_op)
+
+
+class HypercallBuffer:
+    """Page-aligned memory that Xen may read and write during a hypercall."""
+
+    def __init__(self, ptr: Any, npages: int, from_device: bool) -> None:
+        self._ptr: Any = ptr
+        self.npages = npages
+        self.size = npages * PAGE_SIZE
+        self.from_device = from_device
+
+    @property
+    def address(self) -> int:
+        """The user-space address to put in a hypercall argument or a guest handle."""
+        return int(ffi.cast("uintptr_t", self._live()))
+
+    def struct(self, ctype: str, offset: int = 0) -> Any:
+        """A typed pointer into the buffer, e.g. ``struct("struct ga_tmem_op")``."""
+        if offset < 0 or offset + ffi.sizeof(ctype) > self.size:
+            raise ValueError(f"{ctype} at offset {offset} does not fit a {self.size}-byte buffer")
+        return ffi.cast(f"{ctype} *", ffi.cast("uint8_t *", self._live()) + offset)
+
+    def array(self, ctype: str, count: int, offset: int = 0) -> Any:
+        if offset < 0 or offset + ffi.sizeof(ctype) * count > self.size:
+            raise ValueError(f"{count} x {ctype} at offset {offset} overflow the buffer")
+        return ffi.cast(f"{ctype} *", ffi.cast("uint8_t *", self._live()) + offset)
+
+    def address_of(self, offset: int) -> int:
+        return self.address + offset
+
+    def zero(self) -> None:
+        ffi.memmove(self._live(), b"\0" * self.size, self.size)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(ffi.buffer(ffi.cast("uint8_t *", self._live()) + offset, length))
+
+    def free(self) -> None:
+        if self._ptr is not None:
+            lib.ga_buffer_free(self._ptr, self.npages, int(self.from_device))
+            self._ptr = None
+
+    def _live(self) -> Any:
+        if self._ptr is None:
+            raise ValueError("hypercall buffer used after free")
+        return self._ptr
+
+    def __enter__(self) -> HypercallBuffer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.free()
+
+
+class Privcmd:
+    """An open privcmd device: issue hypercalls, allocate their buffers."""
+
+    def __init__(self, fd: int, buffer_fd: int, path: str, hostfs: HostFS) -> None:
+        self.fd = fd
+        self.buffer_fd = buffer_fd
+        self.path = path
+        self.hostfs = hostfs
+        self._log = get_logger("privcmd")
+
+    def buffer(self, nbytes: int) -> HypercallBuffer:
+        npages = max(1, (nbytes + PAGE_SIZE - 1) // PAGE_SIZE)
+        err = ffi.new("int *")
+        ptr = lib.ga_buffer_alloc(self.buffer_fd, npages, err)
+        if ptr == ffi.NULL:
+            raise HypercallError("hypercall buffer allocation", int(err[0]))
+        buf = HypercallBuffer(ptr, npages, self.buffer_fd >= 0)
+        buf.zero()
+        return buf
+
+    def hypercall(self, op: int, *args: int, name: str) -> int:
+        """Issue hypercall ``op``; returns its non-negative result or raises.
+
+        EPERM is told apart: when even ``xen_version`` (allowed for every guest) is refused, the
+        guest kernel is blocking privcmd, and the error says how to lift that.
+        """
+        if len(args) > 5:
+            raise ValueError("a hypercall takes at most 5 arguments")
+        padded: list[int] = [*args, *([0] * (5 - len(args)))]
+        rc = self._invoke(op, padded)
+        if rc >= 0:
+            return rc
+        err = -rc
+        if err == errno.EPERM and self._privcmd_is_restricted():
+            raise PrivcmdRestricted(f" ({name} answered EPERM)")
+        raise HypercallError(name, err)
+
+    def xen_version(self) -> tuple[int, int]:
+        """(major, minor) of the running hypervisor."""
+        rc = self._invoke(XEN_VERSION, [int(lib.GA_XENVER_version), 0, 0, 0, 0])
+        if rc < 0:
+            if -rc == errno.EPERM:
+                raise PrivcmdRestricted(" (xen_version answered EPERM)")
+            raise HypercallError("xen_version", -rc)
+        return rc >> 16, rc & 0xFFFF
+
+    def _invoke(self, op: int, args: list[int]) -> int:
+        """The raw call: the hypercall's result, or a negative errno."""
+        result = ffi.new("long *")
+        rc = lib.ga_hypercall(self.fd, op, *args, result)
+        return int(rc) if rc < 0 else int(result[0])
+
+    def _privcmd_is_restricted(self) -> bool:
+        probe = self._invoke(XEN_VERSION, [int(lib.GA_XENVER_version), 0, 0, 0, 0])
+        return probe == -errno.EPERM
+
+    def close(self) -> None:
+        for fd in (self.buffer_fd, self.fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.buffer_fd = -1
+
+    def __enter__(self) -> Privcmd:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def unrestricted_param(hostfs: HostFS) -> bool | None:
+    """The xen-privcmd ``unrestricted`` module parameter, where the kernel has it."""
+    try:
+        return hostfs.read_text(UNRESTRICTED_PARAM).strip() in ("Y", "1")
+    except GuestAgentError:
+        return None
+
+
+def open_privcmd(hostfs: HostFS) -> Privcmd:
+    """Open privcmd (and the hypercall buffer device when present).
+
+    Raises NotOnXen where neither privcmd path exists, XenUnavailable when it cannot be opened.
+    """
+    for path in PRIVCMD_PATHS:
+        real = hostfs.path(path)
+        try:
+            fd = os.open(real, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            raise XenUnavailable(f"cannot open {path}: permission denied (run as root)") from None
+        except OSError as e:
+            if e.errno in (errno.ENXIO, errno.ENODEV):
+                continue
+            raise XenUnavailable(f"cannot open {path}: {os.strerror(e.errno or 0)}") from None
+        try:
+            buffer_fd = os.open(hostfs.path(HYPERCALL_BUFFER_PATH), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            buffer_fd = -1
+        return Privcmd(fd, buffer_fd, path, hostfs)
+    raise NotOnXen(f"no {PRIVCMD_PATHS[0]}: not running on Xen (or xen-privcmd is not loaded)")

@@ -1,0 +1,187 @@
+"""XENMEM_get_vnumainfo through the real C doorway and buffers, against a simulated hypervisor.
+
+``SimulatedXen`` replaces only the ioctl: it reads and writes the hypercall's memory exactly as
+Xen 4.17's ``XENMEM_get_vnumainfo`` does (reference section 2.2), so the bytes the agent lays out
+are the bytes under test.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
+
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+from guestagent.xen.errors import (
+    HypercallError,
+    NotOnXen,
+    NoVnuma,
+    PrivcmdRestricted,
+    XenTooOld,
+)
+from guestagent.xen.privcmd import MEMORY_OP, XEN_VERSION, Privcmd, ffi, open_privcmd
+from guestagent.xen.vnuma import MemoryRange, get_vnumainfo
+
+MIB = 1 << 20
+
+
+@dataclass
+class Domain:
+    vcpu_to_vnode: list[int]
+    distances: list[int]
+    ranges: list[tuple[int, int, int, int]]  # start, end, flags, nid
+
+    @property
+    def nr_vnodes(self) -> int:
+        return int(len(self.distances) ** 0.5)
+
+
+@dataclass
+class SimulatedXen(Privcmd):
+    domain: Domain | None = None
+    errno_for_all: int = 0  # e.g. EPERM for a restricted privcmd, ENOSYS for old Xen
+    eagain_times: int = 0  # answer -EAGAIN on this many full calls first
+    calls: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(-1, -1, "/dev/xen/privcmd", HostFS("/nonexistent"))
+
+    def _invoke(self, op: int, args: list[int]) -> int:
+        if self.errno_for_all:
+            return -self.errno_for_all
+        if op == XEN_VERSION:
+            return (4 << 16) | 17
+        assert op == MEMORY_OP and args[0] == 26, (op, args)
+        info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", args[1])
+        if info.pad != 0:
+            return -errno.EINVAL
+        if info.domid != 0x7FF0:
+            return -errno.ESRCH
+        if self.domain is None:
+            return -errno.EOPNOTSUPP
+        d = self.domain
+        n, v, r = d.nr_vnodes, len(d.vcpu_to_vnode), len(d.ranges)
+        if info.nr_vnodes < n or info.nr_vcpus < v or info.nr_vmemranges < r:
+            info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = n, v, r
+            self.calls.append("ENOBUFS")
+            return -errno.ENOBUFS
+        if self.eagain_times:
+            self.eagain_times -= 1
+            self.calls.append("EAGAIN")
+            return -errno.EAGAIN
+        dist = ffi.cast("uint32_t *", info.vdistance)
+        for i, value in enumerate(d.distances):
+            dist[i] = value
+        cpus = ffi.cast("uint32_t *", info.vcpu_to_vnode)
+        for i, node in enumerate(d.vcpu_to_vnode):
+            cpus[i] = node
+        out = ffi.cast("struct ga_xen_vmemrange *", info.vmemrange)
+        for i, (start, end, flags, nid) in enumerate(d.ranges):
+            out[i].start, out[i].end, out[i].flags, out[i].nid = start, end, flags, nid
+        info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = n, v, r
+        self.calls.append("OK")
+        return 0
+
+
+THREE_VNODES = Domain(
+    vcpu_to_vnode=[0, 0, 1, 2],
+    distances=[10, 21, 31, 21, 10, 17, 31, 17, 10],
+    ranges=[(0, 512 * MIB, 0, 0), (512 * MIB, 768 * MIB, 0, 1), (768 * MIB, 1024 * MIB, 0, 2)],
+)
+
+
+def test_three_vnodes_as_configured() -> None:
+    xen = SimulatedXen(domain=THREE_VNODES)
+    info = get_vnumainfo(xen)
+    assert info.nr_vnodes == 3
+    assert info.vcpu_to_vnode == [0, 0, 1, 2]
+    assert info.distances == [[10, 21, 31], [21, 10, 17], [31, 17, 10]]
+    assert info.memory_ranges[1] == MemoryRange(512 * MIB, 768 * MIB, 1)
+    assert [info.memory_bytes(n) for n in range(3)] == [512 * MIB, 256 * MIB, 256 * MIB]
+    assert info.vcpus_of(0) == [0, 1]
+    assert xen.calls == ["ENOBUFS", "OK"]
+
+
+def test_vnode_split_by_mmio_hole_has_more_ranges_than_nodes() -> None:
+    xen = SimulatedXen(
+        domain=Domain(
+            [0, 1],
+            [10, 20, 20, 10],
+            [(0, 3 << 30, 0, 0), (4 << 30, 5 << 30, 0, 0), (5 << 30, 6 << 30, 0, 1)],
+        )
+    )
+    info = get_vnumainfo(xen)
+    assert info.memory_bytes(0) == 4 << 30
+    assert len(info.memory_ranges) == 3
+
+
+def test_topology_change_is_retried_a_bounded_number_of_times() -> None:
+    xen = SimulatedXen(domain=THREE_VNODES, eagain_times=2)
+    assert get_vnumainfo(xen).nr_vnodes == 3
+    assert xen.calls == ["ENOBUFS", "EAGAIN", "ENOBUFS", "EAGAIN", "ENOBUFS", "OK"]
+
+    stuck = SimulatedXen(domain=THREE_VNODES, eagain_times=1000)
+    with pytest.raises(HypercallError, match="kept changing over 5 attempts"):
+        get_vnumainfo(stuck)
+    assert len(stuck.calls) == 10
+
+
+@pytest.mark.parametrize(
+    ("err", "exc", "text"),
+    [
+        (errno.ENOSYS, XenTooOld, "not implemented"),
+        (errno.EPERM, PrivcmdRestricted, "unrestricted=1"),
+        (errno.EFAULT, HypercallError, "XENMEM_get_vnumainfo failed: EFAULT"),
+    ],
+)
+def test_hypervisor_refusals_are_typed(err: int, exc: type, text: str) -> None:
+    with pytest.raises(exc, match=text):
+        get_vnumainfo(SimulatedXen(errno_for_all=err))
+
+
+def test_no_vnuma() -> None:
+    with pytest.raises(NoVnuma, match="no vNUMA"):
+        get_vnumainfo(SimulatedXen(domain=None))
+
+
+@pytest.mark.parametrize(
+    ("domain", "text"),
+    [
+        (Domain([0] * 5000, [10], [(0, MIB, 0, 0)]), "nr_vcpus out of range"),
+        (Domain([0, 7], [10, 20, 20, 10], [(0, MIB, 0, 0)]), "vcpu 1 maps to vnode outside"),
+        (Domain([0, 1], [10, 0, 20, 10], [(0, MIB, 0, 0)]), r"distance\(0,1\) out of range"),
+        (Domain([0, 1], [10, 20, 20, 10], [(0, MIB, 0, 5)]), "names vnode outside"),
+        (Domain([0, 1], [10, 20, 20, 10], [(MIB, MIB, 0, 0)]), "empty or reversed"),
+        (
+            Domain([0, 1], [10, 20, 20, 10], [(0, 2 * MIB, 0, 0), (MIB, 3 * MIB, 0, 1)]),
+            "overlap",
+        ),
+    ],
+)
+def test_hostile_answers_are_rejected_with_one_line(domain: Domain, text: str) -> None:
+    with pytest.raises(InputError, match=text) as caught:
+        get_vnumainfo(SimulatedXen(domain=domain))
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith("XENMEM_get_vnumainfo: ")
+
+
+def test_open_privcmd_without_xen(tmp_path: Path) -> None:
+    with pytest.raises(NotOnXen, match="not running on Xen"):
+        open_privcmd(HostFS(str(tmp_path)))
+
+
+def test_buffer_bounds_are_checked() -> None:
+    xen = SimulatedXen()
+    with xen.buffer(100) as buf:
+        assert buf.size == 4096
+        assert buf.address % 4096 == 0
+        with pytest.raises(ValueError, match="does not fit"):
+            buf.struct("struct ga_tmem_op", offset=4090)
+    with pytest.raises(ValueError, match="after free"):
+        _ = buf.address
