@@ -1,0 +1,68 @@
+"""``guestagent topology [--json]``: the vNUMA topology from Xen and from Linux, side by side.
+
+Exit status: 0 when at least one source answered (sysfs, or the hypercall when sysfs could not be
+read); 1 with one line on stderr when nothing could be read. Unreadable single inputs that did not
+stop the answer (a node's garbage ``distance`` file, a garbage ``has_cpu``, ...) are listed under
+"errors" (table), in the ``errors`` key and on stderr (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any
+
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+from guestagent.topology.reader import VnumaCall, read_topology
+from guestagent.topology.render import render_table, to_json_text
+from guestagent.topology.sysfs import NODE_DIR
+from guestagent.xen.vnuma import VnumaInfo
+
+
+def real_hypercall(hostfs: HostFS) -> VnumaCall:
+    """XENMEM_get_vnumainfo through privcmd; the C extension is imported only when called."""
+
+    def call() -> VnumaInfo:
+        privcmd_mod: Any = importlib.import_module("guestagent.xen.privcmd")
+        vnuma_mod: Any = importlib.import_module("guestagent.xen.vnuma")
+        with privcmd_mod.open_privcmd(hostfs) as privcmd:
+            info: VnumaInfo = vnuma_mod.get_vnumainfo(privcmd)
+        return info
+
+    return call
+
+
+#: How the command gets its hypercall; tests replace this with a fake.
+hypercall_factory = real_hypercall
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    hostfs: HostFS = ctx.hostfs
+    topology = read_topology(hostfs, hypercall_factory(hostfs))
+    if not topology.answered:
+        # Nothing to show: the one line that says why sysfs failed (and the hypercall's status).
+        reason = topology.errors[-1] if topology.errors else f"{NODE_DIR}: unreadable"
+        raise InputError("topology", f"cannot be read: {reason}; hypercall: "
+                         f"{topology.hypercall_status}")
+    if args.json:
+        sys.stdout.write(to_json_text(topology) + "\n")
+        for line in topology.errors:
+            print(f"guestagent: warning: {line}", file=sys.stderr)
+    else:
+        sys.stdout.write(render_table(topology))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "topology",
+        help="show the NUMA topology from Xen and from Linux, and where they disagree",
+        description=(
+            "Show the virtual NUMA topology: nodes, CPUs, memory and distances as Linux sees them "
+            "(sysfs) and as Xen reports them (XENMEM_get_vnumainfo), and every disagreement."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
