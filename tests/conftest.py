@@ -1,0 +1,43 @@
+"""Shared fixtures: the xenstore wire-protocol server and clients connected to it as a domain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.xenstore_server import XenstoreServer
+
+
+@pytest.fixture
+def xs_server(tmp_path: Path) -> Iterator[XenstoreServer]:
+    """A running test xenstored with one guest (domid 5) laid out the way libxl does."""
+    server = XenstoreServer(str(tmp_path / "xenstored.sock"))
+    server.populate_guest(5)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def xs_connect(xs_server: XenstoreServer) -> Iterator[Callable[[int], Any]]:
+    """``xs_connect(domid)``: a XenstoreClient over the real C framing, seen as that domain."""
+    pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
+    from guestagent.xen.xenstore import XenstoreClient
+    from guestagent.xen.xsconn import connect_unix
+
+    clients: list[Any] = []
+
+    def connect(domid: int) -> Any:
+        xs_server.next_domids.append(domid)
+        client = XenstoreClient(connect_unix(xs_server.path), timeout=5.0)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
