@@ -18,7 +18,10 @@ from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 
 #: Modules that contribute sub-commands, in the order they appear in ``--help``.
-COMMAND_MODULES = ("guestagent.topology.commands",)
+COMMAND_MODULES = (
+    "guestagent.topology.commands",
+    "guestagent.publish",
+)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from guestagent.xen.errors import (
     NoVnuma,
     PrivcmdRestricted,
     XenTooOld,
+    XenUnavailable,
 )
 from guestagent.xen.privcmd import MEMORY_OP, XEN_VERSION, Privcmd, ffi, open_privcmd
 from guestagent.xen.vnuma import MemoryRange, get_vnumainfo
@@ -173,6 +174,13 @@ def test_hostile_answers_are_rejected_with_one_line(domain: Domain, text: str) -
 
 def test_open_privcmd_without_xen(tmp_path: Path) -> None:
     with pytest.raises(NotOnXen, match="not running on Xen"):
+        open_privcmd(HostFS(str(tmp_path)))
+
+
+def test_open_privcmd_refuses_a_plain_file(tmp_path: Path) -> None:
+    (tmp_path / "dev/xen").mkdir(parents=True)
+    (tmp_path / "dev/xen/privcmd").write_text("")
+    with pytest.raises(XenUnavailable, match="is not a character device"):
         open_privcmd(HostFS(str(tmp_path)))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from types import TracebackType
 from typing import Any
 
@@ -186,9 +187,15 @@ def open_privcmd(hostfs: HostFS) -> Privcmd:
             if e.errno in (errno.ENXIO, errno.ENODEV):
                 continue
             raise XenUnavailable(f"cannot open {path}: {os.strerror(e.errno or 0)}") from None
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise XenUnavailable(f"{real} is not a character device (a fixture tree?)")
         try:
             buffer_fd = os.open(hostfs.path(HYPERCALL_BUFFER_PATH), os.O_RDWR | os.O_CLOEXEC)
         except OSError:
+            buffer_fd = -1
+        if buffer_fd >= 0 and not stat.S_ISCHR(os.fstat(buffer_fd).st_mode):
+            os.close(buffer_fd)
             buffer_fd = -1
         return Privcmd(fd, buffer_fd, path, hostfs)
     raise NotOnXen(f"no {PRIVCMD_PATHS[0]}: not running on Xen (or xen-privcmd is not loaded)")

@@ -1,0 +1,75 @@
+"""``guestagent publish``: write this guest's topology into its own xenstore tree.
+
+The tree under ``data/guestagent`` is made to match the schema (:mod:`guestagent.schema`) in one
+transaction: stale keys from an earlier run go, unchanged keys are not rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+from guestagent.log import get_logger
+from guestagent.schema import BASE, guest_tree
+from guestagent.topology import commands as topology_commands
+from guestagent.topology.reader import read_topology
+
+
+def real_xenstore(hostfs: HostFS) -> Any:
+    """A xenstore client over the guest's xenbus device (or Dom0's socket)."""
+    from guestagent.xen.xenstore import XenstoreClient
+    from guestagent.xen.xsconn import open_xenstore
+
+    return XenstoreClient(open_xenstore(hostfs))
+
+
+#: How the command reaches xenstore; tests replace it with a connection to a test server.
+xenstore_factory: Callable[[HostFS], Any] = real_xenstore
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    from guestagent.xen.xs_sync import sync_tree
+
+    hostfs: HostFS = ctx.hostfs
+    topology = read_topology(hostfs, topology_commands.hypercall_factory(hostfs))
+    if not topology.answered:
+        raise InputError("topology", "nothing could be read, nothing to publish")
+    desired = guest_tree(topology)
+    if args.dry_run:
+        json.dump({f"{BASE}/{k}": v for k, v in sorted(desired.items())}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    client = xenstore_factory(hostfs)
+    try:
+        changes = sync_tree(client, BASE, desired)
+    finally:
+        client.close()
+    get_logger("publish").info(
+        "xenstore_published",
+        base=BASE,
+        keys=len(desired),
+        written=sorted(changes.writes),
+        removed=changes.removes,
+    )
+    print(
+        f"published {len(desired)} keys under {BASE}: "
+        f"{len(changes.writes)} written, {len(changes.removes)} stale removed"
+    )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "publish",
+        help="publish the topology in this guest's xenstore tree (data/guestagent)",
+        description="Write the vNUMA topology under data/guestagent in the guest's own xenstore "
+        "tree, replacing stale keys; nothing is written outside data/.",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the keys as JSON instead of writing them"
+    )
+    parser.set_defaults(func=run)
