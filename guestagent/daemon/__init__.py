@@ -1,0 +1,1 @@
+"""The long-running agent: one event loop, jobs that can be turned on and off."""

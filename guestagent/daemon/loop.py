@@ -1,0 +1,151 @@
+"""One event loop that waits on file descriptors: xenstore watches, PSI triggers, udev, signals,
+timers. No busy polling: between events the process sleeps in poll(2).
+
+Built on ``select.poll`` because PSI trigger descriptors signal with POLLPRI only, which
+``selectors`` cannot ask for. Signals arrive through ``signal.set_wakeup_fd`` and are dispatched
+from the loop, never from a signal handler, so a job never runs re-entrantly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from guestagent.log import get_logger
+
+Callback = Callable[[], None]
+
+
+@dataclass(order=True)
+class Timer:
+    when: float
+    seq: int
+    callback: Callback = field(compare=False)
+    interval: float | None = field(default=None, compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    """Readers on file descriptors, one-shot and periodic timers, signal handlers."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._poll = select.poll()
+        self._readers: dict[int, Callback] = {}
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._clock = clock
+        self._signal_handlers: dict[int, Callback] = {}
+        self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.add_reader(self._signal_r, self._drain_signals)
+        self._stopping = False
+        self._log = get_logger("loop")
+        self.errors = 0
+
+    # --- file descriptors ------------------------------------------------------------------
+
+    def add_reader(self, fd: Any, callback: Callback, priority: bool = False) -> None:
+        """Call ``callback`` whenever ``fd`` is readable, or, with ``priority``, when it has
+        priority data (POLLPRI: PSI triggers). Errors and hang-ups also call it, so the owner
+        reads and sees the failure."""
+        number = fd if isinstance(fd, int) else fd.fileno()
+        mask = select.POLLPRI if priority else select.POLLIN
+        self._poll.register(number, mask | select.POLLERR | select.POLLHUP)
+        self._readers[number] = callback
+
+    def remove_reader(self, fd: Any) -> None:
+        number = fd if isinstance(fd, int) else fd.fileno()
+        if self._readers.pop(number, None) is not None:
+            self._poll.unregister(number)
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        timer = Timer(self._clock() + max(0.0, delay), next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_every(self, interval: float, callback: Callback, first: float | None = None) -> Timer:
+        if interval <= 0:
+            raise ValueError(f"timer interval must be positive, got {interval}")
+        delay = interval if first is None else first
+        timer = Timer(self._clock() + delay, next(self._seq), callback, interval)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    # --- signals ---------------------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callback) -> None:
+        self._signal_handlers[signum] = callback
+        signal.signal(signum, lambda s, f: None)
+        signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
+        signal.siginterrupt(signum, False)
+
+    def _drain_signals(self) -> None:
+        try:
+            data = os.read(self._signal_r, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                self._run(handler, f"signal {signal.Signals(signum).name}")
+
+    # --- running ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def run(self) -> None:
+        """Dispatch until :meth:`stop`; a callback's exception is logged and the loop goes on."""
+        while not self._stopping:
+            self.run_once()
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        timeout = self._next_timeout()
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        wait_ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        for fd, _ in self._poll.poll(wait_ms):
+            callback = self._readers.get(fd)
+            if callback is not None:
+                self._run(callback, f"fd {fd}")
+            if self._stopping:
+                return
+        now = self._clock()
+        while self._timers and self._timers[0].when <= now and not self._stopping:
+            timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            if timer.interval is not None:
+                # Next run a whole interval after this one was due, never in a burst to catch up.
+                timer.when = max(timer.when + timer.interval, now)
+                heapq.heappush(self._timers, timer)
+            self._run(timer.callback, "timer")
+
+    def _next_timeout(self) -> float | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0].when - self._clock())
+
+    def _run(self, callback: Callback, what: str) -> None:
+        try:
+            callback()
+        except Exception as e:  # a job's failure must not stop the other jobs
+            self.errors += 1
+            self._log.error("callback_failed", source=what, error=str(e), kind=type(e).__name__)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self._signal_r)
+        os.close(self._signal_w)
