@@ -6,17 +6,23 @@ cannot be imported do the tests fall back to a small pure-Python framing transpo
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import select
 import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guestagent.errors import InputError
 from guestagent.xen import xs_wire as w
@@ -604,3 +610,123 @@ def test_request_ids_are_unique_and_never_zero(
         client.read("name")
     ids = [r.req_id for r in server.requests]
     assert 0 not in ids and len(set(ids)) == len(ids)
+
+
+# --- opening, queue bounds, threads --------------------------------------------------------------
+
+
+@pytest.mark.skipif(xsconn is None, reason=XSCONN_MISSING or "xsconn present")
+def test_open_finds_the_socket_under_the_host_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guestagent.hostfs import HostFS
+    from guestagent.xen.errors import NotOnXen
+
+    monkeypatch.delenv("XENSTORED_PATH", raising=False)
+    root = tempfile.mkdtemp(prefix="xr")
+    try:
+        with pytest.raises(NotOnXen):
+            XenstoreClient.open(HostFS(root))
+        os.makedirs(f"{root}/run/xenstored")
+        with XenstoreServer(f"{root}/run/xenstored/socket", default_domid=GUEST) as srv:
+            srv.populate_guest(GUEST)
+            with XenstoreClient.open(HostFS(root), timeout=2.0) as client:
+                assert client.timeout == 2.0
+                assert client.read_str("name") == "guest"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_event_queue_is_bounded(server: XenstoreServer) -> None:
+    server.next_domids.append(GUEST)
+    with XenstoreClient(_open(server.path), timeout=5.0, max_events=2) as client:
+        client.watch("data", "d")
+        for name in ("a", "b", "c"):
+            client.write(f"data/{name}", "1")  # each event arrives ahead of the write's reply
+        assert client.pending_events() == [WatchEvent("data/b", "d"), WatchEvent("data/c", "d")]
+        assert client.dropped_events == 2
+
+
+def test_one_client_shared_by_threads(client: XenstoreClient) -> None:
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for step in range(25):
+                client.write(f"data/t{index}", str(step))
+                assert client.read_str(f"data/t{index}") == str(step)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(client.directory("data")) == ["t0", "t1", "t2", "t3"]
+
+
+# --- the client over arbitrary replies (hypothesis) ----------------------------------------------
+
+
+class _ScriptedTransport:
+    """Answers each request with the next scripted (type, payload, echo req_id?) message."""
+
+    def __init__(self, replies: list[tuple[int, bytes, bool]]) -> None:
+        self.replies = deque(replies)
+        self.last_req_id = 0
+
+    def send(self, msg_type: int, req_id: int, tx_id: int, payload: bytes) -> None:
+        self.last_req_id = req_id
+
+    def recv(self, timeout: float | None = None) -> w.WireMessage:
+        if not self.replies:
+            time.sleep(min(timeout or 0.0, 0.005))
+            raise TimeoutError("script exhausted")
+        msg_type, payload, echo = self.replies.popleft()
+        return w.WireMessage(msg_type, self.last_req_id if echo else 0, 0, payload)
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+_OPERATIONS: list[Callable[[XenstoreClient], object]] = [
+    lambda c: c.read("data/x"),
+    lambda c: c.read_str("data/x"),
+    lambda c: c.write("data/x", b"v"),
+    lambda c: c.mkdir("data/x"),
+    lambda c: c.rm("data/x"),
+    lambda c: c.directory("data"),
+    lambda c: c.get_perms("data"),
+    lambda c: c.set_perms("data", [Permission("n", 5)]),
+    lambda c: c.get_domain_path(5),
+    lambda c: c.watch("data", "tok"),
+    lambda c: c.unwatch("data", "tok"),
+    lambda c: c.start_transaction(),
+    lambda c: c.read_events(0.0),
+    lambda c: c.run_transaction(lambda tx: tx.read("data"), retries=1),
+]
+_REPLY_TYPES = [*range(0, 24), 99, 0xFFFF]
+_REPLY_PIECES = [b"\0", b"OK", b"E2BIG", b"EAGAIN", b"ENOENT", b"EXYZ", b"7", b"a", b"r5", b"/x",
+                 b"\xff", b"T", b"data", b"/local/domain/5", b"tok"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    op=st.sampled_from(range(len(_OPERATIONS))),
+    replies=st.lists(
+        st.tuples(
+            st.sampled_from(_REPLY_TYPES),
+            st.one_of(st.binary(max_size=40),
+                      st.lists(st.sampled_from(_REPLY_PIECES), max_size=8).map(b"".join)),
+            st.booleans(),
+        ),
+        max_size=6,
+    ),
+)
+def test_client_survives_any_reply(op: int, replies: list[tuple[int, bytes, bool]]) -> None:
+    client = XenstoreClient(_ScriptedTransport(replies), timeout=0.02)
+    with contextlib.suppress(InputError, XenstoreError, TimeoutError):
+        _OPERATIONS[op](client)

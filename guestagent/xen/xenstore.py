@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, TypeVar
 
 from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
 from guestagent.xen.xs_wire import (
     NAME_BY_ERRNO,
     XENSTORE_PAYLOAD_MAX,
@@ -298,6 +299,19 @@ class XenstoreClient(_Operations):
         self.dropped_events = 0
         #: Packets logged and dropped (unknown req_id, unexpected type, malformed event).
         self.dropped_packets = 0
+
+    @classmethod
+    def open(
+        cls, hostfs: HostFS | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> XenstoreClient:
+        """Connect the way ``xs_open`` does (``$XENSTORED_PATH``, the socket, ``/dev/xen/xenbus``).
+
+        ``hostfs`` defaults to ``HostFS.from_env()``. Raises ``guestagent.xen.errors.NotOnXen``
+        when there is no xenstore and ``XenUnavailable`` when it cannot be opened.
+        """
+        from guestagent.xen.xsconn import open_xenstore
+
+        return cls(open_xenstore(hostfs if hostfs is not None else HostFS.from_env()), timeout)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
