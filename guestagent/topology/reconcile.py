@@ -60,18 +60,25 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _prefixed(prefix: str, reason: str) -> str:
+    """``prefix: reason``, without repeating a prefix the reason already starts with."""
+    if reason.lower().startswith(prefix.lower()):
+        return reason
+    return f"{prefix}: {reason}"
+
+
 def hypercall_status(error: BaseException) -> str:
     """One line saying why XENMEM_get_vnumainfo did not answer."""
     if isinstance(error, NotOnXen):
-        return f"not on Xen: {error.reason}"
+        return _prefixed("not on Xen", error.reason)
     if isinstance(error, PrivcmdRestricted):
-        return f"privcmd restricted: {error.reason}"
+        return _prefixed("privcmd restricted", error.reason)
     if isinstance(error, NoVnuma):
-        return f"no vNUMA: {error.reason}"
+        return _prefixed("no vNUMA", error.reason)
     if isinstance(error, XenTooOld):
-        return f"Xen too old: {error.reason}"
+        return _prefixed("Xen too old", error.reason)
     if isinstance(error, XenUnavailable):
-        return f"Xen unavailable: {error.reason}"
+        return _prefixed("Xen unavailable", error.reason)
     if isinstance(error, HypercallError):
         return f"hypercall failed: {error}"
     if isinstance(error, InputError):
