@@ -9,7 +9,6 @@ stop the answer (a node's garbage ``distance`` file, a garbage ``has_cpu``, ...)
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Any
 
@@ -25,11 +24,13 @@ def real_hypercall(hostfs: HostFS) -> VnumaCall:
     """XENMEM_get_vnumainfo through privcmd; the C extension is imported only when called."""
 
     def call() -> VnumaInfo:
-        privcmd_mod: Any = importlib.import_module("guestagent.xen.privcmd")
-        vnuma_mod: Any = importlib.import_module("guestagent.xen.vnuma")
-        with privcmd_mod.open_privcmd(hostfs) as privcmd:
-            info: VnumaInfo = vnuma_mod.get_vnumainfo(privcmd)
-        return info
+        # Imported here: without the built C extension this raises ImportError, which the
+        # reader turns into the status line "C extension not built".
+        from guestagent.xen.privcmd import open_privcmd
+        from guestagent.xen.vnuma import get_vnumainfo
+
+        with open_privcmd(hostfs) as privcmd:
+            return get_vnumainfo(privcmd)
 
     return call
 
