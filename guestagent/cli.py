@@ -21,6 +21,7 @@ from guestagent.hostfs import HostFS
 COMMAND_MODULES = (
     "guestagent.topology.commands",
     "guestagent.publish",
+    "guestagent.daemon.commands",
 )
 
 

@@ -1,0 +1,90 @@
+"""Configuration files: defaults, overrides, and one line per problem naming file, key, value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guestagent import cli
+from guestagent.config import KEYS, ConfigError, defaults, load, markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_only_when_there_are_no_files(tmp_path: Path) -> None:
+    cfg = load(str(tmp_path / "none.toml"), str(tmp_path / "conf.d"))
+    assert cfg.files == []
+    assert cfg.values == defaults().values
+    assert cfg.get("topology", "enabled") is True
+
+
+def test_conf_d_overrides_the_main_file_in_name_order(tmp_path: Path) -> None:
+    main = write(
+        tmp_path / "guestagent.toml", '[agent]\nlog_level = "debug"\nlog_format = "json"\n'
+    )
+    write(tmp_path / "conf.d/20-b.toml", '[agent]\nlog_level = "error"\n')
+    write(tmp_path / "conf.d/10-a.toml", '[agent]\nlog_level = "warning"\n')
+    write(tmp_path / "conf.d/ignored.conf", "not toml at all [[[")
+    cfg = load(main, str(tmp_path / "conf.d"))
+    assert cfg.get("agent", "log_level") == "error"
+    assert cfg.get("agent", "log_format") == "json"
+    assert [Path(f).name for f in cfg.files] == ["guestagent.toml", "10-a.toml", "20-b.toml"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            '[agent]\nrole = "hypervisor"\n',
+            "[agent] role = 'hypervisor': expected one of auto, guest, dom0",
+        ),
+        ("[topology]\nenabled = 1\n", "[topology] enabled = '1': expected true or false"),
+        (
+            "[topology]\nrefresh_seconds = 1\n",
+            "[topology] refresh_seconds = '1': below the minimum 10",
+        ),
+        (
+            '[topology]\nrefresh_seconds = "60"\n',
+            "[topology] refresh_seconds = '60': expected an integer",
+        ),
+        ("[topology]\nrefesh_seconds = 60\n", "[topology] refesh_seconds: unknown key"),
+        ("[balooon]\nenabled = true\n", "[balooon]: unknown section"),
+        ("agent = 3\n", "agent = '3': expected a [agent] table"),
+        ("[agent\n", "not valid TOML"),
+        ('[metrics]\nlisten = "0.0.0.0:9731"\n', "expected a loopback address"),
+    ],
+)
+def test_every_problem_names_file_key_and_value(tmp_path: Path, text: str, problem: str) -> None:
+    main = write(tmp_path / "guestagent.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load(main, str(tmp_path / "conf.d"))
+    assert any(problem in line for line in caught.value.problems), caught.value.problems
+    if "loopback" not in problem:
+        assert all(line.startswith(main) for line in caught.value.problems)
+
+
+def test_config_check_lists_all_problems_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = write(tmp_path / "guestagent.toml", '[agent]\nrole = "x"\nlog_level = 3\n')
+    assert cli.main(["config", "check", "--file", main, "--conf-dir", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and err[-1] == "configuration refused: 2 problem(s)"
+    ok = write(tmp_path / "ok.toml", "[topology]\nrefresh_seconds = 600\n")
+    assert cli.main(["config", "check", "--file", ok, "--conf-dir", str(tmp_path / "no")]) == 0
+    assert "configuration ok" in capsys.readouterr().out
+
+
+def test_every_key_is_documented_and_the_doc_is_current() -> None:
+    assert all(k.doc.strip() for k in KEYS)
+    assert len({(k.section, k.name) for k in KEYS}) == len(KEYS)
+    assert (ROOT / "docs/CONFIG.md").read_text() == markdown(), (
+        "docs/CONFIG.md is stale: run 'guestagent config doc > docs/CONFIG.md'"
+    )
