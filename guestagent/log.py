@@ -7,9 +7,44 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+import time
+from typing import Any, Callable
 
 _configured = False
+
+#: The same warning or error (same event, same error text) is logged at most once per window.
+REPEAT_WINDOW = 60.0
+
+
+class RepeatFilter:
+    """A structlog processor that drops repeats of a warning or error within a window and says,
+    on the next one let through, how many were dropped."""
+
+    def __init__(
+        self, window: float = REPEAT_WINDOW, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window = window
+        self.clock = clock
+        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if method not in ("warning", "error", "critical", "exception"):
+            return event
+        import structlog
+
+        key = (method, str(event.get("event")), str(event.get("error", "")))
+        now = self.clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self.window:
+            self._last[key] = (seen[0], seen[1] + 1)
+            raise structlog.DropEvent
+        if seen is not None and seen[1]:
+            event["repeated"] = seen[1]
+        self._last[key] = (now, 0)
+        if len(self._last) > 1024:  # bounded: forget the oldest
+            oldest = min(self._last, key=lambda k: self._last[k][0])
+            del self._last[oldest]
+        return event
 
 
 def configure(level: str = "info", json: bool = False, stream: Any | None = None) -> None:
@@ -18,6 +53,7 @@ def configure(level: str = "info", json: bool = False, stream: Any | None = None
     import structlog
 
     processors: list[Any] = [
+        RepeatFilter(),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
