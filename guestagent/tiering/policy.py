@@ -1,0 +1,206 @@
+"""Which node's cold pages go where, and how fast: pure functions, no I/O, no clock.
+
+:func:`decide` turns a :class:`~guestagent.tiering.model.MemorySnapshot`, the configuration, the
+previous :class:`~guestagent.tiering.model.PolicyState` and what was observed since into a
+:class:`~guestagent.tiering.model.Plan`:
+
+1. **Sources**: nodes under pressure (free below ``source_low_pct`` of their own MemTotal, or
+   still below ``source_high_pct`` after having been pressured: hysteresis) that have at least
+   ``min_inactive_bytes`` of inactive memory (something cold to move). The most pressured source is
+   served first.
+2. **Target** (:func:`choose_target`): the nearest other node by the distance matrix; ties go to
+   the node with more free memory, then the lower id. Only nodes with free memory above their own
+   ``target_min_pct`` watermark qualify, never a source and never a node that is itself short. The
+   room a target offers (free memory above its watermark) is shared by the sources that pick it:
+   each move reserves ``rate * interval`` of it.
+3. **Rate** (:func:`next_rate`): additive increase, multiplicative decrease on a promotion-rate
+   target, in the spirit of Google's software-defined far memory (Lagar-Cavilla et al., ASPLOS
+   2019): the fraction of the bytes a source has out on remote nodes that comes back per minute
+   must stay under ``promotion_target_per_min`` (e.g. 2 %/min). Above it the rate is multiplied by
+   ``backoff``; otherwise it grows by ``rate_step``. Always within ``[min_rate, max_rate]``, and
+   never more than the target's room per interval (the capped rate is what the state remembers);
+   when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) until a
+   target has room again.
+"""
+
+# House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
+# ruff: noqa: UP045
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+from guestagent.tiering.model import (
+    MIB,
+    Decision,
+    MemorySnapshot,
+    Move,
+    NodeMemory,
+    Observation,
+    Plan,
+    PolicyState,
+    SourceState,
+    TieringConfig,
+)
+
+
+def watermark_bytes(node: NodeMemory, pct: float) -> int:
+    return int(node.total * pct / 100.0)
+
+
+def is_pressured(node: NodeMemory, config: TieringConfig, was_pressured: bool) -> bool:
+    """Free memory below the low watermark, or below the high one while still recovering."""
+    limit = config.source_high_pct if was_pressured else config.source_low_pct
+    return node.free < watermark_bytes(node, limit)
+
+
+def target_room(node: NodeMemory, config: TieringConfig) -> int:
+    """Bytes a node can receive before its free memory reaches its own target watermark."""
+    return max(0, node.free - watermark_bytes(node, config.target_min_pct))
+
+
+def choose_target(
+    source: int,
+    snapshot: MemorySnapshot,
+    config: TieringConfig,
+    room: dict[int, int],
+    excluded: frozenset[int] = frozenset(),
+) -> Optional[int]:
+    """The nearest node other than ``source`` with room left; ties: more free memory, lower id.
+
+    ``room`` is each node's remaining room this round (bytes); nodes in ``excluded`` (the sources,
+    which are short by definition) never qualify.
+    """
+    candidates = [
+        n
+        for n, mem in snapshot.nodes.items()
+        if n != source and n not in excluded and room.get(n, 0) > 0 and mem.total > 0
+    ]
+    if not candidates:
+        return None
+    return min(
+        candidates,
+        key=lambda n: (snapshot.distance(source, n), -snapshot.nodes[n].free, n),
+    )
+
+
+def promotion_fraction_per_min(returned: int, out_bytes: int, interval_s: float) -> float:
+    """Bytes that came back per minute as a fraction of the bytes out on remote nodes."""
+    if returned <= 0 or interval_s <= 0:
+        return 0.0
+    return (returned / max(out_bytes, 1)) * (60.0 / interval_s)
+
+
+def next_rate(
+    previous: SourceState, returned: int, out_bytes: int, interval_s: float,
+    config: TieringConfig,
+) -> tuple[int, bool]:
+    """(new rate, backed off?) for a source that stays pressured.
+
+    A source that just became pressured starts at ``initial_rate`` (or lower, if an earlier episode
+    had backed off below it: the memory of a backoff is kept while the state is).
+    """
+    if previous.rate <= 0:
+        return config.initial_rate, False
+    if not previous.pressured:
+        return max(config.min_rate, min(previous.rate, config.initial_rate)), False
+    fraction = promotion_fraction_per_min(returned, out_bytes, interval_s)
+    if fraction > config.promotion_target_per_min:
+        return max(config.min_rate, int(previous.rate * config.backoff)), True
+    return min(config.max_rate, previous.rate + config.rate_step), False
+
+
+def _apportion(returned: int, out: dict[int, int]) -> dict[int, int]:
+    """Split the bytes that came back over the sources by the bytes each has out."""
+    total = sum(out.values())
+    if returned <= 0 or total <= 0:
+        return {n: 0 for n in out}
+    return {n: returned * b // total for n, b in out.items()}
+
+
+def decide(
+    snapshot: MemorySnapshot,
+    config: TieringConfig,
+    state: PolicyState,
+    observed: Optional[Observation] = None,
+) -> Decision:
+    """The plan for the next interval, the state to pass to the next call, and the reasons."""
+    if observed is None:
+        observed = Observation()
+    interval = observed.interval_s if observed.interval_s > 0 else config.interval_s
+    # Bytes each node has out on remote nodes, after this interval's moves and returns.
+    out_before = {
+        n: state.of(n).out_bytes + max(0, observed.moved.get(n, 0))
+        for n in set(state.sources) | set(observed.moved)
+    }
+    returned_by = _apportion(observed.returned, out_before)
+    out_now = {n: max(0, b - returned_by.get(n, 0)) for n, b in out_before.items()}
+
+    pressured: dict[int, bool] = {}
+    reasons: list[str] = []
+    for n, mem in sorted(snapshot.nodes.items()):
+        pressured[n] = mem.total > 0 and is_pressured(mem, config, state.of(n).pressured)
+    sources = sorted(
+        (n for n, p in pressured.items() if p), key=lambda n: (snapshot.nodes[n].free_fraction, n)
+    )
+    short = frozenset(sources)
+    room = {n: target_room(mem, config) for n, mem in snapshot.nodes.items() if n not in short}
+
+    moves: list[Move] = []
+    new_states: dict[int, SourceState] = {}
+    for n in sorted(snapshot.nodes):
+        prev = state.of(n)
+        mem = snapshot.nodes[n]
+        free_pct = 100.0 * mem.free_fraction
+        if not pressured[n]:
+            if prev.pressured:
+                reasons.append(f"node {n}: pressure over (free {free_pct:.1f}%)")
+            new_states[n] = replace(
+                prev, pressured=False, target=None, out_bytes=out_now.get(n, prev.out_bytes)
+            )
+    for n in sources:
+        prev = state.of(n)
+        mem = snapshot.nodes[n]
+        free_pct = 100.0 * mem.free_fraction
+        out = out_now.get(n, prev.out_bytes)
+        if mem.inactive < config.min_inactive_bytes:
+            reasons.append(
+                f"node {n}: under pressure (free {free_pct:.1f}%) but only "
+                f"{mem.inactive // MIB} MiB inactive: nothing cold to move"
+            )
+            new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
+            continue
+        rate, backed_off = next_rate(
+            prev, returned_by.get(n, 0), out_before.get(n, 0), interval, config
+        )
+        target = choose_target(n, snapshot, config, room, short)
+        if target is None:
+            reasons.append(
+                f"node {n}: under pressure (free {free_pct:.1f}%), paused: no other node has free "
+                f"memory above its {config.target_min_pct:g}% watermark"
+            )
+            new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
+            continue
+        budget = room[target] / interval
+        if budget < config.min_rate:
+            reasons.append(
+                f"node {n}: under pressure, paused: node {target} has only "
+                f"{room[target] // MIB} MiB above its watermark"
+            )
+            new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
+            continue
+        capped = min(rate, int(budget))
+        room[target] -= int(capped * interval)
+        moves.append(Move(n, target, capped))
+        reasons.append(
+            f"node {n}: under pressure (free {free_pct:.1f}%) -> node {target} "
+            f"(distance {snapshot.distance(n, target)}) at {capped / MIB:.1f} MiB/s"
+            + (" (backed off: pages came back)" if backed_off else "")
+            + (" (capped by the target's room)" if capped < rate else "")
+        )
+        new_states[n] = SourceState(
+            pressured=True, target=target, rate=capped, out_bytes=out,
+            backoffs=prev.backoffs + (1 if backed_off else 0),
+        )
+    return Decision(Plan(tuple(moves)), PolicyState(new_states), tuple(reasons))

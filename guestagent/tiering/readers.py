@@ -1,0 +1,166 @@
+"""sysfs and procfs into the policy's plain inputs.
+
+Files read (all through :class:`~guestagent.hostfs.HostFS`):
+
+* ``/sys/devices/system/node/online``: the node ids, and the column order of every ``distance``
+  file (the kernel prints one entry per *online* node, ascending);
+* ``/sys/devices/system/node/nodeN/meminfo`` (MemTotal, MemFree, Active, Inactive,
+  Active(file), Inactive(file)) and ``.../nodeN/distance``;
+* ``/sys/devices/system/node/nodeN/memoryX`` entries and
+  ``/sys/devices/system/memory/block_size_bytes`` (hex): the node's physical address ranges;
+* ``/proc/vmstat`` ``numa_pages_migrated``: pages automatic NUMA balancing moved to the node that
+  touches them, the agent's proxy for "cold pages that came back" (0 when balancing is off);
+* ``/proc/sys/kernel/osrelease``: the kernel version, a hint for DAMON features.
+"""
+
+# House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
+# ruff: noqa: UP045
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from guestagent.errors import InputError, MissingInputError
+from guestagent.hostfs import HostFS, parse_cpulist, parse_int
+from guestagent.tiering.model import MemorySnapshot, NodeMemory
+
+NODE_DIR = "/sys/devices/system/node"
+MEMORY_DIR = "/sys/devices/system/memory"
+BLOCK_SIZE = f"{MEMORY_DIR}/block_size_bytes"
+VMSTAT = "/proc/vmstat"
+OSRELEASE = "/proc/sys/kernel/osrelease"
+
+_NODE_NAME = re.compile(r"node(\d{1,4})")
+_MEMORY_NAME = re.compile(r"memory(\d{1,9})")
+_RELEASE = re.compile(r"(\d{1,3})\.(\d{1,3})")
+
+_MEMINFO_KEYS = {
+    "total": "MemTotal",
+    "free": "MemFree",
+    "active": "Active",
+    "inactive": "Inactive",
+    "active_file": "Active(file)",
+    "inactive_file": "Inactive(file)",
+}
+
+
+def node_ids(hostfs: HostFS) -> list[int]:
+    """Online nodes: ``online`` if readable, else the ``nodeN`` directories (same order)."""
+    try:
+        return parse_cpulist(hostfs.read_text(f"{NODE_DIR}/online"), f"{NODE_DIR}/online")
+    except MissingInputError:
+        pass
+    ids = []
+    for name in hostfs.listdir(NODE_DIR):
+        m = _NODE_NAME.fullmatch(name)
+        if m:
+            ids.append(int(m.group(1)))
+    if not ids:
+        raise InputError(NODE_DIR, "no nodeN directory")
+    return sorted(ids)
+
+
+def read_node_memory(hostfs: HostFS, node: int) -> NodeMemory:
+    path = f"{NODE_DIR}/node{node}/meminfo"
+    values = hostfs.read_meminfo(path)
+    missing = [key for key in ("MemTotal", "MemFree") if key not in values]
+    if missing:
+        raise InputError(path, f"lacks {', '.join(missing)}", hostfs.read_text(path)[:60])
+    fields = {name: values.get(key, 0) for name, key in _MEMINFO_KEYS.items()}
+    if fields["free"] > fields["total"]:
+        raise InputError(path, "MemFree exceeds MemTotal", (fields["free"], fields["total"]))
+    return NodeMemory(node=node, **fields)
+
+
+def read_distances(hostfs: HostFS, ids: list[int]) -> dict[tuple[int, int], int]:
+    """Distances between online nodes; a node with an unreadable ``distance`` file is left out."""
+    out: dict[tuple[int, int], int] = {}
+    for a in ids:
+        path = f"{NODE_DIR}/node{a}/distance"
+        try:
+            row = hostfs.read_text(path).split()
+        except MissingInputError:
+            continue
+        if len(row) != len(ids):
+            raise InputError(path, f"expected {len(ids)} distances (one per online node)", row)
+        for b, text in zip(ids, row):
+            out[(a, b)] = parse_int(text, path, minimum=1, maximum=255)
+    return out
+
+
+def read_snapshot(hostfs: HostFS) -> MemorySnapshot:
+    """Every online node's memory and the distance matrix."""
+    ids = node_ids(hostfs)
+    nodes = {n: read_node_memory(hostfs, n) for n in ids}
+    return MemorySnapshot(nodes=nodes, distances=read_distances(hostfs, ids))
+
+
+def block_size(hostfs: HostFS) -> int:
+    text = hostfs.read_text(BLOCK_SIZE).strip()
+    if not re.fullmatch(r"[0-9a-fA-F]{1,16}", text):
+        raise InputError(BLOCK_SIZE, "expected a hexadecimal size", text)
+    size = int(text, 16)
+    if size <= 0 or size & (size - 1):
+        raise InputError(BLOCK_SIZE, "not a power of two", text)
+    return size
+
+
+def node_ranges(hostfs: HostFS, node: int) -> list[tuple[int, int]]:
+    """The node's physical address ranges ``[start, end)`` from its memory blocks, merged.
+
+    A block whose ``state`` file says other than ``online`` is skipped (offline memory has no pages
+    to migrate); a block without a ``state`` file counts as online.
+    """
+    size = block_size(hostfs)
+    path = f"{NODE_DIR}/node{node}"
+    blocks = []
+    for name in hostfs.listdir(path):
+        m = _MEMORY_NAME.fullmatch(name)
+        if m is None:
+            continue
+        try:
+            state = hostfs.read_text(f"{path}/{name}/state").strip()
+        except MissingInputError:
+            state = "online"
+        if state == "online":
+            blocks.append(int(m.group(1)))
+    ranges: list[tuple[int, int]] = []
+    for b in sorted(blocks):
+        start, end = b * size, (b + 1) * size
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    if not ranges:
+        raise InputError(path, "has no online memoryN block")
+    return ranges
+
+
+def read_vmstat(hostfs: HostFS) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for lineno, line in enumerate(hostfs.read_text(VMSTAT).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not re.fullmatch(r"\d{1,20}", parts[1]):
+            raise InputError(f"{VMSTAT} line {lineno}", "expected 'name number'", line)
+        values[parts[0]] = int(parts[1])
+    return values
+
+
+def returned_pages(hostfs: HostFS) -> Optional[int]:
+    """``numa_pages_migrated`` (cumulative), or None where the kernel does not count it."""
+    return read_vmstat(hostfs).get("numa_pages_migrated")
+
+
+def kernel_version(hostfs: HostFS) -> Optional[tuple[int, int]]:
+    """(major, minor) from ``osrelease``, None when unreadable."""
+    try:
+        text = hostfs.read_text(OSRELEASE).strip()
+    except MissingInputError:
+        return None
+    m = _RELEASE.match(text)
+    if m is None:
+        raise InputError(OSRELEASE, "expected a release like 6.12.0", text)
+    return int(m.group(1)), int(m.group(2))

@@ -1,0 +1,200 @@
+"""The pure target and rate choice (guestagent.tiering.policy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from guestagent.errors import InputError
+from guestagent.tiering.model import (
+    MIB,
+    MemorySnapshot,
+    Move,
+    NodeMemory,
+    Observation,
+    Plan,
+    PolicyState,
+    SourceState,
+    TieringConfig,
+)
+from guestagent.tiering.policy import choose_target, decide, next_rate, target_room
+
+GIB = 1 << 30
+CFG = TieringConfig()
+
+
+def node(n: int, total_gib: float, free_pct: float, inactive_mib: int = 512) -> NodeMemory:
+    total = int(total_gib * GIB)
+    return NodeMemory(n, total, int(total * free_pct / 100), 0, inactive_mib * MIB)
+
+
+def snap(nodes: list[NodeMemory], dist: list[list[int]]) -> MemorySnapshot:
+    ids = [m.node for m in nodes]
+    return MemorySnapshot(
+        {m.node: m for m in nodes},
+        {(a, b): dist[i][j] for i, a in enumerate(ids) for j, b in enumerate(ids)},
+    )
+
+
+THREE = [[10, 21, 31], [21, 10, 17], [31, 17, 10]]
+
+
+def test_pressured_node_goes_to_the_nearest_node_with_room() -> None:
+    s = snap([node(0, 1, 5), node(1, 1, 60), node(2, 1, 90)], THREE)
+    d = decide(s, CFG, PolicyState())
+    assert d.plan == Plan((Move(0, 1, CFG.initial_rate),))
+    assert d.state.of(0) == SourceState(True, 1, CFG.initial_rate, 0, 0)
+    assert "node 0: under pressure" in d.reasons[0]
+
+
+def test_nearest_node_without_room_is_skipped_for_the_next_nearest() -> None:
+    # node 1 is nearer but at 20 % free: under its 25 % target watermark, though not itself short.
+    s = snap([node(0, 1, 5), node(1, 1, 20), node(2, 1, 90)], THREE)
+    assert decide(s, CFG, PolicyState()).plan.moves == (Move(0, 2, CFG.initial_rate),)
+
+
+def test_ties_go_to_more_free_memory_then_lower_id() -> None:
+    equal = [[10, 20, 20], [20, 10, 20], [20, 20, 10]]
+    s = snap([node(0, 1, 5), node(1, 1, 50), node(2, 1, 70)], equal)
+    assert decide(s, CFG, PolicyState()).plan.moves[0].target == 2
+    s = snap([node(0, 1, 5), node(1, 1, 70), node(2, 1, 70)], equal)
+    assert decide(s, CFG, PolicyState()).plan.moves[0].target == 1
+
+
+def test_a_short_node_is_never_a_target() -> None:
+    # Both nodes under pressure: neither may receive the other's pages.
+    s = snap([node(0, 1, 5), node(1, 1, 8)], [[10, 20], [20, 10]])
+    d = decide(s, CFG, PolicyState())
+    assert d.plan.moves == ()
+    assert all("paused" in r for r in d.reasons)
+
+
+def test_choose_target_excludes_sources_and_nodes_without_room() -> None:
+    s = snap([node(0, 1, 5), node(1, 1, 90), node(2, 1, 90)], THREE)
+    assert choose_target(0, s, CFG, {1: 0, 2: 5}) == 2
+    assert choose_target(0, s, CFG, {1: 5, 2: 5}, frozenset({1})) == 2
+    assert choose_target(0, s, CFG, {1: 0, 2: 0}) is None
+
+
+def test_no_pressure_no_plan_and_hysteresis_keeps_a_recovering_source() -> None:
+    s = snap([node(0, 1, 12), node(1, 1, 90)], [[10, 20], [20, 10]])
+    assert decide(s, CFG, PolicyState()).plan.moves == ()  # 12 % > 10 % low watermark
+    was = PolicyState({0: SourceState(True, 1, 8 * MIB)})
+    d = decide(s, CFG, was)  # but still below the 15 % release watermark
+    assert d.plan.moves == (Move(0, 1, 10 * MIB),)
+    s2 = snap([node(0, 1, 16), node(1, 1, 90)], [[10, 20], [20, 10]])
+    d2 = decide(s2, CFG, d.state)
+    assert d2.plan.moves == ()
+    assert not d2.state.of(0).pressured
+    assert "pressure over" in d2.reasons[0]
+
+
+def test_nothing_cold_nothing_moves() -> None:
+    s = snap([node(0, 1, 5, inactive_mib=4), node(1, 1, 90)], [[10, 20], [20, 10]])
+    d = decide(s, CFG, PolicyState())
+    assert d.plan.moves == ()
+    assert "nothing cold" in d.reasons[0]
+
+
+def test_rate_grows_additively_without_returns_up_to_the_maximum() -> None:
+    s = snap([node(0, 4, 5), node(1, 64, 90)], [[10, 20], [20, 10]])
+    state = PolicyState()
+    rates = []
+    for _ in range(40):
+        moved = {0: state.of(0).rate * 10} if state.of(0).rate else {}
+        d = decide(s, CFG, state, Observation(10.0, moved, 0))
+        rates.append(d.plan.moves[0].rate)
+        state = d.state
+    assert rates[:3] == [4 * MIB, 6 * MIB, 8 * MIB]
+    assert rates[-1] == CFG.max_rate
+    assert max(rates) == CFG.max_rate
+
+
+def test_rate_backs_off_multiplicatively_when_pages_come_back() -> None:
+    s = snap([node(0, 4, 5), node(1, 64, 90)], [[10, 20], [20, 10]])
+    state = PolicyState({0: SourceState(True, 1, 32 * MIB, out_bytes=1 * GIB)})
+    # 100 MiB of 1 GiB came back in 10 s: ~59 %/min, far above the 2 %/min target.
+    d = decide(s, CFG, state, Observation(10.0, {0: 320 * MIB}, 100 * MIB))
+    assert d.plan.moves[0].rate == 16 * MIB
+    assert d.state.of(0).backoffs == 1
+    assert "backed off" in d.reasons[0]
+    # A trickle under the target: grows again.
+    d2 = decide(s, CFG, d.state, Observation(10.0, {0: 160 * MIB}, 64 * 1024))
+    assert d2.plan.moves[0].rate == 18 * MIB
+
+
+def test_backoff_never_goes_below_the_minimum() -> None:
+    prev = SourceState(True, 1, CFG.min_rate)
+    assert next_rate(prev, 10 * GIB, GIB, 10.0, CFG) == (CFG.min_rate, True)
+
+
+def test_returns_are_apportioned_by_bytes_out() -> None:
+    dist = [[10, 20, 20], [20, 10, 20], [20, 20, 10]]
+    s = snap([node(0, 4, 5), node(1, 4, 5), node(2, 64, 95)], dist)
+    state = PolicyState(
+        {0: SourceState(True, 2, 8 * MIB, out_bytes=GIB), 1: SourceState(True, 2, 8 * MIB, 0)}
+    )
+    # Everything out is node 0's: node 0 backs off, node 1 keeps growing.
+    d = decide(s, CFG, state, Observation(10.0, {}, 200 * MIB))
+    by = {m.source: m.rate for m in d.plan.moves}
+    assert by == {0: 4 * MIB, 1: 10 * MIB}
+
+
+def test_rate_is_capped_by_the_target_room_and_pauses_when_none_fits() -> None:
+    # Target: 1 GiB, 26 % free -> ~10 MiB above its 25 % watermark: 1 MiB/s over 10 s.
+    s = snap([node(0, 4, 5), node(1, 1, 26)], [[10, 20], [20, 10]])
+    room = target_room(s.nodes[1], CFG)
+    d = decide(s, CFG, PolicyState())
+    assert d.plan.moves == (Move(0, 1, room // 10),)
+    assert "capped" in d.reasons[0]
+    s2 = snap([node(0, 4, 5), node(1, 1, 25.5)], [[10, 20], [20, 10]])
+    d2 = decide(s2, CFG, d.state)
+    assert d2.plan.moves == ()
+    assert "paused" in d2.reasons[0]
+    # The rate is held through the pause, then grows from there.
+    assert d2.state.of(0).rate == room // 10
+    d3 = decide(snap([node(0, 4, 5), node(1, 4, 90)], [[10, 20], [20, 10]]), CFG, d2.state)
+    assert d3.plan.moves == (Move(0, 1, room // 10 + CFG.rate_step),)
+
+
+def test_two_sources_share_one_target_room() -> None:
+    dist = [[10, 20, 20], [20, 10, 20], [20, 20, 10]]
+    # Node 2 offers 8 GiB * 1 % = ~82 MiB of room: 8.2 MiB/s for 10 s, shared.
+    s = snap([node(0, 4, 5), node(1, 4, 6), node(2, 8, 26)], dist)
+    moves = decide(s, CFG, PolicyState()).plan.moves
+    assert [m.source for m in moves] == [0, 1]  # most pressured first
+    total = sum(m.rate for m in moves) * CFG.interval_s
+    assert total <= target_room(s.nodes[2], CFG)
+
+
+def test_unknown_distances_rank_last() -> None:
+    nodes = [node(0, 1, 5), node(1, 1, 90), node(2, 1, 50)]
+    s = MemorySnapshot({m.node: m for m in nodes}, {(0, 2): 30})
+    assert decide(s, CFG, PolicyState()).plan.moves[0].target == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({"source_low_pct": 120.0}, "percentage"),
+        ({"source_high_pct": 5.0}, "below source_low_pct"),
+        ({"target_min_pct": 12.0}, "never be a short node"),
+        ({"min_rate": 0}, "min_rate"),
+        ({"initial_rate": 128 * MIB}, "initial_rate <= max_rate"),
+        ({"backoff": 1.0}, "backoff"),
+        ({"promotion_target_per_min": 0.0}, "promotion_target"),
+        ({"interval_s": 0.0}, "interval_s"),
+    ],
+)
+def test_bad_config_is_one_line(kwargs: dict[str, float], text: str) -> None:
+    with pytest.raises(InputError, match=text) as caught:
+        TieringConfig(**kwargs)  # type: ignore[arg-type]
+    assert str(caught.value).startswith("tiering config")
+
+
+def test_plan_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="one move per source"):
+        Plan((Move(0, 1, 1), Move(0, 2, 1)))
+    with pytest.raises(ValueError, match="to itself"):
+        Plan((Move(0, 0, 1),))
+    with pytest.raises(ValueError, match="rate 0"):
+        Plan((Move(0, 1, 0),))

@@ -1,0 +1,93 @@
+"""sysfs/procfs into the tiering inputs (guestagent.tiering.readers), on fixture trees."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+from guestagent.tiering import readers
+from guestagent.tiering.model import PolicyState, TieringConfig
+from guestagent.tiering.policy import decide
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TWO = FIXTURES / "tiering-2node"
+GIB = 1 << 30
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    shutil.copytree(TWO, tmp_path / "root", symlinks=True)
+    return tmp_path / "root"
+
+
+def test_snapshot_of_the_two_vnode_guest() -> None:
+    snap = readers.read_snapshot(HostFS(str(TWO)))
+    assert sorted(snap.nodes) == [0, 1]
+    n0 = snap.nodes[0]
+    assert n0.total == 1030612 * 1024
+    assert n0.free == 61836 * 1024
+    assert n0.inactive == 213491 * 1024
+    assert n0.inactive_file == 210501 * 1024
+    assert snap.distance(0, 1) == 20 and snap.distance(1, 1) == 10
+    d = decide(snap, TieringConfig(), PolicyState())
+    assert [(m.source, m.target) for m in d.plan.moves] == [(0, 1)]
+
+
+def test_node_ranges_merge_blocks_and_skip_offline_ones() -> None:
+    h = HostFS(str(TWO))
+    assert readers.block_size(h) == 128 << 20
+    assert readers.node_ranges(h, 0) == [(0, GIB)]
+    assert readers.node_ranges(h, 1) == [(GIB, 2 * GIB)]  # memory16 is offline
+
+
+def test_node_ranges_with_a_hole(tree: Path) -> None:
+    (tree / "sys/devices/system/node/node0/memory3").unlink()
+    assert readers.node_ranges(HostFS(str(tree)), 0) == [(0, 3 << 27), (4 << 27, GIB)]
+
+
+def test_distance_columns_follow_the_online_list(tree: Path) -> None:
+    node = tree / "sys/devices/system/node"
+    (node / "node0").rename(node / "node2")
+    (node / "online").write_text("1-2\n")
+    (node / "node1/distance").write_text("10 30\n")  # columns: nodes 1, 2
+    (node / "node2/distance").write_text("30 10\n")
+    snap = readers.read_snapshot(HostFS(str(tree)))
+    assert snap.distance(1, 2) == 30 and snap.distance(2, 1) == 30
+    assert snap.distance(1, 1) == 10 and snap.distance(2, 2) == 10
+
+
+@pytest.mark.parametrize(
+    ("rel", "text", "message"),
+    [
+        ("sys/devices/system/node/node1/distance", "20 10 30\n", "expected 2 distances"),
+        ("sys/devices/system/node/node1/distance", "20 x\n", "expected an integer"),
+        ("sys/devices/system/node/node1/meminfo", "Node 1 MemTotal: 5 kB\n", "lacks MemFree"),
+        ("sys/devices/system/node/node1/meminfo", "Node 1 MemTotal: 5 kB\nNode 1 MemFree: 9 kB\n",
+         "MemFree exceeds MemTotal"),
+        ("sys/devices/system/memory/block_size_bytes", "zz\n", "hexadecimal"),
+        ("sys/devices/system/memory/block_size_bytes", "3000\n", "power of two"),
+        ("proc/vmstat", "numa_pages_migrated lots\n", "expected 'name number'"),
+        ("proc/sys/kernel/osrelease", "linux\n", "release like"),
+    ],
+)
+def test_garbage_is_one_line_naming_the_file(tree: Path, rel: str, text: str, message: str) -> None:
+    (tree / rel).write_text(text)
+    h = HostFS(str(tree))
+    with pytest.raises(InputError, match=message) as caught:
+        readers.read_snapshot(h)
+        readers.node_ranges(h, 1)
+        readers.returned_pages(h)
+        readers.kernel_version(h)
+    assert "\n" not in str(caught.value)
+    assert f"/{rel}" in str(caught.value)
+
+
+def test_vmstat_and_kernel_version() -> None:
+    h = HostFS(str(TWO))
+    assert readers.returned_pages(h) == 5120
+    assert readers.kernel_version(h) == (6, 12)
+    assert readers.kernel_version(HostFS("/nonexistent")) is None
