@@ -33,7 +33,9 @@ def fixture_topology() -> HostTopology:
     return build_topology(numa, cpus, pci, xen_release=(4, 17), interface_version=0x15)
 
 
-def backend_nodes(domid: int, devices: list[tuple[str, str | None, str | None]]) -> dict[str, bytes]:
+def backend_nodes(
+    domid: int, devices: list[tuple[str, str | None, str | None]]
+) -> dict[str, bytes]:
     """What libxl (and pciback) write for ``devices`` = [(host BDF, vdevfn, vdev)]."""
     base = f"/local/domain/0/backend/pci/{domid}/0"
     nodes = {
