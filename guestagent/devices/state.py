@@ -1,0 +1,139 @@
+"""What the appliers changed, recorded before each change, in memory and in a small JSON file.
+
+The file (``/run/guestagent/devices.json`` below the HostFS root) lets ``guestagent devices
+--reset`` undo everything after a crash. One record per changed host file, keyed by its path: the
+first ``previous`` value is kept across re-applications, so undo always restores the state from
+before guestagent touched it.
+"""
+
+# House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
+# ruff: noqa: UP045
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Optional
+
+from guestagent.errors import InputError, MissingInputError
+from guestagent.hostfs import HostFS
+
+STATE_FILE = "/run/guestagent/devices.json"
+STATE_VERSION = 1
+
+ChangeKind = Literal["irq_affinity", "numa_node", "hugepages", "driver_rebind"]
+_KINDS = ("irq_affinity", "numa_node", "hugepages", "driver_rebind")
+
+
+@dataclass
+class Change:
+    """One host file guestagent wrote: what it held before and what guestagent left in it."""
+
+    kind: ChangeKind
+    #: The host path written (for a rebind: the device's sysfs directory).
+    path: str
+    #: The device this change was for ("" for a per-node change such as hugepages).
+    bdf: str
+    previous: str
+    #: What reading the file back gave after the write ("" until the write succeeded).
+    applied: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> Change:
+        if not isinstance(data, dict):
+            raise InputError(source, "a change must be an object", data)
+        kind = data.get("kind")
+        if kind not in _KINDS:
+            raise InputError(source, "unknown change kind", kind)
+        values: dict[str, str] = {}
+        for key in ("path", "bdf", "previous", "applied"):
+            value = data.get(key, "")
+            if not isinstance(value, str):
+                raise InputError(f"{source}.{key}", "expected a string", value)
+            values[key] = value
+        if not values["path"].startswith("/"):
+            raise InputError(f"{source}.path", "expected an absolute host path", values["path"])
+        return cls(kind=kind, path=values["path"], bdf=values["bdf"],
+                   previous=values["previous"], applied=values["applied"])
+
+
+class StateStore:
+    """The changes in force, mirrored to the state file on every update."""
+
+    def __init__(self, hostfs: HostFS, path: str = STATE_FILE) -> None:
+        self.hostfs = hostfs
+        self.path = path
+        self.changes: dict[str, Change] = {}
+
+    def load(self) -> StateStore:
+        """Read the file; an absent file is an empty state, a garbage one raises InputError."""
+        try:
+            text = self.hostfs.read_text(self.path)
+        except MissingInputError:
+            self.changes = {}
+            return self
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise InputError(self.path, f"not JSON: {e}") from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise InputError(self.path, f"expected a version {STATE_VERSION} state object",
+                             text[:60])
+        raw = data.get("changes", [])
+        if not isinstance(raw, list):
+            raise InputError(f"{self.path} changes", "expected a list", raw)
+        changes: dict[str, Change] = {}
+        for i, item in enumerate(raw):
+            change = Change.from_dict(item, f"{self.path} changes[{i}]")
+            changes[change.path] = change
+        self.changes = changes
+        return self
+
+    def get(self, path: str) -> Optional[Change]:
+        return self.changes.get(path)
+
+    def record(self, change: Change) -> Change:
+        """Remember a change before it is made; an existing record keeps its first ``previous``."""
+        existing = self.changes.get(change.path)
+        if existing is not None:
+            return existing
+        self.changes[change.path] = change
+        self.save()
+        return change
+
+    def set_applied(self, path: str, applied: str) -> None:
+        change = self.changes.get(path)
+        if change is not None:
+            change.applied = applied
+            self.save()
+
+    def forget(self, path: str) -> None:
+        if self.changes.pop(path, None) is not None:
+            self.save()
+
+    def for_device(self, bdf: str) -> list[Change]:
+        return [c for c in self.changes.values() if c.bdf == bdf]
+
+    def save(self) -> None:
+        """Write atomically (temporary file + rename); an empty state removes the file."""
+        target = self.hostfs.path(self.path)
+        if not self.changes:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"version": STATE_VERSION,
+                   "changes": [asdict(c) for c in self.changes.values()]}
+        fd, tmp = tempfile.mkstemp(prefix=".devices.", dir=str(target.parent))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(payload, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
