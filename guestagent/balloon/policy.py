@@ -1,0 +1,661 @@
+"""Balloon policies: pure functions of a :class:`MemorySignals` snapshot and the last state.
+
+No I/O and no clock: time comes from ``signals.timestamp``. Every policy returns a
+:class:`Decision` whose ``target_kb`` is in the balloon driver's units (what is written to
+``target_kb``, comparable with ``info/current_kb`` and the toolstack's ``memory/target``), and
+which always lies within ``[floor_kb, ceiling_kb]``.
+
+* ``none``: hold the ceiling (a baseline for benchmarks).
+* ``classic``: the Linux xen-selfballoon algorithm (removed in 5.3), exactly as reference
+  ``xen-abi.md`` section 5.2 describes it.
+* ``pressure`` (the default): feedback on pressure in the spirit of Meta's Senpai.
+
+Shared safety rules (applied to every policy, after the policy's own arithmetic):
+
+* **Ceiling** = min(``memory/target``, ``memory/static-max``) from xenstore, minus
+  ``toolstack_offset_kb`` (the HVM video-RAM fudge between the toolstack's numbers and the driver's
+  target). Without xenstore: ``config.ceiling_kb``, else the driver's target at the first decision.
+* **Floor** = max(``config.floor_kb``, :func:`hard_minimum_kb`), never above the ceiling.
+* **Toolstack override**: when ``memory/target`` changes, or the driver's target changes behind the
+  policy's back, the policy follows the new driver target (within the new limits) and holds off
+  shrinking, instead of fighting the toolstack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar
+
+from guestagent.balloon.signals import PAGE_KB, MemorySignals
+from guestagent.errors import InputError
+
+MIB_KB = 1024
+GIB_KB = 1024 * 1024
+
+#: The absolute part of the hard minimum, see :func:`hard_minimum_kb`.
+HARD_MINIMUM_ABS_KB = 256 * MIB_KB
+#: The relative part: 1/16 of static-max.
+HARD_MINIMUM_STATIC_MAX_DIVISOR = 16
+
+
+def hard_minimum_kb(static_max_kb: int) -> int:
+    """The smallest target any policy may ever set: max(256 MiB, static-max / 16).
+
+    No configuration goes below this. Why these two numbers:
+
+    * 256 MiB: a Debian guest's kernel, systemd, sshd and this agent need roughly 150-200 MiB of
+      resident memory, and a Xen guest already loses about 45 MiB of its allocation to kernel
+      reservations (a 512 MiB PV guest showed MemTotal 466720 kB, reference section 12). Below
+      256 MiB any policy mistake (a late grow, a driver that lags) is an OOM kill, not a slowdown.
+    * static-max / 16: the kernel keeps ``struct page`` (64 bytes per 4 KiB page, 1/64) for the
+      whole static-max range even when it is ballooned out; at 1/16 of static-max that metadata is
+      already a quarter of the memory left, so going lower buys nothing and starves the guest.
+
+    The kernel's classic floor for a 1 GiB guest is about totalreserve + 128 MiB, so this minimum is
+    more conservative than the classic one on purpose: the pressure policy goes lower than classic
+    in the common case through feedback, not by a lower floor.
+    """
+    return max(HARD_MINIMUM_ABS_KB, static_max_kb // HARD_MINIMUM_STATIC_MAX_DIVISOR)
+
+
+# --------------------------------------------------------------------------------------------
+# State, configuration, decision
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What a policy remembers between decisions (plain data; the controller persists it)."""
+
+    #: The driver's target at the first decision (ceiling of last resort, and what reset restores).
+    initial_target_kb: int | None = None
+    #: The target the driver holds as far as the policy knows (updated with what was written).
+    last_target_kb: int | None = None
+    last_xs_target_kb: int | None = None
+    last_tick_t: float | None = None
+    last_grow_t: float | None = None
+    last_shrink_t: float | None = None
+    last_follow_t: float | None = None
+    last_oom_t: float | None = None
+    grow_streak: int = 0
+    prev_t: float | None = None
+    prev_some_total_us: int | None = None
+    prev_refaults: int | None = None
+    prev_pswpin: int | None = None
+    prev_oom_kill: int | None = None
+    #: classic: ``selfballoon_reserved_mb`` in KiB, fixed at the first tick like the kernel did.
+    reserved_kb: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Settings every policy shares."""
+
+    name: ClassVar[str] = ""
+    #: Configured floor (balloon units); raised to :func:`hard_minimum_kb` when below it.
+    floor_kb: int = 0
+    #: The ceiling when xenstore cannot be read (else the toolstack's values rule).
+    ceiling_kb: int | None = None
+    #: memory/target minus the driver's target when the toolstack set it (HVM video RAM).
+    toolstack_offset_kb: int = 0
+    #: Hysteresis: a change smaller than this is not made (unless a limit forces it).
+    min_change_kb: int = 8 * MIB_KB
+
+    def validate(self) -> None:
+        for key in ("floor_kb", "toolstack_offset_kb", "min_change_kb"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 0:
+                raise InputError(f"balloon config {key}", "expected an integer >= 0", value)
+        if self.ceiling_kb is not None and self.ceiling_kb <= 0:
+            raise InputError("balloon config ceiling_kb", "expected > 0", self.ceiling_kb)
+
+
+@dataclass(frozen=True)
+class NoneConfig(PolicyConfig):
+    name: ClassVar[str] = "none"
+    min_change_kb: int = 0
+
+
+@dataclass(frozen=True)
+class ClassicConfig(PolicyConfig):
+    """xen-selfballoon tunables with the kernel's defaults (reference section 5.1)."""
+
+    name: ClassVar[str] = "classic"
+    interval_s: float = 5.0
+    downhysteresis: int = 8
+    uphysteresis: int = 1
+    #: None = 10 % of MemTotal, computed once at the first tick (the kernel's init rule).
+    reserved_mb: int | None = None
+    #: 0 = the piecewise floor.
+    min_usable_mb: int = 0
+    #: The kernel set its target on every tick; no hysteresis.
+    min_change_kb: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("downhysteresis", "uphysteresis"):
+            if getattr(self, key) < 1:
+                raise InputError(f"balloon config {key}", "must be >= 1", getattr(self, key))
+        if self.interval_s <= 0:
+            raise InputError("balloon config interval_s", "must be > 0", self.interval_s)
+
+
+@dataclass(frozen=True)
+class PressureConfig(PolicyConfig):
+    """Tunables of the pressure policy; see :func:`decide_pressure` for why these defaults."""
+
+    name: ClassVar[str] = "pressure"
+    interval_s: float = 5.0
+    #: Shrink only while memory stall ("some") is below this percentage.
+    psi_target_pct: float = 0.2
+    #: Grow when the stall over the last interval reaches this percentage.
+    psi_grow_pct: float = 2.0
+    #: The PSI trigger the controller arms: 150 ms of "some" stall in a 1 s window (15 %).
+    trigger_stall_us: int = 150_000
+    trigger_window_us: int = 1_000_000
+    #: Grow when workingset refaults exceed this many pages per second (2000 = 7.8 MiB/s).
+    refault_grow_per_s: float = 2000.0
+    #: Grow when swap-ins exceed this many pages per second.
+    swapin_grow_per_s: float = 1000.0
+    #: Keep at least max(reserve_min_kb, reserve_pct % of the ceiling) of MemAvailable.
+    reserve_min_kb: int = 64 * MIB_KB
+    reserve_pct: float = 3.0
+    #: Shrink by the larger of this percentage of the current target ...
+    shrink_step_pct: float = 1.0
+    #: ... and this fraction of the headroom (MemAvailable above twice the reserve) per step ...
+    shrink_headroom_divisor: int = 8
+    #: ... but never more than max(shrink_max_step_kb, shrink_max_step_pct % of the ceiling) ...
+    shrink_max_step_kb: int = 64 * MIB_KB
+    shrink_max_step_pct: float = 6.25
+    #: ... and at most one shrink per this many seconds.
+    shrink_interval_s: float = 5.0
+    #: No shrink for this long after a grow or a toolstack override.
+    shrink_holdoff_s: float = 30.0
+    #: No shrink for this long after an OOM kill.
+    oom_holdoff_s: float = 300.0
+    #: Grow by max(grow_step_min_kb, grow_step_pct % of the ceiling) ...
+    grow_step_min_kb: int = 128 * MIB_KB
+    grow_step_pct: float = 12.5
+    #: ... doubled for each further grow within grow_streak_window_s (up to 2**grow_max_doublings).
+    grow_streak_window_s: float = 15.0
+    grow_max_doublings: int = 3
+    #: At most one grow per this many seconds (the PSI trigger window: one event per window).
+    grow_interval_s: float = 1.0
+    #: No further shrink while the driver is this far behind the target (current - target).
+    max_driver_lag_kb: int = 128 * MIB_KB
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.psi_target_pct < self.psi_grow_pct <= 100:
+            raise InputError(
+                "balloon config psi_target_pct/psi_grow_pct",
+                "need 0 < target < grow <= 100",
+                (self.psi_target_pct, self.psi_grow_pct),
+            )
+        if self.shrink_headroom_divisor < 1:
+            raise InputError(
+                "balloon config shrink_headroom_divisor", "must be >= 1",
+                self.shrink_headroom_divisor,
+            )
+        for key in ("shrink_step_pct", "shrink_max_step_pct", "grow_step_pct", "reserve_pct"):
+            value = getattr(self, key)
+            if not 0 <= value <= 100:
+                raise InputError(f"balloon config {key}", "expected a percentage", value)
+        for key in ("shrink_max_step_kb", "grow_step_min_kb", "reserve_min_kb"):
+            if getattr(self, key) < 0:
+                raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
+
+
+@dataclass(frozen=True)
+class Limits:
+    floor_kb: int
+    ceiling_kb: int
+    hard_minimum_kb: int
+    ceiling_source: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next balloon target (driver units), why, and the state to pass to the next call."""
+
+    target_kb: int
+    previous_kb: int
+    action: str  # "grow", "shrink", "hold" or "follow"
+    reason: str
+    floor_kb: int
+    ceiling_kb: int
+    new_state: PolicyState
+
+    @property
+    def changed(self) -> bool:
+        return self.target_kb != self.previous_kb
+
+
+# --------------------------------------------------------------------------------------------
+# Shared machinery
+
+
+def limits(signals: MemorySignals, state: PolicyState, config: PolicyConfig) -> Limits:
+    """Floor and ceiling for this snapshot (see the module docstring)."""
+    offset = config.toolstack_offset_kb
+    known = [
+        (v - offset, name)
+        for v, name in (
+            (signals.xs_target_kb, "memory/target"),
+            (signals.xs_static_max_kb, "memory/static-max"),
+        )
+        if v is not None
+    ]
+    if known:
+        ceiling, source = min(known)
+    elif config.ceiling_kb is not None:
+        ceiling, source = config.ceiling_kb, "config ceiling_kb"
+    elif state.initial_target_kb is not None:
+        ceiling, source = state.initial_target_kb, "initial driver target"
+    else:
+        ceiling, source = _driver_target(signals), "driver target"
+    ceiling = max(ceiling, 1)
+    static_max = signals.xs_static_max_kb if signals.xs_static_max_kb is not None else ceiling
+    hard = min(hard_minimum_kb(static_max), ceiling)
+    floor = min(max(config.floor_kb, hard), ceiling)
+    return Limits(floor_kb=floor, ceiling_kb=ceiling, hard_minimum_kb=hard, ceiling_source=source)
+
+
+def _driver_target(signals: MemorySignals) -> int:
+    if signals.balloon_target_kb is not None:
+        return signals.balloon_target_kb
+    if signals.balloon_current_kb is not None:
+        return signals.balloon_current_kb
+    return signals.mem_total_kb
+
+
+def _driver_current(signals: MemorySignals) -> int:
+    return signals.balloon_current_kb if signals.balloon_current_kb is not None else (
+        signals.mem_total_kb
+    )
+
+
+# A policy's own step: (signals, state, config, limits, previous target) ->
+# (raw target, action, reason, state). The shared wrapper clamps, applies hysteresis, and
+# records counters and timestamps.
+_Step = Callable[
+    [MemorySignals, PolicyState, PolicyConfig, Limits, int], tuple[int, str, str, PolicyState]
+]
+
+
+def _decide(
+    signals: MemorySignals, state: PolicyState, config: PolicyConfig, step: _Step
+) -> Decision:
+    now = signals.timestamp
+    if state.initial_target_kb is None:
+        state = replace(state, initial_target_kb=_driver_target(signals))
+    lim = limits(signals, state, config)
+    prev = state.last_target_kb if state.last_target_kb is not None else _driver_target(signals)
+
+    xs_changed = (
+        state.last_xs_target_kb is not None
+        and signals.xs_target_kb is not None
+        and signals.xs_target_kb != state.last_xs_target_kb
+    )
+    driver_moved = (
+        state.last_target_kb is not None
+        and signals.balloon_target_kb is not None
+        and signals.balloon_target_kb != state.last_target_kb
+    )
+    if xs_changed or driver_moved:
+        raw = _driver_target(signals)
+        action = "follow"
+        if xs_changed:
+            reason = (
+                f"toolstack override: memory/target {state.last_xs_target_kb} -> "
+                f"{signals.xs_target_kb} KiB; following the driver target {raw} KiB"
+            )
+        else:
+            reason = (
+                f"driver target changed behind the policy ({state.last_target_kb} -> {raw} KiB);"
+                " following"
+            )
+        # Following is not a change by us: the driver already holds the new target.
+        prev = raw
+        new_state = replace(state, last_follow_t=now, grow_streak=0)
+    else:
+        raw, action, reason, new_state = step(signals, state, config, lim, prev)
+
+    target = raw
+    if target > lim.ceiling_kb:
+        target = lim.ceiling_kb
+        reason += f"; capped at the ceiling {lim.ceiling_kb} KiB ({lim.ceiling_source})"
+    if target < lim.floor_kb:
+        target = lim.floor_kb
+        reason += f"; raised to the floor {lim.floor_kb} KiB"
+    prev_inside = lim.floor_kb <= prev <= lim.ceiling_kb
+    if (
+        action in ("grow", "shrink")
+        and prev_inside
+        and target != prev
+        and abs(target - prev) < config.min_change_kb
+    ):
+        reason += f"; change of {target - prev:+d} KiB below min_change {config.min_change_kb}"
+        target = prev
+        action = "hold"
+    if target > prev:
+        action = "grow" if action != "follow" else action
+        new_state = replace(new_state, last_grow_t=now)
+    elif target < prev:
+        action = "shrink" if action != "follow" else action
+        new_state = replace(new_state, last_shrink_t=now)
+    elif action in ("grow", "shrink"):
+        action = "hold"
+
+    new_state = replace(
+        new_state,
+        last_target_kb=target,
+        last_xs_target_kb=signals.xs_target_kb,
+        prev_t=now,
+        prev_some_total_us=signals.some_total_us,
+        prev_refaults=signals.refaults,
+        prev_pswpin=signals.pswpin,
+        prev_oom_kill=signals.oom_kill,
+    )
+    return Decision(
+        target_kb=target,
+        previous_kb=prev,
+        action=action,
+        reason=reason,
+        floor_kb=lim.floor_kb,
+        ceiling_kb=lim.ceiling_kb,
+        new_state=new_state,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# none
+
+
+def _step_none(
+    signals: MemorySignals, state: PolicyState, config: PolicyConfig, lim: Limits, prev: int
+) -> tuple[int, str, str, PolicyState]:
+    return lim.ceiling_kb, "grow", f"policy none holds the ceiling ({lim.ceiling_source})", state
+
+
+def decide_none(signals: MemorySignals, state: PolicyState, config: NoneConfig) -> Decision:
+    """Hold the ceiling: what a guest without self-ballooning keeps."""
+    return _decide(signals, state, config, _step_none)
+
+
+# --------------------------------------------------------------------------------------------
+# classic
+
+
+def mb2pages(mb: int) -> int:
+    """``MB2PAGES``: MiB to 4 KiB pages."""
+    return mb << 8
+
+
+def classic_reserved_mb(mem_total_kb: int) -> int:
+    """``PAGES2MB(totalram_pages / 10)``: the kernel's default ``selfballoon_reserved_mb``."""
+    return ((mem_total_kb // PAGE_KB) // 10) >> 8
+
+
+def classic_floor_pages(max_pfn: int, totalreserve_pages: int, min_usable_mb: int) -> int:
+    """The piecewise-linear floor of xen-selfballoon (reference section 5.2 step 3), in pages."""
+    useful = max_pfn - totalreserve_pages
+    if min_usable_mb != 0:
+        return totalreserve_pages + mb2pages(min_usable_mb)
+    if useful < mb2pages(16):
+        return max_pfn
+    if useful < mb2pages(64):
+        return totalreserve_pages + mb2pages(16) + ((useful - mb2pages(16)) >> 1)
+    if useful < mb2pages(512):
+        return totalreserve_pages + mb2pages(40) + ((useful - mb2pages(40)) >> 3)
+    return totalreserve_pages + mb2pages(99) + ((useful - mb2pages(99)) >> 5)
+
+
+def classic_target_pages(
+    cur_pages: int,
+    committed_pages: int,
+    totalreserve_pages: int,
+    reserved_mb: int,
+    max_pfn: int,
+    downhysteresis: int = 8,
+    uphysteresis: int = 1,
+    min_usable_mb: int = 0,
+) -> tuple[int, int, int]:
+    """One xen-selfballoon step in pages, integer arithmetic as in the kernel.
+
+    Returns ``(tgt_pages, goal_pages, floor_pages)``; ``tgt_pages`` is in MemTotal units (the
+    caller converts to the driver's units with ``tgt + current - MemTotal``).
+    """
+    goal = committed_pages + totalreserve_pages + mb2pages(reserved_mb)
+    tgt = cur_pages
+    if cur_pages > goal:
+        tgt = cur_pages - (cur_pages - goal) // downhysteresis
+    elif cur_pages < goal:
+        tgt = cur_pages + (goal - cur_pages) // uphysteresis
+    floor = classic_floor_pages(max_pfn, totalreserve_pages, min_usable_mb)
+    tgt = max(tgt, floor)
+    return tgt, goal, floor
+
+
+def _step_classic(
+    signals: MemorySignals, state: PolicyState, config: PolicyConfig, lim: Limits, prev: int
+) -> tuple[int, str, str, PolicyState]:
+    assert isinstance(config, ClassicConfig)
+    now = signals.timestamp
+    if state.last_tick_t is not None and now - state.last_tick_t < config.interval_s:
+        return prev, "hold", f"classic: next tick in {config.interval_s} s", state
+    reserved_kb = state.reserved_kb
+    if reserved_kb is None:
+        mb = (
+            config.reserved_mb
+            if config.reserved_mb is not None
+            else classic_reserved_mb(signals.mem_total_kb)
+        )
+        reserved_kb = mb * MIB_KB
+    totalreserve_kb = signals.totalreserve_kb if signals.totalreserve_kb is not None else 0
+    max_pfn_kb = (
+        signals.xs_static_max_kb if signals.xs_static_max_kb is not None else lim.ceiling_kb
+    )
+    tgt, goal, floor = classic_target_pages(
+        cur_pages=signals.mem_total_kb // PAGE_KB,
+        committed_pages=signals.committed_as_kb // PAGE_KB,
+        totalreserve_pages=totalreserve_kb // PAGE_KB,
+        reserved_mb=reserved_kb // MIB_KB,
+        max_pfn=max_pfn_kb // PAGE_KB,
+        downhysteresis=config.downhysteresis,
+        uphysteresis=config.uphysteresis,
+        min_usable_mb=config.min_usable_mb,
+    )
+    target = tgt * PAGE_KB + _driver_current(signals) - signals.mem_total_kb
+    reason = (
+        f"classic: MemTotal {signals.mem_total_kb} KiB, goal {goal * PAGE_KB} KiB "
+        f"(Committed_AS {signals.committed_as_kb} + totalreserve {totalreserve_kb}"
+        f"{'' if signals.totalreserve_kb is not None else ' (zoneinfo unread, 0)'}"
+        f" + reserved {reserved_kb}), floor {floor * PAGE_KB} KiB -> MemTotal {tgt * PAGE_KB} KiB"
+    )
+    action = "grow" if target > prev else "shrink"
+    return target, action, reason, replace(state, last_tick_t=now, reserved_kb=reserved_kb)
+
+
+def decide_classic(signals: MemorySignals, state: PolicyState, config: ClassicConfig) -> Decision:
+    """The kernel's xen-selfballoon step (reference section 5.2), every ``interval_s`` seconds.
+
+    goal = Committed_AS + totalreserve + reserved (10 % of RAM by default); above the goal, close
+    1/downhysteresis (8) of the gap per tick; below it, 1/uphysteresis (1, i.e. at once); never
+    below the piecewise floor; ``max_pfn`` is approximated by ``memory/static-max``. The result is
+    converted to driver units (``tgt + current_kb - MemTotal``), then the shared ceiling and hard
+    minimum apply (the kernel had neither; the reason says when they bit).
+    """
+    return _decide(signals, state, config, _step_classic)
+
+
+# --------------------------------------------------------------------------------------------
+# pressure
+
+
+def _rate(now: float, prev_t: float | None, value: int | None, prev: int | None) -> float | None:
+    """Per-second rate of a monotonic counter; None without history or after a reset."""
+    if prev_t is None or value is None or prev is None or now <= prev_t or value < prev:
+        return None
+    return (value - prev) / (now - prev_t)
+
+
+def stall_pct(signals: MemorySignals, state: PolicyState) -> float:
+    """Memory "some" stall over the last interval in percent (from PSI totals), else avg10."""
+    rate = _rate(signals.timestamp, state.prev_t, signals.some_total_us, state.prev_some_total_us)
+    if rate is None:
+        return signals.some_avg10
+    return min(100.0, rate / 1e6 * 100.0)
+
+
+def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
+    return max(config.reserve_min_kb, int(ceiling_kb * config.reserve_pct / 100))
+
+
+def _step_pressure(
+    signals: MemorySignals, state: PolicyState, config: PolicyConfig, lim: Limits, prev: int
+) -> tuple[int, str, str, PolicyState]:
+    assert isinstance(config, PressureConfig)
+    now = signals.timestamp
+    stall = stall_pct(signals, state)
+    refault_rate = _rate(now, state.prev_t, signals.refaults, state.prev_refaults)
+    swapin_rate = _rate(now, state.prev_t, signals.pswpin, state.prev_pswpin)
+    oom = (
+        signals.oom_kill is not None
+        and state.prev_oom_kill is not None
+        and signals.oom_kill > state.prev_oom_kill
+    )
+    reserve = reserve_kb(config, lim.ceiling_kb)
+    avail = signals.mem_available_kb
+
+    if oom:
+        state = replace(state, last_oom_t=now, grow_streak=0)
+        return lim.ceiling_kb, "grow", f"OOM kill seen (oom_kill {signals.oom_kill})", state
+
+    why = []
+    if signals.psi_trigger_fired:
+        why.append("PSI trigger fired")
+    if stall >= config.psi_grow_pct:
+        why.append(f"stall {stall:.2f} % >= {config.psi_grow_pct} %")
+    if refault_rate is not None and refault_rate >= config.refault_grow_per_s:
+        why.append(f"refaults {refault_rate:.0f}/s >= {config.refault_grow_per_s:.0f}/s")
+    if swapin_rate is not None and swapin_rate >= config.swapin_grow_per_s:
+        why.append(f"swap-ins {swapin_rate:.0f}/s >= {config.swapin_grow_per_s:.0f}/s")
+    if avail < reserve:
+        why.append(f"MemAvailable {avail} KiB < reserve {reserve} KiB")
+
+    if why:
+        if prev >= lim.ceiling_kb:
+            return prev, "hold", "; ".join(why) + "; already at the ceiling", state
+        if state.last_grow_t is not None and now - state.last_grow_t < config.grow_interval_s:
+            return prev, "hold", "; ".join(why) + "; grow rate-limited", state
+        streak = state.grow_streak
+        in_streak = (
+            state.last_grow_t is not None and now - state.last_grow_t <= config.grow_streak_window_s
+        )
+        streak = streak + 1 if in_streak else 0
+        base = max(config.grow_step_min_kb, int(lim.ceiling_kb * config.grow_step_pct / 100))
+        step = base * (2 ** min(streak, config.grow_max_doublings)) + max(0, reserve - avail)
+        state = replace(state, grow_streak=streak)
+        return prev + step, "grow", "; ".join(why) + f"; grow by {step} KiB", state
+
+    # No reason to grow: shrink if every condition allows it.
+    avg10 = signals.some_avg10
+    holds = []
+    if stall >= config.psi_target_pct or avg10 >= config.psi_target_pct:
+        holds.append(
+            f"stall {stall:.2f} % / avg10 {avg10:.2f} % not below target {config.psi_target_pct} %"
+        )
+    last_up = max(
+        [t for t in (state.last_grow_t, state.last_follow_t) if t is not None], default=None
+    )
+    if last_up is not None and now - last_up < config.shrink_holdoff_s:
+        holds.append(f"holdoff {config.shrink_holdoff_s:.0f} s after a grow")
+    if state.last_oom_t is not None and now - state.last_oom_t < config.oom_holdoff_s:
+        holds.append(f"holdoff {config.oom_holdoff_s:.0f} s after an OOM kill")
+    if state.last_shrink_t is not None and now - state.last_shrink_t < config.shrink_interval_s:
+        holds.append("shrink rate-limited")
+    lag = _driver_current(signals) - prev
+    if signals.balloon_current_kb is not None and lag > config.max_driver_lag_kb:
+        holds.append(f"driver {lag} KiB behind its target")
+    if prev <= lim.floor_kb:
+        holds.append("at the floor")
+    if holds:
+        return prev, "hold", "; ".join(holds), state
+
+    # Never shrink MemAvailable into twice the reserve: the band between reserve and 2 * reserve
+    # separates the shrink zone from the grow zone (hysteresis).
+    room = avail - 2 * reserve
+    scale = max(0.0, 1.0 - max(stall, avg10) / config.psi_target_pct)
+    max_step = max(
+        config.shrink_max_step_kb, int(lim.ceiling_kb * config.shrink_max_step_pct / 100)
+    )
+    step = int(
+        max(prev * config.shrink_step_pct / 100, room / config.shrink_headroom_divisor) * scale
+    )
+    # At least the hysteresis step while quiet, so the last bit of headroom is not left unused.
+    if scale > 0.5:
+        step = max(step, config.min_change_kb)
+    step = min(step, max_step)
+    if room < step:
+        step = max(0, room)
+        if step < config.min_change_kb:
+            return prev, "hold", f"MemAvailable {avail} KiB near 2x reserve {reserve} KiB", state
+    reason = f"quiet (stall {stall:.2f} %, avg10 {avg10:.2f} %); shrink by {step} KiB"
+    return prev - step, "shrink", reason, state
+
+
+def decide_pressure(
+    signals: MemorySignals, state: PolicyState, config: PressureConfig
+) -> Decision:
+    """Find the working set by feedback on pressure (the default policy).
+
+    Grow at once, by a large step, when any of these holds: the PSI trigger fired; the "some" stall
+    over the last interval reached ``psi_grow_pct`` (2 %); refaults or swap-ins per second climbed
+    over their thresholds; MemAvailable fell under the reserve (max(64 MiB, 3 % of the ceiling)); an
+    OOM kill happened (then straight to the ceiling, and no shrink for 5 minutes). The step is
+    max(128 MiB, 12.5 % of the ceiling) plus the reserve deficit, doubled for each further grow
+    within 15 s (at most 8x), so a spike is answered in the very step that sees it and a sustained
+    climb reaches the ceiling in a few seconds. Grows are limited to one per second, the PSI
+    trigger's window, which is also its notification rate.
+
+    Shrink in small steps only while it is quiet: stall and avg10 under ``psi_target_pct`` (0.2 %,
+    Senpai's order of magnitude), no grow or toolstack override in the last 30 s, at most one shrink
+    per 5 s, the driver not lagging, and MemAvailable staying above twice the reserve. The step is
+    2 % of the target scaled down as the stall nears the target, at most 64 MiB: 1 GiB shrinks by
+    about 20 MiB per 5 s, i.e. a 1 GiB guest reaches its working set in minutes, while reclaim
+    has time to show up in PSI before the next step. Changes under 8 MiB are not made.
+    """
+    return _decide(signals, state, config, _step_pressure)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+POLICY_NAMES = ("none", "classic", "pressure")
+DEFAULT_POLICY = "pressure"
+
+_CONFIGS: dict[str, type[PolicyConfig]] = {
+    "none": NoneConfig,
+    "classic": ClassicConfig,
+    "pressure": PressureConfig,
+}
+
+
+def default_config(name: str) -> PolicyConfig:
+    """The default configuration of a policy by name; an unknown name raises InputError."""
+    cls = _CONFIGS.get(name)
+    if cls is None:
+        choices = ", ".join(POLICY_NAMES)
+        raise InputError("balloon policy", f"unknown policy (choose {choices})", name)
+    return cls()
+
+
+def decide(signals: MemorySignals, state: PolicyState, config: PolicyConfig) -> Decision:
+    """Dispatch on the configuration's type: the config names the policy."""
+    if isinstance(config, PressureConfig):
+        return decide_pressure(signals, state, config)
+    if isinstance(config, ClassicConfig):
+        return decide_classic(signals, state, config)
+    if isinstance(config, NoneConfig):
+        return decide_none(signals, state, config)
+    raise InputError("balloon policy", "unknown configuration type", type(config).__name__)
