@@ -13,6 +13,7 @@ import select
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -107,6 +108,25 @@ def _open(path: str) -> w.Transport:
 
 
 Connect = Callable[..., XenstoreClient]
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now (pytest swaps and closes capture streams)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _logging_to_live_stderr() -> None:
+    # The client logs dropped packets. Another test may have left structlog bound to a capture
+    # stream that is closed by now; log to the live stderr instead.
+    from guestagent import log
+
+    log.configure(stream=_CurrentStderr())
 
 
 @pytest.fixture
