@@ -1,0 +1,263 @@
+"""The balloon actuator: writes ``target_kb``, reads back what the driver achieved, and can undo.
+
+It never decides. It writes a target only when the change is worth it (``min_delta_kb``, unless
+forced), logs every change with its reason, remembers the driver's original target in a record
+file under ``/run`` (so ``guestagent balloon --reset`` can undo after a crash: ``/run`` lives as
+long as the boot, exactly as long as the driver's target does), and notices when the toolstack
+rewrote ``memory/target`` behind it.
+
+Targets are in the driver's units (reference section 4.3): ``target_kb`` and ``info/current_kb``,
+not MemTotal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from guestagent.balloon.signals import (
+    BALLOON_TARGET,
+    XS_STATIC_MAX,
+    XS_TARGET,
+    BalloonState,
+    XenstoreReader,
+    balloon_unavailable_reason,
+    read_balloon,
+    read_xenstore_kb,
+)
+from guestagent.errors import GuestAgentError, InputError
+from guestagent.hostfs import HostFS
+from guestagent.log import get_logger
+
+#: Where the actuator keeps what it needs to undo (and the last decisions, for ``status``).
+RECORD_PATH = "/run/guestagent/balloon.json"
+
+#: Largest offset accepted between the toolstack's memory/target and the driver's target when the
+#: agent first starts (the HVM video RAM fudge is a few MiB); anything larger means someone moved
+#: the driver's target already, so the offset is taken as 0.
+MAX_TOOLSTACK_OFFSET_KB = 64 * 1024
+
+#: How many decisions the record keeps for ``status``.
+RECORD_DECISIONS = 20
+
+
+class BalloonUnavailable(GuestAgentError):
+    """No balloon driver, or not on Xen: the feature stays off."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(f"balloon unavailable: {why}")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    written: bool
+    #: The driver's target after this call (the new one if written, else the unchanged one).
+    target_kb: int
+    #: What the driver holds right now (it may lag behind the target or stop short of it).
+    current_kb: int
+    previous_kb: int
+
+
+class BalloonActuator:
+    """Writes the balloon target through a :class:`HostFS`; see the module docstring."""
+
+    def __init__(
+        self,
+        hostfs: HostFS,
+        xenstore: XenstoreReader | None = None,
+        min_delta_kb: int = 4 * 1024,
+        record_path: str = RECORD_PATH,
+    ) -> None:
+        self.hostfs = hostfs
+        self.xenstore = xenstore
+        self.min_delta_kb = min_delta_kb
+        self.record_path = record_path
+        self.log = get_logger("balloon")
+        self._last_xs_target: int | None = None
+
+    # -- availability and reads ---------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`BalloonUnavailable` (one clear line) without a balloon driver."""
+        why = balloon_unavailable_reason(self.hostfs)
+        if why is not None:
+            raise BalloonUnavailable(why)
+
+    def read(self) -> BalloonState:
+        state = read_balloon(self.hostfs)
+        if state is None:
+            self.check()
+            raise BalloonUnavailable("balloon driver vanished")
+        return state
+
+    def toolstack_targets(self) -> tuple[int | None, int | None]:
+        """(memory/target, memory/static-max) in KiB, None where unknown."""
+        if self.xenstore is None:
+            return None, None
+        return (
+            read_xenstore_kb(self.xenstore, XS_TARGET),
+            read_xenstore_kb(self.xenstore, XS_STATIC_MAX),
+        )
+
+    def observe_toolstack(self, xs_target_kb: int | None) -> bool:
+        """True (and a log line) when memory/target changed since the last look."""
+        previous, self._last_xs_target = self._last_xs_target, xs_target_kb
+        if previous is None or xs_target_kb is None or previous == xs_target_kb:
+            return False
+        self.log.warning(
+            "balloon_toolstack_override",
+            old_target_kb=previous,
+            new_target_kb=xs_target_kb,
+            action="following the toolstack's target",
+        )
+        record = self.load_record()
+        record["toolstack_target_kb"] = xs_target_kb
+        self.save_record(record)
+        return True
+
+    # -- the record ---------------------------------------------------------------------------
+
+    def load_record(self) -> dict[str, Any]:
+        """The record file's content; {} if there is none. A damaged record raises InputError."""
+        path = self.hostfs.path(self.record_path)
+        try:
+            with open(path, encoding="ascii") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise InputError(self.record_path, f"unreadable record: {e}") from None
+        if not isinstance(data, dict):
+            raise InputError(self.record_path, "record is not a JSON object", data)
+        original = data.get("original_target_kb")
+        if original is not None and (not isinstance(original, int) or original <= 0):
+            raise InputError(self.record_path, "bad original_target_kb", original)
+        return data
+
+    def save_record(self, record: dict[str, Any]) -> None:
+        path = self.hostfs.path(self.record_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    def start(self) -> dict[str, Any]:
+        """Remember the driver's original target (once per boot) and learn the toolstack offset.
+
+        Returns the record. If a record already exists (a previous run died without reset), its
+        original target is kept: that is the value to go back to, not the current one.
+        """
+        self.check()
+        record = self.load_record()
+        driver = self.read()
+        xs_target, xs_static_max = self.toolstack_targets()
+        self._last_xs_target = xs_target
+        if record.get("original_target_kb") is None:
+            offset = 0
+            if xs_target is not None:
+                offset = xs_target - driver.target_kb
+                if not 0 <= offset <= MAX_TOOLSTACK_OFFSET_KB:
+                    self.log.warning(
+                        "balloon_offset_unknown",
+                        xs_target_kb=xs_target,
+                        driver_target_kb=driver.target_kb,
+                        note="driver target already moved; assuming offset 0",
+                    )
+                    offset = 0
+            record.update(
+                original_target_kb=driver.target_kb,
+                toolstack_target_kb=xs_target,
+                static_max_kb=xs_static_max,
+                toolstack_offset_kb=offset,
+            )
+        record["active"] = True
+        self.save_record(record)
+        return record
+
+    def record_decision(self, entry: dict[str, Any]) -> None:
+        record = self.load_record()
+        decisions = list(record.get("decisions") or [])
+        decisions.append(entry)
+        record["decisions"] = decisions[-RECORD_DECISIONS:]
+        self.save_record(record)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _write(self, target_kb: int) -> None:
+        try:
+            self.hostfs.write_text(BALLOON_TARGET, f"{target_kb}\n")
+        except PermissionError:
+            raise InputError(
+                BALLOON_TARGET, "permission denied (writing needs root)", target_kb
+            ) from None
+        except OSError as e:
+            reason = f"write failed: {e.strerror or e}"
+            raise InputError(BALLOON_TARGET, reason, target_kb) from None
+
+    def apply(self, target_kb: int, reason: str, force: bool = False) -> ApplyResult:
+        """Write ``target_kb`` if it differs by at least ``min_delta_kb`` (or ``force``)."""
+        if target_kb <= 0:
+            raise InputError("balloon target", "must be positive", target_kb)
+        before = self.read()
+        delta = target_kb - before.target_kb
+        if delta == 0 or (abs(delta) < self.min_delta_kb and not force):
+            return ApplyResult(False, before.target_kb, before.current_kb, before.target_kb)
+        self._write(target_kb)
+        after = self.read()
+        self.log.info(
+            "balloon_target_set",
+            target_kb=target_kb,
+            previous_kb=before.target_kb,
+            delta_kb=delta,
+            current_kb=after.current_kb,
+            reason=reason,
+        )
+        return ApplyResult(True, target_kb, after.current_kb, before.target_kb)
+
+    def ceiling_kb(self) -> int | None:
+        """min(memory/target, memory/static-max) minus the recorded offset; None without them."""
+        xs_target, xs_static_max = self.toolstack_targets()
+        known = [v for v in (xs_target, xs_static_max) if v is not None]
+        if not known:
+            return None
+        offset = self.load_record().get("toolstack_offset_kb") or 0
+        return max(1, min(known) - int(offset))
+
+    def reset(self) -> int:
+        """Put the target back to the ceiling (toolstack's target) or the saved original; log it.
+
+        Returns the target written. Without a balloon driver this raises BalloonUnavailable.
+        """
+        self.check()
+        before = self.read()
+        record = self.load_record()
+        target = self.ceiling_kb()
+        source = "toolstack memory/target"
+        if target is None:
+            original = record.get("original_target_kb")
+            if original is None:
+                raise InputError(
+                    "balloon reset",
+                    f"no xenstore memory/target and no saved original target in {self.record_path}",
+                )
+            target, source = int(original), "saved original target"
+        self._write(target)
+        after = self.read()
+        self.log.info(
+            "balloon_reset",
+            target_kb=target,
+            previous_kb=before.target_kb,
+            current_kb=after.current_kb,
+            source=source,
+        )
+        if record:
+            record["active"] = False
+            record["original_target_kb"] = None
+            record["last_reset"] = {"target_kb": target, "source": source}
+            self.save_record(record)
+        return target

@@ -1,0 +1,176 @@
+"""A one-shot balloon controller loop: PSI trigger fd + interval timer, policy, actuator.
+
+Wakes on whichever comes first, the PSI trigger's ``POLLPRI`` (a pressure spike is answered at
+once) or the policy's interval; reads a snapshot, asks the policy, hands the target to the
+actuator. On SIGTERM or SIGINT, at ``--duration`` and on any way out, the target goes back to the
+ceiling (``reset``). The long-running daemon will wire the same pieces into its own event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from dataclasses import replace
+from types import FrameType
+from typing import Any, Callable
+
+from guestagent.balloon.actuator import BalloonActuator
+from guestagent.balloon.policy import (
+    PolicyConfig,
+    PolicyState,
+    PressureConfig,
+    decide,
+)
+from guestagent.balloon.signals import PsiTrigger, XenstoreReader, read_signals
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+from guestagent.log import get_logger
+
+#: Consecutive failed ticks (bad input) after which the loop resets and gives up.
+MAX_CONSECUTIVE_ERRORS = 3
+
+
+def _interval(config: PolicyConfig) -> float:
+    value = getattr(config, "interval_s", 5.0)
+    return float(value)
+
+
+def run_controller(
+    hostfs: HostFS,
+    xenstore: XenstoreReader | None,
+    config: PolicyConfig,
+    duration_s: float | None = None,
+    max_ticks: int | None = None,
+    reset_on_exit: bool = True,
+    use_trigger: bool = True,
+    install_signal_handlers: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Run until a signal, ``duration_s`` or ``max_ticks``; returns an exit status.
+
+    Raises :class:`~guestagent.balloon.actuator.BalloonUnavailable` before touching anything if
+    there is no balloon driver.
+    """
+    log = get_logger("balloon")
+    config.validate()
+    actuator = BalloonActuator(hostfs, xenstore)
+    record = actuator.start()
+    offset = int(record.get("toolstack_offset_kb") or 0)
+    if config.toolstack_offset_kb == 0 and offset:
+        config = replace(config, toolstack_offset_kb=offset)
+
+    trigger: PsiTrigger | None = None
+    if use_trigger and not hostfs.is_real_host:
+        # On a fixture tree the PSI "file" is a plain file: arming would overwrite it.
+        log.info("psi_trigger_skipped", reason="not the real host root")
+    elif use_trigger:
+        stall = getattr(config, "trigger_stall_us", PressureConfig.trigger_stall_us)
+        window = getattr(config, "trigger_window_us", PressureConfig.trigger_window_us)
+        try:
+            trigger = PsiTrigger(hostfs, "some", int(stall), int(window))
+        except InputError as e:
+            log.warning("psi_trigger_unavailable", error=str(e), fallback="interval timer only")
+
+    stop: list[int] = []
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_handlers: dict[int, Any] = {}
+    old_wakeup = -1
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.append(signum)
+
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[sig] = signal.signal(sig, on_signal)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    if trigger is not None:
+        poller.register(trigger.fileno(), select.POLLPRI)
+
+    interval = _interval(config)
+    state = PolicyState()
+    start = clock()
+    next_tick = start
+    ticks = 0
+    errors = 0
+    status = 0
+    log.info("balloon_controller_start", policy=config.name, interval_s=interval,
+             psi_trigger=trigger.spec if trigger is not None else None)
+    try:
+        while not stop:
+            timeout_ms = max(0, int((next_tick - clock()) * 1000))
+            fired = False
+            for fd, event in poller.poll(timeout_ms):
+                if fd == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+                elif trigger is not None and fd == trigger.fileno():
+                    if event & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
+                        log.warning("psi_trigger_lost", fallback="interval timer only")
+                        poller.unregister(fd)
+                        trigger.close()
+                        trigger = None
+                    elif event & select.POLLPRI:
+                        fired = True
+            if stop:
+                break
+            now = clock()
+            if not fired and now < next_tick:
+                continue
+            try:
+                snap = read_signals(hostfs, xenstore, now, psi_trigger_fired=fired)
+                actuator.observe_toolstack(snap.xs_target_kb)
+                decision = decide(snap, state, config)
+                force = decision.action == "follow" or not (
+                    decision.floor_kb <= (snap.balloon_target_kb or 0) <= decision.ceiling_kb
+                )
+                applied = actuator.apply(decision.target_kb, decision.reason, force=force)
+                state = replace(decision.new_state, last_target_kb=applied.target_kb)
+                if decision.action != "hold" or applied.written:
+                    log.info("balloon_decision", policy=config.name, action=decision.action,
+                             target_kb=decision.target_kb, written=applied.written,
+                             current_kb=applied.current_kb, reason=decision.reason)
+                actuator.record_decision({
+                    "policy": config.name,
+                    "t": round(now - start, 3),
+                    "wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "action": decision.action,
+                    "target_kb": applied.target_kb,
+                    "current_kb": applied.current_kb,
+                    "written": applied.written,
+                    "reason": decision.reason,
+                })
+                errors = 0
+            except InputError as e:
+                errors += 1
+                log.error("balloon_tick_failed", error=str(e), consecutive=errors)
+                if errors >= MAX_CONSECUTIVE_ERRORS:
+                    status = 1
+                    break
+            ticks += 1
+            next_tick = now + interval
+            if max_ticks is not None and ticks >= max_ticks:
+                break
+            if duration_s is not None and now - start >= duration_s:
+                break
+    finally:
+        if install_signal_handlers:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+        if trigger is not None:
+            trigger.close()
+        if reset_on_exit:
+            actuator.reset()
+        log.info("balloon_controller_stop", ticks=ticks,
+                 signal=signal.Signals(stop[0]).name if stop else None)
+    return status

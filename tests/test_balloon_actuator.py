@@ -1,0 +1,258 @@
+"""The balloon actuator and controller loop against a copy of the balloon-pv-1g fixture tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from guestagent.balloon.actuator import RECORD_PATH, BalloonActuator, BalloonUnavailable
+from guestagent.balloon.controller import run_controller
+from guestagent.balloon.policy import ClassicConfig, PressureConfig
+from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TARGET = BALLOON_TARGET.lstrip("/")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    dest = tmp_path / "balloon-pv-1g"
+    shutil.copytree(FIXTURES / "balloon-pv-1g", dest)
+    return dest
+
+
+def fs_xs(root: Path) -> tuple[HostFS, DirectoryXenstore]:
+    fs = HostFS(str(root))
+    return fs, DirectoryXenstore(fs, "/xenstore")
+
+
+def target_of(root: Path) -> int:
+    return int((root / TARGET).read_text())
+
+
+def quiet(root: Path) -> None:
+    (root / "proc/pressure/memory").write_text(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=1843201\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=912040\n"
+    )
+
+
+def test_apply_writes_logs_and_reads_back(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    act = BalloonActuator(fs, xs)
+    with capture_logs() as logs:
+        res = act.apply(900_000, "test shrink")
+    assert res.written and res.target_kb == 900_000 and res.previous_kb == 1048576
+    assert res.current_kb == 1048576  # a fixture's driver never moves: current lags the target
+    assert target_of(root) == 900_000
+    (event,) = [e for e in logs if e["event"] == "balloon_target_set"]
+    assert event["reason"] == "test shrink" and event["delta_kb"] == 900_000 - 1048576
+
+
+def test_small_changes_are_not_written_unless_forced(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    act = BalloonActuator(fs, xs, min_delta_kb=4096)
+    res = act.apply(1048576 - 1000, "tiny")
+    assert not res.written and target_of(root) == 1048576
+    res = act.apply(1048576 - 1000, "limit", force=True)
+    assert res.written and target_of(root) == 1048576 - 1000
+
+
+def test_start_records_original_and_reset_goes_back_to_the_toolstack_target(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    act = BalloonActuator(fs, xs)
+    record = act.start()
+    assert record["original_target_kb"] == 1048576 and record["toolstack_offset_kb"] == 0
+    act.apply(600_000, "shrink")
+    with capture_logs() as logs:
+        assert act.reset() == 1048576
+    assert target_of(root) == 1048576
+    assert any(e["event"] == "balloon_reset" and e["previous_kb"] == 600_000 for e in logs)
+    assert act.load_record()["active"] is False
+
+
+def test_reset_after_a_crash_without_xenstore_uses_the_saved_original(root: Path) -> None:
+    fs = HostFS(str(root))
+    first = BalloonActuator(fs, None)
+    first.start()
+    first.apply(500_000, "shrink")
+    # The process dies here; a new one (systemd ExecStopPost) resets.
+    again = BalloonActuator(fs, None)
+    assert again.reset() == 1048576
+    assert target_of(root) == 1048576
+
+
+def test_restart_after_a_crash_keeps_the_first_original(root: Path) -> None:
+    fs = HostFS(str(root))
+    BalloonActuator(fs, None).start()
+    BalloonActuator(fs, None).apply(500_000, "shrink")
+    record = BalloonActuator(fs, None).start()
+    assert record["original_target_kb"] == 1048576
+
+
+def test_reset_with_nothing_to_go_back_to(root: Path) -> None:
+    act = BalloonActuator(HostFS(str(root)), None)
+    with pytest.raises(InputError) as e:
+        act.reset()
+    assert "no xenstore memory/target and no saved original" in str(e.value)
+
+
+def test_offset_is_learned_for_hvm_video_ram(root: Path) -> None:
+    (root / TARGET).write_text("1040384\n")  # the driver's target is 8 MiB below memory/target
+    fs, xs = fs_xs(root)
+    act = BalloonActuator(fs, xs)
+    assert act.start()["toolstack_offset_kb"] == 8192
+    assert act.ceiling_kb() == 1048576 - 8192
+    assert act.reset() == 1040384
+
+
+def test_toolstack_override_is_noticed_and_logged(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    act = BalloonActuator(fs, xs)
+    act.start()
+    assert not act.observe_toolstack(1048576)
+    (root / "xenstore/memory/target").write_text("786432")
+    with capture_logs() as logs:
+        assert act.observe_toolstack(786432)
+    assert logs[0]["event"] == "balloon_toolstack_override" and logs[0]["new_target_kb"] == 786432
+    assert act.load_record()["toolstack_target_kb"] == 786432
+    assert act.reset() == 786432
+
+
+def test_unavailable_not_on_xen(tmp_path: Path) -> None:
+    act = BalloonActuator(HostFS(str(FIXTURES / "balloon-legacy-4.19")), None)
+    with pytest.raises(BalloonUnavailable) as e:
+        act.reset()
+    assert str(e.value).startswith("balloon unavailable: not running on Xen")
+
+
+def test_unavailable_without_balloon_driver(root: Path) -> None:
+    shutil.rmtree(root / "sys/devices/system/xen_memory")
+    act = BalloonActuator(HostFS(str(root)), None)
+    with pytest.raises(BalloonUnavailable) as e:
+        act.start()
+    assert str(e.value).startswith("balloon unavailable: no balloon driver")
+
+
+def test_garbage_driver_files_are_one_line(root: Path) -> None:
+    (root / TARGET).write_text("lots of memory\n")
+    act = BalloonActuator(HostFS(str(root)), None)
+    with pytest.raises(InputError) as e:
+        act.apply(900_000, "x")
+    assert str(e.value).startswith(BALLOON_TARGET) and "\n" not in str(e.value)
+    (root / TARGET).write_text("1048576\n")
+    (root / "sys/devices/system/xen_memory/xen_memory0/info/current_kb").unlink()
+    with pytest.raises(InputError, match="current_kb: does not exist"):
+        act.apply(900_000, "x")
+
+
+def test_write_failure_is_one_line(root: Path) -> None:
+    act = BalloonActuator(HostFS(str(root)), None)
+    (root / TARGET).unlink()
+    (root / TARGET).mkdir()
+    with pytest.raises(InputError) as e:
+        act._write(900_000)
+    assert str(e.value).startswith(BALLOON_TARGET) and "\n" not in str(e.value)
+
+
+def test_damaged_record_is_one_line(root: Path) -> None:
+    path = root / RECORD_PATH.lstrip("/")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    act = BalloonActuator(HostFS(str(root)), None)
+    with pytest.raises(InputError, match="unreadable record"):
+        act.start()
+    path.write_text('{"original_target_kb": -5}')
+    with pytest.raises(InputError, match="bad original_target_kb"):
+        act.start()
+
+
+# --- the controller loop -------------------------------------------------------------------------
+
+
+def test_controller_shrinks_a_quiet_guest_and_resets_on_exit(root: Path) -> None:
+    quiet(root)
+    fs, xs = fs_xs(root)
+    cfg = PressureConfig(interval_s=0.01, shrink_interval_s=0.0)
+    with capture_logs() as logs:
+        status = run_controller(
+            fs, xs, cfg, max_ticks=3, use_trigger=False, install_signal_handlers=False,
+            reset_on_exit=False,
+        )
+    assert status == 0
+    assert target_of(root) < 1048576
+    sets = [e for e in logs if e["event"] == "balloon_target_set"]
+    assert sets and all(e["reason"].startswith("quiet") for e in sets)
+    record = BalloonActuator(fs, xs).load_record()
+    assert record["active"] and len(record["decisions"]) == 3
+    # Reset on exit (the default) puts it back.
+    run_controller(fs, xs, cfg, max_ticks=1, use_trigger=False, install_signal_handlers=False)
+    assert target_of(root) == 1048576
+
+
+def test_controller_classic_on_the_fixture(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    run_controller(
+        fs, xs, ClassicConfig(), max_ticks=1, use_trigger=False, install_signal_handlers=False,
+        reset_on_exit=False,
+    )
+    # The fixture's own numbers: MemTotal 998576, Committed_AS 412656, totalreserve 2455 pages.
+    assert target_of(root) == 988980
+
+
+def test_controller_resets_on_sigterm(root: Path) -> None:
+    quiet(root)
+    fs, xs = fs_xs(root)
+    (root / TARGET).write_text("700000\n")  # as if an earlier tick had shrunk it
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with capture_logs() as logs:
+            status = run_controller(fs, xs, PressureConfig(interval_s=60.0), use_trigger=False)
+    finally:
+        timer.cancel()
+    assert status == 0
+    assert target_of(root) == 1048576
+    stop = [e for e in logs if e["event"] == "balloon_controller_stop"]
+    assert stop and stop[0]["signal"] == "SIGTERM"
+
+
+def test_controller_does_not_arm_a_trigger_on_a_fixture_tree(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    before = (root / "proc/pressure/memory").read_bytes()
+    with capture_logs() as logs:
+        run_controller(fs, xs, PressureConfig(interval_s=0.01), max_ticks=1,
+                       install_signal_handlers=False)
+    start = [e for e in logs if e["event"] == "balloon_controller_start"]
+    assert start[0]["psi_trigger"] is None
+    assert any(e["event"] == "psi_trigger_skipped" for e in logs)
+    assert (root / "proc/pressure/memory").read_bytes() == before
+
+
+def test_controller_gives_up_after_repeated_bad_input(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    (root / "proc/meminfo").write_text("garbage\n")
+    with capture_logs() as logs:
+        status = run_controller(
+            fs, xs, PressureConfig(interval_s=0.01), use_trigger=False,
+            install_signal_handlers=False,
+        )
+    assert status == 1
+    failed = [e for e in logs if e["event"] == "balloon_tick_failed"]
+    assert len(failed) == 3 and "/proc/meminfo line 1" in failed[0]["error"]
+    assert target_of(root) == 1048576
+
+
+def test_controller_refuses_without_driver(tmp_path: Path) -> None:
+    fs: Any = HostFS(str(FIXTURES / "balloon-legacy-4.19"))
+    with pytest.raises(BalloonUnavailable):
+        run_controller(fs, None, PressureConfig(), max_ticks=1, install_signal_handlers=False)
