@@ -1,0 +1,203 @@
+"""Dom0 commands: ``guestagent host topology [--json]``, ``guestagent dom0 publish`` (one pass)
+and ``guestagent dom0 run`` (follow xenstore watches).
+
+All need the control domain: detected from ``/proc/xen/capabilities`` (``control_d``), or forced
+with ``--role dom0``. Exit status 0 on success; 1 with one line on stderr when Xen or xenstore
+cannot answer; ``dom0 publish`` exits 1 as well when any guest's hints could not be computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable
+
+from guestagent.dom0.publisher import DomainResult, Publisher
+from guestagent.dom0.role import ROLES, require_dom0
+from guestagent.dom0.schema import base_path
+from guestagent.dom0.topology import HostTopology, read_host_topology, render_table, to_json_text
+from guestagent.hostfs import HostFS
+from guestagent.xen.sysctl import PciAddress
+
+
+@contextmanager
+def real_sysctl(hostfs: HostFS) -> Iterator[Any]:
+    """A :class:`~guestagent.xen.sysctl.Sysctl` over privcmd (C extension imported here only)."""
+    from guestagent.xen.privcmd import open_privcmd
+    from guestagent.xen.sysctl import Sysctl
+
+    with open_privcmd(hostfs) as privcmd:
+        yield Sysctl(privcmd)
+
+
+def real_xenstore(hostfs: HostFS) -> Any:
+    from guestagent.xen.xenstore import XenstoreClient
+    from guestagent.xen.xsconn import open_xenstore
+
+    return XenstoreClient(open_xenstore(hostfs))
+
+
+#: How the commands reach Xen and xenstore; tests replace these.
+sysctl_factory: Callable[[HostFS], Any] = real_sysctl
+xenstore_factory: Callable[[HostFS], Any] = real_xenstore
+
+
+def host_topology(args: argparse.Namespace, ctx: Any) -> int:
+    hostfs: HostFS = ctx.hostfs
+    require_dom0(hostfs, args.role)
+    with sysctl_factory(hostfs) as sysctl:
+        topology = read_host_topology(hostfs, sysctl)
+    if args.json:
+        sys.stdout.write(to_json_text(topology) + "\n")
+        for problem in topology.problems:
+            print(f"guestagent: warning: {problem}", file=sys.stderr)
+    else:
+        sys.stdout.write(render_table(topology))
+    return 0
+
+
+def _results_json(results: Sequence[DomainResult]) -> list[dict[str, Any]]:
+    out = []
+    for r in results:
+        out.append(
+            {
+                "domid": r.domid,
+                "path": base_path(r.domid),
+                "error": r.error,
+                "changed": r.plan is not None and not r.plan.empty,
+                "devices": [
+                    {
+                        "host_bdf": str(h.host),
+                        "guest_bdf": None if h.guest is None else str(h.guest),
+                        "host_node": h.host_node,
+                        "vnode": h.vnode,
+                        "vnode_source": h.vnode_source,
+                    }
+                    for h in r.hints
+                ],
+            }
+        )
+    return out
+
+
+def _results_text(results: Sequence[DomainResult]) -> str:
+    if not results:
+        return "no guest has a passthrough device\n"
+    lines = []
+    for r in results:
+        state = "unchanged" if r.plan is None or r.plan.empty else "updated"
+        if r.error is not None:
+            lines.append(f"dom{r.domid}: no hints: {r.error}")
+            continue
+        if not r.hints:
+            lines.append(f"dom{r.domid}: no passthrough device ({state})")
+            continue
+        lines.append(f"dom{r.domid}: {base_path(r.domid)} ({state})")
+        for h in r.hints:
+            guest = "?" if h.guest is None else str(h.guest)
+            node = "-" if h.host_node is None else str(h.host_node)
+            vnode = "-" if h.vnode is None else str(h.vnode)
+            lines.append(
+                f"  {h.host} (guest {guest}): host node {node}, vnode {vnode} ({h.vnode_source})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _publisher(hostfs: HostFS, client: Any, sysctl: Any) -> Publisher:
+    def topology(extra: Sequence[PciAddress]) -> HostTopology:
+        return read_host_topology(hostfs, sysctl, extra)
+
+    return Publisher(client, hostfs, topology)
+
+
+def dom0_publish(args: argparse.Namespace, ctx: Any) -> int:
+    hostfs: HostFS = ctx.hostfs
+    require_dom0(hostfs, args.role)
+    client = xenstore_factory(hostfs)
+    try:
+        with sysctl_factory(hostfs) as sysctl:
+            results = _publisher(hostfs, client, sysctl).publish_all()
+    finally:
+        client.close()
+    if args.json:
+        sys.stdout.write(json.dumps(_results_json(results), indent=2) + "\n")
+    else:
+        sys.stdout.write(_results_text(results))
+    errors = [r for r in results if r.error is not None]
+    for r in errors:
+        print(f"guestagent: dom{r.domid}: {r.error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def dom0_run(args: argparse.Namespace, ctx: Any) -> int:
+    hostfs: HostFS = ctx.hostfs
+    require_dom0(hostfs, args.role)
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    client = xenstore_factory(hostfs)
+    try:
+        with sysctl_factory(hostfs) as sysctl:
+            _publisher(hostfs, client, sysctl).run(lambda: bool(stopping), resync=args.resync)
+    finally:
+        client.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def _role_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="auto",
+        help="'dom0' skips the detection from /proc/xen/capabilities (default: auto)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    host = subparsers.add_parser("host", help="the Xen host, seen from Dom0")
+    host_sub = host.add_subparsers(dest="host_command", metavar="COMMAND", required=True)
+    topo = host_sub.add_parser(
+        "topology",
+        help="NUMA nodes, CPUs and PCI devices as Xen knows them (like 'xl info -n')",
+        description=(
+            "Show the host's NUMA topology from Xen's sysctls: per node memory and distances, "
+            "per CPU core/socket/node, and the node of each of Dom0's PCI devices."
+        ),
+    )
+    topo.add_argument("--json", action="store_true", help="print one JSON object")
+    _role_argument(topo)
+    topo.set_defaults(func=host_topology)
+
+    dom0 = subparsers.add_parser("dom0", help="Dom0 services for the guests")
+    dom0_sub = dom0.add_subparsers(dest="dom0_command", metavar="COMMAND", required=True)
+    publish = dom0_sub.add_parser(
+        "publish",
+        help="publish each guest's passthrough-device hints into its xenstore tree, once",
+        description=(
+            "For every guest with PCI passthrough devices, compute each device's host node and "
+            "the guest vnode on it, and write them under /local/domain/<domid>/guestagent-dom0 "
+            "(owner dom0, read-only for the guest); remove hints of devices that are gone."
+        ),
+    )
+    publish.add_argument("--json", action="store_true", help="print the result as JSON")
+    _role_argument(publish)
+    publish.set_defaults(func=dom0_publish)
+    run = dom0_sub.add_parser(
+        "run",
+        help="publish, then keep the hints current from xenstore watches until stopped",
+    )
+    run.add_argument(
+        "--resync", type=float, default=60.0, metavar="SECONDS",
+        help="full pass at least this often (default 60)",
+    )
+    _role_argument(run)
+    run.set_defaults(func=dom0_run)
