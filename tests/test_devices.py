@@ -562,3 +562,100 @@ def test_garbage_state_file_is_one_line(tmp_path: Path) -> None:
         json.dumps({"version": 1, "changes": [{"kind": "rm -rf", "path": "/"}]}))
     with pytest.raises(InputError, match="unknown change kind"):
         job_for(root)
+
+
+# ---------------------------------------------------------------- protection edge cases
+
+
+def _mountinfo(root: Path, line: str) -> None:
+    (root / "proc/self/mountinfo").write_text(line + "\n")
+
+
+def test_root_on_device_mapper_is_followed_through_slaves(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    dm = root / "sys/devices/virtual/block/dm-0"
+    (dm / "slaves").mkdir(parents=True)
+    os.symlink("../../../../pci0000:00/0000:00:04.0/virtio1/block/vda/vda1", dm / "slaves/vda1")
+    os.symlink("../../devices/virtual/block/dm-0", root / "sys/dev/block/253:0")
+    os.symlink("../../devices/virtual/block/dm-0", root / "sys/class/block/dm-0")
+    _mountinfo(root, "28 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/vg-root rw")
+    assert root_device_functions(HostFS(str(root))) == [BLK]
+
+
+def test_root_on_btrfs_uses_the_mount_source(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    # Field 4 is the subvolume (/@), field 5 the mount point; 0:31 is an anonymous device.
+    _mountinfo(root, "28 1 0:31 /@ / rw,relatime shared:1 - btrfs /dev/vda1 rw,subvol=/@")
+    assert root_device_functions(HostFS(str(root))) == [BLK]
+
+
+def test_root_on_tmpfs_protects_no_disk(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    _mountinfo(root, "1 0 0:2 / / rw shared:1 - rootfs rootfs rw")
+    protected = protected_devices(HostFS(str(root)), eth0)
+    assert protected.reasons == {NET: "carries the default route (eth0)"}
+    assert protected.unknown == []
+
+
+def test_unreadable_mountinfo_refuses_every_rebind(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    _mountinfo(root, "garbage")
+    protected = protected_devices(HostFS(str(root)), eth0)
+    refusal = protected.refusal(VF)
+    assert refusal is not None and "root file system" in refusal and "mountinfo" in refusal
+
+
+def test_default_route_through_a_bond_finds_the_slave_device(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    bond = root / "sys/devices/virtual/net/bond0"
+    bond.mkdir(parents=True)
+    os.symlink("../../../pci0000:00/0000:00:03.0/virtio0/net/eth0", bond / "lower_eth0")
+    os.symlink("../../devices/virtual/net/bond0", root / "sys/class/net/bond0")
+    protected = protected_devices(HostFS(str(root)), lambda: ["bond0"])
+    assert protected.reasons[NET] == "carries the default route (bond0)"
+
+
+def test_missing_pyroute2_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from guestagent.devices.protect import pyroute2_default_interfaces
+
+    monkeypatch.setitem(sys.modules, "pyroute2", None)
+    with pytest.raises(ImportError, match="pyroute2 is not installed"):
+        pyroute2_default_interfaces()
+
+
+# ---------------------------------------------------------------- the udev monitor
+
+
+def test_missing_pyudev_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+
+    monkeypatch.setitem(sys.modules, "pyudev", None)
+    with pytest.raises(HotplugUnavailableError, match="pyudev is not installed"):
+        HotplugMonitor.open()
+
+
+def test_monitor_drains_queued_events_into_the_job(tmp_path: Path) -> None:
+    from guestagent.devices.hotplug import HotplugMonitor
+
+    class FakeMonitor:
+        def __init__(self, queued: list[Any]) -> None:
+            self.queued = queued
+
+        def fileno(self) -> int:
+            return 42
+
+        def poll(self, timeout: float) -> Any:
+            return self.queued.pop(0) if self.queued else None
+
+    root = copy_tree(tmp_path)
+    job = job_for(root, config=DevicesConfig(node_overrides={VF: 1}))
+    job.scan(apply=True)
+    monitor = HotplugMonitor(FakeMonitor([ev("bind", VF), ev("change", VF),
+                                          ev("add", "eth0", subsystem="net")]))
+    assert monitor.fileno() == 42
+    reports = monitor.pump(job)
+    assert [r.bdf for r in reports] == [VF] and reports[0].source == "config"

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import signal
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Optional
@@ -81,7 +83,7 @@ class DevicesJob:
         config: Optional[DevicesConfig] = None,
         hint_sources: Sequence[HintSource] = (),
         *,
-        route_lookup: RouteLookup = pyroute2_default_interfaces,
+        route_lookup: Optional[RouteLookup] = None,
         irqbalance_status: Optional[IrqbalanceStatus] = None,
     ) -> None:
         self.hostfs = hostfs
@@ -149,7 +151,8 @@ class DevicesJob:
     @property
     def protected(self) -> Protected:
         if self._protected is None:
-            self._protected = protected_devices(self.hostfs, self.route_lookup)
+            self._protected = protected_devices(
+                self.hostfs, self.route_lookup or pyroute2_default_interfaces)
         return self._protected
 
     # ---------------------------------------------------------------- passes
@@ -163,11 +166,32 @@ class DevicesJob:
             self.log.warning("devices_input_ignored", problem=line)
         self.problems += bad
         reports: list[DeviceReport] = []
+        pinned_before = self._pinned_irqs()
         for bdf in names:
             report = self.evaluate(bdf, apply)
             if report is not None:
                 reports.append(report)
+        if apply and self._pinned_irqs() != pinned_before:
+            self._nudge_irqbalance()
         return reports
+
+    def _pinned_irqs(self) -> set[str]:
+        return {p for p, c in self.state.changes.items() if c.kind == "irq_affinity"}
+
+    def _nudge_irqbalance(self) -> None:
+        """irqbalance running guestagent's policy script asks it again on SIGHUP (a rescan)."""
+        status = self._irqbalance
+        if status is None or not status.running or not status.uses_our_policy:
+            return
+        if status.pid is None or not self.hostfs.is_real_host:
+            return
+        try:
+            os.kill(status.pid, signal.SIGHUP)
+        except OSError as e:
+            self.log.warning("irqbalance_rescan_failed", pid=status.pid, error=_errname(e))
+            return
+        self.log.info("irqbalance_rescan", pid=status.pid,
+                      reason="pinned IRQs changed; its policy script now bans them")
 
     def evaluate(self, bdf: str, apply: bool) -> Optional[DeviceReport]:
         """One device; None when it vanished before anything could be read."""

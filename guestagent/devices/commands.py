@@ -1,0 +1,195 @@
+"""``guestagent devices``: PCI devices, their NUMA node and where it came from, and what was done.
+
+* ``guestagent devices [--json]``: read-only; each device, its node and its source
+  (kernel | dom0 | config | unknown), the changes in force, what ``apply`` would do, what is
+  skipped and why, what failed.
+* ``guestagent devices apply [--rebind] [--no-numa-node-write] [--json]``: bind every device to its
+  node (IRQs, numa_node, optional rebind and hugepages), recording the previous state in
+  ``/run/guestagent/devices.json``. Exit status 1 when any step failed (see the ``failed`` lines).
+* ``guestagent devices --reset``: undo everything the state file records (also after a crash).
+* ``guestagent devices irqbalance-policy DEVPATH IRQ``: an irqbalance ``--policyscript``; prints
+  ``ban=true`` for IRQs guestagent pinned, ``numa_node=N`` for a device whose node only guestagent
+  knows. Always exits 0 (irqbalance wants that).
+
+``--config FILE`` reads a JSON object (or its ``devices`` section, see
+:mod:`guestagent.devices.config`); ``--node BDF=N`` adds a node override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from guestagent.devices.apply import DevicesJob
+from guestagent.devices.config import DevicesConfig
+from guestagent.devices.discovery import read_device
+from guestagent.devices.hints import HintSource
+from guestagent.devices.irqbalance import policy_lines
+from guestagent.devices.model import DeviceReport, is_bdf
+from guestagent.devices.resolve import resolve_node
+from guestagent.devices.state import StateStore
+from guestagent.errors import GuestAgentError, InputError
+from guestagent.hostfs import HostFS
+
+
+def no_hint_sources(hostfs: HostFS) -> list[HintSource]:
+    """Dom0 hint sources for the CLI; integration replaces this with the xenstore reader."""
+    return []
+
+
+#: How the commands get their Dom0 hint sources; tests and integration replace it.
+hint_source_factory: Callable[[HostFS], list[HintSource]] = no_hint_sources
+
+
+def load_config(args: argparse.Namespace) -> DevicesConfig:
+    config = DevicesConfig()
+    path = getattr(args, "config", None)
+    if path:
+        try:
+            with open(path) as f:
+                text = f.read(1 << 20)
+        except OSError as e:
+            raise InputError(path, f"cannot read the config: {e.strerror or e}") from None
+        config = DevicesConfig.from_json_text(text, path)
+    for item in getattr(args, "node", None) or []:
+        bdf, sep, node = item.partition("=")
+        if not sep or not is_bdf(bdf) or not node.isdigit():
+            raise InputError("--node", "expected BDF=N like 0000:00:05.0=1", item)
+        config.node_overrides[bdf] = int(node)
+    if getattr(args, "rebind", False):
+        config.rebind = True
+    if getattr(args, "no_numa_node_write", False):
+        config.write_numa_node = False
+    return config
+
+
+def make_job(args: argparse.Namespace, ctx: Any) -> DevicesJob:
+    hostfs: HostFS = ctx.hostfs
+    return DevicesJob(hostfs, load_config(args), hint_source_factory(hostfs))
+
+
+def render_table(reports: list[DeviceReport], job: DevicesJob) -> str:
+    lines: list[str] = []
+    for r in reports:
+        node = "?" if r.node is None else str(r.node)
+        lines.append(f"{r.bdf}  {r.vendor}:{r.device}  {r.pci_class}  driver={r.driver or '-'}  "
+                     f"node={node} ({r.source})  kernel_numa_node={r.kernel_node}  "
+                     f"irqs={','.join(str(i) for i in r.irqs) or '-'}")
+        for label, items in (("applied", r.applied), ("planned", r.planned),
+                             ("skipped", r.skipped), ("failed", r.failed)):
+            for item in items:
+                lines.append(f"    {label}: {item}")
+    if not reports:
+        lines.append("no PCI devices")
+    status = job.irqbalance
+    decision = job.irq_decision
+    lines.append(f"irqbalance: {'running' if status.running else 'not running'}; "
+                 f"mode {decision.mode}: {decision.reason}")
+    for line in job.problems:
+        lines.append(f"ignored input: {line}")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(reports: list[DeviceReport], job: DevicesJob, undo: list[str]) -> str:
+    status = job.irqbalance
+    decision = job.irq_decision
+    payload = {
+        "devices": [r.to_dict() for r in reports],
+        "nodes": {"online": job.nodes.online,
+                  "cpus": {str(k): v for k, v in sorted(job.nodes.cpus.items())}},
+        "irqbalance": {"running": status.running, "pid": status.pid,
+                       "found_by": status.found_by, "policyscript": status.policyscript,
+                       "mode": decision.mode, "touch_irqs": decision.touch,
+                       "reason": decision.reason},
+        "problems": job.problems,
+        "state_file": job.state.path,
+        "undone": undo,
+    }
+    return json.dumps(payload, indent=2, sort_keys=True)
+
+
+def run_show(args: argparse.Namespace, ctx: Any) -> int:
+    job = make_job(args, ctx)
+    if args.reset:
+        undo = job.reset()
+        if args.json:
+            sys.stdout.write(json.dumps({"undone": undo, "state_file": job.state.path},
+                                        indent=2) + "\n")
+        else:
+            sys.stdout.write("".join(f"{line}\n" for line in undo) or "nothing to undo\n")
+        return 0
+    reports = job.scan(apply=False)
+    sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
+    return 0
+
+
+def run_apply(args: argparse.Namespace, ctx: Any) -> int:
+    job = make_job(args, ctx)
+    reports = job.scan(apply=True)
+    sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
+    return 1 if any(r.failed for r in reports) else 0
+
+
+def run_policy(args: argparse.Namespace, ctx: Any) -> int:
+    """irqbalance policy script: never fails, prints key=value lines or nothing."""
+    try:
+        hostfs: HostFS = ctx.hostfs
+        irq = int(args.irq)
+        bdf = os.path.basename(str(args.devpath).rstrip("/"))
+        config = load_config(args)
+        store = StateStore(hostfs, config.state_file).load()
+        pinned = {int(p.split("/")[3]) for p, c in store.changes.items()
+                  if c.kind == "irq_affinity"}
+        node = None
+        if is_bdf(bdf):
+            job = DevicesJob(hostfs, config, hint_source_factory(hostfs))
+            job.refresh()
+            device = read_device(hostfs, bdf)
+            if device.numa_node < 0:
+                node = resolve_node(device, job.nodes, job.dom0_hints, job.config_hints).node
+        for line in policy_lines(irq, pinned, node):
+            print(line)
+    except (GuestAgentError, OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--config", metavar="FILE", help="devices configuration (JSON)")
+    parser.add_argument("--node", action="append", metavar="BDF=N",
+                        help="node override for one device (repeatable), e.g. 0000:00:05.0=1")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "devices",
+        help="PCI devices, their NUMA node, and binding them to it",
+        description=(
+            "Show PCI devices with their NUMA node and where it came from (kernel, Dom0 hint, "
+            "config), what was applied and what failed; 'apply' binds IRQs (and numa_node, "
+            "optionally the driver and hugepages) to that node; --reset undoes it."
+        ),
+    )
+    _common(parser)
+    parser.add_argument("--reset", action="store_true",
+                        help="undo every change recorded in the state file")
+    parser.set_defaults(func=run_show, reset=False)
+    sub = parser.add_subparsers(dest="devices_command", metavar="ACTION")
+    apply = sub.add_parser("apply", help="bind every device to its node, recording undo state")
+    _common(apply)
+    apply.add_argument("--rebind", action="store_true",
+                       help="unbind and rebind the driver after writing numa_node "
+                            "(never the root file system's or default route's device)")
+    apply.add_argument("--no-numa-node-write", action="store_true",
+                       help="do not write numa_node (writing it taints the kernel)")
+    apply.set_defaults(func=run_apply)
+    policy = sub.add_parser("irqbalance-policy",
+                            help="irqbalance --policyscript: ban the IRQs guestagent pinned")
+    policy.add_argument("devpath", help="the device's sysfs path (from irqbalance)")
+    policy.add_argument("irq", help="the IRQ number (from irqbalance)")
+    policy.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
+    policy.set_defaults(func=run_policy)

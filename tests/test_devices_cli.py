@@ -1,0 +1,117 @@
+"""``guestagent devices``: table and JSON, apply, --reset, the irqbalance policy script."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from guestagent import log
+from guestagent.cli import Context
+from guestagent.devices import commands
+from guestagent.devices.hints import HintSource, StaticHintSource
+from guestagent.devices.model import DeviceHint
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+VF = "0000:00:05.0"
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(log, "_configured", True)
+    # No real default-route lookup and no real process table in these tests.
+    monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
+    with capture_logs():
+        yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    dest = tmp_path / "root"
+    shutil.copytree(FIXTURES / "devices-2node", dest, symlinks=True)
+    return dest
+
+
+def run(root: Path, *argv: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="guestagent")
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["devices", *argv])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = args.func(args, Context(hostfs=HostFS(str(root))))
+    return rc, out.getvalue()
+
+
+def test_show_is_read_only_and_lists_node_and_source(root: Path) -> None:
+    rc, out = run(root, "--node", f"{VF}=1")
+    assert rc == 0
+    assert f"{VF}  0x8086:0x10ed" in out and "node=1 (config)" in out
+    assert "planned: write numa_node = 1" in out and "planned: IRQ 29" in out
+    assert "irqbalance: not running" in out
+    assert (root / "proc/irq/29/smp_affinity_list").read_text() == "0-3\n"
+    assert not (root / "run/guestagent/devices.json").exists()
+
+
+def test_apply_json_then_reset(root: Path) -> None:
+    rc, out = run(root, "apply", "--json", "--node", f"{VF}=1")
+    assert rc == 0
+    data = json.loads(out)
+    vf = next(d for d in data["devices"] if d["bdf"] == VF)
+    assert (vf["node"], vf["source"]) == (1, "config")
+    assert any("smp_affinity_list = 2-3" in a for a in vf["applied"])
+    assert data["irqbalance"]["mode"] == "pin" and data["nodes"]["online"] == [0, 1]
+    assert (root / "proc/irq/29/smp_affinity_list").read_text() == "2-3"
+    # The read-only view now shows what is in force, and where the node came from.
+    rc, out = run(root, "--node", f"{VF}=1")
+    assert "node=1 (config)" in out and "applied: numa_node = 1 (was -1)" in out
+    rc, out = run(root, "--reset")
+    assert rc == 0 and "/proc/irq/29/smp_affinity_list: restored '0-3'" in out
+    assert (root / "proc/irq/29/smp_affinity_list").read_text() == "0-3"
+    assert (root / f"sys/devices/pci0000:00/{VF}/numa_node").read_text() == "-1"
+    rc, out = run(root, "--reset")
+    assert out == "nothing to undo\n"
+
+
+def test_apply_no_numa_node_write_and_dom0_hints(root: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def dom0(hostfs: HostFS) -> list[HintSource]:
+        return [StaticHintSource([DeviceHint(VF, vnode=1, host_node=1)])]
+
+    monkeypatch.setattr(commands, "hint_source_factory", dom0)
+    rc, out = run(root, "apply", "--no-numa-node-write")
+    assert rc == 0 and "node=1 (dom0)" in out and "off by configuration" in out
+    assert (root / f"sys/devices/pci0000:00/{VF}/numa_node").read_text() == "-1\n"
+
+
+def test_config_file_and_bad_config(root: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "guestagent.json"
+    cfg.write_text(json.dumps({"devices": {"node_overrides": {VF: 1}, "irqbalance": "defer"}}))
+    rc, out = run(root, "apply", "--config", str(cfg))
+    assert rc == 0 and "mode defer" in out
+    assert (root / "proc/irq/29/smp_affinity_list").read_text() == "0-3\n"
+    cfg.write_text(json.dumps({"devices": {"irqbalance": "fight"}}))
+    with pytest.raises(InputError, match="irqbalance"):
+        run(root, "--config", str(cfg))
+    with pytest.raises(InputError, match="BDF=N"):
+        run(root, "--node", "eth0=1")
+
+
+def test_irqbalance_policy_script(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(root, "apply", "--node", f"{VF}=1")
+    devpath = f"/sys/devices/pci0000:00/{VF}"
+    assert run(root, "irqbalance-policy", devpath, "29") == (0, "ban=true\n")
+    assert run(root, "irqbalance-policy", devpath, "99") == (0, "")
+    assert run(root, "irqbalance-policy", "/sys/devices/pci0000:00/0000:00:07.0", "5") == (
+        0, "ban=true\n")
+    assert run(root, "irqbalance-policy", "junk", "x") == (0, "")
