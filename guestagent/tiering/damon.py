@@ -1,0 +1,455 @@
+"""Backend ``damon``: DAMOS ``migrate_cold`` with ``target_nid`` through DAMON sysfs.
+
+Layout used (``/sys/kernel/mm/damon/admin``, Linux ``Documentation/admin-guide/mm/damon/usage.rst``
+and ``mm/damon/sysfs.c`` / ``sysfs-schemes.c``)::
+
+    kdamonds/nr_kdamonds
+    kdamonds/<K>/state                      on | off | commit | update_schemes_stats | ...
+    kdamonds/<K>/contexts/nr_contexts       0 or 1
+    kdamonds/<K>/contexts/0/avail_operations, operations (vaddr | fvaddr | paddr)
+    .../0/monitoring_attrs/intervals/{sample_us,aggr_us,update_us}
+    .../0/monitoring_attrs/nr_regions/{min,max}
+    .../0/targets/nr_targets, targets/0/regions/nr_regions, regions/<R>/{start,end}
+    .../0/schemes/nr_schemes, schemes/0/{action,target_nid}
+    .../schemes/0/access_pattern/{sz,nr_accesses,age}/{min,max}   (age in aggregation intervals)
+    .../schemes/0/quotas/{ms,bytes,reset_interval_ms}, quotas/weights/{sz,nr_accesses,age}_permil
+    .../schemes/0/watermarks/{metric,interval_us,high,mid,low}
+    .../schemes/0/stats/{nr_tried,sz_tried,nr_applied,sz_applied,qt_exceeds}
+
+One kdamond per node with memory: a ``paddr`` context whose single target's regions are the node's
+physical ranges (its memory blocks), and one scheme: regions with no access (``nr_accesses``
+0..0) for at least ``min_age_s`` go to ``target_nid``, at most ``rate`` bytes per second (size quota
+``bytes`` per ``reset_interval_ms`` = 1000) and at most ``quota_ms`` of kernel time per second. A
+source without a move in the plan is paused by turning its kdamond ``off`` (never by a zero size
+quota: both quotas at zero means *unlimited*). A kernel-side backstop independent of the agent:
+the watermarks (metric ``free_mem_rate``, guest-wide free memory per thousand) deactivate the scheme
+when the whole guest falls under ``wmark_low_permil``.
+
+Other DAMON users: writing ``nr_kdamonds`` makes the kernel remove **every** kdamond directory and
+create N fresh ones, and it refuses (-EBUSY) while any kdamond runs. So the agent adds its kdamonds
+only when every existing one is off and has no context (nothing of anybody else's to lose); a
+running or configured kdamond makes the backend unavailable instead of clobbering it. On stop the
+agent turns its kdamonds off and empties them (``nr_contexts`` 0); it shrinks ``nr_kdamonds`` back
+only when its kdamonds are the last ones and every other one is still off and empty, else it leaves
+its own off and emptied.
+
+Statistics: the kernel rebuilds its context (and zeroes the scheme counters) on every ``on``; the
+backend reads the counters (``update_schemes_stats``) before each ``off`` and ``commit`` and keeps a
+running total, treating any counter that goes down as a restart.
+"""
+
+# House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
+# ruff: noqa: UP045
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from guestagent.errors import GuestAgentError, InputError, MissingInputError
+from guestagent.hostfs import HostFS, parse_int
+from guestagent.log import get_logger
+from guestagent.tiering import readers
+from guestagent.tiering.model import (
+    PAGE_SIZE,
+    Availability,
+    BackendUnavailable,
+    Plan,
+    TieringStats,
+)
+
+ADMIN = "/sys/kernel/mm/damon/admin"
+KDAMONDS = f"{ADMIN}/kdamonds"
+NR_KDAMONDS = f"{KDAMONDS}/nr_kdamonds"
+ULONG_MAX = (1 << 64) - 1
+UINT_MAX = (1 << 32) - 1
+MIGRATE_COLD_SINCE = (6, 11)
+STAT_FILES = ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")
+
+LIMITS = (
+    "needs Linux 6.11+ with CONFIG_DAMON_SYSFS and CONFIG_DAMON_PADDR",
+    "migration may fall back to another node when the target is full (no __GFP_THISNODE before "
+    "the 2026 fix); check per-node meminfo",
+    "the kernel watermark is guest-wide (free_mem_rate); per-node safety is the agent's policy",
+)
+
+
+class SysfsWriteError(GuestAgentError):
+    """The kernel refused a write; names the file, the value and the errno."""
+
+    def __init__(self, path: str, value: str, err: int) -> None:
+        name = errno.errorcode.get(err, f"errno {err}")
+        super().__init__(f"{path}: writing {value!r} failed: {name} ({os.strerror(err)})")
+        self.path = path
+        self.value = value
+        self.err = err
+
+
+Writer = Callable[[str, str], None]
+
+
+def sysfs_writer(hostfs: HostFS) -> Writer:
+    """Write one value to an existing sysfs file (never creates one), errors as SysfsWriteError."""
+
+    def write(path: str, value: str) -> None:
+        try:
+            fd = os.open(hostfs.path(path), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        except OSError as e:
+            raise SysfsWriteError(path, value, e.errno or errno.EIO) from None
+        try:
+            os.write(fd, value.encode("ascii"))
+        except OSError as e:
+            raise SysfsWriteError(path, value, e.errno or errno.EIO) from None
+        finally:
+            os.close(fd)
+
+    return write
+
+
+@dataclass(frozen=True)
+class DamonConfig:
+    """Monitoring and scheme parameters (DAMON's own defaults for the intervals)."""
+
+    sample_us: int = 5000
+    aggr_us: int = 100_000
+    update_us: int = 1_000_000
+    min_nr_regions: int = 10
+    max_nr_regions: int = 1000
+    #: A region counts as cold after this long without any access.
+    min_age_s: float = 5.0
+    quota_reset_ms: int = 1000
+    #: Kernel time the scheme may spend per reset interval (bounds the migration CPU cost).
+    quota_ms: int = 100
+    wmark_interval_us: int = 1_000_000
+    #: The kernel stops the scheme by itself when guest-wide free memory is below this (per mille).
+    wmark_low_permil: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sample_us <= self.aggr_us:
+            raise InputError("damon config sample_us/aggr_us", "need 0 < sample <= aggr",
+                             (self.sample_us, self.aggr_us))
+        if not 0 < self.min_nr_regions <= self.max_nr_regions:
+            raise InputError("damon config nr_regions", "need 0 < min <= max",
+                             (self.min_nr_regions, self.max_nr_regions))
+        if self.min_age_s <= 0 or self.quota_reset_ms <= 0 or self.quota_ms <= 0:
+            raise InputError("damon config", "min_age_s, quota_reset_ms and quota_ms must be > 0",
+                             (self.min_age_s, self.quota_reset_ms, self.quota_ms))
+        if not 0 <= self.wmark_low_permil < 1000:
+            raise InputError("damon config wmark_low_permil", "must be in 0..999",
+                             self.wmark_low_permil)
+
+    @property
+    def min_age_aggregations(self) -> int:
+        return max(1, math.ceil(self.min_age_s * 1_000_000 / self.aggr_us))
+
+    def quota_bytes(self, rate: int) -> int:
+        """The size quota for ``rate`` bytes/s; never 0 (0 would mean unlimited)."""
+        return max(PAGE_SIZE, rate * self.quota_reset_ms // 1000)
+
+
+@dataclass
+class _Counters:
+    base: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_FILES, 0))
+    last: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_FILES, 0))
+
+    def observe(self, now: dict[str, int]) -> None:
+        if any(now[k] < self.last[k] for k in STAT_FILES):
+            for k in STAT_FILES:
+                self.base[k] += self.last[k]
+        self.last = dict(now)
+
+    def total(self, key: str) -> int:
+        return self.base[key] + self.last[key]
+
+
+class DamonBackend:
+    """The :class:`~guestagent.tiering.model.Backend` over DAMON sysfs (module docstring)."""
+
+    name = "damon"
+    targets_node = True
+
+    def __init__(
+        self, hostfs: HostFS, config: Optional[DamonConfig] = None,
+        writer: Optional[Writer] = None,
+    ) -> None:
+        self.hostfs = hostfs
+        self.config = config or DamonConfig()
+        self.write = writer or sysfs_writer(hostfs)
+        #: node -> kdamond index, for the kdamonds this backend created.
+        self.kdamonds: dict[int, int] = {}
+        self.base = 0
+        self._counters: dict[int, _Counters] = {}
+        self._targets: dict[int, int] = {}
+        self._log = get_logger("tiering.damon")
+
+    # ---- reading ----
+    def _kd(self, index: int) -> str:
+        return f"{KDAMONDS}/{index}"
+
+    def _ctx(self, node: int) -> str:
+        return f"{self._kd(self.kdamonds[node])}/contexts/0"
+
+    def _scheme(self, node: int) -> str:
+        return f"{self._ctx(node)}/schemes/0"
+
+    def _read_word(self, path: str) -> str:
+        return self.hostfs.read_text(path).strip()
+
+    def _busy_reason(self, nr: int) -> Optional[str]:
+        """Why adding kdamonds would harm another DAMON user, or None."""
+        for i in range(nr):
+            state = self._read_word(f"{self._kd(i)}/state")
+            if state != "off":
+                return (
+                    f"kdamond {i} is {state} (another DAMON user): the kernel recreates every "
+                    "kdamond on an nr_kdamonds write and refuses it while one runs"
+                )
+            contexts = parse_int(
+                self.hostfs.read_text(f"{self._kd(i)}/contexts/nr_contexts"),
+                f"{self._kd(i)}/contexts/nr_contexts", 0,
+            )
+            if contexts:
+                return (
+                    f"kdamond {i} is off but configured (another DAMON user's setup): adding a "
+                    "kdamond rewrites nr_kdamonds, which would wipe it"
+                )
+        return None
+
+    def _memory_nodes(self) -> dict[int, list[tuple[int, int]]]:
+        nodes = {}
+        for n in readers.node_ids(self.hostfs):
+            try:
+                nodes[n] = readers.node_ranges(self.hostfs, n)
+            except InputError as e:
+                if "no online memory" in e.reason:
+                    continue
+                raise
+        return nodes
+
+    def probe(self) -> Availability:
+        """Read-only: DAMON sysfs, kernel version hint, other DAMON users, nodes."""
+        if not self.hostfs.exists(ADMIN):
+            return Availability(
+                False, f"{ADMIN} missing (CONFIG_DAMON_SYSFS=n, or no DAMON in this kernel)",
+                LIMITS,
+            )
+        version = readers.kernel_version(self.hostfs)
+        if version is not None and version < MIGRATE_COLD_SINCE:
+            return Availability(
+                False,
+                f"kernel {version[0]}.{version[1]} lacks DAMOS migrate_cold (needs Linux 6.11)",
+                LIMITS,
+            )
+        try:
+            nr = self.hostfs.read_int(NR_KDAMONDS, 0, 4096)
+            busy = self._busy_reason(nr)
+        except GuestAgentError as e:
+            return Availability(False, str(e), LIMITS)
+        if busy:
+            return Availability(False, busy, LIMITS)
+        if not os.access(self.hostfs.path(NR_KDAMONDS), os.W_OK):
+            return Availability(False, f"{NR_KDAMONDS} is not writable (run as root)", LIMITS)
+        try:
+            nodes = self._memory_nodes()
+        except GuestAgentError as e:
+            return Availability(False, f"node memory ranges unreadable: {e}", LIMITS)
+        if len(nodes) < 2:
+            return Availability(
+                False, f"needs two NUMA nodes with memory, this guest has {len(nodes)}", LIMITS
+            )
+        where = f"Linux {version[0]}.{version[1]}" if version else "kernel version unknown"
+        return Availability(
+            True,
+            f"DAMON sysfs present, {where}, {len(nodes)} memory nodes (migrate_cold is confirmed "
+            "when start writes the action)",
+            LIMITS,
+        )
+
+    # ---- lifecycle ----
+    def start(self, plan: Plan) -> None:
+        """Add one kdamond per memory node, configure it, apply the plan. Undoes itself on error."""
+        if self.kdamonds:
+            self.update(plan)
+            return
+        if not self.hostfs.exists(ADMIN):
+            raise BackendUnavailable(self.name, f"{ADMIN} missing (CONFIG_DAMON_SYSFS=n)")
+        nodes = self._memory_nodes()
+        nr = self.hostfs.read_int(NR_KDAMONDS, 0, 4096)
+        busy = self._busy_reason(nr)
+        if busy:
+            raise BackendUnavailable(self.name, busy)
+        try:
+            self.write(NR_KDAMONDS, str(nr + len(nodes)))
+        except SysfsWriteError as e:
+            raise BackendUnavailable(self.name, str(e)) from None
+        self.base = nr
+        self.kdamonds = {n: nr + i for i, n in enumerate(sorted(nodes))}
+        self._log.info("damon_kdamonds_added", first=nr, nodes=sorted(nodes))
+        try:
+            for n, ranges in sorted(nodes.items()):
+                self._configure(n, ranges)
+            self.update(plan)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _configure(self, node: int, ranges: list[tuple[int, int]]) -> None:
+        c = self.config
+        kd = self._kd(self.kdamonds[node])
+        ctx = f"{kd}/contexts/0"
+        self.write(f"{kd}/contexts/nr_contexts", "1")
+        avail = self.hostfs.read_text(f"{ctx}/avail_operations").split()
+        if "paddr" not in avail:
+            raise BackendUnavailable(
+                self.name, f"{ctx}/avail_operations lacks paddr (CONFIG_DAMON_PADDR=n): {avail}"
+            )
+        self.write(f"{ctx}/operations", "paddr")
+        attrs = f"{ctx}/monitoring_attrs"
+        self.write(f"{attrs}/intervals/sample_us", str(c.sample_us))
+        self.write(f"{attrs}/intervals/aggr_us", str(c.aggr_us))
+        self.write(f"{attrs}/intervals/update_us", str(c.update_us))
+        self.write(f"{attrs}/nr_regions/min", str(c.min_nr_regions))
+        self.write(f"{attrs}/nr_regions/max", str(c.max_nr_regions))
+        self.write(f"{ctx}/targets/nr_targets", "1")
+        regions = f"{ctx}/targets/0/regions"
+        self.write(f"{regions}/nr_regions", str(len(ranges)))
+        for i, (start, end) in enumerate(ranges):
+            self.write(f"{regions}/{i}/start", str(start))
+            self.write(f"{regions}/{i}/end", str(end))
+        self.write(f"{ctx}/schemes/nr_schemes", "1")
+        scheme = f"{ctx}/schemes/0"
+        try:
+            self.write(f"{scheme}/action", "migrate_cold")
+        except SysfsWriteError as e:
+            if e.err == errno.EINVAL:
+                raise BackendUnavailable(
+                    self.name, "the kernel rejects action migrate_cold (needs Linux 6.11)"
+                ) from None
+            raise
+        if not self.hostfs.exists(f"{scheme}/target_nid"):
+            raise BackendUnavailable(self.name, f"{scheme}/target_nid missing (needs Linux 6.11)")
+        pattern = f"{scheme}/access_pattern"
+        self.write(f"{pattern}/sz/min", str(PAGE_SIZE))
+        self.write(f"{pattern}/sz/max", str(ULONG_MAX))
+        self.write(f"{pattern}/nr_accesses/min", "0")
+        self.write(f"{pattern}/nr_accesses/max", "0")
+        self.write(f"{pattern}/age/min", str(c.min_age_aggregations))
+        self.write(f"{pattern}/age/max", str(UINT_MAX))
+        quotas = f"{scheme}/quotas"
+        self.write(f"{quotas}/ms", str(c.quota_ms))
+        self.write(f"{quotas}/reset_interval_ms", str(c.quota_reset_ms))
+        self.write(f"{quotas}/weights/sz_permil", "0")
+        self.write(f"{quotas}/weights/nr_accesses_permil", "1000")
+        self.write(f"{quotas}/weights/age_permil", "1000")
+        wm = f"{scheme}/watermarks"
+        self.write(f"{wm}/metric", "free_mem_rate")
+        self.write(f"{wm}/interval_us", str(c.wmark_interval_us))
+        self.write(f"{wm}/high", "1000")
+        self.write(f"{wm}/mid", "1000")
+        self.write(f"{wm}/low", str(c.wmark_low_permil))
+        self._counters[node] = _Counters()
+
+    def update(self, plan: Plan) -> None:
+        """Per node: pause (off) without a move; else set target and quota, then on or commit."""
+        if not self.kdamonds:
+            raise BackendUnavailable(self.name, "not started")
+        for m in plan.moves:
+            if m.source not in self.kdamonds:
+                raise InputError("tiering plan", f"node {m.source} has no memory kdamond", m)
+        for node in sorted(self.kdamonds):
+            move = plan.for_source(node)
+            kd_state = f"{self._kd(self.kdamonds[node])}/state"
+            state = self._read_word(kd_state)
+            if move is None:
+                if state == "on":
+                    self._refresh(node)
+                    self.write(kd_state, "off")
+                    self._log.info("damon_paused", node=node)
+                self._targets.pop(node, None)
+                continue
+            self.write(f"{self._scheme(node)}/target_nid", str(move.target))
+            self.write(f"{self._scheme(node)}/quotas/bytes",
+                       str(self.config.quota_bytes(move.rate)))
+            if state == "on":
+                self._refresh(node)
+                self.write(kd_state, "commit")
+            else:
+                self.write(kd_state, "on")
+            self._targets[node] = move.target
+            self._log.info("damon_move", node=node, target=move.target, rate=move.rate)
+
+    def _refresh(self, node: int) -> None:
+        """Ask the kernel for fresh scheme stats (running kdamonds only) and fold them in."""
+        kd_state = f"{self._kd(self.kdamonds[node])}/state"
+        try:
+            self.write(kd_state, "update_schemes_stats")
+        except SysfsWriteError as e:
+            self._log.info("damon_stats_not_updated", node=node, error=str(e))
+            return
+        self._counters[node].observe(self._read_stats(node))
+
+    def _read_stats(self, node: int) -> dict[str, int]:
+        base = f"{self._scheme(node)}/stats"
+        return {
+            k: parse_int(self.hostfs.read_text(f"{base}/{k}"), f"{base}/{k}", 0, ULONG_MAX)
+            for k in STAT_FILES
+        }
+
+    def stats(self) -> TieringStats:
+        moved: dict[int, int] = {}
+        tried = applied = exceeds = 0
+        for node in sorted(self._counters):
+            if node in self.kdamonds:
+                state = self._read_word(f"{self._kd(self.kdamonds[node])}/state")
+                if state == "on":
+                    self._refresh(node)
+            c = self._counters[node]
+            moved[node] = c.total("sz_applied")
+            tried += c.total("sz_tried")
+            applied += c.total("sz_applied")
+            exceeds += c.total("qt_exceeds")
+        return TieringStats(
+            pages_moved_or_put=applied // PAGE_SIZE,
+            pages_returned=0,
+            failures=max(0, tried - applied) // PAGE_SIZE,
+            bytes_tried=tried,
+            quota_exceeds=exceeds,
+            moved_by_source=moved,
+        )
+
+    def stop(self) -> None:
+        """Turn off and empty every kdamond this backend added; shrink nr_kdamonds if safe."""
+        if not self.kdamonds:
+            return
+        problems: list[str] = []
+        for node, index in sorted(self.kdamonds.items(), key=lambda kv: -kv[1]):
+            kd = self._kd(index)
+            try:
+                if self._read_word(f"{kd}/state") == "on":
+                    if node in self._counters:
+                        self._refresh(node)
+                    self.write(f"{kd}/state", "off")
+                self.write(f"{kd}/contexts/nr_contexts", "0")
+            except (GuestAgentError, OSError) as e:
+                problems.append(f"kdamond {index}: {e}")
+        try:
+            nr = self.hostfs.read_int(NR_KDAMONDS, 0, 4096)
+            ours_last = nr == self.base + len(self.kdamonds)
+            others_idle = self._busy_reason(self.base) is None
+            if ours_last and others_idle:
+                self.write(NR_KDAMONDS, str(self.base))
+            else:
+                problems.append(
+                    f"left kdamonds {sorted(self.kdamonds.values())} off and empty: nr_kdamonds is "
+                    f"{nr} or another kdamond is in use"
+                )
+        except (GuestAgentError, MissingInputError, OSError) as e:
+            problems.append(str(e))
+        for p in problems:
+            self._log.warning("damon_stop_incomplete", detail=p)
+        self._log.info("damon_stopped", kdamonds=sorted(self.kdamonds.values()))
+        self.kdamonds = {}
+        self._targets = {}
