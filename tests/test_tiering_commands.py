@@ -1,0 +1,175 @@
+"""``guestagent tiering status|run`` and the loop, on fixture trees with simulated backends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guestagent.errors import GuestAgentError
+from guestagent.hostfs import HostFS
+from guestagent.tiering import commands
+from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
+from guestagent.tiering.model import Backend, TieringConfig
+from guestagent.tiering.runner import Runner
+from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tree
+
+MEMINFO0 = "sys/devices/system/node/node0/meminfo"
+
+
+@dataclass
+class Ctx:
+    hostfs: HostFS
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def tmem_factory(**sim_kwargs: Any) -> Any:
+    pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
+    from guestagent.tiering.tmem import TmemBackend
+    from tests.tmem_simulator import SimulatedTmemXen
+
+    sim = SimulatedTmemXen(**sim_kwargs)
+    return lambda h: TmemBackend(h, opener=lambda _h: sim, frame_of=sim.frame_of)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeDamonKernel]:
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    monkeypatch.setattr(
+        commands,
+        "backend_factories",
+        [
+            ("damon", lambda h: DamonBackend(h, writer=kernel.write)),
+            ("tmem", tmem_factory(removed=True, version=(4, 17))),
+        ],
+    )
+    return root, kernel
+
+
+def test_status_names_the_serving_backend_and_why_the_others_do_not(
+    world: tuple[Path, FakeDamonKernel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, kernel = world
+    args = parse(["tiering", "status"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "serving: damon"
+    assert "tmem   unavailable  Xen 4.17 answered ENOSYS to tmem_op: tmem was removed in Xen 4.13" \
+        in out
+    assert "cannot choose a node" in out
+    assert "node 0 -> node 1 at 4.0 MiB/s" in out
+    assert kernel.writes == []  # status never writes DAMON sysfs
+
+
+def test_status_json(
+    world: tuple[Path, FakeDamonKernel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = world
+    args = parse(["tiering", "status", "--json"])
+    args.func(args, Ctx(HostFS(str(root))))
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["serving"] == "damon"
+    by = {b["name"]: b for b in doc["backends"]}
+    assert by["damon"]["serving"] and by["damon"]["targets_node"]
+    assert not by["tmem"]["ok"] and not by["tmem"]["targets_node"]
+    assert doc["plan"] == [{"source": 0, "target": 1, "rate_bytes_per_s": 4 << 20}]
+    assert [n["node"] for n in doc["nodes"]] == [0, 1]
+
+
+def test_a_working_tmem_is_reported_but_never_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_tree(tmp_path, None)  # no DAMON
+    (root / "sys/hypervisor/guest_type").write_text("HVM\n")
+    monkeypatch.setattr(
+        commands, "backend_factories",
+        [("damon", DamonBackend), ("tmem", tmem_factory())],
+    )
+    args = parse(["tiering", "status", "--json"])
+    args.func(args, Ctx(HostFS(str(root))))
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["serving"] is None
+    tmem = next(b for b in doc["backends"] if b["name"] == "tmem")
+    assert tmem["ok"]
+    assert tmem["reason"].startswith("available but not used: it cannot place pages on a chosen")
+    run = parse(["tiering", "run", "--iterations", "1"])
+    with pytest.raises(GuestAgentError, match="no backend can serve: damon: /sys/kernel/mm/damon"):
+        run.func(run, Ctx(HostFS(str(root))))
+
+
+def test_run_moves_pauses_and_undoes(world: tuple[Path, FakeDamonKernel]) -> None:
+    root, kernel = world
+    hostfs = HostFS(str(root))
+    clock = iter(float(i * 10) for i in range(100))
+    backend = DamonBackend(hostfs, writer=kernel.write)
+    runner = Runner(hostfs, backend, TieringConfig(), clock=lambda: next(clock))
+    d = runner.tick()
+    assert d is not None and [(m.source, m.target) for m in d.plan.moves] == [(0, 1)]
+    assert kernel.kdamond_states() == ["on", "off"]
+    kernel.advance(0, sz_applied=40 << 20, sz_tried=40 << 20)
+    # Node 0 recovers: 30 % free.
+    text = (root / MEMINFO0).read_text().replace("61836 kB", "309183 kB")
+    (root / MEMINFO0).write_text(text)
+    d = runner.tick()
+    assert d is not None and d.plan.moves == ()
+    assert kernel.kdamond_states() == ["off", "off"]
+    assert runner.state.of(0).out_bytes == 40 << 20
+    # Garbage meminfo: pause, do not act on stale numbers.
+    (root / MEMINFO0).write_text("garbage\n")
+    assert runner.tick() is None
+    runner.backend.stop()
+    assert (root / NR_KDAMONDS.lstrip("/")).read_text().strip() == "0"
+
+
+def test_an_idle_guest_creates_nothing(world: tuple[Path, FakeDamonKernel]) -> None:
+    root, kernel = world
+    text = (root / MEMINFO0).read_text().replace("61836 kB", "309183 kB")
+    (root / MEMINFO0).write_text(text)
+    hostfs = HostFS(str(root))
+    Runner(hostfs, DamonBackend(hostfs, writer=kernel.write), TieringConfig()).run(iterations=2)
+    assert kernel.writes == []
+
+
+def test_sigterm_stops_the_loop_and_undoes_everything(
+    world: tuple[Path, FakeDamonKernel],
+) -> None:
+    root, kernel = world
+    args = parse(["tiering", "run", "--interval", "0.05"])
+    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    finally:
+        timer.cancel()
+    assert (kd_path(0, "state"), "on") in kernel.writes
+    assert kernel.writes[-1] == (NR_KDAMONDS, "0")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_run_refuses_a_bad_interval_and_unknown_backend_names(
+    world: tuple[Path, FakeDamonKernel],
+) -> None:
+    root, _ = world
+    args = parse(["tiering", "run", "--interval", "0"])
+    with pytest.raises(GuestAgentError, match="--interval: must be positive"):
+        args.func(args, Ctx(HostFS(str(root))))
+
+
+def test_backends_satisfy_the_protocol() -> None:
+    def check(b: Backend) -> None:
+        assert b.name in ("damon", "tmem")
+
+    check(DamonBackend(HostFS("/nonexistent")))
