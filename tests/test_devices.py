@@ -192,40 +192,68 @@ def test_config_override_source_validates_its_entries(logs: Logs) -> None:
 
 
 class FakeXenstore:
-    def __init__(self, tree: dict[str, str]) -> None:
-        self.tree = tree
+    """Just enough of the xenstore client: read, directory, get_perms on a flat tree."""
 
-    def read_str(self, path: str) -> str:
+    def __init__(self, tree: dict[str, str], perms: Optional[list[Any]] = None) -> None:
+        self.tree = tree
+        self.perms = perms
+
+    def read(self, path: str) -> bytes:
+        from guestagent.xen.xenstore import XenstoreError
+
         if path not in self.tree:
-            raise OSError(errno.ENOENT, "no such node", path)
-        return self.tree[path]
+            raise XenstoreError(errno.ENOENT, path, "read")
+        return self.tree[path].encode()
 
     def directory(self, path: str) -> list[str]:
+        from guestagent.xen.xenstore import XenstoreError
+
         prefix = path.rstrip("/") + "/"
         names = {p[len(prefix):].split("/")[0] for p in self.tree if p.startswith(prefix)}
-        if not names:
-            raise OSError(errno.ENOENT, "no such node", path)
+        if not names and path not in self.tree:
+            raise XenstoreError(errno.ENOENT, path, "directory")
         return sorted(names)
 
+    def get_perms(self, path: str) -> list[Any]:
+        from guestagent.xen.xs_wire import Permission
 
-def test_xenstore_hint_source_reads_schema_1_strictly(logs: Logs) -> None:
-    base = "/local/domain/7/guestagent-dom0"
-    tree = {
-        f"{base}/version": "1",
-        f"{base}/devices/0000-00-05.0/guest-bdf": VF,
-        f"{base}/devices/0000-00-05.0/vnode": "1",
-        f"{base}/devices/0000-00-05.0/host-node": "3",
-        f"{base}/devices/0000-00-06.0/guest-bdf": NVME,
-        f"{base}/devices/0000-00-06.0/vnode": "one",
-        f"{base}/devices/bogus/guest-bdf": "../../etc",
-        f"{base}/devices/bogus/vnode": "0",
-    }
+        return self.perms if self.perms is not None else [Permission("n", 0), Permission("r", 7)]
+
+
+def published(domid: int, hints: list[Any]) -> dict[str, str]:
+    """The tree the Dom0 agent writes for these hints (its own schema code)."""
+    from guestagent.dom0.schema import base_path, desired_tree
+
+    base = base_path(domid)
+    return {f"{base}/{k}": v for k, v in desired_tree(hints).items()}
+
+
+def test_xenstore_hint_source_reads_what_the_dom0_agent_publishes(logs: Logs) -> None:
+    from guestagent.dom0.schema import DeviceHint as Dom0Hint
+    from guestagent.xen.sysctl import PciAddress
+    from guestagent.xen.xs_wire import Permission
+
+    host = PciAddress.parse("0000:3b:00.0")
+    tree = published(7, [
+        Dom0Hint(host, PciAddress.parse(VF), host_node=1, vnode=1, vnode_source="pnode"),
+        Dom0Hint(PciAddress.parse("0000:3b:00.1"), None, 1, 1, "pnode"),
+        Dom0Hint(PciAddress.parse("0000:5e:00.0"), PciAddress.parse(NVME), None, None, "none"),
+    ])
     source = XenstoreHintSource(FakeXenstore(tree), domid=7)
-    assert source.hints() == [DeviceHint(VF, vnode=1, host_node=3)]
-    assert len(events(logs, "hint_ignored")) == 2
-    tree[f"{base}/version"] = "2"
-    assert source.hints() == []
+    assert source.hints() == [DeviceHint(VF, vnode=1, host_node=1)]
+    assert len(events(logs, "dom0_hint_incomplete")) == 2
+    # Nothing published: no hints, no warning.
     assert XenstoreHintSource(FakeXenstore({}), domid=7).hints() == []
+    assert events(logs, "dom0_hints_ignored") == []
+    # A tree the guest itself could have written is not Dom0's word.
+    forged = FakeXenstore(tree, perms=[Permission("b", 7)])
+    assert XenstoreHintSource(forged, domid=7).hints() == []
+    # An unknown schema version: one line, no hints.
+    tree["/local/domain/7/guestagent-dom0/version"] = "2"
+    assert XenstoreHintSource(FakeXenstore(tree), domid=7).hints() == []
+    ignored = events(logs, "dom0_hints_ignored")
+    assert len(ignored) == 2 and "dom0" in ignored[0]["reason"]
+    assert "version" in ignored[1]["reason"]
 
 
 # ---------------------------------------------------------------- apply and undo

@@ -4,37 +4,29 @@ A :class:`HintSource` is anything with ``hints() -> list[DeviceHint]``. Three ar
 
 * :class:`ConfigHintSource`: the operator's override, ``{"0000:00:05.0": 1}`` (guest BDF -> vnode);
 * :class:`StaticHintSource`: a fixed list (tests, or a caller that already read its hints);
-* :class:`XenstoreHintSource`: what the Dom0 agent publishes under a Dom0-owned, guest-readable
-  path, read through any object with ``read_str(path)`` and ``directory(path)`` (the xenstore
-  client). The schema it reads (``version`` = ``1``;
-  ``devices/<bdf-with-dashes>/{guest-bdf,vnode,host-node}``) is the Dom0 engineer's to fix; only
-  this class knows it.
+* :class:`XenstoreHintSource`: what the Dom0 agent publishes under the Dom0-owned, guest-readable
+  ``/local/domain/<domid>/guestagent-dom0`` (schema: :mod:`guestagent.dom0.schema`), read through
+  any object with ``read(path)`` and ``directory(path)`` (the xenstore client).
 
 Every hint is validated against the guest before use (:func:`validate_hints`): a hint naming a node
 the guest does not have online is one log line and is ignored.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
+# ruff: noqa: UP007, UP045
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Union
 
-from guestagent.devices.discovery import MAX_NODE_ID
 from guestagent.devices.model import DeviceHint, NodeInfo, is_bdf
 from guestagent.errors import InputError
 from guestagent.log import get_logger
 
-#: Schema version of the Dom0 hints this reader understands.
-DOM0_HINT_VERSION = "1"
-#: Below the guest's own xenstore home: ``/local/domain/<domid>/<DOM0_HINT_DIR>``.
+#: Below the guest's own xenstore home: ``/local/domain/<domid>/<DOM0_HINT_DIR>``
+#: (``guestagent.dom0.schema.BASE_NAME``, not imported here to keep this module light).
 DOM0_HINT_DIR = "guestagent-dom0"
-#: Dom0-published text is untrusted input: bounded sizes and counts.
-MAX_HINT_DEVICES = 256
-MAX_HINT_VALUE = 32
 
 
 class HintSource(Protocol):
@@ -46,11 +38,30 @@ class HintSource(Protocol):
 
 
 class XenstoreReader(Protocol):
-    """The part of the xenstore client a hint source needs."""
+    """The part of the xenstore client a hint source needs (``get_perms`` is used if present)."""
 
-    def read_str(self, path: str) -> str: ...
+    def read(self, path: str) -> bytes: ...
 
     def directory(self, path: str) -> list[str]: ...
+
+
+class _ReadOnlyOps:
+    """A reader as ``xs_sync.TreeOps``: the guest only ever reads Dom0's tree."""
+
+    def __init__(self, reader: XenstoreReader) -> None:
+        self._reader = reader
+
+    def directory(self, path: str) -> list[str]:
+        return self._reader.directory(path)
+
+    def read(self, path: str) -> bytes:
+        return self._reader.read(path)
+
+    def write(self, path: str, value: Union[bytes, str]) -> None:
+        raise PermissionError(f"{path}: the guest never writes Dom0's hints")
+
+    def rm(self, path: str) -> None:
+        raise PermissionError(f"{path}: the guest never removes Dom0's hints")
 
 
 class StaticHintSource:
@@ -90,72 +101,51 @@ class ConfigHintSource:
         return out
 
 
-def _bounded_int(text: str, source: str) -> int:
-    if len(text) > MAX_HINT_VALUE or not re.fullmatch(r"\d{1,4}", text.strip()):
-        raise InputError(source, "expected a node number", text)
-    value = int(text.strip())
-    if value > MAX_NODE_ID:
-        raise InputError(source, f"above the maximum {MAX_NODE_ID}", text)
-    return value
-
-
 class XenstoreHintSource:
-    """Hints the Dom0 agent published for this guest (schema version 1)."""
+    """Hints the Dom0 agent published for this guest, in :mod:`guestagent.dom0.schema` version 1.
+
+    Read with :func:`guestagent.xen.xs_sync.read_tree` and parsed by the schema's own strict
+    :func:`~guestagent.dom0.schema.parse_tree`, so reader and publisher cannot drift apart. When
+    the reader can tell permissions (``get_perms``, as the xenstore client can), a base node not
+    owned by dom0 with read-only access for this guest is refused (``check_perms``): the hints
+    must come from Dom0, not from something the guest could have written. Devices Dom0 has no
+    guest address or no vnode for yet are skipped with one info line each.
+    """
 
     name = "dom0"
 
-    def __init__(self, reader: XenstoreReader, domid: Optional[int] = None,
-                 base: Optional[str] = None) -> None:
-        if base is None:
-            if domid is None:
-                raise ValueError("XenstoreHintSource needs a domid or a base path")
-            base = f"/local/domain/{domid}/{DOM0_HINT_DIR}"
-        self.base = base.rstrip("/")
+    def __init__(self, reader: XenstoreReader, domid: int, base: Optional[str] = None) -> None:
+        self.domid = domid
+        self.base = (base or f"/local/domain/{domid}/{DOM0_HINT_DIR}").rstrip("/")
         self._reader = reader
 
     def hints(self) -> list[DeviceHint]:
+        from guestagent.dom0.schema import check_perms, parse_tree
+        from guestagent.xen.xs_sync import read_tree
+
         log = get_logger("devices")
         try:
-            version = self._reader.read_str(f"{self.base}/version").strip()
+            tree = read_tree(_ReadOnlyOps(self._reader), self.base)
+            if not tree:
+                log.info("dom0_hints_absent", path=self.base)
+                return []
+            get_perms = getattr(self._reader, "get_perms", None)
+            if get_perms is not None:
+                check_perms(self.base, get_perms(self.base), self.domid)
+            published = parse_tree(tree, self.base)
         except (OSError, InputError) as e:
-            log.info("dom0_hints_absent", path=f"{self.base}/version", reason=str(e))
-            return []
-        if version != DOM0_HINT_VERSION:
-            log.warning("dom0_hints_ignored", path=f"{self.base}/version",
-                        reason=f"schema version {version[:MAX_HINT_VALUE]!r} is not "
-                        f"{DOM0_HINT_VERSION}")
-            return []
-        try:
-            entries = self._reader.directory(f"{self.base}/devices")
-        except (OSError, InputError):
+            log.warning("dom0_hints_ignored", path=self.base, reason=str(e))
             return []
         out: list[DeviceHint] = []
-        for entry in entries[:MAX_HINT_DEVICES]:
-            path = f"{self.base}/devices/{entry}"
-            try:
-                out.append(self._one(path, entry))
-            except (OSError, InputError) as e:
-                log.warning("hint_ignored", source=path, reason=str(e))
-        if len(entries) > MAX_HINT_DEVICES:
-            log.warning("hint_ignored", source=f"{self.base}/devices",
-                        reason=f"more than {MAX_HINT_DEVICES} entries; the rest ignored")
+        for hint in published:
+            if hint.guest is None or hint.vnode is None:
+                log.info("dom0_hint_incomplete", host_bdf=str(hint.host),
+                         reason="no guest address yet" if hint.guest is None else
+                         "Dom0 could not choose a vnode")
+                continue
+            out.append(DeviceHint(guest_bdf=str(hint.guest), vnode=hint.vnode,
+                                  host_node=hint.host_node))
         return out
-
-    def _one(self, path: str, entry: str) -> DeviceHint:
-        bdf = self._reader.read_str(f"{path}/guest-bdf").strip()
-        if len(bdf) > MAX_HINT_VALUE or not is_bdf(bdf):
-            raise InputError(f"{path}/guest-bdf", "not a PCI address", bdf)
-        if entry != bdf.replace(":", "-").replace(".", "-") and entry != bdf.replace(":", "-"):
-            # The entry name is Dom0's business; a mismatch is worth one line but not fatal.
-            get_logger("devices").info("hint_entry_name", source=path, guest_bdf=bdf)
-        vnode = _bounded_int(self._reader.read_str(f"{path}/vnode"), f"{path}/vnode")
-        host_node: Optional[int] = None
-        try:
-            host_node = _bounded_int(self._reader.read_str(f"{path}/host-node"),
-                                     f"{path}/host-node")
-        except (OSError, InputError):
-            host_node = None
-        return DeviceHint(guest_bdf=bdf, vnode=vnode, host_node=host_node)
 
 
 def validate_hints(
