@@ -41,6 +41,7 @@ from tests.xenstore_server import (
     GET_PERMS,
     READ,
     TRANSACTION_END,
+    TRANSACTION_START,
     WATCH,
     WATCH_EVENT,
     WRITE,
@@ -370,6 +371,15 @@ def test_payload_limit_checked_before_sending(
     assert dom0.read(path) == value
 
 
+def test_payload_limit_covers_every_request(client: XenstoreClient, server: XenstoreServer) -> None:
+    before = len(server.requests)
+    with pytest.raises(PayloadTooLargeError, match="XS_SET_PERMS payload of"):
+        client.set_perms("data", [Permission("r", i) for i in range(1000)])
+    with pytest.raises(PayloadTooLargeError, match="XS_WRITE"):
+        client.run_transaction(lambda tx: tx.write("data/t", b"z" * 4096), retries=0)
+    assert [r.type for r in server.requests[before:]] == [TRANSACTION_START, TRANSACTION_END]
+
+
 # --- transactions --------------------------------------------------------------------------------
 
 
@@ -474,6 +484,20 @@ def test_watch_events_interleaved_with_replies(
     assert client.read("data/x") == b"1"
     assert client.pending_events() == [WatchEvent("data/y", "d"), WatchEvent("data/z", "d")]
     assert client.pending_events() == []
+
+
+def test_first_watch_event_ahead_of_the_watch_reply(
+    client: XenstoreClient, server: XenstoreServer
+) -> None:
+    # Through /dev/xen/xenbus the kernel's watch thread may queue the first event before the
+    # reply it synthesises.
+    server.intercept(
+        WATCH,
+        lambda req: Intercept(before=[frame(WATCH_EVENT, 0, 0, b"data\0early\0")]),
+    )
+    client.watch("data", "early")
+    assert client.pending_events() == [WatchEvent("data", "early")]
+    assert _events(client, 1) == [WatchEvent("data", "early")]  # xenstored's own first event
 
 
 def test_watch_usable_from_a_poll_loop(client: XenstoreClient, dom0: XenstoreClient) -> None:
