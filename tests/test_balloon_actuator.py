@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from guestagent import log
 from guestagent.balloon.actuator import RECORD_PATH, BalloonActuator, BalloonUnavailable
 from guestagent.balloon.controller import run_controller
 from guestagent.balloon.policy import ClassicConfig, PressureConfig
@@ -21,6 +22,12 @@ from guestagent.hostfs import HostFS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TARGET = BALLOON_TARGET.lstrip("/")
+
+
+@pytest.fixture(autouse=True)
+def log_everything() -> None:
+    """Other tests may have configured a warning-level filter; these check info events."""
+    log.configure(level="debug")
 
 
 @pytest.fixture

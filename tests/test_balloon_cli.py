@@ -1,0 +1,124 @@
+"""``guestagent balloon ...`` through the CLI contract (register + func(args, ctx))."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from guestagent import log
+from guestagent.balloon import commands
+from guestagent.cli import Context
+from guestagent.errors import GuestAgentError
+from guestagent.hostfs import HostFS
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE / "fixtures"
+PHASES = HERE / "traces" / "synthetic-phases-1g.jsonl"
+TARGET = "sys/devices/system/xen_memory/xen_memory0/target_kb"
+
+
+def run(root: Path | None, *argv: str) -> int:
+    """What guestagent.cli.main does once COMMAND_MODULES lists guestagent.balloon.commands."""
+    parser = argparse.ArgumentParser(prog="guestagent")
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["balloon", *argv])
+    log.configure(level="warning")  # as cli.main does, bound to this test's stderr
+    ctx = Context(hostfs=HostFS(str(root) if root is not None else "/"))
+    result: int = args.func(args, ctx)
+    return result
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    dest = tmp_path / "balloon-pv-1g"
+    shutil.copytree(FIXTURES / "balloon-pv-1g", dest)
+    return dest
+
+
+def test_registered_in_the_cli_when_listed() -> None:
+    import guestagent.cli as cli
+
+    if "guestagent.balloon.commands" not in cli.COMMAND_MODULES:
+        pytest.skip("guestagent.balloon.commands not yet in COMMAND_MODULES")
+    assert cli.main(["--root", str(FIXTURES / "balloon-pv-1g"), "balloon", "status"]) == 0
+
+
+def test_status_text(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(root, "status") == 0
+    out = capsys.readouterr().out
+    assert "balloon driver: target 1048576 KiB" in out
+    assert "ceiling 1048576 KiB" in out
+    assert "some avg10 0.31" in out
+    assert "no record" in out
+
+
+def test_status_json_with_decisions(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(root, "run", "--policy", "classic", "--ticks", "1", "--no-reset-on-exit") == 0
+    capsys.readouterr()
+    assert run(root, "status", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["available"] is True and out["ceiling_kb"] == 1048576
+    assert out["signals"]["balloon_target_kb"] == 988980
+    assert out["controller"]["policy"] == "classic" and out["controller"]["active"] is True
+    assert out["controller"]["decisions"][-1]["target_kb"] == 988980
+
+
+def test_status_without_balloon(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = tmp_path / "legacy"
+    shutil.copytree(FIXTURES / "balloon-legacy-4.19", root)
+    shutil.copytree(FIXTURES / "balloon-pv-1g" / "proc" / "pressure", root / "proc" / "pressure")
+    assert run(root, "status") == 0
+    assert "balloon unavailable: not running on Xen" in capsys.readouterr().out
+
+
+def test_reset(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (root / TARGET).write_text("600000\n")
+    assert run(root, "--reset") == 0
+    assert (root / TARGET).read_text().strip() == "1048576"
+    assert "reset to 1048576 KiB" in capsys.readouterr().out
+
+
+def test_reset_without_balloon_is_not_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(FIXTURES / "balloon-legacy-4.19", "--reset") == 0
+    out = capsys.readouterr().out
+    assert "balloon unavailable" in out and "nothing to reset" in out
+
+
+def test_run_without_balloon_stays_off(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(FIXTURES / "balloon-legacy-4.19", "run", "--ticks", "1") == 0
+    assert "self-ballooning stays off" in capsys.readouterr().out
+
+
+def test_bare_balloon_prints_help(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(root) == 2
+    assert "--reset" in capsys.readouterr().err
+
+
+def test_simulate_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(None, "simulate", "--trace", str(PHASES), "--policy", "classic") == 0
+    out = capsys.readouterr().out
+    assert "trace replay" in out and "not a measurement" in out and "GiB x s" in out
+    assert run(None, "simulate", "--trace", str(PHASES), "--policy", "none", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["policy"] == "none" and summary["memory_held_gib_s"] == pytest.approx(600.0)
+
+
+def test_simulate_bad_trace_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(GuestAgentError) as e:
+        run(None, "simulate", "--trace", str(bad))
+    assert str(e.value).startswith(f"{bad} line 1")
+
+
+def test_record_to_a_file(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rec.jsonl"
+    assert run(root, "record", "--out", str(out), "--interval", "0.05", "--duration", "0.05") == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3  # header + 2 snapshots
+    assert json.loads(lines[1])["xs_static_max_kb"] == 1048576
+    assert run(None, "simulate", "--trace", str(out), "--policy", "pressure") == 0
