@@ -14,9 +14,11 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from guestagent import config as config_mod
 from guestagent import log
 from guestagent.cli import Context
 from guestagent.devices import commands
+from guestagent.devices.config import config_keys
 from guestagent.devices.hints import HintSource, StaticHintSource
 from guestagent.devices.model import DeviceHint
 from guestagent.errors import InputError
@@ -27,8 +29,12 @@ VF = "0000:00:05.0"
 
 
 @pytest.fixture(autouse=True)
-def quiet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def quiet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setattr(log, "_configured", True)
+    # The agent's configuration files live in tmp_path, with the [devices] keys declared.
+    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
+    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
+    monkeypatch.setattr(config_mod, "KEYS", config_mod.KEYS + config_keys())
     # No real default-route lookup and no real process table in these tests.
     monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
     with capture_logs():
@@ -94,15 +100,24 @@ def test_apply_no_numa_node_write_and_dom0_hints(root: Path,
     assert (root / f"sys/devices/pci0000:00/{VF}/numa_node").read_text() == "-1\n"
 
 
-def test_config_file_and_bad_config(root: Path, tmp_path: Path) -> None:
-    cfg = tmp_path / "guestagent.json"
-    cfg.write_text(json.dumps({"devices": {"node_overrides": {VF: 1}, "irqbalance": "defer"}}))
-    rc, out = run(root, "apply", "--config", str(cfg))
-    assert rc == 0 and "mode defer" in out
+def test_agent_configuration_devices_table(root: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "guestagent.toml"
+    cfg.write_text('[agent]\nstate_dir = "/run/ga"\n\n'
+                   '[devices]\nnode_overrides = ["0000:00:05.0=1"]\nirqbalance = "defer"\n'
+                   'hugepages_2m_per_node = 8\n')
+    rc, out = run(root, "apply")
+    assert rc == 0 and "mode defer" in out and "node=1 (config)" in out
     assert (root / "proc/irq/29/smp_affinity_list").read_text() == "0-3\n"
-    cfg.write_text(json.dumps({"devices": {"irqbalance": "fight"}}))
-    with pytest.raises(InputError, match="irqbalance"):
-        run(root, "--config", str(cfg))
+    assert (root / "run/ga/devices.json").exists()
+    rc, out = run(root, "--reset")
+    assert "nr_hugepages: restored '0'" in out
+    cfg.write_text('[devices]\nirqbalance = "fight"\n')
+    with pytest.raises(config_mod.ConfigError, match="irqbalance"):
+        run(root)
+    cfg.write_text('[devices]\nnode_overrides = ["eth0=1"]\n')
+    with pytest.raises(InputError, match="BDF=N"):
+        run(root)
+    cfg.unlink()
     with pytest.raises(InputError, match="BDF=N"):
         run(root, "--node", "eth0=1")
 

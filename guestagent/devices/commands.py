@@ -11,8 +11,8 @@
   ``ban=true`` for IRQs guestagent pinned, ``numa_node=N`` for a device whose node only guestagent
   knows. Always exits 0 (irqbalance wants that).
 
-``--config FILE`` reads a JSON object (or its ``devices`` section, see
-:mod:`guestagent.devices.config`); ``--node BDF=N`` adds a node override.
+``--config FILE``/``--conf-dir DIR`` name the agent's TOML configuration (its ``[devices]``
+table, see :mod:`guestagent.devices.config`); ``--node BDF=N`` adds a node override.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import sys
 from typing import Any, Callable
 
 from guestagent.devices.apply import DevicesJob
-from guestagent.devices.config import DevicesConfig
+from guestagent.devices.config import DevicesConfig, parse_override
 from guestagent.devices.discovery import read_device
 from guestagent.devices.hints import HintSource
 from guestagent.devices.irqbalance import policy_lines
 from guestagent.devices.model import DeviceReport, is_bdf
 from guestagent.devices.resolve import resolve_node
 from guestagent.devices.state import StateStore
-from guestagent.errors import GuestAgentError, InputError
+from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 
 
@@ -45,20 +45,15 @@ hint_source_factory: Callable[[HostFS], list[HintSource]] = no_hint_sources
 
 
 def load_config(args: argparse.Namespace) -> DevicesConfig:
-    config = DevicesConfig()
-    path = getattr(args, "config", None)
-    if path:
-        try:
-            with open(path) as f:
-                text = f.read(1 << 20)
-        except OSError as e:
-            raise InputError(path, f"cannot read the config: {e.strerror or e}") from None
-        config = DevicesConfig.from_json_text(text, path)
+    """The agent's configuration files (``[devices]``, ``[agent] state_dir``) and the options."""
+    from guestagent import config as config_mod
+
+    agent = config_mod.load(getattr(args, "config", None) or config_mod.MAIN_FILE,
+                            getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    config = DevicesConfig.from_agent_config(agent)
     for item in getattr(args, "node", None) or []:
-        bdf, sep, node = item.partition("=")
-        if not sep or not is_bdf(bdf) or not node.isdigit():
-            raise InputError("--node", "expected BDF=N like 0000:00:05.0=1", item)
-        config.node_overrides[bdf] = int(node)
+        bdf, node = parse_override(item, "--node")
+        config.node_overrides[bdf] = node
     if getattr(args, "rebind", False):
         config.rebind = True
     if getattr(args, "no_numa_node_write", False):
@@ -159,7 +154,10 @@ def run_policy(args: argparse.Namespace, ctx: Any) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--config", metavar="FILE", help="devices configuration (JSON)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="main configuration file (default /etc/guestagent/guestagent.toml)")
+    parser.add_argument("--conf-dir", metavar="DIR",
+                        help="configuration drop-ins (default /etc/guestagent/conf.d)")
     parser.add_argument("--node", action="append", metavar="BDF=N",
                         help="node override for one device (repeatable), e.g. 0000:00:05.0=1")
 
@@ -192,4 +190,5 @@ def register(subparsers: Any) -> None:
     policy.add_argument("devpath", help="the device's sysfs path (from irqbalance)")
     policy.add_argument("irq", help="the IRQ number (from irqbalance)")
     policy.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
+    policy.add_argument("--conf-dir", metavar="DIR", help=argparse.SUPPRESS)
     policy.set_defaults(func=run_policy)

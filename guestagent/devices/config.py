@@ -1,25 +1,27 @@
-"""Configuration of the devices job, validated from a mapping (a JSON file or the daemon config).
+"""Configuration of the devices job, validated from a mapping (the agent's ``[devices]`` table).
 
-Keys (all optional)::
+In the agent's TOML configuration (once :func:`config_keys` is in ``guestagent.config.KEYS``)::
 
-    {
-      "write_numa_node": true,        # write numa_node where the kernel says -1 (taints: 'I')
-      "rebind": false,                # unbind/rebind the driver after writing numa_node
-      "irqbalance": "auto",           # auto | defer | pin (see guestagent.devices.irqbalance)
-      "hugepages_2m_per_node": 0,     # reserve this many 2 MiB pages on each device node
-      "node_overrides": {"0000:00:05.0": 1},
-      "state_file": "/run/guestagent/devices.json"
-    }
+    [devices]
+    write_numa_node = true           # write numa_node where the kernel says -1 (taints: 'I')
+    rebind = false                   # unbind/rebind the driver after writing numa_node
+    irqbalance = "auto"              # auto | defer | pin (see guestagent.devices.irqbalance)
+    hugepages_2m_per_node = 0        # reserve this many 2 MiB pages on each device node
+    node_overrides = ["0000:00:05.0=1"]
+
+The state file is ``[agent] state_dir`` + ``/devices.json``. ``node_overrides`` is also accepted
+as a mapping (``{"0000:00:05.0": 1}``) from Python callers.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from guestagent.devices.irqbalance import IRQ_MODES, IrqMode
+from guestagent.devices.model import is_bdf
 from guestagent.devices.state import STATE_FILE
 from guestagent.errors import InputError
 
@@ -63,11 +65,16 @@ class DevicesConfig:
             cfg.hugepages_2m_per_node = value
         if "node_overrides" in data:
             overrides = data["node_overrides"]
-            if not isinstance(overrides, dict):
+            if isinstance(overrides, list):
+                # The TOML form: ["0000:00:05.0=1", ...].
+                cfg.node_overrides = dict(
+                    parse_override(str(item), f"{source} node_overrides") for item in overrides)
+            elif isinstance(overrides, dict):
+                # Entries are validated by ConfigHintSource and validate_hints (one line each).
+                cfg.node_overrides = dict(overrides)
+            else:
                 raise InputError(f"{source} node_overrides",
-                                 'expected an object like {"0000:00:05.0": 1}', overrides)
-            # Entries are validated by ConfigHintSource and validate_hints (one line each).
-            cfg.node_overrides = dict(overrides)
+                                 'expected ["0000:00:05.0=1", ...]', overrides)
         if "state_file" in data:
             path = data["state_file"]
             if not isinstance(path, str) or not path.startswith("/"):
@@ -76,14 +83,57 @@ class DevicesConfig:
         return cfg
 
     @classmethod
-    def from_json_text(cls, text: str, source: str) -> DevicesConfig:
+    def from_agent_config(cls, config: Any) -> DevicesConfig:
+        """From the agent's :class:`guestagent.config.Config`: its ``[devices]`` section (when
+        declared, see :data:`CONFIG_KEYS`) and ``[agent] state_dir``."""
         try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise InputError(source, f"not JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise InputError(source, "expected a JSON object", text[:60])
-        section = data.get("devices", data)
-        if not isinstance(section, dict):
-            raise InputError(f"{source} devices", "expected an object", section)
-        return cls.from_mapping(section, source)
+            section = dict(config.section("devices"))
+        except KeyError:
+            section = {}
+        section.pop("enabled", None)
+        cfg = cls.from_mapping(section, "[devices]")
+        try:
+            state_dir = str(config.get("agent", "state_dir")).rstrip("/")
+        except KeyError:
+            state_dir = ""
+        if state_dir.startswith("/"):
+            cfg.state_file = f"{state_dir}/devices.json"
+        return cfg
+
+
+def parse_override(item: str, source: str) -> tuple[str, int]:
+    """``"0000:00:05.0=1"`` -> ``("0000:00:05.0", 1)``."""
+    bdf, sep, node = item.partition("=")
+    bdf, node = bdf.strip(), node.strip()
+    if not sep or not is_bdf(bdf) or not re.fullmatch(r"\d{1,4}", node):
+        raise InputError(source, "expected BDF=N like 0000:00:05.0=1", item)
+    return bdf, int(node)
+
+
+def config_keys() -> tuple[Any, ...]:
+    """The ``[devices]`` keys to add to :data:`guestagent.config.KEYS`."""
+    from guestagent.config import Key
+
+    return (
+        Key("devices", "enabled", True,
+            "Bind passthrough PCI devices to their NUMA node (IRQs, numa_node, optional rebind "
+            "and hugepages); everything is undone on stop."),
+        Key("devices", "write_numa_node", True,
+            "Write a device's numa_node where the kernel says -1 and Dom0 or node_overrides "
+            "know the node. This taints the kernel (flag I, TAINT_FIRMWARE_WORKAROUND)."),
+        Key("devices", "rebind", False,
+            "After writing numa_node, unbind and rebind the driver so its rings and DMA buffers "
+            "are allocated on the node. Never done for the root file system's or the default "
+            "route's device."),
+        Key("devices", "irqbalance", "auto",
+            "IRQ affinity and irqbalance: `auto` (leave IRQs to irqbalance while it runs, pin "
+            "them otherwise), `defer` (never pin), `pin` (always pin; warns while irqbalance "
+            "runs without guestagent's policy script).",
+            choices=IRQ_MODES),
+        Key("devices", "hugepages_2m_per_node", 0,
+            "Reserve this many 2 MiB hugepages on each node that has a device (0: off).",
+            minimum=0, maximum=MAX_HUGEPAGES),
+        Key("devices", "node_overrides", [],
+            "Node for devices neither the kernel nor Dom0 places, as `BDF=N` strings, e.g. "
+            "[\"0000:00:05.0=1\"]."),
+    )
