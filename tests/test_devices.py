@@ -687,3 +687,50 @@ def test_monitor_drains_queued_events_into_the_job(tmp_path: Path) -> None:
     assert monitor.fileno() == 42
     reports = monitor.pump(job)
     assert [r.bdf for r in reports] == [VF] and reports[0].source == "config"
+
+
+# ---------------------------------------------------------------- changes over time
+
+
+def test_a_moved_dom0_hint_rewrites_numa_node_and_undo_still_restores_minus_one(
+        tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    numa = root / f"sys/devices/pci0000:00/{VF}/numa_node"
+    job_for(root, hints=[DeviceHint(VF, vnode=1)]).scan(apply=True)
+    assert numa.read_text() == "1" and irq_text(root, 29) == "2-3"
+    report = job_for(root, hints=[DeviceHint(VF, vnode=0)]).evaluate(VF, apply=True)
+    assert report is not None and (report.node, report.source) == (0, "dom0")
+    assert numa.read_text() == "0" and irq_text(root, 29) == "0-1"
+    job_for(root).reset()
+    assert numa.read_text() == "-1" and irq_text(root, 29) == "0-3"
+
+
+def test_a_node_the_kernel_found_itself_is_never_overwritten(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    report = job_for(root, hints=[DeviceHint(NVME, vnode=1)]).evaluate(NVME, apply=True)
+    assert report is not None and (report.node, report.source) == (0, "kernel")
+    assert (root / f"sys/devices/pci0000:00/{NVME}/numa_node").read_text() == "0\n"
+
+
+def test_records_of_vectors_the_device_lost_are_dropped(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    job_for(root, hints=[DeviceHint(VF, vnode=1)]).scan(apply=True)
+    (root / f"sys/devices/pci0000:00/{VF}/msi_irqs/31").unlink()
+    job = job_for(root, hints=[DeviceHint(VF, vnode=1)])
+    job.evaluate(VF, apply=True)
+    assert irq_affinity_path(31) not in job.state.changes
+    assert irq_affinity_path(30) in job.state.changes
+
+
+def test_udev_unbind_after_our_own_rebind_keeps_the_new_records(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    hostfs = FaultyHostFS(str(root))
+    job = job_for(hostfs, config=DevicesConfig(node_overrides={VF: 1}, rebind=True))
+    job.scan(apply=True)
+    assert len([c for c in job.state.for_device(VF) if c.kind == "irq_affinity"]) == 3
+    # udev reports the unbind and bind our rebind caused; the driver is bound again by then.
+    dispatch(job, ev("unbind", VF))
+    dispatch(job, ev("bind", VF))
+    assert len([c for c in job.state.for_device(VF) if c.kind == "irq_affinity"]) == 3
+    unbinds = [w for w in hostfs.writes if w[0] == "/sys/bus/pci/drivers/ixgbevf/unbind"]
+    assert unbinds == [("/sys/bus/pci/drivers/ixgbevf/unbind", VF)], "rebound once only"

@@ -36,6 +36,7 @@ from guestagent.devices.discovery import (
     DeviceGoneError,
     device_exists,
     device_path,
+    driver_name,
     list_devices,
     read_device,
     read_node_info,
@@ -269,8 +270,16 @@ class DevicesJob:
 
     def _numa_node_step(self, device: PciDevice, node: int, source: str, apply: bool,
                         report: DeviceReport) -> bool:
-        """Write ``numa_node``; True when it was written now (a rebind may follow)."""
-        if device.numa_node >= 0 or source not in ("dom0", "config"):
+        """Write ``numa_node``; True when it was written now (a rebind may follow).
+
+        Written when the kernel says -1, or when guestagent wrote it earlier and the hint has
+        moved since (a Dom0 republish); never over a node the kernel found itself.
+        """
+        if source not in ("dom0", "config"):
+            return False
+        path = device_path(device.bdf, "numa_node")
+        ours = self.state.get(path)
+        if device.numa_node >= 0 and (ours is None or device.numa_node == node):
             return False
         if not self.config.write_numa_node:
             report.skipped.append("numa_node left at -1: writing it is off by configuration")
@@ -278,7 +287,6 @@ class DevicesJob:
         if not apply:
             report.planned.append(f"write numa_node = {node} ({TAINT_NOTE})")
             return False
-        path = device_path(device.bdf, "numa_node")
         self.state.record(Change(kind="numa_node", path=path, bdf=device.bdf,
                                  previous=str(device.numa_node)))
         try:
@@ -355,6 +363,12 @@ class DevicesJob:
         if not decision.touch:
             report.skipped.append(f"IRQs: {decision.reason}")
             return
+        if apply:
+            # Records for vectors the device no longer has: the number may be another's now.
+            for change in self.state.for_device(device.bdf):
+                if change.kind == "irq_affinity" and change.path not in {
+                        irq_affinity_path(i) for i in irqs}:
+                    self.state.forget(change.path)
         cpus = self.nodes.cpus.get(node, [])
         if not cpus:
             report.failed.append(f"IRQs: node {node} has no online CPUs")
@@ -500,6 +514,12 @@ class DevicesJob:
 
     # ---------------------------------------------------------------- hotplug
 
+    def _unbound(self, bdf: str) -> bool:
+        try:
+            return driver_name(self.hostfs, bdf) is None
+        except DeviceGoneError:
+            return True
+
     def handle_event(self, action: str, bdf: str) -> Optional[DeviceReport]:
         """React to one udev event for a PCI device (add, remove, bind, unbind)."""
         if not is_bdf(bdf):
@@ -512,8 +532,9 @@ class DevicesJob:
                 self.state.forget(change.path)
             self.reports.pop(bdf, None)
             return None
-        if action == "unbind":
-            # The driver freed its vectors; records for those IRQ numbers are stale now.
+        if action == "unbind" and self._unbound(bdf):
+            # The driver freed its vectors; records for those IRQ numbers are stale now. (Not
+            # when a driver is bound again already: our own rebind re-pinned the new vectors.)
             for change in self.state.for_device(bdf):
                 if change.kind == "irq_affinity":
                     self.state.forget(change.path)
