@@ -263,3 +263,34 @@ def test_controller_refuses_without_driver(tmp_path: Path) -> None:
     fs: Any = HostFS(str(FIXTURES / "balloon-legacy-4.19"))
     with pytest.raises(BalloonUnavailable):
         run_controller(fs, None, PressureConfig(), max_ticks=1, install_signal_handlers=False)
+
+
+def test_controller_follows_a_toolstack_write_at_once(
+    root: Path, xs_connect: Any, xs_server: Any
+) -> None:
+    """With a watching xenstore client, a toolstack write to memory/target wakes the loop at once
+    (the interval is 60 s here) and the policy follows it."""
+    quiet(root)
+    fs = HostFS(str(root))
+    client = xs_connect(5)  # the test xenstored's domain 5: target 524288, static-max 1048576
+    timer = threading.Timer(
+        0.5, xs_server.set_node, ("/local/domain/5/memory/target", b"786432")
+    )
+    timer.start()
+    try:
+        with capture_logs() as logs:
+            run_controller(
+                fs, client, PressureConfig(interval_s=60.0), duration_s=1.5,
+                use_trigger=False, install_signal_handlers=False, reset_on_exit=False,
+            )
+    finally:
+        timer.cancel()
+    start = [e for e in logs if e["event"] == "balloon_controller_start"]
+    assert start[0]["xenstore_watch"] is True
+    # First tick: the driver's 1048576 is above memory/target 524288, so it is capped.
+    decisions = BalloonActuator(fs, None).load_record()["decisions"]
+    assert decisions[0]["target_kb"] == 524288
+    follows = [d for d in decisions if d["action"] == "follow"]
+    assert follows and "memory/target 524288 -> 786432" in follows[0]["reason"]
+    assert follows[0]["t"] < 1.4  # woken by the watch, not by the 60 s interval
+    assert any(e["event"] == "balloon_toolstack_override" for e in logs)

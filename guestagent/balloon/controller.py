@@ -1,9 +1,11 @@
 """A one-shot balloon controller loop: PSI trigger fd + interval timer, policy, actuator.
 
-Wakes on whichever comes first, the PSI trigger's ``POLLPRI`` (a pressure spike is answered at
-once) or the policy's interval; reads a snapshot, asks the policy, hands the target to the
-actuator. On SIGTERM or SIGINT, at ``--duration`` and on any way out, the target goes back to the
-ceiling (``reset``). The long-running daemon will wire the same pieces into its own event loop.
+Wakes on whichever comes first: the PSI trigger's ``POLLPRI`` (a pressure spike is answered at
+once), a xenstore watch event on ``memory/target`` (a toolstack override is followed at once, when
+the client can watch), or the policy's interval. Then reads a snapshot, asks the policy, and hands
+the target to the actuator. On SIGTERM or SIGINT, at ``--duration`` and on any way out, the target
+goes back to the ceiling (``reset``). The long-running daemon will wire the same pieces into its
+own event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 import time
 from dataclasses import replace
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from guestagent.balloon.actuator import BalloonActuator
 from guestagent.balloon.policy import (
@@ -24,13 +26,50 @@ from guestagent.balloon.policy import (
     PressureConfig,
     decide,
 )
-from guestagent.balloon.signals import PsiTrigger, XenstoreReader, read_signals
-from guestagent.errors import InputError
+from guestagent.balloon.signals import XS_TARGET, PsiTrigger, XenstoreReader, read_signals
+from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
 #: Consecutive failed ticks (bad input) after which the loop resets and gives up.
 MAX_CONSECUTIVE_ERRORS = 3
+
+#: The token of the controller's xenstore watch on ``memory/target``.
+WATCH_TOKEN = "guestagent-balloon"
+
+
+class XenstoreWatcher(Protocol):
+    """What the controller uses of a xenstore client that can watch (guestagent.xen.xenstore)."""
+
+    def read(self, path: str) -> bytes: ...
+    def watch(self, path: str, token: str) -> None: ...
+    def fileno(self) -> int: ...
+    def read_events(self, timeout: float = 0.0) -> list[Any]: ...
+    def pending_events(self) -> list[Any]: ...
+
+
+def _start_watch(xenstore: XenstoreReader | None, log: Any) -> XenstoreWatcher | None:
+    """Watch memory/target when the client can, so a toolstack write wakes the loop at once."""
+    needed = ("watch", "fileno", "read_events", "pending_events")
+    if xenstore is None or not all(callable(getattr(xenstore, n, None)) for n in needed):
+        return None
+    watcher: XenstoreWatcher = xenstore  # type: ignore[assignment]
+    try:
+        watcher.watch(XS_TARGET, WATCH_TOKEN)
+    except (OSError, GuestAgentError) as e:
+        log.warning("xenstore_watch_failed", error=str(e), fallback="memory/target read per tick")
+        return None
+    return watcher
+
+
+def _watch_fired(watcher: XenstoreWatcher, log: Any, pending_only: bool = False) -> bool:
+    """True if a memory/target watch event is waiting (and drain them)."""
+    try:
+        events = watcher.pending_events() if pending_only else watcher.read_events(0.0)
+    except (OSError, GuestAgentError) as e:
+        log.warning("xenstore_watch_read_failed", error=str(e))
+        return False
+    return any(getattr(e, "token", None) == WATCH_TOKEN for e in events)
 
 
 def _interval(config: PolicyConfig) -> float:
@@ -93,6 +132,9 @@ def run_controller(
     poller.register(wake_r, select.POLLIN)
     if trigger is not None:
         poller.register(trigger.fileno(), select.POLLPRI)
+    watcher = _start_watch(xenstore, log)
+    if watcher is not None:
+        poller.register(watcher.fileno(), select.POLLIN)
 
     interval = _interval(config)
     state = PolicyState()
@@ -101,11 +143,17 @@ def run_controller(
     ticks = 0
     errors = 0
     status = 0
+    end = start + duration_s if duration_s is not None else None
     log.info("balloon_controller_start", policy=config.name, interval_s=interval,
-             psi_trigger=trigger.spec if trigger is not None else None)
+             psi_trigger=trigger.spec if trigger is not None else None,
+             xenstore_watch=watcher is not None)
     try:
         while not stop:
-            timeout_ms = max(0, int((next_tick - clock()) * 1000))
+            wake_at = next_tick if end is None else min(next_tick, end)
+            # A watch event may already be queued by the client (read while it waited for a
+            # reply): then do not sleep.
+            toolstack = watcher is not None and _watch_fired(watcher, log, pending_only=True)
+            timeout_ms = 0 if toolstack else max(0, int((wake_at - clock()) * 1000))
             fired = False
             for fd, event in poller.poll(timeout_ms):
                 if fd == wake_r:
@@ -119,10 +167,19 @@ def run_controller(
                         trigger = None
                     elif event & select.POLLPRI:
                         fired = True
+                elif watcher is not None and fd == watcher.fileno():
+                    if event & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
+                        log.warning("xenstore_watch_lost", fallback="memory/target read per tick")
+                        poller.unregister(fd)
+                        watcher = None
+                    elif _watch_fired(watcher, log):
+                        toolstack = True
             if stop:
                 break
             now = clock()
-            if not fired and now < next_tick:
+            if end is not None and now >= end:
+                break
+            if not fired and not toolstack and now < next_tick:
                 continue
             try:
                 snap = read_signals(hostfs, xenstore, now, psi_trigger_fired=fired)
@@ -157,8 +214,6 @@ def run_controller(
             ticks += 1
             next_tick = now + interval
             if max_ticks is not None and ticks >= max_ticks:
-                break
-            if duration_s is not None and now - start >= duration_s:
                 break
     finally:
         if install_signal_handlers:
