@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from guestagent import log
 from guestagent.balloon.actuator import RECORD_PATH, BalloonActuator, BalloonUnavailable
-from guestagent.balloon.controller import run_controller
+from guestagent.balloon.controller import BalloonController, run_controller
 from guestagent.balloon.policy import ClassicConfig, PressureConfig
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.errors import InputError
@@ -294,3 +294,23 @@ def test_controller_follows_a_toolstack_write_at_once(
     assert follows and "memory/target 524288 -> 786432" in follows[0]["reason"]
     assert follows[0]["t"] < 1.4  # woken by the watch, not by the 60 s interval
     assert any(e["event"] == "balloon_toolstack_override" for e in logs)
+
+
+def test_controller_object_ticks_for_an_outside_event_loop(root: Path) -> None:
+    """The daemon can drive BalloonController itself: start, tick on its own events, stop."""
+    quiet(root)
+    fs, xs = fs_xs(root)
+    now = [100.0]
+    ctl = BalloonController(fs, xs, PressureConfig(), clock=lambda: now[0])
+    ctl.start()
+    assert ctl.arm_trigger() is None  # fixture tree: never armed
+    first = ctl.tick()
+    assert first is not None and first.action == "shrink" and target_of(root) == first.target_kb
+    now[0] += 1.0
+    spike = ctl.tick(psi_trigger_fired=True)
+    assert spike is not None and spike.action == "grow" and target_of(root) == spike.target_kb
+    (root / "proc/vmstat").write_text("junk\n")
+    now[0] += 1.0
+    assert ctl.tick() is None and ctl.errors == 1
+    ctl.stop()
+    assert target_of(root) == 1048576

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 
 from guestagent.balloon.actuator import BalloonActuator
 from guestagent.balloon.policy import (
+    Decision,
     PolicyConfig,
     PolicyState,
     PressureConfig,
@@ -72,9 +73,104 @@ def _watch_fired(watcher: XenstoreWatcher, log: Any, pending_only: bool = False)
     return any(getattr(e, "token", None) == WATCH_TOKEN for e in events)
 
 
-def _interval(config: PolicyConfig) -> float:
-    value = getattr(config, "interval_s", 5.0)
-    return float(value)
+class BalloonController:
+    """One balloon job's state: start (remember, learn the offset), tick, stop (reset).
+
+    ``tick`` is everything that happens when the loop wakes: read a snapshot, ask the policy, hand
+    the target to the actuator, record the decision. :func:`run_controller` drives it with
+    ``poll``; the daemon can drive the same object from its own event loop.
+    """
+
+    def __init__(
+        self,
+        hostfs: HostFS,
+        xenstore: XenstoreReader | None,
+        config: PolicyConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        config.validate()
+        self.hostfs = hostfs
+        self.xenstore = xenstore
+        self.config = config
+        self.clock = clock
+        self.actuator = BalloonActuator(hostfs, xenstore)
+        self.state = PolicyState()
+        self.log = get_logger("balloon")
+        self.started_at = clock()
+        #: Consecutive ticks that failed on bad input.
+        self.errors = 0
+        self.ticks = 0
+        self.last_decision: Decision | None = None
+
+    @property
+    def interval_s(self) -> float:
+        return float(getattr(self.config, "interval_s", 5.0))
+
+    def start(self) -> None:
+        """Raise BalloonUnavailable without a driver; remember the original target (undo)."""
+        record = self.actuator.start()
+        offset = int(record.get("toolstack_offset_kb") or 0)
+        if self.config.toolstack_offset_kb == 0 and offset:
+            self.config = replace(self.config, toolstack_offset_kb=offset)
+        self.started_at = self.clock()
+
+    def arm_trigger(self) -> PsiTrigger | None:
+        """The policy's PSI trigger, or None (logged) where it cannot be armed."""
+        if not self.hostfs.is_real_host:
+            # On a fixture tree the PSI "file" is a plain file: arming would overwrite it.
+            self.log.info("psi_trigger_skipped", reason="not the real host root")
+            return None
+        stall = getattr(self.config, "trigger_stall_us", PressureConfig.trigger_stall_us)
+        window = getattr(self.config, "trigger_window_us", PressureConfig.trigger_window_us)
+        try:
+            trigger = PsiTrigger(self.hostfs, "some", int(stall), int(window))
+        except InputError as e:
+            self.log.warning("psi_trigger_unavailable", error=str(e), fallback="interval only")
+            return None
+        if trigger.widened:
+            self.log.info("psi_trigger_widened", spec=trigger.spec,
+                          reason="no CAP_SYS_RESOURCE: window must be a multiple of 2 s")
+        return trigger
+
+    def tick(self, psi_trigger_fired: bool = False) -> Decision | None:
+        """One decision; None when the input was bad (logged, counted in ``errors``)."""
+        now = self.clock()
+        self.ticks += 1
+        try:
+            snap = read_signals(self.hostfs, self.xenstore, now, psi_trigger_fired)
+            self.actuator.observe_toolstack(snap.xs_target_kb)
+            decision = decide(snap, self.state, self.config)
+            force = decision.action == "follow" or not (
+                decision.floor_kb <= (snap.balloon_target_kb or 0) <= decision.ceiling_kb
+            )
+            applied = self.actuator.apply(decision.target_kb, decision.reason, force=force)
+            self.state = replace(decision.new_state, last_target_kb=applied.target_kb)
+            if decision.action != "hold" or applied.written:
+                self.log.info("balloon_decision", policy=self.config.name,
+                              action=decision.action, target_kb=decision.target_kb,
+                              written=applied.written, current_kb=applied.current_kb,
+                              reason=decision.reason)
+            self.actuator.record_decision({
+                "policy": self.config.name,
+                "t": round(now - self.started_at, 3),
+                "wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "action": decision.action,
+                "target_kb": applied.target_kb,
+                "current_kb": applied.current_kb,
+                "written": applied.written,
+                "reason": decision.reason,
+            })
+        except InputError as e:
+            self.errors += 1
+            self.log.error("balloon_tick_failed", error=str(e), consecutive=self.errors)
+            return None
+        self.errors = 0
+        self.last_decision = decision
+        return decision
+
+    def stop(self, reset: bool = True) -> None:
+        if reset:
+            self.actuator.reset()
 
 
 def run_controller(
@@ -94,24 +190,9 @@ def run_controller(
     there is no balloon driver.
     """
     log = get_logger("balloon")
-    config.validate()
-    actuator = BalloonActuator(hostfs, xenstore)
-    record = actuator.start()
-    offset = int(record.get("toolstack_offset_kb") or 0)
-    if config.toolstack_offset_kb == 0 and offset:
-        config = replace(config, toolstack_offset_kb=offset)
-
-    trigger: PsiTrigger | None = None
-    if use_trigger and not hostfs.is_real_host:
-        # On a fixture tree the PSI "file" is a plain file: arming would overwrite it.
-        log.info("psi_trigger_skipped", reason="not the real host root")
-    elif use_trigger:
-        stall = getattr(config, "trigger_stall_us", PressureConfig.trigger_stall_us)
-        window = getattr(config, "trigger_window_us", PressureConfig.trigger_window_us)
-        try:
-            trigger = PsiTrigger(hostfs, "some", int(stall), int(window))
-        except InputError as e:
-            log.warning("psi_trigger_unavailable", error=str(e), fallback="interval timer only")
+    ctl = BalloonController(hostfs, xenstore, config, clock=clock)
+    ctl.start()
+    trigger = ctl.arm_trigger() if use_trigger else None
 
     stop: list[int] = []
     wake_r, wake_w = os.pipe()
@@ -136,15 +217,12 @@ def run_controller(
     if watcher is not None:
         poller.register(watcher.fileno(), select.POLLIN)
 
-    interval = _interval(config)
-    state = PolicyState()
+    interval = ctl.interval_s
     start = clock()
     next_tick = start
-    ticks = 0
-    errors = 0
     status = 0
     end = start + duration_s if duration_s is not None else None
-    log.info("balloon_controller_start", policy=config.name, interval_s=interval,
+    log.info("balloon_controller_start", policy=ctl.config.name, interval_s=interval,
              psi_trigger=trigger.spec if trigger is not None else None,
              xenstore_watch=watcher is not None)
     try:
@@ -181,39 +259,12 @@ def run_controller(
                 break
             if not fired and not toolstack and now < next_tick:
                 continue
-            try:
-                snap = read_signals(hostfs, xenstore, now, psi_trigger_fired=fired)
-                actuator.observe_toolstack(snap.xs_target_kb)
-                decision = decide(snap, state, config)
-                force = decision.action == "follow" or not (
-                    decision.floor_kb <= (snap.balloon_target_kb or 0) <= decision.ceiling_kb
-                )
-                applied = actuator.apply(decision.target_kb, decision.reason, force=force)
-                state = replace(decision.new_state, last_target_kb=applied.target_kb)
-                if decision.action != "hold" or applied.written:
-                    log.info("balloon_decision", policy=config.name, action=decision.action,
-                             target_kb=decision.target_kb, written=applied.written,
-                             current_kb=applied.current_kb, reason=decision.reason)
-                actuator.record_decision({
-                    "policy": config.name,
-                    "t": round(now - start, 3),
-                    "wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "action": decision.action,
-                    "target_kb": applied.target_kb,
-                    "current_kb": applied.current_kb,
-                    "written": applied.written,
-                    "reason": decision.reason,
-                })
-                errors = 0
-            except InputError as e:
-                errors += 1
-                log.error("balloon_tick_failed", error=str(e), consecutive=errors)
-                if errors >= MAX_CONSECUTIVE_ERRORS:
-                    status = 1
-                    break
-            ticks += 1
+            ctl.tick(psi_trigger_fired=fired)
+            if ctl.errors >= MAX_CONSECUTIVE_ERRORS:
+                status = 1
+                break
             next_tick = now + interval
-            if max_ticks is not None and ticks >= max_ticks:
+            if max_ticks is not None and ctl.ticks >= max_ticks:
                 break
     finally:
         if install_signal_handlers:
@@ -224,8 +275,7 @@ def run_controller(
         os.close(wake_w)
         if trigger is not None:
             trigger.close()
-        if reset_on_exit:
-            actuator.reset()
-        log.info("balloon_controller_stop", ticks=ticks,
+        ctl.stop(reset=reset_on_exit)
+        log.info("balloon_controller_stop", ticks=ctl.ticks,
                  signal=signal.Signals(stop[0]).name if stop else None)
     return status

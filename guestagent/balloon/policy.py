@@ -609,21 +609,30 @@ def decide_pressure(
 ) -> Decision:
     """Find the working set by feedback on pressure (the default policy).
 
-    Grow at once, by a large step, when any of these holds: the PSI trigger fired; the "some" stall
-    over the last interval reached ``psi_grow_pct`` (2 %); refaults or swap-ins per second climbed
-    over their thresholds; MemAvailable fell under the reserve (max(64 MiB, 3 % of the ceiling)); an
-    OOM kill happened (then straight to the ceiling, and no shrink for 5 minutes). The step is
+    **Grow at once, by a large step**, when any of these holds: the PSI trigger fired (150 ms of
+    "some" stall in 1 s); the "some" stall over the last interval, from the PSI totals, reached
+    ``psi_grow_pct`` (2 %); refaults or swap-ins per second climbed over their thresholds (2000 and
+    1000 pages/s); MemAvailable fell under the reserve, max(64 MiB, 3 % of the ceiling); or an OOM
+    kill happened (then straight to the ceiling, and no shrink for 5 minutes). The step is
     max(128 MiB, 12.5 % of the ceiling) plus the reserve deficit, doubled for each further grow
-    within 15 s (at most 8x), so a spike is answered in the very step that sees it and a sustained
-    climb reaches the ceiling in a few seconds. Grows are limited to one per second, the PSI
-    trigger's window, which is also its notification rate.
+    within 15 s (at most 8x): a spike is answered in the very decision that sees it, and a sustained
+    climb reaches the ceiling of a 1 GiB guest within three grows. At most one grow per second, the
+    PSI trigger's window and hence its notification rate.
 
-    Shrink in small steps only while it is quiet: stall and avg10 under ``psi_target_pct`` (0.2 %,
-    Senpai's order of magnitude), no grow or toolstack override in the last 30 s, at most one shrink
-    per 5 s, the driver not lagging, and MemAvailable staying above twice the reserve. The step is
-    2 % of the target scaled down as the stall nears the target, at most 64 MiB: 1 GiB shrinks by
-    about 20 MiB per 5 s, i.e. a 1 GiB guest reaches its working set in minutes, while reclaim
-    has time to show up in PSI before the next step. Changes under 8 MiB are not made.
+    **Shrink in small steps, only while it is quiet**: stall and avg10 under ``psi_target_pct``
+    (0.2 %, Senpai's order of magnitude), no grow or toolstack override in the last 30 s, at most
+    one shrink per 5 s, the driver not more than 128 MiB behind its target, and MemAvailable kept
+    above twice the reserve (the band between reserve and 2x reserve separates the shrink zone from
+    the grow zone). The step is the larger of 1 % of the target and 1/8 of the headroom
+    (MemAvailable above 2x reserve, the classic policy's downhysteresis applied to what is really
+    free rather than to Committed_AS), scaled down as the stall nears the target, at least the
+    8 MiB hysteresis step while well below it, and at most max(64 MiB, 1/16 of the ceiling): a
+    1 GiB guest gives back at most 64 MiB per 5 s, so reclaim has time to show in PSI and refaults
+    before the next step. Changes under 8 MiB are not made.
+
+    Unlike ``classic``, the goal is not derived from Committed_AS (which counts memory that was
+    reserved but never touched) but found by squeezing until the guest shows pressure, bounded by
+    the MemAvailable guard so that the page cache, not the working set, is what gets squeezed.
     """
     return _decide(signals, state, config, _step_pressure)
 
