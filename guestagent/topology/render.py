@@ -36,8 +36,10 @@ def _table(header: list[str], rows: list[list[str]], text_last: bool = False) ->
     return lines
 
 
-def _distance_matrix(ids: list[int], rows: dict[int, dict[int, int]]) -> list[str]:
-    header = ["node", *[str(i) for i in ids]]
+def _distance_matrix(
+    ids: list[int], rows: dict[int, dict[int, int]], label: str = "node"
+) -> list[str]:
+    header = [label, *[str(i) for i in ids]]
     body = []
     for i in ids:
         row = rows.get(i, {})
@@ -69,7 +71,7 @@ def _hypercall_section(info: VnumaInfo) -> list[str]:
     lines.append("  distances:")
     ids = list(range(info.nr_vnodes))
     matrix = {i: dict(enumerate(info.distances[i])) for i in ids}
-    lines.extend("  " + line for line in _distance_matrix(ids, matrix))
+    lines.extend("  " + line for line in _distance_matrix(ids, matrix, "vnode"))
     return lines
 
 
