@@ -239,11 +239,20 @@ def test_frozen_client_and_unknown_commands_and_bad_frames() -> None:
 def test_probe_says_why_tmem_is_unavailable(
     tmp_path: Path, sim: SimulatedTmemXen, text: str
 ) -> None:
+    buffers: list[Any] = []
+    allocate = sim.buffer
+
+    def recording(nbytes: int) -> Any:
+        buffers.append(allocate(nbytes))
+        return buffers[-1]
+
+    sim.buffer = recording  # type: ignore[method-assign]
     a = backend(sim, hvm_root(tmp_path)).probe()
     assert not a.ok
     assert text in a.reason
     assert any("cannot choose a node" in line for line in a.limits)
     assert sim.closed
+    assert all(b._ptr is None for b in buffers)  # the hypercall buffer was freed
 
 
 def test_probe_creates_and_destroys_an_ephemeral_pool(tmp_path: Path) -> None:

@@ -326,13 +326,10 @@ class TmemBackend:
             try:
                 pool = client.new_pool(persistent=False)
                 client.destroy_pool(pool)
+                self._check_frames(client)
             except TmemError as e:
                 return Availability(False, explain(e, version), LIMITS)
-            except XenUnavailable as e:
-                return Availability(False, e.reason, LIMITS)
-            try:
-                self._check_frames(client)
-            except BackendUnavailable as e:
+            except (XenUnavailable, BackendUnavailable) as e:
                 return Availability(False, e.reason, LIMITS)
             finally:
                 client.close()
