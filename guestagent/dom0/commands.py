@@ -21,22 +21,30 @@ from guestagent.dom0.role import ROLES, require_dom0
 from guestagent.dom0.schema import base_path
 from guestagent.dom0.topology import HostTopology, read_host_topology, render_table, to_json_text
 from guestagent.hostfs import HostFS
+from guestagent.xen.errors import XenUnavailable
 from guestagent.xen.sysctl import PciAddress
 
 
 @contextmanager
 def real_sysctl(hostfs: HostFS) -> Iterator[Any]:
     """A :class:`~guestagent.xen.sysctl.Sysctl` over privcmd (C extension imported here only)."""
-    from guestagent.xen.privcmd import open_privcmd
     from guestagent.xen.sysctl import Sysctl
 
+    try:
+        from guestagent.xen.privcmd import open_privcmd
+    except ImportError as e:
+        raise XenUnavailable(f"the C extension is not built ({e})") from None
     with open_privcmd(hostfs) as privcmd:
         yield Sysctl(privcmd)
 
 
 def real_xenstore(hostfs: HostFS) -> Any:
     from guestagent.xen.xenstore import XenstoreClient
-    from guestagent.xen.xsconn import open_xenstore
+
+    try:
+        from guestagent.xen.xsconn import open_xenstore
+    except ImportError as e:
+        raise XenUnavailable(f"the C extension is not built ({e})") from None
 
     return XenstoreClient(open_xenstore(hostfs))
 
