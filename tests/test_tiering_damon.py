@@ -417,3 +417,15 @@ def test_sysfs_writer_never_creates_files(tmp_path: Path) -> None:
     f.write_text("12345\n")
     w("/x", "7")
     assert f.read_text() == "7"
+
+
+def test_a_restart_is_folded_in_even_when_the_new_counters_overtake_the_old(
+    tmp_path: Path,
+) -> None:
+    _, kernel, b = setup(tmp_path)
+    b.start(Plan((Move(0, 1, 4 * MIB),)))
+    kernel.advance(0, sz_applied=10 * 4096, sz_tried=10 * 4096)
+    b.update(Plan())  # off, after reading 10 pages
+    b.update(Plan((Move(0, 1, 4 * MIB),)))  # on: a new context
+    kernel.advance(0, sz_applied=50 * 4096, sz_tried=50 * 4096)  # 50 > 10: no visible decrease
+    assert b.stats().pages_moved_or_put == 60

@@ -34,8 +34,8 @@ only when its kdamonds are the last ones and every other one is still off and em
 its own off and emptied.
 
 Statistics: the kernel rebuilds its context (and zeroes the scheme counters) on every ``on``; the
-backend reads the counters (``update_schemes_stats``) before each ``off`` and ``commit`` and keeps a
-running total, treating any counter that goes down as a restart.
+backend reads the counters (``update_schemes_stats``) before each ``off`` and ``commit``, folds them
+into a running total at each ``on``, and also treats any counter that goes down as a restart.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -160,6 +160,12 @@ class _Counters:
             for k in STAT_FILES:
                 self.base[k] += self.last[k]
         self.last = dict(now)
+
+    def restart(self) -> None:
+        """The kernel is building a new context (``on``): its counters start again at 0."""
+        for k in STAT_FILES:
+            self.base[k] += self.last[k]
+        self.last = dict.fromkeys(STAT_FILES, 0)
 
     def total(self, key: str) -> int:
         return self.base[key] + self.last[key]
@@ -378,6 +384,7 @@ class DamonBackend:
                 self.write(kd_state, "commit")
             else:
                 self.write(kd_state, "on")
+                self._counters[node].restart()
             self._targets[node] = move.target
             self._log.info("damon_move", node=node, target=move.target, rate=move.rate)
 
