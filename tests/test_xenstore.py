@@ -630,7 +630,7 @@ def test_no_reply_times_out_and_a_late_reply_is_dropped(
     started = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         client.read("name")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # generous: the test machine may be loaded
     assert info.value.filename == "name"
     server.inject(frame(READ, held[0].req_id, 0, b"late"))
     assert client.read("name") == b"guest"
