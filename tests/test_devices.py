@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator, MutableMapping
@@ -64,9 +65,14 @@ def eth0() -> list[str]:
 def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logs]:
     """Every log event of the test, as dicts (structlog's capture, no real configuration)."""
     monkeypatch.setattr(log, "_configured", True)
-    with capture_logs() as captured:
-        yield captured
-    structlog.reset_defaults()
+    saved = structlog.get_config()
+    # Whatever level an earlier test configured, every event is captured here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as captured:
+            yield captured
+    finally:
+        structlog.configure(**saved)
 
 
 def copy_tree(tmp_path: Path, name: str = "devices-2node") -> Path:

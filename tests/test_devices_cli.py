@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +38,13 @@ def quiet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setattr(config_mod, "KEYS", config_mod.KEYS + config_keys())
     # No real default-route lookup and no real process table in these tests.
     monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
-    with capture_logs():
-        yield
-    structlog.reset_defaults()
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs():
+            yield
+    finally:
+        structlog.configure(**saved)
 
 
 @pytest.fixture
