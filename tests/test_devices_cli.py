@@ -114,6 +114,9 @@ def test_agent_configuration_devices_table(root: Path, tmp_path: Path) -> None:
     assert rc == 0 and "mode defer" in out and "node=1 (config)" in out
     assert (root / "proc/irq/29/smp_affinity_list").read_text() == "0-3\n"
     assert (root / "run/ga/devices.json").exists()
+    rc, out = run(root)
+    assert ("applied: /sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages = 8"
+            " (was 0)") in out
     rc, out = run(root, "--reset")
     assert "nr_hugepages: restored '0'" in out
     cfg.write_text('[devices]\nirqbalance = "fight"\n')

@@ -79,6 +79,9 @@ def render_table(reports: list[DeviceReport], job: DevicesJob) -> str:
                 lines.append(f"    {label}: {item}")
     if not reports:
         lines.append("no PCI devices")
+    for change in job.state.changes.values():
+        if not change.bdf:
+            lines.append(f"applied: {change.path} = {change.applied} (was {change.previous})")
     status = job.irqbalance
     decision = job.irq_decision
     lines.append(f"irqbalance: {'running' if status.running else 'not running'}; "
@@ -100,6 +103,10 @@ def to_json(reports: list[DeviceReport], job: DevicesJob, undo: list[str]) -> st
                        "mode": decision.mode, "touch_irqs": decision.touch,
                        "reason": decision.reason},
         "problems": job.problems,
+        "node_changes": [
+            {"path": c.path, "applied": c.applied, "previous": c.previous}
+            for c in job.state.changes.values() if not c.bdf
+        ],
         "state_file": job.state.path,
         "undone": undo,
     }
@@ -172,6 +179,11 @@ def register(subparsers: Any) -> None:
             "optionally the driver and hugepages) to that node; --reset undoes it."
         ),
     )
+    parser.epilog = (
+        "irqbalance: by default (irqbalance = auto) guestagent leaves IRQ affinity to irqbalance "
+        "while it runs, and says so; irqbalance then places the IRQs by the device's numa_node. "
+        "Set [devices] irqbalance = pin, or run irqbalance with --policyscript calling "
+        "'guestagent devices irqbalance-policy', to have guestagent pin them.")
     _common(parser)
     parser.add_argument("--reset", action="store_true",
                         help="undo every change recorded in the state file")
