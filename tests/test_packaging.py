@@ -1,0 +1,493 @@
+"""Packaging: systemd units and their sandbox, presets, Debian and RPM metadata, package builds.
+
+The builds themselves (``packaging/build-deb.sh`` with lintian, ``packaging/build-rpm.sh``) are
+marked ``packaging``: they take minutes and run where dpkg-buildpackage / rpmbuild are installed;
+in CI (``CI`` set) a missing tool fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import guestagent
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "packaging"
+SYSTEMD = PKG / "systemd"
+DEBIAN = PKG / "debian"
+SPEC = PKG / "rpm" / "guestagent.spec"
+UNITS = ("guestagent.service", "guestagent-dom0.service", "guestagent-cloud-config.service")
+
+Unit = dict[str, dict[str, list[str]]]
+
+
+def parse_unit(path: Path) -> Unit:
+    """systemd unit syntax: [Section], Key=Value (repeatable), # and ; comments, \\ continuation."""
+    unit: Unit = {}
+    section: dict[str, list[str]] | None = None
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = unit.setdefault(line[1:-1], {})
+            continue
+        assert section is not None, f"{path.name}: {line!r} before any section"
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not Key=Value: {line!r}"
+        section.setdefault(key.strip(), []).append(value.strip())
+    return unit
+
+
+def one(unit: Unit, section: str, key: str) -> str:
+    values = unit[section].get(key, [])
+    assert len(values) == 1, f"[{section}] {key}: expected one value, got {values}"
+    return values[0]
+
+
+def words(unit: Unit, section: str, key: str) -> list[str]:
+    return [w for v in unit[section].get(key, []) for w in v.split()]
+
+
+@pytest.fixture(scope="module")
+def guest() -> Unit:
+    return parse_unit(SYSTEMD / "guestagent.service")
+
+
+@pytest.fixture(scope="module")
+def dom0() -> Unit:
+    return parse_unit(SYSTEMD / "guestagent-dom0.service")
+
+
+# --- what systemd makes of the file-system directives ------------------------------------------
+
+#: ProtectKernelTunables=yes (systemd 252, src/core/namespace.c): these become read-only (or
+#: inaccessible), and a ReadWritePaths= of the very same path loses against them.
+PROTECT_KERNEL_TUNABLES = (
+    "/proc/acpi", "/proc/apm", "/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
+    "/proc/kallsyms", "/proc/kcore", "/proc/latency_stats", "/proc/mtrr", "/proc/scsi",
+    "/proc/sys", "/proc/sysrq-trigger", "/proc/timer_stats", "/sys", "/sys/fs/bpf",
+    "/sys/kernel/debug", "/sys/kernel/tracing",
+)
+#: At the same path the stronger mode wins (systemd's MountMode order).
+_RANK = {"inaccessible": 0, "ro": 1, "rw": 2}
+
+
+def mount_modes(unit: Unit) -> list[tuple[str, str]]:
+    svc = unit["Service"]
+    entries: list[tuple[str, str]] = []
+    if svc.get("ProtectSystem") == ["strict"]:
+        # Everything read-only except the API file systems /dev, /proc, /sys.
+        entries += [("/", "ro"), ("/dev", "rw"), ("/proc", "rw"), ("/sys", "rw")]
+    if svc.get("ProtectHome") == ["yes"]:
+        entries += [(p, "inaccessible") for p in ("/home", "/root", "/run/user")]
+    if svc.get("ProtectKernelTunables") == ["yes"]:
+        entries += [(p, "ro") for p in PROTECT_KERNEL_TUNABLES]
+    for name in words(unit, "Service", "RuntimeDirectory"):
+        entries.append((f"/run/{name}", "rw"))
+    for key, mode in (("ReadOnlyPaths", "ro"), ("ReadWritePaths", "rw"),
+                      ("InaccessiblePaths", "inaccessible")):
+        entries += [(p.lstrip("-+"), mode) for p in words(unit, "Service", key)]
+    return entries
+
+
+def access(unit: Unit, path: str) -> str:
+    """'rw', 'ro' or 'inaccessible' for ``path`` in the unit's mount namespace (a model: the
+    deepest directive covering the path decides, ties go to the stronger mode)."""
+    best: tuple[int, int, str] = (-1, 0, "rw")
+    for prefix, mode in mount_modes(unit):
+        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            key = (len(prefix), -_RANK[mode], mode)
+            if key[:2] > best[:2]:
+                best = key
+    return best[2]
+
+
+# Concrete paths the jobs write (see the unit's header and the issue).
+GUEST_WRITES = (
+    "/sys/devices/system/xen_memory/xen_memory0/target_kb",          # balloon
+    "/proc/irq/24/smp_affinity_list",                                 # devices
+    "/sys/bus/pci/drivers/ixgbevf/unbind",                            # devices (optional)
+    "/sys/bus/pci/drivers/ixgbevf/bind",
+    "/sys/bus/pci/drivers_probe",
+    "/sys/devices/pci0000:00/0000:00:05.0/numa_node",                 # via /sys/bus/pci/devices
+    "/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages",
+    "/sys/kernel/mm/damon/admin/kdamonds/nr_kdamonds",                # tiering
+    "/sys/kernel/mm/damon/admin/kdamonds/0/contexts/0/schemes/0/action",
+    "/run/guestagent/status.sock",                                    # status socket, undo state
+    "/dev/xen/privcmd",
+)
+READ_ONLY = (
+    "/proc/sys/vm/drop_caches",
+    "/proc/sysrq-trigger",
+    "/sys/kernel/mm/transparent_hugepage/enabled",
+    "/sys/devices/system/memory/memory0/online",
+    "/sys/devices/system/cpu/cpu1/online",
+    "/etc/guestagent/guestagent.toml",
+    "/usr/bin/guestagent",
+    "/var/lib/xen/userdata-d.1.x.libxl-json",
+    "/run/xenstored/socket",  # connecting to a socket needs no writable mount
+)
+
+
+def test_units_parse_and_sections() -> None:
+    for name in UNITS:
+        unit = parse_unit(SYSTEMD / name)
+        assert set(unit) == {"Unit", "Service", "Install"}, name
+
+
+def test_guest_unit_service_directives(guest: Unit) -> None:
+    assert one(guest, "Unit", "ConditionVirtualization") == "xen"
+    assert "cloud-config.service" in words(guest, "Unit", "After")
+    assert one(guest, "Service", "Type") == "notify"
+    assert one(guest, "Service", "ExecStart") == "/usr/bin/guestagent run"
+    assert one(guest, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert one(guest, "Service", "Restart") == "on-failure"
+    assert one(guest, "Service", "WatchdogSec")
+    stop_post = guest["Service"]["ExecStopPost"]
+    assert "-/usr/bin/guestagent balloon --reset" in stop_post
+    assert "-/usr/bin/guestagent devices --reset" in stop_post
+    assert one(guest, "Service", "RuntimeDirectory") == "guestagent"
+    assert one(guest, "Service", "RuntimeDirectoryMode") == "0700"
+    assert one(guest, "Install", "WantedBy") == "multi-user.target"
+
+
+@pytest.mark.parametrize("name", ["guestagent.service", "guestagent-dom0.service"])
+def test_sandbox_directives(name: str) -> None:
+    unit = parse_unit(SYSTEMD / name)
+    expect = {
+        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes", "CapabilityBoundingSet": "CAP_SYS_ADMIN",
+        "RestrictAddressFamilies": "AF_UNIX AF_NETLINK", "SystemCallFilter": "@system-service",
+        "MemoryDenyWriteExecute": "yes", "DevicePolicy": "closed", "IPAddressDeny": "any",
+        "SystemCallArchitectures": "native", "RestrictNamespaces": "yes",
+        "ProtectKernelModules": "yes", "ProtectControlGroups": "yes", "LockPersonality": "yes",
+    }
+    for key, value in expect.items():
+        assert one(unit, "Service", key) == value, key
+    assert sorted(unit["Service"]["DeviceAllow"]) == [
+        "/dev/xen/hypercall rw", "/dev/xen/privcmd rw", "/dev/xen/xenbus rw"]
+    assert "AF_INET" not in " ".join(unit["Service"]["RestrictAddressFamilies"])
+
+
+def test_guest_sandbox_writes_only_what_jobs_need(guest: Unit) -> None:
+    for path in GUEST_WRITES:
+        assert access(guest, path) == "rw", path
+    for path in READ_ONLY:
+        assert access(guest, path) == "ro", path
+    assert access(guest, "/proc/kcore") == "inaccessible"
+    assert access(guest, "/home/user/.ssh/id_rsa") == "inaccessible"
+
+
+def test_dom0_sandbox_is_stricter(dom0: Unit) -> None:
+    assert "ConditionVirtualization" in dom0["Unit"]
+    assert one(dom0, "Unit", "ConditionVirtualization") == "!container"  # Dom0 is not 'xen'
+    assert one(dom0, "Service", "ExecCondition") == "/bin/grep -qw control_d /proc/xen/capabilities"
+    assert one(dom0, "Service", "ExecStart") == "/usr/bin/guestagent run --role dom0"
+    assert one(dom0, "Service", "ProtectKernelTunables") == "yes"
+    assert "ReadWritePaths" not in dom0["Service"]
+    assert access(dom0, "/run/guestagent/status.sock") == "rw"
+    for path in (*READ_ONLY, "/proc/irq/24/smp_affinity_list",
+                 "/sys/devices/system/xen_memory/xen_memory0/target_kb"):
+        assert access(dom0, path) == "ro", path
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_no_read_write_path_shadowed_by_protect_kernel_tunables(name: str) -> None:
+    # The trap irqbalance fell into: ProtectKernelTunables=yes plus ReadWritePaths=/proc/irq
+    # leaves /proc/irq read-only.
+    unit = parse_unit(SYSTEMD / name)
+    if unit["Service"].get("ProtectKernelTunables") != ["yes"]:
+        return
+    rw = {p.lstrip("-+") for p in words(unit, "Service", "ReadWritePaths")}
+    assert not rw & set(PROTECT_KERNEL_TUNABLES)
+
+
+def test_cloud_config_unit_order(guest: Unit) -> None:
+    unit = parse_unit(SYSTEMD / "guestagent-cloud-config.service")
+    assert one(unit, "Service", "Type") == "oneshot"
+    assert one(unit, "Service", "ExecStart") == "/usr/bin/cloud-init single --name guestagent"
+    assert "cloud-config.service" in words(unit, "Unit", "After")
+    assert "guestagent.service" in words(unit, "Unit", "Before")
+    assert one(unit, "Install", "WantedBy") == "cloud-init.target"
+    assert access(unit, "/etc/guestagent/guestagent.toml") == "rw"
+
+
+def test_presets_enable_shipped_units() -> None:
+    enabled = {}
+    for preset in sorted(SYSTEMD.glob("*.preset")):
+        assert preset.name.startswith("90-")
+        for line in preset.read_text().splitlines():
+            if line and not line.startswith("#"):
+                verb, unit = line.split()
+                assert verb == "enable", line
+                enabled[unit] = preset.name
+    assert enabled == {
+        "guestagent.service": "90-guestagent.preset",
+        "guestagent-cloud-config.service": "90-guestagent.preset",
+        "guestagent-dom0.service": "90-guestagent-dom0.preset",
+    }
+    for unit in enabled:
+        assert (SYSTEMD / unit).is_file()
+
+
+def _verify_root(tmp_path: Path) -> Path:
+    """A root with the units in /etc/systemd/system, systemd's own units, and stub binaries."""
+    root = tmp_path / "root"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    for exe in ("usr/bin/guestagent", "usr/bin/cloud-init", "bin/grep", "bin/kill"):
+        path = root / exe
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    for name in UNITS:
+        shutil.copy(SYSTEMD / name, root / "etc/systemd/system" / name)
+    return root
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    root = _verify_root(tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "--man=no", *UNITS],
+        capture_output=True, text=True, timeout=120)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and not output, output
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize(("name", "limit"), [("guestagent.service", 3.0),
+                                             ("guestagent-dom0.service", 2.5)])
+def test_systemd_analyze_security(tmp_path: Path, name: str, limit: float) -> None:
+    root = _verify_root(tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", f"--root={root}", "--no-pager", name],
+        capture_output=True, text=True, timeout=120)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    if match is None:
+        pytest.skip(f"this systemd-analyze has no offline security check: {result.stderr[:200]}")
+    assert float(match.group(1)) <= limit, result.stdout
+
+
+def test_memory_deny_write_execute_is_compatible() -> None:
+    """MemoryDenyWriteExecute=yes, checked with the kernel's own W^X switch (PR_SET_MDWE, Linux
+    6.3+): the cffi extension, the dependencies and a CLI command run under it."""
+    script = r"""
+import ctypes, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    print("no PR_SET_MDWE"); sys.exit(0)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("W+X mapping allowed: MDWE not in force")
+except OSError:
+    pass
+import guestagent.xen._xenc, psutil, structlog, pyroute2
+try:
+    import pyudev; pyudev.Context()
+except ImportError:
+    pass
+from guestagent.cli import main
+sys.exit(main(["--root", sys.argv[1], "topology", "--json"]))
+"""
+    fixture = REPO / "tests" / "fixtures" / "hvm-3vnode"
+    result = subprocess.run([sys.executable, "-c", script, str(fixture)], capture_output=True,
+                            text=True, timeout=120, cwd=REPO)
+    if result.stdout.startswith("no PR_SET_MDWE"):
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- Debian and RPM metadata -------------------------------------------------------------------
+
+#: PyPI distribution -> (Debian package, RPM package); None where no package is needed.
+PYPI_TO_DISTRO = {
+    "cffi": ("python3-cffi-backend", "python3-cffi"),
+    "psutil": ("python3-psutil", "python3-psutil"),
+    "pyudev": ("python3-pyudev", "python3-pyudev"),
+    "pyroute2": ("python3-pyroute2", "python3-pyroute2"),
+    "structlog": ("python3-structlog", "python3-structlog"),
+    # Only for Python < 3.11: Debian 12 has 3.11 (dh_python3 adds "python3-tomli | python3 (>>
+    # 3.11)" from the metadata); RHEL 9 has 3.9.
+    "tomli": (None, "python3-tomli"),
+}
+
+
+def pyproject_dependencies() -> dict[str, str]:
+    """Distribution name -> environment marker ('' when none)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = {}
+    for spec in project["dependencies"]:
+        requirement, _, marker = spec.partition(";")
+        name = re.split(r"[<>=!~\[ ]", requirement.strip(), maxsplit=1)[0].lower()
+        deps[name] = marker.strip()
+    return deps
+
+
+def control_paragraphs() -> list[dict[str, str]]:
+    paragraphs: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    key = ""
+    for line in (DEBIAN / "control").read_text().splitlines():
+        if not line.strip():
+            if current:
+                paragraphs.append(current)
+            current = {}
+        elif line[0] in " \t":
+            current[key] += "\n" + line.strip()
+        else:
+            key, _, value = line.partition(":")
+            current[key] = value.strip()
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+def relation_names(field: str) -> set[str]:
+    names = set()
+    for item in field.replace("\n", " ").split(","):
+        item = item.strip()
+        if item:
+            match = re.match(r"\$\{[^}]+\}|[a-z0-9][a-z0-9.+-]*", item)
+            assert match is not None, item
+            names.add(match.group(0))
+    return names
+
+
+def test_debian_control_matches_pyproject() -> None:
+    source, guest_pkg, dom0_pkg = control_paragraphs()
+    assert guest_pkg["Package"] == "guestagent" and dom0_pkg["Package"] == "guestagent-dom0"
+    assert guest_pkg["Architecture"] == "linux-any"  # the cffi extension
+    assert dom0_pkg["Architecture"] == "all"
+    depends = relation_names(guest_pkg["Depends"])
+    wanted = {PYPI_TO_DISTRO[name][0] for name in pyproject_dependencies()} - {None}
+    assert wanted <= depends
+    substvars = {"${python3:Depends}", "${shlibs:Depends}", "${misc:Depends}"}
+    assert substvars <= depends
+    assert depends - wanted - substvars == set()
+    build = relation_names(source["Build-Depends"])
+    assert {"debhelper-compat", "dh-python", "python3-all-dev", "python3-cffi",
+            "python3-setuptools"} <= build
+    assert "libxen-dev" not in build  # csrc/guestagent_xen.h is self-contained
+    assert "debhelper-compat (= 13)" in source["Build-Depends"]
+    assert "guestagent" in relation_names(dom0_pkg["Depends"])
+
+
+def test_every_pyproject_dependency_has_distro_packages() -> None:
+    for name, marker in pyproject_dependencies().items():
+        assert name in PYPI_TO_DISTRO, f"{name}: add its Debian and RPM package names"
+        if PYPI_TO_DISTRO[name][0] is None:
+            assert "3.11" in marker, f"{name} has no Debian package but is needed on 3.11"
+
+
+def test_spec_requires_match_pyproject() -> None:
+    text = SPEC.read_text()
+    requires = set(re.findall(r"^Requires:\s+(\S+)", text, flags=re.MULTILINE))
+    wanted = {PYPI_TO_DISTRO[name][1] for name in pyproject_dependencies()}
+    assert wanted <= requires | {"%{name}"}
+
+
+def test_versions_agree() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    changelog = re.match(r"guestagent \(([^)]+)\)", (DEBIAN / "changelog").read_text())
+    assert changelog is not None
+    deb_version = changelog.group(1)
+    spec_version = re.search(r"^Version:\s+(\S+)", SPEC.read_text(), flags=re.MULTILINE)
+    assert spec_version is not None
+    assert project["version"] == guestagent.__version__ == deb_version == spec_version.group(1)
+
+
+def test_debian_files_refer_to_existing_sources() -> None:
+    for listing in DEBIAN.glob("*.install"):
+        for line in listing.read_text().splitlines():
+            source = line.split()[0]
+            if source.startswith("packaging/"):
+                assert (REPO / source).exists(), f"{listing.name}: {source}"
+    for name in ("guestagent.manpages", "guestagent.examples", "guestagent.docs"):
+        for line in (DEBIAN / name).read_text().split():
+            assert (REPO / line).exists(), f"{name}: {line}"
+    assert os.access(DEBIAN / "rules", os.X_OK)
+    assert (DEBIAN / "source" / "format").read_text().strip() == "3.0 (native)"
+
+
+@pytest.mark.skipif(shutil.which("rpmspec") is None, reason="rpmspec not installed (rpm package)")
+def test_spec_parses() -> None:
+    result = subprocess.run(["rpmspec", "-P", str(SPEC)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^Name:\s+guestagent$", result.stdout, flags=re.MULTILINE)
+    assert "%package dom0" in result.stdout
+
+
+# --- the builds --------------------------------------------------------------------------------
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed, and CI must build the packages")
+        pytest.skip(f"{tool} not installed (Debian: see packaging/debian/control Build-Depends)")
+
+
+@pytest.mark.packaging
+def test_build_deb_and_lintian(tmp_path: Path) -> None:
+    _need("dpkg-buildpackage")
+    _need("lintian")
+    out = tmp_path / "out"
+    result = subprocess.run([str(PKG / "build-deb.sh"), str(out)], capture_output=True,
+                            text=True, timeout=1500)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    assert "build-deb: lintian passed" in result.stdout
+    debs = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
+    assert {"guestagent", "guestagent-dom0"} <= set(debs)
+    listing = subprocess.run(["dpkg-deb", "-c", str(debs["guestagent"])], capture_output=True,
+                             text=True, check=True).stdout
+    for path in ("./lib/systemd/system/guestagent.service",
+                 "./lib/systemd/system/guestagent-cloud-config.service",
+                 "./lib/systemd/system-preset/90-guestagent.preset",
+                 "./usr/bin/guestagent",
+                 "./usr/lib/python3/dist-packages/guestagent/xen/_xenc.abi3.so",
+                 "./usr/lib/python3/dist-packages/cloudinit/config/cc_guestagent.py",
+                 "./usr/share/guestagent/cloud-config.schema.json",
+                 "./usr/share/man/man8/guestagent.8.gz"):
+        assert path in listing, path
+    dom0_listing = subprocess.run(["dpkg-deb", "-c", str(debs["guestagent-dom0"])],
+                                  capture_output=True, text=True, check=True).stdout
+    assert "./lib/systemd/system/guestagent-dom0.service" in dom0_listing
+    control = subprocess.run(["dpkg-deb", "-f", str(debs["guestagent"]), "Depends"],
+                             capture_output=True, text=True, check=True).stdout
+    for name in ("python3-cffi-backend", "python3-psutil", "python3-pyudev", "python3-pyroute2",
+                 "python3-structlog"):
+        assert name in control
+
+
+@pytest.mark.packaging
+def test_build_source_rpm(tmp_path: Path) -> None:
+    _need("rpmbuild")
+    out = tmp_path / "out"
+    result = subprocess.run([str(PKG / "build-rpm.sh"), str(out)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    srpms = list(out.glob("*.src.rpm"))
+    assert [p.name for p in srpms] == [f"guestagent-{guestagent.__version__}-1.src.rpm"]
+    files = subprocess.run(["rpm", "-qpl", str(srpms[0])], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert sorted(files) == [f"guestagent-{guestagent.__version__}.tar.gz", "guestagent.spec"]
