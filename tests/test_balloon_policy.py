@@ -233,6 +233,18 @@ def test_pressure_stops_at_twice_the_reserve() -> None:
     assert final.action == "hold"
 
 
+def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
+    ds = run_policy(PressureConfig(), [{"psi_available": False}] * 40)
+    assert all(d.action == "hold" and "no PSI" in d.reason for d in ds)
+    ds = run_policy(PressureConfig(), [{"psi_available": False, "mem_available_kb": 1024}])
+    assert ds[0].action == "hold"  # already at the ceiling
+    start = snap(size_kb=600 * MIB_KB, xs_target_kb=STATIC_MAX)
+    ds = run_policy(
+        PressureConfig(), [{"psi_available": False, "mem_available_kb": 1024}], start=start
+    )
+    assert ds[0].action == "grow"
+
+
 def test_pressure_holds_while_stall_is_above_target() -> None:
     ds = run_policy(PressureConfig(), [{"some_avg10": 0.5}] * 20)
     assert all(d.action == "hold" for d in ds)

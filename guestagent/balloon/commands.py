@@ -159,9 +159,14 @@ def _format_status(out: dict[str, Any]) -> str:
         f"memory:         MemTotal {_kb(s['mem_total_kb'])}, "
         f"MemAvailable {_kb(s['mem_available_kb'])}, Committed_AS {_kb(s['committed_as_kb'])}"
     )
+    psi = (
+        f"some avg10 {s['some_avg10']:.2f} avg60 {s['some_avg60']:.2f} "
+        f"avg300 {s['some_avg300']:.2f}; full avg10 {s['full_avg10']:.2f}"
+        if s["psi_available"]
+        else "PSI unavailable on this kernel (the pressure policy will not shrink)"
+    )
     lines.append(
-        f"pressure:       some avg10 {s['some_avg10']:.2f} avg60 {s['some_avg60']:.2f} "
-        f"avg300 {s['some_avg300']:.2f}; full avg10 {s['full_avg10']:.2f}; "
+        f"pressure:       {psi}; "
         f"refaults {s['refaults']}, pswpin {s['pswpin']}, oom_kill {s['oom_kill']}"
     )
     c = out["controller"]

@@ -27,7 +27,13 @@ from guestagent.balloon.policy import (
     PressureConfig,
     decide,
 )
-from guestagent.balloon.signals import XS_TARGET, PsiTrigger, XenstoreReader, read_signals
+from guestagent.balloon.signals import (
+    PSI_MEMORY,
+    XS_TARGET,
+    PsiTrigger,
+    XenstoreReader,
+    read_signals,
+)
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
@@ -113,6 +119,12 @@ class BalloonController:
         if self.config.toolstack_offset_kb == 0 and offset:
             self.config = replace(self.config, toolstack_offset_kb=offset)
         self.started_at = self.clock()
+        if isinstance(self.config, PressureConfig) and not self.hostfs.exists(PSI_MEMORY):
+            self.log.warning(
+                "balloon_no_psi",
+                note="policy pressure never shrinks without PSI (Linux >= 4.20, psi=1); "
+                "it only grows on refaults, swap-ins and MemAvailable; consider --policy classic",
+            )
 
     def arm_trigger(self) -> PsiTrigger | None:
         """The policy's PSI trigger, or None (logged) where it cannot be armed."""

@@ -579,6 +579,8 @@ def _step_pressure(
         holds.append(f"driver {lag} KiB behind its target")
     if prev <= lim.floor_kb:
         holds.append("at the floor")
+    if not signals.psi_available:
+        holds.append("no PSI on this kernel: never shrinking blind")
     if holds:
         return prev, "hold", "; ".join(holds), state
 

@@ -484,6 +484,7 @@ class MemorySignals:
     or the offset into a trace); policies only ever subtract timestamps. ``balloon_*`` are None
     without a balloon driver, ``xs_*`` without xenstore, ``totalreserve_kb`` without zoneinfo.
     ``psi_trigger_fired`` is True when the PSI trigger fd signalled since the previous snapshot.
+    ``psi_available`` is False on kernels without PSI (then every PSI field is 0).
     """
 
     timestamp: float
@@ -513,6 +514,7 @@ class MemorySignals:
     xs_target_kb: int | None
     xs_static_max_kb: int | None
     psi_trigger_fired: bool = False
+    psi_available: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -525,8 +527,8 @@ class MemorySignals:
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in data:
-                if f.name == "psi_trigger_fired":
-                    values[f.name] = False
+                if f.name in _OPTIONAL_FIELDS:
+                    values[f.name] = _OPTIONAL_FIELDS[f.name]
                     continue
                 raise InputError(source, f"missing field '{f.name}'")
             values[f.name] = _check_field(f.name, str(f.type), data[f.name], source)
@@ -534,6 +536,10 @@ class MemorySignals:
         if unknown:
             raise InputError(source, f"unknown field '{unknown[0]}'")
         return cls(**values)
+
+
+#: Fields a trace line may omit (older traces), with their value then.
+_OPTIONAL_FIELDS = {"psi_trigger_fired": False, "psi_available": True}
 
 
 def _check_field(name: str, type_name: str, value: Any, source: str) -> Any:
@@ -572,8 +578,18 @@ def read_signals(
     psi_trigger_fired: bool = False,
     with_zoneinfo: bool = True,
 ) -> MemorySignals:
-    """Read every source once into a snapshot; a broken source raises InputError."""
-    psi = read_psi(hostfs)
+    """Read every source once into a snapshot; a broken source raises InputError.
+
+    A kernel without PSI is not an error here (``psi_available`` is False, the PSI fields 0): the
+    classic policy does not need it, and the pressure policy refuses to shrink without it.
+    """
+    psi_available = True
+    try:
+        psi = read_psi(hostfs)
+    except MissingInputError:
+        psi_available = False
+        zero = PsiLine(0.0, 0.0, 0.0, 0)
+        psi = Psi(some=zero, full=zero)
     mem = read_meminfo(hostfs)
     vm = read_vmstat(hostfs)
     balloon = read_balloon(hostfs)
@@ -610,4 +626,5 @@ def read_signals(
         xs_target_kb=xs_target,
         xs_static_max_kb=xs_static_max,
         psi_trigger_fired=psi_trigger_fired,
+        psi_available=psi_available,
     )
