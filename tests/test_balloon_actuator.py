@@ -280,7 +280,7 @@ def test_controller_follows_a_toolstack_write_at_once(
     try:
         with capture_logs() as logs:
             run_controller(
-                fs, client, PressureConfig(interval_s=60.0), duration_s=1.5,
+                fs, client, PressureConfig(interval_s=60.0), duration_s=3.0,
                 use_trigger=False, install_signal_handlers=False, reset_on_exit=False,
             )
     finally:
@@ -292,7 +292,7 @@ def test_controller_follows_a_toolstack_write_at_once(
     assert decisions[0]["target_kb"] == 524288
     follows = [d for d in decisions if d["action"] == "follow"]
     assert follows and "memory/target 524288 -> 786432" in follows[0]["reason"]
-    assert follows[0]["t"] < 1.4  # woken by the watch, not by the 60 s interval
+    assert follows[0]["t"] < 3.0  # woken by the watch: the interval is 60 s
     assert any(e["event"] == "balloon_toolstack_override" for e in logs)
 
 
