@@ -173,3 +173,22 @@ def test_backends_satisfy_the_protocol() -> None:
         assert b.name in ("damon", "tmem")
 
     check(DamonBackend(HostFS("/nonexistent")))
+
+
+def test_through_the_cli_contract(
+    world: tuple[Path, FakeDamonKernel],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from guestagent import cli
+
+    root, _ = world
+    modules = (*cli.COMMAND_MODULES, "guestagent.tiering.commands")
+    monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
+    assert cli.main(["--root", str(root), "tiering", "status"]) == 0
+    assert capsys.readouterr().out.startswith("serving: damon\n")
+    assert cli.main(["--root", str(root), "tiering"]) == 2  # no action: help on stderr
+    (root / MEMINFO0).write_text("garbage\n")
+    assert cli.main(["--root", str(root), "tiering", "status"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("guestagent: /sys/devices/system/node/node0/meminfo line 1:")
