@@ -55,7 +55,7 @@ if command -v lintian >/dev/null 2>&1; then
     echo "build-deb: lintian"
     # Errors and warnings fail the build; info, pedantic and experimental tags are shown only.
     lintian --fail-on error,warning --display-info --display-experimental --pedantic \
-        --no-tag-display-limit "$changes"
+        --tag-display-limit 0 "$changes"
     echo "build-deb: lintian passed"
 else
     echo "build-deb: lintian not installed: packages not checked" >&2
