@@ -1,0 +1,112 @@
+r"""The e2e testbed by hand.
+
+    python -m tests.e2e run --vnuma '<xl.cfg vnuma list>' --memory 1024 --vcpus 4 \
+        -- guestagent topology --json
+    python -m tests.e2e run --pv -- guestagent topology --json
+    python -m tests.e2e run --dom0 -- xl info -n
+    python -m tests.e2e run --host-numa2 --dom0 -- xl info -n
+    python -m tests.e2e build      # fetch and build every artefact (cached), boot nothing
+    python -m tests.e2e pins       # pinned versions against what apt would fetch now
+
+``run`` boots Xen, creates the guest, runs the command (a shell command line), prints its output and
+exits with its status; everything is torn down afterwards. Serial logs stay under tests/e2e/runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+
+from tests.e2e import artefacts, images, rootfs, versions
+from tests.e2e.bed import BedConfig, GuestSpec, XenBed
+from tests.e2e.util import BedError, log
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command: list[str] = args.command
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("e2e run: give the command after --", file=sys.stderr)
+        return 2
+    script = command[0] if len(command) == 1 else shlex.join(command)
+    config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="cli")
+    with XenBed(config) as bed:
+        if args.dom0:
+            out, rc = bed.dom0(script, timeout=args.timeout)
+        else:
+            if args.pv:
+                if args.vnuma:
+                    print("e2e run: --pv and --vnuma exclude each other (Xen has no PV vNUMA)",
+                          file=sys.stderr)
+                    return 2
+                spec = GuestSpec.pv(memory=args.memory, vcpus=args.vcpus)
+            else:
+                spec = GuestSpec.hvm(memory=args.memory, vcpus=args.vcpus, vnuma=args.vnuma)
+            with bed.guest(spec) as g:
+                out, rc = g.run(script, timeout=args.timeout)
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        log("timings: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in bed.timings))
+    return rc
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    stage = artefacts.staging()
+    xen = artefacts.xen_image(stage)
+    ginit = images.guest_initrd(stage)
+    dom0 = images.dom0_initrd(stage, artefacts.kernel(stage), ginit)
+    disk = rootfs.guest_image(artefacts.modules_dir(stage), with_agent=not args.no_agent)
+    for p in (xen, dom0, ginit, disk):
+        print(p)
+    return 0
+
+
+def cmd_pins(_args: argparse.Namespace) -> int:
+    stale = 0
+    for name, pinned in sorted(versions.PACKAGES.items()):
+        out = subprocess.run(
+            ["apt-cache", "policy", name], stdout=subprocess.PIPE, check=False
+        ).stdout.decode()
+        cand = next(
+            (ln.split()[1] for ln in out.splitlines() if ln.strip().startswith("Candidate:")), "?"
+        )
+        mark = "" if cand == pinned else "   <- differs"
+        stale += bool(mark)
+        print(f"{name:40} {pinned:40} {cand}{mark}")
+    return 1 if stale else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    run = sub.add_parser("run", help="boot the bed and run one command in a guest or in Dom0")
+    run.add_argument("--vnuma", help="xl.cfg vnuma list for an HVM guest")
+    run.add_argument("--memory", type=int, default=1024, help="guest MiB (== maxmem)")
+    run.add_argument("--vcpus", type=int, default=4)
+    run.add_argument("--pv", action="store_true", help="a PV guest (no vNUMA)")
+    run.add_argument("--dom0", action="store_true", help="run the command in Dom0")
+    run.add_argument("--host-numa2", action="store_true",
+                     help="2 host NUMA nodes, intel-iommu, a NIC behind a pxb-pcie on node 1")
+    run.add_argument("--no-agent", action="store_true", help="guest image without the agent")
+    run.add_argument("--timeout", type=float, default=300, help="seconds for the command")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
+    build = sub.add_parser("build", help="fetch and build all artefacts (cached)")
+    build.add_argument("--no-agent", action="store_true")
+    build.set_defaults(func=cmd_build)
+    pins = sub.add_parser("pins", help="compare the pinned versions with apt's candidates")
+    pins.set_defaults(func=cmd_pins)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BedError as e:
+        print(f"e2e: {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""Boot Xen 4.17 in QEMU (TCG), drive Dom0 over the serial console, create guests, run commands.
+
+    with XenBed(BedConfig()) as bed:
+        out, rc = bed.dom0("xl info -n")
+        with bed.guest(GuestSpec.hvm(memory=1024, vcpus=4, vnuma=...)) as g:
+            out, rc = g.run("guestagent topology --json")
+
+Transport: Xen's console (COM1, which also carries Dom0's hvc0) goes to ``serial.log``. The host
+talks to Dom0's runner (``guest/e2e-runner``) over a virtio-serial port (``e2e.cmd``) on a unix
+socket: Xen's serial path was seen to duplicate characters now and then under TCG, so it carries no
+commands. Requests are base64 chunks of a shell script (each chunk acknowledged); answers are the
+script's output in base64 between ``__BEGIN_<id>__`` and ``__END_<id>__ <status> <md5>`` markers,
+and a damaged answer (md5 mismatch) is asked for again. A guest runs the same runner on its console
+(ttyS0 for HVM, hvc0 for PV); Dom0's ``e2e-guest`` helper captures that console's pty into a log
+and relays requests and answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import itertools
+import os
+import re
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.e2e import artefacts, images, rootfs
+from tests.e2e.util import RUNS, TIMEOUT_SCALE, BedError, log, tail
+
+B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
+CHUNK = 1000
+RESENDS = 3
+
+XEN_CMDLINE = (
+    "dom0_mem=1024M,max:1024M dom0_max_vcpus=2 console=com1 com1=115200,8n1 noreboot "
+    "loglvl=warning guest_loglvl=warning"
+)
+DOM0_CMDLINE = "console=hvc0 loglevel=4"
+
+
+@dataclass
+class BedConfig:
+    """How the outer QEMU and Xen are laid out."""
+
+    host_numa2: bool = False
+    memory_mb: int = 4096
+    cpus: int = 4
+    with_agent: bool = True
+    boot_timeout: float = 420.0
+    run_name: str = ""
+
+    def qemu_args(self) -> list[str]:
+        machine = "q35,kernel-irqchip=split" if self.host_numa2 else "q35"
+        args = [
+            "-accel", "tcg",
+            "-cpu", "qemu64,+svm,+npt,+nrip-save",
+            "-machine", machine,
+            "-m", f"{self.memory_mb}M",
+            "-smp", str(self.cpus),
+            "-display", "none",
+            "-vga", "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-monitor", "none",
+        ]
+        if self.host_numa2:
+            half = self.memory_mb // 2
+            c = self.cpus // 2
+            args += [
+                "-device", "intel-iommu,intremap=on",
+                "-object", f"memory-backend-ram,id=mem0,size={half}M",
+                "-object", f"memory-backend-ram,id=mem1,size={self.memory_mb - half}M",
+                "-numa", f"node,nodeid=0,cpus=0-{c - 1},memdev=mem0",
+                "-numa", f"node,nodeid=1,cpus={c}-{self.cpus - 1},memdev=mem1",
+                "-numa", "dist,src=0,dst=1,val=20",
+                "-device", "pxb-pcie,id=pxb1,bus_nr=0x80,numa_node=1,bus=pcie.0",
+                "-device", "pcie-root-port,id=rp1,bus=pxb1,chassis=1",
+                "-device", "e1000e,bus=rp1,id=nic1",
+            ]
+        return args
+
+    def xen_cmdline(self) -> str:
+        return XEN_CMDLINE + (" iommu=1" if self.host_numa2 else "")
+
+
+@dataclass
+class GuestSpec:
+    """An xl guest; :meth:`xl_config` renders it."""
+
+    name: str
+    type: str  # "hvm" or "pv"
+    memory: int  # MiB; == maxmem (vNUMA rejects PoD)
+    vcpus: int
+    vnuma: str | None = None  # the xl.cfg list, e.g. '[ ["pnode=0","size=512",...], ... ]'
+    extra: list[str] = field(default_factory=list)
+    boot_timeout: float = 300.0
+
+    @classmethod
+    def hvm(cls, memory: int, vcpus: int, vnuma: str | None = None, name: str = "") -> GuestSpec:
+        return cls(name or "hvm", "hvm", memory, vcpus, vnuma)
+
+    @classmethod
+    def pv(cls, memory: int = 512, vcpus: int = 2, name: str = "") -> GuestSpec:
+        return cls(name or "pv", "pv", memory, vcpus, None, boot_timeout=200.0)
+
+    @property
+    def console(self) -> str:
+        return "ttyS0" if self.type == "hvm" else "hvc0"
+
+    def xl_config(self) -> str:
+        cmdline = (
+            f"console={self.console} e2e.console={self.console} e2e.root=/dev/xvda "
+            "xen_privcmd.unrestricted=1 quiet"
+        )
+        lines = [
+            f'name = "{self.name}"',
+            f'type = "{self.type}"',
+            f"memory = {self.memory}",
+            f"maxmem = {self.memory}",
+            f"vcpus = {self.vcpus}",
+            f"maxvcpus = {self.vcpus}",
+            'kernel = "/guest/vmlinuz"',
+            'ramdisk = "/guest/initrd.gz"',
+            f'cmdline = "{cmdline}"',
+            "disk = [ 'format=raw,vdev=xvda,access=ro,backendtype=qdisk,target=/dev/vda' ]",
+            'on_poweroff = "destroy"',
+            'on_reboot = "destroy"',
+            'on_crash = "destroy"',
+        ]
+        if self.type == "hvm":
+            lines += ['serial = "pty"', 'vga = "none"', "vnc = 0", "sdl = 0"]
+        if self.vnuma:
+            lines.append(f"vnuma = {self.vnuma}")
+        lines += self.extra
+        return "\n".join(lines) + "\n"
+
+
+class Console:
+    """QEMU's serial chardev on a unix socket: a reader thread collects everything it says."""
+
+    def __init__(self, path: Path, transcript: Path) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.buf = ""
+        self.cond = threading.Condition()
+        self.closed = False
+        self.transcript = open(transcript, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.thread: threading.Thread | None = None
+
+    def connect(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise BedError(f"QEMU exited ({proc.returncode}) before its serial socket appeared")
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(self.path))
+                break
+            except OSError:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise BedError(f"no QEMU serial socket at {self.path}") from None
+                time.sleep(0.1)
+        self.sock = s
+        self.thread = threading.Thread(target=self._reader, name="e2e-serial", daemon=True)
+        self.thread.start()
+
+    def _reader(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            with self.cond:
+                if not data:
+                    self.closed = True
+                    self.cond.notify_all()
+                    return
+                self.buf += data.decode("utf-8", errors="replace").replace("\r", "")
+                self.cond.notify_all()
+
+    def mark(self) -> int:
+        with self.cond:
+            return len(self.buf)
+
+    def send(self, text: str) -> None:
+        assert self.sock is not None
+        self.transcript.write(f">>> {text.rstrip()}\n")
+        self.transcript.flush()
+        self.sock.sendall(text.encode())
+
+    def wait_for(self, pattern: str, start: int, timeout: float) -> re.Match[str]:
+        rx = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                m = rx.search(self.buf, start)
+                if m:
+                    return m
+                if self.closed:
+                    raise BedError(f"serial console closed while waiting for {pattern!r}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BedError(f"timed out after {timeout:.0f}s waiting for {pattern!r}")
+                self.cond.wait(min(left, 1.0))
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with suppress(OSError):
+                self.sock.close()
+        self.transcript.close()
+
+
+def decode_block(text: str, md5: str) -> str | None:
+    """Decode the base64 lines of a runner's answer; None when it arrived damaged."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    b64 = "".join(ln for ln in lines if ln and B64_LINE.match(ln))
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if hashlib.md5(raw).hexdigest() != md5:
+        return None
+    return raw.decode("utf-8", errors="replace")
+
+
+def last_answer(text: str, rid: str) -> tuple[str, int, str] | None:
+    """The last ``__BEGIN_<rid>__ ... __END_<rid>__ <status> <md5>`` block: (body, status, md5)."""
+    ends = list(re.finditer(rf"^__END_{rid}__ (\d+) ([0-9a-f]{{32}})$", text, re.M))
+    if not ends:
+        return None
+    end = ends[-1]
+    begins = [b for b in re.finditer(rf"^__BEGIN_{rid}__$", text, re.M) if b.end() <= end.start()]
+    if not begins:
+        return None
+    return text[begins[-1].end() : end.start()], int(end.group(1)), end.group(2)
+
+
+class XenBed:
+    """One QEMU running Xen + Dom0; a context manager that always kills that QEMU."""
+
+    def __init__(self, config: BedConfig | None = None) -> None:
+        self.config = config or BedConfig()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.console: Console | None = None
+        self.ids = itertools.count(1)
+        name = self.config.run_name or ("numa2" if self.config.host_numa2 else "bed")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = RUNS / f"{stamp}-{os.getpid()}-{name}"
+        self.guest_seq = itertools.count(1)
+        self.timings: list[tuple[str, float]] = []
+
+    # -- artefacts and boot ------------------------------------------------------------------
+
+    def prepare(self) -> tuple[Path, Path, Path, Path, Path]:
+        t0 = time.monotonic()
+        stage = artefacts.staging()
+        xen = artefacts.xen_image(stage)
+        kernel = artefacts.kernel(stage)
+        ginit = images.guest_initrd(stage)
+        dom0 = images.dom0_initrd(stage, kernel, ginit)
+        disk = rootfs.guest_image(artefacts.modules_dir(stage), with_agent=self.config.with_agent)
+        self.timings.append(("artefacts", time.monotonic() - t0))
+        return stage, xen, kernel, dom0, disk
+
+    def __enter__(self) -> XenBed:
+        try:
+            self.start()
+        except BaseException:
+            self.failure_report()
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.failure_report()
+        self.stop()
+
+    def start(self) -> None:
+        _stage, xen, kernel, dom0, disk = self.prepare()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        sock = self.run_dir / "cmd.sock"
+        serial_log = self.run_dir / "serial.log"
+        argv = [
+            "qemu-system-x86_64",
+            *self.config.qemu_args(),
+            "-chardev", f"file,id=ser0,path={serial_log}",
+            "-serial", "chardev:ser0",
+            "-device", "virtio-serial-pci,id=vser0",
+            "-chardev", f"socket,id=cmd0,path={sock},server=on,wait=on",
+            "-device", "virtserialport,bus=vser0.0,chardev=cmd0,name=e2e.cmd",
+            "-kernel", str(xen),
+            "-append", self.config.xen_cmdline(),
+            "-initrd", f"{kernel} {DOM0_CMDLINE},{dom0}",
+            "-drive", f"file={disk},if=none,id=rootdisk,format=raw,snapshot=on",
+            "-device", "virtio-blk-pci,drive=rootdisk",
+        ]
+        (self.run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
+        log(f"booting Xen in QEMU (run dir {self.run_dir})")
+        t0 = time.monotonic()
+        self.qemu_log = open(self.run_dir / "qemu.log", "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self.qemu_log, stderr=subprocess.STDOUT
+        )
+        (self.run_dir / "qemu.pid").write_text(f"{self.proc.pid}\n")
+        self.console = Console(sock, self.run_dir / "transcript.log")
+        self.console.connect(self.proc)
+        self.console.wait_for(r"^__READY__", 0, self.config.boot_timeout * TIMEOUT_SCALE)
+        self.timings.append(("dom0 boot", time.monotonic() - t0))
+        log(f"Dom0 ready after {time.monotonic() - t0:.1f}s")
+
+    def stop(self) -> None:
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            self.proc = None
+            self.qemu_log.close()
+
+    def failure_report(self, lines: int = 80) -> str:
+        text = (
+            f"---- tail of {self.run_dir / 'serial.log'} ----\n"
+            + tail(self.run_dir / "serial.log", lines)
+            + f"\n---- tail of {self.run_dir / 'qemu.log'} ----\n"
+            + tail(self.run_dir / "qemu.log", 20)
+        )
+        log("failure report:\n" + text)
+        return text
+
+    # -- Dom0 ----------------------------------------------------------------------------------
+
+    def dom0(self, script: str, timeout: float = 120) -> tuple[str, int]:
+        """Run a shell script in Dom0; return (stdout+stderr, exit status)."""
+        c = self.console
+        if c is None or self.proc is None or self.proc.poll() is not None:
+            raise BedError("the bed is not running")
+        rid = f"d{next(self.ids)}"
+        payload = base64.b64encode(script.encode()).decode()
+        chunks = [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)] or [""]
+        start = c.mark()
+        for n, chunk in enumerate(chunks[:-1]):
+            c.send(f"E2EP {rid} {n} {chunk}\n")
+            c.wait_for(rf"__ACK_{rid}_{n}__", start, 30)
+        c.send(f"E2E {rid} {int(timeout)} {chunks[-1]}\n")
+        end_rx = rf"^__END_{rid}__ \d+ [0-9a-f]{{32}}$"
+        m = c.wait_for(end_rx, start, timeout * TIMEOUT_SCALE + 30)
+        for attempt in range(RESENDS + 1):
+            got = last_answer(c.buf[start : m.end()], rid)
+            if got is not None:
+                out = decode_block(got[0], got[2])
+                if out is not None:
+                    return out, got[1]
+            if attempt == RESENDS:
+                break
+            log(f"Dom0 answer {rid} arrived damaged; asking again")
+            pos = m.end()
+            c.send(f"E2ER {rid}\n")
+            m = c.wait_for(end_rx, pos, 60)
+        raise BedError(f"Dom0 answer to {script[:60]!r} stayed damaged after {RESENDS} resends")
+
+    def dom0_ok(self, script: str, timeout: float = 120) -> str:
+        out, rc = self.dom0(script, timeout)
+        if rc != 0:
+            raise BedError(f"Dom0 command failed ({rc}): {script}\n{out}")
+        return out
+
+    # -- guests --------------------------------------------------------------------------------
+
+    @contextmanager
+    def guest(self, spec: GuestSpec, retries: int = 1) -> Iterator[Guest]:
+        """Create a guest, wait for its runner, yield it; always destroy it afterwards."""
+        attempt = 0
+        while True:
+            g = Guest(self, spec, f"{spec.name}{next(self.guest_seq)}")
+            try:
+                g.create()
+                break
+            except BedError as e:
+                report = g.report()
+                g.destroy()
+                if attempt >= retries:
+                    raise BedError(f"guest {g.name} did not boot: {e}\n{report}") from e
+                attempt += 1
+                log(f"RETRY: guest {g.name} did not boot ({e}); retrying once\n{report}")
+                (self.run_dir / "retries.log").open("a").write(
+                    f"{time.strftime('%H:%M:%S')} {g.name}: {e}\n{report}\n"
+                )
+        try:
+            yield g
+        except BaseException:
+            log(g.report())
+            raise
+        finally:
+            g.destroy()
+
+
+class Guest:
+    """A running domU with the e2e runner on its console."""
+
+    def __init__(self, bed: XenBed, spec: GuestSpec, name: str) -> None:
+        self.bed = bed
+        self.spec = spec
+        self.name = name
+        self.domid: int | None = None
+        self.ids = itertools.count(1)
+        self.boot_seconds = 0.0
+
+    def create(self) -> None:
+        bed = self.bed
+        cfg = f"/run/e2e/{self.name}.cfg"
+        config = self.spec.xl_config().replace(
+            f'name = "{self.spec.name}"', f'name = "{self.name}"'
+        )
+        (bed.run_dir / f"{self.name}.cfg").write_text(config)
+        bed.dom0_ok(f"mkdir -p /run/e2e && cat > {cfg} <<'E2E_EOF'\n{config}E2E_EOF\n")
+        t0 = time.monotonic()
+        out, rc = bed.dom0(f"xl create {cfg} 2>&1", timeout=180)
+        if rc != 0:
+            raise BedError(f"xl create failed ({rc}):\n{out}")
+        self.domid = int(bed.dom0_ok(f"xl domid {self.name}").strip().splitlines()[-1])
+        bed.dom0_ok(f"e2e-guest attach {self.domid} {self.spec.type}", timeout=60)
+        deadline = time.monotonic() + self.spec.boot_timeout * TIMEOUT_SCALE
+        seen = ""
+        while True:
+            out, rc = bed.dom0(f"e2e-guest wait {self.domid} __READY__ 10", timeout=60)
+            if rc == 0:
+                break
+            last = bed.dom0(f"e2e-guest log {self.domid} 2", timeout=30)[0].strip()
+            if last and last != seen:
+                log(f"{self.name} console: {last[-300:]}")
+                seen = last
+            alive, _ = bed.dom0(f"xl list {self.name} >/dev/null 2>&1 && echo alive", timeout=30)
+            if "alive" not in alive:
+                raise BedError(f"domain {self.name} died during boot")
+            if time.monotonic() > deadline:
+                raise BedError(f"no runner in {self.name} after {self.spec.boot_timeout:.0f}s")
+        self.boot_seconds = time.monotonic() - t0
+        log(f"guest {self.name} (domid {self.domid}) ready {self.boot_seconds:.1f}s after create")
+        bed.timings.append((f"guest {self.name} boot", self.boot_seconds))
+
+    def run(self, script: str, timeout: float = 120) -> tuple[str, int]:
+        """Run a shell script in the guest; return (stdout+stderr, exit status)."""
+        if self.domid is None:
+            raise BedError("guest not running")
+        rid = f"g{next(self.ids)}"
+        payload = base64.b64encode(script.encode()).decode()
+        line = f"E2E {rid} {int(timeout)} {payload}"
+        self.bed.dom0_ok(f"e2e-guest send {self.domid} {shlex.quote(line)}", timeout=30)
+        wait = int(timeout * TIMEOUT_SCALE) + 20
+        for attempt in range(1, RESENDS + 2):
+            out, rc = self.bed.dom0(
+                f"e2e-guest result {self.domid} {rid} {wait} {attempt}", timeout=wait + 40
+            )
+            if rc != 0:
+                raise BedError(f"no answer from {self.name} to {script[:80]!r}:\n{self.report()}")
+            got = last_answer(out, rid)
+            if got is not None:
+                text = decode_block(got[0], got[2])
+                if text is not None:
+                    return text, got[1]
+            log(f"answer {rid} from {self.name} arrived damaged; asking again")
+            self.bed.dom0_ok(f"e2e-guest send {self.domid} 'E2ER {rid}'", timeout=30)
+            wait = 60
+        raise BedError(f"answer from {self.name} to {script[:60]!r} stayed damaged")
+
+    def run_ok(self, script: str, timeout: float = 120) -> str:
+        out, rc = self.run(script, timeout)
+        if rc != 0:
+            raise BedError(f"guest command failed ({rc}): {script}\n{out}")
+        return out
+
+    def report(self) -> str:
+        """Console tail, xl dmesg and device-model log of this guest, for failure messages."""
+        parts = []
+        try:
+            if self.domid is not None:
+                parts.append(self.bed.dom0(f"e2e-guest log {self.domid} 60", timeout=30)[0])
+            parts.append(self.bed.dom0("xl dmesg | tail -n 25", timeout=30)[0])
+            parts.append(
+                self.bed.dom0(
+                    f"tail -n 20 /var/log/xen/qemu-dm-{self.name}.log 2>/dev/null; "
+                    f"tail -n 20 /var/log/xen/xl-{self.name}.log 2>/dev/null",
+                    timeout=30,
+                )[0]
+            )
+        except BedError as e:
+            parts.append(f"(could not collect the guest's logs: {e})")
+        text = f"==== guest {self.name} (domid {self.domid}) ====\n" + "\n".join(parts)
+        try:
+            with open(self.bed.run_dir / f"{self.name}.report", "a") as f:
+                f.write(text + "\n")
+        except OSError:
+            pass
+        return text
+
+    def destroy(self) -> None:
+        try:
+            if self.domid is not None:
+                self.bed.dom0(
+                    f"e2e-guest log {self.domid} 100000 > /run/e2e/{self.name}.console 2>&1;"
+                    f" e2e-guest detach {self.domid}",
+                    timeout=30,
+                )
+            self.bed.dom0(f"xl destroy {self.name} 2>/dev/null; true", timeout=60)
+        except BedError as e:
+            log(f"could not destroy {self.name}: {e}")
+        self.domid = None

@@ -1,0 +1,228 @@
+"""The guest's root file system: Debian with Python 3 and the agent installed by ``pip install .``.
+
+Layers, each cached under ``cache/``:
+
+1. ``rootfs-base-<key>``: ``debootstrap --variant=minbase`` with :data:`versions.ROOTFS_INCLUDE`
+   (keyed on the suite, the package list and :data:`versions.ROOTFS_REVISION`).
+2. ``guest-<key>.ext4``: a copy of the base with the kernel modules, the testbed's guest init and
+   the agent (its git-tracked files copied to ``/usr/src/guestagent`` and installed with
+   ``python3 -m pip install --break-system-packages /usr/src/guestagent``), packed into an ext4
+   image with ``mke2fs -d`` (keyed on the base, the kernel, the init and a hash of the agent's
+   tracked files, so a source change re-installs only the agent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.e2e import versions
+from tests.e2e.util import CACHE, HERE, REPO, BedError, key_of, log, publish_dir, run
+
+MIRROR = os.environ.get("E2E_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+GUEST_INIT = HERE / "guest" / "e2e-init"
+GUEST_RUNNER = HERE / "guest" / "e2e-runner"
+
+
+def base_rootfs() -> Path:
+    """Debian minbase + Python (cached)."""
+    key = key_of(versions.SUITE, versions.ROOTFS_REVISION, *versions.ROOTFS_INCLUDE)
+    final = CACHE / f"rootfs-base-{key}"
+    if (final / ".done").exists():
+        return final
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    log(f"debootstrap {versions.SUITE} into {final.name} (several minutes)")
+    run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(versions.ROOTFS_INCLUDE)}",
+            versions.SUITE,
+            tmp,
+            MIRROR,
+        ],
+        timeout=1800,
+    )
+    # Smaller image: apt lists and caches are not needed in the guest.
+    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        d = tmp / sub
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.is_file():
+                    p.unlink()
+    (tmp / ".done").write_text("ok\n")
+    publish_dir(tmp, final)
+    return final
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=str(REPO), stdout=subprocess.PIPE, check=True
+    ).stdout.decode()
+    return sorted(f for f in out.split("\0") if f and not f.startswith("tests/e2e/cache/"))
+
+
+def agent_hash() -> str:
+    """A hash of the agent's git-tracked files as they are in the work tree now."""
+    h = hashlib.sha256()
+    for rel in tracked_files():
+        p = REPO / rel
+        h.update(rel.encode() + b"\0")
+        if p.is_file():
+            h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def chroot_mounts(root: Path) -> Iterator[None]:
+    mounted: list[Path] = []
+    try:
+        for src, dst, args in (
+            ("proc", "proc", ["-t", "proc"]),
+            ("sysfs", "sys", ["-t", "sysfs"]),
+            ("/dev", "dev", ["--bind"]),
+        ):
+            target = root / dst
+            target.mkdir(exist_ok=True)
+            run(["mount", *args, src, target], timeout=30)
+            mounted.append(target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def install_agent(root: Path) -> None:
+    """Copy the tracked source tree into the root and ``pip install`` it as a user would."""
+    src = root / "usr" / "src" / "guestagent"
+    if src.exists():
+        shutil.rmtree(src)
+    for rel in tracked_files():
+        if rel.startswith("tests/"):
+            continue
+        p = REPO / rel
+        if not p.is_file():
+            continue
+        dst = src / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, dst)
+    shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    pip_cache = CACHE / "pip-cache"
+    pip_cache.mkdir(parents=True, exist_ok=True)
+    target_cache = root / "root" / ".cache" / "pip"
+    target_cache.mkdir(parents=True, exist_ok=True)
+    log("pip install the agent in the guest root file system")
+    with chroot_mounts(root):
+        run(["mount", "--bind", pip_cache, target_cache], timeout=30)
+        try:
+            out = run(
+                [
+                    "chroot",
+                    root,
+                    "python3",
+                    "-m",
+                    "pip",
+                    "install",
+                    "--break-system-packages",
+                    "--no-warn-script-location",
+                    "/usr/src/guestagent",
+                ],
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"},
+                timeout=1200,
+            )
+        finally:
+            subprocess.run(["umount", "-l", str(target_cache)], check=False)
+    log("pip: " + (out.strip().splitlines() or [""])[-1])
+
+
+#: Module trees a guest never needs (keeps the image small).
+SKIP_MODULE_DIRS = (
+    "kernel/sound",
+    "kernel/drivers/gpu",
+    "kernel/drivers/media",
+    "kernel/drivers/net/wireless",
+    "kernel/drivers/infiniband",
+    "kernel/drivers/staging",
+    "kernel/drivers/bluetooth",
+    "kernel/drivers/iio",
+    "kernel/drivers/hid",
+    "kernel/drivers/usb",
+    "kernel/drivers/input",
+    "kernel/net/wireless",
+    "kernel/net/mac80211",
+    "kernel/net/bluetooth",
+)
+
+
+def copy_modules(src: Path, dst: Path) -> None:
+    skip = {src / d for d in SKIP_MODULE_DIRS}
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return [n for n in names if Path(directory) / n in skip]
+
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore)
+
+
+def guest_image(modules: Path, with_agent: bool = True) -> Path:
+    """The guest's ext4 root image (cached, keyed on every input)."""
+    base = base_rootfs()
+    parts = [
+        base.name,
+        versions.KERNEL,
+        GUEST_INIT.read_text(),
+        GUEST_RUNNER.read_text(),
+        agent_hash() if with_agent else "no-agent",
+    ]
+    key = key_of(*parts)
+    image = CACHE / f"guest-{key}.ext4"
+    if image.exists():
+        return image
+    for old in CACHE.glob("guest-*.ext4"):
+        old.unlink()
+    layer = CACHE / "rootfs-layer"
+    if layer.exists():
+        shutil.rmtree(layer)
+    log("copying the base root file system")
+    run(["cp", "-a", "--reflink=auto", base, layer], timeout=600)
+    try:
+        (layer / ".done").unlink()
+        mdst = layer / "lib" / "modules" / versions.KERNEL_ABI
+        if mdst.exists():
+            shutil.rmtree(mdst)
+        copy_modules(modules, mdst)
+        run(["chroot", layer, "depmod", "-a", versions.KERNEL_ABI], timeout=300)
+        for f in (GUEST_INIT, GUEST_RUNNER):
+            dst = layer / "sbin" / f.name
+            shutil.copy2(f, dst)
+            dst.chmod(0o755)
+        (layer / "etc" / "hostname").write_text("e2e-guest\n")
+        if with_agent:
+            install_agent(layer)
+        size_mb = int(run(["du", "-sm", layer], timeout=300).split()[0])
+        size_mb = int(size_mb * 1.25) + 256
+        tmp_img = image.with_suffix(".tmp")
+        if tmp_img.exists():
+            tmp_img.unlink()
+        log(f"mke2fs -d ({size_mb} MiB)")
+        run(
+            ["mke2fs", "-q", "-t", "ext4", "-L", "e2e-root", "-E", "root_owner=0:0",
+             "-d", layer, tmp_img, f"{size_mb}M"],
+            timeout=900,
+        )
+        tmp_img.rename(image)
+    finally:
+        shutil.rmtree(layer, ignore_errors=True)
+    if not image.exists():
+        raise BedError("guest image was not built")
+    return image
+
+
