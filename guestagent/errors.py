@@ -11,12 +11,12 @@ _MAX_VALUE_CHARS = 80
 
 
 def show_value(value: object) -> str:
-    """A short, printable rendering of a bad value for a log line."""
-    text = value.decode("ascii", "backslashreplace") if isinstance(value, bytes) else str(value)
-    text = text.encode("unicode_escape").decode("ascii")
+    """A short, printable rendering of a bad value for a log line: quoted, with control
+    characters and non-ASCII escaped exactly once (``ascii``)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
     if len(text) > _MAX_VALUE_CHARS:
-        text = text[:_MAX_VALUE_CHARS] + f"...({len(text)} chars)"
-    return repr(text)
+        return ascii(text[:_MAX_VALUE_CHARS]) + f"...({len(text)} chars)"
+    return ascii(text)
 
 
 class GuestAgentError(Exception):

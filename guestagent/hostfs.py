@@ -20,8 +20,10 @@ ROOT_ENV = "GUESTAGENT_ROOT"
 #: No sysfs or procfs file the agent reads is anywhere near this size; a bigger one is garbage.
 MAX_READ_BYTES = 1 << 20
 
-#: Largest CPU or node number accepted from text (Linux NR_CPUS tops out at 8192).
+#: Largest CPU number accepted from text (Linux NR_CPUS tops out at 8192).
 MAX_CPU_ID = 8191
+#: Largest NUMA node number accepted from text (Linux NODES_SHIFT tops out at 10).
+MAX_NODE_ID = 1023
 
 _UNIT_FACTORS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 * 1024, "GB": 1024 * 1024 * 1024}
 _MEMINFO_LINE = re.compile(
@@ -93,8 +95,13 @@ class HostFS:
     ) -> int:
         return parse_int(self.read_text(host_path), host_path, minimum, maximum)
 
-    def read_cpulist(self, host_path: str) -> list[int]:
-        return parse_cpulist(self.read_text(host_path), host_path)
+    def read_cpulist(self, host_path: str, maximum: int = MAX_CPU_ID) -> list[int]:
+        """A cpulist file; the kernel always writes at least a newline, so a 0-byte file is a
+        truncated one (an empty list is ``"\\n"``)."""
+        text = self.read_text(host_path)
+        if text == "":
+            raise InputError(host_path, "is empty (truncated?)")
+        return parse_cpulist(text, host_path, maximum)
 
     def read_meminfo(self, host_path: str) -> dict[str, int]:
         return parse_meminfo(self.read_text(host_path), host_path)
@@ -157,8 +164,8 @@ def format_cpulist(ids: list[int]) -> str:
 def parse_meminfo(text: str, source: str) -> dict[str, int]:
     """``/proc/meminfo`` or a node's ``meminfo``: key -> value, sizes converted to bytes.
 
-    Keys without a unit (HugePages_Total, ...) keep their plain count. A file with no valid line, or
-    a malformed line, raises.
+    Only the ``HugePages_*`` counts come without a unit (kept as plain counts); any other key
+    without one is a truncated line. A file with no valid line, or a malformed line, raises.
     """
     values: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -168,6 +175,9 @@ def parse_meminfo(text: str, source: str) -> dict[str, int]:
         if m is None:
             raise InputError(f"{source} line {lineno}", "expected 'Key: number [kB]'", line)
         unit = (m.group(4) or "").upper()
+        if not unit and not m.group(2).startswith("HugePages_"):
+            where = f"{source} line {lineno}"
+            raise InputError(where, f"{m.group(2)} has no unit (truncated?)", line)
         values[m.group(2)] = int(m.group(3)) * _UNIT_FACTORS[unit]
     if not values:
         raise InputError(source, "no meminfo lines", text)

@@ -47,6 +47,16 @@ class RepeatFilter:
         return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of the write (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", json: bool = False, stream: Any | None = None) -> None:
     """Set up structlog once for the process: key=value (default) or JSON lines on stderr."""
     global _configured
@@ -67,7 +77,7 @@ def configure(level: str = "info", json: bool = False, stream: Any | None = None
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelName(level.upper()) if isinstance(level, str) else level
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
     _configured = True

@@ -82,7 +82,7 @@ def test_garbage_guest_type_is_unknown(tmp_path: Path) -> None:
         _tree(tmp_path, {"sys/hypervisor/type": b"xen\n", "sys/hypervisor/guest_type": b"H V M\n"})
     )
     assert hv.guest_type is None
-    assert hv.problems == ["/sys/hypervisor/guest_type: expected one word (got 'H V M\\\\n')"]
+    assert hv.problems == ["/sys/hypervisor/guest_type: expected one word (got 'H V M\\n')"]
 
 
 def test_garbage_capabilities(tmp_path: Path) -> None:

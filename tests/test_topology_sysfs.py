@@ -139,7 +139,7 @@ FATAL = [
     ("hvm-2vnode", "node1/cpulist", b"0-\n", "node1/cpulist: expected a CPU list", "'0-"),
     ("hvm-2vnode", "node1/cpulist", b"2-3\x00\n", "node1/cpulist: contains a NUL byte", "x00"),
     ("hvm-2vnode", "node1/cpulist", None, "node1/cpulist: does not exist", ""),
-    ("hvm-2vnode", "node1/meminfo", b"Node 1 MemTotal:   2576", "node1/meminfo: MemTotal", "2576"),
+    ("hvm-2vnode", "node1/meminfo", b"Node 1 MemTotal:   2576", "node1/meminfo line 1: MemTotal has no unit", "2576"),
     ("hvm-2vnode", "node1/meminfo", b"Node 1 MemTot", "node1/meminfo line 1:", "MemTot"),
     ("hvm-2vnode", "node1/meminfo", b"Node 1 MemFree: 1 kB\n", "node1/meminfo: has no MemTot", ""),
     ("hvm-2vnode", "node1/meminfo", b"Node 0 MemTotal: 1 kB\n", "node1/meminfo: has lines for", ""),
@@ -187,7 +187,7 @@ def test_no_numa_with_truncated_proc_meminfo_is_fatal(tmp_path: Path) -> None:
     (tmp_path / "sys/devices/system/cpu/online").write_text("0\n")
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/meminfo").write_text("MemTotal:        20")
-    with pytest.raises(InputError, match=r"^/proc/meminfo: MemTotal line is not"):
+    with pytest.raises(InputError, match=r"^/proc/meminfo line 1: MemTotal has no unit"):
         read_linux_view(HostFS(str(tmp_path)))
 
 
@@ -228,7 +228,7 @@ def test_garbage_has_memory_falls_back_to_meminfo(tmp_path: Path) -> None:
     view = read_linux_view(_break(tmp_path, "four-node-sparse", f"{NODE}/has_memory", b"0-1,6-\n"))
     assert [n.has_memory for n in view.nodes] == [True, True, False, True]
     assert view.problems == [
-        "/sys/devices/system/node/has_memory: expected a CPU list like 0-3,8 (got '0-1,6-\\\\n')"
+        "/sys/devices/system/node/has_memory: expected a CPU list like 0-3,8 (got '0-1,6-\\n')"
     ]
 
 

@@ -30,15 +30,13 @@ from __future__ import annotations
 import re
 
 from guestagent.errors import InputError, MissingInputError
-from guestagent.hostfs import HostFS, parse_cpulist, parse_int, parse_meminfo
+from guestagent.hostfs import MAX_NODE_ID, HostFS, parse_cpulist, parse_int, parse_meminfo
 from guestagent.topology.model import LOCAL_DISTANCE, LinuxView, Node
 
 NODE_DIR = "/sys/devices/system/node"
 CPU_DIR = "/sys/devices/system/cpu"
 PROC_MEMINFO = "/proc/meminfo"
 
-#: Linux MAX_NUMNODES is at most 1 << 10.
-MAX_NODE_ID = 1023
 #: Node distances are u8 in the ACPI SLIT.
 MAX_DISTANCE = 255
 
