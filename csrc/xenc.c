@@ -149,7 +149,10 @@ static int read_exact(int fd, uint8_t *buf, size_t len, int timeout_ms)
 
 /*
  * Send one message, header and payload in a single write where possible: the xenbus device
- * assembles a message from consecutive writes, a socket may accept it in parts.
+ * assembles a message from consecutive writes, a socket may accept it in parts. A failure before
+ * any byte was written returns that errno (the xenbus device refuses a bad WATCH this way and the
+ * connection stays usable); a failure after part of the message was written returns -EPROTO: the
+ * stream is out of step and the connection must be dropped.
  */
 int ga_xs_send(int fd, uint32_t type, uint32_t req_id, uint32_t tx_id,
                const uint8_t *payload, uint32_t len)
@@ -169,7 +172,7 @@ int ga_xs_send(int fd, uint32_t type, uint32_t req_id, uint32_t tx_id,
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return -errno;
+            return sent ? -EPROTO : -errno;
         }
         sent += (size_t)n;
     }

@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import guestagent.xen._xenc as _xenc
@@ -59,9 +60,18 @@ class XenstoreConnection:
             )
         self._check_usable()
         rc = lib.ga_xs_send(self._fd, msg_type, req_id, tx_id, payload, len(payload))
-        if rc < 0:
-            self._broken = f"send failed: {os.strerror(-rc)}"
+        if rc == 0:
+            return
+        if rc in (-errno.EPROTO, -errno.EPIPE, -errno.ECONNRESET, -errno.EBADF):
+            self._broken = (
+                "stalled in the middle of a message"
+                if rc == -errno.EPROTO
+                else f"send failed: {os.strerror(-rc)}"
+            )
             raise ConnectionError(f"{self.description}: {self._broken}")
+        # Refused before anything was written (the xenbus device answers a bad WATCH this way):
+        # the request failed, the connection is fine.
+        raise OSError(-rc, f"{self.description}: {os.strerror(-rc)}")
 
     def recv(self, timeout: float | None = None) -> RawMessage:
         """Wait for one whole message; ``timeout`` (seconds) bounds the wait for it to start."""
@@ -135,22 +145,19 @@ def open_xenstore(hostfs: HostFS, environ: Mapping[str, str] | None = None) -> X
     """The way libxenstore's ``xs_open`` chooses: ``$XENSTORED_PATH``, then the xenstored socket,
     then the xenbus device. Raises NotOnXen when there is none."""
     env = os.environ if environ is None else environ
-    candidates = []
-    if env.get("XENSTORED_PATH"):
-        candidates.append(env["XENSTORED_PATH"])
-    candidates += [*SOCKET_PATHS, *DEVICE_PATHS]
-    for host_path in candidates:
-        real = hostfs.path(host_path) if host_path.startswith("/") else None
-        if real is None or not real.exists():
+    # An explicit $XENSTORED_PATH is taken as given (as libxenstore does); the defaults are host
+    # paths below the root prefix.
+    candidates = [Path(env["XENSTORED_PATH"])] if env.get("XENSTORED_PATH") else []
+    candidates += [hostfs.path(p) for p in (*SOCKET_PATHS, *DEVICE_PATHS)]
+    for real in candidates:
+        if not real.exists():
             continue
         try:
             if real.is_socket():
                 return connect_unix(str(real))
             return open_device(str(real))
         except PermissionError:
-            raise XenUnavailable(
-                f"cannot open {host_path}: permission denied (run as root)"
-            ) from None
+            raise XenUnavailable(f"cannot open {real}: permission denied (run as root)") from None
         except OSError as e:
-            raise XenUnavailable(f"cannot open {host_path}: {os.strerror(e.errno or 0)}") from None
+            raise XenUnavailable(f"cannot open {real}: {os.strerror(e.errno or 0)}") from None
     raise NotOnXen("no xenstore: neither /dev/xen/xenbus nor a xenstored socket exists")
