@@ -21,6 +21,8 @@ from guestagent.hostfs import HostFS
 COMMAND_MODULES = (
     "guestagent.topology.commands",
     "guestagent.publish",
+    "guestagent.balloon.commands",
+    "guestagent.devices.commands",
     "guestagent.daemon.commands",
 )
 

@@ -44,7 +44,7 @@ class Key:
         return type(self.default).__name__
 
 
-KEYS: tuple[Key, ...] = (
+CORE_KEYS: tuple[Key, ...] = (
     # --- agent -------------------------------------------------------------------------------
     Key(
         "agent",
@@ -106,6 +106,25 @@ KEYS: tuple[Key, ...] = (
         "for node_exporter's textfile collector (empty: off).",
     ),
 )
+
+
+#: Job packages that declare their own section through a ``config_keys()`` function.
+JOB_KEY_MODULES = (
+    "guestagent.balloon.config",
+    "guestagent.devices.config",
+)
+
+
+def _all_keys() -> tuple[Key, ...]:
+    from importlib import import_module
+
+    keys = list(CORE_KEYS)
+    for name in JOB_KEY_MODULES:
+        keys.extend(import_module(name).config_keys())
+    return tuple(keys)
+
+
+KEYS: tuple[Key, ...] = _all_keys()
 
 
 class ConfigError(GuestAgentError):

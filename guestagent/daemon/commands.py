@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from guestagent import config as config_mod
+from guestagent.config import Config
+from guestagent.hostfs import HostFS
 
 
 def config_check(args: argparse.Namespace, ctx: Any) -> int:
@@ -36,6 +38,7 @@ def config_doc(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def register(subparsers: Any) -> None:
+    register_daemon(subparsers)
     parser = subparsers.add_parser("config", help="check, show or document the configuration")
     actions = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     for name, func, text in (
@@ -47,3 +50,104 @@ def register(subparsers: Any) -> None:
         sub.add_argument("--file", default=config_mod.MAIN_FILE, help="main configuration file")
         sub.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
         sub.set_defaults(func=func)
+
+
+#: Job factories in start order: (name, config section, roles it runs in, factory).
+JOB_FACTORIES: list[tuple[str, str, tuple[str, ...], Callable[[], Any]]] = []
+
+
+def _topology_job() -> Any:
+    from guestagent.topology.job import TopologyJob
+
+    return TopologyJob()
+
+
+def _balloon_job() -> Any:
+    from guestagent.balloon.job import BalloonJob
+
+    return BalloonJob()
+
+
+def _devices_job() -> Any:
+    from guestagent.devices.job import DevicesJob
+
+    return DevicesJob()
+
+
+JOB_FACTORIES += [
+    ("topology", "topology", ("guest",), _topology_job),
+    ("balloon", "balloon", ("guest",), _balloon_job),
+    ("devices", "devices", ("guest",), _devices_job),
+]
+
+
+def make_jobs(cfg: Config, role: str) -> list[Any]:
+    """The jobs the configuration turns on for this role, in start order."""
+    return [
+        factory()
+        for name, section, roles, factory in JOB_FACTORIES
+        if role in roles and cfg.get(section, "enabled")
+    ]
+
+
+def resolve_role(cfg: Config, hostfs: HostFS) -> str:
+    role = str(cfg.get("agent", "role"))
+    if role != "auto":
+        return role
+    from guestagent.xen.detect import detect_hypervisor
+
+    return "dom0" if detect_hypervisor(hostfs).is_dom0 else "guest"
+
+
+def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
+    from guestagent import log
+    from guestagent.daemon.service import Daemon
+
+    def load() -> Config:
+        return config_mod.load(args.config, args.conf_dir)
+
+    cfg = load()
+    log.configure(
+        level=str(cfg.get("agent", "log_level")), json=cfg.get("agent", "log_format") == "json"
+    )
+    role = args.role or resolve_role(cfg, ctx.hostfs)
+    Daemon(ctx.hostfs, cfg, load, make_jobs, role).run()
+    return 0
+
+
+def show_status(args: argparse.Namespace, ctx: Any) -> int:
+    from guestagent.daemon.service import read_status
+
+    status = read_status(str(ctx.hostfs.path(args.state_dir)))
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    print(f"guestagent {status['version']} (pid {status['pid']}), role {status['role']}")
+    print(f"xenstore: {status['xenstore']}; resumes seen: {status['resumes']}")
+    for name, job in status["jobs"].items():
+        state = "running" if job.get("running") else f"off: {job.get('error', 'stopped')}"
+        print(f"  {name:10} {state}")
+        for key, value in sorted(job.items()):
+            if key not in ("running", "error"):
+                print(f"  {'':10} {key}: {value}")
+    return 0
+
+
+def register_daemon(subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="run the agent: every enabled job on one event loop (systemd Type=notify)",
+        description="Run the daemon. SIGHUP reloads the configuration, SIGTERM undoes what the "
+        "jobs changed and exits.",
+    )
+    run.add_argument("--config", default=config_mod.MAIN_FILE, help="main configuration file")
+    run.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
+    run.add_argument("--role", choices=["guest", "dom0"], help="override [agent] role")
+    run.set_defaults(func=run_daemon)
+    status = subparsers.add_parser("status", help="what the running daemon is doing")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument(
+        "--state-dir", default="/run/guestagent", help="where the daemon's status socket is"
+    )
+    status.set_defaults(func=show_status)

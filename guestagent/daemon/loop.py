@@ -47,6 +47,7 @@ class EventLoop:
         self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._signal_r, self._drain_signals)
         self._stopping = False
+        self._after_dispatch: list[Callback] = []
         self._log = get_logger("loop")
         self.errors = 0
 
@@ -65,6 +66,12 @@ class EventLoop:
         number = fd if isinstance(fd, int) else fd.fileno()
         if self._readers.pop(number, None) is not None:
             self._poll.unregister(number)
+
+    def add_after_dispatch(self, callback: Callback) -> None:
+        """Run ``callback`` after every round of dispatching (e.g. to handle events a callback
+        read off a descriptor while waiting for something else)."""
+        if callback not in self._after_dispatch:
+            self._after_dispatch.append(callback)
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -130,6 +137,8 @@ class EventLoop:
                 timer.when = max(timer.when + timer.interval, now)
                 heapq.heappush(self._timers, timer)
             self._run(timer.callback, "timer")
+        for callback in self._after_dispatch:
+            self._run(callback, "after-dispatch")
 
     def _next_timeout(self) -> float | None:
         while self._timers and self._timers[0].cancelled:

@@ -1,0 +1,357 @@
+"""``guestagent run``: the jobs on one event loop, under systemd.
+
+Each job (topology, balloon, tiering, devices, dom0) is an object with ``start``/``stop``/
+``reload``/``republish``/``status``; the daemon only wires descriptors and timers to them, turns
+them on and off from the configuration, and undoes what they changed on the way out.
+SIGHUP reloads the configuration (a bad one is refused and the running one kept); SIGTERM and
+SIGINT stop every job, which puts back what it changed, and exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from guestagent import __version__
+from guestagent.config import Config, ConfigError
+from guestagent.daemon import systemd
+from guestagent.daemon.loop import EventLoop
+from guestagent.daemon.resume import ResumeState, detect_resume, sample_clocks
+from guestagent.errors import GuestAgentError
+from guestagent.hostfs import HostFS
+from guestagent.log import get_logger
+
+#: How often the clocks are compared to notice a suspend/resume or a migration.
+RESUME_CHECK_SECONDS = 10.0
+STATUS_SOCKET = "status.sock"
+
+
+class Job(Protocol):
+    name: str
+
+    def start(self, ctx: JobContext) -> None: ...
+    def stop(self) -> None: ...
+    def reload(self, config: Config) -> None: ...
+    def republish(self, reason: str) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class XenstoreHub:
+    """One xenstore connection shared by the jobs, its watch events dispatched by token."""
+
+    def __init__(self, loop: EventLoop, connect: Callable[[], Any]) -> None:
+        self._loop = loop
+        self._connect = connect
+        self._client: Any = None
+        self._callbacks: dict[str, Callable[[str], None]] = {}
+        self.unavailable: str | None = None
+        self._log = get_logger("xenstore")
+
+    def client(self) -> Any:
+        """The client, connected on first use; None (and ``unavailable`` says why) off Xen."""
+        if self._client is None and self.unavailable is None:
+            try:
+                self._client = self._connect()
+            except GuestAgentError as e:
+                self.unavailable = str(e)
+                self._log.warning("xenstore_unavailable", reason=self.unavailable)
+                return None
+            self._loop.add_reader(self._client.fileno(), self._on_readable)
+            self._loop.add_after_dispatch(self.flush)
+        return self._client
+
+    def watch(self, path: str, callback: Callable[[str], None]) -> bool:
+        client = self.client()
+        if client is None:
+            return False
+        token = f"guestagent-{len(self._callbacks)}"
+        self._callbacks[token] = callback
+        client.watch(path, token)
+        return True
+
+    def _on_readable(self) -> None:
+        self._dispatch(self._client.read_events(0.0))
+
+    def flush(self) -> None:
+        """Events that arrived while a job was waiting for a reply (already read off the fd)."""
+        if self._client is not None:
+            self._dispatch(self._client.pending_events())
+
+    def _dispatch(self, events: Sequence[Any]) -> None:
+        for event in events:
+            callback = self._callbacks.get(event.token)
+            if callback is not None:
+                callback(event.path)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._loop.remove_reader(self._client.fileno())
+            self._client.close()
+            self._client = None
+
+
+@dataclass
+class JobContext:
+    loop: EventLoop
+    hostfs: HostFS
+    config: Config
+    xenstore: XenstoreHub
+    role: str
+
+
+@dataclass
+class JobRecord:
+    job: Job
+    running: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Daemon:
+    hostfs: HostFS
+    config: Config
+    load_config: Callable[[], Config]
+    make_jobs: Callable[[Config, str], list[Job]]
+    role: str
+    loop: EventLoop = field(default_factory=EventLoop)
+    xenstore_connect: Callable[[], Any] | None = None
+    records: list[JobRecord] = field(default_factory=list)
+    resumes: int = 0
+
+    def __post_init__(self) -> None:
+        self._log = get_logger("daemon")
+        connect = self.xenstore_connect or self._default_connect
+        self.hub = XenstoreHub(self.loop, connect)
+        self._resume = ResumeState()
+        self._status_sock: socket.socket | None = None
+
+    def _default_connect(self) -> Any:
+        from guestagent.xen.xenstore import XenstoreClient
+
+        return XenstoreClient.open(self.hostfs)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.loop.add_signal_handler(signal.SIGTERM, lambda: self.shutdown("SIGTERM"))
+        self.loop.add_signal_handler(signal.SIGINT, lambda: self.shutdown("SIGINT"))
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._open_status_socket()
+        ctx = self._context()
+        for job in self.make_jobs(self.config, self.role):
+            record = JobRecord(job)
+            self.records.append(record)
+            self._start_job(record, ctx)
+        if self.hub.client() is not None:
+            self.hub.watch("unique-domain-id", lambda path: self._check_resume())
+        self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
+        self.loop.call_every(RESUME_CHECK_SECONDS, self._check_resume)
+        period = systemd.watchdog_period()
+        if period is not None:
+            self.loop.call_every(period, self._feed_watchdog, first=0)
+        running = [r.job.name for r in self.records if r.running]
+        systemd.notify(f"READY=1\nSTATUS=jobs: {', '.join(running) or 'none'}")
+        self._log.info("started", version=__version__, role=self.role, jobs=running)
+
+    def _feed_watchdog(self) -> None:
+        systemd.notify("WATCHDOG=1")
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.loop.run()
+        finally:
+            self.shutdown("loop ended")
+            self.loop.close()
+
+    def shutdown(self, why: str) -> None:
+        """Stop every job, newest first; each undoes what it changed."""
+        if not self.records and self._status_sock is None:
+            return
+        systemd.notify("STOPPING=1")
+        self._log.info("stopping", reason=why)
+        for record in reversed(self.records):
+            if record.running:
+                self._stop_job(record)
+        self.records.clear()
+        self.hub.close()
+        self._close_status_socket()
+        self.loop.stop()
+
+    def reload(self) -> None:
+        """SIGHUP: load the configuration again; a bad one is refused and the old one kept."""
+        systemd.notify("RELOADING=1")
+        try:
+            new = self.load_config()
+        except ConfigError as e:
+            for line in e.problems:
+                self._log.error("config_refused", problem=line)
+            systemd.notify("READY=1\nSTATUS=reload refused: configuration has errors")
+            return
+        self.config = new
+        wanted = {job.name: job for job in self.make_jobs(new, self.role)}
+        ctx = self._context()
+        for record in list(self.records):
+            if record.job.name not in wanted:
+                if record.running:
+                    self._stop_job(record)
+                self.records.remove(record)
+            elif record.running:
+                try:
+                    record.job.reload(new)
+                except GuestAgentError as e:
+                    record.error = str(e)
+                    self._log.error("job_reload_failed", job=record.job.name, error=str(e))
+        present = {r.job.name for r in self.records}
+        for name, job in wanted.items():
+            if name not in present:
+                record = JobRecord(job)
+                self.records.append(record)
+                self._start_job(record, ctx)
+        systemd.notify("READY=1")
+        self._log.info("reloaded", files=new.files, jobs=[r.job.name for r in self.records])
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def _context(self) -> JobContext:
+        return JobContext(self.loop, self.hostfs, self.config, self.hub, self.role)
+
+    def _start_job(self, record: JobRecord, ctx: JobContext) -> None:
+        try:
+            record.job.start(ctx)
+        except GuestAgentError as e:
+            # A job that cannot run here says why and stays off; the others go on.
+            record.error = str(e)
+            self._log.warning("job_off", job=record.job.name, reason=str(e))
+            return
+        record.running = True
+        self._log.info("job_started", job=record.job.name)
+
+    def _stop_job(self, record: JobRecord) -> None:
+        try:
+            record.job.stop()
+        except Exception as e:  # undo must reach every job even if one fails
+            self._log.error("job_stop_failed", job=record.job.name, error=str(e))
+        record.running = False
+
+    # --- resume / migration ---------------------------------------------------------------------
+
+    def _unique_domain_id(self) -> str | None:
+        client = self.hub.client()
+        if client is None:
+            return None
+        try:
+            value: bytes = client.read("unique-domain-id")
+        except (GuestAgentError, OSError):
+            return None
+        return value.decode("ascii", "replace")[:64]
+
+    def _check_resume(self) -> None:
+        reason, self._resume = detect_resume(
+            self._resume, sample_clocks(), self._unique_domain_id()
+        )
+        if reason is None:
+            return
+        self.resumes += 1
+        self._log.info("resumed", reason=reason)
+        for record in self.records:
+            if record.running:
+                record.job.republish(reason)
+
+    # --- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        jobs: dict[str, Any] = {}
+        for record in self.records:
+            entry: dict[str, Any] = {"running": record.running}
+            if record.error:
+                entry["error"] = record.error
+            if record.running:
+                entry.update(record.job.status())
+            jobs[record.job.name] = entry
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "role": self.role,
+            "config_files": self.config.files,
+            "xenstore": self.hub.unavailable or "connected",
+            "resumes": self.resumes,
+            "loop_errors": self.loop.errors,
+            "jobs": jobs,
+        }
+
+    def _status_path(self) -> str:
+        state_dir = self.hostfs.path(str(self.config.get("agent", "state_dir")))
+        return os.path.join(str(state_dir), STATUS_SOCKET)
+
+    def _open_status_socket(self) -> None:
+        path = self._status_path()
+        state_dir = os.path.dirname(path)
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+        if os.path.exists(path) and stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(4)
+        sock.setblocking(False)
+        self._status_sock = sock
+        self.loop.add_reader(sock.fileno(), self._serve_status)
+
+    def _serve_status(self) -> None:
+        assert self._status_sock is not None
+        try:
+            conn, _ = self._status_sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(self.status(), sort_keys=True).encode() + b"\n")
+
+    def _close_status_socket(self) -> None:
+        if self._status_sock is not None:
+            self.loop.remove_reader(self._status_sock.fileno())
+            self._status_sock.close()
+            self._status_sock = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._status_path())
+
+
+def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
+    """What the running daemon says about itself (for ``guestagent status``)."""
+    path = os.path.join(state_dir, STATUS_SOCKET)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise GuestAgentError(
+                f"no running guestagent daemon ({path} does not answer)"
+            ) from None
+        except PermissionError:
+            raise GuestAgentError(
+                f"{path}: permission denied (the status socket is root-only)"
+            ) from None
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    try:
+        result: dict[str, Any] = json.loads(b"".join(chunks))
+    except ValueError:
+        raise GuestAgentError(f"{path}: the daemon's answer is not JSON") from None
+    return result

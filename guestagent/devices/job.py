@@ -1,0 +1,93 @@
+"""The devices job of the daemon: bind devices at start, follow udev hotplug and the Dom0 hints,
+undo every binding on stop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from guestagent.config import Config
+from guestagent.devices.apply import DevicesJob as DeviceBinder
+from guestagent.devices.config import DevicesConfig
+from guestagent.devices.hints import HintSource, XenstoreHintSource
+from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+from guestagent.errors import GuestAgentError
+from guestagent.log import get_logger
+
+if TYPE_CHECKING:
+    from guestagent.daemon.service import JobContext
+
+
+def own_domid(client: Any) -> int | None:
+    """This guest's domid, from the ``domid`` key libxl writes in its home (read-only to it)."""
+    try:
+        text = client.read("domid").decode("ascii", "replace").strip()
+    except (GuestAgentError, OSError):
+        return None
+    return int(text) if text.isdigit() and 0 < int(text) < 0x7FF0 else None
+
+
+class DevicesJob:
+    name = "devices"
+
+    def __init__(self) -> None:
+        self._ctx: JobContext | None = None
+        self._binder: DeviceBinder | None = None
+        self._monitor: HotplugMonitor | None = None
+        self._hotplug_off: str | None = None
+        self._log = get_logger("devices")
+
+    def start(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+        sources: list[HintSource] = []
+        client = ctx.xenstore.client()
+        domid = own_domid(client) if client is not None else None
+        if client is not None and domid is not None:
+            source = XenstoreHintSource(client, domid)
+            sources.append(source)
+            ctx.xenstore.watch(source.base, lambda path: self._rescan("dom0 hints changed"))
+        binder = DeviceBinder(ctx.hostfs, DevicesConfig.from_agent_config(ctx.config), sources)
+        binder.applying = True
+        self._binder = binder
+        binder.scan(apply=True)
+        try:
+            self._monitor = HotplugMonitor.open()
+        except HotplugUnavailableError as e:
+            self._hotplug_off = str(e)
+            self._log.warning("hotplug_off", reason=self._hotplug_off)
+        else:
+            ctx.loop.add_reader(self._monitor.fileno(), self._on_udev)
+
+    def _on_udev(self) -> None:
+        if self._monitor is not None and self._binder is not None:
+            self._monitor.pump(self._binder)
+
+    def _rescan(self, reason: str) -> None:
+        if self._binder is not None:
+            self._log.info("devices_rescan", reason=reason)
+            self._binder.scan(apply=True)
+
+    def reload(self, config: Config) -> None:
+        assert self._binder is not None
+        self._binder.config = DevicesConfig.from_agent_config(config)
+        self._rescan("configuration reloaded")
+
+    def republish(self, reason: str) -> None:
+        self._rescan(reason)
+
+    def stop(self) -> None:
+        if self._monitor is not None and self._ctx is not None:
+            self._ctx.loop.remove_reader(self._monitor.fileno())
+            self._monitor = None
+        if self._binder is not None:
+            self._binder.reset()
+            self._binder = None
+
+    def status(self) -> dict[str, Any]:
+        binder = self._binder
+        if binder is None:
+            return {}
+        reports = binder.scan(apply=False)
+        return {
+            "hotplug": self._hotplug_off or "following udev",
+            "devices": [r.to_dict() for r in reports],
+        }
