@@ -189,10 +189,14 @@ int ga_xs_send(int fd, uint32_t type, uint32_t req_id, uint32_t tx_id,
 int ga_xs_recv(int fd, struct ga_xsd_sockmsg *hdr, uint8_t *payload, uint32_t cap,
                int first_byte_timeout_ms, int message_timeout_ms)
 {
-    int rc = wait_readable(fd, first_byte_timeout_ms);
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    int rc;
 
+    /* Before a message starts, a signal returns -EINTR so Python's handlers run; the caller
+     * retries with what is left of its timeout. Inside a message, reads go on (see read_exact). */
+    rc = poll(&pfd, 1, first_byte_timeout_ms);
     if (rc < 0)
-        return rc;
+        return -errno;
     if (rc == 0)
         return -ETIMEDOUT;
     rc = read_exact(fd, (uint8_t *)hdr, sizeof(*hdr), message_timeout_ms);

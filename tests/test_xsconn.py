@@ -60,3 +60,28 @@ def test_eof_and_oversized_headers_break_the_connection() -> None:
         quiet.recv(0.05)
     quiet.close()
     peer.close()
+
+
+def test_a_signal_during_an_unbounded_wait_runs_its_handler() -> None:
+    """A blocked recv must let Python's signal handlers run (SIGTERM, test timeouts)."""
+    import signal
+
+    a, b = socket.socketpair()
+    conn = XenstoreConnection(a.fileno(), "test", owner=a)
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(Interrupted):
+            conn.recv(None)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        conn.close()
+        b.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,10 +77,15 @@ class XenstoreConnection:
     def recv(self, timeout: float | None = None) -> RawMessage:
         """Wait for one whole message; ``timeout`` (seconds) bounds the wait for it to start."""
         self._check_usable()
-        first_ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        rc = lib.ga_xs_recv(
-            self._fd, self._hdr, self._buf, PAYLOAD_MAX, first_ms, MESSAGE_TIMEOUT_MS
-        )
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            rc = lib.ga_xs_recv(
+                self._fd, self._hdr, self._buf, PAYLOAD_MAX, left, MESSAGE_TIMEOUT_MS
+            )
+            if rc != -errno.EINTR:
+                break
+            # A signal arrived before the message started; its Python handler has run by now.
         if rc == -errno.ETIMEDOUT:
             raise TimeoutError(f"{self.description}: no message within {timeout} s")
         if rc == -errno.EMSGSIZE:
