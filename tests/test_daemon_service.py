@@ -56,8 +56,10 @@ def test_run_ready_status_reload_and_undo_on_sigterm(
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
     config = tmp_path / "guestagent.toml"
+    prom = tmp_path / "guestagent.prom"
     config.write_text(
-        '[balloon]\nenabled = true\npolicy = "classic"\n\n[devices]\nenabled = false\n'
+        '[balloon]\nenabled = true\npolicy = "classic"\n\n[devices]\nenabled = false\n\n'
+        f'[metrics]\ntextfile = "{prom}"\n'
     )
     notify_path = str(tmp_path / "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -100,6 +102,7 @@ def test_run_ready_status_reload_and_undo_on_sigterm(
         published = xs_server.get_node("/local/domain/5/data/guestagent/vnuma/nr-nodes")
         assert published is not None and published.value == b"3"
         assert int((root / TARGET).read_text()) < 1048576, "classic shrinks an idle guest"
+        assert 'guestagent_job_running{job="balloon"} 1' in prom.read_text().splitlines()
 
         config.write_text("[balloon]\npolicy = 7\n")
         daemon.send_signal(signal.SIGHUP)

@@ -131,6 +131,7 @@ class Daemon:
         self.hub = XenstoreHub(self.loop, connect)
         self._resume = ResumeState()
         self._status_sock: socket.socket | None = None
+        self._metrics: Any = None
 
     def _default_connect(self) -> Any:
         from guestagent.xen.xenstore import XenstoreClient
@@ -153,6 +154,7 @@ class Daemon:
             self.hub.watch("unique-domain-id", lambda path: self._check_resume())
         self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
         self.loop.call_every(RESUME_CHECK_SECONDS, self._check_resume)
+        self._start_metrics()
         period = systemd.watchdog_period()
         if period is not None:
             self.loop.call_every(period, self._feed_watchdog, first=0)
@@ -183,6 +185,10 @@ class Daemon:
         self.records.clear()
         self.hub.close()
         self._close_status_socket()
+        if self._metrics is not None:
+            self.loop.remove_reader(self._metrics.fileno())
+            self._metrics.close()
+            self._metrics = None
         self.loop.stop()
 
     def reload(self) -> None:
@@ -264,6 +270,36 @@ class Daemon:
         for record in self.records:
             if record.running:
                 record.job.republish(reason)
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    METRICS_TEXTFILE_SECONDS = 60.0
+
+    def _start_metrics(self) -> None:
+        from guestagent.daemon import metrics
+
+        textfile = str(self.config.get("metrics", "textfile"))
+        if textfile:
+            self.loop.call_every(self.METRICS_TEXTFILE_SECONDS, self._write_textfile, first=0)
+        if self.config.get("metrics", "enabled"):
+            listen = str(self.config.get("metrics", "listen"))
+            try:
+                server = metrics.MetricsServer(listen, lambda: metrics.render(self.status()))
+            except OSError as e:
+                self._log.error("metrics_off", listen=listen, error=str(e))
+                return
+            self._metrics = server
+            self.loop.add_reader(server.fileno(), server.on_readable)
+            self._log.info("metrics_serving", listen=listen)
+
+    def _write_textfile(self) -> None:
+        from guestagent.daemon import metrics
+
+        path = str(self.config.get("metrics", "textfile"))
+        try:
+            metrics.write_textfile(path, metrics.render(self.status()))
+        except OSError as e:
+            self._log.error("metrics_textfile_failed", path=path, error=str(e))
 
     # --- status --------------------------------------------------------------------------------
 

@@ -1,0 +1,116 @@
+"""Metrics in Prometheus text format, made from the daemon's status: served over HTTP on a
+loopback address, and/or written atomically to a textfile for node_exporter's collector."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from guestagent.log import get_logger
+
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _metric_name(*parts: str) -> str:
+    return "_".join(_NAME_OK.sub("_", p) for p in ("guestagent", *parts))
+
+
+def _numbers(prefix: str, values: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
+    for key, value in sorted(values.items()):
+        if isinstance(value, (int, float)):  # bool is an int: true -> 1
+            yield _metric_name(prefix, key), float(value)
+
+
+def render(status: Mapping[str, Any]) -> str:
+    """The exposition text for one status snapshot (pure)."""
+    lines = [
+        "# HELP guestagent_up 1 while the daemon runs.",
+        "# TYPE guestagent_up gauge",
+        "guestagent_up 1",
+        "# TYPE guestagent_resumes_total counter",
+        f"guestagent_resumes_total {int(status.get('resumes', 0))}",
+        "# TYPE guestagent_loop_errors_total counter",
+        f"guestagent_loop_errors_total {int(status.get('loop_errors', 0))}",
+        "# HELP guestagent_job_running 1 when the job runs, 0 when it is off or failed.",
+        "# TYPE guestagent_job_running gauge",
+    ]
+    jobs: Mapping[str, Any] = status.get("jobs", {})
+    for name, job in sorted(jobs.items()):
+        lines.append(
+            f'guestagent_job_running{{job="{_NAME_OK.sub("_", name)}"}} '
+            f"{int(bool(job.get('running')))}"
+        )
+    for name, job in sorted(jobs.items()):
+        for metric, value in _numbers(name, {k: v for k, v in job.items() if k != "running"}):
+            lines += [f"# TYPE {metric} gauge", f"{metric} {value:g}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: str, text: str) -> None:
+    """Replace ``path`` atomically (node_exporter must never read half a file)."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".guestagent.", suffix=".prom.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsServer:
+    """A minimal HTTP/1.0 responder on loopback, driven by the daemon's event loop: every GET
+    gets the current metrics; nothing else is understood."""
+
+    MAX_REQUEST = 4096
+
+    def __init__(self, listen: str, text: Callable[[], str]) -> None:
+        host, port = parse_listen(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(8)
+        self.sock.setblocking(False)
+        self._text = text
+        self._log = get_logger("metrics")
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_readable(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(0.5)
+            try:
+                request = conn.recv(self.MAX_REQUEST)
+                if request.startswith(b"GET "):
+                    body = self._text().encode()
+                    head = (
+                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n"
+                    )
+                else:
+                    body = b"only GET\n"
+                    head = f"HTTP/1.0 405 Method Not Allowed\r\nContent-Length: {len(body)}\r\n\r\n"
+                conn.sendall(head.encode() + body)
+            except OSError as e:
+                self._log.debug("metrics_client_failed", error=str(e))
+
+    def close(self) -> None:
+        self.sock.close()
