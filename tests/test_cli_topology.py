@@ -208,7 +208,11 @@ FATAL = [
         b"0-\n",
         "node1/cpulist: expected a CPU list like 0-3,8 (got '0-\\n')",
     ),
-    (f"{NODE}/node1/meminfo", b"Node 1 MemTotal:       25", "node1/meminfo line 1: MemTotal has no unit"),
+    (
+        f"{NODE}/node1/meminfo",
+        b"Node 1 MemTotal:       25",
+        "node1/meminfo line 1: MemTotal has no unit",
+    ),
     (f"{NODE}/node1/meminfo", b"\x7fELF\x02\x01\x01\xff\x00", "node1/meminfo: not ASCII text"),
 ]
 
