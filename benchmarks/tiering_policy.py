@@ -22,7 +22,6 @@ the testbed, the agent's CPU time, free memory regained per node) needs the e2e 
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
@@ -100,16 +99,14 @@ class Result:
     spilled: float
     min_free_pct: float
     final_rate: int
-    backoffs: Optional[int]
+    backoffs: int | None
 
 
 Mover = Callable[[World, PolicyState, Optional[Observation]], tuple[int, PolicyState]]
 
 
 def policy_mover(config: TieringConfig) -> Mover:
-    def move(
-        world: World, state: PolicyState, obs: Optional[Observation]
-    ) -> tuple[int, PolicyState]:
+    def move(world: World, state: PolicyState, obs: Observation | None) -> tuple[int, PolicyState]:
         d = decide(world.snapshot(), config, state, obs)
         m = d.plan.for_source(0)
         return (m.rate if m else 0), d.state
@@ -120,9 +117,7 @@ def policy_mover(config: TieringConfig) -> Mover:
 def fixed_mover(rate: int, config: TieringConfig) -> Mover:
     """Moves at a fixed rate whenever node 0 is pressured and node 1 has room (same safety)."""
 
-    def move(
-        world: World, state: PolicyState, obs: Optional[Observation]
-    ) -> tuple[int, PolicyState]:
+    def move(world: World, state: PolicyState, obs: Observation | None) -> tuple[int, PolicyState]:
         d = decide(world.snapshot(), config, state, obs)
         return (rate if d.plan.for_source(0) else 0), d.state
 
@@ -132,7 +127,7 @@ def fixed_mover(rate: int, config: TieringConfig) -> Mover:
 def simulate(name: str, mover: Mover, minutes: int) -> Result:
     world = World()
     state = PolicyState()
-    obs: Optional[Observation] = None
+    obs: Observation | None = None
     moved_total = returned_total = 0.0
     start_free = world.free0
     min_free = world.free0
@@ -148,11 +143,19 @@ def simulate(name: str, mover: Mover, minutes: int) -> Result:
     # free memory it started with: the memory the mover made available on node 0.
     regained = world.free0 + (minutes * 60 * ALLOC - world.spilled) - start_free
     backoffs = state.of(0).backoffs if name.startswith("policy") else None
-    return Result(name, moved_total, returned_total, regained, world.spilled,
-                  100 * min_free / (4 * GIB), rate, backoffs)
+    return Result(
+        name,
+        moved_total,
+        returned_total,
+        regained,
+        world.spilled,
+        100 * min_free / (4 * GIB),
+        rate,
+        backoffs,
+    )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=180)
     args = parser.parse_args(argv)
@@ -164,9 +167,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ]
     base = runs[0]
     print(f"{args.minutes} min, decisions every {INTERVAL:g} s; ratios vs '{base.name}'")
-    header = (f"{'mover':<16} {'moved GiB':>9} {'back GiB':>8} {'back %':>6} {'regained GiB':>12} "
-              f"{'spilled GiB':>11} {'min free %':>10} {'moved x':>7} {'back x':>6} "
-              f"{'regained x':>10} {'final MiB/s':>11} {'backoffs':>8}")
+    header = (
+        f"{'mover':<16} {'moved GiB':>9} {'back GiB':>8} {'back %':>6} {'regained GiB':>12} "
+        f"{'spilled GiB':>11} {'min free %':>10} {'moved x':>7} {'back x':>6} "
+        f"{'regained x':>10} {'final MiB/s':>11} {'backoffs':>8}"
+    )
     print(header)
     for r in runs:
         print(

@@ -22,9 +22,8 @@ from guestagent.topology.reader import read_topology
 def real_xenstore(hostfs: HostFS) -> Any:
     """A xenstore client over the guest's xenbus device (or Dom0's socket)."""
     from guestagent.xen.xenstore import XenstoreClient
-    from guestagent.xen.xsconn import open_xenstore
 
-    return XenstoreClient(open_xenstore(hostfs))
+    return XenstoreClient.open(hostfs)
 
 
 #: How the command reaches xenstore; tests replace it with a connection to a test server.

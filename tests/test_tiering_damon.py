@@ -9,14 +9,12 @@ need a running kdamond. Every write is recorded so tests can assert the exact fi
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import errno
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -67,8 +65,13 @@ class FakeDamonKernel:
         if not p.is_file():
             self._fail(path, value, errno.ENOENT)
         name = p.name
-        kinds = {"nr_kdamonds": "kdamond", "nr_contexts": "context", "nr_targets": "target",
-                 "nr_regions": "region", "nr_schemes": "scheme"}
+        kinds = {
+            "nr_kdamonds": "kdamond",
+            "nr_contexts": "context",
+            "nr_targets": "target",
+            "nr_regions": "region",
+            "nr_schemes": "scheme",
+        }
         if name in kinds:
             if not value.isdigit():
                 self._fail(path, value, errno.EINVAL)
@@ -128,7 +131,7 @@ class FakeDamonKernel:
             self.counters[index][k] += v
 
 
-def make_tree(tmp_path: Path, damon: Optional[str] = "damon-6.12") -> Path:
+def make_tree(tmp_path: Path, damon: str | None = "damon-6.12") -> Path:
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "tiering-2node", root, symlinks=True)
     if damon is not None:

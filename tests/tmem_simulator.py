@@ -26,14 +26,13 @@ bytes the agent lays out are the bytes under test. Semantics follow reference se
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import errno
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from guestagent.hostfs import HostFS
 from guestagent.tiering import tmem
@@ -83,7 +82,7 @@ class SimulatedTmemXen(Privcmd):
         self.max_pages = max_pages
         self.shared_auth = shared_auth
         self.version = version
-        self.pools: list[Optional[Pool]] = [None] * MAX_POOLS
+        self.pools: list[Pool | None] = [None] * MAX_POOLS
         self.gfn_table: dict[int, int] = {}
         self.lru: OrderedDict[Key, None] = OrderedDict()
         self.calls: list[tuple[int, int, int]] = []  # cmd, pool_id, result
@@ -118,8 +117,12 @@ class SimulatedTmemXen(Privcmd):
             return self._destroy(int(op.pool_id))
         if cmd in (0, 101, 102):
             return -errno.EOPNOTSUPP
-        if cmd not in (tmem.TMEM_PUT_PAGE, tmem.TMEM_GET_PAGE, tmem.TMEM_FLUSH_PAGE,
-                       tmem.TMEM_FLUSH_OBJECT):
+        if cmd not in (
+            tmem.TMEM_PUT_PAGE,
+            tmem.TMEM_GET_PAGE,
+            tmem.TMEM_FLUSH_PAGE,
+            tmem.TMEM_FLUSH_OBJECT,
+        ):
             return -errno.ENOSYS
         pool_id = int(op.pool_id)
         if not 0 <= pool_id < MAX_POOLS or self.pools[pool_id] is None:
@@ -195,8 +198,9 @@ class SimulatedTmemXen(Privcmd):
             freed += 1
         return freed
 
-    def _put(self, pool_id: int, pool: Pool, oid: tuple[int, int, int], index: int,
-             cmfn: int) -> int:
+    def _put(
+        self, pool_id: int, pool: Pool, oid: tuple[int, int, int], index: int, cmfn: int
+    ) -> int:
         if self.frozen:
             return -tmem.EFROZEN
         address = self.gfn_table.get(cmfn)
@@ -218,8 +222,9 @@ class SimulatedTmemXen(Privcmd):
     def _persistent_pages(self) -> int:
         return sum(p.pages() for p in self.pools if p is not None and p.persistent)
 
-    def _get(self, pool_id: int, pool: Pool, oid: tuple[int, int, int], index: int,
-             cmfn: int) -> int:
+    def _get(
+        self, pool_id: int, pool: Pool, oid: tuple[int, int, int], index: int, cmfn: int
+    ) -> int:
         if pool.pages() == 0:
             return -tmem.EEMPTY
         data = pool.objects.get(oid, {}).get(index)

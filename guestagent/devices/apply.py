@@ -17,7 +17,6 @@ skip; its records are dropped, since its IRQ numbers may be reused by the next d
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ import os
 import signal
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 from guestagent.devices.config import DevicesConfig
 from guestagent.devices.discovery import (
@@ -81,11 +80,11 @@ class DevicesJob:
     def __init__(
         self,
         hostfs: HostFS,
-        config: Optional[DevicesConfig] = None,
+        config: DevicesConfig | None = None,
         hint_sources: Sequence[HintSource] = (),
         *,
-        route_lookup: Optional[RouteLookup] = None,
-        irqbalance_status: Optional[IrqbalanceStatus] = None,
+        route_lookup: RouteLookup | None = None,
+        irqbalance_status: IrqbalanceStatus | None = None,
     ) -> None:
         self.hostfs = hostfs
         self.config = config or DevicesConfig()
@@ -94,8 +93,8 @@ class DevicesJob:
         self.log: Any = get_logger("devices")
         self.state = StateStore(hostfs, self.config.state_file).load()
         self._irqbalance = irqbalance_status
-        self._decision: Optional[IrqDecision] = None
-        self._protected: Optional[Protected] = None
+        self._decision: IrqDecision | None = None
+        self._protected: Protected | None = None
         self.nodes = NodeInfo(online=[], cpus={}, online_cpus=[])
         self.dom0_hints: dict[str, DeviceHint] = {}
         self.config_hints: dict[str, DeviceHint] = {}
@@ -125,7 +124,8 @@ class DevicesJob:
             for bdf, hint in good.items():
                 self.dom0_hints.setdefault(bdf, hint)
         self.config_hints, bad = validate_hints(
-            ConfigHintSource(self.config.node_overrides).hints(), self.nodes, "config")
+            ConfigHintSource(self.config.node_overrides).hints(), self.nodes, "config"
+        )
         problems += bad
         for line in problems:
             self.log.warning("devices_input_ignored", problem=line)
@@ -153,7 +153,8 @@ class DevicesJob:
     def protected(self) -> Protected:
         if self._protected is None:
             self._protected = protected_devices(
-                self.hostfs, self.route_lookup or pyroute2_default_interfaces)
+                self.hostfs, self.route_lookup or pyroute2_default_interfaces
+            )
         return self._protected
 
     # ---------------------------------------------------------------- passes
@@ -191,10 +192,13 @@ class DevicesJob:
         except OSError as e:
             self.log.warning("irqbalance_rescan_failed", pid=status.pid, error=_errname(e))
             return
-        self.log.info("irqbalance_rescan", pid=status.pid,
-                      reason="pinned IRQs changed; its policy script now bans them")
+        self.log.info(
+            "irqbalance_rescan",
+            pid=status.pid,
+            reason="pinned IRQs changed; its policy script now bans them",
+        )
 
-    def evaluate(self, bdf: str, apply: bool) -> Optional[DeviceReport]:
+    def evaluate(self, bdf: str, apply: bool) -> DeviceReport | None:
         """One device; None when it vanished before anything could be read."""
         if not self._refreshed:
             self.refresh()
@@ -228,17 +232,25 @@ class DevicesJob:
             seen = replace(device, numa_node=_int_or(written.previous, -1))
         resolution = resolve_node(seen, self.nodes, self.dom0_hints, self.config_hints)
         if resolution.node is None and seen is not device:
-            resolution = Resolution(node=device.numa_node, source="kernel", notes=[
-                f"numa_node {device.numa_node} was written by guestagent earlier; no current "
-                "hint or override names a node for this device"])
+            resolution = Resolution(
+                node=device.numa_node,
+                source="kernel",
+                notes=[
+                    f"numa_node {device.numa_node} was written by guestagent earlier; no current "
+                    "hint or override names a node for this device"
+                ],
+            )
         report.node, report.source = resolution.node, resolution.source
         for note in resolution.notes:
             report.skipped.append(note)
         self._report_recorded(report)
         node = resolution.node
         if node is None:
-            kernel = ("kernel numa_node is -1" if device.numa_node < 0
-                      else f"kernel numa_node {device.numa_node} is not online")
+            kernel = (
+                "kernel numa_node is -1"
+                if device.numa_node < 0
+                else f"kernel numa_node {device.numa_node} is not online"
+            )
             report.skipped.append(f"no node known: {kernel}, no Dom0 hint, no config override")
             return
         just_written = self._numa_node_step(device, node, resolution.source, apply, report)
@@ -253,8 +265,9 @@ class DevicesJob:
     def _fill(report: DeviceReport, device: PciDevice) -> None:
         report.vendor = f"0x{device.vendor:04x}" if device.vendor >= 0 else "?"
         report.device = f"0x{device.device:04x}" if device.device >= 0 else "?"
-        report.pci_class = (f"0x{device.pci_class:06x} ({device.class_name})"
-                            if device.pci_class >= 0 else "?")
+        report.pci_class = (
+            f"0x{device.pci_class:06x} ({device.class_name})" if device.pci_class >= 0 else "?"
+        )
         report.driver = device.driver
         report.kernel_node = device.numa_node
         report.irqs = device.irqs
@@ -268,8 +281,9 @@ class DevicesJob:
 
     # ---------------------------------------------------------------- numa_node and rebind
 
-    def _numa_node_step(self, device: PciDevice, node: int, source: str, apply: bool,
-                        report: DeviceReport) -> bool:
+    def _numa_node_step(
+        self, device: PciDevice, node: int, source: str, apply: bool, report: DeviceReport
+    ) -> bool:
         """Write ``numa_node``; True when it was written now (a rebind may follow).
 
         Written when the kernel says -1, or when guestagent wrote it earlier and the hint has
@@ -287,25 +301,27 @@ class DevicesJob:
         if not apply:
             report.planned.append(f"write numa_node = {node} ({TAINT_NOTE})")
             return False
-        self.state.record(Change(kind="numa_node", path=path, bdf=device.bdf,
-                                 previous=str(device.numa_node)))
+        self.state.record(
+            Change(kind="numa_node", path=path, bdf=device.bdf, previous=str(device.numa_node))
+        )
         try:
             self._write(device.bdf, path, str(node))
         except OSError as e:
             self.state.forget(path)
             line = f"numa_node = {node} refused by the kernel ({_errname(e)})"
-            self.log.warning("numa_node_write_failed", bdf=device.bdf, node=node,
-                             error=_errname(e))
+            self.log.warning("numa_node_write_failed", bdf=device.bdf, node=node, error=_errname(e))
             report.failed.append(line)
             return False
         self.state.set_applied(path, str(node))
-        self.log.warning("numa_node_written", bdf=device.bdf, node=node, source=source,
-                         note=TAINT_NOTE)
+        self.log.warning(
+            "numa_node_written", bdf=device.bdf, node=node, source=source, note=TAINT_NOTE
+        )
         report.applied.append(f"numa_node = {node} (was {device.numa_node}; {TAINT_NOTE})")
         return True
 
-    def _rebind_step(self, device: PciDevice, apply: bool,
-                     report: DeviceReport) -> Optional[PciDevice]:
+    def _rebind_step(
+        self, device: PciDevice, apply: bool, report: DeviceReport
+    ) -> PciDevice | None:
         """Unbind and rebind the driver; the device as read again afterwards (new IRQs)."""
         if device.driver is None:
             report.skipped.append("rebind: no driver bound; it will probe on the new node")
@@ -341,8 +357,10 @@ class DevicesJob:
             except DeviceGoneError:
                 raise
             except OSError as e2:
-                report.failed.append(f"rebind: {driver} unbound but bind and drivers_probe "
-                                     f"failed ({_errname(e)}, {_errname(e2)}); device unbound")
+                report.failed.append(
+                    f"rebind: {driver} unbound but bind and drivers_probe "
+                    f"failed ({_errname(e)}, {_errname(e2)}); device unbound"
+                )
                 self.log.error("rebind_failed", bdf=bdf, driver=driver, error=_errname(e2))
                 return None
         self.state.set_applied(path, driver)
@@ -367,7 +385,8 @@ class DevicesJob:
             # Records for vectors the device no longer has: the number may be another's now.
             for change in self.state.for_device(device.bdf):
                 if change.kind == "irq_affinity" and change.path not in {
-                        irq_affinity_path(i) for i in irqs}:
+                    irq_affinity_path(i) for i in irqs
+                }:
                     self.state.forget(change.path)
         cpus = self.nodes.cpus.get(node, [])
         if not cpus:
@@ -377,8 +396,9 @@ class DevicesJob:
         for irq in irqs:
             self._one_irq(device.bdf, irq, cpus, wanted, apply, report)
 
-    def _one_irq(self, bdf: str, irq: int, cpus: list[int], wanted: str, apply: bool,
-                 report: DeviceReport) -> None:
+    def _one_irq(
+        self, bdf: str, irq: int, cpus: list[int], wanted: str, apply: bool, report: DeviceReport
+    ) -> None:
         path = irq_affinity_path(irq)
         try:
             current_text = self.hostfs.read_text(path).strip()
@@ -492,8 +512,10 @@ class DevicesJob:
 
     def _undo(self, change: Change) -> str:
         if change.kind == "driver_rebind":
-            return (f"{change.bdf}: driver {change.previous} was rebound; it stays bound "
-                    "(memory it allocated stays where it is until its next probe)")
+            return (
+                f"{change.bdf}: driver {change.previous} was rebound; it stays bound "
+                "(memory it allocated stays where it is until its next probe)"
+            )
         try:
             current = self.hostfs.read_text(change.path).strip()
         except MissingInputError:
@@ -501,8 +523,10 @@ class DevicesJob:
         except InputError as e:
             return f"{change.path}: unreadable, left alone ({e})"
         if change.applied and not _same(change, current):
-            return (f"{change.path}: now {current!r}, not the {change.applied!r} guestagent left; "
-                    "changed by someone else, left alone")
+            return (
+                f"{change.path}: now {current!r}, not the {change.applied!r} guestagent left; "
+                "changed by someone else, left alone"
+            )
         try:
             self.hostfs.write_text(change.path, change.previous)
         except FileNotFoundError:
@@ -520,11 +544,12 @@ class DevicesJob:
         except DeviceGoneError:
             return True
 
-    def handle_event(self, action: str, bdf: str) -> Optional[DeviceReport]:
+    def handle_event(self, action: str, bdf: str) -> DeviceReport | None:
         """React to one udev event for a PCI device (add, remove, bind, unbind)."""
         if not is_bdf(bdf):
-            self.log.warning("hotplug_event_ignored", action=action, device=bdf[:64],
-                             reason="not a PCI address")
+            self.log.warning(
+                "hotplug_event_ignored", action=action, device=bdf[:64], reason="not a PCI address"
+            )
             return None
         self.log.info("hotplug_event", action=action, bdf=bdf)
         if action == "remove":

@@ -7,13 +7,11 @@ stop the read: it becomes one line in :attr:`PciDevice.problems` and the attribu
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Optional
 
 from guestagent.devices.model import NodeInfo, PciDevice, is_bdf
 from guestagent.errors import InputError, MissingInputError
@@ -64,7 +62,7 @@ def _gone_or(hostfs: HostFS, bdf: str, during: str, error: InputError) -> InputE
     return error
 
 
-def _read(hostfs: HostFS, bdf: str, attr: str) -> Optional[str]:
+def _read(hostfs: HostFS, bdf: str, attr: str) -> str | None:
     """An attribute's text; None when just this attribute is absent; raises when the device is."""
     try:
         return hostfs.read_text(device_path(bdf, attr))
@@ -75,7 +73,7 @@ def _read(hostfs: HostFS, bdf: str, attr: str) -> Optional[str]:
         return None
 
 
-def _hex(text: Optional[str], source: str, problems: list[str]) -> int:
+def _hex(text: str | None, source: str, problems: list[str]) -> int:
     if text is None:
         problems.append(f"{source}: does not exist")
         return -1
@@ -85,7 +83,7 @@ def _hex(text: Optional[str], source: str, problems: list[str]) -> int:
     return int(text.strip(), 16)
 
 
-def driver_name(hostfs: HostFS, bdf: str) -> Optional[str]:
+def driver_name(hostfs: HostFS, bdf: str) -> str | None:
     """The name of the bound driver (the ``driver`` link's target), None when unbound."""
     link = hostfs.path(device_path(bdf, "driver"))
     try:

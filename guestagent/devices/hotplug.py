@@ -6,11 +6,10 @@ re-evaluates that one device. Anything that is not a PCI add/remove/bind/unbind 
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from guestagent.devices.apply import DevicesJob
 from guestagent.devices.model import DeviceReport, is_bdf
@@ -23,7 +22,7 @@ class HotplugUnavailableError(GuestAgentError):
     """No udev monitor can be made here (pyudev or libudev missing, no netlink)."""
 
 
-def event_key(event: Any) -> Optional[tuple[str, str]]:
+def event_key(event: Any) -> tuple[str, str] | None:
     """``(action, bdf)`` for a pyudev-like device event of interest, else None.
 
     Uses only ``action``, ``subsystem`` and ``sys_name`` (falling back to the last component of
@@ -44,7 +43,7 @@ def event_key(event: Any) -> Optional[tuple[str, str]]:
     return str(action), name
 
 
-def dispatch(job: DevicesJob, event: Any) -> Optional[DeviceReport]:
+def dispatch(job: DevicesJob, event: Any) -> DeviceReport | None:
     """Feed one udev event to the job; events not about a PCI function are ignored."""
     key = event_key(event)
     if key is None:
@@ -73,8 +72,9 @@ class HotplugMonitor:
             monitor.filter_by(subsystem="pci")
             monitor.start()
         except (ImportError, OSError) as e:
-            raise HotplugUnavailableError(f"udev monitor unavailable ({e}): PCI hotplug is "
-                                          "not followed") from None
+            raise HotplugUnavailableError(
+                f"udev monitor unavailable ({e}): PCI hotplug is not followed"
+            ) from None
         return cls(monitor)
 
     def fileno(self) -> int:

@@ -18,14 +18,13 @@ operator's own bans. So the modes are:
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
@@ -42,13 +41,13 @@ POLICY_COMMAND = "irqbalance-policy"
 @dataclass(frozen=True)
 class IrqbalanceStatus:
     running: bool
-    pid: Optional[int] = None
+    pid: int | None = None
     #: How it was found: "process" (psutil or /proc), "systemd unit", or "" when not running.
     found_by: str = ""
     cmdline: list[str] = field(default_factory=list)
 
     @property
-    def policyscript(self) -> Optional[str]:
+    def policyscript(self) -> str | None:
         """The ``--policyscript``/``-l`` argument irqbalance runs with, if any."""
         args = self.cmdline
         for i, arg in enumerate(args):
@@ -134,31 +133,50 @@ class IrqDecision:
     mode: Literal["defer", "pin"]
     reason: str
     #: A warning to log once (pin forced while irqbalance runs without our policy script).
-    warning: Optional[str] = None
+    warning: str | None = None
 
 
 def decide(mode: IrqMode, status: IrqbalanceStatus) -> IrqDecision:
     """Pure: whether guestagent writes IRQ affinity, given the configured mode and irqbalance."""
-    who = f"irqbalance is running (pid {status.pid})" if status.pid else (
-        f"irqbalance is running ({status.found_by})")
+    who = (
+        f"irqbalance is running (pid {status.pid})"
+        if status.pid
+        else (f"irqbalance is running ({status.found_by})")
+    )
     if mode == "defer" or (mode == "auto" and status.running):
         if not status.running:
             return IrqDecision(False, "defer", "IRQ affinity left alone (irqbalance mode defer)")
         if status.uses_our_policy and mode == "auto":
-            return IrqDecision(True, "pin", f"{who} with guestagent's policy script: IRQs pinned "
-                               "and banned from balancing")
-        return IrqDecision(False, "defer", f"{who}: IRQ affinity left to irqbalance, which reads "
-                           "the device's numa_node (irqbalance mode defer)")
+            return IrqDecision(
+                True,
+                "pin",
+                f"{who} with guestagent's policy script: IRQs pinned and banned from balancing",
+            )
+        return IrqDecision(
+            False,
+            "defer",
+            f"{who}: IRQ affinity left to irqbalance, which reads "
+            "the device's numa_node (irqbalance mode defer)",
+        )
     if status.running and not status.uses_our_policy:
-        return IrqDecision(True, "pin", f"{who} but mode is pin: IRQs pinned",
-                           warning=f"{who} without guestagent's policy script (--policyscript "
-                           f"running 'guestagent devices {POLICY_COMMAND}'): it may move the "
-                           "pinned IRQs")
-    return IrqDecision(True, "pin", "irqbalance is not running: IRQs pinned" if not status.running
-                       else f"{who} with guestagent's policy script: IRQs pinned")
+        return IrqDecision(
+            True,
+            "pin",
+            f"{who} but mode is pin: IRQs pinned",
+            warning=f"{who} without guestagent's policy script (--policyscript "
+            f"running 'guestagent devices {POLICY_COMMAND}'): it may move the "
+            "pinned IRQs",
+        )
+    return IrqDecision(
+        True,
+        "pin",
+        "irqbalance is not running: IRQs pinned"
+        if not status.running
+        else f"{who} with guestagent's policy script: IRQs pinned",
+    )
 
 
-def policy_lines(irq: int, pinned: set[int], node: Optional[int]) -> list[str]:
+def policy_lines(irq: int, pinned: set[int], node: int | None) -> list[str]:
     """What the irqbalance policy script prints for one IRQ (irqbalance ``--policyscript``)."""
     if irq in pinned:
         return ["ban=true"]

@@ -1,13 +1,12 @@
 """Plain data for I/O NUMA: devices, hints, node resolutions, the nodes, per-device reports."""
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 #: Where a device's node came from, in order of trust.
 NodeSource = Literal["kernel", "dom0", "config", "unknown"]
@@ -28,7 +27,7 @@ class PciDevice:
     vendor: int
     device: int
     pci_class: int
-    driver: Optional[str]
+    driver: str | None
     #: ``numa_node`` as read; -1 is NUMA_NO_NODE.
     numa_node: int
     #: ``local_cpulist``: the CPUs of its node, or every online CPU when the node is -1.
@@ -78,7 +77,7 @@ class DeviceHint:
     #: The guest NUMA node (vnode) the device sits closest to.
     vnode: int
     #: The physical (host) node of the device; None when the source does not know or say it.
-    host_node: Optional[int] = None
+    host_node: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class NodeInfo:
 class Resolution:
     """The node a device belongs on, and where that answer came from."""
 
-    node: Optional[int]
+    node: int | None
     source: NodeSource
     #: Why the better sources were not used (e.g. a hint naming an offline node).
     notes: list[str] = field(default_factory=list)
@@ -109,9 +108,9 @@ class DeviceReport:
     vendor: str = ""
     device: str = ""
     pci_class: str = ""
-    driver: Optional[str] = None
-    kernel_node: Optional[int] = None
-    node: Optional[int] = None
+    driver: str | None = None
+    kernel_node: int | None = None
+    node: int | None = None
     source: NodeSource = "unknown"
     irqs: list[int] = field(default_factory=list)
     #: Changes in force (made now or recorded in the state file earlier).

@@ -14,7 +14,6 @@ has to hold even when the check itself fails.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from guestagent.devices.model import is_bdf
 from guestagent.errors import InputError, MissingInputError
@@ -42,7 +41,7 @@ class Protected:
     reasons: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
 
-    def refusal(self, bdf: str) -> Optional[str]:
+    def refusal(self, bdf: str) -> str | None:
         if bdf in self.reasons:
             return self.reasons[bdf]
         if self.unknown:
@@ -60,14 +59,14 @@ def _realpath(hostfs: HostFS, host_path: str) -> str:
     root = os.path.realpath(hostfs.root)
     real = os.path.realpath(hostfs.path(host_path))
     if real.startswith(root.rstrip("/") + "/"):
-        real = "/" + real[len(root.rstrip("/")) + 1:]
+        real = "/" + real[len(root.rstrip("/")) + 1 :]
     return real
 
 
 def root_mount(hostfs: HostFS) -> tuple[str, str]:
     """The ``/`` mount's ``MAJ:MIN`` and its mount source, from mountinfo (last ``/`` wins)."""
     text = hostfs.read_text(MOUNTINFO)
-    found: Optional[tuple[str, str]] = None
+    found: tuple[str, str] | None = None
     for lineno, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
@@ -123,7 +122,7 @@ def _net_pci(hostfs: HostFS, ifname: str, depth: int = 0) -> list[str]:
     found: list[str] = []
     if depth >= _MAX_DEPTH:
         return found
-    lowers = [n[len("lower_"):] for n in hostfs.listdir(base) if n.startswith("lower_")]
+    lowers = [n[len("lower_") :] for n in hostfs.listdir(base) if n.startswith("lower_")]
     if hostfs.exists(f"{base}/brif"):
         lowers += hostfs.listdir(f"{base}/brif")
     for lower in lowers:
@@ -136,8 +135,10 @@ def pyroute2_default_interfaces() -> list[str]:
     try:
         from pyroute2 import IPRoute
     except ImportError:
-        raise ImportError("pyroute2 is not installed (pip install pyroute2): "
-                          "cannot find the device that carries the default route") from None
+        raise ImportError(
+            "pyroute2 is not installed (pip install pyroute2): "
+            "cannot find the device that carries the default route"
+        ) from None
     names: set[str] = set()
     ipr: Any = IPRoute()
     try:
@@ -166,8 +167,9 @@ def pyroute2_default_interfaces() -> list[str]:
     return sorted(names)
 
 
-def protected_devices(hostfs: HostFS, route_lookup: RouteLookup = pyroute2_default_interfaces
-                      ) -> Protected:
+def protected_devices(
+    hostfs: HostFS, route_lookup: RouteLookup = pyroute2_default_interfaces
+) -> Protected:
     """The root file system's and the default route's PCI functions (see the module text)."""
     result = Protected()
     try:

@@ -7,7 +7,6 @@ before guestagent touched it.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS
@@ -56,8 +55,13 @@ class Change:
             values[key] = value
         if not values["path"].startswith("/"):
             raise InputError(f"{source}.path", "expected an absolute host path", values["path"])
-        return cls(kind=kind, path=values["path"], bdf=values["bdf"],
-                   previous=values["previous"], applied=values["applied"])
+        return cls(
+            kind=kind,
+            path=values["path"],
+            bdf=values["bdf"],
+            previous=values["previous"],
+            applied=values["applied"],
+        )
 
 
 class StateStore:
@@ -80,8 +84,9 @@ class StateStore:
         except ValueError as e:
             raise InputError(self.path, f"not JSON: {e}") from None
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            raise InputError(self.path, f"expected a version {STATE_VERSION} state object",
-                             text[:60])
+            raise InputError(
+                self.path, f"expected a version {STATE_VERSION} state object", text[:60]
+            )
         raw = data.get("changes", [])
         if not isinstance(raw, list):
             raise InputError(f"{self.path} changes", "expected a list", raw)
@@ -92,7 +97,7 @@ class StateStore:
         self.changes = changes
         return self
 
-    def get(self, path: str) -> Optional[Change]:
+    def get(self, path: str) -> Change | None:
         return self.changes.get(path)
 
     def record(self, change: Change) -> Change:
@@ -125,8 +130,7 @@ class StateStore:
                 os.unlink(target)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"version": STATE_VERSION,
-                   "changes": [asdict(c) for c in self.changes.values()]}
+        payload = {"version": STATE_VERSION, "changes": [asdict(c) for c in self.changes.values()]}
         fd, tmp = tempfile.mkstemp(prefix=".devices.", dir=str(target.parent))
         try:
             with os.fdopen(fd, "w") as f:

@@ -11,14 +11,13 @@ everything on SIGTERM/SIGINT or at the end. Exit 1 with the reasons when no back
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
@@ -46,8 +45,8 @@ backend_factories: list[tuple[str, Callable[[HostFS], Backend]]] = [
 ]
 
 
-def probe_all(hostfs: HostFS) -> list[tuple[str, Optional[Backend], Availability]]:
-    out: list[tuple[str, Optional[Backend], Availability]] = []
+def probe_all(hostfs: HostFS) -> list[tuple[str, Backend | None, Availability]]:
+    out: list[tuple[str, Backend | None, Availability]] = []
     for name, factory in backend_factories:
         try:
             backend = factory(hostfs)
@@ -62,14 +61,14 @@ def probe_all(hostfs: HostFS) -> list[tuple[str, Optional[Backend], Availability
     return out
 
 
-def serving(probed: list[tuple[str, Optional[Backend], Availability]]) -> Optional[Backend]:
+def serving(probed: list[tuple[str, Backend | None, Availability]]) -> Backend | None:
     for _name, backend, availability in probed:
         if backend is not None and availability.ok and backend.targets_node:
             return backend
     return None
 
 
-def _why_not(backend: Optional[Backend], availability: Availability) -> str:
+def _why_not(backend: Backend | None, availability: Availability) -> str:
     if availability.ok and backend is not None and not backend.targets_node:
         return (
             "available but not used: it cannot place pages on a chosen node "
@@ -86,14 +85,16 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
     decision = decide(snapshot, TieringConfig(), PolicyState())
     rows: list[dict[str, Any]] = []
     for name, backend, a in probed:
-        rows.append({
-            "name": name,
-            "ok": a.ok,
-            "serving": backend is not None and backend is chosen,
-            "targets_node": bool(backend is not None and backend.targets_node),
-            "reason": a.reason if backend is chosen else _why_not(backend, a),
-            "limits": list(a.limits),
-        })
+        rows.append(
+            {
+                "name": name,
+                "ok": a.ok,
+                "serving": backend is not None and backend is chosen,
+                "targets_node": bool(backend is not None and backend.targets_node),
+                "reason": a.reason if backend is chosen else _why_not(backend, a),
+                "limits": list(a.limits),
+            }
+        )
     nodes = [
         {
             "node": m.node,
@@ -133,8 +134,7 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
     out.append("plan now:" + ("" if plan else " nothing to move"))
     for p in plan:
         out.append(
-            f"  node {p['source']} -> node {p['target']} at "
-            f"{p['rate_bytes_per_s'] / MIB:.1f} MiB/s"
+            f"  node {p['source']} -> node {p['target']} at {p['rate_bytes_per_s'] / MIB:.1f} MiB/s"
         )
     out.extend(f"  {line}" for line in decision.reasons)
     sys.stdout.write("\n".join(out) + "\n")
@@ -170,11 +170,23 @@ def register(subparsers: Any) -> None:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=status)
     rn = sub.add_parser("run", help="move cold pages until SIGTERM (then undo everything)")
-    rn.add_argument("--interval", type=float, default=TieringConfig().interval_s,
-                    help="seconds between decisions (default %(default)s)")
-    rn.add_argument("--iterations", type=int, default=None,
-                    help="stop after this many decisions (default: run until SIGTERM)")
-    rn.add_argument("--backend", choices=[n for n, _ in backend_factories], default=None,
-                    help="use only this backend")
+    rn.add_argument(
+        "--interval",
+        type=float,
+        default=TieringConfig().interval_s,
+        help="seconds between decisions (default %(default)s)",
+    )
+    rn.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="stop after this many decisions (default: run until SIGTERM)",
+    )
+    rn.add_argument(
+        "--backend",
+        choices=[n for n, _ in backend_factories],
+        default=None,
+        help="use only this backend",
+    )
     rn.set_defaults(func=run)
     parser.set_defaults(func=lambda _args, _ctx: (parser.print_help(sys.stderr), 2)[1])

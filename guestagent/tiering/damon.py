@@ -39,7 +39,6 @@ into a running total at each ``on``, and also treats any counter that goes down 
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ import errno
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
@@ -129,17 +128,27 @@ class DamonConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.sample_us <= self.aggr_us:
-            raise InputError("damon config sample_us/aggr_us", "need 0 < sample <= aggr",
-                             (self.sample_us, self.aggr_us))
+            raise InputError(
+                "damon config sample_us/aggr_us",
+                "need 0 < sample <= aggr",
+                (self.sample_us, self.aggr_us),
+            )
         if not 0 < self.min_nr_regions <= self.max_nr_regions:
-            raise InputError("damon config nr_regions", "need 0 < min <= max",
-                             (self.min_nr_regions, self.max_nr_regions))
+            raise InputError(
+                "damon config nr_regions",
+                "need 0 < min <= max",
+                (self.min_nr_regions, self.max_nr_regions),
+            )
         if self.min_age_s <= 0 or self.quota_reset_ms <= 0 or self.quota_ms <= 0:
-            raise InputError("damon config", "min_age_s, quota_reset_ms and quota_ms must be > 0",
-                             (self.min_age_s, self.quota_reset_ms, self.quota_ms))
+            raise InputError(
+                "damon config",
+                "min_age_s, quota_reset_ms and quota_ms must be > 0",
+                (self.min_age_s, self.quota_reset_ms, self.quota_ms),
+            )
         if not 0 <= self.wmark_low_permil < 1000:
-            raise InputError("damon config wmark_low_permil", "must be in 0..999",
-                             self.wmark_low_permil)
+            raise InputError(
+                "damon config wmark_low_permil", "must be in 0..999", self.wmark_low_permil
+            )
 
     @property
     def min_age_aggregations(self) -> int:
@@ -178,8 +187,10 @@ class DamonBackend:
     targets_node = True
 
     def __init__(
-        self, hostfs: HostFS, config: Optional[DamonConfig] = None,
-        writer: Optional[Writer] = None,
+        self,
+        hostfs: HostFS,
+        config: DamonConfig | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.hostfs = hostfs
         self.config = config or DamonConfig()
@@ -204,7 +215,7 @@ class DamonBackend:
     def _read_word(self, path: str) -> str:
         return self.hostfs.read_text(path).strip()
 
-    def _busy_reason(self, nr: int) -> Optional[str]:
+    def _busy_reason(self, nr: int) -> str | None:
         """Why adding kdamonds would harm another DAMON user, or None."""
         for i in range(nr):
             state = self._read_word(f"{self._kd(i)}/state")
@@ -215,7 +226,8 @@ class DamonBackend:
                 )
             contexts = parse_int(
                 self.hostfs.read_text(f"{self._kd(i)}/contexts/nr_contexts"),
-                f"{self._kd(i)}/contexts/nr_contexts", 0,
+                f"{self._kd(i)}/contexts/nr_contexts",
+                0,
             )
             if contexts:
                 return (
@@ -239,7 +251,8 @@ class DamonBackend:
         """Read-only: DAMON sysfs, kernel version hint, other DAMON users, nodes."""
         if not self.hostfs.exists(ADMIN):
             return Availability(
-                False, f"{ADMIN} missing (CONFIG_DAMON_SYSFS=n, or no DAMON in this kernel)",
+                False,
+                f"{ADMIN} missing (CONFIG_DAMON_SYSFS=n, or no DAMON in this kernel)",
                 LIMITS,
             )
         version = readers.kernel_version(self.hostfs)
@@ -377,8 +390,9 @@ class DamonBackend:
                 self._targets.pop(node, None)
                 continue
             self.write(f"{self._scheme(node)}/target_nid", str(move.target))
-            self.write(f"{self._scheme(node)}/quotas/bytes",
-                       str(self.config.quota_bytes(move.rate)))
+            self.write(
+                f"{self._scheme(node)}/quotas/bytes", str(self.config.quota_bytes(move.rate))
+            )
             if state == "on":
                 self._refresh(node)
                 self.write(kd_state, "commit")

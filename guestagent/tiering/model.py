@@ -5,12 +5,11 @@ Units: bytes, bytes per second, seconds. Node ids are Linux node ids (vnodes in 
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Protocol
 
 from guestagent.errors import GuestAgentError, InputError
 
@@ -102,7 +101,8 @@ class TieringConfig:
             _pct(name, getattr(self, name))
         if self.source_high_pct < self.source_low_pct:
             raise InputError(
-                "tiering config source_high_pct", "must not be below source_low_pct",
+                "tiering config source_high_pct",
+                "must not be below source_low_pct",
                 self.source_high_pct,
             )
         if self.target_min_pct < self.source_high_pct:
@@ -113,7 +113,8 @@ class TieringConfig:
             )
         if not 0 < self.min_rate <= self.initial_rate <= self.max_rate:
             raise InputError(
-                "tiering config rates", "need 0 < min_rate <= initial_rate <= max_rate",
+                "tiering config rates",
+                "need 0 < min_rate <= initial_rate <= max_rate",
                 (self.min_rate, self.initial_rate, self.max_rate),
             )
         if self.rate_step < 0:
@@ -122,14 +123,16 @@ class TieringConfig:
             raise InputError("tiering config backoff", "must be in (0, 1)", self.backoff)
         if not 0.0 < self.promotion_target_per_min <= 1.0:
             raise InputError(
-                "tiering config promotion_target_per_min", "must be in (0, 1]",
+                "tiering config promotion_target_per_min",
+                "must be in (0, 1]",
                 self.promotion_target_per_min,
             )
         if not 0.0 < self.interval_s <= 3600.0:
             raise InputError("tiering config interval_s", "must be in (0, 3600]", self.interval_s)
         if self.min_inactive_bytes < 0:
             raise InputError(
-                "tiering config min_inactive_bytes", "must not be negative",
+                "tiering config min_inactive_bytes",
+                "must not be negative",
                 self.min_inactive_bytes,
             )
 
@@ -139,7 +142,7 @@ class SourceState:
     """The policy's memory of one source node between decisions."""
 
     pressured: bool = False
-    target: Optional[int] = None
+    target: int | None = None
     rate: int = 0
     #: Bytes moved away from this node and not seen coming back (the promotion-rate denominator).
     out_bytes: int = 0
@@ -179,7 +182,7 @@ class Plan:
             if m.rate <= 0:
                 raise ValueError(f"move {m.source}->{m.target} has rate {m.rate}")
 
-    def for_source(self, node: int) -> Optional[Move]:
+    def for_source(self, node: int) -> Move | None:
         for m in self.moves:
             if m.source == node:
                 return m

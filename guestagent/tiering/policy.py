@@ -24,12 +24,10 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
 
 from guestagent.tiering.model import (
     MIB,
@@ -66,7 +64,7 @@ def choose_target(
     config: TieringConfig,
     room: dict[int, int],
     excluded: frozenset[int] = frozenset(),
-) -> Optional[int]:
+) -> int | None:
     """The nearest node other than ``source`` with room left; ties: more free memory, lower id.
 
     ``room`` is each node's remaining room this round (bytes); nodes in ``excluded`` (the sources,
@@ -93,7 +91,10 @@ def promotion_fraction_per_min(returned: int, out_bytes: int, interval_s: float)
 
 
 def next_rate(
-    previous: SourceState, returned: int, out_bytes: int, interval_s: float,
+    previous: SourceState,
+    returned: int,
+    out_bytes: int,
+    interval_s: float,
     config: TieringConfig,
 ) -> tuple[int, bool]:
     """(new rate, backed off?) for a source that stays pressured.
@@ -123,7 +124,7 @@ def decide(
     snapshot: MemorySnapshot,
     config: TieringConfig,
     state: PolicyState,
-    observed: Optional[Observation] = None,
+    observed: Observation | None = None,
 ) -> Decision:
     """The plan for the next interval, the state to pass to the next call, and the reasons."""
     if observed is None:
@@ -200,7 +201,10 @@ def decide(
             + (" (capped by the target's room)" if capped < rate else "")
         )
         new_states[n] = SourceState(
-            pressured=True, target=target, rate=capped, out_bytes=out,
+            pressured=True,
+            target=target,
+            rate=capped,
+            out_bytes=out,
             backoffs=prev.backoffs + (1 if backed_off else 0),
         )
     return Decision(Plan(tuple(moves)), PolicyState(new_states), tuple(reasons))

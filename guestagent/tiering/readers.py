@@ -14,12 +14,10 @@ Files read (all through :class:`~guestagent.hostfs.HostFS`):
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_cpulist, parse_int
@@ -149,12 +147,12 @@ def read_vmstat(hostfs: HostFS) -> dict[str, int]:
     return values
 
 
-def returned_pages(hostfs: HostFS) -> Optional[int]:
+def returned_pages(hostfs: HostFS) -> int | None:
     """``numa_pages_migrated`` (cumulative), or None where the kernel does not count it."""
     return read_vmstat(hostfs).get("numa_pages_migrated")
 
 
-def kernel_version(hostfs: HostFS) -> Optional[tuple[int, int]]:
+def kernel_version(hostfs: HostFS) -> tuple[int, int] | None:
     """(major, minor) from ``osrelease``, None when unreadable."""
     try:
         text = hostfs.read_text(OSRELEASE).strip()

@@ -14,7 +14,6 @@ The real daemon (issue "daemon") will own scheduling; this loop is for ``guestag
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
@@ -55,8 +54,8 @@ class Runner:
         self.state = PolicyState()
         self.started = False
         self.stop_event = threading.Event()
-        self._last_time: Optional[float] = None
-        self._last_returned: Optional[int] = None
+        self._last_time: float | None = None
+        self._last_returned: int | None = None
         self._last_moved: dict[int, int] = {}
         self._log = get_logger("tiering.run")
 
@@ -81,7 +80,7 @@ class Runner:
             self._last_moved = dict(now_moved)
         return Observation(interval_s=interval, moved=moved, returned=returned)
 
-    def tick(self) -> Optional[Decision]:
+    def tick(self) -> Decision | None:
         """One round; returns the decision, or None when inputs were unreadable (paused)."""
         try:
             snapshot = readers.read_snapshot(self.hostfs)
@@ -106,12 +105,12 @@ class Runner:
         else:
             self.backend.update(plan)
 
-    def run(self, iterations: Optional[int] = None, install_signals: bool = True) -> int:
+    def run(self, iterations: int | None = None, install_signals: bool = True) -> int:
         """Tick every ``config.interval_s`` until a signal (or ``iterations`` ticks); then stop."""
         previous: dict[signal.Signals, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
 
-            def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
+            def on_signal(signum: int, _frame: FrameType | None) -> None:
                 self._log.info("tiering_signal", signal=signal.Signals(signum).name)
                 self.stop_event.set()
 

@@ -29,14 +29,13 @@ map, so the data path is refused there.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
-# ruff: noqa: UP045
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import struct
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS
@@ -141,13 +140,14 @@ class PagemapFrames:
         pfn = entry & _PFN_MASK
         if pfn == 0:
             raise InputError(
-                PAGEMAP, "shows PFN 0: page frame numbers are hidden without CAP_SYS_ADMIN",
+                PAGEMAP,
+                "shows PFN 0: page frame numbers are hidden without CAP_SYS_ADMIN",
                 hex(entry),
             )
         return pfn
 
 
-def guest_type(hostfs: HostFS) -> Optional[str]:
+def guest_type(hostfs: HostFS) -> str | None:
     try:
         return hostfs.read_text(GUEST_TYPE).strip()
     except GuestAgentError:
@@ -161,7 +161,7 @@ class TmemClient:
     bounce page whose GFN goes into ``cmfn``.
     """
 
-    def __init__(self, privcmd: Any, frame_of: Optional[Callable[[int], int]] = None) -> None:
+    def __init__(self, privcmd: Any, frame_of: Callable[[int], int] | None = None) -> None:
         self.privcmd = privcmd
         self.frame_of = frame_of
         self.buffer: Any = privcmd.buffer(2 * PAGE_SIZE)
@@ -181,7 +181,7 @@ class TmemClient:
     def close(self) -> None:
         self.buffer.free()
 
-    def _call(self, cmd: int, pool_id: int, fill: Optional[Callable[[Any], None]] = None) -> int:
+    def _call(self, cmd: int, pool_id: int, fill: Callable[[Any], None] | None = None) -> int:
         """Lay out the op, issue the hypercall; the result (>= 0) or raise TmemError."""
         from guestagent.xen.errors import HypercallError
         from guestagent.xen.privcmd import TMEM_OP
@@ -200,8 +200,11 @@ class TmemClient:
             raise TmemError(name, int(e.errno or 0)) from None
 
     def new_pool(
-        self, persistent: bool, shared: bool = False, uuid: tuple[int, int] = (0, 0),
-        flags: Optional[int] = None,
+        self,
+        persistent: bool,
+        shared: bool = False,
+        uuid: tuple[int, int] = (0, 0),
+        flags: int | None = None,
     ) -> int:
         """A new pool's id (0..15). ``flags`` overrides the computed flags (tests only)."""
 
@@ -237,7 +240,7 @@ class TmemClient:
         if rc != 1:
             raise InputError("tmem_op PUT_PAGE", "expected 1 for a stored page", rc)
 
-    def get_page(self, pool_id: int, oid: Oid, index: int) -> Optional[bytes]:
+    def get_page(self, pool_id: int, oid: Oid, index: int) -> bytes | None:
         """The page, or None on a miss (0) or an empty pool (-EEMPTY)."""
         try:
             rc = self._call(TMEM_GET_PAGE, pool_id, self._gen(oid, index, self.bounce_gfn()))
@@ -264,7 +267,7 @@ def _default_open(hostfs: HostFS) -> Any:
     return open_privcmd(hostfs)
 
 
-def explain(err: TmemError, xen_version: Optional[tuple[int, int]]) -> str:
+def explain(err: TmemError, xen_version: tuple[int, int] | None) -> str:
     """One line for a failed probe."""
     if err.err == errno.ENOSYS:
         if xen_version is not None and xen_version >= (4, 13):
@@ -293,15 +296,15 @@ class TmemBackend:
         self,
         hostfs: HostFS,
         opener: Callable[[HostFS], Any] = _default_open,
-        frame_of: Optional[Callable[[int], int]] = None,
+        frame_of: Callable[[int], int] | None = None,
         persistent: bool = True,
     ) -> None:
         self.hostfs = hostfs
         self.opener = opener
         self.frame_of = frame_of if frame_of is not None else PagemapFrames(hostfs)
         self.persistent = persistent
-        self.client: Optional[TmemClient] = None
-        self.pool: Optional[int] = None
+        self.client: TmemClient | None = None
+        self.pool: int | None = None
         self._privcmd: Any = None
         self._stats = TieringStats()
         self._log = get_logger("tiering.tmem")
@@ -315,7 +318,7 @@ class TmemBackend:
         except XenUnavailable as e:
             return Availability(False, e.reason, LIMITS)
         try:
-            version: Optional[tuple[int, int]] = None
+            version: tuple[int, int] | None = None
             try:
                 version = privcmd.xen_version()
             except XenUnavailable as e:
@@ -335,7 +338,8 @@ class TmemBackend:
                 client.close()
             where = f"Xen {version[0]}.{version[1]}" if version else "Xen"
             return Availability(
-                True, f"{where} answered tmem_op (an ephemeral pool was created and destroyed)",
+                True,
+                f"{where} answered tmem_op (an ephemeral pool was created and destroyed)",
                 LIMITS,
             )
         finally:
@@ -383,7 +387,8 @@ class TmemBackend:
             raise
         if plan.moves:
             self._log.warning(
-                "tmem_cannot_target", moves=len(plan.moves),
+                "tmem_cannot_target",
+                moves=len(plan.moves),
                 reason="tmem has no node argument; the plan's targets are not honoured",
             )
         self._log.info("tmem_pool_created", pool=self.pool, persistent=self.persistent)
@@ -403,14 +408,14 @@ class TmemBackend:
         self._count(put=1)
         return True
 
-    def get(self, oid: Oid, index: int) -> Optional[bytes]:
+    def get(self, oid: Oid, index: int) -> bytes | None:
         client, pool = self._ready()
         page = client.get_page(pool, oid, index)
         if page is not None:
             self._count(returned=1)
         return page
 
-    def flush(self, oid: Oid, index: Optional[int] = None) -> None:
+    def flush(self, oid: Oid, index: int | None = None) -> None:
         client, pool = self._ready()
         if index is None:
             client.flush_object(pool, oid)
