@@ -1,0 +1,145 @@
+"""The Dom0 job of the daemon (``guestagent run --role dom0``): keep every guest's device hints
+true, from the xenstore watches and a periodic full pass.
+
+Watches (through the daemon's shared xenstore connection): ``@introduceDomain``,
+``@releaseDomain`` (full pass) and the PCI backend root (that domain only). Events are coalesced:
+a burst of backend writes by libxl becomes one pass shortly after. The hints stay published when
+the job stops: they describe the hardware and remain true until a device or domain changes, and
+removing them would make every guest re-bind its devices across a restart of this agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable
+
+from guestagent.config import Config
+from guestagent.dom0.publisher import WATCHES, DomainResult, Publisher, domid_of_backend_path
+from guestagent.dom0.topology import HostTopology, read_host_topology
+from guestagent.errors import GuestAgentError
+from guestagent.log import get_logger
+from guestagent.xen.sysctl import PciAddress
+
+if TYPE_CHECKING:
+    from guestagent.daemon.service import JobContext
+
+#: Full pass at least this often, in case a watch event was lost.
+RESYNC_SECONDS = 60.0
+#: Events within this window are handled together.
+COALESCE_SECONDS = 0.2
+
+
+def _open_sysctl(hostfs: Any) -> tuple[Any, Any]:
+    from guestagent.xen.privcmd import open_privcmd
+    from guestagent.xen.sysctl import Sysctl
+
+    privcmd = open_privcmd(hostfs)
+    return privcmd, Sysctl(privcmd)
+
+
+class Dom0Job:
+    name = "dom0"
+
+    def __init__(self, open_sysctl: Callable[[Any], tuple[Any, Any]] = _open_sysctl) -> None:
+        self._open_sysctl = open_sysctl
+        self._ctx: JobContext | None = None
+        self._privcmd: Any = None
+        self._publisher: Publisher | None = None
+        self._pending_full = False
+        self._pending: set[int] = set()
+        self._timers: list[Any] = []
+        self._scheduled: Any = None
+        self._last: list[DomainResult] = []
+        self._off: str | None = None
+        self._log = get_logger("dom0")
+
+    def start(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+        client = ctx.xenstore.client()
+        if client is None:
+            self._off = f"no xenstore: {ctx.xenstore.unavailable}"
+            self._log.warning("dom0_job_off", reason=self._off)
+            return
+        try:
+            self._privcmd, sysctl = self._open_sysctl(ctx.hostfs)
+        except (GuestAgentError, ImportError) as e:
+            self._off = f"no sysctl: {e}"
+            self._log.warning("dom0_job_off", reason=self._off)
+            return
+
+        def topology(extra: Sequence[PciAddress]) -> HostTopology:
+            return read_host_topology(ctx.hostfs, sysctl, extra)
+
+        self._publisher = Publisher(client, ctx.hostfs, topology)
+        for path, _token in WATCHES:
+            ctx.xenstore.watch(path, self._on_event)
+        self._timers.append(ctx.loop.call_every(RESYNC_SECONDS, self._resync))
+        self._run("start", full=True)
+
+    def _on_event(self, path: str) -> None:
+        domid = domid_of_backend_path(path)
+        if domid is None:
+            self._pending_full = True
+        else:
+            self._pending.add(domid)
+        if self._scheduled is None and self._ctx is not None:
+            self._scheduled = self._ctx.loop.call_later(COALESCE_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = None
+        full, domids = self._pending_full, sorted(self._pending)
+        self._pending_full, self._pending = False, set()
+        if full:
+            self._run("watch", full=True)
+        elif domids:
+            self._run("watch", domids=domids)
+
+    def _resync(self) -> None:
+        self._run("resync", full=True)
+
+    def _run(self, reason: str, full: bool = False, domids: Sequence[int] = ()) -> None:
+        publisher = self._publisher
+        if publisher is None:
+            return
+        try:
+            if full:
+                self._last = publisher.publish_all()
+            else:
+                done = {r.domid: r for r in self._last}
+                for domid in domids:
+                    done[domid] = publisher.publish_domain(domid)
+                self._last = [done[d] for d in sorted(done)]
+        except (GuestAgentError, OSError) as e:
+            self._log.warning("dom0_pass_failed", reason=reason, error=str(e))
+
+    def reload(self, config: Config) -> None:
+        self._run("configuration reloaded", full=True)
+
+    def republish(self, reason: str) -> None:
+        self._run(reason, full=True)
+
+    def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        self._timers = []
+        self._publisher = None
+        if self._privcmd is not None:
+            self._privcmd.close()
+            self._privcmd = None
+
+    def status(self) -> dict[str, Any]:
+        if self._off is not None:
+            return {"off": self._off}
+        return {
+            "guests": [
+                {
+                    "domid": r.domid,
+                    "devices": len(r.hints),
+                    "error": r.error,
+                }
+                for r in self._last
+            ]
+        }
