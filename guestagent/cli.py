@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "guestagent.publish",
     "guestagent.balloon.commands",
     "guestagent.devices.commands",
+    "guestagent.tiering.commands",
     "guestagent.daemon.commands",
 )
 

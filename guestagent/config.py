@@ -112,6 +112,7 @@ CORE_KEYS: tuple[Key, ...] = (
 JOB_KEY_MODULES = (
     "guestagent.balloon.config",
     "guestagent.devices.config",
+    "guestagent.tiering.config",
 )
 
 

@@ -74,10 +74,17 @@ def _devices_job() -> Any:
     return DevicesJob()
 
 
+def _tiering_job() -> Any:
+    from guestagent.tiering.job import TieringJob
+
+    return TieringJob()
+
+
 JOB_FACTORIES += [
     ("topology", "topology", ("guest",), _topology_job),
     ("balloon", "balloon", ("guest",), _balloon_job),
     ("devices", "devices", ("guest",), _devices_job),
+    ("tiering", "tiering", ("guest",), _tiering_job),
 ]
 
 

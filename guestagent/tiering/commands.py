@@ -68,7 +68,7 @@ def serving(probed: list[tuple[str, Backend | None, Availability]]) -> Backend |
     return None
 
 
-def _why_not(backend: Backend | None, availability: Availability) -> str:
+def why_not(backend: Backend | None, availability: Availability) -> str:
     if availability.ok and backend is not None and not backend.targets_node:
         return (
             "available but not used: it cannot place pages on a chosen node "
@@ -91,7 +91,7 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
                 "ok": a.ok,
                 "serving": backend is not None and backend is chosen,
                 "targets_node": bool(backend is not None and backend.targets_node),
-                "reason": a.reason if backend is chosen else _why_not(backend, a),
+                "reason": a.reason if backend is chosen else why_not(backend, a),
                 "limits": list(a.limits),
             }
         )
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         probed = candidates
     chosen = serving(probed)
     if chosen is None:
-        reasons = "; ".join(f"{name}: {_why_not(b, a)}" for name, b, a in probed)
+        reasons = "; ".join(f"{name}: {why_not(b, a)}" for name, b, a in probed)
         raise GuestAgentError(f"tiering: no backend can serve: {reasons}")
     if args.interval <= 0:
         raise InputError("--interval", "must be positive", args.interval)

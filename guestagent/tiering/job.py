@@ -1,0 +1,82 @@
+"""The tiering job of the daemon: the serving backend driven by the policy on a timer; every
+kdamond or pool it created is undone on stop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from guestagent.config import Config
+from guestagent.errors import GuestAgentError
+from guestagent.tiering.commands import probe_all, serving, why_not
+from guestagent.tiering.config import tiering_config
+from guestagent.tiering.runner import Runner
+
+if TYPE_CHECKING:
+    from guestagent.daemon.loop import Timer
+    from guestagent.daemon.service import JobContext
+
+
+class TieringJob:
+    name = "tiering"
+
+    def __init__(self) -> None:
+        self._ctx: JobContext | None = None
+        self._runner: Runner | None = None
+        self._backend_name = ""
+        self._timer: Timer | None = None
+
+    def start(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+        section = ctx.config.section("tiering")
+        probed = probe_all(ctx.hostfs)
+        wanted = str(section["backend"])
+        if wanted != "auto":
+            probed = [p for p in probed if p[0] == wanted]
+        backend = serving(probed)
+        if backend is None:
+            reasons = "; ".join(f"{name}: {why_not(b, a)}" for name, b, a in probed)
+            raise GuestAgentError(f"no tiering backend can serve: {reasons}")
+        self._backend_name = backend.name
+        self._runner = Runner(ctx.hostfs, backend, tiering_config(section))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        assert self._ctx is not None and self._runner is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        every = self._runner.config.interval_s
+        self._timer = self._ctx.loop.call_every(every, self._tick, first=0)
+
+    def _tick(self) -> None:
+        if self._runner is not None:
+            self._runner.tick()
+
+    def reload(self, config: Config) -> None:
+        assert self._runner is not None
+        self._runner.config = tiering_config(config.section("tiering"))
+        self._schedule()
+
+    def republish(self, reason: str) -> None:
+        """After a resume the node sizes may differ: plan again now."""
+        self._tick()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._runner is not None:
+            self._runner.backend.stop()
+            self._runner = None
+
+    def status(self) -> dict[str, Any]:
+        runner = self._runner
+        if runner is None:
+            return {}
+        stats = runner.backend.stats() if runner.started else None
+        return {
+            "backend": self._backend_name,
+            "active": runner.started,
+            "pages_moved": 0 if stats is None else stats.pages_moved_or_put,
+            "pages_returned": 0 if stats is None else stats.pages_returned,
+            "failures": 0 if stats is None else stats.failures,
+        }
