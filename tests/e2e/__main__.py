@@ -15,9 +15,13 @@ exits with its status; everything is torn down afterwards. Serial logs stay unde
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.e2e import artefacts, images, rootfs, versions
 from tests.e2e.bed import BedConfig, GuestSpec, XenBed
@@ -53,6 +57,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Boot the bed and keep it up; ``exec`` sends it Dom0 scripts through a unix socket."""
+    config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="serve")
+    path = Path(args.socket)
+    if path.exists():
+        path.unlink()
+    with XenBed(config) as bed, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(str(path))
+        srv.listen(1)
+        log(f"serving Dom0 on {path}; stop with Ctrl-C")
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\0"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                req = json.loads(data.rstrip(b"\0").decode())
+                try:
+                    out, rc = bed.dom0(req["script"], timeout=float(req.get("timeout", 300)))
+                except BedError as e:
+                    out, rc = f"e2e: {e}\n", 255
+                conn.sendall(json.dumps({"out": out, "rc": rc}).encode())
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command: list[str] = args.command
+    if command and command[0] == "--":
+        command = command[1:]
+    script = command[0] if len(command) == 1 else shlex.join(command)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(args.socket)
+        s.sendall(json.dumps({"script": script, "timeout": args.timeout}).encode() + b"\0")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    ans = json.loads(data.decode())
+    sys.stdout.write(ans["out"])
+    return int(ans["rc"])
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     stage = artefacts.staging()
     xen = artefacts.xen_image(stage)
@@ -79,7 +129,15 @@ def cmd_pins(_args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Cleanup (killing our QEMU) must run on SIGTERM too, and on SIGINT even when a shell started
+    # us in the background with SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     parser = argparse.ArgumentParser(prog="python -m tests.e2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -98,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="fetch and build all artefacts (cached)")
     build.add_argument("--no-agent", action="store_true")
     build.set_defaults(func=cmd_build)
+    serve = sub.add_parser("serve", help="boot the bed and keep it up for 'exec' (debugging)")
+    serve.add_argument("--socket", default="/tmp/e2e-bed.sock")
+    serve.add_argument("--host-numa2", action="store_true")
+    serve.add_argument("--no-agent", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+    exe = sub.add_parser("exec", help="run a script in the Dom0 of a bed started by 'serve'")
+    exe.add_argument("--socket", default="/tmp/e2e-bed.sock")
+    exe.add_argument("--timeout", type=float, default=300)
+    exe.add_argument("command", nargs=argparse.REMAINDER)
+    exe.set_defaults(func=cmd_exec)
     pins = sub.add_parser("pins", help="compare the pinned versions with apt's candidates")
     pins.set_defaults(func=cmd_pins)
     args = parser.parse_args(argv)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import hashlib
 import itertools
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -119,7 +121,7 @@ class GuestSpec:
     def xl_config(self) -> str:
         cmdline = (
             f"console={self.console} e2e.console={self.console} e2e.root=/dev/xvda "
-            "xen_privcmd.unrestricted=1 quiet"
+            "xen_privcmd.unrestricted=1 mitigations=off quiet"
         )
         lines = [
             f'name = "{self.name}"',
@@ -131,7 +133,10 @@ class GuestSpec:
             'kernel = "/guest/vmlinuz"',
             'ramdisk = "/guest/initrd.gz"',
             f'cmdline = "{cmdline}"',
-            "disk = [ 'format=raw,vdev=xvda,access=ro,backendtype=qdisk,target=/dev/vda' ]",
+            # rw: QEMU 7.2's qdisk cannot attach a read-only node ("Block node is read-only");
+            # the guest mounts it read-only under a tmpfs overlay and the outer QEMU drive is
+            # snapshot=on, so the image never changes.
+            "disk = [ 'format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=/dev/vda' ]",
             'on_poweroff = "destroy"',
             'on_reboot = "destroy"',
             'on_crash = "destroy"',
@@ -246,6 +251,15 @@ def last_answer(text: str, rid: str) -> tuple[str, int, str] | None:
     return text[begins[-1].end() : end.start()], int(end.group(1)), end.group(2)
 
 
+def _die_with_parent() -> None:
+    """In the QEMU child: get SIGKILL when the testbed process dies, so no QEMU is orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class XenBed:
     """One QEMU running Xen + Dom0; a context manager that always kills that QEMU."""
 
@@ -311,7 +325,11 @@ class XenBed:
         t0 = time.monotonic()
         self.qemu_log = open(self.run_dir / "qemu.log", "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self.qemu_log, stderr=subprocess.STDOUT
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self.qemu_log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         (self.run_dir / "qemu.pid").write_text(f"{self.proc.pid}\n")
         self.console = Console(sock, self.run_dir / "transcript.log")

@@ -40,7 +40,7 @@ DOM0_MODULES = (
     "ext4",
 )
 #: What a guest's tiny initramfs loads to mount its root disk.
-GUEST_INITRD_MODULES = ("xen-blkfront", "ext4", "overlay")
+GUEST_INITRD_MODULES = ("xen-blkfront", "crc32c_generic", "ext4", "overlay")
 
 DOM0_BINARIES = (
     f"{XEN_DIR}/bin/xl",

@@ -116,6 +116,16 @@ def install_agent(root: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(p, dst)
     shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    # The host's CA bundle: where HTTPS goes through an inspecting proxy, its CA is only there.
+    host_ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+    if host_ca.exists():
+        shutil.copy2(host_ca, root / "etc" / "ssl" / "e2e-host-ca.crt")
+        env["PIP_CERT"] = "/etc/ssl/e2e-host-ca.crt"
+        env["SSL_CERT_FILE"] = "/etc/ssl/e2e-host-ca.crt"
+    for var in ("PIP_INDEX_URL", "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        if var in os.environ:
+            env[var] = os.environ[var]
     pip_cache = CACHE / "pip-cache"
     pip_cache.mkdir(parents=True, exist_ok=True)
     target_cache = root / "root" / ".cache" / "pip"
@@ -136,7 +146,7 @@ def install_agent(root: Path) -> None:
                     "--no-warn-script-location",
                     "/usr/src/guestagent",
                 ],
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"},
+                env=env,
                 timeout=1200,
             )
         finally:
@@ -220,6 +230,9 @@ def guest_image(modules: Path, with_agent: bool = True) -> Path:
         )
         tmp_img.rename(image)
     finally:
+        for sub in ("proc", "sys", "dev", "root/.cache/pip"):
+            subprocess.run(["umount", "-l", str(layer / sub)], check=False,
+                           stderr=subprocess.DEVNULL)
         shutil.rmtree(layer, ignore_errors=True)
     if not image.exists():
         raise BedError("guest image was not built")

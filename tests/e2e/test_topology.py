@@ -10,7 +10,8 @@ import pytest
 from tests.e2e.bed import GuestSpec, XenBed
 from tests.e2e.vnuma import VNode, xl_vnuma
 
-pytestmark = pytest.mark.e2e
+# Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 MIB = 1 << 20
 

@@ -11,7 +11,8 @@ from tests.e2e.bed import GuestSpec, XenBed
 from tests.e2e.test_topology import TWO_NODES
 from tests.e2e.vnuma import xl_vnuma
 
-pytestmark = pytest.mark.e2e
+# Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 
 def xenstore_ls(bed: XenBed, path: str) -> dict[str, str]:
