@@ -35,13 +35,28 @@ from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 
 
-def no_hint_sources(hostfs: HostFS) -> list[HintSource]:
-    """Dom0 hint sources for the CLI; integration replaces this with the xenstore reader."""
-    return []
+def xenstore_hint_sources(hostfs: HostFS) -> list[HintSource]:
+    """The hints the Dom0 agent published for this guest; none (logged) off Xen or where the
+    guest's own domid cannot be read."""
+    from guestagent.devices.hints import XenstoreHintSource
+    from guestagent.devices.job import own_domid
+    from guestagent.log import get_logger
+    from guestagent.xen.xenstore import XenstoreClient
+
+    try:
+        client = XenstoreClient.open(hostfs)
+    except (GuestAgentError, OSError, ImportError) as e:
+        get_logger("devices").info("dom0_hints_unavailable", reason=str(e))
+        return []
+    domid = own_domid(client)
+    if domid is None:
+        client.close()
+        return []
+    return [XenstoreHintSource(client, domid)]
 
 
-#: How the commands get their Dom0 hint sources; tests and integration replace it.
-hint_source_factory: Callable[[HostFS], list[HintSource]] = no_hint_sources
+#: How the commands get their Dom0 hint sources; tests replace it.
+hint_source_factory: Callable[[HostFS], list[HintSource]] = xenstore_hint_sources
 
 
 def load_config(args: argparse.Namespace) -> DevicesConfig:
