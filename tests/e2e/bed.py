@@ -108,11 +108,12 @@ class GuestSpec:
 
     @classmethod
     def hvm(cls, memory: int, vcpus: int, vnuma: str | None = None, name: str = "") -> GuestSpec:
-        return cls(name or "hvm", "hvm", memory, vcpus, vnuma)
+        # QEMU loads the kernel and initramfs through fw_cfg: minutes on a loaded 2-core machine.
+        return cls(name or "hvm", "hvm", memory, vcpus, vnuma, boot_timeout=1200.0)
 
     @classmethod
     def pv(cls, memory: int = 512, vcpus: int = 2, name: str = "") -> GuestSpec:
-        return cls(name or "pv", "pv", memory, vcpus, None, boot_timeout=200.0)
+        return cls(name or "pv", "pv", memory, vcpus, None, boot_timeout=600.0)
 
     @property
     def console(self) -> str:

@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.bed import XenBed
 
 # Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 
 def test_xl_info_shows_two_nodes_and_device_on_node1(bed_numa2: XenBed) -> None:

@@ -12,7 +12,7 @@ from tests.e2e.test_topology import TWO_NODES
 from tests.e2e.vnuma import xl_vnuma
 
 # Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 
 def xenstore_ls(bed: XenBed, path: str) -> dict[str, str]:
