@@ -312,14 +312,14 @@ class XenBed:
             *self.config.qemu_args(),
             "-chardev", f"file,id=ser0,path={serial_log}",
             "-serial", "chardev:ser0",
-            "-device", "virtio-serial-pci,id=vser0",
+            "-device", "virtio-serial-pci,id=vser0,bus=pcie.0",
             "-chardev", f"socket,id=cmd0,path={sock},server=on,wait=on",
             "-device", "virtserialport,bus=vser0.0,chardev=cmd0,name=e2e.cmd",
             "-kernel", str(xen),
             "-append", self.config.xen_cmdline(),
             "-initrd", f"{kernel} {DOM0_CMDLINE},{dom0}",
             "-drive", f"file={disk},if=none,id=rootdisk,format=raw,snapshot=on",
-            "-device", "virtio-blk-pci,drive=rootdisk",
+            "-device", "virtio-blk-pci,drive=rootdisk,bus=pcie.0",
         ]
         (self.run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
         log(f"booting Xen in QEMU (run dir {self.run_dir})")
