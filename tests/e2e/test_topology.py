@@ -73,6 +73,7 @@ def check_vnuma_topology(j: dict[str, Any], spec: list[VNode]) -> None:
     assert sorted(j["online_cpus"]) == list(range(len(vcpu_map)))
 
 
+@pytest.mark.hvm
 @pytest.mark.parametrize(
     "spec", [TWO_NODES, THREE_NODES], ids=["2vnodes", "3vnodes-asymmetric"]
 )

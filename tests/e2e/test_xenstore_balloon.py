@@ -26,6 +26,7 @@ def xenstore_ls(bed: XenBed, path: str) -> dict[str, str]:
     return keys
 
 
+@pytest.mark.hvm
 def test_publish_hvm_vnuma(bed: XenBed) -> None:
     spec = GuestSpec.hvm(memory=1024, vcpus=4, vnuma=xl_vnuma(TWO_NODES))
     with bed.guest(spec) as g:
@@ -42,6 +43,23 @@ def test_publish_hvm_vnuma(bed: XenBed) -> None:
         assert keys.get(f"{base}/vnuma/nodes/0/distances") == "0:10,1:20", keys
         assert keys.get(f"{base}/vnuma/vcpu-to-vnode") == "0,0,1,1", keys
         assert not any("/mismatches/" in k for k in keys), keys
+
+
+def test_publish_pv_over_xenbus_then_stale_keys_go(bed: XenBed) -> None:
+    """The agent's own xenstore client over the guest's /dev/xen/xenbus, seen from Dom0."""
+    with bed.guest(GuestSpec.pv(memory=512, vcpus=2)) as g:
+        base = f"/local/domain/{g.domid}/data/guestagent"
+        # A key an older agent might have left behind: publish must remove it.
+        g.run_ok("xenstore-write data/guestagent/vnuma/nodes/7/cpus 9")
+        out, rc = g.run("guestagent publish", timeout=180)
+        assert rc == 0, out
+        assert "stale removed" in out, out
+        keys = xenstore_ls(bed, base)
+        assert keys.get(f"{base}/version") == "1", keys
+        assert keys.get(f"{base}/vnuma/nr-nodes") == "1", keys
+        assert keys.get(f"{base}/vnuma/nodes/0/cpus") == "0-1", keys
+        assert keys.get(f"{base}/vnuma/hypercall-status", "").startswith("no vNUMA"), keys
+        assert f"{base}/vnuma/nodes/7/cpus" not in keys, keys
 
 
 def test_guest_cannot_write_outside_its_tree(bed: XenBed) -> None:
