@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "guestagent.balloon.commands",
     "guestagent.devices.commands",
     "guestagent.tiering.commands",
+    "guestagent.dom0.commands",
     "guestagent.daemon.commands",
 )
 

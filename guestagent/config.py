@@ -90,6 +90,15 @@ CORE_KEYS: tuple[Key, ...] = (
         minimum=10,
         maximum=86400,
     ),
+    # --- dom0 --------------------------------------------------------------------------------
+    Key(
+        "dom0",
+        "enabled",
+        True,
+        "In Dom0: publish each guest's passthrough devices with their "
+        "host NUMA node and the guest vnode on it (under /local/domain/<domid>/guestagent-dom0, "
+        "read-only to the guest). Hints stay published when the agent stops.",
+    ),
     # --- metrics -----------------------------------------------------------------------------
     Key("metrics", "enabled", False, "Serve metrics in Prometheus text format on `listen`."),
     Key(

@@ -80,11 +80,18 @@ def _tiering_job() -> Any:
     return TieringJob()
 
 
+def _dom0_job() -> Any:
+    from guestagent.dom0.job import Dom0Job
+
+    return Dom0Job()
+
+
 JOB_FACTORIES += [
     ("topology", "topology", ("guest",), _topology_job),
     ("balloon", "balloon", ("guest",), _balloon_job),
     ("devices", "devices", ("guest",), _devices_job),
     ("tiering", "tiering", ("guest",), _tiering_job),
+    ("dom0", "dom0", ("dom0",), _dom0_job),
 ]
 
 
