@@ -43,7 +43,7 @@ def fake_xen(monkeypatch: pytest.MonkeyPatch) -> list[SysctlXen]:
         yield Sysctl(xen)
 
     monkeypatch.setattr(commands, "sysctl_factory", factory)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "guestagent.dom0.commands"))
+    assert "guestagent.dom0.commands" in cli.COMMAND_MODULES
     return made
 
 
