@@ -88,3 +88,21 @@ def test_every_key_is_documented_and_the_doc_is_current() -> None:
     assert (ROOT / "docs/CONFIG.md").read_text() == markdown(), (
         "docs/CONFIG.md is stale: run 'guestagent config doc > docs/CONFIG.md'"
     )
+
+
+def test_every_daemon_job_has_its_section_and_name() -> None:
+    from guestagent.daemon.commands import JOBS, make_jobs
+
+    cfg = defaults()
+    for name, _roles, _target in JOBS:
+        assert isinstance(cfg.get(name, "enabled"), bool), name
+        cfg.values[name]["enabled"] = True
+    assert [j.name for j in make_jobs(cfg, "guest")] == [
+        "topology",
+        "balloon",
+        "devices",
+        "tiering",
+    ]
+    assert [j.name for j in make_jobs(cfg, "dom0")] == ["dom0"]
+    cfg.values["devices"]["enabled"] = False
+    assert "devices" not in [j.name for j in make_jobs(cfg, "guest")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from guestagent import config as config_mod
 from guestagent.config import Config
@@ -52,56 +52,27 @@ def register(subparsers: Any) -> None:
         sub.set_defaults(func=func)
 
 
-#: Job factories in start order: (name, config section, roles it runs in, factory).
-JOB_FACTORIES: list[tuple[str, str, tuple[str, ...], Callable[[], Any]]] = []
-
-
-def _topology_job() -> Any:
-    from guestagent.topology.job import TopologyJob
-
-    return TopologyJob()
-
-
-def _balloon_job() -> Any:
-    from guestagent.balloon.job import BalloonJob
-
-    return BalloonJob()
-
-
-def _devices_job() -> Any:
-    from guestagent.devices.job import DevicesJob
-
-    return DevicesJob()
-
-
-def _tiering_job() -> Any:
-    from guestagent.tiering.job import TieringJob
-
-    return TieringJob()
-
-
-def _dom0_job() -> Any:
-    from guestagent.dom0.job import Dom0Job
-
-    return Dom0Job()
-
-
-JOB_FACTORIES += [
-    ("topology", "topology", ("guest",), _topology_job),
-    ("balloon", "balloon", ("guest",), _balloon_job),
-    ("devices", "devices", ("guest",), _devices_job),
-    ("tiering", "tiering", ("guest",), _tiering_job),
-    ("dom0", "dom0", ("dom0",), _dom0_job),
-]
+#: Jobs in start order: (name, which is also its configuration section; the roles it runs in; the
+#: class, imported only when the job is turned on).
+JOBS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("topology", ("guest",), "guestagent.topology.job:TopologyJob"),
+    ("balloon", ("guest",), "guestagent.balloon.job:BalloonJob"),
+    ("devices", ("guest",), "guestagent.devices.job:DevicesJob"),
+    ("tiering", ("guest",), "guestagent.tiering.job:TieringJob"),
+    ("dom0", ("dom0",), "guestagent.dom0.job:Dom0Job"),
+)
 
 
 def make_jobs(cfg: Config, role: str) -> list[Any]:
     """The jobs the configuration turns on for this role, in start order."""
-    return [
-        factory()
-        for name, section, roles, factory in JOB_FACTORIES
-        if role in roles and cfg.get(section, "enabled")
-    ]
+    from importlib import import_module
+
+    jobs = []
+    for name, roles, target in JOBS:
+        if role in roles and cfg.get(name, "enabled"):
+            module, cls = target.split(":")
+            jobs.append(getattr(import_module(module), cls)())
+    return jobs
 
 
 def resolve_role(cfg: Config, hostfs: HostFS) -> str:
