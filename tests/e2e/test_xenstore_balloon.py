@@ -28,7 +28,7 @@ def xenstore_ls(bed: XenBed, path: str) -> dict[str, str]:
 
 @pytest.mark.hvm
 def test_publish_hvm_vnuma(bed: XenBed) -> None:
-    spec = GuestSpec.hvm(memory=1024, vcpus=4, vnuma=xl_vnuma(TWO_NODES))
+    spec = GuestSpec.hvm(memory=1024, vcpus=2, vnuma=xl_vnuma(TWO_NODES))
     with bed.guest(spec) as g:
         out, rc = g.run("guestagent publish", timeout=180)
         assert rc == 0, out
@@ -38,10 +38,10 @@ def test_publish_hvm_vnuma(bed: XenBed) -> None:
         assert keys.get(f"{base}/agent", "").startswith("guestagent "), keys
         assert keys.get(f"{base}/vnuma/hypercall-status") == "ok", keys
         assert keys.get(f"{base}/vnuma/nr-nodes") == "2", keys
-        assert keys.get(f"{base}/vnuma/nodes/0/cpus") == "0-1", keys
-        assert keys.get(f"{base}/vnuma/nodes/1/cpus") == "2-3", keys
+        assert keys.get(f"{base}/vnuma/nodes/0/cpus") == "0", keys
+        assert keys.get(f"{base}/vnuma/nodes/1/cpus") == "1", keys
         assert keys.get(f"{base}/vnuma/nodes/0/distances") == "0:10,1:20", keys
-        assert keys.get(f"{base}/vnuma/vcpu-to-vnode") == "0,0,1,1", keys
+        assert keys.get(f"{base}/vnuma/vcpu-to-vnode") == "0,1", keys
         assert not any("/mismatches/" in k for k in keys), keys
 
 
