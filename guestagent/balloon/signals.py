@@ -463,11 +463,10 @@ def open_xenstore(hostfs: HostFS) -> XenstoreReader | None:
     """
     try:
         from guestagent.xen.xenstore import XenstoreClient
-        from guestagent.xen.xsconn import open_xenstore as open_connection
     except ImportError:
         return None
     try:
-        return XenstoreClient(open_connection(hostfs))
+        return XenstoreClient.open(hostfs)
     except (GuestAgentError, OSError):
         return None
 
