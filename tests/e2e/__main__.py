@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from tests.e2e import artefacts, images, rootfs, versions
-from tests.e2e.bed import BedConfig, GuestSpec, XenBed
+from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, log
 
 
@@ -104,6 +104,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    lock = acquire_bed_lock()  # noqa: F841 (held until exit: one builder at a time)
     stage = artefacts.staging()
     xen = artefacts.xen_image(stage)
     ginit = images.guest_initrd(stage)

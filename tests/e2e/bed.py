@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import fcntl
 import hashlib
 import itertools
 import os
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e import artefacts, images, rootfs
-from tests.e2e.util import RUNS, TIMEOUT_SCALE, BedError, log, tail
+from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, log, tail
 
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
 CHUNK = 1000
@@ -252,6 +253,31 @@ def last_answer(text: str, rid: str) -> tuple[str, int, str] | None:
     return text[begins[-1].end() : end.start()], int(end.group(1)), end.group(2)
 
 
+BED_LOCK = CACHE / "bed.lock"
+
+
+def acquire_bed_lock() -> int:
+    """Hold the machine-wide bed lock: one Xen-in-QEMU (and one artefact build) at a time.
+
+    Two beds under software emulation on a small machine starve each other's vCPUs (HVM guests
+    were seen to triple-fault under that load), and two builds of one artefact race. Blocks, with a
+    log line, while another process holds it; the lock dies with its holder.
+    """
+    BED_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(BED_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        log(f"waiting for the bed lock {BED_LOCK} (held by pid {holder})")
+        t0 = time.monotonic()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        log(f"got the bed lock after {time.monotonic() - t0:.0f}s")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _die_with_parent() -> None:
     """In the QEMU child: get SIGKILL when the testbed process dies, so no QEMU is orphaned."""
     try:
@@ -274,6 +300,7 @@ class XenBed:
         self.run_dir = RUNS / f"{stamp}-{os.getpid()}-{name}"
         self.guest_seq = itertools.count(1)
         self.timings: list[tuple[str, float]] = []
+        self.lock_fd: int | None = None
 
     # -- artefacts and boot ------------------------------------------------------------------
 
@@ -303,6 +330,8 @@ class XenBed:
         self.stop()
 
     def start(self) -> None:
+        if self.lock_fd is None:
+            self.lock_fd = acquire_bed_lock()
         _stage, xen, kernel, dom0, disk = self.prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         sock = self.run_dir / "cmd.sock"
@@ -353,6 +382,9 @@ class XenBed:
                     self.proc.wait(10)
             self.proc = None
             self.qemu_log.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
     def failure_report(self, lines: int = 80) -> str:
         text = (

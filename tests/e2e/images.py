@@ -71,7 +71,7 @@ def elf_needed(path: Path) -> list[str] | None:
         return None
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    loads = []
+    loads: list[tuple[int, int, int]] = []
     dynamic = None
     for i in range(phnum):
         p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz, _memsz, _align = struct.unpack_from(

@@ -36,6 +36,11 @@ ROOTFS_INCLUDE: tuple[str, ...] = (
     "numactl",
     "xenstore-utils",
     "ca-certificates",
+    # Ship-it proofs: cloud-init with a NoCloud seed under systemd, and Debian's qemu-guest-agent
+    # as the native agent the daemon's footprint is compared with.
+    "systemd-sysv",
+    "cloud-init",
+    "qemu-guest-agent",
 )
 
 #: Debian packages extracted for Dom0 and the guests' boot images: name -> exact version.
