@@ -41,6 +41,12 @@ ROOTFS_INCLUDE: tuple[str, ...] = (
     "systemd-sysv",
     "cloud-init",
     "qemu-guest-agent",
+    # What the guestagent .deb depends on, so the built package installs offline in the guest.
+    "python3-cffi-backend",
+    "python3-psutil",
+    "python3-pyroute2",
+    "python3-pyudev",
+    "python3-structlog",
 )
 
 #: Debian packages extracted for Dom0 and the guests' boot images: name -> exact version.
