@@ -314,3 +314,29 @@ def test_controller_object_ticks_for_an_outside_event_loop(root: Path) -> None:
     assert ctl.tick() is None and ctl.errors == 1
     ctl.stop()
     assert target_of(root) == 1048576
+
+
+def test_set_target_floor_ceiling_and_undo(root: Path) -> None:
+    fs, xs = fs_xs(root)
+    act = BalloonActuator(fs, xs)
+    # static-max 1 GiB: the hard minimum is max(256 MiB, 64 MiB) = 256 MiB.
+    with pytest.raises(InputError) as e:
+        act.set_target(256 * 1024 - 4)
+    assert "below the hard minimum 262144 KiB" in str(e.value)
+    assert target_of(root) == 1048576
+    res = act.set_target(256 * 1024)
+    assert res.written and target_of(root) == 262144
+    assert act.load_record()["original_target_kb"] == 1048576
+    assert act.reset() == 1048576
+
+
+def test_set_target_without_xenstore_keeps_under_the_original(root: Path) -> None:
+    act = BalloonActuator(HostFS(str(root)), None)
+    with pytest.raises(InputError) as e:
+        act.set_target(1048576 + 4)
+    assert "above the ceiling 1048576 KiB (the driver's original target" in str(e.value)
+    act.set_target(600_000)
+    # Still the first original, not the lowered target.
+    with pytest.raises(InputError):
+        BalloonActuator(HostFS(str(root)), None).set_target(1048576 + 4)
+    assert BalloonActuator(HostFS(str(root)), None).reset() == 1048576

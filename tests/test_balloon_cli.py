@@ -121,3 +121,39 @@ def test_record_to_a_file(root: Path, tmp_path: Path) -> None:
     assert len(lines) == 3  # header + 2 snapshots
     assert json.loads(lines[1])["xs_static_max_kb"] == 1048576
     assert run(None, "simulate", "--trace", str(out), "--policy", "pressure") == 0
+
+
+def test_set_writes_through_the_actuator_and_reset_undoes_it(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(root, "set", "--target-mib", "768") == 0
+    assert (root / TARGET).read_text().strip() == str(768 * 1024)
+    out = capsys.readouterr().out
+    assert "set to 786432 KiB (was 1048576 KiB)" in out
+    assert run(root, "status", "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["controller"]["original_target_kb"] == 1048576
+    assert status["controller"]["decisions"][-1]["action"] == "set"
+    assert run(root, "--reset") == 0
+    assert (root / TARGET).read_text().strip() == "1048576"
+
+
+@pytest.mark.parametrize(
+    ("mib", "why"),
+    [
+        ("255", "below the hard minimum 262144 KiB"),
+        ("1025", "above the ceiling 1048576 KiB"),
+        ("0", "expected 1.."),
+        ("-5", "expected 1.."),
+    ],
+)
+def test_set_refuses_outside_the_limits(root: Path, mib: str, why: str) -> None:
+    with pytest.raises(GuestAgentError) as e:
+        run(root, "set", "--target-mib", mib)
+    assert why in str(e.value)
+    assert (root / TARGET).read_text().strip() == "1048576"
+
+
+def test_set_without_balloon(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(FIXTURES / "balloon-legacy-4.19", "set", "--target-mib", "512") == 1
+    assert "balloon unavailable" in capsys.readouterr().err

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from guestagent.balloon.policy import hard_minimum_kb
 from guestagent.balloon.signals import (
     BALLOON_TARGET,
     XS_STATIC_MAX,
@@ -218,6 +220,59 @@ class BalloonActuator:
             reason=reason,
         )
         return ApplyResult(True, target_kb, after.current_kb, before.target_kb)
+
+    def set_target(self, target_kb: int, reason: str = "set by hand") -> ApplyResult:
+        """Write one target chosen by an operator, within the limits every policy obeys.
+
+        Refused (InputError, nothing written) below the hard minimum, max(256 MiB,
+        static-max / 16) of :func:`~guestagent.balloon.policy.hard_minimum_kb`, and above the
+        ceiling (the toolstack's memory/target and static-max, or the driver's original target
+        without xenstore). The driver's original target is remembered first, as :meth:`start`
+        does, so ``guestagent balloon --reset`` goes back to it; a running controller follows the
+        new target as a change made behind its back.
+        """
+        self.check()
+        before = self.read()
+        record = self.load_record()
+        if record.get("original_target_kb") is None:
+            xs_target, xs_static_max = self.toolstack_targets()
+            record.update(
+                original_target_kb=before.target_kb,
+                toolstack_target_kb=xs_target,
+                static_max_kb=xs_static_max,
+                toolstack_offset_kb=record.get("toolstack_offset_kb") or 0,
+            )
+        ceiling = self.ceiling_kb()
+        ceiling_source = "the toolstack's memory/target and static-max"
+        if ceiling is None:
+            ceiling = int(record["original_target_kb"])
+            ceiling_source = "the driver's original target (no xenstore)"
+        _, static_max = self.toolstack_targets()
+        floor = min(hard_minimum_kb(static_max if static_max is not None else ceiling), ceiling)
+        if target_kb < floor:
+            raise InputError(
+                "balloon target",
+                f"below the hard minimum {floor} KiB (max(256 MiB, static-max/16)); refused",
+                target_kb,
+            )
+        if target_kb > ceiling:
+            raise InputError(
+                "balloon target", f"above the ceiling {ceiling} KiB ({ceiling_source}); refused",
+                target_kb,
+            )
+        self.save_record(record)
+        result = self.apply(target_kb, reason, force=True)
+        self.record_decision({
+            "policy": "manual",
+            "t": 0.0,
+            "wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "action": "set",
+            "target_kb": result.target_kb,
+            "current_kb": result.current_kb,
+            "written": result.written,
+            "reason": reason,
+        })
+        return result
 
     def ceiling_kb(self) -> int | None:
         """min(memory/target, memory/static-max) minus the recorded offset; None without them."""

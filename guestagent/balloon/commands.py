@@ -7,6 +7,9 @@
 * ``guestagent balloon simulate --trace FILE --policy P [--json] [--steps]``: trace replay.
 * ``guestagent balloon record --out FILE --interval S --duration S``: record a trace.
 * ``guestagent balloon run --policy P [--duration S] [--ticks N]``: the controller loop.
+* ``guestagent balloon set --target-mib N``: one target by hand, through the actuator, refused
+  below the hard minimum (max(256 MiB, static-max/16)) and above the toolstack's ceiling;
+  ``--reset`` undoes it.
 
 xenstore: the real client on the real host; on a ``--root`` fixture tree, the files below
 ``<root>/xenstore/`` (e.g. ``xenstore/memory/target``) stand in for it; ``--no-xenstore`` skips it.
@@ -38,11 +41,14 @@ from guestagent.errors import InputError
 #: Where a fixture tree keeps its stand-in xenstore.
 FIXTURE_XENSTORE_DIR = "/xenstore"
 
+#: Largest ``--target-mib`` accepted before any other check (64 TiB, as signals.MAX_KB).
+MAX_TARGET_MIB = 1 << 26
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "balloon",
-        help="self-ballooning: status, --reset, simulate, record, run",
+        help="self-ballooning: status, --reset, simulate, record, run, set",
         description="Give unused guest memory back to Xen, and take it back under pressure.",
     )
     p.add_argument(
@@ -82,6 +88,19 @@ def register(subparsers: Any) -> None:
         "--no-reset-on-exit", action="store_true", help="leave the last target in place (tests)"
     )
     run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser(
+        "set",
+        help="set the balloon target by hand (MiB of the driver's target_kb), within the limits",
+        description="Write one balloon target through the agent's actuator: refused below the "
+        "hard minimum max(256 MiB, static-max/16) and above the toolstack's ceiling "
+        "(min(memory/target, memory/static-max)). The original target is remembered, so "
+        "'guestagent balloon --reset' goes back to it. A running controller treats the new "
+        "target as a change made behind its back and follows it.",
+    )
+    st.add_argument("--target-mib", type=int, required=True, metavar="N",
+                    help="the new target in MiB (the driver's units, as target_kb / 1024)")
+    st.set_defaults(func=cmd_set)
 
 
 def _xenstore(args: argparse.Namespace, ctx: Any) -> XenstoreReader | None:
@@ -223,6 +242,22 @@ def cmd_record(args: argparse.Namespace, ctx: Any) -> int:
         except OSError as e:
             raise InputError(args.out, f"cannot write: {e.strerror or e}") from None
         print(f"recorded {count} snapshots to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_set(args: argparse.Namespace, ctx: Any) -> int:
+    if not 0 < args.target_mib <= MAX_TARGET_MIB:
+        raise InputError("--target-mib", f"expected 1..{MAX_TARGET_MIB}", args.target_mib)
+    actuator = BalloonActuator(ctx.hostfs, _xenstore(args, ctx))
+    try:
+        result = actuator.set_target(args.target_mib * 1024, "set by hand (guestagent balloon set)")
+    except BalloonUnavailable as e:
+        print(f"guestagent: {e}; nothing set", file=sys.stderr)
+        return 1
+    print(
+        f"balloon target set to {result.target_kb} KiB (was {result.previous_kb} KiB); "
+        f"the driver holds {result.current_kb} KiB now"
+    )
     return 0
 
 
