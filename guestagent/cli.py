@@ -28,6 +28,24 @@ COMMAND_MODULES = (
     "guestagent.daemon.commands",
 )
 
+#: The command words each module registers. A command line that names one imports only that
+#: module: ``guestagent run`` then loads the daemon, not every feature's command code
+#: (tests/test_daemon_footprint.py checks this table against what the modules register).
+COMMAND_WORDS: dict[str, str] = {
+    "topology": "guestagent.topology.commands",
+    "publish": "guestagent.publish",
+    "balloon": "guestagent.balloon.commands",
+    "devices": "guestagent.devices.commands",
+    "tiering": "guestagent.tiering.commands",
+    "host": "guestagent.dom0.commands",
+    "dom0": "guestagent.dom0.commands",
+    "run": "guestagent.daemon.commands",
+    "status": "guestagent.daemon.commands",
+    "config": "guestagent.daemon.commands",
+}
+#: Global options that take a value (skipped when looking for the command word).
+_VALUE_OPTIONS = ("--root", "--log-level")
+
 
 @dataclass
 class Context:
@@ -39,7 +57,22 @@ class Context:
 Handler = Callable[[argparse.Namespace, Context], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_word(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line; None for help, version or an unknown word
+    (the whole parser is built then, so help lists every command)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUE_OPTIONS:
+            next(args, None)  # the option's value
+        elif arg in ("-h", "--help", "--version"):
+            return None
+        elif not arg.startswith("-"):
+            return arg if arg in COMMAND_WORDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` (a command word) just that command's module."""
     parser = argparse.ArgumentParser(
         prog="guestagent",
         description="Make a Linux guest on a Xen NUMA host NUMA-aware.",
@@ -54,14 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    modules = COMMAND_MODULES if only is None else (COMMAND_WORDS[only],)
+    for name in modules:
         import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command_word(words))
+    args = parser.parse_args(words)
     handler: Handler | None = getattr(args, "func", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -1,6 +1,6 @@
 """Structured logging: key-value lines (journal-friendly) or JSON, through structlog.
 
-structlog is imported on first use only: a one-shot CLI command that logs nothing never pays for it.
+structlog is imported on first use only, and without OpenSSL (:func:`import_structlog`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,29 @@ import time
 from typing import Any, Callable, TextIO, cast
 
 _configured = False
+
+
+def import_structlog() -> Any:
+    """structlog, imported without loading OpenSSL.
+
+    structlog imports asyncio (for its async logging methods, which guestagent never calls), and
+    asyncio imports ``ssl`` when it can: about 6 MiB of OpenSSL resident in an agent that never
+    speaks TLS (measured in benchmarks/README.md). asyncio treats ``ssl`` as optional, so it is
+    hidden while structlog (and with it asyncio) is imported and put back right after: a later
+    ``import ssl`` works as usual; only asyncio's own TLS support stays off in this process.
+    """
+    loaded = sys.modules.get("structlog")
+    if loaded is not None:
+        return loaded
+    hide = "ssl" not in sys.modules and "asyncio" not in sys.modules
+    if hide:
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError
+    try:
+        import structlog
+    finally:
+        if hide and "ssl" in sys.modules and sys.modules["ssl"] is None:
+            del sys.modules["ssl"]
+    return structlog
 
 #: The same warning or error (same event, same error text) is logged at most once per window.
 REPEAT_WINDOW = 60.0
@@ -30,8 +53,7 @@ class RepeatFilter:
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         if method not in ("warning", "error", "critical", "exception"):
             return event
-        import structlog
-
+        structlog = import_structlog()
         key = (method, str(event.get("event")), str(event.get("error", "")))
         now = self.clock()
         seen = self._last.get(key)
@@ -60,7 +82,7 @@ class _CurrentStderr:
 def configure(level: str = "info", json: bool = False, stream: Any | None = None) -> None:
     """Set up structlog once for the process: key=value (default) or JSON lines on stderr."""
     global _configured
-    import structlog
+    structlog = import_structlog()
 
     processors: list[Any] = [
         RepeatFilter(),
@@ -85,8 +107,7 @@ def configure(level: str = "info", json: bool = False, stream: Any | None = None
 
 def get_logger(name: str) -> Any:
     """A bound structlog logger tagged with the component name."""
-    import structlog
-
+    structlog = import_structlog()
     if not _configured:
         configure()
     return structlog.get_logger().bind(component=name)

@@ -1,6 +1,11 @@
 """One event loop that waits on file descriptors: xenstore watches, PSI triggers, udev, signals,
 timers. No busy polling: between events the process sleeps in poll(2).
 
+Timers are coalesced: each may run early by its slack (a tenth of its interval, at most
+:data:`MAX_SLACK` seconds), so whatever wakes the loop also runs every timer that is nearly due,
+and periodic timers of commensurate intervals (the watchdog's, the resume check's, a refresh)
+share one wakeup instead of each costing its own.
+
 Built on ``select.poll`` because PSI trigger descriptors signal with POLLPRI only, which
 ``selectors`` cannot ask for. Signals arrive through ``signal.set_wakeup_fd`` and are dispatched
 from the loop, never from a signal handler, so a job never runs re-entrantly.
@@ -21,6 +26,15 @@ from guestagent.log import get_logger
 
 Callback = Callable[[], None]
 
+#: Longest time a timer may run before it is due, to share a wakeup with another one.
+MAX_SLACK = 5.0
+#: A timer's slack as a share of its interval (or delay): never enough to run it twice in a row.
+SLACK_SHARE = 0.1
+
+
+def slack_for(period: float) -> float:
+    return min(MAX_SLACK, SLACK_SHARE * period)
+
 
 @dataclass(order=True)
 class Timer:
@@ -29,6 +43,8 @@ class Timer:
     callback: Callback = field(compare=False)
     interval: float | None = field(default=None, compare=False)
     cancelled: bool = field(default=False, compare=False)
+    #: How much earlier than ``when`` the timer may run (to share a wakeup).
+    slack: float = field(default=0.0, compare=False)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -76,7 +92,8 @@ class EventLoop:
     # --- timers ----------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
-        timer = Timer(self._clock() + max(0.0, delay), next(self._seq), callback)
+        delay = max(0.0, delay)
+        timer = Timer(self._clock() + delay, next(self._seq), callback, slack=slack_for(delay))
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -84,7 +101,9 @@ class EventLoop:
         if interval <= 0:
             raise ValueError(f"timer interval must be positive, got {interval}")
         delay = interval if first is None else first
-        timer = Timer(self._clock() + delay, next(self._seq), callback, interval)
+        timer = Timer(
+            self._clock() + delay, next(self._seq), callback, interval, slack=slack_for(interval)
+        )
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -127,18 +146,34 @@ class EventLoop:
                 self._run(callback, f"fd {fd}")
             if self._stopping:
                 return
-        now = self._clock()
-        while self._timers and self._timers[0].when <= now and not self._stopping:
-            timer = heapq.heappop(self._timers)
-            if timer.cancelled:
-                continue
-            if timer.interval is not None:
-                # Next run a whole interval after this one was due, never in a burst to catch up.
-                timer.when = max(timer.when + timer.interval, now)
-                heapq.heappush(self._timers, timer)
-            self._run(timer.callback, "timer")
+        self._run_due_timers()
         for callback in self._after_dispatch:
             self._run(callback, "after-dispatch")
+
+    def _run_due_timers(self) -> None:
+        """Every timer due now or within its slack, in due order, each at most once per round."""
+        now = self._clock()
+        due = sorted(t for t in self._timers if not t.cancelled and t.when - t.slack <= now)
+        if not due:
+            return
+        fired = {id(t) for t in due}
+        kept = []
+        for timer in self._timers:
+            if timer.cancelled:
+                continue
+            if id(timer) in fired:
+                if timer.interval is None:
+                    continue
+                # Next run a whole interval after this one was due, never in a burst to catch up.
+                timer.when = max(timer.when + timer.interval, now)
+            kept.append(timer)
+        heapq.heapify(kept)
+        self._timers = kept
+        for timer in due:
+            if self._stopping:
+                return
+            if not timer.cancelled:  # an earlier callback of this round may have cancelled it
+                self._run(timer.callback, "timer")
 
     def _next_timeout(self) -> float | None:
         while self._timers and self._timers[0].cancelled:

@@ -28,8 +28,12 @@ from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
-#: How often the clocks are compared to notice a suspend/resume or a migration.
-RESUME_CHECK_SECONDS = 10.0
+#: How often the clocks are compared to notice a suspend/resume or a migration. A Xen resume or
+#: migration is seen at once anyway: the guest kernel registers every xenstore watch again after
+#: it, and xenstored fires a watch when it is registered, so the ``unique-domain-id`` watch fires.
+#: The clocks alone catch what xenstore does not (no xenstore, an ACPI sleep of an HVM guest).
+#: A multiple of the watchdog's 30 s, so the two share a wakeup (timers are coalesced).
+RESUME_CHECK_SECONDS = 60.0
 STATUS_SOCKET = "status.sock"
 
 
@@ -151,9 +155,9 @@ class Daemon:
             self.records.append(record)
             self._start_job(record, ctx)
         if self.hub.client() is not None:
-            self.hub.watch("unique-domain-id", lambda path: self._check_resume())
+            self.hub.watch("unique-domain-id", lambda path: self._check_resume(read_id=True))
         self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
-        self.loop.call_every(RESUME_CHECK_SECONDS, self._check_resume)
+        self.loop.call_every(RESUME_CHECK_SECONDS, lambda: self._check_resume(read_id=False))
         self._start_metrics()
         period = systemd.watchdog_period()
         if period is not None:
@@ -259,10 +263,13 @@ class Daemon:
             return None
         return value.decode("ascii", "replace")[:64]
 
-    def _check_resume(self) -> None:
-        reason, self._resume = detect_resume(
-            self._resume, sample_clocks(), self._unique_domain_id()
-        )
+    def _check_resume(self, read_id: bool) -> None:
+        """Compare the clocks (and, when its watch fired, the domain id) with the last look.
+
+        The periodic check does not read xenstore: every read is a round trip that wakes
+        xenstored in Dom0 too, and a changed id fires the watch anyway."""
+        domain_id = self._unique_domain_id() if read_id else None
+        reason, self._resume = detect_resume(self._resume, sample_clocks(), domain_id)
         if reason is None:
             return
         self.resumes += 1
@@ -276,12 +283,12 @@ class Daemon:
     METRICS_TEXTFILE_SECONDS = 60.0
 
     def _start_metrics(self) -> None:
-        from guestagent.daemon import metrics
-
         textfile = str(self.config.get("metrics", "textfile"))
         if textfile:
             self.loop.call_every(self.METRICS_TEXTFILE_SECONDS, self._write_textfile, first=0)
         if self.config.get("metrics", "enabled"):
+            from guestagent.daemon import metrics
+
             listen = str(self.config.get("metrics", "listen"))
             try:
                 server = metrics.MetricsServer(listen, lambda: metrics.render(self.status()))

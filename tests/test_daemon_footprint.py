@@ -1,0 +1,197 @@
+"""The idle daemon stays small and quiet: what it imports, which commands' code it loads, how its
+timers share wakeups (benchmarks/footprint.py measures the result; benchmarks/README.md has it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from guestagent import cli
+from guestagent.daemon.loop import MAX_SLACK, EventLoop
+from tests.xenstore_server import XenstoreServer
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+#: Modules the idle daemon with its default jobs (topology, devices) must not load: each costs
+#: megabytes resident (ssl about 6 MiB of OpenSSL, pyroute2 about 25 MB, psutil) or is code of a
+#: command or job that is not running.
+HEAVY = (
+    "ssl",
+    "_ssl",
+    "pyroute2",
+    "psutil",
+    "cffi",  # the build-time package; the extension needs only _cffi_backend
+    "guestagent.daemon.metrics",
+    "guestagent.publish",
+    "guestagent.balloon.commands",
+    "guestagent.balloon.job",
+    "guestagent.balloon.actuator",
+    "guestagent.devices.commands",
+    "guestagent.tiering.commands",
+    "guestagent.tiering.job",
+    "guestagent.dom0.commands",
+    "guestagent.dom0.job",
+)
+
+#: Runs ``guestagent run`` and writes ``sys.modules`` to a file when the daemon says READY=1 (all
+#: jobs started), then goes on as the daemon.
+DUMP_AT_READY = """
+import json, sys
+out = sys.argv[1]
+from guestagent.daemon import systemd
+real = systemd.notify
+def notify(state, environ=None):
+    if state.startswith("READY=1"):
+        with open(out + ".tmp", "w") as f:
+            json.dump(sorted(sys.modules), f)
+        import os
+        os.replace(out + ".tmp", out)
+    return real(state, environ)
+systemd.notify = notify
+from guestagent.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_idle_daemon_loads_no_heavy_module(tmp_path: Path, xs_server: XenstoreServer) -> None:
+    """The daemon's import path, run for real (default jobs, xenstore connected), in a fresh
+    interpreter: fails when an import of a heavy module creeps back in."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "pv-guest", root, symlinks=True)
+    dump = tmp_path / "modules.json"
+    xs_server.next_domids.append(5)
+    env = dict(os.environ, XENSTORED_PATH=xs_server.path)
+    env.pop("NOTIFY_SOCKET", None)
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", DUMP_AT_READY, str(dump), "--root", str(root), "run",
+         "--config", str(tmp_path / "none.toml"), "--conf-dir", str(tmp_path / "none.d"),
+         "--role", "guest"],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not dump.exists():
+            assert daemon.poll() is None, daemon.communicate()[1]
+            assert time.monotonic() < deadline, "the daemon never said READY=1"
+            time.sleep(0.05)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        stderr = daemon.communicate()[1]
+    modules = set(json.loads(dump.read_text()))
+    assert "guestagent.topology.job" in modules and "guestagent.devices.job" in modules, stderr
+    assert "job_started" in stderr and "xenstore_unavailable" not in stderr, stderr
+    loaded = sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+    assert loaded == [], f"the idle daemon imports {loaded}: import them where they are used"
+
+
+def test_structlog_import_leaves_ssl_importable() -> None:
+    code = (
+        "import sys\n"
+        "from guestagent.log import get_logger, import_structlog\n"
+        "import_structlog(); get_logger('t').info('x')\n"
+        "assert 'ssl' not in sys.modules, 'structlog loaded OpenSSL'\n"
+        "import ssl\n"
+        "assert ssl.OPENSSL_VERSION\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+
+
+def test_command_words_match_what_each_module_registers() -> None:
+    registered: dict[str, str] = {}
+    for module in cli.COMMAND_MODULES:
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        __import__(module, fromlist=["register"]).register(sub)
+        for word in sub.choices:
+            registered[word] = module
+    assert registered == cli.COMMAND_WORDS
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [
+        (["run"], "run"),
+        (["--root", "/x", "--log-level", "debug", "status", "--json"], "status"),
+        (["--root=/x", "config", "check"], "config"),
+        (["--help"], None),
+        (["-h", "run"], None),
+        (["--version"], None),
+        (["bogus"], None),
+        ([], None),
+    ],
+)
+def test_command_word(argv: list[str], word: str | None) -> None:
+    assert cli.command_word(argv) == word
+
+
+def test_run_parses_with_only_the_daemon_commands() -> None:
+    args = cli.build_parser("run").parse_args(["run", "--role", "guest"])
+    assert args.role == "guest" and args.func.__module__ == "guestagent.daemon.commands"
+
+
+def test_timers_of_commensurate_intervals_share_wakeups() -> None:
+    """An hour of the idle daemon's timers (watchdog every 30 s, resume check every 60 s, the
+    topology refresh every hour, started 1.5 s apart) on a fake clock: every wakeup feeds the
+    watchdog, none is spent on another timer alone."""
+    now = [1000.0]
+    loop = EventLoop(clock=lambda: now[0])
+    runs: dict[str, int] = {"watchdog": 0, "resume": 0, "refresh": 0}
+
+    def counter(name: str) -> None:
+        runs[name] += 1
+
+    try:
+        loop.call_every(3600, lambda: counter("refresh"))
+        now[0] += 1.5  # the jobs' start takes a moment
+        loop.call_every(60, lambda: counter("resume"))
+        loop.call_every(30, lambda: counter("watchdog"), first=0)
+        wakeups = 0
+        while True:
+            timeout = loop._next_timeout()
+            assert timeout is not None
+            if now[0] + timeout > 1001.5 + 3600 + 3.5:
+                break
+            now[0] += timeout
+            loop.run_once(max_wait=0)
+            wakeups += 1
+    finally:
+        loop.close()
+    # The refresh is due 1.5 s before the 121st watchdog feed, which runs early with it.
+    assert runs == {"watchdog": 121, "resume": 60, "refresh": 1}
+    assert wakeups == runs["watchdog"]
+
+
+def test_a_timer_never_runs_more_than_its_slack_early() -> None:
+    now = [0.0]
+    loop = EventLoop(clock=lambda: now[0])
+    ran: list[float] = []
+    try:
+        loop.call_later(100.0, lambda: ran.append(now[0]))
+        now[0] = 100.0 - MAX_SLACK - 0.01
+        loop.run_once(max_wait=0)
+        assert ran == []
+        now[0] = 100.0 - MAX_SLACK
+        loop.run_once(max_wait=0)
+        assert ran == [100.0 - MAX_SLACK]
+        fast: list[float] = []
+        loop.call_every(0.5, lambda: fast.append(now[0]))
+        now[0] += 0.46  # within its slack (0.05 s) of the first run
+        loop.run_once(max_wait=0)
+        loop.run_once(max_wait=0)
+        assert len(fast) == 1, "a periodic timer runs once per round, never twice in a row"
+    finally:
+        loop.close()
