@@ -73,15 +73,19 @@ def snap(t: float = 0.0, size_kb: int = STATIC_MAX, **kw: Any) -> MemorySignals:
 
 
 def follow_size(s: MemorySignals, d: Decision) -> MemorySignals:
-    """The next snapshot as the driver would show it after reaching ``d.target_kb``."""
-    delta = d.target_kb - (s.balloon_current_kb or s.mem_total_kb)
+    """The next snapshot as the driver would show it after reaching ``d.target_kb``.
+
+    Like the real driver, it keeps whole pages: a target in KiB reads back rounded down.
+    """
+    target = d.target_kb - d.target_kb % 4
+    delta = target - (s.balloon_current_kb or s.mem_total_kb)
     return replace(
         s,
         mem_total_kb=s.mem_total_kb + delta,
         mem_available_kb=max(0, s.mem_available_kb + delta),
         mem_free_kb=max(0, s.mem_free_kb + delta),
-        balloon_target_kb=d.target_kb,
-        balloon_current_kb=d.target_kb,
+        balloon_target_kb=target,
+        balloon_current_kb=target,
     )
 
 
@@ -222,6 +226,22 @@ def test_pressure_shrinks_in_bounded_steps_when_quiet() -> None:
     times = [i for i, d in enumerate(ds) if d.action == "shrink"]
     assert all(b - a >= cfg.shrink_interval_s for a, b in zip(times, times[1:]))
     assert all(d.target_kb >= d.floor_kb for d in ds)
+
+
+def test_targets_are_whole_pages_so_the_driver_read_back_is_not_an_override() -> None:
+    # Seen on Xen 4.17: a shrink step of 58686 KiB was written as 662210 KiB, the driver read it
+    # back as 662208 KiB, and the policy took that for a change behind its back (follow, then a
+    # 30 s holdoff). An available size that is not a whole number of pages provokes such a step.
+    for policy in ("pressure", "classic"):
+        ds = run_policy(default_config(policy), [{"mem_available_kb": 901_234}] * 200)
+        assert all(d.target_kb % 4 == 0 for d in ds), policy
+        assert not [d for d in ds if d.action == "follow"], policy
+    cfg = PressureConfig()
+    d = decide(snap(0.0), PolicyState(), cfg)
+    # A target of 662210 KiB that reads back as 662208 KiB is not followed.
+    state = replace(d.new_state, last_target_kb=662_210)
+    d2 = decide(snap(1.0, size_kb=662_208), state, cfg)
+    assert d2.action != "follow", d2.reason
 
 
 def test_pressure_stops_at_twice_the_reserve() -> None:

@@ -260,6 +260,11 @@ def limits(signals: MemorySignals, state: PolicyState, config: PolicyConfig) -> 
     return Limits(floor_kb=floor, ceiling_kb=ceiling, hard_minimum_kb=hard, ceiling_source=source)
 
 
+def page_floor(kb: int) -> int:
+    """``kb`` rounded down to a whole page: what the driver reads back after ``kb`` is written."""
+    return kb - kb % PAGE_KB
+
+
 def _driver_target(signals: MemorySignals) -> int:
     if signals.balloon_target_kb is not None:
         return signals.balloon_target_kb
@@ -296,10 +301,12 @@ def _decide(
         and signals.xs_target_kb is not None
         and signals.xs_target_kb != state.last_xs_target_kb
     )
+    # The driver keeps its target in pages: a target written in KiB reads back rounded down to a
+    # whole page, which is not a change behind the policy's back.
     driver_moved = (
         state.last_target_kb is not None
         and signals.balloon_target_kb is not None
-        and signals.balloon_target_kb != state.last_target_kb
+        and signals.balloon_target_kb != page_floor(state.last_target_kb)
     )
     if xs_changed or driver_moved:
         raw = _driver_target(signals)
@@ -327,6 +334,12 @@ def _decide(
     if target < lim.floor_kb:
         target = lim.floor_kb
         reason += f"; raised to the floor {lim.floor_kb} KiB"
+    # Whole pages, as the driver stores it (so what is written is what reads back).
+    if target != prev and target % PAGE_KB:
+        for aligned in (page_floor(target), page_floor(target) + PAGE_KB):
+            if lim.floor_kb <= aligned <= lim.ceiling_kb:
+                target = aligned
+                break
     prev_inside = lim.floor_kb <= prev <= lim.ceiling_kb
     if (
         action in ("grow", "shrink")
