@@ -38,6 +38,10 @@ DOM0_MODULES = (
     "e1000e",
     "loop",
     "ext4",
+    # e2e-agent mounts the guest root image (ext4 with metadata_csum: crc32c, which ext4 asks for
+    # by name at mount time, so no module dependency pulls it in) under a tmpfs overlay.
+    "crc32c_generic",
+    "overlay",
 )
 #: What a guest's tiny initramfs loads to mount its root disk.
 GUEST_INITRD_MODULES = ("xen-blkfront", "crc32c_generic", "ext4", "overlay")
@@ -281,7 +285,7 @@ def guest_initrd(stage: Path) -> Path:
 def dom0_initrd(stage: Path, guest_kernel: Path, guest_initramfs: Path) -> Path:
     key = key_of(
         str(sorted(versions.PACKAGES.items())),
-        _script_key("dom0/init", "dom0/e2e-guest", "guest/e2e-runner"),
+        _script_key("dom0/init", "dom0/e2e-guest", "dom0/e2e-agent", "guest/e2e-runner"),
         guest_initramfs.name,
         *DOM0_MODULES,
         *DOM0_BINARIES,
@@ -317,8 +321,9 @@ def dom0_initrd(stage: Path, guest_kernel: Path, guest_initramfs: Path) -> Path:
             (root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(HERE / "dom0" / "init", root / "init")
         shutil.copy2(HERE / "dom0" / "e2e-guest", root / "sbin" / "e2e-guest")
+        shutil.copy2(HERE / "dom0" / "e2e-agent", root / "sbin" / "e2e-agent")
         shutil.copy2(HERE / "guest" / "e2e-runner", root / "sbin" / "e2e-runner")
-        for f in ("init", "sbin/e2e-guest", "sbin/e2e-runner"):
+        for f in ("init", "sbin/e2e-guest", "sbin/e2e-agent", "sbin/e2e-runner"):
             (root / f).chmod(0o755)
         shutil.copy2(guest_kernel, root / "guest" / "vmlinuz")
         shutil.copy2(guest_initramfs, root / "guest" / "initrd.gz")
