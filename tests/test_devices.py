@@ -344,6 +344,30 @@ def test_managed_irq_refusing_writes_is_left_alone(tmp_path: Path) -> None:
     assert irq_affinity_path(33) not in store.changes and irq_affinity_path(32) in store.changes
 
 
+def test_vector_not_requested_yet_is_a_skip_then_pinned_once_it_is(tmp_path: Path) -> None:
+    """Seen on real Xen: a NIC's MSI-X vectors exist from probe on, their /proc/irq entries only
+    once the interface is up. Before that: a skip with the reason, not a failure; after: pinned."""
+    root = copy_tree(tmp_path)
+    saved = tmp_path / "irq30"
+    shutil.move(str(root / "proc/irq/30"), str(saved))
+    report = job_for(root, hints=[DeviceHint(VF, vnode=1)]).evaluate(VF, apply=True)
+    assert report is not None and report.failed == [], report
+    assert any(s.startswith("IRQ 30: not requested by the driver yet") for s in report.skipped)
+    assert irq_text(root, 29) == "2-3" and irq_text(root, 31) == "2-3"
+    assert irq_affinity_path(30) not in StateStore(HostFS(str(root))).load().changes
+    # The interface comes up: the next pass pins it and records it.
+    shutil.move(str(saved), str(root / "proc/irq/30"))
+    report = job_for(root, hints=[DeviceHint(VF, vnode=1)]).evaluate(VF, apply=True)
+    assert report is not None and report.failed == [], report
+    assert irq_text(root, 30) == "2-3"
+    assert StateStore(HostFS(str(root))).load().changes[irq_affinity_path(30)].previous == "0-3"
+    # A vector whose directory is there but whose affinity file is not is still a failure.
+    (root / "proc/irq/31/smp_affinity_list").unlink()
+    report = job_for(root, hints=[DeviceHint(VF, vnode=1)]).evaluate(VF, apply=True)
+    assert report is not None
+    assert any("IRQ 31:" in f and "does not exist" in f for f in report.failed), report
+
+
 def test_numa_node_write_refused_by_the_kernel_is_reported(tmp_path: Path) -> None:
     root = copy_tree(tmp_path)
     hostfs = FaultyHostFS(str(root), errors={f"/sys/bus/pci/devices/{VF}/numa_node": errno.EINVAL})

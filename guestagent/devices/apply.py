@@ -406,6 +406,14 @@ class DevicesJob:
         except MissingInputError:
             if not device_exists(self.hostfs, bdf):
                 raise DeviceGoneError(bdf, f"IRQ {irq} affinity") from None
+            if not self.hostfs.exists(f"/proc/irq/{irq}"):
+                # Seen on real Xen: e1000e allocates its MSI-X vectors at probe, but the kernel
+                # makes /proc/irq/N only when the driver requests the IRQ (interface up).
+                report.skipped.append(
+                    f"IRQ {irq}: not requested by the driver yet (no /proc/irq/{irq}); "
+                    "pinned on the next pass after it is"
+                )
+                return
             report.failed.append(f"IRQ {irq}: {path} does not exist")
             return
         except InputError as e:
