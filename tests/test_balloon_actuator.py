@@ -307,6 +307,10 @@ def test_controller_object_ticks_for_an_outside_event_loop(root: Path) -> None:
     first = ctl.tick()
     assert first is not None and first.action == "shrink" and target_of(root) == first.target_kb
     now[0] += 1.0
+    # A spike: the trigger fires while little memory is free.
+    meminfo = root / "proc/meminfo"
+    meminfo.write_text(meminfo.read_text().replace("MemFree:          612340 kB",
+                                                   "MemFree:           20480 kB"))
     spike = ctl.tick(psi_trigger_fired=True)
     assert spike is not None and spike.action == "grow" and target_of(root) == spike.target_kb
     (root / "proc/vmstat").write_text("junk\n")

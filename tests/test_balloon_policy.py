@@ -218,7 +218,8 @@ def run_policy(
 
 def test_pressure_shrinks_in_bounded_steps_when_quiet() -> None:
     cfg = PressureConfig()
-    ds = run_policy(cfg, [{}] * 60)
+    # Little free memory: what is given back is page cache, in feedback steps of at most 64 MiB.
+    ds = run_policy(cfg, [{}] * 60, start=snap(mem_free_kb=100 * MIB_KB))
     shrinks = [d for d in ds if d.action == "shrink"]
     assert shrinks, "a quiet guest must shrink"
     for d in shrinks:
@@ -242,6 +243,37 @@ def test_targets_are_whole_pages_so_the_driver_read_back_is_not_an_override() ->
     state = replace(d.new_state, last_target_kb=662_210)
     d2 = decide(snap(1.0, size_kb=662_208), state, cfg)
     assert d2.action != "follow", d2.reason
+
+
+def test_free_memory_is_given_back_faster_but_not_past_twice_the_reserve() -> None:
+    cfg = PressureConfig()
+    # A fresh idle 1 GiB guest: about 860 MiB free, nothing to squeeze.
+    start = snap(mem_free_kb=860 * MIB_KB, mem_available_kb=870 * MIB_KB)
+    ds = run_policy(cfg, [{}] * 60, start=start)
+    shrinks = [d.previous_kb - d.target_kb for d in ds if d.action == "shrink"]
+    # Half of the free memory above 2 x 64 MiB, at most 1/4 of the ceiling per step ...
+    assert shrinks[0] == 256 * MIB_KB
+    assert all(step <= 256 * MIB_KB for step in shrinks)
+    # ... and the guard holds: MemAvailable (870 MiB at full size) never under 2 x reserve.
+    final = ds[-1].target_kb
+    assert 870 * MIB_KB - (STATIC_MAX - final) >= 128 * MIB_KB
+    assert final < STATIC_MAX - 600 * MIB_KB
+
+
+def test_stall_with_plenty_free_is_not_a_shortage() -> None:
+    # Seen on Xen 4.17: the PSI trigger kept firing for two windows after a grow had left 130 and
+    # then 390 MiB free (pages evicted earlier being read back); each firing grew the guest again.
+    cfg = PressureConfig()
+    quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
+    spike = {"psi_trigger_fired": True, "mem_free_kb": 10 * MIB_KB}
+    after = {"psi_trigger_fired": True, "mem_free_kb": 390 * MIB_KB}
+    ds = run_policy(cfg, [*quiet, spike, after, after])
+    assert ds[40].action == "grow"
+    assert [d.action for d in ds[41:]] == ["hold", "hold"]
+    assert "more memory would not relieve it" in ds[41].reason
+    # A shortage by MemAvailable is answered whatever is free.
+    ds = run_policy(cfg, [*quiet, spike, {**after, "mem_available_kb": 10 * MIB_KB}])
+    assert ds[-1].action == "grow" and "MemAvailable" in ds[-1].reason
 
 
 def test_pressure_stops_at_twice_the_reserve() -> None:
@@ -305,7 +337,8 @@ def test_pressure_goes_to_the_ceiling_on_oom() -> None:
 
 def test_grow_steps_double_within_a_streak_and_are_rate_limited() -> None:
     cfg = PressureConfig(grow_interval_s=2.0)
-    frames: list[dict[str, Any]] = [*[{}] * 60, *[{"psi_trigger_fired": True}] * 4]
+    spike = {"psi_trigger_fired": True, "mem_free_kb": 20 * MIB_KB}
+    frames: list[dict[str, Any]] = [*[{}] * 60, *[spike] * 4]
     ds = run_policy(cfg, frames)
     grows = [d for d in ds[60:] if d.action == "grow"]
     holds = [d for d in ds[60:] if d.action == "hold"]
@@ -325,7 +358,7 @@ def test_no_shrink_during_holdoff_after_a_grow() -> None:
 
 def test_hysteresis_suppresses_tiny_changes() -> None:
     cfg = PressureConfig(shrink_headroom_divisor=1000, shrink_step_pct=0.1)
-    s = snap(some_avg10=0.15)  # scale (1 - 0.15 / 0.2) = 0.25: step ~ 0.25 MiB
+    s = snap(some_avg10=0.15, mem_free_kb=100 * MIB_KB)  # scale 0.25: step ~ 0.25 MiB
     d = decide_pressure(s, PolicyState(), cfg)
     assert d.action == "hold" and "below min_change" in d.reason
     assert d.target_kb == d.previous_kb

@@ -156,6 +156,9 @@ class PressureConfig(PolicyConfig):
     refault_grow_per_s: float = 2000.0
     #: Grow when swap-ins exceed this many pages per second.
     swapin_grow_per_s: float = 1000.0
+    #: Stall, refaults and swap-ins mean a shortage only while MemFree is under this many
+    #: reserves: with more free, the kernel is not reclaiming and more memory relieves nothing.
+    stall_grow_free_reserves: float = 2.0
     #: Keep at least max(reserve_min_kb, reserve_pct % of the ceiling) of MemAvailable.
     reserve_min_kb: int = 64 * MIB_KB
     reserve_pct: float = 3.0
@@ -166,8 +169,11 @@ class PressureConfig(PolicyConfig):
     #: ... but never more than max(shrink_max_step_kb, shrink_max_step_pct % of the ceiling) ...
     shrink_max_step_kb: int = 64 * MIB_KB
     shrink_max_step_pct: float = 6.25
-    #: ... and at most one shrink per this many seconds.
+    #: ... and at most one shrink per this many seconds. Free memory (MemFree above twice the
+    #: reserve) goes faster: this fraction of it per step, at most this percentage of the ceiling.
     shrink_interval_s: float = 5.0
+    shrink_free_fraction: float = 0.5
+    shrink_free_max_step_pct: float = 25.0
     #: No shrink for this long after a grow or a toolstack override.
     shrink_holdoff_s: float = 30.0
     #: No shrink for this long after an OOM kill.
@@ -196,7 +202,17 @@ class PressureConfig(PolicyConfig):
                 "balloon config shrink_headroom_divisor", "must be >= 1",
                 self.shrink_headroom_divisor,
             )
-        for key in ("shrink_step_pct", "shrink_max_step_pct", "grow_step_pct", "reserve_pct"):
+        if self.stall_grow_free_reserves <= 0:
+            raise InputError(
+                "balloon config stall_grow_free_reserves", "must be > 0",
+                self.stall_grow_free_reserves,
+            )
+        if not 0 <= self.shrink_free_fraction <= 1:
+            raise InputError(
+                "balloon config shrink_free_fraction", "expected 0..1", self.shrink_free_fraction
+            )
+        for key in ("shrink_step_pct", "shrink_max_step_pct", "grow_step_pct", "reserve_pct",
+                    "shrink_free_max_step_pct"):
             value = getattr(self, key)
             if not 0 <= value <= 100:
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
@@ -544,15 +560,23 @@ def _step_pressure(
         state = replace(state, last_oom_t=now, grow_streak=0)
         return lim.ceiling_kb, "grow", f"OOM kill seen (oom_kill {signals.oom_kill})", state
 
-    why = []
+    soft = []
     if signals.psi_trigger_fired:
-        why.append("PSI trigger fired")
+        soft.append("PSI trigger fired")
     if stall >= config.psi_grow_pct:
-        why.append(f"stall {stall:.2f} % >= {config.psi_grow_pct} %")
+        soft.append(f"stall {stall:.2f} % >= {config.psi_grow_pct} %")
     if refault_rate is not None and refault_rate >= config.refault_grow_per_s:
-        why.append(f"refaults {refault_rate:.0f}/s >= {config.refault_grow_per_s:.0f}/s")
+        soft.append(f"refaults {refault_rate:.0f}/s >= {config.refault_grow_per_s:.0f}/s")
     if swapin_rate is not None and swapin_rate >= config.swapin_grow_per_s:
-        why.append(f"swap-ins {swapin_rate:.0f}/s >= {config.swapin_grow_per_s:.0f}/s")
+        soft.append(f"swap-ins {swapin_rate:.0f}/s >= {config.swapin_grow_per_s:.0f}/s")
+    # Stall, refaults and swap-ins are a shortage only while little is free. With plenty free the
+    # kernel is not reclaiming: what still stalls is the reading back of pages evicted before the
+    # last grow, or a trigger window that still covers the time before it. More memory relieves
+    # neither (seen on Xen 4.17: three grows within 2 s on one spike, 128 + 256 + 512 MiB, while
+    # MemFree was already 130 and 390 MiB).
+    free_limit = int(reserve * config.stall_grow_free_reserves)
+    plenty_free = signals.mem_free_kb >= free_limit
+    why = [] if plenty_free else soft
     if avail < reserve:
         why.append(f"MemAvailable {avail} KiB < reserve {reserve} KiB")
 
@@ -574,6 +598,11 @@ def _step_pressure(
     # No reason to grow: shrink if every condition allows it.
     avg10 = signals.some_avg10
     holds = []
+    if soft and plenty_free:
+        holds.append(
+            "; ".join(soft) + f" with MemFree {signals.mem_free_kb} KiB >= {free_limit} KiB: "
+            "more memory would not relieve it"
+        )
     if stall >= config.psi_target_pct or avg10 >= config.psi_target_pct:
         holds.append(
             f"stall {stall:.2f} % / avg10 {avg10:.2f} % not below target {config.psi_target_pct} %"
@@ -611,6 +640,14 @@ def _step_pressure(
     if scale > 0.5:
         step = max(step, config.min_change_kb)
     step = min(step, max_step)
+    # Free memory holds no working set: giving it back causes no reclaim whose effect would have
+    # to be waited for, so it goes faster than the feedback steps (still above 2x reserve).
+    free_room = min(signals.mem_free_kb, avail) - 2 * reserve
+    free_step = min(
+        int(max(0, free_room) * config.shrink_free_fraction * scale),
+        int(lim.ceiling_kb * config.shrink_free_max_step_pct / 100),
+    )
+    step = max(step, free_step)
     if room < step:
         step = max(0, room)
         if step < config.min_change_kb:
@@ -628,7 +665,10 @@ def decide_pressure(
     "some" stall in 1 s); the "some" stall over the last interval, from the PSI totals, reached
     ``psi_grow_pct`` (2 %); refaults or swap-ins per second climbed over their thresholds (2000 and
     1000 pages/s); MemAvailable fell under the reserve, max(64 MiB, 3 % of the ceiling); or an OOM
-    kill happened (then straight to the ceiling, and no shrink for 5 minutes). The step is
+    kill happened (then straight to the ceiling, and no shrink for 5 minutes). Stall, refaults and
+    swap-ins count only while MemFree is under twice the reserve: with more free the kernel is not
+    reclaiming, and the stall is pages evicted earlier being read back (or a trigger window that
+    still covers the time before the last grow), which more memory does not relieve. The step is
     max(128 MiB, 12.5 % of the ceiling) plus the reserve deficit, doubled for each further grow
     within 15 s (at most 8x): a spike is answered in the very decision that sees it, and a sustained
     climb reaches the ceiling of a 1 GiB guest within three grows. At most one grow per second, the
@@ -642,8 +682,10 @@ def decide_pressure(
     (MemAvailable above 2x reserve, the classic policy's downhysteresis applied to what is really
     free rather than to Committed_AS), scaled down as the stall nears the target, at least the
     8 MiB hysteresis step while well below it, and at most max(64 MiB, 1/16 of the ceiling): a
-    1 GiB guest gives back at most 64 MiB per 5 s, so reclaim has time to show in PSI and refaults
-    before the next step. Changes under 8 MiB are not made.
+    1 GiB guest gives back at most 64 MiB of page cache per 5 s, so reclaim has time to show in PSI
+    and refaults before the next step. Free memory (MemFree above 2x reserve) holds no working set
+    and causes no reclaim when given back, so it goes faster: half of it per step, at most 1/4 of
+    the ceiling. Changes under 8 MiB are not made.
 
     Unlike ``classic``, the goal is not derived from Committed_AS (which counts memory that was
     reserved but never touched) but found by squeezing until the guest shows pressure, bounded by
