@@ -87,9 +87,13 @@ def xl_list_mib(bed: XenBed, name: str) -> int:
 def test_lower_balloon_target_seen_by_dom0(bed: XenBed) -> None:
     with bed.guest(GuestSpec.pv(memory=512, vcpus=2)) as g:
         assert xl_list_mib(bed, g.name) == 512
-        # TODO(balloon): drive this through the agent's balloon actuator once its command exists;
-        # for now the kernel's own interface, which the actuator writes (reference section 4.1).
-        g.run_ok("echo 393216 > /sys/devices/system/xen_memory/xen_memory0/target_kb")
+        # The agent's actuator refuses a target under the hard minimum (256 MiB here) ...
+        out, rc = g.run("guestagent balloon set --target-mib 200")
+        assert rc != 0 and "below the hard minimum" in out, out
+        assert xl_list_mib(bed, g.name) == 512
+        # ... and writes an allowed one to the driver's target_kb (reference section 4.1).
+        out = g.run_ok("guestagent balloon set --target-mib 384")
+        assert "set to 393216 KiB (was 524288 KiB)" in out, out
         deadline = time.monotonic() + 60
         while True:
             mib = xl_list_mib(bed, g.name)
@@ -98,3 +102,10 @@ def test_lower_balloon_target_seen_by_dom0(bed: XenBed) -> None:
             assert time.monotonic() < deadline, f"xl list still shows {mib} MiB"
             time.sleep(2)
         assert mib >= 380, mib
+        # --reset undoes it: back to the toolstack's target.
+        out = g.run_ok("guestagent balloon --reset")
+        assert "reset to 524288 KiB" in out, out
+        deadline = time.monotonic() + 60
+        while xl_list_mib(bed, g.name) != 512:
+            assert time.monotonic() < deadline, f"xl list still shows {xl_list_mib(bed, g.name)}"
+            time.sleep(2)
