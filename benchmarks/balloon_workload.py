@@ -111,8 +111,8 @@ def read_files(paths: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    w = Workload(args)
     files = file_set(args.files, args.cache_mib * MIB)
+    w = Workload(args)
     w.mark("grow")
     arena = mmap.mmap(-1, args.arena_mib * MIB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     touch(arena, args.anon_mib * MIB, 1)
@@ -150,10 +150,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arena-mib", type=int, default=512)
     p.add_argument("--anon-mib", type=int, default=320)
-    p.add_argument("--cache-mib", type=int, default=256)
+    p.add_argument("--cache-mib", type=int, default=192)
     p.add_argument("--files", nargs="+", default=["/usr/lib", "/usr/share"])
-    p.add_argument("--idle-s", type=float, default=60.0)
-    p.add_argument("--spike-mib", type=int, default=256)
+    p.add_argument("--idle-s", type=float, default=45.0)
+    p.add_argument("--spike-mib", type=int, default=192)
     p.add_argument("--spike-hold-s", type=float, default=10.0)
     p.add_argument("--tail-s", type=float, default=30.0)
     p.add_argument("--xenstore-key", default="", help="write each phase's name to this key")
