@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e import artefacts, images, rootfs, versions
+from tests.e2e import versions
 from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, log
 
@@ -46,9 +46,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print("e2e run: --pv and --vnuma exclude each other (Xen has no PV vNUMA)",
                           file=sys.stderr)
                     return 2
-                spec = GuestSpec.pv(memory=args.memory, vcpus=args.vcpus)
+                spec = GuestSpec.pv(memory=args.memory, vcpus=args.vcpus, kernel=args.kernel)
             else:
-                spec = GuestSpec.hvm(memory=args.memory, vcpus=args.vcpus, vnuma=args.vnuma)
+                spec = GuestSpec.hvm(memory=args.memory, vcpus=args.vcpus, vnuma=args.vnuma,
+                                     kernel=args.kernel)
             with bed.guest(spec) as g:
                 out, rc = g.run(script, timeout=args.timeout)
         sys.stdout.write(out)
@@ -105,19 +106,17 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     lock = acquire_bed_lock()  # noqa: F841 (held until exit: one builder at a time)
-    stage = artefacts.staging()
-    xen = artefacts.xen_image(stage)
-    ginit = images.guest_initrd(stage)
-    dom0 = images.dom0_initrd(stage, artefacts.kernel(stage), ginit)
-    disk = rootfs.guest_image(artefacts.modules_dir(stage), with_agent=not args.no_agent)
-    for p in (xen, dom0, ginit, disk):
+    _stage, xen, _kernel, dom0, disk = XenBed(BedConfig(with_agent=not args.no_agent)).prepare()
+    for p in (xen, dom0, disk):
         print(p)
     return 0
 
 
 def cmd_pins(_args: argparse.Namespace) -> int:
     stale = 0
-    for name, pinned in sorted(versions.PACKAGES.items()):
+    pins = dict(versions.PACKAGES)
+    pins.update({f"linux-image-{abi}": v for abi, v in versions.GUEST_KERNELS.values()})
+    for name, pinned in sorted(pins.items()):
         out = subprocess.run(
             ["apt-cache", "policy", name], stdout=subprocess.PIPE, check=False
         ).stdout.decode()
@@ -151,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host-numa2", action="store_true",
                      help="2 host NUMA nodes, intel-iommu, a NIC behind a pxb-pcie on node 1")
     run.add_argument("--no-agent", action="store_true", help="guest image without the agent")
+    run.add_argument("--kernel", default="",
+                     help=f"guest kernel: {versions.DEFAULT_GUEST_KERNEL} (default, Dom0's) or one "
+                     f"of {', '.join(sorted(versions.GUEST_KERNELS))}")
     run.add_argument("--timeout", type=float, default=300, help="seconds for the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)

@@ -78,3 +78,58 @@ def kernel(stage: Path) -> Path:
 
 def modules_dir(stage: Path) -> Path:
     return stage / "lib" / "modules" / versions.KERNEL_ABI
+
+
+# --- guest kernel variants (versions.GUEST_KERNELS) ----------------------------------------------
+
+
+def kernel_names() -> list[str]:
+    """Every guest kernel a GuestSpec may name: the default (Dom0's) first, then the variants."""
+    return [versions.DEFAULT_GUEST_KERNEL, *sorted(versions.GUEST_KERNELS)]
+
+
+def kernel_abi(variant: str) -> str:
+    if variant == versions.DEFAULT_GUEST_KERNEL:
+        return versions.KERNEL_ABI
+    if variant not in versions.GUEST_KERNELS:
+        raise BedError(f"unknown guest kernel {variant!r}: one of {kernel_names()}")
+    return versions.GUEST_KERNELS[variant][0]
+
+
+def variant_stage(variant: str) -> Path:
+    """One extra guest kernel's package extracted alone (cached, keyed on its pin): adding or
+    bumping a variant leaves the main staging tree and its keys alone."""
+    abi, version = versions.GUEST_KERNELS[variant]
+    pkg = {f"linux-image-{abi}": version}
+    final = CACHE / f"kernel-{variant}-{key_of(abi, version)}"
+    if (final / ".done").exists():
+        return final
+    debs = fetch(pkg)
+    tmp = atomic_dir(final)
+    log(f"extracting guest kernel {variant} ({abi}) into {final.name}")
+    for deb in debs.values():
+        run(["dpkg-deb", "-x", deb, tmp], timeout=300)
+    (tmp / ".done").write_text("ok\n")
+    publish_dir(tmp, final)
+    return final
+
+
+def guest_kernel(stage: Path, variant: str) -> tuple[Path, Path]:
+    """(vmlinuz, module directory) of a guest kernel; the default one comes from ``stage``."""
+    abi = kernel_abi(variant)
+    root = stage if variant == versions.DEFAULT_GUEST_KERNEL else variant_stage(variant)
+    vmlinuz = root / "boot" / f"vmlinuz-{abi}"
+    if not vmlinuz.exists():
+        raise BedError(f"{vmlinuz} missing from linux-image-{abi}")
+    for mods in (root / "lib" / "modules" / abi, root / "usr" / "lib" / "modules" / abi):
+        if mods.is_dir():
+            return vmlinuz, mods
+    raise BedError(f"no modules for {abi} under {root}")
+
+
+def kernel_pin(variant: str) -> str:
+    """The pin a cache key of this kernel's artefacts depends on."""
+    if variant == versions.DEFAULT_GUEST_KERNEL:
+        return f"{versions.KERNEL_ABI}={versions.KERNEL}"
+    abi, version = versions.GUEST_KERNELS[variant]
+    return f"{abi}={version}"

@@ -36,7 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e import artefacts, images, rootfs
+from tests.e2e import artefacts, images, rootfs, versions
 from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, log, tail
 
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
@@ -106,15 +106,32 @@ class GuestSpec:
     vnuma: str | None = None  # the xl.cfg list, e.g. '[ ["pnode=0","size=512",...], ... ]'
     extra: list[str] = field(default_factory=list)
     boot_timeout: float = 300.0
+    #: Guest kernel: "" or "6.1" is Dom0's own (versions.KERNEL_ABI); "6.12" etc. name a
+    #: variant of versions.GUEST_KERNELS (its vmlinuz and initramfs sit in Dom0's /guest/<name>/).
+    kernel: str = ""
 
     @classmethod
-    def hvm(cls, memory: int, vcpus: int, vnuma: str | None = None, name: str = "") -> GuestSpec:
+    def hvm(
+        cls, memory: int, vcpus: int, vnuma: str | None = None, name: str = "", kernel: str = ""
+    ) -> GuestSpec:
         # QEMU loads the kernel and initramfs through fw_cfg: minutes on a loaded 2-core machine.
-        return cls(name or "hvm", "hvm", memory, vcpus, vnuma, boot_timeout=1200.0)
+        return cls(name or "hvm", "hvm", memory, vcpus, vnuma, boot_timeout=1200.0, kernel=kernel)
 
     @classmethod
-    def pv(cls, memory: int = 512, vcpus: int = 2, name: str = "") -> GuestSpec:
-        return cls(name or "pv", "pv", memory, vcpus, None, boot_timeout=600.0)
+    def pv(cls, memory: int = 512, vcpus: int = 2, name: str = "", kernel: str = "") -> GuestSpec:
+        return cls(name or "pv", "pv", memory, vcpus, None, boot_timeout=600.0, kernel=kernel)
+
+    @property
+    def boot_dir(self) -> str:
+        """Where Dom0 keeps this guest's kernel and initramfs."""
+        if self.kernel in ("", versions.DEFAULT_GUEST_KERNEL):
+            return "/guest"
+        if self.kernel not in versions.GUEST_KERNELS:
+            raise BedError(
+                f"unknown guest kernel {self.kernel!r}: {versions.DEFAULT_GUEST_KERNEL} or one of "
+                f"{sorted(versions.GUEST_KERNELS)}"
+            )
+        return f"/guest/{self.kernel}"
 
     @property
     def console(self) -> str:
@@ -139,8 +156,8 @@ class GuestSpec:
             f"maxmem = {self.memory}",
             f"vcpus = {self.vcpus}",
             f"maxvcpus = {self.vcpus}",
-            'kernel = "/guest/vmlinuz"',
-            'ramdisk = "/guest/initrd.gz"',
+            f'kernel = "{self.boot_dir}/vmlinuz"',
+            f'ramdisk = "{self.boot_dir}/initrd.gz"',
             f'cmdline = "{cmdline}"',
             # rw: QEMU 7.2's qdisk cannot attach a read-only node ("Block node is read-only");
             # the guest mounts it read-only under a tmpfs overlay and the outer QEMU drive is
@@ -317,8 +334,15 @@ class XenBed:
         xen = artefacts.xen_image(stage)
         kernel = artefacts.kernel(stage)
         ginit = images.guest_initrd(stage)
-        dom0 = images.dom0_initrd(stage, kernel, ginit)
-        disk = rootfs.guest_image(artefacts.modules_dir(stage), with_agent=self.config.with_agent)
+        variants = images.guest_kernel_variants(stage)
+        dom0 = images.dom0_initrd(stage, kernel, ginit, variants)
+        extra_modules = {
+            artefacts.kernel_abi(v): artefacts.guest_kernel(stage, v)[1] for v in variants
+        }
+        disk = rootfs.guest_image(
+            artefacts.modules_dir(stage), with_agent=self.config.with_agent,
+            extra_modules=extra_modules,
+        )
         self.timings.append(("artefacts", time.monotonic() - t0))
         return stage, xen, kernel, dom0, disk
 

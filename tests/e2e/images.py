@@ -7,6 +7,7 @@ closure of the binaries that Dom0 runs is copied in, resolved with a small ELF r
 from __future__ import annotations
 
 import gzip
+import lzma
 import os
 import re
 import shutil
@@ -158,15 +159,35 @@ def copy_with_closure(stage: Path, root: Path, rels: Iterable[str]) -> None:
 # --- kernel modules -----------------------------------------------------------------------------
 
 
+#: Module file endings: Debian's 6.1 ships plain ``.ko``, its 6.12 ``.ko.xz``.
+MODULE_SUFFIXES = (".ko", ".ko.xz")
+
+
+def module_key(path: Path) -> str | None:
+    """``xen-blkfront.ko.xz`` -> ``xen_blkfront``; None for a file that is no module."""
+    for suffix in MODULE_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)].replace("-", "_")
+    return None
+
+
+def module_bytes(path: Path) -> bytes:
+    """The module's ELF bytes (an ``.xz`` module decompressed: busybox insmod wants plain ones)."""
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.name.endswith(".xz") else data
+
+
 def module_index(mdir: Path) -> dict[str, Path]:
     index: dict[str, Path] = {}
-    for p in mdir.rglob("*.ko"):
-        index[p.name[:-3].replace("-", "_")] = p
+    for p in mdir.rglob("*.ko*"):
+        key = module_key(p)
+        if key is not None:
+            index[key] = p
     return index
 
 
 def module_depends(path: Path) -> list[str]:
-    data = path.read_bytes()
+    data = module_bytes(path)
     m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", data)
     if not m or not m.group(1):
         return []
@@ -180,7 +201,9 @@ def module_closure(mdir: Path, names: Iterable[str]) -> list[Path]:
     bfile = mdir / "modules.builtin"
     if bfile.exists():
         for line in bfile.read_text().splitlines():
-            builtin.add(Path(line).name[:-3].replace("-", "_"))
+            key = module_key(Path(line))
+            if key is not None:
+                builtin.add(key)
     order: list[Path] = []
     done: set[str] = set()
 
@@ -204,11 +227,18 @@ def add_modules(root: Path, mdir: Path, names: Iterable[str], dest: str, order_f
     mods = module_closure(mdir, names)
     d = root / dest
     d.mkdir(parents=True, exist_ok=True)
+    files = []
     for p in mods:
-        shutil.copy2(p, d / p.name)
+        if p.name.endswith(".ko"):
+            shutil.copy2(p, d / p.name)
+            files.append(p.name)
+        else:
+            plain = p.name[: p.name.index(".ko") + 3]
+            (d / plain).write_bytes(module_bytes(p))
+            files.append(plain)
     of = root / order_file
     of.parent.mkdir(parents=True, exist_ok=True)
-    of.write_text("".join(p.name + "\n" for p in mods))
+    of.write_text("".join(f + "\n" for f in files))
 
 
 # --- busybox and cpio ---------------------------------------------------------------------------
@@ -254,16 +284,19 @@ def _script_key(*names: str) -> str:
 # --- the images ---------------------------------------------------------------------------------
 
 
-def guest_initrd(stage: Path) -> Path:
+def guest_initrd(stage: Path, variant: str = versions.DEFAULT_GUEST_KERNEL) -> Path:
+    """The tiny initramfs for one guest kernel (``artefacts.kernel_names()``)."""
+    extra = [] if variant == versions.DEFAULT_GUEST_KERNEL else [artefacts.kernel_pin(variant)]
     key = key_of(
         str(sorted(versions.PACKAGES.items())),
         _script_key("guest/initramfs-init"),
         *GUEST_INITRD_MODULES,
+        *extra,
     )
     out = CACHE / f"guest-initrd-{key}.cpio.gz"
     if out.exists():
         return out
-    log("building the guest initramfs")
+    log(f"building the guest initramfs (kernel {variant})")
     root = CACHE / "guest-initrd-tree"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -271,9 +304,8 @@ def guest_initrd(stage: Path) -> Path:
         add_busybox(stage, root)
         for d in ("proc", "sys", "dev", "lower", "upper", "newroot"):
             (root / d).mkdir(exist_ok=True)
-        add_modules(
-            root, artefacts.modules_dir(stage), GUEST_INITRD_MODULES, "modules", "modules.order"
-        )
+        _vmlinuz, mdir = artefacts.guest_kernel(stage, variant)
+        add_modules(root, mdir, GUEST_INITRD_MODULES, "modules", "modules.order")
         shutil.copy2(HERE / "guest" / "initramfs-init", root / "init")
         (root / "init").chmod(0o755)
         make_cpio(root, out, compress=True)
@@ -282,8 +314,26 @@ def guest_initrd(stage: Path) -> Path:
     return out
 
 
-def dom0_initrd(stage: Path, guest_kernel: Path, guest_initramfs: Path) -> Path:
+def guest_kernel_variants(stage: Path) -> dict[str, tuple[Path, Path]]:
+    """Every extra guest kernel (``versions.GUEST_KERNELS``): variant -> (vmlinuz, initramfs)."""
+    out = {}
+    for variant in sorted(versions.GUEST_KERNELS):
+        vmlinuz, _mdir = artefacts.guest_kernel(stage, variant)
+        out[variant] = (vmlinuz, guest_initrd(stage, variant))
+    return out
+
+
+def dom0_initrd(
+    stage: Path,
+    guest_kernel: Path,
+    guest_initramfs: Path,
+    variants: dict[str, tuple[Path, Path]] | None = None,
+) -> Path:
+    """Dom0's image; guests boot ``/guest/vmlinuz`` + ``initrd.gz`` (the default kernel) or a
+    variant's ``/guest/<variant>/vmlinuz`` + ``initrd.gz`` (``variants``: name -> the two files)."""
+    variants = variants or {}
     key = key_of(
+        *(f"{v}:{k.name}:{i.name}" for v, (k, i) in sorted(variants.items())),
         str(sorted(versions.PACKAGES.items())),
         _script_key("dom0/init", "dom0/e2e-guest", "dom0/e2e-agent", "guest/e2e-runner"),
         guest_initramfs.name,
@@ -327,6 +377,10 @@ def dom0_initrd(stage: Path, guest_kernel: Path, guest_initramfs: Path) -> Path:
             (root / f).chmod(0o755)
         shutil.copy2(guest_kernel, root / "guest" / "vmlinuz")
         shutil.copy2(guest_initramfs, root / "guest" / "initrd.gz")
+        for variant, (vmlinuz, initramfs) in variants.items():
+            (root / "guest" / variant).mkdir()
+            shutil.copy2(vmlinuz, root / "guest" / variant / "vmlinuz")
+            shutil.copy2(initramfs, root / "guest" / variant / "initrd.gz")
         (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (root / "etc" / "group").write_text("root:x:0:\n")
         make_cpio(root, out, compress=False)

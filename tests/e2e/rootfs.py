@@ -182,12 +182,21 @@ def copy_modules(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, ignore=ignore)
 
 
-def guest_image(modules: Path, with_agent: bool = True) -> Path:
-    """The guest's ext4 root image (cached, keyed on every input)."""
+def guest_image(
+    modules: Path, with_agent: bool = True, extra_modules: dict[str, Path] | None = None
+) -> Path:
+    """The guest's ext4 root image (cached, keyed on every input).
+
+    ``modules`` are the default guest kernel's (KERNEL_ABI); ``extra_modules`` maps the ABI of each
+    extra guest kernel (``versions.GUEST_KERNELS``) to its module directory.
+    """
+    extra_modules = extra_modules or {}
     base = base_rootfs()
     parts = [
         base.name,
         versions.KERNEL,
+        *(f"{abi}={v}" for _n, (abi, v) in sorted(versions.GUEST_KERNELS.items())
+          if abi in extra_modules),
         GUEST_INIT.read_text(),
         GUEST_RUNNER.read_text(),
         agent_hash() if with_agent else "no-agent",
@@ -210,6 +219,12 @@ def guest_image(modules: Path, with_agent: bool = True) -> Path:
             shutil.rmtree(mdst)
         copy_modules(modules, mdst)
         run(["chroot", layer, "depmod", "-a", versions.KERNEL_ABI], timeout=300)
+        for abi, mods in sorted(extra_modules.items()):
+            mdst = layer / "lib" / "modules" / abi
+            if mdst.exists():
+                shutil.rmtree(mdst)
+            copy_modules(mods, mdst)
+            run(["chroot", layer, "depmod", "-a", abi], timeout=300)
         for f in (GUEST_INIT, GUEST_RUNNER):
             dst = layer / "sbin" / f.name
             shutil.copy2(f, dst)

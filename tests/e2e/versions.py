@@ -11,6 +11,16 @@ from __future__ import annotations
 XEN = "4.17.7+13-g2445b30a44-0+deb12u1"
 KERNEL_ABI = "6.1.0-56-amd64"
 KERNEL = "6.1.192-2"
+#: Guest kernel variants besides the default (Dom0's own kernel, KERNEL_ABI): variant name ->
+#: (ABI, version of the package ``linux-image-<ABI>``). A guest picks one with
+#: ``GuestSpec.hvm(..., kernel="6.12")``; Dom0 always runs KERNEL_ABI. 6.12 has DAMOS
+#: ``migrate_cold`` (Linux 6.11+); Debian ships it for bookworm in bookworm-security (source package
+#: linux-6.12, versions ``~deb12uN``), so a stock bookworm sources list fetches it.
+GUEST_KERNELS: dict[str, tuple[str, str]] = {
+    "6.12": ("6.12.117+deb12-amd64", "6.12.117-1~deb12u1"),
+}
+#: The name of the default guest kernel (KERNEL_ABI), as ``GuestSpec(kernel=...)`` spells it.
+DEFAULT_GUEST_KERNEL = "6.1"
 QEMU_XEN = "1:7.2+dfsg-7+deb12u18+b3"
 QEMU_DATA = "1:7.2+dfsg-7+deb12u18"
 
