@@ -159,6 +159,53 @@ def test_sigterm_stops_the_loop_and_undoes_everything(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_run_prints_a_summary_with_the_agents_cpu_time(
+    world: tuple[Path, FakeDamonKernel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, kernel = world
+    args = parse(["tiering", "run", "--interval", "0.01", "--iterations", "2", "--json"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "damon"
+    assert doc["bytes_moved"] == 0 and doc["bytes_tried"] == 0
+    assert doc["moved_by_source"] == {"0": 0, "1": 0}
+    assert doc["agent_cpu_s"] >= 0 and doc["elapsed_s"] > 0
+    assert kernel.writes[-1] == (NR_KDAMONDS, "0")
+    text = parse(["tiering", "run", "--interval", "0.01", "--iterations", "1"])
+    assert text.func(text, Ctx(HostFS(str(root)))) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiering: damon moved 0.0 MiB (tried 0.0 MiB) in "), out
+    assert "(node 0: 0.0 MiB, node 1: 0.0 MiB); agent CPU " in out, out
+
+
+def test_run_takes_the_watermarks_and_rate_bound_from_the_command_line(
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = world
+    seen: list[TieringConfig] = []
+
+    def fake_run(self: Runner, iterations: int | None = None) -> int:
+        seen.append(self.config)
+        return 0
+
+    monkeypatch.setattr(Runner, "run", fake_run)
+    args = parse(
+        ["tiering", "run", "--source-high-pct", "45", "--target-min-pct", "50",
+         "--max-rate-mb", "2", "--interval", "3"]
+    )
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    c = seen[0]
+    assert (c.source_low_pct, c.source_high_pct, c.target_min_pct) == (10.0, 45.0, 50.0)
+    assert (c.max_rate, c.initial_rate, c.interval_s) == (2 << 20, 2 << 20, 3.0)
+    # A target watermark under the source's high one would let a target be a short node.
+    bad = parse(["tiering", "run", "--source-high-pct", "45", "--target-min-pct", "30"])
+    with pytest.raises(GuestAgentError, match="target_min_pct"):
+        bad.func(bad, Ctx(HostFS(str(root))))
+    zero = parse(["tiering", "run", "--max-rate-mb", "0"])
+    with pytest.raises(GuestAgentError, match="--max-rate-mb: must be positive"):
+        zero.func(zero, Ctx(HostFS(str(root))))
+
+
 def test_run_refuses_a_bad_interval_and_unknown_backend_names(
     world: tuple[Path, FakeDamonKernel],
 ) -> None:

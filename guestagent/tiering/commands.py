@@ -7,7 +7,10 @@ plan the policy would apply right now. Exit status 0 whether or not a backend se
 is null in JSON when none does); 1 with one line on stderr when the node snapshot is unreadable.
 
 ``run`` drives the serving backend in a loop (``--iterations`` for a bounded run) and undoes
-everything on SIGTERM/SIGINT or at the end. Exit 1 with the reasons when no backend serves.
+everything on SIGTERM/SIGINT or at the end, then prints what it did (bytes moved and tried, wall
+time, the agent's own CPU time; ``--json`` for JSON). The watermarks and the rate bound can be given
+on the command line (the ``[tiering]`` keys of the daemon). Exit 1 with the reasons when no backend
+serves.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -16,13 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
+import time
 from typing import Any, Callable
 
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.tiering import readers
-from guestagent.tiering.model import MIB, Availability, Backend, PolicyState, TieringConfig
+from guestagent.tiering.model import (
+    MIB,
+    PAGE_SIZE,
+    Availability,
+    Backend,
+    PolicyState,
+    TieringConfig,
+)
 from guestagent.tiering.policy import decide
 
 
@@ -157,8 +169,56 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         raise GuestAgentError(f"tiering: no backend can serve: {reasons}")
     if args.interval <= 0:
         raise InputError("--interval", "must be positive", args.interval)
-    config = TieringConfig(interval_s=args.interval)
-    return Runner(hostfs, chosen, config).run(iterations=args.iterations)
+    if args.max_rate_mb <= 0:
+        raise InputError("--max-rate-mb", "must be positive", args.max_rate_mb)
+    defaults = TieringConfig()
+    config = TieringConfig(
+        interval_s=args.interval,
+        source_low_pct=args.source_low_pct,
+        source_high_pct=args.source_high_pct,
+        target_min_pct=args.target_min_pct,
+        max_rate=args.max_rate_mb * MIB,
+        initial_rate=min(defaults.initial_rate, args.max_rate_mb * MIB),
+        min_rate=min(defaults.min_rate, args.max_rate_mb * MIB),
+    )
+    t0 = time.monotonic()
+    cpu0 = _cpu_seconds()
+    rc = Runner(hostfs, chosen, config).run(iterations=args.iterations)
+    summary = run_summary(chosen, time.monotonic() - t0, _cpu_seconds() - cpu0)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    else:
+        moved = ", ".join(
+            f"node {n}: {b / MIB:.1f} MiB" for n, b in sorted(summary["moved_by_source"].items())
+        )
+        sys.stdout.write(
+            f"tiering: {summary['backend']} moved {summary['bytes_moved'] / MIB:.1f} MiB "
+            f"(tried {summary['bytes_tried'] / MIB:.1f} MiB) in {summary['elapsed_s']:.1f} s"
+            f"{' (' + moved + ')' if moved else ''}; agent CPU {summary['agent_cpu_s']:.2f} s\n"
+        )
+    return rc
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, Any]:
+    """What a finished ``run`` did: the backend's counters, wall time and the agent's CPU time
+    (user + system of this process; the kernel's own work, e.g. a kdamond, is not in it)."""
+    stats = backend.stats()
+    return {
+        "backend": backend.name,
+        "bytes_moved": stats.pages_moved_or_put * PAGE_SIZE,
+        "bytes_tried": stats.bytes_tried,
+        "pages_returned": stats.pages_returned,
+        "failures_pages": stats.failures,
+        "quota_exceeds": stats.quota_exceeds,
+        "moved_by_source": {str(n): b for n, b in sorted(stats.moved_by_source.items())},
+        "elapsed_s": round(elapsed_s, 3),
+        "agent_cpu_s": round(cpu_s, 3),
+    }
 
 
 def register(subparsers: Any) -> None:
@@ -182,6 +242,21 @@ def register(subparsers: Any) -> None:
         default=None,
         help="stop after this many decisions (default: run until SIGTERM)",
     )
+    defaults = TieringConfig()
+    for flag, dest, value, what in (
+        ("--source-low-pct", "source_low_pct", defaults.source_low_pct,
+         "a vnode is short below this %% of its MemTotal free"),
+        ("--source-high-pct", "source_high_pct", defaults.source_high_pct,
+         "...and stays short until this %% is free again"),
+        ("--target-min-pct", "target_min_pct", defaults.target_min_pct,
+         "a target keeps at least this %% free"),
+    ):
+        rn.add_argument(flag, dest=dest, type=float, default=value,
+                        help=f"{what} (default %(default)s; [tiering] key {dest})")
+    rn.add_argument("--max-rate-mb", type=int, default=defaults.max_rate // MIB,
+                    help="upper bound on the rate, MiB/s per source (default %(default)s)")
+    rn.add_argument("--json", action="store_true",
+                    help="print the summary at the end as JSON (moved, tried, CPU time)")
     rn.add_argument(
         "--backend",
         choices=[n for n, _ in backend_factories],
