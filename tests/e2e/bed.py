@@ -11,8 +11,8 @@ socket: Xen's serial path was seen to duplicate characters now and then under TC
 commands. Requests are base64 chunks of a shell script (each chunk acknowledged); answers are the
 script's output in base64 between ``__BEGIN_<id>__`` and ``__END_<id>__ <status> <md5>`` markers,
 and a damaged answer (md5 mismatch) is asked for again. A guest runs the same runner on its console
-(hvc0, Xen's PV console, for both HVM and PV); Dom0's ``e2e-guest`` helper captures that console's pty into a log
-and relays requests and answers.
+(hvc0, Xen's PV console, for both HVM and PV); Dom0's ``e2e-guest`` helper captures that
+console's pty into a log and relays requests and answers.
 """
 
 from __future__ import annotations
