@@ -87,6 +87,15 @@ def test_status_json(
     assert not by["tmem"]["ok"] and not by["tmem"]["targets_node"]
     assert doc["plan"] == [{"source": 0, "target": 1, "rate_bytes_per_s": 4 << 20}]
     assert [n["node"] for n in doc["nodes"]] == [0, 1]
+    assert doc["lru_gen"] is False
+    mglru = root / "sys/kernel/mm/lru_gen/enabled"
+    mglru.parent.mkdir(parents=True, exist_ok=True)
+    mglru.write_text("0x0007\n")
+    text = parse(["tiering", "status"])
+    text.func(text, Ctx(HostFS(str(root))))
+    assert "nodes: (MGLRU on: inactive lists are generations, not coldness; DAMON decides)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_working_tmem_is_reported_but_never_serves(

@@ -95,6 +95,41 @@ def test_nothing_cold_nothing_moves() -> None:
     assert "nothing cold" in d.reasons[0]
 
 
+# Node meminfo of the 2-vnode HVM guest on Debian's 6.12 kernel (MGLRU on) after a 399 MiB buffer
+# was written once on node 0 and left alone (tests/e2e/tiering_scenario.py, 2026-11-28; kB).
+KB = 1024
+OBSERVED_612 = [
+    NodeMemory(0, 514624 * KB, 51460 * KB, active=424904 * KB, inactive=6708 * KB,
+               active_file=12384 * KB, inactive_file=6708 * KB),
+    NodeMemory(1, 477372 * KB, 451512 * KB, active=2532 * KB, inactive=852 * KB,
+               active_file=2332 * KB, inactive_file=852 * KB),
+]
+
+
+def test_under_mglru_the_whole_lru_may_be_cold() -> None:
+    """The multi-generational LRU keeps a page faulted in once in the youngest generation (Active)
+    until reclaim ages the lists: the inactive lists say nothing about coldness there."""
+    dist = [[10, 20], [20, 10]]
+    classic = decide(snap(OBSERVED_612, dist), CFG, PolicyState())
+    assert classic.plan.moves == ()
+    assert classic.reasons == (
+        "node 0: under pressure (free 10.0%) but only 6 MiB inactive: nothing cold to move",
+    )
+    mglru = MemorySnapshot(snap(OBSERVED_612, dist).nodes, snap(OBSERVED_612, dist).distances,
+                           lru_gen=True)
+    d = decide(mglru, CFG, PolicyState())
+    assert d.plan == Plan((Move(0, 1, CFG.initial_rate),))
+    # ...but a node with (almost) nothing on its LRU lists still has nothing to move.
+    empty = NodeMemory(0, 514624 * KB, 51460 * KB, active=4 * MIB, inactive=2 * MIB)
+    d = decide(MemorySnapshot({0: empty, 1: OBSERVED_612[1]}, mglru.distances, lru_gen=True),
+               CFG, PolicyState())
+    assert d.plan.moves == ()
+    assert d.reasons == (
+        "node 0: under pressure (free 10.0%) but only 6 MiB on the LRU lists (MGLRU): nothing "
+        "cold to move",
+    )
+
+
 def test_rate_grows_additively_without_returns_up_to_the_maximum() -> None:
     s = snap([node(0, 4, 5), node(1, 64, 90)], [[10, 20], [20, 10]])
     state = PolicyState()

@@ -72,9 +72,11 @@ def test_distance_columns_follow_the_online_list(tree: Path) -> None:
         ("sys/devices/system/memory/block_size_bytes", "3000\n", "power of two"),
         ("proc/vmstat", "numa_pages_migrated lots\n", "expected 'name number'"),
         ("proc/sys/kernel/osrelease", "linux\n", "release like"),
+        ("sys/kernel/mm/lru_gen/enabled", "y\n", "hexadecimal mask"),
     ],
 )
 def test_garbage_is_one_line_naming_the_file(tree: Path, rel: str, text: str, message: str) -> None:
+    (tree / rel).parent.mkdir(parents=True, exist_ok=True)
     (tree / rel).write_text(text)
     h = HostFS(str(tree))
     with pytest.raises(InputError, match=message) as caught:
@@ -84,6 +86,15 @@ def test_garbage_is_one_line_naming_the_file(tree: Path, rel: str, text: str, me
         readers.kernel_version(h)
     assert "\n" not in str(caught.value)
     assert f"/{rel}" in str(caught.value)
+
+
+def test_lru_gen_switch(tree: Path) -> None:
+    assert readers.read_snapshot(HostFS(str(tree))).lru_gen is False  # no lru_gen directory
+    f = tree / "sys/kernel/mm/lru_gen/enabled"
+    f.parent.mkdir(parents=True)
+    for text, on in (("0x0007\n", True), ("0x0001\n", True), ("0x0000\n", False)):
+        f.write_text(text)
+        assert readers.read_snapshot(HostFS(str(tree))).lru_gen is on, text
 
 
 def test_vmstat_and_kernel_version() -> None:

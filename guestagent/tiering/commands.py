@@ -128,6 +128,7 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
             "nodes": nodes,
             "plan": plan,
             "reasons": list(decision.reasons),
+            "lru_gen": snapshot.lru_gen,
         }
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return 0
@@ -137,7 +138,11 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
         out.append(f"  {r['name']:<6} {state:<12} {r['reason']}")
         for limit in r["limits"]:
             out.append(f"  {'':<6} {'note:':<12} {limit}")
-    out.append("nodes:")
+    out.append(
+        "nodes:"
+        + (" (MGLRU on: inactive lists are generations, not coldness; DAMON decides)"
+           if snapshot.lru_gen else "")
+    )
     for n in nodes:
         out.append(
             f"  node {n['node']}: free {n['free_pct']}% of {n['total_bytes'] // MIB} MiB, "

@@ -39,10 +39,19 @@ class NodeMemory:
 
 @dataclass(frozen=True)
 class MemorySnapshot:
-    """Every node with memory, and the distance between each ordered pair (from sysfs)."""
+    """Every node with memory, and the distance between each ordered pair (from sysfs).
+
+    ``lru_gen``: the multi-generational LRU is on (``/sys/kernel/mm/lru_gen/enabled`` bit 0;
+    Debian's 6.12 kernel turns it on by default). Then meminfo's Active/Inactive split only says
+    which *generation* a page is in, not whether it is cold: a page faulted in goes to the youngest
+    generation (counted Active) and stays there until reclaim ages the lists, so a buffer nobody
+    touched for minutes still shows as Active (seen on the testbed: 403 MiB Active(anon), 0
+    Inactive(anon) on a node holding only a cold buffer).
+    """
 
     nodes: dict[int, NodeMemory]
     distances: dict[tuple[int, int], int] = field(default_factory=dict)
+    lru_gen: bool = False
 
     def distance(self, a: int, b: int) -> int:
         return self.distances.get((a, b), UNKNOWN_DISTANCE)

@@ -6,8 +6,10 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
 
 1. **Sources**: nodes under pressure (free below ``source_low_pct`` of their own MemTotal, or
    still below ``source_high_pct`` after having been pressured: hysteresis) that have at least
-   ``min_inactive_bytes`` of inactive memory (something cold to move). The most pressured source is
-   served first.
+   ``min_inactive_bytes`` of memory that may be cold (:func:`cold_candidates`: the inactive lists;
+   with the multi-generational LRU, every LRU page, because there Active/Inactive are generations,
+   not coldness, and DAMON's own access sampling decides what is cold). The most pressured source
+   is served first.
 2. **Target** (:func:`choose_target`): the nearest other node by the distance matrix; ties go to
    the node with more free memory, then the lower id. Only nodes with free memory above their own
    ``target_min_pct`` watermark qualify, never a source and never a node that is itself short. The
@@ -51,6 +53,13 @@ def is_pressured(node: NodeMemory, config: TieringConfig, was_pressured: bool) -
     """Free memory below the low watermark, or below the high one while still recovering."""
     limit = config.source_high_pct if was_pressured else config.source_low_pct
     return node.free < watermark_bytes(node, limit)
+
+
+def cold_candidates(node: NodeMemory, lru_gen: bool) -> int:
+    """Bytes on the node that may be cold: Inactive on the classic LRU; Active + Inactive under
+    the multi-generational LRU, where a page stays in the youngest generation (Active) until
+    reclaim ages the lists, however long nobody touches it (see ``MemorySnapshot.lru_gen``)."""
+    return node.active + node.inactive if lru_gen else node.inactive
 
 
 def target_room(node: NodeMemory, config: TieringConfig) -> int:
@@ -165,10 +174,12 @@ def decide(
         mem = snapshot.nodes[n]
         free_pct = 100.0 * mem.free_fraction
         out = out_now.get(n, prev.out_bytes)
-        if mem.inactive < config.min_inactive_bytes:
+        candidates = cold_candidates(mem, snapshot.lru_gen)
+        if candidates < config.min_inactive_bytes:
+            what = "on the LRU lists (MGLRU)" if snapshot.lru_gen else "inactive"
             reasons.append(
                 f"node {n}: under pressure (free {free_pct:.1f}%) but only "
-                f"{mem.inactive // MIB} MiB inactive: nothing cold to move"
+                f"{candidates // MIB} MiB {what}: nothing cold to move"
             )
             new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
             continue

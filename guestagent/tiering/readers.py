@@ -10,7 +10,9 @@ Files read (all through :class:`~guestagent.hostfs.HostFS`):
   ``/sys/devices/system/memory/block_size_bytes`` (hex): the node's physical address ranges;
 * ``/proc/vmstat`` ``numa_pages_migrated``: pages automatic NUMA balancing moved to the node that
   touches them, the agent's proxy for "cold pages that came back" (0 when balancing is off);
-* ``/proc/sys/kernel/osrelease``: the kernel version, a hint for DAMON features.
+* ``/proc/sys/kernel/osrelease``: the kernel version, a hint for DAMON features;
+* ``/sys/kernel/mm/lru_gen/enabled`` (hex mask, bit 0 = the multi-generational LRU is on; absent
+  before Linux 6.1 or without CONFIG_LRU_GEN): whether meminfo's inactive lists mean "cold".
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -28,6 +30,7 @@ MEMORY_DIR = "/sys/devices/system/memory"
 BLOCK_SIZE = f"{MEMORY_DIR}/block_size_bytes"
 VMSTAT = "/proc/vmstat"
 OSRELEASE = "/proc/sys/kernel/osrelease"
+LRU_GEN = "/sys/kernel/mm/lru_gen/enabled"
 
 _NODE_NAME = re.compile(r"node(\d{1,4})")
 _MEMORY_NAME = re.compile(r"memory(\d{1,9})")
@@ -91,7 +94,20 @@ def read_snapshot(hostfs: HostFS) -> MemorySnapshot:
     """Every online node's memory and the distance matrix."""
     ids = node_ids(hostfs)
     nodes = {n: read_node_memory(hostfs, n) for n in ids}
-    return MemorySnapshot(nodes=nodes, distances=read_distances(hostfs, ids))
+    return MemorySnapshot(
+        nodes=nodes, distances=read_distances(hostfs, ids), lru_gen=lru_gen_enabled(hostfs)
+    )
+
+
+def lru_gen_enabled(hostfs: HostFS) -> bool:
+    """Bit 0 of ``lru_gen/enabled`` (the kernel prints ``0x%04x``); False when it is absent."""
+    try:
+        text = hostfs.read_text(LRU_GEN).strip()
+    except MissingInputError:
+        return False
+    if not re.fullmatch(r"0x[0-9a-fA-F]{1,8}", text):
+        raise InputError(LRU_GEN, "expected a hexadecimal mask like 0x0007", text)
+    return bool(int(text, 16) & 1)
 
 
 def block_size(hostfs: HostFS) -> int:
