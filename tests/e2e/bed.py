@@ -60,6 +60,9 @@ class BedConfig:
     with_agent: bool = True
     boot_timeout: float = 420.0
     run_name: str = ""
+    #: Guests boot the image with the agent installed from its .deb (packaging/build-deb.sh) and a
+    #: NoCloud seed (rootfs.guest_image_debs) instead of the one with ``pip install .``.
+    guest_debs: bool = False
 
     def qemu_args(self) -> list[str]:
         machine = "q35,kernel-irqchip=split" if self.host_numa2 else "q35"
@@ -105,6 +108,9 @@ class GuestSpec:
     vcpus: int
     vnuma: str | None = None  # the xl.cfg list, e.g. '[ ["pnode=0","size=512",...], ... ]'
     extra: list[str] = field(default_factory=list)
+    #: PID 1 of the guest: "e2e" (guest/e2e-init runs the command runner itself) or "systemd"
+    #: (e2e-init hands PID 1 to systemd and the runner becomes e2e-runner.service).
+    init: str = "e2e"
     boot_timeout: float = 300.0
     #: Guest kernel: "" or "6.1" is Dom0's own (versions.KERNEL_ABI); "6.12" etc. name a
     #: variant of versions.GUEST_KERNELS (its vmlinuz and initramfs sit in Dom0's /guest/<name>/).
@@ -149,6 +155,10 @@ class GuestSpec:
             f"console={self.console} e2e.console={self.console} e2e.root=/dev/xvda "
             "xen_privcmd.unrestricted=1 mitigations=off quiet"
         )
+        if self.init == "systemd":
+            cmdline += " e2e.init=systemd systemd.show_status=false"
+        elif self.init != "e2e":
+            raise BedError(f"unknown guest init {self.init!r}: e2e or systemd")
         lines = [
             f'name = "{self.name}"',
             f'type = "{self.type}"',
@@ -364,6 +374,8 @@ class XenBed:
         if self.lock_fd is None:
             self.lock_fd = acquire_bed_lock()
         _stage, xen, kernel, dom0, disk = self.prepare()
+        if self.config.guest_debs:
+            disk = rootfs.guest_image_debs(artefacts.modules_dir(_stage))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         sock = self.run_dir / "cmd.sock"
         serial_log = self.run_dir / "serial.log"

@@ -11,17 +11,21 @@ from tests.e2e.bed import BedConfig, XenBed
 
 
 class Beds:
-    """At most one QEMU at a time: asking for the other host layout stops the running one."""
+    """At most one QEMU at a time: asking for another layout (host NUMA nodes, the guest image
+    with the agent's .deb) stops the running bed."""
 
     def __init__(self) -> None:
         self.current: XenBed | None = None
 
-    def get(self, host_numa2: bool = False) -> XenBed:
-        if self.current is not None and self.current.config.host_numa2 != host_numa2:
+    def get(self, host_numa2: bool = False, guest_debs: bool = False) -> XenBed:
+        if self.current is not None and (
+            self.current.config.host_numa2 != host_numa2
+            or self.current.config.guest_debs != guest_debs
+        ):
             self.close()
         if self.current is None:
-            bed = XenBed(BedConfig(host_numa2=host_numa2, run_name="pytest-numa2" if host_numa2
-                                   else "pytest"))
+            name = "pytest-numa2" if host_numa2 else "pytest-debs" if guest_debs else "pytest"
+            bed = XenBed(BedConfig(host_numa2=host_numa2, guest_debs=guest_debs, run_name=name))
             bed.__enter__()
             self.current = bed
         return self.current
@@ -55,6 +59,17 @@ def bed_numa2(beds: Beds) -> XenBed:
     return beds.get(host_numa2=True)
 
 
+@pytest.fixture
+def bed_debs(beds: Beds) -> XenBed:
+    """The default layout, its guests booting the image with the agent's .deb and a NoCloud seed."""
+    return beds.get(guest_debs=True)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The 2-node layout needs its own boot: run its tests last, after the default layout's.
-    items.sort(key=lambda item: "bed_numa2" in getattr(item, "fixturenames", ()))
+    # Each other layout needs its own boot: the default layout's tests first, then the .deb
+    # image's, the 2-node layout's last.
+    def layout(item: pytest.Item) -> tuple[bool, bool]:
+        names = getattr(item, "fixturenames", ())
+        return "bed_numa2" in names, "bed_debs" in names
+
+    items.sort(key=layout)

@@ -22,7 +22,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.e2e import versions
-from tests.e2e.util import CACHE, HERE, REPO, BedError, key_of, log, publish_dir, run
+from tests.e2e.util import (
+    CACHE,
+    HERE,
+    REPO,
+    BedError,
+    atomic_dir,
+    key_of,
+    log,
+    publish_dir,
+    run,
+    sha256_file,
+)
 
 MIRROR = os.environ.get("E2E_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 GUEST_INIT = HERE / "guest" / "e2e-init"
@@ -254,3 +265,128 @@ def guest_image(
     return image
 
 
+# --- the image with the agent's .deb (cloud-init on the testbed) ---------------------------------
+
+#: cloud-init's configuration and NoCloud seed for the .deb image (tests/e2e/test_cloudinit.py).
+CLOUD_INIT = HERE / "guest" / "cloud-init"
+BUILD_DEB = REPO / "packaging" / "build-deb.sh"
+
+
+def agent_debs() -> list[Path]:
+    """guestagent's Debian packages, built from the work tree by ``packaging/build-deb.sh`` (with
+    its lintian check); cached on the hash of the tracked files, like the agent layer."""
+    final = CACHE / f"agent-debs-{agent_hash()}"
+    if not (final / ".done").exists():
+        for old in CACHE.glob("agent-debs-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = atomic_dir(final)
+        log("building the agent's .deb with packaging/build-deb.sh")
+        out = run(["sh", BUILD_DEB, tmp], timeout=1800)
+        log("build-deb: " + (out.strip().splitlines() or [""])[-1])
+        (tmp / ".done").write_text("ok\n")
+        publish_dir(tmp, final)
+    debs = sorted(p for p in final.glob("*.deb") if "-dbgsym_" not in p.name)
+    if not any(p.name.startswith("guestagent_") for p in debs):
+        raise BedError(f"packaging/build-deb.sh left no guestagent_*.deb in {final}")
+    return debs
+
+
+def copy_sources(root: Path) -> None:
+    """The tracked files, tests excepted, to /usr/src/guestagent (benchmarks run from there)."""
+    src = root / "usr" / "src" / "guestagent"
+    if src.exists():
+        shutil.rmtree(src)
+    for rel in tracked_files():
+        p = REPO / rel
+        if rel.startswith("tests/") or not p.is_file():
+            continue
+        dst = src / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, dst)
+
+
+def install_debs(root: Path, debs: list[Path]) -> None:
+    """The packages to /root/debs, ``dpkg -i`` of the guest package in a chroot (as an image build
+    would; no systemd runs there, so nothing starts), then its unit turned off again, so that only
+    cloud-init can turn it on. The Debian packages it depends on are in the base (versions.py)."""
+    target = root / "root" / "debs"
+    target.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copy2(deb, target / deb.name)
+    guest = [f"/root/debs/{d.name}" for d in debs if d.name.startswith("guestagent_")]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+           "DEBIAN_FRONTEND": "noninteractive"}
+    with chroot_mounts(root):
+        out = run(["chroot", root, "dpkg", "-i", *guest], env=env, timeout=600)
+        log("dpkg -i: " + (out.strip().splitlines() or [""])[-1])
+        run(["chroot", root, "systemctl", "disable", "guestagent.service"], env=env, timeout=60)
+
+
+def install_cloud_init_seed(root: Path) -> None:
+    """cloud-init's data source list and the NoCloud seed (user-data with ``guestagent:``)."""
+    cfg = root / "etc" / "cloud" / "cloud.cfg.d"
+    cfg.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(CLOUD_INIT / "90-e2e.cfg", cfg / "90-e2e.cfg")
+    seed = root / "var" / "lib" / "cloud" / "seed" / "nocloud"
+    seed.mkdir(parents=True, exist_ok=True)
+    for name in ("user-data", "meta-data"):
+        shutil.copy2(CLOUD_INIT / name, seed / name)
+
+
+def guest_image_debs(modules: Path) -> Path:
+    """The guest image for the cloud-init proof: base + kernel modules + the testbed's init, the
+    agent installed from its .deb (no ``pip install``, so nothing shadows the package's copy),
+    the sources in /usr/src/guestagent, and a NoCloud seed. Named ``debs-guest-<key>.ext4`` (the
+    default image's clean-up removes ``guest-*.ext4``)."""
+    debs = agent_debs()
+    key = key_of(
+        base_rootfs().name,
+        versions.KERNEL,
+        GUEST_INIT.read_text(),
+        GUEST_RUNNER.read_text(),
+        *(d.name + ":" + sha256_file(d) for d in debs),
+        *((CLOUD_INIT / n).read_text() for n in ("90-e2e.cfg", "user-data", "meta-data")),
+        agent_hash(),
+    )
+    image = CACHE / f"debs-guest-{key}.ext4"
+    if image.exists():
+        return image
+    for old in CACHE.glob("debs-guest-*.ext4"):
+        old.unlink()
+    layer = CACHE / "rootfs-layer-debs"
+    if layer.exists():
+        shutil.rmtree(layer)
+    log("copying the base root file system (.deb image)")
+    run(["cp", "-a", "--reflink=auto", base_rootfs(), layer], timeout=600)
+    try:
+        (layer / ".done").unlink()
+        mdst = layer / "lib" / "modules" / versions.KERNEL_ABI
+        if mdst.exists():
+            shutil.rmtree(mdst)
+        copy_modules(modules, mdst)
+        run(["chroot", layer, "depmod", "-a", versions.KERNEL_ABI], timeout=300)
+        for f in (GUEST_INIT, GUEST_RUNNER):
+            dst = layer / "sbin" / f.name
+            shutil.copy2(f, dst)
+            dst.chmod(0o755)
+        (layer / "etc" / "hostname").write_text("e2e-guest\n")
+        copy_sources(layer)
+        install_debs(layer, debs)
+        install_cloud_init_seed(layer)
+        size_mb = int(int(run(["du", "-sm", layer], timeout=300).split()[0]) * 1.25) + 256
+        tmp_img = image.with_suffix(".tmp")
+        if tmp_img.exists():
+            tmp_img.unlink()
+        log(f"mke2fs -d ({size_mb} MiB, .deb image)")
+        run(
+            ["mke2fs", "-q", "-t", "ext4", "-L", "e2e-root", "-E", "root_owner=0:0",
+             "-d", layer, tmp_img, f"{size_mb}M"],
+            timeout=900,
+        )
+        tmp_img.rename(image)
+    finally:
+        for sub in ("proc", "sys", "dev"):
+            subprocess.run(["umount", "-l", str(layer / sub)], check=False,
+                           stderr=subprocess.DEVNULL)
+        shutil.rmtree(layer, ignore_errors=True)
+    return image
