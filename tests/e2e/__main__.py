@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e import versions
+from tests.e2e import artefacts, rootfs, versions
 from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, log
 
@@ -36,7 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("e2e run: give the command after --", file=sys.stderr)
         return 2
     script = command[0] if len(command) == 1 else shlex.join(command)
-    config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="cli")
+    config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="cli",
+                       guest_debs=args.debs)
     with XenBed(config) as bed:
         if args.dom0:
             out, rc = bed.dom0(script, timeout=args.timeout)
@@ -50,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 spec = GuestSpec.hvm(memory=args.memory, vcpus=args.vcpus, vnuma=args.vnuma,
                                      kernel=args.kernel)
+            if args.systemd:
+                spec.init = "systemd"
             with bed.guest(spec) as g:
                 out, rc = g.run(script, timeout=args.timeout)
         sys.stdout.write(out)
@@ -60,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Boot the bed and keep it up; ``exec`` sends it Dom0 scripts through a unix socket."""
-    config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="serve")
+    config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="serve",
+                       guest_debs=args.debs)
     path = Path(args.socket)
     if path.exists():
         path.unlink()
@@ -106,8 +110,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     lock = acquire_bed_lock()  # noqa: F841 (held until exit: one builder at a time)
-    _stage, xen, _kernel, dom0, disk = XenBed(BedConfig(with_agent=not args.no_agent)).prepare()
-    for p in (xen, dom0, disk):
+    stage, xen, _kernel, dom0, disk = XenBed(BedConfig(with_agent=not args.no_agent)).prepare()
+    extra = [rootfs.guest_image_debs(artefacts.modules_dir(stage))] if args.debs else []
+    for p in (xen, dom0, disk, *extra):
         print(p)
     return 0
 
@@ -150,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host-numa2", action="store_true",
                      help="2 host NUMA nodes, intel-iommu, a NIC behind a pxb-pcie on node 1")
     run.add_argument("--no-agent", action="store_true", help="guest image without the agent")
+    run.add_argument("--debs", action="store_true",
+                     help="guest image with the agent installed from its .deb and a NoCloud seed")
+    run.add_argument("--systemd", action="store_true",
+                     help="the guest boots systemd (the runner becomes e2e-runner.service)")
     run.add_argument("--kernel", default="",
                      help=f"guest kernel: {versions.DEFAULT_GUEST_KERNEL} (default, Dom0's) or one "
                      f"of {', '.join(sorted(versions.GUEST_KERNELS))}")
@@ -158,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=cmd_run)
     build = sub.add_parser("build", help="fetch and build all artefacts (cached)")
     build.add_argument("--no-agent", action="store_true")
+    build.add_argument("--debs", action="store_true", help="also the image with the agent's .deb")
     build.set_defaults(func=cmd_build)
     serve = sub.add_parser("serve", help="boot the bed and keep it up for 'exec' (debugging)")
     serve.add_argument("--socket", default="/tmp/e2e-bed.sock")
     serve.add_argument("--host-numa2", action="store_true")
     serve.add_argument("--no-agent", action="store_true")
+    serve.add_argument("--debs", action="store_true", help="the image with the agent's .deb")
     serve.set_defaults(func=cmd_serve)
     exe = sub.add_parser("exec", help="run a script in the Dom0 of a bed started by 'serve'")
     exe.add_argument("--socket", default="/tmp/e2e-bed.sock")
