@@ -276,6 +276,36 @@ def test_stall_with_plenty_free_is_not_a_shortage() -> None:
     assert ds[-1].action == "grow" and "MemAvailable" in ds[-1].reason
 
 
+def test_no_shrink_while_memory_use_grows() -> None:
+    cfg = PressureConfig()
+    base = snap(mem_free_kb=100 * MIB_KB)
+    # Anonymous use rising 4 MiB/s (MemAvailable falls, MemTotal stays), then flat.
+    frames: list[dict[str, Any]] = [
+        {"mem_available_kb": base.mem_available_kb - i * 4 * MIB_KB} for i in range(30)
+    ] + [{"mem_available_kb": base.mem_available_kb - 29 * 4 * MIB_KB}] * 30
+    ds = run_policy(cfg, frames, start=base)
+    assert all(d.action != "shrink" for d in ds[1:30]), [d.reason for d in ds[1:30]]
+    assert any("memory use growing" in d.reason for d in ds[1:30])
+    assert any(d.action == "shrink" for d in ds[30:])
+    # The same for the page cache filling at 4 MiB/s.
+    frames = [{"cached_kb": base.cached_kb + i * 4 * MIB_KB} for i in range(30)]
+    ds = run_policy(cfg, frames, start=base)
+    assert all(d.action != "shrink" for d in ds[1:])
+
+
+def test_demand_growing_into_the_band_grows_before_the_reserve() -> None:
+    # Seen on Xen 4.17: an allocation ate the page cache while MemAvailable stayed just above
+    # the reserve (it counts the cache), so the policy never grew and the cache was read again.
+    cfg = PressureConfig()
+    start = snap(size_kb=600 * MIB_KB, mem_available_kb=200 * MIB_KB, mem_free_kb=50 * MIB_KB)
+    frames: list[dict[str, Any]] = [{}, {"mem_available_kb": 100 * MIB_KB}]
+    ds = run_policy(cfg, frames, start=start)
+    assert ds[1].action == "grow" and "under 2x reserve while use grows" in ds[1].reason
+    # Flat use inside the band is the hysteresis: hold.
+    ds = run_policy(cfg, [{}, {}], start=replace(start, mem_available_kb=100 * MIB_KB))
+    assert [d.action for d in ds] == ["hold", "hold"]
+
+
 def test_pressure_stops_at_twice_the_reserve() -> None:
     ds = run_policy(PressureConfig(), [{}] * 600)
     final = ds[-1]

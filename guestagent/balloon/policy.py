@@ -82,6 +82,9 @@ class PolicyState:
     prev_refaults: int | None = None
     prev_pswpin: int | None = None
     prev_oom_kill: int | None = None
+    #: MemTotal - MemAvailable (what reclaim cannot free) and Cached at the last decision.
+    prev_used_kb: int | None = None
+    prev_cached_kb: int | None = None
     #: classic: ``selfballoon_reserved_mb`` in KiB, fixed at the first tick like the kernel did.
     reserved_kb: int | None = None
 
@@ -188,6 +191,10 @@ class PressureConfig(PolicyConfig):
     grow_interval_s: float = 1.0
     #: No further shrink while the driver is this far behind the target (current - target).
     max_driver_lag_kb: int = 128 * MIB_KB
+    #: Memory use (MemTotal - MemAvailable, or Cached) rising faster than this (KiB/s) since the
+    #: last decision means the working set is growing: no shrink, and a grow once it reaches the
+    #: band under twice the reserve.
+    demand_growth_kb_per_s: int = 1024
 
     def validate(self) -> None:
         super().validate()
@@ -216,7 +223,8 @@ class PressureConfig(PolicyConfig):
             value = getattr(self, key)
             if not 0 <= value <= 100:
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
-        for key in ("shrink_max_step_kb", "grow_step_min_kb", "reserve_min_kb"):
+        for key in ("shrink_max_step_kb", "grow_step_min_kb", "reserve_min_kb",
+                    "demand_growth_kb_per_s"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -384,6 +392,8 @@ def _decide(
         prev_refaults=signals.refaults,
         prev_pswpin=signals.pswpin,
         prev_oom_kill=signals.oom_kill,
+        prev_used_kb=used_kb(signals),
+        prev_cached_kb=signals.cached_kb,
     )
     return Decision(
         target_kb=target,
@@ -536,6 +546,28 @@ def stall_pct(signals: MemorySignals, state: PolicyState) -> float:
     return min(100.0, rate / 1e6 * 100.0)
 
 
+def used_kb(signals: MemorySignals) -> int:
+    """MemTotal - MemAvailable: what reclaim cannot free. Ballooning does not move it (MemTotal
+    and MemAvailable change together), so a change is the guest's own demand."""
+    return max(0, signals.mem_total_kb - signals.mem_available_kb)
+
+
+def demand_growth(
+    signals: MemorySignals, state: PolicyState
+) -> tuple[float, float] | None:
+    """(used, cached) growth in KiB/s since the last decision; None without history or when the
+    last decision is too recent (under half a second) for a rate to mean anything."""
+    if state.prev_t is None or state.prev_used_kb is None or state.prev_cached_kb is None:
+        return None
+    dt = signals.timestamp - state.prev_t
+    if dt < 0.5:
+        return None
+    return (
+        (used_kb(signals) - state.prev_used_kb) / dt,
+        (signals.cached_kb - state.prev_cached_kb) / dt,
+    )
+
+
 def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
     return max(config.reserve_min_kb, int(ceiling_kb * config.reserve_pct / 100))
 
@@ -579,6 +611,16 @@ def _step_pressure(
     why = [] if plenty_free else soft
     if avail < reserve:
         why.append(f"MemAvailable {avail} KiB < reserve {reserve} KiB")
+    # Demand growing into the band under twice the reserve: grow now, before the kernel has to
+    # evict the page cache to make room (MemAvailable counts that cache, so it only falls under the
+    # reserve once the cache is gone; seen on Xen 4.17: a 192 MiB allocation evicted 130 MiB of a
+    # cache that was read again right after, while MemAvailable stayed at 68-70 MiB).
+    growth = demand_growth(signals, state)
+    used_rate, cached_rate = growth if growth is not None else (0.0, 0.0)
+    if reserve <= avail < 2 * reserve and used_rate >= config.demand_growth_kb_per_s:
+        why.append(
+            f"MemAvailable {avail} KiB under 2x reserve while use grows {used_rate:.0f} KiB/s"
+        )
 
     if why:
         if prev >= lim.ceiling_kb:
@@ -603,6 +645,10 @@ def _step_pressure(
             "; ".join(soft) + f" with MemFree {signals.mem_free_kb} KiB >= {free_limit} KiB: "
             "more memory would not relieve it"
         )
+    rising = max(used_rate, cached_rate)
+    if rising >= config.demand_growth_kb_per_s:
+        # Probing for the working set while it grows would evict what was just allocated or read.
+        holds.append(f"memory use growing ({rising:.0f} KiB/s)")
     if stall >= config.psi_target_pct or avg10 >= config.psi_target_pct:
         holds.append(
             f"stall {stall:.2f} % / avg10 {avg10:.2f} % not below target {config.psi_target_pct} %"
@@ -665,7 +711,10 @@ def decide_pressure(
     "some" stall in 1 s); the "some" stall over the last interval, from the PSI totals, reached
     ``psi_grow_pct`` (2 %); refaults or swap-ins per second climbed over their thresholds (2000 and
     1000 pages/s); MemAvailable fell under the reserve, max(64 MiB, 3 % of the ceiling); or an OOM
-    kill happened (then straight to the ceiling, and no shrink for 5 minutes). Stall, refaults and
+    kill happened (then straight to the ceiling, and no shrink for 5 minutes); or MemAvailable is in
+    the band under twice the reserve while memory use (MemTotal - MemAvailable) rises faster than
+    1 MiB/s (demand is eating into the band: grow before the kernel evicts the page cache, which
+    MemAvailable counts, to make room). Stall, refaults and
     swap-ins count only while MemFree is under twice the reserve: with more free the kernel is not
     reclaiming, and the stall is pages evicted earlier being read back (or a trigger window that
     still covers the time before the last grow), which more memory does not relieve. The step is
@@ -675,7 +724,10 @@ def decide_pressure(
     PSI trigger's window and hence its notification rate.
 
     **Shrink in small steps, only while it is quiet**: stall and avg10 under ``psi_target_pct``
-    (0.2 %, Senpai's order of magnitude), no grow or toolstack override in the last 30 s, at most
+    (0.2 %, Senpai's order of magnitude), memory use and page cache not rising faster than 1 MiB/s
+    (probing for the working set while it grows evicts what was just allocated or read: on Xen 4.17
+    a cache read at that moment was squeezed to a third and read again from disk), no grow or
+    toolstack override in the last 30 s, at most
     one shrink per 5 s, the driver not more than 128 MiB behind its target, and MemAvailable kept
     above twice the reserve (the band between reserve and 2x reserve separates the shrink zone from
     the grow zone). The step is the larger of 1 % of the target and 1/8 of the headroom
