@@ -1,10 +1,11 @@
 """Balloon policies on recorded traces: a TRACE REPLAY, not a measurement.
 
-Replays every trace in ``tests/traces/`` (or the files given) through ``none``, ``classic`` and
-``pressure`` with ``guestagent.balloon.trace.simulate`` and prints, per trace and policy: memory
-held (GiB x s), its ratio to ``classic``, peak ``some`` avg10 (from the trace: pressure is not
-re-simulated), OOM kills in the trace, grows/shrinks, and the steps where the simulated size would
-not have held the recorded workload. See the ``trace`` module docstring for the replay model.
+Replays every trace in ``tests/traces/`` and ``benchmarks/traces/`` (or the files given) through
+``none``, ``classic`` and ``pressure`` with ``guestagent.balloon.trace.simulate`` and prints, per
+trace and policy: memory held (GiB x s), its ratio to ``classic``, peak ``some`` avg10 (from the
+trace: pressure is not re-simulated), OOM kills in the trace, grows/shrinks, and the steps where the
+simulated size would not have held the recorded workload. See the ``trace`` module docstring for
+the replay model.
 
 The issue's real benchmark (a scripted workload per policy on the Xen testbed, memory from Dom0,
 run time) is a separate measurement; these numbers only compare policies on identical inputs.
@@ -41,7 +42,10 @@ def main(argv: list[str]) -> int:
     as_json = "--json" in argv
     paths = [Path(a) for a in argv if a != "--json"]
     if not paths:
-        paths = sorted((ROOT / "tests" / "traces").glob("*.jsonl"))
+        paths = [
+            *sorted((ROOT / "tests" / "traces").glob("*.jsonl")),
+            *sorted((ROOT / "benchmarks" / "traces").glob("*.jsonl")),
+        ]
     results = {str(p): replay(p) for p in paths}
     if as_json:
         print(json.dumps(

@@ -30,6 +30,9 @@ PHASES = TRACE_DIR / "synthetic-phases-1g.jsonl"
 OVERRIDE = TRACE_DIR / "synthetic-override-1g.jsonl"
 RECORDED = TRACE_DIR / "recorded-devhost-noxen.jsonl"
 PV = HERE / "fixtures" / "balloon-pv-1g"
+#: Recorded by ``guestagent balloon record`` in a 1 GiB PV guest on the Xen 4.17 testbed during the
+#: ``none`` run of ``python -m benchmarks.balloon_testbed`` (benchmarks/README.md).
+TESTBED = HERE.parent / "benchmarks" / "traces" / "testbed-xen417-pv1g-none.jsonl"
 
 
 def test_kept_synthetic_traces_are_what_the_generator_writes() -> None:
@@ -183,3 +186,21 @@ def test_trace_round_trip(tmp_path: Path) -> None:
     again = load_trace(str(path))
     assert again.snapshots == trace.snapshots[:20]
     assert json.loads(path.read_text().splitlines()[0])["source"] == "test"
+
+
+def test_the_trace_recorded_on_xen_replays_within_the_limits() -> None:
+    trace = load_trace(str(TESTBED))
+    snaps = trace.snapshots
+    assert len(snaps) > 100
+    # Real Xen: the balloon driver and the toolstack's keys were read at every snapshot.
+    assert all(s.balloon_current_kb == 1048576 and s.xs_static_max_kb == 1048576 for s in snaps)
+    assert all(s.psi_available and s.totalreserve_kb for s in snaps)
+    held = {}
+    for policy in ("none", "classic", "pressure"):
+        summary = simulate(trace, policy).summary
+        assert summary is not None
+        assert summary.floor_violations == 0 and summary.ceiling_violations == 0, policy
+        held[policy] = summary.memory_held_gib_s
+    pressure = simulate(trace, "pressure").summary
+    assert pressure is not None and pressure.underprovisioned_steps == 0
+    assert held["pressure"] < held["none"] and held["classic"] < held["none"]
