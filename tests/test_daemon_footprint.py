@@ -17,6 +17,7 @@ import pytest
 
 from guestagent import cli
 from guestagent.daemon.loop import MAX_SLACK, EventLoop
+from guestagent.daemon.service import RESUME_CHECK_SECONDS
 from tests.xenstore_server import XenstoreServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,9 +145,9 @@ def test_run_parses_with_only_the_daemon_commands() -> None:
 
 
 def test_timers_of_commensurate_intervals_share_wakeups() -> None:
-    """An hour of the idle daemon's timers (watchdog every 30 s, resume check every 60 s, the
-    topology refresh every hour, started 1.5 s apart) on a fake clock: every wakeup feeds the
-    watchdog, none is spent on another timer alone."""
+    """An hour of the idle daemon's timers (watchdog every 90 s, half the unit's WatchdogSec=3min;
+    the resume check every 180 s; the topology refresh every hour; started 1.5 s apart) on a fake
+    clock: every wakeup feeds the watchdog, none is spent on another timer alone."""
     now = [1000.0]
     loop = EventLoop(clock=lambda: now[0])
     runs: dict[str, int] = {"watchdog": 0, "resume": 0, "refresh": 0}
@@ -157,21 +158,21 @@ def test_timers_of_commensurate_intervals_share_wakeups() -> None:
     try:
         loop.call_every(3600, lambda: counter("refresh"))
         now[0] += 1.5  # the jobs' start takes a moment
-        loop.call_every(60, lambda: counter("resume"))
-        loop.call_every(30, lambda: counter("watchdog"), first=0)
+        loop.call_every(RESUME_CHECK_SECONDS, lambda: counter("resume"))
+        loop.call_every(90, lambda: counter("watchdog"), first=0)
         wakeups = 0
         while True:
             timeout = loop._next_timeout()
             assert timeout is not None
-            if now[0] + timeout > 1001.5 + 3600 + 3.5:
+            if now[0] + timeout > 1001.5 + 3600 + 5:
                 break
             now[0] += timeout
             loop.run_once(max_wait=0)
             wakeups += 1
     finally:
         loop.close()
-    # The refresh is due 1.5 s before the 121st watchdog feed, which runs early with it.
-    assert runs == {"watchdog": 121, "resume": 60, "refresh": 1}
+    # The refresh is due 1.5 s before the 41st watchdog feed, which runs early with it.
+    assert runs == {"watchdog": 41, "resume": 20, "refresh": 1}
     assert wakeups == runs["watchdog"]
 
 

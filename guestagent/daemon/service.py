@@ -32,8 +32,9 @@ from guestagent.log import get_logger
 #: migration is seen at once anyway: the guest kernel registers every xenstore watch again after
 #: it, and xenstored fires a watch when it is registered, so the ``unique-domain-id`` watch fires.
 #: The clocks alone catch what xenstore does not (no xenstore, an ACPI sleep of an HVM guest).
-#: A multiple of the watchdog's 30 s, so the two share a wakeup (timers are coalesced).
-RESUME_CHECK_SECONDS = 60.0
+#: A multiple of the watchdog's period (90 s with the unit's WatchdogSec=3min; also of 30 and
+#: 60 s), so the two share a wakeup (timers are coalesced).
+RESUME_CHECK_SECONDS = 180.0
 STATUS_SOCKET = "status.sock"
 
 

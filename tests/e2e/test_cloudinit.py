@@ -69,7 +69,7 @@ def test_cloud_init_installs_the_configuration_and_starts_the_agent(bed_debs: Xe
         assert state == "active", g.run("systemctl status guestagent.service; "
                                         "journalctl -b -u guestagent.service --no-pager")[0]
         props = g.run_ok("systemctl show -p Type -p WatchdogUSec -p NRestarts guestagent.service")
-        assert "Type=notify" in props and "WatchdogUSec=1min" in props, props
+        assert "Type=notify" in props and "WatchdogUSec=3min" in props, props
         assert "NRestarts=0" in props, props
 
         # It answers on its status socket and runs with cloud-init's configuration.
