@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import errno
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from guestagent.devices.job import own_domid
+from guestagent.config import load
+from guestagent.daemon.loop import EventLoop
+from guestagent.devices.apply import NOT_REQUESTED
+from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+from guestagent.devices.job import DevicesJob, own_domid, pending_vectors
+from guestagent.devices.model import DeviceReport
+from guestagent.hostfs import HostFS
 from guestagent.xen.xenstore import XenstoreError
 
 
@@ -36,3 +45,72 @@ class Reader:
 )
 def test_own_domid(value: bytes | None, domid: int | None) -> None:
     assert own_domid(Reader(value)) == domid
+
+
+# --- vectors the driver has not requested yet -------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+VF = "0000:00:05.0"  # devices-2node: MSI-X 29, 30, 31; no node of its own
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_pass_with_vectors_not_requested_yet_is_repeated_with_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen on real Xen: a NIC's vectors get /proc/irq entries only when its interface comes up,
+    which no udev event reports. The job repeats its pass (30 s, then doubling) until they are
+    pinned, then stops repeating."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
+    parked = tmp_path / "irq30"
+    shutil.move(str(root / "proc/irq/30"), str(parked))
+    toml = tmp_path / "guestagent.toml"
+    toml.write_text(f'[devices]\nnode_overrides = ["{VF}=1"]\nirqbalance = "pin"\n')
+    config = load(str(toml), str(tmp_path / "conf.d"))
+
+    def no_udev() -> None:
+        raise HotplugUnavailableError("no udev in this test")
+
+    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
+    clock = FakeClock()
+    loop = EventLoop(clock=clock)
+    hub = SimpleNamespace(client=lambda: None, watch=lambda path, cb: False)
+    ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)), config=config, xenstore=hub,
+                          role="guest")
+    job = DevicesJob()
+    try:
+        job.start(ctx)  # type: ignore[arg-type]
+        irq = root / "proc/irq"
+        assert (irq / "29/smp_affinity_list").read_text() == "2-3"
+        assert job._retry is not None and job._retry.when == 1030.0
+        # Still down after 30 s: the next repeat waits 60 s.
+        clock.now = 1030.0
+        loop.run_once(0)
+        assert job._retry is not None and job._retry.when == 1090.0
+        # The interface came up: the next pass pins the vector and stops repeating.
+        shutil.move(str(parked), str(irq / "30"))
+        clock.now = 1090.0
+        loop.run_once(0)
+        assert (irq / "30/smp_affinity_list").read_text() == "2-3"
+        assert job._retry is None
+        job.stop()
+        assert (irq / "30/smp_affinity_list").read_text().strip() == "0-3"
+    finally:
+        loop.close()
+
+
+def test_pending_vectors_names_only_the_not_requested_skips() -> None:
+    reports = [
+        DeviceReport(bdf=VF, skipped=[f"IRQ 30: {NOT_REQUESTED} (no /proc/irq/30); later",
+                                      "IRQ 29: already on 2-3"]),
+        DeviceReport(bdf="0000:00:06.0", skipped=["IRQ 33: kernel-managed, left alone"]),
+    ]
+    assert pending_vectors(reports) == [f"{VF} IRQ 30"]
+    assert pending_vectors([]) == []

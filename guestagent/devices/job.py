@@ -1,20 +1,43 @@
 """The devices job of the daemon: bind devices at start, follow udev hotplug and the Dom0 hints,
-undo every binding on stop."""
+undo every binding on stop.
+
+A pass that finds vectors the driver has not requested yet (a NIC whose interface is still down:
+no /proc/irq/N, and no udev event when it comes up) is repeated after 30 s, then after twice the
+previous wait up to 10 minutes, until no such vector is left.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from guestagent.config import Config
+from guestagent.devices.apply import NOT_REQUESTED
 from guestagent.devices.apply import DevicesJob as DeviceBinder
 from guestagent.devices.config import DevicesConfig
 from guestagent.devices.hints import HintSource, XenstoreHintSource
 from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+from guestagent.devices.model import DeviceReport
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
 
 if TYPE_CHECKING:
+    from guestagent.daemon.loop import Timer
     from guestagent.daemon.service import JobContext
+
+#: Waits before passes repeated for vectors not requested yet (seconds): first, then doubled up to.
+PENDING_RETRY_FIRST = 30.0
+PENDING_RETRY_MAX = 600.0
+
+
+def pending_vectors(reports: Sequence[DeviceReport]) -> list[str]:
+    """``BDF IRQ N`` of every vector a pass skipped because its driver had not requested it."""
+    return [
+        f"{r.bdf} {line.split(':', 1)[0]}"
+        for r in reports
+        for line in r.skipped
+        if line.startswith("IRQ ") and NOT_REQUESTED in line
+    ]
 
 
 def own_domid(client: Any) -> int | None:
@@ -34,6 +57,8 @@ class DevicesJob:
         self._binder: DeviceBinder | None = None
         self._monitor: HotplugMonitor | None = None
         self._hotplug_off: str | None = None
+        self._retry: Timer | None = None
+        self._retry_wait = PENDING_RETRY_FIRST
         self._log = get_logger("devices")
 
     def start(self, ctx: JobContext) -> None:
@@ -48,7 +73,7 @@ class DevicesJob:
         binder = DeviceBinder(ctx.hostfs, DevicesConfig.from_agent_config(ctx.config), sources)
         binder.applying = True
         self._binder = binder
-        binder.scan(apply=True)
+        self._after_pass(binder.scan(apply=True))
         try:
             self._monitor = HotplugMonitor.open()
         except HotplugUnavailableError as e:
@@ -64,7 +89,25 @@ class DevicesJob:
     def _rescan(self, reason: str) -> None:
         if self._binder is not None:
             self._log.info("devices_rescan", reason=reason)
-            self._binder.scan(apply=True)
+            self._after_pass(self._binder.scan(apply=True))
+
+    def _after_pass(self, reports: Sequence[DeviceReport]) -> None:
+        """Schedule a repeat while vectors wait for their driver; forget it once none do."""
+        pending = pending_vectors(reports)
+        if not pending:
+            self._retry_wait = PENDING_RETRY_FIRST
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
+            return
+        if self._retry is None and self._ctx is not None:
+            self._log.info("devices_pending_vectors", vectors=pending, retry_in=self._retry_wait)
+            self._retry = self._ctx.loop.call_later(self._retry_wait, self._retry_pass)
+
+    def _retry_pass(self) -> None:
+        self._retry = None
+        self._retry_wait = min(self._retry_wait * 2, PENDING_RETRY_MAX)
+        self._rescan("vectors not requested by their driver yet")
 
     def reload(self, config: Config) -> None:
         assert self._binder is not None
@@ -75,6 +118,9 @@ class DevicesJob:
         self._rescan(reason)
 
     def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._monitor is not None and self._ctx is not None:
             self._ctx.loop.remove_reader(self._monitor.fileno())
             self._monitor = None
