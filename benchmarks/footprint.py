@@ -297,13 +297,13 @@ def _drain(sock: socket.socket, stop_event: threading.Event) -> None:
 
 def cmd_local(args: argparse.Namespace) -> int:
     """The daemon on a copy of the PV guest fixture tree (so it binds nothing on this machine),
-    with NOTIFY_SOCKET and WATCHDOG_USEC as its systemd unit sets them (WatchdogSec=60s)."""
+    with NOTIFY_SOCKET and WATCHDOG_USEC as its systemd unit sets them (WatchdogSec=3min)."""
     tmp = Path(tempfile.mkdtemp(prefix="footprint-local-"))
     root = tmp / "root"
     shutil.copytree(REPO / "tests" / "fixtures" / "pv-guest", root, symlinks=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp / "notify.sock"))
-    env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify.sock"), WATCHDOG_USEC="60000000")
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify.sock"), WATCHDOG_USEC="180000000")
     env.pop("WATCHDOG_PID", None)
     argv = [sys.executable, "-m", "guestagent", "--root", str(root), "run",
             "--config", str(tmp / "guestagent.toml"), "--conf-dir", str(tmp / "conf.d"),
