@@ -191,6 +191,31 @@ def test_rate_is_capped_by_the_target_room_and_pauses_when_none_fits() -> None:
     assert d3.plan.moves == (Move(0, 1, room // 10 + CFG.rate_step),)
 
 
+def test_a_full_target_takes_pages_again_only_with_room_to_spare() -> None:
+    """No on/off flapping at the target's watermark (seen on the testbed, 2-second interval)."""
+    cfg = TieringConfig(interval_s=2.0)
+    dist = [[10, 20], [20, 10]]
+    # Node 1 (1 GiB) sits 1 MiB above its 25 % watermark: less than min_rate for 2 s.
+    at_mark = snap([node(0, 1, 5), node(1, 1, 25 + 100 / 1024)], dist)
+    d = decide(at_mark, cfg, PolicyState())
+    assert d.plan.moves == ()
+    assert d.state.full_targets == frozenset({1})
+    # 20 MiB above the watermark: enough for min_rate, not yet the 5 % (51 MiB) to resume.
+    some_room = snap([node(0, 1, 5), node(1, 1, 25 + 2000 / 1024)], dist)
+    d2 = decide(some_room, cfg, d.state)
+    assert d2.plan.moves == ()
+    assert d2.reasons == (
+        "node 0: under pressure (free 5.0%), paused: no other node has free memory above its 25% "
+        "watermark; node 1 is full until it has 51 MiB above it",
+    )
+    assert decide(some_room, cfg, PolicyState()).plan.moves != ()  # without the memory: a move
+    # 6 % above the watermark: back in business, and no longer full.
+    room = snap([node(0, 1, 5), node(1, 1, 31)], dist)
+    d3 = decide(room, cfg, d2.state)
+    assert [(m.source, m.target) for m in d3.plan.moves] == [(0, 1)]
+    assert d3.state.full_targets == frozenset()
+
+
 def test_two_sources_share_one_target_room() -> None:
     dist = [[10, 20, 20], [20, 10, 20], [20, 20, 10]]
     # Node 2 offers 8 GiB * 1 % = ~82 MiB of room: 8.2 MiB/s for 10 s, shared.
@@ -218,6 +243,7 @@ def test_unknown_distances_rank_last() -> None:
         ({"backoff": 1.0}, "backoff"),
         ({"promotion_target_per_min": 0.0}, "promotion_target"),
         ({"interval_s": 0.0}, "interval_s"),
+        ({"target_resume_pct": 80.0}, "target_resume_pct"),
     ],
 )
 def test_bad_config_is_one_line(kwargs: dict[str, float], text: str) -> None:

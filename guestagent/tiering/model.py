@@ -104,6 +104,11 @@ class TieringConfig:
     backoff: float = 0.5
     promotion_target_per_min: float = 0.02
     interval_s: float = 10.0
+    #: A target that ran out of room takes pages again only once it has this much (percent of its
+    #: own MemTotal) above its watermark: without it, a target hovering at its watermark turns the
+    #: source on and off every interval (seen on the testbed: each "on" restarts DAMON's monitoring,
+    #: so nothing is old enough to move before the next "off").
+    target_resume_pct: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("source_low_pct", "source_high_pct", "target_min_pct"):
@@ -138,6 +143,12 @@ class TieringConfig:
             )
         if not 0.0 < self.interval_s <= 3600.0:
             raise InputError("tiering config interval_s", "must be in (0, 3600]", self.interval_s)
+        if not 0.0 <= self.target_resume_pct <= 100.0 - self.target_min_pct:
+            raise InputError(
+                "tiering config target_resume_pct",
+                "must be in 0..(100 - target_min_pct)",
+                self.target_resume_pct,
+            )
         if self.min_inactive_bytes < 0:
             raise InputError(
                 "tiering config min_inactive_bytes",
@@ -161,6 +172,9 @@ class SourceState:
 @dataclass(frozen=True)
 class PolicyState:
     sources: dict[int, SourceState] = field(default_factory=dict)
+    #: Targets that ran out of room and have not yet regained ``target_resume_pct`` above their
+    #: watermark.
+    full_targets: frozenset[int] = frozenset()
 
     def of(self, node: int) -> SourceState:
         return self.sources.get(node, SourceState())

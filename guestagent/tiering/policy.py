@@ -21,8 +21,9 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    must stay under ``promotion_target_per_min`` (e.g. 2 %/min). Above it the rate is multiplied by
    ``backoff``; otherwise it grows by ``rate_step``. Always within ``[min_rate, max_rate]``, and
    never more than the target's room per interval (the capped rate is what the state remembers);
-   when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) until a
-   target has room again.
+   when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
+   target counts as full until its room is back at ``target_resume_pct`` of its MemTotal
+   (hysteresis: a target at its watermark does not flap the source on and off).
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -53,6 +54,11 @@ def is_pressured(node: NodeMemory, config: TieringConfig, was_pressured: bool) -
     """Free memory below the low watermark, or below the high one while still recovering."""
     limit = config.source_high_pct if was_pressured else config.source_low_pct
     return node.free < watermark_bytes(node, limit)
+
+
+def resume_room(node: NodeMemory, config: TieringConfig) -> int:
+    """Room a full target needs again before it takes pages (``target_resume_pct``)."""
+    return int(node.total * config.target_resume_pct / 100.0)
 
 
 def cold_candidates(node: NodeMemory, lru_gen: bool) -> int:
@@ -156,6 +162,12 @@ def decide(
     )
     short = frozenset(sources)
     room = {n: target_room(mem, config) for n, mem in snapshot.nodes.items() if n not in short}
+    still_full = {
+        n for n in state.full_targets
+        if n in room and room[n] < resume_room(snapshot.nodes[n], config)
+    }
+    for n in still_full:
+        room[n] = 0
 
     moves: list[Move] = []
     new_states: dict[int, SourceState] = {}
@@ -188,14 +200,20 @@ def decide(
         )
         target = choose_target(n, snapshot, config, room, short)
         if target is None:
+            held = "".join(
+                f"; node {t} is full until it has {resume_room(snapshot.nodes[t], config) // MIB} "
+                f"MiB above it"
+                for t in sorted(still_full)
+            )
             reasons.append(
                 f"node {n}: under pressure (free {free_pct:.1f}%), paused: no other node has free "
-                f"memory above its {config.target_min_pct:g}% watermark"
+                f"memory above its {config.target_min_pct:g}% watermark{held}"
             )
             new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
             continue
         budget = room[target] / interval
         if budget < config.min_rate:
+            still_full.add(target)
             reasons.append(
                 f"node {n}: under pressure, paused: node {target} has only "
                 f"{room[target] // MIB} MiB above its watermark"
@@ -218,4 +236,6 @@ def decide(
             out_bytes=out,
             backoffs=prev.backoffs + (1 if backed_off else 0),
         )
-    return Decision(Plan(tuple(moves)), PolicyState(new_states), tuple(reasons))
+    return Decision(
+        Plan(tuple(moves)), PolicyState(new_states, frozenset(still_full)), tuple(reasons)
+    )
