@@ -388,3 +388,25 @@ def test_empty_device_list_issues_nothing() -> None:
     xen = SysctlXen()
     assert Sysctl(xen).pcitopoinfo([]) == []
     assert xen.calls == []
+
+
+def test_cputopoinfo_cpu_count_grows_restarts_bounded() -> None:
+    # As for numainfo: a CPU count that grew after the query is noticed by the re-query.
+    grown = Host([(GIB, GIB)], [[10]], [(0, 0, 0), (1, 0, 0), (2, 0, 0)])
+
+    def grow(xen: SysctlXen) -> None:
+        if xen.lie.get("cputopo_count") == 2:
+            xen.lie.pop("cputopo_count")
+
+    xen = SysctlXen(host=grown, on_fetch=grow, lie={"cputopo_count": 2})
+    cpus = Sysctl(xen).cputopoinfo()
+    assert [c.core for c in cpus] == [0, 1, 2]
+    assert xen.calls == [
+        "cputopoinfo?", "cputopoinfo(2)", "cputopoinfo?", "cputopoinfo(3)", "cputopoinfo?"
+    ]
+
+    def add_a_cpu(xen: SysctlXen) -> None:  # a CPU appears before every fetch
+        xen.host = Host(xen.host.memory, xen.host.distances, [*xen.host.cpus, (0, 0, 0)])
+
+    with pytest.raises(InputError, match="CPU count kept changing over 5 attempts"):
+        Sysctl(SysctlXen(on_fetch=add_a_cpu)).cputopoinfo()

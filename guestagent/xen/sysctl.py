@@ -34,7 +34,7 @@ import errno
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from guestagent.errors import InputError
 from guestagent.log import get_logger
@@ -42,6 +42,8 @@ from guestagent.xen.errors import HypercallError, PrivcmdRestricted, XenUnavaila
 
 if TYPE_CHECKING:
     from guestagent.xen.privcmd import HypercallBuffer, Privcmd
+
+T = TypeVar("T")
 
 #: ``XEN_SYSCTL_INTERFACE_VERSION`` of each release (reference 7.3, from each tag's sysctl.h).
 INTERFACE_VERSIONS: dict[tuple[int, int], int] = {
@@ -307,6 +309,28 @@ class Sysctl:
             )
         return validate_physinfo(info)
 
+    def _fetch_until_count_holds(
+        self,
+        name: str,
+        count: Callable[[], int],
+        fetch: Callable[[int], tuple[int, T]],
+        what: str,
+        event: str,
+        attempts: int,
+    ) -> T:
+        """Count, ``fetch(count)`` (-> the count Xen filled, the rows), count again; fetch again
+        with the new count while it grew meanwhile, at most ``attempts`` times."""
+        wanted = count()
+        for _ in range(attempts):
+            got, rows = fetch(wanted)
+            # Xen fills silently fewer rows than it has when asked for fewer: count again.
+            recount = count()
+            if recount <= got:
+                return rows
+            self._log.info(event, asked=wanted, got=got, now=recount)
+            wanted = recount
+        raise InputError(name, f"{what} count kept changing over {attempts} attempts")
+
     def numainfo(self, attempts: int = MAX_ATTEMPTS) -> NumaInfo:
         """Query the node count, fetch, count again; fetch again if the count grew meanwhile.
 
@@ -318,17 +342,17 @@ class Sysctl:
         name = "XEN_SYSCTL_numainfo"
         cmd = int(lib.GA_XEN_SYSCTL_numainfo)
         mem_size = ffi.sizeof("struct ga_xen_sysctl_meminfo")
-        wanted = self._numainfo_count(name, cmd)
-        for _ in range(attempts):
+
+        def fetch(wanted: int) -> tuple[int, tuple[list[tuple[int, int]], list[int]]]:
             dist_offset = SYSCTL_BUFFER_OFFSET + wanted * mem_size
             with self.privcmd.buffer(dist_offset + 4 * wanted * wanted) as buf:
                 mem_addr = buf.address_of(SYSCTL_BUFFER_OFFSET)
                 dist_addr = buf.address_of(dist_offset)
 
-                def fill(op: Any, n: int = wanted, m: int = mem_addr, d: int = dist_addr) -> None:
-                    op.u.numainfo.num_nodes = n
-                    op.u.numainfo.meminfo = m
-                    op.u.numainfo.distance = d
+                def fill(op: Any) -> None:
+                    op.u.numainfo.num_nodes = wanted
+                    op.u.numainfo.meminfo = mem_addr
+                    op.u.numainfo.distance = dist_addr
 
                 op = self._call(name, cmd, buf, fill)
                 got = int(op.u.numainfo.num_nodes)
@@ -341,13 +365,17 @@ class Sysctl:
                 # The stride of the distance rows is the count Xen processed (pitfall, 7.3).
                 raw = buf.array("uint32_t", got * got, dist_offset)
                 flat = [int(raw[i]) for i in range(got * got)]
-            # Xen fills silently fewer rows than it has when asked for fewer: count again.
-            recount = self._numainfo_count(name, cmd)
-            if recount <= got:
-                return validate_numainfo(memory, flat)
-            self._log.info("numainfo_node_count_changed", asked=wanted, got=got, now=recount)
-            wanted = recount
-        raise InputError(name, f"node count kept changing over {attempts} attempts")
+            return got, (memory, flat)
+
+        memory, flat = self._fetch_until_count_holds(
+            name,
+            lambda: self._numainfo_count(name, cmd),
+            fetch,
+            what="node",
+            event="numainfo_node_count_changed",
+            attempts=attempts,
+        )
+        return validate_numainfo(memory, flat)
 
     def _numainfo_count(self, name: str, cmd: int) -> int:
         with self.privcmd.buffer(SYSCTL_BUFFER_OFFSET) as buf:
@@ -370,14 +398,14 @@ class Sysctl:
         name = "XEN_SYSCTL_cputopoinfo"
         cmd = int(lib.GA_XEN_SYSCTL_cputopoinfo)
         entry = ffi.sizeof("struct ga_xen_sysctl_cputopo")
-        wanted = self._cputopo_count(name, cmd)
-        for _ in range(attempts):
+
+        def fetch(wanted: int) -> tuple[int, list[tuple[int, int, int]]]:
             with self.privcmd.buffer(SYSCTL_BUFFER_OFFSET + wanted * entry) as buf:
                 addr = buf.address_of(SYSCTL_BUFFER_OFFSET)
 
-                def fill(op: Any, n: int = wanted, a: int = addr) -> None:
-                    op.u.cputopoinfo.num_cpus = n
-                    op.u.cputopoinfo.cputopo = a
+                def fill(op: Any) -> None:
+                    op.u.cputopoinfo.num_cpus = wanted
+                    op.u.cputopoinfo.cputopo = addr
 
                 op = self._call(name, cmd, buf, fill)
                 got = int(op.u.cputopoinfo.num_cpus)
@@ -385,12 +413,17 @@ class Sysctl:
                     raise InputError(name, f"filled {got} CPUs for a buffer of {wanted}", got)
                 arr = buf.array("struct ga_xen_sysctl_cputopo", got, SYSCTL_BUFFER_OFFSET)
                 raw = [(int(arr[i].core), int(arr[i].socket), int(arr[i].node)) for i in range(got)]
-            recount = self._cputopo_count(name, cmd)
-            if recount <= got:
-                return validate_cputopo(raw)
-            self._log.info("cputopoinfo_cpu_count_changed", asked=wanted, got=got, now=recount)
-            wanted = recount
-        raise InputError(name, f"CPU count kept changing over {attempts} attempts")
+            return got, raw
+
+        raw = self._fetch_until_count_holds(
+            name,
+            lambda: self._cputopo_count(name, cmd),
+            fetch,
+            what="CPU",
+            event="cputopoinfo_cpu_count_changed",
+            attempts=attempts,
+        )
+        return validate_cputopo(raw)
 
     def _cputopo_count(self, name: str, cmd: int) -> int:
         with self.privcmd.buffer(SYSCTL_BUFFER_OFFSET) as buf:
