@@ -40,46 +40,55 @@ class DevicesConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "devices config") -> DevicesConfig:
+        """From a mapping nobody has checked yet (Python callers): every key is validated here.
+
+        Besides the ``[devices]`` keys it takes ``state_file`` and ``node_overrides`` as a mapping.
+        """
         known = {"write_numa_node", "rebind", "irqbalance", "hugepages_2m_per_node",
                  "node_overrides", "state_file"}
         for key in data:
             if key not in known:
                 raise InputError(f"{source} {key}", "unknown key", key)
-        cfg = cls()
         for key in ("write_numa_node", "rebind"):
-            if key in data:
-                if not isinstance(data[key], bool):
-                    raise InputError(f"{source} {key}", "expected true or false", data[key])
-                setattr(cfg, key, data[key])
-        if "irqbalance" in data:
-            if data["irqbalance"] not in IRQ_MODES:
-                raise InputError(f"{source} irqbalance", f"expected one of {', '.join(IRQ_MODES)}",
-                                 data["irqbalance"])
-            cfg.irqbalance = data["irqbalance"]
+            if key in data and not isinstance(data[key], bool):
+                raise InputError(f"{source} {key}", "expected true or false", data[key])
+        if "irqbalance" in data and data["irqbalance"] not in IRQ_MODES:
+            raise InputError(f"{source} irqbalance", f"expected one of {', '.join(IRQ_MODES)}",
+                             data["irqbalance"])
         if "hugepages_2m_per_node" in data:
             value = data["hugepages_2m_per_node"]
             if isinstance(value, bool) or not isinstance(value, int) or not (
                     0 <= value <= MAX_HUGEPAGES):
                 raise InputError(f"{source} hugepages_2m_per_node",
                                  f"expected an integer 0..{MAX_HUGEPAGES}", value)
-            cfg.hugepages_2m_per_node = value
-        if "node_overrides" in data:
-            overrides = data["node_overrides"]
-            if isinstance(overrides, list):
-                # The TOML form: ["0000:00:05.0=1", ...].
-                cfg.node_overrides = dict(
-                    parse_override(str(item), f"{source} node_overrides") for item in overrides)
-            elif isinstance(overrides, dict):
-                # Entries are validated by ConfigHintSource and validate_hints (one line each).
-                cfg.node_overrides = dict(overrides)
-            else:
-                raise InputError(f"{source} node_overrides",
-                                 'expected ["0000:00:05.0=1", ...]', overrides)
+        if "node_overrides" in data and not isinstance(data["node_overrides"], (list, dict)):
+            raise InputError(f"{source} node_overrides",
+                             'expected ["0000:00:05.0=1", ...]', data["node_overrides"])
+        cfg = cls._from_section(data, source)
         if "state_file" in data:
             path = data["state_file"]
             if not isinstance(path, str) or not path.startswith("/"):
                 raise InputError(f"{source} state_file", "expected an absolute path", path)
             cfg.state_file = path
+        return cfg
+
+    @classmethod
+    def _from_section(cls, data: Mapping[str, Any], source: str) -> DevicesConfig:
+        """From ``[devices]`` keys whose values already have their declared type and range (as
+        :func:`guestagent.config.load` checks them against :func:`config_keys`). Only the
+        ``node_overrides`` strings are checked here: BDF=N is beyond what a key declares."""
+        cfg = cls()
+        for key in ("write_numa_node", "rebind", "irqbalance", "hugepages_2m_per_node"):
+            if key in data:
+                setattr(cfg, key, data[key])
+        overrides = data.get("node_overrides")
+        if isinstance(overrides, list):
+            # The TOML form: ["0000:00:05.0=1", ...].
+            cfg.node_overrides = dict(
+                parse_override(str(item), f"{source} node_overrides") for item in overrides)
+        elif isinstance(overrides, dict):
+            # Entries are validated by ConfigHintSource and validate_hints (one line each).
+            cfg.node_overrides = dict(overrides)
         return cfg
 
     @classmethod
@@ -91,7 +100,8 @@ class DevicesConfig:
         except KeyError:
             section = {}
         section.pop("enabled", None)
-        cfg = cls.from_mapping(section, "[devices]")
+        # The configuration loader validated the section against config_keys(): not again.
+        cfg = cls._from_section(section, "[devices]")
         try:
             state_dir = str(config.get("agent", "state_dir")).rstrip("/")
         except KeyError:
