@@ -1,0 +1,359 @@
+"""I/O NUMA on real Xen: the Dom0 agent's host topology and device hints, and a guest binding a
+passthrough device to the vnode on the device's host node.
+
+The host is the 2-node layout (``bed_numa2``): an e1000e behind a ``pxb-pcie`` with
+``numa_node=1``. Dom0 runs the real agent from the guest root image in a chroot
+(``tests/e2e/dom0/e2e-agent``). The passthrough test gives the e1000e to an HVM guest whose vnode
+0 sits on host node 0 and vnode 1 on host node 1, so the hint must say vnode 1 and the device's
+interrupts must end up on vnode 1's vCPU.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.bed import Guest, GuestSpec, XenBed
+from tests.e2e.vnuma import VNode, xl_vnuma
+
+# Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
+
+E1000E = "0x8086:0x10d3"
+#: vnode 0 on host node 0, vnode 1 on host node 1, one vCPU each.
+PNODE_MAPPED = [
+    VNode(size_mb=512, vcpus=[0], distances=[10, 20], pnode=0),
+    VNode(size_mb=512, vcpus=[1], distances=[20, 10], pnode=1),
+]
+BDF = r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
+TAINT_FIRMWARE_WORKAROUND = 1 << 11  # flag I: written numa_node
+
+
+def json_of(out: str) -> Any:
+    """The JSON document in a command's output (log lines go to stderr, kept apart by callers)."""
+    starts = [i for i in (out.find("{"), out.find("[")) if i >= 0]
+    assert starts, f"no JSON in:\n{out}"
+    return json.loads(out[min(starts) :])
+
+
+def pci_by_id(run: Any, vendor_device: str) -> list[str]:
+    """BDFs of the PCI functions with this ``vendor:device`` (in Dom0 or a guest)."""
+    out = run(
+        "for d in /sys/bus/pci/devices/*; do "
+        'echo "${d##*/} $(cat $d/vendor):$(cat $d/device)"; done'
+    )
+    return [ln.split()[0] for ln in out.splitlines() if ln.endswith(" " + vendor_device)]
+
+
+XlNuma = tuple[dict[str, tuple[int, list[int]]], dict[int, int], dict[str, int]]
+
+
+def xl_info_numa(out: str) -> XlNuma:
+    """``xl info -n``: nodes {id: (memsize MiB, distances)}, cpus {cpu: node}, devices {bdf:
+    node} (libxl's answers from the same sysctls; sections cpu_topology, device topology,
+    numa_info in that order, reference 7.4)."""
+    cpu_part = out[out.index("cpu_topology") : out.index("device topology")]
+    dev_part = out[out.index("device topology") : out.index("numa_info")]
+    numa_part = out[out.index("numa_info") :]
+    nodes = {
+        m[0]: (int(m[1]), [int(d) for d in m[3].split(",")])
+        for m in re.findall(r"^\s+(\d+):\s+(\d+)\s+(\d+)\s+([\d,]+)$", numa_part, re.M)
+    }
+    cpus = {int(m[0]): int(m[1])
+            for m in re.findall(r"^\s*(\d+):\s+\d+\s+\d+\s+(\d+)$", cpu_part, re.M)}
+    devices = {m[0]: int(m[1]) for m in re.findall(rf"^({BDF})\s+(\d+)$", dev_part, re.M)}
+    return nodes, cpus, devices
+
+
+def agent_json(bed: XenBed, args: str, timeout: float = 300) -> Any:
+    """``guestagent ARGS`` in Dom0's chroot; stdout parsed as JSON, stderr kept for the message."""
+    out, rc = bed.dom0(f"mkdir -p /run/e2e; e2e-agent {args} 2>/run/e2e/agent.err; rc=$?; "
+                       "echo; echo __STDERR__; cat /run/e2e/agent.err; exit $rc", timeout)
+    stdout = out.rpartition("__STDERR__")[0]
+    assert rc == 0, f"guestagent {args} failed ({rc}):\n{out}"
+    return json_of(stdout)
+
+
+def test_dom0_host_topology_from_sysctl(bed_numa2: XenBed) -> None:
+    """The real agent in Dom0 reads both nodes, their distances and the e1000e on node 1 from
+    Xen's sysctls, and agrees with libxl's ``xl info -n`` on every node, CPU and device."""
+    bed = bed_numa2
+    bed.dom0_ok("e2e-agent setup", timeout=300)
+    (e1000e,) = pci_by_id(bed.dom0_ok, E1000E)
+    # Dom0's own kernel has no NUMA view (PV): only Xen knows the device's node.
+    assert bed.dom0_ok(f"cat /sys/bus/pci/devices/{e1000e}/numa_node").strip() == "-1"
+
+    j = agent_json(bed, "host topology --json")
+    assert j["xen"] == "4.17", j
+    assert j["sysctl_interface_version"] == 0x15, j
+    assert j["problems"] == [], j["problems"]
+    assert [n["id"] for n in j["nodes"]] == [0, 1], j["nodes"]
+    assert [n["distances"] for n in j["nodes"]] == [[10, 20], [20, 10]], j["nodes"]
+    assert all(n["online"] for n in j["nodes"]), j["nodes"]
+    assert j["physinfo"]["nr_nodes"] == 2 and j["physinfo"]["nr_cpus"] == 4, j["physinfo"]
+    devices = {d["bdf"]: d for d in j["devices"]}
+    assert devices[e1000e] == {"bdf": e1000e, "known_to_xen": True, "node": 1}, devices
+
+    xl_nodes, xl_cpus, xl_devices = xl_info_numa(bed.dom0_ok("xl info -n"))
+    mine = {str(n["id"]): (n["memsize_bytes"] >> 20, n["distances"]) for n in j["nodes"]}
+    assert mine == xl_nodes, (j["nodes"], xl_nodes)
+    assert {c["id"]: c["node"] for c in j["cpus"]} == xl_cpus, (j["cpus"], xl_cpus)
+    assert set(xl_cpus.values()) == {0, 1}, xl_cpus
+    placed = {bdf: d["node"] for bdf, d in devices.items() if d["node"] is not None}
+    assert placed == xl_devices, (placed, xl_devices)
+    assert xl_devices.get(e1000e) == 1, xl_devices
+
+
+# --- passthrough ------------------------------------------------------------------------------
+
+
+def irq_affinities(g: Guest, irqs: list[int]) -> dict[int, str]:
+    out = g.run_ok(" ; ".join(f"echo {i} $(cat /proc/irq/{i}/smp_affinity_list)" for i in irqs))
+    return {int(a): b for a, b in (ln.split() for ln in out.splitlines() if ln.strip())}
+
+
+def guest_device(g: Guest, bdf: str) -> dict[str, str]:
+    """numa_node, driver, MSI vectors and network interface of one PCI function in the guest."""
+    out = g.run_ok(
+        f"d=/sys/bus/pci/devices/{bdf}; echo node $(cat $d/numa_node); "
+        'echo driver $(basename "$(readlink $d/driver)"); '
+        'echo msi $(ls $d/msi_irqs 2>/dev/null | tr "\\n" ,); '
+        "echo net $(ls $d/net 2>/dev/null)"
+    )
+    return {k: v for k, _, v in (ln.partition(" ") for ln in out.splitlines() if ln.strip())}
+
+
+def wait_for(what: str, probe: Any, timeout: float, step: float = 5) -> Any:
+    """Call ``probe()`` until it returns something true; AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not seen within {timeout:.0f}s")
+        time.sleep(step)
+
+
+def start_dom0_job(bed: XenBed) -> None:
+    """The Dom0 agent's job (``guestagent dom0 run``): publish, then follow @introduceDomain,
+    @releaseDomain and the PCI backends. e2e-agent execs the agent, so $! is its PID."""
+    bed.dom0_ok(
+        "mkdir -p /run/e2e; "
+        "[ -f /run/e2e/dom0-run.pid ] && kill $(cat /run/e2e/dom0-run.pid) 2>/dev/null; "
+        "e2e-agent --log-level info dom0 run --resync 30 "
+        ">/run/e2e/dom0-run.log 2>&1 </dev/null & echo $! >/run/e2e/dom0-run.pid",
+        timeout=300,
+    )
+
+
+def stop_dom0_job(bed: XenBed) -> str:
+    out, _ = bed.dom0(
+        "kill $(cat /run/e2e/dom0-run.pid) 2>/dev/null; sleep 3; rm -f /run/e2e/dom0-run.pid; "
+        "cat /run/e2e/dom0-run.log"
+    )
+    return out
+
+
+@pytest.mark.hvm
+def test_hvm_passthrough_hint_binds_irqs_to_device_node(bed_numa2: XenBed) -> None:
+    """The node-1 e1000e passed through to an HVM guest with vnode 1 on host node 1: the Dom0 job
+    publishes vnode 1 read-only into the guest's tree; the guest agent takes the node from that
+    hint, pins the device's MSI-X vectors on vnode 1's vCPU and writes numa_node; the guest
+    cannot change the hint; ``devices --reset`` and stopping the daemon put everything back."""
+    bed = bed_numa2
+    bed.dom0_ok("e2e-agent setup", timeout=300)
+    (host_bdf,) = pci_by_id(bed.dom0_ok, E1000E)
+    bed.dom0_ok(f"xl pci-assignable-list | grep -q {host_bdf} || xl pci-assignable-add {host_bdf}")
+    start_dom0_job(bed)
+    spec = GuestSpec.hvm(memory=1024, vcpus=2, vnuma=xl_vnuma(PNODE_MAPPED), name="pt")
+    spec.extra.append(f'pci = [ "{host_bdf}" ]')
+    try:
+        with bed.guest(spec) as g:
+            assert g.domid is not None
+            check_hint_published(bed, g, g.domid, host_bdf)
+            check_binding(g)
+    finally:
+        log = stop_dom0_job(bed)
+    assert "dom0_hints_published" in log, log
+    assert "level='error'" not in log, log
+
+
+def check_hint_published(bed: XenBed, g: Guest, domid: int, host_bdf: str) -> None:
+    (bdf,) = pci_by_id(g.run_ok, E1000E)
+    # The premise: Xen's guest ACPI has no device proximity, the guest kernel knows no node.
+    assert guest_device(g, bdf)["node"] == "-1"
+    assert g.run_ok("cat /sys/devices/system/node/node1/cpulist").strip() == "1"
+
+    # The Dom0 job published the hint by itself; read it in Dom0 with its permissions.
+    base = f"/local/domain/{domid}/guestagent-dom0"
+    key = host_bdf.replace(":", "-").replace(".", "-")
+
+    def tree() -> str:
+        out, rc = bed.dom0(f"xenstore-ls -p {base} 2>&1")
+        return out if rc == 0 and "vnode-source" in out else ""
+
+    published = wait_for(f"the Dom0 job's hint under {base}", tree, 120)
+    for line in published.splitlines():
+        if "=" in line:
+            assert line.rstrip().endswith(f"(n0,r{domid})"), published
+    for name, value in (("host-bdf", host_bdf), ("guest-bdf", bdf), ("host-node", "1"),
+                        ("vnode", "1"), ("vnode-source", "pnode")):
+        got = bed.dom0_ok(f"xenstore-read {base}/devices/{key}/{name}")
+        assert got.strip() == value, (name, got, published)
+    assert bed.dom0_ok(f"xenstore-read {base}/version").strip() == "1"
+    # One pass of the command agrees (and has nothing to change).
+    results = agent_json(bed, "dom0 publish --json")
+    mine = [r for r in results if r["domid"] == domid]
+    assert mine and mine[0]["error"] is None and not mine[0]["changed"], results
+    assert mine[0]["devices"] == [{"host_bdf": host_bdf, "guest_bdf": bdf, "host_node": 1,
+                                   "vnode": 1, "vnode_source": "pnode"}], results
+
+    # The guest can read the hint but cannot change, add or remove anything there.
+    for script in (f"xenstore-write {base}/devices/{key}/vnode 0",
+                   f"xenstore-write {base}/devices/0000-00-1f-0/vnode 0",
+                   f"xenstore-write {base}/version 2",
+                   f"xenstore-rm {base}"):
+        out, rc = g.run(script)
+        assert rc != 0, (script, out)
+    assert g.run_ok(f"xenstore-read {base}/devices/{key}/vnode").strip() == "1"
+    assert bed.dom0_ok(f"xenstore-ls -p {base}") == published
+
+
+def load_driver(g: Guest, bdf: str) -> str:
+    """Load e1000e (the e2e guest runs no udev); its network interface's name."""
+    g.run_ok("modprobe e1000e")
+
+    def bound() -> dict[str, str] | None:
+        d = guest_device(g, bdf)
+        return d if d.get("net") else None
+
+    dev: dict[str, str] = wait_for("e1000e bound with a network interface", bound, 60, 2)
+    assert dev["driver"] == "e1000e", dev
+    return dev["net"]
+
+
+def bring_up(g: Guest, bdf: str) -> list[int]:
+    """Driver loaded and interface up, so that it requests its MSI(-X) vectors (their /proc/irq
+    entries appear only then). Returns the MSI vectors (none when it fell back to INTx)."""
+    g.run_ok(f"ip link set {load_driver(g, bdf)} up")
+    return [int(i) for i in guest_device(g, bdf)["msi"].split(",") if i]
+
+
+def daemon_stopped(g: Guest) -> str:
+    """SIGTERM to the guest's ``guestagent run``; its log once it has exited."""
+    g.run_ok("kill -TERM $(cat /tmp/daemon.pid)")
+    # Exited: gone, or a zombie (the guest's init is a shell that reaps only now and then).
+    gone = ("s=$(cut -d' ' -f3 /proc/$(cat /tmp/daemon.pid)/stat 2>/dev/null); "
+            '[ -z "$s" ] || [ "$s" = Z ]')
+    wait_for("the daemon's exit", lambda: g.run(gone)[1] == 0, 60)
+    return g.run_ok("cat /tmp/daemon.log")
+
+
+def check_binding(g: Guest) -> None:
+    (bdf,) = pci_by_id(g.run_ok, E1000E)
+    net = load_driver(g, bdf)
+    irqs = [int(i) for i in guest_device(g, bdf)["msi"].split(",") if i]
+    assert irqs, guest_device(g, bdf)  # MSI-X: three vectors were seen
+    online = g.run_ok("cat /sys/devices/system/cpu/online").strip()
+    assert online == "0-1", online
+
+    # Interface still down: the vectors are allocated but not requested (no /proc/irq/N yet).
+    shown = json_of(g.run_ok("guestagent devices --json 2>/dev/null", timeout=180))
+    (report,) = [d for d in shown["devices"] if d["bdf"] == bdf]
+    assert report["source"] == "dom0" and report["node"] == 1, report
+    assert report["kernel_node"] == -1 and report["failed"] == [], report
+    assert sorted(report["irqs"]) == sorted(irqs), (report, irqs)
+    assert any(p.startswith("write numa_node = 1") for p in report["planned"]), report
+    waiting = [f"IRQ {i}: not requested by the driver yet" for i in irqs]
+    assert all(any(s.startswith(w) for s in report["skipped"]) for w in waiting), report
+
+    # The daemon (its devices job) starts with the interface down: numa_node now, the vectors
+    # on its repeated pass once the interface is up; SIGTERM undoes both.
+    g.run_ok("guestagent run >/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
+    wait_for("the daemon's numa_node write", lambda: guest_device(g, bdf)["node"] == "1", 180)
+    wait_for("the daemon noting the vectors not requested yet",
+             lambda: "devices_pending_vectors" in g.run_ok("cat /tmp/daemon.log"), 60)
+    g.run_ok(f"ip link set {net} up")
+    wait_for("the daemon's IRQ pinning",
+             lambda: irq_affinities(g, irqs) == {i: "1" for i in irqs}, 300)
+    log = daemon_stopped(g)
+    assert "vectors not requested by their driver yet" in log, log
+    assert "devices_undo" in log, log
+    assert irq_affinities(g, irqs) == {i: online for i in irqs}, log
+    assert guest_device(g, bdf)["node"] == "-1", log
+
+    # The commands: apply, then --reset.
+    before = irq_affinities(g, irqs)
+    applied = json_of(g.run_ok("guestagent devices apply --json 2>/dev/null", timeout=180))
+    (report,) = [d for d in applied["devices"] if d["bdf"] == bdf]
+    assert report["failed"] == [], report
+    assert report["source"] == "dom0" and report["node"] == 1, report
+    assert irq_affinities(g, irqs) == {i: "1" for i in irqs}, (report, before)
+    assert guest_device(g, bdf)["node"] == "1"
+    assert int(g.run_ok("cat /proc/sys/kernel/tainted")) & TAINT_FIRMWARE_WORKAROUND
+    undone = json_of(g.run_ok("guestagent devices --reset --json 2>/dev/null", timeout=180))
+    assert len(undone["undone"]) == 1 + len(irqs), undone
+    assert irq_affinities(g, irqs) == before, undone
+    assert guest_device(g, bdf)["node"] == "-1", undone
+
+
+def test_pv_passthrough_hint_from_pciback_address(bed_numa2: XenBed) -> None:
+    """The same device passed through to a PV guest (pcifront). Xen has no PV vNUMA, so the guest
+    has one node, and its kernel puts the device on it (numa_node 0, seen): the Dom0 job
+    publishes the address pciback gives the device on the guest's virtual bus, host node 1 and
+    vnode 0 ("single"); the guest agent trusts the kernel's node first, so it writes no
+    numa_node (no taint) and puts the vectors on node 0's CPUs."""
+    bed = bed_numa2
+    bed.dom0_ok("e2e-agent setup", timeout=300)
+    (host_bdf,) = pci_by_id(bed.dom0_ok, E1000E)
+    bed.dom0_ok(f"xl pci-assignable-list | grep -q {host_bdf} || xl pci-assignable-add {host_bdf}")
+    start_dom0_job(bed)
+    spec = GuestSpec.pv(memory=512, vcpus=2, name="ptpv")
+    spec.extra.append(f'pci = [ "{host_bdf}" ]')
+    try:
+        with bed.guest(spec) as g:
+            assert g.domid is not None
+            domid = g.domid
+            # No udev in the e2e guest: load the PCI frontend by hand; pciback then writes the
+            # device's address on the guest's virtual bus (vdev-0), which the job picks up.
+            g.run_ok("modprobe xen-pcifront")
+            (bdf,) = wait_for("the e1000e on pcifront's bus", lambda: pci_by_id(g.run_ok, E1000E),
+                              60, 2)
+            base = f"/local/domain/{domid}/guestagent-dom0"
+            key = host_bdf.replace(":", "-").replace(".", "-")
+
+            def guest_bdf() -> str:
+                out, rc = bed.dom0(f"xenstore-read {base}/devices/{key}/guest-bdf 2>&1")
+                return out.strip() if rc == 0 else ""
+
+            assert wait_for(f"the Dom0 job's guest-bdf under {base}", guest_bdf, 120) == bdf
+            for name, value in (("host-node", "1"), ("vnode", "0"), ("vnode-source", "single")):
+                got = bed.dom0_ok(f"xenstore-read {base}/devices/{key}/{name}")
+                assert got.strip() == value, (name, got)
+            out, rc = g.run(f"xenstore-write {base}/devices/{key}/vnode 1")
+            assert rc != 0, out
+
+            bring_up(g, bdf)
+            node0 = g.run_ok("cat /sys/devices/system/node/node0/cpulist").strip()
+            assert g.run_ok("cat /sys/devices/system/node/online").strip() == "0"
+            assert guest_device(g, bdf)["node"] == "0"
+            applied = json_of(g.run_ok("guestagent devices apply --json 2>/dev/null",
+                                       timeout=180))
+            (report,) = [d for d in applied["devices"] if d["bdf"] == bdf]
+            assert report["source"] == "kernel" and report["node"] == 0, report
+            assert report["failed"] == [], report
+            assert not any("numa_node" in a for a in report["applied"]), report
+            assert not int(g.run_ok("cat /proc/sys/kernel/tainted")) & TAINT_FIRMWARE_WORKAROUND
+            irqs = report["irqs"]  # MSI-X through pcifront, or INTx
+            assert irqs, report
+            assert irq_affinities(g, irqs) == {i: node0 for i in irqs}, report
+            g.run_ok("guestagent devices --reset")
+    finally:
+        log = stop_dom0_job(bed)
+    assert "dom0_hints_published" in log, log
+    assert "level='error'" not in log, log
