@@ -293,6 +293,27 @@ def test_update_commits_new_targets_and_pauses_with_off_never_a_zero_quota(
         b.update(Plan((Move(7, 1, MIB),)))
 
 
+def test_update_with_unchanged_target_and_quota_writes_nothing(tmp_path: Path) -> None:
+    _, kernel, b = setup(tmp_path)
+    b.start(Plan((Move(0, 1, 4 * MIB),)))
+    kernel.writes.clear()
+    b.update(Plan((Move(0, 1, 4 * MIB),)))
+    assert kernel.writes == []  # running with these parameters already: no commit
+    b.update(Plan((Move(0, 1, 2 * MIB),)))
+    s0 = kd_path(0, "contexts/0/schemes/0")
+    assert kernel.writes[-2:] == [
+        (kd_path(0, "state"), "update_schemes_stats"),
+        (kd_path(0, "state"), "commit"),
+    ]
+    assert (f"{s0}/quotas/bytes", str(2 * MIB)) in kernel.writes
+    # Paused and resumed with the old parameters: written again and turned on.
+    b.update(Plan())
+    kernel.writes.clear()
+    b.update(Plan((Move(0, 1, 2 * MIB),)))
+    assert kernel.writes[-1] == (kd_path(0, "state"), "on")
+    assert (f"{s0}/target_nid", "1") in kernel.writes
+
+
 def test_quota_is_never_zero() -> None:
     assert DamonConfig().quota_bytes(1) == 4096
     assert DamonConfig(quota_reset_ms=500).quota_bytes(8 * MIB) == 4 * MIB

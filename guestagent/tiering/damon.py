@@ -200,6 +200,8 @@ class DamonBackend:
         self.base = 0
         self._counters: dict[int, _Counters] = {}
         self._targets: dict[int, int] = {}
+        #: node -> (target node, quota bytes) the running kdamond was last given.
+        self._running: dict[int, tuple[int, int]] = {}
         self._log = get_logger("tiering.damon")
 
     # ---- reading ----
@@ -372,7 +374,10 @@ class DamonBackend:
         self._counters[node] = _Counters()
 
     def update(self, plan: Plan) -> None:
-        """Per node: pause (off) without a move; else set target and quota, then on or commit."""
+        """Per node: pause (off) without a move; else set target and quota, then on or commit.
+        A running kdamond that already has this target and quota is left alone: no writes, no
+        commit (each commit makes the kernel rebuild the scheme's parameters, and a tick every
+        few seconds would otherwise pay for it every time)."""
         if not self.kdamonds:
             raise BackendUnavailable(self.name, "not started")
         for m in plan.moves:
@@ -388,11 +393,13 @@ class DamonBackend:
                     self.write(kd_state, "off")
                     self._log.info("damon_paused", node=node)
                 self._targets.pop(node, None)
+                self._running.pop(node, None)
+                continue
+            params = (move.target, self.config.quota_bytes(move.rate))
+            if state == "on" and self._running.get(node) == params:
                 continue
             self.write(f"{self._scheme(node)}/target_nid", str(move.target))
-            self.write(
-                f"{self._scheme(node)}/quotas/bytes", str(self.config.quota_bytes(move.rate))
-            )
+            self.write(f"{self._scheme(node)}/quotas/bytes", str(params[1]))
             if state == "on":
                 self._refresh(node)
                 self.write(kd_state, "commit")
@@ -400,6 +407,7 @@ class DamonBackend:
                 self.write(kd_state, "on")
                 self._counters[node].restart()
             self._targets[node] = move.target
+            self._running[node] = params
             self._log.info("damon_move", node=node, target=move.target, rate=move.rate)
 
     def _refresh(self, node: int) -> None:
@@ -474,3 +482,4 @@ class DamonBackend:
         self._log.info("damon_stopped", kdamonds=sorted(self.kdamonds.values()))
         self.kdamonds = {}
         self._targets = {}
+        self._running = {}
