@@ -1,0 +1,159 @@
+"""Remote-node cold memory on the real-Xen testbed: how fast the agent's DAMON backend moves a cold
+buffer to the other vnode, what it costs, and how much free memory the source node regains.
+
+    python -m benchmarks.tiering_testbed [--max-run-s 420] [--json-out FILE]
+    python -m benchmarks.tiering_testbed --record tests/e2e/runs/<run>/<guest>-tiering.json
+
+Boots the e2e testbed (Xen 4.17 in QEMU under TCG, ``tests/e2e``; takes the machine-wide bed lock)
+and runs :mod:`tests.e2e.tiering_scenario`: an HVM guest with 2 vnodes of 512 MiB on Debian's 6.12
+kernel, node 0 filled with a cold buffer, ``guestagent tiering run`` until node 0's share of the
+buffer stops shrinking, then SIGTERM. Reports:
+
+* bytes moved per second: DAMON's ``sz_applied`` total (the agent's summary) over the time the
+  agent ran, and over the time the buffer was actually moving (first to last poll where node 1's
+  share of the buffer grew), plus the fastest poll interval;
+* the agent's CPU time (user + system of the ``tiering run`` process, from its own summary) and,
+  separately, the kernel's CPU time in the kdamond threads (DAMON's sampling and migrations);
+* the free memory node 0 regained (MemFree after the run minus after the fill), and what node 1
+  gave.
+
+Everything runs under software emulation on a 2-core machine: absolute speeds are those of this
+testbed, far below real hardware; the ratios (CPU per MiB moved, regained versus moved) are the
+more portable numbers. The guest's record (every sample) stays in the bed's run directory;
+``--record`` computes the figures from such a record (the e2e test ``test_tiering.py`` writes the
+same one) without a bed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.e2e import tiering_scenario as sc
+from tests.e2e.bed import BedConfig, XenBed
+from tests.e2e.util import BedError
+
+MIB = 1 << 20
+
+
+def numbers(rec: sc.Record) -> dict[str, Any]:
+    """The benchmark's figures from a finished scenario."""
+    s0 = rec.after_fill
+    moving = [
+        (a, b)
+        for a, b in zip(rec.samples, rec.samples[1:])
+        if rec.cold_bytes(b, 1) > rec.cold_bytes(a, 1)
+    ]
+    if moving:
+        t_first, t_last = moving[0][0].t, moving[-1][1].t
+        moved_window = rec.cold_bytes(moving[-1][1], 1) - rec.cold_bytes(moving[0][0], 1)
+        peak = max(
+            (rec.cold_bytes(b, 1) - rec.cold_bytes(a, 1)) / (b.t - a.t) for a, b in moving
+        )
+    else:
+        t_first = t_last = s0.t
+        moved_window = 0
+        peak = 0.0
+    summary = rec.summary
+    elapsed = float(summary.get("elapsed_s", 0.0))
+    applied = int(summary.get("bytes_moved", 0))
+    cpu = float(summary.get("agent_cpu_s", 0.0))
+    # kdamond threads exit when the agent turns them off: their CPU time is the last one seen.
+    kdamond_cpu = max((sum(s.kdamond_cpu.values()) for s in rec.samples), default=0.0)
+    last_running = max(
+        (s for s in rec.samples if s.kdamond_cpu), key=lambda s: s.t, default=rec.last
+    )
+    return {
+        "kernel": rec.facts.splitlines()[0] if rec.facts else "",
+        "fill_mib": rec.fill_mib,
+        "fill_seconds": round(rec.fill_seconds, 1),
+        "agent_elapsed_s": elapsed,
+        "bytes_moved": applied,
+        "bytes_tried": int(summary.get("bytes_tried", 0)),
+        "moved_per_s_over_run": applied / elapsed if elapsed else 0.0,
+        "buffer_moved_bytes": rec.cold_bytes(rec.last, 1) - rec.cold_bytes(s0, 1),
+        "buffer_left_on_node0_bytes": rec.cold_bytes(rec.last, 0),
+        "moving_window_s": round(t_last - t_first, 1),
+        "moved_per_s_while_moving": moved_window / (t_last - t_first) if t_last > t_first else 0.0,
+        "peak_moved_per_s": peak,
+        "agent_cpu_s": cpu,
+        "agent_cpu_per_gib_moved_s": cpu / (applied / (1 << 30)) if applied else None,
+        "agent_cpu_share": cpu / elapsed if elapsed else 0.0,
+        "kdamond_cpu_s": kdamond_cpu,
+        "kdamond_cpu_seen_at_s": round(last_running.t - s0.t, 1),
+        "node0_free_regained_bytes": (rec.free_kb(rec.last, 0) - rec.free_kb(s0, 0)) * 1024,
+        "node1_free_given_bytes": (rec.free_kb(s0, 1) - rec.free_kb(rec.last, 1)) * 1024,
+        "node0_free_after_fill_pct": 100.0 * s0.meminfo[0]["MemFree"] / s0.meminfo[0]["MemTotal"],
+        "node0_free_after_run_pct": 100.0
+        * rec.last.meminfo[0]["MemFree"]
+        / rec.last.meminfo[0]["MemTotal"],
+        "kdamonds_left": rec.nr_kdamonds_after,
+        "agent_rc": rec.run_rc,
+    }
+
+
+def report(n: dict[str, Any]) -> str:
+    def mib(b: float) -> str:
+        return f"{b / MIB:.1f} MiB"
+
+    lines = [
+        f"guest kernel {n['kernel']}, cold buffer {n['fill_mib']} MiB on node 0 "
+        f"(written in {n['fill_seconds']} s)",
+        f"agent ran {n['agent_elapsed_s']:.0f} s: DAMON applied {mib(n['bytes_moved'])} "
+        f"(tried {mib(n['bytes_tried'])})",
+        f"  moved per second over the run: {mib(n['moved_per_s_over_run'])}/s",
+        f"  while the buffer was moving ({n['moving_window_s']} s): "
+        f"{mib(n['moved_per_s_while_moving'])}/s, fastest poll interval "
+        f"{mib(n['peak_moved_per_s'])}/s",
+        f"  cold buffer moved to node 1: {mib(n['buffer_moved_bytes'])}, left on node 0: "
+        f"{mib(n['buffer_left_on_node0_bytes'])}",
+        f"agent CPU (user+sys): {n['agent_cpu_s']:.2f} s = {100 * n['agent_cpu_share']:.1f} % "
+        "of one vCPU"
+        + (
+            f", {n['agent_cpu_per_gib_moved_s']:.1f} s per GiB moved"
+            if n["agent_cpu_per_gib_moved_s"] is not None
+            else ""
+        ),
+        f"kernel CPU in kdamond threads (DAMON sampling + migration): {n['kdamond_cpu_s']:.2f} s",
+        f"node 0 free: {n['node0_free_after_fill_pct']:.1f} % after the fill -> "
+        f"{n['node0_free_after_run_pct']:.1f} % after the run (regained "
+        f"{mib(n['node0_free_regained_bytes'])}); node 1 gave {mib(n['node1_free_given_bytes'])}",
+        f"after SIGTERM: agent exit {n['agent_rc']}, kdamonds left {n['kdamonds_left']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-run-s", type=float, default=420.0,
+                        help="stop the agent after this long at the latest (default %(default)s)")
+    parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--record", type=Path,
+                        help="no bed: the figures of a record a scenario run left (…-tiering.json)")
+    args = parser.parse_args(argv)
+    if args.record:
+        n = numbers(sc.Record.load(args.record))
+        print(report(n))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(n, indent=1, sort_keys=True) + "\n")
+        return 0
+    try:
+        with XenBed(BedConfig(run_name="bench-tiering")) as bed, bed.guest(sc.spec()) as g:
+            rec = sc.run_scenario(g, bed.run_dir, max_run_s=args.max_run_s)
+            run_dir = bed.run_dir
+    except BedError as e:
+        print(f"tiering_testbed: the bed failed: {e}", file=sys.stderr)
+        return 3
+    n = numbers(rec)
+    print(report(n))
+    print(f"record: {run_dir}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(n, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The remote-node cold memory scenario on the real-Xen testbed (issue 5), shared by
+``tests/e2e/test_tiering.py`` (which asserts on it) and ``benchmarks/tiering_testbed.py`` (which
+reports its numbers).
+
+An HVM guest with 2 vnodes of 512 MiB (one vCPU each) on Debian's 6.12 kernel (DAMOS
+``migrate_cold``, Linux 6.11+):
+
+1. the guest's facts: kernel release, DAMON sysfs, the MGLRU switch, per-node meminfo; and a
+   hand-made kdamond (no agent) that accepts action ``migrate_cold`` and has ``target_nid``;
+2. ``guestagent tiering status --json`` before the fill;
+3. node 0 filled with a cold buffer: ``numactl --membind=0 --cpunodebind=0`` a Python process that
+   maps an anonymous buffer, writes every page once and sleeps; sized so node 0's free memory ends
+   near :data:`FILL_LEAVE_PCT` of its MemTotal (under the policy's 10 % pressure watermark);
+4. ``guestagent tiering status --json`` after the fill (the plan: node 0 -> node 1);
+5. ``guestagent tiering run --json`` in the background; every :data:`POLL_S` seconds a sample:
+   per-node meminfo, the cold process's pages per node (``/proc/PID/numa_maps``), the scheme's
+   statistics and target in DAMON sysfs, and the CPU time of the kdamond threads;
+6. SIGTERM to the agent; its summary (bytes moved and tried, its CPU time), its log, and what is
+   left of DAMON afterwards (``nr_kdamonds``, kdamond threads).
+
+Everything the guest said is kept in :class:`Record` and written as JSON into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.bed import Guest, GuestSpec
+from tests.e2e.util import BedError, log
+from tests.e2e.vnuma import VNode, xl_vnuma
+
+MIB = 1 << 20
+PAGE = 4096
+KERNEL = "6.12"
+NODES = [
+    VNode(size_mb=512, vcpus=[0], distances=[10, 20]),
+    VNode(size_mb=512, vcpus=[1], distances=[20, 10]),
+]
+ADMIN = "/sys/kernel/mm/damon/admin"
+KDAMONDS = f"{ADMIN}/kdamonds"
+#: Node 0's free memory after the fill, percent of its MemTotal (the policy's source_low_pct is 10).
+FILL_LEAVE_PCT = 4.0
+POLL_S = 10.0
+#: Watermarks given to ``tiering run``: node 0 stays a source until this much of it is free, and
+#: node 1 keeps at least this much free (the defaults, 15 % / 25 %, would stop after ~45 MiB).
+SOURCE_HIGH_PCT = 45.0
+TARGET_MIN_PCT = 45.0
+INTERVAL_S = 2.0
+
+COLD_PY = r"""
+import mmap, os, signal, sys
+size = int(sys.argv[1]) << 20
+buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for off in range(0, size, 4096):
+    buf[off] = 1
+with open(sys.argv[2], "w") as f:
+    f.write(f"{os.getpid()}\n")
+signal.pause()
+"""
+
+
+def spec() -> GuestSpec:
+    return GuestSpec.hvm(
+        memory=sum(v.size_mb for v in NODES),
+        vcpus=sum(len(v.vcpus) for v in NODES),
+        vnuma=xl_vnuma(NODES),
+        kernel=KERNEL,
+        name="tier",
+    )
+
+
+@dataclass
+class Sample:
+    t: float
+    #: node -> meminfo field -> kB
+    meminfo: dict[int, dict[str, int]]
+    #: node -> pages of the cold process on it (numa_maps)
+    cold_pages: dict[int, int]
+    #: kdamond index -> {state, target_nid, sz_tried, sz_applied, nr_applied, qt_exceeds}
+    damon: dict[int, dict[str, str]]
+    #: kdamond thread pid -> CPU seconds (utime + stime)
+    kdamond_cpu: dict[int, float]
+    #: the agent's ``tiering run`` had exited when the sample was taken
+    agent_exited: bool = False
+    #: the guest's uptime (s), to line samples up with its console
+    uptime: float = 0.0
+
+
+@dataclass
+class Record:
+    facts: str = ""
+    migrate_cold_probe: str = ""
+    status_before: dict[str, Any] = field(default_factory=dict)
+    status_after_fill: dict[str, Any] = field(default_factory=dict)
+    fill_mib: int = 0
+    fill_seconds: float = 0.0
+    cold_pid: int = 0
+    meminfo_before: dict[int, dict[str, int]] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+    run_rc: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    agent_log: str = ""
+    after_stop: str = ""
+    nr_kdamonds_after: int | None = None
+    kdamond_threads_after: int | None = None
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Record:
+        """A record written by :meth:`save` (JSON turned the node keys into strings)."""
+        doc = json.loads(path.read_text())
+
+        def ints(d: dict[str, Any]) -> dict[int, Any]:
+            return {int(k): v for k, v in d.items()}
+
+        samples = [
+            Sample(
+                t=s["t"],
+                meminfo=ints(s["meminfo"]),
+                cold_pages=ints(s["cold_pages"]),
+                damon=ints(s["damon"]),
+                kdamond_cpu=ints(s["kdamond_cpu"]),
+                agent_exited=s.get("agent_exited", False),
+                uptime=s.get("uptime", 0.0),
+            )
+            for s in doc.pop("samples")
+        ]
+        doc["meminfo_before"] = ints(doc.get("meminfo_before", {}))
+        return cls(samples=samples, **doc)
+
+    # -- derived numbers ---------------------------------------------------------------------
+    @property
+    def after_fill(self) -> Sample:
+        return self.samples[0]
+
+    @property
+    def last(self) -> Sample:
+        return self.samples[-1]
+
+    def free_kb(self, s: Sample, node: int) -> int:
+        return s.meminfo[node]["MemFree"]
+
+    def cold_bytes(self, s: Sample, node: int) -> int:
+        return s.cold_pages.get(node, 0) * PAGE
+
+
+def parse_meminfo(text: str) -> dict[int, dict[str, int]]:
+    """``Node 0 MemFree:  123 kB`` lines of every nodeN/meminfo -> node -> field -> kB."""
+    out: dict[int, dict[str, int]] = {}
+    for line in text.splitlines():
+        m = re.match(r"^Node (\d+) (\S+):\s+(\d+)(?: kB)?$", line.strip())
+        if m:
+            out.setdefault(int(m.group(1)), {})[m.group(2)] = int(m.group(3))
+    return out
+
+
+def parse_numa_maps(text: str) -> dict[int, int]:
+    """Pages per node over every mapping of ``/proc/PID/numa_maps`` (``N0=12 N1=3``)."""
+    pages: dict[int, int] = {}
+    for m in re.finditer(r"\bN(\d+)=(\d+)\b", text):
+        pages[int(m.group(1))] = pages.get(int(m.group(1)), 0) + int(m.group(2))
+    return pages
+
+
+def first_json(out: str) -> dict[str, Any]:
+    start = out.find("{")
+    if start < 0:
+        raise AssertionError(f"no JSON in:\n{out}")
+    return json.loads(out[start:])  # type: ignore[no-any-return]
+
+
+#: One sample, kept short: every answer crosses the guest's console.
+SAMPLE_SH = f"""
+echo '=== meminfo'
+grep -hE ' (MemTotal|MemFree|Active|Inactive|Active.anon.|Inactive.anon.|Active.file.|\
+Inactive.file.|AnonPages|FilePages):' /sys/devices/system/node/node*/meminfo
+echo '=== numa_maps'
+awk '{{for (i = 1; i <= NF; i++) if ($i ~ /^N[0-9]+=/) {{split(substr($i, 2), a, "="); \
+s[a[1]] += a[2]}}}} END {{for (n in s) printf "N%s=%d\\n", n, s[n]}}' \
+    /proc/$(cat /tmp/cold.pid 2>/dev/null || echo 0)/numa_maps 2>/dev/null
+echo '=== damon'
+nr=$(cat {KDAMONDS}/nr_kdamonds)
+i=0
+while [ $i -lt $nr ]; do
+    s={KDAMONDS}/$i/contexts/0/schemes/0
+    echo "kd $i state $(cat {KDAMONDS}/$i/state)"
+    for f in target_nid stats/sz_tried stats/sz_applied stats/nr_applied stats/qt_exceeds; do
+        [ -e $s/$f ] && echo "kd $i ${{f#stats/}} $(cat $s/$f)"
+    done
+    i=$((i + 1))
+done
+echo '=== kdamond'
+for p in $(pgrep kdamond); do echo "cpu $p $(cut -d' ' -f14,15 /proc/$p/stat)"; done
+echo '=== agent'; cat /tmp/run.rc 2>/dev/null
+echo '=== uptime'; cut -d' ' -f1 /proc/uptime
+true
+"""
+
+
+def parse_sample(t: float, out: str) -> Sample:
+    parts = dict(re.findall(r"^=== (\w+)\n(.*?)(?=^=== |\Z)", out, re.M | re.S))
+    damon: dict[int, dict[str, str]] = {}
+    for m in re.finditer(r"^kd (\d+) (\S+) (\S+)$", parts.get("damon", ""), re.M):
+        damon.setdefault(int(m.group(1)), {})[m.group(2)] = m.group(3)
+    cpu = {
+        int(m.group(1)): (int(m.group(2)) + int(m.group(3))) / 100.0
+        for m in re.finditer(r"^cpu (\d+) (\d+) (\d+)$", parts.get("kdamond", ""), re.M)
+    }
+    return Sample(
+        t=t,
+        meminfo=parse_meminfo(parts.get("meminfo", "")),
+        cold_pages=parse_numa_maps(parts.get("numa_maps", "")),
+        damon=damon,
+        kdamond_cpu=cpu,
+        agent_exited=bool(parts.get("agent", "").strip()),
+        uptime=float(parts.get("uptime", "0").strip() or 0),
+    )
+
+
+def describe(s: Sample, t0: float) -> str:
+    free = " ".join(f"n{n} free {m['MemFree'] // 1024} MiB" for n, m in sorted(s.meminfo.items()))
+    cold = " ".join(f"n{n} {p * PAGE // MIB} MiB" for n, p in sorted(s.cold_pages.items()))
+    kd = " ".join(
+        f"kd{i} {d.get('state')} applied {int(d.get('sz_applied', '0')) // MIB} MiB"
+        for i, d in sorted(s.damon.items())
+    )
+    return f"t+{s.t - t0:5.0f}s (up {s.uptime:.0f}s) {free} | cold buffer: {cold} | {kd}"
+
+
+def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0) -> Record:
+    """Drive the scenario in a booted guest of :func:`spec`; the record is saved as it grows."""
+    rec = Record()
+    out_file = run_dir / f"{g.name}-tiering.json"
+    try:
+        _scenario(g, rec, max_run_s)
+    finally:
+        rec.save(out_file)
+        log(f"tiering scenario record: {out_file}")
+        # The guest's whole console (kernel messages included), kept next to the record.
+        try:
+            text, _ = g.bed.dom0(f"e2e-guest log {g.domid} 1000000", timeout=120)
+            (run_dir / f"{g.name}.console").write_text(text)
+        except BedError as e:
+            log(f"could not keep {g.name}'s console: {e}")
+    return rec
+
+
+def _scenario(g: Guest, rec: Record, max_run_s: float) -> None:
+    rec.facts = g.run_ok(
+        "uname -r; cat /proc/cmdline; "
+        f"ls {KDAMONDS}; cat {KDAMONDS}/nr_kdamonds; "
+        "echo lru_gen $(cat /sys/kernel/mm/lru_gen/enabled 2>/dev/null); "
+        "echo numa_balancing $(cat /proc/sys/kernel/numa_balancing); "
+        "grep -E '^(xen_privcmd|xen_evtchn) ' /proc/modules; "
+        "cat /sys/devices/system/node/online; cat /sys/devices/system/node/node*/distance; "
+        "cat /sys/devices/system/memory/block_size_bytes; "
+        "ls -d /sys/devices/system/node/node*/memory* | tr '\\n' ' '; echo; "
+        "cat /sys/devices/system/node/node*/meminfo"
+    )
+    log("guest facts:\n" + rec.facts)
+    # Without the agent: a kdamond accepts migrate_cold and has target_nid (Linux 6.11+).
+    rec.migrate_cold_probe = g.run_ok(
+        f"""set -e
+A={KDAMONDS}
+echo 1 > $A/nr_kdamonds
+echo 1 > $A/0/contexts/nr_contexts
+echo "avail_operations $(cat $A/0/contexts/0/avail_operations)"
+echo 1 > $A/0/contexts/0/schemes/nr_schemes
+S=$A/0/contexts/0/schemes/0
+echo migrate_cold > $S/action
+echo "action $(cat $S/action)"
+echo "target_nid $(cat $S/target_nid)"
+echo 0 > $A/0/contexts/nr_contexts
+echo 0 > $A/nr_kdamonds
+echo "nr_kdamonds $(cat $A/nr_kdamonds)"
+"""
+    )
+    log("migrate_cold by hand:\n" + rec.migrate_cold_probe)
+    rec.status_before = first_json(g.run_ok("guestagent tiering status --json", timeout=180))
+
+    # The cold buffer on node 0.
+    meminfo = parse_meminfo(g.run_ok("cat /sys/devices/system/node/node*/meminfo"))
+    rec.meminfo_before = meminfo
+    free0, total0 = meminfo[0]["MemFree"], meminfo[0]["MemTotal"]
+    # ~8 MiB for the Python interpreter itself, also on node 0 (seen: a 399 MiB fill took node 0
+    # from 441 to 50 MiB free, the kernel reclaiming some page cache on the way).
+    rec.fill_mib = int((free0 - total0 * FILL_LEAVE_PCT / 100) // 1024) - 8
+    assert rec.fill_mib > 64, f"node 0 has too little free memory to fill: {meminfo[0]}"
+    g.run_ok(f"cat > /tmp/cold.py <<'EOF'\n{COLD_PY}\nEOF\nrm -f /tmp/cold.pid")
+    t_fill = time.monotonic()
+    g.run_ok(
+        "setsid numactl --membind=0 --cpunodebind=0 python3 /tmp/cold.py "
+        f"{rec.fill_mib} /tmp/cold.pid </dev/null >/tmp/cold.log 2>&1 &"
+    )
+    out = g.run_ok(
+        "i=0; while [ ! -s /tmp/cold.pid ] && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; "
+        "cat /tmp/cold.pid; cat /tmp/cold.log",
+        timeout=660,
+    )
+    rec.fill_seconds = time.monotonic() - t_fill
+    pid = re.search(r"^(\d+)$", out, re.M)
+    assert pid, f"the cold buffer process did not come up:\n{out}"
+    rec.cold_pid = int(pid.group(1))
+    log(f"cold buffer: {rec.fill_mib} MiB on node 0 (pid {rec.cold_pid}) in "
+        f"{rec.fill_seconds:.0f}s")
+    t0 = time.monotonic()
+    rec.samples.append(parse_sample(t0, g.run_ok(SAMPLE_SH)))
+    log(describe(rec.samples[0], t0))
+    rec.status_after_fill = first_json(g.run_ok("guestagent tiering status --json", timeout=180))
+    log("plan after the fill: " + json.dumps(rec.status_after_fill.get("plan")) + " "
+        + json.dumps(rec.status_after_fill.get("reasons")))
+
+    # The agent, in the background, until SIGTERM.
+    args = (
+        f"--interval {INTERVAL_S:g} --source-high-pct {SOURCE_HIGH_PCT:g} "
+        f"--target-min-pct {TARGET_MIN_PCT:g} --json"
+    )
+    # The wrapper records the agent's own pid (SIGTERM goes to the agent only) and its status.
+    g.run_ok(
+        "rm -f /tmp/run.pid /tmp/run.rc\n"
+        f"setsid sh -c 'guestagent tiering run {args} >/tmp/run.json 2>/tmp/run.log & "
+        "echo $! > /tmp/run.pid; wait $!; echo $? > /tmp/run.rc' </dev/null >/dev/null 2>&1 &\n"
+        "sleep 1; cat /tmp/run.pid"
+    )
+    t_start = time.monotonic()
+    stalled = 0
+    while time.monotonic() - t_start < max_run_s:
+        time.sleep(POLL_S)
+        s = parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH))
+        rec.samples.append(s)
+        log(describe(s, t0))
+        # Done when node 0's share of the buffer stopped shrinking for 4 samples after a move.
+        prev = rec.samples[-2]
+        moved_now = s.cold_pages.get(1, 0) - rec.after_fill.cold_pages.get(1, 0)
+        if moved_now > 0 and s.cold_pages.get(1, 0) <= prev.cold_pages.get(1, 0):
+            stalled += 1
+        else:
+            stalled = 0
+        if stalled >= 4 or s.agent_exited:
+            break
+
+    # Stop the agent the way the daemon is stopped, then see what it left behind.
+    out = g.run_ok(
+        "kill -TERM $(cat /tmp/run.pid); i=0; "
+        "while [ ! -s /tmp/run.rc ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; "
+        "echo rc $(cat /tmp/run.rc)",
+        timeout=180,
+    )
+    m = re.search(r"^rc (\d+)$", out, re.M)
+    rec.run_rc = int(m.group(1)) if m else None
+    summary = g.run_ok("cat /tmp/run.json")
+    rec.summary = first_json(summary) if "{" in summary else {}
+    rec.agent_log = g.run_ok("cat /tmp/run.log")
+    rec.samples.append(parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH)))
+    rec.after_stop = g.run_ok(
+        f"echo nr_kdamonds $(cat {KDAMONDS}/nr_kdamonds); "
+        "echo kdamond_threads $(pgrep -c kdamond); true"
+    )
+    for key in ("nr_kdamonds", "kdamond_threads"):
+        mm = re.search(rf"^{key} (\d+)$", rec.after_stop, re.M)
+        value = int(mm.group(1)) if mm else None
+        if key == "nr_kdamonds":
+            rec.nr_kdamonds_after = value
+        else:
+            rec.kdamond_threads_after = value
+    log(f"agent rc {rec.run_rc}, summary {json.dumps(rec.summary)}, after stop: "
+        + " ".join(rec.after_stop.split()))
