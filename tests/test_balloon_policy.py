@@ -386,6 +386,45 @@ def test_no_shrink_during_holdoff_after_a_grow() -> None:
     assert first_shrink + 1 >= cfg.shrink_holdoff_s
 
 
+def test_free_memory_goes_back_during_the_holdoff_once_the_spike_is_over() -> None:
+    # Seen on Xen 4.17: a workload freed its 192 MiB spike and the guest held its ceiling for
+    # another 25 s (the holdoff after a grow), with 300 MiB lying free.
+    cfg = PressureConfig()
+    tight = {"mem_free_kb": 40 * MIB_KB}
+    spike = {**tight, "psi_trigger_fired": True}
+    frames: list[dict[str, Any]] = [*[tight] * 40, spike, *[tight] * 5]
+    ds = run_policy(cfg, frames)
+    assert ds[40].action == "grow"
+    assert all(d.action == "hold" for d in ds[41:]), [d.reason for d in ds[41:]]
+    grown = ds[-1].target_kb
+    # The spike ends: 320 MiB free again, use falling (MemAvailable up by what was freed).
+    start = replace(snap(size_kb=grown), mem_free_kb=40 * MIB_KB)
+    freed = {"mem_free_kb": 320 * MIB_KB, "mem_available_kb": start.mem_available_kb + 280 * MIB_KB}
+    ds = run_policy(cfg, [*frames, *[freed] * 10], start=start)
+    after = ds[len(frames):]
+    shrinks = [d for d in after if d.action == "shrink"]
+    assert shrinks and all("of free memory" in d.reason for d in shrinks), [d.reason for d in after]
+    # Half of what is free above 2 x reserve, and nothing of the page cache.
+    assert shrinks[0].previous_kb - shrinks[0].target_kb == (320 - 128) * MIB_KB // 2
+    # Still holding when less than a grow step lies free, or use is still rising.
+    some = {"mem_free_kb": 200 * MIB_KB}
+    ds = run_policy(cfg, [*frames, *[some] * 10], start=start)
+    assert all(d.action == "hold" for d in ds[len(frames):])
+
+
+def test_free_memory_after_a_toolstack_raise_waits_for_the_holdoff() -> None:
+    cfg = PressureConfig()
+    start = snap(size_kb=512 * MIB_KB, xs_target_kb=512 * MIB_KB, mem_free_kb=40 * MIB_KB)
+    raised = {"xs_target_kb": STATIC_MAX, "balloon_target_kb": STATIC_MAX,
+              "balloon_current_kb": STATIC_MAX, "mem_total_kb": STATIC_MAX - OFFSET,
+              "mem_free_kb": 550 * MIB_KB}
+    ds = run_policy(cfg, [{}, raised, *[raised] * 20], start=start)
+    assert ds[1].action == "follow"
+    assert all(d.action == "hold" and "holdoff" in d.reason for d in ds[2:]), [
+        d.reason for d in ds[2:]
+    ]
+
+
 def test_hysteresis_suppresses_tiny_changes() -> None:
     cfg = PressureConfig(shrink_headroom_divisor=1000, shrink_step_pct=0.1)
     s = snap(some_avg10=0.15, mem_free_kb=100 * MIB_KB)  # scale 0.25: step ~ 0.25 MiB

@@ -656,8 +656,19 @@ def _step_pressure(
     last_up = max(
         [t for t in (state.last_grow_t, state.last_follow_t) if t is not None], default=None
     )
+    # Free memory (MemFree above 2x reserve) holds no working set.
+    free_room = min(signals.mem_free_kb, avail) - 2 * reserve
+    grow_step = max(config.grow_step_min_kb, int(lim.ceiling_kb * config.grow_step_pct / 100))
+    free_only = False
     if last_up is not None and now - last_up < config.shrink_holdoff_s:
-        holds.append(f"holdoff {config.shrink_holdoff_s:.0f} s after a grow")
+        after_own_grow = last_up == state.last_grow_t  # not a toolstack override: follow it
+        if after_own_grow and free_room >= grow_step and used_rate <= 0:
+            # What our grow added lies free again and use no longer rises: the spike it answered
+            # is over. Give back free memory only (no feedback step) during the holdoff (seen on
+            # Xen 4.17: a guest held its ceiling for 25 s after a workload freed its 192 MiB).
+            free_only = True
+        else:
+            holds.append(f"holdoff {config.shrink_holdoff_s:.0f} s after a grow")
     if state.last_oom_t is not None and now - state.last_oom_t < config.oom_holdoff_s:
         holds.append(f"holdoff {config.oom_holdoff_s:.0f} s after an OOM kill")
     if state.last_shrink_t is not None and now - state.last_shrink_t < config.shrink_interval_s:
@@ -688,17 +699,18 @@ def _step_pressure(
     step = min(step, max_step)
     # Free memory holds no working set: giving it back causes no reclaim whose effect would have
     # to be waited for, so it goes faster than the feedback steps (still above 2x reserve).
-    free_room = min(signals.mem_free_kb, avail) - 2 * reserve
     free_step = min(
         int(max(0, free_room) * config.shrink_free_fraction * scale),
         int(lim.ceiling_kb * config.shrink_free_max_step_pct / 100),
     )
-    step = max(step, free_step)
+    step = free_step if free_only else max(step, free_step)
     if room < step:
         step = max(0, room)
         if step < config.min_change_kb:
             return prev, "hold", f"MemAvailable {avail} KiB near 2x reserve {reserve} KiB", state
     reason = f"quiet (stall {stall:.2f} %, avg10 {avg10:.2f} %); shrink by {step} KiB"
+    if free_only:
+        reason += " of free memory (the spike the last grow answered is over)"
     return prev - step, "shrink", reason, state
 
 
@@ -727,7 +739,9 @@ def decide_pressure(
     (0.2 %, Senpai's order of magnitude), memory use and page cache not rising faster than 1 MiB/s
     (probing for the working set while it grows evicts what was just allocated or read: on Xen 4.17
     a cache read at that moment was squeezed to a third and read again from disk), no grow or
-    toolstack override in the last 30 s, at most
+    toolstack override in the last 30 s (except free memory after our own grow: once at least a
+    grow step of it lies free above twice the reserve and use no longer rises, the spike that grow
+    answered is over, and the free-memory steps below give it back during the holdoff), at most
     one shrink per 5 s, the driver not more than 128 MiB behind its target, and MemAvailable kept
     above twice the reserve (the band between reserve and 2x reserve separates the shrink zone from
     the grow zone). The step is the larger of 1 % of the target and 1/8 of the headroom
