@@ -328,7 +328,14 @@ def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
 
 
 def test_pressure_holds_while_stall_is_above_target() -> None:
-    ds = run_policy(PressureConfig(), [{"some_avg10": 0.5}] * 20)
+    # A stall of 0.5 % in every interval (PSI totals) and in avg10.
+    frames = [{"some_avg10": 0.5, "some_total_us": 1_000_000 + i * 5_000} for i in range(20)]
+    ds = run_policy(PressureConfig(), frames)
+    assert all(d.action == "hold" for d in ds), [d.reason for d in ds]
+    # avg10 alone holds too, unless a surplus of free memory lies unused (test below).
+    ds = run_policy(
+        PressureConfig(), [{"some_avg10": 0.5}] * 20, start=snap(mem_free_kb=100 * MIB_KB)
+    )
     assert all(d.action == "hold" for d in ds)
 
 
@@ -410,6 +417,26 @@ def test_free_memory_goes_back_during_the_holdoff_once_the_spike_is_over() -> No
     some = {"mem_free_kb": 200 * MIB_KB}
     ds = run_policy(cfg, [*frames, *[some] * 10], start=start)
     assert all(d.action == "hold" for d in ds[len(frames):])
+
+
+def test_surplus_free_memory_goes_back_while_avg10_still_decays() -> None:
+    # Seen on Xen 4.17: after a spike avg10 fell from 16 % to under 0.2 % over 50 s while 660 MiB
+    # lay free; the stall over each interval (PSI totals) was 0 the whole time.
+    cfg = PressureConfig()
+    start = snap(mem_free_kb=660 * MIB_KB, some_avg10=8.0)
+    ds = run_policy(cfg, [{}] * 30, start=start)
+    shrinks = [d for d in ds if d.action == "shrink"]
+    assert shrinks and all("of free memory" in d.reason for d in shrinks), [d.reason for d in ds]
+    assert shrinks[0].previous_kb - shrinks[0].target_kb == 256 * MIB_KB  # 1/4 of the ceiling
+    # It stops with a grow step of free memory left above 2x reserve; nothing of the cache goes.
+    assert all(d.action == "hold" and "avg10" in d.reason for d in ds[-5:])
+    # Without a surplus of free memory the lingering avg10 still holds every shrink ...
+    ds = run_policy(cfg, [{}] * 30, start=replace(start, mem_free_kb=200 * MIB_KB))
+    assert all(d.action == "hold" for d in ds)
+    # ... and a stall in the last interval holds even the free memory.
+    stalled = [{"some_total_us": 1_000_000 + i * 100_000} for i in range(30)]  # 10 %
+    ds = run_policy(cfg, stalled, start=start)
+    assert all(d.action != "shrink" for d in ds[1:])
 
 
 def test_free_memory_after_a_toolstack_raise_waits_for_the_holdoff() -> None:

@@ -649,23 +649,31 @@ def _step_pressure(
     if rising >= config.demand_growth_kb_per_s:
         # Probing for the working set while it grows would evict what was just allocated or read.
         holds.append(f"memory use growing ({rising:.0f} KiB/s)")
-    if stall >= config.psi_target_pct or avg10 >= config.psi_target_pct:
-        holds.append(
-            f"stall {stall:.2f} % / avg10 {avg10:.2f} % not below target {config.psi_target_pct} %"
-        )
+    # Free memory (MemFree above 2x reserve) holds no working set. A surplus of it (at least a grow
+    # step) with use not rising is memory a past spike needed and gave back: it may go back to Xen
+    # even while avg10 and the holdoff still remember that spike (free memory only, below).
+    free_room = min(signals.mem_free_kb, avail) - 2 * reserve
+    grow_step = max(config.grow_step_min_kb, int(lim.ceiling_kb * config.grow_step_pct / 100))
+    surplus_free = free_room >= grow_step and rising < config.demand_growth_kb_per_s
+    free_only = False
+    if stall >= config.psi_target_pct:
+        holds.append(f"stall {stall:.2f} % not below target {config.psi_target_pct} %")
+    elif avg10 >= config.psi_target_pct:
+        if surplus_free:
+            # avg10 decays over about a minute after a spike; the stall over the last interval
+            # is the present (seen on Xen 4.17: 660 MiB free for 50 s while avg10 fell from 16 %).
+            free_only = True
+        else:
+            holds.append(f"avg10 {avg10:.2f} % not below target {config.psi_target_pct} %")
     last_up = max(
         [t for t in (state.last_grow_t, state.last_follow_t) if t is not None], default=None
     )
-    # Free memory (MemFree above 2x reserve) holds no working set.
-    free_room = min(signals.mem_free_kb, avail) - 2 * reserve
-    grow_step = max(config.grow_step_min_kb, int(lim.ceiling_kb * config.grow_step_pct / 100))
-    free_only = False
     if last_up is not None and now - last_up < config.shrink_holdoff_s:
         after_own_grow = last_up == state.last_grow_t  # not a toolstack override: follow it
-        if after_own_grow and free_room >= grow_step and used_rate <= 0:
+        if after_own_grow and surplus_free:
             # What our grow added lies free again and use no longer rises: the spike it answered
-            # is over. Give back free memory only (no feedback step) during the holdoff (seen on
-            # Xen 4.17: a guest held its ceiling for 25 s after a workload freed its 192 MiB).
+            # is over (seen on Xen 4.17: a guest held its ceiling for 25 s after a workload freed
+            # its 192 MiB).
             free_only = True
         else:
             holds.append(f"holdoff {config.shrink_holdoff_s:.0f} s after a grow")
@@ -686,7 +694,7 @@ def _step_pressure(
     # Never shrink MemAvailable into twice the reserve: the band between reserve and 2 * reserve
     # separates the shrink zone from the grow zone (hysteresis).
     room = avail - 2 * reserve
-    scale = max(0.0, 1.0 - max(stall, avg10) / config.psi_target_pct)
+    scale = max(0.0, 1.0 - (stall if free_only else max(stall, avg10)) / config.psi_target_pct)
     max_step = max(
         config.shrink_max_step_kb, int(lim.ceiling_kb * config.shrink_max_step_pct / 100)
     )
@@ -739,9 +747,7 @@ def decide_pressure(
     (0.2 %, Senpai's order of magnitude), memory use and page cache not rising faster than 1 MiB/s
     (probing for the working set while it grows evicts what was just allocated or read: on Xen 4.17
     a cache read at that moment was squeezed to a third and read again from disk), no grow or
-    toolstack override in the last 30 s (except free memory after our own grow: once at least a
-    grow step of it lies free above twice the reserve and use no longer rises, the spike that grow
-    answered is over, and the free-memory steps below give it back during the holdoff), at most
+    toolstack override in the last 30 s, at most
     one shrink per 5 s, the driver not more than 128 MiB behind its target, and MemAvailable kept
     above twice the reserve (the band between reserve and 2x reserve separates the shrink zone from
     the grow zone). The step is the larger of 1 % of the target and 1/8 of the headroom
@@ -751,7 +757,11 @@ def decide_pressure(
     1 GiB guest gives back at most 64 MiB of page cache per 5 s, so reclaim has time to show in PSI
     and refaults before the next step. Free memory (MemFree above 2x reserve) holds no working set
     and causes no reclaim when given back, so it goes faster: half of it per step, at most 1/4 of
-    the ceiling. Changes under 8 MiB are not made.
+    the ceiling. A surplus of free memory (at least a grow step above twice the reserve, use not
+    rising) is memory a past spike needed and gave back: it goes back in those free-memory steps
+    even while avg10 (which decays over about a minute) or the holdoff after our own grow still
+    remember the spike, as long as the stall over the last interval is under the target; a
+    toolstack raise still waits the holdoff. Changes under 8 MiB are not made.
 
     Unlike ``classic``, the goal is not derived from Committed_AS (which counts memory that was
     reserved but never touched) but found by squeezing until the guest shows pressure, bounded by
