@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e import artefacts, images, rootfs, versions
-from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, log, tail
+from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, GuestDied, log, tail
 
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
 CHUNK = 1000
@@ -564,6 +564,13 @@ class Guest:
                 f"e2e-guest result {self.domid} {rid} {wait} {attempt}", timeout=wait + 40
             )
             if rc != 0:
+                alive, _ = self.bed.dom0(f"xl list {self.name} >/dev/null 2>&1 && echo alive")
+                if "alive" not in alive:
+                    fault, _ = self.bed.dom0(f"xl dmesg | grep 'd{self.domid}v[0-9]* ' | tail -n 3")
+                    raise GuestDied(
+                        f"guest {self.name} (domid {self.domid}) died while running "
+                        f"{script[:80]!r}; Xen: {fault.strip() or '(nothing)'}\n{self.report()}"
+                    )
                 raise BedError(f"no answer from {self.name} to {script[:80]!r}:\n{self.report()}")
             got = last_answer(out, rid)
             if got is not None:

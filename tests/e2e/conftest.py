@@ -73,3 +73,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return "bed_numa2" in names, "bed_debs" in names
 
     items.sort(key=layout)
+    # A guest that dies under a test (a vCPU triple fault of the nested, emulated virtualisation,
+    # about one guest in 17) fails that test with GuestDied: run it once more, in a new guest on
+    # the same bed (pytest-rerunfailures; the rerun is reported as "R"/"rerun" in the summary).
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=["GuestDied"]))

@@ -26,6 +26,11 @@ class BedError(RuntimeError):
     """A testbed step failed (download, build, boot, command transport)."""
 
 
+class GuestDied(BedError):
+    """A guest that had booted died under a test (seen: a vCPU triple fault under TCG, about one
+    guest in 17, mid-test as well as during boot). The e2e tests are rerun once for it."""
+
+
 def log(msg: str) -> None:
     """Progress line on stderr with the time since the testbed started."""
     print(f"[e2e {time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
