@@ -199,7 +199,6 @@ class DamonBackend:
         self.kdamonds: dict[int, int] = {}
         self.base = 0
         self._counters: dict[int, _Counters] = {}
-        self._targets: dict[int, int] = {}
         #: node -> (target node, quota bytes) the running kdamond was last given.
         self._running: dict[int, tuple[int, int]] = {}
         self._log = get_logger("tiering.damon")
@@ -392,7 +391,6 @@ class DamonBackend:
                     self._refresh(node)
                     self.write(kd_state, "off")
                     self._log.info("damon_paused", node=node)
-                self._targets.pop(node, None)
                 self._running.pop(node, None)
                 continue
             params = (move.target, self.config.quota_bytes(move.rate))
@@ -406,7 +404,6 @@ class DamonBackend:
             else:
                 self.write(kd_state, "on")
                 self._counters[node].restart()
-            self._targets[node] = move.target
             self._running[node] = params
             self._log.info("damon_move", node=node, target=move.target, rate=move.rate)
 
@@ -481,5 +478,4 @@ class DamonBackend:
             self._log.warning("damon_stop_incomplete", detail=p)
         self._log.info("damon_stopped", kdamonds=sorted(self.kdamonds.values()))
         self.kdamonds = {}
-        self._targets = {}
         self._running = {}
