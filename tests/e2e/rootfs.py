@@ -193,6 +193,57 @@ def copy_modules(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, ignore=ignore)
 
 
+def start_layer(base: Path, layer: Path, what: str) -> Path:
+    """A fresh writable copy of the base root file system to build an image in."""
+    if layer.exists():
+        shutil.rmtree(layer)
+    log(f"copying the base root file system{what}")
+    run(["cp", "-a", "--reflink=auto", base, layer], timeout=600)
+    (layer / ".done").unlink()
+    return layer
+
+
+def install_modules(layer: Path, abi: str, modules: Path) -> None:
+    """One guest kernel's modules in ``/lib/modules/ABI``, with their ``depmod`` index."""
+    mdst = layer / "lib" / "modules" / abi
+    if mdst.exists():
+        shutil.rmtree(mdst)
+    copy_modules(modules, mdst)
+    run(["chroot", layer, "depmod", "-a", abi], timeout=300)
+
+
+def install_testbed_init(layer: Path) -> None:
+    """The testbed's init and command runner in ``/sbin``, and the guest's host name."""
+    for f in (GUEST_INIT, GUEST_RUNNER):
+        dst = layer / "sbin" / f.name
+        shutil.copy2(f, dst)
+        dst.chmod(0o755)
+    (layer / "etc" / "hostname").write_text("e2e-guest\n")
+
+
+def make_ext4(layer: Path, image: Path, what: str) -> None:
+    """``mke2fs -d`` of the layer into ``image`` (a quarter more than its size plus 256 MiB),
+    through a temporary name so that a half-written image is never taken for a cached one."""
+    size_mb = int(int(run(["du", "-sm", layer], timeout=300).split()[0]) * 1.25) + 256
+    tmp_img = image.with_suffix(".tmp")
+    if tmp_img.exists():
+        tmp_img.unlink()
+    log(f"mke2fs -d ({size_mb} MiB{what})")
+    run(
+        ["mke2fs", "-q", "-t", "ext4", "-L", "e2e-root", "-E", "root_owner=0:0",
+         "-d", layer, tmp_img, f"{size_mb}M"],
+        timeout=900,
+    )
+    tmp_img.rename(image)
+
+
+def remove_layer(layer: Path) -> None:
+    """Unmount whatever a chroot step left mounted in the layer, then delete it."""
+    for sub in ("proc", "sys", "dev", "root/.cache/pip"):
+        subprocess.run(["umount", "-l", str(layer / sub)], check=False, stderr=subprocess.DEVNULL)
+    shutil.rmtree(layer, ignore_errors=True)
+
+
 def guest_image(
     modules: Path, with_agent: bool = True, extra_modules: dict[str, Path] | None = None
 ) -> Path:
@@ -218,48 +269,17 @@ def guest_image(
         return image
     for old in CACHE.glob("guest-*.ext4"):
         old.unlink()
-    layer = CACHE / "rootfs-layer"
-    if layer.exists():
-        shutil.rmtree(layer)
-    log("copying the base root file system")
-    run(["cp", "-a", "--reflink=auto", base, layer], timeout=600)
+    layer = start_layer(base, CACHE / "rootfs-layer", "")
     try:
-        (layer / ".done").unlink()
-        mdst = layer / "lib" / "modules" / versions.KERNEL_ABI
-        if mdst.exists():
-            shutil.rmtree(mdst)
-        copy_modules(modules, mdst)
-        run(["chroot", layer, "depmod", "-a", versions.KERNEL_ABI], timeout=300)
+        install_modules(layer, versions.KERNEL_ABI, modules)
         for abi, mods in sorted(extra_modules.items()):
-            mdst = layer / "lib" / "modules" / abi
-            if mdst.exists():
-                shutil.rmtree(mdst)
-            copy_modules(mods, mdst)
-            run(["chroot", layer, "depmod", "-a", abi], timeout=300)
-        for f in (GUEST_INIT, GUEST_RUNNER):
-            dst = layer / "sbin" / f.name
-            shutil.copy2(f, dst)
-            dst.chmod(0o755)
-        (layer / "etc" / "hostname").write_text("e2e-guest\n")
+            install_modules(layer, abi, mods)
+        install_testbed_init(layer)
         if with_agent:
             install_agent(layer)
-        size_mb = int(run(["du", "-sm", layer], timeout=300).split()[0])
-        size_mb = int(size_mb * 1.25) + 256
-        tmp_img = image.with_suffix(".tmp")
-        if tmp_img.exists():
-            tmp_img.unlink()
-        log(f"mke2fs -d ({size_mb} MiB)")
-        run(
-            ["mke2fs", "-q", "-t", "ext4", "-L", "e2e-root", "-E", "root_owner=0:0",
-             "-d", layer, tmp_img, f"{size_mb}M"],
-            timeout=900,
-        )
-        tmp_img.rename(image)
+        make_ext4(layer, image, "")
     finally:
-        for sub in ("proc", "sys", "dev", "root/.cache/pip"):
-            subprocess.run(["umount", "-l", str(layer / sub)], check=False,
-                           stderr=subprocess.DEVNULL)
-        shutil.rmtree(layer, ignore_errors=True)
+        remove_layer(layer)
     if not image.exists():
         raise BedError("guest image was not built")
     return image
@@ -339,8 +359,9 @@ def guest_image_debs(modules: Path) -> Path:
     the sources in /usr/src/guestagent, and a NoCloud seed. Named ``debs-guest-<key>.ext4`` (the
     default image's clean-up removes ``guest-*.ext4``)."""
     debs = agent_debs()
+    base = base_rootfs()
     key = key_of(
-        base_rootfs().name,
+        base.name,
         versions.KERNEL,
         GUEST_INIT.read_text(),
         GUEST_RUNNER.read_text(),
@@ -353,40 +374,14 @@ def guest_image_debs(modules: Path) -> Path:
         return image
     for old in CACHE.glob("debs-guest-*.ext4"):
         old.unlink()
-    layer = CACHE / "rootfs-layer-debs"
-    if layer.exists():
-        shutil.rmtree(layer)
-    log("copying the base root file system (.deb image)")
-    run(["cp", "-a", "--reflink=auto", base_rootfs(), layer], timeout=600)
+    layer = start_layer(base, CACHE / "rootfs-layer-debs", " (.deb image)")
     try:
-        (layer / ".done").unlink()
-        mdst = layer / "lib" / "modules" / versions.KERNEL_ABI
-        if mdst.exists():
-            shutil.rmtree(mdst)
-        copy_modules(modules, mdst)
-        run(["chroot", layer, "depmod", "-a", versions.KERNEL_ABI], timeout=300)
-        for f in (GUEST_INIT, GUEST_RUNNER):
-            dst = layer / "sbin" / f.name
-            shutil.copy2(f, dst)
-            dst.chmod(0o755)
-        (layer / "etc" / "hostname").write_text("e2e-guest\n")
+        install_modules(layer, versions.KERNEL_ABI, modules)
+        install_testbed_init(layer)
         copy_sources(layer)
         install_debs(layer, debs)
         install_cloud_init_seed(layer)
-        size_mb = int(int(run(["du", "-sm", layer], timeout=300).split()[0]) * 1.25) + 256
-        tmp_img = image.with_suffix(".tmp")
-        if tmp_img.exists():
-            tmp_img.unlink()
-        log(f"mke2fs -d ({size_mb} MiB, .deb image)")
-        run(
-            ["mke2fs", "-q", "-t", "ext4", "-L", "e2e-root", "-E", "root_owner=0:0",
-             "-d", layer, tmp_img, f"{size_mb}M"],
-            timeout=900,
-        )
-        tmp_img.rename(image)
+        make_ext4(layer, image, ", .deb image")
     finally:
-        for sub in ("proc", "sys", "dev"):
-            subprocess.run(["umount", "-l", str(layer / sub)], check=False,
-                           stderr=subprocess.DEVNULL)
-        shutil.rmtree(layer, ignore_errors=True)
+        remove_layer(layer)
     return image
