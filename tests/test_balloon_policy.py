@@ -411,8 +411,10 @@ def test_free_memory_goes_back_during_the_holdoff_once_the_spike_is_over() -> No
     after = ds[len(frames):]
     shrinks = [d for d in after if d.action == "shrink"]
     assert shrinks and all("of free memory" in d.reason for d in shrinks), [d.reason for d in after]
-    # Half of what is free above 2 x reserve, and nothing of the page cache.
-    assert shrinks[0].previous_kb - shrinks[0].target_kb == (320 - 128) * MIB_KB // 2
+    # 3/4 of what is free above 2 x reserve, and nothing of the page cache.
+    assert shrinks[0].previous_kb - shrinks[0].target_kb == int(
+        (320 - 128) * MIB_KB * cfg.shrink_free_fraction
+    )
     # Still holding when less than a grow step lies free, or use is still rising.
     some = {"mem_free_kb": 200 * MIB_KB}
     ds = run_policy(cfg, [*frames, *[some] * 10], start=start)
@@ -428,10 +430,18 @@ def test_surplus_free_memory_goes_back_while_avg10_still_decays() -> None:
     shrinks = [d for d in ds if d.action == "shrink"]
     assert shrinks and all("of free memory" in d.reason for d in shrinks), [d.reason for d in ds]
     assert shrinks[0].previous_kb - shrinks[0].target_kb == 256 * MIB_KB  # 1/4 of the ceiling
-    # It stops with a grow step of free memory left above 2x reserve; nothing of the cache goes.
+    # It stops once under the hysteresis step of free memory is left above 2x reserve; nothing of
+    # the cache goes while avg10 is above its target.
     assert all(d.action == "hold" and "avg10" in d.reason for d in ds[-5:])
-    # Without a surplus of free memory the lingering avg10 still holds every shrink ...
+    given = ds[0].previous_kb - ds[-1].target_kb
+    assert (660 - 128 - 8) * MIB_KB < given <= (660 - 128) * MIB_KB
+    # Less free memory (72 MiB above 2x reserve, under a grow step): that goes too, nothing more ...
     ds = run_policy(cfg, [{}] * 30, start=replace(start, mem_free_kb=200 * MIB_KB))
+    assert all(d.action in ("hold", "shrink") for d in ds)
+    assert all("of free memory" in d.reason for d in ds if d.action == "shrink")
+    assert (72 - 8) * MIB_KB < ds[0].previous_kb - ds[-1].target_kb <= 72 * MIB_KB
+    # ... and with under the hysteresis step free above 2x reserve the lingering avg10 holds.
+    ds = run_policy(cfg, [{}] * 30, start=replace(start, mem_free_kb=134 * MIB_KB))
     assert all(d.action == "hold" for d in ds)
     # ... and a stall in the last interval holds even the free memory.
     stalled = [{"some_total_us": 1_000_000 + i * 100_000} for i in range(30)]  # 10 %
@@ -576,3 +586,56 @@ def test_floor_and_ceiling_are_never_crossed(
         assert d.floor_kb <= d.target_kb
         state = d.new_state
         target = d.target_kb
+
+
+def _stall_after_a_shrink(extra: dict[str, Any], lag_kb: int) -> list[Decision]:
+    """Quiet feedback shrinks, then a PSI trigger the frame after the last one, with the driver
+    ``lag_kb`` short of it; ``extra`` adds to that frame."""
+    cfg = PressureConfig()
+    quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
+    ds = run_policy(cfg, quiet)
+    last = max(i for i, d in enumerate(ds) if d.action == "shrink")
+    shrunk = ds[last].target_kb
+    stall = {"mem_free_kb": 40 * MIB_KB, "psi_trigger_fired": True,
+             "balloon_current_kb": shrunk + lag_kb, **extra}
+    return run_policy(cfg, [*quiet[: last + 1], stall, *[{"mem_free_kb": 40 * MIB_KB}] * 35])
+
+
+def test_a_stall_from_our_own_shrink_stops_the_shrink_instead_of_growing() -> None:
+    # Seen on Xen 4.17: a 13 MiB shrink step in an idle phase, the driver still 8 MiB short of it,
+    # a 35 % stall with no refault and flat use, and a 128 MiB grow that held for 30 s.
+    ds = _stall_after_a_shrink({}, lag_kb=8 * MIB_KB)
+    i = max(i for i, d in enumerate(ds[:-35]) if d.action == "shrink") + 1
+    stop = ds[i]
+    assert stop.action == "grow" and "own reclaim" in stop.reason, stop.reason
+    assert stop.target_kb - stop.previous_kb == 8 * MIB_KB  # where the driver got to, no step
+    # No further probing for the holdoff, then shrinking again.
+    after = ds[i + 1:]
+    assert all(d.action == "hold" for d in after[: int(PressureConfig().shrink_holdoff_s) - 1])
+    assert any(d.action == "shrink" for d in after)
+
+
+def test_a_stall_with_refaults_rising_use_or_a_driver_at_target_still_grows() -> None:
+    step = 128 * MIB_KB
+    for extra, lag in (
+        ({"refaults": 1000 + 5000}, 8 * MIB_KB),  # evicted pages are wanted back
+        ({"mem_available_kb": 150 * MIB_KB}, 8 * MIB_KB),  # use rising (MemAvailable falls)
+        ({}, 0),  # the driver reached the target: it reclaims nothing more
+    ):
+        ds = _stall_after_a_shrink(extra, lag)
+        i = max(i for i, d in enumerate(ds[:-35]) if d.action == "shrink") + 1
+        assert ds[i].action == "grow" and "own reclaim" not in ds[i].reason, (extra, ds[i].reason)
+        assert ds[i].target_kb - ds[i].previous_kb >= step, (extra, ds[i].reason)
+
+
+def test_a_stall_that_outlasts_the_stop_is_answered_with_a_grow_step() -> None:
+    cfg = PressureConfig()
+    quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
+    ds = run_policy(cfg, quiet)
+    last = max(i for i, d in enumerate(ds) if d.action == "shrink")
+    stall = {"mem_free_kb": 40 * MIB_KB, "psi_trigger_fired": True}
+    lagging = {**stall, "balloon_current_kb": ds[last].target_kb + 8 * MIB_KB}
+    ds = run_policy(cfg, [*quiet[: last + 1], lagging, stall, stall])
+    assert "own reclaim" in ds[last + 1].reason
+    assert ds[last + 2].action == "grow"
+    assert ds[last + 2].target_kb - ds[last + 2].previous_kb >= 128 * MIB_KB

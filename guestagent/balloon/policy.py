@@ -168,17 +168,23 @@ class PressureConfig(PolicyConfig):
     #: Shrink by the larger of this percentage of the current target ...
     shrink_step_pct: float = 1.0
     #: ... and this fraction of the headroom (MemAvailable above twice the reserve) per step ...
-    shrink_headroom_divisor: int = 8
+    shrink_headroom_divisor: int = 4
     #: ... but never more than max(shrink_max_step_kb, shrink_max_step_pct % of the ceiling) ...
     shrink_max_step_kb: int = 64 * MIB_KB
     shrink_max_step_pct: float = 6.25
     #: ... and at most one shrink per this many seconds. Free memory (MemFree above twice the
     #: reserve) goes faster: this fraction of it per step, at most this percentage of the ceiling.
     shrink_interval_s: float = 5.0
-    shrink_free_fraction: float = 0.5
+    shrink_free_fraction: float = 0.75
     shrink_free_max_step_pct: float = 25.0
-    #: No shrink for this long after a grow or a toolstack override.
+    #: No shrink for this long after a grow (or a stop of our own shrink) or a toolstack override.
     shrink_holdoff_s: float = 30.0
+    #: A stall (trigger or interval stall, nothing else) while the driver is still short of our
+    #: last shrink, at most this long after it, with refaults under own_reclaim_max_refaults_per_s
+    #: and use not rising, is the balloon driver's own reclaim: the shrink stops where the driver
+    #: got to (target = current) instead of a grow step.
+    own_reclaim_window_s: float = 10.0
+    own_reclaim_max_refaults_per_s: float = 100.0
     #: No shrink for this long after an OOM kill.
     oom_holdoff_s: float = 300.0
     #: Grow by max(grow_step_min_kb, grow_step_pct % of the ceiling) ...
@@ -224,7 +230,8 @@ class PressureConfig(PolicyConfig):
             if not 0 <= value <= 100:
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
         for key in ("shrink_max_step_kb", "grow_step_min_kb", "reserve_min_kb",
-                    "demand_growth_kb_per_s"):
+                    "demand_growth_kb_per_s", "own_reclaim_window_s",
+                    "own_reclaim_max_refaults_per_s"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -572,6 +579,38 @@ def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
     return max(config.reserve_min_kb, int(ceiling_kb * config.reserve_pct / 100))
 
 
+def _own_reclaim(
+    signals: MemorySignals,
+    state: PolicyState,
+    config: PressureConfig,
+    prev: int,
+    refault_rate: float | None,
+    swapin_rate: float | None,
+    rising: float,
+) -> bool:
+    """Whether a stall is most likely the reclaim the balloon driver does for our own shrink.
+
+    All of: our last change was a shrink, at most ``own_reclaim_window_s`` ago, and the driver has
+    not reached it yet (``current_kb`` above the target: it is still allocating the pages to hand
+    back); refaults under ``own_reclaim_max_refaults_per_s`` and no swap-in (nothing evicted is
+    wanted back); memory use and the page cache not rising (the workload is not allocating or
+    reading). A driver that has reached its target reclaims nothing more, so any stall after that
+    is answered as usual.
+    """
+    last_shrink = state.last_shrink_t
+    if last_shrink is None or signals.timestamp - last_shrink > config.own_reclaim_window_s:
+        return False
+    if signals.balloon_current_kb is None or signals.balloon_current_kb <= prev:
+        return False
+    if state.last_grow_t is not None and state.last_grow_t >= last_shrink:
+        return False
+    if refault_rate is not None and refault_rate >= config.own_reclaim_max_refaults_per_s:
+        return False
+    if swapin_rate is not None and swapin_rate > 0:
+        return False
+    return rising < config.demand_growth_kb_per_s
+
+
 def _step_pressure(
     signals: MemorySignals, state: PolicyState, config: PolicyConfig, lim: Limits, prev: int
 ) -> tuple[int, str, str, PolicyState]:
@@ -608,19 +647,40 @@ def _step_pressure(
     # MemFree was already 130 and 390 MiB).
     free_limit = int(reserve * config.stall_grow_free_reserves)
     plenty_free = signals.mem_free_kb >= free_limit
-    why = [] if plenty_free else soft
+    shortage = []
     if avail < reserve:
-        why.append(f"MemAvailable {avail} KiB < reserve {reserve} KiB")
+        shortage.append(f"MemAvailable {avail} KiB < reserve {reserve} KiB")
     # Demand growing into the band under twice the reserve: grow now, before the kernel has to
     # evict the page cache to make room (MemAvailable counts that cache, so it only falls under the
     # reserve once the cache is gone; seen on Xen 4.17: a 192 MiB allocation evicted 130 MiB of a
     # cache that was read again right after, while MemAvailable stayed at 68-70 MiB).
     growth = demand_growth(signals, state)
     used_rate, cached_rate = growth if growth is not None else (0.0, 0.0)
+    rising = max(used_rate, cached_rate)
     if reserve <= avail < 2 * reserve and used_rate >= config.demand_growth_kb_per_s:
-        why.append(
+        shortage.append(
             f"MemAvailable {avail} KiB under 2x reserve while use grows {used_rate:.0f} KiB/s"
         )
+    why = ([] if plenty_free else soft) + shortage
+
+    if (
+        why
+        and not shortage
+        and _own_reclaim(signals, state, config, prev, refault_rate, swapin_rate, rising)
+    ):
+        # Seen on Xen 4.17: in an idle phase a 13 MiB shrink step that reached the cold page cache
+        # was followed 1-5 s later by a 35 % stall (the PSI trigger) while the driver was still
+        # 8 MiB short of the target, with no refault and flat use; the 128 MiB grow it caused held
+        # for the next 30 s. The driver allocates the pages it hands back, and the reclaim those
+        # allocations do counts as memory stall. Stopping the shrink ends that reclaim; a stall that
+        # goes on is answered with a grow step a second later (the grow rate limit).
+        current = _driver_current(signals)
+        state = replace(state, grow_streak=0)
+        return current, "stop", "; ".join(why) + (
+            f" while the driver is {current - prev} KiB short of our shrink to {prev} KiB, with "
+            "no refaults and use not rising: the balloon's own reclaim; the shrink stops at "
+            f"{current} KiB"
+        ), state
 
     if why:
         if prev >= lim.ceiling_kb:
@@ -645,7 +705,6 @@ def _step_pressure(
             "; ".join(soft) + f" with MemFree {signals.mem_free_kb} KiB >= {free_limit} KiB: "
             "more memory would not relieve it"
         )
-    rising = max(used_rate, cached_rate)
     if rising >= config.demand_growth_kb_per_s:
         # Probing for the working set while it grows would evict what was just allocated or read.
         holds.append(f"memory use growing ({rising:.0f} KiB/s)")
@@ -655,13 +714,15 @@ def _step_pressure(
     free_room = min(signals.mem_free_kb, avail) - 2 * reserve
     grow_step = max(config.grow_step_min_kb, int(lim.ceiling_kb * config.grow_step_pct / 100))
     surplus_free = free_room >= grow_step and rising < config.demand_growth_kb_per_s
+    free_excess = free_room >= config.min_change_kb and rising < config.demand_growth_kb_per_s
     free_only = False
     if stall >= config.psi_target_pct:
         holds.append(f"stall {stall:.2f} % not below target {config.psi_target_pct} %")
     elif avg10 >= config.psi_target_pct:
-        if surplus_free:
+        if free_excess:
             # avg10 decays over about a minute after a spike; the stall over the last interval
-            # is the present (seen on Xen 4.17: 660 MiB free for 50 s while avg10 fell from 16 %).
+            # is the present (seen on Xen 4.17: 660 MiB free for 50 s while avg10 fell from 16 %,
+            # then 197 MiB free for 12 s while it fell from 0.6 %).
             free_only = True
         else:
             holds.append(f"avg10 {avg10:.2f} % not below target {config.psi_target_pct} %")
@@ -743,25 +804,33 @@ def decide_pressure(
     climb reaches the ceiling of a 1 GiB guest within three grows. At most one grow per second, the
     PSI trigger's window and hence its notification rate.
 
-    **Shrink in small steps, only while it is quiet**: stall and avg10 under ``psi_target_pct``
-    (0.2 %, Senpai's order of magnitude), memory use and page cache not rising faster than 1 MiB/s
+    **Our own reclaim is not a spike.** The balloon driver allocates the pages it hands back, and
+    when those allocations have to reclaim page cache, PSI counts that as stall. A stall (trigger
+    or interval stall, nothing else) within 10 s of our last shrink while the driver is still
+    short of it (``current_kb`` above the target), with refaults under 100 pages/s, no swap-in,
+    and use and page cache not rising, stops the shrink where the driver got to (target =
+    ``current_kb``) instead of growing by a step; the 30 s holdoff after a grow follows. A stall
+    that goes on after that is answered with a grow step a second later.
+
+    **Shrink in small steps, only while it is quiet**: stall and avg10 under ``psi_target_pct`` (0.2
+    %, Senpai's order of magnitude), memory use and page cache not rising faster than 1 MiB/s
     (probing for the working set while it grows evicts what was just allocated or read: on Xen 4.17
     a cache read at that moment was squeezed to a third and read again from disk), no grow or
-    toolstack override in the last 30 s, at most
-    one shrink per 5 s, the driver not more than 128 MiB behind its target, and MemAvailable kept
-    above twice the reserve (the band between reserve and 2x reserve separates the shrink zone from
-    the grow zone). The step is the larger of 1 % of the target and 1/8 of the headroom
-    (MemAvailable above 2x reserve, the classic policy's downhysteresis applied to what is really
-    free rather than to Committed_AS), scaled down as the stall nears the target, at least the
-    8 MiB hysteresis step while well below it, and at most max(64 MiB, 1/16 of the ceiling): a
-    1 GiB guest gives back at most 64 MiB of page cache per 5 s, so reclaim has time to show in PSI
-    and refaults before the next step. Free memory (MemFree above 2x reserve) holds no working set
-    and causes no reclaim when given back, so it goes faster: half of it per step, at most 1/4 of
-    the ceiling. A surplus of free memory (at least a grow step above twice the reserve, use not
-    rising) is memory a past spike needed and gave back: it goes back in those free-memory steps
-    even while avg10 (which decays over about a minute) or the holdoff after our own grow still
-    remember the spike, as long as the stall over the last interval is under the target; a
-    toolstack raise still waits the holdoff. Changes under 8 MiB are not made.
+    toolstack override in the last 30 s, at most one shrink per 5 s, the driver not more than 128
+    MiB behind its target, and MemAvailable kept above twice the reserve (the band between reserve
+    and 2x reserve separates the shrink zone from the grow zone). The step is the larger of 1 % of
+    the target and 1/4 of the headroom (MemAvailable above 2x reserve; the classic policy closes 1/8
+    of its gap per tick, to a goal from Committed_AS rather than from what is really free), scaled
+    down as the stall nears the target, at least the 8 MiB hysteresis step while well below it, and
+    at most max(64 MiB, 1/16 of the ceiling): a 1 GiB guest gives back at most 64 MiB of page cache
+    per 5 s, so reclaim has time to show in PSI and refaults before the next step. Free memory
+    (MemFree above 2x reserve) holds no working set and causes no reclaim when given back, so it
+    goes faster: 3/4 of it per step, at most 1/4 of the ceiling. Free memory above twice the
+    reserve, with use not rising, goes back in those free-memory steps even while avg10 (which
+    decays over about a minute after a spike) is above the target, as long as the stall over the
+    last interval is under it; during the holdoff after our own grow only a surplus of it (at least
+    a grow step: more than that grow added) goes, and a toolstack raise still waits the holdoff.
+    Changes under 8 MiB are not made.
 
     Unlike ``classic``, the goal is not derived from Committed_AS (which counts memory that was
     reserved but never touched) but found by squeezing until the guest shows pressure, bounded by
