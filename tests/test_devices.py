@@ -353,13 +353,14 @@ def test_vector_not_requested_yet_is_a_skip_then_pinned_once_it_is(tmp_path: Pat
     report = job_for(root, hints=[DeviceHint(VF, vnode=1)]).evaluate(VF, apply=True)
     assert report is not None and report.failed == [], report
     assert any(s.startswith("IRQ 30: not requested by the driver yet") for s in report.skipped)
+    assert report.pending_irqs == [30] and report.to_dict()["pending_irqs"] == [30]
     assert irq_text(root, 29) == "2-3" and irq_text(root, 31) == "2-3"
     assert irq_affinity_path(30) not in StateStore(HostFS(str(root))).load().changes
     # The interface comes up: the next pass pins it and records it.
     shutil.move(str(saved), str(root / "proc/irq/30"))
     report = job_for(root, hints=[DeviceHint(VF, vnode=1)]).evaluate(VF, apply=True)
     assert report is not None and report.failed == [], report
-    assert irq_text(root, 30) == "2-3"
+    assert irq_text(root, 30) == "2-3" and report.pending_irqs == []
     assert StateStore(HostFS(str(root))).load().changes[irq_affinity_path(30)].previous == "0-3"
     # A vector whose directory is there but whose affinity file is not is still a failure.
     (root / "proc/irq/31/smp_affinity_list").unlink()

@@ -11,7 +11,6 @@ import pytest
 
 from guestagent.config import load
 from guestagent.daemon.loop import EventLoop
-from guestagent.devices.apply import NOT_REQUESTED
 from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
 from guestagent.devices.job import DevicesJob, own_domid, pending_vectors
 from guestagent.devices.model import DeviceReport
@@ -106,10 +105,9 @@ def test_a_pass_with_vectors_not_requested_yet_is_repeated_with_backoff(
         loop.close()
 
 
-def test_pending_vectors_names_only_the_not_requested_skips() -> None:
+def test_pending_vectors_names_only_the_not_requested_vectors() -> None:
     reports = [
-        DeviceReport(bdf=VF, skipped=[f"IRQ 30: {NOT_REQUESTED} (no /proc/irq/30); later",
-                                      "IRQ 29: already on 2-3"]),
+        DeviceReport(bdf=VF, skipped=["IRQ 29: already on 2-3"], pending_irqs=[30]),
         DeviceReport(bdf="0000:00:06.0", skipped=["IRQ 33: kernel-managed, left alone"]),
     ]
     assert pending_vectors(reports) == [f"{VF} IRQ 30"]

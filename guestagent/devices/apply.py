@@ -63,8 +63,6 @@ from guestagent.hostfs import HostFS, format_cpulist, parse_cpulist, parse_int
 from guestagent.log import get_logger
 
 HUGEPAGES_2M = "hugepages/hugepages-2048kB/nr_hugepages"
-#: In a ``skipped`` line: an allocated vector without /proc/irq/N yet (see ``_one_irq``).
-NOT_REQUESTED = "not requested by the driver yet"
 TAINT_NOTE = "this taints the kernel: TAINT_FIRMWARE_WORKAROUND, flag I"
 
 
@@ -412,9 +410,10 @@ class DevicesJob:
                 # Seen on real Xen: e1000e allocates its MSI-X vectors at probe, but the kernel
                 # makes /proc/irq/N only when the driver requests the IRQ (interface up).
                 report.skipped.append(
-                    f"IRQ {irq}: {NOT_REQUESTED} (no /proc/irq/{irq}); "
+                    f"IRQ {irq}: not requested by the driver yet (no /proc/irq/{irq}); "
                     "pinned on the next pass after it is"
                 )
+                report.pending_irqs.append(irq)
                 return
             report.failed.append(f"IRQ {irq}: {path} does not exist")
             return

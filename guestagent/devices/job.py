@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from guestagent.config import Config
-from guestagent.devices.apply import NOT_REQUESTED
 from guestagent.devices.apply import DevicesJob as DeviceBinder
 from guestagent.devices.config import DevicesConfig
 from guestagent.devices.hints import HintSource, XenstoreHintSource
@@ -32,12 +31,7 @@ PENDING_RETRY_MAX = 600.0
 
 def pending_vectors(reports: Sequence[DeviceReport]) -> list[str]:
     """``BDF IRQ N`` of every vector a pass skipped because its driver had not requested it."""
-    return [
-        f"{r.bdf} {line.split(':', 1)[0]}"
-        for r in reports
-        for line in r.skipped
-        if line.startswith("IRQ ") and NOT_REQUESTED in line
-    ]
+    return [f"{r.bdf} IRQ {irq}" for r in reports for irq in r.pending_irqs]
 
 
 def own_domid(client: Any) -> int | None:

@@ -121,6 +121,8 @@ class DeviceReport:
     skipped: list[str] = field(default_factory=list)
     #: What went wrong, one line each.
     failed: list[str] = field(default_factory=list)
+    #: Allocated vectors the driver has not requested yet (no /proc/irq/N): a later pass pins them.
+    pending_irqs: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,4 +139,5 @@ class DeviceReport:
             "planned": self.planned,
             "skipped": self.skipped,
             "failed": self.failed,
+            "pending_irqs": self.pending_irqs,
         }
