@@ -181,10 +181,11 @@ class PressureConfig(PolicyConfig):
     shrink_holdoff_s: float = 30.0
     #: A stall (trigger or interval stall, nothing else) while the driver is still short of our
     #: last shrink, at most this long after it, with refaults under own_reclaim_max_refaults_per_s
-    #: and use not rising, is the balloon driver's own reclaim: the shrink stops where the driver
-    #: got to (target = current) instead of a grow step.
+    #: and use and page cache grown by less than min_change_kb since the last decision, is the
+    #: balloon driver's own reclaim: the shrink stops where the driver got to (target = current)
+    #: instead of a grow step.
     own_reclaim_window_s: float = 10.0
-    own_reclaim_max_refaults_per_s: float = 100.0
+    own_reclaim_max_refaults_per_s: float = 500.0
     #: No shrink for this long after an OOM kill.
     oom_holdoff_s: float = 300.0
     #: Grow by max(grow_step_min_kb, grow_step_pct % of the ceiling) ...
@@ -586,16 +587,18 @@ def _own_reclaim(
     prev: int,
     refault_rate: float | None,
     swapin_rate: float | None,
-    rising: float,
 ) -> bool:
     """Whether a stall is most likely the reclaim the balloon driver does for our own shrink.
 
     All of: our last change was a shrink, at most ``own_reclaim_window_s`` ago, and the driver has
     not reached it yet (``current_kb`` above the target: it is still allocating the pages to hand
-    back); refaults under ``own_reclaim_max_refaults_per_s`` and no swap-in (nothing evicted is
-    wanted back); memory use and the page cache not rising (the workload is not allocating or
-    reading). A driver that has reached its target reclaims nothing more, so any stall after that
-    is answered as usual.
+    back); refaults under ``own_reclaim_max_refaults_per_s`` and no swap-in (little of what was
+    evicted is wanted back: a quarter of the grow threshold; on Xen 4.17 the squeeze that reached
+    the cold cache refaulted about 350 pages/s of the system's own file pages for a second); memory
+    use and the page cache each grown by less than ``min_change_kb`` since the last decision (the
+    workload is not allocating or reading; a per-second rate is too noisy over the second or two
+    since the shrink: MemAvailable moved by 2 MiB while the driver reclaimed). A driver that has
+    reached its target reclaims nothing more, so any stall after that is answered as usual.
     """
     last_shrink = state.last_shrink_t
     if last_shrink is None or signals.timestamp - last_shrink > config.own_reclaim_window_s:
@@ -608,7 +611,10 @@ def _own_reclaim(
         return False
     if swapin_rate is not None and swapin_rate > 0:
         return False
-    return rising < config.demand_growth_kb_per_s
+    if state.prev_used_kb is None or state.prev_cached_kb is None:
+        return False
+    grown = max(used_kb(signals) - state.prev_used_kb, signals.cached_kb - state.prev_cached_kb)
+    return grown < config.min_change_kb
 
 
 def _step_pressure(
@@ -666,19 +672,20 @@ def _step_pressure(
     if (
         why
         and not shortage
-        and _own_reclaim(signals, state, config, prev, refault_rate, swapin_rate, rising)
+        and _own_reclaim(signals, state, config, prev, refault_rate, swapin_rate)
     ):
-        # Seen on Xen 4.17: in an idle phase a 13 MiB shrink step that reached the cold page cache
-        # was followed 1-5 s later by a 35 % stall (the PSI trigger) while the driver was still
-        # 8 MiB short of the target, with no refault and flat use; the 128 MiB grow it caused held
-        # for the next 30 s. The driver allocates the pages it hands back, and the reclaim those
-        # allocations do counts as memory stall. Stopping the shrink ends that reclaim; a stall that
-        # goes on is answered with a grow step a second later (the grow rate limit).
+        # Seen on Xen 4.17, twice in idle phases: a 13 or 30 MiB shrink step that reached the cold
+        # page cache was followed 1-2 s later by a 35 % stall (the PSI trigger) while the driver
+        # was still 6-8 MiB short of the target, with use flat and at most ~350 refaults/s (the
+        # system's own file pages); the 128 MiB grow that answered held for the next 30-40 s. The
+        # driver allocates the pages it hands back, and the reclaim those allocations do counts as
+        # memory stall. Stopping the shrink ends that reclaim; a stall that goes on is answered
+        # with a grow step a second later (the grow rate limit).
         current = _driver_current(signals)
         state = replace(state, grow_streak=0)
         return current, "stop", "; ".join(why) + (
             f" while the driver is {current - prev} KiB short of our shrink to {prev} KiB, with "
-            "no refaults and use not rising: the balloon's own reclaim; the shrink stops at "
+            "few refaults and use flat: the balloon's own reclaim; the shrink stops at "
             f"{current} KiB"
         ), state
 
@@ -805,12 +812,12 @@ def decide_pressure(
     PSI trigger's window and hence its notification rate.
 
     **Our own reclaim is not a spike.** The balloon driver allocates the pages it hands back, and
-    when those allocations have to reclaim page cache, PSI counts that as stall. A stall (trigger
-    or interval stall, nothing else) within 10 s of our last shrink while the driver is still
-    short of it (``current_kb`` above the target), with refaults under 100 pages/s, no swap-in,
-    and use and page cache not rising, stops the shrink where the driver got to (target =
-    ``current_kb``) instead of growing by a step; the 30 s holdoff after a grow follows. A stall
-    that goes on after that is answered with a grow step a second later.
+    when those allocations have to reclaim page cache, PSI counts that as stall. A stall (trigger or
+    interval stall, nothing else) within 10 s of our last shrink while the driver is still short of
+    it (``current_kb`` above the target), with refaults under 500 pages/s, no swap-in, and use and
+    page cache grown by under 8 MiB since the last decision, stops the shrink where the driver got
+    to (target = ``current_kb``) instead of growing by a step; the 30 s holdoff after a grow
+    follows. A stall that goes on after that is answered with a grow step a second later.
 
     **Shrink in small steps, only while it is quiet**: stall and avg10 under ``psi_target_pct`` (0.2
     %, Senpai's order of magnitude), memory use and page cache not rising faster than 1 MiB/s
