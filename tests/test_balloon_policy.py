@@ -650,3 +650,24 @@ def test_a_stall_that_outlasts_the_stop_is_answered_with_a_grow_step() -> None:
     assert "own reclaim" in ds[last + 1].reason
     assert ds[last + 2].action == "grow"
     assert ds[last + 2].target_kb - ds[last + 2].previous_kb >= 128 * MIB_KB
+
+
+def test_use_growing_while_memfree_is_low_grows_before_the_cache_is_evicted() -> None:
+    # Seen on Xen 4.17: a spike took MemFree from 142 to 10 MiB at 25 MiB/s while MemAvailable
+    # (which counts the page cache) stayed above 180 MiB; the cache the spike read next was evicted.
+    cfg = PressureConfig()
+    # (avg10 above the target: no shrink in the first frame to blur the arithmetic)
+    start = snap(size_kb=800 * MIB_KB, mem_available_kb=300 * MIB_KB, mem_free_kb=100 * MIB_KB,
+                 some_avg10=1.0)
+    spike = {"mem_available_kb": 275 * MIB_KB, "mem_free_kb": 75 * MIB_KB}
+    ds = run_policy(cfg, [{}, spike], start=start)
+    assert ds[1].action == "grow" and "MemFree" in ds[1].reason, ds[1].reason
+    assert ds[1].target_kb - ds[1].previous_kb >= 128 * MIB_KB
+    # A wobble of a few MiB (the kernel reclaiming) is not demand ...
+    wobble = {"mem_available_kb": 297 * MIB_KB, "mem_free_kb": 97 * MIB_KB}
+    ds = run_policy(cfg, [{}, wobble], start=start)
+    assert ds[1].action != "grow", ds[1].reason
+    # ... and with MemFree above twice the reserve the kernel is not evicting anything yet.
+    roomy = replace(start, mem_free_kb=200 * MIB_KB)
+    ds = run_policy(cfg, [{}, {**spike, "mem_free_kb": 175 * MIB_KB}], start=roomy)
+    assert ds[1].action != "grow", ds[1].reason
