@@ -1,0 +1,95 @@
+"""The least memory any controller could hold on the testbed's workload: a bound, not a policy.
+
+Reads the ``none`` run of one ``balloon_testbed`` invocation (the guest's trace, one snapshot a
+second, and the workload's phase log) and integrates over the workload's run the smallest driver
+size that still holds what each phase uses:
+
+    need(t) = (driver size - MemTotal) + (MemTotal - MemAvailable) + cache(t) + band
+
+where ``cache(t)`` is Cached in the phases that read the files (``cache`` and ``spike``, which
+re-reads them) and the boot-time Cached elsewhere, and ``band`` is headroom kept on top (0, or
+the pressure policy's twice the reserve, 128 MiB in a 1 GiB guest). Such a controller knows the
+future, has no lag and pays nothing for reclaim; the ratio of this bound to the ``classic`` run of
+the same invocation is what the issue's target (0.75) can be compared with.
+
+    python -m benchmarks.balloon_bound tests/e2e/runs/<run>/balloon-bench
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MIB_KB = 1024
+#: The phases whose page cache is in use (read in the phase, or read again by the next one).
+CACHE_PHASES = ("cache", "spike")
+
+
+def phase_starts(workload_log: str) -> list[tuple[float, str]]:
+    """``(t, phase)`` from the workload's JSON lines (``{"phase": ..., "t": ...}``)."""
+    out = []
+    for line in workload_log.splitlines():
+        rec = json.loads(line)
+        if "phase" in rec and "t" in rec:
+            out.append((float(rec["t"]), str(rec["phase"])))
+    return out
+
+
+def phase_at(t: float, starts: list[tuple[float, str]]) -> str:
+    current = starts[0][1] if starts else ""
+    for start, name in starts:
+        if t >= start:
+            current = name
+    return current
+
+
+def bound_gib_s(trace: list[dict[str, float]], starts: list[tuple[float, str]], end_s: float,
+                band_kb: int) -> float:
+    """The integral of ``need(t)`` over ``[0, end_s]`` in GiB x s (rectangles, one per snapshot)."""
+    if not trace:
+        raise ValueError("empty trace")
+    boot_cache = trace[0]["cached_kb"]
+    total = 0.0
+    for snap, nxt in zip(trace, [*trace[1:], None]):
+        t = snap["timestamp"]
+        if t >= end_s:
+            break
+        dt = (nxt["timestamp"] if nxt is not None else end_s) - t
+        dt = min(dt, end_s - t)
+        size = snap.get("balloon_current_kb") or snap["mem_total_kb"]
+        gap = size - snap["mem_total_kb"]
+        used = snap["mem_total_kb"] - snap["mem_available_kb"]
+        cache = snap["cached_kb"] if phase_at(t, starts) in CACHE_PHASES else boot_cache
+        total += (gap + used + cache + band_kb) * dt
+    return total / (1024 * 1024)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    run = Path(argv[0])
+    lines = (run / "none-0.trace.jsonl").read_text().splitlines()
+    trace = [json.loads(line) for line in lines[1:] if line.strip()]
+    workload = (run / "none-0.workload").read_text()
+    done = [json.loads(line) for line in workload.splitlines() if '"done"' in line]
+    end_s = float(done[-1]["run_time_s"])
+    starts = phase_starts(workload)
+    results = json.loads((run / "results.json").read_text())["results"]
+    held = {r["policy"]: r["held_gib_s"] for r in results if r.get("repeat", 0) == 0}
+    classic = held.get("classic")
+    print(f"bound from {run} (none's run, {end_s:.0f} s); classic held {classic} GiB x s")
+    for band_mib in (0, 128):
+        b = bound_gib_s(trace, starts, end_s, band_mib * MIB_KB)
+        ratio = f"{b / classic:.3f}" if classic else "?"
+        print(f"  band {band_mib:3d} MiB: {b:6.1f} GiB x s, {ratio} of classic")
+    for policy in ("none", "classic", "pressure"):
+        if policy in held and classic:
+            print(f"  measured {policy:8}: {held[policy]:6.1f} GiB x s, "
+                  f"{held[policy] / classic:.3f} of classic")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
