@@ -312,7 +312,10 @@ def test_controller_object_ticks_for_an_outside_event_loop(root: Path) -> None:
     meminfo.write_text(meminfo.read_text().replace("MemFree:          612340 kB",
                                                    "MemFree:           20480 kB"))
     spike = ctl.tick(psi_trigger_fired=True)
-    assert spike is not None and spike.action == "grow" and target_of(root) == spike.target_kb
+    # The fixture's driver never moves, so a second after the shrink it is still 256 MiB short and
+    # the stall reads as its own reclaim: the shrink stops where the driver is (back at 1 GiB).
+    assert spike is not None and spike.action in ("grow", "stop"), spike
+    assert spike.target_kb > first.target_kb and target_of(root) == spike.target_kb
     (root / "proc/vmstat").write_text("junk\n")
     now[0] += 1.0
     assert ctl.tick() is None and ctl.errors == 1

@@ -76,6 +76,8 @@ class PolicyState:
     last_shrink_t: float | None = None
     last_follow_t: float | None = None
     last_oom_t: float | None = None
+    #: When a stall was taken for the balloon driver's own reclaim and our shrink stopped.
+    last_own_reclaim_t: float | None = None
     grow_streak: int = 0
     prev_t: float | None = None
     prev_some_total_us: int | None = None
@@ -251,7 +253,7 @@ class Decision:
 
     target_kb: int
     previous_kb: int
-    action: str  # "grow", "shrink", "hold" or "follow"
+    action: str  # "grow", "shrink", "hold", "follow" or "stop" (our own shrink stopped)
     reason: str
     floor_kb: int
     ceiling_kb: int
@@ -382,7 +384,11 @@ def _decide(
         reason += f"; change of {target - prev:+d} KiB below min_change {config.min_change_kb}"
         target = prev
         action = "hold"
-    if target > prev:
+    if target > prev and action == "stop":
+        # Our own shrink stopped where the driver got to: not a grow (no grow streak, and the
+        # policy's own holdoff after it applies instead of the one after a grow).
+        pass
+    elif target > prev:
         action = "grow" if action != "follow" else action
         new_state = replace(new_state, last_grow_t=now)
     elif target < prev:
@@ -704,7 +710,7 @@ def _step_pressure(
         # memory stall. Stopping the shrink ends that reclaim; a stall that goes on is answered
         # with a grow step a second later (the grow rate limit).
         current = _driver_current(signals)
-        state = replace(state, grow_streak=0)
+        state = replace(state, last_own_reclaim_t=now)
         return current, "stop", "; ".join(why) + (
             f" while the driver is {current - prev} KiB short of our shrink to {prev} KiB, with "
             "few refaults and use flat: the balloon's own reclaim; the shrink stops at "
@@ -767,6 +773,14 @@ def _step_pressure(
             free_only = True
         else:
             holds.append(f"holdoff {config.shrink_holdoff_s:.0f} s after a grow")
+    own = state.last_own_reclaim_t
+    if own is not None and now - own < config.shrink_holdoff_s:
+        if surplus_free:
+            free_only = True
+        else:
+            holds.append(
+                f"holdoff {config.shrink_holdoff_s:.0f} s after our shrink met its own reclaim"
+            )
     if state.last_oom_t is not None and now - state.last_oom_t < config.oom_holdoff_s:
         holds.append(f"holdoff {config.oom_holdoff_s:.0f} s after an OOM kill")
     if state.last_shrink_t is not None and now - state.last_shrink_t < config.shrink_interval_s:
@@ -841,8 +855,10 @@ def decide_pressure(
     interval stall, nothing else) within 10 s of our last shrink while the driver is still short of
     it (``current_kb`` above the target), with refaults under 500 pages/s, no swap-in, and use and
     page cache grown by under 8 MiB since the last decision, stops the shrink where the driver got
-    to (target = ``current_kb``) instead of growing by a step; the 30 s holdoff after a grow
-    follows. A stall that goes on after that is answered with a grow step a second later.
+    to (target = ``current_kb``) instead of growing by a step (action ``stop``), and no shrink
+    follows for 30 s. The stop is not a grow: a stall that goes on once the driver has reached its
+    target is answered with a grow step that starts a new streak (on Xen 4.17 a trigger 1.1 s after
+    a stop, counted as a grow, doubled the next step to 256 MiB).
 
     **Shrink in small steps, only while it is quiet**: stall and avg10 under ``psi_target_pct`` (0.2
     %, Senpai's order of magnitude), memory use and page cache not rising faster than 1 MiB/s
