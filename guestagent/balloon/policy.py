@@ -384,13 +384,12 @@ def _decide(
         reason += f"; change of {target - prev:+d} KiB below min_change {config.min_change_kb}"
         target = prev
         action = "hold"
-    if target > prev and action == "stop":
-        # Our own shrink stopped where the driver got to: not a grow (no grow streak, and the
-        # policy's own holdoff after it applies instead of the one after a grow).
-        pass
-    elif target > prev:
-        action = "grow" if action != "follow" else action
-        new_state = replace(new_state, last_grow_t=now)
+    if target > prev:
+        # A stop of our own shrink where the driver got to is not a grow: no grow streak follows
+        # from it (the pressure policy keeps its own time for the holdoff after it).
+        if action != "stop":
+            action = "grow" if action != "follow" else action
+            new_state = replace(new_state, last_grow_t=now)
     elif target < prev:
         action = "shrink" if action != "follow" else action
         new_state = replace(new_state, last_shrink_t=now)
@@ -566,20 +565,25 @@ def used_kb(signals: MemorySignals) -> int:
     return max(0, signals.mem_total_kb - signals.mem_available_kb)
 
 
+def demand_delta(signals: MemorySignals, state: PolicyState) -> tuple[int, int] | None:
+    """(used, cached) growth in KiB since the last decision; None without history."""
+    if state.prev_used_kb is None or state.prev_cached_kb is None:
+        return None
+    return used_kb(signals) - state.prev_used_kb, signals.cached_kb - state.prev_cached_kb
+
+
 def demand_growth(
     signals: MemorySignals, state: PolicyState
 ) -> tuple[float, float] | None:
     """(used, cached) growth in KiB/s since the last decision; None without history or when the
     last decision is too recent (under half a second) for a rate to mean anything."""
-    if state.prev_t is None or state.prev_used_kb is None or state.prev_cached_kb is None:
+    delta = demand_delta(signals, state)
+    if state.prev_t is None or delta is None:
         return None
     dt = signals.timestamp - state.prev_t
     if dt < 0.5:
         return None
-    return (
-        (used_kb(signals) - state.prev_used_kb) / dt,
-        (signals.cached_kb - state.prev_cached_kb) / dt,
-    )
+    return delta[0] / dt, delta[1] / dt
 
 
 def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
@@ -592,9 +596,10 @@ def _use_grew(
     """Memory use rose faster than ``demand_growth_kb_per_s`` and by at least ``min_change_kb``
     since the last decision (MemAvailable wobbles by a few MiB while the kernel reclaims, which
     over a second is already a rate above the threshold)."""
-    if state.prev_used_kb is None or used_rate < config.demand_growth_kb_per_s:
+    delta = demand_delta(signals, state)
+    if delta is None or used_rate < config.demand_growth_kb_per_s:
         return False
-    return used_kb(signals) - state.prev_used_kb >= config.min_change_kb
+    return delta[0] >= config.min_change_kb
 
 
 def _own_reclaim(
@@ -628,10 +633,8 @@ def _own_reclaim(
         return False
     if swapin_rate is not None and swapin_rate > 0:
         return False
-    if state.prev_used_kb is None or state.prev_cached_kb is None:
-        return False
-    grown = max(used_kb(signals) - state.prev_used_kb, signals.cached_kb - state.prev_cached_kb)
-    return grown < config.min_change_kb
+    delta = demand_delta(signals, state)
+    return delta is not None and max(delta) < config.min_change_kb
 
 
 def _step_pressure(
@@ -761,26 +764,28 @@ def _step_pressure(
             free_only = True
         else:
             holds.append(f"avg10 {avg10:.2f} % not below target {config.psi_target_pct} %")
+    # The holdoff after a grow, a stop of our shrink at its own reclaim, or a toolstack override.
     last_up = max(
-        [t for t in (state.last_grow_t, state.last_follow_t) if t is not None], default=None
+        [
+            t
+            for t in (state.last_grow_t, state.last_own_reclaim_t, state.last_follow_t)
+            if t is not None
+        ],
+        default=None,
     )
     if last_up is not None and now - last_up < config.shrink_holdoff_s:
-        after_own_grow = last_up == state.last_grow_t  # not a toolstack override: follow it
-        if after_own_grow and surplus_free:
+        ours = last_up != state.last_follow_t  # a toolstack override is followed, not undone
+        if ours and surplus_free:
             # What our grow added lies free again and use no longer rises: the spike it answered
             # is over (seen on Xen 4.17: a guest held its ceiling for 25 s after a workload freed
             # its 192 MiB).
             free_only = True
-        else:
-            holds.append(f"holdoff {config.shrink_holdoff_s:.0f} s after a grow")
-    own = state.last_own_reclaim_t
-    if own is not None and now - own < config.shrink_holdoff_s:
-        if surplus_free:
-            free_only = True
-        else:
+        elif last_up == state.last_own_reclaim_t:
             holds.append(
                 f"holdoff {config.shrink_holdoff_s:.0f} s after our shrink met its own reclaim"
             )
+        else:
+            holds.append(f"holdoff {config.shrink_holdoff_s:.0f} s after a grow")
     if state.last_oom_t is not None and now - state.last_oom_t < config.oom_holdoff_s:
         holds.append(f"holdoff {config.oom_holdoff_s:.0f} s after an OOM kill")
     if state.last_shrink_t is not None and now - state.last_shrink_t < config.shrink_interval_s:
