@@ -21,6 +21,10 @@ import json
 import sys
 from pathlib import Path
 
+from guestagent.balloon.policy import used_kb
+from guestagent.balloon.signals import MemorySignals
+from guestagent.balloon.trace import load_trace
+
 MIB_KB = 1024
 #: The phases whose page cache is in use (read in the phase, or read again by the next one).
 CACHE_PHASES = ("cache", "spike")
@@ -44,24 +48,21 @@ def phase_at(t: float, starts: list[tuple[float, str]]) -> str:
     return current
 
 
-def bound_gib_s(trace: list[dict[str, float]], starts: list[tuple[float, str]], end_s: float,
+def bound_gib_s(trace: list[MemorySignals], starts: list[tuple[float, str]], end_s: float,
                 band_kb: int) -> float:
     """The integral of ``need(t)`` over ``[0, end_s]`` in GiB x s (rectangles, one per snapshot)."""
     if not trace:
         raise ValueError("empty trace")
-    boot_cache = trace[0]["cached_kb"]
+    boot_cache = trace[0].cached_kb
     total = 0.0
     for snap, nxt in zip(trace, [*trace[1:], None]):
-        t = snap["timestamp"]
+        t = snap.timestamp
         if t >= end_s:
             break
-        dt = (nxt["timestamp"] if nxt is not None else end_s) - t
-        dt = min(dt, end_s - t)
-        size = snap.get("balloon_current_kb") or snap["mem_total_kb"]
-        gap = size - snap["mem_total_kb"]
-        used = snap["mem_total_kb"] - snap["mem_available_kb"]
-        cache = snap["cached_kb"] if phase_at(t, starts) in CACHE_PHASES else boot_cache
-        total += (gap + used + cache + band_kb) * dt
+        dt = min((nxt.timestamp if nxt is not None else end_s) - t, end_s - t)
+        gap = (snap.balloon_current_kb or snap.mem_total_kb) - snap.mem_total_kb
+        cache = snap.cached_kb if phase_at(t, starts) in CACHE_PHASES else boot_cache
+        total += (gap + used_kb(snap) + cache + band_kb) * dt
     return total / (1024 * 1024)
 
 
@@ -70,8 +71,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
     run = Path(argv[0])
-    lines = (run / "none-0.trace.jsonl").read_text().splitlines()
-    trace = [json.loads(line) for line in lines[1:] if line.strip()]
+    trace = load_trace(str(run / "none-0.trace.jsonl")).snapshots
     workload = (run / "none-0.workload").read_text()
     done = [json.loads(line) for line in workload.splitlines() if '"done"' in line]
     end_s = float(done[-1]["run_time_s"])

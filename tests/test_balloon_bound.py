@@ -5,19 +5,22 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.balloon_bound import bound_gib_s, phase_at, phase_starts
+from guestagent.balloon.signals import MemorySignals
 
 MIB = 1024  # KiB
 
 
-def snap(t: float, used_mib: int, cached_mib: int) -> dict[str, float]:
+def snap(t: float, used_mib: int, cached_mib: int) -> MemorySignals:
     total = 900 * MIB
-    return {
-        "timestamp": t,
-        "mem_total_kb": total,
-        "mem_available_kb": total - used_mib * MIB,
-        "cached_kb": cached_mib * MIB,
-        "balloon_current_kb": 1024 * MIB,
-    }
+    return MemorySignals(
+        timestamp=t, mem_total_kb=total, mem_free_kb=0, mem_available_kb=total - used_mib * MIB,
+        cached_kb=cached_mib * MIB, committed_as_kb=0, swap_total_kb=0, swap_free_kb=0,
+        some_avg10=0.0, some_avg60=0.0, some_avg300=0.0, some_total_us=0, full_avg10=0.0,
+        full_avg60=0.0, full_avg300=0.0, full_total_us=0, refaults=0, refault_anon=None,
+        refault_file=None, pswpin=0, oom_kill=None, balloon_target_kb=None,
+        balloon_current_kb=1024 * MIB, totalreserve_kb=None, xs_target_kb=None,
+        xs_static_max_kb=None,
+    )
 
 
 def test_phases_come_from_the_workload_log() -> None:

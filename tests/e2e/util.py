@@ -28,7 +28,7 @@ class BedError(RuntimeError):
 
 class GuestDied(BedError):
     """A guest that had booted died under a test (seen: a vCPU triple fault under TCG, about one
-    guest in 17, mid-test as well as during boot). The e2e tests are rerun once for it."""
+    guest in 17, mid-test as well as during boot). The e2e tests are rerun up to twice for it."""
 
 
 def log(msg: str) -> None:
