@@ -1,13 +1,25 @@
-"""Structured logging: key-value lines (journal-friendly) or JSON, through structlog.
+"""Structured logging: logfmt lines or JSON lines on stderr, through structlog.
+
+- Elsewhere (a terminal, a file, a pipe): each line is valid logfmt: ``timestamp=... level=warning
+  event=... key=value``; a string with a space, ``=``, a quote, a backslash or a control character
+  is double-quoted with JSON's escapes; None is an empty value (``key=``); a list of plain values
+  is comma-joined (``jobs=topology,devices``), anything else nested is JSON (:func:`logfmt`).
+- When stderr is the journal (``$JOURNAL_STREAM`` names stderr's device and inode, as systemd sets
+  it for a service): each line starts with its syslog priority, the ``<N>`` prefix of
+  sd-daemon(3) (``<4>`` for a warning), so ``journalctl -p warning`` shows exactly the warnings,
+  and carries no timestamp of its own (the journal stamps every entry).
 
 structlog is imported on first use only, and without OpenSSL (:func:`import_structlog`).
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import logging
+import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Callable, TextIO, cast
 
 _configured = False
@@ -69,6 +81,93 @@ class RepeatFilter:
         return event
 
 
+#: syslog priorities (sd-daemon(3): the ``<N>`` prefix journald reads from a stream).
+SYSLOG_PRIORITY = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+}
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:
+    """True when ``fd`` is the journal's stream: ``$JOURNAL_STREAM`` is ``DEVICE:INODE`` of it.
+
+    systemd sets the variable for a service whose stdout or stderr is connected to the journal;
+    a child whose stderr was redirected elsewhere inherits the variable but not the stream, hence
+    the comparison (systemd.exec(5), "$JOURNAL_STREAM").
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(fd)
+        return (int(device), int(inode)) == (st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        return False
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _logfmt_text(value: Any) -> str:
+    """A value as logfmt's unquoted text (quoting is left to :func:`_logfmt_quote`)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
+        if all(_plain(v) and "," not in _logfmt_text(v) for v in items):
+            return ",".join(_logfmt_text(v) for v in items)
+    return jsonlib.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def _logfmt_quote(text: str) -> str:
+    """Bare when it cannot be misread; else double-quoted with JSON's escapes (one line)."""
+    if any(c in ' ="\\' or c < " " or c == "\x7f" for c in text):
+        return jsonlib.dumps(text, ensure_ascii=False)
+    return text
+
+
+def logfmt(event: Mapping[str, Any], key_order: tuple[str, ...] = ()) -> str:
+    """One logfmt line: the keys of ``key_order`` first (when present), then the rest in order.
+
+    structlog's own LogfmtRenderer is not used: the versions guestagent supports (22.1 on)
+    differ in how they escape, and none joins lists or escapes a newline the same way.
+    """
+    keys = [k for k in key_order if k in event] + [k for k in event if k not in key_order]
+    return " ".join(f"{k}={_logfmt_quote(_logfmt_text(event[k]))}" for k in keys)
+
+
+class LogfmtRenderer:
+    """structlog's last processor: the event as one logfmt line."""
+
+    def __init__(self, key_order: tuple[str, ...] = ("timestamp", "level", "event")) -> None:
+        self.key_order = key_order
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        return logfmt(event, self.key_order)
+
+
+class JournalPriority:
+    """Wraps the renderer: the line starts with its syslog priority (``<4>level=warning ...``)."""
+
+    def __init__(self, renderer: Callable[[Any, str, dict[str, Any]], str]) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        level = str(event.get("level", method))
+        return f"<{SYSLOG_PRIORITY.get(level, 6)}>{self.renderer(logger, method, event)}"
+
+
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is at the time of the write (tests swap it)."""
 
@@ -79,21 +178,36 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure(level: str = "info", json: bool = False, stream: Any | None = None) -> None:
-    """Set up structlog once for the process: key=value (default) or JSON lines on stderr."""
+def configure(
+    level: str = "info",
+    json: bool = False,
+    stream: Any | None = None,
+    journal: bool | None = None,
+) -> None:
+    """Set up structlog once for the process: logfmt (default) or JSON lines on stderr.
+
+    ``journal``: lines carry their syslog priority and no timestamp; by default, when stderr is
+    the journal's stream (:func:`stderr_is_journal`) and no other ``stream`` is given.
+    """
     global _configured
     structlog = import_structlog()
+    if journal is None:
+        journal = stream is None and stderr_is_journal()
 
     processors: list[Any] = [
         RepeatFilter(),
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
     ]
+    if not journal:
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"])
+        else LogfmtRenderer()
     )
+    if journal:
+        renderer = JournalPriority(renderer)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
