@@ -28,6 +28,10 @@ def test_render_exposes_numbers_and_job_states() -> None:
     assert "guestagent_balloon_psi_trigger 1" in lines
     assert not any("policy" in line for line in lines), "strings are not metrics"
     samples = [ln for ln in lines if not ln.startswith("#")]
+    big = render({"jobs": {"balloon": {"running": True, "target_kb": 16777216,
+                                        "published_at": 1796338417.456}}}).splitlines()
+    assert "guestagent_balloon_target_kb 16777216" in big, "no rounding to 6 digits"
+    assert "guestagent_balloon_published_at 1796338417.456" in big
     assert all(len(s.rsplit(" ", 1)) == 2 for s in samples)
 
 

@@ -25,6 +25,11 @@ def _numbers(prefix: str, values: Mapping[str, Any]) -> Iterator[tuple[str, floa
             yield _metric_name(prefix, key), float(value)
 
 
+def _sample(value: float) -> str:
+    """A sample value in full: ``%g`` would print 1048576 as 1.04858e+06."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def render(status: Mapping[str, Any]) -> str:
     """The exposition text for one status snapshot (pure)."""
     lines = [
@@ -46,7 +51,7 @@ def render(status: Mapping[str, Any]) -> str:
         )
     for name, job in sorted(jobs.items()):
         for metric, value in _numbers(name, {k: v for k, v in job.items() if k != "running"}):
-            lines += [f"# TYPE {metric} gauge", f"{metric} {value:g}"]
+            lines += [f"# TYPE {metric} gauge", f"{metric} {_sample(value)}"]
     return "\n".join(lines) + "\n"
 
 
