@@ -103,7 +103,7 @@ def test_run_ready_status_reload_and_undo_on_sigterm(
         assert published is not None and published.value == b"3"
         assert int((root / TARGET).read_text()) < 1048576, "classic shrinks an idle guest"
         read_status(str(state_dir))  # one more loop round: the due textfile timer has run
-        assert 'guestagent_job_running{job="balloon"} 1' in prom.read_text().splitlines()
+        assert 'guestagent_job_running{name="balloon"} 1' in prom.read_text().splitlines()
 
         config.write_text("[balloon]\npolicy = 7\n")
         daemon.send_signal(signal.SIGHUP)

@@ -22,8 +22,8 @@ def test_render_exposes_numbers_and_job_states() -> None:
     lines = text.splitlines()
     assert "guestagent_up 1" in lines
     assert "guestagent_resumes_total 2" in lines
-    assert 'guestagent_job_running{job="balloon"} 1' in lines
-    assert 'guestagent_job_running{job="devices"} 0' in lines
+    assert 'guestagent_job_running{name="balloon"} 1' in lines
+    assert 'guestagent_job_running{name="devices"} 0' in lines
     assert "guestagent_balloon_target_kb 786432" in lines
     assert "guestagent_balloon_psi_trigger 1" in lines
     assert not any("policy" in line for line in lines), "strings are not metrics"

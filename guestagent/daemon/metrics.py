@@ -40,13 +40,15 @@ def render(status: Mapping[str, Any]) -> str:
         f"guestagent_resumes_total {int(status.get('resumes', 0))}",
         "# TYPE guestagent_loop_errors_total counter",
         f"guestagent_loop_errors_total {int(status.get('loop_errors', 0))}",
+        # The label is "name", not "job": Prometheus keeps "job" for the scrape job and would
+        # rename ours to exported_job.
         "# HELP guestagent_job_running 1 when the job runs, 0 when it is off or failed.",
         "# TYPE guestagent_job_running gauge",
     ]
     jobs: Mapping[str, Any] = status.get("jobs", {})
     for name, job in sorted(jobs.items()):
         lines.append(
-            f'guestagent_job_running{{job="{_NAME_OK.sub("_", name)}"}} '
+            f'guestagent_job_running{{name="{_NAME_OK.sub("_", name)}"}} '
             f"{int(bool(job.get('running')))}"
         )
     for name, job in sorted(jobs.items()):
