@@ -7,6 +7,7 @@ in CI (``CI`` set) a missing tool fails instead of skipping.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 import guestagent
+from guestagent.cli import build_parser
+from tests.test_manpage import man_commands, parser_commands
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -422,7 +425,7 @@ def test_debian_files_refer_to_existing_sources() -> None:
             source = line.split()[0]
             if source.startswith("packaging/"):
                 assert (REPO / source).exists(), f"{listing.name}: {source}"
-    for name in ("guestagent.manpages", "guestagent.examples", "guestagent.docs"):
+    for name in ("guestagent.examples", "guestagent.docs"):
         for line in (DEBIAN / name).read_text().split():
             assert (REPO / line).exists(), f"{name}: {line}"
     assert os.access(DEBIAN / "rules", os.X_OK)
@@ -447,16 +450,84 @@ def _need(tool: str) -> None:
         pytest.skip(f"{tool} not installed (Debian: see packaging/debian/control Build-Depends)")
 
 
-@pytest.mark.packaging
-def test_build_deb_and_lintian(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def built_debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _need("dpkg-buildpackage")
     _need("lintian")
-    out = tmp_path / "out"
+    out = tmp_path_factory.mktemp("deb")
     result = subprocess.run([str(PKG / "build-deb.sh"), str(out)], capture_output=True,
                             text=True, timeout=1500)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     assert "build-deb: lintian passed" in result.stdout
-    debs = {p.name.split("_")[0]: p for p in out.glob("*.deb")}
+    return {p.name.split("_")[0]: p for p in out.glob("*.deb")}
+
+
+@pytest.fixture(scope="module")
+def built_rpms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    _need("rpmbuild")
+    out = tmp_path_factory.mktemp("rpm")
+    result = subprocess.run([str(PKG / "build-rpm.sh"), str(out)], capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    if shutil.which("rpmlint"):
+        assert "build-rpm: rpmlint passed" in result.stdout, result.stdout[-4000:]
+        assert "0 errors, 0 warnings" in result.stdout, result.stdout[-4000:]
+    elif os.environ.get("CI"):
+        pytest.fail("rpmlint is not installed, and CI must check the RPMs")
+    rpms = {}
+    for path in out.glob("*.rpm"):
+        name = subprocess.run(["rpm", "-qp", "--qf", "%{NAME}", str(path)],
+                              capture_output=True, text=True, check=True).stdout
+        rpms["src" if path.name.endswith(".src.rpm") else name] = path
+    return rpms
+
+
+def deb_files(deb: Path) -> set[str]:
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout
+    return {line.split()[5][1:] for line in listing.splitlines() if not line.startswith("d")}
+
+
+def rpm_files(rpm: Path) -> set[str]:
+    listing = subprocess.run(["rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILENAMES}\\n]",
+                              str(rpm)], capture_output=True, text=True, check=True).stdout
+    return {line.split(" ", 1)[1] for line in listing.splitlines() if not line.startswith("d")}
+
+
+#: Where each package format puts the same thing: (pattern, what it is) in order.
+_LAYOUT = (
+    (r"^/usr/lib/python3(?:\.\d+)?/(?:dist|site)-packages/cloudinit/", "cloudinit:"),
+    (r"^/usr/lib(?:64)?/python3(?:\.\d+)?/(?:dist|site)-packages/", "python:"),
+    (r"^(?:/usr)?/lib/systemd/system/", "unit:"),
+    (r"^(?:/usr)?/lib/systemd/system-preset/", "preset:"),
+    (r"^/usr/share/zsh/(?:vendor-completions|site-functions)/", "zsh:"),
+    (r"^/usr/share/doc/guestagent/", "doc:"),
+)
+#: Files only one format has, by design: Debian policy's changelog and copyright and lintian's
+#: overrides; RPM's build-id links, byte code compiled at build time (dh_python3 compiles at
+#: install time) and installer's INSTALLER record.
+_DEB_ONLY = re.compile(r"^/usr/share/doc/guestagent(?:-dom0)?/(?:changelog\.gz|copyright)$"
+                       r"|^/usr/share/lintian/overrides/")
+_RPM_ONLY = re.compile(r"^/usr/lib/\.build-id/|__pycache__/|\.dist-info/INSTALLER$")
+
+
+def normalised(files: set[str], only: re.Pattern[str]) -> set[str]:
+    """Paths with each format's location of the same thing replaced by a tag, minus ``only``."""
+    out = set()
+    for path in files:
+        if only.search(path):
+            continue
+        for pattern, tag in _LAYOUT:
+            if re.match(pattern, path):
+                path = tag + re.sub(pattern, "", path)
+                break
+        out.add(re.sub(r"\.gz$", "", path))
+    return out
+
+
+@pytest.mark.packaging
+def test_build_deb_and_lintian(built_debs: dict[str, Path]) -> None:
+    debs = built_debs
     assert {"guestagent", "guestagent-dom0"} <= set(debs)
     listing = subprocess.run(["dpkg-deb", "-c", str(debs["guestagent"])], capture_output=True,
                              text=True, check=True).stdout
@@ -467,6 +538,11 @@ def test_build_deb_and_lintian(tmp_path: Path) -> None:
                  "./usr/lib/python3/dist-packages/guestagent/xen/_xenc.abi3.so",
                  "./usr/lib/python3/dist-packages/cloudinit/config/cc_guestagent.py",
                  "./usr/share/guestagent/cloud-config.schema.json",
+                 "./usr/share/guestagent/grafana/guestagent.json",
+                 "./usr/share/guestagent/prometheus/guestagent.rules.yml",
+                 "./usr/share/doc/guestagent/CONFIG.md.gz",
+                 "./usr/share/bash-completion/completions/guestagent",
+                 "./usr/share/zsh/vendor-completions/_guestagent",
                  "./usr/share/man/man8/guestagent.8.gz"):
         assert path in listing, path
     dom0_listing = subprocess.run(["dpkg-deb", "-c", str(debs["guestagent-dom0"])],
@@ -480,14 +556,86 @@ def test_build_deb_and_lintian(tmp_path: Path) -> None:
 
 
 @pytest.mark.packaging
-def test_build_source_rpm(tmp_path: Path) -> None:
-    _need("rpmbuild")
-    out = tmp_path / "out"
-    result = subprocess.run([str(PKG / "build-rpm.sh"), str(out)], capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    srpms = list(out.glob("*.src.rpm"))
-    assert [p.name for p in srpms] == [f"guestagent-{guestagent.__version__}-1.src.rpm"]
-    files = subprocess.run(["rpm", "-qpl", str(srpms[0])], capture_output=True, text=True,
-                           check=True).stdout.split()
-    assert sorted(files) == [f"guestagent-{guestagent.__version__}.tar.gz", "guestagent.spec"]
+def test_deb_man_page_lists_the_parsers_commands(built_debs: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """The page in the package is the one generated from the packaged parser."""
+    subprocess.run(["dpkg-deb", "-x", str(built_debs["guestagent"]), str(tmp_path)], check=True)
+    page = gzip.decompress((tmp_path / "usr/share/man/man8/guestagent.8.gz").read_bytes())
+    found = man_commands(page.decode())
+    for path, options, _ in parser_commands(build_parser()):
+        assert found.get(path) == options, path
+
+
+@pytest.mark.packaging
+def test_build_source_and_binary_rpms(built_rpms: dict[str, Path]) -> None:
+    version = guestagent.__version__
+    assert built_rpms["src"].name == f"guestagent-{version}-1.src.rpm"
+    files = subprocess.run(["rpm", "-qpl", str(built_rpms["src"])], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert sorted(files) == [f"guestagent-{version}.tar.gz", "guestagent.spec"]
+    assert built_rpms["guestagent"].name.startswith(f"guestagent-{version}-1.")
+    assert built_rpms["guestagent-dom0"].name == f"guestagent-dom0-{version}-1.noarch.rpm"
+    requires = subprocess.run(["rpm", "-qpR", str(built_rpms["guestagent"])],
+                              capture_output=True, text=True, check=True).stdout.split("\n")
+    for name in ("python3-cffi", "python3-psutil", "python3-pyudev", "python3-pyroute2",
+                 "python3-structlog"):
+        assert name in requires
+    dom0 = subprocess.run(["rpm", "-qpR", str(built_rpms["guestagent-dom0"])],
+                          capture_output=True, text=True, check=True).stdout
+    assert f"guestagent = {version}-1" in dom0
+
+
+@pytest.mark.packaging
+@pytest.mark.parametrize("name", ["guestagent", "guestagent-dom0"])
+def test_rpm_ships_the_same_files_as_the_deb(
+    built_debs: dict[str, Path], built_rpms: dict[str, Path], name: str
+) -> None:
+    deb = normalised(deb_files(built_debs[name]), _DEB_ONLY)
+    rpm = normalised(rpm_files(built_rpms[name]), _RPM_ONLY)
+    assert deb == rpm, {"deb only": sorted(deb - rpm), "rpm only": sorted(rpm - deb)}
+    if name == "guestagent":
+        assert "python:guestagent/xen/_xenc.abi3.so" in rpm
+        assert "/usr/share/man/man8/guestagent.8" in rpm
+
+
+def deb_scripts(deb: Path, tmp_path: Path) -> dict[str, str]:
+    control = tmp_path / deb.name
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(control)], check=True)
+    return {p.name: p.read_text() for p in control.iterdir()
+            if p.name in ("postinst", "prerm", "postrm")}
+
+
+def rpm_scripts(rpm: Path) -> dict[str, str]:
+    scripts = {}
+    for tag in ("POSTIN", "PREUN", "POSTUN"):
+        text = subprocess.run(["rpm", "-qp", "--qf", f"%{{{tag}}}", str(rpm)],
+                              capture_output=True, text=True, check=True).stdout
+        scripts[tag.lower()] = "" if text == "(none)" else text
+    return scripts
+
+
+@pytest.mark.packaging
+@pytest.mark.parametrize(("name", "restarted"), [
+    ("guestagent", ("guestagent.service",)), ("guestagent-dom0", ("guestagent-dom0.service",))])
+def test_rpm_scriptlets_do_what_the_debs_maintainer_scripts_do(
+    built_debs: dict[str, Path], built_rpms: dict[str, Path], tmp_path: Path, name: str,
+    restarted: tuple[str, ...],
+) -> None:
+    """Both enable the units on install, stop the service on removal and restart it on upgrade.
+    By each family's policy, the .deb also starts guestagent.service when it is installed and the
+    RPM does not (its preset enables it for the next boot); neither starts the cloud-init unit."""
+    deb = deb_scripts(built_debs[name], tmp_path)
+    rpm = rpm_scripts(built_rpms[name])
+    units = {"guestagent": ("guestagent.service", "guestagent-cloud-config.service"),
+             "guestagent-dom0": ("guestagent-dom0.service",)}[name]
+    for unit in units:
+        assert re.search(rf"deb-systemd-helper enable '{re.escape(unit)}'", deb["postinst"])
+        assert re.search(rf"systemctl --no-reload preset [^\n]*{re.escape(unit)}", rpm["postin"])
+        assert re.search(rf"systemctl --no-reload disable --now [^\n]*{re.escape(unit)}",
+                         rpm["preun"])
+    for unit in restarted:
+        assert re.search(rf"deb-systemd-invoke stop '{re.escape(unit)}'", deb["prerm"])
+        assert re.search(rf"deb-systemd-invoke \$_dh_action '{re.escape(unit)}'", deb["postinst"])
+        assert re.search(rf"try-restart [^\n]*{re.escape(unit)}", rpm["postun"])
+    assert "guestagent-cloud-config.service" not in deb.get("prerm", "")
+    assert not re.search(r"try-restart [^\n]*guestagent-cloud-config", rpm["postun"])
