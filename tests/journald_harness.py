@@ -2,8 +2,8 @@
 
     unshare -m --propagation private python -m tests.journald_harness OUTDIR -- COMMAND...
 
-Must run as root in a private mount namespace (``unshare -m``): it mounts tmpfs on
-/run/systemd, /run/log and /var/log/journal (the host's journal and sockets are never touched),
+Must run as root in a private mount namespace (``unshare -m``): it mounts tmpfs on /run and
+/var/log/journal (the host's journal and sockets are never touched),
 starts /lib/systemd/systemd-journald there, connects to its stdout stream socket with the header
 systemd itself sends for a service (identifier ``guestagent``, priority info, level prefixes on),
 sets ``$JOURNAL_STREAM`` to that socket's device and inode, and runs COMMAND with stderr on it and
@@ -35,10 +35,14 @@ IDENTIFIER = "guestagent"
 
 
 def mount_private_journal() -> None:
-    for path in ("/run/systemd", "/run/log", "/var/log/journal"):
-        os.makedirs(path, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", path], check=True)
-    os.makedirs("/run/systemd/journal", exist_ok=True)
+    """A tmpfs on /run (journald's sockets and its volatile journal in /run/log/journal) and on
+    /var/log/journal where it exists, so journald writes nothing persistent: nothing is created
+    outside the namespace's own mounts."""
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+    if os.path.isdir("/var/log/journal"):
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/var/log/journal"], check=True)
+    os.makedirs("/run/systemd/journal")
+    os.makedirs("/run/log/journal")
 
 
 def start_journald() -> subprocess.Popen[bytes]:
