@@ -30,6 +30,26 @@ def wait_active(g: Guest, unit: str, seconds: float) -> str:
         time.sleep(5)
 
 
+#: The agent's level names and the syslog priority journald must store for each.
+PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def check_journal_priorities(g: Guest) -> None:
+    entries = [json.loads(line) for line in g.run_ok(
+        "journalctl -b -u guestagent.service -o json --no-pager").splitlines()]
+    agent = [(int(e["PRIORITY"]), json.loads(e["MESSAGE"])) for e in entries
+             if isinstance(e.get("MESSAGE"), str) and e["MESSAGE"].startswith("{")]
+    assert agent, entries
+    for priority, record in agent:
+        assert priority == PRIORITY[record["level"]], (priority, record)
+        assert "timestamp" not in record, record
+    warned = g.run_ok("journalctl -b -u guestagent.service -p warning -o cat --no-pager")
+    expected = sorted(json.dumps(r, sort_keys=True) for p, r in agent if p <= 4)
+    shown = sorted(json.dumps(json.loads(ln), sort_keys=True) for ln in warned.splitlines()
+                   if ln.startswith("{"))
+    assert shown == expected, (shown, expected)
+
+
 def test_cloud_init_installs_the_configuration_and_starts_the_agent(bed_debs: XenBed) -> None:
     spec = GuestSpec.pv(memory=512, vcpus=2, name="ci")
     spec.init = "systemd"
@@ -82,6 +102,9 @@ def test_cloud_init_installs_the_configuration_and_starts_the_agent(bed_debs: Xe
         journal = g.run_ok("journalctl -b -u guestagent.service -o cat --no-pager")
         lines = [ln for ln in journal.splitlines() if ln.startswith("{")]
         assert any(json.loads(ln).get("event") == "started" for ln in lines), journal
+        # stderr is the journal ($JOURNAL_STREAM): each line carried its syslog priority, which
+        # journald stored (and stripped), and no timestamp of its own.
+        check_journal_priorities(g)
 
         # Dom0 sees the agent's keys in the guest's xenstore tree.
         base = f"/local/domain/{g.domid}/data/guestagent"
