@@ -29,6 +29,7 @@ from guestagent.balloon.policy import (
     hard_minimum_kb,
     limits,
 )
+from guestagent.balloon.pressure import burst_allowance, hold_s, observe_demand
 from guestagent.balloon.signals import MemorySignals
 from guestagent.errors import InputError
 
@@ -198,6 +199,12 @@ def test_classic_never_exceeds_the_ceiling() -> None:
 
 
 # --- pressure -----------------------------------------------------------------------------------
+#
+# One test per rule of the control law (guestagent/balloon/pressure.py), fed as a replay of
+# snapshot frames one second apart, with the incident the rule guards against in its docstring.
+# The replays of whole traces are in tests/test_balloon_pressure_replay.py.
+
+R = 64 * MIB_KB  # the reserve of a 1 GiB guest
 
 
 def run_policy(
@@ -217,8 +224,9 @@ def run_policy(
 
 
 def test_pressure_shrinks_in_bounded_steps_when_quiet() -> None:
+    """Probe: small steps while quiet, at most 1/16 of the ceiling of page cache per step and one
+    step per 5 s, so reclaim shows in PSI and refaults before the next one."""
     cfg = PressureConfig()
-    # Little free memory: what is given back is page cache, in feedback steps of at most 64 MiB.
     ds = run_policy(cfg, [{}] * 60, start=snap(mem_free_kb=100 * MIB_KB))
     shrinks = [d for d in ds if d.action == "shrink"]
     assert shrinks, "a quiet guest must shrink"
@@ -229,57 +237,88 @@ def test_pressure_shrinks_in_bounded_steps_when_quiet() -> None:
     assert all(d.target_kb >= d.floor_kb for d in ds)
 
 
+def test_probe_step_is_proportional_to_the_distance_from_the_target() -> None:
+    """Senpai's law: the step shrinks as the pressure nears the target, and stops at it."""
+    cfg = PressureConfig()
+    steps = []
+    for avg10 in (0.0, 0.05, 0.1, 0.15):
+        d = decide_pressure(snap(some_avg10=avg10, mem_free_kb=100 * MIB_KB), PolicyState(), cfg)
+        steps.append(d.previous_kb - d.target_kb)
+    assert steps[0] > steps[1] > steps[2] >= 0, steps
+    assert steps[0] == 64 * MIB_KB  # 1/4 of the room, capped at 1/16 of the ceiling
+    assert steps[1] == 48 * MIB_KB  # x (1 - 0.05 / 0.2)
+    d = decide_pressure(snap(some_avg10=0.2, mem_free_kb=100 * MIB_KB), PolicyState(), cfg)
+    assert d.action == "hold" and "0.20 % not below target" in d.reason
+
+
 def test_targets_are_whole_pages_so_the_driver_read_back_is_not_an_override() -> None:
-    # Seen on Xen 4.17: a shrink step of 58686 KiB was written as 662210 KiB, the driver read it
-    # back as 662208 KiB, and the policy took that for a change behind its back (follow, then a
-    # 30 s holdoff). An available size that is not a whole number of pages provokes such a step.
+    """Seen on Xen 4.17: a shrink step of 58686 KiB was written as 662210 KiB, the driver read it
+    back as 662208 KiB, and the policy took that for a change behind its back (follow, then a
+    30 s holdoff). An available size that is not a whole number of pages provokes such a step."""
     for policy in ("pressure", "classic"):
         ds = run_policy(default_config(policy), [{"mem_available_kb": 901_234}] * 200)
         assert all(d.target_kb % 4 == 0 for d in ds), policy
         assert not [d for d in ds if d.action == "follow"], policy
     cfg = PressureConfig()
     d = decide(snap(0.0), PolicyState(), cfg)
-    # A target of 662210 KiB that reads back as 662208 KiB is not followed.
     state = replace(d.new_state, last_target_kb=662_210)
     d2 = decide(snap(1.0, size_kb=662_208), state, cfg)
     assert d2.action != "follow", d2.reason
 
 
-def test_free_memory_is_given_back_faster_but_not_past_twice_the_reserve() -> None:
+def test_free_memory_is_given_back_faster_but_not_past_the_headroom_line() -> None:
+    """Free memory holds no working set and its return causes no reclaim: 3/4 of what lies free
+    above the headroom line per step, at most 1/4 of the ceiling (a fresh idle 1 GiB guest gives
+    its 860 MiB back in a minute, not in 15 minutes of 1 % probes)."""
     cfg = PressureConfig()
-    # A fresh idle 1 GiB guest: about 860 MiB free, nothing to squeeze.
     start = snap(mem_free_kb=860 * MIB_KB, mem_available_kb=870 * MIB_KB)
     ds = run_policy(cfg, [{}] * 60, start=start)
     shrinks = [d.previous_kb - d.target_kb for d in ds if d.action == "shrink"]
-    # Half of the free memory above 2 x 64 MiB, at most 1/4 of the ceiling per step ...
     assert shrinks[0] == 256 * MIB_KB
     assert all(step <= 256 * MIB_KB for step in shrinks)
-    # ... and the guard holds: MemAvailable (870 MiB at full size) never under 2 x reserve.
     final = ds[-1].target_kb
-    assert 870 * MIB_KB - (STATIC_MAX - final) >= 128 * MIB_KB
+    # No burst seen: the line is 2 reserves. MemAvailable (870 MiB at full size) never under it.
+    assert 870 * MIB_KB - (STATIC_MAX - final) >= 2 * R
     assert final < STATIC_MAX - 600 * MIB_KB
 
 
-def test_stall_with_plenty_free_is_not_a_shortage() -> None:
-    # Seen on Xen 4.17: the PSI trigger kept firing for two windows after a grow had left 130 and
-    # then 390 MiB free (pages evicted earlier being read back); each firing grew the guest again.
-    cfg = PressureConfig()
-    quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
-    spike = {"psi_trigger_fired": True, "mem_free_kb": 10 * MIB_KB}
-    after = {"psi_trigger_fired": True, "mem_free_kb": 390 * MIB_KB}
-    ds = run_policy(cfg, [*quiet, spike, after, after])
-    assert ds[40].action == "grow"
-    assert [d.action for d in ds[41:]] == ["hold", "hold"]
-    assert "more memory would not relieve it" in ds[41].reason
-    # A shortage by MemAvailable is answered whatever is free.
-    ds = run_policy(cfg, [*quiet, spike, {**after, "mem_available_kb": 10 * MIB_KB}])
-    assert ds[-1].action == "grow" and "MemAvailable" in ds[-1].reason
+def test_pressure_stops_at_the_headroom_line() -> None:
+    """Never probe MemAvailable under the line R + max(R, B): the band between the reserve and the
+    line separates the shrink zone from the grow zone (hysteresis)."""
+    ds = run_policy(PressureConfig(), [{}] * 600)
+    final = ds[-1]
+    avail = final.target_kb - OFFSET - 200 * MIB_KB  # available = MemTotal - 200 MiB here
+    assert 2 * R <= avail < 2 * R + 16 * MIB_KB
+    assert final.action == "hold"
 
 
-def test_no_shrink_while_memory_use_grows() -> None:
+def test_pressure_holds_while_stall_is_above_target() -> None:
+    """Stop at the first sign of pressure: a stall over the last interval (PSI totals) or in
+    avg10 at the target holds every probe, free memory included."""
+    frames = [{"some_avg10": 0.5, "some_total_us": 1_000_000 + i * 5_000} for i in range(20)]
+    ds = run_policy(PressureConfig(), frames)
+    assert all(d.action == "hold" for d in ds), [d.reason for d in ds]
+    ds = run_policy(
+        PressureConfig(), [{"some_avg10": 0.5}] * 20, start=snap(mem_free_kb=660 * MIB_KB)
+    )
+    assert all(d.action == "hold" for d in ds)
+
+
+def test_refaults_hold_a_probe() -> None:
+    """A probe that evicts what is still wanted shows as refaults before it shows as a stall:
+    600 refaults/s (over the quiet 500, under the 2000 that mean a shortage) hold the probe."""
+    frames = [{"refaults": 1000 + i * 600, "mem_free_kb": 100 * MIB_KB} for i in range(20)]
+    ds = run_policy(PressureConfig(), frames)
+    assert all(d.action == "hold" for d in ds[1:]), [d.reason for d in ds]
+    assert "refaults 600/s" in ds[5].reason
+
+
+def test_no_shrink_while_memory_use_or_the_page_cache_grows() -> None:
+    """Seen on Xen 4.17 (the first testbed run, 3ed0422): the policy squeezed a cache while it was
+    being read; the cache shrank to a third and was read from disk again. No probe while use or
+    the page cache rises faster than 1 MiB/s."""
     cfg = PressureConfig()
     base = snap(mem_free_kb=100 * MIB_KB)
-    # Anonymous use rising 4 MiB/s (MemAvailable falls, MemTotal stays), then flat.
     frames: list[dict[str, Any]] = [
         {"mem_available_kb": base.mem_available_kb - i * 4 * MIB_KB} for i in range(30)
     ] + [{"mem_available_kb": base.mem_available_kb - 29 * 4 * MIB_KB}] * 30
@@ -287,35 +326,13 @@ def test_no_shrink_while_memory_use_grows() -> None:
     assert all(d.action != "shrink" for d in ds[1:30]), [d.reason for d in ds[1:30]]
     assert any("memory use growing" in d.reason for d in ds[1:30])
     assert any(d.action == "shrink" for d in ds[30:])
-    # The same for the page cache filling at 4 MiB/s.
     frames = [{"cached_kb": base.cached_kb + i * 4 * MIB_KB} for i in range(30)]
     ds = run_policy(cfg, frames, start=base)
     assert all(d.action != "shrink" for d in ds[1:])
 
 
-def test_demand_growing_into_the_band_grows_before_the_reserve() -> None:
-    # Seen on Xen 4.17: an allocation ate the page cache while MemAvailable stayed just above
-    # the reserve (it counts the cache), so the policy never grew and the cache was read again.
-    cfg = PressureConfig()
-    start = snap(size_kb=600 * MIB_KB, mem_available_kb=200 * MIB_KB, mem_free_kb=50 * MIB_KB)
-    frames: list[dict[str, Any]] = [{}, {"mem_available_kb": 100 * MIB_KB}]
-    ds = run_policy(cfg, frames, start=start)
-    assert ds[1].action == "grow" and "under 2x reserve while use grows" in ds[1].reason
-    # Flat use inside the band is the hysteresis: hold.
-    ds = run_policy(cfg, [{}, {}], start=replace(start, mem_available_kb=100 * MIB_KB))
-    assert [d.action for d in ds] == ["hold", "hold"]
-
-
-def test_pressure_stops_at_twice_the_reserve() -> None:
-    ds = run_policy(PressureConfig(), [{}] * 600)
-    final = ds[-1]
-    # available = MemTotal - 200 MiB in these snapshots; the shrink stops before it nears 2 x 64.
-    avail = final.target_kb - OFFSET - 200 * MIB_KB
-    assert 128 * MIB_KB <= avail < 128 * MIB_KB + 16 * MIB_KB
-    assert final.action == "hold"
-
-
 def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
+    """A kernel without PSI gives no pressure feedback: never probe blind, still grow."""
     ds = run_policy(PressureConfig(), [{"psi_available": False}] * 40)
     assert all(d.action == "hold" and "no PSI" in d.reason for d in ds)
     ds = run_policy(PressureConfig(), [{"psi_available": False, "mem_available_kb": 1024}])
@@ -327,35 +344,28 @@ def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
     assert ds[0].action == "grow"
 
 
-def test_pressure_holds_while_stall_is_above_target() -> None:
-    # A stall of 0.5 % in every interval (PSI totals) and in avg10.
-    frames = [{"some_avg10": 0.5, "some_total_us": 1_000_000 + i * 5_000} for i in range(20)]
-    ds = run_policy(PressureConfig(), frames)
-    assert all(d.action == "hold" for d in ds), [d.reason for d in ds]
-    # avg10 alone holds too, unless a surplus of free memory lies unused (test below).
-    ds = run_policy(
-        PressureConfig(), [{"some_avg10": 0.5}] * 20, start=snap(mem_free_kb=100 * MIB_KB)
-    )
-    assert all(d.action == "hold" for d in ds)
-
-
-def test_a_spike_is_answered_within_one_step() -> None:
+def test_a_spike_is_answered_in_the_decision_that_sees_it() -> None:
+    """Grow at once: the PSI trigger (while the kernel reclaims) is answered by the very decision
+    that sees it, by at least a reserve."""
     cfg = PressureConfig()
     quiet: list[dict[str, Any]] = [{}] * 40
-    ds = run_policy(cfg, [*quiet, {"psi_trigger_fired": True}])
+    ds = run_policy(cfg, [*quiet, {"psi_trigger_fired": True, "mem_free_kb": 20 * MIB_KB}])
     before, spike = ds[-2], ds[-1]
     assert before.target_kb < STATIC_MAX
     assert spike.action == "grow" and "PSI trigger fired" in spike.reason
-    assert spike.target_kb - before.target_kb >= 128 * MIB_KB
+    assert spike.target_kb - before.target_kb >= R
 
 
 def test_pressure_grows_on_stall_refaults_swapins_and_low_available() -> None:
+    """Each signal of a shortage grows on its own: an interval stall of 2 %, 2000 refaults/s or
+    1000 swap-ins/s while MemFree is under 2 reserves, or MemAvailable under the reserve."""
     cfg = PressureConfig()
-    quiet: list[dict[str, Any]] = [{}] * 40
+    tight = {"mem_free_kb": 40 * MIB_KB}
+    quiet: list[dict[str, Any]] = [tight] * 40
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"some_total_us": 1_000_000 + 10 * 1_000_000}, "stall"),  # runs into the next frame
-        ({"refaults": 1000 + 5000}, "refaults"),
-        ({"pswpin": 5000}, "swap-ins"),
+        ({**tight, "some_total_us": 1_000_000 + 10 * 1_000_000}, "stall"),
+        ({**tight, "refaults": 1000 + 5000}, "refaults"),
+        ({**tight, "pswpin": 5000}, "swap-ins"),
         ({"mem_available_kb": 10 * MIB_KB}, "MemAvailable"),
     ]
     for kw, word in cases:
@@ -364,110 +374,176 @@ def test_pressure_grows_on_stall_refaults_swapins_and_low_available() -> None:
         assert word in ds[-1].reason
 
 
+def test_grow_is_sized_by_the_shortage() -> None:
+    """The old policy grew by a constant 128 MiB doubled within a streak (128 + 256 + 512 MiB in
+    2 s on one spike on Xen 4.17). The step is now the shortage: what brings MemAvailable back to
+    the headroom line and MemFree back to 2 reserves, plus the demand that arrived since the last
+    decision, at least a reserve and at least what was refaulted."""
+    cfg = PressureConfig()
+    start = snap(size_kb=600 * MIB_KB, mem_available_kb=300 * MIB_KB, mem_free_kb=100 * MIB_KB,
+                 some_avg10=1.0)
+    # MemAvailable falls from 300 to 150 MiB (150 MiB of demand arrived in a second), MemFree to 10.
+    ds = run_policy(cfg, [{}, {"mem_available_kb": 150 * MIB_KB, "mem_free_kb": 10 * MIB_KB}],
+                    start=start)
+    d = ds[1]
+    assert d.action == "grow" and "under the headroom line" in d.reason, d.reason
+    # The line is R + B (B = the 150 MiB burst): 214 MiB, 64 above MemAvailable; MemFree is
+    # 118 MiB under 2R; the larger, plus the 150 MiB that arrived.
+    assert d.target_kb - d.previous_kb == (2 * R - 10 * MIB_KB) + 150 * MIB_KB
+    # A trigger with plenty available and 40 MiB free: 2R - 40 MiB, no demand arrived.
+    ds = run_policy(cfg, [{"mem_free_kb": 40 * MIB_KB},
+                          {"mem_free_kb": 40 * MIB_KB, "psi_trigger_fired": True}], start=start)
+    assert ds[1].target_kb - ds[1].previous_kb == 2 * R - 40 * MIB_KB
+    # 30000 refaults in a second (117 MiB) want more than that back.
+    ds = run_policy(cfg, [{"mem_free_kb": 40 * MIB_KB},
+                          {"mem_free_kb": 40 * MIB_KB, "refaults": 1000 + 30000}], start=start)
+    assert ds[1].target_kb - ds[1].previous_kb == 30000 * 4
+
+
+def test_stale_trigger_windows_with_plenty_free_do_not_grow_again() -> None:
+    """Seen on Xen 4.17 (d0d76e6): the PSI trigger kept firing for two windows after a grow had
+    left 130 and then 390 MiB free (pages evicted earlier being read back, a window still
+    covering the time before the grow); each firing grew the guest again, three times in 2 s.
+    Stall, refaults and swap-ins count only while MemFree is under 2 reserves."""
+    cfg = PressureConfig()
+    quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
+    spike = {"psi_trigger_fired": True, "mem_free_kb": 10 * MIB_KB, "refaults": 1000 + 3000}
+    after = {"psi_trigger_fired": True, "mem_free_kb": 390 * MIB_KB, "refaults": 1000 + 6000}
+    ds = run_policy(cfg, [*quiet, spike, after, after])
+    assert ds[40].action == "grow"
+    assert [d.action for d in ds[41:]] == ["hold", "hold"], [d.reason for d in ds[41:]]
+    # A shortage by MemAvailable is answered whatever is free.
+    ds = run_policy(cfg, [*quiet, spike, {**after, "mem_available_kb": 10 * MIB_KB}])
+    assert ds[-1].action == "grow" and "MemAvailable" in ds[-1].reason
+
+
+def test_demand_rising_into_the_headroom_grows_before_the_reserve() -> None:
+    """Seen on Xen 4.17 (3ed0422): an allocation ate the page cache while MemAvailable stayed just
+    above the reserve (it counts the cache), so the policy never grew and the cache was read
+    again. Demand rising into the headroom line grows; flat demand inside it is the band."""
+    cfg = PressureConfig()
+    start = snap(size_kb=600 * MIB_KB, mem_available_kb=200 * MIB_KB, mem_free_kb=50 * MIB_KB)
+    ds = run_policy(cfg, [{}, {"mem_available_kb": 100 * MIB_KB}], start=start)
+    assert ds[1].action == "grow" and "under the headroom line" in ds[1].reason, ds[1].reason
+    ds = run_policy(cfg, [{}, {}], start=replace(start, mem_available_kb=100 * MIB_KB))
+    assert [d.action for d in ds] == ["hold", "hold"]
+
+
+def test_use_growing_while_memfree_is_low_grows_before_the_cache_is_evicted() -> None:
+    """Seen on Xen 4.17 (c83f314, run 20261128-180705-643): a spike took MemFree from 142 to 10 MiB
+    at 25 MiB/s while MemAvailable (which counts the page cache) stayed above 180 MiB; the cache
+    the spike read next was evicted (spike phase 32 s against 19 s without ballooning). Use rising
+    while MemFree is under 2 reserves grows by the shortage in MemFree plus the arriving demand."""
+    cfg = PressureConfig()
+    start = snap(size_kb=800 * MIB_KB, mem_available_kb=300 * MIB_KB, mem_free_kb=100 * MIB_KB,
+                 some_avg10=1.0)
+    spike = {"mem_available_kb": 275 * MIB_KB, "mem_free_kb": 75 * MIB_KB}
+    ds = run_policy(cfg, [{}, spike], start=start)
+    assert ds[1].action == "grow" and "MemFree" in ds[1].reason, ds[1].reason
+    assert ds[1].target_kb - ds[1].previous_kb == (2 * R - 75 * MIB_KB) + 25 * MIB_KB
+    # A wobble of a few MiB (the kernel reclaiming) is not demand ...
+    wobble = {"mem_available_kb": 297 * MIB_KB, "mem_free_kb": 97 * MIB_KB}
+    ds = run_policy(cfg, [{}, wobble], start=start)
+    assert ds[1].action != "grow", ds[1].reason
+    # ... and with MemFree above twice the reserve the kernel is not evicting anything yet.
+    roomy = replace(start, mem_free_kb=200 * MIB_KB)
+    ds = run_policy(cfg, [{}, {**spike, "mem_free_kb": 175 * MIB_KB}], start=roomy)
+    assert ds[1].action != "grow", ds[1].reason
+
+
 def test_pressure_goes_to_the_ceiling_on_oom() -> None:
+    """An OOM kill is the failure the balloon must never cause: the ceiling at once, and no
+    shrink for 5 minutes."""
     ds = run_policy(PressureConfig(), [*[{}] * 40, {"oom_kill": 1}])
     assert ds[-1].target_kb == STATIC_MAX and "OOM" in ds[-1].reason
-    # ... and does not shrink again for oom_holdoff_s.
     ds = run_policy(PressureConfig(), [*[{}] * 40, *[{"oom_kill": 1}] * 100])
     assert all(d.action != "shrink" for d in ds[41:])
 
 
-def test_grow_steps_double_within_a_streak_and_are_rate_limited() -> None:
-    cfg = PressureConfig(grow_interval_s=2.0)
-    spike = {"psi_trigger_fired": True, "mem_free_kb": 20 * MIB_KB}
-    frames: list[dict[str, Any]] = [*[{}] * 60, *[spike] * 4]
-    ds = run_policy(cfg, frames)
-    grows = [d for d in ds[60:] if d.action == "grow"]
-    holds = [d for d in ds[60:] if d.action == "hold"]
-    assert len(grows) == 2 and len(holds) == 2
-    assert "rate-limited" in holds[0].reason or "ceiling" in holds[0].reason
-    first, second = (g.target_kb - g.previous_kb for g in grows)
-    assert second == 2 * first or grows[1].target_kb == STATIC_MAX
-
-
-def test_no_shrink_during_holdoff_after_a_grow() -> None:
+def test_the_headroom_line_follows_the_bursts_seen() -> None:
+    """Headroom is not a constant 128 MiB: the line is R + max(R, B), B the largest demand growth
+    within 10 s, held for the hold time (60 s) and then halved every 30 s."""
     cfg = PressureConfig()
-    ds = run_policy(cfg, [*[{}] * 40, {"psi_trigger_fired": True}, *[{}] * 40])
-    after = ds[41:]
-    first_shrink = next(i for i, d in enumerate(after) if d.action == "shrink")
-    assert first_shrink + 1 >= cfg.shrink_holdoff_s
+    state = PolicyState()
+    used0 = 300 * MIB_KB
+    for t in range(6):  # 240 MiB of demand in 5 s
+        s = snap(float(t), mem_available_kb=snap().mem_total_kb - used0 - t * 48 * MIB_KB)
+        state = observe_demand(s, state, cfg)
+    assert burst_allowance(state, cfg, 5.0) == 240 * MIB_KB
+    assert burst_allowance(state, cfg, 65.0) == 240 * MIB_KB
+    assert burst_allowance(state, cfg, 95.0) == 120 * MIB_KB
+    assert burst_allowance(state, cfg, 125.0) == 60 * MIB_KB
+    # A quiet guest that saw that burst keeps MemAvailable above R + 240 MiB while it is held.
+    seen = replace(state, prev_t=None, prev_used_kb=None, prev_cached_kb=None)
+    s = snap(6.0, mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
+    for t in range(6, 60):
+        d = decide(replace(s, timestamp=float(t)), seen, cfg)
+        seen = d.new_state
+        s = follow_size(s, d)
+        assert s.mem_available_kb >= R + 240 * MIB_KB, (t, d.reason)
+    assert s.mem_available_kb < R + 240 * MIB_KB + 16 * MIB_KB, s.mem_available_kb // MIB_KB
 
 
-def test_free_memory_goes_back_during_the_holdoff_once_the_spike_is_over() -> None:
-    # Seen on Xen 4.17: a workload freed its 192 MiB spike and the guest held its ceiling for
-    # another 25 s (the holdoff after a grow), with 300 MiB lying free.
+def test_the_holdoff_after_a_grow_follows_the_burst_spacing() -> None:
+    """Seen on Xen 4.17 (issue 12): after a spike the old policy gave back 660 MiB within 15 s,
+    and the second spike 20 s later was OOM-killed. No shrink for the hold time after a grow: at
+    least 60 s, and the spacing of the last two bursts when they recur further apart (up to
+    180 s; bursts further apart than that are unrelated)."""
     cfg = PressureConfig()
+    state = PolicyState()
+    assert hold_s(state, cfg) == 60.0
+    base = snap().mem_total_kb - 300 * MIB_KB
+    for t in range(350):  # bursts of 100 MiB for 9 s, every 120 s
+        up = 100 * MIB_KB if any(b < t < b + 10 for b in (0, 120, 240)) else 0
+        state = observe_demand(snap(float(t), mem_available_kb=base - up), state, cfg)
+    assert state.burst_spacing_s == 120.0 and hold_s(state, cfg) == 120.0
+    state = observe_demand(snap(599.0, mem_available_kb=base), state, cfg)
+    state = observe_demand(snap(600.0, mem_available_kb=base - 100 * MIB_KB), state, cfg)
+    assert hold_s(state, cfg) == 60.0  # 359 s after the last: unrelated
+    # No shrink for 60 s after a grow even with 600 MiB lying free (the incident's situation).
     tight = {"mem_free_kb": 40 * MIB_KB}
-    spike = {**tight, "psi_trigger_fired": True}
-    frames: list[dict[str, Any]] = [*[tight] * 40, spike, *[tight] * 5]
-    ds = run_policy(cfg, frames)
-    assert ds[40].action == "grow"
-    assert all(d.action == "hold" for d in ds[41:]), [d.reason for d in ds[41:]]
-    grown = ds[-1].target_kb
-    # The spike ends: 320 MiB free again, use falling (MemAvailable up by what was freed).
-    start = replace(snap(size_kb=grown), mem_free_kb=40 * MIB_KB)
-    freed = {"mem_free_kb": 320 * MIB_KB, "mem_available_kb": start.mem_available_kb + 280 * MIB_KB}
-    ds = run_policy(cfg, [*frames, *[freed] * 10], start=start)
-    after = ds[len(frames):]
-    shrinks = [d for d in after if d.action == "shrink"]
-    assert shrinks and all("of free memory" in d.reason for d in shrinks), [d.reason for d in after]
-    # 3/4 of what is free above 2 x reserve, and nothing of the page cache.
-    assert shrinks[0].previous_kb - shrinks[0].target_kb == int(
-        (320 - 128) * MIB_KB * cfg.shrink_free_fraction
-    )
-    # Still holding when less than a grow step lies free, or use is still rising.
-    some = {"mem_free_kb": 200 * MIB_KB}
-    ds = run_policy(cfg, [*frames, *[some] * 10], start=start)
-    assert all(d.action == "hold" for d in ds[len(frames):])
-
-
-def test_surplus_free_memory_goes_back_while_avg10_still_decays() -> None:
-    # Seen on Xen 4.17: after a spike avg10 fell from 16 % to under 0.2 % over 50 s while 660 MiB
-    # lay free; the stall over each interval (PSI totals) was 0 the whole time.
-    cfg = PressureConfig()
-    start = snap(mem_free_kb=660 * MIB_KB, some_avg10=8.0)
-    ds = run_policy(cfg, [{}] * 30, start=start)
-    shrinks = [d for d in ds if d.action == "shrink"]
-    assert shrinks and all("of free memory" in d.reason for d in shrinks), [d.reason for d in ds]
-    assert shrinks[0].previous_kb - shrinks[0].target_kb == 256 * MIB_KB  # 1/4 of the ceiling
-    # It stops once under the hysteresis step of free memory is left above 2x reserve; nothing of
-    # the cache goes while avg10 is above its target.
-    assert all(d.action == "hold" and "avg10" in d.reason for d in ds[-5:])
-    given = ds[0].previous_kb - ds[-1].target_kb
-    assert (660 - 128 - 8) * MIB_KB < given <= (660 - 128) * MIB_KB
-    # Less free memory (72 MiB above 2x reserve, under a grow step): that goes too, nothing more ...
-    ds = run_policy(cfg, [{}] * 30, start=replace(start, mem_free_kb=200 * MIB_KB))
-    assert all(d.action in ("hold", "shrink") for d in ds)
-    assert all("of free memory" in d.reason for d in ds if d.action == "shrink")
-    assert (72 - 8) * MIB_KB < ds[0].previous_kb - ds[-1].target_kb <= 72 * MIB_KB
-    # ... and with under the hysteresis step free above 2x reserve the lingering avg10 holds.
-    ds = run_policy(cfg, [{}] * 30, start=replace(start, mem_free_kb=134 * MIB_KB))
-    assert all(d.action == "hold" for d in ds)
-    # ... and a stall in the last interval holds even the free memory.
-    stalled = [{"some_total_us": 1_000_000 + i * 100_000} for i in range(30)]  # 10 %
-    ds = run_policy(cfg, stalled, start=start)
-    assert all(d.action != "shrink" for d in ds[1:])
-
-
-def test_free_memory_after_a_toolstack_raise_waits_for_the_holdoff() -> None:
-    cfg = PressureConfig()
-    start = snap(size_kb=512 * MIB_KB, xs_target_kb=512 * MIB_KB, mem_free_kb=40 * MIB_KB)
-    raised = {"xs_target_kb": STATIC_MAX, "balloon_target_kb": STATIC_MAX,
-              "balloon_current_kb": STATIC_MAX, "mem_total_kb": STATIC_MAX - OFFSET,
-              "mem_free_kb": 550 * MIB_KB}
-    ds = run_policy(cfg, [{}, raised, *[raised] * 20], start=start)
-    assert ds[1].action == "follow"
-    assert all(d.action == "hold" and "holdoff" in d.reason for d in ds[2:]), [
-        d.reason for d in ds[2:]
-    ]
+    freed = {"mem_free_kb": 600 * MIB_KB, "mem_available_kb": snap().mem_available_kb}
+    ds = run_policy(cfg, [*[tight] * 40, {**tight, "psi_trigger_fired": True}, *[freed] * 70])
+    grow = 40
+    assert ds[grow].action == "grow"
+    first = next(i for i, d in enumerate(ds) if i > grow and d.action == "shrink")
+    assert first - grow >= 60, [d.reason for d in ds[grow:first]]
+    assert "holdoff 60 s after a grow" in ds[grow + 30].reason
 
 
 def test_hysteresis_suppresses_tiny_changes() -> None:
+    """A change under min_change_kb (8 MiB) is not made: a tiny probe is noise, not information."""
     cfg = PressureConfig(shrink_headroom_divisor=1000, shrink_step_pct=0.1)
     s = snap(some_avg10=0.15, mem_free_kb=100 * MIB_KB)  # scale 0.25: step ~ 0.25 MiB
     d = decide_pressure(s, PolicyState(), cfg)
     assert d.action == "hold" and "below min_change" in d.reason
     assert d.target_kb == d.previous_kb
+
+
+def test_never_under_the_configured_floor() -> None:
+    """Floors: never under max(floor_kb, the hard minimum), however quiet the guest."""
+    ds = run_policy(PressureConfig(floor_kb=700 * MIB_KB), [{}] * 120,
+                    start=snap(mem_free_kb=800 * MIB_KB, mem_available_kb=850 * MIB_KB))
+    assert min(d.target_kb for d in ds) == 700 * MIB_KB
+    assert ds[-1].action == "hold" and "at the floor" in ds[-1].reason
+
+
+def test_free_memory_after_a_toolstack_raise_waits_for_the_holdoff() -> None:
+    """A toolstack raise is followed, not undone: no shrink for 30 s after it."""
+    cfg = PressureConfig()
+    start = snap(size_kb=512 * MIB_KB, xs_target_kb=512 * MIB_KB, mem_free_kb=40 * MIB_KB)
+    raised = {"xs_target_kb": STATIC_MAX, "balloon_target_kb": STATIC_MAX,
+              "balloon_current_kb": STATIC_MAX, "mem_total_kb": STATIC_MAX - OFFSET,
+              "mem_available_kb": start.mem_available_kb + 512 * MIB_KB,
+              "mem_free_kb": 550 * MIB_KB}
+    ds = run_policy(cfg, [{}, raised, *[raised] * 20], start=start)
+    assert ds[1].action == "follow"
+    assert all(d.action == "hold" and "toolstack change" in d.reason for d in ds[2:]), [
+        d.reason for d in ds[2:]
+    ]
+    # Then free memory goes back (frames after it keep the raised driver target: followed again).
+    ds = run_policy(cfg, [{}, raised, *[raised] * 40], start=start)
+    assert any(d.action == "shrink" for d in ds[30:]), [d.reason for d in ds[30:]]
 
 
 def test_toolstack_override_is_followed() -> None:
@@ -588,6 +664,9 @@ def test_floor_and_ceiling_are_never_crossed(
         target = d.target_kb
 
 
+# --- pressure: our own reclaim -------------------------------------------------------------------
+
+
 def _stall_after_a_shrink(extra: dict[str, Any], lag_kb: int) -> list[Decision]:
     """Quiet feedback shrinks, then a PSI trigger the frame after the last one, with the driver
     ``lag_kb`` short of it; ``extra`` adds to that frame."""
@@ -598,49 +677,55 @@ def _stall_after_a_shrink(extra: dict[str, Any], lag_kb: int) -> list[Decision]:
     shrunk = ds[last].target_kb
     stall = {"mem_free_kb": 40 * MIB_KB, "psi_trigger_fired": True,
              "balloon_current_kb": shrunk + lag_kb, **extra}
-    return run_policy(cfg, [*quiet[: last + 1], stall, *[{"mem_free_kb": 40 * MIB_KB}] * 35])
+    return run_policy(cfg, [*quiet[: last + 1], stall, *[{"mem_free_kb": 40 * MIB_KB}] * 70])
 
 
 def test_a_stall_from_our_own_shrink_stops_the_shrink_instead_of_growing() -> None:
-    # Seen on Xen 4.17: a 13 MiB shrink step in an idle phase, the driver still 8 MiB short of it,
-    # a 35 % stall with no refault and flat use, and a 128 MiB grow that held for 30 s.
+    """Seen on Xen 4.17 (3aa1f27), twice in idle phases: a 13 MiB shrink step in an idle phase,
+    the driver still 8 MiB short of it, a 35 % stall with no refault and flat use, and a 128 MiB
+    grow that held for 30 s. The driver allocates the pages it hands back and that reclaim counts
+    as stall: stop where the driver got to, do not grow."""
     ds = _stall_after_a_shrink({}, lag_kb=8 * MIB_KB)
-    i = max(i for i, d in enumerate(ds[:-35]) if d.action == "shrink") + 1
+    i = max(i for i, d in enumerate(ds[:-70]) if d.action == "shrink") + 1
     stop = ds[i]
     assert stop.action == "stop" and "own reclaim" in stop.reason, stop.reason
     assert stop.new_state.last_grow_t == ds[i - 1].new_state.last_grow_t  # not a grow
     assert stop.target_kb - stop.previous_kb == 8 * MIB_KB  # where the driver got to, no step
-    # No further probing for the holdoff, then shrinking again.
+    # No further probing for the hold time, then shrinking again.
     after = ds[i + 1:]
-    assert all(d.action == "hold" for d in after[: int(PressureConfig().shrink_holdoff_s) - 1])
+    assert all(d.action == "hold" for d in after[: int(PressureConfig().holdoff_min_s) - 1])
     assert any(d.action == "shrink" for d in after)
 
 
 def test_own_reclaim_tolerates_a_few_refaults_and_a_wobble_in_use() -> None:
-    # Seen on Xen 4.17: ~350 refaults/s (the system's own file pages) and MemAvailable 2-3 MiB
-    # lower for the second after the step, while the driver reclaimed for it.
+    """Seen on Xen 4.17 (f4b2c9d): ~350 refaults/s (the system's own file pages) and MemAvailable
+    2-3 MiB lower for the second after the step, while the driver reclaimed for it."""
     ds = _stall_after_a_shrink(
         {"refaults": 1000 + 350, "mem_available_kb": snap().mem_available_kb - 3 * MIB_KB},
         lag_kb=6 * MIB_KB,
     )
-    i = max(i for i, d in enumerate(ds[:-35]) if d.action == "shrink") + 1
+    i = max(i for i, d in enumerate(ds[:-70]) if d.action == "shrink") + 1
     assert "own reclaim" in ds[i].reason, ds[i].reason
 
 
 def test_a_stall_with_refaults_rising_use_or_a_driver_at_target_still_grows() -> None:
-    step = 128 * MIB_KB
+    """Only our own reclaim stops: evicted pages wanted back, demand rising, or a driver that has
+    reached its target (it reclaims nothing more) are a shortage, answered with a grow."""
     for extra, lag in (
-        ({"refaults": 1000 + 5000}, 8 * MIB_KB),  # evicted pages are wanted back
-        ({"mem_available_kb": 150 * MIB_KB}, 8 * MIB_KB),  # use rising (MemAvailable falls)
-        ({}, 0),  # the driver reached the target: it reclaims nothing more
+        ({"refaults": 1000 + 5000}, 8 * MIB_KB),
+        ({"mem_available_kb": 150 * MIB_KB}, 8 * MIB_KB),
+        ({}, 0),
     ):
         ds = _stall_after_a_shrink(extra, lag)
-        i = max(i for i, d in enumerate(ds[:-35]) if d.action == "shrink") + 1
+        i = max(i for i, d in enumerate(ds[:-70]) if d.action == "shrink") + 1
         assert ds[i].action == "grow" and "own reclaim" not in ds[i].reason, (extra, ds[i].reason)
-        assert ds[i].target_kb - ds[i].previous_kb >= step, (extra, ds[i].reason)
+        assert ds[i].target_kb - ds[i].previous_kb >= R, (extra, ds[i].reason)
 
 
-def test_a_stall_that_outlasts_the_stop_is_answered_with_a_grow_step() -> None:
+def test_a_stall_that_outlasts_the_stop_is_answered_with_a_grow() -> None:
+    """Seen on Xen 4.17 (23e0212): a trigger 1.1 s after a stop, counted as a grow, doubled the
+    next step. A stall that goes on once the driver reached the stop is a shortage, sized by it
+    (here MemFree 40 MiB under 2 reserves), not by a streak."""
     cfg = PressureConfig()
     quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
     ds = run_policy(cfg, quiet)
@@ -649,27 +734,5 @@ def test_a_stall_that_outlasts_the_stop_is_answered_with_a_grow_step() -> None:
     lagging = {**stall, "balloon_current_kb": ds[last].target_kb + 8 * MIB_KB}
     ds = run_policy(cfg, [*quiet[: last + 1], lagging, stall, stall])
     assert ds[last + 1].action == "stop" and "own reclaim" in ds[last + 1].reason
-    # The driver reached the stop; the stall goes on: one grow step, a new streak (not doubled).
     assert ds[last + 2].action == "grow"
-    assert ds[last + 2].target_kb - ds[last + 2].previous_kb == 128 * MIB_KB
-
-
-def test_use_growing_while_memfree_is_low_grows_before_the_cache_is_evicted() -> None:
-    # Seen on Xen 4.17: a spike took MemFree from 142 to 10 MiB at 25 MiB/s while MemAvailable
-    # (which counts the page cache) stayed above 180 MiB; the cache the spike read next was evicted.
-    cfg = PressureConfig()
-    # (avg10 above the target: no shrink in the first frame to blur the arithmetic)
-    start = snap(size_kb=800 * MIB_KB, mem_available_kb=300 * MIB_KB, mem_free_kb=100 * MIB_KB,
-                 some_avg10=1.0)
-    spike = {"mem_available_kb": 275 * MIB_KB, "mem_free_kb": 75 * MIB_KB}
-    ds = run_policy(cfg, [{}, spike], start=start)
-    assert ds[1].action == "grow" and "MemFree" in ds[1].reason, ds[1].reason
-    assert ds[1].target_kb - ds[1].previous_kb >= 128 * MIB_KB
-    # A wobble of a few MiB (the kernel reclaiming) is not demand ...
-    wobble = {"mem_available_kb": 297 * MIB_KB, "mem_free_kb": 97 * MIB_KB}
-    ds = run_policy(cfg, [{}, wobble], start=start)
-    assert ds[1].action != "grow", ds[1].reason
-    # ... and with MemFree above twice the reserve the kernel is not evicting anything yet.
-    roomy = replace(start, mem_free_kb=200 * MIB_KB)
-    ds = run_policy(cfg, [{}, {**spike, "mem_free_kb": 175 * MIB_KB}], start=roomy)
-    assert ds[1].action != "grow", ds[1].reason
+    assert ds[last + 2].target_kb - ds[last + 2].previous_kb == 2 * R - 40 * MIB_KB

@@ -165,9 +165,46 @@ def override_trace(seed: int = 2) -> Trace:
     return Trace(header=header, snapshots=snaps)
 
 
+def two_spikes_trace(seed: int = 3) -> Trace:
+    """240 s: the issue 12 incident. Idle 60 s; a spike allocates 675 MiB at 45 MiB/s, holds it
+    10 s and frees it (t = 60-85); 35 s later (t = 120) the same spike again; then idle.
+
+    On the Xen 4.17 testbed (``vm.overcommit_memory=1``) ``pressure`` answered the first spike (308
+    -> 1024 MiB in 15 s), judged it over and gave back 660 MiB within 15 s; the second spike's grow
+    came too late and the OOM killer killed the workload (peak avg10 30 %, 25,000 refaults).
+    """
+    g = _Guest(seed)
+    snaps = []
+    for t in range(241):
+        refaults = g.rng.randint(0, 5)
+        stall = g.noise(active=False)
+        fired = False
+        for start in (60, 120):
+            if start <= t < start + 15:
+                g.anon = 110 * MIB + (t - start + 1) * 45 * MIB
+            elif t == start + 25:
+                g.anon = 110 * MIB
+        evicted = g.fit_cache()
+        if evicted:
+            # The spike pushes the page cache out, and the system's hot file pages fault back.
+            refaults += 2500
+            stall = 12.0 + g.rng.uniform(0.0, 8.0)
+            fired = stall >= 15.0
+        snaps.append(g.snapshot(stall, refaults, fired))
+    header = trace_header(
+        source="synthetic: guestagent.balloon.synthetic.two_spikes_trace "
+        "(a model, not a recording)",
+        interval_s=1.0,
+        note="1 GiB PV guest under policy none: idle, a 675 MiB spike for 25 s, the same 35 s "
+        "later (issue 12's OOM kill)",
+    )
+    return Trace(header=header, snapshots=snaps)
+
+
 TRACES = {
     "synthetic-phases-1g.jsonl": phases_trace,
     "synthetic-override-1g.jsonl": override_trace,
+    "synthetic-two-spikes-1g.jsonl": two_spikes_trace,
 }
 
 

@@ -1,0 +1,503 @@
+"""The ``pressure`` policy (the default): find the working set by probing against a pressure target.
+
+Pure functions of a :class:`~guestagent.balloon.signals.MemorySignals` snapshot and the last
+:class:`~guestagent.balloon.common.PolicyState`; no I/O, no clock. The shared limits, page
+alignment, hysteresis and toolstack override are :func:`~guestagent.balloon.common.decide_with`'s.
+
+**The control law.** Keep MemAvailable above a *headroom line* H = R + max(R, B). R, the reserve,
+is max(64 MiB, 3 % of the ceiling). B, the burst allowance, is the largest growth of demand
+(MemTotal - MemAvailable, which ballooning does not move) seen within any 10 s, held for the *hold
+time* and then halved every 30 s; the hold time is the spacing between the starts of the last two
+bursts, within [60 s, 180 s] (bursts further apart are unrelated: 60 s). **Grow at once** when the
+guest is short: an OOM kill (to the ceiling); MemAvailable under R; demand rising (by 8 MiB and
+faster than 1 MiB/s since the last decision) while MemAvailable is under H or MemFree under 2R; or,
+while the kernel reclaims (MemFree under 2R), a PSI trigger, a "some" stall of 2 % over the last
+interval, refaults over 2000 pages/s or swap-ins over 1000 pages/s. The step is the shortage,
+max(H - MemAvailable, 2R - MemFree) plus the demand that arrived since the last decision, at least
+R and at least what was refaulted or swapped in since then; the ceiling caps it. A stall while the
+balloon driver is still short of our own last shrink, with few refaults and demand flat, is that
+shrink's own reclaim: **stop** where the driver got to, do not grow. **Shrink** (probe, as Senpai
+does for cgroups) only when quiet: "some" stall over the last interval and avg10 under the target
+``psi_target_pct`` (0.2 %), refaults under 500 pages/s, demand and page cache not rising, no grow
+or stop within the hold time, no toolstack change within 30 s and no OOM kill within 5 min, at
+most once per 5 s, the driver caught up; by (1 - pressure / target) x the larger of a cache step
+(1 % of the size or 1/4 of MemAvailable above H, at most 1/16 of the ceiling) and a free-memory
+step (3/4 of MemFree above H, at most 1/4 of the ceiling), never taking MemAvailable under H and
+never under the floor, max(``floor_kb``, :func:`~guestagent.balloon.common.hard_minimum_kb`).
+
+Each rule has a replay test with the incident it guards against (``tests/test_balloon_policy.py``,
+``tests/test_balloon_pressure_replay.py``); ``docs/balloon-pressure.md`` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from guestagent.balloon.common import (
+    MIB_KB,
+    Decision,
+    Limits,
+    PolicyConfig,
+    PolicyState,
+    decide_with,
+    driver_current,
+    used_kb,
+)
+from guestagent.balloon.signals import PAGE_KB, MemorySignals
+from guestagent.errors import InputError
+
+#: At most this many ``(t, used)`` samples are kept for the burst window.
+DEMAND_WINDOW_MAX = 64
+
+
+@dataclass(frozen=True)
+class PressureConfig(PolicyConfig):
+    """Tunables of the pressure policy (the module docstring states how they combine)."""
+
+    name: ClassVar[str] = "pressure"
+    interval_s: float = 5.0
+    #: Shrink only while memory stall ("some") is below this percentage.
+    psi_target_pct: float = 0.2
+    #: A stall over the last interval of this percentage is pressure (a grow while reclaiming).
+    psi_grow_pct: float = 2.0
+    #: The PSI trigger the controller arms: 150 ms of "some" stall in a 1 s window (15 %).
+    trigger_stall_us: int = 150_000
+    trigger_window_us: int = 1_000_000
+    #: Refaults and swap-ins per second (pages) that are pressure while reclaiming.
+    refault_grow_per_s: float = 2000.0
+    swapin_grow_per_s: float = 1000.0
+    #: Refaults per second under which the guest is quiet (a shrink may probe, and a stall after
+    #: our own shrink is its own reclaim).
+    quiet_refaults_per_s: float = 500.0
+    #: The kernel reclaims while MemFree is under this many reserves.
+    stall_grow_free_reserves: float = 2.0
+    #: The reserve R: max(reserve_min_kb, reserve_pct % of the ceiling).
+    reserve_min_kb: int = 64 * MIB_KB
+    reserve_pct: float = 3.0
+    #: A probe: the larger of this percentage of the target ...
+    shrink_step_pct: float = 1.0
+    #: ... and this fraction (1/N) of MemAvailable above the headroom line ...
+    shrink_headroom_divisor: int = 4
+    #: ... at most max(shrink_max_step_kb, shrink_max_step_pct % of the ceiling); free memory
+    #: (MemFree above the line) goes by this fraction of it, at most this % of the ceiling.
+    shrink_max_step_kb: int = 64 * MIB_KB
+    shrink_max_step_pct: float = 6.25
+    shrink_free_fraction: float = 0.75
+    shrink_free_max_step_pct: float = 25.0
+    #: At most one shrink per this many seconds (reclaim shows in PSI before the next probe).
+    shrink_interval_s: float = 5.0
+    #: Bursts: demand growth within this window; a growth of burst_min_kb starts a burst.
+    burst_window_s: float = 10.0
+    burst_min_kb: int = 32 * MIB_KB
+    #: The hold time (no shrink after a grow or a stop; the burst allowance held): the spacing
+    #: of the last two bursts, within these bounds (bursts further apart are unrelated).
+    holdoff_min_s: float = 60.0
+    holdoff_max_s: float = 180.0
+    #: After the hold time the burst allowance halves every this many seconds.
+    burst_half_life_s: float = 30.0
+    #: No shrink for this long after a toolstack change (follow it, do not fight it).
+    follow_holdoff_s: float = 30.0
+    #: A stall at most this long after our shrink, the driver still short of it, may be its own.
+    own_reclaim_window_s: float = 10.0
+    #: No shrink for this long after an OOM kill.
+    oom_holdoff_s: float = 300.0
+    #: No further shrink while the driver is this far behind the target (current - target).
+    max_driver_lag_kb: int = 128 * MIB_KB
+    #: Demand (use or page cache) rising faster than this (KiB/s) since the last decision.
+    demand_growth_kb_per_s: int = 1024
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.psi_target_pct < self.psi_grow_pct <= 100:
+            raise InputError(
+                "balloon config psi_target_pct/psi_grow_pct",
+                "need 0 < target < grow <= 100",
+                (self.psi_target_pct, self.psi_grow_pct),
+            )
+        for key in ("shrink_headroom_divisor",):
+            if getattr(self, key) < 1:
+                raise InputError(f"balloon config {key}", "must be >= 1", getattr(self, key))
+        for key in ("stall_grow_free_reserves", "burst_window_s", "holdoff_min_s",
+                    "follow_holdoff_s", "burst_half_life_s"):
+            if getattr(self, key) <= 0:
+                raise InputError(f"balloon config {key}", "must be > 0", getattr(self, key))
+        if self.holdoff_max_s < self.holdoff_min_s:
+            raise InputError("balloon config holdoff_max_s", "must be >= holdoff_min_s",
+                             self.holdoff_max_s)
+        if not 0 <= self.shrink_free_fraction <= 1:
+            raise InputError(
+                "balloon config shrink_free_fraction", "expected 0..1", self.shrink_free_fraction
+            )
+        for key in ("shrink_step_pct", "shrink_max_step_pct", "reserve_pct",
+                    "shrink_free_max_step_pct"):
+            value = getattr(self, key)
+            if not 0 <= value <= 100:
+                raise InputError(f"balloon config {key}", "expected a percentage", value)
+        for key in ("shrink_max_step_kb", "reserve_min_kb", "demand_growth_kb_per_s",
+                    "own_reclaim_window_s", "quiet_refaults_per_s", "burst_min_kb"):
+            if getattr(self, key) < 0:
+                raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
+
+
+# --------------------------------------------------------------------------------------------
+# Bursts: the headroom follows what demand actually did
+
+
+def hold_s(state: PolicyState, config: PressureConfig) -> float:
+    """The hold time: the spacing between the starts of the last two bursts, within
+    [``holdoff_min_s``, ``holdoff_max_s``]. Bursts that recur every few minutes keep their
+    allowance (and the holdoff after a grow) until the next one is due."""
+    spacing = state.burst_spacing_s if state.burst_spacing_s is not None else 0.0
+    return max(config.holdoff_min_s, spacing)
+
+
+def burst_allowance(state: PolicyState, config: PressureConfig, now: float) -> int:
+    """B: the largest burst seen, held for the hold time after it was seen, then halved every
+    ``burst_half_life_s`` (a burst that does not come back stops costing memory)."""
+    if state.burst_t is None:
+        return 0
+    hold = hold_s(state, config)
+    age = now - state.burst_t
+    if age <= hold:
+        return state.burst_kb
+    return int(state.burst_kb * 0.5 ** ((age - hold) / config.burst_half_life_s))
+
+
+def observe_demand(signals: MemorySignals, state: PolicyState, config: PressureConfig
+                   ) -> PolicyState:
+    """Record demand (MemTotal - MemAvailable, which ballooning does not move) and update the
+    burst allowance, the current burst and the spacing between burst starts.
+
+    A burst is demand growth over the window (now minus the window's minimum) of at least
+    ``burst_min_kb``; the spacing is measured between the starts of consecutive bursts. A burst
+    more than ``holdoff_max_s`` after the last is unrelated to it: the spacing is forgotten.
+    """
+    now = signals.timestamp
+    used = used_kb(signals)
+    kept = [(t, u) for t, u in state.demand_window if 0 <= now - t <= config.burst_window_s]
+    window = (*kept[-(DEMAND_WINDOW_MAX - 1):], (now, used))
+    growth = used - min(u for _, u in window)
+    new = replace(state, demand_window=window)
+    if growth > burst_allowance(state, config, now):
+        new = replace(new, burst_kb=growth, burst_t=now)
+    bursting = growth >= config.burst_min_kb
+    if bursting and not state.in_burst:
+        spacing = None
+        if state.burst_start_t is not None and now - state.burst_start_t <= config.holdoff_max_s:
+            spacing = now - state.burst_start_t
+        new = replace(new, burst_start_t=now, burst_spacing_s=spacing)
+    return replace(new, in_burst=bursting)
+
+
+# --------------------------------------------------------------------------------------------
+# What one snapshot says
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One snapshot against the last decision, in the quantities the control law uses."""
+
+    stall_pct: float  # "some" stall over the last interval (PSI totals), else avg10
+    pressure_pct: float  # max(stall, avg10): how far from the target a probe is
+    refault_rate: float  # pages/s since the last decision (0 without history)
+    swapin_rate: float
+    wanted_back_kb: int  # refaulted and swapped in since the last decision
+    used_delta_kb: int | None  # demand since the last decision (None without history)
+    cached_delta_kb: int | None
+    used_rate: float  # KiB/s (0 without a usable interval)
+    cached_rate: float
+    oom: bool
+    reserve_kb: int  # R
+    line_kb: int  # the headroom line H = R + max(R, B)
+    burst_kb: int  # B
+
+
+def _rate(now: float, prev_t: float | None, value: int | None, prev: int | None) -> float | None:
+    """Per-second rate of a monotonic counter; None without history or after a reset."""
+    if prev_t is None or value is None or prev is None or now <= prev_t or value < prev:
+        return None
+    return (value - prev) / (now - prev_t)
+
+
+def stall_pct(signals: MemorySignals, state: PolicyState) -> float:
+    """Memory "some" stall over the last interval in percent (from PSI totals), else avg10."""
+    rate = _rate(signals.timestamp, state.prev_t, signals.some_total_us, state.prev_some_total_us)
+    if rate is None:
+        return signals.some_avg10
+    return min(100.0, rate / 1e6 * 100.0)
+
+
+def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
+    """R = max(reserve_min_kb, reserve_pct % of the ceiling)."""
+    return max(config.reserve_min_kb, int(ceiling_kb * config.reserve_pct / 100))
+
+
+def demand_delta(signals: MemorySignals, state: PolicyState) -> tuple[int, int] | None:
+    """(used, cached) growth in KiB since the last decision; None without history."""
+    if state.prev_used_kb is None or state.prev_cached_kb is None:
+        return None
+    return used_kb(signals) - state.prev_used_kb, signals.cached_kb - state.prev_cached_kb
+
+
+def _per_s(delta: int | None, dt: float) -> float:
+    """A delta as a rate; 0 when the last decision is under half a second old (too short for a
+    rate to mean anything)."""
+    return delta / dt if delta is not None and dt >= 0.5 else 0.0
+
+
+def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim: Limits
+         ) -> Reading:
+    now = signals.timestamp
+    refault_rate = _rate(now, state.prev_t, signals.refaults, state.prev_refaults)
+    swapin_rate = _rate(now, state.prev_t, signals.pswpin, state.prev_pswpin)
+    dt = now - state.prev_t if state.prev_t is not None else 0.0
+    wanted = (refault_rate or 0.0) * dt + (swapin_rate or 0.0) * dt
+    delta = demand_delta(signals, state)
+    used_delta, cached_delta = delta if delta is not None else (None, None)
+    stall = stall_pct(signals, state)
+    reserve = reserve_kb(config, lim.ceiling_kb)
+    burst = burst_allowance(state, config, now)
+    return Reading(
+        stall_pct=stall,
+        pressure_pct=max(stall, signals.some_avg10),
+        refault_rate=refault_rate or 0.0,
+        swapin_rate=swapin_rate or 0.0,
+        wanted_back_kb=int(wanted) * PAGE_KB,
+        used_delta_kb=used_delta,
+        cached_delta_kb=cached_delta,
+        used_rate=_per_s(used_delta, dt),
+        cached_rate=_per_s(cached_delta, dt),
+        oom=(signals.oom_kill is not None and state.prev_oom_kill is not None
+             and signals.oom_kill > state.prev_oom_kill),
+        reserve_kb=reserve,
+        line_kb=reserve + max(reserve, burst),
+        burst_kb=burst,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Grow
+
+
+def reclaiming(signals: MemorySignals, r: Reading, config: PressureConfig) -> bool:
+    """MemFree under ``stall_grow_free_reserves`` (2) reserves: the kernel is reclaiming, so a
+    stall or refaults mean memory is short. With more free, what still stalls is pages evicted
+    earlier being read back, or a trigger window that still covers the time before the last grow;
+    more memory relieves neither."""
+    return signals.mem_free_kb < int(r.reserve_kb * config.stall_grow_free_reserves)
+
+
+def demand_rising(r: Reading, config: PressureConfig) -> bool:
+    """Demand grew by ``min_change_kb`` or more and faster than ``demand_growth_kb_per_s`` since
+    the last decision (MemAvailable wobbles by a few MiB while the kernel reclaims, which over a
+    second is already a rate above the threshold)."""
+    return (
+        r.used_delta_kb is not None
+        and r.used_delta_kb >= config.min_change_kb
+        and r.used_rate >= config.demand_growth_kb_per_s
+    )
+
+
+def shortage_reasons(signals: MemorySignals, r: Reading, config: PressureConfig) -> list[str]:
+    """Memory is short now, or about to be: MemAvailable under the reserve; demand rising into the
+    headroom line, or while MemFree is under 2 reserves (with a large page cache MemFree reaches
+    the watermarks long before MemAvailable nears the line, and from then on every new page is
+    one evicted from the cache)."""
+    avail = signals.mem_available_kb
+    out = []
+    if avail < r.reserve_kb:
+        out.append(f"MemAvailable {avail} KiB < reserve {r.reserve_kb} KiB")
+    if demand_rising(r, config):
+        if avail < r.line_kb:
+            out.append(f"use grows {r.used_rate:.0f} KiB/s with MemAvailable {avail} KiB under "
+                       f"the headroom line {r.line_kb} KiB")
+        elif reclaiming(signals, r, config):
+            out.append(f"use grows {r.used_rate:.0f} KiB/s with MemFree {signals.mem_free_kb} "
+                       "KiB under 2x reserve: grow before the page cache is evicted for it")
+    return out
+
+
+def pressure_reasons(signals: MemorySignals, r: Reading, config: PressureConfig) -> list[str]:
+    """PSI and refault signals of a shortage (counted only while the kernel is reclaiming)."""
+    out = []
+    if signals.psi_trigger_fired:
+        out.append("PSI trigger fired")
+    if r.stall_pct >= config.psi_grow_pct:
+        out.append(f"stall {r.stall_pct:.2f} % >= {config.psi_grow_pct} %")
+    if r.refault_rate >= config.refault_grow_per_s:
+        out.append(f"refaults {r.refault_rate:.0f}/s >= {config.refault_grow_per_s:.0f}/s")
+    if r.swapin_rate >= config.swapin_grow_per_s:
+        out.append(f"swap-ins {r.swapin_rate:.0f}/s >= {config.swapin_grow_per_s:.0f}/s")
+    return out
+
+
+def grow_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig) -> int:
+    """The shortage: what brings MemAvailable back to the headroom line and MemFree back to two
+    reserves, plus the demand that arrived since the last decision (it is still arriving), at
+    least one reserve and at least what was refaulted or swapped in since then."""
+    free_line = int(r.reserve_kb * config.stall_grow_free_reserves)
+    deficit = max(0, r.line_kb - signals.mem_available_kb, free_line - signals.mem_free_kb)
+    arriving = max(0, r.used_delta_kb or 0)
+    return max(r.reserve_kb, deficit + arriving, r.wanted_back_kb)
+
+
+def own_reclaim(
+    signals: MemorySignals, state: PolicyState, config: PressureConfig, prev: int, r: Reading
+) -> bool:
+    """Whether a stall is most likely the reclaim the balloon driver does for our own shrink.
+
+    All of: our last change was a shrink, at most ``own_reclaim_window_s`` ago, and the driver has
+    not reached it yet (``current_kb`` above the target: it is still allocating the pages to hand
+    back); refaults under ``quiet_refaults_per_s`` and no swap-in; use and page cache each grown by
+    less than ``min_change_kb`` since the last decision. A driver that has reached its target
+    reclaims nothing more, so any stall after that is answered as usual.
+    """
+    last_shrink = state.last_shrink_t
+    if last_shrink is None or signals.timestamp - last_shrink > config.own_reclaim_window_s:
+        return False
+    if state.last_grow_t is not None and state.last_grow_t >= last_shrink:
+        return False
+    if signals.balloon_current_kb is None or signals.balloon_current_kb <= prev:
+        return False
+    if r.refault_rate >= config.quiet_refaults_per_s or r.swapin_rate > 0:
+        return False
+    if r.used_delta_kb is None or r.cached_delta_kb is None:
+        return False
+    return max(r.used_delta_kb, r.cached_delta_kb) < config.min_change_kb
+
+
+# --------------------------------------------------------------------------------------------
+# Shrink
+
+
+def quiet_holds(signals: MemorySignals, r: Reading, config: PressureConfig) -> list[str]:
+    """What the signals say against a probe: pressure at or above the target, refaults, demand
+    or page cache rising (probing while the working set grows evicts what was just allocated or
+    read), or no PSI at all (never shrink blind)."""
+    out = []
+    if not signals.psi_available:
+        out.append("no PSI on this kernel: never shrinking blind")
+    if r.stall_pct >= config.psi_target_pct:
+        out.append(f"stall {r.stall_pct:.2f} % not below target {config.psi_target_pct} %")
+    elif signals.some_avg10 >= config.psi_target_pct:
+        out.append(f"avg10 {signals.some_avg10:.2f} % not below target {config.psi_target_pct} %")
+    if r.refault_rate >= config.quiet_refaults_per_s:
+        out.append(f"refaults {r.refault_rate:.0f}/s")
+    rising = max(r.used_rate, r.cached_rate)
+    if rising >= config.demand_growth_kb_per_s:
+        out.append(f"memory use growing ({rising:.0f} KiB/s)")
+    return out
+
+
+def time_holds(signals: MemorySignals, state: PolicyState, config: PressureConfig) -> list[str]:
+    """The holdoffs: the hold time after a grow or a stop of our shrink; ``follow_holdoff_s``
+    after a toolstack change; 5 min after an OOM kill; one shrink per ``shrink_interval_s``."""
+    now = signals.timestamp
+    out = []
+    hold = hold_s(state, config)
+    ups = (state.last_grow_t, state.last_own_reclaim_t)
+    last_up = max((t for t in ups if t is not None), default=None)
+    if last_up is not None and now - last_up < hold:
+        out.append(f"holdoff {hold:.0f} s after a grow or a stop")
+    if state.last_follow_t is not None and now - state.last_follow_t < config.follow_holdoff_s:
+        out.append(f"holdoff {config.follow_holdoff_s:.0f} s after a toolstack change")
+    if state.last_oom_t is not None and now - state.last_oom_t < config.oom_holdoff_s:
+        out.append(f"holdoff {config.oom_holdoff_s:.0f} s after an OOM kill")
+    if state.last_shrink_t is not None and now - state.last_shrink_t < config.shrink_interval_s:
+        out.append("shrink rate-limited")
+    return out
+
+
+def size_holds(signals: MemorySignals, config: PressureConfig, lim: Limits, prev: int
+               ) -> list[str]:
+    """The driver far behind its target, or the target at the floor."""
+    out = []
+    lag = driver_current(signals) - prev
+    if signals.balloon_current_kb is not None and lag > config.max_driver_lag_kb:
+        out.append(f"driver {lag} KiB behind its target")
+    if prev <= lim.floor_kb:
+        out.append("at the floor")
+    return out
+
+
+def shrink_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, lim: Limits,
+                   prev: int) -> int:
+    """A probe, proportional to the distance from the pressure target (Senpai's law): the
+    larger of a page-cache step (1 % of the target or 1/4 of MemAvailable above the line, at most
+    1/16 of the ceiling) and a free-memory step (3/4 of MemFree above the line, at most 1/4 of the
+    ceiling: free memory holds no working set and its return causes no reclaim), times
+    (1 - pressure / target); at least the hysteresis step while well under the target; never
+    taking MemAvailable under the line."""
+    room = signals.mem_available_kb - r.line_kb
+    free_room = min(signals.mem_free_kb, signals.mem_available_kb) - r.line_kb
+    max_cache = max(config.shrink_max_step_kb, int(lim.ceiling_kb * config.shrink_max_step_pct
+                                                   / 100))
+    cache_step = min(max(prev * config.shrink_step_pct / 100,
+                         room / config.shrink_headroom_divisor), max_cache)
+    free_step = min(max(0, free_room) * config.shrink_free_fraction,
+                    lim.ceiling_kb * config.shrink_free_max_step_pct / 100)
+    scale = max(0.0, 1.0 - r.pressure_pct / config.psi_target_pct)
+    step = int(max(cache_step, free_step) * scale)
+    if scale > 0.5:
+        step = max(step, config.min_change_kb)
+    return max(0, min(step, room))
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+
+
+def _grow(signals: MemorySignals, state: PolicyState, config: PressureConfig, r: Reading,
+          prev: int, why: list[str]) -> tuple[int, str, str, PolicyState]:
+    step = grow_step_kb(signals, r, config)
+    # The time of the last need for memory, even when the ceiling leaves nothing to grow: the
+    # holdoff counts from it.
+    state = replace(state, last_grow_t=signals.timestamp)
+    return prev + step, "grow", "; ".join(why) + f"; grow by the shortage, {step} KiB", state
+
+
+def _stop(signals: MemorySignals, state: PolicyState, prev: int, why: list[str]
+          ) -> tuple[int, str, str, PolicyState]:
+    current = driver_current(signals)
+    state = replace(state, last_own_reclaim_t=signals.timestamp)
+    return current, "stop", "; ".join(why) + (
+        f" while the driver is {current - prev} KiB short of our shrink to {prev} KiB, with "
+        f"few refaults and use flat: the balloon's own reclaim; the shrink stops at {current} KiB"
+    ), state
+
+
+def step_pressure(
+    signals: MemorySignals, state: PolicyState, config: PolicyConfig, lim: Limits, prev: int
+) -> tuple[int, str, str, PolicyState]:
+    """Grow on a shortage, stop at our own reclaim, else probe when quiet (module docstring)."""
+    assert isinstance(config, PressureConfig)
+    r = read(signals, state, config, lim)
+    if r.oom:
+        state = replace(state, last_oom_t=signals.timestamp, last_grow_t=signals.timestamp)
+        return lim.ceiling_kb, "grow", f"OOM kill seen (oom_kill {signals.oom_kill})", state
+    shortage = shortage_reasons(signals, r, config)
+    pressure = pressure_reasons(signals, r, config) if reclaiming(signals, r, config) else []
+    if pressure and not shortage and own_reclaim(signals, state, config, prev, r):
+        return _stop(signals, state, prev, pressure)
+    if shortage or pressure:
+        return _grow(signals, state, config, r, prev, shortage + pressure)
+    holds = (quiet_holds(signals, r, config) + time_holds(signals, state, config)
+             + size_holds(signals, config, lim, prev))
+    if holds:
+        return prev, "hold", "; ".join(holds), state
+    step = shrink_step_kb(signals, r, config, lim, prev)
+    if signals.mem_available_kb - r.line_kb < config.min_change_kb:
+        return prev, "hold", (f"MemAvailable {signals.mem_available_kb} KiB near the headroom "
+                              f"line {r.line_kb} KiB (burst allowance {r.burst_kb} KiB)"), state
+    return prev - step, "shrink", (
+        f"quiet (stall {r.stall_pct:.2f} %, avg10 {signals.some_avg10:.2f} %); shrink by {step} "
+        f"KiB toward the headroom line {r.line_kb} KiB (burst allowance {r.burst_kb} KiB)"
+    ), state
+
+
+def decide_pressure(
+    signals: MemorySignals, state: PolicyState, config: PressureConfig
+) -> Decision:
+    """The default policy; its control law is the module docstring's."""
+    return decide_with(signals, observe_demand(signals, state, config), config, step_pressure)
