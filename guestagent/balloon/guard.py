@@ -28,6 +28,7 @@ The pure functions (:func:`strict_commit_floor_kb`, :func:`overcommit_change`,
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,7 +45,6 @@ SWAPS = "/proc/swaps"
 MEMINFO = "/proc/meminfo"
 ZRAM_CONTROL = "/sys/class/zram-control"
 SYS_BLOCK = "/sys/block"
-SYS_MODULE_ZRAM = "/sys/module/zram"
 
 #: CommitLimit kept above Committed_AS under overcommit mode 2 (strict): what a program may still
 #: commit without a grow. 128 MiB, the pressure policy's headroom.
@@ -331,27 +331,29 @@ class Guard:
         """Why the guard cannot have a zram swap here (None: it can, maybe after a modprobe)."""
         if self.commands is None:
             return "not the real host root (no commands on a fixture tree)"
-        if self.hostfs.exists(ZRAM_CONTROL) or self.hostfs.exists(SYS_MODULE_ZRAM):
+        if self.hostfs.exists(ZRAM_CONTROL):
+            if not os.access(self.hostfs.path(f"{ZRAM_CONTROL}/hot_remove"), os.W_OK):
+                return f"{ZRAM_CONTROL} is read-only here (a sandbox?)"
             return None
-        if self._zram_loadable():
-            return None
-        return "the kernel has no zram (not built in, no zram module in /lib/modules)"
+        return self._zram_not_loadable()
 
-    def _zram_loadable(self) -> bool:
+    def _zram_not_loadable(self) -> str | None:
+        """None when ``modprobe zram`` can work: the module is in this kernel's modules.dep."""
         try:
             release = self.hostfs.read_text(OSRELEASE).strip()
-        except InputError:
-            return False
+        except InputError as e:
+            return f"kernel release unknown: {e}"
         if not re.fullmatch(r"[A-Za-z0-9._+~-]{1,64}", release):
-            return False
-        for index in ("modules.dep", "modules.builtin"):
-            try:
-                text = self.hostfs.read_text(f"/lib/modules/{release}/{index}")
-            except InputError:
-                continue
-            if re.search(r"(^|/)zram\.ko(\.[a-z]+)?(:|$)", text, re.M):
-                return True
-        return False
+            return f"kernel release unusable: {release[:40]!r}"
+        try:
+            text = self.hostfs.read_text(f"/lib/modules/{release}/modules.dep")
+        except MissingInputError:
+            return f"the kernel has no zram (not loaded, no /lib/modules/{release}/modules.dep)"
+        except InputError as e:
+            return f"modules cannot be loaded here ({e}; a sandbox's ProtectKernelModules?)"
+        if re.search(r"(^|/)zram\.ko(\.[a-z]+)?:", text, re.M):
+            return None
+        return "the kernel has no zram (not loaded, not built in, no zram module)"
 
     def foreign_zram(self, own: set[int]) -> str | None:
         """A zram device in use that the guard did not create (then it adds none), or None."""
