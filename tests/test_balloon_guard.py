@@ -468,3 +468,19 @@ def test_reset_with_only_static_max(tmp_path: Path) -> None:
     with capture_logs() as logs:
         assert act.reset() == CEILING
     assert events(logs, "balloon_reset")[0]["source"] == "toolstack static-max"
+
+
+def test_an_unreadable_record_leaves_the_guard_unarmed_and_the_shrink_undone(
+    tmp_path: Path,
+) -> None:
+    root = make_root(tmp_path, mode=0)
+    quiet(root)
+    fs = HostFS(str(root))
+    ctl = BalloonController(fs, DirectoryXenstore(fs, "/xenstore"), ClassicConfig(),
+                            guard_commands=FakeCommands(root))
+    ctl.start()
+    (root / RECORD_PATH.lstrip("/")).write_text("[1, 2")
+    with capture_logs() as logs:
+        assert ctl.tick() is None
+    assert events(logs, "balloon_tick_failed") and not ctl.guard.armed
+    assert target_of(root) == CEILING and sysctl(root) == "0"

@@ -289,7 +289,6 @@ class Guard:
         after a restart the recorded changes are adopted, never recorded twice)."""
         if self.armed:
             return
-        self.armed = True
         try:
             self.mode = self.hostfs.read_int(OVERCOMMIT_MEMORY, 0, 2)
         except InputError as e:
@@ -298,6 +297,9 @@ class Guard:
         if self.mode is not None:
             self._arm_overcommit(self.mode)
         self._arm_zram(zram_disksize_kb(ceiling_kb, floor_kb))
+        # Only now: a record that could not be read (InputError) leaves the guard unarmed, the
+        # tick fails and no shrink happens without it.
+        self.armed = True
 
     def _arm_overcommit(self, mode: int) -> None:
         recorded = [c for c in self._changes() if c["kind"] == "sysctl"]
