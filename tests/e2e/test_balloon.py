@@ -28,8 +28,10 @@ MIB_KB = 1024
 BALLOON = "/sys/devices/system/xen_memory/xen_memory0"
 
 #: One private anonymous mmap of N MiB (as a program's heap or a JVM would ask), every page
-#: touched; prints ENOMEM and exits 12 if the mmap is refused. While holding the memory it reports
-#: the balloon driver's size, then waits for /tmp/release (at most 180 s) and exits 0.
+#: written: its first half random bytes, its second half zeros, so zram can compress it about 2:1
+#: but not to nothing, and the guest really needs the memory (the balloon must grow). Prints
+#: ENOMEM and exits 12 if the mmap is refused. While holding the memory it reports the balloon
+#: driver's size, then waits for /tmp/release (at most 180 s) and exits 0.
 BIG = (
     "import errno, mmap, os, sys, time\n"
     "n = int(sys.argv[1])\n"
@@ -41,7 +43,8 @@ BIG = (
     "except OSError as e:\n"
     "    print('mmap failed:', errno.errorcode.get(e.errno, e.errno), e, flush=True)\n"
     "    sys.exit(12)\n"
-    "for off in range(0, n << 20, 4096): m[off] = 1\n"
+    "half = os.urandom(2048)\n"
+    "for off in range(0, n << 20, 4096): m[off:off + 2048] = half\n"
     "cur = open('" + BALLOON + "/info/current_kb').read().split()[0]\n"
     "print('held', n, 'MiB; balloon current_kb', cur, flush=True)\n"
     "t = time.monotonic()\n"
