@@ -819,6 +819,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--memory", type=int, default=1024, help="guest MiB")
     p.add_argument("--vcpus", type=int, default=2)
     p.add_argument("--json", metavar="FILE", help="also write the result file here")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="skip the workloads that would end past this much bed time (boot "
+                   "included; a workload is skipped whole, its policies together)")
     p.add_argument("--keep-traces", metavar="DIR",
                    help="copy each run's trace here (<workload>.<policy>.<repeat>.jsonl)")
     args = p.parse_args(argv)
@@ -836,8 +839,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def report_of(args: argparse.Namespace, run_dir: str, results: list[RunResult]) -> dict[str, Any]:
+def report_of(args: argparse.Namespace, run_dir: str, results: list[RunResult],
+              skipped: list[str]) -> dict[str, Any]:
     return {
+        "skipped_for_time": skipped,
         "run_dir": run_dir,
         "agent_commit": git_describe(),
         "command": "guestagent run --config FILE ([balloon] enabled = true, policy = P)",
@@ -858,6 +863,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     results: list[RunResult] = []
+    skipped: list[str] = []
+    t_start = time.monotonic()
+    longest_group = 0.0
     with XenBed(BedConfig(run_name="balloon-bench")) as bed:
         out_dir = bed.run_dir / "balloon-bench"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -865,6 +873,13 @@ def main(argv: list[str] | None = None) -> int:
         with bed.guest(spec) as g:
             for repeat in range(args.repeat):
                 for workload in args.workload_list:
+                    elapsed = time.monotonic() - t_start
+                    if args.max_minutes and elapsed + longest_group > args.max_minutes * 60:
+                        log(f"balloon bench: {workload} (repeat {repeat}) skipped: "
+                            f"{elapsed / 60:.1f} min gone of --max-minutes {args.max_minutes}")
+                        skipped.append(f"{workload} (repeat {repeat})")
+                        continue
+                    t_group = time.monotonic()
                     for policy in args.policy_list:
                         try:
                             results.append(run_one(bed, g, workload, policy, repeat, out_dir))
@@ -872,9 +887,10 @@ def main(argv: list[str] | None = None) -> int:
                             results.append(RunResult(workload, policy, repeat,
                                                      errors=[f"bed: {e}"[:300]]))
                         log("balloon bench: " + json.dumps(asdict(results[-1]), sort_keys=True))
-                        report = report_of(args, str(bed.run_dir), results)
+                        report = report_of(args, str(bed.run_dir), results, skipped)
                         (out_dir / "results.json").write_text(
                             json.dumps(report, indent=1, sort_keys=True))
+                    longest_group = max(longest_group, time.monotonic() - t_group)
         if args.keep_traces:
             dest = Path(args.keep_traces)
             dest.mkdir(parents=True, exist_ok=True)
@@ -883,7 +899,8 @@ def main(argv: list[str] | None = None) -> int:
                 if src.exists():
                     shutil.copy2(src, dest / f"{r.workload}.{r.policy}.{r.repeat}.jsonl")
         log(f"balloon bench: raw samples, traces and logs in {out_dir}")
-        report = report_of(args, str(bed.run_dir), results)
+        report = report_of(args, str(bed.run_dir), results, skipped)
+        report["bed_minutes"] = round((time.monotonic() - t_start) / 60, 1)
         (out_dir / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, sort_keys=True))
@@ -891,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.memory} MiB, {args.vcpus} vCPUs; run {bed.run_dir.name}")
     print(render_table(results))
     print(render_summary(results))
+    if skipped:
+        print(f"not run (--max-minutes {args.max_minutes}): {', '.join(skipped)}")
     return 0 if not any(r.errors for r in results) else 1
 
 

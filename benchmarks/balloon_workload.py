@@ -13,9 +13,9 @@ The suite (issue 12, item 2). Half of it is held out: the policies are never tun
 =====================  =========================================================================
 tuned
 anon-grow-shrink       anonymous memory grown in 4 steps of 96 MiB, held, freed in 4 steps
-cache-scan-twice       160 MiB of files read into the page cache, read again 5 s later
+cache-scan-twice       128 MiB of files read into the page cache, read again 5 s later
 big-alloc-after-idle   45 s idle, then ONE mmap of half the ceiling (512 MiB), touched at once
-sharp-spikes           3 spikes of 256 MiB (mmap + touch as fast as the guest can), 12 s apart
+sharp-spikes           3 spikes of 256 MiB (mmap + touch as fast as the guest can), 10 s apart
 held out
 long-idle              a small working set, 100 s of idle, then the working set used again
 slow-leak              4 MiB leaked per second with malloc (``bytearray``), 256 MiB in all
@@ -241,22 +241,22 @@ def anon_grow_shrink(r: Run) -> None:
         touch(m, step, 1)
         chunks.append(m)
         if i < 3:
-            r.sleep(3)
+            r.sleep(2)
     r.mark("hold")
     for m in chunks:
         touch(m, step, 2)
-    r.sleep(8)
+    r.sleep(5)
     r.mark("shrink")
     while chunks:
         chunks.pop().close()
-        r.sleep(4)
+        r.sleep(3)
     r.mark("tail")
-    r.sleep(12)
+    r.sleep(8)
 
 
 def cache_scan_twice(r: Run) -> None:
     """A scan over files that fit in the page cache, read again soon after: the cache is in use."""
-    files = file_set(r.args.files, r.mib(160))
+    files = file_set(r.args.files, r.mib(128))
     anon = r.mib(64)
     r.mark("anon", files=len(files))
     m = r.alloc(anon)
@@ -270,7 +270,7 @@ def cache_scan_twice(r: Run) -> None:
     touch(m, anon, 2)
     r.mark("tail")
     m.close()
-    r.sleep(10)
+    r.sleep(8)
 
 
 def big_alloc_after_idle(r: Run) -> None:
@@ -287,11 +287,11 @@ def big_alloc_after_idle(r: Run) -> None:
     touch(b, big, 2)
     r.mark("hold")
     touch(m, small, 3)
-    r.sleep(5)
+    r.sleep(3)
     r.mark("tail")
     b.close()
     m.close()
-    r.sleep(5)
+    r.sleep(3)
 
 
 def sharp_spikes(r: Run) -> None:
@@ -301,7 +301,7 @@ def sharp_spikes(r: Run) -> None:
     r.mark("base")
     m = r.alloc(base)
     touch(m, base, 1)
-    r.sleep(5)
+    r.sleep(3)
     for i in range(1, 4):
         r.mark(f"spike-{i}", spike=True, mib=spike // MIB)
         s = r.alloc(spike)
@@ -310,7 +310,7 @@ def sharp_spikes(r: Run) -> None:
         r.sleep(3)
         r.mark(f"calm-{i}")
         s.close()
-        r.sleep(12)
+        r.sleep(10)
 
 
 def long_idle(r: Run) -> None:
