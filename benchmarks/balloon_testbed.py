@@ -189,6 +189,8 @@ class RunResult:
     samples: int = 0
     #: The benchmark's own problems (no samples, a bed error): the run did not measure.
     errors: list[str] = field(default_factory=list)
+    #: Remarks that do not make the run a failure (no bound computed, ...).
+    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -649,12 +651,16 @@ def add_bound(res: RunResult, files: dict[str, str]) -> None:
     ev = parse_events(files.get("events", ""))
     trace = files.get("trace", "")
     if ev.trace_offset is None or not trace:
+        res.notes.append("no bound: no trace or no trace offset")
         return
-    path = Path(files["_dir"]) / "trace.jsonl"
+    # The recorder is stopped by a signal: its last line may be cut. Keep the lines that parse.
+    whole = [line for line in trace.splitlines() if json_lines(line)]
+    path = Path(files["_dir"]) / "trace.whole.jsonl"
+    path.write_text("\n".join(whole) + "\n")
     try:
         snaps = load_trace(str(path)).snapshots
-    except Exception as e:  # a cut trace: the bound is left out, said so
-        res.errors.append(f"bound: trace unreadable: {e}"[:200])
+    except Exception as e:  # the bound is left out, and said so; the run itself measured
+        res.notes.append(f"no bound: trace unreadable: {e}"[:200])
         return
     got = bound_for_run(snaps, files.get("workload", ""), ev.trace_offset, 0)
     if got is not None and got[1] > 0:

@@ -25,6 +25,7 @@ from benchmarks.balloon_testbed import (
     Sample,
     SpikeResponse,
     WorkloadReport,
+    add_bound,
     analyse,
     failure_kinds,
     memory_held,
@@ -516,3 +517,18 @@ def test_monitor_stamps_the_agents_lines_and_stops_it(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert any("event=stopping" in str(x.get("agent")) for x in lines)
     assert lines[-1].get("end") is True and all("mono" in x for x in lines)
+
+
+def test_the_bound_of_a_none_run_survives_a_cut_trace(tmp_path: Path) -> None:
+    trace = (ROOT / "tests" / "traces" / "synthetic-phases-1g.jsonl").read_text()
+    # 60 snapshots from the monitor's offset 990.4: they cover the workload (1000.0 to 1043.0).
+    lines = [*trace.splitlines()[:61], '{"balloon_current_kb":10485']
+    res = RunResult("sharp-spikes", "none", 0)
+    files = {"_dir": str(tmp_path), "trace": "\n".join(lines), "events": EVENTS_OUT,
+             "workload": WORKLOAD_OUT}
+    add_bound(res, files)
+    assert res.notes == [] and res.bound_gib_s is not None and res.bound_mean_mib is not None
+    assert 0 < res.bound_mean_mib < 1024
+    none = RunResult("sharp-spikes", "none", 0)
+    add_bound(none, {"_dir": str(tmp_path), "trace": "", "events": ""})
+    assert none.bound_gib_s is None and none.notes and none.errors == []
