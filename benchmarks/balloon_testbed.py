@@ -749,13 +749,46 @@ def collect(g: Any, tag: str, dest: Path) -> dict[str, str]:
     data = base64.b64decode("".join(out.split()))
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(dest)
-    run = dest / tag
+    return run_files(dest / tag)
+
+
+def run_files(run: Path) -> dict[str, str]:
+    """One run's collected files, as :func:`collect` returns them."""
     files = {"_dir": str(run)}
     for key, name in (("events", "events.jsonl"), ("trace", "trace.jsonl"),
-                      ("workload", "workload.out"), ("dmesg", "dmesg.txt")):
+                      ("workload", "workload.out"), ("dmesg", "dmesg.txt"),
+                      ("samples", "samples.txt")):
         p = run / name
         files[key] = p.read_text(errors="replace") if p.exists() else ""
     return files
+
+
+def reanalyse(out_dir: Path) -> list[RunResult]:
+    """Every run of a ``balloon-bench`` directory analysed again from its raw files."""
+    results = []
+    for run in sorted(out_dir.iterdir(), key=lambda p: p.stat().st_mtime):
+        parts = run.name.split(".")
+        if not run.is_dir() or len(parts) != 3 or not parts[2].isdigit():
+            continue
+        files = run_files(run)
+        guest = next((line.split("|")[1].split()[0] for line in files["samples"].splitlines()
+                      if line.count("|") == 2 and line.split("|")[1].split()), "")
+        res = RunResult(parts[0], parts[1], int(parts[2]))
+        analyse(res, files, guest)
+        res.exit_status = exit_status_of(files["samples"])
+        if res.policy == "none":
+            add_bound(res, files)
+        results.append(res)
+    return results
+
+
+def exit_status_of(samples: str) -> int | None:
+    """The wrapper's ``exit-N`` phase in the Dom0 samples."""
+    for line in samples.splitlines():
+        phase = line.rsplit("|", 1)[-1].strip()
+        if phase.startswith("exit-") and phase[5:].lstrip("-").isdigit():
+            return int(phase[5:])
+    return None
 
 
 def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
@@ -793,7 +826,6 @@ def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "samples.txt").write_text(bed.dom0_ok(f"cat {samples_path}"))
     files = collect(g, tag, out_dir)
-    files["samples"] = (run_dir / "samples.txt").read_text()
     analyse(res, files, g.name)
     if policy == "none":
         add_bound(res, files)
@@ -825,6 +857,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--memory", type=int, default=1024, help="guest MiB")
     p.add_argument("--vcpus", type=int, default=2)
     p.add_argument("--json", metavar="FILE", help="also write the result file here")
+    p.add_argument("--from-run", metavar="DIR",
+                   help="no bed: analyse a run's balloon-bench directory again and print it")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="skip the workloads that would end past this much bed time (boot "
                    "included; a workload is skipped whole, its policies together)")
@@ -868,6 +902,11 @@ def main(argv: list[str] | None = None) -> int:
     from tests.e2e.util import BedError, log
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.from_run:
+        again = reanalyse(Path(args.from_run))
+        print(render_table(again))
+        print(render_summary(again))
+        return 0
     results: list[RunResult] = []
     skipped: list[str] = []
     longest_group = 0.0

@@ -33,6 +33,7 @@ from benchmarks.balloon_testbed import (
     parse_logfmt,
     parse_samples,
     parse_workload,
+    reanalyse,
     render_summary,
     render_table,
     run_failed,
@@ -532,3 +533,21 @@ def test_the_bound_of_a_none_run_survives_a_cut_trace(tmp_path: Path) -> None:
     none = RunResult("sharp-spikes", "none", 0)
     add_bound(none, {"_dir": str(tmp_path), "trace": "", "events": ""})
     assert none.bound_gib_s is None and none.notes and none.errors == []
+
+
+def test_reanalyse_a_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "sharp-spikes.pressure.0"
+    run_dir.mkdir()
+    (run_dir / "samples.txt").write_text("".join(
+        f"{2000 + i}|bal1 3 {mem} 2 -b---- 1.0|{phase}\n"
+        for i, (mem, phase) in enumerate([(1024, "ready"), (700, "base"), (900, "spike-1"),
+                                          (1024, "end"), (1024, "exit-0")])))
+    (run_dir / "workload.out").write_text(WORKLOAD_OUT)
+    (run_dir / "events.jsonl").write_text(EVENTS_OUT)
+    (run_dir / "dmesg.txt").write_text(DMESG)
+    (tmp_path / "results.json").write_text("{}")
+    (res,) = reanalyse(tmp_path)
+    assert (res.workload, res.policy, res.repeat, res.exit_status) == (
+        "sharp-spikes", "pressure", 0, 0)
+    assert res.held_gib_s == pytest.approx((700 + 900) / 1024)
+    assert failure_kinds(res) == {"oom-kill": 1, "page-alloc-failure": 2}
