@@ -551,3 +551,23 @@ def test_reanalyse_a_run_directory(tmp_path: Path) -> None:
         "sharp-spikes", "pressure", 0, 0)
     assert res.held_gib_s == pytest.approx((700 + 900) / 1024)
     assert failure_kinds(res) == {"oom-kill": 1, "page-alloc-failure": 2}
+
+
+
+#: Recorded on the testbed (run 20261204-122731-13311-balloon-bench, benchmarks/README.md):
+#: sharp-spikes under pressure, OOM-killed in its third spike (and the kernel's line for it), and
+#: big-alloc-after-idle under classic, its 512 MiB mmap refused after the idle.
+RECORDED = ROOT / "tests" / "traces" / "balloon-bench-20261204"
+
+
+def test_recorded_failures_from_the_testbed() -> None:
+    killed = parse_workload((RECORDED / "sharp-spikes.pressure.workload.out").read_text())
+    assert killed.summary is not None and killed.summary["done"] is False
+    assert [f["kind"] for f in killed.failures] == ["killed"]
+    assert killed.failures[0]["phase"] == "spike-3"
+    assert [m.phase for m in killed.marks if m.spike] == ["spike-1", "spike-2", "spike-3"]
+    enomem = parse_workload((RECORDED / "big-alloc-after-idle.classic.workload.out").read_text())
+    assert [(f["kind"], f["phase"]) for f in enomem.failures] == [("enomem", "alloc")]
+    assert "Cannot allocate memory" in enomem.failures[0]["detail"]
+    oom = (RECORDED / "sharp-spikes.pressure.oom.dmesg").read_text()
+    assert scan_kernel_log(oom).oom_lines == 1
