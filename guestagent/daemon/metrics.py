@@ -40,6 +40,14 @@ def render(status: Mapping[str, Any]) -> str:
         f"guestagent_resumes_total {int(status.get('resumes', 0))}",
         "# TYPE guestagent_loop_errors_total counter",
         f"guestagent_loop_errors_total {int(status.get('loop_errors', 0))}",
+        "# HELP guestagent_xenstore_connected 1 while the xenstore connection is up, 0 while "
+        "it is down or there is none.",
+        "# TYPE guestagent_xenstore_connected gauge",
+        f"guestagent_xenstore_connected {int(bool(status.get('xenstore_connected')))}",
+        "# HELP guestagent_xenstore_reconnects_total Connections to xenstore made again after "
+        "one broke.",
+        "# TYPE guestagent_xenstore_reconnects_total counter",
+        f"guestagent_xenstore_reconnects_total {int(status.get('xenstore_reconnects', 0))}",
         # The label is "name", not "job": Prometheus keeps "job" for the scrape job and would
         # rename ours to exported_job.
         "# HELP guestagent_job_running 1 when the job runs, 0 when it is off or failed.",

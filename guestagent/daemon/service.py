@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,15 +49,47 @@ class Job(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-class XenstoreHub:
-    """One xenstore connection shared by the jobs, its watch events dispatched by token."""
+#: Waits between attempts to reconnect to xenstore: doubling from the first, then the last again.
+RECONNECT_FIRST_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 30.0
+#: xenstore unreachable for this long: the daemon stops feeding systemd's watchdog, so systemd
+#: kills and restarts it (within WatchdogSec= more; 3 min in the shipped units).
+XENSTORE_GIVE_UP_SECONDS = 300.0
 
-    def __init__(self, loop: EventLoop, connect: Callable[[], Any]) -> None:
+
+class XenstoreHub:
+    """One xenstore connection shared by the jobs, its watch events dispatched by token.
+
+    The jobs keep the client they got from :meth:`client` for their whole life. When the
+    connection breaks (xenstored restarted or live-updated, the xenbus device broken after a
+    resume, a frame that breaks the stream) the hub drops its descriptor from the loop, says so in
+    :meth:`describe`, and reconnects with backoff over the same client object
+    (:meth:`XenstoreClient.take_over`); then it registers every watch again and calls
+    ``on_reconnect`` (the daemon republishes every job). While it is down, the jobs' requests fail
+    with ConnectionError, as any xenstore error."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        connect: Callable[[], Any],
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
         self._loop = loop
         self._connect = connect
+        self._on_reconnect = on_reconnect
         self._client: Any = None
         self._callbacks: dict[str, Callable[[str], None]] = {}
+        self._watches: list[tuple[str, str]] = []
         self.unavailable: str | None = None
+        #: Why the connection broke, while it is down.
+        self.lost: str | None = None
+        self._lost_at = 0.0
+        self._lost_wall = 0.0
+        self._retry: Any = None
+        #: Failed attempts since the connection broke.
+        self.attempts = 0
+        #: Connections made again after one broke.
+        self.reconnects = 0
         self._log = get_logger("xenstore")
 
     def client(self) -> Any:
@@ -68,9 +101,12 @@ class XenstoreHub:
                 self.unavailable = str(e)
                 self._log.warning("xenstore_unavailable", reason=self.unavailable)
                 return None
-            self._loop.add_reader(self._client.fileno(), self._on_readable)
-            self._loop.add_after_dispatch(self.flush)
+            self._attach()
         return self._client
+
+    def _attach(self) -> None:
+        self._loop.add_reader(self._client.fileno(), self._on_readable)
+        self._loop.add_after_dispatch(self.flush)
 
     def watch(self, path: str, callback: Callable[[str], None]) -> bool:
         client = self.client()
@@ -78,26 +114,116 @@ class XenstoreHub:
             return False
         token = f"guestagent-{len(self._callbacks)}"
         self._callbacks[token] = callback
-        client.watch(path, token)
+        self._watches.append((path, token))
+        if self.lost is None:
+            client.watch(path, token)
         return True
 
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self.lost is None
+
+    def lost_for(self) -> float:
+        """Seconds the connection has been down (0 while it is up)."""
+        return 0.0 if self.lost is None else self._loop.now() - self._lost_at
+
+    def describe(self) -> str:
+        """One line for the status: connected, why it is unavailable, or since when it is down."""
+        if self.unavailable is not None:
+            return self.unavailable
+        if self.lost is not None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._lost_wall))
+            return (
+                f"disconnected ({self.lost}); reconnecting since {since}, "
+                f"attempt {self.attempts + 1}"
+            )
+        return "connected" if self._client is not None else "not connected"
+
     def _on_readable(self) -> None:
-        self._dispatch(self._client.read_events(0.0))
+        try:
+            events = self._client.read_events(0.0)
+        except (OSError, GuestAgentError) as e:
+            self._lose(str(e))
+            return
+        self._dispatch(events)
 
     def flush(self) -> None:
-        """Events that arrived while a job was waiting for a reply (already read off the fd)."""
-        if self._client is not None:
-            self._dispatch(self._client.pending_events())
+        """Events that arrived while a job was waiting for a reply (already read off the fd);
+        and a connection a job's request found broken is dropped here."""
+        if self._client is None or self.lost is not None:
+            return
+        broken = self._client.broken
+        if broken is not None:
+            self._lose(broken)
+            return
+        self._dispatch(self._client.pending_events())
 
     def _dispatch(self, events: Sequence[Any]) -> None:
         for event in events:
             callback = self._callbacks.get(event.token)
-            if callback is not None:
+            if callback is None:
+                continue
+            try:
                 callback(event.path)
+            except Exception as e:  # one job's failure must not lose the other jobs' events
+                self._log.error("watch_callback_failed", path=event.path, error=str(e),
+                                kind=type(e).__name__)
+
+    # --- losing and regaining the connection -----------------------------------------------------
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is not None:
+            return
+        # Out of the poll set before the descriptor is closed (its number may be reused).
+        self._loop.remove_reader(self._client.fileno())
+        self._client.close()
+        self.lost = reason
+        self._lost_at = self._loop.now()
+        self._lost_wall = time.time()
+        self.attempts = 0
+        self._log.error("xenstore_lost", reason=reason)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        delay = min(RECONNECT_FIRST_SECONDS * 2 ** min(self.attempts, 16), RECONNECT_MAX_SECONDS)
+        self._retry = self._loop.call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        try:
+            fresh = self._connect()
+        except (GuestAgentError, OSError) as e:
+            self._failed_attempt(str(e))
+            return
+        self._client.take_over(fresh)
+        try:
+            for path, token in self._watches:
+                self._client.watch(path, token)
+        except (GuestAgentError, OSError) as e:
+            self._client.close()
+            self._failed_attempt(f"registering the watches again: {e}")
+            return
+        down = self.lost_for()
+        self.lost = None
+        self.reconnects += 1
+        self._attach()
+        self._log.info("xenstore_reconnected", down_s=round(down, 1), attempts=self.attempts + 1,
+                       watches=len(self._watches))
+        if self._on_reconnect is not None:
+            self._on_reconnect()
+
+    def _failed_attempt(self, error: str) -> None:
+        self.attempts += 1
+        self._log.warning("xenstore_reconnect_failed", attempt=self.attempts, error=error)
+        self._schedule_retry()
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._client is not None:
-            self._loop.remove_reader(self._client.fileno())
+            if self.lost is None:
+                self._loop.remove_reader(self._client.fileno())
             self._client.close()
             self._client = None
 
@@ -133,7 +259,10 @@ class Daemon:
     def __post_init__(self) -> None:
         self._log = get_logger("daemon")
         connect = self.xenstore_connect or self._default_connect
-        self.hub = XenstoreHub(self.loop, connect)
+        self.hub = XenstoreHub(
+            self.loop, connect, on_reconnect=lambda: self._republish("xenstore reconnected")
+        )
+        self._starving = False
         self._resume = ResumeState()
         self._status_sock: socket.socket | None = None
         self._metrics: Any = None
@@ -168,6 +297,19 @@ class Daemon:
         self._log.info("started", version=__version__, role=self.role, jobs=running)
 
     def _feed_watchdog(self) -> None:
+        """Feed systemd's watchdog, unless xenstore has been unreachable for longer than
+        XENSTORE_GIVE_UP_SECONDS: then systemd restarts the daemon."""
+        down = self.hub.lost_for()
+        if down > XENSTORE_GIVE_UP_SECONDS:
+            if not self._starving:
+                self._starving = True
+                self._log.error("xenstore_given_up", down_s=round(down, 1),
+                                limit_s=XENSTORE_GIVE_UP_SECONDS, reason=self.hub.lost,
+                                action="watchdog no longer fed; systemd restarts the daemon")
+                systemd.notify(f"STATUS=xenstore unreachable for {down:.0f} s: "
+                               "waiting for the watchdog restart")
+            return
+        self._starving = False
         systemd.notify("WATCHDOG=1")
 
     def run(self) -> None:
@@ -275,9 +417,17 @@ class Daemon:
             return
         self.resumes += 1
         self._log.info("resumed", reason=reason)
+        self._republish(reason)
+
+    def _republish(self, reason: str) -> None:
         for record in self.records:
-            if record.running:
+            if not record.running:
+                continue
+            try:
                 record.job.republish(reason)
+            except Exception as e:  # every job gets its turn
+                self._log.error("job_republish_failed", job=record.job.name, error=str(e),
+                                kind=type(e).__name__)
 
     # --- metrics -------------------------------------------------------------------------------
 
@@ -325,7 +475,9 @@ class Daemon:
             "pid": os.getpid(),
             "role": self.role,
             "config_files": self.config.files,
-            "xenstore": self.hub.unavailable or "connected",
+            "xenstore": self.hub.describe(),
+            "xenstore_connected": self.hub.connected,
+            "xenstore_reconnects": self.hub.reconnects,
             "resumes": self.resumes,
             "loop_errors": self.loop.errors,
             "jobs": jobs,
