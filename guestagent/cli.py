@@ -7,6 +7,7 @@ Feature packages add their own sub-commands through a ``register(subparsers)`` f
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,18 @@ class Context:
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
+
+
+def finite_float(text: str) -> float:
+    """An option's number (argparse ``type=``): ``nan`` and ``inf`` are refused, as in the
+    configuration (a NaN interval would never fire)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def command_word(argv: Sequence[str]) -> str | None:

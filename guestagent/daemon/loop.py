@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import select
 import signal
@@ -128,14 +129,18 @@ class EventLoop:
     # --- timers ----------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
+        if not math.isfinite(delay):
+            raise ValueError(f"timer delay must be a finite number, got {delay}")
         delay = max(0.0, delay)
         timer = Timer(self._clock() + delay, next(self._seq), callback, slack=slack_for(delay))
         heapq.heappush(self._timers, timer)
         return timer
 
     def call_every(self, interval: float, callback: Callback, first: float | None = None) -> Timer:
-        if interval <= 0:
-            raise ValueError(f"timer interval must be positive, got {interval}")
+        if not math.isfinite(interval) or interval <= 0:
+            raise ValueError(f"timer interval must be a positive finite number, got {interval}")
+        if first is not None and not math.isfinite(first):
+            raise ValueError(f"timer delay must be a finite number, got {first}")
         delay = interval if first is None else first
         timer = Timer(
             self._clock() + delay, next(self._seq), callback, interval, slack=slack_for(interval)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from guestagent import __version__
-from guestagent.config import Config, ConfigError
+from guestagent.config import Config, ConfigError, state_dir_problem
 from guestagent.daemon import systemd
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.resume import ResumeState, detect_resume, sample_clocks
@@ -313,8 +313,11 @@ class Daemon:
         systemd.notify("WATCHDOG=1")
 
     def run(self) -> None:
-        self.start()
+        """Start and run until stopped. Start-up is inside the undo: whatever fails after a job
+        changed something, the jobs started so far are stopped (and undo) and the status socket
+        goes."""
         try:
+            self.start()
             self.loop.run()
         finally:
             self.shutdown("loop ended")
@@ -383,6 +386,12 @@ class Daemon:
             # A job that cannot run here says why and stays off; the others go on.
             record.error = str(e)
             self._log.warning("job_off", job=record.job.name, reason=str(e))
+            return
+        except Exception as e:  # a bug in one job: undo what it did so far, keep the others
+            record.error = f"{type(e).__name__}: {e}"
+            self._log.error("job_start_failed", job=record.job.name, error=str(e),
+                            kind=type(e).__name__)
+            self._stop_job(record)
             return
         record.running = True
         self._log.info("job_started", job=record.job.name)
@@ -490,8 +499,13 @@ class Daemon:
     def _open_status_socket(self) -> None:
         path = self._status_path()
         state_dir = os.path.dirname(path)
+        # Never chmod a directory the agent did not create: a shared one is refused instead.
+        why = state_dir_problem(state_dir)
+        if why is not None:
+            raise GuestAgentError(
+                f"[agent] state_dir = {self.config.get('agent', 'state_dir')!r}: {why}"
+            )
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        os.chmod(state_dir, 0o700)
         if os.path.exists(path) and stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
