@@ -104,6 +104,8 @@ class DevicesJob:
         self.applying = False
         self._hugepage_nodes: set[int] = set()
         self._refreshed = False
+        #: Restores that failed in the last :meth:`reset` (malformed state entries included).
+        self.reset_failures = 0
 
     # ---------------------------------------------------------------- context
 
@@ -510,40 +512,57 @@ class DevicesJob:
             raise
 
     def reset(self) -> list[str]:
-        """Undo every recorded change, newest first; one line per change."""
+        """Undo every recorded change, newest first; one line per change and per malformed
+        entry of the state file (skipped at load: the others are restored all the same).
+
+        A restore that failed is logged at error level (``devices_undo_failed``), counted in
+        ``reset_failures`` and kept in the state file, so a later reset can try again."""
         lines: list[str] = []
+        self.reset_failures = 0
+        for problem in self.state.problems:
+            self._undo_line(lines, f"state file entry malformed, skipped: {problem}", False)
+        self.state.problems = []
         for change in reversed(list(self.state.changes.values())):
-            lines.append(self._undo(change))
-            self.state.forget(change.path)
-        for line in lines:
-            self.log.info("devices_undo", result=line)
+            line, ok = self._undo(change)
+            self._undo_line(lines, line, ok)
+            if ok:
+                self.state.forget(change.path)
         return lines
 
-    def _undo(self, change: Change) -> str:
+    def _undo_line(self, lines: list[str], line: str, ok: bool) -> None:
+        lines.append(line)
+        if ok:
+            self.log.info("devices_undo", result=line)
+        else:
+            self.reset_failures += 1
+            self.log.error("devices_undo_failed", result=line)
+
+    def _undo(self, change: Change) -> tuple[str, bool]:
+        """What undoing one change did, and whether it is done with (False: it failed)."""
         if change.kind == "driver_rebind":
             return (
                 f"{change.bdf}: driver {change.previous} was rebound; it stays bound "
                 "(memory it allocated stays where it is until its next probe)"
-            )
+            ), True
         try:
             current = self.hostfs.read_text(change.path).strip()
         except MissingInputError:
-            return f"{change.path}: gone (device or IRQ removed), nothing to undo"
+            return f"{change.path}: gone (device or IRQ removed), nothing to undo", True
         except InputError as e:
-            return f"{change.path}: unreadable, left alone ({e})"
+            return f"{change.path}: unreadable, left alone ({e})", False
         if change.applied and not _same(change, current):
             return (
                 f"{change.path}: now {current!r}, not the {change.applied!r} guestagent left; "
                 "changed by someone else, left alone"
-            )
+            ), True
         try:
             self.hostfs.write_text(change.path, change.previous)
         except FileNotFoundError:
-            return f"{change.path}: gone (device or IRQ removed), nothing to undo"
+            return f"{change.path}: gone (device or IRQ removed), nothing to undo", True
         except OSError as e:
-            return f"{change.path}: restoring {change.previous!r} failed ({_errname(e)})"
+            return f"{change.path}: restoring {change.previous!r} failed ({_errname(e)})", False
         note = " (the taint stays until reboot)" if change.kind == "numa_node" else ""
-        return f"{change.path}: restored {change.previous!r}{note}"
+        return f"{change.path}: restored {change.previous!r}{note}", True
 
     # ---------------------------------------------------------------- hotplug
 
