@@ -37,6 +37,8 @@ from guestagent.log import get_logger
 #: 60 s), so the two share a wakeup (timers are coalesced).
 RESUME_CHECK_SECONDS = 180.0
 STATUS_SOCKET = "status.sock"
+#: Held (flock) by the running daemon; holds its PID.
+LOCK_FILE = "daemon.lock"
 
 
 class Job(Protocol):
@@ -265,6 +267,7 @@ class Daemon:
         self._starving = False
         self._resume = ResumeState()
         self._status_sock: socket.socket | None = None
+        self._lock_fd: int | None = None
         self._metrics: Any = None
 
     def _default_connect(self) -> Any:
@@ -325,7 +328,7 @@ class Daemon:
 
     def shutdown(self, why: str) -> None:
         """Stop every job, newest first; each undoes what it changed."""
-        if not self.records and self._status_sock is None:
+        if not self.records and self._status_sock is None and self._lock_fd is None:
             return
         systemd.notify("STOPPING=1")
         self._log.info("stopping", reason=why)
@@ -506,6 +509,7 @@ class Daemon:
                 f"[agent] state_dir = {self.config.get('agent', 'state_dir')!r}: {why}"
             )
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        self._lock_state_dir(state_dir)
         if os.path.exists(path) and stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -518,6 +522,31 @@ class Daemon:
         sock.setblocking(False)
         self._status_sock = sock
         self.loop.add_reader(sock.fileno(), self._serve_status)
+
+    def _lock_state_dir(self, state_dir: str) -> None:
+        """One daemon per state directory: an exclusive flock on ``daemon.lock``, held for the
+        daemon's life (the kernel drops it when the process ends, even after ``kill -9``). A
+        second daemon refuses before it touches the socket or anything the first changed."""
+        import fcntl
+
+        path = os.path.join(state_dir, LOCK_FILE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            why = os.strerror(e.errno or 0)
+            raise GuestAgentError(f"{path}: cannot be opened ({why})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise GuestAgentError(
+                f"another guestagent daemon (pid {holder}) runs on {state_dir}; "
+                "not starting a second one"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     def _serve_status(self) -> None:
         assert self._status_sock is not None
@@ -537,6 +566,9 @@ class Daemon:
             self._status_sock = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._status_path())
+        if self._lock_fd is not None:  # last: the socket is gone before another may start
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
