@@ -127,6 +127,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # last resort: one line, never a traceback
+        print(f"guestagent: {internal_error(e)}", file=sys.stderr)
+        return 1
+
+
+def internal_error(e: BaseException) -> str:
+    """One line for an error nothing expected: its type, its text, and where it was raised
+    (the file and line to report)."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return (f"internal error: {type(e).__name__}: {e}{where} "
+            "(please report it with this line)")
 
 
 def run(argv: list[str]) -> int:  # pragma: no cover - convenience for python -m

@@ -366,14 +366,41 @@ def _config_paths(main_file: str, conf_dir: str) -> list[Path]:
     return paths
 
 
+#: Largest configuration file read (a real one is a few KiB).
+MAX_FILE_BYTES = 1 << 20
+
+
+def _read_file(path: Path) -> str:
+    """A regular file's text, read with a bound. Opened non-blocking and checked on the open
+    descriptor: a FIFO (which would block) or a device such as /dev/zero (which never ends) is
+    refused without reading it. Raises ValueError with the reason."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def _read_document(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The file's TOML document, or None and one line in ``problems``."""
     try:
-        document: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-        return document
-    except (OSError, UnicodeDecodeError) as e:
+        text = _read_file(path)
+    except OSError as e:
+        problems.append(f"{path}: cannot be read: {e.strerror or e}")
+        return None
+    except ValueError as e:  # UnicodeDecodeError too
         problems.append(f"{path}: cannot be read: {e}")
+        return None
+    try:
+        document: dict[str, Any] = tomllib.loads(text)
+        return document
     except tomllib.TOMLDecodeError as e:
         problems.append(f"{path}: not valid TOML: {e}")
+    except (ValueError, RecursionError) as e:  # a 5,000-digit integer, 100,000 nested arrays
+        problems.append(f"{path}: not usable TOML: {type(e).__name__}: {str(e)[:120]}")
     return None
 
 

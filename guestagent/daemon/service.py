@@ -115,10 +115,10 @@ class XenstoreHub:
         if client is None:
             return False
         token = f"guestagent-{len(self._callbacks)}"
+        if self.lost is None:
+            client.watch(path, token)  # a refused watch raises and is not registered again
         self._callbacks[token] = callback
         self._watches.append((path, token))
-        if self.lost is None:
-            client.watch(path, token)
         return True
 
     @property
@@ -199,8 +199,7 @@ class XenstoreHub:
             return
         self._client.take_over(fresh)
         try:
-            for path, token in self._watches:
-                self._client.watch(path, token)
+            self._watch_again()
         except (GuestAgentError, OSError) as e:
             self._client.close()
             self._failed_attempt(f"registering the watches again: {e}")
@@ -213,6 +212,18 @@ class XenstoreHub:
                        watches=len(self._watches))
         if self._on_reconnect is not None:
             self._on_reconnect()
+
+    def _watch_again(self) -> None:
+        """Register every watch on the new connection. One that xenstored refuses now (an
+        error reply: the connection is fine) is logged and left out; a broken connection
+        raises."""
+        from guestagent.xen.xenstore import XenstoreError
+
+        for path, token in self._watches:
+            try:
+                self._client.watch(path, token)
+            except XenstoreError as e:
+                self._log.warning("xenstore_watch_refused", path=path, error=str(e))
 
     def _failed_attempt(self, error: str) -> None:
         self.attempts += 1
@@ -288,7 +299,10 @@ class Daemon:
             self.records.append(record)
             self._start_job(record, ctx)
         if self.hub.client() is not None:
-            self.hub.watch("unique-domain-id", lambda path: self._check_resume(read_id=True))
+            try:
+                self.hub.watch("unique-domain-id", lambda path: self._check_resume(read_id=True))
+            except (GuestAgentError, OSError) as e:  # refused (EACCES) or no answer: clocks only
+                self._log.warning("resume_watch_off", error=str(e))
         self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
         self.loop.call_every(RESUME_CHECK_SECONDS, lambda: self._check_resume(read_id=False))
         self._start_metrics()
@@ -345,7 +359,8 @@ class Daemon:
         self.loop.stop()
 
     def reload(self) -> None:
-        """SIGHUP: load the configuration again; a bad one is refused and the old one kept."""
+        """SIGHUP: load the configuration again; a bad one is refused and the old one kept.
+        Whatever happens, READY=1 follows RELOADING=1 (systemd waits for it)."""
         systemd.notify("RELOADING=1")
         try:
             new = self.load_config()
@@ -354,6 +369,18 @@ class Daemon:
                 self._log.error("config_refused", problem=line)
             systemd.notify("READY=1\nSTATUS=reload refused: configuration has errors")
             return
+        except Exception as e:  # unreadable files, a bug: refused the same way, old one kept
+            self._log.error("reload_failed", error=str(e), kind=type(e).__name__)
+            systemd.notify(f"READY=1\nSTATUS=reload refused: {type(e).__name__}: {e}")
+            return
+        try:
+            self._apply_config(new)
+        finally:
+            systemd.notify("READY=1")
+        self._log.info("reloaded", files=new.files, jobs=[r.job.name for r in self.records])
+
+    def _apply_config(self, new: Config) -> None:
+        """Stop the jobs turned off, reload the running ones, start the ones turned on."""
         self.config = new
         wanted = {job.name: job for job in self.make_jobs(new, self.role)}
         ctx = self._context()
@@ -374,8 +401,6 @@ class Daemon:
                 record = JobRecord(job)
                 self.records.append(record)
                 self._start_job(record, ctx)
-        systemd.notify("READY=1")
-        self._log.info("reloaded", files=new.files, jobs=[r.job.name for r in self.records])
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -586,12 +611,25 @@ def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
             raise GuestAgentError(
                 f"{path}: permission denied (the status socket is root-only)"
             ) from None
+        except TimeoutError:
+            raise GuestAgentError(
+                f"{path}: the daemon did not answer within {timeout:g} s (busy or hung?)"
+            ) from None
+        except OSError as e:
+            raise GuestAgentError(f"{path}: {e.strerror or e}") from None
         chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        except TimeoutError:
+            raise GuestAgentError(
+                f"{path}: the daemon did not answer within {timeout:g} s (busy or hung?)"
+            ) from None
+        except OSError as e:
+            raise GuestAgentError(f"{path}: {e.strerror or e}") from None
     try:
         result: dict[str, Any] = json.loads(b"".join(chunks))
     except ValueError:

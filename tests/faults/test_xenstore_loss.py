@@ -214,3 +214,54 @@ def test_watchdog_starves_once_xenstore_stays_away_past_the_bound(
         server.stop()
     err = capfd.readouterr().err
     assert "event=xenstore_given_up" in err and "level=error" in err, err
+
+
+def test_a_watch_refused_after_the_reconnect_is_left_out(tmp_path: Path) -> None:
+    """The new xenstored answers one WATCH with EACCES: the connection is fine, so the hub
+    connects, leaves that watch out (one warning) and keeps the others; it never loops on it."""
+    from guestagent.daemon.service import XenstoreHub
+    from guestagent.xen.xenstore import XenstoreClient
+    from guestagent.xen.xsconn import connect_unix
+    from tests.xenstore_server import ERROR, WATCH, Intercept, Request
+
+    xs_path = str(tmp_path / "xenstored.sock")
+    server = new_server(xs_path)
+    loop = EventLoop()
+    reconnected: list[int] = []
+    hub = XenstoreHub(loop, lambda: XenstoreClient(connect_unix(xs_path), timeout=5.0),
+                      on_reconnect=lambda: reconnected.append(1))
+    events: list[str] = []
+    try:
+        assert hub.watch("memory/target", events.append)
+        assert hub.watch("unique-domain-id", events.append)
+        server.stop()
+        for _ in range(100):
+            loop.run_once(max_wait=0.1)
+            if hub.lost is not None:
+                break
+        assert hub.lost is not None and not hub.connected
+        server = new_server(xs_path)
+
+        def refuse(req: Request) -> Intercept:
+            if not req.payload.startswith(b"memory/target\0"):
+                return Intercept()
+            return Intercept(reply=frame(ERROR, req.req_id, 0, b"EACCES\0"), process=False)
+
+        server.intercept(WATCH, refuse, count=1000)  # refused every time
+        for _ in range(200):
+            loop.run_once(max_wait=0.1)
+            if reconnected:
+                break
+        assert reconnected == [1] and hub.connected and hub.reconnects == 1
+        assert hub.attempts == 0, "the refused watch was taken for a broken connection"
+        events.clear()
+        server.set_node("/local/domain/5/unique-domain-id", b"new")
+        for _ in range(50):
+            loop.run_once(max_wait=0.1)
+            if events:
+                break
+        assert "unique-domain-id" in events, events
+    finally:
+        hub.close()
+        loop.close()
+        server.stop()
