@@ -474,6 +474,11 @@ class DevicesJob:
             report.skipped.append(f"hugepages: node {node} already has {current} >= {want}")
             self._hugepage_nodes.add(node)
             return
+        too_many = self._hugepages_beyond_bound(node, want)
+        if too_many is not None:
+            report.failed.append(too_many)
+            self._hugepage_nodes.add(node)
+            return
         if not apply:
             report.planned.append(f"hugepages: node {node} nr_hugepages {current} -> {want}")
             return
@@ -491,6 +496,21 @@ class DevicesJob:
             report.failed.append(f"hugepages: node {node}: asked {want}, the kernel gave {got}")
         else:
             report.applied.append(f"hugepages: node {node} nr_hugepages = {got} (was {current})")
+
+    def _hugepages_beyond_bound(self, node: int, want: int) -> str | None:
+        """Why ``want`` 2 MiB pages are too many for the node, or None. The kernel hands over
+        every free page it can find for a reservation, so one above half of the node's memory
+        is not made (an unreadable meminfo leaves the reservation to the kernel, as before)."""
+        try:
+            total = self.hostfs.read_meminfo(f"{NODE_DIR}/node{node}/meminfo")
+        except InputError:
+            return None
+        mem_total = next((v for k, v in total.items() if k.endswith("MemTotal")), 0)
+        asked = want * 2 * 1024 * 1024
+        if mem_total <= 0 or asked * 2 <= mem_total:
+            return None
+        return (f"hugepages: node {node}: {want} pages ({asked >> 20} MiB) is more than half of "
+                f"the node's {mem_total >> 20} MiB; not reserved")
 
     # ---------------------------------------------------------------- writes and undo
 
