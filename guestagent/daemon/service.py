@@ -479,7 +479,9 @@ class Daemon:
 
             listen = str(self.config.get("metrics", "listen"))
             try:
-                server = metrics.MetricsServer(listen, lambda: metrics.render(self.status()))
+                server = metrics.MetricsServer(
+                    listen, lambda: metrics.render(self.status()), loop=self.loop
+                )
             except OSError as e:
                 self._log.error("metrics_off", listen=listen, error=str(e))
                 return
