@@ -37,8 +37,6 @@ from guestagent.log import get_logger
 #: 60 s), so the two share a wakeup (timers are coalesced).
 RESUME_CHECK_SECONDS = 180.0
 STATUS_SOCKET = "status.sock"
-#: Held (flock) by the running daemon; holds its PID.
-LOCK_FILE = "daemon.lock"
 
 
 class Job(Protocol):
@@ -551,29 +549,11 @@ class Daemon:
         self.loop.add_reader(sock.fileno(), self._serve_status)
 
     def _lock_state_dir(self, state_dir: str) -> None:
-        """One daemon per state directory: an exclusive flock on ``daemon.lock``, held for the
-        daemon's life (the kernel drops it when the process ends, even after ``kill -9``). A
-        second daemon refuses before it touches the socket or anything the first changed."""
-        import fcntl
+        """One daemon per state directory (:mod:`guestagent.statelock`), held for its life: a
+        second one refuses before it touches the socket or anything the first changed."""
+        from guestagent import statelock
 
-        path = os.path.join(state_dir, LOCK_FILE)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as e:
-            why = os.strerror(e.errno or 0)
-            raise GuestAgentError(f"{path}: cannot be opened ({why})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise GuestAgentError(
-                f"another guestagent daemon (pid {holder}) runs on {state_dir}; "
-                "not starting a second one"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd = statelock.acquire(state_dir, "run")
 
     def _serve_status(self) -> None:
         assert self._status_sock is not None

@@ -21,6 +21,7 @@ import errno
 import io
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -188,3 +189,30 @@ def test_a_state_file_that_is_not_json_fails_with_one_error_line(
     assert rc == 1
     errors = [e for e in logs if e["log_level"] == "error"]
     assert len(errors) == 1 and "not JSON" in errors[0]["error"], logs
+
+
+def test_apply_and_reset_refuse_while_another_guestagent_holds_the_state_dir(
+    root: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """Two concurrent ``devices apply`` lost undo records (2 runs of 6), and a reset under a
+    running daemon undid its bindings behind its back. Now both take the state directory's lock
+    and refuse, one line naming the holder, before changing anything."""
+    from guestagent import statelock
+    from guestagent.errors import GuestAgentError
+
+    apply(root)
+    before = state(root)
+    fd = statelock.acquire(str(root / "run/guestagent"), "run")  # as a running daemon does
+    try:
+        with pytest.raises(GuestAgentError, match=rf"\(run, pid {os.getpid()}\)"):
+            run(root, "apply", "--node", f"{VF}=1")
+        rc, out = run(root, "--reset")
+        assert rc == 1 and out == "", out
+        assert (root / IRQ.lstrip("/")).read_text() == "2-3", "the reset undid a daemon's work"
+        assert state(root) == before
+        errors = [e for e in logs if e["log_level"] == "error"]
+        assert "holds" in errors[-1]["error"], errors
+    finally:
+        statelock.release(fd)
+    rc, out = run(root, "--reset")
+    assert rc == 0 and f"{IRQ}: restored '0-3'" in out
