@@ -583,8 +583,11 @@ def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
     path = os.path.join(state_dir, STATUS_SOCKET)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
+        chunks = []
         try:
             sock.connect(path)
+            while data := sock.recv(65536):
+                chunks.append(data)
         except (FileNotFoundError, ConnectionRefusedError):
             raise GuestAgentError(
                 f"no running guestagent daemon ({path} does not answer)"
@@ -593,19 +596,6 @@ def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
             raise GuestAgentError(
                 f"{path}: permission denied (the status socket is root-only)"
             ) from None
-        except TimeoutError:
-            raise GuestAgentError(
-                f"{path}: the daemon did not answer within {timeout:g} s (busy or hung?)"
-            ) from None
-        except OSError as e:
-            raise GuestAgentError(f"{path}: {e.strerror or e}") from None
-        chunks = []
-        try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
         except TimeoutError:
             raise GuestAgentError(
                 f"{path}: the daemon did not answer within {timeout:g} s (busy or hung?)"
