@@ -172,13 +172,14 @@ class Run:
         last = self.phase
         if last is not None and last not in self.phases and last not in ("end", "failed"):
             self.phases[last] = round(time.monotonic() - self.phase_t, 3)
+        now = self.now()
         return {
             "summary": True,
             "workload": self.args.workload,
             "done": done,
             "ok": done and not self.failures,
-            "run_time_s": round(self.now(), 3),
-            "busy_s": round(self.now() - self.sleeping, 3),
+            "run_time_s": round(now, 3),
+            "busy_s": round(now - self.sleeping, 3),
             "phases": self.phases,
             "failures": self.failures,
         }
