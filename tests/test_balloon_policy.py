@@ -736,3 +736,58 @@ def test_a_stall_that_outlasts_the_stop_is_answered_with_a_grow() -> None:
     assert ds[last + 1].action == "stop" and "own reclaim" in ds[last + 1].reason
     assert ds[last + 2].action == "grow"
     assert ds[last + 2].target_kb - ds[last + 2].previous_kb == 2 * R - 40 * MIB_KB
+
+
+# --------------------------------------------------------------------------------------------
+# Swap: the allocation guard's zram absorbs a burst; the balloon must still give it RAM
+
+
+SWAP = 768 * MIB_KB  # the guard's zram of a 1 GiB guest: ceiling - floor
+
+
+def test_swap_out_is_a_shortage_and_the_grow_brings_it_back() -> None:
+    """Seen on Xen 4.17 (run 20261204-144815-32683-balloon-bench, anon-grow-shrink): with the
+    guard's zram, a 384 MiB anonymous ramp into a guest shrunk to 319 MiB was partly swapped out
+    while MemAvailable stayed near the line; the policy saw little shortage, grew by 64-116 MiB a
+    step, and the ramp took 2.1x as long as without ballooning. A swap-out since the last
+    decision is a shortage, and the grow is at least what was swapped out."""
+    cfg = PressureConfig()
+    start = snap(size_kb=600 * MIB_KB, mem_free_kb=150 * MIB_KB, swap_total_kb=SWAP,
+                 swap_free_kb=SWAP)
+    out = 100 * MIB_KB
+    ds = run_policy(cfg, [{}, {"swap_free_kb": SWAP - out}], start=start)
+    d = ds[1]
+    assert d.action == "grow" and f"{out} KiB swapped out" in d.reason, d.reason
+    assert d.target_kb - d.previous_kb >= out
+
+
+def test_a_small_swap_out_holds_a_probe() -> None:
+    """Under the hysteresis step a swap-out is no shortage, but a probe that pushes pages out to
+    swap went too deep: no shrink while anything is being swapped out."""
+    start = snap(mem_free_kb=100 * MIB_KB, swap_total_kb=SWAP, swap_free_kb=SWAP)
+    frames = [{"swap_free_kb": SWAP - i * 256} for i in range(30)]
+    ds = run_policy(PressureConfig(), frames, start=start)
+    assert all(d.action == "hold" for d in ds[1:]), [d.reason for d in ds]
+    assert "256 KiB swapped out" in ds[10].reason
+
+
+def test_pages_that_stay_in_swap_neither_grow_nor_stop_the_probe() -> None:
+    """Cold pages left in the zram do not come back by growing the balloon (only an access brings
+    them back, and that shows as swap-ins): swap in use that does not change is no shortage, and
+    a quiet guest still shrinks."""
+    start = snap(mem_free_kb=100 * MIB_KB, swap_total_kb=SWAP, swap_free_kb=SWAP - 200 * MIB_KB)
+    ds = run_policy(PressureConfig(), [{}] * 30, start=start)
+    assert not any(d.action == "grow" for d in ds), [d.reason for d in ds]
+    assert any(d.action == "shrink" for d in ds)
+
+
+def test_a_burst_counts_what_was_swapped_out() -> None:
+    """Demand for the burst allowance is MemTotal - MemAvailable plus swap in use: a burst the
+    kernel half swapped out is measured whole."""
+    cfg = PressureConfig()
+    s0 = snap(swap_total_kb=SWAP, swap_free_kb=SWAP)
+    state = observe_demand(s0, PolicyState(), cfg)
+    s1 = replace(s0, timestamp=2.0, mem_available_kb=s0.mem_available_kb - 60 * MIB_KB,
+                 swap_free_kb=SWAP - 60 * MIB_KB)
+    state = observe_demand(s1, state, cfg)
+    assert state.burst_kb == 120 * MIB_KB

@@ -79,6 +79,8 @@ class PolicyState:
     prev_some_total_us: int | None = None
     prev_refaults: int | None = None
     prev_pswpin: int | None = None
+    #: Swap in use (SwapTotal - SwapFree) at the last decision.
+    prev_swapped_kb: int | None = None
     prev_oom_kill: int | None = None
     #: MemTotal - MemAvailable (what reclaim cannot free) and Cached at the last decision.
     prev_used_kb: int | None = None
@@ -194,6 +196,12 @@ def driver_current(signals: MemorySignals) -> int:
     )
 
 
+def swapped_kb(signals: MemorySignals) -> int:
+    """Swap in use (SwapTotal - SwapFree): anonymous memory the kernel pushed out of RAM, into the
+    allocation guard's zram or a disk swap."""
+    return max(0, signals.swap_total_kb - signals.swap_free_kb)
+
+
 def used_kb(signals: MemorySignals) -> int:
     """MemTotal - MemAvailable: what reclaim cannot free. Ballooning does not move it (MemTotal
     and MemAvailable change together), so a change is the guest's own demand."""
@@ -299,6 +307,7 @@ def remember(signals: MemorySignals, state: PolicyState, target: int) -> PolicyS
         prev_some_total_us=signals.some_total_us,
         prev_refaults=signals.refaults,
         prev_pswpin=signals.pswpin,
+        prev_swapped_kb=swapped_kb(signals),
         prev_oom_kill=signals.oom_kill,
         prev_used_kb=used_kb(signals),
         prev_cached_kb=signals.cached_kb,

@@ -6,24 +6,27 @@ alignment, hysteresis and toolstack override are :func:`~guestagent.balloon.comm
 
 **The control law.** Keep MemAvailable above a *headroom line* H = R + max(R, B). R, the reserve,
 is max(64 MiB, 3 % of the ceiling). B, the burst allowance, is the largest growth of demand
-(MemTotal - MemAvailable, which ballooning does not move) seen within any 10 s, held for the *hold
-time* and then halved every 30 s; the hold time is the spacing between the starts of the last two
-bursts, within [60 s, 180 s] (bursts further apart are unrelated: 60 s). **Grow at once** when the
-guest is short: an OOM kill (to the ceiling); MemAvailable under R; demand rising (by 8 MiB and
-faster than 1 MiB/s since the last decision) while MemAvailable is under H or MemFree under 2R; or,
-while the kernel reclaims (MemFree under 2R), a PSI trigger, a "some" stall of 2 % over the last
-interval, refaults over 2000 pages/s or swap-ins over 1000 pages/s. The step is the shortage,
-max(H - MemAvailable, 2R - MemFree) plus the demand that arrived since the last decision, at least
-R and at least what was refaulted or swapped in since then; the ceiling caps it. A stall while the
-balloon driver is still short of our own last shrink, with few refaults and demand flat, is that
-shrink's own reclaim: **stop** where the driver got to, do not grow. **Shrink** (probe, as Senpai
-does for cgroups) only when quiet: "some" stall over the last interval and avg10 under the target
-``psi_target_pct`` (0.2 %), refaults under 500 pages/s, demand and page cache not rising, no grow
-or stop within the hold time, no toolstack change within 30 s and no OOM kill within 5 min, at
-most once per 5 s, the driver caught up; by (1 - pressure / target) x the larger of a cache step
-(1 % of the size or 1/4 of MemAvailable above H, at most 1/16 of the ceiling) and a free-memory
-step (3/4 of MemFree above H, at most 1/4 of the ceiling), never taking MemAvailable under H and
-never under the floor, max(``floor_kb``, :func:`~guestagent.balloon.common.hard_minimum_kb`).
+(MemTotal - MemAvailable, which ballooning does not move, plus swap in use) seen within any 10 s,
+held for the *hold time* and then halved every 30 s; the hold time is the spacing between the
+starts of the last two bursts, within [60 s, 180 s] (bursts further apart are unrelated: 60 s).
+**Grow at once** when the guest is short: an OOM kill (to the ceiling); MemAvailable under R; a
+swap-out of 8 MiB or more since the last decision (the allocation guard's zram absorbed what the
+RAM could not hold); demand rising (by 8 MiB and faster than 1 MiB/s since the last decision) while
+MemAvailable is under H or MemFree under 2R; or, while the kernel reclaims (MemFree under 2R), a
+PSI trigger, a "some" stall of 2 % over the last interval, refaults over 2000 pages/s or swap-ins
+over 1000 pages/s. The step is the shortage, max(H - MemAvailable, 2R - MemFree) plus the demand
+that arrived since the last decision, at least R and at least what was refaulted, swapped in or
+swapped out since then; the ceiling caps it. A stall while the balloon driver is still short of our
+own last shrink, with few refaults and demand flat, is that shrink's own reclaim: **stop** where
+the driver got to, do not grow. **Shrink** (probe, as Senpai does for cgroups) only when quiet:
+"some" stall over the last interval and avg10 under the target ``psi_target_pct`` (0.2 %), refaults
+under 500 pages/s, no swap-out, demand and page cache not rising (pages that merely stay in swap
+hold nothing: only an access brings them back), no grow or stop within the hold time, no toolstack
+change within 30 s and no OOM kill within 5 min, at most once per 5 s, the driver caught up; by
+(1 - pressure / target) x the larger of a cache step (1 % of the size or 1/4 of MemAvailable
+above H, at most 1/16 of the ceiling) and a free-memory step (3/4 of MemFree above H, at most
+1/4 of the ceiling), never taking MemAvailable under H and never under the floor, max(``floor_kb``,
+:func:`~guestagent.balloon.common.hard_minimum_kb`).
 
 Each rule has a replay test with the incident it guards against (``tests/test_balloon_policy.py``,
 ``tests/test_balloon_pressure_replay.py``); ``docs/balloon-pressure.md`` says why.
@@ -42,6 +45,7 @@ from guestagent.balloon.common import (
     PolicyState,
     decide_with,
     driver_current,
+    swapped_kb,
     used_kb,
 )
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
@@ -174,7 +178,7 @@ def observe_demand(signals: MemorySignals, state: PolicyState, config: PressureC
     more than ``holdoff_max_s`` after the last is unrelated to it: the spacing is forgotten.
     """
     now = signals.timestamp
-    used = used_kb(signals)
+    used = demand_kb(signals)
     kept = [(t, u) for t, u in state.demand_window if 0 <= now - t <= config.burst_window_s]
     window = (*kept[-(DEMAND_WINDOW_MAX - 1):], (now, used))
     growth = used - min(u for _, u in window)
@@ -202,7 +206,8 @@ class Reading:
     pressure_pct: float  # max(stall, avg10): how far from the target a probe is
     refault_rate: float  # pages/s since the last decision (0 without history)
     swapin_rate: float
-    wanted_back_kb: int  # refaulted and swapped in since the last decision
+    wanted_back_kb: int  # refaulted, swapped in and swapped out since the last decision
+    swapped_out_kb: int  # net growth of swap in use since the last decision (0 without history)
     used_delta_kb: int | None  # demand since the last decision (None without history)
     cached_delta_kb: int | None
     used_rate: float  # KiB/s (0 without a usable interval)
@@ -233,11 +238,29 @@ def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
     return max(config.reserve_min_kb, int(ceiling_kb * config.reserve_pct / 100))
 
 
+def demand_kb(signals: MemorySignals) -> int:
+    """Demand for bursts: MemTotal - MemAvailable plus swap in use. With the allocation guard's
+    zram, a burst that outruns the balloon is partly swapped out; without the swap it would be
+    measured short by what the kernel pushed out (the zram's own compressed pages count in
+    MemTotal - MemAvailable, so demand errs high, on the safe side)."""
+    return used_kb(signals) + swapped_kb(signals)
+
+
+def swapped_out_kb(signals: MemorySignals, state: PolicyState) -> int | None:
+    """Swap in use grown since the last decision (net swap-out); None without history."""
+    if state.prev_swapped_kb is None:
+        return None
+    return swapped_kb(signals) - state.prev_swapped_kb
+
+
 def demand_delta(signals: MemorySignals, state: PolicyState) -> tuple[int, int] | None:
-    """(used, cached) growth in KiB since the last decision; None without history."""
+    """(demand, cached) growth in KiB since the last decision, demand counting swap in use
+    (:func:`demand_kb`); None without history."""
     if state.prev_used_kb is None or state.prev_cached_kb is None:
         return None
-    return used_kb(signals) - state.prev_used_kb, signals.cached_kb - state.prev_cached_kb
+    swapped = swapped_out_kb(signals, state) or 0
+    used = used_kb(signals) - state.prev_used_kb + swapped
+    return used, signals.cached_kb - state.prev_cached_kb
 
 
 def _per_s(delta: int | None, dt: float) -> float:
@@ -253,6 +276,7 @@ def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim
     swapin_rate = _rate(now, state.prev_t, signals.pswpin, state.prev_pswpin)
     dt = now - state.prev_t if state.prev_t is not None else 0.0
     wanted = (refault_rate or 0.0) * dt + (swapin_rate or 0.0) * dt
+    swapped_out = max(0, swapped_out_kb(signals, state) or 0)
     delta = demand_delta(signals, state)
     used_delta, cached_delta = delta if delta is not None else (None, None)
     stall = stall_pct(signals, state)
@@ -263,7 +287,8 @@ def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim
         pressure_pct=max(stall, signals.some_avg10),
         refault_rate=refault_rate or 0.0,
         swapin_rate=swapin_rate or 0.0,
-        wanted_back_kb=int(wanted) * PAGE_KB,
+        wanted_back_kb=int(wanted) * PAGE_KB + swapped_out,
+        swapped_out_kb=swapped_out,
         used_delta_kb=used_delta,
         cached_delta_kb=cached_delta,
         used_rate=_per_s(used_delta, dt),
@@ -308,6 +333,8 @@ def shortage_reasons(signals: MemorySignals, r: Reading, config: PressureConfig)
     out = []
     if avail < r.reserve_kb:
         out.append(f"MemAvailable {avail} KiB < reserve {r.reserve_kb} KiB")
+    if r.swapped_out_kb >= config.min_change_kb:
+        out.append(f"{r.swapped_out_kb} KiB swapped out since the last decision")
     if demand_rising(r, config):
         if avail < r.line_kb:
             out.append(f"use grows {r.used_rate:.0f} KiB/s with MemAvailable {avail} KiB under "
@@ -360,7 +387,7 @@ def own_reclaim(
         return False
     if signals.balloon_current_kb is None or signals.balloon_current_kb <= prev:
         return False
-    if r.refault_rate >= config.quiet_refaults_per_s or r.swapin_rate > 0:
+    if r.refault_rate >= config.quiet_refaults_per_s or r.swapin_rate > 0 or r.swapped_out_kb > 0:
         return False
     if r.used_delta_kb is None or r.cached_delta_kb is None:
         return False
@@ -384,6 +411,8 @@ def quiet_holds(signals: MemorySignals, r: Reading, config: PressureConfig) -> l
         out.append(f"avg10 {signals.some_avg10:.2f} % not below target {config.psi_target_pct} %")
     if r.refault_rate >= config.quiet_refaults_per_s:
         out.append(f"refaults {r.refault_rate:.0f}/s")
+    if r.swapped_out_kb > 0:
+        out.append(f"{r.swapped_out_kb} KiB swapped out since the last decision")
     rising = max(r.used_rate, r.cached_rate)
     if rising >= config.demand_growth_kb_per_s:
         out.append(f"memory use growing ({rising:.0f} KiB/s)")
