@@ -31,6 +31,14 @@ def config_keys() -> tuple[Any, ...]:
         ),
         Key(
             "balloon",
+            "lock_memory",
+            True,
+            "While ballooning, keep the agent's own pages in RAM (mlockall with MCL_ONFAULT: its "
+            "resident set, about 20-25 MiB), so it can still answer a memory spike while the "
+            "guest evicts every other page. Needs CAP_IPC_LOCK (the systemd unit grants it).",
+        ),
+        Key(
+            "balloon",
             "policy",
             "pressure",
             "`pressure` (feedback on PSI memory pressure, the default when enabled), `classic` "

@@ -208,6 +208,87 @@ class BalloonController:
             reset_all(self.actuator, self.guard_commands)
 
 
+class _Wakeups:
+    """What wakes the one-shot loop: SIGTERM/SIGINT (through a wakeup pipe), the PSI trigger's
+    POLLPRI and the xenstore watch on memory/target. Either source is dropped, with one warning,
+    when its descriptor errors or hangs up."""
+
+    def __init__(
+        self,
+        trigger: PsiTrigger | None,
+        watcher: XenstoreWatcher | None,
+        install_signal_handlers: bool,
+        log: Any,
+    ) -> None:
+        self.trigger = trigger
+        self.watcher = watcher
+        self.log = log
+        self.stop: list[int] = []
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.old_handlers: dict[int, Any] = {}
+        self.old_wakeup = -1
+        self.installed = install_signal_handlers
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old_handlers[sig] = signal.signal(sig, self._on_signal)
+            self.old_wakeup = signal.set_wakeup_fd(self.wake_w)
+        self.poller = select.poll()
+        self.poller.register(self.wake_r, select.POLLIN)
+        if trigger is not None:
+            self.poller.register(trigger.fileno(), select.POLLPRI)
+        if watcher is not None:
+            self.poller.register(watcher.fileno(), select.POLLIN)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop.append(signum)
+
+    def toolstack_pending(self) -> bool:
+        """A watch event the client already queued (read while it waited for a reply)."""
+        return self.watcher is not None and _watch_fired(self.watcher, self.log, pending_only=True)
+
+    def wait(self, timeout_ms: int) -> tuple[bool, bool]:
+        """Poll once: (PSI trigger fired, toolstack wrote memory/target)."""
+        fired = toolstack = False
+        for fd, event in self.poller.poll(timeout_ms):
+            lost = bool(event & (select.POLLERR | select.POLLNVAL | select.POLLHUP))
+            if fd == self.wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 512)
+            elif self.trigger is not None and fd == self.trigger.fileno():
+                if lost:
+                    self._drop_trigger(fd)
+                else:
+                    fired = fired or bool(event & select.POLLPRI)
+            elif self.watcher is not None and fd == self.watcher.fileno():
+                if lost:
+                    self.log.warning("xenstore_watch_lost", fallback="memory/target read per tick")
+                    self.poller.unregister(fd)
+                    self.watcher = None
+                else:
+                    toolstack = toolstack or _watch_fired(self.watcher, self.log)
+        return fired, toolstack
+
+    def _drop_trigger(self, fd: int) -> None:
+        self.log.warning("psi_trigger_lost", fallback="interval timer only")
+        self.poller.unregister(fd)
+        if self.trigger is not None:
+            self.trigger.close()
+        self.trigger = None
+
+    def close(self) -> None:
+        if self.installed:
+            signal.set_wakeup_fd(self.old_wakeup)
+            for signum, handler in self.old_handlers.items():
+                signal.signal(signum, handler)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        if self.trigger is not None:
+            self.trigger.close()
+            self.trigger = None
+
+
 def run_controller(
     hostfs: HostFS,
     xenstore: XenstoreReader | None,
@@ -228,29 +309,7 @@ def run_controller(
     ctl = BalloonController(hostfs, xenstore, config, clock=clock)
     ctl.start()
     trigger = ctl.arm_trigger() if use_trigger else None
-
-    stop: list[int] = []
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    old_handlers: dict[int, Any] = {}
-    old_wakeup = -1
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.append(signum)
-
-    if install_signal_handlers:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            old_handlers[sig] = signal.signal(sig, on_signal)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
-
-    poller = select.poll()
-    poller.register(wake_r, select.POLLIN)
-    if trigger is not None:
-        poller.register(trigger.fileno(), select.POLLPRI)
-    watcher = _start_watch(xenstore, log)
-    if watcher is not None:
-        poller.register(watcher.fileno(), select.POLLIN)
+    wakeups = _Wakeups(trigger, _start_watch(xenstore, log), install_signal_handlers, log)
 
     interval = ctl.interval_s
     start = clock()
@@ -259,40 +318,17 @@ def run_controller(
     end = start + duration_s if duration_s is not None else None
     log.info("balloon_controller_start", policy=ctl.config.name, interval_s=interval,
              psi_trigger=trigger.spec if trigger is not None else None,
-             xenstore_watch=watcher is not None)
+             xenstore_watch=wakeups.watcher is not None)
     try:
-        while not stop:
+        while not wakeups.stop:
             wake_at = next_tick if end is None else min(next_tick, end)
-            # A watch event may already be queued by the client (read while it waited for a
-            # reply): then do not sleep.
-            toolstack = watcher is not None and _watch_fired(watcher, log, pending_only=True)
-            timeout_ms = 0 if toolstack else max(0, int((wake_at - clock()) * 1000))
-            fired = False
-            for fd, event in poller.poll(timeout_ms):
-                if fd == wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(wake_r, 512)
-                elif trigger is not None and fd == trigger.fileno():
-                    if event & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
-                        log.warning("psi_trigger_lost", fallback="interval timer only")
-                        poller.unregister(fd)
-                        trigger.close()
-                        trigger = None
-                    elif event & select.POLLPRI:
-                        fired = True
-                elif watcher is not None and fd == watcher.fileno():
-                    if event & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
-                        log.warning("xenstore_watch_lost", fallback="memory/target read per tick")
-                        poller.unregister(fd)
-                        watcher = None
-                    elif _watch_fired(watcher, log):
-                        toolstack = True
-            if stop:
-                break
+            pending = wakeups.toolstack_pending()
+            timeout_ms = 0 if pending else max(0, int((wake_at - clock()) * 1000))
+            fired, toolstack = wakeups.wait(timeout_ms)
             now = clock()
-            if end is not None and now >= end:
+            if wakeups.stop or (end is not None and now >= end):
                 break
-            if not fired and not toolstack and now < next_tick:
+            if not (fired or toolstack or pending) and now < next_tick:
                 continue
             ctl.tick(psi_trigger_fired=fired)
             if ctl.errors >= MAX_CONSECUTIVE_ERRORS:
@@ -302,15 +338,8 @@ def run_controller(
             if max_ticks is not None and ctl.ticks >= max_ticks:
                 break
     finally:
-        if install_signal_handlers:
-            signal.set_wakeup_fd(old_wakeup)
-            for signum, handler in old_handlers.items():
-                signal.signal(signum, handler)
-        os.close(wake_r)
-        os.close(wake_w)
-        if trigger is not None:
-            trigger.close()
+        wakeups.close()
         ctl.stop(reset=reset_on_exit)
         log.info("balloon_controller_stop", ticks=ctl.ticks,
-                 signal=signal.Signals(stop[0]).name if stop else None)
+                 signal=signal.Signals(wakeups.stop[0]).name if wakeups.stop else None)
     return status

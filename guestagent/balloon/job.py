@@ -3,13 +3,15 @@ a xenstore watch on ``memory/target``; on stop the target goes back to the ceili
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.balloon.actuator import BalloonUnavailable
 from guestagent.balloon.config import policy_config
 from guestagent.balloon.controller import BalloonController
+from guestagent.balloon.memlock import Locker, lock_agent_memory, mlockall, munlockall
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
+from guestagent.log import get_logger
 
 if TYPE_CHECKING:
     from guestagent.balloon.signals import PsiTrigger
@@ -20,7 +22,12 @@ if TYPE_CHECKING:
 class BalloonJob:
     name = "balloon"
 
-    def __init__(self) -> None:
+    def __init__(
+        self, locker: Locker = mlockall, unlocker: Callable[[], None] = munlockall
+    ) -> None:
+        self._locker = locker
+        self._unlocker = unlocker
+        self._memory_locked = False
         self._ctx: JobContext | None = None
         self._ctl: BalloonController | None = None
         self._trigger: PsiTrigger | None = None
@@ -35,6 +42,7 @@ class BalloonJob:
         except BalloonUnavailable as e:
             raise GuestAgentError(str(e)) from None
         self._ctl = ctl
+        self._lock_memory(ctx)
         self._trigger = ctl.arm_trigger()
         if self._trigger is not None:
             ctx.loop.add_reader(
@@ -44,6 +52,34 @@ class BalloonJob:
             ctx.xenstore.watch("memory/target", lambda path: self._tick())
         self._schedule()
         self._tick()
+
+    def _lock_memory(self, ctx: JobContext, config: Config | None = None) -> None:
+        """Keep the agent resident while it balloons (guestagent.balloon.memlock)."""
+        log = get_logger("balloon")
+        section = (config or ctx.config).section("balloon")
+        if not section.get("lock_memory", True):
+            log.info("memory_not_locked", reason="[balloon] lock_memory = false")
+            return
+        if not ctx.hostfs.is_real_host:
+            log.debug("memory_not_locked", reason="not the real host (a --root fixture tree)")
+            return
+        why = lock_agent_memory(self._locker)
+        if why is None:
+            self._memory_locked = True
+            log.info("memory_locked", how="mlockall MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT")
+        else:
+            log.warning("memory_not_locked", reason=why)
+
+    def _unlock_memory(self) -> None:
+        if not self._memory_locked:
+            return
+        self._memory_locked = False
+        try:
+            self._unlocker()
+        except OSError as e:
+            get_logger("balloon").warning("memory_unlock_failed", error=str(e))
+        else:
+            get_logger("balloon").info("memory_unlocked")
 
     def _schedule(self) -> None:
         assert self._ctx is not None and self._ctl is not None
@@ -58,6 +94,12 @@ class BalloonJob:
     def reload(self, config: Config) -> None:
         assert self._ctl is not None
         self._ctl.config = policy_config(config.section("balloon"))
+        if self._ctx is not None:
+            wanted = bool(config.section("balloon").get("lock_memory", True))
+            if wanted and not self._memory_locked:
+                self._lock_memory(self._ctx, config)
+            elif not wanted:
+                self._unlock_memory()
         self._schedule()
 
     def republish(self, reason: str) -> None:
@@ -74,6 +116,7 @@ class BalloonJob:
         if self._ctl is not None:
             self._ctl.stop(reset=True)
             self._ctl = None
+        self._unlock_memory()
 
     def status(self) -> dict[str, Any]:
         ctl = self._ctl
@@ -86,6 +129,8 @@ class BalloonJob:
             "psi_trigger": self._trigger is not None,
             # the allocation guard (guestagent.balloon.guard) armed: overcommit and zram set
             "guard_armed": ctl.guard.armed,
+            # the agent's pages locked in RAM (guestagent.balloon.memlock)
+            "memory_locked": self._memory_locked,
             "target_kb": None if last is None else last.target_kb,
             "floor_kb": None if last is None else last.floor_kb,
             "ceiling_kb": None if last is None else last.ceiling_kb,

@@ -135,6 +135,102 @@ def _apportion(returned: int, out: dict[int, int]) -> dict[int, int]:
     return {n: returned * b // total for n, b in out.items()}
 
 
+def _out_bytes(
+    state: PolicyState, observed: Observation
+) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """(bytes each node had out before this interval's returns, the returns apportioned to
+    each node, bytes out now), after this interval's moves."""
+    before = {
+        n: state.of(n).out_bytes + max(0, observed.moved.get(n, 0))
+        for n in set(state.sources) | set(observed.moved)
+    }
+    returned_by = _apportion(observed.returned, before)
+    now = {n: max(0, b - returned_by.get(n, 0)) for n, b in before.items()}
+    return before, returned_by, now
+
+
+def _targets_room(
+    snapshot: MemorySnapshot, config: TieringConfig, state: PolicyState, short: frozenset[int]
+) -> tuple[dict[int, int], set[int]]:
+    """Room each non-source node offers this round, and the targets still full (room 0 until
+    they are back at ``target_resume_pct``)."""
+    room = {n: target_room(mem, config) for n, mem in snapshot.nodes.items() if n not in short}
+    still_full = {
+        n for n in state.full_targets
+        if n in room and room[n] < resume_room(snapshot.nodes[n], config)
+    }
+    for n in still_full:
+        room[n] = 0
+    return room, still_full
+
+
+def _no_target_reason(
+    n: int, free_pct: float, snapshot: MemorySnapshot, config: TieringConfig, still_full: set[int]
+) -> str:
+    held = "".join(
+        f"; node {t} is full until it has {resume_room(snapshot.nodes[t], config) // MIB} "
+        f"MiB above it"
+        for t in sorted(still_full)
+    )
+    return (
+        f"node {n}: under pressure (free {free_pct:.1f}%), paused: no other node has free "
+        f"memory above its {config.target_min_pct:g}% watermark{held}"
+    )
+
+
+def _plan_source(
+    n: int,
+    snapshot: MemorySnapshot,
+    config: TieringConfig,
+    prev: SourceState,
+    flows: tuple[int, int, int, float],
+    room: dict[int, int],
+    short: frozenset[int],
+    still_full: set[int],
+) -> tuple[Move | None, SourceState, str]:
+    """One pressured source: its move (or None when it pauses), its next state and the reason.
+    ``flows`` is (bytes out now, bytes returned to it, bytes out before the returns, interval).
+    Reserves the move's bytes in ``room``; marks a target too full for ``min_rate`` in
+    ``still_full``."""
+    out, returned, out_before, interval = flows
+    free_pct = 100.0 * snapshot.nodes[n].free_fraction
+    paused = replace(prev, pressured=True, target=None, out_bytes=out)
+    candidates = cold_candidates(snapshot.nodes[n], snapshot.lru_gen)
+    if candidates < config.min_inactive_bytes:
+        what = "on the LRU lists (MGLRU)" if snapshot.lru_gen else "inactive"
+        return None, paused, (
+            f"node {n}: under pressure (free {free_pct:.1f}%) but only "
+            f"{candidates // MIB} MiB {what}: nothing cold to move"
+        )
+    rate, backed_off = next_rate(prev, returned, out_before, interval, config)
+    target = choose_target(n, snapshot, config, room, short)
+    if target is None:
+        return None, paused, _no_target_reason(n, free_pct, snapshot, config, still_full)
+    budget = room[target] / interval
+    if budget < config.min_rate:
+        still_full.add(target)
+        return None, paused, (
+            f"node {n}: under pressure, paused: node {target} has only "
+            f"{room[target] // MIB} MiB above its watermark"
+        )
+    capped = min(rate, int(budget))
+    room[target] -= int(capped * interval)
+    reason = (
+        f"node {n}: under pressure (free {free_pct:.1f}%) -> node {target} "
+        f"(distance {snapshot.distance(n, target)}) at {capped / MIB:.1f} MiB/s"
+        + (" (backed off: pages came back)" if backed_off else "")
+        + (" (capped by the target's room)" if capped < rate else "")
+    )
+    new_state = SourceState(
+        pressured=True,
+        target=target,
+        rate=capped,
+        out_bytes=out,
+        backoffs=prev.backoffs + (1 if backed_off else 0),
+    )
+    return Move(n, target, capped), new_state, reason
+
+
 def decide(
     snapshot: MemorySnapshot,
     config: TieringConfig,
@@ -145,97 +241,41 @@ def decide(
     if observed is None:
         observed = Observation()
     interval = observed.interval_s if observed.interval_s > 0 else config.interval_s
-    # Bytes each node has out on remote nodes, after this interval's moves and returns.
-    out_before = {
-        n: state.of(n).out_bytes + max(0, observed.moved.get(n, 0))
-        for n in set(state.sources) | set(observed.moved)
-    }
-    returned_by = _apportion(observed.returned, out_before)
-    out_now = {n: max(0, b - returned_by.get(n, 0)) for n, b in out_before.items()}
+    out_before, returned_by, out_now = _out_bytes(state, observed)
 
-    pressured: dict[int, bool] = {}
-    reasons: list[str] = []
-    for n, mem in sorted(snapshot.nodes.items()):
-        pressured[n] = mem.total > 0 and is_pressured(mem, config, state.of(n).pressured)
+    pressured = {
+        n: mem.total > 0 and is_pressured(mem, config, state.of(n).pressured)
+        for n, mem in sorted(snapshot.nodes.items())
+    }
     sources = sorted(
         (n for n, p in pressured.items() if p), key=lambda n: (snapshot.nodes[n].free_fraction, n)
     )
     short = frozenset(sources)
-    room = {n: target_room(mem, config) for n, mem in snapshot.nodes.items() if n not in short}
-    still_full = {
-        n for n in state.full_targets
-        if n in room and room[n] < resume_room(snapshot.nodes[n], config)
-    }
-    for n in still_full:
-        room[n] = 0
+    room, still_full = _targets_room(snapshot, config, state, short)
 
-    moves: list[Move] = []
+    reasons: list[str] = []
     new_states: dict[int, SourceState] = {}
     for n in sorted(snapshot.nodes):
+        if pressured[n]:
+            continue
         prev = state.of(n)
-        mem = snapshot.nodes[n]
-        free_pct = 100.0 * mem.free_fraction
-        if not pressured[n]:
-            if prev.pressured:
-                reasons.append(f"node {n}: pressure over (free {free_pct:.1f}%)")
-            new_states[n] = replace(
-                prev, pressured=False, target=None, out_bytes=out_now.get(n, prev.out_bytes)
-            )
+        if prev.pressured:
+            free_pct = 100.0 * snapshot.nodes[n].free_fraction
+            reasons.append(f"node {n}: pressure over (free {free_pct:.1f}%)")
+        new_states[n] = replace(
+            prev, pressured=False, target=None, out_bytes=out_now.get(n, prev.out_bytes)
+        )
+    moves: list[Move] = []
     for n in sources:
         prev = state.of(n)
-        mem = snapshot.nodes[n]
-        free_pct = 100.0 * mem.free_fraction
-        out = out_now.get(n, prev.out_bytes)
-        candidates = cold_candidates(mem, snapshot.lru_gen)
-        if candidates < config.min_inactive_bytes:
-            what = "on the LRU lists (MGLRU)" if snapshot.lru_gen else "inactive"
-            reasons.append(
-                f"node {n}: under pressure (free {free_pct:.1f}%) but only "
-                f"{candidates // MIB} MiB {what}: nothing cold to move"
-            )
-            new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
-            continue
-        rate, backed_off = next_rate(
-            prev, returned_by.get(n, 0), out_before.get(n, 0), interval, config
+        flows = (out_now.get(n, prev.out_bytes), returned_by.get(n, 0), out_before.get(n, 0),
+                 interval)
+        move, new_states[n], reason = _plan_source(
+            n, snapshot, config, prev, flows, room, short, still_full
         )
-        target = choose_target(n, snapshot, config, room, short)
-        if target is None:
-            held = "".join(
-                f"; node {t} is full until it has {resume_room(snapshot.nodes[t], config) // MIB} "
-                f"MiB above it"
-                for t in sorted(still_full)
-            )
-            reasons.append(
-                f"node {n}: under pressure (free {free_pct:.1f}%), paused: no other node has free "
-                f"memory above its {config.target_min_pct:g}% watermark{held}"
-            )
-            new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
-            continue
-        budget = room[target] / interval
-        if budget < config.min_rate:
-            still_full.add(target)
-            reasons.append(
-                f"node {n}: under pressure, paused: node {target} has only "
-                f"{room[target] // MIB} MiB above its watermark"
-            )
-            new_states[n] = replace(prev, pressured=True, target=None, out_bytes=out)
-            continue
-        capped = min(rate, int(budget))
-        room[target] -= int(capped * interval)
-        moves.append(Move(n, target, capped))
-        reasons.append(
-            f"node {n}: under pressure (free {free_pct:.1f}%) -> node {target} "
-            f"(distance {snapshot.distance(n, target)}) at {capped / MIB:.1f} MiB/s"
-            + (" (backed off: pages came back)" if backed_off else "")
-            + (" (capped by the target's room)" if capped < rate else "")
-        )
-        new_states[n] = SourceState(
-            pressured=True,
-            target=target,
-            rate=capped,
-            out_bytes=out,
-            backoffs=prev.backoffs + (1 if backed_off else 0),
-        )
+        reasons.append(reason)
+        if move is not None:
+            moves.append(move)
     return Decision(
         Plan(tuple(moves)), PolicyState(new_states, frozenset(still_full)), tuple(reasons)
     )

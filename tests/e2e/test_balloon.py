@@ -146,6 +146,9 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         assert armed.startswith("overcommit=1"), (armed, log)
         assert re.search(r"swaps: /dev/zram\d+/100\b", armed), (
             f"the guard's zram swap is not in /proc/swaps: {armed}; daemon log:\n{log}")
+        # The agent keeps its own pages in RAM while it balloons (guestagent.balloon.memlock).
+        vmlck_kb = int(g.run_ok("awk '/^VmLck:/ {print $2}' /proc/$(cat /tmp/daemon.pid)/status"))
+        assert "event=memory_locked" in log and vmlck_kb > 0, (vmlck_kb, log)
         assert re.search(r"event=guard_set\b.*what=/proc/sys/vm/overcommit_memory\b", log) and \
             re.search(r"event=guard_set\b.*previous=0\b", log), log
 
