@@ -157,3 +157,36 @@ def test_set_refuses_outside_the_limits(root: Path, mib: str, why: str) -> None:
 def test_set_without_balloon(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(FIXTURES / "balloon-legacy-4.19", "set", "--target-mib", "512") == 1
     assert "balloon unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("record", "--out", "-", "--interval={}", "--duration", "1"),
+        ("record", "--out", "-", "--interval", "1", "--duration={}"),
+        ("run", "--duration={}", "--ticks", "1"),
+    ],
+    ids=["record --interval", "record --duration", "run --duration"],
+)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_float_options_refuse_nan_and_inf(
+    root: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], value: str
+) -> None:
+    """A NaN or infinite interval or duration is a usage error (exit status 2, argparse's one
+    line), before anything is read or written: a NaN duration never ends a run."""
+    import guestagent.cli as cli
+
+    words = [w.format(value) for w in argv]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--root", str(root), "balloon", *words])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"expected a finite number, got '{value}'" in err, err
+    assert (root / TARGET).read_text().strip() == "1048576"
+    assert not (root / "run").exists()
+
+
+def test_float_options_take_finite_numbers(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rec.jsonl"
+    assert run(root, "record", "--out", str(out), "--interval", "5e-2", "--duration", "0") == 0
+    assert run(root, "run", "--duration", "0.5", "--ticks", "1", "--no-reset-on-exit") == 0

@@ -38,6 +38,7 @@ from guestagent.balloon.signals import (
     read_signals,
 )
 from guestagent.balloon.trace import load_trace, record, simulate
+from guestagent.cli import finite_float
 from guestagent.errors import InputError
 
 #: Where a fixture tree keeps its stand-in xenstore.
@@ -75,15 +76,15 @@ def register(subparsers: Any) -> None:
 
     rec = sub.add_parser("record", help="record a trace of memory signals (JSON lines)")
     rec.add_argument("--out", required=True, metavar="FILE", help="trace file ('-' = stdout)")
-    rec.add_argument("--interval", type=float, default=1.0, metavar="S")
-    rec.add_argument("--duration", type=float, required=True, metavar="S")
+    rec.add_argument("--interval", type=finite_float, default=1.0, metavar="S")
+    rec.add_argument("--duration", type=finite_float, required=True, metavar="S")
     rec.add_argument("--note", default="", help="free text stored in the trace header")
     rec.add_argument("--no-trigger", action="store_true", help="do not arm a PSI trigger")
     rec.set_defaults(func=cmd_record)
 
     run = sub.add_parser("run", help="run the controller loop (reset on exit and on SIGTERM)")
     run.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES)
-    run.add_argument("--duration", type=float, default=None, metavar="S")
+    run.add_argument("--duration", type=finite_float, default=None, metavar="S")
     run.add_argument("--ticks", type=int, default=None, metavar="N", help="stop after N ticks")
     run.add_argument("--no-trigger", action="store_true", help="interval timer only")
     run.add_argument(
