@@ -253,7 +253,9 @@ def roff(text: str) -> str:
 
 
 def _synopsis_item(option: Option) -> str:
-    flag = f"\\fB{roff(option.flags[-1])}\\fR"
+    # The option's first long name: "-f, --flag" shows --flag, "--config, --file" --config.
+    name = next((f for f in option.flags if f.startswith("--")), option.flags[-1])
+    flag = f"\\fB{roff(name)}\\fR"
     if option.metavar is not None:
         flag += f" \\fI{roff(option.metavar)}\\fR"
     return flag if option.required else f"[{flag}]"
