@@ -317,7 +317,10 @@ def man_page(top: Command | None = None) -> str:
         ".SH DESCRIPTION",
         DESCRIPTION.rstrip("\n"),
         ".SH OPTIONS",
-        "These come before the command word.",
+        "\\fB\\-\\-root\\fR and \\fB\\-\\-log\\-level\\fR may come before or after the "
+        "command word (\\fBguestagent \\-\\-root\\fR \\fIDIR\\fR \\fBtopology\\fR or "
+        "\\fBguestagent topology \\-\\-root\\fR \\fIDIR\\fR); given twice, the one after "
+        "it wins.",
     ]
     for option in top.options:
         lines += _option_lines(option)

@@ -126,9 +126,13 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
         return load_checked(args.config, args.conf_dir, ctx.hostfs)
 
     cfg = load()
-    log.configure(
-        level=str(cfg.get("agent", "log_level")), json=cfg.get("agent", "log_format") == "json"
-    )
+    configured = str(cfg.get("agent", "log_level"))
+    level = args.log_level or configured  # the command line wins over the configuration
+    log.configure(level=level, json=cfg.get("agent", "log_format") == "json")
+    if level != configured:
+        log.get_logger("daemon").warning(
+            "log_level_from_command_line", command_line=level, configured=configured,
+            note="--log-level overrides [agent] log_level")
     role = args.role or resolve_role(cfg, ctx.hostfs)
     Daemon(ctx.hostfs, cfg, load, make_jobs, role).run()
     return 0
