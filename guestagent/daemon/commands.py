@@ -138,10 +138,20 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
     return 0
 
 
-def show_status(args: argparse.Namespace, ctx: Any) -> int:
-    from guestagent.daemon.service import read_status
+#: ``status``'s exit status when no daemon runs (LSB init scripts: "program is not running").
+EXIT_NOT_RUNNING = 3
 
-    status = read_status(str(ctx.hostfs.path(args.state_dir)))
+
+def show_status(args: argparse.Namespace, ctx: Any) -> int:
+    """0: the daemon answered; 3: no daemon runs (no status socket, or nobody listens on it);
+    1: any other failure (permission denied, no answer in time, an answer that is not JSON)."""
+    from guestagent.daemon.service import DaemonNotRunning, read_status
+
+    try:
+        status = read_status(str(ctx.hostfs.path(args.state_dir)))
+    except DaemonNotRunning as e:
+        print(f"guestagent: {e}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
     if args.json:
         json.dump(status, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -168,7 +178,11 @@ def register_daemon(subparsers: Any) -> None:
     run.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
     run.add_argument("--role", choices=["guest", "dom0"], help="override [agent] role")
     run.set_defaults(func=run_daemon)
-    status = subparsers.add_parser("status", help="what the running daemon is doing")
+    status = subparsers.add_parser(
+        "status", help="what the running daemon is doing",
+        description="What the running daemon is doing, from its status socket. Exit status 0 "
+        "when it answered, 3 when no daemon runs (LSB 'not running'), 1 when it could not be "
+        "asked (permission denied: the socket is root-only) or did not answer.")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument(
         "--state-dir", default="/run/guestagent", help="where the daemon's status socket is"
