@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Callable
@@ -84,39 +84,82 @@ def command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
+#: --log-level's choices; without it the level is warning (``run``: the configuration's).
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_global_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
+    """``--root`` and ``--log-level``. ``hidden``: the copy every sub-command gets, so the options
+    may follow the command word too (``guestagent topology --root X``); it sets nothing unless
+    given (``SUPPRESS``), so a value before the command word stays, one after it wins, and the
+    man page lists them once, under OPTIONS."""
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        default=argparse.SUPPRESS if hidden else None,
+        help=argparse.SUPPRESS if hidden else
+        "read /sys, /proc, /dev and /run below DIR (default: $GUESTAGENT_ROOT or /)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS if hidden else None,
+        help=argparse.SUPPRESS if hidden else
+        "least severe level logged (default: warning; for run the configuration's [agent] "
+        "log_level, which this option overrides)",
+    )
+
+
+def _sub_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every sub-command's parser below ``parser``, at any depth."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub
+                yield from _sub_parsers(sub)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` (a command word) just that command's module."""
     parser = argparse.ArgumentParser(
         prog="guestagent",
-        description="Make a Linux guest on a Xen NUMA host NUMA-aware.",
+        description="Make a Linux guest on a Xen NUMA host NUMA-aware. The options below may "
+        "also follow the command word.",
     )
     parser.add_argument("--version", action="version", version=f"guestagent {__version__}")
-    parser.add_argument(
-        "--root",
-        metavar="DIR",
-        help="read /sys, /proc, /dev and /run below DIR (default: $GUESTAGENT_ROOT or /)",
-    )
-    parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
+    add_global_options(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = COMMAND_MODULES if only is None else (COMMAND_WORDS[only],)
     for name in modules:
         import_module(name).register(subparsers)
+    for sub in _sub_parsers(parser):
+        add_global_options(sub, hidden=True)
+        # The deepest command named wins (its defaults are set last): its usage for errors.
+        sub.set_defaults(_cli_parser=sub)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args``, except that arguments nobody takes are reported with the usage of
+    the sub-command they were given to, not the program's (exit status 2)."""
+    args, extras = parser.parse_known_args(words)
+    if extras:
+        where: argparse.ArgumentParser = getattr(args, "_cli_parser", parser)
+        where.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_word(words))
-    args = parser.parse_args(words)
+    args = parse(parser, words)
     handler: Handler | None = getattr(args, "func", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
     from guestagent import log
 
-    log.configure(level=args.log_level)
+    log.configure(level=args.log_level or "warning")
     ctx = Context(hostfs=HostFS.from_env(args.root))
     try:
         return handler(args, ctx)

@@ -357,6 +357,29 @@ def load(main_file: str = MAIN_FILE, conf_dir: str = CONF_DIR) -> Config:
     return config
 
 
+def named_path_problem(main_file: str | None, conf_dir: str | None) -> str | None:
+    """Why a file or directory named on the command line (``--config``, ``--conf-dir``; None:
+    not named, the default applies) cannot be the configuration, or None. The defaults may be
+    absent (defaults only); a named path must be there: a typo must not check the defaults."""
+    for path, flag, want_dir in ((main_file, "--config", False), (conf_dir, "--conf-dir", True)):
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+            if want_dir and stat.S_ISDIR(st.st_mode):
+                os.listdir(path)
+        except FileNotFoundError:
+            return f"{path}: does not exist (named on the command line by {flag})"
+        except OSError as e:
+            return (f"{path}: cannot be read: {e.strerror or e} "
+                    f"(named on the command line by {flag})")
+        if want_dir and not stat.S_ISDIR(st.st_mode):
+            return f"{path}: not a directory (named on the command line by {flag})"
+        if not want_dir and stat.S_ISDIR(st.st_mode):
+            return f"{path}: a directory, not a file (named on the command line by {flag})"
+    return None
+
+
 def _config_paths(main_file: str, conf_dir: str) -> list[Path]:
     """The files in the order they apply: the main file (if present), then conf.d/*.toml."""
     paths = [Path(main_file)] if Path(main_file).exists() else []

@@ -1,16 +1,24 @@
 """One writer per state directory: an exclusive flock on ``STATE_DIR/daemon.lock``.
 
-Held by the daemon for its life and by each command that changes the host through the same undo
-state (``devices apply``, ``devices --reset``) for its run. The kernel drops the lock when the
-process ends, also after ``kill -9``, so a crash never leaves it behind. Whoever finds it taken
-refuses with one line naming the holder's PID and command, before it changes anything.
+Held by the daemon for its life and by each command that changes the host through the same
+undo state or the same balloon target (``devices apply``, ``devices --reset``, ``balloon set``,
+``balloon run``, ``balloon --reset``) for its run, through :func:`held`. The kernel drops the
+lock when the process ends, also after ``kill -9``, so a crash never leaves it behind. Whoever
+finds it taken refuses with one line naming the holder's PID and command, before it changes
+anything.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from guestagent.errors import GuestAgentError
+
+if TYPE_CHECKING:
+    from guestagent.hostfs import HostFS
 
 LOCK_FILE = "daemon.lock"
 
@@ -49,3 +57,29 @@ def acquire(state_dir: str, what: str) -> int:
 
 def release(fd: int) -> None:
     os.close(fd)
+
+
+@contextmanager
+def held(hostfs: HostFS, state_dir: str, what: str, create: bool) -> Iterator[None]:
+    """Hold the lock of ``state_dir`` (a host path, below the root) while a command changes
+    the host: never while the daemon or another such command runs on the same directory.
+
+    A directory that is not the agent's own (:func:`guestagent.config.state_dir_problem`) is
+    refused. ``create``: make a missing directory (0700) first; else a missing one needs no lock
+    (no daemon can hold it, and there is nothing to undo in it)."""
+    from guestagent.config import state_dir_problem
+
+    real = str(hostfs.path(state_dir))
+    why = state_dir_problem(real)
+    if why is not None:
+        raise GuestAgentError(f"{state_dir}: {why}")
+    if not os.path.isdir(real):
+        if not create:
+            yield
+            return
+        os.makedirs(real, mode=0o700, exist_ok=True)
+    fd = acquire(real, what)
+    try:
+        yield
+    finally:
+        release(fd)

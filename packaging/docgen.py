@@ -5,6 +5,7 @@
     python3 packaging/docgen.py bash [-o FILE]     for /usr/share/bash-completion/completions/
     python3 packaging/docgen.py zsh  [-o FILE]     for /usr/share/zsh/vendor-completions/_guestagent
     python3 packaging/docgen.py all OUTDIR         guestagent.8, guestagent.bash, _guestagent
+    python3 packaging/docgen.py exit-status        the README's exit status tables (Markdown)
 
 guestagent must be importable (PYTHONPATH=. in a checkout with the extension built, or the
 installed tree). The packages run this at build time (packaging/debian/rules,
@@ -74,14 +75,63 @@ so
 shows the warnings and errors.
 """
 
-#: Exit codes in force (see cli.main): phase 2 of issue 17 revisits the scheme.
+#: The exit codes (cli.main; status's 3 in guestagent.daemon.commands). Every failure is one line
+#: on standard error: "guestagent: " and what failed, naming the file, key or value.
 EXIT_STATUS = (
-    ("0", "Success."),
-    ("1", "The command failed, with one line on standard error naming the source and the value: "
-          "the host lacks what the command needs, a configuration was refused, no daemon "
-          "answers on the status socket."),
-    ("2", "Usage error: an unknown command or option, a missing or bad argument."),
+    ("0", "Success: the command did what it says (see below for what counts, per command)."),
+    ("1", "The command failed: the host lacks what it needs, an input could not be read, a "
+          "configuration was refused, another guestagent holds the state directory, or a "
+          "change failed."),
+    ("2", "Usage error: an unknown command or option, a missing or bad argument (a number "
+          "that is NaN or infinite too); the usage of the command it was given to is printed. "
+          "Also a command group named without its action (balloon, tiering, host, dom0, "
+          "config), which prints its help."),
+    ("3", "status only: no daemon is running (LSB \"program is not running\"): the status "
+          "socket is missing, or nobody listens on it."),
     ("130", "Interrupted (SIGINT)."),
+)
+
+#: (command, what its exit status means): the EXIT STATUS section and the README's table
+#: (tests/test_exit_codes.py checks that every command of the parser is here and in README.md).
+EXIT_BY_COMMAND = (
+    ("topology", "0 when sysfs or the hypercall could be read, also when Xen and Linux "
+                 "disagree (the disagreement is in the output); 1 when nothing could be read."),
+    ("publish", "0 published (or printed, with --dry-run); 1 nothing to publish, or xenstore "
+                "refused or did not answer."),
+    ("balloon status", "0; 1 when an input cannot be read."),
+    ("balloon simulate", "0; 1 when the trace cannot be read."),
+    ("balloon record", "0; 1 when the trace cannot be written or an input cannot be read."),
+    ("balloon run", "0 when the loop ended (signal, --duration, --ticks), also without a balloon "
+                    "driver (the feature stays off); 1 after repeated errors, or when another "
+                    "guestagent holds the state directory."),
+    ("balloon set", "0 written; 1 outside the limits, without a balloon driver, or when another "
+                    "guestagent holds the state directory."),
+    ("balloon --reset", "0 reset, also without a balloon driver (nothing to undo); 1 when another "
+                        "guestagent holds the state directory (the daemon is running) or the "
+                        "write failed."),
+    ("devices", "0; 1 when the configuration is refused."),
+    ("devices apply", "0 every step applied; 1 when any step failed (its failed line says "
+                      "which), the configuration is refused, or another guestagent holds the "
+                      "state directory."),
+    ("devices --reset", "0 everything recorded restored (or nothing to undo); 1 when anything "
+                        "could not be restored (an error line each) or another guestagent holds "
+                        "the state directory."),
+    ("devices irqbalance-policy", "always 0 (irqbalance wants that)."),
+    ("tiering status", "0, also when no backend serves (serving: none); 1 when an input cannot "
+                       "be read."),
+    ("tiering run", "0 when stopped (signal, --iterations); 1 when no backend can serve or a "
+                    "value is out of range."),
+    ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
+    ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
+    ("dom0 run", "0 when stopped by SIGTERM or SIGINT; 1 outside Dom0 or without xenstore."),
+    ("run", "0 when stopped by SIGTERM (after undoing); 1 when the configuration is refused, "
+            "another daemon holds the state directory, or the start failed."),
+    ("status", "0 the daemon answered; 3 no daemon runs; 1 it could not be asked (the socket is "
+               "root-only) or did not answer."),
+    ("config check", "0 valid; 1 refused (one line per problem) or a --config or --conf-dir "
+                     "named on the command line does not exist."),
+    ("config show", "0; 1 as config check."),
+    ("config doc", "always 0."),
 )
 
 ENVIRONMENT = (
@@ -102,9 +152,10 @@ FILES = (
      "in name order, later files overriding earlier ones key by key. Every key, its default and "
      "meaning: guestagent config doc, or /usr/share/doc/guestagent/CONFIG.md."),
     ("/run/guestagent/", "Runtime state: the status socket status.sock (root only), "
-                         "daemon.lock (held by the running daemon, and by devices apply and "
-                         "devices --reset while they run: another one refuses, naming the "
-                         "holder's PID) and what must be undone after a crash (devices.json)."),
+                         "daemon.lock (held by the running daemon, and by devices apply, "
+                         "devices --reset, balloon set, balloon run and balloon --reset while "
+                         "they run: another one refuses, naming the holder's PID) and what "
+                         "must be undone after a crash (devices.json, balloon.json)."),
     ("/lib/systemd/system/guestagent.service", "The guest unit (its sandbox is described in "
      "the file); guestagent-dom0.service for Dom0; guestagent-cloud-config.service runs the "
      "cloud-init module."),
@@ -130,6 +181,15 @@ EXAMPLES = (
      "guestagent balloon simulate --trace trace.jsonl --policy pressure"),
     ("PCI devices and the node each belongs to:", "guestagent devices --json"),
 )
+
+def exit_status_markdown() -> str:
+    """The README's exit status table, from the same text as the man page's EXIT STATUS."""
+    rows = ["| exit status | meaning |", "|---|---|"]
+    rows += [f"| {code} | {text} |" for code, text in EXIT_STATUS]
+    rows += ["", "| command | exit status |", "|---|---|"]
+    rows += [f"| `{PROG} {command}` | {text} |" for command, text in EXIT_BY_COMMAND]
+    return "\n".join(rows) + "\n"
+
 
 SEE_ALSO = ("systemctl(1)", "journalctl(1)", "systemd.exec(5)", "sd-daemon(3)", "cloud-init(1)",
             "xl(1)")
@@ -252,7 +312,9 @@ def roff(text: str) -> str:
 
 
 def _synopsis_item(option: Option) -> str:
-    flag = f"\\fB{roff(option.flags[-1])}\\fR"
+    # The option's first long name: "-f, --flag" shows --flag, "--config, --file" --config.
+    name = next((f for f in option.flags if f.startswith("--")), option.flags[-1])
+    flag = f"\\fB{roff(name)}\\fR"
     if option.metavar is not None:
         flag += f" \\fI{roff(option.metavar)}\\fR"
     return flag if option.required else f"[{flag}]"
@@ -314,7 +376,10 @@ def man_page(top: Command | None = None) -> str:
         ".SH DESCRIPTION",
         DESCRIPTION.rstrip("\n"),
         ".SH OPTIONS",
-        "These come before the command word.",
+        "\\fB\\-\\-root\\fR and \\fB\\-\\-log\\-level\\fR may come before or after the "
+        "command word (\\fBguestagent \\-\\-root\\fR \\fIDIR\\fR \\fBtopology\\fR or "
+        "\\fBguestagent topology \\-\\-root\\fR \\fIDIR\\fR); given twice, the one after "
+        "it wins.",
     ]
     for option in top.options:
         lines += _option_lines(option)
@@ -331,7 +396,9 @@ def man_page(top: Command | None = None) -> str:
                 f"\\fB{roff(c.path[-1])}\\fR" for c in command.children) + "."]
         for option in [*command.positionals, *command.options]:
             lines += _option_lines(option)
-    lines += [".SH EXIT STATUS", *_tagged(EXIT_STATUS, bold=True)]
+    lines += [".SH EXIT STATUS", *_tagged(EXIT_STATUS, bold=True), ".PP",
+              "By command:", *_tagged(tuple((f"{PROG} {c}", t) for c, t in EXIT_BY_COMMAND),
+                                      bold=True)]
     lines += [".SH ENVIRONMENT", *_tagged(ENVIRONMENT, bold=True)]
     lines += [".SH FILES", *_tagged(FILES, bold=False)]
     lines.append(".SH EXAMPLES")
@@ -501,10 +568,13 @@ FILE_NAMES = {"man": "guestagent.8", "bash": "guestagent.bash", "zsh": "_guestag
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="docgen.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=[*GENERATORS, "all"])
+    parser.add_argument("what", choices=[*GENERATORS, "all", "exit-status"])
     parser.add_argument("outdir", nargs="?", help="with 'all': where to write the three files")
     parser.add_argument("-o", "--output", help="file to write (default: standard output)")
     args = parser.parse_args(argv)
+    if args.what == "exit-status":  # not packaged: the README's tables
+        sys.stdout.write(exit_status_markdown())
+        return 0
     top = build()
     if args.what == "all":
         if not args.outdir:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -157,3 +158,107 @@ def test_set_refuses_outside_the_limits(root: Path, mib: str, why: str) -> None:
 def test_set_without_balloon(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(FIXTURES / "balloon-legacy-4.19", "set", "--target-mib", "512") == 1
     assert "balloon unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("record", "--out", "-", "--interval={}", "--duration", "1"),
+        ("record", "--out", "-", "--interval", "1", "--duration={}"),
+        ("run", "--duration={}", "--ticks", "1"),
+    ],
+    ids=["record --interval", "record --duration", "run --duration"],
+)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_float_options_refuse_nan_and_inf(
+    root: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], value: str
+) -> None:
+    """A NaN or infinite interval or duration is a usage error (exit status 2, argparse's one
+    line), before anything is read or written: a NaN duration never ends a run."""
+    import guestagent.cli as cli
+
+    words = [w.format(value) for w in argv]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--root", str(root), "balloon", *words])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"expected a finite number, got '{value}'" in err, err
+    assert (root / TARGET).read_text().strip() == "1048576"
+    assert not (root / "run").exists()
+
+
+def test_float_options_take_finite_numbers(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rec.jsonl"
+    assert run(root, "record", "--out", str(out), "--interval", "5e-2", "--duration", "0") == 0
+    assert run(root, "run", "--duration", "0.5", "--ticks", "1", "--no-reset-on-exit") == 0
+
+
+@pytest.fixture
+def no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default configuration files, moved below tmp_path (none exist at first)."""
+    from guestagent import config as config_mod
+
+    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "etc/guestagent.toml"))
+    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "etc/conf.d"))
+    return tmp_path / "etc/guestagent.toml"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("set", "--target-mib", "512"), ("--reset",), ("run", "--ticks", "1")],
+    ids=["set", "--reset", "run"],
+)
+def test_writers_refuse_while_another_guestagent_holds_the_state_dir(
+    root: Path, no_config: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    """Every command that writes target_kb takes the state directory's lock (as the daemon and
+    devices apply do): with it held, one line naming the holder, exit status 1, nothing
+    written; once it is free the command runs."""
+    import guestagent.cli as cli
+    from guestagent import statelock
+
+    (root / TARGET).write_text("600000\n")
+    state_dir = root / "run/guestagent"
+    state_dir.mkdir(parents=True, mode=0o700)
+    fd = statelock.acquire(str(state_dir), "run")  # as a running daemon does
+    try:
+        assert cli.main(["--root", str(root), "balloon", *argv]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"(run, pid {os.getpid()}) holds {state_dir};" in err[0], err
+        assert f"not starting balloon {argv[0]}" in err[0], err
+        assert (root / TARGET).read_text().strip() == "600000"
+        assert not (state_dir / "balloon.json").exists()
+    finally:
+        statelock.release(fd)
+    assert cli.main(["--root", str(root), "balloon", *argv]) == 0
+
+
+def test_the_lock_is_in_the_configured_state_dir(
+    root: Path, no_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[agent] state_dir of the default files says where the daemon's lock is; a bad value in
+    them is one warning and the default applies (a reset is never blocked by the files)."""
+    import guestagent.cli as cli
+    from guestagent import statelock
+
+    no_config.parent.mkdir()
+    no_config.write_text('[agent]\nstate_dir = "/srv/ga"\n[balloon]\npolicy = 7\n')
+    (root / "srv/ga").mkdir(parents=True, mode=0o700)
+    fd = statelock.acquire(str(root / "srv/ga"), "run")
+    try:
+        assert cli.main(["--root", str(root), "balloon", "set", "--target-mib", "512"]) == 1
+        assert f"holds {root}/srv/ga;" in capsys.readouterr().err
+    finally:
+        statelock.release(fd)
+    no_config.write_text('[agent]\nstate_dir = "relative"\n')
+    assert cli.main(["--root", str(root), "--log-level", "warning", "balloon", "--reset"]) == 0
+    err = capsys.readouterr().err
+    assert "event=balloon_config_ignored" in err and "expected an absolute path" in err, err
+
+
+def test_reset_creates_no_state_dir(root: Path, no_config: Path) -> None:
+    """No state directory: nothing can hold its lock, and the reset does not make one."""
+    (root / TARGET).write_text("600000\n")
+    assert run(root, "--reset") == 0
+    assert (root / TARGET).read_text().strip() == "1048576"
+    assert not (root / "run/guestagent").exists()

@@ -74,12 +74,75 @@ def test_config_check_lists_all_problems_and_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     main = write(tmp_path / "guestagent.toml", '[agent]\nrole = "x"\nlog_level = 3\n')
+    (tmp_path / "d").mkdir()
     assert cli.main(["config", "check", "--file", main, "--conf-dir", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and err[-1] == "configuration refused: 2 problem(s)"
     ok = write(tmp_path / "ok.toml", "[topology]\nrefresh_seconds = 600\n")
-    assert cli.main(["config", "check", "--file", ok, "--conf-dir", str(tmp_path / "no")]) == 0
+    assert cli.main(["config", "check", "--file", ok, "--conf-dir", str(tmp_path / "d")]) == 0
     assert "configuration ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("action", ["check", "show"])
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--config", "{tmp}/none.toml"], "{tmp}/none.toml: does not exist"),
+        (["--file", "{tmp}/none.toml"], "{tmp}/none.toml: does not exist"),
+        (["--config", "{tmp}"], "{tmp}: a directory, not a file"),
+        (["--conf-dir", "{tmp}/no.d"], "{tmp}/no.d: does not exist"),
+        (["--conf-dir", "{tmp}/ok.toml"], "{tmp}/ok.toml: not a directory"),
+        (["--config", "{tmp}/ok.toml", "--conf-dir", "{tmp}/no.d"], "{tmp}/no.d: does not exist"),
+    ],
+)
+def test_a_named_file_or_directory_must_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str, argv: list[str],
+    problem: str
+) -> None:
+    """``config check --file /nonexistent.toml`` said "configuration ok: no files (defaults
+    only)" and exited 0; a missing or non-directory --conf-dir too. A path named on the command
+    line must be there: one line, exit status 1. The defaults may still be absent."""
+    write(tmp_path / "ok.toml", "[topology]\nrefresh_seconds = 600\n")
+    words = [w.format(tmp=tmp_path) for w in argv]
+    assert cli.main(["config", action, *words]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"guestagent: {problem.format(tmp=tmp_path)} (named on the command line by "
+        f"{'--conf-dir' if 'conf-dir' in argv[-2] else '--config'})"]
+
+
+def test_config_and_file_are_one_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = write(tmp_path / "guestagent.toml", '[agent]\nlog_level = "debug"\n')
+    for flag in ("--config", "--file"):
+        assert cli.main(["config", "show", flag, main, "--conf-dir", str(tmp_path / "none")]) == 1
+        capsys.readouterr()
+        (tmp_path / "empty.d").mkdir(exist_ok=True)
+        empty = ["--conf-dir", str(tmp_path / "empty.d")]
+        assert cli.main(["config", "show", flag, main, *empty]) == 0
+        assert '"log_level": "debug"' in capsys.readouterr().out
+        assert cli.main(["config", "check", flag, main, *empty]) == 0
+        assert f"configuration ok: {main}" in capsys.readouterr().out
+
+
+def test_config_check_refuses_a_bad_override_as_devices_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One validator (devices.config.parse_override) for both: the same line, naming the file,
+    from ``config check`` and from ``guestagent devices``."""
+    main = write(tmp_path / "guestagent.toml",
+                 '[devices]\nnode_overrides = ["0000:00:05.0=banana"]\n')
+    (tmp_path / "conf.d").mkdir()
+    conf = ["--config", main, "--conf-dir", str(tmp_path / "conf.d")]
+    assert cli.main(["config", "check", *conf]) == 1
+    check = capsys.readouterr().err.splitlines()
+    root = str(ROOT / "tests/fixtures/hvm-3vnode")
+    assert cli.main(["--root", root, "devices", *conf]) == 1
+    devices = capsys.readouterr().err.splitlines()
+    line = (f"{main}: [devices] node_overrides = '0000:00:05.0=banana': "
+            "expected BDF=N like 0000:00:05.0=1")
+    assert check == [line, "configuration refused: 1 problem(s)"]
+    assert devices == [f"guestagent: {line}"]
 
 
 def test_every_key_is_documented_and_the_doc_is_current() -> None:

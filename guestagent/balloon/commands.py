@@ -11,6 +11,14 @@
   below the hard minimum (max(256 MiB, static-max/16)) and above the toolstack's ceiling;
   ``--reset`` undoes it.
 
+The commands that write the target (``set``, ``run``, ``--reset``) hold the state directory's lock
+(:mod:`guestagent.statelock`, the directory ``[agent] state_dir`` of the default configuration
+files names, read leniently as ``devices --reset`` reads it) while they run: with the daemon or
+another such command running they refuse with one line naming its PID, before anything changes.
+The reset does not wait for the lock: systemd runs it (``ExecStopPost``) after the daemon has
+exited, and the kernel drops a dead process's lock (also after ``kill -9``); a holder that is
+alive is a running agent, which would take a reset as a change behind its back.
+
 xenstore: the real client on the real host; on a ``--root`` fixture tree, the files below
 ``<root>/xenstore/`` (e.g. ``xenstore/memory/target``) stand in for it; ``--no-xenstore`` skips it.
 """
@@ -21,6 +29,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +47,7 @@ from guestagent.balloon.signals import (
     read_signals,
 )
 from guestagent.balloon.trace import load_trace, record, simulate
+from guestagent.cli import finite_float
 from guestagent.errors import InputError
 
 #: Where a fixture tree keeps its stand-in xenstore.
@@ -75,15 +85,15 @@ def register(subparsers: Any) -> None:
 
     rec = sub.add_parser("record", help="record a trace of memory signals (JSON lines)")
     rec.add_argument("--out", required=True, metavar="FILE", help="trace file ('-' = stdout)")
-    rec.add_argument("--interval", type=float, default=1.0, metavar="S")
-    rec.add_argument("--duration", type=float, required=True, metavar="S")
+    rec.add_argument("--interval", type=finite_float, default=1.0, metavar="S")
+    rec.add_argument("--duration", type=finite_float, required=True, metavar="S")
     rec.add_argument("--note", default="", help="free text stored in the trace header")
     rec.add_argument("--no-trigger", action="store_true", help="do not arm a PSI trigger")
     rec.set_defaults(func=cmd_record)
 
     run = sub.add_parser("run", help="run the controller loop (reset on exit and on SIGTERM)")
     run.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES)
-    run.add_argument("--duration", type=float, default=None, metavar="S")
+    run.add_argument("--duration", type=finite_float, default=None, metavar="S")
     run.add_argument("--ticks", type=int, default=None, metavar="N", help="stop after N ticks")
     run.add_argument("--no-trigger", action="store_true", help="interval timer only")
     run.add_argument(
@@ -115,6 +125,20 @@ def _xenstore(args: argparse.Namespace, ctx: Any) -> XenstoreReader | None:
     return open_xenstore(ctx.hostfs)
 
 
+def state_lock(ctx: Any, what: str, create: bool) -> AbstractContextManager[None]:
+    """The state directory's lock (:func:`guestagent.statelock.held`) for a command that writes
+    the target. Of the configuration only ``[agent] state_dir`` is read, leniently (a problem is
+    one warning and the default applies): a bad file must not block a reset."""
+    from guestagent import config as config_mod
+    from guestagent import statelock
+    from guestagent.log import get_logger
+
+    state_dir, problems = config_mod.read_state_dir(config_mod.MAIN_FILE, config_mod.CONF_DIR)
+    for line in problems:
+        get_logger("balloon").warning("balloon_config_ignored", problem=line)
+    return statelock.held(ctx.hostfs, state_dir, what, create)
+
+
 def cmd_balloon(args: argparse.Namespace, ctx: Any) -> int:
     if args.reset:
         return cmd_reset(args, ctx)
@@ -125,14 +149,16 @@ def cmd_balloon(args: argparse.Namespace, ctx: Any) -> int:
 def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
     """Target back to the ceiling, then the allocation guard's changes undone (guard.reset_all).
 
-    Needs no configuration and works with a damaged record (it falls back to xenstore)."""
+    Needs no configuration and works with a damaged record (it falls back to xenstore).
+    Refused (one line, exit status 1) while another guestagent holds the state directory."""
     actuator = BalloonActuator(ctx.hostfs, _xenstore(args, ctx))
-    try:
-        target = reset_all(actuator)
-    except BalloonUnavailable as e:
-        undo_guard(ctx.hostfs, actuator)
-        print(f"guestagent: {e}; nothing to reset")
-        return 0
+    with state_lock(ctx, "balloon --reset", create=False):
+        try:
+            target = reset_all(actuator)
+        except BalloonUnavailable as e:
+            undo_guard(ctx.hostfs, actuator)
+            print(f"guestagent: {e}; nothing to reset")
+            return 0
     print(f"balloon target reset to {target} KiB")
     return 0
 
@@ -256,7 +282,10 @@ def cmd_set(args: argparse.Namespace, ctx: Any) -> int:
         raise InputError("--target-mib", f"expected 1..{MAX_TARGET_MIB}", args.target_mib)
     actuator = BalloonActuator(ctx.hostfs, _xenstore(args, ctx))
     try:
-        result = actuator.set_target(args.target_mib * 1024, "set by hand (guestagent balloon set)")
+        actuator.check()  # before the lock: without a driver nothing is written, nor created
+        with state_lock(ctx, "balloon set", create=True):
+            result = actuator.set_target(args.target_mib * 1024,
+                                         "set by hand (guestagent balloon set)")
     except BalloonUnavailable as e:
         print(f"guestagent: {e}; nothing set", file=sys.stderr)
         return 1
@@ -273,12 +302,13 @@ def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
         print(f"guestagent: balloon unavailable: {why}; self-ballooning stays off")
         return 0
     config = default_config(args.policy)
-    return run_controller(
-        ctx.hostfs,
-        _xenstore(args, ctx),
-        config,
-        duration_s=args.duration,
-        max_ticks=args.ticks,
-        reset_on_exit=not args.no_reset_on_exit,
-        use_trigger=not args.no_trigger,
-    )
+    with state_lock(ctx, "balloon run", create=True):
+        return run_controller(
+            ctx.hostfs,
+            _xenstore(args, ctx),
+            config,
+            duration_s=args.duration,
+            max_ticks=args.ticks,
+            reset_on_exit=not args.no_reset_on_exit,
+            use_trigger=not args.no_trigger,
+        )

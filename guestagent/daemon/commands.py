@@ -9,6 +9,7 @@ from typing import Any
 
 from guestagent import config as config_mod
 from guestagent.config import Config
+from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 
 
@@ -23,9 +24,19 @@ def load_checked(main_file: str, conf_dir: str, hostfs: HostFS) -> Config:
     return cfg
 
 
+def named_files(args: argparse.Namespace) -> tuple[str, str]:
+    """The files ``config check|show`` read: those named on the command line, which must exist
+    (one line, exit status 1, when one does not), else the defaults, which may be absent."""
+    why = config_mod.named_path_problem(args.config, args.conf_dir)
+    if why is not None:
+        raise GuestAgentError(why)
+    return args.config or config_mod.MAIN_FILE, args.conf_dir or config_mod.CONF_DIR
+
+
 def config_check(args: argparse.Namespace, ctx: Any) -> int:
+    main_file, conf_dir = named_files(args)
     try:
-        cfg = load_checked(args.file, args.conf_dir, ctx.hostfs)
+        cfg = load_checked(main_file, conf_dir, ctx.hostfs)
     except config_mod.ConfigError as e:
         for line in e.problems:
             print(line, file=sys.stderr)
@@ -37,7 +48,7 @@ def config_check(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def config_show(args: argparse.Namespace, ctx: Any) -> int:
-    cfg = config_mod.load(args.file, args.conf_dir)
+    cfg = config_mod.load(*named_files(args))
     json.dump({"files": cfg.files, "values": cfg.values}, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
@@ -58,9 +69,21 @@ def register(subparsers: Any) -> None:
         ("doc", config_doc, "print every key with its type, default and meaning (Markdown)"),
     ):
         sub = actions.add_parser(name, help=text, description=text)
-        sub.add_argument("--file", default=config_mod.MAIN_FILE, help="main configuration file")
-        sub.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
+        if name != "doc":
+            config_options(sub)
         sub.set_defaults(func=func)
+
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (``--file``, its older name, still accepted) and ``--conf-dir DIR``."""
+    parser.add_argument(
+        "--config", "--file", dest="config", metavar="FILE",
+        help=f"main configuration file; it must exist when named (default {config_mod.MAIN_FILE}, "
+        "used when present; --file is the older name of this option)")
+    parser.add_argument(
+        "--conf-dir", metavar="DIR",
+        help=f"drop-in directory; it must exist when named (default {config_mod.CONF_DIR}, "
+        "used when present)")
 
 
 #: Jobs in start order: (name, which is also its configuration section; the roles it runs in; the
@@ -103,18 +126,32 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
         return load_checked(args.config, args.conf_dir, ctx.hostfs)
 
     cfg = load()
-    log.configure(
-        level=str(cfg.get("agent", "log_level")), json=cfg.get("agent", "log_format") == "json"
-    )
+    configured = str(cfg.get("agent", "log_level"))
+    level = args.log_level or configured  # the command line wins over the configuration
+    log.configure(level=level, json=cfg.get("agent", "log_format") == "json")
+    if level != configured:
+        log.get_logger("daemon").warning(
+            "log_level_from_command_line", command_line=level, configured=configured,
+            note="--log-level overrides [agent] log_level")
     role = args.role or resolve_role(cfg, ctx.hostfs)
     Daemon(ctx.hostfs, cfg, load, make_jobs, role).run()
     return 0
 
 
-def show_status(args: argparse.Namespace, ctx: Any) -> int:
-    from guestagent.daemon.service import read_status
+#: ``status``'s exit status when no daemon runs (LSB init scripts: "program is not running").
+EXIT_NOT_RUNNING = 3
 
-    status = read_status(str(ctx.hostfs.path(args.state_dir)))
+
+def show_status(args: argparse.Namespace, ctx: Any) -> int:
+    """0: the daemon answered; 3: no daemon runs (no status socket, or nobody listens on it);
+    1: any other failure (permission denied, no answer in time, an answer that is not JSON)."""
+    from guestagent.daemon.service import DaemonNotRunning, read_status
+
+    try:
+        status = read_status(str(ctx.hostfs.path(args.state_dir)))
+    except DaemonNotRunning as e:
+        print(f"guestagent: {e}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
     if args.json:
         json.dump(status, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -141,7 +178,11 @@ def register_daemon(subparsers: Any) -> None:
     run.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
     run.add_argument("--role", choices=["guest", "dom0"], help="override [agent] role")
     run.set_defaults(func=run_daemon)
-    status = subparsers.add_parser("status", help="what the running daemon is doing")
+    status = subparsers.add_parser(
+        "status", help="what the running daemon is doing",
+        description="What the running daemon is doing, from its status socket. Exit status 0 "
+        "when it answered, 3 when no daemon runs (LSB 'not running'), 1 when it could not be "
+        "asked (permission denied: the socket is root-only) or did not answer.")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument(
         "--state-dir", default="/run/guestagent", help="where the daemon's status socket is"

@@ -578,8 +578,14 @@ class Daemon:
             self._lock_fd = None
 
 
+class DaemonNotRunning(GuestAgentError):
+    """Nothing answers on the status socket: it is missing, or nobody listens on it (a daemon
+    that was killed leaves it behind). ``guestagent status`` exits 3 (LSB: not running)."""
+
+
 def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
-    """What the running daemon says about itself (for ``guestagent status``)."""
+    """What the running daemon says about itself (for ``guestagent status``). Raises
+    :class:`DaemonNotRunning` when no daemon runs, GuestAgentError for any other failure."""
     path = os.path.join(state_dir, STATUS_SOCKET)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -589,7 +595,7 @@ def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
             while data := sock.recv(65536):
                 chunks.append(data)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise GuestAgentError(
+            raise DaemonNotRunning(
                 f"no running guestagent daemon ({path} does not answer)"
             ) from None
         except PermissionError:

@@ -132,27 +132,12 @@ def to_json(reports: list[DeviceReport], job: DevicesJob, undo: list[str]) -> st
 
 @contextmanager
 def state_lock(hostfs: HostFS, state_file: str, what: str, create: bool) -> Iterator[None]:
-    """Hold the state directory's lock (:mod:`guestagent.statelock`) while a command changes
-    the host: never while the daemon or another such command runs on the same directory.
-    ``create``: make a missing directory (0700) first; else a missing one needs no lock (there
-    is nothing to undo in it)."""
+    """Hold the lock of the directory of ``state_file`` (:func:`guestagent.statelock.held`)
+    while a command changes the host."""
     from guestagent import statelock
-    from guestagent.config import state_dir_problem
 
-    real = os.path.dirname(str(hostfs.path(state_file)))
-    why = state_dir_problem(real)
-    if why is not None:
-        raise GuestAgentError(f"{os.path.dirname(state_file)}: {why}")
-    if not os.path.isdir(real):
-        if not create:
-            yield
-            return
-        os.makedirs(real, mode=0o700, exist_ok=True)
-    fd = statelock.acquire(real, what)
-    try:
+    with statelock.held(hostfs, os.path.dirname(state_file), what, create):
         yield
-    finally:
-        statelock.release(fd)
 
 
 def run_reset(args: argparse.Namespace, ctx: Any) -> int:

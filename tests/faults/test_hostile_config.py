@@ -42,6 +42,7 @@ def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tupl
     root.mkdir(exist_ok=True)
     main = tmp_path / "guestagent.toml"
     main.write_text(text)
+    (tmp_path / "conf.d").mkdir(exist_ok=True)  # named, so it must exist
     rc = cli.main(["--root", str(root), "config", "check", "--file", str(main),
                    "--conf-dir", str(tmp_path / "conf.d")])
     return rc, capsys.readouterr().err, str(main)

@@ -1,0 +1,147 @@
+"""One CLI grammar (issue 17, item 4): the global options before or after the command word,
+usage errors with the sub-command's usage, and ``--log-level`` winning over the configuration for
+``run``."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guestagent import cli
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+HVM = str(FIXTURES / "hvm-3vnode")
+
+
+def parsed(*words: str) -> argparse.Namespace:
+    return cli.parse(cli.build_parser(cli.command_word(words)), words)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("--root", HVM, "--log-level", "debug", "topology", "--json"),
+        ("topology", "--root", HVM, "--log-level", "debug", "--json"),
+        ("topology", "--json", f"--root={HVM}", "--log-level=debug"),
+        ("--log-level", "debug", "topology", "--root", HVM, "--json"),
+    ],
+    ids=["before", "after", "after, with =", "split"],
+)
+def test_global_options_before_or_after_the_command_word(words: tuple[str, ...]) -> None:
+    args = parsed(*words)
+    assert (args.command, args.root, args.log_level, args.json) == ("topology", HVM, "debug", True)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("balloon", "simulate", "--trace", "t.jsonl", "--root", "/x"),
+        ("balloon", "--reset", "--root", "/x"),
+        ("config", "check", "--root", "/x"),
+        ("devices", "apply", "--root", "/x"),
+        ("tiering", "status", "--root", "/x"),
+        ("host", "topology", "--root", "/x"),
+        ("dom0", "publish", "--root", "/x"),
+        ("run", "--root", "/x", "--role", "guest"),
+        ("status", "--root", "/x"),
+        ("publish", "--root", "/x"),
+    ],
+)
+def test_every_command_takes_them_after_its_words(words: tuple[str, ...]) -> None:
+    args = parsed(*words)
+    assert args.root == "/x" and args.log_level is None
+
+
+def test_after_the_command_word_wins_and_unset_means_none() -> None:
+    assert parsed("--root", "/a", "status", "--root", "/b").root == "/b"
+    args = parsed("status")
+    assert args.root is None and args.log_level is None
+
+
+def test_main_runs_with_options_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``guestagent topology --root X`` gave "unrecognized arguments"."""
+    assert cli.main(["topology", "--root", HVM, "--json"]) == 0
+    before = capsys.readouterr().out
+    assert cli.main(["--root", HVM, "topology", "--json"]) == 0
+    assert capsys.readouterr().out == before and '"nodes"' in before
+
+
+@pytest.mark.parametrize(
+    ("words", "usage"),
+    [
+        (["topology", "--bogus"], "usage: guestagent topology "),
+        (["--root", HVM, "balloon", "simulate", "--trace", "x", "extra"],
+         "usage: guestagent balloon simulate "),
+        (["config", "check", "--nope"], "usage: guestagent config check "),
+        (["devices", "apply", "--rebind", "--x"], "usage: guestagent devices apply "),
+        (["--bogus"], "usage: guestagent [-h]"),
+    ],
+)
+def test_unrecognized_arguments_print_the_sub_commands_usage(
+    capsys: pytest.CaptureFixture[str], words: list[str], usage: str
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(words)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert f"error: unrecognized arguments: {words[-1]}" in err
+
+
+class FakeDaemon:
+    """Stands in for guestagent.daemon.service.Daemon: logs one line at each level, returns."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def run(self) -> None:
+        from guestagent.log import get_logger
+
+        log = get_logger("probe")
+        log.debug("probe_debug")
+        log.info("probe_info")
+
+
+@pytest.fixture
+def fake_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    from guestagent.daemon import service
+
+    monkeypatch.setattr(service, "Daemon", FakeDaemon)
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "hvm-3vnode", root, symlinks=True)
+    (tmp_path / "conf.d").mkdir()
+    return ["--root", str(root), "--config", str(tmp_path / "guestagent.toml"),
+            "--conf-dir", str(tmp_path / "conf.d"), "--role", "guest"]
+
+
+@pytest.mark.parametrize(
+    ("configured", "words", "shown", "override"),
+    [
+        ("error", [], set(), False),
+        ("error", ["--log-level", "debug"], {"probe_debug", "probe_info"}, True),
+        ("debug", ["--log-level", "info"], {"probe_info"}, True),
+        ("info", ["--log-level", "info"], {"probe_info"}, False),
+        ("info", [], {"probe_info"}, False),
+    ],
+)
+def test_run_log_level_from_the_command_line_wins(
+    fake_daemon: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    configured: str, words: list[str], shown: set[str], override: bool
+) -> None:
+    """``--log-level`` had no effect on ``run``: the configuration silently won. Now the command
+    line wins, and a warning says so when the two differ (journalctl -p warning shows it)."""
+    (tmp_path / "guestagent.toml").write_text(f'[agent]\nlog_level = "{configured}"\n')
+    assert cli.main(["run", *fake_daemon, *words]) == 0
+    err = capsys.readouterr().err
+    assert {e for e in ("probe_debug", "probe_info") if f"event={e}" in err} == shown, err
+    line = [x for x in err.splitlines() if "event=log_level_from_command_line" in x]
+    if override:
+        assert len(line) == 1, err
+        assert "level=warning" in line[0] and f"command_line={words[-1]}" in line[0], line
+        assert f"configured={configured}" in line[0], line
+    else:
+        assert line == [], err
