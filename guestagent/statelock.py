@@ -9,6 +9,8 @@ refuses with one line naming the holder's PID and command, before it changes any
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from guestagent.errors import GuestAgentError
 
@@ -49,3 +51,26 @@ def acquire(state_dir: str, what: str) -> int:
 
 def release(fd: int) -> None:
     os.close(fd)
+
+
+@contextmanager
+def held(state_dir: str, shown: str, what: str, create: bool) -> Iterator[None]:
+    """Hold the lock while a command changes the host: never while the daemon or another such
+    command runs on the same directory. ``state_dir`` is the real path, ``shown`` the host path
+    for messages. A shared directory (/tmp, /run...) is refused. ``create``: make a missing
+    directory (0700) first; else a missing one needs no lock (there is nothing to undo in it)."""
+    from guestagent.config import state_dir_problem
+
+    why = state_dir_problem(state_dir)
+    if why is not None:
+        raise GuestAgentError(f"{shown}: {why}")
+    if not os.path.isdir(state_dir):
+        if not create:
+            yield
+            return
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    fd = acquire(state_dir, what)
+    try:
+        yield
+    finally:
+        release(fd)

@@ -137,22 +137,10 @@ def state_lock(hostfs: HostFS, state_file: str, what: str, create: bool) -> Iter
     ``create``: make a missing directory (0700) first; else a missing one needs no lock (there
     is nothing to undo in it)."""
     from guestagent import statelock
-    from guestagent.config import state_dir_problem
 
     real = os.path.dirname(str(hostfs.path(state_file)))
-    why = state_dir_problem(real)
-    if why is not None:
-        raise GuestAgentError(f"{os.path.dirname(state_file)}: {why}")
-    if not os.path.isdir(real):
-        if not create:
-            yield
-            return
-        os.makedirs(real, mode=0o700, exist_ok=True)
-    fd = statelock.acquire(real, what)
-    try:
+    with statelock.held(real, os.path.dirname(state_file), what, create):
         yield
-    finally:
-        statelock.release(fd)
 
 
 def run_reset(args: argparse.Namespace, ctx: Any) -> int:
