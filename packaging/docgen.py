@@ -153,9 +153,10 @@ FILES = (
      "meaning: guestagent config doc, or /usr/share/doc/guestagent/CONFIG.md."),
     ("/run/guestagent/", "Runtime state: the status socket status.sock (root only), "
                          "daemon.lock (held by the running daemon, and by devices apply, "
-                         "devices --reset, balloon set, balloon run and balloon --reset while "
-                         "they run: another one refuses, naming the holder's PID) and what "
-                         "must be undone after a crash (devices.json, balloon.json)."),
+                         "devices --reset, balloon set, balloon run, balloon --reset and "
+                         "tiering --reset while they run: another one refuses, naming the "
+                         "holder's PID) and what must be undone after a crash (devices.json, "
+                         "balloon.json, tiering.json)."),
     ("/lib/systemd/system/guestagent.service", "The guest unit (its sandbox is described in "
      "the file); guestagent-dom0.service for Dom0; guestagent-cloud-config.service runs the "
      "cloud-init module."),

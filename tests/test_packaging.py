@@ -168,6 +168,7 @@ def test_guest_unit_service_directives(guest: Unit) -> None:
     stop_post = guest["Service"]["ExecStopPost"]
     assert "-/usr/bin/guestagent balloon --reset" in stop_post
     assert "-/usr/bin/guestagent devices --reset" in stop_post
+    assert "-/usr/bin/guestagent tiering --reset" in stop_post
     assert one(guest, "Service", "RuntimeDirectory") == "guestagent"
     assert one(guest, "Service", "RuntimeDirectoryMode") == "0700"
     assert one(guest, "Install", "WantedBy") == "multi-user.target"

@@ -40,3 +40,40 @@ def test_keys_become_the_policy_configuration() -> None:
     section.update(source_low_pct=20.0, source_high_pct=15.0)
     with pytest.raises(GuestAgentError):
         tiering_config(section)
+
+
+def test_a_start_after_a_kill_undoes_the_predecessors_kdamonds_then_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 5: the journal a killed daemon left is undone at start; the job serves
+    instead of calling the kdamonds another DAMON user's; a clean stop leaves no journal."""
+    from guestagent.tiering import commands
+    from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
+    from guestagent.tiering.journal import TieringJournal
+    from guestagent.tiering.model import Move, Plan
+    from tests.test_tiering_damon import FakeDamonKernel, make_tree, read
+
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    monkeypatch.setattr(commands, "backend_factories",
+                        [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
+    hostfs = HostFS(str(root))
+    killed = DamonBackend(hostfs, writer=kernel.write)
+    killed.take_journal(TieringJournal(hostfs, "/run/guestagent/tiering.json").load())
+    killed.start(Plan((Move(0, 1, 4 << 20),)))  # ... and never stopped
+    assert "another DAMON user" in DamonBackend(hostfs, writer=kernel.write).probe().reason
+
+    loop = EventLoop()
+    ctx = JobContext(loop, hostfs, defaults(), XenstoreHub(loop, lambda: None), "guest")
+    job = TieringJob()
+    job.start(ctx)  # serves: no GuestAgentError
+    assert read(root, NR_KDAMONDS) == "0"  # the predecessor's kdamonds are gone
+    assert not (root / "run/guestagent/tiering.json").exists()
+    job._tick()  # node 0 is short: its own kdamonds, journalled
+    assert kernel.kdamond_states() == ["on", "off"]
+    assert (root / "run/guestagent/tiering.json").exists()
+    assert job.status()["active"] is True
+    job.stop()
+    assert read(root, NR_KDAMONDS) == "0"
+    assert not (root / "run/guestagent/tiering.json").exists()
+    loop.close()

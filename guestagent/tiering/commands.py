@@ -1,4 +1,5 @@
-"""``guestagent tiering status [--json]`` and ``guestagent tiering run``.
+"""``guestagent tiering status [--json]``, ``guestagent tiering run`` and ``guestagent tiering
+--reset``.
 
 ``status`` probes every backend (read-only for DAMON; for tmem one ephemeral pool is created and
 destroyed), says which one serves (the first available one that can place pages on a chosen node)
@@ -11,6 +12,11 @@ everything on SIGTERM/SIGINT or at the end, then prints what it did (bytes moved
 time, the agent's own CPU time; ``--json`` for JSON). The watermarks and the rate bound can be given
 on the command line (the ``[tiering]`` keys of the daemon). Exit 1 with the reasons when no backend
 serves.
+
+``--reset`` removes the kdamonds the undo journal (``tiering.json`` in ``[agent] state_dir``) says
+the daemon's tiering job added, also after a ``kill -9`` (for systemd ``ExecStopPost``); never
+another DAMON user's. Of the configuration it reads ``[agent] state_dir`` alone, leniently, so a
+bad configuration never blocks it. Idempotent; exit 1 (one error line each) when a step failed.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -22,7 +28,7 @@ import json
 import resource
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.cli import finite_float
 from guestagent.errors import GuestAgentError, InputError
@@ -37,6 +43,9 @@ from guestagent.tiering.model import (
     TieringConfig,
 )
 from guestagent.tiering.policy import decide
+
+if TYPE_CHECKING:
+    from guestagent.undo import Journal
 
 
 def _damon(hostfs: HostFS) -> Backend:
@@ -58,7 +67,12 @@ backend_factories: list[tuple[str, Callable[[HostFS], Backend]]] = [
 ]
 
 
-def probe_all(hostfs: HostFS) -> list[tuple[str, Backend | None, Availability]]:
+def probe_all(
+    hostfs: HostFS, journal: Journal | None = None
+) -> list[tuple[str, Backend | None, Availability]]:
+    """Every backend and whether it can run here. With ``journal`` (the daemon's tiering job),
+    a backend that journals its changes (DAMON) first undoes what a killed predecessor left in
+    it, then records its own changes there."""
     out: list[tuple[str, Backend | None, Availability]] = []
     for name, factory in backend_factories:
         try:
@@ -66,6 +80,9 @@ def probe_all(hostfs: HostFS) -> list[tuple[str, Backend | None, Availability]]:
         except ImportError as e:
             out.append((name, None, Availability(False, f"cannot load: {e}")))
             continue
+        take_journal = getattr(backend, "take_journal", None)
+        if journal is not None and take_journal is not None:
+            take_journal(journal)
         try:
             availability = backend.probe()
         except GuestAgentError as e:
@@ -227,10 +244,55 @@ def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, A
     }
 
 
+def run_reset(args: argparse.Namespace, ctx: Any) -> int:
+    """``tiering --reset``: undo from the journal alone (module docstring)."""
+    import os
+
+    from guestagent import config as config_mod
+    from guestagent import statelock
+    from guestagent.log import get_logger
+    from guestagent.tiering.journal import TieringJournal, journal_path
+
+    log = get_logger("tiering")
+    state_dir, problems = config_mod.read_state_dir(
+        getattr(args, "config", None) or config_mod.MAIN_FILE,
+        getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    for line in problems:
+        log.warning("tiering_reset_config_ignored", problem=line)
+    hostfs: HostFS = ctx.hostfs
+    path = journal_path(state_dir)
+    backend = dict(backend_factories)["damon"](hostfs)
+    try:
+        with statelock.held(hostfs, os.path.dirname(path), "tiering --reset", create=False):
+            journal = TieringJournal(hostfs, path).load()
+            report = backend.undo_journal(journal)  # type: ignore[attr-defined]
+    except GuestAgentError as e:
+        log.error("tiering_undo_failed", error=str(e), journal=path)
+        return 1
+    sys.stdout.write("".join(f"{line}\n" for line in report.lines) or "nothing to undo\n")
+    return 1 if report.failures else 0
+
+
+def cmd_tiering(args: argparse.Namespace, ctx: Any) -> int:
+    if args.reset:
+        return run_reset(args, ctx)
+    args._tiering_parser.print_help(sys.stderr)
+    return 2
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "tiering", help="remote-node cold memory: which backend serves, and a one-shot loop"
+        "tiering", help="remote-node cold memory: which backend serves, a one-shot loop, --reset"
     )
+    parser.add_argument(
+        "--reset", action="store_true",
+        help="remove the kdamonds the undo journal says the agent added (also after a crash) "
+             "and exit; never another DAMON user's")
+    parser.add_argument("--config", metavar="FILE",
+                        help="main configuration file, for [agent] state_dir only "
+                             "(default /etc/guestagent/guestagent.toml)")
+    parser.add_argument("--conf-dir", metavar="DIR",
+                        help="configuration drop-ins (default /etc/guestagent/conf.d)")
     sub = parser.add_subparsers(dest="tiering_command", metavar="ACTION")
     st = sub.add_parser("status", help="which backend serves, why the others do not, the plan")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -270,4 +332,4 @@ def register(subparsers: Any) -> None:
         help="use only this backend",
     )
     rn.set_defaults(func=run)
-    parser.set_defaults(func=lambda _args, _ctx: (parser.print_help(sys.stderr), 2)[1])
+    parser.set_defaults(func=cmd_tiering, reset=False, _tiering_parser=parser)

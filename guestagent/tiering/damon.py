@@ -33,6 +33,12 @@ agent turns its kdamonds off and empties them (``nr_contexts`` 0); it shrinks ``
 only when its kdamonds are the last ones and every other one is still off and empty, else it leaves
 its own off and emptied.
 
+Crash undo: with a journal (:mod:`guestagent.tiering.journal`, given by the daemon's tiering job
+through :meth:`DamonBackend.take_journal`), the kdamonds the backend adds and ``nr_kdamonds``
+before are recorded before the ``nr_kdamonds`` write, and removed from the journal after a clean
+stop. After a ``kill -9`` the next start (or ``guestagent tiering --reset``) removes exactly those
+kdamonds, never another DAMON user's.
+
 Statistics: the kernel rebuilds its context (and zeroes the scheme counters) on every ``on``; the
 backend reads the counters (``update_schemes_stats``) before each ``off`` and ``commit``, folds them
 into a running total at each ``on``, and also treats any counter that goes down as a restart.
@@ -46,12 +52,20 @@ import errno
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 from guestagent.log import get_logger
 from guestagent.tiering import readers
+from guestagent.tiering.journal import (
+    ADMIN,
+    KDAMONDS,
+    NR_KDAMONDS,
+    UndoReport,
+    added_entries,
+    undo_kdamonds,
+)
 from guestagent.tiering.model import (
     PAGE_SIZE,
     Availability,
@@ -60,9 +74,11 @@ from guestagent.tiering.model import (
     TieringStats,
 )
 
-ADMIN = "/sys/kernel/mm/damon/admin"
-KDAMONDS = f"{ADMIN}/kdamonds"
-NR_KDAMONDS = f"{KDAMONDS}/nr_kdamonds"
+if TYPE_CHECKING:
+    from guestagent.undo import Change, Journal
+
+__all__ = ["ADMIN", "KDAMONDS", "NR_KDAMONDS", "DamonBackend", "DamonConfig", "SysfsWriteError"]
+
 ULONG_MAX = (1 << 64) - 1
 UINT_MAX = (1 << 32) - 1
 MIGRATE_COLD_SINCE = (6, 11)
@@ -191,10 +207,13 @@ class DamonBackend:
         hostfs: HostFS,
         config: DamonConfig | None = None,
         writer: Writer | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.hostfs = hostfs
         self.config = config or DamonConfig()
         self.write = writer or sysfs_writer(hostfs)
+        #: Where the kdamonds it adds are recorded before it adds them (None: memory only).
+        self.journal = journal
         #: node -> kdamond index, for the kdamonds this backend created.
         self.kdamonds: dict[int, int] = {}
         self.base = 0
@@ -289,6 +308,18 @@ class DamonBackend:
         )
 
     # ---- lifecycle ----
+    def undo_journal(self, journal: Journal) -> UndoReport:
+        """Remove the kdamonds ``journal`` says an agent added (``tiering --reset``)."""
+        return undo_kdamonds(self.hostfs, self.write, journal)
+
+    def take_journal(self, journal: Journal) -> UndoReport:
+        """First undo what ``journal`` holds from a predecessor that was killed (its kdamonds
+        still running would make :meth:`probe` call them another DAMON user's), then record
+        this backend's own kdamonds there."""
+        report = self.undo_journal(journal)
+        self.journal = journal
+        return report
+
     def start(self, plan: Plan) -> None:
         """Add one kdamond per memory node, configure it, apply the plan. Undoes itself on error."""
         if self.kdamonds:
@@ -301,9 +332,20 @@ class DamonBackend:
         busy = self._busy_reason(nr)
         if busy:
             raise BackendUnavailable(self.name, busy)
+        entries = added_entries(nr, list(range(nr, nr + len(nodes))))
+        if self.journal is not None:
+            try:
+                self.journal.record_all(entries)
+            except OSError as e:
+                for c in entries:
+                    self.journal.changes.pop(c.path, None)
+                raise BackendUnavailable(
+                    self.name, f"cannot record the undo in {self.journal.path}: {e}"
+                ) from None
         try:
             self.write(NR_KDAMONDS, str(nr + len(nodes)))
         except SysfsWriteError as e:
+            self._forget(entries)
             raise BackendUnavailable(self.name, str(e)) from None
         self.base = nr
         self.kdamonds = {n: nr + i for i, n in enumerate(sorted(nodes))}
@@ -451,6 +493,7 @@ class DamonBackend:
         if not self.kdamonds:
             return
         problems: list[str] = []
+        failed = False
         for node, index in sorted(self.kdamonds.items(), key=lambda kv: -kv[1]):
             kd = self._kd(index)
             try:
@@ -461,6 +504,7 @@ class DamonBackend:
                 self.write(f"{kd}/contexts/nr_contexts", "0")
             except (GuestAgentError, OSError) as e:
                 problems.append(f"kdamond {index}: {e}")
+                failed = True
         try:
             nr = self.hostfs.read_int(NR_KDAMONDS, 0, 4096)
             ours_last = nr == self.base + len(self.kdamonds)
@@ -474,8 +518,19 @@ class DamonBackend:
                 )
         except (GuestAgentError, MissingInputError, OSError) as e:
             problems.append(str(e))
+            failed = True
+        if not failed:  # else the entries stay for `tiering --reset` (or the next start)
+            self._forget(added_entries(self.base, sorted(self.kdamonds.values())))
         for p in problems:
             self._log.warning("damon_stop_incomplete", detail=p)
         self._log.info("damon_stopped", kdamonds=sorted(self.kdamonds.values()))
         self.kdamonds = {}
         self._running = {}
+
+    def _forget(self, entries: list[Change]) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.forget_all(c.path for c in entries)
+        except OSError as e:
+            self._log.warning("damon_journal_not_updated", journal=self.journal.path, error=str(e))

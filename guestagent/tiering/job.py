@@ -1,5 +1,10 @@
 """The tiering job of the daemon: the serving backend driven by the policy on a timer; every
-kdamond or pool it created is undone on stop."""
+kdamond or pool it created is undone on stop.
+
+The DAMON backend records its kdamonds in the undo journal (``tiering.json`` in ``[agent]
+state_dir``, :mod:`guestagent.tiering.journal`) before it adds them. At start, entries left by a
+predecessor that was killed (``kill -9``, OOM or watchdog kill) are undone first: its kdamonds are
+removed, so they are not taken for another DAMON user's and the job serves again."""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
+from guestagent.log import get_logger
 from guestagent.tiering.commands import probe_all, serving, why_not
 from guestagent.tiering.config import tiering_config
+from guestagent.tiering.journal import TieringJournal, journal_path
 from guestagent.tiering.runner import Runner
 
 if TYPE_CHECKING:
@@ -24,11 +31,18 @@ class TieringJob:
         self._runner: Runner | None = None
         self._backend_name = ""
         self._timer: Timer | None = None
+        self._log = get_logger("tiering")
 
     def start(self, ctx: JobContext) -> None:
         self._ctx = ctx
         section = ctx.config.section("tiering")
-        probed = probe_all(ctx.hostfs)
+        state_dir = str(ctx.config.get("agent", "state_dir"))
+        journal = TieringJournal(ctx.hostfs, journal_path(state_dir)).load()
+        if journal.changes or journal.problems:
+            self._log.warning("tiering_leftover_found", journal=journal.path,
+                              entries=len(journal.changes), malformed=len(journal.problems),
+                              action="undo before start")
+        probed = probe_all(ctx.hostfs, journal)
         wanted = str(section["backend"])
         if wanted != "auto":
             probed = [p for p in probed if p[0] == wanted]

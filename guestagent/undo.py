@@ -1,0 +1,205 @@
+"""The undo journal: what a job changed on the host, recorded before each change, in a small JSON
+file per owner in the state directory (``/run/guestagent/<owner>.json`` below the HostFS root).
+
+The file lets ``guestagent <owner> --reset`` (and the next start of the daemon) undo everything
+after a crash, ``kill -9``, an OOM kill or a watchdog kill. One record per changed host object,
+keyed by its path: the first ``previous`` value is kept across re-applications, so undo always
+restores the state from before guestagent touched it.
+
+On disk (version 1, the devices job's format since it was written)::
+
+    {"version": 1, "changes": [{"kind": ..., "path": ..., "bdf": ..., "previous": ...,
+                                "applied": ...}, ...]}
+
+Each owner declares its kinds (:class:`KindRule`): the only paths a kind may name and the values
+its ``previous`` (and, where it matters, ``applied``) may hold. Each entry is checked on its own
+when the file is read: a malformed one is skipped with one line in :attr:`Journal.problems`, the
+others are kept, so one bad entry never blocks the undo of the rest. Writes are atomic (temporary
+file + rename); an empty journal removes its file.
+
+Users: the devices job (``devices.json``, :mod:`guestagent.devices.state`) and the tiering job's
+DAMON backend (``tiering.json``, :mod:`guestagent.tiering.journal`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from guestagent.errors import InputError, MissingInputError
+from guestagent.hostfs import HostFS
+
+JOURNAL_VERSION = 1
+
+BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """What a journal entry of one kind may hold: every path and value read back is checked
+    against these, so an undo never writes outside the files the owner writes."""
+
+    path: re.Pattern[str]
+    previous: re.Pattern[str]
+    #: None: any string (the devices job's ``applied`` is only shown, never written back).
+    applied: re.Pattern[str] | None = None
+
+
+@dataclass
+class Change:
+    """One host object guestagent changed: what it held before and what guestagent left in it."""
+
+    kind: str
+    #: The host path written (a device's sysfs directory for a rebind, a kdamond's directory).
+    path: str
+    #: The PCI device this change was for ("" when it was for none, e.g. hugepages, a kdamond).
+    bdf: str
+    previous: str
+    #: What guestagent left there ("" until known; each owner documents its kinds).
+    applied: str = ""
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, source: str, kinds: Mapping[str, KindRule], owner: str = "devices"
+    ) -> Change:
+        """One entry of the file, checked against ``kinds``; InputError names what is wrong."""
+        if not isinstance(data, dict):
+            raise InputError(source, "a change must be an object", data)
+        kind = data.get("kind")
+        if not isinstance(kind, str) or kind not in kinds:
+            raise InputError(source, "unknown change kind", kind)
+        values: dict[str, str] = {}
+        for key in ("path", "bdf", "previous", "applied"):
+            value = data.get(key, "")
+            if not isinstance(value, str):
+                raise InputError(f"{source}.{key}", "expected a string", value)
+            values[key] = value
+        rule = kinds[kind]
+        if rule.path.fullmatch(values["path"]) is None:
+            raise InputError(f"{source}.path", f"not a file the {owner} job writes for {kind} "
+                             f"(expected {rule.path.pattern})", values["path"])
+        if rule.previous.fullmatch(values["previous"]) is None:
+            raise InputError(f"{source}.previous", f"not a {kind} value", values["previous"])
+        if rule.applied is not None and rule.applied.fullmatch(values["applied"]) is None:
+            raise InputError(f"{source}.applied", f"not a {kind} value", values["applied"])
+        if values["bdf"] and BDF.fullmatch(values["bdf"]) is None:
+            raise InputError(f"{source}.bdf", "not a PCI address", values["bdf"])
+        return cls(kind=kind, path=values["path"], bdf=values["bdf"],
+                   previous=values["previous"], applied=values["applied"])
+
+
+class Journal:
+    """One owner's changes in force, mirrored to its file on every update."""
+
+    def __init__(self, hostfs: HostFS, path: str, owner: str,
+                 kinds: Mapping[str, KindRule]) -> None:
+        self.hostfs = hostfs
+        self.path = path
+        self.owner = owner
+        self.kinds = kinds
+        self.changes: dict[str, Change] = {}
+        #: One line per entry of the file that was refused (and skipped) by :meth:`load`.
+        self.problems: list[str] = []
+
+    def load(self) -> Journal:
+        """Read the file; an absent file is an empty journal, a garbage one raises InputError.
+
+        Each entry is checked on its own: a malformed one is skipped (one line in
+        ``problems``) and the others are kept, so one bad entry never blocks the undo of the
+        rest."""
+        try:
+            text = self.hostfs.read_text(self.path)
+        except MissingInputError:
+            self.changes = {}
+            return self
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise InputError(self.path, f"not JSON: {e}") from None
+        if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
+            raise InputError(
+                self.path, f"expected a version {JOURNAL_VERSION} state object", text[:60]
+            )
+        raw = data.get("changes", [])
+        if not isinstance(raw, list):
+            raise InputError(f"{self.path} changes", "expected a list", raw)
+        changes: dict[str, Change] = {}
+        problems: list[str] = []
+        for i, item in enumerate(raw):
+            try:
+                change = Change.from_dict(item, f"{self.path} changes[{i}]", self.kinds,
+                                          self.owner)
+            except InputError as e:
+                problems.append(str(e))
+                continue
+            changes[change.path] = change
+        self.changes = changes
+        self.problems = problems
+        return self
+
+    def get(self, path: str) -> Change | None:
+        return self.changes.get(path)
+
+    def record(self, change: Change) -> Change:
+        """Remember a change before it is made; an existing record keeps its first ``previous``."""
+        existing = self.changes.get(change.path)
+        if existing is not None:
+            return existing
+        self.changes[change.path] = change
+        self.save()
+        return change
+
+    def record_all(self, changes: Iterable[Change]) -> None:
+        """Several changes in one write (existing records keep their first ``previous``)."""
+        for change in changes:
+            self.changes.setdefault(change.path, change)
+        self.save()
+
+    def set_applied(self, path: str, applied: str) -> None:
+        change = self.changes.get(path)
+        if change is not None:
+            change.applied = applied
+            self.save()
+
+    def forget(self, path: str) -> None:
+        if self.changes.pop(path, None) is not None:
+            self.save()
+
+    def forget_all(self, paths: Iterable[str]) -> None:
+        removed = [p for p in list(paths) if self.changes.pop(p, None) is not None]
+        if removed:
+            self.save()
+
+    def of_kind(self, kind: str) -> list[Change]:
+        return [c for c in self.changes.values() if c.kind == kind]
+
+    def for_device(self, bdf: str) -> list[Change]:
+        return [c for c in self.changes.values() if c.bdf == bdf]
+
+    def save(self) -> None:
+        """Write atomically (temporary file + rename); an empty journal removes the file."""
+        import tempfile
+
+        target = self.hostfs.path(self.path)
+        if not self.changes:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"version": JOURNAL_VERSION,
+                   "changes": [asdict(c) for c in self.changes.values()]}
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.owner}.", dir=str(target.parent))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(payload, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
