@@ -121,6 +121,9 @@ EXIT_BY_COMMAND = (
                        "be read."),
     ("tiering run", "0 when stopped (signal, --iterations); 1 when no backend can serve or a "
                     "value is out of range."),
+    ("tiering --reset", "0 every kdamond the agent journalled turned off and removed (or nothing "
+                        "to undo); 1 when a step failed (an error line each) or another "
+                        "guestagent holds the state directory."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
     ("dom0 run", "0 when stopped by SIGTERM or SIGINT; 1 outside Dom0 or without xenstore."),
