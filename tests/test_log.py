@@ -142,3 +142,14 @@ def test_stderr_is_the_journal_only_when_the_stream_matches(tmp_path: Path) -> N
         assert not log.stderr_is_journal({"JOURNAL_STREAM": "garbage"}, fd)
         assert not log.stderr_is_journal({"JOURNAL_STREAM": "1:x"}, fd)
     assert not log.stderr_is_journal(match, 987), "a closed descriptor is not the journal"
+
+
+def test_two_different_failures_of_one_event_are_both_logged() -> None:
+    """Each failed restore (devices_undo_failed) carries its text in error=, which the repeat
+    filter keys on: a second, different failure within the window is not dropped."""
+    from guestagent.log import RepeatFilter
+
+    f = RepeatFilter(window=60.0, clock=lambda: 0.0)
+    a = f(None, "error", {"event": "devices_undo_failed", "error": "/proc/irq/24: EACCES"})
+    b = f(None, "error", {"event": "devices_undo_failed", "error": "/proc/irq/25: EACCES"})
+    assert a["error"] != b["error"]

@@ -555,7 +555,8 @@ class DevicesJob:
             self.log.info("devices_undo", result=line)
         else:
             self.reset_failures += 1
-            self.log.error("devices_undo_failed", result=line)
+            # error= too: the repeat filter keys on it, so each failed restore gets its own line
+            self.log.error("devices_undo_failed", result=line, error=line)
 
     def _undo(self, change: Change) -> tuple[str, bool]:
         """What undoing one change did, and whether it is done with (False: it failed)."""

@@ -172,7 +172,7 @@ def test_a_failed_restore_is_an_error_and_the_exit_status_says_so(
     assert (root / f"sys/devices/pci0000:00/{VF}/numa_node").read_text() == "-1"
     errors = [e for e in logs if e["log_level"] == "error"]
     assert len(errors) == 1 and errors[0]["event"] == "devices_undo_failed", logs
-    assert IRQ in errors[0]["result"]
+    assert IRQ in errors[0]["result"] and errors[0]["error"] == errors[0]["result"]
     assert [c["path"] for c in state(root)["changes"]] == [IRQ]
     monkeypatch.setattr(HostFS, "write_text", real)
     rc, out = run(root, "--reset")
