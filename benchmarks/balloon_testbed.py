@@ -736,8 +736,9 @@ def wait_workload(bed: Any, key: str, res: RunResult) -> None:
     while True:
         time.sleep(5)
         phase = bed.dom0(f"xenstore-read {key}")[0].strip()
-        if phase.startswith("exit"):
-            res.exit_status = int(phase[5:]) if phase[5:].lstrip("-").isdigit() else None
+        status = wrapper_exit(phase)
+        if status is not None:
+            res.exit_status = status
             return
         if time.monotonic() - t0 > WORKLOAD_TIMEOUT_S:
             res.errors.append(f"workload still in phase {phase!r} after {WORKLOAD_TIMEOUT_S}s")
@@ -786,12 +787,21 @@ def reanalyse(out_dir: Path) -> list[RunResult]:
     return results
 
 
+def wrapper_exit(phase: str) -> int | None:
+    """N of the wrapper's ``exit-N`` phase; None for any other phase, the workload's own phases
+    included (``jvm-heap`` has one named ``exit``: taking it for the end collected the run before
+    the workload had finished)."""
+    if phase.startswith("exit-") and phase[5:].lstrip("-").isdigit():
+        return int(phase[5:])
+    return None
+
+
 def exit_status_of(samples: str) -> int | None:
     """The wrapper's ``exit-N`` phase in the Dom0 samples."""
     for line in samples.splitlines():
-        phase = line.rsplit("|", 1)[-1].strip()
-        if phase.startswith("exit-") and phase[5:].lstrip("-").isdigit():
-            return int(phase[5:])
+        status = wrapper_exit(line.rsplit("|", 1)[-1].strip())
+        if status is not None:
+            return status
     return None
 
 

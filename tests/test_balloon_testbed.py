@@ -571,3 +571,14 @@ def test_recorded_failures_from_the_testbed() -> None:
     assert "Cannot allocate memory" in enomem.failures[0]["detail"]
     oom = (RECORDED / "sharp-spikes.pressure.oom.dmesg").read_text()
     assert scan_kernel_log(oom).oom_lines == 1
+
+
+def test_only_the_wrappers_exit_phase_ends_a_run() -> None:
+    """jvm-heap has a phase of its own named ``exit``: on the bed (run
+    20261204-155220-8943-balloon-bench) the harness took it for the wrapper's ``exit-N`` and
+    collected the run before the workload's summary."""
+    from benchmarks.balloon_testbed import wrapper_exit
+
+    assert wrapper_exit("exit") is None and wrapper_exit("exit-") is None
+    assert wrapper_exit("exit-0") == 0 and wrapper_exit("exit--9") == -9
+    assert wrapper_exit("exit-137") == 137 and wrapper_exit("gc") is None
