@@ -19,7 +19,15 @@ import pytest
 from guestagent import config as config_mod
 from guestagent import log
 from guestagent.balloon import commands
-from guestagent.balloon.guard import GUARD_KEY, OVERCOMMIT_MEMORY, CommandDenied, Guard, reset_all
+from guestagent.balloon.guard import (
+    GUARD_KEY,
+    OVERCOMMIT_MEMORY,
+    CommandDenied,
+    Guard,
+    denied,
+    denied_output,
+    reset_all,
+)
 from guestagent.balloon.guard import undo as undo_guard
 from guestagent.cli import Context
 from guestagent.hostfs import HostFS
@@ -320,3 +328,22 @@ def test_a_reset_that_leaves_guard_changes_exits_1(
     (line,) = lines(capsys.readouterr().err, "guard_undo_incomplete")
     assert "level=error" in line
     assert OVERCOMMIT_MEMORY not in str(record_of(root)[GUARD_KEY])
+
+
+@pytest.mark.parametrize(
+    ("output", "refused"),
+    [
+        ("swapoff: Not superuser.", True),  # util-linux swapoff on EPERM (the seccomp filter)
+        ("swapon: /dev/zram0: swapon failed: Operation not permitted", True),
+        ("mkswap: cannot open /dev/zram0: Operation not permitted", True),  # DevicePolicy
+        ("modprobe: ERROR: could not insert 'zram': Operation not permitted", True),
+        ("swapoff: /dev/zram0: swapoff failed: Cannot allocate memory", False),
+        ("modprobe: FATAL: Module zram not found in directory /lib/modules/6.1.0", False),
+    ],
+)
+def test_a_refusal_for_lack_of_privilege_is_told_from_a_failure(output: str,
+                                                                 refused: bool) -> None:
+    assert denied_output(output) is refused
+    assert denied(CommandDenied(output)) and denied(PermissionError(1, "x"))
+    assert denied(OSError(30, "Read-only file system"))
+    assert not denied(OSError(12, "Cannot allocate memory"))

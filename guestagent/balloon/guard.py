@@ -170,8 +170,14 @@ class CommandDenied(GuestAgentError):
     """A command refused for lack of privilege (EPERM or EACCES): the daemon's sandbox."""
 
 
-#: What util-linux and kmod print (in the C locale) when the kernel says EPERM or EACCES.
-_DENIED_TEXT = ("Operation not permitted", "Permission denied")
+#: What util-linux and kmod print (in the C locale) when the kernel says EPERM or EACCES:
+#: strerror's texts, and swapoff's own words for EPERM ("swapoff: Not superuser.", exit 1).
+_DENIED_TEXT = ("Operation not permitted", "Permission denied", "Not superuser")
+
+
+def denied_output(text: str) -> bool:
+    """True when a failed command's output says the kernel refused it for lack of privilege."""
+    return any(d in text for d in _DENIED_TEXT)
 
 
 def denied(error: BaseException) -> bool:
@@ -204,7 +210,7 @@ class SystemCommands:
             text = proc.stdout.decode("utf-8", "replace").strip()
             out = text.splitlines()
             message = f"{' '.join(argv)}: exit {proc.returncode}: {out[-1] if out else ''}"
-            if any(d in text for d in _DENIED_TEXT):
+            if denied_output(text):
                 raise CommandDenied(message)
             raise GuestAgentError(message)
 
