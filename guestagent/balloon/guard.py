@@ -198,7 +198,7 @@ class SystemCommands:
         exe = shutil.which(argv[0], path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin")
         if exe is None:
             raise GuestAgentError(f"{argv[0]}: not installed")
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}  # messages in English
+        env = {**os.environ, "LC_ALL": "C"}  # strerror's texts in English (denied_output)
         try:
             proc = subprocess.run(
                 [exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
