@@ -156,13 +156,16 @@ FILES = (
      "meaning: guestagent config doc, or /usr/share/doc/guestagent/CONFIG.md."),
     ("/run/guestagent/", "Runtime state: the status socket status.sock (root only), "
                          "daemon.lock (held by the running daemon, and by devices apply, "
-                         "devices --reset, balloon set, balloon run, balloon --reset and "
-                         "tiering --reset while they run: another one refuses, naming the "
-                         "holder's PID) and what must be undone after a crash (devices.json, "
-                         "balloon.json, tiering.json)."),
+                         "devices --reset, balloon set, balloon run, balloon --reset, balloon "
+                         "--prepare-guard and tiering --reset while they run: another one "
+                         "refuses, naming the holder's PID) and what must be undone after a "
+                         "crash (devices.json; balloon.json: the balloon's original target and "
+                         "the allocation guard's changes, which balloon --reset undoes; "
+                         "tiering.json)."),
     ("/lib/systemd/system/guestagent.service", "The guest unit (its sandbox is described in "
-     "the file); guestagent-dom0.service for Dom0; guestagent-cloud-config.service runs the "
-     "cloud-init module."),
+     "the file; two short steps run outside it: balloon --prepare-guard before the daemon "
+     "starts, balloon --reset after it stops); guestagent-dom0.service for Dom0; "
+     "guestagent-cloud-config.service runs the cloud-init module."),
     ("/usr/share/guestagent/cloud-config.schema.json", "JSON schema of the cloud-config key "
      "guestagent:, which cloud-init's module cc_guestagent writes into the configuration file "
      "(/usr/share/doc/guestagent/cloud-init/README.md)."),

@@ -3,7 +3,11 @@
 * ``guestagent balloon status [--json]``: driver target and current size, the toolstack's
   targets, memory and pressure, and the controller's last decisions when its record exists.
 * ``guestagent balloon --reset``: the target goes back to the ceiling (for systemd
-  ``ExecStopPost``); without a balloon driver it says so and exits 0 (nothing to undo).
+  ``ExecStopPost``); without a balloon driver it says so and exits 0 (nothing to undo). Guard
+  changes it could not undo are logged at error level and exit 1.
+* ``guestagent balloon --prepare-guard``: the allocation guard's zram swap, made before the
+  daemon starts (the unit's privileged ``ExecStartPre``) when the configuration turns ballooning
+  on; otherwise one line says why. Always exits 0: it never blocks the agent's start.
 * ``guestagent balloon simulate --trace FILE --policy P [--json] [--steps]``: trace replay.
 * ``guestagent balloon record --out FILE --interval S --duration S``: record a trace.
 * ``guestagent balloon run --policy P [--duration S] [--ticks N]``: the controller loop.
@@ -35,7 +39,7 @@ from typing import Any
 
 from guestagent.balloon.actuator import BalloonActuator, BalloonUnavailable
 from guestagent.balloon.controller import run_controller
-from guestagent.balloon.guard import reset_all
+from guestagent.balloon.guard import GuardCommands, has_changes, prepare, reset_all
 from guestagent.balloon.guard import undo as undo_guard
 from guestagent.balloon.policy import DEFAULT_POLICY, POLICY_NAMES, default_config
 from guestagent.balloon.signals import (
@@ -48,7 +52,8 @@ from guestagent.balloon.signals import (
 )
 from guestagent.balloon.trace import load_trace, record, simulate
 from guestagent.cli import finite_float
-from guestagent.errors import InputError
+from guestagent.errors import GuestAgentError, InputError
+from guestagent.log import get_logger
 
 #: Where a fixture tree keeps its stand-in xenstore.
 FIXTURE_XENSTORE_DIR = "/xenstore"
@@ -67,6 +72,12 @@ def register(subparsers: Any) -> None:
         "--reset",
         action="store_true",
         help="put the balloon target back to the ceiling (the toolstack's target) and exit",
+    )
+    p.add_argument(
+        "--prepare-guard",
+        action="store_true",
+        help="make the allocation guard's zram swap before the daemon starts, when the "
+        "configuration turns ballooning on (the unit's privileged ExecStartPre); always exits 0",
     )
     p.add_argument("--no-xenstore", action="store_true", help="do not read xenstore")
     p.set_defaults(func=cmd_balloon, _balloon_parser=p)
@@ -140,8 +151,14 @@ def state_lock(ctx: Any, what: str, create: bool) -> AbstractContextManager[None
 
 
 def cmd_balloon(args: argparse.Namespace, ctx: Any) -> int:
+    if args.reset and args.prepare_guard:
+        print("guestagent: balloon: --reset and --prepare-guard exclude each other",
+              file=sys.stderr)
+        return 2
     if args.reset:
         return cmd_reset(args, ctx)
+    if args.prepare_guard:
+        return cmd_prepare_guard(args, ctx)
     args._balloon_parser.print_help(sys.stderr)
     return 2
 
@@ -149,8 +166,9 @@ def cmd_balloon(args: argparse.Namespace, ctx: Any) -> int:
 def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
     """Target back to the ceiling, then the allocation guard's changes undone (guard.reset_all).
 
-    Needs no configuration and works with a damaged record (it falls back to xenstore).
-    Refused (one line, exit status 1) while another guestagent holds the state directory."""
+    Needs no configuration and works with a damaged record (it falls back to xenstore). Guard
+    changes still in the record afterwards (an undo step failed) make it exit 1. Refused (one
+    line, exit status 1) while another guestagent holds the state directory."""
     actuator = BalloonActuator(ctx.hostfs, _xenstore(args, ctx))
     with state_lock(ctx, "balloon --reset", create=False):
         try:
@@ -158,9 +176,93 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
         except BalloonUnavailable as e:
             undo_guard(ctx.hostfs, actuator)
             print(f"guestagent: {e}; nothing to reset")
-            return 0
+            return _guard_left(actuator)
     print(f"balloon target reset to {target} KiB")
+    return _guard_left(actuator)
+
+
+def _guard_left(actuator: BalloonActuator) -> int:
+    """1 (and one error line) when guard changes are still in force after a reset."""
+    if not has_changes(actuator):
+        return 0
+    get_logger("balloon").error(
+        "guard_undo_incomplete", record=actuator.record_path,
+        note="guard changes still in force; run guestagent balloon --reset again as root",
+    )
+    return 1
+
+
+def cmd_prepare_guard(args: argparse.Namespace, ctx: Any) -> int:
+    """The guard's zram swap before the daemon starts (guard.prepare); always 0."""
+    from guestagent import config as config_mod
+
+    try:
+        with state_lock(ctx, "balloon --prepare-guard", create=True):
+            prepare_guard(args, ctx, config_mod.MAIN_FILE, config_mod.CONF_DIR)
+    except GuestAgentError as e:  # never block the agent's start: the daemon runs without zram
+        get_logger("balloon").warning("guard_prepare_skipped", reason=str(e))
     return 0
+
+
+def prepare_guard(
+    args: argparse.Namespace,
+    ctx: Any,
+    main_file: str,
+    conf_dir: str,
+    commands: GuardCommands | None = None,
+) -> bool:
+    """``--prepare-guard`` with the configuration files named: True when the guard's zram swap
+    is on afterwards. Every other outcome is one line (why) and False; nothing raises, so the
+    unit's ExecStartPre never blocks the agent's start."""
+    try:
+        level, why = _prepare_guard(args, ctx, main_file, conf_dir, commands)
+    except GuestAgentError as e:
+        level, why = "warning", str(e)
+    except Exception as e:  # never block the start: one line, no traceback
+        from guestagent.cli import internal_error
+
+        level, why = "error", internal_error(e)
+    if why is None:
+        return True
+    log = get_logger("balloon")  # after the configuration set the level and format
+    getattr(log, level)("guard_prepare_skipped", reason=why,
+                        effect="no zram swap from ExecStartPre; the daemon's guard still sets "
+                        "overcommit before its first shrink")
+    return False
+
+
+def _prepare_guard(
+    args: argparse.Namespace,
+    ctx: Any,
+    main_file: str,
+    conf_dir: str,
+    commands: GuardCommands | None,
+) -> tuple[str, str | None]:
+    """(log level, why nothing was made); why is None once the guard's swap is on. A guard
+    that tried and could not (no zram, someone else's zram, a failed command) has logged its own
+    line already: then only a debug line follows."""
+    from guestagent import log as log_mod
+    from guestagent.config import ConfigError
+    from guestagent.daemon.commands import load_checked, resolve_role
+
+    try:
+        cfg = load_checked(main_file, conf_dir, ctx.hostfs)
+    except ConfigError as e:
+        first = e.problems[0] if e.problems else "?"
+        return "warning", f"configuration refused ({len(e.problems)} problem(s), first: {first})"
+    log_mod.configure(
+        level=str(cfg.get("agent", "log_level")), json=cfg.get("agent", "log_format") == "json"
+    )
+    role = resolve_role(cfg, ctx.hostfs)
+    if role != "guest":
+        return "info", f"role {role}: no balloon job"
+    if not cfg.get("balloon", "enabled"):
+        return "info", "ballooning is off ([balloon] enabled = false)"
+    try:
+        made = prepare(ctx.hostfs, _xenstore(args, ctx), cfg.section("balloon"), commands)
+    except BalloonUnavailable as e:
+        return "info", str(e)
+    return ("info", None) if made else ("debug", "the guard said why above")
 
 
 def cmd_status(args: argparse.Namespace, ctx: Any) -> int:

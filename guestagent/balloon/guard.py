@@ -22,20 +22,30 @@ swapoff, zram reset and removal, module unload (only if the guard loaded it), th
 The caller puts the balloon target back to the ceiling and waits for the memory first. The guard
 never touches a zram device or a swap it did not create.
 
+Under the systemd unit the daemon's sandbox can load no module, open no block device and call
+no swapon: the zram swap is made before the daemon starts by :func:`prepare`
+(``guestagent balloon --prepare-guard``, the unit's privileged ``ExecStartPre``), which the
+daemon's :meth:`Guard.arm` then adopts. A swapoff the sandbox refuses (EPERM) is left in the
+record for the privileged ``ExecStopPost`` (``guestagent balloon --reset``).
+
 The pure functions (:func:`strict_commit_floor_kb`, :func:`overcommit_change`,
 :func:`zram_disksize_kb`, :func:`parse_swaps`) hold the decisions; :class:`Guard` does the I/O.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 from guestagent.log import get_logger
+
+if TYPE_CHECKING:
+    from guestagent.balloon.signals import XenstoreReader
 
 OVERCOMMIT_MEMORY = "/proc/sys/vm/overcommit_memory"
 OVERCOMMIT_RATIO = "/proc/sys/vm/overcommit_ratio"
@@ -156,6 +166,28 @@ class GuardCommands(Protocol):
     def swapoff(self, device: str) -> None: ...
 
 
+class CommandDenied(GuestAgentError):
+    """A command refused for lack of privilege (EPERM or EACCES): the daemon's sandbox."""
+
+
+#: What util-linux and kmod print (in the C locale) when the kernel says EPERM or EACCES:
+#: strerror's texts, and swapoff's own words for EPERM ("swapoff: Not superuser.", exit 1).
+_DENIED_TEXT = ("Operation not permitted", "Permission denied", "Not superuser")
+
+
+def denied_output(text: str) -> bool:
+    """True when a failed command's output says the kernel refused it for lack of privilege."""
+    return any(d in text for d in _DENIED_TEXT)
+
+
+def denied(error: BaseException) -> bool:
+    """True when ``error`` is a refusal for lack of privilege (a sandbox), not a failure:
+    :class:`CommandDenied`, or an OSError with EPERM, EACCES or EROFS (a read-only /sys)."""
+    if isinstance(error, CommandDenied):
+        return True
+    return isinstance(error, OSError) and error.errno in (errno.EPERM, errno.EACCES, errno.EROFS)
+
+
 class SystemCommands:
     """modprobe, mkswap, swapon and swapoff from the system (kmod, util-linux)."""
 
@@ -166,18 +198,21 @@ class SystemCommands:
         exe = shutil.which(argv[0], path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin")
         if exe is None:
             raise GuestAgentError(f"{argv[0]}: not installed")
+        env = {**os.environ, "LC_ALL": "C"}  # strerror's texts in English (denied_output)
         try:
             proc = subprocess.run(
                 [exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, timeout=120, check=False,
+                stderr=subprocess.STDOUT, timeout=120, check=False, env=env,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise GuestAgentError(f"{' '.join(argv)}: {e}") from None
         if proc.returncode != 0:
-            out = proc.stdout.decode("utf-8", "replace").strip().splitlines()
-            raise GuestAgentError(
-                f"{' '.join(argv)}: exit {proc.returncode}: {out[-1] if out else ''}"
-            )
+            text = proc.stdout.decode("utf-8", "replace").strip()
+            out = text.splitlines()
+            message = f"{' '.join(argv)}: exit {proc.returncode}: {out[-1] if out else ''}"
+            if denied_output(text):
+                raise CommandDenied(message)
+            raise GuestAgentError(message)
 
     def modprobe(self, module: str, *params: str) -> None:
         self._run(["modprobe", "-q", module, *params])
@@ -382,26 +417,37 @@ class Guard:
             self.log.warning("guard_swaps_unreadable", error=str(e))
             return []
 
-    def _arm_zram(self, size_kb: int) -> None:
+    def prepare_zram(self, ceiling_kb: int, floor_kb: int) -> bool:
+        """The zram half of :meth:`arm` alone, never the overcommit sysctl (that stays the
+        daemon's, set before its first shrink): ``guestagent balloon --prepare-guard``, run by
+        the unit outside the daemon's sandbox. True when the guard's zram swap is on after it
+        (made now or adopted); otherwise one line said why."""
+        return self._arm_zram(zram_disksize_kb(ceiling_kb, floor_kb))
+
+    def _arm_zram(self, size_kb: int) -> bool:
         changes = self._changes()
-        active = {s.path for s in self._active_swaps()}
+        active = {s.path: s for s in self._active_swaps()}
         swaps = [c for c in changes if c["kind"] == "swap"]
         if swaps and all(f"/dev/zram{c['device']}" in active for c in swaps):
-            self.log.info("guard_adopted", what=f"/dev/zram{swaps[0]['device']}",
-                          previous="no swap")
-            return
+            # made by a previous run, or by the unit's ExecStartPre (balloon --prepare-guard)
+            swap = active[f"/dev/zram{swaps[0]['device']}"]
+            self.log.info("guard_adopted", what=swap.path, size_kb=swap.size_kb,
+                          priority=swap.priority, previous="no swap")
+            return True
         if any(c["kind"] in ("swap", "zram_device") for c in changes):
             # A previous run's device that is no longer swapped on: remove it, then start again.
             undo_zram(self.hostfs, self.store, self.commands, self.log)
         why = self._zram_skip_reason(size_kb)
         if why is not None:
             self.log.warning("guard_zram_unavailable", reason=why, fallback="overcommit only")
-            return
+            return False
         try:
             self._make_zram(size_kb)
         except (GuestAgentError, OSError) as e:
             self.log.warning("guard_zram_failed", error=str(e), fallback="overcommit only")
             undo_zram(self.hostfs, self.store, self.commands, self.log)
+            return False
+        return True
 
     def _zram_skip_reason(self, size_kb: int) -> str | None:
         why = self.zram_unavailable()
@@ -469,11 +515,20 @@ class Guard:
 
 
 def _undo_step(log: Any, what: str, action: Any) -> bool:
+    """Run one undo action; False (logged, the change stays in the record) when it failed.
+
+    A refusal for lack of privilege (:func:`denied`: the daemon's sandbox forbids swapoff,
+    writes to /sys and module unloading) is no failure: one info line, and the unit's
+    privileged ``ExecStopPost`` (``guestagent balloon --reset``) undoes it from the record."""
     try:
         action()
     except (GuestAgentError, OSError) as e:
-        log.error("guard_undo_failed", what=what, error=str(e), kept="in the record, for the "
-                  "next guestagent balloon --reset")
+        if denied(e):
+            log.info("guard_undo_left", what=what, error=str(e),
+                     note="left for ExecStopPost (guestagent balloon --reset, privileged)")
+        else:
+            log.error("guard_undo_failed", what=what, error=str(e), kept="in the record, for "
+                      "the next guestagent balloon --reset")
         return False
     return True
 
@@ -619,3 +674,38 @@ def reset_all(
     if error is not None:
         raise error
     return target
+
+
+# --------------------------------------------------------------------------------------------
+# Before the daemon: the unit's privileged ExecStartPre (guestagent balloon --prepare-guard)
+
+
+def prepare(
+    hostfs: HostFS,
+    xenstore: XenstoreReader | None,
+    section: dict[str, Any],
+    commands: GuardCommands | None = None,
+) -> bool:
+    """Make the guard's zram swap for a validated ``[balloon]`` section, sized as the daemon
+    will size it: ceiling - floor from :func:`guestagent.balloon.policy.limits` (the toolstack's
+    memory/target and static-max, floor = max(floor_mb, max(256 MiB, static-max / 16))). The
+    toolstack offset is the record's (0 before the daemon's first start: the device is then at
+    most that offset, a few MiB, larger than the daemon's own would be; unused zram costs
+    nothing). Never touches the overcommit sysctl. True when the guard's swap is on after it.
+
+    Raises BalloonUnavailable without a balloon driver, InputError on bad input.
+    """
+    import time
+    from dataclasses import replace
+
+    from guestagent.balloon.actuator import BalloonActuator
+    from guestagent.balloon.config import policy_config
+    from guestagent.balloon.policy import PolicyState, limits
+    from guestagent.balloon.signals import read_signals
+
+    actuator = BalloonActuator(hostfs, xenstore)
+    actuator.check()
+    offset = actuator.checked_offset_kb(actuator.load_record())
+    config = replace(policy_config(section), toolstack_offset_kb=offset)
+    lim = limits(read_signals(hostfs, xenstore, time.monotonic()), PolicyState(), config)
+    return Guard(hostfs, actuator, commands).prepare_zram(lim.ceiling_kb, lim.floor_kb)

@@ -7,11 +7,13 @@ Dom0 sees the agent's keys in the guest's xenstore tree."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 
 from tests.e2e.bed import Guest, GuestSpec, XenBed
+from tests.e2e.test_balloon import guard_state
 from tests.e2e.test_xenstore_balloon import xenstore_ls
 from tests.e2e.util import TIMEOUT_SCALE
 
@@ -48,6 +50,47 @@ def check_journal_priorities(g: Guest) -> None:
     shown = sorted(json.dumps(json.loads(ln), sort_keys=True) for ln in warned.splitlines()
                    if ln.startswith("{"))
     assert shown == expected, (shown, expected)
+
+
+#: The drop-in that turns ballooning on for the guard's check (cloud-init's user-data keeps it
+#: off, so everything above runs with the configuration cloud-init wrote, unchanged).
+BALLOON_DROPIN = "/etc/guestagent/conf.d/50-e2e-balloon.toml"
+
+
+def check_guard_under_the_unit(g: Guest) -> str:
+    """Issue 12 item 1 under the real unit: with [balloon] enabled, the unit's privileged
+    ExecStartPre (balloon --prepare-guard) makes the allocation guard's zram swap (priority 100)
+    before the sandboxed daemon starts; ``systemctl stop`` (the daemon's own stop, which the
+    sandbox forbids the swapoff, then ExecStopPost's privileged balloon --reset) leaves the guest
+    as it was: no swap, no zram device or module, overcommit unchanged. Returns a summary."""
+    def journal() -> str:
+        return g.run("journalctl -b -u guestagent.service -o cat --no-pager | "
+                     "grep -E 'guard|prepare|balloon' | tail -n 40")[0]
+
+    before = guard_state(g)
+    assert "/dev/zram" not in before, before
+    g.run_ok(f"mkdir -p /etc/guestagent/conf.d && "
+             f"printf '[balloon]\\nenabled = true\\n' > {BALLOON_DROPIN}")
+    g.run("systemctl restart guestagent.service", timeout=600 * TIMEOUT_SCALE)
+    state = wait_active(g, "guestagent.service", 600)
+    assert state == "active", g.run("systemctl status guestagent.service; "
+                                    "journalctl -b -u guestagent.service --no-pager")[0]
+    armed = guard_state(g)
+    assert re.search(r"swaps: /dev/zram\d+/100\b", armed), (
+        f"the unit's ExecStartPre made no zram swap: {armed}; journal:\n{journal()}")
+    record = g.run_ok("cat /run/guestagent/balloon.json")
+    assert '"kind": "swap"' in record, (record, journal())
+
+    g.run_ok("systemctl stop guestagent.service", timeout=300 * TIMEOUT_SCALE)
+    after = guard_state(g)
+    log = journal()
+    assert after == before, f"not undone: before {before!r}, after {after!r}; journal:\n{log}"
+    errors = g.run("journalctl -b -u guestagent.service -p err -o cat --no-pager")[0]
+    assert "guard_undo" not in errors, errors
+    g.run_ok(f"rm -f {BALLOON_DROPIN}")
+    seen = [e for e in ("guard_adopted", "guard_undo_left", "guard_undone") if e in log]
+    return (f"before {before!r}; with [balloon] enabled {armed!r}; after stop {after!r}; "
+            f"in the unit's journal: {', '.join(seen) or 'none of the guard lines'}")
 
 
 def test_cloud_init_installs_the_configuration_and_starts_the_agent(bed_debs: XenBed) -> None:
@@ -114,3 +157,6 @@ def test_cloud_init_installs_the_configuration_and_starts_the_agent(bed_debs: Xe
         assert keys.get(f"{base}/vnuma/nr-nodes") == "1", keys
         assert keys.get(f"{base}/vnuma/nodes/0/cpus") == "0-1", keys
         assert keys.get(f"{base}/vnuma/hypercall-status", "").startswith("no vNUMA"), keys
+
+        # The balloon's allocation guard under the unit (last: it restarts and stops the agent).
+        print(f"guard under the unit: {check_guard_under_the_unit(g)}")
