@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import errno
+import logging
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
+from guestagent import log as log_mod
 from guestagent.balloon.job import BalloonJob
 from guestagent.balloon.memlock import LOCK_FLAGS, MCL_ONFAULT, lock_agent_memory
 from guestagent.hostfs import HostFS
+
+Logs = list[MutableMapping[str, Any]]
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logs]:
+    """Every log event of the test, as dicts, whatever an earlier test configured."""
+    monkeypatch.setattr(log_mod, "_configured", True)
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as captured:
+            yield captured
+    finally:
+        structlog.configure(**saved)
 
 
 class FakeConfig:
@@ -59,9 +79,7 @@ def test_a_refused_lock_says_why(err: int, words: str) -> None:
     assert words in (lock_agent_memory(Locker(err).lock) or "")
 
 
-def test_the_job_locks_on_the_real_host_and_unlocks_on_stop(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_the_job_locks_on_the_real_host_and_unlocks_on_stop(logs: Logs) -> None:
     locker = Locker()
     job = BalloonJob(locker.lock, locker.unlock)
     job._lock_memory(ctx("/"))
@@ -70,8 +88,8 @@ def test_the_job_locks_on_the_real_host_and_unlocks_on_stop(
     assert locker.unlocks == 1 and not job._memory_locked
     job.stop()
     assert locker.unlocks == 1
-    err = capsys.readouterr().err
-    assert "event=memory_locked" in err and "event=memory_unlocked" in err
+    events = [e["event"] for e in logs]
+    assert "memory_locked" in events and "memory_unlocked" in events
 
 
 def test_the_job_never_locks_a_process_on_a_fixture_tree(tmp_path: Path) -> None:
@@ -81,23 +99,22 @@ def test_the_job_never_locks_a_process_on_a_fixture_tree(tmp_path: Path) -> None
     assert locker.calls == [] and not job._memory_locked
 
 
-def test_lock_memory_false_turns_it_off(capsys: pytest.CaptureFixture[str]) -> None:
+def test_lock_memory_false_turns_it_off(logs: Logs) -> None:
     locker = Locker()
     job = BalloonJob(locker.lock, locker.unlock)
     job._lock_memory(ctx("/", lock_memory=False))
     assert locker.calls == []
-    assert "event=memory_not_locked" in capsys.readouterr().err
+    assert [e["event"] for e in logs] == ["memory_not_locked"]
 
 
-def test_a_refused_lock_is_one_warning_and_the_job_goes_on(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_a_refused_lock_is_one_warning_and_the_job_goes_on(logs: Logs) -> None:
     locker = Locker(errno.EPERM)
     job = BalloonJob(locker.lock, locker.unlock)
     job._lock_memory(ctx("/"))
     assert not job._memory_locked
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "memory_not_locked" in ln]
-    assert len(lines) == 1 and "level=warning" in lines[0] and "CAP_IPC_LOCK" in lines[0]
+    lines = [e for e in logs if e["event"] == "memory_not_locked"]
+    assert len(lines) == 1 and lines[0]["log_level"] == "warning"
+    assert "CAP_IPC_LOCK" in lines[0]["reason"]
     job.stop()
     assert locker.unlocks == 0
 

@@ -51,9 +51,10 @@ def test_the_daemon_and_the_other_steps_keep_the_sandbox() -> None:
     lines = command_lines()
     assert ("ExecStart", "", "/usr/bin/guestagent run") in lines
     assert ("ExecStopPost", "-", "/usr/bin/guestagent devices --reset") in lines
+    assert ("ExecStopPost", "-", "/usr/bin/guestagent tiering --reset") in lines
     # the prepare step comes before the daemon, the reset after it: nothing else is privileged
     assert [k for k, p, _c in lines if "+" not in p] == ["ExecStart", "ExecReload",
-                                                         "ExecStopPost"]
+                                                         "ExecStopPost", "ExecStopPost"]
 
 
 def test_the_privileged_commands_parse() -> None:
