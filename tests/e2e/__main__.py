@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     script = command[0] if len(command) == 1 else shlex.join(command)
     config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="cli",
-                       guest_debs=args.debs)
+                       guest_debs=args.debs, pin_hvm_off_cpu0=not args.no_pin_hvm)
     with XenBed(config) as bed:
         if args.dom0:
             out, rc = bed.dom0(script, timeout=args.timeout)
@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--kernel", default="",
                      help=f"guest kernel: {versions.DEFAULT_GUEST_KERNEL} (default, Dom0's) or one "
                      f"of {', '.join(sorted(versions.GUEST_KERNELS))}")
+    run.add_argument("--no-pin-hvm", action="store_true",
+                     help="leave an HVM guest's vCPUs on every pCPU (default: off pCPU 0, the "
+                     "triple-fault workaround; tests/e2e/README.md)")
     run.add_argument("--timeout", type=float, default=300, help="seconds for the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
