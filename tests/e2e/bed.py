@@ -395,6 +395,10 @@ class XenBed:
         if self.config.guest_debs:
             disk = rootfs.guest_image_debs(artefacts.modules_dir(_stage))
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Every Debian build this bed runs, and the pin it stands for when a pin was superseded.
+        (self.run_dir / "versions.txt").write_text(
+            "".join(f.line() + "\n" for _n, f in sorted(artefacts.FETCHED.items()))
+        )
         sock = self.run_dir / "cmd.sock"
         serial_log = self.run_dir / "serial.log"
         argv = [

@@ -1,9 +1,12 @@
 """Every artefact the e2e testbed fetches, pinned in one place.
 
-Debian's security archive keeps only the newest build of a package: when a pinned version has been
-superseded, ``apt-get download`` fails with "Version ... not found"; bump the version here (see
-``python -m tests.e2e pins``, which prints what apt would fetch now) and the caches re-key by
-themselves.
+Debian's security archive keeps only the newest build of a package, so a pin here is superseded with
+each security update. The testbed then fetches, in this order and with a log line for each pin
+not fetched exactly (:mod:`tests.e2e.pins`): the exact pin from apt, the exact pin from the
+snapshot archive, and only then the newest build apt knows of the same upstream series (for a
+kernel, also under a newer ABI name). Every cache key follows what was fetched, and each run
+records it in its ``versions.txt``. Bump the version here when that line appears (see
+``python -m tests.e2e pins``, which prints what apt would fetch now).
 """
 
 from __future__ import annotations
