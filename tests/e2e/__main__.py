@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e import artefacts, rootfs, versions
+from tests.e2e import artefacts, preflight, rootfs, versions
 from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, log
 
@@ -109,6 +109,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    preflight.check(guest_debs=args.debs)
     lock = acquire_bed_lock()  # noqa: F841 (held until exit: one builder at a time)
     stage, xen, _kernel, dom0, disk = XenBed(BedConfig(with_agent=not args.no_agent)).prepare()
     extra = [rootfs.guest_image_debs(artefacts.modules_dir(stage))] if args.debs else []

@@ -36,7 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e import artefacts, images, rootfs, versions
+from tests.e2e import artefacts, images, preflight, rootfs, versions
 from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, GuestDied, log, tail
 
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
@@ -389,6 +389,7 @@ class XenBed:
         self.stop()
 
     def start(self) -> None:
+        preflight.check(guest_debs=self.config.guest_debs)
         if self.lock_fd is None:
             self.lock_fd = acquire_bed_lock()
         _stage, xen, kernel, dom0, disk = self.prepare()

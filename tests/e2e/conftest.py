@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e import preflight
 from tests.e2e.bed import BedConfig, XenBed
+from tests.e2e.util import BedError
 
 
 class Beds:
@@ -40,6 +42,10 @@ class Beds:
 def beds() -> Iterator[Beds]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
+    try:
+        preflight.check(guest_debs=True)
+    except BedError as e:
+        pytest.fail(f"e2e: {e}", pytrace=False)
     b = Beds()
     try:
         yield b

@@ -1,0 +1,61 @@
+"""The e2e testbed's preflight (tests/e2e/preflight.py): a missing host tool is one line naming it
+and its Debian package, before anything is built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import preflight, versions
+from tests.e2e.util import REPO, BedError
+
+
+def fake_path(tmp_path: Path, without: str) -> str:
+    """A PATH directory holding a stub for every tool the testbed needs but ``without``."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in {**versions.HOST_TOOLS, **versions.DEB_BUILD_TOOLS}:
+        if tool != without:
+            stub = bindir / tool
+            stub.write_text("#!/bin/sh\nexit 0\n")
+            stub.chmod(0o755)
+    return str(bindir)
+
+
+def test_a_path_without_cpio_names_the_tool_and_its_package(tmp_path: Path) -> None:
+    path = fake_path(tmp_path, without="cpio")
+    with pytest.raises(BedError) as e:
+        preflight.check(path=path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "cpio (package cpio)" in msg and msg.endswith("apt-get install cpio")
+
+
+def test_every_missing_tool_is_named_at_once(tmp_path: Path) -> None:
+    path = fake_path(tmp_path, without="mke2fs")
+    (Path(path) / "qemu-system-x86_64").unlink()
+    with pytest.raises(BedError, match=r"apt-get install e2fsprogs qemu-system-x86$"):
+        preflight.check(path=path)
+
+
+def test_the_deb_tools_are_checked_only_for_the_deb_image(tmp_path: Path) -> None:
+    path = fake_path(tmp_path, without="lintian")
+    preflight.check(path=path)
+    with pytest.raises(BedError, match="lintian"):
+        preflight.check(guest_debs=True, path=path)
+
+
+def test_the_cli_says_one_line_and_exits_3_before_building(tmp_path: Path) -> None:
+    path = fake_path(tmp_path, without="zstd")
+    env = {**os.environ, "PATH": path, "E2E_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "tests.e2e", "build"], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "e2e: missing host tools: zstd (package zstd); install them with: apt-get install zstd"
+    ]
+    assert not (tmp_path / "cache").exists()
