@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.e2e import pins, versions
+from tests.e2e import pins, recipe, versions
 from tests.e2e.util import CACHE, BedError, atomic_dir, key_of, log, publish_dir, run
 
 DEBS = CACHE / "debs"
@@ -218,15 +218,20 @@ def fetched_key(got: dict[str, pins.Fetched]) -> str:
     return key_of(*(f"{f.name}={f.version}" for _n, f in sorted(got.items())))
 
 
+def _staging_dir(key: str) -> Path:
+    """The staging tree of the packages whose key is ``key``, by this module's extraction code."""
+    return CACHE / f"staging-{key_of(key, recipe.recipe_key(code=(staging,)))}"
+
+
 def staging() -> Path:
     """All pinned packages extracted into one tree (cached, keyed on what was fetched)."""
-    final = CACHE / f"staging-{key_of(*(f'{n}={v}' for n, v in sorted(versions.PACKAGES.items())))}"
+    final = _staging_dir(key_of(*(f"{n}={v}" for n, v in sorted(versions.PACKAGES.items()))))
     if (final / ".done").exists():
         FETCHED.update({n: pins.Fetched(n, v, n, v, "pin") for n, v in versions.PACKAGES.items()})
         return final
     got = fetch(versions.PACKAGES)
     _adopt_kernels(got)
-    final = CACHE / f"staging-{fetched_key(got)}"
+    final = _staging_dir(fetched_key(got))
     if (final / ".done").exists():
         return final
     tmp = atomic_dir(final)
@@ -284,14 +289,15 @@ def variant_stage(variant: str) -> Path:
     bumping a variant leaves the main staging tree and its keys alone."""
     abi, version = versions.GUEST_KERNELS[variant]
     name = f"linux-image-{abi}"
-    final = CACHE / f"kernel-{variant}-{key_of(abi, version)}"
+    code = recipe.recipe_key(code=(variant_stage,))
+    final = CACHE / f"kernel-{variant}-{key_of(abi, version, code)}"
     if (final / ".done").exists():
         FETCHED[name] = pins.Fetched(name, version, name, version, "pin")
         return final
     got = fetch({name: version})
     _adopt_kernels(got)
     abi, version = versions.GUEST_KERNELS[variant]
-    final = CACHE / f"kernel-{variant}-{key_of(abi, version)}"
+    final = CACHE / f"kernel-{variant}-{key_of(abi, version, code)}"
     if (final / ".done").exists():
         return final
     tmp = atomic_dir(final)
