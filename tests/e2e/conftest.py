@@ -12,6 +12,14 @@ from tests.e2e.bed import BedConfig, XenBed
 from tests.e2e.util import BedError
 
 
+def preflight_or_fail(guest_debs: bool) -> None:
+    """A missing host tool fails the test with one line naming it and its package."""
+    try:
+        preflight.check(guest_debs=guest_debs)
+    except BedError as e:
+        pytest.fail(f"e2e: {e}", pytrace=False)
+
+
 class Beds:
     """At most one QEMU at a time: asking for another layout (host NUMA nodes, the guest image
     with the agent's .deb) stops the running bed."""
@@ -26,6 +34,7 @@ class Beds:
         ):
             self.close()
         if self.current is None:
+            preflight_or_fail(guest_debs)
             name = "pytest-numa2" if host_numa2 else "pytest-debs" if guest_debs else "pytest"
             bed = XenBed(BedConfig(host_numa2=host_numa2, guest_debs=guest_debs, run_name=name))
             bed.__enter__()
@@ -42,10 +51,7 @@ class Beds:
 def beds() -> Iterator[Beds]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
-    try:
-        preflight.check(guest_debs=True)
-    except BedError as e:
-        pytest.fail(f"e2e: {e}", pytrace=False)
+    preflight_or_fail(guest_debs=False)
     b = Beds()
     try:
         yield b
