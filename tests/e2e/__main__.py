@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from tests.e2e import artefacts, preflight, rootfs, versions
+from tests.e2e import pins as pinning
 from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, log
 
@@ -130,6 +131,9 @@ def cmd_pins(_args: argparse.Namespace) -> int:
             (ln.split()[1] for ln in out.splitlines() if ln.strip().startswith("Candidate:")), "?"
         )
         mark = "" if cand == pinned else "   <- differs"
+        if pinned not in artefacts.apt_known([name]).get(name, []):
+            alt = pinning.choose_fallback(name, pinned, artefacts.apt_candidates(name))
+            mark += f"; pin gone from apt: the bed would take {'='.join(alt) if alt else 'nothing'}"
         stale += bool(mark)
         print(f"{name:40} {pinned:40} {cand}{mark}")
     return 1 if stale else 0

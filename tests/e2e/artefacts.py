@@ -159,7 +159,8 @@ def _fetch_missing(todo: dict[str, str]) -> dict[str, pins.Fetched]:
         _refresh_apt_lists([f"{n}={todo[n]}" for n in unknown])
         known = apt_known(sorted(todo))
     exact = {n: v for n, v in todo.items() if v in known.get(n, [])}
-    log(f"downloading {len(exact)} Debian packages")
+    if exact:
+        log(f"downloading {len(exact)} Debian packages")
     failed = set(_apt_download(exact)) | (set(todo) - set(exact))
     got = {n: pins.Fetched(n, v, n, v, "pin") for n, v in exact.items() if n not in failed}
     snapshot = _Snapshot()
