@@ -6,13 +6,17 @@ size that still holds what each phase uses:
 
     need(t) = (driver size - MemTotal) + (MemTotal - MemAvailable) + cache(t) + band
 
-where ``cache(t)`` is Cached in the phases that read the files (``cache`` and ``spike``, which
-re-reads them) and the boot-time Cached elsewhere, and ``band`` is headroom kept on top (0, or
+where ``cache(t)`` is Cached in the phases whose page cache is in use (the phase lines that say
+``"cache": true``; in old logs without that flag, ``cache`` and ``spike``, which re-reads the
+files) and the boot-time Cached elsewhere, and ``band`` is headroom kept on top (0, or
 the pressure policy's twice the reserve, 128 MiB in a 1 GiB guest). Such a controller knows the
 future, has no lag and pays nothing for reclaim; the ratio of this bound to the ``classic`` run of
 the same invocation is what the issue's target (0.75) can be compared with.
 
     python -m benchmarks.balloon_bound tests/e2e/runs/<run>/balloon-bench
+
+(that command reads the session-4 layout, one workload; ``balloon_testbed`` computes the bound of
+every workload itself with :func:`bound_for_run`.)
 """
 
 from __future__ import annotations
@@ -34,10 +38,26 @@ def phase_starts(workload_log: str) -> list[tuple[float, str]]:
     """``(t, phase)`` from the workload's JSON lines (``{"phase": ..., "t": ...}``)."""
     out = []
     for line in workload_log.splitlines():
-        rec = json.loads(line)
-        if "phase" in rec and "t" in rec:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "phase" in rec and "t" in rec:
             out.append((float(rec["t"]), str(rec["phase"])))
     return out
+
+
+def cache_phases(workload_log: str) -> tuple[str, ...]:
+    """The phases whose lines say ``"cache": true``; the old workload's two when none do."""
+    names = []
+    for line in workload_log.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("cache") and "phase" in rec:
+            names.append(str(rec["phase"]))
+    return tuple(names) or CACHE_PHASES
 
 
 def phase_at(t: float, starts: list[tuple[float, str]]) -> str:
@@ -49,8 +69,10 @@ def phase_at(t: float, starts: list[tuple[float, str]]) -> str:
 
 
 def bound_gib_s(trace: list[MemorySignals], starts: list[tuple[float, str]], end_s: float,
-                band_kb: int) -> float:
-    """The integral of ``need(t)`` over ``[0, end_s]`` in GiB x s (rectangles, one per snapshot)."""
+                band_kb: int, start_s: float = 0.0,
+                cached: tuple[str, ...] = CACHE_PHASES) -> float:
+    """The integral of ``need(t)`` over ``[start_s, end_s]`` in GiB x s (rectangles, one per
+    snapshot; ``starts``, ``start_s`` and ``end_s`` on the trace's time scale)."""
     if not trace:
         raise ValueError("empty trace")
     boot_cache = trace[0].cached_kb
@@ -59,16 +81,44 @@ def bound_gib_s(trace: list[MemorySignals], starts: list[tuple[float, str]], end
         t = snap.timestamp
         if t >= end_s:
             break
-        dt = min((nxt.timestamp if nxt is not None else end_s) - t, end_s - t)
+        t_next = nxt.timestamp if nxt is not None else end_s
+        if t_next <= start_s:
+            continue
+        dt = min(t_next, end_s) - max(t, start_s)
         gap = (snap.balloon_current_kb or snap.mem_total_kb) - snap.mem_total_kb
-        cache = snap.cached_kb if phase_at(t, starts) in CACHE_PHASES else boot_cache
+        cache = snap.cached_kb if phase_at(t, starts) in cached else boot_cache
         total += (gap + used_kb(snap) + cache + band_kb) * dt
     return total / (1024 * 1024)
 
 
+def bound_for_run(trace: list[MemorySignals], workload_log: str, trace_offset: float,
+                  band_kb: int) -> tuple[float, float] | None:
+    """(GiB x s, seconds) of the bound over one workload run of ``balloon_testbed``.
+
+    The workload's phase lines carry CLOCK_MONOTONIC (``mono``); the trace's ``timestamp`` 0 is
+    at ``trace_offset`` on that clock (the guest's monitor measured it). The window runs from the
+    first phase line to the last (``end``, or ``failed``). None without phase lines.
+    """
+    marks = []
+    for line in workload_log.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "phase" in rec and "mono" in rec:
+            marks.append((float(rec["mono"]) - trace_offset, str(rec["phase"])))
+    if len(marks) < 2 or not trace:
+        return None
+    start_s, end_s = marks[0][0], marks[-1][0]
+    gib_s = bound_gib_s(trace, marks, end_s, band_kb, start_s=start_s,
+                        cached=cache_phases(workload_log))
+    return gib_s, end_s - start_s
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        print("usage: python -m benchmarks.balloon_bound tests/e2e/runs/<run>/balloon-bench",
+              file=sys.stderr)
         return 2
     run = Path(argv[0])
     trace = load_trace(str(run / "none-0.trace.jsonl")).snapshots

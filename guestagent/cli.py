@@ -7,6 +7,7 @@ Feature packages add their own sub-commands through a ``register(subparsers)`` f
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,18 @@ class Context:
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
+
+
+def finite_float(text: str) -> float:
+    """An option's number (argparse ``type=``): ``nan`` and ``inf`` are refused, as in the
+    configuration (a NaN interval would never fire)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def command_word(argv: Sequence[str]) -> str | None:
@@ -114,6 +127,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # last resort: one line, never a traceback
+        print(f"guestagent: {internal_error(e)}", file=sys.stderr)
+        return 1
+
+
+def internal_error(e: BaseException) -> str:
+    """One line for an error nothing expected: its type, its text, and where it was raised
+    (the file and line to report)."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return (f"internal error: {type(e).__name__}: {e}{where} "
+            "(please report it with this line)")
 
 
 def run(argv: list[str]) -> int:  # pragma: no cover - convenience for python -m

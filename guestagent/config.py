@@ -10,6 +10,9 @@ configuration running.
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +47,8 @@ class Key:
         return type(self.default).__name__
 
 
+DEFAULT_STATE_DIR = "/run/guestagent"
+
 CORE_KEYS: tuple[Key, ...] = (
     # --- agent -------------------------------------------------------------------------------
     Key(
@@ -71,8 +76,10 @@ CORE_KEYS: tuple[Key, ...] = (
     Key(
         "agent",
         "state_dir",
-        "/run/guestagent",
-        "Runtime state: the status socket and what must be undone after a crash.",
+        DEFAULT_STATE_DIR,
+        "Runtime state: the status socket and what must be undone after a crash. An absolute "
+        "path of the agent's own: a shared directory (/tmp, /run, one others can write to or "
+        "with the sticky bit) is refused, never changed; a missing one is created, mode 0700.",
     ),
     # --- topology ----------------------------------------------------------------------------
     Key(
@@ -105,7 +112,8 @@ CORE_KEYS: tuple[Key, ...] = (
         "metrics",
         "listen",
         "127.0.0.1:9731",
-        "Address for metrics; only loopback addresses are accepted.",
+        "Address for metrics, `HOST:PORT` (port 1..65535); only loopback addresses are "
+        "accepted.",
     ),
     Key(
         "metrics",
@@ -149,6 +157,8 @@ class ConfigError(GuestAgentError):
 class Config:
     values: dict[str, dict[str, Value]]
     files: list[str] = field(default_factory=list)
+    #: The file that set each key (absent: the default), to name it in a problem.
+    origins: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def get(self, section: str, name: str) -> Any:
         return self.values[section][name]
@@ -185,10 +195,19 @@ def _check_value(key: Key, value: object) -> str | None:
     ):
         return "expected a list of strings"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if key.minimum is not None and value < key.minimum:
-            return f"below the minimum {key.minimum:g}"
-        if key.maximum is not None and value > key.maximum:
-            return f"above the maximum {key.maximum:g}"
+        return _check_number(key, value)
+    return None
+
+
+def _check_number(key: Key, value: float) -> str | None:
+    """Why a number is not acceptable: NaN and infinities pass every comparison, so they are
+    refused first (a NaN interval never fires)."""
+    if not math.isfinite(value):
+        return "expected a finite number"
+    if key.minimum is not None and value < key.minimum:
+        return f"below the minimum {key.minimum:g}"
+    if key.maximum is not None and value > key.maximum:
+        return f"above the maximum {key.maximum:g}"
     return None
 
 
@@ -220,45 +239,190 @@ def apply_document(
                 problems.append(f"{source}: [{section}] {name} = {show_value(value)}: {why}")
                 continue
             config.values[section][name] = float(value) if key.kind == "float" else value
+            config.origins[(section, name)] = source
     config.files.append(source)
 
 
+#: Directories shared by everyone (or the whole system): never a state directory.
+SHARED_DIRS = ("/", "/tmp", "/var/tmp", "/run", "/var/run", "/var", "/dev", "/dev/shm",
+               "/run/user", "/run/lock", "/var/lock", "/etc", "/usr", "/home", "/root")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def listen_problem(listen: str) -> str | None:
+    """Why ``listen`` is not a loopback ``HOST:PORT`` the metrics server can bind, or None."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or host not in LOOPBACK_HOSTS or not port.isdigit():
+        return "expected a loopback address with a port, e.g. 127.0.0.1:9731"
+    if not 1 <= int(port) <= 65535:
+        return "the port must be 1..65535"
+    return None
+
+
+def state_dir_text_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a state directory whatever the host holds, or None."""
+    if not path.startswith("/"):
+        return "expected an absolute path"
+    if ".." in path.split("/"):
+        return "expected a path without '..'"
+    normal = os.path.normpath(path)
+    normal = "/" + normal.lstrip("/")
+    if normal in SHARED_DIRS:
+        return "a shared system directory; use a directory of the agent's own, e.g. /run/guestagent"
+    return None
+
+
+def state_dir_problem(real_path: str) -> str | None:
+    """Why the existing directory at ``real_path`` (on this host) is not the agent's own, or
+    None (also when it does not exist yet: the agent creates it, mode 0700).
+
+    The agent never changes the mode of a directory it did not create: a directory that others
+    can write to, or that has the sticky bit (as /tmp), is refused instead."""
+    try:
+        st = os.lstat(real_path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot be examined ({os.strerror(e.errno or 0)})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link; name the directory itself"
+    if not stat.S_ISDIR(st.st_mode):
+        return "exists and is not a directory"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}, not by the agent (uid {os.geteuid()}) or root"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH):
+        return (f"mode {mode:04o}: a shared directory (sticky or writable by others); "
+                "the agent needs one of its own and never changes this one")
+    return None
+
+
+def _section_problems(config: Config) -> list[tuple[str, str, object, str]]:
+    """The job packages' own checks of their sections (``section_problems``, where a package
+    has one): what a key's type and range cannot say, such as ``BDF=N`` strings or low < high."""
+    from importlib import import_module
+
+    found: list[tuple[str, str, object, str]] = []
+    for name in JOB_KEY_MODULES:
+        check = getattr(import_module(name), "section_problems", None)
+        if check is not None:
+            found += check(config)
+    return found
+
+
 def cross_checks(config: Config) -> list[str]:
-    """Rules that span keys."""
-    problems = []
+    """Rules beyond one key's type and range: addresses, paths, the jobs' own sections, and
+    rules that span keys. Each line names the file that set the key (the same checks as ``run``).
+    """
+    found: list[tuple[str, str, object, str]] = []
     listen = str(config.get("metrics", "listen"))
-    host = listen.rpartition(":")[0].strip("[]")
-    port = listen.rpartition(":")[2]
-    if host not in ("127.0.0.1", "::1", "localhost") or not port.isdigit():
-        problems.append(
-            f"[metrics] listen = {show_value(listen)}: expected a loopback "
-            "address with a port, e.g. 127.0.0.1:9731"
-        )
-    return problems
+    why = listen_problem(listen)
+    if why is not None:
+        found.append(("metrics", "listen", listen, why))
+    state_dir = str(config.get("agent", "state_dir"))
+    why = state_dir_text_problem(state_dir)
+    if why is not None:
+        found.append(("agent", "state_dir", state_dir, why))
+    found += _section_problems(config)
+    return [problem_line(config, *item) for item in found]
+
+
+def problem_line(config: Config, section: str, name: str, value: object, why: str) -> str:
+    """``FILE: [section] key = value: why``; FILE is the file that set the key."""
+    source = config.origins.get((section, name), "default value")
+    return f"{source}: [{section}] {name} = {show_value(value)}: {why}"
+
+
+def host_problems(config: Config, real_state_dir: str) -> list[str]:
+    """What the host says against the configuration (``run`` and ``config check``): the state
+    directory must be the agent's own."""
+    why = state_dir_problem(real_state_dir)
+    if why is None:
+        return []
+    return [problem_line(config, "agent", "state_dir", config.get("agent", "state_dir"), why)]
 
 
 def load(main_file: str = MAIN_FILE, conf_dir: str = CONF_DIR) -> Config:
     """Defaults, then the main file (if present), then conf.d/*.toml. Raises ConfigError."""
     config = defaults()
     problems: list[str] = []
-    paths = [Path(main_file)] if Path(main_file).exists() else []
-    directory = Path(conf_dir)
-    if directory.is_dir():
-        paths += sorted(p for p in directory.iterdir() if p.suffix == ".toml")
-    for path in paths:
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(f"{path}: cannot be read: {e}")
-            continue
-        except tomllib.TOMLDecodeError as e:
-            problems.append(f"{path}: not valid TOML: {e}")
-            continue
-        apply_document(config, document, str(path), problems)
+    for path in _config_paths(main_file, conf_dir):
+        document = _read_document(path, problems)
+        if document is not None:
+            apply_document(config, document, str(path), problems)
     problems += cross_checks(config)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _config_paths(main_file: str, conf_dir: str) -> list[Path]:
+    """The files in the order they apply: the main file (if present), then conf.d/*.toml."""
+    paths = [Path(main_file)] if Path(main_file).exists() else []
+    directory = Path(conf_dir)
+    if directory.is_dir():
+        paths += sorted(p for p in directory.iterdir() if p.suffix == ".toml")
+    return paths
+
+
+#: Largest configuration file read (a real one is a few KiB).
+MAX_FILE_BYTES = 1 << 20
+
+
+def _read_file(path: Path) -> str:
+    """A regular file's text, read with a bound. Opened non-blocking and checked on the open
+    descriptor: a FIFO (which would block) or a device such as /dev/zero (which never ends) is
+    refused without reading it. Raises ValueError with the reason."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+    return data.decode("utf-8")
+
+
+def _read_document(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The file's TOML document, or None and one line in ``problems``."""
+    try:
+        text = _read_file(path)
+    except OSError as e:
+        problems.append(f"{path}: cannot be read: {e.strerror or e}")
+        return None
+    except ValueError as e:  # UnicodeDecodeError too
+        problems.append(f"{path}: cannot be read: {e}")
+        return None
+    try:
+        document: dict[str, Any] = tomllib.loads(text)
+        return document
+    except tomllib.TOMLDecodeError as e:
+        problems.append(f"{path}: not valid TOML: {e}")
+    except (ValueError, RecursionError) as e:  # a 5,000-digit integer, 100,000 nested arrays
+        problems.append(f"{path}: not usable TOML: {type(e).__name__}: {str(e)[:120]}")
+    return None
+
+
+def read_state_dir(main_file: str = MAIN_FILE, conf_dir: str = CONF_DIR) -> tuple[str, list[str]]:
+    """``[agent] state_dir`` alone, for the undo commands, which must work whatever else the
+    files hold: every other key is ignored, and a file that cannot be read or a value that is not
+    usable is skipped (one line each in the returned problems; then the default applies)."""
+    value = str(DEFAULT_STATE_DIR)
+    problems: list[str] = []
+    for path in _config_paths(main_file, conf_dir):
+        document = _read_document(path, problems)
+        agent = document.get("agent") if document is not None else None
+        if not isinstance(agent, dict) or "state_dir" not in agent:
+            continue
+        candidate = agent["state_dir"]
+        why = (state_dir_text_problem(candidate) if isinstance(candidate, str)
+               else "expected a string")
+        if why is None:
+            value = candidate
+        else:
+            problems.append(f"{path}: [agent] state_dir = {show_value(candidate)}: {why}")
+    return value, problems
 
 
 def markdown() -> str:

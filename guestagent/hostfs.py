@@ -66,6 +66,8 @@ class HostFS:
             raise InputError(host_path, "is not a directory") from None
         except PermissionError:
             raise InputError(host_path, "permission denied") from None
+        except OSError as e:  # ELOOP (a symlink loop), EIO...
+            raise InputError(host_path, f"cannot be listed: {e.strerror or e}") from None
 
     def read_text(self, host_path: str) -> str:
         """The whole file as ASCII text; a missing, unreadable, oversized or binary file raises."""

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from guestagent.errors import InputError
+from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 from guestagent.schema import BASE, guest_tree
@@ -45,6 +45,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     client = xenstore_factory(hostfs)
     try:
         changes = sync_tree(client, BASE, desired)
+    except OSError as e:  # xenstored refused (EACCES...) or never answered (TimeoutError)
+        raise GuestAgentError(f"publishing under {BASE} failed: {e}") from None
     finally:
         client.close()
     get_logger("publish").info(

@@ -101,8 +101,10 @@ FILES = (
     ("/etc/guestagent/guestagent.toml", "The configuration; then /etc/guestagent/conf.d/*.toml "
      "in name order, later files overriding earlier ones key by key. Every key, its default and "
      "meaning: guestagent config doc, or /usr/share/doc/guestagent/CONFIG.md."),
-    ("/run/guestagent/", "Runtime state: the status socket status.sock (root only) and what must "
-                         "be undone after a crash."),
+    ("/run/guestagent/", "Runtime state: the status socket status.sock (root only), "
+                         "daemon.lock (held by the running daemon, and by devices apply and "
+                         "devices --reset while they run: another one refuses, naming the "
+                         "holder's PID) and what must be undone after a crash (devices.json)."),
     ("/lib/systemd/system/guestagent.service", "The guest unit (its sandbox is described in "
      "the file); guestagent-dom0.service for Dom0; guestagent-cloud-config.service runs the "
      "cloud-init module."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.balloon_bound import bound_gib_s, phase_at, phase_starts
+from benchmarks.balloon_bound import bound_for_run, bound_gib_s, phase_at, phase_starts
 from guestagent.balloon.signals import MemorySignals
 
 MIB = 1024  # KiB
@@ -41,3 +41,21 @@ def test_the_bound_counts_the_cache_only_in_the_phases_that_read_it() -> None:
     assert with_band == pytest.approx(mib_s + 3 * 128)
     # The window ends with the workload: a snapshot past it adds nothing.
     assert bound_gib_s([*trace, snap(3, 900, 0)], starts, 3.0, 0) * 1024 == pytest.approx(mib_s)
+
+
+def test_bound_for_run_uses_the_workloads_clock_and_its_cache_flags() -> None:
+    # The trace's timestamp 0 is at monotonic 500.0; the workload ran from 501.0 to 504.0 with
+    # its page cache in use during "scan" only.
+    trace = [snap(t, 100, 10 if t < 2 else 200) for t in range(6)]
+    log = ('{"mono": 501.0, "phase": "anon", "t": 0.0}\n'
+           '{"cache": true, "mono": 502.0, "phase": "scan", "t": 1.0}\n'
+           '{"mono": 503.0, "phase": "tail", "t": 2.0}\n'
+           '{"mono": 504.0, "phase": "end", "t": 3.0}\n'
+           '{"summary": true, "done": true}\n')
+    got = bound_for_run(trace, log, 500.0, 0)
+    assert got is not None
+    gib_s, seconds = got
+    assert seconds == pytest.approx(3.0)
+    # t 1..2 anon (boot cache 10), 2..3 scan (cache 200), 3..4 tail (boot cache again).
+    assert gib_s * 1024 == pytest.approx((124 + 100 + 10) + (124 + 100 + 200) + (124 + 100 + 10))
+    assert bound_for_run(trace, "", 500.0, 0) is None

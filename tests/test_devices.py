@@ -617,10 +617,13 @@ def test_garbage_state_file_is_one_line(tmp_path: Path) -> None:
     (root / "run/guestagent/devices.json").write_text("{not json")
     with pytest.raises(InputError, match=r"devices\.json: not JSON"):
         job_for(root)
+    # A malformed entry is skipped on its own, one line each (issue 15); the rest is kept.
     (root / "run/guestagent/devices.json").write_text(
         json.dumps({"version": 1, "changes": [{"kind": "rm -rf", "path": "/"}]}))
-    with pytest.raises(InputError, match="unknown change kind"):
-        job_for(root)
+    job = job_for(root)
+    assert job.state.changes == {}
+    (line,) = job.state.problems
+    assert "changes[0]: unknown change kind" in line
 
 
 # ---------------------------------------------------------------- protection edge cases

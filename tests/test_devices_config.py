@@ -70,6 +70,10 @@ def test_from_agent_config(tmp_path: Path) -> None:
     assert cfg == DevicesConfig(rebind=True, irqbalance="defer", hugepages_2m_per_node=8,
                                 node_overrides={VF: 1}, state_file="/run/ga/devices.json")
     main.write_text('[devices]\nnode_overrides = ["eth0=1"]\n')
+    with pytest.raises(config_mod.ConfigError, match="BDF=N"):  # config check refuses it
+        config_mod.load(str(main), conf_d)
+    bad = config_mod.defaults()
+    bad.values["devices"]["node_overrides"] = ["eth0=1"]
     with pytest.raises(InputError, match="BDF=N") as e:
-        DevicesConfig.from_agent_config(config_mod.load(str(main), conf_d))
+        DevicesConfig.from_agent_config(bad)
     assert str(e.value).startswith("[devices] node_overrides")

@@ -41,6 +41,9 @@ RECORD_PATH = "/run/guestagent/balloon.json"
 #: the driver's target already, so the offset is taken as 0.
 MAX_TOOLSTACK_OFFSET_KB = 64 * 1024
 
+#: Largest target a reset writes when static-max is unknown (64 TiB, as signals.MAX_KB).
+MAX_RESET_KB = 1 << 36
+
 #: How many decisions the record keeps for ``status``.
 RECORD_DECISIONS = 20
 
@@ -274,33 +277,96 @@ class BalloonActuator:
         })
         return result
 
-    def ceiling_kb(self) -> int | None:
-        """min(memory/target, memory/static-max) minus the recorded offset; None without them."""
+    def ceiling_kb(self, record: dict[str, Any] | None = None) -> int | None:
+        """min(memory/target, memory/static-max) minus the recorded offset; None without them.
+
+        The offset is bounds-checked (:meth:`checked_offset_kb`): a damaged one counts as 0.
+        """
         xs_target, xs_static_max = self.toolstack_targets()
         known = [v for v in (xs_target, xs_static_max) if v is not None]
         if not known:
             return None
-        offset = self.load_record().get("toolstack_offset_kb") or 0
-        return max(1, min(known) - int(offset))
+        if record is None:
+            record = self.load_record()
+        return max(1, min(known) - self.checked_offset_kb(record))
 
-    def reset(self) -> int:
-        """Put the target back to the ceiling (toolstack's target) or the saved original; log it.
+    def checked_offset_kb(self, record: dict[str, Any]) -> int:
+        """The record's toolstack offset if it is an integer in 0..MAX_TOOLSTACK_OFFSET_KB.
 
-        Returns the target written. Without a balloon driver this raises BalloonUnavailable.
+        :meth:`start` never records anything else; any other value is damage (a corrupted
+        offset once put the target at 1 KiB, a negative one at 1,001,048,575 KiB): one line, 0.
         """
-        self.check()
-        before = self.read()
-        record = self.load_record()
-        target = self.ceiling_kb()
-        source = "toolstack memory/target"
+        offset = record.get("toolstack_offset_kb")
+        if offset is None:
+            return 0
+        if isinstance(offset, int) and not isinstance(offset, bool) and (
+            0 <= offset <= MAX_TOOLSTACK_OFFSET_KB
+        ):
+            return offset
+        self.log.warning(
+            "balloon_record_bad_value", source=self.record_path, field="toolstack_offset_kb",
+            value=str(offset)[:40], used=0,
+            expected=f"an integer 0..{MAX_TOOLSTACK_OFFSET_KB}",
+        )
+        return 0
+
+    def _record_for_reset(self) -> dict[str, Any]:
+        """The record, or {} (one line, the damaged file moved aside) when it cannot be read."""
+        try:
+            return self.load_record()
+        except InputError as e:
+            path = self.hostfs.path(self.record_path)
+            bad = path.with_name(path.name + ".bad")
+            try:
+                os.replace(path, bad)
+            except OSError:
+                bad = path
+            self.log.warning(
+                "balloon_record_unreadable", source=self.record_path, error=str(e),
+                moved_to=str(bad), fallback="xenstore memory/target, static-max",
+            )
+            return {}
+
+    def reset_target(self, record: dict[str, Any]) -> tuple[int, str]:
+        """The target a reset goes back to, and where it came from; never under the hard floor.
+
+        In order: the toolstack's ceiling (min(memory/target, static-max) minus a bounds-checked
+        offset), static-max alone, the saved original target. Whatever the source, the result
+        is clamped to max(256 MiB, static-max / 16) below and static-max above.
+        """
+        xs_target, static_max = self.toolstack_targets()
+        target = self.ceiling_kb(record)
+        source = "toolstack memory/target" if xs_target is not None else "toolstack static-max"
         if target is None:
             original = record.get("original_target_kb")
             if original is None:
                 raise InputError(
                     "balloon reset",
-                    f"no xenstore memory/target and no saved original target in {self.record_path}",
+                    f"no xenstore memory/target and no saved original target (nor static-max) in "
+                    f"{self.record_path}",
                 )
             target, source = int(original), "saved original target"
+        floor = hard_minimum_kb(static_max if static_max is not None else target)
+        upper = static_max if static_max is not None else MAX_RESET_KB
+        if not floor <= target <= upper:
+            clamped = min(max(target, floor), max(upper, floor))
+            self.log.warning(
+                "balloon_reset_clamped", source=source, bad_value=target, used=clamped,
+                floor_kb=floor, static_max_kb=static_max,
+            )
+            target = clamped
+        return target, source
+
+    def reset(self) -> int:
+        """Put the target back to the ceiling (:meth:`reset_target`); log it.
+
+        Works with a damaged record (it falls back to xenstore). Returns the target written.
+        Without a balloon driver this raises BalloonUnavailable.
+        """
+        self.check()
+        before = self.read()
+        record = self._record_for_reset()
+        target, source = self.reset_target(record)
         self._write(target)
         after = self.read()
         self.log.info(
@@ -316,3 +382,13 @@ class BalloonActuator:
             record["last_reset"] = {"target_kb": target, "source": source}
             self.save_record(record)
         return target
+
+    def wait_populated(self, target_kb: int, timeout_s: float, slack_kb: int = 4 * 1024) -> int:
+        """Wait until the driver holds ``target_kb`` (less ``slack_kb``) or ``timeout_s`` passed;
+        returns the driver's current_kb then. Used before a swapoff that needs the memory back."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            current = self.read().current_kb
+            if current >= target_kb - slack_kb or time.monotonic() >= deadline:
+                return current
+            time.sleep(0.25)

@@ -26,6 +26,8 @@ from typing import Any
 
 from guestagent.balloon.actuator import BalloonActuator, BalloonUnavailable
 from guestagent.balloon.controller import run_controller
+from guestagent.balloon.guard import reset_all
+from guestagent.balloon.guard import undo as undo_guard
 from guestagent.balloon.policy import DEFAULT_POLICY, POLICY_NAMES, default_config
 from guestagent.balloon.signals import (
     BALLOON_DIR,
@@ -121,10 +123,14 @@ def cmd_balloon(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
+    """Target back to the ceiling, then the allocation guard's changes undone (guard.reset_all).
+
+    Needs no configuration and works with a damaged record (it falls back to xenstore)."""
     actuator = BalloonActuator(ctx.hostfs, _xenstore(args, ctx))
     try:
-        target = actuator.reset()
+        target = reset_all(actuator)
     except BalloonUnavailable as e:
+        undo_guard(ctx.hostfs, actuator)
         print(f"guestagent: {e}; nothing to reset")
         return 0
     print(f"balloon target reset to {target} KiB")

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, Callable, Protocol
 
 from guestagent.balloon.actuator import BalloonActuator
+from guestagent.balloon.guard import Guard, GuardCommands, reset_all
 from guestagent.balloon.policy import (
     Decision,
     PolicyConfig,
@@ -93,6 +94,7 @@ class BalloonController:
         xenstore: XenstoreReader | None,
         config: PolicyConfig,
         clock: Callable[[], float] = time.monotonic,
+        guard_commands: GuardCommands | None = None,
     ) -> None:
         config.validate()
         self.hostfs = hostfs
@@ -100,6 +102,8 @@ class BalloonController:
         self.config = config
         self.clock = clock
         self.actuator = BalloonActuator(hostfs, xenstore)
+        self.guard_commands = guard_commands
+        self.guard = Guard(hostfs, self.actuator, guard_commands)
         self.state = PolicyState()
         self.log = get_logger("balloon")
         self.started_at = clock()
@@ -151,7 +155,7 @@ class BalloonController:
         try:
             snap = read_signals(self.hostfs, self.xenstore, now, psi_trigger_fired)
             self.actuator.observe_toolstack(snap.xs_target_kb)
-            decision = decide(snap, self.state, self.config)
+            decision = self.guarded(decide(snap, self.state, self.config), snap)
             force = decision.action == "follow" or not (
                 decision.floor_kb <= (snap.balloon_target_kb or 0) <= decision.ceiling_kb
             )
@@ -180,9 +184,28 @@ class BalloonController:
         self.last_decision = decision
         return decision
 
+    def guarded(self, decision: Decision, snap: Any) -> Decision:
+        """The policy's decision with the allocation guard (guestagent.balloon.guard) applied:
+        armed before the first target below the ceiling, and under overcommit mode 2 the target
+        floored so CommitLimit stays above Committed_AS plus a margin."""
+        if decision.target_kb >= decision.ceiling_kb:
+            return decision
+        self.guard.arm(decision.ceiling_kb, decision.floor_kb)
+        current = snap.balloon_current_kb or snap.balloon_target_kb
+        floor = None if current is None else self.guard.floor_kb(int(current))
+        if floor is None or decision.target_kb >= floor:
+            return decision
+        target = min(floor, decision.ceiling_kb)
+        self.log.info("guard_commit_floor", policy_target_kb=decision.target_kb,
+                      target_kb=target, note="overcommit 2: CommitLimit kept above "
+                      "Committed_AS + 128 MiB")
+        return replace(decision, target_kb=target,
+                       reason=f"{decision.reason}; floored at {target} KiB (strict commit)")
+
     def stop(self, reset: bool = True) -> None:
+        """Reset: the target back to the ceiling, then the guard's changes undone."""
         if reset:
-            self.actuator.reset()
+            reset_all(self.actuator, self.guard_commands)
 
 
 def run_controller(

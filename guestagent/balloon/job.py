@@ -84,6 +84,8 @@ class BalloonJob:
             "policy": ctl.config.name,
             "ticks": ctl.ticks,
             "psi_trigger": self._trigger is not None,
+            # the allocation guard (guestagent.balloon.guard) armed: overcommit and zram set
+            "guard_armed": ctl.guard.armed,
             "target_kb": None if last is None else last.target_kb,
             "floor_kb": None if last is None else last.floor_kb,
             "ceiling_kb": None if last is None else last.ceiling_kb,

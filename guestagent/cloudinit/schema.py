@@ -10,6 +10,7 @@ packages ship it as ``/usr/share/guestagent/cloud-config.schema.json`` for edito
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -106,7 +107,9 @@ def validate(value: object, schema: Mapping[str, Any], path: str) -> list[str]:
     if "enum" in schema and value not in schema["enum"]:
         problems.append(f"{path} = {show_value(value)}: expected one of "
                         + ", ".join(str(v) for v in schema["enum"]))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"{path} = {value}: expected a finite number")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             problems.append(f"{path} = {value}: below the minimum {schema['minimum']:g}")
         if "maximum" in schema and value > schema["maximum"]:

@@ -12,9 +12,20 @@ from guestagent.config import Config
 from guestagent.hostfs import HostFS
 
 
+def load_checked(main_file: str, conf_dir: str, hostfs: HostFS) -> Config:
+    """The configuration as ``run`` takes it: the files' checks, then the host's (the state
+    directory must be the agent's own). Raises ConfigError."""
+    cfg = config_mod.load(main_file, conf_dir)
+    state_dir = str(cfg.get("agent", "state_dir"))
+    problems = config_mod.host_problems(cfg, str(hostfs.path(state_dir)))
+    if problems:
+        raise config_mod.ConfigError(problems)
+    return cfg
+
+
 def config_check(args: argparse.Namespace, ctx: Any) -> int:
     try:
-        cfg = config_mod.load(args.file, args.conf_dir)
+        cfg = load_checked(args.file, args.conf_dir, ctx.hostfs)
     except config_mod.ConfigError as e:
         for line in e.problems:
             print(line, file=sys.stderr)
@@ -89,7 +100,7 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent.daemon.service import Daemon
 
     def load() -> Config:
-        return config_mod.load(args.config, args.conf_dir)
+        return load_checked(args.config, args.conf_dir, ctx.hostfs)
 
     cfg = load()
     log.configure(

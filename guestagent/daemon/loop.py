@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import select
 import signal
@@ -30,6 +31,13 @@ Callback = Callable[[], None]
 MAX_SLACK = 5.0
 #: A timer's slack as a share of its interval (or delay): never enough to run it twice in a row.
 SLACK_SHARE = 0.1
+
+
+#: Rounds in a row a descriptor may report an error or hang-up (POLLERR, POLLHUP) before the
+#: loop drops it: its owner had that many chances to read the failure and remove it. Without this
+#: a descriptor whose peer is gone makes every poll(2) return at once, and the loop spins.
+ERROR_ROUNDS_LIMIT = 32
+_FAILED = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 def slack_for(period: float) -> float:
@@ -56,6 +64,8 @@ class EventLoop:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._poll = select.poll()
         self._readers: dict[int, Callback] = {}
+        #: Rounds in a row each descriptor reported an error or hang-up.
+        self._error_rounds: dict[int, int] = {}
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._clock = clock
@@ -77,11 +87,38 @@ class EventLoop:
         mask = select.POLLPRI if priority else select.POLLIN
         self._poll.register(number, mask | select.POLLERR | select.POLLHUP)
         self._readers[number] = callback
+        self._error_rounds.pop(number, None)
 
     def remove_reader(self, fd: Any) -> None:
         number = fd if isinstance(fd, int) else fd.fileno()
+        self._error_rounds.pop(number, None)
         if self._readers.pop(number, None) is not None:
             self._poll.unregister(number)
+
+    @property
+    def readers(self) -> list[int]:
+        """The descriptors polled for reading (for tests and the status)."""
+        return sorted(self._readers)
+
+    def now(self) -> float:
+        """The loop's clock (monotonic seconds; a fake one in tests)."""
+        return self._clock()
+
+    def _drop_failed(self, fd: int, events: int) -> bool:
+        """Drop a descriptor that is closed (POLLNVAL) or kept failing (POLLERR, POLLHUP)
+        for :data:`ERROR_ROUNDS_LIMIT` rounds; True when it was dropped."""
+        if not events & _FAILED:
+            self._error_rounds.pop(fd, None)
+            return False
+        rounds = self._error_rounds.get(fd, 0) + 1
+        self._error_rounds[fd] = rounds
+        if not events & select.POLLNVAL and rounds < ERROR_ROUNDS_LIMIT:
+            return False
+        self.errors += 1
+        self._log.error("fd_dropped", fd=fd, rounds=rounds,
+                        reason="not open" if events & select.POLLNVAL else "error or hang-up")
+        self.remove_reader(fd)
+        return True
 
     def add_after_dispatch(self, callback: Callback) -> None:
         """Run ``callback`` after every round of dispatching (e.g. to handle events a callback
@@ -92,14 +129,18 @@ class EventLoop:
     # --- timers ----------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
+        if not math.isfinite(delay):
+            raise ValueError(f"timer delay must be a finite number, got {delay}")
         delay = max(0.0, delay)
         timer = Timer(self._clock() + delay, next(self._seq), callback, slack=slack_for(delay))
         heapq.heappush(self._timers, timer)
         return timer
 
     def call_every(self, interval: float, callback: Callback, first: float | None = None) -> Timer:
-        if interval <= 0:
-            raise ValueError(f"timer interval must be positive, got {interval}")
+        if not math.isfinite(interval) or interval <= 0:
+            raise ValueError(f"timer interval must be a positive finite number, got {interval}")
+        if first is not None and not math.isfinite(first):
+            raise ValueError(f"timer delay must be a finite number, got {first}")
         delay = interval if first is None else first
         timer = Timer(
             self._clock() + delay, next(self._seq), callback, interval, slack=slack_for(interval)
@@ -140,10 +181,12 @@ class EventLoop:
         if max_wait is not None:
             timeout = max_wait if timeout is None else min(timeout, max_wait)
         wait_ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        for fd, _ in self._poll.poll(wait_ms):
+        for fd, events in self._poll.poll(wait_ms):
             callback = self._readers.get(fd)
-            if callback is not None:
+            if callback is not None and not (events & select.POLLNVAL):
                 self._run(callback, f"fd {fd}")
+            if fd in self._readers:
+                self._drop_failed(fd, events)
             if self._stopping:
                 return
         self._run_due_timers()

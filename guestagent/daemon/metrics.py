@@ -40,6 +40,14 @@ def render(status: Mapping[str, Any]) -> str:
         f"guestagent_resumes_total {int(status.get('resumes', 0))}",
         "# TYPE guestagent_loop_errors_total counter",
         f"guestagent_loop_errors_total {int(status.get('loop_errors', 0))}",
+        "# HELP guestagent_xenstore_connected 1 while the xenstore connection is up, 0 while "
+        "it is down or there is none.",
+        "# TYPE guestagent_xenstore_connected gauge",
+        f"guestagent_xenstore_connected {int(bool(status.get('xenstore_connected')))}",
+        "# HELP guestagent_xenstore_reconnects_total Connections to xenstore made again after "
+        "one broke.",
+        "# TYPE guestagent_xenstore_reconnects_total counter",
+        f"guestagent_xenstore_reconnects_total {int(status.get('xenstore_reconnects', 0))}",
         # The label is "name", not "job": Prometheus keeps "job" for the scrape job and would
         # rename ours to exported_job.
         "# HELP guestagent_job_running 1 when the job runs, 0 when it is off or failed.",
@@ -79,11 +87,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 class MetricsServer:
     """A minimal HTTP/1.0 responder on loopback, driven by the daemon's event loop: every GET
-    gets the current metrics; nothing else is understood."""
+    gets the current metrics; nothing else is understood.
+
+    A connection whose request has not arrived yet waits in the loop as its own descriptor
+    (given ``loop``): at most :attr:`MAX_PENDING` of them, each dropped after
+    :attr:`PENDING_SECONDS`, so an idle client never holds the loop."""
 
     MAX_REQUEST = 4096
+    MAX_PENDING = 8
+    PENDING_SECONDS = 5.0
 
-    def __init__(self, listen: str, text: Callable[[], str]) -> None:
+    def __init__(self, listen: str, text: Callable[[], str], loop: Any = None) -> None:
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -92,20 +106,74 @@ class MetricsServer:
         self.sock.listen(8)
         self.sock.setblocking(False)
         self._text = text
+        self._loop = loop
+        self._pending: dict[int, tuple[socket.socket, Any]] = {}
         self._log = get_logger("metrics")
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def pending(self) -> int:
+        """Connections accepted whose request has not arrived yet."""
+        return len(self._pending)
 
     def on_readable(self) -> None:
         try:
             conn, _ = self.sock.accept()
         except BlockingIOError:
             return
+        try:
+            request = conn.recv(self.MAX_REQUEST, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if self._loop is not None:
+                self._wait_for_request(conn)
+                return
+            conn.settimeout(0.5)  # no loop to wait in (a caller of its own): a short wait
+            try:
+                request = conn.recv(self.MAX_REQUEST)
+            except OSError as e:
+                self._log.debug("metrics_client_failed", error=str(e))
+                conn.close()
+                return
+        except OSError as e:
+            self._log.debug("metrics_client_failed", error=str(e))
+            conn.close()
+            return
+        self._answer(conn, request)
+
+    def _wait_for_request(self, conn: socket.socket) -> None:
+        if len(self._pending) >= self.MAX_PENDING:
+            self._drop(next(iter(self._pending)))  # the oldest waits longest: it goes
+        fd = conn.fileno()
+        timer = self._loop.call_later(self.PENDING_SECONDS, lambda: self._drop(fd))
+        self._pending[fd] = (conn, timer)
+        self._loop.add_reader(fd, lambda: self._on_request(fd))
+
+    def _on_request(self, fd: int) -> None:
+        conn, timer = self._pending.pop(fd)
+        timer.cancel()
+        self._loop.remove_reader(fd)
+        try:
+            request = conn.recv(self.MAX_REQUEST, socket.MSG_DONTWAIT)
+        except OSError as e:
+            self._log.debug("metrics_client_failed", error=str(e))
+            conn.close()
+            return
+        self._answer(conn, request)
+
+    def _drop(self, fd: int) -> None:
+        entry = self._pending.pop(fd, None)
+        if entry is not None:
+            conn, timer = entry
+            timer.cancel()
+            self._loop.remove_reader(fd)
+            conn.close()
+
+    def _answer(self, conn: socket.socket, request: bytes) -> None:
         with conn:
             conn.settimeout(0.5)
             try:
-                request = conn.recv(self.MAX_REQUEST)
                 if request.startswith(b"GET "):
                     body = self._text().encode()
                     head = (
@@ -120,4 +188,6 @@ class MetricsServer:
                 self._log.debug("metrics_client_failed", error=str(e))
 
     def close(self) -> None:
+        for fd in list(self._pending):
+            self._drop(fd)
         self.sock.close()

@@ -15,12 +15,13 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from guestagent import __version__
-from guestagent.config import Config, ConfigError
+from guestagent.config import Config, ConfigError, state_dir_problem
 from guestagent.daemon import systemd
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.resume import ResumeState, detect_resume, sample_clocks
@@ -48,15 +49,47 @@ class Job(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-class XenstoreHub:
-    """One xenstore connection shared by the jobs, its watch events dispatched by token."""
+#: Waits between attempts to reconnect to xenstore: doubling from the first, then the last again.
+RECONNECT_FIRST_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 30.0
+#: xenstore unreachable for this long: the daemon stops feeding systemd's watchdog, so systemd
+#: kills and restarts it (within WatchdogSec= more; 3 min in the shipped units).
+XENSTORE_GIVE_UP_SECONDS = 300.0
 
-    def __init__(self, loop: EventLoop, connect: Callable[[], Any]) -> None:
+
+class XenstoreHub:
+    """One xenstore connection shared by the jobs, its watch events dispatched by token.
+
+    The jobs keep the client they got from :meth:`client` for their whole life. When the
+    connection breaks (xenstored restarted or live-updated, the xenbus device broken after a
+    resume, a frame that breaks the stream) the hub drops its descriptor from the loop, says so in
+    :meth:`describe`, and reconnects with backoff over the same client object
+    (:meth:`XenstoreClient.take_over`); then it registers every watch again and calls
+    ``on_reconnect`` (the daemon republishes every job). While it is down, the jobs' requests fail
+    with ConnectionError, as any xenstore error."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        connect: Callable[[], Any],
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
         self._loop = loop
         self._connect = connect
+        self._on_reconnect = on_reconnect
         self._client: Any = None
         self._callbacks: dict[str, Callable[[str], None]] = {}
+        self._watches: list[tuple[str, str]] = []
         self.unavailable: str | None = None
+        #: Why the connection broke, while it is down.
+        self.lost: str | None = None
+        self._lost_at = 0.0
+        self._lost_wall = 0.0
+        self._retry: Any = None
+        #: Failed attempts since the connection broke.
+        self.attempts = 0
+        #: Connections made again after one broke.
+        self.reconnects = 0
         self._log = get_logger("xenstore")
 
     def client(self) -> Any:
@@ -68,36 +101,140 @@ class XenstoreHub:
                 self.unavailable = str(e)
                 self._log.warning("xenstore_unavailable", reason=self.unavailable)
                 return None
-            self._loop.add_reader(self._client.fileno(), self._on_readable)
-            self._loop.add_after_dispatch(self.flush)
+            self._attach()
         return self._client
+
+    def _attach(self) -> None:
+        self._loop.add_reader(self._client.fileno(), self._on_readable)
+        self._loop.add_after_dispatch(self.flush)
 
     def watch(self, path: str, callback: Callable[[str], None]) -> bool:
         client = self.client()
         if client is None:
             return False
         token = f"guestagent-{len(self._callbacks)}"
+        if self.lost is None:
+            client.watch(path, token)  # a refused watch raises and is not registered again
         self._callbacks[token] = callback
-        client.watch(path, token)
+        self._watches.append((path, token))
         return True
 
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self.lost is None
+
+    def lost_for(self) -> float:
+        """Seconds the connection has been down (0 while it is up)."""
+        return 0.0 if self.lost is None else self._loop.now() - self._lost_at
+
+    def describe(self) -> str:
+        """One line for the status: connected, why it is unavailable, or since when it is down."""
+        if self.unavailable is not None:
+            return self.unavailable
+        if self.lost is not None:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._lost_wall))
+            return (
+                f"disconnected ({self.lost}); reconnecting since {since}, "
+                f"attempt {self.attempts + 1}"
+            )
+        return "connected" if self._client is not None else "not connected"
+
     def _on_readable(self) -> None:
-        self._dispatch(self._client.read_events(0.0))
+        try:
+            events = self._client.read_events(0.0)
+        except (OSError, GuestAgentError) as e:
+            self._lose(str(e))
+            return
+        self._dispatch(events)
 
     def flush(self) -> None:
-        """Events that arrived while a job was waiting for a reply (already read off the fd)."""
-        if self._client is not None:
-            self._dispatch(self._client.pending_events())
+        """Events that arrived while a job was waiting for a reply (already read off the fd);
+        and a connection a job's request found broken is dropped here."""
+        if self._client is None or self.lost is not None:
+            return
+        broken = self._client.broken
+        if broken is not None:
+            self._lose(broken)
+            return
+        self._dispatch(self._client.pending_events())
 
     def _dispatch(self, events: Sequence[Any]) -> None:
         for event in events:
             callback = self._callbacks.get(event.token)
-            if callback is not None:
+            if callback is None:
+                continue
+            try:
                 callback(event.path)
+            except Exception as e:  # one job's failure must not lose the other jobs' events
+                self._log.error("watch_callback_failed", path=event.path, error=str(e),
+                                kind=type(e).__name__)
+
+    # --- losing and regaining the connection -----------------------------------------------------
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is not None:
+            return
+        # Out of the poll set before the descriptor is closed (its number may be reused).
+        self._loop.remove_reader(self._client.fileno())
+        self._client.close()
+        self.lost = reason
+        self._lost_at = self._loop.now()
+        self._lost_wall = time.time()
+        self.attempts = 0
+        self._log.error("xenstore_lost", reason=reason)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        delay = min(RECONNECT_FIRST_SECONDS * 2 ** min(self.attempts, 16), RECONNECT_MAX_SECONDS)
+        self._retry = self._loop.call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        try:
+            fresh = self._connect()
+        except (GuestAgentError, OSError) as e:
+            self._failed_attempt(str(e))
+            return
+        self._client.take_over(fresh)
+        try:
+            self._watch_again()
+        except (GuestAgentError, OSError) as e:
+            self._client.close()
+            self._failed_attempt(f"registering the watches again: {e}")
+            return
+        down = self.lost_for()
+        self.lost = None
+        self.reconnects += 1
+        self._attach()
+        self._log.info("xenstore_reconnected", down_s=round(down, 1), attempts=self.attempts + 1,
+                       watches=len(self._watches))
+        if self._on_reconnect is not None:
+            self._on_reconnect()
+
+    def _watch_again(self) -> None:
+        """Register every watch on the new connection. One that xenstored refuses now (an
+        error reply: the connection is fine) is logged and left out; a broken connection
+        raises."""
+        from guestagent.xen.xenstore import XenstoreError
+
+        for path, token in self._watches:
+            try:
+                self._client.watch(path, token)
+            except XenstoreError as e:
+                self._log.warning("xenstore_watch_refused", path=path, error=str(e))
+
+    def _failed_attempt(self, error: str) -> None:
+        self.attempts += 1
+        self._log.warning("xenstore_reconnect_failed", attempt=self.attempts, error=error)
+        self._schedule_retry()
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._client is not None:
-            self._loop.remove_reader(self._client.fileno())
+            if self.lost is None:
+                self._loop.remove_reader(self._client.fileno())
             self._client.close()
             self._client = None
 
@@ -133,9 +270,13 @@ class Daemon:
     def __post_init__(self) -> None:
         self._log = get_logger("daemon")
         connect = self.xenstore_connect or self._default_connect
-        self.hub = XenstoreHub(self.loop, connect)
+        self.hub = XenstoreHub(
+            self.loop, connect, on_reconnect=lambda: self._republish("xenstore reconnected")
+        )
+        self._starving = False
         self._resume = ResumeState()
         self._status_sock: socket.socket | None = None
+        self._lock_fd: int | None = None
         self._metrics: Any = None
 
     def _default_connect(self) -> Any:
@@ -156,7 +297,10 @@ class Daemon:
             self.records.append(record)
             self._start_job(record, ctx)
         if self.hub.client() is not None:
-            self.hub.watch("unique-domain-id", lambda path: self._check_resume(read_id=True))
+            try:
+                self.hub.watch("unique-domain-id", lambda path: self._check_resume(read_id=True))
+            except (GuestAgentError, OSError) as e:  # refused (EACCES) or no answer: clocks only
+                self._log.warning("resume_watch_off", error=str(e))
         self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
         self.loop.call_every(RESUME_CHECK_SECONDS, lambda: self._check_resume(read_id=False))
         self._start_metrics()
@@ -168,11 +312,27 @@ class Daemon:
         self._log.info("started", version=__version__, role=self.role, jobs=running)
 
     def _feed_watchdog(self) -> None:
+        """Feed systemd's watchdog, unless xenstore has been unreachable for longer than
+        XENSTORE_GIVE_UP_SECONDS: then systemd restarts the daemon."""
+        down = self.hub.lost_for()
+        if down > XENSTORE_GIVE_UP_SECONDS:
+            if not self._starving:
+                self._starving = True
+                self._log.error("xenstore_given_up", down_s=round(down, 1),
+                                limit_s=XENSTORE_GIVE_UP_SECONDS, reason=self.hub.lost,
+                                action="watchdog no longer fed; systemd restarts the daemon")
+                systemd.notify(f"STATUS=xenstore unreachable for {down:.0f} s: "
+                               "waiting for the watchdog restart")
+            return
+        self._starving = False
         systemd.notify("WATCHDOG=1")
 
     def run(self) -> None:
-        self.start()
+        """Start and run until stopped. Start-up is inside the undo: whatever fails after a job
+        changed something, the jobs started so far are stopped (and undo) and the status socket
+        goes."""
         try:
+            self.start()
             self.loop.run()
         finally:
             self.shutdown("loop ended")
@@ -180,7 +340,7 @@ class Daemon:
 
     def shutdown(self, why: str) -> None:
         """Stop every job, newest first; each undoes what it changed."""
-        if not self.records and self._status_sock is None:
+        if not self.records and self._status_sock is None and self._lock_fd is None:
             return
         systemd.notify("STOPPING=1")
         self._log.info("stopping", reason=why)
@@ -197,7 +357,8 @@ class Daemon:
         self.loop.stop()
 
     def reload(self) -> None:
-        """SIGHUP: load the configuration again; a bad one is refused and the old one kept."""
+        """SIGHUP: load the configuration again; a bad one is refused and the old one kept.
+        Whatever happens, READY=1 follows RELOADING=1 (systemd waits for it)."""
         systemd.notify("RELOADING=1")
         try:
             new = self.load_config()
@@ -206,6 +367,18 @@ class Daemon:
                 self._log.error("config_refused", problem=line)
             systemd.notify("READY=1\nSTATUS=reload refused: configuration has errors")
             return
+        except Exception as e:  # unreadable files, a bug: refused the same way, old one kept
+            self._log.error("reload_failed", error=str(e), kind=type(e).__name__)
+            systemd.notify(f"READY=1\nSTATUS=reload refused: {type(e).__name__}: {e}")
+            return
+        try:
+            self._apply_config(new)
+        finally:
+            systemd.notify("READY=1")
+        self._log.info("reloaded", files=new.files, jobs=[r.job.name for r in self.records])
+
+    def _apply_config(self, new: Config) -> None:
+        """Stop the jobs turned off, reload the running ones, start the ones turned on."""
         self.config = new
         wanted = {job.name: job for job in self.make_jobs(new, self.role)}
         ctx = self._context()
@@ -226,8 +399,6 @@ class Daemon:
                 record = JobRecord(job)
                 self.records.append(record)
                 self._start_job(record, ctx)
-        systemd.notify("READY=1")
-        self._log.info("reloaded", files=new.files, jobs=[r.job.name for r in self.records])
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -241,6 +412,12 @@ class Daemon:
             # A job that cannot run here says why and stays off; the others go on.
             record.error = str(e)
             self._log.warning("job_off", job=record.job.name, reason=str(e))
+            return
+        except Exception as e:  # a bug in one job: undo what it did so far, keep the others
+            record.error = f"{type(e).__name__}: {e}"
+            self._log.error("job_start_failed", job=record.job.name, error=str(e),
+                            kind=type(e).__name__)
+            self._stop_job(record)
             return
         record.running = True
         self._log.info("job_started", job=record.job.name)
@@ -275,9 +452,17 @@ class Daemon:
             return
         self.resumes += 1
         self._log.info("resumed", reason=reason)
+        self._republish(reason)
+
+    def _republish(self, reason: str) -> None:
         for record in self.records:
-            if record.running:
+            if not record.running:
+                continue
+            try:
                 record.job.republish(reason)
+            except Exception as e:  # every job gets its turn
+                self._log.error("job_republish_failed", job=record.job.name, error=str(e),
+                                kind=type(e).__name__)
 
     # --- metrics -------------------------------------------------------------------------------
 
@@ -292,7 +477,9 @@ class Daemon:
 
             listen = str(self.config.get("metrics", "listen"))
             try:
-                server = metrics.MetricsServer(listen, lambda: metrics.render(self.status()))
+                server = metrics.MetricsServer(
+                    listen, lambda: metrics.render(self.status()), loop=self.loop
+                )
             except OSError as e:
                 self._log.error("metrics_off", listen=listen, error=str(e))
                 return
@@ -325,7 +512,9 @@ class Daemon:
             "pid": os.getpid(),
             "role": self.role,
             "config_files": self.config.files,
-            "xenstore": self.hub.unavailable or "connected",
+            "xenstore": self.hub.describe(),
+            "xenstore_connected": self.hub.connected,
+            "xenstore_reconnects": self.hub.reconnects,
             "resumes": self.resumes,
             "loop_errors": self.loop.errors,
             "jobs": jobs,
@@ -338,8 +527,14 @@ class Daemon:
     def _open_status_socket(self) -> None:
         path = self._status_path()
         state_dir = os.path.dirname(path)
+        # Never chmod a directory the agent did not create: a shared one is refused instead.
+        why = state_dir_problem(state_dir)
+        if why is not None:
+            raise GuestAgentError(
+                f"[agent] state_dir = {self.config.get('agent', 'state_dir')!r}: {why}"
+            )
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        os.chmod(state_dir, 0o700)
+        self._lock_state_dir(state_dir)
         if os.path.exists(path) and stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -352,6 +547,13 @@ class Daemon:
         sock.setblocking(False)
         self._status_sock = sock
         self.loop.add_reader(sock.fileno(), self._serve_status)
+
+    def _lock_state_dir(self, state_dir: str) -> None:
+        """One daemon per state directory (:mod:`guestagent.statelock`), held for its life: a
+        second one refuses before it touches the socket or anything the first changed."""
+        from guestagent import statelock
+
+        self._lock_fd = statelock.acquire(state_dir, "run")
 
     def _serve_status(self) -> None:
         assert self._status_sock is not None
@@ -371,6 +573,9 @@ class Daemon:
             self._status_sock = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._status_path())
+        if self._lock_fd is not None:  # last: the socket is gone before another may start
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -378,8 +583,11 @@ def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
     path = os.path.join(state_dir, STATUS_SOCKET)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
+        chunks = []
         try:
             sock.connect(path)
+            while data := sock.recv(65536):
+                chunks.append(data)
         except (FileNotFoundError, ConnectionRefusedError):
             raise GuestAgentError(
                 f"no running guestagent daemon ({path} does not answer)"
@@ -388,12 +596,12 @@ def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
             raise GuestAgentError(
                 f"{path}: permission denied (the status socket is root-only)"
             ) from None
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
+        except TimeoutError:
+            raise GuestAgentError(
+                f"{path}: the daemon did not answer within {timeout:g} s (busy or hung?)"
+            ) from None
+        except OSError as e:
+            raise GuestAgentError(f"{path}: {e.strerror or e}") from None
     try:
         result: dict[str, Any] = json.loads(b"".join(chunks))
     except ValueError:

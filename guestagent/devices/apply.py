@@ -104,6 +104,8 @@ class DevicesJob:
         self.applying = False
         self._hugepage_nodes: set[int] = set()
         self._refreshed = False
+        #: Restores that failed in the last :meth:`reset` (malformed state entries included).
+        self.reset_failures = 0
 
     # ---------------------------------------------------------------- context
 
@@ -472,6 +474,11 @@ class DevicesJob:
             report.skipped.append(f"hugepages: node {node} already has {current} >= {want}")
             self._hugepage_nodes.add(node)
             return
+        too_many = self._hugepages_beyond_bound(node, want)
+        if too_many is not None:
+            report.failed.append(too_many)
+            self._hugepage_nodes.add(node)
+            return
         if not apply:
             report.planned.append(f"hugepages: node {node} nr_hugepages {current} -> {want}")
             return
@@ -489,6 +496,21 @@ class DevicesJob:
             report.failed.append(f"hugepages: node {node}: asked {want}, the kernel gave {got}")
         else:
             report.applied.append(f"hugepages: node {node} nr_hugepages = {got} (was {current})")
+
+    def _hugepages_beyond_bound(self, node: int, want: int) -> str | None:
+        """Why ``want`` 2 MiB pages are too many for the node, or None. The kernel hands over
+        every free page it can find for a reservation, so one above half of the node's memory
+        is not made (an unreadable meminfo leaves the reservation to the kernel, as before)."""
+        try:
+            total = self.hostfs.read_meminfo(f"{NODE_DIR}/node{node}/meminfo")
+        except InputError:
+            return None
+        mem_total = next((v for k, v in total.items() if k.endswith("MemTotal")), 0)
+        asked = want * 2 * 1024 * 1024
+        if mem_total <= 0 or asked * 2 <= mem_total:
+            return None
+        return (f"hugepages: node {node}: {want} pages ({asked >> 20} MiB) is more than half of "
+                f"the node's {mem_total >> 20} MiB; not reserved")
 
     # ---------------------------------------------------------------- writes and undo
 
@@ -510,40 +532,57 @@ class DevicesJob:
             raise
 
     def reset(self) -> list[str]:
-        """Undo every recorded change, newest first; one line per change."""
+        """Undo every recorded change, newest first; one line per change and per malformed
+        entry of the state file (skipped at load: the others are restored all the same).
+
+        A restore that failed is logged at error level (``devices_undo_failed``), counted in
+        ``reset_failures`` and kept in the state file, so a later reset can try again."""
         lines: list[str] = []
+        self.reset_failures = 0
+        for problem in self.state.problems:
+            self._undo_line(lines, f"state file entry malformed, skipped: {problem}", False)
+        self.state.problems = []
         for change in reversed(list(self.state.changes.values())):
-            lines.append(self._undo(change))
-            self.state.forget(change.path)
-        for line in lines:
-            self.log.info("devices_undo", result=line)
+            line, ok = self._undo(change)
+            self._undo_line(lines, line, ok)
+            if ok:
+                self.state.forget(change.path)
         return lines
 
-    def _undo(self, change: Change) -> str:
+    def _undo_line(self, lines: list[str], line: str, ok: bool) -> None:
+        lines.append(line)
+        if ok:
+            self.log.info("devices_undo", result=line)
+        else:
+            self.reset_failures += 1
+            self.log.error("devices_undo_failed", result=line)
+
+    def _undo(self, change: Change) -> tuple[str, bool]:
+        """What undoing one change did, and whether it is done with (False: it failed)."""
         if change.kind == "driver_rebind":
             return (
                 f"{change.bdf}: driver {change.previous} was rebound; it stays bound "
                 "(memory it allocated stays where it is until its next probe)"
-            )
+            ), True
         try:
             current = self.hostfs.read_text(change.path).strip()
         except MissingInputError:
-            return f"{change.path}: gone (device or IRQ removed), nothing to undo"
+            return f"{change.path}: gone (device or IRQ removed), nothing to undo", True
         except InputError as e:
-            return f"{change.path}: unreadable, left alone ({e})"
+            return f"{change.path}: unreadable, left alone ({e})", False
         if change.applied and not _same(change, current):
             return (
                 f"{change.path}: now {current!r}, not the {change.applied!r} guestagent left; "
                 "changed by someone else, left alone"
-            )
+            ), True
         try:
             self.hostfs.write_text(change.path, change.previous)
         except FileNotFoundError:
-            return f"{change.path}: gone (device or IRQ removed), nothing to undo"
+            return f"{change.path}: gone (device or IRQ removed), nothing to undo", True
         except OSError as e:
-            return f"{change.path}: restoring {change.previous!r} failed ({_errname(e)})"
+            return f"{change.path}: restoring {change.previous!r} failed ({_errname(e)})", False
         note = " (the taint stays until reboot)" if change.kind == "numa_node" else ""
-        return f"{change.path}: restored {change.previous!r}{note}"
+        return f"{change.path}: restored {change.previous!r}{note}", True
 
     # ---------------------------------------------------------------- hotplug
 

@@ -21,6 +21,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from guestagent.devices.apply import DevicesJob
@@ -128,24 +130,75 @@ def to_json(reports: list[DeviceReport], job: DevicesJob, undo: list[str]) -> st
     return json.dumps(payload, indent=2, sort_keys=True)
 
 
+@contextmanager
+def state_lock(hostfs: HostFS, state_file: str, what: str, create: bool) -> Iterator[None]:
+    """Hold the state directory's lock (:mod:`guestagent.statelock`) while a command changes
+    the host: never while the daemon or another such command runs on the same directory.
+    ``create``: make a missing directory (0700) first; else a missing one needs no lock (there
+    is nothing to undo in it)."""
+    from guestagent import statelock
+    from guestagent.config import state_dir_problem
+
+    real = os.path.dirname(str(hostfs.path(state_file)))
+    why = state_dir_problem(real)
+    if why is not None:
+        raise GuestAgentError(f"{os.path.dirname(state_file)}: {why}")
+    if not os.path.isdir(real):
+        if not create:
+            yield
+            return
+        os.makedirs(real, mode=0o700, exist_ok=True)
+    fd = statelock.acquire(real, what)
+    try:
+        yield
+    finally:
+        statelock.release(fd)
+
+
+def run_reset(args: argparse.Namespace, ctx: Any) -> int:
+    """``devices --reset``: undo from the state file alone. Of the configuration only ``[agent]
+    state_dir`` is read, leniently: a bad override or any other problem in the files must not
+    block the undo (each is logged and ignored). Exit status 1, with an error-level line each,
+    when anything could not be restored, so the unit's ``ExecStopPost=-`` hides nothing."""
+    from guestagent import config as config_mod
+    from guestagent.log import get_logger
+
+    log = get_logger("devices")
+    state_dir, problems = config_mod.read_state_dir(
+        getattr(args, "config", None) or config_mod.MAIN_FILE,
+        getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    for line in problems:
+        log.warning("devices_reset_config_ignored", problem=line)
+    state_file = f"{state_dir.rstrip('/')}/devices.json"
+    try:
+        with state_lock(ctx.hostfs, state_file, "devices --reset", create=False):
+            job = DevicesJob(ctx.hostfs, DevicesConfig(state_file=state_file))
+            undo = job.reset()
+    except GuestAgentError as e:
+        log.error("devices_undo_failed", error=str(e), state_file=state_file)
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps({"undone": undo, "state_file": job.state.path,
+                                     "failed": job.reset_failures}, indent=2) + "\n")
+    else:
+        sys.stdout.write("".join(f"{line}\n" for line in undo) or "nothing to undo\n")
+    return 1 if job.reset_failures else 0
+
+
 def run_show(args: argparse.Namespace, ctx: Any) -> int:
-    job = make_job(args, ctx)
     if args.reset:
-        undo = job.reset()
-        if args.json:
-            sys.stdout.write(json.dumps({"undone": undo, "state_file": job.state.path},
-                                        indent=2) + "\n")
-        else:
-            sys.stdout.write("".join(f"{line}\n" for line in undo) or "nothing to undo\n")
-        return 0
+        return run_reset(args, ctx)
+    job = make_job(args, ctx)
     reports = job.scan(apply=False)
     sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
     return 0
 
 
 def run_apply(args: argparse.Namespace, ctx: Any) -> int:
-    job = make_job(args, ctx)
-    reports = job.scan(apply=True)
+    config = load_config(args)
+    with state_lock(ctx.hostfs, config.state_file, "devices apply", create=True):
+        job = DevicesJob(ctx.hostfs, config, hint_source_factory(ctx.hostfs))
+        reports = job.scan(apply=True)
     sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
     return 1 if any(r.failed for r in reports) else 0
 

@@ -114,10 +114,22 @@ class DevicesConfig:
 def parse_override(item: str, source: str) -> tuple[str, int]:
     """``"0000:00:05.0=1"`` -> ``("0000:00:05.0", 1)``."""
     bdf, sep, node = item.partition("=")
-    bdf, node = bdf.strip(), node.strip()
+    bdf, node = bdf.strip(" "), node.strip(" ")
     if not sep or not is_bdf(bdf) or not re.fullmatch(r"\d{1,4}", node):
         raise InputError(source, "expected BDF=N like 0000:00:05.0=1", item)
     return bdf, int(node)
+
+
+def section_problems(config: Any) -> list[tuple[str, str, object, str]]:
+    """What ``config check`` finds wrong in ``[devices]`` beyond each key's type: every
+    ``node_overrides`` entry must parse (as the job parses it at start)."""
+    found: list[tuple[str, str, object, str]] = []
+    for item in config.get("devices", "node_overrides"):
+        try:
+            parse_override(str(item), "node_overrides")
+        except InputError as e:
+            found.append(("devices", "node_overrides", item, e.reason))
+    return found
 
 
 def config_keys() -> tuple[Any, ...]:

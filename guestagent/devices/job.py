@@ -66,6 +66,9 @@ class DevicesJob:
             ctx.xenstore.watch(source.base, lambda path: self._rescan("dom0 hints changed"))
         binder = DeviceBinder(ctx.hostfs, DevicesConfig.from_agent_config(ctx.config), sources)
         binder.applying = True
+        for line in binder.state.problems:  # skipped entries of a state file left by a crash
+            self._log.error("devices_state_entry_skipped", problem=line)
+        binder.state.problems = []
         self._binder = binder
         self._after_pass(binder.scan(apply=True))
         try:

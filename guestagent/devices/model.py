@@ -16,7 +16,8 @@ BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
 
 def is_bdf(text: str) -> bool:
-    return BDF_RE.match(text) is not None
+    # fullmatch: "$" alone would also accept a trailing newline.
+    return BDF_RE.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -25,6 +26,25 @@ STATE_VERSION = 1
 
 ChangeKind = Literal["irq_affinity", "numa_node", "hugepages", "driver_rebind"]
 _KINDS = ("irq_affinity", "numa_node", "hugepages", "driver_rebind")
+
+
+_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+#: The only files each kind of change writes: a state file naming anything else (``..``, another
+#: file) is refused entry by entry, so an undo never writes outside them.
+_PATHS = {
+    "irq_affinity": re.compile(r"/proc/irq/[0-9]{1,6}/smp_affinity_list"),
+    "numa_node": re.compile(rf"/sys/bus/pci/devices/{_BDF.pattern}/numa_node"),
+    "hugepages": re.compile(
+        r"/sys/devices/system/node/node[0-9]{1,4}/hugepages/hugepages-2048kB/nr_hugepages"),
+    "driver_rebind": re.compile(rf"/sys/bus/pci/devices/{_BDF.pattern}"),
+}
+#: What each kind's ``previous`` value can be (what the undo writes back).
+_PREVIOUS = {
+    "irq_affinity": re.compile(r"[0-9][0-9,\-]{0,4095}"),
+    "numa_node": re.compile(r"-?[0-9]{1,5}"),
+    "hugepages": re.compile(r"[0-9]{1,12}"),
+    "driver_rebind": re.compile(r"[A-Za-z0-9_.\-]{1,64}"),
+}
 
 
 @dataclass
@@ -53,8 +73,14 @@ class Change:
             if not isinstance(value, str):
                 raise InputError(f"{source}.{key}", "expected a string", value)
             values[key] = value
-        if not values["path"].startswith("/"):
-            raise InputError(f"{source}.path", "expected an absolute host path", values["path"])
+        pattern = _PATHS[kind]
+        if pattern.fullmatch(values["path"]) is None:
+            raise InputError(f"{source}.path", f"not a file the devices job writes for {kind} "
+                             f"(expected {pattern.pattern})", values["path"])
+        if _PREVIOUS[kind].fullmatch(values["previous"]) is None:
+            raise InputError(f"{source}.previous", f"not a {kind} value", values["previous"])
+        if values["bdf"] and _BDF.fullmatch(values["bdf"]) is None:
+            raise InputError(f"{source}.bdf", "not a PCI address", values["bdf"])
         return cls(
             kind=kind,
             path=values["path"],
@@ -71,9 +97,15 @@ class StateStore:
         self.hostfs = hostfs
         self.path = path
         self.changes: dict[str, Change] = {}
+        #: One line per entry of the file that was refused (and skipped) by :meth:`load`.
+        self.problems: list[str] = []
 
     def load(self) -> StateStore:
-        """Read the file; an absent file is an empty state, a garbage one raises InputError."""
+        """Read the file; an absent file is an empty state, a garbage one raises InputError.
+
+        Each entry is checked on its own: a malformed one is skipped (one line in
+        ``problems``) and the others are kept, so one bad entry never blocks the undo of the
+        rest."""
         try:
             text = self.hostfs.read_text(self.path)
         except MissingInputError:
@@ -91,10 +123,16 @@ class StateStore:
         if not isinstance(raw, list):
             raise InputError(f"{self.path} changes", "expected a list", raw)
         changes: dict[str, Change] = {}
+        problems: list[str] = []
         for i, item in enumerate(raw):
-            change = Change.from_dict(item, f"{self.path} changes[{i}]")
+            try:
+                change = Change.from_dict(item, f"{self.path} changes[{i}]")
+            except InputError as e:
+                problems.append(str(e))
+                continue
             changes[change.path] = change
         self.changes = changes
+        self.problems = problems
         return self
 
     def get(self, path: str) -> Change | None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Callable
 
+from guestagent.cli import finite_float
 from guestagent.dom0.publisher import DomainResult, Publisher
 from guestagent.dom0.role import ROLES, require_dom0
 from guestagent.dom0.schema import base_path
@@ -204,7 +205,7 @@ def register(subparsers: Any) -> None:
         help="publish, then keep the hints current from xenstore watches until stopped",
     )
     run.add_argument(
-        "--resync", type=float, default=60.0, metavar="SECONDS",
+        "--resync", type=finite_float, default=60.0, metavar="SECONDS",
         help="full pass at least this often (default 60)",
     )
     _role_argument(run)

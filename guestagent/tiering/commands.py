@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from guestagent.cli import finite_float
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.tiering import readers
@@ -237,7 +238,7 @@ def register(subparsers: Any) -> None:
     rn = sub.add_parser("run", help="move cold pages until SIGTERM (then undo everything)")
     rn.add_argument(
         "--interval",
-        type=float,
+        type=finite_float,
         default=TieringConfig().interval_s,
         help="seconds between decisions (default %(default)s)",
     )
@@ -256,7 +257,7 @@ def register(subparsers: Any) -> None:
         ("--target-min-pct", "target_min_pct", defaults.target_min_pct,
          "a target keeps at least this %% free"),
     ):
-        rn.add_argument(flag, dest=dest, type=float, default=value,
+        rn.add_argument(flag, dest=dest, type=finite_float, default=value,
                         help=f"{what} (default %(default)s; [tiering] key {dest})")
     rn.add_argument("--max-rate-mb", type=int, default=defaults.max_rate // MIB,
                     help="upper bound on the rate, MiB/s per source (default %(default)s)")

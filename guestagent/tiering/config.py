@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from guestagent.errors import InputError
 from guestagent.tiering.model import MIB, TieringConfig
 
 
@@ -82,3 +83,25 @@ def tiering_config(section: dict[str, Any]) -> TieringConfig:
         max_rate=int(section["max_rate_mb"]) * MIB,
         interval_s=float(section["interval_seconds"]),
     )
+
+
+def section_problems(config: Any) -> list[tuple[str, str, object, str]]:
+    """What ``config check`` finds wrong in ``[tiering]`` across keys (the watermarks' order), by
+    building the policy configuration exactly as the job does at start."""
+    section = config.section("tiering")
+    try:
+        tiering_config(section)
+    except InputError as e:
+        name = e.source.rpartition(" ")[2]
+        if name not in section:
+            name = "source_low_pct"
+        why = e.reason
+        if ("tiering", name) not in config.origins:
+            # Name the key a file set, so the line points at the file to fix.
+            other = next((k for k in section if k != name and k in e.reason
+                          and ("tiering", k) in config.origins), None)
+            if other is not None:
+                why = f"{name} = {section[name]:g} (its default) {e.reason}"
+                name = other
+        return [("tiering", name, section[name], why)]
+    return []

@@ -331,6 +331,33 @@ class XenstoreClient(_Operations):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def broken(self) -> str | None:
+        """Why this connection can no longer be used (closed, or the stream broke), or None."""
+        if self._closed:
+            return "connection closed"
+        return self._broken
+
+    def take_over(self, other: XenstoreClient) -> None:
+        """Go on over ``other``'s connection (opened after this one broke); ``other`` is spent.
+
+        Whoever holds this client keeps a working one. Replies still awaited and queued events
+        of the old connection are gone, and so are its watches: register them again."""
+        with self._lock, other._lock:
+            old = self._transport
+            self._transport = other._transport
+            other._closed = True
+            self._closed = False
+            self._broken = None
+            self._events.clear()
+            self._abandoned.clear()
+            self._watches.clear()
+        if old is not self._transport:
+            try:
+                old.close()
+            except OSError as exc:
+                _log().info("xenstore_old_connection_close_failed", error=str(exc))
+
     def _check_usable(self) -> None:
         if self._closed:
             raise ConnectionError("xenstore connection is closed")

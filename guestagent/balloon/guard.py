@@ -1,0 +1,621 @@
+"""The allocation guard: ballooning down must never make a valid program's allocation fail.
+
+Why it exists (issue 12, seen on the testbed): a 1 GiB PV guest shrunk to about 300 MiB, then a
+program's single 450 MiB ``mmap`` got ENOMEM. With ``vm.overcommit_memory=0`` Linux refuses one
+allocation larger than the RAM and swap it has *now*, and the balloon lowered that RAM. Under
+``vm.overcommit_memory=2`` CommitLimit shrinks with the RAM as well. docs/BALLOON.md weighs the
+options; what the guard does, before the agent's first shrink below the ceiling:
+
+* overcommit mode 0 (heuristic) -> 1 while ballooned: the heuristic's only check compares one
+  request with the current RAM + swap, which the balloon falsifies. Mode 1 -> nothing.
+  Mode 2 (the administrator asked for strict accounting) is never changed: instead the balloon
+  target is floored so CommitLimit stays above Committed_AS plus a margin
+  (:func:`strict_commit_floor_kb`).
+* a zram swap device sized to what may be ballooned out (ceiling - floor), at a high priority,
+  where the kernel has zram (loaded, built in or loadable) and no zram device is in use by
+  someone else: a burst that outruns the balloon's grow is compressed instead of OOM-killed.
+
+Every change is recorded in the balloon record (``/run/guestagent/balloon.json``, key
+``guard``) before it is made, logged with what and the previous value, and undone by
+:func:`undo` (``guestagent balloon --reset``, the daemon's stop, the unit's ``ExecStopPost``):
+swapoff, zram reset and removal, module unload (only if the guard loaded it), then the sysctl.
+The caller puts the balloon target back to the ceiling and waits for the memory first. The guard
+never touches a zram device or a swap it did not create.
+
+The pure functions (:func:`strict_commit_floor_kb`, :func:`overcommit_change`,
+:func:`zram_disksize_kb`, :func:`parse_swaps`) hold the decisions; :class:`Guard` does the I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from guestagent.errors import GuestAgentError, InputError, MissingInputError
+from guestagent.hostfs import HostFS, parse_int
+from guestagent.log import get_logger
+
+OVERCOMMIT_MEMORY = "/proc/sys/vm/overcommit_memory"
+OVERCOMMIT_RATIO = "/proc/sys/vm/overcommit_ratio"
+OVERCOMMIT_KBYTES = "/proc/sys/vm/overcommit_kbytes"
+OSRELEASE = "/proc/sys/kernel/osrelease"
+SWAPS = "/proc/swaps"
+MEMINFO = "/proc/meminfo"
+ZRAM_CONTROL = "/sys/class/zram-control"
+SYS_BLOCK = "/sys/block"
+
+#: CommitLimit kept above Committed_AS under overcommit mode 2 (strict): what a program may still
+#: commit without a grow. 128 MiB, the pressure policy's headroom.
+COMMIT_MARGIN_KB = 128 * 1024
+
+#: Priority of the guard's zram swap: above any disk swap (the kernel numbers those from -2 down)
+#: and what systemd's zram-generator uses.
+ZRAM_SWAP_PRIORITY = 100
+
+#: Smallest zram device worth creating.
+MIN_ZRAM_KB = 16 * 1024
+
+#: Highest zram device number accepted from a record.
+MAX_ZRAM_ID = 1023
+
+GUARD_KEY = "guard"
+_ZRAM_NAME = re.compile(r"^zram(\d{1,4})$")
+_ZRAM_DEV = re.compile(r"^/dev/zram(\d{1,4})$")
+
+
+# --------------------------------------------------------------------------------------------
+# Pure decisions
+
+
+def overcommit_change(mode: int) -> int | None:
+    """The overcommit mode to set while ballooned, or None to leave it.
+
+    Mode 0's heuristic refuses one request larger than RAM + swap now; ballooning lowers RAM, so
+    it refuses what would fit under the ceiling: mode 1 while ballooned. Mode 1 already admits
+    everything. Mode 2 is an administrator's explicit choice of strict accounting: never
+    changed (the target is floored instead, :func:`strict_commit_floor_kb`).
+    """
+    return 1 if mode == 0 else None
+
+
+def strict_commit_floor_kb(
+    current_kb: int,
+    commit_limit_kb: int,
+    committed_as_kb: int,
+    overcommit_ratio: int,
+    overcommit_kbytes: int,
+    margin_kb: int = COMMIT_MARGIN_KB,
+) -> int | None:
+    """Under overcommit mode 2, the lowest balloon target (driver units) that keeps
+    CommitLimit >= Committed_AS + margin; None when CommitLimit does not depend on RAM.
+
+    CommitLimit = (MemTotal - hugetlb) * overcommit_ratio / 100 + SwapTotal, unless
+    ``overcommit_kbytes`` is set (then it is that number plus swap, whatever the RAM). Each KiB
+    the balloon takes out lowers MemTotal by a KiB, so CommitLimit by ratio/100 KiB. Rounded so
+    the floor is never too low: when the spare commit is already under the margin the floor is
+    above the current size (a grow).
+    """
+    if overcommit_kbytes > 0 or overcommit_ratio <= 0:
+        return None
+    spare_kb = commit_limit_kb - committed_as_kb - margin_kb
+    # floor division rounds the allowed shrink down and a needed grow up
+    return current_kb - (spare_kb * 100) // overcommit_ratio
+
+
+def zram_disksize_kb(ceiling_kb: int, floor_kb: int) -> int:
+    """The zram swap's size: what may be ballooned out (ceiling - floor), in whole MiB.
+
+    zram's disksize is the uncompressed capacity; it costs memory only for what is stored.
+    """
+    return max(0, ceiling_kb - floor_kb) // 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SwapEntry:
+    path: str
+    kind: str
+    size_kb: int
+    used_kb: int
+    priority: int
+
+
+def parse_swaps(text: str, source: str = SWAPS) -> list[SwapEntry]:
+    """``/proc/swaps``: a header line, then ``path type size used priority`` per swap."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("Filename"):
+        raise InputError(source, "expected the Filename header", text[:60])
+    out = []
+    for line in lines[1:]:
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise InputError(source, "expected 5 fields", line)
+        size, used, prio = (parse_int(f, source) for f in fields[2:5])
+        out.append(SwapEntry(fields[0], fields[1], size, used, prio))
+    return out
+
+
+def selected_compressor(text: str) -> str | None:
+    """The bracketed name in ``comp_algorithm`` (``lzo [lzo-rle] lz4``), None if none is."""
+    m = re.search(r"\[([A-Za-z0-9_-]{1,32})\]", text)
+    return m.group(1) if m else None
+
+
+# --------------------------------------------------------------------------------------------
+# The commands the guard runs (the only part a fixture tree cannot show)
+
+
+class GuardCommands(Protocol):
+    def modprobe(self, module: str, *params: str) -> None: ...
+    def modprobe_remove(self, module: str) -> None: ...
+    def mkswap(self, device: str) -> None: ...
+    def swapon(self, device: str, priority: int) -> None: ...
+    def swapoff(self, device: str) -> None: ...
+
+
+class SystemCommands:
+    """modprobe, mkswap, swapon and swapoff from the system (kmod, util-linux)."""
+
+    def _run(self, argv: list[str]) -> None:
+        import shutil
+        import subprocess
+
+        exe = shutil.which(argv[0], path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin")
+        if exe is None:
+            raise GuestAgentError(f"{argv[0]}: not installed")
+        try:
+            proc = subprocess.run(
+                [exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, timeout=120, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise GuestAgentError(f"{' '.join(argv)}: {e}") from None
+        if proc.returncode != 0:
+            out = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+            raise GuestAgentError(
+                f"{' '.join(argv)}: exit {proc.returncode}: {out[-1] if out else ''}"
+            )
+
+    def modprobe(self, module: str, *params: str) -> None:
+        self._run(["modprobe", "-q", module, *params])
+
+    def modprobe_remove(self, module: str) -> None:
+        self._run(["modprobe", "-r", "-q", module])
+
+    def mkswap(self, device: str) -> None:
+        self._run(["mkswap", "-L", "guestagent-guard", device])
+
+    def swapon(self, device: str, priority: int) -> None:
+        self._run(["swapon", "-p", str(priority), device])
+
+    def swapoff(self, device: str) -> None:
+        self._run(["swapoff", device])
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+class RecordStore(Protocol):
+    """What the guard needs of the balloon actuator's record file."""
+
+    def load_record(self) -> dict[str, Any]: ...
+    def save_record(self, record: dict[str, Any]) -> None: ...
+
+
+def _valid_change(entry: Any) -> dict[str, Any]:
+    """One recorded change, checked on its own: a bad one raises InputError (and is skipped)."""
+    if not isinstance(entry, dict):
+        raise InputError("guard change", "expected an object", entry)
+    kind = entry.get("kind")
+    if kind == "sysctl":
+        if entry.get("path") != OVERCOMMIT_MEMORY:
+            raise InputError("guard change path", "not a sysctl the guard writes",
+                             entry.get("path"))
+        prev = entry.get("previous")
+        if not (isinstance(prev, str) and re.fullmatch(r"[0-2]", prev)):
+            raise InputError("guard change previous", "expected 0, 1 or 2", prev)
+    elif kind in ("zram_device", "swap"):
+        dev = entry.get("device")
+        if dev is not None and (
+            isinstance(dev, bool) or not isinstance(dev, int) or not 0 <= dev <= MAX_ZRAM_ID
+        ):
+            raise InputError("guard change device", f"expected 0..{MAX_ZRAM_ID}", dev)
+        if kind == "swap" and dev is None:
+            raise InputError("guard change device", "a swap needs its zram device", dev)
+    elif kind != "zram_module":
+        raise InputError("guard change kind", "unknown", kind)
+    return entry
+
+
+def recorded_changes(record: dict[str, Any], log: Any) -> list[dict[str, Any]]:
+    """The guard's changes in the record; each bad entry is logged and skipped."""
+    raw = record.get(GUARD_KEY) or []
+    if not isinstance(raw, list):
+        log.warning("guard_record_bad", field=GUARD_KEY, value=str(raw)[:40], used="none")
+        return []
+    out = []
+    for i, entry in enumerate(raw):
+        try:
+            out.append(_valid_change(entry))
+        except InputError as e:
+            log.warning("guard_record_bad", index=i, error=str(e), action="skipped")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The guard
+
+
+class Guard:
+    """Applies (``arm``), floors (``floor_kb``) and undoes (:func:`undo`) the guard's changes."""
+
+    def __init__(
+        self, hostfs: HostFS, store: RecordStore, commands: GuardCommands | None = None
+    ) -> None:
+        self.hostfs = hostfs
+        self.store = store
+        #: None on a fixture tree without injected commands: zram is skipped (logged).
+        self.commands = commands if commands is not None else (
+            SystemCommands() if hostfs.is_real_host else None
+        )
+        self.log = get_logger("balloon")
+        self.armed = False
+        self.mode: int | None = None
+
+    # -- the record ---------------------------------------------------------------------------
+
+    def _changes(self) -> list[dict[str, Any]]:
+        return recorded_changes(self.store.load_record(), self.log)
+
+    def _save(self, changes: list[dict[str, Any]]) -> None:
+        record = self.store.load_record()
+        record[GUARD_KEY] = changes
+        self.store.save_record(record)
+
+    def _record(self, change: dict[str, Any]) -> list[dict[str, Any]]:
+        changes = self._changes()
+        changes.append(change)
+        self._save(changes)
+        return changes
+
+    # -- arming -------------------------------------------------------------------------------
+
+    def arm(self, ceiling_kb: int, floor_kb: int) -> None:
+        """Make large allocations safe before the first shrink below the ceiling (idempotent;
+        after a restart the recorded changes are adopted, never recorded twice)."""
+        if self.armed:
+            return
+        try:
+            self.mode = self.hostfs.read_int(OVERCOMMIT_MEMORY, 0, 2)
+        except InputError as e:
+            self.log.warning("guard_overcommit_unreadable", error=str(e))
+            self.mode = None
+        if self.mode is not None:
+            self._arm_overcommit(self.mode)
+        self._arm_zram(zram_disksize_kb(ceiling_kb, floor_kb))
+        # Only now: a record that could not be read (InputError) leaves the guard unarmed, the
+        # tick fails and no shrink happens without it.
+        self.armed = True
+
+    def _arm_overcommit(self, mode: int) -> None:
+        recorded = [c for c in self._changes() if c["kind"] == "sysctl"]
+        if recorded and mode != 0:
+            # a previous run's change, still in force: its first ``previous`` is what undo
+            # restores
+            self.log.info("guard_adopted", what=OVERCOMMIT_MEMORY, value=mode,
+                          previous=recorded[0]["previous"])
+            return
+        new = overcommit_change(mode)
+        if new is None:
+            why = "strict accounting kept; the target is floored" if mode == 2 else "already 1"
+            self.log.info("guard_overcommit_kept", what=OVERCOMMIT_MEMORY, value=mode, note=why)
+            return
+        if not recorded:
+            self._record({"kind": "sysctl", "path": OVERCOMMIT_MEMORY, "previous": str(mode)})
+        self.log.info("guard_set", what=OVERCOMMIT_MEMORY, previous=mode, value=new,
+                      reason="heuristic overcommit checks RAM+swap now, which ballooning lowers")
+        try:
+            self.hostfs.write_text(OVERCOMMIT_MEMORY, f"{new}\n")
+        except OSError as e:
+            self.log.warning("guard_set_failed", what=OVERCOMMIT_MEMORY, error=str(e))
+            self._forget(lambda c: c["kind"] == "sysctl")
+
+    def _forget(self, match: Any) -> None:
+        self._save([c for c in self._changes() if not match(c)])
+
+    # -- zram ---------------------------------------------------------------------------------
+
+    def zram_unavailable(self) -> str | None:
+        """Why the guard cannot have a zram swap here (None: it can, maybe after a modprobe)."""
+        if self.commands is None:
+            return "not the real host root (no commands on a fixture tree)"
+        if self.hostfs.exists(ZRAM_CONTROL):
+            if not os.access(self.hostfs.path(f"{ZRAM_CONTROL}/hot_remove"), os.W_OK):
+                return f"{ZRAM_CONTROL} is read-only here (a sandbox?)"
+            return None
+        return self._zram_not_loadable()
+
+    def _zram_not_loadable(self) -> str | None:
+        """None when ``modprobe zram`` can work: the module is in this kernel's modules.dep."""
+        try:
+            release = self.hostfs.read_text(OSRELEASE).strip()
+        except InputError as e:
+            return f"kernel release unknown: {e}"
+        if not re.fullmatch(r"[A-Za-z0-9._+~-]{1,64}", release):
+            return f"kernel release unusable: {release[:40]!r}"
+        try:
+            text = self.hostfs.read_text(f"/lib/modules/{release}/modules.dep")
+        except MissingInputError:
+            return f"the kernel has no zram (not loaded, no /lib/modules/{release}/modules.dep)"
+        except InputError as e:
+            return f"modules cannot be loaded here ({e}; a sandbox's ProtectKernelModules?)"
+        if re.search(r"(^|/)zram\.ko(\.[a-z]+)?:", text, re.M):
+            return None
+        return "the kernel has no zram (not loaded, not built in, no zram module)"
+
+    def foreign_zram(self, own: set[int]) -> str | None:
+        """A zram device in use that the guard did not create (then it adds none), or None."""
+        try:
+            names = self.hostfs.listdir(SYS_BLOCK)
+        except InputError:
+            names = []
+        for name in names:
+            m = _ZRAM_NAME.match(name)
+            if m is None or int(m.group(1)) in own:
+                continue
+            try:
+                size = self.hostfs.read_int(f"{SYS_BLOCK}/{name}/disksize", 0)
+            except InputError:
+                continue
+            if size > 0:
+                return f"/dev/{name} (disksize {size})"
+        return None
+
+    def _active_swaps(self) -> list[SwapEntry]:
+        try:
+            return parse_swaps(self.hostfs.read_text(SWAPS))
+        except InputError as e:
+            self.log.warning("guard_swaps_unreadable", error=str(e))
+            return []
+
+    def _arm_zram(self, size_kb: int) -> None:
+        changes = self._changes()
+        active = {s.path for s in self._active_swaps()}
+        swaps = [c for c in changes if c["kind"] == "swap"]
+        if swaps and all(f"/dev/zram{c['device']}" in active for c in swaps):
+            self.log.info("guard_adopted", what=f"/dev/zram{swaps[0]['device']}",
+                          previous="no swap")
+            return
+        if any(c["kind"] in ("swap", "zram_device") for c in changes):
+            # A previous run's device that is no longer swapped on: remove it, then start again.
+            undo_zram(self.hostfs, self.store, self.commands, self.log)
+        why = self._zram_skip_reason(size_kb)
+        if why is not None:
+            self.log.warning("guard_zram_unavailable", reason=why, fallback="overcommit only")
+            return
+        try:
+            self._make_zram(size_kb)
+        except (GuestAgentError, OSError) as e:
+            self.log.warning("guard_zram_failed", error=str(e), fallback="overcommit only")
+            undo_zram(self.hostfs, self.store, self.commands, self.log)
+
+    def _zram_skip_reason(self, size_kb: int) -> str | None:
+        why = self.zram_unavailable()
+        if why is not None:
+            return why
+        foreign = self.foreign_zram(set())
+        if foreign is not None:
+            return f"a zram device is in use by someone else: {foreign}"
+        if size_kb < MIN_ZRAM_KB:
+            return f"nothing to balloon out ({size_kb} KiB)"
+        return None
+
+    def _make_zram(self, size_kb: int) -> None:
+        assert self.commands is not None
+        if not self.hostfs.exists(ZRAM_CONTROL):
+            self._record({"kind": "zram_module", "previous": "not loaded"})
+            self.log.info("guard_set", what="module zram", previous="not loaded",
+                          value="loaded (num_devices=0)")
+            self.commands.modprobe("zram", "num_devices=0")
+            if not self.hostfs.exists(ZRAM_CONTROL):
+                raise GuestAgentError(f"modprobe zram: {ZRAM_CONTROL} did not appear")
+        changes = self._record({"kind": "zram_device", "device": None})
+        device = self.hostfs.read_int(f"{ZRAM_CONTROL}/hot_add", 0, MAX_ZRAM_ID)
+        changes[-1]["device"] = device
+        self._save(changes)
+        block = f"{SYS_BLOCK}/zram{device}"
+        try:
+            comp = selected_compressor(self.hostfs.read_text(f"{block}/comp_algorithm"))
+        except InputError:
+            comp = None
+        self.log.info("guard_set", what=f"/dev/zram{device}", previous="absent",
+                      value=f"disksize {size_kb} KiB", compressor=comp)
+        self.hostfs.write_text(f"{block}/disksize", f"{size_kb * 1024}\n")
+        dev = f"/dev/zram{device}"
+        self.commands.mkswap(dev)
+        self._record({"kind": "swap", "device": device})
+        self.log.info("guard_set", what=f"swap {dev}", previous="off",
+                      value=f"on, priority {ZRAM_SWAP_PRIORITY}")
+        self.commands.swapon(dev, ZRAM_SWAP_PRIORITY)
+
+    # -- the floor ----------------------------------------------------------------------------
+
+    def floor_kb(self, current_kb: int) -> int | None:
+        """Under overcommit mode 2, the lowest target that keeps CommitLimit above Committed_AS
+        plus the margin (:func:`strict_commit_floor_kb`); None in any other mode."""
+        if self.mode != 2:
+            return None
+        try:
+            meminfo = self.hostfs.read_meminfo(MEMINFO)
+            ratio = self.hostfs.read_int(OVERCOMMIT_RATIO, 0, 1 << 20)
+            kbytes = (self.hostfs.read_int(OVERCOMMIT_KBYTES, 0)
+                      if self.hostfs.exists(OVERCOMMIT_KBYTES) else 0)
+        except InputError as e:
+            self.log.warning("guard_floor_unreadable", error=str(e))
+            return None
+        try:
+            limit, committed = meminfo["CommitLimit"] // 1024, meminfo["Committed_AS"] // 1024
+        except KeyError:
+            return None
+        return strict_commit_floor_kb(current_kb, limit, committed, ratio, kbytes)
+
+
+# --------------------------------------------------------------------------------------------
+# Undo (no configuration needed: only the record)
+
+
+def _undo_step(log: Any, what: str, action: Any) -> bool:
+    try:
+        action()
+    except (GuestAgentError, OSError) as e:
+        log.error("guard_undo_failed", what=what, error=str(e), kept="in the record, for the "
+                  "next guestagent balloon --reset")
+        return False
+    return True
+
+
+def _zram_device_exists(hostfs: HostFS, device: int) -> bool:
+    return hostfs.exists(f"{SYS_BLOCK}/zram{device}")
+
+
+def _undo_swaps(
+    swaps: list[dict[str, Any]], active: set[str], commands: GuardCommands | None, log: Any
+) -> list[dict[str, Any]]:
+    """swapoff each of the guard's swaps still active; returns the ones that failed."""
+    failed = []
+    for change in swaps:
+        dev = f"/dev/zram{change['device']}"
+        if dev not in active:
+            continue
+        if commands is None or not _undo_step(log, f"swap {dev}",
+                                              lambda d=dev: commands.swapoff(d)):
+            failed.append(change)
+            continue
+        log.info("guard_undone", what=f"swap {dev}", restored="off")
+    return failed
+
+
+def _remove_device(hostfs: HostFS, device: int) -> None:
+    hostfs.write_text(f"{SYS_BLOCK}/zram{device}/reset", "1\n")
+    hostfs.write_text(f"{ZRAM_CONTROL}/hot_remove", f"{device}\n")
+
+
+def _undo_devices(
+    hostfs: HostFS, devices: list[dict[str, Any]], busy: set[int], log: Any
+) -> list[dict[str, Any]]:
+    """Reset and hot-remove each of the guard's zram devices; returns the ones kept."""
+    failed = []
+    for change in devices:
+        device = change.get("device")
+        if device is None or not _zram_device_exists(hostfs, device):
+            continue  # hot_add never answered, or already gone: nothing of ours to remove
+        if device in busy or not _undo_step(
+            log, f"/dev/zram{device}", lambda d=device: _remove_device(hostfs, d)
+        ):
+            failed.append(change)
+            continue
+        log.info("guard_undone", what=f"/dev/zram{device}", restored="absent")
+    return failed
+
+
+def undo_zram(
+    hostfs: HostFS, store: RecordStore, commands: GuardCommands | None, log: Any
+) -> None:
+    """swapoff the guard's zram swap, reset and remove its device, unload the module if the
+    guard loaded it. Entries whose undo failed stay in the record."""
+    changes = recorded_changes(store.load_record(), log)
+    of_kind = {k: [c for c in changes if c["kind"] == k]
+               for k in ("sysctl", "swap", "zram_device", "zram_module")}
+    active = {s.path for s in _swaps_or_empty(hostfs, log)}
+    failed = _undo_swaps(of_kind["swap"], active, commands, log)
+    failed += _undo_devices(hostfs, of_kind["zram_device"], {c["device"] for c in failed}, log)
+    for change in of_kind["zram_module"]:
+        if failed or commands is None or not _undo_step(
+            log, "module zram", lambda: commands.modprobe_remove("zram")
+        ):
+            failed.append(change)
+            continue
+        log.info("guard_undone", what="module zram", restored="not loaded")
+    record = store.load_record()
+    record[GUARD_KEY] = failed + of_kind["sysctl"]
+    store.save_record(record)
+
+
+def _swaps_or_empty(hostfs: HostFS, log: Any) -> list[SwapEntry]:
+    try:
+        return parse_swaps(hostfs.read_text(SWAPS))
+    except MissingInputError:
+        return []
+    except InputError as e:
+        log.warning("guard_swaps_unreadable", error=str(e))
+        return []
+
+
+def has_changes(store: RecordStore) -> bool:
+    """True when the record holds guard changes (a damaged record counts as none)."""
+    try:
+        return bool(store.load_record().get(GUARD_KEY))
+    except InputError:
+        return False
+
+
+def undo(hostfs: HostFS, store: RecordStore, commands: GuardCommands | None = None) -> int:
+    """Undo every recorded guard change: zram first, then the sysctl. Returns how many changes
+    are still in the record (0 when everything was undone). The balloon target must already be
+    back at the ceiling (a swapoff needs the memory)."""
+    if not has_changes(store):
+        return 0
+    log = get_logger("balloon")
+    if commands is None and hostfs.is_real_host:
+        commands = SystemCommands()
+    undo_zram(hostfs, store, commands, log)
+    changes = recorded_changes(store.load_record(), log)
+    left = [c for c in changes if c["kind"] != "sysctl"]
+    for change in [c for c in changes if c["kind"] == "sysctl"]:
+        previous = change["previous"]
+        if _undo_step(log, OVERCOMMIT_MEMORY,
+                      lambda p=previous: hostfs.write_text(OVERCOMMIT_MEMORY, f"{p}\n")):
+            log.info("guard_undone", what=OVERCOMMIT_MEMORY, restored=previous)
+        else:
+            left.append(change)
+    record = store.load_record()
+    if left:
+        record[GUARD_KEY] = left
+    else:
+        record.pop(GUARD_KEY, None)
+    store.save_record(record)
+    return len(left)
+
+
+#: How long a reset waits for the driver to hold the ceiling again before the swapoff (the
+#: unit's TimeoutStopSec=30s bounds the whole ExecStopPost).
+RESET_WAIT_S = 20.0
+
+
+def reset_all(
+    actuator: Any, commands: GuardCommands | None = None, wait_s: float = RESET_WAIT_S
+) -> int | None:
+    """The whole undo, in order: the balloon target back to the ceiling, wait (bounded) until
+    the driver holds the memory, then the guard's swapoff, zram reset and sysctl.
+
+    Returns the target written (None if the target could not be reset; the guard's changes are
+    undone all the same and the error is raised after)."""
+    target: int | None = None
+    error: InputError | None = None
+    try:
+        target = actuator.reset()
+    except InputError as e:
+        error = e
+    if has_changes(actuator):
+        if target is not None:
+            current = actuator.wait_populated(target, wait_s)
+            actuator.log.info("guard_undo_start", target_kb=target, current_kb=current,
+                              waited_max_s=wait_s)
+        undo(actuator.hostfs, actuator, commands)
+    if error is not None:
+        raise error
+    return target
