@@ -47,21 +47,21 @@ def apt_candidates(name: str) -> dict[str, list[str]]:
     return apt_known(names or [name])
 
 
-def _apt_download(packages: dict[str, str]) -> list[str]:
-    """``apt-get download`` of name=version pairs into the cache; return the names that failed
-    (all of them are tried one by one when the batch fails)."""
+def _apt_download(packages: dict[str, str]) -> dict[str, str]:
+    """``apt-get download`` of name=version pairs into the cache; return the names that failed,
+    each with apt's first error line (all of them are tried one by one when the batch fails)."""
     if not packages:
-        return []
+        return {}
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         try:
             run(["apt-get", "download", *[f"{n}={v}" for n, v in sorted(packages.items())]],
                 cwd=Path(tmp), timeout=900)
-        except BedError:
+        except BedError as e:
             if len(packages) == 1:
-                return list(packages)
-            failed: list[str] = []
+                return {n: _apt_error(str(e)) for n in packages}
+            failed: dict[str, str] = {}
             for n, v in sorted(packages.items()):
-                failed += _apt_download({n: v})
+                failed.update(_apt_download({n: v}))
             return failed
         got = list(Path(tmp).glob("*.deb"))
         for name, version in packages.items():
@@ -69,7 +69,16 @@ def _apt_download(packages: dict[str, str]) -> list[str]:
             if len(match) != 1:
                 raise BedError(f"apt-get download {name}={version}: got {match}")
             shutil.move(str(match[0]), deb_path(name, version))
-    return []
+    return {}
+
+
+def _apt_error(text: str) -> str:
+    """apt's first ``E:`` or ``Err:`` line of a failed command's output (else its first line)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("E:", "Err:")):
+            return ln
+    return lines[0] if lines else "failed"
 
 
 class _Snapshot:
@@ -78,10 +87,18 @@ class _Snapshot:
     def __init__(self) -> None:
         self.base = os.environ.get("E2E_SNAPSHOT_URL", pins.SNAPSHOT_DEFAULT).rstrip("/")
         self.down = not self.base
+        self.tried = False
+
+    def note(self) -> str:
+        """What the snapshot archive did, for the PIN SUPERSEDED line."""
+        if not self.base:
+            return " (the snapshot archive is off: E2E_SNAPSHOT_URL unset)"
+        return " nor from the snapshot archive" if self.tried else ""
 
     def fetch(self, name: str, version: str) -> bool:
         if self.down:
             return False
+        self.tried = True
         import hashlib
         import json
         import urllib.error
@@ -111,33 +128,48 @@ class _Snapshot:
         return True
 
 
-def _refresh_apt_lists(missing: list[str]) -> None:
-    """Pins apt does not know: its lists may predate them; update once (as root) and retry."""
-    if os.geteuid() != 0:
-        return
-    log(f"apt does not know {len(missing)} pinned version(s) ({', '.join(missing[:3])}...): "
-        "apt-get update")
+#: apt-get update runs at most once per process (it is slow, and a second one learns nothing).
+_APT_UPDATED: list[bool] = []
+
+
+def _refresh_apt_lists(missing: list[str]) -> bool:
+    """Pins apt does not know, or whose download failed: apt's lists may be older than the archive;
+    update them once per process (as root). True when they were updated now."""
+    if _APT_UPDATED or os.geteuid() != 0:
+        return False
+    _APT_UPDATED.append(True)
+    log(f"apt cannot fetch {len(missing)} pinned version(s) ({', '.join(missing[:3])}"
+        f"{'...' if len(missing) > 3 else ''}): apt-get update")
     try:
         run(["apt-get", "update", "-qq"], timeout=600)
     except BedError as e:
         log(f"apt-get update failed: {str(e).splitlines()[0]}")
+        return False
+    return True
 
 
-def _series_fallback(name: str, version: str) -> pins.Fetched:
-    """The newest build apt knows of the pin's series; one loud line says what was taken."""
-    choice = pins.choose_fallback(name, version, apt_candidates(name))
+def _series_fallback(name: str, version: str, why: str,
+                     failed: frozenset[tuple[str, str]] = frozenset()) -> pins.Fetched:
+    """The newest build apt knows of the pin's series, but none whose download already failed
+    (``failed``); the PIN SUPERSEDED line (:func:`fetch`) says what was taken and why."""
+    known = {n: [v for v in vs if (n, v) not in failed]
+             for n, vs in apt_candidates(name).items()}
+    choice = pins.choose_fallback(name, version, known)
     if choice is None:
         raise BedError(
-            f"pinned {name}={version} is neither in apt's lists nor in the snapshot archive, and "
-            f"apt knows no build of its series {pins.series(version)}: bump it in versions.py "
-            "(python -m tests.e2e pins)")
+            f"pinned {name}={version} {why}, and apt knows no other build of its series "
+            f"{pins.series(version)}: bump it in versions.py (python -m tests.e2e pins)")
     new_name, new_version = choice
-    if not deb_path(new_name, new_version).exists() and _apt_download({new_name: new_version}):
-        raise BedError(f"apt-get download {new_name}={new_version} (the fallback for the pin "
-                       f"{name}={version}) failed")
+    if not deb_path(new_name, new_version).exists():
+        err = _apt_download({new_name: new_version})
+        if err:
+            raise BedError(
+                f"pinned {name}={version} {why}, and its stand-in {new_name}={new_version} (the "
+                f"newest of series {pins.series(version)} apt knows) failed too: "
+                f"{err[new_name]}; bump versions.py (python -m tests.e2e pins)")
     RESOLVED.mkdir(parents=True, exist_ok=True)
     _memo(name, version).write_text(f"{new_name} {new_version}\n")
-    return pins.Fetched(name, version, new_name, new_version, "series")
+    return pins.Fetched(name, version, new_name, new_version, "series", why)
 
 
 def _remembered(name: str, version: str) -> pins.Fetched | None:
@@ -148,28 +180,39 @@ def _remembered(name: str, version: str) -> pins.Fetched | None:
     new_name, new_version = memo.read_text().split()
     if not deb_path(new_name, new_version).exists():
         return None
-    return pins.Fetched(name, version, new_name, new_version, "series")
+    return pins.Fetched(name, version, new_name, new_version, "series",
+                        "was replaced by an earlier run (its choice is kept in debs/resolved/)")
+
+
+def _try_apt(todo: dict[str, str]) -> tuple[dict[str, pins.Fetched], dict[str, str]]:
+    """The exact pins from apt: what was fetched, and for each pin not fetched why not."""
+    known = apt_known(sorted(todo))
+    exact = {n: v for n, v in todo.items() if v in known.get(n, [])}
+    why = {n: "is not in apt's lists" for n in todo if n not in exact}
+    if exact:
+        log(f"downloading {len(exact)} Debian packages")
+    for n, err in _apt_download(exact).items():
+        why[n] = f"does not download ({err})"
+    got = {n: pins.Fetched(n, v, n, v, "pin") for n, v in exact.items() if n not in why}
+    return got, why
 
 
 def _fetch_missing(todo: dict[str, str]) -> dict[str, pins.Fetched]:
-    """Pins with no cached .deb: apt first, then the snapshot archive, then the series."""
-    known = apt_known(sorted(todo))
-    unknown = [n for n, v in todo.items() if v not in known.get(n, [])]
-    if unknown:
-        _refresh_apt_lists([f"{n}={todo[n]}" for n in unknown])
-        known = apt_known(sorted(todo))
-    exact = {n: v for n, v in todo.items() if v in known.get(n, [])}
-    if exact:
-        log(f"downloading {len(exact)} Debian packages")
-    failed = set(_apt_download(exact)) | (set(todo) - set(exact))
-    got = {n: pins.Fetched(n, v, n, v, "pin") for n, v in exact.items() if n not in failed}
+    """Pins with no cached .deb: apt (again after one apt-get update when it could not fetch
+    them), then the snapshot archive when one is set, then the newest of the pin's series."""
+    got, why = _try_apt(todo)
+    if why and _refresh_apt_lists([f"{n}={todo[n]}" for n in sorted(why)]):
+        again, why = _try_apt({n: todo[n] for n in why})
+        got.update(again)
+        why = {n: w + " even after apt-get update" for n, w in why.items()}
+    failed = frozenset((n, todo[n]) for n, w in why.items() if w.startswith("does not download"))
     snapshot = _Snapshot()
-    for n in sorted(failed):
+    for n in sorted(why):
         v = todo[n]
         if snapshot.fetch(n, v):
             got[n] = pins.Fetched(n, v, n, v, "snapshot")
         else:
-            got[n] = _series_fallback(n, v)
+            got[n] = _series_fallback(n, v, why[n] + snapshot.note(), failed)
     return got
 
 
@@ -191,9 +234,7 @@ def fetch(packages: dict[str, str]) -> dict[str, pins.Fetched]:
         got.update(_fetch_missing(todo))
     for f in got.values():
         if not f.exact:
-            log(f"PIN SUPERSEDED: {f.pin_name}={f.pin_version} is gone from apt and the snapshot "
-                f"archive; using {f.name}={f.version}, the newest of series "
-                f"{pins.series(f.pin_version)} apt knows (bump versions.py)")
+            log(pins.superseded_line(f))
     FETCHED.update(got)
     return got
 

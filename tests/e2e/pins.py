@@ -5,9 +5,12 @@ Debian's security archive keeps only the newest build of a package, so a pin in
 is fetched by the first of these that works, and the choice is logged:
 
 1. the exact pin, with ``apt-get download NAME=VERSION`` (the cache's ``.deb`` when it has one);
-2. the exact pin from the snapshot archive (``E2E_SNAPSHOT_URL``, by default snapshot.debian.org):
-   ``/mr/binary/NAME/VERSION/binfiles`` gives the file's SHA-1, ``/file/SHA1`` the ``.deb``, whose
-   SHA-1 is checked;
+   When apt does not know the pin, or its download fails (lists older than the archive: a 404),
+   ``apt-get update`` runs once (as root) and the pin is tried again;
+2. only when ``E2E_SNAPSHOT_URL`` is set (e.g. ``https://snapshot.debian.org``; off by default: the
+   archive is slow and throttles, and it does not resolve on this project's machines), the exact
+   pin from the snapshot archive: ``/mr/binary/NAME/VERSION/binfiles`` gives the file's SHA-1,
+   ``/file/SHA1`` the ``.deb``, whose SHA-1 is checked;
 3. the newest build apt knows of the same upstream series (:func:`series`: epoch and major.minor of
    the upstream version), for a kernel also under a newer ABI name of the same series and flavour
    (``linux-image-6.1.0-56-amd64`` -> ``linux-image-6.1.0-57-amd64``), with one loud log line
@@ -22,10 +25,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-#: Where the snapshot archive's machine-readable interface lives ("" turns the step off).
-SNAPSHOT_DEFAULT = "https://snapshot.debian.org"
+#: Where the snapshot archive's machine-readable interface lives: nowhere unless
+#: ``E2E_SNAPSHOT_URL`` names it ("": the step is off, so CI never waits on that archive).
+SNAPSHOT_DEFAULT = ""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Fetched:
     #: "pin" (apt or the cache), "snapshot" (the exact pin from the snapshot archive) or "series"
     #: (the newest build of the pin's series that apt knows).
     how: str
+    #: Why the pin itself was not taken (shown in the PIN SUPERSEDED line; not part of equality).
+    why: str = field(default="", compare=False)
 
     @property
     def exact(self) -> bool:
@@ -182,3 +188,13 @@ def parse_madison(text: str) -> dict[str, list[str]]:
         if fields[1] not in versions:
             versions.append(fields[1])
     return out
+
+
+def superseded_line(f: Fetched) -> str:
+    """The one line that says a pin was not fetched: which pin, why, what stands in for it."""
+    head = f"PIN SUPERSEDED: {f.pin_name}={f.pin_version} {f.why or 'is gone'}"
+    tail = "bump versions.py (python -m tests.e2e pins)"
+    if f.how != "series":
+        return f"{head}; fetched the exact pin from {f.how}; {tail}"
+    return (f"{head}; using {f.name}={f.version}, the newest build of series "
+            f"{series(f.pin_version)} apt knows, for this run and its cache keys; {tail}")
