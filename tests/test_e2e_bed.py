@@ -13,6 +13,13 @@ def test_hvm_guests_are_pinned_off_pcpu0_by_default() -> None:
     assert 'cpus = "1-3"' in cfg.splitlines()
 
 
+def test_the_pin_follows_the_pcpus_xen_runs_not_qemus_smp() -> None:
+    """Under TCG a CPU QEMU was given may not come up: the pin follows Xen's count."""
+    assert BedConfig(cpus=4).hvm_cpus(pcpus=3) == "1-2"
+    assert BedConfig(cpus=4).hvm_cpus(pcpus=2) == "1"
+    assert BedConfig(cpus=4).hvm_cpus(pcpus=1) is None
+
+
 def test_no_pin_with_one_pcpu_or_when_turned_off() -> None:
     assert BedConfig(cpus=1).hvm_cpus() is None
     assert BedConfig(pin_hvm_off_cpu0=False).hvm_cpus() is None

@@ -70,11 +70,13 @@ class BedConfig:
     #: and no death, against 3 deaths in 4 boots unpinned (p=0.07; tests/e2e/README.md).
     pin_hvm_off_cpu0: bool = True
 
-    def hvm_cpus(self) -> str | None:
-        """The ``cpus=`` (hard affinity) of an HVM guest, or None to leave it to Xen."""
-        if not self.pin_hvm_off_cpu0 or self.cpus < 2:
+    def hvm_cpus(self, pcpus: int | None = None) -> str | None:
+        """The ``cpus=`` (hard affinity) of an HVM guest, or None to leave it to Xen. ``pcpus``:
+        the pCPUs Xen runs (``xl info``'s nr_cpus; by default the ``-smp`` QEMU is given: 4)."""
+        n = self.cpus if pcpus is None else pcpus
+        if not self.pin_hvm_off_cpu0 or n < 2:
             return None
-        return "1" if self.cpus == 2 else f"1-{self.cpus - 1}"
+        return "1" if n == 2 else f"1-{n - 1}"
 
     def qemu_args(self) -> list[str]:
         machine = "q35,kernel-irqchip=split" if self.host_numa2 else "q35"
@@ -353,6 +355,20 @@ class XenBed:
         self.guest_seq = itertools.count(1)
         self.timings: list[tuple[str, float]] = []
         self.lock_fd: int | None = None
+        self._pcpus: int | None = None
+
+    def pcpus(self) -> int:
+        """The pCPUs Xen runs (``xl info``'s nr_cpus, asked once): under TCG a CPU QEMU was given
+        may not have come up, and an HVM guest's pin (``BedConfig.hvm_cpus``) follows Xen's
+        count, not QEMU's ``-smp``."""
+        if self._pcpus is None:
+            out, rc = self.dom0("xl info | sed -n 's/^nr_cpus *: *//p'", timeout=60)
+            n = out.strip().splitlines()[-1] if rc == 0 and out.strip() else ""
+            self._pcpus = int(n) if n.isdigit() else self.config.cpus
+            if self._pcpus != self.config.cpus:
+                log(f"Xen runs {self._pcpus} pCPUs; QEMU was given {self.config.cpus} "
+                    f"(xl info: {out.strip()[-200:]!r})")
+        return self._pcpus
 
     # -- artefacts and boot ------------------------------------------------------------------
 
@@ -543,7 +559,9 @@ class Guest:
     def create(self) -> None:
         bed = self.bed
         cfg = f"/run/e2e/{self.name}.cfg"
-        cpus = bed.config.hvm_cpus() if self.spec.type == "hvm" else None
+        cpus = None
+        if self.spec.type == "hvm" and bed.config.pin_hvm_off_cpu0:
+            cpus = bed.config.hvm_cpus(bed.pcpus())
         config = self.spec.xl_config(cpus).replace(
             f'name = "{self.spec.name}"', f'name = "{self.name}"'
         )
