@@ -4,13 +4,15 @@ and its Debian package, before anything is built."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tests.e2e import preflight, versions
+from tests.e2e import preflight
 from tests.e2e.util import REPO, BedError
 
 
@@ -18,7 +20,7 @@ def fake_path(tmp_path: Path, without: str) -> str:
     """A PATH directory holding a stub for every tool the testbed needs but ``without``."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for tool in {**versions.HOST_TOOLS, **versions.DEB_BUILD_TOOLS}:
+    for tool in {**preflight.HOST_TOOLS, **preflight.DEB_BUILD_TOOLS}:
         if tool != without:
             stub = bindir / tool
             stub.write_text("#!/bin/sh\nexit 0\n")
@@ -59,3 +61,29 @@ def test_the_cli_says_one_line_and_exits_3_before_building(tmp_path: Path) -> No
         "e2e: missing host tools: zstd (package zstd); install them with: apt-get install zstd"
     ]
     assert not (tmp_path / "cache").exists()
+
+
+def test_disk_and_memory_shortfalls_are_named_with_the_need(tmp_path: Path) -> None:
+    gib = preflight.GIB
+    # An empty cache is a cold build: 6 GiB.
+    (disk,) = preflight.shortfalls(tmp_path, 3 * gib, 8 * gib)
+    assert disk.startswith("3.0 GiB free for") and "6 GiB needed (a cold build)" in disk
+    # Once the debootstrap layer is there, a warm run needs 2 GiB.
+    (tmp_path / "rootfs-base-0123").mkdir()
+    assert preflight.shortfalls(tmp_path, 3 * gib, 8 * gib) == []
+    (mem,) = preflight.shortfalls(tmp_path, 3 * gib, gib)
+    assert mem == "1.0 GiB of memory available, 2 GiB needed"
+    assert preflight.mem_available("MemTotal: 100 kB\nMemAvailable:  2048 kB\n") == 2 << 20
+    assert preflight.mem_available("MemTotal: 100 kB\n") is None
+
+
+def test_every_problem_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda _p: SimpleNamespace(free=preflight.GIB))
+    path = fake_path(tmp_path, without="cpio")
+    with pytest.raises(BedError) as e:
+        preflight.check(path=path, cache=tmp_path / "cache")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("missing host tools: cpio (package cpio)")
+    assert "1.0 GiB free for" in msg and "6 GiB needed (a cold build)" in msg

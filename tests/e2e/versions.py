@@ -132,30 +132,3 @@ PACKAGES: dict[str, str] = {
     "libbz2-1.0": "1.0.8-5+b1",
     "libcap2": "1:2.66-4+deb12u3+b1",
 }
-
-#: Host tools the testbed runs -> the Debian package that has each (tests/e2e/preflight.py checks
-#: them all before anything is built; the README's "Host requirements" and .ci/run install them).
-HOST_TOOLS: dict[str, str] = {
-    "qemu-system-x86_64": "qemu-system-x86",
-    "debootstrap": "debootstrap",
-    "mke2fs": "e2fsprogs",
-    "cpio": "cpio",
-    "gzip": "gzip",
-    "zstd": "zstd",
-    "xz": "xz-utils",
-    "apt-get": "apt",
-    "apt-cache": "apt",
-    "dpkg-deb": "dpkg",
-    "find": "findutils",
-    "git": "git",
-    "mount": "mount",
-    "umount": "mount",
-    "chroot": "coreutils",
-    "du": "coreutils",
-}
-#: What building the image with the agent's .deb (``--debs``) runs besides (packaging/build-deb.sh).
-DEB_BUILD_TOOLS: dict[str, str] = {
-    "dpkg-buildpackage": "dpkg-dev",
-    "fakeroot": "fakeroot",
-    "lintian": "lintian",
-}
