@@ -240,3 +240,18 @@ def test_the_snapshot_archive_is_off_unless_named(monkeypatch: pytest.MonkeyPatc
     snap = artefacts._Snapshot()
     assert snap.fetch("seabios", "1.16.2-1") is False
     assert "E2E_SNAPSHOT_URL unset" in snap.note()
+
+
+def test_the_report_lists_every_build_and_one_line_per_superseded_pin() -> None:
+    fetched = {
+        "seabios": pins.Fetched("seabios", "1.16.2-1", "seabios", "1.16.2-1", "pin"),
+        "xen-utils-4.17": pins.Fetched("xen-utils-4.17", XEN_PIN, "xen-utils-4.17",
+                                       "4.17.8-0+deb12u1", "series", "is not in apt's lists"),
+    }
+    assert pins.report(fetched) == [
+        "seabios=1.16.2-1 (pin)",
+        f"xen-utils-4.17=4.17.8-0+deb12u1 (series) instead of the pin xen-utils-4.17={XEN_PIN}",
+        f"PIN SUPERSEDED: xen-utils-4.17={XEN_PIN} is not in apt's lists; using "
+        "xen-utils-4.17=4.17.8-0+deb12u1, the newest build of series 0:4.17 apt knows, for this "
+        "run and its cache keys; bump versions.py (python -m tests.e2e pins)",
+    ]

@@ -198,3 +198,10 @@ def superseded_line(f: Fetched) -> str:
         return f"{head}; fetched the exact pin from {f.how}; {tail}"
     return (f"{head}; using {f.name}={f.version}, the newest build of series "
             f"{series(f.pin_version)} apt knows, for this run and its cache keys; {tail}")
+
+
+def report(fetched: Mapping[str, Fetched]) -> list[str]:
+    """The lines the test report ends with: every build used (``name=version (how)``, and the pin
+    it replaced), then one PIN SUPERSEDED line for each pin that was not fetched exactly."""
+    ordered = [f for _n, f in sorted(fetched.items())]
+    return [f.line() for f in ordered] + [superseded_line(f) for f in ordered if not f.exact]
