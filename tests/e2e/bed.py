@@ -36,7 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e import artefacts, images, preflight, rootfs, versions
+from tests.e2e import artefacts, images, preflight, rootfs, symbols, versions
 from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, GuestDied, log, tail
 
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
@@ -172,7 +172,7 @@ class GuestSpec:
             "xen_privcmd.unrestricted=1 mitigations=off quiet nokaslr"
         )
         # nokaslr: a vCPU that dies (GuestDied) leaves its RIP in xl dmesg, and without KASLR that
-        # RIP resolves against the kernel's System.map.
+        # RIP resolves against Dom0's /proc/kallsyms (the same kernel build; symbols.py).
         if self.init == "systemd":
             cmdline += " e2e.init=systemd systemd.show_status=false"
         elif self.init != "e2e":
@@ -616,9 +616,11 @@ class Guest:
                         f"xl dmesg | grep -E -A4 'd{d}v[0-9]+ |Dom{d} vcpu' "
                         f"| grep -E 'd{d}v|Dom{d}|RIP' | tail -n 8"
                     )
+                    where = "; ".join(self.dead_vcpus(fault))
                     raise GuestDied(
                         f"guest {self.name} (domid {self.domid}) died while running "
-                        f"{script[:80]!r}; Xen: {fault.strip() or '(nothing)'}\n{self.report()}"
+                        f"{script[:80]!r}; {where or 'no vCPU dump'}; Xen: "
+                        f"{fault.strip() or '(nothing)'}\n{self.report()}"
                     )
                 raise BedError(f"no answer from {self.name} to {script[:80]!r}:\n{self.report()}")
             got = last_answer(out, rid)
@@ -637,12 +639,31 @@ class Guest:
             raise BedError(f"guest command failed ({rc}): {script}\n{out}")
         return out
 
+    def dead_vcpus(self, dmesg: str) -> list[str]:
+        """This guest's vCPU state dumps in ``dmesg`` (xl dmesg's text), one line each with the
+        RIP and, for a guest on the default kernel, its symbol from Dom0's kallsyms
+        (tests/e2e/symbols.py)."""
+        if self.domid is None:
+            return []
+        found = symbols.dead_rips(dmesg, self.domid)
+        resolved: dict[int, str] = {}
+        if found and self.spec.kernel in ("", versions.DEFAULT_GUEST_KERNEL):
+            script = symbols.resolve_script([rip for _v, rip in found])
+            if script:
+                resolved = symbols.parse_resolved(self.bed.dom0(script, timeout=60)[0])
+        source = f"Dom0's kallsyms, kernel {versions.KERNEL_ABI}"
+        return symbols.describe(found, self.domid, resolved, source)
+
     def report(self) -> str:
         """Console tail, xl dmesg and device-model log of this guest, for failure messages."""
         parts = []
         try:
             if self.domid is not None:
                 parts.append(self.bed.dom0(f"e2e-guest log {self.domid} 60", timeout=30)[0])
+                dumps = self.bed.dom0(
+                    f"xl dmesg | grep -E -A6 'Dumping Dom{self.domid} vcpu' "
+                    f"| grep -E 'Dom{self.domid} vcpu|RIP'", timeout=30)[0]
+                parts += [f"dead vCPU: {line}" for line in self.dead_vcpus(dumps)]
             parts.append(self.bed.dom0("xl dmesg | tail -n 25", timeout=30)[0])
             parts.append(
                 self.bed.dom0(
