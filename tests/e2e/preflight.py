@@ -80,6 +80,14 @@ def mem_available(meminfo: str) -> int | None:
     return None
 
 
+def _available() -> int | None:
+    """This host's MemAvailable in bytes (None when /proc/meminfo cannot say)."""
+    try:
+        return mem_available(Path("/proc/meminfo").read_text())
+    except OSError:
+        return None
+
+
 def shortfalls(cache: Path, free_bytes: int, available_bytes: int | None) -> list[str]:
     """What the host lacks in disk and memory, each a short phrase (empty when nothing)."""
     cold = not any(cache.glob("rootfs-base-*")) if cache.is_dir() else True
@@ -104,12 +112,7 @@ def check(guest_debs: bool = False, path: str | None = None, cache: Path | None 
     if missing:
         problems.append(message(missing))
     cache = cache or CACHE
-    free = shutil.disk_usage(_existing(cache)).free
-    try:
-        available = mem_available(Path("/proc/meminfo").read_text())
-    except OSError:
-        available = None
-    problems += shortfalls(cache, free, available)
+    problems += shortfalls(cache, shutil.disk_usage(_existing(cache)).free, _available())
     if problems:
         raise BedError("; ".join(problems))
 
