@@ -295,6 +295,20 @@ def decode_block(text: str, md5: str) -> str | None:
     return raw.decode("utf-8", errors="replace")
 
 
+def decode_fetched(out: str) -> bytes | None:
+    """The bytes of a :meth:`Guest.fetch` answer (``__MD5__ <md5>``, then base64 lines), or None
+    when they do not match their MD5 (stray lines are ignored: only base64 lines are decoded)."""
+    m = re.search(r"^__MD5__ ([0-9a-f]{32})\s*$", out, re.M)
+    if m is None:
+        return None
+    b64 = "".join(ln.strip() for ln in out[m.end():].splitlines() if B64_LINE.match(ln.strip()))
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if hashlib.md5(raw).hexdigest() == m.group(1) else None
+
+
 def last_answer(text: str, rid: str) -> tuple[str, int, str] | None:
     """The last ``__BEGIN_<rid>__ ... __END_<rid>__ <status> <md5>`` block: (body, status, md5)."""
     ends = list(re.finditer(rf"^__END_{rid}__ (\d+) ([0-9a-f]{{32}})$", text, re.M))
@@ -632,6 +646,23 @@ class Guest:
             self.bed.dom0_ok(f"e2e-guest send {self.domid} 'E2ER {rid}'", timeout=30)
             wait = 60
         raise BedError(f"answer from {self.name} to {script[:60]!r} stayed damaged")
+
+    def fetch(self, script: str, timeout: float = 300, attempts: int = 3) -> bytes:
+        """The standard output of ``script`` in the guest, as bytes, intact: written to a file
+        there (its stderr kept apart, never mixed into the data), sent as base64 with its MD5,
+        checked here, and asked for again (``attempts`` in all) when it arrived damaged. Use it
+        to move a file out of a guest (``fetch("tar czf - -C /tmp x")``)."""
+        resend = ("echo __MD5__ $(md5sum </tmp/e2e-fetch.bin | cut -d' ' -f1); "
+                  "base64 /tmp/e2e-fetch.bin")
+        body = (f"({script}) >/tmp/e2e-fetch.bin 2>/tmp/e2e-fetch.err; rc=$?; "
+                "if [ $rc != 0 ]; then tail -c 2000 /tmp/e2e-fetch.err; exit $rc; fi; " + resend)
+        for attempt in range(1, attempts + 1):
+            out = self.run_ok(body if attempt == 1 else resend, timeout=timeout)
+            data = decode_fetched(out)
+            if data is not None:
+                return data
+            log(f"fetch from {self.name}: answer {attempt}/{attempts} damaged; asking again")
+        raise BedError(f"fetch from {self.name}: {script[:80]!r} arrived damaged {attempts} times")
 
     def run_ok(self, script: str, timeout: float = 120) -> str:
         out, rc = self.run(script, timeout)
