@@ -3,10 +3,12 @@ checked without a bed."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 from tests.e2e import boots
+from tests.e2e.__main__ import _boots_setup
 from tests.e2e.util import REPO
 
 DIED = (
@@ -58,3 +60,17 @@ def test_a_missing_load_tool_is_one_line_before_any_bed() -> None:
     assert proc.stderr.strip().splitlines() == [
         "e2e: --load: no-such-stress-tool is not installed (stress-ng: apt-get install stress-ng)"
     ]
+
+
+def test_the_measured_shape_carries_every_candidate_setting() -> None:
+    args = argparse.Namespace(
+        pv=False, vnuma='[ ["pnode=0","size=512","vcpus=0-1","vdistances=10"] ]', memory=512,
+        vcpus=2, kernel="", host_numa2=False, no_pin_hvm=False, smp=4,
+        xl=['tsc_mode="native"'], cmdline="pci=noearly", outer_cpu="qemu64,+svm,+npt,+invtsc")
+    spec, config, shape = _boots_setup(args)
+    assert 'tsc_mode="native"' in spec.xl_config().splitlines()
+    assert " pci=noearly" in spec.xl_config()
+    assert config.qemu_args()[config.qemu_args().index("-cpu") + 1] == "qemu64,+svm,+npt,+invtsc"
+    assert shape.startswith("hvm 2 vCPUs 512 MiB vnuma")
+    assert shape.endswith('(pinned off pCPU 0); tsc_mode="native"; cmdline +pci=noearly; '
+                          "outer -cpu qemu64,+svm,+npt,+invtsc")

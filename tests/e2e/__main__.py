@@ -97,17 +97,33 @@ def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace) ->
     return boots.Boot(n, name, "ok", time.monotonic() - t0)
 
 
+def _boots_setup(args: argparse.Namespace) -> tuple[GuestSpec, BedConfig, str]:
+    """The guest, the bed and a one-line description of the shape measured by ``boots``."""
+    spec = _guest_spec(args)
+    spec.extra += args.xl
+    spec.cmdline_extra = args.cmdline
+    config = BedConfig(host_numa2=args.host_numa2, run_name="boots", cpus=args.smp,
+                       pin_hvm_off_cpu0=not args.no_pin_hvm)
+    config.outer_cpu = args.outer_cpu or config.outer_cpu
+    parts = [f"{spec.type} {spec.vcpus} vCPUs {spec.memory} MiB"
+             + (f" vnuma {args.vnuma}" if args.vnuma else "")
+             + (" (pinned off pCPU 0)" if config.pin_hvm_off_cpu0 and spec.type == "hvm" else ""),
+             *args.xl]
+    if args.cmdline:
+        parts.append(f"cmdline +{args.cmdline}")
+    if args.outer_cpu:
+        parts.append(f"outer -cpu {args.outer_cpu}")
+    if args.smp != 4:
+        parts.append(f"outer -smp {args.smp}")
+    return spec, config, "; ".join(parts)
+
+
 def cmd_boots(args: argparse.Namespace) -> int:
     """Boot one guest shape N times on one bed, optionally beside a host load; count deaths."""
-    spec = _guest_spec(args)
-    shape = (f"{spec.type} {spec.vcpus} vCPUs {spec.memory} MiB"
-             + (f" vnuma {args.vnuma}" if args.vnuma else "")
-             + ("" if args.no_pin_hvm or spec.type != "hvm" else " (pinned off pCPU 0)"))
     if args.load and shutil.which(shlex.split(args.load)[0]) is None:
         raise BedError(f"--load: {shlex.split(args.load)[0]} is not installed (stress-ng: "
                        "apt-get install stress-ng)")
-    config = BedConfig(host_numa2=args.host_numa2, run_name="boots",
-                       pin_hvm_off_cpu0=not args.no_pin_hvm)
+    spec, config, shape = _boots_setup(args)
     load = None
     results: list[boots.Boot] = []
     with XenBed(config) as bed:
@@ -271,6 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     bts.add_argument("--no-pin-hvm", action="store_true", help="leave HVM vCPUs on every pCPU")
     bts.add_argument("--load", default="",
                      help="a host command run beside the bed, e.g. 'stress-ng --cpu 2 --io 1'")
+    bts.add_argument("--xl", action="append", default=[], metavar="LINE",
+                     help="an extra xl.cfg line, e.g. 'tsc_mode=\"native\"' (repeatable)")
+    bts.add_argument("--cmdline", default="", help="appended to the guest kernel's command line, "
+                     "e.g. 'pci=noearly'")
+    bts.add_argument("--outer-cpu", default="", help="the outer QEMU's -cpu model (default "
+                     f"{BedConfig.outer_cpu})")
+    bts.add_argument("--smp", type=int, default=4, help="the outer QEMU's -smp (Xen's pCPUs)")
     bts.add_argument("--command", default="guestagent topology --json",
                      help="run in each guest once it booted")
     bts.add_argument("--timeout", type=float, default=300, help="seconds for the command")

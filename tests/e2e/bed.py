@@ -69,6 +69,9 @@ class BedConfig:
     #: dumps were on pCPU 0, the busiest one (Dom0's and the device models' QEMU); pinned, 4 boots
     #: and no death, against 3 deaths in 4 boots unpinned (p=0.07; tests/e2e/README.md).
     pin_hvm_off_cpu0: bool = True
+    #: The outer QEMU's CPU model (``-cpu``); issue 13's candidates (``+invtsc``, another model) are
+    #: measured with ``python -m tests.e2e boots --outer-cpu``.
+    outer_cpu: str = "qemu64,+svm,+npt,+nrip-save"
 
     def hvm_cpus(self, pcpus: int | None = None) -> str | None:
         """The ``cpus=`` (hard affinity) of an HVM guest, or None to leave it to Xen. ``pcpus``:
@@ -82,7 +85,7 @@ class BedConfig:
         machine = "q35,kernel-irqchip=split" if self.host_numa2 else "q35"
         args = [
             "-accel", "tcg",
-            "-cpu", "qemu64,+svm,+npt,+nrip-save",
+            "-cpu", self.outer_cpu,
             "-machine", machine,
             "-m", f"{self.memory_mb}M",
             "-smp", str(self.cpus),
@@ -129,6 +132,8 @@ class GuestSpec:
     #: Guest kernel: "" or "6.1" is Dom0's own (versions.KERNEL_ABI); "6.12" etc. name a
     #: variant of versions.GUEST_KERNELS (its vmlinuz and initramfs sit in Dom0's /guest/<name>/).
     kernel: str = ""
+    #: Appended to the guest kernel's command line (e.g. ``pci=noearly``, ``clocksource=tsc``).
+    cmdline_extra: str = ""
 
     @classmethod
     def hvm(
@@ -173,6 +178,8 @@ class GuestSpec:
         )
         # nokaslr: a vCPU that dies (GuestDied) leaves its RIP in xl dmesg, and without KASLR that
         # RIP resolves against Dom0's /proc/kallsyms (the same kernel build; symbols.py).
+        if self.cmdline_extra:
+            cmdline += " " + self.cmdline_extra
         if self.init == "systemd":
             cmdline += " e2e.init=systemd systemd.show_status=false"
         elif self.init != "e2e":
