@@ -73,3 +73,19 @@ def test_fetch_asks_again_when_the_answer_is_damaged() -> None:
     assert FakeGuest().fetch("tar czf - -C /tmp/bench run1") == data
     assert scripts[0].startswith("(tar czf - -C /tmp/bench run1) >/tmp/e2e-fetch.bin")
     assert scripts[1].startswith("echo __MD5__")  # the file is sent again, not made again
+
+
+def test_a_failed_symbol_lookup_leaves_the_bare_rips() -> None:
+    """GuestDied is rerun; a Dom0 that cannot answer the kallsyms lookup must not turn it into
+    another error."""
+    from tests.e2e.bed import Guest
+    from tests.e2e.util import BedError
+
+    class FakeBed:
+        def dom0(self, script: str, timeout: float = 120) -> tuple[str, int]:
+            raise BedError("Dom0 did not answer")
+
+    g = Guest(FakeBed(), GuestSpec.hvm(memory=1024, vcpus=2), "hvm3")  # type: ignore[arg-type]
+    g.domid = 3
+    dump = "(XEN) *** Dumping Dom3 vcpu#1 state: ***\n(XEN) RIP:    0010:[<ffffffff8107ee05>]\n"
+    assert g.dead_vcpus(dump) == ["d3v1 RIP ffffffff8107ee05"]

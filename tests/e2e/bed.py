@@ -687,8 +687,11 @@ class Guest:
         resolved: dict[int, str] = {}
         if found and self.spec.kernel in ("", versions.DEFAULT_GUEST_KERNEL):
             script = symbols.resolve_script([rip for _v, rip in found])
-            if script:
-                resolved = symbols.parse_resolved(self.bed.dom0(script, timeout=60)[0])
+            try:
+                if script:
+                    resolved = symbols.parse_resolved(self.bed.dom0(script, timeout=60)[0])
+            except BedError as e:  # never turn a GuestDied (rerun) into another error
+                log(f"{self.name}: RIPs not resolved ({str(e).splitlines()[0][:200]})")
         source = f"Dom0's kallsyms, kernel {versions.KERNEL_ABI}"
         return symbols.describe(found, self.domid, resolved, source)
 
