@@ -7,6 +7,8 @@ r"""The e2e testbed by hand.
     python -m tests.e2e run --host-numa2 --dom0 -- xl info -n
     python -m tests.e2e build      # fetch and build every artefact (cached), boot nothing
     python -m tests.e2e pins       # pinned versions against what apt would fetch now
+    python -m tests.e2e boots 20 --vnuma '<xl.cfg vnuma list>' --vcpus 4 [--load 'stress-ng ...']
+                                   # boot one guest shape N times, count the deaths (boots.py)
 
 ``run`` boots Xen, creates the guest, runs the command (a shell command line), prints its output and
 exits with its status; everything is torn down afterwards. Serial logs stay under tests/e2e/runs/.
@@ -16,16 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from tests.e2e import artefacts, rootfs, versions
+from tests.e2e import artefacts, boots, preflight, rootfs, versions
+from tests.e2e import pins as pinning
 from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
-from tests.e2e.util import BedError, log
+from tests.e2e.util import BedError, GuestDied, log
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -37,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     script = command[0] if len(command) == 1 else shlex.join(command)
     config = BedConfig(host_numa2=args.host_numa2, with_agent=not args.no_agent, run_name="cli",
-                       guest_debs=args.debs)
+                       guest_debs=args.debs, pin_hvm_off_cpu0=not args.no_pin_hvm)
     with XenBed(config) as bed:
         if args.dom0:
             out, rc = bed.dom0(script, timeout=args.timeout)
@@ -59,6 +66,88 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         log("timings: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in bed.timings))
     return rc
+
+
+def _guest_spec(args: argparse.Namespace) -> GuestSpec:
+    if args.pv:
+        if args.vnuma:
+            raise BedError("--pv and --vnuma exclude each other (Xen has no PV vNUMA)")
+        return GuestSpec.pv(memory=args.memory, vcpus=args.vcpus, kernel=args.kernel)
+    return GuestSpec.hvm(memory=args.memory, vcpus=args.vcpus, vnuma=args.vnuma,
+                         kernel=args.kernel)
+
+
+def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace) -> boots.Boot:
+    t0 = time.monotonic()
+    name = "?"
+    try:
+        with bed.guest(spec, retries=0) as g:
+            name = g.name
+            try:
+                g.run_ok(args.command, timeout=args.timeout)
+            except GuestDied as e:
+                return boots.Boot(n, name, "died", time.monotonic() - t0, str(e),
+                                  boots.rips_in(str(e)))
+            except BedError as e:
+                return boots.Boot(n, name, "error", time.monotonic() - t0, str(e))
+    except BedError as e:
+        m = re.search(r"guest (\S+) did not boot", str(e))
+        return boots.Boot(n, m.group(1) if m else name, "no boot", time.monotonic() - t0, str(e),
+                          boots.rips_in(str(e)))
+    return boots.Boot(n, name, "ok", time.monotonic() - t0)
+
+
+def _boots_setup(args: argparse.Namespace) -> tuple[GuestSpec, BedConfig, str]:
+    """The guest, the bed and a one-line description of the shape measured by ``boots``."""
+    spec = _guest_spec(args)
+    spec.extra += args.xl
+    spec.cmdline_extra = args.cmdline
+    config = BedConfig(host_numa2=args.host_numa2, run_name="boots", cpus=args.smp,
+                       pin_hvm_off_cpu0=not args.no_pin_hvm)
+    config.outer_cpu = args.outer_cpu or config.outer_cpu
+    parts = [f"{spec.type} {spec.vcpus} vCPUs {spec.memory} MiB"
+             + (f" vnuma {args.vnuma}" if args.vnuma else "")
+             + (" (pinned off pCPU 0)" if config.pin_hvm_off_cpu0 and spec.type == "hvm" else ""),
+             *args.xl]
+    if args.cmdline:
+        parts.append(f"cmdline +{args.cmdline}")
+    if args.outer_cpu:
+        parts.append(f"outer -cpu {args.outer_cpu}")
+    if args.smp != 4:
+        parts.append(f"outer -smp {args.smp}")
+    return spec, config, "; ".join(parts)
+
+
+def cmd_boots(args: argparse.Namespace) -> int:
+    """Boot one guest shape N times on one bed, optionally beside a host load; count deaths."""
+    if args.load and shutil.which(shlex.split(args.load)[0]) is None:
+        raise BedError(f"--load: {shlex.split(args.load)[0]} is not installed (stress-ng: "
+                       "apt-get install stress-ng)")
+    spec, config, shape = _boots_setup(args)
+    load = None
+    results: list[boots.Boot] = []
+    with XenBed(config) as bed:
+        try:
+            if args.load:
+                load = subprocess.Popen(shlex.split(args.load), start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                log(f"load beside the bed: {args.load} (process group {load.pid})")
+            for n in range(1, args.n + 1):
+                results.append(_one_boot(bed, spec, n, args))
+                log(f"boot {n}/{args.n}: {results[-1].outcome} ({results[-1].seconds:.0f} s)")
+        finally:
+            if load is not None:
+                os.killpg(load.pid, signal.SIGTERM)
+                try:
+                    load.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(load.pid, signal.SIGKILL)
+                    load.wait(10)
+            lines = [f"{boots.stamp()} run {bed.run_dir.name}",
+                     *boots.summary(results, shape, args.load)]
+            (bed.run_dir / "boots.txt").write_text("\n".join(lines) + "\n")
+            print("\n".join(lines), flush=True)
+    return 1 if any(b.outcome != "ok" for b in results) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -109,6 +198,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    preflight.check(guest_debs=args.debs)
     lock = acquire_bed_lock()  # noqa: F841 (held until exit: one builder at a time)
     stage, xen, _kernel, dom0, disk = XenBed(BedConfig(with_agent=not args.no_agent)).prepare()
     extra = [rootfs.guest_image_debs(artefacts.modules_dir(stage))] if args.debs else []
@@ -129,6 +219,9 @@ def cmd_pins(_args: argparse.Namespace) -> int:
             (ln.split()[1] for ln in out.splitlines() if ln.strip().startswith("Candidate:")), "?"
         )
         mark = "" if cand == pinned else "   <- differs"
+        if pinned not in artefacts.apt_known([name]).get(name, []):
+            alt = pinning.choose_fallback(name, pinned, artefacts.apt_candidates(name))
+            mark += f"; pin gone from apt: the bed would take {'='.join(alt) if alt else 'nothing'}"
         stale += bool(mark)
         print(f"{name:40} {pinned:40} {cand}{mark}")
     return 1 if stale else 0
@@ -162,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--kernel", default="",
                      help=f"guest kernel: {versions.DEFAULT_GUEST_KERNEL} (default, Dom0's) or one "
                      f"of {', '.join(sorted(versions.GUEST_KERNELS))}")
+    run.add_argument("--no-pin-hvm", action="store_true",
+                     help="leave an HVM guest's vCPUs on every pCPU (default: off pCPU 0, the "
+                     "triple-fault workaround; tests/e2e/README.md)")
     run.add_argument("--timeout", type=float, default=300, help="seconds for the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
@@ -180,6 +276,28 @@ def main(argv: list[str] | None = None) -> int:
     exe.add_argument("--timeout", type=float, default=300)
     exe.add_argument("command", nargs=argparse.REMAINDER)
     exe.set_defaults(func=cmd_exec)
+    bts = sub.add_parser("boots", help="boot one guest shape N times and count the deaths")
+    bts.add_argument("n", type=int, help="how many boots")
+    bts.add_argument("--vnuma", help="xl.cfg vnuma list for an HVM guest")
+    bts.add_argument("--memory", type=int, default=1024, help="guest MiB (== maxmem)")
+    bts.add_argument("--vcpus", type=int, default=4)
+    bts.add_argument("--pv", action="store_true", help="a PV guest (no vNUMA)")
+    bts.add_argument("--kernel", default="", help="guest kernel variant (as for run)")
+    bts.add_argument("--host-numa2", action="store_true", help="the 2-node layout")
+    bts.add_argument("--no-pin-hvm", action="store_true", help="leave HVM vCPUs on every pCPU")
+    bts.add_argument("--load", default="",
+                     help="a host command run beside the bed, e.g. 'stress-ng --cpu 2 --io 1'")
+    bts.add_argument("--xl", action="append", default=[], metavar="LINE",
+                     help="an extra xl.cfg line, e.g. 'tsc_mode=\"native\"' (repeatable)")
+    bts.add_argument("--cmdline", default="", help="appended to the guest kernel's command line, "
+                     "e.g. 'pci=noearly'")
+    bts.add_argument("--outer-cpu", default="", help="the outer QEMU's -cpu model (default "
+                     f"{BedConfig.outer_cpu})")
+    bts.add_argument("--smp", type=int, default=4, help="the outer QEMU's -smp (Xen's pCPUs)")
+    bts.add_argument("--command", default="guestagent topology --json",
+                     help="run in each guest once it booted")
+    bts.add_argument("--timeout", type=float, default=300, help="seconds for the command")
+    bts.set_defaults(func=cmd_boots)
     pins = sub.add_parser("pins", help="compare the pinned versions with apt's candidates")
     pins.set_defaults(func=cmd_pins)
     args = parser.parse_args(argv)

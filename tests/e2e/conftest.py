@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.e2e import artefacts, pins, preflight
 from tests.e2e.bed import BedConfig, XenBed
+from tests.e2e.util import BedError
+
+
+def preflight_or_fail(guest_debs: bool) -> None:
+    """A missing host tool fails the test with one line naming it and its package."""
+    try:
+        preflight.check(guest_debs=guest_debs)
+    except BedError as e:
+        pytest.fail(f"e2e: {e}", pytrace=False)
+
+
+#: Every bed's run directory this session (listed at the end of the test report).
+RUN_DIRS: list[Path] = []
 
 
 class Beds:
@@ -24,8 +39,10 @@ class Beds:
         ):
             self.close()
         if self.current is None:
+            preflight_or_fail(guest_debs)
             name = "pytest-numa2" if host_numa2 else "pytest-debs" if guest_debs else "pytest"
             bed = XenBed(BedConfig(host_numa2=host_numa2, guest_debs=guest_debs, run_name=name))
+            RUN_DIRS.append(bed.run_dir)
             bed.__enter__()
             self.current = bed
         return self.current
@@ -40,6 +57,7 @@ class Beds:
 def beds() -> Iterator[Beds]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
+    preflight_or_fail(guest_debs=False)
     b = Beds()
     try:
         yield b
@@ -80,3 +98,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("e2e") is not None:
             item.add_marker(pytest.mark.flaky(reruns=2, only_rerun=["GuestDied"]))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The test report names the beds' run directories and every Debian build the beds ran, with
+    a PIN SUPERSEDED line for each pin that was not fetched exactly (also in each run directory's
+    versions.txt)."""
+    if not artefacts.FETCHED and not RUN_DIRS:
+        return
+    terminalreporter.section("e2e: run directories and the Debian builds used")
+    for d in RUN_DIRS:
+        terminalreporter.write_line(f"run directory: {d}")
+    for line in pins.report(artefacts.FETCHED):
+        terminalreporter.write_line(line, yellow=line.startswith("PIN SUPERSEDED"))

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.e2e import artefacts, versions
+from tests.e2e import artefacts, recipe, versions
 from tests.e2e.util import CACHE, HERE, BedError, key_of, log
 
 XEN_DIR = "usr/lib/xen-4.17"
@@ -284,16 +284,22 @@ def _script_key(*names: str) -> str:
 # --- the images ---------------------------------------------------------------------------------
 
 
-def guest_initrd(stage: Path, variant: str = versions.DEFAULT_GUEST_KERNEL) -> Path:
-    """The tiny initramfs for one guest kernel (``artefacts.kernel_names()``)."""
+def guest_initrd_key(stage: Path, variant: str = versions.DEFAULT_GUEST_KERNEL) -> str:
+    """The fetched packages (the staging tree's name), the variant's kernel as fetched, the init
+    script, the module list and the recipe (images.py)."""
     extra = [] if variant == versions.DEFAULT_GUEST_KERNEL else [artefacts.kernel_pin(variant)]
-    key = key_of(
-        str(sorted(versions.PACKAGES.items())),
+    return key_of(
+        stage.name,
         _script_key("guest/initramfs-init"),
         *GUEST_INITRD_MODULES,
         *extra,
+        recipe.boot_image_recipe(),
     )
-    out = CACHE / f"guest-initrd-{key}.cpio.gz"
+
+
+def guest_initrd(stage: Path, variant: str = versions.DEFAULT_GUEST_KERNEL) -> Path:
+    """The tiny initramfs for one guest kernel (``artefacts.kernel_names()``)."""
+    out = CACHE / f"guest-initrd-{guest_initrd_key(stage, variant)}.cpio.gz"
     if out.exists():
         return out
     log(f"building the guest initramfs (kernel {variant})")
@@ -323,6 +329,23 @@ def guest_kernel_variants(stage: Path) -> dict[str, tuple[Path, Path]]:
     return out
 
 
+def dom0_initrd_key(
+    stage: Path, guest_initramfs: Path, variants: dict[str, tuple[Path, Path]]
+) -> str:
+    """The fetched packages, the variants' kernels and initramfs, Dom0's scripts, its module and
+    binary lists and the recipe (images.py)."""
+    return key_of(
+        *(f"{v}:{k.parent.parent.name}/{k.name}:{i.name}"
+          for v, (k, i) in sorted(variants.items())),
+        stage.name,
+        _script_key("dom0/init", "dom0/e2e-guest", "dom0/e2e-agent", "guest/e2e-runner"),
+        guest_initramfs.name,
+        *DOM0_MODULES,
+        *DOM0_BINARIES,
+        recipe.boot_image_recipe(),
+    )
+
+
 def dom0_initrd(
     stage: Path,
     guest_kernel: Path,
@@ -332,15 +355,7 @@ def dom0_initrd(
     """Dom0's image; guests boot ``/guest/vmlinuz`` + ``initrd.gz`` (the default kernel) or a
     variant's ``/guest/<variant>/vmlinuz`` + ``initrd.gz`` (``variants``: name -> the two files)."""
     variants = variants or {}
-    key = key_of(
-        *(f"{v}:{k.name}:{i.name}" for v, (k, i) in sorted(variants.items())),
-        str(sorted(versions.PACKAGES.items())),
-        _script_key("dom0/init", "dom0/e2e-guest", "dom0/e2e-agent", "guest/e2e-runner"),
-        guest_initramfs.name,
-        *DOM0_MODULES,
-        *DOM0_BINARIES,
-    )
-    out = CACHE / f"dom0-initrd-{key}.cpio"
+    out = CACHE / f"dom0-initrd-{dom0_initrd_key(stage, guest_initramfs, variants)}.cpio"
     if out.exists():
         return out
     for old in CACHE.glob("dom0-initrd-*.cpio"):

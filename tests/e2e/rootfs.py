@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.e2e import versions
+from tests.e2e import recipe, versions
 from tests.e2e.util import (
     CACHE,
     HERE,
@@ -42,7 +42,8 @@ GUEST_RUNNER = HERE / "guest" / "e2e-runner"
 
 def base_rootfs() -> Path:
     """Debian minbase + Python (cached)."""
-    key = key_of(versions.SUITE, versions.ROOTFS_REVISION, *versions.ROOTFS_INCLUDE)
+    key = key_of(versions.SUITE, versions.ROOTFS_REVISION, *versions.ROOTFS_INCLUDE,
+                 recipe.base_rootfs_recipe())
     final = CACHE / f"rootfs-base-{key}"
     if (final / ".done").exists():
         return final
@@ -262,6 +263,7 @@ def guest_image(
         GUEST_INIT.read_text(),
         GUEST_RUNNER.read_text(),
         agent_hash() if with_agent else "no-agent",
+        recipe.guest_image_recipe(),
     ]
     key = key_of(*parts)
     image = CACHE / f"guest-{key}.ext4"
@@ -368,6 +370,7 @@ def guest_image_debs(modules: Path) -> Path:
         *(d.name + ":" + sha256_file(d) for d in debs),
         *((CLOUD_INIT / n).read_text() for n in ("90-e2e.cfg", "user-data", "meta-data")),
         agent_hash(),
+        recipe.guest_image_recipe(),
     )
     image = CACHE / f"debs-guest-{key}.ext4"
     if image.exists():

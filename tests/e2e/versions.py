@@ -1,9 +1,12 @@
 """Every artefact the e2e testbed fetches, pinned in one place.
 
-Debian's security archive keeps only the newest build of a package: when a pinned version has been
-superseded, ``apt-get download`` fails with "Version ... not found"; bump the version here (see
-``python -m tests.e2e pins``, which prints what apt would fetch now) and the caches re-key by
-themselves.
+Debian's security archive keeps only the newest build of a package, so a pin here is superseded with
+each security update. The testbed then fetches, in this order and with a log line for each pin
+not fetched exactly (:mod:`tests.e2e.pins`): the exact pin from apt, the exact pin from the
+snapshot archive, and only then the newest build apt knows of the same upstream series (for a
+kernel, also under a newer ABI name). Every cache key follows what was fetched, and each run
+records it in its ``versions.txt``. Bump the version here when that line appears (see
+``python -m tests.e2e pins``, which prints what apt would fetch now).
 """
 
 from __future__ import annotations
@@ -129,6 +132,3 @@ PACKAGES: dict[str, str] = {
     "libbz2-1.0": "1.0.8-5+b1",
     "libcap2": "1:2.66-4+deb12u3+b1",
 }
-
-#: Host tools the testbed runs (Debian packages named in the README and .ci/run).
-HOST_TOOLS = ("qemu-system-x86_64", "debootstrap", "mke2fs", "cpio", "gzip", "apt-get", "dpkg-deb")

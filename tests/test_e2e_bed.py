@@ -1,0 +1,91 @@
+"""The e2e testbed's guest configs (tests/e2e/bed.py), checked without a bed."""
+
+from __future__ import annotations
+
+from tests.e2e.bed import BedConfig, GuestSpec
+
+
+def test_hvm_guests_are_pinned_off_pcpu0_by_default() -> None:
+    assert BedConfig().pin_hvm_off_cpu0
+    assert BedConfig(cpus=4).hvm_cpus() == "1-3"
+    assert BedConfig(cpus=2).hvm_cpus() == "1"
+    cfg = GuestSpec.hvm(memory=1024, vcpus=4).xl_config(BedConfig().hvm_cpus())
+    assert 'cpus = "1-3"' in cfg.splitlines()
+
+
+def test_the_pin_follows_the_pcpus_xen_runs_not_qemus_smp() -> None:
+    """Under TCG a CPU QEMU was given may not come up: the pin follows Xen's count."""
+    assert BedConfig(cpus=4).hvm_cpus(pcpus=3) == "1-2"
+    assert BedConfig(cpus=4).hvm_cpus(pcpus=2) == "1"
+    assert BedConfig(cpus=4).hvm_cpus(pcpus=1) is None
+
+
+def test_no_pin_with_one_pcpu_or_when_turned_off() -> None:
+    assert BedConfig(cpus=1).hvm_cpus() is None
+    assert BedConfig(pin_hvm_off_cpu0=False).hvm_cpus() is None
+    cfg = GuestSpec.hvm(memory=1024, vcpus=4).xl_config(None)
+    assert not any(line.startswith("cpus") for line in cfg.splitlines())
+
+
+def test_a_guests_own_cpus_line_wins() -> None:
+    spec = GuestSpec.hvm(memory=1024, vcpus=2)
+    spec.extra.append('cpus = "2"')
+    lines = spec.xl_config("1-3").splitlines()
+    assert [ln for ln in lines if ln.startswith("cpus")] == ['cpus = "2"']
+
+
+def test_a_fetched_file_is_checked_against_its_md5_and_stray_lines_are_ignored() -> None:
+    import base64
+    import hashlib
+
+    from tests.e2e.bed import decode_fetched
+
+    data = bytes(range(256)) * 40
+    b64 = base64.encodebytes(data).decode()
+    md5 = hashlib.md5(data).hexdigest()
+    # A line of stderr before the marker (what broke benchmarks/balloon_testbed.py's collect)
+    # and a kernel message among the base64 lines change nothing.
+    out = f"tar: Removing leading `/'\n__MD5__ {md5}\n{b64[:76]}\n[ 12.3] xen: note\n{b64[77:]}"
+    assert decode_fetched(out) == data
+    assert decode_fetched(f"__MD5__ {md5}\n{b64[:-10]}\n") is None  # cut short
+    assert decode_fetched(b64) is None  # no marker
+
+
+def test_fetch_asks_again_when_the_answer_is_damaged() -> None:
+    import base64
+    import hashlib
+
+    from tests.e2e.bed import Guest
+
+    data = b"trace\n" * 100
+    good = f"__MD5__ {hashlib.md5(data).hexdigest()}\n{base64.encodebytes(data).decode()}"
+    answers = [good[:-20], good]
+    scripts: list[str] = []
+
+    class FakeGuest(Guest):
+        def __init__(self) -> None:
+            self.name = "pv1"
+
+        def run_ok(self, script: str, timeout: float = 120) -> str:
+            scripts.append(script)
+            return answers.pop(0)
+
+    assert FakeGuest().fetch("tar czf - -C /tmp/bench run1") == data
+    assert scripts[0].startswith("(tar czf - -C /tmp/bench run1) >/tmp/e2e-fetch.bin")
+    assert scripts[1].startswith("echo __MD5__")  # the file is sent again, not made again
+
+
+def test_a_failed_symbol_lookup_leaves_the_bare_rips() -> None:
+    """GuestDied is rerun; a Dom0 that cannot answer the kallsyms lookup must not turn it into
+    another error."""
+    from tests.e2e.bed import Guest
+    from tests.e2e.util import BedError
+
+    class FakeBed:
+        def dom0(self, script: str, timeout: float = 120) -> tuple[str, int]:
+            raise BedError("Dom0 did not answer")
+
+    g = Guest(FakeBed(), GuestSpec.hvm(memory=1024, vcpus=2), "hvm3")  # type: ignore[arg-type]
+    g.domid = 3
+    dump = "(XEN) *** Dumping Dom3 vcpu#1 state: ***\n(XEN) RIP:    0010:[<ffffffff8107ee05>]\n"
+    assert g.dead_vcpus(dump) == ["d3v1 RIP ffffffff8107ee05"]
