@@ -386,7 +386,10 @@ class XenBed:
             out, rc = self.dom0("xl info | sed -n 's/^nr_cpus *: *//p'", timeout=60)
             n = out.strip().splitlines()[-1] if rc == 0 and out.strip() else ""
             self._pcpus = int(n) if n.isdigit() else self.config.cpus
-            if self._pcpus != self.config.cpus:
+            if not n.isdigit():
+                log(f"xl info gave no nr_cpus (status {rc}: {out.strip()[-200:]!r}); the HVM pin "
+                    f"follows QEMU's -smp {self.config.cpus}")
+            elif self._pcpus != self.config.cpus:
                 log(f"Xen runs {self._pcpus} pCPUs; QEMU was given {self.config.cpus} "
                     f"(xl info: {out.strip()[-200:]!r})")
         return self._pcpus
