@@ -347,3 +347,29 @@ def test_a_refusal_for_lack_of_privilege_is_told_from_a_failure(output: str,
     assert denied(CommandDenied(output)) and denied(PermissionError(1, "x"))
     assert denied(OSError(30, "Read-only file system"))
     assert not denied(OSError(12, "Cannot allocate memory"))
+
+
+def test_a_swap_made_in_another_mount_namespace_is_still_ours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The unit's ExecStartPre runs in the unit's mount namespace, which ends with it: /proc/swaps
+    then shows its swap as /zram0 (seen on the testbed). The daemon adopts it, the reset swaps it
+    off; a swap file named zram0 is never taken for the device."""
+    root = make_root(tmp_path, mode=0)
+    cmds = FakeCommands(root)
+    assert prepare(root, tmp_path, cmds)
+    swaps = root / "proc/swaps"
+    swaps.write_text(swaps.read_text().replace("/dev/zram0\t", "/zram0\t"))
+    fs, act = parts(root)
+    log.configure(level="info")
+    Guard(fs, act, cmds).arm(CEILING, HARD_FLOOR)
+    (line,) = [ln for ln in lines(capsys.readouterr().err, "guard_adopted") if "zram" in ln]
+    assert "what=/dev/zram0" in line and "size_kb=786432" in line and len(cmds.calls) == 3
+    cmds.swapoff = lambda device: swaps.write_text(SWAPS_HEADER)  # type: ignore[method-assign]
+    assert undo_guard(fs, act, cmds) == 0 and swaps.read_text() == SWAPS_HEADER
+
+    other = make_root(tmp_path / "other")
+    (other / "proc/swaps").write_text(SWAPS_HEADER + "/srv/zram0\tfile\t1024\t0\t-2\n")
+    from guestagent.balloon.guard import parse_swaps, zram_swaps
+
+    assert zram_swaps(parse_swaps((other / "proc/swaps").read_text())) == {}

@@ -148,6 +148,22 @@ def parse_swaps(text: str, source: str = SWAPS) -> list[SwapEntry]:
     return out
 
 
+def zram_swaps(swaps: list[SwapEntry]) -> dict[int, SwapEntry]:
+    """The zram devices swapped on, by device number.
+
+    Matched on the device's name, not its whole path: /proc/swaps prints the path as the process
+    that ran swapon opened it, relative to the reader's root. The unit's privileged
+    ``ExecStartPre`` runs in the unit's own mount namespace (``PrivateTmp=``), which ends with
+    it, so its swap shows as ``/zram0``, not ``/dev/zram0`` (seen on the testbed). A swap file
+    (type ``file``) is never taken for a device."""
+    out = {}
+    for swap in swaps:
+        m = _ZRAM_NAME.match(swap.path.rsplit("/", 1)[-1])
+        if m is not None and swap.kind == "partition":
+            out[int(m.group(1))] = swap
+    return out
+
+
 def selected_compressor(text: str) -> str | None:
     """The bracketed name in ``comp_algorithm`` (``lzo [lzo-rle] lz4``), None if none is."""
     m = re.search(r"\[([A-Za-z0-9_-]{1,32})\]", text)
@@ -426,12 +442,13 @@ class Guard:
 
     def _arm_zram(self, size_kb: int) -> bool:
         changes = self._changes()
-        active = {s.path: s for s in self._active_swaps()}
+        active = zram_swaps(self._active_swaps())
         swaps = [c for c in changes if c["kind"] == "swap"]
-        if swaps and all(f"/dev/zram{c['device']}" in active for c in swaps):
+        if swaps and all(c["device"] in active for c in swaps):
             # made by a previous run, or by the unit's ExecStartPre (balloon --prepare-guard)
-            swap = active[f"/dev/zram{swaps[0]['device']}"]
-            self.log.info("guard_adopted", what=swap.path, size_kb=swap.size_kb,
+            device = swaps[0]["device"]
+            swap = active[device]
+            self.log.info("guard_adopted", what=f"/dev/zram{device}", size_kb=swap.size_kb,
                           priority=swap.priority, previous="no swap")
             return True
         if any(c["kind"] in ("swap", "zram_device") for c in changes):
@@ -538,13 +555,14 @@ def _zram_device_exists(hostfs: HostFS, device: int) -> bool:
 
 
 def _undo_swaps(
-    swaps: list[dict[str, Any]], active: set[str], commands: GuardCommands | None, log: Any
+    swaps: list[dict[str, Any]], active: set[int], commands: GuardCommands | None, log: Any
 ) -> list[dict[str, Any]]:
-    """swapoff each of the guard's swaps still active; returns the ones that failed."""
+    """swapoff each of the guard's swaps still active (``active``: zram device numbers);
+    returns the ones that failed."""
     failed = []
     for change in swaps:
         dev = f"/dev/zram{change['device']}"
-        if dev not in active:
+        if change["device"] not in active:
             continue
         if commands is None or not _undo_step(log, f"swap {dev}",
                                               lambda d=dev: commands.swapoff(d)):
@@ -585,7 +603,7 @@ def undo_zram(
     changes = recorded_changes(store.load_record(), log)
     of_kind = {k: [c for c in changes if c["kind"] == k]
                for k in ("sysctl", "swap", "zram_device", "zram_module")}
-    active = {s.path for s in _swaps_or_empty(hostfs, log)}
+    active = set(zram_swaps(_swaps_or_empty(hostfs, log)))
     failed = _undo_swaps(of_kind["swap"], active, commands, log)
     failed += _undo_devices(hostfs, of_kind["zram_device"], {c["device"] for c in failed}, log)
     for change in of_kind["zram_module"]:
