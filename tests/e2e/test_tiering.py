@@ -106,11 +106,6 @@ def test_damon_moves_cold_pages_to_the_remote_vnode(bed: XenBed) -> None:
     assert rec.nr_kdamonds_after == 0, rec.after_stop
     assert rec.kdamond_threads_after == 0, rec.after_stop
 
-    check_crash_undo(crash)
-
-
-def check_crash_undo(crash: dict[str, str]) -> None:
-    """The facts of :func:`kill9_then_reset`, asserted after the scenario's own."""
     # Crash undo, in the same guest (kill9_then_reset): kill -9 leaves the kdamond running and
     # the journal in place; `tiering --reset` removes exactly it, and again finds nothing.
     assert "error" not in crash, crash
