@@ -1,8 +1,9 @@
-"""Shared fixtures: the xenstore wire-protocol server and clients connected to it as a domain."""
+"""Shared fixtures: the xenstore wire-protocol server and clients connected to it as a domain;
+the log events of a test."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,3 +42,24 @@ def xs_connect(xs_server: XenstoreServer) -> Iterator[Callable[[int], Any]]:
     yield connect
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def log_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every structlog event of the test, as dicts, whatever level an earlier test configured
+    (structlog's capture; the agent's own configuration is not installed)."""
+    import logging
+
+    import structlog
+    from structlog.testing import capture_logs
+
+    from guestagent import log as log_mod
+
+    monkeypatch.setattr(log_mod, "_configured", True)
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as captured:
+            yield captured
+    finally:
+        structlog.configure(**saved)

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import errno
-import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
-from guestagent import log as log_mod
 from guestagent.balloon.job import BalloonJob
 from guestagent.balloon.memlock import LOCK_FLAGS, MCL_ONFAULT, lock_agent_memory
 from guestagent.hostfs import HostFS
@@ -22,16 +18,8 @@ Logs = list[MutableMapping[str, Any]]
 
 
 @pytest.fixture
-def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logs]:
-    """Every log event of the test, as dicts, whatever an earlier test configured."""
-    monkeypatch.setattr(log_mod, "_configured", True)
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with capture_logs() as captured:
-            yield captured
-    finally:
-        structlog.configure(**saved)
+def logs(log_events: Logs) -> Logs:
+    return log_events
 
 
 class FakeConfig:

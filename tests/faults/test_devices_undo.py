@@ -20,7 +20,6 @@ import contextlib
 import errno
 import io
 import json
-import logging
 import os
 import shutil
 from collections.abc import Iterator, MutableMapping
@@ -28,11 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from guestagent import config as config_mod
-from guestagent import log
 from guestagent.cli import Context
 from guestagent.devices import commands
 from guestagent.hostfs import HostFS
@@ -44,19 +40,12 @@ IRQ = "/proc/irq/29/smp_affinity_list"
 
 @pytest.fixture
 def logs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, log_events: list[MutableMapping[str, Any]]
 ) -> Iterator[list[MutableMapping[str, Any]]]:
-    monkeypatch.setattr(log, "_configured", True)
     monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
     monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
     monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with capture_logs() as captured:
-            yield captured
-    finally:
-        structlog.configure(**saved)
+    yield log_events
 
 
 @pytest.fixture
