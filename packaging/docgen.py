@@ -88,14 +88,17 @@ EXIT_STATUS = (
           "config), which prints its help."),
     ("3", "status only: no daemon is running (LSB \"program is not running\"): the status "
           "socket is missing, or nobody listens on it."),
+    ("4", "topology only: both views were read and Xen and Linux disagree (every "
+          "disagreement is in the output)."),
     ("130", "Interrupted (SIGINT)."),
 )
 
 #: (command, what its exit status means): the EXIT STATUS section and the README's table
 #: (tests/test_exit_codes.py checks that every command of the parser is here and in README.md).
 EXIT_BY_COMMAND = (
-    ("topology", "0 when sysfs or the hypercall could be read, also when Xen and Linux "
-                 "disagree (the disagreement is in the output); 1 when nothing could be read."),
+    ("topology", "0 when Xen and Linux agree, or only one of them could be read; 4 when both "
+                 "were read and they disagree (every disagreement is in the output); 1 when "
+                 "nothing could be read."),
     ("publish", "0 published (or printed, with --dry-run); 1 nothing to publish, or xenstore "
                 "refused or did not answer."),
     ("balloon status", "0; 1 when an input cannot be read."),

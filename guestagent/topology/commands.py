@@ -35,6 +35,10 @@ def real_hypercall(hostfs: HostFS) -> VnumaCall:
     return call
 
 
+#: Both views were read and they disagree (the output lists every mismatch): a check's "found a
+#: problem", distinct from 1 ("could not be read"), for scripts and monitoring.
+EXIT_DISAGREE = 4
+
 #: How the command gets its hypercall; tests replace this with a fake.
 hypercall_factory = real_hypercall
 
@@ -53,7 +57,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             print(f"guestagent: warning: {line}", file=sys.stderr)
     else:
         sys.stdout.write(render_table(topology))
-    return 0
+    return EXIT_DISAGREE if topology.mismatches else 0
 
 
 def register(subparsers: Any) -> None:
