@@ -184,11 +184,8 @@ def guest_root(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.timeout(240)
-def test_prometheus_scrapes_the_daemon(tmp_path: Path, xs_server: XenstoreServer) -> None:
-    prometheus = need("prometheus")
-    root = guest_root(tmp_path)
-    agent_port, prom_port = free_port(), free_port()
+def _write_configs(tmp_path: Path, agent_port: int) -> tuple[Path, Path, Path]:
+    """The agent's configuration (balloon classic, metrics on), its conf.d, Prometheus's."""
     config = tmp_path / "guestagent.toml"
     config.write_text(
         '[balloon]\nenabled = true\npolicy = "classic"\n\n[devices]\nenabled = false\n\n'
@@ -201,6 +198,60 @@ def test_prometheus_scrapes_the_daemon(tmp_path: Path, xs_server: XenstoreServer
         f"rule_files:\n  - {RULES}\n"
         "scrape_configs:\n  - job_name: guestagent\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{agent_port}']\n")
+    return config, conf_dir, prom_config
+
+
+def _check_job_metrics(prom_port: int, agent_port: int, state_dir: str) -> None:
+    """The balloon and topology figures Prometheus scraped equal what ``status`` says."""
+    target = wait_for("guestagent_balloon_target_kb through Prometheus",
+                      lambda: query(prom_port, "guestagent_balloon_target_kb"))
+    status = read_status(state_dir)
+    balloon = status["jobs"]["balloon"]
+    assert target[0]["metric"]["job"] == "guestagent"
+    assert target[0]["metric"]["instance"] == f"127.0.0.1:{agent_port}"
+    # The classic policy holds its target once it has shrunk the idle guest: read both after
+    # a scrape that follows the status read.
+    wait_for("a scrape with the status's target", lambda: [
+        s for s in query(prom_port, "guestagent_balloon_target_kb")
+        if int(float(s["value"][1])) == read_status(state_dir)["jobs"]["balloon"]["target_kb"]
+    ])
+    ceiling = query(prom_port, "guestagent_balloon_ceiling_kb")
+    assert int(float(ceiling[0]["value"][1])) == balloon["ceiling_kb"] == 524288
+    floor = query(prom_port, "guestagent_balloon_floor_kb")
+    assert int(float(floor[0]["value"][1])) == balloon["floor_kb"]
+    nodes = query(prom_port, "guestagent_topology_nodes")
+    assert float(nodes[0]["value"][1]) == status["jobs"]["topology"]["nodes"] == 3
+    running = {s["metric"]["name"]: s["value"][1]
+               for s in query(prom_port, "guestagent_job_running")}
+    assert running == {"topology": "1", "balloon": "1"}
+    assert query(prom_port, "guestagent_up")[0]["value"][1] == "1"
+
+
+def _check_dashboard_and_rules(prom_port: int) -> None:
+    """Every dashboard query parses and evaluates; the alert rules evaluate healthy."""
+    for expr in dashboard_queries():
+        concrete = expr.replace("$instance", ".*").replace("$__rate_interval", "1m") \
+            .replace("$__range", "5m")
+        query(prom_port, concrete)  # status "success": it parses and evaluates
+    for expr in ("guestagent_balloon_target_kb{instance=~\".*\"} * 1024",
+                 "time() - guestagent_topology_published_at{instance=~\".*\"}"):
+        assert query(prom_port, expr), f"{expr}: no data"
+    groups = wait_for("the rules evaluated", lambda: [
+        g for g in api(prom_port, "rules")["groups"]
+        if all(r.get("lastEvaluation", "").startswith("2") and
+               not r["lastEvaluation"].startswith("0001") for r in g["rules"])])
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) == 6
+    for rule in rules:
+        assert rule["health"] == "ok", rule
+
+
+@pytest.mark.timeout(240)
+def test_prometheus_scrapes_the_daemon(tmp_path: Path, xs_server: XenstoreServer) -> None:
+    prometheus = need("prometheus")
+    root = guest_root(tmp_path)
+    agent_port, prom_port = free_port(), free_port()
+    config, conf_dir, prom_config = _write_configs(tmp_path, agent_port)
     xs_server.next_domids.append(5)
     env = dict(os.environ, XENSTORED_PATH=xs_server.path)
     env.pop("NOTIFY_SOCKET", None)
@@ -215,44 +266,8 @@ def test_prometheus_scrapes_the_daemon(tmp_path: Path, xs_server: XenstoreServer
     try:
         state_dir = str(root / "run/guestagent")
         wait_for("the daemon's status socket", lambda: read_status(state_dir))
-        target = wait_for("guestagent_balloon_target_kb through Prometheus",
-                          lambda: query(prom_port, "guestagent_balloon_target_kb"))
-        status = read_status(state_dir)
-        balloon = status["jobs"]["balloon"]
-        assert target[0]["metric"]["job"] == "guestagent"
-        assert target[0]["metric"]["instance"] == f"127.0.0.1:{agent_port}"
-        # The classic policy holds its target once it has shrunk the idle guest: read both after
-        # a scrape that follows the status read.
-        wait_for("a scrape with the status's target", lambda: [
-            s for s in query(prom_port, "guestagent_balloon_target_kb")
-            if int(float(s["value"][1])) == read_status(state_dir)["jobs"]["balloon"]["target_kb"]
-        ])
-        ceiling = query(prom_port, "guestagent_balloon_ceiling_kb")
-        assert int(float(ceiling[0]["value"][1])) == balloon["ceiling_kb"] == 524288
-        floor = query(prom_port, "guestagent_balloon_floor_kb")
-        assert int(float(floor[0]["value"][1])) == balloon["floor_kb"]
-        nodes = query(prom_port, "guestagent_topology_nodes")
-        assert float(nodes[0]["value"][1]) == status["jobs"]["topology"]["nodes"] == 3
-        running = {s["metric"]["name"]: s["value"][1]
-                   for s in query(prom_port, "guestagent_job_running")}
-        assert running == {"topology": "1", "balloon": "1"}
-        assert query(prom_port, "guestagent_up")[0]["value"][1] == "1"
-
-        for expr in dashboard_queries():
-            concrete = expr.replace("$instance", ".*").replace("$__rate_interval", "1m") \
-                .replace("$__range", "5m")
-            query(prom_port, concrete)  # status "success": it parses and evaluates
-        for expr in ("guestagent_balloon_target_kb{instance=~\".*\"} * 1024",
-                     "time() - guestagent_topology_published_at{instance=~\".*\"}"):
-            assert query(prom_port, expr), f"{expr}: no data"
-        groups = wait_for("the rules evaluated", lambda: [
-            g for g in api(prom_port, "rules")["groups"]
-            if all(r.get("lastEvaluation", "").startswith("2") and
-                   not r["lastEvaluation"].startswith("0001") for r in g["rules"])])
-        rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 6
-        for rule in rules:
-            assert rule["health"] == "ok", rule
+        _check_job_metrics(prom_port, agent_port, state_dir)
+        _check_dashboard_and_rules(prom_port)
     finally:
         server.send_signal(signal.SIGTERM)
         daemon.send_signal(signal.SIGTERM)
