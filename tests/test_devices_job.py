@@ -112,3 +112,57 @@ def test_pending_vectors_names_only_the_not_requested_vectors() -> None:
     ]
     assert pending_vectors(reports) == [f"{VF} IRQ 30"]
     assert pending_vectors([]) == []
+
+
+def test_status_is_the_last_pass_without_a_rescan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``guestagent status`` and every metrics scrape call ``status()``: it returns the last
+    pass's reports, kept current by hotplug events, and reads no PCI device itself."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
+    config = load(str(tmp_path / "none.toml"), str(tmp_path / "conf.d"))
+
+    def no_udev() -> None:
+        raise HotplugUnavailableError("no udev in this test")
+
+    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
+    loop = EventLoop(clock=FakeClock())
+    hub = SimpleNamespace(client=lambda: None, watch=lambda path, cb: False)
+    ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)), config=config, xenstore=hub,
+                          role="guest")
+    job = DevicesJob()
+    try:
+        job.start(ctx)  # type: ignore[arg-type]
+        before = [d["bdf"] for d in job.status()["devices"]]
+        assert VF in before and before == sorted(before)
+        binder = job._binder
+        assert binder is not None
+        scans: list[bool] = []
+        monkeypatch.setattr(binder, "scan", lambda apply: scans.append(apply) or [])
+        for _ in range(3):
+            assert [d["bdf"] for d in job.status()["devices"]] == before
+        assert scans == []
+        # A hotplug removal is in the next status at once, still without a scan.
+        binder.handle_event("remove", VF)
+        assert VF not in [d["bdf"] for d in job.status()["devices"]]
+        assert scans == []
+    finally:
+        job.stop()
+        loop.close()
+
+
+def test_a_pass_forgets_devices_that_are_gone(tmp_path: Path) -> None:
+    from guestagent.devices.apply import DevicesJob as DeviceBinder
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
+    binder = DeviceBinder(HostFS(str(root)))
+    assert VF in {r.bdf for r in binder.scan(apply=False)}
+    entry = root / "sys/bus/pci/devices" / VF  # hot-removed between two passes
+    if entry.is_symlink():
+        entry.unlink()
+    else:
+        shutil.rmtree(entry)
+    binder.scan(apply=False)
+    assert VF not in binder.reports

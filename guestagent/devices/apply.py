@@ -177,6 +177,7 @@ class DevicesJob:
                 reports.append(report)
         if apply and self._pinned_irqs() != pinned_before:
             self._nudge_irqbalance()
+        self.reports = {r.bdf: r for r in reports}  # devices gone since the last pass drop out
         return reports
 
     def _pinned_irqs(self) -> set[str]:

@@ -129,7 +129,9 @@ class DevicesJob:
         binder = self._binder
         if binder is None:
             return {}
-        reports = binder.scan(apply=False)
+        # The last pass's result, kept current by hotplug events: no rescan per status request
+        # or metrics scrape (a scan re-reads every PCI device and the Dom0 hints).
+        reports = [binder.reports[bdf] for bdf in sorted(binder.reports)]
         return {
             "hotplug": self._hotplug_off or "following udev",
             "devices": [r.to_dict() for r in reports],
