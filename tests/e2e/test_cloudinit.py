@@ -98,70 +98,78 @@ def check_guard_under_the_unit(g: Guest) -> str:
             f"in the unit's journal: {', '.join(seen) or 'none of the guard lines'}")
 
 
+def _check_cloud_init_ran(g: Guest) -> None:
+    """The runner starts early in the boot; wait for cloud-init's last stage. Every stage must
+    have run without an error (status done), ours included."""
+    out, _ = g.run("cloud-init status --wait --long", timeout=1500)
+    if "status: done" not in out:
+        problems = g.run("grep -E 'WARNING|ERROR' /var/log/cloud-init.log | tail -n 40")[0]
+        pytest.fail(f"cloud-init did not finish cleanly:\n{out}\n{problems}")
+    assert g.run_ok("cat /proc/1/comm").strip() == "systemd"
+
+
+def _check_package_and_module(g: Guest) -> None:
+    """The agent is the package's, nothing else on PATH; cc_guestagent ran once for this
+    instance (through guestagent-cloud-config.service), wrote the file from the user-data and
+    switched the unit on."""
+    assert "Status: install ok installed" in g.run_ok("dpkg -s guestagent")
+    assert g.run_ok("command -v guestagent").strip() == "/usr/bin/guestagent"
+    where = g.run_ok("python3 -c 'import guestagent; print(guestagent.__file__)'")
+    assert where.startswith("/usr/lib/python3/dist-packages/guestagent/"), where
+    toml = g.run_ok("cat /etc/guestagent/guestagent.toml")
+    assert "Written by cloud-init (module cc_guestagent)" in toml, toml
+    assert 'log_format = "json"' in toml and "refresh_seconds = 3600" in toml, toml
+    assert "config_guestagent" in g.run_ok("ls /var/lib/cloud/instance/sem/")
+    # Its lines in cloud-init's log ("<module name>: <what was done>").
+    cilog = g.run_ok("grep -E 'cc_guestagent|guestagent: ' /var/log/cloud-init.log")
+    assert "guestagent: wrote /etc/guestagent/guestagent.toml" in cilog, cilog
+    assert "guestagent: systemctl enable guestagent.service" in cilog, cilog
+    unit = g.run_ok("systemctl show -p ActiveState -p Result guestagent-cloud-config.service")
+    assert "ActiveState=active" in unit and "Result=success" in unit, unit
+
+
+def _check_unit_serves(g: Guest) -> None:
+    """The image shipped the unit disabled: cloud-init enabled and started it; it answers on
+    its status socket with cloud-init's configuration and logs to the journal."""
+    assert g.run_ok("systemctl is-enabled guestagent.service").strip() == "enabled"
+    state = wait_active(g, "guestagent.service", 600)
+    assert state == "active", g.run("systemctl status guestagent.service; "
+                                    "journalctl -b -u guestagent.service --no-pager")[0]
+    props = g.run_ok("systemctl show -p Type -p WatchdogUSec -p NRestarts guestagent.service")
+    assert "Type=notify" in props and "WatchdogUSec=3min" in props, props
+    assert "NRestarts=0" in props, props
+    status = json.loads(g.run_ok("guestagent status --json"))
+    assert status["role"] == "guest" and status["xenstore"] == "connected", status
+    assert "/etc/guestagent/guestagent.toml" in status["config_files"], status
+    topology = status["jobs"]["topology"]
+    assert topology["running"] and topology["publishes"] >= 1, status
+    assert topology["publish_error"] is None, status
+    journal = g.run_ok("journalctl -b -u guestagent.service -o cat --no-pager")
+    lines = [ln for ln in journal.splitlines() if ln.startswith("{")]
+    assert any(json.loads(ln).get("event") == "started" for ln in lines), journal
+    # stderr is the journal ($JOURNAL_STREAM): each line carried its syslog priority, which
+    # journald stored (and stripped), and no timestamp of its own.
+    check_journal_priorities(g)
+
+
+def _check_dom0_sees_the_keys(bed: XenBed, g: Guest) -> None:
+    """Dom0 sees the agent's keys in the guest's xenstore tree."""
+    base = f"/local/domain/{g.domid}/data/guestagent"
+    keys = xenstore_ls(bed, base)
+    assert keys.get(f"{base}/version") == "1", keys
+    assert keys.get(f"{base}/agent", "").startswith("guestagent "), keys
+    assert keys.get(f"{base}/vnuma/nr-nodes") == "1", keys
+    assert keys.get(f"{base}/vnuma/nodes/0/cpus") == "0-1", keys
+    assert keys.get(f"{base}/vnuma/hypercall-status", "").startswith("no vNUMA"), keys
+
+
 def test_cloud_init_installs_the_configuration_and_starts_the_agent(bed_debs: XenBed) -> None:
     spec = GuestSpec.pv(memory=512, vcpus=2, name="ci")
     spec.init = "systemd"
     with bed_debs.guest(spec) as g:
-        # The runner starts early in the boot; wait for cloud-init's last stage. Every stage
-        # must have run without an error (status done), ours included.
-        out, _ = g.run("cloud-init status --wait --long", timeout=1500)
-        if "status: done" not in out:
-            problems = g.run("grep -E 'WARNING|ERROR' /var/log/cloud-init.log | tail -n 40")[0]
-            pytest.fail(f"cloud-init did not finish cleanly:\n{out}\n{problems}")
-        assert g.run_ok("cat /proc/1/comm").strip() == "systemd"
-
-        # The agent is the package's, nothing else on PATH.
-        assert "Status: install ok installed" in g.run_ok("dpkg -s guestagent")
-        assert g.run_ok("command -v guestagent").strip() == "/usr/bin/guestagent"
-        where = g.run_ok("python3 -c 'import guestagent; print(guestagent.__file__)'")
-        assert where.startswith("/usr/lib/python3/dist-packages/guestagent/"), where
-
-        # cc_guestagent ran once for this instance (through guestagent-cloud-config.service),
-        # wrote the file from the user-data, and switched the unit on.
-        toml = g.run_ok("cat /etc/guestagent/guestagent.toml")
-        assert "Written by cloud-init (module cc_guestagent)" in toml, toml
-        assert 'log_format = "json"' in toml and "refresh_seconds = 3600" in toml, toml
-        assert "config_guestagent" in g.run_ok("ls /var/lib/cloud/instance/sem/")
-        # Its lines in cloud-init's log ("<module name>: <what was done>").
-        cilog = g.run_ok("grep -E 'cc_guestagent|guestagent: ' /var/log/cloud-init.log")
-        assert "guestagent: wrote /etc/guestagent/guestagent.toml" in cilog, cilog
-        assert "guestagent: systemctl enable guestagent.service" in cilog, cilog
-        unit = g.run_ok(
-            "systemctl show -p ActiveState -p Result guestagent-cloud-config.service"
-        )
-        assert "ActiveState=active" in unit and "Result=success" in unit, unit
-
-        # The image shipped the unit disabled: cloud-init enabled and started it.
-        assert g.run_ok("systemctl is-enabled guestagent.service").strip() == "enabled"
-        state = wait_active(g, "guestagent.service", 600)
-        assert state == "active", g.run("systemctl status guestagent.service; "
-                                        "journalctl -b -u guestagent.service --no-pager")[0]
-        props = g.run_ok("systemctl show -p Type -p WatchdogUSec -p NRestarts guestagent.service")
-        assert "Type=notify" in props and "WatchdogUSec=3min" in props, props
-        assert "NRestarts=0" in props, props
-
-        # It answers on its status socket and runs with cloud-init's configuration.
-        status = json.loads(g.run_ok("guestagent status --json"))
-        assert status["role"] == "guest" and status["xenstore"] == "connected", status
-        assert "/etc/guestagent/guestagent.toml" in status["config_files"], status
-        topology = status["jobs"]["topology"]
-        assert topology["running"] and topology["publishes"] >= 1, status
-        assert topology["publish_error"] is None, status
-        journal = g.run_ok("journalctl -b -u guestagent.service -o cat --no-pager")
-        lines = [ln for ln in journal.splitlines() if ln.startswith("{")]
-        assert any(json.loads(ln).get("event") == "started" for ln in lines), journal
-        # stderr is the journal ($JOURNAL_STREAM): each line carried its syslog priority, which
-        # journald stored (and stripped), and no timestamp of its own.
-        check_journal_priorities(g)
-
-        # Dom0 sees the agent's keys in the guest's xenstore tree.
-        base = f"/local/domain/{g.domid}/data/guestagent"
-        keys = xenstore_ls(bed_debs, base)
-        assert keys.get(f"{base}/version") == "1", keys
-        assert keys.get(f"{base}/agent", "").startswith("guestagent "), keys
-        assert keys.get(f"{base}/vnuma/nr-nodes") == "1", keys
-        assert keys.get(f"{base}/vnuma/nodes/0/cpus") == "0-1", keys
-        assert keys.get(f"{base}/vnuma/hypercall-status", "").startswith("no vNUMA"), keys
-
+        _check_cloud_init_ran(g)
+        _check_package_and_module(g)
+        _check_unit_serves(g)
+        _check_dom0_sees_the_keys(bed_debs, g)
         # The balloon's allocation guard under the unit (last: it restarts and stops the agent).
         print(f"guard under the unit: {check_guard_under_the_unit(g)}")
