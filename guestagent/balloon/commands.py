@@ -200,13 +200,14 @@ def reset_balloon(actuator: BalloonActuator) -> tuple[int | None, UndoReport]:
     guard = has_changes(actuator)
     target: int | None = None
     try:
-        before = actuator.read().target_kb
+        before = _target_now(actuator)
         target = reset_all(actuator)
     except BalloonUnavailable as e:
         undo_guard(actuator.hostfs, actuator)
         report.idle = f"{e}; nothing to reset"
     if target is not None and (target != before or guard):
-        report.lines.append(f"target reset to {target} KiB (was {before} KiB)")
+        was = "unreadable" if before is None else f"{before} KiB"
+        report.lines.append(f"target reset to {target} KiB (was {was})")
     elif target is not None:
         report.idle = f"target at the ceiling already ({target} KiB)"
     if has_changes(actuator):
@@ -219,6 +220,15 @@ def reset_balloon(actuator: BalloonActuator) -> tuple[int | None, UndoReport]:
     elif guard:
         report.lines.append("allocation guard: its changes undone")
     return target, report
+
+
+def _target_now(actuator: BalloonActuator) -> int | None:
+    """The driver's target before the reset; None when it cannot be read (the reset still runs
+    and undoes the guard: guard.reset_all raises only after that)."""
+    try:
+        return actuator.read().target_kb
+    except InputError:
+        return None
 
 
 def cmd_prepare_guard(args: argparse.Namespace, ctx: Any) -> int:

@@ -186,6 +186,21 @@ def test_a_corrupt_state_file_is_one_line_and_the_other_parts_are_undone(
     assert "nothing to undo" not in out
 
 
+def test_a_balloon_that_cannot_be_read_is_one_line_and_the_others_are_undone(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    root, kernel = world
+    change_everything(root, kernel)
+    (root / TARGET).write_text("garbage\n")
+    rc, out = reset(root)
+    assert rc == 1, out
+    (line,) = errors(logfmt)
+    assert " event=reset_failed " in line and "part=balloon" in line and "target_kb" in line
+    assert_devices_undone(root)
+    assert_tiering_undone(root)
+    assert not out.startswith("balloon:"), out
+
+
 def test_a_part_that_breaks_unexpectedly_is_one_line(
     world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,3 +291,23 @@ def test_through_the_command_line(
         f"balloon: target reset to {CEILING} KiB (was {700 * 1024} KiB)\n")
     assert cli.main(["reset", "--root", str(root)]) == 0
     assert capsys.readouterr().out == "nothing to undo\n"
+
+
+def test_guard_changes_left_in_force_fail_the_balloon_part(
+    tmp_path: Path, logfmt: io.StringIO
+) -> None:
+    """A fixture tree cannot swapoff (no commands): the guard's zram swap stays, so the balloon
+    part fails: the guard's own error line, then the part's one line; exit 1 (as balloon --reset,
+    tests/test_balloon_guard_prepare.py)."""
+    from tests.test_balloon_guard import FakeCommands, make_root
+    from tests.test_balloon_guard_prepare import prepare
+
+    root = make_root(tmp_path)
+    assert prepare(root, tmp_path, FakeCommands(root))
+    log.configure(level="info", stream=logfmt, journal=False)  # prepare configured its own
+    rc, out = reset(root)
+    assert rc == 1, out
+    assert [ln.split(" event=")[1].split()[0] for ln in errors(logfmt)] == [
+        "guard_undo_incomplete", "reset_failed"]
+    assert "part=balloon" in errors(logfmt)[1]
+    assert "balloon: allocation guard: changes still in force" in out
