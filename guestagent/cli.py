@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "guestagent.balloon.commands",
     "guestagent.devices.commands",
     "guestagent.tiering.commands",
+    "guestagent.reset",
     "guestagent.dom0.commands",
     "guestagent.daemon.commands",
 )
@@ -38,6 +39,7 @@ COMMAND_WORDS: dict[str, str] = {
     "balloon": "guestagent.balloon.commands",
     "devices": "guestagent.devices.commands",
     "tiering": "guestagent.tiering.commands",
+    "reset": "guestagent.reset",
     "host": "guestagent.dom0.commands",
     "dom0": "guestagent.dom0.commands",
     "run": "guestagent.daemon.commands",

@@ -2,7 +2,8 @@
 
 Held by the daemon for its life and by each command that changes the host through the same
 undo state or the same balloon target (``devices apply``, ``devices --reset``, ``balloon set``,
-``balloon run``, ``balloon --reset``) for its run, through :func:`held`. The kernel drops the
+``balloon run``, ``balloon --reset``, ``tiering --reset``, ``reset``) for its run, through
+:func:`held`. The kernel drops the
 lock when the process ends, also after ``kill -9``, so a crash never leaves it behind. Whoever
 finds it taken refuses with one line naming the holder's PID and command, before it changes
 anything.

@@ -18,7 +18,8 @@ others are kept, so one bad entry never blocks the undo of the rest. Writes are 
 file + rename); an empty journal removes its file.
 
 Users: the devices job (``devices.json``, :mod:`guestagent.devices.state`) and the tiering job's
-DAMON backend (``tiering.json``, :mod:`guestagent.tiering.journal`).
+DAMON backend (``tiering.json``, :mod:`guestagent.tiering.journal`). Each feature's reset returns
+an :class:`UndoReport`; ``guestagent reset`` (:mod:`guestagent.reset`) runs them all.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from guestagent.errors import InputError, MissingInputError
@@ -37,6 +38,21 @@ from guestagent.hostfs import HostFS
 JOURNAL_VERSION = 1
 
 BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+
+
+@dataclass
+class UndoReport:
+    """What one feature's reset did: one line per step (done, skipped or failed, as logged) and
+    how many of them failed. No line and no failure: there was nothing to undo (``idle`` may say
+    why, e.g. no balloon driver)."""
+
+    lines: list[str] = field(default_factory=list)
+    failures: int = 0
+    idle: str = ""
+
+    @property
+    def nothing(self) -> bool:
+        return not self.lines and not self.failures
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,9 @@ EXIT_BY_COMMAND = (
     ("tiering --reset", "0 every kdamond the agent journalled turned off and removed (or nothing "
                         "to undo); 1 when a step failed (an error line each) or another "
                         "guestagent holds the state directory."),
+    ("reset", "0 everything undone (balloon, devices, tiering), or nothing to undo; 1 when any "
+              "part failed (one error line each, naming the part; the other parts still ran) "
+              "or another guestagent holds the state directory (nothing undone)."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
     ("dom0 run", "0 when stopped by SIGTERM or SIGINT; 1 outside Dom0 or without xenstore."),
@@ -160,14 +163,14 @@ FILES = (
     ("/run/guestagent/", "Runtime state: the status socket status.sock (root only), "
                          "daemon.lock (held by the running daemon, and by devices apply, "
                          "devices --reset, balloon set, balloon run, balloon --reset, balloon "
-                         "--prepare-guard and tiering --reset while they run: another one "
+                         "--prepare-guard, tiering --reset and reset while they run: another one "
                          "refuses, naming the holder's PID) and what must be undone after a "
                          "crash (devices.json; balloon.json: the balloon's original target and "
-                         "the allocation guard's changes, which balloon --reset undoes; "
-                         "tiering.json)."),
+                         "the allocation guard's changes; tiering.json), which guestagent reset "
+                         "undoes."),
     ("/lib/systemd/system/guestagent.service", "The guest unit (its sandbox is described in "
      "the file; two short steps run outside it: balloon --prepare-guard before the daemon "
-     "starts, balloon --reset after it stops); guestagent-dom0.service for Dom0; "
+     "starts, reset after it stops); guestagent-dom0.service for Dom0; "
      "guestagent-cloud-config.service runs the cloud-init module."),
     ("/usr/share/guestagent/cloud-config.schema.json", "JSON schema of the cloud-config key "
      "guestagent:, which cloud-init's module cc_guestagent writes into the configuration file "
@@ -190,6 +193,8 @@ EXAMPLES = (
     ("Replay a recorded trace through the pressure policy:",
      "guestagent balloon simulate --trace trace.jsonl --policy pressure"),
     ("PCI devices and the node each belongs to:", "guestagent devices --json"),
+    ("Undo everything the agent changed, also after a crash (what the unit runs after a stop):",
+     "guestagent reset"),
 )
 
 def exit_status_markdown() -> str:

@@ -1,8 +1,9 @@
 """The allocation guard's zram swap under the systemd unit (issue 12 item 1): made before the
 daemon starts by ``guestagent balloon --prepare-guard`` (the unit's privileged ExecStartPre),
 adopted by the sandboxed daemon, left in the record when the sandbox refuses the swapoff, and
-undone by the privileged ``guestagent balloon --reset`` (ExecStopPost) in order: the target back
-at the ceiling first, then swapoff, device reset and removal, module unload, overcommit.
+undone by the privileged ``guestagent reset`` (ExecStopPost; its balloon part is ``balloon
+--reset``'s) in order: the target back at the ceiling first, then swapoff, device reset and
+removal, module unload, overcommit.
 
 On copies of the balloon-pv-1g fixture tree with the guard's files (tests/test_balloon_guard.py's
 ``make_root``) and its fake commands; log lines are asserted in their logfmt form.

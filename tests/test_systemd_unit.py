@@ -2,7 +2,9 @@
 the systemd unit"): exactly two command lines run outside the daemon's sandbox, both with the
 ``-`` and ``+`` prefixes (systemd.service(5): "-", "@", ":" and one of "+", "!", "!!" combine in
 any order), in a scope of their own (the device policy is a control-group rule that ``+`` does not
-lift), and everything else keeps the sandbox."""
+lift), and everything else keeps the sandbox. The one after the daemon is ``guestagent reset``,
+the unit's only ``ExecStopPost`` (issue 14 item 6): it undoes the balloon, the devices and the
+agent's kdamonds."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tests.test_packaging import SYSTEMD, parse_unit
 #: The scope the two privileged steps run in: outside the unit's control group (DevicePolicy).
 SCOPE = "/usr/bin/systemd-run --scope --quiet --property=DefaultDependencies=no"
 PREPARE = f"{SCOPE} /usr/bin/guestagent balloon --prepare-guard"
-RESET = f"{SCOPE} /usr/bin/guestagent balloon --reset"
+RESET = f"{SCOPE} /usr/bin/guestagent reset"
 
 #: Every setting that takes a command line (systemd.service(5)).
 EXEC_KEYS = ("ExecCondition", "ExecStartPre", "ExecStart", "ExecStartPost", "ExecReload",
@@ -50,19 +52,24 @@ def test_the_privileged_prefixes_are_a_valid_combination() -> None:
 def test_the_daemon_and_the_other_steps_keep_the_sandbox() -> None:
     lines = command_lines()
     assert ("ExecStart", "", "/usr/bin/guestagent run") in lines
-    assert ("ExecStopPost", "-", "/usr/bin/guestagent devices --reset") in lines
-    assert ("ExecStopPost", "-", "/usr/bin/guestagent tiering --reset") in lines
     # the prepare step comes before the daemon, the reset after it: nothing else is privileged
-    assert [k for k, p, _c in lines if "+" not in p] == ["ExecStart", "ExecReload",
-                                                         "ExecStopPost", "ExecStopPost"]
+    assert [k for k, p, _c in lines if "+" not in p] == ["ExecStart", "ExecReload"]
+
+
+def test_reset_is_the_only_stop_post_command() -> None:
+    """One command undoes everything (balloon, devices, tiering); the per-feature resets are no
+    longer in the unit (they stay as commands)."""
+    assert [(p, c) for k, p, c in command_lines() if k == "ExecStopPost"] == [("-+", RESET)]
 
 
 def test_the_privileged_commands_parse() -> None:
     """The words after the scope are a command line the agent's own parser takes."""
     from guestagent.cli import build_parser
 
-    for command in (PREPARE, RESET):
-        words = command.split()[command.split().index("/usr/bin/guestagent") + 1:]
-        args = build_parser("balloon").parse_args(words)
-        assert args.command == "balloon"
-        assert args.prepare_guard or args.reset
+    words = PREPARE.split()[PREPARE.split().index("/usr/bin/guestagent") + 1:]
+    args = build_parser("balloon").parse_args(words)
+    assert args.command == "balloon" and args.prepare_guard
+    words = RESET.split()[RESET.split().index("/usr/bin/guestagent") + 1:]
+    args = build_parser("reset").parse_args(words)
+    assert args.command == "reset"
+    assert args.func.__module__ == "guestagent.reset"

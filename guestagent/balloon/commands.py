@@ -2,9 +2,10 @@
 
 * ``guestagent balloon status [--json]``: driver target and current size, the toolstack's
   targets, memory and pressure, and the controller's last decisions when its record exists.
-* ``guestagent balloon --reset``: the target goes back to the ceiling (for systemd
-  ``ExecStopPost``); without a balloon driver it says so and exits 0 (nothing to undo). Guard
-  changes it could not undo are logged at error level and exit 1.
+* ``guestagent balloon --reset``: the target goes back to the ceiling (:func:`reset_balloon`, the
+  balloon's part of ``guestagent reset``, the unit's ``ExecStopPost``); without a balloon driver
+  it says so and exits 0 (nothing to undo). Guard changes it could not undo are logged at error
+  level and exit 1.
 * ``guestagent balloon --prepare-guard``: the allocation guard's zram swap, made before the
   daemon starts (the unit's privileged ``ExecStartPre``) when the configuration turns ballooning
   on; otherwise one line says why. Always exits 0: it never blocks the agent's start.
@@ -53,7 +54,9 @@ from guestagent.balloon.signals import (
 from guestagent.balloon.trace import load_trace, record, simulate
 from guestagent.cli import finite_float
 from guestagent.errors import GuestAgentError, InputError
+from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
+from guestagent.undo import UndoReport
 
 #: Where a fixture tree keeps its stand-in xenstore.
 FIXTURE_XENSTORE_DIR = "/xenstore"
@@ -126,14 +129,19 @@ def register(subparsers: Any) -> None:
     st.set_defaults(func=cmd_set)
 
 
+def xenstore_for(hostfs: HostFS) -> XenstoreReader | None:
+    """The real client on the real host; on a fixture tree its stand-in (module docstring)."""
+    if not hostfs.is_real_host:
+        if hostfs.exists(FIXTURE_XENSTORE_DIR):
+            return DirectoryXenstore(hostfs, FIXTURE_XENSTORE_DIR)
+        return None
+    return open_xenstore(hostfs)
+
+
 def _xenstore(args: argparse.Namespace, ctx: Any) -> XenstoreReader | None:
     if getattr(args, "no_xenstore", False):
         return None
-    if not ctx.hostfs.is_real_host:
-        if ctx.hostfs.exists(FIXTURE_XENSTORE_DIR):
-            return DirectoryXenstore(ctx.hostfs, FIXTURE_XENSTORE_DIR)
-        return None
-    return open_xenstore(ctx.hostfs)
+    return xenstore_for(ctx.hostfs)
 
 
 def state_lock(ctx: Any, what: str, create: bool) -> AbstractContextManager[None]:
@@ -164,32 +172,63 @@ def cmd_balloon(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
-    """Target back to the ceiling, then the allocation guard's changes undone (guard.reset_all).
-
-    Needs no configuration and works with a damaged record (it falls back to xenstore). Guard
-    changes still in the record afterwards (an undo step failed) make it exit 1. Refused (one
-    line, exit status 1) while another guestagent holds the state directory."""
+    """Target back to the ceiling, then the allocation guard's changes undone
+    (:func:`reset_balloon`). Refused (one line, exit status 1) while another guestagent holds
+    the state directory."""
     actuator = BalloonActuator(ctx.hostfs, _xenstore(args, ctx))
     with state_lock(ctx, "balloon --reset", create=False):
-        try:
-            target = reset_all(actuator)
-        except BalloonUnavailable as e:
-            undo_guard(ctx.hostfs, actuator)
-            print(f"guestagent: {e}; nothing to reset")
-            return _guard_left(actuator)
-    print(f"balloon target reset to {target} KiB")
-    return _guard_left(actuator)
+        target, report = reset_balloon(actuator)
+    if target is None:
+        print(f"guestagent: {report.idle}")
+    else:
+        print(f"balloon target reset to {target} KiB")
+    return 1 if report.failures else 0
 
 
-def _guard_left(actuator: BalloonActuator) -> int:
-    """1 (and one error line) when guard changes are still in force after a reset."""
-    if not has_changes(actuator):
-        return 0
-    get_logger("balloon").error(
-        "guard_undo_incomplete", record=actuator.record_path,
-        note="guard changes still in force; run guestagent balloon --reset again as root",
-    )
-    return 1
+def reset_balloon(actuator: BalloonActuator) -> tuple[int | None, UndoReport]:
+    """The balloon's undo, under the caller's state lock: the target back to the ceiling, then
+    the allocation guard's changes undone (guard.reset_all); ``balloon --reset`` and
+    ``guestagent reset`` run it.
+
+    Needs no configuration and works with a damaged record (it falls back to xenstore). Returns
+    the target written (None without a balloon driver: nothing to reset; the guard's changes
+    are undone all the same) and a report: nothing to undo when the target was at the ceiling
+    already and the guard had no changes. Guard changes still in force afterwards (an undo step
+    failed) are one failure and one error line. A target that cannot be reset raises
+    InputError, after the guard's undo."""
+    report = UndoReport()
+    guard = has_changes(actuator)
+    target: int | None = None
+    try:
+        before = _target_now(actuator)
+        target = reset_all(actuator)
+    except BalloonUnavailable as e:
+        undo_guard(actuator.hostfs, actuator)
+        report.idle = f"{e}; nothing to reset"
+    if target is not None and (target != before or guard):
+        was = "unreadable" if before is None else f"{before} KiB"
+        report.lines.append(f"target reset to {target} KiB (was {was})")
+    elif target is not None:
+        report.idle = f"target at the ceiling already ({target} KiB)"
+    if has_changes(actuator):
+        report.failures += 1
+        report.lines.append("allocation guard: changes still in force (the error line above)")
+        get_logger("balloon").error(
+            "guard_undo_incomplete", record=actuator.record_path,
+            note="guard changes still in force; run guestagent reset again as root",
+        )
+    elif guard:
+        report.lines.append("allocation guard: its changes undone")
+    return target, report
+
+
+def _target_now(actuator: BalloonActuator) -> int | None:
+    """The driver's target before the reset; None when it cannot be read (the reset still runs
+    and undoes the guard: guard.reset_all raises only after that)."""
+    try:
+        return actuator.read().target_kb
+    except InputError:
+        return None
 
 
 def cmd_prepare_guard(args: argparse.Namespace, ctx: Any) -> int:

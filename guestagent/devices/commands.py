@@ -6,7 +6,8 @@
 * ``guestagent devices apply [--rebind] [--no-numa-node-write] [--json]``: bind every device to its
   node (IRQs, numa_node, optional rebind and hugepages), recording the previous state in
   ``/run/guestagent/devices.json``. Exit status 1 when any step failed (see the ``failed`` lines).
-* ``guestagent devices --reset``: undo everything the state file records (also after a crash).
+* ``guestagent devices --reset``: undo everything the state file records (also after a crash);
+  :func:`undo` is the part ``guestagent reset`` runs.
 * ``guestagent devices irqbalance-policy DEVPATH IRQ``: an irqbalance ``--policyscript``; prints
   ``ban=true`` for IRQs guestagent pinned, ``numa_node=N`` for a device whose node only guestagent
   knows. Always exits 0 (irqbalance wants that).
@@ -35,6 +36,7 @@ from guestagent.devices.resolve import resolve_node
 from guestagent.devices.state import StateStore
 from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
+from guestagent.undo import UndoReport
 
 
 def xenstore_hint_sources(hostfs: HostFS) -> list[HintSource]:
@@ -140,6 +142,20 @@ def state_lock(hostfs: HostFS, state_file: str, what: str, create: bool) -> Iter
         yield
 
 
+def state_file_in(state_dir: str) -> str:
+    return f"{state_dir.rstrip('/')}/devices.json"
+
+
+def undo(hostfs: HostFS, state_dir: str) -> UndoReport:
+    """Undo every change ``devices.json`` in ``state_dir`` records, from that file alone (no
+    configuration), under the caller's state lock: a line per change and per malformed entry
+    (each failed restore is also logged at error level). A state file that cannot be read at
+    all raises InputError."""
+    job = DevicesJob(hostfs, DevicesConfig(state_file=state_file_in(state_dir)))
+    lines = job.reset()
+    return UndoReport(lines, job.reset_failures)
+
+
 def run_reset(args: argparse.Namespace, ctx: Any) -> int:
     """``devices --reset``: undo from the state file alone. Of the configuration only ``[agent]
     state_dir`` is read, leniently: a bad override or any other problem in the files must not
@@ -154,20 +170,19 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
         getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
     for line in problems:
         log.warning("devices_reset_config_ignored", problem=line)
-    state_file = f"{state_dir.rstrip('/')}/devices.json"
+    state_file = state_file_in(state_dir)
     try:
         with state_lock(ctx.hostfs, state_file, "devices --reset", create=False):
-            job = DevicesJob(ctx.hostfs, DevicesConfig(state_file=state_file))
-            undo = job.reset()
+            report = undo(ctx.hostfs, state_dir)
     except GuestAgentError as e:
         log.error("devices_undo_failed", error=str(e), state_file=state_file)
         return 1
     if args.json:
-        sys.stdout.write(json.dumps({"undone": undo, "state_file": job.state.path,
-                                     "failed": job.reset_failures}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"undone": report.lines, "state_file": state_file,
+                                     "failed": report.failures}, indent=2) + "\n")
     else:
-        sys.stdout.write("".join(f"{line}\n" for line in undo) or "nothing to undo\n")
-    return 1 if job.reset_failures else 0
+        sys.stdout.write("".join(f"{line}\n" for line in report.lines) or "nothing to undo\n")
+    return 1 if report.failures else 0
 
 
 def run_show(args: argparse.Namespace, ctx: Any) -> int:

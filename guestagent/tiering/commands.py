@@ -17,6 +17,7 @@ serves.
 the daemon's tiering job added, also after a ``kill -9`` (for systemd ``ExecStopPost``); never
 another DAMON user's. Of the configuration it reads ``[agent] state_dir`` alone, leniently, so a
 bad configuration never blocks it. Idempotent; exit 1 (one error line each) when a step failed.
+:func:`undo` is the part ``guestagent reset`` runs.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -39,7 +40,7 @@ from guestagent.tiering.policy import decide
 from guestagent.units import MIB, PAGE_SIZE
 
 if TYPE_CHECKING:
-    from guestagent.undo import Journal
+    from guestagent.undo import Journal, UndoReport
 
 
 def _damon(hostfs: HostFS) -> Backend:
@@ -238,6 +239,19 @@ def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, A
     }
 
 
+def undo(hostfs: HostFS, state_dir: str) -> UndoReport:
+    """Remove the kdamonds ``tiering.json`` in ``state_dir`` says the agent added, from that
+    journal alone (no configuration), under the caller's state lock; never another DAMON user's.
+    A line per step (each failure also logged at error level); a journal that cannot be read at
+    all raises InputError."""
+    from guestagent.tiering.journal import TieringJournal, journal_path
+
+    backend = dict(backend_factories)["damon"](hostfs)
+    journal = TieringJournal(hostfs, journal_path(state_dir)).load()
+    report: UndoReport = backend.undo_journal(journal)  # type: ignore[attr-defined]
+    return report
+
+
 def run_reset(args: argparse.Namespace, ctx: Any) -> int:
     """``tiering --reset``: undo from the journal alone (module docstring)."""
     import os
@@ -245,7 +259,7 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent import config as config_mod
     from guestagent import statelock
     from guestagent.log import get_logger
-    from guestagent.tiering.journal import TieringJournal, journal_path
+    from guestagent.tiering.journal import journal_path
 
     log = get_logger("tiering")
     state_dir, problems = config_mod.read_state_dir(
@@ -255,11 +269,9 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
         log.warning("tiering_reset_config_ignored", problem=line)
     hostfs: HostFS = ctx.hostfs
     path = journal_path(state_dir)
-    backend = dict(backend_factories)["damon"](hostfs)
     try:
         with statelock.held(hostfs, os.path.dirname(path), "tiering --reset", create=False):
-            journal = TieringJournal(hostfs, path).load()
-            report = backend.undo_journal(journal)  # type: ignore[attr-defined]
+            report = undo(hostfs, state_dir)
     except GuestAgentError as e:
         log.error("tiering_undo_failed", error=str(e), journal=path)
         return 1

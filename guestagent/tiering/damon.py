@@ -62,7 +62,6 @@ from guestagent.tiering.journal import (
     ADMIN,
     KDAMONDS,
     NR_KDAMONDS,
-    UndoReport,
     added_entries,
     undo_kdamonds,
 )
@@ -70,7 +69,7 @@ from guestagent.tiering.model import Availability, BackendUnavailable, Plan, Tie
 from guestagent.units import PAGE_SIZE
 
 if TYPE_CHECKING:
-    from guestagent.undo import Change, Journal
+    from guestagent.undo import Change, Journal, UndoReport
 
 __all__ = ["ADMIN", "KDAMONDS", "NR_KDAMONDS", "DamonBackend", "DamonConfig", "SysfsWriteError"]
 

@@ -38,13 +38,12 @@ that the next reset tries again (every step is idempotent).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from guestagent.errors import GuestAgentError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 from guestagent.log import get_logger
-from guestagent.undo import Change, Journal, KindRule
+from guestagent.undo import Change, Journal, KindRule, UndoReport
 
 ADMIN = "/sys/kernel/mm/damon/admin"
 KDAMONDS = f"{ADMIN}/kdamonds"
@@ -83,14 +82,6 @@ def added_entries(before: int, indices: list[int]) -> list[Change]:
     """What the backend records before it writes ``nr_kdamonds`` = ``before + len(indices)``."""
     count = Change("damon_nr_kdamonds", NR_KDAMONDS, "", str(before), str(before + len(indices)))
     return [count] + [Change("damon_kdamond", f"{KDAMONDS}/{i}", "", "off") for i in indices]
-
-
-@dataclass
-class UndoReport:
-    """One line per step (as logged), and how many of them failed."""
-
-    lines: list[str] = field(default_factory=list)
-    failures: int = 0
 
 
 class _Undo:

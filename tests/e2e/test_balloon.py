@@ -6,8 +6,8 @@
 2. ``guestagent run`` (the daemon, as systemd starts it) with the balloon job: it shrinks the idle
    guest, its allocation guard is visible (overcommit 1, a zram swap at priority 100), the same
    450 MiB mmap succeeds and is met by a grow, no OOM kill;
-3. SIGTERM, then ``guestagent balloon --reset`` (the unit's ExecStopPost): the target is back at
-   the ceiling and every guard change is undone (overcommit 0, no zram swap, device or module).
+3. SIGTERM, then ``guestagent reset`` (the unit's ExecStopPost): the target is back at the
+   ceiling and every guard change is undone (overcommit 0, no zram swap, device or module).
 """
 
 from __future__ import annotations
@@ -171,13 +171,13 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         assert re.search(r"^done$", out, re.M) and out.strip().endswith("0"), out
         assert oom_kills(g) == oom_before, g.run_ok("dmesg | tail -n 30; cat /tmp/daemon.log")
 
-        # 3. Stop as systemd does: SIGTERM, then ExecStopPost's balloon --reset.
+        # 3. Stop as systemd does: SIGTERM, then ExecStopPost's guestagent reset.
         g.run_ok(
             "kill -TERM $(cat /tmp/daemon.pid); for i in $(seq 120); do "
             "kill -0 $(cat /tmp/daemon.pid) 2>/dev/null || exit 0; sleep 1; done; exit 1",
             timeout=180 * scale,
         )
-        g.run_ok("guestagent --log-level info balloon --reset >> /tmp/daemon.log 2>&1")
+        g.run_ok("guestagent --log-level info reset >> /tmp/daemon.log 2>&1")
         assert int(g.run_ok(f"cat {BALLOON}/target_kb")) == ceiling_kb
         after = guard_state(g)
         log = g.run_ok("cat /tmp/daemon.log")
@@ -194,4 +194,4 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         print(f"balloon e2e: at 300 MiB without the guard the 450 MiB mmap failed (ENOMEM); "
               f"the daemon shrank the guest to {low_mib} MiB (xl list), the guard armed "
               f"({armed}); the mmap succeeded, the guest grew to {grown_mib} MiB, no OOM kill; "
-              f"after SIGTERM + balloon --reset: {after}, {full_mib} MiB")
+              f"after SIGTERM + guestagent reset: {after}, {full_mib} MiB")

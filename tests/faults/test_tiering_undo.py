@@ -382,9 +382,9 @@ def test_kill_9_of_the_daemon_then_a_restart_serves_then_reset(
     assert "event=job_off" not in stderr and "another DAMON user" not in stderr, stderr
     assert (root / JOURNAL).exists() and states(root) == ["on", "off"]
 
-    # `guestagent tiering --reset` (the unit's ExecStopPost) removes what the second one left.
+    # `guestagent reset` (the unit's ExecStopPost) removes what the second one left.
     kernel.ran.update(i for i, s in enumerate(states(root)) if s == "on")
-    assert cli.main(["--root", str(root), "tiering", "--reset"]) == 0
+    assert cli.main(["--root", str(root), "reset"]) == 0
     assert states(root) == [] and not (root / JOURNAL).exists()
 
 

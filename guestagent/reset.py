@@ -1,0 +1,164 @@
+"""``guestagent reset``: undo everything the agent may have changed, from its state files alone.
+
+The guest unit's only ``ExecStopPost`` (packaging/systemd/guestagent.service), so it runs after
+every stop: a clean one (where the daemon has undone everything already and this finds nothing),
+a crash, ``kill -9``, an OOM kill or a watchdog kill. In this order:
+
+1. ``balloon``: the target back to the ceiling, then the allocation guard's changes (zram swap,
+   overcommit sysctl) undone (:func:`guestagent.balloon.commands.reset_balloon`, from the record
+   ``/run/guestagent/balloon.json`` and xenstore);
+2. ``devices``: every change ``devices.json`` records (:func:`guestagent.devices.commands.undo`);
+3. ``tiering``: the agent's own kdamonds, as ``tiering.json`` records them, never another DAMON
+   user's (:func:`guestagent.tiering.commands.undo`).
+
+It never needs the configuration: of the files only ``[agent] state_dir`` is read, leniently (a
+problem is one warning and the default applies), as ``devices --reset`` reads it. It holds the
+state directory's lock (:mod:`guestagent.statelock`) for the whole run, so with the daemon or
+another command that writes running it refuses with one line naming its PID, before anything
+changes; it does not wait (systemd runs it after the daemon has exited, and the kernel drops a
+dead process's lock).
+
+Each part runs whatever the others did: a part that fails is one error-level line
+(``event=reset_failed part=devices error=...``) and the exit status is 1. What was undone goes to
+standard output, one line per step, prefixed with its part (``devices: /proc/irq/29/...``);
+``nothing to undo`` when no part found anything. Exit status 0 when everything was undone or
+nothing was to undo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from guestagent.errors import GuestAgentError
+from guestagent.hostfs import HostFS
+from guestagent.undo import UndoReport
+
+#: The parts, in the order they run.
+PARTS = ("balloon", "devices", "tiering")
+
+
+@dataclass
+class PartResult:
+    """One part's outcome: its report, or why it failed as a whole (``error``)."""
+
+    part: str
+    report: UndoReport = field(default_factory=UndoReport)
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error or self.report.failures)
+
+
+def _balloon(hostfs: HostFS, state_dir: str) -> UndoReport:
+    from guestagent.balloon.actuator import BalloonActuator
+    from guestagent.balloon.commands import reset_balloon, xenstore_for
+
+    _target, report = reset_balloon(BalloonActuator(hostfs, xenstore_for(hostfs)))
+    return report
+
+
+def _devices(hostfs: HostFS, state_dir: str) -> UndoReport:
+    from guestagent.devices import commands
+
+    return commands.undo(hostfs, state_dir)
+
+
+def _tiering(hostfs: HostFS, state_dir: str) -> UndoReport:
+    from guestagent.tiering import commands
+
+    return commands.undo(hostfs, state_dir)
+
+
+Part = Callable[[HostFS, str], UndoReport]
+
+#: What each part runs.
+RUNNERS: dict[str, Part] = {"balloon": _balloon, "devices": _devices, "tiering": _tiering}
+
+
+def run_part(name: str, hostfs: HostFS, state_dir: str) -> PartResult:
+    """One part; whatever it raises is its failure (one line), never the others'."""
+    try:
+        return PartResult(name, RUNNERS[name](hostfs, state_dir))
+    except GuestAgentError as e:
+        return PartResult(name, error=str(e))
+    except Exception as e:  # the other parts still run: one line, no traceback
+        from guestagent.cli import internal_error
+
+        return PartResult(name, error=internal_error(e))
+
+
+@contextmanager
+def _locked(hostfs: HostFS, state_dir: str) -> Iterator[None]:
+    from guestagent import statelock
+
+    with statelock.held(hostfs, state_dir, "reset", create=False):
+        yield
+
+
+def reset_everything(hostfs: HostFS, state_dir: str) -> list[PartResult]:
+    """Every part in order under the state directory's lock (StateLocked, before anything
+    changes, when another guestagent holds it); each failure logged once at error level."""
+    from guestagent.log import get_logger
+
+    log = get_logger("reset")
+    results: list[PartResult] = []
+    with _locked(hostfs, state_dir):
+        for name in PARTS:
+            result = run_part(name, hostfs, state_dir)
+            results.append(result)
+            if result.error:
+                log.error("reset_failed", part=name, error=result.error)
+            elif result.report.failures:
+                log.error("reset_failed", part=name,
+                          error=f"{result.report.failures} step(s) failed (their error lines "
+                                "above); run guestagent reset again")
+            elif result.report.nothing:
+                log.info("reset_nothing", part=name, why=result.report.idle or "no changes")
+    return results
+
+
+def render(results: list[PartResult]) -> str:
+    """What was undone, one line per step prefixed with its part; or ``nothing to undo``."""
+    lines = [f"{r.part}: {line}" for r in results for line in r.report.lines]
+    if not lines and not any(r.failed for r in results):
+        lines = ["nothing to undo"]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
+    from guestagent import config as config_mod
+    from guestagent.log import get_logger
+
+    state_dir, problems = config_mod.read_state_dir(
+        getattr(args, "config", None) or config_mod.MAIN_FILE,
+        getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    for line in problems:
+        get_logger("reset").warning("reset_config_ignored", problem=line)
+    results = reset_everything(ctx.hostfs, state_dir)
+    sys.stdout.write(render(results))
+    return 1 if any(r.failed for r in results) else 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "reset",
+        help="undo everything the agent changed (balloon, devices, tiering), from its state files",
+        description="Undo everything the agent may have changed, from its state files alone, "
+        "also after a crash: the balloon target back to the ceiling and the allocation guard "
+        "undone, then every device change recorded, then the agent's own kdamonds (never "
+        "another DAMON user's). The guest unit's ExecStopPost. Needs no valid configuration: "
+        "only [agent] state_dir is read. A part that fails is one error line; the others "
+        "still run.",
+    )
+    parser.add_argument("--config", metavar="FILE",
+                        help="main configuration file, for [agent] state_dir only "
+                             "(default /etc/guestagent/guestagent.toml)")
+    parser.add_argument("--conf-dir", metavar="DIR",
+                        help="configuration drop-ins (default /etc/guestagent/conf.d)")
+    parser.set_defaults(func=cmd_reset)

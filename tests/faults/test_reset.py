@@ -1,0 +1,313 @@
+"""``guestagent reset`` (issue 14 item 6, issue 15 "undo that always works"): the unit's only
+``ExecStopPost`` undoes everything the agent may have changed, from the state files alone, in
+order: the balloon target back to the ceiling (and the allocation guard), the devices' changes
+(``devices.json``), the agent's own kdamonds (``tiering.json``).
+
+Seen before: three ``ExecStopPost`` lines, each reading the configuration its own way; a part
+that failed was hidden by ``-``. Now one command: a part that fails is one error-level logfmt line
+naming it (``event=reset_failed part=...``), the other parts still run, and the exit status is 1.
+
+On one fixture tree holding the three features' files: the devices fixture (devices-2node), the
+fake DAMON kernel of ``tests/test_tiering_damon.py`` (damon-6.12) and the balloon fixture with its
+stand-in xenstore (balloon-pv-1g).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from guestagent import cli, log
+from guestagent import config as config_mod
+from guestagent import reset as reset_mod
+from guestagent.hostfs import HostFS
+from guestagent.tiering import commands as tiering_commands
+from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
+from guestagent.tiering.journal import TieringJournal, journal_path
+from guestagent.tiering.model import Move, Plan
+from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, make_tree, read
+
+MIB = 1 << 20
+VF = "0000:00:05.0"
+IRQ = "proc/irq/29/smp_affinity_list"
+NUMA_NODE = f"sys/devices/pci0000:00/{VF}/numa_node"
+TARGET = "sys/devices/system/xen_memory/xen_memory0/target_kb"
+CEILING = 1048576  # balloon-pv-1g's xenstore memory/target
+
+
+@pytest.fixture
+def logfmt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[io.StringIO]:
+    """The agent's log lines as the journal gets them (logfmt), and configuration files of the
+    test's own (none until a test writes one)."""
+    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
+    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
+    monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
+    saved = structlog.get_config()
+    stream = io.StringIO()
+    log.configure(level="info", stream=stream, journal=False)
+    try:
+        yield stream
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeDamonKernel]:
+    """One guest's tree: tiering-2node with DAMON, the devices and the balloon fixtures."""
+    root = make_tree(tmp_path)
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(FIXTURES / "balloon-pv-1g", root, dirs_exist_ok=True)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    monkeypatch.setattr(tiering_commands, "backend_factories",
+                        [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
+    return root, kernel
+
+
+def events(stream: io.StringIO, event: str) -> list[str]:
+    return [ln for ln in stream.getvalue().splitlines() if f" event={event} " in f"{ln} "]
+
+
+def errors(stream: io.StringIO) -> list[str]:
+    return [ln for ln in stream.getvalue().splitlines() if "level=error" in ln]
+
+
+def reset(root: Path, *extra: str) -> tuple[int, str]:
+    """``guestagent reset`` (its parser and handler), stdout captured."""
+    parser = argparse.ArgumentParser(prog="guestagent")
+    reset_mod.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["reset", *extra])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = args.func(args, cli.Context(hostfs=HostFS(str(root))))
+    return rc, out.getvalue()
+
+
+def change_everything(root: Path, kernel: FakeDamonKernel, state_dir: str = "/run/guestagent",
+                      ) -> None:
+    """What a killed daemon leaves: the balloon shrunk, a device bound to node 1 (IRQ and
+    numa_node), the agent's kdamond migrating."""
+    (root / TARGET).write_text(f"{600 * 1024}\n")
+    parser = argparse.ArgumentParser(prog="guestagent")
+    from guestagent.devices import commands as devices_commands
+
+    devices_commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["devices", "apply", "--node", f"{VF}=1"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert args.func(args, cli.Context(hostfs=HostFS(str(root)))) == 0
+    assert (root / IRQ).read_text() == "2-3"
+    assert (root / NUMA_NODE).read_text() == "1"
+    hostfs = HostFS(str(root))
+    backend = DamonBackend(hostfs, writer=kernel.write)
+    backend.take_journal(TieringJournal(hostfs, journal_path(state_dir)).load())
+    backend.start(Plan((Move(0, 1, 4 * MIB),)))
+    assert kernel.kdamond_states() == ["on", "off"]
+
+
+def assert_devices_undone(root: Path, state_dir: str = "run/guestagent") -> None:
+    assert (root / IRQ).read_text() == "0-3"
+    assert (root / NUMA_NODE).read_text() == "-1"
+    assert not (root / state_dir / "devices.json").exists()
+
+
+def assert_tiering_undone(root: Path, state_dir: str = "run/guestagent") -> None:
+    assert read(root, NR_KDAMONDS) == "0"
+    assert not (root / state_dir / "tiering.json").exists()
+
+
+def test_reset_undoes_all_three_parts_in_order(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    root, kernel = world
+    change_everything(root, kernel)
+    rc, out = reset(root)
+    assert rc == 0, (out, logfmt.getvalue())
+    assert (root / TARGET).read_text().strip() == str(CEILING)
+    assert_devices_undone(root)
+    assert_tiering_undone(root)
+    lines = out.splitlines()
+    assert lines[0] == f"balloon: target reset to {CEILING} KiB (was {600 * 1024} KiB)"
+    assert f"devices: /{IRQ}: restored '0-3'" in lines
+    assert lines[-1] == "tiering: nr_kdamonds: 2 -> 0 (the agent's kdamonds removed)"
+    parts = [line.split(":")[0] for line in lines]
+    assert parts == sorted(parts, key=reset_mod.PARTS.index), lines
+    assert errors(logfmt) == [], logfmt.getvalue()
+    # Idempotent: a second run finds nothing.
+    assert reset(root) == (0, "nothing to undo\n")
+
+
+def test_nothing_to_undo_is_exit_0_and_one_line(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    root, kernel = world
+    assert reset(root) == (0, "nothing to undo\n")
+    assert kernel.writes == []
+    assert (root / TARGET).read_text().strip() == str(CEILING)
+    nothing = events(logfmt, "reset_nothing")
+    assert [ln.split(" part=")[1].split()[0] for ln in nothing] == list(reset_mod.PARTS)
+    assert "target at the ceiling already" in nothing[0]
+
+
+def test_nothing_to_undo_on_a_bare_tree(tmp_path: Path, logfmt: io.StringIO) -> None:
+    """No balloon driver, no DAMON, no state directory: nothing to undo, not an error."""
+    root = tmp_path / "bare"
+    root.mkdir()
+    assert reset(root) == (0, "nothing to undo\n")
+    assert errors(logfmt) == [], logfmt.getvalue()
+
+
+@pytest.mark.parametrize(("part", "state_file"),
+                         [("devices", "devices.json"), ("tiering", "tiering.json")])
+def test_a_corrupt_state_file_is_one_line_and_the_other_parts_are_undone(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO, part: str, state_file: str
+) -> None:
+    root, kernel = world
+    change_everything(root, kernel)
+    (root / "run/guestagent" / state_file).write_text('{"version": 1, "changes": [trunc')
+    rc, out = reset(root)
+    assert rc == 1, out
+    (line,) = errors(logfmt)
+    assert " event=reset_failed " in line and f"part={part}" in line, line
+    assert f"/run/guestagent/{state_file}" in line and "not JSON" in line, line
+    assert (root / TARGET).read_text().strip() == str(CEILING)
+    if part == "devices":
+        assert_tiering_undone(root)
+        assert (root / IRQ).read_text() == "2-3"  # nothing of it could be read
+    else:
+        assert_devices_undone(root)
+        assert kernel.kdamond_states() == ["on", "off"]
+    assert not any(ln.startswith(f"{part}:") for ln in out.splitlines()), out
+    assert "nothing to undo" not in out
+
+
+def test_a_balloon_that_cannot_be_read_is_one_line_and_the_others_are_undone(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    root, kernel = world
+    change_everything(root, kernel)
+    (root / TARGET).write_text("garbage\n")
+    rc, out = reset(root)
+    assert rc == 1, out
+    (line,) = errors(logfmt)
+    assert " event=reset_failed " in line and "part=balloon" in line and "target_kb" in line
+    assert_devices_undone(root)
+    assert_tiering_undone(root)
+    assert not out.startswith("balloon:"), out
+
+
+def test_a_part_that_breaks_unexpectedly_is_one_line(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No traceback, and the parts after it still run."""
+    root, kernel = world
+    change_everything(root, kernel)
+
+    def broken(path: str, value: str) -> None:
+        raise RuntimeError("the kernel said something new")
+
+    monkeypatch.setattr(tiering_commands, "backend_factories",
+                        [("damon", lambda h: DamonBackend(h, writer=broken))])
+    (root / "run/guestagent/devices.json").write_text("[]")
+    rc, out = reset(root)
+    assert rc == 1
+    failed = events(logfmt, "reset_failed")
+    assert [ln.split(" part=")[1].split()[0] for ln in failed] == ["devices", "tiering"]
+    assert "internal error: RuntimeError: the kernel said something new" in failed[1]
+    assert "Traceback" not in logfmt.getvalue()
+    assert out.startswith("balloon: target reset to")
+
+
+def test_no_configuration_needed(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO, tmp_path: Path
+) -> None:
+    """A file that is not TOML at all: the default state directory, one warning, all undone."""
+    root, kernel = world
+    change_everything(root, kernel)
+    (tmp_path / "guestagent.toml").write_text("[agent\nthis is not TOML")
+    rc, out = reset(root)
+    assert rc == 0, (out, logfmt.getvalue())
+    assert (root / TARGET).read_text().strip() == str(CEILING)
+    assert_devices_undone(root)
+    assert_tiering_undone(root)
+    (warning,) = events(logfmt, "reset_config_ignored")
+    assert "level=warning" in warning
+
+
+def test_a_configuration_run_would_refuse_still_names_the_state_directory(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO, tmp_path: Path
+) -> None:
+    root, kernel = world
+    (tmp_path / "guestagent.toml").write_text('[agent]\nstate_dir = "/run/ga"\n')
+    change_everything(root, kernel, state_dir="/run/ga")
+    assert (root / "run/ga/devices.json").exists() and (root / "run/ga/tiering.json").exists()
+    (tmp_path / "guestagent.toml").write_text(
+        '[agent]\nstate_dir = "/run/ga"\n[devices]\nnode_overrides = ["0000:00:05.0=banana"]\n'
+        '[tiering]\ninterval_seconds = nan\n[nosuch]\nx = 1\n')
+    rc, out = reset(root)
+    assert rc == 0, (out, logfmt.getvalue())
+    assert_devices_undone(root, "run/ga")
+    assert_tiering_undone(root, "run/ga")
+
+
+def test_reset_refuses_while_the_daemon_holds_the_state_directory(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    """The lock semantics of the per-feature resets: a running daemon would take the reset as a
+    change behind its back, so nothing is changed, and one line names the holder."""
+    from guestagent import statelock
+    from guestagent.errors import GuestAgentError
+
+    root, kernel = world
+    change_everything(root, kernel)
+    kernel.writes.clear()
+    fd = statelock.acquire(str(root / "run/guestagent"), "run")
+    try:
+        with pytest.raises(GuestAgentError, match=r"another guestagent \(run, pid \d+\) holds"):
+            reset(root)
+    finally:
+        statelock.release(fd)
+    assert kernel.writes == []
+    assert (root / TARGET).read_text().strip() == str(600 * 1024)
+    assert (root / IRQ).read_text() == "2-3"
+
+
+def test_through_the_command_line(
+    world: tuple[Path, FakeDamonKernel], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``guestagent --root R reset``: the word is registered and needs no configuration file."""
+    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "absent.d"))
+    root, _kernel = world
+    (root / TARGET).write_text(f"{700 * 1024}\n")
+    assert cli.main(["--root", str(root), "reset"]) == 0
+    assert capsys.readouterr().out == (
+        f"balloon: target reset to {CEILING} KiB (was {700 * 1024} KiB)\n")
+    assert cli.main(["reset", "--root", str(root)]) == 0
+    assert capsys.readouterr().out == "nothing to undo\n"
+
+
+def test_guard_changes_left_in_force_fail_the_balloon_part(
+    tmp_path: Path, logfmt: io.StringIO
+) -> None:
+    """A fixture tree cannot swapoff (no commands): the guard's zram swap stays, so the balloon
+    part fails: the guard's own error line, then the part's one line; exit 1 (as balloon --reset,
+    tests/test_balloon_guard_prepare.py)."""
+    from tests.test_balloon_guard import FakeCommands, make_root
+    from tests.test_balloon_guard_prepare import prepare
+
+    root = make_root(tmp_path)
+    assert prepare(root, tmp_path, FakeCommands(root))
+    log.configure(level="info", stream=logfmt, journal=False)  # prepare configured its own
+    rc, out = reset(root)
+    assert rc == 1, out
+    assert [ln.split(" event=")[1].split()[0] for ln in errors(logfmt)] == [
+        "guard_undo_incomplete", "reset_failed"]
+    assert "part=balloon" in errors(logfmt)[1]
+    assert "balloon: allocation guard: changes still in force" in out
