@@ -61,7 +61,7 @@ def check_guard_under_the_unit(g: Guest) -> str:
     """Issue 12 item 1 under the real unit: with [balloon] enabled, the unit's privileged
     ExecStartPre (balloon --prepare-guard) makes the allocation guard's zram swap (priority 100)
     before the sandboxed daemon starts; ``systemctl stop`` (the daemon's own stop, which the
-    sandbox forbids the swapoff, then ExecStopPost's privileged balloon --reset) leaves the guest
+    sandbox forbids the swapoff, then ExecStopPost's privileged reset) leaves the guest
     as it was: no swap, no zram device or module, overcommit unchanged. Returns a summary."""
     def journal() -> str:
         return g.run("journalctl -b -u guestagent.service -o cat --no-pager | "
