@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from guestagent.tiering.model import (
-    MIB,
     MemorySnapshot,
     NodeMemory,
     Observation,
@@ -38,6 +37,7 @@ from guestagent.tiering.model import (
     TieringConfig,
 )
 from guestagent.tiering.policy import decide
+from guestagent.units import MIB
 
 GIB = 1 << 30
 INTERVAL = 10.0

@@ -25,9 +25,7 @@ from typing import Callable, ClassVar
 
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
-
-MIB_KB = 1024
-GIB_KB = 1024 * 1024
+from guestagent.units import MIB_KB
 
 #: The absolute part of the hard minimum, see :func:`hard_minimum_kb`.
 HARD_MINIMUM_ABS_KB = 256 * MIB_KB

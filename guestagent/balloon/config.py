@@ -12,8 +12,7 @@ from guestagent.balloon.policy import (
     PressureConfig,
     default_config,
 )
-
-MIB_KB = 1024
+from guestagent.units import MIB_KB
 
 
 def config_keys() -> tuple[Any, ...]:

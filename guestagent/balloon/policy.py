@@ -22,10 +22,8 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from guestagent.balloon.common import (
-    GIB_KB,
     HARD_MINIMUM_ABS_KB,
     HARD_MINIMUM_STATIC_MAX_DIVISOR,
-    MIB_KB,
     Decision,
     Limits,
     PolicyConfig,
@@ -45,6 +43,7 @@ from guestagent.balloon.pressure import (
 )
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
+from guestagent.units import GIB_KB, MIB_KB
 
 __all__ = [
     "DEFAULT_POLICY",

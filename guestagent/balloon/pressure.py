@@ -38,7 +38,6 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from guestagent.balloon.common import (
-    MIB_KB,
     Decision,
     Limits,
     PolicyConfig,
@@ -50,6 +49,7 @@ from guestagent.balloon.common import (
 )
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
+from guestagent.units import MIB_KB
 
 #: At most this many ``(t, used)`` samples are kept for the burst window.
 DEMAND_WINDOW_MAX = 64

@@ -19,15 +19,15 @@ from pathlib import Path
 
 from guestagent.balloon.signals import MemorySignals
 from guestagent.balloon.trace import Trace, trace_header, write_trace
+from guestagent.units import MIB_KB
 
-MIB = 1024
-STATIC_MAX_KB = 1024 * MIB
+STATIC_MAX_KB = 1024 * MIB_KB
 #: A 1 GiB PV guest's MemTotal (its balloon current_kb minus kernel reservations).
 MEM_TOTAL_KB = 998_576
 #: Unreclaimable kernel memory (slab, page tables, stacks) outside anon and page cache.
-KERNEL_KB = 48 * MIB
+KERNEL_KB = 48 * MIB_KB
 #: Committed_AS above anon: mappings reserved but never touched.
-OVERCOMMIT_KB = 250 * MIB
+OVERCOMMIT_KB = 250 * MIB_KB
 TOTALRESERVE_KB = 9_820
 
 
@@ -42,8 +42,8 @@ class _Guest:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.t = 0
-        self.anon = 110 * MIB
-        self.cache = 175 * MIB
+        self.anon = 110 * MIB_KB
+        self.cache = 175 * MIB_KB
         self.some = [0.0, 0.0, 0.0]
         self.full = [0.0, 0.0, 0.0]
         self.some_total = 1_843_201
@@ -58,7 +58,7 @@ class _Guest:
 
     def fit_cache(self) -> int:
         """Evict page cache that no longer fits; returns how much was evicted (KiB)."""
-        room = self.mem_total - KERNEL_KB - self.anon - 8 * MIB
+        room = self.mem_total - KERNEL_KB - self.anon - 8 * MIB_KB
         evicted = max(0, self.cache - max(0, room))
         self.cache -= evicted
         return evicted
@@ -71,12 +71,12 @@ class _Guest:
         self.some_total += int(stall_pct / 100 * 1_000_000)
         self.full_total += int(stall_pct * 0.4 / 100 * 1_000_000)
         self.refaults += refaults_per_s
-        free = max(4 * MIB, self.mem_total - KERNEL_KB - self.anon - self.cache)
+        free = max(4 * MIB_KB, self.mem_total - KERNEL_KB - self.anon - self.cache)
         snap = MemorySignals(
             timestamp=float(self.t),
             mem_total_kb=self.mem_total,
             mem_free_kb=free,
-            mem_available_kb=max(0, free + int(self.cache * 0.95) - 5 * MIB),
+            mem_available_kb=max(0, free + int(self.cache * 0.95) - 5 * MIB_KB),
             cached_kb=self.cache,
             committed_as_kb=self.anon + OVERCOMMIT_KB,
             swap_total_kb=524_284,
@@ -117,18 +117,18 @@ def phases_trace(seed: int = 1) -> Trace:
         stall = g.noise(active=False)
         fired = False
         if 60 <= t < 180:  # grow an anonymous working set
-            g.anon = 110 * MIB + (t - 60) * (450 * MIB) // 120
+            g.anon = 110 * MIB_KB + (t - 60) * (450 * MIB_KB) // 120
             stall = g.noise(active=True)
         elif 180 <= t < 300:  # read 480 MiB of files into the page cache
-            g.cache += 4 * MIB
+            g.cache += 4 * MIB_KB
             refaults += g.rng.randint(5, 20)
             stall = g.noise(active=True)
         elif t == 300:  # the big process exits
-            g.anon = 200 * MIB
+            g.anon = 200 * MIB_KB
         elif 420 <= t < 425:  # spike: 450 MiB more anon within 5 s
-            g.anon += 90 * MIB
+            g.anon += 90 * MIB_KB
         elif t >= 450:  # shrink: back to a small working set
-            g.anon = 150 * MIB
+            g.anon = 150 * MIB_KB
         evicted = g.fit_cache()
         if evicted and 420 <= t < 430:
             # Part of what the spike pushed out was hot: it faults right back.
@@ -152,7 +152,7 @@ def override_trace(seed: int = 2) -> Trace:
     snaps = []
     for t in range(301):
         if t == 100:
-            g.xs_target_kb = g.balloon_kb = 768 * MIB
+            g.xs_target_kb = g.balloon_kb = 768 * MIB_KB
         elif t == 200:
             g.xs_target_kb = g.balloon_kb = STATIC_MAX_KB
         g.fit_cache()
@@ -181,9 +181,9 @@ def two_spikes_trace(seed: int = 3) -> Trace:
         fired = False
         for start in (60, 120):
             if start <= t < start + 15:
-                g.anon = 110 * MIB + (t - start + 1) * 45 * MIB
+                g.anon = 110 * MIB_KB + (t - start + 1) * 45 * MIB_KB
             elif t == start + 25:
-                g.anon = 110 * MIB
+                g.anon = 110 * MIB_KB
         evicted = g.fit_cache()
         if evicted:
             # The spike pushes the page cache out, and the system's hot file pages fault back.

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
+from guestagent.units import MIB
 from guestagent.xen.sysctl import CpuTopo, NumaInfo, PciAddress, PciNode, PhysInfo
 
 if TYPE_CHECKING:
     from guestagent.xen.sysctl import Sysctl
 
 PCI_DEVICES_DIR = "/sys/bus/pci/devices"
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,9 @@ from guestagent.cli import finite_float
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.tiering import readers
-from guestagent.tiering.model import (
-    MIB,
-    PAGE_SIZE,
-    Availability,
-    Backend,
-    PolicyState,
-    TieringConfig,
-)
+from guestagent.tiering.model import Availability, Backend, PolicyState, TieringConfig
 from guestagent.tiering.policy import decide
+from guestagent.units import MIB, PAGE_SIZE
 
 if TYPE_CHECKING:
     from guestagent.undo import Journal

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from guestagent.errors import InputError
-from guestagent.tiering.model import MIB, TieringConfig
+from guestagent.tiering.model import TieringConfig
+from guestagent.units import MIB
 
 
 def config_keys() -> tuple[Any, ...]:

@@ -66,13 +66,8 @@ from guestagent.tiering.journal import (
     added_entries,
     undo_kdamonds,
 )
-from guestagent.tiering.model import (
-    PAGE_SIZE,
-    Availability,
-    BackendUnavailable,
-    Plan,
-    TieringStats,
-)
+from guestagent.tiering.model import Availability, BackendUnavailable, Plan, TieringStats
+from guestagent.units import PAGE_SIZE
 
 if TYPE_CHECKING:
     from guestagent.undo import Change, Journal

@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from guestagent.tiering.model import (
-    MIB,
     Decision,
     MemorySnapshot,
     Move,
@@ -44,6 +43,7 @@ from guestagent.tiering.model import (
     SourceState,
     TieringConfig,
 )
+from guestagent.units import MIB
 
 
 def watermark_bytes(node: NodeMemory, pct: float) -> int:

@@ -40,13 +40,8 @@ from typing import Any, Callable
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
-from guestagent.tiering.model import (
-    PAGE_SIZE,
-    Availability,
-    BackendUnavailable,
-    Plan,
-    TieringStats,
-)
+from guestagent.tiering.model import Availability, BackendUnavailable, Plan, TieringStats
+from guestagent.units import PAGE_SIZE
 
 # ---- ABI constants (public/tmem.h, Xen 4.12; reference section 6.2) ----
 TMEM_NEW_POOL = 1

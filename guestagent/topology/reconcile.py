@@ -32,6 +32,7 @@ from guestagent.topology.model import (
     Node,
     Topology,
 )
+from guestagent.units import format_mib
 from guestagent.xen.detect import Hypervisor
 from guestagent.xen.errors import (
     HypercallError,
@@ -49,11 +50,7 @@ MIN_MEMORY_FRACTION = 0.5
 STATUS_OK = "ok"
 STATUS_NO_HYPERVISOR = "not attempted: no hypervisor found"
 
-MIB = 1024 * 1024
-
-
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / MIB:.0f} MiB" if nbytes % MIB == 0 else f"{nbytes / MIB:.1f} MiB"
+_mib = format_mib
 
 
 def _plural(n: int, word: str) -> str:

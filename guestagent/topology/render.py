@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from guestagent.hostfs import format_cpulist
 from guestagent.topology.model import SOURCE_HYPERCALL, Node, Topology
+from guestagent.units import MIB
 from guestagent.xen.vnuma import VnumaInfo
 
-MIB = 1024 * 1024
 NO_HYPERVISOR_LINE = "no hypervisor found: showing the Linux view only"
 
 
