@@ -30,7 +30,6 @@ from typing import Any
 
 from guestagent.devices.config import DevicesConfig
 from guestagent.devices.discovery import (
-    NODE_DIR,
     PCI_DRIVERS,
     DeviceGoneError,
     device_exists,
@@ -61,6 +60,7 @@ from guestagent.devices.state import Change, StateStore
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS, format_cpulist, parse_cpulist, parse_int
 from guestagent.log import get_logger
+from guestagent.nodesysfs import NODE_DIR
 
 HUGEPAGES_2M = "hugepages/hugepages-2048kB/nr_hugepages"
 TAINT_NOTE = "this taints the kernel: TAINT_FIRMWARE_WORKAROUND, flag I"

@@ -13,17 +13,14 @@ from __future__ import annotations
 import os
 import re
 
+from guestagent import nodesysfs
 from guestagent.devices.model import NodeInfo, PciDevice, is_bdf
 from guestagent.errors import InputError, MissingInputError
-from guestagent.hostfs import HostFS, parse_cpulist, parse_int
+from guestagent.hostfs import MAX_NODE_ID, HostFS, parse_cpulist, parse_int
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 PCI_DRIVERS = "/sys/bus/pci/drivers"
-NODE_DIR = "/sys/devices/system/node"
 CPU_ONLINE = "/sys/devices/system/cpu/online"
-
-#: Largest NUMA node id accepted (Linux MAX_NUMNODES is 1 << 10 at most).
-MAX_NODE_ID = 1023
 
 _HEX = re.compile(r"^0x[0-9a-fA-F]{1,8}$")
 
@@ -182,18 +179,17 @@ def read_device(hostfs: HostFS, bdf: str) -> PciDevice:
 
 
 def read_node_info(hostfs: HostFS, problems: list[str]) -> NodeInfo:
-    """Online nodes and their online CPUs; a kernel without NUMA gives no nodes."""
+    """Online nodes and their online CPUs (:mod:`guestagent.nodesysfs`'s rules); a kernel
+    without NUMA, or a node set that cannot be read, gives no nodes."""
     online_cpus: list[int] = []
     try:
         online_cpus = hostfs.read_cpulist(CPU_ONLINE)
     except InputError as e:
         problems.append(str(e))
-    try:
-        online = parse_cpulist(
-            hostfs.read_text(f"{NODE_DIR}/online"), f"{NODE_DIR}/online", MAX_NODE_ID
-        )
-    except MissingInputError:
+    if not nodesysfs.has_numa(hostfs):
         return NodeInfo(online=[], cpus={}, online_cpus=online_cpus)
+    try:
+        online = nodesysfs.online_nodes(hostfs, problems)
     except InputError as e:
         problems.append(str(e))
         return NodeInfo(online=[], cpus={}, online_cpus=online_cpus)
@@ -201,7 +197,7 @@ def read_node_info(hostfs: HostFS, problems: list[str]) -> NodeInfo:
     online_set = set(online_cpus)
     for node in online:
         try:
-            node_cpus = hostfs.read_cpulist(f"{NODE_DIR}/node{node}/cpulist")
+            node_cpus = nodesysfs.node_cpus(hostfs, node)
         except InputError as e:
             problems.append(str(e))
             continue

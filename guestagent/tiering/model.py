@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from guestagent.errors import GuestAgentError, InputError
-
-MIB = 1 << 20
-PAGE_SIZE = 4096
+from guestagent.units import MIB
 
 #: Distance used for a node pair whose distance is unknown: worse than any SLIT entry (u8).
 UNKNOWN_DISTANCE = 256
@@ -52,6 +50,8 @@ class MemorySnapshot:
     nodes: dict[int, NodeMemory]
     distances: dict[tuple[int, int], int] = field(default_factory=dict)
     lru_gen: bool = False
+    #: What could not be read and was worked around (one line each, naming file and value).
+    problems: list[str] = field(default_factory=list)
 
     def distance(self, a: int, b: int) -> int:
         return self.distances.get((a, b), UNKNOWN_DISTANCE)

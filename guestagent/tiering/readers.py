@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import re
 
+from guestagent import nodesysfs
 from guestagent.errors import InputError, MissingInputError
-from guestagent.hostfs import HostFS, parse_cpulist, parse_int
+from guestagent.hostfs import HostFS
+from guestagent.nodesysfs import NODE_DIR
 from guestagent.tiering.model import MemorySnapshot, NodeMemory
 
-NODE_DIR = "/sys/devices/system/node"
 MEMORY_DIR = "/sys/devices/system/memory"
 BLOCK_SIZE = f"{MEMORY_DIR}/block_size_bytes"
 VMSTAT = "/proc/vmstat"
 OSRELEASE = "/proc/sys/kernel/osrelease"
 LRU_GEN = "/sys/kernel/mm/lru_gen/enabled"
 
-_NODE_NAME = re.compile(r"node(\d{1,4})")
 _MEMORY_NAME = re.compile(r"memory(\d{1,9})")
 _RELEASE = re.compile(r"(\d{1,3})\.(\d{1,3})")
 
@@ -46,56 +46,49 @@ _MEMINFO_KEYS = {
 }
 
 
-def node_ids(hostfs: HostFS) -> list[int]:
-    """Online nodes: ``online`` if readable, else the ``nodeN`` directories (same order)."""
-    try:
-        return parse_cpulist(hostfs.read_text(f"{NODE_DIR}/online"), f"{NODE_DIR}/online")
-    except MissingInputError:
-        pass
-    ids = []
-    for name in hostfs.listdir(NODE_DIR):
-        m = _NODE_NAME.fullmatch(name)
-        if m:
-            ids.append(int(m.group(1)))
-    if not ids:
-        raise InputError(NODE_DIR, "no nodeN directory")
-    return sorted(ids)
+def node_ids(hostfs: HostFS, problems: list[str] | None = None) -> list[int]:
+    """Online nodes (:func:`guestagent.nodesysfs.online_nodes`)."""
+    return nodesysfs.online_nodes(hostfs, [] if problems is None else problems)
 
 
 def read_node_memory(hostfs: HostFS, node: int) -> NodeMemory:
     path = f"{NODE_DIR}/node{node}/meminfo"
-    values = hostfs.read_meminfo(path)
-    missing = [key for key in ("MemTotal", "MemFree") if key not in values]
-    if missing:
-        raise InputError(path, f"lacks {', '.join(missing)}", hostfs.read_text(path)[:60])
+    values = nodesysfs.node_meminfo(hostfs, node)
+    if "MemFree" not in values:
+        raise InputError(path, "lacks MemFree", hostfs.read_text(path)[:60])
     fields = {name: values.get(key, 0) for name, key in _MEMINFO_KEYS.items()}
     if fields["free"] > fields["total"]:
         raise InputError(path, "MemFree exceeds MemTotal", (fields["free"], fields["total"]))
     return NodeMemory(node=node, **fields)
 
 
-def read_distances(hostfs: HostFS, ids: list[int]) -> dict[tuple[int, int], int]:
-    """Distances between online nodes; a node with an unreadable ``distance`` file is left out."""
+def read_distances(
+    hostfs: HostFS, ids: list[int], problems: list[str] | None = None
+) -> dict[tuple[int, int], int]:
+    """Distances between online nodes; a node whose ``distance`` row is unreadable is left out
+    (its distances unknown) with one line in ``problems``."""
     out: dict[tuple[int, int], int] = {}
     for a in ids:
-        path = f"{NODE_DIR}/node{a}/distance"
         try:
-            row = hostfs.read_text(path).split()
-        except MissingInputError:
+            row = nodesysfs.distance_row(hostfs, a, ids)
+        except InputError as e:
+            if problems is not None:
+                problems.append(f"{e}; distances of node {a} unknown")
             continue
-        if len(row) != len(ids):
-            raise InputError(path, f"expected {len(ids)} distances (one per online node)", row)
-        for b, text in zip(ids, row):
-            out[(a, b)] = parse_int(text, path, minimum=1, maximum=255)
+        out.update({(a, b): d for b, d in row.items()})
     return out
 
 
 def read_snapshot(hostfs: HostFS) -> MemorySnapshot:
-    """Every online node's memory and the distance matrix."""
-    ids = node_ids(hostfs)
+    """Every online node's memory and the distance matrix, with what could not be read."""
+    problems: list[str] = []
+    ids = node_ids(hostfs, problems)
     nodes = {n: read_node_memory(hostfs, n) for n in ids}
     return MemorySnapshot(
-        nodes=nodes, distances=read_distances(hostfs, ids), lru_gen=lru_gen_enabled(hostfs)
+        nodes=nodes,
+        distances=read_distances(hostfs, ids, problems),
+        lru_gen=lru_gen_enabled(hostfs),
+        problems=problems,
     )
 
 

@@ -28,7 +28,6 @@ from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 from guestagent.tiering import readers
 from guestagent.tiering.model import (
-    PAGE_SIZE,
     Backend,
     Decision,
     Observation,
@@ -37,6 +36,7 @@ from guestagent.tiering.model import (
     TieringConfig,
 )
 from guestagent.tiering.policy import decide
+from guestagent.units import PAGE_SIZE
 
 
 class Runner:
@@ -57,6 +57,7 @@ class Runner:
         self._last_time: float | None = None
         self._last_returned: int | None = None
         self._last_moved: dict[int, int] = {}
+        self._problems: list[str] = []
         self._log = get_logger("tiering.run")
 
     def _observe(self) -> Observation:
@@ -89,6 +90,10 @@ class Runner:
             self._log.warning("tiering_inputs_unreadable", error=str(e), action="pause")
             self._apply(Plan())
             return None
+        if snapshot.problems != self._problems:
+            for line in snapshot.problems:
+                self._log.warning("tiering_input_problem", problem=line)
+            self._problems = snapshot.problems
         decision = decide(snapshot, self.config, self.state, observed)
         self.state = decision.state
         for line in decision.reasons:

@@ -14,9 +14,9 @@ from typing import Any
 
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
+from guestagent.nodesysfs import NODE_DIR
 from guestagent.topology.reader import VnumaCall, read_topology
 from guestagent.topology.render import render_table, to_json_text
-from guestagent.topology.sysfs import NODE_DIR
 from guestagent.xen.vnuma import VnumaInfo
 
 

@@ -30,82 +30,32 @@ from __future__ import annotations
 import re
 
 from guestagent.errors import InputError, MissingInputError
-from guestagent.hostfs import MAX_NODE_ID, HostFS, parse_cpulist, parse_int, parse_meminfo
+from guestagent.hostfs import MAX_NODE_ID, HostFS, parse_cpulist, parse_meminfo
+from guestagent.nodesysfs import (
+    NODE_DIR,
+    distance_row,
+    has_numa,
+    node_cpus,
+    node_meminfo,
+    online_nodes,
+    read_nonempty,
+    read_optional_list,
+)
 from guestagent.topology.model import LOCAL_DISTANCE, LinuxView, Node
 
-NODE_DIR = "/sys/devices/system/node"
 CPU_DIR = "/sys/devices/system/cpu"
 PROC_MEMINFO = "/proc/meminfo"
 
-#: Node distances are u8 in the ACPI SLIT.
-MAX_DISTANCE = 255
-
-_NODE_NAME = re.compile(r"node(\d{1,4})")
-_NODE_PREFIX = re.compile(r"Node\s+(\d+)\s")
-_MEMTOTAL_LINE = re.compile(r"^(?:Node\s+\d+\s+)?MemTotal:\s+\d+\s+kB\s*$", re.MULTILINE)
+_MEMTOTAL_LINE = re.compile(r"^MemTotal:\s+\d+\s+kB\s*$", re.MULTILINE)
 
 
-def _read_nonempty(hostfs: HostFS, path: str) -> str:
-    text = hostfs.read_text(path)
-    if text == "":
-        raise InputError(path, "is empty (truncated? the kernel writes at least a newline)", text)
-    return text
-
-
-def _read_optional_list(
-    hostfs: HostFS, path: str, problems: list[str], maximum: int
-) -> list[int] | None:
-    """A cpulist-format file that may be absent; garbage is recorded and read as absent."""
-    try:
-        return parse_cpulist(_read_nonempty(hostfs, path), path, maximum)
-    except MissingInputError:
-        return None
-    except InputError as e:
-        problems.append(str(e))
-        return None
-
-
-def _node_ids_from_dirs(hostfs: HostFS) -> list[int]:
-    ids: list[int] = []
-    for name in hostfs.listdir(NODE_DIR):
-        m = _NODE_NAME.fullmatch(name)
-        if m is not None and int(m.group(1)) <= MAX_NODE_ID:
-            ids.append(int(m.group(1)))
-    return sorted(ids)
-
-
-def read_memtotal(hostfs: HostFS, path: str, node: int | None) -> int:
-    """MemTotal in bytes from a node's ``meminfo`` (``node`` given) or ``/proc/meminfo``."""
-    text = _read_nonempty(hostfs, path)
+def read_memtotal(hostfs: HostFS, path: str) -> int:
+    """MemTotal in bytes from ``/proc/meminfo`` (the kernel without NUMA)."""
+    text = read_nonempty(hostfs, path)
     values = parse_meminfo(text, path)
-    if "MemTotal" not in values:
-        raise InputError(path, "has no MemTotal line", text)
-    if not _MEMTOTAL_LINE.search(text):
-        # parse_meminfo accepts unit-less numbers (HugePages_*); a MemTotal without "kB" is a
-        # truncated line, not a byte count.
-        raise InputError(path, "MemTotal line is not 'MemTotal: <number> kB'", text)
-    if node is not None:
-        for m in _NODE_PREFIX.finditer(text):
-            if int(m.group(1)) != node:
-                raise InputError(
-                    path, f"has lines for node {m.group(1)}, expected node {node}", text
-                )
+    if "MemTotal" not in values or not _MEMTOTAL_LINE.search(text):
+        raise InputError(path, "has no 'MemTotal: <number> kB' line", text[:80])
     return values["MemTotal"]
-
-
-def read_distances(hostfs: HostFS, node: int, online: list[int]) -> dict[int, int]:
-    """Node ``node``'s distance row, keyed by the online node ids it is ordered by."""
-    path = f"{NODE_DIR}/node{node}/distance"
-    text = _read_nonempty(hostfs, path)
-    words = text.split()
-    if len(words) != len(online):
-        raise InputError(
-            path,
-            f"expected {len(online)} distances (one per online node), found {len(words)}",
-            text,
-        )
-    row = [parse_int(w, path, minimum=1, maximum=MAX_DISTANCE) for w in words]
-    return dict(zip(online, row))
 
 
 def _read_node(
@@ -124,10 +74,10 @@ def _read_node(
             base, f"listed in {NODE_DIR}/online but the directory is missing"
         ) from None
     cpulist_path = f"{base}/cpulist"
-    cpus = parse_cpulist(_read_nonempty(hostfs, cpulist_path), cpulist_path)
-    memory = read_memtotal(hostfs, f"{base}/meminfo", node)
+    cpus = node_cpus(hostfs, node)
+    memory = node_meminfo(hostfs, node)["MemTotal"]
     try:
-        distances = read_distances(hostfs, node, online)
+        distances = distance_row(hostfs, node, online)
     except InputError as e:
         problems.append(f"{e}; distances of node {node} unknown")
         distances = {}
@@ -149,7 +99,7 @@ def _read_node(
 
 def _read_cpu_lists(hostfs: HostFS, problems: list[str]) -> list[list[int] | None]:
     return [
-        _read_optional_list(hostfs, f"{CPU_DIR}/{name}", problems, 8191)
+        read_optional_list(hostfs, f"{CPU_DIR}/{name}", problems, 8191)
         for name in ("online", "present", "possible")
     ]
 
@@ -157,19 +107,13 @@ def _read_cpu_lists(hostfs: HostFS, problems: list[str]) -> list[list[int] | Non
 def read_linux_view(hostfs: HostFS) -> LinuxView:
     """Read the NUMA topology Linux sees; raises InputError when it cannot be read at all."""
     problems: list[str] = []
-    if not hostfs.exists(NODE_DIR):
+    if not has_numa(hostfs):
         return _read_without_numa(hostfs, problems)
 
-    online = _read_optional_list(hostfs, f"{NODE_DIR}/online", problems, MAX_NODE_ID)
-    if not online:
-        if online is not None:
-            problems.append(f"{NODE_DIR}/online lists no node; using the node directories")
-        online = _node_ids_from_dirs(hostfs)
-    if not online:
-        raise InputError(NODE_DIR, "has no online node and no nodeN directory")
-    possible_nodes = _read_optional_list(hostfs, f"{NODE_DIR}/possible", problems, MAX_NODE_ID)
-    has_cpu = _read_optional_list(hostfs, f"{NODE_DIR}/has_cpu", problems, MAX_NODE_ID)
-    has_memory = _read_optional_list(hostfs, f"{NODE_DIR}/has_memory", problems, MAX_NODE_ID)
+    online = online_nodes(hostfs, problems)
+    possible_nodes = read_optional_list(hostfs, f"{NODE_DIR}/possible", problems, MAX_NODE_ID)
+    has_cpu = read_optional_list(hostfs, f"{NODE_DIR}/has_cpu", problems, MAX_NODE_ID)
+    has_memory = read_optional_list(hostfs, f"{NODE_DIR}/has_memory", problems, MAX_NODE_ID)
 
     nodes = [_read_node(hostfs, n, online, has_cpu, has_memory, problems) for n in online]
 
@@ -196,10 +140,10 @@ def read_linux_view(hostfs: HostFS) -> LinuxView:
 def _read_without_numa(hostfs: HostFS, problems: list[str]) -> LinuxView:
     """CONFIG_NUMA=n: one node 0 holding every online CPU and all of /proc/meminfo's MemTotal."""
     online_path = f"{CPU_DIR}/online"
-    cpus = parse_cpulist(_read_nonempty(hostfs, online_path), online_path)
+    cpus = parse_cpulist(read_nonempty(hostfs, online_path), online_path)
     if not cpus:
         raise InputError(online_path, "lists no online CPU", "")
-    memory = read_memtotal(hostfs, PROC_MEMINFO, None)
+    memory = read_memtotal(hostfs, PROC_MEMINFO)
     _, present, possible = _read_cpu_lists(hostfs, problems)
     node = Node(0, cpus, memory, {0: LOCAL_DISTANCE}, True, memory > 0)
     return LinuxView(
