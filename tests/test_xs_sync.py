@@ -91,3 +91,19 @@ def test_sync_outside_the_guests_tree_is_refused_by_xenstore(
 def test_bad_desired_trees_are_refused_before_sending(desired: dict[str, str], text: str) -> None:
     with pytest.raises(InputError, match=text):
         sync_tree(None, "data/guestagent", desired)  # type: ignore[arg-type]
+
+
+def test_sync_leaves_another_publishers_section_alone(
+    xs_server: XenstoreServer, xs_connect: Callable[[int], Any]
+) -> None:
+    """data/guestagent has two publishers (schema.SECTIONS): the topology's sync must neither
+    read nor remove the numa job's section, and may not write into it."""
+    client = xs_connect(5)
+    sync_tree(client, "data/guestagent", {"version": "1", "numa/nr-vnodes": "2"})
+    changes = sync_tree(client, "data/guestagent", {"version": "1", "vnuma/nr-nodes": "2"},
+                        leave=("numa",))
+    assert changes.removes == []
+    node = xs_server.get_node("/local/domain/5/data/guestagent/numa/nr-vnodes")
+    assert node is not None and node.value == b"2"
+    with pytest.raises(InputError, match="left to another publisher"):
+        sync_tree(client, "data/guestagent", {"numa/x": "1"}, leave=("numa",))
