@@ -527,3 +527,49 @@ def test_status_shows_the_warning_and_the_vnodes(
     out = capsys.readouterr().out
     assert "balancing_warning: automatic NUMA balancing is off" in out
     assert "by_vnode:" in out and "0: {'local_pct': 99.5}" in out
+
+
+@pytest.mark.timeout(120)
+def test_the_daemon_runs_the_job_and_sigterm_puts_balancing_back(
+    root: Path, tmp_path: Path, xs_server: XenstoreServer
+) -> None:
+    """``guestagent run`` with ``[numa]`` on and ``balancing = "auto"``: the job starts from the
+    configuration, turns balancing on, answers in the status; SIGTERM puts 0 back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from guestagent.daemon.service import read_status
+
+    config = tmp_path / "guestagent.toml"
+    config.write_text('[topology]\nenabled = false\n\n[devices]\nenabled = false\n\n'
+                      '[numa]\nenabled = true\nbalancing = "auto"\n')
+    xs_server.next_domids.append(5)
+    env = dict(os.environ, XENSTORED_PATH=xs_server.path)
+    env.pop("NOTIFY_SOCKET", None)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "guestagent", "--root", str(root), "run", "--config", str(config),
+         "--conf-dir", str(tmp_path / "none.d"), "--role", "guest"],
+        cwd=Path(__file__).resolve().parents[1], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status = read_status(str(root / "run/guestagent"))
+                break
+            except Exception:
+                assert daemon.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        numa = status["jobs"]["numa"]
+        assert numa["running"] and numa["balancing"] == 1 and numa["vnodes"] == 2, status
+        assert (root / SYSCTL).read_text() == "1\n"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        stderr = daemon.stderr.read() if daemon.stderr else ""
+    assert (root / SYSCTL).read_text() == "0\n", stderr
+    assert "event=numa_balancing_on" in stderr and "event=undone" in stderr, stderr
