@@ -573,3 +573,28 @@ def test_the_daemon_runs_the_job_and_sigterm_puts_balancing_back(
         stderr = daemon.stderr.read() if daemon.stderr else ""
     assert (root / SYSCTL).read_text() == "0\n", stderr
     assert "event=numa_balancing_on" in stderr and "event=undone" in stderr, stderr
+
+
+def test_a_reload_decides_on_the_sysctl_as_it_is_now(root: Path, log_events: Events) -> None:
+    """Between two samples the operator turned balancing on: a reload to auto must not journal
+    the stale 0 (its undo would turn balancing off); a reload back to leave re-reads too."""
+    job, loop, _clock, ctx = make_job(root)
+    try:
+        job.start(ctx)
+        (root / SYSCTL).write_text("1\n")
+        cfg = defaults()
+        cfg.values["agent"]["state_dir"] = "/run/guestagent"
+        cfg.values["numa"]["balancing"] = "auto"
+        job.reload(cfg)
+        assert not journal_file(root).exists() and job.status()["balancing"] == 1
+        assert "balancing_warning" not in job.status()
+        (root / SYSCTL).write_text("0\n")
+        job.reload(cfg)
+        assert (root / SYSCTL).read_text() == "1\n" and journal_file(root).exists()
+        cfg.values["numa"]["balancing"] = "leave"
+        job.reload(cfg)
+        assert (root / SYSCTL).read_text() == "0\n" and job.status()["balancing"] == 0
+        assert "balancing_warning" in job.status()
+    finally:
+        job.stop()
+        loop.close()

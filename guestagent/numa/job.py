@@ -26,7 +26,7 @@ from guestagent.log import get_logger
 from guestagent.numa import balancing as balancing_mod
 from guestagent.numa.figures import BALANCING_SYSCTL, balancing_to_write, balancing_warning, compute
 from guestagent.numa.model import Figures, Sample
-from guestagent.numa.readers import read_sample
+from guestagent.numa.readers import read_balancing, read_sample
 from guestagent.schema import BASE, NUMA_SECTION, numa_tree, others
 
 if TYPE_CHECKING:
@@ -120,10 +120,13 @@ class NumaJob:
     # --- balancing -------------------------------------------------------------------------------
 
     def _apply_balancing(self) -> None:
+        """Decide on the sysctl as it is now (not as the last sample saw it: a reload or an
+        undo may come up to an interval later), write if ``auto`` says so, warn if needed."""
         assert self._ctx is not None and self._journal is not None
-        sample = self._previous
-        if sample is None:
+        if self._previous is None:
             return
+        sample = replace(self._previous, balancing=read_balancing(self._ctx.hostfs, []))
+        self._previous = sample
         value = balancing_to_write(self._mode, len(sample.nodes), sample.balancing)
         if value is not None and sample.balancing is not None:
             try:
