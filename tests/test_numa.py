@@ -318,6 +318,14 @@ def test_the_job_publishes_once_per_interval_and_never_on_republish(
         assert job.status()["publishes"] == 2
         run_for(loop, clock, 600)
         assert job.status()["publishes"] == 12, "at most once per interval"
+        before = len(xs_server.requests)
+        run_for(loop, clock, 60)
+        assert len(xs_server.requests) - before <= 6, "only the changed keys, no read-back"
+        # Someone removed a key; a republish makes the section whole again at the next tick.
+        xs_server.nodes.pop("/local/domain/5/data/guestagent/numa/nr-vnodes")
+        job.republish("xenstore reconnected")
+        run_for(loop, clock, 60)
+        assert numa_keys(xs_server)["nr-vnodes"] == "2"
     finally:
         job.stop()
         loop.close()

@@ -107,3 +107,22 @@ def test_sync_leaves_another_publishers_section_alone(
     assert node is not None and node.value == b"2"
     with pytest.raises(InputError, match="left to another publisher"):
         sync_tree(client, "data/guestagent", {"numa/x": "1"}, leave=("numa",))
+
+
+def test_update_writes_only_what_changed_and_never_reads(
+    xs_server: XenstoreServer, xs_connect: Callable[[int], Any]
+) -> None:
+    from guestagent.xen.xs_sync import update_tree
+
+    client = xs_connect(5)
+    first = {"version": "1", "numa/a": "1", "numa/b": "2"}
+    sync_tree(client, "data/guestagent", first)
+    before = len(xs_server.requests)
+    second = {"version": "1", "numa/a": "1", "numa/b": "3"}
+    assert update_tree(client, "data/guestagent", first, second) == TreeChanges({"numa/b": "3"})
+    kinds = [r.type for r in xs_server.requests[before:]]
+    assert len(kinds) == 3, kinds  # start, one write, end
+    node = xs_server.get_node("/local/domain/5/data/guestagent/numa/b")
+    assert node is not None and node.value == b"3"
+    assert update_tree(client, "data/guestagent", second, second) == TreeChanges()
+    assert update_tree(client, "data/guestagent", second, {"version": "1"}) is None

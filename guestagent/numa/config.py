@@ -21,8 +21,9 @@ def config_keys() -> tuple[Any, ...]:
             "Sample NUMA health per vnode (allocation locality, memory, vCPU busy time, automatic "
             "NUMA balancing, pressure) every `interval_seconds` and publish it under "
             "data/guestagent/numa and as metrics (docs/NUMA-HEALTH.md). Off by default: besides "
-            "a few small file reads, each interval costs a xenstore transaction of about 40 "
-            "requests served by Dom0 and a wakeup of its own (docs/NUMA-HEALTH.md, Cost).",
+            "a few small file reads, each interval costs a xenstore transaction served by Dom0 "
+            "(2 requests plus one per changed key) and a wakeup of its own "
+            "(docs/NUMA-HEALTH.md, Cost).",
         ),
         Key(
             "numa",

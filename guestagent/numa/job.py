@@ -4,7 +4,10 @@ the figures, publish them (xenstore ``data/guestagent/numa``, the status, hence 
 Read (:mod:`guestagent.numa.readers`) -> compute (:mod:`guestagent.numa.figures`, pure) ->
 publish. Publishing happens on the timer only, so at most once per interval: a republish
 (resume, migration, xenstore reconnected) takes a new first sample and starts the interval
-again (rates over a suspension or a migration mean nothing), and the next tick publishes.
+again (rates over a suspension or a migration mean nothing), and the next tick publishes. The
+first publish (and the first after a republish or a failure) reads the tree back and makes it
+whole (``sync_tree``); the others write only the keys whose value changed (``update_tree``):
+the guest owns ``data/`` and nothing else writes this section.
 
 ``[numa] balancing = "auto"`` turns automatic NUMA balancing on at start (and at a reload that
 asks for it) in a guest with more than one vnode, journalled (:mod:`guestagent.numa.balancing`);
@@ -63,6 +66,9 @@ class NumaJob:
         self._publishes = 0
         self._published_at: float | None = None
         self._publish_error: str | None = None
+        #: The tree last written whole or in part, successfully; None: the next publish reads
+        #: the tree back (sync_tree): at start, after a republish and after a failure.
+        self._published: dict[str, str] | None = None
         self._log = get_logger("numa")
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -109,6 +115,7 @@ class NumaJob:
         except InputError as e:
             self._log.error("numa_sample_failed", error=str(e), reason=reason)
             self._previous = None
+        self._published = None
         self._schedule()
 
     def stop(self) -> None:
@@ -189,17 +196,21 @@ class NumaJob:
         client = self._ctx.xenstore.client()
         if client is None:
             return
-        from guestagent.xen.xs_sync import sync_tree
+        from guestagent.xen.xs_sync import sync_tree, update_tree
 
         now = time.time()
         tree = numa_tree(figures, self._interval, now, problems)
+        last, self._published = self._published, None
         try:
-            sync_tree(client, BASE, tree, leave=others(NUMA_SECTION))
+            changes = None if last is None else update_tree(client, BASE, last, tree)
+            if changes is None:
+                sync_tree(client, BASE, tree, leave=others(NUMA_SECTION))
         except (GuestAgentError, OSError) as e:
             if str(e) != self._publish_error:
                 self._log.error("publish_failed", error=str(e), section=NUMA_SECTION)
             self._publish_error = str(e)
             return
+        self._published = tree
         self._publish_error = None
         self._publishes += 1
         self._published_at = now
