@@ -130,6 +130,7 @@ JOB_KEY_MODULES = (
     "guestagent.balloon.config",
     "guestagent.devices.config",
     "guestagent.tiering.config",
+    "guestagent.numa.config",
 )
 
 

@@ -1,7 +1,8 @@
 """``guestagent publish``: write this guest's topology into its own xenstore tree.
 
 The tree under ``data/guestagent`` is made to match the schema (:mod:`guestagent.schema`) in one
-transaction: stale keys from an earlier run go, unchanged keys are not rewritten.
+transaction: stale keys from an earlier run go, unchanged keys are not rewritten. The daemon's numa
+job's section (``numa/``) is left as it is.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Callable
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
-from guestagent.schema import BASE, guest_tree
+from guestagent.schema import BASE, TOPOLOGY_SECTION, guest_tree, others
 from guestagent.topology import commands as topology_commands
 from guestagent.topology.reader import read_topology
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         return 0
     client = xenstore_factory(hostfs)
     try:
-        changes = sync_tree(client, BASE, desired)
+        changes = sync_tree(client, BASE, desired, leave=others(TOPOLOGY_SECTION))
     except OSError as e:  # xenstored refused (EACCES...) or never answered (TimeoutError)
         raise GuestAgentError(f"publishing under {BASE} failed: {e}") from None
     finally:

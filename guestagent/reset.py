@@ -9,7 +9,10 @@ a crash, ``kill -9``, an OOM kill or a watchdog kill. In this order:
    ``/run/guestagent/balloon.json`` and xenstore);
 2. ``devices``: every change ``devices.json`` records (:func:`guestagent.devices.commands.undo`);
 3. ``tiering``: the agent's own kdamonds, as ``tiering.json`` records them, never another DAMON
-   user's (:func:`guestagent.tiering.commands.undo`).
+   user's (:func:`guestagent.tiering.commands.undo`);
+4. ``numa``: ``kernel.numa_balancing`` back to its value before the numa job's ``balancing =
+   "auto"`` switched it on, as ``numa.json`` records it
+   (:func:`guestagent.numa.balancing.reset_numa`).
 
 It never needs the configuration: of the files only ``[agent] state_dir`` is read, leniently (a
 problem is one warning and the default applies), as ``devices --reset`` reads it. It holds the
@@ -39,7 +42,7 @@ from guestagent.hostfs import HostFS
 from guestagent.undo import UndoReport
 
 #: The parts, in the order they run.
-PARTS = ("balloon", "devices", "tiering")
+PARTS = ("balloon", "devices", "tiering", "numa")
 
 
 @dataclass
@@ -75,10 +78,18 @@ def _tiering(hostfs: HostFS, state_dir: str) -> UndoReport:
     return commands.undo(hostfs, state_dir)
 
 
+def _numa(hostfs: HostFS, state_dir: str) -> UndoReport:
+    from guestagent.numa.balancing import reset_numa
+
+    return reset_numa(hostfs, state_dir)
+
+
 Part = Callable[[HostFS, str], UndoReport]
 
 #: What each part runs.
-RUNNERS: dict[str, Part] = {"balloon": _balloon, "devices": _devices, "tiering": _tiering}
+RUNNERS: dict[str, Part] = {
+    "balloon": _balloon, "devices": _devices, "tiering": _tiering, "numa": _numa,
+}
 
 
 def run_part(name: str, hostfs: HostFS, state_dir: str) -> PartResult:
@@ -148,11 +159,13 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "reset",
-        help="undo everything the agent changed (balloon, devices, tiering), from its state files",
+        help="undo everything the agent changed (balloon, devices, tiering, numa), from its state "
+        "files",
         description="Undo everything the agent may have changed, from its state files alone, "
         "also after a crash: the balloon target back to the ceiling and the allocation guard "
         "undone, then every device change recorded, then the agent's own kdamonds (never "
-        "another DAMON user's). The guest unit's ExecStopPost. Needs no valid configuration: "
+        "another DAMON user's), then kernel.numa_balancing if the numa job switched it. The "
+        "guest unit's ExecStopPost. Needs no valid configuration: "
         "only [agent] state_dir is read. A part that fails is one error line; the others "
         "still run.",
     )

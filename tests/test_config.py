@@ -165,6 +165,7 @@ def test_every_daemon_job_has_its_section_and_name() -> None:
         "balloon",
         "devices",
         "tiering",
+        "numa",
     ]
     assert [j.name for j in make_jobs(cfg, "dom0")] == ["dom0"]
     cfg.values["devices"]["enabled"] = False

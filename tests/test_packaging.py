@@ -127,6 +127,7 @@ def access(unit: Unit, path: str) -> str:
 GUEST_WRITES = (
     "/sys/devices/system/xen_memory/xen_memory0/target_kb",          # balloon
     "/proc/sys/vm/overcommit_memory",                                 # balloon's guard
+    "/proc/sys/kernel/numa_balancing",                                # numa, balancing = auto
     "/proc/irq/24/smp_affinity_list",                                 # devices
     "/sys/bus/pci/drivers/ixgbevf/unbind",                            # devices (optional)
     "/sys/bus/pci/drivers/ixgbevf/bind",

@@ -89,7 +89,7 @@ def status_keys(module: str) -> set[str]:
 def agent_series() -> set[str]:
     """Every series name render() can produce from the jobs' status keys."""
     jobs = {job: {key: 1 for key in status_keys(f"{job}.job")}
-            for job in ("topology", "balloon", "devices", "tiering", "dom0")}
+            for job in ("topology", "balloon", "devices", "tiering", "numa", "dom0")}
     status = {"jobs": {name: {"running": True, **keys} for name, keys in jobs.items()}}
     return {line.split("{")[0].split()[0] for line in render(status).splitlines()
             if line and not line.startswith("#")}

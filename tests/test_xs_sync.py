@@ -91,3 +91,38 @@ def test_sync_outside_the_guests_tree_is_refused_by_xenstore(
 def test_bad_desired_trees_are_refused_before_sending(desired: dict[str, str], text: str) -> None:
     with pytest.raises(InputError, match=text):
         sync_tree(None, "data/guestagent", desired)  # type: ignore[arg-type]
+
+
+def test_sync_leaves_another_publishers_section_alone(
+    xs_server: XenstoreServer, xs_connect: Callable[[int], Any]
+) -> None:
+    """data/guestagent has two publishers (schema.SECTIONS): the topology's sync must neither
+    read nor remove the numa job's section, and may not write into it."""
+    client = xs_connect(5)
+    sync_tree(client, "data/guestagent", {"version": "1", "numa/nr-vnodes": "2"})
+    changes = sync_tree(client, "data/guestagent", {"version": "1", "vnuma/nr-nodes": "2"},
+                        leave=("numa",))
+    assert changes.removes == []
+    node = xs_server.get_node("/local/domain/5/data/guestagent/numa/nr-vnodes")
+    assert node is not None and node.value == b"2"
+    with pytest.raises(InputError, match="left to another publisher"):
+        sync_tree(client, "data/guestagent", {"numa/x": "1"}, leave=("numa",))
+
+
+def test_update_writes_only_what_changed_and_never_reads(
+    xs_server: XenstoreServer, xs_connect: Callable[[int], Any]
+) -> None:
+    from guestagent.xen.xs_sync import update_tree
+
+    client = xs_connect(5)
+    first = {"version": "1", "numa/a": "1", "numa/b": "2"}
+    sync_tree(client, "data/guestagent", first)
+    before = len(xs_server.requests)
+    second = {"version": "1", "numa/a": "1", "numa/b": "3"}
+    assert update_tree(client, "data/guestagent", first, second) == TreeChanges({"numa/b": "3"})
+    kinds = [r.type for r in xs_server.requests[before:]]
+    assert len(kinds) == 3, kinds  # start, one write, end
+    node = xs_server.get_node("/local/domain/5/data/guestagent/numa/b")
+    assert node is not None and node.value == b"3"
+    assert update_tree(client, "data/guestagent", second, second) == TreeChanges()
+    assert update_tree(client, "data/guestagent", second, {"version": "1"}) is None

@@ -93,6 +93,7 @@ JOBS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("balloon", ("guest",), "guestagent.balloon.job:BalloonJob"),
     ("devices", ("guest",), "guestagent.devices.job:DevicesJob"),
     ("tiering", ("guest",), "guestagent.tiering.job:TieringJob"),
+    ("numa", ("guest",), "guestagent.numa.job:NumaJob"),
     ("dom0", ("dom0",), "guestagent.dom0.job:Dom0Job"),
 )
 
@@ -162,7 +163,13 @@ def show_status(args: argparse.Namespace, ctx: Any) -> int:
         state = "running" if job.get("running") else f"off: {job.get('error', 'stopped')}"
         print(f"  {name:10} {state}")
         for key, value in sorted(job.items()):
-            if key not in ("running", "error"):
+            if key in ("running", "error"):
+                continue
+            if isinstance(value, dict):  # e.g. the numa job's figures by vnode
+                print(f"  {'':10} {key}:")
+                for sub, inner in sorted(value.items()):
+                    print(f"  {'':12} {sub}: {inner}")
+            else:
                 print(f"  {'':10} {key}: {value}")
     return 0
 

@@ -30,6 +30,24 @@ def _sample(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def _labelled(job: str, key: str, rows: Any) -> Iterator[str]:
+    """A job's ``by_<label>`` status entry (``{label value: {figure: number}}``) as one gauge per
+    figure, ``guestagent_<job>_<label>_<figure>{<label>="<value>"}``; e.g. the numa job's
+    ``by_vnode`` gives ``guestagent_numa_vnode_local_pct{vnode="0"}``."""
+    if not isinstance(rows, Mapping):
+        return
+    label = _NAME_OK.sub("_", key[len("by_"):])
+    figures = sorted({f for row in rows.values() if isinstance(row, Mapping) for f in row})
+    for figure in figures:
+        metric = _metric_name(job, label, figure)
+        yield f"# TYPE {metric} gauge"
+        for value, row in sorted(rows.items()):
+            number = row.get(figure) if isinstance(row, Mapping) else None
+            if isinstance(number, (int, float)):
+                shown = _NAME_OK.sub("_", str(value))
+                yield f'{metric}{{{label}="{shown}"}} {_sample(float(number))}'
+
+
 def render(status: Mapping[str, Any]) -> str:
     """The exposition text for one status snapshot (pure)."""
     lines = [
@@ -62,6 +80,9 @@ def render(status: Mapping[str, Any]) -> str:
     for name, job in sorted(jobs.items()):
         for metric, value in _numbers(name, {k: v for k, v in job.items() if k != "running"}):
             lines += [f"# TYPE {metric} gauge", f"{metric} {_sample(value)}"]
+        for key, rows in sorted(job.items()):
+            if key.startswith("by_"):
+                lines += _labelled(name, key, rows)
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
-from guestagent.schema import BASE, guest_tree
+from guestagent.schema import BASE, TOPOLOGY_SECTION, guest_tree, others
 from guestagent.topology import commands as topology_commands
 from guestagent.topology.model import Topology
 from guestagent.topology.reader import read_topology
@@ -55,7 +55,7 @@ class TopologyJob:
         from guestagent.xen.xs_sync import sync_tree
 
         try:
-            changes = sync_tree(client, BASE, guest_tree(topology))
+            changes = sync_tree(client, BASE, guest_tree(topology), leave=others(TOPOLOGY_SECTION))
         except (GuestAgentError, OSError) as e:
             self._publish_error = str(e)
             self._log.error("publish_failed", error=str(e), reason=reason)

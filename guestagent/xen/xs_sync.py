@@ -8,7 +8,7 @@ so readers never see a half-written tree and stale keys never linger.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, TypeVar
 
@@ -77,9 +77,10 @@ def check_desired(base: str, desired: Mapping[str, str]) -> None:
             raise InputError(f"{base}/{key}", "value is not short printable ASCII", value)
 
 
-def read_tree(ops: TreeOps, base: str) -> dict[str, bytes]:
+def read_tree(ops: TreeOps, base: str, leave: Collection[str] = ()) -> dict[str, bytes]:
     """Every node below ``base`` (not ``base`` itself) as ``{relative path: value}``; an absent
-    ``base`` is an empty tree. Bounded in size and depth."""
+    ``base`` is an empty tree. Bounded in size and depth. The children of ``base`` named in
+    ``leave`` (another publisher's sections) are not read."""
     from guestagent.xen.xenstore import XenstoreError
 
     tree: dict[str, bytes] = {}
@@ -94,6 +95,8 @@ def read_tree(ops: TreeOps, base: str) -> dict[str, bytes]:
                 continue
             raise
         for child in children:
+            if not rel and child in leave:
+                continue
             child_rel = f"{rel}/{child}" if rel else child
             if len(tree) >= MAX_TREE_NODES * 2 or depth >= MAX_TREE_DEPTH:
                 raise InputError(base, "subtree is larger or deeper than guestagent ever writes")
@@ -107,16 +110,45 @@ def read_tree(ops: TreeOps, base: str) -> dict[str, bytes]:
     return tree
 
 
-def sync_tree(client: TransactionRunner, base: str, desired: Mapping[str, str]) -> TreeChanges:
-    """Make ``base`` hold exactly ``desired`` (keys relative to ``base``), atomically."""
+def sync_tree(
+    client: TransactionRunner, base: str, desired: Mapping[str, str], leave: Collection[str] = ()
+) -> TreeChanges:
+    """Make ``base`` hold exactly ``desired`` (keys relative to ``base``), atomically. The
+    children of ``base`` named in ``leave`` belong to another publisher: they are neither read
+    nor removed, and ``desired`` may not name them."""
     check_desired(base, desired)
+    foreign = sorted({k.split("/")[0] for k in desired} & set(leave))
+    if foreign:
+        raise InputError(base, "keys in a section left to another publisher", foreign)
 
     def apply(tx: TreeOps) -> TreeChanges:
-        changes = diff_tree(desired, read_tree(tx, base))
+        changes = diff_tree(desired, read_tree(tx, base, leave))
         for path in changes.removes:
             tx.rm(f"{base}/{path}")
         for key, value in sorted(changes.writes.items()):
             tx.write(f"{base}/{key}", value)
         return changes
+
+    return client.run_transaction(apply)
+
+
+def update_tree(
+    client: TransactionRunner, base: str, last: Mapping[str, str], desired: Mapping[str, str]
+) -> TreeChanges | None:
+    """Write the keys of ``desired`` whose value differs from ``last`` (what this publisher
+    wrote under ``base`` last time, successfully), in one transaction, without reading the tree
+    back: a periodic publisher's cheap path. None, and nothing sent, when the set of keys
+    differs: then only :func:`sync_tree` can remove the stale ones."""
+    if set(last) != set(desired):
+        return None
+    check_desired(base, desired)
+    writes = {k: v for k, v in desired.items() if last[k] != v}
+    if not writes:
+        return TreeChanges()
+
+    def apply(tx: TreeOps) -> TreeChanges:
+        for key, value in sorted(writes.items()):
+            tx.write(f"{base}/{key}", value)
+        return TreeChanges(writes)
 
     return client.run_transaction(apply)

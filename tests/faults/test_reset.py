@@ -311,3 +311,27 @@ def test_guard_changes_left_in_force_fail_the_balloon_part(
         "guard_undo_incomplete", "reset_failed"]
     assert "part=balloon" in errors(logfmt)[1]
     assert "balloon: allocation guard: changes still in force" in out
+
+
+def test_reset_puts_numa_balancing_back(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    """The numa job's ``balancing = "auto"`` switch, left on by a killed daemon, is the fourth
+    part: ``reset`` writes the value from before the switch, from ``numa.json`` alone."""
+    from guestagent.numa import balancing
+
+    root, _kernel = world
+    sysctl = root / "proc/sys/kernel/numa_balancing"
+    sysctl.parent.mkdir(parents=True, exist_ok=True)
+    sysctl.write_text("0\n")
+    hostfs = HostFS(str(root))
+    (root / "run/guestagent").mkdir(parents=True, exist_ok=True)
+    journal = balancing.NumaJournal(hostfs, balancing.journal_path("/run/guestagent")).load()
+    balancing.turn_on(hostfs, journal, previous=0, value=1)
+    assert sysctl.read_text().strip() == "1"
+    rc, out = reset(root)
+    assert rc == 0, (out, logfmt.getvalue())
+    assert sysctl.read_text().strip() == "0"
+    assert any(line.startswith("numa: ") for line in out.splitlines()), out
+    assert not (root / "run/guestagent/numa.json").exists()
+    assert reset(root) == (0, "nothing to undo\n")
