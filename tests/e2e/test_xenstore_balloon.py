@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.e2e.bed import GuestSpec, XenBed
+from tests.e2e.bed import Guest, GuestSpec, XenBed
+from tests.e2e.test_dom0_devices import daemon_stopped, wait_for
 from tests.e2e.test_topology import TWO_NODES
 from tests.e2e.vnuma import xl_vnuma
 
@@ -43,6 +44,54 @@ def test_publish_hvm_vnuma(bed: XenBed) -> None:
         assert keys.get(f"{base}/vnuma/nodes/0/distances") == "0:10,1:20", keys
         assert keys.get(f"{base}/vnuma/vcpu-to-vnode") == "0,1", keys
         assert not any("/mismatches/" in k for k in keys), keys
+        print(f"numa job: {check_numa_job(bed, g)}")
+
+
+#: printf's format: the daemon's configuration for the numa check.
+NUMA_TOML = r'[numa]\nenabled = true\ninterval_seconds = 10\nbalancing = "auto"\n'
+
+
+def check_numa_job(bed: XenBed, g: Guest) -> str:
+    """Issue 19 part 1 on real Xen, in the same 2-vnode HVM guest: ``guestagent run`` with the
+    numa job publishes per-vnode figures under data/guestagent/numa (read from Dom0), its
+    ``balancing = "auto"`` turns automatic NUMA balancing on in a guest where it was off, and
+    SIGTERM puts it back. The vnuma/ keys the topology job publishes stay beside it."""
+    sysctl = "/proc/sys/kernel/numa_balancing"
+    before = g.run_ok(f"cat {sysctl}").strip()
+    g.run_ok(f"echo 0 > {sysctl}")
+    g.run_ok(f"mkdir -p /tmp/numa.d && printf '{NUMA_TOML}' > /tmp/numa.toml")
+    g.run_ok("guestagent run --config /tmp/numa.toml --conf-dir /tmp/numa.d "
+             ">/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
+    base = f"/local/domain/{g.domid}/data/guestagent"
+
+    def published() -> dict[str, str]:
+        """The section once it holds rates (two samples: sampled-seconds is set)."""
+        if bed.dom0(f"xenstore-exists {base}/numa/sampled-seconds")[1] != 0:
+            return {}
+        keys = xenstore_ls(bed, f"{base}/numa")
+        return keys if keys.get(f"{base}/numa/sampled-seconds", "") != "" else {}
+
+    keys = wait_for("the numa job's figures in xenstore with rates", published, 300)
+    balancing_on = g.run_ok(f"cat {sysctl}").strip()
+    log = daemon_stopped(g)
+    after = g.run_ok(f"cat {sysctl}").strip()
+    g.run_ok(f"echo {before} > {sysctl}")
+    assert keys.get(f"{base}/numa/nr-vnodes") == "2", keys
+    for v in (0, 1):
+        used = keys.get(f"{base}/numa/vnodes/{v}/mem-used-kb", "")
+        assert used.isdigit() and int(used) > 0, keys
+        assert 0.0 <= float(keys[f"{base}/numa/vnodes/{v}/cpu-busy-pct"]) <= 100.0, keys
+    for v in (0, 1):  # unknown ("") when nothing was allocated on the vnode in the interval
+        local = keys.get(f"{base}/numa/vnodes/{v}/local-pct", "")
+        assert local == "" or 0.0 <= float(local) <= 100.0, keys
+    assert balancing_on == "1", log
+    assert after == "0", log
+    assert "level=error" not in log, log
+    assert xenstore_ls(bed, f"{base}/vnuma").get(f"{base}/vnuma/nr-nodes") == "2"
+    return (f"vnode 0 used {keys[f'{base}/numa/vnodes/0/mem-used-kb']} KiB, local % "
+            f"{keys.get(f'{base}/numa/vnodes/0/local-pct')!r}/"
+            f"{keys.get(f'{base}/numa/vnodes/1/local-pct')!r}, balancing 0 -> {balancing_on} -> "
+            f"{after} (was {before} at boot)")
 
 
 def test_publish_pv_over_xenbus_then_stale_keys_go(bed: XenBed) -> None:
