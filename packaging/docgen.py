@@ -128,8 +128,8 @@ EXIT_BY_COMMAND = (
                         "to undo); 1 when a step failed (an error line each) or another "
                         "guestagent holds the state directory."),
     ("reset", "0 everything undone (balloon, devices, tiering, numa), or nothing to undo; 1 "
-              "when any part failed (one error line each, naming the part; the other parts still ran) "
-              "or another guestagent holds the state directory (nothing undone)."),
+              "when any part failed (one error line each, naming the part; the other parts still "
+              "ran) or another guestagent holds the state directory (nothing undone)."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
     ("dom0 run", "0 when stopped by SIGTERM or SIGINT; 1 outside Dom0 or without xenstore."),
