@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.e2e import boots
 from tests.e2e.__main__ import _boots_setup
@@ -100,6 +101,9 @@ def test_each_named_shape_is_a_consistent_guest() -> None:
     pv = boots.SHAPES["pv-4"]
     assert (pv.type, pv.vcpus, pv.vnuma()) == ("pv", 4, None)
     assert boots.SHAPES["hvm-2x4"].vcpus == 8
+    tsc = boots.SHAPES["hvm-3n4-tsc"]
+    assert tsc.nodes == three.nodes and tsc.xl == ('tsc_mode = "native"',)
+    assert tsc.describe().endswith('vCPUs 3); tsc_mode = "native"')
     # every shape renders an xl config xl would take: vCPUs, memory and vnodes agree
     for shape in boots.SHAPES.values():
         spec = GuestSpec(shape.name, shape.type, shape.memory, shape.vcpus, shape.vnuma())
@@ -118,6 +122,8 @@ def test_named_shapes_boot_in_turns_with_the_shared_settings() -> None:
     assert (pv.type, pv.vcpus, pv.vnuma) == ("pv", 4, None)
     assert hvm.boot_timeout == pv.boot_timeout == 400.0
     assert 'tsc_mode="native"' in pv.xl_config().splitlines()
+    [(_label, tsc, _text)], _c, _s = _boots_setup(boots_args(shape=["hvm-3n4-tsc"]))
+    assert 'tsc_mode = "native"' in tsc.xl_config().splitlines()
     assert guests[0][2].endswith('(pinned off pCPU 0); tsc_mode="native"')
     assert guests[1][2] == 'pv 4 vCPUs 1024 MiB; tsc_mode="native"'
     assert settings == 'tsc_mode="native"' and config.run_name == "boots"
@@ -174,7 +180,7 @@ def test_a_boot_that_did_not_reach_its_shell_is_a_death_only_when_its_domain_die
         "Triple fault; Kernel panic - not syncing: Fatal exception")
 
 
-def test_rounds_boot_the_shapes_in_turns_and_stop_at_the_budget() -> None:
+def test_rounds_boot_the_shapes_in_turns_and_stop_at_the_budget(tmp_path: Path) -> None:
     import time
     from collections.abc import Iterator
     from contextlib import contextmanager
@@ -187,7 +193,7 @@ def test_rounds_boot_the_shapes_in_turns_and_stop_at_the_budget() -> None:
 
     class FakeGuest:
         def __init__(self, name: str) -> None:
-            self.name, self.boot_seconds = name, 12.0
+            self.name, self.boot_seconds, self.domid = name, 12.0, len(booted) + 4
 
         def run_ok(self, script: str, timeout: float = 120) -> str:
             if self.name == "pv-4-2":
@@ -195,19 +201,29 @@ def test_rounds_boot_the_shapes_in_turns_and_stop_at_the_budget() -> None:
             return "{}"
 
     class FakeBed:
+        run_dir = tmp_path
+
+        def dom0(self, script: str, timeout: float = 120) -> tuple[str, int]:
+            return f"ran: {script}\n", 0
+
         @contextmanager
         def guest(self, spec: object, retries: int = 1) -> Iterator[FakeGuest]:
             booted.append(f"{spec.name}{len(booted) + 1}")  # type: ignore[attr-defined]
             yield FakeGuest(booted[-1])
 
     guests, _config, _settings = _boots_setup(boots_args(shape=["hvm-3n4", "pv-4"]))
-    args = SimpleNamespace(n=2, max_minutes=0, command="true", timeout=60)
+    args = SimpleNamespace(n=2, max_minutes=0, command="true", timeout=60,
+                           dom0_probe="xl dmesg | grep dom{domid}:")
     results: list[boots.Boot] = []
     skipped = _boot_rounds(FakeBed(), guests, args, time.monotonic(), results)  # type: ignore[arg-type]
     assert booted == ["hvm-3n4-1", "pv-4-2", "hvm-3n4-3", "pv-4-4"] and skipped == []
     assert [(b.shape, b.n, b.outcome) for b in results] == [
         ("hvm-3n4", 1, "ok"), ("pv-4", 1, "died"), ("hvm-3n4", 2, "ok"), ("pv-4", 2, "ok")]
     assert results[1].boot_seconds == 12.0 and results[1].rips
+    # the Dom0 probe ran after each command that ended (not after the death), for that domain
+    assert (tmp_path / "hvm-3n4-1.probe").read_text() == "ran: xl dmesg | grep dom5:\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hvm-3n4-1.probe", "hvm-3n4-3.probe", "pv-4-4.probe"]
 
     # 20 of 25 minutes gone: an HVM boot (first guess 330 s) does not fit, a PV one (150 s) does
     booted.clear()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tests.e2e import artefacts, boots, preflight, rootfs, versions
 from tests.e2e import pins as pinning
-from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
+from tests.e2e.bed import BedConfig, Guest, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, GuestDied, log
 
 
@@ -88,6 +88,19 @@ def _shape_spec(shape: boots.Shape, kernel: str) -> GuestSpec:
     return spec
 
 
+def _probe(bed: XenBed, g: Guest, script: str) -> None:
+    """``--dom0-probe``: a Dom0 script run once the guest's command is done (``{domid}`` is the
+    guest's), its output kept in ``<guest>.probe`` in the run directory; a failure is logged."""
+    if not script:
+        return
+    try:
+        out, rc = bed.dom0(script.replace("{domid}", str(g.domid)), timeout=120)
+    except BedError as e:
+        out, rc = f"(probe failed: {e})", -1
+    (bed.run_dir / f"{g.name}.probe").write_text(out)
+    log(f"{g.name} probe (status {rc}): {out.strip()[-300:]}")
+
+
 def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
               shape: str = "custom") -> boots.Boot:
     t0 = time.monotonic()
@@ -97,6 +110,7 @@ def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
             name, boot_s = g.name, g.boot_seconds
             try:
                 g.run_ok(args.command, timeout=args.timeout)
+                _probe(bed, g, getattr(args, "dom0_probe", ""))
             except GuestDied as e:
                 return boots.Boot(n, name, "died", time.monotonic() - t0, str(e),
                                   boots.rips_in(str(e)), shape, boot_s)
@@ -135,7 +149,7 @@ def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, s
                    + (f" vnuma {args.vnuma}" if args.vnuma else ""))]
     out = []
     for label, spec, text in guests:
-        spec.extra += args.xl
+        spec.extra += [*(boots.SHAPES[label].xl if label in boots.SHAPES else ()), *args.xl]
         spec.cmdline_extra = args.cmdline
         if args.boot_timeout:
             spec.boot_timeout = args.boot_timeout
@@ -384,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     bts.add_argument("--command", default="guestagent topology --json",
                      help="run in each guest once it booted")
     bts.add_argument("--timeout", type=float, default=300, help="seconds for the command")
+    bts.add_argument("--dom0-probe", default="", metavar="SCRIPT",
+                     help="a Dom0 script run after each guest's command ({domid}: the guest's), "
+                     "kept in <guest>.probe, e.g. 'xl debug-keys s; xl dmesg | grep dom{domid}:'")
     bts.set_defaults(func=cmd_boots)
     pins = sub.add_parser("pins", help="compare the pinned versions with apt's candidates")
     pins.set_defaults(func=cmd_pins)

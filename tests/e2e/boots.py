@@ -44,6 +44,8 @@ class Shape:
     vcpus: int
     nodes: tuple[VNode, ...] = ()
     why: str = ""
+    #: Extra xl.cfg lines of this shape (a candidate fix measured beside the plain shape).
+    xl: tuple[str, ...] = ()
 
     def vnuma(self) -> str | None:
         """The xl.cfg ``vnuma=`` list, or None for a guest without vNUMA."""
@@ -55,7 +57,7 @@ class Shape:
         if self.nodes:
             text += f", {len(self.nodes)} vnodes (" + " | ".join(
                 f"{v.size_mb} MiB vCPUs {cpus_text(v.vcpus) or 'none'}" for v in self.nodes) + ")"
-        return text
+        return "; ".join([text, *self.xl])
 
 
 def _shapes(*shapes: Shape) -> dict[str, Shape]:
@@ -75,6 +77,11 @@ SHAPES = _shapes(
           (VNode(512, [0, 1], [10, 21, 31]), VNode(256, [2], [21, 10, 17]),
            VNode(256, [3], [31, 17, 10])),
           "issue 13's guest: 3 vnodes of unequal sizes, asymmetric distances, 4 vCPUs, 1 GiB"),
+    Shape("hvm-3n4-tsc", "hvm", 1024, 4,
+          (VNode(512, [0, 1], [10, 21, 31]), VNode(256, [2], [21, 10, 17]),
+           VNode(256, [3], [31, 17, 10])),
+          "hvm-3n4 with tsc_mode=native: Xen stops trapping RDTSC (one of the two death sites; "
+          "every pvclock read of the guest is an RDTSC)", ('tsc_mode = "native"',)),
     Shape("hvm-2x4", "hvm", 2048, 8,
           (VNode(1024, [0, 1, 2, 3], [10, 20]), VNode(1024, [4, 5, 6, 7], [20, 10])),
           "issue 13's 8-vCPU guest: 2 vnodes x 4 vCPUs, 2 GiB"),
