@@ -231,3 +231,13 @@ def test_rounds_boot_the_shapes_in_turns_and_stop_at_the_budget(tmp_path: Path) 
     results = []
     skipped = _boot_rounds(FakeBed(), guests, args, time.monotonic() - 1200, results)  # type: ignore[arg-type]
     assert skipped == ["hvm-3n4 #1"] and [b.shape for b in results] == ["pv-4"]
+
+
+def test_the_budget_ends_by_a_clock_time_as_well() -> None:
+    t = 1796410800.0  # 2026-12-04 19:00:00 UTC
+    assert boots.budget_seconds(0, "", t) == 0
+    assert boots.budget_seconds(23, "", t) == 23 * 60
+    assert boots.budget_seconds(23, "19:48", t) == 23 * 60
+    assert boots.budget_seconds(23, "19:10", t) == 600
+    assert boots.budget_seconds(0, "19:10", t) == 600
+    assert boots.budget_seconds(23, "18:59", t) == 1.0  # already past: nothing starts

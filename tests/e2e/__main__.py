@@ -185,13 +185,15 @@ def _boot_rounds(bed: XenBed, guests: list[tuple[str, GuestSpec, str]],
     specs = {label: spec for label, spec, _text in guests}
     order = boots.rounds(list(specs), args.n)
     skipped: list[str] = []
+    budget = boots.budget_seconds(args.max_minutes, getattr(args, "end_by", ""),
+                                  time.time() - (time.monotonic() - t_start))
     for r, label in order:
         elapsed = time.monotonic() - t_start
         seen = [b.seconds for b in results if b.shape == label]
-        if not boots.fits(elapsed, args.max_minutes * 60, specs[label].type, seen):
+        if not boots.fits(elapsed, budget, specs[label].type, seen):
             skipped.append(f"{label} #{r}")
-            log(f"boot {label} #{r} not started: {elapsed / 60:.1f} of --max-minutes "
-                f"{args.max_minutes:g} gone")
+            log(f"boot {label} #{r} not started: {elapsed / 60:.1f} of the budget's "
+                f"{budget / 60:.1f} min gone")
             continue
         t0 = time.monotonic()
         try:
@@ -376,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                      + "; ".join(f"{k}: {v.why}" for k, v in boots.SHAPES.items()))
     bts.add_argument("--max-minutes", type=float, default=0,
                      help="bed time budget: start no boot that would end after it (0: none)")
+    bts.add_argument("--end-by", default="", metavar="HH:MM",
+                     help="start no boot that would end after this time (UTC), whatever "
+                     "--max-minutes says")
     bts.add_argument("--boot-timeout", type=float, default=0,
                      help="seconds from xl create to the shell before a boot counts as a "
                      "timeout (times E2E_TIMEOUT_SCALE; default: HVM 1200, PV 600)")

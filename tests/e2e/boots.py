@@ -94,6 +94,19 @@ SHAPES = _shapes(
 FIRST_GUESS_S = {"hvm": 330.0, "pv": 150.0}
 
 
+def budget_seconds(max_minutes: float, end_by: str, now_utc: float) -> float:
+    """The bed time budget from the moment the bed is up: ``max_minutes`` of it, and no later
+    than ``end_by`` (``HH:MM`` UTC today, e.g. the last minute of a shared bed's slot); 0 for
+    no budget. ``now_utc``: seconds since the epoch when the bed's time started."""
+    budget = max_minutes * 60
+    if end_by:
+        hh, mm = (int(x) for x in end_by.split(":"))
+        day = now_utc - now_utc % 86400
+        left = max(day + hh * 3600 + mm * 60 - now_utc, 1.0)
+        budget = min(budget, left) if budget else left
+    return budget
+
+
 def rounds(shapes: list[str], n: int) -> list[tuple[int, str]]:
     """The boot order: round 1 boots each shape once, then round 2, ... (``n`` rounds)."""
     return [(r, s) for r in range(1, n + 1) for s in shapes]
