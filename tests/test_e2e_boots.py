@@ -103,7 +103,7 @@ def test_each_named_shape_is_a_consistent_guest() -> None:
     assert boots.SHAPES["hvm-2x4"].vcpus == 8
     tsc = boots.SHAPES["hvm-3n4-tsc"]
     assert tsc.nodes == three.nodes and tsc.xl == ('tsc_mode = "native"',)
-    assert tsc.describe().endswith('vCPUs 3); tsc_mode = "native"')
+    assert tsc.describe() == three.describe()  # its xl line is named with the settings
     # every shape renders an xl config xl would take: vCPUs, memory and vnodes agree
     for shape in boots.SHAPES.values():
         spec = GuestSpec(shape.name, shape.type, shape.memory, shape.vcpus, shape.vnuma())
@@ -122,8 +122,9 @@ def test_named_shapes_boot_in_turns_with_the_shared_settings() -> None:
     assert (pv.type, pv.vcpus, pv.vnuma) == ("pv", 4, None)
     assert hvm.boot_timeout == pv.boot_timeout == 400.0
     assert 'tsc_mode="native"' in pv.xl_config().splitlines()
-    [(_label, tsc, _text)], _c, _s = _boots_setup(boots_args(shape=["hvm-3n4-tsc"]))
+    [(_label, tsc, text)], _c, _s = _boots_setup(boots_args(shape=["hvm-3n4-tsc"]))
     assert 'tsc_mode = "native"' in tsc.xl_config().splitlines()
+    assert text.endswith('vCPUs 3) (pinned off pCPU 0); tsc_mode = "native"')
     assert guests[0][2].endswith('(pinned off pCPU 0); tsc_mode="native"')
     assert guests[1][2] == 'pv 4 vCPUs 1024 MiB; tsc_mode="native"'
     assert settings == 'tsc_mode="native"' and config.run_name == "boots"

@@ -154,7 +154,8 @@ def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, s
         if args.boot_timeout:
             spec.boot_timeout = args.boot_timeout
         pinned = " (pinned off pCPU 0)" if config.pin_hvm_off_cpu0 and spec.type == "hvm" else ""
-        out.append((label, spec, "; ".join([text + pinned, *settings])))
+        own = list(boots.SHAPES[label].xl) if label in boots.SHAPES else []
+        out.append((label, spec, "; ".join([text + pinned, *own, *settings])))
     return out, config, "; ".join(settings)
 
 

@@ -57,7 +57,7 @@ class Shape:
         if self.nodes:
             text += f", {len(self.nodes)} vnodes (" + " | ".join(
                 f"{v.size_mb} MiB vCPUs {cpus_text(v.vcpus) or 'none'}" for v in self.nodes) + ")"
-        return "; ".join([text, *self.xl])
+        return text
 
 
 def _shapes(*shapes: Shape) -> dict[str, Shape]:
