@@ -582,3 +582,35 @@ def test_only_the_wrappers_exit_phase_ends_a_run() -> None:
     assert wrapper_exit("exit") is None and wrapper_exit("exit-") is None
     assert wrapper_exit("exit-0") == 0 and wrapper_exit("exit--9") == -9
     assert wrapper_exit("exit-137") == 137 and wrapper_exit("gc") is None
+
+
+def test_collect_moves_the_guest_files_with_fetch(tmp_path: Path) -> None:
+    """Issue 13 item 4: ``collect`` decoded ``run_ok("tar ... | base64")`` itself, stderr
+    included, and a run ended in ``binascii.Error``. It asks ``Guest.fetch`` for the tar's bytes
+    (checked against their MD5 there) and never decodes a console answer itself."""
+    import tarfile
+
+    from benchmarks.balloon_testbed import collect
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in (("events.jsonl", '{"event": "x"}\n'), ("dmesg.txt", "[ 1.0] hi\n")):
+            info = tarfile.TarInfo(f"sharp-spikes.pressure/{name}")
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text.encode()))
+    scripts: list[str] = []
+
+    class FakeGuest:
+        def fetch(self, script: str, timeout: float = 300) -> bytes:
+            scripts.append(script)
+            return buf.getvalue()
+
+        def run_ok(self, script: str, timeout: float = 120) -> str:
+            raise AssertionError(f"collect used run_ok: {script}")
+
+    files = collect(FakeGuest(), "sharp-spikes.pressure", tmp_path)
+    assert files["events"] == '{"event": "x"}\n' and files["dmesg"] == "[ 1.0] hi\n"
+    assert files["trace"] == "" and files["_dir"] == str(tmp_path / "sharp-spikes.pressure")
+    assert len(scripts) == 1
+    assert scripts[0].endswith("tar czf - -C /tmp/bench sharp-spikes.pressure")
+    assert "base64" not in scripts[0]

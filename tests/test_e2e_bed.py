@@ -59,7 +59,7 @@ def test_fetch_asks_again_when_the_answer_is_damaged() -> None:
 
     data = b"trace\n" * 100
     good = f"__MD5__ {hashlib.md5(data).hexdigest()}\n{base64.encodebytes(data).decode()}"
-    answers = [good[:-20], good]
+    answers = [good[:-20], good, ""]
     scripts: list[str] = []
 
     class FakeGuest(Guest):
@@ -73,6 +73,8 @@ def test_fetch_asks_again_when_the_answer_is_damaged() -> None:
     assert FakeGuest().fetch("tar czf - -C /tmp/bench run1") == data
     assert scripts[0].startswith("(tar czf - -C /tmp/bench run1) >/tmp/e2e-fetch.bin")
     assert scripts[1].startswith("echo __MD5__")  # the file is sent again, not made again
+    assert scripts[2] == "rm -f /tmp/e2e-fetch.bin /tmp/e2e-fetch.err"  # then removed
+    assert not answers
 
 
 def test_a_failed_symbol_lookup_leaves_the_bare_rips() -> None:

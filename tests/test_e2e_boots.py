@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.e2e import boots
 from tests.e2e.__main__ import _boots_setup
@@ -62,15 +63,182 @@ def test_a_missing_load_tool_is_one_line_before_any_bed() -> None:
     ]
 
 
+def boots_args(**kw: object) -> argparse.Namespace:
+    """``boots``'s options as argparse gives them, ``kw`` changed."""
+    base: dict[str, object] = dict(
+        shape=[], pv=False, vnuma=None, memory=None, vcpus=None, kernel="", host_numa2=False,
+        no_pin_hvm=False, smp=4, xl=[], cmdline="", outer_cpu="", boot_timeout=0.0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
 def test_the_measured_shape_carries_every_candidate_setting() -> None:
-    args = argparse.Namespace(
-        pv=False, vnuma='[ ["pnode=0","size=512","vcpus=0-1","vdistances=10"] ]', memory=512,
-        vcpus=2, kernel="", host_numa2=False, no_pin_hvm=False, smp=4,
-        xl=['tsc_mode="native"'], cmdline="pci=noearly", outer_cpu="qemu64,+svm,+npt,+invtsc")
-    spec, config, shape = _boots_setup(args)
+    args = boots_args(
+        vnuma='[ ["pnode=0","size=512","vcpus=0-1","vdistances=10"] ]', memory=512,
+        vcpus=2, xl=['tsc_mode="native"'], cmdline="pci=noearly",
+        outer_cpu="qemu64,+svm,+npt,+invtsc")
+    [(label, spec, shape)], config, _settings = _boots_setup(args)
+    assert label == "custom"
     assert 'tsc_mode="native"' in spec.xl_config().splitlines()
     assert " pci=noearly" in spec.xl_config()
     assert config.qemu_args()[config.qemu_args().index("-cpu") + 1] == "qemu64,+svm,+npt,+invtsc"
     assert shape.startswith("hvm 2 vCPUs 512 MiB vnuma")
     assert shape.endswith('(pinned off pCPU 0); tsc_mode="native"; cmdline +pci=noearly; '
                           "outer -cpu qemu64,+svm,+npt,+invtsc")
+
+
+def test_each_named_shape_is_a_consistent_guest() -> None:
+    from tests.e2e.bed import GuestSpec
+
+    s = boots.SHAPES["hvm-2x2"]
+    assert (s.type, s.vcpus, s.memory) == ("hvm", 4, 2048)
+    assert s.vnuma() == ('[ ["pnode=0","size=1024","vcpus=0-1","vdistances=10,20"], '
+                         '["pnode=0","size=1024","vcpus=2-3","vdistances=20,10"] ]')
+    assert s.describe() == ("hvm 4 vCPUs 2048 MiB, 2 vnodes (1024 MiB vCPUs 0-1 | "
+                            "1024 MiB vCPUs 2-3)")
+    three = boots.SHAPES["hvm-3n4"]
+    assert (three.vcpus, three.memory, len(three.nodes)) == (4, 1024, 3)
+    pv = boots.SHAPES["pv-4"]
+    assert (pv.type, pv.vcpus, pv.vnuma()) == ("pv", 4, None)
+    assert boots.SHAPES["hvm-2x4"].vcpus == 8
+    tsc = boots.SHAPES["hvm-3n4-tsc"]
+    assert tsc.nodes == three.nodes and tsc.xl == ('tsc_mode = "native"',)
+    assert tsc.describe() == three.describe()  # its xl line is named with the settings
+    # every shape renders an xl config xl would take: vCPUs, memory and vnodes agree
+    for shape in boots.SHAPES.values():
+        spec = GuestSpec(shape.name, shape.type, shape.memory, shape.vcpus, shape.vnuma())
+        cfg = spec.xl_config()
+        assert f"vcpus = {shape.vcpus}\n" in cfg and f"maxmem = {shape.memory}\n" in cfg
+        assert ("vnuma = " in cfg) == bool(shape.nodes)
+
+
+def test_named_shapes_boot_in_turns_with_the_shared_settings() -> None:
+    args = boots_args(shape=["hvm-2x2", "pv-4"], xl=['tsc_mode="native"'], boot_timeout=400.0)
+    guests, config, settings = _boots_setup(args)
+    assert [label for label, _s, _t in guests] == ["hvm-2x2", "pv-4"]
+    hvm, pv = guests[0][1], guests[1][1]
+    assert (hvm.type, hvm.vcpus, hvm.memory, hvm.name) == ("hvm", 4, 2048, "hvm-2x2-")
+    assert hvm.vnuma == boots.SHAPES["hvm-2x2"].vnuma()
+    assert (pv.type, pv.vcpus, pv.vnuma) == ("pv", 4, None)
+    assert hvm.boot_timeout == pv.boot_timeout == 400.0
+    assert 'tsc_mode="native"' in pv.xl_config().splitlines()
+    [(_label, tsc, text)], _c, _s = _boots_setup(boots_args(shape=["hvm-3n4-tsc"]))
+    assert 'tsc_mode = "native"' in tsc.xl_config().splitlines()
+    assert text.endswith('vCPUs 3) (pinned off pCPU 0); tsc_mode = "native"')
+    assert guests[0][2].endswith('(pinned off pCPU 0); tsc_mode="native"')
+    assert guests[1][2] == 'pv 4 vCPUs 1024 MiB; tsc_mode="native"'
+    assert settings == 'tsc_mode="native"' and config.run_name == "boots"
+    assert boots.rounds(["hvm-2x2", "pv-4"], 2) == [
+        (1, "hvm-2x2"), (1, "pv-4"), (2, "hvm-2x2"), (2, "pv-4")]
+
+
+def test_a_shape_with_its_own_size_options_is_refused() -> None:
+    import pytest
+
+    from tests.e2e.util import BedError
+
+    with pytest.raises(BedError, match="--shape names the whole guest"):
+        _boots_setup(boots_args(shape=["pv-4"], vcpus=2))
+
+
+def test_the_budget_starts_no_boot_that_would_not_end_inside_it() -> None:
+    assert boots.fits(0.0, 0.0, "hvm", [9999.0])  # no budget
+    assert boots.fits(1000.0, 1500.0, "hvm", [])  # first guess: 330 s
+    assert not boots.fits(1200.0, 1500.0, "hvm", [])
+    assert boots.fits(1300.0, 1500.0, "pv", [])  # 150 s
+    assert not boots.fits(1000.0, 1500.0, "hvm", [280.0, 520.0])  # the longest seen
+
+
+def test_the_table_has_one_row_per_shape_with_deaths_and_where() -> None:
+    results = [
+        boots.Boot(1, "hvm-2x2-1", "ok", 300.0, shape="hvm-2x2", boot_seconds=250.0),
+        boots.Boot(1, "pv-4-2", "ok", 90.0, shape="pv-4", boot_seconds=70.0),
+        boots.Boot(2, "hvm-2x2-3", "no boot", 60.0,
+                   "guest hvm-2x2-3 did not boot: domain hvm-2x2-3 died during boot\n"
+                   "(XEN) d3v0 Triple fault - invoking HVM shutdown action 0\n",
+                   ["d3v0 RIP ffffffff819d32b5 = read_pci_config+0x15"], "hvm-2x2"),
+        boots.Boot(2, "pv-4-4", "died", 200.0, DIED, boots.rips_in(DIED), "pv-4", 80.0),
+        boots.Boot(3, "hvm-2x2-5", "ok", 310.0, shape="hvm-2x2", boot_seconds=270.0),
+        boots.Boot(3, "pv-4-6", "timeout", 900.0, "no runner in pv-4-6 after 600s", [], "pv-4"),
+        boots.Boot(4, "?", "interrupted", 30.0, shape="pv-4"),
+    ]
+    rows = boots.shape_table(results, ["hvm-2x2", "pv-4", "hvm-3n4"])
+    assert rows[0].startswith("| shape | boots | reached a shell | median boot s | deaths |")
+    assert rows[2] == ("| hvm-2x2 | 3 | 2 | 260 | 1 | #2 no boot: d3v0 RIP ffffffff819d32b5 = "
+                       "read_pci_config+0x15 (Triple fault) |")
+    assert rows[3] == ("| pv-4 | 3 | 2 | 75 | 1 | #2 died: d9v3 RIP ffffffff8107ee05 = "
+                       "pvclock_clocksource_read+0x45; not deaths: #3 timeout |")
+    assert rows[4] == "| hvm-3n4 | 0 | 0 | - | 0 | - |"
+
+
+def test_a_boot_that_did_not_reach_its_shell_is_a_death_only_when_its_domain_died() -> None:
+    assert boots.boot_failure("guest hvm1 did not boot: domain hvm1 died during boot") == "no boot"
+    assert boots.boot_failure("guest hvm1 did not boot: no runner in hvm1 after 1200s") == (
+        "timeout")
+    assert boots.boot_failure("guest hvm1 did not boot: xl create failed (1):\n...") == "error"
+    assert boots.cause_in("x\n(XEN) d2v3 Triple fault - invoking\nKernel panic - not syncing: "
+                          "Fatal exception\n") == (
+        "Triple fault; Kernel panic - not syncing: Fatal exception")
+
+
+def test_rounds_boot_the_shapes_in_turns_and_stop_at_the_budget(tmp_path: Path) -> None:
+    import time
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from tests.e2e.__main__ import _boot_rounds
+    from tests.e2e.util import GuestDied
+
+    booted: list[str] = []
+
+    class FakeGuest:
+        def __init__(self, name: str) -> None:
+            self.name, self.boot_seconds, self.domid = name, 12.0, len(booted) + 4
+
+        def run_ok(self, script: str, timeout: float = 120) -> str:
+            if self.name == "pv-4-2":
+                raise GuestDied(DIED)
+            return "{}"
+
+    class FakeBed:
+        run_dir = tmp_path
+
+        def dom0(self, script: str, timeout: float = 120) -> tuple[str, int]:
+            return f"ran: {script}\n", 0
+
+        @contextmanager
+        def guest(self, spec: object, retries: int = 1) -> Iterator[FakeGuest]:
+            booted.append(f"{spec.name}{len(booted) + 1}")  # type: ignore[attr-defined]
+            yield FakeGuest(booted[-1])
+
+    guests, _config, _settings = _boots_setup(boots_args(shape=["hvm-3n4", "pv-4"]))
+    args = SimpleNamespace(n=2, max_minutes=0, command="true", timeout=60,
+                           dom0_probe="xl dmesg | grep dom{domid}:")
+    results: list[boots.Boot] = []
+    skipped = _boot_rounds(FakeBed(), guests, args, time.monotonic(), results)  # type: ignore[arg-type]
+    assert booted == ["hvm-3n4-1", "pv-4-2", "hvm-3n4-3", "pv-4-4"] and skipped == []
+    assert [(b.shape, b.n, b.outcome) for b in results] == [
+        ("hvm-3n4", 1, "ok"), ("pv-4", 1, "died"), ("hvm-3n4", 2, "ok"), ("pv-4", 2, "ok")]
+    assert results[1].boot_seconds == 12.0 and results[1].rips
+    # the Dom0 probe ran after each command that ended (not after the death), for that domain
+    assert (tmp_path / "hvm-3n4-1.probe").read_text() == "ran: xl dmesg | grep dom5:\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hvm-3n4-1.probe", "hvm-3n4-3.probe", "pv-4-4.probe"]
+
+    # 20 of 25 minutes gone: an HVM boot (first guess 330 s) does not fit, a PV one (150 s) does
+    booted.clear()
+    args = SimpleNamespace(n=1, max_minutes=25, command="true", timeout=60)
+    results = []
+    skipped = _boot_rounds(FakeBed(), guests, args, time.monotonic() - 1200, results)  # type: ignore[arg-type]
+    assert skipped == ["hvm-3n4 #1"] and [b.shape for b in results] == ["pv-4"]
+
+
+def test_the_budget_ends_by_a_clock_time_as_well() -> None:
+    t = 1796410800.0  # 2026-12-04 19:00:00 UTC
+    assert boots.budget_seconds(0, "", t) == 0
+    assert boots.budget_seconds(23, "", t) == 23 * 60
+    assert boots.budget_seconds(23, "19:48", t) == 23 * 60
+    assert boots.budget_seconds(23, "19:10", t) == 600
+    assert boots.budget_seconds(0, "19:10", t) == 600
+    assert boots.budget_seconds(23, "18:59", t) == 1.0  # already past: nothing starts

@@ -9,6 +9,8 @@ r"""The e2e testbed by hand.
     python -m tests.e2e pins       # pinned versions against what apt would fetch now
     python -m tests.e2e boots 20 --vnuma '<xl.cfg vnuma list>' --vcpus 4 [--load 'stress-ng ...']
                                    # boot one guest shape N times, count the deaths (boots.py)
+    python -m tests.e2e boots 3 --shape hvm-2x2 --shape pv-4 --max-minutes 25
+                                   # named shapes in turns, inside a bed time budget
 
 ``run`` boots Xen, creates the guest, runs the command (a shell command line), prints its output and
 exits with its status; everything is torn down afterwards. Serial logs stay under tests/e2e/runs/.
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from tests.e2e import artefacts, boots, preflight, rootfs, versions
 from tests.e2e import pins as pinning
-from tests.e2e.bed import BedConfig, GuestSpec, XenBed, acquire_bed_lock
+from tests.e2e.bed import BedConfig, Guest, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, GuestDied, log
 
 
@@ -69,85 +71,179 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _guest_spec(args: argparse.Namespace) -> GuestSpec:
+    memory = args.memory or 1024
+    vcpus = args.vcpus or 4
     if args.pv:
         if args.vnuma:
             raise BedError("--pv and --vnuma exclude each other (Xen has no PV vNUMA)")
-        return GuestSpec.pv(memory=args.memory, vcpus=args.vcpus, kernel=args.kernel)
-    return GuestSpec.hvm(memory=args.memory, vcpus=args.vcpus, vnuma=args.vnuma,
-                         kernel=args.kernel)
+        return GuestSpec.pv(memory=memory, vcpus=vcpus, kernel=args.kernel)
+    return GuestSpec.hvm(memory=memory, vcpus=vcpus, vnuma=args.vnuma, kernel=args.kernel)
 
 
-def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace) -> boots.Boot:
+def _shape_spec(shape: boots.Shape, kernel: str) -> GuestSpec:
+    """The guest of a named shape; its guests are called ``<shape>-<n>``."""
+    make = GuestSpec.pv if shape.type == "pv" else GuestSpec.hvm
+    spec = make(memory=shape.memory, vcpus=shape.vcpus, name=f"{shape.name}-", kernel=kernel)
+    spec.vnuma = shape.vnuma()
+    return spec
+
+
+def _probe(bed: XenBed, g: Guest, script: str) -> None:
+    """``--dom0-probe``: a Dom0 script run once the guest's command is done (``{domid}`` is the
+    guest's), its output kept in ``<guest>.probe`` in the run directory; a failure is logged."""
+    if not script:
+        return
+    try:
+        out, rc = bed.dom0(script.replace("{domid}", str(g.domid)), timeout=120)
+    except BedError as e:
+        out, rc = f"(probe failed: {e})", -1
+    (bed.run_dir / f"{g.name}.probe").write_text(out)
+    log(f"{g.name} probe (status {rc}): {out.strip()[-300:]}")
+
+
+def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
+              shape: str = "custom") -> boots.Boot:
     t0 = time.monotonic()
-    name = "?"
+    name, boot_s = "?", 0.0
     try:
         with bed.guest(spec, retries=0) as g:
-            name = g.name
+            name, boot_s = g.name, g.boot_seconds
             try:
                 g.run_ok(args.command, timeout=args.timeout)
+                _probe(bed, g, getattr(args, "dom0_probe", ""))
             except GuestDied as e:
                 return boots.Boot(n, name, "died", time.monotonic() - t0, str(e),
-                                  boots.rips_in(str(e)))
+                                  boots.rips_in(str(e)), shape, boot_s)
             except BedError as e:
-                return boots.Boot(n, name, "error", time.monotonic() - t0, str(e))
+                return boots.Boot(n, name, "error", time.monotonic() - t0, str(e), [], shape,
+                                  boot_s)
     except BedError as e:
         m = re.search(r"guest (\S+) did not boot", str(e))
-        return boots.Boot(n, m.group(1) if m else name, "no boot", time.monotonic() - t0, str(e),
-                          boots.rips_in(str(e)))
-    return boots.Boot(n, name, "ok", time.monotonic() - t0)
+        return boots.Boot(n, m.group(1) if m else name, boots.boot_failure(str(e)),
+                          time.monotonic() - t0, str(e), boots.rips_in(str(e)), shape)
+    return boots.Boot(n, name, "ok", time.monotonic() - t0, shape=shape, boot_seconds=boot_s)
 
 
-def _boots_setup(args: argparse.Namespace) -> tuple[GuestSpec, BedConfig, str]:
-    """The guest, the bed and a one-line description of the shape measured by ``boots``."""
-    spec = _guest_spec(args)
-    spec.extra += args.xl
-    spec.cmdline_extra = args.cmdline
+def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, str]], BedConfig,
+                                                    str]:
+    """The guests to boot (each with its label and a one-line description), the bed, and the
+    settings every boot shares, for ``boots``."""
+    if args.shape and (args.vnuma or args.pv or args.memory or args.vcpus):
+        raise BedError("--shape names the whole guest: give no --vnuma, --pv, --memory, --vcpus")
     config = BedConfig(host_numa2=args.host_numa2, run_name="boots", cpus=args.smp,
                        pin_hvm_off_cpu0=not args.no_pin_hvm)
     config.outer_cpu = args.outer_cpu or config.outer_cpu
-    parts = [f"{spec.type} {spec.vcpus} vCPUs {spec.memory} MiB"
-             + (f" vnuma {args.vnuma}" if args.vnuma else "")
-             + (" (pinned off pCPU 0)" if config.pin_hvm_off_cpu0 and spec.type == "hvm" else ""),
-             *args.xl]
+    settings = [*args.xl]
     if args.cmdline:
-        parts.append(f"cmdline +{args.cmdline}")
+        settings.append(f"cmdline +{args.cmdline}")
     if args.outer_cpu:
-        parts.append(f"outer -cpu {args.outer_cpu}")
+        settings.append(f"outer -cpu {args.outer_cpu}")
     if args.smp != 4:
-        parts.append(f"outer -smp {args.smp}")
-    return spec, config, "; ".join(parts)
+        settings.append(f"outer -smp {args.smp}")
+    if args.shape:
+        guests = [(name, _shape_spec(boots.SHAPES[name], args.kernel),
+                   boots.SHAPES[name].describe()) for name in args.shape]
+    else:
+        spec = _guest_spec(args)
+        guests = [("custom", spec, f"{spec.type} {spec.vcpus} vCPUs {spec.memory} MiB"
+                   + (f" vnuma {args.vnuma}" if args.vnuma else ""))]
+    out = []
+    for label, spec, text in guests:
+        spec.extra += [*(boots.SHAPES[label].xl if label in boots.SHAPES else ()), *args.xl]
+        spec.cmdline_extra = args.cmdline
+        if args.boot_timeout:
+            spec.boot_timeout = args.boot_timeout
+        pinned = " (pinned off pCPU 0)" if config.pin_hvm_off_cpu0 and spec.type == "hvm" else ""
+        own = list(boots.SHAPES[label].xl) if label in boots.SHAPES else []
+        out.append((label, spec, "; ".join([text + pinned, *own, *settings])))
+    return out, config, "; ".join(settings)
+
+
+def _start_load(command: str) -> subprocess.Popen[bytes] | None:
+    if not command:
+        return None
+    load = subprocess.Popen(shlex.split(command), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log(f"load beside the bed: {command} (process group {load.pid})")
+    return load
+
+
+def _stop_load(load: subprocess.Popen[bytes] | None) -> None:
+    if load is None:
+        return
+    os.killpg(load.pid, signal.SIGTERM)
+    try:
+        load.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(load.pid, signal.SIGKILL)
+        load.wait(10)
+
+
+def _boot_rounds(bed: XenBed, guests: list[tuple[str, GuestSpec, str]],
+                 args: argparse.Namespace, t_start: float, results: list[boots.Boot]) -> list[str]:
+    """Boot each guest ``args.n`` times, in turns, inside the time budget; the boots not started
+    because of the budget, as ``label #round``."""
+    specs = {label: spec for label, spec, _text in guests}
+    order = boots.rounds(list(specs), args.n)
+    skipped: list[str] = []
+    budget = boots.budget_seconds(args.max_minutes, getattr(args, "end_by", ""),
+                                  time.time() - (time.monotonic() - t_start))
+    for r, label in order:
+        elapsed = time.monotonic() - t_start
+        seen = [b.seconds for b in results if b.shape == label]
+        if not boots.fits(elapsed, budget, specs[label].type, seen):
+            skipped.append(f"{label} #{r}")
+            log(f"boot {label} #{r} not started: {elapsed / 60:.1f} of the budget's "
+                f"{budget / 60:.1f} min gone")
+            continue
+        t0 = time.monotonic()
+        try:
+            results.append(_one_boot(bed, specs[label], r, args, label))
+        except KeyboardInterrupt:
+            results.append(boots.Boot(r, "?", "interrupted", time.monotonic() - t0, shape=label))
+            raise
+        b = results[-1]
+        log(f"boot {label} #{r}/{args.n}: {b.outcome} ({b.seconds:.0f} s, shell after "
+            f"{b.boot_seconds:.0f} s)")
+    return skipped
+
+
+def _boots_report(run: str, guests: list[tuple[str, GuestSpec, str]], args: argparse.Namespace,
+                  results: list[boots.Boot], skipped: list[str], bed_minutes: float) -> list[str]:
+    lines = [f"{boots.stamp()} run {run}; {bed_minutes:.1f} min of bed time"
+             + (f" (budget {args.max_minutes:g} min)" if args.max_minutes else "")]
+    for label, _spec, text in guests:
+        mine = [b for b in results if b.shape == label]
+        lines += boots.summary(mine, (f"{label}: " if label != "custom" else "") + text,
+                               args.load)
+    if skipped:
+        lines.append(f"not started (the time budget): {', '.join(skipped)}")
+    lines += boots.shape_table(results, [label for label, _s, _t in guests])
+    return lines
 
 
 def cmd_boots(args: argparse.Namespace) -> int:
-    """Boot one guest shape N times on one bed, optionally beside a host load; count deaths."""
+    """Boot one guest shape, or several in turns, N times each on one bed, optionally beside a
+    host load and inside a time budget; count the deaths and say where each died."""
     if args.load and shutil.which(shlex.split(args.load)[0]) is None:
         raise BedError(f"--load: {shlex.split(args.load)[0]} is not installed (stress-ng: "
                        "apt-get install stress-ng)")
-    spec, config, shape = _boots_setup(args)
-    load = None
+    guests, config, _settings = _boots_setup(args)
     results: list[boots.Boot] = []
+    skipped: list[str] = []
     with XenBed(config) as bed:
+        # Bed time starts with the lock (building the image and booting Dom0 count, waiting not).
+        t_start = time.monotonic() - sum(seconds for _, seconds in bed.timings)
+        load = _start_load(args.load)
         try:
-            if args.load:
-                load = subprocess.Popen(shlex.split(args.load), start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                log(f"load beside the bed: {args.load} (process group {load.pid})")
-            for n in range(1, args.n + 1):
-                results.append(_one_boot(bed, spec, n, args))
-                log(f"boot {n}/{args.n}: {results[-1].outcome} ({results[-1].seconds:.0f} s)")
+            skipped = _boot_rounds(bed, guests, args, t_start, results)
         finally:
-            if load is not None:
-                os.killpg(load.pid, signal.SIGTERM)
-                try:
-                    load.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(load.pid, signal.SIGKILL)
-                    load.wait(10)
-            lines = [f"{boots.stamp()} run {bed.run_dir.name}",
-                     *boots.summary(results, shape, args.load)]
+            _stop_load(load)
+            lines = _boots_report(bed.run_dir.name, guests, args, results, skipped,
+                                  (time.monotonic() - t_start) / 60)
             (bed.run_dir / "boots.txt").write_text("\n".join(lines) + "\n")
             print("\n".join(lines), flush=True)
-    return 1 if any(b.outcome != "ok" for b in results) else 0
+    return 1 if any(b.outcome != "ok" for b in results) or skipped else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -277,10 +373,21 @@ def main(argv: list[str] | None = None) -> int:
     exe.add_argument("command", nargs=argparse.REMAINDER)
     exe.set_defaults(func=cmd_exec)
     bts = sub.add_parser("boots", help="boot one guest shape N times and count the deaths")
-    bts.add_argument("n", type=int, help="how many boots")
+    bts.add_argument("n", type=int, help="how many boots (of each shape)")
+    bts.add_argument("--shape", action="append", default=[], choices=sorted(boots.SHAPES),
+                     help="a named guest shape (repeatable; the shapes boot in turns): "
+                     + "; ".join(f"{k}: {v.why}" for k, v in boots.SHAPES.items()))
+    bts.add_argument("--max-minutes", type=float, default=0,
+                     help="bed time budget: start no boot that would end after it (0: none)")
+    bts.add_argument("--end-by", default="", metavar="HH:MM",
+                     help="start no boot that would end after this time (UTC), whatever "
+                     "--max-minutes says")
+    bts.add_argument("--boot-timeout", type=float, default=0,
+                     help="seconds from xl create to the shell before a boot counts as a "
+                     "timeout (times E2E_TIMEOUT_SCALE; default: HVM 1200, PV 600)")
     bts.add_argument("--vnuma", help="xl.cfg vnuma list for an HVM guest")
-    bts.add_argument("--memory", type=int, default=1024, help="guest MiB (== maxmem)")
-    bts.add_argument("--vcpus", type=int, default=4)
+    bts.add_argument("--memory", type=int, help="guest MiB (== maxmem; default 1024)")
+    bts.add_argument("--vcpus", type=int, help="default 4")
     bts.add_argument("--pv", action="store_true", help="a PV guest (no vNUMA)")
     bts.add_argument("--kernel", default="", help="guest kernel variant (as for run)")
     bts.add_argument("--host-numa2", action="store_true", help="the 2-node layout")
@@ -297,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     bts.add_argument("--command", default="guestagent topology --json",
                      help="run in each guest once it booted")
     bts.add_argument("--timeout", type=float, default=300, help="seconds for the command")
+    bts.add_argument("--dom0-probe", default="", metavar="SCRIPT",
+                     help="a Dom0 script run after each guest's command ({domid}: the guest's), "
+                     "kept in <guest>.probe, e.g. 'xl debug-keys s; xl dmesg | grep dom{domid}:'")
     bts.set_defaults(func=cmd_boots)
     pins = sub.add_parser("pins", help="compare the pinned versions with apt's candidates")
     pins.set_defaults(func=cmd_pins)

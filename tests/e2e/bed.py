@@ -661,7 +661,9 @@ class Guest:
         """The standard output of ``script`` in the guest, as bytes, intact: written to a file
         there (its stderr kept apart, never mixed into the data), sent as base64 with its MD5,
         checked here, and asked for again (``attempts`` in all) when it arrived damaged. Use it
-        to move a file out of a guest (``fetch("tar czf - -C /tmp x")``)."""
+        to move a file out of a guest (``fetch("tar czf - -C /tmp x")``). The guest's copy is
+        removed once the bytes arrived intact (a guest's /tmp is in its memory: a benchmark that
+        fetches between runs must not leave it there for the next run)."""
         resend = ("echo __MD5__ $(md5sum </tmp/e2e-fetch.bin | cut -d' ' -f1); "
                   "base64 /tmp/e2e-fetch.bin")
         body = (f"({script}) >/tmp/e2e-fetch.bin 2>/tmp/e2e-fetch.err; rc=$?; "
@@ -670,6 +672,10 @@ class Guest:
             out = self.run_ok(body if attempt == 1 else resend, timeout=timeout)
             data = decode_fetched(out)
             if data is not None:
+                try:
+                    self.run_ok("rm -f /tmp/e2e-fetch.bin /tmp/e2e-fetch.err", timeout=60)
+                except BedError as e:  # the bytes are here: a leftover file is not a failure
+                    log(f"fetch from {self.name}: its copy not removed ({str(e)[:120]})")
                 return data
             log(f"fetch from {self.name}: answer {attempt}/{attempts} damaged; asking again")
         raise BedError(f"fetch from {self.name}: {script[:80]!r} arrived damaged {attempts} times")

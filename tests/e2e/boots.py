@@ -8,15 +8,117 @@ or dies under the command counts as one death (no retry), with its dead vCPUs' R
 (symbols.py). ``--load`` runs a host command beside the bed for the whole run (started in its own
 process group, ended by that group's id). The summary goes to stdout and to ``boots.txt`` in the
 run directory; the exit status is 0 with no death, 1 otherwise (3 when the bed itself failed).
+
+    python -m tests.e2e boots 2 --shape hvm-2x2 --shape hvm-3n4 --shape pv-4 --max-minutes 23
+
+boots named guest shapes (:data:`SHAPES`, the sizes a cloud runs), N of each, taken in turns
+(one boot of each shape, then the next round), so that a time budget that runs out leaves every
+shape measured; ``--max-minutes`` starts no boot that would not end inside the budget by the
+shape's longest boot so far (a guess at first: :data:`FIRST_GUESS_S`). The report ends with one
+table row per shape: boots tried, boots that reached a shell, the median seconds from
+``xl create`` to the shell, the deaths and where each died.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from dataclasses import dataclass, field
 
+from tests.e2e.vnuma import VNode, cpus_text, xl_vnuma
+
 _DEAD = re.compile(r"d\d+v\d+ RIP [0-9a-f]{16}(?: = \S+)?")
+#: Xen's and the guest kernel's own words for a death (xl dmesg, the guest's console tail).
+_CAUSE = re.compile(r"[Tt]riple fault|Kernel panic[^\n]*|BUG: [^\n]*|general protection fault|"
+                    r"Fatal exception[^\n]*|domain_crash[^\n]*")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A guest shape to boot: its type, size and vNUMA layout."""
+
+    name: str
+    type: str  # "hvm" or "pv"
+    memory: int  # MiB
+    vcpus: int
+    nodes: tuple[VNode, ...] = ()
+    why: str = ""
+    #: Extra xl.cfg lines of this shape (a candidate fix measured beside the plain shape).
+    xl: tuple[str, ...] = ()
+
+    def vnuma(self) -> str | None:
+        """The xl.cfg ``vnuma=`` list, or None for a guest without vNUMA."""
+        return xl_vnuma(list(self.nodes)) if self.nodes else None
+
+    def describe(self) -> str:
+        """E.g. ``hvm 4 vCPUs 2048 MiB, 2 vnodes (1024 MiB vCPUs 0-1 | 1024 MiB vCPUs 2-3)``."""
+        text = f"{self.type} {self.vcpus} vCPUs {self.memory} MiB"
+        if self.nodes:
+            text += f", {len(self.nodes)} vnodes (" + " | ".join(
+                f"{v.size_mb} MiB vCPUs {cpus_text(v.vcpus) or 'none'}" for v in self.nodes) + ")"
+        return text
+
+
+def _shapes(*shapes: Shape) -> dict[str, Shape]:
+    for s in shapes:
+        if s.nodes:
+            assert sum(v.size_mb for v in s.nodes) == s.memory, s.name
+            assert sorted(c for v in s.nodes for c in v.vcpus) == list(range(s.vcpus)), s.name
+    return {s.name: s for s in shapes}
+
+
+#: The guest shapes a cloud runs, as issue 13 names them (``boots --shape NAME``).
+SHAPES = _shapes(
+    Shape("hvm-2x2", "hvm", 2048, 4,
+          (VNode(1024, [0, 1], [10, 20]), VNode(1024, [2, 3], [20, 10])),
+          "a 2-socket 4-vCPU VM: 2 vnodes x 2 vCPUs, 2 GiB"),
+    Shape("hvm-3n4", "hvm", 1024, 4,
+          (VNode(512, [0, 1], [10, 21, 31]), VNode(256, [2], [21, 10, 17]),
+           VNode(256, [3], [31, 17, 10])),
+          "issue 13's guest: 3 vnodes of unequal sizes, asymmetric distances, 4 vCPUs, 1 GiB"),
+    Shape("hvm-3n4-tsc", "hvm", 1024, 4,
+          (VNode(512, [0, 1], [10, 21, 31]), VNode(256, [2], [21, 10, 17]),
+           VNode(256, [3], [31, 17, 10])),
+          "hvm-3n4 with tsc_mode=native: Xen stops trapping RDTSC (one of the two death sites; "
+          "every pvclock read of the guest is an RDTSC)", ('tsc_mode = "native"',)),
+    Shape("hvm-2x4", "hvm", 2048, 8,
+          (VNode(1024, [0, 1, 2, 3], [10, 20]), VNode(1024, [4, 5, 6, 7], [20, 10])),
+          "issue 13's 8-vCPU guest: 2 vnodes x 4 vCPUs, 2 GiB"),
+    Shape("pv-4", "pv", 1024, 4, (), "a PV guest with 4 vCPUs, 1 GiB (Xen has no PV vNUMA)"),
+)
+
+#: Seconds a boot of a type is guessed to take (``xl create``, the shell, the command, the
+#: teardown) before one has been seen: a little above the slowest seen on 2026-12-04 (an HVM
+#: guest 252 s to its shell, a PV guest 60-90 s).
+FIRST_GUESS_S = {"hvm": 330.0, "pv": 150.0}
+
+
+def budget_seconds(max_minutes: float, end_by: str, now_utc: float) -> float:
+    """The bed time budget from the moment the bed is up: ``max_minutes`` of it, and no later
+    than ``end_by`` (``HH:MM`` UTC today, e.g. the last minute of a shared bed's slot); 0 for
+    no budget. ``now_utc``: seconds since the epoch when the bed's time started."""
+    budget = max_minutes * 60
+    if end_by:
+        hh, mm = (int(x) for x in end_by.split(":"))
+        day = now_utc - now_utc % 86400
+        left = max(day + hh * 3600 + mm * 60 - now_utc, 1.0)
+        budget = min(budget, left) if budget else left
+    return budget
+
+
+def rounds(shapes: list[str], n: int) -> list[tuple[int, str]]:
+    """The boot order: round 1 boots each shape once, then round 2, ... (``n`` rounds)."""
+    return [(r, s) for r in range(1, n + 1) for s in shapes]
+
+
+def fits(elapsed: float, budget: float, kind: str, seen: list[float]) -> bool:
+    """Whether a boot started after ``elapsed`` seconds ends inside ``budget`` (0: no budget),
+    guessing its length by the longest boot of the shape so far (``seen``)."""
+    if budget <= 0:
+        return True
+    guess = max(seen) if seen else FIRST_GUESS_S.get(kind, FIRST_GUESS_S["hvm"])
+    return elapsed + guess <= budget
 
 
 @dataclass
@@ -25,12 +127,18 @@ class Boot:
 
     n: int
     guest: str
-    #: "ok", "no boot" (did not come up), "died" (GuestDied under the command) or "error" (the
-    #: command failed otherwise: not a death)
+    #: "ok", "no boot" (died before its shell), "died" (GuestDied under the command),
+    #: "timeout" (alive but no shell within the boot timeout: not a death), "error" (the command
+    #: failed otherwise: not a death) or "interrupted" (the run was stopped during this boot)
     outcome: str
     seconds: float
     error: str = ""
     rips: list[str] = field(default_factory=list)
+    #: The shape's name (``--shape``), or "" for a shape given by its options.
+    shape: str = ""
+    #: Seconds from ``xl create`` to the guest's shell (its runner answering); 0 when it never
+    #: got there.
+    boot_seconds: float = 0.0
 
 
 def rips_in(text: str) -> list[str]:
@@ -42,10 +150,61 @@ def rips_in(text: str) -> list[str]:
     return seen
 
 
+def cause_in(text: str) -> str:
+    """Xen's or the kernel's words for a death in a failure's text (``Triple fault``, ``Kernel
+    panic - ...``), each once, in order; "" when it has none."""
+    seen: list[str] = []
+    for m in _CAUSE.finditer(text):
+        phrase = m.group(0).strip()[:100]
+        if phrase not in seen:
+            seen.append(phrase)
+    return "; ".join(seen)
+
+
+def reached_shell(b: Boot) -> bool:
+    return b.boot_seconds > 0
+
+
+def boot_failure(message: str) -> str:
+    """The outcome of a guest that did not reach its shell, from the bed's message: "no boot"
+    (the domain died: a death), "timeout" (alive, no shell in time) or "error" (e.g. ``xl
+    create`` failed: neither)."""
+    if "died during boot" in message:
+        return "no boot"
+    if re.search(r"no runner in \S+ after", message):
+        return "timeout"
+    return "error"
+
+
+def is_death(b: Boot) -> bool:
+    return b.outcome in ("no boot", "died")
+
+
+def shape_table(boots: list[Boot], shapes: list[str]) -> list[str]:
+    """One markdown row per shape: boots tried, reached a shell, the median seconds from ``xl
+    create`` to the shell, deaths, and where each died (its RIPs as symbols, Xen's words)."""
+    lines = ["| shape | boots | reached a shell | median boot s | deaths | where they died |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name in shapes:
+        mine = [b for b in boots if b.shape == name and b.outcome != "interrupted"]
+        shell = [b.boot_seconds for b in mine if reached_shell(b)]
+        median = f"{statistics.median(shell):.0f}" if shell else "-"
+        deaths = [b for b in mine if is_death(b)]
+        where = "; ".join(
+            f"#{b.n} {b.outcome}: " + ("; ".join(b.rips) or "no vCPU dump")
+            + (f" ({cause_in(b.error)})" if cause_in(b.error) else "") for b in deaths)
+        others = [f"#{b.n} {b.outcome}" for b in mine if b.outcome in ("timeout", "error")]
+        if others:
+            where = "; ".join(filter(None, [where, "not deaths: " + ", ".join(others)]))
+        lines.append(f"| {name} | {len(mine)} | {len(shell)} | {median} | {len(deaths)} | "
+                     f"{where or '-'} |")
+    return lines
+
+
 def summary(boots: list[Boot], shape: str, load: str) -> list[str]:
     """The report: one line of counts, then one line per death with where it died."""
-    deaths = [b for b in boots if b.outcome in ("no boot", "died")]
-    errors = [b for b in boots if b.outcome == "error"]
+    deaths = [b for b in boots if is_death(b)]
+    errors = [b for b in boots if b.outcome in ("error", "timeout", "interrupted")]
     ok = [b.seconds for b in boots if b.outcome == "ok"]
     mean = f", ok boots {min(ok):.0f}-{max(ok):.0f} s" if ok else ""
     lines = [
