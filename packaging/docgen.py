@@ -119,8 +119,9 @@ EXIT_BY_COMMAND = (
     ("devices irqbalance-policy", "always 0 (irqbalance wants that)."),
     ("tiering status", "0, also when no backend serves (serving: none); 1 when an input cannot "
                        "be read."),
-    ("tiering run", "0 when stopped (signal, --iterations); 1 when no backend can serve or a "
-                    "value is out of range."),
+    ("tiering run", "0 when stopped (SIGTERM, SIGINT, --duration; after undoing); 1 when no "
+                    "backend can serve, the configuration (files or options) is refused, or "
+                    "another guestagent holds the state directory."),
     ("tiering --reset", "0 every kdamond the agent journalled turned off and removed (or nothing "
                         "to undo); 1 when a step failed (an error line each) or another "
                         "guestagent holds the state directory."),
