@@ -127,7 +127,9 @@ EXIT_BY_COMMAND = (
                         "guestagent holds the state directory."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
-    ("dom0 run", "0 when stopped by SIGTERM or SIGINT; 1 outside Dom0 or without xenstore."),
+    ("dom0 run", "0 when stopped (SIGTERM, SIGINT, --duration); 1 outside Dom0, without "
+                 "xenstore or Xen's sysctls, when the configuration is refused, or another "
+                 "guestagent holds the state directory."),
     ("run", "0 when stopped by SIGTERM (after undoing); 1 when the configuration is refused, "
             "another daemon holds the state directory, or the start failed."),
     ("status", "0 the daemon answered; 3 no daemon runs; 1 it could not be asked (the socket is "
