@@ -177,16 +177,24 @@ def test_an_idle_guest_creates_nothing(world: tuple[Path, FakeDamonKernel]) -> N
 
 
 def test_sigterm_stops_the_loop_and_undoes_everything(
-    world: tuple[Path, FakeDamonKernel],
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from guestagent.tiering import job as job_module
+
     root, kernel = world
+    ticks: list[int] = []
+
+    class Terminated(Runner):
+        def tick(self) -> Any:
+            ticks.append(1)
+            if len(ticks) == 1:  # the daemon's handlers are in place once its job ticks
+                timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+                timer.start()
+            return super().tick()
+
+    monkeypatch.setattr(job_module, "Runner", Terminated)
     args = parse(["tiering", "run", "--interval", "1"])
-    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        assert args.func(args, Ctx(HostFS(str(root)))) == 0
-    finally:
-        timer.cancel()
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0  # no --duration: SIGTERM ended it
     assert (kd_path(0, "state"), "on") in kernel.writes
     assert kernel.writes[-1] == (NR_KDAMONDS, "0")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -348,3 +356,32 @@ def test_run_is_the_daemon_with_the_tiering_job_alone(
     assert not (state_dir / "status.sock").exists()
     assert kernel.writes[-1] == (NR_KDAMONDS, "0")
     assert json.loads(capsys.readouterr().out)["backend"] == "damon"
+
+
+def test_run_keeps_its_options_across_a_reload(
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGHUP reloads the files as the daemon does, and the options are applied again over
+    them: a file changed in between is read, an option still wins."""
+    from guestagent.tiering import job as job_module
+
+    root, _ = world
+    main = tmp_path / "guestagent.toml"
+    main.write_text("[tiering]\nsource_high_pct = 20.0\n")
+    seen: list[TieringConfig] = []
+
+    class Recording(Runner):
+        def tick(self) -> Any:
+            seen.append(self.config)
+            if len(seen) == 1:  # the daemon's handlers are in place once its job ticks
+                main.write_text("[tiering]\nsource_high_pct = 25.0\n")
+                os.kill(os.getpid(), signal.SIGHUP)
+            return super().tick()
+
+    monkeypatch.setattr(job_module, "Runner", Recording)
+    args = parse(["tiering", "run", "--config", str(main), "--conf-dir", str(tmp_path / "etc"),
+                  "--target-min-pct", "35", "--duration", "1"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert (seen[0].source_high_pct, seen[0].target_min_pct) == (20.0, 35.0)
+    assert (seen[-1].source_high_pct, seen[-1].target_min_pct) == (25.0, 35.0), seen
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
