@@ -106,6 +106,15 @@ CORE_KEYS: tuple[Key, ...] = (
         "host NUMA node and the guest vnode on it (under /local/domain/<domid>/guestagent-dom0, "
         "read-only to the guest). Hints stay published when the agent stops.",
     ),
+    Key(
+        "dom0",
+        "resync_seconds",
+        60.0,
+        "In Dom0: a full pass over every guest at least this often, in case a xenstore watch "
+        "event was lost.",
+        minimum=1,
+        maximum=86400,
+    ),
     # --- metrics -----------------------------------------------------------------------------
     Key("metrics", "enabled", False, "Serve metrics in Prometheus text format on `listen`."),
     Key(

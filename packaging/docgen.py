@@ -122,8 +122,9 @@ EXIT_BY_COMMAND = (
     ("devices irqbalance-policy", "always 0 (irqbalance wants that)."),
     ("tiering status", "0, also when no backend serves (serving: none); 1 when an input cannot "
                        "be read."),
-    ("tiering run", "0 when stopped (signal, --iterations); 1 when no backend can serve or a "
-                    "value is out of range."),
+    ("tiering run", "0 when stopped (SIGTERM, SIGINT, --duration; after undoing); 1 when no "
+                    "backend can serve, the configuration (files or options) is refused, or "
+                    "another guestagent holds the state directory."),
     ("tiering --reset", "0 every kdamond the agent journalled turned off and removed (or nothing "
                         "to undo); 1 when a step failed (an error line each) or another "
                         "guestagent holds the state directory."),
@@ -132,7 +133,9 @@ EXIT_BY_COMMAND = (
               "ran) or another guestagent holds the state directory (nothing undone)."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
-    ("dom0 run", "0 when stopped by SIGTERM or SIGINT; 1 outside Dom0 or without xenstore."),
+    ("dom0 run", "0 when stopped (SIGTERM, SIGINT, --duration); 1 outside Dom0, without "
+                 "xenstore or Xen's sysctls, when the configuration is refused, or another "
+                 "guestagent holds the state directory."),
     ("run", "0 when stopped by SIGTERM (after undoing); 1 when the configuration is refused, "
             "another daemon holds the state directory, or the start failed."),
     ("status", "0 the daemon answered; 3 no daemon runs; 1 it could not be asked (the socket is "

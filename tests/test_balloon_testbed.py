@@ -502,8 +502,8 @@ def test_workload_refuses_a_working_set_larger_than_its_arena() -> None:
 
 def test_monitor_stamps_the_agents_lines_and_stops_it(tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
-    agent = ("echo 'level=info event=started role=guest'; "
-             "trap 'echo level=info event=stopping reason=SIGTERM; exit 0' TERM; "
+    agent = ("trap 'echo level=info event=stopping reason=SIGTERM; exit 0' TERM; "
+             "echo 'level=info event=started role=guest'; "
              "while :; do sleep 0.1; done")
     proc = subprocess.Popen([sys.executable, str(MONITOR), "--out", str(out), "--interval",
                              "0.05", "--", "sh", "-c", agent])

@@ -5,6 +5,9 @@ the xenstore test server."""
 from __future__ import annotations
 
 import json
+import shutil
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,3 +144,71 @@ def test_dom0_publish_json(
     assert code == 0
     assert "dom5: /local/domain/5/guestagent-dom0 (unchanged)" in out
     assert "0000:3b:00.0 (guest 0000:00:05.0): host node 1, vnode 1 (pnode)" in out
+
+
+def test_dom0_run_is_the_daemon_with_the_dom0_job_alone(
+    fake_xen: list[SysctlXen],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    xs_server: XenstoreServer,
+    xs_connect: Callable[[int], Any],
+    tmp_path: Path,
+) -> None:
+    """``dom0 run --duration`` is the daemon with the Dom0 job alone: it publishes at start,
+    serves its status socket, and after the duration shuts down as on SIGTERM (the hints stay:
+    they describe the hardware; its watches go with its connection)."""
+    from guestagent.daemon.service import read_status
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root, symlinks=True)
+    (tmp_path / "conf.d").mkdir()
+    for path, value in backend_nodes(5, [("0000:3b:00.0", "28", None)]).items():
+        xs_server.set_node(path, value, [("n", 0), ("r", 5)])
+    xs_server.set_node("/local/domain/5/vm", b"/vm/4d1f6a8e-2b7c-4c3e-9a51-0f6b2d8e7c15")
+    monkeypatch.setattr(commands, "xenstore_factory", lambda hostfs: xs_connect(0))
+    seen: dict[str, Any] = {}
+
+    def look() -> None:  # from another thread while the daemon's loop serves
+        seen["status"] = read_status(str(root / "run/guestagent"))
+        seen["watched"] = {w.path for c in xs_server.connections for w in c.watches}
+
+    probe = threading.Timer(0.5, look)
+    probe.start()
+    try:
+        code, _, err = run(["--root", str(root), "--log-level", "info", "dom0", "run",
+                            "--role", "dom0", "--resync", "30", "--duration", "1.5",
+                            "--conf-dir", str(tmp_path / "conf.d")], capsys)
+    finally:
+        probe.cancel()
+    assert code == 0, err
+    assert "event=dom0_hints_published" in err and "level=error" not in err, err
+    assert 'event=stopping component=daemon reason="--duration 1.5 s elapsed"' in err, err
+    status = seen["status"]
+    assert status["role"] == "dom0" and list(status["jobs"]) == ["dom0"], status
+    assert status["jobs"]["dom0"]["guests"] == [{"domid": 5, "devices": 1, "error": None}]
+    assert {"@introduceDomain", "@releaseDomain"} <= seen["watched"]
+    node = xs_server.get_node(f"{base_path(5)}/devices/0000-3b-00-0/vnode")
+    assert node is not None and node.value == b"1"  # the hints stay
+    deadline = time.monotonic() + 10  # the server drops a closed connection in its own thread
+    while {w.path for c in xs_server.connections for w in c.watches} & {"@releaseDomain"}:
+        assert time.monotonic() < deadline, "the daemon's watches outlived it"
+        time.sleep(0.05)
+    assert not (root / "run/guestagent/status.sock").exists()
+
+
+def test_dom0_run_without_xenstore_exits_1_with_the_reason(
+    fake_xen: list[SysctlXen], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from guestagent.xen.errors import XenUnavailable
+
+    def no_xenstore(hostfs: HostFS) -> Any:
+        raise XenUnavailable("no xenstore here")
+
+    monkeypatch.setattr(commands, "xenstore_factory", no_xenstore)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "conf.d").mkdir()
+    code, _, err = run(["--root", str(tmp_path / "root"), "dom0", "run", "--role", "dom0",
+                        "--conf-dir", str(tmp_path / "conf.d")], capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == "guestagent: no xenstore: no xenstore here", err

@@ -1,6 +1,7 @@
 """The daemon's Dom0 job on the real event loop and xenstore hub, against the xenstore server and
 the simulated Xen: start publishes, backend changes and @releaseDomain are followed (coalesced),
-stop leaves the hints in place, and no xenstore or no sysctl turns the job off with a reason."""
+stop leaves the hints in place, and no xenstore or no sysctl refuses the start with a reason (the
+daemon keeps the job off with it; ``dom0 run`` exits 1 with it)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pytest
 
 pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
 
+from guestagent.config import defaults
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.service import JobContext, XenstoreHub
 from guestagent.dom0.job import Dom0Job
 from guestagent.dom0.schema import base_path
+from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 from guestagent.xen.errors import XenUnavailable
 from guestagent.xen.sysctl import Sysctl
@@ -37,8 +40,7 @@ def sysctl_opener(privcmd: Closable) -> Callable[[Any], tuple[Any, Any]]:
 
 
 def context(loop: EventLoop, connect: Callable[[], Any]) -> JobContext:
-    config: Any = None  # the job reads no configuration
-    return JobContext(loop, HostFS(str(FIXTURE)), config, XenstoreHub(loop, connect), "dom0")
+    return JobContext(loop, HostFS(str(FIXTURE)), defaults(), XenstoreHub(loop, connect), "dom0")
 
 
 def pump(loop: EventLoop, check: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -95,8 +97,8 @@ def test_job_off_without_xenstore_or_sysctl(
         raise XenUnavailable("no xenstore here")
 
     job = Dom0Job(open_sysctl=sysctl_opener(Closable()))
-    job.start(context(loop, no_xenstore))
-    assert job.status() == {"off": "no xenstore: no xenstore here"}
+    with pytest.raises(GuestAgentError, match=r"^no xenstore: no xenstore here$"):
+        job.start(context(loop, no_xenstore))  # the daemon keeps it off with this reason
     job.stop()
 
     def no_privcmd(hostfs: Any) -> tuple[Any, Any]:
@@ -104,7 +106,7 @@ def test_job_off_without_xenstore_or_sysctl(
 
     job = Dom0Job(open_sysctl=no_privcmd)
     ctx = context(loop, lambda: xs_connect(0))
-    job.start(ctx)
-    assert "no sysctl: cannot open /dev/xen/privcmd" in job.status()["off"]
+    with pytest.raises(GuestAgentError, match=r"^no sysctl: cannot open /dev/xen/privcmd"):
+        job.start(ctx)
     job.stop()
     ctx.xenstore.close()

@@ -2,21 +2,19 @@
 
 Dom0 connects as domain 0; the backend entries are laid out as libxl and pciback write them
 (perms ``n0 r<domid>``). Checked: keys, values and permissions of the published tree, that the
-guest can read and not write it, removal when a device or the domain goes away (including from
-the watch loop on ``@releaseDomain`` and backend changes), and hostile values.
+guest can read and not write it, removal when a device or the domain goes away, and hostile
+values. Following the watches is the daemon's Dom0 job: tests/test_dom0_job.py.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any, Callable
 
 import pytest
 
 pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
 
-from guestagent.dom0.publisher import TOKEN_RELEASE, Publisher, domid_of_backend_path
+from guestagent.dom0.publisher import Publisher, domid_of_backend_path
 from guestagent.dom0.schema import base_path, parse_tree
 from guestagent.dom0.toolstack import GuestConfig
 from guestagent.dom0.topology import HostTopology
@@ -25,7 +23,7 @@ from guestagent.xen.sysctl import PciAddress
 from guestagent.xen.xenstore import XenstoreError
 from guestagent.xen.xs_sync import read_tree
 from tests.test_dom0_support import FIXTURE, backend_nodes, fixture_topology
-from tests.xenstore_server import WATCH_EVENT, XenstoreServer, frame
+from tests.xenstore_server import XenstoreServer
 
 A = PciAddress.parse
 BASE5 = base_path(5)
@@ -184,51 +182,6 @@ def test_hostile_backend_gets_no_hints_and_spares_other_guests(
     assert host.get_node(BASE5) is None  # wrong hints are worse than none
     assert results[6].error is None and values(host, base_path(6))["version"] == b"1"
     assert any("0123" in p for p in publisher.problems)
-
-
-def test_watch_loop_follows_backend_and_release(
-    host: XenstoreServer, xs_connect: Callable[[int], Any]
-) -> None:
-    publisher = make_publisher(xs_connect(0))
-    stop = threading.Event()
-    passes: list[list[int]] = []
-    thread = threading.Thread(
-        target=publisher.run,
-        args=(stop.is_set,),
-        kwargs={"resync": 3600.0, "wait": 0.05,
-                "on_pass": lambda rs: passes.append([r.domid for r in rs])},
-        daemon=True,
-    )
-    thread.start()
-
-    def until(check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 5
-        while not check():
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.02)
-
-    try:
-        until(lambda: host.get_node(f"{BASE5}/version") is not None)
-        # the events of the watch registrations (fired at once) give a second, full pass
-        until(lambda: len(passes) >= 2)
-        # a third device is hot-plugged into guest 5: its backend events bring a pass (for
-        # domain 5 alone unless other events arrive in the same batch)
-        before = len(passes)
-        add_backend(host, 5, [("0000:3b:00.0", "28", None), ("0000:5e:00.0", "30", None),
-                              ("0000:3b:00.1", "29", None)])
-        until(lambda: host.get_node(f"{BASE5}/devices/0000-3b-00-1/vnode") is not None)
-        until(lambda: len(passes) > before)
-        assert all(5 in p for p in passes[before:])
-        # guest 6 dies: libxl removes its backend; @releaseDomain triggers a full pass
-        remove_node(host, "/local/domain/0/backend/pci/6")
-        host.inject(frame(WATCH_EVENT, 0, 0, f"@releaseDomain\0{TOKEN_RELEASE}\0".encode()))
-        until(lambda: host.get_node(base_path(6)) is None)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-    assert not thread.is_alive()
-    watched = {w.path for c in host.connections for w in c.watches}
-    assert not watched & {"@introduceDomain", "@releaseDomain"}  # unwatched on the way out
 
 
 def test_backend_event_paths() -> None:

@@ -1,4 +1,6 @@
-"""``guestagent tiering status|run`` and the loop, on fixture trees with simulated backends."""
+"""``guestagent tiering status|run`` and the tiering round, on fixture trees with simulated
+backends. ``tiering run`` is the daemon running the tiering job alone: it is run in-process here
+(signals need the main thread; the simulated DAMON kernel lives in this process)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +34,24 @@ class Ctx:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--log-level", default=None)
     commands.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.tiering_command == "run" and getattr(args, "config", None) is None:
+        # Hermetic: an empty main file and drop-in directory, not this machine's /etc/guestagent.
+        args.config, args.conf_dir = str(CONFIG_FILE), str(CONFIG_FILE.parent)
+    return args
+
+
+@pytest.fixture(autouse=True)
+def empty_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "guestagent.conf").write_text("")  # not *.toml: the drop-in directory is empty
+    monkeypatch.setattr(sys.modules[__name__], "CONFIG_FILE", conf / "guestagent.conf")
+
+
+CONFIG_FILE = Path("/nonexistent")
 
 
 def tmem_factory(**sim_kwargs: Any) -> Any:
@@ -114,9 +133,11 @@ def test_a_working_tmem_is_reported_but_never_serves(
     tmem = next(b for b in doc["backends"] if b["name"] == "tmem")
     assert tmem["ok"]
     assert tmem["reason"].startswith("available but not used: it cannot place pages on a chosen")
-    run = parse(["tiering", "run", "--iterations", "1"])
-    with pytest.raises(GuestAgentError, match="no backend can serve: damon: /sys/kernel/mm/damon"):
+    run = parse(["tiering", "run", "--duration", "1"])
+    with pytest.raises(GuestAgentError,
+                       match="no tiering backend can serve: damon: /sys/kernel/mm/damon"):
         run.func(run, Ctx(HostFS(str(root))))
+    assert not (root / "run/guestagent/status.sock").exists()  # the daemon shut down
 
 
 def test_run_moves_pauses_and_undoes(world: tuple[Path, FakeDamonKernel]) -> None:
@@ -148,21 +169,32 @@ def test_an_idle_guest_creates_nothing(world: tuple[Path, FakeDamonKernel]) -> N
     text = (root / MEMINFO0).read_text().replace("61836 kB", "309183 kB")
     (root / MEMINFO0).write_text(text)
     hostfs = HostFS(str(root))
-    Runner(hostfs, DamonBackend(hostfs, writer=kernel.write), TieringConfig()).run(iterations=2)
+    runner = Runner(hostfs, DamonBackend(hostfs, writer=kernel.write), TieringConfig())
+    runner.tick()
+    runner.tick()
+    runner.backend.stop()
     assert kernel.writes == []
 
 
 def test_sigterm_stops_the_loop_and_undoes_everything(
-    world: tuple[Path, FakeDamonKernel],
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from guestagent.tiering import job as job_module
+
     root, kernel = world
-    args = parse(["tiering", "run", "--interval", "0.05"])
-    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        assert args.func(args, Ctx(HostFS(str(root)))) == 0
-    finally:
-        timer.cancel()
+    ticks: list[int] = []
+
+    class Terminated(Runner):
+        def tick(self) -> Any:
+            ticks.append(1)
+            if len(ticks) == 1:  # the daemon's handlers are in place once its job ticks
+                timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+                timer.start()
+            return super().tick()
+
+    monkeypatch.setattr(job_module, "Runner", Terminated)
+    args = parse(["tiering", "run", "--interval", "1"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0  # no --duration: SIGTERM ended it
     assert (kd_path(0, "state"), "on") in kernel.writes
     assert kernel.writes[-1] == (NR_KDAMONDS, "0")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -172,7 +204,7 @@ def test_run_prints_a_summary_with_the_agents_cpu_time(
     world: tuple[Path, FakeDamonKernel], capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, kernel = world
-    args = parse(["tiering", "run", "--interval", "0.01", "--iterations", "2", "--json"])
+    args = parse(["tiering", "run", "--duration", "0.3", "--json"])
     assert args.func(args, Ctx(HostFS(str(root)))) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["backend"] == "damon"
@@ -180,7 +212,7 @@ def test_run_prints_a_summary_with_the_agents_cpu_time(
     assert doc["moved_by_source"] == {"0": 0, "1": 0}
     assert doc["agent_cpu_s"] >= 0 and doc["elapsed_s"] > 0
     assert kernel.writes[-1] == (NR_KDAMONDS, "0")
-    text = parse(["tiering", "run", "--interval", "0.01", "--iterations", "1"])
+    text = parse(["tiering", "run", "--duration", "0.1"])
     assert text.func(text, Ctx(HostFS(str(root)))) == 0
     out = capsys.readouterr().out
     assert out.startswith("tiering: damon moved 0.0 MiB (tried 0.0 MiB) in "), out
@@ -190,37 +222,71 @@ def test_run_prints_a_summary_with_the_agents_cpu_time(
 def test_run_takes_the_watermarks_and_rate_bound_from_the_command_line(
     world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from guestagent.tiering import job as job_module
+
     root, _ = world
     seen: list[TieringConfig] = []
 
-    def fake_run(self: Runner, iterations: int | None = None) -> int:
-        seen.append(self.config)
-        return 0
+    class Recording(Runner):
+        def tick(self) -> Any:
+            seen.append(self.config)
+            return super().tick()
 
-    monkeypatch.setattr(Runner, "run", fake_run)
+    monkeypatch.setattr(job_module, "Runner", Recording)
     args = parse(
         ["tiering", "run", "--source-high-pct", "45", "--target-min-pct", "50",
-         "--max-rate-mb", "2", "--interval", "3"]
+         "--max-rate-mb", "2", "--interval", "3", "--duration", "0.1"]
     )
     assert args.func(args, Ctx(HostFS(str(root)))) == 0
     c = seen[0]
     assert (c.source_low_pct, c.source_high_pct, c.target_min_pct) == (10.0, 45.0, 50.0)
     assert (c.max_rate, c.initial_rate, c.interval_s) == (2 << 20, 2 << 20, 3.0)
-    # A target watermark under the source's high one would let a target be a short node.
+    # A target watermark under the source's high one would let a target be a short node; the
+    # problem names the option, as a file's problem names the file.
     bad = parse(["tiering", "run", "--source-high-pct", "45", "--target-min-pct", "30"])
-    with pytest.raises(GuestAgentError, match="target_min_pct"):
+    with pytest.raises(GuestAgentError,
+                       match=r"--target-min-pct: \[tiering\] target_min_pct = .30.*source_high"):
         bad.func(bad, Ctx(HostFS(str(root))))
     zero = parse(["tiering", "run", "--max-rate-mb", "0"])
-    with pytest.raises(GuestAgentError, match="--max-rate-mb: must be positive"):
+    with pytest.raises(GuestAgentError,
+                       match=r"--max-rate-mb: \[tiering\] max_rate_mb = '0': below the minimum 1"):
         zero.func(zero, Ctx(HostFS(str(root))))
+    assert len(seen) == 1  # a refused configuration starts nothing
 
 
-def test_run_refuses_a_bad_interval_and_unknown_backend_names(
-    world: tuple[Path, FakeDamonKernel],
+def test_run_options_override_the_configuration_files(
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The files ``guestagent run`` reads, then the options given; an option not given leaves
+    the file's value."""
+    from guestagent.tiering import job as job_module
+
     root, _ = world
-    args = parse(["tiering", "run", "--interval", "0"])
-    with pytest.raises(GuestAgentError, match="--interval: must be positive"):
+    seen: list[TieringConfig] = []
+
+    class Recording(Runner):
+        def tick(self) -> Any:
+            seen.append(self.config)
+            return super().tick()
+
+    monkeypatch.setattr(job_module, "Runner", Recording)
+    main = tmp_path / "guestagent.toml"
+    main.write_text("[tiering]\nsource_high_pct = 20.0\ntarget_min_pct = 40.0\n")
+    args = parse(["tiering", "run", "--config", str(main), "--conf-dir", str(tmp_path / "etc"),
+                  "--target-min-pct", "30", "--duration", "0.1"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert (seen[0].source_high_pct, seen[0].target_min_pct) == (20.0, 30.0)
+
+
+def test_run_refuses_a_bad_interval(world: tuple[Path, FakeDamonKernel]) -> None:
+    root, _ = world
+    for value in ("0", "0.5"):  # [tiering] interval_seconds is at least 1 s, in a file too
+        args = parse(["tiering", "run", "--interval", value])
+        with pytest.raises(GuestAgentError,
+                           match=r"--interval: \[tiering\] interval_seconds = .*minimum 1"):
+            args.func(args, Ctx(HostFS(str(root))))
+    args = parse(["tiering", "run", "--duration", "0"])
+    with pytest.raises(GuestAgentError, match="--duration: must be positive"):
         args.func(args, Ctx(HostFS(str(root))))
 
 
@@ -247,3 +313,75 @@ def test_through_the_cli_contract(
     assert cli.main(["--root", str(root), "tiering", "status"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("guestagent: /sys/devices/system/node/node0/meminfo line 1:")
+
+
+def test_run_is_the_daemon_with_the_tiering_job_alone(
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``tiering run --duration`` is the daemon: it notifies READY with the one job, answers on
+    the status socket (the topology job, on by default, is off), journals its kdamonds in the
+    undo journal while it runs, and after the duration shuts down as on SIGTERM: STOPPING, the
+    kdamonds and the journal gone, the socket removed, the summary printed."""
+    from guestagent.daemon import systemd
+    from guestagent.daemon.service import read_status
+
+    root, kernel = world
+    state_dir = root / "run/guestagent"
+    notified: list[str] = []
+    monkeypatch.setattr(systemd, "notify", lambda state, environ=None: notified.append(state))
+    seen: dict[str, Any] = {}
+
+    def look() -> None:  # from another thread while the daemon's loop serves
+        seen["status"] = read_status(str(state_dir))
+        seen["journal"] = (state_dir / "tiering.json").exists()
+
+    probe = threading.Timer(0.5, look)
+    probe.start()
+    args = parse(["tiering", "run", "--duration", "1.5", "--json"])
+    try:
+        assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    finally:
+        probe.cancel()
+    status = seen["status"]
+    assert status["pid"] == os.getpid() and status["role"] == "guest"
+    assert list(status["jobs"]) == ["tiering"], status["jobs"]
+    assert status["jobs"]["tiering"]["running"] and status["jobs"]["tiering"]["active"]
+    assert status["jobs"]["tiering"]["backend"] == "damon"
+    assert status["config_files"][-1] == "command line"
+    assert seen["journal"], "the kdamonds were journalled while they ran"
+    assert notified[0].startswith("READY=1\nSTATUS=jobs: tiering"), notified
+    assert notified[-1] == "STOPPING=1", notified
+    assert not (state_dir / "tiering.json").exists()
+    assert not (state_dir / "status.sock").exists()
+    assert kernel.writes[-1] == (NR_KDAMONDS, "0")
+    assert json.loads(capsys.readouterr().out)["backend"] == "damon"
+
+
+def test_run_keeps_its_options_across_a_reload(
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGHUP reloads the files as the daemon does, and the options are applied again over
+    them: a file changed in between is read, an option still wins."""
+    from guestagent.tiering import job as job_module
+
+    root, _ = world
+    main = tmp_path / "guestagent.toml"
+    main.write_text("[tiering]\nsource_high_pct = 20.0\n")
+    seen: list[TieringConfig] = []
+
+    class Recording(Runner):
+        def tick(self) -> Any:
+            seen.append(self.config)
+            if len(seen) == 1:  # the daemon's handlers are in place once its job ticks
+                main.write_text("[tiering]\nsource_high_pct = 25.0\n")
+                os.kill(os.getpid(), signal.SIGHUP)
+            return super().tick()
+
+    monkeypatch.setattr(job_module, "Runner", Recording)
+    args = parse(["tiering", "run", "--config", str(main), "--conf-dir", str(tmp_path / "etc"),
+                  "--target-min-pct", "35", "--duration", "1"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert (seen[0].source_high_pct, seen[0].target_min_pct) == (20.0, 35.0)
+    assert (seen[-1].source_high_pct, seen[-1].target_min_pct) == (25.0, 35.0), seen
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL

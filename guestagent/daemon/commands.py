@@ -1,15 +1,18 @@
-"""``guestagent config check|show|doc`` (and, with the daemon, ``run`` and ``status``)."""
+"""``guestagent config check|show|doc`` (and, with the daemon, ``run`` and ``status``), and the
+daemon running one job for the long-running commands (:func:`run_one_job`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from guestagent import config as config_mod
+from guestagent.cli import finite_float
 from guestagent.config import Config
-from guestagent.errors import GuestAgentError
+from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 
 
@@ -119,14 +122,10 @@ def resolve_role(cfg: Config, hostfs: HostFS) -> str:
     return "dom0" if detect_hypervisor(hostfs).is_dom0 else "guest"
 
 
-def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
+def configure_logging(args: argparse.Namespace, cfg: Config) -> None:
+    """The daemon's logging: the configuration's level and format; ``--log-level`` wins."""
     from guestagent import log
-    from guestagent.daemon.service import Daemon
 
-    def load() -> Config:
-        return load_checked(args.config, args.conf_dir, ctx.hostfs)
-
-    cfg = load()
     configured = str(cfg.get("agent", "log_level"))
     level = args.log_level or configured  # the command line wins over the configuration
     log.configure(level=level, json=cfg.get("agent", "log_format") == "json")
@@ -134,9 +133,95 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
         log.get_logger("daemon").warning(
             "log_level_from_command_line", command_line=level, configured=configured,
             note="--log-level overrides [agent] log_level")
+
+
+def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
+    from guestagent.daemon.service import Daemon
+
+    def load() -> Config:
+        return load_checked(args.config, args.conf_dir, ctx.hostfs)
+
+    cfg = load()
+    configure_logging(args, cfg)
     role = args.role or resolve_role(cfg, ctx.hostfs)
     Daemon(ctx.hostfs, cfg, load, make_jobs, role).run()
     return 0
+
+
+# --- one job: the long-running commands -----------------------------------------------------
+
+#: A command-line option turned into a configuration key: (the option, section, key, value);
+#: a value of None (the option not given) leaves the files' value.
+Override = tuple[str, str, str, Any]
+
+
+def with_overrides(cfg: Config, job: str, overrides: Sequence[Override]) -> Config:
+    """``cfg`` with ``job`` the only job turned on and each given option set, checked as a file's
+    values are (type, range, the sections' own rules); a problem names the option. Raises
+    ConfigError."""
+    problems: list[str] = []
+    files = list(cfg.files)
+    only = {name: {"enabled": name == job} for name, _roles, _target in JOBS}
+    config_mod.apply_document(cfg, only, "command line", problems)
+    for flag, section, key, value in overrides:
+        if value is not None:
+            config_mod.apply_document(cfg, {section: {key: value}}, flag, problems)
+    cfg.files = [*files, "command line"]
+    problems += config_mod.cross_checks(cfg)
+    if problems:
+        raise config_mod.ConfigError(problems)
+    return cfg
+
+
+def one_job_options(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--conf-dir`` (the files ``run`` reads) and ``--duration``."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help=f"main configuration file, read as by run (default {config_mod.MAIN_FILE}, "
+        "used when present)")
+    parser.add_argument(
+        "--conf-dir", metavar="DIR", default=argparse.SUPPRESS,
+        help=f"drop-in directory (default {config_mod.CONF_DIR}, used when present)")
+    parser.add_argument(
+        "--duration", type=finite_float, default=None, metavar="SECONDS",
+        help="stop after this many seconds, as on SIGTERM (undo included; default: run until "
+        "SIGTERM or SIGINT)")
+
+
+def run_one_job(
+    args: argparse.Namespace,
+    ctx: Any,
+    job: Any,
+    overrides: Sequence[Override],
+    role: str,
+    xenstore_connect: Callable[[], Any] | None = None,
+) -> Any:
+    """The daemon running ``job`` alone: the configuration ``run`` reads (``--config``,
+    ``--conf-dir``) with the command's options as overrides, the same event loop, status socket,
+    signals, undo and journal; until SIGTERM/SIGINT or ``--duration``. Returns the Daemon once
+    it has stopped. Raises GuestAgentError (exit 1) when the configuration is refused or the
+    job cannot start here."""
+    from guestagent.daemon.service import Daemon
+
+    duration = getattr(args, "duration", None)
+    if duration is not None and duration <= 0:
+        raise InputError("--duration", "must be positive", duration)
+    main_file, conf_dir = getattr(args, "config", None), getattr(args, "conf_dir", None)
+    why = config_mod.named_path_problem(main_file, conf_dir)
+    if why is not None:
+        raise GuestAgentError(why)
+
+    def load() -> Config:
+        cfg = load_checked(main_file or config_mod.MAIN_FILE, conf_dir or config_mod.CONF_DIR,
+                           ctx.hostfs)
+        return with_overrides(cfg, job.name, overrides)
+
+    cfg = load()
+    configure_logging(args, cfg)
+    daemon = Daemon(ctx.hostfs, cfg, load, lambda _cfg, _role: [job], role,
+                    xenstore_connect=xenstore_connect, stop_after=duration, one_job=True)
+    daemon.run()
+    return daemon
 
 
 #: ``status``'s exit status when no daemon runs (LSB init scripts: "program is not running").

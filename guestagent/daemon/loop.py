@@ -70,6 +70,8 @@ class EventLoop:
         self._seq = itertools.count()
         self._clock = clock
         self._signal_handlers: dict[int, Callback] = {}
+        #: The handlers replaced by :meth:`add_signal_handler`, put back by :meth:`close`.
+        self._previous_handlers: dict[int, Any] = {}
         self._signal_r, self._signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._signal_r, self._drain_signals)
         self._stopping = False
@@ -152,7 +154,8 @@ class EventLoop:
 
     def add_signal_handler(self, signum: int, callback: Callback) -> None:
         self._signal_handlers[signum] = callback
-        signal.signal(signum, lambda s, f: None)
+        previous = signal.signal(signum, lambda s, f: None)
+        self._previous_handlers.setdefault(signum, previous)
         signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
         signal.siginterrupt(signum, False)
 
@@ -233,6 +236,12 @@ class EventLoop:
             self._log.error("callback_failed", source=what, error=str(e), kind=type(e).__name__)
 
     def close(self) -> None:
+        """Release the loop: the signal handlers it replaced are put back (a command run in a
+        process that goes on, as in the tests, gets its SIGTERM and SIGINT back)."""
+        for signum, previous in self._previous_handlers.items():
+            # None: a handler not set from Python; the default is the closest there is.
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous_handlers.clear()
         signal.set_wakeup_fd(-1)
         os.close(self._signal_r)
         os.close(self._signal_w)

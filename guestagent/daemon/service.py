@@ -5,6 +5,11 @@ Each job (topology, balloon, tiering, devices, dom0) is an object with ``start``
 them on and off from the configuration, and undoes what they changed on the way out.
 SIGHUP reloads the configuration (a bad one is refused and the running one kept); SIGTERM and
 SIGINT stop every job, which puts back what it changed, and exit.
+
+The long-running commands (``tiering run``, ``dom0 run``) are this daemon with one job
+(:func:`guestagent.daemon.commands.run_one_job`): ``one_job`` makes a job that cannot start an
+error (the command exits 1 with the reason) instead of a job left off, and ``stop_after``
+(``--duration``) ends the run with the same clean shutdown as SIGTERM.
 """
 
 from __future__ import annotations
@@ -266,6 +271,11 @@ class Daemon:
     xenstore_connect: Callable[[], Any] | None = None
     records: list[JobRecord] = field(default_factory=list)
     resumes: int = 0
+    #: Seconds after start to shut down as SIGTERM would (``--duration``); None: until a signal.
+    stop_after: float | None = None
+    #: A job that cannot start is an error (raised from :meth:`start`), not a job left off: the
+    #: one-job commands exit 1 with its reason.
+    one_job: bool = False
 
     def __post_init__(self) -> None:
         self._log = get_logger("daemon")
@@ -296,6 +306,9 @@ class Daemon:
             record = JobRecord(job)
             self.records.append(record)
             self._start_job(record, ctx)
+        failed = [r for r in self.records if self.one_job and not r.running]
+        if failed:
+            raise GuestAgentError(failed[0].error or f"the {failed[0].job.name} job did not start")
         if self.hub.client() is not None:
             try:
                 self.hub.watch("unique-domain-id", lambda path: self._check_resume(read_id=True))
@@ -304,6 +317,11 @@ class Daemon:
         self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
         self.loop.call_every(RESUME_CHECK_SECONDS, lambda: self._check_resume(read_id=False))
         self._start_metrics()
+        if self.stop_after is not None:
+            after = self.stop_after
+            timer = self.loop.call_later(
+                after, lambda: self.shutdown(f"--duration {after:g} s elapsed"))
+            timer.slack = 0.0  # never early: a duration is a promise, not a period
         period = systemd.watchdog_period()
         if period is not None:
             self.loop.call_every(period, self._feed_watchdog, first=0)

@@ -1,5 +1,6 @@
 """Dom0 commands: ``guestagent host topology [--json]``, ``guestagent dom0 publish`` (one pass)
-and ``guestagent dom0 run`` (follow xenstore watches).
+and ``guestagent dom0 run`` (the daemon running the Dom0 job alone: it follows the xenstore
+watches until SIGTERM or ``--duration``).
 
 All need the control domain: detected from ``/proc/xen/capabilities`` (``control_d``), or forced
 with ``--role dom0``. Exit status 0 on success; 1 with one line on stderr when Xen or xenstore
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable
 
 from guestagent.cli import finite_float
+from guestagent.daemon.commands import one_job_options
 from guestagent.dom0.publisher import DomainResult, Publisher
 from guestagent.dom0.role import ROLES, require_dom0
 from guestagent.dom0.schema import base_path
@@ -142,23 +143,23 @@ def dom0_publish(args: argparse.Namespace, ctx: Any) -> int:
     return 1 if errors else 0
 
 
+def _open_sysctl(hostfs: HostFS) -> tuple[Any, Any]:
+    """:data:`sysctl_factory` as the Dom0 job opens it: (what to close, the Sysctl)."""
+    stack = ExitStack()
+    sysctl = stack.enter_context(sysctl_factory(hostfs))
+    return stack, sysctl
+
+
 def dom0_run(args: argparse.Namespace, ctx: Any) -> int:
+    """The daemon running the Dom0 job alone (:func:`guestagent.daemon.commands.run_one_job`)."""
+    from guestagent.daemon.commands import run_one_job
+    from guestagent.dom0.job import Dom0Job
+
     hostfs: HostFS = ctx.hostfs
     require_dom0(hostfs, args.role)
-    stopping: list[int] = []
-
-    def stop(signum: int, _frame: Any) -> None:
-        stopping.append(signum)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    client = xenstore_factory(hostfs)
-    try:
-        with sysctl_factory(hostfs) as sysctl:
-            _publisher(hostfs, client, sysctl).run(lambda: bool(stopping), resync=args.resync)
-    finally:
-        client.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    overrides = [("--resync", "dom0", "resync_seconds", args.resync)]
+    run_one_job(args, ctx, Dom0Job(open_sysctl=_open_sysctl), overrides, role="dom0",
+                xenstore_connect=lambda: xenstore_factory(hostfs))
     return 0
 
 
@@ -202,11 +203,15 @@ def register(subparsers: Any) -> None:
     publish.set_defaults(func=dom0_publish)
     run = dom0_sub.add_parser(
         "run",
-        help="publish, then keep the hints current from xenstore watches until stopped",
+        help="the daemon with the Dom0 job alone: publish, then keep the hints current from "
+        "xenstore watches until SIGTERM or --duration",
+        description="The daemon (as 'guestagent run --role dom0') with only the [dom0] job: it "
+        "reads the same configuration files; --resync overrides [dom0] resync_seconds.",
     )
     run.add_argument(
-        "--resync", type=finite_float, default=60.0, metavar="SECONDS",
-        help="full pass at least this often (default 60)",
+        "--resync", type=finite_float, default=None, metavar="SECONDS",
+        help="full pass at least this often ([dom0] resync_seconds, default 60)",
     )
     _role_argument(run)
+    one_job_options(run)
     run.set_defaults(func=dom0_run)

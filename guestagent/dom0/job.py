@@ -1,5 +1,6 @@
 """The Dom0 job of the daemon (``guestagent run --role dom0``): keep every guest's device hints
-true, from the xenstore watches and a periodic full pass.
+true, from the xenstore watches and a periodic full pass (``[dom0] resync_seconds``).
+``guestagent dom0 run`` is the daemon running this job alone.
 
 Watches (through the daemon's shared xenstore connection): ``@introduceDomain``,
 ``@releaseDomain`` (full pass) and the PCI backend root (that domain only). Events are coalesced:
@@ -23,8 +24,6 @@ from guestagent.xen.sysctl import PciAddress
 if TYPE_CHECKING:
     from guestagent.daemon.service import JobContext
 
-#: Full pass at least this often, in case a watch event was lost.
-RESYNC_SECONDS = 60.0
 #: Events within this window are handled together.
 COALESCE_SECONDS = 0.2
 
@@ -50,22 +49,19 @@ class Dom0Job:
         self._timers: list[Any] = []
         self._scheduled: Any = None
         self._last: list[DomainResult] = []
-        self._off: str | None = None
         self._log = get_logger("dom0")
 
     def start(self, ctx: JobContext) -> None:
+        """Watch and publish; GuestAgentError (the daemon keeps the job off with the reason,
+        ``dom0 run`` exits 1 with it) when xenstore or Xen's sysctls cannot be reached."""
         self._ctx = ctx
         client = ctx.xenstore.client()
         if client is None:
-            self._off = f"no xenstore: {ctx.xenstore.unavailable}"
-            self._log.warning("dom0_job_off", reason=self._off)
-            return
+            raise GuestAgentError(f"no xenstore: {ctx.xenstore.unavailable}")
         try:
             self._privcmd, sysctl = self._open_sysctl(ctx.hostfs)
         except (GuestAgentError, ImportError) as e:
-            self._off = f"no sysctl: {e}"
-            self._log.warning("dom0_job_off", reason=self._off)
-            return
+            raise GuestAgentError(f"no sysctl: {e}") from None
 
         def topology(extra: Sequence[PciAddress]) -> HostTopology:
             return read_host_topology(ctx.hostfs, sysctl, extra)
@@ -73,8 +69,15 @@ class Dom0Job:
         self._publisher = Publisher(client, ctx.hostfs, topology)
         for path, _token in WATCHES:
             ctx.xenstore.watch(path, self._on_event)
-        self._timers.append(ctx.loop.call_every(RESYNC_SECONDS, self._resync))
+        self._schedule_resync(ctx.config)
         self._run("start", full=True)
+
+    def _schedule_resync(self, config: Config) -> None:
+        assert self._ctx is not None
+        for timer in self._timers:
+            timer.cancel()
+        every = float(config.get("dom0", "resync_seconds"))
+        self._timers = [self._ctx.loop.call_every(every, self._resync)]
 
     def _on_event(self, path: str) -> None:
         domid = domid_of_backend_path(path)
@@ -113,6 +116,7 @@ class Dom0Job:
             self._log.warning("dom0_pass_failed", reason=reason, error=str(e))
 
     def reload(self, config: Config) -> None:
+        self._schedule_resync(config)
         self._run("configuration reloaded", full=True)
 
     def republish(self, reason: str) -> None:
@@ -131,8 +135,6 @@ class Dom0Job:
             self._privcmd = None
 
     def status(self) -> dict[str, Any]:
-        if self._off is not None:
-            return {"off": self._off}
         return {
             "guests": [
                 {

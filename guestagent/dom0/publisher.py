@@ -8,17 +8,15 @@ left loses the tree. Nothing is written for a domain whose home node is gone (th
 re-create it). A domain whose entries do not parse gets no hints (its tree is removed) and an
 error line; the other domains are unaffected.
 
-:meth:`Publisher.run` watches ``@introduceDomain``, ``@releaseDomain`` and the PCI backend root,
-re-publishing one domain for a backend change under its id and everything otherwise, plus a full
-pass every ``resync`` seconds in case an event was lost.
+The daemon's Dom0 job (:mod:`guestagent.dom0.job`) watches :data:`WATCHES` (``@introduceDomain``,
+``@releaseDomain`` and the PCI backend root), re-publishing one domain for a backend change under
+its id and everything otherwise, plus a full pass every ``[dom0] resync_seconds``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -203,42 +201,3 @@ class Publisher:
         for problem in self.problems:
             self._log.warning("dom0_xenstore_problem", problem=problem)
         return results
-
-    def run(
-        self,
-        should_stop: Callable[[], bool],
-        resync: float = 60.0,
-        wait: float = 1.0,
-        on_pass: Callable[[list[DomainResult]], None] | None = None,
-    ) -> None:
-        """Publish, then follow the watches until ``should_stop()``; unwatches on the way out."""
-        for path, token in WATCHES:
-            self.client.watch(path, token)
-        try:
-            results = self.publish_all()
-            if on_pass is not None:
-                on_pass(results)
-            next_full = time.monotonic() + resync
-            while not should_stop():
-                events = self.client.pending_events() or self.client.read_events(wait)
-                full = time.monotonic() >= next_full
-                domids: set[int] = set()
-                for event in events:
-                    domid = domid_of_backend_path(event.path)
-                    if event.token == TOKEN_BACKEND and domid is not None:
-                        domids.add(domid)
-                    else:
-                        full = True
-                if full:
-                    results = self.publish_all()
-                    next_full = time.monotonic() + resync
-                elif domids:
-                    results = [self.publish_domain(d) for d in sorted(domids)]
-                else:
-                    continue
-                if on_pass is not None:
-                    on_pass(results)
-        finally:
-            for path, token in WATCHES:
-                with contextlib.suppress(OSError, InputError):
-                    self.client.unwatch(path, token)

@@ -7,11 +7,11 @@ and why each other one does not, with what each mechanism cannot do, then shows 
 plan the policy would apply right now. Exit status 0 whether or not a backend serves (``serving``
 is null in JSON when none does); 1 with one line on stderr when the node snapshot is unreadable.
 
-``run`` drives the serving backend in a loop (``--iterations`` for a bounded run) and undoes
-everything on SIGTERM/SIGINT or at the end, then prints what it did (bytes moved and tried, wall
-time, the agent's own CPU time; ``--json`` for JSON). The watermarks and the rate bound can be given
-on the command line (the ``[tiering]`` keys of the daemon). Exit 1 with the reasons when no backend
-serves.
+``run`` is the daemon running the tiering job alone (the same event loop, status socket, undo
+journal and configuration files as ``guestagent run``; each option given overrides its
+``[tiering]`` key). It undoes everything on SIGTERM/SIGINT or after ``--duration``, then prints
+what it did (bytes moved and tried, wall time, the agent's own CPU time; ``--json`` for JSON).
+Exit 1 with the reasons when no backend serves or the configuration is refused.
 
 ``--reset`` removes the kdamonds the undo journal (``tiering.json`` in ``[agent] state_dir``) says
 the daemon's tiering job added, also after a ``kill -9`` (for systemd ``ExecStopPost``); never
@@ -32,7 +32,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.cli import finite_float
-from guestagent.errors import GuestAgentError, InputError
+from guestagent.daemon.commands import one_job_options
+from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 from guestagent.tiering import readers
 from guestagent.tiering.model import Availability, Backend, PolicyState, TieringConfig
@@ -171,38 +172,33 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, ctx: Any) -> int:
-    from guestagent.tiering.runner import Runner
+#: ``tiering run``'s options and the ``[tiering]`` keys they override (None: not given).
+RUN_OVERRIDES = (
+    ("--backend", "backend"),
+    ("--interval", "interval_seconds"),
+    ("--source-low-pct", "source_low_pct"),
+    ("--source-high-pct", "source_high_pct"),
+    ("--target-min-pct", "target_min_pct"),
+    ("--max-rate-mb", "max_rate_mb"),
+)
 
-    hostfs: HostFS = ctx.hostfs
-    probed = probe_all(hostfs)
-    if args.backend:
-        candidates = [p for p in probed if p[0] == args.backend]
-        if not candidates:
-            raise InputError("--backend", "unknown backend", args.backend)
-        probed = candidates
-    chosen = serving(probed)
-    if chosen is None:
-        reasons = "; ".join(f"{name}: {why_not(b, a)}" for name, b, a in probed)
-        raise GuestAgentError(f"tiering: no backend can serve: {reasons}")
-    if args.interval <= 0:
-        raise InputError("--interval", "must be positive", args.interval)
-    if args.max_rate_mb <= 0:
-        raise InputError("--max-rate-mb", "must be positive", args.max_rate_mb)
-    defaults = TieringConfig()
-    config = TieringConfig(
-        interval_s=args.interval,
-        source_low_pct=args.source_low_pct,
-        source_high_pct=args.source_high_pct,
-        target_min_pct=args.target_min_pct,
-        max_rate=args.max_rate_mb * MIB,
-        initial_rate=min(defaults.initial_rate, args.max_rate_mb * MIB),
-        min_rate=min(defaults.min_rate, args.max_rate_mb * MIB),
-    )
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    """The daemon running the tiering job alone (:func:`guestagent.daemon.commands.run_one_job`),
+    then the summary of what it did."""
+    from guestagent.daemon.commands import run_one_job
+    from guestagent.tiering.job import TieringJob
+
+    overrides = [
+        (flag, "tiering", key, getattr(args, flag[2:].replace("-", "_")))
+        for flag, key in RUN_OVERRIDES
+    ]
+    job = TieringJob()
     t0 = time.monotonic()
     cpu0 = _cpu_seconds()
-    rc = Runner(hostfs, chosen, config).run(iterations=args.iterations)
-    summary = run_summary(chosen, time.monotonic() - t0, _cpu_seconds() - cpu0)
+    run_one_job(args, ctx, job, overrides, role="guest")
+    assert job.backend is not None  # the daemon raises when the job did not start
+    summary = run_summary(job.backend, time.monotonic() - t0, _cpu_seconds() - cpu0)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     else:
@@ -214,7 +210,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             f"(tried {summary['bytes_tried'] / MIB:.1f} MiB) in {summary['elapsed_s']:.1f} s"
             f"{' (' + moved + ')' if moved else ''}; agent CPU {summary['agent_cpu_s']:.2f} s\n"
         )
-    return rc
+    return 0
 
 
 def _cpu_seconds() -> float:
@@ -295,7 +291,7 @@ def register(subparsers: Any) -> None:
         help="remove the kdamonds the undo journal says the agent added (also after a crash) "
              "and exit; never another DAMON user's")
     parser.add_argument("--config", metavar="FILE",
-                        help="main configuration file, for [agent] state_dir only "
+                        help="main configuration file; --reset reads [agent] state_dir only "
                              "(default /etc/guestagent/guestagent.toml)")
     parser.add_argument("--conf-dir", metavar="DIR",
                         help="configuration drop-ins (default /etc/guestagent/conf.d)")
@@ -303,39 +299,33 @@ def register(subparsers: Any) -> None:
     st = sub.add_parser("status", help="which backend serves, why the others do not, the plan")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=status)
-    rn = sub.add_parser("run", help="move cold pages until SIGTERM (then undo everything)")
-    rn.add_argument(
-        "--interval",
-        type=finite_float,
-        default=TieringConfig().interval_s,
-        help="seconds between decisions (default %(default)s)",
-    )
-    rn.add_argument(
-        "--iterations",
-        type=int,
-        default=None,
-        help="stop after this many decisions (default: run until SIGTERM)",
-    )
-    defaults = TieringConfig()
-    for flag, dest, value, what in (
-        ("--source-low-pct", "source_low_pct", defaults.source_low_pct,
+    rn = sub.add_parser(
+        "run", help="the daemon with the tiering job alone, until SIGTERM or --duration "
+        "(then undo everything)",
+        description="The daemon (as 'guestagent run') with only the [tiering] job: it reads the "
+        "same configuration files; each option given overrides its [tiering] key. On SIGTERM, "
+        "SIGINT or after --duration it undoes everything and prints what it did.")
+    rn.add_argument("--interval", type=finite_float, default=None,
+                    help="seconds between decisions ([tiering] interval_seconds)")
+    for flag, dest, what in (
+        ("--source-low-pct", "source_low_pct",
          "a vnode is short below this %% of its MemTotal free"),
-        ("--source-high-pct", "source_high_pct", defaults.source_high_pct,
+        ("--source-high-pct", "source_high_pct",
          "...and stays short until this %% is free again"),
-        ("--target-min-pct", "target_min_pct", defaults.target_min_pct,
-         "a target keeps at least this %% free"),
+        ("--target-min-pct", "target_min_pct", "a target keeps at least this %% free"),
     ):
-        rn.add_argument(flag, dest=dest, type=finite_float, default=value,
-                        help=f"{what} (default %(default)s; [tiering] key {dest})")
-    rn.add_argument("--max-rate-mb", type=int, default=defaults.max_rate // MIB,
-                    help="upper bound on the rate, MiB/s per source (default %(default)s)")
+        rn.add_argument(flag, dest=dest, type=finite_float, default=None,
+                        help=f"{what} ([tiering] {dest})")
+    rn.add_argument("--max-rate-mb", type=int, default=None,
+                    help="upper bound on the rate, MiB/s per source ([tiering] max_rate_mb)")
     rn.add_argument("--json", action="store_true",
                     help="print the summary at the end as JSON (moved, tried, CPU time)")
     rn.add_argument(
         "--backend",
         choices=[n for n, _ in backend_factories],
         default=None,
-        help="use only this backend",
+        help="use only this backend ([tiering] backend)",
     )
+    one_job_options(rn)
     rn.set_defaults(func=run)
     parser.set_defaults(func=cmd_tiering, reset=False, _tiering_parser=parser)

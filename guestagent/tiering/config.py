@@ -76,12 +76,17 @@ def config_keys() -> tuple[Any, ...]:
 
 def tiering_config(section: dict[str, Any]) -> TieringConfig:
     """A validated ``[tiering]`` section as the policy's configuration (raises InputError when
-    the watermarks contradict each other)."""
+    the watermarks contradict each other). A ``max_rate_mb`` under the policy's starting (or
+    least) rate lowers those to it: the bound is the bound."""
+    max_rate = int(section["max_rate_mb"]) * MIB
+    defaults = TieringConfig()
     return TieringConfig(
         source_low_pct=float(section["source_low_pct"]),
         source_high_pct=float(section["source_high_pct"]),
         target_min_pct=float(section["target_min_pct"]),
-        max_rate=int(section["max_rate_mb"]) * MIB,
+        max_rate=max_rate,
+        initial_rate=min(defaults.initial_rate, max_rate),
+        min_rate=min(defaults.min_rate, max_rate),
         interval_s=float(section["interval_seconds"]),
     )
 

@@ -21,6 +21,7 @@ from guestagent.tiering.runner import Runner
 if TYPE_CHECKING:
     from guestagent.daemon.loop import Timer
     from guestagent.daemon.service import JobContext
+    from guestagent.tiering.model import Backend
 
 
 class TieringJob:
@@ -31,6 +32,8 @@ class TieringJob:
         self._runner: Runner | None = None
         self._backend_name = ""
         self._timer: Timer | None = None
+        #: The backend that served, kept after stop for its counters (``tiering run``'s summary).
+        self.backend: Backend | None = None
         self._log = get_logger("tiering")
 
     def start(self, ctx: JobContext) -> None:
@@ -51,6 +54,7 @@ class TieringJob:
             reasons = "; ".join(f"{name}: {why_not(b, a)}" for name, b, a in probed)
             raise GuestAgentError(f"no tiering backend can serve: {reasons}")
         self._backend_name = backend.name
+        self.backend = backend
         self._runner = Runner(ctx.hostfs, backend, tiering_config(section))
         self._schedule()
 

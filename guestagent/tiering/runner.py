@@ -1,4 +1,6 @@
-"""The one-shot tiering loop: read, decide, apply, repeat; stop() undoes everything on the way out.
+"""One round of tiering: read, decide, apply. The daemon's tiering job (:mod:`.job`) runs it on
+its event loop's timer, for ``guestagent run`` and ``guestagent tiering run`` alike; the backend's
+``stop()`` undoes everything on the way out.
 
 Each tick reads the node snapshot and the counters, turns the counter deltas into an
 :class:`~guestagent.tiering.model.Observation`, asks the pure policy for a plan and applies it
@@ -8,20 +10,15 @@ Each tick reads the node snapshot and the counters, turns the counter deltas int
   on stale numbers;
 * the policy itself pauses a source whose target falls under its watermark, and caps every rate by
   the target's room per interval;
-* SIGTERM or SIGINT end the loop at once, and ``stop()`` runs in a ``finally``.
-
-The real daemon (issue "daemon") will own scheduling; this loop is for ``guestagent tiering run``.
+* the daemon stops the job on SIGTERM, SIGINT or ``--duration``, and the job stops the backend.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from types import FrameType
-from typing import Any, Callable
+from typing import Callable
 
 from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
@@ -53,7 +50,6 @@ class Runner:
         self.clock = clock
         self.state = PolicyState()
         self.started = False
-        self.stop_event = threading.Event()
         self._last_time: float | None = None
         self._last_returned: int | None = None
         self._last_moved: dict[int, int] = {}
@@ -109,28 +105,3 @@ class Runner:
             self.started = True
         else:
             self.backend.update(plan)
-
-    def run(self, iterations: int | None = None, install_signals: bool = True) -> int:
-        """Tick every ``config.interval_s`` until a signal (or ``iterations`` ticks); then stop."""
-        previous: dict[signal.Signals, Any] = {}
-        if install_signals and threading.current_thread() is threading.main_thread():
-
-            def on_signal(signum: int, _frame: FrameType | None) -> None:
-                self._log.info("tiering_signal", signal=signal.Signals(signum).name)
-                self.stop_event.set()
-
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, on_signal)
-        try:
-            done = 0
-            while not self.stop_event.is_set():
-                self.tick()
-                done += 1
-                if iterations is not None and done >= iterations:
-                    break
-                self.stop_event.wait(self.config.interval_s)
-        finally:
-            self.backend.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return 0
