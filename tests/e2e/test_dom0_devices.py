@@ -461,7 +461,33 @@ def check_daemon_survives_xenstore_loss(bed: XenBed, domid: int, device: str) ->
     try:
         wait_for("the Dom0 daemon answering status, xenstore connected",
                  lambda: daemon_status(bed).get("xenstore") == "connected", 180)
-        before = cpu_ticks(bed, pid)
+        used, elapsed = cut_for_a_while(bed, pid, key)
+        wait_for(f"{key} written again",
+                 lambda: (r := bed.dom0(f"xenstore-read {key}"))[1] == 0 and r[0].strip() == "1",
+                 120, 2)
+        status = wait_for("status connected again", lambda: (
+            s if (s := daemon_status(bed)).get("xenstore") == "connected" else None), 60, 2)
+    finally:
+        log, _ = bed.dom0(f"kill {pid}; sleep 3; cat /run/e2e/daemon.log")
+        print(f"the Dom0 daemon's log:\n{log}")
+    assert status["xenstore_reconnects"] == 1, status
+    assert used * 4 < elapsed, (
+        f"the daemon used {used} of {elapsed} CPU ticks while xenstore was away:\n{log}")
+    lost = log.index("event=xenstore_lost")
+    back = log.index("event=xenstore_reconnected", lost)
+    assert re.search(r"event=dom0_hints_published\b.*writes=1\b", log[back:]), log
+    assert "Traceback" not in log, log
+    bed.dom0_ok("xl list")
+    return (f"Dom0 daemon: xenstore connection cut, {status['xenstore_reconnects']} reconnect, "
+            f"{used} CPU ticks in {elapsed} while away; {key} written again")
+
+
+def cut_for_a_while(bed: XenBed, pid: int, key: str) -> tuple[int, int]:
+    """The daemon's xenstore connection cut (``XS_CUT``), checked lost in its log and status,
+    ``key`` removed meanwhile, about 10 s more, then xenstored's socket back at its path. Returns
+    the daemon's CPU ticks over the outage and the outage's length in ticks."""
+    before = cpu_ticks(bed, pid)
+    try:
         out = bed.dom0_ok(f"e2e-agent sh 'python3 /tmp/xs-cut.py {pid}'")
         assert "cut: fd" in out, out
         wait_for("the loss in the daemon's log", lambda: "event=xenstore_lost" in bed.dom0_ok(
@@ -475,22 +501,4 @@ def check_daemon_survives_xenstore_loss(bed: XenBed, domid: int, device: str) ->
         after = cpu_ticks(bed, pid)
     finally:
         bed.dom0_ok("e2e-agent sh 'python3 /tmp/xs-cut.py restore'")
-    used, elapsed = after[0] - before[0], after[1] - before[1]
-    try:
-        wait_for(f"{key} written again",
-                 lambda: (r := bed.dom0(f"xenstore-read {key}"))[1] == 0 and r[0].strip() == "1",
-                 120, 2)
-        status = wait_for("status connected again", lambda: (
-            s if (s := daemon_status(bed)).get("xenstore") == "connected" else None), 60, 2)
-    finally:
-        log, _ = bed.dom0(f"kill {pid}; sleep 3; cat /run/e2e/daemon.log")
-    assert status["xenstore_reconnects"] == 1, status
-    assert used * 4 < elapsed, (
-        f"the daemon used {used} of {elapsed} CPU ticks while xenstore was away:\n{log}")
-    lost = log.index("event=xenstore_lost")
-    back = log.index("event=xenstore_reconnected", lost)
-    assert re.search(r"event=dom0_hints_published\b.*writes=1\b", log[back:]), log
-    assert "Traceback" not in log, log
-    bed.dom0_ok("xl list")
-    return (f"Dom0 daemon: xenstore connection cut, {status['xenstore_reconnects']} reconnect, "
-            f"{used} CPU ticks in {elapsed} while away; {key} written again")
+    return after[0] - before[0], after[1] - before[1]
