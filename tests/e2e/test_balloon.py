@@ -234,6 +234,7 @@ def check_kill_9_then_stop_post(g: Guest, ceiling_kb: int, before: str) -> str:
     ``status`` and arms the guard again (its log starts afresh in /tmp/daemon.log; the killed
     daemon's is kept in /tmp/daemon-killed.log). Returns one line for the summary."""
     scale = TIMEOUT_SCALE
+    started = time.monotonic()  # reported, not asserted
     armed = guard_state(g)
     assert armed.startswith("overcommit=1") and "/dev/zram" in armed, armed
     g.run_ok("kill -KILL $(cat /tmp/daemon.pid)")
@@ -283,4 +284,5 @@ def check_kill_9_then_stop_post(g: Guest, ceiling_kb: int, before: str) -> str:
                              + g.run_ok("tail -n 40 /tmp/daemon.log")) from None
     return (f"kill -9 at {low_kb // MIB_KB} MiB with the guard armed, then "
             f"{'; '.join(UNIT_STOP_POST)}: target {target_kb} KiB (the ceiling), {after}; "
-            f"a fresh daemon answered status and armed the guard again")
+            f"a fresh daemon answered status and armed the guard again "
+            f"({time.monotonic() - started:.0f} s for all of it)")
