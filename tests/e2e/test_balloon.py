@@ -6,12 +6,18 @@
 2. ``guestagent run`` (the daemon, as systemd starts it) with the balloon job: it shrinks the idle
    guest, its allocation guard is visible (overcommit 1, a zram swap at priority 100), the same
    450 MiB mmap succeeds and is met by a grow, no OOM kill;
-3. SIGTERM, then ``guestagent reset`` (the unit's ExecStopPost): the target is back at the
-   ceiling and every guard change is undone (overcommit 0, no zram swap, device or module).
+3. ``kill -9`` of the daemon while the guest is ballooned down and the guard armed (issue 15),
+   then the unit's ExecStopPost commands by hand (``UNIT_STOP_POST``): the target is back at the
+   ceiling, the zram swap gone and overcommit back to 0; a fresh ``guestagent run`` answers
+   ``status`` and arms the guard again;
+4. SIGTERM to that fresh daemon, then ``guestagent reset`` (the unit's ExecStopPost):
+   the target is back at the ceiling and every guard change is undone (overcommit 0, no zram
+   swap, device or module).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -54,6 +60,28 @@ BIG = (
 
 #: The daemon's configuration: the balloon job on (pressure policy), devices off.
 CONFIG = '[balloon]\nenabled = true\npolicy = "pressure"\n\n[devices]\nenabled = false\n'
+
+#: The daemon, started as a shell would leave it (its PID in /tmp/daemon.pid, its log in
+#: /tmp/daemon.log).
+DAEMON_START = (
+    "setsid guestagent --log-level info run --config /tmp/ga.toml --conf-dir /tmp/ga.d "
+    "--role guest > /tmp/daemon.log 2>&1 < /dev/null & echo $! > /tmp/daemon.pid"
+)
+
+#: What the unit's ExecStopPost= lines run after the daemon is gone, a crash included
+#: (packaging/systemd/guestagent.service, without the systemd-run wrapper), in order:
+#: ``guestagent ARGS`` each. tests/test_e2e_unit_commands.py keeps this equal to the unit.
+UNIT_STOP_POST = ("reset",)
+
+#: The guard's zram swap at priority 100 in :func:`guard_state`'s line.
+ZRAM_SWAP = re.compile(r"swaps: /dev/zram\d+/100\b")
+
+#: Exit status 0 once the process in /tmp/daemon.pid is gone or a zombie (the e2e guest's init
+#: is a shell that reaps only now and then).
+DAEMON_GONE = (
+    "s=$(cut -d' ' -f3 /proc/$(cat /tmp/daemon.pid)/stat 2>/dev/null); "
+    '[ -z "$s" ] || [ "$s" = Z ]'
+)
 
 
 def xl_list_mib(bed: XenBed, name: str) -> int:
@@ -128,10 +156,7 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         # 2. The daemon with the balloon job: it shrinks the idle guest below what the program
         # asks for, with the guard armed first.
         g.run_ok(f"mkdir -p /tmp/ga.d && cat > /tmp/ga.toml <<'EOF'\n{CONFIG}EOF")
-        g.run_ok(
-            "setsid guestagent --log-level info run --config /tmp/ga.toml --conf-dir /tmp/ga.d "
-            "--role guest > /tmp/daemon.log 2>&1 < /dev/null & echo $! > /tmp/daemon.pid"
-        )
+        g.run_ok(DAEMON_START)
         try:
             wait_for("guest MemTotal (MiB) while the daemon shrinks the idle guest",
                      lambda: meminfo_kb(g, "MemTotal") // MIB_KB, lambda mib: mib < 450,
@@ -144,7 +169,7 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         armed = guard_state(g)
         log = g.run_ok("cat /tmp/daemon.log")
         assert armed.startswith("overcommit=1"), (armed, log)
-        assert re.search(r"swaps: /dev/zram\d+/100\b", armed), (
+        assert ZRAM_SWAP.search(armed), (
             f"the guard's zram swap is not in /proc/swaps: {armed}; daemon log:\n{log}")
         # The agent keeps its own pages in RAM while it balloons (guestagent.balloon.memlock).
         vmlck_kb = int(g.run_ok("awk '/^VmLck:/ {print $2}' /proc/$(cat /tmp/daemon.pid)/status"))
@@ -171,7 +196,10 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         assert re.search(r"^done$", out, re.M) and out.strip().endswith("0"), out
         assert oom_kills(g) == oom_before, g.run_ok("dmesg | tail -n 30; cat /tmp/daemon.log")
 
-        # 3. Stop as systemd does: SIGTERM, then ExecStopPost's guestagent reset.
+        # 3. kill -9 while ballooned down, the unit's stop commands, a fresh daemon.
+        crashed = check_kill_9_then_stop_post(g, ceiling_kb, before)
+
+        # 4. Stop as systemd does: SIGTERM, then ExecStopPost's guestagent reset.
         g.run_ok(
             "kill -TERM $(cat /tmp/daemon.pid); for i in $(seq 120); do "
             "kill -0 $(cat /tmp/daemon.pid) 2>/dev/null || exit 0; sleep 1; done; exit 1",
@@ -194,4 +222,67 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         print(f"balloon e2e: at 300 MiB without the guard the 450 MiB mmap failed (ENOMEM); "
               f"the daemon shrank the guest to {low_mib} MiB (xl list), the guard armed "
               f"({armed}); the mmap succeeded, the guest grew to {grown_mib} MiB, no OOM kill; "
-              f"after SIGTERM + guestagent reset: {after}, {full_mib} MiB")
+              f"{crashed}; after SIGTERM + guestagent reset: {after}, {full_mib} MiB")
+
+
+def check_kill_9_then_stop_post(g: Guest, ceiling_kb: int, before: str) -> str:
+    """``kill -9`` of the daemon while the guest is ballooned down with the guard armed (issue
+    15: a crash, an OOM or a watchdog kill leaves everything as it was), then what the unit's
+    ExecStopPost runs (``UNIT_STOP_POST``): the balloon target is back at the toolstack's
+    ceiling, the guard's zram swap is gone and vm.overcommit_memory is back to its value before
+    (``before``: the guard state before any agent ran). Then a fresh ``guestagent run`` answers
+    ``status`` and arms the guard again (its log starts afresh in /tmp/daemon.log; the killed
+    daemon's is kept in /tmp/daemon-killed.log). Returns one line for the summary."""
+    scale = TIMEOUT_SCALE
+    started = time.monotonic()  # reported, not asserted
+    armed = guard_state(g)
+    assert armed.startswith("overcommit=1") and "/dev/zram" in armed, armed
+    g.run_ok("kill -KILL $(cat /tmp/daemon.pid)")
+    wait_for("the killed daemon gone", lambda: g.run(DAEMON_GONE)[1], lambda rc: rc == 0,
+             timeout=60 * scale)
+    # The crash undid nothing: the guest is still ballooned down, the guard still armed.
+    low_kb = int(g.run_ok(f"cat {BALLOON}/target_kb"))
+    left = guard_state(g)
+    assert low_kb < ceiling_kb and left.startswith("overcommit=1") and "/dev/zram" in left, (
+        low_kb, ceiling_kb, left)
+
+    g.run_ok("mv /tmp/daemon.log /tmp/daemon-killed.log")
+    for args in UNIT_STOP_POST:
+        rc = g.run(f"guestagent --log-level info {args} >> /tmp/stop-post.log 2>&1",
+                   timeout=300 * scale)[1]
+        assert rc == 0, (f"guestagent {args} after kill -9: exit status {rc}:\n"
+                         + g.run_ok("cat /tmp/stop-post.log"))
+    log = g.run_ok("cat /tmp/stop-post.log")
+    target_kb = int(g.run_ok(f"cat {BALLOON}/target_kb"))
+    assert target_kb == ceiling_kb, (target_kb, ceiling_kb, log)
+    after = guard_state(g)
+    assert after == before, f"not undone after kill -9: before {before!r}, after {after!r}:\n{log}"
+    for what in ("/proc/sys/vm/overcommit_memory", "swap /dev/zram"):
+        assert re.search(rf"event=guard_undone\b.*what=\"?{re.escape(what)}", log), (what, log)
+    record = g.run_ok("cat /run/guestagent/balloon.json")
+    assert '"guard":' not in record, (record, log)
+
+    # A fresh daemon starts on what the crash and the reset left, and serves.
+    g.run_ok(DAEMON_START)
+
+    wait_for("guestagent status of the fresh daemon",
+             lambda: g.run("guestagent status --json > /tmp/status.json 2>/tmp/status.err")[1],
+             lambda rc: rc == 0, timeout=120 * scale)
+    answered = json.loads(g.run_ok("cat /tmp/status.json"))
+    assert answered["xenstore"] == "connected", answered
+    assert answered["jobs"]["balloon"]["running"], answered
+
+    def rearmed() -> int:
+        state = guard_state(g)
+        return int(state.startswith("overcommit=1") and bool(ZRAM_SWAP.search(state)))
+
+    try:
+        wait_for("the fresh daemon arming the guard again (1: armed)", rearmed,
+                 lambda v: v == 1, timeout=300 * scale)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; {guard_state(g)}; daemon log:\n"
+                             + g.run_ok("tail -n 40 /tmp/daemon.log")) from None
+    return (f"kill -9 at {low_kb // MIB_KB} MiB with the guard armed, then "
+            f"{'; '.join(UNIT_STOP_POST)}: target {target_kb} KiB (the ceiling), {after}; "
+            f"a fresh daemon answered status and armed the guard again "
+            f"({time.monotonic() - started:.0f} s for all of it)")
