@@ -258,15 +258,8 @@ def daemon_stopped(g: Guest) -> str:
     return g.run_ok("cat /tmp/daemon.log")
 
 
-def check_binding(g: Guest) -> None:
-    (bdf,) = pci_by_id(g.run_ok, E1000E)
-    net = load_driver(g, bdf)
-    irqs = [int(i) for i in guest_device(g, bdf)["msi"].split(",") if i]
-    assert irqs, guest_device(g, bdf)  # MSI-X: three vectors were seen
-    online = g.run_ok("cat /sys/devices/system/cpu/online").strip()
-    assert online == "0-1", online
-
-    # Interface still down: the vectors are allocated but not requested (no /proc/irq/N yet).
+def _check_report_before_up(g: Guest, bdf: str, irqs: list[int]) -> None:
+    """Interface still down: the vectors are allocated but not requested (no /proc/irq/N yet)."""
     shown = json_of(g.run_ok("guestagent devices --json 2>/dev/null", timeout=180))
     (report,) = [d for d in shown["devices"] if d["bdf"] == bdf]
     assert report["source"] == "dom0" and report["node"] == 1, report
@@ -276,8 +269,12 @@ def check_binding(g: Guest) -> None:
     waiting = [f"IRQ {i}: not requested by the driver yet" for i in irqs]
     assert all(any(s.startswith(w) for s in report["skipped"]) for w in waiting), report
 
-    # The daemon (its devices job) starts with the interface down: numa_node now, the vectors
-    # on its repeated pass once the interface is up; SIGTERM undoes both.
+
+def _check_daemon_binds_then_undoes(
+    g: Guest, bdf: str, net: str, irqs: list[int], online: str
+) -> None:
+    """The daemon (its devices job) starts with the interface down: numa_node now, the vectors
+    on its repeated pass once the interface is up; SIGTERM undoes both."""
     g.run_ok("guestagent run >/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
     wait_for("the daemon's numa_node write", lambda: guest_device(g, bdf)["node"] == "1", 180)
     wait_for("the daemon noting the vectors not requested yet",
@@ -291,7 +288,9 @@ def check_binding(g: Guest) -> None:
     assert irq_affinities(g, irqs) == {i: online for i in irqs}, log
     assert guest_device(g, bdf)["node"] == "-1", log
 
-    # The commands: apply, then --reset.
+
+def _check_apply_then_reset(g: Guest, bdf: str, irqs: list[int]) -> None:
+    """The commands: apply, then --reset."""
     before = irq_affinities(g, irqs)
     applied = json_of(g.run_ok("guestagent devices apply --json 2>/dev/null", timeout=180))
     (report,) = [d for d in applied["devices"] if d["bdf"] == bdf]
@@ -304,6 +303,18 @@ def check_binding(g: Guest) -> None:
     assert len(undone["undone"]) == 1 + len(irqs), undone
     assert irq_affinities(g, irqs) == before, undone
     assert guest_device(g, bdf)["node"] == "-1", undone
+
+
+def check_binding(g: Guest) -> None:
+    (bdf,) = pci_by_id(g.run_ok, E1000E)
+    net = load_driver(g, bdf)
+    irqs = [int(i) for i in guest_device(g, bdf)["msi"].split(",") if i]
+    assert irqs, guest_device(g, bdf)  # MSI-X: three vectors were seen
+    online = g.run_ok("cat /sys/devices/system/cpu/online").strip()
+    assert online == "0-1", online
+    _check_report_before_up(g, bdf, irqs)
+    _check_daemon_binds_then_undoes(g, bdf, net, irqs, online)
+    _check_apply_then_reset(g, bdf, irqs)
 
 
 def test_pv_passthrough_hint_from_pciback_address(bed_numa2: XenBed) -> None:
