@@ -46,7 +46,6 @@ MAX_COUNTER = (1 << 64) - 1
 
 _COUNTER_LINE = re.compile(r"([a-z_]{1,64})\s+(\d{1,20})")
 _CPU_LINE = re.compile(r"cpu(\d{1,5})((?:\s+\d{1,20}){4,10})")
-_AVG10 = re.compile(r"(some|full) avg10=(\d{1,3}\.\d{2}) avg60=\S+ avg300=\S+ total=\d+")
 
 
 def numastat_path(node: int) -> str:
@@ -118,19 +117,12 @@ def parse_vmstat(text: str, source: str = VMSTAT) -> dict[str, int]:
 
 
 def parse_pressure(text: str, source: str = PRESSURE) -> Pressure:
-    """``some avg10=... avg60=... avg300=... total=...`` and the ``full`` line (percent)."""
-    avg: dict[str, float] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        m = _AVG10.fullmatch(line.strip())
-        if m is None or float(m.group(2)) > 100.0:
-            raise InputError(f"{source} line {lineno}",
-                             "expected 'some|full avg10=P avg60=P avg300=P total=N'", line)
-        avg[m.group(1)] = float(m.group(2))
-    if "some" not in avg:
-        raise InputError(source, "has no 'some' line", text[:80])
-    return Pressure(some_avg10=avg["some"], full_avg10=avg.get("full"))
+    """``some`` and ``full`` avg10 (percent), parsed and checked by the balloon's PSI reader
+    (:func:`guestagent.balloon.signals.parse_psi`)."""
+    from guestagent.balloon.signals import parse_psi
+
+    psi = parse_psi(text, source)
+    return Pressure(some_avg10=psi.some.avg10, full_avg10=psi.full.avg10)
 
 
 def _optional(hostfs: HostFS, path: str) -> str | None:
