@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import shutil
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Optional, Union
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
-from guestagent import log
 from guestagent.devices.apply import DevicesJob, irq_affinity_path
 from guestagent.devices.config import DevicesConfig
 from guestagent.devices.discovery import list_devices, read_device, read_node_info
@@ -62,17 +58,9 @@ def eth0() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logs]:
-    """Every log event of the test, as dicts (structlog's capture, no real configuration)."""
-    monkeypatch.setattr(log, "_configured", True)
-    saved = structlog.get_config()
-    # Whatever level an earlier test configured, every event is captured here.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with capture_logs() as captured:
-            yield captured
-    finally:
-        structlog.configure(**saved)
+def logs(log_events: Logs) -> Logs:
+    """Every log event of the test, as dicts (conftest's ``log_events``, for every test here)."""
+    return log_events
 
 
 def copy_tree(tmp_path: Path, name: str = "devices-2node") -> Path:
