@@ -18,11 +18,9 @@ import argparse
 import contextlib
 import io
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from guestagent import cli, log
 from guestagent import config as config_mod
@@ -43,19 +41,11 @@ CEILING = 1048576  # balloon-pv-1g's xenstore memory/target
 
 
 @pytest.fixture
-def logfmt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[io.StringIO]:
-    """The agent's log lines as the journal gets them (logfmt), and configuration files of the
-    test's own (none until a test writes one)."""
-    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
-    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
+def logfmt(logfmt: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """The faults conftest's logfmt capture, with a default route on eth0 for the devices
+    part."""
     monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
-    saved = structlog.get_config()
-    stream = io.StringIO()
-    log.configure(level="info", stream=stream, journal=False)
-    try:
-        yield stream
-    finally:
-        structlog.configure(**saved)
+    return logfmt
 
 
 @pytest.fixture

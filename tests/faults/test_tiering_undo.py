@@ -21,14 +21,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import structlog
 
-from guestagent import cli, log
-from guestagent import config as config_mod
+from guestagent import cli
 from guestagent.hostfs import HostFS
 from guestagent.tiering import commands
 from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
@@ -55,21 +53,6 @@ commands.backend_factories = [("damon", lambda h: DamonBackend(h, writer=kernel.
 from guestagent.cli import main
 sys.exit(main(sys.argv[2:]))
 """
-
-
-@pytest.fixture
-def logfmt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[io.StringIO]:
-    """The agent's log lines as the journal gets them (logfmt), and no configuration files
-    of this machine."""
-    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
-    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
-    saved = structlog.get_config()
-    stream = io.StringIO()
-    log.configure(level="info", stream=stream, journal=False)
-    try:
-        yield stream
-    finally:
-        structlog.configure(**saved)
 
 
 @pytest.fixture
