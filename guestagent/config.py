@@ -184,8 +184,10 @@ def defaults() -> Config:
     return Config(values)
 
 
-def _check_value(key: Key, value: object) -> str | None:
-    """Why ``value`` is not acceptable for ``key``, or None."""
+def check_value(key: Key, value: object) -> str | None:
+    """Why ``value`` is not acceptable for ``key``, or None (the one check of a key's type,
+    choices and range: files, cloud-config through the loader, Python callers through
+    :func:`guestagent.tunable.checked`)."""
     if key.kind == "bool":
         if not isinstance(value, bool):
             return "expected true or false"
@@ -215,10 +217,15 @@ def _check_number(key: Key, value: float) -> str | None:
     if not math.isfinite(value):
         return "expected a finite number"
     if key.minimum is not None and value < key.minimum:
-        return f"below the minimum {key.minimum:g}"
+        return f"below the minimum {_bound(key.minimum)}"
     if key.maximum is not None and value > key.maximum:
-        return f"above the maximum {key.maximum:g}"
+        return f"above the maximum {_bound(key.maximum)}"
     return None
+
+
+def _bound(value: float) -> str:
+    """A bound as written in the key (1048576, not 1.04858e+06)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def apply_document(
@@ -244,7 +251,7 @@ def apply_document(
                 known = ", ".join(k.name for k in KEYS if k.section == section)
                 problems.append(f"{source}: [{section}] {name}: unknown key (known: {known})")
                 continue
-            why = _check_value(key, value)
+            why = check_value(key, value)
             if why is not None:
                 problems.append(f"{source}: [{section}] {name} = {show_value(value)}: {why}")
                 continue

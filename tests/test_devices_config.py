@@ -40,16 +40,17 @@ def test_from_mapping_takes_every_key() -> None:
         ({"write_numa_node": 1}, "write_numa_node", "expected true or false"),
         ({"irqbalance": "fight"}, "irqbalance", "expected one of auto, defer, pin"),
         ({"hugepages_2m_per_node": True}, "hugepages_2m_per_node", "expected an integer"),
-        ({"hugepages_2m_per_node": -1}, "hugepages_2m_per_node", "expected an integer"),
+        # The loader's messages: one check of a key's type and range for files and callers.
+        ({"hugepages_2m_per_node": -1}, "hugepages_2m_per_node", "below the minimum 0"),
         ({"hugepages_2m_per_node": MAX_HUGEPAGES + 1}, "hugepages_2m_per_node",
-         "expected an integer"),
+         f"above the maximum {MAX_HUGEPAGES}"),
         ({"node_overrides": "x=1"}, "node_overrides", "expected"),
         ({"node_overrides": ["eth0=1"]}, "node_overrides", "BDF=N"),
         ({"state_file": "devices.json"}, "state_file", "expected an absolute path"),
         # Keys are checked in this order: an override before the state file.
         ({"node_overrides": ["eth0=1"], "state_file": 1}, "node_overrides", "BDF=N"),
         ({"node_overrides": 1, "hugepages_2m_per_node": -1}, "hugepages_2m_per_node",
-         "expected an integer"),
+         "below the minimum 0"),
     ],
 )
 def test_from_mapping_names_the_bad_key(data: dict[str, Any], where: str, why: str) -> None:

@@ -1,0 +1,150 @@
+"""The devices job's executor (guestagent/devices/execute.py): it writes exactly the plan it is
+given, journals each change before making it, and `guestagent reset` undoes what it wrote.
+
+Plans are built by hand; the host is a copy of the ``devices-2node`` fixture tree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, Callable
+
+from guestagent.devices import commands
+from guestagent.devices.execute import apply
+from guestagent.devices.plan import (
+    ForgetRecords,
+    HugepageNodeDone,
+    Note,
+    Rebind,
+    SetIrqAffinity,
+    WriteNumaNode,
+    irq_affinity_path,
+    numa_node_path,
+)
+from guestagent.devices.state import STATE_FILE, StateStore
+from guestagent.hostfs import HostFS
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+VF = "0000:00:05.0"
+Logs = list[MutableMapping[str, Any]]
+
+
+class WatchedHostFS(HostFS):
+    """Records every write, and calls ``hook(path)`` just before it."""
+
+    def __init__(self, root: str, hook: Callable[[str], None] = lambda path: None) -> None:
+        super().__init__(root)
+        self.hook = hook
+        self.writes: list[tuple[str, str]] = []
+
+    def write_text(self, host_path: str, value: str) -> None:
+        self.hook(host_path)
+        self.writes.append((host_path, value))
+        super().write_text(host_path, value)
+
+
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
+    return root
+
+
+def journal_on_disk(root: Path) -> dict[str, Any]:
+    path = root / STATE_FILE.lstrip("/")
+    if not path.exists():
+        return {}
+    return {c["path"]: c for c in json.loads(path.read_text())["changes"]}
+
+
+def test_each_change_is_journalled_before_it_is_made(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    seen: dict[str, Any] = {}
+
+    def at_write(path: str) -> None:
+        if not path.startswith("/run/"):  # the journal's own temporary file is not a change
+            seen[path] = journal_on_disk(root).get(path)
+
+    hostfs = WatchedHostFS(str(root), at_write)
+    journal = StateStore(hostfs).load()
+    irq = irq_affinity_path(29)
+    done = apply([WriteNumaNode(VF, 1, -1, "dom0"), SetIrqAffinity(VF, 29, "2-3", "0-3")],
+                 hostfs, journal)
+    assert done.failed == [] and len(done.applied) == 2
+    assert seen[numa_node_path(VF)]["previous"] == "-1"
+    assert seen[numa_node_path(VF)]["applied"] == "", "recorded before, applied after"
+    assert seen[irq]["previous"] == "0-3"
+    assert journal_on_disk(root)[irq]["applied"] == "2-3"
+    assert journal_on_disk(root)[numa_node_path(VF)]["applied"] == "1"
+
+
+def test_notes_write_nothing_and_log_their_events(tmp_path: Path, log_events: Logs) -> None:
+    root = tree(tmp_path)
+    hostfs = WatchedHostFS(str(root))
+    done = apply([
+        Note("skipped", "rebind refused: holds the root file system", event="rebind_refused",
+             fields=(("bdf", VF), ("reason", "holds the root file system"))),
+        Note("skipped", "IRQ 30: not requested by the driver yet", pending_irq=30),
+        Note("planned", "IRQ 29: smp_affinity_list 0-3 -> 2-3"),
+        HugepageNodeDone(1),
+    ], hostfs, StateStore(hostfs).load())
+    assert hostfs.writes == []
+    assert done.skipped == ["rebind refused: holds the root file system",
+                            "IRQ 30: not requested by the driver yet"]
+    assert done.planned == ["IRQ 29: smp_affinity_list 0-3 -> 2-3"]
+    assert done.pending_irqs == [30] and done.hugepage_nodes == {1}
+    (event,) = [e for e in log_events if e["event"] == "rebind_refused"]
+    assert event["bdf"] == VF and event["log_level"] == "warning"
+
+
+def test_a_refused_numa_node_write_runs_none_of_its_then_steps(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+
+    def refuse(path: str) -> None:
+        if path == numa_node_path(VF):
+            raise OSError(22, "Invalid argument", path)
+
+    hostfs = WatchedHostFS(str(root), refuse)
+    journal = StateStore(hostfs).load()
+    done = apply([WriteNumaNode(VF, 1, -1, "config", then=(Rebind(VF, "ixgbevf"),))],
+                 hostfs, journal)
+    assert done.failed == ["numa_node = 1 refused by the kernel (EINVAL: Invalid argument)"]
+    assert not done.rebound and journal.changes == {}
+    assert (root / "sys/bus/pci/drivers/ixgbevf/unbind").read_text() == ""
+
+
+def test_a_rebind_after_the_write_drops_the_old_vector_records(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    hostfs = WatchedHostFS(str(root))
+    journal = StateStore(hostfs).load()
+    apply([SetIrqAffinity(VF, 29, "2-3", "0-3")], hostfs, journal)
+    done = apply([WriteNumaNode(VF, 1, -1, "config", then=(Rebind(VF, "ixgbevf"),))],
+                 hostfs, journal)
+    assert done.rebound
+    assert [c.kind for c in journal.for_device(VF)] == ["numa_node", "driver_rebind"]
+    assert (root / "sys/bus/pci/drivers/ixgbevf/unbind").read_text() == VF
+    assert (root / "sys/bus/pci/drivers/ixgbevf/bind").read_text() == VF
+
+
+def test_what_apply_journals_guestagent_reset_undoes(tmp_path: Path) -> None:
+    """The journal format stays the one ``guestagent reset`` (devices part) reads."""
+    root = tree(tmp_path)
+    hostfs = HostFS(str(root))
+    journal = StateStore(hostfs).load()
+    stale = irq_affinity_path(24)
+    apply([SetIrqAffinity("0000:00:03.0", 24, "0-1", "0-3"), ForgetRecords((stale,)),
+           WriteNumaNode(VF, 1, -1, "dom0"), SetIrqAffinity(VF, 29, "2-3", "0-3")],
+          hostfs, journal)
+    assert stale not in journal.changes
+    report = commands.undo(hostfs, "/run/guestagent")
+    assert report.failures == 0
+    assert report.lines == [
+        f"{irq_affinity_path(29)}: restored '0-3'",
+        f"{numa_node_path(VF)}: restored '-1' (the taint stays until reboot)",
+    ]
+    assert (root / "proc/irq/29/smp_affinity_list").read_text() == "0-3"
+    assert (root / "proc/irq/24/smp_affinity_list").read_text() == "0-1", (
+        "a forgotten record is not undone")
+    assert not (root / STATE_FILE.lstrip("/")).exists()
