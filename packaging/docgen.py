@@ -183,7 +183,8 @@ FILES = (
      "(/usr/share/doc/guestagent/cloud-init/README.md)."),
     ("/usr/share/guestagent/grafana/guestagent.json", "A Grafana dashboard for the metrics "
      "([metrics] enabled or textfile); /usr/share/guestagent/prometheus/guestagent.rules.yml: "
-     "Prometheus alerting rules."),
+     "Prometheus alerting rules. Turning the metrics on, importing both and every series: "
+     "/usr/share/doc/guestagent/DASHBOARD.md."),
 )
 
 #: (what it does, the command line): shown under EXAMPLES.

@@ -551,6 +551,7 @@ def test_build_deb_and_lintian(built_debs: dict[str, Path]) -> None:
                  "./usr/share/guestagent/grafana/guestagent.json",
                  "./usr/share/guestagent/prometheus/guestagent.rules.yml",
                  "./usr/share/doc/guestagent/CONFIG.md.gz",
+                 "./usr/share/doc/guestagent/DASHBOARD.md.gz",
                  "./usr/share/bash-completion/completions/guestagent",
                  "./usr/share/zsh/vendor-completions/_guestagent",
                  "./usr/share/man/man8/guestagent.8.gz"):
@@ -616,6 +617,7 @@ def test_binary_rpms_carry_the_unit_man_page_and_cloud_init(built_rpms: dict[str
                  "/usr/share/zsh/site-functions/_guestagent",
                  "/usr/share/doc/guestagent/README.md",
                  "/usr/share/doc/guestagent/CONFIG.md",
+                 "/usr/share/doc/guestagent/DASHBOARD.md",
                  "/usr/share/doc/guestagent/cloud-init/README.md",
                  "/usr/share/guestagent/cloud-config.schema.json",
                  "/usr/share/guestagent/grafana/guestagent.json",
