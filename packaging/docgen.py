@@ -88,8 +88,9 @@ EXIT_STATUS = (
           "config), which prints its help."),
     ("3", "status only: no daemon is running (LSB \"program is not running\"): the status "
           "socket is missing, or nobody listens on it."),
-    ("4", "topology only: both views were read and Xen and Linux disagree (every "
-          "disagreement is in the output)."),
+    ("4", "A finding: the command read everything it needs and reports a problem (in its "
+          "output). topology: Xen and Linux disagree; tiering status: [tiering] is enabled and "
+          "no backend it allows can serve."),
     ("130", "Interrupted (SIGINT)."),
 )
 
@@ -120,8 +121,10 @@ EXIT_BY_COMMAND = (
                         "could not be restored (an error line each) or another guestagent holds "
                         "the state directory."),
     ("devices irqbalance-policy", "always 0 (irqbalance wants that)."),
-    ("tiering status", "0, also when no backend serves (serving: none); 1 when an input cannot "
-                       "be read."),
+    ("tiering status", "0 a backend serves, or none does and [tiering] is off; 4 [tiering] is "
+                       "enabled and no backend it allows can serve (the daemon's tiering job "
+                       "would not start); 1 when an input or the configuration cannot be read "
+                       "or is refused."),
     ("tiering run", "0 when stopped (SIGTERM, SIGINT, --duration; after undoing); 1 when no "
                     "backend can serve, the configuration (files or options) is refused, or "
                     "another guestagent holds the state directory."),
@@ -180,7 +183,8 @@ FILES = (
      "(/usr/share/doc/guestagent/cloud-init/README.md)."),
     ("/usr/share/guestagent/grafana/guestagent.json", "A Grafana dashboard for the metrics "
      "([metrics] enabled or textfile); /usr/share/guestagent/prometheus/guestagent.rules.yml: "
-     "Prometheus alerting rules."),
+     "Prometheus alerting rules. Turning the metrics on, importing both and every series: "
+     "/usr/share/doc/guestagent/DASHBOARD.md."),
 )
 
 #: (what it does, the command line): shown under EXAMPLES.

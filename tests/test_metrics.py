@@ -35,6 +35,38 @@ def test_render_exposes_numbers_and_job_states() -> None:
     assert all(len(s.rsplit(" ", 1)) == 2 for s in samples)
 
 
+def test_item_lists_become_labelled_gauges() -> None:
+    """The devices job's ``devices`` and the Dom0 job's ``guests`` (metrics.ITEM_LISTS): a count,
+    then per item its numbers and the length of its lists, labelled with its name; strings and
+    None are no samples. A BDF is a label value as it is (escaped, not rewritten)."""
+    status = {"jobs": {
+        "devices": {"running": True, "hotplug": "following udev", "devices": [
+            {"bdf": "0000:00:05.0", "node": 1, "kernel_node": -1, "irqs": [29, 30],
+             "failed": [], "vendor": "0x8086", "driver": None},
+            {"bdf": 'odd"\\name', "node": None, "kernel_node": 0, "irqs": []},
+        ]},
+        "dom0": {"running": True, "guests": [{"domid": 5, "devices": 2, "error": None},
+                                             {"domid": 7, "devices": 0, "error": "gone"}]},
+    }}
+    lines = render(status).splitlines()
+    for line in ("guestagent_devices_devices 2",
+                 'guestagent_devices_device_node{device="0000:00:05.0"} 1',
+                 'guestagent_devices_device_kernel_node{device="0000:00:05.0"} -1',
+                 'guestagent_devices_device_irqs{device="0000:00:05.0"} 2',
+                 'guestagent_devices_device_failed{device="0000:00:05.0"} 0',
+                 'guestagent_devices_device_kernel_node{device="odd\\"\\\\name"} 0',
+                 "# TYPE guestagent_devices_device_irqs gauge",
+                 "guestagent_dom0_guests 2",
+                 'guestagent_dom0_guest_devices{guest="5"} 2',
+                 'guestagent_dom0_guest_devices{guest="7"} 0'):
+        assert line in lines, line
+    jobs = [ln for ln in lines if ln.startswith(("guestagent_devices", "guestagent_dom0"))]
+    assert not any(w in line for line in jobs for w in ("vendor", "driver", "hotplug", "error",
+                                                        "_domid", "_bdf"))
+    assert not any(line.startswith("guestagent_devices_device_node{device=\"odd") for line in lines)
+    assert len([ln for ln in lines if ln.startswith("# TYPE guestagent_devices_device_irqs")]) == 1
+
+
 def test_textfile_is_replaced_whole(tmp_path: Path) -> None:
     path = tmp_path / "guestagent.prom"
     write_textfile(str(path), "a 1\n")

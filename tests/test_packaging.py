@@ -447,11 +447,17 @@ def test_spec_parses() -> None:
 
 # --- the builds --------------------------------------------------------------------------------
 
+#: The Debian package that gives each build tool (.ci/run installs them).
+_TOOL_PACKAGE = {"rpmbuild": "rpm", "rpmlint": "rpmlint", "lintian": "lintian",
+                 "dpkg-buildpackage": "dpkg-dev and packaging/debian/control's Build-Depends"}
+
+
 def _need(tool: str) -> None:
     if shutil.which(tool) is None:
         if os.environ.get("CI"):
             pytest.fail(f"{tool} is not installed, and CI must build the packages")
-        pytest.skip(f"{tool} not installed (Debian: see packaging/debian/control Build-Depends)")
+        pytest.skip(f"{tool} not installed, so the package is not built here (Debian: apt-get "
+                    f"install {_TOOL_PACKAGE.get(tool, tool)})")
 
 
 @pytest.fixture(scope="module")
@@ -545,6 +551,7 @@ def test_build_deb_and_lintian(built_debs: dict[str, Path]) -> None:
                  "./usr/share/guestagent/grafana/guestagent.json",
                  "./usr/share/guestagent/prometheus/guestagent.rules.yml",
                  "./usr/share/doc/guestagent/CONFIG.md.gz",
+                 "./usr/share/doc/guestagent/DASHBOARD.md.gz",
                  "./usr/share/bash-completion/completions/guestagent",
                  "./usr/share/zsh/vendor-completions/_guestagent",
                  "./usr/share/man/man8/guestagent.8.gz"):
@@ -587,6 +594,50 @@ def test_build_source_and_binary_rpms(built_rpms: dict[str, Path]) -> None:
     dom0 = subprocess.run(["rpm", "-qpR", str(built_rpms["guestagent-dom0"])],
                           capture_output=True, text=True, check=True).stdout
     assert f"guestagent = {version}-1" in dom0
+
+
+@pytest.mark.packaging
+def test_binary_rpms_carry_the_unit_man_page_and_cloud_init(built_rpms: dict[str, Path]) -> None:
+    """The binary RPMs on their own (no .deb needed): each file where a RHEL-family system looks
+    for it, and scriptlets that preset the units on install, disable and stop them on erase and
+    restart the daemon (never the one-shot cloud-init unit) on upgrade."""
+    files = rpm_files(built_rpms["guestagent"])
+    sitearch = {p.split("/guestagent/")[0] for p in files
+                if p.endswith("/guestagent/xen/_xenc.abi3.so")}
+    assert len(sitearch) == 1 and re.match(r"^/usr/lib64/python3\.\d+/site-packages$",
+                                           sitearch.pop()), sorted(files)
+    sitelib = next(p for p in files if p.endswith("/cloudinit/config/cc_guestagent.py"))
+    assert re.match(r"^/usr/lib/python3\.\d+/site-packages/cloudinit/config/", sitelib)
+    for path in ("/usr/bin/guestagent",
+                 "/usr/lib/systemd/system/guestagent.service",
+                 "/usr/lib/systemd/system/guestagent-cloud-config.service",
+                 "/usr/lib/systemd/system-preset/90-guestagent.preset",
+                 "/usr/share/man/man8/guestagent.8.gz",
+                 "/usr/share/bash-completion/completions/guestagent",
+                 "/usr/share/zsh/site-functions/_guestagent",
+                 "/usr/share/doc/guestagent/README.md",
+                 "/usr/share/doc/guestagent/CONFIG.md",
+                 "/usr/share/doc/guestagent/DASHBOARD.md",
+                 "/usr/share/doc/guestagent/cloud-init/README.md",
+                 "/usr/share/guestagent/cloud-config.schema.json",
+                 "/usr/share/guestagent/grafana/guestagent.json",
+                 "/usr/share/guestagent/prometheus/guestagent.rules.yml"):
+        assert path in files, path
+    assert not any("guestagent-dom0" in p for p in files)
+    assert rpm_files(built_rpms["guestagent-dom0"]) == {
+        "/usr/lib/systemd/system/guestagent-dom0.service",
+        "/usr/lib/systemd/system-preset/90-guestagent-dom0.preset"}
+    scripts = rpm_scripts(built_rpms["guestagent"])
+    assert re.search(r"\$1 -eq 1 .*systemctl --no-reload preset guestagent\.service "
+                     r"guestagent-cloud-config\.service", scripts["postin"]), scripts
+    assert re.search(r"\$1 -eq 0 .*systemctl --no-reload disable --now guestagent\.service "
+                     r"guestagent-cloud-config\.service", scripts["preun"]), scripts
+    assert re.search(r"\$1 -ge 1 .*systemctl try-restart guestagent\.service",
+                     scripts["postun"]), scripts
+    assert "try-restart guestagent-cloud-config" not in scripts["postun"]
+    dom0 = rpm_scripts(built_rpms["guestagent-dom0"])
+    assert "preset guestagent-dom0.service" in dom0["postin"]
+    assert "try-restart guestagent-dom0.service" in dom0["postun"]
 
 
 @pytest.mark.packaging

@@ -37,7 +37,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log-level", default=None)
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
-    if args.tiering_command == "run" and getattr(args, "config", None) is None:
+    if args.tiering_command in ("run", "status") and getattr(args, "config", None) is None:
         # Hermetic: an empty main file and drop-in directory, not this machine's /etc/guestagent.
         args.config, args.conf_dir = str(CONFIG_FILE), str(CONFIG_FILE.parent)
     return args
@@ -138,6 +138,104 @@ def test_a_working_tmem_is_reported_but_never_serves(
                        match="no tiering backend can serve: damon: /sys/kernel/mm/damon"):
         run.func(run, Ctx(HostFS(str(root))))
     assert not (root / "run/guestagent/status.sock").exists()  # the daemon shut down
+
+
+# --- tiering status's exit status (guestagent(8) EXIT STATUS) -------------------------------------
+
+def no_damon_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A guest where nothing can serve: no DAMON in sysfs, tmem removed from Xen (4.17)."""
+    root = make_tree(tmp_path, None)
+    monkeypatch.setattr(commands, "backend_factories",
+                        [("damon", DamonBackend), ("tmem", tmem_factory(removed=True))])
+    return root
+
+
+def test_status_when_nothing_serves_and_tiering_is_off_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tiering is off by default: nothing serving is the expected state, not a finding."""
+    root = no_damon_world(tmp_path, monkeypatch)
+    args = parse(["tiering", "status", "--json"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["serving"] is None and doc["enabled"] is False
+    text = parse(["tiering", "status"])
+    assert text.func(text, Ctx(HostFS(str(root)))) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines()[0] == "serving: none ([tiering] is off: nothing to serve)"
+    assert out.err == ""
+
+
+def test_status_when_tiering_is_on_and_nothing_serves_exits_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon's tiering job would not start: a finding (4, as topology's), not a failure to
+    read (1), for scripts and monitoring checks; the output still says why each backend cannot."""
+    from guestagent import cli
+
+    root = no_damon_world(tmp_path, monkeypatch)
+    config = tmp_path / "on.toml"
+    config.write_text("[tiering]\nenabled = true\n")
+    empty = tmp_path / "conf.d"
+    empty.mkdir()
+    words = ["--root", str(root), "tiering", "status", "--config", str(config),
+             "--conf-dir", str(empty)]
+    assert cli.main(words) == commands.EXIT_NONE_SERVES == 4
+    out = capsys.readouterr()
+    assert out.out.splitlines()[0] == "serving: none ([tiering] enabled = true)"
+    assert "damon  unavailable  /sys/kernel/mm/damon/admin missing" in out.out
+    assert out.err.strip() == ("guestagent: [tiering] is enabled and no backend can serve: the "
+                               "daemon's tiering job would not start")
+    assert cli.main([*words, "--json"]) == 4
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["serving"] is None and doc["enabled"] is True
+    # The group's options before the action word are the same files.
+    assert cli.main(["--root", str(root), "tiering", "--config", str(config), "--conf-dir",
+                     str(empty), "status"]) == 4
+
+
+def test_status_follows_the_configured_backend(
+    world: tuple[Path, FakeDamonKernel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DAMON works, but [tiering] backend = tmem (which never serves): the job would not start."""
+    root, _ = world
+    config = tmp_path / "tmem.toml"
+    config.write_text('[tiering]\nenabled = true\nbackend = "tmem"\n')
+    args = parse(["tiering", "status", "--json", "--config", str(config), "--conf-dir",
+                  str(tmp_path / "etc")])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 4
+    doc = json.loads(capsys.readouterr().out)
+    by = {b["name"]: b for b in doc["backends"]}
+    assert doc["serving"] is None and by["damon"]["ok"] and not by["damon"]["serving"]
+    assert by["damon"]["reason"] == "not used: [tiering] backend = tmem"
+    config.write_text('[tiering]\nenabled = true\nbackend = "damon"\n')
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert json.loads(capsys.readouterr().out)["serving"] == "damon"
+
+
+def test_status_plans_with_the_configured_watermarks(
+    world: tuple[Path, FakeDamonKernel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Node 0 has 5 % free: short by default (below 10 %), not below a 3 % watermark."""
+    root, _ = world
+    config = tmp_path / "low.toml"
+    config.write_text("[tiering]\nsource_low_pct = 3.0\nsource_high_pct = 4.0\n")
+    args = parse(["tiering", "status", "--json", "--config", str(config), "--conf-dir",
+                  str(tmp_path / "etc")])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert json.loads(capsys.readouterr().out)["plan"] == []
+
+
+def test_status_with_a_missing_named_configuration_exits_1(
+    world: tuple[Path, FakeDamonKernel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from guestagent import cli
+
+    root, _ = world
+    missing = tmp_path / "nope.toml"
+    assert cli.main(["--root", str(root), "tiering", "status", "--config", str(missing)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"guestagent: {missing}: does not exist (named on the command line by --config)")
 
 
 def test_run_moves_pauses_and_undoes(world: tuple[Path, FakeDamonKernel]) -> None:

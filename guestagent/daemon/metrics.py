@@ -48,6 +48,49 @@ def _labelled(job: str, key: str, rows: Any) -> Iterator[str]:
                 yield f'{metric}{{{label}="{shown}"}} {_sample(float(number))}'
 
 
+#: Status entries that list one mapping per item, and the item's field that names it: the entry
+#: is exported as its number of items, and each item's numbers (a list: its length; strings and
+#: None are left out) as gauges labelled with its name. E.g. the devices job's ``devices`` gives
+#: ``guestagent_devices_devices 2`` and ``guestagent_devices_device_irqs{device="0000:00:05.0"} 3``.
+ITEM_LISTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("devices", "devices"): ("device", "bdf"),
+    ("dom0", "guests"): ("guest", "domid"),
+}
+
+
+def _label_value(value: object) -> str:
+    """A label value in the exposition format's escaping (any text may be a label value)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _item_figure(value: object) -> float | None:
+    if isinstance(value, (list, tuple)):
+        return float(len(value))
+    if isinstance(value, (int, float)):  # bool is an int: true -> 1
+        return float(value)
+    return None
+
+
+def _items(job: str, key: str, label: str, name_field: str, items: Any) -> Iterator[str]:
+    """A job's :data:`ITEM_LISTS` entry: ``guestagent_<job>_<key>`` (how many), then per figure
+    ``guestagent_<job>_<label>_<figure>{<label>="<item's name>"}``."""
+    if not isinstance(items, (list, tuple)):
+        return
+    rows = [i for i in items if isinstance(i, Mapping) and i.get(name_field) is not None]
+    count = _metric_name(job, key)
+    yield from (f"# TYPE {count} gauge", f"{count} {len(rows)}")
+    figures = sorted({f for row in rows for f in row
+                      if f != name_field and _item_figure(row[f]) is not None})
+    for figure in figures:
+        metric = _metric_name(job, label, figure)
+        yield f"# TYPE {metric} gauge"
+        for row in rows:
+            number = _item_figure(row.get(figure))
+            if number is not None:
+                shown = _label_value(row[name_field])
+                yield f'{metric}{{{label}="{shown}"}} {_sample(number)}'
+
+
 def render(status: Mapping[str, Any]) -> str:
     """The exposition text for one status snapshot (pure)."""
     lines = [
@@ -83,6 +126,8 @@ def render(status: Mapping[str, Any]) -> str:
         for key, rows in sorted(job.items()):
             if key.startswith("by_"):
                 lines += _labelled(name, key, rows)
+            elif (name, key) in ITEM_LISTS:
+                lines += _items(name, key, *ITEM_LISTS[name, key], rows)
     return "\n".join(lines) + "\n"
 
 

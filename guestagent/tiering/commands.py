@@ -4,8 +4,12 @@
 ``status`` probes every backend (read-only for DAMON; for tmem one ephemeral pool is created and
 destroyed), says which one serves (the first available one that can place pages on a chosen node)
 and why each other one does not, with what each mechanism cannot do, then shows the nodes and the
-plan the policy would apply right now. Exit status 0 whether or not a backend serves (``serving``
-is null in JSON when none does); 1 with one line on stderr when the node snapshot is unreadable.
+plan the policy would apply right now, all as the daemon would with the configuration files
+(``[tiering] enabled``, ``backend`` and the watermarks). Exit status (the scheme of guestagent(8)):
+0 when a backend serves, or none does and ``[tiering]`` is off (nothing to serve: ``serving`` is
+null in JSON); 4 (a finding, like ``topology``'s) when ``[tiering]`` is on and no backend it allows
+can serve, the daemon's tiering job would fail to start; 1 with one line on stderr when the node
+snapshot or the configuration cannot be read or is refused.
 
 ``run`` is the daemon running the tiering job alone (the same event loop, status socket, undo
 journal and configuration files as ``guestagent run``; each option given overrides its
@@ -103,51 +107,59 @@ def why_not(backend: Backend | None, availability: Availability) -> str:
     return availability.reason
 
 
-def status(args: argparse.Namespace, ctx: Any) -> int:
-    hostfs: HostFS = ctx.hostfs
-    probed = probe_all(hostfs)
-    chosen = serving(probed)
-    snapshot = readers.read_snapshot(hostfs)
-    decision = decide(snapshot, TieringConfig(), PolicyState())
+#: ``tiering status`` with ``[tiering]`` on and no backend it allows able to serve: a finding (the
+#: output says why each one cannot), distinct from 1 ("could not be read"), as ``topology``'s 4.
+EXIT_NONE_SERVES = 4
+
+
+def _configured(args: argparse.Namespace) -> tuple[bool, str, TieringConfig]:
+    """``[tiering] enabled``, ``backend`` and the policy's configuration, from the files ``run``
+    reads (``--config``/``--conf-dir``; raises ConfigError/InputError when refused)."""
+    from guestagent import config as config_mod
+    from guestagent.tiering.config import tiering_config
+
+    named = (getattr(args, "config", None), getattr(args, "conf_dir", None))
+    problem = config_mod.named_path_problem(*named)
+    if problem is not None:
+        raise GuestAgentError(problem)
+    agent = config_mod.load(named[0] or config_mod.MAIN_FILE, named[1] or config_mod.CONF_DIR)
+    section = agent.section("tiering")
+    return bool(section["enabled"]), str(section["backend"]), tiering_config(section)
+
+
+def _backend_rows(
+    probed: list[tuple[str, Backend | None, Availability]], chosen: Backend | None, wanted: str
+) -> list[dict[str, Any]]:
+    """``status``'s line per backend: whether it works and serves, and why (not)."""
     rows: list[dict[str, Any]] = []
     for name, backend, a in probed:
+        if backend is chosen:
+            reason = a.reason
+        elif wanted not in ("auto", name):
+            reason = f"not used: [tiering] backend = {wanted}"
+        else:
+            reason = why_not(backend, a)
         rows.append(
             {
                 "name": name,
                 "ok": a.ok,
                 "serving": backend is not None and backend is chosen,
                 "targets_node": bool(backend is not None and backend.targets_node),
-                "reason": a.reason if backend is chosen else why_not(backend, a),
+                "reason": reason,
                 "limits": list(a.limits),
             }
         )
-    nodes = [
-        {
-            "node": m.node,
-            "total_bytes": m.total,
-            "free_bytes": m.free,
-            "inactive_bytes": m.inactive,
-            "free_pct": round(100.0 * m.free_fraction, 1),
-        }
-        for m in snapshot.nodes.values()
-    ]
-    plan = [
-        {"source": m.source, "target": m.target, "rate_bytes_per_s": m.rate}
-        for m in decision.plan.moves
-    ]
-    if args.json:
-        doc = {
-            "serving": chosen.name if chosen is not None else None,
-            "backends": rows,
-            "nodes": nodes,
-            "plan": plan,
-            "reasons": list(decision.reasons),
-            "lru_gen": snapshot.lru_gen,
-        }
-        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        return 0
-    out = [f"serving: {chosen.name if chosen is not None else 'none'}"]
-    for r in rows:
+    return rows
+
+
+def status_text(doc: dict[str, Any]) -> str:
+    """``status``'s JSON document for people."""
+    if doc["serving"] is not None:
+        out = [f"serving: {doc['serving']}"]
+    else:
+        out = ["serving: none" + (" ([tiering] enabled = true)" if doc["enabled"]
+                                  else " ([tiering] is off: nothing to serve)")]
+    for r in doc["backends"]:
         state = "serving" if r["serving"] else ("ok" if r["ok"] else "unavailable")
         out.append(f"  {r['name']:<6} {state:<12} {r['reason']}")
         for limit in r["limits"]:
@@ -155,21 +167,60 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
     out.append(
         "nodes:"
         + (" (MGLRU on: inactive lists are generations, not coldness; DAMON decides)"
-           if snapshot.lru_gen else "")
+           if doc["lru_gen"] else "")
     )
-    for n in nodes:
+    for n in doc["nodes"]:
         out.append(
             f"  node {n['node']}: free {n['free_pct']}% of {n['total_bytes'] // MIB} MiB, "
             f"inactive {n['inactive_bytes'] // MIB} MiB"
         )
-    out.append("plan now:" + ("" if plan else " nothing to move"))
-    for p in plan:
+    out.append("plan now:" + ("" if doc["plan"] else " nothing to move"))
+    for p in doc["plan"]:
         out.append(
             f"  node {p['source']} -> node {p['target']} at {p['rate_bytes_per_s'] / MIB:.1f} MiB/s"
         )
-    out.extend(f"  {line}" for line in decision.reasons)
-    sys.stdout.write("\n".join(out) + "\n")
-    return 0
+    out.extend(f"  {line}" for line in doc["reasons"])
+    return "\n".join(out) + "\n"
+
+
+def status(args: argparse.Namespace, ctx: Any) -> int:
+    hostfs: HostFS = ctx.hostfs
+    enabled, wanted, policy_config = _configured(args)
+    probed = probe_all(hostfs)
+    # The backends the daemon's job may use ([tiering] backend), as it chooses (tiering.job).
+    chosen = serving([p for p in probed if wanted in ("auto", p[0])])
+    snapshot = readers.read_snapshot(hostfs)
+    decision = decide(snapshot, policy_config, PolicyState())
+    doc = {
+        "serving": chosen.name if chosen is not None else None,
+        "enabled": enabled,
+        "backends": _backend_rows(probed, chosen, wanted),
+        "nodes": [
+            {
+                "node": m.node,
+                "total_bytes": m.total,
+                "free_bytes": m.free,
+                "inactive_bytes": m.inactive,
+                "free_pct": round(100.0 * m.free_fraction, 1),
+            }
+            for m in snapshot.nodes.values()
+        ],
+        "plan": [
+            {"source": m.source, "target": m.target, "rate_bytes_per_s": m.rate}
+            for m in decision.plan.moves
+        ],
+        "reasons": list(decision.reasons),
+        "lru_gen": snapshot.lru_gen,
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(status_text(doc))
+    if not (enabled and chosen is None):
+        return 0
+    print("guestagent: [tiering] is enabled and no backend can serve: the daemon's tiering job "
+          "would not start", file=sys.stderr)
+    return EXIT_NONE_SERVES
 
 
 #: ``tiering run``'s options and the ``[tiering]`` keys they override (None: not given).
@@ -291,13 +342,19 @@ def register(subparsers: Any) -> None:
         help="remove the kdamonds the undo journal says the agent added (also after a crash) "
              "and exit; never another DAMON user's")
     parser.add_argument("--config", metavar="FILE",
-                        help="main configuration file; --reset reads [agent] state_dir only "
-                             "(default /etc/guestagent/guestagent.toml)")
+                        help="main configuration file; --reset reads [agent] state_dir only, "
+                             "status [tiering] (default /etc/guestagent/guestagent.toml)")
     parser.add_argument("--conf-dir", metavar="DIR",
                         help="configuration drop-ins (default /etc/guestagent/conf.d)")
     sub = parser.add_subparsers(dest="tiering_command", metavar="ACTION")
     st = sub.add_parser("status", help="which backend serves, why the others do not, the plan")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    # SUPPRESS: given before the action word (tiering --config F status), the group's value stays.
+    st.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                    help="main configuration file, read as by run for [tiering] (default "
+                         "/etc/guestagent/guestagent.toml, used when present)")
+    st.add_argument("--conf-dir", metavar="DIR", default=argparse.SUPPRESS,
+                    help="drop-in directory (default /etc/guestagent/conf.d, used when present)")
     st.set_defaults(func=status)
     rn = sub.add_parser(
         "run", help="the daemon with the tiering job alone, until SIGTERM or --duration "

@@ -1,0 +1,161 @@
+"""The series the agent exports, derived from the code: each guest job and the Dom0 job is started
+in-process on a fixture host (with the test xenstored, the simulated DAMON kernel and Xen's
+sysctls where it needs them), its own ``status()`` is taken after it has worked, and
+``guestagent.daemon.metrics.render`` turns those statuses into the exposition text the daemon
+serves. The names in that text are what a dashboard panel or an alerting rule may query
+(tests/test_prometheus.py); no list of names is kept by hand.
+
+A figure a job reports only in a state the harness does not reach (None here) is missing from
+the set, so a query on it fails the check rather than passing unseen.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+
+from guestagent.config import defaults, load
+from guestagent.daemon.loop import EventLoop
+from guestagent.daemon.metrics import render
+from guestagent.daemon.service import JobContext, XenstoreHub
+from guestagent.hostfs import HostFS
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _guest_root(tmp: Path) -> Path:
+    """hvm-3vnode with the balloon driver of balloon-pv-1g (as tests/test_prometheus.py)."""
+    root = tmp / "guest"
+    shutil.copytree(FIXTURES / "hvm-3vnode", root, symlinks=True)
+    balloon = FIXTURES / "balloon-pv-1g"
+    shutil.copytree(balloon / "proc", root / "proc", dirs_exist_ok=True)
+    shutil.copytree(balloon / "sys/devices/system/xen_memory",
+                    root / "sys/devices/system/xen_memory")
+    (root / "sys/devices/system/xen_memory/xen_memory0/target_kb").write_text("1048576\n")
+    return root
+
+
+def _topology_and_balloon(tmp: Path, connect: Callable[[], Any]) -> dict[str, Any]:
+    from guestagent.balloon.job import BalloonJob
+    from guestagent.topology.job import TopologyJob
+
+    cfg = defaults()
+    cfg.values["balloon"].update(enabled=True, policy="classic")
+    loop = EventLoop()
+    ctx = JobContext(loop, HostFS(str(_guest_root(tmp))), cfg, XenstoreHub(loop, connect),
+                     "guest")
+    topology, balloon = TopologyJob(), BalloonJob()
+    try:
+        topology.start(ctx)
+        balloon.start(ctx)
+        return {"topology": topology.status(), "balloon": balloon.status()}
+    finally:
+        balloon.stop()
+        topology.stop()
+        loop.close()
+
+
+def _devices(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+    from guestagent.devices.job import DevicesJob
+
+    root = tmp / "devices"
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
+
+    def no_udev() -> None:
+        raise HotplugUnavailableError("no udev in this test")
+
+    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
+    loop = EventLoop()
+    ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)),
+                          config=load(str(tmp / "none.toml"), str(tmp / "conf.d")),
+                          xenstore=SimpleNamespace(client=lambda: None,
+                                                   watch=lambda path, cb: False),
+                          role="guest")
+    job = DevicesJob()
+    try:
+        job.start(ctx)  # type: ignore[arg-type]
+        return job.status()
+    finally:
+        job.stop()
+        loop.close()
+
+
+def _numa(tmp: Path, connect: Callable[[], Any]) -> dict[str, Any]:
+    from tests.test_numa import FIXTURE, advance, make_job, run_for
+
+    root = tmp / "numa"
+    shutil.copytree(FIXTURE, root)
+    job, loop, clock, ctx = make_job(root, connect)
+    try:
+        job.start(ctx)
+        advance(root)
+        run_for(loop, clock, 60)
+        return job.status()
+    finally:
+        job.stop()
+        loop.close()
+
+
+def _tiering(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from guestagent.tiering import commands
+    from guestagent.tiering.damon import DamonBackend
+    from guestagent.tiering.job import TieringJob
+    from tests.test_tiering_damon import FakeDamonKernel, make_tree
+
+    (tmp / "tiering").mkdir()
+    root = make_tree(tmp / "tiering")
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    monkeypatch.setattr(commands, "backend_factories",
+                        [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
+    loop = EventLoop()
+    ctx = JobContext(loop, HostFS(str(root)), defaults(), XenstoreHub(loop, lambda: None),
+                     "guest")
+    job = TieringJob()
+    try:
+        job.start(ctx)
+        job._tick()  # node 0 is short: a move starts
+        return job.status()
+    finally:
+        job.stop()
+        loop.close()
+
+
+def _dom0(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
+    from guestagent.dom0.job import Dom0Job
+    from tests.test_dom0_job import Closable, sysctl_opener
+    from tests.test_dom0_job import context as dom0_context
+    from tests.test_dom0_publish import add_backend
+
+    add_backend(xs_server, 5, [("0000:3b:00.0", "28", None)])
+    loop = EventLoop()
+    job = Dom0Job(open_sysctl=sysctl_opener(Closable()))
+    try:
+        job.start(dom0_context(loop, connect))
+        return job.status()
+    finally:
+        job.stop()
+        loop.close()
+
+
+def job_statuses(tmp: Path, xs_server: Any, xs_connect: Callable[[int], Any],
+                 monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """Every job's own status() after it has worked on its fixture host."""
+    statuses = _topology_and_balloon(tmp, lambda: xs_connect(5))
+    statuses["devices"] = _devices(tmp, monkeypatch)
+    statuses["numa"] = _numa(tmp, lambda: xs_connect(5))
+    statuses["tiering"] = _tiering(tmp, monkeypatch)
+    statuses["dom0"] = _dom0(xs_server, lambda: xs_connect(0))
+    return statuses
+
+
+def exported_series(statuses: dict[str, dict[str, Any]]) -> set[str]:
+    """The series names ``render`` writes for those statuses (the daemon's core series too)."""
+    text = render({"jobs": {name: {"running": True, **status}
+                            for name, status in statuses.items()}})
+    return {line.split("{")[0].split()[0] for line in text.splitlines()
+            if line and not line.startswith("#")}
