@@ -388,9 +388,8 @@ def test_grow_is_sized_by_the_shortage() -> None:
     d = ds[1]
     assert d.action == "grow" and "under the headroom line" in d.reason, d.reason
     # The line is R + B (B = the 150 MiB burst): 214 MiB, 64 above MemAvailable; MemFree is
-    # 118 MiB under 2R; the larger, plus the 150 MiB that arrived, plus as much again expected
-    # before the next decision (150 MiB/s x 5 s, capped at what arrived).
-    assert d.target_kb - d.previous_kb == (2 * R - 10 * MIB_KB) + 150 * MIB_KB + 150 * MIB_KB
+    # 118 MiB under 2R; the larger, plus the 150 MiB that arrived (a first rise: no lookahead).
+    assert d.target_kb - d.previous_kb == (2 * R - 10 * MIB_KB) + 150 * MIB_KB
     # A trigger with plenty available and 40 MiB free: 2R - 40 MiB, no demand arrived.
     ds = run_policy(cfg, [{"mem_free_kb": 40 * MIB_KB},
                           {"mem_free_kb": 40 * MIB_KB, "psi_trigger_fired": True}], start=start)
@@ -433,33 +432,43 @@ def test_demand_rising_into_the_headroom_grows_before_the_reserve() -> None:
 def test_a_grow_during_a_ramp_covers_the_demand_until_the_next_decision() -> None:
     """Seen on Xen 4.17 (run 20261204-180448-18010, jvm-heap): a heap touched at 8-13 MiB/s met
     grows of 64-128 MiB every 5-15 s and ran against a guest 60-130 MiB short, paging to the
-    guard's zram (ramp 65 s against 29 s without ballooning). While demand rises, a grow adds
-    the rate times one interval, at most as much again as arrived since the last decision."""
+    guard's zram (ramp 65 s against 29 s without ballooning). During a ramp (demand rising at
+    this decision and the one before), a grow adds the rate times one interval, at most as much
+    again as arrived since the last decision. A one-off spike adds nothing: with the lookahead on
+    every rise, a 256 MiB spike grew the guest to its ceiling and kept it there for the hold time
+    (run 20261204-212118-29859, sharp-spikes: 943 MiB mean against 798 before)."""
     cfg = PressureConfig()
-    start = snap(size_kb=500 * MIB_KB, mem_available_kb=200 * MIB_KB, mem_free_kb=190 * MIB_KB,
+    no_lookahead = replace(cfg, grow_lookahead_s=0.0)
+    start = snap(size_kb=500 * MIB_KB, mem_available_kb=260 * MIB_KB, mem_free_kb=250 * MIB_KB,
                  some_avg10=1.0)
-    # 5 s later: 90 MiB more in use (18 MiB/s), MemAvailable 110 MiB, under the line R + B.
-    ramp = {"timestamp": 5.0, "mem_available_kb": 110 * MIB_KB, "mem_free_kb": 100 * MIB_KB}
-    with_lookahead = run_policy(cfg, [{}, ramp], start=start)[1]
-    without = run_policy(replace(cfg, grow_lookahead_s=0.0), [{}, ramp], start=start)[1]
-    assert with_lookahead.action == without.action == "grow", with_lookahead.reason
-    assert (with_lookahead.target_kb - without.target_kb) == 90 * MIB_KB
-    # A short interval's rate is not extrapolated past what arrived: 1 s, 90 MiB (90 MiB/s x 5 s
-    # would be 450 MiB) adds 90 MiB.
-    jump = {**ramp, "timestamp": 1.0}
-    short = run_policy(cfg, [{}, jump], start=start)[1]
-    short0 = run_policy(replace(cfg, grow_lookahead_s=0.0), [{}, jump], start=start)[1]
-    assert short.target_kb - short0.target_kb == 90 * MIB_KB
+
+    def ramp(dt: float) -> list[dict[str, Any]]:
+        """Demand rising 30 MiB then 90 MiB over two decisions ``dt`` apart."""
+        return [{}, {"timestamp": dt, "mem_available_kb": 230 * MIB_KB, "mem_free_kb": 220 * MIB_KB},
+                {"timestamp": 2 * dt, "mem_available_kb": 140 * MIB_KB,
+                 "mem_free_kb": 130 * MIB_KB}]
+
+    with_la = run_policy(cfg, ramp(5.0), start=start)
+    without = run_policy(no_lookahead, ramp(5.0), start=start)
+    assert with_la[2].action == without[2].action == "grow", with_la[2].reason
+    # 90 MiB in 5 s (18 MiB/s x 5 s = 90 MiB, which is what arrived).
+    assert with_la[2].target_kb - without[2].target_kb == 90 * MIB_KB
+    # A short interval's rate is not extrapolated past what arrived: 90 MiB in 1 s adds 90 MiB.
+    short, short0 = run_policy(cfg, ramp(1.0), start=start), run_policy(no_lookahead, ramp(1.0),
+                                                                         start=start)
+    assert short[2].target_kb - short0[2].target_kb == 90 * MIB_KB
     # A slower ramp adds its rate times one interval, less than what arrived: 90 MiB over 10 s.
-    slow = {**ramp, "timestamp": 10.0}
-    slow_la = run_policy(cfg, [{}, slow], start=start)[1]
-    slow0 = run_policy(replace(cfg, grow_lookahead_s=0.0), [{}, slow], start=start)[1]
-    assert slow_la.target_kb - slow0.target_kb == 45 * MIB_KB
-    # No lookahead when the grow is not for rising demand (a PSI trigger while reclaiming).
+    slow, slow0 = run_policy(cfg, ramp(10.0), start=start), run_policy(no_lookahead, ramp(10.0),
+                                                                        start=start)
+    assert slow[2].target_kb - slow0[2].target_kb == 45 * MIB_KB
+    # A one-off spike (the first decision that sees demand rise) gets no lookahead.
+    spike = [{}, {"timestamp": 5.0, "mem_available_kb": 140 * MIB_KB, "mem_free_kb": 130 * MIB_KB}]
+    one, one0 = run_policy(cfg, spike, start=start), run_policy(no_lookahead, spike, start=start)
+    assert one[1].action == "grow" and one[1].target_kb == one0[1].target_kb
+    # Nor does a grow that is not for rising demand (a PSI trigger while reclaiming).
     trig = {"mem_free_kb": 40 * MIB_KB}
     ds = run_policy(cfg, [trig, {**trig, "psi_trigger_fired": True}], start=start)
-    ds0 = run_policy(replace(cfg, grow_lookahead_s=0.0),
-                     [trig, {**trig, "psi_trigger_fired": True}], start=start)
+    ds0 = run_policy(no_lookahead, [trig, {**trig, "psi_trigger_fired": True}], start=start)
     assert ds[1].action == "grow" and ds[1].target_kb == ds0[1].target_kb
 
 
@@ -474,8 +483,7 @@ def test_use_growing_while_memfree_is_low_grows_before_the_cache_is_evicted() ->
     spike = {"mem_available_kb": 275 * MIB_KB, "mem_free_kb": 75 * MIB_KB}
     ds = run_policy(cfg, [{}, spike], start=start)
     assert ds[1].action == "grow" and "MemFree" in ds[1].reason, ds[1].reason
-    # 25 MiB arrived in a second: as much again is expected before the next decision.
-    assert ds[1].target_kb - ds[1].previous_kb == (2 * R - 75 * MIB_KB) + 25 * MIB_KB + 25 * MIB_KB
+    assert ds[1].target_kb - ds[1].previous_kb == (2 * R - 75 * MIB_KB) + 25 * MIB_KB
     # A wobble of a few MiB (the kernel reclaiming) is not demand ...
     wobble = {"mem_available_kb": 297 * MIB_KB, "mem_free_kb": 97 * MIB_KB}
     ds = run_policy(cfg, [{}, wobble], start=start)

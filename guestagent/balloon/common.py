@@ -95,6 +95,8 @@ class PolicyState:
     in_burst: bool = False
     burst_start_t: float | None = None
     burst_spacing_s: float | None = None
+    #: pressure: consecutive decisions that saw demand rising (a ramp, not a one-off spike).
+    rising_decisions: int = 0
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,20 @@ RAM could not hold); demand rising (by 8 MiB and faster than 1 MiB/s since the l
 MemAvailable is under H or MemFree under 2R; or, while the kernel reclaims (MemFree under 2R), a
 PSI trigger, a "some" stall of 2 % over the last interval, refaults over 2000 pages/s or swap-ins
 over 1000 pages/s. The step is the shortage, max(H - MemAvailable, 2R - MemFree) plus the demand
-that arrived since the last decision and, while demand rises, the demand expected until the next
-decision (its rate times one interval, at most as much again as arrived), at least R and at least
-what was refaulted, swapped in or swapped out since then; the ceiling caps it. A stall while the
-balloon driver is still short of our own last shrink, with few refaults and demand flat, is that
-shrink's own reclaim: **stop** where the driver got to, do not grow. **Shrink** (probe, as Senpai
-does for cgroups) only when quiet: "some" stall over the last interval and avg10 under the target
-``psi_target_pct`` (0.2 %), refaults under 500 pages/s, no swap-out, demand and page cache not
-rising (pages that merely stay in swap hold nothing: only an access brings them back), no grow or
-stop within the hold time, no toolstack change within 30 s and no OOM kill within 5 min, at most
-once per 5 s, the driver caught up; by (1 - pressure / target) x the larger of a cache step (1 % of
-the size or 1/4 of MemAvailable above H, at most 1/16 of the ceiling) and a free-memory step (3/4
-of MemFree above H, at most 1/4 of the ceiling), never taking MemAvailable under H and never under
-the floor, max(``floor_kb``, :func:`~guestagent.balloon.common.hard_minimum_kb`).
+that arrived since the last decision and, during a ramp (demand rising at this decision and the one
+before), the demand expected until the next decision (its rate times one interval, at most as much
+again as arrived), at least R and at least what was refaulted, swapped in or swapped out since
+then; the ceiling caps it. A stall while the balloon driver is still short of our own last shrink,
+with few refaults and demand flat, is that shrink's own reclaim: **stop** where the driver got to,
+do not grow. **Shrink** (probe, as Senpai does for cgroups) only when quiet: "some" stall over the
+last interval and avg10 under the target ``psi_target_pct`` (0.2 %), refaults under 500 pages/s, no
+swap-out, demand and page cache not rising (pages that merely stay in swap hold nothing: only an
+access brings them back), no grow or stop within the hold time, no toolstack change within 30 s and
+no OOM kill within 5 min, at most once per 5 s, the driver caught up; by (1 - pressure / target) x
+the larger of a cache step (1 % of the size or 1/4 of MemAvailable above H, at most 1/16 of the
+ceiling) and a free-memory step (3/4 of MemFree above H, at most 1/4 of the ceiling), never taking
+MemAvailable under H and never under the floor, max(``floor_kb``,
+:func:`~guestagent.balloon.common.hard_minimum_kb`).
 
 Each rule has a replay test with the incident it guards against (``tests/test_balloon_policy.py``,
 ``tests/test_balloon_pressure_replay.py``); ``docs/balloon-pressure.md`` says why.
@@ -80,9 +81,9 @@ class PressureConfig(PolicyConfig):
     #: The reserve R: max(reserve_min_kb, reserve_pct % of the ceiling).
     reserve_min_kb: int = 64 * MIB_KB
     reserve_pct: float = 3.0
-    #: A grow while demand rises also covers the demand expected until the next decision: the
-    #: rate since the last decision times this many seconds (one interval; 0: none), at most the
-    #: demand that arrived since the last decision.
+    #: A grow during a ramp (demand rising at this decision and the one before) also covers the
+    #: demand expected until the next decision: the rate since the last decision times this many
+    #: seconds (one interval; 0: none), at most the demand that arrived since the last decision.
     grow_lookahead_s: float = 5.0
     #: A probe: the larger of this percentage of the target ...
     shrink_step_pct: float = 1.0
@@ -365,18 +366,21 @@ def pressure_reasons(signals: MemorySignals, r: Reading, config: PressureConfig)
     return out
 
 
-def grow_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig) -> int:
+def grow_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, ramp: bool = False
+                 ) -> int:
     """The shortage: what brings MemAvailable back to the headroom line and MemFree back to two
-    reserves, plus the demand that arrived since the last decision, plus (while demand rises) the
-    demand expected before the next decision: its rate times ``grow_lookahead_s``, at most what
-    arrived (a ramp of 8-13 MiB/s met grows of 64-128 MiB every 5-15 s on Xen 4.17 and ran
-    against a guest 60-130 MiB short, run 20261204-180448-18010); at least one reserve and at
-    least what was refaulted or swapped in since then."""
+    reserves, plus the demand that arrived since the last decision, plus, during a ``ramp``
+    (demand rising at this decision and the one before), the demand expected before the next
+    decision: its rate times ``grow_lookahead_s``, at most what arrived (a ramp of 8-13 MiB/s met
+    grows of 64-128 MiB every 5-15 s on Xen 4.17 and ran against a guest 60-130 MiB short, run
+    20261204-180448-18010). A one-off spike gets no lookahead: with it, a 256 MiB spike grew the
+    guest to its ceiling and kept it there (run 20261204-212118-29859, sharp-spikes). At least
+    one reserve and at least what was refaulted or swapped in since then."""
     free_line = int(r.reserve_kb * config.stall_grow_free_reserves)
     deficit = max(0, r.line_kb - signals.mem_available_kb, free_line - signals.mem_free_kb)
     arriving = max(0, r.used_delta_kb or 0)
     expected = 0
-    if demand_rising(r, config):
+    if ramp and demand_rising(r, config):
         expected = min(arriving, int(r.used_rate * config.grow_lookahead_s))
     return max(r.reserve_kb, deficit + arriving + expected, r.wanted_back_kb)
 
@@ -491,7 +495,7 @@ def shrink_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, l
 
 def _grow(signals: MemorySignals, state: PolicyState, config: PressureConfig, r: Reading,
           prev: int, why: list[str]) -> tuple[int, str, str, PolicyState]:
-    step = grow_step_kb(signals, r, config)
+    step = grow_step_kb(signals, r, config, ramp=state.rising_decisions >= 2)
     # The time of the last need for memory, even when the ceiling leaves nothing to grow: the
     # holdoff counts from it.
     state = replace(state, last_grow_t=signals.timestamp)
@@ -514,6 +518,8 @@ def step_pressure(
     """Grow on a shortage, stop at our own reclaim, else probe when quiet (module docstring)."""
     assert isinstance(config, PressureConfig)
     r = read(signals, state, config, lim)
+    rising = demand_rising(r, config)
+    state = replace(state, rising_decisions=state.rising_decisions + 1 if rising else 0)
     if r.oom:
         state = replace(state, last_oom_t=signals.timestamp, last_grow_t=signals.timestamp)
         return lim.ceiling_kb, "grow", f"OOM kill seen (oom_kill {signals.oom_kill})", state
