@@ -434,9 +434,8 @@ def test_a_grow_during_a_ramp_covers_the_demand_until_the_next_decision() -> Non
     grows of 64-128 MiB every 5-15 s and ran against a guest 60-130 MiB short, paging to the
     guard's zram (ramp 65 s against 29 s without ballooning). During a ramp (demand rising at
     this decision and the one before), a grow adds the rate times one interval, at most as much
-    again as arrived since the last decision. A one-off spike adds nothing: with the lookahead on
-    every rise, a 256 MiB spike grew the guest to its ceiling and kept it there for the hold time
-    (run 20261204-212118-29859, sharp-spikes: 943 MiB mean against 798 before)."""
+    again as arrived since the last decision. A one-off spike adds nothing: one rise says nothing
+    of the next (a spike's grow is the shortage and what arrived, as before)."""
     cfg = PressureConfig()
     no_lookahead = replace(cfg, grow_lookahead_s=0.0)
     start = snap(size_kb=500 * MIB_KB, mem_available_kb=260 * MIB_KB, mem_free_kb=250 * MIB_KB,
@@ -444,7 +443,8 @@ def test_a_grow_during_a_ramp_covers_the_demand_until_the_next_decision() -> Non
 
     def ramp(dt: float) -> list[dict[str, Any]]:
         """Demand rising 30 MiB then 90 MiB over two decisions ``dt`` apart."""
-        return [{}, {"timestamp": dt, "mem_available_kb": 230 * MIB_KB, "mem_free_kb": 220 * MIB_KB},
+        return [{},
+                {"timestamp": dt, "mem_available_kb": 230 * MIB_KB, "mem_free_kb": 220 * MIB_KB},
                 {"timestamp": 2 * dt, "mem_available_kb": 140 * MIB_KB,
                  "mem_free_kb": 130 * MIB_KB}]
 

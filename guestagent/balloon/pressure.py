@@ -373,9 +373,8 @@ def grow_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, ram
     (demand rising at this decision and the one before), the demand expected before the next
     decision: its rate times ``grow_lookahead_s``, at most what arrived (a ramp of 8-13 MiB/s met
     grows of 64-128 MiB every 5-15 s on Xen 4.17 and ran against a guest 60-130 MiB short, run
-    20261204-180448-18010). A one-off spike gets no lookahead: with it, a 256 MiB spike grew the
-    guest to its ceiling and kept it there (run 20261204-212118-29859, sharp-spikes). At least
-    one reserve and at least what was refaulted or swapped in since then."""
+    20261204-180448-18010). A one-off spike gets no lookahead: one rise says nothing of the next.
+    At least one reserve and at least what was refaulted or swapped in since then."""
     free_line = int(r.reserve_kb * config.stall_grow_free_reserves)
     deficit = max(0, r.line_kb - signals.mem_available_kb, free_line - signals.mem_free_kb)
     arriving = max(0, r.used_delta_kb or 0)
