@@ -1,6 +1,6 @@
 """Issue 14 item 2: every long-running command is the daemon running one job. Signal handlers and
-poll(2) belong to the daemon's event loop alone; the separate loops of ``tiering run`` and
-``dom0 run`` are gone, and none may come back.
+poll(2) belong to the daemon's event loop alone; the separate loops of ``balloon run``,
+``balloon record``, ``tiering run`` and ``dom0 run`` are gone, and none may come back.
 
 The same search as ``grep -rn "signal.signal\\|select.poll" guestagent/``."""
 
@@ -16,10 +16,6 @@ PATTERN = re.compile(r"signal.signal|select.poll")
 #: with one job (the test fails while a listed file no longer needs its entry).
 ALLOWED = {
     "guestagent/daemon/loop.py": "the daemon's event loop itself",
-    "guestagent/balloon/controller.py": "`balloon run`'s own loop: not converted yet "
-    "(`guestagent run` with the balloon job is what the tests and benchmarks use)",
-    "guestagent/balloon/signals.py": "PsiTrigger.poll, for `balloon record`'s loop "
-    "(balloon/trace.py): not converted yet",
 }
 
 
@@ -42,12 +38,18 @@ def test_signals_and_poll_only_in_the_daemon_loop() -> None:
 
 
 def test_the_one_job_commands_have_no_loop_of_their_own() -> None:
-    """What was a loop is one round (Runner.tick) or one pass (Publisher.publish_all); the
-    daemon's timers and watches call them."""
+    """What was a loop is one round (Runner.tick, BalloonController.tick, RecordJob's snapshot)
+    or one pass (Publisher.publish_all); the daemon's timers, watches and readers call them."""
+    from guestagent.balloon import controller, trace
+    from guestagent.balloon.signals import PsiTrigger
     from guestagent.dom0.publisher import Publisher
     from guestagent.tiering.runner import Runner
 
     assert not hasattr(Runner, "run") and not hasattr(Publisher, "run")
+    assert not hasattr(controller, "run_controller") and not hasattr(PsiTrigger, "poll")
+    assert not hasattr(trace, "_wait")
     for rel in ("guestagent/tiering/runner.py", "guestagent/tiering/commands.py",
-                "guestagent/dom0/commands.py", "guestagent/dom0/publisher.py"):
-        assert "while " not in (REPO / rel).read_text(), rel
+                "guestagent/dom0/commands.py", "guestagent/dom0/publisher.py",
+                "guestagent/balloon/controller.py", "guestagent/balloon/job.py",
+                "guestagent/balloon/commands.py"):
+        assert not re.search(r"^\s*while\b", (REPO / rel).read_text(), re.M), rel

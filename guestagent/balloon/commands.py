@@ -39,10 +39,9 @@ from dataclasses import asdict
 from typing import Any
 
 from guestagent.balloon.actuator import BalloonActuator, BalloonUnavailable
-from guestagent.balloon.controller import run_controller
 from guestagent.balloon.guard import GuardCommands, has_changes, prepare, reset_all
 from guestagent.balloon.guard import undo as undo_guard
-from guestagent.balloon.policy import DEFAULT_POLICY, POLICY_NAMES, default_config
+from guestagent.balloon.policy import DEFAULT_POLICY, POLICY_NAMES
 from guestagent.balloon.signals import (
     BALLOON_DIR,
     DirectoryXenstore,
@@ -53,6 +52,7 @@ from guestagent.balloon.signals import (
 )
 from guestagent.balloon.trace import load_trace, record, simulate
 from guestagent.cli import finite_float
+from guestagent.daemon.commands import one_job_options
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
@@ -105,14 +105,16 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--no-trigger", action="store_true", help="do not arm a PSI trigger")
     rec.set_defaults(func=cmd_record)
 
-    run = sub.add_parser("run", help="run the controller loop (reset on exit and on SIGTERM)")
-    run.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES)
-    run.add_argument("--duration", type=finite_float, default=None, metavar="S")
-    run.add_argument("--ticks", type=int, default=None, metavar="N", help="stop after N ticks")
+    run = sub.add_parser(
+        "run", help="the daemon running the balloon job alone (reset on exit and on SIGTERM)",
+        description="The daemon (guestagent run) with the balloon job alone: the configuration "
+        "run reads, [balloon] turned on and the options below as overrides; until SIGTERM, "
+        "SIGINT or --duration, then the target goes back to the ceiling. Exit status 1 when the "
+        "job gives up after repeated failed ticks (the target is reset first).")
+    run.add_argument("--policy", default=None, choices=POLICY_NAMES,
+                     help=f"override [balloon] policy (default there: {DEFAULT_POLICY})")
     run.add_argument("--no-trigger", action="store_true", help="interval timer only")
-    run.add_argument(
-        "--no-reset-on-exit", action="store_true", help="leave the last target in place (tests)"
-    )
+    one_job_options(run)
     run.set_defaults(func=cmd_run)
 
     st = sub.add_parser(
@@ -438,18 +440,19 @@ def cmd_set(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
+    """The daemon running the balloon job alone (:func:`guestagent.daemon.commands.run_one_job`);
+    0 without a balloon driver (the feature stays off), 1 when the job gave up."""
+    from guestagent.balloon.job import HUB, BalloonJob
+    from guestagent.daemon.commands import run_one_job
+
     if not ctx.hostfs.exists(BALLOON_DIR):
         why = balloon_unavailable_reason(ctx.hostfs)
         print(f"guestagent: balloon unavailable: {why}; self-ballooning stays off")
         return 0
-    config = default_config(args.policy)
-    with state_lock(ctx, "balloon run", create=True):
-        return run_controller(
-            ctx.hostfs,
-            _xenstore(args, ctx),
-            config,
-            duration_s=args.duration,
-            max_ticks=args.ticks,
-            reset_on_exit=not args.no_reset_on_exit,
-            use_trigger=not args.no_trigger,
-        )
+    # The real host: the daemon's own xenstore client (watches included); a fixture tree: its
+    # stand-in, which cannot watch (module docstring).
+    xenstore = _xenstore(args, ctx) if args.no_xenstore or not ctx.hostfs.is_real_host else HUB
+    job = BalloonJob(use_trigger=not args.no_trigger, xenstore=xenstore)
+    overrides = [("--policy", "balloon", "policy", args.policy)]
+    daemon = run_one_job(args, ctx, job, overrides, role="guest", command="balloon run")
+    return 1 if daemon.failure is not None else 0
