@@ -53,3 +53,55 @@ def test_the_one_job_commands_have_no_loop_of_their_own() -> None:
                 "guestagent/balloon/controller.py", "guestagent/balloon/job.py",
                 "guestagent/balloon/commands.py"):
         assert not re.search(r"^\s*while\b", (REPO / rel).read_text(), re.M), rel
+
+
+#: Module-level factories the tests used to swap to reach the platform (issue 14 item 1).
+FACTORY = re.compile(r"^(hypercall_factory|backend_factories|sysctl_factory|xenstore_factory)\b",
+                     re.M)
+
+
+def test_no_module_level_factory_is_left_to_swap() -> None:
+    """The platform is reached through one Host handle (guestagent/host.py), passed in."""
+    left = [path.relative_to(REPO).as_posix()
+            for path in sorted((REPO / "guestagent").rglob("*.py"))
+            if FACTORY.search(path.read_text())]
+    assert left == []
+
+
+def test_the_host_opens_each_handle_on_use_with_its_opener(tmp_path: Path) -> None:
+    """A Host made for a command or the daemon opens nothing until asked; each handle comes from
+    the opener it was given (a test's fake), over the host's own file system."""
+    from contextlib import nullcontext
+
+    from guestagent.cli import Context
+    from guestagent.config import defaults
+    from guestagent.daemon.loop import EventLoop
+    from guestagent.daemon.service import Daemon
+    from guestagent.host import TIERING_BACKENDS, Host
+    from guestagent.hostfs import HostFS
+
+    fs = HostFS(str(tmp_path))
+    opened: list[tuple[str, HostFS]] = []
+
+    def opener(name: str, value: object) -> object:
+        return lambda hostfs: opened.append((name, hostfs)) or value
+
+    host = Host(fs, open_vnuma=opener("vnuma", "call"),  # type: ignore[arg-type]
+                open_sysctl=opener("sysctl", nullcontext("sysctl")),  # type: ignore[arg-type]
+                open_xenstore=opener("xenstore", "client"))  # type: ignore[arg-type]
+    assert opened == []
+    assert host.vnuma_call() == "call" and host.xenstore() == "client"
+    with host.sysctl() as sysctl:
+        assert sysctl == "sysctl"
+    assert opened == [("vnuma", fs), ("xenstore", fs), ("sysctl", fs)]
+    assert [name for name, _ in Host(fs).tiering_backends] == [n for n, _ in TIERING_BACKENDS]
+    # The defaults: the real Host over the same file system, for a command and for the daemon.
+    ctx = Context(hostfs=fs)
+    assert isinstance(ctx.host, Host) and ctx.host.fs is fs
+    loop = EventLoop()
+    try:
+        daemon = Daemon(fs, defaults(), defaults, lambda c, r: [], "guest", loop=loop, host=host)
+        assert daemon._context().host is host
+        assert daemon._default_connect() == "client"
+    finally:
+        loop.close()

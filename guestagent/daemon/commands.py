@@ -144,7 +144,7 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
     cfg = load()
     configure_logging(args, cfg)
     role = args.role or resolve_role(cfg, ctx.hostfs)
-    Daemon(ctx.hostfs, cfg, load, make_jobs, role).run()
+    Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host).run()
     return 0
 
 
@@ -222,7 +222,7 @@ def run_one_job(
     configure_logging(args, cfg)
     daemon = Daemon(ctx.hostfs, cfg, load, lambda _cfg, _role: [job], role,
                     xenstore_connect=xenstore_connect, stop_after=duration, one_job=True,
-                    command=command)
+                    command=command, host=ctx.host)
     daemon.run()
     return daemon
 

@@ -34,6 +34,7 @@ from guestagent.daemon import systemd
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.resume import ResumeState, detect_resume, sample_clocks
 from guestagent.errors import GuestAgentError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
@@ -264,6 +265,13 @@ class JobContext:
     #: recording's last snapshot) or gives up (error: why). The daemon stops it (its undo runs)
     #: from the loop, after the current callback; a one-job command then exits, 1 on an error.
     end_job: Callable[[str, str | None], None] = _unmanaged_end
+    #: The host handle (hypercalls, sysctls, xenstore, backends); by default (None given) the
+    #: real one over ``hostfs``, made in __post_init__. A test passes its own.
+    host: Host = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.host is None:
+            self.host = Host(self.hostfs)
 
 
 @dataclass
@@ -297,9 +305,14 @@ class Daemon:
     observer: bool = False
     #: Why a job gave up (:meth:`end_job` with an error); a one-job command exits 1.
     failure: str | None = None
+    #: The host handle the jobs get (``JobContext.host``); by default (None given) the real one
+    #: over hostfs, made in __post_init__.
+    host: Host = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self._log = get_logger("daemon")
+        if self.host is None:
+            self.host = Host(self.hostfs)
         connect = self.xenstore_connect or self._default_connect
         self.hub = XenstoreHub(
             self.loop, connect, on_reconnect=lambda: self._republish("xenstore reconnected")
@@ -311,9 +324,7 @@ class Daemon:
         self._metrics: Any = None
 
     def _default_connect(self) -> Any:
-        from guestagent.xen.xenstore import XenstoreClient
-
-        return XenstoreClient.open(self.hostfs)
+        return self.host.xenstore()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -450,7 +461,8 @@ class Daemon:
     # --- jobs ----------------------------------------------------------------------------------
 
     def _context(self) -> JobContext:
-        return JobContext(self.loop, self.hostfs, self.config, self.hub, self.role, self.end_job)
+        return JobContext(self.loop, self.hostfs, self.config, self.hub, self.role, self.end_job,
+                          self.host)
 
     def end_job(self, name: str, error: str | None) -> None:
         """A job is done or gives up (JobContext.end_job): stopped, with its undo, from the loop
