@@ -63,7 +63,7 @@ def _balloon(host: Host, state_dir: str) -> UndoReport:
     from guestagent.balloon.actuator import BalloonActuator
     from guestagent.balloon.commands import reset_balloon, xenstore_for
 
-    _target, report = reset_balloon(BalloonActuator(host.fs, xenstore_for(host.fs)))
+    _target, report = reset_balloon(BalloonActuator(host.fs, xenstore_for(host)))
     return report
 
 

@@ -47,14 +47,13 @@ from guestagent.balloon.signals import (
     DirectoryXenstore,
     XenstoreReader,
     balloon_unavailable_reason,
-    open_xenstore,
     read_signals,
 )
 from guestagent.balloon.trace import load_trace, record, simulate
 from guestagent.cli import finite_float
 from guestagent.daemon.commands import one_job_options
 from guestagent.errors import GuestAgentError, InputError
-from guestagent.hostfs import HostFS
+from guestagent.host import Host
 from guestagent.log import get_logger
 from guestagent.undo import UndoReport
 
@@ -131,19 +130,26 @@ def register(subparsers: Any) -> None:
     st.set_defaults(func=cmd_set)
 
 
-def xenstore_for(hostfs: HostFS) -> XenstoreReader | None:
-    """The real client on the real host; on a fixture tree its stand-in (module docstring)."""
+def xenstore_for(host: Host) -> XenstoreReader | None:
+    """The host's client on the real host, None (logged at debug level) when there is none; on
+    a fixture tree its stand-in (module docstring)."""
+    hostfs = host.fs
     if not hostfs.is_real_host:
         if hostfs.exists(FIXTURE_XENSTORE_DIR):
             return DirectoryXenstore(hostfs, FIXTURE_XENSTORE_DIR)
         return None
-    return open_xenstore(hostfs)
+    try:
+        client: XenstoreReader = host.xenstore()
+    except (GuestAgentError, OSError, ImportError) as e:
+        get_logger("balloon").debug("xenstore_unavailable", reason=str(e))
+        return None
+    return client
 
 
 def _xenstore(args: argparse.Namespace, ctx: Any) -> XenstoreReader | None:
     if getattr(args, "no_xenstore", False):
         return None
-    return xenstore_for(ctx.hostfs)
+    return xenstore_for(ctx.host)
 
 
 def state_lock(ctx: Any, what: str, create: bool) -> AbstractContextManager[None]:

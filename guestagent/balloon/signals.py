@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
-from guestagent.errors import GuestAgentError, InputError, MissingInputError
+from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 
 PSI_MEMORY = "/proc/pressure/memory"
@@ -443,20 +443,6 @@ class DirectoryXenstore:
         if path.startswith("/") or ".." in path.split("/"):
             raise InputError("xenstore", "fixture xenstore takes relative paths only", path)
         return self.hostfs.read_text(f"{self.directory}/{path}").encode("ascii")
-
-
-def open_xenstore(hostfs: HostFS) -> XenstoreReader | None:
-    """The real xenstore client (``guestagent.xen``), imported here and not at module import
-    time; None when there is no xenstore (not on Xen, no permission, C extension not built).
-    """
-    try:
-        from guestagent.xen.xenstore import XenstoreClient
-    except ImportError:
-        return None
-    try:
-        return XenstoreClient.open(hostfs)
-    except (GuestAgentError, OSError):
-        return None
 
 
 # --------------------------------------------------------------------------------------------
