@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,3 +300,18 @@ def test_run_gives_up_after_repeated_failed_ticks_and_exits_1(
     # The log keeps the first of repeated errors (guestagent.log); the give-up says how many.
     assert "event=balloon_tick_failed" in err and "consecutive=3" in err, err
     assert "event=job_gave_up" in err, err
+
+
+@pytest.mark.parametrize("extra", [(), ("--no-xenstore",)], ids=["fixture", "--no-xenstore"])
+def test_run_on_a_fixture_or_without_xenstore_opens_no_connection(
+    root: Path, no_config: Path, xs_server: Any, monkeypatch: pytest.MonkeyPatch,
+    extra: tuple[str, ...],
+) -> None:
+    """With $XENSTORED_PATH naming a live xenstored, ``balloon run`` on a fixture tree uses the
+    tree's stand-in files and ``--no-xenstore`` none: the daemon it runs connects to nothing."""
+    monkeypatch.setenv("XENSTORED_PATH", xs_server.path)
+    argv = ["--no-xenstore", "run", "--duration", "0.2"] if extra else ["run", "--duration", "0.2"]
+    assert run(root, *argv) == 0
+    assert xs_server.connections == []
+    decisions = json.loads((root / "run/guestagent/balloon.json").read_text())["decisions"]
+    assert decisions, "the job ticked"

@@ -455,10 +455,20 @@ def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
         why = balloon_unavailable_reason(ctx.hostfs)
         print(f"guestagent: balloon unavailable: {why}; self-ballooning stays off")
         return 0
-    # The real host: the daemon's own xenstore client (watches included); a fixture tree: its
-    # stand-in, which cannot watch (module docstring).
-    xenstore = _xenstore(args, ctx) if args.no_xenstore or not ctx.hostfs.is_real_host else HUB
+    # The real host: the daemon's own xenstore client (watches included). A fixture tree: its
+    # stand-in, which cannot watch (module docstring); --no-xenstore: none. In both the daemon
+    # opens no connection of its own either (it would only watch for a resume).
+    connect = None
+    xenstore: Any = HUB
+    if args.no_xenstore or not ctx.hostfs.is_real_host:
+        xenstore = _xenstore(args, ctx)
+        why = "--no-xenstore" if args.no_xenstore else "a fixture tree (its stand-in files only)"
+
+        def connect() -> Any:
+            raise GuestAgentError(f"no xenstore connection: {why}")
+
     job = BalloonJob(use_trigger=not args.no_trigger, xenstore=xenstore)
     overrides = [("--policy", "balloon", "policy", args.policy)]
-    daemon = run_one_job(args, ctx, job, overrides, role="guest", command="balloon run")
+    daemon = run_one_job(args, ctx, job, overrides, role="guest", command="balloon run",
+                         xenstore_connect=connect)
     return 1 if daemon.failure is not None else 0
