@@ -112,3 +112,32 @@ def test_sigint_ends_the_recording_cleanly_beside_a_running_daemon(root: Path) -
     assert len(lines) >= 3 and all(json.loads(line) for line in lines)
     assert not os.path.exists(state_dir / "status.sock")
     parse_trace(lines, "recorded")
+
+
+def test_the_reader_going_away_ends_the_recording(root: Path) -> None:
+    """``--out -`` into a pipe whose reader is gone (the monitor killed): the recorder stops at
+    its next snapshot instead of recording for nobody until --duration."""
+    proc = recorder(root, "0.05", "7200")
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the header: it runs
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr is not None
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_an_unreadable_input_ends_the_recording_with_exit_1(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As before the recorder became a job: ``1 when an input cannot be read``, the line naming
+    the file; the trace so far (its header) is kept."""
+    from guestagent import cli
+
+    (root / "proc/meminfo").write_text("garbage\n")
+    out = root.parent / "trace.jsonl"
+    argv = ["--root", str(root), "balloon", "record", "--out", str(out), "--interval", "0.05",
+            "--duration", "1"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "/proc/meminfo line 1" in err and "Traceback" not in err, err
+    assert json.loads(out.read_text().splitlines()[0])["source"].startswith("recorded by")

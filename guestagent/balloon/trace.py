@@ -132,7 +132,8 @@ class RecordJob:
     Uses the same readers as the controller. With a PSI trigger (when the kernel allows it) a
     snapshot's ``psi_trigger_fired`` says whether the trigger fired during its interval; a trigger
     whose descriptor errors or hangs up is dropped (one warning) and the recording goes on. A
-    snapshot that cannot be read ends the recording with that error (the command exits 1).
+    snapshot that cannot be read, or written, ends the recording with that error (the command
+    exits 1); a reader of ``--out -`` gone (a broken pipe) ends it quietly.
     It only reads: the daemon runs it as an observer (no lock, no status socket), beside the
     unit's daemon, as the balloon benchmark's monitor does in the guest.
     """
@@ -191,10 +192,10 @@ class RecordJob:
             self._start = ctx.loop.now()
             self._timer = ctx.loop.call_every(self.interval_s, self._snapshot)
             self._timer.slack = 0.0  # the trace's cadence is the interval, never a shared wakeup
-            self._write_snapshot()
         except BaseException:
             self.stop()
             raise
+        self._snapshot()  # the first, at 0
 
     def _on_trigger(self) -> None:
         self._fired = True
@@ -212,6 +213,10 @@ class RecordJob:
             self._write_snapshot()
         except InputError as e:
             self._finish(str(e))
+        except BrokenPipeError:  # the reader of --out - went away: nobody to record for
+            self._finish(None)
+        except OSError as e:
+            self._finish(f"cannot write the trace: {e.strerror or e}")
 
     def _write_snapshot(self) -> None:
         elapsed = self._ctx.loop.now() - self._start
