@@ -10,8 +10,10 @@
   daemon starts (the unit's privileged ``ExecStartPre``) when the configuration turns ballooning
   on; otherwise one line says why. Always exits 0: it never blocks the agent's start.
 * ``guestagent balloon simulate --trace FILE --policy P [--json] [--steps]``: trace replay.
-* ``guestagent balloon record --out FILE --interval S --duration S``: record a trace.
-* ``guestagent balloon run --policy P [--duration S] [--ticks N]``: the controller loop.
+* ``guestagent balloon record --out FILE --interval S --duration S``: record a trace (the daemon
+  running one job that only reads, :class:`guestagent.balloon.trace.RecordJob`).
+* ``guestagent balloon run [--policy P] [--duration S]``: the daemon running the balloon job
+  alone (:func:`guestagent.daemon.commands.run_one_job`).
 * ``guestagent balloon set --target-mib N``: one target by hand, through the actuator, refused
   below the hard minimum (max(256 MiB, static-max/16)) and above the toolstack's ceiling;
   ``--reset`` undoes it.
@@ -96,7 +98,12 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--steps", action="store_true", help="print every decision")
     sim.set_defaults(func=cmd_simulate)
 
-    rec = sub.add_parser("record", help="record a trace of memory signals (JSON lines)")
+    rec = sub.add_parser(
+        "record", help="record a trace of memory signals (JSON lines)",
+        description="Record a snapshot of the memory signals (PSI, meminfo, vmstat, the balloon "
+        "driver, xenstore's targets) at start and every --interval seconds until the next would "
+        "be past --duration, or SIGTERM or SIGINT. The daemon running one job that only reads: "
+        "it takes no lock and reads no configuration, so it runs beside guestagent run.")
     rec.add_argument("--out", required=True, metavar="FILE", help="trace file ('-' = stdout)")
     rec.add_argument("--interval", type=finite_float, default=1.0, metavar="S")
     rec.add_argument("--duration", type=finite_float, required=True, metavar="S")
