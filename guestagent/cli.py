@@ -16,6 +16,7 @@ from typing import Callable
 
 from guestagent import __version__
 from guestagent.errors import GuestAgentError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 
 #: Modules that contribute sub-commands, in the order they appear in ``--help``.
@@ -52,9 +53,16 @@ _VALUE_OPTIONS = ("--root", "--log-level")
 
 @dataclass
 class Context:
-    """What every command handler gets besides its parsed arguments."""
+    """What every command handler gets besides its parsed arguments: the host's file system and
+    the host handle (:class:`guestagent.host.Host`) over it, which opens Xen's and the kernel's
+    handles on use (a test passes its own)."""
 
     hostfs: HostFS
+    host: Host | None = None
+
+    def __post_init__(self) -> None:
+        if self.host is None:
+            self.host = Host(self.hostfs)
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
@@ -151,7 +159,11 @@ def parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Nam
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, make_host: Callable[[HostFS], Host] | None = None
+) -> int:
+    """The command line; ``make_host`` makes the host handle over the ``--root`` file system
+    (a test's fake Host; default :class:`guestagent.host.Host`)."""
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_word(words))
     args = parse(parser, words)
@@ -162,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from guestagent import log
 
     log.configure(level=args.log_level or "warning")
-    ctx = Context(hostfs=HostFS.from_env(args.root))
+    hostfs = HostFS.from_env(args.root)
+    ctx = Context(hostfs=hostfs, host=(make_host or Host)(hostfs))
     try:
         return handler(args, ctx)
     except GuestAgentError as e:

@@ -10,32 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 from guestagent.schema import BASE, TOPOLOGY_SECTION, guest_tree, others
-from guestagent.topology import commands as topology_commands
 from guestagent.topology.reader import read_topology
-
-
-def real_xenstore(hostfs: HostFS) -> Any:
-    """A xenstore client over the guest's xenbus device (or Dom0's socket)."""
-    from guestagent.xen.xenstore import XenstoreClient
-
-    return XenstoreClient.open(hostfs)
-
-
-#: How the command reaches xenstore; tests replace it with a connection to a test server.
-xenstore_factory: Callable[[HostFS], Any] = real_xenstore
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent.xen.xs_sync import sync_tree
 
     hostfs: HostFS = ctx.hostfs
-    topology = read_topology(hostfs, topology_commands.hypercall_factory(hostfs))
+    topology = read_topology(hostfs, ctx.host.vnuma_call())
     if not topology.answered:
         raise InputError("topology", "nothing could be read, nothing to publish")
     desired = guest_tree(topology)
@@ -43,7 +31,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         json.dump({f"{BASE}/{k}": v for k, v in sorted(desired.items())}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    client = xenstore_factory(hostfs)
+    client = ctx.host.xenstore()
     try:
         changes = sync_tree(client, BASE, desired, leave=others(TOPOLOGY_SECTION))
     except OSError as e:  # xenstored refused (EACCES...) or never answered (TimeoutError)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guestagent.errors import GuestAgentError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.undo import UndoReport
 
@@ -58,33 +59,33 @@ class PartResult:
         return bool(self.error or self.report.failures)
 
 
-def _balloon(hostfs: HostFS, state_dir: str) -> UndoReport:
+def _balloon(host: Host, state_dir: str) -> UndoReport:
     from guestagent.balloon.actuator import BalloonActuator
     from guestagent.balloon.commands import reset_balloon, xenstore_for
 
-    _target, report = reset_balloon(BalloonActuator(hostfs, xenstore_for(hostfs)))
+    _target, report = reset_balloon(BalloonActuator(host.fs, xenstore_for(host)))
     return report
 
 
-def _devices(hostfs: HostFS, state_dir: str) -> UndoReport:
+def _devices(host: Host, state_dir: str) -> UndoReport:
     from guestagent.devices import commands
 
-    return commands.undo(hostfs, state_dir)
+    return commands.undo(host.fs, state_dir)
 
 
-def _tiering(hostfs: HostFS, state_dir: str) -> UndoReport:
+def _tiering(host: Host, state_dir: str) -> UndoReport:
     from guestagent.tiering import commands
 
-    return commands.undo(hostfs, state_dir)
+    return commands.undo(host, state_dir)
 
 
-def _numa(hostfs: HostFS, state_dir: str) -> UndoReport:
+def _numa(host: Host, state_dir: str) -> UndoReport:
     from guestagent.numa.balancing import reset_numa
 
-    return reset_numa(hostfs, state_dir)
+    return reset_numa(host.fs, state_dir)
 
 
-Part = Callable[[HostFS, str], UndoReport]
+Part = Callable[[Host, str], UndoReport]
 
 #: What each part runs.
 RUNNERS: dict[str, Part] = {
@@ -92,10 +93,10 @@ RUNNERS: dict[str, Part] = {
 }
 
 
-def run_part(name: str, hostfs: HostFS, state_dir: str) -> PartResult:
+def run_part(name: str, host: Host, state_dir: str) -> PartResult:
     """One part; whatever it raises is its failure (one line), never the others'."""
     try:
-        return PartResult(name, RUNNERS[name](hostfs, state_dir))
+        return PartResult(name, RUNNERS[name](host, state_dir))
     except GuestAgentError as e:
         return PartResult(name, error=str(e))
     except Exception as e:  # the other parts still run: one line, no traceback
@@ -112,16 +113,16 @@ def _locked(hostfs: HostFS, state_dir: str) -> Iterator[None]:
         yield
 
 
-def reset_everything(hostfs: HostFS, state_dir: str) -> list[PartResult]:
+def reset_everything(host: Host, state_dir: str) -> list[PartResult]:
     """Every part in order under the state directory's lock (StateLocked, before anything
     changes, when another guestagent holds it); each failure logged once at error level."""
     from guestagent.log import get_logger
 
     log = get_logger("reset")
     results: list[PartResult] = []
-    with _locked(hostfs, state_dir):
+    with _locked(host.fs, state_dir):
         for name in PARTS:
-            result = run_part(name, hostfs, state_dir)
+            result = run_part(name, host, state_dir)
             results.append(result)
             if result.error:
                 log.error("reset_failed", part=name, error=result.error)
@@ -151,7 +152,7 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
         getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
     for line in problems:
         get_logger("reset").warning("reset_config_ignored", problem=line)
-    results = reset_everything(ctx.hostfs, state_dir)
+    results = reset_everything(ctx.host, state_dir)
     sys.stdout.write(render(results))
     return 1 if any(r.failed for r in results) else 0
 

@@ -105,9 +105,10 @@ EXIT_BY_COMMAND = (
     ("balloon status", "0; 1 when an input cannot be read."),
     ("balloon simulate", "0; 1 when the trace cannot be read."),
     ("balloon record", "0; 1 when the trace cannot be written or an input cannot be read."),
-    ("balloon run", "0 when the loop ended (signal, --duration, --ticks), also without a balloon "
-                    "driver (the feature stays off); 1 after repeated errors, or when another "
-                    "guestagent holds the state directory."),
+    ("balloon run", "0 when the daemon stopped (signal, --duration), also without a balloon "
+                    "driver (the feature stays off); 1 when the job gave up after three failed "
+                    "ticks in a row (the target reset first), the configuration is refused, or "
+                    "another guestagent holds the state directory."),
     ("balloon set", "0 written; 1 outside the limits, without a balloon driver, or when another "
                     "guestagent holds the state directory."),
     ("balloon --reset", "0 reset, also without a balloon driver (nothing to undo); 1 when another "

@@ -102,7 +102,7 @@ def _numa(tmp: Path, connect: Callable[[], Any]) -> dict[str, Any]:
 
 
 def _tiering(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    from guestagent.tiering import commands
+    from guestagent.host import Host
     from guestagent.tiering.damon import DamonBackend
     from guestagent.tiering.job import TieringJob
     from tests.test_tiering_damon import FakeDamonKernel, make_tree
@@ -110,11 +110,12 @@ def _tiering(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     (tmp / "tiering").mkdir()
     root = make_tree(tmp / "tiering")
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
-    monkeypatch.setattr(commands, "backend_factories",
-                        [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
+    hostfs = HostFS(str(root))
+    host = Host(hostfs, tiering_backends=[
+        ("damon", lambda h: DamonBackend(h, writer=kernel.write))])
     loop = EventLoop()
-    ctx = JobContext(loop, HostFS(str(root)), defaults(), XenstoreHub(loop, lambda: None),
-                     "guest")
+    ctx = JobContext(loop, hostfs, defaults(), XenstoreHub(loop, lambda: None), "guest",
+                     host=host)
     job = TieringJob()
     try:
         job.start(ctx)

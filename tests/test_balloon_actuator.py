@@ -1,21 +1,17 @@
-"""The balloon actuator and controller loop against a copy of the balloon-pv-1g fixture tree."""
+"""The balloon actuator and controller against a copy of the balloon-pv-1g fixture tree."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from guestagent import log
 from guestagent.balloon.actuator import RECORD_PATH, BalloonActuator, BalloonUnavailable
-from guestagent.balloon.controller import BalloonController, run_controller
-from guestagent.balloon.policy import ClassicConfig, PressureConfig
+from guestagent.balloon.controller import BalloonController
+from guestagent.balloon.policy import PressureConfig
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
@@ -183,117 +179,7 @@ def test_damaged_record_is_one_line(root: Path) -> None:
         act.start()
 
 
-# --- the controller loop -------------------------------------------------------------------------
-
-
-def test_controller_shrinks_a_quiet_guest_and_resets_on_exit(root: Path) -> None:
-    quiet(root)
-    fs, xs = fs_xs(root)
-    cfg = PressureConfig(interval_s=0.01, shrink_interval_s=0.0)
-    with capture_logs() as logs:
-        status = run_controller(
-            fs, xs, cfg, max_ticks=3, use_trigger=False, install_signal_handlers=False,
-            reset_on_exit=False,
-        )
-    assert status == 0
-    assert target_of(root) < 1048576
-    sets = [e for e in logs if e["event"] == "balloon_target_set"]
-    assert sets and all(e["reason"].startswith("quiet") for e in sets)
-    record = BalloonActuator(fs, xs).load_record()
-    assert record["active"] and len(record["decisions"]) == 3
-    # Reset on exit (the default) puts it back.
-    run_controller(fs, xs, cfg, max_ticks=1, use_trigger=False, install_signal_handlers=False)
-    assert target_of(root) == 1048576
-
-
-def test_controller_classic_on_the_fixture(root: Path) -> None:
-    fs, xs = fs_xs(root)
-    run_controller(
-        fs, xs, ClassicConfig(), max_ticks=1, use_trigger=False, install_signal_handlers=False,
-        reset_on_exit=False,
-    )
-    # The fixture's own numbers: MemTotal 998576, Committed_AS 412656, totalreserve 2455 pages.
-    assert target_of(root) == 988980
-
-
-def test_controller_resets_on_sigterm(root: Path) -> None:
-    quiet(root)
-    fs, xs = fs_xs(root)
-    (root / TARGET).write_text("700000\n")  # as if an earlier tick had shrunk it
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        with capture_logs() as logs:
-            status = run_controller(fs, xs, PressureConfig(interval_s=60.0), use_trigger=False)
-    finally:
-        timer.cancel()
-    assert status == 0
-    assert target_of(root) == 1048576
-    stop = [e for e in logs if e["event"] == "balloon_controller_stop"]
-    assert stop and stop[0]["signal"] == "SIGTERM"
-
-
-def test_controller_does_not_arm_a_trigger_on_a_fixture_tree(root: Path) -> None:
-    fs, xs = fs_xs(root)
-    before = (root / "proc/pressure/memory").read_bytes()
-    with capture_logs() as logs:
-        run_controller(fs, xs, PressureConfig(interval_s=0.01), max_ticks=1,
-                       install_signal_handlers=False)
-    start = [e for e in logs if e["event"] == "balloon_controller_start"]
-    assert start[0]["psi_trigger"] is None
-    assert any(e["event"] == "psi_trigger_skipped" for e in logs)
-    assert (root / "proc/pressure/memory").read_bytes() == before
-
-
-def test_controller_gives_up_after_repeated_bad_input(root: Path) -> None:
-    fs, xs = fs_xs(root)
-    (root / "proc/meminfo").write_text("garbage\n")
-    with capture_logs() as logs:
-        status = run_controller(
-            fs, xs, PressureConfig(interval_s=0.01), use_trigger=False,
-            install_signal_handlers=False,
-        )
-    assert status == 1
-    failed = [e for e in logs if e["event"] == "balloon_tick_failed"]
-    assert len(failed) == 3 and "/proc/meminfo line 1" in failed[0]["error"]
-    assert target_of(root) == 1048576
-
-
-def test_controller_refuses_without_driver(tmp_path: Path) -> None:
-    fs: Any = HostFS(str(FIXTURES / "balloon-legacy-4.19"))
-    with pytest.raises(BalloonUnavailable):
-        run_controller(fs, None, PressureConfig(), max_ticks=1, install_signal_handlers=False)
-
-
-def test_controller_follows_a_toolstack_write_at_once(
-    root: Path, xs_connect: Any, xs_server: Any
-) -> None:
-    """With a watching xenstore client, a toolstack write to memory/target wakes the loop at once
-    (the interval is 60 s here) and the policy follows it."""
-    quiet(root)
-    fs = HostFS(str(root))
-    client = xs_connect(5)  # the test xenstored's domain 5: target 524288, static-max 1048576
-    timer = threading.Timer(
-        0.5, xs_server.set_node, ("/local/domain/5/memory/target", b"786432")
-    )
-    timer.start()
-    try:
-        with capture_logs() as logs:
-            run_controller(
-                fs, client, PressureConfig(interval_s=60.0), duration_s=3.0,
-                use_trigger=False, install_signal_handlers=False, reset_on_exit=False,
-            )
-    finally:
-        timer.cancel()
-    start = [e for e in logs if e["event"] == "balloon_controller_start"]
-    assert start[0]["xenstore_watch"] is True
-    # First tick: the driver's 1048576 is above memory/target 524288, so it is capped.
-    decisions = BalloonActuator(fs, None).load_record()["decisions"]
-    assert decisions[0]["target_kb"] == 524288
-    follows = [d for d in decisions if d["action"] == "follow"]
-    assert follows and "memory/target 524288 -> 786432" in follows[0]["reason"]
-    assert follows[0]["t"] < 3.0  # woken by the watch: the interval is 60 s
-    assert any(e["event"] == "balloon_toolstack_override" for e in logs)
+# --- the controller (its loop is the daemon's: tests/test_balloon_job.py) ----------------------
 
 
 def test_controller_object_ticks_for_an_outside_event_loop(root: Path) -> None:

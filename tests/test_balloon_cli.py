@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,15 +57,20 @@ def test_status_text(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "no record" in out
 
 
-def test_status_json_with_decisions(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(root, "run", "--policy", "classic", "--ticks", "1", "--no-reset-on-exit") == 0
+def test_status_json_with_decisions(
+    root: Path, no_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``balloon run`` is the daemon with the balloon job alone: it decided (the classic target of
+    the fixture's numbers), and on the way out the target went back to the ceiling."""
+    assert run(root, "run", "--policy", "classic", "--duration", "0.3") == 0
     capsys.readouterr()
     assert run(root, "status", "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["available"] is True and out["ceiling_kb"] == 1048576
-    assert out["signals"]["balloon_target_kb"] == 988980
-    assert out["controller"]["policy"] == "classic" and out["controller"]["active"] is True
-    assert out["controller"]["decisions"][-1]["target_kb"] == 988980
+    assert out["signals"]["balloon_target_kb"] == 1048576
+    assert out["controller"]["policy"] == "classic" and out["controller"]["active"] is False
+    decided = [d for d in out["controller"]["decisions"] if d.get("policy") == "classic"]
+    assert decided and decided[0]["target_kb"] == 988980
 
 
 def test_status_without_balloon(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -89,7 +95,7 @@ def test_reset_without_balloon_is_not_an_error(capsys: pytest.CaptureFixture[str
 
 
 def test_run_without_balloon_stays_off(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(FIXTURES / "balloon-legacy-4.19", "run", "--ticks", "1") == 0
+    assert run(FIXTURES / "balloon-legacy-4.19", "run", "--duration", "1") == 0
     assert "self-ballooning stays off" in capsys.readouterr().out
 
 
@@ -165,7 +171,7 @@ def test_set_without_balloon(capsys: pytest.CaptureFixture[str]) -> None:
     [
         ("record", "--out", "-", "--interval={}", "--duration", "1"),
         ("record", "--out", "-", "--interval", "1", "--duration={}"),
-        ("run", "--duration={}", "--ticks", "1"),
+        ("run", "--duration={}"),
     ],
     ids=["record --interval", "record --duration", "run --duration"],
 )
@@ -190,7 +196,7 @@ def test_float_options_refuse_nan_and_inf(
 def test_float_options_take_finite_numbers(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "rec.jsonl"
     assert run(root, "record", "--out", str(out), "--interval", "5e-2", "--duration", "0") == 0
-    assert run(root, "run", "--duration", "0.5", "--ticks", "1", "--no-reset-on-exit") == 0
+    assert run(root, "run", "--duration", "0.5") == 0
 
 
 @pytest.fixture
@@ -205,7 +211,7 @@ def no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize(
     "argv",
-    [("set", "--target-mib", "512"), ("--reset",), ("run", "--ticks", "1")],
+    [("set", "--target-mib", "512"), ("--reset",), ("run", "--duration", "0.2")],
     ids=["set", "--reset", "run"],
 )
 def test_writers_refuse_while_another_guestagent_holds_the_state_dir(
@@ -262,3 +268,50 @@ def test_reset_creates_no_state_dir(root: Path, no_config: Path) -> None:
     assert run(root, "--reset") == 0
     assert (root / TARGET).read_text().strip() == "1048576"
     assert not (root / "run/guestagent").exists()
+
+
+def test_run_reads_the_configuration_files_like_the_unit(
+    root: Path, no_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``balloon run`` is the daemon with the balloon job alone: [balloon] of the default files
+    applies (policy classic here) unless an option overrides it."""
+    no_config.parent.mkdir()
+    no_config.write_text('[balloon]\npolicy = "classic"\n')
+    assert run(root, "run", "--duration", "0.2") == 0
+    decisions = json.loads((root / "run/guestagent/balloon.json").read_text())["decisions"]
+    assert {d["policy"] for d in decisions if "policy" in d} == {"classic"}
+    assert run(root, "run", "--duration", "0.2", "--policy", "none") == 0
+    decisions = json.loads((root / "run/guestagent/balloon.json").read_text())["decisions"]
+    assert decisions[-1]["policy"] == "none" or decisions[-2]["policy"] == "none"
+
+
+def test_run_gives_up_after_repeated_failed_ticks_and_exits_1(
+    root: Path, no_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three failed ticks in a row (a garbled /proc/meminfo): the job resets the target to the
+    ceiling and the command exits 1 (as balloon run's own loop did)."""
+    no_config.parent.mkdir()
+    no_config.write_text("[balloon]\ninterval_seconds = 1\n")
+    (root / TARGET).write_text("700000\n")  # as if an earlier run had shrunk it
+    (root / "proc/meminfo").write_text("garbage\n")
+    assert run(root, "run", "--duration", "60") == 1
+    assert (root / TARGET).read_text().strip() == "1048576"
+    err = capsys.readouterr().err
+    # The log keeps the first of repeated errors (guestagent.log); the give-up says how many.
+    assert "event=balloon_tick_failed" in err and "consecutive=3" in err, err
+    assert "event=job_gave_up" in err, err
+
+
+@pytest.mark.parametrize("extra", [(), ("--no-xenstore",)], ids=["fixture", "--no-xenstore"])
+def test_run_on_a_fixture_or_without_xenstore_opens_no_connection(
+    root: Path, no_config: Path, xs_server: Any, monkeypatch: pytest.MonkeyPatch,
+    extra: tuple[str, ...],
+) -> None:
+    """With $XENSTORED_PATH naming a live xenstored, ``balloon run`` on a fixture tree uses the
+    tree's stand-in files and ``--no-xenstore`` none: the daemon it runs connects to nothing."""
+    monkeypatch.setenv("XENSTORED_PATH", xs_server.path)
+    argv = ["--no-xenstore", "run", "--duration", "0.2"] if extra else ["run", "--duration", "0.2"]
+    assert run(root, *argv) == 0
+    assert xs_server.connections == []
+    decisions = json.loads((root / "run/guestagent/balloon.json").read_text())["decisions"]
+    assert decisions, "the job ticked"

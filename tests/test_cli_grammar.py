@@ -95,7 +95,7 @@ def test_unrecognized_arguments_print_the_sub_commands_usage(
 class FakeDaemon:
     """Stands in for guestagent.daemon.service.Daemon: logs one line at each level, returns."""
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def run(self) -> None:

@@ -10,8 +10,8 @@ from typing import Any, Callable
 import pytest
 
 from guestagent import cli
+from guestagent.host import Host
 from guestagent.hostfs import ROOT_ENV, HostFS
-from guestagent.topology import commands
 from guestagent.xen.errors import NotOnXen, NoVnuma, PrivcmdRestricted
 from guestagent.xen.vnuma import VnumaInfo
 from tests.fixtures.loader import (
@@ -32,16 +32,21 @@ BARE_TREES = [t for t in TREES if not has_vnumainfo(t)]
 
 @pytest.fixture
 def hypercall(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], VnumaInfo]], None]:
-    """``hypercall(fake)``: make the command use ``fake`` instead of privcmd."""
+    """``hypercall(fake)``: the command's host answers with ``fake`` instead of privcmd."""
 
     def use(fake: Callable[[], VnumaInfo]) -> None:
-        monkeypatch.setattr(commands, "hypercall_factory", lambda hostfs: fake)
+        monkeypatch.setattr(sys.modules[__name__], "MAKE_HOST",
+                            lambda hostfs: Host(hostfs, open_vnuma=lambda _fs: fake))
 
     return use
 
 
+#: How cli.main makes the host handle in these tests (the real one unless a test says).
+MAKE_HOST: Callable[[HostFS], Host] | None = None
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    code = cli.main(list(argv), make_host=MAKE_HOST)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -187,7 +192,7 @@ def test_guestagent_root_env_is_honoured(
     assert [n["id"] for n in json.loads(out)["nodes"]] == [0, 1]
 
 
-def test_hypercall_factory_gets_the_hostfs(
+def test_the_hypercall_opener_gets_the_hostfs(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[HostFS] = []
@@ -196,7 +201,8 @@ def test_hypercall_factory_gets_the_hostfs(
         seen.append(hostfs)
         return answering(vnumainfo("hvm-2vnode"))
 
-    monkeypatch.setattr(commands, "hypercall_factory", factory)
+    monkeypatch.setattr(sys.modules[__name__], "MAKE_HOST",
+                        lambda hostfs: Host(hostfs, open_vnuma=factory))
     run_json(capsys, tree("hvm-2vnode"))
     assert seen[0].root == tree("hvm-2vnode")
 

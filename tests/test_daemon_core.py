@@ -54,6 +54,30 @@ def test_priority_reader_wakes_on_pollpri_only(loop: EventLoop) -> None:
     b.close()
 
 
+def test_on_error_is_called_once_and_the_descriptor_dropped(loop: EventLoop) -> None:
+    """add_reader(on_error=...): a hang-up (here the pipe's writer gone; a PSI trigger reports
+    its end as POLLERR with POLLPRI) calls the owner's on_error once, never the reader, and the
+    descriptor leaves the poll set at once (without on_error it stays for 32 rounds)."""
+    r, w = os.pipe()
+    calls: list[str] = []
+    loop.add_reader(r, lambda: calls.append("read"), priority=True,
+                    on_error=lambda: calls.append("error"))
+    os.close(w)
+    loop.run_once(max_wait=5)
+    assert calls == ["error"] and r not in loop.readers
+    loop.run_once(max_wait=0)
+    assert calls == ["error"]
+    # A reader without on_error is still called on the hang-up, to read it itself.
+    r2, w2 = os.pipe()
+    loop.add_reader(r2, lambda: calls.append("read"))
+    os.close(w2)
+    loop.run_once(max_wait=5)
+    assert calls == ["error", "read"] and r2 in loop.readers
+    loop.remove_reader(r2)
+    os.close(r)
+    os.close(r2)
+
+
 def test_signals_are_dispatched_from_the_loop(loop: EventLoop) -> None:
     got: list[str] = []
     loop.add_signal_handler(signal.SIGUSR1, lambda: (got.append("usr1"), loop.stop()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,15 +19,16 @@ import pytest
 pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
 
 from guestagent import cli
-from guestagent.dom0 import commands
 from guestagent.dom0.schema import base_path
+from guestagent.host import Host, real_xenstore
 from guestagent.hostfs import HostFS
 from guestagent.xen.sysctl import Sysctl
 from tests.test_dom0_support import CPUS, DISTANCES, FIXTURE, GIB, PCI_NODES, backend_nodes
-from tests.test_sysctl import Host, SysctlXen
+from tests.test_sysctl import Host as XenHost
+from tests.test_sysctl import SysctlXen
 from tests.xenstore_server import XenstoreServer
 
-FIXTURE_HOST = Host(
+FIXTURE_HOST = XenHost(
     memory=[(16 * GIB, 12 * GIB), (16 * GIB, 15 * GIB), None],
     distances=[[d if 2 not in (i, j) else None for j, d in enumerate(row)]
                for i, row in enumerate(DISTANCES)],
@@ -35,29 +37,45 @@ FIXTURE_HOST = Host(
 )
 
 
-@pytest.fixture
-def fake_xen(monkeypatch: pytest.MonkeyPatch) -> list[SysctlXen]:
-    made: list[SysctlXen] = []
+class FakeXen(list[SysctlXen]):
+    """The Xen of these tests: every simulated Xen it made (one per sysctl opened) and how
+    xenstore opens; :meth:`host` is the host handle the command gets (nothing swapped in a
+    module)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.xenstore: Callable[[HostFS], Any] = real_xenstore
 
     @contextmanager
-    def factory(hostfs: HostFS) -> Iterator[Sysctl]:
+    def sysctl(self, hostfs: HostFS) -> Iterator[Sysctl]:
         xen = SysctlXen(host=FIXTURE_HOST)
-        made.append(xen)
+        self.append(xen)
         yield Sysctl(xen)
 
-    monkeypatch.setattr(commands, "sysctl_factory", factory)
+    def host(self, hostfs: HostFS) -> Host:
+        return Host(hostfs, open_sysctl=self.sysctl, open_xenstore=lambda fs: self.xenstore(fs))
+
+
+#: How cli.main makes the host handle in these tests (fake_xen's).
+MAKE_HOST: Callable[[HostFS], Host] | None = None
+
+
+@pytest.fixture
+def fake_xen(monkeypatch: pytest.MonkeyPatch) -> FakeXen:
+    xen = FakeXen()
+    monkeypatch.setattr(sys.modules[__name__], "MAKE_HOST", xen.host)
     assert "guestagent.dom0.commands" in cli.COMMAND_MODULES
-    return made
+    return xen
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(argv)
+    code = cli.main(argv, make_host=MAKE_HOST)
     out, err = capsys.readouterr()
     return code, out, err
 
 
 def test_host_topology_table_like_xl_info_n(
-    fake_xen: list[SysctlXen], capsys: pytest.CaptureFixture[str]
+    fake_xen: FakeXen, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(["--root", str(FIXTURE), "host", "topology"], capsys)
     assert code == 0, err
@@ -74,7 +92,7 @@ def test_host_topology_table_like_xl_info_n(
 
 
 def test_host_topology_json(
-    fake_xen: list[SysctlXen], capsys: pytest.CaptureFixture[str]
+    fake_xen: FakeXen, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(["--root", str(FIXTURE), "host", "topology", "--json"], capsys)
     assert code == 0
@@ -92,7 +110,7 @@ def test_host_topology_json(
 
 
 def test_not_dom0_is_one_line_unless_role_given(
-    fake_xen: list[SysctlXen], capsys: pytest.CaptureFixture[str], tmp_path: Path
+    fake_xen: FakeXen, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     (tmp_path / "proc/xen").mkdir(parents=True)
     (tmp_path / "proc/xen/capabilities").write_text("\n")
@@ -106,7 +124,7 @@ def test_not_dom0_is_one_line_unless_role_given(
 
 
 def test_odd_sysfs_entries_are_reported(
-    fake_xen: list[SysctlXen], capsys: pytest.CaptureFixture[str], tmp_path: Path
+    fake_xen: FakeXen, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     (tmp_path / "proc/xen").mkdir(parents=True)
     (tmp_path / "proc/xen/capabilities").write_text("control_d\n")
@@ -119,7 +137,7 @@ def test_odd_sysfs_entries_are_reported(
 
 
 def test_dom0_publish_json(
-    fake_xen: list[SysctlXen],
+    fake_xen: FakeXen,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     xs_server: XenstoreServer,
@@ -128,7 +146,7 @@ def test_dom0_publish_json(
     for path, value in backend_nodes(5, [("0000:3b:00.0", "28", None)]).items():
         xs_server.set_node(path, value, [("n", 0), ("r", 5)])
     xs_server.set_node("/local/domain/5/vm", b"/vm/4d1f6a8e-2b7c-4c3e-9a51-0f6b2d8e7c15")
-    monkeypatch.setattr(commands, "xenstore_factory", lambda hostfs: xs_connect(0))
+    fake_xen.xenstore = lambda hostfs: xs_connect(0)
     code, out, err = run(["--root", str(FIXTURE), "dom0", "publish", "--json"], capsys)
     assert code == 0, err
     [result] = json.loads(out)
@@ -147,7 +165,7 @@ def test_dom0_publish_json(
 
 
 def test_dom0_run_is_the_daemon_with_the_dom0_job_alone(
-    fake_xen: list[SysctlXen],
+    fake_xen: FakeXen,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     xs_server: XenstoreServer,
@@ -165,7 +183,7 @@ def test_dom0_run_is_the_daemon_with_the_dom0_job_alone(
     for path, value in backend_nodes(5, [("0000:3b:00.0", "28", None)]).items():
         xs_server.set_node(path, value, [("n", 0), ("r", 5)])
     xs_server.set_node("/local/domain/5/vm", b"/vm/4d1f6a8e-2b7c-4c3e-9a51-0f6b2d8e7c15")
-    monkeypatch.setattr(commands, "xenstore_factory", lambda hostfs: xs_connect(0))
+    fake_xen.xenstore = lambda hostfs: xs_connect(0)
     seen: dict[str, Any] = {}
 
     def look() -> None:  # from another thread while the daemon's loop serves
@@ -197,7 +215,7 @@ def test_dom0_run_is_the_daemon_with_the_dom0_job_alone(
 
 
 def test_dom0_run_without_xenstore_exits_1_with_the_reason(
-    fake_xen: list[SysctlXen], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    fake_xen: FakeXen, capsys: pytest.CaptureFixture[str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from guestagent.xen.errors import XenUnavailable
@@ -205,7 +223,7 @@ def test_dom0_run_without_xenstore_exits_1_with_the_reason(
     def no_xenstore(hostfs: HostFS) -> Any:
         raise XenUnavailable("no xenstore here")
 
-    monkeypatch.setattr(commands, "xenstore_factory", no_xenstore)
+    fake_xen.xenstore = no_xenstore
     (tmp_path / "root").mkdir()
     (tmp_path / "conf.d").mkdir()
     code, _, err = run(["--root", str(tmp_path / "root"), "dom0", "run", "--role", "dom0",

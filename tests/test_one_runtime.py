@@ -1,6 +1,6 @@
 """Issue 14 item 2: every long-running command is the daemon running one job. Signal handlers and
-poll(2) belong to the daemon's event loop alone; the separate loops of ``tiering run`` and
-``dom0 run`` are gone, and none may come back.
+poll(2) belong to the daemon's event loop alone; the separate loops of ``balloon run``,
+``balloon record``, ``tiering run`` and ``dom0 run`` are gone, and none may come back.
 
 The same search as ``grep -rn "signal.signal\\|select.poll" guestagent/``."""
 
@@ -16,10 +16,6 @@ PATTERN = re.compile(r"signal.signal|select.poll")
 #: with one job (the test fails while a listed file no longer needs its entry).
 ALLOWED = {
     "guestagent/daemon/loop.py": "the daemon's event loop itself",
-    "guestagent/balloon/controller.py": "`balloon run`'s own loop: not converted yet "
-    "(`guestagent run` with the balloon job is what the tests and benchmarks use)",
-    "guestagent/balloon/signals.py": "PsiTrigger.poll, for `balloon record`'s loop "
-    "(balloon/trace.py): not converted yet",
 }
 
 
@@ -42,12 +38,70 @@ def test_signals_and_poll_only_in_the_daemon_loop() -> None:
 
 
 def test_the_one_job_commands_have_no_loop_of_their_own() -> None:
-    """What was a loop is one round (Runner.tick) or one pass (Publisher.publish_all); the
-    daemon's timers and watches call them."""
+    """What was a loop is one round (Runner.tick, BalloonController.tick, RecordJob's snapshot)
+    or one pass (Publisher.publish_all); the daemon's timers, watches and readers call them."""
+    from guestagent.balloon import controller, trace
+    from guestagent.balloon.signals import PsiTrigger
     from guestagent.dom0.publisher import Publisher
     from guestagent.tiering.runner import Runner
 
     assert not hasattr(Runner, "run") and not hasattr(Publisher, "run")
+    assert not hasattr(controller, "run_controller") and not hasattr(PsiTrigger, "poll")
+    assert not hasattr(trace, "_wait")
     for rel in ("guestagent/tiering/runner.py", "guestagent/tiering/commands.py",
-                "guestagent/dom0/commands.py", "guestagent/dom0/publisher.py"):
-        assert "while " not in (REPO / rel).read_text(), rel
+                "guestagent/dom0/commands.py", "guestagent/dom0/publisher.py",
+                "guestagent/balloon/controller.py", "guestagent/balloon/job.py",
+                "guestagent/balloon/commands.py"):
+        assert not re.search(r"^\s*while\b", (REPO / rel).read_text(), re.M), rel
+
+
+#: Module-level factories the tests used to swap to reach the platform (issue 14 item 1).
+FACTORY = re.compile(r"^(hypercall_factory|backend_factories|sysctl_factory|xenstore_factory)\b",
+                     re.M)
+
+
+def test_no_module_level_factory_is_left_to_swap() -> None:
+    """The platform is reached through one Host handle (guestagent/host.py), passed in."""
+    left = [path.relative_to(REPO).as_posix()
+            for path in sorted((REPO / "guestagent").rglob("*.py"))
+            if FACTORY.search(path.read_text())]
+    assert left == []
+
+
+def test_the_host_opens_each_handle_on_use_with_its_opener(tmp_path: Path) -> None:
+    """A Host made for a command or the daemon opens nothing until asked; each handle comes from
+    the opener it was given (a test's fake), over the host's own file system."""
+    from contextlib import nullcontext
+
+    from guestagent.cli import Context
+    from guestagent.config import defaults
+    from guestagent.daemon.loop import EventLoop
+    from guestagent.daemon.service import Daemon
+    from guestagent.host import TIERING_BACKENDS, Host
+    from guestagent.hostfs import HostFS
+
+    fs = HostFS(str(tmp_path))
+    opened: list[tuple[str, HostFS]] = []
+
+    def opener(name: str, value: object) -> object:
+        return lambda hostfs: opened.append((name, hostfs)) or value
+
+    host = Host(fs, open_vnuma=opener("vnuma", "call"),  # type: ignore[arg-type]
+                open_sysctl=opener("sysctl", nullcontext("sysctl")),  # type: ignore[arg-type]
+                open_xenstore=opener("xenstore", "client"))  # type: ignore[arg-type]
+    assert opened == []
+    assert host.vnuma_call() == "call" and host.xenstore() == "client"
+    with host.sysctl() as sysctl:
+        assert sysctl == "sysctl"
+    assert opened == [("vnuma", fs), ("xenstore", fs), ("sysctl", fs)]
+    assert [name for name, _ in Host(fs).tiering_backends] == [n for n, _ in TIERING_BACKENDS]
+    # The defaults: the real Host over the same file system, for a command and for the daemon.
+    ctx = Context(hostfs=fs)
+    assert isinstance(ctx.host, Host) and ctx.host.fs is fs
+    loop = EventLoop()
+    try:
+        daemon = Daemon(fs, defaults(), defaults, lambda c, r: [], "guest", loop=loop, host=host)
+        assert daemon._context().host is host
+        assert daemon._default_connect() == "client"
+    finally:
+        loop.close()

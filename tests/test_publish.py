@@ -7,9 +7,9 @@ from typing import Any, Callable
 
 import pytest
 
-from guestagent import cli, publish
+from guestagent import cli
+from guestagent.host import Host, real_xenstore
 from guestagent.hostfs import HostFS
-from guestagent.topology import commands as topology_commands
 from guestagent.xen.vnuma import VnumaInfo, validate_vnuma
 from tests.xenstore_server import XenstoreServer
 
@@ -28,9 +28,10 @@ def three_vnodes() -> VnumaInfo:
 
 
 @pytest.fixture
-def as_guest(monkeypatch: pytest.MonkeyPatch, xs_connect: Callable[[int], Any]) -> None:
-    monkeypatch.setattr(publish, "xenstore_factory", lambda hostfs: xs_connect(5))
-    monkeypatch.setattr(topology_commands, "hypercall_factory", lambda hostfs: three_vnodes)
+def as_guest(xs_connect: Callable[[int], Any]) -> Callable[[HostFS], Host]:
+    """The host of guest domid 5: the test xenstored, a hypercall answering three vnodes."""
+    return lambda hostfs: Host(hostfs, open_vnuma=lambda _fs: three_vnodes,
+                               open_xenstore=lambda _fs: xs_connect(5))
 
 
 def values_under(server: XenstoreServer, prefix: str) -> dict[str, bytes]:
@@ -41,14 +42,14 @@ def values_under(server: XenstoreServer, prefix: str) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.usefixtures("as_guest")
 def test_publish_writes_the_schema_and_replaces_stale_keys(
-    xs_server: XenstoreServer, capsys: pytest.CaptureFixture[str]
+    xs_server: XenstoreServer, capsys: pytest.CaptureFixture[str],
+    as_guest: Callable[[HostFS], Host],
 ) -> None:
     xs_server.set_node(f"{HOME}/data/guestagent/vnuma/nodes/7/cpus", b"9")
     before = {p for p in xs_server.nodes if not p.startswith(f"{HOME}/data/guestagent")}
 
-    assert cli.main(["--root", str(FIXTURES / "hvm-3vnode"), "publish"]) == 0
+    assert cli.main(["--root", str(FIXTURES / "hvm-3vnode"), "publish"], make_host=as_guest) == 0
 
     tree = values_under(xs_server, f"{HOME}/data/guestagent")
     assert tree["version"] == b"1"
@@ -74,11 +75,11 @@ def test_publish_without_xenstore_says_so(
     assert "no xenstore" in err[0]
 
 
-def test_real_xenstore_factory_needs_a_device(tmp_path: Path) -> None:
+def test_the_real_xenstore_opener_needs_a_device(tmp_path: Path) -> None:
     from guestagent.xen.errors import NotOnXen
 
     with pytest.raises(NotOnXen):
-        publish.real_xenstore(HostFS(str(tmp_path)))
+        real_xenstore(HostFS(str(tmp_path)))
 
 
 def test_schema_bounds_free_text() -> None:

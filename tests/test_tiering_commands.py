@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from guestagent.errors import GuestAgentError
+from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering import commands
 from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
@@ -27,9 +29,23 @@ from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tr
 MEMINFO0 = "sys/devices/system/node/node0/meminfo"
 
 
+#: The world's backends (a fake DAMON kernel, a simulated tmem), set by each test's fixture.
+BACKENDS: Sequence[BackendFactory] = TIERING_BACKENDS
+
+
 @dataclass
 class Ctx:
+    """A command's context with the test's host: its backends, nothing swapped in a module."""
+
     hostfs: HostFS
+
+    @property
+    def host(self) -> Host:
+        return Host(self.hostfs, tiering_backends=BACKENDS)
+
+
+def host_of(hostfs: HostFS) -> Host:
+    return Host(hostfs, tiering_backends=BACKENDS)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -68,8 +84,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeDa
     root = make_tree(tmp_path)
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
     monkeypatch.setattr(
-        commands,
-        "backend_factories",
+        sys.modules[__name__],
+        "BACKENDS",
         [
             ("damon", lambda h: DamonBackend(h, writer=kernel.write)),
             ("tmem", tmem_factory(removed=True, version=(4, 17))),
@@ -123,8 +139,7 @@ def test_a_working_tmem_is_reported_but_never_serves(
     root = make_tree(tmp_path, None)  # no DAMON
     (root / "sys/hypervisor/guest_type").write_text("HVM\n")
     monkeypatch.setattr(
-        commands, "backend_factories",
-        [("damon", DamonBackend), ("tmem", tmem_factory())],
+        sys.modules[__name__], "BACKENDS", [("damon", DamonBackend), ("tmem", tmem_factory())]
     )
     args = parse(["tiering", "status", "--json"])
     args.func(args, Ctx(HostFS(str(root))))
@@ -145,7 +160,7 @@ def test_a_working_tmem_is_reported_but_never_serves(
 def no_damon_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A guest where nothing can serve: no DAMON in sysfs, tmem removed from Xen (4.17)."""
     root = make_tree(tmp_path, None)
-    monkeypatch.setattr(commands, "backend_factories",
+    monkeypatch.setattr(sys.modules[__name__], "BACKENDS",
                         [("damon", DamonBackend), ("tmem", tmem_factory(removed=True))])
     return root
 
@@ -180,18 +195,18 @@ def test_status_when_tiering_is_on_and_nothing_serves_exits_4(
     empty.mkdir()
     words = ["--root", str(root), "tiering", "status", "--config", str(config),
              "--conf-dir", str(empty)]
-    assert cli.main(words) == commands.EXIT_NONE_SERVES == 4
+    assert cli.main(words, make_host=host_of) == commands.EXIT_NONE_SERVES == 4
     out = capsys.readouterr()
     assert out.out.splitlines()[0] == "serving: none ([tiering] enabled = true)"
     assert "damon  unavailable  /sys/kernel/mm/damon/admin missing" in out.out
     assert out.err.strip() == ("guestagent: [tiering] is enabled and no backend can serve: the "
                                "daemon's tiering job would not start")
-    assert cli.main([*words, "--json"]) == 4
+    assert cli.main([*words, "--json"], make_host=host_of) == 4
     doc = json.loads(capsys.readouterr().out)
     assert doc["serving"] is None and doc["enabled"] is True
     # The group's options before the action word are the same files.
     assert cli.main(["--root", str(root), "tiering", "--config", str(config), "--conf-dir",
-                     str(empty), "status"]) == 4
+                     str(empty), "status"], make_host=host_of) == 4
 
 
 def test_status_follows_the_configured_backend(
@@ -233,7 +248,8 @@ def test_status_with_a_missing_named_configuration_exits_1(
 
     root, _ = world
     missing = tmp_path / "nope.toml"
-    assert cli.main(["--root", str(root), "tiering", "status", "--config", str(missing)]) == 1
+    assert cli.main(["--root", str(root), "tiering", "status", "--config", str(missing)],
+                    make_host=host_of) == 1
     assert capsys.readouterr().err.strip() == (
         f"guestagent: {missing}: does not exist (named on the command line by --config)")
 
@@ -404,11 +420,12 @@ def test_through_the_cli_contract(
 
     root, _ = world
     assert "guestagent.tiering.commands" in cli.COMMAND_MODULES
-    assert cli.main(["--root", str(root), "tiering", "status"]) == 0
+    assert cli.main(["--root", str(root), "tiering", "status"], make_host=host_of) == 0
     assert capsys.readouterr().out.startswith("serving: damon\n")
-    assert cli.main(["--root", str(root), "tiering"]) == 2  # no action: help on stderr
+    # no action: help on stderr
+    assert cli.main(["--root", str(root), "tiering"], make_host=host_of) == 2
     (root / MEMINFO0).write_text("garbage\n")
-    assert cli.main(["--root", str(root), "tiering", "status"]) == 1
+    assert cli.main(["--root", str(root), "tiering", "status"], make_host=host_of) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("guestagent: /sys/devices/system/node/node0/meminfo line 1:")
 

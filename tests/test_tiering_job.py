@@ -47,7 +47,7 @@ def test_a_start_after_a_kill_undoes_the_predecessors_kdamonds_then_serves(
 ) -> None:
     """Issue 15 item 5: the journal a killed daemon left is undone at start; the job serves
     instead of calling the kdamonds another DAMON user's; a clean stop leaves no journal."""
-    from guestagent.tiering import commands
+    from guestagent.host import Host
     from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
     from guestagent.tiering.journal import TieringJournal
     from guestagent.tiering.model import Move, Plan
@@ -55,16 +55,17 @@ def test_a_start_after_a_kill_undoes_the_predecessors_kdamonds_then_serves(
 
     root = make_tree(tmp_path)
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
-    monkeypatch.setattr(commands, "backend_factories",
-                        [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
     hostfs = HostFS(str(root))
+    damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
+    host = Host(hostfs, tiering_backends=[damon])
     killed = DamonBackend(hostfs, writer=kernel.write)
     killed.take_journal(TieringJournal(hostfs, "/run/guestagent/tiering.json").load())
     killed.start(Plan((Move(0, 1, 4 << 20),)))  # ... and never stopped
     assert "another DAMON user" in DamonBackend(hostfs, writer=kernel.write).probe().reason
 
     loop = EventLoop()
-    ctx = JobContext(loop, hostfs, defaults(), XenstoreHub(loop, lambda: None), "guest")
+    ctx = JobContext(loop, hostfs, defaults(), XenstoreHub(loop, lambda: None), "guest",
+                     host=host)
     job = TieringJob()
     job.start(ctx)  # serves: no GuestAgentError
     assert read(root, NR_KDAMONDS) == "0"  # the predecessor's kdamonds are gone

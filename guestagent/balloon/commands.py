@@ -10,8 +10,10 @@
   daemon starts (the unit's privileged ``ExecStartPre``) when the configuration turns ballooning
   on; otherwise one line says why. Always exits 0: it never blocks the agent's start.
 * ``guestagent balloon simulate --trace FILE --policy P [--json] [--steps]``: trace replay.
-* ``guestagent balloon record --out FILE --interval S --duration S``: record a trace.
-* ``guestagent balloon run --policy P [--duration S] [--ticks N]``: the controller loop.
+* ``guestagent balloon record --out FILE --interval S --duration S``: record a trace (the daemon
+  running one job that only reads, :class:`guestagent.balloon.trace.RecordJob`).
+* ``guestagent balloon run [--policy P] [--duration S]``: the daemon running the balloon job
+  alone (:func:`guestagent.daemon.commands.run_one_job`).
 * ``guestagent balloon set --target-mib N``: one target by hand, through the actuator, refused
   below the hard minimum (max(256 MiB, static-max/16)) and above the toolstack's ceiling;
   ``--reset`` undoes it.
@@ -39,22 +41,21 @@ from dataclasses import asdict
 from typing import Any
 
 from guestagent.balloon.actuator import BalloonActuator, BalloonUnavailable
-from guestagent.balloon.controller import run_controller
 from guestagent.balloon.guard import GuardCommands, has_changes, prepare, reset_all
 from guestagent.balloon.guard import undo as undo_guard
-from guestagent.balloon.policy import DEFAULT_POLICY, POLICY_NAMES, default_config
+from guestagent.balloon.policy import DEFAULT_POLICY, POLICY_NAMES
 from guestagent.balloon.signals import (
     BALLOON_DIR,
     DirectoryXenstore,
     XenstoreReader,
     balloon_unavailable_reason,
-    open_xenstore,
     read_signals,
 )
 from guestagent.balloon.trace import load_trace, record, simulate
 from guestagent.cli import finite_float
+from guestagent.daemon.commands import one_job_options
 from guestagent.errors import GuestAgentError, InputError
-from guestagent.hostfs import HostFS
+from guestagent.host import Host
 from guestagent.log import get_logger
 from guestagent.undo import UndoReport
 
@@ -97,7 +98,12 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--steps", action="store_true", help="print every decision")
     sim.set_defaults(func=cmd_simulate)
 
-    rec = sub.add_parser("record", help="record a trace of memory signals (JSON lines)")
+    rec = sub.add_parser(
+        "record", help="record a trace of memory signals (JSON lines)",
+        description="Record a snapshot of the memory signals (PSI, meminfo, vmstat, the balloon "
+        "driver, xenstore's targets) at start and every --interval seconds until the next would "
+        "be past --duration, or SIGTERM or SIGINT. The daemon running one job that only reads: "
+        "it takes no lock and reads no configuration, so it runs beside guestagent run.")
     rec.add_argument("--out", required=True, metavar="FILE", help="trace file ('-' = stdout)")
     rec.add_argument("--interval", type=finite_float, default=1.0, metavar="S")
     rec.add_argument("--duration", type=finite_float, required=True, metavar="S")
@@ -105,14 +111,16 @@ def register(subparsers: Any) -> None:
     rec.add_argument("--no-trigger", action="store_true", help="do not arm a PSI trigger")
     rec.set_defaults(func=cmd_record)
 
-    run = sub.add_parser("run", help="run the controller loop (reset on exit and on SIGTERM)")
-    run.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES)
-    run.add_argument("--duration", type=finite_float, default=None, metavar="S")
-    run.add_argument("--ticks", type=int, default=None, metavar="N", help="stop after N ticks")
+    run = sub.add_parser(
+        "run", help="the daemon running the balloon job alone (reset on exit and on SIGTERM)",
+        description="The daemon (guestagent run) with the balloon job alone: the configuration "
+        "run reads, [balloon] turned on and the options below as overrides; until SIGTERM, "
+        "SIGINT or --duration, then the target goes back to the ceiling. Exit status 1 when the "
+        "job gives up after repeated failed ticks (the target is reset first).")
+    run.add_argument("--policy", default=None, choices=POLICY_NAMES,
+                     help=f"override [balloon] policy (default there: {DEFAULT_POLICY})")
     run.add_argument("--no-trigger", action="store_true", help="interval timer only")
-    run.add_argument(
-        "--no-reset-on-exit", action="store_true", help="leave the last target in place (tests)"
-    )
+    one_job_options(run)
     run.set_defaults(func=cmd_run)
 
     st = sub.add_parser(
@@ -129,19 +137,26 @@ def register(subparsers: Any) -> None:
     st.set_defaults(func=cmd_set)
 
 
-def xenstore_for(hostfs: HostFS) -> XenstoreReader | None:
-    """The real client on the real host; on a fixture tree its stand-in (module docstring)."""
+def xenstore_for(host: Host) -> XenstoreReader | None:
+    """The host's client on the real host, None (logged at debug level) when there is none; on
+    a fixture tree its stand-in (module docstring)."""
+    hostfs = host.fs
     if not hostfs.is_real_host:
         if hostfs.exists(FIXTURE_XENSTORE_DIR):
             return DirectoryXenstore(hostfs, FIXTURE_XENSTORE_DIR)
         return None
-    return open_xenstore(hostfs)
+    try:
+        client: XenstoreReader = host.xenstore()
+    except (GuestAgentError, OSError, ImportError) as e:
+        get_logger("balloon").debug("xenstore_unavailable", reason=str(e))
+        return None
+    return client
 
 
 def _xenstore(args: argparse.Namespace, ctx: Any) -> XenstoreReader | None:
     if getattr(args, "no_xenstore", False):
         return None
-    return xenstore_for(ctx.hostfs)
+    return xenstore_for(ctx.host)
 
 
 def state_lock(ctx: Any, what: str, create: bool) -> AbstractContextManager[None]:
@@ -438,18 +453,29 @@ def cmd_set(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace, ctx: Any) -> int:
+    """The daemon running the balloon job alone (:func:`guestagent.daemon.commands.run_one_job`);
+    0 without a balloon driver (the feature stays off), 1 when the job gave up."""
+    from guestagent.balloon.job import HUB, BalloonJob
+    from guestagent.daemon.commands import run_one_job
+
     if not ctx.hostfs.exists(BALLOON_DIR):
         why = balloon_unavailable_reason(ctx.hostfs)
         print(f"guestagent: balloon unavailable: {why}; self-ballooning stays off")
         return 0
-    config = default_config(args.policy)
-    with state_lock(ctx, "balloon run", create=True):
-        return run_controller(
-            ctx.hostfs,
-            _xenstore(args, ctx),
-            config,
-            duration_s=args.duration,
-            max_ticks=args.ticks,
-            reset_on_exit=not args.no_reset_on_exit,
-            use_trigger=not args.no_trigger,
-        )
+    # The real host: the daemon's own xenstore client (watches included). A fixture tree: its
+    # stand-in, which cannot watch (module docstring); --no-xenstore: none. In both the daemon
+    # opens no connection of its own either (it would only watch for a resume).
+    connect = None
+    xenstore: Any = HUB
+    if args.no_xenstore or not ctx.hostfs.is_real_host:
+        xenstore = _xenstore(args, ctx)
+        why = "--no-xenstore" if args.no_xenstore else "a fixture tree (its stand-in files only)"
+
+        def connect() -> Any:
+            raise GuestAgentError(f"no xenstore connection: {why}")
+
+    job = BalloonJob(use_trigger=not args.no_trigger, xenstore=xenstore)
+    overrides = [("--policy", "balloon", "policy", args.policy)]
+    daemon = run_one_job(args, ctx, job, overrides, role="guest", command="balloon run",
+                         xenstore_connect=connect)
+    return 1 if daemon.failure is not None else 0

@@ -1,23 +1,18 @@
-"""A one-shot balloon controller loop: PSI trigger fd + interval timer, policy, actuator.
+"""One balloon job's state: start (remember the target, learn the offset), tick (read a snapshot,
+ask the policy, hand the target to the actuator), stop (reset).
 
-Wakes on whichever comes first: the PSI trigger's ``POLLPRI`` (a pressure spike is answered at
-once), a xenstore watch event on ``memory/target`` (a toolstack override is followed at once, when
-the client can watch), or the policy's interval. Then reads a snapshot, asks the policy, and hands
-the target to the actuator. On SIGTERM or SIGINT, at ``--duration`` and on any way out, the target
-goes back to the ceiling (``reset``). The long-running daemon will wire the same pieces into its
-own event loop.
+The daemon's balloon job (:mod:`guestagent.balloon.job`) drives it from the event loop: on the PSI
+trigger's ``POLLPRI`` (a pressure spike is answered at once), on a xenstore watch event on
+``memory/target`` (a toolstack override is followed at once) and on the policy's interval; it
+stops it (the target back to the ceiling) on SIGTERM, SIGINT, ``--duration`` and when it gives up.
+``guestagent run`` and ``guestagent balloon run`` both run that job.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
-import signal
 import time
 from dataclasses import replace
-from types import FrameType
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from guestagent.balloon.actuator import BalloonActuator
 from guestagent.balloon.guard import Guard, GuardCommands, reset_all
@@ -30,62 +25,21 @@ from guestagent.balloon.policy import (
 )
 from guestagent.balloon.signals import (
     PSI_MEMORY,
-    XS_TARGET,
     PsiTrigger,
     XenstoreReader,
     read_signals,
 )
-from guestagent.errors import GuestAgentError, InputError
+from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
-
-#: Consecutive failed ticks (bad input) after which the loop resets and gives up.
-MAX_CONSECUTIVE_ERRORS = 3
-
-#: The token of the controller's xenstore watch on ``memory/target``.
-WATCH_TOKEN = "guestagent-balloon"
-
-
-class XenstoreWatcher(Protocol):
-    """What the controller uses of a xenstore client that can watch (guestagent.xen.xenstore)."""
-
-    def read(self, path: str) -> bytes: ...
-    def watch(self, path: str, token: str) -> None: ...
-    def fileno(self) -> int: ...
-    def read_events(self, timeout: float = 0.0) -> list[Any]: ...
-    def pending_events(self) -> list[Any]: ...
-
-
-def _start_watch(xenstore: XenstoreReader | None, log: Any) -> XenstoreWatcher | None:
-    """Watch memory/target when the client can, so a toolstack write wakes the loop at once."""
-    needed = ("watch", "fileno", "read_events", "pending_events")
-    if xenstore is None or not all(callable(getattr(xenstore, n, None)) for n in needed):
-        return None
-    watcher: XenstoreWatcher = xenstore  # type: ignore[assignment]
-    try:
-        watcher.watch(XS_TARGET, WATCH_TOKEN)
-    except (OSError, GuestAgentError) as e:
-        log.warning("xenstore_watch_failed", error=str(e), fallback="memory/target read per tick")
-        return None
-    return watcher
-
-
-def _watch_fired(watcher: XenstoreWatcher, log: Any, pending_only: bool = False) -> bool:
-    """True if a memory/target watch event is waiting (and drain them)."""
-    try:
-        events = watcher.pending_events() if pending_only else watcher.read_events(0.0)
-    except (OSError, GuestAgentError) as e:
-        log.warning("xenstore_watch_read_failed", error=str(e))
-        return False
-    return any(getattr(e, "token", None) == WATCH_TOKEN for e in events)
 
 
 class BalloonController:
     """One balloon job's state: start (remember, learn the offset), tick, stop (reset).
 
     ``tick`` is everything that happens when the loop wakes: read a snapshot, ask the policy, hand
-    the target to the actuator, record the decision. :func:`run_controller` drives it with
-    ``poll``; the daemon can drive the same object from its own event loop.
+    the target to the actuator, record the decision. The daemon's balloon job drives it from
+    the event loop.
     """
 
     def __init__(
@@ -206,140 +160,3 @@ class BalloonController:
         """Reset: the target back to the ceiling, then the guard's changes undone."""
         if reset:
             reset_all(self.actuator, self.guard_commands)
-
-
-class _Wakeups:
-    """What wakes the one-shot loop: SIGTERM/SIGINT (through a wakeup pipe), the PSI trigger's
-    POLLPRI and the xenstore watch on memory/target. Either source is dropped, with one warning,
-    when its descriptor errors or hangs up."""
-
-    def __init__(
-        self,
-        trigger: PsiTrigger | None,
-        watcher: XenstoreWatcher | None,
-        install_signal_handlers: bool,
-        log: Any,
-    ) -> None:
-        self.trigger = trigger
-        self.watcher = watcher
-        self.log = log
-        self.stop: list[int] = []
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.old_handlers: dict[int, Any] = {}
-        self.old_wakeup = -1
-        self.installed = install_signal_handlers
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self.old_handlers[sig] = signal.signal(sig, self._on_signal)
-            self.old_wakeup = signal.set_wakeup_fd(self.wake_w)
-        self.poller = select.poll()
-        self.poller.register(self.wake_r, select.POLLIN)
-        if trigger is not None:
-            self.poller.register(trigger.fileno(), select.POLLPRI)
-        if watcher is not None:
-            self.poller.register(watcher.fileno(), select.POLLIN)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stop.append(signum)
-
-    def toolstack_pending(self) -> bool:
-        """A watch event the client already queued (read while it waited for a reply)."""
-        return self.watcher is not None and _watch_fired(self.watcher, self.log, pending_only=True)
-
-    def wait(self, timeout_ms: int) -> tuple[bool, bool]:
-        """Poll once: (PSI trigger fired, toolstack wrote memory/target)."""
-        fired = toolstack = False
-        for fd, event in self.poller.poll(timeout_ms):
-            lost = bool(event & (select.POLLERR | select.POLLNVAL | select.POLLHUP))
-            if fd == self.wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self.wake_r, 512)
-            elif self.trigger is not None and fd == self.trigger.fileno():
-                if lost:
-                    self._drop_trigger(fd)
-                else:
-                    fired = fired or bool(event & select.POLLPRI)
-            elif self.watcher is not None and fd == self.watcher.fileno():
-                if lost:
-                    self.log.warning("xenstore_watch_lost", fallback="memory/target read per tick")
-                    self.poller.unregister(fd)
-                    self.watcher = None
-                else:
-                    toolstack = toolstack or _watch_fired(self.watcher, self.log)
-        return fired, toolstack
-
-    def _drop_trigger(self, fd: int) -> None:
-        self.log.warning("psi_trigger_lost", fallback="interval timer only")
-        self.poller.unregister(fd)
-        if self.trigger is not None:
-            self.trigger.close()
-        self.trigger = None
-
-    def close(self) -> None:
-        if self.installed:
-            signal.set_wakeup_fd(self.old_wakeup)
-            for signum, handler in self.old_handlers.items():
-                signal.signal(signum, handler)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-        if self.trigger is not None:
-            self.trigger.close()
-            self.trigger = None
-
-
-def run_controller(
-    hostfs: HostFS,
-    xenstore: XenstoreReader | None,
-    config: PolicyConfig,
-    duration_s: float | None = None,
-    max_ticks: int | None = None,
-    reset_on_exit: bool = True,
-    use_trigger: bool = True,
-    install_signal_handlers: bool = True,
-    clock: Callable[[], float] = time.monotonic,
-) -> int:
-    """Run until a signal, ``duration_s`` or ``max_ticks``; returns an exit status.
-
-    Raises :class:`~guestagent.balloon.actuator.BalloonUnavailable` before touching anything if
-    there is no balloon driver.
-    """
-    log = get_logger("balloon")
-    ctl = BalloonController(hostfs, xenstore, config, clock=clock)
-    ctl.start()
-    trigger = ctl.arm_trigger() if use_trigger else None
-    wakeups = _Wakeups(trigger, _start_watch(xenstore, log), install_signal_handlers, log)
-
-    interval = ctl.interval_s
-    start = clock()
-    next_tick = start
-    status = 0
-    end = start + duration_s if duration_s is not None else None
-    log.info("balloon_controller_start", policy=ctl.config.name, interval_s=interval,
-             psi_trigger=trigger.spec if trigger is not None else None,
-             xenstore_watch=wakeups.watcher is not None)
-    try:
-        while not wakeups.stop:
-            wake_at = next_tick if end is None else min(next_tick, end)
-            pending = wakeups.toolstack_pending()
-            timeout_ms = 0 if pending else max(0, int((wake_at - clock()) * 1000))
-            fired, toolstack = wakeups.wait(timeout_ms)
-            now = clock()
-            if wakeups.stop or (end is not None and now >= end):
-                break
-            if not (fired or toolstack or pending) and now < next_tick:
-                continue
-            ctl.tick(psi_trigger_fired=fired)
-            if ctl.errors >= MAX_CONSECUTIVE_ERRORS:
-                status = 1
-                break
-            next_tick = now + interval
-            if max_ticks is not None and ctl.ticks >= max_ticks:
-                break
-    finally:
-        wakeups.close()
-        ctl.stop(reset=reset_on_exit)
-        log.info("balloon_controller_stop", ticks=ctl.ticks,
-                 signal=signal.Signals(wakeups.stop[0]).name if wakeups.stop else None)
-    return status

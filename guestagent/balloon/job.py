@@ -1,5 +1,20 @@
 """The balloon job of the daemon: the controller driven by the PSI trigger, an interval timer and
-a xenstore watch on ``memory/target``; on stop the target goes back to the ceiling."""
+a xenstore watch on ``memory/target``; on stop the target goes back to the ceiling.
+
+``guestagent run`` runs it with the other jobs, ``guestagent balloon run`` alone
+(:func:`guestagent.daemon.commands.run_one_job`). What the job does when its inputs fail:
+
+* a tick that fails (bad input, InputError; or any other exception, e.g. an actuator write
+  refused) is logged (``balloon_tick_failed``) and counted; after
+  :data:`MAX_CONSECUTIVE_ERRORS` in a row the job gives up: the daemon stops it, which puts the
+  target back at the ceiling, and ``balloon run`` exits 1. A tick that fails while the daemon's
+  xenstore connection is down is not counted: the hub reconnects (and, after 300 s, stops feeding
+  systemd's watchdog), and a balloon reset then could not read the ceiling either;
+* the PSI trigger's descriptor reporting an error or a hang-up is dropped with one warning
+  (``psi_trigger_lost``): the interval timer goes on alone;
+* a refused watch on ``memory/target`` is one warning (``xenstore_watch_failed``): the target is
+  then read on every tick.
+"""
 
 from __future__ import annotations
 
@@ -14,44 +29,88 @@ from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
 
 if TYPE_CHECKING:
-    from guestagent.balloon.signals import PsiTrigger
+    from guestagent.balloon.signals import PsiTrigger, XenstoreReader
     from guestagent.daemon.loop import Timer
     from guestagent.daemon.service import JobContext
+
+#: Consecutive failed ticks after which the job resets and gives up.
+MAX_CONSECUTIVE_ERRORS = 3
+
+#: ``xenstore=`` of :class:`BalloonJob`: the daemon's shared client (the default).
+HUB = "hub"
 
 
 class BalloonJob:
     name = "balloon"
 
     def __init__(
-        self, locker: Locker = mlockall, unlocker: Callable[[], None] = munlockall
+        self,
+        locker: Locker = mlockall,
+        unlocker: Callable[[], None] = munlockall,
+        use_trigger: bool = True,
+        xenstore: XenstoreReader | str | None = HUB,
     ) -> None:
+        """``use_trigger=False``: the interval timer only (``balloon run --no-trigger``).
+        ``xenstore``: the daemon's client (:data:`HUB`), or a reader of its own that cannot
+        watch (a fixture tree's stand-in), or None (``--no-xenstore``)."""
         self._locker = locker
         self._unlocker = unlocker
+        self._use_trigger = use_trigger
+        self._xenstore = xenstore
         self._memory_locked = False
         self._ctx: JobContext | None = None
         self._ctl: BalloonController | None = None
         self._trigger: PsiTrigger | None = None
         self._timer: Timer | None = None
+        self._given_up = False
 
     def start(self, ctx: JobContext) -> None:
         self._ctx = ctx
-        client = ctx.xenstore.client()
-        ctl = BalloonController(ctx.hostfs, client, policy_config(ctx.config.section("balloon")))
+        client = ctx.xenstore.client() if self._xenstore == HUB else self._xenstore
+        assert not isinstance(client, str)
+        ctl = BalloonController(ctx.hostfs, client, policy_config(ctx.config.section("balloon")),
+                                clock=ctx.loop.now)
         try:
             ctl.start()
         except BalloonUnavailable as e:
             raise GuestAgentError(str(e)) from None
         self._ctl = ctl
-        self._lock_memory(ctx)
-        self._trigger = ctl.arm_trigger()
-        if self._trigger is not None:
-            ctx.loop.add_reader(
-                self._trigger.fileno(), lambda: self._tick(psi_fired=True), priority=True
-            )
-        if client is not None:
-            ctx.xenstore.watch("memory/target", lambda path: self._tick())
-        self._schedule()
+        self._given_up = False
+        try:
+            self._wire(ctx, watch=client is not None and self._xenstore == HUB)
+        except BaseException:  # whatever failed, what start did so far is undone
+            self.stop()
+            raise
         self._tick()
+
+    def _wire(self, ctx: JobContext, watch: bool) -> None:
+        """The memory lock, the PSI trigger, the watch on memory/target and the interval."""
+        assert self._ctl is not None
+        self._lock_memory(ctx)
+        self._trigger = self._ctl.arm_trigger() if self._use_trigger else None
+        if self._trigger is not None:
+            ctx.loop.add_reader(self._trigger.fileno(), lambda: self._tick(psi_fired=True),
+                                priority=True, on_error=self._trigger_lost)
+        watching = False
+        if watch:
+            try:
+                watching = ctx.xenstore.watch("memory/target", lambda path: self._tick())
+            except (GuestAgentError, OSError) as e:
+                get_logger("balloon").warning("xenstore_watch_failed", error=str(e),
+                                              fallback="memory/target read per tick")
+        self._schedule()
+        get_logger("balloon").info(
+            "balloon_controller_start", policy=self._ctl.config.name,
+            interval_s=self._ctl.interval_s,
+            psi_trigger=None if self._trigger is None else self._trigger.spec,
+            xenstore_watch=watching)
+
+    def _trigger_lost(self) -> None:
+        """The trigger's descriptor errored or hung up (the loop has removed it already)."""
+        get_logger("balloon").warning("psi_trigger_lost", fallback="interval timer only")
+        if self._trigger is not None:
+            self._trigger.close()
+            self._trigger = None
 
     def _lock_memory(self, ctx: JobContext, config: Config | None = None) -> None:
         """Keep the agent resident while it balloons (guestagent.balloon.memlock)."""
@@ -88,8 +147,34 @@ class BalloonJob:
         self._timer = self._ctx.loop.call_every(self._ctl.interval_s, self._tick)
 
     def _tick(self, psi_fired: bool = False) -> None:
-        if self._ctl is not None:
-            self._ctl.tick(psi_trigger_fired=psi_fired)
+        ctl = self._ctl
+        if ctl is None or self._given_up:
+            return
+        try:
+            ctl.tick(psi_trigger_fired=psi_fired)
+        except Exception as e:  # an actuator failure, a bug: counted as a failed tick
+            ctl.errors += 1
+            get_logger("balloon").error("balloon_tick_failed", error=str(e),
+                                        kind=type(e).__name__, consecutive=ctl.errors)
+        if ctl.errors and self._xenstore_down():
+            ctl.errors = 0  # not bad input: the daemon's hub reconnects (module docstring)
+        if ctl.errors >= MAX_CONSECUTIVE_ERRORS:
+            self._give_up(ctl.errors)
+
+    def _xenstore_down(self) -> bool:
+        if self._ctx is None or self._xenstore != HUB:
+            return False
+        hub = self._ctx.xenstore
+        return hub.lost is not None or getattr(hub.client(), "broken", None) is not None
+
+    def _give_up(self, errors: int) -> None:
+        """Too many failed ticks in a row: the daemon stops the job (its reset runs)."""
+        assert self._ctx is not None
+        self._given_up = True
+        why = f"{errors} ticks in a row failed; the target goes back to the ceiling"
+        get_logger("balloon").error("balloon_given_up", consecutive=errors,
+                                    action="reset to the ceiling, balloon job stopped")
+        self._ctx.end_job(self.name, why)
 
     def reload(self, config: Config) -> None:
         assert self._ctl is not None
@@ -109,14 +194,18 @@ class BalloonJob:
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         if self._trigger is not None and self._ctx is not None:
             self._ctx.loop.remove_reader(self._trigger.fileno())
             self._trigger.close()
             self._trigger = None
-        if self._ctl is not None:
-            self._ctl.stop(reset=True)
-            self._ctl = None
-        self._unlock_memory()
+        ctl, self._ctl = self._ctl, None
+        try:
+            if ctl is not None:
+                get_logger("balloon").info("balloon_controller_stop", ticks=ctl.ticks)
+                ctl.stop(reset=True)
+        finally:
+            self._unlock_memory()
 
     def status(self) -> dict[str, Any]:
         ctl = self._ctl

@@ -22,12 +22,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-import select
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
-from guestagent.errors import GuestAgentError, InputError, MissingInputError
+from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 
 PSI_MEMORY = "/proc/pressure/memory"
@@ -123,12 +122,13 @@ class PsiTrigger:
     """A PSI trigger: the fd gets ``POLLPRI`` when stall time within a window passes a bound.
 
     ``PsiTrigger(hostfs, "some", 150000, 1000000)`` fires when tasks were stalled on memory for
-    150 ms within any 1 s window. Register :meth:`fileno` with ``select.poll()`` for ``POLLPRI``;
-    ``POLLERR`` means the trigger is gone (the file went away). One trigger per fd; closing the fd
-    removes it. Needs Linux >= 5.2. Without CAP_SYS_RESOURCE (root in a container, or a
-    capability-bounded service) Linux >= 6.5 only accepts windows that are a multiple of 2 s:
-    then the window is widened to the next multiple of 2 s with the same stall ratio
-    (150 ms / 1 s -> 300 ms / 2 s), ``widened`` is set and ``spec`` says what was armed.
+    150 ms within any 1 s window. Give :meth:`fileno` to the daemon's event loop for ``POLLPRI``
+    (``EventLoop.add_reader(..., priority=True)``); ``POLLERR`` means the trigger is gone (the file
+    went away). One trigger per fd; closing the fd removes it. Needs Linux >= 5.2. Without
+    CAP_SYS_RESOURCE (root in a container, or a capability-bounded service) Linux >= 6.5 only
+    accepts windows that are a multiple of 2 s: then the window is widened to the next multiple
+    of 2 s with the same stall ratio (150 ms / 1 s -> 300 ms / 2 s), ``widened`` is set and
+    ``spec`` says what was armed.
     """
 
     MIN_WINDOW_US = 500_000
@@ -212,18 +212,6 @@ class PsiTrigger:
         if self._fd is None:
             raise ValueError("PSI trigger is closed")
         return self._fd
-
-    def poll(self, timeout_ms: int = 0) -> bool:
-        """True if the trigger fired within ``timeout_ms``; raises if the trigger is gone."""
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLPRI)
-        fired = False
-        for _, event in poller.poll(timeout_ms):
-            if event & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
-                raise InputError(f"PSI trigger {self.host_path}", "trigger lost (POLLERR)")
-            if event & select.POLLPRI:
-                fired = True
-        return fired
 
     def close(self) -> None:
         if self._fd is not None:
@@ -455,20 +443,6 @@ class DirectoryXenstore:
         if path.startswith("/") or ".." in path.split("/"):
             raise InputError("xenstore", "fixture xenstore takes relative paths only", path)
         return self.hostfs.read_text(f"{self.directory}/{path}").encode("ascii")
-
-
-def open_xenstore(hostfs: HostFS) -> XenstoreReader | None:
-    """The real xenstore client (``guestagent.xen``), imported here and not at module import
-    time; None when there is no xenstore (not on Xen, no permission, C extension not built).
-    """
-    try:
-        from guestagent.xen.xenstore import XenstoreClient
-    except ImportError:
-        return None
-    try:
-        return XenstoreClient.open(hostfs)
-    except (GuestAgentError, OSError):
-        return None
 
 
 # --------------------------------------------------------------------------------------------

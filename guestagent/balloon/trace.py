@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from guestagent.balloon.policy import (
     GIB_KB,
@@ -124,79 +124,157 @@ def write_trace(out: IO[str], header: dict[str, Any], snapshots: Iterable[Memory
 # Recording
 
 
+class RecordJob:
+    """``guestagent balloon record`` as a job of the daemon: a live snapshot at start and then every
+    ``interval_s`` (on the loop's clock, never early), until the next one would be past
+    ``duration_s``; then the job says it is finished and the one-job daemon stops.
+
+    Uses the same readers as the controller. With a PSI trigger (when the kernel allows it) a
+    snapshot's ``psi_trigger_fired`` says whether the trigger fired during its interval; a trigger
+    whose descriptor errors or hangs up is dropped (one warning) and the recording goes on. A
+    snapshot that cannot be read, or written, ends the recording with that error (the command
+    exits 1); a reader of ``--out -`` gone (a broken pipe) ends it quietly.
+    It only reads: the daemon runs it as an observer (no lock, no status socket), beside the
+    unit's daemon, as the balloon benchmark's monitor does in the guest.
+    """
+
+    name = "record"
+
+    def __init__(
+        self,
+        out: IO[str],
+        interval_s: float,
+        duration_s: float,
+        xenstore: XenstoreReader | None,
+        use_trigger: bool = True,
+        note: str = "",
+    ) -> None:
+        if not 0 < interval_s <= 3600:
+            raise InputError("--interval", "expected 0 < seconds <= 3600", interval_s)
+        if not 0 <= duration_s <= 7 * 86_400:
+            raise InputError("--duration", "expected 0 <= seconds <= 604800", duration_s)
+        self.out = out
+        self.interval_s = interval_s
+        self.duration_s = duration_s
+        self.xenstore = xenstore
+        self.use_trigger = use_trigger
+        self.note = note
+        #: Snapshots written.
+        self.count = 0
+        self._ctx: Any = None
+        self._trigger: PsiTrigger | None = None
+        self._fired = False
+        self._timer: Any = None
+        self._start = 0.0
+        self._done = False
+
+    def start(self, ctx: Any) -> None:
+        self._ctx = ctx
+        log = get_logger("balloon")
+        # On a fixture tree arming would overwrite the file.
+        if self.use_trigger and ctx.hostfs.is_real_host:
+            try:
+                self._trigger = PsiTrigger(ctx.hostfs)
+            except InputError as e:
+                log.warning("psi_trigger_unavailable", error=str(e))
+        header = trace_header(
+            source="recorded by guestagent balloon record",
+            recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            interval_s=self.interval_s,
+            psi_trigger=self._trigger.spec if self._trigger is not None else None,
+            note=self.note,
+        )
+        try:
+            self.out.write(json.dumps(header, sort_keys=True) + "\n")
+            if self._trigger is not None:
+                ctx.loop.add_reader(self._trigger.fileno(), self._on_trigger, priority=True,
+                                    on_error=self._trigger_lost)
+            self._start = ctx.loop.now()
+            self._timer = ctx.loop.call_every(self.interval_s, self._snapshot)
+            self._timer.slack = 0.0  # the trace's cadence is the interval, never a shared wakeup
+        except BaseException:
+            self.stop()
+            raise
+        self._snapshot()  # the first, at 0
+
+    def _on_trigger(self) -> None:
+        self._fired = True
+
+    def _trigger_lost(self) -> None:
+        get_logger("balloon").warning("psi_trigger_lost", fallback="snapshots without it")
+        if self._trigger is not None:
+            self._trigger.close()
+            self._trigger = None
+
+    def _snapshot(self) -> None:
+        if self._done:
+            return
+        try:
+            self._write_snapshot()
+        except InputError as e:
+            self._finish(str(e))
+        except BrokenPipeError:  # the reader of --out - went away: nobody to record for
+            self._finish(None)
+        except OSError as e:
+            self._finish(f"cannot write the trace: {e.strerror or e}")
+
+    def _write_snapshot(self) -> None:
+        elapsed = self._ctx.loop.now() - self._start
+        fired, self._fired = self._fired, False
+        snap = read_signals(self._ctx.hostfs, self.xenstore, round(elapsed, 3),
+                            psi_trigger_fired=fired)
+        self.out.write(dump_snapshot(snap) + "\n")
+        self.out.flush()
+        self.count += 1
+        if self.count * self.interval_s > self.duration_s + 1e-9:  # the next is past the end
+            self._finish(None)
+
+    def _finish(self, error: str | None) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._ctx.end_job(self.name, error)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._trigger is not None:
+            if self._ctx is not None:
+                self._ctx.loop.remove_reader(self._trigger.fileno())
+            self._trigger.close()
+            self._trigger = None
+
+    def reload(self, config: Any) -> None:
+        """The recording takes no configuration."""
+
+    def republish(self, reason: str) -> None:
+        """Nothing published: a resume shows in the snapshots themselves."""
+
+    def status(self) -> dict[str, Any]:
+        return {"snapshots": self.count, "psi_trigger": self._trigger is not None}
+
+
 def record(
     hostfs: HostFS,
     xenstore: XenstoreReader | None,
     out: IO[str],
     interval_s: float,
     duration_s: float,
-    clock: Callable[[], float] = time.monotonic,
     use_trigger: bool = True,
     note: str = "",
 ) -> int:
-    """Write a trace of live snapshots every ``interval_s`` for ``duration_s``; returns the count.
+    """Write a trace of live snapshots every ``interval_s`` for ``duration_s`` (the daemon running
+    one :class:`RecordJob`, until it is done, SIGTERM or SIGINT); returns the count. Raises
+    InputError for a bad interval or duration (before anything is written) and when a snapshot
+    cannot be read (the trace so far is kept)."""
+    from guestagent.daemon.commands import run_observer
 
-    Uses the same readers as the controller. With a PSI trigger (when the kernel allows it) a
-    snapshot's ``psi_trigger_fired`` says whether the trigger fired during its interval.
-    """
-    if not 0 < interval_s <= 3600:
-        raise InputError("--interval", "expected 0 < seconds <= 3600", interval_s)
-    if not 0 <= duration_s <= 7 * 86_400:
-        raise InputError("--duration", "expected 0 <= seconds <= 604800", duration_s)
-    log = get_logger("balloon")
-    trigger: PsiTrigger | None = None
-    if use_trigger and hostfs.is_real_host:  # on a fixture tree arming would overwrite the file
-        try:
-            trigger = PsiTrigger(hostfs)
-        except InputError as e:
-            log.warning("psi_trigger_unavailable", error=str(e))
-    header = trace_header(
-        source="recorded by guestagent balloon record",
-        recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        interval_s=interval_s,
-        psi_trigger=trigger.spec if trigger is not None else None,
-        note=note,
-    )
-    out.write(json.dumps(header, sort_keys=True) + "\n")
-    start = clock()
-    count = 0
-    try:
-        while True:
-            now = clock()
-            elapsed = now - start
-            fired = False
-            if count > 0:
-                wait = max(0.0, count * interval_s - elapsed)
-                fired = _wait(trigger, wait)
-                now = clock()
-                elapsed = now - start
-            snap = read_signals(hostfs, xenstore, round(elapsed, 3), psi_trigger_fired=fired)
-            out.write(dump_snapshot(snap) + "\n")
-            out.flush()
-            count += 1
-            if count * interval_s > duration_s + 1e-9:  # the next snapshot is past the end
-                break
-    finally:
-        if trigger is not None:
-            trigger.close()
-    return count
-
-
-def _wait(trigger: PsiTrigger | None, seconds: float) -> bool:
-    """Sleep ``seconds``; True if the PSI trigger fired meanwhile (the sleep still runs out)."""
-    deadline = time.monotonic() + seconds
-    fired = False
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return fired
-        if trigger is None:
-            time.sleep(left)
-            continue
-        if trigger.poll(math.ceil(left * 1000)):
-            fired = True
-            # One notification per window: sleep out the rest without busy polling.
-            time.sleep(min(max(0.0, deadline - time.monotonic()), 0.1))
+    job = RecordJob(out, interval_s, duration_s, xenstore, use_trigger=use_trigger, note=note)
+    daemon = run_observer(hostfs, job)
+    if daemon.failure is not None:
+        raise InputError("balloon record", daemon.failure)
+    return job.count
 
 
 # --------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def configure_logging(args: argparse.Namespace, cfg: Config) -> None:
     from guestagent import log
 
     configured = str(cfg.get("agent", "log_level"))
-    level = args.log_level or configured  # the command line wins over the configuration
+    level = getattr(args, "log_level", None) or configured  # the command line wins
     log.configure(level=level, json=cfg.get("agent", "log_format") == "json")
     if level != configured:
         log.get_logger("daemon").warning(
@@ -144,7 +144,7 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
     cfg = load()
     configure_logging(args, cfg)
     role = args.role or resolve_role(cfg, ctx.hostfs)
-    Daemon(ctx.hostfs, cfg, load, make_jobs, role).run()
+    Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host).run()
     return 0
 
 
@@ -195,12 +195,14 @@ def run_one_job(
     overrides: Sequence[Override],
     role: str,
     xenstore_connect: Callable[[], Any] | None = None,
+    command: str = "run",
 ) -> Any:
     """The daemon running ``job`` alone: the configuration ``run`` reads (``--config``,
     ``--conf-dir``) with the command's options as overrides, the same event loop, status socket,
     signals, undo and journal; until SIGTERM/SIGINT or ``--duration``. Returns the Daemon once
-    it has stopped. Raises GuestAgentError (exit 1) when the configuration is refused or the
-    job cannot start here."""
+    it has stopped (its ``failure`` says why when the job gave up). Raises GuestAgentError
+    (exit 1) when the configuration is refused or the job cannot start here. ``command`` names
+    the command to another one the state directory's lock refuses meanwhile."""
     from guestagent.daemon.service import Daemon
 
     duration = getattr(args, "duration", None)
@@ -219,7 +221,23 @@ def run_one_job(
     cfg = load()
     configure_logging(args, cfg)
     daemon = Daemon(ctx.hostfs, cfg, load, lambda _cfg, _role: [job], role,
-                    xenstore_connect=xenstore_connect, stop_after=duration, one_job=True)
+                    xenstore_connect=xenstore_connect, stop_after=duration, one_job=True,
+                    command=command, host=ctx.host)
+    daemon.run()
+    return daemon
+
+
+def run_observer(hostfs: HostFS, job: Any) -> Any:
+    """The daemon running ``job``, which only reads (``balloon record``), until it is finished,
+    SIGTERM or SIGINT: the same event loop, signals and job life, but no configuration files, no
+    state directory lock, no status socket (it runs beside the unit's daemon, which holds them).
+    Returns the Daemon once it has stopped (``failure`` says why when the job ended on an error).
+    Raises GuestAgentError when the job cannot start."""
+    from guestagent.daemon.service import Daemon
+
+    cfg = config_mod.defaults()
+    daemon = Daemon(hostfs, cfg, lambda: cfg, lambda _cfg, _role: [job], "guest",
+                    one_job=True, observer=True)
     daemon.run()
     return daemon
 

@@ -64,6 +64,8 @@ class EventLoop:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._poll = select.poll()
         self._readers: dict[int, Callback] = {}
+        #: The owners' own handling of an error or hang-up, by descriptor (add_reader's on_error).
+        self._on_error: dict[int, Callback] = {}
         #: Rounds in a row each descriptor reported an error or hang-up.
         self._error_rounds: dict[int, int] = {}
         self._timers: list[Timer] = []
@@ -81,19 +83,30 @@ class EventLoop:
 
     # --- file descriptors ------------------------------------------------------------------
 
-    def add_reader(self, fd: Any, callback: Callback, priority: bool = False) -> None:
+    def add_reader(
+        self,
+        fd: Any,
+        callback: Callback,
+        priority: bool = False,
+        on_error: Callback | None = None,
+    ) -> None:
         """Call ``callback`` whenever ``fd`` is readable, or, with ``priority``, when it has
         priority data (POLLPRI: PSI triggers). Errors and hang-ups also call it, so the owner
-        reads and sees the failure."""
+        reads and sees the failure; or, given ``on_error``, the descriptor is removed at the first
+        error or hang-up and ``on_error`` is called instead, once (a PSI trigger reports its end
+        as POLLERR together with POLLPRI: that is no pressure, and nothing more to read)."""
         number = fd if isinstance(fd, int) else fd.fileno()
         mask = select.POLLPRI if priority else select.POLLIN
         self._poll.register(number, mask | select.POLLERR | select.POLLHUP)
         self._readers[number] = callback
         self._error_rounds.pop(number, None)
+        if on_error is not None:
+            self._on_error[number] = on_error
 
     def remove_reader(self, fd: Any) -> None:
         number = fd if isinstance(fd, int) else fd.fileno()
         self._error_rounds.pop(number, None)
+        self._on_error.pop(number, None)
         if self._readers.pop(number, None) is not None:
             self._poll.unregister(number)
 
@@ -185,6 +198,13 @@ class EventLoop:
             timeout = max_wait if timeout is None else min(timeout, max_wait)
         wait_ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
         for fd, events in self._poll.poll(wait_ms):
+            on_error = self._on_error.get(fd)
+            if on_error is not None and events & _FAILED:
+                self.remove_reader(fd)
+                self._run(on_error, f"fd {fd} failed")
+                if self._stopping:
+                    return
+                continue
             callback = self._readers.get(fd)
             if callback is not None and not (events & select.POLLNVAL):
                 self._run(callback, f"fd {fd}")

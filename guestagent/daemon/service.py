@@ -6,10 +6,13 @@ them on and off from the configuration, and undoes what they changed on the way 
 SIGHUP reloads the configuration (a bad one is refused and the running one kept); SIGTERM and
 SIGINT stop every job, which puts back what it changed, and exit.
 
-The long-running commands (``tiering run``, ``dom0 run``) are this daemon with one job
-(:func:`guestagent.daemon.commands.run_one_job`): ``one_job`` makes a job that cannot start an
-error (the command exits 1 with the reason) instead of a job left off, and ``stop_after``
-(``--duration``) ends the run with the same clean shutdown as SIGTERM.
+The long-running commands (``balloon run``, ``tiering run``, ``dom0 run``) are this daemon with
+one job (:func:`guestagent.daemon.commands.run_one_job`): ``one_job`` makes a job that cannot start
+an error (the command exits 1 with the reason) instead of a job left off, and a job that gives up
+(``JobContext.end_job``) ends the command with exit status 1; ``stop_after`` (``--duration``) ends
+the run with the same clean shutdown as SIGTERM. ``balloon record`` is this daemon with one
+``observer`` job: it only reads, so it takes no lock and opens no socket, and runs beside the
+unit's daemon.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from guestagent.daemon import systemd
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.resume import ResumeState, detect_resume, sample_clocks
 from guestagent.errors import GuestAgentError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
@@ -244,6 +248,12 @@ class XenstoreHub:
             self._client = None
 
 
+def _unmanaged_end(name: str, error: str | None) -> None:
+    """``end_job`` of a context no daemon made (a test's): said, not acted on."""
+    get_logger("daemon").warning("job_end_unhandled", job=name, error=error,
+                                 note="no daemon runs this context")
+
+
 @dataclass
 class JobContext:
     loop: EventLoop
@@ -251,6 +261,17 @@ class JobContext:
     config: Config
     xenstore: XenstoreHub
     role: str
+    #: ``end_job(name, error)``: the job is done (error None: its work is finished, as a
+    #: recording's last snapshot) or gives up (error: why). The daemon stops it (its undo runs)
+    #: from the loop, after the current callback; a one-job command then exits, 1 on an error.
+    end_job: Callable[[str, str | None], None] = _unmanaged_end
+    #: The host handle (hypercalls, sysctls, xenstore, backends); by default (None given) the
+    #: real one over ``hostfs``, made in __post_init__. A test passes its own.
+    host: Host = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.host is None:
+            self.host = Host(self.hostfs)
 
 
 @dataclass
@@ -276,9 +297,22 @@ class Daemon:
     #: A job that cannot start is an error (raised from :meth:`start`), not a job left off: the
     #: one-job commands exit 1 with its reason.
     one_job: bool = False
+    #: The command, as the state directory's lock names it to another one refused meanwhile.
+    command: str = "run"
+    #: Jobs that only read (``balloon record``): they change nothing, so there is nothing to undo
+    #: and nothing to guard: no state directory lock, no status socket, no resume watch, no
+    #: metrics; they run beside a daemon that holds those.
+    observer: bool = False
+    #: Why a job gave up (:meth:`end_job` with an error); a one-job command exits 1.
+    failure: str | None = None
+    #: The host handle the jobs get (``JobContext.host``); by default (None given) the real one
+    #: over hostfs, made in __post_init__.
+    host: Host = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self._log = get_logger("daemon")
+        if self.host is None:
+            self.host = Host(self.hostfs)
         connect = self.xenstore_connect or self._default_connect
         self.hub = XenstoreHub(
             self.loop, connect, on_reconnect=lambda: self._republish("xenstore reconnected")
@@ -290,9 +324,7 @@ class Daemon:
         self._metrics: Any = None
 
     def _default_connect(self) -> Any:
-        from guestagent.xen.xenstore import XenstoreClient
-
-        return XenstoreClient.open(self.hostfs)
+        return self.host.xenstore()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -300,7 +332,8 @@ class Daemon:
         self.loop.add_signal_handler(signal.SIGTERM, lambda: self.shutdown("SIGTERM"))
         self.loop.add_signal_handler(signal.SIGINT, lambda: self.shutdown("SIGINT"))
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self._open_status_socket()
+        if not self.observer:
+            self._open_status_socket()
         ctx = self._context()
         for job in self.make_jobs(self.config, self.role):
             record = JobRecord(job)
@@ -309,6 +342,24 @@ class Daemon:
         failed = [r for r in self.records if self.one_job and not r.running]
         if failed:
             raise GuestAgentError(failed[0].error or f"the {failed[0].job.name} job did not start")
+        if not self.observer:
+            self._watch_resume()
+            self._start_metrics()
+        if self.stop_after is not None:
+            after = self.stop_after
+            timer = self.loop.call_later(
+                after, lambda: self.shutdown(f"--duration {after:g} s elapsed"))
+            timer.slack = 0.0  # never early: a duration is a promise, not a period
+        running = [r.job.name for r in self.records if r.running]
+        if not self.observer:  # a recorder beside the unit's daemon is not the unit's main PID
+            period = systemd.watchdog_period()
+            if period is not None:
+                self.loop.call_every(period, self._feed_watchdog, first=0)
+            systemd.notify(f"READY=1\nSTATUS=jobs: {', '.join(running) or 'none'}")
+        self._log.info("started", version=__version__, role=self.role, jobs=running)
+
+    def _watch_resume(self) -> None:
+        """Notice a resume or migration: the ``unique-domain-id`` watch, and the clocks."""
         if self.hub.client() is not None:
             try:
                 self.hub.watch("unique-domain-id", lambda path: self._check_resume(read_id=True))
@@ -316,18 +367,6 @@ class Daemon:
                 self._log.warning("resume_watch_off", error=str(e))
         self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
         self.loop.call_every(RESUME_CHECK_SECONDS, lambda: self._check_resume(read_id=False))
-        self._start_metrics()
-        if self.stop_after is not None:
-            after = self.stop_after
-            timer = self.loop.call_later(
-                after, lambda: self.shutdown(f"--duration {after:g} s elapsed"))
-            timer.slack = 0.0  # never early: a duration is a promise, not a period
-        period = systemd.watchdog_period()
-        if period is not None:
-            self.loop.call_every(period, self._feed_watchdog, first=0)
-        running = [r.job.name for r in self.records if r.running]
-        systemd.notify(f"READY=1\nSTATUS=jobs: {', '.join(running) or 'none'}")
-        self._log.info("started", version=__version__, role=self.role, jobs=running)
 
     def _feed_watchdog(self) -> None:
         """Feed systemd's watchdog, unless xenstore has been unreachable for longer than
@@ -360,7 +399,8 @@ class Daemon:
         """Stop every job, newest first; each undoes what it changed."""
         if not self.records and self._status_sock is None and self._lock_fd is None:
             return
-        systemd.notify("STOPPING=1")
+        if not self.observer:
+            systemd.notify("STOPPING=1")
         self._log.info("stopping", reason=why)
         for record in reversed(self.records):
             if record.running:
@@ -421,7 +461,28 @@ class Daemon:
     # --- jobs ----------------------------------------------------------------------------------
 
     def _context(self) -> JobContext:
-        return JobContext(self.loop, self.hostfs, self.config, self.hub, self.role)
+        return JobContext(self.loop, self.hostfs, self.config, self.hub, self.role, self.end_job,
+                          self.host)
+
+    def end_job(self, name: str, error: str | None) -> None:
+        """A job is done or gives up (JobContext.end_job): stopped, with its undo, from the loop
+        once the current callback has returned; the others go on. A one-job command stops."""
+        self.loop.call_later(0.0, lambda: self._end_job(name, error))
+
+    def _end_job(self, name: str, error: str | None) -> None:
+        record = next((r for r in self.records if r.job.name == name and r.running), None)
+        if record is None:
+            return
+        self._stop_job(record)
+        record.error = error or "finished"
+        if error is not None:
+            self._log.error("job_gave_up", job=name, reason=error)
+        else:
+            self._log.info("job_finished", job=name)
+        if self.one_job:
+            if error is not None:
+                self.failure = error
+            self.shutdown(f"the {name} job {'gave up' if error else 'finished'}")
 
     def _start_job(self, record: JobRecord, ctx: JobContext) -> None:
         try:
@@ -571,7 +632,7 @@ class Daemon:
         second one refuses before it touches the socket or anything the first changed."""
         from guestagent import statelock
 
-        self._lock_fd = statelock.acquire(state_dir, "run")
+        self._lock_fd = statelock.acquire(state_dir, self.command)
 
     def _serve_status(self) -> None:
         assert self._status_sock is not None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any, Callable
 
 from guestagent.cli import finite_float
@@ -22,44 +22,15 @@ from guestagent.dom0.publisher import DomainResult, Publisher
 from guestagent.dom0.role import ROLES, require_dom0
 from guestagent.dom0.schema import base_path
 from guestagent.dom0.topology import HostTopology, read_host_topology, render_table, to_json_text
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
-from guestagent.xen.errors import XenUnavailable
 from guestagent.xen.sysctl import PciAddress
-
-
-@contextmanager
-def real_sysctl(hostfs: HostFS) -> Iterator[Any]:
-    """A :class:`~guestagent.xen.sysctl.Sysctl` over privcmd (C extension imported here only)."""
-    from guestagent.xen.sysctl import Sysctl
-
-    try:
-        from guestagent.xen.privcmd import open_privcmd
-    except ImportError as e:
-        raise XenUnavailable(f"the C extension is not built ({e})") from None
-    with open_privcmd(hostfs) as privcmd:
-        yield Sysctl(privcmd)
-
-
-def real_xenstore(hostfs: HostFS) -> Any:
-    from guestagent.xen.xenstore import XenstoreClient
-
-    try:
-        from guestagent.xen.xsconn import open_xenstore
-    except ImportError as e:
-        raise XenUnavailable(f"the C extension is not built ({e})") from None
-
-    return XenstoreClient(open_xenstore(hostfs))
-
-
-#: How the commands reach Xen and xenstore; tests replace these.
-sysctl_factory: Callable[[HostFS], Any] = real_sysctl
-xenstore_factory: Callable[[HostFS], Any] = real_xenstore
 
 
 def host_topology(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
     require_dom0(hostfs, args.role)
-    with sysctl_factory(hostfs) as sysctl:
+    with ctx.host.sysctl() as sysctl:
         topology = read_host_topology(hostfs, sysctl)
     if args.json:
         sys.stdout.write(to_json_text(topology) + "\n")
@@ -127,9 +98,9 @@ def _publisher(hostfs: HostFS, client: Any, sysctl: Any) -> Publisher:
 def dom0_publish(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
     require_dom0(hostfs, args.role)
-    client = xenstore_factory(hostfs)
+    client = ctx.host.xenstore()
     try:
-        with sysctl_factory(hostfs) as sysctl:
+        with ctx.host.sysctl() as sysctl:
             results = _publisher(hostfs, client, sysctl).publish_all()
     finally:
         client.close()
@@ -143,11 +114,15 @@ def dom0_publish(args: argparse.Namespace, ctx: Any) -> int:
     return 1 if errors else 0
 
 
-def _open_sysctl(hostfs: HostFS) -> tuple[Any, Any]:
-    """:data:`sysctl_factory` as the Dom0 job opens it: (what to close, the Sysctl)."""
-    stack = ExitStack()
-    sysctl = stack.enter_context(sysctl_factory(hostfs))
-    return stack, sysctl
+def _sysctl_opener(host: Host) -> Callable[[Any], tuple[Any, Any]]:
+    """The host's sysctls as the Dom0 job opens them: (what to close, the Sysctl)."""
+
+    def open_sysctl(_hostfs: Any) -> tuple[Any, Any]:
+        stack = ExitStack()
+        sysctl = stack.enter_context(host.sysctl())
+        return stack, sysctl
+
+    return open_sysctl
 
 
 def dom0_run(args: argparse.Namespace, ctx: Any) -> int:
@@ -158,8 +133,8 @@ def dom0_run(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
     require_dom0(hostfs, args.role)
     overrides = [("--resync", "dom0", "resync_seconds", args.resync)]
-    run_one_job(args, ctx, Dom0Job(open_sysctl=_open_sysctl), overrides, role="dom0",
-                xenstore_connect=lambda: xenstore_factory(hostfs))
+    run_one_job(args, ctx, Dom0Job(open_sysctl=_sysctl_opener(ctx.host)), overrides,
+                role="dom0")
     return 0
 
 

@@ -33,11 +33,12 @@ import json
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from guestagent.cli import finite_float
 from guestagent.daemon.commands import one_job_options
 from guestagent.errors import GuestAgentError
+from guestagent.host import TIERING_BACKENDS, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering import readers
 from guestagent.tiering.model import Availability, Backend, PolicyState, TieringConfig
@@ -48,35 +49,17 @@ if TYPE_CHECKING:
     from guestagent.undo import Journal, UndoReport
 
 
-def _damon(hostfs: HostFS) -> Backend:
-    from guestagent.tiering.damon import DamonBackend
-
-    return DamonBackend(hostfs)
-
-
-def _tmem(hostfs: HostFS) -> Backend:
-    from guestagent.tiering.tmem import TmemBackend
-
-    return TmemBackend(hostfs)
-
-
-#: Backends in order of preference; tests replace this.
-backend_factories: list[tuple[str, Callable[[HostFS], Backend]]] = [
-    ("damon", _damon),
-    ("tmem", _tmem),
-]
-
-
 def probe_all(
-    hostfs: HostFS, journal: Journal | None = None
+    host: Host, journal: Journal | None = None
 ) -> list[tuple[str, Backend | None, Availability]]:
-    """Every backend and whether it can run here. With ``journal`` (the daemon's tiering job),
+    """Every backend of ``host`` and whether it can run here. With ``journal`` (the daemon's
+    tiering job),
     a backend that journals its changes (DAMON) first undoes what a killed predecessor left in
     it, then records its own changes there."""
     out: list[tuple[str, Backend | None, Availability]] = []
-    for name, factory in backend_factories:
+    for name, factory in host.tiering_backends:
         try:
-            backend = factory(hostfs)
+            backend = factory(host.fs)
         except ImportError as e:
             out.append((name, None, Availability(False, f"cannot load: {e}")))
             continue
@@ -186,7 +169,7 @@ def status_text(doc: dict[str, Any]) -> str:
 def status(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
     enabled, wanted, policy_config = _configured(args)
-    probed = probe_all(hostfs)
+    probed = probe_all(ctx.host)
     # The backends the daemon's job may use ([tiering] backend), as it chooses (tiering.job).
     chosen = serving([p for p in probed if wanted in ("auto", p[0])])
     snapshot = readers.read_snapshot(hostfs)
@@ -286,15 +269,15 @@ def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, A
     }
 
 
-def undo(hostfs: HostFS, state_dir: str) -> UndoReport:
+def undo(host: Host, state_dir: str) -> UndoReport:
     """Remove the kdamonds ``tiering.json`` in ``state_dir`` says the agent added, from that
     journal alone (no configuration), under the caller's state lock; never another DAMON user's.
     A line per step (each failure also logged at error level); a journal that cannot be read at
     all raises InputError."""
     from guestagent.tiering.journal import TieringJournal, journal_path
 
-    backend = dict(backend_factories)["damon"](hostfs)
-    journal = TieringJournal(hostfs, journal_path(state_dir)).load()
+    backend = host.tiering_backend("damon")
+    journal = TieringJournal(host.fs, journal_path(state_dir)).load()
     report: UndoReport = backend.undo_journal(journal)  # type: ignore[attr-defined]
     return report
 
@@ -318,7 +301,7 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
     path = journal_path(state_dir)
     try:
         with statelock.held(hostfs, os.path.dirname(path), "tiering --reset", create=False):
-            report = undo(hostfs, state_dir)
+            report = undo(ctx.host, state_dir)
     except GuestAgentError as e:
         log.error("tiering_undo_failed", error=str(e), journal=path)
         return 1
@@ -379,7 +362,7 @@ def register(subparsers: Any) -> None:
                     help="print the summary at the end as JSON (moved, tried, CPU time)")
     rn.add_argument(
         "--backend",
-        choices=[n for n, _ in backend_factories],
+        choices=[n for n, _ in TIERING_BACKENDS],
         default=None,
         help="use only this backend ([tiering] backend)",
     )

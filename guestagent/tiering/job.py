@@ -45,7 +45,7 @@ class TieringJob:
             self._log.warning("tiering_leftover_found", journal=journal.path,
                               entries=len(journal.changes), malformed=len(journal.problems),
                               action="undo before start")
-        probed = probe_all(ctx.hostfs, journal)
+        probed = probe_all(ctx.host, journal)
         wanted = str(section["backend"])
         if wanted != "auto":
             probed = [p for p in probed if p[0] == wanted]

@@ -15,37 +15,16 @@ from typing import Any
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
 from guestagent.nodesysfs import NODE_DIR
-from guestagent.topology.reader import VnumaCall, read_topology
+from guestagent.topology.reader import read_topology
 from guestagent.topology.render import render_table, to_json_text
-from guestagent.xen.vnuma import VnumaInfo
-
-
-def real_hypercall(hostfs: HostFS) -> VnumaCall:
-    """XENMEM_get_vnumainfo through privcmd; the C extension is imported only when called."""
-
-    def call() -> VnumaInfo:
-        # Imported here: without the built C extension this raises ImportError, which the
-        # reader turns into the status line "C extension not built".
-        from guestagent.xen.privcmd import open_privcmd
-        from guestagent.xen.vnuma import get_vnumainfo
-
-        with open_privcmd(hostfs) as privcmd:
-            return get_vnumainfo(privcmd)
-
-    return call
-
 
 #: Both views were read and they disagree (the output lists every mismatch): a check's "found a
 #: problem", distinct from 1 ("could not be read"), for scripts and monitoring.
 EXIT_DISAGREE = 4
 
-#: How the command gets its hypercall; tests replace this with a fake.
-hypercall_factory = real_hypercall
-
-
 def run(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
-    topology = read_topology(hostfs, hypercall_factory(hostfs))
+    topology = read_topology(hostfs, ctx.host.vnuma_call())
     if not topology.answered:
         # Nothing to show: the one line that says why sysfs failed (and the hypercall's status).
         reason = topology.errors[-1] if topology.errors else f"{NODE_DIR}: unreadable"

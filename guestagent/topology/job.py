@@ -9,7 +9,6 @@ from guestagent.config import Config
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
 from guestagent.schema import BASE, TOPOLOGY_SECTION, guest_tree, others
-from guestagent.topology import commands as topology_commands
 from guestagent.topology.model import Topology
 from guestagent.topology.reader import read_topology
 
@@ -45,7 +44,7 @@ class TopologyJob:
     def republish(self, reason: str) -> None:
         ctx = self._ctx
         assert ctx is not None
-        topology = read_topology(ctx.hostfs, topology_commands.hypercall_factory(ctx.hostfs))
+        topology = read_topology(ctx.hostfs, ctx.host.vnuma_call())
         self._topology = topology
         for line in topology.errors:
             self._log.warning("topology_input", error=line)

@@ -101,7 +101,7 @@ def test_publish_refused_by_xenstored_is_one_line(
     import errno
     import shutil
 
-    from guestagent import publish
+    from guestagent.host import Host
     from guestagent.xen.xenstore import XenstoreError
 
     class Refusing:
@@ -114,11 +114,12 @@ def test_publish_refused_by_xenstored_is_one_line(
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(publish, "xenstore_factory", lambda hostfs: Refusing())
     root = tmp_path / "root"
     shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures/hvm-3vnode", root,
                     symlinks=True)
-    assert cli.main(["--root", str(root), "publish"]) == 1
+    refusing = Refusing()
+    assert cli.main(["--root", str(root), "publish"],
+                    make_host=lambda fs: Host(fs, open_xenstore=lambda _fs: refusing)) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "EACCES" in err and "Traceback" not in err, err
 

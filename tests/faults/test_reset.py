@@ -18,6 +18,8 @@ import argparse
 import contextlib
 import io
 import shutil
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,8 @@ import pytest
 from guestagent import cli, log
 from guestagent import config as config_mod
 from guestagent import reset as reset_mod
+from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
-from guestagent.tiering import commands as tiering_commands
 from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
 from guestagent.tiering.journal import TieringJournal, journal_path
 from guestagent.tiering.model import Move, Plan
@@ -55,9 +57,18 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeDa
     shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True, dirs_exist_ok=True)
     shutil.copytree(FIXTURES / "balloon-pv-1g", root, dirs_exist_ok=True)
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
-    monkeypatch.setattr(tiering_commands, "backend_factories",
+    monkeypatch.setattr(sys.modules[__name__], "BACKENDS",
                         [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
     return root, kernel
+
+
+#: The world's tiering backends (its fake DAMON kernel), set by the fixture.
+BACKENDS: Sequence[BackendFactory] = TIERING_BACKENDS
+
+
+def host_of(hostfs: HostFS) -> Host:
+    """The test's host: the world's backends, nothing swapped in a module."""
+    return Host(hostfs, tiering_backends=BACKENDS)
 
 
 def events(stream: io.StringIO, event: str) -> list[str]:
@@ -75,7 +86,8 @@ def reset(root: Path, *extra: str) -> tuple[int, str]:
     args = parser.parse_args(["reset", *extra])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = args.func(args, cli.Context(hostfs=HostFS(str(root))))
+        hostfs = HostFS(str(root))
+        rc = args.func(args, cli.Context(hostfs=hostfs, host=host_of(hostfs)))
     return rc, out.getvalue()
 
 
@@ -201,7 +213,7 @@ def test_a_part_that_breaks_unexpectedly_is_one_line(
     def broken(path: str, value: str) -> None:
         raise RuntimeError("the kernel said something new")
 
-    monkeypatch.setattr(tiering_commands, "backend_factories",
+    monkeypatch.setattr(sys.modules[__name__], "BACKENDS",
                         [("damon", lambda h: DamonBackend(h, writer=broken))])
     (root / "run/guestagent/devices.json").write_text("[]")
     rc, out = reset(root)
@@ -276,10 +288,10 @@ def test_through_the_command_line(
     monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "absent.d"))
     root, _kernel = world
     (root / TARGET).write_text(f"{700 * 1024}\n")
-    assert cli.main(["--root", str(root), "reset"]) == 0
+    assert cli.main(["--root", str(root), "reset"], make_host=host_of) == 0
     assert capsys.readouterr().out == (
         f"balloon: target reset to {CEILING} KiB (was {700 * 1024} KiB)\n")
-    assert cli.main(["reset", "--root", str(root)]) == 0
+    assert cli.main(["reset", "--root", str(root)], make_host=host_of) == 0
     assert capsys.readouterr().out == "nothing to undo\n"
 
 

@@ -21,12 +21,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from guestagent import cli
+from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering import commands
 from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
@@ -43,15 +44,15 @@ JOURNAL = "run/guestagent/tiering.json"
 DAEMON = """
 import sys
 from pathlib import Path
-from guestagent.tiering import commands
 from guestagent.tiering.damon import DamonBackend
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel
 root = Path(sys.argv[1])
 kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
 kernel.ran.update(i for i, s in enumerate(kernel.kdamond_states()) if s == "on")
-commands.backend_factories = [("damon", lambda h: DamonBackend(h, writer=kernel.write))]
 from guestagent.cli import main
-sys.exit(main(sys.argv[2:]))
+from guestagent.host import Host
+backends = [("damon", lambda h: DamonBackend(h, writer=kernel.write))]
+sys.exit(main(sys.argv[2:], make_host=lambda fs: Host(fs, tiering_backends=backends)))
 """
 
 
@@ -59,7 +60,7 @@ sys.exit(main(sys.argv[2:]))
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeDamonKernel]:
     root = make_tree(tmp_path)
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
-    monkeypatch.setattr(commands, "backend_factories",
+    monkeypatch.setattr(sys.modules[__name__], "BACKENDS",
                         [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
     return root, kernel
 
@@ -88,6 +89,15 @@ def started_then_killed_at(root: Path, kernel: FakeDamonKernel, first: int) -> N
     assert kernel.kdamond_states()[first] == "on"
 
 
+#: The world's tiering backends (its fake DAMON kernel), set by the fixture.
+BACKENDS: Sequence[BackendFactory] = TIERING_BACKENDS
+
+
+def host_of(hostfs: HostFS) -> Host:
+    """The test's host: the world's backends, nothing swapped in a module."""
+    return Host(hostfs, tiering_backends=BACKENDS)
+
+
 def reset(root: Path, *extra: str) -> tuple[int, str]:
     """``guestagent tiering --reset`` (its parser and handler), stdout captured."""
     parser = argparse.ArgumentParser(prog="guestagent")
@@ -95,7 +105,8 @@ def reset(root: Path, *extra: str) -> tuple[int, str]:
     args = parser.parse_args(["tiering", "--reset", *extra])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = args.func(args, cli.Context(hostfs=HostFS(str(root))))
+        hostfs = HostFS(str(root))
+        rc = args.func(args, cli.Context(hostfs=hostfs, host=host_of(hostfs)))
     return rc, out.getvalue()
 
 
@@ -367,7 +378,7 @@ def test_kill_9_of_the_daemon_then_a_restart_serves_then_reset(
 
     # `guestagent reset` (the unit's ExecStopPost) removes what the second one left.
     kernel.ran.update(i for i, s in enumerate(states(root)) if s == "on")
-    assert cli.main(["--root", str(root), "reset"]) == 0
+    assert cli.main(["--root", str(root), "reset"], make_host=host_of) == 0
     assert states(root) == [] and not (root / JOURNAL).exists()
 
 

@@ -1,0 +1,119 @@
+"""The machine the agent runs on, opened in one place (issue 14 item 1).
+
+A :class:`Host` is the root-prefixed file system (:class:`~guestagent.hostfs.HostFS`) plus the
+platform handles the commands and jobs reach Xen and the kernel through, each opened lazily, when
+first asked for, by its opener:
+
+* :meth:`Host.vnuma_call`: XENMEM_get_vnumainfo through privcmd (the guest's topology);
+* :meth:`Host.sysctl`: Xen's sysctls through privcmd, as a context manager (Dom0);
+* :meth:`Host.xenstore`: a xenstore client (``$XENSTORED_PATH``, the socket, the xenbus device);
+* :attr:`Host.tiering_backends`: the cold-memory backends in order of preference.
+
+The CLI makes one for each command (``Context.host``), the daemon hands it to every job
+(``JobContext.host``). A test passes a Host with its own openers (a fake hypercall, a test
+xenstored, a fake DAMON kernel): nothing is swapped in a module. The C extension is imported only
+by the real openers, when they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from guestagent.hostfs import HostFS
+
+if TYPE_CHECKING:
+    from guestagent.tiering.model import Backend
+    from guestagent.topology.reader import VnumaCall
+
+
+def real_vnuma_call(hostfs: HostFS) -> VnumaCall:
+    """XENMEM_get_vnumainfo through privcmd; the C extension is imported only when called."""
+    from guestagent.xen.vnuma import VnumaInfo
+
+    def call() -> VnumaInfo:
+        # Imported here: without the built C extension this raises ImportError, which the
+        # reader turns into the status line "C extension not built".
+        from guestagent.xen.privcmd import open_privcmd
+        from guestagent.xen.vnuma import get_vnumainfo
+
+        with open_privcmd(hostfs) as privcmd:
+            return get_vnumainfo(privcmd)
+
+    return call
+
+
+@contextmanager
+def real_sysctl(hostfs: HostFS) -> Iterator[Any]:
+    """A :class:`~guestagent.xen.sysctl.Sysctl` over privcmd (C extension imported here only)."""
+    from guestagent.xen.errors import XenUnavailable
+    from guestagent.xen.sysctl import Sysctl
+
+    try:
+        from guestagent.xen.privcmd import open_privcmd
+    except ImportError as e:
+        raise XenUnavailable(f"the C extension is not built ({e})") from None
+    with open_privcmd(hostfs) as privcmd:
+        yield Sysctl(privcmd)
+
+
+def real_xenstore(hostfs: HostFS) -> Any:
+    """A xenstore client the way ``xs_open`` chooses (``$XENSTORED_PATH``, the xenstored socket,
+    the xenbus device). Raises NotOnXen without one, XenUnavailable when it cannot be opened (or
+    the C extension is not built)."""
+    from guestagent.xen.errors import XenUnavailable
+    from guestagent.xen.xenstore import XenstoreClient
+
+    try:
+        from guestagent.xen.xsconn import open_xenstore
+    except ImportError as e:
+        raise XenUnavailable(f"the C extension is not built ({e})") from None
+    return XenstoreClient(open_xenstore(hostfs))
+
+
+def _damon(hostfs: HostFS) -> Backend:
+    from guestagent.tiering.damon import DamonBackend
+
+    return DamonBackend(hostfs)
+
+
+def _tmem(hostfs: HostFS) -> Backend:
+    from guestagent.tiering.tmem import TmemBackend
+
+    return TmemBackend(hostfs)
+
+
+#: A cold-memory backend: its name and what makes it for a host's file system.
+BackendFactory = tuple[str, Callable[[HostFS], "Backend"]]
+
+#: The tiering backends in order of preference.
+TIERING_BACKENDS: tuple[BackendFactory, ...] = (("damon", _damon), ("tmem", _tmem))
+
+
+@dataclass
+class Host:
+    """The host's file system and its platform handles, each opened by its opener on use."""
+
+    fs: HostFS
+    open_vnuma: Callable[[HostFS], VnumaCall] = real_vnuma_call
+    open_sysctl: Callable[[HostFS], AbstractContextManager[Any]] = real_sysctl
+    open_xenstore: Callable[[HostFS], Any] = real_xenstore
+    tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
+
+    def vnuma_call(self) -> VnumaCall:
+        """The vNUMA hypercall, made when called (its failure is the reader's status line)."""
+        return self.open_vnuma(self.fs)
+
+    def sysctl(self) -> AbstractContextManager[Any]:
+        """Xen's sysctls for a ``with`` block (closed at its end)."""
+        return self.open_sysctl(self.fs)
+
+    def xenstore(self) -> Any:
+        """A new xenstore client (the caller closes it)."""
+        return self.open_xenstore(self.fs)
+
+    def tiering_backend(self, name: str) -> Backend:
+        """The named backend over this host's file system (KeyError: no such backend)."""
+        return dict(self.tiering_backends)[name](self.fs)
