@@ -20,10 +20,10 @@ from guestagent import log
 from guestagent.cli import Context
 from guestagent.devices import commands
 from guestagent.devices.config import config_keys
-from guestagent.devices.hints import HintSource, StaticHintSource
-from guestagent.devices.model import DeviceHint
 from guestagent.errors import InputError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
+from tests.test_devices import FakeXenstore, published
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 VF = "0000:00:05.0"
@@ -54,13 +54,18 @@ def root(tmp_path: Path) -> Path:
     return dest
 
 
-def run(root: Path, *argv: str) -> tuple[int, str]:
+def run(root: Path, *argv: str, xenstore: dict[str, str] | None = None) -> tuple[int, str]:
+    """The devices command on ``root``; ``xenstore``: the tree this guest's xenstore holds
+    (none: the fixture has no xenstore, as off Xen)."""
     parser = argparse.ArgumentParser(prog="guestagent")
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["devices", *argv])
+    hostfs = HostFS(str(root))
+    host = Host(hostfs) if xenstore is None else Host(
+        hostfs, open_xenstore=lambda _fs: FakeXenstore(xenstore))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = args.func(args, Context(hostfs=HostFS(str(root))))
+        rc = args.func(args, Context(hostfs=hostfs, host=host))
     return rc, out.getvalue()
 
 
@@ -94,13 +99,15 @@ def test_apply_json_then_reset(root: Path) -> None:
     assert out == "nothing to undo\n"
 
 
-def test_apply_no_numa_node_write_and_dom0_hints(root: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    def dom0(hostfs: HostFS) -> list[HintSource]:
-        return [StaticHintSource([DeviceHint(VF, vnode=1, host_node=1)])]
+def test_apply_no_numa_node_write_and_dom0_hints(root: Path) -> None:
+    """The Dom0 agent's hint for this guest (domid 7), read through the host's xenstore."""
+    from guestagent.dom0.schema import DeviceHint as Dom0Hint
+    from guestagent.xen.sysctl import PciAddress
 
-    monkeypatch.setattr(commands, "hint_source_factory", dom0)
-    rc, out = run(root, "apply", "--no-numa-node-write")
+    tree = {"domid": "7", **published(7, [Dom0Hint(PciAddress.parse("0000:3b:00.0"),
+                                                    PciAddress.parse(VF), host_node=1, vnode=1,
+                                                    vnode_source="pnode")])}
+    rc, out = run(root, "apply", "--no-numa-node-write", xenstore=tree)
     assert rc == 0 and "node=1 (dom0)" in out and "off by configuration" in out
     assert (root / f"sys/devices/pci0000:00/{VF}/numa_node").read_text() == "-1\n"
 

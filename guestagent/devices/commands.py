@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from guestagent.devices.apply import DevicesJob
 from guestagent.devices.config import DevicesConfig, parse_override
@@ -38,17 +38,19 @@ from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
 from guestagent.undo import UndoReport
 
+if TYPE_CHECKING:
+    from guestagent.host import Host
 
-def xenstore_hint_sources(hostfs: HostFS) -> list[HintSource]:
-    """The hints the Dom0 agent published for this guest; none (logged) off Xen or where the
-    guest's own domid cannot be read."""
+
+def xenstore_hint_sources(host: Host) -> list[HintSource]:
+    """The hints the Dom0 agent published for this guest, through the host's xenstore; none
+    (logged) off Xen or where the guest's own domid cannot be read."""
     from guestagent.devices.hints import XenstoreHintSource
     from guestagent.devices.job import own_domid
     from guestagent.log import get_logger
-    from guestagent.xen.xenstore import XenstoreClient
 
     try:
-        client = XenstoreClient.open(hostfs)
+        client = host.xenstore()
     except (GuestAgentError, OSError, ImportError) as e:
         get_logger("devices").info("dom0_hints_unavailable", reason=str(e))
         return []
@@ -57,10 +59,6 @@ def xenstore_hint_sources(hostfs: HostFS) -> list[HintSource]:
         client.close()
         return []
     return [XenstoreHintSource(client, domid)]
-
-
-#: How the commands get their Dom0 hint sources; tests replace it.
-hint_source_factory: Callable[[HostFS], list[HintSource]] = xenstore_hint_sources
 
 
 def load_config(args: argparse.Namespace) -> DevicesConfig:
@@ -82,7 +80,7 @@ def load_config(args: argparse.Namespace) -> DevicesConfig:
 
 def make_job(args: argparse.Namespace, ctx: Any) -> DevicesJob:
     hostfs: HostFS = ctx.hostfs
-    return DevicesJob(hostfs, load_config(args), hint_source_factory(hostfs))
+    return DevicesJob(hostfs, load_config(args), xenstore_hint_sources(ctx.host))
 
 
 def render_table(reports: list[DeviceReport], job: DevicesJob) -> str:
@@ -197,7 +195,7 @@ def run_show(args: argparse.Namespace, ctx: Any) -> int:
 def run_apply(args: argparse.Namespace, ctx: Any) -> int:
     config = load_config(args)
     with state_lock(ctx.hostfs, config.state_file, "devices apply", create=True):
-        job = DevicesJob(ctx.hostfs, config, hint_source_factory(ctx.hostfs))
+        job = DevicesJob(ctx.hostfs, config, xenstore_hint_sources(ctx.host))
         reports = job.scan(apply=True)
     sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
     return 1 if any(r.failed for r in reports) else 0
@@ -215,7 +213,7 @@ def run_policy(args: argparse.Namespace, ctx: Any) -> int:
                   if c.kind == "irq_affinity"}
         node = None
         if is_bdf(bdf):
-            job = DevicesJob(hostfs, config, hint_source_factory(hostfs))
+            job = DevicesJob(hostfs, config, xenstore_hint_sources(ctx.host))
             job.refresh()
             device = read_device(hostfs, bdf)
             if device.numa_node < 0:
