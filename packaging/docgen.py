@@ -132,6 +132,8 @@ EXIT_BY_COMMAND = (
               "when any part failed (one error line each, naming the part; the other parts still "
               "ran) or another guestagent holds the state directory (nothing undone)."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
+    ("host numa", "0; 1 outside Dom0, with a --window or --threshold out of range, or when "
+     "Xen or xenstore cannot be read."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
     ("dom0 run", "0 when stopped (SIGTERM, SIGINT, --duration); 1 outside Dom0, without "
                  "xenstore or Xen's sysctls, when the configuration is refused, or another "
