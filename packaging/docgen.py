@@ -198,6 +198,8 @@ EXAMPLES = (
     ("Replay a recorded trace through the pressure policy:",
      "guestagent balloon simulate --trace trace.jsonl --policy pressure"),
     ("PCI devices and the node each belongs to:", "guestagent devices --json"),
+    ("In Dom0, the guests whose vCPUs run away from their vnodes' memory, worst first, over "
+     "a 30 s sample:", "guestagent host numa --window 30"),
     ("Undo everything the agent changed, also after a crash (what the unit runs after a stop):",
      "guestagent reset"),
 )

@@ -25,7 +25,7 @@ HOST = Host(
 #: Domain 9: vnode 0 on pnode 0 (vCPUs 0-1), vnode 1 on pnode 2 (2-3).
 UUID5 = "4d1f6a8e-2b7c-4c3e-9a51-0f6b2d8e7c15"
 UUID9 = "b0c1d2e3-f405-4617-8829-3a4b5c6d7e8f"
-__all__ = ["FIXTURE", "HOST", "NumaXen", "UUID5", "UUID9"]
+__all__ = ["FIXTURE", "HOST", "UUID5", "UUID9", "NumaXen"]
 
 
 @dataclass

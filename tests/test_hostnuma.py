@@ -219,7 +219,7 @@ def test_domctl_hostile_answers() -> None:
     xen = NumaXen()
     xen.domains[5] = [Vcpu(cpu=0), Vcpu(cpu=0)]
     xen.lie_vcpu[(5, 1)] = (1, 0, 1, 4096, 0)
-    with pytest.raises(InputError, match="vcpu 1: cpu: expected 0..5"):
+    with pytest.raises(InputError, match=r"vcpu 1: cpu: expected 0\.\.5"):
         Domctl(xen).vcpus(5, 6)
     xen.lie_vcpu[(5, 1)] = (7, 0, 1, 0, 0)
     with pytest.raises(InputError, match="online/running not 0 or 1"):
@@ -345,7 +345,7 @@ def test_monitor_reports_and_logs_a_forged_report_once(
     assert len([e for e in log_events if e.get("event") == "hostnuma_input_ignored"]) == 1
 
 
-# --- the command -----------------------------------------------------------------------------------
+# --- the command ------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -478,3 +478,41 @@ def test_status_and_json_of_an_empty_host() -> None:
     report = compute([], {}, 0.0, 80.0)
     assert status(report)["guests"] == 0 and status(report)["series_guest_vnode"] == []
     assert to_json(report)["guests"] == [] and "no guest" in render_table(report)
+
+
+def test_a_broken_libxl_file_is_a_problem_and_the_rest_is_served(
+    xs_server: XenstoreServer, xs_connect: Callable[[int], Any], tmp_path: Any,
+    log_events: Any,
+) -> None:
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    (root / f"var/lib/xen/userdata-d.9.{UUID9}.libxl-json").write_bytes(b'{"b_info": [1]}\0')
+    guests(xs_server)
+    xen = fake_host()
+    monitor = Monitor(Collector(xs_connect(0), HostFS(str(root)), Sysctl(xen), Domctl(xen)), 60)
+    monitor.tick(0.0)
+    spin(xen, 2.0)
+    monitor.tick(2.0)
+    report = monitor.report(80.0)
+    assert [g.domid for g in report.guests] == [5, 7]
+    (problem,) = report.problems
+    assert problem.startswith("dom9: ") and "c_info or b_info is not an object" in problem
+    assert "problem: dom9: " in render_table(report) and status(report)["problems"] == 1
+    logged = [e for e in log_events if e.get("event") == "hostnuma_input_ignored"]
+    assert [e["scope"] for e in logged] == ["guests"]
+
+
+def test_command_logs_a_forged_report_as_one_logfmt_line(
+    fake_env: NumaXen, xs_server: XenstoreServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_guest_figures(xs_server, 5, {"nr-vnodes": b"9" * 4000})
+    code = cli.main(["--root", str(FIXTURE), "host", "numa", "--json", "--window", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if "event=hostnuma_input_ignored" in ln]
+    assert len(lines) == 1 and "longer than 24 bytes" in lines[0], err
+    assert "component=hostnuma" in lines[0]
+    first = json.loads(out)["guests"][0]
+    assert first["domid"] == 5 and first["vnodes"][0]["guest_local_pct"] is None

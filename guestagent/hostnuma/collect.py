@@ -233,14 +233,12 @@ class Monitor:
         self._logged[scope] = text
 
     def _guest(self, domid: int) -> tuple[GuestLayout | None, GuestReported | None]:
-        try:
-            layout = self.collector.layout(domid)
-        except InputError as e:
-            self._note_problems(f"dom{domid}", [str(e)])
-            return None, None
+        """The guest's layout and its own figures; a malformed layout (Dom0's own libxl file)
+        is raised, a malformed report (the guest's) is logged and left out."""
+        layout = self.collector.layout(domid)
         try:
             reported = self.collector.reported(layout) if layout.vnodes else None
-        except InputError as e:
+        except (InputError, OSError) as e:
             self._note_problems(f"{layout.name} (dom{domid}) published figures", [str(e)])
             return layout, None
         self._note_problems(f"{layout.name} (dom{domid}) published figures", [])
@@ -260,6 +258,7 @@ class Monitor:
                 layouts.append(layout)
             if figures is not None:
                 reported[domid] = figures
+        self._note_problems("guests", problems)
         return figures_mod.compute(
             layouts, self.window.totals(), self.window.covered, threshold_pct, reported,
             self.collector.host_nodes(), problems,

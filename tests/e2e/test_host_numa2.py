@@ -125,8 +125,7 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         g.run_ok(f"{SPIN} {SPIN}")
         bed.dom0_ok(f"xl vcpu-pin {domid} 0 1 && xl vcpu-pin {domid} 1 1")
         base = f"/local/domain/{domid}/data/guestagent/numa"
-        _wait("the guest's own figures in xenstore",
-              lambda: bed.dom0(f"xenstore-read {base}/vnodes/1/cpu-busy-pct")[0].strip(), 300)
+        _wait("the guest's own figures in xenstore", lambda: _busy_published(bed, base), 300)
 
         bad, _ = _host_numa(bed, domid)
         print(f"pinned away: {json.dumps(bad)}")
@@ -136,7 +135,8 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         assert v1["local_pct"] is not None and v1["local_pct"] <= 10, v1
         assert v0["local_pct"] is not None and v0["local_pct"] >= 90, v0
         assert bad["reason"].startswith("vnode 1's vCPUs ran on pnode 0 for "), bad
-        assert bad["reason"].endswith(" % of the last 10 s while its memory is on pnode 1"), bad
+        tail = r" % of the last 1\d s while its memory is on pnode 1$"
+        assert re.search(tail, bad["reason"]), bad
         assert v1["guest_cpu_busy_pct"] is not None, v1  # the guest's own figure, read
 
         job_before = _dom0_job_vnode1(bed, domid)
@@ -150,6 +150,7 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         assert good["vnodes"][1]["local_pct"] >= 90, good
         assert good["locality_pct"] >= 90, good
 
+        g.run_ok("kill $(cat /tmp/daemon.pid)")  # its keys stay; nothing rewrites them now
         forged = "9" * 4000
         g.run_ok(f"xenstore-write {base}/nr-vnodes {forged}")
         ignored, err = _host_numa(bed, domid)
@@ -157,6 +158,12 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         lines = [ln for ln in err.splitlines() if "event=hostnuma_input_ignored" in ln]
         assert len(lines) == 1 and "longer than 24 bytes" in lines[0], err
         _stop_dom0_job(bed)
+
+
+def _busy_published(bed: XenBed, base: str) -> bool:
+    """The guest's numa job has published rates (its second sample): a number, not ""."""
+    out, rc = bed.dom0(f"xenstore-read {base}/vnodes/1/cpu-busy-pct")
+    return rc == 0 and bool(re.fullmatch(r"[\d.]+", out.strip()))
 
 
 def _dom0_job_vnode1(bed: XenBed, domid: int) -> float:
