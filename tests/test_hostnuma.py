@@ -516,3 +516,60 @@ def test_command_logs_a_forged_report_as_one_logfmt_line(
     assert "component=hostnuma" in lines[0]
     first = json.loads(out)["guests"][0]
     assert first["domid"] == 5 and first["vnodes"][0]["guest_local_pct"] is None
+
+
+def test_vcpus_from_xen_when_libxl_names_none(
+    xs_server: XenstoreServer, xs_connect: Callable[[int], Any], tmp_path: Any
+) -> None:
+    """A libxl-json whose vnodes list no vCPUs: Xen's vCPU -> vnode map of that domain (asked
+    with its domid) fills them in; vnode ids Xen invents are refused."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    path = root / f"var/lib/xen/userdata-d.5.{UUID5}.libxl-json"
+    doc = json.loads(path.read_bytes().rstrip(b"\0"))
+    for vnode in doc["b_info"]["vnuma_nodes"]:
+        del vnode["vcpus"]
+    path.write_text(json.dumps(doc))
+    guests(xs_server)
+    xen = fake_host()
+    asked: list[int] = []
+    answer = [1, 1, 0, 0]
+
+    def vcpu_to_vnode(domid: int) -> list[int] | None:
+        asked.append(domid)
+        return list(answer)
+
+    collector = Collector(xs_connect(0), HostFS(str(root)), Sysctl(xen), Domctl(xen),
+                          vcpu_to_vnode=vcpu_to_vnode)
+    layout = collector.layout(5)
+    assert [v.vcpus for v in layout.vnodes] == [(2, 3), (0, 1)] and asked == [5]
+    assert collector.layout(9).vnodes[1].vcpus == (2, 3) and asked == [5]  # libxl named them
+    answer[0] = 2
+    collector.forget_except([])
+    with pytest.raises(InputError, match="vnode ids beyond the 2 configured"):
+        collector.layout(5)
+
+
+def test_get_vnumainfo_asks_about_the_given_domain() -> None:
+    from guestagent.xen.vnuma import get_vnumainfo
+    from tests.test_vnuma_hypercall import THREE_VNODES, SimulatedXen
+
+    seen: list[int] = []
+
+    class Foreign(SimulatedXen):
+        """Answers for domain 5 as the simulation answers for DOMID_SELF."""
+
+        def _invoke(self, op: int, args: list[int]) -> int:
+            from guestagent.xen.privcmd import ffi
+
+            info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", args[1])
+            seen.append(int(info.domid))
+            if info.domid != 5:
+                return -errno.ESRCH
+            info.domid = 0x7FF0
+            return super()._invoke(op, args)
+
+    got = get_vnumainfo(Foreign(domain=THREE_VNODES), domid=5)
+    assert got.vcpu_to_vnode == [0, 0, 1, 2] and set(seen) == {5}

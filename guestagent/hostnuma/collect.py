@@ -17,6 +17,7 @@ import errno
 import re
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Callable
 
 from guestagent.errors import GuestAgentError, InputError
@@ -77,18 +78,31 @@ class Collector:
     """The reads, over Dom0's xenstore connection, a Sysctl and a Domctl on one privcmd."""
 
     def __init__(self, client: Any, hostfs: HostFS, sysctl: Any, domctl: Any,
-                 read_config: Callable[[int, str | None], Any] | None = None) -> None:
+                 read_config: Callable[[int, str | None], Any] | None = None,
+                 vcpu_to_vnode: Callable[[int], list[int] | None] | None = None) -> None:
         self.client = client
         self.hostfs = hostfs
         self.sysctl = sysctl
         self.domctl = domctl
         self._read_config = read_config or self._libxl_config
+        self._vcpu_to_vnode = vcpu_to_vnode or self._xen_vcpu_to_vnode
         self._layouts: dict[int, tuple[str | None, GuestLayout]] = {}
 
     def _libxl_config(self, domid: int, uuid: str | None) -> Any:
         from guestagent.dom0.toolstack import read_domain_config
 
         return read_domain_config(self.hostfs, domid, uuid)
+
+    def _xen_vcpu_to_vnode(self, domid: int) -> list[int] | None:
+        """Xen's own vCPU -> vnode map of a guest (XENMEM_get_vnumainfo on its domid, over the
+        Domctl's privcmd); None without vNUMA."""
+        from guestagent.xen.errors import NoVnuma
+        from guestagent.xen.vnuma import get_vnumainfo
+
+        try:
+            return get_vnumainfo(self.domctl.privcmd, domid=domid).vcpu_to_vnode
+        except NoVnuma:
+            return None
 
     def _read(self, path: str) -> bytes | None:
         from guestagent.xen.xenstore import XenstoreError
@@ -140,8 +154,24 @@ class Collector:
         found = self._read_config(domid, uuid)
         layout = (GuestLayout(domid, name, None, ()) if found is None
                   else guest_layout(found[0], domid, found[1], name))
+        if layout.vnodes and not any(v.vcpus for v in layout.vnodes):
+            layout = self._vcpus_from_xen(layout)
         self._layouts[domid] = (uuid, layout)
         return layout
+
+    def _vcpus_from_xen(self, layout: GuestLayout) -> GuestLayout:
+        """libxl's configuration named no vCPU of any vnode: take Xen's vCPU -> vnode map (the
+        vnode ids Xen reports must be the configured ones)."""
+        mapping = self._vcpu_to_vnode(layout.domid) or []
+        source = f"XENMEM_get_vnumainfo (domain {layout.domid})"
+        if any(not 0 <= n < len(layout.vnodes) for n in mapping):
+            raise InputError(source, f"vnode ids beyond the {len(layout.vnodes)} configured",
+                             sorted(set(mapping)))
+        vnodes = tuple(
+            replace(v, vcpus=tuple(c for c, n in enumerate(mapping) if n == v.vnode))
+            for v in layout.vnodes
+        )
+        return replace(layout, vnodes=vnodes)
 
     def forget_except(self, domids: Sequence[int]) -> None:
         for gone in set(self._layouts) - set(domids):

@@ -50,7 +50,9 @@ GUEST_NUMA_TOML = r"[numa]\nenabled = true\ninterval_seconds = 10\n"
 #: The Dom0 daemon with only the hostnuma job, sampling every 2 s over a 60 s window.
 DOM0_TOML = (r"[dom0]\nenabled = false\n[hostnuma]\nenabled = true\nsample_seconds = 2\n"
              r"window_seconds = 60\n")
-SPIN = "(while :; do :; done) </dev/null >/dev/null 2>&1 &"
+#: One busy loop on each vCPU (taskset is util-linux's, in minbase; unpinned if it is missing).
+SPIN = ("for c in 0 1; do (taskset -c $c sh -c 'while :; do :; done' || while :; do :; done) "
+        "</dev/null >/dev/null 2>&1 & done")
 
 
 def _json_in(out: str) -> Any:
@@ -122,7 +124,7 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         g.run_ok(f"mkdir -p /tmp/numa.d && printf '{GUEST_NUMA_TOML}' > /tmp/numa.toml")
         g.run_ok("guestagent run --config /tmp/numa.toml --conf-dir /tmp/numa.d "
                  ">/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
-        g.run_ok(f"{SPIN} {SPIN}")
+        g.run_ok(SPIN)
         bed.dom0_ok(f"xl vcpu-pin {domid} 0 1 && xl vcpu-pin {domid} 1 1")
         base = f"/local/domain/{domid}/data/guestagent/numa"
         _wait("the guest's own figures in xenstore", lambda: _busy_published(bed, base), 300)
