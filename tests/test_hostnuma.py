@@ -573,3 +573,13 @@ def test_get_vnumainfo_asks_about_the_given_domain() -> None:
 
     got = get_vnumainfo(Foreign(domain=THREE_VNODES), domid=5)
     assert got.vcpu_to_vnode == [0, 0, 1, 2] and set(seen) == {5}
+
+
+def test_window_is_bounded_in_buckets() -> None:
+    """A day's window sampled every second keeps at most MAX_BUCKETS buckets, and no time is
+    lost when intervals are added into one."""
+    w = Window(86400.0)
+    for i in range(3000):
+        w.add(snap(float(i), d5=[(0, i * NS)]), CPU_NODE)
+    assert len(w._parts) <= Window.MAX_BUCKETS
+    assert w.totals() == {(5, 0): {0: 2999 * NS}} and w.covered == 2999.0

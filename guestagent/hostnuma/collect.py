@@ -201,7 +201,15 @@ class Collector:
 
 
 class Window:
-    """The intervals of the last ``seconds``, each as vCPU time by node."""
+    """The intervals of the last ``seconds``, each as vCPU time by node.
+
+    Bounded: intervals shorter than ``seconds / MAX_BUCKETS`` are added into the newest bucket
+    until it is that long, so a 1 s sample over a day keeps 240 buckets, not 86,400 intervals
+    (the window then ends up to one bucket longer than asked, which the reason says: it names
+    the span the buckets cover).
+    """
+
+    MAX_BUCKETS = 240
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -211,9 +219,12 @@ class Window:
     def add(self, snap: Snapshot, cpu_node: dict[int, int]) -> None:
         prev = self._prev
         if prev is not None and snap.at > prev.at:
-            self._parts.append(
-                (prev.at, snap.at, figures_mod.interval_node_time(prev, snap, cpu_node))
-            )
+            part = figures_mod.interval_node_time(prev, snap, cpu_node)
+            last = self._parts[-1] if self._parts else None
+            if last is not None and snap.at - last[0] <= self.seconds / self.MAX_BUCKETS:
+                self._parts[-1] = (last[0], snap.at, figures_mod.sum_node_time([last[2], part]))
+            else:
+                self._parts.append((prev.at, snap.at, part))
         self._prev = snap
         while self._parts and self._parts[0][0] < snap.at - self.seconds - 1e-6:
             self._parts.popleft()
