@@ -130,6 +130,7 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         _wait("the guest's own figures in xenstore", lambda: _busy_published(bed, base), 300)
 
         bad, _ = _host_numa(bed, domid)
+        print(bed.dom0_ok(f"xl vcpu-list {domid}"))
         print(f"pinned away: {json.dumps(bad)}")
         assert bad["vnuma"] and bad["bad"], bad
         v0, v1 = bad["vnodes"]
@@ -147,6 +148,7 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
                           lambda: _risen(bed, domid, job_before), 60, 2)
         print(f"job: vnode 1 local {job_before} % pinned away -> {job_after} % pinned back")
         good, _ = _host_numa(bed, domid)
+        print(bed.dom0_ok(f"xl vcpu-list {domid}"))
         print(f"pinned back: {json.dumps(good)}")
         assert not good["bad"] and good["reason"] is None, good
         assert good["vnodes"][1]["local_pct"] >= 90, good
