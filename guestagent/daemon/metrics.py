@@ -57,8 +57,8 @@ def _label_value(value: object) -> str:
 def _series(job: str, key: str, rows: Any) -> Iterator[str]:
     """A job's ``series_<name>`` status entry (a list of ``{"labels": {...}, figure: number}``)
     as one gauge per figure, ``guestagent_<job>_<name>_<figure>{<labels>}``; e.g. the hostnuma
-    job's ``series_guest_vnode`` gives ``guestagent_hostnuma_guest_vnode_local_pct{guest="web",
-    domid="7",vnode="1"}``."""
+    job's ``series_guest_vnode`` gives
+    ``guestagent_hostnuma_guest_vnode_local_pct{guest="web",vnode="1"}``."""
     if not isinstance(rows, list):
         return
     rows = [r for r in rows if isinstance(r, Mapping) and isinstance(r.get("labels"), Mapping)]

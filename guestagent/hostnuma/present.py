@@ -104,9 +104,11 @@ def status(report: HostFigures) -> dict[str, Any]:
     guests = []
     vnodes = []
     for g in report.guests:
-        labels = {"guest": g.name, "domid": str(g.domid)}
-        guests.append({"labels": labels,
-                       **_known({"locality_pct": g.locality_pct, "bad": int(g.bad)})})
+        # The name, not the domid, labels a guest: libxl keeps names unique on a host, and a
+        # domid changes at every reboot of the guest (a new series each time).
+        labels = {"guest": g.name}
+        guests.append({"labels": labels, **_known(
+            {"domid": g.domid, "locality_pct": g.locality_pct, "bad": int(g.bad)})})
         for v in g.vnodes:
             vnodes.append({
                 "labels": {**labels, "vnode": str(v.vnode)},

@@ -186,9 +186,10 @@ def _job_vnode1(bed: XenBed, domid: int) -> float | None:
     if rc != 0:
         return None
     job = _json_in(out)["jobs"].get("hostnuma", {})
+    names = [r["labels"]["guest"] for r in job.get("series_guest", []) if r.get("domid") == domid]
     for row in job.get("series_guest_vnode", []):
         labels = row["labels"]
-        if labels["domid"] == str(domid) and labels["vnode"] == "1" and "local_pct" in row:
+        if labels["guest"] in names and labels["vnode"] == "1" and "local_pct" in row:
             from guestagent.daemon.metrics import render
 
             print(render({"jobs": {"hostnuma": job}}))
