@@ -71,10 +71,11 @@ def _agent(bed: XenBed, args: str, timeout: float = 300) -> tuple[Any, str]:
 
 
 def _wait(what: str, probe: Callable[[], Any], timeout: float, step: float = 5) -> Any:
+    """``probe()`` until it answers something other than None or False (0.0 is an answer)."""
     deadline = time.monotonic() + timeout
     while True:
         got = probe()
-        if got:
+        if got is not None and got is not False:
             return got
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not seen within {timeout:.0f}s")
