@@ -583,3 +583,15 @@ def test_window_is_bounded_in_buckets() -> None:
         w.add(snap(float(i), d5=[(0, i * NS)]), CPU_NODE)
     assert len(w._parts) <= Window.MAX_BUCKETS
     assert w.totals() == {(5, 0): {0: 2999 * NS}} and w.covered == 2999.0
+
+
+def test_a_late_last_sample_keeps_the_first_interval() -> None:
+    """Incident (real Xen, run 20261204-223509-6792-pytest-numa2): ``host numa --window 10``
+    said "of the last 9 s": its last sample came 0.4 s late, and the window dropped the first
+    interval, which started 10.4 s before it. An interval that straddles the window's start
+    stays."""
+    w = Window(10.0)
+    for at in (0.0, *[float(i) for i in range(1, 10)], 10.4):
+        w.add(snap(at, d5=[(0, int(at * NS))]), CPU_NODE)
+    assert w.covered == 10.4 and w.totals() == {(5, 0): {0: int(10.4 * NS)}}
+    assert format_window(w.covered) == "10 s"

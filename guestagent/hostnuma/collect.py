@@ -226,7 +226,10 @@ class Window:
             else:
                 self._parts.append((prev.at, snap.at, part))
         self._prev = snap
-        while self._parts and self._parts[0][0] < snap.at - self.seconds - 1e-6:
+        # Drop the intervals that ended before the window: one that straddles its start stays
+        # (a last sample a little late must not cost the first interval; incident: the e2e run
+        # 20261204-223509-6792 reported "the last 9 s" for a 10 s command).
+        while self._parts and self._parts[0][1] <= snap.at - self.seconds:
             self._parts.popleft()
 
     def restart(self) -> None:
