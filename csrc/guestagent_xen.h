@@ -9,7 +9,8 @@
  * Every struct here is checked field by field (offsetof, sizeof) against Xen's own public headers
  * from Debian's libxen-dev by tests/test_abi_layout.py. Guest handles are declared as uint64_t:
  * on x86_64 XEN_GUEST_HANDLE and XEN_GUEST_HANDLE_64 are 8 bytes holding a user-space address.
- * Sources: reference sections 1.2, 2.1, 3.2, 6.2, 7.3.
+ * Sources: reference sections 1.2, 2.1, 3.2, 6.2, 7.3; the domctl from Debian's
+ * /usr/include/xen/domctl.h (libxen-dev 4.17).
  */
 
 /* ---- privcmd (Linux include/uapi/xen/privcmd.h) ---- */
@@ -25,6 +26,7 @@ struct ga_privcmd_hypercall {
 #define GA_HYPERVISOR_memory_op 12
 #define GA_HYPERVISOR_xen_version 17
 #define GA_HYPERVISOR_sysctl 35
+#define GA_HYPERVISOR_domctl 36
 #define GA_HYPERVISOR_tmem_op 38
 
 #define GA_XENVER_version 0
@@ -149,6 +151,29 @@ struct ga_xen_sysctl {
         struct ga_xen_sysctl_cputopoinfo cputopoinfo;
         struct ga_xen_sysctl_numainfo numainfo;
         struct ga_xen_sysctl_pcitopoinfo pcitopoinfo;
+        uint8_t pad[128];
+    } u;
+};
+
+/* ---- domctl (public/domctl.h, Xen 4.17: XEN_DOMCTL_INTERFACE_VERSION 0x15) ---- */
+#define GA_XEN_DOMCTL_getvcpuinfo 14
+
+struct ga_xen_domctl_getvcpuinfo {
+    uint32_t vcpu;            /* IN */
+    uint8_t online;           /* OUT: not hot-unplugged */
+    uint8_t blocked;
+    uint8_t running;          /* scheduled on its pCPU right now */
+    uint64_t cpu_time;        /* ns spent running, since the vCPU was created */
+    uint32_t cpu;             /* the pCPU it is on (last ran on) */
+};
+
+struct ga_xen_domctl {
+    uint32_t cmd;
+    uint32_t interface_version;
+    uint16_t domain;
+    uint16_t _pad[3];
+    union {
+        struct ga_xen_domctl_getvcpuinfo getvcpuinfo;
         uint8_t pad[128];
     } u;
 };

@@ -140,6 +140,7 @@ JOB_KEY_MODULES = (
     "guestagent.devices.config",
     "guestagent.tiering.config",
     "guestagent.numa.config",
+    "guestagent.hostnuma.config",
 )
 
 

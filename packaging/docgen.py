@@ -136,6 +136,8 @@ EXIT_BY_COMMAND = (
               "when any part failed (one error line each, naming the part; the other parts still "
               "ran) or another guestagent holds the state directory (nothing undone)."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
+    ("host numa", "0; 1 outside Dom0, with a --window or --threshold out of range, or when "
+     "Xen or xenstore cannot be read."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
     ("dom0 run", "0 when stopped (SIGTERM, SIGINT, --duration); 1 outside Dom0, without "
                  "xenstore or Xen's sysctls, when the configuration is refused, or another "
@@ -201,6 +203,8 @@ EXAMPLES = (
     ("Replay a recorded trace through the pressure policy:",
      "guestagent balloon simulate --trace trace.jsonl --policy pressure"),
     ("PCI devices and the node each belongs to:", "guestagent devices --json"),
+    ("In Dom0, the guests whose vCPUs run away from their vnodes' memory, worst first, over "
+     "a 30 s sample:", "guestagent host numa --window 30"),
     ("Undo everything the agent changed, also after a crash (what the unit runs after a stop):",
      "guestagent reset"),
 )

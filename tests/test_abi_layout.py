@@ -36,6 +36,8 @@ STRUCTS: list[tuple[str, str, str]] = [
     ("ga_xen_sysctl_pcitopoinfo", "xen_sysctl_pcitopoinfo", "tools"),
     ("ga_xen_sysctl_physinfo", "xen_sysctl_physinfo", "tools"),
     ("ga_xen_sysctl", "xen_sysctl", "tools"),
+    ("ga_xen_domctl_getvcpuinfo", "xen_domctl_getvcpuinfo", "tools"),
+    ("ga_xen_domctl", "xen_domctl", "tools"),
     # tmem is only visible to guests built for an interface version before 4.13 (reference 6.1).
     ("ga_tmem_op", "tmem_op", "tmem"),
 ]
@@ -46,6 +48,8 @@ CONSTANTS: list[tuple[str, str, str]] = [
     ("GA_HYPERVISOR_memory_op", "__HYPERVISOR_memory_op", "tools"),
     ("GA_HYPERVISOR_xen_version", "__HYPERVISOR_xen_version", "tools"),
     ("GA_HYPERVISOR_sysctl", "__HYPERVISOR_sysctl", "tools"),
+    ("GA_HYPERVISOR_domctl", "__HYPERVISOR_domctl", "tools"),
+    ("GA_XEN_DOMCTL_getvcpuinfo", "XEN_DOMCTL_getvcpuinfo", "tools"),
     ("GA_HYPERVISOR_tmem_op", "__HYPERVISOR_tmem_op", "tools"),
     ("GA_XENVER_version", "XENVER_version", "tools"),
     ("GA_DOMID_SELF", "DOMID_SELF", "tools"),
@@ -70,6 +74,7 @@ PRELUDE = {
 #include <xen/memory.h>
 #include <xen/physdev.h>
 #include <xen/sysctl.h>
+#include <xen/domctl.h>
 #include <xen/io/xs_wire.h>
 #include <xen/sys/privcmd.h>
 """,
@@ -163,5 +168,7 @@ def test_reference_sizes() -> None:
         "ga_xen_sysctl_numainfo": 24,
         "ga_xen_sysctl_pcitopoinfo": 24,
         "ga_xen_sysctl_physinfo": 112,
+        "ga_xen_domctl_getvcpuinfo": 24,
+        "ga_xen_domctl": 144,
     }
     assert {name: ffi.sizeof(f"struct {name}") for name in sizes} == sizes

@@ -167,6 +167,7 @@ def test_every_daemon_job_has_its_section_and_name() -> None:
         "tiering",
         "numa",
     ]
-    assert [j.name for j in make_jobs(cfg, "dom0")] == ["dom0"]
+    assert [j.name for j in make_jobs(cfg, "dom0")] == ["dom0", "hostnuma"]
+    assert [j.name for j in make_jobs(defaults(), "dom0")] == ["dom0"]  # hostnuma: off
     cfg.values["devices"]["enabled"] = False
     assert "devices" not in [j.name for j in make_jobs(cfg, "guest")]

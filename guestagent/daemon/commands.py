@@ -98,6 +98,7 @@ JOBS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("tiering", ("guest",), "guestagent.tiering.job:TieringJob"),
     ("numa", ("guest",), "guestagent.numa.job:NumaJob"),
     ("dom0", ("dom0",), "guestagent.dom0.job:Dom0Job"),
+    ("hostnuma", ("dom0",), "guestagent.hostnuma.job:HostNumaJob"),
 )
 
 

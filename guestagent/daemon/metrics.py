@@ -58,11 +58,6 @@ ITEM_LISTS: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
-def _label_value(value: object) -> str:
-    """A label value in the exposition format's escaping (any text may be a label value)."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _item_figure(value: object) -> float | None:
     if isinstance(value, (list, tuple)):
         return float(len(value))
@@ -89,6 +84,32 @@ def _items(job: str, key: str, label: str, name_field: str, items: Any) -> Itera
             if number is not None:
                 shown = _label_value(row[name_field])
                 yield f'{metric}{{{label}="{shown}"}} {_sample(number)}'
+
+
+def _label_value(value: object) -> str:
+    """A label value as the exposition format escapes it (any text: a guest's name)."""
+    text = str(value)[:128]
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _series(job: str, key: str, rows: Any) -> Iterator[str]:
+    """A job's ``series_<name>`` status entry (a list of ``{"labels": {...}, figure: number}``)
+    as one gauge per figure, ``guestagent_<job>_<name>_<figure>{<labels>}``; e.g. the hostnuma
+    job's ``series_guest_vnode`` gives
+    ``guestagent_hostnuma_guest_vnode_local_pct{guest="web",vnode="1"}``."""
+    if not isinstance(rows, list):
+        return
+    rows = [r for r in rows if isinstance(r, Mapping) and isinstance(r.get("labels"), Mapping)]
+    figures = sorted({f for row in rows for f in row if f != "labels"})
+    for figure in figures:
+        metric = _metric_name(job, key[len("series_"):], figure)
+        yield f"# TYPE {metric} gauge"
+        for row in rows:
+            number = row.get(figure)
+            if isinstance(number, (int, float)):
+                labels = ",".join(f'{_NAME_OK.sub("_", str(k))}="{_label_value(v)}"'
+                                  for k, v in row["labels"].items())
+                yield f"{metric}{{{labels}}} {_sample(float(number))}"
 
 
 def render(status: Mapping[str, Any]) -> str:
@@ -128,6 +149,8 @@ def render(status: Mapping[str, Any]) -> str:
                 lines += _labelled(name, key, rows)
             elif (name, key) in ITEM_LISTS:
                 lines += _items(name, key, *ITEM_LISTS[name, key], rows)
+            elif key.startswith("series_"):
+                lines += _series(name, key, rows)
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,5 @@
-"""Dom0 commands: ``guestagent host topology [--json]``, ``guestagent dom0 publish`` (one pass)
+"""Dom0 commands: ``guestagent host topology [--json]``, ``guestagent host numa`` (registered
+from :mod:`guestagent.hostnuma.commands`), ``guestagent dom0 publish`` (one pass)
 and ``guestagent dom0 run`` (the daemon running the Dom0 job alone: it follows the xenstore
 watches until SIGTERM or ``--duration``).
 
@@ -161,6 +162,9 @@ def register(subparsers: Any) -> None:
     topo.add_argument("--json", action="store_true", help="print one JSON object")
     _role_argument(topo)
     topo.set_defaults(func=host_topology)
+    from guestagent.hostnuma.commands import register_host
+
+    register_host(host_sub, _role_argument)
 
     dom0 = subparsers.add_parser("dom0", help="Dom0 services for the guests")
     dom0_sub = dom0.add_subparsers(dest="dom0_command", metavar="COMMAND", required=True)

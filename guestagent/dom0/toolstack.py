@@ -69,6 +69,11 @@ def _load_json(data: bytes, source: str) -> Any:
 
 def parse_domain_config(data: bytes, domid: int, source: str) -> GuestConfig:
     """A ``libxl_domain_config`` object, or ``xl list -l``'s list holding one for ``domid``."""
+    return guest_config(load_domain_config(data, domid, source), domid, source)
+
+
+def load_domain_config(data: bytes, domid: int, source: str) -> dict[str, Any]:
+    """The ``libxl_domain_config`` JSON object (unwrapped from ``xl list -l``'s list)."""
     doc = _load_json(data, source)
     if isinstance(doc, list):
         matches = [
@@ -79,6 +84,11 @@ def parse_domain_config(data: bytes, domid: int, source: str) -> GuestConfig:
         doc = matches[0]["config"]
     if not isinstance(doc, dict):
         raise InputError(source, "the domain configuration is not a JSON object")
+    return doc
+
+
+def guest_config(doc: dict[str, Any], domid: int, source: str) -> GuestConfig:
+    """The type and vnode -> pnode map of one loaded ``libxl_domain_config``."""
     c_info = doc.get("c_info", {})
     b_info = doc.get("b_info", {})
     if not isinstance(c_info, dict) or not isinstance(b_info, dict):
@@ -151,6 +161,27 @@ def xl_list(domid: int) -> bytes | None:
     return done.stdout
 
 
+def read_domain_config(
+    hostfs: HostFS,
+    domid: int,
+    uuid: str | None,
+    xl: Callable[[int], bytes | None] | None = None,
+) -> tuple[dict[str, Any], str] | None:
+    """(the loaded config, its source): libxl's JSON file, else ``xl list -l`` (only on the
+    real host), else None (unknown)."""
+    path = find_userdata(hostfs, domid, uuid)
+    if path is not None:
+        return load_domain_config(read_bytes(hostfs, path), domid, path), path
+    runner = xl if xl is not None else (xl_list if hostfs.is_real_host else None)
+    if runner is None:
+        return None
+    output = runner(domid)
+    if output is None:
+        return None
+    source = f"xl list -l {domid}"
+    return load_domain_config(output, domid, source), source
+
+
 def read_guest_config(
     hostfs: HostFS,
     domid: int,
@@ -158,13 +189,5 @@ def read_guest_config(
     xl: Callable[[int], bytes | None] | None = None,
 ) -> GuestConfig | None:
     """libxl's JSON file, else ``xl list -l`` (only on the real host), else None (unknown)."""
-    path = find_userdata(hostfs, domid, uuid)
-    if path is not None:
-        return parse_domain_config(read_bytes(hostfs, path), domid, path)
-    runner = xl if xl is not None else (xl_list if hostfs.is_real_host else None)
-    if runner is None:
-        return None
-    output = runner(domid)
-    if output is None:
-        return None
-    return parse_domain_config(output, domid, f"xl list -l {domid}")
+    found = read_domain_config(hostfs, domid, uuid, xl)
+    return None if found is None else guest_config(found[0], domid, found[1])

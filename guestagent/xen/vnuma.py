@@ -110,8 +110,11 @@ def validate_vnuma(
 MAX_ATTEMPTS = 5
 
 
-def get_vnumainfo(privcmd: Privcmd, attempts: int = MAX_ATTEMPTS) -> VnumaInfo:
-    """Run XENMEM_get_vnumainfo on DOMID_SELF (reference section 2.2).
+def get_vnumainfo(
+    privcmd: Privcmd, attempts: int = MAX_ATTEMPTS, domid: int | None = None
+) -> VnumaInfo:
+    """Run XENMEM_get_vnumainfo on DOMID_SELF, or on ``domid`` (Dom0 asking about a guest:
+    ``xsm_get_vnumainfo`` is XSM_TARGET, which the control domain passes; reference 2.2).
 
     First ask with zero capacities: Xen answers -ENOBUFS with the counts it needs. Then allocate
     the arrays in one hypercall buffer and ask again, starting over on -ENOBUFS or -EAGAIN (the
@@ -125,6 +128,7 @@ def get_vnumainfo(privcmd: Privcmd, attempts: int = MAX_ATTEMPTS) -> VnumaInfo:
     info_type = "struct ga_xen_vnuma_topology_info"
     range_type = "struct ga_xen_vmemrange"
     info_size = ffi.sizeof(info_type)
+    target = int(lib.GA_DOMID_SELF) if domid is None else domid
 
     def call(address: int) -> int:
         try:
@@ -143,7 +147,7 @@ def get_vnumainfo(privcmd: Privcmd, attempts: int = MAX_ATTEMPTS) -> VnumaInfo:
     for _ in range(attempts):
         with privcmd.buffer(info_size) as probe:
             info: Any = probe.struct(info_type)
-            info.domid = int(lib.GA_DOMID_SELF)
+            info.domid = target
             if call(probe.address) == 0:
                 raise InputError(
                     SOURCE, "answered a zero-capacity query with success, not -ENOBUFS"
@@ -159,7 +163,7 @@ def get_vnumainfo(privcmd: Privcmd, attempts: int = MAX_ATTEMPTS) -> VnumaInfo:
         total = ranges_off + ffi.sizeof(range_type) * nranges
         with privcmd.buffer(total) as buf:
             info = buf.struct(info_type)
-            info.domid = int(lib.GA_DOMID_SELF)
+            info.domid = target
             info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = nodes, vcpus, nranges
             info.vdistance = buf.address_of(dist_off)
             info.vcpu_to_vnode = buf.address_of(cpus_off)
