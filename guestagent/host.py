@@ -59,6 +59,22 @@ def real_sysctl(hostfs: HostFS) -> Iterator[Any]:
         yield Sysctl(privcmd)
 
 
+@contextmanager
+def real_xen_controls(hostfs: HostFS) -> Iterator[tuple[Any, Any]]:
+    """Xen's sysctls and domctls on one privcmd, for a ``with`` block (``guestagent host numa``).
+    Raises XenUnavailable when the C extension is not built."""
+    from guestagent.xen.domctl import Domctl
+    from guestagent.xen.errors import XenUnavailable
+    from guestagent.xen.sysctl import Sysctl
+
+    try:
+        from guestagent.xen.privcmd import open_privcmd
+    except ImportError as e:
+        raise XenUnavailable(f"the C extension is not built ({e})") from None
+    with open_privcmd(hostfs) as privcmd:
+        yield Sysctl(privcmd), Domctl(privcmd)
+
+
 def real_xenstore(hostfs: HostFS) -> Any:
     """A xenstore client the way ``xs_open`` chooses (``$XENSTORED_PATH``, the xenstored socket,
     the xenbus device). Raises NotOnXen without one, XenUnavailable when it cannot be opened (or
@@ -100,6 +116,8 @@ class Host:
     open_vnuma: Callable[[HostFS], VnumaCall] = real_vnuma_call
     open_sysctl: Callable[[HostFS], AbstractContextManager[Any]] = real_sysctl
     open_xenstore: Callable[[HostFS], Any] = real_xenstore
+    open_xen_controls: Callable[[HostFS], AbstractContextManager[tuple[Any, Any]]] = (
+        real_xen_controls)
     tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
 
     def vnuma_call(self) -> VnumaCall:
@@ -113,6 +131,10 @@ class Host:
     def xenstore(self) -> Any:
         """A new xenstore client (the caller closes it)."""
         return self.open_xenstore(self.fs)
+
+    def xen_controls(self) -> AbstractContextManager[tuple[Any, Any]]:
+        """(Sysctl, Domctl) on one privcmd for a ``with`` block (closed at its end)."""
+        return self.open_xen_controls(self.fs)
 
     def tiering_backend(self, name: str) -> Backend:
         """The named backend over this host's file system (KeyError: no such backend)."""

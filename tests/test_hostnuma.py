@@ -21,6 +21,7 @@ from guestagent.daemon import metrics
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.service import JobContext, XenstoreHub
 from guestagent.errors import InputError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.hostnuma import commands
 from guestagent.hostnuma.collect import Collector, Monitor, Window, guest_layout
@@ -48,6 +49,8 @@ from guestagent.xen.errors import XenUnavailable
 from guestagent.xen.sysctl import Sysctl
 from tests.hostnuma_support import FIXTURE, UUID5, UUID9, NumaXen, Vcpu
 from tests.xenstore_server import XenstoreServer
+
+MakeHost = Callable[[HostFS], Host]
 
 CPU_NODE = {0: 0, 1: 0, 2: 1, 3: 1, 4: 2, 5: 2}
 TWO_VNODES = GuestLayout(5, "web", "hvm", (VnodeLayout(0, 0, (0, 1)), VnodeLayout(1, 1, (2, 3))))
@@ -350,28 +353,33 @@ def test_monitor_reports_and_logs_a_forged_report_once(
 
 @pytest.fixture
 def fake_env(monkeypatch: pytest.MonkeyPatch, xs_server: XenstoreServer,
-             xs_connect: Callable[[int], Any]) -> NumaXen:
+             xs_connect: Callable[[int], Any]) -> MakeHost:
+    """The host the command gets: the fake Xen's sysctls and domctls, the test xenstored."""
     guests(xs_server)
     xen = fake_host()
     now = [100.0]
 
     @contextmanager
-    def xen_factory(hostfs: HostFS) -> Iterator[tuple[Any, Any]]:
+    def xen_controls(hostfs: HostFS) -> Iterator[tuple[Any, Any]]:
         yield Sysctl(xen), Domctl(xen)
 
     def sleep(seconds: float) -> None:
         spin(xen, seconds)
         now[0] += seconds
 
-    monkeypatch.setattr(commands, "xen_factory", xen_factory)
-    monkeypatch.setattr(commands, "xenstore_factory", lambda hostfs: xs_connect(0))
     monkeypatch.setattr(commands, "clock", lambda: now[0])
     monkeypatch.setattr(commands, "sleep", sleep)
-    return xen
+
+    def make_host(hostfs: HostFS) -> Host:
+        return Host(hostfs, open_xenstore=lambda _fs: xs_connect(0),
+                    open_xen_controls=xen_controls)
+
+    return make_host
 
 
-def test_host_numa_json(fake_env: NumaXen, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["--root", str(FIXTURE), "host", "numa", "--json", "--window", "4"])
+def test_host_numa_json(fake_env: MakeHost, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["--root", str(FIXTURE), "host", "numa", "--json", "--window", "4"],
+                    make_host=fake_env)
     out, err = capsys.readouterr()
     assert code == 0, err
     doc = json.loads(out)
@@ -385,9 +393,9 @@ def test_host_numa_json(fake_env: NumaXen, capsys: pytest.CaptureFixture[str]) -
     assert doc["problems"] == []
 
 
-def test_host_numa_table(fake_env: NumaXen, capsys: pytest.CaptureFixture[str]) -> None:
+def test_host_numa_table(fake_env: MakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["--root", str(FIXTURE), "host", "numa", "--window", "2",
-                     "--threshold", "40"])
+                     "--threshold", "40"], make_host=fake_env)
     out, err = capsys.readouterr()
     assert code == 0 and "sampling every guest's vCPUs for 2 s" in err
     lines = out.splitlines()
@@ -405,9 +413,9 @@ def test_host_numa_table(fake_env: NumaXen, capsys: pytest.CaptureFixture[str]) 
     (["--threshold", "101"], "--threshold: expected 0..100"),
 ])
 def test_host_numa_refuses_bad_options(
-    fake_env: NumaXen, capsys: pytest.CaptureFixture[str], argv: list[str], why: str
+    fake_env: MakeHost, capsys: pytest.CaptureFixture[str], argv: list[str], why: str
 ) -> None:
-    code = cli.main(["--root", str(FIXTURE), "host", "numa", *argv])
+    code = cli.main(["--root", str(FIXTURE), "host", "numa", *argv], make_host=fake_env)
     _, err = capsys.readouterr()
     assert code == 1 and why in err
 
@@ -505,10 +513,11 @@ def test_a_broken_libxl_file_is_a_problem_and_the_rest_is_served(
 
 
 def test_command_logs_a_forged_report_as_one_logfmt_line(
-    fake_env: NumaXen, xs_server: XenstoreServer, capsys: pytest.CaptureFixture[str]
+    fake_env: MakeHost, xs_server: XenstoreServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     publish_guest_figures(xs_server, 5, {"nr-vnodes": b"9" * 4000})
-    code = cli.main(["--root", str(FIXTURE), "host", "numa", "--json", "--window", "2"])
+    code = cli.main(["--root", str(FIXTURE), "host", "numa", "--json", "--window", "2"],
+                    make_host=fake_env)
     out, err = capsys.readouterr()
     assert code == 0
     lines = [ln for ln in err.splitlines() if "event=hostnuma_input_ignored" in ln]

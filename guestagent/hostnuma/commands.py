@@ -12,46 +12,17 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Callable
 
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
-from guestagent.xen.errors import XenUnavailable
 
 #: Seconds between two samples of the one-shot command.
 SAMPLE_SECONDS = 1.0
 WINDOW_RANGE = (2.0, 600.0)
 
 
-@contextmanager
-def real_xen(hostfs: HostFS) -> Iterator[tuple[Any, Any]]:
-    """(Sysctl, Domctl) on one privcmd (the C extension imported here only)."""
-    from guestagent.xen.domctl import Domctl
-    from guestagent.xen.sysctl import Sysctl
-
-    try:
-        from guestagent.xen.privcmd import open_privcmd
-    except ImportError as e:
-        raise XenUnavailable(f"the C extension is not built ({e})") from None
-    with open_privcmd(hostfs) as privcmd:
-        yield Sysctl(privcmd), Domctl(privcmd)
-
-
-def real_xenstore(hostfs: HostFS) -> Any:
-    from guestagent.xen.xenstore import XenstoreClient
-
-    try:
-        from guestagent.xen.xsconn import open_xenstore
-    except ImportError as e:
-        raise XenUnavailable(f"the C extension is not built ({e})") from None
-    return XenstoreClient(open_xenstore(hostfs))
-
-
-#: How the command reaches Xen, xenstore and the clock; tests replace these.
-xen_factory: Callable[[HostFS], Any] = real_xen
-xenstore_factory: Callable[[HostFS], Any] = real_xenstore
+#: The command's clock and sleep; tests replace them (the platform comes from ``ctx.host``).
 clock: Callable[[], float] = time.monotonic
 sleep: Callable[[float], None] = time.sleep
 
@@ -85,9 +56,9 @@ def host_numa(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
     window, threshold = _checked(args)
     require_dom0(hostfs, args.role)
-    client = xenstore_factory(hostfs)
+    client = ctx.host.xenstore()
     try:
-        with xen_factory(hostfs) as (sysctl, domctl):
+        with ctx.host.xen_controls() as (sysctl, domctl):
             monitor = Monitor(Collector(client, hostfs, sysctl, domctl), window)
             if not args.json:
                 print(f"sampling every guest's vCPUs for {window:g} s ...", file=sys.stderr)
