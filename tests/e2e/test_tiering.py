@@ -241,10 +241,31 @@ def check_kill_9_mid_tiering(g: Guest) -> str:
     kdamond, a fresh agent serves (adds kdamonds 3 and 4, migrates), and after its SIGTERM and
     the stop command again no kdamond runs and the journal is gone. Returns a summary line."""
     started = time.monotonic()  # reported, not asserted
+    fill, applied, foreign_pid, after_kill = kill_mid_move(g)
+    before_reset = sc.parse_sample(time.monotonic(), g.run_ok(sc.SAMPLE_SH))
+    check_reset_spares_the_other_user(g, foreign_pid)
+    # The other user stops its kdamond (off and empty; nr_kdamonds stays 3), then a fresh agent.
+    g.run_ok(f"echo off > {KD}/0/state; echo 0 > {KD}/0/contexts/nr_contexts; "
+             "kill $(cat /tmp/foreign.pid)")
+    check_fresh_agent_serves_then_stops(g)
+    moved_after_kill = (before_reset.cold_pages.get(1, 0)
+                        - after_kill.cold_pages.get(1, 0)) * sc.PAGE // MIB
+    return (f"tiering kill -9: {fill} MiB cold on node 0, killed at sz_applied "
+            f"{[a // MIB for a in applied]} MiB; the orphaned kdamond moved {moved_after_kill} "
+            f"MiB more before {'; '.join(UNIT_STOP_POST)}, which turned off and emptied kdamonds "
+            f"1 and 2 and left the other user's kdamond 0 running (pid {foreign_pid}); a fresh "
+            f"agent served (kdamonds 3-4 added); {time.monotonic() - started:.0f} s in all")
+
+
+def kill_mid_move(g: Guest) -> tuple[int, list[int], int, sc.Sample]:
+    """A new cold buffer on node 0, another user's idle kdamond 0, the agent, the other user's
+    kdamond started, ``kill -9`` of the agent while pages move (:data:`KILL_MID_MOVE`); checked:
+    the crash undid nothing. Returns the buffer's MiB, the sz_applied values seen rising, the
+    other user's kdamond thread and a sample taken after the kill."""
     fill = refill_node0(g)
     # Another DAMON user's kdamond 0, idle (off, no context) when the agent starts: the agent
-    # adds its own after it; the other user configures and starts it only then.
-    # Its kdamond will monitor a process of its own (vaddr): a sleep, its PID from itself.
+    # adds its own after it; the other user configures and starts it only then, to monitor a
+    # process of its own (vaddr): a sleep, its PID from itself.
     g.run_ok(f"echo 1 > {KD}/nr_kdamonds; rm -f /tmp/foreign.pid; "
              "setsid sh -c 'echo $$ > /tmp/foreign.pid; exec sleep 100000' "
              "</dev/null >/dev/null 2>&1 & "
@@ -252,24 +273,26 @@ def check_kill_9_mid_tiering(g: Guest) -> str:
              "done; cat /tmp/foreign.pid")
     start_agent(g, "crash", CRASH_ARGS)
     out, rc = g.run(KILL_MID_MOVE, timeout=700)
-    assert rc == 0 and "killed: rc 137" in out, (
-        out, g.run_ok("tail -n 30 /tmp/crash.log"))
+    assert rc == 0 and "killed: rc 137" in out, (out, g.run_ok("tail -n 30 /tmp/crash.log"))
     applied = [int(v) for v in re.findall(r"^sz_applied (\d+)$", out, re.M)]
     log(f"kill -9 mid-move: {' '.join(out.split())}")
     after_kill = sc.parse_sample(time.monotonic(), g.run_ok(sc.SAMPLE_SH))
-
     # The crash undid nothing: the agent's kdamond migrates on, the journal names its kdamonds.
     kds, rest = damon_left(g)
-    foreign_pid = kds[0][2]
-    assert kds[0][0] == "on" and rest.get("kd0") == "vaddr " + g.run_ok(
-        "cat /tmp/foreign.pid").strip(), (kds, rest)
+    foreign = g.run_ok("cat /tmp/foreign.pid").strip()
+    assert kds[0][0] == "on" and rest.get("kd0") == f"vaddr {foreign}", (kds, rest)
     assert kds[1][0] == "on" and rest["nr"] == "3", (kds, rest)
     journal = json.loads(g.run_ok(f"cat {JOURNAL}"))
     paths = {c["path"] for c in journal["changes"]}
     assert {f"{KD}/nr_kdamonds", f"{KD}/1", f"{KD}/2"} <= paths, journal
+    return fill, applied, kds[0][2], after_kill
 
+
+def check_reset_spares_the_other_user(g: Guest, foreign_pid: int) -> None:
+    """The unit's stop command after the kill: the agent's kdamonds 1 and 2 off and empty, the
+    other user's kdamond 0 untouched (on, the same thread, its vaddr setup), nr_kdamonds left
+    at 3, the journal gone, no error line."""
     undone = stop_post(g)
-    before_reset = sc.parse_sample(time.monotonic(), g.run_ok(sc.SAMPLE_SH))
     kds, rest = damon_left(g)
     stop_log = g.run_ok("cat /tmp/stop-post.log")
     assert re.search(r"^tiering: kdamond 1: turned off \(was on\) and emptied", undone, re.M), (
@@ -278,7 +301,6 @@ def check_kill_9_mid_tiering(g: Guest) -> str:
     assert re.search(r"^tiering: nr_kdamonds: left at 3: kdamonds \[0\] are in use", undone,
                      re.M), (undone, stop_log)
     assert not re.search(r"^tiering: kdamond 0\b", undone, re.M), undone
-    # The other user's kdamond: still on, the same thread, its setup intact.
     assert kds[0] == ("on", 1, foreign_pid), (kds, undone)
     assert rest["kd0"].startswith("vaddr "), rest
     assert kds[1][:2] == ("off", 0) and kds[2][:2] == ("off", 0), (kds, undone)
@@ -286,20 +308,24 @@ def check_kill_9_mid_tiering(g: Guest) -> str:
     assert rest["journal"] == "absent", (rest, undone)
     assert "level=error" not in stop_log, stop_log
 
-    # The other user stops its kdamond (off and empty; nr_kdamonds stays 3), then a fresh agent.
-    g.run_ok(f"echo off > {KD}/0/state; echo 0 > {KD}/0/contexts/nr_contexts; "
-             "kill $(cat /tmp/foreign.pid)")
+
+def tiering_serving(g: Guest) -> dict[str, Any]:
+    """The fresh agent's tiering job in ``guestagent status --json`` once it is active (its
+    kdamonds added), else {}; AssertionError with its log if it exited (refused)."""
+    if g.run("test -s /tmp/fresh.rc")[1] == 0:
+        raise AssertionError("the fresh agent exited:\n" + g.run_ok("cat /tmp/fresh.log"))
+    out, rc = g.run("guestagent status --json 2>/dev/null")
+    job: dict[str, Any] = sc.first_json(out).get("jobs", {}).get("tiering", {}) if rc == 0 else {}
+    return job if job.get("active") else {}
+
+
+def check_fresh_agent_serves_then_stops(g: Guest) -> None:
+    """A fresh ``tiering run`` on what the crash and the reset left serves (no "another DAMON
+    user", no leftover, its kdamonds added after the three idle ones); SIGTERM and the stop
+    command then leave no kdamond running and no journal."""
     start_agent(g, "fresh", FRESH_ARGS)
-
-    def serving() -> dict[str, Any]:
-        if g.run("test -s /tmp/fresh.rc")[1] == 0:
-            raise AssertionError("the fresh agent exited:\n" + g.run_ok("cat /tmp/fresh.log"))
-        out, rc = g.run("guestagent status --json 2>/dev/null")
-        job = sc.first_json(out).get("jobs", {}).get("tiering", {}) if rc == 0 else {}
-        return job if job.get("active") else {}
-
     deadline = time.monotonic() + 300
-    while not (job := serving()):
+    while not (job := tiering_serving(g)):
         assert time.monotonic() < deadline, g.run_ok("tail -n 30 /tmp/fresh.log")
         time.sleep(3)
     assert job["running"] and job["backend"] == "damon", job
@@ -309,7 +335,6 @@ def check_kill_9_mid_tiering(g: Guest) -> str:
     assert re.search(r"event=damon_kdamonds_added\b.*\bfirst=3\b", fresh_log), fresh_log
     kds, rest = damon_left(g)
     assert rest["nr"] == "5" and kds[3][0] == "on", (kds, rest)
-
     # Stopped as systemd stops it: SIGTERM, then the stop command (nothing of tiering's left).
     out = g.run_ok("kill -TERM $(cat /tmp/fresh.pid); i=0; "
                    "while [ ! -s /tmp/fresh.rc ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; "
@@ -320,10 +345,3 @@ def check_kill_9_mid_tiering(g: Guest) -> str:
     kds, rest = damon_left(g)
     assert all(k[:2] == ("off", 0) for k in kds.values()), kds
     assert rest["threads"] == "0" and rest["journal"] == "absent", rest
-    moved_after_kill = (before_reset.cold_pages.get(1, 0)
-                        - after_kill.cold_pages.get(1, 0)) * sc.PAGE // MIB
-    return (f"tiering kill -9: {fill} MiB cold on node 0, killed at sz_applied "
-            f"{[a // MIB for a in applied]} MiB; the orphaned kdamond moved {moved_after_kill} "
-            f"MiB more before {'; '.join(UNIT_STOP_POST)}, which turned off and emptied kdamonds "
-            f"1 and 2 and left the other user's kdamond 0 running (pid {foreign_pid}); a fresh "
-            f"agent served (kdamonds 3-4 added); {time.monotonic() - started:.0f} s in all")
