@@ -117,11 +117,16 @@ JOURNAL = "/run/guestagent/tiering.json"
 #: about a minute, so the kill lands while pages move.
 CRASH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-high-pct {sc.SOURCE_HIGH_PCT:g} "
               f"--target-min-pct {sc.TARGET_MIN_PCT:g} --max-rate-mb 4 --json")
-#: The fresh agent: node 0 is a source up to 40 % free, so whatever the orphaned kdamond moved
+#: The fresh agent: node 0 is a source up to 44 % free, so whatever the orphaned kdamond moved
 #: before the reset, the fresh agent has a move to make and adds kdamonds of its own.
-FRESH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-low-pct 40 "
+FRESH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-low-pct 44 "
               f"--source-high-pct {sc.SOURCE_HIGH_PCT:g} --target-min-pct {sc.TARGET_MIN_PCT:g} "
               "--max-rate-mb 4 --json")
+
+#: ``w FILE VALUE``: a DAMON sysfs write tried again while it fails (EBUSY: the sysfs lock is
+#: taken with a trylock, and every running kdamond holds it for a moment now and then).
+RETRY_WRITE = """w() { n=0; until echo "$2" > "$1" 2>/dev/null; do n=$((n+1));
+       [ $n -ge 25 ] && { echo "writing $2 to $1 failed"; return 1; }; sleep 0.2; done; }"""
 
 #: In the guest, with the killed agent's kdamonds at 1 (node 0) and 2 (node 1) after another
 #: DAMON user's idle kdamond 0: wait until the agent's node-0 kdamond is on; then the other user
@@ -130,8 +135,7 @@ FRESH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-low-pct 40 "
 #: ``kill -9`` of the agent as soon as its scheme's sz_applied rose twice (pages are moving).
 KILL_MID_MOVE = f"""
 A={KD}
-w() {{ n=0; until echo "$2" > "$1" 2>/dev/null; do n=$((n+1));
-       [ $n -ge 25 ] && {{ echo "writing $2 to $1 failed"; return 1; }}; sleep 0.2; done; }}
+{RETRY_WRITE}
 t=0
 until [ "$(cat $A/nr_kdamonds)" = 3 ] && [ "$(cat $A/1/state)" = on ]; do
     t=$((t+1))
@@ -245,7 +249,7 @@ def check_kill_9_mid_tiering(g: Guest) -> str:
     before_reset = sc.parse_sample(time.monotonic(), g.run_ok(sc.SAMPLE_SH))
     check_reset_spares_the_other_user(g, foreign_pid)
     # The other user stops its kdamond (off and empty; nr_kdamonds stays 3), then a fresh agent.
-    g.run_ok(f"echo off > {KD}/0/state; echo 0 > {KD}/0/contexts/nr_contexts; "
+    g.run_ok(f"{RETRY_WRITE}\nw {KD}/0/state off && w {KD}/0/contexts/nr_contexts 0 && "
              "kill $(cat /tmp/foreign.pid)")
     check_fresh_agent_serves_then_stops(g)
     moved_after_kill = (before_reset.cold_pages.get(1, 0)
