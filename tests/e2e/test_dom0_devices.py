@@ -169,7 +169,8 @@ def test_hvm_passthrough_hint_binds_irqs_to_device_node(bed_numa2: XenBed) -> No
     """The node-1 e1000e passed through to an HVM guest with vnode 1 on host node 1: the Dom0 job
     publishes vnode 1 read-only into the guest's tree; the guest agent takes the node from that
     hint, pins the device's MSI-X vectors on vnode 1's vCPU and writes numa_node; the guest
-    cannot change the hint; ``devices --reset`` and stopping the daemon put everything back."""
+    cannot change the hint; ``devices --reset`` and stopping the daemon put everything back, and
+    so does ``guestagent reset`` after a ``kill -9`` of the daemon (issue 15)."""
     bed = bed_numa2
     bed.dom0_ok("e2e-agent setup", timeout=300)
     (host_bdf,) = pci_by_id(bed.dom0_ok, E1000E)
