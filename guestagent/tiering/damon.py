@@ -51,6 +51,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -100,8 +101,42 @@ class SysfsWriteError(GuestAgentError):
 Writer = Callable[[str, str], None]
 
 
+#: A write DAMON sysfs answers EBUSY is tried this many times in all, :data:`BUSY_PAUSE_S`
+#: apart, before the EBUSY counts (:func:`retry_busy`).
+BUSY_TRIES = 10
+BUSY_PAUSE_S = 0.02
+
+
+def retry_busy(
+    write: Writer, tries: int = BUSY_TRIES, pause_s: float = BUSY_PAUSE_S,
+    sleep: Callable[[float], None] | None = None,
+) -> Writer:
+    """``write``, tried again on EBUSY. DAMON sysfs takes its one global lock with a trylock in
+    ``state``, ``nr_kdamonds``, ``nr_contexts`` and the other directory-making files, and
+    answers EBUSY when it is held, and every running kdamond takes that lock for a moment each
+    aggregation interval (``damon_sysfs_cmd_request_callback``, which also uses a trylock) to
+    look for requests. So with any kdamond running, anybody's, a write can fail once for
+    nothing; an undo that gave up on it would leave a kdamond migrating. A lasting EBUSY
+    (``nr_kdamonds`` while a kdamond runs, ``on`` for a running one) still raises, after about
+    ``tries * pause_s`` (0.2 s). Other errors raise at once."""
+    pause = time.sleep if sleep is None else sleep
+
+    def retried(path: str, value: str) -> None:
+        for attempt in range(1, tries + 1):
+            try:
+                write(path, value)
+                return
+            except SysfsWriteError as e:
+                if e.err != errno.EBUSY or attempt >= tries:
+                    raise
+            pause(pause_s)
+
+    return retried
+
+
 def sysfs_writer(hostfs: HostFS) -> Writer:
-    """Write one value to an existing sysfs file (never creates one), errors as SysfsWriteError."""
+    """Write one value to an existing sysfs file (never creates one), errors as SysfsWriteError;
+    a passing EBUSY is tried again (:func:`retry_busy`)."""
 
     def write(path: str, value: str) -> None:
         try:
@@ -115,7 +150,7 @@ def sysfs_writer(hostfs: HostFS) -> Writer:
         finally:
             os.close(fd)
 
-    return write
+    return retry_busy(write)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.e2e.bed import Guest, GuestSpec, XenBed
-from tests.e2e.util import TIMEOUT_SCALE
+from tests.e2e.util import TIMEOUT_SCALE, UNIT_STOP_POST
 
 # Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000 * TIMEOUT_SCALE)]
@@ -67,11 +67,6 @@ DAEMON_START = (
     "setsid guestagent --log-level info run --config /tmp/ga.toml --conf-dir /tmp/ga.d "
     "--role guest > /tmp/daemon.log 2>&1 < /dev/null & echo $! > /tmp/daemon.pid"
 )
-
-#: What the unit's ExecStopPost= lines run after the daemon is gone, a crash included
-#: (packaging/systemd/guestagent.service, without the systemd-run wrapper), in order:
-#: ``guestagent ARGS`` each. tests/test_e2e_unit_commands.py keeps this equal to the unit.
-UNIT_STOP_POST = ("reset",)
 
 #: The guard's zram swap at priority 100 in :func:`guard_state`'s line.
 ZRAM_SWAP = re.compile(r"swaps: /dev/zram\d+/100\b")

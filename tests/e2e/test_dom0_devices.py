@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.bed import Guest, GuestSpec, XenBed
+from tests.e2e.util import UNIT_STOP_POST
 from tests.e2e.vnuma import VNode, xl_vnuma
 
 # Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
@@ -168,7 +169,8 @@ def test_hvm_passthrough_hint_binds_irqs_to_device_node(bed_numa2: XenBed) -> No
     """The node-1 e1000e passed through to an HVM guest with vnode 1 on host node 1: the Dom0 job
     publishes vnode 1 read-only into the guest's tree; the guest agent takes the node from that
     hint, pins the device's MSI-X vectors on vnode 1's vCPU and writes numa_node; the guest
-    cannot change the hint; ``devices --reset`` and stopping the daemon put everything back."""
+    cannot change the hint; ``devices --reset`` and stopping the daemon put everything back, and
+    so does ``guestagent reset`` after a ``kill -9`` of the daemon (issue 15)."""
     bed = bed_numa2
     bed.dom0_ok("e2e-agent setup", timeout=300)
     (host_bdf,) = pci_by_id(bed.dom0_ok, E1000E)
@@ -305,6 +307,82 @@ def _check_apply_then_reset(g: Guest, bdf: str, irqs: list[int]) -> None:
     assert guest_device(g, bdf)["node"] == "-1", undone
 
 
+#: Exit status 0 once the process in /tmp/daemon.pid is gone or a zombie (the e2e guest's init
+#: is a shell that reaps only now and then).
+DAEMON_GONE = ("s=$(cut -d' ' -f3 /proc/$(cat /tmp/daemon.pid)/stat 2>/dev/null); "
+               '[ -z "$s" ] || [ "$s" = Z ]')
+
+
+def _devices_journal(g: Guest) -> list[str]:
+    """The paths devices.json records (none when the file is gone: an empty journal)."""
+    out = g.run_ok("cat /run/guestagent/devices.json 2>/dev/null || echo '{\"changes\": []}'")
+    return sorted(c["path"] for c in json_of(out)["changes"])
+
+
+def _stop_post(g: Guest) -> tuple[str, str]:
+    """The unit's ExecStopPost commands by hand (``UNIT_STOP_POST``), each with exit status 0:
+    their standard output and their log."""
+    g.run_ok("rm -f /tmp/stop-post.out /tmp/stop-post.log")
+    for args in UNIT_STOP_POST:
+        out, rc = g.run(f"guestagent --log-level info {args} >>/tmp/stop-post.out "
+                        "2>>/tmp/stop-post.log; rc=$?; cat /tmp/stop-post.out; exit $rc", 300)
+        assert rc == 0, (f"guestagent {args}: exit status {rc}:\n{out}\n"
+                         + g.run_ok("tail -n 30 /tmp/stop-post.log"))
+    return g.run_ok("cat /tmp/stop-post.out"), g.run_ok("cat /tmp/stop-post.log")
+
+
+def _daemon_status(g: Guest) -> Any:
+    """``guestagent status --json`` of the guest's daemon; None while it does not answer."""
+    out, rc = g.run("guestagent status --json 2>/dev/null")
+    return json_of(out) if rc == 0 and out.strip() else None
+
+
+def _check_kill_9_then_stop_post(g: Guest, bdf: str, irqs: list[int]) -> str:
+    """``kill -9`` of the daemon (issue 15: a crash, an OOM or a watchdog kill) after it pinned
+    the device's vectors and wrote numa_node, then the unit's ExecStopPost (``guestagent
+    reset``) by hand: the affinities and numa_node are back as before the agent, devices.json is
+    gone; a fresh daemon answers ``status`` and binds again; SIGTERM and the stop command again
+    leave nothing of the devices'. Returns a summary line."""
+    before = irq_affinities(g, irqs)
+    assert guest_device(g, bdf)["node"] == "-1", before
+    bound = {i: "1" for i in irqs}
+
+    def binding() -> bool:
+        return guest_device(g, bdf)["node"] == "1" and irq_affinities(g, irqs) == bound
+
+    g.run_ok("guestagent run >/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
+    wait_for("the daemon's numa_node write and IRQ pinning", binding, 300)
+    journalled = _devices_journal(g)
+    assert f"/sys/bus/pci/devices/{bdf}/numa_node" in journalled, journalled
+    assert all(f"/proc/irq/{i}/smp_affinity_list" in journalled for i in irqs), journalled
+
+    g.run_ok("kill -KILL $(cat /tmp/daemon.pid)")
+    wait_for("the killed daemon gone", lambda: g.run(DAEMON_GONE)[1] == 0, 60, 2)
+    assert binding(), "kill -9 must leave the binding in force (nothing runs the undo)"
+    g.run_ok("mv /tmp/daemon.log /tmp/daemon-killed.log")
+    undone, stop_log = _stop_post(g)
+    assert irq_affinities(g, irqs) == before, (undone, stop_log)
+    assert guest_device(g, bdf)["node"] == "-1", (undone, stop_log)
+    assert len([ln for ln in undone.splitlines() if ln.startswith("devices: ")]) == (
+        1 + len(irqs)), undone
+    assert _devices_journal(g) == [], (undone, stop_log)
+    assert "level=error" not in stop_log, stop_log
+
+    # A fresh daemon starts on what the crash and the reset left, and serves.
+    g.run_ok("guestagent run >/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
+    status = wait_for("guestagent status of the fresh daemon", lambda: _daemon_status(g), 180, 3)
+    assert status["jobs"]["devices"]["running"], status
+    wait_for("the fresh daemon binding again", binding, 300)
+    log = daemon_stopped(g)
+    assert irq_affinities(g, irqs) == before and guest_device(g, bdf)["node"] == "-1", log
+    again, _ = _stop_post(g)
+    assert not [ln for ln in again.splitlines() if ln.startswith("devices: ")], again
+    assert _devices_journal(g) == [], log
+    return (f"devices kill -9: {len(irqs)} vectors on vnode 1's vCPU and numa_node 1 left by the "
+            f"crash; {'; '.join(UNIT_STOP_POST)} put back {before} and numa_node -1; a fresh "
+            "daemon answered status and bound again; its SIGTERM undid it")
+
+
 def check_binding(g: Guest) -> None:
     (bdf,) = pci_by_id(g.run_ok, E1000E)
     net = load_driver(g, bdf)
@@ -315,6 +393,7 @@ def check_binding(g: Guest) -> None:
     _check_report_before_up(g, bdf, irqs)
     _check_daemon_binds_then_undoes(g, bdf, net, irqs, online)
     _check_apply_then_reset(g, bdf, irqs)
+    print(_check_kill_9_then_stop_post(g, bdf, irqs))
 
 
 def test_pv_passthrough_hint_from_pciback_address(bed_numa2: XenBed) -> None:

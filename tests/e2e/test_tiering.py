@@ -5,18 +5,23 @@
   on Debian's 6.1 kernel (built without DAMON; ``migrate_cold`` needs Linux 6.11 anyway).
 * DAMON: in an HVM guest with 2 vnodes on Debian's 6.12 kernel, the agent's ``tiering run`` moves a
   cold buffer from node 0 to node 1 (the scenario of :mod:`tests.e2e.tiering_scenario`), and
-  removes its kdamonds on SIGTERM.
+  removes its kdamonds on SIGTERM. Then, in the same guest (issue 15), ``kill -9`` of the agent
+  while its kdamond migrates, next to a kdamond of another DAMON user's, and the unit's stop
+  command by hand (:func:`check_kill_9_mid_tiering`).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from typing import Any
 
 import pytest
 
 from tests.e2e import tiering_scenario as sc
-from tests.e2e.bed import GuestSpec, XenBed
+from tests.e2e.bed import Guest, GuestSpec, XenBed
+from tests.e2e.util import UNIT_STOP_POST, log
 
 # Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
@@ -60,7 +65,12 @@ def test_tmem_probe_answers_enosys_on_xen_417(bed: XenBed) -> None:
 def test_damon_moves_cold_pages_to_the_remote_vnode(bed: XenBed) -> None:
     with bed.guest(sc.spec()) as g:
         rec = sc.run_scenario(g, bed.run_dir)
+        check_scenario(rec)
+        print(check_kill_9_mid_tiering(g))
 
+
+def check_scenario(rec: sc.Record) -> None:
+    """What the scenario of :mod:`tests.e2e.tiering_scenario` must have shown."""
     # The guest runs the 6.12 kernel, and its DAMON takes migrate_cold with a target node.
     assert rec.facts.splitlines()[0].startswith("6.12."), rec.facts
     assert "action migrate_cold" in rec.migrate_cold_probe, rec.migrate_cold_probe
@@ -97,3 +107,245 @@ def test_damon_moves_cold_pages_to_the_remote_vnode(bed: XenBed) -> None:
     assert rec.summary["bytes_tried"] >= rec.summary["bytes_moved"], rec.summary
     assert rec.nr_kdamonds_after == 0, rec.after_stop
     assert rec.kdamond_threads_after == 0, rec.after_stop
+
+
+# --- kill -9 while pages move (issue 15) ---------------------------------------------------------
+
+KD = sc.KDAMONDS
+JOURNAL = "/run/guestagent/tiering.json"
+#: The killed agent: the scenario's watermarks and a rate bound low enough that the move lasts
+#: about a minute, so the kill lands while pages move.
+CRASH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-high-pct {sc.SOURCE_HIGH_PCT:g} "
+              f"--target-min-pct {sc.TARGET_MIN_PCT:g} --max-rate-mb 4 --json")
+#: The fresh agent: node 0 is a source up to 44 % free, so whatever the orphaned kdamond moved
+#: before the reset, the fresh agent has a move to make and adds kdamonds of its own.
+FRESH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-low-pct 44 "
+              f"--source-high-pct {sc.SOURCE_HIGH_PCT:g} --target-min-pct {sc.TARGET_MIN_PCT:g} "
+              "--max-rate-mb 4 --json")
+
+#: ``w FILE VALUE``: a DAMON sysfs write tried again while it fails (EBUSY: the sysfs lock is
+#: taken with a trylock, and every running kdamond holds it for a moment now and then).
+RETRY_WRITE = """w() { n=0; until echo "$2" > "$1" 2>/dev/null; do n=$((n+1));
+       [ $n -ge 25 ] && { echo "writing $2 to $1 failed"; return 1; }; sleep 0.2; done; }"""
+
+#: In the guest, with the killed agent's kdamonds at 1 (node 0) and 2 (node 1) after another
+#: DAMON user's idle kdamond 0: wait until the agent's node-0 kdamond is on; then the other user
+#: configures its kdamond 0 (vaddr, monitoring the process in /tmp/foreign.pid) and turns it on
+#: (each write retried: DAMON sysfs answers EBUSY while another write holds its lock); then
+#: ``kill -9`` of the agent as soon as its scheme's sz_applied rose twice (pages are moving).
+KILL_MID_MOVE = f"""
+A={KD}
+{RETRY_WRITE}
+t=0
+until [ "$(cat $A/nr_kdamonds)" = 3 ] && [ "$(cat $A/1/state)" = on ]; do
+    t=$((t+1))
+    [ -s /tmp/crash.rc ] && {{ echo "the agent exited: $(cat /tmp/crash.rc)"; exit 1; }}
+    [ $t -ge 300 ] && {{ echo "the agent's kdamond 1 never came on"; exit 1; }}
+    sleep 1
+done
+echo "agent kdamond 1 on after ${{t}}s"
+w $A/0/contexts/nr_contexts 1 && w $A/0/contexts/0/operations vaddr &&
+w $A/0/contexts/0/targets/nr_targets 1 &&
+w $A/0/contexts/0/targets/0/pid_target "$(cat /tmp/foreign.pid)" && w $A/0/state on || exit 1
+echo "foreign kdamond 0 $(cat $A/0/state) pid $(cat $A/0/pid)"
+S=$A/1/contexts/0/schemes/0/stats/sz_applied
+prev=0; rises=0
+while [ $rises -lt 2 ]; do
+    t=$((t+1))
+    [ -s /tmp/crash.rc ] && {{ echo "the agent exited: $(cat /tmp/crash.rc)"; exit 1; }}
+    [ $t -ge 600 ] && {{ echo "sz_applied did not rise twice: $prev"; exit 1; }}
+    now=$(cat $S)
+    [ "$now" -gt "$prev" ] && {{ rises=$((rises+1)); echo "sz_applied $now"; }}
+    prev=$now
+    sleep 1
+done
+kill -KILL "$(cat /tmp/crash.pid)"
+n=0; while [ ! -s /tmp/crash.rc ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done
+echo "killed: rc $(cat /tmp/crash.rc)"
+"""
+
+#: What is left of DAMON: one ``kd I STATE NR_CONTEXTS PID`` line per kdamond, kdamond 0's
+#: operations and target, the kdamond threads, whether the journal is there.
+DAMON_LEFT = f"""
+A={KD}
+nr=$(cat $A/nr_kdamonds); echo "nr $nr"
+i=0; while [ $i -lt $nr ]; do
+    echo "kd $i $(cat $A/$i/state) $(cat $A/$i/contexts/nr_contexts) $(cat $A/$i/pid)"
+    i=$((i + 1))
+done
+[ $nr -gt 0 ] && [ "$(cat $A/0/contexts/nr_contexts)" = 1 ] &&
+    echo "kd0 $(cat $A/0/contexts/0/operations) $(cat $A/0/contexts/0/targets/0/pid_target)"
+echo "threads $(pgrep -c kdamond)"
+echo "journal $(test -e {JOURNAL} && echo present || echo absent)"
+true
+"""
+
+
+def damon_left(g: Guest) -> tuple[dict[int, tuple[str, int, int]], dict[str, str]]:
+    """:data:`DAMON_LEFT`: kdamond index -> (state, nr_contexts, pid), and the other lines."""
+    out = g.run_ok(DAMON_LEFT)
+    kds = {int(m[0]): (m[1], int(m[2]), int(m[3]))
+           for m in re.findall(r"^kd (\d+) (\S+) (\d+) (-?\d+)$", out, re.M)}
+    rest = {k: v.strip() for k, v in re.findall(r"^(nr|kd0|threads|journal) (.*)$", out, re.M)}
+    return kds, rest
+
+
+def start_agent(g: Guest, name: str, args: str) -> None:
+    """``guestagent tiering run ARGS`` (the daemon with the tiering job alone) in the background,
+    as the scenario starts it: its PID in /tmp/NAME.pid, its exit status in /tmp/NAME.rc (the
+    wrapper reaps it), its summary in /tmp/NAME.json and its log in /tmp/NAME.log."""
+    g.run_ok(
+        f"rm -f /tmp/{name}.pid /tmp/{name}.rc\n"
+        f"setsid sh -c 'guestagent tiering run {args} >/tmp/{name}.json 2>/tmp/{name}.log & "
+        f"echo $! > /tmp/{name}.pid; wait $!; echo $? > /tmp/{name}.rc' "
+        "</dev/null >/dev/null 2>&1 &\n"
+        f"sleep 1; cat /tmp/{name}.pid"
+    )
+
+
+def refill_node0(g: Guest) -> int:
+    """The scenario's cold process ended (its pages on both nodes freed) and a new one fills node
+    0 as the scenario's did; its size in MiB."""
+    g.run_ok("p=$(cat /tmp/cold.pid); kill -KILL $p; i=0; "
+             "while grep -qs VmRSS /proc/$p/status && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; "
+             "! grep -qs VmRSS /proc/$p/status", timeout=90)
+    meminfo = sc.parse_meminfo(g.run_ok("cat /sys/devices/system/node/node*/meminfo"))
+    free0, total0 = meminfo[0]["MemFree"], meminfo[0]["MemTotal"]
+    fill = int((free0 - total0 * sc.FILL_LEAVE_PCT / 100) // 1024) - 8
+    assert fill > 64, f"node 0 has too little free memory to fill: {meminfo[0]}"
+    g.run_ok("rm -f /tmp/cold.pid; setsid numactl --membind=0 --cpunodebind=0 python3 "
+             f"/tmp/cold.py {fill} /tmp/cold.pid </dev/null >/tmp/cold.log 2>&1 &")
+    g.run_ok("i=0; while [ ! -s /tmp/cold.pid ] && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); "
+             "done; test -s /tmp/cold.pid || { cat /tmp/cold.log; exit 1; }", timeout=660)
+    return fill
+
+
+def stop_post(g: Guest) -> str:
+    """The unit's ExecStopPost commands by hand (``UNIT_STOP_POST``), each with exit status 0;
+    their standard output (the log goes to /tmp/stop-post.log)."""
+    g.run_ok("rm -f /tmp/stop-post.out")
+    for args in UNIT_STOP_POST:
+        out, rc = g.run(f"guestagent --log-level info {args} >> /tmp/stop-post.out "
+                        "2>> /tmp/stop-post.log; rc=$?; cat /tmp/stop-post.out; exit $rc",
+                        timeout=300)
+        assert rc == 0, (f"guestagent {args}: exit status {rc}:\n{out}\n"
+                         + g.run_ok("tail -n 30 /tmp/stop-post.log"))
+    return g.run_ok("cat /tmp/stop-post.out")
+
+
+def check_kill_9_mid_tiering(g: Guest) -> str:
+    """``kill -9`` of ``guestagent tiering run`` while its kdamond migrates, next to another
+    DAMON user's running kdamond; then the unit's ExecStopPost (``guestagent reset``) by hand.
+
+    Seen before issue 15: the orphaned kdamond kept migrating, and a restarted agent called it
+    "another DAMON user" and refused to serve. Asserted: the crash left the agent's kdamond on
+    and its journal in place; the reset turns off and empties exactly the agent's kdamonds (1 and
+    2), leaves the other user's kdamond 0 running (same thread) and nr_kdamonds at 3 (shrinking it
+    would recreate every kdamond), and empties the journal; once the other user stopped its
+    kdamond, a fresh agent serves (adds kdamonds 3 and 4, migrates), and after its SIGTERM and
+    the stop command again no kdamond runs and the journal is gone. Returns a summary line."""
+    started = time.monotonic()  # reported, not asserted
+    fill, applied, foreign_pid, after_kill = kill_mid_move(g)
+    before_reset = sc.parse_sample(time.monotonic(), g.run_ok(sc.SAMPLE_SH))
+    check_reset_spares_the_other_user(g, foreign_pid)
+    # The other user stops its kdamond (off and empty; nr_kdamonds stays 3), then a fresh agent.
+    g.run_ok(f"{RETRY_WRITE}\nw {KD}/0/state off && w {KD}/0/contexts/nr_contexts 0 && "
+             "kill $(cat /tmp/foreign.pid)")
+    check_fresh_agent_serves_then_stops(g)
+    moved_after_kill = (before_reset.cold_pages.get(1, 0)
+                        - after_kill.cold_pages.get(1, 0)) * sc.PAGE // MIB
+    return (f"tiering kill -9: {fill} MiB cold on node 0, killed at sz_applied "
+            f"{[a // MIB for a in applied]} MiB; the orphaned kdamond moved {moved_after_kill} "
+            f"MiB more before {'; '.join(UNIT_STOP_POST)}, which turned off and emptied kdamonds "
+            f"1 and 2 and left the other user's kdamond 0 running (pid {foreign_pid}); a fresh "
+            f"agent served (kdamonds 3-4 added); {time.monotonic() - started:.0f} s in all")
+
+
+def kill_mid_move(g: Guest) -> tuple[int, list[int], int, sc.Sample]:
+    """A new cold buffer on node 0, another user's idle kdamond 0, the agent, the other user's
+    kdamond started, ``kill -9`` of the agent while pages move (:data:`KILL_MID_MOVE`); checked:
+    the crash undid nothing. Returns the buffer's MiB, the sz_applied values seen rising, the
+    other user's kdamond thread and a sample taken after the kill."""
+    fill = refill_node0(g)
+    # Another DAMON user's kdamond 0, idle (off, no context) when the agent starts: the agent
+    # adds its own after it; the other user configures and starts it only then, to monitor a
+    # process of its own (vaddr): a sleep, its PID from itself.
+    g.run_ok(f"echo 1 > {KD}/nr_kdamonds; rm -f /tmp/foreign.pid; "
+             "setsid sh -c 'echo $$ > /tmp/foreign.pid; exec sleep 100000' "
+             "</dev/null >/dev/null 2>&1 & "
+             "i=0; while [ ! -s /tmp/foreign.pid ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); "
+             "done; cat /tmp/foreign.pid")
+    start_agent(g, "crash", CRASH_ARGS)
+    out, rc = g.run(KILL_MID_MOVE, timeout=700)
+    assert rc == 0 and "killed: rc 137" in out, (out, g.run_ok("tail -n 30 /tmp/crash.log"))
+    applied = [int(v) for v in re.findall(r"^sz_applied (\d+)$", out, re.M)]
+    log(f"kill -9 mid-move: {' '.join(out.split())}")
+    after_kill = sc.parse_sample(time.monotonic(), g.run_ok(sc.SAMPLE_SH))
+    # The crash undid nothing: the agent's kdamond migrates on, the journal names its kdamonds.
+    kds, rest = damon_left(g)
+    foreign = g.run_ok("cat /tmp/foreign.pid").strip()
+    assert kds[0][0] == "on" and rest.get("kd0") == f"vaddr {foreign}", (kds, rest)
+    assert kds[1][0] == "on" and rest["nr"] == "3", (kds, rest)
+    journal = json.loads(g.run_ok(f"cat {JOURNAL}"))
+    paths = {c["path"] for c in journal["changes"]}
+    assert {f"{KD}/nr_kdamonds", f"{KD}/1", f"{KD}/2"} <= paths, journal
+    return fill, applied, kds[0][2], after_kill
+
+
+def check_reset_spares_the_other_user(g: Guest, foreign_pid: int) -> None:
+    """The unit's stop command after the kill: the agent's kdamonds 1 and 2 off and empty, the
+    other user's kdamond 0 untouched (on, the same thread, its vaddr setup), nr_kdamonds left
+    at 3, the journal gone, no error line."""
+    undone = stop_post(g)
+    kds, rest = damon_left(g)
+    stop_log = g.run_ok("cat /tmp/stop-post.log")
+    assert re.search(r"^tiering: kdamond 1: turned off \(was on\) and emptied", undone, re.M), (
+        undone, stop_log)
+    assert re.search(r"^tiering: kdamond 2: .*emptied", undone, re.M), (undone, stop_log)
+    assert re.search(r"^tiering: nr_kdamonds: left at 3: kdamonds \[0\] are in use", undone,
+                     re.M), (undone, stop_log)
+    assert not re.search(r"^tiering: kdamond 0\b", undone, re.M), undone
+    assert kds[0] == ("on", 1, foreign_pid), (kds, undone)
+    assert rest["kd0"].startswith("vaddr "), rest
+    assert kds[1][:2] == ("off", 0) and kds[2][:2] == ("off", 0), (kds, undone)
+    assert rest["nr"] == "3" and rest["threads"] == "1", (rest, undone)
+    assert rest["journal"] == "absent", (rest, undone)
+    assert "level=error" not in stop_log, stop_log
+
+
+def tiering_serving(g: Guest) -> dict[str, Any]:
+    """The fresh agent's tiering job in ``guestagent status --json`` once it is active (its
+    kdamonds added), else {}; AssertionError with its log if it exited (refused)."""
+    if g.run("test -s /tmp/fresh.rc")[1] == 0:
+        raise AssertionError("the fresh agent exited:\n" + g.run_ok("cat /tmp/fresh.log"))
+    out, rc = g.run("guestagent status --json 2>/dev/null")
+    job: dict[str, Any] = sc.first_json(out).get("jobs", {}).get("tiering", {}) if rc == 0 else {}
+    return job if job.get("active") else {}
+
+
+def check_fresh_agent_serves_then_stops(g: Guest) -> None:
+    """A fresh ``tiering run`` on what the crash and the reset left serves (no "another DAMON
+    user", no leftover, its kdamonds added after the three idle ones); SIGTERM and the stop
+    command then leave no kdamond running and no journal."""
+    start_agent(g, "fresh", FRESH_ARGS)
+    deadline = time.monotonic() + 300
+    while not (job := tiering_serving(g)):
+        assert time.monotonic() < deadline, g.run_ok("tail -n 30 /tmp/fresh.log")
+        time.sleep(3)
+    assert job["running"] and job["backend"] == "damon", job
+    fresh_log = g.run_ok("cat /tmp/fresh.log")
+    assert "another DAMON user" not in fresh_log, fresh_log
+    assert "tiering_leftover_found" not in fresh_log, fresh_log
+    assert re.search(r"event=damon_kdamonds_added\b.*\bfirst=3\b", fresh_log), fresh_log
+    kds, rest = damon_left(g)
+    assert rest["nr"] == "5" and kds[3][0] == "on", (kds, rest)
+    # Stopped as systemd stops it: SIGTERM, then the stop command (nothing of tiering's left).
+    out = g.run_ok("kill -TERM $(cat /tmp/fresh.pid); i=0; "
+                   "while [ ! -s /tmp/fresh.rc ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; "
+                   "echo rc $(cat /tmp/fresh.rc)", timeout=180)
+    assert re.search(r"^rc 0$", out, re.M), (out, g.run_ok("tail -n 30 /tmp/fresh.log"))
+    again = stop_post(g)
+    assert not re.search(r"^tiering:", again, re.M), again
+    kds, rest = damon_left(g)
+    assert all(k[:2] == ("off", 0) for k in kds.values()), kds
+    assert rest["threads"] == "0" and rest["journal"] == "absent", rest

@@ -18,6 +18,12 @@ RUNS = Path(os.environ.get("E2E_RUNS", str(HERE / "runs")))
 
 _T0 = time.monotonic()
 
+#: What the guest unit's ExecStopPost= lines run after the daemon is gone, a crash included
+#: (packaging/systemd/guestagent.service, without the systemd-run wrapper), in order:
+#: ``guestagent ARGS`` each. Every e2e crash check (``kill -9``, then these by hand) runs this one
+#: tuple; tests/test_e2e_unit_commands.py keeps it equal to the unit.
+UNIT_STOP_POST = ("reset",)
+
 #: Multiplies every boot and command timeout (a loaded 2-core machine is slower under TCG).
 TIMEOUT_SCALE = float(os.environ.get("E2E_TIMEOUT_SCALE", "1"))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import os
@@ -30,7 +31,14 @@ from guestagent import cli
 from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering import commands
-from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
+from guestagent.tiering.damon import (
+    BUSY_PAUSE_S,
+    BUSY_TRIES,
+    NR_KDAMONDS,
+    DamonBackend,
+    SysfsWriteError,
+    retry_busy,
+)
 from guestagent.tiering.journal import TieringJournal, journal_path, undo_kdamonds
 from guestagent.tiering.model import Move, Plan
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tree, read
@@ -334,6 +342,74 @@ def test_a_failed_step_keeps_the_entries_for_the_next_reset(
     assert (root / JOURNAL).exists() and kernel.kdamond_states() == ["on", "off"]
     assert reset(root)[0] == 0
     assert read(root, NR_KDAMONDS) == "0"
+
+
+# --- DAMON sysfs's lock: a passing EBUSY ------------------------------------------------------
+
+
+class LockHeldOnce:
+    """The fake kernel behind DAMON sysfs's trylock: each write to a file that takes the lock
+    (``state``, ``nr_*``) finds it held by a kdamond once, EBUSY, and goes through when tried
+    again (Linux mm/damon/sysfs.c: those stores ``mutex_trylock(&damon_sysfs_lock)`` and return
+    -EBUSY; every running kdamond takes the lock for a moment each aggregation interval)."""
+
+    def __init__(self, kernel: FakeDamonKernel) -> None:
+        self.kernel = kernel
+        self.refused: list[tuple[str, str]] = []
+
+    def __call__(self, path: str, value: str) -> None:
+        name = path.rsplit("/", 1)[1]
+        if (name == "state" or name.startswith("nr_")) and (path, value) not in self.refused:
+            self.refused.append((path, value))
+            raise SysfsWriteError(path, value, errno.EBUSY)
+        self.kernel.write(path, value)
+
+
+def test_an_undo_without_retries_gives_up_on_a_passing_ebusy(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    """What the undo did before: one EBUSY and the agent's kdamond stays on, migrating."""
+    root, kernel = world
+    started_then_killed(root, kernel)
+    hostfs = HostFS(str(root))
+    journal = TieringJournal(hostfs, journal_path("/run/guestagent")).load()
+    report = undo_kdamonds(hostfs, LockHeldOnce(kernel), journal)
+    assert report.failures == 2 and kernel.kdamond_states() == ["on", "off"]
+    assert "EBUSY" in logfmt.getvalue()
+
+
+def test_the_undo_tries_a_passing_ebusy_again(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    root, kernel = world
+    started_then_killed(root, kernel)
+    hostfs = HostFS(str(root))
+    journal = TieringJournal(hostfs, journal_path("/run/guestagent")).load()
+    busy = LockHeldOnce(kernel)
+    pauses: list[float] = []
+    report = undo_kdamonds(hostfs, retry_busy(busy, sleep=pauses.append), journal)
+    assert report.failures == 0, report.lines
+    assert read(root, NR_KDAMONDS) == "0" and not (root / JOURNAL).exists()
+    assert len(busy.refused) == 4 and pauses == [BUSY_PAUSE_S] * 4  # off, 2 x empty, shrink
+    assert "undo_failed" not in logfmt.getvalue()
+
+
+def test_a_lasting_ebusy_still_fails_and_other_errors_at_once() -> None:
+    calls: list[str] = []
+    pauses: list[float] = []
+
+    def busy(path: str, value: str) -> None:
+        calls.append(path)
+        raise SysfsWriteError(path, value, errno.EBUSY if path == "busy" else errno.EACCES)
+
+    write = retry_busy(busy, sleep=pauses.append)
+    with pytest.raises(SysfsWriteError, match="EBUSY"):
+        write("busy", "1")
+    assert len(calls) == BUSY_TRIES and len(pauses) == BUSY_TRIES - 1
+    calls.clear()
+    with pytest.raises(SysfsWriteError, match="EACCES"):
+        write("denied", "1")
+    assert calls == ["denied"]
 
 
 # --- the daemon, really killed -------------------------------------------------------------------
