@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from guestagent.errors import InputError
 from guestagent.log import get_logger
 from guestagent.xen.errors import HypercallError, XenUnavailable
+from guestagent.xen.versions import negotiate
 
 if TYPE_CHECKING:
     from guestagent.xen.privcmd import Privcmd
@@ -108,33 +109,24 @@ class Domctl:
         from guestagent.xen.privcmd import lib
 
         name = "XEN_DOMCTL_getvcpuinfo"
-        refused: list[int] = []
-        for version in self._candidates():
+
+        def attempt(version: int) -> None:
             buf.zero()
             op.cmd = int(lib.GA_XEN_DOMCTL_getvcpuinfo)
             op.interface_version = version
             op.domain = domid
             op.u.getvcpuinfo.vcpu = vcpu
-            try:
-                self.privcmd.hypercall(int(lib.GA_HYPERVISOR_domctl), buf.address, name=name)
-            except HypercallError as e:
-                if e.errno == errno.EACCES:
-                    refused.append(version)
-                    continue
-                if e.errno == errno.EPERM:
-                    raise XenUnavailable(
-                        f"{name} refused (EPERM): only the control domain (Dom0) may issue domctls"
-                    ) from None
-                return e.errno or errno.EIO
-            if self.interface_version is None:
-                self.interface_version = version
-                self._log.info("domctl_interface_version", version=f"{version:#x}",
-                               refused=[f"{v:#x}" for v in refused])
-            return 0
-        tried = ", ".join(f"{v:#x}" for v in refused)
-        raise XenUnavailable(
-            f"{name}: Xen refused every known domctl interface version with EACCES ({tried})"
-        )
+            self.privcmd.hypercall(int(lib.GA_HYPERVISOR_domctl), buf.address, name=name)
+
+        try:
+            version, refused = negotiate(self._candidates(), attempt, name, "domctl")
+        except HypercallError as e:
+            return e.errno or errno.EIO
+        if self.interface_version is None:
+            self.interface_version = version
+            self._log.info("domctl_interface_version", version=f"{version:#x}",
+                           refused=[f"{v:#x}" for v in refused])
+        return 0
 
     def vcpus(self, domid: int, max_cpus: int) -> list[VcpuInfo] | None:
         """Every vCPU of ``domid`` (None: the domain does not exist). ``max_cpus`` bounds the

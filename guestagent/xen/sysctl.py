@@ -30,7 +30,6 @@ Xen's own behaviour that the wrappers rely on (xen/common/sysctl.c, 4.17):
 
 from __future__ import annotations
 
-import errno
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from guestagent.errors import InputError
 from guestagent.log import get_logger
 from guestagent.xen.errors import HypercallError, PrivcmdRestricted, XenUnavailable
+from guestagent.xen.versions import negotiate
 
 if TYPE_CHECKING:
     from guestagent.xen.privcmd import HypercallBuffer, Privcmd
@@ -254,36 +254,25 @@ class Sysctl:
         from guestagent.xen.privcmd import SYSCTL
 
         op: Any = buf.struct("struct ga_xen_sysctl")
-        refused: list[int] = []
-        for version in self._candidates():
+
+        def attempt(version: int) -> None:
             op.cmd = cmd
             op.interface_version = version
             fill(op)
-            try:
-                self.privcmd.hypercall(SYSCTL, buf.address, name=name)
-            except HypercallError as e:
-                if e.errno == errno.EACCES:
-                    refused.append(version)
-                    continue
-                if e.errno == errno.EPERM:
-                    raise XenUnavailable(
-                        f"{name} refused (EPERM): only the control domain (Dom0) may issue sysctls"
-                    ) from None
-                raise
-            if self.interface_version is None:
-                self.interface_version = version
-                self._log.info(
-                    "sysctl_interface_version",
-                    version=f"{version:#x}",
-                    xen=None if self.xen_release is None else "{}.{}".format(*self.xen_release),
-                    refused=[f"{v:#x}" for v in refused],
-                )
-            return op
-        tried = ", ".join(f"{v:#x}" for v in refused)
-        raise XenUnavailable(
-            f"{name}: Xen refused every known sysctl interface version with EACCES ({tried}); "
-            "this Xen is newer than guestagent knows, or an XSM policy denies sysctl"
-        )
+            self.privcmd.hypercall(SYSCTL, buf.address, name=name)
+
+        version, refused = negotiate(
+            self._candidates(), attempt, name, "sysctl",
+            "; this Xen is newer than guestagent knows, or an XSM policy denies sysctl")
+        if self.interface_version is None:
+            self.interface_version = version
+            self._log.info(
+                "sysctl_interface_version",
+                version=f"{version:#x}",
+                xen=None if self.xen_release is None else "{}.{}".format(*self.xen_release),
+                refused=[f"{v:#x}" for v in refused],
+            )
+        return op
 
     # --- the sysctls -------------------------------------------------------------------------
 
