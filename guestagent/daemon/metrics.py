@@ -74,16 +74,11 @@ def _items(job: str, key: str, label: str, name_field: str, items: Any) -> Itera
     rows = [i for i in items if isinstance(i, Mapping) and i.get(name_field) is not None]
     count = _metric_name(job, key)
     yield from (f"# TYPE {count} gauge", f"{count} {len(rows)}")
-    figures = sorted({f for row in rows for f in row
-                      if f != name_field and _item_figure(row[f]) is not None})
-    for figure in figures:
-        metric = _metric_name(job, label, figure)
-        yield f"# TYPE {metric} gauge"
-        for row in rows:
-            number = _item_figure(row.get(figure))
-            if number is not None:
-                shown = _label_value(row[name_field])
-                yield f'{metric}{{{label}="{shown}"}} {_sample(number)}'
+    series = [{"labels": {label: row[name_field]},
+               **{f: n for f, v in row.items()
+                  if f != name_field and (n := _item_figure(v)) is not None}}
+              for row in rows]
+    yield from _series(job, f"series_{label}", series)
 
 
 def _label_value(value: object) -> str:
