@@ -1,7 +1,9 @@
 """Configuration: ``/etc/guestagent/guestagent.toml`` plus ``/etc/guestagent/conf.d/*.toml``.
 
-Every key, its type, default and meaning is declared once, in :data:`KEYS`; ``guestagent config
-doc`` prints that table as Markdown (docs/CONFIG.md is generated from it and checked by a test).
+Every key, its type, default and meaning is declared once (:mod:`guestagent.tunable`: the core
+keys here, a job's in its package's ``config.py``, on its policy configuration where it has one);
+:data:`KEYS` holds their rows, ``guestagent config doc`` prints them as Markdown (docs/CONFIG.md is
+generated from them and checked by a test) and the cloud-init schema is built from them.
 Files are read in order (main file, then conf.d in name order); a later file overrides a key of an
 earlier one. Every problem is reported as ``FILE: [section] key = value: what is wrong``; a
 configuration with any problem is refused as a whole, so a bad file at reload keeps the old
@@ -17,9 +19,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from guestagent.errors import GuestAgentError, show_value
+from guestagent.tunable import Key as Key
+from guestagent.tunable import Value as Value
+from guestagent.tunable import section_keys, setting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,108 +34,60 @@ else:  # pragma: no cover - Debian 12 has 3.11; RHEL 9 (3.9) needs tomli
 MAIN_FILE = "/etc/guestagent/guestagent.toml"
 CONF_DIR = "/etc/guestagent/conf.d"
 
-Value = Union[bool, int, float, str, list[str]]
-
-
-@dataclass(frozen=True)
-class Key:
-    section: str
-    name: str
-    default: Value
-    doc: str
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-
-    @property
-    def kind(self) -> str:
-        return type(self.default).__name__
-
-
 DEFAULT_STATE_DIR = "/run/guestagent"
 
+# The core keys, each declared once (guestagent.tunable): the jobs' own sections are declared in
+# their packages (SECTION_MODULES).
+AGENT = (
+    setting("role", "auto",
+            "Which variant runs: `guest`, `dom0`, or `auto` (Dom0 when "
+            "/proc/xen/capabilities says control_d).",
+            choices=("auto", "guest", "dom0")),
+    setting("log_format", "kv", "Log lines as key=value (`kv`, journal-friendly) or `json`.",
+            choices=("kv", "json")),
+    setting("log_level", "info", "Least severe level logged.",
+            choices=("debug", "info", "warning", "error")),
+    setting("state_dir", DEFAULT_STATE_DIR,
+            "Runtime state: the status socket and what must be undone after a crash. An absolute "
+            "path of the agent's own: a shared directory (/tmp, /run, one others can write to or "
+            "with the sticky bit) is refused, never changed; a missing one is created, mode 0700."),
+)
+TOPOLOGY = (
+    setting("enabled", True,
+            "Read the vNUMA topology and publish it in xenstore (data/guestagent)."),
+    setting("refresh_seconds", 3600,
+            "Re-read and republish at least this often; "
+            "resume, migration and CPU hotplug republish at once.",
+            minimum=10, maximum=86400),
+)
+#: ``[dom0] resync_seconds`` (also the default ``dom0 run --resync`` names).
+DOM0_RESYNC = setting(
+    "resync_seconds", 60.0,
+    "In Dom0: a full pass over every guest at least this often, in case a xenstore watch "
+    "event was lost.",
+    minimum=1, maximum=86400)
+DOM0 = (
+    setting("enabled", True,
+            "In Dom0: publish each guest's passthrough devices with their host NUMA node and "
+            "the guest vnode on it (under /local/domain/<domid>/guestagent-dom0, read-only to "
+            "the guest). Hints stay published when the agent stops."),
+    DOM0_RESYNC,
+)
+METRICS = (
+    setting("enabled", False, "Serve metrics in Prometheus text format on `listen`."),
+    setting("listen", "127.0.0.1:9731",
+            "Address for metrics, `HOST:PORT` (port 1..65535); only loopback addresses are "
+            "accepted."),
+    setting("textfile", "",
+            "Instead of (or besides) serving: write metrics to this file "
+            "for node_exporter's textfile collector (empty: off)."),
+)
+
 CORE_KEYS: tuple[Key, ...] = (
-    # --- agent -------------------------------------------------------------------------------
-    Key(
-        "agent",
-        "role",
-        "auto",
-        "Which variant runs: `guest`, `dom0`, or `auto` (Dom0 when "
-        "/proc/xen/capabilities says control_d).",
-        choices=("auto", "guest", "dom0"),
-    ),
-    Key(
-        "agent",
-        "log_format",
-        "kv",
-        "Log lines as key=value (`kv`, journal-friendly) or `json`.",
-        choices=("kv", "json"),
-    ),
-    Key(
-        "agent",
-        "log_level",
-        "info",
-        "Least severe level logged.",
-        choices=("debug", "info", "warning", "error"),
-    ),
-    Key(
-        "agent",
-        "state_dir",
-        DEFAULT_STATE_DIR,
-        "Runtime state: the status socket and what must be undone after a crash. An absolute "
-        "path of the agent's own: a shared directory (/tmp, /run, one others can write to or "
-        "with the sticky bit) is refused, never changed; a missing one is created, mode 0700.",
-    ),
-    # --- topology ----------------------------------------------------------------------------
-    Key(
-        "topology",
-        "enabled",
-        True,
-        "Read the vNUMA topology and publish it in xenstore (data/guestagent).",
-    ),
-    Key(
-        "topology",
-        "refresh_seconds",
-        3600,
-        "Re-read and republish at least this often; "
-        "resume, migration and CPU hotplug republish at once.",
-        minimum=10,
-        maximum=86400,
-    ),
-    # --- dom0 --------------------------------------------------------------------------------
-    Key(
-        "dom0",
-        "enabled",
-        True,
-        "In Dom0: publish each guest's passthrough devices with their "
-        "host NUMA node and the guest vnode on it (under /local/domain/<domid>/guestagent-dom0, "
-        "read-only to the guest). Hints stay published when the agent stops.",
-    ),
-    Key(
-        "dom0",
-        "resync_seconds",
-        60.0,
-        "In Dom0: a full pass over every guest at least this often, in case a xenstore watch "
-        "event was lost.",
-        minimum=1,
-        maximum=86400,
-    ),
-    # --- metrics -----------------------------------------------------------------------------
-    Key("metrics", "enabled", False, "Serve metrics in Prometheus text format on `listen`."),
-    Key(
-        "metrics",
-        "listen",
-        "127.0.0.1:9731",
-        "Address for metrics, `HOST:PORT` (port 1..65535); only loopback addresses are "
-        "accepted.",
-    ),
-    Key(
-        "metrics",
-        "textfile",
-        "",
-        "Instead of (or besides) serving: write metrics to this file "
-        "for node_exporter's textfile collector (empty: off).",
-    ),
+    *section_keys("agent", AGENT),
+    *section_keys("topology", TOPOLOGY),
+    *section_keys("dom0", DOM0),
+    *section_keys("metrics", METRICS),
 )
 
 
@@ -473,7 +430,8 @@ def markdown() -> str:
         "",
         f"Files: `{MAIN_FILE}`, then `{CONF_DIR}/*.toml` in name order (later files override",
         "earlier ones key by key). Check them with `guestagent config check`. Generated from",
-        "`guestagent/config.py` by `guestagent config doc`.",
+        "the declarations (`guestagent/config.py` and each job's `config.py`,",
+        "`guestagent/tunable.py`) by `guestagent config doc`.",
     ]
     section = None
     for key in KEYS:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
+from guestagent.balloon.config import FLOOR
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
 from guestagent.units import MIB_KB
@@ -105,7 +106,7 @@ class PolicyConfig:
 
     name: ClassVar[str] = ""
     #: Configured floor (balloon units); raised to :func:`hard_minimum_kb` when below it.
-    floor_kb: int = 0
+    floor_kb: int = FLOOR.field()
     #: The ceiling when xenstore cannot be read (else the toolstack's values rule).
     ceiling_kb: int | None = None
     #: memory/target minus the driver's target when the toolstack set it (HVM video RAM).

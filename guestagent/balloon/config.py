@@ -1,108 +1,97 @@
-"""The ``[balloon]`` configuration keys and how they become a policy configuration."""
+"""The ``[balloon]`` configuration keys, each declared once (:mod:`guestagent.tunable`), and how a
+section becomes a policy configuration.
+
+The policy fields take their defaults from these declarations (``PolicyConfig.floor_kb =
+FLOOR.field()``: ``floor_mb`` in MiB, the field in KiB); ``interval_seconds`` is one declaration
+for the two policies that have an interval. This module imports no policy at load time (the
+policies import it).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from guestagent.balloon.policy import (
-    POLICY_NAMES,
-    ClassicConfig,
-    PolicyConfig,
-    PressureConfig,
-    default_config,
-)
+from guestagent.tunable import Key, as_float, scaled, section_keys, setting
 from guestagent.units import MIB_KB
 
+if TYPE_CHECKING:
+    from guestagent.balloon.common import PolicyConfig
 
-def config_keys() -> tuple[Any, ...]:
+SECTION = "balloon"
+
+
+def _reserved(value: Any, source: str) -> int | None:
+    """``reserved_mb``: -1 (the kernel's default, 10 % of MemTotal) is None in the policy."""
+    reserved = int(value)
+    return None if reserved < 0 else reserved
+
+
+ENABLED = setting(
+    "enabled", False,
+    "Size the guest to its working set and give the rest back to Xen. Off by default: "
+    "turn it on per image or from cloud-init. On stop the target goes back to the "
+    "toolstack's ceiling.")
+LOCK_MEMORY = setting(
+    "lock_memory", True,
+    "While ballooning, keep the agent's own pages in RAM (mlockall with MCL_ONFAULT: its "
+    "resident set, about 20-25 MiB), so it can still answer a memory spike while the "
+    "guest evicts every other page. Needs CAP_IPC_LOCK (the systemd unit grants it).")
+#: The policy's name (``guestagent.balloon.policy.POLICY_NAMES`` and ``DEFAULT_POLICY``).
+POLICY = setting(
+    "policy", "pressure",
+    "`pressure` (feedback on PSI memory pressure, the default when enabled), `classic` "
+    "(the old kernel self-balloon algorithm) or `none` (hold the ceiling).",
+    choices=("none", "classic", "pressure"))
+#: ``PolicyConfig.floor_kb`` (KiB).
+FLOOR = setting(
+    "floor_mb", 0,
+    "Never balloon below this (MiB). A hard minimum of max(256 MiB, static-max/16) "
+    "applies whatever this says.",
+    minimum=0, maximum=1 << 22, convert=scaled(MIB_KB))
+#: ``interval_s`` of ``PressureConfig`` and ``ClassicConfig``.
+INTERVAL = setting(
+    "interval_seconds", 5.0,
+    "How often the policy looks at the signals when no PSI trigger fires.",
+    minimum=1, maximum=300, convert=as_float)
+#: ``PressureConfig.psi_target_pct``.
+PSI_TARGET = setting(
+    "psi_target_pct", 0.2,
+    "pressure: shrink only while memory stall stays under this share of time (%).",
+    minimum=0.01, maximum=10, convert=as_float)
+#: ``PressureConfig.psi_grow_pct``.
+PSI_GROW = setting(
+    "psi_grow_pct", 2.0,
+    "pressure: grow at once when memory stall over an interval reaches this (%).",
+    minimum=0.1, maximum=50, convert=as_float)
+#: ``ClassicConfig.reserved_mb`` (None: the kernel's default).
+RESERVED = setting(
+    "reserved_mb", -1,
+    "classic: headroom above Committed_AS (MiB); -1 means the kernel's default of 10 % "
+    "of RAM.",
+    minimum=-1, maximum=1 << 22, convert=_reserved)
+
+#: Keys the job reads itself (no policy field).
+JOB_KEYS = (ENABLED, LOCK_MEMORY, POLICY)
+#: Keys that are fields of the policy configurations (:func:`policy_classes`).
+POLICY_KEYS = (FLOOR, INTERVAL, PSI_TARGET, PSI_GROW, RESERVED)
+
+
+def config_keys() -> tuple[Key, ...]:
     """The ``[balloon]`` keys for :data:`guestagent.config.KEYS`."""
-    from guestagent.config import Key
+    return section_keys(SECTION, JOB_KEYS + POLICY_KEYS)
 
-    return (
-        Key(
-            "balloon",
-            "enabled",
-            False,
-            "Size the guest to its working set and give the rest back to Xen. Off by default: "
-            "turn it on per image or from cloud-init. On stop the target goes back to the "
-            "toolstack's ceiling.",
-        ),
-        Key(
-            "balloon",
-            "lock_memory",
-            True,
-            "While ballooning, keep the agent's own pages in RAM (mlockall with MCL_ONFAULT: its "
-            "resident set, about 20-25 MiB), so it can still answer a memory spike while the "
-            "guest evicts every other page. Needs CAP_IPC_LOCK (the systemd unit grants it).",
-        ),
-        Key(
-            "balloon",
-            "policy",
-            "pressure",
-            "`pressure` (feedback on PSI memory pressure, the default when enabled), `classic` "
-            "(the old kernel self-balloon algorithm) or `none` (hold the ceiling).",
-            choices=tuple(POLICY_NAMES),
-        ),
-        Key(
-            "balloon",
-            "floor_mb",
-            0,
-            "Never balloon below this (MiB). A hard minimum of max(256 MiB, static-max/16) "
-            "applies whatever this says.",
-            minimum=0,
-            maximum=1 << 22,
-        ),
-        Key(
-            "balloon",
-            "interval_seconds",
-            5.0,
-            "How often the policy looks at the signals when no PSI trigger fires.",
-            minimum=1,
-            maximum=300,
-        ),
-        Key(
-            "balloon",
-            "psi_target_pct",
-            0.2,
-            "pressure: shrink only while memory stall stays under this share of time (%).",
-            minimum=0.01,
-            maximum=10,
-        ),
-        Key(
-            "balloon",
-            "psi_grow_pct",
-            2.0,
-            "pressure: grow at once when memory stall over an interval reaches this (%).",
-            minimum=0.1,
-            maximum=50,
-        ),
-        Key(
-            "balloon",
-            "reserved_mb",
-            -1,
-            "classic: headroom above Committed_AS (MiB); -1 means the kernel's default of 10 % "
-            "of RAM.",
-            minimum=-1,
-            maximum=1 << 22,
-        ),
-    )
+
+def policy_classes() -> tuple[type, ...]:
+    """The policy configurations whose fields are ``[balloon]`` keys."""
+    from guestagent.balloon.policy import ClassicConfig, NoneConfig, PressureConfig
+
+    return (PressureConfig, ClassicConfig, NoneConfig)
 
 
 def policy_config(section: dict[str, Any]) -> PolicyConfig:
-    """The policy configuration for a validated ``[balloon]`` section."""
-    config = default_config(str(section["policy"]))
-    common: dict[str, Any] = {"floor_kb": int(section["floor_mb"]) * MIB_KB}
-    if isinstance(config, PressureConfig):
-        common.update(
-            interval_s=float(section["interval_seconds"]),
-            psi_target_pct=float(section["psi_target_pct"]),
-            psi_grow_pct=float(section["psi_grow_pct"]),
-        )
-    elif isinstance(config, ClassicConfig):
-        reserved = int(section["reserved_mb"])
-        common.update(
-            interval_s=float(section["interval_seconds"]),
-            reserved_mb=None if reserved < 0 else reserved,
-        )
-    return replace(config, **common)
+    """The policy configuration for a validated ``[balloon]`` section: the named policy with the
+    keys that are its fields (the others keep their defaults)."""
+    from guestagent.balloon.policy import default_config
+    from guestagent.tunable import from_section
+
+    return from_section(type(default_config(str(section["policy"]))), section, f"[{SECTION}]")

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from guestagent.balloon.actuator import BalloonActuator
+from guestagent.balloon.config import INTERVAL
 from guestagent.balloon.guard import Guard, GuardCommands, reset_all
 from guestagent.balloon.policy import (
     Decision,
@@ -68,7 +69,7 @@ class BalloonController:
 
     @property
     def interval_s(self) -> float:
-        return float(getattr(self.config, "interval_s", 5.0))
+        return float(getattr(self.config, "interval_s", INTERVAL.policy_default()))
 
     def start(self) -> None:
         """Raise BalloonUnavailable without a driver; remember the original target (undo)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.balloon.actuator import BalloonUnavailable
-from guestagent.balloon.config import policy_config
+from guestagent.balloon.config import LOCK_MEMORY, policy_config
 from guestagent.balloon.controller import BalloonController
 from guestagent.balloon.memlock import Locker, lock_agent_memory, mlockall, munlockall
 from guestagent.config import Config
@@ -116,7 +116,7 @@ class BalloonJob:
         """Keep the agent resident while it balloons (guestagent.balloon.memlock)."""
         log = get_logger("balloon")
         section = (config or ctx.config).section("balloon")
-        if not section.get("lock_memory", True):
+        if not section.get("lock_memory", LOCK_MEMORY.default):
             log.info("memory_not_locked", reason="[balloon] lock_memory = false")
             return
         if not ctx.hostfs.is_real_host:
@@ -180,7 +180,7 @@ class BalloonJob:
         assert self._ctl is not None
         self._ctl.config = policy_config(config.section("balloon"))
         if self._ctx is not None:
-            wanted = bool(config.section("balloon").get("lock_memory", True))
+            wanted = bool(config.section("balloon").get("lock_memory", LOCK_MEMORY.default))
             if wanted and not self._memory_locked:
                 self._lock_memory(self._ctx, config)
             elif not wanted:

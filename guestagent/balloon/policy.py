@@ -35,6 +35,7 @@ from guestagent.balloon.common import (
     page_floor,
     used_kb,
 )
+from guestagent.balloon.config import INTERVAL, POLICY, RESERVED
 from guestagent.balloon.pressure import (
     PressureConfig,
     decide_pressure,
@@ -88,11 +89,11 @@ class ClassicConfig(PolicyConfig):
     """xen-selfballoon tunables with the kernel's defaults (reference section 5.1)."""
 
     name: ClassVar[str] = "classic"
-    interval_s: float = 5.0
+    interval_s: float = INTERVAL.field()
     downhysteresis: int = 8
     uphysteresis: int = 1
     #: None = 10 % of MemTotal, computed once at the first tick (the kernel's init rule).
-    reserved_mb: int | None = None
+    reserved_mb: int | None = RESERVED.field()
     #: 0 = the piecewise floor.
     min_usable_mb: int = 0
     #: The kernel set its target on every tick; no hysteresis.
@@ -231,8 +232,8 @@ def decide_classic(signals: MemorySignals, state: PolicyState, config: ClassicCo
 # --------------------------------------------------------------------------------------------
 # Registry
 
-POLICY_NAMES = ("none", "classic", "pressure")
-DEFAULT_POLICY = "pressure"
+POLICY_NAMES: tuple[str, ...] = POLICY.choices
+DEFAULT_POLICY: str = POLICY.default
 
 _CONFIGS: dict[str, type[PolicyConfig]] = {
     "none": NoneConfig,

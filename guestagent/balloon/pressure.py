@@ -49,6 +49,7 @@ from guestagent.balloon.common import (
     swapped_kb,
     used_kb,
 )
+from guestagent.balloon.config import INTERVAL, PSI_GROW, PSI_TARGET
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
 from guestagent.units import MIB_KB
@@ -62,11 +63,11 @@ class PressureConfig(PolicyConfig):
     """Tunables of the pressure policy (the module docstring states how they combine)."""
 
     name: ClassVar[str] = "pressure"
-    interval_s: float = 5.0
+    interval_s: float = INTERVAL.field()
     #: Shrink only while memory stall ("some") is below this percentage.
-    psi_target_pct: float = 0.2
+    psi_target_pct: float = PSI_TARGET.field()
     #: A stall over the last interval of this percentage is pressure (a grow while reclaiming).
-    psi_grow_pct: float = 2.0
+    psi_grow_pct: float = PSI_GROW.field()
     #: The PSI trigger the controller arms: 150 ms of "some" stall in a 1 s window (15 %).
     trigger_stall_us: int = 150_000
     trigger_window_us: int = 1_000_000

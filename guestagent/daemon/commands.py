@@ -296,6 +296,7 @@ def register_daemon(subparsers: Any) -> None:
         "asked (permission denied: the socket is root-only) or did not answer.")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument(
-        "--state-dir", default="/run/guestagent", help="where the daemon's status socket is"
+        "--state-dir", default=config_mod.DEFAULT_STATE_DIR,
+        help="where the daemon's status socket is",
     )
     status.set_defaults(func=show_status)

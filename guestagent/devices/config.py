@@ -25,11 +25,17 @@ from guestagent.devices.irqbalance import IRQ_MODES, IrqMode
 from guestagent.devices.model import is_bdf
 from guestagent.devices.state import STATE_FILE
 from guestagent.errors import InputError
-from guestagent.tunable import tunable
+from guestagent.tunable import setting, tunable
 
 #: Largest per-node hugepage count accepted (2 MiB pages: 2 TiB).
 MAX_HUGEPAGES = 1 << 20
 SECTION = "devices"
+
+#: The job's own key (no policy field).
+ENABLED = setting(
+    "enabled", True,
+    "Bind passthrough PCI devices to their NUMA node (IRQs, numa_node, optional rebind "
+    "and hugepages); everything is undone on stop.")
 
 
 def parse_override(item: str, source: str) -> tuple[str, int]:
@@ -123,13 +129,12 @@ def section_problems(config: Any) -> list[tuple[str, str, object, str]]:
     return tunables.section_problems(DevicesConfig, config, SECTION)
 
 
-def config_keys() -> tuple[Any, ...]:
+def config_keys() -> tuple[tunables.Key, ...]:
     """The ``[devices]`` keys to add to :data:`guestagent.config.KEYS`: ``enabled``, then every
     tunable of :class:`DevicesConfig`."""
-    from guestagent.config import Key
+    return (*tunables.section_keys(SECTION, (ENABLED,)), *tunables.keys(DevicesConfig, SECTION))
 
-    enabled = Key(
-        SECTION, "enabled", True,
-        "Bind passthrough PCI devices to their NUMA node (IRQs, numa_node, optional rebind "
-        "and hugepages); everything is undone on stop.")
-    return (enabled, *tunables.keys(DevicesConfig, SECTION))
+
+def policy_classes() -> tuple[type, ...]:
+    """The policy configurations whose fields are ``[devices]`` keys."""
+    return (DevicesConfig,)

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from typing import Any, Callable
 
 from guestagent.cli import finite_float
+from guestagent.config import DOM0_RESYNC
 from guestagent.daemon.commands import one_job_options
 from guestagent.dom0.publisher import DomainResult, Publisher
 from guestagent.dom0.role import ROLES, require_dom0
@@ -189,7 +190,8 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--resync", type=finite_float, default=None, metavar="SECONDS",
-        help="full pass at least this often ([dom0] resync_seconds, default 60)",
+        help="full pass at least this often ([dom0] resync_seconds, default "
+        f"{DOM0_RESYNC.default:g})",
     )
     _role_argument(run)
     one_job_options(run)

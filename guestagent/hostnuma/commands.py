@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
+from guestagent.hostnuma.config import BAD_LOCALITY_PCT
 
 #: Seconds between two samples of the one-shot command.
 SAMPLE_SECONDS = 1.0
@@ -92,8 +93,9 @@ def register_host(host_sub: Any, role_argument: Callable[[argparse.ArgumentParse
         help="how long to sample, 2..600 (default 10)",
     )
     numa.add_argument(
-        "--threshold", type=finite_float, default=80.0, metavar="PCT",
-        help="a guest under this locality is bad and gets a reason (default 80)",
+        "--threshold", type=finite_float, default=BAD_LOCALITY_PCT.default, metavar="PCT",
+        help="a guest under this locality is bad and gets a reason ([hostnuma] "
+        f"bad_locality_pct, default {BAD_LOCALITY_PCT.default:g})",
     )
     role_argument(numa)
     numa.set_defaults(func=host_numa)

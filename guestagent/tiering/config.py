@@ -1,93 +1,90 @@
-"""The ``[tiering]`` configuration keys and the policy configuration they make."""
+"""The ``[tiering]`` configuration keys, each declared once (:mod:`guestagent.tunable`), and the
+policy configuration they make.
+
+The fields of :class:`guestagent.tiering.model.TieringConfig` take their defaults from these
+declarations (``max_rate = MAX_RATE.field()``: ``max_rate_mb`` in MiB/s, the field in bytes/s;
+``interval_seconds`` is the field ``interval_s``). This module imports no policy at load time
+(the model imports it).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guestagent.errors import InputError
-from guestagent.tiering.model import TieringConfig
+from guestagent.tunable import Key, as_float, scaled, section_keys, setting
 from guestagent.units import MIB
 
+if TYPE_CHECKING:
+    from guestagent.tiering.model import TieringConfig
 
-def config_keys() -> tuple[Any, ...]:
+SECTION = "tiering"
+
+ENABLED = setting(
+    "enabled", False,
+    "Move cold pages from a vnode short of free memory to the nearest vnode with room "
+    "(DAMON migrate_cold, Linux 6.11+). Off by default; undone on stop.")
+BACKEND = setting(
+    "backend", "auto",
+    "`auto` (the first that can serve), `damon` or `tmem` (tmem cannot choose a node: "
+    "it is probed and reported, never used to move the guest's pages).",
+    choices=("auto", "damon", "tmem"))
+#: ``TieringConfig.interval_s``.
+INTERVAL = setting(
+    "interval_seconds", 10.0, "How often the plan is recomputed.",
+    minimum=1, maximum=600, convert=as_float)
+SOURCE_LOW = setting(
+    "source_low_pct", 10.0,
+    "A vnode is short of memory when its free memory falls below this % of its own "
+    "MemTotal.",
+    minimum=1, maximum=90, convert=as_float)
+SOURCE_HIGH = setting(
+    "source_high_pct", 15.0,
+    "...and stays short until its free memory is back above this %.",
+    minimum=1, maximum=90, convert=as_float)
+TARGET_MIN = setting(
+    "target_min_pct", 25.0,
+    "A vnode takes cold pages only while its free memory stays above this % (its own "
+    "watermark).",
+    minimum=1, maximum=95, convert=as_float)
+#: ``TieringConfig.max_rate`` (bytes/s).
+MAX_RATE = setting(
+    "max_rate_mb", 64,
+    "Upper bound on the migration rate (MiB/s per source vnode).",
+    minimum=1, maximum=4096, convert=scaled(MIB))
+
+#: Keys the job reads itself (no policy field).
+JOB_KEYS = (ENABLED, BACKEND)
+#: Keys that are fields of :class:`~guestagent.tiering.model.TieringConfig`.
+POLICY_KEYS = (INTERVAL, SOURCE_LOW, SOURCE_HIGH, TARGET_MIN, MAX_RATE)
+
+
+def config_keys() -> tuple[Key, ...]:
     """The ``[tiering]`` keys for :data:`guestagent.config.KEYS`."""
-    from guestagent.config import Key
+    return section_keys(SECTION, JOB_KEYS + POLICY_KEYS)
 
-    return (
-        Key(
-            "tiering",
-            "enabled",
-            False,
-            "Move cold pages from a vnode short of free memory to the nearest vnode with room "
-            "(DAMON migrate_cold, Linux 6.11+). Off by default; undone on stop.",
-        ),
-        Key(
-            "tiering",
-            "backend",
-            "auto",
-            "`auto` (the first that can serve), `damon` or `tmem` (tmem cannot choose a node: "
-            "it is probed and reported, never used to move the guest's pages).",
-            choices=("auto", "damon", "tmem"),
-        ),
-        Key(
-            "tiering",
-            "interval_seconds",
-            10.0,
-            "How often the plan is recomputed.",
-            minimum=1,
-            maximum=600,
-        ),
-        Key(
-            "tiering",
-            "source_low_pct",
-            10.0,
-            "A vnode is short of memory when its free memory falls below this % of its own "
-            "MemTotal.",
-            minimum=1,
-            maximum=90,
-        ),
-        Key(
-            "tiering",
-            "source_high_pct",
-            15.0,
-            "...and stays short until its free memory is back above this %.",
-            minimum=1,
-            maximum=90,
-        ),
-        Key(
-            "tiering",
-            "target_min_pct",
-            25.0,
-            "A vnode takes cold pages only while its free memory stays above this % (its own "
-            "watermark).",
-            minimum=1,
-            maximum=95,
-        ),
-        Key(
-            "tiering",
-            "max_rate_mb",
-            64,
-            "Upper bound on the migration rate (MiB/s per source vnode).",
-            minimum=1,
-            maximum=4096,
-        ),
-    )
+
+def policy_classes() -> tuple[type, ...]:
+    """The policy configuration whose fields are ``[tiering]`` keys."""
+    from guestagent.tiering.model import TieringConfig
+
+    return (TieringConfig,)
 
 
 def tiering_config(section: dict[str, Any]) -> TieringConfig:
     """A validated ``[tiering]`` section as the policy's configuration (raises InputError when
     the watermarks contradict each other). A ``max_rate_mb`` under the policy's starting (or
     least) rate lowers those to it: the bound is the bound."""
-    max_rate = int(section["max_rate_mb"]) * MIB
+    from guestagent.tiering.model import TieringConfig
+    from guestagent.tunable import section_values
+
+    values = section_values(TieringConfig, section, f"[{SECTION}]")
+    max_rate = values.get("max_rate", MAX_RATE.policy_default())
     defaults = TieringConfig()
     return TieringConfig(
-        source_low_pct=float(section["source_low_pct"]),
-        source_high_pct=float(section["source_high_pct"]),
-        target_min_pct=float(section["target_min_pct"]),
-        max_rate=max_rate,
+        **values,
         initial_rate=min(defaults.initial_rate, max_rate),
         min_rate=min(defaults.min_rate, max_rate),
-        interval_s=float(section["interval_seconds"]),
     )
 
 

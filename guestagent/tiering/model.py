@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from guestagent.errors import GuestAgentError, InputError
+from guestagent.tiering.config import INTERVAL, MAX_RATE, SOURCE_HIGH, SOURCE_LOW, TARGET_MIN
 from guestagent.units import MIB
 
 #: Distance used for a node pair whose distance is unknown: worse than any SLIT entry (u8).
@@ -93,17 +94,17 @@ class TieringConfig:
       ``[min_rate, max_rate]``.
     """
 
-    source_low_pct: float = 10.0
-    source_high_pct: float = 15.0
-    target_min_pct: float = 25.0
+    source_low_pct: float = SOURCE_LOW.field()
+    source_high_pct: float = SOURCE_HIGH.field()
+    target_min_pct: float = TARGET_MIN.field()
     min_inactive_bytes: int = 16 * MIB
     min_rate: int = 1 * MIB
-    max_rate: int = 64 * MIB
+    max_rate: int = MAX_RATE.field()
     initial_rate: int = 4 * MIB
     rate_step: int = 2 * MIB
     backoff: float = 0.5
     promotion_target_per_min: float = 0.02
-    interval_s: float = 10.0
+    interval_s: float = INTERVAL.field()
     #: A target that ran out of room takes pages again only once it has this much (percent of its
     #: own MemTotal) above its watermark: without it, a target hovering at its watermark turns the
     #: source on and off every interval (seen on the testbed: each "on" restarts DAMON's monitoring,
