@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from guestagent.errors import GuestAgentError, show_value
 from guestagent.tunable import Key as Key
@@ -142,30 +142,32 @@ def defaults() -> Config:
     return Config(values)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: A key's kind (the type of its declared default) -> the test of a value and the problem.
+_KIND_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "bool": (lambda v: isinstance(v, bool), "expected true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "expected an integer"),
+    "float": (_is_number, "expected a number"),
+    "str": (lambda v: isinstance(v, str), "expected a string"),
+    "list": (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+             "expected a list of strings"),
+}
+
+
 def check_value(key: Key, value: object) -> str | None:
     """Why ``value`` is not acceptable for ``key``, or None (the one check of a key's type,
     choices and range: files, cloud-config through the loader, Python callers through
     :func:`guestagent.tunable.checked`)."""
-    if key.kind == "bool":
-        if not isinstance(value, bool):
-            return "expected true or false"
-    elif key.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            return "expected an integer"
-    elif key.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return "expected a number"
-    elif key.kind == "str":
-        if not isinstance(value, str):
-            return "expected a string"
-        if key.choices and value not in key.choices:
-            return "expected one of " + ", ".join(key.choices)
-    elif key.kind == "list" and (
-        not isinstance(value, list) or not all(isinstance(v, str) for v in value)
-    ):
-        return "expected a list of strings"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _check_number(key, value)
+    accepts, why = _KIND_CHECKS[key.kind]
+    if not accepts(value):
+        return why
+    if key.choices and value not in key.choices:
+        return "expected one of " + ", ".join(key.choices)
+    if _is_number(value):
+        return _check_number(key, value)  # type: ignore[arg-type]
     return None
 
 

@@ -1,10 +1,12 @@
 """JSON schema of the cloud-config key ``guestagent:``, and a validator for the subset it uses.
 
-The schema is generated from :data:`guestagent.config.KEYS`, so every configuration key the daemon
-knows can be set from cloud-config and nothing else can. cloud-init (22.4 in Debian 12) takes module
-schemas only from its own bundled file, so ``cc_guestagent`` validates with this one itself; the
-packages ship it as ``/usr/share/guestagent/cloud-config.schema.json`` for editors and linters
-(``python3 -m guestagent.cloudinit.schema`` prints it).
+The schema is generated from :data:`guestagent.config.KEYS`, the rows of the keys' declarations
+(:mod:`guestagent.tunable`), so every configuration key the daemon knows can be set from
+cloud-config, with the same type, choices, bounds and default, and nothing else can. cloud-init
+(22.4 in Debian 12) takes module schemas only from its own bundled file, so ``cc_guestagent``
+validates with this one itself; the packages ship it as
+``/usr/share/guestagent/cloud-config.schema.json`` for editors and linters (``python3 -m
+guestagent.cloudinit.schema`` prints it).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from guestagent.tunable import Key
 
 #: Keys of ``guestagent:`` itself; every other key is a section of guestagent.toml.
 MODULE_KEYS: dict[str, dict[str, Any]] = {
@@ -28,21 +33,21 @@ MODULE_KEYS: dict[str, dict[str, Any]] = {
 _JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
 
 
-def _key_schema(kind: str, default: object, doc: str, choices: tuple[str, ...],
-                minimum: float | None, maximum: float | None) -> dict[str, Any]:
+def key_schema(key: Key) -> dict[str, Any]:
+    """The schema of one key, from its declaration (type, choices, bounds, default, doc)."""
     prop: dict[str, Any]
-    if kind == "list":
+    if key.kind == "list":
         prop = {"type": "array", "items": {"type": "string"}}
     else:
-        prop = {"type": _JSON_TYPES[kind]}
-    if choices:
-        prop["enum"] = list(choices)
-    if minimum is not None:
-        prop["minimum"] = minimum
-    if maximum is not None:
-        prop["maximum"] = maximum
-    prop["default"] = default
-    prop["description"] = doc
+        prop = {"type": _JSON_TYPES[key.kind]}
+    if key.choices:
+        prop["enum"] = list(key.choices)
+    if key.minimum is not None:
+        prop["minimum"] = key.minimum
+    if key.maximum is not None:
+        prop["maximum"] = key.maximum
+    prop["default"] = key.default
+    prop["description"] = key.doc
     return prop
 
 
@@ -58,8 +63,7 @@ def build_schema() -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {},
         })
-        section["properties"][key.name] = _key_schema(
-            key.kind, key.default, key.doc, key.choices, key.minimum, key.maximum)
+        section["properties"][key.name] = key_schema(key)
     return {
         "$schema": "http://json-schema.org/draft-04/schema#",
         "title": "cloud-config key 'guestagent' (cloud-init module cc_guestagent)",
@@ -107,24 +111,38 @@ def validate(value: object, schema: Mapping[str, Any], path: str) -> list[str]:
     if "enum" in schema and value not in schema["enum"]:
         problems.append(f"{path} = {show_value(value)}: expected one of "
                         + ", ".join(str(v) for v in schema["enum"]))
-    if isinstance(value, float) and not math.isfinite(value):
-        problems.append(f"{path} = {value}: expected a finite number")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            problems.append(f"{path} = {value}: below the minimum {schema['minimum']:g}")
-        if "maximum" in schema and value > schema["maximum"]:
-            problems.append(f"{path} = {value}: above the maximum {schema['maximum']:g}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        problems += _number_problems(value, schema, path)
     if isinstance(value, Mapping):
-        properties: Mapping[str, Any] = schema.get("properties", {})
-        for name, item in value.items():
-            if name in properties:
-                problems += validate(item, properties[name], f"{path}.{name}")
-            elif schema.get("additionalProperties", True) is False:
-                known = ", ".join(properties)
-                problems.append(f"{path}.{name}: unknown key (known: {known})")
+        problems += _mapping_problems(value, schema, path)
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             problems += validate(item, schema["items"], f"{path}[{i}]")
+    return problems
+
+
+def _number_problems(value: float, schema: Mapping[str, Any], path: str) -> list[str]:
+    """A number's bounds (a NaN or an infinity is refused before them: it passes every one)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path} = {value}: expected a finite number"]
+    problems: list[str] = []
+    if "minimum" in schema and value < schema["minimum"]:
+        problems.append(f"{path} = {value}: below the minimum {schema['minimum']:g}")
+    if "maximum" in schema and value > schema["maximum"]:
+        problems.append(f"{path} = {value}: above the maximum {schema['maximum']:g}")
+    return problems
+
+
+def _mapping_problems(value: Mapping[Any, Any], schema: Mapping[str, Any], path: str) -> list[str]:
+    """Each known key against its schema; an unknown key where the schema allows none."""
+    problems: list[str] = []
+    properties: Mapping[str, Any] = schema.get("properties", {})
+    for name, item in value.items():
+        if name in properties:
+            problems += validate(item, properties[name], f"{path}.{name}")
+        elif schema.get("additionalProperties", True) is False:
+            known = ", ".join(properties)
+            problems.append(f"{path}.{name}: unknown key (known: {known})")
     return problems
 
 
