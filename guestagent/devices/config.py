@@ -36,6 +36,8 @@ ENABLED = setting(
     "enabled", True,
     "Bind passthrough PCI devices to their NUMA node (IRQs, numa_node, optional rebind "
     "and hugepages); everything is undone on stop.")
+#: Keys the job reads itself (no policy field).
+JOB_KEYS = (ENABLED,)
 
 
 def parse_override(item: str, source: str) -> tuple[str, int]:
@@ -132,7 +134,7 @@ def section_problems(config: Any) -> list[tuple[str, str, object, str]]:
 def config_keys() -> tuple[tunables.Key, ...]:
     """The ``[devices]`` keys to add to :data:`guestagent.config.KEYS`: ``enabled``, then every
     tunable of :class:`DevicesConfig`."""
-    return (*tunables.section_keys(SECTION, (ENABLED,)), *tunables.keys(DevicesConfig, SECTION))
+    return (*tunables.section_keys(SECTION, JOB_KEYS), *tunables.keys(DevicesConfig, SECTION))
 
 
 def policy_classes() -> tuple[type, ...]:
