@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
+from guestagent.hostnuma.config import BAD_LOCALITY_PCT
 from guestagent.log import get_logger
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class HostNumaJob:
         self._closer: Any = None
         self._monitor: Monitor | None = None
         self._timer: Timer | None = None
-        self._threshold = 80.0
+        self._threshold = BAD_LOCALITY_PCT.default
         self._report: HostFigures | None = None
         self._error: str | None = None
         self._log = get_logger("hostnuma")

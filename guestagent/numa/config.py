@@ -10,6 +10,12 @@ SECTION = "numa"
 #: guest with more than one vnode (journalled, undone on stop).
 BALANCING_MODES = ("leave", "auto")
 
+INTERVAL = setting(
+    "interval_seconds", 60,
+    "Seconds between two samples; the figures are rates over that interval, and they are "
+    "published once per interval at most.",
+    minimum=10, maximum=3600)
+
 DECLARED = (
     setting(
         "enabled", False,
@@ -19,11 +25,7 @@ DECLARED = (
         "a few small file reads, each interval costs a xenstore transaction served by Dom0 "
         "(2 requests plus one per changed key) and a wakeup of its own "
         "(docs/NUMA-HEALTH.md, Cost)."),
-    setting(
-        "interval_seconds", 60,
-        "Seconds between two samples; the figures are rates over that interval, and they are "
-        "published once per interval at most.",
-        minimum=10, maximum=3600),
+    INTERVAL,
     setting(
         "balancing", "leave",
         "`leave`: never touch /proc/sys/kernel/numa_balancing (a guest with more than one "

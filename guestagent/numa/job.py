@@ -27,6 +27,7 @@ from guestagent.config import Config
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.log import get_logger
 from guestagent.numa import balancing as balancing_mod
+from guestagent.numa.config import INTERVAL
 from guestagent.numa.figures import BALANCING_SYSCTL, balancing_to_write, balancing_warning, compute
 from guestagent.numa.model import Figures, Sample
 from guestagent.numa.readers import read_balancing, read_sample
@@ -56,7 +57,7 @@ class NumaJob:
         self._timer: Timer | None = None
         self._journal: balancing_mod.NumaJournal | None = None
         self._mode = "leave"
-        self._interval = 60.0
+        self._interval = float(INTERVAL.default)
         self._previous: Sample | None = None
         self._figures: Figures | None = None
         self._problems: tuple[str, ...] = ()
