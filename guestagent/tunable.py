@@ -87,36 +87,35 @@ class Tunable:
 @dataclass(frozen=True)
 class Key:
     """One key of a ``[section]``: a row of :data:`guestagent.config.KEYS`, made from its
-    declaration (never written by hand)."""
+    declaration by :meth:`of` (:func:`keys`, :func:`section_keys`). The constructor of a row
+    written by hand (before this module) still works; such a key has no policy field."""
 
     section: str
     name: str
-    spec: Tunable
+    default: Value
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    #: The declaration the row was made from (None: written by hand).
+    declaration: Tunable | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, section: str, name: str, spec: Tunable) -> Key:
+        return cls(section, name, spec.default, spec.doc, spec.choices, spec.minimum,
+                   spec.maximum, spec)
 
     @property
-    def default(self) -> Value:
-        value: Value = self.spec.default
-        return value
-
-    @property
-    def doc(self) -> str:
-        return self.spec.doc
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        return self.spec.choices
-
-    @property
-    def minimum(self) -> float | None:
-        return self.spec.minimum
-
-    @property
-    def maximum(self) -> float | None:
-        return self.spec.maximum
+    def spec(self) -> Tunable:
+        """The key's declaration."""
+        if self.declaration is not None:
+            return self.declaration
+        return Tunable(self.default, self.doc, self.choices, self.minimum, self.maximum,
+                       name=self.name)
 
     @property
     def kind(self) -> str:
-        return type(self.spec.default).__name__
+        return type(self.default).__name__
 
 
 def tunable(default: Any, doc: str, *, choices: tuple[str, ...] = (),
@@ -161,12 +160,12 @@ def tunables(cls: type) -> list[tuple[str, Tunable]]:
 def keys(cls: type, section: str) -> tuple[Key, ...]:
     """The ``[section]`` keys of ``cls``'s tunable fields (rows of
     :data:`guestagent.config.KEYS`)."""
-    return tuple(Key(section, _key_name(name, spec), spec) for name, spec in tunables(cls))
+    return tuple(Key.of(section, _key_name(name, spec), spec) for name, spec in tunables(cls))
 
 
 def section_keys(section: str, declared: Sequence[Tunable]) -> tuple[Key, ...]:
     """The ``[section]`` keys of declarations made with :func:`setting`, in their order."""
-    return tuple(Key(section, spec.name, spec) for spec in declared)
+    return tuple(Key.of(section, spec.name, spec) for spec in declared)
 
 
 def from_section(cls: Callable[..., T], section: Mapping[str, Any], source: str,
@@ -204,7 +203,7 @@ def checked(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
         if spec.policy_form is not None and isinstance(value, spec.policy_form):
             out[name] = value
             continue
-        why = check_value(Key("", key, spec), value)
+        why = check_value(Key.of("", key, spec), value)
         if why is not None:
             raise InputError(f"{source} {key}", why, value)
         out[name] = spec.to_policy(value, f"{source} {key}")

@@ -268,3 +268,17 @@ def test_a_policy_default_typed_apart_from_its_declaration_is_found() -> None:
     assert tunables.checked(Derived, {"interval_seconds": 3}, "x") == {"interval_s": 3.0}
     with pytest.raises(InputError, match="x interval_seconds: below the minimum 1"):
         tunables.checked(Derived, {"interval_seconds": 0}, "x")
+
+
+def test_a_row_made_from_a_declaration_equals_one_written_by_hand() -> None:
+    """A branch written before tunable.py that adds ``Key(section, name, default, doc, ...)``
+    still merges: the row is the same and its ``spec`` is made from it."""
+    spec = setting("refresh_seconds", 3600, "How often.", minimum=10, maximum=86400)
+    made = tunables.Key.of("topology", "refresh_seconds", spec)
+    by_hand = tunables.Key("topology", "refresh_seconds", 3600, "How often.", minimum=10,
+                           maximum=86400)
+    assert made == by_hand and made.spec is spec
+    assert (by_hand.spec.default, by_hand.spec.minimum, by_hand.spec.name) == (
+        3600, 10, "refresh_seconds")
+    assert config_mod.check_value(by_hand, 9) == config_mod.check_value(made, 9) == (
+        "below the minimum 10")
