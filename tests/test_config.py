@@ -171,3 +171,19 @@ def test_every_daemon_job_has_its_section_and_name() -> None:
     assert [j.name for j in make_jobs(defaults(), "dom0")] == ["dom0"]  # hostnuma: off
     cfg.values["devices"]["enabled"] = False
     assert "devices" not in [j.name for j in make_jobs(cfg, "guest")]
+
+
+def test_balloon_keys_the_job_would_refuse_are_refused_by_load(tmp_path: Path) -> None:
+    # Each key is in range on its own; the pressure policy needs target < grow. Before, load()
+    # (and so `config check`) accepted this and the balloon job refused it when it started.
+    main = write(tmp_path / "guestagent.toml",
+                 "[balloon]\npolicy = \"pressure\"\npsi_target_pct = 5\npsi_grow_pct = 2\n")
+    with pytest.raises(ConfigError) as e:
+        load(main, str(tmp_path / "conf.d"))
+    assert len(e.value.problems) == 1, e.value.problems
+    line = e.value.problems[0]
+    assert line.startswith(f"{main}: [balloon] psi_target_pct = ")
+    assert "target < grow" in line
+    # The same pair in the right order loads.
+    write(tmp_path / "guestagent.toml", "[balloon]\npsi_target_pct = 2\npsi_grow_pct = 5\n")
+    assert load(main, str(tmp_path / "conf.d")).get("balloon", "psi_grow_pct") == 5

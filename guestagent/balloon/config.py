@@ -95,3 +95,21 @@ def policy_config(section: dict[str, Any]) -> PolicyConfig:
     from guestagent.tunable import from_section
 
     return from_section(type(default_config(str(section["policy"]))), section, f"[{SECTION}]")
+
+
+def section_problems(config: Any) -> list[tuple[str, str, object, str]]:
+    """What ``config check`` finds wrong in ``[balloon]`` across keys (e.g. ``psi_target_pct``
+    below ``psi_grow_pct``): the policy configuration built and validated exactly as the balloon
+    job does when it starts, so a file that check accepts is one the job accepts."""
+    from guestagent.errors import InputError
+
+    section = config.section(SECTION)
+    try:
+        policy_config(section).validate()
+    except InputError as e:
+        # The source names the policy field(s): "balloon config psi_target_pct/psi_grow_pct".
+        fields = e.source.rpartition(" ")[2].split("/")
+        name = next((f for f in fields if f in section and (SECTION, f) in config.origins),
+                    fields[0] if fields[0] in section else "policy")
+        return [(SECTION, name, section.get(name), e.reason)]
+    return []
