@@ -100,9 +100,12 @@ def _known(row: dict[str, Any]) -> dict[str, Any]:
 def status(report: HostFigures) -> dict[str, Any]:
     """The job's status entries. ``by_node`` becomes ``guestagent_hostnuma_node_<figure>{node}``;
     each ``series_<name>`` row (labels and figures) becomes
-    ``guestagent_hostnuma_<name>_<figure>{<labels>}`` (guestagent/daemon/metrics.py)."""
+    ``guestagent_hostnuma_<name>_<figure>{<labels>}`` (guestagent/daemon/metrics.py):
+    ``series_node_vnode`` gives ``guestagent_hostnuma_node_vnode_memory_bytes{node,guest,vnode}``
+    and ``_vcpus``, one per vnode on the node that holds its memory."""
     guests = []
     vnodes = []
+    placed = []
     for g in report.guests:
         # The name, not the domid, labels a guest: libxl keeps names unique on a host, and a
         # domid changes at every reboot of the guest (a new series each time).
@@ -116,6 +119,13 @@ def status(report: HostFigures) -> dict[str, Any]:
                           "cpu_seconds": v.cpu_seconds, "guest_local_pct": v.guest_local_pct,
                           "guest_cpu_busy_pct": v.guest_cpu_busy_pct}),
             })
+            # Where the vnode's memory sits, with the node as a label: Prometheus can join it
+            # with the node's free memory (a figure cannot become a label in PromQL).
+            placed.append({
+                "labels": {"node": str(v.pnode), **labels, "vnode": str(v.vnode)},
+                **_known({"memory_bytes": None if v.memkb is None else v.memkb * 1024,
+                          "vcpus": len(v.vcpus)}),
+            })
     return {
         "window_seconds": round(report.window_seconds, 3),
         "guests": len(report.guests),
@@ -127,4 +137,5 @@ def status(report: HostFigures) -> dict[str, Any]:
         },
         "series_guest": guests,
         "series_guest_vnode": vnodes,
+        "series_node_vnode": placed,
     }
