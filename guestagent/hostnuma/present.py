@@ -77,6 +77,7 @@ def to_json(report: HostFigures) -> dict[str, Any]:
                 "bad": g.bad,
                 "reason": g.reason,
                 "note": g.note,
+                "seconds_by_pnode": {str(n): s for n, s in g.seconds_by_pnode.items()},
                 "vnodes": [_vnode_json(v) for v in g.vnodes],
             }
             for g in report.guests
@@ -102,16 +103,21 @@ def status(report: HostFigures) -> dict[str, Any]:
     each ``series_<name>`` row (labels and figures) becomes
     ``guestagent_hostnuma_<name>_<figure>{<labels>}`` (guestagent/daemon/metrics.py):
     ``series_node_vnode`` gives ``guestagent_hostnuma_node_vnode_memory_bytes{node,guest,vnode}``
-    and ``_vcpus``, one per vnode on the node that holds its memory."""
+    and ``_vcpus``, one per vnode on the node that holds its memory; ``series_guest_node``
+    gives ``guestagent_hostnuma_guest_node_cpu_seconds{guest,node}``, where all its vCPUs ran
+    (the one figure a guest without vNUMA has)."""
     guests = []
     vnodes = []
     placed = []
+    ran = []
     for g in report.guests:
         # The name, not the domid, labels a guest: libxl keeps names unique on a host, and a
         # domid changes at every reboot of the guest (a new series each time).
         labels = {"guest": g.name}
         guests.append({"labels": labels, **_known(
             {"domid": g.domid, "locality_pct": g.locality_pct, "bad": int(g.bad)})})
+        ran += [{"labels": {**labels, "node": str(n)}, "cpu_seconds": s}
+                for n, s in g.seconds_by_pnode.items()]
         for v in g.vnodes:
             vnodes.append({
                 "labels": {**labels, "vnode": str(v.vnode)},
@@ -138,4 +144,5 @@ def status(report: HostFigures) -> dict[str, Any]:
         "series_guest": guests,
         "series_guest_vnode": vnodes,
         "series_node_vnode": placed,
+        "series_guest_node": ran,
     }
