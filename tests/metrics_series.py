@@ -126,7 +126,7 @@ def _tiering(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         loop.close()
 
 
-def _dom0(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
+def dom0_status(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
     from dataclasses import replace
 
     from guestagent.dom0.job import Dom0Job
@@ -151,9 +151,13 @@ def _dom0(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
         loop.close()
 
 
-def _hostnuma(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
+def hostnuma_status(xs_server: Any, connect: Callable[[], Any],
+                    free_gib: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """The Dom0 hostnuma job on the three-node fixture host and its simulated Xen, after two
-    samples 10 s apart, with one guest's own published figures (tests/test_hostnuma.py)."""
+    samples 10 s apart, with one guest's own published figures (tests/test_hostnuma.py);
+    ``free_gib``: the nodes' free memory instead of the fixture's 12, 15 and 3 GiB (of 16)."""
+    from dataclasses import replace
+
     from guestagent.hostnuma.job import HostNumaJob
     from guestagent.xen.domctl import Domctl
     from guestagent.xen.sysctl import Sysctl
@@ -174,6 +178,8 @@ def _hostnuma(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
                                          "vnodes/1/local-pct": b"40.0",
                                          "vnodes/1/cpu-busy-pct": b"100.0"})
     xen = fake_host()
+    if free_gib is not None:
+        xen.host = replace(xen.host, memory=[(16 << 30, f << 30) for f in free_gib])
     clock = FakeClock()
     loop = EventLoop(clock=clock)
     cfg = defaults()
@@ -198,8 +204,8 @@ def job_statuses(tmp: Path, xs_server: Any, xs_connect: Callable[[int], Any],
     statuses["devices"] = _devices(tmp, monkeypatch)
     statuses["numa"] = _numa(tmp, lambda: xs_connect(5))
     statuses["tiering"] = _tiering(tmp, monkeypatch)
-    statuses["dom0"] = _dom0(xs_server, lambda: xs_connect(0))
-    statuses["hostnuma"] = _hostnuma(xs_server, lambda: xs_connect(0))
+    statuses["dom0"] = dom0_status(xs_server, lambda: xs_connect(0))
+    statuses["hostnuma"] = hostnuma_status(xs_server, lambda: xs_connect(0))
     return statuses
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from guestagent.daemon.service import read_status
 from guestagent.errors import GuestAgentError
-from tests.metrics_series import exported_series, job_statuses
+from tests.metrics_series import dom0_status, exported_series, hostnuma_status, job_statuses
 from tests.xenstore_server import XenstoreServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -422,4 +422,97 @@ def test_prometheus_scrapes_the_daemon(tmp_path: Path, xs_server: XenstoreServer
         daemon_log = daemon.stderr.read() if daemon.stderr else ""
         server_log = server.stderr.read() if server.stderr else ""
     assert daemon_status == 0, daemon_log[-3000:]
+    assert "level=error" not in server_log, server_log[-3000:]
+
+
+# --- a real Prometheus scraping two Dom0s ---------------------------------------------------------
+
+def _serve(texts: list[str], stop: Any) -> tuple[list[int], Any]:
+    """One agent metrics endpoint (guestagent.daemon.metrics.MetricsServer) per text, on
+    loopback, answered by a thread until ``stop`` is set."""
+    import select
+    import threading
+
+    from guestagent.daemon.metrics import MetricsServer
+
+    ports = [free_port() for _ in texts]
+    servers = [MetricsServer(f"127.0.0.1:{port}", lambda t=text: t)
+               for port, text in zip(ports, texts)]
+
+    def answer() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select(servers, [], [], 0.2)
+            for server in ready:
+                server.on_readable()
+        for server in servers:
+            server.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return ports, thread
+
+
+def _alerts(prom_port: int, hosts: dict[str, str]) -> set[tuple[str, ...]]:
+    """(alert, host, guest, node) of every alert, pending or firing."""
+    return {(a["labels"]["alertname"], hosts[a["labels"]["instance"]],
+             a["labels"].get("guest", ""), a["labels"].get("node", ""))
+            for a in api(prom_port, "alerts")["alerts"]}
+
+
+@pytest.mark.timeout(240)
+def test_prometheus_aggregates_two_dom0s(tmp_path: Path, xs_server: XenstoreServer,
+                                         xs_connect: Callable[[int], Any]) -> None:
+    """Issue 19 part 3 with the engine itself: two Dom0s (the hostnuma and dom0 jobs on the
+    fixture host, rendered by the agent's own metrics code and served by its own endpoint) are
+    scraped by a real Prometheus, the recording rules sum them, and the alerts go pending for
+    exactly the guests, vnodes and devices they are about."""
+    import threading
+
+    from guestagent.daemon.metrics import render
+
+    prometheus = need("prometheus")
+    # Host a: the fixture (node 2 has 3 GiB of 16 free). Host b: node 2 has none left, where
+    # guest hvm-far-vnodes has vnode 1. Both run hvm-two-vnodes with vnode 1 away (bad).
+    dom0 = dom0_status(xs_server, lambda: xs_connect(0))
+    texts = [render({"jobs": {"hostnuma": {"running": True, **hostnuma_status(
+                 xs_server, lambda: xs_connect(0), free)}, "dom0": {"running": True, **dom0}}})
+             for free in ((12, 15, 3), (12, 15, 0))]
+    stop = threading.Event()
+    (port_a, port_b), thread = _serve(texts, stop)
+    prom_port = free_port()
+    prom_config = tmp_path / "prometheus.yml"
+    prom_config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {RULES}\n"
+        "scrape_configs:\n  - job_name: guestagent-dom0\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{port_a}', '127.0.0.1:{port_b}']\n")
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        total = wait_for("the fleet's bad guests", lambda: [
+            s for s in query(prom_port, "job:guestagent_hostnuma_bad_guests:sum")
+            if s["value"][1] == "2"])
+        assert total[0]["metric"] == {"__name__": "job:guestagent_hostnuma_bad_guests:sum",
+                                      "job": "guestagent-dom0"}
+        ratios = wait_for("each vnode's node free", lambda: query(
+            prom_port, "guestagent:hostnuma_vnode_node_free:ratio") or None)
+        hosts = {f"127.0.0.1:{port_a}": "a", f"127.0.0.1:{port_b}": "b"}
+        by_vnode = {(hosts[s["metric"]["instance"]], s["metric"]["guest"], s["metric"]["vnode"]):
+                    float(s["value"][1]) for s in ratios}
+        assert by_vnode[("a", "hvm-far-vnodes", "1")] == 3 / 16
+        assert by_vnode[("b", "hvm-far-vnodes", "1")] == 0.0
+        assert by_vnode[("b", "hvm-two-vnodes", "1")] == 15 / 16 and len(by_vnode) == 8
+        expected = {("GuestagentGuestPoorLocality", host, "hvm-two-vnodes", "")
+                    for host in "ab"}
+        expected |= {("GuestagentDeviceOnRemoteNode", host, "5", "") for host in "ab"}
+        expected.add(("GuestagentNodeLowUnderVnode", "b", "hvm-far-vnodes", "2"))
+        wait_for("the alerts pending", lambda: _alerts(prom_port, hosts) == expected)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        stop.set()
+        thread.join(timeout=10)
+        server_log = server.stderr.read() if server.stderr else ""
     assert "level=error" not in server_log, server_log[-3000:]
