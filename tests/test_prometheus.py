@@ -123,7 +123,8 @@ DASHBOARD_MUST_CHART = {
     "dom0": ("guestagent_dom0_guest_devices", "guestagent_dom0_guest_remote_devices"),
     "hostnuma": ("guestagent_hostnuma_guest_locality_pct", "guestagent_hostnuma_bad_guests",
                  "guestagent_hostnuma_guest_vnode_local_pct", "guestagent_hostnuma_node_free_bytes",
-                 "guestagent_hostnuma_node_vnode_memory_bytes"),
+                 "guestagent_hostnuma_node_vnode_memory_bytes",
+                 "guestagent_hostnuma_guest_node_cpu_seconds"),
 }
 #: The rules' counts (promtool's "N rules found" is both kinds).
 ALERTS, RECORDS = 10, 4
@@ -245,7 +246,8 @@ def _panel_query(title: str, ref: str = "A") -> str:
 
 def test_dashboard_node_panels_join_vnodes_to_their_hosts_nodes(tmp_path: Path) -> None:
     """The dashboard's joins of each vnode's placement with its node's free memory, evaluated by
-    promtool on two hosts: node 1 is nearly full on both, only h1 has a vnode there."""
+    promtool on two hosts: node 1 is nearly full on both, only h1 has a vnode there; and the
+    share of a guest's vCPU time per node."""
     promtool = need("promtool")
     size, free = 16 << 30, {("h1", "0"): 12 << 30, ("h1", "1"): 512 << 20,
                             ("h2", "0"): 8 << 30, ("h2", "1"): 512 << 20}
@@ -258,12 +260,18 @@ def test_dashboard_node_panels_join_vnodes_to_their_hosts_nodes(tmp_path: Path) 
                                      ("h2", "0", "vm2", "0")):
         series.append(f'guestagent_hostnuma_node_vnode_vcpus{{instance="{host}:9731",'
                       f'node="{node}",guest="{guest}",vnode="{vnode}"}}: \'2x10\'')
+    for node, seconds in (("0", 7), ("1", 1), ("-1", 2)):
+        series.append(f'guestagent_hostnuma_guest_node_cpu_seconds{{instance="h1:9731",'
+                      f'guest="pv",node="{node}"}}: \'{seconds}x10\'')
     inputs = "".join(f"      - series: '{s.split(': ')[0]}'\n        values: {s.split(': ')[1]}\n"
                      for s in series)
     count = _panel_query("Guest vnodes on a node under 5 % free")
     per_vnode = _panel_query("Guest vnodes on each host node, and the node's free memory", "C")
+    ran = _panel_query("Where each guest's vCPUs ran, by host node")
     vnode = '{{instance="{}:9731",node="{}",guest="{}",vnode="{}"}}'
     expected = {count: [('{instance="h1:9731"}', 1)],
+                ran: [(f'{{instance="h1:9731",guest="pv",node="{n}"}}', share)
+                      for n, share in (("0", 0.7), ("1", 0.1), ("-1", 0.2))],
                 per_vnode: [(vnode.format("h1", "0", "web", "0"), 0.75),
                             (vnode.format("h1", "1", "web", "1"), 0.03125),
                             (vnode.format("h2", "0", "vm2", "0"), 0.5)]}
