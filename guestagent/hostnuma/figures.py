@@ -207,8 +207,12 @@ def compute(
 ) -> HostFigures:
     """Every guest's figures, worst locality first, with the host's nodes."""
     reported = reported or {}
+    by_domain: dict[int, NodeTime] = {}
+    for key, times in totals.items():
+        by_domain.setdefault(key[0], {})[key] = times
     guests = [
-        guest_figures(g, totals, reported.get(g.domid), window_seconds, threshold_pct)
+        guest_figures(g, by_domain.get(g.domid, {}), reported.get(g.domid), window_seconds,
+                      threshold_pct)
         for g in layouts
     ]
     return HostFigures(
