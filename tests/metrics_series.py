@@ -126,17 +126,71 @@ def _tiering(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         loop.close()
 
 
-def _dom0(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
+def dom0_status(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
+    from dataclasses import replace
+
     from guestagent.dom0.job import Dom0Job
-    from tests.test_dom0_job import Closable, sysctl_opener
+    from guestagent.xen.sysctl import Sysctl
+    from tests.hostnuma_support import HOST
+    from tests.test_dom0_job import Closable
     from tests.test_dom0_job import context as dom0_context
     from tests.test_dom0_publish import add_backend
+    from tests.test_dom0_support import PCI_NODES
+    from tests.test_sysctl import SysctlXen
 
-    add_backend(xs_server, 5, [("0000:3b:00.0", "28", None)])
+    # 3b:00.0 sits on node 1, where domain 5 has vnode 1; 5e:00.0 on node 2, where it has none.
+    add_backend(xs_server, 5, [("0000:3b:00.0", "28", None), ("0000:5e:00.0", "30", None)])
     loop = EventLoop()
-    job = Dom0Job(open_sysctl=sysctl_opener(Closable()))
+    host = replace(HOST, pci=dict(PCI_NODES))  # three nodes online, the devices on 1 and 2
+    job = Dom0Job(open_sysctl=lambda hostfs: (Closable(), Sysctl(SysctlXen(host=host))))
     try:
         job.start(dom0_context(loop, connect))
+        return job.status()
+    finally:
+        job.stop()
+        loop.close()
+
+
+def hostnuma_status(xs_server: Any, connect: Callable[[], Any],
+                    free_gib: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """The Dom0 hostnuma job on the three-node fixture host and its simulated Xen, after two
+    samples 10 s apart, with one guest's own published figures (tests/test_hostnuma.py);
+    ``free_gib``: the nodes' free memory instead of the fixture's 12, 15 and 3 GiB (of 16)."""
+    from dataclasses import replace
+
+    from guestagent.hostnuma.job import HostNumaJob
+    from guestagent.xen.domctl import Domctl
+    from guestagent.xen.sysctl import Sysctl
+    from tests.hostnuma_support import FIXTURE as DOM0_FIXTURE
+    from tests.test_hostnuma import (
+        Closable,
+        FakeClock,
+        fake_host,
+        guests,
+        publish_guest_figures,
+        spin,
+    )
+
+    guests(xs_server)
+    publish_guest_figures(xs_server, 5, {"nr-vnodes": b"2", "updated": b"1764870000",
+                                         "vnodes/0/local-pct": b"99.0",
+                                         "vnodes/0/cpu-busy-pct": b"100.0",
+                                         "vnodes/1/local-pct": b"40.0",
+                                         "vnodes/1/cpu-busy-pct": b"100.0"})
+    xen = fake_host()
+    if free_gib is not None:
+        xen.host = replace(xen.host, memory=[(16 << 30, f << 30) for f in free_gib])
+    clock = FakeClock()
+    loop = EventLoop(clock=clock)
+    cfg = defaults()
+    cfg.values["hostnuma"]["sample_seconds"] = 10
+    ctx = JobContext(loop, HostFS(str(DOM0_FIXTURE)), cfg, XenstoreHub(loop, connect), "dom0")
+    job = HostNumaJob(open_xen=lambda hostfs: (Closable(), Sysctl(xen), Domctl(xen)))
+    try:
+        job.start(ctx)
+        spin(xen, 10.0)
+        clock.now += 10.0
+        loop.run_once(0)
         return job.status()
     finally:
         job.stop()
@@ -150,7 +204,8 @@ def job_statuses(tmp: Path, xs_server: Any, xs_connect: Callable[[int], Any],
     statuses["devices"] = _devices(tmp, monkeypatch)
     statuses["numa"] = _numa(tmp, lambda: xs_connect(5))
     statuses["tiering"] = _tiering(tmp, monkeypatch)
-    statuses["dom0"] = _dom0(xs_server, lambda: xs_connect(0))
+    statuses["dom0"] = dom0_status(xs_server, lambda: xs_connect(0))
+    statuses["hostnuma"] = hostnuma_status(xs_server, lambda: xs_connect(0))
     return statuses
 
 

@@ -203,7 +203,8 @@ def test_dom0_run_is_the_daemon_with_the_dom0_job_alone(
     assert 'event=stopping component=daemon reason="--duration 1.5 s elapsed"' in err, err
     status = seen["status"]
     assert status["role"] == "dom0" and list(status["jobs"]) == ["dom0"], status
-    assert status["jobs"]["dom0"]["guests"] == [{"domid": 5, "devices": 1, "error": None}]
+    assert status["jobs"]["dom0"]["guests"] == [{"domid": 5, "devices": 1,
+                                                  "remote_devices": 0, "error": None}]
     assert {"@introduceDomain", "@releaseDomain"} <= seen["watched"]
     node = xs_server.get_node(f"{base_path(5)}/devices/0000-3b-00-0/vnode")
     assert node is not None and node.value == b"1"  # the hints stay

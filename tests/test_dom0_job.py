@@ -61,7 +61,8 @@ def test_job_publishes_follows_and_keeps_hints_on_stop(
     job.start(ctx)
     base = base_path(5)
     assert xs_server.get_node(f"{base}/devices/0000-3b-00-0/host-node") is not None
-    assert job.status() == {"guests": [{"domid": 5, "devices": 1, "error": None}]}
+    assert job.status() == {"guests": [{"domid": 5, "devices": 1, "remote_devices": 0,
+                                        "error": None}]}
     # hot-plug a second device: one coalesced pass for domain 5
     add_backend(xs_server, 5, [("0000:3b:00.0", "28", None), ("0000:5e:00.0", "30", None)])
     pump(loop, lambda: xs_server.get_node(f"{base}/devices/0000-5e-00-0/vnode") is not None)

@@ -604,3 +604,30 @@ def test_a_late_last_sample_keeps_the_first_interval() -> None:
         w.add(snap(at, d5=[(0, int(at * NS))]), CPU_NODE)
     assert w.covered == 10.4 and w.totals() == {(5, 0): {0: int(10.4 * NS)}}
     assert format_window(w.covered) == "10 s"
+
+
+def test_a_guest_without_vnuma_shows_where_its_vcpus_ran_and_no_locality() -> None:
+    """No vnode -> pnode map: the vCPU side is measured and shown, the memory side is not known,
+    so no locality is made up (docs/NUMA-HEALTH.md, "Guests without vNUMA")."""
+    flat = GuestLayout(8, "pv", "pv", ())
+    idle = GuestLayout(9, "idle-pv", "pv", ())
+    totals = {(8, 0): {0: 6 * NS, 1: NS}, (8, 1): {0: NS, UNKNOWN_NODE: 2 * NS},
+              (5, 0): {1: 50 * NS},  # another guest's time is not counted
+              (9, 0): {0: int(MIN_CPU_SECONDS * NS) - 1}}
+    report = compute([flat, idle, TWO_VNODES], totals, 60.0, 80.0)
+    pv = next(g for g in report.guests if g.name == "pv")
+    assert pv.seconds_by_pnode == {UNKNOWN_NODE: 2.0, 0: 7.0, 1: 1.0}
+    assert pv.locality_pct is None and not pv.bad and pv.reason is None
+    assert pv.note == ("no vNUMA: no vnode -> pnode map, Dom0 cannot tell which nodes hold its "
+                       "memory; its vCPUs ran 70 % on pnode 0, 20 % on pCPUs of no known node, "
+                       "10 % on pnode 1")
+    idle_pv = next(g for g in report.guests if g.name == "idle-pv")
+    assert str(idle_pv.note).endswith("its vCPUs ran less than 0.1 s in the window")
+    web = next(g for g in report.guests if g.name == "web")
+    assert web.seconds_by_pnode == {1: 50.0} and web.note is None
+    assert to_json(report)["guests"][-1]["seconds_by_pnode"] == {"-1": 2.0, "0": 7.0, "1": 1.0}
+    assert "    (no vNUMA: no vnode -> pnode map" in render_table(report)
+    text = metrics.render({"jobs": {"hostnuma": {"running": True, **status(report)}}})
+    assert 'guestagent_hostnuma_guest_node_cpu_seconds{guest="pv",node="0"} 7' in text
+    assert 'guestagent_hostnuma_guest_node_cpu_seconds{guest="pv",node="-1"} 2' in text
+    assert 'guestagent_hostnuma_guest_locality_pct{guest="pv"}' not in text

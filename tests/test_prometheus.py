@@ -24,7 +24,7 @@ import pytest
 
 from guestagent.daemon.service import read_status
 from guestagent.errors import GuestAgentError
-from tests.metrics_series import exported_series, job_statuses
+from tests.metrics_series import dom0_status, exported_series, hostnuma_status, job_statuses
 from tests.xenstore_server import XenstoreServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,8 @@ TARGET = "sys/devices/system/xen_memory/xen_memory0/target_kb"
 NODE_EXPORTER = {"node_textfile_mtime_seconds", "node_pressure_memory_waiting_seconds_total",
                  "node_pressure_memory_stalled_seconds_total"}
 PROMQL_WORDS = {"rate", "increase", "delta", "changes", "time", "on", "and", "or", "unless", "by",
-                "without", "label_values", "sum", "max", "min", "avg", "ignoring", "offset"}
+                "without", "label_values", "sum", "max", "min", "avg", "ignoring", "offset",
+                "group_left", "group_right", "bool"}
 
 
 def need(tool: str) -> str:
@@ -53,10 +54,46 @@ def dashboard_queries() -> list[str]:
     return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
 
 
-def rule_expressions() -> list[str]:
-    exprs = re.findall(r"^\s+expr: (?:>-\n)?(.*?)(?=^\s+(?:for|labels):)", RULES.read_text(),
-                       flags=re.MULTILINE | re.DOTALL)
-    return [" ".join(e.split()) for e in exprs]
+def rule_expressions(kind: str = "") -> list[str]:
+    """Every rule's ``expr`` (inline, or a ``>-`` block: the lines indented deeper than the
+    key), one line each; ``kind`` "alert" or "record" keeps only those rules."""
+    exprs: list[str] = []
+    rule_kind = ""
+    lines = RULES.read_text().splitlines()
+    for i, line in enumerate(lines):
+        started = re.match(r"\s+- (alert|record): ", line)
+        if started:
+            rule_kind = started.group(1)
+        match = re.match(r"(\s+)expr: (.*)$", line)
+        if match is None or kind not in ("", rule_kind):
+            continue
+        indent, value = len(match.group(1)), match.group(2)
+        if value == ">-":
+            block = []
+            for follow in lines[i + 1:]:
+                if len(follow) - len(follow.lstrip()) <= indent:
+                    break
+                block.append(follow)
+            value = " ".join(block)
+        exprs.append(" ".join(value.split()))
+    return exprs
+
+
+def recorded_names() -> set[str]:
+    return set(re.findall(r"^\s+- record: (\S+)$", RULES.read_text(), flags=re.MULTILINE))
+
+
+def rule_unit_tests() -> dict[str, set[bool]]:
+    """alertname -> the kinds of cases ``guestagent.rules.test.yml`` has for it: True for a case
+    that expects the alert to fire, False for one that expects none."""
+    cases: dict[str, set[bool]] = {}
+    for block in RULES_TEST.read_text().split("- eval_time:")[1:]:
+        name = re.search(r"alertname: (\S+)", block)
+        if name is None:
+            continue
+        fires = re.search(r"exp_alerts: \[\]", block) is None
+        cases.setdefault(name.group(1), set()).add(fires)
+    return cases
 
 
 def series_names(expr: str) -> set[str]:
@@ -83,8 +120,14 @@ DASHBOARD_MUST_CHART = {
     "topology": ("guestagent_topology_published_at",),
     "numa": ("guestagent_numa_vnode_local_pct",),
     "devices": ("guestagent_devices_device_node", "guestagent_devices_device_kernel_node"),
-    "dom0": ("guestagent_dom0_guest_devices",),
+    "dom0": ("guestagent_dom0_guest_devices", "guestagent_dom0_guest_remote_devices"),
+    "hostnuma": ("guestagent_hostnuma_guest_locality_pct", "guestagent_hostnuma_bad_guests",
+                 "guestagent_hostnuma_guest_vnode_local_pct", "guestagent_hostnuma_node_free_bytes",
+                 "guestagent_hostnuma_node_vnode_memory_bytes",
+                 "guestagent_hostnuma_guest_node_cpu_seconds"),
 }
+#: The rules' counts (promtool's "N rules found" is both kinds).
+ALERTS, RECORDS = 10, 4
 
 
 def test_the_harness_sees_every_job_export(exported: set[str]) -> None:
@@ -97,12 +140,18 @@ def test_the_harness_sees_every_job_export(exported: set[str]) -> None:
 
 
 def test_dashboard_and_rules_use_only_series_that_exist(exported: set[str]) -> None:
+    """The dashboard asks only for the agent's and node_exporter's series (it must work without
+    the rules loaded); a rule may also use a series another rule records."""
     known = exported | NODE_EXPORTER
     queries = dashboard_queries()
     rules = rule_expressions()
-    assert len(queries) >= 30 and len(rules) == 6
-    for expr in [*queries, *rules]:
+    assert len(queries) >= 30 and len(rules) == ALERTS + RECORDS
+    assert len(recorded_names()) == RECORDS
+    for expr in queries:
         unknown = series_names(expr) - known
+        assert not unknown, f"{expr}: no such series {unknown}"
+    for expr in rules:
+        unknown = series_names(expr) - known - recorded_names()
         assert not unknown, f"{expr}: no such series {unknown}"
     used = set().union(*(series_names(e) for e in queries))
     for job, wanted in DASHBOARD_MUST_CHART.items():
@@ -130,10 +179,114 @@ def test_rules_pass_promtool_and_their_unit_tests() -> None:
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert f"SUCCESS: {ALERTS + RECORDS} rules found" in check.stdout
     unit = subprocess.run([promtool, "test", "rules", RULES_TEST.name], cwd=RULES_TEST.parent,
                           capture_output=True, text=True, timeout=120)
     assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
+
+
+def test_every_alert_has_cases_that_fire_and_cases_that_do_not() -> None:
+    alerts = set(re.findall(r"^\s+- alert: (\S+)$", RULES.read_text(), flags=re.MULTILINE))
+    assert len(alerts) == ALERTS
+    cases = rule_unit_tests()
+    for alert in sorted(alerts):
+        assert cases.get(alert) == {True, False}, f"{alert}: cases {cases.get(alert)}"
+    records = recorded_names()
+    tested = set(re.findall(r"^\s+- expr: (\S+)$", RULES_TEST.read_text(), flags=re.MULTILINE))
+    assert records - {"guestagent:hostnuma_node_free:ratio"} <= tested  # that one through the next
+
+
+def test_the_numa_rules_series_carry_what_the_rules_join_on(
+    tmp_path: Path, xs_server: XenstoreServer, xs_connect: Callable[[int], Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The labels the rules join on, as the jobs really render them: each vnode's placement
+    carries its node (matching the node series' label), a remote device is counted."""
+    from guestagent.daemon.metrics import render
+
+    statuses = job_statuses(tmp_path, xs_server, xs_connect, monkeypatch)
+    text = render({"jobs": {name: {"running": True, **st} for name, st in statuses.items()}})
+    lines = set(text.splitlines())
+    # Domain 9's vnode 1 has its memory on pnode 2 (the fixture's libxl-json), 512 MiB, 2 vCPUs.
+    assert ('guestagent_hostnuma_node_vnode_vcpus{node="2",guest="hvm-far-vnodes",vnode="1"} 2'
+            in lines)
+    assert ('guestagent_hostnuma_node_vnode_memory_bytes{node="2",guest="hvm-far-vnodes",'
+            'vnode="1"} 536870912' in lines)
+    assert 'guestagent_hostnuma_node_free_bytes{node="2"} 3221225472' in lines
+    placed = [ln for ln in lines if ln.startswith("guestagent_hostnuma_node_vnode_vcpus{")]
+    assert len(placed) == 4  # 2 guests with 2 vnodes each; the guest without vNUMA has none
+    assert 'guestagent_hostnuma_guest_bad{guest="hvm-two-vnodes"} 1' in lines
+    # Domain 5: 0000:3b:00.0 on node 1 (its vnode 1 is there), 0000:5e:00.0 on node 2 (none).
+    assert 'guestagent_dom0_guest_devices{guest="5"} 2' in lines
+    assert 'guestagent_dom0_guest_remote_devices{guest="5"} 1' in lines
+
+
+@pytest.mark.parametrize("host_node,source,remote", [
+    (1, "pnode", False), (2, "nearest", True), (2, "none", True), (None, "none", False),
+    (2, "single", False),
+])
+def test_a_device_is_remote_when_no_vnode_sits_on_its_node(
+    host_node: int | None, source: str, remote: bool
+) -> None:
+    from guestagent.dom0.hints import on_remote_node
+    from guestagent.dom0.schema import DeviceHint
+    from guestagent.xen.sysctl import PciAddress
+
+    vnode = None if source == "none" else 0
+    hint = DeviceHint(PciAddress.parse("0000:5e:00.0"), None, host_node, vnode, source)
+    assert on_remote_node(hint) is remote
+
+
+def _panel_query(title: str, ref: str = "A") -> str:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == title]
+    (expr,) = [t["expr"] for t in panel["targets"] if t["refId"] == ref]
+    return str(expr).replace("$instance", ".*")
+
+
+def test_dashboard_node_panels_join_vnodes_to_their_hosts_nodes(tmp_path: Path) -> None:
+    """The dashboard's joins of each vnode's placement with its node's free memory, evaluated by
+    promtool on two hosts: node 1 is nearly full on both, only h1 has a vnode there; and the
+    share of a guest's vCPU time per node."""
+    promtool = need("promtool")
+    size, free = 16 << 30, {("h1", "0"): 12 << 30, ("h1", "1"): 512 << 20,
+                            ("h2", "0"): 8 << 30, ("h2", "1"): 512 << 20}
+    series = []
+    for (host, node), value in free.items():
+        labels = f'instance="{host}:9731",node="{node}"'
+        series += [f"guestagent_hostnuma_node_size_bytes{{{labels}}}: '{size}x10'",
+                   f"guestagent_hostnuma_node_free_bytes{{{labels}}}: '{value}x10'"]
+    for host, node, guest, vnode in (("h1", "0", "web", "0"), ("h1", "1", "web", "1"),
+                                     ("h2", "0", "vm2", "0")):
+        series.append(f'guestagent_hostnuma_node_vnode_vcpus{{instance="{host}:9731",'
+                      f'node="{node}",guest="{guest}",vnode="{vnode}"}}: \'2x10\'')
+    for node, seconds in (("0", 7), ("1", 1), ("-1", 2)):
+        series.append(f'guestagent_hostnuma_guest_node_cpu_seconds{{instance="h1:9731",'
+                      f'guest="pv",node="{node}"}}: \'{seconds}x10\'')
+    inputs = "".join(f"      - series: '{s.split(': ')[0]}'\n        values: {s.split(': ')[1]}\n"
+                     for s in series)
+    count = _panel_query("Guest vnodes on a node under 5 % free")
+    per_vnode = _panel_query("Guest vnodes on each host node, and the node's free memory", "C")
+    ran = _panel_query("Where each guest's vCPUs ran, by host node")
+    vnode = '{{instance="{}:9731",node="{}",guest="{}",vnode="{}"}}'
+    expected = {count: [('{instance="h1:9731"}', 1)],
+                ran: [(f'{{instance="h1:9731",guest="pv",node="{n}"}}', share)
+                      for n, share in (("0", 0.7), ("1", 0.1), ("-1", 0.2))],
+                per_vnode: [(vnode.format("h1", "0", "web", "0"), 0.75),
+                            (vnode.format("h1", "1", "web", "1"), 0.03125),
+                            (vnode.format("h2", "0", "vm2", "0"), 0.5)]}
+    checks = "".join(
+        f"      - expr: '{expr}'\n        eval_time: 5m\n        exp_samples:\n"
+        + "".join(f"          - labels: '{labels}'\n            value: {value}\n"
+                  for labels, value in samples)
+        for expr, samples in expected.items())
+    test = tmp_path / "dashboard.test.yml"
+    test.write_text("rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n"
+                    f"    input_series:\n{inputs}    promql_expr_test:\n{checks}")
+    unit = subprocess.run([promtool, "test", "rules", test.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, (
+        test.read_text() + unit.stdout + unit.stderr)
 
 
 # --- a real Prometheus scraping the daemon -------------------------------------------------------
@@ -242,7 +395,7 @@ def _check_dashboard_and_rules(prom_port: int) -> None:
         if all(r.get("lastEvaluation", "").startswith("2") and
                not r["lastEvaluation"].startswith("0001") for r in g["rules"])])
     rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 6
+    assert len(rules) == ALERTS + RECORDS
     for rule in rules:
         assert rule["health"] == "ok", rule
 
@@ -277,4 +430,97 @@ def test_prometheus_scrapes_the_daemon(tmp_path: Path, xs_server: XenstoreServer
         daemon_log = daemon.stderr.read() if daemon.stderr else ""
         server_log = server.stderr.read() if server.stderr else ""
     assert daemon_status == 0, daemon_log[-3000:]
+    assert "level=error" not in server_log, server_log[-3000:]
+
+
+# --- a real Prometheus scraping two Dom0s ---------------------------------------------------------
+
+def _serve(texts: list[str], stop: Any) -> tuple[list[int], Any]:
+    """One agent metrics endpoint (guestagent.daemon.metrics.MetricsServer) per text, on
+    loopback, answered by a thread until ``stop`` is set."""
+    import select
+    import threading
+
+    from guestagent.daemon.metrics import MetricsServer
+
+    ports = [free_port() for _ in texts]
+    servers = [MetricsServer(f"127.0.0.1:{port}", lambda t=text: t)
+               for port, text in zip(ports, texts)]
+
+    def answer() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select(servers, [], [], 0.2)
+            for server in ready:
+                server.on_readable()
+        for server in servers:
+            server.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return ports, thread
+
+
+def _alerts(prom_port: int, hosts: dict[str, str]) -> set[tuple[str, ...]]:
+    """(alert, host, guest, node) of every alert, pending or firing."""
+    return {(a["labels"]["alertname"], hosts[a["labels"]["instance"]],
+             a["labels"].get("guest", ""), a["labels"].get("node", ""))
+            for a in api(prom_port, "alerts")["alerts"]}
+
+
+@pytest.mark.timeout(240)
+def test_prometheus_aggregates_two_dom0s(tmp_path: Path, xs_server: XenstoreServer,
+                                         xs_connect: Callable[[int], Any]) -> None:
+    """Issue 19 part 3 with the engine itself: two Dom0s (the hostnuma and dom0 jobs on the
+    fixture host, rendered by the agent's own metrics code and served by its own endpoint) are
+    scraped by a real Prometheus, the recording rules sum them, and the alerts go pending for
+    exactly the guests, vnodes and devices they are about."""
+    import threading
+
+    from guestagent.daemon.metrics import render
+
+    prometheus = need("prometheus")
+    # Host a: the fixture (node 2 has 3 GiB of 16 free). Host b: node 2 has none left, where
+    # guest hvm-far-vnodes has vnode 1. Both run hvm-two-vnodes with vnode 1 away (bad).
+    dom0 = dom0_status(xs_server, lambda: xs_connect(0))
+    texts = [render({"jobs": {"hostnuma": {"running": True, **hostnuma_status(
+                 xs_server, lambda: xs_connect(0), free)}, "dom0": {"running": True, **dom0}}})
+             for free in ((12, 15, 3), (12, 15, 0))]
+    stop = threading.Event()
+    (port_a, port_b), thread = _serve(texts, stop)
+    prom_port = free_port()
+    prom_config = tmp_path / "prometheus.yml"
+    prom_config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {RULES}\n"
+        "scrape_configs:\n  - job_name: guestagent-dom0\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{port_a}', '127.0.0.1:{port_b}']\n")
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        total = wait_for("the fleet's bad guests", lambda: [
+            s for s in query(prom_port, "job:guestagent_hostnuma_bad_guests:sum")
+            if s["value"][1] == "2"])
+        assert total[0]["metric"] == {"__name__": "job:guestagent_hostnuma_bad_guests:sum",
+                                      "job": "guestagent-dom0"}
+        ratios = wait_for("each vnode's node free", lambda: query(
+            prom_port, "guestagent:hostnuma_vnode_node_free:ratio") or None)
+        hosts = {f"127.0.0.1:{port_a}": "a", f"127.0.0.1:{port_b}": "b"}
+        by_vnode = {(hosts[s["metric"]["instance"]], s["metric"]["guest"], s["metric"]["vnode"]):
+                    float(s["value"][1]) for s in ratios}
+        assert by_vnode[("a", "hvm-far-vnodes", "1")] == 3 / 16
+        assert by_vnode[("b", "hvm-far-vnodes", "1")] == 0.0
+        assert by_vnode[("b", "hvm-two-vnodes", "1")] == 15 / 16 and len(by_vnode) == 8
+        expected = {("GuestagentGuestPoorLocality", host, "hvm-two-vnodes", "")
+                    for host in "ab"}
+        expected |= {("GuestagentDeviceOnRemoteNode", host, "5", "") for host in "ab"}
+        expected.add(("GuestagentNodeLowUnderVnode", "b", "hvm-far-vnodes", "2"))
+        wait_for("the alerts pending", lambda: _alerts(prom_port, hosts) == expected)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        stop.set()
+        thread.join(timeout=10)
+        server_log = server.stderr.read() if server.stderr else ""
     assert "level=error" not in server_log, server_log[-3000:]

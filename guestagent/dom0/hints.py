@@ -40,6 +40,13 @@ def choose_vnode(
     return best[1], "nearest"
 
 
+def on_remote_node(hint: DeviceHint) -> bool:
+    """The device sits on a host node that holds none of the guest's vnodes (its DMA and
+    interrupts cross the interconnect): ``nearest``, or ``none`` with a known node. A guest
+    without vNUMA (``single``) is not counted: its memory has no per-node map to compare with."""
+    return hint.host_node is not None and hint.vnode_source in ("nearest", "none")
+
+
 def guest_address(device: BackendDevice, guest_type: str | None) -> PciAddress | None:
     if guest_type == "hvm":
         return device.vdevfn_address

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.config import Config
+from guestagent.dom0.hints import on_remote_node
 from guestagent.dom0.publisher import WATCHES, DomainResult, Publisher, domid_of_backend_path
 from guestagent.dom0.topology import HostTopology, read_host_topology
 from guestagent.errors import GuestAgentError
@@ -140,6 +141,7 @@ class Dom0Job:
                 {
                     "domid": r.domid,
                     "devices": len(r.hints),
+                    "remote_devices": sum(on_remote_node(h) for h in r.hints),
                     "error": r.error,
                 }
                 for r in self._last

@@ -131,9 +131,35 @@ def bad_reason(vnodes: Sequence[VnodeFigures], window_seconds: float) -> str:
     )
 
 
-def _note(layout: GuestLayout, locality: float | None) -> str | None:
+def guest_node_ns(domid: int, totals: NodeTime) -> dict[int, int]:
+    """All the guest's vCPUs' run time over the window by pnode, in nanoseconds."""
+    by_node: dict[int, int] = {}
+    for (owner, _vcpu), times in totals.items():
+        if owner == domid:
+            for node, ns in times.items():
+                by_node[node] = by_node.get(node, 0) + ns
+    return dict(sorted(by_node.items()))
+
+
+def where_vcpus_ran(ns_by_pnode: Mapping[int, int]) -> str:
+    """``its vCPUs ran 70 % on pnode 0, 30 % on pnode 1`` (largest share first)."""
+    total = sum(ns_by_pnode.values())
+    if total / NS < MIN_CPU_SECONDS:
+        return f"its vCPUs ran less than {MIN_CPU_SECONDS} s in the window"
+    shares = sorted(ns_by_pnode.items(), key=lambda item: (-item[1], item[0]))
+    parts = [f"{_pct(s, total):.0f} % on "
+             + ("pCPUs of no known node" if n == UNKNOWN_NODE else f"pnode {n}")
+             for n, s in shares]
+    return "its vCPUs ran " + ", ".join(parts)
+
+
+def _note(layout: GuestLayout, locality: float | None,
+          ns_by_pnode: Mapping[int, int]) -> str | None:
     if not layout.vnodes:
-        return "no vNUMA: the toolstack places its memory as a whole, no vnode -> pnode map"
+        # Where its vCPUs ran is measured; where its memory is, Dom0 cannot tell (Xen keeps no
+        # per-domain per-node page count a hypercall returns): no locality is made up.
+        return ("no vNUMA: no vnode -> pnode map, Dom0 cannot tell which nodes hold its "
+                "memory; " + where_vcpus_ran(ns_by_pnode))
     if locality is None:
         return f"its vCPUs ran less than {MIN_CPU_SECONDS} s per vnode in the window"
     return None
@@ -149,6 +175,7 @@ def guest_figures(
     """One guest: each vnode's figures, its locality, and the reason when it is bad."""
     vnodes = tuple(vnode_figures(layout.domid, v, totals, reported) for v in layout.vnodes)
     locality = guest_locality(vnodes)
+    by_pnode = guest_node_ns(layout.domid, totals)
     bad = locality is not None and locality < threshold_pct
     return GuestFigures(
         domid=layout.domid,
@@ -158,7 +185,8 @@ def guest_figures(
         bad=bad,
         reason=bad_reason(vnodes, window_seconds) if bad else None,
         vnodes=vnodes,
-        note=_note(layout, locality),
+        note=_note(layout, locality, by_pnode),
+        seconds_by_pnode={n: round(ns / NS, 3) for n, ns in by_pnode.items()},
     )
 
 
@@ -179,8 +207,12 @@ def compute(
 ) -> HostFigures:
     """Every guest's figures, worst locality first, with the host's nodes."""
     reported = reported or {}
+    by_domain: dict[int, NodeTime] = {}
+    for key, times in totals.items():
+        by_domain.setdefault(key[0], {})[key] = times
     guests = [
-        guest_figures(g, totals, reported.get(g.domid), window_seconds, threshold_pct)
+        guest_figures(g, by_domain.get(g.domid, {}), reported.get(g.domid), window_seconds,
+                      threshold_pct)
         for g in layouts
     ]
     return HostFigures(

@@ -88,6 +88,8 @@ class GuestFigures:
     reason: str | None  # one line for a bad guest
     vnodes: tuple[VnodeFigures, ...]
     note: str | None = None  # why there is no figure (no vNUMA, idle, no config)
+    #: All its vCPUs' run time over the window by the pnode of the pCPUs (with or without vNUMA).
+    seconds_by_pnode: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

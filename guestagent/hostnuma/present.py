@@ -77,6 +77,7 @@ def to_json(report: HostFigures) -> dict[str, Any]:
                 "bad": g.bad,
                 "reason": g.reason,
                 "note": g.note,
+                "seconds_by_pnode": {str(n): s for n, s in g.seconds_by_pnode.items()},
                 "vnodes": [_vnode_json(v) for v in g.vnodes],
             }
             for g in report.guests
@@ -100,21 +101,36 @@ def _known(row: dict[str, Any]) -> dict[str, Any]:
 def status(report: HostFigures) -> dict[str, Any]:
     """The job's status entries. ``by_node`` becomes ``guestagent_hostnuma_node_<figure>{node}``;
     each ``series_<name>`` row (labels and figures) becomes
-    ``guestagent_hostnuma_<name>_<figure>{<labels>}`` (guestagent/daemon/metrics.py)."""
+    ``guestagent_hostnuma_<name>_<figure>{<labels>}`` (guestagent/daemon/metrics.py):
+    ``series_node_vnode`` gives ``guestagent_hostnuma_node_vnode_memory_bytes{node,guest,vnode}``
+    and ``_vcpus``, one per vnode on the node that holds its memory; ``series_guest_node``
+    gives ``guestagent_hostnuma_guest_node_cpu_seconds{guest,node}``, where all its vCPUs ran
+    (the one figure a guest without vNUMA has)."""
     guests = []
     vnodes = []
+    placed = []
+    ran = []
     for g in report.guests:
         # The name, not the domid, labels a guest: libxl keeps names unique on a host, and a
         # domid changes at every reboot of the guest (a new series each time).
         labels = {"guest": g.name}
         guests.append({"labels": labels, **_known(
             {"domid": g.domid, "locality_pct": g.locality_pct, "bad": int(g.bad)})})
+        ran += [{"labels": {**labels, "node": str(n)}, "cpu_seconds": s}
+                for n, s in g.seconds_by_pnode.items()]
         for v in g.vnodes:
             vnodes.append({
                 "labels": {**labels, "vnode": str(v.vnode)},
                 **_known({"pnode": v.pnode, "local_pct": v.local_pct,
                           "cpu_seconds": v.cpu_seconds, "guest_local_pct": v.guest_local_pct,
                           "guest_cpu_busy_pct": v.guest_cpu_busy_pct}),
+            })
+            # Where the vnode's memory sits, with the node as a label: Prometheus can join it
+            # with the node's free memory (a figure cannot become a label in PromQL).
+            placed.append({
+                "labels": {"node": str(v.pnode), **labels, "vnode": str(v.vnode)},
+                **_known({"memory_bytes": None if v.memkb is None else v.memkb * 1024,
+                          "vcpus": len(v.vcpus)}),
             })
     return {
         "window_seconds": round(report.window_seconds, 3),
@@ -127,4 +143,6 @@ def status(report: HostFigures) -> dict[str, Any]:
         },
         "series_guest": guests,
         "series_guest_vnode": vnodes,
+        "series_node_vnode": placed,
+        "series_guest_node": ran,
     }
