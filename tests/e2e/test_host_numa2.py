@@ -50,9 +50,12 @@ GUEST_NUMA_TOML = r"[numa]\nenabled = true\ninterval_seconds = 10\n"
 #: The Dom0 daemon with only the hostnuma job, sampling every 2 s over a 60 s window.
 DOM0_TOML = (r"[dom0]\nenabled = false\n[hostnuma]\nenabled = true\nsample_seconds = 2\n"
              r"window_seconds = 60\n")
-#: One busy loop on each vCPU (taskset is util-linux's, in minbase; unpinned if it is missing).
-SPIN = ("for c in 0 1; do (taskset -c $c sh -c 'while :; do :; done' || while :; do :; done) "
-        "</dev/null >/dev/null 2>&1 & done")
+#: A memory-bound workload on each vnode: ``dd`` reading /dev/zero into a 32 MiB buffer, over and
+#: over (the kernel clears the buffer's pages on each read: memory traffic, little else), with its
+#: CPU and its buffer on vnode c (numactl, in the guest image). Issue 19's Proof asks for a
+#: memory-bound workload; it also keeps both vCPUs busy, as the figures need.
+MEMLOAD = ("for c in 0 1; do numactl --cpunodebind=$c --membind=$c "
+           "dd if=/dev/zero of=/dev/null bs=32M </dev/null >/dev/null 2>&1 & done")
 
 
 def _json_in(out: str) -> Any:
@@ -107,14 +110,16 @@ def _host_numa(bed: XenBed, domid: int) -> tuple[Any, str]:
 @pytest.mark.hvm
 def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> None:
     """Issue 19 part 2 on real Xen: an HVM guest with vnode 0 on pnode 0 and vnode 1 on pnode 1,
-    both vCPUs busy. ``xl vcpu-pin`` puts vnode 1's vCPU on pnode 0's pCPU 1 (vnode 0's stays
-    there too): ``host numa`` in Dom0 reports the guest as bad with the reason naming vnode 1,
-    pnode 0 and pnode 1; the hostnuma job of the Dom0 daemon shows the same per guest and vnode
-    in its status (the metrics' source); pinned back on pnode 1's pCPUs the vnode is local
-    again, and the job's figure rises. (pCPU 0 is left alone: the bed keeps HVM vCPUs off it,
-    issue 13.) Run 20261204-224351-11738-pytest-numa2: pinned away, locality 50.0 %, vnode 1
-    0.0 % local, "vnode 1's vCPUs ran on pnode 0 for 100 % of the last 10 s while its memory
-    is on pnode 1"; the job's vnode 1 figure 0.0 -> 43.7 %; pinned back, 100.0 %, not bad."""
+    both vCPUs busy with a memory-bound load on their own vnode. ``xl vcpu-pin`` puts vnode 1's
+    vCPU on pnode 0's pCPU 1 (vnode 0's stays there too): ``host numa`` in Dom0 reports the
+    guest as bad with the reason naming vnode 1, pnode 0 and pnode 1; the hostnuma job of the
+    Dom0 daemon shows the same per guest and vnode in its status (the metrics' source); pinned
+    back on pnode 1's pCPUs the vnode is local again, and the job's figure rises; pinned away
+    once more, the next 10 s window of ``host numa`` reports the drop and its cause. (pCPU 0 is
+    left alone: the bed keeps HVM vCPUs off it, issue 13.) Run 20261204-224351-11738-pytest-
+    numa2: pinned away, locality 50.0 %, vnode 1 0.0 % local, "vnode 1's vCPUs ran on pnode 0
+    for 100 % of the last 10 s while its memory is on pnode 1"; the job's vnode 1 figure 0.0 ->
+    43.7 %; pinned back, 100.0 %, not bad."""
     bed = bed_numa2
     bed.dom0_ok("e2e-agent setup", timeout=300)
     nodes = _cpus_by_node(bed)
@@ -127,7 +132,7 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         g.run_ok(f"mkdir -p /tmp/numa.d && printf '{GUEST_NUMA_TOML}' > /tmp/numa.toml")
         g.run_ok("guestagent run --config /tmp/numa.toml --conf-dir /tmp/numa.d "
                  ">/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
-        g.run_ok(SPIN)
+        g.run_ok(MEMLOAD)
         bed.dom0_ok(f"xl vcpu-pin {domid} 0 1 && xl vcpu-pin {domid} 1 1")
         base = f"/local/domain/{domid}/data/guestagent/numa"
         _wait("the guest's own figures in xenstore", lambda: _busy_published(bed, base), 300)
@@ -156,6 +161,14 @@ def test_host_numa_names_a_vnode_run_away_from_its_memory(bed_numa2: XenBed) -> 
         assert not good["bad"] and good["reason"] is None, good
         assert good["vnodes"][1]["local_pct"] >= 90, good
         assert good["locality_pct"] >= 90, good
+
+        # Pinned away again, from a local state: one `host numa` window (10 s) already reports
+        # the drop and names its cause (the Proof: within two sampling periods).
+        bed.dom0_ok(f"xl vcpu-pin {domid} 1 1")
+        again, _ = _host_numa(bed, domid)
+        print(f"pinned away again: {json.dumps(again)}")
+        assert again["bad"] and again["vnodes"][1]["local_pct"] <= 10, again
+        assert again["reason"].startswith("vnode 1's vCPUs ran on pnode 0 for "), again
 
         # A guest cannot even store a 4 KiB value in its own data/: xenstored's per-node quota
         # refuses it (run 20261204-224351-11738); the forgeries it can store are unit-tested
