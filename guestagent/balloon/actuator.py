@@ -1,7 +1,8 @@
 """The balloon actuator: writes ``target_kb``, reads back what the driver achieved, and can undo.
 
-It never decides. It writes a target only when the change is worth it (``min_delta_kb``, unless
-forced), logs every change with its reason, remembers the driver's original target in a record
+It never decides: :meth:`BalloonActuator.apply` writes exactly the target it is given (whether a
+change is worth writing, and every limit, is the step's: :mod:`guestagent.balloon.step`), logs
+every change with its reason, remembers the driver's original target in a record
 file under ``/run`` (so ``guestagent balloon --reset`` can undo after a crash: ``/run`` lives as
 long as the boot, exactly as long as the driver's target does), and notices when the toolstack
 rewrote ``memory/target`` behind it.
@@ -73,12 +74,10 @@ class BalloonActuator:
         self,
         hostfs: HostFS,
         xenstore: XenstoreReader | None = None,
-        min_delta_kb: int = 4 * 1024,
         record_path: str = RECORD_PATH,
     ) -> None:
         self.hostfs = hostfs
         self.xenstore = xenstore
-        self.min_delta_kb = min_delta_kb
         self.record_path = record_path
         self.log = get_logger("balloon")
         self._last_xs_target: int | None = None
@@ -204,14 +203,12 @@ class BalloonActuator:
             reason = f"write failed: {e.strerror or e}"
             raise InputError(BALLOON_TARGET, reason, target_kb) from None
 
-    def apply(self, target_kb: int, reason: str, force: bool = False) -> ApplyResult:
-        """Write ``target_kb`` if it differs by at least ``min_delta_kb`` (or ``force``)."""
+    def apply(self, target_kb: int, reason: str) -> ApplyResult:
+        """Write ``target_kb``, exactly (a target <= 0 is refused: InputError, nothing written)."""
         if target_kb <= 0:
             raise InputError("balloon target", "must be positive", target_kb)
         before = self.read()
         delta = target_kb - before.target_kb
-        if delta == 0 or (abs(delta) < self.min_delta_kb and not force):
-            return ApplyResult(False, before.target_kb, before.current_kb, before.target_kb)
         self._write(target_kb)
         after = self.read()
         self.log.info(
@@ -264,7 +261,7 @@ class BalloonActuator:
                 target_kb,
             )
         self.save_record(record)
-        result = self.apply(target_kb, reason, force=True)
+        result = self.apply(target_kb, reason)
         self.record_decision({
             "policy": "manual",
             "t": 0.0,

@@ -1,5 +1,9 @@
-"""One balloon job's state: start (remember the target, learn the offset), tick (read a snapshot,
-ask the policy, hand the target to the actuator), stop (reset).
+"""One balloon job's state: start (remember the target, learn the offset), tick (read ->
+:func:`~guestagent.balloon.step.step` -> apply), stop (reset).
+
+A tick reads (:meth:`BalloonController.read`: plain figures, made into the snapshot by a pure
+function), decides with the step ``balloon simulate`` replays traces through, and applies
+(:meth:`BalloonController.apply`: the guard armed, then exactly the plan's target written).
 
 The daemon's balloon job (:mod:`guestagent.balloon.job`) drives it from the event loop: on the PSI
 trigger's ``POLLPRI`` (a pressure spike is answered at once), on a xenstore watch event on
@@ -12,23 +16,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Callable
 
-from guestagent.balloon.actuator import BalloonActuator
-from guestagent.balloon.guard import Guard, GuardCommands, reset_all
+from guestagent.balloon.actuator import ApplyResult, BalloonActuator
+from guestagent.balloon.guard import Guard, GuardCommands, read_commit, reset_all
 from guestagent.balloon.policy import (
     Decision,
     PolicyConfig,
     PolicyState,
     PressureConfig,
-    decide,
 )
 from guestagent.balloon.signals import (
     PSI_MEMORY,
     PsiTrigger,
     XenstoreReader,
-    read_signals,
+    build_signals,
+    read_raw,
 )
+from guestagent.balloon.step import Observation, Plan, step
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
@@ -37,9 +42,9 @@ from guestagent.log import get_logger
 class BalloonController:
     """One balloon job's state: start (remember, learn the offset), tick, stop (reset).
 
-    ``tick`` is everything that happens when the loop wakes: read a snapshot, ask the policy, hand
-    the target to the actuator, record the decision. The daemon's balloon job drives it from
-    the event loop.
+    ``tick`` is everything that happens when the loop wakes: :meth:`read`, the pure
+    :func:`~guestagent.balloon.step.step`, :meth:`apply`, and the decision recorded. The
+    daemon's balloon job drives it from the event loop.
     """
 
     def __init__(
@@ -102,19 +107,40 @@ class BalloonController:
                           reason="no CAP_SYS_RESOURCE: window must be a multiple of 2 s")
         return trigger
 
+    def read(self, psi_trigger_fired: bool = False) -> Observation:
+        """Read: the snapshot (raw figures made into the model by the pure build_signals) and,
+        under overcommit mode 2, the commit figures. A broken source raises InputError."""
+        raw = read_raw(self.hostfs, self.xenstore)
+        commit = read_commit(self.hostfs)
+        return Observation(build_signals(raw, self.clock(), psi_trigger_fired), commit)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply: arm the guard if the plan goes below the ceiling, then write exactly the plan's
+        target (nothing when it has none). Returns what the driver holds afterwards."""
+        decision = plan.decision
+        if plan.arm_guard:
+            self.guard.arm(decision.ceiling_kb, decision.floor_kb)
+        if plan.floored_from_kb is not None:
+            self.log.info("guard_commit_floor", policy_target_kb=plan.floored_from_kb,
+                          target_kb=decision.target_kb, note="overcommit 2: CommitLimit kept "
+                          "above Committed_AS + 128 MiB")
+        if plan.write_kb is None:
+            driver = self.actuator.read()
+            return ApplyResult(False, driver.target_kb, driver.current_kb, driver.target_kb)
+        return self.actuator.apply(plan.write_kb, decision.reason)
+
     def tick(self, psi_trigger_fired: bool = False) -> Decision | None:
-        """One decision; None when the input was bad (logged, counted in ``errors``)."""
-        now = self.clock()
+        """One read -> step -> apply; None when the input was bad (logged, counted in
+        ``errors``)."""
         self.ticks += 1
         try:
-            snap = read_signals(self.hostfs, self.xenstore, now, psi_trigger_fired)
-            self.actuator.observe_toolstack(snap.xs_target_kb)
-            decision = self.guarded(decide(snap, self.state, self.config), snap)
-            force = decision.action == "follow" or not (
-                decision.floor_kb <= (snap.balloon_target_kb or 0) <= decision.ceiling_kb
-            )
-            applied = self.actuator.apply(decision.target_kb, decision.reason, force=force)
-            self.state = replace(decision.new_state, last_target_kb=applied.target_kb)
+            observation = self.read(psi_trigger_fired)
+            now = observation.signals.timestamp
+            self.actuator.observe_toolstack(observation.signals.xs_target_kb)
+            plan, state = step(self.state, observation, self.config)
+            decision = plan.decision
+            applied = self.apply(plan)
+            self.state = state
             if decision.action != "hold" or applied.written:
                 self.log.info("balloon_decision", policy=self.config.name,
                               action=decision.action, target_kb=decision.target_kb,
@@ -137,24 +163,6 @@ class BalloonController:
         self.errors = 0
         self.last_decision = decision
         return decision
-
-    def guarded(self, decision: Decision, snap: Any) -> Decision:
-        """The policy's decision with the allocation guard (guestagent.balloon.guard) applied:
-        armed before the first target below the ceiling, and under overcommit mode 2 the target
-        floored so CommitLimit stays above Committed_AS plus a margin."""
-        if decision.target_kb >= decision.ceiling_kb:
-            return decision
-        self.guard.arm(decision.ceiling_kb, decision.floor_kb)
-        current = snap.balloon_current_kb or snap.balloon_target_kb
-        floor = None if current is None else self.guard.floor_kb(int(current))
-        if floor is None or decision.target_kb >= floor:
-            return decision
-        target = min(floor, decision.ceiling_kb)
-        self.log.info("guard_commit_floor", policy_target_kb=decision.target_kb,
-                      target_kb=target, note="overcommit 2: CommitLimit kept above "
-                      "Committed_AS + 128 MiB")
-        return replace(decision, target_kb=target,
-                       reason=f"{decision.reason}; floored at {target} KiB (strict commit)")
 
     def stop(self, reset: bool = True) -> None:
         """Reset: the target back to the ceiling, then the guard's changes undone."""

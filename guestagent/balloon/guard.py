@@ -28,8 +28,9 @@ no swapon: the zram swap is made before the daemon starts by :func:`prepare`
 daemon's :meth:`Guard.arm` then adopts. A swapoff the sandbox refuses (EPERM) is left in the
 record for the privileged ``ExecStopPost`` (``guestagent balloon --reset``).
 
-The pure functions (:func:`strict_commit_floor_kb`, :func:`overcommit_change`,
-:func:`zram_disksize_kb`, :func:`parse_swaps`) hold the decisions; :class:`Guard` does the I/O.
+The pure functions (:func:`strict_commit_floor_kb`, :func:`commit_floor_kb`,
+:func:`overcommit_change`, :func:`zram_disksize_kb`, :func:`parse_swaps`) hold the decisions;
+:func:`read_commit` reads the figures and :class:`Guard` makes the changes.
 """
 
 from __future__ import annotations
@@ -112,6 +113,49 @@ def strict_commit_floor_kb(
     spare_kb = commit_limit_kb - committed_as_kb - margin_kb
     # floor division rounds the allowed shrink down and a needed grow up
     return current_kb - (spare_kb * 100) // overcommit_ratio
+
+
+@dataclass(frozen=True)
+class CommitFigures:
+    """What :func:`strict_commit_floor_kb` needs, read under overcommit mode 2 (KiB, percent)."""
+
+    commit_limit_kb: int
+    committed_as_kb: int
+    overcommit_ratio: int
+    overcommit_kbytes: int
+
+
+def commit_floor_kb(figures: CommitFigures | None, current_kb: int) -> int | None:
+    """The strict-commit floor for the driver holding ``current_kb``; None without figures
+    (any mode but 2) or when CommitLimit does not depend on RAM."""
+    if figures is None:
+        return None
+    return strict_commit_floor_kb(current_kb, figures.commit_limit_kb, figures.committed_as_kb,
+                                  figures.overcommit_ratio, figures.overcommit_kbytes)
+
+
+def read_commit(hostfs: HostFS) -> CommitFigures | None:
+    """The commit figures under overcommit mode 2 (``vm.overcommit_memory``, read each time: the
+    guard never changes mode 2); None in any other mode or when the mode cannot be read (the
+    guard's arm logs that). Figures that cannot be read are one warning and None (no floor)."""
+    try:
+        mode = hostfs.read_int(OVERCOMMIT_MEMORY, 0, 2)
+    except InputError:
+        return None
+    if mode != 2:
+        return None
+    try:
+        meminfo = hostfs.read_meminfo(MEMINFO)
+        ratio = hostfs.read_int(OVERCOMMIT_RATIO, 0, 1 << 20)
+        kbytes = (hostfs.read_int(OVERCOMMIT_KBYTES, 0)
+                  if hostfs.exists(OVERCOMMIT_KBYTES) else 0)
+    except InputError as e:
+        get_logger("balloon").warning("guard_floor_unreadable", error=str(e))
+        return None
+    if "CommitLimit" not in meminfo or "Committed_AS" not in meminfo:
+        return None
+    return CommitFigures(meminfo["CommitLimit"] // 1024, meminfo["Committed_AS"] // 1024,
+                         ratio, kbytes)
 
 
 def zram_disksize_kb(ceiling_kb: int, floor_kb: int) -> int:
@@ -302,7 +346,8 @@ def recorded_changes(record: dict[str, Any], log: Any) -> list[dict[str, Any]]:
 
 
 class Guard:
-    """Applies (``arm``), floors (``floor_kb``) and undoes (:func:`undo`) the guard's changes."""
+    """Applies (``arm``) and undoes (:func:`undo`) the guard's changes. The floor under mode 2 is
+    the balloon step's (:func:`commit_floor_kb` over :func:`read_commit`'s figures)."""
 
     def __init__(
         self, hostfs: HostFS, store: RecordStore, commands: GuardCommands | None = None
@@ -504,27 +549,6 @@ class Guard:
         self.log.info("guard_set", what=f"swap {dev}", previous="off",
                       value=f"on, priority {ZRAM_SWAP_PRIORITY}")
         self.commands.swapon(dev, ZRAM_SWAP_PRIORITY)
-
-    # -- the floor ----------------------------------------------------------------------------
-
-    def floor_kb(self, current_kb: int) -> int | None:
-        """Under overcommit mode 2, the lowest target that keeps CommitLimit above Committed_AS
-        plus the margin (:func:`strict_commit_floor_kb`); None in any other mode."""
-        if self.mode != 2:
-            return None
-        try:
-            meminfo = self.hostfs.read_meminfo(MEMINFO)
-            ratio = self.hostfs.read_int(OVERCOMMIT_RATIO, 0, 1 << 20)
-            kbytes = (self.hostfs.read_int(OVERCOMMIT_KBYTES, 0)
-                      if self.hostfs.exists(OVERCOMMIT_KBYTES) else 0)
-        except InputError as e:
-            self.log.warning("guard_floor_unreadable", error=str(e))
-            return None
-        try:
-            limit, committed = meminfo["CommitLimit"] // 1024, meminfo["Committed_AS"] // 1024
-        except KeyError:
-            return None
-        return strict_commit_floor_kb(current_kb, limit, committed, ratio, kbytes)
 
 
 # --------------------------------------------------------------------------------------------
