@@ -5,7 +5,8 @@ platform handles the commands and jobs reach Xen and the kernel through, each op
 first asked for, by its opener:
 
 * :meth:`Host.vnuma_call`: XENMEM_get_vnumainfo through privcmd (the guest's topology);
-* :meth:`Host.sysctl`: Xen's sysctls through privcmd, as a context manager (Dom0);
+* :meth:`Host.sysctl`: Xen's sysctls through privcmd, as a context manager (the Dom0 job);
+* :meth:`Host.xen_controls`: sysctls and domctls on one privcmd (``host numa``, the hostnuma job);
 * :meth:`Host.xenstore`: a xenstore client (``$XENSTORED_PATH``, the socket, the xenbus device);
 * :attr:`Host.tiering_backends`: the cold-memory backends in order of preference.
 

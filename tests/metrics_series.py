@@ -128,13 +128,12 @@ def _tiering(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def _dom0(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
     from guestagent.dom0.job import Dom0Job
-    from tests.test_dom0_job import Closable, sysctl_opener
     from tests.test_dom0_job import context as dom0_context
     from tests.test_dom0_publish import add_backend
 
     add_backend(xs_server, 5, [("0000:3b:00.0", "28", None)])
     loop = EventLoop()
-    job = Dom0Job(open_sysctl=sysctl_opener(Closable()))
+    job = Dom0Job()
     try:
         job.start(dom0_context(loop, connect))
         return job.status()

@@ -7,6 +7,7 @@ The same search as ``grep -rn "signal.signal\\|select.poll\\|XenstoreClient.open
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -107,3 +108,37 @@ def test_the_host_opens_each_handle_on_use_with_its_opener(tmp_path: Path) -> No
         assert daemon._default_connect() == "client"
     finally:
         loop.close()
+
+
+def _job_classes() -> list[tuple[str, ast.ClassDef]]:
+    """Every class in guestagent/ shaped like a daemon job (start, stop, reload, republish and
+    status: guestagent.daemon.service.Job), with the file it is in."""
+    jobs = []
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+                if {"start", "stop", "reload", "republish", "status"} <= methods:
+                    jobs.append((path.relative_to(REPO).as_posix(), node))
+    return jobs
+
+
+def test_no_job_constructor_takes_a_platform_opener() -> None:
+    """A job reaches Xen and the kernel through ``ctx.host`` (the one Host), never through an
+    opener or factory of its own that a test swaps (``Dom0Job(open_sysctl=...)`` and
+    ``HostNumaJob(open_xen=...)`` were the last): a test passes a fake Host instead."""
+    from guestagent.daemon.commands import JOBS
+
+    found = _job_classes()
+    names = {node.name for _, node in found}
+    assert {target.split(":")[1] for _, _, target in JOBS} <= names  # the search sees them all
+    openers = {}
+    for rel, node in found:
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                args = [a.arg for a in (*item.args.args, *item.args.kwonlyargs)]
+                bad = [a for a in args if re.match(r"open_|make_|.*_(factory|factories|opener)$",
+                                                   a)]
+                if bad:
+                    openers[f"{rel}:{node.name}"] = bad
+    assert openers == {}
