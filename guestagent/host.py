@@ -87,7 +87,8 @@ def real_xenstore(hostfs: HostFS) -> Any:
         from guestagent.xen.xsconn import open_xenstore
     except ImportError as e:
         raise XenUnavailable(f"the C extension is not built ({e})") from None
-    return XenstoreClient(open_xenstore(hostfs))
+    connection = open_xenstore(hostfs)
+    return XenstoreClient(connection)
 
 
 def _damon(hostfs: HostFS) -> Backend:

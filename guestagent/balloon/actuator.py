@@ -33,6 +33,7 @@ from guestagent.balloon.signals import (
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
+from guestagent.units import MIB_KB
 
 #: Where the actuator keeps what it needs to undo (and the last decisions, for ``status``).
 RECORD_PATH = "/run/guestagent/balloon.json"
@@ -40,7 +41,7 @@ RECORD_PATH = "/run/guestagent/balloon.json"
 #: Largest offset accepted between the toolstack's memory/target and the driver's target when the
 #: agent first starts (the HVM video RAM fudge is a few MiB); anything larger means someone moved
 #: the driver's target already, so the offset is taken as 0.
-MAX_TOOLSTACK_OFFSET_KB = 64 * 1024
+MAX_TOOLSTACK_OFFSET_KB = 64 * MIB_KB
 
 #: Largest target a reset writes when static-max is unknown (64 TiB, as signals.MAX_KB).
 MAX_RESET_KB = 1 << 36
@@ -380,7 +381,7 @@ class BalloonActuator:
             self.save_record(record)
         return target
 
-    def wait_populated(self, target_kb: int, timeout_s: float, slack_kb: int = 4 * 1024) -> int:
+    def wait_populated(self, target_kb: int, timeout_s: float, slack_kb: int = 4 * MIB_KB) -> int:
         """Wait until the driver holds ``target_kb`` (less ``slack_kb``) or ``timeout_s`` passed;
         returns the driver's current_kb then. Used before a swapoff that needs the memory back."""
         deadline = time.monotonic() + timeout_s

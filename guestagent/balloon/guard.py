@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 from guestagent.log import get_logger
+from guestagent.units import KIB, MIB_KB
 
 if TYPE_CHECKING:
     from guestagent.balloon.signals import XenstoreReader
@@ -59,14 +60,14 @@ SYS_BLOCK = "/sys/block"
 
 #: CommitLimit kept above Committed_AS under overcommit mode 2 (strict): what a program may still
 #: commit without a grow. 128 MiB, the pressure policy's headroom.
-COMMIT_MARGIN_KB = 128 * 1024
+COMMIT_MARGIN_KB = 128 * MIB_KB
 
 #: Priority of the guard's zram swap: above any disk swap (the kernel numbers those from -2 down)
 #: and what systemd's zram-generator uses.
 ZRAM_SWAP_PRIORITY = 100
 
 #: Smallest zram device worth creating.
-MIN_ZRAM_KB = 16 * 1024
+MIN_ZRAM_KB = 16 * MIB_KB
 
 #: Highest zram device number accepted from a record.
 MAX_ZRAM_ID = 1023
@@ -154,7 +155,7 @@ def read_commit(hostfs: HostFS) -> CommitFigures | None:
         return None
     if "CommitLimit" not in meminfo or "Committed_AS" not in meminfo:
         return None
-    return CommitFigures(meminfo["CommitLimit"] // 1024, meminfo["Committed_AS"] // 1024,
+    return CommitFigures(meminfo["CommitLimit"] // KIB, meminfo["Committed_AS"] // KIB,
                          ratio, kbytes)
 
 
@@ -163,7 +164,7 @@ def zram_disksize_kb(ceiling_kb: int, floor_kb: int) -> int:
 
     zram's disksize is the uncompressed capacity; it costs memory only for what is stored.
     """
-    return max(0, ceiling_kb - floor_kb) // 1024 * 1024
+    return max(0, ceiling_kb - floor_kb) // MIB_KB * MIB_KB
 
 
 @dataclass(frozen=True)
@@ -542,7 +543,7 @@ class Guard:
             comp = None
         self.log.info("guard_set", what=f"/dev/zram{device}", previous="absent",
                       value=f"disksize {size_kb} KiB", compressor=comp)
-        self.hostfs.write_text(f"{block}/disksize", f"{size_kb * 1024}\n")
+        self.hostfs.write_text(f"{block}/disksize", f"{size_kb * KIB}\n")
         dev = f"/dev/zram{device}"
         self.commands.mkswap(dev)
         self._record({"kind": "swap", "device": device})

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
+from guestagent.units import KIB, PAGE_SIZE
 
 PSI_MEMORY = "/proc/pressure/memory"
 MEMINFO = "/proc/meminfo"
@@ -44,7 +45,7 @@ XS_TARGET = "memory/target"
 XS_STATIC_MAX = "memory/static-max"
 
 #: x86_64 page size in KiB: zoneinfo counts pages, every other source counts KiB.
-PAGE_KB = 4
+PAGE_KB = PAGE_SIZE // KIB
 
 #: Upper bound for any memory size read (KiB): 64 TiB, far above any Xen guest.
 MAX_KB = 1 << 36
@@ -262,7 +263,7 @@ def read_meminfo(hostfs: HostFS, host_path: str = MEMINFO) -> MemInfo:
     for attr, key in _MEMINFO_KEYS.items():
         if key not in raw:
             raise InputError(host_path, f"no {key} line (MemAvailable needs Linux >= 3.14)")
-        kb = raw[key] // 1024
+        kb = raw[key] // KIB
         if kb > MAX_KB:
             raise InputError(host_path, f"{key} implausibly large", raw[key])
         values[attr] = kb

@@ -24,10 +24,11 @@ from guestagent.balloon.common import Decision, PolicyConfig, PolicyState
 from guestagent.balloon.guard import CommitFigures, commit_floor_kb
 from guestagent.balloon.policy import decide
 from guestagent.balloon.signals import MemorySignals
+from guestagent.units import MIB_KB
 
 #: A target closer than this to the driver's own is not written (a few pages' churn is not worth
 #: a hypercall and a log line) unless a follow or a limit forces it.
-WRITE_MIN_KB = 4 * 1024
+WRITE_MIN_KB = 4 * MIB_KB
 
 
 @dataclass(frozen=True)
