@@ -144,3 +144,26 @@ def test_no_job_constructor_takes_a_platform_opener() -> None:
                 if bad:
                     openers[f"{rel}:{node.name}"] = bad
     assert openers == {}
+
+
+#: A read of a node's own files (meminfo, distance, cpulist) that does not go through
+#: guestagent/nodesysfs.py: a call of a HostFS reader whose path names the node directory.
+NODE_READ = re.compile(r"\.read_\w+\([^)]*(NODE_DIR|/sys/devices/system/node)")
+
+
+def test_one_numa_node_reader() -> None:
+    """Issue 14 item 4: topology, tiering, devices and numa read the node directory through
+    guestagent.nodesysfs alone (one failure behaviour); each of them imports it."""
+    found = {}
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel == "guestagent/nodesysfs.py":
+            continue
+        lines = [n for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if NODE_READ.search(line)]
+        if lines:
+            found[rel] = lines
+    assert found == {}
+    for rel in ("topology/sysfs.py", "tiering/readers.py", "devices/read.py",
+                "devices/discovery.py", "numa/readers.py"):
+        assert "nodesysfs" in (REPO / "guestagent" / rel).read_text(), rel
