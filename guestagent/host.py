@@ -8,6 +8,7 @@ first asked for, by its opener:
 * :meth:`Host.sysctl`: Xen's sysctls through privcmd, as a context manager (the Dom0 job);
 * :meth:`Host.xen_controls`: sysctls and domctls on one privcmd (``host numa``, the hostnuma job);
 * :meth:`Host.xenstore`: a xenstore client (``$XENSTORED_PATH``, the socket, the xenbus device);
+* :meth:`Host.udev_monitor`: a udev monitor of PCI events (the devices job's hotplug);
 * :attr:`Host.tiering_backends`: the cold-memory backends in order of preference.
 
 The CLI makes one for each command (``Context.host``), the daemon hands it to every job
@@ -91,6 +92,14 @@ def real_xenstore(hostfs: HostFS) -> Any:
     return XenstoreClient(connection)
 
 
+def real_udev_monitor(hostfs: HostFS) -> Any:
+    """A netlink udev monitor of PCI events (pyudev imported only here). Raises
+    HotplugUnavailableError without pyudev, libudev or netlink."""
+    from guestagent.devices.hotplug import HotplugMonitor
+
+    return HotplugMonitor.open()
+
+
 def _damon(hostfs: HostFS) -> Backend:
     from guestagent.tiering.damon import DamonBackend
 
@@ -120,6 +129,7 @@ class Host:
     open_xenstore: Callable[[HostFS], Any] = real_xenstore
     open_xen_controls: Callable[[HostFS], AbstractContextManager[tuple[Any, Any]]] = (
         real_xen_controls)
+    open_udev: Callable[[HostFS], Any] = real_udev_monitor
     tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
 
     def vnuma_call(self) -> VnumaCall:
@@ -137,6 +147,10 @@ class Host:
     def xen_controls(self) -> AbstractContextManager[tuple[Any, Any]]:
         """(Sysctl, Domctl) on one privcmd for a ``with`` block (closed at its end)."""
         return self.open_xen_controls(self.fs)
+
+    def udev_monitor(self) -> Any:
+        """A new udev monitor of PCI events (the caller stops reading it)."""
+        return self.open_udev(self.fs)
 
     def tiering_backend(self, name: str) -> Backend:
         """The named backend over this host's file system (KeyError: no such backend)."""

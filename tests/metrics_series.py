@@ -60,22 +60,22 @@ def _topology_and_balloon(tmp: Path, connect: Callable[[], Any]) -> dict[str, An
 
 
 def _devices(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+    from guestagent.devices.hotplug import HotplugUnavailableError
     from guestagent.devices.job import DevicesJob
+    from guestagent.host import Host
 
     root = tmp / "devices"
     shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
 
-    def no_udev() -> None:
+    def no_udev(hostfs: HostFS) -> None:
         raise HotplugUnavailableError("no udev in this test")
 
-    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
     loop = EventLoop()
     ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)),
                           config=load(str(tmp / "none.toml"), str(tmp / "conf.d")),
                           xenstore=SimpleNamespace(client=lambda: None,
                                                    watch=lambda path, cb: False),
-                          role="guest")
+                          role="guest", host=Host(HostFS(str(root)), open_udev=no_udev))
     job = DevicesJob()
     try:
         job.start(ctx)  # type: ignore[arg-type]

@@ -93,12 +93,18 @@ def test_the_host_opens_each_handle_on_use_with_its_opener(tmp_path: Path) -> No
 
     host = Host(fs, open_vnuma=opener("vnuma", "call"),  # type: ignore[arg-type]
                 open_sysctl=opener("sysctl", nullcontext("sysctl")),  # type: ignore[arg-type]
-                open_xenstore=opener("xenstore", "client"))  # type: ignore[arg-type]
+                open_xenstore=opener("xenstore", "client"),  # type: ignore[arg-type]
+                open_udev=opener("udev", "monitor"))  # type: ignore[arg-type]
     assert opened == []
     assert host.vnuma_call() == "call" and host.xenstore() == "client"
     with host.sysctl() as sysctl:
         assert sysctl == "sysctl"
-    assert opened == [("vnuma", fs), ("xenstore", fs), ("sysctl", fs)]
+    assert host.udev_monitor() == "monitor"
+    assert opened == [("vnuma", fs), ("xenstore", fs), ("sysctl", fs), ("udev", fs)]
+    # The udev monitor is made by the Host alone (the devices job asks ctx.host for it).
+    makers = [p.relative_to(REPO).as_posix() for p in sorted((REPO / "guestagent").rglob("*.py"))
+              if "HotplugMonitor.open(" in p.read_text()]
+    assert makers == ["guestagent/host.py"]
     assert [name for name, _ in Host(fs).tiering_backends] == [n for n, _ in TIERING_BACKENDS]
     # The defaults: the real Host over the same file system, for a command and for the daemon.
     ctx = Context(hostfs=fs)
