@@ -9,6 +9,7 @@ first asked for, by its opener:
 * :meth:`Host.xen_controls`: sysctls and domctls on one privcmd (``host numa``, the hostnuma job);
 * :meth:`Host.xenstore`: a xenstore client (``$XENSTORED_PATH``, the socket, the xenbus device);
 * :meth:`Host.udev_monitor`: a udev monitor of PCI events (the devices job's hotplug);
+* :meth:`Host.psi_trigger`: a memory PSI trigger descriptor (the balloon job, ``balloon record``);
 * :attr:`Host.tiering_backends`: the cold-memory backends in order of preference.
 
 The CLI makes one for each command (``Context.host``), the daemon hands it to every job
@@ -100,6 +101,17 @@ def real_udev_monitor(hostfs: HostFS) -> Any:
     return HotplugMonitor.open()
 
 
+def real_psi_trigger(hostfs: HostFS, kind: str, stall_us: int, window_us: int) -> Any:
+    """A :class:`~guestagent.balloon.signals.PsiTrigger` on ``/proc/pressure/memory``; None on a
+    fixture tree (there the file is a plain file, which arming would overwrite). Raises
+    InputError where the kernel refuses it."""
+    if not hostfs.is_real_host:
+        return None
+    from guestagent.balloon.signals import PsiTrigger
+
+    return PsiTrigger(hostfs, kind, stall_us, window_us)
+
+
 def _damon(hostfs: HostFS) -> Backend:
     from guestagent.tiering.damon import DamonBackend
 
@@ -130,6 +142,7 @@ class Host:
     open_xen_controls: Callable[[HostFS], AbstractContextManager[tuple[Any, Any]]] = (
         real_xen_controls)
     open_udev: Callable[[HostFS], Any] = real_udev_monitor
+    open_psi_trigger: Callable[[HostFS, str, int, int], Any] = real_psi_trigger
     tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
 
     def vnuma_call(self) -> VnumaCall:
@@ -151,6 +164,12 @@ class Host:
     def udev_monitor(self) -> Any:
         """A new udev monitor of PCI events (the caller stops reading it)."""
         return self.open_udev(self.fs)
+
+    def psi_trigger(self, kind: str = "some", stall_us: int = 150_000,
+                    window_us: int = 1_000_000) -> Any:
+        """A memory PSI trigger (the caller closes it); None where none may be armed (a fixture
+        tree); InputError where the kernel refuses it."""
+        return self.open_psi_trigger(self.fs, kind, stall_us, window_us)
 
     def tiering_backend(self, name: str) -> Backend:
         """The named backend over this host's file system (KeyError: no such backend)."""

@@ -14,6 +14,7 @@ from guestagent.balloon.controller import BalloonController
 from guestagent.balloon.policy import PressureConfig
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.errors import InputError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -193,7 +194,7 @@ def test_controller_object_ticks_for_an_outside_event_loop(root: Path) -> None:
     now = [100.0]
     ctl = BalloonController(fs, xs, PressureConfig(), clock=lambda: now[0])
     ctl.start()
-    assert ctl.arm_trigger() is None  # fixture tree: never armed
+    assert ctl.arm_trigger(Host(fs)) is None  # fixture tree: never armed
     first = ctl.tick()
     assert first is not None and first.action == "shrink" and target_of(root) == first.target_kb
     now[0] += 1.0

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from guestagent.balloon.actuator import BalloonActuator
-from guestagent.balloon.controller import BalloonController
 from guestagent.balloon.job import HUB, MAX_CONSECUTIVE_ERRORS, BalloonJob
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.config import Config, defaults
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.service import Daemon, JobContext, XenstoreHub
 from guestagent.errors import GuestAgentError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -72,14 +72,14 @@ class Bench:
     """One job on a loop with a fake clock; ``ended`` holds what it told the daemon."""
 
     def __init__(self, root: Path, policy: str = "pressure", connect: Any = None,
-                 job: BalloonJob | None = None) -> None:
+                 job: BalloonJob | None = None, host: Host | None = None) -> None:
         self.clock = Clock()
         self.loop = EventLoop(clock=self.clock)
         self.hub = XenstoreHub(self.loop, connect or self._no_xenstore)
         self.ended: list[tuple[str, str | None]] = []
-        self.hostfs = HostFS(str(root))
+        self.hostfs = HostFS(str(root)) if host is None else host.fs
         self.ctx = JobContext(self.loop, self.hostfs, balloon_config(policy), self.hub, "guest",
-                              lambda name, error: self.ended.append((name, error)))
+                              lambda name, error: self.ended.append((name, error)), host=host)
         stand_in = DirectoryXenstore(self.hostfs, "/xenstore")
         self.job = job or BalloonJob(lambda flags: None, lambda: None,
                                      xenstore=HUB if connect else stand_in)
@@ -235,13 +235,19 @@ class HangingTrigger:
 
 
 def test_a_trigger_that_hangs_up_is_dropped_without_a_tick(
-    bench: Any, monkeypatch: pytest.MonkeyPatch, log_events: Logs
+    root: Path, bench: Any, log_events: Logs
 ) -> None:
     trigger = HangingTrigger()
-    monkeypatch.setattr(BalloonController, "arm_trigger", lambda self: trigger)
-    b = bench()
+    armed: list[tuple[str, int, int]] = []
+
+    def open_trigger(hostfs: HostFS, kind: str, stall_us: int, window_us: int) -> HangingTrigger:
+        armed.append((kind, stall_us, window_us))
+        return trigger
+
+    b = bench(host=Host(HostFS(str(root)), open_psi_trigger=open_trigger))
     b.job.start(b.ctx)
     assert b.job.status()["psi_trigger"] is True and trigger.r in b.loop.readers
+    assert armed == [("some", 150_000, 1_000_000)]  # [balloon] trigger_* through ctx.host
     os.close(trigger.w)
     b.loop.run_once(max_wait=1.0)  # POLLHUP: at once
     assert events(log_events, "psi_trigger_lost")[0]["fallback"] == "interval timer only"

@@ -101,10 +101,14 @@ def test_the_host_opens_each_handle_on_use_with_its_opener(tmp_path: Path) -> No
         assert sysctl == "sysctl"
     assert host.udev_monitor() == "monitor"
     assert opened == [("vnuma", fs), ("xenstore", fs), ("sysctl", fs), ("udev", fs)]
-    # The udev monitor is made by the Host alone (the devices job asks ctx.host for it).
-    makers = [p.relative_to(REPO).as_posix() for p in sorted((REPO / "guestagent").rglob("*.py"))
-              if "HotplugMonitor.open(" in p.read_text()]
-    assert makers == ["guestagent/host.py"]
+    # The udev monitor and the PSI trigger are made by the Host alone (the devices job, the
+    # balloon job and balloon record ask ctx.host for them).
+    for maker in (r"HotplugMonitor\.open\(", r"PsiTrigger\("):
+        called = re.compile(r"(?<![`\w])" + maker)  # a call, not a name in ``quotes``
+        makers = [p.relative_to(REPO).as_posix()
+                  for p in sorted((REPO / "guestagent").rglob("*.py"))
+                  if called.search(p.read_text())]
+        assert makers == ["guestagent/host.py"], maker
     assert [name for name, _ in Host(fs).tiering_backends] == [n for n, _ in TIERING_BACKENDS]
     # The defaults: the real Host over the same file system, for a command and for the daemon.
     ctx = Context(hostfs=fs)

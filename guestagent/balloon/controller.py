@@ -35,6 +35,7 @@ from guestagent.balloon.signals import (
 )
 from guestagent.balloon.step import Observation, Plan, step
 from guestagent.errors import InputError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
@@ -89,23 +90,24 @@ class BalloonController:
                 "it only grows on refaults, swap-ins and MemAvailable; consider --policy classic",
             )
 
-    def arm_trigger(self) -> PsiTrigger | None:
-        """The policy's PSI trigger, or None (logged) where it cannot be armed."""
-        if not self.hostfs.is_real_host:
-            # On a fixture tree the PSI "file" is a plain file: arming would overwrite it.
-            self.log.info("psi_trigger_skipped", reason="not the real host root")
-            return None
+    def arm_trigger(self, host: Host) -> PsiTrigger | None:
+        """The policy's PSI trigger from the host handle, or None (logged) where it cannot or
+        must not be armed."""
         stall = getattr(self.config, "trigger_stall_us", PressureConfig.trigger_stall_us)
         window = getattr(self.config, "trigger_window_us", PressureConfig.trigger_window_us)
         try:
-            trigger = PsiTrigger(self.hostfs, "some", int(stall), int(window))
+            trigger = host.psi_trigger("some", int(stall), int(window))
         except InputError as e:
             self.log.warning("psi_trigger_unavailable", error=str(e), fallback="interval only")
+            return None
+        if trigger is None:
+            # On a fixture tree the PSI "file" is a plain file: arming would overwrite it.
+            self.log.info("psi_trigger_skipped", reason="not the real host root")
             return None
         if trigger.widened:
             self.log.info("psi_trigger_widened", spec=trigger.spec,
                           reason="no CAP_SYS_RESOURCE: window must be a multiple of 2 s")
-        return trigger
+        return trigger  # type: ignore[no-any-return]
 
     def read(self, psi_trigger_fired: bool = False) -> Observation:
         """Read: the snapshot (raw figures made into the model by the pure build_signals) and,

@@ -170,10 +170,9 @@ class RecordJob:
     def start(self, ctx: Any) -> None:
         self._ctx = ctx
         log = get_logger("balloon")
-        # On a fixture tree arming would overwrite the file.
-        if self.use_trigger and ctx.hostfs.is_real_host:
+        if self.use_trigger:  # the host gives none on a fixture tree (arming would overwrite it)
             try:
-                self._trigger = PsiTrigger(ctx.hostfs)
+                self._trigger = ctx.host.psi_trigger()
             except InputError as e:
                 log.warning("psi_trigger_unavailable", error=str(e))
         header = trace_header(
