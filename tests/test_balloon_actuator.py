@@ -6,10 +6,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from guestagent import log
 from guestagent.balloon.actuator import RECORD_PATH, BalloonActuator, BalloonUnavailable
+from guestagent.balloon.common import (
+    HARD_MINIMUM_ABS_KB,
+    ResetTarget,
+    decide_reset,
+    hard_minimum_kb,
+)
 from guestagent.balloon.controller import BalloonController
 from guestagent.balloon.policy import PressureConfig
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
@@ -238,3 +246,40 @@ def test_set_target_without_xenstore_keeps_under_the_original(root: Path) -> Non
     with pytest.raises(InputError):
         BalloonActuator(HostFS(str(root)), None).set_target(1048576 + 4)
     assert BalloonActuator(HostFS(str(root)), None).reset() == 1048576
+
+
+# --- where a reset goes: pure (guestagent.balloon.common.decide_reset) ---------------------------
+
+
+def test_decide_reset_sources_in_order() -> None:
+    gib = 1048576
+    assert decide_reset(gib, 2 * gib, 0, 500_000) == ResetTarget(gib, "toolstack memory/target")
+    assert decide_reset(gib, 2 * gib, 4096, None) == ResetTarget(gib - 4096,
+                                                                 "toolstack memory/target")
+    assert decide_reset(None, gib, 0, 500_000) == ResetTarget(gib, "toolstack static-max")
+    assert decide_reset(None, None, 0, 500_000) == ResetTarget(500_000, "saved original target")
+    assert decide_reset(None, None, 0, None) is None
+    # a damaged original of 1 KiB without xenstore: the hard floor, and what it replaced
+    assert decide_reset(None, None, 0, 1) == ResetTarget(HARD_MINIMUM_ABS_KB,
+                                                         "saved original target", 1)
+
+
+@given(xs=st.none() | st.integers(1, 1 << 36), static_max=st.none() | st.integers(1, 1 << 36),
+       offset=st.integers(0, 64 * 1024), original=st.none() | st.integers(1, 1 << 36))
+def test_decide_reset_never_under_the_hard_floor_nor_over_static_max(
+    xs: int | None, static_max: int | None, offset: int, original: int | None
+) -> None:
+    where = decide_reset(xs, static_max, offset, original)
+    if where is None:
+        assert xs is None and static_max is None and original is None
+        return
+    base = static_max if static_max is not None else (where.clamped_from_kb or where.target_kb)
+    floor = hard_minimum_kb(base)
+    assert where.target_kb >= floor
+    if static_max is not None:
+        assert where.target_kb <= max(static_max, floor)
+    known = [v for v in (xs, static_max) if v is not None]
+    wanted = max(1, min(known) - offset) if known else original
+    # within the bounds the source's value is kept; moved, the value it replaced is said
+    assert (where.target_kb if where.clamped_from_kb is None else where.clamped_from_kb) == wanted
+    assert where.clamped_from_kb != where.target_kb

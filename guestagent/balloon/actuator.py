@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from guestagent.balloon.common import decide_reset
 from guestagent.balloon.policy import hard_minimum_kb
 from guestagent.balloon.signals import (
     BALLOON_TARGET,
@@ -42,9 +43,6 @@ RECORD_PATH = "/run/guestagent/balloon.json"
 #: agent first starts (the HVM video RAM fudge is a few MiB); anything larger means someone moved
 #: the driver's target already, so the offset is taken as 0.
 MAX_TOOLSTACK_OFFSET_KB = 64 * MIB_KB
-
-#: Largest target a reset writes when static-max is unknown (64 TiB, as signals.MAX_KB).
-MAX_RESET_KB = 1 << 36
 
 #: How many decisions the record keeps for ``status``.
 RECORD_DECISIONS = 20
@@ -326,34 +324,26 @@ class BalloonActuator:
             return {}
 
     def reset_target(self, record: dict[str, Any]) -> tuple[int, str]:
-        """The target a reset goes back to, and where it came from; never under the hard floor.
-
-        In order: the toolstack's ceiling (min(memory/target, static-max) minus a bounds-checked
-        offset), static-max alone, the saved original target. Whatever the source, the result
-        is clamped to max(256 MiB, static-max / 16) below and static-max above.
-        """
+        """The target a reset goes back to, and where it came from: the toolstack's figures and
+        the record read, then :func:`~guestagent.balloon.common.decide_reset` (pure) decides,
+        never under the hard floor nor over static-max."""
         xs_target, static_max = self.toolstack_targets()
-        target = self.ceiling_kb(record)
-        source = "toolstack memory/target" if xs_target is not None else "toolstack static-max"
-        if target is None:
-            original = record.get("original_target_kb")
-            if original is None:
-                raise InputError(
-                    "balloon reset",
-                    f"no xenstore memory/target and no saved original target (nor static-max) in "
-                    f"{self.record_path}",
-                )
-            target, source = int(original), "saved original target"
-        floor = hard_minimum_kb(static_max if static_max is not None else target)
-        upper = static_max if static_max is not None else MAX_RESET_KB
-        if not floor <= target <= upper:
-            clamped = min(max(target, floor), max(upper, floor))
-            self.log.warning(
-                "balloon_reset_clamped", source=source, bad_value=target, used=clamped,
-                floor_kb=floor, static_max_kb=static_max,
+        offset = self.checked_offset_kb(record) if (xs_target, static_max) != (None, None) else 0
+        original = record.get("original_target_kb")
+        where = decide_reset(xs_target, static_max, offset, original)
+        if where is None:
+            raise InputError(
+                "balloon reset",
+                f"no xenstore memory/target and no saved original target (nor static-max) in "
+                f"{self.record_path}",
             )
-            target = clamped
-        return target, source
+        if where.clamped_from_kb is not None:
+            floor = hard_minimum_kb(static_max if static_max is not None else where.clamped_from_kb)
+            self.log.warning(
+                "balloon_reset_clamped", source=where.source, bad_value=where.clamped_from_kb,
+                used=where.target_kb, floor_kb=floor, static_max_kb=static_max,
+            )
+        return where.target_kb, where.source
 
     def reset(self) -> int:
         """Put the target back to the ceiling (:meth:`reset_target`); log it.
