@@ -368,3 +368,19 @@ def test_under_the_daemon_a_job_that_gives_up_is_stopped_and_fails_a_one_job_run
     finally:
         daemon.shutdown("test over")
         daemon.loop.close()
+
+
+def test_a_reload_keeps_the_toolstack_offset_learned_at_start(root: Path, bench: Any) -> None:
+    """An HVM guest: the toolstack's memory/target is the driver's target plus the video RAM
+    (8 MiB here). The job learns that offset at start; a reload (SIGHUP) used to replace the
+    configuration without it, and the ceiling rose by the offset."""
+    for name in ("target", "static-max"):
+        (root / "xenstore/memory" / name).write_text(f"{1048576 + 8192}\n")
+    b = bench()
+    b.job.start(b.ctx)
+    assert b.job.status()["ceiling_kb"] == 1048576
+    b.job.reload(balloon_config())
+    b.advance(5.0)
+    assert b.job.status()["ticks"] == 2 and b.job.status()["ceiling_kb"] == 1048576
+    b.job.stop()
+    assert target_of(root) == 1048576  # the reset goes to memory/target minus the offset

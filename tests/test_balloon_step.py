@@ -125,8 +125,10 @@ def render(root: Path, snap: MemorySignals) -> None:
             node.write_text(f"{value}\n")
 
 
-def run_live(root: Path, snaps: list[MemorySignals], policy: str) -> list[tuple[Any, ...]]:
-    """The live balloon job on the fixture tree, one tick per snapshot (simulate's model)."""
+def run_live(root: Path, snaps: list[MemorySignals], policy: str, offset: int = 0
+             ) -> list[tuple[Any, ...]]:
+    """The live balloon job on the fixture tree, one tick per snapshot (simulate's model).
+    ``offset``: the HVM video RAM between the toolstack's memory/target and the driver's."""
     target_file, current_file = (root / p.lstrip("/") for p in (BALLOON_TARGET, BALLOON_CURRENT))
     # the job reads the fixture's xenstore itself (a reader that cannot watch): every tick
     xenstore = DirectoryXenstore(HostFS(str(root)), "/xenstore")
@@ -144,7 +146,7 @@ def run_live(root: Path, snaps: list[MemorySignals], policy: str) -> list[tuple[
                 target = current = int(target_file.read_text())  # the driver got there at once
             xs = snap.xs_target_kb
             if last_xs is not None and xs is not None and xs != last_xs:
-                target = current = xs  # the kernel's watch: a toolstack write
+                target = current = xs - offset  # the kernel's watch: a toolstack write
             last_xs = xs
             delta = current - recorded
             render(root, replace(snap, mem_total_kb=max(1, snap.mem_total_kb + delta),
@@ -167,13 +169,14 @@ def run_live(root: Path, snaps: list[MemorySignals], policy: str) -> list[tuple[
     return out
 
 
-@pytest.mark.parametrize(("trace", "policy", "length"), [
-    ("synthetic-two-spikes-1g.jsonl", "pressure", None),
-    ("synthetic-override-1g.jsonl", "pressure", None),
-    ("synthetic-phases-1g.jsonl", "classic", 200),
+@pytest.mark.parametrize(("trace", "policy", "length", "offset"), [
+    ("synthetic-two-spikes-1g.jsonl", "pressure", None, 0),
+    ("synthetic-override-1g.jsonl", "pressure", None, 0),
+    ("synthetic-override-1g.jsonl", "pressure", 150, 8 * 1024),  # an HVM guest's video RAM
+    ("synthetic-phases-1g.jsonl", "classic", 200, 0),
 ])
 def test_the_live_job_and_simulate_decide_the_same(tmp_path: Path, trace: str, policy: str,
-                                                   length: int | None) -> None:
+                                                   length: int | None, offset: int) -> None:
     """One recorded trace through the live balloon job (a fake host: a fixture tree) and through
     ``balloon simulate``: every decision identical, action, target, limits and reason. The
     phases trace under classic is one where the two differed before they shared the step (the
@@ -181,12 +184,17 @@ def test_the_live_job_and_simulate_decide_the_same(tmp_path: Path, trace: str, p
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "balloon-pv-1g", root)
     snaps = load_trace(str(TRACES / trace)).snapshots[:length]
+    if offset:  # the toolstack's figures include the video RAM; the job learns it at start
+        snaps = [replace(s, xs_target_kb=s.xs_target_kb + offset,
+                         xs_static_max_kb=s.xs_static_max_kb + offset) for s in snaps
+                 if s.xs_target_kb is not None and s.xs_static_max_kb is not None]
     config = policy_config(balloon_config(policy).section("balloon"))
     assert isinstance(config, PressureConfig if policy == "pressure" else ClassicConfig)
     replayed = [(s.timestamp, s.action, s.target_kb, s.floor_kb, s.ceiling_kb, s.reason)
                 for s in simulate(snaps, policy, config).steps]
-    live = run_live(root, snaps, policy)
+    live = run_live(root, snaps, policy, offset)
     assert len(live) == len(replayed) == len(snaps)
     for got, want in zip(live, replayed):
         assert got == want
+    assert live[0][4] == snaps[0].xs_target_kb - offset  # the ceiling in the driver's units
     assert len({a for _, a, *_ in live} - {"hold"}) >= 2  # the trace exercises the policy

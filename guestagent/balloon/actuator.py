@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from guestagent.balloon.common import decide_reset
+from guestagent.balloon.common import MAX_TOOLSTACK_OFFSET_KB, decide_reset, toolstack_offset
 from guestagent.balloon.policy import hard_minimum_kb
 from guestagent.balloon.signals import (
     BALLOON_TARGET,
@@ -38,11 +38,6 @@ from guestagent.units import MIB_KB
 
 #: Where the actuator keeps what it needs to undo (and the last decisions, for ``status``).
 RECORD_PATH = "/run/guestagent/balloon.json"
-
-#: Largest offset accepted between the toolstack's memory/target and the driver's target when the
-#: agent first starts (the HVM video RAM fudge is a few MiB); anything larger means someone moved
-#: the driver's target already, so the offset is taken as 0.
-MAX_TOOLSTACK_OFFSET_KB = 64 * MIB_KB
 
 #: How many decisions the record keeps for ``status``.
 RECORD_DECISIONS = 20
@@ -161,17 +156,15 @@ class BalloonActuator:
         xs_target, xs_static_max = self.toolstack_targets()
         self._last_xs_target = xs_target
         if record.get("original_target_kb") is None:
-            offset = 0
-            if xs_target is not None:
-                offset = xs_target - driver.target_kb
-                if not 0 <= offset <= MAX_TOOLSTACK_OFFSET_KB:
-                    self.log.warning(
-                        "balloon_offset_unknown",
-                        xs_target_kb=xs_target,
-                        driver_target_kb=driver.target_kb,
-                        note="driver target already moved; assuming offset 0",
-                    )
-                    offset = 0
+            offset = toolstack_offset(xs_target, driver.target_kb)
+            if offset is None:
+                self.log.warning(
+                    "balloon_offset_unknown",
+                    xs_target_kb=xs_target,
+                    driver_target_kb=driver.target_kb,
+                    note="driver target already moved; assuming offset 0",
+                )
+                offset = 0
             record.update(
                 original_target_kb=driver.target_kb,
                 toolstack_target_kb=xs_target,

@@ -56,6 +56,28 @@ def hard_minimum_kb(static_max_kb: int) -> int:
 #: Largest target a reset writes when static-max is unknown (64 TiB, as signals.MAX_KB).
 MAX_RESET_KB = 1 << 36
 
+#: Largest offset accepted between the toolstack's memory/target and the driver's target when the
+#: agent first starts (the HVM video RAM fudge is a few MiB); anything larger means someone moved
+#: the driver's target already, so the offset is taken as 0.
+MAX_TOOLSTACK_OFFSET_KB = 64 * MIB_KB
+
+
+def toolstack_offset(xs_target_kb: int | None, driver_target_kb: int) -> int | None:
+    """memory/target minus the driver's target at the first start (the HVM video-RAM fudge): 0
+    without xenstore; None when it is out of 0..MAX_TOOLSTACK_OFFSET_KB (the driver's target
+    already moved: unknown, the caller says so and takes 0)."""
+    if xs_target_kb is None:
+        return 0
+    offset = xs_target_kb - driver_target_kb
+    return offset if 0 <= offset <= MAX_TOOLSTACK_OFFSET_KB else None
+
+
+def with_offset(config: PolicyConfig, offset_kb: int) -> PolicyConfig:
+    """The configuration with the learned toolstack offset, unless it sets one itself."""
+    if config.toolstack_offset_kb == 0 and offset_kb:
+        return replace(config, toolstack_offset_kb=offset_kb)
+    return config
+
 
 @dataclass(frozen=True)
 class ResetTarget:

@@ -15,10 +15,10 @@ stops it (the target back to the ceiling) on SIGTERM, SIGINT, ``--duration`` and
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Callable
 
 from guestagent.balloon.actuator import ApplyResult, BalloonActuator
+from guestagent.balloon.common import with_offset
 from guestagent.balloon.guard import Guard, GuardCommands, read_commit, reset_all
 from guestagent.balloon.policy import (
     Decision,
@@ -67,10 +67,17 @@ class BalloonController:
         self.state = PolicyState()
         self.log = get_logger("balloon")
         self.started_at = clock()
+        #: The toolstack offset learned at start (the record's), kept across reloads.
+        self.offset_kb = 0
         #: Consecutive ticks that failed on bad input.
         self.errors = 0
         self.ticks = 0
         self.last_decision: Decision | None = None
+
+    def configure(self, config: PolicyConfig) -> None:
+        """A reloaded configuration (validated), with the toolstack offset learned at start."""
+        config.validate()
+        self.config = with_offset(config, self.offset_kb)
 
     @property
     def interval_s(self) -> float:
@@ -79,9 +86,8 @@ class BalloonController:
     def start(self) -> None:
         """Raise BalloonUnavailable without a driver; remember the original target (undo)."""
         record = self.actuator.start()
-        offset = int(record.get("toolstack_offset_kb") or 0)
-        if self.config.toolstack_offset_kb == 0 and offset:
-            self.config = replace(self.config, toolstack_offset_kb=offset)
+        self.offset_kb = int(record.get("toolstack_offset_kb") or 0)
+        self.config = with_offset(self.config, self.offset_kb)
         self.started_at = self.clock()
         if isinstance(self.config, PressureConfig) and not self.hostfs.exists(PSI_MEMORY):
             self.log.warning(

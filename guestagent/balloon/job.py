@@ -178,7 +178,7 @@ class BalloonJob:
 
     def reload(self, config: Config) -> None:
         assert self._ctl is not None
-        self._ctl.config = policy_config(config.section("balloon"))
+        self._ctl.configure(policy_config(config.section("balloon")))
         if self._ctx is not None:
             wanted = bool(config.section("balloon").get("lock_memory", True))
             if wanted and not self._memory_locked:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
+from guestagent.balloon.common import toolstack_offset, with_offset
 from guestagent.balloon.policy import (
     GIB_KB,
     PolicyConfig,
@@ -363,6 +364,8 @@ def simulate(
         if sim_target is None:
             sim_target = snap.balloon_target_kb if snap.balloon_target_kb is not None else recorded
             sim_current = recorded
+            # the job's start: learn the toolstack offset (HVM video RAM) as the actuator does
+            cfg = with_offset(cfg, toolstack_offset(snap.xs_target_kb, sim_target) or 0)
         else:
             sim_current = _driver_moves(
                 sim_current, sim_target, snap.timestamp - last_t, populate_kb_per_s
