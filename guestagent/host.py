@@ -5,8 +5,11 @@ platform handles the commands and jobs reach Xen and the kernel through, each op
 first asked for, by its opener:
 
 * :meth:`Host.vnuma_call`: XENMEM_get_vnumainfo through privcmd (the guest's topology);
-* :meth:`Host.sysctl`: Xen's sysctls through privcmd, as a context manager (Dom0);
+* :meth:`Host.sysctl`: Xen's sysctls through privcmd, as a context manager (the Dom0 job);
+* :meth:`Host.xen_controls`: sysctls and domctls on one privcmd (``host numa``, the hostnuma job);
 * :meth:`Host.xenstore`: a xenstore client (``$XENSTORED_PATH``, the socket, the xenbus device);
+* :meth:`Host.udev_monitor`: a udev monitor of PCI events (the devices job's hotplug);
+* :meth:`Host.psi_trigger`: a memory PSI trigger descriptor (the balloon job, ``balloon record``);
 * :attr:`Host.tiering_backends`: the cold-memory backends in order of preference.
 
 The CLI makes one for each command (``Context.host``), the daemon hands it to every job
@@ -86,7 +89,27 @@ def real_xenstore(hostfs: HostFS) -> Any:
         from guestagent.xen.xsconn import open_xenstore
     except ImportError as e:
         raise XenUnavailable(f"the C extension is not built ({e})") from None
-    return XenstoreClient(open_xenstore(hostfs))
+    connection = open_xenstore(hostfs)
+    return XenstoreClient(connection)
+
+
+def real_udev_monitor(hostfs: HostFS) -> Any:
+    """A netlink udev monitor of PCI events (pyudev imported only here). Raises
+    HotplugUnavailableError without pyudev, libudev or netlink."""
+    from guestagent.devices.hotplug import HotplugMonitor
+
+    return HotplugMonitor.open()
+
+
+def real_psi_trigger(hostfs: HostFS, kind: str, stall_us: int, window_us: int) -> Any:
+    """A :class:`~guestagent.balloon.signals.PsiTrigger` on ``/proc/pressure/memory``; None on a
+    fixture tree (there the file is a plain file, which arming would overwrite). Raises
+    InputError where the kernel refuses it."""
+    if not hostfs.is_real_host:
+        return None
+    from guestagent.balloon.signals import PsiTrigger
+
+    return PsiTrigger(hostfs, kind, stall_us, window_us)
 
 
 def _damon(hostfs: HostFS) -> Backend:
@@ -118,6 +141,8 @@ class Host:
     open_xenstore: Callable[[HostFS], Any] = real_xenstore
     open_xen_controls: Callable[[HostFS], AbstractContextManager[tuple[Any, Any]]] = (
         real_xen_controls)
+    open_udev: Callable[[HostFS], Any] = real_udev_monitor
+    open_psi_trigger: Callable[[HostFS, str, int, int], Any] = real_psi_trigger
     tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
 
     def vnuma_call(self) -> VnumaCall:
@@ -135,6 +160,16 @@ class Host:
     def xen_controls(self) -> AbstractContextManager[tuple[Any, Any]]:
         """(Sysctl, Domctl) on one privcmd for a ``with`` block (closed at its end)."""
         return self.open_xen_controls(self.fs)
+
+    def udev_monitor(self) -> Any:
+        """A new udev monitor of PCI events (the caller stops reading it)."""
+        return self.open_udev(self.fs)
+
+    def psi_trigger(self, kind: str = "some", stall_us: int = 150_000,
+                    window_us: int = 1_000_000) -> Any:
+        """A memory PSI trigger (the caller closes it); None where none may be armed (a fixture
+        tree); InputError where the kernel refuses it."""
+        return self.open_psi_trigger(self.fs, kind, stall_us, window_us)
 
     def tiering_backend(self, name: str) -> Backend:
         """The named backend over this host's file system (KeyError: no such backend)."""

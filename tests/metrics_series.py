@@ -12,6 +12,8 @@ the set, so a query on it fails the check rather than passing unseen.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -60,22 +62,22 @@ def _topology_and_balloon(tmp: Path, connect: Callable[[], Any]) -> dict[str, An
 
 
 def _devices(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+    from guestagent.devices.hotplug import HotplugUnavailableError
     from guestagent.devices.job import DevicesJob
+    from guestagent.host import Host
 
     root = tmp / "devices"
     shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
 
-    def no_udev() -> None:
+    def no_udev(hostfs: HostFS) -> None:
         raise HotplugUnavailableError("no udev in this test")
 
-    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
     loop = EventLoop()
     ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)),
                           config=load(str(tmp / "none.toml"), str(tmp / "conf.d")),
                           xenstore=SimpleNamespace(client=lambda: None,
                                                    watch=lambda path, cb: False),
-                          role="guest")
+                          role="guest", host=Host(HostFS(str(root)), open_udev=no_udev))
     job = DevicesJob()
     try:
         job.start(ctx)  # type: ignore[arg-type]
@@ -130,21 +132,30 @@ def dom0_status(xs_server: Any, connect: Callable[[], Any]) -> dict[str, Any]:
     from dataclasses import replace
 
     from guestagent.dom0.job import Dom0Job
+    from guestagent.host import Host
     from guestagent.xen.sysctl import Sysctl
     from tests.hostnuma_support import HOST
     from tests.test_dom0_job import Closable
     from tests.test_dom0_job import context as dom0_context
     from tests.test_dom0_publish import add_backend
+    from tests.test_dom0_support import FIXTURE as DOM0_SUPPORT_FIXTURE
     from tests.test_dom0_support import PCI_NODES
     from tests.test_sysctl import SysctlXen
 
     # 3b:00.0 sits on node 1, where domain 5 has vnode 1; 5e:00.0 on node 2, where it has none.
     add_backend(xs_server, 5, [("0000:3b:00.0", "28", None), ("0000:5e:00.0", "30", None)])
     loop = EventLoop()
-    host = replace(HOST, pci=dict(PCI_NODES))  # three nodes online, the devices on 1 and 2
-    job = Dom0Job(open_sysctl=lambda hostfs: (Closable(), Sysctl(SysctlXen(host=host))))
+    xen_host = replace(HOST, pci=dict(PCI_NODES))  # three nodes online, the devices on 1 and 2
+
+    @contextmanager
+    def open_sysctl(hostfs: Any) -> Iterator[Sysctl]:
+        with closing(Closable()):
+            yield Sysctl(SysctlXen(host=xen_host))
+
+    host = Host(HostFS(str(DOM0_SUPPORT_FIXTURE)), open_sysctl=open_sysctl)
+    job = Dom0Job()
     try:
-        job.start(dom0_context(loop, connect))
+        job.start(dom0_context(loop, connect, host))
         return job.status()
     finally:
         job.stop()
@@ -158,6 +169,7 @@ def hostnuma_status(xs_server: Any, connect: Callable[[], Any],
     ``free_gib``: the nodes' free memory instead of the fixture's 12, 15 and 3 GiB (of 16)."""
     from dataclasses import replace
 
+    from guestagent.host import Host
     from guestagent.hostnuma.job import HostNumaJob
     from guestagent.xen.domctl import Domctl
     from guestagent.xen.sysctl import Sysctl
@@ -184,8 +196,15 @@ def hostnuma_status(xs_server: Any, connect: Callable[[], Any],
     loop = EventLoop(clock=clock)
     cfg = defaults()
     cfg.values["hostnuma"]["sample_seconds"] = 10
-    ctx = JobContext(loop, HostFS(str(DOM0_FIXTURE)), cfg, XenstoreHub(loop, connect), "dom0")
-    job = HostNumaJob(open_xen=lambda hostfs: (Closable(), Sysctl(xen), Domctl(xen)))
+
+    @contextmanager
+    def open_xen_controls(hostfs: Any) -> Iterator[tuple[Sysctl, Domctl]]:
+        with closing(Closable()):
+            yield Sysctl(xen), Domctl(xen)
+
+    host = Host(HostFS(str(DOM0_FIXTURE)), open_xen_controls=open_xen_controls)
+    ctx = JobContext(loop, host.fs, cfg, XenstoreHub(loop, connect), "dom0", host=host)
+    job = HostNumaJob()
     try:
         job.start(ctx)
         spin(xen, 10.0)

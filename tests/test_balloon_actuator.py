@@ -6,14 +6,23 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from guestagent import log
 from guestagent.balloon.actuator import RECORD_PATH, BalloonActuator, BalloonUnavailable
+from guestagent.balloon.common import (
+    HARD_MINIMUM_ABS_KB,
+    ResetTarget,
+    decide_reset,
+    hard_minimum_kb,
+)
 from guestagent.balloon.controller import BalloonController
 from guestagent.balloon.policy import PressureConfig
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.errors import InputError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -61,13 +70,17 @@ def test_apply_writes_logs_and_reads_back(root: Path) -> None:
     assert event["reason"] == "test shrink" and event["delta_kb"] == 900_000 - 1048576
 
 
-def test_small_changes_are_not_written_unless_forced(root: Path) -> None:
+def test_the_actuator_writes_exactly_what_it_is_given(root: Path) -> None:
+    """Whether a small change is worth writing is the step's (tests/test_balloon_step.py): the
+    actuator writes even a 1000 KiB change, and the same target again, as given."""
     fs, xs = fs_xs(root)
-    act = BalloonActuator(fs, xs, min_delta_kb=4096)
-    res = act.apply(1048576 - 1000, "tiny")
-    assert not res.written and target_of(root) == 1048576
-    res = act.apply(1048576 - 1000, "limit", force=True)
-    assert res.written and target_of(root) == 1048576 - 1000
+    act = BalloonActuator(fs, xs)
+    for target in (1048576 - 1000, 1048576 - 1000):
+        res = act.apply(target, "tiny")
+        assert res.written and target_of(root) == target
+    with pytest.raises(InputError, match="must be positive"):
+        act.apply(0, "nonsense")
+    assert target_of(root) == 1048576 - 1000
 
 
 def test_start_records_original_and_reset_goes_back_to_the_toolstack_target(root: Path) -> None:
@@ -189,7 +202,7 @@ def test_controller_object_ticks_for_an_outside_event_loop(root: Path) -> None:
     now = [100.0]
     ctl = BalloonController(fs, xs, PressureConfig(), clock=lambda: now[0])
     ctl.start()
-    assert ctl.arm_trigger() is None  # fixture tree: never armed
+    assert ctl.arm_trigger(Host(fs)) is None  # fixture tree: never armed
     first = ctl.tick()
     assert first is not None and first.action == "shrink" and target_of(root) == first.target_kb
     now[0] += 1.0
@@ -233,3 +246,40 @@ def test_set_target_without_xenstore_keeps_under_the_original(root: Path) -> Non
     with pytest.raises(InputError):
         BalloonActuator(HostFS(str(root)), None).set_target(1048576 + 4)
     assert BalloonActuator(HostFS(str(root)), None).reset() == 1048576
+
+
+# --- where a reset goes: pure (guestagent.balloon.common.decide_reset) ---------------------------
+
+
+def test_decide_reset_sources_in_order() -> None:
+    gib = 1048576
+    assert decide_reset(gib, 2 * gib, 0, 500_000) == ResetTarget(gib, "toolstack memory/target")
+    assert decide_reset(gib, 2 * gib, 4096, None) == ResetTarget(gib - 4096,
+                                                                 "toolstack memory/target")
+    assert decide_reset(None, gib, 0, 500_000) == ResetTarget(gib, "toolstack static-max")
+    assert decide_reset(None, None, 0, 500_000) == ResetTarget(500_000, "saved original target")
+    assert decide_reset(None, None, 0, None) is None
+    # a damaged original of 1 KiB without xenstore: the hard floor, and what it replaced
+    assert decide_reset(None, None, 0, 1) == ResetTarget(HARD_MINIMUM_ABS_KB,
+                                                         "saved original target", 1)
+
+
+@given(xs=st.none() | st.integers(1, 1 << 36), static_max=st.none() | st.integers(1, 1 << 36),
+       offset=st.integers(0, 64 * 1024), original=st.none() | st.integers(1, 1 << 36))
+def test_decide_reset_never_under_the_hard_floor_nor_over_static_max(
+    xs: int | None, static_max: int | None, offset: int, original: int | None
+) -> None:
+    where = decide_reset(xs, static_max, offset, original)
+    if where is None:
+        assert xs is None and static_max is None and original is None
+        return
+    base = static_max if static_max is not None else (where.clamped_from_kb or where.target_kb)
+    floor = hard_minimum_kb(base)
+    assert where.target_kb >= floor
+    if static_max is not None:
+        assert where.target_kb <= max(static_max, floor)
+    known = [v for v in (xs, static_max) if v is not None]
+    wanted = max(1, min(known) - offset) if known else original
+    # within the bounds the source's value is kept; moved, the value it replaced is said
+    assert (where.target_kb if where.clamped_from_kb is None else where.clamped_from_kb) == wanted
+    assert where.clamped_from_kb != where.target_kb

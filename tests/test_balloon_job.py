@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from guestagent.balloon.actuator import BalloonActuator
-from guestagent.balloon.controller import BalloonController
 from guestagent.balloon.job import HUB, MAX_CONSECUTIVE_ERRORS, BalloonJob
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.config import Config, defaults
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.service import Daemon, JobContext, XenstoreHub
 from guestagent.errors import GuestAgentError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -72,14 +72,14 @@ class Bench:
     """One job on a loop with a fake clock; ``ended`` holds what it told the daemon."""
 
     def __init__(self, root: Path, policy: str = "pressure", connect: Any = None,
-                 job: BalloonJob | None = None) -> None:
+                 job: BalloonJob | None = None, host: Host | None = None) -> None:
         self.clock = Clock()
         self.loop = EventLoop(clock=self.clock)
         self.hub = XenstoreHub(self.loop, connect or self._no_xenstore)
         self.ended: list[tuple[str, str | None]] = []
-        self.hostfs = HostFS(str(root))
+        self.hostfs = HostFS(str(root)) if host is None else host.fs
         self.ctx = JobContext(self.loop, self.hostfs, balloon_config(policy), self.hub, "guest",
-                              lambda name, error: self.ended.append((name, error)))
+                              lambda name, error: self.ended.append((name, error)), host=host)
         stand_in = DirectoryXenstore(self.hostfs, "/xenstore")
         self.job = job or BalloonJob(lambda flags: None, lambda: None,
                                      xenstore=HUB if connect else stand_in)
@@ -183,7 +183,8 @@ def test_an_actuator_failure_counts_as_a_failed_tick(
     def refuse(*args: Any, **kw: Any) -> Any:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(BalloonActuator, "apply", refuse)
+    # every apply reads the driver back (after a write, or as it is when the plan writes nothing)
+    monkeypatch.setattr(BalloonActuator, "read", refuse)
     for _ in range(3):
         b.advance(5.0)
     assert [e["kind"] for e in events(log_events, "balloon_tick_failed")] == ["OSError"] * 3
@@ -234,13 +235,19 @@ class HangingTrigger:
 
 
 def test_a_trigger_that_hangs_up_is_dropped_without_a_tick(
-    bench: Any, monkeypatch: pytest.MonkeyPatch, log_events: Logs
+    root: Path, bench: Any, log_events: Logs
 ) -> None:
     trigger = HangingTrigger()
-    monkeypatch.setattr(BalloonController, "arm_trigger", lambda self: trigger)
-    b = bench()
+    armed: list[tuple[str, int, int]] = []
+
+    def open_trigger(hostfs: HostFS, kind: str, stall_us: int, window_us: int) -> HangingTrigger:
+        armed.append((kind, stall_us, window_us))
+        return trigger
+
+    b = bench(host=Host(HostFS(str(root)), open_psi_trigger=open_trigger))
     b.job.start(b.ctx)
     assert b.job.status()["psi_trigger"] is True and trigger.r in b.loop.readers
+    assert armed == [("some", 150_000, 1_000_000)]  # [balloon] trigger_* through ctx.host
     os.close(trigger.w)
     b.loop.run_once(max_wait=1.0)  # POLLHUP: at once
     assert events(log_events, "psi_trigger_lost")[0]["fallback"] == "interval timer only"
@@ -361,3 +368,19 @@ def test_under_the_daemon_a_job_that_gives_up_is_stopped_and_fails_a_one_job_run
     finally:
         daemon.shutdown("test over")
         daemon.loop.close()
+
+
+def test_a_reload_keeps_the_toolstack_offset_learned_at_start(root: Path, bench: Any) -> None:
+    """An HVM guest: the toolstack's memory/target is the driver's target plus the video RAM
+    (8 MiB here). The job learns that offset at start; a reload (SIGHUP) used to replace the
+    configuration without it, and the ceiling rose by the offset."""
+    for name in ("target", "static-max"):
+        (root / "xenstore/memory" / name).write_text(f"{1048576 + 8192}\n")
+    b = bench()
+    b.job.start(b.ctx)
+    assert b.job.status()["ceiling_kb"] == 1048576
+    b.job.reload(balloon_config())
+    b.advance(5.0)
+    assert b.job.status()["ticks"] == 2 and b.job.status()["ceiling_kb"] == 1048576
+    b.job.stop()
+    assert target_of(root) == 1048576  # the reset goes to memory/target minus the offset

@@ -11,9 +11,10 @@ import pytest
 
 from guestagent.config import load
 from guestagent.daemon.loop import EventLoop
-from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+from guestagent.devices.hotplug import HotplugUnavailableError
 from guestagent.devices.job import DevicesJob, own_domid, pending_vectors
 from guestagent.devices.model import DeviceReport
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.xen.xenstore import XenstoreError
 
@@ -60,9 +61,7 @@ class FakeClock:
         return self.now
 
 
-def test_a_pass_with_vectors_not_requested_yet_is_repeated_with_backoff(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_pass_with_vectors_not_requested_yet_is_repeated_with_backoff(tmp_path: Path) -> None:
     """Seen on real Xen: a NIC's vectors get /proc/irq entries only when its interface comes up,
     which no udev event reports. The job repeats its pass (30 s, then doubling) until they are
     pinned, then stops repeating."""
@@ -74,15 +73,14 @@ def test_a_pass_with_vectors_not_requested_yet_is_repeated_with_backoff(
     toml.write_text(f'[devices]\nnode_overrides = ["{VF}=1"]\nirqbalance = "pin"\n')
     config = load(str(toml), str(tmp_path / "conf.d"))
 
-    def no_udev() -> None:
+    def no_udev(hostfs: HostFS) -> None:
         raise HotplugUnavailableError("no udev in this test")
 
-    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
     clock = FakeClock()
     loop = EventLoop(clock=clock)
     hub = SimpleNamespace(client=lambda: None, watch=lambda path, cb: False)
     ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)), config=config, xenstore=hub,
-                          role="guest")
+                          role="guest", host=Host(HostFS(str(root)), open_udev=no_udev))
     job = DevicesJob()
     try:
         job.start(ctx)  # type: ignore[arg-type]
@@ -123,14 +121,13 @@ def test_status_is_the_last_pass_without_a_rescan(
     shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
     config = load(str(tmp_path / "none.toml"), str(tmp_path / "conf.d"))
 
-    def no_udev() -> None:
+    def no_udev(hostfs: HostFS) -> None:
         raise HotplugUnavailableError("no udev in this test")
 
-    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
     loop = EventLoop(clock=FakeClock())
     hub = SimpleNamespace(client=lambda: None, watch=lambda path, cb: False)
     ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)), config=config, xenstore=hub,
-                          role="guest")
+                          role="guest", host=Host(HostFS(str(root)), open_udev=no_udev))
     job = DevicesJob()
     try:
         job.start(ctx)  # type: ignore[arg-type]

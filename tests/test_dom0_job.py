@@ -6,6 +6,8 @@ daemon keeps the job off with it; ``dom0 run`` exits 1 with it)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import pytest
@@ -18,6 +20,7 @@ from guestagent.daemon.service import JobContext, XenstoreHub
 from guestagent.dom0.job import Dom0Job
 from guestagent.dom0.schema import base_path
 from guestagent.errors import GuestAgentError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.xen.errors import XenUnavailable
 from guestagent.xen.sysctl import Sysctl
@@ -35,12 +38,22 @@ class Closable:
         self.closed = True
 
 
-def sysctl_opener(privcmd: Closable) -> Callable[[Any], tuple[Any, Any]]:
-    return lambda hostfs: (privcmd, Sysctl(SysctlXen(host=FIXTURE_HOST)))
+def fake_host(privcmd: Closable) -> Host:
+    """The fixture host whose sysctls are the simulated Xen's; ``privcmd`` closes with them."""
+
+    @contextmanager
+    def open_sysctl(hostfs: HostFS) -> Iterator[Sysctl]:
+        try:
+            yield Sysctl(SysctlXen(host=FIXTURE_HOST))
+        finally:
+            privcmd.close()
+
+    return Host(HostFS(str(FIXTURE)), open_sysctl=open_sysctl)
 
 
-def context(loop: EventLoop, connect: Callable[[], Any]) -> JobContext:
-    return JobContext(loop, HostFS(str(FIXTURE)), defaults(), XenstoreHub(loop, connect), "dom0")
+def context(loop: EventLoop, connect: Callable[[], Any], host: Host | None = None) -> JobContext:
+    host = host if host is not None else fake_host(Closable())
+    return JobContext(loop, host.fs, defaults(), XenstoreHub(loop, connect), "dom0", host=host)
 
 
 def pump(loop: EventLoop, check: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -55,9 +68,9 @@ def test_job_publishes_follows_and_keeps_hints_on_stop(
 ) -> None:
     add_backend(xs_server, 5, [("0000:3b:00.0", "28", None)])
     loop = EventLoop()
-    ctx = context(loop, lambda: xs_connect(0))
     privcmd = Closable()
-    job = Dom0Job(open_sysctl=sysctl_opener(privcmd))
+    ctx = context(loop, lambda: xs_connect(0), fake_host(privcmd))
+    job = Dom0Job()
     job.start(ctx)
     base = base_path(5)
     assert xs_server.get_node(f"{base}/devices/0000-3b-00-0/host-node") is not None
@@ -97,16 +110,16 @@ def test_job_off_without_xenstore_or_sysctl(
     def no_xenstore() -> Any:
         raise XenUnavailable("no xenstore here")
 
-    job = Dom0Job(open_sysctl=sysctl_opener(Closable()))
+    job = Dom0Job()
     with pytest.raises(GuestAgentError, match=r"^no xenstore: no xenstore here$"):
         job.start(context(loop, no_xenstore))  # the daemon keeps it off with this reason
     job.stop()
 
-    def no_privcmd(hostfs: Any) -> tuple[Any, Any]:
+    def no_privcmd(hostfs: HostFS) -> Any:
         raise XenUnavailable("cannot open /dev/xen/privcmd: permission denied (run as root)")
 
-    job = Dom0Job(open_sysctl=no_privcmd)
-    ctx = context(loop, lambda: xs_connect(0))
+    job = Dom0Job()
+    ctx = context(loop, lambda: xs_connect(0), Host(HostFS(str(FIXTURE)), open_sysctl=no_privcmd))
     with pytest.raises(GuestAgentError, match=r"^no sysctl: cannot open /dev/xen/privcmd"):
         job.start(ctx)
     job.stop()

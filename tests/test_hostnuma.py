@@ -447,10 +447,19 @@ def test_job_samples_on_its_timer_and_exports_labelled_metrics(
     loop = EventLoop(clock=clock)
     cfg = defaults()
     cfg.values["hostnuma"]["sample_seconds"] = 10
-    ctx = JobContext(loop, HostFS(str(FIXTURE)), cfg, XenstoreHub(loop, lambda: xs_connect(0)),
-                     "dom0")
     closer = Closable()
-    job = HostNumaJob(open_xen=lambda hostfs: (closer, Sysctl(xen), Domctl(xen)))
+
+    @contextmanager
+    def xen_controls(hostfs: HostFS) -> Iterator[tuple[Sysctl, Domctl]]:
+        try:
+            yield Sysctl(xen), Domctl(xen)
+        finally:
+            closer.close()
+
+    host = Host(HostFS(str(FIXTURE)), open_xen_controls=xen_controls)
+    ctx = JobContext(loop, host.fs, cfg, XenstoreHub(loop, lambda: xs_connect(0)), "dom0",
+                     host=host)
+    job = HostNumaJob()
     job.start(ctx)
     assert job.status()["samples"] == 1
     for _ in range(3):

@@ -7,11 +7,14 @@ The same search as ``grep -rn "signal.signal\\|select.poll\\|XenstoreClient.open
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PATTERN = re.compile(r"signal\.signal|select\.poll|XenstoreClient\.open")
+#: The issue's grep, character for character (an unescaped ``.`` matches any character, as in
+#: grep: ``XenstoreClient(open_...`` counts too).
+PATTERN = re.compile(r"signal.signal|select.poll|XenstoreClient.open")
 
 #: Where the pattern may still be found, and why. Remove an entry when its loop becomes the daemon
 #: with one job (the test fails while a listed file no longer needs its entry).
@@ -90,12 +93,22 @@ def test_the_host_opens_each_handle_on_use_with_its_opener(tmp_path: Path) -> No
 
     host = Host(fs, open_vnuma=opener("vnuma", "call"),  # type: ignore[arg-type]
                 open_sysctl=opener("sysctl", nullcontext("sysctl")),  # type: ignore[arg-type]
-                open_xenstore=opener("xenstore", "client"))  # type: ignore[arg-type]
+                open_xenstore=opener("xenstore", "client"),  # type: ignore[arg-type]
+                open_udev=opener("udev", "monitor"))  # type: ignore[arg-type]
     assert opened == []
     assert host.vnuma_call() == "call" and host.xenstore() == "client"
     with host.sysctl() as sysctl:
         assert sysctl == "sysctl"
-    assert opened == [("vnuma", fs), ("xenstore", fs), ("sysctl", fs)]
+    assert host.udev_monitor() == "monitor"
+    assert opened == [("vnuma", fs), ("xenstore", fs), ("sysctl", fs), ("udev", fs)]
+    # The udev monitor and the PSI trigger are made by the Host alone (the devices job, the
+    # balloon job and balloon record ask ctx.host for them).
+    for maker in (r"HotplugMonitor\.open\(", r"PsiTrigger\("):
+        called = re.compile(r"(?<![`\w])" + maker)  # a call, not a name in ``quotes``
+        makers = [p.relative_to(REPO).as_posix()
+                  for p in sorted((REPO / "guestagent").rglob("*.py"))
+                  if called.search(p.read_text())]
+        assert makers == ["guestagent/host.py"], maker
     assert [name for name, _ in Host(fs).tiering_backends] == [n for n, _ in TIERING_BACKENDS]
     # The defaults: the real Host over the same file system, for a command and for the daemon.
     ctx = Context(hostfs=fs)
@@ -107,3 +120,60 @@ def test_the_host_opens_each_handle_on_use_with_its_opener(tmp_path: Path) -> No
         assert daemon._default_connect() == "client"
     finally:
         loop.close()
+
+
+def _job_classes() -> list[tuple[str, ast.ClassDef]]:
+    """Every class in guestagent/ shaped like a daemon job (start, stop, reload, republish and
+    status: guestagent.daemon.service.Job), with the file it is in."""
+    jobs = []
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+                if {"start", "stop", "reload", "republish", "status"} <= methods:
+                    jobs.append((path.relative_to(REPO).as_posix(), node))
+    return jobs
+
+
+def test_no_job_constructor_takes_a_platform_opener() -> None:
+    """A job reaches Xen and the kernel through ``ctx.host`` (the one Host), never through an
+    opener or factory of its own that a test swaps (``Dom0Job(open_sysctl=...)`` and
+    ``HostNumaJob(open_xen=...)`` were the last): a test passes a fake Host instead."""
+    from guestagent.daemon.commands import JOBS
+
+    found = _job_classes()
+    names = {node.name for _, node in found}
+    assert {target.split(":")[1] for _, _, target in JOBS} <= names  # the search sees them all
+    openers = {}
+    for rel, node in found:
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                args = [a.arg for a in (*item.args.args, *item.args.kwonlyargs)]
+                bad = [a for a in args if re.match(r"open_|make_|.*_(factory|factories|opener)$",
+                                                   a)]
+                if bad:
+                    openers[f"{rel}:{node.name}"] = bad
+    assert openers == {}
+
+
+#: A read of a node's own files (meminfo, distance, cpulist) that does not go through
+#: guestagent/nodesysfs.py: a call of a HostFS reader whose path names the node directory.
+NODE_READ = re.compile(r"\.read_\w+\([^)]*(NODE_DIR|/sys/devices/system/node)")
+
+
+def test_one_numa_node_reader() -> None:
+    """Issue 14 item 4: topology, tiering, devices and numa read the node directory through
+    guestagent.nodesysfs alone (one failure behaviour); each of them imports it."""
+    found = {}
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel == "guestagent/nodesysfs.py":
+            continue
+        lines = [n for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if NODE_READ.search(line)]
+        if lines:
+            found[rel] = lines
+    assert found == {}
+    for rel in ("topology/sysfs.py", "tiering/readers.py", "devices/read.py",
+                "devices/discovery.py", "numa/readers.py"):
+        assert "nodesysfs" in (REPO / "guestagent" / rel).read_text(), rel

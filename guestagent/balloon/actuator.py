@@ -1,7 +1,8 @@
 """The balloon actuator: writes ``target_kb``, reads back what the driver achieved, and can undo.
 
-It never decides. It writes a target only when the change is worth it (``min_delta_kb``, unless
-forced), logs every change with its reason, remembers the driver's original target in a record
+It never decides: :meth:`BalloonActuator.apply` writes exactly the target it is given (whether a
+change is worth writing, and every limit, is the step's: :mod:`guestagent.balloon.step`), logs
+every change with its reason, remembers the driver's original target in a record
 file under ``/run`` (so ``guestagent balloon --reset`` can undo after a crash: ``/run`` lives as
 long as the boot, exactly as long as the driver's target does), and notices when the toolstack
 rewrote ``memory/target`` behind it.
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from guestagent.balloon.common import MAX_TOOLSTACK_OFFSET_KB, decide_reset, toolstack_offset
 from guestagent.balloon.policy import hard_minimum_kb
 from guestagent.balloon.signals import (
     BALLOON_TARGET,
@@ -32,17 +34,10 @@ from guestagent.balloon.signals import (
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
+from guestagent.units import MIB_KB
 
 #: Where the actuator keeps what it needs to undo (and the last decisions, for ``status``).
 RECORD_PATH = "/run/guestagent/balloon.json"
-
-#: Largest offset accepted between the toolstack's memory/target and the driver's target when the
-#: agent first starts (the HVM video RAM fudge is a few MiB); anything larger means someone moved
-#: the driver's target already, so the offset is taken as 0.
-MAX_TOOLSTACK_OFFSET_KB = 64 * 1024
-
-#: Largest target a reset writes when static-max is unknown (64 TiB, as signals.MAX_KB).
-MAX_RESET_KB = 1 << 36
 
 #: How many decisions the record keeps for ``status``.
 RECORD_DECISIONS = 20
@@ -73,12 +68,10 @@ class BalloonActuator:
         self,
         hostfs: HostFS,
         xenstore: XenstoreReader | None = None,
-        min_delta_kb: int = 4 * 1024,
         record_path: str = RECORD_PATH,
     ) -> None:
         self.hostfs = hostfs
         self.xenstore = xenstore
-        self.min_delta_kb = min_delta_kb
         self.record_path = record_path
         self.log = get_logger("balloon")
         self._last_xs_target: int | None = None
@@ -163,17 +156,15 @@ class BalloonActuator:
         xs_target, xs_static_max = self.toolstack_targets()
         self._last_xs_target = xs_target
         if record.get("original_target_kb") is None:
-            offset = 0
-            if xs_target is not None:
-                offset = xs_target - driver.target_kb
-                if not 0 <= offset <= MAX_TOOLSTACK_OFFSET_KB:
-                    self.log.warning(
-                        "balloon_offset_unknown",
-                        xs_target_kb=xs_target,
-                        driver_target_kb=driver.target_kb,
-                        note="driver target already moved; assuming offset 0",
-                    )
-                    offset = 0
+            offset = toolstack_offset(xs_target, driver.target_kb)
+            if offset is None:
+                self.log.warning(
+                    "balloon_offset_unknown",
+                    xs_target_kb=xs_target,
+                    driver_target_kb=driver.target_kb,
+                    note="driver target already moved; assuming offset 0",
+                )
+                offset = 0
             record.update(
                 original_target_kb=driver.target_kb,
                 toolstack_target_kb=xs_target,
@@ -204,14 +195,12 @@ class BalloonActuator:
             reason = f"write failed: {e.strerror or e}"
             raise InputError(BALLOON_TARGET, reason, target_kb) from None
 
-    def apply(self, target_kb: int, reason: str, force: bool = False) -> ApplyResult:
-        """Write ``target_kb`` if it differs by at least ``min_delta_kb`` (or ``force``)."""
+    def apply(self, target_kb: int, reason: str) -> ApplyResult:
+        """Write ``target_kb``, exactly (a target <= 0 is refused: InputError, nothing written)."""
         if target_kb <= 0:
             raise InputError("balloon target", "must be positive", target_kb)
         before = self.read()
         delta = target_kb - before.target_kb
-        if delta == 0 or (abs(delta) < self.min_delta_kb and not force):
-            return ApplyResult(False, before.target_kb, before.current_kb, before.target_kb)
         self._write(target_kb)
         after = self.read()
         self.log.info(
@@ -264,7 +253,7 @@ class BalloonActuator:
                 target_kb,
             )
         self.save_record(record)
-        result = self.apply(target_kb, reason, force=True)
+        result = self.apply(target_kb, reason)
         self.record_decision({
             "policy": "manual",
             "t": 0.0,
@@ -328,34 +317,26 @@ class BalloonActuator:
             return {}
 
     def reset_target(self, record: dict[str, Any]) -> tuple[int, str]:
-        """The target a reset goes back to, and where it came from; never under the hard floor.
-
-        In order: the toolstack's ceiling (min(memory/target, static-max) minus a bounds-checked
-        offset), static-max alone, the saved original target. Whatever the source, the result
-        is clamped to max(256 MiB, static-max / 16) below and static-max above.
-        """
+        """The target a reset goes back to, and where it came from: the toolstack's figures and
+        the record read, then :func:`~guestagent.balloon.common.decide_reset` (pure) decides,
+        never under the hard floor nor over static-max."""
         xs_target, static_max = self.toolstack_targets()
-        target = self.ceiling_kb(record)
-        source = "toolstack memory/target" if xs_target is not None else "toolstack static-max"
-        if target is None:
-            original = record.get("original_target_kb")
-            if original is None:
-                raise InputError(
-                    "balloon reset",
-                    f"no xenstore memory/target and no saved original target (nor static-max) in "
-                    f"{self.record_path}",
-                )
-            target, source = int(original), "saved original target"
-        floor = hard_minimum_kb(static_max if static_max is not None else target)
-        upper = static_max if static_max is not None else MAX_RESET_KB
-        if not floor <= target <= upper:
-            clamped = min(max(target, floor), max(upper, floor))
-            self.log.warning(
-                "balloon_reset_clamped", source=source, bad_value=target, used=clamped,
-                floor_kb=floor, static_max_kb=static_max,
+        offset = self.checked_offset_kb(record) if (xs_target, static_max) != (None, None) else 0
+        original = record.get("original_target_kb")
+        where = decide_reset(xs_target, static_max, offset, original)
+        if where is None:
+            raise InputError(
+                "balloon reset",
+                f"no xenstore memory/target and no saved original target (nor static-max) in "
+                f"{self.record_path}",
             )
-            target = clamped
-        return target, source
+        if where.clamped_from_kb is not None:
+            floor = hard_minimum_kb(static_max if static_max is not None else where.clamped_from_kb)
+            self.log.warning(
+                "balloon_reset_clamped", source=where.source, bad_value=where.clamped_from_kb,
+                used=where.target_kb, floor_kb=floor, static_max_kb=static_max,
+            )
+        return where.target_kb, where.source
 
     def reset(self) -> int:
         """Put the target back to the ceiling (:meth:`reset_target`); log it.
@@ -383,7 +364,7 @@ class BalloonActuator:
             self.save_record(record)
         return target
 
-    def wait_populated(self, target_kb: int, timeout_s: float, slack_kb: int = 4 * 1024) -> int:
+    def wait_populated(self, target_kb: int, timeout_s: float, slack_kb: int = 4 * MIB_KB) -> int:
         """Wait until the driver holds ``target_kb`` (less ``slack_kb``) or ``timeout_s`` passed;
         returns the driver's current_kb then. Used before a swapoff that needs the memory back."""
         deadline = time.monotonic() + timeout_s

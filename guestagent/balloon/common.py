@@ -54,6 +54,66 @@ def hard_minimum_kb(static_max_kb: int) -> int:
     return max(HARD_MINIMUM_ABS_KB, static_max_kb // HARD_MINIMUM_STATIC_MAX_DIVISOR)
 
 
+#: Largest target a reset writes when static-max is unknown (64 TiB, as signals.MAX_KB).
+MAX_RESET_KB = 1 << 36
+
+#: Largest offset accepted between the toolstack's memory/target and the driver's target when the
+#: agent first starts (the HVM video RAM fudge is a few MiB); anything larger means someone moved
+#: the driver's target already, so the offset is taken as 0.
+MAX_TOOLSTACK_OFFSET_KB = 64 * MIB_KB
+
+
+def toolstack_offset(xs_target_kb: int | None, driver_target_kb: int) -> int | None:
+    """memory/target minus the driver's target at the first start (the HVM video-RAM fudge): 0
+    without xenstore; None when it is out of 0..MAX_TOOLSTACK_OFFSET_KB (the driver's target
+    already moved: unknown, the caller says so and takes 0)."""
+    if xs_target_kb is None:
+        return 0
+    offset = xs_target_kb - driver_target_kb
+    return offset if 0 <= offset <= MAX_TOOLSTACK_OFFSET_KB else None
+
+
+def with_offset(config: PolicyConfig, offset_kb: int) -> PolicyConfig:
+    """The configuration with the learned toolstack offset, unless it sets one itself."""
+    if config.toolstack_offset_kb == 0 and offset_kb:
+        return replace(config, toolstack_offset_kb=offset_kb)
+    return config
+
+
+@dataclass(frozen=True)
+class ResetTarget:
+    """Where a reset puts the driver's target, where that came from, and what it was before the
+    bounds moved it (None: within them)."""
+
+    target_kb: int
+    source: str
+    clamped_from_kb: int | None = None
+
+
+def decide_reset(xs_target_kb: int | None, static_max_kb: int | None, offset_kb: int,
+                 original_kb: int | None) -> ResetTarget | None:
+    """The target a reset goes back to (pure; None: nothing to go back to).
+
+    In order: the toolstack's ceiling (min(memory/target, static-max) minus the bounds-checked
+    ``offset_kb``), static-max alone, the saved original target. Whatever the source, the result
+    is kept within max(256 MiB, static-max / 16) below and static-max above: a damaged record or
+    a toolstack value out of range never sends the guest under the hard floor.
+    """
+    known = [v for v in (xs_target_kb, static_max_kb) if v is not None]
+    if known:
+        target = max(1, min(known) - offset_kb)
+        source = "toolstack memory/target" if xs_target_kb is not None else "toolstack static-max"
+    elif original_kb is not None:
+        target, source = int(original_kb), "saved original target"
+    else:
+        return None
+    floor = hard_minimum_kb(static_max_kb if static_max_kb is not None else target)
+    upper = static_max_kb if static_max_kb is not None else MAX_RESET_KB
+    if floor <= target <= upper:
+        return ResetTarget(target, source)
+    return ResetTarget(min(max(target, floor), max(upper, floor)), source, clamped_from_kb=target)
+
+
 # --------------------------------------------------------------------------------------------
 # State, configuration, decision
 

@@ -1,5 +1,9 @@
-"""One balloon job's state: start (remember the target, learn the offset), tick (read a snapshot,
-ask the policy, hand the target to the actuator), stop (reset).
+"""One balloon job's state: start (remember the target, learn the offset), tick (read ->
+:func:`~guestagent.balloon.step.step` -> apply), stop (reset).
+
+A tick reads (:meth:`BalloonController.read`: plain figures, made into the snapshot by a pure
+function), decides with the step ``balloon simulate`` replays traces through, and applies
+(:meth:`BalloonController.apply`: the guard armed, then exactly the plan's target written).
 
 The daemon's balloon job (:mod:`guestagent.balloon.job`) drives it from the event loop: on the PSI
 trigger's ``POLLPRI`` (a pressure spike is answered at once), on a xenstore watch event on
@@ -11,26 +15,28 @@ stops it (the target back to the ceiling) on SIGTERM, SIGINT, ``--duration`` and
 from __future__ import annotations
 
 import time
-from dataclasses import replace
-from typing import Any, Callable
+from typing import Callable
 
-from guestagent.balloon.actuator import BalloonActuator
+from guestagent.balloon.actuator import ApplyResult, BalloonActuator
+from guestagent.balloon.common import with_offset
 from guestagent.balloon.config import INTERVAL
-from guestagent.balloon.guard import Guard, GuardCommands, reset_all
+from guestagent.balloon.guard import Guard, GuardCommands, read_commit, reset_all
 from guestagent.balloon.policy import (
     Decision,
     PolicyConfig,
     PolicyState,
     PressureConfig,
-    decide,
 )
 from guestagent.balloon.signals import (
     PSI_MEMORY,
     PsiTrigger,
     XenstoreReader,
-    read_signals,
+    build_signals,
+    read_raw,
 )
+from guestagent.balloon.step import Observation, Plan, step
 from guestagent.errors import InputError
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
@@ -38,9 +44,9 @@ from guestagent.log import get_logger
 class BalloonController:
     """One balloon job's state: start (remember, learn the offset), tick, stop (reset).
 
-    ``tick`` is everything that happens when the loop wakes: read a snapshot, ask the policy, hand
-    the target to the actuator, record the decision. The daemon's balloon job drives it from
-    the event loop.
+    ``tick`` is everything that happens when the loop wakes: :meth:`read`, the pure
+    :func:`~guestagent.balloon.step.step`, :meth:`apply`, and the decision recorded. The
+    daemon's balloon job drives it from the event loop.
     """
 
     def __init__(
@@ -62,10 +68,17 @@ class BalloonController:
         self.state = PolicyState()
         self.log = get_logger("balloon")
         self.started_at = clock()
+        #: The toolstack offset learned at start (the record's), kept across reloads.
+        self.offset_kb = 0
         #: Consecutive ticks that failed on bad input.
         self.errors = 0
         self.ticks = 0
         self.last_decision: Decision | None = None
+
+    def configure(self, config: PolicyConfig) -> None:
+        """A reloaded configuration (validated), with the toolstack offset learned at start."""
+        config.validate()
+        self.config = with_offset(config, self.offset_kb)
 
     @property
     def interval_s(self) -> float:
@@ -74,9 +87,8 @@ class BalloonController:
     def start(self) -> None:
         """Raise BalloonUnavailable without a driver; remember the original target (undo)."""
         record = self.actuator.start()
-        offset = int(record.get("toolstack_offset_kb") or 0)
-        if self.config.toolstack_offset_kb == 0 and offset:
-            self.config = replace(self.config, toolstack_offset_kb=offset)
+        self.offset_kb = int(record.get("toolstack_offset_kb") or 0)
+        self.config = with_offset(self.config, self.offset_kb)
         self.started_at = self.clock()
         if isinstance(self.config, PressureConfig) and not self.hostfs.exists(PSI_MEMORY):
             self.log.warning(
@@ -85,37 +97,59 @@ class BalloonController:
                 "it only grows on refaults, swap-ins and MemAvailable; consider --policy classic",
             )
 
-    def arm_trigger(self) -> PsiTrigger | None:
-        """The policy's PSI trigger, or None (logged) where it cannot be armed."""
-        if not self.hostfs.is_real_host:
-            # On a fixture tree the PSI "file" is a plain file: arming would overwrite it.
-            self.log.info("psi_trigger_skipped", reason="not the real host root")
-            return None
+    def arm_trigger(self, host: Host) -> PsiTrigger | None:
+        """The policy's PSI trigger from the host handle, or None (logged) where it cannot or
+        must not be armed."""
         stall = getattr(self.config, "trigger_stall_us", PressureConfig.trigger_stall_us)
         window = getattr(self.config, "trigger_window_us", PressureConfig.trigger_window_us)
         try:
-            trigger = PsiTrigger(self.hostfs, "some", int(stall), int(window))
+            trigger = host.psi_trigger("some", int(stall), int(window))
         except InputError as e:
             self.log.warning("psi_trigger_unavailable", error=str(e), fallback="interval only")
+            return None
+        if trigger is None:
+            # On a fixture tree the PSI "file" is a plain file: arming would overwrite it.
+            self.log.info("psi_trigger_skipped", reason="not the real host root")
             return None
         if trigger.widened:
             self.log.info("psi_trigger_widened", spec=trigger.spec,
                           reason="no CAP_SYS_RESOURCE: window must be a multiple of 2 s")
-        return trigger
+        return trigger  # type: ignore[no-any-return]
+
+    def read(self, psi_trigger_fired: bool = False) -> Observation:
+        """Read: the snapshot (raw figures made into the model by the pure build_signals) and,
+        under overcommit mode 2, the commit figures. A broken source raises InputError."""
+        raw = read_raw(self.hostfs, self.xenstore)
+        commit = read_commit(self.hostfs)
+        return Observation(build_signals(raw, self.clock(), psi_trigger_fired), commit)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Apply: arm the guard if the plan goes below the ceiling, then write exactly the plan's
+        target (nothing when it has none). Returns what the driver holds afterwards."""
+        decision = plan.decision
+        if plan.arm_guard:
+            self.guard.arm(decision.ceiling_kb, decision.floor_kb)
+        if plan.floored_from_kb is not None:
+            self.log.info("guard_commit_floor", policy_target_kb=plan.floored_from_kb,
+                          target_kb=decision.target_kb, note="overcommit 2: CommitLimit kept "
+                          "above Committed_AS + 128 MiB")
+        if plan.write_kb is None:
+            driver = self.actuator.read()
+            return ApplyResult(False, driver.target_kb, driver.current_kb, driver.target_kb)
+        return self.actuator.apply(plan.write_kb, decision.reason)
 
     def tick(self, psi_trigger_fired: bool = False) -> Decision | None:
-        """One decision; None when the input was bad (logged, counted in ``errors``)."""
-        now = self.clock()
+        """One read -> step -> apply; None when the input was bad (logged, counted in
+        ``errors``)."""
         self.ticks += 1
         try:
-            snap = read_signals(self.hostfs, self.xenstore, now, psi_trigger_fired)
-            self.actuator.observe_toolstack(snap.xs_target_kb)
-            decision = self.guarded(decide(snap, self.state, self.config), snap)
-            force = decision.action == "follow" or not (
-                decision.floor_kb <= (snap.balloon_target_kb or 0) <= decision.ceiling_kb
-            )
-            applied = self.actuator.apply(decision.target_kb, decision.reason, force=force)
-            self.state = replace(decision.new_state, last_target_kb=applied.target_kb)
+            observation = self.read(psi_trigger_fired)
+            now = observation.signals.timestamp
+            self.actuator.observe_toolstack(observation.signals.xs_target_kb)
+            plan, state = step(self.state, observation, self.config)
+            decision = plan.decision
+            applied = self.apply(plan)
+            self.state = state
             if decision.action != "hold" or applied.written:
                 self.log.info("balloon_decision", policy=self.config.name,
                               action=decision.action, target_kb=decision.target_kb,
@@ -138,24 +172,6 @@ class BalloonController:
         self.errors = 0
         self.last_decision = decision
         return decision
-
-    def guarded(self, decision: Decision, snap: Any) -> Decision:
-        """The policy's decision with the allocation guard (guestagent.balloon.guard) applied:
-        armed before the first target below the ceiling, and under overcommit mode 2 the target
-        floored so CommitLimit stays above Committed_AS plus a margin."""
-        if decision.target_kb >= decision.ceiling_kb:
-            return decision
-        self.guard.arm(decision.ceiling_kb, decision.floor_kb)
-        current = snap.balloon_current_kb or snap.balloon_target_kb
-        floor = None if current is None else self.guard.floor_kb(int(current))
-        if floor is None or decision.target_kb >= floor:
-            return decision
-        target = min(floor, decision.ceiling_kb)
-        self.log.info("guard_commit_floor", policy_target_kb=decision.target_kb,
-                      target_kb=target, note="overcommit 2: CommitLimit kept above "
-                      "Committed_AS + 128 MiB")
-        return replace(decision, target_kb=target,
-                       reason=f"{decision.reason}; floored at {target} KiB (strict commit)")
 
     def stop(self, reset: bool = True) -> None:
         """Reset: the target back to the ceiling, then the guard's changes undone."""

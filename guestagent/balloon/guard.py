@@ -28,8 +28,9 @@ no swapon: the zram swap is made before the daemon starts by :func:`prepare`
 daemon's :meth:`Guard.arm` then adopts. A swapoff the sandbox refuses (EPERM) is left in the
 record for the privileged ``ExecStopPost`` (``guestagent balloon --reset``).
 
-The pure functions (:func:`strict_commit_floor_kb`, :func:`overcommit_change`,
-:func:`zram_disksize_kb`, :func:`parse_swaps`) hold the decisions; :class:`Guard` does the I/O.
+The pure functions (:func:`strict_commit_floor_kb`, :func:`commit_floor_kb`,
+:func:`overcommit_change`, :func:`zram_disksize_kb`, :func:`parse_swaps`) hold the decisions;
+:func:`read_commit` reads the figures and :class:`Guard` makes the changes.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 from guestagent.log import get_logger
+from guestagent.units import KIB, MIB_KB
 
 if TYPE_CHECKING:
     from guestagent.balloon.signals import XenstoreReader
@@ -58,14 +60,14 @@ SYS_BLOCK = "/sys/block"
 
 #: CommitLimit kept above Committed_AS under overcommit mode 2 (strict): what a program may still
 #: commit without a grow. 128 MiB, the pressure policy's headroom.
-COMMIT_MARGIN_KB = 128 * 1024
+COMMIT_MARGIN_KB = 128 * MIB_KB
 
 #: Priority of the guard's zram swap: above any disk swap (the kernel numbers those from -2 down)
 #: and what systemd's zram-generator uses.
 ZRAM_SWAP_PRIORITY = 100
 
 #: Smallest zram device worth creating.
-MIN_ZRAM_KB = 16 * 1024
+MIN_ZRAM_KB = 16 * MIB_KB
 
 #: Highest zram device number accepted from a record.
 MAX_ZRAM_ID = 1023
@@ -114,12 +116,55 @@ def strict_commit_floor_kb(
     return current_kb - (spare_kb * 100) // overcommit_ratio
 
 
+@dataclass(frozen=True)
+class CommitFigures:
+    """What :func:`strict_commit_floor_kb` needs, read under overcommit mode 2 (KiB, percent)."""
+
+    commit_limit_kb: int
+    committed_as_kb: int
+    overcommit_ratio: int
+    overcommit_kbytes: int
+
+
+def commit_floor_kb(figures: CommitFigures | None, current_kb: int) -> int | None:
+    """The strict-commit floor for the driver holding ``current_kb``; None without figures
+    (any mode but 2) or when CommitLimit does not depend on RAM."""
+    if figures is None:
+        return None
+    return strict_commit_floor_kb(current_kb, figures.commit_limit_kb, figures.committed_as_kb,
+                                  figures.overcommit_ratio, figures.overcommit_kbytes)
+
+
+def read_commit(hostfs: HostFS) -> CommitFigures | None:
+    """The commit figures under overcommit mode 2 (``vm.overcommit_memory``, read each time: the
+    guard never changes mode 2); None in any other mode or when the mode cannot be read (the
+    guard's arm logs that). Figures that cannot be read are one warning and None (no floor)."""
+    try:
+        mode = hostfs.read_int(OVERCOMMIT_MEMORY, 0, 2)
+    except InputError:
+        return None
+    if mode != 2:
+        return None
+    try:
+        meminfo = hostfs.read_meminfo(MEMINFO)
+        ratio = hostfs.read_int(OVERCOMMIT_RATIO, 0, 1 << 20)
+        kbytes = (hostfs.read_int(OVERCOMMIT_KBYTES, 0)
+                  if hostfs.exists(OVERCOMMIT_KBYTES) else 0)
+    except InputError as e:
+        get_logger("balloon").warning("guard_floor_unreadable", error=str(e))
+        return None
+    if "CommitLimit" not in meminfo or "Committed_AS" not in meminfo:
+        return None
+    return CommitFigures(meminfo["CommitLimit"] // KIB, meminfo["Committed_AS"] // KIB,
+                         ratio, kbytes)
+
+
 def zram_disksize_kb(ceiling_kb: int, floor_kb: int) -> int:
     """The zram swap's size: what may be ballooned out (ceiling - floor), in whole MiB.
 
     zram's disksize is the uncompressed capacity; it costs memory only for what is stored.
     """
-    return max(0, ceiling_kb - floor_kb) // 1024 * 1024
+    return max(0, ceiling_kb - floor_kb) // MIB_KB * MIB_KB
 
 
 @dataclass(frozen=True)
@@ -302,7 +347,8 @@ def recorded_changes(record: dict[str, Any], log: Any) -> list[dict[str, Any]]:
 
 
 class Guard:
-    """Applies (``arm``), floors (``floor_kb``) and undoes (:func:`undo`) the guard's changes."""
+    """Applies (``arm``) and undoes (:func:`undo`) the guard's changes. The floor under mode 2 is
+    the balloon step's (:func:`commit_floor_kb` over :func:`read_commit`'s figures)."""
 
     def __init__(
         self, hostfs: HostFS, store: RecordStore, commands: GuardCommands | None = None
@@ -497,34 +543,13 @@ class Guard:
             comp = None
         self.log.info("guard_set", what=f"/dev/zram{device}", previous="absent",
                       value=f"disksize {size_kb} KiB", compressor=comp)
-        self.hostfs.write_text(f"{block}/disksize", f"{size_kb * 1024}\n")
+        self.hostfs.write_text(f"{block}/disksize", f"{size_kb * KIB}\n")
         dev = f"/dev/zram{device}"
         self.commands.mkswap(dev)
         self._record({"kind": "swap", "device": device})
         self.log.info("guard_set", what=f"swap {dev}", previous="off",
                       value=f"on, priority {ZRAM_SWAP_PRIORITY}")
         self.commands.swapon(dev, ZRAM_SWAP_PRIORITY)
-
-    # -- the floor ----------------------------------------------------------------------------
-
-    def floor_kb(self, current_kb: int) -> int | None:
-        """Under overcommit mode 2, the lowest target that keeps CommitLimit above Committed_AS
-        plus the margin (:func:`strict_commit_floor_kb`); None in any other mode."""
-        if self.mode != 2:
-            return None
-        try:
-            meminfo = self.hostfs.read_meminfo(MEMINFO)
-            ratio = self.hostfs.read_int(OVERCOMMIT_RATIO, 0, 1 << 20)
-            kbytes = (self.hostfs.read_int(OVERCOMMIT_KBYTES, 0)
-                      if self.hostfs.exists(OVERCOMMIT_KBYTES) else 0)
-        except InputError as e:
-            self.log.warning("guard_floor_unreadable", error=str(e))
-            return None
-        try:
-            limit, committed = meminfo["CommitLimit"] // 1024, meminfo["Committed_AS"] // 1024
-        except KeyError:
-            return None
-        return strict_commit_floor_kb(current_kb, limit, committed, ratio, kbytes)
 
 
 # --------------------------------------------------------------------------------------------

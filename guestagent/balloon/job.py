@@ -87,7 +87,7 @@ class BalloonJob:
         """The memory lock, the PSI trigger, the watch on memory/target and the interval."""
         assert self._ctl is not None
         self._lock_memory(ctx)
-        self._trigger = self._ctl.arm_trigger() if self._use_trigger else None
+        self._trigger = self._ctl.arm_trigger(ctx.host) if self._use_trigger else None
         if self._trigger is not None:
             ctx.loop.add_reader(self._trigger.fileno(), lambda: self._tick(psi_fired=True),
                                 priority=True, on_error=self._trigger_lost)
@@ -178,7 +178,7 @@ class BalloonJob:
 
     def reload(self, config: Config) -> None:
         assert self._ctl is not None
-        self._ctl.config = policy_config(config.section("balloon"))
+        self._ctl.configure(policy_config(config.section("balloon")))
         if self._ctx is not None:
             wanted = bool(config.section("balloon").get("lock_memory", LOCK_MEMORY.default))
             if wanted and not self._memory_locked:

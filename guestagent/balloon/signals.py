@@ -1,8 +1,11 @@
-"""Readers for the memory signals that drive self-ballooning, and the snapshot they fill.
+"""Readers for the memory signals that drive self-ballooning, and the snapshot made from them.
 
-Every reader goes through :class:`~guestagent.hostfs.HostFS` and raises
-:class:`~guestagent.errors.InputError` (one line: file, reason, value) on anything it cannot
-parse. Sources (reference ``xen-abi.md`` sections 4, 5.2 and 6.5):
+Reading and the model are separate: :func:`read_raw` reads each source into plain figures
+(:class:`RawSignals`); the pure :func:`build_signals` makes the :class:`MemorySignals` snapshot a
+policy sees from them (and a trace records). Every reader goes through
+:class:`~guestagent.hostfs.HostFS` and raises :class:`~guestagent.errors.InputError` (one line:
+file, reason, value) on anything it cannot parse. Sources (reference ``xen-abi.md`` sections 4,
+5.2 and 6.5):
 
 * ``/proc/pressure/memory``: PSI ``some`` and ``full`` averages and stall totals (µs);
 * a PSI trigger file descriptor (:class:`PsiTrigger`) polled for ``POLLPRI``;
@@ -28,6 +31,7 @@ from typing import Any, Protocol
 
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
+from guestagent.units import KIB, PAGE_SIZE
 
 PSI_MEMORY = "/proc/pressure/memory"
 MEMINFO = "/proc/meminfo"
@@ -41,7 +45,7 @@ XS_TARGET = "memory/target"
 XS_STATIC_MAX = "memory/static-max"
 
 #: x86_64 page size in KiB: zoneinfo counts pages, every other source counts KiB.
-PAGE_KB = 4
+PAGE_KB = PAGE_SIZE // KIB
 
 #: Upper bound for any memory size read (KiB): 64 TiB, far above any Xen guest.
 MAX_KB = 1 << 36
@@ -259,7 +263,7 @@ def read_meminfo(hostfs: HostFS, host_path: str = MEMINFO) -> MemInfo:
     for attr, key in _MEMINFO_KEYS.items():
         if key not in raw:
             raise InputError(host_path, f"no {key} line (MemAvailable needs Linux >= 3.14)")
-        kb = raw[key] // 1024
+        kb = raw[key] // KIB
         if kb > MAX_KB:
             raise InputError(host_path, f"{key} implausibly large", raw[key])
         values[attr] = kb
@@ -544,25 +548,31 @@ def _check_field(name: str, type_name: str, value: Any, source: str) -> Any:
     return value
 
 
-def read_signals(
-    hostfs: HostFS,
-    xenstore: XenstoreReader | None,
-    timestamp: float,
-    psi_trigger_fired: bool = False,
-    with_zoneinfo: bool = True,
-) -> MemorySignals:
-    """Read every source once into a snapshot; a broken source raises InputError.
+@dataclass(frozen=True)
+class RawSignals:
+    """What :func:`read_raw` read, source by source, before anything is combined: plain figures.
 
-    A kernel without PSI is not an error here (``psi_available`` is False, the PSI fields 0): the
-    classic policy does not need it, and the pressure policy refuses to shrink without it.
-    """
-    psi_available = True
+    ``psi`` is None on a kernel without PSI, ``balloon`` without a balloon driver,
+    ``totalreserve_kb`` when zoneinfo was not read, ``xs_*`` without xenstore (or the node)."""
+
+    psi: Psi | None
+    meminfo: MemInfo
+    vmstat: VmStat
+    balloon: BalloonState | None
+    totalreserve_kb: int | None
+    xs_target_kb: int | None
+    xs_static_max_kb: int | None
+
+
+def read_raw(
+    hostfs: HostFS, xenstore: XenstoreReader | None, with_zoneinfo: bool = True
+) -> RawSignals:
+    """Read every source once (the I/O half of :func:`read_signals`); a broken source raises
+    InputError. A kernel without PSI is not an error here (``psi`` None)."""
     try:
-        psi = read_psi(hostfs)
+        psi: Psi | None = read_psi(hostfs)
     except MissingInputError:
-        psi_available = False
-        zero = PsiLine(0.0, 0.0, 0.0, 0)
-        psi = Psi(some=zero, full=zero)
+        psi = None
     mem = read_meminfo(hostfs)
     vm = read_vmstat(hostfs)
     balloon = read_balloon(hostfs)
@@ -571,6 +581,20 @@ def read_signals(
     if xenstore is not None:
         xs_target = read_xenstore_kb(xenstore, XS_TARGET)
         xs_static_max = read_xenstore_kb(xenstore, XS_STATIC_MAX)
+    return RawSignals(psi, mem, vm, balloon, totalreserve, xs_target, xs_static_max)
+
+
+def build_signals(
+    raw: RawSignals, timestamp: float, psi_trigger_fired: bool = False
+) -> MemorySignals:
+    """The snapshot a policy sees, made from what was read (pure: no I/O, no clock).
+
+    Without PSI (``raw.psi`` None) ``psi_available`` is False and the PSI fields are 0: the
+    classic policy does not need it, and the pressure policy refuses to shrink without it.
+    """
+    zero = PsiLine(0.0, 0.0, 0.0, 0)
+    psi = raw.psi if raw.psi is not None else Psi(some=zero, full=zero)
+    mem, vm, balloon = raw.meminfo, raw.vmstat, raw.balloon
     return MemorySignals(
         timestamp=timestamp,
         mem_total_kb=mem.mem_total_kb,
@@ -595,9 +619,20 @@ def read_signals(
         oom_kill=vm.oom_kill,
         balloon_target_kb=None if balloon is None else balloon.target_kb,
         balloon_current_kb=None if balloon is None else balloon.current_kb,
-        totalreserve_kb=totalreserve,
-        xs_target_kb=xs_target,
-        xs_static_max_kb=xs_static_max,
+        totalreserve_kb=raw.totalreserve_kb,
+        xs_target_kb=raw.xs_target_kb,
+        xs_static_max_kb=raw.xs_static_max_kb,
         psi_trigger_fired=psi_trigger_fired,
-        psi_available=psi_available,
+        psi_available=raw.psi is not None,
     )
+
+
+def read_signals(
+    hostfs: HostFS,
+    xenstore: XenstoreReader | None,
+    timestamp: float,
+    psi_trigger_fired: bool = False,
+    with_zoneinfo: bool = True,
+) -> MemorySignals:
+    """Read every source once into a snapshot: :func:`read_raw`, then :func:`build_signals`."""
+    return build_signals(read_raw(hostfs, xenstore, with_zoneinfo), timestamp, psi_trigger_fired)

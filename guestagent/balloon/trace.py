@@ -29,12 +29,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
+from guestagent.balloon.common import toolstack_offset, with_offset
 from guestagent.balloon.policy import (
     GIB_KB,
-    Decision,
     PolicyConfig,
     PolicyState,
-    decide,
     default_config,
 )
 from guestagent.balloon.signals import (
@@ -43,6 +42,7 @@ from guestagent.balloon.signals import (
     XenstoreReader,
     read_signals,
 )
+from guestagent.balloon.step import Observation, step
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
@@ -171,10 +171,9 @@ class RecordJob:
     def start(self, ctx: Any) -> None:
         self._ctx = ctx
         log = get_logger("balloon")
-        # On a fixture tree arming would overwrite the file.
-        if self.use_trigger and ctx.hostfs.is_real_host:
+        if self.use_trigger:  # the host gives none on a fixture tree (arming would overwrite it)
             try:
-                self._trigger = PsiTrigger(ctx.hostfs)
+                self._trigger = ctx.host.psi_trigger()
             except InputError as e:
                 log.warning("psi_trigger_unavailable", error=str(e))
         header = trace_header(
@@ -219,7 +218,8 @@ class RecordJob:
             self._finish(f"cannot write the trace: {e.strerror or e}")
 
     def _write_snapshot(self) -> None:
-        elapsed = self._ctx.loop.now() - self._start
+        # the first snapshot is the recording's start, at 0 by definition
+        elapsed = self._ctx.loop.now() - self._start if self.count else 0.0
         fired, self._fired = self._fired, False
         snap = read_signals(self._ctx.hostfs, self.xenstore, round(elapsed, 3),
                             psi_trigger_fired=fired)
@@ -337,7 +337,10 @@ def simulate(
     config: PolicyConfig | None = None,
     populate_kb_per_s: float | None = None,
 ) -> SimResult:
-    """Replay a trace through a policy (see the module docstring for the model).
+    """Replay a trace through a policy (see the module docstring for the model), one
+    :func:`~guestagent.balloon.step.step` per snapshot: the step the live balloon job takes, so
+    the simulated driver gets exactly what the job would write (nothing when the step writes
+    nothing). No overcommit mode 2 in a replay: the strict-commit floor never applies.
 
     ``populate_kb_per_s`` makes the simulated driver lag: it moves toward each target by at most
     that many KiB per second of trace time (on the Xen 4.17 testbed under TCG a grow from 308 to
@@ -356,12 +359,13 @@ def simulate(
     sim_current = 0
     last_t = snapshots[0].timestamp
     last_xs: int | None = None
-    decisions: list[Decision] = []
     for snap in snapshots:
         recorded = _recorded_current(snap)
         if sim_target is None:
             sim_target = snap.balloon_target_kb if snap.balloon_target_kb is not None else recorded
             sim_current = recorded
+            # the job's start: learn the toolstack offset (HVM video RAM) as the actuator does
+            cfg = with_offset(cfg, toolstack_offset(snap.xs_target_kb, sim_target) or 0)
         else:
             sim_current = _driver_moves(
                 sim_current, sim_target, snap.timestamp - last_t, populate_kb_per_s
@@ -381,10 +385,9 @@ def simulate(
             balloon_target_kb=sim_target,
             balloon_current_kb=sim_current,
         )
-        decision = decide(seen, state, cfg)
-        state = decision.new_state
-        sim_target = decision.target_kb
-        decisions.append(decision)
+        plan, state = step(state, Observation(seen), cfg)
+        decision = plan.decision
+        sim_target = plan.target_after_kb
         result.steps.append(
             SimStep(
                 timestamp=snap.timestamp,

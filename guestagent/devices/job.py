@@ -72,7 +72,7 @@ class DevicesJob:
         self._binder = binder
         self._after_pass(binder.scan(apply=True))
         try:
-            self._monitor = HotplugMonitor.open()
+            self._monitor = ctx.host.udev_monitor()
         except HotplugUnavailableError as e:
             self._hotplug_off = str(e)
             self._log.warning("hotplug_off", reason=self._hotplug_off)

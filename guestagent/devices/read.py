@@ -30,7 +30,7 @@ from guestagent.devices.plan import (
 )
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_cpulist
-from guestagent.nodesysfs import NODE_DIR
+from guestagent.nodesysfs import node_meminfo
 
 
 @dataclass
@@ -89,7 +89,7 @@ def read_hugepage_node(hostfs: HostFS, node: int) -> HugepageNode:
     except InputError as e:
         return HugepageNode(None, str(e))
     try:
-        meminfo = hostfs.read_meminfo(f"{NODE_DIR}/node{node}/meminfo")
+        meminfo = node_meminfo(hostfs, node)  # the one node reader, as topology and tiering
     except InputError:
         return HugepageNode(current)
     mem_total = next((v for k, v in meminfo.items() if k.endswith("MemTotal")), 0)

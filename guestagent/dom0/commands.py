@@ -14,8 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from contextlib import ExitStack
-from typing import Any, Callable
+from typing import Any
 
 from guestagent.cli import finite_float
 from guestagent.config import DOM0_RESYNC
@@ -24,7 +23,6 @@ from guestagent.dom0.publisher import DomainResult, Publisher
 from guestagent.dom0.role import ROLES, require_dom0
 from guestagent.dom0.schema import base_path
 from guestagent.dom0.topology import HostTopology, read_host_topology, render_table, to_json_text
-from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.xen.sysctl import PciAddress
 
@@ -116,17 +114,6 @@ def dom0_publish(args: argparse.Namespace, ctx: Any) -> int:
     return 1 if errors else 0
 
 
-def _sysctl_opener(host: Host) -> Callable[[Any], tuple[Any, Any]]:
-    """The host's sysctls as the Dom0 job opens them: (what to close, the Sysctl)."""
-
-    def open_sysctl(_hostfs: Any) -> tuple[Any, Any]:
-        stack = ExitStack()
-        sysctl = stack.enter_context(host.sysctl())
-        return stack, sysctl
-
-    return open_sysctl
-
-
 def dom0_run(args: argparse.Namespace, ctx: Any) -> int:
     """The daemon running the Dom0 job alone (:func:`guestagent.daemon.commands.run_one_job`)."""
     from guestagent.daemon.commands import run_one_job
@@ -135,7 +122,7 @@ def dom0_run(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
     require_dom0(hostfs, args.role)
     overrides = [("--resync", "dom0", "resync_seconds", args.resync)]
-    run_one_job(args, ctx, Dom0Job(open_sysctl=_sysctl_opener(ctx.host)), overrides,
+    run_one_job(args, ctx, Dom0Job(), overrides,
                 role="dom0")
     return 0
 

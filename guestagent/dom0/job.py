@@ -12,7 +12,8 @@ removing them would make every guest re-bind its devices across a restart of thi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 from guestagent.config import Config
 from guestagent.dom0.hints import on_remote_node
@@ -29,21 +30,16 @@ if TYPE_CHECKING:
 COALESCE_SECONDS = 0.2
 
 
-def _open_sysctl(hostfs: Any) -> tuple[Any, Any]:
-    from guestagent.xen.privcmd import open_privcmd
-    from guestagent.xen.sysctl import Sysctl
-
-    privcmd = open_privcmd(hostfs)
-    return privcmd, Sysctl(privcmd)
-
-
 class Dom0Job:
+    """Xen's sysctls and xenstore come from the daemon's one host handle (``ctx.host``,
+    ``ctx.xenstore``); a test passes a fake :class:`~guestagent.host.Host`."""
+
     name = "dom0"
 
-    def __init__(self, open_sysctl: Callable[[Any], tuple[Any, Any]] = _open_sysctl) -> None:
-        self._open_sysctl = open_sysctl
+    def __init__(self) -> None:
         self._ctx: JobContext | None = None
-        self._privcmd: Any = None
+        #: Closes the sysctl handle (its privcmd) at stop.
+        self._handles: ExitStack | None = None
         self._publisher: Publisher | None = None
         self._pending_full = False
         self._pending: set[int] = set()
@@ -59,10 +55,12 @@ class Dom0Job:
         client = ctx.xenstore.client()
         if client is None:
             raise GuestAgentError(f"no xenstore: {ctx.xenstore.unavailable}")
+        handles = ExitStack()
         try:
-            self._privcmd, sysctl = self._open_sysctl(ctx.hostfs)
+            sysctl = handles.enter_context(ctx.host.sysctl())
         except (GuestAgentError, ImportError) as e:
             raise GuestAgentError(f"no sysctl: {e}") from None
+        self._handles = handles
 
         def topology(extra: Sequence[PciAddress]) -> HostTopology:
             return read_host_topology(ctx.hostfs, sysctl, extra)
@@ -131,9 +129,9 @@ class Dom0Job:
             self._scheduled = None
         self._timers = []
         self._publisher = None
-        if self._privcmd is not None:
-            self._privcmd.close()
-            self._privcmd = None
+        if self._handles is not None:
+            self._handles.close()
+            self._handles = None
 
     def status(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ nothing to journal or undo.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
@@ -25,24 +25,16 @@ if TYPE_CHECKING:
     from guestagent.hostnuma.model import HostFigures
 
 
-def _open_xen(hostfs: Any) -> tuple[Any, Any, Any]:
-    """(what to close, a Sysctl, a Domctl) on one privcmd."""
-    from guestagent.xen.domctl import Domctl
-    from guestagent.xen.privcmd import open_privcmd
-    from guestagent.xen.sysctl import Sysctl
-
-    stack = ExitStack()
-    privcmd = stack.enter_context(open_privcmd(hostfs))
-    return stack, Sysctl(privcmd), Domctl(privcmd)
-
-
 class HostNumaJob:
+    """Xen's sysctls and domctls (one privcmd) come from the daemon's one host handle
+    (``ctx.host.xen_controls()``); a test passes a fake :class:`~guestagent.host.Host`."""
+
     name = "hostnuma"
 
-    def __init__(self, open_xen: Callable[[Any], tuple[Any, Any, Any]] = _open_xen) -> None:
-        self._open_xen = open_xen
+    def __init__(self) -> None:
         self._ctx: JobContext | None = None
-        self._closer: Any = None
+        #: Closes the privcmd at stop.
+        self._closer: ExitStack | None = None
         self._monitor: Monitor | None = None
         self._timer: Timer | None = None
         self._threshold = BAD_LOCALITY_PCT.default
@@ -57,10 +49,12 @@ class HostNumaJob:
         client = ctx.xenstore.client()
         if client is None:
             raise GuestAgentError(f"no xenstore: {ctx.xenstore.unavailable}")
+        closer = ExitStack()
         try:
-            self._closer, sysctl, domctl = self._open_xen(ctx.hostfs)
+            sysctl, domctl = closer.enter_context(ctx.host.xen_controls())
         except (GuestAgentError, ImportError) as e:
             raise GuestAgentError(f"no privcmd: {e}") from None
+        self._closer = closer
         window = float(ctx.config.get("hostnuma", "window_seconds"))
         self._monitor = Monitor(Collector(client, ctx.hostfs, sysctl, domctl), window)
         self._configure(ctx.config)
