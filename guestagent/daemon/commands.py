@@ -12,6 +12,7 @@ from typing import Any, Callable
 from guestagent import config as config_mod
 from guestagent.cli import finite_float
 from guestagent.config import Config
+from guestagent.dom0.role import ROLES
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 
@@ -114,8 +115,9 @@ def make_jobs(cfg: Config, role: str) -> list[Any]:
     return jobs
 
 
-def resolve_role(cfg: Config, hostfs: HostFS) -> str:
-    role = str(cfg.get("agent", "role"))
+def resolve_role(cfg: Config, hostfs: HostFS, given: str | None = None) -> str:
+    """``guest`` or ``dom0``: ``given`` (``--role``) else ``[agent] role``; ``auto`` detects."""
+    role = given or str(cfg.get("agent", "role"))
     if role != "auto":
         return role
     from guestagent.xen.detect import detect_hypervisor
@@ -144,7 +146,7 @@ def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
 
     cfg = load()
     configure_logging(args, cfg)
-    role = args.role or resolve_role(cfg, ctx.hostfs)
+    role = resolve_role(cfg, ctx.hostfs, args.role)
     Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host).run()
     return 0
 
@@ -287,7 +289,9 @@ def register_daemon(subparsers: Any) -> None:
     )
     run.add_argument("--config", default=config_mod.MAIN_FILE, help="main configuration file")
     run.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
-    run.add_argument("--role", choices=["guest", "dom0"], help="override [agent] role")
+    run.add_argument("--role", choices=ROLES,
+                     help="override [agent] role: 'auto' detects Dom0 from "
+                     "/proc/xen/capabilities (default: the configuration's, itself auto)")
     run.set_defaults(func=run_daemon)
     status = subparsers.add_parser(
         "status", help="what the running daemon is doing",

@@ -144,7 +144,9 @@ def _role_argument(parser: argparse.ArgumentParser) -> None:
         "--role",
         choices=ROLES,
         default="auto",
-        help="'dom0' skips the detection from /proc/xen/capabilities (default: auto)",
+        help="'auto' detects Dom0 from /proc/xen/capabilities; 'dom0' skips the detection (a "
+        "Dom0 without xenfs); 'guest' is refused: these commands run in Dom0 only "
+        "(default: auto)",
     )
 
 
