@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Callable
+from typing import Any, Callable
 
 from guestagent import __version__
 from guestagent.errors import GuestAgentError
@@ -78,6 +78,25 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def json_text(doc: Any) -> str:
+    """The one JSON style of every ``--json`` (and of ``status``'s and ``config show``'s): indent
+    2, keys sorted, ASCII only, no trailing newline (tests/test_cli_json.py holds every command
+    to it)."""
+    import json
+
+    return json.dumps(doc, indent=2, sort_keys=True)
+
+
+def print_json(doc: Any) -> None:
+    """``doc`` on standard output in :func:`json_text`'s style, with a final newline."""
+    sys.stdout.write(json_text(doc) + "\n")
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str = "print one JSON object") -> None:
+    """``--json``, the same on every command that reports state."""
+    parser.add_argument("--json", action="store_true", help=what)
 
 
 def command_word(argv: Sequence[str]) -> str | None:
