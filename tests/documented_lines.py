@@ -23,7 +23,7 @@ SOURCES = ("README.md", "packaging/README.md")
 #: What a placeholder of the documentation stands for on a fixture tree ({root}: the tree,
 #: {trace}: a recorded trace, {out}: a file to write); by the option it follows, then alone.
 AFTER_OPTION = {"--trace": "{trace}", "--out": "{out}", "--root": "{root}"}
-PLACEHOLDERS = {"P": "pressure", "S": "2", "DIR": "{root}"}
+PLACEHOLDERS = {"P": "pressure", "S": "2", "N": "700", "DIR": "{root}"}
 
 _SPAN = re.compile(r"`(guestagent [^`]*)`")
 _GLUE = re.compile(r"\s*(?:&&|\|\||;|\||>|2>)\s*")

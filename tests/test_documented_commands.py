@@ -66,6 +66,7 @@ RUNS: dict[str, Run] = {
     "guestagent balloon status": Run("balloon-pv-1g", 0, 0),
     "guestagent balloon --reset": Run("balloon-pv-1g", 0, 1, NO_WRITE),
     "guestagent balloon set": Run("balloon-pv-1g", 2, 2, USAGE),
+    "guestagent balloon set --target-mib 700": Run("balloon-pv-1g", 0, 1, NO_WRITE),
     "guestagent balloon simulate": Run("balloon-pv-1g", 2, 2, USAGE),
     "guestagent balloon simulate --trace {trace} --policy pressure": Run("balloon-pv-1g", 0, 0),
     "guestagent balloon record": Run("balloon-pv-1g", 2, 2, USAGE),
