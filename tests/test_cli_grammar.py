@@ -205,3 +205,25 @@ def test_host_commands_outside_dom0_give_advice_that_works(
         assert err.count("\n") == 1 and says in err and "Dom0" in err, err
         assert ("--role dom0" in err) == advises_role, err
         assert f"{root}/" in err  # the path tried, with the root
+
+
+def test_one_name_and_one_form_per_option_across_commands() -> None:
+    """An option spelt the same on two commands takes the same value (metavar, choices) into
+    the same place: ``--config FILE`` everywhere (not ``--file`` here and ``--config`` there),
+    ``--duration SECONDS``, ``--role auto|guest|dom0``."""
+    forms: dict[str, set[tuple[object, ...]]] = {}
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+            elif action.option_strings and action.help != argparse.SUPPRESS:
+                form = (action.dest, None if action.nargs == 0 else action.metavar,
+                        tuple(action.choices or ()))
+                for flag in action.option_strings:
+                    forms.setdefault(flag, set()).add(form)
+
+    walk(cli.build_parser())
+    assert {flag: f for flag, f in forms.items() if len(f) > 1} == {}
+    assert forms["--file"] == forms["--config"]  # --file: the older name of --config

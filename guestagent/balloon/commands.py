@@ -106,8 +106,10 @@ def register(subparsers: Any) -> None:
         "be past --duration, or SIGTERM or SIGINT. The daemon running one job that only reads: "
         "it takes no lock and reads no configuration, so it runs beside guestagent run.")
     rec.add_argument("--out", required=True, metavar="FILE", help="trace file ('-' = stdout)")
-    rec.add_argument("--interval", type=finite_float, default=1.0, metavar="S")
-    rec.add_argument("--duration", type=finite_float, required=True, metavar="S")
+    rec.add_argument("--interval", type=finite_float, default=1.0, metavar="SECONDS",
+                     help="seconds between snapshots (default 1)")
+    rec.add_argument("--duration", type=finite_float, required=True, metavar="SECONDS",
+                     help="how long to record")
     rec.add_argument("--note", default="", help="free text stored in the trace header")
     rec.add_argument("--no-trigger", action="store_true", help="do not arm a PSI trigger")
     rec.set_defaults(func=cmd_record)
@@ -199,7 +201,7 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
         print_json({"target_kb": target, "undone": report.lines, "failures": report.failures,
                     "idle": report.idle or None})
     elif target is None:
-        print(f"guestagent: {report.idle}")
+        print(report.idle)  # nothing to undo: not an error (exit status 0)
     else:
         print(f"balloon target reset to {target} KiB")
     return 1 if report.failures else 0

@@ -359,8 +359,10 @@ def register_daemon(subparsers: Any) -> None:
         description="Run the daemon. SIGHUP reloads the configuration, SIGTERM undoes what the "
         "jobs changed and exits.",
     )
-    run.add_argument("--config", default=config_mod.MAIN_FILE, help="main configuration file")
-    run.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
+    run.add_argument("--config", default=config_mod.MAIN_FILE, metavar="FILE",
+                     help="main configuration file")
+    run.add_argument("--conf-dir", default=config_mod.CONF_DIR, metavar="DIR",
+                     help="drop-in directory")
     run.add_argument("--role", choices=ROLES,
                      help="override [agent] role: 'auto' detects Dom0 from "
                      "/proc/xen/capabilities (default: the configuration's, itself auto)")

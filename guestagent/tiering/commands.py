@@ -349,7 +349,7 @@ def register(subparsers: Any) -> None:
         description="The daemon (as 'guestagent run') with only the [tiering] job: it reads the "
         "same configuration files; each option given overrides its [tiering] key. On SIGTERM, "
         "SIGINT or after --duration it undoes everything and prints what it did.")
-    rn.add_argument("--interval", type=finite_float, default=None,
+    rn.add_argument("--interval", type=finite_float, default=None, metavar="SECONDS",
                     help="seconds between decisions ([tiering] interval_seconds)")
     for flag, dest, what in (
         ("--source-low-pct", "source_low_pct",
