@@ -233,3 +233,26 @@ def test_status_json_and_text_from_a_daemon(tmp_path: Path,
         server.close()
     assert "sources: sysfs\n" in text and "publish_error: -\n" in text, text
     assert "None" not in text and "[" not in text, text
+
+
+def test_publish_json_against_the_xenstore_server(
+    xs_server: Any, xs_connect: Callable[[int], Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``publish --json`` (not a dry run): what it wrote and removed, in the style."""
+    from tests.test_publish import HOME, three_vnodes
+
+    xs_server.set_node(f"{HOME}/data/guestagent/vnuma/nodes/7/cpus", b"9")
+
+    def make(hostfs: HostFS) -> Host:
+        return Host(hostfs, open_vnuma=lambda _fs: three_vnodes,
+                    open_xenstore=lambda _fs: xs_connect(5))
+
+    root = str(FIXTURES / "hvm-3vnode")
+    assert cli.main(["--root", root, "publish", "--json"], make_host=make) == 0
+    doc = _check_style(capsys.readouterr().out)
+    assert doc["dry_run"] is False and doc["base"] == "data/guestagent"
+    assert doc["keys"]["data/guestagent/vnuma/nr-nodes"] == "3"
+    assert "vnuma/nr-nodes" in doc["written"] and doc["removed"] == ["vnuma/nodes/7"]
+    assert cli.main(["--root", root, "publish", "--json"], make_host=make) == 0
+    again = _check_style(capsys.readouterr().out)
+    assert again["written"] == [] and again["removed"] == []

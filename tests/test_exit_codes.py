@@ -147,3 +147,19 @@ def test_run_as_nobody_really() -> None:
     assert result.stdout == "" and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("guestagent: guestagent run needs root"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_run_whose_socket_path_is_too_long_is_one_line(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A deep --root made the status socket's path longer than AF_UNIX takes: it ended in an
+    internal error; now one line naming the path, exit status 1."""
+    import shutil
+
+    root = tmp_path / ("x" * 90) / "hvm-3vnode"
+    shutil.copytree(REPO / "tests" / "fixtures" / "hvm-3vnode", root, symlinks=True)
+    assert cli.main(["run", "--root", str(root), "--role", "guest"]) == 1
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("guestagent: ")]
+    assert line == [f"guestagent: {root}/run/guestagent/status.sock: the status socket cannot "
+                    "be made: AF_UNIX path too long"], err
+    assert "internal error" not in err
