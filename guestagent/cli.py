@@ -165,7 +165,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_global_options(sub, hidden=True)
         # The deepest command named wins (its defaults are set last): its usage for errors.
         sub.set_defaults(_cli_parser=sub)
+        _keep_group_json(sub)
     return parser
+
+
+def _keep_group_json(group: argparse.ArgumentParser) -> None:
+    """A group with ``--json`` of its own (``balloon``, ``devices``, ``tiering``): its actions'
+    ``--json`` set nothing unless given, so ``balloon --json status`` is JSON too (an action's
+    default would overwrite the group's value)."""
+    if "--json" not in group._option_string_actions:
+        return
+    for action in group._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--json" in sub._option_string_actions:
+                    sub._option_string_actions["--json"].default = argparse.SUPPRESS
 
 
 def parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:

@@ -227,3 +227,16 @@ def test_one_name_and_one_form_per_option_across_commands() -> None:
     walk(cli.build_parser())
     assert {flag: f for flag, f in forms.items() if len(f) > 1} == {}
     assert forms["--file"] == forms["--config"]  # --file: the older name of --config
+
+
+@pytest.mark.parametrize(
+    ("words", "json"),
+    [(("balloon", "--json", "status"), True), (("balloon", "status", "--json"), True),
+     (("balloon", "status"), False), (("tiering", "--json", "status"), True),
+     (("tiering", "status"), False), (("devices", "--json", "apply"), True),
+     (("devices", "apply"), False), (("devices", "--json"), True)],
+)
+def test_json_before_or_after_the_action_word(words: tuple[str, ...], json: bool) -> None:
+    """A group's ``--json`` given before its action word was overwritten by the action's
+    default (``balloon --json status`` printed text)."""
+    assert parsed(*words).json is json
