@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Callable
+from typing import Any, Callable
 
 from guestagent import __version__
 from guestagent.errors import GuestAgentError
@@ -78,6 +78,25 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def json_text(doc: Any) -> str:
+    """The one JSON style of every ``--json`` (and of ``status``'s and ``config show``'s): indent
+    2, keys sorted, ASCII only, no trailing newline (tests/test_cli_json.py holds every command
+    to it)."""
+    import json
+
+    return json.dumps(doc, indent=2, sort_keys=True)
+
+
+def print_json(doc: Any) -> None:
+    """``doc`` on standard output in :func:`json_text`'s style, with a final newline."""
+    sys.stdout.write(json_text(doc) + "\n")
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str = "print one JSON object") -> None:
+    """``--json``, the same on every command that reports state."""
+    parser.add_argument("--json", action="store_true", help=what)
 
 
 def command_word(argv: Sequence[str]) -> str | None:
@@ -146,7 +165,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_global_options(sub, hidden=True)
         # The deepest command named wins (its defaults are set last): its usage for errors.
         sub.set_defaults(_cli_parser=sub)
+        _keep_group_json(sub)
     return parser
+
+
+def _keep_group_json(group: argparse.ArgumentParser) -> None:
+    """A group with ``--json`` of its own (``balloon``, ``devices``, ``tiering``): its actions'
+    ``--json`` set nothing unless given, so ``balloon --json status`` is JSON too (an action's
+    default would overwrite the group's value)."""
+    if "--json" not in group._option_string_actions:
+        return
+    for action in group._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--json" in sub._option_string_actions:
+                    sub._option_string_actions["--json"].default = argparse.SUPPRESS
 
 
 def parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:

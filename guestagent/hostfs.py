@@ -53,6 +53,12 @@ class HostFS:
             raise ValueError(f"host paths are absolute, got {host_path!r}")
         return self.root / host_path.lstrip("/")
 
+    def shown(self, host_path: str) -> str:
+        """A host path as an error that finding or opening it names it: the path actually tried,
+        so with ``--root DIR`` it starts with DIR (``DIR/sys/...``); on the real host the host
+        path itself. An error about a file's content names the host path (``/sys/...``)."""
+        return host_path if self.is_real_host else str(self.path(host_path))
+
     def exists(self, host_path: str) -> bool:
         return self.path(host_path).exists()
 
@@ -61,13 +67,14 @@ class HostFS:
         try:
             return sorted(os.listdir(self.path(host_path)))
         except FileNotFoundError:
-            raise MissingInputError(host_path) from None
+            raise MissingInputError(self.shown(host_path)) from None
         except NotADirectoryError:
-            raise InputError(host_path, "is not a directory") from None
+            raise InputError(self.shown(host_path), "is not a directory") from None
         except PermissionError:
-            raise InputError(host_path, "permission denied") from None
+            raise InputError(self.shown(host_path), "permission denied") from None
         except OSError as e:  # ELOOP (a symlink loop), EIO...
-            raise InputError(host_path, f"cannot be listed: {e.strerror or e}") from None
+            where = self.shown(host_path)
+            raise InputError(where, f"cannot be listed: {e.strerror or e}") from None
 
     def read_text(self, host_path: str) -> str:
         """The whole file as ASCII text; a missing, unreadable, oversized or binary file raises."""
@@ -75,13 +82,13 @@ class HostFS:
             with open(self.path(host_path), "rb") as f:
                 data = f.read(MAX_READ_BYTES + 1)
         except FileNotFoundError:
-            raise MissingInputError(host_path) from None
+            raise MissingInputError(self.shown(host_path)) from None
         except IsADirectoryError:
-            raise InputError(host_path, "is a directory, expected a file") from None
+            raise InputError(self.shown(host_path), "is a directory, expected a file") from None
         except PermissionError:
-            raise InputError(host_path, "permission denied") from None
+            raise InputError(self.shown(host_path), "permission denied") from None
         except OSError as e:
-            raise InputError(host_path, f"read failed: {e.strerror or e}") from None
+            raise InputError(self.shown(host_path), f"read failed: {e.strerror or e}") from None
         if len(data) > MAX_READ_BYTES:
             raise InputError(host_path, f"larger than {MAX_READ_BYTES} bytes")
         try:

@@ -8,10 +8,10 @@ job's section (``numa/``) is left as it is.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from guestagent.cli import add_json_option, print_json
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
@@ -27,9 +27,13 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if not topology.answered:
         raise InputError("topology", "nothing could be read, nothing to publish")
     desired = guest_tree(topology)
+    keys = {f"{BASE}/{k}": v for k, v in sorted(desired.items())}
     if args.dry_run:
-        json.dump({f"{BASE}/{k}": v for k, v in sorted(desired.items())}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        if args.json:
+            print_json({"base": BASE, "dry_run": True, "keys": keys, "written": None,
+                        "removed": None})
+        else:
+            sys.stdout.write("".join(f"{path} = {value}\n" for path, value in keys.items()))
         return 0
     client = ctx.host.xenstore()
     try:
@@ -45,6 +49,10 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         written=sorted(changes.writes),
         removed=changes.removes,
     )
+    if args.json:
+        print_json({"base": BASE, "dry_run": False, "keys": keys,
+                    "written": sorted(changes.writes), "removed": sorted(changes.removes)})
+        return 0
     print(
         f"published {len(desired)} keys under {BASE}: "
         f"{len(changes.writes)} written, {len(changes.removes)} stale removed"
@@ -60,6 +68,8 @@ def register(subparsers: Any) -> None:
         "tree, replacing stale keys; nothing is written outside data/.",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the keys as JSON instead of writing them"
-    )
+        "--dry-run", action="store_true",
+        help="print the keys (path = value) instead of writing them")
+    add_json_option(parser, "print what was published (or, with --dry-run, what would be) as "
+                    "one JSON object: base, keys, written, removed")
     parser.set_defaults(func=run)

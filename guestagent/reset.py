@@ -153,7 +153,13 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
     for line in problems:
         get_logger("reset").warning("reset_config_ignored", problem=line)
     results = reset_everything(ctx.host, state_dir)
-    sys.stdout.write(render(results))
+    if getattr(args, "json", False):
+        from guestagent.cli import print_json
+
+        print_json([{"part": r.part, "undone": r.report.lines, "failures": r.report.failures,
+                     "error": r.error or None, "idle": r.report.idle or None} for r in results])
+    else:
+        sys.stdout.write(render(results))
     return 1 if any(r.failed for r in results) else 0
 
 
@@ -175,4 +181,6 @@ def register(subparsers: Any) -> None:
                              "(default /etc/guestagent/guestagent.toml)")
     parser.add_argument("--conf-dir", metavar="DIR",
                         help="configuration drop-ins (default /etc/guestagent/conf.d)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON list: each part, what it undid, its failures")
     parser.set_defaults(func=cmd_reset)

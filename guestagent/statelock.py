@@ -78,7 +78,12 @@ def held(hostfs: HostFS, state_dir: str, what: str, create: bool) -> Iterator[No
         if not create:
             yield
             return
-        os.makedirs(real, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(real, mode=0o700, exist_ok=True)
+        except OSError as e:
+            needs = " (creating it needs root)" if isinstance(e, PermissionError) else ""
+            raise GuestAgentError(f"{real}: cannot be created for {what}: "
+                                  f"{e.strerror or e}{needs}") from None
     fd = acquire(real, what)
     try:
         yield

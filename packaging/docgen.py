@@ -143,7 +143,9 @@ EXIT_BY_COMMAND = (
                  "xenstore or Xen's sysctls, when the configuration is refused, or another "
                  "guestagent holds the state directory."),
     ("run", "0 when stopped by SIGTERM (after undoing); 1 when the configuration is refused, "
-            "another daemon holds the state directory, or the start failed."),
+            "another daemon holds the state directory, the start failed, or it is not run as "
+            "root (one line saying what needs root; so do balloon run, tiering run and dom0 "
+            "run)."),
     ("status", "0 the daemon answered; 3 no daemon runs; 1 it could not be asked (the socket is "
                "root-only) or did not answer."),
     ("config check", "0 valid; 1 refused (one line per problem) or a --config or --conf-dir "

@@ -263,7 +263,7 @@ def test_missing_current_kb_is_one_line(tmp_path: Path) -> None:
     (root / BALLOON_CURRENT.lstrip("/")).unlink()
     with pytest.raises(MissingInputError) as e:
         read_balloon(HostFS(str(root)))
-    assert one_line(e) == f"{BALLOON_CURRENT}: does not exist"
+    assert one_line(e) == f"{root}{BALLOON_CURRENT}: does not exist"
 
 
 @pytest.mark.parametrize("value", ["-4096\n", "lots\n", "99999999999999999999\n"])

@@ -145,3 +145,98 @@ def test_run_log_level_from_the_command_line_wins(
         assert f"configured={configured}" in line[0], line
     else:
         assert line == [], err
+
+
+def _options_named(parser: argparse.ArgumentParser, flag: str,
+                   path: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.Action]:
+    """Every command's action for ``flag``, by command path."""
+    found = {path: parser._option_string_actions[flag]} if flag in parser._option_string_actions \
+        else {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                found.update(_options_named(sub, flag, (*path, word)))
+    return found
+
+
+def test_role_has_one_set_of_choices_everywhere() -> None:
+    """``--role`` took ``guest|dom0`` on ``run`` and ``auto|dom0`` on the host commands."""
+    from guestagent import config
+    from guestagent.dom0.role import ROLES
+
+    roles = _options_named(cli.build_parser(), "--role")
+    assert {path[0] for path in roles} == {"run", "host", "dom0"}, roles
+    for path, action in roles.items():
+        assert tuple(action.choices or ()) == ROLES == ("auto", "guest", "dom0"), path
+    key = next(k for k in config.KEYS if (k.section, k.name) == ("agent", "role"))
+    assert key.choices == ROLES
+
+
+@pytest.mark.parametrize(
+    ("given", "configured", "expected"),
+    [(None, "guest", "guest"), (None, "auto", "guest"), ("dom0", "guest", "dom0"),
+     ("auto", "dom0", "guest"), ("guest", "auto", "guest")],
+)
+def test_run_role_auto_detects(given: str | None, configured: str, expected: str) -> None:
+    """``run --role auto`` detects (the hvm-3vnode tree is a domU), whatever the file says."""
+    from guestagent.config import defaults
+    from guestagent.daemon.commands import resolve_role
+    from guestagent.hostfs import HostFS
+
+    cfg = defaults()
+    cfg.values["agent"]["role"] = configured
+    assert resolve_role(cfg, HostFS(HVM), given) == expected
+
+
+@pytest.mark.parametrize(
+    ("tree", "says", "advises_role"),
+    [("laptop", "no Xen hypervisor found", False),
+     ("hvm-3vnode", "this is a Xen guest (domU)", False)],
+)
+def test_host_commands_outside_dom0_give_advice_that_works(
+    capsys: pytest.CaptureFixture[str], tree: str, says: str, advises_role: bool
+) -> None:
+    """Without Xen or in a guest, ``--role dom0`` only leads to the next error (no privcmd; Xen
+    refusing the sysctls): the line says where these commands run instead."""
+    root = str(FIXTURES / tree)
+    for words in (["host", "topology"], ["host", "numa"], ["dom0", "publish"]):
+        assert cli.main(["--root", root, *words]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err and "Dom0" in err, err
+        assert ("--role dom0" in err) == advises_role, err
+        assert f"{root}/" in err  # the path tried, with the root
+
+
+def test_one_name_and_one_form_per_option_across_commands() -> None:
+    """An option spelt the same on two commands takes the same value (metavar, choices) into
+    the same place: ``--config FILE`` everywhere (not ``--file`` here and ``--config`` there),
+    ``--duration SECONDS``, ``--role auto|guest|dom0``."""
+    forms: dict[str, set[tuple[object, ...]]] = {}
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+            elif action.option_strings and action.help != argparse.SUPPRESS:
+                form = (action.dest, None if action.nargs == 0 else action.metavar,
+                        tuple(action.choices or ()))
+                for flag in action.option_strings:
+                    forms.setdefault(flag, set()).add(form)
+
+    walk(cli.build_parser())
+    assert {flag: f for flag, f in forms.items() if len(f) > 1} == {}
+    assert forms["--file"] == forms["--config"]  # --file: the older name of --config
+
+
+@pytest.mark.parametrize(
+    ("words", "json"),
+    [(("balloon", "--json", "status"), True), (("balloon", "status", "--json"), True),
+     (("balloon", "status"), False), (("tiering", "--json", "status"), True),
+     (("tiering", "status"), False), (("devices", "--json", "apply"), True),
+     (("devices", "apply"), False), (("devices", "--json"), True)],
+)
+def test_json_before_or_after_the_action_word(words: tuple[str, ...], json: bool) -> None:
+    """A group's ``--json`` given before its action word was overwritten by the action's
+    default (``balloon --json status`` printed text)."""
+    assert parsed(*words).json is json

@@ -263,7 +263,8 @@ def test_empty_root_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code, out, err = run(capsys, "--root", str(tmp_path), "topology", "--json")
     assert code == 1 and out == ""
     assert err == (
-        "guestagent: topology: cannot be read: /sys/devices/system/cpu/online: does not exist; "
+        f"guestagent: topology: cannot be read: {tmp_path}/sys/devices/system/cpu/online: does "
+        "not exist; "
         "hypercall: not attempted: no hypervisor found\n"
     )
 

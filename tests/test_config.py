@@ -120,7 +120,7 @@ def test_config_and_file_are_one_option(tmp_path: Path, capsys: pytest.CaptureFi
         (tmp_path / "empty.d").mkdir(exist_ok=True)
         empty = ["--conf-dir", str(tmp_path / "empty.d")]
         assert cli.main(["config", "show", flag, main, *empty]) == 0
-        assert '"log_level": "debug"' in capsys.readouterr().out
+        assert 'log_level = "debug"' in capsys.readouterr().out  # TOML (--json: JSON)
         assert cli.main(["config", "check", flag, main, *empty]) == 0
         assert f"configuration ok: {main}" in capsys.readouterr().out
 

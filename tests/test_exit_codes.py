@@ -116,3 +116,50 @@ def test_status_that_cannot_ask_exits_1(tmp_path: Path,
     (tmp_path / "run/guestagent").write_text("")
     assert cli.main(["--root", str(tmp_path), "status"]) == 1
     assert capsys.readouterr().err.startswith("guestagent: ")
+
+
+def test_run_without_root_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-root ``guestagent run`` ended in an internal error (PermissionError on
+    /run/guestagent): one line saying what needs root, exit status 1 (documented)."""
+    import os
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("GUESTAGENT_ROOT", raising=False)
+    for words in (["run"], ["tiering", "run"], ["dom0", "run", "--role", "dom0"]):
+        assert cli.main(words) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("guestagent: guestagent "), err
+        assert "needs root: it creates its state directory" in err, err
+    assert "not run as root" in dict(docgen.EXIT_BY_COMMAND)["run"]
+
+
+def test_run_as_nobody_really() -> None:
+    """The same as a real unprivileged process (dropped to nobody before exec)."""
+    from tests.unprivileged import is_root, python_for_nobody, run_as_nobody
+
+    if not is_root():
+        pytest.skip("drops to uid nobody: needs root")
+    if python_for_nobody() is None:
+        pytest.skip("no interpreter nobody can run guestagent with")
+    result = run_as_nobody(["run"])
+    assert result.returncode == 1, result
+    assert result.stdout == "" and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("guestagent: guestagent run needs root"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_run_whose_socket_path_is_too_long_is_one_line(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A deep --root made the status socket's path longer than AF_UNIX takes: it ended in an
+    internal error; now one line naming the path, exit status 1."""
+    import shutil
+
+    root = tmp_path / ("x" * 90) / "hvm-3vnode"
+    shutil.copytree(REPO / "tests" / "fixtures" / "hvm-3vnode", root, symlinks=True)
+    assert cli.main(["run", "--root", str(root), "--role", "guest"]) == 1
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("guestagent: ")]
+    assert line == [f"guestagent: {root}/run/guestagent/status.sock: the status socket cannot "
+                    "be made: AF_UNIX path too long"], err
+    assert "internal error" not in err

@@ -195,9 +195,17 @@ def test_read_text_and_typed_readers(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_missing_input(tmp_path: Path) -> None:
+    """With a root, the path actually tried (issue 17: a missing file under --root was named
+    without the root); on the real host the host path."""
     fs = HostFS(str(tmp_path))
-    with pytest.raises(MissingInputError, match=r"^/sys/nope: does not exist$"):
+    with pytest.raises(MissingInputError) as e:
         fs.read_text("/sys/nope")
+    assert str(e.value) == f"{tmp_path}/sys/nope: does not exist"
+    with pytest.raises(MissingInputError) as e:
+        fs.listdir("/sys/nodir")
+    assert str(e.value) == f"{tmp_path}/sys/nodir: does not exist"
+    with pytest.raises(MissingInputError, match=r"^/nonexistent-guestagent-test: does not exist$"):
+        HostFS("/").read_text("/nonexistent-guestagent-test")
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:

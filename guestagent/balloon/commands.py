@@ -33,7 +33,6 @@ xenstore: the real client on the real host; on a ``--root`` fixture tree, the fi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from contextlib import AbstractContextManager
@@ -52,7 +51,7 @@ from guestagent.balloon.signals import (
     read_signals,
 )
 from guestagent.balloon.trace import load_trace, record, simulate
-from guestagent.cli import finite_float
+from guestagent.cli import add_json_option, finite_float, print_json
 from guestagent.daemon.commands import one_job_options
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.host import Host
@@ -84,17 +83,19 @@ def register(subparsers: Any) -> None:
         "configuration turns ballooning on (the unit's privileged ExecStartPre); always exits 0",
     )
     p.add_argument("--no-xenstore", action="store_true", help="do not read xenstore")
+    add_json_option(p, "with --reset: the result as one JSON object (target_kb, undone, "
+                    "failures, idle)")
     p.set_defaults(func=cmd_balloon, _balloon_parser=p)
     sub = p.add_subparsers(dest="balloon_command", metavar="ACTION")
 
     s = sub.add_parser("status", help="targets, current size, pressure, last decisions")
-    s.add_argument("--json", action="store_true", help="one JSON object")
+    add_json_option(s)
     s.set_defaults(func=cmd_status)
 
     sim = sub.add_parser("simulate", help="replay a recorded trace through a policy")
     sim.add_argument("--trace", required=True, metavar="FILE")
     sim.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES)
-    sim.add_argument("--json", action="store_true", help="summary (and steps) as JSON")
+    add_json_option(sim, "summary (and steps) as one JSON object")
     sim.add_argument("--steps", action="store_true", help="print every decision")
     sim.set_defaults(func=cmd_simulate)
 
@@ -105,8 +106,10 @@ def register(subparsers: Any) -> None:
         "be past --duration, or SIGTERM or SIGINT. The daemon running one job that only reads: "
         "it takes no lock and reads no configuration, so it runs beside guestagent run.")
     rec.add_argument("--out", required=True, metavar="FILE", help="trace file ('-' = stdout)")
-    rec.add_argument("--interval", type=finite_float, default=1.0, metavar="S")
-    rec.add_argument("--duration", type=finite_float, required=True, metavar="S")
+    rec.add_argument("--interval", type=finite_float, default=1.0, metavar="SECONDS",
+                     help="seconds between snapshots (default 1)")
+    rec.add_argument("--duration", type=finite_float, required=True, metavar="SECONDS",
+                     help="how long to record")
     rec.add_argument("--note", default="", help="free text stored in the trace header")
     rec.add_argument("--no-trigger", action="store_true", help="do not arm a PSI trigger")
     rec.set_defaults(func=cmd_record)
@@ -134,6 +137,7 @@ def register(subparsers: Any) -> None:
     )
     st.add_argument("--target-mib", type=int, required=True, metavar="N",
                     help="the new target in MiB (the driver's units, as target_kb / 1024)")
+    add_json_option(st, "the result as one JSON object (target_kb, previous_kb, current_kb)")
     st.set_defaults(func=cmd_set)
 
 
@@ -193,8 +197,11 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
     actuator = BalloonActuator(ctx.hostfs, _xenstore(args, ctx))
     with state_lock(ctx, "balloon --reset", create=False):
         target, report = reset_balloon(actuator)
-    if target is None:
-        print(f"guestagent: {report.idle}")
+    if getattr(args, "json", False):
+        print_json({"target_kb": target, "undone": report.lines, "failures": report.failures,
+                    "idle": report.idle or None})
+    elif target is None:
+        print(report.idle)  # nothing to undo: not an error (exit status 0)
     else:
         print(f"balloon target reset to {target} KiB")
     return 1 if report.failures else 0
@@ -338,7 +345,7 @@ def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
         "decisions": rec.get("decisions") or [],
     }
     if args.json:
-        print(json.dumps(out, indent=1, sort_keys=True))
+        print_json(out)
         return 0
     print(_format_status(out))
     return 0
@@ -399,7 +406,7 @@ def cmd_simulate(args: argparse.Namespace, ctx: Any) -> int:
         out: dict[str, Any] = {"trace": args.trace, "summary": asdict(summary)}
         if args.steps:
             out["steps"] = [asdict(step) for step in result.steps]
-        print(json.dumps(out, indent=1, sort_keys=True))
+        print_json(out)
         return 0
     if args.steps:
         for step in result.steps:
@@ -445,6 +452,10 @@ def cmd_set(args: argparse.Namespace, ctx: Any) -> int:
     except BalloonUnavailable as e:
         print(f"guestagent: {e}; nothing set", file=sys.stderr)
         return 1
+    if args.json:
+        print_json({"target_kb": result.target_kb, "previous_kb": result.previous_kb,
+                    "current_kb": result.current_kb})
+        return 0
     print(
         f"balloon target set to {result.target_kb} KiB (was {result.previous_kb} KiB); "
         f"the driver holds {result.current_kb} KiB now"

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from guestagent import config as config_mod
-from guestagent.cli import finite_float
+from guestagent.cli import add_json_option, finite_float, print_json
 from guestagent.config import Config
+from guestagent.dom0.role import ROLES
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 
@@ -37,6 +38,8 @@ def named_files(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def config_check(args: argparse.Namespace, ctx: Any) -> int:
+    """0 valid; 1 refused (one line per problem on stderr; with ``--json`` also the document:
+    ok, files, problems)."""
     main_file, conf_dir = named_files(args)
     try:
         cfg = load_checked(main_file, conf_dir, ctx.hostfs)
@@ -44,16 +47,39 @@ def config_check(args: argparse.Namespace, ctx: Any) -> int:
         for line in e.problems:
             print(line, file=sys.stderr)
         print(f"configuration refused: {len(e.problems)} problem(s)", file=sys.stderr)
+        if args.json:
+            print_json({"ok": False, "files": None, "problems": e.problems})
         return 1
+    if args.json:
+        print_json({"ok": True, "files": cfg.files, "problems": []})
+        return 0
     read = ", ".join(cfg.files) if cfg.files else "no files (defaults only)"
     print(f"configuration ok: {read}")
     return 0
 
 
+def toml_value(value: Any) -> str:
+    """A configuration value as TOML writes it (strings and lists in JSON's notation, which is
+    TOML's for these)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)
+
+
 def config_show(args: argparse.Namespace, ctx: Any) -> int:
+    """The effective configuration: as TOML (a file that reads back the same), or ``--json``."""
     cfg = config_mod.load(*named_files(args))
-    json.dump({"files": cfg.files, "values": cfg.values}, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    if args.json:
+        print_json({"files": cfg.files, "values": cfg.values})
+        return 0
+    read = ", ".join(cfg.files) if cfg.files else "no files (defaults only)"
+    lines = [f"# effective configuration; read: {read}"]
+    for section, values in sorted(cfg.values.items()):
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in sorted(values.items())]
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
@@ -68,12 +94,14 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     for name, func, text in (
         ("check", config_check, "validate the configuration files; name every problem"),
-        ("show", config_show, "print the effective configuration as JSON"),
+        ("show", config_show, "print the effective configuration (TOML; --json: JSON)"),
         ("doc", config_doc, "print every key with its type, default and meaning (Markdown)"),
     ):
         sub = actions.add_parser(name, help=text, description=text)
         if name != "doc":
             config_options(sub)
+            add_json_option(sub, "print one JSON object (check: ok, files, problems; show: "
+                            "files, values)")
         sub.set_defaults(func=func)
 
 
@@ -114,8 +142,9 @@ def make_jobs(cfg: Config, role: str) -> list[Any]:
     return jobs
 
 
-def resolve_role(cfg: Config, hostfs: HostFS) -> str:
-    role = str(cfg.get("agent", "role"))
+def resolve_role(cfg: Config, hostfs: HostFS, given: str | None = None) -> str:
+    """``guest`` or ``dom0``: ``given`` (``--role``) else ``[agent] role``; ``auto`` detects."""
+    role = given or str(cfg.get("agent", "role"))
     if role != "auto":
         return role
     from guestagent.xen.detect import detect_hypervisor
@@ -136,16 +165,43 @@ def configure_logging(args: argparse.Namespace, cfg: Config) -> None:
             note="--log-level overrides [agent] log_level")
 
 
+#: What the daemon needs root for, in the one line a non-root ``run`` prints (exit status 1).
+NEEDS_ROOT = ("needs root: it creates its state directory (lock, root-only status socket, undo "
+              "journal), writes sysfs and procfs (balloon target, IRQ affinity, DAMON) and opens "
+              "/dev/xen; start it as root (systemd: guestagent.service)")
+
+
+def require_root(command: str, hostfs: HostFS) -> None:
+    """One line, before anything is read, when the daemon would run on the real host without
+    root (on a fixture tree, ``--root``, it may run as anyone who can write there)."""
+    import os
+
+    if hostfs.is_real_host and os.geteuid() != 0:
+        raise GuestAgentError(f"{command} {NEEDS_ROOT}")
+
+
+def _denied(command: str, e: PermissionError) -> GuestAgentError:
+    """A permission refused while the daemon starts: one line naming the path and what needs
+    root, never an internal error."""
+    where = f"{e.filename}: " if e.filename else ""
+    return GuestAgentError(f"{where}permission denied: {command} {NEEDS_ROOT}")
+
+
 def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent.daemon.service import Daemon
+
+    require_root("guestagent run", ctx.hostfs)
 
     def load() -> Config:
         return load_checked(args.config, args.conf_dir, ctx.hostfs)
 
     cfg = load()
     configure_logging(args, cfg)
-    role = args.role or resolve_role(cfg, ctx.hostfs)
-    Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host).run()
+    role = resolve_role(cfg, ctx.hostfs, args.role)
+    try:
+        Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host).run()
+    except PermissionError as e:
+        raise _denied("guestagent run", e) from None
     return 0
 
 
@@ -209,6 +265,8 @@ def run_one_job(
     duration = getattr(args, "duration", None)
     if duration is not None and duration <= 0:
         raise InputError("--duration", "must be positive", duration)
+    name = f"guestagent {job.name} run"
+    require_root(name, ctx.hostfs)
     main_file, conf_dir = getattr(args, "config", None), getattr(args, "conf_dir", None)
     why = config_mod.named_path_problem(main_file, conf_dir)
     if why is not None:
@@ -224,7 +282,10 @@ def run_one_job(
     daemon = Daemon(ctx.hostfs, cfg, load, lambda _cfg, _role: [job], role,
                     xenstore_connect=xenstore_connect, stop_after=duration, one_job=True,
                     command=command, host=ctx.host)
-    daemon.run()
+    try:
+        daemon.run()
+    except PermissionError as e:
+        raise _denied(name, e) from None
     return daemon
 
 
@@ -258,8 +319,7 @@ def show_status(args: argparse.Namespace, ctx: Any) -> int:
         print(f"guestagent: {e}", file=sys.stderr)
         return EXIT_NOT_RUNNING
     if args.json:
-        json.dump(status, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        print_json(status)
         return 0
     print(f"guestagent {status['version']} (pid {status['pid']}), role {status['role']}")
     print(f"xenstore: {status['xenstore']}; resumes seen: {status['resumes']}")
@@ -272,10 +332,24 @@ def show_status(args: argparse.Namespace, ctx: Any) -> int:
             if isinstance(value, dict):  # e.g. the numa job's figures by vnode
                 print(f"  {'':10} {key}:")
                 for sub, inner in sorted(value.items()):
-                    print(f"  {'':12} {sub}: {inner}")
+                    print(f"  {'':12} {sub}: {human_value(inner)}")
             else:
-                print(f"  {'':10} {key}: {value}")
+                print(f"  {'':10} {key}: {human_value(value)}")
     return 0
+
+
+def human_value(value: Any) -> str:
+    """A status value for people: ``-`` for none, lists comma-joined, mappings as ``k=v``
+    (never a Python repr such as ``None`` or ``['sysfs']``; ``--json`` has the values)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(human_value(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={human_value(v)}" for k, v in sorted(value.items())) or "-"
+    return str(value)
 
 
 def register_daemon(subparsers: Any) -> None:
@@ -285,16 +359,20 @@ def register_daemon(subparsers: Any) -> None:
         description="Run the daemon. SIGHUP reloads the configuration, SIGTERM undoes what the "
         "jobs changed and exits.",
     )
-    run.add_argument("--config", default=config_mod.MAIN_FILE, help="main configuration file")
-    run.add_argument("--conf-dir", default=config_mod.CONF_DIR, help="drop-in directory")
-    run.add_argument("--role", choices=["guest", "dom0"], help="override [agent] role")
+    run.add_argument("--config", default=config_mod.MAIN_FILE, metavar="FILE",
+                     help="main configuration file")
+    run.add_argument("--conf-dir", default=config_mod.CONF_DIR, metavar="DIR",
+                     help="drop-in directory")
+    run.add_argument("--role", choices=ROLES,
+                     help="override [agent] role: 'auto' detects Dom0 from "
+                     "/proc/xen/capabilities (default: the configuration's, itself auto)")
     run.set_defaults(func=run_daemon)
     status = subparsers.add_parser(
         "status", help="what the running daemon is doing",
         description="What the running daemon is doing, from its status socket. Exit status 0 "
         "when it answered, 3 when no daemon runs (LSB 'not running'), 1 when it could not be "
         "asked (permission denied: the socket is root-only) or did not answer.")
-    status.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(status)
     status.add_argument(
         "--state-dir", default=config_mod.DEFAULT_STATE_DIR,
         help="where the daemon's status socket is",

@@ -620,6 +620,10 @@ class Daemon:
         old_umask = os.umask(0o177)
         try:
             sock.bind(path)
+        except OSError as e:  # e.g. a path longer than AF_UNIX's 108 bytes (a deep --root)
+            sock.close()
+            raise GuestAgentError(f"{path}: the status socket cannot be made: "
+                                  f"{e.strerror or e}") from None
         finally:
             os.umask(old_umask)
         sock.listen(4)

@@ -19,13 +19,13 @@ table, see :mod:`guestagent.devices.config`); ``--node BDF=N`` adds a node overr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from guestagent.cli import add_json_option, print_json
 from guestagent.devices.apply import DevicesJob
 from guestagent.devices.config import DevicesConfig, parse_override
 from guestagent.devices.discovery import read_device
@@ -83,7 +83,9 @@ def make_job(args: argparse.Namespace, ctx: Any) -> DevicesJob:
     return DevicesJob(hostfs, load_config(args), xenstore_hint_sources(ctx.host))
 
 
-def render_table(reports: list[DeviceReport], job: DevicesJob) -> str:
+def render_table(reports: list[DeviceReport], job: DevicesJob, applied: bool = True) -> str:
+    """The devices, what was done, irqbalance's mode; ``applied`` False: the read-only view,
+    which says that it changed nothing."""
     lines: list[str] = []
     for r in reports:
         node = "?" if r.node is None else str(r.node)
@@ -103,12 +105,15 @@ def render_table(reports: list[DeviceReport], job: DevicesJob) -> str:
     decision = job.irq_decision
     lines.append(f"irqbalance: {'running' if status.running else 'not running'}; "
                  f"mode {decision.mode}: {decision.reason}")
+    if not applied and decision.touch:
+        lines.append("(read-only view: nothing was pinned or written; 'guestagent devices "
+                     "apply' does it)")
     for line in job.problems:
         lines.append(f"ignored input: {line}")
     return "\n".join(lines) + "\n"
 
 
-def to_json(reports: list[DeviceReport], job: DevicesJob, undo: list[str]) -> str:
+def to_json(reports: list[DeviceReport], job: DevicesJob, undo: list[str]) -> dict[str, Any]:
     status = job.irqbalance
     decision = job.irq_decision
     payload = {
@@ -127,7 +132,7 @@ def to_json(reports: list[DeviceReport], job: DevicesJob, undo: list[str]) -> st
         "state_file": job.state.path,
         "undone": undo,
     }
-    return json.dumps(payload, indent=2, sort_keys=True)
+    return payload
 
 
 @contextmanager
@@ -176,8 +181,8 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
         log.error("devices_undo_failed", error=str(e), state_file=state_file)
         return 1
     if args.json:
-        sys.stdout.write(json.dumps({"undone": report.lines, "state_file": state_file,
-                                     "failed": report.failures}, indent=2) + "\n")
+        print_json({"undone": report.lines, "state_file": state_file,
+                    "failed": report.failures})
     else:
         sys.stdout.write("".join(f"{line}\n" for line in report.lines) or "nothing to undo\n")
     return 1 if report.failures else 0
@@ -188,7 +193,10 @@ def run_show(args: argparse.Namespace, ctx: Any) -> int:
         return run_reset(args, ctx)
     job = make_job(args, ctx)
     reports = job.scan(apply=False)
-    sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
+    if args.json:
+        print_json(to_json(reports, job, []))
+    else:
+        sys.stdout.write(render_table(reports, job, applied=False))
     return 0
 
 
@@ -197,7 +205,10 @@ def run_apply(args: argparse.Namespace, ctx: Any) -> int:
     with state_lock(ctx.hostfs, config.state_file, "devices apply", create=True):
         job = DevicesJob(ctx.hostfs, config, xenstore_hint_sources(ctx.host))
         reports = job.scan(apply=True)
-    sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
+    if args.json:
+        print_json(to_json(reports, job, []))
+    else:
+        sys.stdout.write(render_table(reports, job))
     return 1 if any(r.failed for r in reports) else 0
 
 
@@ -226,7 +237,7 @@ def run_policy(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(parser)
     parser.add_argument("--config", metavar="FILE",
                         help="main configuration file (default /etc/guestagent/guestagent.toml)")
     parser.add_argument("--conf-dir", metavar="DIR",

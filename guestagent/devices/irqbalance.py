@@ -150,7 +150,8 @@ def decide(mode: IrqMode, status: IrqbalanceStatus) -> IrqDecision:
             return IrqDecision(
                 True,
                 "pin",
-                f"{who} with guestagent's policy script: IRQs pinned and banned from balancing",
+                f"{who} with guestagent's policy script: guestagent pins the IRQs and bans them "
+                "from balancing",
             )
         return IrqDecision(
             False,
@@ -162,7 +163,7 @@ def decide(mode: IrqMode, status: IrqbalanceStatus) -> IrqDecision:
         return IrqDecision(
             True,
             "pin",
-            f"{who} but mode is pin: IRQs pinned",
+            f"{who} but mode is pin: guestagent pins the IRQs",
             warning=f"{who} without guestagent's policy script (--policyscript "
             f"running 'guestagent devices {POLICY_COMMAND}'): it may move the "
             "pinned IRQs",
@@ -170,9 +171,9 @@ def decide(mode: IrqMode, status: IrqbalanceStatus) -> IrqDecision:
     return IrqDecision(
         True,
         "pin",
-        "irqbalance is not running: IRQs pinned"
+        "irqbalance is not running: guestagent pins the IRQs"
         if not status.running
-        else f"{who} with guestagent's policy script: IRQs pinned",
+        else f"{who} with guestagent's policy script: guestagent pins the IRQs",
     )
 
 

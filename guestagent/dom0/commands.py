@@ -11,18 +11,17 @@ cannot answer; ``dom0 publish`` exits 1 as well when any guest's hints could not
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from guestagent.cli import finite_float
+from guestagent.cli import add_json_option, finite_float, print_json
 from guestagent.config import DOM0_RESYNC
 from guestagent.daemon.commands import one_job_options
 from guestagent.dom0.publisher import DomainResult, Publisher
 from guestagent.dom0.role import ROLES, require_dom0
 from guestagent.dom0.schema import base_path
-from guestagent.dom0.topology import HostTopology, read_host_topology, render_table, to_json_text
+from guestagent.dom0.topology import HostTopology, read_host_topology, render_table, to_json
 from guestagent.hostfs import HostFS
 from guestagent.xen.sysctl import PciAddress
 
@@ -33,7 +32,7 @@ def host_topology(args: argparse.Namespace, ctx: Any) -> int:
     with ctx.host.sysctl() as sysctl:
         topology = read_host_topology(hostfs, sysctl)
     if args.json:
-        sys.stdout.write(to_json_text(topology) + "\n")
+        print_json(to_json(topology))
         for problem in topology.problems:
             print(f"guestagent: warning: {problem}", file=sys.stderr)
     else:
@@ -105,7 +104,7 @@ def dom0_publish(args: argparse.Namespace, ctx: Any) -> int:
     finally:
         client.close()
     if args.json:
-        sys.stdout.write(json.dumps(_results_json(results), indent=2) + "\n")
+        print_json(_results_json(results))
     else:
         sys.stdout.write(_results_text(results))
     errors = [r for r in results if r.error is not None]
@@ -132,7 +131,9 @@ def _role_argument(parser: argparse.ArgumentParser) -> None:
         "--role",
         choices=ROLES,
         default="auto",
-        help="'dom0' skips the detection from /proc/xen/capabilities (default: auto)",
+        help="'auto' detects Dom0 from /proc/xen/capabilities; 'dom0' skips the detection (a "
+        "Dom0 without xenfs); 'guest' is refused: these commands run in Dom0 only "
+        "(default: auto)",
     )
 
 
@@ -147,7 +148,7 @@ def register(subparsers: Any) -> None:
             "per CPU core/socket/node, and the node of each of Dom0's PCI devices."
         ),
     )
-    topo.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(topo)
     _role_argument(topo)
     topo.set_defaults(func=host_topology)
     from guestagent.hostnuma.commands import register_host
@@ -165,7 +166,7 @@ def register(subparsers: Any) -> None:
             "(owner dom0, read-only for the guest); remove hints of devices that are gone."
         ),
     )
-    publish.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(publish, "print the result as JSON (a list, one object per guest)")
     _role_argument(publish)
     publish.set_defaults(func=dom0_publish)
     run = dom0_sub.add_parser(

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -231,5 +230,3 @@ def to_json(topology: HostTopology) -> dict[str, Any]:
     }
 
 
-def to_json_text(topology: HostTopology) -> str:
-    return json.dumps(to_json(topology), indent=2, sort_keys=True)

@@ -50,9 +50,10 @@ def sample_window(monitor: Any, window: float) -> None:
 
 
 def host_numa(args: argparse.Namespace, ctx: Any) -> int:
+    from guestagent.cli import print_json
     from guestagent.dom0.role import require_dom0
     from guestagent.hostnuma.collect import Collector, Monitor
-    from guestagent.hostnuma.present import render_table, to_json_text
+    from guestagent.hostnuma.present import render_table, to_json
 
     hostfs: HostFS = ctx.hostfs
     window, threshold = _checked(args)
@@ -67,13 +68,16 @@ def host_numa(args: argparse.Namespace, ctx: Any) -> int:
             report = monitor.report(threshold)
     finally:
         client.close()
-    sys.stdout.write(to_json_text(report) + "\n" if args.json else render_table(report))
+    if args.json:
+        print_json(to_json(report))
+    else:
+        sys.stdout.write(render_table(report))
     return 0
 
 
 def register_host(host_sub: Any, role_argument: Callable[[argparse.ArgumentParser], None]) -> None:
     """``host numa`` under the ``host`` command of :mod:`guestagent.dom0.commands`."""
-    from guestagent.cli import finite_float
+    from guestagent.cli import add_json_option, finite_float
 
     numa = host_sub.add_parser(
         "numa",
@@ -87,7 +91,7 @@ def register_host(host_sub: Any, role_argument: Callable[[argparse.ArgumentParse
             "free memory per node."
         ),
     )
-    numa.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(numa)
     numa.add_argument(
         "--window", type=finite_float, default=10.0, metavar="SECONDS",
         help="how long to sample, 2..600 (default 10)",

@@ -3,7 +3,6 @@ object, and the job's status entries that become the ``guestagent_hostnuma_*`` m
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from guestagent.hostnuma.figures import format_window
@@ -90,8 +89,6 @@ def to_json(report: HostFigures) -> dict[str, Any]:
     }
 
 
-def to_json_text(report: HostFigures) -> str:
-    return json.dumps(to_json(report), indent=2)
 
 
 def _known(row: dict[str, Any]) -> dict[str, Any]:

@@ -29,13 +29,12 @@ bad configuration never blocks it. Idempotent; exit 1 (one error line each) when
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from guestagent.cli import finite_float
+from guestagent.cli import add_json_option, finite_float, print_json
 from guestagent.daemon.commands import one_job_options
 from guestagent.errors import GuestAgentError
 from guestagent.host import TIERING_BACKENDS, Host
@@ -196,7 +195,7 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
         "lru_gen": snapshot.lru_gen,
     }
     if args.json:
-        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        print_json(doc)
     else:
         sys.stdout.write(status_text(doc))
     if not (enabled and chosen is None):
@@ -234,7 +233,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     assert job.backend is not None  # the daemon raises when the job did not start
     summary = run_summary(job.backend, time.monotonic() - t0, _cpu_seconds() - cpu0)
     if args.json:
-        sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        print_json(summary)
     else:
         moved = ", ".join(
             f"node {n}: {b / MIB:.1f} MiB" for n, b in sorted(summary["moved_by_source"].items())
@@ -305,7 +304,10 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
     except GuestAgentError as e:
         log.error("tiering_undo_failed", error=str(e), journal=path)
         return 1
-    sys.stdout.write("".join(f"{line}\n" for line in report.lines) or "nothing to undo\n")
+    if getattr(args, "json", False):
+        print_json({"undone": report.lines, "journal": path, "failed": report.failures})
+    else:
+        sys.stdout.write("".join(f"{line}\n" for line in report.lines) or "nothing to undo\n")
     return 1 if report.failures else 0
 
 
@@ -324,6 +326,8 @@ def register(subparsers: Any) -> None:
         "--reset", action="store_true",
         help="remove the kdamonds the undo journal says the agent added (also after a crash) "
              "and exit; never another DAMON user's")
+    add_json_option(parser, "with --reset: the result as one JSON object (undone, journal, "
+                    "failed)")
     parser.add_argument("--config", metavar="FILE",
                         help="main configuration file; --reset reads [agent] state_dir only, "
                              "status [tiering] (default /etc/guestagent/guestagent.toml)")
@@ -331,7 +335,7 @@ def register(subparsers: Any) -> None:
                         help="configuration drop-ins (default /etc/guestagent/conf.d)")
     sub = parser.add_subparsers(dest="tiering_command", metavar="ACTION")
     st = sub.add_parser("status", help="which backend serves, why the others do not, the plan")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(st)
     # SUPPRESS: given before the action word (tiering --config F status), the group's value stays.
     st.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                     help="main configuration file, read as by run for [tiering] (default "
@@ -345,7 +349,7 @@ def register(subparsers: Any) -> None:
         description="The daemon (as 'guestagent run') with only the [tiering] job: it reads the "
         "same configuration files; each option given overrides its [tiering] key. On SIGTERM, "
         "SIGINT or after --duration it undoes everything and prints what it did.")
-    rn.add_argument("--interval", type=finite_float, default=None,
+    rn.add_argument("--interval", type=finite_float, default=None, metavar="SECONDS",
                     help="seconds between decisions ([tiering] interval_seconds)")
     for flag, dest, what in (
         ("--source-low-pct", "source_low_pct",
@@ -358,8 +362,8 @@ def register(subparsers: Any) -> None:
                         help=f"{what} ([tiering] {dest})")
     rn.add_argument("--max-rate-mb", type=int, default=None,
                     help="upper bound on the rate, MiB/s per source ([tiering] max_rate_mb)")
-    rn.add_argument("--json", action="store_true",
-                    help="print the summary at the end as JSON (moved, tried, CPU time)")
+    add_json_option(rn, "print the summary at the end as one JSON object (moved, tried, CPU "
+                    "time)")
     rn.add_argument(
         "--backend",
         choices=[n for n, _ in TIERING_BACKENDS],

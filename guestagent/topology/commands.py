@@ -12,11 +12,12 @@ import argparse
 import sys
 from typing import Any
 
+from guestagent.cli import add_json_option, print_json
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
 from guestagent.nodesysfs import NODE_DIR
 from guestagent.topology.reader import read_topology
-from guestagent.topology.render import render_table, to_json_text
+from guestagent.topology.render import render_table
 
 #: Both views were read and they disagree (the output lists every mismatch): a check's "found a
 #: problem", distinct from 1 ("could not be read"), for scripts and monitoring.
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         raise InputError("topology", f"cannot be read: {reason}; hypercall: "
                          f"{topology.hypercall_status}")
     if args.json:
-        sys.stdout.write(to_json_text(topology) + "\n")
+        print_json(topology.to_json())
         for line in topology.errors:
             print(f"guestagent: warning: {line}", file=sys.stderr)
     else:
@@ -48,5 +49,5 @@ def register(subparsers: Any) -> None:
             "(sysfs) and as Xen reports them (XENMEM_get_vnumainfo), and every disagreement."
         ),
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(parser)
     parser.set_defaults(func=run)

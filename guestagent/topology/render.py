@@ -1,8 +1,8 @@
-"""The human-readable ``guestagent topology`` table and the JSON text."""
+"""The human-readable ``guestagent topology`` table (``--json``: ``Topology.to_json`` through
+:func:`guestagent.cli.print_json`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from guestagent.hostfs import format_cpulist
@@ -11,10 +11,6 @@ from guestagent.units import MIB
 from guestagent.xen.vnuma import VnumaInfo
 
 NO_HYPERVISOR_LINE = "no hypervisor found: showing the Linux view only"
-
-
-def to_json_text(topology: Topology) -> str:
-    return json.dumps(topology.to_json(), indent=2, sort_keys=False)
 
 
 def _mib(nbytes: int) -> str:

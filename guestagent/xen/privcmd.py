@@ -182,11 +182,13 @@ def open_privcmd(hostfs: HostFS) -> Privcmd:
         except FileNotFoundError:
             continue
         except PermissionError:
-            raise XenUnavailable(f"cannot open {path}: permission denied (run as root)") from None
+            raise XenUnavailable(
+                f"cannot open {hostfs.shown(path)}: permission denied (run as root)") from None
         except OSError as e:
             if e.errno in (errno.ENXIO, errno.ENODEV):
                 continue
-            raise XenUnavailable(f"cannot open {path}: {os.strerror(e.errno or 0)}") from None
+            raise XenUnavailable(
+                f"cannot open {hostfs.shown(path)}: {os.strerror(e.errno or 0)}") from None
         if not stat.S_ISCHR(os.fstat(fd).st_mode):
             os.close(fd)
             raise XenUnavailable(f"{real} is not a character device (a fixture tree?)")
@@ -198,4 +200,5 @@ def open_privcmd(hostfs: HostFS) -> Privcmd:
             os.close(buffer_fd)
             buffer_fd = -1
         return Privcmd(fd, buffer_fd, path, hostfs)
-    raise NotOnXen(f"no {PRIVCMD_PATHS[0]}: not running on Xen (or xen-privcmd is not loaded)")
+    raise NotOnXen(f"no {hostfs.shown(PRIVCMD_PATHS[0])}: not running on Xen "
+                   "(or xen-privcmd is not loaded)")

@@ -166,4 +166,5 @@ def open_xenstore(hostfs: HostFS, environ: Mapping[str, str] | None = None) -> X
             raise XenUnavailable(f"cannot open {real}: permission denied (run as root)") from None
         except OSError as e:
             raise XenUnavailable(f"cannot open {real}: {os.strerror(e.errno or 0)}") from None
-    raise NotOnXen("no xenstore: neither /dev/xen/xenbus nor a xenstored socket exists")
+    raise NotOnXen(f"no xenstore: neither {hostfs.shown(DEVICE_PATHS[0])} nor a xenstored socket "
+                   f"({hostfs.shown(SOCKET_PATHS[0])}) exists")
