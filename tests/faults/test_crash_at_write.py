@@ -3,19 +3,20 @@
 
 Each job runs as the daemon runs it (its ``start``, the loop's timers on a fake clock, its
 ``stop``) in a forked child process, on a fixture tree: the balloon job (balloon-pv-1g and its
-stand-in xenstore), the devices job (devices-2node, a device put on node 1 by an override), the
-tiering job (tiering-2node with the fake DAMON kernel of ``tests/test_tiering_damon.py``) and the
-numa job (numa-2node, ``balancing = "auto"``). Every write the child makes below the root counts:
-a sysfs or procfs value (``HostFS.write_text``, the DAMON writer) and a state file committed or
-removed (``os.replace``, ``os.unlink``: the undo journals, the balloon record). A first run
-counts the writes, N, from the start to the end of the job's stop. Then, for each k in 1..N, a
-fresh tree, a child that sends itself SIGKILL right after its k-th write (a real kill: no
-``finally``, no ``atexit``, no stop), and ``guestagent reset`` (the unit's ExecStopPost, in this
-process, from the state files alone). Asserted for every k: the child died of SIGKILL at that
-write, the reset exits 0 and writes no error line, and every file of the tree outside the state
-directory is what it was before the job started (the balloon target at the toolstack's
-ceiling, every device file as it was, no kdamond of the agent's, ``numa_balancing`` back); the
-journals are gone and a second reset has nothing to undo.
+stand-in xenstore, the overcommit sysctls at mode 0), the devices job (devices-2node, a device
+put on node 1 by an override), the tiering job (tiering-2node with the fake DAMON kernel of
+``tests/test_tiering_damon.py``) and the numa job (numa-2node, ``balancing = "auto"``). Every
+write the child makes below the root counts: a sysfs or procfs value (``HostFS.write_text``, the
+DAMON writer) and a state file committed or removed (``os.replace``, ``os.unlink``: the undo
+journals, the balloon record). A first run counts the writes, N, from the start to the end of
+the job's stop. Then, for each k in 1..N, a fresh tree, a child that sends itself SIGKILL right
+after its k-th write (a real kill: no ``finally``, no ``atexit``, no stop), and ``guestagent
+reset`` (the unit's ExecStopPost, in this process, from the state files alone). Asserted for
+every k: the child died of SIGKILL at that write, the reset exits 0 and writes no error line,
+and every file of the tree outside the state directory is what it was before the job started
+(the balloon target at the toolstack's ceiling, ``overcommit_memory`` back, every device file
+as it was, no kdamond of the agent's, ``numa_balancing`` back); the journals are gone and a
+second reset has nothing to undo.
 
 Found by it (fixed in ``guestagent/tiering/journal.py``): a kill between the DAMON backend's
 ``nr_kdamonds`` write and its scheme's ``action`` (24 of the tiering job's 79 writes) left a
@@ -26,9 +27,12 @@ and kept tiering off.
 The Dom0 job journals nothing (its hints stay published by design, ``guestagent/dom0/job.py``):
 its test kills it after each xenstore write of its pass and asserts that no guest is left with a
 half-written hint tree (each guest's tree is written in one transaction, which xenstored drops
-with the connection). The balloon's allocation guard is not armed on this fixture (no
-``/proc/sys/vm``): its undo runs swapoff and modprobe, which a test must not run on the machine;
-``test_reset.py`` and the real-Xen ``test_balloon.py`` (kill -9 with the guard armed) cover it.
+with the connection).
+
+The balloon's allocation guard arms here with its sysctl change (``overcommit_memory`` 0 -> 1,
+recorded first); its zram swap is skipped on a fixture tree (making and undoing it runs
+modprobe, swapon and swapoff, which a test must not run on the machine): ``test_reset.py`` and
+the real-Xen ``test_balloon.py`` (kill -9 with the zram guard armed) cover that part.
 """
 
 from __future__ import annotations
@@ -108,11 +112,13 @@ def lifecycle(job: Any, root: Path, config: Any, seconds: float, host: Host | No
 
 
 def balloon_tree(tmp: Path) -> Path:
-    root = tmp / "root"
-    shutil.copytree(FIXTURES / "balloon-pv-1g", root)
-    (root / "proc/pressure/memory").write_text(  # a quiet guest: the policy shrinks it
-        "some avg10=0.00 avg60=0.00 avg300=0.00 total=1843201\n"
-        "full avg10=0.00 avg60=0.00 avg300=0.00 total=912040\n")
+    """balloon-pv-1g with the overcommit sysctls at mode 0, so the allocation guard arms (its
+    sysctl change; no zram on a fixture tree), and a quiet guest the policy shrinks."""
+    from tests.test_balloon_guard import make_root, quiet
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    root = make_root(tmp, mode=0)
+    quiet(root)
     return root
 
 
