@@ -24,10 +24,10 @@ journalled kdamond, off, holding part of the agent's setup; the reset took it fo
 user's and left it and ``nr_kdamonds`` as they were, and the next start saw "another DAMON user"
 and kept tiering off.
 
-The Dom0 job journals nothing (its hints stay published by design, ``guestagent/dom0/job.py``):
-its test kills it after each xenstore write of its pass and asserts that no guest is left with a
-half-written hint tree (each guest's tree is written in one transaction, which xenstored drops
-with the connection).
+The Dom0 job journals nothing (its hints stay published by design, ``guestagent/dom0/job.py``),
+nor does the topology job (the guest's tree in ``data/guestagent`` describes it): their tests
+kill them after each xenstore write and assert that no tree is ever left half written (each is
+written in one transaction, which xenstored drops with the connection).
 
 The balloon's allocation guard arms here with its sysctl change (``overcommit_memory`` 0 -> 1,
 recorded first); its zram swap is skipped on a fixture tree (making and undoing it runs
@@ -484,3 +484,77 @@ def test_kill_9_after_every_xenstore_write_of_the_dom0_job_leaves_no_half_tree(
     assert partial == [], "\n".join(partial)
     # the crashes fell before, between and after the two commits
     assert {(False, False), (True, False), (True, True)} <= seen_states, seen_states
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork(2)")
+@pytest.mark.timeout(300)
+def test_kill_9_after_every_xenstore_write_of_the_topology_job_leaves_no_half_tree(
+    tmp_path: Path, logfmt: io.StringIO,
+) -> None:
+    """The guest's topology job publishing its tree (``data/guestagent``, one ``sync_tree``
+    transaction) into the in-process xenstored as domain 5, killed right after each xenstore
+    write and the commit: the tree is absent or whole, never half written. Like the Dom0 hints
+    it is not undone by ``reset`` (it describes the guest; the next start writes it again)."""
+    pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
+    from guestagent.schema import BASE
+    from guestagent.topology.job import TopologyJob
+    from guestagent.xen.xenstore import Transaction, XenstoreClient, _Operations
+    from guestagent.xen.xsconn import connect_unix
+    from tests.xenstore_server import XenstoreServer
+
+    server = XenstoreServer(str(tmp_path / "xenstored.sock"))
+    server.populate_guest(5)
+    server.default_domid = 5
+    server.start()
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "hvm-3vnode", root, symlinks=True)
+    base = f"/local/domain/5/{BASE}"
+
+    def tree() -> dict[str, Any]:
+        with server.lock:
+            return {k: (n.value, list(n.perms)) for k, n in server.nodes.items()
+                    if k == base or k.startswith(base + "/")}
+
+    def publish(root: Path, wrote: Wrote) -> None:
+        for cls, name in ((_Operations, "write"), (_Operations, "rm"),
+                          (_Operations, "set_perms"), (Transaction, "commit")):
+            real = getattr(cls, name)
+
+            def hooked(self: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
+                result = _real(self, *args)
+                wrote(f"{_name} {args[0] if args else getattr(self, 'tx_id', '')}")
+                return result
+
+            setattr(cls, name, hooked)
+        cfg = defaults()
+        cfg.values["devices"]["enabled"] = False
+        loop = EventLoop(clock=Clock())
+        hub = XenstoreHub(loop, lambda: XenstoreClient(connect_unix(server.path), timeout=5.0))
+        ctx = JobContext(loop, HostFS(str(root)), cfg, hub, "guest", lambda n, e: None)
+        job = TopologyJob()
+        job.start(ctx)
+        job.stop()
+
+    try:
+        status, writes = run_child(publish, root, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, writes
+        whole = tree()
+        assert whole and sum(w.startswith("commit") for w in writes) >= 1, writes
+        half: list[str] = []
+        for k in range(1, len(writes) + 1):
+            with server.lock:  # as before the job: nothing of it
+                for key in [p for p in server.nodes if p.startswith(base + "/")]:
+                    del server.nodes[key]
+                server.nodes.pop(base, None)
+                parent = server.nodes[base.rsplit("/", 1)[0]]
+                if base.rsplit("/", 1)[1] in parent.children:
+                    parent.children.remove(base.rsplit("/", 1)[1])
+            status, seen = run_child(publish, root, k)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (k, seen)
+            now = tree()
+            if now and now != whole:
+                half.append(f"killed after write {k} ({writes[k - 1]}): {len(now)} of "
+                            f"{len(whole)} nodes")
+        assert half == [], "\n".join(half)
+    finally:
+        server.stop()
