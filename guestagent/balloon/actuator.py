@@ -43,6 +43,16 @@ RECORD_PATH = "/run/guestagent/balloon.json"
 RECORD_DECISIONS = 20
 
 
+def _json_object(path: Any) -> dict[str, Any] | None:
+    """The file's JSON object, or None when it cannot be read as one."""
+    try:
+        with open(path, encoding="ascii") as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class BalloonUnavailable(GuestAgentError):
     """No balloon driver, or not on Xen: the feature stays off."""
 
@@ -299,22 +309,37 @@ class BalloonActuator:
         )
         return 0
 
-    def _record_for_reset(self) -> dict[str, Any]:
-        """The record, or {} (one line, the damaged file moved aside) when it cannot be read."""
+    def record_for_reset(self) -> dict[str, Any]:
+        """The record for a reset, or what can be kept of it (one line). A JSON object whose
+        ``original_target_kb`` is bad loses that field alone (the guard's changes in it are
+        still undone; the target falls back to xenstore); anything else is moved aside
+        (``.bad``) and the reset goes on without it (the guard's changes it held, if any, are
+        lost: the line says so). Idempotent: the reset reads it again."""
         try:
             return self.load_record()
         except InputError as e:
-            path = self.hostfs.path(self.record_path)
-            bad = path.with_name(path.name + ".bad")
-            try:
-                os.replace(path, bad)
-            except OSError:
-                bad = path
+            error = str(e)
+        path = self.hostfs.path(self.record_path)
+        kept = _json_object(path)
+        if kept is not None:
             self.log.warning(
-                "balloon_record_unreadable", source=self.record_path, error=str(e),
-                moved_to=str(bad), fallback="xenstore memory/target, static-max",
+                "balloon_record_bad_value", source=self.record_path, field="original_target_kb",
+                value=str(kept.pop("original_target_kb", None))[:40], used="none",
+                fallback="xenstore memory/target, static-max",
             )
-            return {}
+            self.save_record(kept)
+            return kept
+        bad = path.with_name(path.name + ".bad")
+        try:
+            os.replace(path, bad)
+        except OSError:
+            bad = path
+        self.log.warning(
+            "balloon_record_unreadable", source=self.record_path, error=error,
+            moved_to=str(bad), fallback="xenstore memory/target, static-max",
+            lost="the allocation guard's changes it held, if any",
+        )
+        return {}
 
     def reset_target(self, record: dict[str, Any]) -> tuple[int, str]:
         """The target a reset goes back to, and where it came from: the toolstack's figures and
@@ -323,7 +348,10 @@ class BalloonActuator:
         xs_target, static_max = self.toolstack_targets()
         offset = self.checked_offset_kb(record) if (xs_target, static_max) != (None, None) else 0
         original = record.get("original_target_kb")
-        where = decide_reset(xs_target, static_max, offset, original)
+        last = record.get("last_reset")
+        done = last.get("target_kb") if isinstance(last, dict) else None
+        last_kb = done if isinstance(done, int) and not isinstance(done, bool) else None
+        where = decide_reset(xs_target, static_max, offset, original, last_kb)
         if where is None:
             raise InputError(
                 "balloon reset",
@@ -346,7 +374,7 @@ class BalloonActuator:
         """
         self.check()
         before = self.read()
-        record = self._record_for_reset()
+        record = self.record_for_reset()
         target, source = self.reset_target(record)
         self._write(target)
         after = self.read()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import asdict
 from typing import Any
 
@@ -219,6 +219,8 @@ def reset_balloon(actuator: BalloonActuator) -> tuple[int | None, UndoReport]:
     failed) are one failure and one error line. A target that cannot be reset raises
     InputError, after the guard's undo."""
     report = UndoReport()
+    with suppress(GuestAgentError, OSError):  # no driver: the guard is undone all the same
+        actuator.record_for_reset()  # a damaged record: what can be kept, before has_changes
     guard = has_changes(actuator)
     target: int | None = None
     try:

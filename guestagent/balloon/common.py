@@ -91,11 +91,14 @@ class ResetTarget:
 
 
 def decide_reset(xs_target_kb: int | None, static_max_kb: int | None, offset_kb: int,
-                 original_kb: int | None) -> ResetTarget | None:
+                 original_kb: int | None, last_reset_kb: int | None = None
+                 ) -> ResetTarget | None:
     """The target a reset goes back to (pure; None: nothing to go back to).
 
     In order: the toolstack's ceiling (min(memory/target, static-max) minus the bounds-checked
-    ``offset_kb``), static-max alone, the saved original target. Whatever the source, the result
+    ``offset_kb``), static-max alone, the saved original target, the last reset's target (a reset
+    after the daemon's own stop, without xenstore: the first reset forgot the original). Whatever
+    the source, the result
     is kept within max(256 MiB, static-max / 16) below and static-max above: a damaged record or
     a toolstack value out of range never sends the guest under the hard floor.
     """
@@ -105,6 +108,8 @@ def decide_reset(xs_target_kb: int | None, static_max_kb: int | None, offset_kb:
         source = "toolstack memory/target" if xs_target_kb is not None else "toolstack static-max"
     elif original_kb is not None:
         target, source = int(original_kb), "saved original target"
+    elif last_reset_kb is not None and last_reset_kb > 0:
+        target, source = last_reset_kb, "the last reset's target"
     else:
         return None
     floor = hard_minimum_kb(static_max_kb if static_max_kb is not None else target)

@@ -125,6 +125,14 @@ def render(status: Mapping[str, Any]) -> str:
         "one broke.",
         "# TYPE guestagent_xenstore_reconnects_total counter",
         f"guestagent_xenstore_reconnects_total {int(status.get('xenstore_reconnects', 0))}",
+        "# HELP guestagent_xenstore_down_since_seconds Unix time the xenstore connection broke, "
+        "while it is down (reconnecting); 0 while it is up.",
+        "# TYPE guestagent_xenstore_down_since_seconds gauge",
+        f"guestagent_xenstore_down_since_seconds {float(status.get('xenstore_down_since') or 0)}",
+        "# HELP guestagent_xenstore_reconnect_attempt The reconnect attempt in progress while "
+        "the xenstore connection is down; 0 while it is up.",
+        "# TYPE guestagent_xenstore_reconnect_attempt gauge",
+        f"guestagent_xenstore_reconnect_attempt {int(status.get('xenstore_attempt') or 0)}",
         # The label is "name", not "job": Prometheus keeps "job" for the scrape job and would
         # rename ours to exported_job.
         "# HELP guestagent_job_running 1 when the job runs, 0 when it is off or failed.",

@@ -132,6 +132,10 @@ class XenstoreHub:
     def connected(self) -> bool:
         return self._client is not None and self.lost is None
 
+    def down_since(self) -> float | None:
+        """Unix time the connection broke, while it is down; None while it is up."""
+        return None if self.lost is None else self._lost_wall
+
     def lost_for(self) -> float:
         """Seconds the connection has been down (0 while it is up)."""
         return 0.0 if self.lost is None else self._loop.now() - self._lost_at
@@ -594,6 +598,8 @@ class Daemon:
             "xenstore": self.hub.describe(),
             "xenstore_connected": self.hub.connected,
             "xenstore_reconnects": self.hub.reconnects,
+            "xenstore_down_since": self.hub.down_since(),
+            "xenstore_attempt": 0 if self.hub.lost is None else self.hub.attempts + 1,
             "resumes": self.resumes,
             "loop_errors": self.loop.errors,
             "jobs": jobs,

@@ -22,7 +22,8 @@ the tiering job at the daemon's next start) removes exactly those kdamonds:
   the kernel recreated every kdamond directory on that write: nothing of the agent's is left and
   nothing is touched;
 * else each recorded kdamond that still holds the agent's setup (one ``paddr`` context with one
-  ``migrate_cold`` scheme) is turned off and emptied; one that holds anything else is another
+  ``migrate_cold`` scheme, or, off, the part of it written before a crash cut the configuration
+  short: :data:`UNFINISHED`) is turned off and emptied; one that holds anything else is another
   user's (it rewrote ``nr_kdamonds`` to the same count) and is left alone; then ``nr_kdamonds``
   goes back to ``previous`` when every kdamond is off and empty (the write recreates them all),
   else the agent's stay off and empty.
@@ -60,6 +61,19 @@ KINDS = {
 }
 
 Writer = Callable[[str, str], None]
+
+#: What a kdamond the agent added holds, off, when a crash cut its configuration short
+#: (DamonBackend._configure writes ``nr_contexts`` 1, ``operations`` paddr, the attributes, one
+#: target and its regions, ``nr_schemes`` 1, then the scheme's ``action`` migrate_cold): the
+#: kernel's defaults of a new context (``vaddr``, no target, no scheme), ``paddr`` with or
+#: without its target and no scheme yet, or one scheme still at the default action ``stat``.
+#: As (operations, has targets, nr_schemes, action).
+UNFINISHED = frozenset({
+    ("vaddr", False, 0, "-"),
+    ("paddr", False, 0, "-"),
+    ("paddr", True, 0, "-"),
+    ("paddr", True, 1, "stat"),
+})
 
 
 def journal_path(state_dir: str) -> str:
@@ -153,7 +167,7 @@ class _Undo:
         try:
             state = self.word(f"{kd}/state")
             contexts = self.number(f"{kd}/contexts/nr_contexts")
-            foreign = self.foreign_setup(kd) if contexts else None
+            foreign = self.foreign_setup(kd, state) if contexts else None
         except GuestAgentError as e:
             self.failed(what, f"unreadable ({e}); left as it is")
             return
@@ -176,17 +190,21 @@ class _Undo:
             return
         self.done(what, " and ".join(steps) + " (the agent's migrate_cold kdamond)")
 
-    def foreign_setup(self, kd: str) -> str | None:
-        """None when the kdamond's context is the agent's (one paddr context, one
-        migrate_cold scheme); else what it holds instead."""
+    def foreign_setup(self, kd: str, state: str) -> str | None:
+        """None when the kdamond's context is the agent's: one ``paddr`` context with one
+        ``migrate_cold`` scheme, or, while the kdamond is off, what the backend's configuration
+        leaves when a crash cuts it short (:data:`UNFINISHED`); else what it holds instead."""
         ctx = f"{kd}/contexts/0"
         try:
             ops = self.word(f"{ctx}/operations")
+            targets = self.number(f"{ctx}/targets/nr_targets")
             schemes = self.number(f"{ctx}/schemes/nr_schemes")
             action = self.word(f"{ctx}/schemes/0/action") if schemes == 1 else "-"
         except MissingInputError as e:
             return f"no {e.source.rsplit('/', 1)[-1]}"
         if (ops, schemes, action) == ("paddr", 1, "migrate_cold"):
+            return None
+        if state == "off" and (ops, targets > 0, schemes, action) in UNFINISHED:
             return None
         return f"operations {ops}, {schemes} schemes, action {action}"
 

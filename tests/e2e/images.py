@@ -54,6 +54,8 @@ DOM0_BINARIES = (
     f"{XEN_DIR}/bin/xen-init-dom0",
     f"{XEN_DIR}/bin/libxl-save-helper",
     f"{XEN_DIR}/bin/xenconsole",
+    # live update of xenstored under the Dom0 agent (tests/e2e/test_xenstored_restart.py)
+    f"{XEN_DIR}/bin/xenstore-control",
     "usr/bin/xenstore",
     "usr/libexec/xen-qemu-system-i386",
 )

@@ -13,6 +13,7 @@ tree, and made to send a frame announcing an oversized payload.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ import pytest
 
 from guestagent.config import defaults
 from guestagent.daemon.loop import EventLoop
+from guestagent.daemon.metrics import render
 from guestagent.daemon.service import XENSTORE_GIVE_UP_SECONDS, Daemon, read_status
 from guestagent.hostfs import HostFS
 from tests.xenstore_server import WATCH_EVENT, XenstoreServer, frame
@@ -190,7 +192,18 @@ def test_watchdog_starves_once_xenstore_stays_away_past_the_bound(
             loop.run_once(max_wait=0.1)
             if daemon.status()["xenstore"] != "connected":
                 break
-        assert daemon.status()["xenstore"].startswith("disconnected (")
+        status = daemon.status()
+        assert status["xenstore"].startswith("disconnected (")
+        # the same state in the metrics: down since when, which attempt (issue 15)
+        exported = render(status)
+        assert "guestagent_xenstore_connected 0\n" in exported
+        since = float(re.search(r"^guestagent_xenstore_down_since_seconds (\S+)$", exported,
+                                re.M)[1])  # type: ignore[index]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        assert since > 0 and f"reconnecting since {stamp}," in status["xenstore"], status
+        attempt = re.search(r"^guestagent_xenstore_reconnect_attempt (\d+)$", exported, re.M)
+        assert attempt is not None and int(attempt[1]) >= 1, exported
+        assert f"attempt {attempt[1]}" in status["xenstore"], status
         fed_at: list[float] = []
         lost_at = now[0]
         while now[0] < lost_at + XENSTORE_GIVE_UP_SECONDS + 300:
@@ -205,6 +218,7 @@ def test_watchdog_starves_once_xenstore_stays_away_past_the_bound(
         assert 5 <= len(tried) < 60, tried
         assert tried[-1] > XENSTORE_GIVE_UP_SECONDS
         assert daemon.status()["xenstore_connected"] is False
+        assert "guestagent_xenstore_reconnect_attempt 0\n" not in render(daemon.status())
     finally:
         daemon.shutdown("test")
         loop.close()
