@@ -177,3 +177,42 @@ def test_one_numa_node_reader() -> None:
     for rel in ("topology/sysfs.py", "tiering/readers.py", "devices/read.py",
                 "devices/discovery.py", "numa/readers.py"):
         assert "nodesysfs" in (REPO / "guestagent" / rel).read_text(), rel
+
+
+#: A byte/KiB/MiB factor written out: 1024 (or 1024**2, 1024**3) next to *, / or //.
+UNIT_NUMBERS = {"1024", "1048576", "1073741824"}
+UNIT_OPS = {"*", "/", "//", "*=", "/=", "//="}
+
+
+def unit_arithmetic(source: str) -> list[int]:
+    """Lines of ``source`` that scale by a written-out unit (strings and comments do not count)."""
+    import io
+    import tokenize
+
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+              if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)]
+    lines = set()
+    for i, tok in enumerate(tokens):
+        if tok.type != tokenize.NUMBER or tok.string not in UNIT_NUMBERS:
+            continue
+        around = tokens[max(0, i - 1):i] + tokens[i + 1:i + 2]
+        if any(t.type == tokenize.OP and t.string in UNIT_OPS for t in around):
+            lines.add(tok.start[0])
+    return sorted(lines)
+
+
+def test_unit_arithmetic_finds_what_it_must() -> None:
+    assert unit_arithmetic("a = b * 1024\nc = d // 1024 + 1\ne = 2 * 1024 * 1024\n") == [1, 2, 3]
+    assert unit_arithmetic('x = 1024\nhelp = "target_kb / 1024"  # n * 1024\n') == []
+
+
+def test_one_units_module() -> None:
+    """Issue 14 item 4: byte, KiB and MiB factors come from guestagent/units.py."""
+    found = {}
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel != "guestagent/units.py":
+            lines = unit_arithmetic(path.read_text())
+            if lines:
+                found[rel] = lines
+    assert found == {}
