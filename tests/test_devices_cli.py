@@ -36,8 +36,6 @@ def quiet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
     monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
     monkeypatch.setattr(config_mod, "KEYS", config_mod.KEYS + config_keys())
-    # No real default-route lookup and no real process table in these tests.
-    monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
@@ -61,8 +59,10 @@ def run(root: Path, *argv: str, xenstore: dict[str, str] | None = None) -> tuple
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["devices", *argv])
     hostfs = HostFS(str(root))
-    host = Host(hostfs) if xenstore is None else Host(
-        hostfs, open_xenstore=lambda _fs: FakeXenstore(xenstore))
+    # No real default-route lookup: the default route is on eth0.
+    host = Host(hostfs, open_default_interfaces=lambda _fs: ["eth0"])
+    if xenstore is not None:
+        host.open_xenstore = lambda _fs: FakeXenstore(xenstore)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = args.func(args, Context(hostfs=hostfs, host=host))

@@ -80,7 +80,8 @@ def load_config(args: argparse.Namespace) -> DevicesConfig:
 
 def make_job(args: argparse.Namespace, ctx: Any) -> DevicesJob:
     hostfs: HostFS = ctx.hostfs
-    return DevicesJob(hostfs, load_config(args), xenstore_hint_sources(ctx.host))
+    return DevicesJob(hostfs, load_config(args), xenstore_hint_sources(ctx.host),
+                      route_lookup=ctx.host.default_interfaces)
 
 
 def render_table(reports: list[DeviceReport], job: DevicesJob) -> str:
@@ -195,7 +196,8 @@ def run_show(args: argparse.Namespace, ctx: Any) -> int:
 def run_apply(args: argparse.Namespace, ctx: Any) -> int:
     config = load_config(args)
     with state_lock(ctx.hostfs, config.state_file, "devices apply", create=True):
-        job = DevicesJob(ctx.hostfs, config, xenstore_hint_sources(ctx.host))
+        job = DevicesJob(ctx.hostfs, config, xenstore_hint_sources(ctx.host),
+                         route_lookup=ctx.host.default_interfaces)
         reports = job.scan(apply=True)
     sys.stdout.write(to_json(reports, job, []) + "\n" if args.json else render_table(reports, job))
     return 1 if any(r.failed for r in reports) else 0
@@ -213,7 +215,8 @@ def run_policy(args: argparse.Namespace, ctx: Any) -> int:
                   if c.kind == "irq_affinity"}
         node = None
         if is_bdf(bdf):
-            job = DevicesJob(hostfs, config, xenstore_hint_sources(ctx.host))
+            job = DevicesJob(hostfs, config, xenstore_hint_sources(ctx.host),
+                             route_lookup=ctx.host.default_interfaces)
             job.refresh()
             device = read_device(hostfs, bdf)
             if device.numa_node < 0:
