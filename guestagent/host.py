@@ -12,7 +12,9 @@ first asked for, by its opener:
 * :meth:`Host.psi_trigger`: a memory PSI trigger descriptor (the balloon job, ``balloon record``);
 * :meth:`Host.default_interfaces`: the interfaces of the default routes, through netlink (the
   devices job's protected devices);
-* :attr:`Host.tiering_backends`: the cold-memory backends in order of preference.
+* :attr:`Host.tiering_backends`: the cold-memory backends in order of preference;
+* :attr:`Host.clock` and :attr:`Host.sleep`: the monotonic clock and the sleep a one-shot
+  command paces its samples by (``host numa``; the daemon's jobs have the loop's clock).
 
 The CLI makes one for each command (``Context.host``), the daemon hands it to every job
 (``JobContext.host``). A test passes a Host with its own openers (a fake hypercall, a test
@@ -22,6 +24,7 @@ by the real openers, when they run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -155,6 +158,8 @@ class Host:
     open_psi_trigger: Callable[[HostFS, str, int, int], Any] = real_psi_trigger
     open_default_interfaces: Callable[[HostFS], list[str]] = real_default_interfaces
     tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
     def vnuma_call(self) -> VnumaCall:
         """The vNUMA hypercall, made when called (its failure is the reader's status line)."""
