@@ -10,7 +10,11 @@ first asked for, by its opener:
 * :meth:`Host.xenstore`: a xenstore client (``$XENSTORED_PATH``, the socket, the xenbus device);
 * :meth:`Host.udev_monitor`: a udev monitor of PCI events (the devices job's hotplug);
 * :meth:`Host.psi_trigger`: a memory PSI trigger descriptor (the balloon job, ``balloon record``);
-* :attr:`Host.tiering_backends`: the cold-memory backends in order of preference.
+* :meth:`Host.default_interfaces`: the interfaces of the default routes, through netlink (the
+  devices job's protected devices);
+* :attr:`Host.tiering_backends`: the cold-memory backends in order of preference;
+* :attr:`Host.clock` and :attr:`Host.sleep`: the monotonic clock and the sleep a one-shot
+  command paces its samples by (``host numa``; the daemon's jobs have the loop's clock).
 
 The CLI makes one for each command (``Context.host``), the daemon hands it to every job
 (``JobContext.host``). A test passes a Host with its own openers (a fake hypercall, a test
@@ -20,6 +24,7 @@ by the real openers, when they run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -112,6 +117,14 @@ def real_psi_trigger(hostfs: HostFS, kind: str, stall_us: int, window_us: int) -
     return PsiTrigger(hostfs, kind, stall_us, window_us)
 
 
+def real_default_interfaces(hostfs: HostFS) -> list[str]:
+    """The main table's default-route interfaces through pyroute2 (netlink: the running
+    kernel's, whatever the root)."""
+    from guestagent.devices.protect import pyroute2_default_interfaces
+
+    return pyroute2_default_interfaces()
+
+
 def _damon(hostfs: HostFS) -> Backend:
     from guestagent.tiering.damon import DamonBackend
 
@@ -143,7 +156,10 @@ class Host:
         real_xen_controls)
     open_udev: Callable[[HostFS], Any] = real_udev_monitor
     open_psi_trigger: Callable[[HostFS, str, int, int], Any] = real_psi_trigger
+    open_default_interfaces: Callable[[HostFS], list[str]] = real_default_interfaces
     tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
     def vnuma_call(self) -> VnumaCall:
         """The vNUMA hypercall, made when called (its failure is the reader's status line)."""
@@ -170,6 +186,11 @@ class Host:
         """A memory PSI trigger (the caller closes it); None where none may be armed (a fixture
         tree); InputError where the kernel refuses it."""
         return self.open_psi_trigger(self.fs, kind, stall_us, window_us)
+
+    def default_interfaces(self) -> list[str]:
+        """The interfaces of the default routes (ImportError without pyroute2, OSError when
+        netlink refuses)."""
+        return self.open_default_interfaces(self.fs)
 
     def tiering_backend(self, name: str) -> Backend:
         """The named backend over this host's file system (KeyError: no such backend)."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from guestagent.errors import InputError, MissingInputError
+from guestagent.units import MEMINFO_UNITS
 
 ROOT_ENV = "GUESTAGENT_ROOT"
 
@@ -25,7 +26,6 @@ MAX_CPU_ID = 8191
 #: Largest NUMA node number accepted from text (Linux NODES_SHIFT tops out at 10).
 MAX_NODE_ID = 1023
 
-_UNIT_FACTORS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 * 1024, "GB": 1024 * 1024 * 1024}
 _MEMINFO_LINE = re.compile(
     r"^(?:Node\s+(\d+)\s+)?([A-Za-z0-9_()]+):\s+(\d+)(?:\s+([kKmMgG]?B))?\s*$"
 )
@@ -187,7 +187,7 @@ def parse_meminfo(text: str, source: str) -> dict[str, int]:
         if not unit and not m.group(2).startswith("HugePages_"):
             where = f"{source} line {lineno}"
             raise InputError(where, f"{m.group(2)} has no unit (truncated?)", line)
-        values[m.group(2)] = int(m.group(3)) * _UNIT_FACTORS[unit]
+        values[m.group(2)] = int(m.group(3)) * MEMINFO_UNITS[unit]
     if not values:
         raise InputError(source, "no meminfo lines", text)
     return values

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 from guestagent import __version__
 from guestagent.hostfs import format_cpulist
 from guestagent.topology.model import Topology
+from guestagent.units import KIB
 
 if TYPE_CHECKING:
     from guestagent.numa.model import Figures
@@ -90,7 +91,7 @@ def topology_keys(topology: Topology) -> dict[str, str]:
     for node in topology.nodes:
         prefix = f"vnuma/nodes/{node.id}"
         keys[f"{prefix}/cpus"] = format_cpulist(node.cpus)
-        keys[f"{prefix}/memory-kb"] = str(node.memory_bytes // 1024)
+        keys[f"{prefix}/memory-kb"] = str(node.memory_bytes // KIB)
         keys[f"{prefix}/distances"] = ",".join(
             f"{other}:{distance}" for other, distance in sorted(node.distances.items())
         )

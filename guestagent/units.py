@@ -21,6 +21,12 @@ GIB_KB = 1 << 20
 
 PAGE_SIZE = 4096
 
+#: The x86 2 MiB huge page the devices job reserves per node (``hugepages-2048kB``).
+HUGE_PAGE_SIZE = 2 * MIB
+
+#: The unit suffixes of ``/proc/meminfo`` and the node ``meminfo`` files, in bytes.
+MEMINFO_UNITS = {"": 1, "B": 1, "KB": KIB, "MB": MIB, "GB": GIB}
+
 
 def format_mib(nbytes: int) -> str:
     """Bytes as MiB for people: whole MiB without a decimal, else one decimal."""

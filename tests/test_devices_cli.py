@@ -19,7 +19,6 @@ from guestagent import config as config_mod
 from guestagent import log
 from guestagent.cli import Context
 from guestagent.devices import commands
-from guestagent.devices.config import config_keys
 from guestagent.errors import InputError
 from guestagent.host import Host
 from guestagent.hostfs import HostFS
@@ -30,14 +29,8 @@ VF = "0000:00:05.0"
 
 
 @pytest.fixture(autouse=True)
-def quiet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def quiet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(log, "_configured", True)
-    # The agent's configuration files live in tmp_path, with the [devices] keys declared.
-    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
-    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
-    monkeypatch.setattr(config_mod, "KEYS", config_mod.KEYS + config_keys())
-    # No real default-route lookup and no real process table in these tests.
-    monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
@@ -60,9 +53,14 @@ def run(root: Path, *argv: str, xenstore: dict[str, str] | None = None) -> tuple
     parser = argparse.ArgumentParser(prog="guestagent")
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["devices", *argv])
+    # The agent's configuration files live beside the tree, as --config and --conf-dir name them.
+    args.config = str(root.parent / "guestagent.toml")
+    args.conf_dir = str(root.parent / "conf.d")
     hostfs = HostFS(str(root))
-    host = Host(hostfs) if xenstore is None else Host(
-        hostfs, open_xenstore=lambda _fs: FakeXenstore(xenstore))
+    # No real default-route lookup: the default route is on eth0.
+    host = Host(hostfs, open_default_interfaces=lambda _fs: ["eth0"])
+    if xenstore is not None:
+        host.open_xenstore = lambda _fs: FakeXenstore(xenstore)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = args.func(args, Context(hostfs=hostfs, host=host))

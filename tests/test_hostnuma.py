@@ -23,7 +23,6 @@ from guestagent.daemon.service import JobContext, XenstoreHub
 from guestagent.errors import InputError
 from guestagent.host import Host
 from guestagent.hostfs import HostFS
-from guestagent.hostnuma import commands
 from guestagent.hostnuma.collect import Collector, Monitor, Window, guest_layout
 from guestagent.hostnuma.figures import (
     MIN_CPU_SECONDS,
@@ -352,8 +351,7 @@ def test_monitor_reports_and_logs_a_forged_report_once(
 
 
 @pytest.fixture
-def fake_env(monkeypatch: pytest.MonkeyPatch, xs_server: XenstoreServer,
-             xs_connect: Callable[[int], Any]) -> MakeHost:
+def fake_env(xs_server: XenstoreServer, xs_connect: Callable[[int], Any]) -> MakeHost:
     """The host the command gets: the fake Xen's sysctls and domctls, the test xenstored."""
     guests(xs_server)
     xen = fake_host()
@@ -367,12 +365,9 @@ def fake_env(monkeypatch: pytest.MonkeyPatch, xs_server: XenstoreServer,
         spin(xen, seconds)
         now[0] += seconds
 
-    monkeypatch.setattr(commands, "clock", lambda: now[0])
-    monkeypatch.setattr(commands, "sleep", sleep)
-
     def make_host(hostfs: HostFS) -> Host:
         return Host(hostfs, open_xenstore=lambda _fs: xs_connect(0),
-                    open_xen_controls=xen_controls)
+                    open_xen_controls=xen_controls, clock=lambda: now[0], sleep=sleep)
 
     return make_host
 

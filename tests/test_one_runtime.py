@@ -177,3 +177,121 @@ def test_one_numa_node_reader() -> None:
     for rel in ("topology/sysfs.py", "tiering/readers.py", "devices/read.py",
                 "devices/discovery.py", "numa/readers.py"):
         assert "nodesysfs" in (REPO / "guestagent" / rel).read_text(), rel
+
+
+#: A byte/KiB/MiB factor written out: 1024 (or 1024**2, 1024**3) next to *, / or //.
+UNIT_NUMBERS = {"1024", "1048576", "1073741824"}
+UNIT_OPS = {"*", "/", "//", "*=", "/=", "//="}
+
+
+def unit_arithmetic(source: str) -> list[int]:
+    """Lines of ``source`` that scale by a written-out unit (strings and comments do not count)."""
+    import io
+    import tokenize
+
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+              if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)]
+    lines = set()
+    for i, tok in enumerate(tokens):
+        if tok.type != tokenize.NUMBER or tok.string not in UNIT_NUMBERS:
+            continue
+        around = tokens[max(0, i - 1):i] + tokens[i + 1:i + 2]
+        if any(t.type == tokenize.OP and t.string in UNIT_OPS for t in around):
+            lines.add(tok.start[0])
+    return sorted(lines)
+
+
+def test_unit_arithmetic_finds_what_it_must() -> None:
+    assert unit_arithmetic("a = b * 1024\nc = d // 1024 + 1\ne = 2 * 1024 * 1024\n") == [1, 2, 3]
+    assert unit_arithmetic('x = 1024\nhelp = "target_kb / 1024"  # n * 1024\n') == []
+
+
+def test_one_units_module() -> None:
+    """Issue 14 item 4: byte, KiB and MiB factors come from guestagent/units.py."""
+    found = {}
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel != "guestagent/units.py":
+            lines = unit_arithmetic(path.read_text())
+            if lines:
+                found[rel] = lines
+    assert found == {}
+
+
+def guestagent_names(tree: ast.Module) -> dict[str, str]:
+    """Local name -> the guestagent module or object it was imported as."""
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("guestagent"):
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("guestagent") and alias.asname:
+                    names[alias.asname] = alias.name
+    return names
+
+
+def patched_globals(source: str) -> set[str]:
+    """What ``monkeypatch.setattr``/``delattr`` replaces in a guestagent module or class of
+    ``source``, as ``module.attribute`` (patches of an instance or of the test's own module are
+    not globals of the agent and do not count)."""
+    tree = ast.parse(source)
+    names = guestagent_names(tree)
+    found = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("setattr", "delattr") and node.args):
+            continue
+        target = node.args[0]
+        if isinstance(target, ast.Constant) and isinstance(target.value, str):
+            if target.value.startswith("guestagent."):
+                found.add(target.value)
+        elif (isinstance(target, ast.Name) and target.id in names and len(node.args) > 1
+              and isinstance(node.args[1], ast.Constant)):
+            found.add(f"{names[target.id]}.{node.args[1].value}")
+    return found
+
+
+#: Module globals of the agent a test still patches, and why (issue 14: tests pass a fake Host
+#: and do not patch module globals). Remove an entry when its test no longer needs it; a new
+#: patch of an agent global fails test_tests_patch_no_new_agent_global.
+PATCHED_GLOBALS = {
+    "guestagent.log._configured": "the test log set-up (conftest)",
+    "guestagent.config.MAIN_FILE": "the default configuration paths, read by commands",
+    "guestagent.config.CONF_DIR": "the default configuration paths, read by commands",
+    "guestagent.daemon.service.Daemon": "the CLI grammar test stops before a daemon runs",
+    "guestagent.daemon.service.read_status": "numa status without a running daemon",
+    "guestagent.tiering.job.Runner": "the tiering job's runner (not a Host handle yet)",
+    "guestagent.daemon.systemd.notify": "sd_notify without systemd",
+    "guestagent.daemon.metrics.MetricsServer": "a refused metrics port",
+    "guestagent.hostfs.HostFS.write_text": "a write refused mid-undo",
+    "guestagent.balloon.actuator.BalloonActuator.read": "a driver read refused mid-run",
+    "guestagent.daemon.commands.config_doc": "a broken configuration document",
+    "guestagent.cloudinit.module.ROOT": "cloud-init's module on a temporary root",
+    "guestagent.cloudinit.module.RUN": "cloud-init's module without running systemctl",
+}
+
+
+def test_patched_globals_finds_what_it_must() -> None:
+    source = ('from guestagent import config as config_mod\n'
+              'from guestagent.daemon import service\n'
+              'def t(monkeypatch, job):\n'
+              '    monkeypatch.setattr(config_mod, "MAIN_FILE", "x")\n'
+              '    monkeypatch.setattr("guestagent.devices.apply.lookup", None)\n'
+              '    monkeypatch.setattr(service, "Daemon", None)\n'
+              '    monkeypatch.setattr(job, "scan", None)\n')
+    assert patched_globals(source) == {"guestagent.config.MAIN_FILE",
+                                       "guestagent.devices.apply.lookup",
+                                       "guestagent.daemon.service.Daemon"}
+
+
+def test_tests_patch_no_new_agent_global() -> None:
+    found: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for name in patched_globals(path.read_text()):
+            found.setdefault(name, []).append(path.relative_to(REPO).as_posix())
+    new = {name: files for name, files in found.items() if name not in PATCHED_GLOBALS}
+    assert new == {}, "pass a fake Host (or a constructor argument) instead"
+    stale = sorted(set(PATCHED_GLOBALS) - set(found))
+    assert stale == [], f"no longer patched, remove from PATCHED_GLOBALS: {stale}"

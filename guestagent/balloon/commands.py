@@ -57,6 +57,7 @@ from guestagent.errors import GuestAgentError, InputError
 from guestagent.host import Host
 from guestagent.log import get_logger
 from guestagent.undo import UndoReport
+from guestagent.units import MIB_KB
 
 #: Where a fixture tree keeps its stand-in xenstore.
 FIXTURE_XENSTORE_DIR = "/xenstore"
@@ -354,7 +355,7 @@ def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def _kb(value: Any) -> str:
-    return "-" if value is None else f"{value} KiB ({value / 1024:.0f} MiB)"
+    return "-" if value is None else f"{value} KiB ({value / MIB_KB:.0f} MiB)"
 
 
 def _format_status(out: dict[str, Any]) -> str:
@@ -449,7 +450,7 @@ def cmd_set(args: argparse.Namespace, ctx: Any) -> int:
     try:
         actuator.check()  # before the lock: without a driver nothing is written, nor created
         with state_lock(ctx, "balloon set", create=True):
-            result = actuator.set_target(args.target_mib * 1024,
+            result = actuator.set_target(args.target_mib * MIB_KB,
                                          "set by hand (guestagent balloon set)")
     except BalloonUnavailable as e:
         print(f"guestagent: {e}; nothing set", file=sys.stderr)

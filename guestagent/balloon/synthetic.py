@@ -19,9 +19,9 @@ from pathlib import Path
 
 from guestagent.balloon.signals import MemorySignals
 from guestagent.balloon.trace import Trace, trace_header, write_trace
-from guestagent.units import MIB_KB
+from guestagent.units import GIB_KB, MIB_KB
 
-STATIC_MAX_KB = 1024 * MIB_KB
+STATIC_MAX_KB = GIB_KB
 #: A 1 GiB PV guest's MemTotal (its balloon current_kb minus kernel reservations).
 MEM_TOTAL_KB = 998_576
 #: Unreclaimable kernel memory (slab, page tables, stacks) outside anon and page cache.

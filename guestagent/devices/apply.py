@@ -50,15 +50,13 @@ from guestagent.devices.protect import (
     Protected,
     RouteLookup,
     protected_devices,
-    pyroute2_default_interfaces,
 )
 from guestagent.devices.read import complete_model, read_context
 from guestagent.devices.state import StateStore
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
-__all__ = ["TAINT_NOTE", "DevicesJob", "hugepages_path", "irq_affinity_path",
-           "pyroute2_default_interfaces"]
+__all__ = ["TAINT_NOTE", "DevicesJob", "hugepages_path", "irq_affinity_path"]
 
 
 class DevicesJob:
@@ -127,9 +125,12 @@ class DevicesJob:
     @property
     def protected(self) -> Protected:
         if self._protected is None:
-            self._protected = protected_devices(
-                self.hostfs, self.route_lookup or pyroute2_default_interfaces
-            )
+            lookup = self.route_lookup
+            if lookup is None:  # no host handle given: the real host's, over this file system
+                from guestagent.host import Host
+
+                lookup = Host(self.hostfs).default_interfaces
+            self._protected = protected_devices(self.hostfs, lookup)
         return self._protected
 
     def _context(self) -> DevicesContext:

@@ -80,7 +80,8 @@ def load_config(args: argparse.Namespace) -> DevicesConfig:
 
 def make_job(args: argparse.Namespace, ctx: Any) -> DevicesJob:
     hostfs: HostFS = ctx.hostfs
-    return DevicesJob(hostfs, load_config(args), xenstore_hint_sources(ctx.host))
+    return DevicesJob(hostfs, load_config(args), xenstore_hint_sources(ctx.host),
+                      route_lookup=ctx.host.default_interfaces)
 
 
 def render_table(reports: list[DeviceReport], job: DevicesJob, applied: bool = True) -> str:
@@ -203,7 +204,8 @@ def run_show(args: argparse.Namespace, ctx: Any) -> int:
 def run_apply(args: argparse.Namespace, ctx: Any) -> int:
     config = load_config(args)
     with state_lock(ctx.hostfs, config.state_file, "devices apply", create=True):
-        job = DevicesJob(ctx.hostfs, config, xenstore_hint_sources(ctx.host))
+        job = DevicesJob(ctx.hostfs, config, xenstore_hint_sources(ctx.host),
+                         route_lookup=ctx.host.default_interfaces)
         reports = job.scan(apply=True)
     if args.json:
         print_json(to_json(reports, job, []))
@@ -224,7 +226,8 @@ def run_policy(args: argparse.Namespace, ctx: Any) -> int:
                   if c.kind == "irq_affinity"}
         node = None
         if is_bdf(bdf):
-            job = DevicesJob(hostfs, config, xenstore_hint_sources(ctx.host))
+            job = DevicesJob(hostfs, config, xenstore_hint_sources(ctx.host),
+                             route_lookup=ctx.host.default_interfaces)
             job.refresh()
             device = read_device(hostfs, bdf)
             if device.numa_node < 0:

@@ -64,7 +64,8 @@ class DevicesJob:
             source = XenstoreHintSource(client, domid)
             sources.append(source)
             ctx.xenstore.watch(source.base, lambda path: self._rescan("dom0 hints changed"))
-        binder = DeviceBinder(ctx.hostfs, DevicesConfig.from_agent_config(ctx.config), sources)
+        binder = DeviceBinder(ctx.hostfs, DevicesConfig.from_agent_config(ctx.config), sources,
+                              route_lookup=ctx.host.default_interfaces)
         binder.applying = True
         for line in binder.state.problems:  # skipped entries of a state file left by a crash
             self._log.error("devices_state_entry_skipped", problem=line)

@@ -56,6 +56,7 @@ from guestagent.errors import InputError
 from guestagent.hostfs import format_cpulist, parse_int
 from guestagent.nodesysfs import NODE_DIR
 from guestagent.undo import Change
+from guestagent.units import HUGE_PAGE_SIZE, MIB
 
 HUGEPAGES_2M = "hugepages/hugepages-2048kB/nr_hugepages"
 TAINT_NOTE = "this taints the kernel: TAINT_FIRMWARE_WORKAROUND, flag I"
@@ -420,11 +421,11 @@ def hugepages_beyond_bound(node: int, want: int, mem_total: int) -> str | None:
     """Why ``want`` 2 MiB pages are too many for the node, or None. The kernel hands over
     every free page it can find for a reservation, so one above half of the node's memory
     is not made (an unknown MemTotal, 0, leaves the reservation to the kernel)."""
-    asked = want * 2 * 1024 * 1024
+    asked = want * HUGE_PAGE_SIZE
     if mem_total <= 0 or asked * 2 <= mem_total:
         return None
-    return (f"hugepages: node {node}: {want} pages ({asked >> 20} MiB) is more than half of "
-            f"the node's {mem_total >> 20} MiB; not reserved")
+    return (f"hugepages: node {node}: {want} pages ({asked // MIB} MiB) is more than half of "
+            f"the node's {mem_total // MIB} MiB; not reserved")
 
 
 # ---------------------------------------------------------------- hotplug

@@ -167,9 +167,7 @@ def pyroute2_default_interfaces() -> list[str]:
     return sorted(names)
 
 
-def protected_devices(
-    hostfs: HostFS, route_lookup: RouteLookup = pyroute2_default_interfaces
-) -> Protected:
+def protected_devices(hostfs: HostFS, route_lookup: RouteLookup) -> Protected:
     """The root file system's and the default route's PCI functions (see the module text)."""
     result = Protected()
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from typing import Any, Callable
 
 from guestagent.errors import InputError
@@ -23,11 +22,6 @@ SAMPLE_SECONDS = 1.0
 WINDOW_RANGE = (2.0, 600.0)
 
 
-#: The command's clock and sleep; tests replace them (the platform comes from ``ctx.host``).
-clock: Callable[[], float] = time.monotonic
-sleep: Callable[[float], None] = time.sleep
-
-
 def _checked(args: argparse.Namespace) -> tuple[float, float]:
     low, high = WINDOW_RANGE
     if not low <= args.window <= high:
@@ -37,8 +31,10 @@ def _checked(args: argparse.Namespace) -> tuple[float, float]:
     return args.window, args.threshold
 
 
-def sample_window(monitor: Any, window: float) -> None:
-    """A first sample now, then one every :data:`SAMPLE_SECONDS` until ``window`` has passed."""
+def sample_window(monitor: Any, window: float, clock: Callable[[], float],
+                  sleep: Callable[[float], None]) -> None:
+    """A first sample now, then one every :data:`SAMPLE_SECONDS` until ``window`` has passed
+    (by the host's ``clock`` and ``sleep``)."""
     start = clock()
     monitor.tick(start)
     for i in range(1, math.ceil(window / SAMPLE_SECONDS) + 1):
@@ -64,7 +60,7 @@ def host_numa(args: argparse.Namespace, ctx: Any) -> int:
             monitor = Monitor(Collector(client, hostfs, sysctl, domctl), window)
             if not args.json:
                 print(f"sampling every guest's vCPUs for {window:g} s ...", file=sys.stderr)
-            sample_window(monitor, window)
+            sample_window(monitor, window, ctx.host.clock, ctx.host.sleep)
             report = monitor.report(threshold)
     finally:
         client.close()

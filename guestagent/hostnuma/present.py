@@ -7,7 +7,7 @@ from typing import Any
 
 from guestagent.hostnuma.figures import format_window
 from guestagent.hostnuma.model import GuestFigures, HostFigures, VnodeFigures
-from guestagent.units import MIB
+from guestagent.units import KIB, MIB
 
 
 def _pct(value: float | None) -> str:
@@ -126,7 +126,7 @@ def status(report: HostFigures) -> dict[str, Any]:
             # with the node's free memory (a figure cannot become a label in PromQL).
             placed.append({
                 "labels": {"node": str(v.pnode), **labels, "vnode": str(v.vnode)},
-                **_known({"memory_bytes": None if v.memkb is None else v.memkb * 1024,
+                **_known({"memory_bytes": None if v.memkb is None else v.memkb * KIB,
                           "vcpus": len(v.vcpus)}),
             })
     return {

@@ -26,6 +26,7 @@ from guestagent.numa.model import (
     Sample,
     VnodeFigures,
 )
+from guestagent.units import KIB
 
 BALANCING_SYSCTL = "/proc/sys/kernel/numa_balancing"
 #: The value ``auto`` writes: NUMA_BALANCING_NORMAL (2 is the memory-tiering mode, not locality).
@@ -91,7 +92,7 @@ def cpu_busy_pct(
 
 
 def _kb(value: int | None) -> int | None:
-    return None if value is None else value // 1024
+    return None if value is None else value // KIB
 
 
 def vnode_figures(

@@ -42,6 +42,7 @@ from guestagent.nodesysfs import (
     read_optional_list,
 )
 from guestagent.topology.model import LOCAL_DISTANCE, LinuxView, Node
+from guestagent.units import KIB
 
 CPU_DIR = "/sys/devices/system/cpu"
 PROC_MEMINFO = "/proc/meminfo"
@@ -92,7 +93,7 @@ def _read_node(
     if has_memory is not None and (node in has_memory) != node_has_memory:
         problems.append(
             f"{NODE_DIR}/has_memory {'lists' if node in has_memory else 'omits'} node {node} but "
-            f"{base}/meminfo says MemTotal {memory // 1024} kB; going by meminfo"
+            f"{base}/meminfo says MemTotal {memory // KIB} kB; going by meminfo"
         )
     return Node(node, cpus, memory, distances, node_has_cpu, node_has_memory)
 

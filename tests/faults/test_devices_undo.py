@@ -31,6 +31,7 @@ import pytest
 from guestagent import config as config_mod
 from guestagent.cli import Context
 from guestagent.devices import commands
+from guestagent.host import Host
 from guestagent.hostfs import HostFS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -44,7 +45,6 @@ def logs(
 ) -> Iterator[list[MutableMapping[str, Any]]]:
     monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
     monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
-    monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
     yield log_events
 
 
@@ -61,7 +61,9 @@ def run(root: Path, *argv: str) -> tuple[int, str]:
     args = parser.parse_args(["devices", *argv])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = args.func(args, Context(hostfs=HostFS(str(root))))
+        hostfs = HostFS(str(root))  # the default route on eth0, netlink not asked
+        host = Host(hostfs, open_default_interfaces=lambda _fs: ["eth0"])
+        rc = args.func(args, Context(hostfs=hostfs, host=host))
     return rc, out.getvalue()
 
 

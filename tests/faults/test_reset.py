@@ -43,14 +43,6 @@ CEILING = 1048576  # balloon-pv-1g's xenstore memory/target
 
 
 @pytest.fixture
-def logfmt(logfmt: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
-    """The faults conftest's logfmt capture, with a default route on eth0 for the devices
-    part."""
-    monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
-    return logfmt
-
-
-@pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeDamonKernel]:
     """One guest's tree: tiering-2node with DAMON, the devices and the balloon fixtures."""
     root = make_tree(tmp_path)
@@ -67,8 +59,9 @@ BACKENDS: Sequence[BackendFactory] = TIERING_BACKENDS
 
 
 def host_of(hostfs: HostFS) -> Host:
-    """The test's host: the world's backends, nothing swapped in a module."""
-    return Host(hostfs, tiering_backends=BACKENDS)
+    """The test's host: the world's backends, a default route on eth0 for the devices part,
+    nothing swapped in a module."""
+    return Host(hostfs, tiering_backends=BACKENDS, open_default_interfaces=lambda _fs: ["eth0"])
 
 
 def events(stream: io.StringIO, event: str) -> list[str]:
