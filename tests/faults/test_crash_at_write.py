@@ -42,7 +42,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from guestagent.balloon.signals import DirectoryXenstore
 from guestagent.config import defaults, load
 from guestagent.daemon.loop import EventLoop
 from guestagent.daemon.service import JobContext, XenstoreHub
-from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError
+from guestagent.devices.hotplug import HotplugUnavailableError
 from guestagent.devices.job import DevicesJob
 from guestagent.errors import GuestAgentError
 from guestagent.host import Host
@@ -141,7 +141,16 @@ def devices_job(root: Path, wrote: Wrote) -> None:
     toml = root.parent / "devices.toml"
     toml.write_text(f'[devices]\nnode_overrides = ["{VF}=1"]\n')
     config = load(str(toml), str(root.parent / "conf.d"))
-    lifecycle(DevicesJob(), root, config, 70.0)
+    lifecycle(DevicesJob(), root, config, 70.0, host=quiet_devices_host(root))
+
+
+def quiet_devices_host(root: Path) -> Host:
+    """No udev, and a default route on eth0, for the devices job."""
+    def no_udev(hostfs: HostFS) -> Any:
+        raise HotplugUnavailableError("no udev in this test")
+
+    return Host(HostFS(str(root)), open_udev=no_udev,
+                open_default_interfaces=lambda hostfs: ["eth0"])
 
 
 def tiering_tree(tmp: Path) -> Path:
@@ -304,22 +313,11 @@ def crash_then_reset(root: Path, job: str, before: dict[str, bytes],
     return wrong
 
 
-@pytest.fixture
-def quiet_devices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No udev and a default route on eth0 for the devices job (inherited by the children)."""
-    def no_udev() -> None:
-        raise HotplugUnavailableError("no udev in this test")
-
-    monkeypatch.setattr(HotplugMonitor, "open", staticmethod(no_udev))
-    monkeypatch.setattr("guestagent.devices.apply.pyroute2_default_interfaces", lambda: ["eth0"])
-    yield
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork(2)")
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("job", list(JOBS))
 def test_kill_9_after_every_write_then_reset_restores_the_tree(
-    job: str, tmp_path: Path, logfmt: io.StringIO, quiet_devices: None,
+    job: str, tmp_path: Path, logfmt: io.StringIO,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     make, run = JOBS[job]
