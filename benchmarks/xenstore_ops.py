@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from typing import Any, Callable
 
 BASE = "data/xsbench"
@@ -162,9 +163,8 @@ def measure(rounds: int, n: int, extra: int, repeat: int) -> dict[str, Any]:
         for _ in range(rounds):
             c_s: dict[str, float] = {}
             for op in ("read", "write", "directory"):
-                row = {"agent_s": best(repeat, lambda o=op: agent_op(client, o, n, True)),
-                       "agent_plain_s": best(repeat,
-                                             lambda o=op: agent_op(client, o, n, False))}
+                row = {"agent_s": best(repeat, partial(agent_op, client, op, n, True)),
+                       "agent_plain_s": best(repeat, partial(agent_op, client, op, n, False))}
                 if have_tools:
                     row["c_s"] = c_s[op] = c_op(op, extra, repeat)
                 per.setdefault(op, []).append(row)
