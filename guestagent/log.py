@@ -46,7 +46,7 @@ def import_structlog() -> Any:
 
     structlog imports asyncio at module level for its async logging methods, which guestagent
     never calls: asyncio and what it imports (subprocess, concurrent.futures, selectors...) are
-    about 1.3 MiB resident in the idle daemon (benchmarks/README.md, "What each MiB is"), and
+    about 1.5 MiB resident in the idle daemon (benchmarks/README.md, "What each MiB is"), and
     asyncio imports ``ssl`` when it can, about 6 MiB of OpenSSL. So structlog is imported with a
     stand-in for ``asyncio`` (:func:`_lazy_asyncio`: every use of it, which structlog makes only
     inside its async methods, imports the real one) and with ``ssl`` hidden; both are taken out
