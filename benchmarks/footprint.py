@@ -24,6 +24,12 @@ the refresh (which republishes the topology only).
     python -m benchmarks.footprint measure --agent-pid PID [--seconds N] [--settle S] [--json]
                                                     the sampler alone (what e2e runs in the guest)
     python -m benchmarks.footprint sample --pid PID one sample of a process, as JSON
+    python -m benchmarks.footprint breakdown [--tree before=DIR --tree after=DIR]
+                                                    what each MiB is: /proc/PID/smaps by mapping
+                                                    and tracemalloc by module (each import's
+                                                    retained memory), Debian's /usr/bin/python3,
+                                                    each tree's daemon against a do-nothing
+                                                    Python started in the same round
 
 Targets (issue 7): under 25 MiB resident and under 1 s of CPU per idle hour. Under the testbed's
 software emulation (TCG) every instruction costs far more than on hardware, so CPU seconds there
@@ -396,6 +402,225 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- breakdown: what each MiB is (issue 18, item 4) ---------------------------------------------
+
+#: Runs ``guestagent`` under tracemalloc, timing and weighing each module's import (the memory
+#: still traced when its import ends, its own share apart from the modules it imported), and at
+#: READY=1 writes that, the traced memory by file and ``sys.modules`` to a JSON file.
+TRACE_DRIVER = """
+import json, sys, time, tracemalloc
+out = sys.argv[1]
+tracemalloc.start(1)
+import _frozen_importlib as boot
+real_load = boot._load_unlocked
+stack, costs = [], {}
+def load(spec):
+    stack.append([0, 0.0])
+    m0, t0 = tracemalloc.get_traced_memory()[0], time.perf_counter()
+    try:
+        return real_load(spec)
+    finally:
+        kids, kids_t = stack.pop()
+        cum, cum_t = tracemalloc.get_traced_memory()[0] - m0, time.perf_counter() - t0
+        costs[spec.name] = {"cum_bytes": cum, "self_bytes": cum - kids,
+                            "cum_ms": cum_t * 1e3, "self_ms": (cum_t - kids_t) * 1e3}
+        if stack:
+            stack[-1][0] += cum
+            stack[-1][1] += cum_t
+boot._load_unlocked = load
+from guestagent.daemon import systemd
+real_notify = systemd.notify
+def notify(state, environ=None):
+    if state.startswith("READY=1"):
+        snap = tracemalloc.take_snapshot()
+        files = {}
+        for st in snap.statistics("filename"):
+            files[st.traceback[0].filename] = st.size
+        data = {"traced_bytes": tracemalloc.get_traced_memory()[0], "imports": costs,
+                "files": files, "modules": sorted(sys.modules)}
+        with open(out + ".tmp", "w") as f:
+            json.dump(data, f)
+        import os
+        os.replace(out + ".tmp", out)
+    return real_notify(state, environ)
+systemd.notify = notify
+from guestagent.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def smaps_groups(pid: int) -> dict[str, int]:
+    """Resident KiB per mapping of ``/proc/PID/smaps``: the interpreter, each shared object by
+    name, ``[heap]``, ``[anon]`` (anonymous mappings: pymalloc arenas, big allocations, thread
+    stacks), ``[stack]`` and the rest by their name."""
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    groups: dict[str, int] = {}
+    name = "[anon]"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:
+                path = head[5].strip() if len(head) == 6 else ""
+                if path == exe:
+                    name = f"interpreter ({os.path.basename(exe)})"
+                elif path.startswith("/"):
+                    name = os.path.basename(path)
+                else:
+                    name = path or "[anon]"
+            elif line.startswith("Rss:"):
+                groups[name] = groups.get(name, 0) + int(line.split()[1])
+    return groups
+
+
+class AgentTree:
+    """One source tree of the agent run as the idle daemon by ``python`` on a fixture root,
+    connected to a test xenstored as guest domid 5 (the daemon connects when it starts)."""
+
+    def __init__(self, tree: Path, python: str, workdir: Path, xenstored: str) -> None:
+        self.tree, self.python, self.workdir, self.xenstored = tree, python, workdir, xenstored
+        self.root = workdir / "root"
+        if not self.root.exists():
+            shutil.copytree(REPO / "tests" / "fixtures" / "pv-guest", self.root, symlinks=True)
+
+    def argv(self, *pre: str) -> list[str]:
+        state = self.workdir / "state"
+        conf = self.workdir / "guestagent.toml"
+        conf.write_text(f'[agent]\nstate_dir = "{state}"\n')
+        return [self.python, *pre, "--root", str(self.root), "run", "--config", str(conf),
+                "--conf-dir", str(self.workdir / "conf.d"), "--role", "guest"]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, PYTHONPATH=str(self.tree), XENSTORED_PATH=self.xenstored)
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "PYTHONTRACEMALLOC"):
+            env.pop(name, None)
+        return env
+
+    def start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.argv("-m", "guestagent"), cwd=str(self.tree), env=self.env(),
+                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def trace(self, timeout: float = 60.0) -> dict[str, Any]:
+        """One run under :data:`TRACE_DRIVER`, stopped after READY=1; its JSON."""
+        out = self.workdir / "trace.json"
+        out.unlink(missing_ok=True)
+        proc = subprocess.Popen(self.argv("-c", TRACE_DRIVER, str(out)), cwd=str(self.tree),
+                                env=self.env(), stdin=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout
+            while not out.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.tree}: the traced daemon never said READY=1")
+                time.sleep(0.1)
+        finally:
+            stop(proc)
+        data: dict[str, Any] = json.loads(out.read_text())
+        return data
+
+
+def _wait_started(proc: subprocess.Popen[bytes], settle: float) -> None:
+    time.sleep(settle)
+    if proc.poll() is not None:
+        raise RuntimeError(f"pid {proc.pid} exited ({proc.returncode}) while settling")
+
+
+def compare_rss(trees: dict[str, AgentTree], python: str, pairs: int,
+                settle: float) -> dict[str, Any]:
+    """RSS and smaps groups of each tree's idle daemon and of the do-nothing Python, started
+    one after the other (floor, tree A, tree B, floor, tree A, ...) ``pairs`` times; each
+    daemon's ratio is to the floor of its own round."""
+    rounds: list[dict[str, Any]] = []
+    for _ in range(pairs):
+        one: dict[str, Any] = {}
+        for name in [FLOOR, *trees]:
+            proc = (subprocess.Popen([python, "-c", FLOOR_CODE], stdin=subprocess.DEVNULL)
+                    if name == FLOOR else trees[name].start())
+            try:
+                _wait_started(proc, settle)
+                one[name] = {"rss_kib": sample(proc.pid)["rss_kib"],
+                             "pss_kib": sample(proc.pid)["pss_kib"],
+                             "groups": smaps_groups(proc.pid)}
+            finally:
+                stop(proc)
+        rounds.append(one)
+    summary: dict[str, Any] = {}
+    for name in [FLOOR, *trees]:
+        rss = [r[name]["rss_kib"] / 1024 for r in rounds]
+        ratios = [r[name]["rss_kib"] / r[FLOOR]["rss_kib"] for r in rounds]
+        summary[name] = {"rss_mib": [round(v, 2) for v in rss],
+                         "pss_mib": [round(r[name]["pss_kib"] / 1024, 2) for r in rounds],
+                         "ratio": [round(v, 3) for v in ratios],
+                         "groups_kib": rounds[-1][name]["groups"]}
+    return summary
+
+
+def breakdown_report(summary: dict[str, Any], traces: dict[str, dict[str, Any]],
+                     top: int) -> str:
+    lines = ["RSS, each daemon against the do-nothing Python of its own round "
+             "(min-max over rounds):"]
+    for name, s in summary.items():
+        lines.append(f"  {name:14} RSS {min(s['rss_mib']):6.2f}-{max(s['rss_mib']):6.2f} MiB  "
+                     f"PSS {min(s['pss_mib']):6.2f}-{max(s['pss_mib']):6.2f} MiB  "
+                     f"x{min(s['ratio']):.2f}-x{max(s['ratio']):.2f}")
+    floor = summary[FLOOR]["groups_kib"]
+    for name, s in summary.items():
+        if name == FLOOR:
+            continue
+        groups = s["groups_kib"]
+        lines += ["", f"smaps of {name} (last round), resident KiB, and above the floor:"]
+        for g in sorted(groups, key=lambda k: -groups[k]):
+            if groups[g] >= 64 or g not in floor:
+                lines.append(f"  {g:42} {groups[g]:7d} {groups[g] - floor.get(g, 0):+8d}")
+    for name, data in traces.items():
+        lines += ["", f"{name}: tracemalloc at READY=1: {data['traced_bytes'] / 1024:.0f} KiB "
+                  f"traced, {len(data['modules'])} modules in sys.modules"]
+        lines.append(f"  imports by their own retained memory (top {top}; KiB self / "
+                     "cumulative, ms self / cumulative):")
+        imports = data["imports"]
+        for mod in sorted(imports, key=lambda m: -imports[m]["self_bytes"])[:top]:
+            c = imports[mod]
+            lines.append(f"    {mod:40} {c['self_bytes'] / 1024:7.0f} {c['cum_bytes'] / 1024:7.0f}"
+                         f"  {c['self_ms']:6.1f} {c['cum_ms']:6.1f}")
+        files = data["files"]
+        lines.append(f"  traced memory by allocating file (top {top}, KiB):")
+        for path in sorted(files, key=lambda p: -files[p])[:top]:
+            lines.append(f"    {path:72} {files[path] / 1024:7.0f}")
+    return "\n".join(lines)
+
+
+def cmd_breakdown(args: argparse.Namespace) -> int:
+    """Where the idle daemon's RSS goes: smaps by mapping and tracemalloc by module, for one or
+    more source trees (``--tree NAME=DIR``, e.g. before and after a change) side by side."""
+    sys.path.insert(0, str(REPO))
+    from tests.xenstore_server import XenstoreServer
+
+    work = Path(tempfile.mkdtemp(prefix="footprint-breakdown-"))
+    specs = args.tree or [f"this={REPO}"]
+    server = XenstoreServer(str(work / "xenstored.sock"), default_domid=5)
+    server.populate_guest(5)
+    server.start()
+    try:
+        trees = {}
+        for spec in specs:
+            name, _, path = spec.partition("=")
+            trees[name] = AgentTree(Path(path).resolve(), args.python, work / name, server.path)
+            (work / name).mkdir(exist_ok=True)
+        traces = {name: t.trace() for name, t in trees.items()}
+        summary = compare_rss(trees, args.python, args.pairs, args.settle)
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result = {"python": args.python, "kernel": platform.release(), "rss": summary,
+              "traces": traces}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(f"{args.python} on {platform.node()}, kernel {platform.release()}")
+        print(breakdown_report(summary, traces, args.top))
+    return 0
+
+
 def _output(result: dict[str, Any], where: str, args: argparse.Namespace) -> None:
     if args.json:
         json.dump(result, sys.stdout, indent=2, sort_keys=True)
@@ -423,6 +648,17 @@ def main(argv: list[str] | None = None) -> int:
     meas.add_argument("--seconds", type=float, default=600.0)
     meas.add_argument("--settle", type=float, default=60.0)
     meas.set_defaults(func=cmd_measure)
+    brk = sub.add_parser("breakdown", help="what each MiB of the idle daemon is (smaps, "
+                         "tracemalloc), for one or more source trees side by side")
+    brk.add_argument("--python", default="/usr/bin/python3",
+                     help="the interpreter (default: Debian's, as in the guest)")
+    brk.add_argument("--tree", action="append", metavar="NAME=DIR",
+                     help="a source tree to run (repeat: before=DIR after=DIR); default this one")
+    brk.add_argument("--pairs", type=int, default=3, help="rounds of floor, tree, tree...")
+    brk.add_argument("--settle", type=float, default=4.0)
+    brk.add_argument("--top", type=int, default=25)
+    brk.add_argument("--json", action="store_true")
+    brk.set_defaults(func=cmd_breakdown)
     samp = sub.add_parser("sample", help="one sample of a process (JSON)")
     samp.add_argument("--pid", type=int, required=True)
     samp.set_defaults(func=cmd_sample)

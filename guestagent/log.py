@@ -20,31 +20,54 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any, Callable, TextIO, cast
 
 _configured = False
 
 
-def import_structlog() -> Any:
-    """structlog, imported without loading OpenSSL.
+def _lazy_asyncio() -> ModuleType:
+    """A stand-in for ``asyncio`` that imports the real one on its first attribute access."""
+    stub = ModuleType("asyncio", "guestagent.log's stand-in: the real asyncio loads on first use")
 
-    structlog imports asyncio (for its async logging methods, which guestagent never calls), and
-    asyncio imports ``ssl`` when it can: about 6 MiB of OpenSSL resident in an agent that never
-    speaks TLS (measured in benchmarks/README.md). asyncio treats ``ssl`` as optional, so it is
-    hidden while structlog (and with it asyncio) is imported and put back right after: a later
-    ``import ssl`` works as usual; only asyncio's own TLS support stays off in this process.
+    def __getattr__(name: str) -> Any:
+        if sys.modules.get("asyncio") is stub:
+            del sys.modules["asyncio"]
+        import importlib
+
+        return getattr(importlib.import_module("asyncio"), name)
+
+    stub.__getattr__ = __getattr__  # type: ignore[method-assign]  # PEP 562
+    return stub
+
+
+def import_structlog() -> Any:
+    """structlog, imported without loading asyncio or OpenSSL.
+
+    structlog imports asyncio at module level for its async logging methods, which guestagent
+    never calls: asyncio and what it imports (subprocess, concurrent.futures, selectors...) are
+    about 1.5 MiB resident in the idle daemon (benchmarks/README.md, "What each MiB is"), and
+    asyncio imports ``ssl`` when it can, about 6 MiB of OpenSSL. So structlog is imported with a
+    stand-in for ``asyncio`` (:func:`_lazy_asyncio`: every use of it, which structlog makes only
+    inside its async methods, imports the real one) and with ``ssl`` hidden; both are taken out
+    of ``sys.modules`` right after, so a later ``import asyncio`` or ``import ssl`` works as
+    usual (only asyncio's own TLS support stays off when structlog's async methods load it).
     """
     loaded = sys.modules.get("structlog")
     if loaded is not None:
         return loaded
     hide = "ssl" not in sys.modules and "asyncio" not in sys.modules
+    stub = _lazy_asyncio()
     if hide:
         sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError
+        sys.modules["asyncio"] = stub
     try:
         import structlog
     finally:
         if hide and "ssl" in sys.modules and sys.modules["ssl"] is None:
             del sys.modules["ssl"]
+        if sys.modules.get("asyncio") is stub:
+            del sys.modules["asyncio"]
     return structlog
 
 #: The same warning or error (same event, same error text) is logged at most once per window.

@@ -30,6 +30,8 @@ MAX_DISTANCE = 255
 
 _NODE_NAME = re.compile(r"node(\d{1,4})")
 _NODE_PREFIX = re.compile(r"Node\s+(\d+)\s")
+#: A distance row as the kernel writes it: numbers of 1-3 digits separated by spaces.
+_DISTANCE_ROW = re.compile(r"\s*\d{1,3}(?:\s+\d{1,3})*\s*")
 
 
 def has_numa(hostfs: HostFS) -> bool:
@@ -112,4 +114,11 @@ def distance_row(hostfs: HostFS, node: int, online: list[int]) -> dict[int, int]
             f"expected {len(online)} distances (one per online node), found {len(words)}",
             text,
         )
+    # The common case checked by one regular expression over the row (a 1,024-node host has a
+    # million entries); anything else goes through parse_int, whose error names the file and
+    # the word.
+    if _DISTANCE_ROW.fullmatch(text):
+        values = list(map(int, words))
+        if min(values) >= 1 and max(values) <= MAX_DISTANCE:
+            return dict(zip(online, values))
     return dict(zip(online, (parse_int(w, path, minimum=1, maximum=MAX_DISTANCE) for w in words)))

@@ -29,6 +29,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 HEAVY = (
     "ssl",
     "_ssl",
+    "asyncio",  # structlog's, for async methods guestagent never calls: about 1.5 MiB
+    "concurrent.futures",
     "pyroute2",
     "psutil",
     "cffi",  # the build-time package; the extension needs only _cffi_backend
@@ -109,6 +111,34 @@ def test_structlog_import_leaves_ssl_importable() -> None:
         "assert ssl.OPENSSL_VERSION\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+
+
+def test_structlog_loads_asyncio_only_when_its_async_methods_run() -> None:
+    """structlog imports asyncio at module level: it gets a stand-in (guestagent.log), which
+    must import the real asyncio on first use, and leave ``import asyncio`` working as usual."""
+    code = (
+        "import io, sys\n"
+        "from guestagent import log\n"
+        "out = io.StringIO()\n"
+        "log.configure(level='info', stream=out)\n"
+        "logger = log.get_logger('t')\n"
+        "logger.info('plain', n=1)\n"
+        "assert 'asyncio' not in sys.modules, 'structlog loaded asyncio'\n"
+        "import structlog._log_levels  # noqa: F401\n"
+        "import asyncio\n"
+        "assert asyncio.run.__module__ == 'asyncio.runners', asyncio\n"
+        "async def main():\n"
+        "    await logger.ainfo('async_event', n=2)\n"
+        "asyncio.run(main())\n"
+        "print(out.getvalue())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
+                          capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines if line] == [
+        "level=info event=plain component=t n=1",
+        "level=info event=async_event component=t n=2",
+    ], done.stdout
 
 
 def test_command_words_match_what_each_module_registers() -> None:

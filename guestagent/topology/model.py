@@ -67,6 +67,15 @@ class LinuxView:
                 return node.id
         return None
 
+    def cpu_nodes(self) -> dict[int, int]:
+        """Every listed CPU's node, built in one pass: the answer of :meth:`node_of_cpu` for all
+        CPUs at once (a CPU in two cpulists belongs to the first node listing it)."""
+        where: dict[int, int] = {}
+        for node in self.nodes:
+            for cpu in node.cpus:
+                where.setdefault(cpu, node.id)
+        return where
+
 
 def hypercall_to_json(info: VnumaInfo) -> dict[str, Any]:
     return {

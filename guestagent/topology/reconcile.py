@@ -90,9 +90,9 @@ def hypercall_status(error: BaseException) -> str:
 def nodes_from_vnuma(info: VnumaInfo) -> list[Node]:
     """Xen's vnodes as nodes, for when Linux has no NUMA view of its own."""
     nodes: list[Node] = []
+    vcpus, memory_of = info.vcpus_by_vnode(), info.memory_by_vnode()
     for v in range(info.nr_vnodes):
-        cpus = info.vcpus_of(v)
-        memory = info.memory_bytes(v)
+        cpus, memory = vcpus[v], memory_of[v]
         distances = {j: info.distances[v][j] for j in range(info.nr_vnodes)}
         nodes.append(Node(v, cpus, memory, distances, bool(cpus), memory > 0))
     return nodes
@@ -127,6 +127,8 @@ def _cpu_mismatches(linux: LinuxView, info: VnumaInfo, compare_nodes: bool) -> l
     out: list[str] = []
     online = set(linux.online_cpus)
     present = None if linux.present_cpus is None else set(linux.present_cpus)
+    # One map, not a search of every cpulist per vCPU (that was quadratic in the vCPU count).
+    cpu_nodes = linux.cpu_nodes() if compare_nodes else {}
     for vcpu, vnode in enumerate(info.vcpu_to_vnode):
         if vcpu not in online:
             if present is not None and vcpu not in present:
@@ -139,7 +141,7 @@ def _cpu_mismatches(linux: LinuxView, info: VnumaInfo, compare_nodes: bool) -> l
             continue
         if not compare_nodes:
             continue
-        node = linux.node_of_cpu(vcpu)
+        node = cpu_nodes.get(vcpu)
         if node is None:
             out.append(
                 f"vCPU {vcpu} is online but in no Linux node's cpulist; Xen places it on "
@@ -203,11 +205,12 @@ def reconcile(linux: LinuxView, info: VnumaInfo, guest_type: str | None) -> list
     mismatches.extend(_cpu_mismatches(linux, info, compare_nodes=per_node))
     if not per_node:
         return mismatches
+    memory_of = info.memory_by_vnode()
     for node in linux.nodes:
         if node.id >= info.nr_vnodes:
             mismatches.append(f"Linux node {node.id} has no matching Xen vnode")
             continue
-        memory = _memory_mismatch(node, info.memory_bytes(node.id))
+        memory = _memory_mismatch(node, memory_of[node.id])
         if memory is not None:
             mismatches.append(memory)
         mismatches.extend(_distance_mismatches(node, info))

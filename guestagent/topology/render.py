@@ -58,10 +58,10 @@ def _nodes_section(nodes: list[Node]) -> list[str]:
 
 def _hypercall_section(info: VnumaInfo) -> list[str]:
     rows = []
+    vcpus, memory, ranges = info.vcpus_by_vnode(), info.memory_by_vnode(), info.ranges_by_vnode()
     for v in range(info.nr_vnodes):
-        ranges = [r for r in sorted(info.memory_ranges, key=lambda r: r.start) if r.node == v]
-        shown = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in ranges) or "-"
-        rows.append([str(v), _cpus(info.vcpus_of(v)), _mib(info.memory_bytes(v)), shown])
+        shown = ", ".join(f"{r.start:#x}-{r.end:#x}" for r in ranges[v]) or "-"
+        rows.append([str(v), _cpus(vcpus[v]), _mib(memory[v]), shown])
     lines = _table(["vnode", "vcpus", "memory MiB", "ranges"], rows, text_last=True)
     lines.append("")
     lines.append("  distances:")

@@ -56,6 +56,27 @@ class VnumaInfo:
     def vcpus_of(self, node: int) -> list[int]:
         return [cpu for cpu, n in enumerate(self.vcpu_to_vnode) if n == node]
 
+    def vcpus_by_vnode(self) -> list[list[int]]:
+        """``vcpus_of(v)`` for every vnode ``v``, in one pass over the vCPUs."""
+        out: list[list[int]] = [[] for _ in range(self.nr_vnodes)]
+        for cpu, n in enumerate(self.vcpu_to_vnode):
+            out[n].append(cpu)
+        return out
+
+    def memory_by_vnode(self) -> list[int]:
+        """``memory_bytes(v)`` for every vnode ``v``, in one pass over the ranges."""
+        out = [0] * self.nr_vnodes
+        for r in self.memory_ranges:
+            out[r.node] += r.size
+        return out
+
+    def ranges_by_vnode(self) -> list[list[MemoryRange]]:
+        """Each vnode's ranges in address order, from one sort."""
+        out: list[list[MemoryRange]] = [[] for _ in range(self.nr_vnodes)]
+        for r in sorted(self.memory_ranges, key=lambda r: r.start):
+            out[r.node].append(r)
+        return out
+
 
 def validate_vnuma(
     nr_vnodes: int,
