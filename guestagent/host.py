@@ -13,6 +13,8 @@ first asked for, by its opener:
 * :meth:`Host.default_interfaces`: the interfaces of the default routes, through netlink (the
   devices job's protected devices);
 * :attr:`Host.tiering_backends`: the cold-memory backends in order of preference;
+* :meth:`Host.guard_commands`: modprobe, mkswap, swapon and swapoff for the balloon's allocation
+  guard (the system's on the real host, none on a fixture tree);
 * :attr:`Host.clock` and :attr:`Host.sleep`: the monotonic clock and the sleep a one-shot
   command paces its samples by (``host numa``; the daemon's jobs have the loop's clock).
 
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from guestagent.hostfs import HostFS
 
 if TYPE_CHECKING:
+    from guestagent.balloon.guard import GuardCommands
     from guestagent.tiering.model import Backend
     from guestagent.topology.reader import VnumaCall
 
@@ -125,6 +128,16 @@ def real_default_interfaces(hostfs: HostFS) -> list[str]:
     return pyroute2_default_interfaces()
 
 
+def real_guard_commands(hostfs: HostFS) -> GuardCommands | None:
+    """The system's modprobe, mkswap, swapon and swapoff on the real host; None on a fixture
+    tree (the guard then skips its zram swap, logged)."""
+    if not hostfs.is_real_host:
+        return None
+    from guestagent.balloon.guard import SystemCommands
+
+    return SystemCommands()
+
+
 def _damon(hostfs: HostFS) -> Backend:
     from guestagent.tiering.damon import DamonBackend
 
@@ -157,6 +170,7 @@ class Host:
     open_udev: Callable[[HostFS], Any] = real_udev_monitor
     open_psi_trigger: Callable[[HostFS, str, int, int], Any] = real_psi_trigger
     open_default_interfaces: Callable[[HostFS], list[str]] = real_default_interfaces
+    open_guard_commands: Callable[[HostFS], GuardCommands | None] = real_guard_commands
     tiering_backends: Sequence[BackendFactory] = TIERING_BACKENDS
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
@@ -191,6 +205,10 @@ class Host:
         """The interfaces of the default routes (ImportError without pyroute2, OSError when
         netlink refuses)."""
         return self.open_default_interfaces(self.fs)
+
+    def guard_commands(self) -> GuardCommands | None:
+        """The allocation guard's commands (None: no zram swap here, a fixture tree)."""
+        return self.open_guard_commands(self.fs)
 
     def tiering_backend(self, name: str) -> Backend:
         """The named backend over this host's file system (KeyError: no such backend)."""

@@ -63,7 +63,8 @@ def _balloon(host: Host, state_dir: str) -> UndoReport:
     from guestagent.balloon.actuator import BalloonActuator
     from guestagent.balloon.commands import reset_balloon, xenstore_for
 
-    _target, report = reset_balloon(BalloonActuator(host.fs, xenstore_for(host)))
+    _target, report = reset_balloon(BalloonActuator(host.fs, xenstore_for(host)),
+                                    host.guard_commands())
     return report
 
 

@@ -208,7 +208,9 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
     return 1 if report.failures else 0
 
 
-def reset_balloon(actuator: BalloonActuator) -> tuple[int | None, UndoReport]:
+def reset_balloon(
+    actuator: BalloonActuator, commands: GuardCommands | None = None
+) -> tuple[int | None, UndoReport]:
     """The balloon's undo, under the caller's state lock: the target back to the ceiling, then
     the allocation guard's changes undone (guard.reset_all); ``balloon --reset`` and
     ``guestagent reset`` run it.
@@ -218,7 +220,8 @@ def reset_balloon(actuator: BalloonActuator) -> tuple[int | None, UndoReport]:
     are undone all the same) and a report: nothing to undo when the target was at the ceiling
     already and the guard had no changes. Guard changes still in force afterwards (an undo step
     failed) are one failure and one error line. A target that cannot be reset raises
-    InputError, after the guard's undo."""
+    InputError, after the guard's undo. ``commands``: the guard's (the host's; None: the
+    system's on the real host)."""
     report = UndoReport()
     with suppress(GuestAgentError, OSError):  # no driver: the guard is undone all the same
         actuator.record_for_reset()  # a damaged record: what can be kept, before has_changes
@@ -226,9 +229,9 @@ def reset_balloon(actuator: BalloonActuator) -> tuple[int | None, UndoReport]:
     target: int | None = None
     try:
         before = _target_now(actuator)
-        target = reset_all(actuator)
+        target = reset_all(actuator, commands)
     except BalloonUnavailable as e:
-        undo_guard(actuator.hostfs, actuator)
+        undo_guard(actuator.hostfs, actuator, commands)
         report.idle = f"{e}; nothing to reset"
     if target is not None and (target != before or guard):
         was = "unreadable" if before is None else f"{before} KiB"

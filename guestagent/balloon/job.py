@@ -69,7 +69,7 @@ class BalloonJob:
         client = ctx.xenstore.client() if self._xenstore == HUB else self._xenstore
         assert not isinstance(client, str)
         ctl = BalloonController(ctx.hostfs, client, policy_config(ctx.config.section("balloon")),
-                                clock=ctx.loop.now)
+                                clock=ctx.loop.now, guard_commands=ctx.host.guard_commands())
         try:
             ctl.start()
         except BalloonUnavailable as e:
