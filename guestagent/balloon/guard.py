@@ -56,6 +56,7 @@ OSRELEASE = "/proc/sys/kernel/osrelease"
 SWAPS = "/proc/swaps"
 MEMINFO = "/proc/meminfo"
 ZRAM_CONTROL = "/sys/class/zram-control"
+ZRAM_MODULE = "/sys/module/zram"
 SYS_BLOCK = "/sys/block"
 
 #: CommitLimit kept above Committed_AS under overcommit mode 2 (strict): what a program may still
@@ -632,6 +633,11 @@ def undo_zram(
     failed = _undo_swaps(of_kind["swap"], active, commands, log)
     failed += _undo_devices(hostfs, of_kind["zram_device"], {c["device"] for c in failed}, log)
     for change in of_kind["zram_module"]:
+        if not failed and not hostfs.exists(ZRAM_MODULE):
+            # never loaded (a crash before the modprobe) or unloaded already (a crash before
+            # the record was saved): ``modprobe -r`` would fail on it (kmod exits 1)
+            log.info("guard_undone", what="module zram", restored="not loaded", note="already")
+            continue
         if failed or commands is None or not _undo_step(
             log, "module zram", lambda: commands.modprobe_remove("zram")
         ):

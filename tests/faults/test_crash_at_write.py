@@ -29,10 +29,24 @@ nor does the topology job (the guest's tree in ``data/guestagent`` describes it)
 kill them after each xenstore write and assert that no tree is ever left half written (each is
 written in one transaction, which xenstored drops with the connection).
 
-The balloon's allocation guard arms here with its sysctl change (``overcommit_memory`` 0 -> 1,
-recorded first); its zram swap is skipped on a fixture tree (making and undoing it runs
-modprobe, swapon and swapoff, which a test must not run on the machine): ``test_reset.py`` and
-the real-Xen ``test_balloon.py`` (kill -9 with the zram guard armed) cover that part.
+The balloon's allocation guard arms with its sysctl change (``overcommit_memory`` 0 -> 1,
+recorded first) in every balloon case. In three more its zram swap is made too, on the fixture
+tree: the host handle's guard commands (``Host.open_guard_commands``) and the zram sysfs files
+are :class:`tests.faults.zram_kernel.ZramKernel`, which makes each command's and each file's
+effect in the tree (module, control directory, devices, ``/proc/swaps``) and counts each as one
+write: ``balloon-zram`` (zram not loaded: modprobe, hot_add, disksize, mkswap, swapon, and at
+the stop swapoff, reset, hot_remove, ``modprobe -r``: 9 guard steps among 25 writes),
+``balloon-idle-zram`` (zram loaded by someone else with an idle zram0: the guard adds zram1; 7
+steps among 22 writes; zram0 and the module must stay) and ``balloon-foreign-zram`` (someone
+else's zram swap: the guard adds none, and the reset must leave that swap alone).
+
+Found by those (fixed in ``guestagent/balloon/guard.py``): a kill between the record's
+``zram_module`` entry and the ``modprobe``, or between ``modprobe -r`` and the record's save,
+left an entry for a module not loaded, and every reset ran ``modprobe -r zram``, which fails
+(kmod exits 1): ``guard_undo_failed``, exit status 1, on every reset. Found and left (docs/
+FAULTS.md, :data:`LEAKED_BY_HOT_ADD`): a kill between the record's ``zram_device`` entry
+(number not known yet) and the save of the number ``hot_add`` gave leaves an empty zram device
+no record names, when the module was someone else's.
 """
 
 from __future__ import annotations
@@ -62,6 +76,7 @@ from guestagent.hostfs import HostFS
 from guestagent.numa.job import NumaJob
 from guestagent.tiering.damon import DamonBackend
 from guestagent.tiering.job import TieringJob
+from tests.faults.zram_kernel import WRITE_ONLY, ZramFS, ZramKernel
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, make_tree
 
 STATE_DIR = "run/guestagent"
@@ -100,7 +115,7 @@ def lifecycle(job: Any, root: Path, config: Any, seconds: float, host: Host | No
     """What the daemon does with one job: start, its timers for ``seconds``, stop (undo)."""
     clock = Clock()
     loop = EventLoop(clock=clock)
-    hostfs = HostFS(str(root))
+    hostfs = host.fs if host is not None else HostFS(str(root))
     ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, no_xenstore), "guest",
                      lambda name, error: None, host=host)  # type: ignore[arg-type]
     job.start(ctx)
@@ -122,13 +137,52 @@ def balloon_tree(tmp: Path) -> Path:
     return root
 
 
-def balloon_job(root: Path, wrote: Wrote) -> None:
+def balloon_job(root: Path, wrote: Wrote, host: Host | None = None) -> None:
     cfg = defaults()
     cfg.values["balloon"].update(enabled=True, policy="pressure")
-    hostfs = HostFS(str(root))
+    hostfs = host.fs if host is not None else HostFS(str(root))
     job = BalloonJob(lambda flags: None, lambda: None,
                      xenstore=DirectoryXenstore(hostfs, "/xenstore"))
-    lifecycle(job, root, cfg, 12.0)  # the tick at start, then two at [balloon] interval 5 s
+    lifecycle(job, root, cfg, 12.0, host=host)  # the tick at start, two at interval 5 s
+
+
+def zram_host(root: Path, wrote: Wrote | None = None) -> Host:
+    """The host with :class:`ZramKernel` behind the guard's commands and zram's sysfs files:
+    the guard makes (and undoes) its zram swap on the fixture tree."""
+    kernel = ZramKernel(root, wrote)
+    return Host(ZramFS(root, kernel), open_guard_commands=lambda fs: kernel)
+
+
+def balloon_zram_job(root: Path, wrote: Wrote) -> None:
+    balloon_job(root, wrote, zram_host(root, wrote))
+
+
+def balloon_zram_tree(tmp: Path) -> Path:
+    """zram not loaded, in the kernel's modules.dep: the guard loads it, adds a device, swaps
+    on it (and undoes all of it at its stop)."""
+    return balloon_tree(tmp)
+
+
+def balloon_idle_zram_tree(tmp: Path) -> Path:
+    """zram loaded by someone else, with an idle zram0 (disksize 0, as ``modprobe zram``
+    leaves it): the guard adds its own device beside it; zram0 and the module must stay."""
+    root = balloon_tree(tmp)
+    kernel = ZramKernel(root)
+    kernel.load()
+    kernel.add_device()
+    return root
+
+
+def balloon_foreign_zram_tree(tmp: Path) -> Path:
+    """Someone else's zram swap (zram0, 256 MiB, swapped on): the guard adds none (overcommit
+    only) and the reset must leave that swap, device and module as they are."""
+    root = balloon_tree(tmp)
+    kernel = ZramKernel(root)
+    kernel.load()
+    n = kernel.add_device(256 << 20)
+    kernel.mkswap(f"/dev/zram{n}")
+    kernel.swapon(f"/dev/zram{n}", 5)
+    return root
 
 
 def devices_tree(tmp: Path) -> Path:
@@ -192,9 +246,27 @@ def numa_job(root: Path, wrote: Wrote) -> None:
 
 JOBS: dict[str, tuple[Callable[[Path], Path], Callable[[Path, Wrote], None]]] = {
     "balloon": (balloon_tree, balloon_job),
+    "balloon-zram": (balloon_zram_tree, balloon_zram_job),
+    "balloon-idle-zram": (balloon_idle_zram_tree, balloon_zram_job),
+    "balloon-foreign-zram": (balloon_foreign_zram_tree, balloon_zram_job),
     "devices": (devices_tree, devices_job),
     "tiering": (tiering_tree, tiering_job),
     "numa": (numa_tree, numa_job),
+}
+
+
+GUARD_COMMANDS = {"modprobe", "hot_add", "mkswap", "swapon", "swapoff"}
+#: The guard's zram steps each balloon case makes, from its arm to its undo at the stop.
+GUARD_STEPS = {
+    "balloon-zram": [
+        "modprobe zram num_devices=0", "hot_add -> zram0", "/sys/block/zram0/disksize = 805306368",
+        "mkswap /dev/zram0", "swapon /dev/zram0", "swapoff /dev/zram0",
+        "/sys/block/zram0/reset = 1", "/sys/class/zram-control/hot_remove = 0",
+        "modprobe -r zram"],
+    "balloon-idle-zram": [
+        "hot_add -> zram1", "/sys/block/zram1/disksize = 805306368", "mkswap /dev/zram1",
+        "swapon /dev/zram1", "swapoff /dev/zram1", "/sys/block/zram1/reset = 1",
+        "/sys/class/zram-control/hot_remove = 1"],
 }
 
 
@@ -270,6 +342,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             path = os.path.join(dirpath, name)
             key = os.path.normpath(os.path.join(rel, name))
+            if WRITE_ONLY.match(key):
+                continue  # a write-only sysfs attribute: nothing reads it back
             # a sysfs or procfs value reads back with its newline: compared without it
             files[key] = (b"-> " + os.readlink(path).encode() if os.path.islink(path)
                           else Path(path).read_bytes().rstrip(b"\n"))
@@ -282,26 +356,47 @@ def differences(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
 
 
 def reset(root: Path, job: str) -> int:
-    host = (lambda fs: damon_host(root)) if job == "tiering" else None
+    host: Callable[[HostFS], Host] | None = None
+    if job == "tiering":
+        host = lambda fs: damon_host(root)  # noqa: E731
+    elif job.endswith("-zram"):
+        host = lambda fs: zram_host(root)  # noqa: E731
     if host is None:
         return cli.main(["--root", str(root), "reset"])
     return cli.main(["--root", str(root), "reset"], make_host=host)
 
 
+#: A gap the crash test found and that is left (docs/FAULTS.md): the guard records its zram
+#: device before it reads ``hot_add`` (``device: null``) and the number after; a kill between
+#: the two leaves a new, empty zram device (disksize 0, no swap) no record names. Where the guard
+#: loaded zram, its unload removes it; where someone else had loaded it, it stays. Exactly that
+#: device's files, and nothing else, may differ after that one crash.
+LEAKED_BY_HOT_ADD = {"balloon-idle-zram": ("hot_add -> zram1", {
+    "sys/block/zram1/comp_algorithm", "sys/block/zram1/disksize"})}
+
+
+def known_leak(job: str, write: str, diff: list[str]) -> bool:
+    """True when ``diff`` is exactly the empty zram device of :data:`LEAKED_BY_HOT_ADD`."""
+    at, files = LEAKED_BY_HOT_ADD.get(job, ("", set()))
+    return write == at and {d.split(":", 1)[0] for d in diff} == files and all(
+        d.endswith("-> b'0'") or "-> b'lzo" in d for d in diff)
+
+
 def crash_then_reset(root: Path, job: str, before: dict[str, bytes],
                      capsys: pytest.CaptureFixture[str], logfmt: io.StringIO, where: str,
-                     ) -> list[str]:
+                     write: str = "") -> list[str]:
     """``guestagent reset`` after the crash, twice; what is wrong afterwards (one line each)."""
     logfmt.seek(0)
     logfmt.truncate()
     rc = reset(root, job)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     wrong = []
-    errors = [ln for ln in logfmt.getvalue().splitlines() if "level=error" in ln]
+    # the command line logs to stderr (cli.main configures it): both streams are looked at
+    errors = [ln for ln in (logfmt.getvalue() + err).splitlines() if "level=error" in ln]
     if rc != 0 or errors:
         wrong.append(f"{where}: reset exit status {rc}, errors {errors}, output {out!r}")
     diff = differences(before, snapshot(root))
-    if diff:
+    if diff and not known_leak(job, write, diff):
         wrong.append(f"{where}: after the reset {len(diff)} files differ, e.g. {diff[:3]}; "
                      f"reset said {out!r}")
     left = sorted(p.name for p in (root / STATE_DIR).glob("*.json") if p.name != "balloon.json")
@@ -336,6 +431,10 @@ def test_kill_9_after_every_write_then_reset_restores_the_tree(
     # the job undoes at its stop: after a clean run the tree is as before
     assert differences(before, snapshot(counted)) == [], writes
 
+    # the guard's steps on the kernel's side (ZramKernel): the fake really ran, in this order
+    steps = [w for w in writes if w.split()[0] in GUARD_COMMANDS or "zram" in w]
+    assert steps == GUARD_STEPS.get(job, []), writes
+
     left_changed = 0
     failed: list[str] = []
     for k in range(1, len(writes) + 1):
@@ -346,7 +445,7 @@ def test_kill_9_after_every_write_then_reset_restores_the_tree(
         left_changed += snapshot(root) != before
         failed += crash_then_reset(root, job, before, capsys, logfmt,
                                    f"{job}: killed after write {k} of {len(writes)} "
-                                   f"({writes[k - 1]})")
+                                   f"({writes[k - 1]})", writes[k - 1])
         shutil.rmtree(root.parent)
     assert failed == [], "\n".join(failed)
     # the crashes did leave something to undo (the test can fail)
@@ -556,3 +655,39 @@ def test_kill_9_after_every_xenstore_write_of_the_topology_job_leaves_no_half_tr
         assert half == [], "\n".join(half)
     finally:
         server.stop()
+
+
+# --- found by the guard's crash cases ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["not-loaded", "loaded"])
+def test_the_guards_zram_module_is_unloaded_only_when_it_is_loaded(
+    tmp_path: Path, logfmt: io.StringIO, loaded: bool,
+) -> None:
+    """Found by the balloon-zram case above (kills after writes 4 and 22 of 25): the guard
+    records ``zram_module`` before its ``modprobe zram`` and drops it after ``modprobe -r``; a
+    kill before the one or before the other left the entry with no module loaded, and every
+    reset ran ``modprobe -r zram``, which kmod refuses for a module not in the kernel (exit 1):
+    ``guard_undo_failed``, exit status 1, for good. Now a module that is not loaded is undone
+    already; a loaded one is still unloaded."""
+    from guestagent.balloon.actuator import BalloonActuator
+    from guestagent.balloon.guard import OVERCOMMIT_MEMORY, undo
+
+    root = balloon_tree(tmp_path)
+    kernel = ZramKernel(root)
+    if loaded:
+        kernel.load()
+    fs = ZramFS(root, kernel)
+    actuator = BalloonActuator(fs, DirectoryXenstore(fs, "/xenstore"))
+    record = actuator.load_record()
+    record["guard"] = [{"kind": "sysctl", "path": OVERCOMMIT_MEMORY, "previous": "0"},
+                       {"kind": "zram_module", "previous": "not loaded"}]
+    actuator.save_record(record)
+    (root / "proc/sys/vm/overcommit_memory").write_text("1\n")
+    assert undo(fs, actuator, kernel) == 0, logfmt.getvalue()
+    assert "level=error" not in logfmt.getvalue()
+    assert (root / "proc/sys/vm/overcommit_memory").read_text() == "0\n"
+    assert not kernel.loaded() and "guard" not in actuator.load_record()
+    undone = [ln for ln in logfmt.getvalue().splitlines() if 'what="module zram"' in ln]
+    assert len(undone) == 1 and "event=guard_undone" in undone[0], undone
+    assert ("note=already" in undone[0]) is not loaded, undone
