@@ -175,6 +175,7 @@ def hostnuma_status(xs_server: Any, connect: Callable[[], Any],
     from guestagent.xen.sysctl import Sysctl
     from tests.hostnuma_support import FIXTURE as DOM0_FIXTURE
     from tests.test_hostnuma import (
+        GUEST5_FIGURES,
         Closable,
         FakeClock,
         fake_host,
@@ -184,11 +185,7 @@ def hostnuma_status(xs_server: Any, connect: Callable[[], Any],
     )
 
     guests(xs_server)
-    publish_guest_figures(xs_server, 5, {"nr-vnodes": b"2", "updated": b"1764870000",
-                                         "vnodes/0/local-pct": b"99.0",
-                                         "vnodes/0/cpu-busy-pct": b"100.0",
-                                         "vnodes/1/local-pct": b"40.0",
-                                         "vnodes/1/cpu-busy-pct": b"100.0"})
+    publish_guest_figures(xs_server, 5, GUEST5_FIGURES)
     xen = fake_host()
     if free_gib is not None:
         xen.host = replace(xen.host, memory=[(16 << 30, f << 30) for f in free_gib])

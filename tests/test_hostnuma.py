@@ -286,6 +286,12 @@ def publish_guest_figures(server: XenstoreServer, domid: int, values: dict[str, 
                         [("n", domid)])
 
 
+
+#: Domain 5's own published figures: vnode 0 local, vnode 1 40 % local.
+GUEST5_FIGURES = {"nr-vnodes": b"2", "updated": b"1764870000",
+                  "vnodes/0/local-pct": b"99.0", "vnodes/0/cpu-busy-pct": b"100.0",
+                  "vnodes/1/local-pct": b"40.0", "vnodes/1/cpu-busy-pct": b"100.0"}
+
 def fake_host() -> NumaXen:
     xen = NumaXen()
     # Domain 5's vnode 1 (vCPUs 2-3, memory on pnode 1) sits on node 0's pCPUs 0-1.
@@ -306,11 +312,7 @@ def test_monitor_reports_and_logs_a_forged_report_once(
     xs_server: XenstoreServer, xs_connect: Callable[[int], Any], log_events: Any
 ) -> None:
     guests(xs_server)
-    publish_guest_figures(xs_server, 5, {"nr-vnodes": b"2", "updated": b"1764870000",
-                                         "vnodes/0/local-pct": b"99.0",
-                                         "vnodes/0/cpu-busy-pct": b"100.0",
-                                         "vnodes/1/local-pct": b"40.0",
-                                         "vnodes/1/cpu-busy-pct": b"100.0"})
+    publish_guest_figures(xs_server, 5, GUEST5_FIGURES)
     # A flood of keys the reader never asks for, and a forged report in domain 9.
     for i in range(300):
         xs_server.set_node(f"/local/domain/9/data/guestagent/numa/junk{i}", b"x" * 1000,

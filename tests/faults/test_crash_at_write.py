@@ -110,6 +110,23 @@ def no_xenstore() -> Any:
     raise GuestAgentError("no xenstore in this test")
 
 
+def hook_xenstore_writes(wrote: Wrote) -> None:
+    """Report every xenstore write, removal, permission change and commit to ``wrote`` (in the
+    forked child that runs the job, so the hooks die with it)."""
+    from guestagent.xen.xenstore import Transaction, _Operations
+
+    for cls, name in ((_Operations, "write"), (_Operations, "rm"),
+                      (_Operations, "set_perms"), (Transaction, "commit")):
+        real = getattr(cls, name)
+
+        def hooked(self: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            result = _real(self, *args)
+            wrote(f"{_name} {args[0] if args else getattr(self, 'tx_id', '')}")
+            return result
+
+        setattr(cls, name, hooked)
+
+
 def lifecycle(job: Any, root: Path, config: Any, seconds: float, host: Host | None = None,
               ) -> None:
     """What the daemon does with one job: start, its timers for ``seconds``, stop (undo)."""
@@ -533,7 +550,7 @@ def test_kill_9_after_every_xenstore_write_of_the_dom0_job_leaves_no_half_tree(
     either absent (the transaction never committed: xenstored dropped it with the connection)
     or complete, exactly what a whole pass writes."""
     pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
-    from guestagent.xen.xenstore import Transaction, XenstoreClient, _Operations
+    from guestagent.xen.xenstore import XenstoreClient
     from guestagent.xen.xsconn import connect_unix
     from tests.test_dom0_publish import add_backend, make_publisher, remove_node
 
@@ -543,16 +560,7 @@ def test_kill_9_after_every_xenstore_write_of_the_dom0_job_leaves_no_half_tree(
     add_backend(server, 6, [("0000:00:02.0", None, "0000:00:00.00")])
 
     def publish(root: Path, wrote: Wrote) -> None:
-        for cls, name in ((_Operations, "write"), (_Operations, "rm"),
-                          (_Operations, "set_perms"), (Transaction, "commit")):
-            real = getattr(cls, name)
-
-            def hooked(self: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
-                result = _real(self, *args)
-                wrote(f"{_name} {args[0] if args else getattr(self, 'tx_id', '')}")
-                return result
-
-            setattr(cls, name, hooked)
+        hook_xenstore_writes(wrote)
         make_publisher(XenstoreClient(connect_unix(server.path), timeout=5.0)).publish_all()
 
     def clear() -> None:
@@ -595,7 +603,7 @@ def test_kill_9_after_every_xenstore_write_of_the_topology_job_leaves_no_half_tr
     pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
     from guestagent.schema import BASE
     from guestagent.topology.job import TopologyJob
-    from guestagent.xen.xenstore import Transaction, XenstoreClient, _Operations
+    from guestagent.xen.xenstore import XenstoreClient
     from guestagent.xen.xsconn import connect_unix
     from tests.xenstore_server import XenstoreServer
 
@@ -613,16 +621,7 @@ def test_kill_9_after_every_xenstore_write_of_the_topology_job_leaves_no_half_tr
                     if k == base or k.startswith(base + "/")}
 
     def publish(root: Path, wrote: Wrote) -> None:
-        for cls, name in ((_Operations, "write"), (_Operations, "rm"),
-                          (_Operations, "set_perms"), (Transaction, "commit")):
-            real = getattr(cls, name)
-
-            def hooked(self: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
-                result = _real(self, *args)
-                wrote(f"{_name} {args[0] if args else getattr(self, 'tx_id', '')}")
-                return result
-
-            setattr(cls, name, hooked)
+        hook_xenstore_writes(wrote)
         cfg = defaults()
         cfg.values["devices"]["enabled"] = False
         loop = EventLoop(clock=Clock())
