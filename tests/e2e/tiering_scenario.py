@@ -13,7 +13,9 @@ An HVM guest with 2 vnodes of 512 MiB (one vCPU each) on Debian's 6.12 kernel (D
    near :data:`FILL_LEAVE_PCT` of its MemTotal (under the policy's 10 % pressure watermark);
 4. ``guestagent tiering status --json`` after the fill (the plan: node 0 -> node 1);
 5. ``guestagent tiering run --json`` in the background; every :data:`POLL_S` seconds a sample:
-   per-node meminfo, the cold process's pages per node (``/proc/PID/numa_maps``), the scheme's
+   per-node meminfo, the cold process's anonymous pages per node (``/proc/PID/numa_maps``,
+   without its file mappings: the interpreter's libraries sit in the page cache wherever an
+   earlier reader put them, and with a vCPU on node 1 that can be node 1), the scheme's
    statistics and target in DAMON sysfs, and the CPU time of the kdamond threads;
 6. SIGTERM to the agent; its summary (bytes moved and tried, its CPU time), its log, and what is
    left of DAMON afterwards (``nr_kdamonds``, kdamond threads).
@@ -83,7 +85,7 @@ class Sample:
     t: float
     #: node -> meminfo field -> kB
     meminfo: dict[int, dict[str, int]]
-    #: node -> pages of the cold process on it (numa_maps)
+    #: node -> anonymous pages of the cold process on it (numa_maps, file mappings left out)
     cold_pages: dict[int, int]
     #: kdamond index -> {state, target_nid, sz_tried, sz_applied, nr_applied, qt_exceeds}
     damon: dict[int, dict[str, str]]
@@ -186,7 +188,7 @@ echo '=== meminfo'
 grep -hE ' (MemTotal|MemFree|Active|Inactive|Active.anon.|Inactive.anon.|Active.file.|\
 Inactive.file.|AnonPages|FilePages):' /sys/devices/system/node/node*/meminfo
 echo '=== numa_maps'
-awk '{{for (i = 1; i <= NF; i++) if ($i ~ /^N[0-9]+=/) {{split(substr($i, 2), a, "="); \
+awk '!/ file=/ {{for (i = 1; i <= NF; i++) if ($i ~ /^N[0-9]+=/) {{split(substr($i, 2), a, "="); \
 s[a[1]] += a[2]}}}} END {{for (n in s) printf "N%s=%d\\n", n, s[n]}}' \
     /proc/$(cat /tmp/cold.pid 2>/dev/null || echo 0)/numa_maps 2>/dev/null
 echo '=== damon'
