@@ -177,3 +177,13 @@ def test_a_start_after_an_earlier_version_keeps_its_original(tmp_path: Path) -> 
     assert act.start()["original_target_kb"] == CEILING
     assert [c["kind"] for c in journal_of(root)["changes"]] == ["target", "toolstack_offset"]
     assert act.reset() == CEILING and target_of(root) == CEILING
+
+
+def test_the_journal_and_the_status_stay_readable_without_root(tmp_path: Path) -> None:
+    """balloon status reads both; the untyped record was 0644 and so are they."""
+    root = make_root(tmp_path)
+    _fs, act = parts(root)
+    act.start()
+    act.record_decision({"action": "hold"})
+    for path in (RECORD_PATH, STATUS_PATH):
+        assert (root / path.lstrip("/")).stat().st_mode & 0o777 == 0o644, path

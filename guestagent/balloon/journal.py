@@ -183,7 +183,11 @@ class BalloonJournal:
         if data is None:
             return []
         if "version" not in data:
-            self._convert(data)
+            try:
+                self._convert(data)
+            except OSError as e:  # e.g. balloon status without root: one line, nothing lost
+                raise InputError(self.path, f"an earlier version's record could not be "
+                                 f"converted: {e.strerror or e}") from None
         journal = self._journal()
         journal.load()
         self._check_target(data.get("changes"), journal)
@@ -213,6 +217,12 @@ class BalloonJournal:
         journal = self._journal()
         journal.changes = {c.path: c for c in changes}
         journal.save()
+        self._readable()
+
+    def _readable(self) -> None:
+        """World-readable, as the untyped record was (``balloon status`` needs no root)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(self.hostfs.path(self.path), 0o644)
 
     def _convert(self, data: dict[str, Any]) -> None:
         """An earlier version's untyped record: its undo into the journal, its status into the
@@ -228,6 +238,7 @@ class BalloonJournal:
         journal = self._journal()
         journal.changes = {c.path: c for c in changes}
         journal.save()
+        self._readable()
         self.log.info("balloon_record_converted", source=self.path, records=len(changes),
                       note="an earlier version's record, now in the undo journal's format")
 
@@ -262,6 +273,7 @@ class BalloonJournal:
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 json.dump(status, f, indent=1, sort_keys=True)
                 f.write("\n")
+                os.fchmod(f.fileno(), 0o644)  # readable without root, as the record was
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
