@@ -332,7 +332,8 @@ def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
     out["ceiling_kb"] = actuator.ceiling_kb() if why is None else None
     rec = actuator.load_record()
     status = actuator.store.load_status()
-    decisions = status.get("decisions") if isinstance(status.get("decisions"), list) else []
+    raw = status.get("decisions")
+    decisions = [d for d in raw if isinstance(d, dict)] if isinstance(raw, list) else []
     out["controller"] = {
         "active": bool(status.get("active")),
         "original_target_kb": rec.get("original_target_kb"),
