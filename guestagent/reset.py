@@ -5,8 +5,8 @@ every stop: a clean one (where the daemon has undone everything already and this
 a crash, ``kill -9``, an OOM kill or a watchdog kill. In this order:
 
 1. ``balloon``: the target back to the ceiling, then the allocation guard's changes (zram swap,
-   overcommit sysctl) undone (:func:`guestagent.balloon.commands.reset_balloon`, from the record
-   ``/run/guestagent/balloon.json`` and xenstore);
+   overcommit sysctl) undone (:func:`guestagent.balloon.commands.reset_balloon`, from the undo
+   journal ``/run/guestagent/balloon.json`` and xenstore);
 2. ``devices``: every change ``devices.json`` records (:func:`guestagent.devices.commands.undo`);
 3. ``tiering``: the agent's own kdamonds, as ``tiering.json`` records them, never another DAMON
    user's (:func:`guestagent.tiering.commands.undo`);

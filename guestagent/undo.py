@@ -17,8 +17,11 @@ when the file is read: a malformed one is skipped with one line in :attr:`Journa
 others are kept, so one bad entry never blocks the undo of the rest. Writes are atomic (temporary
 file + rename); an empty journal removes its file.
 
-Users: the devices job (``devices.json``, :mod:`guestagent.devices.state`) and the tiering job's
-DAMON backend (``tiering.json``, :mod:`guestagent.tiering.journal`). Each feature's reset returns
+Users: the devices job (``devices.json``, :mod:`guestagent.devices.state`), the tiering job's
+DAMON backend (``tiering.json``, :mod:`guestagent.tiering.journal`), the numa job's
+``numa_balancing`` (``numa.json``, :mod:`guestagent.numa.balancing`) and the balloon (its original
+target, toolstack offset and allocation guard: ``balloon.json``, :mod:`guestagent.balloon.journal`;
+its status, not undo, in ``balloon-status.json``). Each feature's reset returns
 an :class:`UndoReport`; ``guestagent reset`` (:mod:`guestagent.reset`) runs them all.
 """
 

@@ -178,7 +178,9 @@ FILES = (
                          "refuses, naming the holder's PID) and what must be undone after a "
                          "crash (devices.json; balloon.json: the balloon's original target and "
                          "the allocation guard's changes; tiering.json), which guestagent reset "
-                         "undoes."),
+                         "undoes; and balloon-status.json (the balloon controller's last "
+                         "decisions and last reset, shown by guestagent balloon status; not "
+                         "undo)."),
     ("/lib/systemd/system/guestagent.service", "The guest unit (its sandbox is described in "
      "the file; two short steps run outside it: balloon --prepare-guard before the daemon "
      "starts, reset after it stops); guestagent-dom0.service for Dom0; "

@@ -93,7 +93,7 @@ def test_start_records_original_and_reset_goes_back_to_the_toolstack_target(root
         assert act.reset() == 1048576
     assert target_of(root) == 1048576
     assert any(e["event"] == "balloon_reset" and e["previous_kb"] == 600_000 for e in logs)
-    assert act.load_record()["active"] is False
+    assert act.store.load_status()["active"] is False
 
 
 def test_reset_after_a_crash_without_xenstore_uses_the_saved_original(root: Path) -> None:
@@ -140,7 +140,7 @@ def test_toolstack_override_is_noticed_and_logged(root: Path) -> None:
     with capture_logs() as logs:
         assert act.observe_toolstack(786432)
     assert logs[0]["event"] == "balloon_toolstack_override" and logs[0]["new_target_kb"] == 786432
-    assert act.load_record()["toolstack_target_kb"] == 786432
+    assert act.store.load_status()["toolstack_target_kb"] == 786432
     assert act.reset() == 786432
 
 

@@ -278,10 +278,10 @@ def test_run_reads_the_configuration_files_like_the_unit(
     no_config.parent.mkdir()
     no_config.write_text('[balloon]\npolicy = "classic"\n')
     assert run(root, "run", "--duration", "0.2") == 0
-    decisions = json.loads((root / "run/guestagent/balloon.json").read_text())["decisions"]
+    decisions = json.loads((root / "run/guestagent/balloon-status.json").read_text())["decisions"]
     assert {d["policy"] for d in decisions if "policy" in d} == {"classic"}
     assert run(root, "run", "--duration", "0.2", "--policy", "none") == 0
-    decisions = json.loads((root / "run/guestagent/balloon.json").read_text())["decisions"]
+    decisions = json.loads((root / "run/guestagent/balloon-status.json").read_text())["decisions"]
     assert decisions[-1]["policy"] == "none" or decisions[-2]["policy"] == "none"
 
 
@@ -313,5 +313,5 @@ def test_run_on_a_fixture_or_without_xenstore_opens_no_connection(
     argv = ["--no-xenstore", "run", "--duration", "0.2"] if extra else ["run", "--duration", "0.2"]
     assert run(root, *argv) == 0
     assert xs_server.connections == []
-    decisions = json.loads((root / "run/guestagent/balloon.json").read_text())["decisions"]
+    decisions = json.loads((root / "run/guestagent/balloon-status.json").read_text())["decisions"]
     assert decisions, "the job ticked"

@@ -39,6 +39,7 @@ from guestagent.balloon.guard import (
     undo,
     zram_disksize_kb,
 )
+from guestagent.balloon.journal import BalloonJournal, view
 from guestagent.balloon.policy import ClassicConfig
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.errors import InputError
@@ -128,8 +129,8 @@ def parts(root: Path) -> tuple[HostFS, BalloonActuator]:
 
 
 def record_of(root: Path) -> dict[str, Any]:
-    path = root / RECORD_PATH.lstrip("/")
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The balloon's undo records as the balloon code sees them (guestagent.balloon.journal)."""
+    return view(BalloonJournal(HostFS(str(root))).load())
 
 
 def sysctl(root: Path) -> str:
@@ -308,13 +309,17 @@ def test_a_bad_guard_entry_is_skipped_and_the_rest_undone(tmp_path: Path) -> Non
     fs, act = parts(root)
     cmds = FakeCommands(root)
     Guard(fs, act, cmds).arm(CEILING, HARD_FLOOR)
-    record = record_of(root)
-    record[GUARD_KEY].insert(0, {"kind": "sysctl", "path": "/../../etc/passwd", "previous": "0"})
-    record[GUARD_KEY].insert(0, {"kind": "swap", "device": -3})
-    act.save_record(record)
+    path = root / RECORD_PATH.lstrip("/")
+    journal = json.loads(path.read_text())
+    journal["changes"][:0] = [
+        {"kind": "sysctl", "path": "/../../etc/passwd", "bdf": "", "previous": "0", "applied": ""},
+        {"kind": "swap", "path": "/dev/zram-3", "bdf": "", "previous": "off", "applied": ""},
+    ]
+    path.write_text(json.dumps(journal))
     with capture_logs() as logs:
         assert undo(fs, act, cmds) == 0
-    assert len(events(logs, "guard_record_bad")) >= 2
+    skipped = events(logs, "undo_entry_skipped")
+    assert len(skipped) == 2 and all(e["journal"] == RECORD_PATH for e in skipped), skipped
     assert sysctl(root) == "0" and (root / "proc/swaps").read_text() == SWAPS_HEADER
 
 
@@ -419,20 +424,40 @@ def test_reset_with_a_garbage_record_falls_back_to_xenstore(tmp_path: Path) -> N
     assert (path.parent / "balloon.json.bad").read_text() == "{not json"
 
 
-@pytest.mark.parametrize("offset", [CEILING - 1, -1_000_000_000, "12", 2.5, True])
-def test_reset_bounds_checks_the_recorded_offset(tmp_path: Path, offset: Any) -> None:
+def write_offset(root: Path, previous: str) -> None:
+    """Put ``previous`` as the toolstack_offset record's value, as damage would."""
+    path = root / RECORD_PATH.lstrip("/")
+    journal = json.loads(path.read_text())
+    (entry,) = [c for c in journal["changes"] if c["kind"] == "toolstack_offset"]
+    entry["previous"] = previous
+    path.write_text(json.dumps(journal))
+
+
+@pytest.mark.parametrize("offset", [str(CEILING - 1), "-1000000000", "99999999999999999999"])
+def test_reset_bounds_checks_the_recorded_offset(tmp_path: Path, offset: str) -> None:
     root = make_root(tmp_path)
     _fs, act = parts(root)
     act.start()
     act.apply(500_000, "shrink")
-    record = act.load_record()
-    record["toolstack_offset_kb"] = offset
-    act.save_record(record)
+    write_offset(root, offset)
     with capture_logs() as logs:
         assert act.reset() == CEILING
     (line,) = events(logs, "balloon_record_bad_value")
-    assert line["field"] == "toolstack_offset_kb" and line["value"] == str(offset)
+    assert line["field"] == "toolstack_offset_kb" and line["value"] == offset[:40]
     assert line["used"] == 0
+
+
+@pytest.mark.parametrize("offset", ["12.5", "True", "", "0x10"])
+def test_reset_skips_an_offset_that_is_not_an_integer(tmp_path: Path, offset: str) -> None:
+    root = make_root(tmp_path)
+    _fs, act = parts(root)
+    act.start()
+    act.apply(500_000, "shrink")
+    write_offset(root, offset)
+    with capture_logs() as logs:
+        assert act.reset() == CEILING
+    (line,) = events(logs, "undo_entry_skipped")
+    assert "toolstack_offset" in line["error"] and line["journal"] == RECORD_PATH
 
 
 def test_reset_never_goes_under_the_hard_floor(tmp_path: Path) -> None:

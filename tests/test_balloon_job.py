@@ -116,14 +116,19 @@ def test_shrinks_a_quiet_guest_records_each_decision_and_stop_resets(
 ) -> None:
     b = bench()
     b.job.start(b.ctx)  # the first tick is at start
+    journal = root / "run/guestagent/balloon.json"
+    written = (journal.stat().st_ino, journal.stat().st_mtime_ns)
     for _ in range(2):
         b.advance(5.0)  # [balloon] interval_seconds
     assert b.job.status()["ticks"] == 3
     assert target_of(root) < 1048576
     sets = events(log_events, "balloon_target_set")
     assert sets and all(e["reason"].startswith("quiet") for e in sets)
-    record = BalloonActuator(b.hostfs, None).load_record()
-    assert record["active"] and len(record["decisions"]) == 3
+    # The undo journal is written when the undo changes (the start), not on every tick.
+    assert (journal.stat().st_ino, journal.stat().st_mtime_ns) == written
+    assert BalloonActuator(b.hostfs, None).load_record()["original_target_kb"] == 1048576
+    status = BalloonActuator(b.hostfs, None).store.load_status()
+    assert status["active"] and len(status["decisions"]) == 3
     b.job.stop()
     assert target_of(root) == 1048576
     assert events(log_events, "balloon_controller_stop")[0]["ticks"] == 3
@@ -322,14 +327,14 @@ def test_follows_a_toolstack_write_at_once(
     still: no interval passes) and the policy follows it."""
     b = bench(connect=lambda: xs_connect(5))  # domain 5: target 524288, static-max 1048576
     b.job.start(b.ctx)
-    decisions = BalloonActuator(b.hostfs, None).load_record()["decisions"]
+    decisions = BalloonActuator(b.hostfs, None).store.load_status()["decisions"]
     # First tick: the driver's 1048576 is above memory/target 524288, so it is capped.
     assert decisions[0]["target_kb"] == 524288
     assert events(log_events, "balloon_controller_start")[0]["xenstore_watch"] is True
     xs_server.set_node("/local/domain/5/memory/target", b"786432")
     for _ in range(20):
         b.loop.run_once(max_wait=0.5)
-        decisions = BalloonActuator(b.hostfs, None).load_record()["decisions"]
+        decisions = BalloonActuator(b.hostfs, None).store.load_status()["decisions"]
         if any(d["action"] == "follow" for d in decisions):
             break
     follows = [d for d in decisions if d["action"] == "follow"]

@@ -90,7 +90,7 @@ def test_one_json_helper_in_the_code() -> None:
 
 
 #: Files guestagent writes for itself (not command output): their own formats.
-OWN_FILES = {"guestagent/undo.py", "guestagent/balloon/actuator.py",
+OWN_FILES = {"guestagent/undo.py", "guestagent/balloon/journal.py",
              "guestagent/cloudinit/schema.py"}
 
 

@@ -2,10 +2,10 @@
 
 It never decides: :meth:`BalloonActuator.apply` writes exactly the target it is given (whether a
 change is worth writing, and every limit, is the step's: :mod:`guestagent.balloon.step`), logs
-every change with its reason, remembers the driver's original target in a record
-file under ``/run`` (so ``guestagent balloon --reset`` can undo after a crash: ``/run`` lives as
-long as the boot, exactly as long as the driver's target does), and notices when the toolstack
-rewrote ``memory/target`` behind it.
+every change with its reason, remembers the driver's original target in the balloon's undo
+journal under ``/run`` (:mod:`guestagent.balloon.journal`; so ``guestagent balloon --reset`` can
+undo after a crash: ``/run`` lives as long as the boot, exactly as long as the driver's target
+does), and notices when the toolstack rewrote ``memory/target`` behind it.
 
 Targets are in the driver's units (reference section 4.3): ``target_kb`` and ``info/current_kb``,
 not MemTotal.
@@ -13,13 +13,12 @@ not MemTotal.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from guestagent.balloon.common import MAX_TOOLSTACK_OFFSET_KB, decide_reset, toolstack_offset
+from guestagent.balloon.journal import RECORD_PATH, STATUS_PATH, BalloonJournal
 from guestagent.balloon.policy import hard_minimum_kb
 from guestagent.balloon.signals import (
     BALLOON_TARGET,
@@ -36,21 +35,7 @@ from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 from guestagent.units import MIB_KB
 
-#: Where the actuator keeps what it needs to undo (and the last decisions, for ``status``).
-RECORD_PATH = "/run/guestagent/balloon.json"
-
-#: How many decisions the record keeps for ``status``.
-RECORD_DECISIONS = 20
-
-
-def _json_object(path: Any) -> dict[str, Any] | None:
-    """The file's JSON object, or None when it cannot be read as one."""
-    try:
-        with open(path, encoding="ascii") as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
+__all__ = ["RECORD_PATH", "STATUS_PATH", "ApplyResult", "BalloonActuator", "BalloonUnavailable"]
 
 
 class BalloonUnavailable(GuestAgentError):
@@ -83,6 +68,7 @@ class BalloonActuator:
         self.hostfs = hostfs
         self.xenstore = xenstore
         self.record_path = record_path
+        self.store = BalloonJournal(hostfs, record_path)
         self.log = get_logger("balloon")
         self._last_xs_target: int | None = None
 
@@ -121,44 +107,30 @@ class BalloonActuator:
             new_target_kb=xs_target_kb,
             action="following the toolstack's target",
         )
-        record = self.load_record()
-        record["toolstack_target_kb"] = xs_target_kb
-        self.save_record(record)
+        self.store.update_status(toolstack_target_kb=xs_target_kb)
         return True
 
     # -- the record ---------------------------------------------------------------------------
 
     def load_record(self) -> dict[str, Any]:
-        """The record file's content; {} if there is none. A damaged record raises InputError."""
-        path = self.hostfs.path(self.record_path)
-        try:
-            with open(path, encoding="ascii") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            raise InputError(self.record_path, f"unreadable record: {e}") from None
-        if not isinstance(data, dict):
-            raise InputError(self.record_path, "record is not a JSON object", data)
-        original = data.get("original_target_kb")
-        if original is not None and (not isinstance(original, int) or original <= 0):
-            raise InputError(self.record_path, "bad original_target_kb", original)
-        return data
+        """The undo records as a dict (:func:`guestagent.balloon.journal.view`); {} if there are
+        none. A damaged record raises InputError."""
+        from guestagent.balloon.journal import view
+
+        return view(self.store.load())
 
     def save_record(self, record: dict[str, Any]) -> None:
-        path = self.hostfs.path(self.record_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="ascii") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        """Write what ``record`` holds to undo, only if that changed (other keys: ignored)."""
+        from guestagent.balloon.journal import changes_of
+
+        self.store.save(changes_of(record))
 
     def start(self) -> dict[str, Any]:
         """Remember the driver's original target (once per boot) and learn the toolstack offset.
 
         Returns the record. If a record already exists (a previous run died without reset), its
-        original target is kept: that is the value to go back to, not the current one.
+        original target is kept: that is the value to go back to, not the current one. The
+        journal is written only when it had no original target.
         """
         self.check()
         record = self.load_record()
@@ -175,22 +147,15 @@ class BalloonActuator:
                     note="driver target already moved; assuming offset 0",
                 )
                 offset = 0
-            record.update(
-                original_target_kb=driver.target_kb,
-                toolstack_target_kb=xs_target,
-                static_max_kb=xs_static_max,
-                toolstack_offset_kb=offset,
-            )
-        record["active"] = True
-        self.save_record(record)
+            record.update(original_target_kb=driver.target_kb, toolstack_offset_kb=offset)
+            self.save_record(record)
+        self.store.update_status(active=True, toolstack_target_kb=xs_target,
+                                 static_max_kb=xs_static_max)
         return record
 
     def record_decision(self, entry: dict[str, Any]) -> None:
-        record = self.load_record()
-        decisions = list(record.get("decisions") or [])
-        decisions.append(entry)
-        record["decisions"] = decisions[-RECORD_DECISIONS:]
-        self.save_record(record)
+        """One decision for ``balloon status`` (the status file: never read by an undo)."""
+        self.store.add_decision(entry)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -237,11 +202,8 @@ class BalloonActuator:
         before = self.read()
         record = self.load_record()
         if record.get("original_target_kb") is None:
-            xs_target, xs_static_max = self.toolstack_targets()
             record.update(
                 original_target_kb=before.target_kb,
-                toolstack_target_kb=xs_target,
-                static_max_kb=xs_static_max,
                 toolstack_offset_kb=record.get("toolstack_offset_kb") or 0,
             )
         ceiling = self.ceiling_kb()
@@ -310,36 +272,33 @@ class BalloonActuator:
         return 0
 
     def record_for_reset(self) -> dict[str, Any]:
-        """The record for a reset, or what can be kept of it (one line). A JSON object whose
-        ``original_target_kb`` is bad loses that field alone (the guard's changes in it are
-        still undone; the target falls back to xenstore); anything else is moved aside
-        (``.bad``) and the reset goes on without it (the guard's changes it held, if any, are
-        lost: the line says so). Idempotent: the reset reads it again."""
+        """The records for a reset, or what can be kept of them (one line). Each entry stands
+        alone (issue 15): a malformed ``target`` entry (the original target) is dropped from the
+        journal with one line (``balloon_record_bad_value``; the guard's entries are still
+        undone; the target falls back to xenstore, static-max or the last reset's), other
+        malformed entries are skipped by the load (``undo_entry_skipped``). A file that is not a
+        journal at all is moved aside (``.bad``) and the reset goes on without it (the guard's
+        changes it held, if any, are lost: the line says so). Idempotent: the reset reads it
+        again."""
+        from guestagent.balloon.journal import view
+
         try:
-            return self.load_record()
+            changes, bad_target = self.store.load_for_reset()
         except InputError as e:
-            error = str(e)
-        path = self.hostfs.path(self.record_path)
-        kept = _json_object(path)
-        if kept is not None:
+            self.log.warning(
+                "balloon_record_unreadable", source=self.record_path, error=str(e),
+                moved_to=self.store.move_aside(), fallback="xenstore memory/target, static-max",
+                lost="the allocation guard's changes it held, if any",
+            )
+            return {}
+        if bad_target is not None:
             self.log.warning(
                 "balloon_record_bad_value", source=self.record_path, field="original_target_kb",
-                value=str(kept.pop("original_target_kb", None))[:40], used="none",
-                fallback="xenstore memory/target, static-max",
+                value=bad_target[:40], used="none",
+                fallback="xenstore memory/target, static-max, the last reset's target",
             )
-            self.save_record(kept)
-            return kept
-        bad = path.with_name(path.name + ".bad")
-        try:
-            os.replace(path, bad)
-        except OSError:
-            bad = path
-        self.log.warning(
-            "balloon_record_unreadable", source=self.record_path, error=error,
-            moved_to=str(bad), fallback="xenstore memory/target, static-max",
-            lost="the allocation guard's changes it held, if any",
-        )
-        return {}
+            self.store.save(changes, force=True)  # dropped: the next start records afresh
+        return view(changes)
 
     def reset_target(self, record: dict[str, Any]) -> tuple[int, str]:
         """The target a reset goes back to, and where it came from: the toolstack's figures and
@@ -348,7 +307,8 @@ class BalloonActuator:
         xs_target, static_max = self.toolstack_targets()
         offset = self.checked_offset_kb(record) if (xs_target, static_max) != (None, None) else 0
         original = record.get("original_target_kb")
-        last = record.get("last_reset")
+        # the last resort (no xenstore, no original target): the status file's last reset
+        last = self.store.load_status().get("last_reset") if original is None else None
         done = last.get("target_kb") if isinstance(last, dict) else None
         last_kb = done if isinstance(done, int) and not isinstance(done, bool) else None
         where = decide_reset(xs_target, static_max, offset, original, last_kb)
@@ -385,11 +345,12 @@ class BalloonActuator:
             current_kb=after.current_kb,
             source=source,
         )
-        if record:
-            record["active"] = False
-            record["original_target_kb"] = None
-            record["last_reset"] = {"target_kb": target, "source": source}
-            self.save_record(record)
+        if record.get("original_target_kb") is not None:
+            # undone: the next start records the driver's target afresh (offset and guard kept)
+            self.save_record({**record, "original_target_kb": None})
+        if record or self.store.load_status():
+            self.store.update_status(active=False,
+                                     last_reset={"target_kb": target, "source": source})
         return target
 
     def wait_populated(self, target_kb: int, timeout_s: float, slack_kb: int = 4 * MIB_KB) -> int:

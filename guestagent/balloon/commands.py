@@ -343,12 +343,15 @@ def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
     actuator = BalloonActuator(ctx.hostfs, xs)
     out["ceiling_kb"] = actuator.ceiling_kb() if why is None else None
     rec = actuator.load_record()
+    status = actuator.store.load_status()
+    raw = status.get("decisions")
+    decisions = [d for d in raw if isinstance(d, dict)] if isinstance(raw, list) else []
     out["controller"] = {
-        "active": bool(rec.get("active")),
+        "active": bool(status.get("active")),
         "original_target_kb": rec.get("original_target_kb"),
         "toolstack_offset_kb": rec.get("toolstack_offset_kb"),
-        "policy": (rec.get("decisions") or [{}])[-1].get("policy"),
-        "decisions": rec.get("decisions") or [],
+        "policy": (decisions or [{}])[-1].get("policy"),
+        "decisions": decisions,
     }
     if args.json:
         print_json(out)

@@ -15,12 +15,13 @@ options; what the guard does, before the agent's first shrink below the ceiling:
   where the kernel has zram (loaded, built in or loadable) and no zram device is in use by
   someone else: a burst that outruns the balloon's grow is compressed instead of OOM-killed.
 
-Every change is recorded in the balloon record (``/run/guestagent/balloon.json``, key
-``guard``) before it is made, logged with what and the previous value, and undone by
-:func:`undo` (``guestagent balloon --reset``, the daemon's stop, the unit's ``ExecStopPost``):
-swapoff, zram reset and removal, module unload (only if the guard loaded it), then the sysctl.
-The caller puts the balloon target back to the ceiling and waits for the memory first. The guard
-never touches a zram device or a swap it did not create.
+Every change is recorded in the balloon's undo journal (``/run/guestagent/balloon.json``,
+:mod:`guestagent.balloon.journal`; seen here as the record's ``guard`` list) before it is
+made, logged with what and the previous value, and undone by :func:`undo` (``guestagent
+balloon --reset``, the daemon's stop, the unit's ``ExecStopPost``): swapoff, zram reset and
+removal, module unload (only if the guard loaded it), then the sysctl. The caller puts the
+balloon target back to the ceiling and waits for the memory first. The guard never touches a
+zram device or a swap it did not create.
 
 Under the systemd unit the daemon's sandbox can load no module, open no block device and call
 no swapon: the zram swap is made before the daemon starts by :func:`prepare`

@@ -7,9 +7,12 @@ Seen before: ``balloon --reset`` refused when its record was unreadable although
 1,001,048,575 KiB); the reset wrote ``previous`` to any path its state named.
 
 On the balloon-pv-1g fixture (xenstore ``memory/target`` and ``static-max`` 1048576 KiB in its
-stand-in tree) with the overcommit sysctls (mode 0), the daemon's record as a shrink leaves it
-(target 600 MiB, the guard's ``overcommit_memory`` change), then damaged one way per case. Each
-case: the target written, the exit status, and one warning line naming the damage.
+stand-in tree) with the overcommit sysctls (mode 0), the daemon's undo journal as a shrink leaves
+it (``balloon.json``: the ``target`` entry, the ``toolstack_offset`` entry, the guard's
+``sysctl`` entry; target 600 MiB), then damaged one way per case (or an earlier version's
+untyped record in its place). Each case: the target written, the exit status, and one warning
+line naming the damage. Each entry stands alone: a bad ``target`` entry is dropped and the
+guard's entry still undone.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ CEILING = 1048576
 HARD_FLOOR = 256 * 1024  # max(256 MiB, static-max / 16)
 TARGET = BALLOON_TARGET.lstrip("/")
 RECORD = RECORD_PATH.lstrip("/")
-OVERCOMMIT = "proc/sys/vm/overcommit_memory"
+OVERCOMMIT_SYSCTL = "/proc/sys/vm/overcommit_memory"
+OVERCOMMIT = OVERCOMMIT_SYSCTL.lstrip("/")
 
 
 def shrunk(tmp_path: Path) -> Path:
@@ -43,8 +47,7 @@ def shrunk(tmp_path: Path) -> Path:
     hostfs = HostFS(str(root))
     actuator = BalloonActuator(hostfs, DirectoryXenstore(hostfs, "/xenstore"))
     record = actuator.start()
-    record[GUARD_KEY] = [{"kind": "sysctl", "path": "/proc/sys/vm/overcommit_memory",
-                          "previous": "0"}]
+    record[GUARD_KEY] = [{"kind": "sysctl", "path": OVERCOMMIT_SYSCTL, "previous": "0"}]
     actuator.save_record(record)
     (root / OVERCOMMIT).write_text("1\n")
     (root / TARGET).write_text(f"{600 * 1024}\n")
@@ -57,6 +60,14 @@ def edit_record(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], No
         change(record)
         (root / RECORD).write_text(json.dumps(record))
     return damage
+
+
+def set_entry(kind: str, previous: Any) -> Callable[[Path], None]:
+    """The journal's ``kind`` entry with ``previous`` as given (any JSON value)."""
+    def change(record: dict[str, Any]) -> None:
+        (entry,) = [e for e in record["changes"] if e["kind"] == kind]
+        entry["previous"] = previous
+    return edit_record(change)
 
 
 def write(rel: str, text: str) -> Callable[[Path], None]:
@@ -75,10 +86,10 @@ def both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
 
 
 def hostile_guard_entries(record: dict[str, Any]) -> None:
-    record[GUARD_KEY][:0] = [
+    record["changes"][2:2] = [
         {"kind": "sysctl", "path": "/../../escaped", "previous": "0"},
         {"kind": "sysctl", "path": "/proc/sys/kernel/panic", "previous": "0"},
-        {"kind": "swap", "device": -3},
+        {"kind": "swap", "path": "/dev/zram-3", "previous": "off"},
         {"kind": "teleport"},
         "not an object",
     ]
@@ -86,21 +97,26 @@ def hostile_guard_entries(record: dict[str, Any]) -> None:
 
 #: (damage, the target the reset writes, the warning event naming the damage)
 CASES: dict[str, tuple[Callable[[Path], None], int, str | None]] = {
-    "record-wrong-type": (edit_record(lambda r: r.update(original_target_kb="1048576")),
-                          CEILING, "balloon_record_bad_value"),
-    "offset-to-1-kib": (edit_record(lambda r: r.update(toolstack_offset_kb=CEILING - 1)),
+    "record-wrong-type": (set_entry("target", CEILING), CEILING, "balloon_record_bad_value"),
+    "original-not-a-number": (set_entry("target", "-5"), CEILING, "balloon_record_bad_value"),
+    "offset-to-1-kib": (set_entry("toolstack_offset", str(CEILING - 1)),
                         CEILING, "balloon_record_bad_value"),
-    "offset-negative": (edit_record(lambda r: r.update(toolstack_offset_kb=-1_000_000_000)),
+    "offset-negative": (set_entry("toolstack_offset", "-1000000000"),
                         CEILING, "balloon_record_bad_value"),
-    "offset-a-string": (edit_record(lambda r: r.update(toolstack_offset_kb="12")),
-                        CEILING, "balloon_record_bad_value"),
+    "offset-a-string": (set_entry("toolstack_offset", "twelve"), CEILING, "undo_entry_skipped"),
+    "offset-wrong-type": (set_entry("toolstack_offset", 12), CEILING, "undo_entry_skipped"),
     "only-static-max": (remove("xenstore/memory/target"), CEILING, None),
     "target-over-static-max": (write("xenstore/memory/target", str(4 * CEILING)), CEILING, None),
     "no-xenstore-original-1-kib": (
         both(remove("xenstore/memory/target"), remove("xenstore/memory/static-max"),
-             edit_record(lambda r: r.update(original_target_kb=1))),
+             set_entry("target", "1")),
         HARD_FLOOR, "balloon_reset_clamped"),
-    "hostile-guard-entries": (edit_record(hostile_guard_entries), CEILING, "guard_record_bad"),
+    "hostile-guard-entries": (edit_record(hostile_guard_entries), CEILING, "undo_entry_skipped"),
+    "earlier-version-wrong-type": (
+        write(RECORD, json.dumps({"original_target_kb": "1048576", "toolstack_offset_kb": 0,
+                                  GUARD_KEY: [{"kind": "sysctl", "path": OVERCOMMIT_SYSCTL,
+                                               "previous": "0"}]})),
+        CEILING, "balloon_record_bad_value"),
 }
 
 
@@ -148,3 +164,45 @@ def test_a_record_that_is_not_json_loses_only_what_it_held(
     (line,) = [ln for ln in log.splitlines() if "event=balloon_record_unreadable" in ln]
     assert "lost=" in line and "guard" in line, line
     assert (root / OVERCOMMIT).read_text().strip() == "1"
+
+
+def test_a_dropped_original_lets_the_next_start_record_afresh(
+    tmp_path: Path, logfmt: io.StringIO, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A start refuses a bad ``target`` entry (it must not take a ballooned-down target for the
+    original); the reset drops it, so the start after that records the driver's target."""
+    from guestagent.errors import InputError
+
+    root = shrunk(tmp_path)
+    set_entry("target", "banana")(root)
+    hostfs = HostFS(str(root))
+    with pytest.raises(InputError, match="bad original_target_kb"):
+        BalloonActuator(hostfs, DirectoryXenstore(hostfs, "/xenstore")).start()
+    assert reset(root, capsys)[0] == 0
+    kinds = [e["kind"] for e in json.loads((root / RECORD).read_text())["changes"]]
+    assert kinds == ["toolstack_offset"], kinds
+    record = BalloonActuator(hostfs, DirectoryXenstore(hostfs, "/xenstore")).start()
+    assert record["original_target_kb"] == CEILING
+
+
+def test_a_second_reset_without_xenstore_takes_the_last_resets_target(
+    tmp_path: Path, logfmt: io.StringIO, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The daemon's own stop resets (and forgets the original target), then the unit's
+    ExecStopPost resets again: without xenstore the only figure left is the last reset's
+    target, which is in the status file (not undo: read only as this last fallback)."""
+    root = shrunk(tmp_path)
+    remove("xenstore/memory/target")(root)
+    remove("xenstore/memory/static-max")(root)
+    rc, out, log = reset(root, capsys)
+    assert (rc, int((root / TARGET).read_text())) == (0, CEILING), (out, log)
+    status = json.loads((root / "run/guestagent/balloon-status.json").read_text())
+    assert status["last_reset"]["target_kb"] == CEILING
+    (root / TARGET).write_text(f"{600 * 1024}\n")  # ballooned down again before the second
+    rc, out, log = reset(root, capsys)
+    assert (rc, int((root / TARGET).read_text())) == (0, CEILING), (out, log)
+    # without the status file there is nothing to go back to: one line, the target untouched
+    (root / "run/guestagent/balloon-status.json").unlink()
+    (root / TARGET).write_text(f"{600 * 1024}\n")
+    rc, out, log = reset(root, capsys)
+    assert rc != 0 and int((root / TARGET).read_text()) == 600 * 1024, (out, log)
