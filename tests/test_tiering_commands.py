@@ -494,9 +494,11 @@ def test_run_keeps_its_options_across_a_reload(
             return super().tick()
 
     monkeypatch.setattr(job_module, "Runner", Recording)
+    # What the test runner started with (SIG_IGN under nohup), to be put back as it was.
+    hup_before = signal.getsignal(signal.SIGHUP)
     args = parse(["tiering", "run", "--config", str(main), "--conf-dir", str(tmp_path / "etc"),
                   "--target-min-pct", "35", "--duration", "1"])
     assert args.func(args, Ctx(HostFS(str(root)))) == 0
     assert (seen[0].source_high_pct, seen[0].target_min_pct) == (20.0, 35.0)
     assert (seen[-1].source_high_pct, seen[-1].target_min_pct) == (25.0, 35.0), seen
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is hup_before
