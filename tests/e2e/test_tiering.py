@@ -323,6 +323,23 @@ def tiering_serving(g: Guest) -> dict[str, Any]:
     return job if job.get("active") else {}
 
 
+def fresh_move_kdamond(fresh_log: str) -> int:
+    """The index of the kdamond that made the fresh agent's first move: the agent adds one
+    kdamond per node (``damon_kdamonds_added first=3 nodes=0,1``), and its first ``damon_move``
+    names the source node.
+
+    Either node can be the source: with ``--source-low-pct 44`` a node is under pressure below
+    44 % free, and after the orphaned kdamond moved node 0's buffer to node 1, node 1 can be the
+    one under it (run 20261205-042344-16086-pytest: node 1 at 34 % free, moved to node 0)."""
+    added = re.search(r"event=damon_kdamonds_added\b.*\bfirst=(\d+)\b.*\bnodes=([\d,]+)",
+                      fresh_log)
+    assert added, fresh_log
+    move = re.search(r"event=damon_move\b.*\bnode=(\d+)\b", fresh_log)
+    assert move, fresh_log
+    nodes = [int(n) for n in added.group(2).split(",")]
+    return int(added.group(1)) + nodes.index(int(move.group(1)))
+
+
 def check_fresh_agent_serves_then_stops(g: Guest) -> None:
     """A fresh ``tiering run`` on what the crash and the reset left serves (no "another DAMON
     user", no leftover, its kdamonds added after the three idle ones); SIGTERM and the stop
@@ -337,15 +354,21 @@ def check_fresh_agent_serves_then_stops(g: Guest) -> None:
     assert "another DAMON user" not in fresh_log, fresh_log
     assert "tiering_leftover_found" not in fresh_log, fresh_log
     assert re.search(r"event=damon_kdamonds_added\b.*\bfirst=3\b", fresh_log), fresh_log
+    # Its first move logged, then DAMON read (the move's context is written before its log line).
+    while not re.search(r"event=damon_move\b", fresh_log):
+        assert time.monotonic() < deadline, g.run_ok("tail -n 30 /tmp/fresh.log")
+        time.sleep(3)
+        fresh_log = g.run_ok("cat /tmp/fresh.log")
+    moved_kd = fresh_move_kdamond(fresh_log)
     kds, rest = damon_left(g)
     fresh_log = g.run_ok("cat /tmp/fresh.log")
-    assert re.search(r"event=damon_move\b.*\bnode=0\b", fresh_log), fresh_log
-    # kdamond 3 holds the agent's context; it is on while it moves, and the job turns it off
-    # (context kept) once node 0's pressure is over, which can be seconds after its first move
-    # when the orphan moved much before the reset (run 20261205-015742-16518-pytest, with a vCPU
-    # on each vnode: paused 2 s after the move, kdamond 3 off when read).
-    assert rest["nr"] == "5" and kds[3][1] == 1, (kds, rest)
-    assert kds[3][0] == "on" or "event=damon_paused" in fresh_log, (kds, rest)
+    # The moving node's kdamond holds the agent's context; it is on while it moves, and the job
+    # turns it off (context kept) once that node's pressure is over, which can be seconds after
+    # its first move when the orphan moved much before the reset (run
+    # 20261205-015742-16518-pytest, with a vCPU on each vnode: paused 2 s after the move, off
+    # when read).
+    assert rest["nr"] == "5" and kds[moved_kd][1] == 1, (moved_kd, kds, rest)
+    assert kds[moved_kd][0] == "on" or "event=damon_paused" in fresh_log, (moved_kd, kds, rest)
     # Stopped as systemd stops it: SIGTERM, then the stop command (nothing of tiering's left).
     out = g.run_ok("kill -TERM $(cat /tmp/fresh.pid); i=0; "
                    "while [ ! -s /tmp/fresh.rc ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; "
