@@ -12,7 +12,10 @@ undo needs changes, never on a tick that changes nothing of it. Its kinds:
 * the allocation guard's (:mod:`guestagent.balloon.guard`), each with the path its undo acts on:
   ``sysctl`` (``/proc/sys/vm/overcommit_memory``, ``previous`` 0, 1 or 2), ``zram_module``
   (``/sys/module/zram``, ``previous`` ``not loaded``), ``zram_device`` (``/sys/block/zram<N>``,
-  or ``/sys/class/zram-control/hot_add`` until hot_add answered; ``previous`` ``absent``) and
+  or ``/sys/class/zram-control/hot_add`` until hot_add answered, its ``applied`` then
+  ``next=N had=A,B``: the number the kernel will give and the devices present before, so a
+  kill before the number is saved still lets the undo find that device and only it;
+  ``previous`` ``absent``) and
   ``swap`` (``/dev/zram<N>``, ``previous`` ``off``).
 
 Each entry is checked on its own (issue 15): a malformed one is skipped with one line
@@ -81,7 +84,8 @@ KINDS: dict[str, KindRule] = {
     "zram_module": KindRule(re.compile(re.escape(ZRAM_MODULE)), re.compile("not loaded")),
     "zram_device": KindRule(
         re.compile(f"{re.escape(SYS_BLOCK)}/zram{_ZRAM_N}|{re.escape(HOT_ADD)}"),
-        re.compile("absent")),
+        re.compile("absent"),
+        re.compile(f"(next={_ZRAM_N} had=({_ZRAM_N}(,{_ZRAM_N}){{0,1023}})?)?")),
     "swap": KindRule(re.compile(f"/dev/zram{_ZRAM_N}"), re.compile("off")),
 }
 _GUARD_KINDS = ("sysctl", "zram_module", "zram_device", "swap")
@@ -101,10 +105,28 @@ def _guard_change(entry: Any) -> Change | None:
         return Change(kind, str(entry.get("path")), "", str(entry.get("previous")))
     if kind == "zram_module":
         return Change(kind, ZRAM_MODULE, "", "not loaded")
+    if kind == "zram_device" and device is None:
+        return Change(kind, HOT_ADD, "", "absent", _pending_text(entry))
     if kind == "zram_device":
-        return Change(kind, HOT_ADD if device is None else f"{SYS_BLOCK}/zram{device}", "",
-                      "absent")
+        return Change(kind, f"{SYS_BLOCK}/zram{device}", "", "absent")
     return Change(kind, f"/dev/zram{device}", "", "off")
+
+
+def _pending_text(entry: dict[str, Any]) -> str:
+    """A ``zram_device`` entry's ``next`` and ``had`` (before hot_add answered) as its
+    ``applied``: ``next=N had=A,B``; "" when it has none (an earlier version's)."""
+    if "next" not in entry:
+        return ""
+    had = entry.get("had")
+    return f"next={entry['next']} had={','.join(str(n) for n in had or [])}"
+
+
+def _pending_fields(applied: str) -> dict[str, Any]:
+    """:func:`_pending_text` read back (the kind's rule checked it already)."""
+    m = re.fullmatch(r"next=([0-9]+) had=([0-9,]*)", applied)
+    if m is None:
+        return {}
+    return {"next": int(m.group(1)), "had": [int(n) for n in m.group(2).split(",") if n]}
 
 
 def _guard_entry(change: Change) -> dict[str, Any]:
@@ -115,6 +137,8 @@ def _guard_entry(change: Change) -> dict[str, Any]:
         return {"kind": "zram_module", "previous": "not loaded"}
     match = _DEVICE.fullmatch(change.path)
     device = int(match.group(1)) if match and int(match.group(1)) <= MAX_ZRAM_ID else None
+    if change.kind == "zram_device" and change.path == HOT_ADD:
+        return {"kind": change.kind, "device": None, **_pending_fields(change.applied)}
     return {"kind": change.kind, "device": device}
 
 
