@@ -61,7 +61,7 @@ from guestagent.balloon.guard import (
 )
 from guestagent.balloon.signals import BALLOON_TARGET, XS_TARGET
 from guestagent.errors import InputError, MissingInputError
-from guestagent.hostfs import HostFS
+from guestagent.hostfs import MAX_READ_BYTES, HostFS
 from guestagent.log import get_logger
 from guestagent.undo import Change, Journal, KindRule
 
@@ -175,6 +175,26 @@ def changes_of(record: dict[str, Any]) -> list[Change]:
         if change is not None:
             changes.append(change)
     return changes
+
+
+def _salvaged(item: Any, source: str) -> Change:
+    """One piece of a damaged file as a record: this journal's entry, or an earlier version's
+    guard change (``{"kind": "zram_device", "device": 1}``); InputError when it is neither."""
+    from dataclasses import asdict
+
+    from guestagent.balloon.guard import valid_change
+
+    if not isinstance(item, dict) or "kind" not in item:
+        raise InputError(source, "not an entry (an object with a kind)", str(item)[:40])
+    try:
+        return Change.from_dict(item, source, KINDS, OWNER)
+    except InputError:
+        if item.get("kind") not in _GUARD_KINDS or "path" in item:
+            raise
+    change = _guard_change(valid_change(item))
+    if change is None:
+        raise InputError(source, "not an entry", str(item)[:40])
+    return Change.from_dict(asdict(change), source, KINDS, OWNER)
 
 
 # -- the files -----------------------------------------------------------------------------------
@@ -302,6 +322,31 @@ class BalloonJournal:
         self.log.info("balloon_record_converted", source=self.path, records=len(changes),
                       note="an earlier version's record, now in the undo journal's format")
         return bad
+
+    def salvage(self) -> tuple[list[Change], int]:
+        """The whole entries of a file that is not a journal (not JSON, cut short, garbled):
+        each ``{...}`` holding no brace read on its own and checked as a record of this journal
+        or, failing that, as an earlier version's guard change. Returns the records (the first
+        for each path) and how many pieces were skipped, each with one line
+        (``event=undo_entry_skipped``). The entries are flat objects, so the scan is linear."""
+        try:  # bytes: a NUL or a non-ASCII byte (a torn or garbled block) is damage, not an end
+            with open(self.hostfs.path(self.path), "rb") as f:
+                text = f.read(MAX_READ_BYTES).decode("ascii", "replace")
+        except OSError:
+            return [], 0
+        changes: dict[str, Change] = {}
+        skipped = 0
+        for i, m in enumerate(re.finditer(r"\{[^{}]*\}", text)):
+            source = f"{self.path} piece {i}"
+            try:
+                change = _salvaged(json.loads(m.group(0)), source)
+            except (ValueError, InputError) as e:
+                skipped += 1
+                self.log.warning("undo_entry_skipped", journal=self.path, error=str(e)[:120],
+                                 piece=m.group(0)[:60])
+                continue
+            changes.setdefault(change.path, change)
+        return list(changes.values()), skipped
 
     def move_aside(self) -> str:
         """Rename a damaged file to ``balloon.json.bad``; returns where it is now."""
