@@ -296,3 +296,21 @@ def test_the_salvage_reads_each_piece_on_its_own(tmp_path: Path, logfmt: io.Stri
     assert skipped == 4
     lines = [ln for ln in logfmt.getvalue().splitlines() if "event=undo_entry_skipped" in ln]
     assert len(lines) == 4, lines
+
+
+def test_a_driver_target_that_cannot_be_read_still_undoes_the_guard(
+    tmp_path: Path, logfmt: io.StringIO, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``target_kb`` garbage: the target cannot be reset (one ``reset_failed part=balloon``
+    line, exit status 1), but the guard's change is undone all the same. Fixed in ad67e41 (the
+    reset read the driver's target for its report before the guard's undo, and that read's
+    InputError skipped the undo), whose own test checked the line and the other parts, not the
+    guard: this one fails on ad67e41^ (``overcommit_memory`` stayed at 1)."""
+    root = shrunk(tmp_path)
+    (root / TARGET).write_text("garbage\n")
+    rc, out, log = reset(root, capsys)
+    assert rc == 1, (out, log)
+    errors = [ln for ln in log.splitlines() if "level=error" in ln]
+    assert len(errors) == 1 and "event=reset_failed" in errors[0], errors
+    assert "part=balloon" in errors[0] and "target_kb" in errors[0], errors
+    assert (root / OVERCOMMIT).read_text().strip() == "0", (out, log)
