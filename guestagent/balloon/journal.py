@@ -24,7 +24,10 @@ is skipped too when a reset reads the journal (:meth:`BalloonJournal.load_for_re
 ``event=balloon_record_bad_value field=original_target_kb``, the entry dropped from the file, the
 guard's entries still undone, the target from xenstore, static-max or the last reset's); a start
 (:meth:`BalloonJournal.load`) refuses it instead (InputError), so it never takes a
-ballooned-down target for the original.
+ballooned-down target for the original. A file that is no longer JSON at all (a garbled byte, a
+lost brace, cut short) still gives a reset every whole entry it holds
+(:meth:`BalloonJournal.salvage`): one garbled byte loses the entry it fell in, not the guard's
+changes beside it.
 
 The balloon code sees the journal through a small dict (:func:`view`: ``original_target_kb``,
 ``toolstack_offset_kb``, ``guard`` as the guard's change dicts) and hands a changed one back
