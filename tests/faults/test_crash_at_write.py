@@ -713,7 +713,7 @@ HOT_ADD_CASES: dict[str, tuple[bool, Callable[[ZramKernel], None], list[int], bo
 def test_a_kill_between_the_zram_device_entry_and_hot_adds_number(
     tmp_path: Path, logfmt: io.StringIO, capsys: pytest.CaptureFixture[str], case: str,
 ) -> None:
-    """Found by the balloon-idle-zram case above (the kill after ``hot_add``, write 7 of 22):
+    """Found by the balloon-idle-zram case above (the kill after ``hot_add``, write 6 of 24):
     the guard recorded its ``zram_device`` before reading ``hot_add`` (number unknown) and the
     number after; a kill between the two left the new, empty zram device no record named, when
     zram was someone else's (zram0, idle, beside it). Now the entry holds the devices present
