@@ -64,9 +64,9 @@ from guestagent.balloon.guard import (
 )
 from guestagent.balloon.signals import BALLOON_TARGET, XS_TARGET
 from guestagent.errors import InputError, MissingInputError
-from guestagent.hostfs import MAX_READ_BYTES, HostFS
+from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
-from guestagent.undo import Change, Journal, KindRule
+from guestagent.undo import Change, Journal, KindRule, read_damaged, salvage
 
 #: The balloon's undo journal.
 RECORD_PATH = "/run/guestagent/balloon.json"
@@ -328,28 +328,18 @@ class BalloonJournal:
 
     def salvage(self) -> tuple[list[Change], int]:
         """The whole entries of a file that is not a journal (not JSON, cut short, garbled):
-        each ``{...}`` holding no brace read on its own and checked as a record of this journal
-        or, failing that, as an earlier version's guard change. Returns the records (the first
-        for each path) and how many pieces were skipped, each with one line
-        (``event=undo_entry_skipped``). The entries are flat objects, so the scan is linear."""
-        try:  # bytes: a NUL or a non-ASCII byte (a torn or garbled block) is damage, not an end
-            with open(self.hostfs.path(self.path), "rb") as f:
-                text = f.read(MAX_READ_BYTES).decode("ascii", "replace")
-        except OSError:
+        each ``{...}`` holding no brace read on its own (:func:`guestagent.undo.salvage`, shared
+        with every journal) and checked as a record of this journal or, failing that, as an
+        earlier version's guard change. Returns the records (the first for each path) and how
+        many pieces were skipped, each with one line (``event=undo_entry_skipped``)."""
+        text = read_damaged(self.hostfs, self.path)
+        if text is None:
             return [], 0
-        changes: dict[str, Change] = {}
-        skipped = 0
-        for i, m in enumerate(re.finditer(r"\{[^{}]*\}", text)):
-            source = f"{self.path} piece {i}"
-            try:
-                change = _salvaged(json.loads(m.group(0)), source)
-            except (ValueError, InputError) as e:
-                skipped += 1
-                self.log.warning("undo_entry_skipped", journal=self.path, error=str(e)[:120],
-                                 piece=m.group(0)[:60])
-                continue
-            changes.setdefault(change.path, change)
-        return list(changes.values()), skipped
+        found = salvage(text, self.path, _salvaged)
+        for error, piece in found.skipped:
+            self.log.warning("undo_entry_skipped", journal=self.path, error=error[:120],
+                             piece=piece[:60])
+        return list(found.changes.values()), len(found.skipped)
 
     def move_aside(self) -> str:
         """Rename a damaged file to ``balloon.json.bad``; returns where it is now."""
