@@ -217,6 +217,7 @@ class Journal:
         ``problems``) and the others are kept, so one bad entry never blocks the undo of the
         rest. A damaged file gives back its whole entries (module docstring); InputError when
         it holds none, when it is another version's or cannot be read at all."""
+        self.damaged = False
         try:
             text = self.hostfs.read_text(self.path)
             raw = self._entries(text)
@@ -225,9 +226,9 @@ class Journal:
             return self
         except _Damaged as e:
             return self._salvage(e)
-        except InputError as e:
+        except InputError as e:  # HostFS.read_text's words for a byte that is not text
             if e.reason not in ("not ASCII text", "contains a NUL byte"):
-                raise
+                raise  # a directory, EACCES, over 1 MiB: not damage to salvage from
             return self._salvage(e)
         changes: dict[str, Change] = {}
         problems: list[str] = []
