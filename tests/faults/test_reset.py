@@ -1,7 +1,9 @@
 """``guestagent reset`` (issue 14 item 6, issue 15 "undo that always works"): the unit's only
 ``ExecStopPost`` undoes everything the agent may have changed, from the state files alone, in
 order: the balloon target back to the ceiling (and the allocation guard), the devices' changes
-(``devices.json``), the agent's own kdamonds (``tiering.json``).
+(``devices.json``), the agent's own kdamonds (``tiering.json``), ``numa_balancing``
+(``numa.json``). A journal that is no longer JSON still gives back every whole entry it holds
+(the cases at the end).
 
 Seen before: three ``ExecStopPost`` lines, each reading the configuration its own way; a part
 that failed was hidden by ``-``. Now one command: a part that fails is one error-level logfmt line
