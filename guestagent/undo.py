@@ -17,6 +17,15 @@ when the file is read: a malformed one is skipped with one line in :attr:`Journa
 others are kept, so one bad entry never blocks the undo of the rest. Writes are atomic (temporary
 file + rename); an empty journal removes its file.
 
+A file that is no longer a journal (a garbled or non-ASCII byte, a NUL, trailing garbage, cut
+short: not JSON, or JSON without the journal's shape) still gives back every whole entry it holds
+(:func:`salvage`): each brace-free ``{...}`` is read and checked on its own, and every stretch of
+the file between them that is not the journal's own punctuation is one more line in
+:attr:`Journal.problems` (so each bad piece is reported once); one ``event=journal_unreadable``
+warning names the file with ``salvaged=N skipped=M``, and the journal's next write first keeps
+the damaged file as ``<name>.bad``. A file without one whole ``{...}`` raises InputError as before
+(nothing in it can be known), and so does a journal of another version.
+
 Users: the devices job (``devices.json``, :mod:`guestagent.devices.state`), the tiering job's
 DAMON backend (``tiering.json``, :mod:`guestagent.tiering.journal`), the numa job's
 ``numa_balancing`` (``numa.json``, :mod:`guestagent.numa.balancing`) and the balloon (its original
@@ -31,12 +40,12 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from guestagent.errors import InputError, MissingInputError
-from guestagent.hostfs import HostFS
+from guestagent.hostfs import MAX_READ_BYTES, HostFS
 
 JOURNAL_VERSION = 1
 
@@ -112,6 +121,80 @@ class Change:
                    previous=values["previous"], applied=values["applied"])
 
 
+# -- a damaged file: its whole entries, one by one -----------------------------------------------
+
+#: One entry of a journal: a JSON object holding no brace (entries are flat).
+PIECE = re.compile(r"\{[^{}]*\}")
+#: What may stand between the whole entries of an undamaged journal file (both key orders).
+_HEAD = re.compile(r'\s*\{\s*("version"\s*:\s*1\s*,\s*)?"changes"\s*:\s*\[\s*')
+_BETWEEN = re.compile(r"\s*,\s*")
+_TAIL = re.compile(r'\s*\]\s*(,\s*"version"\s*:\s*1\s*)?\}\s*')
+
+#: Checks one piece (parsed JSON) as an entry, naming ``source``; raises InputError.
+Check = Callable[[Any, str], Change]
+
+
+@dataclass
+class Salvage:
+    """What :func:`salvage` found: the whole entries that passed the check (the first for each
+    path), the pieces refused (each its error line and its text) and where the pieces were."""
+
+    changes: dict[str, Change] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+def read_damaged(hostfs: HostFS, path: str) -> str | None:
+    """A damaged file's text, bounded, one character per byte (a NUL or a non-ASCII byte is
+    damage, not the end: it becomes U+FFFD); None when it cannot be read."""
+    try:
+        with open(hostfs.path(path), "rb") as f:
+            return f.read(MAX_READ_BYTES).decode("ascii", "replace")
+    except OSError:
+        return None
+
+
+def salvage(text: str, source: str, check: Check) -> Salvage:
+    """Each brace-free ``{...}`` of ``text`` parsed and checked on its own (linear: the pieces
+    do not nest). A piece that is not JSON or that ``check`` refuses is skipped, not fatal."""
+    found = Salvage()
+    for i, m in enumerate(PIECE.finditer(text)):
+        found.spans.append(m.span())
+        where = f"{source} piece {i}"
+        try:
+            change = check(json.loads(m.group(0)), where)
+        except (ValueError, RecursionError) as e:
+            found.skipped.append((str(InputError(where, f"not JSON: {e}")), m.group(0)))
+            continue
+        except InputError as e:
+            found.skipped.append((str(e), m.group(0)))
+            continue
+        found.changes.setdefault(change.path, change)
+    return found
+
+
+def damaged_stretches(text: str, spans: list[tuple[int, int]], source: str) -> list[str]:
+    """One line per stretch of a journal file's ``text`` between its pieces (``spans``, in
+    order, at least one) that is not the journal's own punctuation: what was garbled there, a
+    lost brace, trailing garbage, or an end cut short."""
+    edges = [0] + [x for span in spans for x in span] + [len(text)]
+    last = len(spans)
+    lines = []
+    for k in range(last + 1):
+        start, end = edges[2 * k], edges[2 * k + 1]
+        rule = _HEAD if k == 0 else _TAIL if k == last else _BETWEEN
+        if rule.fullmatch(text[start:end]) is not None:
+            continue
+        why = ("not the end of a journal (cut short or garbled)" if k == last
+               else "damaged: not part of a whole entry")
+        lines.append(str(InputError(f"{source} bytes {start}-{end}", why, text[start:end])))
+    return lines
+
+
+class _Damaged(InputError):
+    """The file is not a journal any more (not JSON, or not its shape): salvage what is whole."""
+
+
 class Journal:
     """One owner's changes in force, mirrored to its file on every update."""
 
@@ -124,29 +207,29 @@ class Journal:
         self.changes: dict[str, Change] = {}
         #: One line per entry of the file that was refused (and skipped) by :meth:`load`.
         self.problems: list[str] = []
+        #: The file read was damaged (salvaged): the next :meth:`save` keeps it as ``.bad``.
+        self.damaged = False
 
     def load(self) -> Journal:
-        """Read the file; an absent file is an empty journal, a garbage one raises InputError.
+        """Read the file; an absent file is an empty journal.
 
         Each entry is checked on its own: a malformed one is skipped (one line in
         ``problems``) and the others are kept, so one bad entry never blocks the undo of the
-        rest."""
+        rest. A damaged file gives back its whole entries (module docstring); InputError when
+        it holds none, when it is another version's or cannot be read at all."""
+        self.damaged = False
         try:
             text = self.hostfs.read_text(self.path)
+            raw = self._entries(text)
         except MissingInputError:
             self.changes = {}
             return self
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise InputError(self.path, f"not JSON: {e}") from None
-        if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
-            raise InputError(
-                self.path, f"expected a version {JOURNAL_VERSION} state object", text[:60]
-            )
-        raw = data.get("changes", [])
-        if not isinstance(raw, list):
-            raise InputError(f"{self.path} changes", "expected a list", raw)
+        except _Damaged as e:
+            return self._salvage(e)
+        except InputError as e:  # HostFS.read_text's words for a byte that is not text
+            if e.reason not in ("not ASCII text", "contains a NUL byte"):
+                raise  # a directory, EACCES, over 1 MiB: not damage to salvage from
+            return self._salvage(e)
         changes: dict[str, Change] = {}
         problems: list[str] = []
         for i, item in enumerate(raw):
@@ -159,6 +242,48 @@ class Journal:
             changes[change.path] = change
         self.changes = changes
         self.problems = problems
+        return self
+
+    def _entries(self, text: str) -> list[Any]:
+        """The file's ``changes`` list; _Damaged when the text is not a journal's, InputError
+        when it is another version's journal."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise _Damaged(self.path, f"not JSON: {e}") from None
+        version = data.get("version") if isinstance(data, dict) else None
+        if isinstance(version, int) and version != JOURNAL_VERSION:
+            raise InputError(self.path, f"a version {version} journal, this agent reads "
+                             f"version {JOURNAL_VERSION}")
+        if version != JOURNAL_VERSION:
+            raise _Damaged(self.path, f"expected a version {JOURNAL_VERSION} state object",
+                           text[:60])
+        raw = data.get("changes", [])
+        if not isinstance(raw, list):
+            raise _Damaged(f"{self.path} changes", "expected a list", raw)
+        return raw
+
+    def _check(self, item: Any, source: str) -> Change:
+        return Change.from_dict(item, source, self.kinds, self.owner)
+
+    def _salvage(self, error: InputError) -> Journal:
+        """The whole entries of a damaged file (module docstring); ``error`` (why it is not a
+        journal) is raised again when it holds none."""
+        from guestagent.log import get_logger
+
+        text = read_damaged(self.hostfs, self.path)
+        found = salvage(text or "", self.path, self._check)
+        if not found.spans:
+            raise InputError(error.source, f"{error.reason}; no whole entry in it",
+                             error.value) from None
+        self.changes = found.changes
+        self.problems = [line for line, _piece in found.skipped]
+        self.problems += damaged_stretches(text or "", found.spans, self.path)
+        self.damaged = True
+        get_logger("journal").warning(
+            "journal_unreadable", owner=self.owner, journal=self.path, error=str(error),
+            salvaged=len(found.changes), skipped=len(self.problems),
+            kept_as=f"{self.path}.bad (at the journal's next write)")
         return self
 
     def get(self, path: str) -> Change | None:
@@ -205,6 +330,10 @@ class Journal:
         import tempfile
 
         target = self.hostfs.path(self.path)
+        if self.damaged:  # what was read was salvaged: the damaged file stays for a person
+            with contextlib.suppress(OSError):
+                os.replace(target, target.with_name(target.name + ".bad"))
+            self.damaged = False
         if not self.changes:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target)

@@ -277,20 +277,28 @@ class BalloonActuator:
         journal with one line (``balloon_record_bad_value``; the guard's entries are still
         undone; the target falls back to xenstore, static-max or the last reset's), other
         malformed entries are skipped by the load (``undo_entry_skipped``). A file that is not a
-        journal at all is moved aside (``.bad``) and the reset goes on without it (the guard's
-        changes it held, if any, are lost: the line says so). Idempotent: the reset reads it
-        again."""
+        journal at all (not JSON: garbled, cut short) is moved aside (``.bad``), the whole
+        entries it still holds are written back as the journal (:meth:`BalloonJournal.salvage`:
+        each piece checked on its own, a bad one skipped with one line) and the reset goes on
+        with them; what was not whole is lost (the line says so). Idempotent: the reset reads
+        it again."""
         from guestagent.balloon.journal import view
 
         try:
             changes, bad_target = self.store.load_for_reset()
         except InputError as e:
+            changes, skipped = self.store.salvage()
+            moved = self.store.move_aside()
+            if changes:
+                self.store.save(changes, force=True)
             self.log.warning(
                 "balloon_record_unreadable", source=self.record_path, error=str(e),
-                moved_to=self.store.move_aside(), fallback="xenstore memory/target, static-max",
-                lost="the allocation guard's changes it held, if any",
+                moved_to=moved, salvaged=len(changes), skipped=skipped,
+                fallback="xenstore memory/target, static-max",
+                lost=("every change it held (no whole entry), the allocation guard's too"
+                      if not changes else "what was not a whole entry"),
             )
-            return {}
+            return view(changes)
         if bad_target is not None:
             self.log.warning(
                 "balloon_record_bad_value", source=self.record_path, field="original_target_kb",

@@ -211,6 +211,31 @@ def zram_swaps(swaps: list[SwapEntry]) -> dict[int, SwapEntry]:
     return out
 
 
+def next_zram_device(present: set[int]) -> int:
+    """The number the kernel gives the next ``hot_add``: the lowest free one (zram_add() takes
+    ``idr_alloc(&zram_index_idr, zram, 0, 0, ...)``, the lowest unused id from 0)."""
+    return next((n for n in range(MAX_ZRAM_ID + 1) if n not in present), MAX_ZRAM_ID)
+
+
+def unrecorded_device(had: set[int], expected: int, present: set[int]) -> tuple[int | None, str]:
+    """Which zram device is the guard's when a kill fell between its ``zram_device`` entry
+    (written with the devices present before, ``had``, and the number the kernel would give,
+    ``expected``) and the save of the number ``hot_add`` answered; None and why when none is.
+
+    Only when exactly one device appeared since and it is the expected number: it is the one
+    the guard's ``hot_add`` made (or, if the kill fell before the read, one another program
+    added after it, at the same number: indistinguishable, and the caller removes it only while
+    it is idle, disksize 0). Any other change (two new devices, a different number) may hold
+    another program's device: none is taken."""
+    new = present - had
+    if not new:
+        return None, "no zram device was added"
+    if new == {expected}:
+        return expected, ""
+    return None, (f"devices added since: {', '.join(f'zram{n}' for n in sorted(new))}; "
+                  f"only zram{expected} alone would be the guard's")
+
+
 def selected_compressor(text: str) -> str | None:
     """The bracketed name in ``comp_algorithm`` (``lzo [lzo-rle] lz4``), None if none is."""
     m = re.search(r"\[([A-Za-z0-9_-]{1,32})\]", text)
@@ -304,7 +329,7 @@ class RecordStore(Protocol):
     def save_record(self, record: dict[str, Any]) -> None: ...
 
 
-def _valid_change(entry: Any) -> dict[str, Any]:
+def valid_change(entry: Any) -> dict[str, Any]:
     """One recorded change, checked on its own: a bad one raises InputError (and is skipped)."""
     if not isinstance(entry, dict):
         raise InputError("guard change", "expected an object", entry)
@@ -318,15 +343,31 @@ def _valid_change(entry: Any) -> dict[str, Any]:
             raise InputError("guard change previous", "expected 0, 1 or 2", prev)
     elif kind in ("zram_device", "swap"):
         dev = entry.get("device")
-        if dev is not None and (
-            isinstance(dev, bool) or not isinstance(dev, int) or not 0 <= dev <= MAX_ZRAM_ID
-        ):
+        if dev is not None and not _zram_number(dev):
             raise InputError("guard change device", f"expected 0..{MAX_ZRAM_ID}", dev)
         if kind == "swap" and dev is None:
             raise InputError("guard change device", "a swap needs its zram device", dev)
+        if dev is None and "next" in entry:
+            _valid_pending(entry)
     elif kind != "zram_module":
         raise InputError("guard change kind", "unknown", kind)
     return entry
+
+
+def _zram_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ZRAM_ID
+
+
+def _valid_pending(entry: dict[str, Any]) -> None:
+    """A ``zram_device`` entry written before ``hot_add`` answered: ``next`` (the number the
+    kernel would give) and ``had`` (the devices present before)."""
+    if not _zram_number(entry["next"]):
+        raise InputError("guard change next", f"expected 0..{MAX_ZRAM_ID}", entry["next"])
+    had = entry.get("had")
+    if not (isinstance(had, list) and len(had) <= MAX_ZRAM_ID + 1
+            and all(_zram_number(n) for n in had)):
+        raise InputError("guard change had", f"expected a list of 0..{MAX_ZRAM_ID}",
+                         str(had)[:40])
 
 
 def recorded_changes(record: dict[str, Any], log: Any) -> list[dict[str, Any]]:
@@ -338,7 +379,7 @@ def recorded_changes(record: dict[str, Any], log: Any) -> list[dict[str, Any]]:
     out = []
     for i, entry in enumerate(raw):
         try:
-            out.append(_valid_change(entry))
+            out.append(valid_change(entry))
         except InputError as e:
             log.warning("guard_record_bad", index=i, error=str(e), action="skipped")
     return out
@@ -534,7 +575,12 @@ class Guard:
             self.commands.modprobe("zram", "num_devices=0")
             if not self.hostfs.exists(ZRAM_CONTROL):
                 raise GuestAgentError(f"modprobe zram: {ZRAM_CONTROL} did not appear")
-        changes = self._record({"kind": "zram_device", "device": None})
+        # Recorded before the read: what was there and the number the kernel will give, so a
+        # kill before the number is saved still lets the undo find the guard's device, and only
+        # it (:func:`unrecorded_device`).
+        had = _zram_devices(self.hostfs)
+        changes = self._record({"kind": "zram_device", "device": None,
+                                "next": next_zram_device(had), "had": sorted(had)})
         device = self.hostfs.read_int(f"{ZRAM_CONTROL}/hot_add", 0, MAX_ZRAM_ID)
         changes[-1]["device"] = device
         self._save(changes)
@@ -581,6 +627,53 @@ def _zram_device_exists(hostfs: HostFS, device: int) -> bool:
     return hostfs.exists(f"{SYS_BLOCK}/zram{device}")
 
 
+def _zram_devices(hostfs: HostFS) -> set[int]:
+    """The zram devices present (``/sys/block/zram<N>``)."""
+    try:
+        names = hostfs.listdir(SYS_BLOCK)
+    except InputError:
+        return set()
+    return {int(m.group(1)) for m in map(_ZRAM_NAME.match, names)
+            if m is not None and int(m.group(1)) <= MAX_ZRAM_ID}
+
+
+def _idle(hostfs: HostFS, device: int, active: set[int]) -> bool:
+    """Never set up: disksize 0 and not swapped on (a device with a disksize 0 holds nothing)."""
+    try:
+        size = hostfs.read_int(f"{SYS_BLOCK}/zram{device}/disksize", 0)
+    except InputError:
+        return False
+    return size == 0 and device not in active
+
+
+def _undo_unrecorded(
+    hostfs: HostFS, change: dict[str, Any], active: set[int], log: Any
+) -> bool:
+    """The ``zram_device`` entry whose number ``hot_add`` never saved (a kill between the two):
+    the device :func:`unrecorded_device` names is removed while idle; False when its removal
+    failed (the entry is kept). Anything else is left as it is, with one line."""
+    if "next" not in change:  # an earlier version's entry: nothing to tell the device by
+        log.warning("guard_undo_unsure", what="zram device (hot_add's number never saved)",
+                    action="none", reason="the entry has no devices-before list")
+        return True
+    device, why = unrecorded_device(set(change["had"]), change["next"], _zram_devices(hostfs))
+    if device is None:
+        if why != "no zram device was added":
+            log.warning("guard_undo_unsure", what="zram device (hot_add's number never saved)",
+                        action="none: every zram device left as it is", reason=why)
+        return True
+    what = f"/dev/zram{device}"
+    if not _idle(hostfs, device, active):
+        log.warning("guard_undo_unsure", what=what, action="left as it is",
+                    reason="set up (disksize or swap): not the guard's empty device")
+        return True
+    if not _undo_step(log, what, lambda: _remove_device(hostfs, device)):
+        return False
+    log.info("guard_undone", what=what, restored="absent",
+             note="hot_add's number was never saved (a kill): the one device added since, idle")
+    return True
+
+
 def _undo_swaps(
     swaps: list[dict[str, Any]], active: set[int], commands: GuardCommands | None, log: Any
 ) -> list[dict[str, Any]]:
@@ -605,14 +698,18 @@ def _remove_device(hostfs: HostFS, device: int) -> None:
 
 
 def _undo_devices(
-    hostfs: HostFS, devices: list[dict[str, Any]], busy: set[int], log: Any
+    hostfs: HostFS, devices: list[dict[str, Any]], busy: set[int], active: set[int], log: Any
 ) -> list[dict[str, Any]]:
     """Reset and hot-remove each of the guard's zram devices; returns the ones kept."""
     failed = []
     for change in devices:
         device = change.get("device")
-        if device is None or not _zram_device_exists(hostfs, device):
-            continue  # hot_add never answered, or already gone: nothing of ours to remove
+        if device is None:
+            if not _undo_unrecorded(hostfs, change, active, log):
+                failed.append(change)
+            continue
+        if not _zram_device_exists(hostfs, device):
+            continue  # already gone: nothing of ours to remove
         if device in busy or not _undo_step(
             log, f"/dev/zram{device}", lambda d=device: _remove_device(hostfs, d)
         ):
@@ -632,7 +729,8 @@ def undo_zram(
                for k in ("sysctl", "swap", "zram_device", "zram_module")}
     active = set(zram_swaps(_swaps_or_empty(hostfs, log)))
     failed = _undo_swaps(of_kind["swap"], active, commands, log)
-    failed += _undo_devices(hostfs, of_kind["zram_device"], {c["device"] for c in failed}, log)
+    failed += _undo_devices(hostfs, of_kind["zram_device"], {c["device"] for c in failed},
+                            active, log)
     for change in of_kind["zram_module"]:
         if not failed and not hostfs.exists(ZRAM_MODULE):
             # never loaded (a crash before the modprobe) or unloaded already (a crash before

@@ -12,7 +12,10 @@ undo needs changes, never on a tick that changes nothing of it. Its kinds:
 * the allocation guard's (:mod:`guestagent.balloon.guard`), each with the path its undo acts on:
   ``sysctl`` (``/proc/sys/vm/overcommit_memory``, ``previous`` 0, 1 or 2), ``zram_module``
   (``/sys/module/zram``, ``previous`` ``not loaded``), ``zram_device`` (``/sys/block/zram<N>``,
-  or ``/sys/class/zram-control/hot_add`` until hot_add answered; ``previous`` ``absent``) and
+  or ``/sys/class/zram-control/hot_add`` until hot_add answered, its ``applied`` then
+  ``next=N had=A,B``: the number the kernel will give and the devices present before, so a
+  kill before the number is saved still lets the undo find that device and only it;
+  ``previous`` ``absent``) and
   ``swap`` (``/dev/zram<N>``, ``previous`` ``off``).
 
 Each entry is checked on its own (issue 15): a malformed one is skipped with one line
@@ -21,7 +24,10 @@ is skipped too when a reset reads the journal (:meth:`BalloonJournal.load_for_re
 ``event=balloon_record_bad_value field=original_target_kb``, the entry dropped from the file, the
 guard's entries still undone, the target from xenstore, static-max or the last reset's); a start
 (:meth:`BalloonJournal.load`) refuses it instead (InputError), so it never takes a
-ballooned-down target for the original.
+ballooned-down target for the original. A file that is no longer JSON at all (a garbled byte, a
+lost brace, cut short) still gives a reset every whole entry it holds
+(:meth:`BalloonJournal.salvage`): one garbled byte loses the entry it fell in, not the guard's
+changes beside it.
 
 The balloon code sees the journal through a small dict (:func:`view`: ``original_target_kb``,
 ``toolstack_offset_kb``, ``guard`` as the guard's change dicts) and hands a changed one back
@@ -60,7 +66,7 @@ from guestagent.balloon.signals import BALLOON_TARGET, XS_TARGET
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
-from guestagent.undo import Change, Journal, KindRule
+from guestagent.undo import Change, Journal, KindRule, read_damaged, salvage
 
 #: The balloon's undo journal.
 RECORD_PATH = "/run/guestagent/balloon.json"
@@ -81,7 +87,8 @@ KINDS: dict[str, KindRule] = {
     "zram_module": KindRule(re.compile(re.escape(ZRAM_MODULE)), re.compile("not loaded")),
     "zram_device": KindRule(
         re.compile(f"{re.escape(SYS_BLOCK)}/zram{_ZRAM_N}|{re.escape(HOT_ADD)}"),
-        re.compile("absent")),
+        re.compile("absent"),
+        re.compile(f"(next={_ZRAM_N} had=({_ZRAM_N}(,{_ZRAM_N}){{0,1023}})?)?")),
     "swap": KindRule(re.compile(f"/dev/zram{_ZRAM_N}"), re.compile("off")),
 }
 _GUARD_KINDS = ("sysctl", "zram_module", "zram_device", "swap")
@@ -101,10 +108,28 @@ def _guard_change(entry: Any) -> Change | None:
         return Change(kind, str(entry.get("path")), "", str(entry.get("previous")))
     if kind == "zram_module":
         return Change(kind, ZRAM_MODULE, "", "not loaded")
+    if kind == "zram_device" and device is None:
+        return Change(kind, HOT_ADD, "", "absent", _pending_text(entry))
     if kind == "zram_device":
-        return Change(kind, HOT_ADD if device is None else f"{SYS_BLOCK}/zram{device}", "",
-                      "absent")
+        return Change(kind, f"{SYS_BLOCK}/zram{device}", "", "absent")
     return Change(kind, f"/dev/zram{device}", "", "off")
+
+
+def _pending_text(entry: dict[str, Any]) -> str:
+    """A ``zram_device`` entry's ``next`` and ``had`` (before hot_add answered) as its
+    ``applied``: ``next=N had=A,B``; "" when it has none (an earlier version's)."""
+    if "next" not in entry:
+        return ""
+    had = entry.get("had")
+    return f"next={entry['next']} had={','.join(str(n) for n in had or [])}"
+
+
+def _pending_fields(applied: str) -> dict[str, Any]:
+    """:func:`_pending_text` read back (the kind's rule checked it already)."""
+    m = re.fullmatch(r"next=([0-9]+) had=([0-9,]*)", applied)
+    if m is None:
+        return {}
+    return {"next": int(m.group(1)), "had": [int(n) for n in m.group(2).split(",") if n]}
 
 
 def _guard_entry(change: Change) -> dict[str, Any]:
@@ -115,6 +140,8 @@ def _guard_entry(change: Change) -> dict[str, Any]:
         return {"kind": "zram_module", "previous": "not loaded"}
     match = _DEVICE.fullmatch(change.path)
     device = int(match.group(1)) if match and int(match.group(1)) <= MAX_ZRAM_ID else None
+    if change.kind == "zram_device" and change.path == HOT_ADD:
+        return {"kind": change.kind, "device": None, **_pending_fields(change.applied)}
     return {"kind": change.kind, "device": device}
 
 
@@ -151,6 +178,26 @@ def changes_of(record: dict[str, Any]) -> list[Change]:
         if change is not None:
             changes.append(change)
     return changes
+
+
+def _salvaged(item: Any, source: str) -> Change:
+    """One piece of a damaged file as a record: this journal's entry, or an earlier version's
+    guard change (``{"kind": "zram_device", "device": 1}``); InputError when it is neither."""
+    from dataclasses import asdict
+
+    from guestagent.balloon.guard import valid_change
+
+    if not isinstance(item, dict) or "kind" not in item:
+        raise InputError(source, "not an entry (an object with a kind)", str(item)[:40])
+    try:
+        return Change.from_dict(item, source, KINDS, OWNER)
+    except InputError:
+        if item.get("kind") not in _GUARD_KINDS or "path" in item:
+            raise
+    change = _guard_change(valid_change(item))
+    if change is None:
+        raise InputError(source, "not an entry", str(item)[:40])
+    return Change.from_dict(asdict(change), source, KINDS, OWNER)
 
 
 # -- the files -----------------------------------------------------------------------------------
@@ -278,6 +325,21 @@ class BalloonJournal:
         self.log.info("balloon_record_converted", source=self.path, records=len(changes),
                       note="an earlier version's record, now in the undo journal's format")
         return bad
+
+    def salvage(self) -> tuple[list[Change], int]:
+        """The whole entries of a file that is not a journal (not JSON, cut short, garbled):
+        each ``{...}`` holding no brace read on its own (:func:`guestagent.undo.salvage`, shared
+        with every journal) and checked as a record of this journal or, failing that, as an
+        earlier version's guard change. Returns the records (the first for each path) and how
+        many pieces were skipped, each with one line (``event=undo_entry_skipped``)."""
+        text = read_damaged(self.hostfs, self.path)
+        if text is None:
+            return [], 0
+        found = salvage(text, self.path, _salvaged)
+        for error, piece in found.skipped:
+            self.log.warning("undo_entry_skipped", journal=self.path, error=error[:120],
+                             piece=piece[:60])
+        return list(found.changes.values()), len(found.skipped)
 
     def move_aside(self) -> str:
         """Rename a damaged file to ``balloon.json.bad``; returns where it is now."""

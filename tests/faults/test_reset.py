@@ -1,7 +1,9 @@
 """``guestagent reset`` (issue 14 item 6, issue 15 "undo that always works"): the unit's only
 ``ExecStopPost`` undoes everything the agent may have changed, from the state files alone, in
 order: the balloon target back to the ceiling (and the allocation guard), the devices' changes
-(``devices.json``), the agent's own kdamonds (``tiering.json``).
+(``devices.json``), the agent's own kdamonds (``tiering.json``), ``numa_balancing``
+(``numa.json``). A journal that is no longer JSON still gives back every whole entry it holds
+(the cases at the end).
 
 Seen before: three ``ExecStopPost`` lines, each reading the configuration its own way; a part
 that failed was hidden by ``-``. Now one command: a part that fails is one error-level logfmt line
@@ -330,3 +332,134 @@ def test_reset_puts_numa_balancing_back(
     assert any(line.startswith("numa: ") for line in out.splitlines()), out
     assert not (root / "run/guestagent/numa.json").exists()
     assert reset(root) == (0, "nothing to undo\n")
+
+
+# -- a journal that is no longer JSON (issue 15: each entry stands alone) ------------------------
+#
+# Before: one garbled byte anywhere in devices.json, tiering.json or numa.json (trailing garbage,
+# a NUL, a file cut short) made ``Journal.load`` raise "not JSON": one ``reset_failed`` line, exit
+# status 1, and nothing of that part restored (``numa_balancing`` left at 1). Now the journal
+# gives back every whole entry it holds (``guestagent.undo.salvage``, shared with the balloon's).
+
+NUMA_SYSCTL = "proc/sys/kernel/numa_balancing"
+#: What stays as the agent left it when the last entry of a part's journal is lost: IRQ 5's
+#: affinity; ``nr_kdamonds`` (kdamond 1, named by no entry, is not known to be the agent's, so
+#: it is left and so is the count: the agent's kdamond 0 is off and empty all the same);
+#: ``numa_balancing``, numa.json's only entry.
+LAST_ENTRY = {"devices": ("proc/irq/5/smp_affinity_list", "2-3"),
+              "tiering": (NR_KDAMONDS.lstrip("/"), "2"),
+              "numa": (NUMA_SYSCTL, "1")}
+
+
+def _garble(data: bytes, at: int) -> bytes:
+    return data[:at] + b"\xff" + data[at + 1:]
+
+
+def _last_entry(data: bytes) -> int:
+    return data.rindex(b"{")
+
+
+#: name: (the damage, whether the last entry survives it whole, the lines it gives).
+DAMAGE = {
+    # a non-ASCII byte for the colon after the last entry's "kind"
+    "garbled-byte-in-the-last-entry": (
+        lambda d: _garble(d, d.index(b'"kind"', _last_entry(d)) + 6), False, 1),
+    # ...and for the colon after "changes": no entry touched
+    "garbled-byte-in-the-head": (lambda d: _garble(d, d.index(b'"changes"') + 9), True, 1),
+    "trailing-nuls-and-garbage": (lambda d: d + b"\x00\x00garbage\n", True, 1),
+    "cut-short-in-the-last-entry": (lambda d: d[:d.index(b'"path"', _last_entry(d))], False, 1),
+    "cut-short-after-the-last-entry": (lambda d: d[:d.rindex(b"}", 0, d.rindex(b"]")) + 1],
+                                       True, 1),
+}
+
+
+def numa_switched_on(root: Path) -> None:
+    """What a killed daemon's ``balancing = "auto"`` leaves: numa_balancing 1, numa.json."""
+    from guestagent.numa import balancing
+
+    sysctl = root / NUMA_SYSCTL
+    sysctl.parent.mkdir(parents=True, exist_ok=True)
+    sysctl.write_text("0\n")
+    hostfs = HostFS(str(root))
+    journal = balancing.NumaJournal(hostfs, balancing.journal_path("/run/guestagent")).load()
+    balancing.turn_on(hostfs, journal, previous=0, value=1)
+    assert sysctl.read_text().strip() == "1"
+
+
+def assert_numa_undone(root: Path) -> None:
+    assert (root / NUMA_SYSCTL).read_text().strip() == "0"
+    assert not (root / "run/guestagent/numa.json").exists()
+
+
+@pytest.mark.parametrize(("part", "case"), [
+    (part, case) for part in ("devices", "tiering", "numa") for case in DAMAGE
+    # numa.json holds one entry: cut short inside it, nothing is whole (the test after this)
+    if (part, case) != ("numa", "cut-short-in-the-last-entry")])
+def test_a_journal_that_is_not_json_still_undoes_the_entries_it_holds_whole(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO, part: str, case: str
+) -> None:
+    root, kernel = world
+    change_everything(root, kernel)
+    numa_switched_on(root)
+    journal = root / "run/guestagent" / f"{part}.json"
+    damage, last_kept, bad_lines = DAMAGE[case]
+    damaged = damage(journal.read_bytes())
+    journal.write_bytes(damaged)
+    rc, out = reset(root)
+    log_text = logfmt.getvalue()
+    assert "Traceback" not in log_text
+    assert not events(logfmt, "reset_failed") or part == "devices", log_text
+    # every part is undone; of the damaged one, every whole entry
+    assert (root / TARGET).read_text().strip() == str(CEILING)
+    assert (root / IRQ).read_text() == "0-3", (out, log_text)
+    assert (root / NUMA_NODE).read_text() == "-1", (out, log_text)
+    assert kernel.kdamond_states()[:1] in ([], ["off"]), (out, log_text)  # the agent's stopped
+    last_file, left = LAST_ENTRY[part]
+    if last_kept:
+        assert_numa_undone(root)
+        assert_tiering_undone(root)
+        assert_devices_undone(root)
+        assert (root / "proc/irq/5/smp_affinity_list").read_text() == "0-3"
+    else:
+        assert (root / last_file).read_text().strip() == left, (out, log_text)
+    # one line per bad piece, in the reset's output and in the log; one summary line
+    skipped = [ln for ln in out.splitlines()
+               if ln.startswith(f"{part}: ") and "malformed, skipped" in ln]
+    assert len(skipped) == bad_lines, out
+    assert all(f"/run/guestagent/{part}.json" in ln for ln in skipped), skipped
+    (summary,) = events(logfmt, "journal_unreadable")
+    assert f"owner={part}" in summary and f"skipped={bad_lines}" in summary, summary
+    # the devices part counts a skipped entry as a failed step (exit 1, as for any malformed
+    # entry of devices.json); the tiering and numa parts do not
+    assert rc == (1 if part == "devices" else 0), (out, log_text)
+    if part == "devices":
+        (failed,) = events(logfmt, "reset_failed")
+        assert "part=devices" in failed and "1 step(s) failed" in failed, failed
+    # the damaged file is kept for a person once the journal was written again
+    if (root / "run/guestagent" / f"{part}.json.bad").exists():
+        assert (root / "run/guestagent" / f"{part}.json.bad").read_bytes() == damaged
+    else:  # nothing of it undone, so nothing written: the same file, the same lines again
+        assert journal.read_bytes() == damaged
+        again = [ln for ln in reset(root)[1].splitlines() if ln.startswith(f"{part}: ")]
+        assert again == [ln for ln in out.splitlines() if ln.startswith(f"{part}: ")]
+
+
+def test_a_journal_without_one_whole_entry_is_still_one_error_line(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    """numa.json cut short inside its only entry: nothing in it can be known, so the numa part
+    fails with one line (exit status 1), as a journal that is not JSON did before; the other
+    parts are undone."""
+    root, kernel = world
+    change_everything(root, kernel)
+    numa_switched_on(root)
+    journal = root / "run/guestagent/numa.json"
+    data = journal.read_bytes()
+    journal.write_bytes(data[:data.index(b'"path"')])
+    rc, out = reset(root)
+    assert rc == 1, out
+    (line,) = errors(logfmt)
+    assert "part=numa" in line and "not JSON" in line and "no whole entry" in line, line
+    assert (root / NUMA_SYSCTL).read_text().strip() == "1"
+    assert_devices_undone(root)
+    assert_tiering_undone(root)
