@@ -288,8 +288,8 @@ def test_free_memory_is_given_back_faster_but_not_past_the_headroom_line() -> No
 
 
 def test_pressure_stops_at_the_headroom_line() -> None:
-    """Never probe MemAvailable under the line R + max(R, B): the band between the reserve and the
-    line separates the shrink zone from the grow zone (hysteresis)."""
+    """Never probe MemAvailable under the line R + max(R, B - g): the band between the reserve and
+    the line separates the shrink zone from the grow zone (hysteresis)."""
     ds = run_policy(PressureConfig(), [{}] * 600)
     final = ds[-1]
     avail = final.target_kb - OFFSET - 200 * MIB_KB  # available = MemTotal - 200 MiB here

@@ -104,7 +104,7 @@ class PressureConfig(PolicyConfig):
     #: Bursts: demand growth within this window; a growth of burst_min_kb starts a burst.
     burst_window_s: float = 10.0
     burst_min_kb: int = 32 * MIB_KB
-    #: The hold time (no shrink after a grow or a stop; the burst allowance held): the spacing
+    #: The hold time (the burst allowance held; no shrink after a stop): the spacing
     #: of the last two bursts, within these bounds (bursts further apart are unrelated).
     holdoff_min_s: float = 60.0
     holdoff_max_s: float = 180.0
@@ -243,7 +243,7 @@ class Reading:
     cached_rate: float
     oom: bool
     reserve_kb: int  # R
-    line_kb: int  # the headroom line H = R + max(R, B)
+    line_kb: int  # the headroom line H = R + max(R, B - g)
     burst_kb: int  # B
 
 
@@ -457,8 +457,9 @@ def quiet_holds(signals: MemorySignals, r: Reading, config: PressureConfig) -> l
 
 
 def time_holds(signals: MemorySignals, state: PolicyState, config: PressureConfig) -> list[str]:
-    """The holdoffs: the hold time after a grow or a stop of our shrink; ``follow_holdoff_s``
-    after a toolstack change; 5 min after an OOM kill; one shrink per ``shrink_interval_s``."""
+    """The holdoffs: ``grow_holdoff_s`` after a grow; the hold time after a stop of our shrink;
+    ``follow_holdoff_s`` after a toolstack change; 5 min after an OOM kill; one shrink per
+    ``shrink_interval_s``."""
     now = signals.timestamp
     out = []
     hold = hold_s(state, config)
