@@ -29,7 +29,12 @@ from guestagent.balloon.policy import (
     hard_minimum_kb,
     limits,
 )
-from guestagent.balloon.pressure import burst_allowance, hold_s, observe_demand
+from guestagent.balloon.pressure import (
+    burst_allowance,
+    headroom_line_kb,
+    hold_s,
+    observe_demand,
+)
 from guestagent.balloon.signals import MemorySignals
 from guestagent.errors import InputError
 
@@ -283,8 +288,8 @@ def test_free_memory_is_given_back_faster_but_not_past_the_headroom_line() -> No
 
 
 def test_pressure_stops_at_the_headroom_line() -> None:
-    """Never probe MemAvailable under the line R + max(R, B): the band between the reserve and the
-    line separates the shrink zone from the grow zone (hysteresis)."""
+    """Never probe MemAvailable under the line R + max(R, B - g): the band between the reserve and
+    the line separates the shrink zone from the grow zone (hysteresis)."""
     ds = run_policy(PressureConfig(), [{}] * 600)
     final = ds[-1]
     avail = final.target_kb - OFFSET - 200 * MIB_KB  # available = MemTotal - 200 MiB here
@@ -386,9 +391,10 @@ def test_grow_is_sized_by_the_shortage() -> None:
     ds = run_policy(cfg, [{}, {"mem_available_kb": 150 * MIB_KB, "mem_free_kb": 10 * MIB_KB}],
                     start=start)
     d = ds[1]
-    assert d.action == "grow" and "under the headroom line" in d.reason, d.reason
-    # The line is R + B (B = the 150 MiB burst): 214 MiB, 64 above MemAvailable; MemFree is
-    # 118 MiB under 2R; the larger, plus the 150 MiB that arrived (a first rise: no lookahead).
+    assert d.action == "grow" and "MemFree 10240 KiB under 2x reserve" in d.reason, d.reason
+    # The line is R + max(R, B - g): the 150 MiB burst has arrived (g = B), so 2R = 128 MiB,
+    # under MemAvailable; MemFree is 118 MiB under 2R; that, plus the 150 MiB that arrived (a
+    # first rise: no lookahead).
     assert d.target_kb - d.previous_kb == (2 * R - 10 * MIB_KB) + 150 * MIB_KB
     # A trigger with plenty available and 40 MiB free: 2R - 40 MiB, no demand arrived.
     ds = run_policy(cfg, [{"mem_free_kb": 40 * MIB_KB},
@@ -438,15 +444,16 @@ def test_a_grow_during_a_ramp_covers_the_demand_until_the_next_decision() -> Non
     of the next (a spike's grow is the shortage and what arrived, as before)."""
     cfg = PressureConfig()
     no_lookahead = replace(cfg, grow_lookahead_s=0.0)
-    start = snap(size_kb=500 * MIB_KB, mem_available_kb=260 * MIB_KB, mem_free_kb=250 * MIB_KB,
+    start = snap(size_kb=500 * MIB_KB, mem_available_kb=200 * MIB_KB, mem_free_kb=190 * MIB_KB,
                  some_avg10=1.0)
 
     def ramp(dt: float) -> list[dict[str, Any]]:
-        """Demand rising 30 MiB then 90 MiB over two decisions ``dt`` apart."""
+        """Demand rising 30 MiB then 90 MiB over two decisions ``dt`` apart; the second takes
+        MemAvailable under the line (2R while the burst has arrived)."""
         return [{},
-                {"timestamp": dt, "mem_available_kb": 230 * MIB_KB, "mem_free_kb": 220 * MIB_KB},
-                {"timestamp": 2 * dt, "mem_available_kb": 140 * MIB_KB,
-                 "mem_free_kb": 130 * MIB_KB}]
+                {"timestamp": dt, "mem_available_kb": 170 * MIB_KB, "mem_free_kb": 160 * MIB_KB},
+                {"timestamp": 2 * dt, "mem_available_kb": 80 * MIB_KB,
+                 "mem_free_kb": 70 * MIB_KB}]
 
     with_la = run_policy(cfg, ramp(5.0), start=start)
     without = run_policy(no_lookahead, ramp(5.0), start=start)
@@ -462,7 +469,7 @@ def test_a_grow_during_a_ramp_covers_the_demand_until_the_next_decision() -> Non
                                                                         start=start)
     assert slow[2].target_kb - slow0[2].target_kb == 45 * MIB_KB
     # A one-off spike (the first decision that sees demand rise) gets no lookahead.
-    spike = [{}, {"timestamp": 5.0, "mem_available_kb": 140 * MIB_KB, "mem_free_kb": 130 * MIB_KB}]
+    spike = [{}, {"timestamp": 5.0, "mem_available_kb": 80 * MIB_KB, "mem_free_kb": 70 * MIB_KB}]
     one, one0 = run_policy(cfg, spike, start=start), run_policy(no_lookahead, spike, start=start)
     assert one[1].action == "grow" and one[1].target_kb == one0[1].target_kb
     # Nor does a grow that is not for rising demand (a PSI trigger while reclaiming).
@@ -504,8 +511,8 @@ def test_pressure_goes_to_the_ceiling_on_oom() -> None:
 
 
 def test_the_headroom_line_follows_the_bursts_seen() -> None:
-    """Headroom is not a constant 128 MiB: the line is R + max(R, B), B the largest demand growth
-    within 10 s, held for the hold time (60 s) and then halved every 30 s."""
+    """Headroom is not a constant 128 MiB: between bursts the line is R + max(R, B), B the largest
+    demand growth within 10 s, held for the hold time (60 s) and then halved every 30 s."""
     cfg = PressureConfig()
     state = PolicyState()
     used0 = 300 * MIB_KB
@@ -527,11 +534,58 @@ def test_the_headroom_line_follows_the_bursts_seen() -> None:
     assert s.mem_available_kb < R + 240 * MIB_KB + 16 * MIB_KB, s.mem_available_kb // MIB_KB
 
 
-def test_the_holdoff_after_a_grow_follows_the_burst_spacing() -> None:
+def test_the_headroom_line_counts_only_the_rest_of_a_burst() -> None:
+    """Seen on Xen 4.17 (sharp-spikes, runs 20261204-212118-29859 and 20261204-221850-5993): the
+    first 256 MiB spike grew the guest to its ceiling, because the line R + B already counted
+    the spike (B = 256 MiB) and the grow restored it on top of the spike in progress: room for a
+    second whole spike while the first was still there. The line is R + max(R, B - g), g the
+    growth of demand within the burst window (the part of a burst that has arrived): between
+    bursts R + B, room for a whole burst; at a burst's peak 2R."""
+    assert headroom_line_kb(R, 256 * MIB_KB, 0) == R + 256 * MIB_KB
+    assert headroom_line_kb(R, 256 * MIB_KB, 100 * MIB_KB) == R + 156 * MIB_KB
+    assert headroom_line_kb(R, 256 * MIB_KB, 256 * MIB_KB) == 2 * R
+    cfg = PressureConfig()
+    state = PolicyState()
+    s = snap(0.0, mem_free_kb=690 * MIB_KB, mem_available_kb=700 * MIB_KB, cached_kb=10 * MIB_KB)
+
+    def demand(s: MemorySignals, kb: int) -> MemorySignals:
+        return replace(s, mem_available_kb=s.mem_available_kb - kb,
+                       mem_free_kb=s.mem_free_kb - kb)
+
+    spike = 256 * MIB_KB
+    ds: list[Decision] = []
+    for t in range(60):
+        s = replace(s, timestamp=float(t))
+        if t in (1, 40):
+            s = demand(s, spike)
+        elif t == 4:
+            s = demand(s, -spike)
+        d = decide(s, state, cfg)
+        ds.append(d)
+        state = d.new_state
+        s = follow_size(s, d)
+        if t == 39:  # between the bursts the line is R + B: room for a whole burst
+            assert R + spike <= s.mem_available_kb < R + spike + 32 * MIB_KB, s.mem_available_kb
+            free_at_peak = s.mem_free_kb - spike
+    assert not [d.reason for d in ds[:4] if d.action == "grow"]  # the first fitted
+    d = ds[40]
+    assert d.action == "grow" and "under the headroom line" in d.reason, d.reason
+    # The shortage to the line at the peak (2R; MemFree is the further under it) plus what
+    # arrived: under the old line R + B the grow was R + B - MemAvailable + 256 MiB, another
+    # whole burst more.
+    assert d.target_kb - d.previous_kb == (2 * R - free_at_peak) + spike
+    assert d.target_kb - d.previous_kb < 2 * spike
+
+
+def test_the_hold_time_follows_the_burst_spacing_and_a_grow_holds_off_shrinks() -> None:
     """Seen on Xen 4.17 (issue 12): after a spike the old policy gave back 660 MiB within 15 s,
-    and the second spike 20 s later was OOM-killed. No shrink for the hold time after a grow: at
-    least 60 s, and the spacing of the last two bursts when they recur further apart (up to
-    180 s; bursts further apart than that are unrelated)."""
+    and the second spike 20 s later was OOM-killed. The burst allowance is held for the hold
+    time: at least 60 s, and the spacing of the last two bursts when they recur further apart
+    (up to 180 s; bursts further apart than that are unrelated); it keeps every probe above the
+    line (``test_the_headroom_line_follows_the_bursts_seen``). After a grow, no shrink at all for
+    ``grow_holdoff_s`` (15 s), then probes down to that line (sharp-spikes on Xen 4.17, runs
+    20261204-212118-29859 and 20261204-221850-5993: a 60 s holdoff after every grow kept the
+    guest at its ceiling through the whole train of spikes, 941-944 MiB mean)."""
     cfg = PressureConfig()
     state = PolicyState()
     assert hold_s(state, cfg) == 60.0
@@ -543,15 +597,18 @@ def test_the_holdoff_after_a_grow_follows_the_burst_spacing() -> None:
     state = observe_demand(snap(599.0, mem_available_kb=base), state, cfg)
     state = observe_demand(snap(600.0, mem_available_kb=base - 100 * MIB_KB), state, cfg)
     assert hold_s(state, cfg) == 60.0  # 359 s after the last: unrelated
-    # No shrink for 60 s after a grow even with 600 MiB lying free (the incident's situation).
+    # No shrink for 15 s after a grow even with 600 MiB lying free, then a probe.
     tight = {"mem_free_kb": 40 * MIB_KB}
     freed = {"mem_free_kb": 600 * MIB_KB, "mem_available_kb": snap().mem_available_kb}
     ds = run_policy(cfg, [*[tight] * 40, {**tight, "psi_trigger_fired": True}, *[freed] * 70])
     grow = 40
     assert ds[grow].action == "grow"
     first = next(i for i, d in enumerate(ds) if i > grow and d.action == "shrink")
-    assert first - grow >= 60, [d.reason for d in ds[grow:first]]
-    assert "holdoff 60 s after a grow" in ds[grow + 30].reason
+    assert first - grow == 15, [d.reason for d in ds[grow:first]]
+    assert "holdoff 15 s after a grow" in ds[grow + 10].reason
+    longer = run_policy(replace(cfg, grow_holdoff_s=40.0),
+                        [*[tight] * 40, {**tight, "psi_trigger_fired": True}, *[freed] * 70])
+    assert next(i for i, d in enumerate(longer) if i > grow and d.action == "shrink") == grow + 40
 
 
 def test_hysteresis_suppresses_tiny_changes() -> None:

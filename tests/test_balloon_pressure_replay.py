@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from guestagent.balloon.policy import MIB_KB, PressureConfig, reserve_kb
+from guestagent.balloon.signals import MemorySignals
 from guestagent.balloon.trace import Trace, load_trace, simulate
 
 HERE = Path(__file__).resolve().parent
@@ -36,16 +37,26 @@ def test_the_second_of_two_spikes_finds_its_memory_still_there() -> None:
     """Seen on Xen 4.17 (issue 12, vm.overcommit_memory=1): the old policy answered a spike (308 ->
     1024 MiB in 15 s), judged it over and gave back 660 MiB within 15 s; a second spike 20 s later
     grew too late and the OOM killer killed the workload. Replayed with a driver slower than the
-    spike, the old policy left the second spike 14 snapshots short of memory. No shrink for the
-    hold time after a grow: the second spike starts at the ceiling and is never short."""
+    spike, the old policy left the second spike 14 snapshots short of memory. The burst
+    allowance B (the first spike's growth within 10 s) is held for the hold time, and every probe
+    stops at the line R + B: the second spike starts with room for a burst like the first and is
+    never short (no shrink for 15 s after a grow, then probes down to that line)."""
     trace = load_trace(str(TWO_SPIKES))
     steps = simulate(trace, "pressure", populate_kb_per_s=SLOW_DRIVER_KB_PER_S).steps
-    by_t = {int(s.timestamp): s for s in steps}
-    assert all(by_t[t].action != "shrink" for t in range(85, 135)), [
-        (t, by_t[t].reason) for t in range(85, 135) if by_t[t].action == "shrink"
-    ]
-    assert by_t[119].target_kb == by_t[119].ceiling_kb
+    snaps = trace.snapshots
+    demand = [s.mem_total_kb - s.mem_available_kb for s in snaps]
+    burst = max(demand[i] - min(demand[j] for j in range(max(0, i - 10), i + 1))
+                for i in range(len(snaps)) if snaps[i].timestamp < 100)
+    reserve = reserve_kb(PressureConfig(), steps[0].ceiling_kb)
     assert not [s.timestamp for s in steps if s.underprovisioned and s.timestamp >= 100]
+    # The line between the spikes, with a driver that follows at once (the slow driver leaves the
+    # first spike short, and the replay's MemAvailable, clamped at 0, then understates B).
+    at_once = simulate(trace, "pressure").steps
+    between = [i for i, s in enumerate(at_once) if 85 <= s.timestamp < 120]
+    assert any(at_once[i].action == "shrink" for i in between)
+    for i in between:
+        avail, _ = _shift(trace, i, at_once[i].target_kb)
+        assert avail >= reserve + burst, (at_once[i].timestamp, avail, reserve + burst)
     # The first spike after a long idle is short with any policy that gave the idle memory back
     # (what issue 12 item 1, overcommit or swap while ballooned down, is for): not asserted here.
 
@@ -93,3 +104,50 @@ def test_every_trace_replays_without_a_shortage_and_within_the_floors(path: Path
         assert summary.underprovisioned_steps == 0, path.name
         if config.floor_kb and trace.snapshots[0].xs_target_kb:
             assert summary.min_target_kb >= 600 * MIB_KB
+
+
+#: The tuned half of the suite recorded on Xen 4.17 without ballooning (``none``: the workload's
+#: own demand, undisturbed), runs 20261204-212118-29859 and 20261204-221850-5993
+#: (benchmarks/README.md). Tuned on; the held-out workloads' traces are not in this directory.
+BENCH = HERE / "traces" / "balloon-bench-20261204"
+BENCH_TRACES = sorted(BENCH.glob("*.none.*.jsonl"))
+
+
+def _every(trace: Trace, n: int) -> list[MemorySignals]:
+    """One snapshot in ``n``: the recording is at 1 s, the agent decides every 5 s."""
+    return trace.snapshots[::n]
+
+
+@pytest.mark.parametrize("path", BENCH_TRACES, ids=lambda p: p.name)
+def test_the_tuned_bench_traces_replay_without_a_shortage(path: Path) -> None:
+    """Every rule together on the tuned half of the suite: no snapshot short of memory with a
+    driver that follows at once, at a decision every second or every 5 s (the daemon's
+    interval), and never more memory held than with a 60 s holdoff after every grow and the
+    line R + B during a burst (the law of runs 212118 and 221850)."""
+    trace = load_trace(str(path))
+    for n in (1, 5):
+        snaps = _every(trace, n)
+        summary = simulate(snaps, "pressure").summary
+        assert summary is not None
+        assert summary.underprovisioned_steps == 0, (path.name, n)
+        assert summary.floor_violations == summary.ceiling_violations == 0
+
+
+def test_sharp_spikes_keep_room_for_a_spike_not_the_ceiling() -> None:
+    """sharp-spikes on Xen 4.17 (runs 20261204-212118-29859 and 20261204-221850-5993): the law
+    then grew the guest to its ceiling in the first 256 MiB spike (the line R + B restored on top
+    of the spike in progress) and a 60 s holdoff kept it there: 941-944 MiB mean, 1.37-1.39x
+    `classic`. Replayed at the daemon's 5 s interval, the line R + max(R, B - g) and the 15 s
+    holdoff after a grow hold less than with a 60 s holdoff, and no snapshot is short. (The
+    old law held 1.17-1.31x `classic` on this replay; the new one still holds 1.07-1.08x: the
+    target 0.75x is not met.)"""
+    old = PressureConfig(grow_holdoff_s=60.0)
+    for path in sorted(BENCH.glob("sharp-spikes.none.*.jsonl")):
+        snaps = _every(load_trace(str(path)), 5)
+        new = simulate(snaps, "pressure").summary
+        held60 = simulate(snaps, "pressure", config=old).summary
+        classic = simulate(snaps, "classic").summary
+        assert new is not None and held60 is not None and classic is not None
+        assert new.underprovisioned_steps == 0
+        assert new.memory_held_gib_s < held60.memory_held_gib_s, path.name
+        assert new.memory_held_gib_s < 1.1 * classic.memory_held_gib_s, path.name

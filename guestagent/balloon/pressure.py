@@ -4,11 +4,13 @@ Pure functions of a :class:`~guestagent.balloon.signals.MemorySignals` snapshot 
 :class:`~guestagent.balloon.common.PolicyState`; no I/O, no clock. The shared limits, page
 alignment, hysteresis and toolstack override are :func:`~guestagent.balloon.common.decide_with`'s.
 
-**The control law.** Keep MemAvailable above a *headroom line* H = R + max(R, B). R, the reserve,
-is max(64 MiB, 3 % of the ceiling). B, the burst allowance, is the largest growth of demand
-(MemTotal - MemAvailable, which ballooning does not move, plus swap in use) seen within any 10 s,
-held for the *hold time* and then halved every 30 s; the hold time is the spacing between the
+**The control law.** Keep MemAvailable above a *headroom line* H = R + max(R, B - g). R, the
+reserve, is max(64 MiB, 3 % of the ceiling). B, the burst allowance, is the largest growth of
+demand (MemTotal - MemAvailable, which ballooning does not move, plus swap in use) seen within any
+10 s, held for the *hold time* and then halved every 30 s; the hold time is the spacing between the
 starts of the last two bursts, within [60 s, 180 s] (bursts further apart are unrelated: 60 s).
+g is the growth of demand within the last 10 s, the part of a burst that has already arrived:
+between bursts H = R + max(R, B), room for a whole burst; at a burst's peak H = 2R.
 **Grow at once** when the guest is short: an OOM kill (to the ceiling); MemAvailable under R; a
 swap-out of 8 MiB or more since the last decision (the allocation guard's zram absorbed what the
 RAM could not hold); demand rising (by 8 MiB and faster than 1 MiB/s since the last decision) while
@@ -23,7 +25,8 @@ with few refaults and demand flat, is that shrink's own reclaim: **stop** where 
 do not grow. **Shrink** (probe, as Senpai does for cgroups) only when quiet: "some" stall over the
 last interval and avg10 under the target ``psi_target_pct`` (0.2 %), refaults under 500 pages/s, no
 swap-out, demand and page cache not rising (pages that merely stay in swap hold nothing: only an
-access brings them back), no grow or stop within the hold time, no toolstack change within 30 s and
+access brings them back), no grow within ``grow_holdoff_s`` (15 s: the line, B still held, keeps
+the room a burst needs), no stop within the hold time, no toolstack change within 30 s and
 no OOM kill within 5 min, at most once per 5 s, the driver caught up; by (1 - pressure / target) x
 the larger of a cache step (1 % of the size or 1/4 of MemAvailable above H, at most 1/16 of the
 ceiling) and a free-memory step (3/4 of MemFree above H, at most 1/4 of the ceiling), never taking
@@ -101,10 +104,14 @@ class PressureConfig(PolicyConfig):
     #: Bursts: demand growth within this window; a growth of burst_min_kb starts a burst.
     burst_window_s: float = 10.0
     burst_min_kb: int = 32 * MIB_KB
-    #: The hold time (no shrink after a grow or a stop; the burst allowance held): the spacing
+    #: The hold time (the burst allowance held; no shrink after a stop): the spacing
     #: of the last two bursts, within these bounds (bursts further apart are unrelated).
     holdoff_min_s: float = 60.0
     holdoff_max_s: float = 180.0
+    #: No shrink for this long after a grow. Shorter than the hold time: the burst allowance,
+    #: still held, keeps every probe above the line R + B, so the memory a burst needs stays
+    #: there; what lies above the line is given back.
+    grow_holdoff_s: float = 15.0
     #: After the hold time the burst allowance halves every this many seconds.
     burst_half_life_s: float = 30.0
     #: No shrink for this long after a toolstack change (follow it, do not fight it).
@@ -147,7 +154,7 @@ class PressureConfig(PolicyConfig):
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
         for key in ("shrink_max_step_kb", "reserve_min_kb", "demand_growth_kb_per_s",
                     "own_reclaim_window_s", "quiet_refaults_per_s", "burst_min_kb",
-                    "grow_lookahead_s"):
+                    "grow_lookahead_s", "grow_holdoff_s"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -202,6 +209,20 @@ def observe_demand(signals: MemorySignals, state: PolicyState, config: PressureC
     return replace(new, in_burst=bursting)
 
 
+def burst_so_far_kb(state: PolicyState) -> int:
+    """The growth of demand within the burst window up to now (the last sample minus the
+    window's minimum): how much of a burst has already arrived, and so needs no headroom."""
+    if not state.demand_window:
+        return 0
+    return max(0, state.demand_window[-1][1] - min(u for _, u in state.demand_window))
+
+
+def headroom_line_kb(reserve: int, burst: int, arrived: int) -> int:
+    """H = R + max(R, B - g): room for the rest of a burst as large as the largest seen, g of
+    it having arrived within the burst window (between bursts g is 0 and H = R + max(R, B))."""
+    return reserve + max(reserve, burst - arrived)
+
+
 # --------------------------------------------------------------------------------------------
 # What one snapshot says
 
@@ -222,7 +243,7 @@ class Reading:
     cached_rate: float
     oom: bool
     reserve_kb: int  # R
-    line_kb: int  # the headroom line H = R + max(R, B)
+    line_kb: int  # the headroom line H = R + max(R, B - g)
     burst_kb: int  # B
 
 
@@ -304,7 +325,7 @@ def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim
         oom=(signals.oom_kill is not None and state.prev_oom_kill is not None
              and signals.oom_kill > state.prev_oom_kill),
         reserve_kb=reserve,
-        line_kb=reserve + max(reserve, burst),
+        line_kb=headroom_line_kb(reserve, burst, burst_so_far_kb(state)),
         burst_kb=burst,
     )
 
@@ -436,15 +457,16 @@ def quiet_holds(signals: MemorySignals, r: Reading, config: PressureConfig) -> l
 
 
 def time_holds(signals: MemorySignals, state: PolicyState, config: PressureConfig) -> list[str]:
-    """The holdoffs: the hold time after a grow or a stop of our shrink; ``follow_holdoff_s``
-    after a toolstack change; 5 min after an OOM kill; one shrink per ``shrink_interval_s``."""
+    """The holdoffs: ``grow_holdoff_s`` after a grow; the hold time after a stop of our shrink;
+    ``follow_holdoff_s`` after a toolstack change; 5 min after an OOM kill; one shrink per
+    ``shrink_interval_s``."""
     now = signals.timestamp
     out = []
     hold = hold_s(state, config)
-    ups = (state.last_grow_t, state.last_own_reclaim_t)
-    last_up = max((t for t in ups if t is not None), default=None)
-    if last_up is not None and now - last_up < hold:
-        out.append(f"holdoff {hold:.0f} s after a grow or a stop")
+    if state.last_own_reclaim_t is not None and now - state.last_own_reclaim_t < hold:
+        out.append(f"holdoff {hold:.0f} s after a stop of our shrink")
+    if state.last_grow_t is not None and now - state.last_grow_t < config.grow_holdoff_s:
+        out.append(f"holdoff {config.grow_holdoff_s:.0f} s after a grow")
     if state.last_follow_t is not None and now - state.last_follow_t < config.follow_holdoff_s:
         out.append(f"holdoff {config.follow_holdoff_s:.0f} s after a toolstack change")
     if state.last_oom_t is not None and now - state.last_oom_t < config.oom_holdoff_s:
