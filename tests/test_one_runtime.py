@@ -257,17 +257,17 @@ def patched_globals(source: str) -> set[str]:
 #: and do not patch module globals). Remove an entry when its test no longer needs it; a new
 #: patch of an agent global fails test_tests_patch_no_new_agent_global.
 PATCHED_GLOBALS = {
-    "guestagent.log._configured": "the test log set-up (conftest)",
-    # The fault tests (tests/faults/) still move the default files; a test passes its own to the
-    # command's context instead: cli.main(argv, config_files=...), Context(config_files=...).
+    # The fault tests (tests/faults/) still patch these. The default configuration files come
+    # from the command's context instead: cli.main(argv, config_files=...),
+    # Context(config_files=...).
     "guestagent.config.MAIN_FILE": "the default configuration paths (tests/faults/)",
     "guestagent.config.CONF_DIR": "the default configuration paths (tests/faults/)",
-    "guestagent.daemon.service.read_status": "numa status without a running daemon",
-    "guestagent.daemon.systemd.notify": "sd_notify without systemd",
-    "guestagent.daemon.metrics.MetricsServer": "a refused metrics port",
-    "guestagent.hostfs.HostFS.write_text": "a write refused mid-undo",
-    "guestagent.balloon.actuator.BalloonActuator.read": "a driver read refused mid-run",
-    "guestagent.daemon.commands.config_doc": "a broken configuration document",
+    "guestagent.daemon.metrics.MetricsServer": "a refused metrics port (tests/faults/)",
+    "guestagent.hostfs.HostFS.write_text": "a write refused mid-undo (tests/faults/)",
+    "guestagent.daemon.commands.config_doc": "a broken configuration document (tests/faults/)",
+    # cloud-init calls handle() with its own arguments and counts its parameters to choose the
+    # calling convention (cloudinit/config/modules.py): the root and the command runner cannot be
+    # parameters of handle_current/handle_legacy.
     "guestagent.cloudinit.module.ROOT": "cloud-init's module on a temporary root",
     "guestagent.cloudinit.module.RUN": "cloud-init's module without running systemctl",
 }

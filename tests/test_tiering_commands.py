@@ -5,6 +5,7 @@ backends. ``tiering run`` is the daemon running the tiering job alone: it is run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -431,13 +432,19 @@ def test_run_is_the_daemon_with_the_tiering_job_alone(
     the status socket (the topology job, on by default, is off), journals its kdamonds in the
     undo journal while it runs, and after the duration shuts down as on SIGTERM: STOPPING, the
     kdamonds and the journal gone, the socket removed, the summary printed."""
-    from guestagent.daemon import systemd
+    import socket
+
     from guestagent.daemon.service import read_status
 
     root, kernel = world
     state_dir = root / "run/guestagent"
-    notified: list[str] = []
-    monkeypatch.setattr(systemd, "notify", lambda state, environ=None: notified.append(state))
+    # systemd's end of sd_notify: a datagram socket named by $NOTIFY_SOCKET (abstract: no path
+    # length limit, nothing left behind).
+    name = f"guestagent-test-notify-{os.getpid()}-{id(root)}"
+    systemd_end = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd_end.bind("\0" + name)
+    systemd_end.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
     seen: dict[str, Any] = {}
 
     def look() -> None:  # from another thread while the daemon's loop serves
@@ -451,6 +458,10 @@ def test_run_is_the_daemon_with_the_tiering_job_alone(
         assert args.func(args, Ctx(HostFS(str(root)))) == 0
     finally:
         probe.cancel()
+    notified: list[str] = []
+    with systemd_end, contextlib.suppress(BlockingIOError):
+        while True:
+            notified.append(systemd_end.recv(4096).decode())
     status = seen["status"]
     assert status["pid"] == os.getpid() and status["role"] == "guest"
     assert list(status["jobs"]) == ["tiering"], status["jobs"]

@@ -328,7 +328,14 @@ def show_status(args: argparse.Namespace, ctx: Any) -> int:
         return EXIT_NOT_RUNNING
     if args.json:
         print_json(status)
-        return 0
+    else:
+        print_status(status)
+    return 0
+
+
+def print_status(status: dict[str, Any]) -> None:
+    """The daemon's status (:meth:`~guestagent.daemon.service.Daemon.status`) for people: a line
+    for the daemon, one per job, then its figures (no Python repr: :func:`human_value`)."""
     print(f"guestagent {status['version']} (pid {status['pid']}), role {status['role']}")
     print(f"xenstore: {status['xenstore']}; resumes seen: {status['resumes']}")
     for name, job in status["jobs"].items():
@@ -343,7 +350,6 @@ def show_status(args: argparse.Namespace, ctx: Any) -> int:
                     print(f"  {'':12} {sub}: {human_value(inner)}")
             else:
                 print(f"  {'':10} {key}: {human_value(value)}")
-    return 0
 
 
 def human_value(value: Any) -> str:
