@@ -156,6 +156,49 @@ def test_no_job_constructor_takes_a_platform_opener() -> None:
     assert openers == {}
 
 
+#: Where the default configuration files (config.MAIN_FILE, CONF_DIR) may still be read outside
+#: cli.Context, and why (help texts, f-strings, do not count).
+CONFIG_DEFAULT_READERS = {
+    "guestagent/devices/commands.py": "load_config and run_reset (helper io16's files this "
+                                      "session): ctx.config_paths(args) once they take ctx",
+}
+
+
+def config_default_reads(source: str) -> list[int]:
+    """Lines of ``source`` that read ``X.MAIN_FILE`` or ``X.CONF_DIR`` outside an f-string."""
+    tree = ast.parse(source)
+    in_fstrings = {id(n) for f in ast.walk(tree) if isinstance(f, ast.JoinedStr)
+                   for n in ast.walk(f)}
+    return sorted({n.lineno for n in ast.walk(tree)
+                   if isinstance(n, ast.Attribute) and n.attr in ("MAIN_FILE", "CONF_DIR")
+                   and id(n) not in in_fstrings})
+
+
+def test_config_default_reads_finds_what_it_must() -> None:
+    assert config_default_reads('a = config_mod.MAIN_FILE\nh = f"x {config.CONF_DIR}"\n'
+                                'b = (1,\n     cfg.CONF_DIR)\n') == [1, 4]
+
+
+def test_the_default_config_files_come_from_the_context() -> None:
+    """A command reads the files its --config/--conf-dir name, else its context's
+    (``cli.Context.config_files``, default /etc/guestagent's): a test passes its own files to
+    the context instead of patching config.MAIN_FILE. config.load and read_state_dir take the
+    files as arguments, with no default of their own."""
+    import inspect
+
+    from guestagent import config
+
+    found = {}
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel != "guestagent/cli.py" and config_default_reads(path.read_text()):
+            found[rel] = config_default_reads(path.read_text())
+    assert set(found) == set(CONFIG_DEFAULT_READERS), found
+    for function in (config.load, config.read_state_dir):
+        assert all(p.default is inspect.Parameter.empty
+                   for p in inspect.signature(function).parameters.values()), function
+
+
 #: A read of a node's own files (meminfo, distance, cpulist) that does not go through
 #: guestagent/nodesysfs.py: a call of a HostFS reader whose path names the node directory.
 NODE_READ = re.compile(r"\.read_\w+\([^)]*(NODE_DIR|/sys/devices/system/node)")
