@@ -205,13 +205,17 @@ def daemon_for(args: argparse.Namespace, ctx: Any) -> Any:
     cfg = load()
     configure_logging(args, cfg)
     role = resolve_role(cfg, ctx.hostfs, args.role)
-    return Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host)
+    try:
+        return Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host)
+    except PermissionError as e:
+        raise _denied("guestagent run", e) from None
 
 
 def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
     """``guestagent run``: :func:`daemon_for`, then the daemon until SIGTERM or SIGINT."""
+    daemon = daemon_for(args, ctx)
     try:
-        daemon_for(args, ctx).run()
+        daemon.run()
     except PermissionError as e:
         raise _denied("guestagent run", e) from None
     return 0
