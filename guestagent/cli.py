@@ -53,16 +53,32 @@ _VALUE_OPTIONS = ("--root", "--log-level")
 
 @dataclass
 class Context:
-    """What every command handler gets besides its parsed arguments: the host's file system and
-    the host handle (:class:`guestagent.host.Host`) over it, which opens Xen's and the kernel's
-    handles on use (a test passes its own)."""
+    """What every command handler gets besides its parsed arguments: the host's file system, the
+    host handle (:class:`guestagent.host.Host`) over it, which opens Xen's and the kernel's
+    handles on use, and the configuration files read when the command line names none (a test
+    passes its own of each)."""
 
     hostfs: HostFS
     host: Host | None = None
+    #: The default main file and drop-in directory (``/etc/guestagent``'s:
+    #: ``config.MAIN_FILE`` and ``config.CONF_DIR``); ``--config``/``--conf-dir`` override them.
+    config_files: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.host is None:
             self.host = Host(self.hostfs)
+        if self.config_files is None:
+            from guestagent import config
+
+            self.config_files = (config.MAIN_FILE, config.CONF_DIR)
+
+    def config_paths(self, args: argparse.Namespace) -> tuple[str, str]:
+        """The main file and the drop-in directory a command reads: those its ``--config`` and
+        ``--conf-dir`` name, else the context's defaults (:attr:`config_files`)."""
+        assert self.config_files is not None  # set in __post_init__
+        main_file, conf_dir = self.config_files
+        return (getattr(args, "config", None) or main_file,
+                getattr(args, "conf_dir", None) or conf_dir)
 
 
 Handler = Callable[[argparse.Namespace, Context], int]
@@ -193,10 +209,14 @@ def parse(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Nam
 
 
 def main(
-    argv: Sequence[str] | None = None, make_host: Callable[[HostFS], Host] | None = None
+    argv: Sequence[str] | None = None,
+    make_host: Callable[[HostFS], Host] | None = None,
+    config_files: tuple[str, str] | None = None,
 ) -> int:
     """The command line; ``make_host`` makes the host handle over the ``--root`` file system
-    (a test's fake Host; default :class:`guestagent.host.Host`)."""
+    (a test's fake Host; default :class:`guestagent.host.Host`); ``config_files`` are the main
+    file and drop-in directory read when ``--config``/``--conf-dir`` are not given (a test's
+    own; default ``/etc/guestagent``'s, :attr:`Context.config_files`)."""
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(command_word(words))
     args = parse(parser, words)
@@ -208,7 +228,7 @@ def main(
 
     log.configure(level=args.log_level or "warning")
     hostfs = HostFS.from_env(args.root)
-    ctx = Context(hostfs=hostfs, host=(make_host or Host)(hostfs))
+    ctx = Context(hostfs=hostfs, host=(make_host or Host)(hostfs), config_files=config_files)
     try:
         return handler(args, ctx)
     except GuestAgentError as e:

@@ -320,8 +320,10 @@ def host_problems(config: Config, real_state_dir: str) -> list[str]:
     return [problem_line(config, "agent", "state_dir", config.get("agent", "state_dir"), why)]
 
 
-def load(main_file: str = MAIN_FILE, conf_dir: str = CONF_DIR) -> Config:
-    """Defaults, then the main file (if present), then conf.d/*.toml. Raises ConfigError."""
+def load(main_file: str, conf_dir: str) -> Config:
+    """Defaults, then the main file (if present), then conf.d/*.toml. Raises ConfigError. The
+    files are the caller's: a command's come from its context (``cli.Context.config_paths``),
+    whose default is :data:`MAIN_FILE` and :data:`CONF_DIR`."""
     config = defaults()
     problems: list[str] = []
     for path in _config_paths(main_file, conf_dir):
@@ -404,7 +406,7 @@ def _read_document(path: Path, problems: list[str]) -> dict[str, Any] | None:
     return None
 
 
-def read_state_dir(main_file: str = MAIN_FILE, conf_dir: str = CONF_DIR) -> tuple[str, list[str]]:
+def read_state_dir(main_file: str, conf_dir: str) -> tuple[str, list[str]]:
     """``[agent] state_dir`` alone, for the undo commands, which must work whatever else the
     files hold: every other key is ignored, and a file that cannot be read or a value that is not
     usable is skipped (one line each in the returned problems; then the default applies)."""

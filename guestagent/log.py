@@ -23,8 +23,6 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Callable, TextIO, cast
 
-_configured = False
-
 
 def _lazy_asyncio() -> ModuleType:
     """A stand-in for ``asyncio`` that imports the real one on its first attribute access."""
@@ -212,7 +210,6 @@ def configure(
     ``journal``: lines carry their syslog priority and no timestamp; by default, when stderr is
     the journal's stream (:func:`stderr_is_journal`) and no other ``stream`` is given.
     """
-    global _configured
     structlog = import_structlog()
     if journal is None:
         journal = stream is None and stderr_is_journal()
@@ -239,12 +236,13 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
-    _configured = True
 
 
 def get_logger(name: str) -> Any:
-    """A bound structlog logger tagged with the component name."""
+    """A bound structlog logger tagged with the component name; the first one sets up the
+    default logging (:func:`configure`) unless structlog was configured already (by
+    :func:`configure`, or a test's capture)."""
     structlog = import_structlog()
-    if not _configured:
+    if not structlog.is_configured():
         configure()
     return structlog.get_logger().bind(component=name)

@@ -148,9 +148,7 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent import config as config_mod
     from guestagent.log import get_logger
 
-    state_dir, problems = config_mod.read_state_dir(
-        getattr(args, "config", None) or config_mod.MAIN_FILE,
-        getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    state_dir, problems = config_mod.read_state_dir(*ctx.config_paths(args))
     for line in problems:
         get_logger("reset").warning("reset_config_ignored", problem=line)
     results = reset_everything(ctx.host, state_dir)

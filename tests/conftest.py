@@ -53,13 +53,17 @@ def log_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MutableMapping[
     import structlog
     from structlog.testing import capture_logs
 
-    from guestagent import log as log_mod
 
-    monkeypatch.setattr(log_mod, "_configured", True)
+    # structlog configured here (is_configured), so the agent's get_logger keeps the capture;
+    # left as found: unconfigured again if it was (the next get_logger sets up the default).
+    was_configured = structlog.is_configured()
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
         with capture_logs() as captured:
             yield captured
     finally:
-        structlog.configure(**saved)
+        if was_configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()

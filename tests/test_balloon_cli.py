@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,20 @@ PHASES = HERE / "traces" / "synthetic-phases-1g.jsonl"
 TARGET = "sys/devices/system/xen_memory/xen_memory0/target_kb"
 
 
-def run(root: Path | None, *argv: str) -> int:
-    """What guestagent.cli.main does once COMMAND_MODULES lists guestagent.balloon.commands."""
+#: The main file and drop-in directory the commands read (the no_config fixture's); None: the
+#: defaults, /etc/guestagent's.
+CONFIG_FILES: tuple[str, str] | None = None
+
+
+def run(root: Path | None, *argv: str, config_files: tuple[str, str] | None = None) -> int:
+    """What guestagent.cli.main does once COMMAND_MODULES lists guestagent.balloon.commands;
+    ``config_files`` (default :data:`CONFIG_FILES`) are the context's configuration files."""
     parser = argparse.ArgumentParser(prog="guestagent")
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["balloon", *argv])
     log.configure(level="warning")  # as cli.main does, bound to this test's stderr
-    ctx = Context(hostfs=HostFS(str(root) if root is not None else "/"))
+    ctx = Context(hostfs=HostFS(str(root) if root is not None else "/"),
+                  config_files=config_files or CONFIG_FILES)
     result: int = args.func(args, ctx)
     return result
 
@@ -201,12 +209,18 @@ def test_float_options_take_finite_numbers(root: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The default configuration files, moved below tmp_path (none exist at first)."""
-    from guestagent import config as config_mod
-
-    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "etc/guestagent.toml"))
-    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "etc/conf.d"))
+    """The commands' configuration files below tmp_path (none exist at first), given to their
+    context (run's, main's): not this machine's /etc/guestagent."""
+    monkeypatch.setattr(sys.modules[__name__], "CONFIG_FILES",
+                        (str(tmp_path / "etc/guestagent.toml"), str(tmp_path / "etc/conf.d")))
     return tmp_path / "etc/guestagent.toml"
+
+
+def main(words: list[str]) -> int:
+    """``guestagent WORDS`` with the no_config fixture's configuration files."""
+    import guestagent.cli as cli
+
+    return cli.main(words, config_files=CONFIG_FILES)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +234,6 @@ def test_writers_refuse_while_another_guestagent_holds_the_state_dir(
     """Every command that writes target_kb takes the state directory's lock (as the daemon and
     devices apply do): with it held, one line naming the holder, exit status 1, nothing
     written; once it is free the command runs."""
-    import guestagent.cli as cli
     from guestagent import statelock
 
     (root / TARGET).write_text("600000\n")
@@ -228,7 +241,7 @@ def test_writers_refuse_while_another_guestagent_holds_the_state_dir(
     state_dir.mkdir(parents=True, mode=0o700)
     fd = statelock.acquire(str(state_dir), "run")  # as a running daemon does
     try:
-        assert cli.main(["--root", str(root), "balloon", *argv]) == 1
+        assert main(["--root", str(root), "balloon", *argv]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"(run, pid {os.getpid()}) holds {state_dir};" in err[0], err
         assert f"not starting balloon {argv[0]}" in err[0], err
@@ -236,7 +249,7 @@ def test_writers_refuse_while_another_guestagent_holds_the_state_dir(
         assert not (state_dir / "balloon.json").exists()
     finally:
         statelock.release(fd)
-    assert cli.main(["--root", str(root), "balloon", *argv]) == 0
+    assert main(["--root", str(root), "balloon", *argv]) == 0
 
 
 def test_the_lock_is_in_the_configured_state_dir(
@@ -244,7 +257,6 @@ def test_the_lock_is_in_the_configured_state_dir(
 ) -> None:
     """[agent] state_dir of the default files says where the daemon's lock is; a bad value in
     them is one warning and the default applies (a reset is never blocked by the files)."""
-    import guestagent.cli as cli
     from guestagent import statelock
 
     no_config.parent.mkdir()
@@ -252,12 +264,12 @@ def test_the_lock_is_in_the_configured_state_dir(
     (root / "srv/ga").mkdir(parents=True, mode=0o700)
     fd = statelock.acquire(str(root / "srv/ga"), "run")
     try:
-        assert cli.main(["--root", str(root), "balloon", "set", "--target-mib", "512"]) == 1
+        assert main(["--root", str(root), "balloon", "set", "--target-mib", "512"]) == 1
         assert f"holds {root}/srv/ga;" in capsys.readouterr().err
     finally:
         statelock.release(fd)
     no_config.write_text('[agent]\nstate_dir = "relative"\n')
-    assert cli.main(["--root", str(root), "--log-level", "warning", "balloon", "--reset"]) == 0
+    assert main(["--root", str(root), "--log-level", "warning", "balloon", "--reset"]) == 0
     err = capsys.readouterr().err
     assert "event=balloon_config_ignored" in err and "expected an absolute path" in err, err
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from guestagent import config as config_mod
 from guestagent import log
 from guestagent.balloon import commands
 from guestagent.balloon.guard import (
@@ -188,23 +187,21 @@ def test_prepare_when_a_command_fails_undoes_what_it_made(
 
 
 def test_the_cli_never_fails_the_start(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On a fixture tree there are no commands: one line, exit 0; a broken configuration
     file as well."""
     root = make_root(tmp_path)
     main, conf_d = write_config(tmp_path)
-    monkeypatch.setattr(config_mod, "MAIN_FILE", main)
-    monkeypatch.setattr(config_mod, "CONF_DIR", conf_d)
     from tests.test_balloon_cli import run
 
-    assert run(root, "--prepare-guard") == 0
+    assert run(root, "--prepare-guard", config_files=(main, conf_d)) == 0
     assert "not the real host root" in capsys.readouterr().err
     Path(main).write_text("[balloon\n")
-    assert run(root, "--prepare-guard") == 0
+    assert run(root, "--prepare-guard", config_files=(main, conf_d)) == 0
     (line,) = lines(capsys.readouterr().err, "guard_prepare_skipped")
     assert "configuration refused" in line
-    assert run(root, "--prepare-guard", "--reset") == 2
+    assert run(root, "--prepare-guard", "--reset", config_files=(main, conf_d)) == 2
 
 
 # --- the daemon adopts, its sandboxed stop leaves the zram to ExecStopPost ------------------

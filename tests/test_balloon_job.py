@@ -189,7 +189,8 @@ def test_an_actuator_failure_counts_as_a_failed_tick(
         raise OSError(5, "Input/output error")
 
     # every apply reads the driver back (after a write, or as it is when the plan writes nothing)
-    monkeypatch.setattr(BalloonActuator, "read", refuse)
+    assert b.job._ctl is not None
+    monkeypatch.setattr(b.job._ctl.actuator, "read", refuse)  # this job's driver only
     for _ in range(3):
         b.advance(5.0)
     assert [e["kind"] for e in events(log_events, "balloon_tick_failed")] == ["OSError"] * 3

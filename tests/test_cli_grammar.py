@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -92,30 +91,34 @@ def test_unrecognized_arguments_print_the_sub_commands_usage(
     assert f"error: unrecognized arguments: {words[-1]}" in err
 
 
-class FakeDaemon:
-    """Stands in for guestagent.daemon.service.Daemon: logs one line at each level, returns."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def run(self) -> None:
-        from guestagent.log import get_logger
-
-        log = get_logger("probe")
-        log.debug("probe_debug")
-        log.info("probe_info")
-
-
 @pytest.fixture
-def fake_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
-    from guestagent.daemon import service
-
-    monkeypatch.setattr(service, "Daemon", FakeDaemon)
+def run_words(tmp_path: Path) -> list[str]:
+    """``run``'s words for a guest fixture tree and the test's own configuration files."""
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "hvm-3vnode", root, symlinks=True)
     (tmp_path / "conf.d").mkdir()
     return ["--root", str(root), "--config", str(tmp_path / "guestagent.toml"),
             "--conf-dir", str(tmp_path / "conf.d"), "--role", "guest"]
+
+
+def run_until_start(words: list[str]) -> None:
+    """``guestagent run WORDS`` as cli.main takes it (parsed, logging set up from --log-level),
+    up to the daemon's start (``daemon_for``: the configuration loaded, the daemon's logging set
+    up), then one line at each level, as the daemon's jobs would log."""
+    from guestagent.daemon.commands import daemon_for
+    from guestagent.hostfs import HostFS
+    from guestagent.log import configure, get_logger
+
+    args = cli.parse(cli.build_parser("run"), ["run", *words])
+    configure(level=args.log_level or "warning")
+    daemon = daemon_for(args, cli.Context(hostfs=HostFS.from_env(args.root)))
+    try:
+        assert (daemon.role, daemon.records) == ("guest", [])  # made, not started
+        log = get_logger("probe")
+        log.debug("probe_debug")
+        log.info("probe_info")
+    finally:
+        daemon.loop.close()
 
 
 @pytest.mark.parametrize(
@@ -129,13 +132,13 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
     ],
 )
 def test_run_log_level_from_the_command_line_wins(
-    fake_daemon: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    run_words: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
     configured: str, words: list[str], shown: set[str], override: bool
 ) -> None:
     """``--log-level`` had no effect on ``run``: the configuration silently won. Now the command
     line wins, and a warning says so when the two differ (journalctl -p warning shows it)."""
     (tmp_path / "guestagent.toml").write_text(f'[agent]\nlog_level = "{configured}"\n')
-    assert cli.main(["run", *fake_daemon, *words]) == 0
+    run_until_start([*run_words, *words])
     err = capsys.readouterr().err
     assert {e for e in ("probe_debug", "probe_info") if f"event={e}" in err} == shown, err
     line = [x for x in err.splitlines() if "event=log_level_from_command_line" in x]

@@ -16,7 +16,6 @@ import structlog
 from structlog.testing import capture_logs
 
 from guestagent import config as config_mod
-from guestagent import log
 from guestagent.cli import Context
 from guestagent.devices import commands
 from guestagent.errors import InputError
@@ -30,14 +29,19 @@ VF = "0000:00:05.0"
 
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(log, "_configured", True)
+    # structlog configured here (is_configured), so the agent's get_logger keeps the capture;
+    # left as found: unconfigured again if it was (the next get_logger sets up the default).
+    was_configured = structlog.is_configured()
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
         with capture_logs():
             yield
     finally:
-        structlog.configure(**saved)
+        if was_configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -519,19 +519,13 @@ def test_metrics_by_vnode(root: Path) -> None:
     assert 'guestagent_numa_vnode_local_pct{vnode="1"}' not in text, "unknown: no sample"
 
 
-def test_status_shows_the_warning_and_the_vnodes(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import argparse
-
-    from guestagent.daemon import commands, service
+def test_status_shows_the_warning_and_the_vnodes(capsys: pytest.CaptureFixture[str]) -> None:
+    from guestagent.daemon import commands
 
     status = {"version": "0", "pid": 1, "role": "guest", "xenstore": "connected", "resumes": 0,
               "jobs": {"numa": {"running": True, "balancing_warning": "automatic NUMA "
                                 "balancing is off", "by_vnode": {"0": {"local_pct": 99.5}}}}}
-    monkeypatch.setattr(service, "read_status", lambda state_dir: status)
-    args = argparse.Namespace(state_dir="/run/guestagent", json=False)
-    assert commands.show_status(args, argparse.Namespace(hostfs=HostFS("/"))) == 0
+    commands.print_status(status)  # what `guestagent status` prints of the daemon's answer
     out = capsys.readouterr().out
     assert "balancing_warning: automatic NUMA balancing is off" in out
     assert "by_vnode:" in out and "0: local_pct=99.5" in out  # no Python repr (issue 17)

@@ -156,6 +156,49 @@ def test_no_job_constructor_takes_a_platform_opener() -> None:
     assert openers == {}
 
 
+#: Where the default configuration files (config.MAIN_FILE, CONF_DIR) may still be read outside
+#: cli.Context, and why (help texts, f-strings, do not count).
+CONFIG_DEFAULT_READERS = {
+    "guestagent/devices/commands.py": "load_config and run_reset (helper io16's files this "
+                                      "session): ctx.config_paths(args) once they take ctx",
+}
+
+
+def config_default_reads(source: str) -> list[int]:
+    """Lines of ``source`` that read ``X.MAIN_FILE`` or ``X.CONF_DIR`` outside an f-string."""
+    tree = ast.parse(source)
+    in_fstrings = {id(n) for f in ast.walk(tree) if isinstance(f, ast.JoinedStr)
+                   for n in ast.walk(f)}
+    return sorted({n.lineno for n in ast.walk(tree)
+                   if isinstance(n, ast.Attribute) and n.attr in ("MAIN_FILE", "CONF_DIR")
+                   and id(n) not in in_fstrings})
+
+
+def test_config_default_reads_finds_what_it_must() -> None:
+    assert config_default_reads('a = config_mod.MAIN_FILE\nh = f"x {config.CONF_DIR}"\n'
+                                'b = (1,\n     cfg.CONF_DIR)\n') == [1, 4]
+
+
+def test_the_default_config_files_come_from_the_context() -> None:
+    """A command reads the files its --config/--conf-dir name, else its context's
+    (``cli.Context.config_files``, default /etc/guestagent's): a test passes its own files to
+    the context instead of patching config.MAIN_FILE. config.load and read_state_dir take the
+    files as arguments, with no default of their own."""
+    import inspect
+
+    from guestagent import config
+
+    found = {}
+    for path in sorted((REPO / "guestagent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel != "guestagent/cli.py" and config_default_reads(path.read_text()):
+            found[rel] = config_default_reads(path.read_text())
+    assert set(found) == set(CONFIG_DEFAULT_READERS), found
+    for function in (config.load, config.read_state_dir):
+        assert all(p.default is inspect.Parameter.empty
+                   for p in inspect.signature(function).parameters.values()), function
+
+
 #: A read of a node's own files (meminfo, distance, cpulist) that does not go through
 #: guestagent/nodesysfs.py: a call of a HostFS reader whose path names the node directory.
 NODE_READ = re.compile(r"\.read_\w+\([^)]*(NODE_DIR|/sys/devices/system/node)")
@@ -257,17 +300,17 @@ def patched_globals(source: str) -> set[str]:
 #: and do not patch module globals). Remove an entry when its test no longer needs it; a new
 #: patch of an agent global fails test_tests_patch_no_new_agent_global.
 PATCHED_GLOBALS = {
-    "guestagent.log._configured": "the test log set-up (conftest)",
-    "guestagent.config.MAIN_FILE": "the default configuration paths, read by commands",
-    "guestagent.config.CONF_DIR": "the default configuration paths, read by commands",
-    "guestagent.daemon.service.Daemon": "the CLI grammar test stops before a daemon runs",
-    "guestagent.daemon.service.read_status": "numa status without a running daemon",
-    "guestagent.tiering.job.Runner": "the tiering job's runner (not a Host handle yet)",
-    "guestagent.daemon.systemd.notify": "sd_notify without systemd",
-    "guestagent.daemon.metrics.MetricsServer": "a refused metrics port",
-    "guestagent.hostfs.HostFS.write_text": "a write refused mid-undo",
-    "guestagent.balloon.actuator.BalloonActuator.read": "a driver read refused mid-run",
-    "guestagent.daemon.commands.config_doc": "a broken configuration document",
+    # The fault tests (tests/faults/) still patch these. The default configuration files come
+    # from the command's context instead: cli.main(argv, config_files=...),
+    # Context(config_files=...).
+    "guestagent.config.MAIN_FILE": "the default configuration paths (tests/faults/)",
+    "guestagent.config.CONF_DIR": "the default configuration paths (tests/faults/)",
+    "guestagent.daemon.metrics.MetricsServer": "a refused metrics port (tests/faults/)",
+    "guestagent.hostfs.HostFS.write_text": "a write refused mid-undo (tests/faults/)",
+    "guestagent.daemon.commands.config_doc": "a broken configuration document (tests/faults/)",
+    # cloud-init calls handle() with its own arguments and counts its parameters to choose the
+    # calling convention (cloudinit/config/modules.py): the root and the command runner cannot be
+    # parameters of handle_current/handle_legacy.
     "guestagent.cloudinit.module.ROOT": "cloud-init's module on a temporary root",
     "guestagent.cloudinit.module.RUN": "cloud-init's module without running systemctl",
 }

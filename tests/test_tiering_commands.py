@@ -5,23 +5,25 @@ backends. ``tiering run`` is the daemon running the tiering job alone: it is run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from guestagent.cli import Context
 from guestagent.errors import GuestAgentError
 from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering import commands
 from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
+from guestagent.tiering.job import TieringJob
 from guestagent.tiering.model import Backend, TieringConfig
 from guestagent.tiering.runner import Runner
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tree
@@ -33,30 +35,33 @@ MEMINFO0 = "sys/devices/system/node/node0/meminfo"
 BACKENDS: Sequence[BackendFactory] = TIERING_BACKENDS
 
 
-@dataclass
-class Ctx:
-    """A command's context with the test's host: its backends, nothing swapped in a module."""
+def config_files() -> tuple[str, str]:
+    """Hermetic: an empty main file and drop-in directory, not this machine's /etc/guestagent."""
+    return str(CONFIG_FILE), str(CONFIG_FILE.parent)
 
-    hostfs: HostFS
 
-    @property
-    def host(self) -> Host:
-        return Host(self.hostfs, tiering_backends=BACKENDS)
+def Ctx(hostfs: HostFS) -> Context:
+    """A command's context with the test's host (its backends) and configuration files: nothing
+    swapped in a module."""
+    return Context(hostfs=hostfs, host=host_of(hostfs), config_files=config_files())
 
 
 def host_of(hostfs: HostFS) -> Host:
     return Host(hostfs, tiering_backends=BACKENDS)
 
 
+def main(words: list[str]) -> int:
+    """``guestagent WORDS`` with the test's host and configuration files."""
+    from guestagent import cli
+
+    return cli.main(words, make_host=host_of, config_files=config_files())
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--log-level", default=None)
     commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    if args.tiering_command in ("run", "status") and getattr(args, "config", None) is None:
-        # Hermetic: an empty main file and drop-in directory, not this machine's /etc/guestagent.
-        args.config, args.conf_dir = str(CONFIG_FILE), str(CONFIG_FILE.parent)
-    return args
+    return parser.parse_args(argv)
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +191,6 @@ def test_status_when_tiering_is_on_and_nothing_serves_exits_4(
 ) -> None:
     """The daemon's tiering job would not start: a finding (4, as topology's), not a failure to
     read (1), for scripts and monitoring checks; the output still says why each backend cannot."""
-    from guestagent import cli
 
     root = no_damon_world(tmp_path, monkeypatch)
     config = tmp_path / "on.toml"
@@ -195,18 +199,18 @@ def test_status_when_tiering_is_on_and_nothing_serves_exits_4(
     empty.mkdir()
     words = ["--root", str(root), "tiering", "status", "--config", str(config),
              "--conf-dir", str(empty)]
-    assert cli.main(words, make_host=host_of) == commands.EXIT_NONE_SERVES == 4
+    assert main(words) == commands.EXIT_NONE_SERVES == 4
     out = capsys.readouterr()
     assert out.out.splitlines()[0] == "serving: none ([tiering] enabled = true)"
     assert "damon  unavailable  /sys/kernel/mm/damon/admin missing" in out.out
     assert out.err.strip() == ("guestagent: [tiering] is enabled and no backend can serve: the "
                                "daemon's tiering job would not start")
-    assert cli.main([*words, "--json"], make_host=host_of) == 4
+    assert main([*words, "--json"]) == 4
     doc = json.loads(capsys.readouterr().out)
     assert doc["serving"] is None and doc["enabled"] is True
     # The group's options before the action word are the same files.
-    assert cli.main(["--root", str(root), "tiering", "--config", str(config), "--conf-dir",
-                     str(empty), "status"], make_host=host_of) == 4
+    assert main(["--root", str(root), "tiering", "--config", str(config), "--conf-dir",
+                 str(empty), "status"]) == 4
 
 
 def test_status_follows_the_configured_backend(
@@ -244,12 +248,10 @@ def test_status_plans_with_the_configured_watermarks(
 def test_status_with_a_missing_named_configuration_exits_1(
     world: tuple[Path, FakeDamonKernel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from guestagent import cli
 
     root, _ = world
     missing = tmp_path / "nope.toml"
-    assert cli.main(["--root", str(root), "tiering", "status", "--config", str(missing)],
-                    make_host=host_of) == 1
+    assert main(["--root", str(root), "tiering", "status", "--config", str(missing)]) == 1
     assert capsys.readouterr().err.strip() == (
         f"guestagent: {missing}: does not exist (named on the command line by --config)")
 
@@ -293,8 +295,6 @@ def test_an_idle_guest_creates_nothing(world: tuple[Path, FakeDamonKernel]) -> N
 def test_sigterm_stops_the_loop_and_undoes_everything(
     world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from guestagent.tiering import job as job_module
-
     root, kernel = world
     ticks: list[int] = []
 
@@ -306,9 +306,9 @@ def test_sigterm_stops_the_loop_and_undoes_everything(
                 timer.start()
             return super().tick()
 
-    monkeypatch.setattr(job_module, "Runner", Terminated)
     args = parse(["tiering", "run", "--interval", "1"])
-    assert args.func(args, Ctx(HostFS(str(root)))) == 0  # no --duration: SIGTERM ended it
+    # No --duration: SIGTERM ended it.
+    assert commands.run(args, Ctx(HostFS(str(root))), TieringJob(Terminated)) == 0
     assert (kd_path(0, "state"), "on") in kernel.writes
     assert kernel.writes[-1] == (NR_KDAMONDS, "0")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -336,8 +336,6 @@ def test_run_prints_a_summary_with_the_agents_cpu_time(
 def test_run_takes_the_watermarks_and_rate_bound_from_the_command_line(
     world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from guestagent.tiering import job as job_module
-
     root, _ = world
     seen: list[TieringConfig] = []
 
@@ -346,12 +344,11 @@ def test_run_takes_the_watermarks_and_rate_bound_from_the_command_line(
             seen.append(self.config)
             return super().tick()
 
-    monkeypatch.setattr(job_module, "Runner", Recording)
     args = parse(
         ["tiering", "run", "--source-high-pct", "45", "--target-min-pct", "50",
          "--max-rate-mb", "2", "--interval", "3", "--duration", "0.1"]
     )
-    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert commands.run(args, Ctx(HostFS(str(root))), TieringJob(Recording)) == 0
     c = seen[0]
     assert (c.source_low_pct, c.source_high_pct, c.target_min_pct) == (10.0, 45.0, 50.0)
     assert (c.max_rate, c.initial_rate, c.interval_s) == (2 << 20, 2 << 20, 3.0)
@@ -360,11 +357,11 @@ def test_run_takes_the_watermarks_and_rate_bound_from_the_command_line(
     bad = parse(["tiering", "run", "--source-high-pct", "45", "--target-min-pct", "30"])
     with pytest.raises(GuestAgentError,
                        match=r"--target-min-pct: \[tiering\] target_min_pct = .30.*source_high"):
-        bad.func(bad, Ctx(HostFS(str(root))))
+        commands.run(bad, Ctx(HostFS(str(root))), TieringJob(Recording))
     zero = parse(["tiering", "run", "--max-rate-mb", "0"])
     with pytest.raises(GuestAgentError,
                        match=r"--max-rate-mb: \[tiering\] max_rate_mb = '0': below the minimum 1"):
-        zero.func(zero, Ctx(HostFS(str(root))))
+        commands.run(zero, Ctx(HostFS(str(root))), TieringJob(Recording))
     assert len(seen) == 1  # a refused configuration starts nothing
 
 
@@ -373,8 +370,6 @@ def test_run_options_override_the_configuration_files(
 ) -> None:
     """The files ``guestagent run`` reads, then the options given; an option not given leaves
     the file's value."""
-    from guestagent.tiering import job as job_module
-
     root, _ = world
     seen: list[TieringConfig] = []
 
@@ -383,12 +378,11 @@ def test_run_options_override_the_configuration_files(
             seen.append(self.config)
             return super().tick()
 
-    monkeypatch.setattr(job_module, "Runner", Recording)
     main = tmp_path / "guestagent.toml"
     main.write_text("[tiering]\nsource_high_pct = 20.0\ntarget_min_pct = 40.0\n")
     args = parse(["tiering", "run", "--config", str(main), "--conf-dir", str(tmp_path / "etc"),
                   "--target-min-pct", "30", "--duration", "0.1"])
-    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert commands.run(args, Ctx(HostFS(str(root))), TieringJob(Recording)) == 0
     assert (seen[0].source_high_pct, seen[0].target_min_pct) == (20.0, 30.0)
 
 
@@ -420,12 +414,12 @@ def test_through_the_cli_contract(
 
     root, _ = world
     assert "guestagent.tiering.commands" in cli.COMMAND_MODULES
-    assert cli.main(["--root", str(root), "tiering", "status"], make_host=host_of) == 0
+    assert main(["--root", str(root), "tiering", "status"]) == 0
     assert capsys.readouterr().out.startswith("serving: damon\n")
     # no action: help on stderr
-    assert cli.main(["--root", str(root), "tiering"], make_host=host_of) == 2
+    assert main(["--root", str(root), "tiering"]) == 2
     (root / MEMINFO0).write_text("garbage\n")
-    assert cli.main(["--root", str(root), "tiering", "status"], make_host=host_of) == 1
+    assert main(["--root", str(root), "tiering", "status"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("guestagent: /sys/devices/system/node/node0/meminfo line 1:")
 
@@ -438,13 +432,19 @@ def test_run_is_the_daemon_with_the_tiering_job_alone(
     the status socket (the topology job, on by default, is off), journals its kdamonds in the
     undo journal while it runs, and after the duration shuts down as on SIGTERM: STOPPING, the
     kdamonds and the journal gone, the socket removed, the summary printed."""
-    from guestagent.daemon import systemd
+    import socket
+
     from guestagent.daemon.service import read_status
 
     root, kernel = world
     state_dir = root / "run/guestagent"
-    notified: list[str] = []
-    monkeypatch.setattr(systemd, "notify", lambda state, environ=None: notified.append(state))
+    # systemd's end of sd_notify: a datagram socket named by $NOTIFY_SOCKET (abstract: no path
+    # length limit, nothing left behind).
+    name = f"guestagent-test-notify-{os.getpid()}-{id(root)}"
+    systemd_end = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd_end.bind("\0" + name)
+    systemd_end.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
     seen: dict[str, Any] = {}
 
     def look() -> None:  # from another thread while the daemon's loop serves
@@ -458,6 +458,10 @@ def test_run_is_the_daemon_with_the_tiering_job_alone(
         assert args.func(args, Ctx(HostFS(str(root)))) == 0
     finally:
         probe.cancel()
+    notified: list[str] = []
+    with systemd_end, contextlib.suppress(BlockingIOError):
+        while True:
+            notified.append(systemd_end.recv(4096).decode())
     status = seen["status"]
     assert status["pid"] == os.getpid() and status["role"] == "guest"
     assert list(status["jobs"]) == ["tiering"], status["jobs"]
@@ -478,8 +482,6 @@ def test_run_keeps_its_options_across_a_reload(
 ) -> None:
     """SIGHUP reloads the files as the daemon does, and the options are applied again over
     them: a file changed in between is read, an option still wins."""
-    from guestagent.tiering import job as job_module
-
     root, _ = world
     main = tmp_path / "guestagent.toml"
     main.write_text("[tiering]\nsource_high_pct = 20.0\n")
@@ -493,12 +495,11 @@ def test_run_keeps_its_options_across_a_reload(
                 os.kill(os.getpid(), signal.SIGHUP)
             return super().tick()
 
-    monkeypatch.setattr(job_module, "Runner", Recording)
     # What the test runner started with (SIG_IGN under nohup), to be put back as it was.
     hup_before = signal.getsignal(signal.SIGHUP)
     args = parse(["tiering", "run", "--config", str(main), "--conf-dir", str(tmp_path / "etc"),
                   "--target-min-pct", "35", "--duration", "1"])
-    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    assert commands.run(args, Ctx(HostFS(str(root))), TieringJob(Recording)) == 0
     assert (seen[0].source_high_pct, seen[0].target_min_pct) == (20.0, 35.0)
     assert (seen[-1].source_high_pct, seen[-1].target_min_pct) == (25.0, 35.0), seen
     assert signal.getsignal(signal.SIGHUP) is hup_before

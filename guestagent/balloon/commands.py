@@ -172,7 +172,7 @@ def state_lock(ctx: Any, what: str, create: bool) -> AbstractContextManager[None
     from guestagent import statelock
     from guestagent.log import get_logger
 
-    state_dir, problems = config_mod.read_state_dir(config_mod.MAIN_FILE, config_mod.CONF_DIR)
+    state_dir, problems = config_mod.read_state_dir(*ctx.config_files)
     for line in problems:
         get_logger("balloon").warning("balloon_config_ignored", problem=line)
     return statelock.held(ctx.hostfs, state_dir, what, create)
@@ -261,11 +261,9 @@ def _target_now(actuator: BalloonActuator) -> int | None:
 
 def cmd_prepare_guard(args: argparse.Namespace, ctx: Any) -> int:
     """The guard's zram swap before the daemon starts (guard.prepare); always 0."""
-    from guestagent import config as config_mod
-
     try:
         with state_lock(ctx, "balloon --prepare-guard", create=True):
-            prepare_guard(args, ctx, config_mod.MAIN_FILE, config_mod.CONF_DIR)
+            prepare_guard(args, ctx, *ctx.config_files)
     except GuestAgentError as e:  # never block the agent's start: the daemon runs without zram
         get_logger("balloon").warning("guard_prepare_skipped", reason=str(e))
     return 0

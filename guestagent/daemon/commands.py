@@ -28,19 +28,21 @@ def load_checked(main_file: str, conf_dir: str, hostfs: HostFS) -> Config:
     return cfg
 
 
-def named_files(args: argparse.Namespace) -> tuple[str, str]:
-    """The files ``config check|show`` read: those named on the command line, which must exist
-    (one line, exit status 1, when one does not), else the defaults, which may be absent."""
-    why = config_mod.named_path_problem(args.config, args.conf_dir)
+def named_files(args: argparse.Namespace, ctx: Any) -> tuple[str, str]:
+    """The files a command reads: those named on the command line, which must exist (one line,
+    exit status 1, when one does not), else the context's defaults, which may be absent."""
+    why = config_mod.named_path_problem(getattr(args, "config", None),
+                                        getattr(args, "conf_dir", None))
     if why is not None:
         raise GuestAgentError(why)
-    return args.config or config_mod.MAIN_FILE, args.conf_dir or config_mod.CONF_DIR
+    paths: tuple[str, str] = ctx.config_paths(args)
+    return paths
 
 
 def config_check(args: argparse.Namespace, ctx: Any) -> int:
     """0 valid; 1 refused (one line per problem on stderr; with ``--json`` also the document:
     ok, files, problems)."""
-    main_file, conf_dir = named_files(args)
+    main_file, conf_dir = named_files(args, ctx)
     try:
         cfg = load_checked(main_file, conf_dir, ctx.hostfs)
     except config_mod.ConfigError as e:
@@ -70,7 +72,7 @@ def toml_value(value: Any) -> str:
 
 def config_show(args: argparse.Namespace, ctx: Any) -> int:
     """The effective configuration: as TOML (a file that reads back the same), or ``--json``."""
-    cfg = config_mod.load(*named_files(args))
+    cfg = config_mod.load(*named_files(args, ctx))
     if args.json:
         print_json({"files": cfg.files, "values": cfg.values})
         return 0
@@ -187,19 +189,33 @@ def _denied(command: str, e: PermissionError) -> GuestAgentError:
     return GuestAgentError(f"{where}permission denied: {command} {NEEDS_ROOT}")
 
 
-def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
+def daemon_for(args: argparse.Namespace, ctx: Any) -> Any:
+    """``guestagent run`` up to the start: root checked, the configuration loaded (``--config``,
+    ``--conf-dir``, else the context's files) and checked, logging set up, the role resolved;
+    returns the :class:`~guestagent.daemon.service.Daemon`, not started. Raises ConfigError or
+    GuestAgentError (exit 1)."""
     from guestagent.daemon.service import Daemon
 
     require_root("guestagent run", ctx.hostfs)
+    main_file, conf_dir = ctx.config_paths(args)
 
     def load() -> Config:
-        return load_checked(args.config, args.conf_dir, ctx.hostfs)
+        return load_checked(main_file, conf_dir, ctx.hostfs)
 
     cfg = load()
     configure_logging(args, cfg)
     role = resolve_role(cfg, ctx.hostfs, args.role)
     try:
-        Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host).run()
+        return Daemon(ctx.hostfs, cfg, load, make_jobs, role, host=ctx.host)
+    except PermissionError as e:
+        raise _denied("guestagent run", e) from None
+
+
+def run_daemon(args: argparse.Namespace, ctx: Any) -> int:
+    """``guestagent run``: :func:`daemon_for`, then the daemon until SIGTERM or SIGINT."""
+    daemon = daemon_for(args, ctx)
+    try:
+        daemon.run()
     except PermissionError as e:
         raise _denied("guestagent run", e) from None
     return 0
@@ -267,14 +283,10 @@ def run_one_job(
         raise InputError("--duration", "must be positive", duration)
     name = f"guestagent {job.name} run"
     require_root(name, ctx.hostfs)
-    main_file, conf_dir = getattr(args, "config", None), getattr(args, "conf_dir", None)
-    why = config_mod.named_path_problem(main_file, conf_dir)
-    if why is not None:
-        raise GuestAgentError(why)
+    main_file, conf_dir = named_files(args, ctx)
 
     def load() -> Config:
-        cfg = load_checked(main_file or config_mod.MAIN_FILE, conf_dir or config_mod.CONF_DIR,
-                           ctx.hostfs)
+        cfg = load_checked(main_file, conf_dir, ctx.hostfs)
         return with_overrides(cfg, job.name, overrides)
 
     cfg = load()
@@ -320,7 +332,14 @@ def show_status(args: argparse.Namespace, ctx: Any) -> int:
         return EXIT_NOT_RUNNING
     if args.json:
         print_json(status)
-        return 0
+    else:
+        print_status(status)
+    return 0
+
+
+def print_status(status: dict[str, Any]) -> None:
+    """The daemon's status (:meth:`~guestagent.daemon.service.Daemon.status`) for people: a line
+    for the daemon, one per job, then its figures (no Python repr: :func:`human_value`)."""
     print(f"guestagent {status['version']} (pid {status['pid']}), role {status['role']}")
     print(f"xenstore: {status['xenstore']}; resumes seen: {status['resumes']}")
     for name, job in status["jobs"].items():
@@ -335,7 +354,6 @@ def show_status(args: argparse.Namespace, ctx: Any) -> int:
                     print(f"  {'':12} {sub}: {human_value(inner)}")
             else:
                 print(f"  {'':10} {key}: {human_value(value)}")
-    return 0
 
 
 def human_value(value: Any) -> str:
@@ -359,10 +377,10 @@ def register_daemon(subparsers: Any) -> None:
         description="Run the daemon. SIGHUP reloads the configuration, SIGTERM undoes what the "
         "jobs changed and exits.",
     )
-    run.add_argument("--config", default=config_mod.MAIN_FILE, metavar="FILE",
-                     help="main configuration file")
-    run.add_argument("--conf-dir", default=config_mod.CONF_DIR, metavar="DIR",
-                     help="drop-in directory")
+    run.add_argument("--config", metavar="FILE",
+                     help=f"main configuration file (default: {config_mod.MAIN_FILE})")
+    run.add_argument("--conf-dir", metavar="DIR",
+                     help=f"drop-in directory (default: {config_mod.CONF_DIR})")
     run.add_argument("--role", choices=ROLES,
                      help="override [agent] role: 'auto' detects Dom0 from "
                      "/proc/xen/capabilities (default: the configuration's, itself auto)")

@@ -45,6 +45,7 @@ from guestagent.tiering.policy import decide
 from guestagent.units import MIB, PAGE_SIZE
 
 if TYPE_CHECKING:
+    from guestagent.tiering.job import TieringJob
     from guestagent.undo import Journal, UndoReport
 
 
@@ -94,17 +95,18 @@ def why_not(backend: Backend | None, availability: Availability) -> str:
 EXIT_NONE_SERVES = 4
 
 
-def _configured(args: argparse.Namespace) -> tuple[bool, str, TieringConfig]:
+def _configured(args: argparse.Namespace, ctx: Any) -> tuple[bool, str, TieringConfig]:
     """``[tiering] enabled``, ``backend`` and the policy's configuration, from the files ``run``
-    reads (``--config``/``--conf-dir``; raises ConfigError/InputError when refused)."""
+    reads (``--config``/``--conf-dir``, else the context's; raises ConfigError/InputError when
+    refused)."""
     from guestagent import config as config_mod
     from guestagent.tiering.config import tiering_config
 
-    named = (getattr(args, "config", None), getattr(args, "conf_dir", None))
-    problem = config_mod.named_path_problem(*named)
+    problem = config_mod.named_path_problem(getattr(args, "config", None),
+                                            getattr(args, "conf_dir", None))
     if problem is not None:
         raise GuestAgentError(problem)
-    agent = config_mod.load(named[0] or config_mod.MAIN_FILE, named[1] or config_mod.CONF_DIR)
+    agent = config_mod.load(*ctx.config_paths(args))
     section = agent.section("tiering")
     return bool(section["enabled"]), str(section["backend"]), tiering_config(section)
 
@@ -167,7 +169,7 @@ def status_text(doc: dict[str, Any]) -> str:
 
 def status(args: argparse.Namespace, ctx: Any) -> int:
     hostfs: HostFS = ctx.hostfs
-    enabled, wanted, policy_config = _configured(args)
+    enabled, wanted, policy_config = _configured(args, ctx)
     probed = probe_all(ctx.host)
     # The backends the daemon's job may use ([tiering] backend), as it chooses (tiering.job).
     chosen = serving([p for p in probed if wanted in ("auto", p[0])])
@@ -216,9 +218,10 @@ RUN_OVERRIDES = (
 )
 
 
-def run(args: argparse.Namespace, ctx: Any) -> int:
+def run(args: argparse.Namespace, ctx: Any, job: TieringJob | None = None) -> int:
     """The daemon running the tiering job alone (:func:`guestagent.daemon.commands.run_one_job`),
-    then the summary of what it did."""
+    then the summary of what it did. ``job``: the tiering job to run (a test's, made with its
+    own runner; default a new :class:`~guestagent.tiering.job.TieringJob`)."""
     from guestagent.daemon.commands import run_one_job
     from guestagent.tiering.job import TieringJob
 
@@ -226,7 +229,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         (flag, "tiering", key, getattr(args, flag[2:].replace("-", "_")))
         for flag, key in RUN_OVERRIDES
     ]
-    job = TieringJob()
+    if job is None:
+        job = TieringJob()
     t0 = time.monotonic()
     cpu0 = _cpu_seconds()
     run_one_job(args, ctx, job, overrides, role="guest")
@@ -291,9 +295,7 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent.tiering.journal import journal_path
 
     log = get_logger("tiering")
-    state_dir, problems = config_mod.read_state_dir(
-        getattr(args, "config", None) or config_mod.MAIN_FILE,
-        getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    state_dir, problems = config_mod.read_state_dir(*ctx.config_paths(args))
     for line in problems:
         log.warning("tiering_reset_config_ignored", problem=line)
     hostfs: HostFS = ctx.hostfs

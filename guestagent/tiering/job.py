@@ -25,9 +25,13 @@ if TYPE_CHECKING:
 
 
 class TieringJob:
+    """``runner``: what runs each round over the serving backend (:class:`Runner`; a test's
+    subclass sees every round: the daemon makes the job with none)."""
+
     name = "tiering"
 
-    def __init__(self) -> None:
+    def __init__(self, runner: type[Runner] = Runner) -> None:
+        self._make_runner = runner
         self._ctx: JobContext | None = None
         self._runner: Runner | None = None
         self._backend_name = ""
@@ -55,7 +59,7 @@ class TieringJob:
             raise GuestAgentError(f"no tiering backend can serve: {reasons}")
         self._backend_name = backend.name
         self.backend = backend
-        self._runner = Runner(ctx.hostfs, backend, tiering_config(section))
+        self._runner = self._make_runner(ctx.hostfs, backend, tiering_config(section))
         self._schedule()
 
     def _schedule(self) -> None:
