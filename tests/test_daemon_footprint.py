@@ -226,3 +226,54 @@ def test_a_timer_never_runs_more_than_its_slack_early() -> None:
         assert len(fast) == 1, "a periodic timer runs once per round, never twice in a row"
     finally:
         loop.close()
+
+
+def test_the_daemon_gives_back_the_heap_once_its_jobs_have_started(tmp_path: Path) -> None:
+    from guestagent.config import defaults
+    from guestagent.daemon.service import Daemon
+    from guestagent.errors import GuestAgentError
+    from guestagent.hostfs import HostFS
+
+    def no_xenstore() -> None:
+        raise GuestAgentError("no xenstore in this test")
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "pv-guest", root, symlinks=True)
+    cfg = defaults()
+    cfg.values["agent"]["state_dir"] = "/run/guestagent"
+    order: list[str] = []
+
+    class Job:
+        name = "probe"
+
+        def start(self, ctx: object) -> None:
+            order.append("job started")
+
+        def stop(self) -> None:
+            order.append("job stopped")
+
+    loop = EventLoop()
+    daemon = Daemon(HostFS(str(root)), cfg, lambda: cfg, lambda c, r: [Job()], "guest",  # type: ignore[list-item]
+                    loop=loop, xenstore_connect=no_xenstore,
+                    release_memory=lambda: order.append("released"))
+    try:
+        daemon.start()
+        assert order == ["job started", "released"]
+    finally:
+        daemon.shutdown("test")
+        loop.close()
+
+
+def test_release_free_memory_reaches_the_c_library() -> None:
+    """glibc's malloc_trim through the C doorway: after a few MiB are allocated and freed in
+    pieces, it has pages to give back (a ``False`` here means the call never reached it)."""
+    pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
+    if not getattr(os, "confstr", None) or not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.skip("not glibc: there is no malloc_trim to reach")
+    from guestagent.daemon.service import release_free_memory
+
+    pieces = [bytearray(4096 + i % 512) for i in range(4096)]  # malloc'd: above pymalloc's 512
+    keep = pieces[::64]
+    del pieces
+    assert release_free_memory() is True
+    assert len(keep) == 64
