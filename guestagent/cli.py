@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -148,9 +149,35 @@ def _sub_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
                 yield from _sub_parsers(sub)
 
 
+def terminal_columns(fallback: int = 80) -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil: ``$COLUMNS`` when it is
+    a positive number, else the width of the terminal on stdout, else ``fallback``."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else fallback
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, with the help formatter's width measured here: argparse's own
+    formatter imports shutil for it (with bz2, lzma: about 0.3 MiB the daemon would keep), and
+    every ``add_argument`` makes a formatter. The width is the one argparse would take."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        make: Any = self.formatter_class  # typeshed's protocol leaves width out
+        formatter: argparse.HelpFormatter = make(prog=self.prog, width=terminal_columns() - 2)
+        return formatter
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` (a command word) just that command's module."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="guestagent",
         description="Make a Linux guest on a Xen NUMA host NUMA-aware. The options below may "
         "also follow the command word.",

@@ -123,6 +123,8 @@ class ConfigError(GuestAgentError):
 
 @dataclass
 class Config:
+    """The loaded configuration: the values by section, the files read, which file set each key."""
+
     values: dict[str, dict[str, Value]]
     files: list[str] = field(default_factory=list)
     #: The file that set each key (absent: the default), to name it in a problem.

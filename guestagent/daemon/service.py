@@ -260,6 +260,8 @@ def _unmanaged_end(name: str, error: str | None) -> None:
 
 @dataclass
 class JobContext:
+    """What a job is given at start: the loop, the host, the configuration, xenstore, the role."""
+
     loop: EventLoop
     hostfs: HostFS
     config: Config
@@ -297,6 +299,8 @@ def release_free_memory() -> bool:
 
 @dataclass
 class JobRecord:
+    """A job the daemon made, whether it runs, and why not."""
+
     job: Job
     running: bool = False
     error: str | None = None
@@ -304,6 +308,9 @@ class JobRecord:
 
 @dataclass
 class Daemon:
+    """The runtime: the event loop, the jobs, the xenstore hub, the status socket, systemd's notify.
+    """
+
     hostfs: HostFS
     config: Config
     load_config: Callable[[], Config]
