@@ -164,15 +164,24 @@ def terminal_columns(fallback: int = 80) -> int:
     return columns if columns > 0 else fallback
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse's parser, with the help formatter's width measured here: argparse's own
-    formatter imports shutil for it (with bz2, lzma: about 0.3 MiB the daemon would keep), and
-    every ``add_argument`` makes a formatter. The width is the one argparse would take."""
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with the width measured here: argparse's own imports shutil for it
+    (with bz2, lzma: about 0.3 MiB the daemon would keep), and every ``add_argument`` makes a
+    formatter. The width is the one argparse would take."""
 
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        make: Any = self.formatter_class  # typeshed's protocol leaves width out
-        formatter: argparse.HelpFormatter = make(prog=self.prog, width=terminal_columns() - 2)
-        return formatter
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None, **kwargs: Any) -> None:
+        width = terminal_columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose formatter is, unless another is named, :class:`HelpFormatter`
+    (sub-commands' parsers are of the same class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
