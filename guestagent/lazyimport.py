@@ -30,7 +30,8 @@ def stand_in(name: str, calls: Sequence[str] = ()) -> ModuleType:
     """A module named ``name`` whose first attribute access imports the real one (PEP 562).
 
     ``calls``: functions the stand-in has itself, for a ``from NAME import f`` (which takes the
-    attribute at once): each imports the real module when it is called, not before.
+    attribute at once): each imports the real module when it is called, not before. Give them
+    only for a plain module, not a package.
     """
     stub = ModuleType(name, f"guestagent.lazyimport's stand-in: the real {name} loads on first use")
 
@@ -42,7 +43,9 @@ def stand_in(name: str, calls: Sequence[str] = ()) -> ModuleType:
         return importlib.import_module(name)
 
     def __getattr__(attr: str) -> Any:
-        if attr == "__path__":  # ``from NAME import f`` asks whether NAME is a package: not yet
+        if attr == "__path__" and calls:
+            # ``from NAME import f`` asks first whether NAME is a package; a stand-in with calls
+            # is for a plain module. Any other stand-in imports the real one to answer.
             raise AttributeError(attr)
         return getattr(real(), attr)
 

@@ -308,8 +308,7 @@ class JobRecord:
 
 @dataclass
 class Daemon:
-    """The runtime: the event loop, the jobs, the xenstore hub, the status socket, systemd's notify.
-    """
+    """The runtime: the event loop, the jobs, the xenstore hub, the status socket, sd_notify."""
 
     hostfs: HostFS
     config: Config
