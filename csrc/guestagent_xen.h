@@ -187,3 +187,4 @@ int ga_xs_send(int fd, uint32_t type, uint32_t req_id, uint32_t tx_id,
                const uint8_t *payload, uint32_t len);
 int ga_xs_recv(int fd, struct ga_xsd_sockmsg *hdr, uint8_t *payload, uint32_t cap,
                int first_byte_timeout_ms, int message_timeout_ms);
+int ga_release_free_memory(void);

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -164,9 +165,44 @@ def _sub_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
                 yield from _sub_parsers(sub)
 
 
+def terminal_columns(fallback: int = 80) -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil: ``$COLUMNS`` when it is
+    a positive number, else the width of the terminal on stdout, else ``fallback``."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else fallback
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with the width measured here: argparse's own imports shutil for it
+    (with bz2, lzma: about 0.3 MiB the daemon would keep), and every ``add_argument`` makes a
+    formatter. The width is the one argparse would take."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None, **kwargs: Any) -> None:
+        width = terminal_columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width, **kwargs)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose formatter is, unless another is named, :class:`HelpFormatter`
+    (sub-commands' parsers are of the same class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` (a command word) just that command's module."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="guestagent",
         description="Make a Linux guest on a Xen NUMA host NUMA-aware. The options below may "
         "also follow the command word.",

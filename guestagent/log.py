@@ -20,52 +20,39 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from types import ModuleType
 from typing import Any, Callable, TextIO, cast
 
+from guestagent.lazyimport import deferring
 
-def _lazy_asyncio() -> ModuleType:
-    """A stand-in for ``asyncio`` that imports the real one on its first attribute access."""
-    stub = ModuleType("asyncio", "guestagent.log's stand-in: the real asyncio loads on first use")
-
-    def __getattr__(name: str) -> Any:
-        if sys.modules.get("asyncio") is stub:
-            del sys.modules["asyncio"]
-        import importlib
-
-        return getattr(importlib.import_module("asyncio"), name)
-
-    stub.__getattr__ = __getattr__  # type: ignore[method-assign]  # PEP 562
-    return stub
+#: What structlog imports at module level for code guestagent never runs: asyncio for its async
+#: logging methods (with subprocess, concurrent.futures, selectors: about 1.5 MiB resident),
+#: uuid for its deprecated thread-local dicts (with platform, libuuid), inspect for its call-site
+#: processor. Each gets a stand-in (:mod:`guestagent.lazyimport`) that imports the real module
+#: on first use.
+STRUCTLOG_DEFERS = ("asyncio", "uuid", "inspect")
 
 
 def import_structlog() -> Any:
-    """structlog, imported without loading asyncio or OpenSSL.
+    """structlog, imported without loading asyncio, uuid, inspect or OpenSSL.
 
-    structlog imports asyncio at module level for its async logging methods, which guestagent
-    never calls: asyncio and what it imports (subprocess, concurrent.futures, selectors...) are
-    about 1.5 MiB resident in the idle daemon (benchmarks/README.md, "What each MiB is"), and
-    asyncio imports ``ssl`` when it can, about 6 MiB of OpenSSL. So structlog is imported with a
-    stand-in for ``asyncio`` (:func:`_lazy_asyncio`: every use of it, which structlog makes only
-    inside its async methods, imports the real one) and with ``ssl`` hidden; both are taken out
-    of ``sys.modules`` right after, so a later ``import asyncio`` or ``import ssl`` works as
-    usual (only asyncio's own TLS support stays off when structlog's async methods load it).
+    The modules of :data:`STRUCTLOG_DEFERS` are stand-ins while structlog is imported (every use
+    of one, which structlog makes only inside functions guestagent does not call, imports the
+    real one); and ``ssl`` is hidden, because asyncio imports it when it can, about 6 MiB of
+    OpenSSL. Neither stays in ``sys.modules``, so a later ``import asyncio`` or ``import ssl``
+    works as usual (benchmarks/README.md, "What each MiB is").
     """
     loaded = sys.modules.get("structlog")
     if loaded is not None:
         return loaded
     hide = "ssl" not in sys.modules and "asyncio" not in sys.modules
-    stub = _lazy_asyncio()
     if hide:
         sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError
-        sys.modules["asyncio"] = stub
     try:
-        import structlog
+        with deferring(*STRUCTLOG_DEFERS):
+            import structlog
     finally:
         if hide and "ssl" in sys.modules and sys.modules["ssl"] is None:
             del sys.modules["ssl"]
-        if sys.modules.get("asyncio") is stub:
-            del sys.modules["asyncio"]
     return structlog
 
 #: The same warning or error (same event, same error text) is logged at most once per window.

@@ -187,3 +187,34 @@ def test_balloon_keys_the_job_would_refuse_are_refused_by_load(tmp_path: Path) -
     # The same pair in the right order loads.
     write(tmp_path / "guestagent.toml", "[balloon]\npsi_target_pct = 2\npsi_grow_pct = 5\n")
     assert load(main, str(tmp_path / "conf.d")).get("balloon", "psi_grow_pct") == 5
+
+
+def test_every_job_packages_checks_pass_on_the_declared_defaults() -> None:
+    """``cross_checks`` skips a job package's ``section_problems`` while its section holds the
+    declared defaults (so an idle daemon does not import the policy modules): that is sound only
+    while the defaults pass, which this runs for real."""
+    from importlib import import_module
+
+    from guestagent.config import JOB_KEY_MODULES, at_defaults, job_section
+
+    cfg = defaults()
+    checked = 0
+    for name in JOB_KEY_MODULES:
+        module = import_module(name)
+        assert {k.section for k in module.config_keys()} == {job_section(name)}, name
+        assert at_defaults(cfg, job_section(name))
+        check = getattr(module, "section_problems", None)
+        if check is not None:
+            assert check(cfg) == [], name
+            checked += 1
+    assert checked >= 2  # balloon and tiering, at least
+
+
+def test_a_section_set_to_its_defaults_by_a_file_is_at_defaults(tmp_path: Path) -> None:
+    from guestagent.config import at_defaults
+
+    main = write(tmp_path / "guestagent.toml", "[balloon]\ninterval_seconds = 5\n")
+    assert at_defaults(load(main, str(tmp_path / "conf.d")), "balloon")
+    write(tmp_path / "guestagent.toml", "[balloon]\ninterval_seconds = 6\n")
+    cfg = load(main, str(tmp_path / "conf.d"))
+    assert not at_defaults(cfg, "balloon") and at_defaults(cfg, "tiering")

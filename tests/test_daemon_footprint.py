@@ -34,6 +34,30 @@ HEAVY = (
     "pyroute2",
     "psutil",
     "cffi",  # the build-time package; the extension needs only _cffi_backend
+    # Deferred by guestagent.lazyimport (stand-ins that load on first use): dataclasses' inspect
+    # (with ast, dis; loaded again by any dataclass without a docstring), pathlib's urllib.parse
+    # (with ipaddress), structlog's uuid (with platform), pyudev's ctypes.util and subprocess
+    # (with shutil, tempfile, random, bz2, lzma; argparse's shutil: cli.Parser).
+    "inspect",
+    "ast",
+    "dis",
+    "urllib",
+    "ipaddress",
+    "uuid",
+    "platform",
+    "ctypes.util",
+    "subprocess",
+    "shutil",
+    "tempfile",
+    "random",
+    "bz2",
+    "lzma",
+    # Imported only to check a non-default [balloon] or [tiering] section (config.cross_checks).
+    "guestagent.balloon.policy",
+    "guestagent.balloon.pressure",
+    "guestagent.tiering.model",
+    # Dom0's sysctl wrappers: a guest reads the Dom0 hints through dom0.schema (xen.hostids).
+    "guestagent.xen.sysctl",
     "guestagent.daemon.metrics",
     "guestagent.publish",
     "guestagent.balloon.commands",
@@ -66,10 +90,52 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+#: Prints the modules a pyudev monitor's context loads beyond ``guestagent.lazyimport``'s import.
+PYUDEV_NEEDS = """
+from guestagent.lazyimport import import_pyudev
+before = set(sys.modules)
+try:
+    import_pyudev().Context()
+except Exception:
+    pass
+names = set(sys.modules) - before
+"""
+
+
+def interpreter_modules(python: str, code: str) -> set[str]:
+    """``sys.modules`` of a fresh interpreter (as the daemon's) after ``code``, or the new modules
+    ``code`` leaves in ``names``."""
+    script = f"import json, sys\nnames = None\n{code}\n" \
+        "print(json.dumps(sorted(sys.modules if names is None else names)))"
+    done = subprocess.run([python, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          check=True)
+    return set(json.loads(done.stdout))
+
+
+#: Debian's own interpreter, the guest's (CI installs the dependencies from Debian's packages).
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def interpreters() -> list[str]:
+    """This interpreter, and Debian's when it has the agent's dependencies and is another one."""
+    found = [sys.executable]
+    if (os.path.exists(DEBIAN_PYTHON) and os.path.realpath(DEBIAN_PYTHON)
+            != os.path.realpath(sys.executable)):
+        probe = subprocess.run(
+            [DEBIAN_PYTHON, "-c", "import structlog, pyudev, guestagent.xen._xenc"],
+            cwd=REPO, capture_output=True)
+        if probe.returncode == 0:
+            found.append(DEBIAN_PYTHON)
+    return found
+
+
 @pytest.mark.timeout(120)
-def test_idle_daemon_loads_no_heavy_module(tmp_path: Path, xs_server: XenstoreServer) -> None:
+@pytest.mark.parametrize("python", interpreters())
+def test_idle_daemon_loads_no_heavy_module(tmp_path: Path, xs_server: XenstoreServer,
+                                           python: str) -> None:
     """The daemon's import path, run for real (default jobs, xenstore connected), in a fresh
-    interpreter: fails when an import of a heavy module creeps back in."""
+    interpreter (this one, and Debian's as in the guest): fails when an import of a heavy module
+    creeps back in."""
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "pv-guest", root, symlinks=True)
     dump = tmp_path / "modules.json"
@@ -77,7 +143,7 @@ def test_idle_daemon_loads_no_heavy_module(tmp_path: Path, xs_server: XenstoreSe
     env = dict(os.environ, XENSTORED_PATH=xs_server.path)
     env.pop("NOTIFY_SOCKET", None)
     daemon = subprocess.Popen(
-        [sys.executable, "-c", DUMP_AT_READY, str(dump), "--root", str(root), "run",
+        [python, "-c", DUMP_AT_READY, str(dump), "--root", str(root), "run",
          "--config", str(tmp_path / "none.toml"), "--conf-dir", str(tmp_path / "none.d"),
          "--role", "guest"],
         cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
@@ -97,8 +163,16 @@ def test_idle_daemon_loads_no_heavy_module(tmp_path: Path, xs_server: XenstoreSe
     modules = set(json.loads(dump.read_text()))
     assert "guestagent.topology.job" in modules and "guestagent.devices.job" in modules, stderr
     assert "job_started" in stderr and "xenstore_unavailable" not in stderr, stderr
-    loaded = sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
-    assert loaded == [], f"the idle daemon imports {loaded}: import them where they are used"
+    # Not the daemon's doing: what this interpreter loads before any code runs (a pyenv or venv
+    # site loads pathlib, urllib.parse, shutil... for its .pth files; Debian's loads none), and
+    # what this pyudev itself needs to make a monitor (pip's calls ctypes.util.find_library;
+    # Debian's opens libudev.so.1 by name and needs none of guestagent.lazyimport's deferrals).
+    allowed = interpreter_modules(python, "") | interpreter_modules(python, PYUDEV_NEEDS)
+    loaded = sorted(m for m in modules - allowed
+                    if any(m == h or m.startswith(h + ".") for h in HEAVY))
+    assert loaded == [], (
+        f"the idle daemon imports {loaded}: import them where they are used (inspect: a dataclass "
+        "without a docstring makes dataclasses import it; guestagent.lazyimport says more)")
 
 
 def test_structlog_import_leaves_ssl_importable() -> None:
@@ -226,3 +300,54 @@ def test_a_timer_never_runs_more_than_its_slack_early() -> None:
         assert len(fast) == 1, "a periodic timer runs once per round, never twice in a row"
     finally:
         loop.close()
+
+
+def test_the_daemon_gives_back_the_heap_once_its_jobs_have_started(tmp_path: Path) -> None:
+    from guestagent.config import defaults
+    from guestagent.daemon.service import Daemon
+    from guestagent.errors import GuestAgentError
+    from guestagent.hostfs import HostFS
+
+    def no_xenstore() -> None:
+        raise GuestAgentError("no xenstore in this test")
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "pv-guest", root, symlinks=True)
+    cfg = defaults()
+    cfg.values["agent"]["state_dir"] = "/run/guestagent"
+    order: list[str] = []
+
+    class Job:
+        name = "probe"
+
+        def start(self, ctx: object) -> None:
+            order.append("job started")
+
+        def stop(self) -> None:
+            order.append("job stopped")
+
+    loop = EventLoop()
+    daemon = Daemon(HostFS(str(root)), cfg, lambda: cfg, lambda c, r: [Job()], "guest",  # type: ignore[list-item]
+                    loop=loop, xenstore_connect=no_xenstore,
+                    release_memory=lambda: order.append("released"))
+    try:
+        daemon.start()
+        assert order == ["job started", "released"]
+    finally:
+        daemon.shutdown("test")
+        loop.close()
+
+
+def test_release_free_memory_reaches_the_c_library() -> None:
+    """glibc's malloc_trim through the C doorway: after a few MiB are allocated and freed in
+    pieces, it has pages to give back (a ``False`` here means the call never reached it)."""
+    pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
+    if not getattr(os, "confstr", None) or not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.skip("not glibc: there is no malloc_trim to reach")
+    from guestagent.daemon.service import release_free_memory
+
+    pieces = [bytearray(4096 + i % 512) for i in range(4096)]  # malloc'd: above pymalloc's 512
+    keep = pieces[::64]
+    del pieces
+    assert release_free_memory() is True
+    assert len(keep) == 64

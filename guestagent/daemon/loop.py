@@ -46,6 +46,8 @@ def slack_for(period: float) -> float:
 
 @dataclass(order=True)
 class Timer:
+    """One timer of the event loop, ordered by when it is due."""
+
     when: float
     seq: int
     callback: Callback = field(compare=False)

@@ -17,6 +17,8 @@ REALTIME_JUMP = 30.0
 
 @dataclass(frozen=True)
 class ClockSample:
+    """The three clocks read at one moment (seconds)."""
+
     monotonic: float
     boottime: float
     realtime: float
@@ -24,6 +26,8 @@ class ClockSample:
 
 @dataclass(frozen=True)
 class ResumeState:
+    """What the last resume check saw: the clocks and the domain's ``unique-domain-id``."""
+
     clocks: ClockSample | None = None
     unique_domain_id: str | None = None
 

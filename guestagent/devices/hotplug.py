@@ -14,6 +14,7 @@ from typing import Any
 from guestagent.devices.apply import DevicesJob
 from guestagent.devices.model import DeviceReport, is_bdf
 from guestagent.errors import GuestAgentError
+from guestagent.lazyimport import import_pyudev
 
 ACTIONS = ("add", "remove", "bind", "unbind")
 
@@ -61,7 +62,7 @@ class HotplugMonitor:
     @classmethod
     def open(cls) -> HotplugMonitor:
         try:
-            import pyudev
+            pyudev = import_pyudev()  # without ctypes.util and subprocess until used
         except ImportError:
             raise HotplugUnavailableError(
                 "pyudev is not installed (pip install pyudev): PCI hotplug is not followed"

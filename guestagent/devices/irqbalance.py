@@ -40,6 +40,8 @@ POLICY_COMMAND = "irqbalance-policy"
 
 @dataclass(frozen=True)
 class IrqbalanceStatus:
+    """Whether irqbalance runs, and how it was found."""
+
     running: bool
     pid: int | None = None
     #: How it was found: "process" (psutil or /proc), "systemd unit", or "" when not running.
@@ -129,6 +131,8 @@ def detect(hostfs: HostFS) -> IrqbalanceStatus:
 
 @dataclass(frozen=True)
 class IrqDecision:
+    """Whether the agent pins IRQ affinity or defers to irqbalance, and why."""
+
     touch: bool
     mode: Literal["defer", "pin"]
     reason: str

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from guestagent.errors import InputError
-from guestagent.xen.sysctl import MAX_NODES, PciAddress
+from guestagent.xen.hostids import MAX_NODES, PciAddress
 from guestagent.xen.xs_wire import Permission
 
 SCHEMA_VERSION = 1

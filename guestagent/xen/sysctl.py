@@ -30,7 +30,6 @@ Xen's own behaviour that the wrappers rely on (xen/common/sysctl.c, 4.17):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -38,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from guestagent.errors import InputError
 from guestagent.log import get_logger
 from guestagent.xen.errors import HypercallError, PrivcmdRestricted, XenUnavailable
+from guestagent.xen.hostids import MAX_NODES as MAX_NODES  # re-exported (hostids: why)
+from guestagent.xen.hostids import PciAddress as PciAddress
 from guestagent.xen.versions import negotiate
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ XEN_INVALID_DEV = 0xFFFFFFFE
 _U64_ALL_ONES = 0xFFFFFFFFFFFFFFFF
 
 #: Bounds on what a sane hypervisor reports; anything larger is treated as corrupt.
-MAX_NODES = 256  # Xen's MAX_NUMNODES is at most 64 on x86 (CONFIG_NR_NUMA_NODES)
 MAX_CPUS = 16384  # CONFIG_NR_CPUS tops out at 16383 + 1
 MAX_CORE_OR_SOCKET = 1 << 20
 MAX_PCI_DEVICES = 65536
@@ -139,48 +139,6 @@ class CpuTopo:
     @property
     def present(self) -> bool:
         return self.core is not None
-
-
-_BDF_RE = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
-
-
-@dataclass(frozen=True, order=True)
-class PciAddress:
-    """A PCI function: segment, bus, device (slot), function."""
-
-    seg: int
-    bus: int
-    dev: int
-    func: int
-
-    def __post_init__(self) -> None:
-        if not (
-            0 <= self.seg <= 0xFFFF
-            and 0 <= self.bus <= 0xFF
-            and 0 <= self.dev <= 0x1F
-            and 0 <= self.func <= 7
-        ):
-            raise ValueError(
-                f"PCI address out of range: {self.seg}:{self.bus}:{self.dev}.{self.func}"
-            )
-
-    @property
-    def devfn(self) -> int:
-        return (self.dev << 3) | self.func
-
-    def __str__(self) -> str:
-        return f"{self.seg:04x}:{self.bus:02x}:{self.dev:02x}.{self.func:x}"
-
-    @classmethod
-    def parse(cls, text: str, source: str = "PCI address") -> PciAddress:
-        """``DDDD:BB:DD.F`` exactly as Linux sysfs and libxl write it (lower-case hex)."""
-        match = _BDF_RE.fullmatch(text) if len(text) == 12 else None
-        if match is None:
-            raise InputError(source, "expected a PCI address DDDD:BB:DD.F", text)
-        seg, bus, dev, func = (int(g, 16) for g in match.groups())
-        if dev > 0x1F:
-            raise InputError(source, "PCI device number above 0x1f", text)
-        return cls(seg, bus, dev, func)
 
 
 @dataclass(frozen=True)

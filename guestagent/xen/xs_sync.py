@@ -41,6 +41,8 @@ class TransactionRunner(Protocol):
 
 @dataclass(frozen=True)
 class TreeChanges:
+    """The writes and removals that turn a xenstore tree into the desired one."""
+
     writes: dict[str, str] = field(default_factory=dict)
     removes: list[str] = field(default_factory=list)
 

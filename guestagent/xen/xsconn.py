@@ -32,6 +32,8 @@ MESSAGE_TIMEOUT_MS = 5000
 
 @dataclass(frozen=True)
 class RawMessage:
+    """One xenstore wire message: its header fields and payload."""
+
     type: int
     req_id: int
     tx_id: int
