@@ -177,12 +177,17 @@ class DevicesJob:
             if report is not None:
                 reports.append(report)
         if apply and self._pinned_irqs() != pinned_before:
-            execute.nudge_irqbalance(self._irqbalance, self.hostfs)
+            self._nudge_irqbalance("pinned IRQs changed; its policy script bans the pinned ones")
         self.reports = {r.bdf: r for r in reports}  # devices gone since the last pass drop out
         return reports
 
     def _pinned_irqs(self) -> set[str]:
         return {p for p, c in self.state.changes.items() if c.kind == "irq_affinity"}
+
+    def _nudge_irqbalance(self, reason: str) -> None:
+        """Ask irqbalance to rescan, looked for afresh: it may have started after the job's
+        first pass, when the IRQ decision was taken."""
+        execute.nudge_irqbalance(detect(self.hostfs), self.hostfs, reason)
 
     def evaluate(self, bdf: str, apply: bool) -> DeviceReport | None:
         """One device; None when it vanished before anything could be read."""
@@ -233,9 +238,14 @@ class DevicesJob:
     def reset(self) -> list[str]:
         """Undo every recorded change, newest first (:func:`execute.undo_all`); one line per
         change and per malformed entry of the state file. Failed restores are counted in
-        ``reset_failures`` and kept in the state file, so a later reset can try again."""
+        ``reset_failures`` and kept in the state file, so a later reset can try again. An
+        irqbalance running guestagent's policy script is asked to rescan when IRQs were
+        unpinned, so that it balances them again."""
+        pinned = self._pinned_irqs()
         report = execute.undo_all(self.state, self.hostfs)
         self.reset_failures = report.failures
+        if pinned - self._pinned_irqs():
+            self._nudge_irqbalance("IRQs unpinned; its policy script no longer bans them")
         return report.lines
 
     # ---------------------------------------------------------------- hotplug

@@ -262,8 +262,9 @@ def register(subparsers: Any) -> None:
     parser.epilog = (
         "irqbalance: by default (irqbalance = auto) guestagent leaves IRQ affinity to irqbalance "
         "while it runs, and says so; irqbalance then places the IRQs by the device's numa_node. "
-        "Set [devices] irqbalance = pin, or run irqbalance with --policyscript calling "
-        "'guestagent devices irqbalance-policy', to have guestagent pin them.")
+        "Run irqbalance with --policyscript=/usr/libexec/guestagent/irqbalance-policy (the "
+        "packages' drop-in for irqbalance.service does), or set [devices] irqbalance = pin, to "
+        "have guestagent pin them; the script bans the pinned IRQs from irqbalance.")
     _common(parser)
     parser.add_argument("--reset", action="store_true",
                         help="undo every change recorded in the state file")
