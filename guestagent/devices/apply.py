@@ -215,6 +215,7 @@ class DevicesJob:
         model = self._read(bdf, report)
         plan = decide_device(model, self._context(), self._state(), self.config, apply)
         report.node, report.source = plan.node, plan.source
+        report.host_node, report.remote = plan.host_node, plan.remote
         head = self._apply(plan.head, report)
         tail = plan.tail
         if head.rebound and plan.node is not None:

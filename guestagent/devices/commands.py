@@ -90,8 +90,10 @@ def render_table(reports: list[DeviceReport], job: DevicesJob, applied: bool = T
     lines: list[str] = []
     for r in reports:
         node = "?" if r.node is None else str(r.node)
+        host = "" if r.host_node is None else f"  host_node={r.host_node}"
+        remote = " REMOTE" if r.remote else ""
         lines.append(f"{r.bdf}  {r.vendor}:{r.device}  {r.pci_class}  driver={r.driver or '-'}  "
-                     f"node={node} ({r.source})  kernel_numa_node={r.kernel_node}  "
+                     f"node={node} ({r.source}){host}{remote}  kernel_numa_node={r.kernel_node}  "
                      f"irqs={','.join(str(i) for i in r.irqs) or '-'}")
         for label, items in (("applied", r.applied), ("planned", r.planned),
                              ("skipped", r.skipped), ("failed", r.failed)):
