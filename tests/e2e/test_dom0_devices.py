@@ -269,6 +269,8 @@ def _check_report_before_up(g: Guest, bdf: str, irqs: list[int]) -> None:
     (report,) = [d for d in shown["devices"] if d["bdf"] == bdf]
     assert report["source"] == "dom0" and report["node"] == 1, report
     assert report["kernel_node"] == -1 and report["failed"] == [], report
+    # Host node 1 holds vnode 1: the device is local to the guest (issue 16 item 6).
+    assert report["host_node"] == 1 and report["remote"] is False, report
     assert sorted(report["irqs"]) == sorted(irqs), (report, irqs)
     assert any(p.startswith("write numa_node = 1") for p in report["planned"]), report
     waiting = [f"IRQ {i}: not requested by the driver yet" for i in irqs]
@@ -425,7 +427,7 @@ def irqbalance_log(g: Guest) -> str:
 def bans(log: str, irq: int) -> int:
     """How often irqbalance took the policy script's ``ban=true`` for the IRQ (each IRQ database
     build asks the script again)."""
-    return len(re.findall(rf"^IRQ {irq}: Override ban to true$", log, re.M))
+    return len(re.findall(rf"^IRQ {irq}: Override ban to true\s*$", log, re.M))
 
 
 def _check_irqbalance_and_hugepages(g: Guest, bdf: str, irqs: list[int]) -> str:
