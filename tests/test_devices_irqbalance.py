@@ -23,8 +23,6 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Optional
 
-import pytest
-
 from guestagent.devices import execute
 from guestagent.devices.apply import DevicesJob
 from guestagent.devices.config import DevicesConfig
@@ -141,28 +139,21 @@ def tree_with_irqbalance(tmp_path: Path, cmdline: list[str]) -> Path:
     return root
 
 
-Nudges = list[tuple[Optional[IrqbalanceStatus], str]]
+class Nudges(list[tuple[Optional[IrqbalanceStatus], str]]):
+    """The job's rescan requests (its ``nudge`` argument; the signal itself: below)."""
 
-
-@pytest.fixture
-def nudges(monkeypatch: pytest.MonkeyPatch) -> Nudges:
-    """The job's calls of :func:`execute.nudge_irqbalance` (the signal itself: below)."""
-    calls: Nudges = []
-
-    def record(status: Optional[IrqbalanceStatus], hostfs: HostFS, reason: str) -> bool:
-        calls.append((status, reason))
+    def __call__(self, status: Optional[IrqbalanceStatus], hostfs: HostFS, reason: str) -> bool:
+        self.append((status, reason))
         return True
 
-    monkeypatch.setattr(execute, "nudge_irqbalance", record)
-    return calls
 
-
-def test_job_asks_irqbalance_to_rescan_after_pinning_and_after_reset(
-        tmp_path: Path, nudges: Nudges) -> None:
+def test_job_asks_irqbalance_to_rescan_after_pinning_and_after_reset(tmp_path: Path) -> None:
     root = tree_with_irqbalance(tmp_path, ["/usr/sbin/irqbalance", "--foreground",
                                            f"--policyscript={POLICY_SCRIPT}"])
     hostfs = HostFS(str(root))
-    job = DevicesJob(hostfs, DevicesConfig(node_overrides={VF: 1}), [], route_lookup=list)
+    nudges = Nudges()
+    job = DevicesJob(hostfs, DevicesConfig(node_overrides={VF: 1}), [], route_lookup=list,
+                     nudge=nudges)
     assert job.irq_decision.touch, job.irq_decision  # auto + our script: the agent pins
     job.scan(apply=True)
     assert (root / "proc/irq/29/smp_affinity_list").read_text() == "2-3"
@@ -173,22 +164,23 @@ def test_job_asks_irqbalance_to_rescan_after_pinning_and_after_reset(
     job.scan(apply=True)  # nothing changed: no rescan asked
     assert len(nudges) == 1
     # The undo, from the journal alone (what `guestagent reset` runs): irqbalance takes them back.
-    DevicesJob(hostfs, DevicesConfig(), []).reset()
+    DevicesJob(hostfs, DevicesConfig(), [], nudge=nudges).reset()
     assert (root / "proc/irq/29/smp_affinity_list").read_text() != "2-3"
     assert len(nudges) == 2 and "unpinned" in nudges[1][1]
     assert nudges[1][0] is not None and nudges[1][0].pid == 4242
-    DevicesJob(hostfs, DevicesConfig(), []).reset()  # nothing left to unpin
+    DevicesJob(hostfs, DevicesConfig(), [], nudge=nudges).reset()  # nothing left to unpin
     assert len(nudges) == 2
 
 
-def test_irqbalance_started_after_the_first_pass_is_asked_too(
-        tmp_path: Path, nudges: Nudges) -> None:
+def test_irqbalance_started_after_the_first_pass_is_asked_too(tmp_path: Path) -> None:
     """The job decided to pin while no irqbalance ran; one started since is found for the
     rescan request (the decision is not taken again)."""
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
     hostfs = HostFS(str(root))
-    job = DevicesJob(hostfs, DevicesConfig(node_overrides={VF: 1}), [], route_lookup=list)
+    nudges = Nudges()
+    job = DevicesJob(hostfs, DevicesConfig(node_overrides={VF: 1}), [], route_lookup=list,
+                     nudge=nudges)
     job.scan(apply=True)
     assert nudges and nudges[0][0] is not None and not nudges[0][0].running
     started = tree_with_irqbalance(tmp_path / "later", ["irqbalance", "-l", POLICY_SCRIPT])

@@ -25,7 +25,7 @@ This class holds no rule of its own: it sequences the stages and keeps the last 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable, Optional
 
 from guestagent.devices import execute
 from guestagent.devices.config import DevicesConfig
@@ -58,6 +58,10 @@ from guestagent.log import get_logger
 
 __all__ = ["TAINT_NOTE", "DevicesJob", "hugepages_path", "irq_affinity_path"]
 
+#: How the job asks irqbalance to rescan: :func:`execute.nudge_irqbalance` (status, file system,
+#: reason) -> whether a signal was sent.
+Nudge = Callable[[Optional[IrqbalanceStatus], HostFS, str], bool]
+
 
 class DevicesJob:
     """One pass (``scan``) or a long-lived job fed by hotplug events (``handle_event``)."""
@@ -70,6 +74,7 @@ class DevicesJob:
         *,
         route_lookup: RouteLookup | None = None,
         irqbalance_status: IrqbalanceStatus | None = None,
+        nudge: Nudge | None = None,
     ) -> None:
         self.hostfs = hostfs
         self.config = config or DevicesConfig()
@@ -78,6 +83,7 @@ class DevicesJob:
         self.log: Any = get_logger("devices")
         self.state = StateStore(hostfs, self.config.state_file).load()
         self._irqbalance = irqbalance_status
+        self._nudge: Nudge = nudge if nudge is not None else execute.nudge_irqbalance
         self._decision: IrqDecision | None = None
         self._protected: Protected | None = None
         self.nodes = NodeInfo(online=[], cpus={}, online_cpus=[])
@@ -187,7 +193,7 @@ class DevicesJob:
     def _nudge_irqbalance(self, reason: str) -> None:
         """Ask irqbalance to rescan, looked for afresh: it may have started after the job's
         first pass, when the IRQ decision was taken."""
-        execute.nudge_irqbalance(detect(self.hostfs), self.hostfs, reason)
+        self._nudge(detect(self.hostfs), self.hostfs, reason)
 
     def evaluate(self, bdf: str, apply: bool) -> DeviceReport | None:
         """One device; None when it vanished before anything could be read."""
