@@ -234,7 +234,7 @@ def test_xenstore_hint_source_reads_what_the_dom0_agent_publishes(logs: Logs) ->
         Dom0Hint(PciAddress.parse("0000:5e:00.0"), PciAddress.parse(NVME), None, None, "none"),
     ])
     source = XenstoreHintSource(FakeXenstore(tree), domid=7)
-    assert source.hints() == [DeviceHint(VF, vnode=1, host_node=1)]
+    assert source.hints() == [DeviceHint(VF, vnode=1, host_node=1, vnode_source="pnode")]
     assert len(events(logs, "dom0_hint_incomplete")) == 2
     # Nothing published: no hints, no warning.
     assert XenstoreHintSource(FakeXenstore({}), domid=7).hints() == []

@@ -25,7 +25,7 @@ This class holds no rule of its own: it sequences the stages and keeps the last 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable, Optional
 
 from guestagent.devices import execute
 from guestagent.devices.config import DevicesConfig
@@ -58,6 +58,10 @@ from guestagent.log import get_logger
 
 __all__ = ["TAINT_NOTE", "DevicesJob", "hugepages_path", "irq_affinity_path"]
 
+#: How the job asks irqbalance to rescan: :func:`execute.nudge_irqbalance` (status, file system,
+#: reason) -> whether a signal was sent.
+Nudge = Callable[[Optional[IrqbalanceStatus], HostFS, str], bool]
+
 
 class DevicesJob:
     """One pass (``scan``) or a long-lived job fed by hotplug events (``handle_event``)."""
@@ -70,6 +74,7 @@ class DevicesJob:
         *,
         route_lookup: RouteLookup | None = None,
         irqbalance_status: IrqbalanceStatus | None = None,
+        nudge: Nudge | None = None,
     ) -> None:
         self.hostfs = hostfs
         self.config = config or DevicesConfig()
@@ -78,6 +83,7 @@ class DevicesJob:
         self.log: Any = get_logger("devices")
         self.state = StateStore(hostfs, self.config.state_file).load()
         self._irqbalance = irqbalance_status
+        self._nudge: Nudge = nudge if nudge is not None else execute.nudge_irqbalance
         self._decision: IrqDecision | None = None
         self._protected: Protected | None = None
         self.nodes = NodeInfo(online=[], cpus={}, online_cpus=[])
@@ -177,12 +183,17 @@ class DevicesJob:
             if report is not None:
                 reports.append(report)
         if apply and self._pinned_irqs() != pinned_before:
-            execute.nudge_irqbalance(self._irqbalance, self.hostfs)
+            self._nudge_irqbalance("pinned IRQs changed; its policy script bans the pinned ones")
         self.reports = {r.bdf: r for r in reports}  # devices gone since the last pass drop out
         return reports
 
     def _pinned_irqs(self) -> set[str]:
         return {p for p, c in self.state.changes.items() if c.kind == "irq_affinity"}
+
+    def _nudge_irqbalance(self, reason: str) -> None:
+        """Ask irqbalance to rescan, looked for afresh: it may have started after the job's
+        first pass, when the IRQ decision was taken."""
+        self._nudge(detect(self.hostfs), self.hostfs, reason)
 
     def evaluate(self, bdf: str, apply: bool) -> DeviceReport | None:
         """One device; None when it vanished before anything could be read."""
@@ -210,6 +221,7 @@ class DevicesJob:
         model = self._read(bdf, report)
         plan = decide_device(model, self._context(), self._state(), self.config, apply)
         report.node, report.source = plan.node, plan.source
+        report.host_node, report.remote = plan.host_node, plan.remote
         head = self._apply(plan.head, report)
         tail = plan.tail
         if head.rebound and plan.node is not None:
@@ -233,9 +245,14 @@ class DevicesJob:
     def reset(self) -> list[str]:
         """Undo every recorded change, newest first (:func:`execute.undo_all`); one line per
         change and per malformed entry of the state file. Failed restores are counted in
-        ``reset_failures`` and kept in the state file, so a later reset can try again."""
+        ``reset_failures`` and kept in the state file, so a later reset can try again. An
+        irqbalance running guestagent's policy script is asked to rescan when IRQs were
+        unpinned, so that it balances them again."""
+        pinned = self._pinned_irqs()
         report = execute.undo_all(self.state, self.hostfs)
         self.reset_failures = report.failures
+        if pinned - self._pinned_irqs():
+            self._nudge_irqbalance("IRQs unpinned; its policy script no longer bans them")
         return report.lines
 
     # ---------------------------------------------------------------- hotplug

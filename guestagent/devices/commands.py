@@ -84,15 +84,23 @@ def make_job(args: argparse.Namespace, ctx: Any) -> DevicesJob:
                       route_lookup=ctx.host.default_interfaces)
 
 
+def device_line(r: DeviceReport) -> str:
+    """A device's first line: what it is, its node and where that came from, its host node
+    (REMOTE: no vnode of this guest sits there), its IRQs."""
+    node = "?" if r.node is None else str(r.node)
+    host = "" if r.host_node is None else f"  host_node={r.host_node}"
+    remote = " REMOTE" if r.remote else ""
+    return (f"{r.bdf}  {r.vendor}:{r.device}  {r.pci_class}  driver={r.driver or '-'}  "
+            f"node={node} ({r.source}){host}{remote}  kernel_numa_node={r.kernel_node}  "
+            f"irqs={','.join(str(i) for i in r.irqs) or '-'}")
+
+
 def render_table(reports: list[DeviceReport], job: DevicesJob, applied: bool = True) -> str:
     """The devices, what was done, irqbalance's mode; ``applied`` False: the read-only view,
     which says that it changed nothing."""
     lines: list[str] = []
     for r in reports:
-        node = "?" if r.node is None else str(r.node)
-        lines.append(f"{r.bdf}  {r.vendor}:{r.device}  {r.pci_class}  driver={r.driver or '-'}  "
-                     f"node={node} ({r.source})  kernel_numa_node={r.kernel_node}  "
-                     f"irqs={','.join(str(i) for i in r.irqs) or '-'}")
+        lines.append(device_line(r))
         for label, items in (("applied", r.applied), ("planned", r.planned),
                              ("skipped", r.skipped), ("failed", r.failed)):
             for item in items:
@@ -262,8 +270,9 @@ def register(subparsers: Any) -> None:
     parser.epilog = (
         "irqbalance: by default (irqbalance = auto) guestagent leaves IRQ affinity to irqbalance "
         "while it runs, and says so; irqbalance then places the IRQs by the device's numa_node. "
-        "Set [devices] irqbalance = pin, or run irqbalance with --policyscript calling "
-        "'guestagent devices irqbalance-policy', to have guestagent pin them.")
+        "Run irqbalance with --policyscript=/usr/libexec/guestagent/irqbalance-policy (the "
+        "packages' drop-in for irqbalance.service does), or set [devices] irqbalance = pin, to "
+        "have guestagent pin them; the script bans the pinned IRQs from irqbalance.")
     _common(parser)
     parser.add_argument("--reset", action="store_true",
                         help="undo every change recorded in the state file")

@@ -70,9 +70,10 @@ class DevicesConfig:
         "route's device.")
     irqbalance: IrqMode = tunable(
         "auto",
-        "IRQ affinity and irqbalance: `auto` (leave IRQs to irqbalance while it runs, pin "
-        "them otherwise), `defer` (never pin), `pin` (always pin; warns while irqbalance "
-        "runs without guestagent's policy script).",
+        "IRQ affinity and irqbalance: `auto` (pin the IRQs, unless irqbalance runs without "
+        "guestagent's policy script: then leave them to it), `defer` (never pin), `pin` "
+        "(always pin; warns while irqbalance runs without the policy script). The packages' "
+        "drop-in for irqbalance.service passes the script, which bans the pinned IRQs.",
         choices=IRQ_MODES)
     hugepages_2m_per_node: int = tunable(
         0,

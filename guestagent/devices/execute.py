@@ -229,22 +229,22 @@ def write(hostfs: HostFS, bdf: str, path: str, value: str) -> None:
         raise
 
 
-def nudge_irqbalance(status: IrqbalanceStatus | None, hostfs: HostFS) -> None:
-    """irqbalance running guestagent's policy script asks it again on SIGHUP (a rescan)."""
+def nudge_irqbalance(status: IrqbalanceStatus | None, hostfs: HostFS, reason: str) -> bool:
+    """SIGHUP to an irqbalance that runs guestagent's policy script: it rebuilds its IRQ database
+    on its next interval and asks the script about every IRQ again, so it bans the vectors the
+    agent pinned since and takes back the ones it unpinned (irqbalance(1), SIGNALS). True when
+    the signal was sent."""
     if status is None or not status.running or not status.uses_our_policy:
-        return
+        return False
     if status.pid is None or not hostfs.is_real_host:
-        return
+        return False
     try:
         os.kill(status.pid, signal.SIGHUP)
     except OSError as e:
         _log().warning("irqbalance_rescan_failed", pid=status.pid, error=errname(e))
-        return
-    _log().info(
-        "irqbalance_rescan",
-        pid=status.pid,
-        reason="pinned IRQs changed; its policy script now bans them",
-    )
+        return False
+    _log().info("irqbalance_rescan", pid=status.pid, reason=reason)
+    return True
 
 
 # ---------------------------------------------------------------- undo

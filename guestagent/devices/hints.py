@@ -144,7 +144,7 @@ class XenstoreHintSource:
                          "Dom0 could not choose a vnode")
                 continue
             out.append(DeviceHint(guest_bdf=str(hint.guest), vnode=hint.vnode,
-                                  host_node=hint.host_node))
+                                  host_node=hint.host_node, vnode_source=hint.vnode_source))
         return out
 
 

@@ -1,20 +1,32 @@
 """Coexisting with irqbalance: find it, and decide whether IRQ affinity is ours to set.
 
-irqbalance rewrites ``/proc/irq/N/smp_affinity`` every 10 s for every IRQ it has not banned, so two
-writers would fight. Its ban list cannot be extended from outside at run time in a way that is
-safe: ``--banirq`` and ``IRQBALANCE_ARGS`` act only at start, and the UI socket's ``settings ban
-irqs`` *replaces* the whole command-line ban list (irqbalance.c ``sock_handle``), dropping the
-operator's own bans. So the modes are:
+irqbalance rewrites ``/proc/irq/N/smp_affinity`` of every IRQ it has not banned whenever it moves
+one (every 10 s by default, and for all of them after a rescan), so two writers would fight. Its
+own mechanism to keep its hands off an IRQ is the policy script (``--policyscript``, irqbalance(1)):
+it runs the script for each IRQ when it (re)builds its IRQ database (at start, on SIGHUP, when a
+new IRQ appears) and excludes the IRQs the script answers ``ban=true`` for. ``--banirq`` and
+``IRQBALANCE_ARGS`` act only at start, and the UI socket's ``settings ban irqs`` *replaces* the
+whole command-line ban list (irqbalance.c ``sock_handle``), dropping the operator's own bans.
 
-* ``defer`` (what ``auto`` picks when irqbalance runs, the default): guestagent leaves IRQ affinity
-  alone and says so in ``guestagent devices`` and the log. It still writes the device's
-  ``numa_node`` (when configured), which irqbalance reads for every IRQ when it (re)builds its IRQ
-  database (classify.c ``add_one_irq_to_db``): irqbalance itself then keeps the IRQs on that node.
-* ``pin`` (what ``auto`` picks when irqbalance does not run): guestagent writes
-  ``smp_affinity_list``. Forced while irqbalance runs, it warns, unless irqbalance was started with
-  ``--policyscript`` (``-l``) naming ``guestagent devices irqbalance-policy``: that command prints
-  ``ban=true`` for the IRQs guestagent pinned (and ``numa_node=N`` for the others of a device whose
-  node guestagent knows), which irqbalance honours from its next rescan (start, SIGHUP, new IRQs).
+The packages ship that script, :data:`POLICY_SCRIPT` (``packaging/irqbalance/irqbalance-policy``:
+POSIX sh, ``ban=true`` for each IRQ the journal ``devices.json`` records as pinned), and a drop-in
+for ``irqbalance.service`` that passes it and starts irqbalance after the agent. The agent
+installs and changes nothing of irqbalance's: its journal is the answer, so ``guestagent reset``
+(which empties it) is also what gives the IRQs back to irqbalance; the job sends irqbalance a
+SIGHUP after it pins or unpins vectors (:func:`guestagent.devices.execute.nudge_irqbalance`).
+
+The modes:
+
+* ``defer`` (what ``auto`` picks when irqbalance runs without guestagent's policy script, the
+  default): guestagent leaves IRQ affinity alone and says so in ``guestagent devices`` and the
+  log. It still writes the device's ``numa_node`` (when configured), which irqbalance reads for
+  every IRQ when it (re)builds its IRQ database (classify.c ``add_one_irq_to_db``): irqbalance
+  itself then keeps the IRQs on that node.
+* ``pin`` (what ``auto`` picks when irqbalance does not run, or runs guestagent's policy script):
+  guestagent writes ``smp_affinity_list``. Forced while irqbalance runs without the script, it
+  warns. ``guestagent devices irqbalance-policy`` is the same answer from the CLI (it also prints
+  ``numa_node=N`` for a device whose node only guestagent knows); irqbalance needs an executable
+  file, not a command line, so the packaged script is what its unit runs.
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...], not X | None, for Python 3.9.
@@ -36,6 +48,8 @@ UNIT = "irqbalance.service"
 UNIT_INVOCATION = f"/run/systemd/units/invocation:{UNIT}"
 UNIT_CGROUP_PROCS = f"/sys/fs/cgroup/system.slice/{UNIT}/cgroup.procs"
 POLICY_COMMAND = "irqbalance-policy"
+#: Where the packages install ``packaging/irqbalance/irqbalance-policy``.
+POLICY_SCRIPT = "/usr/libexec/guestagent/irqbalance-policy"
 
 
 @dataclass(frozen=True)
@@ -168,9 +182,8 @@ def decide(mode: IrqMode, status: IrqbalanceStatus) -> IrqDecision:
             True,
             "pin",
             f"{who} but mode is pin: guestagent pins the IRQs",
-            warning=f"{who} without guestagent's policy script (--policyscript "
-            f"running 'guestagent devices {POLICY_COMMAND}'): it may move the "
-            "pinned IRQs",
+            warning=f"{who} without guestagent's policy script (--policyscript="
+            f"{POLICY_SCRIPT}): it may move the pinned IRQs",
         )
     return IrqDecision(
         True,

@@ -135,5 +135,8 @@ class DevicesJob:
         reports = [binder.reports[bdf] for bdf in sorted(binder.reports)]
         return {
             "hotplug": self._hotplug_off or "following udev",
+            # Devices on a host node without any of this guest's vnodes (Dom0's hint): a gauge
+            # to alert on, e.g. after a migration put the guest away from its device.
+            "remote_devices": sum(r.remote for r in reports),
             "devices": [r.to_dict() for r in reports],
         }

@@ -79,6 +79,9 @@ class DeviceHint:
     vnode: int
     #: The physical (host) node of the device; None when the source does not know or say it.
     host_node: int | None = None
+    #: How Dom0 chose the vnode (``guestagent.dom0.schema``: pnode, nearest, single, none);
+    #: "" when the source does not say (the configuration's overrides).
+    vnode_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ class DeviceReport:
     failed: list[str] = field(default_factory=list)
     #: Allocated vectors the driver has not requested yet (no /proc/irq/N): a later pass pins them.
     pending_irqs: list[int] = field(default_factory=list)
+    #: The device's host node, from Dom0's hint (None: no hint, or Xen knows no node).
+    host_node: int | None = None
+    #: The device sits on a host node where this guest has no vnode (Dom0's hint says so).
+    remote: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,4 +148,6 @@ class DeviceReport:
             "skipped": self.skipped,
             "failed": self.failed,
             "pending_irqs": self.pending_irqs,
+            "host_node": self.host_node,
+            "remote": self.remote,
         }

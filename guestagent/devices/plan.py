@@ -51,7 +51,7 @@ from guestagent.devices.model import (
     Resolution,
 )
 from guestagent.devices.protect import Protected
-from guestagent.devices.resolve import resolve_node
+from guestagent.devices.resolve import on_remote_node, resolve_node
 from guestagent.errors import InputError
 from guestagent.hostfs import format_cpulist, parse_int
 from guestagent.nodesysfs import NODE_DIR
@@ -234,6 +234,9 @@ class DevicePlan:
     source: NodeSource
     head: tuple[Step, ...] = ()
     tail: tuple[Step, ...] = ()
+    #: The device's host node (Dom0's hint), and whether no vnode of the guest sits there.
+    host_node: int | None = None
+    remote: bool = False
 
 
 # ---------------------------------------------------------------- decide
@@ -251,13 +254,33 @@ def decide_device(model: DeviceModel, context: DevicesContext, state: DevicesSta
     resolution = resolve(device, context, state)
     head += [Note("skipped", note) for note in resolution.notes]
     head += recorded_lines(device.bdf, state)
+    hint = context.dom0_hints.get(device.bdf)
+    host_node = hint.host_node if hint is not None else None
+    remote = on_remote_node(hint)
+    if remote:
+        head.append(remote_note(device.bdf, host_node, resolution.node))
     node = resolution.node
     if node is None:
         head.append(Note("skipped", no_node_line(device)))
-        return DevicePlan(device.bdf, None, resolution.source, tuple(head))
+        return DevicePlan(device.bdf, None, resolution.source, tuple(head),
+                          host_node=host_node, remote=remote)
     head += numa_node_steps(device, node, resolution.source, context, state, config, apply)
     tail = decide_tail(model, node, context, state, config, apply)
-    return DevicePlan(device.bdf, node, resolution.source, tuple(head), tail)
+    return DevicePlan(device.bdf, node, resolution.source, tuple(head), tail,
+                      host_node=host_node, remote=remote)
+
+
+def remote_note(bdf: str, host_node: int | None, node: int | None) -> Note:
+    """What a device on a host node without any of the guest's vnodes costs, and the remedy
+    (only the operator can move a guest); a warning in the log at every pass."""
+    nearest = f"vnode {node}, the nearest," if node is not None else "no vnode"
+    return Note(
+        "skipped",
+        f"remote: the device sits on host node {host_node}, where this guest has no vnode; "
+        f"{nearest} is used. Its DMA and interrupts cross the host's interconnect: move the "
+        f"guest (its memory and vCPUs) to host node {host_node} to make it local",
+        event="device_remote",
+        fields=(("bdf", bdf), ("host_node", host_node), ("vnode", node)))
 
 
 def decide_tail(model: DeviceModel, node: int, context: DevicesContext, state: DevicesState,

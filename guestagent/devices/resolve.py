@@ -6,6 +6,19 @@ from collections.abc import Mapping
 
 from guestagent.devices.model import DeviceHint, NodeInfo, PciDevice, Resolution
 
+#: Dom0's vnode sources that mean no vnode of the guest sits on the device's host node.
+REMOTE_SOURCES = ("nearest", "none")
+
+
+def on_remote_node(hint: DeviceHint | None) -> bool:
+    """Dom0 says the device sits on a host node that holds none of this guest's vnodes: its DMA
+    and interrupts cross the host's interconnect whatever the guest does, and only moving the
+    guest (its memory and vCPUs) to that node makes it local. The same rule as Dom0's count
+    (``guestagent.dom0.hints.on_remote_node``): ``nearest``, or ``none`` with a known node; a
+    guest without vNUMA (``single``) has no per-node memory to compare with."""
+    return (hint is not None and hint.host_node is not None
+            and hint.vnode_source in REMOTE_SOURCES)
+
 
 def resolve_node(
     device: PciDevice,
