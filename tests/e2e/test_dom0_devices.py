@@ -170,7 +170,10 @@ def test_hvm_passthrough_hint_binds_irqs_to_device_node(bed_numa2: XenBed) -> No
     publishes vnode 1 read-only into the guest's tree; the guest agent takes the node from that
     hint, pins the device's MSI-X vectors on vnode 1's vCPU and writes numa_node; the guest
     cannot change the hint; ``devices --reset`` and stopping the daemon put everything back, and
-    so does ``guestagent reset`` after a ``kill -9`` of the daemon (issue 15)."""
+    so does ``guestagent reset`` after a ``kill -9`` of the daemon (issue 15). Last, in the same
+    guest, Debian's irqbalance runs beside the daemon with the packaged policy script and leaves
+    the pinned vectors alone, and the daemon's hugepages go on the device's vnode and come back
+    on stop (issue 16: :func:`_check_irqbalance_and_hugepages`)."""
     bed = bed_numa2
     bed.dom0_ok("e2e-agent setup", timeout=300)
     (host_bdf,) = pci_by_id(bed.dom0_ok, E1000E)
@@ -266,6 +269,8 @@ def _check_report_before_up(g: Guest, bdf: str, irqs: list[int]) -> None:
     (report,) = [d for d in shown["devices"] if d["bdf"] == bdf]
     assert report["source"] == "dom0" and report["node"] == 1, report
     assert report["kernel_node"] == -1 and report["failed"] == [], report
+    # Host node 1 holds vnode 1: the device is local to the guest (issue 16 item 6).
+    assert report["host_node"] == 1 and report["remote"] is False, report
     assert sorted(report["irqs"]) == sorted(irqs), (report, irqs)
     assert any(p.startswith("write numa_node = 1") for p in report["planned"]), report
     waiting = [f"IRQ {i}: not requested by the driver yet" for i in irqs]
@@ -394,6 +399,110 @@ def check_binding(g: Guest) -> None:
     _check_daemon_binds_then_undoes(g, bdf, net, irqs, online)
     _check_apply_then_reset(g, bdf, irqs)
     print(_check_kill_9_then_stop_post(g, bdf, irqs))
+    print(_check_irqbalance_and_hugepages(g, bdf, irqs))
+
+
+#: irqbalance's rebalancing interval in the test (``--interval``; Debian's default is 10 s).
+IRQBALANCE_INTERVAL = 2
+#: The packaged policy script, from the agent's sources in the guest image (the pip install ships
+#: no packaging files; the .deb puts it in /usr/libexec/guestagent/).
+POLICY_SCRIPT = "/usr/src/guestagent/packaging/irqbalance/irqbalance-policy"
+HUGEPAGES_CONF = "/etc/guestagent/conf.d/50-e2e-hugepages.toml"
+#: 2 MiB pages asked on the device's node: 16 MiB of vnode 1's 512 MiB.
+HUGEPAGES_WANTED = 8
+#: irqbalance --debug prints this line at the start of every rebalancing interval.
+IRQBALANCE_CYCLE = "-" * 77
+
+
+def hugepage_pools(g: Guest) -> dict[int, int]:
+    """``nr_hugepages`` of the 2 MiB pool of vnodes 0 and 1."""
+    path = "/sys/devices/system/node/node{}/hugepages/hugepages-2048kB/nr_hugepages"
+    return {n: int(g.run_ok(f"cat {path.format(n)}").strip()) for n in (0, 1)}
+
+
+def irqbalance_log(g: Guest) -> str:
+    return g.run_ok("cat /tmp/irqbalance.log")
+
+
+def bans(log: str, irq: int) -> int:
+    """How often irqbalance took the policy script's ``ban=true`` for the IRQ (each IRQ database
+    build asks the script again)."""
+    return len(re.findall(rf"^IRQ {irq}: Override ban to true\s*$", log, re.M))
+
+
+def _check_irqbalance_and_hugepages(g: Guest, bdf: str, irqs: list[int]) -> str:
+    """Debian's irqbalance (1.9.2) beside ``guestagent run`` with hugepages configured (issue 16,
+    items 4 and 5). The daemon pins the vectors on vnode 1's vCPU and raises vnode 1's 2 MiB pool;
+    irqbalance then starts with the packaged policy script, a 2 s interval and --debug (its log:
+    each IRQ database build, each interval, its placement tree). Shown: irqbalance takes ban=true
+    for every pinned vector at its start and again after a SIGHUP (a rescan, which rebalances
+    every IRQ it has not banned), never places one in its tree, and over at least three intervals
+    after that rescan the vectors stay where the agent put them. SIGTERM to the daemon: the pool
+    is back, the undo of each vector is logged and the daemon asked irqbalance to rescan."""
+    before = irq_affinities(g, irqs)
+    pools = hugepage_pools(g)
+    g.run_ok(f"mkdir -p /etc/guestagent/conf.d; printf '[devices]\\nhugepages_2m_per_node = "
+             f"{HUGEPAGES_WANTED}\\n' >{HUGEPAGES_CONF}")
+    pinned = {i: "1" for i in irqs}
+
+    def bound() -> bool:
+        return (guest_device(g, bdf)["node"] == "1" and irq_affinities(g, irqs) == pinned
+                and hugepage_pools(g)[1] != pools[1])
+
+    g.run_ok("guestagent run >/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
+    try:
+        wait_for("the daemon's numa_node, IRQ pinning and hugepages", bound, 300)
+        reserved = hugepage_pools(g)
+        assert reserved == {0: pools[0], 1: HUGEPAGES_WANTED}, (pools, reserved)
+        hugepages_path = ("/sys/devices/system/node/node1/hugepages/hugepages-2048kB/"
+                          "nr_hugepages")
+        assert hugepages_path in _devices_journal(g)
+        # stdbuf: irqbalance's log is printf to a file, line-buffered so it can be followed.
+        g.run_ok(f"stdbuf -oL irqbalance --debug --interval={IRQBALANCE_INTERVAL} "
+                 f"--policyscript={POLICY_SCRIPT} >/tmp/irqbalance.log 2>&1 </dev/null & "
+                 "echo $! >/tmp/irqbalance.pid")
+        wait_for("irqbalance banning every pinned vector (its policy script)",
+                 lambda: all(bans(irqbalance_log(g), i) for i in irqs), 180, 3)
+        wait_for("two irqbalance intervals",
+                 lambda: irqbalance_log(g).count(IRQBALANCE_CYCLE) >= 2, 120, 2)
+        # SIGHUP: irqbalance rebuilds its IRQ database (the script is asked again) and rebalances
+        # every IRQ it has not banned (irqbalance.c force_rebalance_irq).
+        g.run_ok("kill -HUP $(cat /tmp/irqbalance.pid)")
+        wait_for("irqbalance's rescan banning the vectors again",
+                 lambda: all(bans(irqbalance_log(g), i) >= 2 for i in irqs), 120, 2)
+        after_rescan = irqbalance_log(g).count(IRQBALANCE_CYCLE)
+        wait_for("three more irqbalance intervals", lambda: irqbalance_log(
+            g).count(IRQBALANCE_CYCLE) >= after_rescan + 3, 120, 2)
+        assert irq_affinities(g, irqs) == pinned, irqbalance_log(g)[-3000:]
+        log = irqbalance_log(g)
+        assert "CPU number" in log, log[-3000:]  # its placement tree was dumped
+        placed = [i for i in irqs if re.search(rf"Interrupt {i} node_num", log)]
+        assert placed == [], (placed, log[-3000:])
+        assert irqbalance_running(g), log[-3000:]
+        cycles = log.count(IRQBALANCE_CYCLE)
+
+        stop_log = daemon_stopped(g)
+        assert hugepage_pools(g) == pools, stop_log
+        assert "irqbalance_rescan" in stop_log and "no longer bans" in stop_log, stop_log
+        for i in irqs:
+            assert (f"/proc/irq/{i}/smp_affinity_list: restored '{before[i]}'" in stop_log), (
+                stop_log)
+        assert guest_device(g, bdf)["node"] == "-1", stop_log
+        assert _devices_journal(g) == [], stop_log
+    finally:
+        g.run("rm -f " + HUGEPAGES_CONF)
+        g.run("kill -TERM $(cat /tmp/irqbalance.pid) 2>/dev/null; kill -TERM "
+              "$(cat /tmp/daemon.pid) 2>/dev/null")
+    return (f"irqbalance: {cycles} intervals of {IRQBALANCE_INTERVAL} s (3 after a SIGHUP rescan) "
+            f"beside guestagent run; vectors {irqs} banned by the policy script at start and at "
+            f"the rescan, never in its tree, still on vnode 1's vCPU; hugepages: vnode 1's pool "
+            f"{pools[1]} -> {reserved[1]} (vnode 0 {pools[0]}), {pools[1]} again after SIGTERM")
+
+
+def irqbalance_running(g: Guest) -> bool:
+    """irqbalance still there (not gone, not a zombie): it did not stop by itself."""
+    return g.run("s=$(cut -d' ' -f3 /proc/$(cat /tmp/irqbalance.pid)/stat 2>/dev/null); "
+                 '[ -n "$s" ] && [ "$s" != Z ]')[1] == 0
 
 
 def test_pv_passthrough_hint_from_pciback_address(bed_numa2: XenBed) -> None:
