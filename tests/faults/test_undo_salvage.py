@@ -1,20 +1,18 @@
 """The undo journal's salvage (:mod:`guestagent.undo`, issue 15): a journal file that is no
 longer JSON gives back every whole entry it holds, each checked on its own, and one line per bad
 piece; the damaged file is kept as ``.bad`` at the next write. Path confinement and each kind's
-rules apply to a salvaged entry exactly as to a read one."""
+rules apply to a salvaged entry exactly as to a read one. The log lines come from the
+``logfmt`` fixture of ``tests/faults/conftest.py``."""
 
 from __future__ import annotations
 
 import io
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
-from guestagent import log
 from guestagent.errors import InputError
 from guestagent.hostfs import HostFS
 from guestagent.undo import Change, Journal, KindRule, damaged_stretches, salvage
@@ -26,17 +24,6 @@ KINDS = {"sysctl": KindRule(re.compile(r"/proc/sys/vm/[a-z_]{1,40}"), re.compile
 def entry(name: str, previous: str = "0") -> dict[str, str]:
     return {"applied": "1", "bdf": "", "kind": "sysctl", "path": f"/proc/sys/vm/{name}",
             "previous": previous}
-
-
-@pytest.fixture
-def logfmt() -> Iterator[io.StringIO]:
-    saved = structlog.get_config()
-    stream = io.StringIO()
-    log.configure(level="info", stream=stream, journal=False)
-    try:
-        yield stream
-    finally:
-        structlog.configure(**saved)
 
 
 def write(root: Path, data: bytes) -> Path:
