@@ -145,15 +145,21 @@ def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
     return boots.Boot(n, name, "ok", time.monotonic() - t0, shape=shape, boot_seconds=boot_s)
 
 
-def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, str]], BedConfig,
-                                                    str]:
-    """The guests to boot (each with its label and a one-line description), the bed, and the
-    settings every boot shares, for ``boots``."""
+def _check_shapes(args: argparse.Namespace) -> None:
+    """BedError, before any bed, for ``--shape`` with size options or without the host layout a
+    shape needs."""
     if args.shape and (args.vnuma or args.pv or args.memory or args.vcpus):
         raise BedError("--shape names the whole guest: give no --vnuma, --pv, --memory, --vcpus")
     missing_layout = boots.host_numa2_missing(args.shape, args.host_numa2)
     if missing_layout:
         raise BedError(missing_layout)
+
+
+def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, str]], BedConfig,
+                                                    str]:
+    """The guests to boot (each with its label and a one-line description), the bed, and the
+    settings every boot shares, for ``boots``."""
+    _check_shapes(args)
     host_nodes = 2 if args.host_numa2 else 1
     config = BedConfig(host_numa2=args.host_numa2, run_name="boots", cpus=args.smp,
                        pin_hvm_off_cpu0=not args.no_pin_hvm)
