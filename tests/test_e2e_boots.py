@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from tests.e2e import boots
@@ -183,8 +185,6 @@ def test_a_boot_that_did_not_reach_its_shell_is_a_death_only_when_its_domain_die
 
 def test_rounds_boot_the_shapes_in_turns_and_stop_at_the_budget(tmp_path: Path) -> None:
     import time
-    from collections.abc import Iterator
-    from contextlib import contextmanager
     from types import SimpleNamespace
 
     from tests.e2e.__main__ import _boot_rounds
@@ -242,3 +242,171 @@ def test_the_budget_ends_by_a_clock_time_as_well() -> None:
     assert boots.budget_seconds(23, "19:10", t) == 600
     assert boots.budget_seconds(0, "19:10", t) == 600
     assert boots.budget_seconds(23, "18:59", t) == 1.0  # already past: nothing starts
+
+
+# --- hvm-pt: the passthrough guest of test_dom0_devices.py (2-node layout) ----------------------
+
+HOST_E1000E = "0000:81:00.0"  # behind the pxb-pcie (bus_nr 0x80) and its root port
+DOM0_PCI = ("0000:00:00.0 0x8086:0x29c0\n0000:00:1f.0 0x8086:0x2918\n"
+            f"0000:80:00.0 0x1b36:0x000c\n{HOST_E1000E} 0x8086:0x10d3\n")
+GUEST_WITH = "0000:00:00.0 0x8086:0x1237\n0000:00:04.0 0x8086:0x10d3\n"
+GUEST_WITHOUT = "0000:00:00.0 0x8086:0x1237\n0000:00:02.0 0x5853:0x0001\n"
+
+
+def test_hvm_pt_is_the_passthrough_test_guest_on_its_own_pnodes() -> None:
+    from tests.e2e import passthrough
+
+    pt = boots.SHAPES["hvm-pt"]
+    assert (pt.type, pt.memory, pt.vcpus) == ("hvm", 1024, 2)  # GuestSpec.hvm(1024, 2) there
+    assert pt.nodes == passthrough.PNODE_MAPPED and pt.host_numa2
+    assert pt.passthrough == passthrough.E1000E == "0x8086:0x10d3"
+    # its pnodes are part of it: the same on any layout (a 1-node one refuses it)
+    assert pt.vnuma(2) == pt.vnuma(1) == (
+        '[ ["pnode=0","size=512","vcpus=0","vdistances=10,20"], '
+        '["pnode=1","size=512","vcpus=1","vdistances=20,10"] ]')
+    assert pt.describe(2) == ("hvm 2 vCPUs 1024 MiB, 2 vnodes (512 MiB vCPUs 0 on pnode 0 | "
+                              "512 MiB vCPUs 1 on pnode 1), PCI 0x8086:0x10d3 passed through")
+    [(label, spec, text)], config, _s = _boots_setup(
+        boots_args(shape=["hvm-pt"], host_numa2=True))
+    assert label == "hvm-pt" and config.host_numa2 and config.pin_hvm_off_cpu0
+    assert (spec.type, spec.memory, spec.vcpus, spec.vnuma) == ("hvm", 1024, 2, pt.vnuma())
+    assert not any(e.startswith("pci") for e in spec.extra)  # Dom0 names the BDF, at each boot
+    assert text == pt.describe(2) + " (pinned off pCPU 0)"
+
+
+def test_a_shape_needing_the_2_node_layout_is_refused_without_it_before_any_bed() -> None:
+    import pytest
+
+    from tests.e2e.util import BedError
+
+    line = ("--shape hvm-pt needs the 2-node host layout (its vnodes' pnodes, its passthrough "
+            "device): add --host-numa2")
+    assert boots.host_numa2_missing(["hvm-2x4", "hvm-pt"], False) == line
+    assert boots.host_numa2_missing(["hvm-2x4", "hvm-pt"], True) == ""
+    assert boots.host_numa2_missing(["hvm-2x4", "pv-4"], False) == ""
+    with pytest.raises(BedError, match="needs the 2-node host layout"):
+        _boots_setup(boots_args(shape=["hvm-2x4", "hvm-pt"]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.e2e", "boots", "1", "--shape", "hvm-pt"],
+        cwd=str(REPO), capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"e2e: {line}"]
+
+
+def test_on_the_2_node_layout_the_other_shapes_spread_their_vnodes_over_the_host_nodes() -> None:
+    two = boots.SHAPES["hvm-2x4"]
+    assert [v.pnode for v in two.placed(1)] == [0, 0]
+    assert [v.pnode for v in two.placed(2)] == [0, 1]  # 1 GiB on each 2 GiB host node
+    assert two.vnuma(2) == ('[ ["pnode=0","size=1024","vcpus=0-3","vdistances=10,20"], '
+                            '["pnode=1","size=1024","vcpus=4-7","vdistances=20,10"] ]')
+    assert two.describe(2).endswith("(1024 MiB vCPUs 0-3 on pnode 0 | 1024 MiB vCPUs 4-7 on "
+                                    "pnode 1)")
+    assert [v.pnode for v in boots.SHAPES["hvm-3n4"].placed(2)] == [0, 1, 0]
+    assert boots.SHAPES["pv-4"].placed(2) == ()
+    # the one-node layout is unchanged: every vnode on pnode 0, no pnode in the description
+    assert "pnode=1" not in (two.vnuma() or "") and "pnode" not in two.describe()
+    guests, _c, _s = _boots_setup(boots_args(shape=["hvm-2x4", "hvm-pt"], host_numa2=True))
+    assert [spec.vnuma for _l, spec, _t in guests] == [two.vnuma(2),
+                                                       boots.SHAPES["hvm-pt"].vnuma()]
+    # and every shape keeps its sizes placed: memory and vCPUs unchanged on either layout
+    for shape in boots.SHAPES.values():
+        for nodes in (1, 2):
+            placed = shape.placed(nodes)
+            assert [(v.size_mb, v.vcpus) for v in placed] == [
+                (v.size_mb, v.vcpus) for v in shape.nodes]
+
+
+class PtGuest:
+    """A guest that answers the command and the PCI listing (with or without the device)."""
+
+    def __init__(self, name: str, listing: str) -> None:
+        self.name, self.listing, self.boot_seconds, self.domid = name, listing, 80.0, 7
+        self.scripts: list[str] = []
+
+    def run_ok(self, script: str, timeout: float = 120) -> str:
+        self.scripts.append(script)
+        return self.listing if "/sys/bus/pci/devices" in script else "{}"
+
+
+class PtBed:
+    """Dom0 with the 2-node layout's e1000e; records every Dom0 script and guest config."""
+
+    def __init__(self, guest_listing: str, dom0_listing: str = DOM0_PCI) -> None:
+        self.guest_listing, self.dom0_listing = guest_listing, dom0_listing
+        self.dom0_scripts: list[str] = []
+        self.configs: list[str] = []
+        self.run_dir = Path("/nonexistent")
+
+    def dom0_ok(self, script: str, timeout: float = 120) -> str:
+        self.dom0_scripts.append(script)
+        return self.dom0_listing if "/sys/bus/pci/devices" in script else ""
+
+    def guest(self, spec: object, retries: int = 1) -> AbstractContextManager[PtGuest]:
+        @contextmanager
+        def booted() -> Iterator[PtGuest]:
+            self.configs.append(spec.xl_config("1-3"))  # type: ignore[attr-defined]
+            yield PtGuest("hvm-pt-1", self.guest_listing)
+
+        return booted()
+
+
+def test_each_hvm_pt_boot_makes_the_device_assignable_and_passes_it_through() -> None:
+    from tests.e2e import passthrough
+    from tests.e2e.__main__ import _one_boot
+
+    [(_label, spec, _t)], _c, _s = _boots_setup(boots_args(shape=["hvm-pt"], host_numa2=True))
+    args = argparse.Namespace(command="guestagent topology --json", timeout=60, dom0_probe="")
+    bed = PtBed(GUEST_WITH)
+    b = _one_boot(bed, spec, 1, args, "hvm-pt")  # type: ignore[arg-type]
+    assert (b.outcome, b.shape, b.boot_seconds, b.error) == ("ok", "hvm-pt", 80.0, "")
+    assert bed.dom0_scripts == [
+        passthrough.PCI_LISTING,
+        f"xl pci-assignable-list | grep -q {HOST_E1000E} || xl pci-assignable-add {HOST_E1000E}"]
+    [cfg] = bed.configs
+    lines = cfg.splitlines()
+    assert lines[-2:] == ['cpus = "1-3"', f'pci = [ "{HOST_E1000E}" ]']
+    assert f"vnuma = {boots.SHAPES['hvm-pt'].vnuma()}" in lines
+    assert "vcpus = 2" in lines and "maxmem = 1024" in lines and 'type = "hvm"' in lines
+    assert spec.extra == []  # the shape's own spec is left as it was, for the next boot
+    # a shape without a device asks Dom0 nothing
+    bed = PtBed(GUEST_WITHOUT)
+    [(_l, plain, _t)], _c, _s = _boots_setup(boots_args(shape=["hvm-2x4"], host_numa2=True))
+    assert _one_boot(bed, plain, 1, args, "hvm-2x4").outcome == "ok"  # type: ignore[arg-type]
+    assert bed.dom0_scripts == [] and "pci =" not in bed.configs[0]
+
+
+def test_an_hvm_pt_guest_without_its_device_is_a_failure_of_its_own_not_a_death() -> None:
+    from tests.e2e.__main__ import _one_boot
+
+    [(_label, spec, _t)], _c, _s = _boots_setup(boots_args(shape=["hvm-pt"], host_numa2=True))
+    args = argparse.Namespace(command="true", timeout=60, dom0_probe="")
+    b = _one_boot(PtBed(GUEST_WITHOUT), spec, 3, args, "hvm-pt")  # type: ignore[arg-type]
+    assert (b.outcome, b.n, b.boot_seconds) == ("no device", 3, 80.0)
+    assert b.error == ("no PCI function 0x8086:0x10d3 in the guest's /sys/bus/pci/devices: "
+                       "0000:00:00.0 0x8086:0x1237, 0000:00:02.0 0x5853:0x0001")
+    assert not boots.is_death(b)
+    ok = boots.Boot(1, "hvm-pt-1", "ok", 200.0, shape="hvm-pt", boot_seconds=90.0)
+    assert boots.shape_table([ok, b], ["hvm-pt"])[2] == (
+        "| hvm-pt | 2 | 2 | 85 | 0 | not deaths: #3 no device |")
+    assert boots.summary([ok, b], "hvm-pt", "")[0].endswith("other errors: 1, ok boots 200-200 s")
+    # no e1000e in Dom0 (not the 2-node layout): the boot is an error naming what Dom0 has
+    dom0_without = PtBed(GUEST_WITH, "0000:00:00.0 0x8086:0x29c0\n")
+    nodev = _one_boot(dom0_without, spec, 1, args, "hvm-pt")  # type: ignore[arg-type]
+    assert nodev.outcome == "error" and nodev.error == (
+        "Dom0's /sys/bus/pci/devices: 0 functions 0x8086:0x10d3 (none), the 2-node layout has one")
+
+
+def test_the_device_check_reads_the_sysfs_listing() -> None:
+    from tests.e2e import passthrough
+
+    assert passthrough.functions_with_id(GUEST_WITH, "0x8086:0x10d3") == ["0000:00:04.0"]
+    assert passthrough.functions_with_id(GUEST_WITHOUT, "0x8086:0x10d3") == []
+    assert passthrough.functions_with_id("0000:00:04.0 0x8086:0x10d3 \n", "0x8086:0x10d3") == [
+        "0000:00:04.0"]
+    # an id that only ends like the device's is not it
+    assert passthrough.functions_with_id("0000:00:05.0 0x8086:0x110d3\n", "0x8086:0x10d3") == []
+    assert boots.device_missing(GUEST_WITH, "0x8086:0x10d3") == ""
+    assert boots.device_missing("", "0x8086:0x10d3") == (
+        "no PCI function 0x8086:0x10d3 in the guest's /sys/bus/pci/devices: nothing")
+    assert passthrough.host_bdf(lambda _s: DOM0_PCI, "0x8086:0x10d3") == HOST_E1000E
+    assert passthrough.xl_pci(HOST_E1000E) == 'pci = [ "0000:81:00.0" ]'

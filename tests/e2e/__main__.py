@@ -11,6 +11,8 @@ r"""The e2e testbed by hand.
                                    # boot one guest shape N times, count the deaths (boots.py)
     python -m tests.e2e boots 3 --shape hvm-2x2 --shape pv-4 --max-minutes 25
                                    # named shapes in turns, inside a bed time budget
+    python -m tests.e2e boots 10 --shape hvm-2x4 --shape hvm-pt --host-numa2 --max-minutes 50
+                                   # on the 2-node layout, with the passthrough guest
 
 ``run`` boots Xen, creates the guest, runs the command (a shell command line), prints its output and
 exits with its status; everything is torn down afterwards. Serial logs stay under tests/e2e/runs/.
@@ -19,6 +21,7 @@ exits with its status; everything is torn down afterwards. Serial logs stay unde
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -31,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.e2e import artefacts, boots, preflight, rootfs, versions
+from tests.e2e import artefacts, boots, passthrough, preflight, rootfs, versions
 from tests.e2e import pins as pinning
 from tests.e2e.bed import BedConfig, Guest, GuestSpec, XenBed, acquire_bed_lock
 from tests.e2e.util import BedError, GuestDied, log
@@ -80,12 +83,22 @@ def _guest_spec(args: argparse.Namespace) -> GuestSpec:
     return GuestSpec.hvm(memory=memory, vcpus=vcpus, vnuma=args.vnuma, kernel=args.kernel)
 
 
-def _shape_spec(shape: boots.Shape, kernel: str) -> GuestSpec:
-    """The guest of a named shape; its guests are called ``<shape>-<n>``."""
+def _shape_spec(shape: boots.Shape, kernel: str, host_nodes: int = 1) -> GuestSpec:
+    """The guest of a named shape on a host of ``host_nodes`` nodes; its guests are called
+    ``<shape>-<n>``. A passthrough shape's ``pci=`` line is added at each boot
+    (:func:`_with_device`): the host BDF is Dom0's to say."""
     make = GuestSpec.pv if shape.type == "pv" else GuestSpec.hvm
     spec = make(memory=shape.memory, vcpus=shape.vcpus, name=f"{shape.name}-", kernel=kernel)
-    spec.vnuma = shape.vnuma()
+    spec.vnuma = shape.vnuma(host_nodes)
     return spec
+
+
+def _with_device(bed: XenBed, spec: GuestSpec, vendor_device: str) -> GuestSpec:
+    """``spec`` with the host's ``vendor_device`` function passed through, made assignable in
+    Dom0 first (idempotent, as test_dom0_devices.py does)."""
+    bdf = passthrough.host_bdf(bed.dom0_ok, vendor_device)
+    bed.dom0_ok(passthrough.assignable_script(bdf))
+    return dataclasses.replace(spec, extra=[*spec.extra, passthrough.xl_pci(bdf)])
 
 
 def _probe(bed: XenBed, g: Guest, script: str) -> None:
@@ -105,12 +118,20 @@ def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
               shape: str = "custom") -> boots.Boot:
     t0 = time.monotonic()
     name, boot_s = "?", 0.0
+    device = boots.SHAPES[shape].passthrough if shape in boots.SHAPES else ""
     try:
+        if device:
+            spec = _with_device(bed, spec, device)
         with bed.guest(spec, retries=0) as g:
             name, boot_s = g.name, g.boot_seconds
             try:
                 g.run_ok(args.command, timeout=args.timeout)
+                missing = (boots.device_missing(g.run_ok(passthrough.PCI_LISTING), device)
+                           if device else "")
                 _probe(bed, g, getattr(args, "dom0_probe", ""))
+                if missing:
+                    return boots.Boot(n, name, "no device", time.monotonic() - t0, missing, [],
+                                      shape, boot_s)
             except GuestDied as e:
                 return boots.Boot(n, name, "died", time.monotonic() - t0, str(e),
                                   boots.rips_in(str(e)), shape, boot_s)
@@ -124,12 +145,22 @@ def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
     return boots.Boot(n, name, "ok", time.monotonic() - t0, shape=shape, boot_seconds=boot_s)
 
 
+def _check_shapes(args: argparse.Namespace) -> None:
+    """BedError, before any bed, for ``--shape`` with size options or without the host layout a
+    shape needs."""
+    if args.shape and (args.vnuma or args.pv or args.memory or args.vcpus):
+        raise BedError("--shape names the whole guest: give no --vnuma, --pv, --memory, --vcpus")
+    missing_layout = boots.host_numa2_missing(args.shape, args.host_numa2)
+    if missing_layout:
+        raise BedError(missing_layout)
+
+
 def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, str]], BedConfig,
                                                     str]:
     """The guests to boot (each with its label and a one-line description), the bed, and the
     settings every boot shares, for ``boots``."""
-    if args.shape and (args.vnuma or args.pv or args.memory or args.vcpus):
-        raise BedError("--shape names the whole guest: give no --vnuma, --pv, --memory, --vcpus")
+    _check_shapes(args)
+    host_nodes = 2 if args.host_numa2 else 1
     config = BedConfig(host_numa2=args.host_numa2, run_name="boots", cpus=args.smp,
                        pin_hvm_off_cpu0=not args.no_pin_hvm)
     config.outer_cpu = args.outer_cpu or config.outer_cpu
@@ -141,8 +172,8 @@ def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, s
     if args.smp != 4:
         settings.append(f"outer -smp {args.smp}")
     if args.shape:
-        guests = [(name, _shape_spec(boots.SHAPES[name], args.kernel),
-                   boots.SHAPES[name].describe()) for name in args.shape]
+        guests = [(name, _shape_spec(boots.SHAPES[name], args.kernel, host_nodes),
+                   boots.SHAPES[name].describe(host_nodes)) for name in args.shape]
     else:
         spec = _guest_spec(args)
         guests = [("custom", spec, f"{spec.type} {spec.vcpus} vCPUs {spec.memory} MiB"
@@ -376,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     bts.add_argument("n", type=int, help="how many boots (of each shape)")
     bts.add_argument("--shape", action="append", default=[], choices=sorted(boots.SHAPES),
                      help="a named guest shape (repeatable; the shapes boot in turns): "
-                     + "; ".join(f"{k}: {v.why}" for k, v in boots.SHAPES.items()))
+                     + "; ".join(f"{k}: {v.why}" for k, v in boots.SHAPES.items())
+                     + ". With --host-numa2 a shape's vnodes go to host nodes in turns (vnode i "
+                     "on pnode i mod 2), except hvm-pt's, which are its own; hvm-pt without "
+                     "--host-numa2 is refused before the bed starts (the layout is not turned on "
+                     "for it: a run's host layout stays what the command line says). hvm-pt's "
+                     "e1000e is made assignable before each boot, and a guest that does not list "
+                     "it after the command counts as 'no device'")
     bts.add_argument("--max-minutes", type=float, default=0,
                      help="bed time budget: start no boot that would end after it (0: none)")
     bts.add_argument("--end-by", default="", metavar="HH:MM",
@@ -390,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     bts.add_argument("--vcpus", type=int, help="default 4")
     bts.add_argument("--pv", action="store_true", help="a PV guest (no vNUMA)")
     bts.add_argument("--kernel", default="", help="guest kernel variant (as for run)")
-    bts.add_argument("--host-numa2", action="store_true", help="the 2-node layout")
+    bts.add_argument("--host-numa2", action="store_true",
+                     help="the 2-node layout (needed by hvm-pt)")
     bts.add_argument("--no-pin-hvm", action="store_true", help="leave HVM vCPUs on every pCPU")
     bts.add_argument("--load", default="",
                      help="a host command run beside the bed, e.g. 'stress-ng --cpu 2 --io 1'")

@@ -17,6 +17,15 @@ shape measured; ``--max-minutes`` starts no boot that would not end inside the b
 shape's longest boot so far (a guess at first: :data:`FIRST_GUESS_S`). The report ends with one
 table row per shape: boots tried, boots that reached a shell, the median seconds from
 ``xl create`` to the shell, the deaths and where each died.
+
+    python -m tests.e2e boots 10 --shape hvm-2x4 --shape hvm-pt --host-numa2 --max-minutes 50
+
+on the 2-node host layout. A shape's vnodes go to host nodes in turns there (vnode i on pnode
+i mod 2: :meth:`Shape.placed`; on the one-node layout all on pnode 0), except a shape whose
+pnodes are part of it (``host_numa2``, e.g. ``hvm-pt``), which keeps its own and is refused
+without ``--host-numa2``. ``hvm-pt`` is the passthrough guest of test_dom0_devices.py: before each
+of its boots Dom0 makes the e1000e assignable, and after the command the guest must list the
+device (by ``vendor:device`` under /sys/bus/pci/devices), or the boot counts as "no device".
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from tests.e2e import passthrough
 from tests.e2e.vnuma import VNode, cpus_text, xl_vnuma
 
 _DEAD = re.compile(r"d\d+v\d+ RIP [0-9a-f]{16}(?: = \S+)?")
@@ -46,17 +56,38 @@ class Shape:
     why: str = ""
     #: Extra xl.cfg lines of this shape (a candidate fix measured beside the plain shape).
     xl: tuple[str, ...] = ()
+    #: Needs the 2-node host layout (``--host-numa2``): its vnodes' pnodes are part of the shape.
+    host_numa2: bool = False
+    #: ``vendor:device`` of the host PCI function passed through to it ("" for none).
+    passthrough: str = ""
 
-    def vnuma(self) -> str | None:
-        """The xl.cfg ``vnuma=`` list, or None for a guest without vNUMA."""
-        return xl_vnuma(list(self.nodes)) if self.nodes else None
+    def placed(self, host_nodes: int = 1) -> tuple[VNode, ...]:
+        """The vnodes on a host of ``host_nodes`` nodes: a ``host_numa2`` shape's as given,
+        any other's in turns (vnode i on pnode i mod ``host_nodes``), as a VM of as many sockets
+        is spread over the host's, and because one 2 GiB node of the 2-node layout cannot hold
+        a 2 GiB guest beside Dom0 (libxl allocates a vnode's memory on its pnode only)."""
+        if self.host_numa2:
+            return self.nodes
+        return tuple(replace(v, pnode=i % host_nodes) for i, v in enumerate(self.nodes))
 
-    def describe(self) -> str:
-        """E.g. ``hvm 4 vCPUs 2048 MiB, 2 vnodes (1024 MiB vCPUs 0-1 | 1024 MiB vCPUs 2-3)``."""
+    def vnuma(self, host_nodes: int = 1) -> str | None:
+        """The xl.cfg ``vnuma=`` list on a host of ``host_nodes`` nodes, or None for a guest
+        without vNUMA."""
+        return xl_vnuma(list(self.placed(host_nodes))) if self.nodes else None
+
+    def describe(self, host_nodes: int = 1) -> str:
+        """E.g. ``hvm 4 vCPUs 2048 MiB, 2 vnodes (1024 MiB vCPUs 0-1 | 1024 MiB vCPUs 2-3)``; on
+        a 2-node host each vnode also names its pnode (``1024 MiB vCPUs 0-1 on pnode 0``), and a
+        passthrough shape its device."""
         text = f"{self.type} {self.vcpus} vCPUs {self.memory} MiB"
-        if self.nodes:
-            text += f", {len(self.nodes)} vnodes (" + " | ".join(
-                f"{v.size_mb} MiB vCPUs {cpus_text(v.vcpus) or 'none'}" for v in self.nodes) + ")"
+        nodes = self.placed(host_nodes)
+        if nodes:
+            text += f", {len(nodes)} vnodes (" + " | ".join(
+                f"{v.size_mb} MiB vCPUs {cpus_text(v.vcpus) or 'none'}"
+                + (f" on pnode {v.pnode}" if host_nodes > 1 or self.host_numa2 else "")
+                for v in nodes) + ")"
+        if self.passthrough:
+            text += f", PCI {self.passthrough} passed through"
         return text
 
 
@@ -65,7 +96,19 @@ def _shapes(*shapes: Shape) -> dict[str, Shape]:
         if s.nodes:
             assert sum(v.size_mb for v in s.nodes) == s.memory, s.name
             assert sorted(c for v in s.nodes for c in v.vcpus) == list(range(s.vcpus)), s.name
+            # pnodes other than 0 only where they are part of the shape (placed() sets the rest)
+            assert max(v.pnode for v in s.nodes) < (2 if s.host_numa2 else 1), s.name
+        assert not s.passthrough or (s.type, s.host_numa2) == ("hvm", True), s.name
     return {s.name: s for s in shapes}
+
+
+def host_numa2_missing(names: list[str], host_numa2: bool) -> str:
+    """The error line for shapes that need the 2-node layout booted without it; "" if none."""
+    need = [n for n in names if SHAPES[n].host_numa2]
+    if not need or host_numa2:
+        return ""
+    return (f"--shape {', '.join(need)} needs the 2-node host layout (its vnodes' pnodes, "
+            "its passthrough device): add --host-numa2")
 
 
 #: The guest shapes a cloud runs, as issue 13 names them (``boots --shape NAME``).
@@ -86,6 +129,10 @@ SHAPES = _shapes(
           (VNode(1024, [0, 1, 2, 3], [10, 20]), VNode(1024, [4, 5, 6, 7], [20, 10])),
           "issue 13's 8-vCPU guest: 2 vnodes x 4 vCPUs, 2 GiB"),
     Shape("pv-4", "pv", 1024, 4, (), "a PV guest with 4 vCPUs, 1 GiB (Xen has no PV vNUMA)"),
+    Shape("hvm-pt", "hvm", 1024, 2, passthrough.PNODE_MAPPED,
+          "test_dom0_devices.py's passthrough guest: the e1000e of host node 1 passed through, "
+          "vnode 0 on pnode 0 and vnode 1 on pnode 1, 1 vCPU each, 1 GiB (needs --host-numa2)",
+          host_numa2=True, passthrough=passthrough.E1000E),
 )
 
 #: Seconds a boot of a type is guessed to take (``xl create``, the shell, the command, the
@@ -129,7 +176,9 @@ class Boot:
     guest: str
     #: "ok", "no boot" (died before its shell), "died" (GuestDied under the command),
     #: "timeout" (alive but no shell within the boot timeout: not a death), "error" (the command
-    #: failed otherwise: not a death) or "interrupted" (the run was stopped during this boot)
+    #: failed otherwise: not a death), "no device" (a passthrough shape's guest ran the command
+    #: but does not show its device: not a death) or "interrupted" (the run was stopped during
+    #: this boot)
     outcome: str
     seconds: float
     error: str = ""
@@ -180,6 +229,19 @@ def is_death(b: Boot) -> bool:
     return b.outcome in ("no boot", "died")
 
 
+#: The failed boots that are not deaths (the guest was alive).
+NOT_DEATHS = ("timeout", "error", "no device")
+
+
+def device_missing(listing: str, vendor_device: str) -> str:
+    """The failure text of a passthrough boot whose guest listing (passthrough.PCI_LISTING's
+    output) lacks the device; "" when the guest has it."""
+    if passthrough.functions_with_id(listing, vendor_device):
+        return ""
+    seen = ", ".join(ln.strip() for ln in listing.splitlines() if ln.strip()) or "nothing"
+    return f"no PCI function {vendor_device} in the guest's /sys/bus/pci/devices: {seen}"
+
+
 def shape_table(boots: list[Boot], shapes: list[str]) -> list[str]:
     """One markdown row per shape: boots tried, reached a shell, the median seconds from ``xl
     create`` to the shell, deaths, and where each died (its RIPs as symbols, Xen's words)."""
@@ -193,7 +255,7 @@ def shape_table(boots: list[Boot], shapes: list[str]) -> list[str]:
         where = "; ".join(
             f"#{b.n} {b.outcome}: " + ("; ".join(b.rips) or "no vCPU dump")
             + (f" ({cause_in(b.error)})" if cause_in(b.error) else "") for b in deaths)
-        others = [f"#{b.n} {b.outcome}" for b in mine if b.outcome in ("timeout", "error")]
+        others = [f"#{b.n} {b.outcome}" for b in mine if b.outcome in NOT_DEATHS]
         if others:
             where = "; ".join(filter(None, [where, "not deaths: " + ", ".join(others)]))
         lines.append(f"| {name} | {len(mine)} | {len(shell)} | {median} | {len(deaths)} | "
@@ -204,7 +266,7 @@ def shape_table(boots: list[Boot], shapes: list[str]) -> list[str]:
 def summary(boots: list[Boot], shape: str, load: str) -> list[str]:
     """The report: one line of counts, then one line per death with where it died."""
     deaths = [b for b in boots if is_death(b)]
-    errors = [b for b in boots if b.outcome in ("error", "timeout", "interrupted")]
+    errors = [b for b in boots if b.outcome in (*NOT_DEATHS, "interrupted")]
     ok = [b.seconds for b in boots if b.outcome == "ok"]
     mean = f", ok boots {min(ok):.0f}-{max(ok):.0f} s" if ok else ""
     lines = [

@@ -22,18 +22,13 @@ from typing import Any
 import pytest
 
 from tests.e2e.bed import Guest, GuestSpec, XenBed
+from tests.e2e.passthrough import E1000E, PNODE_MAPPED, assignable_script, pci_by_id, xl_pci
 from tests.e2e.util import UNIT_STOP_POST
-from tests.e2e.vnuma import VNode, xl_vnuma
+from tests.e2e.vnuma import xl_vnuma
 
 # Cold caches build everything inside the first test's setup (debootstrap, pip): generous bounds.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
-E1000E = "0x8086:0x10d3"
-#: vnode 0 on host node 0, vnode 1 on host node 1, one vCPU each.
-PNODE_MAPPED = [
-    VNode(size_mb=512, vcpus=[0], distances=[10, 20], pnode=0),
-    VNode(size_mb=512, vcpus=[1], distances=[20, 10], pnode=1),
-]
 BDF = r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]"
 TAINT_FIRMWARE_WORKAROUND = 1 << 11  # flag I: written numa_node
 
@@ -43,15 +38,6 @@ def json_of(out: str) -> Any:
     starts = [i for i in (out.find("{"), out.find("[")) if i >= 0]
     assert starts, f"no JSON in:\n{out}"
     return json.loads(out[min(starts) :])
-
-
-def pci_by_id(run: Any, vendor_device: str) -> list[str]:
-    """BDFs of the PCI functions with this ``vendor:device`` (in Dom0 or a guest)."""
-    out = run(
-        "for d in /sys/bus/pci/devices/*; do "
-        'echo "${d##*/} $(cat $d/vendor):$(cat $d/device)"; done'
-    )
-    return [ln.split()[0] for ln in out.splitlines() if ln.endswith(" " + vendor_device)]
 
 
 XlNuma = tuple[dict[str, tuple[int, list[int]]], dict[int, int], dict[str, int]]
@@ -177,10 +163,10 @@ def test_hvm_passthrough_hint_binds_irqs_to_device_node(bed_numa2: XenBed) -> No
     bed = bed_numa2
     bed.dom0_ok("e2e-agent setup", timeout=300)
     (host_bdf,) = pci_by_id(bed.dom0_ok, E1000E)
-    bed.dom0_ok(f"xl pci-assignable-list | grep -q {host_bdf} || xl pci-assignable-add {host_bdf}")
+    bed.dom0_ok(assignable_script(host_bdf))
     start_dom0_job(bed)
-    spec = GuestSpec.hvm(memory=1024, vcpus=2, vnuma=xl_vnuma(PNODE_MAPPED), name="pt")
-    spec.extra.append(f'pci = [ "{host_bdf}" ]')
+    spec = GuestSpec.hvm(memory=1024, vcpus=2, vnuma=xl_vnuma(list(PNODE_MAPPED)), name="pt")
+    spec.extra.append(xl_pci(host_bdf))
     try:
         with bed.guest(spec) as g:
             assert g.domid is not None
@@ -514,10 +500,10 @@ def test_pv_passthrough_hint_from_pciback_address(bed_numa2: XenBed) -> None:
     bed = bed_numa2
     bed.dom0_ok("e2e-agent setup", timeout=300)
     (host_bdf,) = pci_by_id(bed.dom0_ok, E1000E)
-    bed.dom0_ok(f"xl pci-assignable-list | grep -q {host_bdf} || xl pci-assignable-add {host_bdf}")
+    bed.dom0_ok(assignable_script(host_bdf))
     start_dom0_job(bed)
     spec = GuestSpec.pv(memory=512, vcpus=2, name="ptpv")
-    spec.extra.append(f'pci = [ "{host_bdf}" ]')
+    spec.extra.append(xl_pci(host_bdf))
     try:
         with bed.guest(spec) as g:
             assert g.domid is not None
