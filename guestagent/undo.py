@@ -4,7 +4,10 @@ file per owner in the state directory (``/run/guestagent/<owner>.json`` below th
 The file lets ``guestagent <owner> --reset`` (and the next start of the daemon) undo everything
 after a crash, ``kill -9``, an OOM kill or a watchdog kill. One record per changed host object,
 keyed by its path: the first ``previous`` value is kept across re-applications, so undo always
-restores the state from before guestagent touched it.
+restores the state from before guestagent touched it. The entries stay in the order they were
+first recorded (in memory and in the file), and an undo goes newest first
+(:meth:`Journal.newest_first`): what was changed last, possibly on top of an earlier change, is
+put back first.
 
 On disk (version 1, the devices job's format since it was written)::
 
@@ -321,6 +324,11 @@ class Journal:
 
     def of_kind(self, kind: str) -> list[Change]:
         return [c for c in self.changes.values() if c.kind == kind]
+
+    def newest_first(self, kind: str | None = None) -> list[Change]:
+        """The changes (of ``kind``, or all) in the order an undo takes them: the reverse of the
+        order they were first recorded in (a re-recorded path keeps its first place)."""
+        return [c for c in reversed(list(self.changes.values())) if kind is None or c.kind == kind]
 
     def for_device(self, bdf: str) -> list[Change]:
         return [c for c in self.changes.values() if c.bdf == bdf]

@@ -7,6 +7,12 @@ Watches (through the daemon's shared xenstore connection): ``@introduceDomain``,
 a burst of backend writes by libxl becomes one pass shortly after. The hints stay published when
 the job stops: they describe the hardware and remain true until a device or domain changes, and
 removing them would make every guest re-bind its devices across a restart of this agent.
+
+Read -> decide -> apply: which pass a burst of events becomes is
+:func:`guestagent.dom0.reconcile.plan_flush` (pure), which guests a full pass visits
+:func:`~guestagent.dom0.reconcile.pass_targets`, and each guest's tree
+:func:`~guestagent.dom0.reconcile.decide_domain`; the publisher reads and writes
+(:mod:`guestagent.dom0.publisher`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from guestagent.config import Config
 from guestagent.dom0.hints import on_remote_node
 from guestagent.dom0.publisher import WATCHES, DomainResult, Publisher, domid_of_backend_path
+from guestagent.dom0.reconcile import PassPlan, Pending, note_event, plan_flush
 from guestagent.dom0.topology import HostTopology, read_host_topology
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
@@ -41,8 +48,7 @@ class Dom0Job:
         #: Closes the sysctl handle (its privcmd) at stop.
         self._handles: ExitStack | None = None
         self._publisher: Publisher | None = None
-        self._pending_full = False
-        self._pending: set[int] = set()
+        self._pending = Pending()
         self._timers: list[Any] = []
         self._scheduled: Any = None
         self._last: list[DomainResult] = []
@@ -79,22 +85,16 @@ class Dom0Job:
         self._timers = [self._ctx.loop.call_every(every, self._resync)]
 
     def _on_event(self, path: str) -> None:
-        domid = domid_of_backend_path(path)
-        if domid is None:
-            self._pending_full = True
-        else:
-            self._pending.add(domid)
+        self._pending = note_event(self._pending, domid_of_backend_path(path))
         if self._scheduled is None and self._ctx is not None:
             self._scheduled = self._ctx.loop.call_later(COALESCE_SECONDS, self._flush)
 
     def _flush(self) -> None:
         self._scheduled = None
-        full, domids = self._pending_full, sorted(self._pending)
-        self._pending_full, self._pending = False, set()
-        if full:
-            self._run("watch", full=True)
-        elif domids:
-            self._run("watch", domids=domids)
+        plan: PassPlan | None = plan_flush(self._pending)
+        self._pending = Pending()
+        if plan is not None:
+            self._run("watch", full=plan.full, domids=plan.domids)
 
     def _resync(self) -> None:
         self._run("resync", full=True)

@@ -30,7 +30,7 @@ from guestagent.dom0.backend import (
     read_backend,
 )
 from guestagent.dom0.hints import compute_hints
-from guestagent.dom0.reconcile import DomainPlan, plan_domain
+from guestagent.dom0.reconcile import DomainPlan, DomainTree, decide_domain, pass_targets
 from guestagent.dom0.schema import DeviceHint, base_path, desired_tree, perms
 from guestagent.dom0.toolstack import GuestConfig, parse_uuid, read_guest_config
 from guestagent.dom0.topology import HostTopology
@@ -73,6 +73,40 @@ def domid_of_backend_path(path: str) -> int | None:
         return parse_domid(path[len(prefix) :].split("/", 1)[0], path)
     except InputError:
         return None
+
+
+def read_domain_tree(tx: Any, domid: int) -> DomainTree:
+    """The guest's hint tree as the transaction ``tx`` sees it (:class:`DomainTree`)."""
+    if not tx.exists(f"{DOMAINS_ROOT}/{domid}"):
+        return DomainTree(home=False)
+    base = base_path(domid)
+    try:
+        base_perms = tx.get_perms(base)
+    except XenstoreError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        return DomainTree(home=True)
+    try:
+        return DomainTree(True, read_tree(tx, base), base_perms)
+    except InputError:  # not what we write: start again from scratch
+        return DomainTree(True, {}, [])
+
+
+def write_plan(tx: Any, plan: DomainPlan) -> None:
+    """Make the guest's tree what ``plan`` says, in the transaction ``tx``; every node written
+    gets ``n0 r<domid>``."""
+    base = base_path(plan.domid)
+    want = perms(plan.domid)
+    if plan.remove_base:
+        tx.rm(base)
+    if plan.create_base:
+        tx.write(base, "")
+        tx.set_perms(base, want)
+    for path in plan.changes.removes:
+        tx.rm(f"{base}/{path}")
+    for key, value in sorted(plan.changes.writes.items()):
+        tx.write(f"{base}/{key}", value)
+        tx.set_perms(f"{base}/{key}", want)
 
 
 class Publisher:
@@ -152,36 +186,14 @@ class Publisher:
         return DomainResult(domid, hints, plan, error)
 
     def _apply(self, domid: int, desired: dict[str, str]) -> DomainPlan | None:
+        """Read the guest's tree, decide, write the plan: in one transaction."""
         base = base_path(domid)
-        home = f"{DOMAINS_ROOT}/{domid}"
         check_desired(base, desired)
-        want = perms(domid)
 
         def transaction(tx: Any) -> DomainPlan | None:
-            if not tx.exists(home):
-                return None  # the domain is gone; writing would re-create its home
-            try:
-                base_perms = tx.get_perms(base)
-            except XenstoreError as e:
-                if e.errno != errno.ENOENT:
-                    raise
-                base_perms, present = None, None
-            else:
-                try:
-                    present = read_tree(tx, base)
-                except InputError:  # not what we write: start again from scratch
-                    present, base_perms = {}, []
-            plan = plan_domain(domid, desired, present, base_perms)
-            if plan.remove_base:
-                tx.rm(base)
-            if plan.create_base:
-                tx.write(base, "")
-                tx.set_perms(base, want)
-            for path in plan.changes.removes:
-                tx.rm(f"{base}/{path}")
-            for key, value in sorted(plan.changes.writes.items()):
-                tx.write(f"{base}/{key}", value)
-                tx.set_perms(f"{base}/{key}", want)
+            plan = decide_domain(domid, desired, read_domain_tree(tx, domid))
+            if plan is not None:
+                write_plan(tx, plan)
             return plan
 
         result: DomainPlan | None = self.client.run_transaction(transaction)
@@ -193,9 +205,9 @@ class Publisher:
         """One full pass; the host topology is read afresh."""
         self.problems = []
         live = self.domains()
-        with_backend = set(list_domids(self.client, BACKEND_ROOT, self.problems))
-        published = {d for d in live if self.client.exists(base_path(d))}
-        targets = sorted((with_backend & set(live)) | published)
+        with_backend = list_domids(self.client, BACKEND_ROOT, self.problems)
+        published = [d for d in live if self.client.exists(base_path(d))]
+        targets = pass_targets(live, with_backend, published)
         self._topology = None
         results = [self.publish_domain(domid) for domid in targets]
         for problem in self.problems:

@@ -1,7 +1,8 @@
 """Reading the host NUMA view in Dom0: Xen (cputopoinfo, numainfo, getvcpuinfo), xenstore (the
 domains, their ``vm`` uuid, their own published figures) and libxl's stored configuration (each
 guest's vnode -> pnode map and vCPUs). :class:`Monitor` keeps the samples of a sliding window and
-hands plain data to :func:`guestagent.hostnuma.figures.compute`.
+reads the rest into a :class:`~guestagent.hostnuma.model.HostModel` (:meth:`Monitor.read`) for
+:func:`guestagent.hostnuma.figures.decide`.
 
 Per sample: one xenstore ``directory`` of ``/local/domain``; per vCPU of every guest one
 ``XEN_DOMCTL_getvcpuinfo``; ``cputopoinfo`` (2 sysctls). A guest's libxl configuration is read
@@ -28,6 +29,7 @@ from guestagent.hostnuma.model import (
     GuestLayout,
     GuestReported,
     HostFigures,
+    HostModel,
     HostNode,
     NodeTime,
     Snapshot,
@@ -288,7 +290,9 @@ class Monitor:
         self._note_problems(f"{layout.name} (dom{domid}) published figures", [])
         return layout, reported
 
-    def report(self, threshold_pct: float) -> HostFigures:
+    def read(self) -> HostModel:
+        """Every listed guest's layout and own figures, the window's vCPU time and the host's
+        nodes (a guest that cannot be read is one line in ``problems``, not in the model)."""
         layouts: list[GuestLayout] = []
         reported: dict[int, GuestReported] = {}
         problems: list[str] = []
@@ -303,7 +307,9 @@ class Monitor:
             if figures is not None:
                 reported[domid] = figures
         self._note_problems("guests", problems)
-        return figures_mod.compute(
-            layouts, self.window.totals(), self.window.covered, threshold_pct, reported,
-            self.collector.host_nodes(), problems,
-        )
+        return HostModel(tuple(layouts), self.window.totals(), self.window.covered, reported,
+                         tuple(self.collector.host_nodes()), tuple(problems))
+
+    def report(self, threshold_pct: float) -> HostFigures:
+        """Read, then decide (:func:`guestagent.hostnuma.figures.decide`)."""
+        return figures_mod.decide(self.read(), threshold_pct)

@@ -8,6 +8,9 @@ moment). Over the window, a vnode's locality is the share of its vCPUs' time cha
 pnode that holds its memory (libxl's ``vnuma_nodes[].pnode``); a guest's locality is the same
 share over all its vnodes. A guest whose locality is under the threshold is bad, and its reason
 names its worst vnode and the pnode where that vnode's vCPUs ran instead.
+
+:func:`decide` is the hostnuma job's decide step (and ``host numa``'s): a :class:`HostModel`
+read by :class:`guestagent.hostnuma.collect.Monitor` into the report.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from guestagent.hostnuma.model import (
     GuestLayout,
     GuestReported,
     HostFigures,
+    HostModel,
     HostNode,
     NodeTime,
     Snapshot,
@@ -222,3 +226,12 @@ def compute(
         nodes=tuple(nodes),
         problems=tuple(problems),
     )
+
+
+def decide(model: HostModel, threshold_pct: float) -> HostFigures:
+    """The hostnuma job's decide step (pure): the figures and reasons of every guest read,
+    worst first, a guest bad under ``threshold_pct`` (``[hostnuma] bad_locality_pct``). There
+    is no state: the window (:class:`~guestagent.hostnuma.collect.Window`) is what the reader
+    keeps, and the job changes nothing on the host, so there is no apply."""
+    return compute(model.layouts, model.totals, model.window_seconds, threshold_pct,
+                   model.reported, model.nodes, model.problems)

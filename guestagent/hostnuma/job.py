@@ -2,10 +2,11 @@
 ``[hostnuma] sample_seconds`` into a window of ``window_seconds`` and make the figures of the
 window right after each sample; the status (hence the metrics) shows the last ones.
 
-Read (:class:`guestagent.hostnuma.collect.Collector`) -> compute
-(:func:`guestagent.hostnuma.figures.compute`, pure) -> present
-(:func:`guestagent.hostnuma.present.status`). The job changes nothing on the host: there is
-nothing to journal or undo.
+Read (:meth:`guestagent.hostnuma.collect.Monitor.tick`, the sample into the window, and
+:meth:`~guestagent.hostnuma.collect.Monitor.read`, the rest: a ``HostModel``) -> decide
+(:func:`guestagent.hostnuma.figures.decide`, pure) -> present
+(:func:`guestagent.hostnuma.present.status`). The job changes nothing on the host: there is no
+apply, nothing to journal or undo.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
 from guestagent.hostnuma.config import BAD_LOCALITY_PCT
+from guestagent.hostnuma.figures import decide
 from guestagent.log import get_logger
 
 if TYPE_CHECKING:
@@ -74,7 +76,8 @@ class HostNumaJob:
             return
         try:
             self._monitor.tick(self._ctx.loop.now())
-            self._report = self._monitor.report(self._threshold)
+            model = self._monitor.read()
+            self._report = decide(model, self._threshold)
             self._error = None
         except (GuestAgentError, OSError) as e:
             if str(e) != self._error:

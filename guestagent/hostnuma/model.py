@@ -66,6 +66,21 @@ class GuestReported:
 
 
 @dataclass(frozen=True)
+class HostModel:
+    """What the hostnuma job read for one report: the guests' layouts (listed order), the vCPU
+    time of the window by node, the seconds the window covers, each guest's own published
+    figures (validated; absent when it published none or garbage), the host's nodes, and one
+    line per guest or listing entry that could not be read."""
+
+    layouts: tuple[GuestLayout, ...]
+    totals: NodeTime
+    window_seconds: float
+    reported: dict[int, GuestReported] = field(default_factory=dict)
+    nodes: tuple[HostNode, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class VnodeFigures:
     vnode: int
     pnode: int

@@ -61,37 +61,42 @@ def _report() -> UndoReport:
 
 
 def undo_balancing(hostfs: HostFS, journal: Journal) -> UndoReport:
-    """Put ``numa_balancing`` back from the journal (module docstring); the entry goes when the
-    step succeeded."""
+    """Put ``numa_balancing`` back from the journal (module docstring), its entries newest
+    first (one today: the sysctl is one object and its entry keeps the first ``previous``); an
+    entry goes when its step succeeded."""
     report = _report()
     log: Any = get_logger("journal").bind(owner="numa", journal=journal.path)
     for problem in journal.problems:
         report.lines.append(f"journal entry malformed, skipped: {problem}")
         log.warning("undo_entry_skipped", error=problem)
     journal.problems = []
-    change = journal.get(BALANCING_SYSCTL)
-    if change is None:
-        return report
+    for change in journal.newest_first():
+        _undo_one(hostfs, journal, change, report, log)
+    return report
+
+
+def _undo_one(hostfs: HostFS, journal: Journal, change: Change, report: UndoReport,
+              log: Any) -> None:
+    """One entry: ``previous`` back while the sysctl still holds ``applied``."""
     what = "numa_balancing"
     try:
-        now = str(hostfs.read_int(BALANCING_SYSCTL, minimum=0, maximum=3))
+        now = str(hostfs.read_int(change.path, minimum=0, maximum=3))
         if now == change.previous:
             result = f"already {now} as before the agent"
         elif now != change.applied:
             result = (f"{now}, not the {change.applied} the agent set: changed by someone else "
                       "since, left alone")
         else:
-            hostfs.write_text(BALANCING_SYSCTL, f"{change.previous}\n")
+            hostfs.write_text(change.path, f"{change.previous}\n")
             result = f"{now} -> {change.previous}"
-        journal.forget(BALANCING_SYSCTL)
+        journal.forget(change.path)
     except (GuestAgentError, OSError) as e:
         report.lines.append(f"{what}: {e}")
         report.failures += 1
         log.error("undo_failed", what=what, error=f"{what}: {e}")
-        return report
+        return
     report.lines.append(f"{what}: {result}")
     log.info("undone", what=what, result=result)
-    return report
 
 
 def reset_numa(hostfs: HostFS, state_dir: str) -> UndoReport:

@@ -9,6 +9,9 @@ No I/O and no clock: the samples carry their own time. The control law, such as 
 * a vnode's vCPU busy share is the ticks its CPUs ran something over all their ticks;
 * balancing is warned about (and, in ``auto`` mode, turned on) only where it can help: more than
   one vnode and the sysctl at 0.
+
+The numa job's decide steps live here too: :func:`decide` (a tick: figures, reports, the tree to
+publish), :func:`balancing_to_write` (the switch) and :func:`leaves_auto` (the undo on reload).
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -16,6 +19,7 @@ No I/O and no clock: the samples carry their own time. The control law, such as 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from guestagent.numa.model import (
     NUMASTAT_COUNTERS,
@@ -163,3 +167,61 @@ def balancing_to_write(mode: str, nr_vnodes: int, balancing: int | None) -> int 
     if mode != "auto" or nr_vnodes <= 1 or balancing != 0:
         return None
     return BALANCING_ON
+
+
+# -- the numa job's decide steps ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NumaState:
+    """What the numa job carries from one tick to the next: the last sample (None: the next one
+    is a first sample), the counter resets already reported, and the balancing warning in
+    force (None: none)."""
+
+    previous: Sample | None = None
+    resets_seen: frozenset[str] = frozenset()
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    """What one tick does: the figures (status and metrics), the counter resets to report (new
+    ones only), the balancing warning to log (None: none, or the same as before), and the tree
+    to publish under ``schema.BASE`` (None: a first sample, no interval to publish yet)."""
+
+    figures: Figures
+    new_resets: tuple[str, ...] = ()
+    warn: str | None = None
+    tree: dict[str, str] | None = None
+
+
+def warning_change(sample: Sample, warning: str | None) -> tuple[str | None, str | None]:
+    """The balancing warning to log now and the one in force after ``sample``: a warning is
+    logged once when it appears or its text changes (another vnode count, the sysctl gone),
+    not on every tick."""
+    now = balancing_warning(len(sample.nodes), sample.balancing)
+    return (now if now is not None and now != warning else None), now
+
+
+def decide(sample: Sample, state: NumaState, interval_s: float,
+           wall_time: float) -> tuple[TickPlan, NumaState]:
+    """The numa job's decide step (pure): ``sample`` read now (``wall_time``: the guest's Unix
+    time at the read, what ``numa/updated`` says), the figures of the interval since
+    ``state.previous``, what to report and what to publish. The published tree always holds the
+    same keys for a given number of vnodes (:func:`guestagent.schema.numa_tree`)."""
+    from guestagent.schema import numa_tree
+
+    figures = compute(state.previous, sample)
+    new_resets = tuple(r for r in dict.fromkeys(figures.resets) if r not in state.resets_seen)
+    warn, warning = warning_change(sample, state.warning)
+    tree = None
+    if figures.elapsed_s is not None:
+        tree = numa_tree(figures, interval_s, wall_time, len(sample.problems))
+    plan = TickPlan(figures, new_resets, warn, tree)
+    return plan, NumaState(sample, state.resets_seen | frozenset(new_resets), warning)
+
+
+def leaves_auto(mode: str, new_mode: str) -> bool:
+    """A reload from ``auto`` to anything else puts the previous value back first (the undo);
+    ``leave`` -> ``auto`` and ``auto`` -> ``auto`` undo nothing."""
+    return new_mode != mode and mode == "auto"

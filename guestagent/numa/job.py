@@ -1,8 +1,10 @@
 """The numa job of the daemon: sample every ``[numa] interval_seconds``, turn two samples into
 the figures, publish them (xenstore ``data/guestagent/numa``, the status, hence the metrics).
 
-Read (:mod:`guestagent.numa.readers`) -> compute (:mod:`guestagent.numa.figures`, pure) ->
-publish. Publishing happens on the timer only, so at most once per interval: a republish
+Read (:func:`guestagent.numa.readers.read_sample`) -> decide
+(:func:`guestagent.numa.figures.decide`, pure: the figures, the resets and the warning to
+report, the tree to publish) -> apply (:meth:`NumaJob._apply_tick`: log, publish). Publishing
+happens on the timer only, so at most once per interval: a republish
 (resume, migration, xenstore reconnected) takes a new first sample and starts the interval
 again (rates over a suspension or a migration mean nothing), and the next tick publishes. The
 first publish (and the first after a republish or a failure) reads the tree back and makes it
@@ -28,10 +30,18 @@ from guestagent.errors import GuestAgentError, InputError
 from guestagent.log import get_logger
 from guestagent.numa import balancing as balancing_mod
 from guestagent.numa.config import INTERVAL
-from guestagent.numa.figures import BALANCING_SYSCTL, balancing_to_write, balancing_warning, compute
+from guestagent.numa.figures import (
+    BALANCING_SYSCTL,
+    NumaState,
+    TickPlan,
+    balancing_to_write,
+    decide,
+    leaves_auto,
+    warning_change,
+)
 from guestagent.numa.model import Figures, Sample
 from guestagent.numa.readers import read_balancing, read_sample
-from guestagent.schema import BASE, NUMA_SECTION, numa_tree, others
+from guestagent.schema import BASE, NUMA_SECTION, others
 
 if TYPE_CHECKING:
     from guestagent.daemon.loop import Timer
@@ -58,11 +68,10 @@ class NumaJob:
         self._journal: balancing_mod.NumaJournal | None = None
         self._mode = "leave"
         self._interval = float(INTERVAL.default)
-        self._previous: Sample | None = None
+        #: The last sample, the resets reported, the warning in force (the decide step's state).
+        self._state = NumaState()
         self._figures: Figures | None = None
         self._problems: tuple[str, ...] = ()
-        self._resets_logged: set[str] = set()
-        self._warning: str | None = None
         self._samples = 0
         self._publishes = 0
         self._published_at: float | None = None
@@ -85,7 +94,7 @@ class NumaJob:
                               action="undo before start")
             balancing_mod.undo_balancing(ctx.hostfs, journal)
         try:
-            self._previous = self._sample()
+            self._state = replace(self._state, previous=self._sample())
         except InputError as e:
             raise GuestAgentError(f"nothing to measure: {e}") from None
         self._configure(ctx.config)
@@ -94,7 +103,7 @@ class NumaJob:
         """Take ``[numa]``: apply or undo the balancing mode, (re)start the timer."""
         self._interval = float(config.get("numa", "interval_seconds"))
         mode = str(config.get("numa", "balancing"))
-        if mode != self._mode and self._mode == "auto":
+        if leaves_auto(self._mode, mode):
             self._undo()
         self._mode = mode
         self._apply_balancing()
@@ -111,11 +120,12 @@ class NumaJob:
 
     def republish(self, reason: str) -> None:
         """A new first sample now and a full interval to the next publish (module docstring)."""
+        previous: Sample | None = None
         try:
-            self._previous = self._sample()
+            previous = self._sample()
         except InputError as e:
             self._log.error("numa_sample_failed", error=str(e), reason=reason)
-            self._previous = None
+        self._state = replace(self._state, previous=previous)
         self._published = None
         self._schedule()
 
@@ -131,10 +141,9 @@ class NumaJob:
         """Decide on the sysctl as it is now (not as the last sample saw it: a reload or an
         undo may come up to an interval later), write if ``auto`` says so, warn if needed."""
         assert self._ctx is not None and self._journal is not None
-        if self._previous is None:
+        if self._state.previous is None:
             return
-        sample = replace(self._previous, balancing=read_balancing(self._ctx.hostfs, []))
-        self._previous = sample
+        sample = replace(self._state.previous, balancing=read_balancing(self._ctx.hostfs, []))
         value = balancing_to_write(self._mode, len(sample.nodes), sample.balancing)
         if value is not None and sample.balancing is not None:
             try:
@@ -145,22 +154,23 @@ class NumaJob:
             else:
                 self._log.info("numa_balancing_on", previous=sample.balancing, value=value,
                                vnodes=len(sample.nodes), reason='[numa] balancing = "auto"')
-                self._previous = replace(sample, balancing=value)
-        self._check_warning(self._previous)
+                sample = replace(sample, balancing=value)
+        self._state = replace(self._state, previous=sample)
+        warn, warning = warning_change(sample, self._state.warning)
+        self._state = replace(self._state, warning=warning)
+        self._log_warning(sample, warn)
 
     def _undo(self) -> None:
         if self._ctx is None or self._journal is None or not self._journal.changes:
             return
         balancing_mod.undo_balancing(self._ctx.hostfs, self._journal)
 
-    def _check_warning(self, sample: Sample | None) -> None:
-        """One warning line when balancing goes off (or is absent) on a multi-vnode guest."""
-        warning = None if sample is None else balancing_warning(len(sample.nodes),
-                                                                sample.balancing)
-        if warning is not None and warning != self._warning:
-            self._log.warning("numa_balancing_off", vnodes=len(sample.nodes) if sample else 0,
-                              balancing=sample.balancing if sample else None, message=warning)
-        self._warning = warning
+    def _log_warning(self, sample: Sample, warning: str | None) -> None:
+        """The one warning line when balancing goes off (or is absent) on a multi-vnode guest
+        (``warning``: what :func:`~guestagent.numa.figures.warning_change` says to log)."""
+        if warning is not None:
+            self._log.warning("numa_balancing_off", vnodes=len(sample.nodes),
+                              balancing=sample.balancing, message=warning)
 
     # --- sampling and publishing -----------------------------------------------------------------
 
@@ -180,27 +190,27 @@ class NumaJob:
         except InputError as e:
             self._log.error("numa_sample_failed", error=str(e), reason="tick")
             return
-        figures = compute(self._previous, sample)
-        self._previous = sample
-        self._figures = figures
-        for reset in figures.resets:
-            if reset not in self._resets_logged:
-                self._resets_logged.add(reset)
-                self._log.info("numa_counter_reset", counter=reset,
-                               action="that interval's rate skipped")
-        self._check_warning(sample)
-        if figures.elapsed_s is not None:
-            self._publish(figures, len(sample.problems))
+        now = time.time()
+        plan, self._state = decide(sample, self._state, self._interval, now)
+        self._apply_tick(plan, sample, now)
 
-    def _publish(self, figures: Figures, problems: int) -> None:
+    def _apply_tick(self, plan: TickPlan, sample: Sample, now: float) -> None:
+        """Report what the plan says and publish its tree (the job's apply: only xenstore)."""
+        self._figures = plan.figures
+        for reset in plan.new_resets:
+            self._log.info("numa_counter_reset", counter=reset,
+                           action="that interval's rate skipped")
+        self._log_warning(sample, plan.warn)
+        if plan.tree is not None:
+            self._publish(plan.tree, now)
+
+    def _publish(self, tree: dict[str, str], now: float) -> None:
         assert self._ctx is not None
         client = self._ctx.xenstore.client()
         if client is None:
             return
         from guestagent.xen.xs_sync import sync_tree, update_tree
 
-        now = time.time()
-        tree = numa_tree(figures, self._interval, now, problems)
         last, self._published = self._published, None
         try:
             changes = None if last is None else update_tree(client, BASE, last, tree)
@@ -220,7 +230,7 @@ class NumaJob:
 
     def status(self) -> dict[str, Any]:
         figures = self._figures
-        sample = self._previous
+        sample = self._state.previous
         result: dict[str, Any] = {
             "interval_seconds": self._interval,
             "samples": self._samples,
@@ -232,8 +242,8 @@ class NumaJob:
             "vnodes": None if sample is None else len(sample.nodes),
             "problems": len(self._problems),
         }
-        if self._warning is not None:
-            result["balancing_warning"] = self._warning
+        if self._state.warning is not None:
+            result["balancing_warning"] = self._state.warning
         if figures is not None:
             pressure = figures.pressure
             result.update(

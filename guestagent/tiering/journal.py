@@ -21,9 +21,10 @@ the tiering job at the daemon's next start) removes exactly those kdamonds:
 * ``nr_kdamonds`` neither ``previous`` nor ``applied``: another DAMON user rewrote it since, and
   the kernel recreated every kdamond directory on that write: nothing of the agent's is left and
   nothing is touched;
-* else each recorded kdamond that still holds the agent's setup (one ``paddr`` context with one
-  ``migrate_cold`` scheme, or, off, the part of it written before a crash cut the configuration
-  short: :data:`UNFINISHED`) is turned off and emptied; one that holds anything else is another
+* else, newest first (the reverse of the order they were recorded in), each recorded kdamond
+  that still holds the agent's setup (one ``paddr`` context with one ``migrate_cold`` scheme,
+  or, off, the part of it written before a crash cut the configuration short:
+  :data:`UNFINISHED`) is turned off and emptied; one that holds anything else is another
   user's (it rewrote ``nr_kdamonds`` to the same count) and is left alone; then ``nr_kdamonds``
   goes back to ``previous`` when every kdamond is off and empty (the write recreates them all),
   else the agent's stay off and empty.
@@ -132,8 +133,9 @@ class _Undo:
         if not self.journal.changes:
             return self.report
         count = self.journal.get(NR_KDAMONDS)
-        ours = sorted((int(c.path.rsplit("/", 1)[1]) for c in self.journal.of_kind(
-            "damon_kdamond")), reverse=True)
+        # Newest first: the kdamonds in the reverse of their recording order, the count (recorded
+        # before them) after them.
+        ours = [int(c.path.rsplit("/", 1)[1]) for c in self.journal.newest_first("damon_kdamond")]
         try:
             nr = self.number(NR_KDAMONDS)
         except GuestAgentError as e:

@@ -1,4 +1,9 @@
-"""The topology job of the daemon: read both views, publish them, again on every resume."""
+"""The topology job of the daemon: read both views, publish them, again on every resume.
+
+Each pass is read (:func:`guestagent.topology.reader.read_topology`) -> decide
+(:func:`guestagent.topology.reconcile.decide`, pure: the warnings and the tree) -> apply
+(:func:`apply`: log the warnings, sync the tree under ``data/guestagent``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,28 @@ from typing import TYPE_CHECKING, Any
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
-from guestagent.schema import BASE, TOPOLOGY_SECTION, guest_tree, others
+from guestagent.schema import BASE
 from guestagent.topology.model import Topology
 from guestagent.topology.reader import read_topology
+from guestagent.topology.reconcile import TopologyPlan, decide
 
 if TYPE_CHECKING:
     from guestagent.daemon.loop import Timer
     from guestagent.daemon.service import JobContext
+    from guestagent.xen.xs_sync import TransactionRunner, TreeChanges
+
+
+def apply(plan: TopologyPlan, client: TransactionRunner | None, log: Any) -> TreeChanges | None:
+    """Log the plan's warnings and make ``data/guestagent`` hold its tree (the sections it leaves
+    untouched). None when there is nothing to publish or no xenstore; GuestAgentError or OSError
+    when xenstore refused."""
+    for line in plan.warnings:
+        log.warning("topology_input", error=line)
+    if client is None or plan.tree is None:
+        return None
+    from guestagent.xen.xs_sync import sync_tree
+
+    return sync_tree(client, BASE, plan.tree, leave=plan.leave)
 
 
 class TopologyJob:
@@ -46,18 +66,14 @@ class TopologyJob:
         assert ctx is not None
         topology = read_topology(ctx.hostfs, ctx.host.vnuma_call())
         self._topology = topology
-        for line in topology.errors:
-            self._log.warning("topology_input", error=line)
-        client = ctx.xenstore.client()
-        if client is None or not topology.answered:
-            return
-        from guestagent.xen.xs_sync import sync_tree
-
+        plan = decide(topology)
         try:
-            changes = sync_tree(client, BASE, guest_tree(topology), leave=others(TOPOLOGY_SECTION))
+            changes = apply(plan, ctx.xenstore.client(), self._log)
         except (GuestAgentError, OSError) as e:
             self._publish_error = str(e)
             self._log.error("publish_failed", error=str(e), reason=reason)
+            return
+        if changes is None:
             return
         self._publish_error = None
         self._publishes += 1

@@ -19,9 +19,14 @@ What counts as a disagreement:
   memmap, crash kernel, firmware areas), and they are charged unevenly (a real 3-vnode HVM guest
   showed 98 %, 98 % and 81 % of 512/256/256 MiB); ballooning down lowers it further;
 * distances: any entry that differs, in either direction (asymmetric matrices are compared as such).
+
+:func:`decide` is the topology job's decide step: from the :class:`Topology` read, the warnings
+to log and the tree to publish (:class:`TopologyPlan`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from guestagent.errors import InputError
 from guestagent.hostfs import format_cpulist
@@ -264,3 +269,31 @@ def assemble(
         linux=linux,
         errors=errors,
     )
+
+
+# -- the topology job's decision: what one pass reports and publishes ------------------------------
+
+
+@dataclass(frozen=True)
+class TopologyPlan:
+    """What one pass of the topology job does with what it read: the input problems to report
+    (one warning each) and the tree to publish under ``schema.BASE`` (None: nothing answered,
+    so nothing is published and the tree already there stays), leaving the sections in
+    ``leave`` to their own publishers."""
+
+    warnings: tuple[str, ...]
+    tree: dict[str, str] | None
+    leave: tuple[str, ...] = ()
+
+
+def decide(topology: Topology) -> TopologyPlan:
+    """The topology job's decide step (pure). It has no state and no configuration of its own:
+    every pass publishes the whole description of what was read (the xenstore sync writes only
+    what differs), and a pass where neither view answered publishes nothing rather than an
+    empty description that would erase the last good one."""
+    from guestagent.schema import TOPOLOGY_SECTION, guest_tree, others
+
+    warnings = tuple(topology.errors)
+    if not topology.answered:
+        return TopologyPlan(warnings, None)
+    return TopologyPlan(warnings, guest_tree(topology), others(TOPOLOGY_SECTION))
