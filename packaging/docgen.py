@@ -104,7 +104,8 @@ EXIT_BY_COMMAND = (
                 "refused or did not answer."),
     ("balloon status", "0; 1 when an input cannot be read."),
     ("balloon simulate", "0; 1 when the trace cannot be read."),
-    ("balloon record", "0; 1 when the trace cannot be written or an input cannot be read."),
+    ("balloon record", "0; 1 when the configuration is refused, the trace cannot be written or "
+                       "an input cannot be read."),
     ("balloon run", "0 when the daemon stopped (signal, --duration), also without a balloon "
                     "driver (the feature stays off); 1 when the job gave up after three failed "
                     "ticks in a row (the target reset first), the configuration is refused, or "

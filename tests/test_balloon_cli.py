@@ -129,7 +129,7 @@ def test_simulate_bad_trace_is_one_line(tmp_path: Path) -> None:
     assert str(e.value).startswith(f"{bad} line 1")
 
 
-def test_record_to_a_file(root: Path, tmp_path: Path) -> None:
+def test_record_to_a_file(root: Path, tmp_path: Path, no_config: Path) -> None:
     out = tmp_path / "rec.jsonl"
     assert run(root, "record", "--out", str(out), "--interval", "0.05", "--duration", "0.05") == 0
     lines = out.read_text().splitlines()
@@ -201,7 +201,7 @@ def test_float_options_refuse_nan_and_inf(
     assert not (root / "run").exists()
 
 
-def test_float_options_take_finite_numbers(root: Path, tmp_path: Path) -> None:
+def test_float_options_take_finite_numbers(root: Path, tmp_path: Path, no_config: Path) -> None:
     out = tmp_path / "rec.jsonl"
     assert run(root, "record", "--out", str(out), "--interval", "5e-2", "--duration", "0") == 0
     assert run(root, "run", "--duration", "0.5") == 0

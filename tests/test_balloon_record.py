@@ -41,12 +41,24 @@ def root(tmp_path: Path) -> Path:
 
 
 def recorder(root: Path, interval: str, duration: str) -> subprocess.Popen[str]:
-    """The monitor's command line (a fixture root and a shorter interval)."""
+    """The monitor's command line (a fixture root and a shorter interval; the test's own empty
+    configuration files, which it reads as ``run`` does, instead of /etc/guestagent's)."""
+    main, conf_d = own_config(root)
     return subprocess.Popen(
         [sys.executable, "-m", "guestagent", "--root", str(root), "balloon", "record", "--out",
-         "-", "--interval", interval, "--duration", duration, "--note", "bench run 1"],
+         "-", "--interval", interval, "--duration", duration, "--note", "bench run 1",
+         "--config", main, "--conf-dir", conf_d],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         text=True)
+
+
+def own_config(root: Path, text: str = "") -> tuple[str, str]:
+    """A main configuration file holding ``text`` and an empty drop-in directory, beside the
+    tree."""
+    main, conf_d = root.parent / "guestagent.toml", root.parent / "conf.d"
+    main.write_text(text)
+    conf_d.mkdir(exist_ok=True)
+    return str(main), str(conf_d)
 
 
 def monitor_reads(lines: list[str]) -> Monitor:
@@ -137,7 +149,91 @@ def test_an_unreadable_input_ends_the_recording_with_exit_1(
     out = root.parent / "trace.jsonl"
     argv = ["--root", str(root), "balloon", "record", "--out", str(out), "--interval", "0.05",
             "--duration", "1"]
-    assert cli.main(argv) == 1
+    assert cli.main(argv, config_files=own_config(root)) == 1
     err = capsys.readouterr().err
     assert "/proc/meminfo line 1" in err and "Traceback" not in err, err
     assert json.loads(out.read_text().splitlines()[0])["source"].startswith("recorded by")
+
+
+def test_the_recorder_reads_the_configuration_as_run_does(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 2: ``balloon record`` reads /etc/guestagent (here the context's files) as
+    the unit does: its log lines take ``[agent] log_level`` and ``log_format``; the trace is the
+    same."""
+    from guestagent import cli
+
+    out = root.parent / "trace.jsonl"
+    files = own_config(root, '[agent]\nlog_level = "info"\nlog_format = "json"\n')
+    argv = ["--root", str(root), "balloon", "record", "--out", str(out), "--interval", "0.05",
+            "--duration", "0.05"]
+    assert cli.main(argv, config_files=files) == 0
+    err = capsys.readouterr().err.splitlines()
+    events = [json.loads(line)["event"] for line in err if line.startswith("{")]
+    assert "started" in events and "stopping" in events, err
+    assert err[-1] == f"recorded 2 snapshots to {out}"
+    assert len(parse_trace(out.read_text().splitlines(), "recorded").snapshots) == 2
+
+
+def test_a_refused_configuration_records_nothing(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file ``run`` would refuse is refused here too, one line naming it, exit status 1,
+    before the trace file is opened."""
+    from guestagent import cli
+
+    out = root.parent / "trace.jsonl"
+    main, conf_d = own_config(root, "[balloon]\ninterval_seconds = nan\n")
+    argv = ["--root", str(root), "balloon", "record", "--out", str(out), "--interval", "0.05",
+            "--duration", "0.05", "--config", main, "--conf-dir", conf_d]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{main}: [balloon] interval_seconds" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+class FakeTrigger:
+    """A PSI trigger whose descriptor never fires (the read end of an empty pipe)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.widened = False
+        self._read, self._write = os.pipe()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+        self.closed = True
+
+
+def test_the_recorder_arms_its_trigger_on_the_commands_host(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon that runs the recording gets the command's Host (``cli.main(...,
+    make_host=...)``): the trigger is the one that Host gives, its spec in the header, and it
+    is closed at the end."""
+    from guestagent import cli
+    from guestagent.host import Host
+    from guestagent.hostfs import HostFS
+
+    armed: list[tuple[str, int, int]] = []
+    triggers: list[FakeTrigger] = []
+
+    def open_trigger(fs: HostFS, kind: str, stall_us: int, window_us: int) -> FakeTrigger:
+        armed.append((kind, stall_us, window_us))
+        triggers.append(FakeTrigger(f"{kind} {stall_us} {window_us}"))
+        return triggers[-1]
+
+    out = root.parent / "trace.jsonl"
+    argv = ["--root", str(root), "balloon", "record", "--out", str(out), "--interval", "0.05",
+            "--duration", "0.05"]
+    assert cli.main(argv, make_host=lambda fs: Host(fs, open_psi_trigger=open_trigger),
+                    config_files=own_config(root)) == 0, capsys.readouterr().err
+    assert armed == [("some", 150_000, 1_000_000)]
+    assert triggers[0].closed
+    header = json.loads(out.read_text().splitlines()[0])
+    assert header["psi_trigger"] == "some 150000 1000000"

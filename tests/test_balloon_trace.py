@@ -3,6 +3,7 @@ tests/traces."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -14,9 +15,9 @@ from guestagent.balloon.policy import MIB_KB, PressureConfig, reserve_kb
 from guestagent.balloon.signals import DirectoryXenstore
 from guestagent.balloon.synthetic import TRACES, phases_trace
 from guestagent.balloon.trace import (
+    RecordJob,
     load_trace,
     parse_trace,
-    record,
     simulate,
     trace_header,
     write_trace,
@@ -86,12 +87,20 @@ def test_missing_trace_file(tmp_path: Path) -> None:
 
 
 def test_record_through_the_readers(tmp_path: Path) -> None:
+    """The RecordJob under the observer daemon (as ``balloon record`` runs it), on the
+    command's Host over a fixture tree."""
+    from guestagent.cli import Context
+    from guestagent.config import defaults
+    from guestagent.daemon.commands import run_observer
+
     root = tmp_path / "root"
     shutil.copytree(PV, root)
     fs = HostFS(str(root))
     out = io.StringIO()
-    n = record(fs, DirectoryXenstore(fs, "/xenstore"), out, interval_s=0.05, duration_s=0.1)
-    assert n == 3
+    job = RecordJob(out, 0.05, 0.1, DirectoryXenstore(fs, "/xenstore"))
+    ctx = Context(hostfs=fs, config_files=(str(tmp_path / "none.toml"), str(tmp_path / "none.d")))
+    daemon = run_observer(argparse.Namespace(), ctx, defaults(), job)
+    assert daemon.failure is None and job.count == 3
     trace = parse_trace(out.getvalue().splitlines(), "recorded")
     times = [s.timestamp for s in trace.snapshots]
     assert times[0] == 0.0 and times == sorted(times)
@@ -102,7 +111,7 @@ def test_record_through_the_readers(tmp_path: Path) -> None:
 
 def test_record_rejects_bad_interval() -> None:
     with pytest.raises(InputError, match="--interval"):
-        record(HostFS(str(PV)), None, io.StringIO(), interval_s=0, duration_s=1)
+        RecordJob(io.StringIO(), 0, 1, None)
 
 
 # --- replay --------------------------------------------------------------------------------------

@@ -157,11 +157,9 @@ def test_no_job_constructor_takes_a_platform_opener() -> None:
 
 
 #: Where the default configuration files (config.MAIN_FILE, CONF_DIR) may still be read outside
-#: cli.Context, and why (help texts, f-strings, do not count).
-CONFIG_DEFAULT_READERS = {
-    "guestagent/devices/commands.py": "load_config and run_reset (helper io16's files this "
-                                      "session): ctx.config_paths(args) once they take ctx",
-}
+#: cli.Context, and why (help texts, f-strings, do not count). None: every command asks its
+#: context (``ctx.config_paths(args)``, ``ctx.config_files``).
+CONFIG_DEFAULT_READERS: dict[str, str] = {}
 
 
 def config_default_reads(source: str) -> list[int]:
@@ -300,14 +298,6 @@ def patched_globals(source: str) -> set[str]:
 #: and do not patch module globals). Remove an entry when its test no longer needs it; a new
 #: patch of an agent global fails test_tests_patch_no_new_agent_global.
 PATCHED_GLOBALS = {
-    # The fault tests (tests/faults/) still patch these. The default configuration files come
-    # from the command's context instead: cli.main(argv, config_files=...),
-    # Context(config_files=...).
-    "guestagent.config.MAIN_FILE": "the default configuration paths (tests/faults/)",
-    "guestagent.config.CONF_DIR": "the default configuration paths (tests/faults/)",
-    "guestagent.daemon.metrics.MetricsServer": "a refused metrics port (tests/faults/)",
-    "guestagent.hostfs.HostFS.write_text": "a write refused mid-undo (tests/faults/)",
-    "guestagent.daemon.commands.config_doc": "a broken configuration document (tests/faults/)",
     # cloud-init calls handle() with its own arguments and counts its parameters to choose the
     # calling convention (cloudinit/config/modules.py): the root and the command runner cannot be
     # parameters of handle_current/handle_legacy.

@@ -11,7 +11,8 @@
   on; otherwise one line says why. Always exits 0: it never blocks the agent's start.
 * ``guestagent balloon simulate --trace FILE --policy P [--json] [--steps]``: trace replay.
 * ``guestagent balloon record --out FILE --interval S --duration S``: record a trace (the daemon
-  running one job that only reads, :class:`guestagent.balloon.trace.RecordJob`).
+  running one job that only reads, :class:`guestagent.balloon.trace.RecordJob`, under the
+  configuration ``run`` reads: ``--config``, ``--conf-dir``).
 * ``guestagent balloon run [--policy P] [--duration S]``: the daemon running the balloon job
   alone (:func:`guestagent.daemon.commands.run_one_job`).
 * ``guestagent balloon set --target-mib N``: one target by hand, through the actuator, refused
@@ -50,9 +51,9 @@ from guestagent.balloon.signals import (
     balloon_unavailable_reason,
     read_signals,
 )
-from guestagent.balloon.trace import load_trace, record, simulate
+from guestagent.balloon.trace import RecordJob, load_trace, simulate
 from guestagent.cli import add_json_option, finite_float, print_json
-from guestagent.daemon.commands import one_job_options
+from guestagent.daemon.commands import config_file_options, one_job_options
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.host import Host
 from guestagent.log import get_logger
@@ -104,8 +105,9 @@ def register(subparsers: Any) -> None:
         "record", help="record a trace of memory signals (JSON lines)",
         description="Record a snapshot of the memory signals (PSI, meminfo, vmstat, the balloon "
         "driver, xenstore's targets) at start and every --interval seconds until the next would "
-        "be past --duration, or SIGTERM or SIGINT. The daemon running one job that only reads: "
-        "it takes no lock and reads no configuration, so it runs beside guestagent run.")
+        "be past --duration, or SIGTERM or SIGINT. The daemon running one job that only reads, "
+        "under the configuration run reads ([agent] log_level and log_format; a refused file is "
+        "exit status 1): it takes no lock, so it runs beside guestagent run.")
     rec.add_argument("--out", required=True, metavar="FILE", help="trace file ('-' = stdout)")
     rec.add_argument("--interval", type=finite_float, default=1.0, metavar="SECONDS",
                      help="seconds between snapshots (default 1)")
@@ -113,6 +115,7 @@ def register(subparsers: Any) -> None:
                      help="how long to record")
     rec.add_argument("--note", default="", help="free text stored in the trace header")
     rec.add_argument("--no-trigger", action="store_true", help="do not arm a PSI trigger")
+    config_file_options(rec)
     rec.set_defaults(func=cmd_record)
 
     run = sub.add_parser(
@@ -432,19 +435,38 @@ def cmd_simulate(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def cmd_record(args: argparse.Namespace, ctx: Any) -> int:
+    """The daemon running one :class:`RecordJob` (an observer: no lock, no status socket) under
+    the configuration ``run`` reads, loaded before the trace file is opened; 1 when the
+    configuration is refused, the trace cannot be written or a snapshot cannot be read (the
+    trace so far is kept)."""
+    from guestagent.daemon.commands import observer_config
+
+    cfg = observer_config(args, ctx)
     xs = _xenstore(args, ctx)
     if args.out == "-":
-        count = record(ctx.hostfs, xs, sys.stdout, args.interval, args.duration,
-                       use_trigger=not args.no_trigger, note=args.note)
-    else:
-        try:
-            with open(args.out, "w", encoding="ascii") as f:
-                count = record(ctx.hostfs, xs, f, args.interval, args.duration,
-                               use_trigger=not args.no_trigger, note=args.note)
-        except OSError as e:
-            raise InputError(args.out, f"cannot write: {e.strerror or e}") from None
-        print(f"recorded {count} snapshots to {args.out}", file=sys.stderr)
+        _record(args, ctx, cfg, RecordJob(sys.stdout, args.interval, args.duration, xs,
+                                          use_trigger=not args.no_trigger, note=args.note))
+        return 0
+    try:
+        with open(args.out, "w", encoding="ascii") as f:
+            count = _record(args, ctx, cfg, RecordJob(f, args.interval, args.duration, xs,
+                                                      use_trigger=not args.no_trigger,
+                                                      note=args.note))
+    except OSError as e:
+        raise InputError(args.out, f"cannot write: {e.strerror or e}") from None
+    print(f"recorded {count} snapshots to {args.out}", file=sys.stderr)
     return 0
+
+
+def _record(args: argparse.Namespace, ctx: Any, cfg: Any, job: RecordJob) -> int:
+    """``job`` run by the daemon until it is done, SIGTERM or SIGINT; the snapshots written.
+    Raises InputError when a snapshot could not be read or written."""
+    from guestagent.daemon.commands import run_observer
+
+    daemon = run_observer(args, ctx, cfg, job)
+    if daemon.failure is not None:
+        raise InputError("balloon record", daemon.failure)
+    return job.count
 
 
 def cmd_set(args: argparse.Namespace, ctx: Any) -> int:

@@ -44,7 +44,6 @@ from guestagent.balloon.signals import (
 )
 from guestagent.balloon.step import Observation, step
 from guestagent.errors import InputError
-from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
 TRACE_FORMAT = "guestagent-balloon-trace"
@@ -134,8 +133,10 @@ class RecordJob:
     whose descriptor errors or hangs up is dropped (one warning) and the recording goes on. A
     snapshot that cannot be read, or written, ends the recording with that error (the command
     exits 1); a reader of ``--out -`` gone (a broken pipe) ends it quietly.
-    It only reads: the daemon runs it as an observer (no lock, no status socket), beside the
-    unit's daemon, as the balloon benchmark's monitor does in the guest.
+    It only reads: the daemon runs it as an observer (``daemon.commands.run_observer``: the
+    configuration ``run`` reads, the command's Host, but no lock and no status socket), beside
+    the unit's daemon, as the balloon benchmark's monitor does in the guest. Its own options
+    (interval, duration, trigger, note) are its arguments, not configuration keys.
     """
 
     name = "record"
@@ -253,28 +254,6 @@ class RecordJob:
 
     def status(self) -> dict[str, Any]:
         return {"snapshots": self.count, "psi_trigger": self._trigger is not None}
-
-
-def record(
-    hostfs: HostFS,
-    xenstore: XenstoreReader | None,
-    out: IO[str],
-    interval_s: float,
-    duration_s: float,
-    use_trigger: bool = True,
-    note: str = "",
-) -> int:
-    """Write a trace of live snapshots every ``interval_s`` for ``duration_s`` (the daemon running
-    one :class:`RecordJob`, until it is done, SIGTERM or SIGINT); returns the count. Raises
-    InputError for a bad interval or duration (before anything is written) and when a snapshot
-    cannot be read (the trace so far is kept)."""
-    from guestagent.daemon.commands import run_observer
-
-    job = RecordJob(out, interval_s, duration_s, xenstore, use_trigger=use_trigger, note=note)
-    daemon = run_observer(hostfs, job)
-    if daemon.failure is not None:
-        raise InputError("balloon record", daemon.failure)
-    return job.count
 
 
 # --------------------------------------------------------------------------------------------

@@ -248,13 +248,7 @@ def with_overrides(cfg: Config, job: str, overrides: Sequence[Override]) -> Conf
 
 def one_job_options(parser: argparse.ArgumentParser) -> None:
     """``--config``, ``--conf-dir`` (the files ``run`` reads) and ``--duration``."""
-    parser.add_argument(
-        "--config", metavar="FILE", default=argparse.SUPPRESS,
-        help=f"main configuration file, read as by run (default {config_mod.MAIN_FILE}, "
-        "used when present)")
-    parser.add_argument(
-        "--conf-dir", metavar="DIR", default=argparse.SUPPRESS,
-        help=f"drop-in directory (default {config_mod.CONF_DIR}, used when present)")
+    config_file_options(parser)
     parser.add_argument(
         "--duration", type=finite_float, default=None, metavar="SECONDS",
         help="stop after this many seconds, as on SIGTERM (undo included; default: run until "
@@ -301,17 +295,40 @@ def run_one_job(
     return daemon
 
 
-def run_observer(hostfs: HostFS, job: Any) -> Any:
-    """The daemon running ``job``, which only reads (``balloon record``), until it is finished,
-    SIGTERM or SIGINT: the same event loop, signals and job life, but no configuration files, no
-    state directory lock, no status socket (it runs beside the unit's daemon, which holds them).
-    Returns the Daemon once it has stopped (``failure`` says why when the job ended on an error).
-    Raises GuestAgentError when the job cannot start."""
+def observer_config(args: argparse.Namespace, ctx: Any) -> Config:
+    """The configuration a job that only reads runs under (``balloon record``): the files ``run``
+    reads (``--config``, ``--conf-dir``, else the context's), checked as a file's values are,
+    and the daemon's logging from it (``--log-level`` wins). The state directory is not
+    checked: an observer uses none. Raises ConfigError or GuestAgentError (exit 1)."""
+    cfg = config_mod.load(*named_files(args, ctx))
+    configure_logging(args, cfg)
+    return cfg
+
+
+def config_file_options(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--conf-dir``: the files ``run`` reads."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help=f"main configuration file, read as by run (default {config_mod.MAIN_FILE}, "
+        "used when present)")
+    parser.add_argument(
+        "--conf-dir", metavar="DIR", default=argparse.SUPPRESS,
+        help=f"drop-in directory (default {config_mod.CONF_DIR}, used when present)")
+
+
+def run_observer(args: argparse.Namespace, ctx: Any, cfg: Config, job: Any) -> Any:
+    """The daemon running ``job``, which only reads (``balloon record``), under ``cfg``
+    (:func:`observer_config`; SIGHUP reads the same files again) and over the command's Host
+    (``ctx.host``), until the job is finished, SIGTERM or SIGINT: the same event loop, signals
+    and job life, but no state directory lock, no status socket, no metrics (it runs beside the
+    unit's daemon, which holds them). Returns the Daemon once it has stopped (``failure`` says
+    why when the job ended on an error). Raises GuestAgentError when the job cannot start."""
     from guestagent.daemon.service import Daemon
 
-    cfg = config_mod.defaults()
-    daemon = Daemon(hostfs, cfg, lambda: cfg, lambda _cfg, _role: [job], "guest",
-                    one_job=True, observer=True)
+    files = named_files(args, ctx)
+    daemon = Daemon(ctx.hostfs, cfg, lambda: config_mod.load(*files),
+                    lambda _cfg, _role: [job], "guest", one_job=True, observer=True,
+                    host=ctx.host)
     daemon.run()
     return daemon
 

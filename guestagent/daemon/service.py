@@ -337,6 +337,10 @@ class Daemon:
     host: Host = None  # type: ignore[assignment]
     #: Called once the jobs have started: gives start-up's freed heap back to the kernel.
     release_memory: Callable[[], object] = release_free_memory
+    #: Makes the metrics HTTP server (``[metrics] enabled``) from the listen address, the text
+    #: every GET gets and the loop; None: :class:`guestagent.daemon.metrics.MetricsServer`,
+    #: imported then (a test passes one that refuses, as a bad port once did).
+    metrics_server: Callable[[str, Callable[[], str], EventLoop], Any] | None = None
 
     def __post_init__(self) -> None:
         self._log = get_logger("daemon")
@@ -585,10 +589,9 @@ class Daemon:
             from guestagent.daemon import metrics
 
             listen = str(self.config.get("metrics", "listen"))
+            make_server = self.metrics_server or metrics.MetricsServer
             try:
-                server = metrics.MetricsServer(
-                    listen, lambda: metrics.render(self.status()), loop=self.loop
-                )
+                server = make_server(listen, lambda: metrics.render(self.status()), self.loop)
             except OSError as e:
                 self._log.error("metrics_off", listen=listen, error=str(e))
                 return

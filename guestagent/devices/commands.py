@@ -61,12 +61,12 @@ def xenstore_hint_sources(host: Host) -> list[HintSource]:
     return [XenstoreHintSource(client, domid)]
 
 
-def load_config(args: argparse.Namespace) -> DevicesConfig:
-    """The agent's configuration files (``[devices]``, ``[agent] state_dir``) and the options."""
+def load_config(args: argparse.Namespace, ctx: Any) -> DevicesConfig:
+    """The agent's configuration files (``[devices]``, ``[agent] state_dir``; those the command
+    line names, else the context's: ``ctx.config_paths(args)``) and the options."""
     from guestagent import config as config_mod
 
-    agent = config_mod.load(getattr(args, "config", None) or config_mod.MAIN_FILE,
-                            getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    agent = config_mod.load(*ctx.config_paths(args))
     config = DevicesConfig.from_agent_config(agent)
     for item in getattr(args, "node", None) or []:
         bdf, node = parse_override(item, "--node")
@@ -80,7 +80,7 @@ def load_config(args: argparse.Namespace) -> DevicesConfig:
 
 def make_job(args: argparse.Namespace, ctx: Any) -> DevicesJob:
     hostfs: HostFS = ctx.hostfs
-    return DevicesJob(hostfs, load_config(args), xenstore_hint_sources(ctx.host),
+    return DevicesJob(hostfs, load_config(args, ctx), xenstore_hint_sources(ctx.host),
                       route_lookup=ctx.host.default_interfaces)
 
 
@@ -177,9 +177,7 @@ def run_reset(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent.log import get_logger
 
     log = get_logger("devices")
-    state_dir, problems = config_mod.read_state_dir(
-        getattr(args, "config", None) or config_mod.MAIN_FILE,
-        getattr(args, "conf_dir", None) or config_mod.CONF_DIR)
+    state_dir, problems = config_mod.read_state_dir(*ctx.config_paths(args))
     for line in problems:
         log.warning("devices_reset_config_ignored", problem=line)
     state_file = state_file_in(state_dir)
@@ -210,7 +208,7 @@ def run_show(args: argparse.Namespace, ctx: Any) -> int:
 
 
 def run_apply(args: argparse.Namespace, ctx: Any) -> int:
-    config = load_config(args)
+    config = load_config(args, ctx)
     with state_lock(ctx.hostfs, config.state_file, "devices apply", create=True):
         job = DevicesJob(ctx.hostfs, config, xenstore_hint_sources(ctx.host),
                          route_lookup=ctx.host.default_interfaces)
@@ -228,7 +226,7 @@ def run_policy(args: argparse.Namespace, ctx: Any) -> int:
         hostfs: HostFS = ctx.hostfs
         irq = int(args.irq)
         bdf = os.path.basename(str(args.devpath).rstrip("/"))
-        config = load_config(args)
+        config = load_config(args, ctx)
         store = StateStore(hostfs, config.state_file).load()
         pinned = {int(p.split("/")[3]) for p, c in store.changes.items()
                   if c.kind == "irq_affinity"}

@@ -30,6 +30,7 @@ from guestagent.balloon.actuator import RECORD_PATH, BalloonActuator
 from guestagent.balloon.guard import GUARD_KEY
 from guestagent.balloon.signals import BALLOON_TARGET, DirectoryXenstore
 from guestagent.hostfs import HostFS
+from tests.faults.config_files import config_files_beside
 from tests.test_balloon_guard import make_root
 
 CEILING = 1048576
@@ -122,7 +123,7 @@ CASES: dict[str, tuple[Callable[[Path], None], int, str | None]] = {
 
 def reset(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``guestagent --root ROOT reset``: exit status, standard output, the log lines."""
-    rc = cli.main(["--root", str(root), "reset"])
+    rc = cli.main(["--root", str(root), "reset"], config_files=config_files_beside(root))
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 

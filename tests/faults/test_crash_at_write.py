@@ -77,6 +77,7 @@ from guestagent.hostfs import HostFS
 from guestagent.numa.job import NumaJob
 from guestagent.tiering.damon import DamonBackend
 from guestagent.tiering.job import TieringJob
+from tests.faults.config_files import config_files_beside
 from tests.faults.zram_kernel import WRITE_ONLY, ZramFS, ZramKernel
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, make_tree
 
@@ -379,9 +380,10 @@ def reset(root: Path, job: str) -> int:
         host = lambda fs: damon_host(root)  # noqa: E731
     elif job.endswith("-zram"):
         host = lambda fs: zram_host(root)  # noqa: E731
+    files = config_files_beside(root)
     if host is None:
-        return cli.main(["--root", str(root), "reset"])
-    return cli.main(["--root", str(root), "reset"], make_host=host)
+        return cli.main(["--root", str(root), "reset"], config_files=files)
+    return cli.main(["--root", str(root), "reset"], make_host=host, config_files=files)
 
 
 def crash_then_reset(root: Path, job: str, before: dict[str, bytes],

@@ -22,30 +22,21 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from guestagent import config as config_mod
 from guestagent.cli import Context
 from guestagent.devices import commands
 from guestagent.host import Host
 from guestagent.hostfs import HostFS
+from tests.faults.config_files import config_files_beside
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VF = "0000:00:05.0"
 IRQ = "/proc/irq/29/smp_affinity_list"
-
-
-@pytest.fixture
-def logs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, log_events: list[MutableMapping[str, Any]]
-) -> Iterator[list[MutableMapping[str, Any]]]:
-    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "guestagent.toml"))
-    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "conf.d"))
-    yield log_events
 
 
 @pytest.fixture
@@ -55,15 +46,17 @@ def root(tmp_path: Path) -> Path:
     return dest
 
 
-def run(root: Path, *argv: str) -> tuple[int, str]:
+def run(root: Path, *argv: str, hostfs: HostFS | None = None) -> tuple[int, str]:
+    """``guestagent devices ARGV`` on the tree at ``root`` (or ``hostfs``, a test's HostFS over
+    it), with the test's own configuration files; exit status and standard output."""
     parser = argparse.ArgumentParser(prog="guestagent")
     commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["devices", *argv])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        hostfs = HostFS(str(root))  # the default route on eth0, netlink not asked
-        host = Host(hostfs, open_default_interfaces=lambda _fs: ["eth0"])
-        rc = args.func(args, Context(hostfs=hostfs, host=host))
+        fs = hostfs or HostFS(str(root))  # the default route on eth0, netlink not asked
+        host = Host(fs, open_default_interfaces=lambda _fs: ["eth0"])
+        rc = args.func(args, Context(hostfs=fs, host=host, config_files=config_files_beside(root)))
     return rc, out.getvalue()
 
 
@@ -82,7 +75,7 @@ def write_state(root: Path, data: Any, state_dir: str = "run/guestagent") -> Non
 
 
 def test_reset_needs_no_valid_configuration(
-    root: Path, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+    root: Path, tmp_path: Path, log_events: list[MutableMapping[str, Any]]
 ) -> None:
     """A configuration that ``run`` would refuse does not block the undo; ``state_dir`` is
     still taken from it."""
@@ -102,13 +95,13 @@ def test_reset_needs_no_valid_configuration(
 
 
 def test_reset_with_unparsable_configuration_uses_the_default_state_dir(
-    root: Path, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+    root: Path, tmp_path: Path, log_events: list[MutableMapping[str, Any]]
 ) -> None:
     apply(root)
     (tmp_path / "guestagent.toml").write_text("[agent\nthis is not TOML")
     rc, out = run(root, "--reset")
     assert rc == 0 and f"{IRQ}: restored '0-3'" in out
-    assert any(e["event"] == "devices_reset_config_ignored" for e in logs), logs
+    assert any(e["event"] == "devices_reset_config_ignored" for e in log_events), log_events
 
 
 @pytest.mark.parametrize("bad", [
@@ -121,7 +114,7 @@ def test_reset_with_unparsable_configuration_uses_the_default_state_dir(
     "not an object",
 ])
 def test_one_malformed_entry_does_not_block_the_others(
-    root: Path, tmp_path: Path, logs: list[MutableMapping[str, Any]], bad: Any
+    root: Path, tmp_path: Path, log_events: list[MutableMapping[str, Any]], bad: Any
 ) -> None:
     (root / "etc").mkdir(exist_ok=True)
     (root / "etc/passwd").write_text("root:x:0:0\n")
@@ -138,52 +131,52 @@ def test_one_malformed_entry_does_not_block_the_others(
     assert sum("malformed" in line for line in out.splitlines()) == 1, out
     assert (root / "etc/passwd").read_text() == "root:x:0:0\n"
     assert not (tmp_path / "outside").exists()
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert [e["event"] for e in errors] == ["devices_undo_failed"], logs
+    errors = [e for e in log_events if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["devices_undo_failed"], log_events
+
+
+class IrqRefusingFS(HostFS):
+    """The tree's file system, where writing the device's IRQ affinity is refused (EACCES)."""
+
+    def write_text(self, host_path: str, value: str) -> None:
+        if host_path == IRQ:
+            raise PermissionError(errno.EACCES, "Permission denied", host_path)
+        super().write_text(host_path, value)
 
 
 def test_a_failed_restore_is_an_error_and_the_exit_status_says_so(
-    root: Path, logs: list[MutableMapping[str, Any]], monkeypatch: pytest.MonkeyPatch
+    root: Path, log_events: list[MutableMapping[str, Any]]
 ) -> None:
     """``ExecStopPost=-`` ignores the exit status for the unit's result; the error-level line
     in the journal and the status (shown by ``systemctl status``) still tell. The failed entry
     stays in the state file, so a later reset tries again."""
     apply(root)
-    real = HostFS.write_text
-
-    def refuse(self: HostFS, path: str, text: str) -> None:
-        if path == IRQ:
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        real(self, path, text)
-
-    monkeypatch.setattr(HostFS, "write_text", refuse)
-    rc, out = run(root, "--reset")
+    rc, out = run(root, "--reset", hostfs=IrqRefusingFS(str(root)))
     assert rc == 1, out
     assert f"{IRQ}: restoring '0-3' failed (EACCES: Permission denied)" in out, out
     assert (root / f"sys/devices/pci0000:00/{VF}/numa_node").read_text() == "-1"
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert len(errors) == 1 and errors[0]["event"] == "devices_undo_failed", logs
+    errors = [e for e in log_events if e["log_level"] == "error"]
+    assert len(errors) == 1 and errors[0]["event"] == "devices_undo_failed", log_events
     assert IRQ in errors[0]["result"] and errors[0]["error"] == errors[0]["result"]
     assert [c["path"] for c in state(root)["changes"]] == [IRQ]
-    monkeypatch.setattr(HostFS, "write_text", real)
     rc, out = run(root, "--reset")
     assert rc == 0 and out == f"{IRQ}: restored '0-3'\n", out
     assert (root / IRQ.lstrip("/")).read_text() == "0-3"
 
 
 def test_a_state_file_that_is_not_json_fails_with_one_error_line(
-    root: Path, logs: list[MutableMapping[str, Any]]
+    root: Path, log_events: list[MutableMapping[str, Any]]
 ) -> None:
     apply(root)
     (root / "run/guestagent/devices.json").write_text("{garbage")
     rc, _ = run(root, "--reset")
     assert rc == 1
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert len(errors) == 1 and "not JSON" in errors[0]["error"], logs
+    errors = [e for e in log_events if e["log_level"] == "error"]
+    assert len(errors) == 1 and "not JSON" in errors[0]["error"], log_events
 
 
 def test_apply_and_reset_refuse_while_another_guestagent_holds_the_state_dir(
-    root: Path, logs: list[MutableMapping[str, Any]]
+    root: Path, log_events: list[MutableMapping[str, Any]]
 ) -> None:
     """Two concurrent ``devices apply`` lost undo records (2 runs of 6), and a reset under a
     running daemon undid its bindings behind its back. Now both take the state directory's lock
@@ -201,7 +194,7 @@ def test_apply_and_reset_refuse_while_another_guestagent_holds_the_state_dir(
         assert rc == 1 and out == "", out
         assert (root / IRQ.lstrip("/")).read_text() == "2-3", "the reset undid a daemon's work"
         assert state(root) == before
-        errors = [e for e in logs if e["log_level"] == "error"]
+        errors = [e for e in log_events if e["log_level"] == "error"]
         assert "holds" in errors[-1]["error"], errors
     finally:
         statelock.release(fd)

@@ -196,18 +196,16 @@ class _Recorder:
         return {}
 
 
-def test_a_failure_late_in_start_undoes_what_the_jobs_did(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failure_late_in_start_undoes_what_the_jobs_did(tmp_path: Path) -> None:
     """Start-up is inside the code that undoes: a failure after a job applied its changes (here
     the metrics server, as with ``listen = "127.0.0.1:99999"`` before the port was checked) stops
     the started jobs, which undo, and removes the status socket."""
-    from guestagent.daemon import metrics
+    made: list[str] = []
 
-    def refuse(*args: Any, **kwargs: Any) -> Any:
+    def refuse(listen: str, text: Any, loop: Any) -> Any:
+        made.append(listen)
         raise OverflowError("bind(): port must be 0-65535.")
 
-    monkeypatch.setattr(metrics, "MetricsServer", refuse)
     target = tmp_path / "target"
     target.write_text("original")
     config = defaults()
@@ -216,13 +214,15 @@ def test_a_failure_late_in_start_undoes_what_the_jobs_did(
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     daemon = Daemon(HostFS(str(root)), config, lambda: config,
                     lambda cfg, role: [_Recorder(target)], "guest",
-                    xenstore_connect=lambda: (_ for _ in ()).throw(GuestAgentError("no xs")))
+                    xenstore_connect=lambda: (_ for _ in ()).throw(GuestAgentError("no xs")),
+                    metrics_server=refuse)
     try:
         with pytest.raises(OverflowError):
             daemon.run()
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+    assert made == [config.get("metrics", "listen")]
     assert target.read_text() == "original"
     assert not (root / "run/guestagent/status.sock").exists()
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import pytest
 
 from guestagent import cli, log
-from guestagent import config as config_mod
 from guestagent import reset as reset_mod
 from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
 from guestagent.tiering.journal import TieringJournal, journal_path
 from guestagent.tiering.model import Move, Plan
+from tests.faults.config_files import config_files_beside
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, make_tree, read
 
 MIB = 1 << 20
@@ -82,7 +82,8 @@ def reset(root: Path, *extra: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         hostfs = HostFS(str(root))
-        rc = args.func(args, cli.Context(hostfs=hostfs, host=host_of(hostfs)))
+        rc = args.func(args, cli.Context(hostfs=hostfs, host=host_of(hostfs),
+                                         config_files=config_files_beside(root)))
     return rc, out.getvalue()
 
 
@@ -97,7 +98,8 @@ def change_everything(root: Path, kernel: FakeDamonKernel, state_dir: str = "/ru
     devices_commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["devices", "apply", "--node", f"{VF}=1"])
     with contextlib.redirect_stdout(io.StringIO()):
-        assert args.func(args, cli.Context(hostfs=HostFS(str(root)))) == 0
+        ctx = cli.Context(hostfs=HostFS(str(root)), config_files=config_files_beside(root))
+        assert args.func(args, ctx) == 0
     assert (root / IRQ).read_text() == "2-3"
     assert (root / NUMA_NODE).read_text() == "1"
     hostfs = HostFS(str(root))
@@ -275,18 +277,16 @@ def test_reset_refuses_while_the_daemon_holds_the_state_directory(
 
 
 def test_through_the_command_line(
-    world: tuple[Path, FakeDamonKernel], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    world: tuple[Path, FakeDamonKernel], tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``guestagent --root R reset``: the word is registered and needs no configuration file."""
-    monkeypatch.setattr(config_mod, "MAIN_FILE", str(tmp_path / "absent.toml"))
-    monkeypatch.setattr(config_mod, "CONF_DIR", str(tmp_path / "absent.d"))
+    absent = (str(tmp_path / "absent.toml"), str(tmp_path / "absent.d"))
     root, _kernel = world
     (root / TARGET).write_text(f"{700 * 1024}\n")
-    assert cli.main(["--root", str(root), "reset"], make_host=host_of) == 0
+    assert cli.main(["--root", str(root), "reset"], make_host=host_of, config_files=absent) == 0
     assert capsys.readouterr().out == (
         f"balloon: target reset to {CEILING} KiB (was {700 * 1024} KiB)\n")
-    assert cli.main(["reset", "--root", str(root)], make_host=host_of) == 0
+    assert cli.main(["reset", "--root", str(root)], make_host=host_of, config_files=absent) == 0
     assert capsys.readouterr().out == "nothing to undo\n"
 
 

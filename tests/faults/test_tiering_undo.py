@@ -41,6 +41,7 @@ from guestagent.tiering.damon import (
 )
 from guestagent.tiering.journal import TieringJournal, journal_path, undo_kdamonds
 from guestagent.tiering.model import Move, Plan
+from tests.faults.config_files import config_files_beside
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tree, read
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +115,8 @@ def reset(root: Path, *extra: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         hostfs = HostFS(str(root))
-        rc = args.func(args, cli.Context(hostfs=hostfs, host=host_of(hostfs)))
+        rc = args.func(args, cli.Context(hostfs=hostfs, host=host_of(hostfs),
+                                         config_files=config_files_beside(root)))
     return rc, out.getvalue()
 
 
@@ -454,7 +456,8 @@ def test_kill_9_of_the_daemon_then_a_restart_serves_then_reset(
 
     # `guestagent reset` (the unit's ExecStopPost) removes what the second one left.
     kernel.ran.update(i for i, s in enumerate(states(root)) if s == "on")
-    assert cli.main(["--root", str(root), "reset"], make_host=host_of) == 0
+    assert cli.main(["--root", str(root), "reset"], make_host=host_of,
+                    config_files=config_files_beside(root)) == 0
     assert states(root) == [] and not (root / JOURNAL).exists()
 
 
