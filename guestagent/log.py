@@ -15,7 +15,6 @@ structlog is imported on first use only, and without OpenSSL (:func:`import_stru
 from __future__ import annotations
 
 import json as jsonlib
-import logging
 import os
 import sys
 import time
@@ -27,13 +26,31 @@ from guestagent.lazyimport import deferring
 #: What structlog imports at module level for code guestagent never runs: asyncio for its async
 #: logging methods (with subprocess, concurrent.futures, selectors: about 1.5 MiB resident),
 #: uuid for its deprecated thread-local dicts (with platform, libuuid), inspect for its call-site
-#: processor. Each gets a stand-in (:mod:`guestagent.lazyimport`) that imports the real module
-#: on first use.
-STRUCTLOG_DEFERS = ("asyncio", "uuid", "inspect")
+#: processor, and its standard-library integration: ``structlog.stdlib`` and ``logging`` (about
+#: 0.5 MiB; the rest of structlog names ``logging`` only in annotations and in processors for
+#: stdlib records, which guestagent does not configure). Each gets a stand-in
+#: (:mod:`guestagent.lazyimport`) that imports the real module on first use.
+STRUCTLOG_DEFERS = ("asyncio", "uuid", "inspect", "logging", "structlog.stdlib")
+
+#: The numeric levels of the names ``--log-level`` and ``[agent] log_level`` take (the standard
+#: library's values, which structlog's filtering loggers compare against; ``logging`` itself is
+#: not imported for them).
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
+
+
+def level_number(level: str | int) -> int:
+    """``"warning"`` -> 30 (a number is returned as it is); an unknown name is a ValueError that
+    names it."""
+    if isinstance(level, int):
+        return level
+    number = LEVELS.get(level.lower())
+    if number is None:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    return number
 
 
 def import_structlog() -> Any:
-    """structlog, imported without loading asyncio, uuid, inspect or OpenSSL.
+    """structlog, imported without loading asyncio, uuid, inspect, ``logging`` or OpenSSL.
 
     The modules of :data:`STRUCTLOG_DEFERS` are stand-ins while structlog is imported (every use
     of one, which structlog makes only inside functions guestagent does not call, imports the
@@ -187,7 +204,7 @@ class _CurrentStderr:
 
 
 def configure(
-    level: str = "info",
+    level: str | int = "info",
     json: bool = False,
     stream: Any | None = None,
     journal: bool | None = None,
@@ -217,9 +234,7 @@ def configure(
         renderer = JournalPriority(renderer)
     structlog.configure(
         processors=[*processors, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelName(level.upper()) if isinstance(level, str) else level
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
         logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )

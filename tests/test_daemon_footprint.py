@@ -30,6 +30,9 @@ HEAVY = (
     "ssl",
     "_ssl",
     "asyncio",  # structlog's, for async methods guestagent never calls: about 1.5 MiB
+    # structlog's standard-library integration (guestagent.log sets the level by number): 0.4 MiB
+    "logging",
+    "structlog.stdlib",
     "concurrent.futures",
     "pyroute2",
     "psutil",
@@ -213,6 +216,50 @@ def test_structlog_loads_asyncio_only_when_its_async_methods_run() -> None:
         "level=info event=plain component=t n=1",
         "level=info event=async_event component=t n=2",
     ], done.stdout
+
+
+def test_structlog_loads_logging_only_when_its_stdlib_integration_is_used() -> None:
+    """structlog's ``stdlib`` module and ``logging`` are stand-ins while structlog is imported
+    (guestagent.log): the first use of either imports the real one, which then works as usual."""
+    code = (
+        "import io, sys\n"
+        "from guestagent import log\n"
+        "out = io.StringIO()\n"
+        "log.configure(level='warning', stream=out)\n"
+        "logger = log.get_logger('t')\n"
+        "logger.info('dropped'); logger.warning('kept', n=1)\n"
+        "assert 'logging' not in sys.modules and 'structlog.stdlib' not in sys.modules\n"
+        "import structlog\n"
+        "assert structlog.stdlib.BoundLogger.__module__ == 'structlog.stdlib'\n"
+        "import logging\n"
+        "assert sys.modules['logging'] is logging and logging.getLogger('x').name == 'x'\n"
+        "stdlib_logger = structlog.stdlib.get_logger('s')\n"
+        "assert isinstance(structlog.stdlib.LoggerFactory()('s'), logging.Logger)\n"
+        "print(out.getvalue())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(" ", 1)[1] for line in done.stdout.splitlines() if line] == [
+        "level=warning event=kept component=t n=1"], done.stdout
+
+
+@pytest.mark.parametrize(("name", "number"), [("debug", 10), ("info", 20), ("warning", 30),
+                                              ("WARNING", 30), ("error", 40), (25, 25)])
+def test_log_levels_are_the_standard_librarys_numbers(name: str | int, number: int) -> None:
+    import logging
+
+    from guestagent.log import level_number
+
+    assert level_number(name) == number
+    if isinstance(name, str):
+        assert logging.getLevelName(name.upper()) == number
+
+
+def test_an_unknown_log_level_is_one_line_naming_it() -> None:
+    from guestagent.log import level_number
+
+    with pytest.raises(ValueError, match="log level 'verbose' is not one of debug, info"):
+        level_number("verbose")
 
 
 def test_command_words_match_what_each_module_registers() -> None:
