@@ -49,27 +49,37 @@ def level_number(level: str | int) -> int:
     return number
 
 
+#: What structlog imports when it can and guestagent hides while it does (the import fails, as
+#: where the module is not installed): ``ssl``, which asyncio imports when it can (about 6 MiB of
+#: OpenSSL), and colorama, which structlog.dev takes for colours on Windows (on Linux it writes
+#: the same ANSI codes without it) and which imports ctypes where it is installed, as in a pip
+#: environment.
+STRUCTLOG_HIDES = ("ssl", "colorama")
+
+
 def import_structlog() -> Any:
-    """structlog, imported without loading asyncio, uuid, inspect, ``logging`` or OpenSSL.
+    """structlog, imported without loading asyncio, uuid, inspect, ``logging``, OpenSSL or
+    colorama.
 
     The modules of :data:`STRUCTLOG_DEFERS` are stand-ins while structlog is imported (every use
     of one, which structlog makes only inside functions guestagent does not call, imports the
-    real one); and ``ssl`` is hidden, because asyncio imports it when it can, about 6 MiB of
-    OpenSSL. Neither stays in ``sys.modules``, so a later ``import asyncio`` or ``import ssl``
-    works as usual (benchmarks/README.md, "What each MiB is").
+    real one); those of :data:`STRUCTLOG_HIDES` are hidden. Neither stays in ``sys.modules``, so
+    a later ``import asyncio`` or ``import ssl`` works as usual (benchmarks/README.md, "What each
+    MiB is").
     """
     loaded = sys.modules.get("structlog")
     if loaded is not None:
         return loaded
-    hide = "ssl" not in sys.modules and "asyncio" not in sys.modules
-    if hide:
-        sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError
+    hidden = [name for name in STRUCTLOG_HIDES if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import NAME raises ImportError
     try:
         with deferring(*STRUCTLOG_DEFERS):
             import structlog
     finally:
-        if hide and "ssl" in sys.modules and sys.modules["ssl"] is None:
-            del sys.modules["ssl"]
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     return structlog
 
 #: The same warning or error (same event, same error text) is logged at most once per window.
