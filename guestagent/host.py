@@ -102,11 +102,18 @@ def real_xenstore(hostfs: HostFS) -> Any:
 
 
 def real_udev_monitor(hostfs: HostFS) -> Any:
-    """A netlink udev monitor of PCI events (pyudev imported only here). Raises
-    HotplugUnavailableError without pyudev, libudev or netlink."""
-    from guestagent.devices.hotplug import HotplugMonitor
+    """A netlink udev monitor of PCI events: udev's group read directly, or pyudev's monitor
+    without the C extension (imported only then). Raises HotplugUnavailableError without
+    netlink (or pyudev and libudev, when it needs them)."""
+    from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError, UdevNetlink
 
-    return HotplugMonitor.open()
+    try:
+        return HotplugMonitor(UdevNetlink.open("pci"))
+    except ImportError:  # no C extension to attach the kernel filter with: libudev attaches it
+        return HotplugMonitor.open()
+    except OSError as e:
+        raise HotplugUnavailableError(
+            f"udev monitor unavailable ({e}): PCI hotplug is not followed") from None
 
 
 def real_psi_trigger(hostfs: HostFS, kind: str, stall_us: int, window_us: int) -> Any:

@@ -15,7 +15,6 @@ structlog is imported on first use only, and without OpenSSL (:func:`import_stru
 from __future__ import annotations
 
 import json as jsonlib
-import logging
 import os
 import sys
 import time
@@ -27,32 +26,60 @@ from guestagent.lazyimport import deferring
 #: What structlog imports at module level for code guestagent never runs: asyncio for its async
 #: logging methods (with subprocess, concurrent.futures, selectors: about 1.5 MiB resident),
 #: uuid for its deprecated thread-local dicts (with platform, libuuid), inspect for its call-site
-#: processor. Each gets a stand-in (:mod:`guestagent.lazyimport`) that imports the real module
-#: on first use.
-STRUCTLOG_DEFERS = ("asyncio", "uuid", "inspect")
+#: processor, and its standard-library integration: ``structlog.stdlib`` and ``logging`` (about
+#: 0.5 MiB; the rest of structlog names ``logging`` only in annotations and in processors for
+#: stdlib records, which guestagent does not configure). Each gets a stand-in
+#: (:mod:`guestagent.lazyimport`) that imports the real module on first use.
+STRUCTLOG_DEFERS = ("asyncio", "uuid", "inspect", "logging", "structlog.stdlib")
+
+#: The numeric levels of the names ``--log-level`` and ``[agent] log_level`` take (the standard
+#: library's values, which structlog's filtering loggers compare against; ``logging`` itself is
+#: not imported for them).
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
+
+
+def level_number(level: str | int) -> int:
+    """``"warning"`` -> 30 (a number is returned as it is); an unknown name is a ValueError that
+    names it."""
+    if isinstance(level, int):
+        return level
+    number = LEVELS.get(level.lower())
+    if number is None:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
+    return number
+
+
+#: What structlog imports when it can and guestagent hides while it does (the import fails, as
+#: where the module is not installed): ``ssl``, which asyncio imports when it can (about 6 MiB of
+#: OpenSSL), and colorama, which structlog.dev takes for colours on Windows (on Linux it writes
+#: the same ANSI codes without it) and which imports ctypes where it is installed, as in a pip
+#: environment.
+STRUCTLOG_HIDES = ("ssl", "colorama")
 
 
 def import_structlog() -> Any:
-    """structlog, imported without loading asyncio, uuid, inspect or OpenSSL.
+    """structlog, imported without loading asyncio, uuid, inspect, ``logging``, OpenSSL or
+    colorama.
 
     The modules of :data:`STRUCTLOG_DEFERS` are stand-ins while structlog is imported (every use
     of one, which structlog makes only inside functions guestagent does not call, imports the
-    real one); and ``ssl`` is hidden, because asyncio imports it when it can, about 6 MiB of
-    OpenSSL. Neither stays in ``sys.modules``, so a later ``import asyncio`` or ``import ssl``
-    works as usual (benchmarks/README.md, "What each MiB is").
+    real one); those of :data:`STRUCTLOG_HIDES` are hidden. Neither stays in ``sys.modules``, so
+    a later ``import asyncio`` or ``import ssl`` works as usual (benchmarks/README.md, "What each
+    MiB is").
     """
     loaded = sys.modules.get("structlog")
     if loaded is not None:
         return loaded
-    hide = "ssl" not in sys.modules and "asyncio" not in sys.modules
-    if hide:
-        sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl raises ImportError
+    hidden = [name for name in STRUCTLOG_HIDES if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import NAME raises ImportError
     try:
         with deferring(*STRUCTLOG_DEFERS):
             import structlog
     finally:
-        if hide and "ssl" in sys.modules and sys.modules["ssl"] is None:
-            del sys.modules["ssl"]
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     return structlog
 
 #: The same warning or error (same event, same error text) is logged at most once per window.
@@ -187,7 +214,7 @@ class _CurrentStderr:
 
 
 def configure(
-    level: str = "info",
+    level: str | int = "info",
     json: bool = False,
     stream: Any | None = None,
     journal: bool | None = None,
@@ -217,9 +244,7 @@ def configure(
         renderer = JournalPriority(renderer)
     structlog.configure(
         processors=[*processors, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelName(level.upper()) if isinstance(level, str) else level
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
         logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )

@@ -30,6 +30,9 @@ HEAVY = (
     "ssl",
     "_ssl",
     "asyncio",  # structlog's, for async methods guestagent never calls: about 1.5 MiB
+    # structlog's standard-library integration (guestagent.log sets the level by number): 0.4 MiB
+    "logging",
+    "structlog.stdlib",
     "concurrent.futures",
     "pyroute2",
     "psutil",
@@ -52,6 +55,11 @@ HEAVY = (
     "random",
     "bz2",
     "lzma",
+    # pyudev, with ctypes and libudev (about 0.9 MiB): the devices job reads udev's netlink group
+    # itself (guestagent.devices.hotplug.UdevNetlink) when the C extension is there, as here.
+    "pyudev",
+    "ctypes",
+    "_ctypes",
     # Imported only to check a non-default [balloon] or [tiering] section (config.cross_checks).
     "guestagent.balloon.policy",
     "guestagent.balloon.pressure",
@@ -90,23 +98,9 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-#: Prints the modules a pyudev monitor's context loads beyond ``guestagent.lazyimport``'s import.
-PYUDEV_NEEDS = """
-from guestagent.lazyimport import import_pyudev
-before = set(sys.modules)
-try:
-    import_pyudev().Context()
-except Exception:
-    pass
-names = set(sys.modules) - before
-"""
-
-
-def interpreter_modules(python: str, code: str) -> set[str]:
-    """``sys.modules`` of a fresh interpreter (as the daemon's) after ``code``, or the new modules
-    ``code`` leaves in ``names``."""
-    script = f"import json, sys\nnames = None\n{code}\n" \
-        "print(json.dumps(sorted(sys.modules if names is None else names)))"
+def interpreter_modules(python: str) -> set[str]:
+    """``sys.modules`` of a fresh interpreter (as the daemon's) before any code runs."""
+    script = "import json, sys\nprint(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([python, "-c", script], cwd=REPO, capture_output=True, text=True,
                           check=True)
     return set(json.loads(done.stdout))
@@ -164,10 +158,8 @@ def test_idle_daemon_loads_no_heavy_module(tmp_path: Path, xs_server: XenstoreSe
     assert "guestagent.topology.job" in modules and "guestagent.devices.job" in modules, stderr
     assert "job_started" in stderr and "xenstore_unavailable" not in stderr, stderr
     # Not the daemon's doing: what this interpreter loads before any code runs (a pyenv or venv
-    # site loads pathlib, urllib.parse, shutil... for its .pth files; Debian's loads none), and
-    # what this pyudev itself needs to make a monitor (pip's calls ctypes.util.find_library;
-    # Debian's opens libudev.so.1 by name and needs none of guestagent.lazyimport's deferrals).
-    allowed = interpreter_modules(python, "") | interpreter_modules(python, PYUDEV_NEEDS)
+    # site loads pathlib, urllib.parse, shutil... for its .pth files; Debian's loads none).
+    allowed = interpreter_modules(python)
     loaded = sorted(m for m in modules - allowed
                     if any(m == h or m.startswith(h + ".") for h in HEAVY))
     assert loaded == [], (
@@ -181,8 +173,13 @@ def test_structlog_import_leaves_ssl_importable() -> None:
         "from guestagent.log import get_logger, import_structlog\n"
         "import_structlog(); get_logger('t').info('x')\n"
         "assert 'ssl' not in sys.modules, 'structlog loaded OpenSSL'\n"
+        "assert 'colorama' not in sys.modules and 'ctypes' not in sys.modules\n"
         "import ssl\n"
         "assert ssl.OPENSSL_VERSION\n"
+        "import importlib.util\n"
+        "if importlib.util.find_spec('colorama') is not None:\n"
+        "    import colorama\n"
+        "    assert colorama.Fore.RED == '\\033[31m'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
 
@@ -213,6 +210,50 @@ def test_structlog_loads_asyncio_only_when_its_async_methods_run() -> None:
         "level=info event=plain component=t n=1",
         "level=info event=async_event component=t n=2",
     ], done.stdout
+
+
+def test_structlog_loads_logging_only_when_its_stdlib_integration_is_used() -> None:
+    """structlog's ``stdlib`` module and ``logging`` are stand-ins while structlog is imported
+    (guestagent.log): the first use of either imports the real one, which then works as usual."""
+    code = (
+        "import io, sys\n"
+        "from guestagent import log\n"
+        "out = io.StringIO()\n"
+        "log.configure(level='warning', stream=out)\n"
+        "logger = log.get_logger('t')\n"
+        "logger.info('dropped'); logger.warning('kept', n=1)\n"
+        "assert 'logging' not in sys.modules and 'structlog.stdlib' not in sys.modules\n"
+        "import structlog\n"
+        "assert structlog.stdlib.BoundLogger.__module__ == 'structlog.stdlib'\n"
+        "import logging\n"
+        "assert sys.modules['logging'] is logging and logging.getLogger('x').name == 'x'\n"
+        "stdlib_logger = structlog.stdlib.get_logger('s')\n"
+        "assert isinstance(structlog.stdlib.LoggerFactory()('s'), logging.Logger)\n"
+        "print(out.getvalue())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(" ", 1)[1] for line in done.stdout.splitlines() if line] == [
+        "level=warning event=kept component=t n=1"], done.stdout
+
+
+@pytest.mark.parametrize(("name", "number"), [("debug", 10), ("info", 20), ("warning", 30),
+                                              ("WARNING", 30), ("error", 40), (25, 25)])
+def test_log_levels_are_the_standard_librarys_numbers(name: str | int, number: int) -> None:
+    import logging
+
+    from guestagent.log import level_number
+
+    assert level_number(name) == number
+    if isinstance(name, str):
+        assert logging.getLevelName(name.upper()) == number
+
+
+def test_an_unknown_log_level_is_one_line_naming_it() -> None:
+    from guestagent.log import level_number
+
+    with pytest.raises(ValueError, match="log level 'verbose' is not one of debug, info"):
+        level_number("verbose")
 
 
 def test_command_words_match_what_each_module_registers() -> None:
