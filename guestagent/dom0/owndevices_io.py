@@ -1,0 +1,169 @@
+"""Dom0's own devices: reading the model and carrying out the plan (:mod:`.owndevices` decides).
+
+Read (nothing written): Dom0's PCI functions (``/sys/bus/pci/devices``, as the guest's devices
+job reads them: :func:`guestagent.devices.discovery.read_device`), each one's node and every
+pCPU's from Xen (:func:`guestagent.dom0.topology.read_host_topology`: ``pcitopoinfo``,
+``cputopoinfo``), Dom0's vCPUs with their hard and soft affinity (``XEN_DOMCTL_getvcpuinfo``,
+``getvcpuaffinity``), the IRQs' ``/proc/irq/N/smp_affinity_list``
+(:func:`guestagent.devices.read.read_irq`) and whether irqbalance runs.
+
+Write: exactly the plan's steps, through the devices job's executor
+(:func:`guestagent.devices.execute.apply`), which records each IRQ's affinity in the journal
+``dom0-devices.json`` (``[agent] state_dir``; owner ``dom0-devices``, the one kind
+``irq_affinity``) before it writes it. :func:`undo` restores them from that file alone (``host
+devices --reset``, ``guestagent reset``'s ``dom0_devices`` part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from guestagent.devices import execute
+from guestagent.devices.discovery import DeviceGoneError, list_devices, read_device
+from guestagent.devices.read import read_irq
+from guestagent.devices.state import KINDS as DEVICE_KINDS
+from guestagent.dom0.owndevices import (
+    Dom0Vcpu,
+    OwnDevice,
+    OwnDevicesModel,
+    OwnDevicesPlan,
+    dom0_driven,
+)
+from guestagent.dom0.topology import HostTopology, read_host_topology
+from guestagent.errors import InputError
+from guestagent.hostfs import HostFS
+from guestagent.undo import Journal, UndoReport
+from guestagent.xen.sysctl import PciAddress
+
+JOURNAL_NAME = "dom0-devices.json"
+OWNER = "dom0-devices"
+#: The one kind of change: an IRQ's affinity, the same rule as the guest's devices job.
+KINDS = {"irq_affinity": DEVICE_KINDS["irq_affinity"]}
+DOM0 = 0
+
+
+def journal_in(hostfs: HostFS, state_dir: str) -> Journal:
+    """The journal of Dom0's own devices in ``state_dir`` (not loaded)."""
+    return Journal(hostfs, f"{state_dir.rstrip('/')}/{JOURNAL_NAME}", OWNER, KINDS)
+
+
+# ---------------------------------------------------------------- read
+
+
+def read_vcpus(domctl: Any, max_cpus: int) -> list[Dom0Vcpu]:
+    """Dom0's vCPUs: where each runs and its affinity (a vCPU gone between the two calls is
+    left out). InputError when Xen does not know domain 0."""
+    infos = domctl.vcpus(DOM0, max_cpus)
+    if infos is None:
+        raise InputError("XEN_DOMCTL_getvcpuinfo", "Xen does not know domain", DOM0)
+    vcpus: list[Dom0Vcpu] = []
+    for info in infos:
+        affinity = domctl.vcpu_affinity(DOM0, info.vcpu, max_cpus)
+        if affinity is not None:
+            vcpus.append(Dom0Vcpu(info.vcpu, info.online, info.cpu, affinity.hard,
+                                  affinity.soft))
+    return vcpus
+
+
+def read_one_device(hostfs: HostFS, bdf: str, topology: HostTopology) -> OwnDevice:
+    """One function: its driver, Xen's node for it and, when Dom0 drives it, its IRQs'
+    affinity. DeviceGoneError when it vanished."""
+    device = read_device(hostfs, bdf)
+    host = topology.device(PciAddress.parse(bdf, f"/sys/bus/pci/devices/{bdf}"))
+    known, node = (host.known, host.node) if host is not None else (False, None)
+    irqs = {}
+    if dom0_driven(device.driver):
+        irqs = {irq: read_irq(hostfs, bdf, irq) for irq in device.irqs}
+    return OwnDevice(bdf, device.driver, known, node, irqs, tuple(device.problems))
+
+
+def read_devices(hostfs: HostFS, topology: HostTopology, problems: list[str]) -> list[OwnDevice]:
+    """Every PCI function of Dom0's; a vanished or unreadable one is a line in ``problems``."""
+    names, bad = list_devices(hostfs)
+    problems += bad
+    devices: list[OwnDevice] = []
+    for bdf in sorted(names):
+        try:
+            devices.append(read_one_device(hostfs, bdf, topology))
+        except DeviceGoneError as e:
+            problems.append(f"{e}; left out")
+        except InputError as e:
+            problems.append(f"{bdf}: {e}; left out")
+    return devices
+
+
+def read_model(hostfs: HostFS, sysctl: Any, domctl: Any) -> OwnDevicesModel:
+    """The whole model of one pass (module text). Raises what Xen's calls raise."""
+    from guestagent.devices.irqbalance import detect
+
+    topology = read_host_topology(hostfs, sysctl)
+    problems = list(topology.problems)
+    cpu_nodes = {c.id: c.node for c in topology.cpus if c.node is not None}
+    max_cpus = max((c.id for c in topology.cpus), default=-1) + 1
+    if max_cpus == 0:
+        raise InputError("XEN_SYSCTL_cputopoinfo", "no present pCPU", 0)
+    vcpus = read_vcpus(domctl, max_cpus)
+    devices = read_devices(hostfs, topology, problems)
+    return OwnDevicesModel(devices, vcpus, cpu_nodes, detect(hostfs), tuple(problems))
+
+
+# ---------------------------------------------------------------- apply
+
+
+@dataclass
+class DeviceOutcome:
+    """What one pass did for one Dom0-driven device, by category (the devices job's)."""
+
+    bdf: str
+    driver: str
+    node: int | None
+    near_vcpus: list[int]
+    applied: list[str] = field(default_factory=list)
+    planned: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bdf": self.bdf, "driver": self.driver, "node": self.node,
+                "near_vcpus": self.near_vcpus, "applied": self.applied,
+                "planned": self.planned, "skipped": self.skipped, "failed": self.failed}
+
+
+@dataclass
+class PassOutcome:
+    """One pass: every Dom0-driven device's outcome and the lines of the whole pass."""
+
+    devices: list[DeviceOutcome]
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(d.failed for d in self.devices)
+
+
+def carry_out(plan: OwnDevicesPlan, hostfs: HostFS, journal: Journal) -> PassOutcome:
+    """Write exactly the plan, each IRQ journalled before its write (a plan made without
+    ``apply`` holds no write: only its lines come out); a device that vanishes mid-way is one
+    skipped line."""
+    journal.forget_all(plan.forget)
+    outcome = PassOutcome([], [n.text for n in plan.notes])
+    execute.apply(plan.notes, hostfs, journal)
+    for device in plan.devices:
+        result = DeviceOutcome(device.bdf, device.driver, device.node, list(device.near_vcpus))
+        try:
+            done = execute.apply(device.steps, hostfs, journal)
+        except DeviceGoneError as e:
+            result.skipped.append(f"vanished: {e}")
+        else:
+            result.applied, result.planned = done.applied, done.planned
+            result.skipped, result.failed = done.skipped, done.failed
+        outcome.devices.append(result)
+    return outcome
+
+
+def undo(hostfs: HostFS, state_dir: str) -> UndoReport:
+    """Restore every IRQ affinity ``dom0-devices.json`` in ``state_dir`` records, from that file
+    alone, newest first (:func:`guestagent.devices.execute.undo_all`; the caller holds the state
+    lock). InputError when the file cannot be read at all."""
+    return execute.undo_all(journal_in(hostfs, state_dir).load(), hostfs)
