@@ -72,6 +72,12 @@ DOM0 = (
             "the guest vnode on it (under /local/domain/<domid>/guestagent-dom0, read-only to "
             "the guest). Hints stay published when the agent stops."),
     DOM0_RESYNC,
+    setting("own_devices", "off",
+            "In Dom0: pin the IRQs of the devices Dom0 drives itself (not pciback's) onto the "
+            "Dom0 vCPUs kept on each device's node, at start and every resync "
+            "(docs/IONUMA.md): `auto` unless irqbalance runs in Dom0, `pin` even then, `off`. "
+            "Journalled in dom0-devices.json and undone when the agent stops.",
+            choices=("off", "auto", "pin")),
 )
 METRICS = (
     setting("enabled", False, "Serve metrics in Prometheus text format on `listen`."),

@@ -25,9 +25,11 @@ from guestagent.devices.read import read_irq
 from guestagent.devices.state import KINDS as DEVICE_KINDS
 from guestagent.dom0.owndevices import (
     Dom0Vcpu,
+    IrqMode,
     OwnDevice,
     OwnDevicesModel,
     OwnDevicesPlan,
+    decide,
     dom0_driven,
 )
 from guestagent.dom0.topology import HostTopology, read_host_topology
@@ -167,3 +169,39 @@ def undo(hostfs: HostFS, state_dir: str) -> UndoReport:
     alone, newest first (:func:`guestagent.devices.execute.undo_all`; the caller holds the state
     lock). InputError when the file cannot be read at all."""
     return execute.undo_all(journal_in(hostfs, state_dir).load(), hostfs)
+
+
+class OwnDevicesRunner:
+    """The Dom0 daemon's passes over Dom0's own devices (``[dom0] own_devices``): read, decide
+    with ``apply``, carry out, over one pair of Xen handles and the journal the daemon's state
+    directory holds; :meth:`undo` at the job's stop."""
+
+    def __init__(self, hostfs: HostFS, sysctl: Any, domctl: Any, journal: Journal,
+                 mode: IrqMode) -> None:
+        self.hostfs, self.sysctl, self.domctl = hostfs, sysctl, domctl
+        self.journal = journal
+        self.mode: IrqMode = mode
+        self.last: tuple[OwnDevicesPlan, PassOutcome] | None = None
+
+    def run_pass(self) -> PassOutcome:
+        """One pass; raises what reading Xen raises (the job logs it, the next pass retries)."""
+        model = read_model(self.hostfs, self.sysctl, self.domctl)
+        plan = decide(model, self.journal.changes, True, self.mode)
+        outcome = carry_out(plan, self.hostfs, self.journal)
+        self.last = (plan, outcome)
+        return outcome
+
+    def undo(self) -> UndoReport:
+        """Every IRQ affinity the journal records, restored (:func:`undo`)."""
+        return execute.undo_all(self.journal, self.hostfs)
+
+    def status(self) -> dict[str, Any]:
+        """Flat figures for the daemon's status and metrics (``guestagent_dom0_own_devices_*``)."""
+        plan, outcome = self.last if self.last is not None else (None, None)
+        return {
+            "own_devices": self.mode,
+            "own_devices_pinned_irqs": len(self.journal.of_kind("irq_affinity")),
+            "own_devices_devices": len(outcome.devices) if outcome is not None else 0,
+            "own_devices_failed": sum(bool(d.failed) for d in outcome.devices) if outcome else 0,
+            "own_devices_vcpus_unplaced": plan.unplaced if plan is not None else False,
+        }
