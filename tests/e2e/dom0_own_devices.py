@@ -20,14 +20,21 @@ the driver requests its MSI-X vectors. Then:
 * ``host devices --reset`` restores every vector's affinity as it was and removes the journal;
 * with both vCPUs unpinned again, ``host devices --apply`` reports ``dom0_vcpus_unplaced`` and
   writes nothing.
+
+:func:`check_dom0_daemon_own_devices` does the same through the daemon, as the issue's proof
+asks: ``guestagent dom0 run`` (the Dom0 job alone, what ``guestagent run --role dom0`` runs)
+with ``[dom0] own_devices = "auto"`` pins the vectors at its start, and its SIGTERM undoes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from tests.e2e.bed import XenBed
-from tests.e2e.test_dom0_devices import E1000E, agent_json, pci_by_id, xl_info_numa
+from tests.e2e.test_dom0_devices import E1000E, agent_json, pci_by_id, wait_for, xl_info_numa
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
@@ -62,11 +69,15 @@ def give_back_to_dom0(bed: XenBed, bdf: str) -> None:
                 "true")
     driver = bed.dom0_ok(f"basename $(readlink /sys/bus/pci/devices/{bdf}/driver)").strip()
     assert driver == "e1000e", f"{bdf} is bound to {driver!r}, not e1000e"
-    bed.dom0_ok(f"for n in $(ls /sys/bus/pci/devices/{bdf}/net); do ip link set $n up; done")
+    bed.dom0_ok(f"for n in $(ls /sys/bus/pci/devices/{bdf}/net); do "
+                "ip link set dev $n up 2>/dev/null || ifconfig $n up; done")
 
 
-def check_dom0_own_devices(bed: XenBed) -> None:
-    """The e1000e's vectors pinned to the Dom0 vCPU on a node-1 pCPU, then undone (module text)."""
+@contextmanager
+def dom0_on_both_nodes(bed: XenBed) -> Iterator[tuple[str, dict[int, int]]]:
+    """The e1000e given back to Dom0, Dom0's vCPU 0 pinned to a node-0 pCPU and vCPU 1 to a
+    node-1 pCPU (what ``dom0_vcpus_pin`` gives at boot); every vCPU unpinned afterwards. Yields
+    the e1000e's BDF and Xen's pCPU -> node map."""
     bed.dom0_ok("e2e-agent setup", timeout=300)
     (e1000e,) = pci_by_id(bed.dom0_ok, E1000E)
     give_back_to_dom0(bed, e1000e)
@@ -76,6 +87,14 @@ def check_dom0_own_devices(bed: XenBed) -> None:
     node1 = min(c for c, n in cpu_nodes.items() if n == 1)
     bed.dom0_ok(f"xl vcpu-pin 0 0 {node0} all; xl vcpu-pin 0 1 {node1} all")
     try:
+        yield e1000e, cpu_nodes
+    finally:
+        bed.dom0_ok("xl vcpu-pin 0 all all all")
+
+
+def check_dom0_own_devices(bed: XenBed) -> None:
+    """The e1000e's vectors pinned to the Dom0 vCPU on a node-1 pCPU, then undone (module text)."""
+    with dom0_on_both_nodes(bed) as (e1000e, cpu_nodes):
         before = vectors(bed, e1000e)
         assert before, "the e1000e has no requested vector (interface not up?)"
         shown = agent_json(bed, "host devices --json")
@@ -98,18 +117,41 @@ def check_dom0_own_devices(bed: XenBed) -> None:
         assert undone["failed"] == 0, undone
         assert vectors(bed, e1000e) == before
         assert bed.dom0(f"test -e {JOURNAL}")[1] != 0
-    finally:
-        bed.dom0_ok("xl vcpu-pin 0 all all all")
     unplaced = agent_json(bed, "host devices --apply --json")
     assert unplaced["dom0_vcpus_unplaced"], unplaced
     assert vectors(bed, e1000e) == before
 
 
+def check_dom0_daemon_own_devices(bed: XenBed) -> None:
+    """``guestagent dom0 run`` with ``[dom0] own_devices = "auto"``: the vectors on vCPU 1
+    (running on a node-1 pCPU) while it runs, as before after its SIGTERM."""
+    with dom0_on_both_nodes(bed) as (e1000e, cpu_nodes):
+        before = vectors(bed, e1000e)
+        assert before, "the e1000e has no requested vector (interface not up?)"
+        bed.dom0_ok(
+            "mkdir -p /run/e2e; printf '[dom0]\\nown_devices = \"auto\"\\n' >/run/e2e/own.toml; "
+            "e2e-agent --log-level info dom0 run --resync 30 --config /run/e2e/own.toml "
+            ">/run/e2e/own-run.log 2>&1 </dev/null & echo $! >/run/e2e/own-run.pid",
+            timeout=300)
+        try:
+            wait_for("the daemon pins the e1000e's vectors on vCPU 1",
+                     lambda: set(vectors(bed, e1000e).values()) == {"1"}, 180)
+            running = xl_vcpu_list(bed.dom0_ok("xl vcpu-list 0"))
+            assert cpu_nodes[running[1][0]] == 1, running
+        finally:
+            log, _ = bed.dom0("kill $(cat /run/e2e/own-run.pid); sleep 3; "
+                              "cat /run/e2e/own-run.log")
+        assert vectors(bed, e1000e) == before, log
+        assert "level=error" not in log, log
+        assert bed.dom0(f"test -e {JOURNAL}")[1] != 0, log
+
+
 def dom0_own_devices_irqs_on_node1(bed_numa2: XenBed) -> None:
-    """Named without ``test_`` on purpose (module text): renamed to ``test_...`` when the lead
-    adopts it after its first real run."""
+    """Both checks on one bed (module text)."""
     check_dom0_own_devices(bed_numa2)
+    check_dom0_daemon_own_devices(bed_numa2)
 
 
-#: What pytest runs when this file is named on its command line.
+#: What pytest runs when this file is named on its command line (the file is not a ``test_``
+#: one, so a plain ``pytest -m e2e`` leaves it out until the lead adopts it).
 test_dom0_own_devices_irqs_on_node1 = dom0_own_devices_irqs_on_node1
