@@ -74,8 +74,9 @@ DOM0 = (
     DOM0_RESYNC,
     setting("own_devices", "off",
             "In Dom0: pin the IRQs of the devices Dom0 drives itself (not pciback's) onto the "
-            "Dom0 vCPUs kept on each device's node, at start and every resync "
-            "(docs/IONUMA.md): `auto` unless irqbalance runs in Dom0, `pin` even then, `off`. "
+            "Dom0 vCPUs kept on each device's node, and netback's and blkback's threads onto "
+            "those of their guest's node, at start and every resync (docs/IONUMA.md): `auto` "
+            "pins IRQs unless irqbalance runs in Dom0, `pin` even then, `off` touches nothing. "
             "Journalled in dom0-devices.json and undone when the agent stops.",
             choices=("off", "auto", "pin")),
 )

@@ -8,8 +8,9 @@ a crash, ``kill -9``, an OOM kill or a watchdog kill. In this order:
    overcommit sysctl) undone (:func:`guestagent.balloon.commands.reset_balloon`, from the undo
    journal ``/run/guestagent/balloon.json`` and xenstore);
 2. ``devices``: every change ``devices.json`` records (:func:`guestagent.devices.commands.undo`);
-   ``dom0_devices``: in Dom0, every IRQ affinity of Dom0's own devices ``dom0-devices.json``
-   records (:func:`guestagent.dom0.owndevices_io.undo`; ``host devices --apply`` wrote them);
+   ``dom0_devices``: in Dom0, every IRQ affinity of Dom0's own devices and every backend
+   thread's CPU affinity ``dom0-devices.json`` records (:func:`guestagent.dom0.owndevices_io.undo`;
+   ``host devices --apply`` and the Dom0 job wrote them);
 3. ``tiering``: the agent's own kdamonds, as ``tiering.json`` records them, never another DAMON
    user's (:func:`guestagent.tiering.commands.undo`);
 4. ``numa``: ``kernel.numa_balancing`` back to its value before the numa job's ``balancing =
@@ -179,7 +180,8 @@ def register(subparsers: Any) -> None:
         description="Undo everything the agent may have changed, from its state files alone, "
         "also after a crash: the balloon target back to the ceiling and the allocation guard "
         "undone, then every device change recorded (the guest's devices, and in Dom0 the "
-        "IRQs of Dom0's own devices), then the agent's own kdamonds (never "
+        "IRQs of Dom0's own devices and the backend threads), then the agent's own kdamonds "
+        "(never "
         "another DAMON user's), then kernel.numa_balancing if the numa job switched it. The "
         "guest unit's ExecStopPost. Needs no valid configuration: "
         "only [agent] state_dir is read. A part that fails is one error line; the others "

@@ -140,9 +140,11 @@ EXIT_BY_COMMAND = (
     ("host numa", "0; 1 outside Dom0, with a --window or --threshold out of range, or when "
      "Xen or xenstore cannot be read."),
     ("host devices", "0; 1 outside Dom0, when Xen cannot be read, when any device has a failed "
-     "line (an IRQ's affinity unreadable or its write refused), or with --apply when another "
+     "line (an IRQ's affinity unreadable, its write or a thread's move refused), or with "
+     "--apply when another "
      "guestagent holds the state directory."),
-    ("host devices --reset", "0 every IRQ affinity dom0-devices.json records restored (or "
+    ("host devices --reset", "0 every IRQ and thread affinity dom0-devices.json records "
+     "restored (or "
      "nothing to undo); 1 when one could not be restored (an error line each) or another "
      "guestagent holds the state directory."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),

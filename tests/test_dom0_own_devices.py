@@ -389,3 +389,33 @@ def test_outside_dom0_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     write(root, "/proc/xen/capabilities", "\n")
     code, out, err = run(root, ["host", "devices"], capsys)
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_backend_threads_in_the_report_and_refused_on_a_fixture_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """netback's thread of domain 5 (kept on node 1): planned onto Dom0 vCPUs 1-2 without
+    --apply; with it, the tree's pid cannot be moved (not this machine's): one failed line, exit
+    1, the IRQs pinned all the same and nothing journalled for the thread."""
+    root = dom0_tree(tmp_path)
+    write(root, "/proc/300/comm", "vif5.0-q0-guest\n")
+    write(root, "/proc/300/status", "Name:\tvif5.0-q0-guest\nCpus_allowed_list:\t0-5\n")
+    xen = dom0_xen()
+    xen.domains[5] = [Vcpu(cpu=2), Vcpu(cpu=3)]
+    for v in (0, 1):
+        xen.affinity[(5, v)] = (frozenset(range(16)), frozenset({2, 3}))
+    code, out, _ = run(root, ["host", "devices", "--json"], capsys, xen)
+    assert out == cli.json_text(json.loads(out)) + "\n"  # the one JSON style
+    (thread,) = json.loads(out)["backend_threads"]
+    assert (thread["pid"], thread["domid"], thread["node"], thread["near_vcpus"]) == (
+        300, 5, 1, [1, 2])
+    assert code == 0 and thread["planned"] == ["vif5.0-q0-guest (pid 300): 0-5 -> 1-2"]
+    code, out, _ = run(root, ["host", "devices", "--apply", "--json"], capsys, xen)
+    (thread,) = json.loads(out)["backend_threads"]
+    assert code == 1 and "not the real host" in thread["failed"][0]
+    assert affinity(root, 40) == "1-2"
+    journal = json.loads((root / "run/guestagent/dom0-devices.json").read_text())
+    assert {c["kind"] for c in journal["changes"]} == {"irq_affinity"}
+    code, text, _ = run(root, ["host", "devices"], capsys, xen)
+    assert "backend thread vif5.0-q0-guest (pid 300, dom5): guest's node 1, Dom0 vCPUs " \
+        "near it: 1,2" in text

@@ -23,6 +23,7 @@ from guestagent.hostfs import HostFS
 from guestagent.xen.domctl import Domctl
 from guestagent.xen.errors import XenUnavailable
 from guestagent.xen.sysctl import Sysctl
+from tests.hostnuma_support import Vcpu
 from tests.test_dom0_own_devices import NIC, affinity, dom0_tree, dom0_xen, write
 
 JOURNAL = "run/guestagent/dom0-devices.json"
@@ -68,7 +69,8 @@ def test_start_pins_a_full_pass_follows_and_stop_undoes(
     status = job.status()
     assert {k: v for k, v in status.items() if k.startswith("own_")} == {
         "own_devices": "auto", "own_devices_pinned_irqs": 2, "own_devices_devices": 2,
-        "own_devices_failed": 0, "own_devices_vcpus_unplaced": False}
+        "own_devices_failed": 0, "own_devices_vcpus_unplaced": False,
+        "own_devices_pinned_threads": 0}
     write(root, f"/sys/bus/pci/devices/{NIC}/msi_irqs/42", "msix\n")  # the driver asked one more
     write(root, "/proc/irq/42/smp_affinity_list", "0-3\n")
     job.republish("test")
@@ -76,6 +78,32 @@ def test_start_pins_a_full_pass_follows_and_stop_undoes(
     job.stop()
     assert [affinity(root, irq) for irq in (40, 41, 42)] == ["0-3"] * 3
     assert not (root / JOURNAL).exists()
+
+
+def test_backend_threads_are_read_and_a_fixture_tree_refuses_to_move_them(
+    tmp_path: Path, xs_connect: Callable[[int], Any], log_events: list[dict[str, Any]]
+) -> None:
+    """The job's pass reads netback's thread of domain 5 (kept on node 1 by its vCPUs' soft
+    affinity) and plans it onto Dom0 vCPUs 1-2; on a fixture tree sched_setaffinity refuses
+    (its pids are not this machine's): one failed line logged, the IRQs pinned all the same."""
+    root = dom0_tree(tmp_path)
+    write(root, "/proc/300/comm", "vif5.0-q0-guest\n")
+    write(root, "/proc/300/status", "Name:\tvif5.0-q0-guest\nCpus_allowed_list:\t0-5\n")
+    h = host(root)
+    xen = h.open_xen_controls  # the same simulated Xen behind both openers
+    job, loop = Dom0Job(), EventLoop()
+    with xen(h.fs) as (_sysctl, domctl):
+        domctl.privcmd.domains[5] = [Vcpu(cpu=2)]
+        domctl.privcmd.affinity[(5, 0)] = (frozenset(range(16)), frozenset({2, 3}))
+    job.start(JobContext(loop, h.fs, config("auto"), XenstoreHub(loop, lambda: xs_connect(0)),
+                         "dom0", host=h))
+    assert affinity(root, 40) == "1-2"
+    (failed,) = [e for e in log_events if e.get("event") == "dom0_own_device_failed"]
+    assert "vif5.0-q0-guest (pid 300)" in failed["error"]
+    assert "not the real host" in failed["error"]
+    assert job.status()["own_devices_pinned_threads"] == 0
+    job.stop()
+    assert affinity(root, 40) == "0-3"
 
 
 def test_off_by_default_and_a_reload_to_off_undoes(

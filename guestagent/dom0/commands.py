@@ -142,6 +142,18 @@ def _vcpu_lines(model: OwnDevicesModel, plan: OwnDevicesPlan) -> list[str]:
     return lines
 
 
+def _thread_lines(outcome: PassOutcome) -> list[str]:
+    lines = []
+    for t in outcome.threads:
+        node = "-" if t.node is None else str(t.node)
+        near = ",".join(map(str, t.near_vcpus)) or "none"
+        lines.append(f"backend thread {t.comm} (pid {t.pid}, dom{t.domid}): guest's node "
+                     f"{node}, Dom0 vCPUs near it: {near}")
+        for category in ("applied", "planned", "skipped", "failed"):
+            lines += [f"  {category}: {line}" for line in getattr(t, category)]
+    return lines
+
+
 def _own_devices_text(model: OwnDevicesModel, plan: OwnDevicesPlan,
                       outcome: PassOutcome) -> str:
     lines = [*_vcpu_lines(model, plan), f"IRQs: {plan.irq.reason}", *outcome.lines]
@@ -154,6 +166,7 @@ def _own_devices_text(model: OwnDevicesModel, plan: OwnDevicesPlan,
     if plan.others:
         shown = ", ".join(f"{bdf} ({why})" for bdf, why in sorted(plan.others.items()))
         lines.append(f"not driven by Dom0: {shown}")
+    lines += _thread_lines(outcome)
     lines += [f"warning: {p}" for p in model.problems]
     return "\n".join(lines) + "\n"
 
@@ -167,6 +180,7 @@ def _own_devices_json(model: OwnDevicesModel, plan: OwnDevicesPlan, outcome: Pas
         "dom0_vcpus_unplaced": plan.unplaced,
         "vcpus": vcpus_json(model, plan.vcpu_nodes),
         "devices": [d.to_dict() for d in outcome.devices],
+        "backend_threads": [t.to_dict() for t in outcome.threads],
         "not_dom0_driven": dict(sorted(plan.others.items())),
         "notes": outcome.lines,
         "problems": list(model.problems),
@@ -223,17 +237,19 @@ def host_devices(args: argparse.Namespace, ctx: Any) -> int:
 def _register_host_devices(host_sub: Any) -> None:
     devices = host_sub.add_parser(
         "devices",
-        help="Dom0's own devices: each one's node, the Dom0 vCPUs near it, its IRQs "
-        "(--apply pins them there, --reset undoes)",
+        help="Dom0's own devices and backend threads: each one's node, the Dom0 vCPUs near "
+        "it (--apply pins the IRQs and threads there, --reset undoes)",
         description=(
             "For every PCI device Dom0 drives itself (bound to a driver other than pciback): "
             "its node from Xen (XEN_SYSCTL_pcitopoinfo), the Dom0 vCPUs kept on that node's "
             "pCPUs (their hard and soft affinity, XEN_DOMCTL_getvcpuaffinity, and "
-            "cputopoinfo), and its IRQs' affinity. --apply writes each IRQ's "
-            "/proc/irq/N/smp_affinity_list to those vCPUs, journalled first in "
-            "dom0-devices.json ([agent] state_dir); --reset restores them from that file "
-            "alone. When no Dom0 vCPU is kept on one node (Xen's dom0_vcpus_pin or dom0_nodes= "
-            "not set) nothing is pinned and the report says so."
+            "cputopoinfo), and its IRQs' affinity; for every netback and blkback thread, the "
+            "node its guest is kept on and the Dom0 vCPUs there. --apply writes each IRQ's "
+            "/proc/irq/N/smp_affinity_list and sets each thread's CPU affinity to those "
+            "vCPUs, journalled first in dom0-devices.json ([agent] state_dir); --reset "
+            "restores them from that file alone. When no Dom0 vCPU is kept on one node "
+            "(Xen's dom0_vcpus_pin or dom0_nodes= not set) nothing is pinned and the report "
+            "says so."
         ),
     )
     add_json_option(devices)

@@ -9,7 +9,8 @@ the job stops: they describe the hardware and remain true until a device or doma
 removing them would make every guest re-bind its devices across a restart of this agent.
 
 With ``[dom0] own_devices`` on (``auto`` or ``pin``), each full pass (start, resync, reload)
-also pins the IRQs of the devices Dom0 drives itself onto the Dom0 vCPUs of their node
+also pins the IRQs of the devices Dom0 drives itself onto the Dom0 vCPUs of their node, and
+netback's and blkback's threads onto those of their guest's node
 (:class:`~guestagent.dom0.owndevices_io.OwnDevicesRunner`, docs/IONUMA.md), and the stop undoes
 them. Without Xen's domctls or with an unreadable journal that part stays off with one warning;
 the hints go on.
@@ -112,6 +113,7 @@ class Dom0Job:
             self._log.warning("dom0_own_devices_failed", reason=reason, error=str(e))
             return
         failed = [f"{d.bdf}: {line}" for d in outcome.devices for line in d.failed]
+        failed += [line for t in outcome.threads for line in t.failed]
         for line in failed:
             self._log.warning("dom0_own_device_failed", reason=reason, error=line)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from guestagent.devices.irqbalance import IrqbalanceStatus, IrqDecision
 from guestagent.devices.plan import (
@@ -32,6 +32,9 @@ from guestagent.devices.plan import (
 )
 from guestagent.hostfs import format_cpulist
 from guestagent.undo import Change
+
+if TYPE_CHECKING:
+    from guestagent.dom0.backendthreads import BackendThread, ThreadPlan
 
 #: Drivers that hold a device for a guest (xen-pciback registers as ``pciback``).
 PCIBACK_DRIVERS = frozenset({"pciback", "xen-pciback"})
@@ -78,13 +81,16 @@ class OwnDevice:
 @dataclass(frozen=True)
 class OwnDevicesModel:
     """What one pass decides on: Dom0's devices, Dom0's vCPUs and the node of each present pCPU
-    (pCPUs without a node are absent)."""
+    (pCPUs without a node are absent); netback's and blkback's threads and the node of each
+    guest they serve (None: not kept on one, :mod:`.backendthreads`)."""
 
     devices: Sequence[OwnDevice]
     vcpus: Sequence[Dom0Vcpu]
     cpu_nodes: Mapping[int, int]
     irqbalance: IrqbalanceStatus = field(default_factory=lambda: IrqbalanceStatus(False))
     problems: tuple[str, ...] = ()
+    threads: Sequence[BackendThread] = ()
+    guest_nodes: Mapping[int, int | None] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- the plan (plain data)
@@ -112,8 +118,10 @@ class OwnDevicesPlan:
     vcpu_nodes: Mapping[int, int | None]
     irq: IrqDecision
     notes: tuple[Note, ...] = ()
-    #: Journal records to drop first (:func:`stale_records`).
+    #: Journal records to drop first (:func:`stale_records`, and the threads that ended).
     forget: tuple[str, ...] = ()
+    #: Each backend thread's plan (:func:`guestagent.dom0.backendthreads.decide_threads`).
+    threads: tuple[ThreadPlan, ...] = ()
 
     @property
     def unplaced(self) -> bool:
@@ -239,8 +247,9 @@ def device_plan(device: OwnDevice, vcpu_nodes: Mapping[int, int | None],
 def decide(model: OwnDevicesModel, records: Mapping[str, Change], apply: bool,
            mode: IrqMode = "auto") -> OwnDevicesPlan:
     """The plan of one pass: each Dom0-driven device's IRQs onto the Dom0 vCPUs kept on its
-    node (``records``: the journal's, by path; ``apply`` False: planned lines instead of
-    writes)."""
+    node, each backend thread onto those of its guest's node (``records``: the journal's, by
+    path; ``apply`` False: planned lines instead of writes)."""
+    from guestagent.dom0.backendthreads import decide_threads, stale_threads
     vcpu_nodes = {v.vcpu: vcpu_node(v, model.cpu_nodes) for v in model.vcpus}
     unplaced = not any(n is not None for n in vcpu_nodes.values())
     irq = irq_decision(mode, model.irqbalance)
@@ -248,9 +257,12 @@ def decide(model: OwnDevicesModel, records: Mapping[str, Change], apply: bool,
     ours = [d for d in model.devices if dom0_driven(d.driver)]
     others = {d.bdf: d.driver or "unbound" for d in model.devices if not dom0_driven(d.driver)}
     plans = tuple(device_plan(d, vcpu_nodes, context) for d in ours)
-    stale = stale_records(model.devices, records) if apply else ()
+    stale = (*stale_records(model.devices, records),
+             *stale_threads(model.threads, records)) if apply else ()
+    threads = decide_threads(model.threads, model.guest_nodes, vcpu_nodes, records, apply)
     return OwnDevicesPlan(plans, others, vcpu_nodes, irq,
-                          pass_notes(len(vcpu_nodes), unplaced, irq, apply), stale)
+                          pass_notes(len(vcpu_nodes), unplaced, irq, apply), stale,
+                          tuple(threads))
 
 
 def vcpus_json(model: OwnDevicesModel, vcpu_nodes: Mapping[int, int | None]) -> list[Any]:

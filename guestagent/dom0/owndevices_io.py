@@ -23,6 +23,17 @@ from guestagent.devices import execute
 from guestagent.devices.discovery import DeviceGoneError, list_devices, read_device
 from guestagent.devices.read import read_irq
 from guestagent.devices.state import KINDS as DEVICE_KINDS
+from guestagent.dom0.backendthreads import THREAD_KIND
+from guestagent.dom0.backendthreads_io import (
+    THREAD_RULE,
+    SetAffinity,
+    ThreadOutcome,
+    carry_out_threads,
+    read_guest_nodes,
+    read_threads,
+    sched_setaffinity_on,
+    undo_thread,
+)
 from guestagent.dom0.owndevices import (
     Dom0Vcpu,
     IrqMode,
@@ -40,8 +51,9 @@ from guestagent.xen.sysctl import PciAddress
 
 JOURNAL_NAME = "dom0-devices.json"
 OWNER = "dom0-devices"
-#: The one kind of change: an IRQ's affinity, the same rule as the guest's devices job.
-KINDS = {"irq_affinity": DEVICE_KINDS["irq_affinity"]}
+#: The kinds of change: an IRQ's affinity (the same rule as the guest's devices job) and a
+#: backend thread's (:mod:`guestagent.dom0.backendthreads_io`).
+KINDS = {"irq_affinity": DEVICE_KINDS["irq_affinity"], THREAD_KIND: THREAD_RULE}
 DOM0 = 0
 
 
@@ -107,7 +119,10 @@ def read_model(hostfs: HostFS, sysctl: Any, domctl: Any) -> OwnDevicesModel:
         raise InputError("XEN_SYSCTL_cputopoinfo", "no present pCPU", 0)
     vcpus = read_vcpus(domctl, max_cpus)
     devices = read_devices(hostfs, topology, problems)
-    return OwnDevicesModel(devices, vcpus, cpu_nodes, detect(hostfs), tuple(problems))
+    threads = read_threads(hostfs, problems)
+    guest_nodes = read_guest_nodes(domctl, {t.domid for t in threads}, max_cpus, cpu_nodes)
+    return OwnDevicesModel(devices, vcpus, cpu_nodes, detect(hostfs), tuple(problems), threads,
+                           guest_nodes)
 
 
 # ---------------------------------------------------------------- apply
@@ -134,20 +149,24 @@ class DeviceOutcome:
 
 @dataclass
 class PassOutcome:
-    """One pass: every Dom0-driven device's outcome and the lines of the whole pass."""
+    """One pass: every Dom0-driven device's and backend thread's outcome, and the lines of the
+    whole pass."""
 
     devices: list[DeviceOutcome]
     lines: list[str] = field(default_factory=list)
+    threads: list[ThreadOutcome] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
-        return any(d.failed for d in self.devices)
+        return any(d.failed for d in self.devices) or any(t.failed for t in self.threads)
 
 
-def carry_out(plan: OwnDevicesPlan, hostfs: HostFS, journal: Journal) -> PassOutcome:
-    """Write exactly the plan, each IRQ journalled before its write (a plan made without
-    ``apply`` holds no write: only its lines come out); a device that vanishes mid-way is one
-    skipped line."""
+def carry_out(plan: OwnDevicesPlan, hostfs: HostFS, journal: Journal,
+              set_affinity: SetAffinity | None = None) -> PassOutcome:
+    """Write exactly the plan, each IRQ and thread journalled before its write (a plan made
+    without ``apply`` holds no write: only its lines come out); a device that vanishes mid-way
+    is one skipped line. ``set_affinity``: the threads' ``sched_setaffinity`` (default:
+    :func:`~guestagent.dom0.backendthreads_io.sched_setaffinity_on` the host)."""
     journal.forget_all(plan.forget)
     outcome = PassOutcome([], [n.text for n in plan.notes])
     execute.apply(plan.notes, hostfs, journal)
@@ -161,14 +180,47 @@ def carry_out(plan: OwnDevicesPlan, hostfs: HostFS, journal: Journal) -> PassOut
             result.applied, result.planned = done.applied, done.planned
             result.skipped, result.failed = done.skipped, done.failed
         outcome.devices.append(result)
+    outcome.threads = carry_out_threads(plan.threads, hostfs, journal,
+                                        set_affinity or sched_setaffinity_on(hostfs))
     return outcome
 
 
+def undo_journal(journal: Journal, hostfs: HostFS,
+                 set_affinity: SetAffinity | None = None) -> UndoReport:
+    """Every recorded change restored, newest first: an IRQ's as the guest's devices job does
+    (:func:`guestagent.devices.execute.undo_one`), a thread's with ``sched_setaffinity``
+    (:func:`~guestagent.dom0.backendthreads_io.undo_thread`). One line per change and per
+    malformed entry; a failed restore stays in the journal for the next reset."""
+    from guestagent.log import get_logger
+
+    setter = set_affinity or sched_setaffinity_on(hostfs)
+    report = UndoReport()
+    lines = [(f"journal entry malformed, skipped: {p}", False) for p in journal.problems]
+    journal.problems = []
+    for change in reversed(list(journal.changes.values())):
+        if change.kind == THREAD_KIND:
+            line, ok = undo_thread(change, hostfs, setter)
+        else:
+            line, ok = execute.undo_one(change, hostfs)
+        lines.append((line, ok))
+        if ok:
+            journal.forget(change.path)
+    log = get_logger("dom0")
+    for line, ok in lines:
+        report.lines.append(line)
+        if ok:
+            log.info("dom0_devices_undo", result=line)
+        else:
+            report.failures += 1
+            log.error("dom0_devices_undo_failed", result=line, error=line)
+    return report
+
+
 def undo(hostfs: HostFS, state_dir: str) -> UndoReport:
-    """Restore every IRQ affinity ``dom0-devices.json`` in ``state_dir`` records, from that file
-    alone, newest first (:func:`guestagent.devices.execute.undo_all`; the caller holds the state
-    lock). InputError when the file cannot be read at all."""
-    return execute.undo_all(journal_in(hostfs, state_dir).load(), hostfs)
+    """Restore every change ``dom0-devices.json`` in ``state_dir`` records, from that file
+    alone (:func:`undo_journal`; the caller holds the state lock). InputError when the file
+    cannot be read at all."""
+    return undo_journal(journal_in(hostfs, state_dir).load(), hostfs)
 
 
 class OwnDevicesRunner:
@@ -192,8 +244,8 @@ class OwnDevicesRunner:
         return outcome
 
     def undo(self) -> UndoReport:
-        """Every IRQ affinity the journal records, restored (:func:`undo`)."""
-        return execute.undo_all(self.journal, self.hostfs)
+        """Every change the journal records, restored (:func:`undo_journal`)."""
+        return undo_journal(self.journal, self.hostfs)
 
     def status(self) -> dict[str, Any]:
         """Flat figures for the daemon's status and metrics (``guestagent_dom0_own_devices_*``)."""
@@ -204,4 +256,5 @@ class OwnDevicesRunner:
             "own_devices_devices": len(outcome.devices) if outcome is not None else 0,
             "own_devices_failed": sum(bool(d.failed) for d in outcome.devices) if outcome else 0,
             "own_devices_vcpus_unplaced": plan.unplaced if plan is not None else False,
+            "own_devices_pinned_threads": len(self.journal.of_kind(THREAD_KIND)),
         }
