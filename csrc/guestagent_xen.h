@@ -157,6 +157,22 @@ struct ga_xen_sysctl {
 
 /* ---- domctl (public/domctl.h, Xen 4.17: XEN_DOMCTL_INTERFACE_VERSION 0x15) ---- */
 #define GA_XEN_DOMCTL_getvcpuinfo 14
+#define GA_XEN_DOMCTL_getvcpuaffinity 25
+#define GA_XEN_VCPUAFFINITY_HARD 1
+#define GA_XEN_VCPUAFFINITY_SOFT 2
+
+/* public/xen.h (__XEN_TOOLS__): a bitmap of nr_bits bits, one byte per 8, LSB first */
+struct ga_xenctl_bitmap {
+    uint64_t bitmap;          /* handle: uint8_t[(nr_bits + 7) / 8] */
+    uint32_t nr_bits;
+};
+
+struct ga_xen_domctl_vcpuaffinity {
+    uint32_t vcpu;            /* IN */
+    uint32_t flags;           /* IN: GA_XEN_VCPUAFFINITY_HARD | _SOFT */
+    struct ga_xenctl_bitmap cpumap_hard;  /* OUT for get: the hard affinity as set */
+    struct ga_xenctl_bitmap cpumap_soft;  /* OUT for get: the soft affinity as set */
+};
 
 struct ga_xen_domctl_getvcpuinfo {
     uint32_t vcpu;            /* IN */
@@ -174,6 +190,7 @@ struct ga_xen_domctl {
     uint16_t _pad[3];
     union {
         struct ga_xen_domctl_getvcpuinfo getvcpuinfo;
+        struct ga_xen_domctl_vcpuaffinity vcpuaffinity;
         uint8_t pad[128];
     } u;
 };

@@ -72,6 +72,13 @@ DOM0 = (
             "the guest vnode on it (under /local/domain/<domid>/guestagent-dom0, read-only to "
             "the guest). Hints stay published when the agent stops."),
     DOM0_RESYNC,
+    setting("own_devices", "off",
+            "In Dom0: pin the IRQs of the devices Dom0 drives itself (not pciback's) onto the "
+            "Dom0 vCPUs kept on each device's node, and netback's and blkback's threads onto "
+            "those of their guest's node, at start and every resync (docs/IONUMA.md): `auto` "
+            "pins IRQs unless irqbalance runs in Dom0, `pin` even then, `off` touches nothing. "
+            "Journalled in dom0-devices.json and undone when the agent stops.",
+            choices=("off", "auto", "pin")),
 )
 METRICS = (
     setting("enabled", False, "Serve metrics in Prometheus text format on `listen`."),

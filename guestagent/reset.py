@@ -8,6 +8,9 @@ a crash, ``kill -9``, an OOM kill or a watchdog kill. In this order:
    overcommit sysctl) undone (:func:`guestagent.balloon.commands.reset_balloon`, from the undo
    journal ``/run/guestagent/balloon.json`` and xenstore);
 2. ``devices``: every change ``devices.json`` records (:func:`guestagent.devices.commands.undo`);
+   ``dom0_devices``: in Dom0, every IRQ affinity of Dom0's own devices and every backend
+   thread's CPU affinity ``dom0-devices.json`` records (:func:`guestagent.dom0.owndevices_io.undo`;
+   ``host devices --apply`` and the Dom0 job wrote them);
 3. ``tiering``: the agent's own kdamonds, as ``tiering.json`` records them, never another DAMON
    user's (:func:`guestagent.tiering.commands.undo`);
 4. ``numa``: ``kernel.numa_balancing`` back to its value before the numa job's ``balancing =
@@ -43,7 +46,7 @@ from guestagent.hostfs import HostFS
 from guestagent.undo import UndoReport
 
 #: The parts, in the order they run.
-PARTS = ("balloon", "devices", "tiering", "numa")
+PARTS = ("balloon", "devices", "dom0_devices", "tiering", "numa")
 
 
 @dataclass
@@ -74,6 +77,12 @@ def _devices(host: Host, state_dir: str) -> UndoReport:
     return commands.undo(host.fs, state_dir)
 
 
+def _dom0_devices(host: Host, state_dir: str) -> UndoReport:
+    from guestagent.dom0.owndevices_io import undo
+
+    return undo(host.fs, state_dir)
+
+
 def _tiering(host: Host, state_dir: str) -> UndoReport:
     from guestagent.tiering import commands
 
@@ -90,7 +99,8 @@ Part = Callable[[Host, str], UndoReport]
 
 #: What each part runs.
 RUNNERS: dict[str, Part] = {
-    "balloon": _balloon, "devices": _devices, "tiering": _tiering, "numa": _numa,
+    "balloon": _balloon, "devices": _devices, "dom0_devices": _dom0_devices,
+    "tiering": _tiering, "numa": _numa,
 }
 
 
@@ -165,11 +175,13 @@ def cmd_reset(args: argparse.Namespace, ctx: Any) -> int:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "reset",
-        help="undo everything the agent changed (balloon, devices, tiering, numa), from its state "
-        "files",
+        help="undo everything the agent changed (balloon, devices, Dom0's own devices, tiering, "
+        "numa), from its state files",
         description="Undo everything the agent may have changed, from its state files alone, "
         "also after a crash: the balloon target back to the ceiling and the allocation guard "
-        "undone, then every device change recorded, then the agent's own kdamonds (never "
+        "undone, then every device change recorded (the guest's devices, and in Dom0 the "
+        "IRQs of Dom0's own devices and the backend threads), then the agent's own kdamonds "
+        "(never "
         "another DAMON user's), then kernel.numa_balancing if the numa job switched it. The "
         "guest unit's ExecStopPost. Needs no valid configuration: "
         "only [agent] state_dir is read. A part that fails is one error line; the others "

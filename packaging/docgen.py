@@ -133,12 +133,21 @@ EXIT_BY_COMMAND = (
     ("tiering --reset", "0 every kdamond the agent journalled turned off and removed (or nothing "
                         "to undo); 1 when a step failed (an error line each) or another "
                         "guestagent holds the state directory."),
-    ("reset", "0 everything undone (balloon, devices, tiering, numa), or nothing to undo; 1 "
+    ("reset", "0 everything undone (balloon, devices, dom0_devices, tiering, numa), or nothing "
+              "to undo; 1 "
               "when any part failed (one error line each, naming the part; the other parts still "
               "ran) or another guestagent holds the state directory (nothing undone)."),
     ("host topology", "0; 1 outside Dom0 or when Xen's sysctl cannot be read."),
     ("host numa", "0; 1 outside Dom0, with a --window or --threshold out of range, or when "
      "Xen or xenstore cannot be read."),
+    ("host devices", "0; 1 outside Dom0, when Xen cannot be read, when any device has a failed "
+     "line (an IRQ's affinity unreadable, its write or a thread's move refused), or with "
+     "--apply when another "
+     "guestagent holds the state directory."),
+    ("host devices --reset", "0 every IRQ and thread affinity dom0-devices.json records "
+     "restored (or "
+     "nothing to undo); 1 when one could not be restored (an error line each) or another "
+     "guestagent holds the state directory."),
     ("dom0 publish", "0 every guest published; 1 when any guest failed (one line each)."),
     ("dom0 run", "0 when stopped (SIGTERM, SIGINT, --duration); 1 outside Dom0, without "
                  "xenstore or Xen's sysctls, when the configuration is refused, or another "

@@ -37,6 +37,8 @@ STRUCTS: list[tuple[str, str, str]] = [
     ("ga_xen_sysctl_physinfo", "xen_sysctl_physinfo", "tools"),
     ("ga_xen_sysctl", "xen_sysctl", "tools"),
     ("ga_xen_domctl_getvcpuinfo", "xen_domctl_getvcpuinfo", "tools"),
+    ("ga_xenctl_bitmap", "xenctl_bitmap", "tools"),
+    ("ga_xen_domctl_vcpuaffinity", "xen_domctl_vcpuaffinity", "tools"),
     ("ga_xen_domctl", "xen_domctl", "tools"),
     # tmem is only visible to guests built for an interface version before 4.13 (reference 6.1).
     ("ga_tmem_op", "tmem_op", "tmem"),
@@ -50,6 +52,9 @@ CONSTANTS: list[tuple[str, str, str]] = [
     ("GA_HYPERVISOR_sysctl", "__HYPERVISOR_sysctl", "tools"),
     ("GA_HYPERVISOR_domctl", "__HYPERVISOR_domctl", "tools"),
     ("GA_XEN_DOMCTL_getvcpuinfo", "XEN_DOMCTL_getvcpuinfo", "tools"),
+    ("GA_XEN_DOMCTL_getvcpuaffinity", "XEN_DOMCTL_getvcpuaffinity", "tools"),
+    ("GA_XEN_VCPUAFFINITY_HARD", "XEN_VCPUAFFINITY_HARD", "tools"),
+    ("GA_XEN_VCPUAFFINITY_SOFT", "XEN_VCPUAFFINITY_SOFT", "tools"),
     ("GA_HYPERVISOR_tmem_op", "__HYPERVISOR_tmem_op", "tools"),
     ("GA_XENVER_version", "XENVER_version", "tools"),
     ("GA_DOMID_SELF", "DOMID_SELF", "tools"),
@@ -169,6 +174,8 @@ def test_reference_sizes() -> None:
         "ga_xen_sysctl_pcitopoinfo": 24,
         "ga_xen_sysctl_physinfo": 112,
         "ga_xen_domctl_getvcpuinfo": 24,
+        "ga_xenctl_bitmap": 16,
+        "ga_xen_domctl_vcpuaffinity": 40,
         "ga_xen_domctl": 144,
     }
     assert {name: ffi.sizeof(f"struct {name}") for name in sizes} == sizes

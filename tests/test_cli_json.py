@@ -45,6 +45,8 @@ NOT_REPORTING = {
 ELSEWHERE = {
     "host numa": "tests/test_hostnuma.py (simulated Xen, xenstore server)",
     "dom0 publish": "tests/test_dom0_commands.py (xenstore server)",
+    "host devices": "tests/test_dom0_own_devices.py (simulated Xen)",
+    "host devices --reset": "tests/test_dom0_own_devices.py (a journal --apply wrote)",
     "tiering run": "tests/test_tiering_commands.py (a backend that serves)",
 }
 

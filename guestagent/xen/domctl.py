@@ -1,10 +1,18 @@
-"""Per-vCPU run state from Xen's ``XEN_DOMCTL_getvcpuinfo`` (Dom0 only), what ``xl vcpu-list``
-shows: for each vCPU of a domain, whether it is online, the pCPU it is on (or last ran on) and
-the nanoseconds it has run since it was created.
+"""Per-vCPU run state and affinity from Xen's domctls (Dom0 only), what ``xl vcpu-list`` shows:
+for each vCPU of a domain, whether it is online, the pCPU it is on (or last ran on) and the
+nanoseconds it has run since it was created (``XEN_DOMCTL_getvcpuinfo``, :meth:`Domctl.vcpus`),
+and the pCPUs it may and prefers to run on (``XEN_DOMCTL_getvcpuaffinity``, 25: hard and soft
+affinity, :meth:`Domctl.vcpu_affinity`).
 
-The struct layouts (``struct ga_xen_domctl``, ``struct ga_xen_domctl_getvcpuinfo``) are declared
-in ``csrc/guestagent_xen.h`` and checked against Debian's ``/usr/include/xen/domctl.h`` by
-``tests/test_abi_layout.py``.
+The struct layouts (``struct ga_xen_domctl``, ``struct ga_xen_domctl_getvcpuinfo``,
+``struct ga_xen_domctl_vcpuaffinity``, ``struct ga_xenctl_bitmap``) are declared in
+``csrc/guestagent_xen.h`` and checked against Debian's ``/usr/include/xen/domctl.h`` and
+``xen.h`` by ``tests/test_abi_layout.py``.
+
+``getvcpuaffinity`` (``xen/common/sched/core.c`` ``vcpu_affinity_domctl``): a vCPU at or beyond
+``max_vcpus`` is ``-EINVAL``, an unallocated one ``-ESRCH``; with both flags Xen copies the hard
+and the soft mask as they were set (not intersected with the cpupool) into the two caller
+bitmaps, at most ``nr_bits`` bits each, zero-filling the rest.
 
 Xen's side (``xen/common/domctl.c``, ``case XEN_DOMCTL_getvcpuinfo``): an unknown domain is
 ``-ESRCH``; a vCPU number at or beyond the domain's ``max_vcpus`` is ``-EINVAL``; a vCPU slot
@@ -25,7 +33,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.errors import InputError
 from guestagent.log import get_logger
@@ -49,6 +57,9 @@ VERSION_RANGE = range(0x10, 0x1A)
 MAX_VCPUS = 4096  # Xen's HVM_MAX_VCPUS is 128 on 4.17, PV's 8192 in theory; bounded here
 MAX_CPU_TIME_NS = 1 << 62  # 146 years: anything beyond is a lie
 DOMID_FIRST_RESERVED = 0x7FF0
+MAX_PCPUS = 8192  # Xen's NR_CPUS is 4096 on x86 (Kconfig's maximum); bounded here
+#: Where the two affinity bitmaps start in the hypercall buffer (after ``struct ga_xen_domctl``).
+AFFINITY_MAPS_AT = 256
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,25 @@ class VcpuInfo:
     running: bool
     cpu: int  # the pCPU it runs on or last ran on
     cpu_time_ns: int
+
+
+@dataclass(frozen=True)
+class VcpuAffinity:
+    """One vCPU's affinity as set in Xen (``xl vcpu-pin``, ``dom0_vcpus_pin``, ``cpus=``): the
+    pCPUs it may run on (hard) and those it prefers (soft)."""
+
+    vcpu: int
+    hard: frozenset[int]
+    soft: frozenset[int]
+
+
+def bitmap_cpus(raw: bytes, max_cpus: int) -> frozenset[int]:
+    """The pCPUs of a ``xenctl_bitmap`` (bit ``i % 8`` of byte ``i // 8`` is pCPU ``i``) below
+    ``max_cpus``. Bits at or beyond it are dropped, not refused: Xen fills the map up to its
+    ``nr_cpu_ids`` (possible CPUs), so the default affinity ``all`` sets bits of pCPUs that
+    cputopoinfo does not count, and the rounding up to whole bytes adds a few more."""
+    return frozenset(i * 8 + b for i, byte in enumerate(raw) for b in range(8)
+                     if byte >> b & 1 and i * 8 + b < max_cpus)
 
 
 def candidate_versions(xen: tuple[int, int] | None) -> list[int]:
@@ -84,7 +114,8 @@ def validate_vcpu(raw: tuple[int, int, int, int, int], vcpu: int, max_cpus: int)
 
 
 class Domctl:
-    """``XEN_DOMCTL_getvcpuinfo`` over one privcmd, the interface version found at run time."""
+    """``XEN_DOMCTL_getvcpuinfo`` and ``getvcpuaffinity`` over one privcmd, the interface
+    version found at run time."""
 
     def __init__(self, privcmd: Privcmd, versions: list[int] | None = None) -> None:
         self.privcmd = privcmd
@@ -104,18 +135,20 @@ class Domctl:
             self._versions = candidate_versions(release)
         return list(self._versions)
 
-    def _call(self, op: Any, buf: Any, domid: int, vcpu: int) -> int:
-        """0, or the positive errno of Xen's answer other than EACCES (version found first)."""
+    def _call(self, name: str, cmd: int, buf: Any, domid: int,
+              fill: Callable[[Any], None]) -> int:
+        """0, or the positive errno of Xen's answer other than EACCES (version found first).
+        ``fill`` sets the command's own fields after each attempt's zeroing of the buffer."""
         from guestagent.xen.privcmd import lib
 
-        name = "XEN_DOMCTL_getvcpuinfo"
+        op = buf.struct("struct ga_xen_domctl")
 
         def attempt(version: int) -> None:
             buf.zero()
-            op.cmd = int(lib.GA_XEN_DOMCTL_getvcpuinfo)
+            op.cmd = cmd
             op.interface_version = version
             op.domain = domid
-            op.u.getvcpuinfo.vcpu = vcpu
+            fill(op)
             self.privcmd.hypercall(int(lib.GA_HYPERVISOR_domctl), buf.address, name=name)
 
         try:
@@ -133,18 +166,56 @@ class Domctl:
         pCPU numbers Xen may answer (cputopoinfo's count)."""
         if not 0 <= domid < DOMID_FIRST_RESERVED:
             raise InputError("domid", f"expected 0..{DOMID_FIRST_RESERVED - 1}", domid)
+        from guestagent.xen.privcmd import lib
+
         out: list[VcpuInfo] = []
+        name, cmd = "XEN_DOMCTL_getvcpuinfo", int(lib.GA_XEN_DOMCTL_getvcpuinfo)
         with self.privcmd.buffer(256) as buf:
             op = buf.struct("struct ga_xen_domctl")
             for vcpu in range(MAX_VCPUS):
-                err = self._call(op, buf, domid, vcpu)
+
+                def fill(o: Any, vcpu: int = vcpu) -> None:
+                    o.u.getvcpuinfo.vcpu = vcpu
+
+                err = self._call(name, cmd, buf, domid, fill)
                 if err == errno.ESRCH and vcpu == 0:
                     return None  # no such domain (or one without a vCPU 0: gone for us)
                 if err in (errno.EINVAL, errno.ESRCH):
                     break  # beyond max_vcpus (or an unallocated slot: the end for xl too)
                 if err:
-                    raise HypercallError("XEN_DOMCTL_getvcpuinfo", err, f" (domain {domid})")
+                    raise HypercallError(name, err, f" (domain {domid})")
                 g = op.u.getvcpuinfo
                 raw = (int(g.online), int(g.blocked), int(g.running), int(g.cpu), int(g.cpu_time))
                 out.append(validate_vcpu(raw, vcpu, max_cpus))
         return out
+
+    def vcpu_affinity(self, domid: int, vcpu: int, max_cpus: int) -> VcpuAffinity | None:
+        """The hard and soft affinity of one vCPU as set (``XEN_DOMCTL_getvcpuaffinity``, both
+        flags; None: no such domain or vCPU). ``max_cpus`` is cputopoinfo's count: the bitmaps
+        asked for are that many bits, rounded up to whole bytes (:func:`bitmap_cpus`)."""
+        from guestagent.xen.privcmd import lib
+
+        if not 0 <= domid < DOMID_FIRST_RESERVED:
+            raise InputError("domid", f"expected 0..{DOMID_FIRST_RESERVED - 1}", domid)
+        if not 0 < max_cpus <= MAX_PCPUS:
+            raise InputError("XEN_SYSCTL_cputopoinfo: num_cpus", f"expected 1..{MAX_PCPUS}",
+                             max_cpus)
+        name = "XEN_DOMCTL_getvcpuaffinity"
+        nbytes = (max_cpus + 7) // 8
+        hard_at, soft_at = AFFINITY_MAPS_AT, AFFINITY_MAPS_AT + nbytes
+        with self.privcmd.buffer(soft_at + nbytes) as buf:
+
+            def fill(o: Any) -> None:
+                a = o.u.vcpuaffinity
+                a.vcpu = vcpu
+                a.flags = int(lib.GA_XEN_VCPUAFFINITY_HARD) | int(lib.GA_XEN_VCPUAFFINITY_SOFT)
+                a.cpumap_hard.bitmap, a.cpumap_hard.nr_bits = buf.address_of(hard_at), nbytes * 8
+                a.cpumap_soft.bitmap, a.cpumap_soft.nr_bits = buf.address_of(soft_at), nbytes * 8
+
+            err = self._call(name, int(lib.GA_XEN_DOMCTL_getvcpuaffinity), buf, domid, fill)
+            if err in (errno.ESRCH, errno.EINVAL):
+                return None  # no such domain, or no such vCPU (beyond max_vcpus, unallocated)
+            if err:
+                raise HypercallError(name, err, f" (domain {domid} vcpu {vcpu})")
+            hard, soft = buf.read(hard_at, nbytes), buf.read(soft_at, nbytes)
+        return VcpuAffinity(vcpu, bitmap_cpus(hard, max_cpus), bitmap_cpus(soft, max_cpus))
