@@ -34,7 +34,8 @@ from contextlib import contextmanager
 import pytest
 
 from tests.e2e.bed import XenBed
-from tests.e2e.test_dom0_devices import E1000E, agent_json, pci_by_id, wait_for, xl_info_numa
+from tests.e2e.passthrough import E1000E, pci_by_id
+from tests.e2e.test_dom0_devices import agent_json, wait_for, xl_info_numa
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
