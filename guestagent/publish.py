@@ -2,7 +2,8 @@
 
 The tree under ``data/guestagent`` is made to match the schema (:mod:`guestagent.schema`) in one
 transaction: stale keys from an earlier run go, unchanged keys are not rewritten. The daemon's numa
-job's section (``numa/``) is left as it is.
+job's section (``numa/``) is left as it is. The tree and the sections left alone are the topology
+job's decide step's (:func:`guestagent.topology.reconcile.decide`): one place for both.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ from guestagent.cli import add_json_option, print_json
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
-from guestagent.schema import BASE, TOPOLOGY_SECTION, guest_tree, others
+from guestagent.schema import BASE
 from guestagent.topology.reader import read_topology
+from guestagent.topology.reconcile import decide
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
     from guestagent.xen.xs_sync import sync_tree
 
     hostfs: HostFS = ctx.hostfs
-    topology = read_topology(hostfs, ctx.host.vnuma_call())
-    if not topology.answered:
+    plan = decide(read_topology(hostfs, ctx.host.vnuma_call()))
+    if plan.tree is None:
         raise InputError("topology", "nothing could be read, nothing to publish")
-    desired = guest_tree(topology)
+    desired = plan.tree
     keys = {f"{BASE}/{k}": v for k, v in sorted(desired.items())}
     if args.dry_run:
         if args.json:
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         return 0
     client = ctx.host.xenstore()
     try:
-        changes = sync_tree(client, BASE, desired, leave=others(TOPOLOGY_SECTION))
+        changes = sync_tree(client, BASE, desired, leave=plan.leave)
     except OSError as e:  # xenstored refused (EACCES...) or never answered (TimeoutError)
         raise GuestAgentError(f"publishing under {BASE} failed: {e}") from None
     finally:

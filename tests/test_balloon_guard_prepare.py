@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from guestagent import log
 from guestagent.balloon import commands
@@ -273,8 +274,9 @@ def test_the_sandboxed_stop_leaves_the_zram_for_exec_stop_post(
     assert "level=info" in left and 'what="swap /dev/zram0"' in left
     assert "left for ExecStopPost" in left
     assert "level=error" not in err and not lines(err, "guard_undo_failed")
-    assert [c["kind"] for c in record_of(root)[GUARD_KEY]] == ["swap", "zram_device",
-                                                               "zram_module"]
+    # kept in the order they were recorded, so the next reset takes them newest first again
+    assert [c["kind"] for c in record_of(root)[GUARD_KEY]] == ["zram_module", "zram_device",
+                                                               "swap"]
     assert sysctl(root) == "0"  # what the sandbox allows is undone at once
     assert "/dev/zram0\tpartition" in (root / "proc/swaps").read_text()
 
@@ -310,6 +312,30 @@ def test_reset_after_prepare_undoes_everything_in_order(
     assert not (root / "sys/class/zram-control").exists()
     assert sysctl(root) == "0"
     assert undo_guard(fs, act, cmds) == 0
+
+
+def test_undo_after_prepare_puts_the_sysctl_back_first(tmp_path: Path) -> None:
+    """Issue 14, undone newest first: ExecStartPre made the zram swap, then the daemon set the
+    sysctl, so the sysctl goes back before the swapoff (overcommit is already 0 when it runs)."""
+    root = make_root(tmp_path, mode=0)
+    cmds = FakeCommands(root)
+    assert prepare(root, tmp_path, cmds)
+    fs, act = parts(root)
+    Guard(fs, act, cmds).arm(CEILING, HARD_FLOOR)
+    seen: list[str] = []
+    swapoff = cmds.swapoff
+
+    def swapoff_seeing_the_sysctl(device: str) -> None:
+        seen.append(sysctl(root))
+        swapoff(device)
+
+    cmds.swapoff = swapoff_seeing_the_sysctl  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        assert undo_guard(fs, act, cmds) == 0
+    assert [e["what"] for e in logs if e["event"] == "guard_undone"] == [
+        OVERCOMMIT_MEMORY, "swap /dev/zram0", "/dev/zram0", "module zram"]
+    assert seen == ["0"]
+    assert GUARD_KEY not in record_of(root)
 
 
 def test_a_reset_that_leaves_guard_changes_exits_1(

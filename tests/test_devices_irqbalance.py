@@ -28,8 +28,10 @@ from guestagent.devices.apply import DevicesJob
 from guestagent.devices.config import DevicesConfig
 from guestagent.devices.irqbalance import POLICY_SCRIPT, IrqbalanceStatus, decide, detect
 from guestagent.devices.state import STATE_FILE, StateStore
+from guestagent.dom0.backendthreads import THREAD_KIND, thread_path
+from guestagent.dom0.owndevices_io import journal_in
 from guestagent.hostfs import HostFS
-from guestagent.undo import Change
+from guestagent.undo import Change, Journal
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "packaging" / "irqbalance" / "irqbalance-policy"
@@ -78,6 +80,48 @@ def test_policy_script_answers_nothing_from_an_unreadable_journal(tmp_path: Path
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     (state_dir / "devices.json").mkdir()  # a directory where the file should be
+    assert policy(state_dir, "/sys", "29") == (0, "", "")
+
+
+DOM0_VF = "0000:81:00.0"  # a Dom0-driven NIC of guestagent host devices
+
+
+def dom0_pin_record(journal: Journal, irq: int) -> None:
+    path = f"/proc/irq/{irq}/smp_affinity_list"
+    journal.record(Change(kind="irq_affinity", path=path, bdf=DOM0_VF, previous="0-7"))
+    journal.set_applied(path, "4-7")
+
+
+def test_policy_script_bans_the_irqs_dom0s_own_devices_journal_pins(tmp_path: Path) -> None:
+    """In Dom0 the pins are in dom0-devices.json (guestagent host devices --apply, the Dom0
+    daemon's [dom0] own_devices), beside or instead of a devices.json: both are read, whichever
+    exist, and only the pinned IRQs of either are banned."""
+    hostfs = HostFS(str(tmp_path))
+    state_dir = tmp_path / "run" / "guestagent"
+    devpath = f"/sys/bus/pci/devices/{DOM0_VF}"
+    dom0 = journal_in(hostfs, "/run/guestagent")
+    dom0_pin_record(dom0, 120)
+    dom0.record(Change(kind=THREAD_KIND, path=thread_path(4242), bdf="", previous="0-7"))
+    assert (state_dir / "dom0-devices.json").exists()
+    assert not (state_dir / "devices.json").exists()
+    assert policy(state_dir, devpath, "120") == (0, "ban=true\n", "")
+    for irq in ("12", "121", "1200", "4242"):
+        assert policy(state_dir, devpath, irq) == (0, "", ""), irq
+    # Both journals: each one's IRQs are banned, once.
+    pin_record(StateStore(hostfs, STATE_FILE), 29)
+    assert policy(state_dir, devpath, "29") == (0, "ban=true\n", "")
+    assert policy(state_dir, devpath, "120") == (0, "ban=true\n", "")
+    # Dom0's pin undone: its IRQ is irqbalance's again; the guest journal's stays banned.
+    dom0.forget("/proc/irq/120/smp_affinity_list")
+    assert policy(state_dir, devpath, "120") == (0, "", "")
+    assert policy(state_dir, devpath, "29") == (0, "ban=true\n", "")
+
+
+def test_an_unreadable_devices_journal_still_lets_dom0s_ban(tmp_path: Path) -> None:
+    state_dir = tmp_path / "run" / "guestagent"
+    dom0_pin_record(journal_in(HostFS(str(tmp_path)), "/run/guestagent"), 120)
+    (state_dir / "devices.json").mkdir()  # a directory where the file should be
+    assert policy(state_dir, "/sys", "120") == (0, "ban=true\n", "")
     assert policy(state_dir, "/sys", "29") == (0, "", "")
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import socket
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +14,7 @@ import pytest
 
 from guestagent.config import load
 from guestagent.daemon.loop import EventLoop
-from guestagent.devices.hotplug import HotplugUnavailableError
+from guestagent.devices.hotplug import HotplugMonitor, HotplugUnavailableError, UdevNetlink
 from guestagent.devices.job import DevicesJob, own_domid, pending_vectors
 from guestagent.devices.model import DeviceReport
 from guestagent.host import Host
@@ -163,3 +166,65 @@ def test_a_pass_forgets_devices_that_are_gone(tmp_path: Path) -> None:
         shutil.rmtree(entry)
     binder.scan(apply=False)
     assert VF not in binder.reports
+
+
+# --- the hotplug monitor's socket, closed at stop ------------------------------------------------
+
+
+class PyudevLikeMonitor:
+    """What the job uses of pyudev's monitor (no close: libudev closes at the last reference)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def poll(self, timeout: float = 0) -> None:
+        return None
+
+
+def started_job(tmp_path: Path, monitor: HotplugMonitor) -> tuple[DevicesJob, EventLoop]:
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
+    config = load(str(tmp_path / "none.toml"), str(tmp_path / "conf.d"))
+    loop = EventLoop(clock=FakeClock())
+    hub = SimpleNamespace(client=lambda: None, watch=lambda path, cb: False)
+    ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)), config=config, xenstore=hub,
+                          role="guest", host=Host(HostFS(str(root)), open_udev=lambda fs: monitor))
+    job = DevicesJob()
+    job.start(ctx)  # type: ignore[arg-type]
+    return job, loop
+
+
+def test_stop_closes_the_netlink_socket(tmp_path: Path) -> None:
+    """The job's udev socket is closed when it stops, not left to the garbage collector (a
+    socketpair end stands in for the netlink socket: UdevNetlink only reads and closes it)."""
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    fd = ours.fileno()
+    job, loop = started_job(tmp_path, HotplugMonitor(UdevNetlink(ours, "pci")))
+    try:
+        assert fd in loop.readers
+        job.stop()
+        assert fd not in loop.readers
+        assert ours.fileno() == -1  # closed
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        peer.close()
+        loop.close()
+
+
+def test_stop_drops_pyudevs_monitor_which_has_no_close(tmp_path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    fake = PyudevLikeMonitor(sock)
+    gone = weakref.ref(fake)
+    job, loop = started_job(tmp_path, HotplugMonitor(fake))
+    del fake
+    try:
+        job.stop()
+        assert gone() is None  # the last reference: libudev's unref closes the socket
+        job.stop()  # a second stop does nothing
+    finally:
+        sock.close()
+        loop.close()

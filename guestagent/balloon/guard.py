@@ -18,9 +18,10 @@ options; what the guard does, before the agent's first shrink below the ceiling:
 Every change is recorded in the balloon's undo journal (``/run/guestagent/balloon.json``,
 :mod:`guestagent.balloon.journal`; seen here as the record's ``guard`` list) before it is
 made, logged with what and the previous value, and undone by :func:`undo` (``guestagent
-balloon --reset``, the daemon's stop, the unit's ``ExecStopPost``): swapoff, zram reset and
-removal, module unload (only if the guard loaded it), then the sysctl. The caller puts the
-balloon target back to the ceiling and waits for the memory first. The guard never touches a
+balloon --reset``, the daemon's stop, the unit's ``ExecStopPost``) newest first (issue 14):
+swapoff, zram reset and removal, module unload (only if the guard loaded it) and the sysctl, in
+the reverse of the order they were recorded. The caller puts the balloon target back to the
+ceiling and waits for the memory first (a swapoff needs it). The guard never touches a
 zram device or a swap it did not create.
 
 Under the systemd unit the daemon's sandbox can load no module, open no block device and call
@@ -674,77 +675,125 @@ def _undo_unrecorded(
     return True
 
 
-def _undo_swaps(
-    swaps: list[dict[str, Any]], active: set[int], commands: GuardCommands | None, log: Any
-) -> list[dict[str, Any]]:
-    """swapoff each of the guard's swaps still active (``active``: zram device numbers);
-    returns the ones that failed."""
-    failed = []
-    for change in swaps:
-        dev = f"/dev/zram{change['device']}"
-        if change["device"] not in active:
-            continue
-        if commands is None or not _undo_step(log, f"swap {dev}",
-                                              lambda d=dev: commands.swapoff(d)):
-            failed.append(change)
-            continue
-        log.info("guard_undone", what=f"swap {dev}", restored="off")
-    return failed
-
-
 def _remove_device(hostfs: HostFS, device: int) -> None:
     hostfs.write_text(f"{SYS_BLOCK}/zram{device}/reset", "1\n")
     hostfs.write_text(f"{ZRAM_CONTROL}/hot_remove", f"{device}\n")
 
 
-def _undo_devices(
-    hostfs: HostFS, devices: list[dict[str, Any]], busy: set[int], active: set[int], log: Any
+ZRAM_KINDS = ("swap", "zram_device", "zram_module")
+
+
+@dataclass
+class _UndoRun:
+    """What one undo pass works with: the host, the commands, the zram swaps active when it
+    began, and the changes kept so far (their undo failed, or waits on one that failed)."""
+
+    hostfs: HostFS
+    commands: GuardCommands | None
+    active: set[int]
+    log: Any
+    kept: list[dict[str, Any]]
+
+
+def _undo_swap(run: _UndoRun, change: dict[str, Any]) -> bool:
+    """swapoff the guard's swap if it is still active; False when that failed."""
+    commands = run.commands
+    dev = f"/dev/zram{change['device']}"
+    if change["device"] not in run.active:
+        return True
+    if commands is None or not _undo_step(run.log, f"swap {dev}",
+                                          lambda: commands.swapoff(dev)):
+        return False
+    run.log.info("guard_undone", what=f"swap {dev}", restored="off")
+    return True
+
+
+def _undo_device(run: _UndoRun, change: dict[str, Any]) -> bool:
+    """Reset and hot-remove the guard's zram device; False when it stays (its swap is still
+    on, or the removal failed)."""
+    device = change.get("device")
+    if device is None:
+        return _undo_unrecorded(run.hostfs, change, run.active, run.log)
+    if not _zram_device_exists(run.hostfs, device):
+        return True  # already gone: nothing of ours to remove
+    busy = {c["device"] for c in run.kept if c["kind"] == "swap"}
+    if device in busy or not _undo_step(
+        run.log, f"/dev/zram{device}", lambda: _remove_device(run.hostfs, device)
+    ):
+        return False
+    run.log.info("guard_undone", what=f"/dev/zram{device}", restored="absent")
+    return True
+
+
+def _undo_module(run: _UndoRun) -> bool:
+    """Unload zram (the guard loaded it); False while any of the guard's zram stays."""
+    commands = run.commands
+    zram_kept = any(c["kind"] in ZRAM_KINDS for c in run.kept)
+    if not zram_kept and not run.hostfs.exists(ZRAM_MODULE):
+        # never loaded (a crash before the modprobe) or unloaded already (a crash before
+        # the record was saved): ``modprobe -r`` would fail on it (kmod exits 1)
+        run.log.info("guard_undone", what="module zram", restored="not loaded", note="already")
+        return True
+    if zram_kept or commands is None or not _undo_step(
+        run.log, "module zram", lambda: commands.modprobe_remove("zram")
+    ):
+        return False
+    run.log.info("guard_undone", what="module zram", restored="not loaded")
+    return True
+
+
+def _undo_sysctl(run: _UndoRun, change: dict[str, Any]) -> bool:
+    previous = change["previous"]
+    if not _undo_step(run.log, OVERCOMMIT_MEMORY,
+                      lambda: run.hostfs.write_text(OVERCOMMIT_MEMORY, f"{previous}\n")):
+        return False
+    run.log.info("guard_undone", what=OVERCOMMIT_MEMORY, restored=previous)
+    return True
+
+
+def _undo_change(run: _UndoRun, change: dict[str, Any]) -> bool:
+    kind = change["kind"]
+    if kind == "swap":
+        return _undo_swap(run, change)
+    if kind == "zram_device":
+        return _undo_device(run, change)
+    if kind == "zram_module":
+        return _undo_module(run)
+    return _undo_sysctl(run, change)
+
+
+def undo_newest_first(
+    hostfs: HostFS, changes: list[dict[str, Any]], commands: GuardCommands | None, log: Any
 ) -> list[dict[str, Any]]:
-    """Reset and hot-remove each of the guard's zram devices; returns the ones kept."""
-    failed = []
-    for change in devices:
-        device = change.get("device")
-        if device is None:
-            if not _undo_unrecorded(hostfs, change, active, log):
-                failed.append(change)
-            continue
-        if not _zram_device_exists(hostfs, device):
-            continue  # already gone: nothing of ours to remove
-        if device in busy or not _undo_step(
-            log, f"/dev/zram{device}", lambda d=device: _remove_device(hostfs, d)
-        ):
-            failed.append(change)
-            continue
-        log.info("guard_undone", what=f"/dev/zram{device}", restored="absent")
-    return failed
+    """Undo ``changes`` (in the order they were recorded) newest first; returns the ones kept,
+    in their recorded order, so the next undo takes them newest first again.
+
+    The record's ``guard`` list is the journal's entries in the order they were first recorded
+    (:func:`guestagent.balloon.journal.view`), so its reverse is
+    :meth:`guestagent.undo.Journal.newest_first`. The guard records a zram swap after its
+    device and the device after the module, so newest first is also the order each needs: a
+    device is not removed while its swap stays on, the module not unloaded while any of the
+    guard's zram stays."""
+    run = _UndoRun(hostfs, commands, set(), log, [])
+    if any(c["kind"] in ZRAM_KINDS for c in changes):
+        run.active = set(zram_swaps(_swaps_or_empty(hostfs, log)))
+    for change in reversed(changes):
+        if not _undo_change(run, change):
+            run.kept.append(change)
+    return run.kept[::-1]
 
 
 def undo_zram(
     hostfs: HostFS, store: RecordStore, commands: GuardCommands | None, log: Any
 ) -> None:
     """swapoff the guard's zram swap, reset and remove its device, unload the module if the
-    guard loaded it. Entries whose undo failed stay in the record."""
+    guard loaded it, newest first; the sysctl is left. Entries whose undo failed stay in the
+    record."""
     changes = recorded_changes(store.load_record(), log)
-    of_kind = {k: [c for c in changes if c["kind"] == k]
-               for k in ("sysctl", "swap", "zram_device", "zram_module")}
-    active = set(zram_swaps(_swaps_or_empty(hostfs, log)))
-    failed = _undo_swaps(of_kind["swap"], active, commands, log)
-    failed += _undo_devices(hostfs, of_kind["zram_device"], {c["device"] for c in failed},
-                            active, log)
-    for change in of_kind["zram_module"]:
-        if not failed and not hostfs.exists(ZRAM_MODULE):
-            # never loaded (a crash before the modprobe) or unloaded already (a crash before
-            # the record was saved): ``modprobe -r`` would fail on it (kmod exits 1)
-            log.info("guard_undone", what="module zram", restored="not loaded", note="already")
-            continue
-        if failed or commands is None or not _undo_step(
-            log, "module zram", lambda: commands.modprobe_remove("zram")
-        ):
-            failed.append(change)
-            continue
-        log.info("guard_undone", what="module zram", restored="not loaded")
+    zram = [c for c in changes if c["kind"] in ZRAM_KINDS]
+    kept = {id(c) for c in undo_newest_first(hostfs, zram, commands, log)}
     record = store.load_record()
-    record[GUARD_KEY] = failed + of_kind["sysctl"]
+    record[GUARD_KEY] = [c for c in changes if c["kind"] not in ZRAM_KINDS or id(c) in kept]
     store.save_record(record)
 
 
@@ -767,24 +816,21 @@ def has_changes(store: RecordStore) -> bool:
 
 
 def undo(hostfs: HostFS, store: RecordStore, commands: GuardCommands | None = None) -> int:
-    """Undo every recorded guard change: zram first, then the sysctl. Returns how many changes
-    are still in the record (0 when everything was undone). The balloon target must already be
-    back at the ceiling (a swapoff needs the memory)."""
+    """Undo every recorded guard change, newest first (issue 14): the reverse of the order the
+    journal recorded them in (:func:`undo_newest_first`). When the daemon made everything, that
+    is the zram swap, device and module, then the sysctl; when the unit's ``balloon
+    --prepare-guard`` made the zram swap before the daemon set the sysctl, the sysctl goes back
+    first. Returns how many changes are still in the record (0 when everything was undone).
+
+    The balloon target must already be back at the ceiling, with the memory populated, before
+    this runs (:func:`reset_all` does that first, whatever the order here): a swapoff pages
+    what the zram swap holds back into RAM, and the ballooned-out memory is where it goes."""
     if not has_changes(store):
         return 0
     log = get_logger("balloon")
     if commands is None and hostfs.is_real_host:
         commands = SystemCommands()
-    undo_zram(hostfs, store, commands, log)
-    changes = recorded_changes(store.load_record(), log)
-    left = [c for c in changes if c["kind"] != "sysctl"]
-    for change in [c for c in changes if c["kind"] == "sysctl"]:
-        previous = change["previous"]
-        if _undo_step(log, OVERCOMMIT_MEMORY,
-                      lambda p=previous: hostfs.write_text(OVERCOMMIT_MEMORY, f"{p}\n")):
-            log.info("guard_undone", what=OVERCOMMIT_MEMORY, restored=previous)
-        else:
-            left.append(change)
+    left = undo_newest_first(hostfs, recorded_changes(store.load_record(), log), commands, log)
     record = store.load_record()
     if left:
         record[GUARD_KEY] = left
@@ -803,7 +849,9 @@ def reset_all(
     actuator: Any, commands: GuardCommands | None = None, wait_s: float = RESET_WAIT_S
 ) -> int | None:
     """The whole undo, in order: the balloon target back to the ceiling, wait (bounded) until
-    the driver holds the memory, then the guard's swapoff, zram reset and sysctl.
+    the driver holds the memory, then the guard's changes newest first (:func:`undo`). The
+    target goes back before the guard whatever the guard's order: the swapoff needs the memory
+    back.
 
     Returns the target written (None if the target could not be reset; the guard's changes are
     undone all the same and the error is raised after)."""

@@ -240,6 +240,7 @@ class UdevNetlink:
                 return event
 
     def close(self) -> None:
+        """Close the netlink socket (again: nothing)."""
         self.sock.close()
 
 
@@ -272,6 +273,17 @@ class HotplugMonitor:
 
     def fileno(self) -> int:
         return int(self._monitor.fileno())
+
+    def close(self) -> None:
+        """Close the monitor's socket now, not when the garbage collector gets to it: a
+        :class:`UdevNetlink` is closed; pyudev's monitor has no close (libudev closes its socket
+        when the monitor's last reference goes, ``udev_monitor_unref`` in its ``__del__``), so
+        its reference is dropped. After it the monitor is unusable; a second close does
+        nothing."""
+        monitor, self._monitor = self._monitor, None
+        close = getattr(monitor, "close", None)
+        if callable(close):
+            close()
 
     def receive(self) -> list[Any]:
         """Every event queued now, without blocking (call when ``fileno()`` is readable)."""

@@ -119,8 +119,10 @@ class DevicesJob:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        if self._monitor is not None and self._ctx is not None:
-            self._ctx.loop.remove_reader(self._monitor.fileno())
+        if self._monitor is not None:
+            if self._ctx is not None:
+                self._ctx.loop.remove_reader(self._monitor.fileno())
+            self._monitor.close()  # the socket now, not when the garbage collector runs
             self._monitor = None
         if self._binder is not None:
             self._binder.reset()
