@@ -124,7 +124,18 @@ def check_hotplug(bed: XenBed, g: Guest, domid: int, host: str) -> str:
     status = within("the daemon answering status", lambda: _daemon_status(g), 180, 3)
     job = status["jobs"]["devices"]
     assert job["running"] and job["hotplug"] == "following udev", status
+    bdf, attached = check_attach(bed, g, domid, host)
+    check_detach(bed, g, domid, host, bdf)
+    log = daemon_stopped(g)
+    assert g.run_ok(DAEMON_RC).strip() == "0", log
+    assert error_lines(log) == [], log
+    return (f"hotplug: {attached}; xl pci-detach -> remove event, devices.json empty, hint "
+            "gone, status answered; SIGTERM: exit 0, no error line")
 
+
+def check_attach(bed: XenBed, g: Guest, domid: int, host: str) -> tuple[str, str]:
+    """``xl pci-attach``: the udev event, numa_node 1, then (interface up) the vectors on vnode
+    1's vCPU, all journalled. Returns the guest BDF and what was seen, with its times."""
     attached = time.monotonic()
     print(bed.dom0_ok(f"xl pci-attach {domid} {host}", timeout=120))
     (bdf,) = within("the e1000e in the guest", lambda: pci_by_id(g.run_ok, E1000E), ATTACH_SECONDS)
@@ -139,17 +150,26 @@ def check_hotplug(bed: XenBed, g: Guest, domid: int, host: str) -> str:
 
     # udevd's rules load the driver (its modalias) and may rename the interface: let it finish.
     g.run_ok("udevadm settle --timeout=60", timeout=90)
-    by_udevd = guest_device(g, bdf)["driver"] == "e1000e"
+    loader = "udevd" if guest_device(g, bdf)["driver"] == "e1000e" else "modprobe"
     up = time.monotonic()
     irqs = bring_up(g, bdf)  # its modprobe does nothing when udevd loaded the driver
     assert irqs, guest_device(g, bdf)
-    within("the vectors on vnode 1's vCPU",
-           lambda: irq_affinities(g, irqs) == {i: "1" for i in irqs}, VECTORS_SECONDS, 3)
+    pinned = {i: "1" for i in irqs}
+    within("the vectors on vnode 1's vCPU", lambda: irq_affinities(g, irqs) == pinned,
+           VECTORS_SECONDS, 3)
     pinned_after = time.monotonic() - up
     journalled = _devices_journal(g)
     assert f"/sys/bus/pci/devices/{bdf}/numa_node" in journalled, journalled
     assert all(f"/proc/irq/{i}/smp_affinity_list" in journalled for i in irqs), journalled
+    return bdf, (f"xl pci-attach -> hotplug_event add for {bdf} after {event_after:.0f} s, "
+                 f"numa_node 1 after {bound_after:.0f} s; driver loaded by {loader}; "
+                 f"{len(irqs)} vectors on vnode 1's vCPU {pinned_after:.0f} s after the link "
+                 "came up")
 
+
+def check_detach(bed: XenBed, g: Guest, domid: int, host: str, bdf: str) -> None:
+    """``xl pci-detach``: the device gone, the remove event, the journal and the hint empty,
+    no error line, the daemon answering status without the device."""
     print(bed.dom0_ok(f"xl pci-detach {domid} {host}", timeout=180))
     within("the e1000e gone from the guest", lambda: not pci_by_id(g.run_ok, E1000E),
            DETACH_SECONDS)
@@ -157,6 +177,7 @@ def check_hotplug(bed: XenBed, g: Guest, domid: int, host: str) -> str:
         g.run_ok(DAEMON_LOG), "hotplug_event", action="remove", bdf=bdf), DETACH_SECONDS)
     within("devices.json without the device's entries", lambda: _devices_journal(g) == [],
            DETACH_SECONDS)
+    hint = hint_path(domid, host)
     within("the Dom0 hint removed",
            lambda: bed.dom0(f"xenstore-read {hint}/host-node")[1] != 0, DETACH_SECONDS, 3)
     log = g.run_ok(DAEMON_LOG)
@@ -164,15 +185,6 @@ def check_hotplug(bed: XenBed, g: Guest, domid: int, host: str) -> str:
     status = within("the daemon answering status after the detach", lambda: _daemon_status(g), 60)
     assert status["jobs"]["devices"]["running"], status
     assert bdf not in [d["bdf"] for d in status["jobs"]["devices"]["devices"]], status
-
-    log = daemon_stopped(g)
-    assert g.run_ok(DAEMON_RC).strip() == "0", log
-    assert error_lines(log) == [], log
-    return (f"hotplug: xl pci-attach -> hotplug_event add for {bdf} after {event_after:.0f} s, "
-            f"numa_node 1 after {bound_after:.0f} s; driver loaded by "
-            f"{'udevd' if by_udevd else 'modprobe'}; {len(irqs)} vectors on vnode 1's vCPU "
-            f"{pinned_after:.0f} s after the link came up; xl pci-detach -> remove event, "
-            "devices.json empty, hint gone, status answered; SIGTERM: exit 0, no error line")
 
 
 #: What pytest runs when this file is named on its command line (the file is not a ``test_``

@@ -102,31 +102,11 @@ def check_remote_in_guest(g: Guest) -> str:
     before = irq_affinities(g, irqs)
     g.run_ok(METRICS_ON)
     g.run_ok(DAEMON_START)
+    pinned = {i: node0 for i in irqs}
     within("the daemon's numa_node 0 and the vectors on vnode 0's vCPU", lambda: (
-        guest_device(g, bdf)["node"] == "0"
-        and irq_affinities(g, irqs) == {i: node0 for i in irqs}), 300, 3)
-
-    shown = json_of(g.run_ok("guestagent devices --json 2>/dev/null", timeout=180))
-    (report,) = [d for d in shown["devices"] if d["bdf"] == bdf]
-    assert (report["source"], report["node"], report["host_node"], report["remote"]) == (
-        "dom0", 0, 1, True), report
-    assert any(s.startswith("remote: the device sits on host node 1") for s in report["skipped"]), (
-        report)
-
-    status = within("the daemon's status", lambda: _daemon_status(g), 120, 3)
-    job = status["jobs"]["devices"]
-    assert job["remote_devices"] == 1, job
-    (entry,) = [d for d in job["devices"] if d["bdf"] == bdf]
-    assert (entry["host_node"], entry["remote"]) == (1, True), entry
-
-    scrape = within("the daemon's metrics", lambda: (
-        out if (r := g.run(METRICS_GET, timeout=60))[1] == 0 and (out := r[0]) else ""), 60, 3)
-    device = f'device="{bdf}"'
-    assert metric_samples(scrape, "guestagent_devices_remote_devices") == {"": 1.0}, scrape
-    remote = metric_samples(scrape, "guestagent_devices_device_remote")
-    assert remote[device] == 1.0 and sum(remote.values()) == 1.0, scrape
-    assert metric_samples(scrape, "guestagent_devices_device_host_node")[device] == 1.0, scrape
-
+        guest_device(g, bdf)["node"] == "0" and irq_affinities(g, irqs) == pinned), 300, 3)
+    check_command_and_status(g, bdf)
+    check_metrics(g, bdf)
     warnings = log_events(g.run_ok(DAEMON_LOG), "device_remote", bdf=bdf, host_node="1",
                           vnode="0")
     assert warnings and all(w.get("level") == "warning" for w in warnings), warnings
@@ -140,6 +120,36 @@ def check_remote_in_guest(g: Guest) -> str:
             f"({len(irqs)} vectors on CPU {node0}), remote in devices --json, status "
             f"(remote_devices 1) and metrics, {len(warnings)} device_remote warnings; "
             "SIGTERM: undone, exit 0")
+
+
+def check_command_and_status(g: Guest, bdf: str) -> None:
+    """``devices --json`` and the daemon's status: host node 1, remote, the remedy's line."""
+    shown = json_of(g.run_ok("guestagent devices --json 2>/dev/null", timeout=180))
+    (report,) = [d for d in shown["devices"] if d["bdf"] == bdf]
+    assert (report["source"], report["node"], report["host_node"], report["remote"]) == (
+        "dom0", 0, 1, True), report
+    remedy = "remote: the device sits on host node 1"
+    assert [s for s in report["skipped"] if s.startswith(remedy)], report
+    status = within("the daemon's status", lambda: _daemon_status(g), 120, 3)
+    job = status["jobs"]["devices"]
+    assert job["remote_devices"] == 1, job
+    (entry,) = [d for d in job["devices"] if d["bdf"] == bdf]
+    assert (entry["host_node"], entry["remote"]) == (1, True), entry
+
+
+def check_metrics(g: Guest, bdf: str) -> None:
+    """One scrape of the daemon's metrics: one remote device, this one, on host node 1."""
+
+    def scrape() -> str:
+        out, rc = g.run(METRICS_GET, timeout=60)
+        return out if rc == 0 else ""
+
+    text = within("the daemon's metrics", scrape, 60, 3)
+    device = f'device="{bdf}"'
+    assert metric_samples(text, "guestagent_devices_remote_devices") == {"": 1.0}, text
+    remote = metric_samples(text, "guestagent_devices_device_remote")
+    assert remote[device] == 1.0 and sum(remote.values()) == 1.0, text
+    assert metric_samples(text, "guestagent_devices_device_host_node")[device] == 1.0, text
 
 
 #: What pytest runs when this file is named on its command line (the file is not a ``test_``
