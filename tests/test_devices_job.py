@@ -228,3 +228,72 @@ def test_stop_drops_pyudevs_monitor_which_has_no_close(tmp_path: Path) -> None:
     finally:
         sock.close()
         loop.close()
+
+
+class QueuedEvents:
+    """A pyudev-like monitor that hands out the events queued in it, readable while any is."""
+
+    def __init__(self) -> None:
+        self.ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.queue: list[SimpleNamespace] = []
+
+    def put(self, action: str, bdf: str) -> None:
+        self.queue.append(SimpleNamespace(action=action, subsystem="pci", sys_name=bdf))
+        self.peer.send(b"x")
+
+    def fileno(self) -> int:
+        return self.ours.fileno()
+
+    def poll(self, timeout: float = 0) -> SimpleNamespace | None:
+        if not self.queue:
+            return None
+        self.ours.recv(1)
+        return self.queue.pop(0)
+
+    def close(self) -> None:
+        self.ours.close()
+        self.peer.close()
+
+
+def test_a_hotplugged_device_whose_vectors_wait_gets_the_repeat_pass(tmp_path: Path) -> None:
+    """Issue 16 item 3: a udev event for a device whose driver has not requested its vectors yet
+    (a NIC attached with its interface down) schedules the repeat pass, as a full pass does;
+    before, the event's reports were dropped and the vectors stayed unpinned."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "devices-2node", root, symlinks=True)
+    toml = tmp_path / "guestagent.toml"
+    toml.write_text(f'[devices]\nnode_overrides = ["{VF}=1"]\nirqbalance = "pin"\n')
+    config = load(str(toml), str(tmp_path / "conf.d"))
+    monitor = QueuedEvents()
+    clock = FakeClock()
+    loop = EventLoop(clock=clock)
+    hub = SimpleNamespace(client=lambda: None, watch=lambda path, cb: False)
+    host = Host(HostFS(str(root)), open_udev=lambda fs: HotplugMonitor(monitor))
+    ctx = SimpleNamespace(loop=loop, hostfs=HostFS(str(root)), config=config, xenstore=hub,
+                          role="guest", host=host)
+    job = DevicesJob()
+    try:
+        job.start(ctx)  # type: ignore[arg-type]
+        assert job._retry is None  # every vector pinned at start
+        # The driver is re-bound and its interface is down: vector 30 has no /proc/irq entry.
+        parked = tmp_path / "irq30"
+        shutil.move(str(root / "proc/irq/30"), str(parked))
+        monitor.put("bind", VF)
+        clock.now = 1005.0
+        loop.run_once(0)
+        assert job._retry is not None and job._retry.when == 1035.0
+        # An event for a device without waiting vectors leaves that repeat alone.
+        retry = job._retry
+        monitor.put("bind", "0000:00:03.0")
+        loop.run_once(0)
+        assert job._retry is retry
+        # The interface came up: the repeat pins vector 30 and stops repeating.
+        shutil.move(str(parked), str(root / "proc/irq/30"))
+        clock.now = 1035.0
+        loop.run_once(0)
+        assert (root / "proc/irq/30/smp_affinity_list").read_text() == "2-3"
+        assert job._retry is None
+        job.stop()
+    finally:
+        loop.close()
+        monitor.close()

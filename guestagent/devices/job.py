@@ -81,8 +81,13 @@ class DevicesJob:
             ctx.loop.add_reader(self._monitor.fileno(), self._on_udev)
 
     def _on_udev(self) -> None:
+        """Re-evaluate the devices udev names; a device whose vectors its driver has not
+        requested yet (a NIC hot-plugged with its interface down) gets the repeat pass a full
+        pass would schedule. A device with none never cancels a repeat set for another."""
         if self._monitor is not None and self._binder is not None:
-            self._monitor.pump(self._binder)
+            reports = self._monitor.pump(self._binder)
+            if pending_vectors(reports):
+                self._after_pass(reports)
 
     def _rescan(self, reason: str) -> None:
         if self._binder is not None:
