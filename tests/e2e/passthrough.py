@@ -110,9 +110,10 @@ DAEMON_LOG = "cat /tmp/daemon.log"
 #: The exit status DAEMON_START's shell wrote, once it has (waits up to 30 s for it).
 DAEMON_RC = ("for i in $(seq 60); do [ -s /tmp/daemon.rc ] && break; sleep 0.5; done; "
              "cat /tmp/daemon.rc")
-#: A conf.d file turning on the daemon's metrics server (``[metrics] listen``'s default address).
+#: A conf.d file turning on the daemon's metrics server (``[metrics] listen``'s default address);
+#: the e2e guest's init leaves ``lo`` down (a scrape of 127.0.0.1 said "Network is unreachable").
 METRICS_CONF = "/etc/guestagent/conf.d/50-e2e-metrics.toml"
-METRICS_ON = (f"mkdir -p {METRICS_CONF.rpartition('/')[0]}; "
+METRICS_ON = (f"ip link set lo up; mkdir -p {METRICS_CONF.rpartition('/')[0]}; "
               f"printf '[metrics]\\nenabled = true\\n' >{METRICS_CONF}")
 #: One scrape of the daemon's metrics (no curl in the image: Python's urllib).
 METRICS_GET = ("python3 -c 'import urllib.request; print(urllib.request.urlopen("
