@@ -1,5 +1,5 @@
-"""Real-Xen check of PCI hotplug while the guest's daemon runs (issue 16 item 3), written and NOT
-run yet.
+"""Real-Xen check of PCI hotplug while the guest's daemon runs (issue 16 item 3). Passed on
+2026-12-05 (run ``20261205-093953-3481-pytest-numa2``), outside the default run.
 
 Not a ``test_`` file, so a plain ``pytest -m e2e`` does not collect it; pytest collects a file
 named on its command line whatever its name, so the lead runs it with::
@@ -25,11 +25,11 @@ udevd's netlink group), then ``guestagent run``. Then:
   no error line and the daemon still answers ``status`` (without the device);
 * SIGTERM: the daemon exits with status 0, still without an error line.
 
-A gap found by reading, not on Xen (io-e2e report, 2026-12-05): the job repeats its pass for
-vectors the driver has not requested yet only after a full pass (start, a hint change, the
-repeat itself), not after a udev event (``DevicesJob._on_udev`` drops the reports). If the
-driver's ``bind`` event comes after the hint's rescan, nothing pins the vectors once the
-interface is up, and this check fails at "the vectors on vnode 1's vCPU".
+A gap found by reading (io-e2e, 2026-12-05) and fixed before the run (8de3d4e): the job
+repeated its pass for vectors the driver had not requested yet only after a full pass, not after
+a udev event (``DevicesJob._on_udev`` dropped the reports), so nothing pinned the vectors of a
+device hot-plugged with its interface down. In the run the vectors were on vnode 1's vCPU 21 s
+after the link came up (which pass pinned them, the log of that run does not say).
 """
 
 from __future__ import annotations
