@@ -1,4 +1,5 @@
-"""Real-Xen check of Dom0's own devices (issue 16 item 2), written and NOT run yet.
+"""Real-Xen check of Dom0's own devices (issue 16 item 2). Passed on 2026-12-05 (run
+``20261205-083442-16241-pytest-numa2``), outside the default run.
 
 Not a ``test_`` file, so a plain ``pytest -m e2e`` does not collect it; pytest collects a file
 named on its command line whatever its name, so the lead runs it with::

@@ -1,5 +1,5 @@
-"""Real-Xen check of a device on a host node where the guest has no vnode (issue 16 item 6),
-written and NOT run yet.
+"""Real-Xen check of a device on a host node where the guest has no vnode (issue 16 item 6).
+Passed on 2026-12-05 (run ``20261205-094334-6254-pytest-numa2``), outside the default run.
 
 Not a ``test_`` file, so a plain ``pytest -m e2e`` does not collect it; pytest collects a file
 named on its command line whatever its name, so the lead runs it with::
