@@ -16,7 +16,7 @@ import errno
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from guestagent.dom0.backendthreads import (
@@ -132,9 +132,7 @@ class ThreadOutcome:
     failed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "comm": self.comm, "domid": self.domid, "node": self.node,
-                "near_vcpus": self.near_vcpus, "applied": self.applied,
-                "planned": self.planned, "skipped": self.skipped, "failed": self.failed}
+        return asdict(self)
 
 
 def _errname(e: OSError) -> str:

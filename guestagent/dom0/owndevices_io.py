@@ -16,7 +16,7 @@ devices --reset``, ``guestagent reset``'s ``dom0_devices`` part).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from guestagent.devices import execute
@@ -142,9 +142,7 @@ class DeviceOutcome:
     failed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bdf": self.bdf, "driver": self.driver, "node": self.node,
-                "near_vcpus": self.near_vcpus, "applied": self.applied,
-                "planned": self.planned, "skipped": self.skipped, "failed": self.failed}
+        return asdict(self)
 
 
 @dataclass
