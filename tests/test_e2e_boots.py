@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.e2e import boots
 from tests.e2e.__main__ import _boots_setup
 from tests.e2e.util import REPO
@@ -410,3 +412,26 @@ def test_the_device_check_reads_the_sysfs_listing() -> None:
         "no PCI function 0x8086:0x10d3 in the guest's /sys/bus/pci/devices: nothing")
     assert passthrough.host_bdf(lambda _s: DOM0_PCI, "0x8086:0x10d3") == HOST_E1000E
     assert passthrough.xl_pci(HOST_E1000E) == 'pci = [ "0000:81:00.0" ]'
+
+
+def test_an_interrupted_command_ends_in_one_line_and_status_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM/Ctrl-C (the signal handlers raise KeyboardInterrupt) during a bed command: the
+    bed's context managers already cleaned up, so main says so in one line, no traceback."""
+    import signal
+
+    import tests.e2e.__main__ as e2e_main
+
+    def interrupted(_args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(e2e_main, "cmd_pins", interrupted)
+    old_term, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert e2e_main.main(["pins"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+    err = capsys.readouterr().err
+    assert err.strip() == "e2e: pins interrupted"

@@ -454,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     except BedError as e:
         print(f"e2e: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        # SIGTERM or Ctrl-C: the bed is already torn down and any report written (the context
+        # managers and finally blocks ran on the way out); one line, not a traceback.
+        print(f"e2e: {args.what} interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
