@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -388,6 +389,95 @@ def test_dom0_syscall_filter_lets_the_backend_threads_be_moved(dom0: Unit) -> No
     result = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", "@resources"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert "sched_setaffinity" in {line.strip() for line in result.stdout.splitlines()}
+
+
+#: Opt-in: the Dom0 unit's sandbox under a real systemd (it starts a copy of the unit).
+SYSTEMD_CHECK = "GUESTAGENT_SYSTEMD_CHECK"
+CHECK_UNIT = "guestagent-dom0-check.service"
+
+#: What the copy runs instead of the daemon, inside the shipped sandbox: whether /proc/irq/N can
+#: be written (and a write of its own value goes through), and that the other kernel paths are
+#: read-only (test -w is access(2), which says EROFS on a read-only mount).
+SANDBOX_PROBE = (
+    "f=/proc/irq/$$CHECK_IRQ/smp_affinity_list; "
+    'if [ -w "$$f" ] && v=$$(cat "$$f") && (echo "$$v" > "$$f") 2>/dev/null; '
+    "then echo irq rw; else echo irq ro; fi; "
+    "for p in /proc/sys/vm/overcommit_memory /proc/sys/kernel/numa_balancing "
+    "/sys/bus/pci/drivers_probe /run/guestagent-dom0-check; do "
+    'if [ -w "$$p" ]; then echo "$$p rw"; elif [ -e "$$p" ]; then echo "$$p ro"; fi; done'
+)
+
+
+def _writable_irq() -> int | None:
+    """An IRQ whose smp_affinity_list takes its own value back (outside any sandbox)."""
+    for path in sorted(Path("/proc/irq").glob("*/smp_affinity_list"),
+                       key=lambda p: int(p.parent.name)):
+        try:
+            path.write_text(path.read_text())
+        except OSError:
+            continue
+        return int(path.parent.name)
+    return None
+
+
+@pytest.mark.skipif(
+    os.environ.get(SYSTEMD_CHECK) != "1" or not Path("/run/systemd/system").is_dir()
+    or os.geteuid() != 0,
+    reason=f"opt-in: {SYSTEMD_CHECK}=1, as root, where PID 1 is systemd (starts a copy of "
+    "guestagent-dom0.service from /run/systemd/system)")
+def test_dom0_unit_sandbox_and_stop_post_under_systemd(dom0: Unit) -> None:
+    """The shipped Dom0 unit under the running systemd, its daemon swapped for a probe and its
+    reset for an echo (a drop-in; the sandbox is the file's): /proc/irq is writable, /proc/sys
+    and /sys are not, and the stop command runs after a run but not after a skipped start."""
+    irq = _writable_irq()
+    if irq is None:
+        pytest.skip("no IRQ here takes a write of its own affinity")
+    (stop_post,) = dom0["Service"]["ExecStopPost"]
+    units = Path("/run/systemd/system")
+    drop_in_dir = units / f"{CHECK_UNIT}.d"
+    out = Path("/run/guestagent-dom0-check.out")
+
+    def run(condition: int) -> list[str]:
+        drop_in_dir.mkdir(exist_ok=True)
+        (drop_in_dir / "check.conf").write_text(
+            "[Service]\nType=oneshot\nWatchdogSec=0\nRestart=no\n"
+            # Not the agent's own /run/guestagent: systemd removes it when this copy stops.
+            "RuntimeDirectory=\nRuntimeDirectory=guestagent-dom0-check\n"
+            f"Environment=CHECK_IRQ={irq}\n"
+            f"ExecCondition=\nExecCondition=/bin/sh -c 'exit {condition}'\n"
+            f"ExecStart=\nExecStart=/bin/sh -c '{SANDBOX_PROBE}'\nExecReload=\n"
+            "ExecStopPost=\n"
+            f"ExecStopPost={stop_post.replace('/usr/bin/guestagent', '/bin/echo stop-post:')}\n"
+            f"StandardOutput=append:{out}\nStandardError=append:{out}\n")
+        out.unlink(missing_ok=True)
+        subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=60)
+        subprocess.run(["systemctl", "start", CHECK_UNIT], check=False, timeout=120)
+        for _ in range(600):  # the stop command runs after the start job may have returned
+            state = subprocess.run(["systemctl", "show", "-p", "ActiveState", "--value",
+                                    CHECK_UNIT], capture_output=True, text=True, timeout=60)
+            if state.stdout.strip() in ("inactive", "failed"):
+                break
+            time.sleep(0.1)
+        return out.read_text().splitlines() if out.exists() else []
+
+    shutil.copy(SYSTEMD / "guestagent-dom0.service", units / CHECK_UNIT)
+    try:
+        ran = run(0)
+        skipped = run(1)
+    finally:
+        subprocess.run(["systemctl", "stop", CHECK_UNIT], check=False, timeout=60)
+        shutil.rmtree(drop_in_dir, ignore_errors=True)
+        (units / CHECK_UNIT).unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+        subprocess.run(["systemctl", "daemon-reload"], check=False, timeout=60)
+        subprocess.run(["systemctl", "reset-failed", CHECK_UNIT], check=False, timeout=60)
+    assert ran and ran[0] == "irq rw", ran
+    assert "/run/guestagent-dom0-check rw" in ran, ran
+    assert [line for line in ran[1:] if line.endswith(" rw")] == [
+        "/run/guestagent-dom0-check rw"], ran
+    assert "/proc/sys/vm/overcommit_memory ro" in ran, ran
+    assert ran[-1] == "stop-post: host devices --reset", ran
+    assert skipped == [], skipped
 
 
 def test_memory_deny_write_execute_is_compatible() -> None:
