@@ -73,11 +73,15 @@ DOM0 = (
             "the guest). Hints stay published when the agent stops."),
     DOM0_RESYNC,
     setting("own_devices", "off",
-            "In Dom0: pin the IRQs of the devices Dom0 drives itself (not pciback's) onto the "
-            "Dom0 vCPUs kept on each device's node, and netback's and blkback's threads onto "
-            "those of their guest's node, at start and every resync (docs/IONUMA.md): `auto` "
-            "pins IRQs unless irqbalance runs in Dom0, `pin` even then, `off` touches nothing. "
-            "Journalled in dom0-devices.json and undone when the agent stops.",
+            "In Dom0, at start, every resync and on reload (docs/IONUMA.md): pin the IRQs of the "
+            "devices Dom0 drives itself (not pciback's) onto the Dom0 vCPUs kept on each "
+            "device's node, and netback's and blkback's threads onto those of their guest's "
+            "node; nothing for a node no Dom0 vCPU is kept on (Xen's dom0_vcpus_pin or "
+            "dom0_nodes place them). `auto` pins the IRQs only while irqbalance does not run "
+            "in Dom0 (even with guestagent's policy script, which would ban them only from its "
+            "next rescan), `pin` also while it runs (with a warning); both pin the threads. "
+            "`off` touches nothing. Journalled in dom0-devices.json, undone when the agent "
+            "stops or this turns `off`, and by `guestagent reset` after a crash.",
             choices=("off", "auto", "pin")),
 )
 METRICS = (

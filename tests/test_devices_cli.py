@@ -147,3 +147,31 @@ def test_irqbalance_policy_script(root: Path, capsys: pytest.CaptureFixture[str]
     assert run(root, "irqbalance-policy", "/sys/devices/pci0000:00/0000:00:07.0", "5") == (
         0, "ban=true\n")
     assert run(root, "irqbalance-policy", "junk", "x") == (0, "")
+
+
+def test_irqbalance_policy_reads_dom0s_journal_too(root: Path) -> None:
+    """In Dom0 the pins of Dom0's own devices are in dom0-devices.json, not devices.json: the
+    command bans them as the packaged script does, from either journal, and an unreadable
+    devices.json does not hide Dom0's."""
+    from guestagent.dom0.owndevices_io import journal_in
+    from guestagent.undo import Change
+
+    state_dir = "/run/guestagent"
+    dom0 = journal_in(HostFS(str(root)), state_dir)
+    path = "/proc/irq/120/smp_affinity_list"
+    dom0.record(Change(kind="irq_affinity", path=path, bdf="0000:81:00.0", previous="0-7"))
+    dom0.set_applied(path, "4-7")
+    devpath = "/sys/devices/pci0000:80/0000:81:00.0"
+    assert not (root / "run/guestagent/devices.json").exists()
+    assert run(root, "irqbalance-policy", devpath, "120") == (0, "ban=true\n")
+    assert run(root, "irqbalance-policy", devpath, "12") == (0, "")
+    run(root, "apply", "--node", f"{VF}=1")  # the guest's journal beside it
+    assert run(root, "irqbalance-policy", f"/sys/devices/pci0000:00/{VF}", "29") == (
+        0, "ban=true\n")
+    assert run(root, "irqbalance-policy", devpath, "120") == (0, "ban=true\n")
+    (root / "run/guestagent/devices.json").unlink()
+    (root / "run/guestagent/devices.json").mkdir()  # unreadable: a directory
+    assert run(root, "irqbalance-policy", devpath, "120") == (0, "ban=true\n")
+    assert run(root, "irqbalance-policy", f"/sys/devices/pci0000:00/{VF}", "29") == (0, "")
+    dom0.forget(path)
+    assert run(root, "irqbalance-policy", devpath, "120") == (0, "")

@@ -129,7 +129,7 @@ def test_irqbalance_in_dom0_keeps_the_irqs_unless_pin_is_asked() -> None:
     running = IrqbalanceStatus(True, pid=77, found_by="process")
     plan = decide(model([nic()], irqbalance=running), {}, apply=True)
     (step,) = plan.devices[0].steps
-    assert isinstance(step, Note) and "policy script does not cover" in step.text
+    assert isinstance(step, Note) and "IRQs left to it" in step.text
     forced = decide(model([nic()], irqbalance=running), {}, apply=True, mode="pin")
     assert all(isinstance(s, SetIrqAffinity) for s in forced.devices[0].steps)
     assert [n.event for n in forced.notes] == ["dom0_irqbalance_running"]

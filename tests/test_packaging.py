@@ -10,9 +10,11 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,17 +205,97 @@ def test_guest_sandbox_writes_only_what_jobs_need(guest: Unit) -> None:
     assert access(guest, "/home/user/.ssh/id_rsa") == "inaccessible"
 
 
-def test_dom0_sandbox_is_stricter(dom0: Unit) -> None:
+def test_dom0_sandbox_writes_only_irq_affinity(dom0: Unit) -> None:
+    """[dom0] own_devices writes /proc/irq/N/smp_affinity_list (and sets backend threads'
+    affinity with a system call, no file): /proc/irq is the one writable kernel path."""
     assert "ConditionVirtualization" in dom0["Unit"]
     assert one(dom0, "Unit", "ConditionVirtualization") == "!container"  # Dom0 is not 'xen'
     assert one(dom0, "Service", "ExecCondition") == "/bin/grep -qw control_d /proc/xen/capabilities"
     assert one(dom0, "Service", "ExecStart") == "/usr/bin/guestagent run --role dom0"
-    assert one(dom0, "Service", "ProtectKernelTunables") == "yes"
-    assert "ReadWritePaths" not in dom0["Service"]
-    assert access(dom0, "/run/guestagent/status.sock") == "rw"
-    for path in (*READ_ONLY, "/proc/irq/24/smp_affinity_list",
-                 "/sys/devices/system/xen_memory/xen_memory0/target_kb"):
+    assert [p.lstrip("-+") for p in words(dom0, "Service", "ReadWritePaths")] == ["/proc/irq"]
+    for path in ("/run/guestagent/status.sock", "/run/guestagent/dom0-devices.json",
+                 "/proc/irq/24/smp_affinity_list", "/proc/irq/120/smp_affinity_list"):
+        assert access(dom0, path) == "rw", path
+    for path in (*READ_ONLY, "/sys/devices/system/xen_memory/xen_memory0/target_kb",
+                 "/proc/sys/vm/overcommit_memory", "/proc/sys/kernel/numa_balancing",
+                 "/sys/bus/pci/drivers/e1000e/unbind",
+                 "/sys/devices/pci0000:80/0000:80:01.0/0000:81:00.0/numa_node",
+                 "/sys/kernel/mm/damon/admin/kdamonds/nr_kdamonds"):
         assert access(dom0, path) == "ro", path
+    assert access(dom0, "/proc/kcore") == "inaccessible"
+
+
+@pytest.mark.parametrize("name", ["guestagent.service", "guestagent-dom0.service"])
+def test_without_protect_kernel_tunables_its_paths_are_spelled_out(name: str) -> None:
+    """A unit that must write /proc/irq sets ProtectKernelTunables=no (below) and keeps every
+    other path that setting protects read-only or inaccessible."""
+    unit = parse_unit(SYSTEMD / name)
+    assert one(unit, "Service", "ProtectKernelTunables") == "no"
+    assert access(unit, "/proc/irq") == "rw"
+    for path in PROTECT_KERNEL_TUNABLES:
+        if path != "/proc/irq":
+            assert access(unit, path) in ("ro", "inaccessible"), (name, path)
+    for path in ("/proc/kallsyms", "/proc/kcore"):
+        assert access(unit, path) == "inaccessible", (name, path)
+
+
+def _stop_post_command(unit: Unit) -> list[str]:
+    """The unit's one ExecStopPost= as systemd runs it: the "-" prefix off, "$$" made "$"
+    (systemd.service(5), "Command lines"), split by its quoting."""
+    (line,) = unit["Service"]["ExecStopPost"]
+    assert line.startswith("-") and "+" not in line.split("/", 1)[0], line  # in the sandbox
+    return shlex.split(line[1:].replace("$$", "$"))
+
+
+def test_dom0_stop_post_undoes_dom0s_own_devices_unless_the_start_was_skipped(
+    dom0: Unit, tmp_path: Path
+) -> None:
+    """After a crash the Dom0 unit's ExecStopPost restores what dom0-devices.json records (the
+    dom0_devices part of guestagent reset), with the real CLI on a fixture Dom0; when the
+    ExecCondition= skipped the start (not Dom0) it runs nothing."""
+    from guestagent.dom0.owndevices_io import journal_in
+    from guestagent.hostfs import HostFS
+    from guestagent.undo import Change
+
+    argv = _stop_post_command(dom0)
+    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3
+    assert "/usr/bin/guestagent host devices --reset" in argv[2]
+    build_parser().parse_args(["host", "devices", "--reset"])  # a command the CLI has
+    root = tmp_path / "root"
+    irq_file = root / "proc/irq/120/smp_affinity_list"
+    irq_file.parent.mkdir(parents=True)
+    (root / "proc/xen").mkdir()
+    (root / "proc/xen/capabilities").write_text("control_d\n")
+    stub = tmp_path / "guestagent"
+    stub.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m guestagent "
+                    f"--root {shlex.quote(str(root))} \"$@\" "
+                    f"--config {tmp_path}/none.toml --conf-dir {tmp_path}/none.d\n")
+    stub.chmod(0o755)
+    script = argv[2].replace("/usr/bin/guestagent", str(stub))
+
+    def stop_post(result: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SERVICE_RESULT": result,
+               "PYTHONPATH": str(REPO)}
+        return subprocess.run([argv[0], "-c", script], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    path = "/proc/irq/120/smp_affinity_list"
+    for result in ("signal", "exec-condition", "success"):
+        irq_file.write_text("4-7\n")
+        journal = journal_in(HostFS(str(root)), "/run/guestagent")
+        journal.record(Change(kind="irq_affinity", path=path, bdf="0000:81:00.0",
+                              previous="0-7"))
+        journal.set_applied(path, "4-7")
+        done = stop_post(result)
+        assert done.returncode == 0, done.stderr[-2000:]
+        if result == "exec-condition":
+            assert done.stdout == "" and irq_file.read_text() == "4-7\n"
+            assert (root / "run/guestagent/dom0-devices.json").exists()
+            journal.forget(path)
+        else:
+            assert done.stdout == f"{path}: restored '0-7'\n", (result, done.stdout)
+            assert irq_file.read_text().strip() == "0-7"
+            assert not (root / "run/guestagent/dom0-devices.json").exists()
 
 
 @pytest.mark.parametrize("name", UNITS)
@@ -261,7 +343,7 @@ def _verify_root(tmp_path: Path) -> Path:
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "usr/lib/systemd").mkdir(parents=True)
     shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    for exe in ("usr/bin/guestagent", "usr/bin/cloud-init", "bin/grep", "bin/kill"):
+    for exe in ("usr/bin/guestagent", "usr/bin/cloud-init", "bin/grep", "bin/kill", "bin/sh"):
         path = root / exe
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\n")
@@ -293,6 +375,109 @@ def test_systemd_analyze_security(tmp_path: Path, name: str, limit: float) -> No
     if match is None:
         pytest.skip(f"this systemd-analyze has no offline security check: {result.stderr[:200]}")
     assert float(match.group(1)) <= limit, result.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_dom0_syscall_filter_lets_the_backend_threads_be_moved(dom0: Unit) -> None:
+    """The Dom0 job moves netback's and blkback's threads with sched_setaffinity(2): the unit's
+    SystemCallFilter= group must hold it (this systemd's own expansion of the group)."""
+    (group,) = dom0["Service"]["SystemCallFilter"]
+    result = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", group],
+                            capture_output=True, text=True, timeout=60, check=False)
+    listed = {line.strip() for line in result.stdout.splitlines()}
+    assert result.returncode == 0 and "@resources" in listed, result.stdout[-2000:]
+    result = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", "@resources"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert "sched_setaffinity" in {line.strip() for line in result.stdout.splitlines()}
+
+
+#: Opt-in: the Dom0 unit's sandbox under a real systemd (it starts a copy of the unit).
+SYSTEMD_CHECK = "GUESTAGENT_SYSTEMD_CHECK"
+CHECK_UNIT = "guestagent-dom0-check.service"
+
+#: What the copy runs instead of the daemon, inside the shipped sandbox: whether /proc/irq/N can
+#: be written (and a write of its own value goes through), and that the other kernel paths are
+#: read-only (test -w is access(2), which says EROFS on a read-only mount).
+SANDBOX_PROBE = (
+    "f=/proc/irq/$$CHECK_IRQ/smp_affinity_list; "
+    'if [ -w "$$f" ] && v=$$(cat "$$f") && (echo "$$v" > "$$f") 2>/dev/null; '
+    "then echo irq rw; else echo irq ro; fi; "
+    "for p in /proc/sys/vm/overcommit_memory /proc/sys/kernel/numa_balancing "
+    "/sys/bus/pci/drivers_probe /run/guestagent-dom0-check; do "
+    'if [ -w "$$p" ]; then echo "$$p rw"; elif [ -e "$$p" ]; then echo "$$p ro"; fi; done'
+)
+
+
+def _writable_irq() -> int | None:
+    """An IRQ whose smp_affinity_list takes its own value back (outside any sandbox)."""
+    for path in sorted(Path("/proc/irq").glob("*/smp_affinity_list"),
+                       key=lambda p: int(p.parent.name)):
+        try:
+            path.write_text(path.read_text())
+        except OSError:
+            continue
+        return int(path.parent.name)
+    return None
+
+
+@pytest.mark.skipif(
+    os.environ.get(SYSTEMD_CHECK) != "1" or not Path("/run/systemd/system").is_dir()
+    or os.geteuid() != 0,
+    reason=f"opt-in: {SYSTEMD_CHECK}=1, as root, where PID 1 is systemd (starts a copy of "
+    "guestagent-dom0.service from /run/systemd/system)")
+def test_dom0_unit_sandbox_and_stop_post_under_systemd(dom0: Unit) -> None:
+    """The shipped Dom0 unit under the running systemd, its daemon swapped for a probe and its
+    reset for an echo (a drop-in; the sandbox is the file's): /proc/irq is writable, /proc/sys
+    and /sys are not, and the stop command runs after a run but not after a skipped start."""
+    irq = _writable_irq()
+    if irq is None:
+        pytest.skip("no IRQ here takes a write of its own affinity")
+    (stop_post,) = dom0["Service"]["ExecStopPost"]
+    units = Path("/run/systemd/system")
+    drop_in_dir = units / f"{CHECK_UNIT}.d"
+    out = Path("/run/guestagent-dom0-check.out")
+
+    def run(condition: int) -> list[str]:
+        drop_in_dir.mkdir(exist_ok=True)
+        (drop_in_dir / "check.conf").write_text(
+            "[Service]\nType=oneshot\nWatchdogSec=0\nRestart=no\n"
+            # Not the agent's own /run/guestagent: systemd removes it when this copy stops.
+            "RuntimeDirectory=\nRuntimeDirectory=guestagent-dom0-check\n"
+            f"Environment=CHECK_IRQ={irq}\n"
+            f"ExecCondition=\nExecCondition=/bin/sh -c 'exit {condition}'\n"
+            f"ExecStart=\nExecStart=/bin/sh -c '{SANDBOX_PROBE}'\nExecReload=\n"
+            "ExecStopPost=\n"
+            f"ExecStopPost={stop_post.replace('/usr/bin/guestagent', '/bin/echo stop-post:')}\n"
+            f"StandardOutput=append:{out}\nStandardError=append:{out}\n")
+        out.unlink(missing_ok=True)
+        subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=60)
+        subprocess.run(["systemctl", "start", CHECK_UNIT], check=False, timeout=120)
+        for _ in range(600):  # the stop command runs after the start job may have returned
+            state = subprocess.run(["systemctl", "show", "-p", "ActiveState", "--value",
+                                    CHECK_UNIT], capture_output=True, text=True, timeout=60)
+            if state.stdout.strip() in ("inactive", "failed"):
+                break
+            time.sleep(0.1)
+        return out.read_text().splitlines() if out.exists() else []
+
+    shutil.copy(SYSTEMD / "guestagent-dom0.service", units / CHECK_UNIT)
+    try:
+        ran = run(0)
+        skipped = run(1)
+    finally:
+        subprocess.run(["systemctl", "stop", CHECK_UNIT], check=False, timeout=60)
+        shutil.rmtree(drop_in_dir, ignore_errors=True)
+        (units / CHECK_UNIT).unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+        subprocess.run(["systemctl", "daemon-reload"], check=False, timeout=60)
+        subprocess.run(["systemctl", "reset-failed", CHECK_UNIT], check=False, timeout=60)
+    assert ran and ran[0] == "irq rw", ran
+    assert "/run/guestagent-dom0-check rw" in ran, ran
+    assert [line for line in ran[1:] if line.endswith(" rw")] == [
+        "/run/guestagent-dom0-check rw"], ran
+    assert "/proc/sys/vm/overcommit_memory ro" in ran, ran
+    assert ran[-1] == "stop-post: host devices --reset", ran
+    assert skipped == [], skipped
 
 
 def test_memory_deny_write_execute_is_compatible() -> None:

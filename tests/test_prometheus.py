@@ -127,7 +127,7 @@ DASHBOARD_MUST_CHART = {
                  "guestagent_hostnuma_guest_node_cpu_seconds"),
 }
 #: The rules' counts (promtool's "N rules found" is both kinds).
-ALERTS, RECORDS = 10, 4
+ALERTS, RECORDS = 11, 4
 
 
 def test_the_harness_sees_every_job_export(exported: set[str]) -> None:
@@ -194,6 +194,26 @@ def test_every_alert_has_cases_that_fire_and_cases_that_do_not() -> None:
     records = recorded_names()
     tested = set(re.findall(r"^\s+- expr: (\S+)$", RULES_TEST.read_text(), flags=re.MULTILINE))
     assert records - {"guestagent:hostnuma_node_free:ratio"} <= tested  # that one through the next
+
+
+#: The remote-device alerts and the one series each watches: Dom0's count per guest, and the
+#: guest's own (issue 16 item 6).
+REMOTE_DEVICE_ALERTS = {
+    "GuestagentDeviceOnRemoteNode": "guestagent_dom0_guest_remote_devices",
+    "GuestagentGuestDeviceOnRemoteNode": "guestagent_devices_remote_devices",
+}
+
+
+def test_remote_device_alerts_watch_what_the_jobs_export(exported: set[str]) -> None:
+    """Each remote-device alert parses (the rules file is YAML Prometheus loads; promtool checks
+    it above) and asks for exactly the series its job exports, the guest's from the devices
+    job's own status."""
+    yaml = pytest.importorskip("yaml")
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    exprs = {r["alert"]: r["expr"] for r in rules if "alert" in r}
+    for alert, series in REMOTE_DEVICE_ALERTS.items():
+        assert series_names(exprs[alert]) == {series}, (alert, exprs[alert])
+        assert series in exported, series
 
 
 def test_the_numa_rules_series_carry_what_the_rules_join_on(

@@ -9,8 +9,9 @@
 * ``guestagent devices --reset``: undo everything the state file records (also after a crash);
   :func:`undo` is the part ``guestagent reset`` runs.
 * ``guestagent devices irqbalance-policy DEVPATH IRQ``: an irqbalance ``--policyscript``; prints
-  ``ban=true`` for IRQs guestagent pinned, ``numa_node=N`` for a device whose node only guestagent
-  knows. Always exits 0 (irqbalance wants that).
+  ``ban=true`` for IRQs guestagent pinned (either journal: ``devices.json``, and in Dom0
+  ``dom0-devices.json``), ``numa_node=N`` for a device whose node only guestagent knows. Always
+  exits 0 (irqbalance wants that).
 
 ``--config FILE``/``--conf-dir DIR`` name the agent's TOML configuration (its ``[devices]``
 table, see :mod:`guestagent.devices.config`); ``--node BDF=N`` adds a node override.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -220,18 +222,35 @@ def run_apply(args: argparse.Namespace, ctx: Any) -> int:
     return 1 if any(r.failed for r in reports) else 0
 
 
+def pinned_irqs(hostfs: HostFS, state_dir: str) -> set[int]:
+    """The IRQs whose affinity either journal in ``state_dir`` records: ``devices.json`` (the
+    guest's devices job) and ``dom0-devices.json`` (Dom0's own devices), as the packaged policy
+    script reads them. A journal that is missing or unreadable adds nothing; the other still
+    counts."""
+    from guestagent.dom0.owndevices_io import journal_in
+
+    pinned: set[int] = set()
+    for journal in (StateStore(hostfs, f"{state_dir}/devices.json"), journal_in(hostfs, state_dir)):
+        try:
+            records = journal.load().changes
+        except (GuestAgentError, OSError, ValueError):
+            continue
+        pinned |= {int(p.split("/")[3]) for p, c in records.items()
+                   if c.kind == "irq_affinity" and p.split("/")[3].isdigit()}
+    return pinned
+
+
 def run_policy(args: argparse.Namespace, ctx: Any) -> int:
-    """irqbalance policy script: never fails, prints key=value lines or nothing."""
+    """irqbalance policy script: never fails, prints key=value lines or nothing. ``ban=true``
+    for an IRQ either journal records (the device's node is not looked up then)."""
     try:
         hostfs: HostFS = ctx.hostfs
         irq = int(args.irq)
         bdf = os.path.basename(str(args.devpath).rstrip("/"))
         config = load_config(args, ctx)
-        store = StateStore(hostfs, config.state_file).load()
-        pinned = {int(p.split("/")[3]) for p, c in store.changes.items()
-                  if c.kind == "irq_affinity"}
+        pinned = pinned_irqs(hostfs, posixpath.dirname(config.state_file))
         node = None
-        if is_bdf(bdf):
+        if irq not in pinned and is_bdf(bdf):
             job = DevicesJob(hostfs, config, xenstore_hint_sources(ctx.host),
                              route_lookup=ctx.host.default_interfaces)
             job.refresh()

@@ -9,8 +9,9 @@ new IRQ appears) and excludes the IRQs the script answers ``ban=true`` for. ``--
 whole command-line ban list (irqbalance.c ``sock_handle``), dropping the operator's own bans.
 
 The packages ship that script, :data:`POLICY_SCRIPT` (``packaging/irqbalance/irqbalance-policy``:
-POSIX sh, ``ban=true`` for each IRQ the journal ``devices.json`` records as pinned), and a drop-in
-for ``irqbalance.service`` that passes it and starts irqbalance after the agent. The agent
+POSIX sh, ``ban=true`` for each IRQ the journals ``devices.json`` and, in Dom0,
+``dom0-devices.json`` record as pinned), and a drop-in for ``irqbalance.service`` that passes
+it and starts irqbalance after the agent. The agent
 installs and changes nothing of irqbalance's: its journal is the answer, so ``guestagent reset``
 (which empties it) is also what gives the IRQs back to irqbalance; the job sends irqbalance a
 SIGHUP after it pins or unpins vectors (:func:`guestagent.devices.execute.nudge_irqbalance`).

@@ -118,21 +118,30 @@ def read_guest_nodes(domctl: Any, domids: Iterable[int], max_cpus: int,
 
 
 @dataclass
-class ThreadOutcome:
-    """What one pass did for one backend thread, by category."""
+class StepLines:
+    """What one pass did for one thing, as lines by category (the devices job's report): the
+    part :class:`ThreadOutcome` and :class:`~guestagent.dom0.owndevices_io.DeviceOutcome`
+    share. The lists start empty and are no constructor arguments, so a subclass's own fields
+    (what the outcome is of) are its constructor's."""
+
+    applied: list[str] = field(default_factory=list, init=False)
+    planned: list[str] = field(default_factory=list, init=False)
+    skipped: list[str] = field(default_factory=list, init=False)
+    failed: list[str] = field(default_factory=list, init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ThreadOutcome(StepLines):
+    """What one pass did for one backend thread."""
 
     pid: int
     comm: str
     domid: int
     node: int | None
     near_vcpus: list[int]
-    applied: list[str] = field(default_factory=list)
-    planned: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _errname(e: OSError) -> str:

@@ -255,13 +255,16 @@ def _register_host_devices(host_sub: Any) -> None:
     add_json_option(devices)
     action = devices.add_mutually_exclusive_group()
     action.add_argument("--apply", action="store_true",
-                        help="pin the IRQs (journalled first), then report")
+                        help="pin the IRQs and threads (journalled first), then report")
     action.add_argument("--reset", action="store_true",
-                        help="restore every IRQ affinity dom0-devices.json records")
+                        help="restore every IRQ and thread affinity dom0-devices.json "
+                        "records")
     devices.add_argument(
         "--irqbalance", choices=("auto", "pin", "defer"), default="auto",
-        help="'auto' pins only when irqbalance does not run in Dom0 (its policy script does "
-        "not cover Dom0's devices); 'pin' pins anyway; 'defer' never pins (default: auto)")
+        help="the IRQs: 'auto' pins them only when irqbalance does not run in Dom0 (its "
+        "policy script would ban them only from its next rescan, which Dom0 does not ask "
+        "for); 'pin' pins anyway; 'defer' never pins (default: auto). The threads are pinned "
+        "in every mode")
     devices.add_argument("--config", metavar="FILE",
                          help="main configuration file, for [agent] state_dir only "
                          "(default /etc/guestagent/guestagent.toml)")

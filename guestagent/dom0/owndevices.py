@@ -164,9 +164,11 @@ def vcpus_near(node: int, vcpu_nodes: Mapping[int, int | None]) -> tuple[int, ..
 
 def irq_decision(mode: IrqMode, status: IrqbalanceStatus) -> IrqDecision:
     """Whether the IRQs of Dom0's devices are ours to pin. ``auto`` pins only when irqbalance
-    does not run in Dom0: guestagent's policy script bans the IRQs of the guest's journal
-    (``devices.json``), not these, so irqbalance would move them back; ``pin`` pins anyway
-    (with a warning), ``defer`` never pins."""
+    does not run in Dom0: guestagent's policy script bans these IRQs too (it reads
+    ``dom0-devices.json``), but only from irqbalance's next IRQ database build, and Dom0's pass
+    sends irqbalance no SIGHUP, so irqbalance could move them back first; ``pin`` pins anyway
+    (with a warning), ``defer`` never pins. The backend threads are not irqbalance's and are
+    pinned in every mode."""
     who = f"irqbalance is running in Dom0 ({status.found_by or 'found'})"
     if mode == "defer":
         return IrqDecision(False, "defer", "IRQ affinity left alone (--irqbalance defer)")
@@ -175,8 +177,8 @@ def irq_decision(mode: IrqMode, status: IrqbalanceStatus) -> IrqDecision:
     if mode == "pin":
         return IrqDecision(True, "pin", f"{who} but --irqbalance pin: guestagent pins",
                            warning=f"{who}: it may move the IRQs guestagent pinned")
-    return IrqDecision(False, "defer", f"{who}: its policy script does not cover Dom0's own "
-                       "devices, IRQs left to it (--irqbalance pin to pin anyway)")
+    return IrqDecision(False, "defer", f"{who}: IRQs left to it, which guestagent does not ask "
+                       "to rescan from Dom0 (--irqbalance pin to pin anyway)")
 
 
 def stale_records(devices: Sequence[OwnDevice], records: Mapping[str, Change]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ devices --reset``, ``guestagent reset``'s ``dom0_devices`` part).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from guestagent.devices import execute
@@ -27,6 +27,7 @@ from guestagent.dom0.backendthreads import THREAD_KIND
 from guestagent.dom0.backendthreads_io import (
     THREAD_RULE,
     SetAffinity,
+    StepLines,
     ThreadOutcome,
     carry_out_threads,
     read_guest_nodes,
@@ -129,20 +130,13 @@ def read_model(hostfs: HostFS, sysctl: Any, domctl: Any) -> OwnDevicesModel:
 
 
 @dataclass
-class DeviceOutcome:
-    """What one pass did for one Dom0-driven device, by category (the devices job's)."""
+class DeviceOutcome(StepLines):
+    """What one pass did for one Dom0-driven device."""
 
     bdf: str
     driver: str
     node: int | None
     near_vcpus: list[int]
-    applied: list[str] = field(default_factory=list)
-    planned: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
