@@ -159,12 +159,17 @@ def agent_tx100(client: Any) -> float:
     return timed(lambda: client.run_transaction(write))
 
 
+def is_watched(path: str) -> bool:
+    """An event for :data:`WATCHED`: as watched, or as the absolute path ending in it."""
+    return path == WATCHED or path.endswith("/" + WATCHED)
+
+
 def agent_wait_event(client: Any, timeout: float = EVENT_TIMEOUT) -> str:
     """The path of the next event for :data:`WATCHED` with :data:`TOKEN` (others are skipped)."""
     deadline = time.monotonic() + timeout
     while True:
         for event in client.read_events(timeout=max(deadline - time.monotonic(), 0.0)):
-            if event.token == TOKEN and event.path == WATCHED:
+            if event.token == TOKEN and is_watched(event.path):
                 return str(event.path)
         if time.monotonic() >= deadline:
             raise RuntimeError(f"xenstore_ops: no watch event for {WATCHED} in {timeout:.0f} s")
@@ -379,7 +384,7 @@ def watch_disagreements(run: WatchRun, read_back: str) -> list[str]:
     """A C watch run whose event was for another path, or whose last write the agent did not
     read back."""
     out = []
-    if run.path != WATCHED:
+    if not is_watched(run.path):
         out.append(f"C watch: event path {run.path!r}, watched {WATCHED!r}")
     if run.last_value != read_back:
         out.append(f"C watch: wrote {run.last_value!r} last, the agent read {read_back!r}")

@@ -14,7 +14,7 @@
  * /dev/xen/xenbus), one watch on PATH with the token "xsbench", its first event (xenstored fires
  * one at once) read and left out. Then N times: the clock (CLOCK_MONOTONIC), a write of "c<i>" to
  * PATH on the same connection, xs_read_watch until an event for PATH with the token arrives, the
- * clock. The process start-up, the connection and the watch's registration are outside the timed
+ * clock (an event path may be the absolute form of a relative PATH). The process start-up, the connection and the watch's registration are outside the timed
  * part.
  *
  * Output, one "key value" a line: events (N), seconds_per_event (the N latencies summed, over N),
@@ -50,6 +50,7 @@ char **xs_read_watch(struct xs_handle *h, unsigned int *num);
 
 #define TOKEN "xsbench"
 #define EXIT_MISSING 2
+#define MAX_OTHERS 1000
 
 static double now(void)
 {
@@ -59,8 +60,19 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Read events until one for path with our token; the others are counted in *others. The
- * reported path is copied to seen (at least 4096 bytes). */
+/* The event is for path: as given, or (a relative path) as the absolute path ending in it. */
+static bool is_watched(const char *event_path, const char *path)
+{
+    size_t len = strlen(event_path), want = strlen(path);
+
+    if (strcmp(event_path, path) == 0)
+        return true;
+    return path[0] != '/' && len > want && event_path[len - want - 1] == '/' &&
+           strcmp(event_path + len - want, path) == 0;
+}
+
+/* Read events until one for path with our token; the others are counted in *others (at most
+ * MAX_OTHERS, then a failure). The reported path is copied to seen. */
 static int wait_event(struct xs_handle *h, const char *path, char *seen, size_t seen_size,
                       unsigned long *others)
 {
@@ -73,13 +85,16 @@ static int wait_event(struct xs_handle *h, const char *path, char *seen, size_t 
             return -1;
         }
         if (num > XSW_WATCH_TOKEN && strcmp(vec[XSW_WATCH_TOKEN], TOKEN) == 0 &&
-            strcmp(vec[XSW_WATCH_PATH], path) == 0) {
+            is_watched(vec[XSW_WATCH_PATH], path)) {
             snprintf(seen, seen_size, "%s", vec[XSW_WATCH_PATH]);
             free(vec);
             return 0;
         }
-        ++*others;
         free(vec);
+        if (++*others > MAX_OTHERS) {
+            fprintf(stderr, "xenstore_watch: %d events, none for %s\n", MAX_OTHERS, path);
+            return -1;
+        }
     }
 }
 

@@ -257,6 +257,14 @@ def test_disagreements_on_fake_sides() -> None:
                         "'initial'")
 
 
+def test_is_watched() -> None:
+    assert xo.is_watched("data/xsbench/w")
+    assert xo.is_watched("/local/domain/5/data/xsbench/w")  # the absolute form, if reported
+    assert not xo.is_watched("data/xsbench/wx")
+    assert not xo.is_watched("xdata/xsbench/w")
+    assert not xo.is_watched("/local/domain/5/data/xsbench/w/x")
+
+
 def test_watch_disagreements() -> None:
     good = xo.WatchRun(1e-3, xo.WATCHED, "c49")
     assert xo.watch_disagreements(good, "c49") == []
