@@ -451,15 +451,14 @@ def clean(client: Any) -> None:
 
 
 def check_agreement(sides: Sides) -> list[str]:
-    """Each side reads and lists what the agent does and its write is read back by the agent;
-    the keys are laid out anew afterwards."""
+    """Each side reads and lists what the agent does, then the agent reads back what each side
+    writes; the keys are laid out anew afterwards."""
     client = sides.client
     prepare(client)
+    mine = observe_agent(client)
     others: dict[str, dict[str, list[str]]] = {}
-    written: dict[str, tuple[str, str]] = {}
     if sides.c_tools:
         others["C"] = observe_c()
-        written["C"] = write_back(client, "C", c_write_key0)
     if sides.pyxs is not None:
         pyxs = sides.pyxs
         try:
@@ -467,11 +466,17 @@ def check_agreement(sides: Sides) -> list[str]:
         except Exception as e:  # its first contact: say why, measure the others
             sides.missing["pyxs"] = f"its first read failed: {type(e).__name__}: {e}"
             sides.pyxs = None
-        else:
-            written["pyxs"] = write_back(client, "pyxs",
-                                         lambda v: pyxs.write(key(0).encode(), v.encode()))
+            with contextlib.suppress(Exception):
+                with_deadline(pyxs.close, 10)
+    written: dict[str, tuple[str, str]] = {}
+    if sides.c_tools:
+        written["C"] = write_back(client, "C", c_write_key0)
+    if sides.pyxs is not None:
+        py = sides.pyxs
+        written["pyxs"] = write_back(client, "pyxs", lambda v: py.write(key(0).encode(),
+                                                                        v.encode()))
     prepare(client)
-    return disagreements(observe_agent(client), others, written)
+    return disagreements(mine, others, written)
 
 
 def run_round(sides: Sides, n: int, extra: int, repeat: int,

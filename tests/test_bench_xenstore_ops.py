@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -389,6 +390,77 @@ def test_main_against_the_test_xenstored_with_a_fake_pyxs(
     assert "not measured: pyxs watch: pyxs refuses watches over xenbus" in out
     assert xenstored.get_node(f"/local/domain/{GUEST}/data/xsbench") is None  # removed
     assert lines[-1].startswith("JSON {")
+
+
+#: A stand-in for xenstore-read, -write and -list (one process, one transaction, one operation
+#: per argument, as the real ones) over the agent's client; READ_AS makes every read say that.
+FAKE_TOOL = """#!{python}
+import os
+import sys
+
+from guestagent.host import real_xenstore
+from guestagent.hostfs import HostFS
+
+READ_AS = {read_as!r}
+tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+
+
+def body(tx):
+    if tool == "xenstore-read":
+        return [READ_AS or tx.read_str(p) for p in args]
+    if tool == "xenstore-list":
+        return [name for p in args for name in tx.directory(p)]
+    for p, v in zip(args[::2], args[1::2]):
+        tx.write(p, v)
+    return []
+
+
+client = real_xenstore(HostFS("/"))
+for line in client.run_transaction(body):
+    print(line)
+client.close()
+"""
+
+
+def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_as: str = "") -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "xenstore-tool"
+    script.write_text(FAKE_TOOL.format(python=sys.executable, read_as=read_as))
+    script.chmod(0o755)
+    for name in xo.C_TOOLS:
+        (bin_dir / name).symlink_to(script)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+
+
+def test_main_with_stand_in_c_tools_and_pyxs(
+        tmp_path: Path, xenstored: XenstoreServer, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every side at once: the C tools' reads see the agent's keys before the C write-back
+    (which the pyxs check must not mistake for a disagreement), every row has its C figures."""
+    fake_tools(tmp_path, monkeypatch)
+    rc = xo.main(["--rounds", "1", "-n", "4", "--repeat", "1", "--extra", "3",
+                  "--watch-events", "3", "--pyxs-dir", str(fake_pyxs(tmp_path))])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| operation")}
+    for op in ("read", "write", "directory", "tx100"):
+        assert rows[op][3] != "-" and rows[op][4].startswith("x"), rows[op]
+        assert rows[op][5] != "-" and rows[op][6].startswith("x"), rows[op]
+    assert "target: agent/C >= 0.8 on every median: " in out
+    assert "not measured: C tools" not in out
+
+
+def test_main_stops_on_c_tools_that_disagree(
+        tmp_path: Path, xenstored: XenstoreServer, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_tools(tmp_path, monkeypatch, read_as="stale")
+    rc = xo.main(["--rounds", "1", "-n", "4", "--repeat", "1", "--watch-events", "3"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert out.startswith("DISAGREE: C read of data/xsbench: ['stale', ")
 
 
 def test_main_stops_on_a_pyxs_that_disagrees(
