@@ -106,8 +106,22 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process's, every thread's: pyxs's reader thread
+    included) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def best(repeat: int, fn: Callable[[], float]) -> float:
     return min(fn() for _ in range(repeat))
+
+
+def best_pair(repeat: int, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """The lowest wall-clock time and the lowest CPU time of ``repeat`` runs."""
+    runs = [fn() for _ in range(repeat)]
+    return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
 @dataclass(frozen=True)
@@ -123,9 +137,9 @@ class WatchRun:
 # --- the agent --------------------------------------------------------------------------------
 
 
-def agent_op(client: Any, op: str, n: int, in_tx: bool) -> float:
-    """Seconds per operation for ``n`` operations (inside one transaction when ``in_tx``: the
-    transaction's start and commit are timed apart and left out)."""
+def agent_op(client: Any, op: str, n: int, in_tx: bool) -> tuple[float, float]:
+    """Wall-clock and CPU seconds per operation for ``n`` operations (inside one transaction
+    when ``in_tx``: the transaction's start and commit are timed apart and left out)."""
     def body(ops: Any) -> None:
         if op == "read":
             for i in range(n):
@@ -140,14 +154,15 @@ def agent_op(client: Any, op: str, n: int, in_tx: bool) -> float:
             raise ValueError(op)
 
     if not in_tx:
-        return timed(lambda: body(client)) / n
-    took: list[float] = []
+        wall, cpu = timed_cpu(lambda: body(client))
+        return wall / n, cpu / n
+    took: list[tuple[float, float]] = []
 
     def inside(tx: Any) -> None:
-        took.append(timed(lambda: body(tx)))
+        took.append(timed_cpu(lambda: body(tx)))
 
     client.run_transaction(inside)
-    return took[-1] / n
+    return took[-1][0] / n, took[-1][1] / n
 
 
 def agent_tx100(client: Any) -> float:
@@ -301,9 +316,9 @@ def pyxs_transport(env: dict[str, str], xenbus_exists: bool) -> dict[str, str]:
     return {"unix_socket_path": "/var/run/xenstored/socket"}
 
 
-def pyxs_op(client: Any, op: str, n: int) -> float:
-    """Seconds per operation for ``n`` operations inside one pyxs transaction (its start and
-    commit left out), the keys encoded beforehand."""
+def pyxs_op(client: Any, op: str, n: int) -> tuple[float, float]:
+    """Wall-clock and CPU seconds per operation for ``n`` operations inside one pyxs
+    transaction (its start and commit left out), the keys encoded beforehand."""
     keys = [key(i).encode() for i in range(n)]
     values = [f"p{i}".encode() for i in range(n)]
     base = BASE.encode()
@@ -323,10 +338,10 @@ def pyxs_op(client: Any, op: str, n: int) -> float:
 
     client.transaction()
     try:
-        took = timed(body)
+        wall, cpu = timed_cpu(body)
     finally:
         client.commit()
-    return took / n
+    return wall / n, cpu / n
 
 
 def pyxs_tx100(client: Any, retries: int = 5) -> float:
@@ -484,12 +499,14 @@ def run_round(sides: Sides, n: int, extra: int, repeat: int,
     """One round: every operation on every side, the agent first."""
     client, rows, c_s = sides.client, {}, {}
     for op in ("read", "write", "directory"):
-        row = {"agent_s": best(repeat, partial(agent_op, client, op, n, True)),
-               "agent_plain_s": best(repeat, partial(agent_op, client, op, n, False))}
+        wall, cpu = best_pair(repeat, partial(agent_op, client, op, n, True))
+        row = {"agent_s": wall, "agent_cpu_s": cpu,
+               "agent_plain_s": best_pair(repeat, partial(agent_op, client, op, n, False))[0]}
         if sides.c_tools:
             row["c_s"] = c_s[op] = c_op(op, extra, repeat)
         if sides.pyxs is not None:
-            row["pyxs_s"] = best(repeat, partial(pyxs_op, sides.pyxs, op, n))
+            row["pyxs_s"], row["pyxs_cpu_s"] = best_pair(repeat,
+                                                         partial(pyxs_op, sides.pyxs, op, n))
         rows[op] = row
     row = {"agent_s": best(repeat, lambda: agent_tx100(client))}
     if sides.c_tools:
@@ -583,9 +600,9 @@ def sdist_version(root: Path) -> str:
     return "unknown"
 
 
-def ratios(rows: list[dict[str, float]], other: str) -> dict[str, float]:
+def ratios(rows: list[dict[str, float]], other: str, agent: str = "agent_s") -> dict[str, float]:
     """The other side's seconds per operation over the agent's, per round: median, min, max."""
-    values = [r[other] / r["agent_s"] for r in rows]
+    values = [r[other] / r[agent] for r in rows]
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -601,7 +618,28 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
         r = ratios(rows, "pyxs_s")
         out.update(pyxs_us=statistics.median(x["pyxs_s"] for x in rows) * 1e6,
                    pyxs_ratio=r["median"], pyxs_ratio_min=r["min"], pyxs_ratio_max=r["max"])
+    if "agent_cpu_s" in rows[0]:
+        out["agent_cpu_us"] = statistics.median(r["agent_cpu_s"] for r in rows) * 1e6
+    if "pyxs_cpu_s" in rows[0]:
+        out.update(pyxs_cpu_us=statistics.median(r["pyxs_cpu_s"] for r in rows) * 1e6,
+                   pyxs_cpu_ratio=ratios(rows, "pyxs_cpu_s", "agent_cpu_s")["median"])
     return out
+
+
+def cpu_line(result: dict[str, Any]) -> str | None:
+    """The client's CPU per operation (in a transaction), the agent's and pyxs's."""
+    parts = []
+    for op, s in result["ops"].items():
+        if "agent_cpu_us" not in s:
+            continue
+        part = f"{op} agent {s['agent_cpu_us']:.0f}"
+        if "pyxs_cpu_us" in s:
+            part += f", pyxs {s['pyxs_cpu_us']:.0f} (x{s['pyxs_cpu_ratio']:.2f} the agent's)"
+        parts.append(part)
+    if not parts:
+        return None
+    return ("client CPU us/op in a transaction (the process's, threads included; median): "
+            + "; ".join(parts))
 
 
 def cell(s: dict[str, Any], us: str, ratio: str) -> tuple[str, str]:
@@ -639,7 +677,7 @@ def report(result: dict[str, Any]) -> str:
         py, py_ratio = cell(s, "pyxs_us", "pyxs_ratio")
         lines.append(f"| {op} | {s['agent_us']:.0f} | {plain} | {c} | {c_ratio} | {py} | "
                      f"{py_ratio} |")
-    for line in (target_line(result, "ratio", TARGET, "C"),
+    for line in (cpu_line(result), target_line(result, "ratio", TARGET, "C"),
                  target_line(result, "pyxs_ratio", PYXS_TARGET, "pyxs")):
         if line:
             lines.append(line)

@@ -196,9 +196,12 @@ def test_c_op_cancels_the_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_summarize_takes_ratios_per_round() -> None:
-    rows = [{"agent_s": 1.0, "agent_plain_s": 2.0, "c_s": 2.0, "pyxs_s": 3.0},
-            {"agent_s": 2.0, "agent_plain_s": 2.0, "c_s": 1.0, "pyxs_s": 8.0},
-            {"agent_s": 4.0, "agent_plain_s": 5.0, "c_s": 4.0, "pyxs_s": 4.0}]
+    rows = [{"agent_s": 1.0, "agent_plain_s": 2.0, "c_s": 2.0, "pyxs_s": 3.0,
+             "agent_cpu_s": 0.1, "pyxs_cpu_s": 0.3},
+            {"agent_s": 2.0, "agent_plain_s": 2.0, "c_s": 1.0, "pyxs_s": 8.0,
+             "agent_cpu_s": 0.2, "pyxs_cpu_s": 0.2},
+            {"agent_s": 4.0, "agent_plain_s": 5.0, "c_s": 4.0, "pyxs_s": 4.0,
+             "agent_cpu_s": 0.4, "pyxs_cpu_s": 2.0}]
     s = xo.summarize(rows)
     assert s["agent_us"] == pytest.approx(2e6)
     assert s["agent_plain_us"] == pytest.approx(2e6)
@@ -206,6 +209,9 @@ def test_summarize_takes_ratios_per_round() -> None:
     assert s["c_us"] == pytest.approx(2e6)
     assert (s["pyxs_ratio"], s["pyxs_ratio_min"], s["pyxs_ratio_max"]) == (3.0, 1.0, 4.0)
     assert s["pyxs_us"] == pytest.approx(4e6)
+    assert s["agent_cpu_us"] == pytest.approx(0.2e6)
+    assert s["pyxs_cpu_us"] == pytest.approx(0.3e6)
+    assert s["pyxs_cpu_ratio"] == pytest.approx(3.0)  # 3, 1 and 5 a round: the median
     assert set(xo.summarize([{"agent_s": 1.0}])) == {"agent_us"}
 
 
@@ -218,7 +224,8 @@ def result_of(ops: dict[str, dict[str, Any]], missing: dict[str, str]) -> dict[s
 
 def test_report_targets_name_the_lowest() -> None:
     ops = {"read": xo.summarize([{"agent_s": 1.0, "agent_plain_s": 1.0, "c_s": 0.9,
-                                  "pyxs_s": 2.5}]),
+                                  "pyxs_s": 2.5, "agent_cpu_s": 1e-4, "pyxs_cpu_s": 3e-4}]),
+           "write": xo.summarize([{"agent_s": 1.0, "agent_cpu_s": 2e-4}]),
            "watch": xo.summarize([{"agent_s": 1.0, "c_s": 0.7}])}
     text = xo.report(result_of(ops, {"pyxs watch": "refused"}))
     lines = text.splitlines()
@@ -226,6 +233,8 @@ def test_report_targets_name_the_lowest() -> None:
     assert "| read | 1000000 | 1000000 | 900000 | x0.90 (0.90-0.90) | 2500000 | " \
            "x2.50 (2.50-2.50) |" in lines
     assert "| watch | 1000000 | - | 700000 | x0.70 (0.70-0.70) | - | - |" in lines
+    assert ("client CPU us/op in a transaction (the process's, threads included; median): "
+            "read agent 100, pyxs 300 (x3.00 the agent's); write agent 200") in lines
     assert "target: agent/C >= 0.8 on every median: MISSED (lowest x0.70, watch)" in lines
     assert "target: agent/pyxs >= 2.0 on every median: met (lowest x2.50, read)" in lines
     assert lines[-1] == "not measured: pyxs watch: refused"
