@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Collection
 from types import TracebackType
 from typing import Any
 
@@ -31,12 +32,29 @@ XEN_VERSION = int(lib.GA_HYPERVISOR_xen_version)
 SYSCTL = int(lib.GA_HYPERVISOR_sysctl)
 TMEM_OP = int(lib.GA_HYPERVISOR_tmem_op)
 
+_INT_P: Any = ffi.typeof("int *")
+_LONG_P: Any = ffi.typeof("long *")
+#: Copied over a buffer page by page to zero it (no allocation per buffer).
+_ZERO_PAGE = bytes(PAGE_SIZE)
+#: Unused hypercall arguments.
+_NO_ARGS = (0, 0, 0, 0, 0)
+#: ctype name -> (its pointer type, its size): cffi's own lookups, done once per name.
+_POINTER_TYPES: dict[str, tuple[Any, int]] = {}
+
+
+def _pointer_type(ctype: str) -> tuple[Any, int]:
+    known = _POINTER_TYPES.get(ctype)
+    if known is None:
+        known = _POINTER_TYPES[ctype] = (ffi.typeof(f"{ctype} *"), ffi.sizeof(ctype))
+    return known
+
 
 class HypercallBuffer:
     """Page-aligned memory that Xen may read and write during a hypercall."""
 
     def __init__(self, ptr: Any, npages: int, from_device: bool) -> None:
         self._ptr: Any = ptr
+        self._address = int(ffi.cast("uintptr_t", ptr))
         self.npages = npages
         self.size = npages * PAGE_SIZE
         self.from_device = from_device
@@ -44,24 +62,29 @@ class HypercallBuffer:
     @property
     def address(self) -> int:
         """The user-space address to put in a hypercall argument or a guest handle."""
-        return int(ffi.cast("uintptr_t", self._live()))
+        self._live()
+        return self._address
 
     def struct(self, ctype: str, offset: int = 0) -> Any:
         """A typed pointer into the buffer, e.g. ``struct("struct ga_tmem_op")``."""
-        if offset < 0 or offset + ffi.sizeof(ctype) > self.size:
+        pointer, size = _pointer_type(ctype)
+        if offset < 0 or offset + size > self.size:
             raise ValueError(f"{ctype} at offset {offset} does not fit a {self.size}-byte buffer")
-        return ffi.cast(f"{ctype} *", ffi.cast("uint8_t *", self._live()) + offset)
+        return ffi.cast(pointer, self.address + offset)
 
     def array(self, ctype: str, count: int, offset: int = 0) -> Any:
-        if offset < 0 or offset + ffi.sizeof(ctype) * count > self.size:
+        pointer, size = _pointer_type(ctype)
+        if offset < 0 or offset + size * count > self.size:
             raise ValueError(f"{count} x {ctype} at offset {offset} overflow the buffer")
-        return ffi.cast(f"{ctype} *", ffi.cast("uint8_t *", self._live()) + offset)
+        return ffi.cast(pointer, self.address + offset)
 
     def address_of(self, offset: int) -> int:
         return self.address + offset
 
     def zero(self) -> None:
-        ffi.memmove(self._live(), b"\0" * self.size, self.size)
+        page = ffi.cast("uint8_t *", self._live())
+        for n in range(self.npages):
+            ffi.memmove(page + n * PAGE_SIZE, _ZERO_PAGE, PAGE_SIZE)
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(ffi.buffer(ffi.cast("uint8_t *", self._live()) + offset, length))
@@ -100,7 +123,7 @@ class Privcmd:
 
     def buffer(self, nbytes: int) -> HypercallBuffer:
         npages = max(1, (nbytes + PAGE_SIZE - 1) // PAGE_SIZE)
-        err = ffi.new("int *")
+        err = ffi.new(_INT_P)
         ptr = lib.ga_buffer_alloc(self.buffer_fd, npages, err)
         if ptr == ffi.NULL:
             raise HypercallError("hypercall buffer allocation", int(err[0]))
@@ -108,19 +131,24 @@ class Privcmd:
         buf.zero()
         return buf
 
-    def hypercall(self, op: int, *args: int, name: str) -> int:
+    def hypercall(
+        self, op: int, *args: int, name: str, returned_errnos: Collection[int] = ()
+    ) -> int:
         """Issue hypercall ``op``; returns its non-negative result or raises.
 
+        An errno in ``returned_errnos`` (one the caller handles, e.g. -ENOBUFS of a size query)
+        is returned negated instead of raised.
         EPERM is told apart: when even ``xen_version`` (allowed for every guest) is refused, the
         guest kernel is blocking privcmd, and the error says how to lift that.
         """
         if len(args) > 5:
             raise ValueError("a hypercall takes at most 5 arguments")
-        padded: list[int] = [*args, *([0] * (5 - len(args)))]
-        rc = self._invoke(op, padded)
+        rc = self._invoke(op, [*args, *_NO_ARGS[len(args):]])
         if rc >= 0:
             return rc
         err = -rc
+        if err in returned_errnos:
+            return rc
         if err == errno.EPERM and self._privcmd_is_restricted():
             raise PrivcmdRestricted(f" ({name} answered EPERM)")
         raise HypercallError(name, err)
@@ -136,7 +164,7 @@ class Privcmd:
 
     def _invoke(self, op: int, args: list[int]) -> int:
         """The raw call: the hypercall's result, or a negative errno."""
-        result = ffi.new("long *")
+        result = ffi.new(_LONG_P)
         rc = lib.ga_hypercall(self.fd, op, *args, result)
         return int(rc) if rc < 0 else int(result[0])
 
@@ -202,3 +230,4 @@ def open_privcmd(hostfs: HostFS) -> Privcmd:
         return Privcmd(fd, buffer_fd, path, hostfs)
     raise NotOnXen(f"no {hostfs.shown(PRIVCMD_PATHS[0])}: not running on Xen "
                    "(or xen-privcmd is not loaded)")
+
