@@ -10,13 +10,13 @@ import errno
 import os
 import stat
 from collections.abc import Collection
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
 import guestagent.xen._xenc as _xenc
 from guestagent.errors import GuestAgentError
 from guestagent.hostfs import HostFS
-from guestagent.log import get_logger
 from guestagent.xen.errors import HypercallError, NotOnXen, PrivcmdRestricted, XenUnavailable
 
 ffi: Any = _xenc.ffi
@@ -119,7 +119,6 @@ class Privcmd:
         self.buffer_fd = buffer_fd
         self.path = path
         self.hostfs = hostfs
-        self._log = get_logger("privcmd")
 
     def buffer(self, nbytes: int) -> HypercallBuffer:
         npages = max(1, (nbytes + PAGE_SIZE - 1) // PAGE_SIZE)
@@ -204,7 +203,7 @@ def open_privcmd(hostfs: HostFS) -> Privcmd:
     Raises NotOnXen where neither privcmd path exists, XenUnavailable when it cannot be opened.
     """
     for path in PRIVCMD_PATHS:
-        real = hostfs.path(path)
+        real = _real_path(hostfs, path)
         try:
             fd = os.open(real, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -221,7 +220,7 @@ def open_privcmd(hostfs: HostFS) -> Privcmd:
             os.close(fd)
             raise XenUnavailable(f"{real} is not a character device (a fixture tree?)")
         try:
-            buffer_fd = os.open(hostfs.path(HYPERCALL_BUFFER_PATH), os.O_RDWR | os.O_CLOEXEC)
+            buffer_fd = os.open(_real_path(hostfs, HYPERCALL_BUFFER_PATH), os.O_RDWR | os.O_CLOEXEC)
         except OSError:
             buffer_fd = -1
         if buffer_fd >= 0 and not stat.S_ISCHR(os.fstat(buffer_fd).st_mode):
@@ -231,3 +230,9 @@ def open_privcmd(hostfs: HostFS) -> Privcmd:
     raise NotOnXen(f"no {hostfs.shown(PRIVCMD_PATHS[0])}: not running on Xen "
                    "(or xen-privcmd is not loaded)")
 
+
+@lru_cache(maxsize=16)
+def _real_path(hostfs: HostFS, host_path: str) -> str:
+    """``hostfs.path(host_path)`` as a string, worked out once: the topology job opens privcmd
+    for every call, and pathlib's joins cost more than the open itself."""
+    return str(hostfs.path(host_path))
