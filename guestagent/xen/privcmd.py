@@ -34,6 +34,7 @@ TMEM_OP = int(lib.GA_HYPERVISOR_tmem_op)
 
 _INT_P: Any = ffi.typeof("int *")
 _LONG_P: Any = ffi.typeof("long *")
+_UINTPTR: Any = ffi.typeof("uintptr_t")
 #: Copied over a buffer page by page to zero it (no allocation per buffer).
 _ZERO_PAGE = bytes(PAGE_SIZE)
 #: Unused hypercall arguments.
@@ -52,9 +53,11 @@ def _pointer_type(ctype: str) -> tuple[Any, int]:
 class HypercallBuffer:
     """Page-aligned memory that Xen may read and write during a hypercall."""
 
+    __slots__ = ("_address", "_ptr", "from_device", "npages", "size")
+
     def __init__(self, ptr: Any, npages: int, from_device: bool) -> None:
         self._ptr: Any = ptr
-        self._address = int(ffi.cast("uintptr_t", ptr))
+        self._address: int = int(ffi.cast(_UINTPTR, ptr))
         self.npages = npages
         self.size = npages * PAGE_SIZE
         self.from_device = from_device
@@ -62,7 +65,8 @@ class HypercallBuffer:
     @property
     def address(self) -> int:
         """The user-space address to put in a hypercall argument or a guest handle."""
-        self._live()
+        if self._ptr is None:
+            raise ValueError("hypercall buffer used after free")
         return self._address
 
     def struct(self, ctype: str, offset: int = 0) -> Any:
@@ -82,17 +86,21 @@ class HypercallBuffer:
         return self.address + offset
 
     def zero(self) -> None:
-        page = ffi.cast("uint8_t *", self._live())
-        for n in range(self.npages):
-            ffi.memmove(page + n * PAGE_SIZE, _ZERO_PAGE, PAGE_SIZE)
+        ptr = self._live()
+        ffi.memmove(ptr, _ZERO_PAGE, PAGE_SIZE)
+        if self.npages > 1:
+            pages = ffi.cast("uint8_t *", ptr)
+            for n in range(1, self.npages):
+                ffi.memmove(pages + n * PAGE_SIZE, _ZERO_PAGE, PAGE_SIZE)
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(ffi.buffer(ffi.cast("uint8_t *", self._live()) + offset, length))
 
     def free(self) -> None:
-        if self._ptr is not None:
-            lib.ga_buffer_free(self._ptr, self.npages, int(self.from_device))
+        ptr = self._ptr
+        if ptr is not None:
             self._ptr = None
+            lib.ga_buffer_free(ptr, self.npages, self.from_device)
 
     def _live(self) -> Any:
         if self._ptr is None:
@@ -164,8 +172,8 @@ class Privcmd:
     def _invoke(self, op: int, args: list[int]) -> int:
         """The raw call: the hypercall's result, or a negative errno."""
         result = ffi.new(_LONG_P)
-        rc = lib.ga_hypercall(self.fd, op, *args, result)
-        return int(rc) if rc < 0 else int(result[0])
+        rc: int = lib.ga_hypercall(self.fd, op, *args, result)
+        return rc if rc < 0 else result[0]
 
     def _privcmd_is_restricted(self) -> bool:
         probe = self._invoke(XEN_VERSION, [int(lib.GA_XENVER_version), 0, 0, 0, 0])
