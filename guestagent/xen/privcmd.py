@@ -82,6 +82,11 @@ class HypercallBuffer:
             raise ValueError(f"{count} x {ctype} at offset {offset} overflow the buffer")
         return ffi.cast(pointer, self.address + offset)
 
+    def unpack(self, ctype: str, count: int, offset: int = 0) -> list[Any]:
+        """``count`` items of ``ctype`` at ``offset`` as a list (ints for integer types)."""
+        items: list[Any] = ffi.unpack(self.array(ctype, count, offset), count)
+        return items
+
     def address_of(self, offset: int) -> int:
         return self.address + offset
 

@@ -159,7 +159,6 @@ class _Abi:
     domid_self: int
     info_size: int
     range_size: int
-    ffi: Any
 
 
 @cache
@@ -167,7 +166,7 @@ def _abi() -> _Abi:
     from guestagent.xen.privcmd import MEMORY_OP, ffi, lib
 
     return _Abi(MEMORY_OP, int(lib.GA_XENMEM_get_vnumainfo), int(lib.GA_DOMID_SELF),
-                ffi.sizeof(INFO_TYPE), ffi.sizeof(RANGE_TYPE), ffi)
+                ffi.sizeof(INFO_TYPE), ffi.sizeof(RANGE_TYPE))
 
 
 def get_vnumainfo(
@@ -217,14 +216,12 @@ def get_vnumainfo(
                     "returned more entries than the buffers hold",
                     f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
                 )
-            unpack = abi.ffi.unpack
             return validate_vnuma(
                 got_nodes,
-                unpack(buf.array("uint32_t", got_vcpus, cpus_off), got_vcpus),
-                unpack(buf.array("uint32_t", got_nodes * got_nodes, dist_off),
-                       got_nodes * got_nodes),
+                buf.unpack("uint32_t", got_vcpus, cpus_off),
+                buf.unpack("uint32_t", got_nodes * got_nodes, dist_off),
                 [(r.start, r.end, r.flags, r.nid)
-                 for r in unpack(buf.array(RANGE_TYPE, got_ranges, ranges_off), got_ranges)],
+                 for r in buf.unpack(RANGE_TYPE, got_ranges, ranges_off)],
             )
     raise HypercallError(
         SOURCE, errno.EAGAIN, f": the topology kept changing over {attempts} attempts"
