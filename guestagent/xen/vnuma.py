@@ -103,19 +103,17 @@ def validate_vnuma(
         raise InputError(
             SOURCE, f"distance matrix has {len(flat_distances)} entries, expected {nr_vnodes}^2"
         )
-    # min/max first (one pass each, in C); the loops only find the first offender to name it.
-    if min(vcpu_to_vnode) < 0 or max(vcpu_to_vnode) >= nr_vnodes:
-        for cpu, node in enumerate(vcpu_to_vnode):
-            if not 0 <= node < nr_vnodes:
-                raise InputError(
-                    SOURCE, f"vcpu {cpu} maps to vnode outside 0..{nr_vnodes - 1}", node
-                )
-    if min(flat_distances) < 1 or max(flat_distances) > MAX_DISTANCE:
-        for i, d in enumerate(flat_distances):
-            if not 1 <= d <= MAX_DISTANCE:
-                raise InputError(
-                    SOURCE, f"distance({i // nr_vnodes},{i % nr_vnodes}) out of range 1..255", d
-                )
+    bad = _first_outside(vcpu_to_vnode, 0, nr_vnodes - 1)
+    if bad is not None:
+        raise InputError(
+            SOURCE, f"vcpu {bad[0]} maps to vnode outside 0..{nr_vnodes - 1}", bad[1]
+        )
+    bad = _first_outside(flat_distances, 1, MAX_DISTANCE)
+    if bad is not None:
+        i = bad[0]
+        raise InputError(
+            SOURCE, f"distance({i // nr_vnodes},{i % nr_vnodes}) out of range 1..255", bad[1]
+        )
     memory_ranges: list[MemoryRange] = []
     for start, end, _flags, nid in ranges:
         if not 0 <= nid < nr_vnodes:
@@ -125,19 +123,25 @@ def validate_vnuma(
         if end <= start:
             raise InputError(SOURCE, f"memory range {start:#x}-{end:#x} is empty or reversed")
         memory_ranges.append(MemoryRange(start, end, nid))
-    if len(memory_ranges) > 1:
-        ordered = sorted(memory_ranges, key=_start_of)
-        for a, b in zip(ordered, ordered[1:]):
-            if b.start < a.end:
-                raise InputError(
-                    SOURCE,
-                    f"memory ranges {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap",
-                )
+    ordered = sorted(memory_ranges, key=_start_of)
+    for a, b in zip(ordered, ordered[1:]):
+        if b.start < a.end:
+            raise InputError(
+                SOURCE, f"memory ranges {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap"
+            )
     distances = [
         list(flat_distances[i : i + nr_vnodes])
         for i in range(0, nr_vnodes * nr_vnodes, nr_vnodes)
     ]
     return VnumaInfo(nr_vnodes, list(vcpu_to_vnode), distances, memory_ranges)
+
+
+def _first_outside(values: Sequence[int], low: int, high: int) -> tuple[int, int] | None:
+    """The first ``(index, value)`` outside ``low..high``, or None. min() and max() first (one
+    pass each, in C): the Python loop runs only to name the offender."""
+    if min(values) >= low and max(values) <= high:
+        return None
+    return next((i, v) for i, v in enumerate(values) if not low <= v <= high)
 
 
 #: How often the size-discovery protocol restarts when the topology changes under it.
