@@ -11,7 +11,8 @@
  * zero-capacity query (-ENOBUFS and the counts), freed; a second buffer holding the info, the
  * distances, the vCPU map and the ranges at the same offsets, the real call, freed. Buffers come
  * from /dev/xen/hypercall when it opens, else locked anonymous pages kept out of children and
- * touched page by page, and are zeroed when handed out, as the agent's are.
+ * touched page by page; neither side zeroes them again (the kernel hands out zero-filled pages:
+ * anonymous memory, and privcmd-buf's __GFP_ZERO pages).
  *
  * Output, one "key value" a line: calls, seconds_per_call (CLOCK_MONOTONIC, the N calls over N),
  * cpu_seconds_per_call (CLOCK_PROCESS_CPUTIME_ID, the same way), nr_vnodes, nr_vcpus,
@@ -178,7 +179,7 @@ static long hypercall(int fd, uint64_t op, uint64_t a0, uint64_t a1)
     return rc < 0 ? -errno : rc;
 }
 
-/* csrc/xenc.c's ga_buffer_alloc, then zeroed as Privcmd.buffer does. */
+/* csrc/xenc.c's ga_buffer_alloc, as Privcmd.buffer calls it (the pages come zero-filled). */
 static int buffer_alloc(int buf_fd, size_t nbytes, struct vc_buffer *buf)
 {
     size_t npages = nbytes == 0 ? 1 : (nbytes + VC_PAGE_SIZE - 1) / VC_PAGE_SIZE;
@@ -203,7 +204,6 @@ static int buffer_alloc(int buf_fd, size_t nbytes, struct vc_buffer *buf)
         for (size_t i = 0; i < npages; i++)
             ((volatile uint8_t *)p)[i * VC_PAGE_SIZE] = 0;
     }
-    memset(p, 0, size);
     buf->addr = p;
     buf->npages = npages;
     return 0;

@@ -199,6 +199,7 @@ def test_zero_clears_every_page_and_use_after_free_is_refused() -> None:
     xen = SimulatedXen()
     buf = xen.buffer(3 * 4096)
     assert buf.npages == 3
+    assert buf.read(0, buf.size) == bytes(buf.size)  # new pages come zero-filled
     ffi.memmove(buf.array("uint8_t", buf.size), b"\xab" * buf.size, buf.size)
     buf.zero()
     assert buf.read(0, buf.size) == bytes(buf.size)

@@ -134,14 +134,15 @@ class Privcmd:
         self.hostfs = hostfs
 
     def buffer(self, nbytes: int) -> HypercallBuffer:
+        """A new buffer of whole pages. It is all zeros without zero(): the kernel hands out
+        zero-filled pages (anonymous memory always; privcmd-buf allocates them with
+        ``__GFP_ZERO``, reference 1.4)."""
         npages = max(1, (nbytes + PAGE_SIZE - 1) // PAGE_SIZE)
         err = ffi.new(_INT_P)
         ptr = lib.ga_buffer_alloc(self.buffer_fd, npages, err)
         if ptr == ffi.NULL:
             raise HypercallError("hypercall buffer allocation", int(err[0]))
-        buf = HypercallBuffer(ptr, npages, self.buffer_fd >= 0)
-        buf.zero()
-        return buf
+        return HypercallBuffer(ptr, npages, self.buffer_fd >= 0)
 
     def hypercall(
         self, op: int, *args: int, name: str, returned_errnos: Collection[int] = ()
