@@ -11,12 +11,23 @@
  * zero-capacity query (-ENOBUFS and the counts), freed; a second buffer holding the info, the
  * distances, the vCPU map and the ranges at the same offsets, the real call, freed. Buffers come
  * from /dev/xen/hypercall when it opens, else locked anonymous pages kept out of children and
- * touched page by page, and are zeroed when handed out, as the agent's are.
+ * touched page by page; neither side zeroes them again (the kernel hands out zero-filled pages:
+ * anonymous memory, and privcmd-buf's __GFP_ZERO pages).
  *
  * Output, one "key value" a line: calls, seconds_per_call (CLOCK_MONOTONIC, the N calls over N),
- * nr_vnodes, nr_vcpus, nr_vmemranges, vcpu_to_vnode (comma-separated), distances (row-major,
- * comma-separated), buffer (device or locked). No privcmd, no vNUMA for this domain or a Xen
- * without the hypercall: one line on stderr, exit 2. Any other failure: one line, exit 1.
+ * cpu_seconds_per_call (CLOCK_PROCESS_CPUTIME_ID, the same way), nr_vnodes, nr_vcpus,
+ * nr_vmemranges, vcpu_to_vnode (comma-separated), distances (row-major, comma-separated), buffer
+ * (device or locked). No privcmd, no vNUMA for this domain or a Xen without the hypercall: one
+ * line on stderr, exit 2. Any other failure: one line, exit 1.
+ * Options: -n CALLS, -d PRIVCMD_DEVICE (default: the two usual paths), -b BUFFER_DEVICE
+ * (default /dev/xen/hypercall).
+ *
+ * Compiled with -DVNUMA_CALL_FAKE_XEN -shared -fPIC this file is instead a fake Xen for native
+ * runs without a hypervisor (vnuma_call.py --fake-xen): an LD_PRELOAD library whose syscall()
+ * answers IOCTL_PRIVCMD_HYPERCALL for XENMEM_get_vnumainfo as Xen 4.17 does, in-process, for
+ * the testbed's guest (2 vnodes, vCPUs 0-1 and 2-3, distances 10/20, 512 MiB each), and passes
+ * every other syscall on. The agent's doorway (csrc/xenc.c) and this program both issue the
+ * ioctl through syscall(), so both meet the same fake: what is timed is everything but Xen.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,7 +73,78 @@ struct vc_xen_vnuma_topology_info {
     uint64_t vmemrange;     /* handle: struct vc_xen_vmemrange[nr_vmemranges] */
 };
 
-#ifndef VNUMA_CALL_ABI_ONLY
+#if defined(VNUMA_CALL_FAKE_XEN)
+#include <dlfcn.h>
+#include <stdarg.h>
+
+#define VC_HYPERVISOR_xen_version 17
+
+static const uint32_t FAKE_DISTANCES[] = { 10, 20, 20, 10 };
+static const uint32_t FAKE_VCPU_TO_VNODE[] = { 0, 0, 1, 1 };
+static const struct vc_xen_vmemrange FAKE_RANGES[] = {
+    { 0, 512ULL << 20, 0, 0 },
+    { 512ULL << 20, 1024ULL << 20, 0, 1 },
+};
+#define FAKE_COUNT(a) ((uint32_t)(sizeof(a) / sizeof((a)[0])))
+
+/* xen/common/memory.c's XENMEM_get_vnumainfo on DOMID_SELF: -ENOBUFS with the counts when a
+ * capacity is short, else the arrays and the counts. */
+static long fake_get_vnumainfo(struct vc_xen_vnuma_topology_info *info)
+{
+    uint32_t nodes = 2, vcpus = FAKE_COUNT(FAKE_VCPU_TO_VNODE), ranges = FAKE_COUNT(FAKE_RANGES);
+
+    if (info->pad != 0)
+        return -EINVAL;
+    if (info->domid != VC_DOMID_SELF)
+        return -ESRCH;
+    if (info->nr_vnodes < nodes || info->nr_vcpus < vcpus || info->nr_vmemranges < ranges) {
+        info->nr_vnodes = nodes;
+        info->nr_vcpus = vcpus;
+        info->nr_vmemranges = ranges;
+        return -ENOBUFS;
+    }
+    memcpy((void *)(uintptr_t)info->vdistance, FAKE_DISTANCES, sizeof(FAKE_DISTANCES));
+    memcpy((void *)(uintptr_t)info->vcpu_to_vnode, FAKE_VCPU_TO_VNODE, sizeof(FAKE_VCPU_TO_VNODE));
+    memcpy((void *)(uintptr_t)info->vmemrange, FAKE_RANGES, sizeof(FAKE_RANGES));
+    info->nr_vnodes = nodes;
+    info->nr_vcpus = vcpus;
+    info->nr_vmemranges = ranges;
+    return 0;
+}
+
+static long fake_hypercall(const struct vc_privcmd_hypercall *call)
+{
+    if (call->op == VC_HYPERVISOR_xen_version)
+        return (4 << 16) | 17;
+    if (call->op == VC_HYPERVISOR_memory_op && call->arg[0] == VC_XENMEM_get_vnumainfo)
+        return fake_get_vnumainfo((struct vc_xen_vnuma_topology_info *)(uintptr_t)call->arg[1]);
+    return -ENOSYS;
+}
+
+long syscall(long number, ...)
+{
+    static long (*next)(long, ...);
+    long a[6], rc;
+    va_list ap;
+
+    va_start(ap, number);
+    for (int i = 0; i < 6; i++)
+        a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (number == SYS_ioctl && (unsigned long)a[1] == VC_IOCTL_PRIVCMD_HYPERCALL) {
+        rc = fake_hypercall((const struct vc_privcmd_hypercall *)(uintptr_t)a[2]);
+        if (rc < 0) {
+            errno = (int)-rc;
+            return -1;
+        }
+        return rc;
+    }
+    if (next == NULL)
+        next = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    return next(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+#elif !defined(VNUMA_CALL_ABI_ONLY)
 
 /* The agent's bounds (guestagent/xen/vnuma.py) and its retry count. */
 #define MAX_VNODES 64
@@ -97,7 +179,7 @@ static long hypercall(int fd, uint64_t op, uint64_t a0, uint64_t a1)
     return rc < 0 ? -errno : rc;
 }
 
-/* csrc/xenc.c's ga_buffer_alloc, then zeroed as Privcmd.buffer does. */
+/* csrc/xenc.c's ga_buffer_alloc, as Privcmd.buffer calls it (the pages come zero-filled). */
 static int buffer_alloc(int buf_fd, size_t nbytes, struct vc_buffer *buf)
 {
     size_t npages = nbytes == 0 ? 1 : (nbytes + VC_PAGE_SIZE - 1) / VC_PAGE_SIZE;
@@ -122,7 +204,6 @@ static int buffer_alloc(int buf_fd, size_t nbytes, struct vc_buffer *buf)
         for (size_t i = 0; i < npages; i++)
             ((volatile uint8_t *)p)[i * VC_PAGE_SIZE] = 0;
     }
-    memset(p, 0, size);
     buf->addr = p;
     buf->npages = npages;
     return 0;
@@ -287,13 +368,13 @@ static double seconds_between(const struct timespec *a, const struct timespec *b
 
 int main(int argc, char **argv)
 {
-    const char *privcmd_path = NULL, *opened = NULL;
+    const char *privcmd_path = NULL, *opened = NULL, *buffer_path = "/dev/xen/hypercall";
     static struct vc_topology topology;
-    struct timespec start, end;
+    struct timespec start, end, cpu_start, cpu_end;
     long calls = 1000, rc = 0;
     int opt, fd, buf_fd;
 
-    while ((opt = getopt(argc, argv, "n:d:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:d:b:")) != -1) {
         if (opt == 'n') {
             char *rest;
 
@@ -304,20 +385,25 @@ int main(int argc, char **argv)
             }
         } else if (opt == 'd') {
             privcmd_path = optarg;
+        } else if (opt == 'b') {
+            buffer_path = optarg;
         } else {
-            fprintf(stderr, "usage: vnuma_call [-n CALLS] [-d PRIVCMD_DEVICE]\n");
+            fprintf(stderr,
+                    "usage: vnuma_call [-n CALLS] [-d PRIVCMD_DEVICE] [-b BUFFER_DEVICE]\n");
             return 1;
         }
     }
     fd = open_privcmd(privcmd_path, &opened);
     if (fd < 0)
         return -fd;
-    buf_fd = open("/dev/xen/hypercall", O_RDWR | O_CLOEXEC);
+    buf_fd = open(buffer_path, O_RDWR | O_CLOEXEC);
 
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu_start);
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (long i = 0; i < calls && rc == 0; i++)
         rc = get_vnumainfo(fd, buf_fd, &topology);
     clock_gettime(CLOCK_MONOTONIC, &end);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu_end);
     if (rc < 0)
         return fail(rc);
 
@@ -325,6 +411,7 @@ int main(int argc, char **argv)
     printf("buffer %s\n", buf_fd >= 0 ? "device" : "locked");
     printf("calls %ld\n", calls);
     printf("seconds_per_call %.9e\n", seconds_between(&start, &end) / (double)calls);
+    printf("cpu_seconds_per_call %.9e\n", seconds_between(&cpu_start, &cpu_end) / (double)calls);
     printf("nr_vnodes %u\nnr_vcpus %u\nnr_vmemranges %u\n", topology.nr_vnodes,
            topology.nr_vcpus, topology.nr_vmemranges);
     print_list("vcpu_to_vnode", topology.vcpu_to_vnode, topology.nr_vcpus);
@@ -332,4 +419,4 @@ int main(int argc, char **argv)
     return 0;
 }
 
-#endif /* VNUMA_CALL_ABI_ONLY */
+#endif /* VNUMA_CALL_FAKE_XEN, VNUMA_CALL_ABI_ONLY */

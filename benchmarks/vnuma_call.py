@@ -18,6 +18,12 @@ its sources in ``/usr/src/guestagent``)::
   anonymous pages), straight through the ioctl, N calls in one process (its start-up is not in
   its CLOCK_MONOTONIC figure).
 
+Without Xen, ``--fake-xen`` measures everything but the hypervisor: it builds vnuma_call.c as an
+LD_PRELOAD fake Xen (answers the privcmd ioctl in-process, for the testbed guest's 2 vnodes), makes
+a tree whose ``dev/xen/privcmd`` is ``/dev/null`` and runs this script again under it, both sides
+on that tree (``--root``) and timed in CPU time (``--cpu-time``: a shared machine's wall clock
+counts other processes' turns).
+
 Each timing is the best of ``--repeat`` (3) runs; every round times both sides, one after the
 other; the ratio is taken within the round, the agent's seconds per call over C's (below 1, the
 agent is faster); the median and the min-max over rounds are printed. Target (issue 18): at most
@@ -46,6 +52,9 @@ from typing import Any
 
 TARGET = 2.0
 C_SOURCE = Path(__file__).resolve().with_name("vnuma_call.c")
+FAKE_XEN_LIBRARY = "vnuma_fake_xen.so"
+PRIVCMD = "/dev/xen/privcmd"
+BUFFER_DEVICE = "/dev/xen/hypercall"
 
 #: What each side reports it got: nr_vnodes, nr_vcpus, nr_vmemranges, vcpu_to_vnode, distances.
 Observed = dict[str, Any]
@@ -62,27 +71,36 @@ class Unavailable(Exception):
 # --- the C program ----------------------------------------------------------------------------
 
 
-def compile_c(workdir: Path, source: Path = C_SOURCE, extra_flags: tuple[str, ...] = ()) -> Path:
+def compile_c(workdir: Path, source: Path = C_SOURCE, extra_flags: tuple[str, ...] = (),
+              name: str = "vnuma_call", libs: tuple[str, ...] = ()) -> Path:
     cc = os.environ.get("CC", "gcc")
     if shutil.which(cc) is None:
         raise Unavailable(f"vnuma_call: no C compiler {cc!r} on PATH")
-    exe = workdir / "vnuma_call"
-    done = subprocess.run([cc, "-O2", "-Wall", *extra_flags, "-o", str(exe), str(source)],
+    exe = workdir / name
+    done = subprocess.run([cc, "-O2", "-Wall", *extra_flags, "-o", str(exe), str(source), *libs],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"vnuma_call: {cc} failed on {source}: {done.stderr.strip()}")
     return exe
 
 
-def parse_c_output(text: str) -> Timing:
-    """``key value`` lines from vnuma_call.c -> (seconds per call, what it got)."""
+def compile_fake_xen(workdir: Path, extra_flags: tuple[str, ...] = ()) -> Path:
+    """vnuma_call.c as the LD_PRELOAD fake Xen (``-DVNUMA_CALL_FAKE_XEN``)."""
+    return compile_c(workdir, extra_flags=("-DVNUMA_CALL_FAKE_XEN", "-shared", "-fPIC",
+                                           *extra_flags),
+                     name=FAKE_XEN_LIBRARY, libs=("-ldl",))
+
+
+def parse_c_output(text: str, seconds_key: str = "seconds_per_call") -> Timing:
+    """``key value`` lines from vnuma_call.c -> (seconds per call, what it got); ``seconds_key``
+    picks the wall clock's figure or ``cpu_seconds_per_call``."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key:
             fields[key] = value.strip()
     try:
-        seconds = float(fields["seconds_per_call"])
+        seconds = float(fields[seconds_key])
         observed: Observed = {
             "nr_vnodes": int(fields["nr_vnodes"]),
             "nr_vcpus": int(fields["nr_vcpus"]),
@@ -96,15 +114,18 @@ def parse_c_output(text: str) -> Timing:
     return seconds, observed
 
 
-def c_side(exe: Path) -> Side:
+def c_side(exe: Path, devices: tuple[str, ...] = (), cpu_time: bool = False) -> Side:
+    """``devices``: ``-d PRIVCMD -b BUFFER_DEVICE`` where the agent's root is not ``/``."""
+    key = "cpu_seconds_per_call" if cpu_time else "seconds_per_call"
+
     def run(n: int) -> Timing:
-        done = subprocess.run([str(exe), "-n", str(n)], capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run([str(exe), "-n", str(n), *devices], capture_output=True,
+                              text=True, check=False)
         if done.returncode == 2:
             raise Unavailable(done.stderr.strip())
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip() or f"{exe} exited {done.returncode}")
-        return parse_c_output(done.stdout)
+        return parse_c_output(done.stdout, key)
 
     return run
 
@@ -123,15 +144,17 @@ def observed_of(info: Any) -> Observed:
     }
 
 
-def timed_calls(call: Callable[[], Any], n: int) -> Timing:
-    start = time.perf_counter()
+def timed_calls(call: Callable[[], Any], n: int,
+                clock: Callable[[], float] = time.perf_counter) -> Timing:
+    start = clock()
     for _ in range(n):
         info = call()
-    took = time.perf_counter() - start
+    took = clock() - start
     return took / n, observed_of(info)
 
 
-def agent_sides() -> tuple[Side, Side, Callable[[], None]]:
+def agent_sides(root: str = "/", clock: Callable[[], float] = time.perf_counter,
+                ) -> tuple[Side, Side, Callable[[], None]]:
     """(get_vnumainfo on one open privcmd, the topology job's call, close)."""
     from guestagent.host import real_vnuma_call
     from guestagent.hostfs import HostFS
@@ -139,7 +162,7 @@ def agent_sides() -> tuple[Side, Side, Callable[[], None]]:
     from guestagent.xen.privcmd import open_privcmd
     from guestagent.xen.vnuma import get_vnumainfo
 
-    hostfs = HostFS("/")
+    hostfs = HostFS(root)
     try:
         privcmd = open_privcmd(hostfs)
     except XenUnavailable as e:
@@ -150,8 +173,8 @@ def agent_sides() -> tuple[Side, Side, Callable[[], None]]:
         privcmd.close()
         raise Unavailable(f"vnuma_call: the agent: {e}") from None
     job_call = real_vnuma_call(hostfs)
-    return (lambda n: timed_calls(lambda: get_vnumainfo(privcmd), n),
-            lambda n: timed_calls(job_call, n), privcmd.close)
+    return (lambda n: timed_calls(lambda: get_vnumainfo(privcmd), n, clock),
+            lambda n: timed_calls(job_call, n, clock), privcmd.close)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -209,6 +232,7 @@ def report(result: dict[str, Any]) -> str:
         f"best of {result['repeat']}); {result.get('host', '?')}, kernel "
         f"{result.get('kernel', '?')}, Python {result.get('python', '?')}, buffers from "
         f"{result.get('buffer', '?')}",
+        f"Xen: {result.get('xen', 'real')}; timed in {result.get('clock', 'wall-clock time')}",
         f"topology: {got.get('nr_vnodes')} vnodes, {got.get('nr_vcpus')} vCPUs, "
         f"{got.get('nr_vmemranges')} memory ranges",
         "| side | us/call |", "|---|---|",
@@ -230,18 +254,51 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_on_fake_xen(argv: list[str]) -> int:
+    """Build the fake Xen and a tree whose privcmd is ``/dev/null``; run this script on them in
+    a child with the fake preloaded (the C program it starts inherits it). The child's exit."""
+    with tempfile.TemporaryDirectory(prefix="vnuma_call.fake.") as tmp:
+        work = Path(tmp)
+        try:
+            library = compile_fake_xen(work)
+        except Unavailable as e:
+            print(e, file=sys.stderr)
+            return 2
+        (work / "root/dev/xen").mkdir(parents=True)
+        (work / "root/dev/xen/privcmd").symlink_to("/dev/null")
+        # the child finds guestagent where this process did
+        env = dict(os.environ, LD_PRELOAD=str(library),
+                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        return subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--root", str(work / "root"),
+             "--cpu-time", "--on-fake-xen"], env=env, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-n", type=int, default=200, help="calls per timing")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many timings")
     parser.add_argument("--json", action="store_true", help="the table, then the JSON")
+    parser.add_argument("--fake-xen", action="store_true",
+                        help="no Xen: both sides against vnuma_call.c's LD_PRELOAD fake")
+    parser.add_argument("--root", default="/", help="where dev/xen/privcmd is (both sides)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time in process CPU time, not wall-clock time")
+    parser.add_argument("--on-fake-xen", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fake_xen:
+        passed = list(sys.argv[1:] if argv is None else argv)
+        return run_on_fake_xen([a for a in passed if a != "--fake-xen"])
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    buffer_device = os.path.join(args.root, BUFFER_DEVICE.lstrip("/"))
+    devices: tuple[str, ...] = () if args.root == "/" else (
+        "-d", os.path.join(args.root, PRIVCMD.lstrip("/")), "-b", buffer_device)
     close: Callable[[], None] = lambda: None  # noqa: E731
     try:
         with tempfile.TemporaryDirectory(prefix="vnuma_call.") as tmp:
-            c = c_side(compile_c(Path(tmp)))
-            agent, agent_job, close = agent_sides()
+            c = c_side(compile_c(Path(tmp)), devices, args.cpu_time)
+            agent, agent_job, close = agent_sides(args.root, clock)
             result = measure(args.rounds, args.n, args.repeat, agent, c, agent_job)
     except Unavailable as e:
         print(e, file=sys.stderr)
@@ -250,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         close()
     result.update(host=platform.node(), kernel=platform.release(),
                   python=platform.python_version(),
-                  buffer="/dev/xen/hypercall" if os.path.exists("/dev/xen/hypercall")
-                  else "locked anonymous pages")
+                  buffer=BUFFER_DEVICE if os.path.exists(buffer_device)
+                  else "locked anonymous pages",
+                  clock="process CPU time" if args.cpu_time else "wall-clock time",
+                  xen="fake (vnuma_call.c's LD_PRELOAD library: no hypervisor, the ioctl "
+                  "answered in-process)" if args.on_fake_xen else "real")
     print(report(result))
     if args.json:
         print("JSON " + json.dumps(result, sort_keys=True))

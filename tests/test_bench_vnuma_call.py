@@ -226,3 +226,43 @@ def test_main_without_privcmd_exits_2(capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["vnuma_call: the agent: no /dev/xen/privcmd: not running on Xen "
                    "(or xen-privcmd is not loaded)"]
+
+
+@needs_cc
+def test_fake_xen_compiles_with_warnings_as_errors(tmp_path: Path) -> None:
+    library = vnuma_call.compile_fake_xen(tmp_path, extra_flags=("-Wextra", "-Werror"))
+    assert library.name == vnuma_call.FAKE_XEN_LIBRARY
+    assert library.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_parse_c_output_cpu_time() -> None:
+    text = FAKE_C_OUTPUT.replace("calls 1000\n", "calls 1000\ncpu_seconds_per_call 2e-05\n")
+    assert vnuma_call.parse_c_output(text, "cpu_seconds_per_call")[0] == pytest.approx(20e-6)
+    with pytest.raises(RuntimeError, match="cpu_seconds_per_call"):
+        vnuma_call.parse_c_output(FAKE_C_OUTPUT, "cpu_seconds_per_call")
+
+
+def test_c_side_passes_the_devices_and_reads_the_cpu_figure(tmp_path: Path) -> None:
+    script = tmp_path / "fake"
+    args_file = tmp_path / "args"
+    output = FAKE_C_OUTPUT.replace("calls 1000\n", "calls 1000\ncpu_seconds_per_call 2e-05\n")
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {args_file}\ncat <<EOF\n{output}EOF\n")
+    script.chmod(0o755)
+    run = vnuma_call.c_side(script, ("-d", "/r/dev/xen/privcmd", "-b", "/r/hc"), cpu_time=True)
+    seconds, got = run(7)
+    assert seconds == pytest.approx(20e-6)
+    assert got == TWO_NODES
+    assert args_file.read_text().split() == ["-n", "7", "-d", "/r/dev/xen/privcmd", "-b", "/r/hc"]
+
+
+@needs_cc
+def test_fake_xen_run_both_sides_agree(capfd: pytest.CaptureFixture[str]) -> None:
+    """The whole benchmark without Xen: the agent's doorway and the C program against the fake."""
+    pytest.importorskip("guestagent.xen._xenc", reason="C extension not built")
+    rc = vnuma_call.main(["--fake-xen", "-n", "20", "--rounds", "1", "--repeat", "1"])
+    out = capfd.readouterr().out
+    assert rc == 0, out
+    assert "Xen: fake (vnuma_call.c's LD_PRELOAD library" in out
+    assert "timed in process CPU time" in out
+    assert "topology: 2 vnodes, 4 vCPUs, 2 memory ranges" in out
+    assert "both sides got the same counts, vCPU map and distances" in out

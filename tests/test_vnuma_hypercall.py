@@ -193,3 +193,57 @@ def test_buffer_bounds_are_checked() -> None:
             buf.struct("struct ga_tmem_op", offset=4090)
     with pytest.raises(ValueError, match="after free"):
         _ = buf.address
+
+
+def test_zero_clears_every_page_and_use_after_free_is_refused() -> None:
+    xen = SimulatedXen()
+    buf = xen.buffer(3 * 4096)
+    assert buf.npages == 3
+    assert buf.read(0, buf.size) == bytes(buf.size)  # new pages come zero-filled
+    ffi.memmove(buf.array("uint8_t", buf.size), b"\xab" * buf.size, buf.size)
+    buf.zero()
+    assert buf.read(0, buf.size) == bytes(buf.size)
+    buf.free()
+    buf.free()  # a second free is a no-op
+    for use in (lambda: buf.struct("uint32_t"), lambda: buf.array("uint32_t", 1), buf.zero):
+        with pytest.raises(ValueError, match="after free"):
+            use()
+
+
+def test_returned_errnos_come_back_negated_and_others_still_raise() -> None:
+    xen = SimulatedXen(errno_for_all=errno.ENOBUFS)
+    wanted = frozenset((errno.ENOBUFS, errno.EAGAIN))
+    assert xen.hypercall(MEMORY_OP, 26, 0, name="q", returned_errnos=wanted) == -errno.ENOBUFS
+    with pytest.raises(HypercallError, match="q failed: ENOBUFS"):
+        xen.hypercall(MEMORY_OP, 26, 0, name="q")
+    xen.errno_for_all = errno.EPERM
+    with pytest.raises(PrivcmdRestricted):
+        xen.hypercall(MEMORY_OP, 26, 0, name="q", returned_errnos=wanted)
+
+
+@pytest.mark.parametrize(
+    ("domain", "text"),
+    [
+        (Domain([0, 1, 9, 7], [10, 20, 20, 10], [(0, MIB, 0, 0)]), "vcpu 2 maps .*got '9'"),
+        (Domain([0, 1], [10, 300, 0, 10], [(0, MIB, 0, 0)]), r"distance\(0,1\) .*got '300'"),
+    ],
+)
+def test_the_first_offender_is_named(domain: Domain, text: str) -> None:
+    with pytest.raises(InputError, match=text):
+        get_vnumainfo(SimulatedXen(domain=domain))
+
+
+def test_open_privcmd_on_a_character_device_and_a_tree_that_changes(tmp_path: Path) -> None:
+    """The device paths are worked out once per HostFS; what is there is looked at every open."""
+    hostfs = HostFS(str(tmp_path))
+    with pytest.raises(NotOnXen):
+        open_privcmd(hostfs)
+    (tmp_path / "dev/xen").mkdir(parents=True)
+    (tmp_path / "dev/xen/privcmd").symlink_to("/dev/null")
+    with open_privcmd(hostfs) as privcmd:
+        assert privcmd.fd >= 0 and privcmd.buffer_fd == -1
+    assert privcmd.fd == privcmd.buffer_fd == -1
+    (tmp_path / "dev/xen/privcmd").unlink()
+    (tmp_path / "dev/xen/privcmd").write_text("")
+    with pytest.raises(XenUnavailable, match="is not a character device"):
+        open_privcmd(hostfs)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from guestagent.errors import InputError
@@ -78,6 +80,9 @@ class VnumaInfo:
         return out
 
 
+_start_of = attrgetter("start")
+
+
 def validate_vnuma(
     nr_vnodes: int,
     vcpu_to_vnode: Sequence[int],
@@ -98,14 +103,17 @@ def validate_vnuma(
         raise InputError(
             SOURCE, f"distance matrix has {len(flat_distances)} entries, expected {nr_vnodes}^2"
         )
-    for cpu, node in enumerate(vcpu_to_vnode):
-        if not 0 <= node < nr_vnodes:
-            raise InputError(SOURCE, f"vcpu {cpu} maps to vnode outside 0..{nr_vnodes - 1}", node)
-    for i, d in enumerate(flat_distances):
-        if not 1 <= d <= MAX_DISTANCE:
-            raise InputError(
-                SOURCE, f"distance({i // nr_vnodes},{i % nr_vnodes}) out of range 1..255", d
-            )
+    bad = _first_outside(vcpu_to_vnode, 0, nr_vnodes - 1)
+    if bad is not None:
+        raise InputError(
+            SOURCE, f"vcpu {bad[0]} maps to vnode outside 0..{nr_vnodes - 1}", bad[1]
+        )
+    bad = _first_outside(flat_distances, 1, MAX_DISTANCE)
+    if bad is not None:
+        i = bad[0]
+        raise InputError(
+            SOURCE, f"distance({i // nr_vnodes},{i % nr_vnodes}) out of range 1..255", bad[1]
+        )
     memory_ranges: list[MemoryRange] = []
     for start, end, _flags, nid in ranges:
         if not 0 <= nid < nr_vnodes:
@@ -115,20 +123,54 @@ def validate_vnuma(
         if end <= start:
             raise InputError(SOURCE, f"memory range {start:#x}-{end:#x} is empty or reversed")
         memory_ranges.append(MemoryRange(start, end, nid))
-    ordered = sorted(memory_ranges, key=lambda r: r.start)
+    ordered = sorted(memory_ranges, key=_start_of)
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.end:
             raise InputError(
                 SOURCE, f"memory ranges {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap"
             )
     distances = [
-        list(flat_distances[i * nr_vnodes : (i + 1) * nr_vnodes]) for i in range(nr_vnodes)
+        list(flat_distances[i : i + nr_vnodes])
+        for i in range(0, nr_vnodes * nr_vnodes, nr_vnodes)
     ]
     return VnumaInfo(nr_vnodes, list(vcpu_to_vnode), distances, memory_ranges)
 
 
+def _first_outside(values: Sequence[int], low: int, high: int) -> tuple[int, int] | None:
+    """The first ``(index, value)`` outside ``low..high``, or None. min() and max() first (one
+    pass each, in C): the Python loop runs only to name the offender."""
+    if min(values) >= low and max(values) <= high:
+        return None
+    return next((i, v) for i, v in enumerate(values) if not low <= v <= high)
+
+
 #: How often the size-discovery protocol restarts when the topology changes under it.
 MAX_ATTEMPTS = 5
+#: What a call answers while the sizes are being found: returned by ``Privcmd.hypercall``, not
+#: raised.
+_RETRIED_ERRNOS = frozenset((errno.ENOBUFS, errno.EAGAIN))
+INFO_TYPE = "struct ga_xen_vnuma_topology_info"
+RANGE_TYPE = "struct ga_xen_vmemrange"
+
+
+@dataclass(frozen=True)
+class _Abi:
+    """The C extension's numbers for this hypercall, looked up once (the extension is imported
+    on the first call, so that this module loads without it)."""
+
+    memory_op: int
+    subop: int
+    domid_self: int
+    info_size: int
+    range_size: int
+
+
+@cache
+def _abi() -> _Abi:
+    from guestagent.xen.privcmd import MEMORY_OP, ffi, lib
+
+    return _Abi(MEMORY_OP, int(lib.GA_XENMEM_get_vnumainfo), int(lib.GA_DOMID_SELF),
+                ffi.sizeof(INFO_TYPE), ffi.sizeof(RANGE_TYPE))
 
 
 def get_vnumainfo(
@@ -143,77 +185,64 @@ def get_vnumainfo(
     Raises NoVnuma (-EOPNOTSUPP), XenTooOld (-ENOSYS), PrivcmdRestricted, HypercallError, or
     InputError for counts or contents no sane hypervisor reports.
     """
-    from guestagent.xen.privcmd import MEMORY_OP, ffi, lib
-
-    subop = int(lib.GA_XENMEM_get_vnumainfo)
-    info_type = "struct ga_xen_vnuma_topology_info"
-    range_type = "struct ga_xen_vmemrange"
-    info_size = ffi.sizeof(info_type)
-    target = int(lib.GA_DOMID_SELF) if domid is None else domid
-
-    def call(address: int) -> int:
-        try:
-            return privcmd.hypercall(MEMORY_OP, subop, address, name=SOURCE)
-        except HypercallError as e:
-            if e.errno == errno.EOPNOTSUPP:
-                raise NoVnuma(
-                    "no vNUMA: Xen has no virtual NUMA topology for this domain"
-                ) from None
-            if e.errno == errno.ENOSYS:
-                raise XenTooOld(f"{SOURCE} is not implemented by this Xen (before 4.5)") from None
-            if e.errno in (errno.ENOBUFS, errno.EAGAIN):
-                return -e.errno
-            raise
-
+    abi = _abi()
+    target = abi.domid_self if domid is None else domid
     for _ in range(attempts):
-        with privcmd.buffer(info_size) as probe:
-            info: Any = probe.struct(info_type)
+        with privcmd.buffer(abi.info_size) as probe:
+            info: Any = probe.struct(INFO_TYPE)
             info.domid = target
-            if call(probe.address) == 0:
+            if _call(privcmd, abi, probe.address) == 0:
                 raise InputError(
                     SOURCE, "answered a zero-capacity query with success, not -ENOBUFS"
                 )
-            nodes, vcpus, nranges = int(info.nr_vnodes), int(info.nr_vcpus), int(info.nr_vmemranges)
+            nodes, vcpus, nranges = info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges
         _check_count("nr_vnodes", nodes, MAX_VNODES)
         _check_count("nr_vcpus", vcpus, MAX_VCPUS)
         _check_count("nr_vmemranges", nranges, MAX_VMEMRANGES)
 
-        dist_off = info_size
+        dist_off = abi.info_size
         cpus_off = dist_off + 4 * nodes * nodes
         ranges_off = (cpus_off + 4 * vcpus + 7) & ~7
-        total = ranges_off + ffi.sizeof(range_type) * nranges
-        with privcmd.buffer(total) as buf:
-            info = buf.struct(info_type)
+        with privcmd.buffer(ranges_off + abi.range_size * nranges) as buf:
+            info = buf.struct(INFO_TYPE)
             info.domid = target
             info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = nodes, vcpus, nranges
-            info.vdistance = buf.address_of(dist_off)
-            info.vcpu_to_vnode = buf.address_of(cpus_off)
-            info.vmemrange = buf.address_of(ranges_off)
-            if call(buf.address) < 0:
+            base = buf.address
+            info.vdistance = base + dist_off
+            info.vcpu_to_vnode = base + cpus_off
+            info.vmemrange = base + ranges_off
+            if _call(privcmd, abi, base) < 0:
                 continue
-            got_nodes, got_vcpus = int(info.nr_vnodes), int(info.nr_vcpus)
-            got_ranges = int(info.nr_vmemranges)
+            got_nodes, got_vcpus, got_ranges = info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges
             if got_nodes > nodes or got_vcpus > vcpus or got_ranges > nranges:
                 raise InputError(
                     SOURCE,
                     "returned more entries than the buffers hold",
                     f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
                 )
-            dist = buf.array("uint32_t", got_nodes * got_nodes, dist_off)
-            cpus = buf.array("uint32_t", got_vcpus, cpus_off)
-            ranges = buf.array(range_type, got_ranges, ranges_off)
             return validate_vnuma(
                 got_nodes,
-                [int(cpus[i]) for i in range(got_vcpus)],
-                [int(dist[i]) for i in range(got_nodes * got_nodes)],
-                [
-                    (int(r.start), int(r.end), int(r.flags), int(r.nid))
-                    for r in (ranges[i] for i in range(got_ranges))
-                ],
+                buf.unpack("uint32_t", got_vcpus, cpus_off),
+                buf.unpack("uint32_t", got_nodes * got_nodes, dist_off),
+                [(r.start, r.end, r.flags, r.nid)
+                 for r in buf.unpack(RANGE_TYPE, got_ranges, ranges_off)],
             )
     raise HypercallError(
         SOURCE, errno.EAGAIN, f": the topology kept changing over {attempts} attempts"
     )
+
+
+def _call(privcmd: Privcmd, abi: _Abi, address: int) -> int:
+    """The hypercall on the info at ``address``: 0, or -ENOBUFS / -EAGAIN (start over)."""
+    try:
+        return privcmd.hypercall(abi.memory_op, abi.subop, address, name=SOURCE,
+                                 returned_errnos=_RETRIED_ERRNOS)
+    except HypercallError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            raise NoVnuma("no vNUMA: Xen has no virtual NUMA topology for this domain") from None
+        if e.errno == errno.ENOSYS:
+            raise XenTooOld(f"{SOURCE} is not implemented by this Xen (before 4.5)") from None
+        raise
 
 
 def _check_count(name: str, value: int, maximum: int) -> None:
