@@ -232,10 +232,12 @@ def run(args: argparse.Namespace, ctx: Any, job: TieringJob | None = None) -> in
     if job is None:
         job = TieringJob()
     t0 = time.monotonic()
-    cpu0 = _cpu_seconds()
+    cpu0 = process_cpu_seconds()
     run_one_job(args, ctx, job, overrides, role="guest")
     assert job.backend is not None  # the daemon raises when the job did not start
-    summary = run_summary(job.backend, time.monotonic() - t0, _cpu_seconds() - cpu0)
+    process_cpu = process_cpu_seconds()
+    summary = run_summary(job.backend, time.monotonic() - t0, process_cpu - cpu0)
+    summary.update(cpu_split(job, process_cpu))
     if args.json:
         print_json(summary)
     else:
@@ -250,7 +252,7 @@ def run(args: argparse.Namespace, ctx: Any, job: TieringJob | None = None) -> in
     return 0
 
 
-def _cpu_seconds() -> float:
+def process_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -269,6 +271,19 @@ def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, A
         "moved_by_source": {str(n): b for n, b in sorted(stats.moved_by_source.items())},
         "elapsed_s": round(elapsed_s, 3),
         "agent_cpu_s": round(cpu_s, 3),
+    }
+
+
+def cpu_split(job: TieringJob, process_cpu_s: float) -> dict[str, Any]:
+    """The process's CPU time split at the end of the first tick (issue 18): ``startup_cpu_s``
+    (interpreter start, imports, configuration, probe, the first decision and the kdamonds it
+    created) and ``steady_cpu_s`` (every later tick, and the stop); ``ticks`` run in all."""
+    first = job.cpu_at_first_tick_s
+    return {
+        "process_cpu_s": round(process_cpu_s, 3),
+        "startup_cpu_s": None if first is None else round(first, 3),
+        "steady_cpu_s": None if first is None else round(process_cpu_s - first, 3),
+        "ticks": job.ticks,
     }
 
 
