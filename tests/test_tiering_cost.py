@@ -214,3 +214,19 @@ def test_between_full_snapshots_only_the_meminfo_lines_used_are_parsed(tmp_path:
     meminfo1.write_text("garbage\n")
     with pytest.raises(InputError, match="node1/meminfo: has no MemTotal line"):
         readers.read_snapshot(hostfs, first)
+
+
+def test_the_benchmark_sets_start_up_and_steady_state_against_kdamond() -> None:
+    from benchmarks.tiering_testbed import cpu_split, split_lines
+
+    split = cpu_split({"process_cpu_s": 3.0, "startup_cpu_s": 2.0, "steady_cpu_s": 1.0,
+                       "ticks": 11}, 2.5, 4.0)
+    assert split["agent_to_kdamond"] == 2.5 / 4.0
+    assert (split["startup_to_kdamond"], split["steady_to_kdamond"]) == (0.5, 0.25)
+    assert split["agent_steady_cpu_per_tick_s"] == 0.1
+    assert "steady state 1.00 s (0.25x kdamond) over 11 ticks, 100.0 ms per later tick" in (
+        split_lines(split)[1])
+    old = cpu_split({}, 2.5, 4.0)  # a record from before the split
+    assert old["startup_to_kdamond"] is None and old["agent_to_kdamond"] == 0.625
+    assert "not in this record" in split_lines(old)[1]
+    assert split_lines(cpu_split({}, 2.5, 0.0)) == ["agent / kdamond CPU: no kdamond CPU seen"]
