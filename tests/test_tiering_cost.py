@@ -230,3 +230,18 @@ def test_the_benchmark_sets_start_up_and_steady_state_against_kdamond() -> None:
     assert old["startup_to_kdamond"] is None and old["agent_to_kdamond"] == 0.625
     assert "not in this record" in split_lines(old)[1]
     assert split_lines(cpu_split({}, 2.5, 0.0)) == ["agent / kdamond CPU: no kdamond CPU seen"]
+
+
+def test_a_reason_is_logged_once_until_it_changes_and_a_new_rate_once(
+    tmp_path: Path, log_events: list[dict[str, object]]
+) -> None:
+    _, kernel, _, runner = world(tmp_path)
+    for _ in range(33):  # the ramp (4 -> 64 MiB/s: 31 ticks), then 2 at 64
+        runner.tick()
+    reasons = [str(e["reason"]) for e in log_events if e["event"] == "tiering_reason"]
+    assert len(reasons) == 31 and reasons[-1].endswith("at 64.0 MiB/s")
+    moves = [(e["log_level"], e["rate"]) for e in log_events if e["event"] == "damon_move"]
+    # on at 4 MiB/s (info), then each new rate once, at debug: the reason line says it
+    assert moves[0] == ("info", 4 * MIB)
+    assert {level for level, _ in moves[1:]} == {"debug"} and len(moves) == 31
+    assert kernel.kdamond_states() == ["on", "off"]

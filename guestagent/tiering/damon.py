@@ -507,8 +507,11 @@ class DamonBackend:
         else:
             self.write(kd_state, "on")
             self._counters[node].restart()
+        # A new rate alone is in the runner's tiering_reason line already: debug.
+        quota_only = state == "on" and self._running.get(node, (None, 0))[0] == move.target
         self._running[node] = params
-        self._log.info("damon_move", node=node, target=move.target, rate=move.rate)
+        log = self._log.debug if quota_only else self._log.info
+        log("damon_move", node=node, target=move.target, rate=move.rate)
 
     def _refresh(self, node: int, files: tuple[str, ...] = STAT_FILES) -> None:
         """Ask the kernel for fresh scheme stats (running kdamonds only) and fold ``files`` of

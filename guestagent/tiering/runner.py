@@ -68,6 +68,8 @@ class Runner:
         self._last_returned: int | None = None
         self._last_moved: dict[int, int] = {}
         self._problems: list[str] = []
+        #: The last decision's reasons (a line is logged when it was not among them).
+        self._reasons: tuple[str, ...] = ()
         #: The last snapshot that read the distances and the MGLRU switch, and when (monotonic).
         self._layout: MemorySnapshot | None = None
         self.layout_max_age_s = layout_max_age_s
@@ -122,8 +124,10 @@ class Runner:
             self._problems = snapshot.problems
         decision = decide(snapshot, self.config, self.state, observed)
         self.state = decision.state
-        for line in decision.reasons:
-            self._log.info("tiering_reason", reason=line)
+        for line in decision.reasons:  # each once until it changes (a steady state repeats it)
+            if line not in self._reasons:
+                self._log.info("tiering_reason", reason=line)
+        self._reasons = decision.reasons
         self._apply(decision.plan)
         self.idle_ticks = self.idle_ticks + 1 if is_idle(decision) else 0
         return decision
