@@ -93,8 +93,8 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
     host = m["host"].Host(hostfs, tiering_backends=[damon])
     loop = m["loop"].EventLoop()
     cfg = m["config"].defaults()
-    cfg.section("agent")["state_dir"] = str(tmp / "state")
-    cfg.section("tiering").update(source_high_pct=45.0, target_min_pct=45.0,
+    cfg.values["agent"]["state_dir"] = str(tmp / "state")
+    cfg.values["tiering"].update(source_high_pct=45.0, target_min_pct=45.0,
                                   interval_seconds=2.0)
     ctx = m["service"].JobContext(loop, hostfs, cfg, m["service"].XenstoreHub(loop, lambda: None),
                                   "guest", host=host)
@@ -133,7 +133,7 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
 
     out = [phase("ramp", 30), phase("steady", ticks)]
     meminfo0 = root / MEMINFO0
-    meminfo0.write_text(meminfo0.read_text().replace("61836 kB", "309183 kB"))  # 30 % free
+    meminfo0.write_text(meminfo0.read_text().replace("61836 kB", "600000 kB"))  # 58 % free
     job._tick()
     out.append(phase("idle", ticks))
     job.stop()

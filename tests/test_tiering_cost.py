@@ -6,6 +6,7 @@ commit does not read the counters the same tick just read; idle ticks are spaced
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,7 +177,7 @@ def test_the_job_spaces_its_ticks_out_while_idle_and_not_once_a_node_is_short(
     host = Host(hostfs, tiering_backends=[damon])
     loop = EventLoop()
     config = defaults()
-    config.section("agent")["state_dir"] = str(tmp_path / "state")
+    config.values["agent"]["state_dir"] = str(tmp_path / "state")
     ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest", host=host)
     job = TieringJob()
     job.start(ctx)
@@ -245,3 +246,31 @@ def test_a_reason_is_logged_once_until_it_changes_and_a_new_rate_once(
     assert moves[0] == ("info", 4 * MIB)
     assert {level for level, _ in moves[1:]} == {"debug"} and len(moves) == 31
     assert kernel.kdamond_states() == ["on", "off"]
+
+
+def test_the_job_probes_no_backend_after_the_first_that_serves(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    hostfs = HostFS(str(root))
+    made: list[str] = []
+
+    def tmem(h: HostFS) -> Any:
+        made.append("tmem")
+        raise ImportError("not this one")
+
+    damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
+    loop = EventLoop()
+    for wanted, expected in (("auto", []), ("damon", ["tmem"])):
+        config = defaults()
+        config.values["agent"]["state_dir"] = str(tmp_path / "state")
+        config.values["tiering"]["backend"] = wanted
+        host = Host(hostfs, tiering_backends=[damon, ("tmem", tmem)])
+        ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest",
+                         host=host)
+        made.clear()
+        job = TieringJob()
+        job.start(ctx)
+        assert job.backend is not None and job.backend.name == "damon"
+        assert made == expected, wanted
+        job.stop()
+    loop.close()

@@ -50,14 +50,17 @@ if TYPE_CHECKING:
 
 
 def probe_all(
-    host: Host, journal: Journal | None = None
+    host: Host, journal: Journal | None = None, first_serving: bool = False
 ) -> list[tuple[str, Backend | None, Availability]]:
     """Every backend of ``host`` and whether it can run here. With ``journal`` (the daemon's
-    tiering job),
-    a backend that journals its changes (DAMON) first undoes what a killed predecessor left in
-    it, then records its own changes there."""
+    tiering job), a backend that journals its changes (DAMON) first undoes what a killed
+    predecessor left in it, then records its own changes there. ``first_serving``: stop after
+    the first one that can serve (the job's start with ``backend = auto``: the later ones would
+    only say why they are not used)."""
     out: list[tuple[str, Backend | None, Availability]] = []
     for name, factory in host.tiering_backends:
+        if first_serving and serving(out) is not None:
+            break
         try:
             backend = factory(host.fs)
         except ImportError as e:

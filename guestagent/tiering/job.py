@@ -54,8 +54,10 @@ class TieringJob:
             self._log.warning("tiering_leftover_found", journal=journal.path,
                               entries=len(journal.changes), malformed=len(journal.problems),
                               action="undo before start")
-        probed = probe_all(ctx.host, journal)
         wanted = str(section["backend"])
+        # With auto, the backends after the first that serves are not made nor probed (DAMON,
+        # which undoes a killed predecessor's kdamonds, is first); a named one: all, as status.
+        probed = probe_all(ctx.host, journal, first_serving=wanted == "auto")
         if wanted != "auto":
             probed = [p for p in probed if p[0] == wanted]
         backend = serving(probed)
