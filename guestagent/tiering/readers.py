@@ -5,7 +5,8 @@ Files read (all through :class:`~guestagent.hostfs.HostFS`):
 * ``/sys/devices/system/node/online``: the node ids, and the column order of every ``distance``
   file (the kernel prints one entry per *online* node, ascending);
 * ``/sys/devices/system/node/nodeN/meminfo`` (MemTotal, MemFree, Active, Inactive,
-  Active(file), Inactive(file): those lines alone are parsed) and ``.../nodeN/distance``;
+  Active(file), Inactive(file); between two full snapshots those lines alone are parsed) and
+  ``.../nodeN/distance``;
 * ``/sys/devices/system/node/nodeN/memoryX`` entries and
   ``/sys/devices/system/memory/block_size_bytes`` (hex): the node's physical address ranges;
 * ``/proc/vmstat`` ``numa_pages_migrated``: pages automatic NUMA balancing moved to the node that
