@@ -14,6 +14,9 @@ buffer stops shrinking, then SIGTERM. Reports:
   share of the buffer grew), plus the fastest poll interval;
 * the agent's CPU time (user + system of the ``tiering run`` process, from its own summary) and,
   separately, the kernel's CPU time in the kdamond threads (DAMON's sampling and migrations);
+  since the summary has them (issue 18), the process's CPU split at the end of its first tick
+  into start-up (interpreter, imports, probe, the first tick and its kdamonds) and steady state
+  (every later tick and the stop), each set against the kdamonds' CPU;
 * the free memory node 0 regained (MemFree after the run minus after the fill), and what node 1
   gave.
 
@@ -67,6 +70,7 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
         (s for s in rec.samples if s.kdamond_cpu), key=lambda s: s.t, default=rec.last
     )
     return {
+        **cpu_split(summary, cpu, kdamond_cpu),
         "kernel": rec.facts.splitlines()[0] if rec.facts else "",
         "fill_mib": rec.fill_mib,
         "fill_seconds": round(rec.fill_seconds, 1),
@@ -95,6 +99,49 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
     }
 
 
+def cpu_split(summary: dict[str, Any], agent_cpu: float, kdamond_cpu: float) -> dict[str, Any]:
+    """The agent's CPU against the kdamonds': over the run, and (when the summary splits the
+    process's CPU at the end of its first tick) start-up and steady state apart. None where the
+    record cannot say (an agent from before the split, or no kdamond CPU seen)."""
+
+    def ratio(value: float | None) -> float | None:
+        return None if value is None or kdamond_cpu <= 0 else value / kdamond_cpu
+
+    startup = summary.get("startup_cpu_s")
+    steady = summary.get("steady_cpu_s")
+    ticks = summary.get("ticks")
+    return {
+        "agent_to_kdamond": ratio(agent_cpu),
+        "agent_process_cpu_s": summary.get("process_cpu_s"),
+        "agent_startup_cpu_s": startup,
+        "agent_steady_cpu_s": steady,
+        "agent_ticks": ticks,
+        "agent_steady_cpu_per_tick_s": steady / (ticks - 1) if steady and ticks and ticks > 1
+        else None,
+        "startup_to_kdamond": ratio(startup),
+        "steady_to_kdamond": ratio(steady),
+    }
+
+
+def split_lines(n: dict[str, Any]) -> list[str]:
+    """The report's lines on the agent's CPU against the kdamonds'."""
+    if n["agent_to_kdamond"] is None:
+        return ["agent / kdamond CPU: no kdamond CPU seen"]
+    lines = [f"agent / kdamond CPU over the run: {n['agent_to_kdamond']:.2f}x"]
+    if n["agent_startup_cpu_s"] is None or n["agent_steady_cpu_s"] is None:
+        return [*lines, "  start-up / steady state: not in this record (the agent's summary has "
+                        "no startup_cpu_s: an agent from before issue 18's split)"]
+    per_tick = n["agent_steady_cpu_per_tick_s"]
+    return [
+        *lines,
+        f"  whole process {n['agent_process_cpu_s']:.2f} s = start-up (to the end of the first "
+        f"tick) {n['agent_startup_cpu_s']:.2f} s ({n['startup_to_kdamond']:.2f}x kdamond) + "
+        f"steady state {n['agent_steady_cpu_s']:.2f} s ({n['steady_to_kdamond']:.2f}x kdamond) "
+        f"over {n['agent_ticks']} ticks"
+        + (f", {1000 * per_tick:.1f} ms per later tick" if per_tick is not None else ""),
+    ]
+
+
 def report(n: dict[str, Any]) -> str:
     def mib(b: float) -> str:
         return f"{b / MIB:.1f} MiB"
@@ -118,6 +165,7 @@ def report(n: dict[str, Any]) -> str:
             else ""
         ),
         f"kernel CPU in kdamond threads (DAMON sampling + migration): {n['kdamond_cpu_s']:.2f} s",
+        *split_lines(n),
         f"node 0 free: {n['node0_free_after_fill_pct']:.1f} % after the fill -> "
         f"{n['node0_free_after_run_pct']:.1f} % after the run (regained "
         f"{mib(n['node0_free_regained_bytes'])}); node 1 gave {mib(n['node1_free_given_bytes'])}",

@@ -333,6 +333,22 @@ def test_run_prints_a_summary_with_the_agents_cpu_time(
     assert "(node 0: 0.0 MiB, node 1: 0.0 MiB); agent CPU " in out, out
 
 
+def test_run_splits_the_process_cpu_time_at_the_end_of_the_first_tick(
+    world: tuple[Path, FakeDamonKernel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18: start-up (interpreter, imports, probe, the first tick and its kdamonds) and
+    the steady state, so each can be set against the kernel's kdamond CPU."""
+    root, _ = world
+    args = parse(["tiering", "run", "--duration", "0.3", "--json"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ticks"] == 1  # at once, then every 10 s
+    assert 0 < doc["startup_cpu_s"] <= doc["process_cpu_s"]
+    assert doc["startup_cpu_s"] + doc["steady_cpu_s"] == pytest.approx(doc["process_cpu_s"],
+                                                                       abs=0.002)
+    assert doc["agent_cpu_s"] <= doc["process_cpu_s"]
+
+
 def test_run_takes_the_watermarks_and_rate_bound_from_the_command_line(
     world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,14 +50,17 @@ if TYPE_CHECKING:
 
 
 def probe_all(
-    host: Host, journal: Journal | None = None
+    host: Host, journal: Journal | None = None, first_serving: bool = False
 ) -> list[tuple[str, Backend | None, Availability]]:
     """Every backend of ``host`` and whether it can run here. With ``journal`` (the daemon's
-    tiering job),
-    a backend that journals its changes (DAMON) first undoes what a killed predecessor left in
-    it, then records its own changes there."""
+    tiering job), a backend that journals its changes (DAMON) first undoes what a killed
+    predecessor left in it, then records its own changes there. ``first_serving``: stop after
+    the first one that can serve (the job's start with ``backend = auto``: the later ones would
+    only say why they are not used)."""
     out: list[tuple[str, Backend | None, Availability]] = []
     for name, factory in host.tiering_backends:
+        if first_serving and serving(out) is not None:
+            break
         try:
             backend = factory(host.fs)
         except ImportError as e:
@@ -232,10 +235,12 @@ def run(args: argparse.Namespace, ctx: Any, job: TieringJob | None = None) -> in
     if job is None:
         job = TieringJob()
     t0 = time.monotonic()
-    cpu0 = _cpu_seconds()
+    cpu0 = process_cpu_seconds()
     run_one_job(args, ctx, job, overrides, role="guest")
     assert job.backend is not None  # the daemon raises when the job did not start
-    summary = run_summary(job.backend, time.monotonic() - t0, _cpu_seconds() - cpu0)
+    process_cpu = process_cpu_seconds()
+    summary = run_summary(job.backend, time.monotonic() - t0, process_cpu - cpu0)
+    summary.update(cpu_split(job, process_cpu))
     if args.json:
         print_json(summary)
     else:
@@ -250,7 +255,7 @@ def run(args: argparse.Namespace, ctx: Any, job: TieringJob | None = None) -> in
     return 0
 
 
-def _cpu_seconds() -> float:
+def process_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -269,6 +274,19 @@ def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, A
         "moved_by_source": {str(n): b for n, b in sorted(stats.moved_by_source.items())},
         "elapsed_s": round(elapsed_s, 3),
         "agent_cpu_s": round(cpu_s, 3),
+    }
+
+
+def cpu_split(job: TieringJob, process_cpu_s: float) -> dict[str, Any]:
+    """The process's CPU time split at the end of the first tick (issue 18): ``startup_cpu_s``
+    (interpreter start, imports, configuration, probe, the first decision and the kdamonds it
+    created) and ``steady_cpu_s`` (every later tick, and the stop); ``ticks`` run in all."""
+    first = job.cpu_at_first_tick_s
+    return {
+        "process_cpu_s": round(process_cpu_s, 3),
+        "startup_cpu_s": None if first is None else round(first, 3),
+        "steady_cpu_s": None if first is None else round(process_cpu_s - first, 3),
+        "ticks": job.ticks,
     }
 
 

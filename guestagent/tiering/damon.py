@@ -42,6 +42,14 @@ kdamonds, never another DAMON user's.
 Statistics: the kernel rebuilds its context (and zeroes the scheme counters) on every ``on``; the
 backend reads the counters (``update_schemes_stats``) before each ``off`` and ``commit``, folds them
 into a running total at each ``on``, and also treats any counter that goes down as a restart.
+A tick of the runner (:meth:`DamonBackend.moved_by_source`) asks for fresh statistics of the
+kdamonds it turned on and reads ``sz_applied`` alone; :meth:`DamonBackend.stats` (``tiering
+status``, the daemon's status, ``tiering run``'s summary) reads all five. A kdamond the backend
+turned off (or never turned on) is not read at all until it turns it on again: its counters were
+read just before the ``off``. The :meth:`DamonBackend.update` right after a tick's
+``moved_by_source`` takes the states it read, and commits without reading the counters again (a
+``commit`` keeps them since Linux 6.11, ``damon_commit_ctx``; any that went down would still
+count as a restart).
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -66,7 +74,13 @@ from guestagent.tiering.journal import (
     added_entries,
     undo_kdamonds,
 )
-from guestagent.tiering.model import Availability, BackendUnavailable, Plan, TieringStats
+from guestagent.tiering.model import (
+    Availability,
+    BackendUnavailable,
+    Move,
+    Plan,
+    TieringStats,
+)
 from guestagent.units import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -210,10 +224,13 @@ class _Counters:
     last: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_FILES, 0))
 
     def observe(self, now: dict[str, int]) -> None:
-        if any(now[k] < self.last[k] for k in STAT_FILES):
+        """Fresh counters: all of :data:`STAT_FILES`, or some (a tick reads ``sz_applied``
+        alone); any one that went down means the kernel started a new context."""
+        if any(v < self.last[k] for k, v in now.items()):
             for k in STAT_FILES:
                 self.base[k] += self.last[k]
-        self.last = dict(now)
+            self.last = dict.fromkeys(STAT_FILES, 0)
+        self.last.update(now)
 
     def restart(self) -> None:
         """The kernel is building a new context (``on``): its counters start again at 0."""
@@ -249,6 +266,8 @@ class DamonBackend:
         self._counters: dict[int, _Counters] = {}
         #: node -> (target node, quota bytes) the running kdamond was last given.
         self._running: dict[int, tuple[int, int]] = {}
+        #: node -> state, as :meth:`moved_by_source` just read it (for the next :meth:`update`).
+        self._seen: dict[int, str] = {}
         self._log = get_logger("tiering.damon")
 
     # ---- reading ----
@@ -453,56 +472,90 @@ class DamonBackend:
         for m in plan.moves:
             if m.source not in self.kdamonds:
                 raise InputError("tiering plan", f"node {m.source} has no memory kdamond", m)
+        # States read (and running kdamonds' sz_applied refreshed) by this tick's
+        # moved_by_source, just before: not read again.
+        seen, self._seen = self._seen, {}
         for node in sorted(self.kdamonds):
             move = plan.for_source(node)
+            if move is None and node not in self._running:
+                continue  # off since this backend's own "off" (or never on): nothing to read
             kd_state = f"{self._kd(self.kdamonds[node])}/state"
-            state = self._read_word(kd_state)
+            state = seen[node] if node in seen else self._read_word(kd_state)
             if move is None:
                 if state == "on":
                     self._refresh(node)
                     self.write(kd_state, "off")
                     self._log.info("damon_paused", node=node)
                 self._running.pop(node, None)
-                continue
-            params = (move.target, self.config.quota_bytes(move.rate))
-            if state == "on" and self._running.get(node) == params:
-                continue
-            self.write(f"{self._scheme(node)}/target_nid", str(move.target))
-            self.write(f"{self._scheme(node)}/quotas/bytes", str(params[1]))
-            if state == "on":
-                self._refresh(node)
-                self.write(kd_state, "commit")
             else:
-                self.write(kd_state, "on")
-                self._counters[node].restart()
-            self._running[node] = params
-            self._log.info("damon_move", node=node, target=move.target, rate=move.rate)
+                self._move(node, move, state, refreshed=node in seen)
 
-    def _refresh(self, node: int) -> None:
-        """Ask the kernel for fresh scheme stats (running kdamonds only) and fold them in."""
+    def _move(self, node: int, move: Move, state: str, refreshed: bool) -> None:
+        """Give ``node``'s kdamond (in ``state``) the move's target and quota, unless it runs
+        with them already; ``refreshed``: its counters were just read (else read before a
+        commit, which keeps them since Linux 6.11 anyway)."""
+        kd_state = f"{self._kd(self.kdamonds[node])}/state"
+        params = (move.target, self.config.quota_bytes(move.rate))
+        if state == "on" and self._running.get(node) == params:
+            return
+        self.write(f"{self._scheme(node)}/target_nid", str(move.target))
+        self.write(f"{self._scheme(node)}/quotas/bytes", str(params[1]))
+        if state == "on":
+            if not refreshed:
+                self._refresh(node)
+            self.write(kd_state, "commit")
+        else:
+            self.write(kd_state, "on")
+            self._counters[node].restart()
+        # A new rate alone is in the runner's tiering_reason line already: debug.
+        quota_only = state == "on" and self._running.get(node, (None, 0))[0] == move.target
+        self._running[node] = params
+        log = self._log.debug if quota_only else self._log.info
+        log("damon_move", node=node, target=move.target, rate=move.rate)
+
+    def _refresh(self, node: int, files: tuple[str, ...] = STAT_FILES) -> None:
+        """Ask the kernel for fresh scheme stats (running kdamonds only) and fold ``files`` of
+        them in."""
         kd_state = f"{self._kd(self.kdamonds[node])}/state"
         try:
             self.write(kd_state, "update_schemes_stats")
         except SysfsWriteError as e:
             self._log.info("damon_stats_not_updated", node=node, error=str(e))
             return
-        self._counters[node].observe(self._read_stats(node))
+        self._counters[node].observe(self._read_stats(node, files))
 
-    def _read_stats(self, node: int) -> dict[str, int]:
+    def _read_stats(self, node: int, files: tuple[str, ...] = STAT_FILES) -> dict[str, int]:
         base = f"{self._scheme(node)}/stats"
         return {
             k: parse_int(self.hostfs.read_text(f"{base}/{k}"), f"{base}/{k}", 0, ULONG_MAX)
-            for k in STAT_FILES
+            for k in files
         }
+
+    def _refresh_running(self, files: tuple[str, ...] = STAT_FILES) -> dict[int, str]:
+        """Fresh counters of the kdamonds this backend turned on and still finds on; returns the
+        state each was found in. One it turned off had its counters read just before the
+        ``off`` (:meth:`update`), so it is not read."""
+        states: dict[int, str] = {}
+        for node in sorted(self._running):
+            if node in self.kdamonds and node in self._counters:
+                states[node] = self._read_word(f"{self._kd(self.kdamonds[node])}/state")
+                if states[node] == "on":
+                    self._refresh(node, files)
+        return states
+
+    def moved_by_source(self) -> dict[int, int]:
+        """Bytes moved away from each node since start: what the runner reads every tick, just
+        before :meth:`update`. ``update_schemes_stats`` and ``sz_applied`` alone per running
+        kdamond (the other four counters are read by :meth:`stats` and before every ``off``);
+        the states read here serve the next :meth:`update`, which reads them only when not."""
+        self._seen = self._refresh_running(("sz_applied",))
+        return {n: c.total("sz_applied") for n, c in sorted(self._counters.items())}
 
     def stats(self) -> TieringStats:
         moved: dict[int, int] = {}
         tried = applied = exceeds = 0
+        self._refresh_running()
         for node in sorted(self._counters):
-            if node in self.kdamonds:
-                state = self._read_word(f"{self._kd(self.kdamonds[node])}/state")
-                if state == "on":
-                    self._refresh(node)
             c = self._counters[node]
             moved[node] = c.total("sz_applied")
             tried += c.total("sz_tried")
@@ -555,6 +608,7 @@ class DamonBackend:
         self._log.info("damon_stopped", kdamonds=sorted(self.kdamonds.values()))
         self.kdamonds = {}
         self._running = {}
+        self._seen = {}
 
     def _forget(self, entries: list[Change]) -> None:
         if self.journal is None:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
-from guestagent.tiering.commands import probe_all, serving, why_not
+from guestagent.tiering.commands import probe_all, process_cpu_seconds, serving, why_not
 from guestagent.tiering.config import tiering_config
 from guestagent.tiering.journal import TieringJournal, journal_path
+from guestagent.tiering.policy import next_interval
 from guestagent.tiering.runner import Runner
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ class TieringJob:
         self._timer: Timer | None = None
         #: The backend that served, kept after stop for its counters (``tiering run``'s summary).
         self.backend: Backend | None = None
+        #: Ticks run, and this process's CPU time (user + system since exec: interpreter start,
+        #: imports, probe and the first tick's kdamonds) when the first one ended.
+        self.ticks = 0
+        self.cpu_at_first_tick_s: float | None = None
         self._log = get_logger("tiering")
 
     def start(self, ctx: JobContext) -> None:
@@ -49,8 +54,10 @@ class TieringJob:
             self._log.warning("tiering_leftover_found", journal=journal.path,
                               entries=len(journal.changes), malformed=len(journal.problems),
                               action="undo before start")
-        probed = probe_all(ctx.host, journal)
         wanted = str(section["backend"])
+        # With auto, the backends after the first that serves are not made nor probed (DAMON,
+        # which undoes a killed predecessor's kdamonds, is first); a named one: all, as status.
+        probed = probe_all(ctx.host, journal, first_serving=wanted == "auto")
         if wanted != "auto":
             probed = [p for p in probed if p[0] == wanted]
         backend = serving(probed)
@@ -62,16 +69,27 @@ class TieringJob:
         self._runner = self._make_runner(ctx.hostfs, backend, tiering_config(section))
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, first: float = 0.0) -> None:
         assert self._ctx is not None and self._runner is not None
         if self._timer is not None:
             self._timer.cancel()
-        every = self._runner.config.interval_s
-        self._timer = self._ctx.loop.call_every(every, self._tick, first=0)
+        every = next_interval(self._runner.config, self._runner.idle_ticks)
+        self._timer = self._ctx.loop.call_every(every, self._tick, first=first)
 
     def _tick(self) -> None:
-        if self._runner is not None:
-            self._runner.tick()
+        runner = self._runner
+        if runner is None:
+            return
+        try:
+            runner.tick()
+        finally:
+            self.ticks += 1
+            if self.cpu_at_first_tick_s is None:
+                self.cpu_at_first_tick_s = process_cpu_seconds()
+        # Spaced out while idle, back to interval_s at the first short node (policy.next_interval).
+        every = next_interval(runner.config, runner.idle_ticks)
+        if self._timer is not None and self._timer.interval != every:
+            self._schedule(first=every)
 
     def reload(self, config: Config) -> None:
         assert self._runner is not None

@@ -5,7 +5,8 @@ Files read (all through :class:`~guestagent.hostfs.HostFS`):
 * ``/sys/devices/system/node/online``: the node ids, and the column order of every ``distance``
   file (the kernel prints one entry per *online* node, ascending);
 * ``/sys/devices/system/node/nodeN/meminfo`` (MemTotal, MemFree, Active, Inactive,
-  Active(file), Inactive(file)) and ``.../nodeN/distance``;
+  Active(file), Inactive(file); between two full snapshots those lines alone are parsed) and
+  ``.../nodeN/distance``;
 * ``/sys/devices/system/node/nodeN/memoryX`` entries and
   ``/sys/devices/system/memory/block_size_bytes`` (hex): the node's physical address ranges;
 * ``/proc/vmstat`` ``numa_pages_migrated``: pages automatic NUMA balancing moved to the node that
@@ -26,6 +27,7 @@ from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS
 from guestagent.nodesysfs import NODE_DIR
 from guestagent.tiering.model import MemorySnapshot, NodeMemory
+from guestagent.units import KIB
 
 MEMORY_DIR = "/sys/devices/system/memory"
 BLOCK_SIZE = f"{MEMORY_DIR}/block_size_bytes"
@@ -51,9 +53,40 @@ def node_ids(hostfs: HostFS, problems: list[str] | None = None) -> list[int]:
     return nodesysfs.online_nodes(hostfs, [] if problems is None else problems)
 
 
-def read_node_memory(hostfs: HostFS, node: int) -> NodeMemory:
+#: The lines of a node's ``meminfo`` the policy uses (the kernel prints ``Node %d Key: %8lu kB``);
+#: the other ~30 are not parsed (a tick reads every node's file).
+_NODE_MEMINFO_LINE = re.compile(
+    r"^Node[ \t]+(\d{1,4})[ \t]+(" + "|".join(re.escape(k) for k in _MEMINFO_KEYS.values())
+    + r"):[ \t]+(\d{1,20})[ \t]+kB[ \t]*$",
+    re.M,
+)
+
+
+def _node_meminfo_lines(hostfs: HostFS, node: int) -> dict[str, int]:
+    """The lines of :data:`_NODE_MEMINFO_LINE` alone, in bytes; MemTotal is required, a line of
+    another node's is refused."""
     path = f"{NODE_DIR}/node{node}/meminfo"
-    values = nodesysfs.node_meminfo(hostfs, node)
+    text = nodesysfs.read_nonempty(hostfs, path)
+    values: dict[str, int] = {}
+    for m in _NODE_MEMINFO_LINE.finditer(text):
+        if int(m.group(1)) != node:
+            where = f"has lines for node {m.group(1)}, expected node {node}"
+            raise InputError(path, where, text[:80])
+        values[m.group(2)] = int(m.group(3)) * KIB
+    if "MemTotal" not in values:
+        raise InputError(path, "has no MemTotal line", text[:80])
+    return values
+
+
+def read_node_memory(hostfs: HostFS, node: int, lines_used_only: bool = False) -> NodeMemory:
+    """The node's MemTotal, MemFree and LRU sizes (bytes). Every line is checked
+    (:func:`guestagent.nodesysfs.node_meminfo`), or with ``lines_used_only`` the policy's
+    alone (the runner's ticks between two full snapshots)."""
+    path = f"{NODE_DIR}/node{node}/meminfo"
+    if lines_used_only:
+        values = _node_meminfo_lines(hostfs, node)
+    else:
+        values = nodesysfs.node_meminfo(hostfs, node)
     if "MemFree" not in values:
         raise InputError(path, "lacks MemFree", hostfs.read_text(path)[:60])
     fields = {name: values.get(key, 0) for name, key in _MEMINFO_KEYS.items()}
@@ -79,10 +112,19 @@ def read_distances(
     return out
 
 
-def read_snapshot(hostfs: HostFS) -> MemorySnapshot:
-    """Every online node's memory and the distance matrix, with what could not be read."""
+def read_snapshot(hostfs: HostFS, known: MemorySnapshot | None = None) -> MemorySnapshot:
+    """Every online node's memory and the distance matrix, with what could not be read.
+
+    ``known``: an earlier snapshot whose distances and ``lru_gen`` are taken over instead of read
+    again when it had no problem and lists the same online nodes (they change only with a
+    hotplug or an administrator's switch; the runner passes one at most a minute old). Then a
+    snapshot reads ``online`` and each node's ``meminfo``, nothing else, and parses only the
+    meminfo lines the policy uses."""
     problems: list[str] = []
     ids = node_ids(hostfs, problems)
+    if known is not None and not known.problems and not problems and list(known.nodes) == ids:
+        nodes = {n: read_node_memory(hostfs, n, lines_used_only=True) for n in ids}
+        return MemorySnapshot(nodes=nodes, distances=known.distances, lru_gen=known.lru_gen)
     nodes = {n: read_node_memory(hostfs, n) for n in ids}
     return MemorySnapshot(
         nodes=nodes,
@@ -156,9 +198,22 @@ def read_vmstat(hostfs: HostFS) -> dict[str, int]:
     return values
 
 
+#: ``numa_pages_migrated``'s line of ``/proc/vmstat``, found without parsing the other ~190.
+_MIGRATED_LINE = re.compile(r"^numa_pages_migrated\b(.*)$", re.M)
+
+
 def returned_pages(hostfs: HostFS) -> int | None:
-    """``numa_pages_migrated`` (cumulative), or None where the kernel does not count it."""
-    return read_vmstat(hostfs).get("numa_pages_migrated")
+    """``numa_pages_migrated`` (cumulative), or None where the kernel does not count it. Only
+    its own line is parsed (a tick reads it every interval; :func:`read_vmstat` parses all)."""
+    text = hostfs.read_text(VMSTAT)
+    m = _MIGRATED_LINE.search(text)
+    if m is None:
+        return None
+    value = m.group(1).strip()
+    if not re.fullmatch(r"\d{1,20}", value):
+        lineno = text.count("\n", 0, m.start()) + 1
+        raise InputError(f"{VMSTAT} line {lineno}", "expected 'name number'", m.group(0))
+    return int(value)
 
 
 def kernel_version(hostfs: HostFS) -> tuple[int, int] | None:

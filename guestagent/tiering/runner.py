@@ -11,6 +11,15 @@ Each tick reads the node snapshot and the counters, turns the counter deltas int
 * the policy itself pauses a source whose target falls under its watermark, and caps every rate by
   the target's room per interval;
 * the daemon stops the job on SIGTERM, SIGINT or ``--duration``, and the job stops the backend.
+
+Cost per tick (issue 18; the breakdown is in ``benchmarks/README.md``): a tick reads ``online``,
+each node's ``meminfo`` and ``numa_pages_migrated``'s line of ``/proc/vmstat``; the distances and
+the MGLRU switch are taken over from the last snapshot that read them (:data:`LAYOUT_MAX_AGE_S`,
+sooner when the online nodes change or a read had a problem); the backend reads what moved
+(:meth:`~guestagent.tiering.model.Backend.moved_by_source`: for DAMON, ``sz_applied`` of the
+kdamonds it runs, nothing of those it turned off). While ticks find nothing to do
+(:attr:`Runner.idle_ticks`) the job spaces them out
+(:func:`~guestagent.tiering.policy.next_interval`).
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
@@ -27,13 +36,17 @@ from guestagent.tiering import readers
 from guestagent.tiering.model import (
     Backend,
     Decision,
+    MemorySnapshot,
     Observation,
     Plan,
     PolicyState,
     TieringConfig,
 )
-from guestagent.tiering.policy import decide
+from guestagent.tiering.policy import decide, is_idle
 from guestagent.units import PAGE_SIZE
+
+#: A snapshot's distances and MGLRU switch serve the snapshots of the next this many seconds.
+LAYOUT_MAX_AGE_S = 60.0
 
 
 class Runner:
@@ -43,6 +56,7 @@ class Runner:
         backend: Backend,
         config: TieringConfig,
         clock: Callable[[], float] = time.monotonic,
+        layout_max_age_s: float = LAYOUT_MAX_AGE_S,
     ) -> None:
         self.hostfs = hostfs
         self.backend = backend
@@ -54,7 +68,24 @@ class Runner:
         self._last_returned: int | None = None
         self._last_moved: dict[int, int] = {}
         self._problems: list[str] = []
+        #: The last decision's reasons (a line is logged when it was not among them).
+        self._reasons: tuple[str, ...] = ()
+        #: The last snapshot that read the distances and the MGLRU switch, and when (monotonic).
+        self._layout: MemorySnapshot | None = None
+        self.layout_max_age_s = layout_max_age_s
+        self._layout_at = 0.0
+        #: Ticks in a row that found no node short and so nothing to move (0 after any other).
+        self.idle_ticks = 0
         self._log = get_logger("tiering.run")
+
+    def _snapshot(self) -> MemorySnapshot:
+        now = time.monotonic()
+        fresh = self._layout is not None and now - self._layout_at < self.layout_max_age_s
+        known = self._layout if fresh else None
+        snapshot = readers.read_snapshot(self.hostfs, known)
+        if known is None or snapshot.distances is not known.distances:  # read them this time
+            self._layout, self._layout_at = snapshot, now
+        return snapshot
 
     def _observe(self) -> Observation:
         now = self.clock()
@@ -72,7 +103,7 @@ class Runner:
             self._last_returned = pages
         moved: dict[int, int] = {}
         if self.started:
-            now_moved = self.backend.stats().moved_by_source
+            now_moved = self.backend.moved_by_source()
             moved = {n: max(0, b - self._last_moved.get(n, 0)) for n, b in now_moved.items()}
             self._last_moved = dict(now_moved)
         return Observation(interval_s=interval, moved=moved, returned=returned)
@@ -80,10 +111,11 @@ class Runner:
     def tick(self) -> Decision | None:
         """One round; returns the decision, or None when inputs were unreadable (paused)."""
         try:
-            snapshot = readers.read_snapshot(self.hostfs)
+            snapshot = self._snapshot()
             observed = self._observe()
         except GuestAgentError as e:
             self._log.warning("tiering_inputs_unreadable", error=str(e), action="pause")
+            self.idle_ticks = 0
             self._apply(Plan())
             return None
         if snapshot.problems != self._problems:
@@ -92,9 +124,12 @@ class Runner:
             self._problems = snapshot.problems
         decision = decide(snapshot, self.config, self.state, observed)
         self.state = decision.state
-        for line in decision.reasons:
-            self._log.info("tiering_reason", reason=line)
+        for line in decision.reasons:  # each once until it changes (a steady state repeats it)
+            if line not in self._reasons:
+                self._log.info("tiering_reason", reason=line)
+        self._reasons = decision.reasons
         self._apply(decision.plan)
+        self.idle_ticks = self.idle_ticks + 1 if is_idle(decision) else 0
         return decision
 
     def _apply(self, plan: Plan) -> None:

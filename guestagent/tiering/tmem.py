@@ -420,6 +420,9 @@ class TmemBackend:
     def stats(self) -> TieringStats:
         return self._stats
 
+    def moved_by_source(self) -> dict[int, int]:
+        return dict(self._stats.moved_by_source)
+
     def stop(self) -> None:
         """Destroy the pool (Xen frees its pages), free the buffer, close privcmd. Idempotent."""
         if self.client is not None and self.pool is not None:

@@ -1,0 +1,224 @@
+"""The tiering job's own CPU per tick, on the fixture DAMON tree (issue 18 item 1): no bed.
+
+    python -m benchmarks.tiering_tick [--repo DIR] [--ticks 300] [--json]
+
+``--repo``: the guestagent tree whose code runs (default this one), so two commits compare on
+the same machine in the same session (``git archive C | tar -x -C DIR``, then ``--repo DIR``).
+
+Two measurements, the fake kernel's own CPU (``tests/test_tiering_damon.FakeDamonKernel``,
+Python writing files) left out of both:
+
+* **phases**: the tiering job's tick (``TieringJob._tick``, as the daemon's timer runs it) on
+  ``tests/fixtures/tiering-2node`` + ``damon-6.12``: the ramp (node 0 short, the rate grows by
+  ``rate_step`` every tick, so each tick commits; the first tick, which creates the kdamonds, is
+  in it), the steady rate (``max_rate`` reached: the plan does not change) and idle (no node
+  short). CPU per tick, files read and sysfs writes per tick.
+* **replay**: the shape of the e2e scenario (``tests/e2e/tiering_scenario.py``) at a 2 s
+  interval for 240 s of simulated time: node 0 short, DAMON moving up to 6 MiB/s while its quota
+  allows, node 1's room capping the rate, a few pages coming back every 14 s; node 0 45 % free
+  after about 70 s, idle after. The job's pacing (``policy.next_interval``, where the tree has
+  it) decides which 2 s steps tick. Ticks, CPU, bytes moved, ``update_schemes_stats`` writes, and
+  a digest of every moving decision (equal digests: the same plans, tick for tick).
+
+What it does not see: the kernel's side of each read (``/proc/vmstat`` and a node's ``meminfo``
+cost 15-30 us of system time each on the development host; tmpfs files cost less), Python's
+start-up and the imports (``python -X importtime``), and TCG: in the testbed's guest, Python
+runs about 60 times slower than here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import collections
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+MEMINFO0 = "sys/devices/system/node/node0/meminfo"
+MEMINFO1 = "sys/devices/system/node/node1/meminfo"
+
+
+class FakeKernelClock:
+    """The fake kernel's CPU time, to leave out of the agent's."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        t = time.process_time()
+        try:
+            yield
+        finally:
+            self.spent += time.process_time() - t
+
+    def wrap(self, write: Callable[[str, str], None]) -> Callable[[str, str], None]:
+        def timed(path: str, value: str) -> None:
+            with self.running():
+                write(path, value)
+
+        return timed
+
+
+def load(repo: Path) -> dict[str, Any]:
+    """The modules of ``repo``'s tree (first on sys.path; nothing of guestagent imported yet)."""
+    sys.path.insert(0, str(repo))
+    os.chdir(repo)
+    names = ("guestagent.config", "guestagent.daemon.loop", "guestagent.daemon.service",
+             "guestagent.host", "guestagent.hostfs", "guestagent.tiering.damon",
+             "guestagent.tiering.job", "guestagent.tiering.model", "guestagent.tiering.policy",
+             "guestagent.tiering.runner", "tests.test_tiering_damon")
+    return {n.rsplit(".", 1)[-1]: importlib.import_module(n) for n in names}
+
+
+def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp())
+    root = m["test_tiering_damon"].make_tree(tmp)
+    kernel = m["test_tiering_damon"].FakeDamonKernel(root, Path("tests/fixtures/damon-6.12"))
+    fake = FakeKernelClock()
+    write = fake.wrap(kernel.write)
+    hostfs = m["hostfs"].HostFS(str(root))
+    damon = ("damon", lambda h: m["damon"].DamonBackend(h, writer=write))
+    host = m["host"].Host(hostfs, tiering_backends=[damon])
+    loop = m["loop"].EventLoop()
+    cfg = m["config"].defaults()
+    cfg.values["agent"]["state_dir"] = str(tmp / "state")
+    cfg.values["tiering"].update(source_high_pct=45.0, target_min_pct=45.0,
+                                  interval_seconds=2.0)
+    ctx = m["service"].JobContext(loop, hostfs, cfg, m["service"].XenstoreHub(loop, lambda: None),
+                                  "guest", host=host)
+    job = m["job"].TieringJob()
+    job.start(ctx)
+
+    def advance() -> None:
+        with fake.running():
+            for i in list(kernel.ran):
+                kernel.advance(i, sz_applied=MIB, sz_tried=MIB, nr_applied=3, nr_tried=3)
+
+    def phase(name: str, n: int) -> dict[str, Any]:
+        opened: collections.Counter[str] = collections.Counter()
+        real_open = builtins.open
+
+        def counting_open(file: Any, *a: Any, **k: Any) -> Any:
+            if str(a[0] if a else k.get("mode", "r")).startswith("r"):  # not the fake's copies
+                opened[str(file)] += 1
+            return real_open(file, *a, **k)
+
+        first_write = len(kernel.writes)
+        fake.spent = 0.0
+        builtins.open = counting_open
+        try:
+            c0 = time.process_time()
+            for _ in range(n):
+                job._tick()
+                advance()
+            cpu = time.process_time() - c0 - fake.spent
+        finally:
+            builtins.open = real_open
+        agent_reads = sum(c for f, c in opened.items() if f.startswith(str(root)))
+        return {"phase": name, "ticks": n, "ms_per_tick": round(1000 * cpu / n, 3),
+                "reads_per_tick": round(agent_reads / n, 2),
+                "writes_per_tick": round((len(kernel.writes) - first_write) / n, 2)}
+
+    out = [phase("ramp", 30), phase("steady", ticks)]
+    meminfo0 = root / MEMINFO0
+    meminfo0.write_text(meminfo0.read_text().replace("61836 kB", "600000 kB"))  # 58 % free
+    job._tick()
+    out.append(phase("idle", ticks))
+    job.stop()
+    loop.close()
+    return out
+
+
+def replay(m: dict[str, Any], seconds: float = 240.0) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp())
+    root = m["test_tiering_damon"].make_tree(tmp)
+    kernel = m["test_tiering_damon"].FakeDamonKernel(root, Path("tests/fixtures/damon-6.12"))
+    fake = FakeKernelClock()
+    hostfs = m["hostfs"].HostFS(str(root))
+    now = [0.0]
+    config = m["model"].TieringConfig(source_high_pct=45.0, target_min_pct=45.0, interval_s=2.0)
+    backend = m["damon"].DamonBackend(hostfs, writer=fake.wrap(kernel.write))
+    runner = m["runner"].Runner(hostfs, backend, config, clock=lambda: now[0])
+    pace = getattr(m["policy"], "next_interval", None)
+    text0, text1 = (root / MEMINFO0).read_text(), (root / MEMINFO1).read_text()
+    vmstat = root / "proc/vmstat"
+    free0, free1, migrated = 61836, 900000, 5120  # kB, kB, pages
+    cpu, ticks, due, step = 0.0, 0, 0.0, 0
+    moving: list[Any] = []
+    while 2.0 * step < seconds:
+        now[0] = 2.0 * step
+        step += 1
+        with fake.running():
+            if step % 7 == 4:
+                migrated += 64  # a few pages come back
+            if now[0] < due:
+                continue
+            (root / MEMINFO0).write_text(text0.replace("61836 kB", f"{free0} kB"))
+            (root / MEMINFO1).write_text(
+                re.sub(r"(Node 1 MemFree:\s+)\d+", rf"\g<1>{free1}", text1))
+            vmstat.write_text(re.sub(r"numa_pages_migrated \d+", f"numa_pages_migrated {migrated}",
+                                     vmstat.read_text()))
+        c0, f0 = time.process_time(), fake.spent
+        decision = runner.tick()
+        cpu += time.process_time() - c0 - (fake.spent - f0)
+        ticks += 1
+        due = now[0] + (pace(config, runner.idle_ticks) if pace else config.interval_s)
+        moves = [] if decision is None else [(x.source, x.target, x.rate)
+                                             for x in decision.plan.moves]
+        if moves:
+            moving.append([now[0], moves])
+        with fake.running():  # the kernel moves min(quota, 6 MiB/s) for the next 2 s
+            if moves and kernel.kdamond_states()[0] == "on":
+                kib = min(min(moves[0][2], 6 * MIB) * 2 // 1024, max(0, free1 - 1000))
+                kernel.advance(0, sz_applied=kib * 1024, sz_tried=kib * 1536, nr_applied=1,
+                               nr_tried=2)
+                free0, free1 = free0 + kib, free1 - kib
+    backend.stop()
+    stats = backend.stats()
+    return {
+        "seconds": seconds, "ticks": ticks, "moving_ticks": len(moving),
+        "cpu_ms": round(1000 * cpu, 2), "bytes_moved": stats.moved_by_source.get(0, 0),
+        "update_schemes_stats": sum(1 for _, v in kernel.writes if v == "update_schemes_stats"),
+        "moving_decisions_sha1": hashlib.sha1(json.dumps(moving).encode()).hexdigest()[:12],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parent.parent,
+                        help="the guestagent tree to measure (default: this one)")
+    parser.add_argument("--ticks", type=int, default=300, help="ticks per steady/idle phase")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    args = parser.parse_args(argv)
+    modules = load(args.repo.resolve())
+    with contextlib.redirect_stderr(open(os.devnull, "w")):  # the agent's log lines
+        measured = phases(modules, args.ticks)
+        r = replay(modules)
+    if args.json:
+        print(json.dumps({"repo": str(args.repo), "phases": measured, "replay": r},
+                         sort_keys=True))
+        return 0
+    for p in measured:
+        print(f"{p['phase']:<7} {p['ms_per_tick']:6.3f} ms CPU per tick, {p['reads_per_tick']:5.2f}"
+              f" files read, {p['writes_per_tick']:4.2f} sysfs writes ({p['ticks']} ticks)")
+    print(f"replay  {r['seconds']:.0f} s: {r['ticks']} ticks ({r['moving_ticks']} moving), "
+          f"{r['cpu_ms']:.1f} ms CPU, {r['bytes_moved'] / MIB:.1f} MiB moved, "
+          f"{r['update_schemes_stats']} update_schemes_stats, "
+          f"decisions {r['moving_decisions_sha1']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

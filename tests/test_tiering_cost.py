@@ -1,0 +1,276 @@
+"""What one tick of the tiering job reads and writes (issue 18 item 1): the steady state reads
+``online``, the nodes' ``meminfo``, ``/proc/vmstat`` and, while a kdamond runs, its state and
+``sz_applied``; the distances and the MGLRU switch are taken over from an earlier snapshot; a
+commit does not read the counters the same tick just read; idle ticks are spaced out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guestagent.config import defaults
+from guestagent.daemon.loop import EventLoop
+from guestagent.daemon.service import JobContext, XenstoreHub
+from guestagent.errors import InputError
+from guestagent.host import Host
+from guestagent.hostfs import HostFS
+from guestagent.tiering import readers
+from guestagent.tiering.damon import DamonBackend
+from guestagent.tiering.job import TieringJob
+from guestagent.tiering.model import TieringConfig
+from guestagent.tiering.policy import IDLE_MAX_FACTOR, next_interval
+from guestagent.tiering.runner import LAYOUT_MAX_AGE_S, Runner
+from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tree
+
+MIB = 1 << 20
+NODE = "/sys/devices/system/node"
+MEMINFO0 = "sys/devices/system/node/node0/meminfo"
+SZ_APPLIED = kd_path(0, "contexts/0/schemes/0/stats/sz_applied")
+
+
+class CountingFS(HostFS):
+    """A HostFS that remembers every file it read."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def read_text(self, host_path: str) -> str:
+        self.reads.append(host_path)
+        return super().read_text(host_path)
+
+
+def world(tmp_path: Path) -> tuple[Path, FakeDamonKernel, CountingFS, Runner]:
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    hostfs = CountingFS(str(root))
+    clock = iter(float(2 * i) for i in range(1000))
+    config = TieringConfig(source_high_pct=45.0, target_min_pct=45.0, interval_s=2.0)
+    backend = DamonBackend(hostfs, writer=kernel.write)
+    return root, kernel, hostfs, Runner(hostfs, backend, config, clock=lambda: next(clock))
+
+
+def one_tick(runner: Runner, kernel: FakeDamonKernel, hostfs: CountingFS) -> tuple[
+    list[str], list[tuple[str, str]]
+]:
+    hostfs.reads.clear()
+    kernel.writes.clear()
+    runner.tick()
+    return sorted(hostfs.reads), list(kernel.writes)
+
+
+STEADY_READS = sorted([f"{NODE}/online", f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo",
+                       "/proc/vmstat", kd_path(0, "state"), SZ_APPLIED])
+
+
+def test_a_tick_at_a_steady_rate_reads_six_files_and_asks_for_fresh_stats_once(
+    tmp_path: Path,
+) -> None:
+    _, kernel, hostfs, runner = world(tmp_path)
+    for _ in range(40):  # 4 MiB/s up to max_rate (64) by 2 per tick
+        runner.tick()
+        kernel.advance(0, sz_applied=MIB, sz_tried=MIB)
+    assert runner.state.of(0).rate == runner.config.max_rate
+    reads, writes = one_tick(runner, kernel, hostfs)
+    assert reads == STEADY_READS
+    assert writes == [(kd_path(0, "state"), "update_schemes_stats")]
+    # What moved still reaches the policy and the summary (sz_applied alone each tick).
+    assert runner.state.of(0).out_bytes == 40 * MIB
+    stats = runner.backend.stats()
+    assert stats.moved_by_source == {0: 40 * MIB, 1: 0}
+    assert stats.bytes_tried == 40 * MIB
+
+
+def test_a_tick_that_commits_reads_the_counters_once(tmp_path: Path) -> None:
+    _, kernel, hostfs, runner = world(tmp_path)
+    runner.tick()  # start: 4 MiB/s
+    kernel.advance(0, sz_applied=MIB)
+    reads, writes = one_tick(runner, kernel, hostfs)  # 6 MiB/s: a commit
+    assert reads == STEADY_READS
+    s0 = kd_path(0, "contexts/0/schemes/0")
+    assert writes == [
+        (kd_path(0, "state"), "update_schemes_stats"),
+        (f"{s0}/target_nid", "1"),
+        (f"{s0}/quotas/bytes", str(6 * MIB)),
+        (kd_path(0, "state"), "commit"),
+    ]
+
+
+def test_an_idle_tick_reads_four_files_and_nothing_of_damon(tmp_path: Path) -> None:
+    root, kernel, hostfs, runner = world(tmp_path)
+    runner.tick()
+    kernel.advance(0, sz_applied=40 * MIB, sz_tried=40 * MIB)
+    text = (root / MEMINFO0).read_text().replace("61836 kB", "600000 kB")  # node 0: 58 % free
+    (root / MEMINFO0).write_text(text)
+    runner.tick()  # pressure over: node 0's kdamond off, its counters read first
+    assert kernel.kdamond_states() == ["off", "off"]
+    assert runner.backend.stats().moved_by_source[0] == 40 * MIB
+    reads, writes = one_tick(runner, kernel, hostfs)
+    assert reads == sorted([f"{NODE}/online", f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo",
+                            "/proc/vmstat"])
+    assert writes == []
+    assert runner.idle_ticks == 2
+
+
+def test_distances_are_read_again_after_a_minute_or_when_the_online_nodes_change(
+    tmp_path: Path,
+) -> None:
+    root, _, _, runner = world(tmp_path)
+    distance0 = root / "sys/devices/system/node/node0/distance"
+    runner.tick()
+    distance0.write_text("10 30\n")
+    runner.tick()
+    assert runner._snapshot().distance(0, 1) == 20  # taken over from the first snapshot
+    runner.layout_max_age_s = 0.0  # a minute later
+    assert runner._snapshot().distance(0, 1) == 30
+    runner.layout_max_age_s = LAYOUT_MAX_AGE_S
+    distance0.write_text("10 40\n")
+    (root / "sys/devices/system/node/online").write_text("0\n")
+    one_node = runner._snapshot()  # read again: the row no longer fits the online nodes
+    assert list(one_node.nodes) == [0] and one_node.distances == {}
+    assert "node0/distance" in one_node.problems[0]
+    (root / "sys/devices/system/node/online").write_text("0-1\n")
+    assert runner._snapshot().distance(0, 1) == 40
+
+
+def test_a_snapshot_with_a_problem_is_not_taken_over(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    hostfs = HostFS(str(root))
+    (root / "sys/devices/system/node/node1/distance").write_text("20 x\n")
+    first = readers.read_snapshot(hostfs)
+    assert first.problems
+    (root / "sys/devices/system/node/node1/distance").write_text("20 10\n")
+    again = readers.read_snapshot(hostfs, first)
+    assert again.problems == [] and again.distance(1, 0) == 20
+
+
+def test_returned_pages_parses_its_own_line_only(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    vmstat = root / "proc/vmstat"
+    vmstat.write_text("nr_free_pages lots\nnuma_pages_migrated_x 9\nnuma_pages_migrated 77\n")
+    assert readers.returned_pages(HostFS(str(root))) == 77
+    vmstat.write_text("nr_free_pages 5\n")
+    assert readers.returned_pages(HostFS(str(root))) is None
+    vmstat.write_text("nr_free_pages 5\nnuma_pages_migrated 7 8\n")
+    with pytest.raises(InputError, match=r"/proc/vmstat line 2: expected 'name number'"):
+        readers.returned_pages(HostFS(str(root)))
+
+
+def test_idle_ticks_are_spaced_out_up_to_the_factor() -> None:
+    config = TieringConfig(interval_s=2.0)
+    assert [next_interval(config, n) for n in range(6)] == [2.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert IDLE_MAX_FACTOR == 4
+    assert next_interval(config, 10_000) == 2.0 * IDLE_MAX_FACTOR
+
+
+def test_the_job_spaces_its_ticks_out_while_idle_and_not_once_a_node_is_short(
+    tmp_path: Path,
+) -> None:
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    hostfs = HostFS(str(root))
+    short = (root / MEMINFO0).read_text()
+    (root / MEMINFO0).write_text(short.replace("61836 kB", "600000 kB"))
+    damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
+    host = Host(hostfs, tiering_backends=[damon])
+    loop = EventLoop()
+    config = defaults()
+    config.values["agent"]["state_dir"] = str(tmp_path / "state")
+    ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest", host=host)
+    job = TieringJob()
+    job.start(ctx)
+    every = config.section("tiering")["interval_seconds"]
+    seen = []
+    for _ in range(4):
+        job._tick()
+        assert job._timer is not None
+        seen.append(job._timer.interval)
+    assert seen == [every, 2 * every, 4 * every, 4 * every]
+    assert kernel.writes == []  # idle: nothing created
+    (root / MEMINFO0).write_text(short)  # node 0 short again
+    job._tick()
+    assert job._timer is not None and job._timer.interval == every
+    assert kernel.kdamond_states() == ["on", "off"]
+    assert job.ticks == 5 and job.cpu_at_first_tick_s is not None
+    job.stop()
+    loop.close()
+
+
+def test_between_full_snapshots_only_the_meminfo_lines_used_are_parsed(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    hostfs = HostFS(str(root))
+    first = readers.read_snapshot(hostfs)
+    meminfo1 = root / "sys/devices/system/node/node1/meminfo"
+    good = meminfo1.read_text()
+    meminfo1.write_text(good + "Node 1 Bogus: lots\n")
+    with pytest.raises(InputError, match=r"node1/meminfo line \d+: expected 'Key: number"):
+        readers.read_snapshot(hostfs)  # a full snapshot checks every line
+    again = readers.read_snapshot(hostfs, first)
+    assert again.nodes == first.nodes and again.distances is first.distances
+    meminfo1.write_text(good.replace("Node 1 MemFree", "Node 0 MemFree"))
+    with pytest.raises(InputError, match="has lines for node 0, expected node 1"):
+        readers.read_snapshot(hostfs, first)
+    meminfo1.write_text("garbage\n")
+    with pytest.raises(InputError, match="node1/meminfo: has no MemTotal line"):
+        readers.read_snapshot(hostfs, first)
+
+
+def test_the_benchmark_sets_start_up_and_steady_state_against_kdamond() -> None:
+    from benchmarks.tiering_testbed import cpu_split, split_lines
+
+    split = cpu_split({"process_cpu_s": 3.0, "startup_cpu_s": 2.0, "steady_cpu_s": 1.0,
+                       "ticks": 11}, 2.5, 4.0)
+    assert split["agent_to_kdamond"] == 2.5 / 4.0
+    assert (split["startup_to_kdamond"], split["steady_to_kdamond"]) == (0.5, 0.25)
+    assert split["agent_steady_cpu_per_tick_s"] == 0.1
+    assert "steady state 1.00 s (0.25x kdamond) over 11 ticks, 100.0 ms per later tick" in (
+        split_lines(split)[1])
+    old = cpu_split({}, 2.5, 4.0)  # a record from before the split
+    assert old["startup_to_kdamond"] is None and old["agent_to_kdamond"] == 0.625
+    assert "not in this record" in split_lines(old)[1]
+    assert split_lines(cpu_split({}, 2.5, 0.0)) == ["agent / kdamond CPU: no kdamond CPU seen"]
+
+
+def test_a_reason_is_logged_once_until_it_changes_and_a_new_rate_once(
+    tmp_path: Path, log_events: list[dict[str, object]]
+) -> None:
+    _, kernel, _, runner = world(tmp_path)
+    for _ in range(33):  # the ramp (4 -> 64 MiB/s: 31 ticks), then 2 at 64
+        runner.tick()
+    reasons = [str(e["reason"]) for e in log_events if e["event"] == "tiering_reason"]
+    assert len(reasons) == 31 and reasons[-1].endswith("at 64.0 MiB/s")
+    moves = [(e["log_level"], e["rate"]) for e in log_events if e["event"] == "damon_move"]
+    # on at 4 MiB/s (info), then each new rate once, at debug: the reason line says it
+    assert moves[0] == ("info", 4 * MIB)
+    assert {level for level, _ in moves[1:]} == {"debug"} and len(moves) == 31
+    assert kernel.kdamond_states() == ["on", "off"]
+
+
+def test_the_job_probes_no_backend_after_the_first_that_serves(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    hostfs = HostFS(str(root))
+    made: list[str] = []
+
+    def tmem(h: HostFS) -> Any:
+        made.append("tmem")
+        raise ImportError("not this one")
+
+    damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
+    loop = EventLoop()
+    for wanted, expected in (("auto", []), ("damon", ["tmem"])):
+        config = defaults()
+        config.values["agent"]["state_dir"] = str(tmp_path / "state")
+        config.values["tiering"]["backend"] = wanted
+        host = Host(hostfs, tiering_backends=[damon, ("tmem", tmem)])
+        ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest",
+                         host=host)
+        made.clear()
+        job = TieringJob()
+        job.start(ctx)
+        assert job.backend is not None and job.backend.name == "damon"
+        assert made == expected, wanted
+        job.stop()
+    loop.close()
