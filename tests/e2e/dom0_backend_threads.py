@@ -1,0 +1,204 @@
+"""Real-Xen check of Dom0's backend threads near their guest's memory (issue 16 item 2, second
+half). Written on 2026-12-05, not run yet; outside the default run.
+
+Not a ``test_`` file, so a plain ``pytest -m e2e`` does not collect it; the lead runs it with::
+
+    export E2E_CACHE=/var/cache/guestagent-e2e
+    python -m pytest -m e2e tests/e2e/dom0_backend_threads.py
+
+The bed's guests use qdisk (QEMU in user space) and no vif, so Dom0's kernel runs no backend
+thread for them. Here a PV guest gets, besides its qdisk root, a **blkback** disk: a 16 MiB file
+in Dom0's tmpfs on a loop device, ``backendtype=phy``. Debian's hotplug script for it
+(``/etc/xen/scripts/block``) is bash and Dom0 is busybox, so the disk names
+:data:`HOTPLUG_SCRIPT` instead: it does the one thing blkback waits for, writing the device's
+``physical-device`` (major:minor in hex) into the backend's xenstore directory. The guest's
+blkfront connects xvdb and Dom0's kernel starts one ``blkback.<domid>.xvdb-<ring>`` thread per
+ring. No vif: the guest's initramfs has no netfront, so netback would never connect and start
+its threads.
+
+The guest's vCPUs are pinned (``cpus=``) to the node-1 pCPUs, so libxl puts its memory on node 1
+(``xl debug-keys u`` shows it). Dom0's vCPU 0 is pinned to a node-0 pCPU and vCPU 1 to a node-1
+pCPU, as in :mod:`tests.e2e.dom0_own_devices`. Then:
+
+* ``host devices --json`` (no write) plans each blkback thread of the guest onto vCPU 1 (the
+  guest's node 1) and moves none;
+* ``host devices --apply --json`` sets each thread's ``Cpus_allowed_list`` to ``1`` and
+  journals it (``/proc/<pid>`` in ``dom0-devices.json``);
+* ``host devices --reset --json`` restores each thread's list and removes the journal;
+* with Dom0's vCPUs unpinned again, ``--apply`` reports ``dom0_vcpus_unplaced`` and moves
+  nothing;
+* ``guestagent dom0 run`` with ``[dom0] own_devices = "auto"`` (vCPUs pinned again) moves the
+  threads to ``1`` at its start, and its SIGTERM puts them back, with no error line in its log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.e2e.bed import GuestSpec, XenBed
+from tests.e2e.dom0_own_devices import JOURNAL, xl_vcpu_list
+from tests.e2e.test_dom0_devices import agent_json, wait_for, xl_info_numa
+from tests.e2e.util import log
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
+
+IMAGE = "/run/e2e/bthreads.img"
+LOOP_FILE = "/run/e2e/bthreads.loop"
+HOTPLUG = "/run/e2e/blkback-phy"
+#: blkback's hotplug script for a phy disk, in busybox sh (libxl runs it with ``add`` or
+#: ``remove`` and XENBUS_PATH = the backend's xenstore directory). ``hotplug-status`` is what
+#: Debian's script writes too; libxl goes by the exit status.
+HOTPLUG_SCRIPT = """#!/bin/sh
+PATH=/usr/bin:/usr/sbin:/bin:/sbin
+[ "$1" = add ] || exit 0
+dev=$(xenstore-read "$XENBUS_PATH/params") || exit 1
+mm=$(stat -L -c %t:%T "$dev") || exit 1
+xenstore-write "$XENBUS_PATH/physical-device" "$mm" "$XENBUS_PATH/physical-device-path" "$dev" \\
+    "$XENBUS_PATH/hotplug-status" connected
+"""
+
+
+def blkback_threads(bed: XenBed, domid: int) -> dict[int, str]:
+    """The guest's blkback threads in Dom0: {pid: Cpus_allowed_list}."""
+    out = bed.dom0_ok(
+        "for p in /proc/[0-9]*; do c=$(cat $p/comm 2>/dev/null); "
+        f'case "$c" in blkback.{domid}.*) '
+        "echo \"${p#/proc/} $(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' $p/status)\";; "
+        "esac; done; true")
+    return {int(a): b for a, b in (ln.split() for ln in out.splitlines() if ln.strip())}
+
+
+def node_pages(dmesg: str, domid: int) -> dict[int, int]:
+    """The guest's pages on each host node, from the last ``xl debug-keys u`` dump in ``xl
+    dmesg`` (``(XEN) d<domid> (total: N):`` then one ``Node k: n`` line per node)."""
+    heads = list(re.finditer(rf"^\(XEN\).*\bd{domid} \(total: \d+\):\s*$", dmesg, re.M))
+    assert heads, f"no memory dump of d{domid} in xl dmesg:\n{dmesg[-2000:]}"
+    pages: dict[int, int] = {}
+    for line in dmesg[heads[-1].end():].splitlines()[1:]:
+        m = re.match(r"^\(XEN\).*\bNode (\d+): (\d+)\s*$", line)
+        if m is None:
+            break
+        pages[int(m[1])] = int(m[2])
+    return pages
+
+
+@contextmanager
+def loop_device(bed: XenBed) -> Iterator[str]:
+    """A 16 MiB file in Dom0's tmpfs on a free loop device, and the hotplug script; both gone
+    afterwards. Yields the device."""
+    dev = bed.dom0_ok(
+        f"mkdir -p /run/e2e && truncate -s 16M {IMAGE} && d=$(losetup -f) && "
+        f"losetup $d {IMAGE} && echo $d >{LOOP_FILE} && echo $d").strip().splitlines()[-1]
+    bed.dom0_ok(f"cat >{HOTPLUG} <<'E2E_EOF'\n{HOTPLUG_SCRIPT}E2E_EOF\nchmod 755 {HOTPLUG}")
+    try:
+        yield dev
+    finally:
+        bed.dom0(f"losetup -d {dev}; rm -f {IMAGE} {LOOP_FILE}; true")
+
+
+@contextmanager
+def dom0_vcpus_on_both_nodes(bed: XenBed, cpu_nodes: dict[int, int]) -> Iterator[None]:
+    """Dom0's vCPU 0 pinned to a node-0 pCPU, vCPU 1 to a node-1 pCPU; unpinned afterwards."""
+    node0 = min(c for c, n in cpu_nodes.items() if n == 0)
+    node1 = min(c for c, n in cpu_nodes.items() if n == 1)
+    bed.dom0_ok(f"xl vcpu-pin 0 0 {node0} all; xl vcpu-pin 0 1 {node1} all")
+    try:
+        yield
+    finally:
+        bed.dom0_ok("xl vcpu-pin 0 all all all")
+
+
+def guest_threads_of(shown: dict[str, object], domid: int) -> list[dict[str, object]]:
+    """The JSON outcomes of the guest's blkback threads (``backend_threads``)."""
+    threads = shown["backend_threads"]
+    assert isinstance(threads, list), shown
+    return [t for t in threads if t["domid"] == domid and str(t["comm"]).startswith("blkback.")]
+
+
+def check_command(bed: XenBed, domid: int, cpu_nodes: dict[int, int]) -> None:
+    """``host devices``: planned, applied and journalled, reset (module text)."""
+    before = blkback_threads(bed, domid)
+    with dom0_vcpus_on_both_nodes(bed, cpu_nodes):
+        shown = agent_json(bed, "host devices --json")
+        planned = guest_threads_of(shown, domid)
+        assert {t["pid"] for t in planned} == set(before), (shown, before)
+        assert all((t["node"], t["near_vcpus"]) == (1, [1]) and t["planned"] and
+                   not t["applied"] for t in planned), planned
+        assert blkback_threads(bed, domid) == before
+
+        done = agent_json(bed, "host devices --apply --json")
+        moved = guest_threads_of(done, domid)
+        assert all(t["failed"] == [] and t["applied"] for t in moved), moved
+        pinned = blkback_threads(bed, domid)
+        assert set(pinned) == set(before) and set(pinned.values()) == {"1"}, (pinned, moved)
+        running = xl_vcpu_list(bed.dom0_ok("xl vcpu-list 0"))
+        assert cpu_nodes[running[1][0]] == 1, running
+        journal = bed.dom0_ok(f"cat {JOURNAL}")
+        assert all(f'"/proc/{pid}"' in journal for pid in pinned), journal
+        assert "thread_affinity" in journal, journal
+
+        undone = agent_json(bed, "host devices --reset --json")
+        assert undone["failed"] == 0, undone
+        assert blkback_threads(bed, domid) == before, undone
+        assert bed.dom0(f"test -e {JOURNAL}")[1] != 0
+    unplaced = agent_json(bed, "host devices --apply --json")
+    assert unplaced["dom0_vcpus_unplaced"], unplaced
+    assert guest_threads_of(unplaced, domid) == [], unplaced
+    assert blkback_threads(bed, domid) == before
+
+
+def check_daemon(bed: XenBed, domid: int, cpu_nodes: dict[int, int]) -> None:
+    """``dom0 run`` with ``own_devices = "auto"``: the threads on vCPU 1 while it runs, as
+    before after its SIGTERM, no error line."""
+    before = blkback_threads(bed, domid)
+    with dom0_vcpus_on_both_nodes(bed, cpu_nodes):
+        bed.dom0_ok(
+            "mkdir -p /run/e2e; printf '[dom0]\\nown_devices = \"auto\"\\n' >/run/e2e/own.toml; "
+            "e2e-agent --log-level info dom0 run --resync 30 --config /run/e2e/own.toml "
+            ">/run/e2e/bthreads-run.log 2>&1 </dev/null & echo $! >/run/e2e/bthreads-run.pid",
+            timeout=300)
+        try:
+            wait_for("the daemon moves the guest's blkback threads to vCPU 1",
+                     lambda: set(blkback_threads(bed, domid).values()) == {"1"}, 180)
+        finally:
+            run_log, _ = bed.dom0("kill $(cat /run/e2e/bthreads-run.pid); sleep 3; "
+                                  "cat /run/e2e/bthreads-run.log")
+    assert blkback_threads(bed, domid) == before, run_log
+    assert "dom0_thread_affinity_set" in run_log, run_log
+    assert "level=error" not in run_log, run_log
+    assert bed.dom0(f"test -e {JOURNAL}")[1] != 0, run_log
+
+
+def dom0_backend_threads_on_guest_node(bed_numa2: XenBed) -> None:
+    """A PV guest on host node 1 with a blkback disk: its threads in Dom0 moved to the vCPU on
+    node 1 by the command and by the daemon, then put back (module text)."""
+    bed = bed_numa2
+    bed.dom0_ok("e2e-agent setup", timeout=300)
+    _nodes, cpu_nodes, _devices = xl_info_numa(bed.dom0_ok("xl info -n"))
+    node1 = ",".join(str(c) for c, n in sorted(cpu_nodes.items()) if n == 1)
+    with loop_device(bed) as dev:
+        spec = GuestSpec.pv(memory=512, vcpus=2, name="bthr")
+        spec.extra.append(f'cpus = "{node1}"')
+        spec.extra_disks.append(
+            f"format=raw,vdev=xvdb,access=rw,backendtype=phy,script={HOTPLUG},target={dev}")
+        with bed.guest(spec) as g:
+            domid = g.domid
+            assert domid is not None
+            g.run_ok("dd if=/dev/xvdb of=/dev/null bs=1M count=4 2>&1; cat /sys/block/xvdb/size")
+            bed.dom0_ok("xl debug-keys u")
+            pages = node_pages(bed.dom0_ok("xl dmesg"), domid)
+            assert pages.get(1, 0) > pages.get(0, 0), pages
+            threads = blkback_threads(bed, domid)
+            assert threads, bed.dom0("ps; xenstore-ls /local/domain/0/backend/vbd")[0]
+            log(f"dom{domid}: pages per node {pages}; blkback threads {threads}")
+            check_command(bed, domid, cpu_nodes)
+            check_daemon(bed, domid, cpu_nodes)
+
+
+#: What pytest runs when this file is named on its command line (the file is not a ``test_``
+#: one, so a plain ``pytest -m e2e`` leaves it out until the lead adopts it).
+test_dom0_backend_threads_on_guest_node = dom0_backend_threads_on_guest_node
