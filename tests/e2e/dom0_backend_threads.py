@@ -50,10 +50,10 @@ IMAGE = "/run/e2e/bthreads.img"
 LOOP_FILE = "/run/e2e/bthreads.loop"
 HOTPLUG = "/run/e2e/blkback-phy"
 #: blkback's hotplug script for a phy disk, in busybox sh (libxl runs it with ``add`` or
-#: ``remove`` and XENBUS_PATH = the backend's xenstore directory). ``hotplug-status`` is what
-#: Debian's script writes too; libxl goes by the exit status.
+#: ``remove``, xl's environment and XENBUS_PATH = the backend's xenstore directory; Xen's
+#: docs/misc/block-scripts.txt). ``hotplug-status`` is what Debian's script writes too; libxl
+#: goes by the exit status.
 HOTPLUG_SCRIPT = """#!/bin/sh
-PATH=/usr/bin:/usr/sbin:/bin:/sbin
 [ "$1" = add ] || exit 0
 dev=$(xenstore-read "$XENBUS_PATH/params") || exit 1
 mm=$(stat -L -c %t:%T "$dev") || exit 1

@@ -1,0 +1,85 @@
+"""The pure pieces of the real-Xen check of Dom0's backend threads
+(tests/e2e/dom0_backend_threads.py), checked without a bed: the reader of ``xl debug-keys u``'s
+dump and the blkback hotplug script (run here with stand-in xenstore tools)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.dom0_backend_threads import HOTPLUG_SCRIPT, guest_threads_of, node_pages
+
+DUMP = """(XEN) 'u' pressed -> dumping numa info (now = 123)
+(XEN) Memory location of each domain:
+(XEN) d0 (total: 262144):
+(XEN)     Node 0: 262144
+(XEN)     Node 1: 0
+(XEN) d15 (total: 131072):
+(XEN)     Node 0: 12
+(XEN)     Node 1: 131060
+(XEN) d5 (total: 9):
+(XEN)     Node 0: 9
+(XEN)     Node 1: 0
+(XEN)      2 vnodes, 2 vcpus, guest physical layout:
+"""
+
+
+def test_a_guests_pages_per_node_come_from_its_last_dump() -> None:
+    assert node_pages(DUMP, 15) == {0: 12, 1: 131060}
+    assert node_pages(DUMP, 5) == {0: 9, 1: 0}  # the vNUMA lines after it are not nodes
+    later = DUMP + "(XEN) [  99.1] d15 (total: 131072):\n(XEN) [  99.1]     Node 0: 0\n" \
+        "(XEN) [  99.1]     Node 1: 131072\n"
+    assert node_pages(later, 15) == {0: 0, 1: 131072}  # the last dump, timestamps or not
+    with pytest.raises(AssertionError, match="no memory dump of d1 "):
+        node_pages(DUMP, 1)  # d15's lines are not d1's
+
+
+def test_only_the_guests_blkback_threads_are_taken() -> None:
+    shown = {"backend_threads": [
+        {"pid": 10, "comm": "blkback.5.xvdb-0", "domid": 5},
+        {"pid": 11, "comm": "vif5.0-q0-guest-rx", "domid": 5},
+        {"pid": 12, "comm": "blkback.6.xvdb-0", "domid": 6},
+    ]}
+    assert [t["pid"] for t in guest_threads_of(shown, 5)] == [10]
+
+
+def run_hotplug(tmp_path: Path, action: str, target: str) -> tuple[int, str]:
+    """The script with stand-in xenstore-read (the backend's params) and xenstore-write (its
+    arguments, one per line, into a file); returns its exit status and what it wrote."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    written = tmp_path / "written"
+    tools = {
+        "xenstore-read": f'[ "$1" = "$XENBUS_PATH/params" ] && echo {target}',
+        "xenstore-write": f'for a in "$@"; do echo "$a"; done >>{written}',
+    }
+    for name, body in tools.items():
+        tool = bindir / name
+        tool.write_text(f"#!/bin/sh\n{body}\n")
+        tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    script = tmp_path / "blkback-phy"
+    script.write_text(HOTPLUG_SCRIPT)
+    script.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
+           "XENBUS_PATH": "backend/vbd/5/51728"}
+    rc = subprocess.run([str(script), action], env=env, check=False).returncode
+    return rc, written.read_text() if written.exists() else ""
+
+
+def test_the_hotplug_script_tells_blkback_the_devices_major_minor_in_hex(tmp_path: Path) -> None:
+    rc, written = run_hotplug(tmp_path, "add", "/dev/null")
+    dev = os.stat("/dev/null").st_rdev
+    assert rc == 0
+    assert written.splitlines() == [
+        "backend/vbd/5/51728/physical-device", f"{os.major(dev):x}:{os.minor(dev):x}",
+        "backend/vbd/5/51728/physical-device-path", "/dev/null",
+        "backend/vbd/5/51728/hotplug-status", "connected"]
+
+
+def test_the_hotplug_script_fails_on_a_missing_device_and_ignores_remove(tmp_path: Path) -> None:
+    assert run_hotplug(tmp_path, "add", str(tmp_path / "absent"))[0] != 0
+    assert run_hotplug(tmp_path, "remove", "/dev/null") == (0, "")
