@@ -54,6 +54,7 @@ HOTPLUG = "/run/e2e/blkback-phy"
 #: docs/misc/block-scripts.txt). ``hotplug-status`` is what Debian's script writes too; libxl
 #: goes by the exit status.
 HOTPLUG_SCRIPT = """#!/bin/sh
+PATH=$PATH:/usr/bin:/bin
 [ "$1" = add ] || exit 0
 dev=$(xenstore-read "$XENBUS_PATH/params") || exit 1
 mm=$(stat -L -c %t:%T "$dev") || exit 1
