@@ -13,15 +13,16 @@ import pytest
 
 from tests.e2e.dom0_backend_threads import HOTPLUG_SCRIPT, guest_threads_of, node_pages
 
+#: Xen 4.17's dump_numa (xen/arch/x86/numa.c) says ``Domain <id>``; 4.18's ``%pd``: ``d<id>``.
 DUMP = """(XEN) 'u' pressed -> dumping numa info (now = 123)
 (XEN) Memory location of each domain:
-(XEN) d0 (total: 262144):
+(XEN) Domain 0 (total: 262144):
 (XEN)     Node 0: 262144
 (XEN)     Node 1: 0
-(XEN) d15 (total: 131072):
+(XEN) Domain 15 (total: 131072):
 (XEN)     Node 0: 12
 (XEN)     Node 1: 131060
-(XEN) d5 (total: 9):
+(XEN) Domain 5 (total: 9):
 (XEN)     Node 0: 9
 (XEN)     Node 1: 0
 (XEN)      2 vnodes, 2 vcpus, guest physical layout:
@@ -35,7 +36,9 @@ def test_a_guests_pages_per_node_come_from_its_last_dump() -> None:
         "(XEN) [  99.1]     Node 1: 131072\n"
     assert node_pages(later, 15) == {0: 0, 1: 131072}  # the last dump, timestamps or not
     with pytest.raises(AssertionError, match="no memory dump of d1 "):
-        node_pages(DUMP, 1)  # d15's lines are not d1's
+        node_pages(DUMP, 1)  # Domain 15's lines are not domain 1's
+    with pytest.raises(AssertionError, match="no memory dump of d1 "):
+        node_pages(later, 1)  # nor are d15's
 
 
 def test_only_the_guests_blkback_threads_are_taken() -> None:

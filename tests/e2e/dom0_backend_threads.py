@@ -75,8 +75,10 @@ def blkback_threads(bed: XenBed, domid: int) -> dict[int, str]:
 
 def node_pages(dmesg: str, domid: int) -> dict[int, int]:
     """The guest's pages on each host node, from the last ``xl debug-keys u`` dump in ``xl
-    dmesg`` (``(XEN) d<domid> (total: N):`` then one ``Node k: n`` line per node)."""
-    heads = list(re.finditer(rf"^\(XEN\).*\bd{domid} \(total: \d+\):\s*$", dmesg, re.M))
+    dmesg``: ``(XEN) Domain <domid> (total: N):`` (Xen 4.17; ``d<domid>`` from 4.18 on), then
+    one ``Node k: n`` line per node."""
+    head = rf"^\(XEN\).*\b(?:Domain |d){domid} \(total: \d+\):\s*$"
+    heads = list(re.finditer(head, dmesg, re.M))
     assert heads, f"no memory dump of d{domid} in xl dmesg:\n{dmesg[-2000:]}"
     pages: dict[int, int] = {}
     for line in dmesg[heads[-1].end():].splitlines()[1:]:
