@@ -47,7 +47,6 @@ from tests.e2e.util import log
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 IMAGE = "/run/e2e/bthreads.img"
-LOOP_FILE = "/run/e2e/bthreads.loop"
 HOTPLUG = "/run/e2e/blkback-phy"
 #: blkback's hotplug script for a phy disk, in busybox sh (libxl runs it with ``add`` or
 #: ``remove``, xl's environment and XENBUS_PATH = the backend's xenstore directory; Xen's
@@ -95,12 +94,12 @@ def loop_device(bed: XenBed) -> Iterator[str]:
     afterwards. Yields the device."""
     dev = bed.dom0_ok(
         f"mkdir -p /run/e2e && truncate -s 16M {IMAGE} && d=$(losetup -f) && "
-        f"losetup $d {IMAGE} && echo $d >{LOOP_FILE} && echo $d").strip().splitlines()[-1]
+        f"losetup $d {IMAGE} && echo $d").strip().splitlines()[-1]
     bed.dom0_ok(f"cat >{HOTPLUG} <<'E2E_EOF'\n{HOTPLUG_SCRIPT}E2E_EOF\nchmod 755 {HOTPLUG}")
     try:
         yield dev
     finally:
-        bed.dom0(f"losetup -d {dev}; rm -f {IMAGE} {LOOP_FILE}; true")
+        bed.dom0(f"losetup -d {dev}; rm -f {IMAGE}; true")
 
 
 @contextmanager
