@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.dom0_backend_threads import HOTPLUG_SCRIPT, guest_threads_of, node_pages
+from tests.e2e.dom0_backend_threads import (
+    HOTPLUG_SCRIPT,
+    cpus_of_node,
+    guest_threads_of,
+    node_pages,
+)
 
 #: Xen 4.17's dump_numa (xen/arch/x86/numa.c) says ``Domain <id>``; 4.18's ``%pd``: ``d<id>``.
 DUMP = """(XEN) 'u' pressed -> dumping numa info (now = 123)
@@ -39,6 +44,12 @@ def test_a_guests_pages_per_node_come_from_its_last_dump() -> None:
         node_pages(DUMP, 1)  # Domain 15's lines are not domain 1's
     with pytest.raises(AssertionError, match="no memory dump of d1 "):
         node_pages(later, 1)  # nor are d15's
+
+
+def test_a_nodes_pcpus_as_an_xl_list() -> None:
+    cpu_nodes = {3: 1, 0: 0, 2: 1, 1: 0}
+    assert (cpus_of_node(cpu_nodes, 1), cpus_of_node(cpu_nodes, 0)) == ("2,3", "0,1")
+    assert cpus_of_node(cpu_nodes, 2) == ""
 
 
 def test_only_the_guests_blkback_threads_are_taken() -> None:

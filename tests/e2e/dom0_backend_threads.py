@@ -25,6 +25,8 @@ pCPU, as in :mod:`tests.e2e.dom0_own_devices`. Then:
 * ``host devices --apply --json`` sets each thread's ``Cpus_allowed_list`` to ``1`` and
   journals it (``/proc/<pid>`` in ``dom0-devices.json``);
 * ``host devices --reset --json`` restores each thread's list and removes the journal;
+* with the guest's vCPUs allowed on every pCPU for a moment, ``host devices --json`` leaves its
+  threads alone (``dom<N> is not kept on one node``);
 * with Dom0's vCPUs unpinned again, ``--apply`` reports ``dom0_vcpus_unplaced`` and moves
   nothing;
 * ``guestagent dom0 run`` with ``[dom0] own_devices = "auto"`` (vCPUs pinned again) moves the
@@ -102,6 +104,11 @@ def loop_device(bed: XenBed) -> Iterator[str]:
         bed.dom0(f"losetup -d {dev}; rm -f {IMAGE}; true")
 
 
+def cpus_of_node(cpu_nodes: dict[int, int], node: int) -> str:
+    """The node's pCPUs as an xl CPU list (``2,3``)."""
+    return ",".join(str(c) for c, n in sorted(cpu_nodes.items()) if n == node)
+
+
 @contextmanager
 def dom0_vcpus_on_both_nodes(bed: XenBed, cpu_nodes: dict[int, int]) -> Iterator[None]:
     """Dom0's vCPU 0 pinned to a node-0 pCPU, vCPU 1 to a node-1 pCPU; unpinned afterwards."""
@@ -134,6 +141,7 @@ def check_command(bed: XenBed, domid: int, cpu_nodes: dict[int, int]) -> None:
 
         done = agent_json(bed, "host devices --apply --json")
         moved = guest_threads_of(done, domid)
+        assert {t["pid"] for t in moved} == set(before), (done, before)
         assert all(t["failed"] == [] and t["applied"] for t in moved), moved
         pinned = blkback_threads(bed, domid)
         assert set(pinned) == set(before) and set(pinned.values()) == {"1"}, (pinned, moved)
@@ -147,6 +155,16 @@ def check_command(bed: XenBed, domid: int, cpu_nodes: dict[int, int]) -> None:
         assert undone["failed"] == 0, undone
         assert blkback_threads(bed, domid) == before, undone
         assert bed.dom0(f"test -e {JOURNAL}")[1] != 0
+
+        # The guest's vCPUs allowed everywhere: it is on no one node, its threads are left alone.
+        bed.dom0_ok(f"xl vcpu-pin {domid} all all")
+        try:
+            spread = guest_threads_of(agent_json(bed, "host devices --json"), domid)
+        finally:
+            bed.dom0_ok(f"xl vcpu-pin {domid} all {cpus_of_node(cpu_nodes, 1)}")
+        assert {t["pid"] for t in spread} == set(before), spread
+        assert all(t["node"] is None and not t["planned"] and
+                   t["skipped"] == [f"dom{domid} is not kept on one node"] for t in spread), spread
     unplaced = agent_json(bed, "host devices --apply --json")
     assert unplaced["dom0_vcpus_unplaced"], unplaced
     assert guest_threads_of(unplaced, domid) == [], unplaced
@@ -181,10 +199,9 @@ def dom0_backend_threads_on_guest_node(bed_numa2: XenBed) -> None:
     bed = bed_numa2
     bed.dom0_ok("e2e-agent setup", timeout=300)
     _nodes, cpu_nodes, _devices = xl_info_numa(bed.dom0_ok("xl info -n"))
-    node1 = ",".join(str(c) for c, n in sorted(cpu_nodes.items()) if n == 1)
     with loop_device(bed) as dev:
         spec = GuestSpec.pv(memory=512, vcpus=2, name="bthr")
-        spec.extra.append(f'cpus = "{node1}"')
+        spec.extra.append(f'cpus = "{cpus_of_node(cpu_nodes, 1)}"')
         spec.extra_disks.append(
             f"format=raw,vdev=xvdb,access=rw,backendtype=phy,script={HOTPLUG},target={dev}")
         with bed.guest(spec) as g:
