@@ -49,6 +49,21 @@ def test_backend_threads_are_known_by_name() -> None:
         assert backend_domid(other) is None, other
 
 
+def test_backend_threads_are_known_by_the_whole_names_linux_6_shows() -> None:
+    """Since Linux 5.17 /proc/<pid>/comm of a kernel thread is its whole name (Dom0's 6.1):
+    netback's ``vif<domid>.<handle>-q<N>-guest-rx`` and ``-dealloc``, blkback's
+    ``blkback.<domid>.<vdev>-<ring>`` (kthread_run's "%s-%d" of a name cut at 15)."""
+    assert backend_domid("vif5.0-q0-guest-rx") == 5
+    assert backend_domid("vif5.0-q1-dealloc") == 5
+    assert backend_domid("vif32767.255-q15-guest-rx") == 32767
+    assert backend_domid("blkback.5.xvdb-0") == 5
+    assert backend_domid("blkback.5.xvdb-1") == 5
+    assert backend_domid("blkback.5.xvdb-") == 5  # the 15-character comm of the same thread
+    assert backend_domid("blkback.123.xvd-0") == 123  # "blkback.123.xvdb" cut at 15, then -0
+    for other in ("xen-blkback", "blkback.x.xvdb-0", "vif5.0", "xenbus_probe", "xenwatch"):
+        assert backend_domid(other) is None, other
+
+
 def test_a_guest_is_on_one_node_only_when_all_its_vcpus_are() -> None:
     soft1 = [Dom0Vcpu(v, True, 2, ALL, frozenset({2, 3})) for v in range(2)]
     assert guest_node(soft1, CPU_NODES) == 1  # libxl's automatic placement on node 1

@@ -34,6 +34,17 @@ def test_a_guests_own_cpus_line_wins() -> None:
     assert [ln for ln in lines if ln.startswith("cpus")] == ['cpus = "2"']
 
 
+def test_a_guest_has_only_its_root_disk_unless_given_more() -> None:
+    spec = GuestSpec.pv()
+    disks = [ln for ln in spec.xl_config().splitlines() if ln.startswith("disk")]
+    assert disks == ["disk = [ 'format=raw,vdev=xvda,access=rw,backendtype=qdisk,"
+                     "target=/dev/vda' ]"]
+    spec.extra_disks.append("format=raw,vdev=xvdb,access=rw,backendtype=phy,target=/dev/loop0")
+    (line,) = [ln for ln in spec.xl_config().splitlines() if ln.startswith("disk")]
+    assert line == ("disk = [ 'format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=/dev/vda', "
+                    "'format=raw,vdev=xvdb,access=rw,backendtype=phy,target=/dev/loop0' ]")
+
+
 def test_a_fetched_file_is_checked_against_its_md5_and_stray_lines_are_ignored() -> None:
     import base64
     import hashlib

@@ -2,12 +2,15 @@
 plain data and the pure decision.
 
 netback runs two kernel threads per queue of a guest's vif (``vif<domid>.<handle>-q<N>-guest-rx``
-and ``...-dealloc``; the kernel keeps 15 characters of a name), blkback one per ring
-(``blkback.<domid>.<device>``). They copy the guest's packets and blocks, so they belong on the
-node that holds the guest's memory. libxl places a guest's memory on the nodes its vCPUs'
-affinity spans (hard within soft, reference 8.2 and 8.3), so the guest's node is the node its
-vCPUs are kept on, by the rule of :func:`guestagent.dom0.owndevices.vcpu_node`; a guest spread
-over several nodes (vNUMA, or no placement) has no one node and its threads are left alone.
+and ``...-dealloc``), blkback one per ring (``blkback.<domid>.<vdev>-<ring>``, e.g.
+``blkback.5.xvdb-0``, its ``blkback.<domid>.<vdev>`` cut at 15 characters first). A task's
+``comm`` keeps 15 characters; since Linux 5.17 ``/proc/<pid>/comm`` shows a kernel thread's
+whole name (up to 63), before that the cut one; both are recognised. They copy the guest's
+packets and blocks, so they belong on the node that holds the guest's memory. libxl places a
+guest's memory on the nodes its vCPUs' affinity spans (hard within soft, reference 8.2 and 8.3),
+so the guest's node is the node its vCPUs are kept on, by the rule of
+:func:`guestagent.dom0.owndevices.vcpu_node`; a guest spread over several nodes (vNUMA, or no
+placement) has no one node and its threads are left alone.
 
 :func:`decide_threads` plans each thread's CPU affinity: the Dom0 vCPUs kept on the guest's node.
 """

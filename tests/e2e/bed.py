@@ -48,6 +48,10 @@ XEN_CMDLINE = (
     "loglvl=warning guest_loglvl=warning"
 )
 DOM0_CMDLINE = "console=hvc0 loglevel=4"
+#: A guest's root disk. rw: QEMU 7.2's qdisk cannot attach a read-only node ("Block node is
+#: read-only"); the guest mounts it read-only under a tmpfs overlay and the outer QEMU drive is
+#: snapshot=on, so the image never changes.
+ROOT_DISK = "format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=/dev/vda"
 
 
 @dataclass
@@ -134,6 +138,9 @@ class GuestSpec:
     kernel: str = ""
     #: Appended to the guest kernel's command line (e.g. ``pci=noearly``, ``clocksource=tsc``).
     cmdline_extra: str = ""
+    #: xl disk specs after the root disk (xvda), e.g. a blkback disk
+    #: ``'format=raw,vdev=xvdb,access=rw,backendtype=phy,target=/dev/loop0'``.
+    extra_disks: list[str] = field(default_factory=list)
 
     @classmethod
     def hvm(
@@ -184,6 +191,7 @@ class GuestSpec:
             cmdline += " e2e.init=systemd systemd.show_status=false"
         elif self.init != "e2e":
             raise BedError(f"unknown guest init {self.init!r}: e2e or systemd")
+        disks = ", ".join(f"'{d}'" for d in [ROOT_DISK, *self.extra_disks])
         lines = [
             f'name = "{self.name}"',
             f'type = "{self.type}"',
@@ -194,10 +202,7 @@ class GuestSpec:
             f'kernel = "{self.boot_dir}/vmlinuz"',
             f'ramdisk = "{self.boot_dir}/initrd.gz"',
             f'cmdline = "{cmdline}"',
-            # rw: QEMU 7.2's qdisk cannot attach a read-only node ("Block node is read-only");
-            # the guest mounts it read-only under a tmpfs overlay and the outer QEMU drive is
-            # snapshot=on, so the image never changes.
-            "disk = [ 'format=raw,vdev=xvda,access=rw,backendtype=qdisk,target=/dev/vda' ]",
+            f"disk = [ {disks} ]",
             'on_poweroff = "destroy"',
             'on_reboot = "destroy"',
             'on_crash = "destroy"',
