@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from guestagent.devices import netif
 from guestagent.devices.discovery import PCI_DRIVERS, DeviceGoneError, device_exists, device_path
 from guestagent.devices.irqbalance import IrqbalanceStatus
 from guestagent.devices.plan import (
@@ -122,9 +123,13 @@ def _write_numa_node(step: WriteNumaNode, hostfs: HostFS, journal: Journal,
 
 def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied) -> None:
     """Unbind and bind again (``drivers_probe`` when bind fails); the old vectors' records go
-    first (the unbind frees them, their numbers may go to another device)."""
+    first (the unbind frees them, their numbers may go to another device). The device's network
+    interfaces are read before and set back after, on the node's CPUs (:mod:`.netif`)."""
     driver, bdf = step.driver, step.bdf
     path = device_path(bdf)
+    rings = netif.ring_access(hostfs)
+    interfaces, problems = netif.read_interfaces(hostfs, bdf, rings)
+    result.skipped += problems
     journal.record(Change(kind="driver_rebind", path=path, bdf=bdf, previous=driver))
     journal.forget_all(c.path for c in journal.for_device(bdf) if c.kind == "irq_affinity")
     try:
@@ -133,13 +138,42 @@ def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied) -> 
         journal.forget(path)
         result.failed.append(f"rebind: unbind from {driver} failed ({errname(e)})")
         return
-    how = _bind_again(bdf, driver, hostfs, result)
-    if how is None:
+    with netif.on_cpus(step.cpus, hostfs) as placement:
+        how = _bind_again(bdf, driver, hostfs, result)
+        if how is None:
+            return
+        journal.set_applied(path, driver)
+        _log().info("driver_rebound", bdf=bdf, driver=driver, via=how)
+        result.applied.append(f"driver {driver} rebound (via {how})")
+        result.rebound = True
+        for interface in interfaces:
+            _interface_back(bdf, interface, len(interfaces), rings, placement, hostfs, result)
+
+
+def _interface_back(bdf: str, interface: netif.InterfaceState, count: int,
+                    rings: netif.RingAccess | None, placement: str, hostfs: HostFS,
+                    result: Applied) -> None:
+    """One interface of the rebound device as it was before the unbind (rings, up)."""
+    name = netif.new_name(hostfs, bdf, interface, count)
+    if name is None:
+        result.failed.append(f"interface {interface.name}: not back after the rebind; "
+                             "left to the network configuration")
+        _log().warning("interface_not_back", bdf=bdf, interface=interface.name)
         return
-    journal.set_applied(path, driver)
-    _log().info("driver_rebound", bdf=bdf, driver=driver, via=how)
-    result.applied.append(f"driver {driver} rebound (via {how})")
-    result.rebound = True
+    try:
+        done = netif.restore(hostfs, bdf, interface, name, rings)
+    except (OSError, InputError) as e:
+        shown = errname(e) if isinstance(e, OSError) else str(e)
+        result.failed.append(f"interface {name}: not set back after the rebind ({shown})")
+        _log().warning("interface_restore_failed", bdf=bdf, interface=name, error=shown)
+        return
+    if not done:
+        return
+    renamed = f" (was {interface.name})" if name != interface.name else ""
+    where = f", {placement}" if placement else ""
+    result.applied.append(f"interface {name}{renamed}: {', '.join(done)} again{where}")
+    _log().info("interface_restored", bdf=bdf, interface=name, restored=",".join(done),
+                placement=placement or "not pinned")
 
 
 def _bind_again(bdf: str, driver: str, hostfs: HostFS, result: Applied) -> str | None:
