@@ -192,24 +192,24 @@ class FakeDriver:
             self.calls.append("flags")
 
 
-def rebound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, up: bool = True,
-            hook: Callable[[str], None] = lambda path: None) -> tuple[Applied, FakeDriver, Path]:
+def rebound(tmp_path: Path, up: bool = True, hook: Callable[[str], None] = lambda path: None,
+            rename_wait: float = 5.0) -> tuple[Applied, FakeDriver]:
     root = tree(tmp_path)
     driver = FakeDriver(root, Rings(4096, 4096), up)
-    monkeypatch.setattr(netif, "ring_access", lambda hostfs: driver)
 
     def both(path: str) -> None:
         driver.hook(path)
         hook(path)
 
     hostfs = WatchedHostFS(str(root), both)
-    done = apply([Rebind(VF, "ixgbevf", (2, 3))], hostfs, StateStore(hostfs).load())
-    return done, driver, root
+    done = apply([Rebind(VF, "ixgbevf", (2, 3))], hostfs, StateStore(hostfs).load(),
+                 netif.NetAccess(driver, rename_wait))
+    return done, driver
 
 
 def test_a_rebind_sets_the_rings_back_then_brings_the_interface_up(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_events: Logs) -> None:
-    done, driver, _ = rebound(tmp_path, monkeypatch)
+        tmp_path: Path, log_events: Logs) -> None:
+    done, driver = rebound(tmp_path)
     assert done.rebound and done.failed == []
     assert driver.calls == ["rings 4096/4096", "flags"], "rings while down, then up"
     assert driver.flags.read_text() == "0x1003"
@@ -218,44 +218,40 @@ def test_a_rebind_sets_the_rings_back_then_brings_the_interface_up(
     assert event["interface"] == IFNAME and event["restored"] == "rings rx 4096 tx 4096,up"
 
 
-def test_an_interface_that_was_down_gets_its_rings_and_stays_down(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    done, driver, _ = rebound(tmp_path, monkeypatch, up=False)
+def test_an_interface_that_was_down_gets_its_rings_and_stays_down(tmp_path: Path) -> None:
+    done, driver = rebound(tmp_path, up=False)
     assert driver.calls == ["rings 4096/4096"]
     assert driver.flags.read_text() == "0x1002\n"
     assert done.applied[-1] == f"interface {IFNAME}: rings rx 4096 tx 4096 again"
 
 
 def test_an_interface_that_does_not_come_back_is_a_failed_line(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_events: Logs) -> None:
-    monkeypatch.setattr(netif, "RENAME_WAIT_SECONDS", 0.0)
+        tmp_path: Path, log_events: Logs) -> None:
     link = tmp_path / "root" / f"sys/class/net/{IFNAME}"  # tree()'s copy
 
     def remove_on_bind(path: str) -> None:
         if path.endswith("/bind"):
             link.unlink()
 
-    done, driver, _ = rebound(tmp_path, monkeypatch, hook=remove_on_bind)
+    done, driver = rebound(tmp_path, hook=remove_on_bind, rename_wait=0.0)
     assert done.rebound and driver.calls == []
     assert done.failed == [f"interface {IFNAME}: not back after the rebind; left to the "
                            "network configuration"]
     assert [e["interface"] for e in log_events if e["event"] == "interface_not_back"] == [IFNAME]
 
 
-def test_a_refused_bring_up_is_a_failed_line_and_the_rebind_stands(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_bring_up_is_a_failed_line_and_the_rebind_stands(tmp_path: Path) -> None:
     def refuse(path: str) -> None:
         if path.endswith(f"/{IFNAME}/flags"):
             raise PermissionError(1, "Operation not permitted", path)
 
-    done, driver, _ = rebound(tmp_path, monkeypatch, hook=refuse)
+    done, driver = rebound(tmp_path, hook=refuse)
     assert done.rebound and driver.flags.read_text() == "0x1002\n"
     assert done.failed == [f"interface {IFNAME}: not set back after the rebind "
                            "(EPERM: Operation not permitted)"]
 
 
-def test_unreadable_interface_flags_leave_it_as_the_bind_makes_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_interface_flags_leave_it_as_the_bind_makes_it(tmp_path: Path) -> None:
     root = tree(tmp_path)
     driver = FakeDriver(root, Rings(4096, 4096))
     driver.flags.write_text("up\n")

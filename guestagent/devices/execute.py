@@ -66,15 +66,19 @@ class Applied:
     hugepage_nodes: set[int] = field(default_factory=set)
 
 
-def apply(steps: Iterable[Step], hostfs: HostFS, journal: Journal) -> Applied:
-    """Carry out ``steps`` in order (see the module text); what was done, step by step."""
+def apply(steps: Iterable[Step], hostfs: HostFS, journal: Journal,
+          net: netif.NetAccess | None = None) -> Applied:
+    """Carry out ``steps`` in order (see the module text); what was done, step by step. ``net``
+    reaches a rebound NIC's interfaces (default: :func:`netif.net_access`)."""
     result = Applied()
+    access = net if net is not None else netif.net_access(hostfs)
     for step in steps:
-        _carry_out(step, hostfs, journal, result)
+        _carry_out(step, hostfs, journal, result, access)
     return result
 
 
-def _carry_out(step: Step, hostfs: HostFS, journal: Journal, result: Applied) -> None:
+def _carry_out(step: Step, hostfs: HostFS, journal: Journal, result: Applied,
+               net: netif.NetAccess) -> None:
     if isinstance(step, Note):
         _note(step, result)
     elif isinstance(step, ForgetRecords):
@@ -82,9 +86,9 @@ def _carry_out(step: Step, hostfs: HostFS, journal: Journal, result: Applied) ->
     elif isinstance(step, WriteNumaNode):
         if _write_numa_node(step, hostfs, journal, result):
             for then in step.then:
-                _carry_out(then, hostfs, journal, result)
+                _carry_out(then, hostfs, journal, result, net)
     elif isinstance(step, Rebind):
-        _rebind(step, hostfs, journal, result)
+        _rebind(step, hostfs, journal, result, net)
     elif isinstance(step, SetIrqAffinity):
         _set_irq_affinity(step, hostfs, journal, result)
     elif isinstance(step, ReserveHugepages):
@@ -121,14 +125,14 @@ def _write_numa_node(step: WriteNumaNode, hostfs: HostFS, journal: Journal,
     return True
 
 
-def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied) -> None:
+def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied,
+            net: netif.NetAccess) -> None:
     """Unbind and bind again (``drivers_probe`` when bind fails); the old vectors' records go
     first (the unbind frees them, their numbers may go to another device). The device's network
     interfaces are read before and set back after, on the node's CPUs (:mod:`.netif`)."""
     driver, bdf = step.driver, step.bdf
     path = device_path(bdf)
-    rings = netif.ring_access(hostfs)
-    interfaces, problems = netif.read_interfaces(hostfs, bdf, rings)
+    interfaces, problems = netif.read_interfaces(hostfs, bdf, net.rings)
     result.skipped += problems
     journal.record(Change(kind="driver_rebind", path=path, bdf=bdf, previous=driver))
     journal.forget_all(c.path for c in journal.for_device(bdf) if c.kind == "irq_affinity")
@@ -147,21 +151,21 @@ def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied) -> 
         result.applied.append(f"driver {driver} rebound (via {how})")
         result.rebound = True
         for interface in interfaces:
-            _interface_back(bdf, interface, len(interfaces), rings, placement, hostfs, result)
+            _interface_back(bdf, interface, len(interfaces), net, placement, hostfs, result)
 
 
 def _interface_back(bdf: str, interface: netif.InterfaceState, count: int,
-                    rings: netif.RingAccess | None, placement: str, hostfs: HostFS,
+                    net: netif.NetAccess, placement: str, hostfs: HostFS,
                     result: Applied) -> None:
     """One interface of the rebound device as it was before the unbind (rings, up)."""
-    name = netif.new_name(hostfs, bdf, interface, count)
+    name = netif.new_name(hostfs, bdf, interface, count, net.rename_wait)
     if name is None:
         result.failed.append(f"interface {interface.name}: not back after the rebind; "
                              "left to the network configuration")
         _log().warning("interface_not_back", bdf=bdf, interface=interface.name)
         return
     try:
-        done = netif.restore(hostfs, bdf, interface, name, rings)
+        done = netif.restore(hostfs, bdf, interface, name, net.rings)
     except (OSError, InputError) as e:
         shown = errname(e) if isinstance(e, OSError) else str(e)
         result.failed.append(f"interface {name}: not set back after the rebind ({shown})")

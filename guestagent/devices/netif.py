@@ -155,11 +155,12 @@ def read_interfaces(hostfs: HostFS, bdf: str,
 
 
 def new_name(hostfs: HostFS, bdf: str, old: InterfaceState, count: int,
+             wait: float = RENAME_WAIT_SECONDS,
              sleep: Callable[[float], None] = time.sleep) -> str | None:
     """The name of ``old``'s interface after the bind: its old name once it is back (udevd may
-    rename the kernel's name; waited for up to :data:`RENAME_WAIT_SECONDS`), else the device's
-    one interface when it had one (``count``), else None."""
-    deadline = time.monotonic() + RENAME_WAIT_SECONDS
+    rename the kernel's name; waited for up to ``wait`` seconds), else the device's one
+    interface when it had one (``count``), else None."""
+    deadline = time.monotonic() + wait
     while True:
         names = interface_names(hostfs, bdf)
         if old.name in names:
@@ -206,6 +207,15 @@ def restore(hostfs: HostFS, bdf: str, state: InterfaceState, name: str,
     return done
 
 
-def ring_access(hostfs: HostFS) -> RingAccess | None:
-    """The ioctl on the real host; none on a fixture tree (its interfaces are files)."""
-    return EthtoolRings() if hostfs.is_real_host else None
+@dataclass(frozen=True)
+class NetAccess:
+    """How the rebind reaches the interfaces besides sysfs: their rings (None: not read, not set
+    back) and how long a new interface may take to get its old name back."""
+
+    rings: RingAccess | None
+    rename_wait: float = RENAME_WAIT_SECONDS
+
+
+def net_access(hostfs: HostFS) -> NetAccess:
+    """The ioctl on the real host; no rings on a fixture tree (its interfaces are files)."""
+    return NetAccess(EthtoolRings() if hostfs.is_real_host else None)

@@ -56,6 +56,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -180,6 +181,8 @@ def check_rebind(g: Guest) -> str:
     assert g.run_ok("cat /sys/devices/system/node/online").strip() == "0-1"
     cpus = {n: g.run_ok(f"cat /sys/devices/system/node/node{n}/cpulist").strip() for n in (0, 1)}
     g.run_ok(f"CPUS={cpus[0]}; {PIN_RUNNER}")
+    pinned = g.run_ok("grep Cpus_allowed_list /proc/self/status").split()[-1]
+    assert pinned == cpus[0], f"the runner's children run on {pinned}, not {cpus[0]}"
     g.run_ok(f"cat >/tmp/rings.py <<'E2E_RINGS'\n{RINGS_PY}E2E_RINGS")
     assert guest_device(g, bdf)["node"] == "-1"
 
@@ -244,11 +247,12 @@ def with_agent(g: Guest, bdf: str, ifname: str, before: Memory, base: Delta, car
     the delta from the baseline's last measurement, and the new vectors."""
     g.run_ok(REBIND_ON)
     g.run_ok(DAEMON_START)
-    within("the daemon's rebind in devices.json", lambda: [
-        c for c in journal(g) if c["kind"] == "driver_rebind" and c["bdf"] == bdf], 300, 3)
-    within("numa_node 1", lambda: guest_device(g, bdf)["node"] == "1", 60)
-    restored = within(f"interface_restored for {ifname} in the daemon's log", lambda: log_events(
-        g.run_ok(DAEMON_LOG), "interface_restored", bdf=bdf, interface=ifname), 120, 3)
+    daemon_within(g, "the daemon's rebind in devices.json", lambda: [
+        c for c in journal(g) if c["kind"] == "driver_rebind" and c["bdf"] == bdf], 300)
+    daemon_within(g, "numa_node 1", lambda: guest_device(g, bdf)["node"] == "1", 60)
+    restored = daemon_within(g, f"interface_restored for {ifname} in the daemon's log",
+                             lambda: log_events(g.run_ok(DAEMON_LOG), "interface_restored",
+                                                bdf=bdf, interface=ifname), 120)
     (event,) = restored
     assert event["restored"] == f"rings rx {RING} tx {RING},up", event
     assert event["placement"] == "on the node's CPUs", event
@@ -263,8 +267,8 @@ def with_agent(g: Guest, bdf: str, ifname: str, before: Memory, base: Delta, car
             f"cat /sys/class/net/{ifname}/carrier")[0].strip() == "1", 60, 2)
     vectors = [int(i) for i in guest_device(g, bdf)["msi"].split(",") if i]
     assert vectors, device
-    within("the new vectors on vnode 1's CPU", lambda: irq_affinities(g, vectors) == {
-        i: node1_cpus for i in vectors}, 120, 3)
+    daemon_within(g, "the new vectors on vnode 1's CPU", lambda: irq_affinities(g, vectors) == {
+        i: node1_cpus for i in vectors}, 120)
     after = measure(g)
     delta = Delta.between(before, after)
     footprint = base.change[0] + base.change[1]
@@ -275,6 +279,14 @@ def with_agent(g: Guest, bdf: str, ifname: str, before: Memory, base: Delta, car
         f"(3/4 of the baseline's footprint {footprint:.0f} kB less 3 x its noise): "
         f"{delta.shown()}")
     return delta, vectors
+
+
+def daemon_within(g: Guest, what: str, probe: Any, seconds: float) -> Any:
+    """:func:`within`, with the daemon's log in the message when it is not seen."""
+    try:
+        return within(what, probe, seconds, 3)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the daemon's log:\n{g.run_ok(DAEMON_LOG)}") from None
 
 
 def journal(g: Guest) -> list[dict[str, str]]:
