@@ -24,6 +24,7 @@ from tests.e2e.io_rebind import (
     SAMPLES,
     Delta,
     Memory,
+    carrier_within,
     parse_samples,
 )
 
@@ -122,3 +123,17 @@ def test_the_ring_script_reads_what_the_agent_reads(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(script), name], capture_output=True, text=True,
                          check=True, timeout=30).stdout.split()
     assert (int(out[0]), int(out[1])) == (rings.rx, rings.tx)
+
+
+@pytest.mark.parametrize(("state", "printed"), [("1\n", "1"), ("0\n", "0"), (None, "0")])
+def test_carrier_within_waits_for_carrier(tmp_path: Path, state: str | None,
+                                          printed: str) -> None:
+    """1 once ``carrier`` reads 1; 0 when it reads 0 or cannot be read (an interface down)."""
+    carrier = tmp_path / "eth0" / "carrier"
+    carrier.parent.mkdir()
+    if state is not None:
+        carrier.write_text(state)
+    script = carrier_within("eth0", 1).replace("/sys/class/net", str(tmp_path))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                         timeout=30).stdout
+    assert out.strip() == printed
