@@ -297,6 +297,7 @@ def with_agent(g: Guest, bdf: str, ifname: str, before: Memory, base: Delta, car
     assert device["driver"] == "e1000e" and device["net"] == ifname, device
     flags = int(g.run_ok(f"cat /sys/class/net/{ifname}/flags").strip(), 16)
     assert flags & 0x1, f"{ifname} is not up after the rebind: flags {flags:#x}"
+    print(f"after the rebind: {g.run_ok(f'ip link show dev {ifname}').strip()}")
     assert rings(g, ifname)[:2] == (RING, RING)
     if carrier:
         assert g.run_ok(carrier_within(ifname, 60), timeout=90).strip() == "1", (
