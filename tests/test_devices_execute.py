@@ -193,7 +193,7 @@ class FakeDriver:
 
 
 def rebound(tmp_path: Path, up: bool = True, hook: Callable[[str], None] = lambda path: None,
-            rename_wait: float = 5.0) -> tuple[Applied, FakeDriver]:
+            rename_wait: float = 5.0, can_admin: bool = True) -> tuple[Applied, FakeDriver]:
     root = tree(tmp_path)
     driver = FakeDriver(root, Rings(4096, 4096), up)
 
@@ -203,7 +203,7 @@ def rebound(tmp_path: Path, up: bool = True, hook: Callable[[str], None] = lambd
 
     hostfs = WatchedHostFS(str(root), both)
     done = apply([Rebind(VF, "ixgbevf", (2, 3))], hostfs, StateStore(hostfs).load(),
-                 netif.NetAccess(driver, rename_wait))
+                 netif.NetAccess(driver, rename_wait, can_admin))
     return done, driver
 
 
@@ -287,3 +287,31 @@ def test_the_ring_ioctl_reaches_the_driver() -> None:
     with pytest.raises(OSError) as caught:
         netif.EthtoolRings().get("lo")
     assert caught.value.errno == errno.EOPNOTSUPP
+
+
+def test_without_cap_net_admin_a_nic_that_is_up_is_not_rebound(
+        tmp_path: Path, log_events: Logs) -> None:
+    """The packaged unit has no CAP_NET_ADMIN: the bind would leave the interface down (its
+    rings and IFF_UP cannot be set back), so the rebind is refused before the unbind."""
+    unbinds: list[str] = []
+    done, driver = rebound(tmp_path, can_admin=False,
+                           hook=lambda path: unbinds.append(path) if path.endswith("/unbind")
+                           else None)
+    assert not done.rebound and unbinds == [] and driver.calls == []
+    assert done.failed == [f"rebind refused: {IFNAME} is up and this process lacks "
+                           "CAP_NET_ADMIN to bring it back up after the bind (docs/IONUMA.md, "
+                           "the unit's drop-in)"]
+    assert [e["event"] for e in log_events if e["event"] == "rebind_refused"] == [
+        "rebind_refused"]
+
+
+def test_without_cap_net_admin_a_nic_that_is_down_is_still_rebound(tmp_path: Path) -> None:
+    done, _driver = rebound(tmp_path, up=False, can_admin=False)
+    assert done.rebound and done.failed == []
+
+
+def test_cap_net_admin_is_read_from_capeff() -> None:
+    assert netif.has_net_admin("Name:\tx\nCapEff:\t0000000000001000\n")
+    assert not netif.has_net_admin("CapEff:\t0000000000000fff\n")
+    assert not netif.has_net_admin("CapEff:\tzz\n")
+    assert not netif.has_net_admin("Name:\tx\n")

@@ -134,6 +134,14 @@ def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied,
     path = device_path(bdf)
     interfaces, problems = netif.read_interfaces(hostfs, bdf, net.rings)
     result.skipped += problems
+    up = [i.name for i in interfaces if i.up]
+    if up and not net.can_admin:
+        result.failed.append(
+            f"rebind refused: {', '.join(up)} is up and this process lacks CAP_NET_ADMIN to "
+            "bring it back up after the bind (docs/IONUMA.md, the unit's drop-in)")
+        _log().warning("rebind_refused", bdf=bdf, interfaces=",".join(up),
+                       reason="no CAP_NET_ADMIN")
+        return
     journal.record(Change(kind="driver_rebind", path=path, bdf=bdf, previous=driver))
     journal.forget_all(c.path for c in journal.for_device(bdf) if c.kind == "irq_affinity")
     try:

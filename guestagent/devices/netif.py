@@ -214,8 +214,35 @@ class NetAccess:
 
     rings: RingAccess | None
     rename_wait: float = RENAME_WAIT_SECONDS
+    #: Whether this process may set rings and bring interfaces up (CAP_NET_ADMIN): without it a
+    #: rebind would leave an interface that was up down, so the rebind is refused instead.
+    can_admin: bool = True
+
+
+#: ``CAP_NET_ADMIN`` of ``<linux/capability.h>``: its bit in ``CapEff`` of /proc/PID/status.
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin(status_text: str) -> bool:
+    """Whether the ``CapEff`` line of a /proc/PID/status text holds CAP_NET_ADMIN (False when
+    the line is missing or unreadable: refuse rather than risk an interface left down)."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                return bool(int(line.split(":", 1)[1].strip(), 16) >> CAP_NET_ADMIN & 1)
+            except ValueError:
+                return False
+    return False
 
 
 def net_access(hostfs: HostFS) -> NetAccess:
-    """The ioctl on the real host; no rings on a fixture tree (its interfaces are files)."""
-    return NetAccess(EthtoolRings() if hostfs.is_real_host else None)
+    """The ioctl on the real host, and this process's own CAP_NET_ADMIN (its /proc/self, not
+    a host path); no rings on a fixture tree (its interfaces are files)."""
+    if not hostfs.is_real_host:
+        return NetAccess(None)
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            can_admin = has_net_admin(f.read())
+    except OSError:
+        can_admin = False
+    return NetAccess(EthtoolRings(), can_admin=can_admin)
