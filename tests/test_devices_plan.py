@@ -189,7 +189,7 @@ def test_a_dry_run_plans_lines_and_changes_nothing() -> None:
 
 def test_rebind_rides_on_the_numa_node_write() -> None:
     (write,) = of(plan_for(config=DevicesConfig(rebind=True)).head, WriteNumaNode)
-    assert write.then == (Rebind(VF, "ixgbevf"),)
+    assert write.then == (Rebind(VF, "ixgbevf", (2, 3)),)  # node 1's CPUs
 
 
 @pytest.mark.parametrize(("bdf", "reason"), [

@@ -11,7 +11,8 @@ Data flows the house way (``docs/DEVELOPING.md``):
   :mod:`~guestagent.devices.plan` everything else (pure: a plan of steps);
 * :mod:`~guestagent.devices.execute` carries a plan out (IRQ affinity, ``numa_node``, driver
   rebinds, hugepage reservations), recording the previous state first in
-  :mod:`~guestagent.devices.state`, and undoes it;
+  :mod:`~guestagent.devices.state`, and undoes it; :mod:`~guestagent.devices.netif` sets a
+  rebound NIC's interfaces back (ring sizes, up) on the device's node;
 * :mod:`~guestagent.devices.apply` is the job that runs read -> decide -> apply per device;
 * :mod:`~guestagent.devices.irqbalance` decides whether IRQ affinity is ours to touch;
 * :mod:`~guestagent.devices.hotplug` turns udev events into the re-evaluation of one device;

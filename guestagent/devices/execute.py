@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from guestagent.devices import netif
 from guestagent.devices.discovery import PCI_DRIVERS, DeviceGoneError, device_exists, device_path
 from guestagent.devices.irqbalance import IrqbalanceStatus
 from guestagent.devices.plan import (
@@ -65,15 +66,19 @@ class Applied:
     hugepage_nodes: set[int] = field(default_factory=set)
 
 
-def apply(steps: Iterable[Step], hostfs: HostFS, journal: Journal) -> Applied:
-    """Carry out ``steps`` in order (see the module text); what was done, step by step."""
+def apply(steps: Iterable[Step], hostfs: HostFS, journal: Journal,
+          net: netif.NetAccess | None = None) -> Applied:
+    """Carry out ``steps`` in order (see the module text); what was done, step by step. ``net``
+    reaches a rebound NIC's interfaces (default: :func:`netif.net_access`)."""
     result = Applied()
+    access = net if net is not None else netif.net_access(hostfs)
     for step in steps:
-        _carry_out(step, hostfs, journal, result)
+        _carry_out(step, hostfs, journal, result, access)
     return result
 
 
-def _carry_out(step: Step, hostfs: HostFS, journal: Journal, result: Applied) -> None:
+def _carry_out(step: Step, hostfs: HostFS, journal: Journal, result: Applied,
+               net: netif.NetAccess) -> None:
     if isinstance(step, Note):
         _note(step, result)
     elif isinstance(step, ForgetRecords):
@@ -81,9 +86,9 @@ def _carry_out(step: Step, hostfs: HostFS, journal: Journal, result: Applied) ->
     elif isinstance(step, WriteNumaNode):
         if _write_numa_node(step, hostfs, journal, result):
             for then in step.then:
-                _carry_out(then, hostfs, journal, result)
+                _carry_out(then, hostfs, journal, result, net)
     elif isinstance(step, Rebind):
-        _rebind(step, hostfs, journal, result)
+        _rebind(step, hostfs, journal, result, net)
     elif isinstance(step, SetIrqAffinity):
         _set_irq_affinity(step, hostfs, journal, result)
     elif isinstance(step, ReserveHugepages):
@@ -120,11 +125,23 @@ def _write_numa_node(step: WriteNumaNode, hostfs: HostFS, journal: Journal,
     return True
 
 
-def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied) -> None:
+def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied,
+            net: netif.NetAccess) -> None:
     """Unbind and bind again (``drivers_probe`` when bind fails); the old vectors' records go
-    first (the unbind frees them, their numbers may go to another device)."""
+    first (the unbind frees them, their numbers may go to another device). The device's network
+    interfaces are read before and set back after, on the node's CPUs (:mod:`.netif`)."""
     driver, bdf = step.driver, step.bdf
     path = device_path(bdf)
+    interfaces, problems = netif.read_interfaces(hostfs, bdf, net.rings)
+    result.skipped += problems
+    up = [i.name for i in interfaces if i.up]
+    if up and not net.can_admin:
+        result.failed.append(
+            f"rebind refused: {', '.join(up)} is up and this process lacks CAP_NET_ADMIN to "
+            "bring it back up after the bind (docs/IONUMA.md, the unit's drop-in)")
+        _log().warning("rebind_refused", bdf=bdf, interfaces=",".join(up),
+                       reason="no CAP_NET_ADMIN")
+        return
     journal.record(Change(kind="driver_rebind", path=path, bdf=bdf, previous=driver))
     journal.forget_all(c.path for c in journal.for_device(bdf) if c.kind == "irq_affinity")
     try:
@@ -133,13 +150,42 @@ def _rebind(step: Rebind, hostfs: HostFS, journal: Journal, result: Applied) -> 
         journal.forget(path)
         result.failed.append(f"rebind: unbind from {driver} failed ({errname(e)})")
         return
-    how = _bind_again(bdf, driver, hostfs, result)
-    if how is None:
+    with netif.on_cpus(step.cpus, hostfs) as placement:
+        how = _bind_again(bdf, driver, hostfs, result)
+        if how is None:
+            return
+        journal.set_applied(path, driver)
+        _log().info("driver_rebound", bdf=bdf, driver=driver, via=how)
+        result.applied.append(f"driver {driver} rebound (via {how})")
+        result.rebound = True
+        for interface in interfaces:
+            _interface_back(bdf, interface, len(interfaces), net, placement, hostfs, result)
+
+
+def _interface_back(bdf: str, interface: netif.InterfaceState, count: int,
+                    net: netif.NetAccess, placement: str, hostfs: HostFS,
+                    result: Applied) -> None:
+    """One interface of the rebound device as it was before the unbind (rings, up)."""
+    name = netif.new_name(hostfs, bdf, interface, count, net.rename_wait)
+    if name is None:
+        result.failed.append(f"interface {interface.name}: not back after the rebind; "
+                             "left to the network configuration")
+        _log().warning("interface_not_back", bdf=bdf, interface=interface.name)
         return
-    journal.set_applied(path, driver)
-    _log().info("driver_rebound", bdf=bdf, driver=driver, via=how)
-    result.applied.append(f"driver {driver} rebound (via {how})")
-    result.rebound = True
+    try:
+        done = netif.restore(hostfs, bdf, interface, name, net.rings)
+    except (OSError, InputError) as e:
+        shown = errname(e) if isinstance(e, OSError) else str(e)
+        result.failed.append(f"interface {name}: not set back after the rebind ({shown})")
+        _log().warning("interface_restore_failed", bdf=bdf, interface=name, error=shown)
+        return
+    if not done:
+        return
+    renamed = f" (was {interface.name})" if name != interface.name else ""
+    where = f", {placement}" if placement else ""
+    result.applied.append(f"interface {name}{renamed}: {', '.join(done)} again{where}")
+    _log().info("interface_restored", bdf=bdf, interface=name, restored=",".join(done),
+                placement=placement or "not pinned")
 
 
 def _bind_again(bdf: str, driver: str, hostfs: HostFS, result: Applied) -> str | None:

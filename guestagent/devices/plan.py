@@ -166,10 +166,14 @@ class ForgetRecords:
 
 @dataclass(frozen=True)
 class Rebind:
-    """Unbind ``driver`` from the device and bind it again (``drivers_probe`` if bind fails)."""
+    """Unbind ``driver`` from the device and bind it again (``drivers_probe`` if bind fails),
+    then set its network interfaces back as they were (ring sizes, up), on ``cpus`` (the
+    node's online CPUs: the driver allocates its RX buffers from the node of the CPU that
+    brings the interface up)."""
 
     bdf: str
     driver: str
+    cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,20 +360,23 @@ def _numa_node_write(device: PciDevice, node: int, source: NodeSource, context: 
         return Note("skipped", "numa_node left at -1: writing it is off by configuration")
     if not apply:
         return Note("planned", f"write numa_node = {node} ({TAINT_NOTE})")
-    then = rebind_steps(device, context.protected) if config.rebind else ()
+    cpus = tuple(context.nodes.cpus.get(node, []))
+    then = rebind_steps(device, context.protected, cpus) if config.rebind else ()
     return WriteNumaNode(device.bdf, node, device.numa_node, source, then)
 
 
-def rebind_steps(device: PciDevice, protected: Protected | None) -> tuple[Step, ...]:
-    """Unbind and rebind the driver, so it allocates its rings on the node; never a protected
-    device (the root file system's, the default route's; all of them when unknown)."""
+def rebind_steps(device: PciDevice, protected: Protected | None,
+                 cpus: tuple[int, ...] = ()) -> tuple[Step, ...]:
+    """Unbind and rebind the driver, so it allocates its rings on the node (its interfaces
+    brought back on the node's ``cpus``); never a protected device (the root file system's,
+    the default route's; all of them when unknown)."""
     if device.driver is None:
         return (Note("skipped", "rebind: no driver bound; it will probe on the new node"),)
     refusal = protected.refusal(device.bdf) if protected is not None else NO_PROTECTION_READ
     if refusal is not None:
         return (Note("skipped", f"rebind refused: {refusal}", event="rebind_refused",
                      fields=(("bdf", device.bdf), ("reason", refusal))),)
-    return (Rebind(device.bdf, device.driver),)
+    return (Rebind(device.bdf, device.driver, cpus),)
 
 
 def irq_steps(model: DeviceModel, node: int, context: DevicesContext, state: DevicesState,
