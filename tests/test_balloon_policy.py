@@ -356,7 +356,7 @@ def test_a_probe_while_use_rises_keeps_the_rise_above_the_line() -> None:
     fast = [{"mem_available_kb": base.mem_available_kb - i * 30 * MIB_KB} for i in range(15)]
     ds = run_policy(cfg, fast, start=base)
     assert all(d.action != "shrink" for d in ds[2:]), [d.reason for d in ds[2:]]
-    assert any("near the headroom line" in d.reason for d in ds[2:])
+    assert any("near the probe line" in d.reason for d in ds[2:])
 
 def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
     """A kernel without PSI gives no pressure feedback: never probe blind, still grow."""

@@ -575,13 +575,13 @@ def step_pressure(
     if holds:
         return prev, "hold", "; ".join(holds), state
     step = shrink_step_kb(signals, r, config, lim, prev)
-    line = f"{r.probe_line_kb} KiB (burst allowance {r.burst_kb} KiB)"
+    line = (f"the probe line {r.probe_line_kb} KiB (headroom line {r.line_kb} KiB, burst "
+            f"allowance {r.burst_kb} KiB, use rising {max(0.0, r.used_rate):.0f} KiB/s)")
     if signals.mem_available_kb - r.probe_line_kb < config.min_change_kb:
-        return prev, "hold", (f"MemAvailable {signals.mem_available_kb} KiB near the headroom "
-                              f"line {line}"), state
+        return prev, "hold", f"MemAvailable {signals.mem_available_kb} KiB near {line}", state
     return prev - step, "shrink", (
         f"quiet (stall {r.stall_pct:.2f} %, avg10 {signals.some_avg10:.2f} %); shrink by {step} "
-        f"KiB toward the headroom line {line}"
+        f"KiB toward {line}"
     ), state
 
 
