@@ -34,6 +34,7 @@ from guestagent.balloon.pressure import (
     headroom_line_kb,
     hold_s,
     observe_demand,
+    reserve_kb,
 )
 from guestagent.balloon.signals import MemorySignals
 from guestagent.errors import InputError
@@ -318,23 +319,44 @@ def test_refaults_hold_a_probe() -> None:
     assert "refaults 600/s" in ds[5].reason
 
 
-def test_no_shrink_while_memory_use_or_the_page_cache_grows() -> None:
+def test_no_shrink_while_the_page_cache_grows() -> None:
     """Seen on Xen 4.17 (the first testbed run, 3ed0422): the policy squeezed a cache while it was
-    being read; the cache shrank to a third and was read from disk again. No probe while use or
-    the page cache rises faster than 1 MiB/s."""
+    being read; the cache shrank to a third and was read from disk again. No probe while the page
+    cache rises faster than 1 MiB/s. (Until 2026-12-05 rising use held every probe too: now it
+    raises the probe's line, ``test_a_probe_while_use_rises_keeps_the_rise_above_the_line``.)"""
     cfg = PressureConfig()
     base = snap(mem_free_kb=100 * MIB_KB)
-    frames: list[dict[str, Any]] = [
-        {"mem_available_kb": base.mem_available_kb - i * 4 * MIB_KB} for i in range(30)
-    ] + [{"mem_available_kb": base.mem_available_kb - 29 * 4 * MIB_KB}] * 30
-    ds = run_policy(cfg, frames, start=base)
-    assert all(d.action != "shrink" for d in ds[1:30]), [d.reason for d in ds[1:30]]
-    assert any("memory use growing" in d.reason for d in ds[1:30])
-    assert any(d.action == "shrink" for d in ds[30:])
     frames = [{"cached_kb": base.cached_kb + i * 4 * MIB_KB} for i in range(30)]
     ds = run_policy(cfg, frames, start=base)
     assert all(d.action != "shrink" for d in ds[1:])
 
+
+
+def test_a_probe_while_use_rises_keeps_the_rise_above_the_line() -> None:
+    """2026-12-05, the tuned half replayed (runs 20261204-212118-29859, 20261204-221850-5993):
+    with every probe held while use rose by 1 MiB/s or more, a workload's start kept the guest at
+    3/4 of its ceiling while use crept up by 2 MiB/s, hundreds of MiB above the line. Now a probe
+    while use rises stops at the probe line: the headroom line plus the rise of 30 s
+    (``rising_room_s``) at the rate since the last decision; a fast rise leaves no room to probe."""
+    cfg = PressureConfig()
+    base = snap(mem_free_kb=700 * MIB_KB)
+    reserve = reserve_kb(cfg, STATIC_MAX)
+    rate = 4 * MIB_KB
+    frames: list[dict[str, Any]] = [
+        {"mem_available_kb": base.mem_available_kb - i * rate,
+         "mem_free_kb": base.mem_free_kb - i * rate} for i in range(30)
+    ]
+    ds = run_policy(cfg, frames, start=base)
+    shrinks = [(i, d) for i, d in enumerate(ds) if i > 0 and d.action == "shrink"]
+    assert shrinks, [d.reason for d in ds]
+    for i, d in shrinks:
+        after = frames[i]["mem_available_kb"] - (d.previous_kb - d.target_kb)
+        # B - g <= R during a steady ramp: the line is 2R, the probe line 2R + 30 s of the rise
+        assert after >= 2 * reserve + int(rate * cfg.rising_room_s), (i, after, d.reason)
+    fast = [{"mem_available_kb": base.mem_available_kb - i * 30 * MIB_KB} for i in range(15)]
+    ds = run_policy(cfg, fast, start=base)
+    assert all(d.action != "shrink" for d in ds[2:]), [d.reason for d in ds[2:]]
+    assert any("near the probe line" in d.reason for d in ds[2:])
 
 def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
     """A kernel without PSI gives no pressure feedback: never probe blind, still grow."""
@@ -583,9 +605,11 @@ def test_the_hold_time_follows_the_burst_spacing_and_a_grow_holds_off_shrinks() 
     time: at least 60 s, and the spacing of the last two bursts when they recur further apart
     (up to 180 s; bursts further apart than that are unrelated); it keeps every probe above the
     line (``test_the_headroom_line_follows_the_bursts_seen``). After a grow, no shrink at all for
-    ``grow_holdoff_s`` (15 s), then probes down to that line (sharp-spikes on Xen 4.17, runs
-    20261204-212118-29859 and 20261204-221850-5993: a 60 s holdoff after every grow kept the
-    guest at its ceiling through the whole train of spikes, 941-944 MiB mean)."""
+    ``grow_holdoff_s`` (5 s, one decision interval), then probes down to that line (sharp-spikes
+    on Xen 4.17, runs 20261204-212118-29859 and 20261204-221850-5993: a 60 s holdoff after every
+    grow kept the guest at its ceiling through the whole train of spikes, 941-944 MiB mean; 15 s
+    until 2026-12-05, when the tuned half replayed showed it holding a spike's grow for 10 s
+    after the spike had ended, while the line R + B already kept the room for the next one)."""
     cfg = PressureConfig()
     state = PolicyState()
     assert hold_s(state, cfg) == 60.0
@@ -597,15 +621,15 @@ def test_the_hold_time_follows_the_burst_spacing_and_a_grow_holds_off_shrinks() 
     state = observe_demand(snap(599.0, mem_available_kb=base), state, cfg)
     state = observe_demand(snap(600.0, mem_available_kb=base - 100 * MIB_KB), state, cfg)
     assert hold_s(state, cfg) == 60.0  # 359 s after the last: unrelated
-    # No shrink for 15 s after a grow even with 600 MiB lying free, then a probe.
+    # No shrink for 5 s after a grow even with 600 MiB lying free, then a probe.
     tight = {"mem_free_kb": 40 * MIB_KB}
     freed = {"mem_free_kb": 600 * MIB_KB, "mem_available_kb": snap().mem_available_kb}
     ds = run_policy(cfg, [*[tight] * 40, {**tight, "psi_trigger_fired": True}, *[freed] * 70])
     grow = 40
     assert ds[grow].action == "grow"
     first = next(i for i, d in enumerate(ds) if i > grow and d.action == "shrink")
-    assert first - grow == 15, [d.reason for d in ds[grow:first]]
-    assert "holdoff 15 s after a grow" in ds[grow + 10].reason
+    assert first - grow == 5, [d.reason for d in ds[grow:first]]
+    assert "holdoff 5 s after a grow" in ds[grow + 3].reason
     longer = run_policy(replace(cfg, grow_holdoff_s=40.0),
                         [*[tight] * 40, {**tight, "psi_trigger_fired": True}, *[freed] * 70])
     assert next(i for i, d in enumerate(longer) if i > grow and d.action == "shrink") == grow + 40

@@ -24,14 +24,15 @@ then; the ceiling caps it. A stall while the balloon driver is still short of ou
 with few refaults and demand flat, is that shrink's own reclaim: **stop** where the driver got to,
 do not grow. **Shrink** (probe, as Senpai does for cgroups) only when quiet: "some" stall over the
 last interval and avg10 under the target ``psi_target_pct`` (0.2 %), refaults under 500 pages/s, no
-swap-out, demand and page cache not rising (pages that merely stay in swap hold nothing: only an
-access brings them back), no grow within ``grow_holdoff_s`` (15 s: the line, B still held, keeps
-the room a burst needs), no stop within the hold time, no toolstack change within 30 s and
-no OOM kill within 5 min, at most once per 5 s, the driver caught up; by (1 - pressure / target) x
-the larger of a cache step (1 % of the size or 1/4 of MemAvailable above H, at most 1/16 of the
-ceiling) and a free-memory step (3/4 of MemFree above H, at most 1/4 of the ceiling), never taking
-MemAvailable under H and never under the floor, max(``floor_kb``,
-:func:`~guestagent.balloon.common.hard_minimum_kb`).
+swap-out, the page cache not rising (pages that merely stay in swap hold nothing: only an access
+brings them back), no grow within ``grow_holdoff_s`` (5 s, one decision interval: the line, B still
+held, keeps the room a burst needs), no stop within the hold time, no toolstack change within 30 s
+and no OOM kill within 5 min, at most once per 5 s, the driver caught up; down to the *probe line*
+P = H + (the rise of use in ``rising_room_s``, 30 s, at its rate since the last decision, when use
+rises by 1 MiB/s or more; else 0), by (1 - pressure / target) x the larger of a cache step (1 % of
+the size or 1/4 of MemAvailable above P, at most 1/16 of the ceiling) and a free-memory step (3/4
+of MemFree above P, at most 1/4 of the ceiling), never taking MemAvailable under P and never
+under the floor, max(``floor_kb``, :func:`~guestagent.balloon.common.hard_minimum_kb`).
 
 Each rule has a replay test with the incident it guards against (``tests/test_balloon_policy.py``,
 ``tests/test_balloon_pressure_replay.py``); ``docs/balloon-pressure.md`` says why.
@@ -108,10 +109,10 @@ class PressureConfig(PolicyConfig):
     #: of the last two bursts, within these bounds (bursts further apart are unrelated).
     holdoff_min_s: float = 60.0
     holdoff_max_s: float = 180.0
-    #: No shrink for this long after a grow. Shorter than the hold time: the burst allowance,
-    #: still held, keeps every probe above the line R + B, so the memory a burst needs stays
-    #: there; what lies above the line is given back.
-    grow_holdoff_s: float = 15.0
+    #: No shrink for this long after a grow: one decision interval (2026-12-05; was 15 s). The
+    #: burst allowance, still held, keeps every probe above the line R + B, so the memory a
+    #: burst needs stays there; what lies above the line is given back.
+    grow_holdoff_s: float = 5.0
     #: After the hold time the burst allowance halves every this many seconds.
     burst_half_life_s: float = 30.0
     #: No shrink for this long after a toolstack change (follow it, do not fight it).
@@ -124,6 +125,9 @@ class PressureConfig(PolicyConfig):
     max_driver_lag_kb: int = 128 * MIB_KB
     #: Demand (use or page cache) rising faster than this (KiB/s) since the last decision.
     demand_growth_kb_per_s: int = 1024
+    #: A probe while use rises keeps this many seconds of the rise above the headroom line
+    #: (the probe line); a rising page cache still holds every probe.
+    rising_room_s: float = 30.0
 
     def validate(self) -> None:
         super().validate()
@@ -154,7 +158,7 @@ class PressureConfig(PolicyConfig):
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
         for key in ("shrink_max_step_kb", "reserve_min_kb", "demand_growth_kb_per_s",
                     "own_reclaim_window_s", "quiet_refaults_per_s", "burst_min_kb",
-                    "grow_lookahead_s", "grow_holdoff_s"):
+                    "grow_lookahead_s", "grow_holdoff_s", "rising_room_s"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -217,6 +221,16 @@ def burst_so_far_kb(state: PolicyState) -> int:
     return max(0, state.demand_window[-1][1] - min(u for _, u in state.demand_window))
 
 
+def rising_room_kb(used_rate: float, config: PressureConfig) -> int:
+    """What a probe keeps above the headroom line while use rises (by ``demand_growth_kb_per_s``
+    or faster): the rise of ``rising_room_s`` at the rate since the last decision. A slow rise far
+    below the line no longer holds every probe (at a workload's start the guest sat at 3/4 of
+    its ceiling while use rose by 2 MiB/s); a fast one keeps the guest where it is."""
+    if used_rate < config.demand_growth_kb_per_s:
+        return 0
+    return int(used_rate * config.rising_room_s)
+
+
 def headroom_line_kb(reserve: int, burst: int, arrived: int) -> int:
     """H = R + max(R, B - g): room for the rest of a burst as large as the largest seen, g of
     it having arrived within the burst window (between bursts g is 0 and H = R + max(R, B))."""
@@ -245,6 +259,7 @@ class Reading:
     reserve_kb: int  # R
     line_kb: int  # the headroom line H = R + max(R, B - g)
     burst_kb: int  # B
+    probe_line_kb: int  # H plus the rise of use expected within rising_room_s: a probe's floor
 
 
 def _rate(now: float, prev_t: float | None, value: int | None, prev: int | None) -> float | None:
@@ -311,6 +326,8 @@ def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim
     stall = stall_pct(signals, state)
     reserve = reserve_kb(config, lim.ceiling_kb)
     burst = burst_allowance(state, config, now)
+    line = headroom_line_kb(reserve, burst, burst_so_far_kb(state))
+    used_rate = _per_s(used_delta, dt)
     return Reading(
         stall_pct=stall,
         pressure_pct=max(stall, signals.some_avg10),
@@ -320,13 +337,14 @@ def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim
         swapped_out_kb=swapped_out,
         used_delta_kb=used_delta,
         cached_delta_kb=cached_delta,
-        used_rate=_per_s(used_delta, dt),
+        used_rate=used_rate,
         cached_rate=_per_s(cached_delta, dt),
         oom=(signals.oom_kill is not None and state.prev_oom_kill is not None
              and signals.oom_kill > state.prev_oom_kill),
         reserve_kb=reserve,
-        line_kb=headroom_line_kb(reserve, burst, burst_so_far_kb(state)),
+        line_kb=line,
         burst_kb=burst,
+        probe_line_kb=line + rising_room_kb(used_rate, config),
     )
 
 
@@ -436,9 +454,10 @@ def own_reclaim(
 
 
 def quiet_holds(signals: MemorySignals, r: Reading, config: PressureConfig) -> list[str]:
-    """What the signals say against a probe: pressure at or above the target, refaults, demand
-    or page cache rising (probing while the working set grows evicts what was just allocated or
-    read), or no PSI at all (never shrink blind)."""
+    """What the signals say against a probe: pressure at or above the target, refaults, the page
+    cache rising (probing while a cache is read evicts what was just read), or no PSI at all
+    (never shrink blind). Rising use does not hold a probe: it raises the probe's line
+    (:func:`rising_room_kb`)."""
     out = []
     if not signals.psi_available:
         out.append("no PSI on this kernel: never shrinking blind")
@@ -450,9 +469,8 @@ def quiet_holds(signals: MemorySignals, r: Reading, config: PressureConfig) -> l
         out.append(f"refaults {r.refault_rate:.0f}/s")
     if r.swapped_out_kb > 0:
         out.append(f"{r.swapped_out_kb} KiB swapped out since the last decision")
-    rising = max(r.used_rate, r.cached_rate)
-    if rising >= config.demand_growth_kb_per_s:
-        out.append(f"memory use growing ({rising:.0f} KiB/s)")
+    if r.cached_rate >= config.demand_growth_kb_per_s:
+        out.append(f"page cache growing ({r.cached_rate:.0f} KiB/s)")
     return out
 
 
@@ -495,9 +513,10 @@ def shrink_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, l
     1/16 of the ceiling) and a free-memory step (3/4 of MemFree above the line, at most 1/4 of the
     ceiling: free memory holds no working set and its return causes no reclaim), times
     (1 - pressure / target); at least the hysteresis step while well under the target; never
-    taking MemAvailable under the line."""
-    room = signals.mem_available_kb - r.line_kb
-    free_room = min(signals.mem_free_kb, signals.mem_available_kb) - r.line_kb
+    taking MemAvailable under the probe line (the headroom line plus the rise of use expected
+    within ``rising_room_s``)."""
+    room = signals.mem_available_kb - r.probe_line_kb
+    free_room = min(signals.mem_free_kb, signals.mem_available_kb) - r.probe_line_kb
     max_cache = max(config.shrink_max_step_kb, int(lim.ceiling_kb * config.shrink_max_step_pct
                                                    / 100))
     cache_step = min(max(prev * config.shrink_step_pct / 100,
@@ -556,12 +575,13 @@ def step_pressure(
     if holds:
         return prev, "hold", "; ".join(holds), state
     step = shrink_step_kb(signals, r, config, lim, prev)
-    if signals.mem_available_kb - r.line_kb < config.min_change_kb:
-        return prev, "hold", (f"MemAvailable {signals.mem_available_kb} KiB near the headroom "
-                              f"line {r.line_kb} KiB (burst allowance {r.burst_kb} KiB)"), state
+    line = (f"the probe line {r.probe_line_kb} KiB (headroom line {r.line_kb} KiB, burst "
+            f"allowance {r.burst_kb} KiB, use rising {max(0.0, r.used_rate):.0f} KiB/s)")
+    if signals.mem_available_kb - r.probe_line_kb < config.min_change_kb:
+        return prev, "hold", f"MemAvailable {signals.mem_available_kb} KiB near {line}", state
     return prev - step, "shrink", (
         f"quiet (stall {r.stall_pct:.2f} %, avg10 {signals.some_avg10:.2f} %); shrink by {step} "
-        f"KiB toward the headroom line {r.line_kb} KiB (burst allowance {r.burst_kb} KiB)"
+        f"KiB toward {line}"
     ), state
 
 
