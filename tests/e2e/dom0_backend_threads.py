@@ -243,6 +243,10 @@ def dom0_backend_threads_on_guest_node(bed_numa2: XenBed) -> None:
     _nodes, cpu_nodes, _devices = xl_info_numa(bed.dom0_ok("xl info -n"))
     with loop_device(bed) as dev:
         spec = GuestSpec.pv(memory=512, vcpus=2, name="bthr")
+        # Its memory on node 1 for certain: one vnode on pnode 1 (libxc allocates a vnode's
+        # memory on its pnode only). With the vCPUs pinned to node 1's pCPUs alone (cpus=), Xen
+        # put all 512 MiB on node 0 in run 20261205-122553-13567-pytest-numa2.
+        spec.vnuma = '[ ["pnode=1","size=512","vcpus=0-1","vdistances=10"] ]'
         spec.extra += [f'cpus = "{cpus_of_node(cpu_nodes, 1)}"',
                        f"vif = [ 'script={VIF_HOTPLUG}' ]"]
         spec.extra_disks.append(
