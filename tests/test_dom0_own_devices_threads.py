@@ -196,3 +196,39 @@ def test_guest_nodes_from_xen(tmp_path: Path) -> None:
     xen.affinity[(9, 1)] = (frozenset(range(16)), frozenset({2, 3}))
     nodes = read_guest_nodes(Domctl(xen), [9, 5, 5, 11], 6, CPU_NODES)
     assert nodes == {5: 1, 9: None, 11: None}
+
+
+def stat_line(pid: int, comm: str, flags: int) -> str:
+    """A /proc/<pid>/stat line: pid (comm) state ppid pgrp session tty_nr tpgid flags ..."""
+    return f"{pid} ({comm}) S 2 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n"
+
+
+def test_todays_blkback_threads_are_known_only_as_kernel_threads(tmp_path: Path) -> None:
+    """Dom0's 6.1 on real Xen named blkback's threads ``1.xvdb-0`` and ``1.xvdb-1`` (run
+    20261205-130859-3419-pytest-numa2: the e2e check saw netback's threads and none of these):
+    since Linux 4.2 blkback_name is "%d.%s" and kthread_run adds "-%d". A name that plain is
+    taken only from a kernel thread (PF_KTHREAD in /proc/<pid>/stat), never a user process."""
+    assert backend_domid("1.xvdb-0") is None  # the name alone is not enough
+    assert backend_domid("1.xvdb-0", kernel_thread=True) == 1
+    assert backend_domid("32767.hda-15", kernel_thread=True) == 32767
+    for other in ("1.xvdb", "xvdb-0", "1.-0", "1.xvdb-x", "a.xvdb-0"):
+        assert backend_domid(other, kernel_thread=True) is None, other
+    task(tmp_path, 400, "1.xvdb-0", "0-5")
+    (tmp_path / "proc/400/stat").write_text(stat_line(400, "1.xvdb-0", 0x00208040))
+    task(tmp_path, 401, "1.xvdb-1", "0-5")  # a user process named like one: left alone
+    (tmp_path / "proc/401/stat").write_text(stat_line(401, "1.xvdb-1", 0x00400100))
+    task(tmp_path, 402, "2.xvda-0", "0-5")  # no stat (ended between the reads): not a thread
+    fs = HostFS(str(tmp_path))
+    problems: list[str] = []
+    threads = read_threads(fs, problems)
+    assert [(t.pid, t.comm, t.domid) for t in threads] == [(400, "1.xvdb-0", 1)]
+    assert problems == []
+
+    journal = journal_in(fs, "/run/guestagent").load()
+    plans = decide_threads(threads, {1: 1}, VCPU_NODES, journal.changes, apply=True)
+    scheduler = FakeScheduler(tmp_path)
+    carry_out_threads(plans, fs, journal, scheduler)
+    assert cpus_of(tmp_path, 400) == "1"
+    line, ok = undo_thread(journal.changes["/proc/400"], fs, scheduler)
+    assert ok and line == "/proc/400 (1.xvdb-0): restored CPUs 0-5"
+    assert cpus_of(tmp_path, 400) == "0-5"

@@ -73,6 +73,7 @@ def test_dom0s_thread_listing_is_read_by_pid_with_its_backend() -> None:
     assert threads == {101: ("blkback.5.xvdb-0", "0-1"), 102: ("vif5.0-q0-guest-rx", "1")}
     assert kinds(threads) == {"blkback", "netback"}
     assert kinds({101: threads[101]}) == {"blkback"}
+    assert kinds({103: ("1.xvdb-0", "0-1")}) == {"blkback"}  # today's blkback (Dom0's 6.1)
     assert cpu_lists(threads) == {"0-1", "1"}
 
 

@@ -3,7 +3,8 @@ plain data and the pure decision.
 
 netback runs two kernel threads per queue of a guest's vif (``vif<domid>.<handle>-q<N>-guest-rx``
 and ``...-dealloc``), blkback one per ring (``blkback.<domid>.<vdev>-<ring>``, e.g.
-``blkback.5.xvdb-0``, its ``blkback.<domid>.<vdev>`` cut at 15 characters first). A task's
+``blkback.5.xvdb-0``, its ``blkback.<domid>.<vdev>`` cut at 15 characters first, in kernels
+before 4.2; ``<domid>.<vdev>-<ring>``, e.g. ``1.xvdb-0``, since, as Dom0's 6.1 shows). A task's
 ``comm`` keeps 15 characters; since Linux 5.17 ``/proc/<pid>/comm`` shows a kernel thread's
 whole name (up to 63), before that the cut one; both are recognised. They copy the guest's
 packets and blocks, so they belong on the node that holds the guest's memory. libxl places a
@@ -27,7 +28,14 @@ from guestagent.undo import Change
 
 #: netback's and blkback's kernel thread names (``comm``): the guest's domid is group 1.
 BACKEND_COMM = re.compile(r"(?:vif(\d{1,5})\.\d{1,5}-|blkback\.(\d{1,5})\.)[ -~]{0,15}")
+#: blkback's thread name since Linux 4.2 (multi-queue): ``<domid>.<dev>-<ring>`` (blkback_name's
+#: "%d.%s" and kthread_run's "%s-%d", ``dev`` the backend's xenstore ``dev`` less "/dev/"), e.g.
+#: ``1.xvdb-0`` as Dom0's 6.1 showed on real Xen. The name alone is not distinctive, so it counts
+#: only for a kernel thread (:func:`backend_domid`'s ``kernel_thread``).
+BLKBACK_RING_COMM = re.compile(r"(\d{1,5})\.([a-z][a-z0-9]{0,11})-(\d{1,3})")
 THREAD_KIND = "thread_affinity"
+#: ``PF_KTHREAD`` of ``<linux/sched.h>``: the flags field (the 9th) of /proc/<pid>/stat.
+PF_KTHREAD = 0x00200000
 
 
 def thread_path(pid: int) -> str:
@@ -35,12 +43,32 @@ def thread_path(pid: int) -> str:
     return f"/proc/{pid}"
 
 
-def backend_domid(comm: str) -> int | None:
-    """The guest a backend thread serves, from its name; None for any other thread."""
+def backend_domid(comm: str, kernel_thread: bool = False) -> int | None:
+    """The guest a backend thread serves, from its name; None for any other thread. The bare
+    ``<domid>.<dev>-<ring>`` name of today's blkback counts only when ``kernel_thread``."""
     match = BACKEND_COMM.fullmatch(comm)
-    if match is None:
-        return None
-    return int(match.group(1) or match.group(2))
+    if match is not None:
+        return int(match.group(1) or match.group(2))
+    ring = BLKBACK_RING_COMM.fullmatch(comm)
+    if ring is not None and kernel_thread:
+        return int(ring.group(1))
+    return None
+
+
+def may_be_blkback_ring(comm: str) -> bool:
+    """Whether the name has blkback's bare ``<domid>.<dev>-<ring>`` form (then whether the task
+    is a kernel thread decides)."""
+    return BLKBACK_RING_COMM.fullmatch(comm) is not None
+
+
+def is_kernel_thread(stat_text: str) -> bool:
+    """Whether a /proc/<pid>/stat text has PF_KTHREAD in its flags (the field after the
+    parenthesised name: state, ppid, pgrp, session, tty_nr, tpgid, flags). False when unreadable."""
+    _, _, rest = stat_text.rpartition(")")
+    fields = rest.split()
+    if len(fields) < 7 or not fields[6].isdigit():
+        return False
+    return bool(int(fields[6]) & PF_KTHREAD)
 
 
 @dataclass(frozen=True)

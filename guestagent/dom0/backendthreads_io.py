@@ -25,6 +25,8 @@ from guestagent.dom0.backendthreads import (
     ThreadPlan,
     backend_domid,
     guest_node,
+    is_kernel_thread,
+    may_be_blkback_ring,
 )
 from guestagent.dom0.owndevices import Dom0Vcpu
 from guestagent.errors import InputError, MissingInputError
@@ -63,12 +65,21 @@ def cpus_allowed(hostfs: HostFS, pid: int) -> str:
     raise InputError(source, "no Cpus_allowed_list line", "")
 
 
+def thread_domid(hostfs: HostFS, pid: int, comm: str) -> int | None:
+    """The guest the task ``comm`` serves if it is a backend thread (blkback's bare
+    ``<domid>.<dev>-<ring>`` only when /proc/<pid>/stat says kernel thread); MissingInputError
+    when the task ended."""
+    kernel_thread = may_be_blkback_ring(comm) and is_kernel_thread(
+        hostfs.read_text(f"/proc/{pid}/stat"))
+    return backend_domid(comm, kernel_thread)
+
+
 def read_thread(hostfs: HostFS, pid: int) -> BackendThread | None:
     """The task if it is a backend thread (None otherwise, or when it ended); InputError when
     its affinity is not a CPU list."""
     try:
         comm = hostfs.read_text(f"/proc/{pid}/comm").strip()
-        domid = backend_domid(comm)
+        domid = thread_domid(hostfs, pid, comm)
         if domid is None:
             return None
         text = cpus_allowed(hostfs, pid)
@@ -200,11 +211,12 @@ def undo_thread(change: Change, hostfs: HostFS, set_affinity: SetAffinity) -> tu
     try:
         comm = hostfs.read_text(f"/proc/{pid}/comm").strip()
         current = cpus_allowed(hostfs, pid)
+        domid = thread_domid(hostfs, pid, comm)
     except MissingInputError:
         return f"{change.path}: thread ended, nothing to undo", True
     except InputError as e:
         return f"{change.path}: unreadable, left alone ({e})", False
-    if backend_domid(comm) is None:
+    if domid is None:
         return f"{change.path}: now {comm!r}, not a backend thread; left alone", True
     if change.applied and _cpus(current) != _cpus(change.applied):
         return (f"{change.path}: now on {current}, not the {change.applied} guestagent left; "

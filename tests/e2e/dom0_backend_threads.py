@@ -84,7 +84,7 @@ def backend_threads(bed: XenBed, domid: int) -> dict[int, tuple[str, str]]:
     """The guest's blkback and netback threads in Dom0: {pid: (name, Cpus_allowed_list)}."""
     out = bed.dom0_ok(
         "for p in /proc/[0-9]*; do c=$(cat $p/comm 2>/dev/null); "
-        f'case "$c" in blkback.{domid}.*|vif{domid}.*) '
+        f'case "$c" in blkback.{domid}.*|{domid}.*-[0-9]*|vif{domid}.*) '
         "echo \"${p#/proc/} $c $(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' $p/status)\";; "
         "esac; done; true")
     return parse_threads(out)
@@ -108,8 +108,7 @@ def parse_threads(out: str) -> dict[int, tuple[str, str]]:
 
 def kinds(threads: dict[int, tuple[str, str]]) -> set[str]:
     """Which backends the threads are of: ``blkback``, ``netback``."""
-    return {"blkback" if name.startswith("blkback.") else "netback"
-            for name, _ in threads.values()}
+    return {"netback" if name.startswith("vif") else "blkback" for name, _ in threads.values()}
 
 
 def cpu_lists(threads: dict[int, tuple[str, str]]) -> set[str]:
