@@ -18,10 +18,13 @@ behaviour:
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Collection
 
 from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import MAX_NODE_ID, HostFS, parse_cpulist, parse_int, parse_meminfo
+from guestagent.units import KIB
 
 NODE_DIR = "/sys/devices/system/node"
 
@@ -89,11 +92,14 @@ def node_cpus(hostfs: HostFS, node: int) -> list[int]:
     return parse_cpulist(read_nonempty(hostfs, path), path)
 
 
-def node_meminfo(hostfs: HostFS, node: int) -> dict[str, int]:
-    """Node ``node``'s ``meminfo`` in bytes (HugePages_* as counts); MemTotal is required."""
+def node_meminfo(hostfs: HostFS, node: int,
+                 keys: Collection[str] | None = None) -> dict[str, int]:
+    """Node ``node``'s ``meminfo`` in bytes (HugePages_* as counts); MemTotal is required.
+    With ``keys`` only those ``kB`` lines are parsed and checked (the rest is not read: a
+    tiering tick reads every node's file)."""
     path = f"{NODE_DIR}/node{node}/meminfo"
     text = read_nonempty(hostfs, path)
-    values = parse_meminfo(text, path)
+    values = parse_meminfo(text, path) if keys is None else _some_kb_lines(text, keys)
     if "MemTotal" not in values:
         raise InputError(path, "has no MemTotal line", text[:80])
     for m in _NODE_PREFIX.finditer(text):
@@ -101,6 +107,18 @@ def node_meminfo(hostfs: HostFS, node: int) -> dict[str, int]:
             where = f"has lines for node {m.group(1)}, expected node {node}"
             raise InputError(path, where, text[:80])
     return values
+
+
+@functools.lru_cache(maxsize=8)
+def _kb_line_pattern(keys: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"^Node[ \t]+\d{1,4}[ \t]+(" + "|".join(re.escape(k) for k in keys)
+                      + r"):[ \t]+(\d{1,20})[ \t]+kB[ \t]*$", re.M)
+
+
+def _some_kb_lines(text: str, keys: Collection[str]) -> dict[str, int]:
+    """The ``Node N Key: V kB`` lines of ``keys`` alone, in bytes (the caller checks the node)."""
+    return {m.group(1): int(m.group(2)) * KIB
+            for m in _kb_line_pattern(tuple(keys)).finditer(text)}
 
 
 def distance_row(hostfs: HostFS, node: int, online: list[int]) -> dict[int, int]:

@@ -27,7 +27,6 @@ from guestagent.errors import InputError, MissingInputError
 from guestagent.hostfs import HostFS
 from guestagent.nodesysfs import NODE_DIR
 from guestagent.tiering.model import MemorySnapshot, NodeMemory
-from guestagent.units import KIB
 
 MEMORY_DIR = "/sys/devices/system/memory"
 BLOCK_SIZE = f"{MEMORY_DIR}/block_size_bytes"
@@ -53,40 +52,13 @@ def node_ids(hostfs: HostFS, problems: list[str] | None = None) -> list[int]:
     return nodesysfs.online_nodes(hostfs, [] if problems is None else problems)
 
 
-#: The lines of a node's ``meminfo`` the policy uses (the kernel prints ``Node %d Key: %8lu kB``);
-#: the other ~30 are not parsed (a tick reads every node's file).
-_NODE_MEMINFO_LINE = re.compile(
-    r"^Node[ \t]+(\d{1,4})[ \t]+(" + "|".join(re.escape(k) for k in _MEMINFO_KEYS.values())
-    + r"):[ \t]+(\d{1,20})[ \t]+kB[ \t]*$",
-    re.M,
-)
-
-
-def _node_meminfo_lines(hostfs: HostFS, node: int) -> dict[str, int]:
-    """The lines of :data:`_NODE_MEMINFO_LINE` alone, in bytes; MemTotal is required, a line of
-    another node's is refused."""
-    path = f"{NODE_DIR}/node{node}/meminfo"
-    text = nodesysfs.read_nonempty(hostfs, path)
-    values: dict[str, int] = {}
-    for m in _NODE_MEMINFO_LINE.finditer(text):
-        if int(m.group(1)) != node:
-            where = f"has lines for node {m.group(1)}, expected node {node}"
-            raise InputError(path, where, text[:80])
-        values[m.group(2)] = int(m.group(3)) * KIB
-    if "MemTotal" not in values:
-        raise InputError(path, "has no MemTotal line", text[:80])
-    return values
-
-
 def read_node_memory(hostfs: HostFS, node: int, lines_used_only: bool = False) -> NodeMemory:
     """The node's MemTotal, MemFree and LRU sizes (bytes). Every line is checked
     (:func:`guestagent.nodesysfs.node_meminfo`), or with ``lines_used_only`` the policy's
     alone (the runner's ticks between two full snapshots)."""
     path = f"{NODE_DIR}/node{node}/meminfo"
-    if lines_used_only:
-        values = _node_meminfo_lines(hostfs, node)
-    else:
-        values = nodesysfs.node_meminfo(hostfs, node)
+    keys = _MEMINFO_KEYS.values() if lines_used_only else None
+    values = nodesysfs.node_meminfo(hostfs, node, keys)
     if "MemFree" not in values:
         raise InputError(path, "lacks MemFree", hostfs.read_text(path)[:60])
     fields = {name: values.get(key, 0) for name, key in _MEMINFO_KEYS.items()}
