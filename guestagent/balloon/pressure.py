@@ -20,7 +20,9 @@ over 1000 pages/s. The step is the shortage, max(H - MemAvailable, 2R - MemFree)
 that arrived since the last decision and, during a ramp (demand rising at this decision and the one
 before), the demand expected until the next decision (its rate times one interval, at most as much
 again as arrived), at least R and at least what was refaulted, swapped in or swapped out since
-then; the ceiling caps it. A stall while the balloon driver is still short of our own last shrink,
+then, counted from the driver's size when the driver is still above our target (giving back
+memory for an earlier shrink: a grow never sends it further down); the ceiling caps it. A
+stall while the balloon driver is still short of our own last shrink,
 with few refaults and demand flat, is that shrink's own reclaim: **stop** where the driver got to,
 do not grow. **Shrink** (probe, as Senpai does for cgroups) only when quiet: "some" stall over the
 last interval and avg10 under the target ``psi_target_pct`` (0.2 %), refaults under 500 pages/s, no
@@ -544,7 +546,10 @@ def _grow(signals: MemorySignals, state: PolicyState, config: PressureConfig, r:
     # The time of the last need for memory, even when the ceiling leaves nothing to grow: the
     # holdoff counts from it.
     state = replace(state, last_grow_t=signals.timestamp)
-    return prev + step, "grow", "; ".join(why) + f"; grow by the shortage, {step} KiB", state
+    # Counted from the driver's size when it is still above our target (giving back memory for
+    # an earlier shrink): a grow never sends it further down.
+    base = max(prev, driver_current(signals))
+    return base + step, "grow", "; ".join(why) + f"; grow by the shortage, {step} KiB", state
 
 
 def _stop(signals: MemorySignals, state: PolicyState, prev: int, why: list[str]
