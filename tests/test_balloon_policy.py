@@ -288,6 +288,26 @@ def test_free_memory_is_given_back_faster_but_not_past_the_headroom_line() -> No
     assert final < STATIC_MAX - 600 * MIB_KB
 
 
+def test_a_grow_starts_from_where_the_driver_is() -> None:
+    """A shortage while the driver is still giving back memory for an earlier shrink (its size
+    above our target): the grow is counted from the driver's size, not from the lower target,
+    so it never sends the driver further down. Replayed with a 24 MiB/s driver on the tuned
+    `anon-grow-shrink` (221850, a decision every second), a ramp met a "grow" to 516 MiB while
+    the driver still held 543 MiB and went on ballooning out."""
+    cfg = PressureConfig()
+    target = 400 * MIB_KB
+    current = 700 * MIB_KB
+    short = snap(size_kb=current, balloon_target_kb=target, mem_free_kb=20 * MIB_KB,
+                 mem_available_kb=30 * MIB_KB)
+    d = decide(short, PolicyState(), cfg)
+    assert d.action == "grow", d.reason
+    assert d.target_kb >= current + R
+    # The driver at its target: the grow is counted from it, as before.
+    at_target = snap(size_kb=target, mem_free_kb=20 * MIB_KB, mem_available_kb=30 * MIB_KB)
+    d = decide(at_target, PolicyState(), cfg)
+    assert d.action == "grow" and target + R <= d.target_kb < current
+
+
 def test_pressure_stops_at_the_headroom_line() -> None:
     """Never probe MemAvailable under the line R + max(R, B - g): the band between the reserve and
     the line separates the shrink zone from the grow zone (hysteresis)."""

@@ -187,3 +187,25 @@ def test_a_probe_while_use_rises_keeps_the_rise_above_the_line() -> None:
         if path.name.startswith("anon-grow-shrink"):
             assert new.memory_held_gib_s < 0.95 * old.memory_held_gib_s, path.name
     assert probes_while_rising > 0
+
+
+@pytest.mark.parametrize("path", [*BENCH_TRACES, TWO_SPIKES], ids=lambda p: p.name)
+def test_no_grow_sends_a_slow_driver_further_down(path: Path) -> None:
+    """2026-12-05 afternoon: replayed with a 24 MiB/s driver at a decision every second, the ramp
+    of `anon-grow-shrink` met a "grow" to 516 MiB while the driver, still giving back memory for
+    an earlier shrink, held 543 MiB (212118: 510 against 519 MiB). A grow is counted from the
+    driver's size: no grow target is under the size the simulated driver has reached."""
+    for n in (1, 5):
+        snaps = _every(load_trace(str(path)), n)
+        steps = simulate(snaps, "pressure", populate_kb_per_s=SLOW_DRIVER_KB_PER_S).steps
+        current = snaps[0].balloon_current_kb or snaps[0].mem_total_kb
+        target: int | None = None
+        for i, (snap, st) in enumerate(zip(snaps, steps)):
+            if target is not None:
+                dt = snap.timestamp - snaps[i - 1].timestamp
+                move = int(SLOW_DRIVER_KB_PER_S * dt)
+                current = max(target, current - move) if target < current else min(
+                    target, current + move)
+            if st.action == "grow":
+                assert st.target_kb >= min(current, st.ceiling_kb), (path.name, n, snap.timestamp)
+            target = st.target_kb

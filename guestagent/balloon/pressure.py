@@ -20,7 +20,9 @@ over 1000 pages/s. The step is the shortage, max(H - MemAvailable, 2R - MemFree)
 that arrived since the last decision and, during a ramp (demand rising at this decision and the one
 before), the demand expected until the next decision (its rate times one interval, at most as much
 again as arrived), at least R and at least what was refaulted, swapped in or swapped out since
-then; the ceiling caps it. A stall while the balloon driver is still short of our own last shrink,
+then, counted from the driver's size when the driver is still above our target (giving back
+memory for an earlier shrink: a grow never sends it further down); the ceiling caps it. A
+stall while the balloon driver is still short of our own last shrink,
 with few refaults and demand flat, is that shrink's own reclaim: **stop** where the driver got to,
 do not grow. **Shrink** (probe, as Senpai does for cgroups) only when quiet: "some" stall over the
 last interval and avg10 under the target ``psi_target_pct`` (0.2 %), refaults under 500 pages/s, no
@@ -113,6 +115,9 @@ class PressureConfig(PolicyConfig):
     #: burst allowance, still held, keeps every probe above the line R + B, so the memory a
     #: burst needs stays there; what lies above the line is given back.
     grow_holdoff_s: float = 5.0
+    #: The headroom line's second term is at least this many reserves (the law: 1; the
+    #: replay's lever table sets it to 0 to show what the second R costs).
+    line_min_reserves: float = 1.0
     #: After the hold time the burst allowance halves every this many seconds.
     burst_half_life_s: float = 30.0
     #: No shrink for this long after a toolstack change (follow it, do not fight it).
@@ -158,7 +163,7 @@ class PressureConfig(PolicyConfig):
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
         for key in ("shrink_max_step_kb", "reserve_min_kb", "demand_growth_kb_per_s",
                     "own_reclaim_window_s", "quiet_refaults_per_s", "burst_min_kb",
-                    "grow_lookahead_s", "grow_holdoff_s", "rising_room_s"):
+                    "grow_lookahead_s", "grow_holdoff_s", "rising_room_s", "line_min_reserves"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -231,10 +236,11 @@ def rising_room_kb(used_rate: float, config: PressureConfig) -> int:
     return int(used_rate * config.rising_room_s)
 
 
-def headroom_line_kb(reserve: int, burst: int, arrived: int) -> int:
+def headroom_line_kb(reserve: int, burst: int, arrived: int, min_reserves: float = 1.0) -> int:
     """H = R + max(R, B - g): room for the rest of a burst as large as the largest seen, g of
-    it having arrived within the burst window (between bursts g is 0 and H = R + max(R, B))."""
-    return reserve + max(reserve, burst - arrived)
+    it having arrived within the burst window (between bursts g is 0 and H = R + max(R, B)).
+    ``min_reserves`` scales the second R (``line_min_reserves``, 1 in the law)."""
+    return reserve + max(int(reserve * min_reserves), burst - arrived)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,7 +332,7 @@ def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim
     stall = stall_pct(signals, state)
     reserve = reserve_kb(config, lim.ceiling_kb)
     burst = burst_allowance(state, config, now)
-    line = headroom_line_kb(reserve, burst, burst_so_far_kb(state))
+    line = headroom_line_kb(reserve, burst, burst_so_far_kb(state), config.line_min_reserves)
     used_rate = _per_s(used_delta, dt)
     return Reading(
         stall_pct=stall,
@@ -540,7 +546,10 @@ def _grow(signals: MemorySignals, state: PolicyState, config: PressureConfig, r:
     # The time of the last need for memory, even when the ceiling leaves nothing to grow: the
     # holdoff counts from it.
     state = replace(state, last_grow_t=signals.timestamp)
-    return prev + step, "grow", "; ".join(why) + f"; grow by the shortage, {step} KiB", state
+    # Counted from the driver's size when it is still above our target (giving back memory for
+    # an earlier shrink): a grow never sends it further down.
+    base = max(prev, driver_current(signals))
+    return base + step, "grow", "; ".join(why) + f"; grow by the shortage, {step} KiB", state
 
 
 def _stop(signals: MemorySignals, state: PolicyState, prev: int, why: list[str]
