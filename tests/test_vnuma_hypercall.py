@@ -8,6 +8,7 @@ are the bytes under test.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,95 @@ def test_open_privcmd_on_a_character_device_and_a_tree_that_changes(tmp_path: Pa
     (tmp_path / "dev/xen/privcmd").write_text("")
     with pytest.raises(XenUnavailable, match="is not a character device"):
         open_privcmd(hostfs)
+
+
+def test_a_topology_that_shrinks_after_the_query_comes_back_packed() -> None:
+    """Xen writes fewer entries than there is room for when the topology shrank between the two
+    calls; the doorway copies out as many as the counts it wrote back say."""
+
+    class Shrinking(SimulatedXen):
+        def _invoke(self, op: int, args: list[int]) -> int:
+            rc = super()._invoke(op, args)
+            if rc == -errno.ENOBUFS:
+                self.domain = Domain(
+                    [0, 1], [10, 20, 20, 10], [(0, MIB, 0, 0), (MIB, 2 * MIB, 0, 1)]
+                )
+            return rc
+
+    info = get_vnumainfo(Shrinking(domain=THREE_VNODES))
+    assert info.nr_vnodes == 2 and info.vcpu_to_vnode == [0, 1]
+    assert info.distances == [[10, 20], [20, 10]]
+    assert info.memory_ranges == [MemoryRange(0, MIB, 0), MemoryRange(MIB, 2 * MIB, 1)]
+
+
+def test_more_entries_than_the_room_given_is_refused() -> None:
+    class Overflowing(SimulatedXen):
+        def _invoke(self, op: int, args: list[int]) -> int:
+            rc = super()._invoke(op, args)
+            if rc == 0:
+                info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", args[1])
+                info.nr_vcpus = 9
+            return rc
+
+    with pytest.raises(InputError, match=r"more entries than the buffers hold.*3/9/3 > 3/4/3"):
+        get_vnumainfo(Overflowing(domain=THREE_VNODES))
+
+
+def test_a_buffer_that_cannot_be_had_is_named() -> None:
+    xen = SimulatedXen(domain=THREE_VNODES)
+    xen.buffer_fd = os.open("/dev/null", os.O_RDWR)  # mmap on /dev/null: ENODEV
+    try:
+        with pytest.raises(HypercallError, match="hypercall buffer allocation failed: ENODEV"):
+            get_vnumainfo(xen)
+    finally:
+        os.close(xen.buffer_fd)
+    assert xen.calls == []
+
+
+def test_the_vnuma_buffer_layout_and_what_collect_copies() -> None:
+    """ga_vnuma_alloc lays the arrays out after the info (distances, vCPU map, 8-aligned ranges);
+    ga_vnuma_collect copies only what fits both the capacities and ``out``."""
+    from guestagent.xen.privcmd import lib
+
+    def filled(nodes: int, vcpus: int, nranges: int) -> tuple[int, Any]:
+        address = lib.ga_vnuma_alloc(-1, 0x7FF0, nodes, vcpus, nranges)
+        assert address > 0 and address % 4096 == 0
+        info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", address)
+        return address, info
+
+    address, info = filled(0, 0, 0)
+    assert (info.domid, info.nr_vnodes, info.vdistance, info.vmemrange) == (0x7FF0, 0, 0, 0)
+    info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = 2, 3, 1
+    out = ffi.new("uint64_t[]", 3)
+    assert lib.ga_vnuma_collect(address, 0, 0, 0, 0, out, 3) == 3
+    assert list(out) == [2, 3, 1]
+
+    address, info = filled(2, 3, 1)
+    size = ffi.sizeof("struct ga_xen_vnuma_topology_info")
+    assert (info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges) == (2, 3, 1)
+    assert info.vdistance == address + size
+    assert info.vcpu_to_vnode == address + size + 4 * 4
+    assert info.vmemrange == (address + size + 4 * 4 + 3 * 4 + 7) & ~7
+    for i, d in enumerate((10, 20, 20, 10)):
+        ffi.cast("uint32_t *", info.vdistance)[i] = d
+    for i, node in enumerate((0, 1, 1)):
+        ffi.cast("uint32_t *", info.vcpu_to_vnode)[i] = node
+    rng: Any = ffi.cast("struct ga_xen_vmemrange *", info.vmemrange)
+    rng.start, rng.end, rng.flags, rng.nid = 4096, 8192, 0, 1
+    out = ffi.new("uint64_t[]", 3 + 4 + 3 + 4)
+    assert lib.ga_vnuma_collect(address, 0, 2, 3, 1, out, 3 + 4 + 3 + 3) == 3  # no room: counts
+    assert list(out)[:3] == [2, 3, 1] and not any(list(out)[3:])
+
+    address, info = filled(2, 3, 1)
+    info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = 1, 2, 1
+    ffi.cast("uint32_t *", info.vdistance)[0] = 10
+    rng = ffi.cast("struct ga_xen_vmemrange *", info.vmemrange)
+    rng.start, rng.end, rng.flags, rng.nid = 4096, 8192, 0, 0
+    assert lib.ga_vnuma_collect(address, 0, 2, 3, 1, out, len(out)) == 3 + 1 + 2 + 4
+    assert list(out)[:10] == [1, 2, 1, 10, 0, 0, 4096, 8192, 0, 0]
+
+    address, info = filled(1, 1, 1)
+    info.nr_vcpus = 2  # beyond the capacity: nothing but the counts
+    assert lib.ga_vnuma_collect(address, 0, 1, 1, 1, out, len(out)) == 3
+    assert lib.ga_vnuma_collect(lib.ga_vnuma_alloc(-1, 0, 0, 0, 0), 0, 0, 0, 0, out, 2) == (
+        -errno.EINVAL)

@@ -149,20 +149,21 @@ MAX_ATTEMPTS = 5
 #: What a call answers while the sizes are being found: returned by ``Privcmd.hypercall``, not
 #: raised.
 _RETRIED_ERRNOS = frozenset((errno.ENOBUFS, errno.EAGAIN))
-INFO_TYPE = "struct ga_xen_vnuma_topology_info"
-RANGE_TYPE = "struct ga_xen_vmemrange"
 
 
 @dataclass(frozen=True)
 class _Abi:
-    """The C extension's numbers for this hypercall, looked up once (the extension is imported
-    on the first call, so that this module loads without it)."""
+    """The C extension's numbers and functions for this hypercall, looked up once (the extension
+    is imported on the first call, so that this module loads without it)."""
 
     memory_op: int
     subop: int
     domid_self: int
-    info_size: int
-    range_size: int
+    alloc: Any
+    collect: Any
+    new: Any
+    values: Any
+    unpack: Any
 
 
 @cache
@@ -170,7 +171,8 @@ def _abi() -> _Abi:
     from guestagent.xen.privcmd import MEMORY_OP, ffi, lib
 
     return _Abi(MEMORY_OP, int(lib.GA_XENMEM_get_vnumainfo), int(lib.GA_DOMID_SELF),
-                ffi.sizeof(INFO_TYPE), ffi.sizeof(RANGE_TYPE))
+                lib.ga_vnuma_alloc, lib.ga_vnuma_collect, ffi.new, ffi.typeof("uint64_t[]"),
+                ffi.unpack)
 
 
 def get_vnumainfo(
@@ -179,57 +181,65 @@ def get_vnumainfo(
     """Run XENMEM_get_vnumainfo on DOMID_SELF, or on ``domid`` (Dom0 asking about a guest:
     ``xsm_get_vnumainfo`` is XSM_TARGET, which the control domain passes; reference 2.2).
 
-    First ask with zero capacities: Xen answers -ENOBUFS with the counts it needs. Then allocate
-    the arrays in one hypercall buffer and ask again, starting over on -ENOBUFS or -EAGAIN (the
-    topology changed meanwhile) at most ``attempts`` times.
+    First ask with zero capacities: Xen answers -ENOBUFS with the counts it needs. Then ask
+    again with room for them, starting over on -ENOBUFS or -EAGAIN (the topology changed
+    meanwhile) at most ``attempts`` times.
     Raises NoVnuma (-EOPNOTSUPP), XenTooOld (-ENOSYS), PrivcmdRestricted, HypercallError, or
     InputError for counts or contents no sane hypervisor reports.
     """
     abi = _abi()
     target = abi.domid_self if domid is None else domid
     for _ in range(attempts):
-        with privcmd.buffer(abi.info_size) as probe:
-            info: Any = probe.struct(INFO_TYPE)
-            info.domid = target
-            if _call(privcmd, abi, probe.address) == 0:
-                raise InputError(
-                    SOURCE, "answered a zero-capacity query with success, not -ENOBUFS"
-                )
-            nodes, vcpus, nranges = info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges
+        rc, counts = _exchange(privcmd, abi, target, 0, 0, 0)
+        if rc == 0:
+            raise InputError(SOURCE, "answered a zero-capacity query with success, not -ENOBUFS")
+        nodes, vcpus, nranges = counts
         _check_count("nr_vnodes", nodes, MAX_VNODES)
         _check_count("nr_vcpus", vcpus, MAX_VCPUS)
         _check_count("nr_vmemranges", nranges, MAX_VMEMRANGES)
-
-        dist_off = abi.info_size
-        cpus_off = dist_off + 4 * nodes * nodes
-        ranges_off = (cpus_off + 4 * vcpus + 7) & ~7
-        with privcmd.buffer(ranges_off + abi.range_size * nranges) as buf:
-            info = buf.struct(INFO_TYPE)
-            info.domid = target
-            info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = nodes, vcpus, nranges
-            base = buf.address
-            info.vdistance = base + dist_off
-            info.vcpu_to_vnode = base + cpus_off
-            info.vmemrange = base + ranges_off
-            if _call(privcmd, abi, base) < 0:
-                continue
-            got_nodes, got_vcpus, got_ranges = info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges
-            if got_nodes > nodes or got_vcpus > vcpus or got_ranges > nranges:
-                raise InputError(
-                    SOURCE,
-                    "returned more entries than the buffers hold",
-                    f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
-                )
-            return validate_vnuma(
-                got_nodes,
-                buf.unpack("uint32_t", got_vcpus, cpus_off),
-                buf.unpack("uint32_t", got_nodes * got_nodes, dist_off),
-                [(r.start, r.end, r.flags, r.nid)
-                 for r in buf.unpack(RANGE_TYPE, got_ranges, ranges_off)],
+        rc, values = _exchange(privcmd, abi, target, nodes, vcpus, nranges)
+        if rc < 0:
+            continue
+        got_nodes, got_vcpus, got_ranges = values[0], values[1], values[2]
+        if got_nodes > nodes or got_vcpus > vcpus or got_ranges > nranges:
+            raise InputError(
+                SOURCE,
+                "returned more entries than the buffers hold",
+                f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
             )
+        cpus_at = 3 + got_nodes * got_nodes
+        ranges_at = cpus_at + got_vcpus
+        flat = values[ranges_at:]
+        return validate_vnuma(
+            got_nodes,
+            values[cpus_at:ranges_at],
+            values[3:cpus_at],
+            list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])),
+        )
     raise HypercallError(
         SOURCE, errno.EAGAIN, f": the topology kept changing over {attempts} attempts"
     )
+
+
+def _exchange(
+    privcmd: Privcmd, abi: _Abi, domid: int, nodes: int, vcpus: int, nranges: int
+) -> tuple[int, list[int]]:
+    """One call with room for ``nodes``, ``vcpus`` and ``nranges`` entries (all 0: the size
+    query), through the doorway: ``ga_vnuma_alloc`` lays the hypercall buffer out,
+    ``ga_vnuma_collect`` copies out what Xen wrote and frees it. Returns the call's result (0,
+    or -ENOBUFS / -EAGAIN) and the values: the three counts Xen wrote back, then (when they fit)
+    the distances, the vCPU map and each range's start, end, flags and nid."""
+    address = abi.alloc(privcmd.buffer_fd, domid, nodes, vcpus, nranges)
+    if address < 0:
+        raise HypercallError("hypercall buffer allocation", -address)
+    room = 3 + nodes * nodes + vcpus + 4 * nranges
+    out = abi.new(abi.values, room)
+    try:
+        rc = _call(privcmd, abi, address)
+    finally:
+        written = abi.collect(address, privcmd.buffer_fd >= 0, nodes, vcpus, nranges, out, room)
+    values: list[int] = abi.unpack(out, written)
+    return rc, values
 
 
 def _call(privcmd: Privcmd, abi: _Abi, address: int) -> int:
