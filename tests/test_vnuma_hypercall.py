@@ -28,7 +28,7 @@ from guestagent.xen.errors import (
     XenUnavailable,
 )
 from guestagent.xen.privcmd import MEMORY_OP, XEN_VERSION, Privcmd, ffi, open_privcmd
-from guestagent.xen.vnuma import MemoryRange, get_vnumainfo
+from guestagent.xen.vnuma import MemoryRange, get_vnumainfo, validate_vnuma
 
 MIB = 1 << 20
 
@@ -340,3 +340,21 @@ def test_the_vnuma_buffer_layout_and_what_collect_copies() -> None:
     assert lib.ga_vnuma_collect(address, 0, 1, 1, 1, out, len(out)) == 3
     assert lib.ga_vnuma_collect(lib.ga_vnuma_alloc(-1, 0, 0, 0, 0), 0, 0, 0, 0, out, 2) == (
         -errno.EINVAL)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "text"),
+    [
+        ([(2 * MIB, 3 * MIB, 0, 1), (0, 5 * MIB // 2, 0, 0)],
+         "memory ranges 0x0-0x280000 and 0x200000-0x300000 overlap"),
+        ([(MIB, 3 * MIB, 0, 1), (MIB, 2 * MIB, 0, 0)],
+         "memory ranges 0x100000-0x200000 and 0x100000-0x300000 overlap"),
+    ],
+)
+def test_overlaps_are_found_in_address_order(
+    ranges: list[tuple[int, int, int, int]], text: str
+) -> None:
+    with pytest.raises(InputError, match=text):
+        validate_vnuma(2, [0, 1], [10, 20, 20, 10], ranges)
+    apart = validate_vnuma(2, [0, 1], [10, 20, 20, 10], [(MIB, 2 * MIB, 0, 1), (0, MIB, 0, 0)])
+    assert apart.memory_ranges == [MemoryRange(MIB, 2 * MIB, 1), MemoryRange(0, MIB, 0)]

@@ -11,7 +11,6 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from guestagent.errors import InputError
@@ -80,8 +79,6 @@ class VnumaInfo:
         return out
 
 
-_start_of = attrgetter("start")
-
 
 def validate_vnuma(
     nr_vnodes: int,
@@ -123,11 +120,11 @@ def validate_vnuma(
         if end <= start:
             raise InputError(SOURCE, f"memory range {start:#x}-{end:#x} is empty or reversed")
         memory_ranges.append(MemoryRange(start, end, nid))
-    ordered = sorted(memory_ranges, key=_start_of)
+    ordered = sorted(ranges)  # by start: the tuples' first item
     for a, b in zip(ordered, ordered[1:]):
-        if b.start < a.end:
+        if b[0] < a[1]:
             raise InputError(
-                SOURCE, f"memory ranges {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap"
+                SOURCE, f"memory ranges {a[0]:#x}-{a[1]:#x} and {b[0]:#x}-{b[1]:#x} overlap"
             )
     distances = [
         list(flat_distances[i : i + nr_vnodes])
