@@ -156,6 +156,9 @@ def test_no_vnuma() -> None:
     ("domain", "text"),
     [
         (Domain([0] * 5000, [10], [(0, MIB, 0, 0)]), "nr_vcpus out of range"),
+        (Domain([0] * 5000, [10] * 65 * 65, [(0, MIB, 0, 0)]), "nr_vnodes out of range.*'65'"),
+        (Domain([0], [10], [(i, i + 1, 0, 0) for i in range(1025)]),
+         "nr_vmemranges out of range 1..1024.*'1025'"),
         (Domain([0, 7], [10, 20, 20, 10], [(0, MIB, 0, 0)]), "vcpu 1 maps to vnode outside"),
         (Domain([0, 1], [10, 0, 20, 10], [(0, MIB, 0, 0)]), r"distance\(0,1\) out of range"),
         (Domain([0, 1], [10, 20, 20, 10], [(0, MIB, 0, 5)]), "names vnode outside"),

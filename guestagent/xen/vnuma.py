@@ -191,9 +191,7 @@ def get_vnumainfo(
         if rc == 0:
             raise InputError(SOURCE, "answered a zero-capacity query with success, not -ENOBUFS")
         nodes, vcpus, nranges = counts
-        _check_count("nr_vnodes", nodes, MAX_VNODES)
-        _check_count("nr_vcpus", vcpus, MAX_VCPUS)
-        _check_count("nr_vmemranges", nranges, MAX_VMEMRANGES)
+        _check_counts(nodes, vcpus, nranges)
         rc, values = _exchange(privcmd, abi, target, nodes, vcpus, nranges)
         if rc < 0:
             continue
@@ -232,26 +230,30 @@ def _exchange(
     room = 3 + nodes * nodes + vcpus + 4 * nranges
     out = abi.new(abi.values, room)
     try:
-        rc = _call(privcmd, abi, address)
+        rc = privcmd.hypercall(abi.memory_op, abi.subop, address, name=SOURCE,
+                               returned_errnos=_RETRIED_ERRNOS)
+    except HypercallError as e:
+        raise _typed(e) from None
     finally:
         written = abi.collect(address, privcmd.buffer_fd >= 0, nodes, vcpus, nranges, out, room)
     values: list[int] = abi.unpack(out, written)
     return rc, values
 
 
-def _call(privcmd: Privcmd, abi: _Abi, address: int) -> int:
-    """The hypercall on the info at ``address``: 0, or -ENOBUFS / -EAGAIN (start over)."""
-    try:
-        return privcmd.hypercall(abi.memory_op, abi.subop, address, name=SOURCE,
-                                 returned_errnos=_RETRIED_ERRNOS)
-    except HypercallError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            raise NoVnuma("no vNUMA: Xen has no virtual NUMA topology for this domain") from None
-        if e.errno == errno.ENOSYS:
-            raise XenTooOld(f"{SOURCE} is not implemented by this Xen (before 4.5)") from None
-        raise
+def _typed(error: HypercallError) -> Exception:
+    """What a failed call means here: -EOPNOTSUPP is no vNUMA, -ENOSYS a Xen before 4.5."""
+    if error.errno == errno.EOPNOTSUPP:
+        return NoVnuma("no vNUMA: Xen has no virtual NUMA topology for this domain")
+    if error.errno == errno.ENOSYS:
+        return XenTooOld(f"{SOURCE} is not implemented by this Xen (before 4.5)")
+    return error
 
 
-def _check_count(name: str, value: int, maximum: int) -> None:
-    if not 1 <= value <= maximum:
-        raise InputError(SOURCE, f"{name} out of range 1..{maximum}", value)
+def _check_counts(nodes: int, vcpus: int, nranges: int) -> None:
+    """The size query's counts within the bounds, else the first one outside them named."""
+    if 1 <= nodes <= MAX_VNODES and 1 <= vcpus <= MAX_VCPUS and 1 <= nranges <= MAX_VMEMRANGES:
+        return
+    for name, value, maximum in (("nr_vnodes", nodes, MAX_VNODES), ("nr_vcpus", vcpus, MAX_VCPUS),
+                                 ("nr_vmemranges", nranges, MAX_VMEMRANGES)):
+        if not 1 <= value <= maximum:
+            raise InputError(SOURCE, f"{name} out of range 1..{maximum}", value)
