@@ -2,7 +2,8 @@
 
 :func:`validate_vnuma` turns the raw arrays the hypercall returned into a checked
 :class:`VnumaInfo`; :func:`get_vnumainfo` runs the size-discovery protocol of reference section 2.2
-through privcmd.
+through privcmd: the C doorway lays each hypercall buffer out and copies its arrays back
+(``ga_vnuma_alloc``, ``ga_vnuma_collect`` in csrc/xenc.c), Python makes the call and every check.
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ class VnumaInfo:
         for r in sorted(self.memory_ranges, key=lambda r: r.start):
             out[r.node].append(r)
         return out
-
 
 
 def validate_vnuma(
