@@ -361,3 +361,17 @@ def test_overlaps_are_found_in_address_order(
         validate_vnuma(2, [0, 1], [10, 20, 20, 10], ranges)
     apart = validate_vnuma(2, [0, 1], [10, 20, 20, 10], [(MIB, 2 * MIB, 0, 1), (0, MIB, 0, 0)])
     assert apart.memory_ranges == [MemoryRange(MIB, 2 * MIB, 1), MemoryRange(0, MIB, 0)]
+
+
+def test_the_largest_topology_accepted_round_trips_through_a_many_page_buffer() -> None:
+    """64 vnodes, 4096 vCPUs, 1024 ranges: a 15-page buffer, every value back in place."""
+    nodes = 64
+    distances = [10 if i == j else 11 + (i + j) % 200 for i in range(nodes) for j in range(nodes)]
+    vcpus = [cpu % nodes for cpu in range(4096)]
+    ranges = [(i * MIB, (i + 1) * MIB, 0, i % nodes) for i in range(1024)]
+    xen = SimulatedXen(domain=Domain(vcpus, distances, ranges))
+    info = get_vnumainfo(xen)
+    assert info.nr_vnodes == nodes and info.vcpu_to_vnode == vcpus
+    assert [d for row in info.distances for d in row] == distances
+    assert [(r.start, r.end, 0, r.node) for r in info.memory_ranges] == ranges
+    assert xen.calls == ["ENOBUFS", "OK"]
