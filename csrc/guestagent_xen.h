@@ -200,6 +200,10 @@ int ga_hypercall(int fd, uint64_t op, uint64_t a0, uint64_t a1, uint64_t a2, uin
                  uint64_t a4, long *result);
 void *ga_buffer_alloc(int buf_fd, size_t npages, int *err);
 int ga_buffer_free(void *addr, size_t npages, int from_device);
+long ga_vnuma_alloc(int buf_fd, uint16_t domid, uint32_t nr_vnodes, uint32_t nr_vcpus,
+                    uint32_t nr_vmemranges);
+int ga_vnuma_collect(long address, int from_device, uint32_t nr_vnodes, uint32_t nr_vcpus,
+                     uint32_t nr_vmemranges, uint64_t *out, size_t out_len);
 int ga_xs_send(int fd, uint32_t type, uint32_t req_id, uint32_t tx_id,
                const uint8_t *payload, uint32_t len);
 int ga_xs_recv(int fd, struct ga_xsd_sockmsg *hdr, uint8_t *payload, uint32_t cap,

@@ -92,6 +92,100 @@ int ga_buffer_free(void *addr, size_t npages, int from_device)
     return 0;
 }
 
+/* ---- XENMEM_get_vnumainfo's buffer (reference 2.2) ---- */
+
+/*
+ * One buffer per call holds the info and, after it, the distances (uint32_t[nr_vnodes^2]), the
+ * vCPU map (uint32_t[nr_vcpus]) and, 8-aligned, the ranges. Returns the bytes it needs; the
+ * offsets of the vCPU map and of the ranges in *cpus_off, *ranges_off.
+ */
+static size_t vnuma_layout(uint32_t nr_vnodes, uint32_t nr_vcpus, uint32_t nr_vmemranges,
+                           size_t *cpus_off, size_t *ranges_off)
+{
+    *cpus_off = sizeof(struct ga_xen_vnuma_topology_info) + 4 * (size_t)nr_vnodes * nr_vnodes;
+    *ranges_off = (*cpus_off + 4 * (size_t)nr_vcpus + 7) & ~(size_t)7;
+    return *ranges_off + sizeof(struct ga_xen_vmemrange) * nr_vmemranges;
+}
+
+static size_t pages_for(size_t nbytes)
+{
+    return nbytes == 0 ? 1 : (nbytes + GA_PAGE_SIZE - 1) / GA_PAGE_SIZE;
+}
+
+/*
+ * A hypercall buffer (ga_buffer_alloc) laid out for XENMEM_get_vnumainfo with room for the
+ * capacities given: the info's domid and capacities set, its handles pointing at the arrays
+ * (left null when all three capacities are 0: the size query). Returns the buffer's address, the
+ * hypercall's argument, or a negative errno. Hand it to ga_vnuma_collect, which frees it.
+ */
+long ga_vnuma_alloc(int buf_fd, uint16_t domid, uint32_t nr_vnodes, uint32_t nr_vcpus,
+                    uint32_t nr_vmemranges)
+{
+    size_t cpus_off, ranges_off;
+    size_t size = vnuma_layout(nr_vnodes, nr_vcpus, nr_vmemranges, &cpus_off, &ranges_off);
+    struct ga_xen_vnuma_topology_info *info;
+    uint8_t *base;
+    int err;
+
+    base = ga_buffer_alloc(buf_fd, pages_for(size), &err);
+    if (base == NULL)
+        return -err;
+    info = (struct ga_xen_vnuma_topology_info *)base;
+    info->domid = domid;
+    info->nr_vnodes = nr_vnodes;
+    info->nr_vcpus = nr_vcpus;
+    info->nr_vmemranges = nr_vmemranges;
+    if (nr_vnodes != 0 || nr_vcpus != 0 || nr_vmemranges != 0) {
+        info->vdistance = (uintptr_t)(base + sizeof(*info));
+        info->vcpu_to_vnode = (uintptr_t)(base + cpus_off);
+        info->vmemrange = (uintptr_t)(base + ranges_off);
+    }
+    return (long)(uintptr_t)base;
+}
+
+/*
+ * After the hypercall on a buffer from ga_vnuma_alloc with these capacities: the counts the
+ * hypervisor wrote back into out[0..2] (nr_vnodes, nr_vcpus, nr_vmemranges); when each is within
+ * its capacity and out_len holds them, then the distances (row-major), the vCPU map, and each
+ * range's start, end, flags and nid, as many as the counts say; the buffer is freed either way.
+ * Returns how many values it wrote to out (3, or 3 + n^2 + v + 4r), or -EINVAL when out_len < 3.
+ */
+int ga_vnuma_collect(long address, int from_device, uint32_t nr_vnodes, uint32_t nr_vcpus,
+                     uint32_t nr_vmemranges, uint64_t *out, size_t out_len)
+{
+    size_t cpus_off, ranges_off;
+    size_t size = vnuma_layout(nr_vnodes, nr_vcpus, nr_vmemranges, &cpus_off, &ranges_off);
+    uint8_t *base = (uint8_t *)(uintptr_t)address;
+    const struct ga_xen_vnuma_topology_info *info = (const void *)base;
+    const uint32_t *dist = (const uint32_t *)(base + sizeof(*info));
+    const uint32_t *cpus = (const uint32_t *)(base + cpus_off);
+    const struct ga_xen_vmemrange *ranges = (const void *)(base + ranges_off);
+    uint32_t nodes = info->nr_vnodes, vcpus = info->nr_vcpus, nranges = info->nr_vmemranges;
+    size_t written = 0;
+
+    if (out_len >= 3) {
+        out[0] = nodes;
+        out[1] = vcpus;
+        out[2] = nranges;
+        written = 3;
+        if (nodes <= nr_vnodes && vcpus <= nr_vcpus && nranges <= nr_vmemranges
+            && out_len - 3 >= (size_t)nodes * nodes + vcpus + 4 * (size_t)nranges) {
+            for (size_t i = 0; i < (size_t)nodes * nodes; i++)
+                out[written++] = dist[i];
+            for (size_t i = 0; i < vcpus; i++)
+                out[written++] = cpus[i];
+            for (size_t i = 0; i < nranges; i++) {
+                out[written++] = ranges[i].start;
+                out[written++] = ranges[i].end;
+                out[written++] = ranges[i].flags;
+                out[written++] = ranges[i].nid;
+            }
+        }
+    }
+    ga_buffer_free(base, pages_for(size), from_device);
+    return out_len >= 3 ? (int)written : -EINVAL;
+}
+
 /* ---- xenstore framing ---- */
 
 static long now_ms(void)

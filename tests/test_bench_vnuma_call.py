@@ -266,3 +266,19 @@ def test_fake_xen_run_both_sides_agree(capfd: pytest.CaptureFixture[str]) -> Non
     assert "timed in process CPU time" in out
     assert "topology: 2 vnodes, 4 vCPUs, 2 memory ranges" in out
     assert "both sides got the same counts, vCPU map and distances" in out
+
+
+def test_measure_alternates_which_side_goes_first() -> None:
+    order: list[str] = []
+
+    def side(name: str) -> vnuma_call.Side:
+        def run(n: int) -> tuple[float, dict[str, Any]]:
+            order.append(name)
+            return 1e-6, TWO_NODES
+        return run
+
+    vnuma_call.measure(rounds=3, n=1, repeat=2, agent=side("agent"), c=side("C"),
+                       agent_job=side("job"))
+    assert order == ["agent", "agent", "C", "C", "job", "job",
+                     "C", "C", "agent", "agent", "job", "job",
+                     "agent", "agent", "C", "C", "job", "job"]

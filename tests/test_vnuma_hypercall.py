@@ -8,6 +8,7 @@ are the bytes under test.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from guestagent.xen.errors import (
     XenUnavailable,
 )
 from guestagent.xen.privcmd import MEMORY_OP, XEN_VERSION, Privcmd, ffi, open_privcmd
-from guestagent.xen.vnuma import MemoryRange, get_vnumainfo
+from guestagent.xen.vnuma import MemoryRange, get_vnumainfo, validate_vnuma
 
 MIB = 1 << 20
 
@@ -155,6 +156,9 @@ def test_no_vnuma() -> None:
     ("domain", "text"),
     [
         (Domain([0] * 5000, [10], [(0, MIB, 0, 0)]), "nr_vcpus out of range"),
+        (Domain([0] * 5000, [10] * 65 * 65, [(0, MIB, 0, 0)]), "nr_vnodes out of range.*'65'"),
+        (Domain([0], [10], [(i, i + 1, 0, 0) for i in range(1025)]),
+         "nr_vmemranges out of range 1..1024.*'1025'"),
         (Domain([0, 7], [10, 20, 20, 10], [(0, MIB, 0, 0)]), "vcpu 1 maps to vnode outside"),
         (Domain([0, 1], [10, 0, 20, 10], [(0, MIB, 0, 0)]), r"distance\(0,1\) out of range"),
         (Domain([0, 1], [10, 20, 20, 10], [(0, MIB, 0, 5)]), "names vnode outside"),
@@ -247,3 +251,127 @@ def test_open_privcmd_on_a_character_device_and_a_tree_that_changes(tmp_path: Pa
     (tmp_path / "dev/xen/privcmd").write_text("")
     with pytest.raises(XenUnavailable, match="is not a character device"):
         open_privcmd(hostfs)
+
+
+def test_a_topology_that_shrinks_after_the_query_comes_back_packed() -> None:
+    """Xen writes fewer entries than there is room for when the topology shrank between the two
+    calls; the doorway copies out as many as the counts it wrote back say."""
+
+    class Shrinking(SimulatedXen):
+        def _invoke(self, op: int, args: list[int]) -> int:
+            rc = super()._invoke(op, args)
+            if rc == -errno.ENOBUFS:
+                self.domain = Domain(
+                    [0, 1], [10, 20, 20, 10], [(0, MIB, 0, 0), (MIB, 2 * MIB, 0, 1)]
+                )
+            return rc
+
+    info = get_vnumainfo(Shrinking(domain=THREE_VNODES))
+    assert info.nr_vnodes == 2 and info.vcpu_to_vnode == [0, 1]
+    assert info.distances == [[10, 20], [20, 10]]
+    assert info.memory_ranges == [MemoryRange(0, MIB, 0), MemoryRange(MIB, 2 * MIB, 1)]
+
+
+def test_more_entries_than_the_room_given_is_refused() -> None:
+    class Overflowing(SimulatedXen):
+        def _invoke(self, op: int, args: list[int]) -> int:
+            rc = super()._invoke(op, args)
+            if rc == 0:
+                info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", args[1])
+                info.nr_vcpus = 9
+            return rc
+
+    with pytest.raises(InputError, match=r"more entries than the buffers hold.*3/9/3 > 3/4/3"):
+        get_vnumainfo(Overflowing(domain=THREE_VNODES))
+
+
+def test_a_buffer_that_cannot_be_had_is_named() -> None:
+    xen = SimulatedXen(domain=THREE_VNODES)
+    xen.buffer_fd = os.open("/dev/null", os.O_RDWR)  # mmap on /dev/null: ENODEV
+    try:
+        with pytest.raises(HypercallError, match="hypercall buffer allocation failed: ENODEV"):
+            get_vnumainfo(xen)
+    finally:
+        os.close(xen.buffer_fd)
+    assert xen.calls == []
+
+
+def test_the_vnuma_buffer_layout_and_what_collect_copies() -> None:
+    """ga_vnuma_alloc lays the arrays out after the info (distances, vCPU map, 8-aligned ranges);
+    ga_vnuma_collect copies only what fits both the capacities and ``out``."""
+    from guestagent.xen.privcmd import lib
+
+    def filled(nodes: int, vcpus: int, nranges: int) -> tuple[int, Any]:
+        address = lib.ga_vnuma_alloc(-1, 0x7FF0, nodes, vcpus, nranges)
+        assert address > 0 and address % 4096 == 0
+        info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", address)
+        return address, info
+
+    address, info = filled(0, 0, 0)
+    assert (info.domid, info.nr_vnodes, info.vdistance, info.vmemrange) == (0x7FF0, 0, 0, 0)
+    info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = 2, 3, 1
+    out = ffi.new("uint64_t[]", 3)
+    assert lib.ga_vnuma_collect(address, 0, 0, 0, 0, out, 3) == 3
+    assert list(out) == [2, 3, 1]
+
+    address, info = filled(2, 3, 1)
+    size = ffi.sizeof("struct ga_xen_vnuma_topology_info")
+    assert (info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges) == (2, 3, 1)
+    assert info.vdistance == address + size
+    assert info.vcpu_to_vnode == address + size + 4 * 4
+    assert info.vmemrange == (address + size + 4 * 4 + 3 * 4 + 7) & ~7
+    for i, d in enumerate((10, 20, 20, 10)):
+        ffi.cast("uint32_t *", info.vdistance)[i] = d
+    for i, node in enumerate((0, 1, 1)):
+        ffi.cast("uint32_t *", info.vcpu_to_vnode)[i] = node
+    rng: Any = ffi.cast("struct ga_xen_vmemrange *", info.vmemrange)
+    rng.start, rng.end, rng.flags, rng.nid = 4096, 8192, 0, 1
+    out = ffi.new("uint64_t[]", 3 + 4 + 3 + 4)
+    assert lib.ga_vnuma_collect(address, 0, 2, 3, 1, out, 3 + 4 + 3 + 3) == 3  # no room: counts
+    assert list(out)[:3] == [2, 3, 1] and not any(list(out)[3:])
+
+    address, info = filled(2, 3, 1)
+    info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = 1, 2, 1
+    ffi.cast("uint32_t *", info.vdistance)[0] = 10
+    rng = ffi.cast("struct ga_xen_vmemrange *", info.vmemrange)
+    rng.start, rng.end, rng.flags, rng.nid = 4096, 8192, 0, 0
+    assert lib.ga_vnuma_collect(address, 0, 2, 3, 1, out, len(out)) == 3 + 1 + 2 + 4
+    assert list(out)[:10] == [1, 2, 1, 10, 0, 0, 4096, 8192, 0, 0]
+
+    address, info = filled(1, 1, 1)
+    info.nr_vcpus = 2  # beyond the capacity: nothing but the counts
+    assert lib.ga_vnuma_collect(address, 0, 1, 1, 1, out, len(out)) == 3
+    assert lib.ga_vnuma_collect(lib.ga_vnuma_alloc(-1, 0, 0, 0, 0), 0, 0, 0, 0, out, 2) == (
+        -errno.EINVAL)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "text"),
+    [
+        ([(2 * MIB, 3 * MIB, 0, 1), (0, 5 * MIB // 2, 0, 0)],
+         "memory ranges 0x0-0x280000 and 0x200000-0x300000 overlap"),
+        ([(MIB, 3 * MIB, 0, 1), (MIB, 2 * MIB, 0, 0)],
+         "memory ranges 0x100000-0x200000 and 0x100000-0x300000 overlap"),
+    ],
+)
+def test_overlaps_are_found_in_address_order(
+    ranges: list[tuple[int, int, int, int]], text: str
+) -> None:
+    with pytest.raises(InputError, match=text):
+        validate_vnuma(2, [0, 1], [10, 20, 20, 10], ranges)
+    apart = validate_vnuma(2, [0, 1], [10, 20, 20, 10], [(MIB, 2 * MIB, 0, 1), (0, MIB, 0, 0)])
+    assert apart.memory_ranges == [MemoryRange(MIB, 2 * MIB, 1), MemoryRange(0, MIB, 0)]
+
+
+def test_the_largest_topology_accepted_round_trips_through_a_many_page_buffer() -> None:
+    """64 vnodes, 4096 vCPUs, 1024 ranges: a 15-page buffer, every value back in place."""
+    nodes = 64
+    distances = [10 if i == j else 11 + (i + j) % 200 for i in range(nodes) for j in range(nodes)]
+    vcpus = [cpu % nodes for cpu in range(4096)]
+    ranges = [(i * MIB, (i + 1) * MIB, 0, i % nodes) for i in range(1024)]
+    xen = SimulatedXen(domain=Domain(vcpus, distances, ranges))
+    info = get_vnumainfo(xen)
+    assert info.nr_vnodes == nodes and info.vcpu_to_vnode == vcpus
+    assert [d for row in info.distances for d in row] == distances
+    assert [(r.start, r.end, 0, r.node) for r in info.memory_ranges] == ranges
+    assert xen.calls == ["ENOBUFS", "OK"]

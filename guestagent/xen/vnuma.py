@@ -2,7 +2,8 @@
 
 :func:`validate_vnuma` turns the raw arrays the hypercall returned into a checked
 :class:`VnumaInfo`; :func:`get_vnumainfo` runs the size-discovery protocol of reference section 2.2
-through privcmd.
+through privcmd: the C doorway lays each hypercall buffer out and copies its arrays back
+(``ga_vnuma_alloc``, ``ga_vnuma_collect`` in csrc/xenc.c), Python makes the call and every check.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from guestagent.errors import InputError
@@ -80,9 +80,6 @@ class VnumaInfo:
         return out
 
 
-_start_of = attrgetter("start")
-
-
 def validate_vnuma(
     nr_vnodes: int,
     vcpu_to_vnode: Sequence[int],
@@ -123,11 +120,11 @@ def validate_vnuma(
         if end <= start:
             raise InputError(SOURCE, f"memory range {start:#x}-{end:#x} is empty or reversed")
         memory_ranges.append(MemoryRange(start, end, nid))
-    ordered = sorted(memory_ranges, key=_start_of)
+    ordered = sorted(ranges)  # by start: the tuples' first item
     for a, b in zip(ordered, ordered[1:]):
-        if b.start < a.end:
+        if b[0] < a[1]:
             raise InputError(
-                SOURCE, f"memory ranges {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap"
+                SOURCE, f"memory ranges {a[0]:#x}-{a[1]:#x} and {b[0]:#x}-{b[1]:#x} overlap"
             )
     distances = [
         list(flat_distances[i : i + nr_vnodes])
@@ -149,20 +146,21 @@ MAX_ATTEMPTS = 5
 #: What a call answers while the sizes are being found: returned by ``Privcmd.hypercall``, not
 #: raised.
 _RETRIED_ERRNOS = frozenset((errno.ENOBUFS, errno.EAGAIN))
-INFO_TYPE = "struct ga_xen_vnuma_topology_info"
-RANGE_TYPE = "struct ga_xen_vmemrange"
 
 
 @dataclass(frozen=True)
 class _Abi:
-    """The C extension's numbers for this hypercall, looked up once (the extension is imported
-    on the first call, so that this module loads without it)."""
+    """The C extension's numbers and functions for this hypercall, looked up once (the extension
+    is imported on the first call, so that this module loads without it)."""
 
     memory_op: int
     subop: int
     domid_self: int
-    info_size: int
-    range_size: int
+    alloc: Any
+    collect: Any
+    new: Any
+    values: Any
+    unpack: Any
 
 
 @cache
@@ -170,7 +168,8 @@ def _abi() -> _Abi:
     from guestagent.xen.privcmd import MEMORY_OP, ffi, lib
 
     return _Abi(MEMORY_OP, int(lib.GA_XENMEM_get_vnumainfo), int(lib.GA_DOMID_SELF),
-                ffi.sizeof(INFO_TYPE), ffi.sizeof(RANGE_TYPE))
+                lib.ga_vnuma_alloc, lib.ga_vnuma_collect, ffi.new, ffi.typeof("uint64_t[]"),
+                ffi.unpack)
 
 
 def get_vnumainfo(
@@ -179,72 +178,82 @@ def get_vnumainfo(
     """Run XENMEM_get_vnumainfo on DOMID_SELF, or on ``domid`` (Dom0 asking about a guest:
     ``xsm_get_vnumainfo`` is XSM_TARGET, which the control domain passes; reference 2.2).
 
-    First ask with zero capacities: Xen answers -ENOBUFS with the counts it needs. Then allocate
-    the arrays in one hypercall buffer and ask again, starting over on -ENOBUFS or -EAGAIN (the
-    topology changed meanwhile) at most ``attempts`` times.
+    First ask with zero capacities: Xen answers -ENOBUFS with the counts it needs. Then ask
+    again with room for them, starting over on -ENOBUFS or -EAGAIN (the topology changed
+    meanwhile) at most ``attempts`` times.
     Raises NoVnuma (-EOPNOTSUPP), XenTooOld (-ENOSYS), PrivcmdRestricted, HypercallError, or
     InputError for counts or contents no sane hypervisor reports.
     """
     abi = _abi()
     target = abi.domid_self if domid is None else domid
     for _ in range(attempts):
-        with privcmd.buffer(abi.info_size) as probe:
-            info: Any = probe.struct(INFO_TYPE)
-            info.domid = target
-            if _call(privcmd, abi, probe.address) == 0:
-                raise InputError(
-                    SOURCE, "answered a zero-capacity query with success, not -ENOBUFS"
-                )
-            nodes, vcpus, nranges = info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges
-        _check_count("nr_vnodes", nodes, MAX_VNODES)
-        _check_count("nr_vcpus", vcpus, MAX_VCPUS)
-        _check_count("nr_vmemranges", nranges, MAX_VMEMRANGES)
-
-        dist_off = abi.info_size
-        cpus_off = dist_off + 4 * nodes * nodes
-        ranges_off = (cpus_off + 4 * vcpus + 7) & ~7
-        with privcmd.buffer(ranges_off + abi.range_size * nranges) as buf:
-            info = buf.struct(INFO_TYPE)
-            info.domid = target
-            info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = nodes, vcpus, nranges
-            base = buf.address
-            info.vdistance = base + dist_off
-            info.vcpu_to_vnode = base + cpus_off
-            info.vmemrange = base + ranges_off
-            if _call(privcmd, abi, base) < 0:
-                continue
-            got_nodes, got_vcpus, got_ranges = info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges
-            if got_nodes > nodes or got_vcpus > vcpus or got_ranges > nranges:
-                raise InputError(
-                    SOURCE,
-                    "returned more entries than the buffers hold",
-                    f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
-                )
-            return validate_vnuma(
-                got_nodes,
-                buf.unpack("uint32_t", got_vcpus, cpus_off),
-                buf.unpack("uint32_t", got_nodes * got_nodes, dist_off),
-                [(r.start, r.end, r.flags, r.nid)
-                 for r in buf.unpack(RANGE_TYPE, got_ranges, ranges_off)],
+        rc, counts = _exchange(privcmd, abi, target, 0, 0, 0)
+        if rc == 0:
+            raise InputError(SOURCE, "answered a zero-capacity query with success, not -ENOBUFS")
+        nodes, vcpus, nranges = counts
+        _check_counts(nodes, vcpus, nranges)
+        rc, values = _exchange(privcmd, abi, target, nodes, vcpus, nranges)
+        if rc < 0:
+            continue
+        got_nodes, got_vcpus, got_ranges = values[0], values[1], values[2]
+        if got_nodes > nodes or got_vcpus > vcpus or got_ranges > nranges:
+            raise InputError(
+                SOURCE,
+                "returned more entries than the buffers hold",
+                f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
             )
+        cpus_at = 3 + got_nodes * got_nodes
+        ranges_at = cpus_at + got_vcpus
+        flat = values[ranges_at:]
+        return validate_vnuma(
+            got_nodes,
+            values[cpus_at:ranges_at],
+            values[3:cpus_at],
+            list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])),
+        )
     raise HypercallError(
         SOURCE, errno.EAGAIN, f": the topology kept changing over {attempts} attempts"
     )
 
 
-def _call(privcmd: Privcmd, abi: _Abi, address: int) -> int:
-    """The hypercall on the info at ``address``: 0, or -ENOBUFS / -EAGAIN (start over)."""
+def _exchange(
+    privcmd: Privcmd, abi: _Abi, domid: int, nodes: int, vcpus: int, nranges: int
+) -> tuple[int, list[int]]:
+    """One call with room for ``nodes``, ``vcpus`` and ``nranges`` entries (all 0: the size
+    query), through the doorway: ``ga_vnuma_alloc`` lays the hypercall buffer out,
+    ``ga_vnuma_collect`` copies out what Xen wrote and frees it. Returns the call's result (0,
+    or -ENOBUFS / -EAGAIN) and the values: the three counts Xen wrote back, then (when they fit)
+    the distances, the vCPU map and each range's start, end, flags and nid."""
+    address = abi.alloc(privcmd.buffer_fd, domid, nodes, vcpus, nranges)
+    if address < 0:
+        raise HypercallError("hypercall buffer allocation", -address)
+    room = 3 + nodes * nodes + vcpus + 4 * nranges
+    out = abi.new(abi.values, room)
     try:
-        return privcmd.hypercall(abi.memory_op, abi.subop, address, name=SOURCE,
-                                 returned_errnos=_RETRIED_ERRNOS)
+        rc = privcmd.hypercall(abi.memory_op, abi.subop, address, name=SOURCE,
+                               returned_errnos=_RETRIED_ERRNOS)
     except HypercallError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            raise NoVnuma("no vNUMA: Xen has no virtual NUMA topology for this domain") from None
-        if e.errno == errno.ENOSYS:
-            raise XenTooOld(f"{SOURCE} is not implemented by this Xen (before 4.5)") from None
-        raise
+        raise _typed(e) from None
+    finally:
+        written = abi.collect(address, privcmd.buffer_fd >= 0, nodes, vcpus, nranges, out, room)
+    values: list[int] = abi.unpack(out, written)
+    return rc, values
 
 
-def _check_count(name: str, value: int, maximum: int) -> None:
-    if not 1 <= value <= maximum:
-        raise InputError(SOURCE, f"{name} out of range 1..{maximum}", value)
+def _typed(error: HypercallError) -> Exception:
+    """What a failed call means here: -EOPNOTSUPP is no vNUMA, -ENOSYS a Xen before 4.5."""
+    if error.errno == errno.EOPNOTSUPP:
+        return NoVnuma("no vNUMA: Xen has no virtual NUMA topology for this domain")
+    if error.errno == errno.ENOSYS:
+        return XenTooOld(f"{SOURCE} is not implemented by this Xen (before 4.5)")
+    return error
+
+
+def _check_counts(nodes: int, vcpus: int, nranges: int) -> None:
+    """The size query's counts within the bounds, else the first one outside them named."""
+    if 1 <= nodes <= MAX_VNODES and 1 <= vcpus <= MAX_VCPUS and 1 <= nranges <= MAX_VMEMRANGES:
+        return
+    for name, value, maximum in (("nr_vnodes", nodes, MAX_VNODES), ("nr_vcpus", vcpus, MAX_VCPUS),
+                                 ("nr_vmemranges", nranges, MAX_VMEMRANGES)):
+        if not 1 <= value <= maximum:
+            raise InputError(SOURCE, f"{name} out of range 1..{maximum}", value)
