@@ -16,9 +16,12 @@ Python writing files) left out of both:
 * **replay**: the shape of the e2e scenario (``tests/e2e/tiering_scenario.py``) at a 2 s
   interval for 240 s of simulated time: node 0 short, DAMON moving up to 6 MiB/s while its quota
   allows, node 1's room capping the rate, a few pages coming back every 14 s; node 0 45 % free
-  after about 70 s, idle after. The job's pacing (``policy.next_interval``, where the tree has
-  it) decides which 2 s steps tick. Ticks, CPU, bytes moved, ``update_schemes_stats`` writes, and
-  a digest of every moving decision (equal digests: the same plans, tick for tick).
+  after about 70 s, idle after. The job's pacing (``TieringJob._pace``, else
+  ``policy.next_interval``, where the tree has them) decides which 2 s steps tick; the kernel
+  moves on every step under the last plan applied. Ticks, CPU, bytes moved, commits and
+  ``update_schemes_stats`` writes, how long node 0 stays short (free under ``source_high_pct``),
+  node 1's least margin above its ``target_min_pct`` watermark, and a digest of every moving
+  decision (equal digests: the same plans, tick for tick).
 
 What it does not see: the kernel's side of each read (``/proc/vmstat`` and a node's ``meminfo``
 cost 15-30 us of system time each on the development host; tmpfs files cost less), Python's
