@@ -23,7 +23,7 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    than half of what the rate allowed over the interval (:data:`GROW_WHEN_USED`): then the rate is
    not what limits the move (DAMON finds no more pages old enough), a higher quota would move
    nothing more, and the rate is held, so the plan stays the same (nothing to commit, and the
-   ticks are spaced out, 4). An interval in which nothing moved yet (DAMON still ageing its
+   ticks are spaced out, see 4). An interval in which nothing moved yet (DAMON still ageing its
    regions) grows the rate as before. Always within ``[min_rate, max_rate]``, and
    never more than the target's room per interval (the capped rate is what the state remembers);
    when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
