@@ -282,8 +282,8 @@ def test_the_job_probes_no_backend_after_the_first_that_serves(tmp_path: Path) -
 def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_changes(
     tmp_path: Path,
 ) -> None:
-    """DAMON moving under half its quota: the rate is held, the plan kept, no commit, ticks
-    spaced out; the quota used in full: the rate grows again and the ticks are back at the
+    """DAMON moving more than min_rate but under half its quota: the rate is held, the plan
+    kept, no commit, ticks spaced out; the quota used in full: the rate grows again and the ticks are back at the
     interval."""
     root = make_tree(tmp_path)
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
@@ -309,7 +309,8 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
         assert job._timer is not None
         seen.append(job._timer.interval)
         now[0] += job._timer.interval
-        kernel.advance(0, sz_applied=MIB)  # far under 4 MiB/s for 10 s
+        # 1.5 MiB/s: more than min_rate (1), under half of the 4 MiB/s quota
+        kernel.advance(0, sz_applied=int(1.5 * MIB * job._timer.interval))
     # Node 0 lacks ~91 MiB to its source_high_pct: at 4 MiB/s the plan's horizon is ~23 s.
     assert job._runner is not None
     horizon = job._runner.horizon_s

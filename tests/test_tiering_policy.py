@@ -178,10 +178,13 @@ def test_the_rate_is_held_while_the_backend_moves_under_half_of_it() -> None:
     # 8 MiB/s over 2 s allows 16 MiB: 7 MiB moved is under half, 8 MiB is not.
     assert next_rate(prev, 0, GIB, 2.0, CFG, moved=7 * MIB) == (8 * MIB, False)
     assert next_rate(prev, 0, GIB, 2.0, CFG, moved=8 * MIB) == (10 * MIB, False)
-    # Nothing moved yet (DAMON still ageing its regions): grows as before.
+    # Less than min_rate's worth (1 MiB/s: 2 MiB over 2 s), DAMON still ageing its regions
+    # after a start: grows as before, so the ramp is not slowed.
     assert next_rate(prev, 0, GIB, 2.0, CFG, moved=0) == (10 * MIB, False)
+    assert next_rate(prev, 0, GIB, 2.0, CFG, moved=2 * MIB - 1) == (10 * MIB, False)
+    assert next_rate(prev, 0, GIB, 2.0, CFG, moved=2 * MIB) == (8 * MIB, False)
     # Pages coming back still back off.
-    assert next_rate(prev, 100 * MIB, GIB, 2.0, CFG, moved=MIB) == (4 * MIB, True)
+    assert next_rate(prev, 100 * MIB, GIB, 2.0, CFG, moved=3 * MIB) == (4 * MIB, True)
     s = snap([node(0, 1, 5), node(1, 1, 90)], [[10, 20], [20, 10]])
     d = decide(s, CFG, PolicyState({0: prev}), Observation(2.0, {0: 7 * MIB}, 0))
     assert d.plan.moves == (Move(0, 1, 8 * MIB),)

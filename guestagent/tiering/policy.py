@@ -19,12 +19,13 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    target, in the spirit of Google's software-defined far memory (Lagar-Cavilla et al., ASPLOS
    2019): the fraction of the bytes a source has out on remote nodes that comes back per minute
    must stay under ``promotion_target_per_min`` (e.g. 2 %/min). Above it the rate is multiplied by
-   ``backoff``; otherwise it grows by ``rate_step``, unless the backend moved some pages but less
-   than half of what the rate allowed over the interval (:data:`GROW_WHEN_USED`): then the rate is
-   not what limits the move (DAMON finds no more pages old enough), a higher quota would move
-   nothing more, and the rate is held, so the plan stays the same (nothing to commit, and the
-   ticks are spaced out, see 4). An interval in which nothing moved yet (DAMON still ageing its
-   regions) grows the rate as before. Always within ``[min_rate, max_rate]``, and
+   ``backoff``; otherwise it grows by ``rate_step``, unless the backend moved at least
+   ``min_rate``'s worth but less than half of what the rate allowed over the interval
+   (:data:`GROW_WHEN_USED`): then the rate is not what limits the move (DAMON finds no more pages
+   old enough), a higher quota would move nothing more, and the rate is held, so the plan stays
+   the same (nothing to commit, and the ticks are spaced out, see 4). An interval in which less
+   than ``min_rate``'s worth moved (DAMON still ageing its regions after a start) grows the rate
+   as before, so the ramp is as fast as it was. Always within ``[min_rate, max_rate]``, and
    never more than the target's room per interval (the capped rate is what the state remembers);
    when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
    target counts as full until its room is back at ``target_resume_pct`` of its MemTotal
@@ -120,7 +121,8 @@ def promotion_fraction_per_min(returned: int, out_bytes: int, interval_s: float)
 
 
 #: The rate grows only when the backend moved at least this fraction of ``rate * interval`` (or
-#: nothing at all yet); below it the rate is held (the rate is not what limits the move).
+#: less than ``min_rate * interval``: still starting); between the two the rate is held (the
+#: rate is not what limits the move).
 GROW_WHEN_USED = 0.5
 
 
@@ -133,7 +135,8 @@ def next_rate(
     moved: int = 0,
 ) -> tuple[int, bool]:
     """(new rate, backed off?) for a source that stays pressured; ``moved``: bytes the backend
-    moved away from it over the interval (0: nothing yet, or not known).
+    moved away from it over the interval (0: nothing yet, or not known; see
+    :data:`GROW_WHEN_USED`).
 
     A source that just became pressured starts at ``initial_rate`` (or lower, if an earlier episode
     had backed off below it: the memory of a backoff is kept while the state is).
@@ -145,7 +148,7 @@ def next_rate(
     fraction = promotion_fraction_per_min(returned, out_bytes, interval_s)
     if fraction > config.promotion_target_per_min:
         return max(config.min_rate, int(previous.rate * config.backoff)), True
-    if 0 < moved < GROW_WHEN_USED * previous.rate * interval_s:
+    if config.min_rate * interval_s <= moved < GROW_WHEN_USED * previous.rate * interval_s:
         return max(config.min_rate, min(config.max_rate, previous.rate)), False
     return min(config.max_rate, previous.rate + config.rate_step), False
 
