@@ -283,8 +283,8 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
     tmp_path: Path,
 ) -> None:
     """DAMON moving more than min_rate but under half its quota: the rate is held, the plan
-    kept, no commit, ticks spaced out; the quota used in full: the rate grows again and the ticks are back at the
-    interval."""
+    kept, no commit, ticks spaced out; the quota used in full: the rate grows again and the
+    ticks are back at the interval."""
     root = make_tree(tmp_path)
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
     hostfs = HostFS(str(root))
