@@ -16,9 +16,14 @@ Python writing files) left out of both:
 * **replay**: the shape of the e2e scenario (``tests/e2e/tiering_scenario.py``) at a 2 s
   interval for 240 s of simulated time: node 0 short, DAMON moving up to 6 MiB/s while its quota
   allows, node 1's room capping the rate, a few pages coming back every 14 s; node 0 45 % free
-  after about 70 s, idle after. The job's pacing (``policy.next_interval``, where the tree has
-  it) decides which 2 s steps tick. Ticks, CPU, bytes moved, ``update_schemes_stats`` writes, and
-  a digest of every moving decision (equal digests: the same plans, tick for tick).
+  after about 70 s, idle after. The job's pacing (``TieringJob._pace``, else
+  ``policy.next_interval``, where the tree has them) decides which 2 s steps tick; the kernel
+  moves on every step under the last plan applied. Ticks, CPU, bytes moved, commits and
+  ``update_schemes_stats`` writes, how long node 0 stays short (free under ``source_high_pct``),
+  node 1's least margin above its ``target_min_pct`` watermark, and a digest of every moving
+  decision (equal digests: the same plans, tick for tick). Then the same replay with a 6 s
+  warm-up, in which the kernel moves a trickle (256 KiB per step), as DAMON does while its
+  regions age: the ramp must not be slower for it (``warm-up``).
 
 What it does not see: the kernel's side of each read (``/proc/vmstat`` and a node's ``meminfo``
 cost 15-30 us of system time each on the development host; tmpfs files cost less), Python's
@@ -141,7 +146,10 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
     return out
 
 
-def replay(m: dict[str, Any], seconds: float = 240.0) -> dict[str, Any]:
+def replay(m: dict[str, Any], seconds: float = 240.0, warmup_s: float = 0.0) -> dict[str, Any]:
+    """``warmup_s``: for that long after the start the kernel moves a trickle (256 KiB per 2 s
+    step, less than ``min_rate``'s worth), as DAMON does while its regions age (the last bed run:
+    node 0 at 5.0-5.1 % free for the first 6 s)."""
     tmp = Path(tempfile.mkdtemp())
     root = m["test_tiering_damon"].make_tree(tmp)
     kernel = m["test_tiering_damon"].FakeDamonKernel(root, Path("tests/fixtures/damon-6.12"))
@@ -151,48 +159,70 @@ def replay(m: dict[str, Any], seconds: float = 240.0) -> dict[str, Any]:
     config = m["model"].TieringConfig(source_high_pct=45.0, target_min_pct=45.0, interval_s=2.0)
     backend = m["damon"].DamonBackend(hostfs, writer=fake.wrap(kernel.write))
     runner = m["runner"].Runner(hostfs, backend, config, clock=lambda: now[0])
-    pace = getattr(m["policy"], "next_interval", None)
     text0, text1 = (root / MEMINFO0).read_text(), (root / MEMINFO1).read_text()
+    total0, total1 = (int(re.search(r"MemTotal:\s+(\d+)", t)[1])  # type: ignore[index]
+                      for t in (text0, text1))
     vmstat = root / "proc/vmstat"
     free0, free1, migrated = 61836, 900000, 5120  # kB, kB, pages
     cpu, ticks, due, step = 0.0, 0, 0.0, 0
+    short_s, short_run_s, worst_short_s = 0.0, 0.0, 0.0
+    target_margin_kib = free1 - total1 * config.target_min_pct / 100
     moving: list[Any] = []
+    moves: list[tuple[int, int, int]] = []
     while 2.0 * step < seconds:
         now[0] = 2.0 * step
         step += 1
         with fake.running():
             if step % 7 == 4:
                 migrated += 64  # a few pages come back
-            if now[0] < due:
-                continue
             (root / MEMINFO0).write_text(text0.replace("61836 kB", f"{free0} kB"))
             (root / MEMINFO1).write_text(
                 re.sub(r"(Node 1 MemFree:\s+)\d+", rf"\g<1>{free1}", text1))
             vmstat.write_text(re.sub(r"numa_pages_migrated \d+", f"numa_pages_migrated {migrated}",
                                      vmstat.read_text()))
-        c0, f0 = time.process_time(), fake.spent
-        decision = runner.tick()
-        cpu += time.process_time() - c0 - (fake.spent - f0)
-        ticks += 1
-        due = now[0] + (pace(config, runner.idle_ticks) if pace else config.interval_s)
-        moves = [] if decision is None else [(x.source, x.target, x.rate)
-                                             for x in decision.plan.moves]
-        if moves:
-            moving.append([now[0], moves])
+        if now[0] >= due:
+            c0, f0 = time.process_time(), fake.spent
+            decision = runner.tick()
+            cpu += time.process_time() - c0 - (fake.spent - f0)
+            ticks += 1
+            due = now[0] + pace_of(m, runner)
+            moves = [] if decision is None else [(x.source, x.target, x.rate)
+                                                 for x in decision.plan.moves]
+            if moves:
+                moving.append([now[0], moves])
         with fake.running():  # the kernel moves min(quota, 6 MiB/s) for the next 2 s
             if moves and kernel.kdamond_states()[0] == "on":
                 kib = min(min(moves[0][2], 6 * MIB) * 2 // 1024, max(0, free1 - 1000))
+                kib = min(kib, 256) if now[0] < warmup_s else kib
                 kernel.advance(0, sz_applied=kib * 1024, sz_tried=kib * 1536, nr_applied=1,
                                nr_tried=2)
                 free0, free1 = free0 + kib, free1 - kib
+        short = free0 < total0 * config.source_high_pct / 100  # node 0 still short
+        short_s += 2.0 if short else 0.0
+        short_run_s = short_run_s + 2.0 if short else 0.0
+        worst_short_s = max(worst_short_s, short_run_s)
+        target_margin_kib = min(target_margin_kib, free1 - total1 * config.target_min_pct / 100)
     backend.stop()
     stats = backend.stats()
     return {
         "seconds": seconds, "ticks": ticks, "moving_ticks": len(moving),
         "cpu_ms": round(1000 * cpu, 2), "bytes_moved": stats.moved_by_source.get(0, 0),
         "update_schemes_stats": sum(1 for _, v in kernel.writes if v == "update_schemes_stats"),
+        "commits": sum(1 for _, v in kernel.writes if v == "commit"),
+        "short_s": short_s, "worst_short_s": worst_short_s,
+        "target_margin_mib": round(target_margin_kib / 1024, 1),
         "moving_decisions_sha1": hashlib.sha1(json.dumps(moving).encode()).hexdigest()[:12],
     }
+
+
+def pace_of(m: dict[str, Any], runner: Any) -> float:
+    """Seconds to the next tick as the tree's job decides it (``interval_s`` where it has no
+    pacing; idle pacing only where it has no steady pacing)."""
+    job_pace = getattr(m["job"].TieringJob, "_pace", None)
+    if job_pace is not None:
+        return float(job_pace(runner))
+    pace = getattr(m["policy"], "next_interval", None)
+    return float(pace(runner.config, runner.idle_ticks)) if pace else runner.config.interval_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,17 +236,22 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.redirect_stderr(open(os.devnull, "w")):  # the agent's log lines
         measured = phases(modules, args.ticks)
         r = replay(modules)
+        warm = replay(modules, warmup_s=6.0)
     if args.json:
-        print(json.dumps({"repo": str(args.repo), "phases": measured, "replay": r},
+        print(json.dumps({"repo": str(args.repo), "phases": measured, "replay": r,
+                          "replay_warmup": warm},
                          sort_keys=True))
         return 0
     for p in measured:
         print(f"{p['phase']:<7} {p['ms_per_tick']:6.3f} ms CPU per tick, {p['reads_per_tick']:5.2f}"
               f" files read, {p['writes_per_tick']:4.2f} sysfs writes ({p['ticks']} ticks)")
-    print(f"replay  {r['seconds']:.0f} s: {r['ticks']} ticks ({r['moving_ticks']} moving), "
-          f"{r['cpu_ms']:.1f} ms CPU, {r['bytes_moved'] / MIB:.1f} MiB moved, "
-          f"{r['update_schemes_stats']} update_schemes_stats, "
-          f"decisions {r['moving_decisions_sha1']}")
+    for name, x in (("replay", r), ("warm-up", warm)):
+        print(f"{name:<7} {x['seconds']:.0f} s: {x['ticks']} ticks ({x['moving_ticks']} moving), "
+              f"{x['cpu_ms']:.1f} ms CPU, {x['bytes_moved'] / MIB:.1f} MiB moved, "
+              f"{x['update_schemes_stats']} update_schemes_stats, {x['commits']} commits, "
+              f"node 0 short {x['short_s']:.0f} s (longest {x['worst_short_s']:.0f} s), node 1 "
+              f"{x['target_margin_mib']:.1f} MiB above its watermark at least, "
+              f"decisions {x['moving_decisions_sha1']}")
     return 0
 
 

@@ -20,6 +20,10 @@ ROOT_ENV = "GUESTAGENT_ROOT"
 
 #: No sysfs or procfs file the agent reads is anywhere near this size; a bigger one is garbage.
 MAX_READ_BYTES = 1 << 20
+#: A read asks for this much first (every sysfs/procfs file the agent reads fits): a buffered
+#: ``read(n)`` allocates ``n`` bytes up front, and 1 MiB is an mmap and munmap per read, 3x the
+#: CPU of a small read (issue 18: 24 us against 8 us per file on the development host).
+FIRST_READ_BYTES = 1 << 16
 
 #: Largest CPU number accepted from text (Linux NR_CPUS tops out at 8192).
 MAX_CPU_ID = 8191
@@ -80,7 +84,9 @@ class HostFS:
         """The whole file as ASCII text; a missing, unreadable, oversized or binary file raises."""
         try:
             with open(self.path(host_path), "rb") as f:
-                data = f.read(MAX_READ_BYTES + 1)
+                data = f.read(FIRST_READ_BYTES)
+                if len(data) == FIRST_READ_BYTES:  # a large file: the rest, up to the limit
+                    data += f.read(MAX_READ_BYTES + 1 - FIRST_READ_BYTES)
         except FileNotFoundError:
             raise MissingInputError(self.shown(host_path)) from None
         except IsADirectoryError:

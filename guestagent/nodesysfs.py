@@ -95,30 +95,39 @@ def node_cpus(hostfs: HostFS, node: int) -> list[int]:
 def node_meminfo(hostfs: HostFS, node: int,
                  keys: Collection[str] | None = None) -> dict[str, int]:
     """Node ``node``'s ``meminfo`` in bytes (HugePages_* as counts); MemTotal is required.
-    With ``keys`` only those ``kB`` lines are parsed and checked (the rest is not read: a
-    tiering tick reads every node's file)."""
+    With ``keys`` only those ``kB`` lines are parsed and checked, their node too (the rest is
+    not read: a tiering tick reads every node's file)."""
     path = f"{NODE_DIR}/node{node}/meminfo"
     text = read_nonempty(hostfs, path)
-    values = parse_meminfo(text, path) if keys is None else _some_kb_lines(text, keys)
+    if keys is None:
+        values = parse_meminfo(text, path)
+        nodes = {m.group(1) for m in _NODE_PREFIX.finditer(text)}
+    else:
+        values, nodes = _some_kb_lines(text, keys)
     if "MemTotal" not in values:
         raise InputError(path, "has no MemTotal line", text[:80])
-    for m in _NODE_PREFIX.finditer(text):
-        if int(m.group(1)) != node:
-            where = f"has lines for node {m.group(1)}, expected node {node}"
+    for other in sorted(nodes):
+        if int(other) != node:
+            where = f"has lines for node {other}, expected node {node}"
             raise InputError(path, where, text[:80])
     return values
 
 
 @functools.lru_cache(maxsize=8)
 def _kb_line_pattern(keys: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile(r"^Node[ \t]+\d{1,4}[ \t]+(" + "|".join(re.escape(k) for k in keys)
+    return re.compile(r"^Node[ \t]+(\d{1,4})[ \t]+(" + "|".join(re.escape(k) for k in keys)
                       + r"):[ \t]+(\d{1,20})[ \t]+kB[ \t]*$", re.M)
 
 
-def _some_kb_lines(text: str, keys: Collection[str]) -> dict[str, int]:
-    """The ``Node N Key: V kB`` lines of ``keys`` alone, in bytes (the caller checks the node)."""
-    return {m.group(1): int(m.group(2)) * KIB
-            for m in _kb_line_pattern(tuple(keys)).finditer(text)}
+def _some_kb_lines(text: str, keys: Collection[str]) -> tuple[dict[str, int], set[str]]:
+    """The ``Node N Key: V kB`` lines of ``keys`` alone, in bytes, and the node numbers ``N``
+    they name (the caller checks them)."""
+    values: dict[str, int] = {}
+    nodes: set[str] = set()
+    for m in _kb_line_pattern(tuple(keys)).finditer(text):
+        nodes.add(m.group(1))
+        values[m.group(2)] = int(m.group(3)) * KIB
+    return values, nodes
 
 
 def distance_row(hostfs: HostFS, node: int, online: list[int]) -> dict[int, int]:

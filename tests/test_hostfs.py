@@ -8,6 +8,7 @@ import pytest
 
 from guestagent.errors import InputError, MissingInputError, show_value
 from guestagent.hostfs import (
+    FIRST_READ_BYTES,
     MAX_CPU_ID,
     MAX_READ_BYTES,
     ROOT_ENV,
@@ -220,6 +221,10 @@ def test_size_limit(tmp_path: Path) -> None:
         fs.read_text("/sys/big")
     _fs_with(tmp_path, "sys/edge", b"1" * MAX_READ_BYTES)
     assert len(fs.read_text("/sys/edge")) == MAX_READ_BYTES
+    # Around the first read's size: the rest is read too, nothing twice.
+    for size in (FIRST_READ_BYTES - 1, FIRST_READ_BYTES, FIRST_READ_BYTES + 1):
+        _fs_with(tmp_path, "sys/mid", b"2" * (size - 1) + b"3")
+        assert fs.read_text("/sys/mid") == "2" * (size - 1) + "3"
 
 
 def test_nul_byte(tmp_path: Path) -> None:

@@ -69,24 +69,27 @@ def test_a_tick_at_a_steady_rate_reads_six_files_and_asks_for_fresh_stats_once(
     tmp_path: Path,
 ) -> None:
     _, kernel, hostfs, runner = world(tmp_path)
-    for _ in range(40):  # 4 MiB/s up to max_rate (64) by 2 per tick
+    moved = 0
+    for _ in range(40):  # 4 MiB/s up to max_rate (64) by 2 per tick, the quota used in full
         runner.tick()
-        kernel.advance(0, sz_applied=MIB, sz_tried=MIB)
+        quota = 2 * runner.state.of(0).rate
+        kernel.advance(0, sz_applied=quota, sz_tried=quota)
+        moved += quota
     assert runner.state.of(0).rate == runner.config.max_rate
     reads, writes = one_tick(runner, kernel, hostfs)
     assert reads == STEADY_READS
     assert writes == [(kd_path(0, "state"), "update_schemes_stats")]
     # What moved still reaches the policy and the summary (sz_applied alone each tick).
-    assert runner.state.of(0).out_bytes == 40 * MIB
+    assert runner.state.of(0).out_bytes == moved
     stats = runner.backend.stats()
-    assert stats.moved_by_source == {0: 40 * MIB, 1: 0}
-    assert stats.bytes_tried == 40 * MIB
+    assert stats.moved_by_source == {0: moved, 1: 0}
+    assert stats.bytes_tried == moved
 
 
 def test_a_tick_that_commits_reads_the_counters_once(tmp_path: Path) -> None:
     _, kernel, hostfs, runner = world(tmp_path)
     runner.tick()  # start: 4 MiB/s
-    kernel.advance(0, sz_applied=MIB)
+    kernel.advance(0, sz_applied=8 * MIB)  # the quota used in full over 2 s
     reads, writes = one_tick(runner, kernel, hostfs)  # 6 MiB/s: a commit
     assert reads == STEADY_READS
     s0 = kd_path(0, "contexts/0/schemes/0")
@@ -273,4 +276,50 @@ def test_the_job_probes_no_backend_after_the_first_that_serves(tmp_path: Path) -
         assert job.backend is not None and job.backend.name == "damon"
         assert made == expected, wanted
         job.stop()
+    loop.close()
+
+
+def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_changes(
+    tmp_path: Path,
+) -> None:
+    """DAMON moving more than min_rate but under half its quota: the rate is held, the plan
+    kept, no commit, ticks spaced out; the quota used in full: the rate grows again and the
+    ticks are back at the interval."""
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    hostfs = HostFS(str(root))
+    damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
+    loop = EventLoop()
+    config = defaults()
+    config.values["agent"]["state_dir"] = str(tmp_path / "state")
+    ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest",
+                     host=Host(hostfs, tiering_backends=[damon]))
+    now = [0.0]
+
+    class TimedRunner(Runner):  # the time the loop's timer would have let pass
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args, clock=lambda: now[0])
+
+    job = TieringJob(runner=TimedRunner)
+    job.start(ctx)
+    every = config.section("tiering")["interval_seconds"]
+    seen = []
+    for _ in range(5):
+        job._tick()
+        assert job._timer is not None
+        seen.append(job._timer.interval)
+        now[0] += job._timer.interval
+        # 1.5 MiB/s: more than min_rate (1), under half of the 4 MiB/s quota
+        kernel.advance(0, sz_applied=int(1.5 * MIB * job._timer.interval))
+    # Node 0 lacks ~91 MiB to its source_high_pct: at 4 MiB/s the plan's horizon is ~23 s.
+    assert job._runner is not None
+    horizon = job._runner.horizon_s
+    assert 2 * every < horizon < 4 * every
+    assert seen == [every, every, 2 * every, horizon, horizon]
+    assert [v for _, v in kernel.writes].count("commit") == 0
+    kernel.advance(0, sz_applied=4 * MIB * int(4 * every))  # the quota used in full
+    job._tick()
+    assert job._timer is not None and job._timer.interval == every
+    assert [v for _, v in kernel.writes].count("commit") == 1
+    job.stop()
     loop.close()

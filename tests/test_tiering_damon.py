@@ -155,7 +155,7 @@ def kd_path(index: int, rel: str = "") -> str:
 def configure_writes(index: int, start: int, end: int) -> list[tuple[str, str]]:
     ctx = "contexts/0"
     s = f"{ctx}/schemes/0"
-    rows = [
+    rows = [  # nr_accesses/min and weights/sz_permil: 0 in a fresh scheme, not written
         ("contexts/nr_contexts", "1"),
         (f"{ctx}/operations", "paddr"),
         (f"{ctx}/monitoring_attrs/intervals/sample_us", "5000"),
@@ -171,13 +171,11 @@ def configure_writes(index: int, start: int, end: int) -> list[tuple[str, str]]:
         (f"{s}/action", "migrate_cold"),
         (f"{s}/access_pattern/sz/min", "4096"),
         (f"{s}/access_pattern/sz/max", "18446744073709551615"),
-        (f"{s}/access_pattern/nr_accesses/min", "0"),
         (f"{s}/access_pattern/nr_accesses/max", "0"),
         (f"{s}/access_pattern/age/min", "50"),
         (f"{s}/access_pattern/age/max", "4294967295"),
         (f"{s}/quotas/ms", "100"),
         (f"{s}/quotas/reset_interval_ms", "1000"),
-        (f"{s}/quotas/weights/sz_permil", "0"),
         (f"{s}/quotas/weights/nr_accesses_permil", "1000"),
         (f"{s}/quotas/weights/age_permil", "1000"),
         (f"{s}/watermarks/metric", "free_mem_rate"),

@@ -16,7 +16,16 @@ from guestagent.tiering.model import (
     SourceState,
     TieringConfig,
 )
-from guestagent.tiering.policy import choose_target, decide, next_rate, target_room
+from guestagent.tiering.policy import (
+    STEADY_MAX_FACTOR,
+    choose_target,
+    decide,
+    next_interval,
+    next_rate,
+    plan_horizon_s,
+    target_room,
+    watermark_bytes,
+)
 
 GIB = 1 << 30
 CFG = TieringConfig()
@@ -160,6 +169,43 @@ def test_rate_backs_off_multiplicatively_when_pages_come_back() -> None:
 def test_backoff_never_goes_below_the_minimum() -> None:
     prev = SourceState(True, 1, CFG.min_rate)
     assert next_rate(prev, 10 * GIB, GIB, 10.0, CFG) == (CFG.min_rate, True)
+
+
+def test_the_rate_is_held_while_the_backend_moves_under_half_of_it() -> None:
+    """A quota DAMON does not use up is not what limits the move: a higher one moves nothing
+    more, and an unchanged plan needs no commit."""
+    prev = SourceState(True, 1, 8 * MIB, out_bytes=GIB)
+    # 8 MiB/s over 2 s allows 16 MiB: 7 MiB moved is under half, 8 MiB is not.
+    assert next_rate(prev, 0, GIB, 2.0, CFG, moved=7 * MIB) == (8 * MIB, False)
+    assert next_rate(prev, 0, GIB, 2.0, CFG, moved=8 * MIB) == (10 * MIB, False)
+    # Less than min_rate's worth (1 MiB/s: 2 MiB over 2 s), DAMON still ageing its regions
+    # after a start: grows as before, so the ramp is not slowed.
+    assert next_rate(prev, 0, GIB, 2.0, CFG, moved=0) == (10 * MIB, False)
+    assert next_rate(prev, 0, GIB, 2.0, CFG, moved=2 * MIB - 1) == (10 * MIB, False)
+    assert next_rate(prev, 0, GIB, 2.0, CFG, moved=2 * MIB) == (8 * MIB, False)
+    # Pages coming back still back off.
+    assert next_rate(prev, 100 * MIB, GIB, 2.0, CFG, moved=3 * MIB) == (4 * MIB, True)
+    s = snap([node(0, 1, 5), node(1, 1, 90)], [[10, 20], [20, 10]])
+    d = decide(s, CFG, PolicyState({0: prev}), Observation(2.0, {0: 7 * MIB}, 0))
+    assert d.plan.moves == (Move(0, 1, 8 * MIB),)
+
+
+def test_a_plan_runs_until_a_target_is_full_or_its_source_has_recovered() -> None:
+    s = snap([node(0, 1, 5), node(1, 1, 90)], [[10, 20], [20, 10]])
+    lacking = watermark_bytes(s.nodes[0], CFG.source_high_pct) - s.nodes[0].free
+    assert plan_horizon_s(s, CFG, Plan((Move(0, 1, MIB),))) == lacking / MIB
+    small_room = snap([node(0, 1, 5), node(1, 1, 26)], [[10, 20], [20, 10]])
+    room = target_room(small_room.nodes[1], CFG)
+    assert plan_horizon_s(small_room, CFG, Plan((Move(0, 1, MIB),))) == room / MIB
+    assert plan_horizon_s(s, CFG, Plan()) == float("inf")
+
+
+def test_a_kept_plan_spaces_the_ticks_out_up_to_its_horizon() -> None:
+    cfg = TieringConfig(interval_s=2.0)
+    assert [next_interval(cfg, 0, n) for n in range(6)] == [2.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert STEADY_MAX_FACTOR == 4
+    assert next_interval(cfg, 0, 5, horizon_s=5.0) == 5.0
+    assert next_interval(cfg, 0, 5, horizon_s=0.5) == 2.0  # never under interval_s
 
 
 def test_returns_are_apportioned_by_bytes_out() -> None:

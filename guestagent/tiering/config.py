@@ -32,7 +32,8 @@ BACKEND = setting(
 #: ``TieringConfig.interval_s``.
 INTERVAL = setting(
     "interval_seconds", 10.0,
-    "How often the plan is recomputed; while no vnode is short, up to 4 times less often.",
+    "How often the plan is recomputed; up to 4 times less often while no vnode is short or "
+    "while a move's plan stays the same.",
     minimum=1, maximum=600, convert=as_float)
 SOURCE_LOW = setting(
     "source_low_pct", 10.0,

@@ -73,7 +73,7 @@ class TieringJob:
         assert self._ctx is not None and self._runner is not None
         if self._timer is not None:
             self._timer.cancel()
-        every = next_interval(self._runner.config, self._runner.idle_ticks)
+        every = self._pace(self._runner)
         self._timer = self._ctx.loop.call_every(every, self._tick, first=first)
 
     def _tick(self) -> None:
@@ -86,10 +86,16 @@ class TieringJob:
             self.ticks += 1
             if self.cpu_at_first_tick_s is None:
                 self.cpu_at_first_tick_s = process_cpu_seconds()
-        # Spaced out while idle, back to interval_s at the first short node (policy.next_interval).
-        every = next_interval(runner.config, runner.idle_ticks)
+        # Spaced out while idle or the plan is kept, back to interval_s at the first short node or
+        # change of plan (policy.next_interval).
+        every = self._pace(runner)
         if self._timer is not None and self._timer.interval != every:
             self._schedule(first=every)
+
+    @staticmethod
+    def _pace(runner: Runner) -> float:
+        return next_interval(runner.config, runner.idle_ticks, runner.steady_ticks,
+                             runner.horizon_s)
 
     def reload(self, config: Config) -> None:
         assert self._runner is not None

@@ -172,6 +172,9 @@ class SourceState:
 
 @dataclass(frozen=True)
 class PolicyState:
+    """What the policy remembers between decisions: each node's :class:`SourceState`, and the
+    targets held full."""
+
     sources: dict[int, SourceState] = field(default_factory=dict)
     #: Targets that ran out of room and have not yet regained ``target_resume_pct`` above their
     #: watermark.
@@ -215,6 +218,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Decision:
+    """One decision: the plan to apply, the state for the next decision, and why."""
+
     plan: Plan
     state: PolicyState
     #: One line per node saying why it is (not) a source and which target it got.

@@ -19,7 +19,13 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    target, in the spirit of Google's software-defined far memory (Lagar-Cavilla et al., ASPLOS
    2019): the fraction of the bytes a source has out on remote nodes that comes back per minute
    must stay under ``promotion_target_per_min`` (e.g. 2 %/min). Above it the rate is multiplied by
-   ``backoff``; otherwise it grows by ``rate_step``. Always within ``[min_rate, max_rate]``, and
+   ``backoff``; otherwise it grows by ``rate_step``, unless the backend moved at least
+   ``min_rate``'s worth but less than half of what the rate allowed over the interval
+   (:data:`GROW_WHEN_USED`): then the rate is not what limits the move (DAMON finds no more pages
+   old enough), a higher quota would move nothing more, and the rate is held, so the plan stays
+   the same (nothing to commit, and the ticks are spaced out, see 4). An interval in which less
+   than ``min_rate``'s worth moved (DAMON still ageing its regions after a start) grows the rate
+   as before, so the ramp is as fast as it was. Always within ``[min_rate, max_rate]``, and
    never more than the target's room per interval (the capped rate is what the state remembers);
    when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
    target counts as full until its room is back at ``target_resume_pct`` of its MemTotal
@@ -27,6 +33,10 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
 4. **Pace** (:func:`next_interval`): while decisions find no node short (:func:`is_idle`: nothing
    to move, nothing running), the ticks are spaced out, doubling up to :data:`IDLE_MAX_FACTOR`
    times ``interval_s``; the first decision that finds a short node brings back ``interval_s``.
+   The same while a move's plan stays unchanged (:attr:`Runner.steady_ticks
+   <guestagent.tiering.runner.Runner>`), but never past :func:`plan_horizon_s`: the time the plan
+   can run before a target's room is used up at the rates into it, or a source is back at
+   ``source_high_pct`` (so a longer wait neither overfills a target nor moves more than needed).
    The rate and room arithmetic always uses the time the observation really covered.
 """
 
@@ -34,6 +44,7 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from guestagent.tiering.model import (
@@ -109,14 +120,23 @@ def promotion_fraction_per_min(returned: int, out_bytes: int, interval_s: float)
     return (returned / max(out_bytes, 1)) * (60.0 / interval_s)
 
 
+#: The rate grows only when the backend moved at least this fraction of ``rate * interval`` (or
+#: less than ``min_rate * interval``: still starting); between the two the rate is held (the
+#: rate is not what limits the move).
+GROW_WHEN_USED = 0.5
+
+
 def next_rate(
     previous: SourceState,
     returned: int,
     out_bytes: int,
     interval_s: float,
     config: TieringConfig,
+    moved: int = 0,
 ) -> tuple[int, bool]:
-    """(new rate, backed off?) for a source that stays pressured.
+    """(new rate, backed off?) for a source that stays pressured; ``moved``: bytes the backend
+    moved away from it over the interval (0: nothing yet, or not known; see
+    :data:`GROW_WHEN_USED`).
 
     A source that just became pressured starts at ``initial_rate`` (or lower, if an earlier episode
     had backed off below it: the memory of a backoff is kept while the state is).
@@ -128,6 +148,8 @@ def next_rate(
     fraction = promotion_fraction_per_min(returned, out_bytes, interval_s)
     if fraction > config.promotion_target_per_min:
         return max(config.min_rate, int(previous.rate * config.backoff)), True
+    if config.min_rate * interval_s <= moved < GROW_WHEN_USED * previous.rate * interval_s:
+        return max(config.min_rate, min(config.max_rate, previous.rate)), False
     return min(config.max_rate, previous.rate + config.rate_step), False
 
 
@@ -187,16 +209,17 @@ def _plan_source(
     snapshot: MemorySnapshot,
     config: TieringConfig,
     prev: SourceState,
-    flows: tuple[int, int, int, float],
+    flows: tuple[int, int, int, float, int],
     room: dict[int, int],
     short: frozenset[int],
     still_full: set[int],
 ) -> tuple[Move | None, SourceState, str]:
     """One pressured source: its move (or None when it pauses), its next state and the reason.
-    ``flows`` is (bytes out now, bytes returned to it, bytes out before the returns, interval).
+    ``flows`` is (bytes out now, bytes returned to it, bytes out before the returns, interval,
+    bytes moved away from it over the interval).
     Reserves the move's bytes in ``room``; marks a target too full for ``min_rate`` in
     ``still_full``."""
-    out, returned, out_before, interval = flows
+    out, returned, out_before, interval, moved = flows
     free_pct = 100.0 * snapshot.nodes[n].free_fraction
     paused = replace(prev, pressured=True, target=None, out_bytes=out)
     candidates = cold_candidates(snapshot.nodes[n], snapshot.lru_gen)
@@ -206,7 +229,7 @@ def _plan_source(
             f"node {n}: under pressure (free {free_pct:.1f}%) but only "
             f"{candidates // MIB} MiB {what}: nothing cold to move"
         )
-    rate, backed_off = next_rate(prev, returned, out_before, interval, config)
+    rate, backed_off = next_rate(prev, returned, out_before, interval, config, moved)
     target = choose_target(n, snapshot, config, room, short)
     if target is None:
         return None, paused, _no_target_reason(n, free_pct, snapshot, config, still_full)
@@ -273,7 +296,7 @@ def decide(
     for n in sources:
         prev = state.of(n)
         flows = (out_now.get(n, prev.out_bytes), returned_by.get(n, 0), out_before.get(n, 0),
-                 interval)
+                 interval, max(0, observed.moved.get(n, 0)))
         move, new_states[n], reason = _plan_source(
             n, snapshot, config, prev, flows, room, short, still_full
         )
@@ -288,6 +311,9 @@ def decide(
 #: While idle, ticks are at most this many ``interval_s`` apart (a short node is found that much
 #: later at worst: 8 s at the testbed's 2 s interval, 40 s at the default 10 s).
 IDLE_MAX_FACTOR = 4
+#: While a move's plan stays unchanged, ticks are at most this many ``interval_s`` apart (and
+#: never past :func:`plan_horizon_s`).
+STEADY_MAX_FACTOR = 4
 
 
 def is_idle(decision: Decision) -> bool:
@@ -295,10 +321,39 @@ def is_idle(decision: Decision) -> bool:
     return not decision.plan.moves and not any(s.pressured for s in decision.state.sources.values())
 
 
-def next_interval(config: TieringConfig, idle_ticks: int) -> float:
-    """Seconds until the next decision after ``idle_ticks`` idle decisions in a row:
-    ``interval_s``, doubled per idle decision after the first, at most ``IDLE_MAX_FACTOR`` times."""
-    if idle_ticks <= 1:
-        return config.interval_s
-    factor: int = min(IDLE_MAX_FACTOR, 1 << min(idle_ticks - 1, 8))
-    return config.interval_s * factor
+def plan_horizon_s(snapshot: MemorySnapshot, config: TieringConfig, plan: Plan) -> float:
+    """Seconds ``plan`` can run unchanged at its rates: until a target's room above its
+    ``target_min_pct`` watermark is used up by the moves into it, or a source has moved what it
+    lacks to ``source_high_pct``, whichever is first (``inf`` for the empty plan)."""
+    horizon = math.inf
+    into: dict[int, int] = {}
+    for move in plan.moves:
+        into[move.target] = into.get(move.target, 0) + move.rate
+        source = snapshot.nodes.get(move.source)
+        if source is not None:
+            lacking = watermark_bytes(source, config.source_high_pct) - source.free
+            horizon = min(horizon, max(0, lacking) / move.rate)
+    for target, rate in into.items():
+        node = snapshot.nodes.get(target)
+        room = 0 if node is None else target_room(node, config)
+        horizon = min(horizon, room / rate)
+    return horizon
+
+
+def _spaced(ticks: int, max_factor: int) -> int:
+    """1 for the first tick of a run, then doubled per tick, at most ``max_factor``."""
+    return 1 if ticks <= 1 else min(max_factor, 1 << min(ticks - 1, 8))
+
+
+def next_interval(
+    config: TieringConfig, idle_ticks: int, steady_ticks: int = 0, horizon_s: float = math.inf
+) -> float:
+    """Seconds until the next decision after ``idle_ticks`` idle decisions in a row (or
+    ``steady_ticks`` moving decisions in a row that kept the same plan): ``interval_s``, doubled
+    per such decision after the first, at most ``IDLE_MAX_FACTOR`` (``STEADY_MAX_FACTOR``) times;
+    a steady plan's wait never goes past ``horizon_s`` (:func:`plan_horizon_s`), nor under
+    ``interval_s``."""
+    if idle_ticks > 1:
+        return config.interval_s * _spaced(idle_ticks, IDLE_MAX_FACTOR)
+    steady = config.interval_s * _spaced(steady_ticks, STEADY_MAX_FACTOR)
+    return max(config.interval_s, min(steady, horizon_s))

@@ -18,14 +18,17 @@ the MGLRU switch are taken over from the last snapshot that read them (:data:`LA
 sooner when the online nodes change or a read had a problem); the backend reads what moved
 (:meth:`~guestagent.tiering.model.Backend.moved_by_source`: for DAMON, ``sz_applied`` of the
 kdamonds it runs, nothing of those it turned off). While ticks find nothing to do
-(:attr:`Runner.idle_ticks`) the job spaces them out
-(:func:`~guestagent.tiering.policy.next_interval`).
+(:attr:`Runner.idle_ticks`), or keep a move's plan as it was (:attr:`Runner.steady_ticks`: no
+write but the counters' refresh), the job spaces them out
+(:func:`~guestagent.tiering.policy.next_interval`; a steady plan never past
+:attr:`Runner.horizon_s`).
 """
 
 # House rule (docs/DEVELOPING.md): Optional[...] rather than X | None, for Python 3.9.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -42,7 +45,7 @@ from guestagent.tiering.model import (
     PolicyState,
     TieringConfig,
 )
-from guestagent.tiering.policy import decide, is_idle
+from guestagent.tiering.policy import decide, is_idle, plan_horizon_s
 from guestagent.units import PAGE_SIZE
 
 #: A snapshot's distances and MGLRU switch serve the snapshots of the next this many seconds.
@@ -76,6 +79,11 @@ class Runner:
         self._layout_at = 0.0
         #: Ticks in a row that found no node short and so nothing to move (0 after any other).
         self.idle_ticks = 0
+        #: Moving ticks in a row that kept the previous tick's plan (0 after any other).
+        self.steady_ticks = 0
+        #: Seconds the last plan can run unchanged (:func:`~.policy.plan_horizon_s`).
+        self.horizon_s = math.inf
+        self._plan = Plan()
         self._log = get_logger("tiering.run")
 
     def _snapshot(self) -> MemorySnapshot:
@@ -115,8 +123,9 @@ class Runner:
             observed = self._observe()
         except GuestAgentError as e:
             self._log.warning("tiering_inputs_unreadable", error=str(e), action="pause")
-            self.idle_ticks = 0
-            self._apply(Plan())
+            self.idle_ticks = self.steady_ticks = 0
+            self._plan = Plan()
+            self._apply(self._plan)
             return None
         if snapshot.problems != self._problems:
             for line in snapshot.problems:
@@ -130,6 +139,10 @@ class Runner:
         self._reasons = decision.reasons
         self._apply(decision.plan)
         self.idle_ticks = self.idle_ticks + 1 if is_idle(decision) else 0
+        kept = bool(decision.plan.moves) and decision.plan == self._plan
+        self.steady_ticks = self.steady_ticks + 1 if kept else 0
+        self._plan = decision.plan
+        self.horizon_s = plan_horizon_s(snapshot, self.config, decision.plan)
         return decision
 
     def _apply(self, plan: Plan) -> None:
