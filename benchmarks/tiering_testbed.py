@@ -183,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="no bed: the figures of a record a scenario run left (…-tiering.json)")
     args = parser.parse_args(argv)
     if args.record:
-        n = numbers(sc.Record.load(args.record))
+        try:
+            record = sc.Record.load(args.record)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"tiering_testbed: --record {args.record}: not a scenario record "
+                  f"({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
+        n = numbers(record)
         print(report(n))
         if args.json_out:
             args.json_out.write_text(json.dumps(n, indent=1, sort_keys=True) + "\n")

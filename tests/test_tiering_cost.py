@@ -323,3 +323,19 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
     assert [v for _, v in kernel.writes].count("commit") == 1
     job.stop()
     loop.close()
+
+
+def test_the_benchmark_names_a_record_it_cannot_read_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import tiering_testbed
+
+    missing = tmp_path / "tier3-tiering.json"
+    assert tiering_testbed.main(["--record", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0] and "FileNotFoundError" in err[0]
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"samples": [')
+    assert tiering_testbed.main(["--record", str(damaged)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged.json" in err[0]
