@@ -75,9 +75,9 @@ def bound_gib_s(trace: list[MemorySignals], starts: list[tuple[float, str]], end
     snapshot; ``starts``, ``start_s`` and ``end_s`` on the trace's time scale)."""
     if not trace:
         raise ValueError("empty trace")
-    boot_cache = trace[0].cached_kb
     total = 0.0
-    for snap, nxt in zip(trace, [*trace[1:], None]):
+    caches = cache_in_use(trace, starts, cached)
+    for snap, nxt, cache in zip(trace, [*trace[1:], None], caches):
         t = snap.timestamp
         if t >= end_s:
             break
@@ -86,9 +86,31 @@ def bound_gib_s(trace: list[MemorySignals], starts: list[tuple[float, str]], end
             continue
         dt = min(t_next, end_s) - max(t, start_s)
         gap = (snap.balloon_current_kb or snap.mem_total_kb) - snap.mem_total_kb
-        cache = snap.cached_kb if phase_at(t, starts) in cached else boot_cache
         total += (gap + used_kb(snap) + cache + band_kb) * dt
     return total / (1024 * 1024)
+
+
+def cache_in_use(trace: list[MemorySignals], starts: list[tuple[float, str]],
+                 cached: tuple[str, ...] = CACHE_PHASES) -> list[int]:
+    """The page cache the bound counts at each snapshot: Cached in a phase of ``cached``, else
+    the boot-time Cached (``starts`` on the trace's time scale)."""
+    boot_cache = trace[0].cached_kb
+    return [snap.cached_kb if phase_at(snap.timestamp, starts) in cached else boot_cache
+            for snap in trace]
+
+
+def workload_marks(workload_log: str, trace_offset: float) -> list[tuple[float, str]]:
+    """``(t, phase)`` of the workload's phase lines on the trace's time scale: their
+    CLOCK_MONOTONIC ``mono`` less ``trace_offset`` (the trace's 0 on that clock)."""
+    marks = []
+    for line in workload_log.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "phase" in rec and "mono" in rec:
+            marks.append((float(rec["mono"]) - trace_offset, str(rec["phase"])))
+    return marks
 
 
 def bound_for_run(trace: list[MemorySignals], workload_log: str, trace_offset: float,
@@ -99,14 +121,7 @@ def bound_for_run(trace: list[MemorySignals], workload_log: str, trace_offset: f
     at ``trace_offset`` on that clock (the guest's monitor measured it). The window runs from the
     first phase line to the last (``end``, or ``failed``). None without phase lines.
     """
-    marks = []
-    for line in workload_log.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "phase" in rec and "mono" in rec:
-            marks.append((float(rec["mono"]) - trace_offset, str(rec["phase"])))
+    marks = workload_marks(workload_log, trace_offset)
     if len(marks) < 2 or not trace:
         return None
     start_s, end_s = marks[0][0], marks[-1][0]

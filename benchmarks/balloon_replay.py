@@ -20,9 +20,9 @@ run time) is a separate measurement; these numbers only compare policies on iden
 ``--bound RUN_DIR ...`` speaks the issue's unit instead: each ``RUN_DIR`` is one ``none`` run of
 ``balloon_testbed`` (``<workload>.none.<repeat>/`` with ``trace.jsonl``, ``workload.out`` and
 ``events.jsonl``). The replayed ``pressure`` size is integrated over the workload's window and
-set against the no-headroom bound of that run (``balloon_bound.bound_for_run``), and the gap is
-split into the law's parts (:func:`gap_parts`). ``--every N`` feeds every Nth snapshot (the
-recording is at 1 s, the daemon decides every 5 s).
+set against the no-headroom bound of that run (``balloon_bound``'s, from the same phase marks
+and page cache), and the gap is split into the law's parts (:func:`gap_parts`). ``--every N``
+feeds every Nth snapshot (the recording is at 1 s, the daemon decides every 5 s).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.balloon_bound import bound_for_run, cache_phases, phase_at  # noqa: E402
+from benchmarks.balloon_bound import cache_in_use, cache_phases, workload_marks  # noqa: E402
 from guestagent.balloon.common import PolicyState  # noqa: E402
 from guestagent.balloon.pressure import (  # noqa: E402
     PressureConfig,
@@ -112,9 +112,10 @@ def line_parts(snap: MemorySignals, state: PolicyState, config: PressureConfig, 
                used_rate: float) -> tuple[int, int, int, int]:
     """(R, the second R, B beyond it, the rising room) of the probe line at one snapshot."""
     reserve = reserve_kb(config, ceiling_kb)
+    second = int(reserve * config.line_min_reserves)
     burst = burst_allowance(state, config, snap.timestamp)
-    line = headroom_line_kb(reserve, burst, burst_so_far_kb(state))
-    return reserve, reserve, line - 2 * reserve, rising_room_kb(used_rate, config)
+    line = headroom_line_kb(reserve, burst, burst_so_far_kb(state), config.line_min_reserves)
+    return reserve, second, line - reserve - second, rising_room_kb(used_rate, config)
 
 
 def gap_parts(snaps: list[MemorySignals], steps: list[SimStep], window: tuple[float, float],
@@ -193,16 +194,10 @@ def run_window(run_dir: Path) -> tuple[list[MemorySignals], tuple[float, float],
             offset = float(json.loads(line)["trace_offset"])
     if offset is None:
         raise SystemExit(f"{run_dir}/events.jsonl: no trace_offset")
-    got = bound_for_run(snaps, workload, offset, 0)
-    if got is None:
+    marks = workload_marks(workload, offset)
+    if len(marks) < 2 or not snaps:
         raise SystemExit(f"{run_dir}/workload.out: no phase lines")
-    marks = [(float(str(rec["mono"])) - offset, str(rec["phase"])) for rec in _records(workload)
-             if "phase" in rec and "mono" in rec]
-    start, end = marks[0][0], marks[-1][0]
-    cached = cache_phases(workload)
-    boot = snaps[0].cached_kb
-    cache_at = [s.cached_kb if phase_at(s.timestamp, marks) in cached else boot for s in snaps]
-    return snaps, (start, end), cache_at
+    return snaps, (marks[0][0], marks[-1][0]), cache_in_use(snaps, marks, cache_phases(workload))
 
 
 def _parses(line: str) -> bool:
@@ -211,11 +206,6 @@ def _parses(line: str) -> bool:
     except ValueError:
         return False
     return bool(line.strip())
-
-
-def _records(text: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in text.splitlines()
-            if _parses(line) and isinstance(json.loads(line), dict)]
 
 
 def bound_replay(run_dir: Path, every: int, populate_kb_per_s: float | None,
