@@ -42,6 +42,18 @@ class CountingFS(HostFS):
         return super().read_text(host_path)
 
 
+def job_context(tmp_path: Path, hostfs: HostFS, backends: list[tuple[str, Any]],
+                loop: EventLoop | None = None, **tiering: Any) -> JobContext:
+    """A tiering job's context on the fixture tree: the default configuration (state under
+    ``tmp_path``, ``tiering`` overrides), no xenstore, the given backends."""
+    loop = EventLoop() if loop is None else loop
+    config = defaults()
+    config.values["agent"]["state_dir"] = str(tmp_path / "state")
+    config.values["tiering"].update(tiering)
+    return JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest",
+                      host=Host(hostfs, tiering_backends=backends))
+
+
 def world(tmp_path: Path) -> tuple[Path, FakeDamonKernel, CountingFS, Runner]:
     root = make_tree(tmp_path)
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
@@ -177,14 +189,10 @@ def test_the_job_spaces_its_ticks_out_while_idle_and_not_once_a_node_is_short(
     short = (root / MEMINFO0).read_text()
     (root / MEMINFO0).write_text(short.replace("61836 kB", "600000 kB"))
     damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
-    host = Host(hostfs, tiering_backends=[damon])
-    loop = EventLoop()
-    config = defaults()
-    config.values["agent"]["state_dir"] = str(tmp_path / "state")
-    ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest", host=host)
+    ctx = job_context(tmp_path, hostfs, [damon])
     job = TieringJob()
     job.start(ctx)
-    every = config.section("tiering")["interval_seconds"]
+    every = ctx.config.section("tiering")["interval_seconds"]
     seen = []
     for _ in range(4):
         job._tick()
@@ -198,7 +206,7 @@ def test_the_job_spaces_its_ticks_out_while_idle_and_not_once_a_node_is_short(
     assert kernel.kdamond_states() == ["on", "off"]
     assert job.ticks == 5 and job.cpu_at_first_tick_s is not None
     job.stop()
-    loop.close()
+    ctx.loop.close()
 
 
 def test_between_full_snapshots_only_the_meminfo_lines_used_are_parsed(tmp_path: Path) -> None:
@@ -264,12 +272,7 @@ def test_the_job_probes_no_backend_after_the_first_that_serves(tmp_path: Path) -
     damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
     loop = EventLoop()
     for wanted, expected in (("auto", []), ("damon", ["tmem"])):
-        config = defaults()
-        config.values["agent"]["state_dir"] = str(tmp_path / "state")
-        config.values["tiering"]["backend"] = wanted
-        host = Host(hostfs, tiering_backends=[damon, ("tmem", tmem)])
-        ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest",
-                         host=host)
+        ctx = job_context(tmp_path, hostfs, [damon, ("tmem", tmem)], loop, backend=wanted)
         made.clear()
         job = TieringJob()
         job.start(ctx)
@@ -289,11 +292,7 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
     kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
     hostfs = HostFS(str(root))
     damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
-    loop = EventLoop()
-    config = defaults()
-    config.values["agent"]["state_dir"] = str(tmp_path / "state")
-    ctx = JobContext(loop, hostfs, config, XenstoreHub(loop, lambda: None), "guest",
-                     host=Host(hostfs, tiering_backends=[damon]))
+    ctx = job_context(tmp_path, hostfs, [damon])
     now = [0.0]
 
     class TimedRunner(Runner):  # the time the loop's timer would have let pass
@@ -302,7 +301,7 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
 
     job = TieringJob(runner=TimedRunner)
     job.start(ctx)
-    every = config.section("tiering")["interval_seconds"]
+    every = ctx.config.section("tiering")["interval_seconds"]
     seen = []
     for _ in range(5):
         job._tick()
@@ -322,7 +321,7 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
     assert job._timer is not None and job._timer.interval == every
     assert [v for _, v in kernel.writes].count("commit") == 1
     job.stop()
-    loop.close()
+    ctx.loop.close()
 
 
 def test_the_benchmark_names_a_record_it_cannot_read_in_one_line(
