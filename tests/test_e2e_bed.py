@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.e2e.bed import BedConfig, GuestSpec
 
 
@@ -102,3 +104,36 @@ def test_a_failed_symbol_lookup_leaves_the_bare_rips() -> None:
     g.domid = 3
     dump = "(XEN) *** Dumping Dom3 vcpu#1 state: ***\n(XEN) RIP:    0010:[<ffffffff8107ee05>]\n"
     assert g.dead_vcpus(dump) == ["d3v1 RIP ffffffff8107ee05"]
+
+
+def test_a_guest_that_did_not_boot_is_probed_before_it_is_destroyed(tmp_path: Path) -> None:
+    """``hang_probe`` runs on a guest that did not boot, for its domid, before ``xl destroy``; its
+    output is kept in ``<guest>.hang``; without a probe, or when Dom0 fails, the boot goes on."""
+    from tests.e2e.bed import BedConfig, Guest
+    from tests.e2e.util import BedError
+
+    scripts: list[str] = []
+
+    class FakeBed:
+        run_dir = tmp_path
+        config = BedConfig(hang_probe="xl debug-keys q; xl dmesg | grep d{domid}")
+        fail = False
+
+        def dom0(self, script: str, timeout: float = 120) -> tuple[str, int]:
+            scripts.append(script)
+            if self.fail:
+                raise BedError("Dom0 did not answer")
+            return "(XEN) VCPU3: CPU1 upcall_pend=01 pause_flags=1\n", 0
+
+    bed = FakeBed()
+    g = Guest(bed, GuestSpec.hvm(memory=1024, vcpus=8), "hvm-2x4-1")  # type: ignore[arg-type]
+    g.domid = 7
+    g.probe_hang()
+    assert scripts == ["xl debug-keys q; xl dmesg | grep d7"]
+    assert (tmp_path / "hvm-2x4-1.hang").read_text().startswith("(XEN) VCPU3: CPU1 upcall_pend=01")
+    bed.fail = True
+    g.probe_hang()
+    assert (tmp_path / "hvm-2x4-1.hang").read_text() == "(hang probe failed: Dom0 did not answer)"
+    bed.config = BedConfig()  # no probe asked for: Dom0 is not asked
+    g.probe_hang()
+    assert len(scripts) == 2

@@ -71,7 +71,7 @@ def boots_args(**kw: object) -> argparse.Namespace:
     """``boots``'s options as argparse gives them, ``kw`` changed."""
     base: dict[str, object] = dict(
         shape=[], pv=False, vnuma=None, memory=None, vcpus=None, kernel="", host_numa2=False,
-        no_pin_hvm=False, smp=4, xl=[], cmdline="", outer_cpu="", boot_timeout=0.0)
+        no_pin_hvm=False, smp=4, xl=[], cmdline="", outer_cpu="", boot_timeout=0.0, hang_probe="")
     base.update(kw)
     return argparse.Namespace(**base)
 

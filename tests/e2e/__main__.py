@@ -164,6 +164,7 @@ def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, s
     config = BedConfig(host_numa2=args.host_numa2, run_name="boots", cpus=args.smp,
                        pin_hvm_off_cpu0=not args.no_pin_hvm)
     config.outer_cpu = args.outer_cpu or config.outer_cpu
+    config.hang_probe = args.hang_probe
     settings = [*args.xl]
     if args.cmdline:
         settings.append(f"cmdline +{args.cmdline}")
@@ -445,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     bts.add_argument("--dom0-probe", default="", metavar="SCRIPT",
                      help="a Dom0 script run after each guest's command ({domid}: the guest's), "
                      "kept in <guest>.probe, e.g. 'xl debug-keys s; xl dmesg | grep dom{domid}:'")
+    bts.add_argument("--hang-probe", default="", metavar="SCRIPT",
+                     help="a Dom0 script run on a guest that did not boot, before it is destroyed "
+                     "({domid}: the guest's), kept in <guest>.hang, e.g. 'xl dmesg -c >/dev/null; "
+                     "xl debug-keys q; xl debug-keys e; xl dmesg'")
     bts.set_defaults(func=cmd_boots)
     pins = sub.add_parser("pins", help="compare the pinned versions with apt's candidates")
     pins.set_defaults(func=cmd_pins)

@@ -76,6 +76,10 @@ class BedConfig:
     #: The outer QEMU's CPU model (``-cpu``); issue 13's candidates (``+invtsc``, another model) are
     #: measured with ``python -m tests.e2e boots --outer-cpu``.
     outer_cpu: str = "qemu64,+svm,+npt,+nrip-save"
+    #: A Dom0 script run on a guest that did not boot, before it is destroyed (``{domid}``: the
+    #: guest's), its output kept in ``<guest>.hang``: e.g. Xen's debug keys ``q`` (vCPU states,
+    #: pending upcalls) and ``e`` (event channels) on a guest stuck in a rendezvous.
+    hang_probe: str = ""
 
     def hvm_cpus(self, pcpus: int | None = None) -> str | None:
         """The ``cpus=`` (hard affinity) of an HVM guest, or None to leave it to Xen. ``pcpus``:
@@ -556,6 +560,7 @@ class XenBed:
                 g.create()
                 break
             except BedError as e:
+                g.probe_hang()
                 report = g.report()
                 g.destroy()
                 if attempt >= retries:
@@ -736,6 +741,19 @@ class Guest:
         except OSError:
             pass
         return text
+
+    def probe_hang(self) -> None:
+        """The bed's ``hang_probe`` on this guest (one that did not boot), its output kept in
+        ``<guest>.hang`` in the run directory; a probe that fails is logged, never raised."""
+        script = self.bed.config.hang_probe
+        if not script or self.domid is None:
+            return
+        try:
+            out, rc = self.bed.dom0(script.replace("{domid}", str(self.domid)), timeout=180)
+        except BedError as e:
+            out, rc = f"(hang probe failed: {e})", -1
+        (self.bed.run_dir / f"{self.name}.hang").write_text(out)
+        log(f"{self.name} hang probe (status {rc}): {len(out)} characters in {self.name}.hang")
 
     def destroy(self) -> None:
         try:
