@@ -71,7 +71,8 @@ def boots_args(**kw: object) -> argparse.Namespace:
     """``boots``'s options as argparse gives them, ``kw`` changed."""
     base: dict[str, object] = dict(
         shape=[], pv=False, vnuma=None, memory=None, vcpus=None, kernel="", host_numa2=False,
-        no_pin_hvm=False, smp=4, xl=[], cmdline="", outer_cpu="", boot_timeout=0.0, hang_probe="")
+        no_pin_hvm=False, smp=4, xl=[], cmdline="", outer_cpu="", boot_timeout=0.0, hang_probe="",
+        xen_cmdline="")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -80,7 +81,8 @@ def test_the_measured_shape_carries_every_candidate_setting() -> None:
     args = boots_args(
         vnuma='[ ["pnode=0","size=512","vcpus=0-1","vdistances=10"] ]', memory=512,
         vcpus=2, xl=['tsc_mode="native"'], cmdline="pci=noearly",
-        outer_cpu="qemu64,+svm,+npt,+invtsc")
+        outer_cpu="qemu64,+svm,+npt,+invtsc", xen_cmdline="sched=credit",
+        hang_probe="xl debug-keys q")
     [(label, spec, shape)], config, _settings = _boots_setup(args)
     assert label == "custom"
     assert 'tsc_mode="native"' in spec.xl_config().splitlines()
@@ -88,7 +90,9 @@ def test_the_measured_shape_carries_every_candidate_setting() -> None:
     assert config.qemu_args()[config.qemu_args().index("-cpu") + 1] == "qemu64,+svm,+npt,+invtsc"
     assert shape.startswith("hvm 2 vCPUs 512 MiB vnuma")
     assert shape.endswith('(pinned off pCPU 0); tsc_mode="native"; cmdline +pci=noearly; '
-                          "outer -cpu qemu64,+svm,+npt,+invtsc")
+                          "outer -cpu qemu64,+svm,+npt,+invtsc; Xen +sched=credit")
+    assert config.xen_cmdline().endswith("guest_loglvl=warning sched=credit")
+    assert config.hang_probe == "xl debug-keys q"
 
 
 def test_each_named_shape_is_a_consistent_guest() -> None:

@@ -165,11 +165,14 @@ def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, s
                        pin_hvm_off_cpu0=not args.no_pin_hvm)
     config.outer_cpu = args.outer_cpu or config.outer_cpu
     config.hang_probe = args.hang_probe
+    config.xen_extra = args.xen_cmdline
     settings = [*args.xl]
     if args.cmdline:
         settings.append(f"cmdline +{args.cmdline}")
     if args.outer_cpu:
         settings.append(f"outer -cpu {args.outer_cpu}")
+    if args.xen_cmdline:
+        settings.append(f"Xen +{args.xen_cmdline}")
     if args.smp != 4:
         settings.append(f"outer -smp {args.smp}")
     if args.shape:
@@ -446,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     bts.add_argument("--dom0-probe", default="", metavar="SCRIPT",
                      help="a Dom0 script run after each guest's command ({domid}: the guest's), "
                      "kept in <guest>.probe, e.g. 'xl debug-keys s; xl dmesg | grep dom{domid}:'")
+    bts.add_argument("--xen-cmdline", default="", metavar="OPTIONS",
+                     help="appended to Xen's command line, e.g. 'sched=credit'")
     bts.add_argument("--hang-probe", default="", metavar="SCRIPT",
                      help="a Dom0 script run on a guest that did not boot, before it is destroyed "
                      "({domid}: the guest's), kept in <guest>.hang, e.g. 'xl dmesg -c >/dev/null; "

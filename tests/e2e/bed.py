@@ -80,6 +80,8 @@ class BedConfig:
     #: guest's), its output kept in ``<guest>.hang``: e.g. Xen's debug keys ``q`` (vCPU states,
     #: pending upcalls) and ``e`` (event channels) on a guest stuck in a rendezvous.
     hang_probe: str = ""
+    #: Appended to Xen's command line (``boots --xen-cmdline``, e.g. ``sched=credit``).
+    xen_extra: str = ""
 
     def hvm_cpus(self, pcpus: int | None = None) -> str | None:
         """The ``cpus=`` (hard affinity) of an HVM guest, or None to leave it to Xen. ``pcpus``:
@@ -120,7 +122,8 @@ class BedConfig:
         return args
 
     def xen_cmdline(self) -> str:
-        return XEN_CMDLINE + (" iommu=1" if self.host_numa2 else "")
+        return (XEN_CMDLINE + (" iommu=1" if self.host_numa2 else "")
+                + (f" {self.xen_extra}" if self.xen_extra else ""))
 
 
 @dataclass
