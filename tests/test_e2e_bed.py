@@ -137,18 +137,3 @@ def test_a_guest_that_did_not_boot_is_probed_before_it_is_destroyed(tmp_path: Pa
     bed.config = BedConfig()  # no probe asked for: Dom0 is not asked
     g.probe_hang()
     assert len(scripts) == 2
-
-
-def test_hvm_guests_have_no_emulated_hpet_unless_asked() -> None:
-    """``hpet = 0`` in every HVM guest's config by default (the loaded 8-vCPU boot hang); the
-    spec's own field or an ``hpet =`` line of the caller's turns it back on; PV guests have
-    no such line."""
-    lines = GuestSpec.hvm(memory=2048, vcpus=8).xl_config().splitlines()
-    assert [ln for ln in lines if ln.startswith("hpet")] == ["hpet = 0"]
-    on = GuestSpec.hvm(memory=1024, vcpus=4)
-    on.hpet = True
-    assert "hpet = 1" in on.xl_config().splitlines()
-    asked = GuestSpec.hvm(memory=1024, vcpus=4)
-    asked.extra.append("hpet = 1")
-    assert [ln for ln in asked.xl_config().splitlines() if ln.startswith("hpet")] == ["hpet = 1"]
-    assert not any(ln.startswith("hpet") for ln in GuestSpec.pv().xl_config().splitlines())

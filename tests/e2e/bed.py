@@ -148,12 +148,6 @@ class GuestSpec:
     #: xl disk specs after the root disk (xvda), e.g. a blkback disk
     #: ``'format=raw,vdev=xvdb,access=rw,backendtype=phy,target=/dev/loop0'``.
     extra_disks: list[str] = field(default_factory=list)
-    #: The HVM guest's emulated HPET (xl.cfg ``hpet``), off unless asked for (an ``hpet =`` line
-    #: in ``extra`` wins). With it, 8-vCPU guests hung at boot under load on this nested bed, each
-    #: time just after the kernel registered the HPET (``hpet0: 3 comparators``) and before its
-    #: first clocksource switch, every vCPU busy and no IPI pending (tests/e2e/README.md, "The
-    #: 8-vCPU hang"); the guest keeps time and timers on Xen's PV clock either way.
-    hpet: bool = False
 
     @classmethod
     def hvm(
@@ -222,8 +216,6 @@ class GuestSpec:
         ]
         if self.type == "hvm":
             lines += ['serial = "pty"', 'vga = "none"', "vnc = 0", "sdl = 0"]
-            if not any(re.match(r"\s*hpet\s*=", e) for e in self.extra):
-                lines.append(f"hpet = {int(self.hpet)}")
         if self.vnuma:
             lines.append(f"vnuma = {self.vnuma}")
         if cpus and not any(re.match(r"\s*cpus\s*=", e) for e in self.extra):
