@@ -137,3 +137,11 @@ def test_a_guest_that_did_not_boot_is_probed_before_it_is_destroyed(tmp_path: Pa
     bed.config = BedConfig()  # no probe asked for: Dom0 is not asked
     g.probe_hang()
     assert len(scripts) == 2
+
+
+def test_xen_runs_the_credit_scheduler_on_the_bed() -> None:
+    """sched=credit on Xen's command line, on both host layouts (the loaded 8-vCPU hang under
+    credit2); iommu=1 still only on the 2-node layout."""
+    one, two = BedConfig().xen_cmdline(), BedConfig(host_numa2=True).xen_cmdline()
+    assert "sched=credit" in one.split() and "sched=credit" in two.split()
+    assert "iommu=1" in two.split() and "iommu=1" not in one.split()

@@ -81,7 +81,7 @@ def test_the_measured_shape_carries_every_candidate_setting() -> None:
     args = boots_args(
         vnuma='[ ["pnode=0","size=512","vcpus=0-1","vdistances=10"] ]', memory=512,
         vcpus=2, xl=['tsc_mode="native"'], cmdline="pci=noearly",
-        outer_cpu="qemu64,+svm,+npt,+invtsc", xen_cmdline="sched=credit",
+        outer_cpu="qemu64,+svm,+npt,+invtsc", xen_cmdline="sched=credit2",
         hang_probe="xl debug-keys q")
     [(label, spec, shape)], config, _settings = _boots_setup(args)
     assert label == "custom"
@@ -90,8 +90,9 @@ def test_the_measured_shape_carries_every_candidate_setting() -> None:
     assert config.qemu_args()[config.qemu_args().index("-cpu") + 1] == "qemu64,+svm,+npt,+invtsc"
     assert shape.startswith("hvm 2 vCPUs 512 MiB vnuma")
     assert shape.endswith('(pinned off pCPU 0); tsc_mode="native"; cmdline +pci=noearly; '
-                          "outer -cpu qemu64,+svm,+npt,+invtsc; Xen +sched=credit")
-    assert config.xen_cmdline().endswith("guest_loglvl=warning sched=credit")
+                          "outer -cpu qemu64,+svm,+npt,+invtsc; Xen +sched=credit2")
+    # the bed's own sched=credit first, the option after it: Xen takes the last one
+    assert config.xen_cmdline().endswith("guest_loglvl=warning sched=credit sched=credit2")
     assert config.hang_probe == "xl debug-keys q"
 
 
