@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tests.e2e import artefacts, boots, passthrough, preflight, rootfs, versions
 from tests.e2e import pins as pinning
-from tests.e2e.bed import BedConfig, Guest, GuestSpec, XenBed, acquire_bed_lock
+from tests.e2e.bed import BedConfig, Guest, GuestSpec, XenBed, acquire_bed_lock, run_probe
 from tests.e2e.util import BedError, GuestDied, log
 
 
@@ -106,11 +106,7 @@ def _probe(bed: XenBed, g: Guest, script: str) -> None:
     guest's), its output kept in ``<guest>.probe`` in the run directory; a failure is logged."""
     if not script:
         return
-    try:
-        out, rc = bed.dom0(script.replace("{domid}", str(g.domid)), timeout=120)
-    except BedError as e:
-        out, rc = f"(probe failed: {e})", -1
-    (bed.run_dir / f"{g.name}.probe").write_text(out)
+    out, rc = run_probe(bed, g.name, g.domid, script, "probe")
     log(f"{g.name} probe (status {rc}): {out.strip()[-300:]}")
 
 

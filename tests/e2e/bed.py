@@ -348,6 +348,19 @@ def last_answer(text: str, rid: str) -> tuple[str, int, str] | None:
 BED_LOCK = CACHE / "bed.lock"
 
 
+def run_probe(bed: XenBed, name: str, domid: int | None, script: str, suffix: str,
+              label: str = "probe", timeout: float = 120) -> tuple[str, int]:
+    """A Dom0 script about guest ``name`` (``{domid}`` in it is the guest's), its output kept in
+    ``<name>.<suffix>`` in the run directory: ``(output, status)``; a Dom0 that fails is one line
+    in the output and status -1, never raised (``--dom0-probe``, ``--hang-probe``)."""
+    try:
+        out, rc = bed.dom0(script.replace("{domid}", str(domid)), timeout=timeout)
+    except BedError as e:
+        out, rc = f"({label} failed: {e})", -1
+    (bed.run_dir / f"{name}.{suffix}").write_text(out)
+    return out, rc
+
+
 def acquire_bed_lock() -> int:
     """Hold the machine-wide bed lock: one Xen-in-QEMU (and one artefact build) at a time.
 
@@ -756,11 +769,8 @@ class Guest:
         script = self.bed.config.hang_probe
         if not script or self.domid is None:
             return
-        try:
-            out, rc = self.bed.dom0(script.replace("{domid}", str(self.domid)), timeout=180)
-        except BedError as e:
-            out, rc = f"(hang probe failed: {e})", -1
-        (self.bed.run_dir / f"{self.name}.hang").write_text(out)
+        out, rc = run_probe(self.bed, self.name, self.domid, script, "hang", "hang probe",
+                            timeout=180)
         log(f"{self.name} hang probe (status {rc}): {len(out)} characters in {self.name}.hang")
 
     def destroy(self) -> None:
