@@ -249,6 +249,17 @@ def test_the_budget_ends_by_a_clock_time_as_well() -> None:
     assert boots.budget_seconds(23, "19:10", t) == 600
     assert boots.budget_seconds(0, "19:10", t) == 600
     assert boots.budget_seconds(23, "18:59", t) == 1.0  # already past: nothing starts
+    assert boots.budget_seconds(0, "07:01", t) == 1.0  # 12 h ago, not tomorrow's
+
+
+def test_the_clock_time_may_be_after_midnight_and_is_checked() -> None:
+    t = 1796419800.0  # 2026-12-04 21:30:00 UTC
+    assert boots.budget_seconds(0, "00:05", t) == 155 * 60  # tonight's, not this morning's
+    assert boots.budget_seconds(200, "0:05", t) == 155 * 60
+    assert boots.clock_time("00:05") == "00:05"
+    for bad in ("24:00", "12:60", "noon", "1205", "-1:30"):
+        with pytest.raises(argparse.ArgumentTypeError, match="HH:MM"):
+            boots.clock_time(bad)
 
 
 # --- hvm-pt: the passthrough guest of test_dom0_devices.py (2-node layout) ----------------------

@@ -416,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                      "it after the command counts as 'no device'")
     bts.add_argument("--max-minutes", type=float, default=0,
                      help="bed time budget: start no boot that would end after it (0: none)")
-    bts.add_argument("--end-by", default="", metavar="HH:MM",
-                     help="start no boot that would end after this time (UTC), whatever "
+    bts.add_argument("--end-by", default="", metavar="HH:MM", type=boots.clock_time,
+                     help="start no boot that would end after this time (UTC; the next such "
+                     "time within 12 h, so 00:05 at 21:30 is tonight's), whatever "
                      "--max-minutes says")
     bts.add_argument("--boot-timeout", type=float, default=0,
                      help="seconds from xl create to the shell before a boot counts as a "

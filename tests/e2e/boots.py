@@ -30,6 +30,7 @@ device (by ``vendor:device`` under /sys/bus/pci/devices), or the boot counts as 
 
 from __future__ import annotations
 
+import argparse
 import re
 import statistics
 import time
@@ -141,15 +142,26 @@ SHAPES = _shapes(
 FIRST_GUESS_S = {"hvm": 330.0, "pv": 150.0}
 
 
+def clock_time(text: str) -> str:
+    """``--end-by``'s value checked: ``HH:MM``, a UTC time of day (argparse's ``type``)."""
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
+    if not m or int(m[1]) > 23 or int(m[2]) > 59:
+        raise argparse.ArgumentTypeError(f"not a time of day HH:MM (UTC): {text!r}")
+    return text
+
+
 def budget_seconds(max_minutes: float, end_by: str, now_utc: float) -> float:
     """The bed time budget from the moment the bed is up: ``max_minutes`` of it, and no later
-    than ``end_by`` (``HH:MM`` UTC today, e.g. the last minute of a shared bed's slot); 0 for
-    no budget. ``now_utc``: seconds since the epoch when the bed's time started."""
+    than ``end_by`` (``HH:MM`` UTC, e.g. the last minute of a shared bed's slot); 0 for no
+    budget. ``end_by`` is the next such time within 12 hours (``00:05`` at 21:30 is tonight's),
+    else one passed within the last 12 hours, which leaves nothing to start. ``now_utc``: seconds
+    since the epoch when the bed's time started."""
     budget = max_minutes * 60
     if end_by:
         hh, mm = (int(x) for x in end_by.split(":"))
         day = now_utc - now_utc % 86400
-        left = max(day + hh * 3600 + mm * 60 - now_utc, 1.0)
+        left = (day + hh * 3600 + mm * 60 - now_utc) % 86400
+        left = left if left <= 12 * 3600 else 1.0
         budget = min(budget, left) if budget else left
     return budget
 
