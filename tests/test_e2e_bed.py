@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest.mock import patch
 
 from tests.e2e.bed import BedConfig, GuestSpec
 
@@ -137,6 +138,57 @@ def test_a_guest_that_did_not_boot_is_probed_before_it_is_destroyed(tmp_path: Pa
     bed.config = BedConfig()  # no probe asked for: Dom0 is not asked
     g.probe_hang()
     assert len(scripts) == 2
+
+
+def test_xen_debug_keys_go_to_xens_serial_console_without_dom0(tmp_path: Path) -> None:
+    """The keys are typed on the serial socket QEMU serves (three Ctrl-A to Xen, each key, three
+    Ctrl-A back to Dom0) and what Xen printed since is read from serial.log; a guest that did
+    not boot gets them in ``<guest>.xenkeys`` before the Dom0 probe, even when Dom0 is dead."""
+    import socket
+    import threading
+    import time
+
+    from tests.e2e.bed import Guest, XenBed
+    from tests.e2e.util import BedError
+
+    log_path = tmp_path / "serial.log"
+    log_path.write_text("(XEN) boot\n")
+    typed: list[bytes] = []
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "serial.sock"))
+    server.listen(2)
+
+    def xen() -> None:  # QEMU's side: Xen answers a 'q' on its console
+        for _ in range(2):
+            conn, _addr = server.accept()
+            with conn:
+                while data := conn.recv(64):
+                    typed.append(data)
+                    if data == b"q":
+                        with open(log_path, "a") as f:
+                            f.write("(XEN) 'q' pressed -> dumping domain info\r\n")
+
+    threading.Thread(target=xen, daemon=True).start()
+    bed = XenBed.__new__(XenBed)
+    bed.run_dir = tmp_path
+    bed.config = BedConfig(xen_keys="q r")
+    real_sleep = time.sleep
+    with patch("tests.e2e.bed.time.sleep", side_effect=lambda _s: real_sleep(0.05)):
+        out = bed.xen_debug_keys("q r")
+        assert out == "(XEN) 'q' pressed -> dumping domain info\n"
+
+        def dead_dom0(script: str, timeout: float = 120) -> tuple[str, int]:
+            raise BedError("Dom0 did not answer")
+
+        bed.dom0 = dead_dom0  # type: ignore[method-assign]
+        g = Guest(bed, GuestSpec.hvm(memory=1024, vcpus=2), "hvm-pt-2")
+        g.domid = 2
+        g.probe_hang()
+    assert (tmp_path / "hvm-pt-2.xenkeys").read_text().startswith("(XEN) 'q' pressed")
+    assert b"".join(typed) == b"\x01\x01\x01qr\x01\x01\x01" * 2
+    server.close()
+    (tmp_path / "serial.sock").unlink()
+    assert "not reached" in bed.xen_debug_keys("q")
 
 
 def test_xen_runs_the_credit_scheduler_on_the_bed() -> None:

@@ -72,7 +72,7 @@ def boots_args(**kw: object) -> argparse.Namespace:
     base: dict[str, object] = dict(
         shape=[], pv=False, vnuma=None, memory=None, vcpus=None, kernel="", host_numa2=False,
         no_pin_hvm=False, smp=4, xl=[], cmdline="", outer_cpu="", boot_timeout=0.0, hang_probe="",
-        xen_cmdline="")
+        xen_cmdline="", xen_keys="")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -82,7 +82,7 @@ def test_the_measured_shape_carries_every_candidate_setting() -> None:
         vnuma='[ ["pnode=0","size=512","vcpus=0-1","vdistances=10"] ]', memory=512,
         vcpus=2, xl=['tsc_mode="native"'], cmdline="pci=noearly",
         outer_cpu="qemu64,+svm,+npt,+invtsc", xen_cmdline="sched=credit2",
-        hang_probe="xl debug-keys q")
+        hang_probe="xl debug-keys q", xen_keys="q0r")
     [(label, spec, shape)], config, _settings = _boots_setup(args)
     assert label == "custom"
     assert 'tsc_mode="native"' in spec.xl_config().splitlines()
@@ -94,6 +94,7 @@ def test_the_measured_shape_carries_every_candidate_setting() -> None:
     # the bed's own sched=credit first, the option after it: Xen takes the last one
     assert config.xen_cmdline().endswith("guest_loglvl=warning sched=credit sched=credit2")
     assert config.hang_probe == "xl debug-keys q"
+    assert config.xen_keys == "q0r"
 
 
 def test_each_named_shape_is_a_consistent_guest() -> None:
@@ -257,6 +258,7 @@ def test_the_clock_time_may_be_after_midnight_and_is_checked() -> None:
     assert boots.budget_seconds(0, "00:05", t) == 155 * 60  # tonight's, not this morning's
     assert boots.budget_seconds(200, "0:05", t) == 155 * 60
     assert boots.clock_time("00:05") == "00:05"
+    assert boots.clock_time("") == ""  # the option's default: argparse passes it through too
     for bad in ("24:00", "12:60", "noon", "1205", "-1:30"):
         with pytest.raises(argparse.ArgumentTypeError, match="HH:MM"):
             boots.clock_time(bad)

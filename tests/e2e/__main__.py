@@ -161,6 +161,7 @@ def _boots_setup(args: argparse.Namespace) -> tuple[list[tuple[str, GuestSpec, s
                        pin_hvm_off_cpu0=not args.no_pin_hvm)
     config.outer_cpu = args.outer_cpu or config.outer_cpu
     config.hang_probe = args.hang_probe
+    config.xen_keys = args.xen_keys
     config.xen_extra = args.xen_cmdline
     settings = [*args.xl]
     if args.cmdline:
@@ -448,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
                      "kept in <guest>.probe, e.g. 'xl debug-keys s; xl dmesg | grep dom{domid}:'")
     bts.add_argument("--xen-cmdline", default="", metavar="OPTIONS",
                      help="appended to Xen's command line, e.g. 'sched=credit'")
+    bts.add_argument("--xen-keys", default="", metavar="KEYS",
+                     help="Xen debug keys typed on Xen's serial console for a guest that "
+                     "reached no shell, before --hang-probe; they need no Dom0 (e.g. 'q0r': "
+                     "domains and vCPUs, Dom0's registers, run queues); kept in <guest>.xenkeys")
     bts.add_argument("--hang-probe", default="", metavar="SCRIPT",
                      help="a Dom0 script run on a guest that did not boot, before it is destroyed "
                      "({domid}: the guest's), kept in <guest>.hang, e.g. 'xl dmesg -c >/dev/null; "

@@ -87,6 +87,10 @@ class BedConfig:
     hang_probe: str = ""
     #: Appended to Xen's command line (``boots --xen-cmdline``, e.g. ``sched=credit``).
     xen_extra: str = ""
+    #: Xen debug keys typed on Xen's serial console for a guest that did not boot, before the
+    #: ``hang_probe`` (``boots --xen-keys``, e.g. ``q0r``): they need no Dom0, so they also
+    #: answer when Dom0 itself stopped answering; Xen's output kept in ``<guest>.xenkeys``.
+    xen_keys: str = ""
 
     def hvm_cpus(self, pcpus: int | None = None) -> str | None:
         """The ``cpus=`` (hard affinity) of an HVM guest, or None to leave it to Xen. ``pcpus``:
@@ -475,7 +479,10 @@ class XenBed:
         argv = [
             "qemu-system-x86_64",
             *self.config.qemu_args(),
-            "-chardev", f"file,id=ser0,path={serial_log}",
+            # Xen's console: logged to serial.log by QEMU whether or not anyone is connected;
+            # the socket is for typing debug keys to Xen when Dom0 no longer answers.
+            "-chardev", f"socket,id=ser0,path={self.run_dir / 'serial.sock'},server=on,"
+            f"wait=off,logfile={serial_log}",
             "-serial", "chardev:ser0",
             "-device", "virtio-serial-pci,id=vser0,bus=pcie.0",
             "-chardev", f"socket,id=cmd0,path={sock},server=on,wait=on",
@@ -521,6 +528,28 @@ class XenBed:
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
+
+    def xen_debug_keys(self, keys: str, settle: float = 5.0) -> str:
+        """Type Xen debug ``keys`` (e.g. ``q0r``: domains and vCPUs, Dom0's registers, run
+        queues) on Xen's serial console and return what Xen printed: input switched to Xen with
+        three Ctrl-A, each key, then switched back to Dom0. Needs no Dom0 and no runner, so it
+        answers when they hang; a console that cannot be reached is one line, never raised."""
+        log_path, sock_path = self.run_dir / "serial.log", self.run_dir / "serial.sock"
+        start = log_path.stat().st_size if log_path.exists() else 0
+        switch = b"\x01\x01\x01"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(str(sock_path))
+                for chunk in [switch, *(k.encode() for k in keys if not k.isspace()), switch]:
+                    s.sendall(chunk)
+                    time.sleep(1.0)
+                time.sleep(settle)
+        except OSError as e:
+            return f"(Xen's serial console at {sock_path} not reached: {e})"
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            return f.read().decode("utf-8", errors="replace").replace("\r", "")
 
     def failure_report(self, lines: int = 80) -> str:
         text = (
@@ -764,8 +793,14 @@ class Guest:
         return text
 
     def probe_hang(self) -> None:
-        """The bed's ``hang_probe`` on this guest (one that did not boot), its output kept in
-        ``<guest>.hang`` in the run directory; a probe that fails is logged, never raised."""
+        """The bed's ``xen_keys`` (Xen's output in ``<guest>.xenkeys``), then its ``hang_probe``
+        on this guest (one that did not boot; output in ``<guest>.hang``), both in the run
+        directory; a probe that fails is logged, never raised."""
+        keys = self.bed.config.xen_keys
+        if keys:
+            out = self.bed.xen_debug_keys(keys)
+            (self.bed.run_dir / f"{self.name}.xenkeys").write_text(out)
+            log(f"{self.name} Xen keys {keys!r}: {len(out)} characters in {self.name}.xenkeys")
         script = self.bed.config.hang_probe
         if not script or self.domid is None:
             return

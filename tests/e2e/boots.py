@@ -143,7 +143,10 @@ FIRST_GUESS_S = {"hvm": 330.0, "pv": 150.0}
 
 
 def clock_time(text: str) -> str:
-    """``--end-by``'s value checked: ``HH:MM``, a UTC time of day (argparse's ``type``)."""
+    """``--end-by``'s value checked: ``HH:MM``, a UTC time of day (argparse's ``type``; its
+    default, ``""``, is no end)."""
+    if not text:
+        return text
     m = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
     if not m or int(m[1]) > 23 or int(m[2]) > 59:
         raise argparse.ArgumentTypeError(f"not a time of day HH:MM (UTC): {text!r}")
