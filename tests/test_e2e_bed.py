@@ -141,39 +141,39 @@ def test_a_guest_that_did_not_boot_is_probed_before_it_is_destroyed(tmp_path: Pa
 
 
 def test_xen_debug_keys_go_to_xens_serial_console_without_dom0(tmp_path: Path) -> None:
-    """The keys are typed on the serial socket QEMU serves (three Ctrl-A to Xen, each key, three
-    Ctrl-A back to Dom0) and what Xen printed since is read from serial.log; a guest that did
-    not boot gets them in ``<guest>.xenkeys`` before the Dom0 probe, even when Dom0 is dead."""
+    """Xen's console is a socket the bed holds: what Xen says is appended to serial.log; the keys
+    are typed on it (three Ctrl-A to Xen, each key, three Ctrl-A back to Dom0) and what Xen
+    printed since is returned; a guest that did not boot gets them in ``<guest>.xenkeys`` before
+    the Dom0 probe, even when Dom0 is dead."""
     import socket
     import threading
     import time
 
-    from tests.e2e.bed import Guest, XenBed
+    from tests.e2e.bed import Guest, SerialTap, XenBed
     from tests.e2e.util import BedError
 
     log_path = tmp_path / "serial.log"
-    log_path.write_text("(XEN) boot\n")
+    ours, qemus = socket.socketpair()
+    tap = SerialTap(tmp_path / "serial.sock", log_path)
+    tap.sock = ours
+    threading.Thread(target=tap._copy, daemon=True).start()
     typed: list[bytes] = []
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(tmp_path / "serial.sock"))
-    server.listen(2)
 
-    def xen() -> None:  # QEMU's side: Xen answers a 'q' on its console
-        for _ in range(2):
-            conn, _addr = server.accept()
-            with conn:
-                while data := conn.recv(64):
-                    typed.append(data)
-                    if data == b"q":
-                        with open(log_path, "a") as f:
-                            f.write("(XEN) 'q' pressed -> dumping domain info\r\n")
+    def xen() -> None:  # QEMU's side: Xen boots, then answers a 'q' typed on its console
+        qemus.sendall(b"(XEN) boot\r\n")
+        while data := qemus.recv(64):
+            typed.append(data)
+            if data == b"q":
+                qemus.sendall(b"(XEN) 'q' pressed -> dumping domain info\r\n")
 
     threading.Thread(target=xen, daemon=True).start()
-    bed = XenBed.__new__(XenBed)
-    bed.run_dir = tmp_path
-    bed.config = BedConfig(xen_keys="q r")
     real_sleep = time.sleep
+    bed = XenBed.__new__(XenBed)
+    bed.run_dir, bed.serial = tmp_path, tap
+    bed.config = BedConfig(xen_keys="q r")
     with patch("tests.e2e.bed.time.sleep", side_effect=lambda _s: real_sleep(0.05)):
+        while not log_path.exists() or not log_path.read_text():
+            real_sleep(0.01)
         out = bed.xen_debug_keys("q r")
         assert out == "(XEN) 'q' pressed -> dumping domain info\n"
 
@@ -186,8 +186,11 @@ def test_xen_debug_keys_go_to_xens_serial_console_without_dom0(tmp_path: Path) -
         g.probe_hang()
     assert (tmp_path / "hvm-pt-2.xenkeys").read_text().startswith("(XEN) 'q' pressed")
     assert b"".join(typed) == b"\x01\x01\x01qr\x01\x01\x01" * 2
-    server.close()
-    (tmp_path / "serial.sock").unlink()
+    assert log_path.read_bytes().startswith(b"(XEN) boot\r\n(XEN) 'q' pressed")  # the raw log
+    tap.close()
+    qemus.close()
+    assert "not reached" in bed.xen_debug_keys("q")
+    bed.serial = None
     assert "not reached" in bed.xen_debug_keys("q")
 
 

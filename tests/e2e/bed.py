@@ -233,6 +233,60 @@ class GuestSpec:
         return "\n".join(lines) + "\n"
 
 
+def connect_unix(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> socket.socket:
+    """A connection to the unix socket QEMU serves at ``path``, waiting for it to appear."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise BedError(f"QEMU exited ({proc.returncode}) before its socket {path.name} "
+                           "appeared")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise BedError(f"no QEMU socket at {path}") from None
+            time.sleep(0.1)
+
+
+class SerialTap:
+    """Xen's console (COM1) on QEMU's unix socket: everything it says appended to ``serial.log``
+    as it comes, and a way to type on it (Xen's debug keys, :meth:`XenBed.xen_debug_keys`)."""
+
+    def __init__(self, path: Path, log_path: Path) -> None:
+        self.path, self.log_path = path, log_path
+        self.sock: socket.socket | None = None
+
+    def connect(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        self.sock = connect_unix(self.path, proc, timeout)
+        threading.Thread(target=self._copy, name="e2e-xen-console", daemon=True).start()
+
+    def _copy(self) -> None:
+        assert self.sock is not None
+        with open(self.log_path, "ab") as out:
+            while True:
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                out.write(data)
+                out.flush()
+
+    def send(self, data: bytes) -> None:
+        if self.sock is None:
+            raise OSError("Xen's console is not connected")
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with suppress(OSError):
+                self.sock.close()
+
+
 class Console:
     """QEMU's serial chardev on a unix socket: a reader thread collects everything it says."""
 
@@ -246,20 +300,7 @@ class Console:
         self.thread: threading.Thread | None = None
 
     def connect(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise BedError(f"QEMU exited ({proc.returncode}) before its serial socket appeared")
-            try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(str(self.path))
-                break
-            except OSError:
-                s.close()
-                if time.monotonic() > deadline:
-                    raise BedError(f"no QEMU serial socket at {self.path}") from None
-                time.sleep(0.1)
-        self.sock = s
+        self.sock = connect_unix(self.path, proc, timeout)
         self.thread = threading.Thread(target=self._reader, name="e2e-serial", daemon=True)
         self.thread.start()
 
@@ -403,6 +444,7 @@ class XenBed:
         self.config = config or BedConfig()
         self.proc: subprocess.Popen[bytes] | None = None
         self.console: Console | None = None
+        self.serial: SerialTap | None = None
         self.ids = itertools.count(1)
         name = self.config.run_name or ("numa2" if self.config.host_numa2 else "bed")
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -479,10 +521,9 @@ class XenBed:
         argv = [
             "qemu-system-x86_64",
             *self.config.qemu_args(),
-            # Xen's console: logged to serial.log by QEMU whether or not anyone is connected;
-            # the socket is for typing debug keys to Xen when Dom0 no longer answers.
-            "-chardev", f"socket,id=ser0,path={self.run_dir / 'serial.sock'},server=on,"
-            f"wait=off,logfile={serial_log}",
+            # Xen's console: the bed copies it to serial.log (SerialTap) and can type Xen's
+            # debug keys on it when Dom0 no longer answers. QEMU waits for this socket first.
+            "-chardev", f"socket,id=ser0,path={self.run_dir / 'serial.sock'},server=on,wait=on",
             "-serial", "chardev:ser0",
             "-device", "virtio-serial-pci,id=vser0,bus=pcie.0",
             "-chardev", f"socket,id=cmd0,path={sock},server=on,wait=on",
@@ -505,6 +546,8 @@ class XenBed:
             preexec_fn=_die_with_parent,
         )
         (self.run_dir / "qemu.pid").write_text(f"{self.proc.pid}\n")
+        self.serial = SerialTap(self.run_dir / "serial.sock", serial_log)
+        self.serial.connect(self.proc)
         self.console = Console(sock, self.run_dir / "transcript.log")
         self.console.connect(self.proc)
         self.console.wait_for(r"^__READY__", 0, self.config.boot_timeout * TIMEOUT_SCALE)
@@ -512,6 +555,9 @@ class XenBed:
         log(f"Dom0 ready after {time.monotonic() - t0:.1f}s")
 
     def stop(self) -> None:
+        if self.serial is not None:
+            self.serial.close()
+            self.serial = None
         if self.console is not None:
             self.console.close()
             self.console = None
@@ -534,19 +580,18 @@ class XenBed:
         queues) on Xen's serial console and return what Xen printed: input switched to Xen with
         three Ctrl-A, each key, then switched back to Dom0. Needs no Dom0 and no runner, so it
         answers when they hang; a console that cannot be reached is one line, never raised."""
-        log_path, sock_path = self.run_dir / "serial.log", self.run_dir / "serial.sock"
+        log_path = self.run_dir / "serial.log"
         start = log_path.stat().st_size if log_path.exists() else 0
         switch = b"\x01\x01\x01"
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(10)
-                s.connect(str(sock_path))
-                for chunk in [switch, *(k.encode() for k in keys if not k.isspace()), switch]:
-                    s.sendall(chunk)
-                    time.sleep(1.0)
-                time.sleep(settle)
+            if self.serial is None:
+                raise OSError("the bed is not running")
+            for chunk in [switch, *(k.encode() for k in keys if not k.isspace()), switch]:
+                self.serial.send(chunk)
+                time.sleep(1.0)
         except OSError as e:
-            return f"(Xen's serial console at {sock_path} not reached: {e})"
+            return f"(Xen's serial console not reached: {e})"
+        time.sleep(settle)
         with open(log_path, "rb") as f:
             f.seek(start)
             return f.read().decode("utf-8", errors="replace").replace("\r", "")
