@@ -5,7 +5,8 @@
         with bed.guest(GuestSpec.hvm(memory=1024, vcpus=4, vnuma=...)) as g:
             out, rc = g.run("guestagent topology --json")
 
-Transport: Xen's console (COM1, which also carries Dom0's hvc0) goes to ``serial.log``. The host
+Transport: Xen's console (COM1, which also carries Dom0's hvc0) is a unix socket the bed holds and
+copies to ``serial.log``; the bed types on it only Xen's debug keys (``xen_debug_keys``). The host
 talks to Dom0's runner (``guest/e2e-runner``) over a virtio-serial port (``e2e.cmd``) on a unix
 socket: Xen's serial path was seen to duplicate characters now and then under TCG, so it carries no
 commands. Requests are base64 chunks of a shell script (each chunk acknowledged); answers are the
