@@ -289,7 +289,8 @@ class SerialTap:
 
 
 class Console:
-    """QEMU's serial chardev on a unix socket: a reader thread collects everything it says."""
+    """Dom0's runner's virtio-serial port (``e2e.cmd``) on QEMU's unix socket: a reader thread
+    collects everything it says (Xen's own console is :class:`SerialTap`)."""
 
     def __init__(self, path: Path, transcript: Path) -> None:
         self.path = path

@@ -164,7 +164,7 @@ def budget_seconds(max_minutes: float, end_by: str, now_utc: float) -> float:
         hh, mm = (int(x) for x in end_by.split(":"))
         day = now_utc - now_utc % 86400
         left = (day + hh * 3600 + mm * 60 - now_utc) % 86400
-        left = left if left <= 12 * 3600 else 1.0
+        left = left if 0 < left <= 12 * 3600 else 1.0  # now, or passed: nothing starts
         budget = min(budget, left) if budget else left
     return budget
 
