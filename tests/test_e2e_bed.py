@@ -200,3 +200,114 @@ def test_xen_runs_the_credit_scheduler_on_the_bed() -> None:
     one, two = BedConfig().xen_cmdline(), BedConfig(host_numa2=True).xen_cmdline()
     assert "sched=credit" in one.split() and "sched=credit" in two.split()
     assert "iommu=1" in two.split() and "iommu=1" not in one.split()
+
+
+def _runner_on_a_socket(tmp_path: Path, answer: bool):  # type: ignore[no-untyped-def]
+    """A Console connected to a fake Dom0 runner that answers PING (or stays silent)."""
+    import socket
+    import threading
+
+    from tests.e2e.bed import Console
+
+    ours, runners = socket.socketpair()
+    c = Console(tmp_path / "cmd.sock", tmp_path / "transcript.log")
+    c.sock = ours
+    threading.Thread(target=c._reader, daemon=True).start()
+
+    def runner() -> None:
+        while data := runners.recv(256):
+            for line in data.decode().splitlines():
+                tag, rid = line.split()[:2]
+                if tag == "PING" and answer:
+                    runners.sendall(f"__PONG_{rid}__\n".encode())
+
+    threading.Thread(target=runner, daemon=True).start()
+    return c, runners
+
+
+class _Running:
+    def poll(self) -> None:
+        return None
+
+
+def test_dom0_answers_a_ping_or_is_lost(tmp_path: Path) -> None:
+    """The liveness check is the runner's PING: answered at once between commands; silence
+    within the timeout (or no QEMU) means Dom0 is lost."""
+    from tests.e2e.bed import XenBed
+
+    bed = XenBed(BedConfig())
+    bed.console, runner = _runner_on_a_socket(tmp_path, answer=True)
+    assert not bed.dom0_answers(timeout=0.5)  # no QEMU process
+    bed.proc = _Running()  # type: ignore[assignment]
+    assert bed.dom0_answers(timeout=5)
+    bed.console, silent = _runner_on_a_socket(tmp_path, answer=False)
+    assert not bed.dom0_answers(timeout=0.3)
+    runner.close()
+    silent.close()
+
+
+def test_a_lost_dom0_starts_xen_again_and_keeps_xens_view(tmp_path: Path) -> None:
+    """restart(): Xen's debug keys into dom0-lost-N.xenkeys, the reason in restarts.log, the old
+    console logs kept beside the new ones, then the bed started again (same run directory)."""
+    from tests.e2e.bed import XenBed
+
+    bed = XenBed(BedConfig())
+    bed.run_dir = tmp_path
+    (tmp_path / "serial.log").write_text("(XEN) before\n")
+    started: list[int] = []
+    with patch.object(XenBed, "xen_debug_keys", return_value="(XEN) 'q' pressed\n"), \
+            patch.object(XenBed, "_stop_qemu"), \
+            patch.object(XenBed, "start", side_effect=lambda: started.append(1)):
+        bed.restart("timed out after 270s waiting for '^__END_d41__'\nmore")
+        bed.restart("again")
+    assert started == [1, 1] and bed.restarts == 2
+    assert (tmp_path / "dom0-lost-1.xenkeys").read_text() == "(XEN) 'q' pressed\n"
+    log_lines = (tmp_path / "restarts.log").read_text().splitlines()
+    assert [ln.split(" ", 1)[1] for ln in log_lines] == [
+        "restart 1: timed out after 270s waiting for '^__END_d41__'", "restart 2: again"]
+    assert (tmp_path / "serial.log.before-restart-1").read_text() == "(XEN) before\n"
+
+
+def test_a_guest_that_loses_dom0_raises_dom0lost_after_the_restart(tmp_path: Path) -> None:
+    """A guest whose boot or command fails with Dom0 silent: the bed is started again and the
+    failure is Dom0Lost (rerun by pytest, counted apart by ``boots``), with no Dom0 command on
+    the dead Dom0 (no probe, no report, no destroy); with Dom0 answering, the failure is the
+    guest's own and its logs are collected as before."""
+    import pytest
+
+    from tests.e2e.bed import Guest, XenBed
+    from tests.e2e.util import BedError, Dom0Lost
+
+    bed = XenBed(BedConfig())
+    bed.run_dir = tmp_path
+    asked: list[str] = []
+
+    def dom0(script: str, timeout: float = 120) -> tuple[str, int]:
+        asked.append(script)
+        return "", 0
+
+    bed.dom0 = dom0  # type: ignore[method-assign]
+    answers = [False]
+    timeout = BedError("timed out after 270s waiting for '^__END_d9__'")
+    with patch.object(XenBed, "dom0_answers", side_effect=lambda *a: answers[0]), \
+            patch.object(XenBed, "restart") as restart, \
+            patch.object(Guest, "create", side_effect=timeout):
+        with pytest.raises(Dom0Lost, match="Dom0 stopped answering"), \
+                bed.guest(GuestSpec.hvm(memory=1024, vcpus=2), retries=1):
+            pass
+        assert restart.call_count == 1 and asked == []
+        answers[0] = True
+        with pytest.raises(BedError, match="did not boot") as err, \
+                bed.guest(GuestSpec.hvm(memory=1024, vcpus=2), retries=0):
+            pass
+        assert not isinstance(err.value, Dom0Lost) and restart.call_count == 1
+        assert any(s.startswith("xl destroy") for s in asked)
+    asked.clear()
+    with patch.object(XenBed, "dom0_answers", return_value=False), \
+            patch.object(XenBed, "restart") as restart, \
+            patch.object(Guest, "create"):
+        with pytest.raises(Dom0Lost), bed.guest(GuestSpec.hvm(memory=1024, vcpus=2)) as g:
+            g.domid = 4
+            raise timeout
+        assert restart.call_count == 1
+        assert not any("xl destroy" in s or "e2e-guest log 4" in s for s in asked)

@@ -9,12 +9,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
 from tests.e2e import boots
 from tests.e2e.__main__ import _boots_setup
-from tests.e2e.util import REPO
+from tests.e2e.util import REPO, BedError, Dom0Lost
 
 DIED = (
     "guest hvm7 (domid 9) died while running 'guestagent topology --json'; "
@@ -356,6 +357,14 @@ class PtBed:
         self.dom0_scripts: list[str] = []
         self.configs: list[str] = []
         self.run_dir = Path("/nonexistent")
+        self.lost = False  # Dom0 silent after a failure (XenBed.dom0_lost)
+        self.restarts = 0
+
+    def dom0_lost(self, error: BaseException) -> Dom0Lost | None:
+        if not self.lost:
+            return None
+        self.restarts += 1
+        return Dom0Lost(f"Dom0 stopped answering (restart {self.restarts}): {error}")
 
     def dom0_ok(self, script: str, timeout: float = 120) -> str:
         self.dom0_scripts.append(script)
@@ -414,6 +423,33 @@ def test_an_hvm_pt_guest_without_its_device_is_a_failure_of_its_own_not_a_death(
     nodev = _one_boot(dom0_without, spec, 1, args, "hvm-pt")  # type: ignore[arg-type]
     assert nodev.outcome == "error" and nodev.error == (
         "Dom0's /sys/bus/pci/devices: 0 functions 0x8086:0x10d3 (none), the 2-node layout has one")
+
+
+def test_a_boot_that_loses_dom0_is_counted_apart_and_the_bed_goes_on() -> None:
+    """Dom0 silent after the device listing or the guest's command failed: the bed was started
+    again (XenBed.dom0_lost) and the boot is "dom0 lost", not a death; the next boot runs."""
+    from tests.e2e.__main__ import _one_boot
+
+    [(_label, spec, _t)], _c, _s = _boots_setup(boots_args(shape=["hvm-pt"], host_numa2=True))
+    args = argparse.Namespace(command="true", timeout=60, dom0_probe="")
+    bed = PtBed(GUEST_WITH, "")  # the listing finds no device: a BedError
+    bed.lost = True
+    b = _one_boot(bed, spec, 2, args, "hvm-pt")  # type: ignore[arg-type]
+    assert (b.outcome, bed.restarts) == ("dom0 lost", 1)
+    assert b.error.startswith("Dom0 stopped answering (restart 1): Dom0's /sys/bus/pci/devices")
+    assert not boots.is_death(b)
+    ok = _one_boot(PtBed(GUEST_WITH), spec, 3, args, "hvm-pt")  # type: ignore[arg-type]
+    assert ok.outcome == "ok"
+    assert boots.shape_table([b, ok], ["hvm-pt"])[2] == (
+        "| hvm-pt | 2 | 1 | 80 | 0 | not deaths: #2 dom0 lost |")
+    assert "Dom0 lost 1 times (Xen started again)" in boots.summary([b, ok], "hvm-pt", "")[0]
+    # a command that fails with Dom0 silent is a lost Dom0, not the command's error
+    cmd_fails = PtBed(GUEST_WITH)
+    cmd_fails.lost = True
+    fail_args = argparse.Namespace(command="false", timeout=60, dom0_probe="")
+    with patch.object(PtGuest, "run_ok", side_effect=BedError("timed out")):
+        lost = _one_boot(cmd_fails, spec, 4, fail_args, "hvm-pt")  # type: ignore[arg-type]
+    assert (lost.outcome, lost.guest, lost.boot_seconds) == ("dom0 lost", "hvm-pt-1", 80.0)
 
 
 def test_the_device_check_reads_the_sysfs_listing() -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from tests.e2e import artefacts, boots, passthrough, preflight, rootfs, versions
 from tests.e2e import pins as pinning
 from tests.e2e.bed import BedConfig, Guest, GuestSpec, XenBed, acquire_bed_lock, run_probe
-from tests.e2e.util import BedError, GuestDied, log
+from tests.e2e.util import BedError, Dom0Lost, GuestDied, log
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -132,9 +132,17 @@ def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
                 return boots.Boot(n, name, "died", time.monotonic() - t0, str(e),
                                   boots.rips_in(str(e)), shape, boot_s)
             except BedError as e:
+                lost = bed.dom0_lost(e)
+                if lost is not None:
+                    raise lost from e
                 return boots.Boot(n, name, "error", time.monotonic() - t0, str(e), [], shape,
                                   boot_s)
+    except Dom0Lost as e:
+        return boots.Boot(n, name, "dom0 lost", time.monotonic() - t0, str(e), [], shape, boot_s)
     except BedError as e:
+        lost = bed.dom0_lost(e)
+        if lost is not None:  # e.g. the device listing before the boot had no answer
+            return boots.Boot(n, name, "dom0 lost", time.monotonic() - t0, str(lost), [], shape)
         m = re.search(r"guest (\S+) did not boot", str(e))
         return boots.Boot(n, m.group(1) if m else name, boots.boot_failure(str(e)),
                           time.monotonic() - t0, str(e), boots.rips_in(str(e)), shape)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e import artefacts, images, preflight, rootfs, symbols, versions
-from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, GuestDied, log, tail
+from tests.e2e.util import CACHE, RUNS, TIMEOUT_SCALE, BedError, Dom0Lost, GuestDied, log, tail
 
 B64_LINE = re.compile(r"^[A-Za-z0-9+/=]+$")
 CHUNK = 1000
@@ -455,6 +455,8 @@ class XenBed:
         self.timings: list[tuple[str, float]] = []
         self.lock_fd: int | None = None
         self._pcpus: int | None = None
+        #: Times Dom0 was found lost and Xen started again (:meth:`restart`).
+        self.restarts = 0
 
     def pcpus(self) -> int:
         """The pCPUs Xen runs (``xl info``'s nr_cpus, asked once): under TCG a CPU QEMU was given
@@ -557,6 +559,12 @@ class XenBed:
         log(f"Dom0 ready after {time.monotonic() - t0:.1f}s")
 
     def stop(self) -> None:
+        self._stop_qemu()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def _stop_qemu(self) -> None:
         if self.serial is not None:
             self.serial.close()
             self.serial = None
@@ -573,9 +581,51 @@ class XenBed:
                     self.proc.wait(10)
             self.proc = None
             self.qemu_log.close()
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+
+    def dom0_answers(self, timeout: float = 20) -> bool:
+        """Whether Dom0's runner answers a PING within ``timeout`` seconds (times the timeout
+        scale). It answers between commands at once; no answer means Dom0, or the virtio-serial
+        path to its runner, is lost."""
+        c = self.console
+        if c is None or self.proc is None or self.proc.poll() is not None:
+            return False
+        rid = f"p{next(self.ids)}"
+        start = c.mark()
+        try:
+            c.send(f"PING {rid}\n")
+            c.wait_for(rf"__PONG_{rid}__", start, timeout * TIMEOUT_SCALE)
+        except (BedError, OSError):
+            return False
+        return True
+
+    def restart(self, reason: str, keys: str = "q0r") -> None:
+        """Start Xen and Dom0 again after Dom0 was lost: Xen's debug ``keys`` first (domains,
+        Dom0's vCPUs, run queues: what Xen saw of the lost Dom0) into ``dom0-lost-N.xenkeys``,
+        the reason into ``restarts.log``, the old console logs kept as ``*.before-restart-N``;
+        same run directory, same lock, the cached artefacts."""
+        self.restarts += 1
+        n = self.restarts
+        (self.run_dir / f"dom0-lost-{n}.xenkeys").write_text(self.xen_debug_keys(keys))
+        first = reason.strip().splitlines()[0][:300] if reason.strip() else "(no reason given)"
+        with open(self.run_dir / "restarts.log", "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} restart {n}: {first}\n")
+        log(f"Dom0 lost ({first}); Xen's keys {keys!r} in dom0-lost-{n}.xenkeys; "
+            f"starting Xen again (restart {n})")
+        self._stop_qemu()
+        for name in ("serial.log", "transcript.log", "qemu.log"):
+            path = self.run_dir / name
+            if path.exists():
+                path.rename(self.run_dir / f"{name}.before-restart-{n}")
+        self.start()
+
+    def dom0_lost(self, error: BaseException) -> Dom0Lost | None:
+        """After ``error`` (a command that failed): ``None`` when Dom0 still answers; otherwise
+        the bed started again (:meth:`restart`) and the :class:`Dom0Lost` to raise."""
+        if isinstance(error, Dom0Lost) or self.dom0_answers():
+            return None
+        self.restart(str(error))
+        return Dom0Lost(f"Dom0 stopped answering (restart {self.restarts} of this bed, Xen's "
+                        f"view in {self.run_dir}/dom0-lost-{self.restarts}.xenkeys): {error}")
 
     def xen_debug_keys(self, keys: str, settle: float = 5.0) -> str:
         """Type Xen debug ``keys`` (e.g. ``q0r``: domains and vCPUs, Dom0's registers, run
@@ -649,7 +699,9 @@ class XenBed:
 
     @contextmanager
     def guest(self, spec: GuestSpec, retries: int = 1) -> Iterator[Guest]:
-        """Create a guest, wait for its runner, yield it; always destroy it afterwards."""
+        """Create a guest, wait for its runner, yield it; always destroy it afterwards. A failure
+        with Dom0 lost (no answer to a PING) starts the bed again and raises :class:`Dom0Lost`:
+        the guest went with the old Dom0, and its logs cannot be read."""
         attempt = 0
         while True:
             g = Guest(self, spec, f"{spec.name}{next(self.guest_seq)}")
@@ -657,6 +709,9 @@ class XenBed:
                 g.create()
                 break
             except BedError as e:
+                lost = self.dom0_lost(e)
+                if lost is not None:
+                    raise lost from e
                 g.probe_hang()
                 report = g.report()
                 g.destroy()
@@ -667,13 +722,25 @@ class XenBed:
                 (self.run_dir / "retries.log").open("a").write(
                     f"{time.strftime('%H:%M:%S')} {g.name}: {e}\n{report}\n"
                 )
+        gone = False  # with the old Dom0: nothing to destroy
         try:
             yield g
+        except Dom0Lost:
+            gone = True
+            raise
+        except BedError as e:
+            lost = self.dom0_lost(e)
+            if lost is not None:
+                gone = True
+                raise lost from e
+            log(g.report())
+            raise
         except BaseException:
             log(g.report())
             raise
         finally:
-            g.destroy()
+            if not gone:
+                g.destroy()
 
 
 class Guest:

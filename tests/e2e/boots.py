@@ -192,8 +192,9 @@ class Boot:
     #: "ok", "no boot" (died before its shell), "died" (GuestDied under the command),
     #: "timeout" (alive but no shell within the boot timeout: not a death), "error" (the command
     #: failed otherwise: not a death), "no device" (a passthrough shape's guest ran the command
-    #: but does not show its device: not a death) or "interrupted" (the run was stopped during
-    #: this boot)
+    #: but does not show its device: not a death), "dom0 lost" (Dom0 stopped answering during
+    #: this boot; the bed started Xen again: not the guest's death) or "interrupted" (the run
+    #: was stopped during this boot)
     outcome: str
     seconds: float
     error: str = ""
@@ -244,8 +245,8 @@ def is_death(b: Boot) -> bool:
     return b.outcome in ("no boot", "died")
 
 
-#: The failed boots that are not deaths (the guest was alive).
-NOT_DEATHS = ("timeout", "error", "no device")
+#: The failed boots that are not deaths (the guest was alive, or Dom0 was lost under it).
+NOT_DEATHS = ("timeout", "error", "no device", "dom0 lost")
 
 
 def device_missing(listing: str, vendor_device: str) -> str:
@@ -283,12 +284,14 @@ def summary(boots: list[Boot], shape: str, load: str) -> list[str]:
     deaths = [b for b in boots if is_death(b)]
     errors = [b for b in boots if b.outcome in (*NOT_DEATHS, "interrupted")]
     ok = [b.seconds for b in boots if b.outcome == "ok"]
+    lost = sum(b.outcome == "dom0 lost" for b in boots)
     mean = f", ok boots {min(ok):.0f}-{max(ok):.0f} s" if ok else ""
     lines = [
         f"boots: {len(boots)} of {shape}, load: {load or 'none'}; deaths: {len(deaths)} "
         f"(no boot {sum(b.outcome == 'no boot' for b in deaths)}, "
         f"under the command {sum(b.outcome == 'died' for b in deaths)})"
-        + (f", other errors: {len(errors)}" if errors else "") + mean
+        + (f", other errors: {len(errors)}" if errors else "")
+        + (f", Dom0 lost {lost} times (Xen started again)" if lost else "") + mean
     ]
     for b in deaths + errors:
         where = "; ".join(b.rips) or "no vCPU dump"
