@@ -51,6 +51,7 @@ import argparse
 import io
 import json
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -66,6 +67,20 @@ from benchmarks.balloon_workload import HELD_OUT, TUNED, WORKLOADS
 ROOT = Path(__file__).resolve().parents[1]
 
 POLICIES = ("none", "classic", "pressure")
+#: Variants of a policy, each under its own name in the results: the policy and the ``[balloon]``
+#: keys set for it (a closed-loop trial of one constant; the default stays ``pressure``).
+VARIANTS: dict[str, tuple[str, dict[str, int]]] = {
+    "pressure-r32": ("pressure", {"reserve_mb": 32}),
+}
+
+
+def balloon_section(policy: str) -> str:
+    """The ``[balloon]`` lines of a run's configuration for ``policy`` (or a variant's)."""
+    name, keys = VARIANTS.get(policy, (policy, {}))
+    return "".join([
+        "[balloon]\n", "enabled = true\n", f'policy = "{name}"\n',
+        *(f"{key} = {value}\n" for key, value in keys.items()),
+    ])
 #: Where the image keeps the work tree's tracked files (tests/e2e/rootfs.py).
 SRC = "/usr/src/guestagent/benchmarks"
 PHASE_KEY = "data/bench-phase"
@@ -701,7 +716,7 @@ def start_script(tag: str, workload: str, policy: str, note: str) -> str:
     d = f"/tmp/bench/{tag}"
     return (
         f"rm -rf {d}; mkdir -p {d}/conf.d; "
-        f"printf '[balloon]\\nenabled = true\\npolicy = \"{policy}\"\\n' > {d}/guestagent.toml; "
+        f"printf '%s' {shlex.quote(balloon_section(policy))} > {d}/guestagent.toml; "
         "dmesg -c > /dev/null; "
         f"setsid python3 {SRC}/balloon_monitor.py --out {d}/events.jsonl --trace {d}/trace.jsonl "
         f"--note '{note}' -- guestagent run --config {d}/guestagent.toml --conf-dir {d}/conf.d "
@@ -880,9 +895,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="copy each run's trace here (<workload>.<policy>.<repeat>.jsonl)")
     args = p.parse_args(argv)
     policies = [x for x in args.policies.split(",") if x]
-    bad = [x for x in policies if x not in POLICIES]
+    bad = [x for x in policies if x not in POLICIES and x not in VARIANTS]
     if bad or not policies:
-        p.error(f"--policies: choose from {', '.join(POLICIES)}")
+        p.error(f"--policies: choose from {', '.join((*POLICIES, *VARIANTS))}")
     try:
         args.workload_list = select_workloads(args.workloads)
     except ValueError as e:

@@ -614,3 +614,27 @@ def test_collect_moves_the_guest_files_with_fetch(tmp_path: Path) -> None:
     assert len(scripts) == 1
     assert scripts[0].endswith("tar czf - -C /tmp/bench sharp-spikes.pressure")
     assert "base64" not in scripts[0]
+
+
+def test_a_policy_variant_runs_the_policy_with_its_keys(tmp_path: Path) -> None:
+    """``--policies pressure-r32``: the daemon's file names the policy and sets the variant's
+    key, which the agent's own loader accepts and the policy gets (R at least 32 MiB); an
+    unknown name is refused before any bed."""
+    from benchmarks.balloon_testbed import balloon_section, parse_args, start_script
+    from guestagent.balloon.config import policy_config
+    from guestagent.config import load
+
+    text = balloon_section("pressure-r32")
+    assert text == '[balloon]\nenabled = true\npolicy = "pressure"\nreserve_mb = 32\n'
+    assert "reserve_mb" not in balloon_section("pressure")
+    (tmp_path / "guestagent.toml").write_text(text)
+    cfg = load(str(tmp_path / "guestagent.toml"), str(tmp_path / "conf.d"))
+    assert policy_config(cfg.section("balloon")).reserve_min_kb == 32 * 1024  # type: ignore[attr-defined]
+    script = start_script("w.pressure-r32.0", "w", "pressure-r32", "note")
+    config_part = script.split("; dmesg")[0].replace("/tmp/bench", str(tmp_path))
+    subprocess.run(["sh", "-c", config_part], check=True)
+    assert (tmp_path / "w.pressure-r32.0" / "guestagent.toml").read_text() == text
+    assert parse_args(["--policies", "none,pressure,pressure-r32"]).policy_list == [
+        "none", "pressure", "pressure-r32"]
+    with pytest.raises(SystemExit):
+        parse_args(["--policies", "pressure-r8"])

@@ -189,6 +189,21 @@ def test_balloon_keys_the_job_would_refuse_are_refused_by_load(tmp_path: Path) -
     assert load(main, str(tmp_path / "conf.d")).get("balloon", "psi_grow_pct") == 5
 
 
+def test_the_pressure_reserve_is_a_key_with_a_floor(tmp_path: Path) -> None:
+    """``reserve_mb`` sets the pressure policy's reserve R (at least that, in MiB); under 16 MiB
+    is refused with the file, the key and the value."""
+    from guestagent.balloon.config import policy_config
+
+    main = write(tmp_path / "guestagent.toml", "[balloon]\nreserve_mb = 48\n")
+    cfg = load(main, str(tmp_path / "conf.d"))
+    assert policy_config(cfg.section("balloon")).reserve_min_kb == 48 * 1024  # type: ignore[attr-defined]
+    assert policy_config(defaults().section("balloon")).reserve_min_kb == 64 * 1024  # type: ignore[attr-defined]
+    write(tmp_path / "guestagent.toml", "[balloon]\nreserve_mb = 8\n")
+    with pytest.raises(ConfigError) as e:
+        load(main, str(tmp_path / "conf.d"))
+    assert e.value.problems[0] == f"{main}: [balloon] reserve_mb = '8': below the minimum 16"
+
+
 def test_every_job_packages_checks_pass_on_the_declared_defaults() -> None:
     """``cross_checks`` skips a job package's ``section_problems`` while its section holds the
     declared defaults (so an idle daemon does not import the policy modules): that is sound only

@@ -63,6 +63,14 @@ PSI_GROW = setting(
     "psi_grow_pct", 2.0,
     "pressure: grow at once when memory stall over an interval reaches this (%).",
     minimum=0.1, maximum=50, convert=as_float)
+#: ``PressureConfig.reserve_min_kb`` (KiB).
+RESERVE = setting(
+    "reserve_mb", 64,
+    "pressure: the reserve R, at least this (MiB; R is the larger of it and 3 % of the "
+    "ceiling). The guest keeps 2R available at a burst's peak and R plus room for the "
+    "largest burst seen between bursts; smaller holds less memory and leaves less room "
+    "before a spike must wait for a grow.",
+    minimum=16, maximum=1 << 22, convert=scaled(MIB_KB))
 #: ``ClassicConfig.reserved_mb`` (None: the kernel's default).
 RESERVED = setting(
     "reserved_mb", -1,
@@ -73,7 +81,7 @@ RESERVED = setting(
 #: Keys the job reads itself (no policy field).
 JOB_KEYS = (ENABLED, LOCK_MEMORY, POLICY)
 #: Keys that are fields of the policy configurations (:func:`policy_classes`).
-POLICY_KEYS = (FLOOR, INTERVAL, PSI_TARGET, PSI_GROW, RESERVED)
+POLICY_KEYS = (FLOOR, INTERVAL, PSI_TARGET, PSI_GROW, RESERVE, RESERVED)
 
 
 def config_keys() -> tuple[Key, ...]:

@@ -55,7 +55,7 @@ from guestagent.balloon.common import (
     swapped_kb,
     used_kb,
 )
-from guestagent.balloon.config import INTERVAL, PSI_GROW, PSI_TARGET
+from guestagent.balloon.config import INTERVAL, PSI_GROW, PSI_TARGET, RESERVE
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
 from guestagent.units import MIB_KB
@@ -86,7 +86,7 @@ class PressureConfig(PolicyConfig):
     #: The kernel reclaims while MemFree is under this many reserves.
     stall_grow_free_reserves: float = 2.0
     #: The reserve R: max(reserve_min_kb, reserve_pct % of the ceiling).
-    reserve_min_kb: int = 64 * MIB_KB
+    reserve_min_kb: int = RESERVE.field()
     reserve_pct: float = 3.0
     #: A grow during a ramp (demand rising at this decision and the one before) also covers the
     #: demand expected until the next decision: the rate since the last decision times this many
