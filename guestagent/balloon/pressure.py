@@ -5,10 +5,11 @@ Pure functions of a :class:`~guestagent.balloon.signals.MemorySignals` snapshot 
 alignment, hysteresis and toolstack override are :func:`~guestagent.balloon.common.decide_with`'s.
 
 **The control law.** Keep MemAvailable above a *headroom line* H = R + max(R, B - g). R, the
-reserve, is max(``reserve_mb``, 64 MiB by default, 3 % of the ceiling). B, the burst allowance, is the largest growth of
-demand (MemTotal - MemAvailable, which ballooning does not move, plus swap in use) seen within any
-10 s, held for the *hold time* and then halved every 30 s; the hold time is the spacing between the
-starts of the last two bursts, within [60 s, 180 s] (bursts further apart are unrelated: 60 s).
+reserve, is max(``reserve_mb``, 64 MiB by default, 3 % of the ceiling). B, the burst allowance,
+is the largest growth of demand (MemTotal - MemAvailable, which ballooning does not move, plus swap
+in use) seen within any 10 s, held for the *hold time* and then halved every 30 s; the hold time
+is the spacing between the starts of the last two bursts, within [60 s, 180 s] (bursts further
+apart are unrelated: 60 s).
 g is the growth of demand within the last 10 s, the part of a burst that has already arrived:
 between bursts H = R + max(R, B), room for a whole burst; at a burst's peak H = 2R.
 **Grow at once** when the guest is short: an OOM kill (to the ceiling); MemAvailable under R; a
