@@ -73,14 +73,6 @@ VARIANTS: dict[str, tuple[str, dict[str, int]]] = {
     "pressure-r32": ("pressure", {"reserve_mb": 32}),
 }
 
-
-def balloon_section(policy: str) -> str:
-    """The ``[balloon]`` lines of a run's configuration for ``policy`` (or a variant's)."""
-    name, keys = VARIANTS.get(policy, (policy, {}))
-    return "".join([
-        "[balloon]\n", "enabled = true\n", f'policy = "{name}"\n',
-        *(f"{key} = {value}\n" for key, value in keys.items()),
-    ])
 #: Where the image keeps the work tree's tracked files (tests/e2e/rootfs.py).
 SRC = "/usr/src/guestagent/benchmarks"
 PHASE_KEY = "data/bench-phase"
@@ -709,6 +701,15 @@ def wait_guest_settled(g: Any, timeout: float = 120.0) -> None:
                 f"some avg10 {avg10}); going on")
             return
         time.sleep(3)
+
+
+def balloon_section(policy: str) -> str:
+    """The ``[balloon]`` lines of a run's configuration for ``policy`` (or a variant's)."""
+    name, keys = VARIANTS.get(policy, (policy, {}))
+    return "".join([
+        "[balloon]\n", "enabled = true\n", f'policy = "{name}"\n',
+        *(f"{key} = {value}\n" for key, value in keys.items()),
+    ])
 
 
 def start_script(tag: str, workload: str, policy: str, note: str) -> str:

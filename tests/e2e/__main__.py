@@ -137,12 +137,12 @@ def _one_boot(bed: XenBed, spec: GuestSpec, n: int, args: argparse.Namespace,
                     raise lost from e
                 return boots.Boot(n, name, "error", time.monotonic() - t0, str(e), [], shape,
                                   boot_s)
-    except Dom0Lost as e:
-        return boots.Boot(n, name, "dom0 lost", time.monotonic() - t0, str(e), [], shape, boot_s)
     except BedError as e:
-        lost = bed.dom0_lost(e)
-        if lost is not None:  # e.g. the device listing before the boot had no answer
-            return boots.Boot(n, name, "dom0 lost", time.monotonic() - t0, str(lost), [], shape)
+        # Lost under the guest (Dom0Lost), or e.g. the device listing before it had no answer.
+        lost = e if isinstance(e, Dom0Lost) else bed.dom0_lost(e)
+        if lost is not None:
+            return boots.Boot(n, name, "dom0 lost", time.monotonic() - t0, str(lost), [], shape,
+                              boot_s)
         m = re.search(r"guest (\S+) did not boot", str(e))
         return boots.Boot(n, m.group(1) if m else name, boots.boot_failure(str(e)),
                           time.monotonic() - t0, str(e), boots.rips_in(str(e)), shape)
