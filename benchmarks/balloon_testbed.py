@@ -725,10 +725,13 @@ def start_script(tag: str, workload: str, policy: str, note: str) -> str:
     )
 
 
-def workload_script(tag: str, workload: str) -> str:
+def workload_script(tag: str, workload: str, ceiling_mib: int = 1024) -> str:
+    """Start the workload in the guest, its sizes scaled to the guest's ceiling (written for a
+    1 GiB guest, ``balloon_workload.py``)."""
     d = f"/tmp/bench/{tag}"
     return (
         f"setsid sh -c 'python3 {SRC}/balloon_workload.py {workload} "
+        f"--ceiling-mib {int(ceiling_mib)} "
         f"--xenstore-key {PHASE_KEY} > {d}/workload.out 2> {d}/workload.err; rc=$?; "
         f"xenstore-write {PHASE_KEY} exit-$rc' < /dev/null > /dev/null 2>&1 & "
         f"echo $! > {d}/workload.pid"
@@ -822,7 +825,7 @@ def exit_status_of(samples: str) -> int | None:
 
 
 def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
-            out_dir: Path) -> RunResult:
+            out_dir: Path, ceiling_mib: int = 1024) -> RunResult:
     from tests.e2e.util import log
 
     res = RunResult(workload=workload, policy=policy, repeat=repeat)
@@ -842,7 +845,7 @@ def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
         res.errors.append("the agent did not start within 90 s")
     log(f"balloon bench: {tag}: agent up, starting the workload")
     t0 = time.monotonic()
-    g.run_ok(workload_script(tag, workload))
+    g.run_ok(workload_script(tag, workload, ceiling_mib))
     wait_workload(bed, key, res)
     log(f"balloon bench: {tag}: workload exit {res.exit_status} after "
         f"{time.monotonic() - t0:.0f}s")
@@ -958,7 +961,8 @@ def main(argv: list[str] | None = None) -> int:
                     t_group = time.monotonic()
                     for policy in args.policy_list:
                         try:
-                            results.append(run_one(bed, g, workload, policy, repeat, out_dir))
+                            results.append(run_one(bed, g, workload, policy, repeat, out_dir,
+                                                  args.memory))
                         except BedError as e:
                             results.append(RunResult(workload, policy, repeat,
                                                      errors=[f"bed: {e}"[:300]]))

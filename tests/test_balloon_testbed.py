@@ -638,3 +638,23 @@ def test_a_policy_variant_runs_the_policy_with_its_keys(tmp_path: Path) -> None:
         "none", "pressure", "pressure-r32"]
     with pytest.raises(SystemExit):
         parse_args(["--policies", "pressure-r8"])
+
+
+def test_the_workload_is_sized_to_the_guest_it_runs_in() -> None:
+    """``--memory 2048``: the workload's command line carries the guest's ceiling, which the
+    workload's own parser reads (its sizes are written for 1 GiB and scale with it)."""
+    import shlex
+
+    from benchmarks.balloon_testbed import workload_script
+    from benchmarks.balloon_workload import parse_args as workload_args
+
+    def workload_argv(script: str) -> list[str]:
+        inner = shlex.split(script)[3]  # setsid sh -c '<the workload's command>'
+        argv = shlex.split(inner.split(">")[0])
+        assert argv[0] == "python3" and argv[1].endswith("balloon_workload.py")
+        return argv[2:]
+
+    sized = workload_args(workload_argv(workload_script("w.pressure.0", "sharp-spikes", 2048)))
+    assert (sized.workload, sized.ceiling_mib) == ("sharp-spikes", 2048)
+    default = workload_args(workload_argv(workload_script("w.none.0", "long-idle")))
+    assert default.ceiling_mib == 1024
