@@ -390,3 +390,40 @@ def test_a_reload_keeps_the_toolstack_offset_learned_at_start(root: Path, bench:
     assert b.job.status()["ticks"] == 2 and b.job.status()["ceiling_kb"] == 1048576
     b.job.stop()
     assert target_of(root) == 1048576  # the reset goes to memory/target minus the offset
+
+
+def use_grows(root: Path, by_kb: int) -> None:
+    """Demand (MemTotal - MemAvailable) grows by ``by_kb``: free memory taken by anonymous pages."""
+    meminfo = root / "proc/meminfo"
+    lines = []
+    for line in meminfo.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemFree", "MemAvailable"):
+            line = f"{key}: {int(rest.split()[0]) - by_kb:>14} kB"
+        lines.append(line)
+    meminfo.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("rising_s", [1.0, 0.0])
+def test_while_use_rises_the_next_tick_comes_sooner(
+    root: Path, bench: Any, rising_s: float
+) -> None:
+    """``pressure`` while demand rises decides again after ``rising_interval_seconds`` (1 s), not
+    the 5 s interval, until the rise stops; 0 turns that off."""
+    b = bench()
+    b.ctx.config.values["balloon"]["rising_interval_seconds"] = rising_s
+    b.job.start(b.ctx)
+    b.advance(5.0)
+    ticks = b.job.status()["ticks"]
+    use_grows(root, 40 * 1024)  # 40 MiB in 5 s: a rise
+    b.advance(5.0)
+    assert b.job.status()["ticks"] == ticks + 1
+    use_grows(root, 20 * 1024)  # still rising a second later
+    b.advance(1.0)
+    assert b.job.status()["ticks"] == ticks + (2 if rising_s else 1)
+    b.advance(1.0)  # flat since: one more sooner tick sees it flat, and then the interval again
+    b.advance(1.0)
+    b.advance(1.0)
+    assert b.job.status()["ticks"] == ticks + (3 if rising_s else 1)
+    b.job.stop()
+    assert target_of(root) == 1048576
