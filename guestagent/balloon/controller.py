@@ -86,8 +86,9 @@ class BalloonController:
         return float(getattr(self.config, "interval_s", INTERVAL.policy_default()))
 
     def sooner_s(self) -> float | None:
-        """Seconds to the next tick when the policy wants it before the interval (``pressure``
-        while demand rises: :func:`~guestagent.balloon.pressure.next_decision_s`), else None."""
+        """Seconds to the next tick when the policy wants it before the interval (``pressure``,
+        as long as demand rises: :func:`~guestagent.balloon.pressure.next_decision_s`), else
+        None."""
         if isinstance(self.config, PressureConfig):
             return next_decision_s(self.state, self.config)
         return None
