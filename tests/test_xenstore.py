@@ -616,10 +616,8 @@ def test_oversized_reply_breaks_the_connection_cleanly(
         client.read("name")
 
 
-def test_no_reply_times_out_and_a_late_reply_is_dropped(
-    connect: Connect, server: XenstoreServer
-) -> None:
-    client = connect(timeout=0.3)
+def swallow_next_read(server: XenstoreServer) -> list[Request]:
+    """The server's next XS_READ is never answered; the list gets the request."""
     held: list[Request] = []
 
     def swallow(req: Request) -> Intercept:
@@ -627,6 +625,14 @@ def test_no_reply_times_out_and_a_late_reply_is_dropped(
         return Intercept(reply=b"", process=False)
 
     server.intercept(READ, swallow)
+    return held
+
+
+def test_no_reply_times_out_and_a_late_reply_is_dropped(
+    connect: Connect, server: XenstoreServer
+) -> None:
+    client = connect(timeout=0.3)
+    held = swallow_next_read(server)
     started = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         client.read("name")
@@ -716,13 +722,7 @@ def test_a_batch_without_a_reply_times_out_and_late_replies_are_dropped(
     connect: Connect, server: XenstoreServer
 ) -> None:
     client = connect(timeout=0.3)
-    held: list[Request] = []
-
-    def swallow(req: Request) -> Intercept:
-        held.append(req)
-        return Intercept(reply=b"", process=False)
-
-    server.intercept(READ, swallow)  # the first read of the batch is never answered
+    held = swallow_next_read(server)  # the first read of the batch is never answered
     with pytest.raises(TimeoutError) as info:
         client.read_many(["name", "domid", "name"])
     assert info.value.filename == "name"
