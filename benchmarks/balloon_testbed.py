@@ -71,9 +71,6 @@ POLICIES = ("none", "classic", "pressure")
 #: keys set for it (a closed-loop trial of one constant; the default stays ``pressure``).
 VARIANTS: dict[str, tuple[str, dict[str, int]]] = {
     "pressure-r32": ("pressure", {"reserve_mb": 32}),
-    # The law deciding every 5 s only, as before rising_interval_seconds (a sooner decision
-    # while use rises): the baseline of that change, in the same run.
-    "pressure-5s": ("pressure", {"rising_interval_seconds": 0}),
 }
 
 #: Where the image keeps the work tree's tracked files (tests/e2e/rootfs.py).

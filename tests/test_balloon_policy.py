@@ -935,14 +935,3 @@ def test_a_burst_counts_what_was_swapped_out() -> None:
                  swap_free_kb=SWAP - 60 * MIB_KB)
     state = observe_demand(s1, state, cfg)
     assert state.burst_kb == 120 * MIB_KB
-
-
-def test_a_rise_asks_for_the_next_decision_sooner() -> None:
-    from guestagent.balloon.common import PolicyState
-    from guestagent.balloon.pressure import next_decision_s
-
-    rising, flat = PolicyState(rising_decisions=1), PolicyState()
-    assert next_decision_s(rising, PressureConfig()) == 1.0
-    assert next_decision_s(flat, PressureConfig()) is None
-    assert next_decision_s(rising, PressureConfig(rising_interval_s=0.0)) is None
-    assert next_decision_s(rising, PressureConfig(interval_s=1.0)) is None  # no sooner than that

@@ -53,12 +53,6 @@ INTERVAL = setting(
     "interval_seconds", 5.0,
     "How often the policy looks at the signals when no PSI trigger fires.",
     minimum=1, maximum=300, convert=as_float)
-#: ``PressureConfig.rising_interval_s``.
-RISING_INTERVAL = setting(
-    "rising_interval_seconds", 1.0,
-    "pressure: while use rises, look again after this many seconds instead of the interval, "
-    "so a fast rise is met with a grow before it has used up the headroom; 0 turns it off.",
-    minimum=0, maximum=300, convert=as_float)
 #: ``PressureConfig.psi_target_pct``.
 PSI_TARGET = setting(
     "psi_target_pct", 0.2,
@@ -87,7 +81,7 @@ RESERVED = setting(
 #: Keys the job reads itself (no policy field).
 JOB_KEYS = (ENABLED, LOCK_MEMORY, POLICY)
 #: Keys that are fields of the policy configurations (:func:`policy_classes`).
-POLICY_KEYS = (FLOOR, INTERVAL, RISING_INTERVAL, PSI_TARGET, PSI_GROW, RESERVE, RESERVED)
+POLICY_KEYS = (FLOOR, INTERVAL, PSI_TARGET, PSI_GROW, RESERVE, RESERVED)
 
 
 def config_keys() -> tuple[Key, ...]:

@@ -27,7 +27,6 @@ from guestagent.balloon.policy import (
     PolicyState,
     PressureConfig,
 )
-from guestagent.balloon.pressure import next_decision_s
 from guestagent.balloon.signals import (
     PSI_MEMORY,
     PsiTrigger,
@@ -84,14 +83,6 @@ class BalloonController:
     @property
     def interval_s(self) -> float:
         return float(getattr(self.config, "interval_s", INTERVAL.policy_default()))
-
-    def sooner_s(self) -> float | None:
-        """Seconds to the next tick when the policy wants it before the interval (``pressure``,
-        as long as demand rises: :func:`~guestagent.balloon.pressure.next_decision_s`), else
-        None."""
-        if isinstance(self.config, PressureConfig):
-            return next_decision_s(self.state, self.config)
-        return None
 
     def start(self) -> None:
         """Raise BalloonUnavailable without a driver; remember the original target (undo)."""

@@ -62,8 +62,6 @@ class BalloonJob:
         self._ctl: BalloonController | None = None
         self._trigger: PsiTrigger | None = None
         self._timer: Timer | None = None
-        #: A tick sooner than the interval, while the policy asks for one (demand rising).
-        self._sooner: Timer | None = None
         self._given_up = False
 
     def start(self, ctx: JobContext) -> None:
@@ -162,14 +160,6 @@ class BalloonJob:
             ctl.errors = 0  # not bad input: the daemon's hub reconnects (module docstring)
         if ctl.errors >= MAX_CONSECUTIVE_ERRORS:
             self._give_up(ctl.errors)
-            return
-        sooner = ctl.sooner_s()
-        if sooner is not None and self._sooner is None and self._ctx is not None:
-            self._sooner = self._ctx.loop.call_later(sooner, self._sooner_tick)
-
-    def _sooner_tick(self) -> None:
-        self._sooner = None
-        self._tick()
 
     def _xenstore_down(self) -> bool:
         if self._ctx is None or self._xenstore != HUB:
@@ -202,10 +192,9 @@ class BalloonJob:
         self._tick()
 
     def stop(self) -> None:
-        for timer in (self._timer, self._sooner):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._sooner = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._trigger is not None and self._ctx is not None:
             self._ctx.loop.remove_reader(self._trigger.fileno())
             self._trigger.close()

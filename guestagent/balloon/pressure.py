@@ -58,7 +58,7 @@ from guestagent.balloon.common import (
     swapped_kb,
     used_kb,
 )
-from guestagent.balloon.config import INTERVAL, PSI_GROW, PSI_TARGET, RESERVE, RISING_INTERVAL
+from guestagent.balloon.config import INTERVAL, PSI_GROW, PSI_TARGET, RESERVE
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
 from guestagent.units import MIB_KB
@@ -73,9 +73,6 @@ class PressureConfig(PolicyConfig):
 
     name: ClassVar[str] = "pressure"
     interval_s: float = INTERVAL.field()
-    #: While demand rises (the last decision saw it rise), the next decision comes after this
-    #: many seconds instead of ``interval_s`` (0: never sooner): :func:`next_decision_s`.
-    rising_interval_s: float = RISING_INTERVAL.field()
     #: Shrink only while memory stall ("some") is below this percentage.
     psi_target_pct: float = PSI_TARGET.field()
     #: A stall over the last interval of this percentage is pressure (a grow while reclaiming).
@@ -169,8 +166,7 @@ class PressureConfig(PolicyConfig):
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
         for key in ("shrink_max_step_kb", "reserve_min_kb", "demand_growth_kb_per_s",
                     "own_reclaim_window_s", "quiet_refaults_per_s", "burst_min_kb",
-                    "grow_lookahead_s", "grow_holdoff_s", "rising_room_s", "line_min_reserves",
-                    "rising_interval_s"):
+                    "grow_lookahead_s", "grow_holdoff_s", "rising_room_s", "line_min_reserves"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -599,19 +595,6 @@ def step_pressure(
         f"quiet (stall {r.stall_pct:.2f} %, avg10 {signals.some_avg10:.2f} %); shrink by {step} "
         f"KiB toward {line}"
     ), state
-
-
-def next_decision_s(state: PolicyState, config: PressureConfig) -> float | None:
-    """Seconds to the next decision when it should come sooner than ``interval_s``: while demand
-    rises (the last decision saw it rise), ``rising_interval_s``; else None. A rise runs on
-    between two decisions 5 s apart: on Xen 4.17 a 256 MiB spike touched at 35-45 MiB/s took
-    MemAvailable from 176 to 32 MiB before the next decision grew the guest, and each spike ran
-    1.1-2.1 s longer than without ballooning; a 20 MiB/s ramp took it from 137 to 51 MiB (run
-    20261206-042415-28926, ``sharp-spikes`` and ``anon-grow-shrink``). Decisions a second
-    apart are what the replay tests check at ``every 1``."""
-    if state.rising_decisions > 0 and 0 < config.rising_interval_s < config.interval_s:
-        return config.rising_interval_s
-    return None
 
 
 def decide_pressure(
