@@ -36,8 +36,6 @@ rises by 1 MiB/s or more; else 0), by (1 - pressure / target) x the larger of a 
 the size or 1/4 of MemAvailable above P, at most 1/16 of the ceiling) and a free-memory step (3/4
 of MemFree above P, at most 1/4 of the ceiling), never taking MemAvailable under P and never
 under the floor, max(``floor_kb``, :func:`~guestagent.balloon.common.hard_minimum_kb`).
-**Decide** every ``interval_s`` and, while demand rises, again after ``rising_interval_s``
-(:func:`next_decision_s`).
 
 Each rule has a replay test with the incident it guards against (``tests/test_balloon_policy.py``,
 ``tests/test_balloon_pressure_replay.py``); ``docs/balloon-pressure.md`` says why.
