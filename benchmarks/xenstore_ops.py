@@ -19,12 +19,9 @@ guest's own ``data/xsbench`` subtree, removed at the end.
   with 1 + K arguments: (t(1+K) - t(1)) / K is one operation, start-up, connection and
   transaction cancelled out. The agent's figures are taken inside a transaction for that reason
   (the same requests on the wire); outside one they are printed too.
-* A 100-key transaction: the agent's ``run_transaction`` writing 100 keys with ``write_many``
-  (its publishers' way: the writes pipelined, about one round trip for the batch), start and
-  commit included; the agent one ``write`` at a time is printed too, for information (the wire
-  cost the batch removes). For the C library 100 of its writes (in a transaction, as measured)
-  plus two of its reads for the transaction's start and end (each one request and one reply, as
-  a read).
+* A 100-key transaction: the agent's ``run_transaction`` writing 100 keys, start and commit
+  included; for the C library 100 of its writes (in a transaction, as measured) plus two of its
+  reads for the transaction's start and end (each one request and one reply, as a read).
 * Watch-event latency: one connection watches ``data/xsbench/w``, writes a new value to it and
   waits for the event, N times; the time from the write to the event, per event. The agent's
   client against ``xenstore_watch.c`` (libxenstore's ``xs_watch``/``xs_write``/
@@ -168,17 +165,11 @@ def agent_op(client: Any, op: str, n: int, in_tx: bool) -> tuple[float, float]:
     return took[-1][0] / n, took[-1][1] / n
 
 
-def agent_tx100(client: Any, batch: bool = True) -> float:
-    """Seconds for one transaction writing 100 keys, start and commit included: as one
-    ``write_many`` batch, or (``batch=False``) one ``write`` after another."""
-    items = [(f"{BASE}/t/{i}", f"v{i}") for i in range(100)]
-
+def agent_tx100(client: Any) -> float:
+    """Seconds for one transaction writing 100 keys, start and commit included."""
     def write(tx: Any) -> None:
-        if batch:
-            tx.write_many(items)
-            return
-        for path, value in items:
-            tx.write(path, value)
+        for i in range(100):
+            tx.write(f"{BASE}/t/{i}", f"v{i}")
 
     return timed(lambda: client.run_transaction(write))
 
@@ -517,8 +508,7 @@ def run_round(sides: Sides, n: int, extra: int, repeat: int,
             row["pyxs_s"], row["pyxs_cpu_s"] = best_pair(repeat,
                                                          partial(pyxs_op, sides.pyxs, op, n))
         rows[op] = row
-    row = {"agent_s": best(repeat, lambda: agent_tx100(client)),
-           "agent_seq_s": best(repeat, lambda: agent_tx100(client, batch=False))}
+    row = {"agent_s": best(repeat, lambda: agent_tx100(client))}
     if sides.c_tools:
         row["c_s"] = c_tx100(c_s)
     if sides.pyxs is not None:
@@ -628,11 +618,6 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
         r = ratios(rows, "pyxs_s")
         out.update(pyxs_us=statistics.median(x["pyxs_s"] for x in rows) * 1e6,
                    pyxs_ratio=r["median"], pyxs_ratio_min=r["min"], pyxs_ratio_max=r["max"])
-    if "agent_seq_s" in rows[0]:
-        out["agent_seq_us"] = statistics.median(r["agent_seq_s"] for r in rows) * 1e6
-        for other in ("c_s", "pyxs_s"):
-            if other in rows[0]:
-                out[f"seq_{other[:-2]}_ratio"] = ratios(rows, other, "agent_seq_s")["median"]
     if "agent_cpu_s" in rows[0]:
         out["agent_cpu_us"] = statistics.median(r["agent_cpu_s"] for r in rows) * 1e6
     if "pyxs_cpu_s" in rows[0]:
@@ -655,18 +640,6 @@ def cpu_line(result: dict[str, Any]) -> str | None:
         return None
     return ("client CPU us/op in a transaction (the process's, threads included; median): "
             + "; ".join(parts))
-
-
-def sequential_line(result: dict[str, Any]) -> str | None:
-    """The agent's 100-key transaction one write at a time (no batch), for information."""
-    s = result["ops"].get("tx100", {})
-    if "agent_seq_us" not in s:
-        return None
-    against = "".join(f", x{s[f'seq_{side}_ratio']:.2f} {name}'s ops/s"
-                      for side, name in (("c", "C"), ("pyxs", "pyxs"))
-                      if f"seq_{side}_ratio" in s)
-    return (f"tx100 one write at a time (the agent without write_many; not a target row): "
-            f"{s['agent_seq_us']:.0f} us{against}")
 
 
 def cell(s: dict[str, Any], us: str, ratio: str) -> tuple[str, str]:
@@ -704,8 +677,7 @@ def report(result: dict[str, Any]) -> str:
         py, py_ratio = cell(s, "pyxs_us", "pyxs_ratio")
         lines.append(f"| {op} | {s['agent_us']:.0f} | {plain} | {c} | {c_ratio} | {py} | "
                      f"{py_ratio} |")
-    for line in (cpu_line(result), sequential_line(result),
-                 target_line(result, "ratio", TARGET, "C"),
+    for line in (cpu_line(result), target_line(result, "ratio", TARGET, "C"),
                  target_line(result, "pyxs_ratio", PYXS_TARGET, "pyxs")):
         if line:
             lines.append(line)

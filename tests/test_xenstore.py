@@ -616,8 +616,10 @@ def test_oversized_reply_breaks_the_connection_cleanly(
         client.read("name")
 
 
-def swallow_next_read(server: XenstoreServer) -> list[Request]:
-    """The server's next XS_READ is never answered; the list gets the request."""
+def test_no_reply_times_out_and_a_late_reply_is_dropped(
+    connect: Connect, server: XenstoreServer
+) -> None:
+    client = connect(timeout=0.3)
     held: list[Request] = []
 
     def swallow(req: Request) -> Intercept:
@@ -625,14 +627,6 @@ def swallow_next_read(server: XenstoreServer) -> list[Request]:
         return Intercept(reply=b"", process=False)
 
     server.intercept(READ, swallow)
-    return held
-
-
-def test_no_reply_times_out_and_a_late_reply_is_dropped(
-    connect: Connect, server: XenstoreServer
-) -> None:
-    client = connect(timeout=0.3)
-    held = swallow_next_read(server)
     started = time.monotonic()
     with pytest.raises(TimeoutError) as info:
         client.read("name")
@@ -641,118 +635,6 @@ def test_no_reply_times_out_and_a_late_reply_is_dropped(
     server.inject(frame(READ, held[0].req_id, 0, b"late"))
     assert client.read("name") == b"guest"
     assert client.dropped_packets == 1
-
-
-# --- batches: pipelined requests ------------------------------------------------------------------
-
-
-class _InFlight:
-    """Wraps a transport and records how many requests were awaiting a reply at most."""
-
-    def __init__(self, inner: w.Transport) -> None:
-        self.inner = inner
-        self.in_flight = 0
-        self.most = 0
-
-    def send(self, msg_type: int, req_id: int, tx_id: int, payload: bytes) -> None:
-        self.inner.send(msg_type, req_id, tx_id, payload)
-        self.in_flight += 1
-        self.most = max(self.most, self.in_flight)
-
-    def recv(self, timeout: float | None = None) -> w.Message:
-        msg = self.inner.recv(timeout)
-        if msg.type != WATCH_EVENT:
-            self.in_flight -= 1
-        return msg
-
-    def fileno(self) -> int:
-        return self.inner.fileno()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def _counted(client: XenstoreClient) -> _InFlight:
-    counted = _InFlight(client._transport)
-    client._transport = counted
-    return counted
-
-
-def test_batches_keep_requests_in_flight_and_answer_in_order(client: XenstoreClient) -> None:
-    from guestagent.xen.xenstore import PIPELINE_DEPTH
-
-    counted = _counted(client)
-    items = [(f"data/b/{i}", f"v{i}") for i in range(40)]
-    client.write_many(items)
-    # Not one round trip per key, and never more in flight than the quota allows.
-    assert counted.most == min(len(items), PIPELINE_DEPTH) > 1
-    values = client.read_many([path for path, _ in items] + ["data/b/absent"])
-    assert values == [value.encode() for _, value in items] + [None]
-    listed, absent, top = client.directory_many(["data/b", "data/absent", "data"])
-    assert sorted(listed or []) == sorted(str(i) for i in range(40))
-    assert absent is None and top is not None and "b" in top
-    assert counted.in_flight == 0 and client.dropped_packets == 0
-    assert client.read_many([]) == [] and client.write_many([]) is None
-
-
-def test_a_failure_in_a_batch_is_raised_after_every_reply(
-    client: XenstoreClient, dom0: XenstoreClient
-) -> None:
-    items = [("data/ok1", "1"), ("memory/target", "1"), ("data/ok2", "2")]
-    with pytest.raises(XenstoreError) as info:
-        client.write_many(items)
-    assert (info.value.errno, info.value.path, info.value.op) == (
-        errno.EACCES, "memory/target", "XS_WRITE")
-    # The requests after the failed one were answered too: the stream is still in step.
-    assert client.read_many(["data/ok1", "data/ok2"]) == [b"1", b"2"]
-    dom0.write(f"{HOME}/data/secret", "s")
-    dom0.set_perms(f"{HOME}/data/secret", [Permission("n", 0)])
-    with pytest.raises(XenstoreError) as info:
-        client.read_many(["data/ok1", "data/secret"])  # only ENOENT reads as absent
-    assert info.value.errno == errno.EACCES
-    with pytest.raises(XenstoreError):
-        client.directory_many(["data/secret"])
-    with pytest.raises(InputError):
-        client.write_many([("data/ok3", "caf\u00e9")])  # refused before anything is sent
-    assert client.read_many(["data/ok3", "data/ok2"]) == [None, b"2"]
-    assert client.dropped_packets == 0
-
-
-def test_a_batch_without_a_reply_times_out_and_late_replies_are_dropped(
-    connect: Connect, server: XenstoreServer
-) -> None:
-    client = connect(timeout=0.3)
-    held = swallow_next_read(server)  # the first read of the batch is never answered
-    with pytest.raises(TimeoutError) as info:
-        client.read_many(["name", "domid", "name"])
-    assert info.value.filename == "name"
-    server.inject(frame(READ, held[0].req_id, 0, b"late"))
-    assert client.read_many(["name", "domid"]) == [b"guest", str(GUEST).encode()]
-    assert client.dropped_packets == 1
-
-
-def test_a_batch_inside_a_transaction(client: XenstoreClient, dom0: XenstoreClient) -> None:
-    with client.transaction() as tx:
-        tx.write_many([("data/t/a", "1"), ("data/t/b", "2")])
-        assert tx.read_many(["data/t/a", "data/t/b"]) == [b"1", b"2"]
-        assert dom0.read_many([f"{HOME}/data/t/a"]) == [None]  # not committed yet
-    assert dom0.read_many([f"{HOME}/data/t/a", f"{HOME}/data/t/b"]) == [b"1", b"2"]
-    with pytest.raises(RuntimeError, match="already ended"):
-        tx.read_many(["data/t/a"])
-
-
-def test_read_tree_and_sync_tree_batch_each_level(client: XenstoreClient) -> None:
-    from guestagent.xen.xs_sync import read_tree, sync_tree
-
-    desired = {f"n{i}/k{j}": f"{i}.{j}" for i in range(6) for j in range(5)}
-    desired.update({f"n{i}": "" for i in range(6)})
-    counted = _counted(client)
-    changes = sync_tree(client, "data/tree", desired)
-    assert set(changes.writes) == set(desired)
-    assert counted.most > 1
-    counted.most = 0
-    assert read_tree(client, "data/tree") == {k: v.encode() for k, v in desired.items()}
-    assert counted.most > 1 and counted.in_flight == 0
 
 
 def test_closed_connection_from_the_server(client: XenstoreClient, server: XenstoreServer) -> None:
@@ -869,9 +751,6 @@ _OPERATIONS: list[Callable[[XenstoreClient], object]] = [
     lambda c: c.start_transaction(),
     lambda c: c.read_events(0.0),
     lambda c: c.run_transaction(lambda tx: tx.read("data"), retries=1),
-    lambda c: c.read_many(["data/x", "data/y"]),
-    lambda c: c.directory_many(["data"]),
-    lambda c: c.write_many([("data/x", "v"), ("data/y", b"w")]),
 ]
 _REPLY_TYPES = [*range(0, 24), 99, 0xFFFF]
 _REPLY_PIECES = [b"\0", b"OK", b"E2BIG", b"EAGAIN", b"ENOENT", b"EXYZ", b"7", b"a", b"r5", b"/x",

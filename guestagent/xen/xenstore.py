@@ -100,10 +100,6 @@ _MAX_DRAIN = 256
 _READ_SLICE = 0.2
 #: Abandoned (timed-out) request ids remembered to tell a late reply from a stray packet.
 _MAX_ABANDONED = 64
-#: Requests the batch operations (``read_many``, ``directory_many``, ``write_many``) keep in
-#: flight: under cxenstored's default quota of 20 outstanding requests per guest, beyond which
-#: it stops reading the guest's ring (reference section 3.4).
-PIPELINE_DEPTH = 16
 
 _log_cache: list[Any] = []
 
@@ -134,83 +130,15 @@ class PayloadTooLargeError(InputError, ValueError):
     """A request would exceed XENSTORE_PAYLOAD_MAX; it was not sent (xenstored would drop us)."""
 
 
-def _ascii_value(path: str, value: bytes | str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    try:
-        return value.encode("ascii")
-    except UnicodeEncodeError:
-        raise InputError(path, "xenstore value is not ASCII", value) from None
-
-
-def _error_of(reply: Message, path: str, msg_type: int) -> XenstoreError | None:
-    """The XenstoreError an XS_ERROR reply stands for; None for any other reply."""
-    if reply.type != XS_ERROR:
-        return None
-    err = decode_error(reply.payload, f"{describe(reply)} for {path}")
-    return XenstoreError(err.errno, path, type_name(msg_type), err.name)
-
-
 class _Operations:
     """The node operations, shared by the client (no transaction) and :class:`Transaction`."""
 
     def _call(self, msg_type: int, payload: bytes, path: str) -> Message:
         raise NotImplementedError
 
-    def _call_many(self, requests: Sequence[tuple[int, bytes, str]]) -> list[Message]:
-        """The replies to ``(type, payload, path)`` requests sent back to back, in order; an
-        XS_ERROR reply is returned, not raised."""
-        raise NotImplementedError
-
     @staticmethod
     def _source(reply: Message, path: str) -> str:
         return f"{describe(reply)} for {path}"
-
-    # --- batches: one pipelined exchange instead of a round trip per node ------------------------
-    #
-    # Every request of a batch is sent before its reply is awaited (at most PIPELINE_DEPTH in
-    # flight), so a batch of N costs about one round trip to xenstored, not N. Each reply is
-    # checked as the single operation checks it; the first failure is raised only after every
-    # reply has arrived, so the connection is never left with replies in flight.
-
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        """The nodes' values, in order; None for a node that does not exist (ENOENT)."""
-        replies = self._call_many([(XS_READ, encode_path(p), p) for p in paths])
-        out: list[bytes | None] = []
-        for path, reply in zip(paths, replies):
-            error = _error_of(reply, path, XS_READ)
-            if error is not None and error.errno != errno.ENOENT:
-                raise error
-            out.append(None if error is not None else reply.payload)
-        return out
-
-    def directory_many(self, paths: Sequence[str]) -> list[list[str] | None]:
-        """The children of each node, in order; None for a node that does not exist. A listing
-        too long for one reply (E2BIG) is fetched again on its own, as :meth:`directory` does."""
-        replies = self._call_many([(XS_DIRECTORY, encode_path(p), p) for p in paths])
-        out: list[list[str] | None] = []
-        for path, reply in zip(paths, replies):
-            error = _error_of(reply, path, XS_DIRECTORY)
-            if error is not None and error.errno == errno.E2BIG:
-                out.append(self.directory(path))
-            elif error is not None and error.errno == errno.ENOENT:
-                out.append(None)
-            elif error is not None:
-                raise error
-            else:
-                out.append(decode_directory(reply.payload, self._source(reply, path)))
-        return out
-
-    def write_many(self, items: Sequence[tuple[str, bytes | str]]) -> None:
-        """Set each ``(path, value)`` as :meth:`write` does; the first failure is raised."""
-        payloads = [encode_write(path, _ascii_value(path, value)) for path, value in items]
-        paths = [path for path, _ in items]
-        replies = self._call_many([(XS_WRITE, pl, p) for p, pl in zip(paths, payloads)])
-        for path, reply in zip(paths, replies):
-            error = _error_of(reply, path, XS_WRITE)
-            if error is not None:
-                raise error
-            decode_ok(reply.payload, self._source(reply, path))
 
     def read(self, path: str) -> bytes:
         """The node's value, as bytes."""
@@ -233,7 +161,12 @@ class _Operations:
 
     def write(self, path: str, value: bytes | str) -> None:
         """Set the node's value, creating missing parents (empty values)."""
-        reply = self._call(XS_WRITE, encode_write(path, _ascii_value(path, value)), path)
+        if isinstance(value, str):
+            try:
+                value = value.encode("ascii")
+            except UnicodeEncodeError:
+                raise InputError(path, "xenstore value is not ASCII", value) from None
+        reply = self._call(XS_WRITE, encode_write(path, value), path)
         decode_ok(reply.payload, self._source(reply, path))
 
     def mkdir(self, path: str) -> None:
@@ -315,11 +248,6 @@ class Transaction(_Operations):
         if self.ended:
             raise RuntimeError(f"xenstore transaction {self.tx_id} has already ended")
         return self._client._request(msg_type, self.tx_id, payload, path)
-
-    def _call_many(self, requests: Sequence[tuple[int, bytes, str]]) -> list[Message]:
-        if self.ended:
-            raise RuntimeError(f"xenstore transaction {self.tx_id} has already ended")
-        return self._client._request_many(requests, self.tx_id)
 
     def _end(self, commit: bool) -> None:
         path = f"transaction {self.tx_id}"
@@ -454,110 +382,52 @@ class XenstoreClient(_Operations):
             self._broken = str(exc)
             raise
 
-    def _send(self, msg_type: int, tx_id: int, payload: bytes, path: str) -> int:
-        """Send one request (the lock held); its req_id."""
+    def _request(self, msg_type: int, tx_id: int, payload: bytes, path: str) -> Message:
+        """Send one request and return its reply (type ``msg_type``); XS_ERROR -> XenstoreError."""
         op = type_name(msg_type)
-        req_id = self._allocate_id()
-        try:
-            self._transport.send(msg_type, req_id, tx_id, payload)
-        except ValueError as exc:
-            raise PayloadTooLargeError(path, f"{op} refused by the transport: {exc}") from exc
-        except ConnectionError as exc:
-            self._broken = str(exc)
-            raise
-        except OSError as exc:
-            # /dev/xen/xenbus reports some failures (WATCH, bad tx_id) from write(2).
-            if exc.errno in NAME_BY_ERRNO and exc.errno not in (errno.EIO, errno.EBADF):
-                raise XenstoreError(exc.errno, path, op) from exc
-            self._broken = str(exc)
-            raise
-        return req_id
-
-    @staticmethod
-    def _check_size(msg_type: int, payload: bytes, path: str) -> None:
         if len(payload) > XENSTORE_PAYLOAD_MAX:
             raise PayloadTooLargeError(
                 path,
-                f"{type_name(msg_type)} payload of {len(payload)} bytes exceeds "
-                f"XENSTORE_PAYLOAD_MAX {XENSTORE_PAYLOAD_MAX}; not sent",
+                f"{op} payload of {len(payload)} bytes exceeds XENSTORE_PAYLOAD_MAX "
+                f"{XENSTORE_PAYLOAD_MAX}; not sent",
             )
-
-    def _no_reply(self, req_id: int, msg_type: int, path: str) -> TimeoutError:
-        self._abandoned.append(req_id)
-        return TimeoutError(
-            errno.ETIMEDOUT,
-            f"xenstore {type_name(msg_type)} got no reply within {self.timeout:g} s "
-            f"(req_id {req_id})",
-            path,
-        )
-
-    def _request(self, msg_type: int, tx_id: int, payload: bytes, path: str) -> Message:
-        """Send one request and return its reply (type ``msg_type``); XS_ERROR -> XenstoreError."""
-        self._check_size(msg_type, payload, path)
         with self._lock:
             self._check_usable()
-            req_id = self._send(msg_type, tx_id, payload, path)
+            req_id = self._allocate_id()
+            try:
+                self._transport.send(msg_type, req_id, tx_id, payload)
+            except ValueError as exc:
+                raise PayloadTooLargeError(path, f"{op} refused by the transport: {exc}") from exc
+            except ConnectionError as exc:
+                self._broken = str(exc)
+                raise
+            except OSError as exc:
+                # /dev/xen/xenbus reports some failures (WATCH, bad tx_id) from write(2).
+                if exc.errno in NAME_BY_ERRNO and exc.errno not in (errno.EIO, errno.EBADF):
+                    raise XenstoreError(exc.errno, path, op) from exc
+                self._broken = str(exc)
+                raise
             deadline = time.monotonic() + self.timeout
             reply: Message | None = None
             while reply is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise self._no_reply(req_id, msg_type, path)
+                    self._abandoned.append(req_id)
+                    raise TimeoutError(
+                        errno.ETIMEDOUT,
+                        f"xenstore {op} got no reply within {self.timeout:g} s (req_id {req_id})",
+                        path,
+                    )
                 msg = self._recv(remaining)
                 if msg is not None:
-                    reply = self._dispatch(msg, {req_id: msg_type})
-        error = _error_of(reply, path, msg_type)
-        if error is not None:
-            raise error
+                    reply = self._dispatch(msg, req_id, msg_type)
+        if reply.type == XS_ERROR:
+            err = decode_error(reply.payload, self._source(reply, path))
+            raise XenstoreError(err.errno, path, op, err.name)
         return reply
 
-    def _request_many(
-        self, requests: Sequence[tuple[int, bytes, str]], tx_id: int = 0
-    ) -> list[Message]:
-        """Send ``(type, payload, path)`` requests back to back, at most PIPELINE_DEPTH awaiting
-        their replies, and return the replies in order (XS_ERROR ones included). Each wait for
-        the next reply has the client's timeout; on any failure the replies still awaited are
-        abandoned (dropped quietly when they arrive)."""
-        for msg_type, payload, path in requests:
-            self._check_size(msg_type, payload, path)
-        replies: list[Message | None] = [None] * len(requests)
-        awaited: dict[int, int] = {}  # req_id -> index into requests
-        with self._lock:
-            self._check_usable()
-            sent = 0
-            try:
-                while sent < len(requests) or awaited:
-                    while sent < len(requests) and len(awaited) < PIPELINE_DEPTH:
-                        msg_type, payload, path = requests[sent]
-                        awaited[self._send(msg_type, tx_id, payload, path)] = sent
-                        sent += 1
-                    reply = self._next_reply(awaited, requests)
-                    replies[awaited.pop(reply.req_id)] = reply
-            except BaseException:
-                self._abandoned.extend(awaited)
-                raise
-        return [r for r in replies if r is not None]
-
-    def _next_reply(
-        self, awaited: dict[int, int], requests: Sequence[tuple[int, bytes, str]]
-    ) -> Message:
-        """The next reply to one of ``awaited`` (req_id -> index into ``requests``)."""
-        types = {req_id: requests[i][0] for req_id, i in awaited.items()}
-        deadline = time.monotonic() + self.timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                req_id = min(awaited, key=awaited.__getitem__)
-                msg_type, _, path = requests[awaited.pop(req_id)]
-                raise self._no_reply(req_id, msg_type, path)
-            msg = self._recv(remaining)
-            reply = self._dispatch(msg, types) if msg is not None else None
-            if reply is not None:
-                return reply
-
-    def _dispatch(self, msg: Message, awaited: dict[int, int]) -> Message | None:
-        """Route one message: a reply to one of ``awaited`` (req_id -> request type) is returned,
-        everything else queued (watch events) or dropped."""
+    def _dispatch(self, msg: Message, req_id: int | None, req_type: int) -> Message | None:
+        """Route one message: the awaited reply is returned, everything else queued or dropped."""
         if msg.type == XS_WATCH_EVENT:
             try:
                 event = decode_watch_event(msg.payload, describe(msg))
@@ -567,18 +437,17 @@ class XenstoreClient(_Operations):
                 return None
             self._queue_event(event)
             return None
-        req_type = awaited.get(msg.req_id)
-        if req_type is not None:
-            if msg.type in (req_type, XS_ERROR):
-                return msg
-            raise InputError(
-                describe(msg),
-                f"reply to {type_name(req_type)} (req_id {msg.req_id}) has the wrong type",
-                type_name(msg.type),
-            )
-        if (msg.req_id == 0 and msg.type in (XS_WATCH, XS_UNWATCH)
-                and list(awaited.values()) == [msg.type]):
-            return msg  # older kernels' xenbus device synthesise this reply with req_id 0
+        if req_id is not None:
+            if msg.req_id == req_id:
+                if msg.type in (req_type, XS_ERROR):
+                    return msg
+                raise InputError(
+                    describe(msg),
+                    f"reply to {type_name(req_type)} (req_id {req_id}) has the wrong type",
+                    type_name(msg.type),
+                )
+            if msg.req_id == 0 and msg.type == req_type and req_type in (XS_WATCH, XS_UNWATCH):
+                return msg  # older kernels' xenbus device synthesise this reply with req_id 0
         self.dropped_packets += 1
         if msg.req_id in self._abandoned:
             _log().info("xenstore_late_reply_dropped", type=type_name(msg.type), req_id=msg.req_id)
@@ -589,7 +458,7 @@ class XenstoreClient(_Operations):
                 req_id=msg.req_id,
                 tx_id=msg.tx_id,
                 length=len(msg.payload),
-                awaiting=sorted(awaited)[:4] or None,
+                awaiting=req_id,
             )
         return None
 
@@ -649,7 +518,7 @@ class XenstoreClient(_Operations):
                 remaining = deadline - time.monotonic()
                 msg = self._recv(min(max(remaining, 0.0), _READ_SLICE))
                 if msg is not None:
-                    self._dispatch(msg, {})
+                    self._dispatch(msg, None, XS_WATCH_EVENT)
                 if time.monotonic() >= deadline or (msg is None and remaining <= _READ_SLICE):
                     break
         with self._lock:
@@ -658,7 +527,7 @@ class XenstoreClient(_Operations):
                     msg = self._recv(0.0)
                     if msg is None:
                         break
-                    self._dispatch(msg, {})
+                    self._dispatch(msg, None, XS_WATCH_EVENT)
             return self.pending_events()
 
     # --- domain and transactions -----------------------------------------------------------------
@@ -671,9 +540,6 @@ class XenstoreClient(_Operations):
 
     def _call(self, msg_type: int, payload: bytes, path: str) -> Message:
         return self._request(msg_type, 0, payload, path)
-
-    def _call_many(self, requests: Sequence[tuple[int, bytes, str]]) -> list[Message]:
-        return self._request_many(requests)
 
     def start_transaction(self) -> Transaction:
         """Start a transaction; prefer :meth:`transaction` or :meth:`run_transaction`."""

@@ -82,73 +82,34 @@ def check_desired(base: str, desired: Mapping[str, str]) -> None:
 def read_tree(ops: TreeOps, base: str, leave: Collection[str] = ()) -> dict[str, bytes]:
     """Every node below ``base`` (not ``base`` itself) as ``{relative path: value}``; an absent
     ``base`` is an empty tree. Bounded in size and depth. The children of ``base`` named in
-    ``leave`` (another publisher's sections) are not read.
+    ``leave`` (another publisher's sections) are not read."""
+    from guestagent.xen.xenstore import XenstoreError
 
-    Read a level at a time: over a xenstore connection each level's listings and values are one
-    pipelined batch each (``read_many``, ``directory_many``), about two round trips a level
-    instead of two a node."""
     tree: dict[str, bytes] = {}
-    level = [""]  # the nodes whose children are listed next, relative to base
-    for depth in range(MAX_TREE_DEPTH + 1):
-        listings = _directories(ops, [f"{base}/{rel}" if rel else base for rel in level])
-        children = [
-            f"{rel}/{child}" if rel else child
-            for rel, names in zip(level, listings)
-            for child in names or ()
-            if rel or child not in leave
-        ]
-        if not children:
-            return tree
-        if len(tree) + len(children) > MAX_TREE_NODES * 2 or depth >= MAX_TREE_DEPTH:
-            raise InputError(base, "subtree is larger or deeper than guestagent ever writes")
-        values = _values(ops, [f"{base}/{child}" for child in children])
-        level = [child for child, value in zip(children, values) if value is not None]
-        tree.update((child, value) for child, value in zip(children, values) if value is not None)
+    pending: list[tuple[str, int]] = [("", 0)]
+    while pending:
+        rel, depth = pending.pop()
+        path = f"{base}/{rel}" if rel else base
+        try:
+            children = ops.directory(path)
+        except XenstoreError as e:
+            if e.errno == 2:  # ENOENT: gone, or never there
+                continue
+            raise
+        for child in children:
+            if not rel and child in leave:
+                continue
+            child_rel = f"{rel}/{child}" if rel else child
+            if len(tree) >= MAX_TREE_NODES * 2 or depth >= MAX_TREE_DEPTH:
+                raise InputError(base, "subtree is larger or deeper than guestagent ever writes")
+            try:
+                tree[child_rel] = ops.read(f"{base}/{child_rel}")
+            except XenstoreError as e:
+                if e.errno == 2:
+                    continue
+                raise
+            pending.append((child_rel, depth + 1))
     return tree
-
-
-def _directories(ops: TreeOps, paths: list[str]) -> list[list[str] | None]:
-    """Each node's children, None where it is gone (ENOENT)."""
-    from guestagent.xen.xenstore import Transaction, XenstoreClient, XenstoreError
-
-    if isinstance(ops, (XenstoreClient, Transaction)):
-        return ops.directory_many(paths)
-    out: list[list[str] | None] = []
-    for path in paths:
-        try:
-            out.append(ops.directory(path))
-        except XenstoreError as e:
-            if e.errno != 2:  # ENOENT: gone, or never there
-                raise
-            out.append(None)
-    return out
-
-
-def _values(ops: TreeOps, paths: list[str]) -> list[bytes | None]:
-    """Each node's value, None where it is gone (ENOENT)."""
-    from guestagent.xen.xenstore import Transaction, XenstoreClient, XenstoreError
-
-    if isinstance(ops, (XenstoreClient, Transaction)):
-        return ops.read_many(paths)
-    out: list[bytes | None] = []
-    for path in paths:
-        try:
-            out.append(ops.read(path))
-        except XenstoreError as e:
-            if e.errno != 2:
-                raise
-            out.append(None)
-    return out
-
-
-def _write_all(ops: TreeOps, items: list[tuple[str, str]]) -> None:
-    from guestagent.xen.xenstore import Transaction, XenstoreClient
-
-    if isinstance(ops, (XenstoreClient, Transaction)):
-        ops.write_many(items)
-        return
-    for path, value in items:
-        ops.write(path, value)
 
 
 def sync_tree(
@@ -166,7 +127,8 @@ def sync_tree(
         changes = diff_tree(desired, read_tree(tx, base, leave))
         for path in changes.removes:
             tx.rm(f"{base}/{path}")
-        _write_all(tx, [(f"{base}/{key}", value) for key, value in sorted(changes.writes.items())])
+        for key, value in sorted(changes.writes.items()):
+            tx.write(f"{base}/{key}", value)
         return changes
 
     return client.run_transaction(apply)
@@ -187,7 +149,8 @@ def update_tree(
         return TreeChanges()
 
     def apply(tx: TreeOps) -> TreeChanges:
-        _write_all(tx, [(f"{base}/{key}", value) for key, value in sorted(writes.items())])
+        for key, value in sorted(writes.items()):
+            tx.write(f"{base}/{key}", value)
         return TreeChanges(writes)
 
     return client.run_transaction(apply)
