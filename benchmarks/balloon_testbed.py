@@ -825,7 +825,7 @@ def exit_status_of(samples: str) -> int | None:
 
 
 def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
-            out_dir: Path, ceiling_mib: int = 1024) -> RunResult:
+            out_dir: Path, ceiling_mib: int) -> RunResult:
     from tests.e2e.util import log
 
     res = RunResult(workload=workload, policy=policy, repeat=repeat)
