@@ -71,6 +71,7 @@ POLICIES = ("none", "classic", "pressure")
 #: keys set for it (a closed-loop trial of one constant; the default stays ``pressure``).
 VARIANTS: dict[str, tuple[str, dict[str, int]]] = {
     "pressure-r32": ("pressure", {"reserve_mb": 32}),
+    "pressure-1s": ("pressure", {"interval_seconds": 1}),
 }
 
 #: Where the image keeps the work tree's tracked files (tests/e2e/rootfs.py).

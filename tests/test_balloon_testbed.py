@@ -638,6 +638,9 @@ def test_a_policy_variant_runs_the_policy_with_its_keys(tmp_path: Path) -> None:
         "none", "pressure", "pressure-r32"]
     with pytest.raises(SystemExit):
         parse_args(["--policies", "pressure-r8"])
+    (tmp_path / "guestagent.toml").write_text(balloon_section("pressure-1s"))
+    cfg = load(str(tmp_path / "guestagent.toml"), str(tmp_path / "conf.d"))
+    assert policy_config(cfg.section("balloon")).interval_s == 1.0  # type: ignore[attr-defined]
 
 
 def test_the_workload_is_sized_to_the_guest_it_runs_in() -> None:
