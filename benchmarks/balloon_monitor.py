@@ -14,6 +14,8 @@ workload's phase lines carry):
   policy's) fired: a spike's first sign, seen the way the agent sees it;
 * ``{"target_kb", "current_kb"}``: the balloon driver's target and size, read every
   ``--interval`` seconds and written when either changed;
+* ``{"agent_cpu_s": s}``: the agent's CPU time so far (user + system, with the helpers it ran and
+  waited for; ``/proc/PID/stat``), every second while it runs;
 * at the end, ``{"trace_offset": s}`` (the monotonic time of the recorder's ``timestamp`` 0: its
   least arrival delay over every snapshot) and ``{"agent_exit": status}``.
 
@@ -39,6 +41,7 @@ PSI_MEMORY = "/proc/pressure/memory"
 PSI_SPEC = "some 150000 1000000"
 STOP_WAIT_S = 60.0
 DRAIN_S = 5.0
+CPU_EVERY_S = 1.0
 
 
 class Lines:
@@ -67,6 +70,18 @@ def read_kb(path: str) -> int | None:
     try:
         with open(path) as f:
             return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and of its children it waited for (``/proc/PID/stat``
+    fields 14-17: the helpers the agent runs count); None when it is gone or does not parse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            line = f.read()
+        fields = line[line.rindex(")") + 2:].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
@@ -154,7 +169,7 @@ class Monitor:
         if psi is not None:
             poller.register(psi, select.POLLPRI)
         interval = self.args.interval
-        next_sample = time.monotonic()
+        next_sample = next_cpu = time.monotonic()
         stop_at: float | None = None
         agent_done = False
         while True:
@@ -162,6 +177,11 @@ class Monitor:
             if now >= next_sample:
                 self.sample()
                 next_sample = now + interval
+            if now >= next_cpu and not agent_done:
+                cpu = process_cpu_s(agent.pid)
+                if cpu is not None:
+                    self.emit(agent_cpu_s=round(cpu, 2))
+                next_cpu = now + CPU_EVERY_S
             if self.stop_requested and stop_at is None:
                 stop_at = now + STOP_WAIT_S
                 with contextlib.suppress(ProcessLookupError):

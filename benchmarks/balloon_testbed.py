@@ -144,6 +144,8 @@ class Events:
     agent_started: bool = False
     agent_exit: int | None = None
     trace_offset: float | None = None
+    #: (mono, the agent's CPU seconds so far), about every second.
+    agent_cpu: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -193,6 +195,8 @@ class RunResult:
     agent_errors: list[str] = field(default_factory=list)
     bound_gib_s: float | None = None
     bound_mean_mib: float | None = None
+    #: The agent's CPU over the workload's run, % of one CPU (None: not sampled).
+    agent_cpu_pct: float | None = None
     samples: int = 0
     #: The benchmark's own problems (no samples, a bed error): the run did not measure.
     errors: list[str] = field(default_factory=list)
@@ -326,6 +330,8 @@ def parse_events(text: str) -> Events:
             ev.agent_exit = int(obj["agent_exit"])
         elif "trace_offset" in obj:
             ev.trace_offset = float(obj["trace_offset"])
+        elif "agent_cpu_s" in obj:
+            ev.agent_cpu.append((mono, float(obj["agent_cpu_s"])))
     return ev
 
 
@@ -413,6 +419,18 @@ def spike_response(mark: PhaseMark, end: float, ev: Events, ceiling_kb: int) -> 
     return res
 
 
+def cpu_pct_between(samples: list[tuple[float, float]], start: float, end: float
+                    ) -> float | None:
+    """% of one CPU used between the last sample at or before ``start`` and the first at or after
+    ``end`` (the agent's CPU over the workload's run); None without samples on both sides."""
+    before = [s for s in samples if s[0] <= start]
+    after = [s for s in samples if s[0] >= end]
+    if not before or not after or after[0][0] <= before[-1][0]:
+        return None
+    (t0, c0), (t1, c1) = before[-1], after[0]
+    return 100.0 * (c1 - c0) / (t1 - t0)
+
+
 def failure_kinds(r: RunResult) -> dict[str, int]:
     """Every failure of one run, counted by kind (empty: none)."""
     kinds: dict[str, int] = {}
@@ -488,6 +506,7 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
             ("mean_mib", [r.mean_mib for r in runs]),
             ("held_gib_s", [r.held_gib_s for r in runs]),
             ("run_time_s", [r.run_time_s for r in runs]),
+            ("agent_cpu_pct", [r.agent_cpu_pct for r in runs]),
             *((k, [x[k] for x in ratios]) for k in ratios[0]),
         ):
             row[name] = median(values)
@@ -534,9 +553,9 @@ def render_table(results: list[RunResult]) -> str:
     """Per workload and policy (medians over repeats, [min-max] with --repeat > 1)."""
     rows = summarise(results)
     head = ("| workload | policy | result | mean MiB | GiB x s | / classic (mean) "
-            "| / bound (mean) | run s | / none | failures | spike: PSI s | raised s "
-            "| raised - PSI s | populated s |")
-    lines = [head, "|" + "---|" * 14]
+            "| / bound (mean) | run s | / none | failures | agent CPU % | spike: PSI s "
+            "| raised s | raised - PSI s | populated s |")
+    lines = [head, "|" + "---|" * 15]
     for row in rows:
         failed = row["failed_runs"]
         result = "ok" if not failed else f"**FAIL** {failed}/{row['runs']}"
@@ -547,7 +566,8 @@ def render_table(results: list[RunResult]) -> str:
             f"| {fmt_spread(row, 'mean_vs_classic', '.3f')} "
             f"| {fmt_spread(row, 'mean_vs_bound', '.3f')} "
             f"| {fmt_spread(row, 'run_time_s', '.1f')} | {fmt_spread(row, 'run_vs_none', '.3f')} "
-            f"| {kinds} | {spike_cell(results, row, 'psi_s')} "
+            f"| {kinds} | {fmt_spread(row, 'agent_cpu_pct', '.1f')} "
+            f"| {spike_cell(results, row, 'psi_s')} "
             f"| {spike_cell(results, row, 'raised_s')} "
             f"| {spike_cell(results, row, 'raised_after_psi_s')} "
             f"| {spike_cell(results, row, 'populated_s')} |"
@@ -652,6 +672,9 @@ def analyse(res: RunResult, files: dict[str, str], guest: str) -> None:
         res.errors.append("the agent never said started")
     ceiling_kb = ev.balloon[0][1] if ev.balloon else 0
     res.spikes = spike_responses(report, ev, ceiling_kb)
+    if report.marks:
+        res.agent_cpu_pct = cpu_pct_between(ev.agent_cpu, report.marks[0].mono,
+                                            report.marks[-1].mono)
 
 
 def add_bound(res: RunResult, files: dict[str, str]) -> None:

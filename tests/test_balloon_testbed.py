@@ -661,3 +661,29 @@ def test_the_workload_is_sized_to_the_guest_it_runs_in() -> None:
     assert (sized.workload, sized.ceiling_mib) == ("sharp-spikes", 2048)
     default = workload_args(workload_argv(workload_script("w.none.0", "long-idle")))
     assert default.ceiling_mib == 1024
+
+
+def test_the_agents_cpu_is_read_from_proc_and_counted_over_the_workloads_run() -> None:
+    """The monitor's ``agent_cpu_s`` lines (``/proc/PID/stat``, the agent and its waited-for
+    helpers) become the agent's CPU over the workload's run, as % of one CPU, in the table."""
+    from benchmarks.balloon_monitor import process_cpu_s
+    from benchmarks.balloon_testbed import cpu_pct_between, parse_events
+
+    own = os.times()
+    mine = process_cpu_s(os.getpid())
+    assert mine is not None
+    assert abs(mine - (own.user + own.system + own.children_user + own.children_system)) < 0.1
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert process_cpu_s(gone.pid) is None
+
+    text = "\n".join(json.dumps({"agent_cpu_s": c, "mono": m})
+                     for m, c in ((10.0, 5.0), (11.0, 5.1), (12.0, 5.3), (13.0, 5.4)))
+    ev = parse_events(text)
+    assert ev.agent_cpu == [(10.0, 5.0), (11.0, 5.1), (12.0, 5.3), (13.0, 5.4)]
+    # From the last sample at or before the start to the first at or after the end.
+    pct = cpu_pct_between(ev.agent_cpu, 10.5, 12.5)
+    assert pct is not None and abs(pct - 40.0 / 3) < 1e-9
+    assert cpu_pct_between(ev.agent_cpu, 9.0, 12.0) is None  # nothing before the start
+    assert cpu_pct_between(ev.agent_cpu, 10.0, 13.5) is None  # nothing after the end
+    assert cpu_pct_between([], 0.0, 1.0) is None
