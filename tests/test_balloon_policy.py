@@ -31,9 +31,11 @@ from guestagent.balloon.policy import (
 )
 from guestagent.balloon.pressure import (
     burst_allowance,
+    burst_room_kb,
     headroom_line_kb,
     hold_s,
     observe_demand,
+    peak_rate_kb_s,
     reserve_kb,
 )
 from guestagent.balloon.signals import MemorySignals
@@ -574,6 +576,54 @@ def test_the_headroom_line_follows_the_bursts_seen() -> None:
         s = follow_size(s, d)
         assert s.mem_available_kb >= R + 240 * MIB_KB, (t, d.reason)
     assert s.mem_available_kb < R + 240 * MIB_KB + 16 * MIB_KB, s.mem_available_kb // MIB_KB
+
+
+def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
+    """Seen on Xen 4.17 (runs 20261206-042415-28926 and -050355-6091): after `anon-grow-shrink`
+    freed its 384 MiB, grown in 96 MiB steps over 12 s, the line R + B kept 384 MiB of room for
+    60 s more, while a grow answers a rise within one decision interval and the driver populates
+    it within about a second. B is the burst allowance capped by the fastest rise seen while it
+    is held times (interval + ``populate_s``): a burst that arrives within one interval keeps
+    room for all of it, a slower one for what arrives before a grow lands."""
+    cfg = PressureConfig()
+    answer_s = cfg.interval_s + cfg.populate_s
+    assert peak_rate_kb_s(((0.0, 0), (1.0, 10), (2.0, 40)), 1.0) == 30.0
+    # A decision woken early (0.2 s after the last) is measured over at least rate_span_s.
+    assert peak_rate_kb_s(((0.0, 0), (1.0, 10), (1.2, 40)), 1.0) == 40 / 1.2
+    assert peak_rate_kb_s(((0.0, 0), (0.5, 100)), 1.0) == 0.0
+    used0 = 300 * MIB_KB
+
+    def burst(step_mib: int, steps: int) -> PolicyState:
+        state = PolicyState()
+        for t in range(steps + 1):  # one sample a second
+            s = snap(float(t), mem_available_kb=snap().mem_total_kb - used0
+                     - t * step_mib * MIB_KB)
+            state = observe_demand(s, state, cfg)
+        return state
+
+    # 240 MiB in 5 s (48 MiB/s): it arrives within one interval and a second, so all of it.
+    quick = burst(48, 5)
+    assert quick.burst_rate_kb_s == 48 * MIB_KB
+    assert burst_room_kb(quick, cfg, 5.0) == burst_allowance(quick, cfg, 5.0) == 240 * MIB_KB
+    # 96 MiB in 8 s (12 MiB/s, the 10 s window holds it all): room for 6 s of it.
+    slow = burst(12, 8)
+    assert burst_allowance(slow, cfg, 8.0) == 96 * MIB_KB
+    assert burst_room_kb(slow, cfg, 8.0) == int(12 * MIB_KB * answer_s) == 72 * MIB_KB
+    # Held and halved with the allowance, never above it.
+    assert burst_room_kb(slow, cfg, 60.0) == 72 * MIB_KB
+    assert burst_room_kb(slow, cfg, 98.0) == burst_allowance(slow, cfg, 98.0) == 48 * MIB_KB
+    # At a decision every second the same slow burst needs room for 2 s of it.
+    fast = replace(cfg, interval_s=1.0)
+    assert burst_room_kb(slow, fast, 8.0) == 24 * MIB_KB
+    # A quiet guest that saw the slow burst probes down to R + max(R, room), not R + burst.
+    seen = replace(slow, prev_t=None, prev_used_kb=None, prev_cached_kb=None)
+    s = snap(9.0, mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
+    for t in range(9, 80):
+        d = decide(replace(s, timestamp=float(t)), seen, cfg)
+        seen = d.new_state
+        s = follow_size(s, d)
+        assert s.mem_available_kb >= R + 72 * MIB_KB, (t, d.reason)
+    assert s.mem_available_kb < R + 72 * MIB_KB + 16 * MIB_KB, s.mem_available_kb // MIB_KB
 
 
 def test_the_headroom_line_counts_only_the_rest_of_a_burst() -> None:

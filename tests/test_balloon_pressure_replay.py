@@ -39,16 +39,23 @@ def test_the_second_of_two_spikes_finds_its_memory_still_there() -> None:
     1024 MiB in 15 s), judged it over and gave back 660 MiB within 15 s; a second spike 20 s later
     grew too late and the OOM killer killed the workload. Replayed with a driver slower than the
     spike, the old policy left the second spike 14 snapshots short of memory. The burst
-    allowance B (the first spike's growth within 10 s) is held for the hold time, and every probe
-    stops at the line R + B: the second spike starts with room for a burst like the first and is
-    never short (no shrink for 5 s after a grow, then probes down to that line)."""
+    allowance (the first spike's growth within 10 s) is held for the hold time, and every probe
+    stops at the line R + B, B the part of such a burst that arrives before a grow lands (its
+    fastest rise times one decision interval and ``populate_s``, at most the whole burst): the
+    second spike starts with that room and is never short (no shrink for 5 s after a grow, then
+    probes down to that line)."""
+    cfg = PressureConfig()
     trace = load_trace(str(TWO_SPIKES))
     steps = simulate(trace, "pressure", populate_kb_per_s=SLOW_DRIVER_KB_PER_S).steps
     snaps = trace.snapshots
     demand = [s.mem_total_kb - s.mem_available_kb for s in snaps]
-    burst = max(demand[i] - min(demand[j] for j in range(max(0, i - 10), i + 1))
-                for i in range(len(snaps)) if snaps[i].timestamp < 100)
-    reserve = reserve_kb(PressureConfig(), steps[0].ceiling_kb)
+    first = [i for i in range(len(snaps)) if snaps[i].timestamp < 100]
+    whole = max(demand[i] - min(demand[j] for j in range(max(0, i - 10), i + 1)) for i in first)
+    rate = max((demand[i] - demand[i - 1]) / (snaps[i].timestamp - snaps[i - 1].timestamp)
+               for i in first[1:])
+    burst = min(whole, int(rate * (cfg.interval_s + cfg.populate_s)))
+    assert 0 < burst < whole  # the spike takes longer than one interval to arrive
+    reserve = reserve_kb(cfg, steps[0].ceiling_kb)
     assert not [s.timestamp for s in steps if s.underprovisioned and s.timestamp >= 100]
     # The line between the spikes, with a driver that follows at once (the slow driver leaves the
     # first spike short, and the replay's MemAvailable, clamped at 0, then understates B).

@@ -156,6 +156,9 @@ class PolicyState:
     #: pressure: the largest burst seen (KiB) and when it was last raised.
     burst_kb: int = 0
     burst_t: float | None = None
+    #: pressure: the fastest rise of demand (KiB/s, over at least ``rate_span_s``) seen while
+    #: that burst is held.
+    burst_rate_kb_s: float = 0.0
     #: pressure: whether demand is in a burst now, when the last burst started, and the spacing
     #: (s) between the last two burst starts.
     in_burst: bool = False

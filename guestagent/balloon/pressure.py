@@ -5,11 +5,13 @@ Pure functions of a :class:`~guestagent.balloon.signals.MemorySignals` snapshot 
 alignment, hysteresis and toolstack override are :func:`~guestagent.balloon.common.decide_with`'s.
 
 **The control law.** Keep MemAvailable above a *headroom line* H = R + max(R, B - g). R, the
-reserve, is max(``reserve_mb``, 64 MiB by default, 3 % of the ceiling). B, the burst allowance,
-is the largest growth of demand (MemTotal - MemAvailable, which ballooning does not move, plus swap
-in use) seen within any 10 s, held for the *hold time* and then halved every 30 s; the hold time
-is the spacing between the starts of the last two bursts, within [60 s, 180 s] (bursts further
-apart are unrelated: 60 s).
+reserve, is max(``reserve_mb``, 64 MiB by default, 3 % of the ceiling). B, the room for a burst,
+is the part of the largest burst seen that arrives before a grow lands: the burst allowance (the
+largest growth of demand, MemTotal - MemAvailable, which ballooning does not move, plus swap in
+use, seen within any 10 s), held for the *hold time* and then halved every 30 s, at most the
+fastest rise of demand seen while it is held (over 1 s or more) times one decision interval plus
+``populate_s`` (1 s); the hold time is the spacing between the starts of the last two bursts,
+within [60 s, 180 s] (bursts further apart are unrelated: 60 s).
 g is the growth of demand within the last 10 s, the part of a burst that has already arrived:
 between bursts H = R + max(R, B), room for a whole burst; at a burst's peak H = 2R.
 **Grow at once** when the guest is short: an OOM kill (to the ceiling); MemAvailable under R; a
@@ -44,7 +46,7 @@ Each rule has a replay test with the incident it guards against (``tests/test_ba
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from guestagent.balloon.common import (
     Decision,
@@ -121,6 +123,12 @@ class PressureConfig(PolicyConfig):
     line_min_reserves: float = 1.0
     #: After the hold time the burst allowance halves every this many seconds.
     burst_half_life_s: float = 30.0
+    #: The room a burst needs is what arrives before a grow lands: its fastest rise times one
+    #: decision interval plus this many seconds (the driver populating the grow).
+    populate_s: float = 1.0
+    #: A rise of demand is measured over at least this many seconds (a decision woken by the
+    #: PSI trigger may come a fraction of a second after the last).
+    rate_span_s: float = 1.0
     #: No shrink for this long after a toolstack change (follow it, do not fight it).
     follow_holdoff_s: float = 30.0
     #: A stall at most this long after our shrink, the driver still short of it, may be its own.
@@ -164,7 +172,8 @@ class PressureConfig(PolicyConfig):
                 raise InputError(f"balloon config {key}", "expected a percentage", value)
         for key in ("shrink_max_step_kb", "reserve_min_kb", "demand_growth_kb_per_s",
                     "own_reclaim_window_s", "quiet_refaults_per_s", "burst_min_kb",
-                    "grow_lookahead_s", "grow_holdoff_s", "rising_room_s", "line_min_reserves"):
+                    "grow_lookahead_s", "grow_holdoff_s", "rising_room_s", "line_min_reserves",
+                    "populate_s", "rate_span_s"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -193,6 +202,42 @@ def burst_allowance(state: PolicyState, config: PressureConfig, now: float) -> i
     return int(state.burst_kb * 0.5 ** ((age - hold) / config.burst_half_life_s))
 
 
+def peak_rate_kb_s(window: tuple[tuple[float, int], ...], span_s: float) -> float:
+    """The fastest rise of demand in the window (KiB/s): each sample against the latest one at
+    least ``span_s`` before it (0 when no two samples are that far apart)."""
+    best = 0.0
+    for j, (t, used) in enumerate(window):
+        base = next(((t0, u0) for t0, u0 in reversed(window[:j]) if t - t0 >= span_s), None)
+        if base is not None:
+            best = max(best, (used - base[1]) / (t - base[0]))
+    return best
+
+
+def burst_room_kb(state: PolicyState, config: PressureConfig, now: float) -> int:
+    """B, the room a burst needs: what arrives before a grow lands, the fastest rise seen while
+    the burst allowance is held times one decision interval plus ``populate_s``, at most the
+    allowance itself (a burst that arrives within one interval needs room for all of it)."""
+    allowance = burst_allowance(state, config, now)
+    if state.burst_rate_kb_s <= 0:
+        return allowance
+    answer_s = config.interval_s + config.populate_s
+    return min(allowance, int(state.burst_rate_kb_s * answer_s))
+
+
+def _burst_fields(state: PolicyState, config: PressureConfig, now: float, growth: int,
+                  bursting: bool, window: tuple[tuple[float, int], ...]) -> dict[str, Any]:
+    """The burst allowance raised to a larger growth (with the fastest rise seen while the last
+    one was held, or this one's), or the rise of a burst within the allowance, when faster."""
+    rate = peak_rate_kb_s(window, config.rate_span_s) if growth > 0 else 0.0
+    if growth > burst_allowance(state, config, now):
+        held = state.burst_t is not None and now - state.burst_t <= hold_s(state, config)
+        kept_rate = state.burst_rate_kb_s if held else 0.0
+        return {"burst_kb": growth, "burst_t": now, "burst_rate_kb_s": max(kept_rate, rate)}
+    if bursting and rate > state.burst_rate_kb_s:
+        return {"burst_rate_kb_s": rate}
+    return {}
+
+
 def observe_demand(signals: MemorySignals, state: PolicyState, config: PressureConfig
                    ) -> PolicyState:
     """Record demand (MemTotal - MemAvailable, which ballooning does not move) and update the
@@ -207,10 +252,9 @@ def observe_demand(signals: MemorySignals, state: PolicyState, config: PressureC
     kept = [(t, u) for t, u in state.demand_window if 0 <= now - t <= config.burst_window_s]
     window = (*kept[-(DEMAND_WINDOW_MAX - 1):], (now, used))
     growth = used - min(u for _, u in window)
-    new = replace(state, demand_window=window)
-    if growth > burst_allowance(state, config, now):
-        new = replace(new, burst_kb=growth, burst_t=now)
     bursting = growth >= config.burst_min_kb
+    new = replace(state, demand_window=window,
+                  **_burst_fields(state, config, now, growth, bursting, window))
     if bursting and not state.in_burst:
         spacing = None
         if state.burst_start_t is not None and now - state.burst_start_t <= config.holdoff_max_s:
@@ -332,7 +376,7 @@ def read(signals: MemorySignals, state: PolicyState, config: PressureConfig, lim
     used_delta, cached_delta = delta if delta is not None else (None, None)
     stall = stall_pct(signals, state)
     reserve = reserve_kb(config, lim.ceiling_kb)
-    burst = burst_allowance(state, config, now)
+    burst = burst_room_kb(state, config, now)
     line = headroom_line_kb(reserve, burst, burst_so_far_kb(state), config.line_min_reserves)
     used_rate = _per_s(used_delta, dt)
     return Reading(
