@@ -72,6 +72,7 @@ POLICIES = ("none", "classic", "pressure")
 VARIANTS: dict[str, tuple[str, dict[str, int]]] = {
     "pressure-r32": ("pressure", {"reserve_mb": 32}),
     "pressure-1s": ("pressure", {"interval_seconds": 1}),
+    "pressure-5s": ("pressure", {"interval_seconds": 5}),
 }
 
 #: Where the image keeps the work tree's tracked files (tests/e2e/rootfs.py).

@@ -35,6 +35,7 @@ from guestagent.balloon.pressure import (
     headroom_line_kb,
     hold_s,
     observe_demand,
+    observe_populate,
     peak_rate_kb_s,
     reserve_kb,
 )
@@ -556,8 +557,10 @@ def test_pressure_goes_to_the_ceiling_on_oom() -> None:
 
 def test_the_headroom_line_follows_the_bursts_seen() -> None:
     """Headroom is not a constant 128 MiB: between bursts the line is R + max(R, B), B the largest
-    demand growth within 10 s, held for the hold time (60 s) and then halved every 30 s."""
-    cfg = PressureConfig()
+    demand growth within 10 s, held for the hold time (60 s) and then halved every 30 s (at a
+    decision every 5 s, where this 48 MiB/s burst arrives within one interval and a second: room
+    for all of it; the cap is the next test's)."""
+    cfg = PressureConfig(interval_s=5.0)
     state = PolicyState()
     used0 = 300 * MIB_KB
     for t in range(6):  # 240 MiB of demand in 5 s
@@ -581,17 +584,20 @@ def test_the_headroom_line_follows_the_bursts_seen() -> None:
 def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
     """Seen on Xen 4.17 (runs 20261206-042415-28926 and -050355-6091): after `anon-grow-shrink`
     freed its 384 MiB, grown in 96 MiB steps over 12 s, the line R + B kept 384 MiB of room for
-    60 s more, while a grow answers a rise within one decision interval and the driver populates
+    60 s more, while a grow answers a rise within one decision interval and the driver populated
     it within about a second. B is the burst allowance capped by the fastest rise seen while it
-    is held times (interval + ``populate_s``): a burst that arrives within one interval keeps
-    room for all of it, a slower one for what arrives before a grow lands."""
-    cfg = PressureConfig()
+    is held times (interval + ``populate_s``), plus the part the driver falls behind by when it
+    populates slower than that rise (all of it while it has not been seen populating): a burst
+    that arrives within one interval keeps room for all of it, a slower one for what arrives
+    before a grow lands. At the default decision every second, 2 s of the fastest rise."""
+    cfg = PressureConfig(interval_s=5.0)
     answer_s = cfg.interval_s + cfg.populate_s
     assert peak_rate_kb_s(((0.0, 0), (1.0, 10), (2.0, 40)), 1.0) == 30.0
     # A decision woken early (0.2 s after the last) is measured over at least rate_span_s.
     assert peak_rate_kb_s(((0.0, 0), (1.0, 10), (1.2, 40)), 1.0) == 40 / 1.2
     assert peak_rate_kb_s(((0.0, 0), (0.5, 100)), 1.0) == 0.0
     used0 = 300 * MIB_KB
+    driver = 256 * MIB_KB  # KiB/s: a grow of 256 MiB populated within a second
 
     def burst(step_mib: int, steps: int) -> PolicyState:
         state = PolicyState()
@@ -599,7 +605,7 @@ def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
             s = snap(float(t), mem_available_kb=snap().mem_total_kb - used0
                      - t * step_mib * MIB_KB)
             state = observe_demand(s, state, cfg)
-        return state
+        return replace(state, populate_kb_s=driver)
 
     # 240 MiB in 5 s (48 MiB/s): it arrives within one interval and a second, so all of it.
     quick = burst(48, 5)
@@ -612,9 +618,17 @@ def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
     # Held and halved with the allowance, never above it.
     assert burst_room_kb(slow, cfg, 60.0) == 72 * MIB_KB
     assert burst_room_kb(slow, cfg, 98.0) == burst_allowance(slow, cfg, 98.0) == 48 * MIB_KB
-    # At a decision every second the same slow burst needs room for 2 s of it.
-    fast = replace(cfg, interval_s=1.0)
+    # A driver not yet seen populating: the whole burst; one at half the rise: half of it more.
+    assert burst_room_kb(replace(slow, populate_kb_s=0.0), cfg, 8.0) == 96 * MIB_KB
+    assert burst_room_kb(replace(slow, populate_kb_s=6 * MIB_KB), cfg, 8.0) == 96 * MIB_KB
+    assert burst_room_kb(replace(slow, populate_kb_s=9 * MIB_KB), cfg, 8.0) == 96 * MIB_KB
+    assert burst_room_kb(replace(slow, populate_kb_s=10 * MIB_KB), cfg, 8.0) == 88 * MIB_KB
+    # At a decision every second (the default) the same slow burst needs room for 2 s of it,
+    # the quick one for 96 MiB.
+    fast = PressureConfig()
+    assert fast.interval_s == 1.0
     assert burst_room_kb(slow, fast, 8.0) == 24 * MIB_KB
+    assert burst_room_kb(quick, fast, 5.0) == 96 * MIB_KB
     # A quiet guest that saw the slow burst probes down to R + max(R, room), not R + burst.
     seen = replace(slow, prev_t=None, prev_used_kb=None, prev_cached_kb=None)
     s = snap(9.0, mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
@@ -624,6 +638,28 @@ def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
         s = follow_size(s, d)
         assert s.mem_available_kb >= R + 72 * MIB_KB, (t, d.reason)
     assert s.mem_available_kb < R + 72 * MIB_KB + 16 * MIB_KB, s.mem_available_kb // MIB_KB
+
+
+def test_the_driver_is_seen_populating_a_grow() -> None:
+    """The driver's populate speed, from its size between two decisions while it was below the
+    target written at the first: still below it at the second, the driver was the limit (its
+    speed, which replaces the last); there already, at least that fast (the fastest kept).
+    Not while it shrinks or holds still."""
+    cfg = PressureConfig()
+    grown = PolicyState(prev_t=10.0, last_target_kb=600 * MIB_KB, prev_current_kb=400 * MIB_KB)
+    reached = observe_populate(snap(11.0, size_kb=600 * MIB_KB), grown, cfg)
+    assert reached.populate_kb_s == 200 * MIB_KB
+    # Already seen faster: a grow done within the interval says only "at least this fast".
+    quicker = replace(grown, populate_kb_s=500 * MIB_KB)
+    assert observe_populate(snap(11.0, size_kb=600 * MIB_KB), quicker, cfg).populate_kb_s == (
+        500 * MIB_KB)
+    # Still short of the target after 2 s: 24 MiB/s is the driver's speed now.
+    short = observe_populate(snap(12.0, size_kb=448 * MIB_KB), quicker, cfg)
+    assert short.populate_kb_s == 24 * MIB_KB
+    shrinking = replace(grown, last_target_kb=300 * MIB_KB)
+    assert observe_populate(snap(11.0, size_kb=350 * MIB_KB), shrinking, cfg) == shrinking
+    assert observe_populate(snap(11.0, size_kb=404 * MIB_KB), grown, cfg) == grown
+    assert observe_populate(snap(11.0), PolicyState(), cfg) == PolicyState()
 
 
 def test_the_headroom_line_counts_only_the_rest_of_a_burst() -> None:
@@ -985,3 +1021,23 @@ def test_a_burst_counts_what_was_swapped_out() -> None:
                  swap_free_kb=SWAP - 60 * MIB_KB)
     state = observe_demand(s1, state, cfg)
     assert state.burst_kb == 120 * MIB_KB
+
+
+def test_each_policy_has_its_own_interval_unless_one_is_set() -> None:
+    """``interval_seconds = 0`` (the default) is the policy's own: a decision every second for
+    ``pressure`` (2026-12-06; a rise is answered within a second, so a burst needs room for
+    about two seconds of it), the kernel's 5 s for ``classic``. A set value is every policy's;
+    under a second (other than 0) is refused by both."""
+    from guestagent.balloon.config import policy_config
+
+    assert PressureConfig().interval_s == 1.0
+    assert ClassicConfig().interval_s == 5.0
+    assert PressureConfig(interval_s=0).interval_s == 1.0
+    assert replace(PressureConfig(), interval_s=7.0).interval_s == 7.0
+    for name, own in (("pressure", 1.0), ("classic", 5.0)):
+        section = {"policy": name, "interval_seconds": 0.0}
+        assert policy_config(section).interval_s == own  # type: ignore[attr-defined]
+        section["interval_seconds"] = 3.0
+        assert policy_config(section).interval_s == 3.0  # type: ignore[attr-defined]
+        with pytest.raises(InputError, match="interval_seconds"):
+            policy_config({"policy": name, "interval_seconds": 0.5}).validate()

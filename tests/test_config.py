@@ -228,7 +228,7 @@ def test_every_job_packages_checks_pass_on_the_declared_defaults() -> None:
 def test_a_section_set_to_its_defaults_by_a_file_is_at_defaults(tmp_path: Path) -> None:
     from guestagent.config import at_defaults
 
-    main = write(tmp_path / "guestagent.toml", "[balloon]\ninterval_seconds = 5\n")
+    main = write(tmp_path / "guestagent.toml", "[balloon]\ninterval_seconds = 0\n")
     assert at_defaults(load(main, str(tmp_path / "conf.d")), "balloon")
     write(tmp_path / "guestagent.toml", "[balloon]\ninterval_seconds = 6\n")
     cfg = load(main, str(tmp_path / "conf.d"))

@@ -32,6 +32,9 @@ from guestagent.units import MIB_KB
 HARD_MINIMUM_ABS_KB = 256 * MIB_KB
 #: The relative part: 1/16 of static-max.
 HARD_MINIMUM_STATIC_MAX_DIVISOR = 16
+#: A policy's decision interval, when it has one (``interval_seconds``; 0 is the policy's own).
+MIN_INTERVAL_S = 1.0
+MAX_INTERVAL_S = 300.0
 
 
 def hard_minimum_kb(static_max_kb: int) -> int:
@@ -159,6 +162,10 @@ class PolicyState:
     #: pressure: the fastest rise of demand (KiB/s, over at least ``rate_span_s``) seen while
     #: that burst is held.
     burst_rate_kb_s: float = 0.0
+    #: pressure: how fast the driver populates a grow (KiB/s; 0: not seen yet).
+    populate_kb_s: float = 0.0
+    #: The driver's size (``info/current_kb``) at the last decision.
+    prev_current_kb: int | None = None
     #: pressure: whether demand is in a burst now, when the last burst started, and the spacing
     #: (s) between the last two burst starts.
     in_burst: bool = False
@@ -173,6 +180,8 @@ class PolicyConfig:
     """Settings every policy shares."""
 
     name: ClassVar[str] = ""
+    #: The decision interval of a policy that has one, when ``interval_seconds`` is 0.
+    own_interval_s: ClassVar[float] = 5.0
     #: Configured floor (balloon units); raised to :func:`hard_minimum_kb` when below it.
     floor_kb: int = FLOOR.field()
     #: The ceiling when xenstore cannot be read (else the toolstack's values rule).
@@ -182,7 +191,17 @@ class PolicyConfig:
     #: Hysteresis: a change smaller than this is not made (unless a limit forces it).
     min_change_kb: int = 8 * MIB_KB
 
+    def __post_init__(self) -> None:
+        # ``interval_seconds = 0`` (the default): the policy's own interval.
+        if getattr(self, "interval_s", None) == 0:
+            object.__setattr__(self, "interval_s", self.own_interval_s)
+
     def validate(self) -> None:
+        interval = getattr(self, "interval_s", None)
+        if interval is not None and not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
+            raise InputError("balloon config interval_seconds",
+                             f"expected 0 (the policy's own) or {MIN_INTERVAL_S:g}-"
+                             f"{MAX_INTERVAL_S:g} seconds", interval)
         for key in ("floor_kb", "toolstack_offset_kb", "min_change_kb"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 0:
@@ -380,6 +399,7 @@ def remember(signals: MemorySignals, state: PolicyState, target: int) -> PolicyS
         prev_oom_kill=signals.oom_kill,
         prev_used_kb=used_kb(signals),
         prev_cached_kb=signals.cached_kb,
+        prev_current_kb=signals.balloon_current_kb,
     )
 
 

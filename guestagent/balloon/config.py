@@ -48,11 +48,14 @@ FLOOR = setting(
     "Never balloon below this (MiB). A hard minimum of max(256 MiB, static-max/16) "
     "applies whatever this says.",
     minimum=0, maximum=1 << 22, convert=scaled(MIB_KB))
-#: ``interval_s`` of ``PressureConfig`` and ``ClassicConfig``.
+#: ``interval_s`` of ``PressureConfig`` and ``ClassicConfig``; 0 is each policy's own
+#: (``own_interval_s``), set when the configuration is made.
 INTERVAL = setting(
-    "interval_seconds", 5.0,
-    "How often the policy looks at the signals when no PSI trigger fires.",
-    minimum=1, maximum=300, convert=as_float)
+    "interval_seconds", 0.0,
+    "How often the policy looks at the signals when no PSI trigger fires (seconds, 1-300). "
+    "0, the default: the policy's own, 1 s for `pressure` (a rise of use is answered within "
+    "a second) and 5 s for `classic` (the kernel's).",
+    minimum=0, maximum=300, convert=as_float)
 #: ``PressureConfig.psi_target_pct``.
 PSI_TARGET = setting(
     "psi_target_pct", 0.2,

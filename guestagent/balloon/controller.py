@@ -19,7 +19,6 @@ from typing import Callable
 
 from guestagent.balloon.actuator import ApplyResult, BalloonActuator
 from guestagent.balloon.common import with_offset
-from guestagent.balloon.config import INTERVAL
 from guestagent.balloon.guard import Guard, GuardCommands, read_commit, reset_all
 from guestagent.balloon.policy import (
     Decision,
@@ -82,7 +81,7 @@ class BalloonController:
 
     @property
     def interval_s(self) -> float:
-        return float(getattr(self.config, "interval_s", INTERVAL.policy_default()))
+        return float(getattr(self.config, "interval_s", self.config.own_interval_s))
 
     def start(self) -> None:
         """Raise BalloonUnavailable without a driver; remember the original target (undo)."""

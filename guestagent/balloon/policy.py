@@ -89,6 +89,8 @@ class ClassicConfig(PolicyConfig):
     """xen-selfballoon tunables with the kernel's defaults (reference section 5.1)."""
 
     name: ClassVar[str] = "classic"
+    #: The kernel's ``selfballoon_interval`` default.
+    own_interval_s: ClassVar[float] = 5.0
     interval_s: float = INTERVAL.field()
     downhysteresis: int = 8
     uphysteresis: int = 1
@@ -104,8 +106,6 @@ class ClassicConfig(PolicyConfig):
         for key in ("downhysteresis", "uphysteresis"):
             if getattr(self, key) < 1:
                 raise InputError(f"balloon config {key}", "must be >= 1", getattr(self, key))
-        if self.interval_s <= 0:
-            raise InputError("balloon config interval_s", "must be > 0", self.interval_s)
 
 # --------------------------------------------------------------------------------------------
 # none

@@ -9,9 +9,11 @@ reserve, is max(``reserve_mb``, 64 MiB by default, 3 % of the ceiling). B, the r
 is the part of the largest burst seen that arrives before a grow lands: the burst allowance (the
 largest growth of demand, MemTotal - MemAvailable, which ballooning does not move, plus swap in
 use, seen within any 10 s), held for the *hold time* and then halved every 30 s, at most the
-fastest rise of demand seen while it is held (over 1 s or more) times one decision interval plus
-``populate_s`` (1 s); the hold time is the spacing between the starts of the last two bursts,
-within [60 s, 180 s] (bursts further apart are unrelated: 60 s).
+fastest rise of demand seen while it is held (over 1 s or more) times one decision interval (1 s
+by default) plus ``populate_s`` (1 s), plus (1 - populate / rise) of the allowance when the driver
+has been seen populating a grow slower than that rise, or not yet at all; the hold time is the
+spacing between the starts of the last two bursts, within [60 s, 180 s] (bursts further apart are
+unrelated: 60 s).
 g is the growth of demand within the last 10 s, the part of a burst that has already arrived:
 between bursts H = R + max(R, B), room for a whole burst; at a burst's peak H = 2R.
 **Grow at once** when the guest is short: an OOM kill (to the ceiling); MemAvailable under R; a
@@ -72,6 +74,9 @@ class PressureConfig(PolicyConfig):
     """Tunables of the pressure policy (the module docstring states how they combine)."""
 
     name: ClassVar[str] = "pressure"
+    #: A decision every second: a rise of use is answered within a second, so the room kept for
+    #: a burst is about two seconds of its rise (closed loop on Xen, 2026-12-06).
+    own_interval_s: ClassVar[float] = 1.0
     interval_s: float = INTERVAL.field()
     #: Shrink only while memory stall ("some") is below this percentage.
     psi_target_pct: float = PSI_TARGET.field()
@@ -214,14 +219,36 @@ def peak_rate_kb_s(window: tuple[tuple[float, int], ...], span_s: float) -> floa
 
 
 def burst_room_kb(state: PolicyState, config: PressureConfig, now: float) -> int:
-    """B, the room a burst needs: what arrives before a grow lands, the fastest rise seen while
-    the burst allowance is held times one decision interval plus ``populate_s``, at most the
-    allowance itself (a burst that arrives within one interval needs room for all of it)."""
+    """B, the room a burst needs: what arrives before a grow lands. The fastest rise seen while
+    the burst allowance is held times one decision interval plus ``populate_s``; and, when the
+    driver populates slower than that rise (or has not been seen populating), the part of the
+    burst it falls behind by, (1 - populate / rise) of it. At most the allowance itself (a burst
+    that arrives within one interval needs room for all of it)."""
     allowance = burst_allowance(state, config, now)
-    if state.burst_rate_kb_s <= 0:
+    rise = state.burst_rate_kb_s
+    if rise <= 0:
         return allowance
     answer_s = config.interval_s + config.populate_s
-    return min(allowance, int(state.burst_rate_kb_s * answer_s))
+    behind = max(0.0, 1.0 - state.populate_kb_s / rise)
+    return min(allowance, int(rise * answer_s + allowance * behind))
+
+
+def observe_populate(signals: MemorySignals, state: PolicyState, config: PressureConfig
+                     ) -> PolicyState:
+    """How fast the driver populates a grow, from its size since the last decision while it was
+    below the target then written: still below it, the driver was the limit and the rate is its
+    speed; there already, it was at least that fast (the fastest such rate is kept)."""
+    current, before = signals.balloon_current_kb, state.prev_current_kb
+    target = state.last_target_kb
+    if current is None or before is None or target is None or state.prev_t is None:
+        return state
+    dt = signals.timestamp - state.prev_t
+    if dt <= 0 or target <= before or current - before < config.min_change_kb:
+        return state
+    rate = (current - before) / dt
+    if current < target - config.min_change_kb:
+        return replace(state, populate_kb_s=rate)
+    return replace(state, populate_kb_s=max(state.populate_kb_s, rate))
 
 
 def _burst_fields(state: PolicyState, config: PressureConfig, now: float, growth: int,
@@ -643,4 +670,5 @@ def decide_pressure(
     signals: MemorySignals, state: PolicyState, config: PressureConfig
 ) -> Decision:
     """The default policy; its control law is the module docstring's."""
-    return decide_with(signals, observe_demand(signals, state, config), config, step_pressure)
+    state = observe_populate(signals, observe_demand(signals, state, config), config)
+    return decide_with(signals, state, config, step_pressure)
