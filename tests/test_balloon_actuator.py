@@ -283,3 +283,31 @@ def test_decide_reset_never_under_the_hard_floor_nor_over_static_max(
     # within the bounds the source's value is kept; moved, the value it replaced is said
     assert (where.target_kb if where.clamped_from_kb is None else where.clamped_from_kb) == wanted
     assert where.clamped_from_kb != where.target_kb
+
+
+def test_the_status_file_gets_every_change_and_a_hold_every_30_s(root: Path) -> None:
+    """At a decision every second the status file, rewritten whole, was half of a tick's CPU:
+    a decision that changes nothing is written at most every 30 s; every change is."""
+    from guestagent.balloon.controller import HOLD_RECORD_EVERY_S
+
+    quiet(root)
+    fs, xs = fs_xs(root)
+    now = [100.0]
+    ctl = BalloonController(fs, xs, PressureConfig(), clock=lambda: now[0])
+    ctl.start()
+    actions = []
+    for _ in range(70):
+        d = ctl.tick()
+        assert d is not None
+        actions.append(d.action)
+        now[0] += 1.0
+    recorded = ctl.actuator.store.load_status()["decisions"]
+    changes = [a for a in actions if a != "hold"]
+    holds = [d for d in recorded if d["action"] == "hold"]
+    assert changes and [d["action"] for d in recorded if d["action"] != "hold"] == changes
+    assert 1 <= len(holds) <= 70 / HOLD_RECORD_EVERY_S + 1
+    times = [d["t"] for d in recorded]
+    for a, b in zip(times, times[1:]):
+        assert b > a
+    assert all(b["t"] - a["t"] >= HOLD_RECORD_EVERY_S
+               for a, b in zip(recorded, recorded[1:]) if b["action"] == "hold")

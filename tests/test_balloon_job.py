@@ -111,7 +111,7 @@ def bench(root: Path) -> Any:
         b.close()
 
 
-def test_shrinks_a_quiet_guest_records_each_decision_and_stop_resets(
+def test_shrinks_a_quiet_guest_records_each_change_and_stop_resets(
     root: Path, bench: Any, log_events: Logs
 ) -> None:
     b = bench()
@@ -128,7 +128,10 @@ def test_shrinks_a_quiet_guest_records_each_decision_and_stop_resets(
     assert (journal.stat().st_ino, journal.stat().st_mtime_ns) == written
     assert BalloonActuator(b.hostfs, None).load_record()["original_target_kb"] == 1048576
     status = BalloonActuator(b.hostfs, None).store.load_status()
-    assert status["active"] and len(status["decisions"]) == 3
+    # Every change is in the status file (a hold at most every 30 s: the next test).
+    changes = events(log_events, "balloon_decision")
+    assert status["active"] and len(status["decisions"]) == len(changes) >= 1
+    assert [d["action"] for d in status["decisions"]] == [e["action"] for e in changes]
     b.job.stop()
     assert target_of(root) == 1048576
     assert events(log_events, "balloon_controller_stop")[0]["ticks"] == 3

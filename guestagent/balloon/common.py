@@ -182,6 +182,9 @@ class PolicyConfig:
     name: ClassVar[str] = ""
     #: The decision interval of a policy that has one, when ``interval_seconds`` is 0.
     own_interval_s: ClassVar[float] = 5.0
+    #: Whether the policy uses ``totalreserve_kb`` (``/proc/zoneinfo``, the largest file a tick
+    #: would read): only ``classic``.
+    reads_zoneinfo: ClassVar[bool] = False
     #: Configured floor (balloon units); raised to :func:`hard_minimum_kb` when below it.
     floor_kb: int = FLOOR.field()
     #: The ceiling when xenstore cannot be read (else the toolstack's values rule).

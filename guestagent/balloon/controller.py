@@ -39,6 +39,9 @@ from guestagent.host import Host
 from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 
+#: A decision that changes nothing goes to the status file at most this often (s).
+HOLD_RECORD_EVERY_S = 30.0
+
 
 class BalloonController:
     """One balloon job's state: start (remember, learn the offset), tick, stop (reset).
@@ -73,6 +76,8 @@ class BalloonController:
         self.errors = 0
         self.ticks = 0
         self.last_decision: Decision | None = None
+        #: When a decision was last written to the status file.
+        self._recorded_t: float | None = None
 
     def configure(self, config: PolicyConfig) -> None:
         """A reloaded configuration (validated), with the toolstack offset learned at start."""
@@ -118,7 +123,7 @@ class BalloonController:
     def read(self, psi_trigger_fired: bool = False) -> Observation:
         """Read: the snapshot (raw figures made into the model by the pure build_signals) and,
         under overcommit mode 2, the commit figures. A broken source raises InputError."""
-        raw = read_raw(self.hostfs, self.xenstore)
+        raw = read_raw(self.hostfs, self.xenstore, with_zoneinfo=self.config.reads_zoneinfo)
         commit = read_commit(self.hostfs)
         return Observation(build_signals(raw, self.clock(), psi_trigger_fired), commit)
 
@@ -137,6 +142,14 @@ class BalloonController:
             return ApplyResult(False, driver.target_kb, driver.current_kb, driver.target_kb)
         return self.actuator.apply(plan.write_kb, decision.reason)
 
+    def _records(self, decision: Decision, written: bool, now: float) -> bool:
+        """Whether ``balloon status`` gets this decision: every change, and a hold at most every
+        ``HOLD_RECORD_EVERY_S`` (the status file is rewritten whole; at a decision a second it
+        was half of a tick's CPU)."""
+        if decision.action != "hold" or written or self._recorded_t is None:
+            return True
+        return now - self._recorded_t >= HOLD_RECORD_EVERY_S
+
     def tick(self, psi_trigger_fired: bool = False) -> Decision | None:
         """One read -> step -> apply; None when the input was bad (logged, counted in
         ``errors``)."""
@@ -154,16 +167,18 @@ class BalloonController:
                               action=decision.action, target_kb=decision.target_kb,
                               written=applied.written, current_kb=applied.current_kb,
                               reason=decision.reason)
-            self.actuator.record_decision({
-                "policy": self.config.name,
-                "t": round(now - self.started_at, 3),
-                "wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "action": decision.action,
-                "target_kb": applied.target_kb,
-                "current_kb": applied.current_kb,
-                "written": applied.written,
-                "reason": decision.reason,
-            })
+            if self._records(decision, applied.written, now):
+                self._recorded_t = now
+                self.actuator.record_decision({
+                    "policy": self.config.name,
+                    "t": round(now - self.started_at, 3),
+                    "wall": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "action": decision.action,
+                    "target_kb": applied.target_kb,
+                    "current_kb": applied.current_kb,
+                    "written": applied.written,
+                    "reason": decision.reason,
+                })
         except InputError as e:
             self.errors += 1
             self.log.error("balloon_tick_failed", error=str(e), consecutive=self.errors)

@@ -91,6 +91,7 @@ class ClassicConfig(PolicyConfig):
     name: ClassVar[str] = "classic"
     #: The kernel's ``selfballoon_interval`` default.
     own_interval_s: ClassVar[float] = 5.0
+    reads_zoneinfo: ClassVar[bool] = True
     interval_s: float = INTERVAL.field()
     downhysteresis: int = 8
     uphysteresis: int = 1
