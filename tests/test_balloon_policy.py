@@ -571,14 +571,22 @@ def test_the_headroom_line_follows_the_bursts_seen() -> None:
     assert burst_allowance(state, cfg, 95.0) == 120 * MIB_KB
     assert burst_allowance(state, cfg, 125.0) == 60 * MIB_KB
     # A quiet guest that saw that burst keeps MemAvailable above R + 240 MiB while it is held.
+    probes_settle_at(state, cfg, 6, 60, R + 240 * MIB_KB)
+
+
+def probes_settle_at(state: PolicyState, cfg: PressureConfig, start: int, end: int,
+                     line_kb: int) -> None:
+    """A quiet guest with 700 MiB available that saw the burst in ``state``, decided every second
+    from ``start`` to ``end``: probes never take MemAvailable under ``line_kb`` and end within
+    16 MiB of it."""
     seen = replace(state, prev_t=None, prev_used_kb=None, prev_cached_kb=None)
-    s = snap(6.0, mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
-    for t in range(6, 60):
+    s = snap(float(start), mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
+    for t in range(start, end):
         d = decide(replace(s, timestamp=float(t)), seen, cfg)
         seen = d.new_state
         s = follow_size(s, d)
-        assert s.mem_available_kb >= R + 240 * MIB_KB, (t, d.reason)
-    assert s.mem_available_kb < R + 240 * MIB_KB + 16 * MIB_KB, s.mem_available_kb // MIB_KB
+        assert s.mem_available_kb >= line_kb, (t, d.reason)
+    assert s.mem_available_kb < line_kb + 16 * MIB_KB, s.mem_available_kb // MIB_KB
 
 
 def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
@@ -630,14 +638,7 @@ def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
     assert burst_room_kb(slow, fast, 8.0) == 24 * MIB_KB
     assert burst_room_kb(quick, fast, 5.0) == 96 * MIB_KB
     # A quiet guest that saw the slow burst probes down to R + max(R, room), not R + burst.
-    seen = replace(slow, prev_t=None, prev_used_kb=None, prev_cached_kb=None)
-    s = snap(9.0, mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
-    for t in range(9, 80):
-        d = decide(replace(s, timestamp=float(t)), seen, cfg)
-        seen = d.new_state
-        s = follow_size(s, d)
-        assert s.mem_available_kb >= R + 72 * MIB_KB, (t, d.reason)
-    assert s.mem_available_kb < R + 72 * MIB_KB + 16 * MIB_KB, s.mem_available_kb // MIB_KB
+    probes_settle_at(slow, cfg, 9, 80, R + 72 * MIB_KB)
 
 
 def test_the_driver_is_seen_populating_a_grow() -> None:
