@@ -23,17 +23,17 @@ MemAvailable is under H or MemFree under 2R; or, while the kernel reclaims (MemF
 PSI trigger, a "some" stall of 2 % over the last interval, refaults over 2000 pages/s or swap-ins
 over 1000 pages/s. The step is the shortage, max(H - MemAvailable, 2R - MemFree) plus the demand
 that arrived since the last decision and, during a ramp (demand rising at this decision and the one
-before), the demand expected until the next decision (its rate times one interval, at most as much
-again as arrived), at least R and at least what was refaulted, swapped in or swapped out since
-then, counted from the driver's size when the driver is still above our target (giving back
-memory for an earlier shrink: a grow never sends it further down); the ceiling caps it. A
-stall while the balloon driver is still short of our own last shrink,
+before), the demand expected until the next decision (its rate times ``grow_lookahead_s``, 5 s,
+at most as much again as arrived), at least R and at least what was refaulted, swapped in or
+swapped out since then, counted from the driver's size when the driver is still above our
+target (giving back memory for an earlier shrink: a grow never sends it further down); the
+ceiling caps it. A stall while the balloon driver is still short of our own last shrink,
 with few refaults and demand flat, is that shrink's own reclaim: **stop** where the driver got to,
 do not grow. **Shrink** (probe, as Senpai does for cgroups) only when quiet: "some" stall over the
 last interval and avg10 under the target ``psi_target_pct`` (0.2 %), refaults under 500 pages/s, no
 swap-out, the page cache not rising (pages that merely stay in swap hold nothing: only an access
-brings them back), no grow within ``grow_holdoff_s`` (5 s, one decision interval: the line, B still
-held, keeps the room a burst needs), no stop within the hold time, no toolstack change within 30 s
+brings them back), no grow within ``grow_holdoff_s`` (5 s: the line, B still held, keeps the
+room a burst needs), no stop within the hold time, no toolstack change within 30 s
 and no OOM kill within 5 min, at most once per 5 s, the driver caught up; down to the *probe line*
 P = H + (the rise of use in ``rising_room_s``, 30 s, at its rate since the last decision, when use
 rises by 1 MiB/s or more; else 0), by (1 - pressure / target) x the larger of a cache step (1 % of
@@ -98,7 +98,8 @@ class PressureConfig(PolicyConfig):
     reserve_pct: float = 3.0
     #: A grow during a ramp (demand rising at this decision and the one before) also covers the
     #: demand expected until the next decision: the rate since the last decision times this many
-    #: seconds (one interval; 0: none), at most the demand that arrived since the last decision.
+    #: seconds (5, the decision interval it was written for; 0: none), at most the demand that
+    #: arrived since the last decision (so at a decision a second, as much again as arrived).
     grow_lookahead_s: float = 5.0
     #: A probe: the larger of this percentage of the target ...
     shrink_step_pct: float = 1.0
@@ -119,7 +120,7 @@ class PressureConfig(PolicyConfig):
     #: of the last two bursts, within these bounds (bursts further apart are unrelated).
     holdoff_min_s: float = 60.0
     holdoff_max_s: float = 180.0
-    #: No shrink for this long after a grow: one decision interval (2026-12-05; was 15 s). The
+    #: No shrink for this long after a grow: 5 s (2026-12-05; was 15 s; then the interval). The
     #: burst allowance, still held, keeps every probe above the line R + B, so the memory a
     #: burst needs stays there; what lies above the line is given back.
     grow_holdoff_s: float = 5.0
