@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
 
-from guestagent.balloon.config import FLOOR
+from guestagent.balloon.config import FLOOR, INTERVAL
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
 from guestagent.units import MIB_KB
@@ -32,9 +32,9 @@ from guestagent.units import MIB_KB
 HARD_MINIMUM_ABS_KB = 256 * MIB_KB
 #: The relative part: 1/16 of static-max.
 HARD_MINIMUM_STATIC_MAX_DIVISOR = 16
-#: A policy's decision interval, when it has one (``interval_seconds``; 0 is the policy's own).
+#: A policy's shortest decision interval (``interval_seconds``, whose declaration allows 0: the
+#: policy's own).
 MIN_INTERVAL_S = 1.0
-MAX_INTERVAL_S = 300.0
 
 
 def hard_minimum_kb(static_max_kb: int) -> int:
@@ -201,10 +201,10 @@ class PolicyConfig:
 
     def validate(self) -> None:
         interval = getattr(self, "interval_s", None)
-        if interval is not None and not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
+        if interval is not None and not MIN_INTERVAL_S <= interval <= INTERVAL.maximum:
             raise InputError("balloon config interval_seconds",
                              f"expected 0 (the policy's own) or {MIN_INTERVAL_S:g}-"
-                             f"{MAX_INTERVAL_S:g} seconds", interval)
+                             f"{INTERVAL.maximum:g} seconds", interval)
         for key in ("floor_kb", "toolstack_offset_kb", "min_change_kb"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 0:

@@ -48,7 +48,7 @@ Each rule has a replay test with the incident it guards against (``tests/test_ba
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from guestagent.balloon.common import (
     Decision,
@@ -252,18 +252,20 @@ def observe_populate(signals: MemorySignals, state: PolicyState, config: Pressur
     return replace(state, populate_kb_s=max(state.populate_kb_s, rate))
 
 
-def _burst_fields(state: PolicyState, config: PressureConfig, now: float, growth: int,
-                  bursting: bool, window: tuple[tuple[float, int], ...]) -> dict[str, Any]:
-    """The burst allowance raised to a larger growth (with the fastest rise seen while the last
-    one was held, or this one's), or the rise of a burst within the allowance, when faster."""
-    rate = peak_rate_kb_s(window, config.rate_span_s) if growth > 0 else 0.0
+def _with_burst(state: PolicyState, config: PressureConfig, now: float, growth: int,
+                bursting: bool) -> PolicyState:
+    """``state`` (its demand window already updated) with the burst allowance raised to a larger
+    growth (with the fastest rise seen while the last one was held, or this one's), or with the
+    rise of a burst within the allowance, when faster."""
+    rate = peak_rate_kb_s(state.demand_window, config.rate_span_s) if growth > 0 else 0.0
     if growth > burst_allowance(state, config, now):
         held = state.burst_t is not None and now - state.burst_t <= hold_s(state, config)
         kept_rate = state.burst_rate_kb_s if held else 0.0
-        return {"burst_kb": growth, "burst_t": now, "burst_rate_kb_s": max(kept_rate, rate)}
+        return replace(state, burst_kb=growth, burst_t=now,
+                       burst_rate_kb_s=max(kept_rate, rate))
     if bursting and rate > state.burst_rate_kb_s:
-        return {"burst_rate_kb_s": rate}
-    return {}
+        return replace(state, burst_rate_kb_s=rate)
+    return state
 
 
 def observe_demand(signals: MemorySignals, state: PolicyState, config: PressureConfig
@@ -281,8 +283,7 @@ def observe_demand(signals: MemorySignals, state: PolicyState, config: PressureC
     window = (*kept[-(DEMAND_WINDOW_MAX - 1):], (now, used))
     growth = used - min(u for _, u in window)
     bursting = growth >= config.burst_min_kb
-    new = replace(state, demand_window=window,
-                  **_burst_fields(state, config, now, growth, bursting, window))
+    new = _with_burst(replace(state, demand_window=window), config, now, growth, bursting)
     if bursting and not state.in_burst:
         spacing = None
         if state.burst_start_t is not None and now - state.burst_start_t <= config.holdoff_max_s:
