@@ -192,6 +192,9 @@ def test_vmstat_modern_and_legacy() -> None:
         ("pswpin 3\n", "no workingset_refault"),
         ("workingset_refault 1\n", "no pswpin"),
         ("pswpin 3 4\n", "expected 'name number'"),
+        ("pswpin 1e5\nworkingset_refault 1\n", "expected 'name number'"),
+        ("pswpin \u00b3\nworkingset_refault 1\n", "expected 'name number'"),
+        ("pswpin " + "9" * 21 + "\nworkingset_refault 1\n", "expected 'name number'"),
         ("", "no vmstat lines"),
     ],
 )
