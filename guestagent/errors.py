@@ -34,6 +34,15 @@ class InputError(GuestAgentError):
         super().__init__(f"{source}: {reason}{shown}")
 
 
+class ReadFailedError(InputError):
+    """An existing file could not be read (EIO, EBUSY...); ``err`` is the errno, so a caller
+    can tell a passing refusal from a lasting one."""
+
+    def __init__(self, source: str, err: int, reason: str) -> None:
+        super().__init__(source, f"read failed: {reason}")
+        self.err = err
+
+
 class MissingInputError(InputError):
     """The source does not exist (a missing sysfs file, an absent xenstore node)."""
 

@@ -8,12 +8,13 @@ the offending text.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from guestagent.errors import InputError, MissingInputError
+from guestagent.errors import InputError, MissingInputError, ReadFailedError
 from guestagent.units import MEMINFO_UNITS
 
 ROOT_ENV = "GUESTAGENT_ROOT"
@@ -94,7 +95,8 @@ class HostFS:
         except PermissionError:
             raise InputError(self.shown(host_path), "permission denied") from None
         except OSError as e:
-            raise InputError(self.shown(host_path), f"read failed: {e.strerror or e}") from None
+            where = self.shown(host_path)
+            raise ReadFailedError(where, e.errno or errno.EIO, str(e.strerror or e)) from None
         if len(data) > MAX_READ_BYTES:
             raise InputError(host_path, f"larger than {MAX_READ_BYTES} bytes")
         try:

@@ -429,7 +429,7 @@ def test_a_single_node_guest_is_not_served(tmp_path: Path) -> None:
 
 
 def test_sysfs_writer_never_creates_files(tmp_path: Path) -> None:
-    from guestagent.tiering.damon import sysfs_writer
+    from guestagent.tiering.sysfs import sysfs_writer
 
     w = sysfs_writer(HostFS(str(tmp_path)))
     with pytest.raises(SysfsWriteError, match="ENOENT"):

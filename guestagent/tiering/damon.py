@@ -59,9 +59,8 @@ from __future__ import annotations
 import errno
 import math
 import os
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from guestagent.errors import GuestAgentError, InputError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
@@ -81,6 +80,13 @@ from guestagent.tiering.model import (
     Plan,
     TieringStats,
 )
+from guestagent.tiering.sysfs import (
+    Reader,
+    SysfsWriteError,
+    Writer,
+    sysfs_reader,
+    sysfs_writer,
+)
 from guestagent.units import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -99,72 +105,6 @@ LIMITS = (
     "the 2026 fix); check per-node meminfo",
     "the kernel watermark is guest-wide (free_mem_rate); per-node safety is the agent's policy",
 )
-
-
-class SysfsWriteError(GuestAgentError):
-    """The kernel refused a write; names the file, the value and the errno."""
-
-    def __init__(self, path: str, value: str, err: int) -> None:
-        name = errno.errorcode.get(err, f"errno {err}")
-        super().__init__(f"{path}: writing {value!r} failed: {name} ({os.strerror(err)})")
-        self.path = path
-        self.value = value
-        self.err = err
-
-
-Writer = Callable[[str, str], None]
-
-
-#: A write DAMON sysfs answers EBUSY is tried this many times in all, :data:`BUSY_PAUSE_S`
-#: apart, before the EBUSY counts (:func:`retry_busy`).
-BUSY_TRIES = 10
-BUSY_PAUSE_S = 0.02
-
-
-def retry_busy(
-    write: Writer, tries: int = BUSY_TRIES, pause_s: float = BUSY_PAUSE_S,
-    sleep: Callable[[float], None] | None = None,
-) -> Writer:
-    """``write``, tried again on EBUSY. DAMON sysfs takes its one global lock with a trylock in
-    ``state``, ``nr_kdamonds``, ``nr_contexts`` and the other directory-making files, and
-    answers EBUSY when it is held, and every running kdamond takes that lock for a moment each
-    aggregation interval (``damon_sysfs_cmd_request_callback``, which also uses a trylock) to
-    look for requests. So with any kdamond running, anybody's, a write can fail once for
-    nothing; an undo that gave up on it would leave a kdamond migrating. A lasting EBUSY
-    (``nr_kdamonds`` while a kdamond runs, ``on`` for a running one) still raises, after about
-    ``tries * pause_s`` (0.2 s). Other errors raise at once."""
-    pause = time.sleep if sleep is None else sleep
-
-    def retried(path: str, value: str) -> None:
-        for attempt in range(1, tries + 1):
-            try:
-                write(path, value)
-                return
-            except SysfsWriteError as e:
-                if e.err != errno.EBUSY or attempt >= tries:
-                    raise
-            pause(pause_s)
-
-    return retried
-
-
-def sysfs_writer(hostfs: HostFS) -> Writer:
-    """Write one value to an existing sysfs file (never creates one), errors as SysfsWriteError;
-    a passing EBUSY is tried again (:func:`retry_busy`)."""
-
-    def write(path: str, value: str) -> None:
-        try:
-            fd = os.open(hostfs.path(path), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-        except OSError as e:
-            raise SysfsWriteError(path, value, e.errno or errno.EIO) from None
-        try:
-            os.write(fd, value.encode("ascii"))
-        except OSError as e:
-            raise SysfsWriteError(path, value, e.errno or errno.EIO) from None
-        finally:
-            os.close(fd)
-
-    return retry_busy(write)
 
 
 @dataclass(frozen=True)
@@ -257,10 +197,12 @@ class DamonBackend:
         config: DamonConfig | None = None,
         writer: Writer | None = None,
         journal: Journal | None = None,
+        reader: Reader | None = None,
     ) -> None:
         self.hostfs = hostfs
         self.config = config or DamonConfig()
         self.write = writer or sysfs_writer(hostfs)
+        self.read = reader or sysfs_reader(hostfs)
         #: Where the kdamonds it adds are recorded before it adds them (None: memory only).
         self.journal = journal
         #: node -> kdamond index, for the kdamonds this backend created.
@@ -284,7 +226,10 @@ class DamonBackend:
         return f"{self._ctx(node)}/schemes/0"
 
     def _read_word(self, path: str) -> str:
-        return self.hostfs.read_text(path).strip()
+        return self.read(path).strip()
+
+    def _read_count(self) -> int:
+        return parse_int(self.read(NR_KDAMONDS), NR_KDAMONDS, 0, 4096)
 
     def _busy_reason(self, nr: int) -> str | None:
         """Why adding kdamonds would harm another DAMON user, or None."""
@@ -296,7 +241,7 @@ class DamonBackend:
                     "kdamond on an nr_kdamonds write and refuses it while one runs"
                 )
             contexts = parse_int(
-                self.hostfs.read_text(f"{self._kd(i)}/contexts/nr_contexts"),
+                self.read(f"{self._kd(i)}/contexts/nr_contexts"),
                 f"{self._kd(i)}/contexts/nr_contexts",
                 0,
             )
@@ -334,7 +279,7 @@ class DamonBackend:
                 LIMITS,
             )
         try:
-            nr = self.hostfs.read_int(NR_KDAMONDS, 0, 4096)
+            nr = self._read_count()
             busy = self._busy_reason(nr)
         except GuestAgentError as e:
             return Availability(False, str(e), LIMITS)
@@ -361,7 +306,7 @@ class DamonBackend:
     # ---- lifecycle ----
     def undo_journal(self, journal: Journal) -> UndoReport:
         """Remove the kdamonds ``journal`` says an agent added (``tiering --reset``)."""
-        return undo_kdamonds(self.hostfs, self.write, journal)
+        return undo_kdamonds(self.hostfs, self.write, journal, self.read)
 
     def take_journal(self, journal: Journal) -> UndoReport:
         """First undo what ``journal`` holds from a predecessor that was killed (its kdamonds
@@ -379,7 +324,7 @@ class DamonBackend:
         if not self.hostfs.exists(ADMIN):
             raise BackendUnavailable(self.name, f"{ADMIN} missing (CONFIG_DAMON_SYSFS=n)")
         nodes = self._memory_nodes()
-        nr = self.hostfs.read_int(NR_KDAMONDS, 0, 4096)
+        nr = self._read_count()
         busy = self._busy_reason(nr)
         if busy:
             raise BackendUnavailable(self.name, busy)
@@ -414,7 +359,7 @@ class DamonBackend:
         kd = self._kd(self.kdamonds[node])
         ctx = f"{kd}/contexts/0"
         self.write(f"{kd}/contexts/nr_contexts", "1")
-        avail = self.hostfs.read_text(f"{ctx}/avail_operations").split()
+        avail = self.read(f"{ctx}/avail_operations").split()
         if "paddr" not in avail:
             raise BackendUnavailable(
                 self.name, f"{ctx}/avail_operations lacks paddr (CONFIG_DAMON_PADDR=n): {avail}"
@@ -531,7 +476,7 @@ class DamonBackend:
     def _read_stats(self, node: int, files: tuple[str, ...] = STAT_FILES) -> dict[str, int]:
         base = f"{self._scheme(node)}/stats"
         return {
-            k: parse_int(self.hostfs.read_text(f"{base}/{k}"), f"{base}/{k}", 0, ULONG_MAX)
+            k: parse_int(self.read(f"{base}/{k}"), f"{base}/{k}", 0, ULONG_MAX)
             for k in files
         }
 
@@ -592,7 +537,7 @@ class DamonBackend:
                 problems.append(f"kdamond {index}: {e}")
                 failed = True
         try:
-            nr = self.hostfs.read_int(NR_KDAMONDS, 0, 4096)
+            nr = self._read_count()
             ours_last = nr == self.base + len(self.kdamonds)
             others_idle = self._busy_reason(self.base) is None
             if ours_last and others_idle:

@@ -40,11 +40,12 @@ that the next reset tries again (every step is idempotent).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 from guestagent.errors import GuestAgentError, MissingInputError
 from guestagent.hostfs import HostFS, parse_int
 from guestagent.log import get_logger
+from guestagent.tiering.sysfs import Reader, Writer, sysfs_reader
 from guestagent.undo import Change, Journal, KindRule, UndoReport
 
 ADMIN = "/sys/kernel/mm/damon/admin"
@@ -60,8 +61,6 @@ KINDS = {
         re.compile(rf"{re.escape(KDAMONDS)}/[0-9]{{1,4}}"), re.compile("off"), re.compile("")
     ),
 }
-
-Writer = Callable[[str, str], None]
 
 #: What a kdamond the agent added holds, off, when a crash cut its configuration short
 #: (DamonBackend._configure writes ``nr_contexts`` 1, ``operations`` paddr, the attributes, one
@@ -102,8 +101,8 @@ def added_entries(before: int, indices: list[int]) -> list[Change]:
 class _Undo:
     """One run of :func:`undo_kdamonds`."""
 
-    def __init__(self, hostfs: HostFS, write: Writer, journal: Journal) -> None:
-        self.hostfs = hostfs
+    def __init__(self, read: Reader, write: Writer, journal: Journal) -> None:
+        self.read = read
         self.write = write
         self.journal = journal
         self.report = UndoReport()
@@ -120,10 +119,10 @@ class _Undo:
         self.log.error("undo_failed", what=what, error=f"{what}: {result}")
 
     def word(self, path: str) -> str:
-        return self.hostfs.read_text(path).strip()
+        return self.read(path).strip()
 
     def number(self, path: str) -> int:
-        return parse_int(self.hostfs.read_text(path), path, 0, 4096)
+        return parse_int(self.read(path), path, 0, 4096)
 
     def run(self) -> UndoReport:
         for problem in self.journal.problems:
@@ -232,7 +231,10 @@ class _Undo:
         self.done("nr_kdamonds", f"{nr} -> {before} (the agent's kdamonds removed)")
 
 
-def undo_kdamonds(hostfs: HostFS, write: Writer, journal: Journal) -> UndoReport:
+def undo_kdamonds(
+    hostfs: HostFS, write: Writer, journal: Journal, read: Reader | None = None
+) -> UndoReport:
     """Remove the kdamonds the journal says the agent added (module docstring); the entries are
-    removed when every step succeeded."""
-    return _Undo(hostfs, write, journal).run()
+    removed when every step succeeded. Reads go through ``read`` (default: ``hostfs``, a passing
+    EBUSY tried again)."""
+    return _Undo(read or sysfs_reader(hostfs), write, journal).run()

@@ -136,8 +136,9 @@ RETRY_WRITE = """w() { n=0; until echo "$2" > "$1" 2>/dev/null; do n=$((n+1));
 KILL_MID_MOVE = f"""
 A={KD}
 {RETRY_WRITE}
+{sc.READ_RETRY}
 t=0
-until [ "$(cat $A/nr_kdamonds)" = 3 ] && [ "$(cat $A/1/state)" = on ]; do
+until [ "$(cat $A/nr_kdamonds)" = 3 ] && [ "$(r $A/1/state)" = on ]; do
     t=$((t+1))
     [ -s /tmp/crash.rc ] && {{ echo "the agent exited: $(cat /tmp/crash.rc)"; exit 1; }}
     [ $t -ge 300 ] && {{ echo "the agent's kdamond 1 never came on"; exit 1; }}
@@ -147,7 +148,7 @@ echo "agent kdamond 1 on after ${{t}}s"
 w $A/0/contexts/nr_contexts 1 && w $A/0/contexts/0/operations vaddr &&
 w $A/0/contexts/0/targets/nr_targets 1 &&
 w $A/0/contexts/0/targets/0/pid_target "$(cat /tmp/foreign.pid)" && w $A/0/state on || exit 1
-echo "foreign kdamond 0 $(cat $A/0/state) pid $(cat $A/0/pid)"
+echo "foreign kdamond 0 $(r $A/0/state) pid $(cat $A/0/pid)"
 S=$A/1/contexts/0/schemes/0/stats/sz_applied
 prev=0; rises=0
 while [ $rises -lt 2 ]; do
@@ -168,9 +169,10 @@ echo "killed: rc $(cat /tmp/crash.rc)"
 #: operations and target, the kdamond threads, whether the journal is there.
 DAMON_LEFT = f"""
 A={KD}
+{sc.READ_RETRY}
 nr=$(cat $A/nr_kdamonds); echo "nr $nr"
 i=0; while [ $i -lt $nr ]; do
-    echo "kd $i $(cat $A/$i/state) $(cat $A/$i/contexts/nr_contexts) $(cat $A/$i/pid)"
+    echo "kd $i $(r $A/$i/state) $(cat $A/$i/contexts/nr_contexts) $(cat $A/$i/pid)"
     i=$((i + 1))
 done
 [ $nr -gt 0 ] && [ "$(cat $A/0/contexts/nr_contexts)" = 1 ] &&

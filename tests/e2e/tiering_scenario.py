@@ -182,8 +182,15 @@ def first_json(out: str) -> dict[str, Any]:
     return json.loads(out[start:])  # type: ignore[no-any-return]
 
 
+#: ``r FILE``: a DAMON sysfs read tried again while it fails. A kdamond's ``state`` answers
+#: EBUSY while anyone holds DAMON sysfs's lock (a trylock since the fix for a use-after-free in
+#: ``state_show``, in the guest's 6.12.117), as the agent's own reads do (``tiering/sysfs.py``).
+READ_RETRY = """r() { n=0; until v=$(cat "$1" 2>/dev/null); do n=$((n+1));
+       [ $n -ge 25 ] && { echo "unreadable"; return 1; }; sleep 0.2; done; echo "$v"; }"""
+
 #: One sample, kept short: every answer crosses the guest's console.
 SAMPLE_SH = f"""
+{READ_RETRY}
 echo '=== meminfo'
 grep -hE ' (MemTotal|MemFree|Active|Inactive|Active.anon.|Inactive.anon.|Active.file.|\
 Inactive.file.|AnonPages|FilePages):' /sys/devices/system/node/node*/meminfo
@@ -196,7 +203,7 @@ nr=$(cat {KDAMONDS}/nr_kdamonds)
 i=0
 while [ $i -lt $nr ]; do
     s={KDAMONDS}/$i/contexts/0/schemes/0
-    echo "kd $i state $(cat {KDAMONDS}/$i/state)"
+    echo "kd $i state $(r {KDAMONDS}/$i/state)"
     for f in target_nid stats/sz_tried stats/sz_applied stats/nr_applied stats/qt_exceeds; do
         [ -e $s/$f ] && echo "kd $i ${{f#stats/}} $(cat $s/$f)"
     done

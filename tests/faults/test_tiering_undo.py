@@ -28,19 +28,14 @@ from pathlib import Path
 import pytest
 
 from guestagent import cli
+from guestagent.errors import ReadFailedError
 from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering import commands
-from guestagent.tiering.damon import (
-    BUSY_PAUSE_S,
-    BUSY_TRIES,
-    NR_KDAMONDS,
-    DamonBackend,
-    SysfsWriteError,
-    retry_busy,
-)
+from guestagent.tiering.damon import KDAMONDS, NR_KDAMONDS, DamonBackend
 from guestagent.tiering.journal import TieringJournal, journal_path, undo_kdamonds
 from guestagent.tiering.model import Move, Plan
+from guestagent.tiering.sysfs import BUSY_PAUSE_S, BUSY_TRIES, SysfsWriteError, retry_busy
 from tests.faults.config_files import config_files_beside
 from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tree, read
 
@@ -412,6 +407,78 @@ def test_a_lasting_ebusy_still_fails_and_other_errors_at_once() -> None:
     with pytest.raises(SysfsWriteError, match="EACCES"):
         write("denied", "1")
     assert calls == ["denied"]
+
+
+class StateReadHeldOnce(HostFS):
+    """The read side of the same lock: since the fix for a use-after-free in ``state_show``
+    (Linux 6.12.y and mainline, September 2025), a read of a kdamond's ``state`` takes the
+    trylock too, and answers EBUSY while anyone holds it. Here each ``state`` file read finds it
+    held once, as ``guestagent reset`` met it in the CI run of stop 33."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(str(root))
+        self.refused: list[str] = []
+
+    def read_text(self, host_path: str) -> str:
+        kdamond_state = host_path.startswith(KDAMONDS) and host_path.endswith("/state")
+        if kdamond_state and host_path not in self.refused:
+            self.refused.append(host_path)
+            raise ReadFailedError(self.shown(host_path), errno.EBUSY,
+                                  os.strerror(errno.EBUSY))
+        return super().read_text(host_path)
+
+
+def test_the_undo_tries_a_passing_ebusy_on_a_state_read_again(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    """The CI failure of stop 33: ``kdamond 2: unreadable (.../state: read failed: Device or
+    resource busy); left as it is``. The undo's own reads (no reader passed: the default one)
+    now try it again, and the agent's kdamond goes off."""
+    root, kernel = world
+    started_then_killed(root, kernel)
+    hostfs = StateReadHeldOnce(root)
+    journal = TieringJournal(hostfs, journal_path("/run/guestagent")).load()
+    report = undo_kdamonds(hostfs, kernel.write, journal)
+    assert report.failures == 0, report.lines
+    assert hostfs.refused, "the fake never refused a state read"
+    assert read(root, NR_KDAMONDS) == "0" and not (root / JOURNAL).exists()  # off, removed
+    assert "undo_failed" not in logfmt.getvalue()
+
+
+def test_a_lasting_ebusy_on_a_state_read_is_reported_and_left_alone(
+    world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO
+) -> None:
+    """A read that stays refused still fails after the retries: one line naming the file and
+    the error, the kdamond and the journal left for the next reset."""
+    root, kernel = world
+    started_then_killed(root, kernel)
+    hostfs = HostFS(str(root))
+    journal = TieringJournal(hostfs, journal_path("/run/guestagent")).load()
+    pauses: list[float] = []
+
+    def always_busy(path: str) -> str:
+        if path.endswith("/state"):
+            raise ReadFailedError(path, errno.EBUSY, os.strerror(errno.EBUSY))
+        return hostfs.read_text(path)
+
+    read_busy = retry_busy(always_busy, sleep=pauses.append)
+    report = undo_kdamonds(hostfs, kernel.write, journal, read_busy)
+    assert report.failures == 2 and len(pauses) == 2 * (BUSY_TRIES - 1)  # the agent's two
+    assert kernel.kdamond_states() == ["on", "off"] and (root / JOURNAL).exists()
+    assert "Device or resource busy" in " ".join(report.lines)
+
+
+def test_the_backends_stop_tries_a_passing_ebusy_on_a_state_read_again(
+    world: tuple[Path, FakeDamonKernel]
+) -> None:
+    """The daemon's own stop reads each of its kdamonds' ``state`` before turning it off."""
+    root, kernel = world
+    hostfs = StateReadHeldOnce(root)
+    backend = DamonBackend(hostfs, writer=kernel.write)
+    backend.start(Plan((Move(0, 1, 4 * MIB),)))
+    assert kernel.kdamond_states() == ["on", "off"]
+    backend.stop()
+    assert hostfs.refused and read(root, NR_KDAMONDS) == "0"  # turned off, then removed
 
 
 # --- the daemon, really killed -------------------------------------------------------------------
