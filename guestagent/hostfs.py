@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from guestagent.errors import InputError, MissingInputError, ReadFailedError
-from guestagent.units import MEMINFO_UNITS
+from guestagent.units import KIB, MEMINFO_UNITS
 
 ROOT_ENV = "GUESTAGENT_ROOT"
 
@@ -41,6 +41,9 @@ class HostFS:
 
     def __init__(self, root: str = "/") -> None:
         self.root = Path(root)
+        #: :meth:`path` as a string, for the files read every second (pathlib's joining was a
+        #: tenth of a balloon tick): the root's text, "" for ``/``.
+        self._prefix = "" if self.root == Path("/") else str(self.root)
 
     @classmethod
     def from_env(cls, root: str | None = None, environ: Mapping[str, str] | None = None) -> HostFS:
@@ -83,8 +86,10 @@ class HostFS:
 
     def read_text(self, host_path: str) -> str:
         """The whole file as ASCII text; a missing, unreadable, oversized or binary file raises."""
+        if not host_path.startswith("/"):
+            raise ValueError(f"host paths are absolute, got {host_path!r}")
         try:
-            with open(self.path(host_path), "rb") as f:
+            with open(f"{self._prefix}/{host_path.lstrip('/')}", "rb") as f:
                 data = f.read(FIRST_READ_BYTES)
                 if len(data) == FIRST_READ_BYTES:  # a large file: the rest, up to the limit
                     data += f.read(MAX_READ_BYTES + 1 - FIRST_READ_BYTES)
@@ -178,12 +183,31 @@ def format_cpulist(ids: list[int]) -> str:
     return ",".join(parts)
 
 
+#: ``/proc/meminfo`` as the kernel prints it: ``Key:`` and spaces, a number, `` kB`` except for
+#: the ``HugePages_*`` counts, a newline each.
+_MEMINFO_PLAIN = re.compile(
+    r"(?:(?!HugePages_)[A-Za-z0-9_()]+: +[0-9]{1,20} kB\n|HugePages_[A-Za-z]+: +[0-9]{1,20}\n)+"
+)
+_MEMINFO_PLAIN_LINE = re.compile(r"([^:\n]+): +([0-9]+)( kB)?\n")
+
+
 def parse_meminfo(text: str, source: str) -> dict[str, int]:
     """``/proc/meminfo`` or a node's ``meminfo``: key -> value, sizes converted to bytes.
 
     Only the ``HugePages_*`` counts come without a unit (kept as plain counts); any other key
     without one is a truncated line. A file with no valid line, or a malformed line, raises.
+    A file printed exactly as the kernel prints ``/proc/meminfo`` is checked by one pattern over
+    the whole text (the balloon job reads it every second); anything else line by line.
     """
+    if _MEMINFO_PLAIN.fullmatch(text):
+        return {key: int(number) * (KIB if unit else 1)
+                for key, number, unit in _MEMINFO_PLAIN_LINE.findall(text)}
+    return _meminfo_lines(text, source)
+
+
+def _meminfo_lines(text: str, source: str) -> dict[str, int]:
+    """:func:`parse_meminfo` line by line: node prefixes, other units and spacing, blank lines;
+    a bad line raises, naming it."""
     values: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -204,6 +204,42 @@ def test_vmstat_garbage(text: str, needle: str) -> None:
     assert needle in one_line(e)
 
 
+@pytest.mark.parametrize("name", ["balloon-pv-1g", "balloon-legacy-4.19", "numa-2node",
+                                  "tiering-2node"])
+def test_vmstat_as_the_kernel_prints_it_takes_one_pattern_and_reads_the_same(name: str) -> None:
+    """The fast path (one pattern over the whole text, then ``str.split``) is taken for a
+    kernel's ``/proc/vmstat`` and keeps what the line-by-line parse keeps of it."""
+    from guestagent.balloon.signals import _VMSTAT_COUNTERS, _vmstat_lines, _vmstat_plain
+    from tests.fixtures.loader import tree
+
+    text = (tree(name) / "proc/vmstat").read_text()
+    fast = _vmstat_plain(text)
+    assert fast is not None, "the fixture no longer takes the fast path"
+    slow = _vmstat_lines(text, "/proc/vmstat")
+    assert fast == {k: v for k, v in slow.items() if k in _VMSTAT_COUNTERS} and fast
+
+
+def test_vmstat_of_this_machine_reads_the_same_both_ways() -> None:
+    from guestagent.balloon.signals import _VMSTAT_COUNTERS, _vmstat_lines, _vmstat_plain
+
+    text = Path("/proc/vmstat").read_text()
+    slow = _vmstat_lines(text, "/proc/vmstat")
+    assert _vmstat_plain(text) == {k: v for k, v in slow.items() if k in _VMSTAT_COUNTERS}
+
+
+@pytest.mark.parametrize("text", [
+    "pswpin 1\n\nworkingset_refault 2\n",  # a blank line
+    "pswpin\t1\nworkingset_refault 2\n",  # a tab
+    "pswpin 1\nworkingset_refault 2",  # no final newline
+])
+def test_vmstat_not_as_the_kernel_prints_it_is_read_line_by_line(text: str) -> None:
+    from guestagent.balloon.signals import _vmstat_plain
+
+    assert _vmstat_plain(text) is None
+    vm = parse_vmstat(text, "/proc/vmstat")
+    assert (vm.pswpin, vm.refaults) == (1, 2)
+
+
 def test_totalreserve_from_zoneinfo() -> None:
     # DMA: min(3977 managed, max(protection[0:]) 957 + high 21) = 978
     # DMA32: min(245000, max(protection[1:]) 0 + high 1477) = 1477; empty zones give 0.

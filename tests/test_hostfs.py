@@ -259,3 +259,47 @@ def test_show_value_truncates_and_escapes() -> None:
     junk = show_value(b"\xff\x00")
     assert "xff" in junk and "x00" in junk and "\x00" not in junk  # printable, one line
     assert show_value("a\nb") == "'a\\nb'"  # escaped once: the operator sees a\nb
+
+
+@pytest.mark.parametrize("name", ["balloon-pv-1g", "balloon-legacy-4.19", "pv-guest", "laptop",
+                                  "two-socket", "hvm-2vnode"])
+def test_meminfo_as_the_kernel_prints_it_takes_one_pattern_and_reads_the_same(name: str) -> None:
+    """The balloon job's fast path (one pattern over the whole text) is taken for a kernel's
+    ``/proc/meminfo`` and gives exactly what the line-by-line parse gives."""
+    from guestagent.hostfs import _MEMINFO_PLAIN, _meminfo_lines
+    from tests.fixtures.loader import tree
+
+    text = (tree(name) / "proc/meminfo").read_text()
+    assert _MEMINFO_PLAIN.fullmatch(text), "the fixture no longer takes the fast path"
+    assert parse_meminfo(text, "/proc/meminfo") == _meminfo_lines(text, "/proc/meminfo")
+
+
+def test_meminfo_of_this_machine_reads_the_same_both_ways() -> None:
+    from guestagent.hostfs import _meminfo_lines
+
+    text = Path("/proc/meminfo").read_text()
+    assert parse_meminfo(text, "/proc/meminfo") == _meminfo_lines(text, "/proc/meminfo")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "HugePages_Total:       3 kB\n",  # a count with a unit: the line-by-line parse's rule
+        "MemTotal:       12 kB\nMemFree:\n",
+        "MemTotal:       12 kB",  # no final newline
+        "MemTotal:\t12 kB\n",
+    ],
+)
+def test_meminfo_not_as_the_kernel_prints_it_is_read_line_by_line(text: str) -> None:
+    from guestagent.hostfs import _MEMINFO_PLAIN, _meminfo_lines
+
+    assert not _MEMINFO_PLAIN.fullmatch(text)
+    try:
+        expected: object = _meminfo_lines(text, "m")
+    except InputError as e:
+        expected = str(e)
+    try:
+        got: object = parse_meminfo(text, "m")
+    except InputError as e:
+        got = str(e)
+    assert got == expected

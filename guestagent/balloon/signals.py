@@ -291,10 +291,29 @@ class VmStat:
     oom_kill: int | None
 
 
-def parse_vmstat(text: str, source: str) -> VmStat:
+#: ``/proc/vmstat`` as the kernel prints it: ``name value`` lines, one space, a newline each.
+_VMSTAT_PLAIN = re.compile(r"(?:[!-~]+ -?[0-9]{1,20}\n)+")
+
+
+def _vmstat_plain(text: str) -> dict[str, int] | None:
+    """The counters the balloon uses (:data:`_VMSTAT_COUNTERS`), from a file printed as the
+    kernel prints it (every line checked by the pattern), none negative; None for anything else
+    (:func:`_vmstat_lines` then finds what is wrong, with its line). One regular expression over
+    the whole text and ``str.split``: the balloon job reads this file every second (about 190
+    lines), and a Python loop over the lines was a third of a tick."""
+    if _VMSTAT_PLAIN.fullmatch(text) is None:
+        return None
+    tokens = text.split()
+    named = dict(zip(tokens[0::2], tokens[1::2]))  # the last of a repeated name, as line by line
+    values = {name: int(named[name]) for name in _VMSTAT_COUNTERS if name in named}
+    if any(value < 0 for value in values.values()):
+        return None
+    return values
+
+
+def _vmstat_lines(text: str, source: str) -> dict[str, int]:
+    """Line by line, every line checked: blank lines, other spacing; a bad line raises."""
     values: dict[str, int] = {}
-    # str.split and int(), not a regular expression per line: the balloon job reads this file
-    # every second (about 190 lines).
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -306,6 +325,13 @@ def parse_vmstat(text: str, source: str) -> VmStat:
         if value < 0 and parts[0] in _VMSTAT_COUNTERS:
             raise InputError(f"{source} line {lineno}", "negative counter", line)
         values[parts[0]] = value
+    return values
+
+
+def parse_vmstat(text: str, source: str) -> VmStat:
+    values = _vmstat_plain(text)
+    if values is None:
+        values = _vmstat_lines(text, source)
     if not values:
         raise InputError(source, "no vmstat lines", text)
     anon = values.get("workingset_refault_anon")
@@ -404,9 +430,12 @@ def balloon_unavailable_reason(hostfs: HostFS) -> str | None:
 
 def read_balloon(hostfs: HostFS) -> BalloonState | None:
     """The driver's target and current size; None without a balloon driver."""
-    if not hostfs.exists(BALLOON_DIR):
-        return None
-    target = hostfs.read_int(BALLOON_TARGET, minimum=0, maximum=MAX_KB)
+    try:
+        target = hostfs.read_int(BALLOON_TARGET, minimum=0, maximum=MAX_KB)
+    except MissingInputError:
+        if not hostfs.exists(BALLOON_DIR):  # looked at only then: this is read every second
+            return None
+        raise
     current = hostfs.read_int(BALLOON_CURRENT, minimum=0, maximum=MAX_KB)
     return BalloonState(target_kb=target, current_kb=current)
 
