@@ -311,3 +311,36 @@ def test_the_status_file_gets_every_change_and_a_hold_every_30_s(root: Path) -> 
         assert b > a
     assert all(b["t"] - a["t"] >= HOLD_RECORD_EVERY_S
                for a, b in zip(recorded, recorded[1:]) if b["action"] == "hold")
+
+
+def test_a_hold_reads_the_driver_once_per_tick_and_reports_what_it_read(root: Path) -> None:
+    """The tick's snapshot has just read the driver's target and current size; a hold (nothing
+    written) reports those rather than reading both again (a tenth of a tick at one a second).
+    A write still reads the driver back."""
+    quiet(root)
+    fs, xs = fs_xs(root)
+    reads: list[str] = []
+    real_read = fs.read_text
+
+    def counting(host_path: str) -> str:
+        reads.append(host_path)
+        return real_read(host_path)
+
+    fs.read_text = counting  # type: ignore[method-assign]
+    now = [100.0]
+    ctl = BalloonController(fs, xs, PressureConfig(), clock=lambda: now[0])
+    ctl.start()
+    holds = 0
+    for _ in range(40):
+        reads.clear()
+        d = ctl.tick()
+        now[0] += 1.0
+        assert d is not None
+        if d.action == "hold":
+            holds += 1
+            assert reads.count(BALLOON_TARGET) == 1, reads
+            recorded = ctl.actuator.store.load_status()["decisions"][-1]
+            assert recorded["target_kb"] == target_of(root)
+        else:
+            assert reads.count(BALLOON_TARGET) >= 2  # the snapshot, then the write read back
+    assert holds

@@ -191,9 +191,10 @@ def test_an_actuator_failure_counts_as_a_failed_tick(
     def refuse(*args: Any, **kw: Any) -> Any:
         raise OSError(5, "Input/output error")
 
-    # every apply reads the driver back (after a write, or as it is when the plan writes nothing)
+    # every tick hands the actuator the toolstack's target (a hold no longer reads the driver
+    # back: the tick's snapshot has just read it)
     assert b.job._ctl is not None
-    monkeypatch.setattr(b.job._ctl.actuator, "read", refuse)  # this job's driver only
+    monkeypatch.setattr(b.job._ctl.actuator, "observe_toolstack", refuse)  # this job's only
     for _ in range(3):
         b.advance(5.0)
     assert [e["kind"] for e in events(log_events, "balloon_tick_failed")] == ["OSError"] * 3

@@ -28,6 +28,7 @@ from guestagent.balloon.policy import (
 )
 from guestagent.balloon.signals import (
     PSI_MEMORY,
+    MemorySignals,
     PsiTrigger,
     XenstoreReader,
     build_signals,
@@ -127,9 +128,10 @@ class BalloonController:
         commit = read_commit(self.hostfs)
         return Observation(build_signals(raw, self.clock(), psi_trigger_fired), commit)
 
-    def apply(self, plan: Plan) -> ApplyResult:
+    def apply(self, plan: Plan, seen: MemorySignals | None = None) -> ApplyResult:
         """Apply: arm the guard if the plan goes below the ceiling, then write exactly the plan's
-        target (nothing when it has none). Returns what the driver holds afterwards."""
+        target (nothing when it has none). Returns what the driver holds afterwards: with nothing
+        written, what ``seen`` (this tick's snapshot) read of the driver, when it did."""
         decision = plan.decision
         if plan.arm_guard:
             self.guard.arm(decision.ceiling_kb, decision.floor_kb)
@@ -138,8 +140,13 @@ class BalloonController:
                           target_kb=decision.target_kb, note="overcommit 2: CommitLimit kept "
                           "above Committed_AS + 128 MiB")
         if plan.write_kb is None:
-            driver = self.actuator.read()
-            return ApplyResult(False, driver.target_kb, driver.current_kb, driver.target_kb)
+            if seen is not None and seen.balloon_target_kb is not None \
+                    and seen.balloon_current_kb is not None:
+                target_kb, current_kb = seen.balloon_target_kb, seen.balloon_current_kb
+            else:
+                driver = self.actuator.read()
+                target_kb, current_kb = driver.target_kb, driver.current_kb
+            return ApplyResult(False, target_kb, current_kb, target_kb)
         return self.actuator.apply(plan.write_kb, decision.reason)
 
     def _records(self, decision: Decision, written: bool, now: float) -> bool:
@@ -160,7 +167,7 @@ class BalloonController:
             self.actuator.observe_toolstack(observation.signals.xs_target_kb)
             plan, state = step(self.state, observation, self.config)
             decision = plan.decision
-            applied = self.apply(plan)
+            applied = self.apply(plan, observation.signals)
             self.state = state
             if decision.action != "hold" or applied.written:
                 self.log.info("balloon_decision", policy=self.config.name,
