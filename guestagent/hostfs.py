@@ -41,8 +41,8 @@ class HostFS:
 
     def __init__(self, root: str = "/") -> None:
         self.root = Path(root)
-        #: :meth:`path` as a string, for the files read every second (pathlib's joining was a
-        #: tenth of a balloon tick): the root's text, "" for ``/``.
+        #: The root's text ("" for ``/``), joined as a string by :meth:`located` (pathlib's
+        #: joining was a tenth of a balloon tick at a decision a second).
         self._prefix = "" if self.root == Path("/") else str(self.root)
 
     @classmethod
@@ -55,11 +55,16 @@ class HostFS:
     def is_real_host(self) -> bool:
         return self.root == Path("/")
 
-    def path(self, host_path: str) -> Path:
-        """The real location of an absolute host path such as ``/sys/devices/system/node``."""
+    def located(self, host_path: str) -> str:
+        """The real location of an absolute host path such as ``/sys/devices/system/node``, as
+        text (what :meth:`read_text` opens)."""
         if not host_path.startswith("/"):
             raise ValueError(f"host paths are absolute, got {host_path!r}")
-        return self.root / host_path.lstrip("/")
+        return f"{self._prefix}/{host_path.lstrip('/')}"
+
+    def path(self, host_path: str) -> Path:
+        """:meth:`located` as a Path."""
+        return Path(self.located(host_path))
 
     def shown(self, host_path: str) -> str:
         """A host path as an error that finding or opening it names it: the path actually tried,
@@ -86,10 +91,8 @@ class HostFS:
 
     def read_text(self, host_path: str) -> str:
         """The whole file as ASCII text; a missing, unreadable, oversized or binary file raises."""
-        if not host_path.startswith("/"):
-            raise ValueError(f"host paths are absolute, got {host_path!r}")
         try:
-            with open(f"{self._prefix}/{host_path.lstrip('/')}", "rb") as f:
+            with open(self.located(host_path), "rb") as f:
                 data = f.read(FIRST_READ_BYTES)
                 if len(data) == FIRST_READ_BYTES:  # a large file: the rest, up to the limit
                     data += f.read(MAX_READ_BYTES + 1 - FIRST_READ_BYTES)

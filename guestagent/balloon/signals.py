@@ -325,6 +325,8 @@ def _vmstat_lines(text: str, source: str) -> dict[str, int]:
         if value < 0 and parts[0] in _VMSTAT_COUNTERS:
             raise InputError(f"{source} line {lineno}", "negative counter", line)
         values[parts[0]] = value
+    if not values:
+        raise InputError(source, "no vmstat lines", text)
     return values
 
 
@@ -332,8 +334,6 @@ def parse_vmstat(text: str, source: str) -> VmStat:
     values = _vmstat_plain(text)
     if values is None:
         values = _vmstat_lines(text, source)
-    if not values:
-        raise InputError(source, "no vmstat lines", text)
     anon = values.get("workingset_refault_anon")
     file_ = values.get("workingset_refault_file")
     if anon is not None and file_ is not None:
