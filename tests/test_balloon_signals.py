@@ -190,6 +190,7 @@ def test_vmstat_modern_and_legacy() -> None:
     [
         ("pswpin -3\nworkingset_refault 1\n", "negative counter"),
         ("pswpin 3\n", "no workingset_refault"),
+        ("nr_free_pages 3\n", "no workingset_refault"),  # as the kernel prints it, no counters
         ("workingset_refault 1\n", "no pswpin"),
         ("pswpin 3 4\n", "expected 'name number'"),
         ("pswpin 1e5\nworkingset_refault 1\n", "expected 'name number'"),
