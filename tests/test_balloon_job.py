@@ -320,6 +320,7 @@ def test_a_refused_watch_is_one_warning_and_the_job_runs(
     b.job.start(b.ctx)
     warning = events(log_events, "xenstore_watch_failed")
     assert warning and warning[0]["fallback"] == "memory/target read per tick"
+    assert warning[1]["fallback"] == "memory/static-max read per tick"
     assert events(log_events, "balloon_controller_start")[0]["xenstore_watch"] is False
     assert b.job.status()["ticks"] == 1
     b.job.stop()
@@ -394,3 +395,59 @@ def test_a_reload_keeps_the_toolstack_offset_learned_at_start(root: Path, bench:
     assert b.job.status()["ticks"] == 2 and b.job.status()["ceiling_kb"] == 1048576
     b.job.stop()
     assert target_of(root) == 1048576  # the reset goes to memory/target minus the offset
+
+
+def test_watched_toolstack_nodes_are_read_on_a_write_not_at_every_decision(
+    root: Path, bench: Any, xs_connect: Any, xs_server: Any, log_events: Logs
+) -> None:
+    """Both toolstack nodes are watched: decisions a second apart use the values read last (no
+    xenstore round trip), and a write to memory/static-max (``xl mem-max``) is read and followed
+    at once, the ceiling with it."""
+    b = bench(connect=lambda: xs_connect(5))  # domain 5: target 524288, static-max 1048576
+    b.job.start(b.ctx)
+    start = events(log_events, "balloon_controller_start")[0]
+    assert start["xenstore_watched"] == ["memory/target", "memory/static-max"]
+    for _ in range(5):  # the watches' first events, read off the connection
+        b.loop.run_once(max_wait=0.2)
+    settled = b.job.status()["xenstore_reads"]
+    ticks = b.job.status()["ticks"]
+    for _ in range(20):
+        b.advance(1.0)
+    assert b.job.status()["ticks"] >= ticks + 20
+    assert b.job.status()["xenstore_reads"] == settled  # 20 decisions, no read
+    xs_server.set_node("/local/domain/5/memory/target", b"1048576")
+    xs_server.set_node("/local/domain/5/memory/static-max", b"917504")
+    for _ in range(20):
+        b.loop.run_once(max_wait=0.2)
+        if b.job.status()["ceiling_kb"] == 917504:
+            break
+    assert b.job.status()["ceiling_kb"] == 917504  # min(target, static-max), with no interval
+    assert b.job.status()["xenstore_reads"] > settled
+    b.job.stop()
+
+
+def test_a_refused_watch_reads_the_node_at_every_decision(
+    root: Path, bench: Any, log_events: Logs
+) -> None:
+    b = bench(connect=lambda: RefusingClient(HostFS(str(root))))
+    b.job.start(b.ctx)
+    assert [w["path"] for w in events(log_events, "xenstore_watch_failed")] == [
+        "memory/target", "memory/static-max"]
+    before = b.job.status()["xenstore_reads"]
+    for _ in range(3):
+        b.advance(1.0)
+    assert b.job.status()["xenstore_reads"] == before + 2 * 3
+    b.job.stop()
+
+
+def test_a_resume_reads_the_watched_nodes_again(
+    root: Path, bench: Any, xs_connect: Any, log_events: Logs
+) -> None:
+    b = bench(connect=lambda: xs_connect(5))
+    b.job.start(b.ctx)
+    for _ in range(5):
+        b.loop.run_once(max_wait=0.2)
+    settled = b.job.status()["xenstore_reads"]
+    b.job.republish("resumed")
+    assert b.job.status()["xenstore_reads"] == settled + 2
+    b.job.stop()

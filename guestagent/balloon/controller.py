@@ -35,6 +35,7 @@ from guestagent.balloon.signals import (
     read_raw,
 )
 from guestagent.balloon.step import Observation, Plan, step
+from guestagent.balloon.xsnodes import WatchedNodes
 from guestagent.errors import InputError
 from guestagent.host import Host
 from guestagent.hostfs import HostFS
@@ -66,6 +67,8 @@ class BalloonController:
         self.config = config
         self.clock = clock
         self.actuator = BalloonActuator(hostfs, xenstore)
+        #: What a decision reads the toolstack's nodes through: kept while they are watched.
+        self.nodes = None if xenstore is None else WatchedNodes(xenstore, clock)
         self.guard_commands = guard_commands
         self.guard = Guard(hostfs, self.actuator, guard_commands)
         self.state = PolicyState()
@@ -124,7 +127,7 @@ class BalloonController:
     def read(self, psi_trigger_fired: bool = False) -> Observation:
         """Read: the snapshot (raw figures made into the model by the pure build_signals) and,
         under overcommit mode 2, the commit figures. A broken source raises InputError."""
-        raw = read_raw(self.hostfs, self.xenstore, with_zoneinfo=self.config.reads_zoneinfo)
+        raw = read_raw(self.hostfs, self.nodes, with_zoneinfo=self.config.reads_zoneinfo)
         commit = read_commit(self.hostfs)
         return Observation(build_signals(raw, self.clock(), psi_trigger_fired), commit)
 

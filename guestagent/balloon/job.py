@@ -1,5 +1,6 @@
 """The balloon job of the daemon: the controller driven by the PSI trigger, an interval timer and
-a xenstore watch on ``memory/target``; on stop the target goes back to the ceiling.
+xenstore watches on ``memory/target`` and ``memory/static-max``; on stop the target goes back to
+the ceiling.
 
 ``guestagent run`` runs it with the other jobs, ``guestagent balloon run`` alone
 (:func:`guestagent.daemon.commands.run_one_job`). What the job does when its inputs fail:
@@ -12,8 +13,10 @@ a xenstore watch on ``memory/target``; on stop the target goes back to the ceili
   systemd's watchdog), and a balloon reset then could not read the ceiling either;
 * the PSI trigger's descriptor reporting an error or a hang-up is dropped with one warning
   (``psi_trigger_lost``): the interval timer goes on alone;
-* a refused watch on ``memory/target`` is one warning (``xenstore_watch_failed``): the target is
-  then read on every tick.
+* a refused watch on ``memory/target`` or ``memory/static-max`` is one warning
+  (``xenstore_watch_failed``): that node is then read on every tick. A watched node is read
+  after its watch fires, after a resume and at least every minute
+  (:mod:`guestagent.balloon.xsnodes`), not at every decision.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ MAX_CONSECUTIVE_ERRORS = 3
 
 #: ``xenstore=`` of :class:`BalloonJob`: the daemon's shared client (the default).
 HUB = "hub"
+
+#: The toolstack's nodes the job watches (relative to the domain): a write wakes a decision.
+WATCHED_NODES = ("memory/target", "memory/static-max")
 
 
 class BalloonJob:
@@ -84,26 +90,41 @@ class BalloonJob:
         self._tick()
 
     def _wire(self, ctx: JobContext, watch: bool) -> None:
-        """The memory lock, the PSI trigger, the watch on memory/target and the interval."""
+        """The memory lock, the PSI trigger, the watches on the toolstack's nodes and the
+        interval."""
         assert self._ctl is not None
         self._lock_memory(ctx)
         self._trigger = self._ctl.arm_trigger(ctx.host) if self._use_trigger else None
         if self._trigger is not None:
             ctx.loop.add_reader(self._trigger.fileno(), lambda: self._tick(psi_fired=True),
                                 priority=True, on_error=self._trigger_lost)
-        watching = False
-        if watch:
-            try:
-                watching = ctx.xenstore.watch("memory/target", lambda path: self._tick())
-            except (GuestAgentError, OSError) as e:
-                get_logger("balloon").warning("xenstore_watch_failed", error=str(e),
-                                              fallback="memory/target read per tick")
+        watched = [path for path in WATCHED_NODES if watch and self._watch(ctx, path)]
         self._schedule()
         get_logger("balloon").info(
             "balloon_controller_start", policy=self._ctl.config.name,
             interval_s=self._ctl.interval_s,
             psi_trigger=None if self._trigger is None else self._trigger.spec,
-            xenstore_watch=watching)
+            xenstore_watch=bool(watched), xenstore_watched=watched)
+
+    def _watch(self, ctx: JobContext, path: str) -> bool:
+        """Watch one toolstack node: a write to it wakes a decision, which reads it again; until
+        then decisions use the value read last (guestagent.balloon.xsnodes). A refused watch is
+        one warning, and the node is read at every decision."""
+        assert self._ctl is not None
+        try:
+            watching = ctx.xenstore.watch(path, self._node_changed)
+        except (GuestAgentError, OSError) as e:
+            get_logger("balloon").warning("xenstore_watch_failed", path=path, error=str(e),
+                                          fallback=f"{path} read per tick")
+            return False
+        if watching and self._ctl.nodes is not None:
+            self._ctl.nodes.watching(path)
+        return watching
+
+    def _node_changed(self, path: str) -> None:
+        if self._ctl is not None and self._ctl.nodes is not None:
+            self._ctl.nodes.changed()
+        self._tick()
 
     def _trigger_lost(self) -> None:
         """The trigger's descriptor errored or hung up (the loop has removed it already)."""
@@ -188,7 +209,10 @@ class BalloonJob:
         self._schedule()
 
     def republish(self, reason: str) -> None:
-        """After a resume or migration the toolstack's limits may differ: decide again now."""
+        """After a resume or migration the toolstack's limits may differ: read them again and
+        decide now."""
+        if self._ctl is not None and self._ctl.nodes is not None:
+            self._ctl.nodes.changed()
         self._tick()
 
     def stop(self) -> None:
@@ -220,6 +244,8 @@ class BalloonJob:
             "guard_armed": ctl.guard.armed,
             # the agent's pages locked in RAM (guestagent.balloon.memlock)
             "memory_locked": self._memory_locked,
+            # reads of the toolstack's nodes by decisions (watched ones are kept between writes)
+            "xenstore_reads": None if ctl.nodes is None else ctl.nodes.reads,
             "target_kb": None if last is None else last.target_kb,
             "floor_kb": None if last is None else last.floor_kb,
             "ceiling_kb": None if last is None else last.ceiling_kb,
