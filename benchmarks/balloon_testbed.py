@@ -2,9 +2,11 @@
 
     python -m benchmarks.balloon_testbed [--workloads tuned|held-out|all|W1,W2,...]
         [--policies none,classic,pressure] [--repeat N] [--json FILE] [--keep-traces DIR]
+        [--memory MIB] [--vcpus N] [--type pv|hvm]
 
-Boots the e2e testbed (Xen 4.17 in QEMU, ``tests/e2e``), creates ONE PV guest (1 GiB, 2 vCPUs,
-no swap, ``vm.overcommit_memory`` as Debian leaves it: 0), and for each repeat, each workload
+Boots the e2e testbed (Xen 4.17 in QEMU, ``tests/e2e``), creates ONE guest (by default PV, 1 GiB,
+2 vCPUs; ``--type hvm`` an HVM guest of the same image; no swap, ``vm.overcommit_memory`` as
+Debian leaves it: 0), and for each repeat, each workload
 (``benchmarks/balloon_workload.py``) and each policy in turn:
 
 1. puts the guest back at its ceiling (``guestagent balloon --reset``, waits until the driver
@@ -914,6 +916,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="rounds over all workloads and policies")
     p.add_argument("--memory", type=int, default=1024, help="guest MiB")
     p.add_argument("--vcpus", type=int, default=2)
+    p.add_argument("--type", choices=("pv", "hvm"), default="pv",
+                   help="the guest's type (default pv; hvm: the same image, booted by QEMU's "
+                   "firmware, the balloon driver under an HVM guest's p2m)")
     p.add_argument("--json", metavar="FILE", help="also write the result file here")
     p.add_argument("--from-run", metavar="DIR",
                    help="no bed: analyse a run's balloon-bench directory again and print it")
@@ -948,7 +953,7 @@ def report_of(args: argparse.Namespace, run_dir: str, results: list[RunResult],
         "held_out": [w for w in args.workload_list if w in HELD_OUT],
         "policies": args.policy_list,
         "repeat": args.repeat,
-        "guest": {"memory_mib": args.memory, "vcpus": args.vcpus, "type": "pv"},
+        "guest": {"memory_mib": args.memory, "vcpus": args.vcpus, "type": args.type},
         "results": [asdict(r) for r in results],
         "summary": summarise(results),
         "suite_pressure_vs_classic": suite_ratio(results, "pressure"),
@@ -973,7 +978,9 @@ def main(argv: list[str] | None = None) -> int:
         t_start = time.monotonic() - sum(seconds for _, seconds in bed.timings)
         out_dir = bed.run_dir / "balloon-bench"
         out_dir.mkdir(parents=True, exist_ok=True)
-        spec = GuestSpec.pv(memory=args.memory, vcpus=args.vcpus, name="bal")
+        spec = (GuestSpec.hvm(memory=args.memory, vcpus=args.vcpus, name="bal")
+                if args.type == "hvm" else
+                GuestSpec.pv(memory=args.memory, vcpus=args.vcpus, name="bal"))
         with bed.guest(spec) as g:
             for repeat in range(args.repeat):
                 for workload in args.workload_list:
@@ -1009,8 +1016,9 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "results.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, sort_keys=True))
-    print(f"balloon policies under `guestagent run` on real Xen 4.17 (TCG), PV guest "
-          f"{args.memory} MiB, {args.vcpus} vCPUs; run {bed.run_dir.name}")
+    print(f"balloon policies under `guestagent run` on real Xen 4.17 (TCG), "
+          f"{args.type.upper()} guest {args.memory} MiB, {args.vcpus} vCPUs; "
+          f"run {bed.run_dir.name}")
     print(render_table(results))
     print(render_summary(results))
     if skipped:

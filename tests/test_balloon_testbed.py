@@ -687,3 +687,16 @@ def test_the_agents_cpu_is_read_from_proc_and_counted_over_the_workloads_run() -
     assert cpu_pct_between(ev.agent_cpu, 9.0, 12.0) is None  # nothing before the start
     assert cpu_pct_between(ev.agent_cpu, 10.0, 13.5) is None  # nothing after the end
     assert cpu_pct_between([], 0.0, 1.0) is None
+
+
+def test_the_guest_type_is_chosen_and_recorded() -> None:
+    """``--type hvm`` boots an HVM guest of the same image; the result file says which type ran."""
+    from benchmarks.balloon_testbed import parse_args, report_of
+
+    assert parse_args([]).type == "pv"
+    args = parse_args(["--type", "hvm", "--workloads", "jvm-heap"])
+    assert args.type == "hvm"
+    assert report_of(args, "run", [], [])["guest"] == {"memory_mib": 1024, "vcpus": 2,
+                                                        "type": "hvm"}
+    with pytest.raises(SystemExit):
+        parse_args(["--type", "pvh"])
