@@ -10,6 +10,8 @@
    then the unit's ExecStopPost commands by hand (``UNIT_STOP_POST``): the target is back at the
    ceiling, the zram swap gone and overcommit back to 0; a fresh ``guestagent run`` answers
    ``status`` and arms the guard again;
+   that daemon reads the toolstack's nodes on their watch, not at each decision, and follows
+   ``xl mem-set`` down and back at once;
 4. SIGTERM to that fresh daemon, then ``guestagent reset`` (the unit's ExecStopPost):
    the target is back at the ceiling and every guard change is undone (overcommit 0, no zram
    swap, device or module).
@@ -21,6 +23,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -197,6 +200,7 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
 
         # 3. kill -9 while ballooned down, the unit's stop commands, a fresh daemon.
         crashed = check_kill_9_then_stop_post(g, ceiling_kb, before)
+        followed = check_follows_the_toolstack(bed, g, ceiling_kb)
 
         # 4. Stop as systemd does: SIGTERM, then ExecStopPost's guestagent reset.
         g.run_ok(
@@ -221,7 +225,49 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
         print(f"balloon e2e: at 300 MiB without the guard the 450 MiB mmap failed (ENOMEM); "
               f"the daemon shrank the guest to {low_mib} MiB (xl list), the guard armed "
               f"({armed}); the mmap succeeded, the guest grew to {grown_mib} MiB, no OOM kill; "
-              f"{crashed}; after SIGTERM + guestagent reset: {after}, {full_mib} MiB")
+              f"{crashed}; {followed}; after SIGTERM + guestagent reset: {after}, "
+              f"{full_mib} MiB")
+
+
+def balloon_status(g: Guest) -> dict[str, Any]:
+    """The balloon job's entry in the running daemon's ``guestagent status --json``."""
+    g.run_ok("guestagent status --json > /tmp/status.json")
+    job: dict[str, Any] = json.loads(g.run_ok("cat /tmp/status.json"))["jobs"]["balloon"]
+    return job
+
+
+def check_follows_the_toolstack(bed: XenBed, g: Guest, ceiling_kb: int) -> str:
+    """The running daemon reads the toolstack's ``memory/target`` and ``memory/static-max`` when
+    their watch fires, not at each decision: over several decisions at most one more read of
+    each (a value is read again after 60 s even without a write). ``xl mem-set`` lowers the
+    target: the job takes the lower ceiling at once; set back, the ceiling is back. Returns one
+    line for the summary."""
+    scale = TIMEOUT_SCALE
+    first = balloon_status(g)
+    assert first["xenstore_reads"] is not None, first
+    time.sleep(10)
+    second = balloon_status(g)
+    decisions = second["ticks"] - first["ticks"]
+    reads = second["xenstore_reads"] - first["xenstore_reads"]
+    assert decisions >= 5 and reads <= 2, (
+        f"{decisions} decisions read the toolstack's nodes {reads} times (watched: at most 2)",
+        first, second)
+    lower_kb = ceiling_kb - 256 * MIB_KB
+    bed.dom0_ok(f"xl mem-set {g.name} {lower_kb}k")
+    try:
+        wait_for("the balloon job's ceiling after xl mem-set (KiB)",
+                 lambda: int(balloon_status(g)["ceiling_kb"] or 0),
+                 lambda kb: kb == lower_kb, timeout=60 * scale)
+    finally:
+        bed.dom0_ok(f"xl mem-set {g.name} {ceiling_kb}k")
+    wait_for("the balloon job's ceiling after xl mem-set back (KiB)",
+             lambda: int(balloon_status(g)["ceiling_kb"] or 0),
+             lambda kb: kb == ceiling_kb, timeout=60 * scale)
+    log = g.run_ok("cat /tmp/daemon.log")
+    override = rf"event=balloon_toolstack_override\b.*new_target_kb={lower_kb}\b"
+    assert re.search(override, log), log
+    return (f"{decisions} decisions read the toolstack's nodes {reads} times; xl mem-set "
+            f"{lower_kb // MIB_KB} MiB and back were followed")
 
 
 def check_kill_9_then_stop_post(g: Guest, ceiling_kb: int, before: str) -> str:
