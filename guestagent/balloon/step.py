@@ -100,4 +100,6 @@ def step(state: PolicyState, observation: Observation, config: PolicyConfig
         arm_guard=policy.target_kb < policy.ceiling_kb,
         floored_from_kb=policy.target_kb if decision is not policy else None,
     )
+    if decision.new_state.last_target_kb == after:
+        return plan, decision.new_state
     return plan, replace(decision.new_state, last_target_kb=after)
