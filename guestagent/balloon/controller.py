@@ -63,7 +63,6 @@ class BalloonController:
     ) -> None:
         config.validate()
         self.hostfs = hostfs
-        self.xenstore = xenstore
         self.config = config
         self.clock = clock
         self.actuator = BalloonActuator(hostfs, xenstore)

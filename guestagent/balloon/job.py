@@ -112,7 +112,7 @@ class BalloonJob:
         one warning, and the node is read at every decision."""
         assert self._ctl is not None
         try:
-            watching = ctx.xenstore.watch(path, self._node_changed)
+            watching = ctx.xenstore.watch(path, lambda changed: self._reread_and_tick())
         except (GuestAgentError, OSError) as e:
             get_logger("balloon").warning("xenstore_watch_failed", path=path, error=str(e),
                                           fallback=f"{path} read per tick")
@@ -121,7 +121,9 @@ class BalloonJob:
             self._ctl.nodes.watching(path)
         return watching
 
-    def _node_changed(self, path: str) -> None:
+    def _reread_and_tick(self) -> None:
+        """The toolstack's nodes may have changed (a watch fired, the guest resumed): read them
+        again at the decision made now."""
         if self._ctl is not None and self._ctl.nodes is not None:
             self._ctl.nodes.changed()
         self._tick()
@@ -211,9 +213,7 @@ class BalloonJob:
     def republish(self, reason: str) -> None:
         """After a resume or migration the toolstack's limits may differ: read them again and
         decide now."""
-        if self._ctl is not None and self._ctl.nodes is not None:
-            self._ctl.nodes.changed()
-        self._tick()
+        self._reread_and_tick()
 
     def stop(self) -> None:
         if self._timer is not None:
