@@ -1,12 +1,14 @@
 """What moving the balloon costs a program that never waits for memory, on the testbed.
 
-    python -m benchmarks.balloon_move_cost [--rounds 4] [--seconds 20] [--low-mib 512]
+    python -m benchmarks.balloon_move_cost [--type pv|hvm] [--rounds 4] [--seconds 20] \
+        [--low-mib 512]
     python3 benchmarks/balloon_move_cost.py guest [--seconds S] [--low-mib N] [--move]  # in a guest
 
 The self-ballooning bench (``balloon_testbed.py``) sees workloads run longer under a policy that
 gives memory back even when they never ran short (no stall, no swap, MemAvailable well above
 zero), and their own CPU time rise with it. This measures that cost alone: a CPU-bound loop (no
-allocation, a few KiB of memory) runs for ``--seconds`` in a PV guest (1 GiB, 2 vCPUs) while a
+allocation, a few KiB of memory) runs for ``--seconds`` in a guest (1 GiB, 2 vCPUs; PV, or HVM
+with ``--type hvm``) while a
 mover, a separate process, either only watches the driver (``idle``) or moves the balloon
 between the ceiling and ``--low-mib`` and back, each move waited out (``move``), writing the
 driver's ``target_kb`` itself (no agent). The two alternate, ``--rounds`` times each. It prints,
@@ -127,7 +129,8 @@ def bed_main(args: argparse.Namespace) -> int:
     from tests.e2e.bed import BedConfig, GuestSpec, XenBed
 
     runs: list[dict[str, Any]] = []
-    spec = GuestSpec.pv(memory=1024, vcpus=2, name="move")
+    spec = (GuestSpec.hvm(memory=1024, vcpus=2, name="move") if args.type == "hvm"
+            else GuestSpec.pv(memory=1024, vcpus=2, name="move"))
     with XenBed(BedConfig(run_name="balloon-move")) as bed, bed.guest(spec) as g:
         src = "/usr/src/guestagent/benchmarks/balloon_move_cost.py"
         for i in range(args.rounds):
@@ -138,7 +141,7 @@ def bed_main(args: argparse.Namespace) -> int:
                 runs.append(json.loads(out.strip().splitlines()[-1]))
                 print(json.dumps(runs[-1]), flush=True)
         (bed.run_dir / "balloon-move.json").write_text(json.dumps(runs, indent=1))
-        print(f"balloon moves against a CPU-bound loop, PV guest 1 GiB, 2 vCPUs, "
+        print(f"balloon moves against a CPU-bound loop, {args.type.upper()} guest 1 GiB, 2 vCPUs, "
               f"{args.rounds} rounds of {args.seconds} s each; run {bed.run_dir.name}")
     for line in summary(runs):
         print(line)
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--low-mib", type=int, default=512)
+    p.add_argument("--type", choices=("pv", "hvm"), default="pv", help="(bed) the guest's type")
     p.add_argument("--move", action="store_true", help="(guest) move the balloon meanwhile")
     p.add_argument("--balloon-dir", default=BALLOON, help=argparse.SUPPRESS)
     p.add_argument("--tmp-dir", default="/tmp", help=argparse.SUPPRESS)

@@ -60,3 +60,35 @@ def test_the_summary_sets_move_against_idle() -> None:
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(SystemExit):
         bmc.main(["--low-mib", "100"])
+    with pytest.raises(SystemExit):
+        bmc.main(["bed", "--type", "kvm"])
+
+
+def test_the_bed_boots_the_guest_type_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--type hvm`` boots an HVM guest of the same shape; the default is PV."""
+    import tests.e2e.bed as bed_mod
+
+    seen: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    class FakeBed:
+        def __init__(self, config: object) -> None:
+            pass
+
+        def __enter__(self) -> FakeBed:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def guest(self, spec: object) -> None:
+            seen.append(getattr(spec, "type", "?"))
+            raise Stop
+
+    monkeypatch.setattr(bed_mod, "XenBed", FakeBed)
+    for argv, want in ((["bed"], "pv"), (["bed", "--type", "hvm"], "hvm")):
+        with pytest.raises(Stop):
+            bmc.main(argv)
+        assert seen[-1] == want
