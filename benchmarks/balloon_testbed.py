@@ -364,19 +364,23 @@ def target_at(ev: Events, mono: float) -> int | None:
 
 def first_raise(ev: Events, start: float, end: float, base_kb: int) -> tuple[float, int] | None:
     """(mono, target KiB) of the first target above ``base_kb`` in ``[start, end)``: the agent's
-    written decision line or the monitor's sample, whichever came first."""
+    written decision line or the monitor's sample, whichever came first. A ``pace`` (an earlier
+    shrink cut back to a slow driver's pace) raises the target without answering anything: its
+    line and the samples of its target are not a raise."""
     found: list[tuple[float, int]] = []
+    paced: set[int] = set()
     for mono, fields in ev.decisions:
-        if start <= mono < end and fields.get("written") == "true":
-            try:
-                target = int(fields.get("target_kb", ""))
-            except ValueError:
-                continue
-            if target > base_kb:
-                found.append((mono, target))
-                break
+        try:
+            target = int(fields.get("target_kb", ""))
+        except ValueError:
+            continue
+        if fields.get("action") == "pace":
+            paced.add(target)
+        elif (not found and start <= mono < end and fields.get("written") == "true"
+              and target > base_kb):
+            found.append((mono, target))
     for mono, target, _ in ev.balloon:
-        if start <= mono < end and target > base_kb:
+        if start <= mono < end and target > base_kb and target not in paced:
             found.append((mono, target))
             break
     return min(found) if found else None

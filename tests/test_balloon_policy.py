@@ -36,6 +36,7 @@ from guestagent.balloon.pressure import (
     hold_s,
     observe_demand,
     observe_populate,
+    observe_release,
     peak_rate_kb_s,
     reserve_kb,
 )
@@ -82,20 +83,26 @@ def snap(t: float = 0.0, size_kb: int = STATIC_MAX, **kw: Any) -> MemorySignals:
     return MemorySignals(**base)
 
 
-def follow_size(s: MemorySignals, d: Decision) -> MemorySignals:
-    """The next snapshot as the driver would show it after reaching ``d.target_kb``.
+def follow_size(s: MemorySignals, d: Decision, kb_per_s: int | None = None) -> MemorySignals:
+    """The next snapshot as the driver would show it after reaching ``d.target_kb`` (or, with
+    ``kb_per_s``, one second later: moved toward it by at most that much, either way).
 
     Like the real driver, it keeps whole pages: a target in KiB reads back rounded down.
     """
     target = d.target_kb - d.target_kb % 4
-    delta = target - (s.balloon_current_kb or s.mem_total_kb)
+    current = s.balloon_current_kb or s.mem_total_kb
+    moved = target
+    if kb_per_s is not None:
+        moved = max(target, current - kb_per_s) if target < current else min(target,
+                                                                              current + kb_per_s)
+    delta = moved - current
     return replace(
         s,
         mem_total_kb=s.mem_total_kb + delta,
         mem_available_kb=max(0, s.mem_available_kb + delta),
         mem_free_kb=max(0, s.mem_free_kb + delta),
         balloon_target_kb=target,
-        balloon_current_kb=target,
+        balloon_current_kb=moved,
     )
 
 
@@ -661,6 +668,85 @@ def test_the_driver_is_seen_populating_a_grow() -> None:
     assert observe_populate(snap(11.0, size_kb=350 * MIB_KB), shrinking, cfg) == shrinking
     assert observe_populate(snap(11.0, size_kb=404 * MIB_KB), grown, cfg) == grown
     assert observe_populate(snap(11.0), PolicyState(), cfg) == PolicyState()
+
+
+def test_the_driver_is_seen_giving_memory_back() -> None:
+    """The driver's release speed, from its size between two decisions while it was above the
+    target written at the first: still above it at the second, the driver was the limit (its
+    speed, which replaces the last); there already, at least that fast, which raises a speed
+    once measured but never makes one (a driver that keeps up is never judged slow). Not while
+    it grows or holds still."""
+    cfg = PressureConfig()
+    shrunk = PolicyState(prev_t=10.0, last_target_kb=400 * MIB_KB, prev_current_kb=600 * MIB_KB)
+    assert observe_release(snap(11.0, size_kb=590 * MIB_KB), shrunk, cfg).release_kb_s == (
+        10 * MIB_KB)
+    # There within the interval: a driver never seen limiting stays unmeasured.
+    assert observe_release(snap(11.0, size_kb=400 * MIB_KB), shrunk, cfg) == shrunk
+    # Measured once: a quicker arrival raises it (200 MiB in 2 s), a slower one does not.
+    slow = replace(shrunk, release_kb_s=10 * MIB_KB)
+    assert observe_release(snap(12.0, size_kb=400 * MIB_KB), slow, cfg).release_kb_s == (
+        100 * MIB_KB)
+    quick = replace(shrunk, release_kb_s=300 * MIB_KB)
+    assert observe_release(snap(12.0, size_kb=400 * MIB_KB), quick, cfg) == quick
+    # Still short after 2 s: 20 MiB/s is its speed now.
+    assert observe_release(snap(12.0, size_kb=560 * MIB_KB), quick, cfg).release_kb_s == (
+        20 * MIB_KB)
+    grown = replace(shrunk, last_target_kb=800 * MIB_KB)
+    assert observe_release(snap(11.0, size_kb=700 * MIB_KB), grown, cfg) == grown
+    held = replace(shrunk, last_target_kb=600 * MIB_KB)
+    assert observe_release(snap(11.0, size_kb=600 * MIB_KB), held, cfg) == held
+    assert observe_release(snap(11.0), PolicyState(), cfg) == PolicyState()
+
+
+def test_a_driver_that_gives_memory_back_slowly_is_paced() -> None:
+    """Seen on Xen 4.17 (runs 20261206-151122-24280 and -152628-25149, an HVM guest): the driver
+    gave memory back at about 10 MiB/s, so the first probes from the ceiling (256 MiB each) kept
+    it working for about a minute, and that work took the guest's CPU (a CPU-bound loop beside it
+    ran at x0.50, run 20261206-172138-10430): `long-idle`'s first phase, a page-cache read the
+    law would never probe during, took 12.8 s against 5.0 s. Once the driver is seen limiting
+    at under ``slow_release_kb_s``, the target is never more than ``release_pace_s`` of its
+    release below its size: an earlier shrink is cut back to that (``pace``, not a grow), each
+    probe (one per 5 s, as before) is cut to it, and when the page cache starts rising the driver
+    stops within that time. A driver that keeps up is never paced."""
+    cfg = PressureConfig()
+    driver = 10 * MIB_KB
+    pace = int(driver * cfg.release_pace_s)
+    s = snap(mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
+    state = PolicyState()
+    ds: list[Decision] = []
+    sizes: list[int] = []
+    for t in range(70):
+        reading = 30 <= t < 40  # a page-cache read: 10 MiB/s more Cached, less MemFree
+        if reading:
+            s = replace(s, cached_kb=s.cached_kb + driver, mem_free_kb=s.mem_free_kb - driver)
+        s = replace(s, timestamp=float(t))
+        sizes.append(s.balloon_current_kb or 0)
+        d = decide(s, state, cfg)
+        ds.append(d)
+        state = d.new_state
+        s = follow_size(s, d, driver)
+    assert ds[0].action == "shrink" and ds[0].previous_kb - ds[0].target_kb > pace
+    assert ds[1].action == "pace" and ds[1].target_kb > ds[1].previous_kb
+    assert ds[1].new_state.release_kb_s == driver
+    assert ds[1].new_state.last_grow_t is None
+    for t in range(1, 70):
+        assert sizes[t] - ds[t].target_kb <= pace + 4, (t, ds[t].reason)
+    shrinks = [t for t, d in enumerate(ds) if d.action == "shrink"]
+    assert all(b - a >= cfg.shrink_interval_s for a, b in zip(shrinks, shrinks[1:]))
+    # Quiet: the probe goes on, a cut step every 5 s.
+    assert len([t for t in shrinks if 1 < t < 30]) >= 4
+    assert sizes[30] < sizes[2] - 3 * pace
+    # Reading: the driver stops within release_pace_s of the first decision that saw it.
+    stopped = 31 + int(cfg.release_pace_s)
+    assert len({sizes[t] for t in range(stopped, 41)}) == 1, sizes[30:41]
+    assert all(d.action == "hold" for d in ds[31:40])
+    # Quiet again: the probe resumes.
+    assert sizes[69] < sizes[40]
+    # A driver that reaches each target within the interval is never paced.
+    fast = run_policy(cfg, [{}] * 70, start=snap(mem_free_kb=600 * MIB_KB,
+                                                  mem_available_kb=700 * MIB_KB))
+    assert "pace" not in {d.action for d in fast}
+    assert all(d.new_state.release_kb_s == 0 for d in fast)
 
 
 def test_the_headroom_line_counts_only_the_rest_of_a_burst() -> None:

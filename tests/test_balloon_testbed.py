@@ -213,6 +213,22 @@ def test_spike_never_answered_and_answered_before_the_trigger() -> None:
     assert (s.raised_s, s.raised_after_psi_s, s.populated_s) == (0.5, -1.5, 4.0)
 
 
+def test_a_pace_is_not_a_spike_answered() -> None:
+    """A ``pace`` raises the target (an earlier shrink cut back to a slow driver's pace) without
+    answering the spike: neither its decision line nor the monitor's samples of its target count
+    as the raise; the grow after it does."""
+    report = WorkloadReport([PhaseMark(0, 10.0, "alloc", spike=True), PhaseMark(9, 19.0, "hold")])
+    pace = {"action": "pace", "target_kb": str(320 * 1024), "written": "true"}
+    grow = {"action": "grow", "target_kb": str(700 * 1024), "written": "true"}
+    ev = Events(psi=[12.0], balloon=[(5.0, 300 * 1024, 400 * 1024),
+                                     (10.3, 320 * 1024, 390 * 1024),
+                                     (12.6, 700 * 1024, 390 * 1024),
+                                     (14.0, 700 * 1024, 700 * 1024)],
+                decisions=[(10.2, pace), (12.5, grow)])
+    (s,) = spike_responses(report, ev, 1048576)
+    assert (s.raised_s, s.raised_after_psi_s, s.target_raised_mib) == (2.5, 0.5, 700)
+
+
 def test_scan_kernel_log_counts_allocation_failures_and_one_line_per_oom_kill() -> None:
     k = scan_kernel_log(DMESG)
     assert k == KernelLog(page_alloc_failures=2, page_alloc_comms=["kworker/u4:2", "python3"],
@@ -700,3 +716,4 @@ def test_the_guest_type_is_chosen_and_recorded() -> None:
                                                         "type": "hvm"}
     with pytest.raises(SystemExit):
         parse_args(["--type", "pvh"])
+

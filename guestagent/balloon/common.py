@@ -164,6 +164,9 @@ class PolicyState:
     burst_rate_kb_s: float = 0.0
     #: pressure: how fast the driver populates a grow (KiB/s; 0: not seen yet).
     populate_kb_s: float = 0.0
+    #: pressure: how fast the driver gives memory back, measured while it was the limit (still
+    #: above the target written the decision before; KiB/s; 0: never seen limiting).
+    release_kb_s: float = 0.0
     #: The driver's size (``info/current_kb``) at the last decision.
     prev_current_kb: int | None = None
     #: pressure: whether demand is in a burst now, when the last burst started, and the spacing
@@ -227,7 +230,7 @@ class Decision:
 
     target_kb: int
     previous_kb: int
-    action: str  # "grow", "shrink", "hold", "follow" or "stop" (our own shrink stopped)
+    action: str  # "grow", "shrink", "hold", "follow", "stop" (our own shrink stopped) or "pace"
     reason: str
     floor_kb: int
     ceiling_kb: int
@@ -361,9 +364,11 @@ def clamp_target(raw: int, prev: int, lim: Limits, reason: str) -> tuple[int, st
 def hysteresis(
     target: int, prev: int, action: str, reason: str, lim: Limits, config: PolicyConfig
 ) -> tuple[int, str, str]:
-    """A grow or shrink under ``min_change_kb`` from a target within the limits is not made."""
+    """A grow, shrink or pace under ``min_change_kb`` from a target within the limits is not
+    made."""
     inside = lim.floor_kb <= prev <= lim.ceiling_kb
-    if action in ("grow", "shrink") and inside and 0 < abs(target - prev) < config.min_change_kb:
+    if (action in ("grow", "shrink", "pace") and inside
+            and 0 < abs(target - prev) < config.min_change_kb):
         reason += f"; change of {target - prev:+d} KiB below min_change {config.min_change_kb}"
         return prev, "hold", reason
     return target, action, reason
@@ -375,15 +380,16 @@ def settle_action(
     """The action named by where the target went, and the grow/shrink time recorded.
 
     A stop of our own shrink where the driver got to is not a grow (the pressure policy keeps its
-    own time for it), and a follow stays a follow.
+    own time for it), nor is a pace (a shrink cut back to what a slow driver gives back within
+    a few seconds); a follow stays a follow.
     """
     if target > prev:
-        if action == "stop":
+        if action in ("stop", "pace"):
             return action, state
         return ("follow" if action == "follow" else "grow"), replace(state, last_grow_t=now)
     if target < prev:
         return ("follow" if action == "follow" else "shrink"), replace(state, last_shrink_t=now)
-    if action in ("grow", "shrink"):
+    if action in ("grow", "shrink", "pace"):
         return "hold", state
     return action, state
 

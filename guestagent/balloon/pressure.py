@@ -40,6 +40,12 @@ rises by 1 MiB/s or more; else 0), by (1 - pressure / target) x the larger of a 
 the size or 1/4 of MemAvailable above P, at most 1/16 of the ceiling) and a free-memory step (3/4
 of MemFree above P, at most 1/4 of the ceiling), never taking MemAvailable under P and never
 under the floor, max(``floor_kb``, :func:`~guestagent.balloon.common.hard_minimum_kb`).
+**Pace a slow driver**: once it has been seen giving memory back slower than
+``slow_release_kb_s`` (32 MiB/s; measured while it was still above the target written a
+decision earlier), the target is never more than ``release_pace_s`` (2 s) of that speed, at
+least ``min_change_kb``, below its size: a shrink is cut to it, and an earlier shrink the
+driver is still far from is cut back up to it (``pace``, not a grow); one probe per 5 s still,
+so such a driver comes down by 2 s of its release per 5 s (:func:`paced`).
 
 Each rule has a replay test with the incident it guards against (``tests/test_balloon_policy.py``,
 ``tests/test_balloon_pressure_replay.py``); ``docs/balloon-pressure.md`` says why.
@@ -148,6 +154,14 @@ class PressureConfig(PolicyConfig):
     #: A probe while use rises keeps this many seconds of the rise above the headroom line
     #: (the probe line); a rising page cache still holds every probe.
     rising_room_s: float = 30.0
+    #: A driver seen giving memory back slower than this (KiB/s, while it was the limit) is
+    #: paced: the testbed's HVM guest released 10-14 MiB/s and a CPU-bound loop beside it ran at
+    #: half its speed meanwhile (``balloon_move_cost.py --type hvm``, 2026-12-06); its PV guest
+    #: releases hundreds of MiB/s at no measurable cost.
+    slow_release_kb_s: int = 32 * MIB_KB
+    #: A paced driver is never asked for more than this many seconds of its release below its
+    #: size: its work stops within about this long of the guest getting busy.
+    release_pace_s: float = 2.0
 
     def validate(self) -> None:
         super().validate()
@@ -179,7 +193,7 @@ class PressureConfig(PolicyConfig):
         for key in ("shrink_max_step_kb", "reserve_min_kb", "demand_growth_kb_per_s",
                     "own_reclaim_window_s", "quiet_refaults_per_s", "burst_min_kb",
                     "grow_lookahead_s", "grow_holdoff_s", "rising_room_s", "line_min_reserves",
-                    "populate_s", "rate_span_s"):
+                    "populate_s", "rate_span_s", "slow_release_kb_s", "release_pace_s"):
             if getattr(self, key) < 0:
                 raise InputError(f"balloon config {key}", "must be >= 0", getattr(self, key))
 
@@ -250,6 +264,53 @@ def observe_populate(signals: MemorySignals, state: PolicyState, config: Pressur
     if current < target - config.min_change_kb:
         return replace(state, populate_kb_s=rate)
     return replace(state, populate_kb_s=max(state.populate_kb_s, rate))
+
+
+def observe_release(signals: MemorySignals, state: PolicyState, config: PressureConfig
+                    ) -> PolicyState:
+    """How fast the driver gives memory back, from its size since the last decision while it was
+    more than ``min_change_kb`` above the target then written: still above it, the driver was the
+    limit and the rate is its speed; there already, at least that fast (raises a speed once
+    measured; a driver never seen limiting stays unmeasured, 0, and is never paced)."""
+    current, before = signals.balloon_current_kb, state.prev_current_kb
+    target = state.last_target_kb
+    if current is None or before is None or target is None or state.prev_t is None:
+        return state
+    dt = signals.timestamp - state.prev_t
+    if dt <= 0 or before - target < config.min_change_kb or current > before:
+        return state
+    rate = (before - current) / dt
+    if current > target + config.min_change_kb:
+        return replace(state, release_kb_s=rate)
+    if 0 < state.release_kb_s < rate:
+        return replace(state, release_kb_s=rate)
+    return state
+
+
+def releasing_slowly(state: PolicyState, config: PressureConfig) -> bool:
+    """The driver was seen giving memory back slower than ``slow_release_kb_s``."""
+    return 0 < state.release_kb_s < config.slow_release_kb_s
+
+
+def paced(signals: MemorySignals, state: PolicyState, config: PressureConfig, prev: int,
+          result: tuple[int, str, str, PolicyState]) -> tuple[int, str, str, PolicyState]:
+    """A hold or a shrink, with a slow driver kept at most ``release_pace_s`` of its release
+    (at least ``min_change_kb``) above the target: a shrink is cut to that, and an earlier
+    shrink the driver is still far from is cut back to it (``pace``), so the driver's work,
+    which takes the guest's CPU, stops within that long when the guest gets busy."""
+    target, action, reason, new = result
+    current = signals.balloon_current_kb
+    if current is None or not releasing_slowly(state, config):
+        return result
+    pace = max(config.min_change_kb, int(state.release_kb_s * config.release_pace_s))
+    lowest = current - pace
+    if target >= lowest:
+        return result
+    note = (f"; the driver gives memory back at {state.release_kb_s:.0f} KiB/s: at most "
+            f"{config.release_pace_s:g} s of it below its size {current} KiB")
+    if lowest > prev:
+        return lowest, "pace", reason + note + f", the target back up to {lowest} KiB", new
+    return lowest, action, reason + note + f", {lowest} KiB", new
 
 
 def _with_burst(state: PolicyState, config: PressureConfig, now: float, growth: int,
@@ -658,6 +719,11 @@ def step_pressure(
         return _stop(signals, state, prev, pressure)
     if shortage or pressure:
         return _grow(signals, state, config, r, prev, shortage + pressure)
+    return paced(signals, state, config, prev, _hold_or_probe(signals, state, config, lim, prev, r))
+
+
+def _hold_or_probe(signals: MemorySignals, state: PolicyState, config: PressureConfig,
+                   lim: Limits, prev: int, r: Reading) -> tuple[int, str, str, PolicyState]:
     holds = (quiet_holds(signals, r, config) + time_holds(signals, state, config)
              + size_holds(signals, config, lim, prev))
     if holds:
@@ -677,5 +743,6 @@ def decide_pressure(
     signals: MemorySignals, state: PolicyState, config: PressureConfig
 ) -> Decision:
     """The default policy; its control law is the module docstring's."""
-    state = observe_populate(signals, observe_demand(signals, state, config), config)
+    state = observe_demand(signals, state, config)
+    state = observe_release(signals, observe_populate(signals, state, config), config)
     return decide_with(signals, state, config, step_pressure)
