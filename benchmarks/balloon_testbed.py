@@ -896,6 +896,33 @@ def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
     return res
 
 
+#: What a run the bed lost touch with leaves behind, from Dom0 (which still answers when the
+#: guest does not): the sampler's ``xl list`` lines, the guest's console (its kernel's messages:
+#: hung tasks, OOM kills, soft lockups) and Xen's view of the guest and its free memory.
+FORENSICS = (
+    ("samples.txt", "cat /run/e2e/bench-{tag}.samples"),
+    ("console.txt", "e2e-guest log {domid} 200000"),
+    ("xl.txt", "xl list; xl info | grep -E 'free_memory|total_memory'; "
+               "xenstore-ls /local/domain/{domid}/memory"),
+)
+
+
+def save_forensics(bed: Any, g: Any, tag: str, out_dir: Path) -> None:
+    """After a run the bed lost touch with, keep what Dom0 can still tell (:data:`FORENSICS`) in
+    the run's directory; each part best effort, a part that fails says why in its file."""
+    from tests.e2e.util import BedError, log
+
+    run_dir = out_dir / tag
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, command in FORENSICS:
+        try:
+            text = bed.dom0(command.format(tag=tag, domid=g.domid), timeout=60)[0]
+        except (BedError, OSError) as e:
+            text = f"not saved: {e}\n"
+        (run_dir / name).write_text(text)
+    log(f"balloon bench: {tag}: the guest's console and Dom0's samples kept in {run_dir}")
+
+
 def git_describe() -> str:
     """The work tree's commit (and whether it had changes): what the guest image was built from."""
     try:
@@ -1002,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
                         except BedError as e:
                             results.append(RunResult(workload, policy, repeat,
                                                      errors=[f"bed: {e}"[:300]]))
+                            save_forensics(bed, g, f"{workload}.{policy}.{repeat}", out_dir)
                         log("balloon bench: " + json.dumps(asdict(results[-1]), sort_keys=True))
                         report = report_of(args, str(bed.run_dir), results, skipped)
                         (out_dir / "results.json").write_text(

@@ -717,3 +717,32 @@ def test_the_guest_type_is_chosen_and_recorded() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--type", "pvh"])
 
+
+def test_a_run_the_bed_lost_keeps_what_dom0_can_still_tell(tmp_path: Path) -> None:
+    """A run whose guest stopped answering (HVM `anon-grow-shrink`, run
+    20261206-172548-10978: 600 s without the workload's end, then every console command failed)
+    keeps the sampler's lines, the guest's console and Xen's view, from Dom0; a part Dom0 fails
+    to give says why in its file."""
+    from benchmarks.balloon_testbed import save_forensics
+    from tests.e2e.util import BedError
+
+    asked: list[str] = []
+
+    class FakeBed:
+        def dom0(self, script: str, timeout: float = 120) -> tuple[str, int]:
+            asked.append(script)
+            if script.startswith("xl list"):
+                raise BedError("Dom0 command timed out")
+            return f"out of {script.split()[0]}\n", 0
+
+    class FakeGuest:
+        domid = 7
+
+    save_forensics(FakeBed(), FakeGuest(), "w.pressure.0", tmp_path)
+    run = tmp_path / "w.pressure.0"
+    assert asked[0] == "cat /run/e2e/bench-w.pressure.0.samples"
+    assert asked[1] == "e2e-guest log 7 200000"
+    assert (run / "samples.txt").read_text() == "out of cat\n"
+    assert (run / "console.txt").read_text() == "out of e2e-guest\n"
+    assert (run / "xl.txt").read_text() == "not saved: Dom0 command timed out\n"
+    assert "/local/domain/7/memory" in asked[2]
