@@ -680,6 +680,9 @@ def test_the_driver_is_seen_giving_memory_back() -> None:
     shrunk = PolicyState(prev_t=10.0, last_target_kb=400 * MIB_KB, prev_current_kb=600 * MIB_KB)
     assert observe_release(snap(11.0, size_kb=590 * MIB_KB), shrunk, cfg).release_kb_s == (
         10 * MIB_KB)
+    # A decision 0.2 s after the write (woken by the PSI trigger) measures nothing.
+    seen = replace(shrunk, release_kb_s=300 * MIB_KB)
+    assert observe_release(snap(10.2, size_kb=600 * MIB_KB), seen, cfg) == seen
     # There within the interval: a driver never seen limiting stays unmeasured.
     assert observe_release(snap(11.0, size_kb=400 * MIB_KB), shrunk, cfg) == shrunk
     # Measured once: a quicker arrival raises it (200 MiB in 2 s), a slower one does not.

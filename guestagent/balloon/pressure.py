@@ -271,13 +271,15 @@ def observe_release(signals: MemorySignals, state: PolicyState, config: Pressure
     """How fast the driver gives memory back, from its size since the last decision while it was
     more than ``min_change_kb`` above the target then written: still above it, the driver was the
     limit and the rate is its speed; there already, at least that fast (raises a speed once
-    measured; a driver never seen limiting stays unmeasured, 0, and is never paced)."""
+    measured; a driver never seen limiting stays unmeasured, 0, and is never paced). Not over
+    less than half a second (a decision the PSI trigger woke just after a write may find a fast
+    driver not started yet)."""
     current, before = signals.balloon_current_kb, state.prev_current_kb
     target = state.last_target_kb
     if current is None or before is None or target is None or state.prev_t is None:
         return state
     dt = signals.timestamp - state.prev_t
-    if dt <= 0 or before - target < config.min_change_kb or current > before:
+    if dt < 0.5 or before - target < config.min_change_kb or current > before:
         return state
     rate = (before - current) / dt
     if current > target + config.min_change_kb:
