@@ -451,3 +451,25 @@ def test_a_resume_reads_the_watched_nodes_again(
     b.job.republish("resumed")
     assert b.job.status()["xenstore_reads"] == settled + 2
     b.job.stop()
+
+
+@pytest.mark.parametrize(("guest_type", "policy", "warned"), [
+    ("HVM", "pressure", True), ("HVM", "classic", True), ("HVM", "none", False),
+    ("PV", "pressure", False), (None, "pressure", False)])
+def test_a_policy_that_moves_memory_in_an_hvm_guest_is_one_warning(
+    root: Path, bench: Any, log_events: Logs, guest_type: str | None, policy: str, warned: bool
+) -> None:
+    """HVM guests on the test bed were lost in 3 of 16 `pressure` runs (guest kernel panics
+    while the driver gave memory back, benchmarks/README.md): the job still runs there, and
+    says once that it is unproven; a PV guest, an unknown type or `none` say nothing."""
+    if guest_type is not None:
+        (root / "sys/hypervisor/guest_type").write_text(guest_type + "\n")
+    b = bench(policy=policy)
+    b.job.start(b.ctx)
+    warnings = events(log_events, "balloon_hvm_unproven")
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert warnings[0]["log_level"] == "warning" and warnings[0]["policy"] == policy
+        assert "docs/BALLOON.md" in warnings[0]["reason"]
+    assert b.job.status()["ticks"] == 1
+    b.job.stop()
