@@ -50,8 +50,9 @@ WATCHED_NODES = ("memory/target", "memory/static-max")
 def warn_if_unproven(ctx: JobContext, policy: str) -> None:
     """One warning when a policy that moves memory starts in an HVM guest: on the testbed (Xen
     4.17 under QEMU/TCG) HVM guests were lost in 3 of 16 runs of the ``pressure`` policy, each a
-    guest kernel panic while the driver gave memory back, cause not established; every result
-    that supports self-ballooning is from PV guests (docs/BALLOON.md)."""
+    guest kernel panic while the driver gave memory back; the same panic came without the agent
+    (balloon moves with a zram swap like the allocation guard's), cause not established; every
+    result that supports self-ballooning is from PV guests (docs/BALLOON.md)."""
     if policy == "none" or detect_hypervisor(ctx.hostfs).guest_type != "HVM":
         return
     get_logger("balloon").warning(
