@@ -129,8 +129,8 @@ def bed_main(args: argparse.Namespace) -> int:
     from tests.e2e.bed import BedConfig, GuestSpec, XenBed
 
     runs: list[dict[str, Any]] = []
-    spec = (GuestSpec.hvm(memory=1024, vcpus=2, name="move") if args.type == "hvm"
-            else GuestSpec.pv(memory=1024, vcpus=2, name="move"))
+    spec = (GuestSpec.hvm if args.type == "hvm" else GuestSpec.pv)(memory=1024, vcpus=2,
+                                                                     name="move")
     with XenBed(BedConfig(run_name="balloon-move")) as bed, bed.guest(spec) as g:
         src = "/usr/src/guestagent/benchmarks/balloon_move_cost.py"
         for i in range(args.rounds):

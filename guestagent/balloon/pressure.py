@@ -248,16 +248,26 @@ def burst_room_kb(state: PolicyState, config: PressureConfig, now: float) -> int
     return min(allowance, int(rise * answer_s + allowance * behind))
 
 
+def driver_move(signals: MemorySignals, state: PolicyState
+                ) -> tuple[int, int, int, float] | None:
+    """(size at the last decision, size now, the target written then, seconds since): how the
+    driver moved toward our last target; None without the history or the driver's size."""
+    current, before = signals.balloon_current_kb, state.prev_current_kb
+    target = state.last_target_kb
+    if current is None or before is None or target is None or state.prev_t is None:
+        return None
+    return before, current, target, signals.timestamp - state.prev_t
+
+
 def observe_populate(signals: MemorySignals, state: PolicyState, config: PressureConfig
                      ) -> PolicyState:
     """How fast the driver populates a grow, from its size since the last decision while it was
     below the target then written: still below it, the driver was the limit and the rate is its
     speed; there already, it was at least that fast (the fastest such rate is kept)."""
-    current, before = signals.balloon_current_kb, state.prev_current_kb
-    target = state.last_target_kb
-    if current is None or before is None or target is None or state.prev_t is None:
+    move = driver_move(signals, state)
+    if move is None:
         return state
-    dt = signals.timestamp - state.prev_t
+    before, current, target, dt = move
     if dt <= 0 or target <= before or current - before < config.min_change_kb:
         return state
     rate = (current - before) / dt
@@ -274,11 +284,10 @@ def observe_release(signals: MemorySignals, state: PolicyState, config: Pressure
     measured; a driver never seen limiting stays unmeasured, 0, and is never paced). Not over
     less than half a second (a decision the PSI trigger woke just after a write may find a fast
     driver not started yet)."""
-    current, before = signals.balloon_current_kb, state.prev_current_kb
-    target = state.last_target_kb
-    if current is None or before is None or target is None or state.prev_t is None:
+    move = driver_move(signals, state)
+    if move is None:
         return state
-    dt = signals.timestamp - state.prev_t
+    before, current, target, dt = move
     if dt < 0.5 or before - target < config.min_change_kb or current > before:
         return state
     rate = (before - current) / dt
