@@ -2,7 +2,7 @@
 
     python -m benchmarks.balloon_testbed [--workloads tuned|held-out|all|W1,W2,...]
         [--policies none,classic,pressure] [--repeat N] [--json FILE] [--keep-traces DIR]
-        [--memory MIB] [--vcpus N] [--type pv|hvm]
+        [--memory MIB] [--vcpus N] [--type pv|hvm] [--settle-seconds S]
 
 Boots the e2e testbed (Xen 4.17 in QEMU, ``tests/e2e``), creates ONE guest (by default PV, 1 GiB,
 2 vCPUs; ``--type hvm`` an HVM guest of the same image; no swap, ``vm.overcommit_memory`` as
@@ -19,7 +19,9 @@ Debian leaves it: 0), and for each repeat, each workload
    under ``benchmarks/balloon_monitor.py``, which stamps every line the agent writes, arms its own
    PSI trigger (the pressure policy's ``some 150000 1000000``), samples the driver's target and
    size every 0.2 s and records a trace (``guestagent balloon record``: PSI, meminfo, vmstat
-   every second); once the agent says ``started``, the workload;
+   every second); once the agent says ``started`` (with ``--settle-seconds S``, after S more
+   seconds of idle, every policy alike: the workload then meets a guest the agent has already
+   sized, as it would under a daemon that runs from boot), the workload;
 4. waits for the workload to exit, stops the monitor (the agent gets SIGTERM: the target goes
    back to the ceiling), and collects the samples, the events, the trace, the workload's output
    and the kernel log.
@@ -182,6 +184,8 @@ class RunResult:
     min_mib: int | None = None
     max_mib: int | None = None
     window_s: float | None = None
+    #: The guest's memory (``xl list``, MiB) when the workload's first phase began.
+    start_mib: int | None = None
     peak_some_avg10: float | None = None
     peak_full_avg10: float | None = None
     oom_kills: int | None = None
@@ -510,6 +514,7 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
                                "failed_runs": sum(run_failed(r) for r in runs),
                                "failures": summed_failures(runs)}
         for name, values in (
+            ("start_mib", [None if r.start_mib is None else float(r.start_mib) for r in runs]),
             ("mean_mib", [r.mean_mib for r in runs]),
             ("held_gib_s", [r.held_gib_s for r in runs]),
             ("run_time_s", [r.run_time_s for r in runs]),
@@ -559,17 +564,18 @@ def fmt_spread(row: dict[str, Any], key: str, spec: str) -> str:
 def render_table(results: list[RunResult]) -> str:
     """Per workload and policy (medians over repeats, [min-max] with --repeat > 1)."""
     rows = summarise(results)
-    head = ("| workload | policy | result | mean MiB | GiB x s | / classic (mean) "
+    head = ("| workload | policy | result | start MiB | mean MiB | GiB x s | / classic (mean) "
             "| / bound (mean) | run s | / none | failures | agent CPU % | spike: PSI s "
             "| raised s | raised - PSI s | populated s |")
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for row in rows:
         failed = row["failed_runs"]
         result = "ok" if not failed else f"**FAIL** {failed}/{row['runs']}"
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(row["failures"].items())) or "0"
         lines.append(
             f"| {row['workload']} | {row['policy']} | {result} "
-            f"| {fmt_spread(row, 'mean_mib', '.0f')} | {fmt_spread(row, 'held_gib_s', '.1f')} "
+            f"| {fmt_spread(row, 'start_mib', '.0f')} | {fmt_spread(row, 'mean_mib', '.0f')} "
+            f"| {fmt_spread(row, 'held_gib_s', '.1f')} "
             f"| {fmt_spread(row, 'mean_vs_classic', '.3f')} "
             f"| {fmt_spread(row, 'mean_vs_bound', '.3f')} "
             f"| {fmt_spread(row, 'run_time_s', '.1f')} | {fmt_spread(row, 'run_vs_none', '.3f')} "
@@ -658,6 +664,7 @@ def analyse(res: RunResult, files: dict[str, str], guest: str) -> None:
         mems = [s.mem_mib for s in samples[window[0] : window[1] + 1]]
         res.mean_mib = res.held_gib_s * 1024 / res.window_s if res.window_s else None
         res.min_mib, res.max_mib = min(mems), max(mems)
+        res.start_mib = mems[0]
     stats = trace_stats(files.get("trace", "").splitlines())
     res.peak_some_avg10 = stats.get("peak_some_avg10")
     res.peak_full_avg10 = stats.get("peak_full_avg10")
@@ -856,7 +863,7 @@ def exit_status_of(samples: str) -> int | None:
 
 
 def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
-            out_dir: Path, ceiling_mib: int) -> RunResult:
+            out_dir: Path, ceiling_mib: int, settle_s: float = 0.0) -> RunResult:
     from tests.e2e.util import log
 
     res = RunResult(workload=workload, policy=policy, repeat=repeat)
@@ -874,6 +881,9 @@ def run_one(bed: Any, g: Any, workload: str, policy: str, repeat: int,
     g.run_ok(start_script(tag, workload, policy, f"balloon_testbed {tag}"))
     if not wait_agent_started(g, tag):
         res.errors.append("the agent did not start within 90 s")
+    if settle_s > 0:
+        log(f"balloon bench: {tag}: agent up, {settle_s:.0f} s of idle before the workload")
+        time.sleep(settle_s)
     log(f"balloon bench: {tag}: agent up, starting the workload")
     t0 = time.monotonic()
     g.run_ok(workload_script(tag, workload, ceiling_mib))
@@ -956,6 +966,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="skip the workloads that would end past this much bed time (boot "
                    "included; a workload is skipped whole, its policies together)")
+    p.add_argument("--settle-seconds", type=float, default=0.0, metavar="S",
+                   help="after the agent starts, S seconds of idle before the workload (every "
+                   "policy alike): the workload arrives in a guest the agent has already sized, "
+                   "as under a daemon that runs from boot; 0 (default): at the ceiling")
     p.add_argument("--keep-traces", metavar="DIR",
                    help="copy each run's trace here (<workload>.<policy>.<repeat>.jsonl)")
     args = p.parse_args(argv)
@@ -969,6 +983,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--workloads: {e}")
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
+    if not 0 <= args.settle_seconds <= 3600:
+        p.error(f"--settle-seconds must be 0-3600, not {args.settle_seconds:g}")
     args.policy_list = policies
     return args
 
@@ -984,6 +1000,7 @@ def report_of(args: argparse.Namespace, run_dir: str, results: list[RunResult],
         "held_out": [w for w in args.workload_list if w in HELD_OUT],
         "policies": args.policy_list,
         "repeat": args.repeat,
+        "settle_seconds": args.settle_seconds,
         "guest": {"memory_mib": args.memory, "vcpus": args.vcpus, "type": args.type},
         "results": [asdict(r) for r in results],
         "summary": summarise(results),
@@ -1025,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
                     for policy in args.policy_list:
                         try:
                             results.append(run_one(bed, g, workload, policy, repeat, out_dir,
-                                                  args.memory))
+                                                  args.memory, args.settle_seconds))
                         except BedError as e:
                             results.append(RunResult(workload, policy, repeat,
                                                      errors=[f"bed: {e}"[:300]]))
@@ -1049,7 +1066,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, sort_keys=True))
     print(f"balloon policies under `guestagent run` on real Xen 4.17 (TCG), "
-          f"{args.type.upper()} guest {args.memory} MiB, {args.vcpus} vCPUs; "
+          f"{args.type.upper()} guest {args.memory} MiB, {args.vcpus} vCPUs, "
+          f"{args.settle_seconds:g} s settled before each workload; "
           f"run {bed.run_dir.name}")
     print(render_table(results))
     print(render_summary(results))

@@ -343,6 +343,7 @@ def test_analyse_one_run_from_its_files() -> None:
     assert res.errors == [] and res.done and res.run_time_s == 43.0
     assert res.held_gib_s == pytest.approx((700 + 700 + 900) / 1024)
     assert (res.min_mib, res.max_mib) == (700, 1024)
+    assert res.start_mib == 700  # the first sample of the workload's first phase
     assert [s.phase for s in res.spikes] == ["spike-1", "spike-2"]
     assert not run_failed(res)
     empty = RunResult("sharp-spikes", "pressure", 0)
@@ -746,3 +747,21 @@ def test_a_run_the_bed_lost_keeps_what_dom0_can_still_tell(tmp_path: Path) -> No
     assert (run / "console.txt").read_text() == "out of e2e-guest\n"
     assert (run / "xl.txt").read_text() == "not saved: Dom0 command timed out\n"
     assert "/local/domain/7/memory" in asked[2]
+
+
+def test_the_workload_can_meet_a_guest_the_agent_has_already_sized() -> None:
+    """``--settle-seconds S``: S s of idle after the agent starts, before the workload, the same
+    for every policy; the result file records S and the table each run's size at the start."""
+    from benchmarks.balloon_testbed import parse_args, report_of
+
+    assert parse_args([]).settle_seconds == 0.0
+    args = parse_args(["--settle-seconds", "60"])
+    assert report_of(args, "run", [], [])["settle_seconds"] == 60.0
+    for bad in ("-1", "nan", "1e9"):
+        with pytest.raises(SystemExit):
+            parse_args(["--settle-seconds", bad])
+    results = [run("long-idle", "none", 60.0), run("long-idle", "pressure", 30.0)]
+    results[0].start_mib, results[1].start_mib = 1024, 431
+    header, _, *rows = render_table(results).splitlines()
+    assert header.split(" | ")[3] == "start MiB"
+    assert [row.split(" | ")[3] for row in rows] == ["1024", "431"]
