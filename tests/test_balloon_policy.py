@@ -531,6 +531,51 @@ def test_a_grow_during_a_ramp_covers_the_demand_until_the_next_decision() -> Non
     assert ds[1].action == "grow" and ds[1].target_kb == ds0[1].target_kb
 
 
+def run_steps(config: PressureConfig, steps_mib: list[int], start: MemorySignals
+              ) -> list[Decision]:
+    """Decisions a second apart while demand grows by ``steps_mib[i]`` MiB before decision i
+    (MemAvailable and MemFree fall by it), the simulated driver following each decision."""
+    s, state, out = start, PolicyState(), []
+    for i, step in enumerate(steps_mib):
+        s = replace(s, timestamp=float(i), psi_trigger_fired=False,
+                    mem_available_kb=max(0, s.mem_available_kb - step * MIB_KB),
+                    mem_free_kb=max(0, s.mem_free_kb - step * MIB_KB))
+        d = decide(s, state, config)
+        out.append(d)
+        state = d.new_state
+        s = follow_size(s, d)
+    return out
+
+
+def test_a_rise_that_continues_a_burst_is_a_ramp() -> None:
+    """Seen on Xen 4.17 in a guest the agent had already sized (run 20261206-211801-5898,
+    `anon-grow-shrink` after 90 s of idle): 96 MiB steps a few seconds apart each met a grow
+    of the shortage and the step alone, never two rising decisions in a row, so no lookahead;
+    the grow phase took 16.5 s against 12.9 s without ballooning. A rise after a burst's worth
+    (32 MiB) had already arrived within the burst window (10 s) is a ramp: its grow adds the
+    lookahead. The first step, and a step after the window has forgotten the last, add none."""
+    cfg = PressureConfig()
+    no_lookahead = replace(cfg, grow_lookahead_s=0.0)
+    start = snap(size_kb=400 * MIB_KB, mem_available_kb=150 * MIB_KB, mem_free_kb=140 * MIB_KB,
+                 some_avg10=1.0)
+    # Three steps 3 s apart: the first grow leaves room for the second step; the third grows.
+    steps = [0, 96, 0, 0, 96, 0, 0, 96, 0]
+    with_la, without = run_steps(cfg, steps, start), run_steps(no_lookahead, steps, start)
+    assert [i for i, d in enumerate(with_la) if d.action == "grow"] == [1, 7], [
+        (d.action, d.reason) for d in with_la]
+    assert [d.action for d in without] == [d.action for d in with_la]
+    # The first step: no lookahead (one rise says nothing of the next).
+    assert with_la[1].target_kb == without[1].target_kb
+    # The third, 3 s after the second: a ramp, though decisions 5 and 6 saw demand flat; as
+    # much again as arrived (96 MiB in a second: the rate times 5 s, at most what arrived).
+    extra = with_la[7].target_kb - without[7].target_kb
+    assert extra == 96 * MIB_KB, with_la[7].reason
+    # Steps further apart than the burst window: each is a first rise again.
+    apart = [0, 96, *[0] * 11, 150, 0]
+    la, la0 = run_steps(cfg, apart, start), run_steps(no_lookahead, apart, start)
+    assert la[13].action == "grow" and la[13].target_kb == la0[13].target_kb, la[13].reason
+
+
 def test_use_growing_while_memfree_is_low_grows_before_the_cache_is_evicted() -> None:
     """Seen on Xen 4.17 (c83f314, run 20261128-180705-643): a spike took MemFree from 142 to 10 MiB
     at 25 MiB/s while MemAvailable (which counts the page cache) stayed above 180 MiB; the cache

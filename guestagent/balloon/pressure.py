@@ -23,8 +23,10 @@ MemAvailable is under H or MemFree under 2R; or, while the kernel reclaims (MemF
 PSI trigger, a "some" stall of 2 % over the last interval, refaults over 2000 pages/s or swap-ins
 over 1000 pages/s. The step is the shortage, max(H - MemAvailable, 2R - MemFree) plus the demand
 that arrived since the last decision and, during a ramp (demand rising at this decision and the one
-before), the demand expected until the next decision (its rate times ``grow_lookahead_s``, 5 s,
-at most as much again as arrived), at least R and at least what was refaulted, swapped in or
+before, or rising now after a burst's worth, 32 MiB, had already arrived within the burst window:
+a workload allocating in steps with pauses between them), the demand expected until the next
+decision (its rate times ``grow_lookahead_s``, 5 s, at most as much again as arrived), at least R
+and at least what was refaulted, swapped in or
 swapped out since then, counted from the driver's size when the driver is still above our
 target (giving back memory for an earlier shrink: a grow never sends it further down); the
 ceiling caps it. A stall while the balloon driver is still short of our own last shrink,
@@ -102,7 +104,8 @@ class PressureConfig(PolicyConfig):
     #: The reserve R: max(reserve_min_kb, reserve_pct % of the ceiling).
     reserve_min_kb: int = RESERVE.field()
     reserve_pct: float = 3.0
-    #: A grow during a ramp (demand rising at this decision and the one before) also covers the
+    #: A grow during a ramp (demand rising at this decision and the one before, or a rise that
+    #: continues a burst: :func:`continues_burst`) also covers the
     #: demand expected until the next decision: the rate since the last decision times this many
     #: seconds (5, the decision interval it was written for; 0: none), at most the demand that
     #: arrived since the last decision (so at a decision a second, as much again as arrived).
@@ -565,7 +568,8 @@ def grow_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, ram
                  ) -> int:
     """The shortage: what brings MemAvailable back to the headroom line and MemFree back to two
     reserves, plus the demand that arrived since the last decision, plus, during a ``ramp``
-    (demand rising at this decision and the one before), the demand expected before the next
+    (demand rising at this decision and the one before, or :func:`continues_burst`), the
+    demand expected before the next
     decision: its rate times ``grow_lookahead_s``, at most what arrived (a ramp of 8-13 MiB/s met
     grows of 64-128 MiB every 5-15 s on Xen 4.17 and ran against a guest 60-130 MiB short, run
     20261204-180448-18010). A one-off spike gets no lookahead: one rise says nothing of the next.
@@ -689,9 +693,20 @@ def shrink_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, l
 # The step
 
 
+def continues_burst(state: PolicyState, r: Reading, config: PressureConfig) -> bool:
+    """Demand rises now after a burst's worth (``burst_min_kb``) had already arrived within the
+    burst window before this decision: a workload allocating in steps with pauses between them
+    (96 MiB every 2-5 s, seen on Xen 4.17 in a guest the agent had already sized: run
+    20261206-211801-5898, `anon-grow-shrink`, its grow phase 16.5 s against 12.9 s without
+    ballooning) is a ramp, though no two decisions in a row saw it rise."""
+    arrived_now = max(0, r.used_delta_kb or 0)
+    return demand_rising(r, config) and burst_so_far_kb(state) - arrived_now >= config.burst_min_kb
+
+
 def _grow(signals: MemorySignals, state: PolicyState, config: PressureConfig, r: Reading,
           prev: int, why: list[str]) -> tuple[int, str, str, PolicyState]:
-    step = grow_step_kb(signals, r, config, ramp=state.rising_decisions >= 2)
+    ramp = state.rising_decisions >= 2 or continues_burst(state, r, config)
+    step = grow_step_kb(signals, r, config, ramp=ramp)
     # The time of the last need for memory, even when the ceiling leaves nothing to grow: the
     # holdoff counts from it.
     state = replace(state, last_grow_t=signals.timestamp)
