@@ -4,7 +4,7 @@ floors and ceilings never crossed on generated signal sequences (hypothesis)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -227,11 +227,18 @@ def run_policy(
     config: PolicyConfig, frames: list[dict[str, Any]], start: MemorySignals | None = None
 ) -> list[Decision]:
     """Feed snapshots one second apart, letting the simulated driver follow each decision."""
-    s = start or snap()
-    state = PolicyState()
-    out = []
-    for i, kw in enumerate(frames):
-        s = replace(s, **{"timestamp": float(i), "psi_trigger_fired": False, **kw})
+    def frame(i: int, kw: dict[str, Any]) -> Callable[[MemorySignals], MemorySignals]:
+        return lambda s: replace(s, **{"timestamp": float(i), "psi_trigger_fired": False, **kw})
+
+    return drive(config, start or snap(), [frame(i, kw) for i, kw in enumerate(frames)])
+
+
+def drive(config: PolicyConfig, start: MemorySignals,
+          frames: list[Callable[[MemorySignals], MemorySignals]]) -> list[Decision]:
+    """Each frame makes the next snapshot from the last (after the driver followed)."""
+    s, state, out = start, PolicyState(), []
+    for frame in frames:
+        s = frame(s)
         d = decide(s, state, config)
         out.append(d)
         state = d.new_state
@@ -535,16 +542,12 @@ def run_steps(config: PressureConfig, steps_mib: list[int], start: MemorySignals
               ) -> list[Decision]:
     """Decisions a second apart while demand grows by ``steps_mib[i]`` MiB before decision i
     (MemAvailable and MemFree fall by it), the simulated driver following each decision."""
-    s, state, out = start, PolicyState(), []
-    for i, step in enumerate(steps_mib):
-        s = replace(s, timestamp=float(i), psi_trigger_fired=False,
-                    mem_available_kb=max(0, s.mem_available_kb - step * MIB_KB),
-                    mem_free_kb=max(0, s.mem_free_kb - step * MIB_KB))
-        d = decide(s, state, config)
-        out.append(d)
-        state = d.new_state
-        s = follow_size(s, d)
-    return out
+    def frame(i: int, step: int) -> Callable[[MemorySignals], MemorySignals]:
+        return lambda s: replace(s, timestamp=float(i), psi_trigger_fired=False,
+                                 mem_available_kb=max(0, s.mem_available_kb - step * MIB_KB),
+                                 mem_free_kb=max(0, s.mem_free_kb - step * MIB_KB))
+
+    return drive(config, start, [frame(i, step) for i, step in enumerate(steps_mib)])
 
 
 def test_a_rise_that_continues_a_burst_is_a_ramp() -> None:
