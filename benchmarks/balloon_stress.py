@@ -23,7 +23,8 @@ import argparse
 import sys
 import time
 
-BALLOON = "/sys/devices/system/xen_memory/xen_memory0"
+from guestagent.balloon.signals import BALLOON_DIR
+
 ZRAM_MODES = ("none", "kept", "cycled")
 #: The guard's zram swap (``guestagent/balloon/guard.py``) for a 1 GiB guest, by hand.
 ZRAM_MAKE = (
@@ -57,7 +58,7 @@ READS = "/usr/lib/x86_64-linux-gnu/*.so* /usr/bin/*"
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
-def stress_script(seconds: int, zram: str, low_pct: int = 45, balloon: str = BALLOON,
+def stress_script(seconds: int, zram: str, low_pct: int = 45, balloon: str = BALLOON_DIR,
                   reads: str = READS, drop_caches: str = DROP_CACHES, low_s: int = 10,
                   high_s: int = 5) -> str:
     """The guest's shell script: moves, reads and allocations for ``seconds``, then a summary."""
