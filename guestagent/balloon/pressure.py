@@ -694,13 +694,14 @@ def shrink_step_kb(signals: MemorySignals, r: Reading, config: PressureConfig, l
 
 
 def continues_burst(state: PolicyState, r: Reading, config: PressureConfig) -> bool:
-    """Demand rises now after a burst's worth (``burst_min_kb``) had already arrived within the
-    burst window before this decision: a workload allocating in steps with pauses between them
-    (96 MiB every 2-5 s, seen on Xen 4.17 in a guest the agent had already sized: run
-    20261206-211801-5898, `anon-grow-shrink`, its grow phase 16.5 s against 12.9 s without
-    ballooning) is a ramp, though no two decisions in a row saw it rise."""
+    """A burst's worth (``burst_min_kb``) of demand had already arrived within the burst window
+    before this decision, so a rise now (:func:`grow_step_kb` adds a lookahead only to a rise)
+    continues it: a workload allocating in steps with pauses between them (96 MiB every 2-5 s,
+    seen on Xen 4.17 in a guest the agent had already sized: run 20261206-211801-5898,
+    `anon-grow-shrink`, its grow phase 16.5 s against 12.9 s without ballooning) is a ramp,
+    though no two decisions in a row saw it rise."""
     arrived_now = max(0, r.used_delta_kb or 0)
-    return demand_rising(r, config) and burst_so_far_kb(state) - arrived_now >= config.burst_min_kb
+    return burst_so_far_kb(state) - arrived_now >= config.burst_min_kb
 
 
 def _grow(signals: MemorySignals, state: PolicyState, config: PressureConfig, r: Reading,
