@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.e2e.bed import Guest, GuestSpec, XenBed
+from tests.e2e.test_balloon import balloon_status
 from tests.e2e.test_dom0_devices import daemon_stopped, wait_for
 from tests.e2e.test_topology import TWO_NODES
 from tests.e2e.vnuma import xl_vnuma
@@ -45,6 +46,7 @@ def test_publish_hvm_vnuma(bed: XenBed) -> None:
         assert keys.get(f"{base}/vnuma/vcpu-to-vnode") == "0,1", keys
         assert not any("/mismatches/" in k for k in keys), keys
         print(f"numa job: {check_numa_job(bed, g)}")
+        print(f"balloon job: {check_balloon_warns_in_hvm(bed, g)}")
 
 
 #: printf's format: the daemon's configuration for the numa check.
@@ -92,6 +94,35 @@ def check_numa_job(bed: XenBed, g: Guest) -> str:
             f"{keys.get(f'{base}/numa/vnodes/0/local-pct')!r}/"
             f"{keys.get(f'{base}/numa/vnodes/1/local-pct')!r}, balancing 0 -> {balancing_on} -> "
             f"{after} (was {before} at boot)")
+
+
+#: printf's format: the balloon job's default policy with its floor at the guest's own size.
+HVM_BALLOON_TOML = r'[balloon]\nenabled = true\nfloor_mb = %d\n'
+
+
+def check_balloon_warns_in_hvm(bed: XenBed, g: Guest) -> str:
+    """The HVM warning on real Xen, in the same HVM guest: ``guestagent run`` with the balloon
+    job's default policy reads ``/sys/hypervisor/guest_type`` as HVM and logs
+    ``balloon_hvm_unproven`` once (docs/BALLOON.md, "Proof"). The floor at the guest's
+    static-max keeps every target at the ceiling (``limits`` clamps it there), so the check
+    moves no memory and arms no guard in a guest where balloon moves are unproven."""
+    domain = f"/local/domain/{g.domid}/memory"
+    static_max_kb = int(bed.dom0_ok(f"xenstore-read {domain}/static-max").strip())
+    target_before = bed.dom0_ok(f"xenstore-read {domain}/target").strip()
+    g.run_ok(f"mkdir -p /tmp/balloon.d && printf '{HVM_BALLOON_TOML % (static_max_kb // 1024)}'"
+             " > /tmp/balloon.toml")
+    g.run_ok("guestagent run --config /tmp/balloon.toml --conf-dir /tmp/balloon.d "
+             ">/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
+    wait_for("five decisions of the balloon job", lambda: balloon_status(g)["ticks"] >= 5, 300)
+    log = daemon_stopped(g)
+    target_after = bed.dom0_ok(f"xenstore-read {domain}/target").strip()
+    warnings = re.findall(r"^.*event=balloon_hvm_unproven\b.*$", log, re.M)
+    assert len(warnings) == 1, log
+    assert "level=warning" in warnings[0] and "policy=pressure" in warnings[0], log
+    assert "event=balloon_controller_start" in log, log
+    assert "level=error" not in log and "event=guard_set" not in log, log
+    assert target_after == target_before, (target_before, target_after, log)
+    return f"{warnings[0].strip()}; memory/target {target_before} KiB before and after"
 
 
 def test_publish_pv_over_xenbus_then_stale_keys_go(bed: XenBed) -> None:
