@@ -41,6 +41,7 @@ from benchmarks.balloon_testbed import (
     scan_kernel_log,
     select_workloads,
     spike_responses,
+    spike_target_line,
     suite_ratio,
     summarise,
     trace_stats,
@@ -302,6 +303,25 @@ def test_summary_takes_medians_and_spreads_over_repeats_and_counts_failures() ->
     summary = render_summary(results)
     assert "0 failures on every workload: NOT MET" in summary
     assert "anon-grow-shrink" in summary
+
+
+def test_the_spike_line_counts_answers_after_the_trigger_per_pressure_policy() -> None:
+    """A raise after the PSI trigger is an answer time; one before it (met before any stall)
+    is counted apart, never as a time; a variant of ``pressure`` gets its own line."""
+    shipped = run("sharp-spikes", "pressure", 60.0)
+    shipped.spikes = [SpikeResponse("spike1", raised_after_psi_s=-0.4),
+                      SpikeResponse("spike2", raised_after_psi_s=None)]
+    small = run("sharp-spikes", "pressure-r16", 50.0)
+    small.spikes = [SpikeResponse("spike1", raised_after_psi_s=0.21),
+                    SpikeResponse("spike2", raised_after_psi_s=0.35),
+                    SpikeResponse("spike3", raised_after_psi_s=-0.1)]
+    lines = render_summary([shipped, small]).splitlines()
+    assert "pressure: no spike answered after a PSI trigger; 1 raised before it " \
+        "(target <= 0.5 s)" in lines
+    assert "pressure-r16: target raised after the PSI trigger: max 0.35 s over 2 spikes; " \
+        "1 raised before it (target <= 0.5 s)" in lines
+    assert spike_target_line([]) == "pressure: no spike answered after a PSI trigger " \
+        "(target <= 0.5 s)"
 
 
 def test_a_run_that_did_not_finish_shows_as_fail_not_as_small_memory() -> None:
