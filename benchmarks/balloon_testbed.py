@@ -626,10 +626,14 @@ def render_summary(results: list[RunResult]) -> str:
                  f"{'NOT MET' if fat or failing else 'MET'} (over: {fat or 'none'}{unmeasured})")
     lines.append(f"pressure / classic, held GiB x s over the suite (runs without failures): "
                  f"{fmt(suite, '.3f')} (target <= 0.75)")
-    lines.append(spike_target_line(results))
-    variants = sorted({r.policy for r in results if VARIANTS.get(r.policy, ("",))[0] == "pressure"})
-    lines.extend(spike_target_line(results, v) for v in variants)
+    lines.extend(spike_target_lines(results))
     return "\n".join(lines)
+
+
+def spike_target_lines(results: list[RunResult]) -> list[str]:
+    """The spike target's line for ``pressure``, then one for each variant of it in the run."""
+    variants = sorted({r.policy for r in results if VARIANTS.get(r.policy, ("",))[0] == "pressure"})
+    return [spike_target_line(results, p) for p in ("pressure", *variants)]
 
 
 def spike_target_line(results: list[RunResult], policy: str = "pressure") -> str:
