@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.e2e.bed import Guest, GuestSpec, XenBed
-from tests.e2e.test_balloon import balloon_status
+from tests.e2e.test_balloon import balloon_status, xl_list_mib
 from tests.e2e.test_dom0_devices import daemon_stopped, wait_for
 from tests.e2e.test_topology import TWO_NODES
 from tests.e2e.vnuma import xl_vnuma
@@ -105,24 +105,27 @@ def check_balloon_warns_in_hvm(bed: XenBed, g: Guest) -> str:
     job's default policy reads ``/sys/hypervisor/guest_type`` as HVM and logs
     ``balloon_hvm_unproven`` once (docs/BALLOON.md, "Proof"). The floor at the guest's
     static-max keeps every target at the ceiling (``limits`` clamps it there), so the check
-    moves no memory and arms no guard in a guest where balloon moves are unproven."""
-    domain = f"/local/domain/{g.domid}/memory"
-    static_max_kb = int(bed.dom0_ok(f"xenstore-read {domain}/static-max").strip())
-    target_before = bed.dom0_ok(f"xenstore-read {domain}/target").strip()
+    moves no memory and arms no guard in a guest where balloon moves are unproven: the guest's
+    size in ``xl list`` and the driver's ``target_kb`` are the same before and after."""
+    static_max_kb = int(bed.dom0_ok(
+        f"xenstore-read /local/domain/{g.domid}/memory/static-max").strip())
+    driver_target = "cat /sys/devices/system/xen_memory/xen_memory0/target_kb"
+    before = (xl_list_mib(bed, g.name), g.run_ok(driver_target).strip())
     g.run_ok(f"mkdir -p /tmp/balloon.d && printf '{HVM_BALLOON_TOML % (static_max_kb // 1024)}'"
              " > /tmp/balloon.toml")
     g.run_ok("guestagent run --config /tmp/balloon.toml --conf-dir /tmp/balloon.d "
              ">/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
     wait_for("five decisions of the balloon job", lambda: balloon_status(g)["ticks"] >= 5, 300)
     log = daemon_stopped(g)
-    target_after = bed.dom0_ok(f"xenstore-read {domain}/target").strip()
+    after = (xl_list_mib(bed, g.name), g.run_ok(driver_target).strip())
     warnings = re.findall(r"^.*event=balloon_hvm_unproven\b.*$", log, re.M)
     assert len(warnings) == 1, log
     assert "level=warning" in warnings[0] and "policy=pressure" in warnings[0], log
     assert "event=balloon_controller_start" in log, log
     assert "level=error" not in log and "event=guard_set" not in log, log
-    assert target_after == target_before, (target_before, target_after, log)
-    return f"{warnings[0].strip()}; memory/target {target_before} KiB before and after"
+    assert after == before, (before, after, log)
+    return (f"{warnings[0].strip()}; {before[0]} MiB in xl list and target_kb {before[1]} "
+            "before and after")
 
 
 def test_publish_pv_over_xenbus_then_stale_keys_go(bed: XenBed) -> None:
@@ -157,11 +160,6 @@ def test_guest_cannot_write_outside_its_tree(bed: XenBed) -> None:
         assert rc != 0, absent
         target = bed.dom0_ok(f"xenstore-read /local/domain/{domid}/memory/target").strip()
         assert target != "1"
-
-
-def xl_list_mib(bed: XenBed, name: str) -> int:
-    out = bed.dom0_ok(f"xl list {name}")
-    return int(out.strip().splitlines()[-1].split()[2])
 
 
 def test_lower_balloon_target_seen_by_dom0(bed: XenBed) -> None:
