@@ -662,11 +662,13 @@ def test_a_policy_variant_runs_the_policy_with_its_keys(tmp_path: Path) -> None:
     from guestagent.config import load
 
     text = balloon_section("pressure-r32")
-    assert text == '[balloon]\nenabled = true\npolicy = "pressure"\nreserve_mb = 32\n'
+    assert text == ('[balloon]\nenabled = true\nallow_hvm = true\npolicy = "pressure"\n'
+                    'reserve_mb = 32\n')
     assert "reserve_mb" not in balloon_section("pressure")
     (tmp_path / "guestagent.toml").write_text(text)
     cfg = load(str(tmp_path / "guestagent.toml"), str(tmp_path / "conf.d"))
     assert policy_config(cfg.section("balloon")).reserve_min_kb == 32 * 1024  # type: ignore[attr-defined]
+    assert cfg.section("balloon")["allow_hvm"] is True
     script = start_script("w.pressure-r32.0", "w", "pressure-r32", "note")
     config_part = script.split("; dmesg")[0].replace("/tmp/bench", str(tmp_path))
     subprocess.run(["sh", "-c", config_part], check=True)

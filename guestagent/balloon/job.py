@@ -24,15 +24,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from guestagent.balloon.actuator import BalloonUnavailable
-from guestagent.balloon.config import LOCK_MEMORY, policy_config
+from guestagent.balloon.config import ALLOW_HVM, LOCK_MEMORY, policy_config
 from guestagent.balloon.controller import BalloonController
 from guestagent.balloon.memlock import Locker, lock_agent_memory, mlockall, munlockall
+from guestagent.balloon.policy import default_config
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
 from guestagent.xen.detect import detect_hypervisor
 
 if TYPE_CHECKING:
+    from guestagent.balloon.common import PolicyConfig
     from guestagent.balloon.signals import PsiTrigger, XenstoreReader
     from guestagent.daemon.loop import Timer
     from guestagent.daemon.service import JobContext
@@ -47,19 +49,37 @@ HUB = "hub"
 WATCHED_NODES = ("memory/target", "memory/static-max")
 
 
-def warn_if_unproven(ctx: JobContext, policy: str) -> None:
-    """One warning when a policy that moves memory starts in an HVM guest: on the testbed (Xen
-    4.17 under QEMU/TCG) HVM guests were lost in 3 of 16 runs of the ``pressure`` policy, each a
+#: Why the job holds the ceiling in an HVM guest unless ``[balloon] allow_hvm`` (and warns when
+#: it is allowed).
+HVM_REASON = ("self-ballooning is proven in PV guests only: HVM guests on the test bed were "
+              "lost in 3 of 16 runs (a guest kernel panic while the driver gave memory back); "
+              "see docs/BALLOON.md")
+
+
+def running_policy(section: dict[str, Any], hvm: bool) -> PolicyConfig:
+    """The policy the job runs: the configured one; in an HVM guest, unless ``allow_hvm``, the
+    ``none`` policy (hold the toolstack's ceiling) in place of one that moves memory. On the test
+    bed (Xen 4.17 under QEMU/TCG) HVM guests were lost in 3 of 16 runs of ``pressure``, each a
     guest kernel panic while the driver gave memory back; the same panic came without the agent
     (balloon moves with a zram swap like the allocation guard's), cause not established; every
     result that supports self-ballooning is from PV guests (docs/BALLOON.md)."""
-    if policy == "none" or detect_hypervisor(ctx.hostfs).guest_type != "HVM":
-        return
-    get_logger("balloon").warning(
-        "balloon_hvm_unproven", guest_type="HVM", policy=policy,
-        reason="self-ballooning is proven in PV guests only: HVM guests on the test bed were "
-               "lost in 3 of 16 runs (a guest kernel panic while the driver gave memory back); "
-               "see docs/BALLOON.md")
+    config = policy_config(section)
+    if hvm and config.name != "none" and not section.get("allow_hvm", ALLOW_HVM.default):
+        return default_config("none")
+    return config
+
+
+def say_hvm(configured: str, running: str) -> None:
+    """In an HVM guest, one warning: a policy that moves memory held (``balloon_hvm_held``), or
+    run because ``allow_hvm`` says so (``balloon_hvm_unproven``); nothing for ``none``."""
+    log = get_logger("balloon")
+    if running != configured:
+        log.warning("balloon_hvm_held", guest_type="HVM", policy=configured, running=running,
+                    action="the toolstack's ceiling held, no memory moved",
+                    enable="[balloon] allow_hvm = true", reason=HVM_REASON)
+    elif configured != "none":
+        log.warning("balloon_hvm_unproven", guest_type="HVM", policy=configured,
+                    allowed="[balloon] allow_hvm = true", reason=HVM_REASON)
 
 
 class BalloonJob:
@@ -85,12 +105,18 @@ class BalloonJob:
         self._trigger: PsiTrigger | None = None
         self._timer: Timer | None = None
         self._given_up = False
+        #: An HVM guest (``/sys/hypervisor/guest_type``), read at start.
+        self._hvm = False
+        #: (configured, running) policy names last said in an HVM guest (:func:`say_hvm`).
+        self._hvm_said: tuple[str, str] | None = None
 
     def start(self, ctx: JobContext) -> None:
         self._ctx = ctx
         client = ctx.xenstore.client() if self._xenstore == HUB else self._xenstore
         assert not isinstance(client, str)
-        ctl = BalloonController(ctx.hostfs, client, policy_config(ctx.config.section("balloon")),
+        self._hvm = detect_hypervisor(ctx.hostfs).guest_type == "HVM"
+        self._hvm_said = None
+        ctl = BalloonController(ctx.hostfs, client, self._policy(ctx.config),
                                 clock=ctx.loop.now, guard_commands=ctx.host.guard_commands())
         try:
             ctl.start()
@@ -121,7 +147,18 @@ class BalloonJob:
             interval_s=self._ctl.interval_s,
             psi_trigger=None if self._trigger is None else self._trigger.spec,
             xenstore_watch=bool(watched), xenstore_watched=watched)
-        warn_if_unproven(ctx, self._ctl.config.name)
+        self._say_hvm(ctx.config)
+
+    def _policy(self, config: Config) -> PolicyConfig:
+        return running_policy(config.section("balloon"), self._hvm)
+
+    def _say_hvm(self, config: Config) -> None:
+        """:func:`say_hvm` in an HVM guest, at start and when a reload changes what it said."""
+        assert self._ctl is not None
+        said = (str(config.section("balloon")["policy"]), self._ctl.config.name)
+        if self._hvm and said != self._hvm_said:
+            say_hvm(*said)
+            self._hvm_said = said
 
     def _watch(self, ctx: JobContext, path: str) -> bool:
         """Watch one toolstack node: a write to it wakes a decision, which reads it again; until
@@ -218,7 +255,8 @@ class BalloonJob:
 
     def reload(self, config: Config) -> None:
         assert self._ctl is not None
-        self._ctl.configure(policy_config(config.section("balloon")))
+        self._ctl.configure(self._policy(config))
+        self._say_hvm(config)
         if self._ctx is not None:
             wanted = bool(config.section("balloon").get("lock_memory", LOCK_MEMORY.default))
             if wanted and not self._memory_locked:
@@ -255,6 +293,9 @@ class BalloonJob:
         last = ctl.last_decision
         return {
             "policy": ctl.config.name,
+            # the configured policy held as `none` in an HVM guest ([balloon] allow_hvm)
+            "held_in_hvm": self._hvm and self._hvm_said is not None
+            and self._hvm_said[0] != self._hvm_said[1],
             "ticks": ctl.ticks,
             "psi_trigger": self._trigger is not None,
             # the allocation guard (guestagent.balloon.guard) armed: overcommit and zram set

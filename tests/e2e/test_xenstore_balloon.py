@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_publish_hvm_vnuma(bed: XenBed) -> None:
         assert keys.get(f"{base}/vnuma/vcpu-to-vnode") == "0,1", keys
         assert not any("/mismatches/" in k for k in keys), keys
         print(f"numa job: {check_numa_job(bed, g)}")
-        print(f"balloon job: {check_balloon_warns_in_hvm(bed, g)}")
+        print(f"balloon job: {check_balloon_holds_in_hvm(bed, g)}")
 
 
 #: printf's format: the daemon's configuration for the numa check.
@@ -96,35 +97,38 @@ def check_numa_job(bed: XenBed, g: Guest) -> str:
             f"{after} (was {before} at boot)")
 
 
-#: printf's format: the balloon job's default policy with its floor at the guest's own size.
-HVM_BALLOON_TOML = r'[balloon]\nenabled = true\nfloor_mb = %d\n'
+#: printf's format: self-ballooning turned on as an image does, the default policy.
+HVM_BALLOON_TOML = r'[balloon]\nenabled = true\n'
 
 
-def check_balloon_warns_in_hvm(bed: XenBed, g: Guest) -> str:
-    """The HVM warning on real Xen, in the same HVM guest: ``guestagent run`` with the balloon
-    job's default policy reads ``/sys/hypervisor/guest_type`` as HVM and logs
-    ``balloon_hvm_unproven`` once (docs/BALLOON.md, "Proof"). The floor at the guest's
-    static-max keeps every target at the ceiling (``limits`` clamps it there), so the check
-    moves no memory and arms no guard in a guest where balloon moves are unproven: the guest's
-    size in ``xl list`` and the driver's ``target_kb`` are the same before and after."""
-    static_max_kb = int(bed.dom0_ok(
-        f"xenstore-read /local/domain/{g.domid}/memory/static-max").strip())
+def check_balloon_holds_in_hvm(bed: XenBed, g: Guest) -> str:
+    """The HVM default on real Xen, in the same HVM guest: ``guestagent run`` with
+    ``[balloon] enabled = true`` reads ``/sys/hypervisor/guest_type`` as HVM and runs the
+    balloon job with the ``none`` policy in place of ``pressure`` (``allow_hvm`` is off): one
+    ``balloon_hvm_held`` warning, ``status`` says so, no guard armed, and the guest's size in
+    ``xl list`` and the driver's ``target_kb`` are the same before and after
+    (docs/BALLOON.md, "Proof")."""
     driver_target = "cat /sys/devices/system/xen_memory/xen_memory0/target_kb"
     before = (xl_list_mib(bed, g.name), g.run_ok(driver_target).strip())
-    g.run_ok(f"mkdir -p /tmp/balloon.d && printf '{HVM_BALLOON_TOML % (static_max_kb // 1024)}'"
-             " > /tmp/balloon.toml")
+    g.run_ok(f"mkdir -p /tmp/balloon.d && printf '{HVM_BALLOON_TOML}' > /tmp/balloon.toml")
     g.run_ok("guestagent run --config /tmp/balloon.toml --conf-dir /tmp/balloon.d "
              ">/tmp/daemon.log 2>&1 </dev/null & echo $! >/tmp/daemon.pid")
-    wait_for("five decisions of the balloon job", lambda: balloon_status(g)["ticks"] >= 5, 300)
+
+    def after_five_decisions() -> dict[str, Any] | None:
+        status = balloon_status(g)
+        return status if status["ticks"] >= 5 else None
+
+    status = wait_for("five decisions of the balloon job", after_five_decisions, 300)
     log = daemon_stopped(g)
     after = (xl_list_mib(bed, g.name), g.run_ok(driver_target).strip())
-    warnings = re.findall(r"^.*event=balloon_hvm_unproven\b.*$", log, re.M)
-    assert len(warnings) == 1, log
-    assert "level=warning" in warnings[0] and "policy=pressure" in warnings[0], log
-    assert "event=balloon_controller_start" in log, log
+    held = re.findall(r"^.*event=balloon_hvm_held\b.*$", log, re.M)
+    assert len(held) == 1 and "event=balloon_hvm_unproven" not in log, log
+    assert "level=warning" in held[0] and "policy=pressure" in held[0], log
+    assert status["policy"] == "none" and status["held_in_hvm"] is True, status
+    assert status["guard_armed"] is False, status
     assert "level=error" not in log and "event=guard_set" not in log, log
     assert after == before, (before, after, log)
-    return (f"{warnings[0].strip()}; {before[0]} MiB in xl list and target_kb {before[1]} "
+    return (f"{held[0].strip()}; {before[0]} MiB in xl list and target_kb {before[1]} "
             "before and after")
 
 
