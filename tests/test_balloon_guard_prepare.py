@@ -120,6 +120,7 @@ def test_prepare_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ('[agent]\nrole = "guest"\n', "ballooning is off"),
         ('[agent]\nrole = "dom0"\n\n[balloon]\nenabled = true\n', "role dom0"),
         ("[balloon]\nenabled = yes-please\n", "configuration refused"),
+        (ENABLED + 'policy = "none"\n', "policy none: the job holds the ceiling"),
     ],
 )
 def test_prepare_without_ballooning_does_nothing_and_says_why(
@@ -131,6 +132,23 @@ def test_prepare_without_ballooning_does_nothing_and_says_why(
     assert cmds.calls == [] and not record_of(root) and sysctl(root) == "0"
     (line,) = lines(capsys.readouterr().err, "guard_prepare_skipped")
     assert reason in line
+
+
+def test_prepare_in_an_hvm_guest_only_when_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The job holds the ceiling in an HVM guest unless ``allow_hvm`` (guestagent.balloon.job):
+    no zram swap is made for a job that will not shrink; allowed, it is."""
+    root = make_root(tmp_path)
+    (root / "sys/hypervisor").mkdir(parents=True, exist_ok=True)
+    (root / "sys/hypervisor/guest_type").write_text("HVM\n")
+    cmds = FakeCommands(root)
+    assert prepare(root, tmp_path, cmds) is False
+    assert cmds.calls == [] and not record_of(root)
+    (line,) = lines(capsys.readouterr().err, "guard_prepare_skipped")
+    assert "an HVM guest: the job holds the ceiling ([balloon] allow_hvm = false)" in line
+    assert prepare(root, tmp_path, cmds, ENABLED + "allow_hvm = true\n") is True
+    assert cmds.calls[-1] == "swapon /dev/zram0 100"
 
 
 def test_prepare_without_zram_exits_0_with_the_reason(

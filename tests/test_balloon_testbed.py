@@ -322,6 +322,10 @@ def test_the_spike_line_counts_answers_after_the_trigger_per_pressure_policy() -
         "1 raised before it (target <= 0.5 s)" in lines
     assert spike_target_line([]) == "pressure: no spike answered after a PSI trigger " \
         "(target <= 0.5 s)"
+    # A run of the variant alone: no verdict on the default policy, which did not run.
+    alone = render_summary([small]).splitlines()
+    assert alone[0] == "pressure: not in this run" and alone[1].startswith("pressure-r16: ")
+    assert len(alone) == 2
 
 
 def test_a_run_that_did_not_finish_shows_as_fail_not_as_small_memory() -> None:

@@ -57,9 +57,10 @@ def test_run_ready_status_reload_and_undo_on_sigterm(
     conf_dir.mkdir()
     config = tmp_path / "guestagent.toml"
     prom = tmp_path / "guestagent.prom"
+    # The fixture is an HVM guest (hvm-3vnode), where the job holds the ceiling unless allowed.
     config.write_text(
-        '[balloon]\nenabled = true\npolicy = "classic"\n\n[devices]\nenabled = false\n\n'
-        f'[metrics]\ntextfile = "{prom}"\n'
+        '[balloon]\nenabled = true\npolicy = "classic"\nallow_hvm = true\n\n'
+        f'[devices]\nenabled = false\n\n[metrics]\ntextfile = "{prom}"\n'
     )
     notify_path = str(tmp_path / "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -56,6 +56,7 @@ from guestagent.cli import add_json_option, finite_float, print_json
 from guestagent.daemon.commands import config_file_options, one_job_options
 from guestagent.errors import GuestAgentError, InputError
 from guestagent.host import Host
+from guestagent.hostfs import HostFS
 from guestagent.log import get_logger
 from guestagent.undo import UndoReport
 from guestagent.units import MIB_KB
@@ -326,11 +327,29 @@ def _prepare_guard(
         return "info", f"role {role}: no balloon job"
     if not cfg.get("balloon", "enabled"):
         return "info", "ballooning is off ([balloon] enabled = false)"
+    held = held_reason(cfg.section("balloon"), ctx.hostfs)
+    if held is not None:
+        return "info", held
     try:
         made = prepare(ctx.hostfs, _xenstore(args, ctx), cfg.section("balloon"), commands)
     except BalloonUnavailable as e:
         return "info", str(e)
     return ("info", None) if made else ("debug", "the guard said why above")
+
+
+def held_reason(section: dict[str, Any], hostfs: HostFS) -> str | None:
+    """Why the job will never shrink (so no guard is needed), or None: the policy it runs is
+    ``none``, configured so or held in an HVM guest
+    (:func:`guestagent.balloon.job.running_policy`)."""
+    from guestagent.balloon.job import running_policy
+    from guestagent.xen.detect import detect_hypervisor
+
+    hvm = detect_hypervisor(hostfs).guest_type == "HVM"
+    if running_policy(section, hvm).name != "none":
+        return None
+    if section["policy"] != "none":
+        return "an HVM guest: the job holds the ceiling ([balloon] allow_hvm = false)"
+    return "policy none: the job holds the ceiling"
 
 
 def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
