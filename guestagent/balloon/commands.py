@@ -341,11 +341,9 @@ def held_reason(section: dict[str, Any], hostfs: HostFS) -> str | None:
     """Why the job will never shrink (so no guard is needed), or None: the policy it runs is
     ``none``, configured so or held in an HVM guest
     (:func:`guestagent.balloon.job.running_policy`)."""
-    from guestagent.balloon.job import running_policy
-    from guestagent.xen.detect import detect_hypervisor
+    from guestagent.balloon.job import guest_is_hvm, running_policy
 
-    hvm = detect_hypervisor(hostfs).guest_type == "HVM"
-    if running_policy(section, hvm).name != "none":
+    if running_policy(section, guest_is_hvm(hostfs)).name != "none":
         return None
     if section["policy"] != "none":
         return "an HVM guest: the job holds the ceiling ([balloon] allow_hvm = false)"

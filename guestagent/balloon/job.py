@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from guestagent.balloon.signals import PsiTrigger, XenstoreReader
     from guestagent.daemon.loop import Timer
     from guestagent.daemon.service import JobContext
+    from guestagent.hostfs import HostFS
 
 #: Consecutive failed ticks after which the job resets and gives up.
 MAX_CONSECUTIVE_ERRORS = 3
@@ -54,6 +55,11 @@ WATCHED_NODES = ("memory/target", "memory/static-max")
 HVM_REASON = ("self-ballooning is proven in PV guests only: HVM guests on the test bed were "
               "lost in 3 of 16 runs (a guest kernel panic while the driver gave memory back); "
               "see docs/BALLOON.md")
+
+
+def guest_is_hvm(hostfs: HostFS) -> bool:
+    """``/sys/hypervisor/guest_type`` says HVM: where :func:`running_policy` holds the ceiling."""
+    return detect_hypervisor(hostfs).guest_type == "HVM"
 
 
 def running_policy(section: dict[str, Any], hvm: bool) -> PolicyConfig:
@@ -114,7 +120,7 @@ class BalloonJob:
         self._ctx = ctx
         client = ctx.xenstore.client() if self._xenstore == HUB else self._xenstore
         assert not isinstance(client, str)
-        self._hvm = detect_hypervisor(ctx.hostfs).guest_type == "HVM"
+        self._hvm = guest_is_hvm(ctx.hostfs)
         self._hvm_said = None
         ctl = BalloonController(ctx.hostfs, client, self._policy(ctx.config),
                                 clock=ctx.loop.now, guard_commands=ctx.host.guard_commands())
@@ -294,8 +300,7 @@ class BalloonJob:
         return {
             "policy": ctl.config.name,
             # the configured policy held as `none` in an HVM guest ([balloon] allow_hvm)
-            "held_in_hvm": self._hvm and self._hvm_said is not None
-            and self._hvm_said[0] != self._hvm_said[1],
+            "held_in_hvm": self._hvm_said is not None and self._hvm_said[0] != self._hvm_said[1],
             "ticks": ctl.ticks,
             "psi_trigger": self._trigger is not None,
             # the allocation guard (guestagent.balloon.guard) armed: overcommit and zram set
