@@ -224,7 +224,7 @@ def bound_replay(run_dir: Path, every: int, populate_kb_per_s: float | None,
 #: included (a lower line means more grows, which ``gap_parts`` cannot see).
 LEVERS: dict[str, dict[str, float | int]] = {
     "no second R": {"line_min_reserves": 0.0},
-    "R 32 MiB": {"reserve_min_kb": 32 * 1024},
+    "R halved": {"reserve_min_kb": 16 * 1024},
     "no B": {"burst_window_s": 1e-3},
     "B not held": {"holdoff_min_s": 1e-3, "holdoff_max_s": 1e-3},
     "no rising room": {"rising_room_s": 0.0},

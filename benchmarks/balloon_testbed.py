@@ -75,6 +75,8 @@ POLICIES = ("none", "classic", "pressure")
 #: keys set for it (a closed-loop trial of one constant; the default stays ``pressure``).
 VARIANTS: dict[str, tuple[str, dict[str, int]]] = {
     "pressure-r32": ("pressure", {"reserve_mb": 32}),
+    # The default before 2026-12-07 (32 since): what the smaller reserve saves, in the same run.
+    "pressure-r64": ("pressure", {"reserve_mb": 64}),
     # The least reserve the key allows: spikes outrun the headroom, so the PSI trigger fires and
     # the answer to it (target raised after the trigger) is measured, which the default's
     # headroom leaves unmeasured when every spike is met before any stall.

@@ -220,7 +220,29 @@ def test_classic_never_exceeds_the_ceiling() -> None:
 # snapshot frames one second apart, with the incident the rule guards against in its docstring.
 # The replays of whole traces are in tests/test_balloon_pressure_replay.py.
 
-R = 64 * MIB_KB  # the reserve of a 1 GiB guest
+#: The reserve the frames below are written for: each frame tests a rule of the law, with
+#: values placed against R = 64 MiB (``reserve_mb = 64``; the default is 32 MiB since 2026-12-07,
+#: whose own replays are tests/test_balloon_pressure_replay.py's).
+R = 64 * MIB_KB
+
+
+def law(**changes: Any) -> PressureConfig:
+    """The pressure policy's configuration with the frames' reserve R."""
+    return PressureConfig(**{"reserve_min_kb": R, **changes})
+
+
+def test_the_default_reserve_scales_with_the_answer_time_and_the_ceiling() -> None:
+    """R by default: 32 MiB at a decision a second (a grow lands after the interval plus
+    ``populate_s``, 2 s); a slower decision waits longer, so 96 MiB at 5 s (6 s); 3 % of the
+    ceiling once that is larger; ``reserve_mb`` sets the least at a decision a second."""
+    gib = GIB_KB
+    assert reserve_kb(PressureConfig(), gib) == 32 * MIB_KB
+    assert reserve_kb(PressureConfig(interval_s=5.0), gib) == 96 * MIB_KB
+    assert reserve_kb(PressureConfig(interval_s=0.5), gib) == 32 * MIB_KB
+    assert reserve_kb(PressureConfig(), 4 * gib) == int(4 * gib * 0.03)
+    assert reserve_kb(PressureConfig(reserve_min_kb=64 * MIB_KB), gib) == 64 * MIB_KB
+    assert reserve_kb(PressureConfig(reserve_min_kb=64 * MIB_KB, interval_s=5.0), gib) == \
+        192 * MIB_KB
 
 
 def run_policy(
@@ -249,7 +271,7 @@ def drive(config: PolicyConfig, start: MemorySignals,
 def test_pressure_shrinks_in_bounded_steps_when_quiet() -> None:
     """Probe: small steps while quiet, at most 1/16 of the ceiling of page cache per step and one
     step per 5 s, so reclaim shows in PSI and refaults before the next one."""
-    cfg = PressureConfig()
+    cfg = law()
     ds = run_policy(cfg, [{}] * 60, start=snap(mem_free_kb=100 * MIB_KB))
     shrinks = [d for d in ds if d.action == "shrink"]
     assert shrinks, "a quiet guest must shrink"
@@ -262,7 +284,7 @@ def test_pressure_shrinks_in_bounded_steps_when_quiet() -> None:
 
 def test_probe_step_is_proportional_to_the_distance_from_the_target() -> None:
     """Senpai's law: the step shrinks as the pressure nears the target, and stops at it."""
-    cfg = PressureConfig()
+    cfg = law()
     steps = []
     for avg10 in (0.0, 0.05, 0.1, 0.15):
         d = decide_pressure(snap(some_avg10=avg10, mem_free_kb=100 * MIB_KB), PolicyState(), cfg)
@@ -282,7 +304,7 @@ def test_targets_are_whole_pages_so_the_driver_read_back_is_not_an_override() ->
         ds = run_policy(default_config(policy), [{"mem_available_kb": 901_234}] * 200)
         assert all(d.target_kb % 4 == 0 for d in ds), policy
         assert not [d for d in ds if d.action == "follow"], policy
-    cfg = PressureConfig()
+    cfg = law()
     d = decide(snap(0.0), PolicyState(), cfg)
     state = replace(d.new_state, last_target_kb=662_210)
     d2 = decide(snap(1.0, size_kb=662_208), state, cfg)
@@ -293,7 +315,7 @@ def test_free_memory_is_given_back_faster_but_not_past_the_headroom_line() -> No
     """Free memory holds no working set and its return causes no reclaim: 3/4 of what lies free
     above the headroom line per step, at most 1/4 of the ceiling (a fresh idle 1 GiB guest gives
     its 860 MiB back in a minute, not in 15 minutes of 1 % probes)."""
-    cfg = PressureConfig()
+    cfg = law()
     start = snap(mem_free_kb=860 * MIB_KB, mem_available_kb=870 * MIB_KB)
     ds = run_policy(cfg, [{}] * 60, start=start)
     shrinks = [d.previous_kb - d.target_kb for d in ds if d.action == "shrink"]
@@ -311,7 +333,7 @@ def test_a_grow_starts_from_where_the_driver_is() -> None:
     so it never sends the driver further down. Replayed with a 24 MiB/s driver on the tuned
     `anon-grow-shrink` (221850, a decision every second), a ramp met a "grow" to 516 MiB while
     the driver still held 543 MiB and went on ballooning out."""
-    cfg = PressureConfig()
+    cfg = law()
     target = 400 * MIB_KB
     current = 700 * MIB_KB
     short = snap(size_kb=current, balloon_target_kb=target, mem_free_kb=20 * MIB_KB,
@@ -328,7 +350,7 @@ def test_a_grow_starts_from_where_the_driver_is() -> None:
 def test_pressure_stops_at_the_headroom_line() -> None:
     """Never probe MemAvailable under the line R + max(R, B - g): the band between the reserve and
     the line separates the shrink zone from the grow zone (hysteresis)."""
-    ds = run_policy(PressureConfig(), [{}] * 600)
+    ds = run_policy(law(), [{}] * 600)
     final = ds[-1]
     avail = final.target_kb - OFFSET - 200 * MIB_KB  # available = MemTotal - 200 MiB here
     assert 2 * R <= avail < 2 * R + 16 * MIB_KB
@@ -339,10 +361,10 @@ def test_pressure_holds_while_stall_is_above_target() -> None:
     """Stop at the first sign of pressure: a stall over the last interval (PSI totals) or in
     avg10 at the target holds every probe, free memory included."""
     frames = [{"some_avg10": 0.5, "some_total_us": 1_000_000 + i * 5_000} for i in range(20)]
-    ds = run_policy(PressureConfig(), frames)
+    ds = run_policy(law(), frames)
     assert all(d.action == "hold" for d in ds), [d.reason for d in ds]
     ds = run_policy(
-        PressureConfig(), [{"some_avg10": 0.5}] * 20, start=snap(mem_free_kb=660 * MIB_KB)
+        law(), [{"some_avg10": 0.5}] * 20, start=snap(mem_free_kb=660 * MIB_KB)
     )
     assert all(d.action == "hold" for d in ds)
 
@@ -351,7 +373,7 @@ def test_refaults_hold_a_probe() -> None:
     """A probe that evicts what is still wanted shows as refaults before it shows as a stall:
     600 refaults/s (over the quiet 500, under the 2000 that mean a shortage) hold the probe."""
     frames = [{"refaults": 1000 + i * 600, "mem_free_kb": 100 * MIB_KB} for i in range(20)]
-    ds = run_policy(PressureConfig(), frames)
+    ds = run_policy(law(), frames)
     assert all(d.action == "hold" for d in ds[1:]), [d.reason for d in ds]
     assert "refaults 600/s" in ds[5].reason
 
@@ -361,7 +383,7 @@ def test_no_shrink_while_the_page_cache_grows() -> None:
     being read; the cache shrank to a third and was read from disk again. No probe while the page
     cache rises faster than 1 MiB/s. (Until 2026-12-05 rising use held every probe too: now it
     raises the probe's line, ``test_a_probe_while_use_rises_keeps_the_rise_above_the_line``.)"""
-    cfg = PressureConfig()
+    cfg = law()
     base = snap(mem_free_kb=100 * MIB_KB)
     frames = [{"cached_kb": base.cached_kb + i * 4 * MIB_KB} for i in range(30)]
     ds = run_policy(cfg, frames, start=base)
@@ -375,7 +397,7 @@ def test_a_probe_while_use_rises_keeps_the_rise_above_the_line() -> None:
     3/4 of its ceiling while use crept up by 2 MiB/s, hundreds of MiB above the line. Now a probe
     while use rises stops at the probe line: the headroom line plus the rise of 30 s
     (``rising_room_s``) at the rate since the last decision; a fast rise leaves no room to probe."""
-    cfg = PressureConfig()
+    cfg = law()
     base = snap(mem_free_kb=700 * MIB_KB)
     reserve = reserve_kb(cfg, STATIC_MAX)
     rate = 4 * MIB_KB
@@ -397,13 +419,13 @@ def test_a_probe_while_use_rises_keeps_the_rise_above_the_line() -> None:
 
 def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
     """A kernel without PSI gives no pressure feedback: never probe blind, still grow."""
-    ds = run_policy(PressureConfig(), [{"psi_available": False}] * 40)
+    ds = run_policy(law(), [{"psi_available": False}] * 40)
     assert all(d.action == "hold" and "no PSI" in d.reason for d in ds)
-    ds = run_policy(PressureConfig(), [{"psi_available": False, "mem_available_kb": 1024}])
+    ds = run_policy(law(), [{"psi_available": False, "mem_available_kb": 1024}])
     assert ds[0].action == "hold"  # already at the ceiling
     start = snap(size_kb=600 * MIB_KB, xs_target_kb=STATIC_MAX)
     ds = run_policy(
-        PressureConfig(), [{"psi_available": False, "mem_available_kb": 1024}], start=start
+        law(), [{"psi_available": False, "mem_available_kb": 1024}], start=start
     )
     assert ds[0].action == "grow"
 
@@ -411,7 +433,7 @@ def test_pressure_never_shrinks_without_psi_but_still_grows() -> None:
 def test_a_spike_is_answered_in_the_decision_that_sees_it() -> None:
     """Grow at once: the PSI trigger (while the kernel reclaims) is answered by the very decision
     that sees it, by at least a reserve."""
-    cfg = PressureConfig()
+    cfg = law()
     quiet: list[dict[str, Any]] = [{}] * 40
     ds = run_policy(cfg, [*quiet, {"psi_trigger_fired": True, "mem_free_kb": 20 * MIB_KB}])
     before, spike = ds[-2], ds[-1]
@@ -423,7 +445,7 @@ def test_a_spike_is_answered_in_the_decision_that_sees_it() -> None:
 def test_pressure_grows_on_stall_refaults_swapins_and_low_available() -> None:
     """Each signal of a shortage grows on its own: an interval stall of 2 %, 2000 refaults/s or
     1000 swap-ins/s while MemFree is under 2 reserves, or MemAvailable under the reserve."""
-    cfg = PressureConfig()
+    cfg = law()
     tight = {"mem_free_kb": 40 * MIB_KB}
     quiet: list[dict[str, Any]] = [tight] * 40
     cases: list[tuple[dict[str, Any], str]] = [
@@ -443,7 +465,7 @@ def test_grow_is_sized_by_the_shortage() -> None:
     2 s on one spike on Xen 4.17). The step is now the shortage: what brings MemAvailable back to
     the headroom line and MemFree back to 2 reserves, plus the demand that arrived since the last
     decision, at least a reserve and at least what was refaulted."""
-    cfg = PressureConfig()
+    cfg = law()
     start = snap(size_kb=600 * MIB_KB, mem_available_kb=300 * MIB_KB, mem_free_kb=100 * MIB_KB,
                  some_avg10=1.0)
     # MemAvailable falls from 300 to 150 MiB (150 MiB of demand arrived in a second), MemFree to 10.
@@ -470,7 +492,7 @@ def test_stale_trigger_windows_with_plenty_free_do_not_grow_again() -> None:
     left 130 and then 390 MiB free (pages evicted earlier being read back, a window still
     covering the time before the grow); each firing grew the guest again, three times in 2 s.
     Stall, refaults and swap-ins count only while MemFree is under 2 reserves."""
-    cfg = PressureConfig()
+    cfg = law()
     quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
     spike = {"psi_trigger_fired": True, "mem_free_kb": 10 * MIB_KB, "refaults": 1000 + 3000}
     after = {"psi_trigger_fired": True, "mem_free_kb": 390 * MIB_KB, "refaults": 1000 + 6000}
@@ -486,7 +508,7 @@ def test_demand_rising_into_the_headroom_grows_before_the_reserve() -> None:
     """Seen on Xen 4.17 (3ed0422): an allocation ate the page cache while MemAvailable stayed just
     above the reserve (it counts the cache), so the policy never grew and the cache was read
     again. Demand rising into the headroom line grows; flat demand inside it is the band."""
-    cfg = PressureConfig()
+    cfg = law()
     start = snap(size_kb=600 * MIB_KB, mem_available_kb=200 * MIB_KB, mem_free_kb=50 * MIB_KB)
     ds = run_policy(cfg, [{}, {"mem_available_kb": 100 * MIB_KB}], start=start)
     assert ds[1].action == "grow" and "under the headroom line" in ds[1].reason, ds[1].reason
@@ -501,7 +523,7 @@ def test_a_grow_during_a_ramp_covers_the_demand_until_the_next_decision() -> Non
     this decision and the one before), a grow adds the rate times one interval, at most as much
     again as arrived since the last decision. A one-off spike adds nothing: one rise says nothing
     of the next (a spike's grow is the shortage and what arrived, as before)."""
-    cfg = PressureConfig()
+    cfg = law()
     no_lookahead = replace(cfg, grow_lookahead_s=0.0)
     start = snap(size_kb=500 * MIB_KB, mem_available_kb=200 * MIB_KB, mem_free_kb=190 * MIB_KB,
                  some_avg10=1.0)
@@ -557,7 +579,7 @@ def test_a_rise_that_continues_a_burst_is_a_ramp() -> None:
     the grow phase took 16.5 s against 12.9 s without ballooning. A rise after a burst's worth
     (32 MiB) had already arrived within the burst window (10 s) is a ramp: its grow adds the
     lookahead. The first step, and a step after the window has forgotten the last, add none."""
-    cfg = PressureConfig()
+    cfg = law()
     no_lookahead = replace(cfg, grow_lookahead_s=0.0)
     start = snap(size_kb=400 * MIB_KB, mem_available_kb=150 * MIB_KB, mem_free_kb=140 * MIB_KB,
                  some_avg10=1.0)
@@ -584,7 +606,7 @@ def test_use_growing_while_memfree_is_low_grows_before_the_cache_is_evicted() ->
     at 25 MiB/s while MemAvailable (which counts the page cache) stayed above 180 MiB; the cache
     the spike read next was evicted (spike phase 32 s against 19 s without ballooning). Use rising
     while MemFree is under 2 reserves grows by the shortage in MemFree plus the arriving demand."""
-    cfg = PressureConfig()
+    cfg = law()
     start = snap(size_kb=800 * MIB_KB, mem_available_kb=300 * MIB_KB, mem_free_kb=100 * MIB_KB,
                  some_avg10=1.0)
     spike = {"mem_available_kb": 275 * MIB_KB, "mem_free_kb": 75 * MIB_KB}
@@ -604,9 +626,9 @@ def test_use_growing_while_memfree_is_low_grows_before_the_cache_is_evicted() ->
 def test_pressure_goes_to_the_ceiling_on_oom() -> None:
     """An OOM kill is the failure the balloon must never cause: the ceiling at once, and no
     shrink for 5 minutes."""
-    ds = run_policy(PressureConfig(), [*[{}] * 40, {"oom_kill": 1}])
+    ds = run_policy(law(), [*[{}] * 40, {"oom_kill": 1}])
     assert ds[-1].target_kb == STATIC_MAX and "OOM" in ds[-1].reason
-    ds = run_policy(PressureConfig(), [*[{}] * 40, *[{"oom_kill": 1}] * 100])
+    ds = run_policy(law(), [*[{}] * 40, *[{"oom_kill": 1}] * 100])
     assert all(d.action != "shrink" for d in ds[41:])
 
 
@@ -615,7 +637,7 @@ def test_the_headroom_line_follows_the_bursts_seen() -> None:
     demand growth within 10 s, held for the hold time (60 s) and then halved every 30 s (at a
     decision every 5 s, where this 48 MiB/s burst arrives within one interval and a second: room
     for all of it; the cap is the next test's)."""
-    cfg = PressureConfig(interval_s=5.0)
+    cfg = law(interval_s=5.0, reserve_min_kb=R // 3)  # R at 5 s (3x reserve_mb): about 64 MiB
     state = PolicyState()
     used0 = 300 * MIB_KB
     for t in range(6):  # 240 MiB of demand in 5 s
@@ -626,7 +648,7 @@ def test_the_headroom_line_follows_the_bursts_seen() -> None:
     assert burst_allowance(state, cfg, 95.0) == 120 * MIB_KB
     assert burst_allowance(state, cfg, 125.0) == 60 * MIB_KB
     # A quiet guest that saw that burst keeps MemAvailable above R + 240 MiB while it is held.
-    probes_settle_at(state, cfg, 6, 60, R + 240 * MIB_KB)
+    probes_settle_at(state, cfg, 6, 60, reserve_kb(cfg, STATIC_MAX) + 240 * MIB_KB)
 
 
 def probes_settle_at(state: PolicyState, cfg: PressureConfig, start: int, end: int,
@@ -653,7 +675,7 @@ def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
     populates slower than that rise (all of it while it has not been seen populating): a burst
     that arrives within one interval keeps room for all of it, a slower one for what arrives
     before a grow lands. At the default decision every second, 2 s of the fastest rise."""
-    cfg = PressureConfig(interval_s=5.0)
+    cfg = law(interval_s=5.0, reserve_min_kb=R // 3)  # R at 5 s (3x reserve_mb): about 64 MiB
     answer_s = cfg.interval_s + cfg.populate_s
     assert peak_rate_kb_s(((0.0, 0), (1.0, 10), (2.0, 40)), 1.0) == 30.0
     # A decision woken early (0.2 s after the last) is measured over at least rate_span_s.
@@ -688,12 +710,12 @@ def test_the_room_for_a_burst_is_what_arrives_before_a_grow_lands() -> None:
     assert burst_room_kb(replace(slow, populate_kb_s=10 * MIB_KB), cfg, 8.0) == 88 * MIB_KB
     # At a decision every second (the default) the same slow burst needs room for 2 s of it,
     # the quick one for 96 MiB.
-    fast = PressureConfig()
+    fast = law()
     assert fast.interval_s == 1.0
     assert burst_room_kb(slow, fast, 8.0) == 24 * MIB_KB
     assert burst_room_kb(quick, fast, 5.0) == 96 * MIB_KB
     # A quiet guest that saw the slow burst probes down to R + max(R, room), not R + burst.
-    probes_settle_at(slow, cfg, 9, 80, R + 72 * MIB_KB)
+    probes_settle_at(slow, cfg, 9, 80, reserve_kb(cfg, STATIC_MAX) + 72 * MIB_KB)
 
 
 def test_the_driver_is_seen_populating_a_grow() -> None:
@@ -701,7 +723,7 @@ def test_the_driver_is_seen_populating_a_grow() -> None:
     target written at the first: still below it at the second, the driver was the limit (its
     speed, which replaces the last); there already, at least that fast (the fastest kept).
     Not while it shrinks or holds still."""
-    cfg = PressureConfig()
+    cfg = law()
     grown = PolicyState(prev_t=10.0, last_target_kb=600 * MIB_KB, prev_current_kb=400 * MIB_KB)
     reached = observe_populate(snap(11.0, size_kb=600 * MIB_KB), grown, cfg)
     assert reached.populate_kb_s == 200 * MIB_KB
@@ -724,7 +746,7 @@ def test_the_driver_is_seen_giving_memory_back() -> None:
     speed, which replaces the last); there already, at least that fast, which raises a speed
     once measured but never makes one (a driver that keeps up is never judged slow). Not while
     it grows or holds still."""
-    cfg = PressureConfig()
+    cfg = law()
     shrunk = PolicyState(prev_t=10.0, last_target_kb=400 * MIB_KB, prev_current_kb=600 * MIB_KB)
     assert observe_release(snap(11.0, size_kb=590 * MIB_KB), shrunk, cfg).release_kb_s == (
         10 * MIB_KB)
@@ -759,7 +781,7 @@ def test_a_driver_that_gives_memory_back_slowly_is_paced() -> None:
     release below its size: an earlier shrink is cut back to that (``pace``, not a grow), each
     probe (one per 5 s, as before) is cut to it, and when the page cache starts rising the driver
     stops within that time. A driver that keeps up is never paced."""
-    cfg = PressureConfig()
+    cfg = law()
     driver = 10 * MIB_KB
     pace = int(driver * cfg.release_pace_s)
     s = snap(mem_free_kb=600 * MIB_KB, mem_available_kb=700 * MIB_KB)
@@ -810,7 +832,7 @@ def test_the_headroom_line_counts_only_the_rest_of_a_burst() -> None:
     assert headroom_line_kb(R, 256 * MIB_KB, 0) == R + 256 * MIB_KB
     assert headroom_line_kb(R, 256 * MIB_KB, 100 * MIB_KB) == R + 156 * MIB_KB
     assert headroom_line_kb(R, 256 * MIB_KB, 256 * MIB_KB) == 2 * R
-    cfg = PressureConfig()
+    cfg = law()
     state = PolicyState()
     s = snap(0.0, mem_free_kb=690 * MIB_KB, mem_available_kb=700 * MIB_KB, cached_kb=10 * MIB_KB)
 
@@ -854,7 +876,7 @@ def test_the_hold_time_follows_the_burst_spacing_and_a_grow_holds_off_shrinks() 
     grow kept the guest at its ceiling through the whole train of spikes, 941-944 MiB mean; 15 s
     until 2026-12-05, when the tuned half replayed showed it holding a spike's grow for 10 s
     after the spike had ended, while the line R + B already kept the room for the next one)."""
-    cfg = PressureConfig()
+    cfg = law()
     state = PolicyState()
     assert hold_s(state, cfg) == 60.0
     base = snap().mem_total_kb - 300 * MIB_KB
@@ -881,7 +903,7 @@ def test_the_hold_time_follows_the_burst_spacing_and_a_grow_holds_off_shrinks() 
 
 def test_hysteresis_suppresses_tiny_changes() -> None:
     """A change under min_change_kb (8 MiB) is not made: a tiny probe is noise, not information."""
-    cfg = PressureConfig(shrink_headroom_divisor=1000, shrink_step_pct=0.1)
+    cfg = law(shrink_headroom_divisor=1000, shrink_step_pct=0.1)
     s = snap(some_avg10=0.15, mem_free_kb=100 * MIB_KB)  # scale 0.25: step ~ 0.25 MiB
     d = decide_pressure(s, PolicyState(), cfg)
     assert d.action == "hold" and "below min_change" in d.reason
@@ -890,7 +912,7 @@ def test_hysteresis_suppresses_tiny_changes() -> None:
 
 def test_never_under_the_configured_floor() -> None:
     """Floors: never under max(floor_kb, the hard minimum), however quiet the guest."""
-    ds = run_policy(PressureConfig(floor_kb=700 * MIB_KB), [{}] * 120,
+    ds = run_policy(law(floor_kb=700 * MIB_KB), [{}] * 120,
                     start=snap(mem_free_kb=800 * MIB_KB, mem_available_kb=850 * MIB_KB))
     assert min(d.target_kb for d in ds) == 700 * MIB_KB
     assert ds[-1].action == "hold" and "at the floor" in ds[-1].reason
@@ -898,7 +920,7 @@ def test_never_under_the_configured_floor() -> None:
 
 def test_free_memory_after_a_toolstack_raise_waits_for_the_holdoff() -> None:
     """A toolstack raise is followed, not undone: no shrink for 30 s after it."""
-    cfg = PressureConfig()
+    cfg = law()
     start = snap(size_kb=512 * MIB_KB, xs_target_kb=512 * MIB_KB, mem_free_kb=40 * MIB_KB)
     raised = {"xs_target_kb": STATIC_MAX, "balloon_target_kb": STATIC_MAX,
               "balloon_current_kb": STATIC_MAX, "mem_total_kb": STATIC_MAX - OFFSET,
@@ -915,7 +937,7 @@ def test_free_memory_after_a_toolstack_raise_waits_for_the_holdoff() -> None:
 
 
 def test_toolstack_override_is_followed() -> None:
-    cfg = PressureConfig()
+    cfg = law()
     ds = run_policy(cfg, [{}] * 30)
     state = ds[-1].new_state
     # xl mem-set 512 MiB: memory/target changes and the kernel moved the driver's target.
@@ -930,7 +952,7 @@ def test_toolstack_override_is_followed() -> None:
 
 
 def test_driver_target_moved_behind_the_policy_is_followed() -> None:
-    cfg = PressureConfig()
+    cfg = law()
     d = decide(snap(0.0), PolicyState(), cfg)
     s = snap(1.0, balloon_target_kb=700 * MIB_KB, size_kb=d.target_kb)
     d2 = decide(s, d.new_state, cfg)
@@ -949,11 +971,11 @@ def test_registry_and_config_validation() -> None:
     with pytest.raises(InputError, match="unknown policy"):
         default_config("senpai")
     with pytest.raises(InputError, match="psi_target_pct"):
-        PressureConfig(psi_target_pct=5.0, psi_grow_pct=1.0).validate()
+        law(psi_target_pct=5.0, psi_grow_pct=1.0).validate()
     with pytest.raises(InputError, match="downhysteresis"):
         ClassicConfig(downhysteresis=0).validate()
     with pytest.raises(InputError, match="floor_kb"):
-        PressureConfig(floor_kb=-1).validate()
+        law(floor_kb=-1).validate()
 
 
 # --- invariants on generated sequences ------------------------------------------------------------
@@ -1038,7 +1060,7 @@ def test_floor_and_ceiling_are_never_crossed(
 def _stall_after_a_shrink(extra: dict[str, Any], lag_kb: int) -> list[Decision]:
     """Quiet feedback shrinks, then a PSI trigger the frame after the last one, with the driver
     ``lag_kb`` short of it; ``extra`` adds to that frame."""
-    cfg = PressureConfig()
+    cfg = law()
     quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
     ds = run_policy(cfg, quiet)
     last = max(i for i, d in enumerate(ds) if d.action == "shrink")
@@ -1061,7 +1083,7 @@ def test_a_stall_from_our_own_shrink_stops_the_shrink_instead_of_growing() -> No
     assert stop.target_kb - stop.previous_kb == 8 * MIB_KB  # where the driver got to, no step
     # No further probing for the hold time, then shrinking again.
     after = ds[i + 1:]
-    assert all(d.action == "hold" for d in after[: int(PressureConfig().holdoff_min_s) - 1])
+    assert all(d.action == "hold" for d in after[: int(law().holdoff_min_s) - 1])
     assert any(d.action == "shrink" for d in after)
 
 
@@ -1094,7 +1116,7 @@ def test_a_stall_that_outlasts_the_stop_is_answered_with_a_grow() -> None:
     """Seen on Xen 4.17 (23e0212): a trigger 1.1 s after a stop, counted as a grow, doubled the
     next step. A stall that goes on once the driver reached the stop is a shortage, sized by it
     (here MemFree 40 MiB under 2 reserves), not by a streak."""
-    cfg = PressureConfig()
+    cfg = law()
     quiet: list[dict[str, Any]] = [{"mem_free_kb": 40 * MIB_KB}] * 40
     ds = run_policy(cfg, quiet)
     last = max(i for i, d in enumerate(ds) if d.action == "shrink")
@@ -1119,7 +1141,7 @@ def test_swap_out_is_a_shortage_and_the_grow_brings_it_back() -> None:
     while MemAvailable stayed near the line; the policy saw little shortage, grew by 64-116 MiB a
     step, and the ramp took 2.1x as long as without ballooning. A swap-out since the last
     decision is a shortage, and the grow is at least what was swapped out."""
-    cfg = PressureConfig()
+    cfg = law()
     start = snap(size_kb=600 * MIB_KB, mem_free_kb=150 * MIB_KB, swap_total_kb=SWAP,
                  swap_free_kb=SWAP)
     out = 100 * MIB_KB
@@ -1134,7 +1156,7 @@ def test_a_small_swap_out_holds_a_probe() -> None:
     swap went too deep: no shrink while anything is being swapped out."""
     start = snap(mem_free_kb=100 * MIB_KB, swap_total_kb=SWAP, swap_free_kb=SWAP)
     frames = [{"swap_free_kb": SWAP - i * 256} for i in range(30)]
-    ds = run_policy(PressureConfig(), frames, start=start)
+    ds = run_policy(law(), frames, start=start)
     assert all(d.action == "hold" for d in ds[1:]), [d.reason for d in ds]
     assert "256 KiB swapped out" in ds[10].reason
 
@@ -1144,7 +1166,7 @@ def test_pages_that_stay_in_swap_neither_grow_nor_stop_the_probe() -> None:
     them back, and that shows as swap-ins): swap in use that does not change is no shortage, and
     a quiet guest still shrinks."""
     start = snap(mem_free_kb=100 * MIB_KB, swap_total_kb=SWAP, swap_free_kb=SWAP - 200 * MIB_KB)
-    ds = run_policy(PressureConfig(), [{}] * 30, start=start)
+    ds = run_policy(law(), [{}] * 30, start=start)
     assert not any(d.action == "grow" for d in ds), [d.reason for d in ds]
     assert any(d.action == "shrink" for d in ds)
 
@@ -1152,7 +1174,7 @@ def test_pages_that_stay_in_swap_neither_grow_nor_stop_the_probe() -> None:
 def test_a_burst_counts_what_was_swapped_out() -> None:
     """Demand for the burst allowance is MemTotal - MemAvailable plus swap in use: a burst the
     kernel half swapped out is measured whole."""
-    cfg = PressureConfig()
+    cfg = law()
     s0 = snap(swap_total_kb=SWAP, swap_free_kb=SWAP)
     state = observe_demand(s0, PolicyState(), cfg)
     s1 = replace(s0, timestamp=2.0, mem_available_kb=s0.mem_available_kb - 60 * MIB_KB,
@@ -1168,10 +1190,10 @@ def test_each_policy_has_its_own_interval_unless_one_is_set() -> None:
     under a second (other than 0) is refused by both."""
     from guestagent.balloon.config import policy_config
 
-    assert PressureConfig().interval_s == 1.0
+    assert law().interval_s == 1.0
     assert ClassicConfig().interval_s == 5.0
-    assert PressureConfig(interval_s=0).interval_s == 1.0
-    assert replace(PressureConfig(), interval_s=7.0).interval_s == 7.0
+    assert law(interval_s=0).interval_s == 1.0
+    assert replace(law(), interval_s=7.0).interval_s == 7.0
     for name, own in (("pressure", 1.0), ("classic", 5.0)):
         section = {"policy": name, "interval_seconds": 0.0}
         assert policy_config(section).interval_s == own  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ held out: only safety is asserted on it, never a memory figure)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,18 +101,43 @@ def test_no_probe_while_the_page_cache_is_read() -> None:
     assert any(s.action == "shrink" for s in steps[300:420])  # and it probes once it stops
 
 
+#: The phases trace's one burst the default reserve does not cover (next test).
+UNSEEN_BURST = {PHASES.name: 1}
+
+
 @pytest.mark.parametrize("path", [*TRACES, *HELD_OUT], ids=lambda p: p.name)
 def test_every_trace_replays_without_a_shortage_and_within_the_floors(path: Path) -> None:
     """Floors and shortage on every trace, the held-out recording included: never under the floor
-    or over the ceiling, and never a snapshot whose workload would not have fit."""
+    or over the ceiling, and never a snapshot whose workload would not have fit, but for the
+    synthetic burst :func:`test_a_first_burst_faster_than_the_reserve_waits_one_decision` is
+    about (none on a recording made on Xen)."""
     trace = load_trace(str(path))
-    for config in (PressureConfig(), PressureConfig(floor_kb=600 * MIB_KB)):
+    unseen = UNSEEN_BURST.get(path.name, 0)
+    for config, short in ((PressureConfig(), unseen), (PressureConfig(floor_kb=600 * MIB_KB), 0)):
         summary = simulate(trace, "pressure", config).summary
         assert summary is not None
         assert summary.floor_violations == 0 and summary.ceiling_violations == 0
-        assert summary.underprovisioned_steps == 0, path.name
+        assert summary.underprovisioned_steps == short, path.name
         if config.floor_kb and trace.snapshots[0].xs_target_kb:
             assert summary.min_target_kb >= 600 * MIB_KB
+
+
+def test_a_first_burst_faster_than_the_reserve_waits_one_decision() -> None:
+    """What the default reserve (32 MiB since 2026-12-07; 64 before) gives up. The phases trace
+    is idle for 420 s, then demand jumps by 90 MiB in one second, and again: a burst never seen
+    before and faster than 2R per decision. The law had shrunk the guest to its line, 2R above
+    demand; for that one second the burst is short (open loop: on Xen the allocation guard's
+    zram takes it and the next decision grows by the shortage; the whole suite ran without a
+    failure at 32 MiB, benchmarks/README.md, 2026-12-07). With ``reserve_mb = 64`` no snapshot
+    is short, and the snapshot after the jump is covered either way."""
+    trace = load_trace(str(PHASES))
+    steps = simulate(trace, "pressure").steps
+    short = [i for i, s in enumerate(steps) if s.underprovisioned]
+    assert [trace.snapshots[i].timestamp for i in short] == [420.0]
+    jump = demand_kb(trace.snapshots[420]) - demand_kb(trace.snapshots[419])
+    assert jump > 2 * reserve_kb(PressureConfig(), steps[0].ceiling_kb)
+    wider = simulate(trace, "pressure", PressureConfig(reserve_min_kb=64 * MIB_KB)).summary
+    assert wider is not None and wider.underprovisioned_steps == 0
 
 
 #: The tuned half of the suite recorded on Xen 4.17 without ballooning (``none``: the workload's
@@ -122,20 +148,25 @@ BENCH_TRACES = sorted(BENCH.glob("*.none.*.jsonl"))
 
 
 def _every(trace: Trace, n: int) -> list[MemorySignals]:
-    """One snapshot in ``n``: the recording is at 1 s, the agent decides every 5 s."""
+    """One snapshot in ``n``: the recording is at 1 s, an agent deciding every ``n`` seconds
+    (``interval_seconds``; 1 by default) sees these (replayed with :func:`_at`)."""
     return trace.snapshots[::n]
+
+
+def _at(n: int, **changes: Any) -> PressureConfig:
+    """The default law at a decision every ``n`` seconds (its reserve scales with it)."""
+    return PressureConfig(interval_s=float(n), **changes)
 
 
 @pytest.mark.parametrize("path", BENCH_TRACES, ids=lambda p: p.name)
 def test_the_tuned_bench_traces_replay_without_a_shortage(path: Path) -> None:
     """Every rule together on the tuned half of the suite: no snapshot short of memory with a
-    driver that follows at once, at a decision every second or every 5 s (the daemon's
-    interval), and never more memory held than with a 60 s holdoff after every grow and the
-    line R + B during a burst (the law of runs 212118 and 221850)."""
+    driver that follows at once, at a decision every second (the default) or every 5 s (with
+    the reserve that interval scales to)."""
     trace = load_trace(str(path))
     for n in (1, 5):
         snaps = _every(trace, n)
-        summary = simulate(snaps, "pressure").summary
+        summary = simulate(snaps, "pressure", _at(n)).summary
         assert summary is not None
         assert summary.underprovisioned_steps == 0, (path.name, n)
         assert summary.floor_violations == summary.ceiling_violations == 0
@@ -145,16 +176,18 @@ def test_sharp_spikes_keep_room_for_a_spike_not_the_ceiling() -> None:
     """sharp-spikes on Xen 4.17 (runs 20261204-212118-29859 and 20261204-221850-5993): the law
     then grew the guest to its ceiling in the first 256 MiB spike (the line R + B restored on top
     of the spike in progress) and a 60 s holdoff kept it there: 941-944 MiB mean, 1.37-1.39x
-    `classic`. Replayed at the daemon's 5 s interval and every second, the line R + max(R, B - g)
-    and the 5 s holdoff after a grow hold less than with a 60 s holdoff and less than with the
-    15 s one of run 20261205-051645-12226 (which kept a spike's grow for 10 s after the spike had
-    ended), and no snapshot is short. (The law of 2026-12-04 held 1.17-1.31x `classic` on this
-    replay, that of 051645 1.07-1.08x, this one 1.00-1.02x: the target 0.75x is not met.)"""
+    `classic`. Replayed at a decision every second (the default) and every 5 s, the line
+    R + max(R, B - g) and the 5 s holdoff after a grow hold less than with a 60 s holdoff and
+    less than with the 15 s one of run 20261205-051645-12226 (which kept a spike's grow for 10 s
+    after the spike had ended), and no snapshot is short. (At a 5 s decision with R = 64 MiB: the
+    law of 2026-12-04 held 1.17-1.31x `classic` on this replay, that of 051645 1.07-1.08x, the
+    law of 2026-12-05 1.00-1.02x. Since 2026-12-07, R = 32 MiB at a decision a second: 0.73x;
+    96 MiB at 5 s: 1.06-1.07x.)"""
     for path in sorted(BENCH.glob("sharp-spikes.none.*.jsonl")):
         for n in (1, 5):
             snaps = _every(load_trace(str(path)), n)
-            new = simulate(snaps, "pressure").summary
-            held = {s: simulate(snaps, "pressure", config=PressureConfig(grow_holdoff_s=s)).summary
+            new = simulate(snaps, "pressure", _at(n)).summary
+            held = {s: simulate(snaps, "pressure", config=_at(n, grow_holdoff_s=s)).summary
                     for s in (15.0, 60.0)}
             classic = simulate(snaps, "classic").summary
             assert new is not None and classic is not None
@@ -162,7 +195,10 @@ def test_sharp_spikes_keep_room_for_a_spike_not_the_ceiling() -> None:
             for holdoff, summary in held.items():
                 assert summary is not None
                 assert new.memory_held_gib_s < summary.memory_held_gib_s, (path.name, n, holdoff)
-            assert new.memory_held_gib_s < 1.05 * classic.memory_held_gib_s, (path.name, n)
+            # At the default decision a second (0.73x `classic` on these two recordings); at 5 s
+            # the reserve is 3x (96 MiB) and the replay holds 1.06-1.07x `classic`.
+            if n == 1:
+                assert new.memory_held_gib_s < 1.05 * classic.memory_held_gib_s, (path.name, n)
 
 
 def test_a_probe_while_use_rises_keeps_the_rise_above_the_line() -> None:
@@ -172,8 +208,8 @@ def test_a_probe_while_use_rises_keeps_the_rise_above_the_line() -> None:
     line plus 30 s of the rise (``rising_room_s``); every such shrink leaves at least 2R plus that
     above demand, no snapshot is short, and the workloads that start with a slow rise hold less
     than with the hold (a probe line of 10^6 s of the rise is the old hold)."""
-    cfg = PressureConfig()
-    hold = PressureConfig(rising_room_s=1e6)
+    cfg = _at(5)
+    hold = _at(5, rising_room_s=1e6)
     probes_while_rising = 0
     for path in BENCH_TRACES:
         snaps = _every(load_trace(str(path)), 5)

@@ -140,7 +140,8 @@ def test_pressure_holds_less_than_classic_on_the_phases_trace() -> None:
     pressure = simulate(trace, "pressure").summary
     assert classic is not None and pressure is not None
     assert pressure.memory_held_gib_s < classic.memory_held_gib_s
-    assert pressure.underprovisioned_steps == 0
+    # One: the burst at 420 s, faster than the default reserve covers (test_balloon_pressure_replay)
+    assert pressure.underprovisioned_steps == 1
 
 
 def test_pressure_answers_every_spike_within_one_step() -> None:

@@ -197,7 +197,7 @@ def test_the_pressure_reserve_is_a_key_with_a_floor(tmp_path: Path) -> None:
     main = write(tmp_path / "guestagent.toml", "[balloon]\nreserve_mb = 48\n")
     cfg = load(main, str(tmp_path / "conf.d"))
     assert policy_config(cfg.section("balloon")).reserve_min_kb == 48 * 1024  # type: ignore[attr-defined]
-    assert policy_config(defaults().section("balloon")).reserve_min_kb == 64 * 1024  # type: ignore[attr-defined]
+    assert policy_config(defaults().section("balloon")).reserve_min_kb == 32 * 1024  # type: ignore[attr-defined]
     write(tmp_path / "guestagent.toml", "[balloon]\nreserve_mb = 8\n")
     with pytest.raises(ConfigError) as e:
         load(main, str(tmp_path / "conf.d"))

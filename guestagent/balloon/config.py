@@ -75,11 +75,12 @@ PSI_GROW = setting(
     minimum=0.1, maximum=50, convert=as_float)
 #: ``PressureConfig.reserve_min_kb`` (KiB).
 RESERVE = setting(
-    "reserve_mb", 64,
-    "pressure: the reserve R, at least this (MiB; R is the larger of it and 3 % of the "
-    "ceiling). The guest keeps 2R available at a burst's peak and R plus room for the "
-    "largest burst seen between bursts; smaller holds less memory and leaves less room "
-    "before a spike must wait for a grow.",
+    "reserve_mb", 32,
+    "pressure: the reserve R, at least this (MiB) at a decision a second, scaled up with "
+    "a slower interval_seconds (x3 at 5 s); R is the larger of it and 3 % of the ceiling. "
+    "The guest keeps 2R available at a burst's peak and R plus room for the largest burst "
+    "seen between bursts; smaller holds less memory and leaves less room before a spike "
+    "must wait for a grow.",
     minimum=16, maximum=1 << 22, convert=scaled(MIB_KB))
 #: ``ClassicConfig.reserved_mb`` (None: the kernel's default).
 RESERVED = setting(

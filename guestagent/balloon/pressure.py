@@ -5,10 +5,11 @@ Pure functions of a :class:`~guestagent.balloon.signals.MemorySignals` snapshot 
 alignment, hysteresis and toolstack override are :func:`~guestagent.balloon.common.decide_with`'s.
 
 **The control law.** Keep MemAvailable above a *headroom line* H = R + max(R, B - g). R, the
-reserve, is max(``reserve_mb``, 64 MiB by default, 3 % of the ceiling). B, the room for a burst,
-is the part of the largest burst seen that arrives before a grow lands: the burst allowance (the
-largest growth of demand, MemTotal - MemAvailable, which ballooning does not move, plus swap in
-use, seen within any 10 s), held for the *hold time* and then halved every 30 s, at most the
+reserve, is max(``reserve_mb`` (32 MiB by default) times the answer time (the decision interval
+plus ``populate_s``) over 2 s, 3 % of the ceiling). B, the room for a burst, is the part of the
+largest burst seen that arrives before a grow lands: the burst allowance (the largest growth
+of demand, MemTotal - MemAvailable, which ballooning does not move, plus swap in use, seen
+within any 10 s), held for the *hold time* and then halved every 30 s, at most the
 fastest rise of demand seen while it is held (over 1 s or more) times one decision interval (1 s
 by default) plus ``populate_s`` (1 s), plus (1 - populate / rise) of the allowance when the driver
 has been seen populating a grow slower than that rise, or not yet at all; the hold time is the
@@ -101,7 +102,8 @@ class PressureConfig(PolicyConfig):
     quiet_refaults_per_s: float = 500.0
     #: The kernel reclaims while MemFree is under this many reserves.
     stall_grow_free_reserves: float = 2.0
-    #: The reserve R: max(reserve_min_kb, reserve_pct % of the ceiling).
+    #: The reserve R: max(reserve_min_kb scaled by the answer time, reserve_pct % of the ceiling)
+    #: (:func:`reserve_kb`).
     reserve_min_kb: int = RESERVE.field()
     reserve_pct: float = 3.0
     #: A grow during a ramp (demand rising at this decision and the one before, or a rise that
@@ -436,8 +438,15 @@ def stall_pct(signals: MemorySignals, state: PolicyState) -> float:
 
 
 def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
-    """R = max(reserve_min_kb, reserve_pct % of the ceiling)."""
-    return max(config.reserve_min_kb, int(ceiling_kb * config.reserve_pct / 100))
+    """R = max(reserve_min_kb scaled by the answer time, reserve_pct % of the ceiling).
+
+    ``reserve_min_kb`` is the room for a burst never seen before at a decision a second: what
+    arrives before a grow lands, like B's room (:func:`burst_room_kb`). A slower decision waits
+    longer, so the least reserve scales with ``interval_s + populate_s`` against the 1 s + 1 s
+    it was measured at (2026-12-07: 32 MiB at 1 s, 96 MiB at 5 s)."""
+    answer_s = config.interval_s + config.populate_s
+    base = int(config.reserve_min_kb * max(1.0, answer_s / (1.0 + config.populate_s)))
+    return max(base, int(ceiling_kb * config.reserve_pct / 100))
 
 
 def demand_kb(signals: MemorySignals) -> int:
