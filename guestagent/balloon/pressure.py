@@ -74,6 +74,8 @@ from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
 from guestagent.units import MIB_KB
 
+#: The decision interval ``reserve_min_kb`` is stated for (:func:`reserve_kb` scales it).
+RESERVE_INTERVAL_S = 1.0
 #: At most this many ``(t, used)`` samples are kept for the burst window.
 DEMAND_WINDOW_MAX = 64
 
@@ -238,6 +240,11 @@ def peak_rate_kb_s(window: tuple[tuple[float, int], ...], span_s: float) -> floa
     return best
 
 
+def answer_time_s(config: PressureConfig) -> float:
+    """How long a grow takes to land: one decision interval plus ``populate_s``."""
+    return config.interval_s + config.populate_s
+
+
 def burst_room_kb(state: PolicyState, config: PressureConfig, now: float) -> int:
     """B, the room a burst needs: what arrives before a grow lands. The fastest rise seen while
     the burst allowance is held times one decision interval plus ``populate_s``; and, when the
@@ -248,7 +255,7 @@ def burst_room_kb(state: PolicyState, config: PressureConfig, now: float) -> int
     rise = state.burst_rate_kb_s
     if rise <= 0:
         return allowance
-    answer_s = config.interval_s + config.populate_s
+    answer_s = answer_time_s(config)
     behind = max(0.0, 1.0 - state.populate_kb_s / rise)
     return min(allowance, int(rise * answer_s + allowance * behind))
 
@@ -443,9 +450,10 @@ def reserve_kb(config: PressureConfig, ceiling_kb: int) -> int:
     ``reserve_min_kb`` is the room for a burst never seen before at a decision a second: what
     arrives before a grow lands, like B's room (:func:`burst_room_kb`). A slower decision waits
     longer, so the least reserve scales with ``interval_s + populate_s`` against the 1 s + 1 s
+    (``RESERVE_INTERVAL_S`` + ``populate_s``)
     it was measured at (2026-12-07: 32 MiB at 1 s, 96 MiB at 5 s)."""
-    answer_s = config.interval_s + config.populate_s
-    base = int(config.reserve_min_kb * max(1.0, answer_s / (1.0 + config.populate_s)))
+    measured_at_s = RESERVE_INTERVAL_S + config.populate_s
+    base = int(config.reserve_min_kb * max(1.0, answer_time_s(config) / measured_at_s))
     return max(base, int(ceiling_kb * config.reserve_pct / 100))
 
 

@@ -232,6 +232,17 @@ def test_guard_makes_a_large_mmap_succeed_where_ballooning_alone_fails(bed: XenB
 def balloon_status(g: Guest) -> dict[str, Any]:
     """The balloon job's entry in the running daemon's ``guestagent status --json``."""
     g.run_ok("guestagent status --json > /tmp/status.json")
+    return _balloon_job(g)
+
+
+def balloon_status_once_up(g: Guest) -> dict[str, Any] | None:
+    """:func:`balloon_status`, or None while ``status`` fails (a daemon just started has not
+    opened its status socket yet: ``status`` exits 3)."""
+    _, rc = g.run("guestagent status --json > /tmp/status.json 2>/dev/null")
+    return _balloon_job(g) if rc == 0 else None
+
+
+def _balloon_job(g: Guest) -> dict[str, Any]:
     job: dict[str, Any] = json.loads(g.run_ok("cat /tmp/status.json"))["jobs"]["balloon"]
     return job
 
