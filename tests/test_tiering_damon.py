@@ -312,6 +312,16 @@ def test_update_with_unchanged_target_and_quota_writes_nothing(tmp_path: Path) -
     assert (f"{s0}/target_nid", "1") in kernel.writes
 
 
+def test_whole_folios_moved_past_the_tried_size_are_not_failures(tmp_path: Path) -> None:
+    """``paddr`` counts a large folio in full though it runs past the region: applied > tried."""
+    _, kernel, b = setup(tmp_path)
+    b.start(Plan((Move(0, 1, 4 * MIB),)))
+    kernel.advance(0, sz_tried=225 * MIB, sz_applied=234 * MIB)
+    s = b.stats()
+    assert (s.pages_moved_or_put, s.bytes_tried, s.failures) == (234 * 256, 225 * MIB, 0)
+    b.stop()
+
+
 def test_quota_is_never_zero() -> None:
     assert DamonConfig().quota_bytes(1) == 4096
     assert DamonConfig(quota_reset_ms=500).quota_bytes(8 * MIB) == 4 * MIB

@@ -16,6 +16,11 @@ and ``mm/damon/sysfs.c`` / ``sysfs-schemes.c``)::
     .../schemes/0/watermarks/{metric,interval_us,high,mid,low}
     .../schemes/0/stats/{nr_tried,sz_tried,nr_applied,sz_applied,qt_exceeds}
 
+``sz_applied`` can exceed ``sz_tried``: ``paddr`` counts whole folios, and a large folio whose
+head lies in a region counts in full even where it runs past the region's end (``mm/damon/paddr.c``,
+``damon_pa_migrate``; seen on the testbed's 6.12: 234 MiB moved of 225 MiB tried). So failures
+(tried minus moved) are never below 0, and moved is never checked against tried.
+
 One kdamond per node with memory: a ``paddr`` context whose single target's regions are the node's
 physical ranges (its memory blocks), and one scheme: regions with no access (``nr_accesses``
 0..0) for at least ``min_age_s`` go to ``target_nid``, at most ``rate`` bytes per second (size quota

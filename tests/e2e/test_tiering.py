@@ -104,7 +104,11 @@ def check_scenario(rec: sc.Record) -> None:
     assert rec.run_rc == 0, rec.agent_log[-3000:]
     assert rec.summary["backend"] == "damon", rec.summary
     assert rec.summary["bytes_moved"] >= 0.9 * moved_buffer, json.dumps(rec.summary)
-    assert rec.summary["bytes_tried"] >= rec.summary["bytes_moved"], rec.summary
+    # Its counters add up the kernel's over the run: never below what DAMON sysfs showed while
+    # it ran. (Not tried >= moved: paddr counts whole large folios, so moved can exceed tried.)
+    for key, counter in (("bytes_moved", "sz_applied"), ("bytes_tried", "sz_tried")):
+        shown = [int(s.damon[0].get(counter, "0")) for s in rec.samples if 0 in s.damon]
+        assert 0 < max(shown, default=0) <= rec.summary[key], (key, shown, rec.summary)
     assert rec.nr_kdamonds_after == 0, rec.after_stop
     assert rec.kdamond_threads_after == 0, rec.after_stop
 
