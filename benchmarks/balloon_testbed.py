@@ -81,6 +81,8 @@ VARIANTS: dict[str, tuple[str, dict[str, int]]] = {
     # the answer to it (target raised after the trigger) is measured, which the default's
     # headroom leaves unmeasured when every spike is met before any stall.
     "pressure-r16": ("pressure", {"reserve_mb": 16}),
+    # A probe may follow at every decision (the default: at most one per 5 s).
+    "pressure-probe0": ("pressure", {"probe_interval_seconds": 0}),
     "pressure-1s": ("pressure", {"interval_seconds": 1}),
     "pressure-5s": ("pressure", {"interval_seconds": 5}),
 }

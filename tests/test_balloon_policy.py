@@ -282,6 +282,19 @@ def test_pressure_shrinks_in_bounded_steps_when_quiet() -> None:
     assert all(d.target_kb >= d.floor_kb for d in ds)
 
 
+def test_a_probe_may_follow_at_every_decision_when_the_probe_interval_is_0() -> None:
+    """``probe_interval_seconds = 0``: the same quiet guest is probed at consecutive decisions,
+    and comes down further in the same time than at one probe per 5 s."""
+    quiet = [{}] * 30
+    start = snap(mem_free_kb=100 * MIB_KB)
+    every = run_policy(law(shrink_interval_s=0.0), quiet, start=start)
+    paced = run_policy(law(), quiet, start=start)
+    times = [i for i, d in enumerate(every) if d.action == "shrink"]
+    assert any(b - a == 1 for a, b in zip(times, times[1:])), times
+    assert every[-1].target_kb < paced[-1].target_kb
+    assert all(d.target_kb >= d.floor_kb for d in every)
+
+
 def test_probe_step_is_proportional_to_the_distance_from_the_target() -> None:
     """Senpai's law: the step shrinks as the pressure nears the target, and stops at it."""
     cfg = law()

@@ -204,6 +204,22 @@ def test_the_pressure_reserve_is_a_key_with_a_floor(tmp_path: Path) -> None:
     assert e.value.problems[0] == f"{main}: [balloon] reserve_mb = '8': below the minimum 16"
 
 
+def test_the_probe_interval_is_a_key(tmp_path: Path) -> None:
+    """``probe_interval_seconds`` spaces the pressure policy's shrinks (5 s by default; 0: at
+    every decision); a negative value is refused with the file, the key and the value."""
+    from guestagent.balloon.config import policy_config
+
+    main = write(tmp_path / "guestagent.toml", "[balloon]\nprobe_interval_seconds = 0\n")
+    cfg = load(main, str(tmp_path / "conf.d"))
+    assert policy_config(cfg.section("balloon")).shrink_interval_s == 0  # type: ignore[attr-defined]
+    assert policy_config(defaults().section("balloon")).shrink_interval_s == 5  # type: ignore[attr-defined]
+    write(tmp_path / "guestagent.toml", "[balloon]\nprobe_interval_seconds = -1\n")
+    with pytest.raises(ConfigError) as e:
+        load(main, str(tmp_path / "conf.d"))
+    assert e.value.problems[0] == (
+        f"{main}: [balloon] probe_interval_seconds = '-1': below the minimum 0")
+
+
 def test_every_job_packages_checks_pass_on_the_declared_defaults() -> None:
     """``cross_checks`` skips a job package's ``section_problems`` while its section holds the
     declared defaults (so an idle daemon does not import the policy modules): that is sound only

@@ -82,6 +82,12 @@ RESERVE = setting(
     "seen between bursts; smaller holds less memory and leaves less room before a spike "
     "must wait for a grow.",
     minimum=16, maximum=1 << 22, convert=scaled(MIB_KB))
+#: ``PressureConfig.shrink_interval_s``.
+PROBE_INTERVAL = setting(
+    "probe_interval_seconds", 5.0,
+    "pressure: at most one shrink (a probe) per this many seconds, so that a shrink's "
+    "reclaim shows in PSI before the next one; 0: a probe may follow at every decision.",
+    minimum=0, maximum=300, convert=as_float)
 #: ``ClassicConfig.reserved_mb`` (None: the kernel's default).
 RESERVED = setting(
     "reserved_mb", -1,
@@ -92,7 +98,7 @@ RESERVED = setting(
 #: Keys the job reads itself (no policy field).
 JOB_KEYS = (ENABLED, LOCK_MEMORY, POLICY, ALLOW_HVM)
 #: Keys that are fields of the policy configurations (:func:`policy_classes`).
-POLICY_KEYS = (FLOOR, INTERVAL, PSI_TARGET, PSI_GROW, RESERVE, RESERVED)
+POLICY_KEYS = (FLOOR, INTERVAL, PSI_TARGET, PSI_GROW, RESERVE, PROBE_INTERVAL, RESERVED)
 
 
 def config_keys() -> tuple[Key, ...]:

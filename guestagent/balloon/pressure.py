@@ -69,7 +69,7 @@ from guestagent.balloon.common import (
     swapped_kb,
     used_kb,
 )
-from guestagent.balloon.config import INTERVAL, PSI_GROW, PSI_TARGET, RESERVE
+from guestagent.balloon.config import INTERVAL, PROBE_INTERVAL, PSI_GROW, PSI_TARGET, RESERVE
 from guestagent.balloon.signals import PAGE_KB, MemorySignals
 from guestagent.errors import InputError
 from guestagent.units import MIB_KB
@@ -124,8 +124,9 @@ class PressureConfig(PolicyConfig):
     shrink_max_step_pct: float = 6.25
     shrink_free_fraction: float = 0.75
     shrink_free_max_step_pct: float = 25.0
-    #: At most one shrink per this many seconds (reclaim shows in PSI before the next probe).
-    shrink_interval_s: float = 5.0
+    #: At most one shrink per this many seconds (reclaim shows in PSI before the next probe;
+    #: ``probe_interval_seconds``).
+    shrink_interval_s: float = PROBE_INTERVAL.field()
     #: Bursts: demand growth within this window; a growth of burst_min_kb starts a burst.
     burst_window_s: float = 10.0
     burst_min_kb: int = 32 * MIB_KB
