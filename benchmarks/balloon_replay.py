@@ -27,6 +27,7 @@ feeds every Nth snapshot (the recording is at 1 s, the daemon decides every 5 s)
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -282,46 +283,48 @@ def print_bound(run_dirs: list[Path], every: int, populate_kb_per_s: float | Non
               f"{gap.floor_bound_s:7.0f}  {parts}")
 
 
-def _flag(argv: list[str], name: str) -> bool:
-    """Whether ``name`` is given; removed from ``argv``."""
-    if name not in argv:
-        return False
-    argv.remove(name)
-    return True
-
-
-def _option(argv: list[str], name: str) -> str | None:
-    """The value after ``name``, both removed from ``argv``; None when not given."""
-    if name not in argv:
-        return None
-    i = argv.index(name)
-    if i + 1 >= len(argv):
-        raise SystemExit(f"balloon_replay: {name} needs a value")
-    value = argv[i + 1]
-    del argv[i : i + 2]
-    return value
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="balloon_replay",
+        description="Balloon policies replayed on recorded traces (not a measurement on Xen).")
+    p.add_argument("paths", nargs="*", type=Path,
+                   help="traces (.jsonl); with --bound or --levers, none-run directories of "
+                        "balloon_testbed. Default: tests/traces and benchmarks/traces")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--bound", action="store_true",
+                      help="the replayed pressure size against the no-headroom bound, by part")
+    mode.add_argument("--levers", action="store_true",
+                      help="what each part of the law holds, taken out or halved")
+    p.add_argument("--json", action="store_true", help="the default table as JSON")
+    p.add_argument("--populate-mib-s", type=float, default=None, metavar="N",
+                   help="the simulated driver reaches a target at N MiB/s (default: at once)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="feed every Nth snapshot (--bound, --levers)")
+    args = p.parse_args(argv)
+    if args.every < 1:
+        p.error(f"--every: expected 1 or more, got {args.every}")
+    if args.populate_mib_s is not None and args.populate_mib_s <= 0:
+        p.error(f"--populate-mib-s: expected more than 0, got {args.populate_mib_s:g}")
+    if (args.bound or args.levers) and not args.paths:
+        p.error("--bound and --levers need one or more none-run directories")
+    return args
 
 
 def main(argv: list[str]) -> int:
-    argv = list(argv)
-    as_json = _flag(argv, "--json")
-    populate_mib_s = _option(argv, "--populate-mib-s")
-    populate = float(populate_mib_s) * 1024 if populate_mib_s is not None else None
-    every = int(_option(argv, "--every") or 1)
-    if _flag(argv, "--levers"):
-        print_levers([Path(a) for a in argv], every, populate)
+    args = parse_args(argv)
+    populate = args.populate_mib_s * 1024 if args.populate_mib_s is not None else None
+    if args.levers:
+        print_levers(args.paths, args.every, populate)
         return 0
-    if _flag(argv, "--bound"):
-        print_bound([Path(a) for a in argv], every, populate)
+    if args.bound:
+        print_bound(args.paths, args.every, populate)
         return 0
-    paths = [Path(a) for a in argv]
-    if not paths:
-        paths = [
-            *sorted((ROOT / "tests" / "traces").glob("*.jsonl")),
-            *sorted(HELD_OUT_DIR.glob("*.jsonl")),
-        ]
+    paths = args.paths or [
+        *sorted((ROOT / "tests" / "traces").glob("*.jsonl")),
+        *sorted(HELD_OUT_DIR.glob("*.jsonl")),
+    ]
     results = {str(p): replay(p, populate) for p in paths}
-    if as_json:
+    if args.json:
         print(json.dumps(
             {p: {k: asdict(v) for k, v in r.items()} for p, r in results.items()}, indent=1
         ))

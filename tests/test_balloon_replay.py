@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.balloon_replay import (
     GAP_PARTS,
     LEVERS,
     attribute,
     bound_replay,
     lever_table,
+    main,
     run_window,
 )
 from guestagent.balloon.trace import load_trace
@@ -82,3 +85,18 @@ def test_the_lever_table_replays_each_lever() -> None:
     # halving R holds less on this trace; every variant holds something between floor and ceiling
     assert table["R halved"][0] < law_held
     assert all(256 <= held <= 1024 for held, _ in table.values())
+
+
+def test_the_command_line_is_checked_before_any_trace_is_read(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` is help (it was once read as a trace's path); a bad value is one usage line."""
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "--populate-mib-s" in capsys.readouterr().out
+    for argv, said in ((["--every", "0", "x"], "--every: expected 1 or more, got 0"),
+                       (["--populate-mib-s", "-1"], "--populate-mib-s: expected more than 0"),
+                       (["--bound"], "need one or more none-run directories"),
+                       (["--bound", "--levers", "x"], "not allowed with argument")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err, argv
