@@ -156,6 +156,12 @@ class Record:
     def cold_bytes(self, s: Sample, node: int) -> int:
         return s.cold_pages.get(node, 0) * PAGE
 
+    def damon_most(self, counter: str, kdamond: int = 0) -> int:
+        """The largest value of a scheme counter (``sz_applied``, ...) DAMON sysfs showed for
+        ``kdamond`` in the samples; 0 when none showed it."""
+        return max((int(s.damon[kdamond].get(counter, "0")) for s in self.samples
+                    if kdamond in s.damon), default=0)
+
 
 def parse_meminfo(text: str) -> dict[int, dict[str, int]]:
     """``Node 0 MemFree:  123 kB`` lines of every nodeN/meminfo -> node -> field -> kB."""
