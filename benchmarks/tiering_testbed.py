@@ -6,19 +6,23 @@ buffer to the other vnode, what it costs, and how much free memory the source no
 
 Boots the e2e testbed (Xen 4.17 in QEMU under TCG, ``tests/e2e``; takes the machine-wide bed lock)
 and runs :mod:`tests.e2e.tiering_scenario`: an HVM guest with 2 vnodes of 512 MiB on Debian's 6.12
-kernel, node 0 filled with a cold buffer, ``guestagent tiering run`` until node 0's share of the
-buffer stops shrinking, then SIGTERM. Reports:
+kernel, ``guestagent run`` (the daemon as the unit starts it, ``[tiering]`` on) started first,
+then node 0 filled with a cold buffer, until node 0's share of the buffer stops shrinking, then
+SIGTERM. Reports:
 
-* bytes moved per second: DAMON's ``sz_applied`` total (the agent's summary) over the time the
-  agent ran, and over the time the buffer was actually moving (first to last poll where node 1's
-  share of the buffer grew), plus the fastest poll interval;
-* the agent's CPU time (user + system of the ``tiering run`` process, from its own summary) and,
+* bytes moved per second: DAMON's ``sz_applied`` total (the tiering job's status) over the run
+  (from the sample before the fill to the last one with the daemon up), and over the time the
+  buffer was actually moving (first to last poll where node 1's share of the buffer grew), plus
+  the fastest poll interval;
+* the agent's CPU time over the same run (user + system of the daemon, every job it runs) and,
   separately, the kernel's CPU time in the kdamond threads (DAMON's sampling and migrations);
-  since the summary has them (issue 18), the process's CPU split at the end of its first tick
-  into start-up (interpreter, imports, probe, the first tick and its kdamonds) and steady state
-  (every later tick and the stop), each set against the kdamonds' CPU;
-* the free memory node 0 regained (MemFree after the run minus after the fill), and what node 1
+  the daemon's start (interpreter, imports, every job's start, the tiering job's first tick),
+  paid once per boot, apart; and the tiering job's own ticks; each set against the kdamonds';
+* the free memory node 0 regained (MemFree after the run minus its least), and what node 1
   gave.
+
+Records from before the daemon drove the scenario (``guestagent tiering run`` started after the
+fill) are read too: their agent figures come from that command's JSON summary.
 
 Everything runs under software emulation on a 2-core machine: absolute speeds are those of this
 testbed, far below real hardware; the ratios (CPU per MiB moved, regained versus moved) are the
@@ -44,7 +48,7 @@ MIB = 1 << 20
 
 def numbers(rec: sc.Record) -> dict[str, Any]:
     """The benchmark's figures from a finished scenario."""
-    s0 = rec.after_fill
+    s0 = rec.start
     moving = [
         (a, b)
         for a, b in zip(rec.samples, rec.samples[1:])
@@ -61,16 +65,20 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
         moved_window = 0
         peak = 0.0
     summary = rec.summary
-    elapsed = float(summary.get("elapsed_s", 0.0))
+    parts = agent_cpu_parts(rec)
+    elapsed = parts["elapsed_s"]
     applied = int(summary.get("bytes_moved", 0))
-    cpu = float(summary.get("agent_cpu_s", 0.0))
+    cpu = parts["agent_cpu_s"]
     # kdamond threads exit when the agent turns them off: their CPU time is the last one seen.
     kdamond_cpu = max((sum(s.kdamond_cpu.values()) for s in rec.samples), default=0.0)
     last_running = max(
         (s for s in rec.samples if s.kdamond_cpu), key=lambda s: s.t, default=rec.last
     )
+    least_free0 = rec.node0_least_free_kb()
+    total0 = rec.last.meminfo[0]["MemTotal"]
     return {
-        **cpu_split(summary, cpu, kdamond_cpu),
+        **cpu_split(parts, kdamond_cpu),
+        "agent_command": rec.agent_command or "guestagent tiering run",
         "kernel": rec.facts.splitlines()[0] if rec.facts else "",
         "fill_mib": rec.fill_mib,
         "fill_seconds": round(rec.fill_seconds, 1),
@@ -88,31 +96,65 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
         "agent_cpu_share": cpu / elapsed if elapsed else 0.0,
         "kdamond_cpu_s": kdamond_cpu,
         "kdamond_cpu_seen_at_s": round(last_running.t - s0.t, 1),
-        "node0_free_regained_bytes": (rec.free_kb(rec.last, 0) - rec.free_kb(s0, 0)) * 1024,
+        "node0_free_regained_bytes": (rec.free_kb(rec.last, 0) - least_free0) * 1024,
         "node1_free_given_bytes": (rec.free_kb(s0, 1) - rec.free_kb(rec.last, 1)) * 1024,
-        "node0_free_after_fill_pct": 100.0 * s0.meminfo[0]["MemFree"] / s0.meminfo[0]["MemTotal"],
-        "node0_free_after_run_pct": 100.0
-        * rec.last.meminfo[0]["MemFree"]
-        / rec.last.meminfo[0]["MemTotal"],
+        "node0_least_free_pct": 100.0 * least_free0 / total0,
+        "node0_free_after_run_pct": 100.0 * rec.free_kb(rec.last, 0) / total0,
         "kdamonds_left": rec.nr_kdamonds_after,
         "agent_rc": rec.run_rc,
     }
 
 
-def cpu_split(summary: dict[str, Any], agent_cpu: float, kdamond_cpu: float) -> dict[str, Any]:
-    """The agent's CPU against the kdamonds': over the run, and (when the summary splits the
-    process's CPU at the end of its first tick) start-up and steady state apart. None where the
-    record cannot say (an agent from before the split, or no kdamond CPU seen)."""
+def agent_cpu_parts(rec: sc.Record) -> dict[str, Any]:
+    """The agent's CPU seconds, from either kind of record: ``agent_cpu_s`` over ``elapsed_s``
+    (the run), ``process_cpu_s`` (the whole process by the end), ``startup_cpu_s`` (to the end
+    of the tiering job's first tick) and ``steady_cpu_s`` (the rest), ``ticks`` and
+    ``tick_cpu_s`` (the tiering job's own ticks; None where the record cannot say).
+
+    Under the daemon (``before_fill`` with its CPU): the run is from the sample before the fill
+    to the last sample that saw the daemon; the start is the daemon's CPU once the tiering job
+    had ticked. Older records: ``tiering run``'s own summary (its run from ``run()``)."""
+    summary = rec.summary
+    start = rec.before_fill
+    if start is not None and start.agent_cpu is not None:
+        end = rec.last_running
+        process = end.agent_cpu if end.agent_cpu is not None else start.agent_cpu
+        startup = rec.daemon_startup_cpu_s
+        return {
+            "elapsed_s": round(end.t - start.t, 3),
+            "agent_cpu_s": round(process - start.agent_cpu, 3),
+            "process_cpu_s": process,
+            "startup_cpu_s": startup,
+            "steady_cpu_s": None if startup is None else round(process - startup, 3),
+            "ticks": summary.get("ticks"),
+            "tick_cpu_s": summary.get("tick_cpu_s"),
+        }
+    return {
+        "elapsed_s": float(summary.get("elapsed_s", 0.0)),
+        "agent_cpu_s": float(summary.get("agent_cpu_s", 0.0)),
+        "process_cpu_s": summary.get("process_cpu_s"),
+        "startup_cpu_s": summary.get("startup_cpu_s"),
+        "steady_cpu_s": summary.get("steady_cpu_s"),
+        "ticks": summary.get("ticks"),
+        "tick_cpu_s": None,
+    }
+
+
+def cpu_split(parts: dict[str, Any], kdamond_cpu: float) -> dict[str, Any]:
+    """The agent's CPU (:func:`agent_cpu_parts`) against the kdamonds': over the run, start-up
+    and steady state apart, and the tiering job's own ticks. None where the record cannot say
+    (an agent from before the split, or no kdamond CPU seen)."""
 
     def ratio(value: float | None) -> float | None:
         return None if value is None or kdamond_cpu <= 0 else value / kdamond_cpu
 
-    startup = summary.get("startup_cpu_s")
-    steady = summary.get("steady_cpu_s")
-    ticks = summary.get("ticks")
+    startup = parts.get("startup_cpu_s")
+    steady = parts.get("steady_cpu_s")
+    ticks = parts.get("ticks")
+    tick_cpu = parts.get("tick_cpu_s")
     return {
-        "agent_to_kdamond": ratio(agent_cpu),
-        "agent_process_cpu_s": summary.get("process_cpu_s"),
+        "agent_to_kdamond": ratio(parts["agent_cpu_s"]),
+        "agent_process_cpu_s": parts.get("process_cpu_s"),
         "agent_startup_cpu_s": startup,
         "agent_steady_cpu_s": steady,
         "agent_ticks": ticks,
@@ -120,6 +162,8 @@ def cpu_split(summary: dict[str, Any], agent_cpu: float, kdamond_cpu: float) -> 
         else None,
         "startup_to_kdamond": ratio(startup),
         "steady_to_kdamond": ratio(steady),
+        "agent_tick_cpu_s": tick_cpu,
+        "ticks_to_kdamond": ratio(tick_cpu),
     }
 
 
@@ -132,14 +176,16 @@ def split_lines(n: dict[str, Any]) -> list[str]:
         return [*lines, "  start-up / steady state: not in this record (the agent's summary has "
                         "no startup_cpu_s: an agent from before issue 18's split)"]
     per_tick = n["agent_steady_cpu_per_tick_s"]
-    return [
-        *lines,
+    lines.append(
         f"  whole process {n['agent_process_cpu_s']:.2f} s = start-up (to the end of the first "
         f"tick) {n['agent_startup_cpu_s']:.2f} s ({n['startup_to_kdamond']:.2f}x kdamond) + "
         f"steady state {n['agent_steady_cpu_s']:.2f} s ({n['steady_to_kdamond']:.2f}x kdamond) "
         f"over {n['agent_ticks']} ticks"
-        + (f", {1000 * per_tick:.1f} ms per later tick" if per_tick is not None else ""),
-    ]
+        + (f", {1000 * per_tick:.1f} ms per later tick" if per_tick is not None else ""))
+    if n["agent_tick_cpu_s"] is not None:
+        lines.append(f"  the tiering job's own ticks: {n['agent_tick_cpu_s']:.2f} s "
+                     f"({n['ticks_to_kdamond']:.2f}x kdamond)")
+    return lines
 
 
 def report(n: dict[str, Any]) -> str:
@@ -166,10 +212,11 @@ def report(n: dict[str, Any]) -> str:
         ),
         f"kernel CPU in kdamond threads (DAMON sampling + migration): {n['kdamond_cpu_s']:.2f} s",
         *split_lines(n),
-        f"node 0 free: {n['node0_free_after_fill_pct']:.1f} % after the fill -> "
+        f"node 0 free: {n['node0_least_free_pct']:.1f} % at its least -> "
         f"{n['node0_free_after_run_pct']:.1f} % after the run (regained "
         f"{mib(n['node0_free_regained_bytes'])}); node 1 gave {mib(n['node1_free_given_bytes'])}",
-        f"after SIGTERM: agent exit {n['agent_rc']}, kdamonds left {n['kdamonds_left']}",
+        f"after SIGTERM: `{n['agent_command']}` exit {n['agent_rc']}, kdamonds left "
+        f"{n['kdamonds_left']}",
     ]
     return "\n".join(lines)
 

@@ -231,17 +231,58 @@ def test_between_full_snapshots_only_the_meminfo_lines_used_are_parsed(tmp_path:
 def test_the_benchmark_sets_start_up_and_steady_state_against_kdamond() -> None:
     from benchmarks.tiering_testbed import cpu_split, split_lines
 
-    split = cpu_split({"process_cpu_s": 3.0, "startup_cpu_s": 2.0, "steady_cpu_s": 1.0,
-                       "ticks": 11}, 2.5, 4.0)
+    split = cpu_split({"agent_cpu_s": 2.5, "process_cpu_s": 3.0, "startup_cpu_s": 2.0,
+                       "steady_cpu_s": 1.0, "ticks": 11, "tick_cpu_s": 0.4}, 4.0)
     assert split["agent_to_kdamond"] == 2.5 / 4.0
     assert (split["startup_to_kdamond"], split["steady_to_kdamond"]) == (0.5, 0.25)
     assert split["agent_steady_cpu_per_tick_s"] == 0.1
+    assert split["ticks_to_kdamond"] == 0.1
+    lines = split_lines(split)
     assert "steady state 1.00 s (0.25x kdamond) over 11 ticks, 100.0 ms per later tick" in (
-        split_lines(split)[1])
-    old = cpu_split({}, 2.5, 4.0)  # a record from before the split
+        lines[1])
+    assert lines[2] == "  the tiering job's own ticks: 0.40 s (0.10x kdamond)"
+    old = cpu_split({"agent_cpu_s": 2.5}, 4.0)  # a record from before the split
     assert old["startup_to_kdamond"] is None and old["agent_to_kdamond"] == 0.625
     assert "not in this record" in split_lines(old)[1]
-    assert split_lines(cpu_split({}, 2.5, 0.0)) == ["agent / kdamond CPU: no kdamond CPU seen"]
+    assert split_lines(cpu_split({"agent_cpu_s": 2.5}, 0.0)) == [
+        "agent / kdamond CPU: no kdamond CPU seen"]
+
+
+def _sample(t: float, agent_cpu: float | None, free0_kb: int) -> Any:
+    from tests.e2e.tiering_scenario import Sample
+
+    meminfo = {0: {"MemTotal": 500_000, "MemFree": free0_kb}, 1: {"MemTotal": 500_000,
+                                                                   "MemFree": 300_000}}
+    return Sample(t=t, meminfo=meminfo, cold_pages={}, damon={}, kdamond_cpu={},
+                  agent_cpu=agent_cpu)
+
+
+def test_under_the_daemon_the_run_counts_from_before_the_fill_and_the_start_apart(
+    tmp_path: Path,
+) -> None:
+    """A record of the scenario under ``guestagent run``: the agent's CPU over the run is the
+    daemon's from the sample before the fill to the last that saw it (the sample after SIGTERM
+    has none); its start (to the first tick) is apart; node 0 regains from its least."""
+    from benchmarks.tiering_testbed import agent_cpu_parts, numbers
+    from tests.e2e.tiering_scenario import Record
+
+    rec = Record(agent_command="guestagent run --config /tmp/run.toml",
+                 daemon_startup_cpu_s=3.0, before_fill=_sample(100.0, 3.25, 400_000),
+                 summary={"ticks": 40, "tick_cpu_s": 0.5, "bytes_moved": 200 << 20})
+    rec.samples = [_sample(130.0, 3.5, 20_000), _sample(180.0, 4.0, 150_000),
+                   _sample(190.0, None, 210_000)]
+    parts = agent_cpu_parts(rec)
+    assert parts["elapsed_s"] == 80.0 and parts["agent_cpu_s"] == 0.75
+    assert (parts["process_cpu_s"], parts["startup_cpu_s"], parts["steady_cpu_s"]) == (
+        4.0, 3.0, 1.0)
+    assert (parts["ticks"], parts["tick_cpu_s"]) == (40, 0.5)
+    n = numbers(rec)
+    assert n["node0_free_regained_bytes"] == (210_000 - 20_000) * 1024
+    assert n["agent_command"].startswith("guestagent run")
+    rec.save(tmp_path / "tier-tiering.json")  # and read back as the benchmark's --record does
+    again = Record.load(tmp_path / "tier-tiering.json")
+    assert again.before_fill == rec.before_fill and again.samples == rec.samples
+    assert numbers(again) == n
 
 
 def test_a_reason_is_logged_once_until_it_changes_and_a_new_rate_once(

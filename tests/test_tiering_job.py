@@ -78,3 +78,35 @@ def test_a_start_after_a_kill_undoes_the_predecessors_kdamonds_then_serves(
     assert read(root, NR_KDAMONDS) == "0"
     assert not (root / "run/guestagent/tiering.json").exists()
     loop.close()
+
+
+def test_the_status_gives_the_counters_ticks_and_the_ticks_cpu_time(tmp_path: Path) -> None:
+    """Issue 18, under ``guestagent run``: the daemon's status carries what ``tiering run``'s
+    summary says (bytes moved and tried, per source) and the job's own CPU time in its ticks,
+    which is the job's cost apart from the other jobs of the same daemon."""
+    from guestagent.host import Host
+    from guestagent.tiering.damon import DamonBackend
+    from tests.test_tiering_damon import FakeDamonKernel, make_tree
+
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    hostfs = HostFS(str(root))
+    damon = ("damon", lambda h: DamonBackend(h, writer=kernel.write))
+    loop = EventLoop()
+    ctx = JobContext(loop, hostfs, defaults(), XenstoreHub(loop, lambda: None), "guest",
+                     host=Host(hostfs, tiering_backends=[damon]))
+    job = TieringJob()
+    job.start(ctx)
+    before = job.status()
+    assert (before["active"], before["ticks"], before["tick_cpu_s"]) == (False, 0, 0.0)
+    assert (before["bytes_moved"], before["bytes_tried"], before["moved_by_source"]) == (0, 0, {})
+    job._tick()  # node 0 is short: kdamonds added and on
+    kernel.advance(0, sz_tried=12 << 20, sz_applied=8 << 20, qt_exceeds=3)
+    after = job.status()
+    assert after["active"] is True and after["ticks"] == 1 and after["tick_cpu_s"] > 0
+    assert (after["bytes_moved"], after["bytes_tried"], after["quota_exceeds"]) == (
+        8 << 20, 12 << 20, 3)
+    assert after["moved_by_source"] == {"0": 8 << 20, "1": 0}
+    assert after["pages_moved"] == (8 << 20) // 4096
+    job.stop()
+    loop.close()

@@ -40,7 +40,13 @@ from guestagent.errors import GuestAgentError
 from guestagent.host import TIERING_BACKENDS, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering import readers
-from guestagent.tiering.model import Availability, Backend, PolicyState, TieringConfig
+from guestagent.tiering.model import (
+    Availability,
+    Backend,
+    PolicyState,
+    TieringConfig,
+    TieringStats,
+)
 from guestagent.tiering.policy import decide
 from guestagent.units import MIB, PAGE_SIZE
 
@@ -266,14 +272,23 @@ def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, A
     stats = backend.stats()
     return {
         "backend": backend.name,
-        "bytes_moved": stats.pages_moved_or_put * PAGE_SIZE,
-        "bytes_tried": stats.bytes_tried,
+        **backend_counters(stats),
         "pages_returned": stats.pages_returned,
         "failures_pages": stats.failures,
-        "quota_exceeds": stats.quota_exceeds,
-        "moved_by_source": {str(n): b for n, b in sorted(stats.moved_by_source.items())},
         "elapsed_s": round(elapsed_s, 3),
         "agent_cpu_s": round(cpu_s, 3),
+    }
+
+
+def backend_counters(stats: TieringStats | None) -> dict[str, Any]:
+    """A backend's counters in bytes, as ``tiering run``'s summary and the tiering job's status
+    give them (None, a backend not started yet: zeros)."""
+    stats = stats if stats is not None else TieringStats()
+    return {
+        "bytes_moved": stats.pages_moved_or_put * PAGE_SIZE,
+        "bytes_tried": stats.bytes_tried,
+        "quota_exceeds": stats.quota_exceeds,
+        "moved_by_source": {str(n): b for n, b in sorted(stats.moved_by_source.items())},
     }
 
 

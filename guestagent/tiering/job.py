@@ -8,12 +8,19 @@ removed, so they are not taken for another DAMON user's and the job serves again
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from guestagent.config import Config
 from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
-from guestagent.tiering.commands import probe_all, process_cpu_seconds, serving, why_not
+from guestagent.tiering.commands import (
+    backend_counters,
+    probe_all,
+    process_cpu_seconds,
+    serving,
+    why_not,
+)
 from guestagent.tiering.config import tiering_config
 from guestagent.tiering.journal import TieringJournal, journal_path
 from guestagent.tiering.policy import next_interval
@@ -43,6 +50,9 @@ class TieringJob:
         #: imports, probe and the first tick's kdamonds) when the first one ended.
         self.ticks = 0
         self.cpu_at_first_tick_s: float | None = None
+        #: CPU time (user + system) of the daemon's thread inside the ticks: the job's own cost in
+        #: a daemon that runs other jobs beside it (``status``; issue 18).
+        self.tick_cpu_s = 0.0
         self._log = get_logger("tiering")
 
     def start(self, ctx: JobContext) -> None:
@@ -80,9 +90,11 @@ class TieringJob:
         runner = self._runner
         if runner is None:
             return
+        cpu0 = time.thread_time()
         try:
             runner.tick()
         finally:
+            self.tick_cpu_s += time.thread_time() - cpu0
             self.ticks += 1
             if self.cpu_at_first_tick_s is None:
                 self.cpu_at_first_tick_s = process_cpu_seconds()
@@ -115,6 +127,8 @@ class TieringJob:
             self._runner = None
 
     def status(self) -> dict[str, Any]:
+        """The backend, whether it has been started, its counters since (zeros before: an idle
+        guest creates nothing), and the job's ticks and their CPU time."""
         runner = self._runner
         if runner is None:
             return {}
@@ -125,4 +139,7 @@ class TieringJob:
             "pages_moved": 0 if stats is None else stats.pages_moved_or_put,
             "pages_returned": 0 if stats is None else stats.pages_returned,
             "failures": 0 if stats is None else stats.failures,
+            **backend_counters(stats),
+            "ticks": self.ticks,
+            "tick_cpu_s": round(self.tick_cpu_s, 3),
         }

@@ -3,11 +3,12 @@
 * tmem: ``guestagent tiering status --json`` in a PV guest says the tmem backend is unavailable
   because Xen 4.17 answers -ENOSYS to ``tmem_op`` (tmem left Xen in 4.13), and DAMON is unavailable
   on Debian's 6.1 kernel (built without DAMON; ``migrate_cold`` needs Linux 6.11 anyway).
-* DAMON: in an HVM guest with 2 vnodes on Debian's 6.12 kernel, the agent's ``tiering run`` moves a
-  cold buffer from node 0 to node 1 (the scenario of :mod:`tests.e2e.tiering_scenario`), and
-  removes its kdamonds on SIGTERM. Then, in the same guest (issue 15), ``kill -9`` of the agent
-  while its kdamond migrates, next to a kdamond of another DAMON user's, and the unit's stop
-  command by hand (:func:`check_kill_9_mid_tiering`).
+* DAMON: in an HVM guest with 2 vnodes on Debian's 6.12 kernel, ``guestagent run`` (the daemon,
+  as the unit starts it, with ``[tiering]`` turned on), started before node 0 fills with a cold
+  buffer, moves the buffer from node 0 to node 1 (the scenario of
+  :mod:`tests.e2e.tiering_scenario`), and removes its kdamonds on SIGTERM. Then, in the same guest
+  (issue 15), ``kill -9`` of the daemon while its kdamond migrates, next to a kdamond of another
+  DAMON user's, and the unit's stop command by hand (:func:`check_kill_9_mid_tiering`).
 """
 
 from __future__ import annotations
@@ -85,29 +86,43 @@ def check_scenario(rec: sc.Record) -> None:
     plan = rec.status_after_fill["plan"]
     assert [(p["source"], p["target"]) for p in plan] == [(0, 1)], rec.status_after_fill
 
-    # The cold buffer sat on node 0 and went (in large part) to node 1.
-    before, last = rec.after_fill, rec.last
-    assert rec.cold_bytes(before, 1) < 4 * MIB, before.cold_pages
-    moved_buffer = rec.cold_bytes(last, 1) - rec.cold_bytes(before, 1)
-    assert moved_buffer >= 64 * MIB, (before.cold_pages, last.cold_pages)
-    # Node 0 regained free memory, node 1 gave it.
-    regained = (rec.free_kb(last, 0) - rec.free_kb(before, 0)) * 1024
-    assert regained >= 48 * MIB, (before.meminfo, last.meminfo)
-    assert rec.free_kb(last, 1) < rec.free_kb(before, 1), (before.meminfo, last.meminfo)
+    # The daemon, up before the fill, had created nothing while no node was short (an idle
+    # guest gets no kdamond).
+    assert rec.before_fill is not None and rec.daemon_startup_cpu_s is not None, rec.agent_command
+    assert rec.before_fill.damon == {} and not rec.before_fill.kdamond_cpu, rec.before_fill
+
+    # The cold buffer went (in large part) to node 1: numactl placed all of it on node 0, so what
+    # is on node 1 the agent moved.
+    moved_buffer = rec.cold_bytes(rec.last, 1)
+    assert moved_buffer >= 64 * MIB, (rec.after_fill.cold_pages, rec.last.cold_pages)
+    # Node 0 regained free memory from its lowest, node 1 gave it.
+    regained = (rec.free_kb(rec.last, 0) - rec.node0_least_free_kb()) * 1024
+    assert regained >= 48 * MIB, (rec.after_fill.meminfo, rec.last.meminfo)
+    assert rec.free_kb(rec.last, 1) < rec.free_kb(rec.before_fill, 1), (
+        rec.before_fill.meminfo, rec.last.meminfo)
 
     # The scheme's own statistics, read from DAMON sysfs while the agent ran.
     assert rec.damon_most("sz_applied") > 0, [s.damon for s in rec.samples]
     assert any(s.damon.get(0, {}).get("target_nid") == "1" for s in rec.samples)
 
-    # The agent's summary agrees, and it stopped cleanly: no kdamond left.
+    check_daemon_counters(rec, moved_buffer)
+
+
+def check_daemon_counters(rec: sc.Record, moved_buffer: int) -> None:
+    """The tiering job's status agrees with the kernel's counters and with what moved, and the
+    daemon stopped cleanly on SIGTERM: no kdamond left."""
     assert rec.run_rc == 0, rec.agent_log[-3000:]
-    assert rec.summary["backend"] == "damon", rec.summary
+    assert rec.summary["backend"] == "damon" and rec.summary["active"], rec.summary
     assert rec.summary["bytes_moved"] >= 0.9 * moved_buffer, json.dumps(rec.summary)
     # Its counters add up the kernel's over the run: never below what DAMON sysfs showed while
     # it ran. (Not tried >= moved: paddr counts whole large folios, so moved can exceed tried.)
     for key, counter in (("bytes_moved", "sz_applied"), ("bytes_tried", "sz_tried")):
         shown = rec.damon_most(counter)
         assert 0 < shown <= rec.summary[key], (key, shown, rec.summary)
+    # The job's own CPU time in its ticks is part of the daemon's.
+    daemon_cpu = rec.last_running.agent_cpu
+    assert daemon_cpu is not None and 0 < rec.summary["tick_cpu_s"] <= daemon_cpu, (
+        rec.summary, rec.last_running)
     assert rec.nr_kdamonds_after == 0, rec.after_stop
     assert rec.kdamond_threads_after == 0, rec.after_stop
 
@@ -116,15 +131,12 @@ def check_scenario(rec: sc.Record) -> None:
 
 KD = sc.KDAMONDS
 JOURNAL = "/run/guestagent/tiering.json"
-#: The killed agent: the scenario's watermarks and a rate bound low enough that the move lasts
-#: about a minute, so the kill lands while pages move.
-CRASH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-high-pct {sc.SOURCE_HIGH_PCT:g} "
-              f"--target-min-pct {sc.TARGET_MIN_PCT:g} --max-rate-mb 4 --json")
-#: The fresh agent, started on node 0 refilled (``refill_node0``): node 0 is a source up to 44 %
-#: free, so it has a move to make and adds kdamonds of its own.
-FRESH_ARGS = (f"--interval {sc.INTERVAL_S:g} --source-low-pct 44 "
-              f"--source-high-pct {sc.SOURCE_HIGH_PCT:g} --target-min-pct {sc.TARGET_MIN_PCT:g} "
-              "--max-rate-mb 4 --json")
+#: The killed daemon's ``[tiering]``: the scenario's watermarks and a rate bound low enough that
+#: the move lasts about a minute, so the kill lands while pages move.
+CRASH_KEYS = {**sc.TIERING_KEYS, "max_rate_mb": 4}
+#: The fresh daemon's, started on node 0 refilled (``refill_node0``): node 0 is a source up to
+#: 44 % free, so it has a move to make and adds kdamonds of its own.
+FRESH_KEYS = {**CRASH_KEYS, "source_low_pct": 44}
 
 #: ``w FILE VALUE``: a DAMON sysfs write tried again while it fails (EBUSY: the sysfs lock is
 #: taken with a trylock, and every running kdamond holds it for a moment now and then).
@@ -195,19 +207,6 @@ def damon_left(g: Guest) -> tuple[dict[int, tuple[str, int, int]], dict[str, str
     return kds, rest
 
 
-def start_agent(g: Guest, name: str, args: str) -> None:
-    """``guestagent tiering run ARGS`` (the daemon with the tiering job alone) in the background,
-    as the scenario starts it: its PID in /tmp/NAME.pid, its exit status in /tmp/NAME.rc (the
-    wrapper reaps it), its summary in /tmp/NAME.json and its log in /tmp/NAME.log."""
-    g.run_ok(
-        f"rm -f /tmp/{name}.pid /tmp/{name}.rc\n"
-        f"setsid sh -c 'guestagent tiering run {args} >/tmp/{name}.json 2>/tmp/{name}.log & "
-        f"echo $! > /tmp/{name}.pid; wait $!; echo $? > /tmp/{name}.rc' "
-        "</dev/null >/dev/null 2>&1 &\n"
-        f"sleep 1; cat /tmp/{name}.pid"
-    )
-
-
 def refill_node0(g: Guest) -> int:
     """The scenario's cold process ended (its pages on both nodes freed) and a new one fills node
     0 as the scenario's did; its size in MiB."""
@@ -239,8 +238,9 @@ def stop_post(g: Guest) -> str:
 
 
 def check_kill_9_mid_tiering(g: Guest) -> str:
-    """``kill -9`` of ``guestagent tiering run`` while its kdamond migrates, next to another
-    DAMON user's running kdamond; then the unit's ExecStopPost (``guestagent reset``) by hand.
+    """``kill -9`` of ``guestagent run`` (``[tiering]`` on) while its kdamond migrates, next to
+    another DAMON user's running kdamond; then the unit's ExecStopPost (``guestagent reset``) by
+    hand.
 
     Seen before issue 15: the orphaned kdamond kept migrating, and a restarted agent called it
     "another DAMON user" and refused to serve. Asserted: the crash left the agent's kdamond on
@@ -285,7 +285,7 @@ def kill_mid_move(g: Guest) -> tuple[int, list[int], int, sc.Sample]:
              "</dev/null >/dev/null 2>&1 & "
              "i=0; while [ ! -s /tmp/foreign.pid ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); "
              "done; cat /tmp/foreign.pid")
-    start_agent(g, "crash", CRASH_ARGS)
+    sc.start_daemon(g, "crash", CRASH_KEYS)
     out, rc = g.run(KILL_MID_MOVE, timeout=700)
     assert rc == 0 and "killed: rc 137" in out, (out, g.run_ok("tail -n 30 /tmp/crash.log"))
     applied = [int(v) for v in re.findall(r"^sz_applied (\d+)$", out, re.M)]
@@ -323,16 +323,6 @@ def check_reset_spares_the_other_user(g: Guest, foreign_pid: int) -> None:
     assert "level=error" not in stop_log, stop_log
 
 
-def tiering_serving(g: Guest) -> dict[str, Any]:
-    """The fresh agent's tiering job in ``guestagent status --json`` once it is active (its
-    kdamonds added), else {}; AssertionError with its log if it exited (refused)."""
-    if g.run("test -s /tmp/fresh.rc")[1] == 0:
-        raise AssertionError("the fresh agent exited:\n" + g.run_ok("cat /tmp/fresh.log"))
-    out, rc = g.run("guestagent status --json 2>/dev/null")
-    job: dict[str, Any] = sc.first_json(out).get("jobs", {}).get("tiering", {}) if rc == 0 else {}
-    return job if job.get("active") else {}
-
-
 def fresh_move_kdamond(fresh_log: str) -> int:
     """The index of the kdamond that made the fresh agent's first move: the agent adds one
     kdamond per node (``damon_kdamonds_added first=3 nodes=0,1``), and its first ``damon_move``
@@ -351,12 +341,12 @@ def fresh_move_kdamond(fresh_log: str) -> int:
 
 
 def check_fresh_agent_serves_then_stops(g: Guest) -> None:
-    """A fresh ``tiering run`` on what the crash and the reset left serves (no "another DAMON
+    """A fresh ``guestagent run`` on what the crash and the reset left serves (no "another DAMON
     user", no leftover, its kdamonds added after the three idle ones); SIGTERM and the stop
     command then leave no kdamond running and no journal."""
-    start_agent(g, "fresh", FRESH_ARGS)
+    sc.start_daemon(g, "fresh", FRESH_KEYS)
     deadline = time.monotonic() + 300
-    while not (job := tiering_serving(g)):
+    while not (job := sc.tiering_job_status(g, "fresh")).get("active"):
         assert time.monotonic() < deadline, g.run_ok("tail -n 30 /tmp/fresh.log")
         time.sleep(3)
     assert job["running"] and job["backend"] == "damon", job

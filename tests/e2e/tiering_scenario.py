@@ -7,20 +7,29 @@ An HVM guest with 2 vnodes of 512 MiB (one vCPU each) on Debian's 6.12 kernel (D
 
 1. the guest's facts: kernel release, DAMON sysfs, the MGLRU switch, per-node meminfo; and a
    hand-made kdamond (no agent) that accepts action ``migrate_cold`` and has ``target_nid``;
-2. ``guestagent tiering status --json`` before the fill;
-3. node 0 filled with a cold buffer: ``numactl --membind=0 --cpunodebind=0`` a Python process that
-   maps an anonymous buffer, writes every page once and sleeps; sized so node 0's free memory ends
-   near :data:`FILL_LEAVE_PCT` of its MemTotal (under the policy's 10 % pressure watermark);
-4. ``guestagent tiering status --json`` after the fill (the plan: node 0 -> node 1);
-5. ``guestagent tiering run --json`` in the background; every :data:`POLL_S` seconds a sample:
-   per-node meminfo, the cold process's anonymous pages per node (``/proc/PID/numa_maps``,
-   without its file mappings: the interpreter's libraries sit in the page cache wherever an
-   earlier reader put them, and with a vCPU on node 1 that can be node 1), the scheme's
-   statistics and target in DAMON sysfs, and the CPU time of the kdamond threads;
-6. SIGTERM to the agent; its summary (bytes moved and tried, its CPU time), its log, and what is
-   left of DAMON afterwards (``nr_kdamonds``, kdamond threads).
+2. ``guestagent tiering status --json`` before the agent runs;
+3. ``guestagent run`` (the daemon, as the unit starts it, every job the defaults turn on) with a
+   configuration file that turns ``[tiering]`` on (:data:`TIERING_KEYS`), started before the
+   memory fills as a daemon started at boot is; once its tiering job has ticked, the daemon's CPU
+   time so far (its start) and a sample (:class:`Sample`, with the daemon's CPU time);
+4. node 0 filled with a cold buffer while the daemon runs: ``numactl --membind=0
+   --cpunodebind=0`` a Python process that maps an anonymous buffer, writes every page once and
+   sleeps; sized so node 0's free memory ends near :data:`FILL_LEAVE_PCT` of its MemTotal (under
+   the policy's 10 % pressure watermark); every page of it is placed on node 0, so what is on
+   node 1 later the agent moved;
+5. ``guestagent tiering status --json`` after the fill (the plan: node 0 -> node 1);
+6. every :data:`POLL_S` seconds a sample: per-node meminfo, the cold process's anonymous pages per
+   node (``/proc/PID/numa_maps``, without its file mappings: the interpreter's libraries sit in
+   the page cache wherever an earlier reader put them, and with a vCPU on node 1 that can be node
+   1), the scheme's statistics and target in DAMON sysfs, the CPU time of the kdamond threads and
+   of the daemon;
+7. the tiering job's status from the daemon (``guestagent status --json``: bytes moved and tried,
+   ticks and their CPU time), SIGTERM to the daemon, its log, and what is left of DAMON afterwards
+   (``nr_kdamonds``, kdamond threads).
 
 Everything the guest said is kept in :class:`Record` and written as JSON into the run directory.
+Records from before the daemon drove the scenario (``guestagent tiering run`` started after the
+fill, its own JSON summary) load too: they have no ``before_fill`` sample.
 """
 
 from __future__ import annotations
@@ -52,11 +61,19 @@ KDAMONDS = f"{ADMIN}/kdamonds"
 #: Node 0's free memory after the fill, percent of its MemTotal (the policy's source_low_pct is 10).
 FILL_LEAVE_PCT = 4.0
 POLL_S = 10.0
-#: Watermarks given to ``tiering run``: node 0 stays a source until this much of it is free, and
+#: Watermarks given to the tiering job: node 0 stays a source until this much of it is free, and
 #: node 1 keeps at least this much free (the defaults, 15 % / 25 %, would stop after ~45 MiB).
 SOURCE_HIGH_PCT = 45.0
 TARGET_MIN_PCT = 45.0
 INTERVAL_S = 2.0
+#: The ``[tiering]`` keys of the scenario's daemon.
+TIERING_KEYS: dict[str, float] = {
+    "interval_seconds": INTERVAL_S,
+    "source_high_pct": SOURCE_HIGH_PCT,
+    "target_min_pct": TARGET_MIN_PCT,
+}
+#: How long the daemon may take to start and tick once (TCG, a cold page cache).
+READY_S = 300.0
 
 COLD_PY = r"""
 import mmap, os, signal, sys
@@ -91,10 +108,13 @@ class Sample:
     damon: dict[int, dict[str, str]]
     #: kdamond thread pid -> CPU seconds (utime + stime)
     kdamond_cpu: dict[int, float]
-    #: the agent's ``tiering run`` had exited when the sample was taken
+    #: the agent had exited when the sample was taken
     agent_exited: bool = False
     #: the guest's uptime (s), to line samples up with its console
     uptime: float = 0.0
+    #: the daemon's CPU seconds (utime + stime) since it started; None: not running, or a record
+    #: from before the daemon drove the scenario
+    agent_cpu: float | None = None
 
 
 @dataclass
@@ -103,12 +123,20 @@ class Record:
     migrate_cold_probe: str = ""
     status_before: dict[str, Any] = field(default_factory=dict)
     status_after_fill: dict[str, Any] = field(default_factory=dict)
+    #: the command that ran the agent
+    agent_command: str = ""
+    #: the daemon's CPU seconds when its tiering job had ticked once (interpreter, imports, every
+    #: job's start, the first tick); None in records of ``tiering run``
+    daemon_startup_cpu_s: float | None = None
+    #: a sample with the daemon running, just before the fill; None in records of ``tiering run``
+    before_fill: Sample | None = None
     fill_mib: int = 0
     fill_seconds: float = 0.0
     cold_pid: int = 0
     meminfo_before: dict[int, dict[str, int]] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     run_rc: int | None = None
+    #: the tiering job's status before SIGTERM (``tiering run``'s JSON summary in older records)
     summary: dict[str, Any] = field(default_factory=dict)
     agent_log: str = ""
     after_stop: str = ""
@@ -126,8 +154,8 @@ class Record:
         def ints(d: dict[str, Any]) -> dict[int, Any]:
             return {int(k): v for k, v in d.items()}
 
-        samples = [
-            Sample(
+        def sample(s: dict[str, Any]) -> Sample:
+            return Sample(
                 t=s["t"],
                 meminfo=ints(s["meminfo"]),
                 cold_pages=ints(s["cold_pages"]),
@@ -135,9 +163,12 @@ class Record:
                 kdamond_cpu=ints(s["kdamond_cpu"]),
                 agent_exited=s.get("agent_exited", False),
                 uptime=s.get("uptime", 0.0),
+                agent_cpu=s.get("agent_cpu"),
             )
-            for s in doc.pop("samples")
-        ]
+
+        samples = [sample(s) for s in doc.pop("samples")]
+        before = doc.pop("before_fill", None)
+        doc["before_fill"] = None if before is None else sample(before)
         doc["meminfo_before"] = ints(doc.get("meminfo_before", {}))
         return cls(samples=samples, **doc)
 
@@ -147,8 +178,26 @@ class Record:
         return self.samples[0]
 
     @property
+    def start(self) -> Sample:
+        """Where the agent's work is counted from: the sample before the fill (the daemon already
+        running), else (``tiering run`` records) the one after it."""
+        return self.before_fill if self.before_fill is not None else self.after_fill
+
+    @property
     def last(self) -> Sample:
         return self.samples[-1]
+
+    @property
+    def last_running(self) -> Sample:
+        """The last sample that saw the daemon's CPU time (before SIGTERM); ``last`` in records
+        of ``tiering run``."""
+        seen = [s for s in self.samples if s.agent_cpu is not None]
+        return seen[-1] if seen else self.last
+
+    def node0_least_free_kb(self) -> int:
+        """Node 0's least MemFree over the samples: where the fill left it, before the agent
+        (which runs during the fill) gave any back."""
+        return min(self.free_kb(s, 0) for s in self.samples)
 
     def free_kb(self, s: Sample, node: int) -> int:
         return s.meminfo[node]["MemFree"]
@@ -218,6 +267,9 @@ done
 echo '=== kdamond'
 for p in $(pgrep kdamond); do echo "cpu $p $(cut -d' ' -f14,15 /proc/$p/stat)"; done
 echo '=== agent'; cat /tmp/run.rc 2>/dev/null
+echo '=== agentcpu'
+p=$(cat /tmp/run.pid 2>/dev/null) && [ -z "$(cat /tmp/run.rc 2>/dev/null)" ] &&
+    sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f12,13
 echo '=== uptime'; cut -d' ' -f1 /proc/uptime
 true
 """
@@ -232,6 +284,7 @@ def parse_sample(t: float, out: str) -> Sample:
         int(m.group(1)): (int(m.group(2)) + int(m.group(3))) / 100.0
         for m in re.finditer(r"^cpu (\d+) (\d+) (\d+)$", parts.get("kdamond", ""), re.M)
     }
+    agent = re.match(r"^(\d+) (\d+)$", parts.get("agentcpu", "").strip())
     return Sample(
         t=t,
         meminfo=parse_meminfo(parts.get("meminfo", "")),
@@ -240,7 +293,56 @@ def parse_sample(t: float, out: str) -> Sample:
         kdamond_cpu=cpu,
         agent_exited=bool(parts.get("agent", "").strip()),
         uptime=float(parts.get("uptime", "0").strip() or 0),
+        agent_cpu=(int(agent.group(1)) + int(agent.group(2))) / 100.0 if agent else None,
     )
+
+
+def daemon_config(keys: dict[str, float]) -> str:
+    """The daemon's configuration file: ``[tiering]`` on with ``keys``; everything else the
+    defaults (the jobs they turn on run too, as under the unit)."""
+    lines = ["[tiering]", "enabled = true"]
+    lines += [f"{k} = {v:g}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+def start_daemon(g: Guest, name: str, keys: dict[str, float]) -> str:
+    """``guestagent run --config /tmp/NAME.toml`` in the background, as the unit runs it but with
+    this main file (the drop-in directory the unit's, /etc/guestagent/conf.d): its PID in
+    /tmp/NAME.pid, its exit status in /tmp/NAME.rc (the wrapper reaps it), its log in
+    /tmp/NAME.log. Returns the command."""
+    command = f"guestagent run --config /tmp/{name}.toml"
+    g.run_ok(
+        f"rm -f /tmp/{name}.pid /tmp/{name}.rc\n"
+        f"cat > /tmp/{name}.toml <<'EOF'\n{daemon_config(keys)}EOF\n"
+        f"setsid sh -c '{command} >/tmp/{name}.out 2>/tmp/{name}.log & "
+        f"echo $! > /tmp/{name}.pid; wait $!; echo $? > /tmp/{name}.rc' "
+        "</dev/null >/dev/null 2>&1 &\n"
+        f"sleep 1; cat /tmp/{name}.pid"
+    )
+    return command
+
+
+def tiering_job_status(g: Guest, name: str) -> dict[str, Any]:
+    """The tiering job's entry of the daemon's ``guestagent status --json`` ({} while it does not
+    answer, or has no tiering job yet); AssertionError with its log when the daemon exited."""
+    if g.run(f"test -s /tmp/{name}.rc")[1] == 0:
+        raise AssertionError(f"the daemon {name} exited with status "
+                             f"{g.run_ok(f'cat /tmp/{name}.rc').strip()}:\n"
+                             + g.run_ok(f"tail -n 30 /tmp/{name}.log"))
+    out, rc = g.run("guestagent status --json 2>/dev/null", timeout=180)
+    if rc != 0 or "{" not in out:
+        return {}
+    job: dict[str, Any] = first_json(out).get("jobs", {}).get("tiering", {})
+    return job
+
+
+def wait_until_ticked(g: Guest, name: str) -> dict[str, Any]:
+    """The tiering job's status once it has ticked (the daemon's start is over)."""
+    deadline = time.monotonic() + READY_S
+    while not (job := tiering_job_status(g, name)).get("ticks"):
+        assert time.monotonic() < deadline, (job, g.run_ok(f"tail -n 30 /tmp/{name}.log"))
+        time.sleep(2)
+    return job
 
 
 def describe(s: Sample, t0: float) -> str:
@@ -250,7 +352,9 @@ def describe(s: Sample, t0: float) -> str:
         f"kd{i} {d.get('state')} applied {int(d.get('sz_applied', '0')) // MIB} MiB"
         for i, d in sorted(s.damon.items())
     )
-    return f"t+{s.t - t0:5.0f}s (up {s.uptime:.0f}s) {free} | cold buffer: {cold} | {kd}"
+    agent = "" if s.agent_cpu is None else f" | daemon CPU {s.agent_cpu:.2f}s"
+    return (f"t+{s.t - t0:5.0f}s (up {s.uptime:.0f}s) {free} | cold buffer: {cold} | {kd}"
+            + agent)
 
 
 def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0) -> Record:
@@ -304,8 +408,15 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     log("migrate_cold by hand:\n" + rec.migrate_cold_probe)
     rec.status_before = first_json(g.run_ok("guestagent tiering status --json", timeout=180))
 
+    # The daemon, as started at boot: before the memory fills.
+    rec.agent_command = start_daemon(g, "run", TIERING_KEYS)
+    ready = wait_until_ticked(g, "run")
+    rec.before_fill = parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH))
+    rec.daemon_startup_cpu_s = rec.before_fill.agent_cpu
+    log(f"daemon up: tiering job {json.dumps(ready)}; CPU {rec.daemon_startup_cpu_s} s")
+
     # The cold buffer on node 0.
-    meminfo = parse_meminfo(g.run_ok("cat /sys/devices/system/node/node*/meminfo"))
+    meminfo = rec.before_fill.meminfo
     rec.meminfo_before = meminfo
     free0, total0 = meminfo[0]["MemFree"], meminfo[0]["MemTotal"]
     # ~8 MiB for the Python interpreter itself, also on node 0 (seen: a 399 MiB fill took node 0
@@ -336,36 +447,23 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     log("plan after the fill: " + json.dumps(rec.status_after_fill.get("plan")) + " "
         + json.dumps(rec.status_after_fill.get("reasons")))
 
-    # The agent, in the background, until SIGTERM.
-    args = (
-        f"--interval {INTERVAL_S:g} --source-high-pct {SOURCE_HIGH_PCT:g} "
-        f"--target-min-pct {TARGET_MIN_PCT:g} --json"
-    )
-    # The wrapper records the agent's own pid (SIGTERM goes to the agent only) and its status.
-    g.run_ok(
-        "rm -f /tmp/run.pid /tmp/run.rc\n"
-        f"setsid sh -c 'guestagent tiering run {args} >/tmp/run.json 2>/tmp/run.log & "
-        "echo $! > /tmp/run.pid; wait $!; echo $? > /tmp/run.rc' </dev/null >/dev/null 2>&1 &\n"
-        "sleep 1; cat /tmp/run.pid"
-    )
-    t_start = time.monotonic()
     stalled = 0
-    while time.monotonic() - t_start < max_run_s:
+    while time.monotonic() - t0 < max_run_s:
         time.sleep(POLL_S)
         s = parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH))
         rec.samples.append(s)
         log(describe(s, t0))
         # Done when node 0's share of the buffer stopped shrinking for 4 samples after a move.
         prev = rec.samples[-2]
-        moved_now = s.cold_pages.get(1, 0) - rec.after_fill.cold_pages.get(1, 0)
-        if moved_now > 0 and s.cold_pages.get(1, 0) <= prev.cold_pages.get(1, 0):
+        if s.cold_pages.get(1, 0) > 0 and s.cold_pages.get(1, 0) <= prev.cold_pages.get(1, 0):
             stalled += 1
         else:
             stalled = 0
         if stalled >= 4 or s.agent_exited:
             break
 
-    # Stop the agent the way the daemon is stopped, then see what it left behind.
+    # What the daemon says it did, then the stop systemd gives it; what it left behind.
+    rec.summary = tiering_job_status(g, "run")
     out = g.run_ok(
         "kill -TERM $(cat /tmp/run.pid); i=0; "
         "while [ ! -s /tmp/run.rc ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; "
@@ -374,8 +472,6 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     )
     m = re.search(r"^rc (\d+)$", out, re.M)
     rec.run_rc = int(m.group(1)) if m else None
-    summary = g.run_ok("cat /tmp/run.json")
-    rec.summary = first_json(summary) if "{" in summary else {}
     rec.agent_log = g.run_ok("cat /tmp/run.log")
     rec.samples.append(parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH)))
     rec.after_stop = g.run_ok(
@@ -389,5 +485,5 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
             rec.nr_kdamonds_after = value
         else:
             rec.kdamond_threads_after = value
-    log(f"agent rc {rec.run_rc}, summary {json.dumps(rec.summary)}, after stop: "
+    log(f"daemon rc {rec.run_rc}, tiering job {json.dumps(rec.summary)}, after stop: "
         + " ".join(rec.after_stop.split()))
