@@ -107,9 +107,10 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
 
 def agent_cpu_parts(rec: sc.Record) -> dict[str, Any]:
     """The agent's CPU seconds, from either kind of record: ``agent_cpu_s`` over ``elapsed_s``
-    (the run), ``process_cpu_s`` (the whole process by the end), ``startup_cpu_s`` (to the end
-    of the tiering job's first tick) and ``steady_cpu_s`` (the rest), ``ticks`` and
-    ``tick_cpu_s`` (the tiering job's own ticks; None where the record cannot say).
+    (the run; ``agent_sys_cpu_s`` of it in the kernel, where the record says),
+    ``process_cpu_s`` (the whole process by the end), ``startup_cpu_s`` (to the end of the
+    tiering job's first tick) and ``steady_cpu_s`` (the rest), ``ticks`` and ``tick_cpu_s``
+    (the tiering job's own ticks; None where the record cannot say).
 
     Under the daemon (``before_fill`` with its CPU): the run is from the sample before the fill
     to the last sample that saw the daemon; the start is the daemon's CPU once the tiering job
@@ -120,9 +121,12 @@ def agent_cpu_parts(rec: sc.Record) -> dict[str, Any]:
         end = rec.last_running
         process = end.agent_cpu if end.agent_cpu is not None else start.agent_cpu
         startup = rec.daemon_startup_cpu_s
+        kernel = (None if end.agent_sys_cpu is None or start.agent_sys_cpu is None
+                  else round(end.agent_sys_cpu - start.agent_sys_cpu, 3))
         return {
             "elapsed_s": round(end.t - start.t, 3),
             "agent_cpu_s": round(process - start.agent_cpu, 3),
+            "agent_sys_cpu_s": kernel,
             "process_cpu_s": process,
             "startup_cpu_s": startup,
             "steady_cpu_s": None if startup is None else round(process - startup, 3),
@@ -137,6 +141,7 @@ def agent_cpu_parts(rec: sc.Record) -> dict[str, Any]:
         "steady_cpu_s": summary.get("steady_cpu_s"),
         "ticks": summary.get("ticks"),
         "tick_cpu_s": None,
+        "agent_sys_cpu_s": None,
     }
 
 
@@ -164,6 +169,7 @@ def cpu_split(parts: dict[str, Any], kdamond_cpu: float) -> dict[str, Any]:
         "steady_to_kdamond": ratio(steady),
         "agent_tick_cpu_s": tick_cpu,
         "ticks_to_kdamond": ratio(tick_cpu),
+        "agent_sys_cpu_s": parts.get("agent_sys_cpu_s"),
     }
 
 
@@ -172,6 +178,8 @@ def split_lines(n: dict[str, Any]) -> list[str]:
     if n["agent_to_kdamond"] is None:
         return ["agent / kdamond CPU: no kdamond CPU seen"]
     lines = [f"agent / kdamond CPU over the run: {n['agent_to_kdamond']:.2f}x"]
+    if n.get("agent_sys_cpu_s") is not None:
+        lines[0] += f" (of the agent's, {n['agent_sys_cpu_s']:.2f} s in the kernel)"
     if n["agent_startup_cpu_s"] is None or n["agent_steady_cpu_s"] is None:
         return [*lines, "  start-up / steady state: not in this record (the agent's summary has "
                         "no startup_cpu_s: an agent from before issue 18's split)"]

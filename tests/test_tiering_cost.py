@@ -254,7 +254,7 @@ def _sample(t: float, agent_cpu: float | None, free0_kb: int) -> Any:
     meminfo = {0: {"MemTotal": 500_000, "MemFree": free0_kb}, 1: {"MemTotal": 500_000,
                                                                    "MemFree": 300_000}}
     return Sample(t=t, meminfo=meminfo, cold_pages={}, damon={}, kdamond_cpu={},
-                  agent_cpu=agent_cpu)
+                  agent_cpu=agent_cpu, agent_sys_cpu=None if agent_cpu is None else agent_cpu / 4)
 
 
 def test_under_the_daemon_the_run_counts_from_before_the_fill_and_the_start_apart(
@@ -276,6 +276,7 @@ def test_under_the_daemon_the_run_counts_from_before_the_fill_and_the_start_apar
     assert (parts["process_cpu_s"], parts["startup_cpu_s"], parts["steady_cpu_s"]) == (
         4.0, 3.0, 1.0)
     assert (parts["ticks"], parts["tick_cpu_s"]) == (40, 0.5)
+    assert parts["agent_sys_cpu_s"] == round((4.0 - 3.25) / 4, 3)
     n = numbers(rec)
     assert n["node0_free_regained_bytes"] == (210_000 - 20_000) * 1024
     assert n["agent_command"].startswith("guestagent run")

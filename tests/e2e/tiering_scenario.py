@@ -115,6 +115,8 @@ class Sample:
     #: the daemon's CPU seconds (utime + stime) since it started; None: not running, or a record
     #: from before the daemon drove the scenario
     agent_cpu: float | None = None
+    #: of which in the kernel (stime): the reads and writes of sysfs and procfs
+    agent_sys_cpu: float | None = None
 
 
 @dataclass
@@ -164,6 +166,7 @@ class Record:
                 agent_exited=s.get("agent_exited", False),
                 uptime=s.get("uptime", 0.0),
                 agent_cpu=s.get("agent_cpu"),
+                agent_sys_cpu=s.get("agent_sys_cpu"),
             )
 
         samples = [sample(s) for s in doc.pop("samples")]
@@ -294,6 +297,7 @@ def parse_sample(t: float, out: str) -> Sample:
         agent_exited=bool(parts.get("agent", "").strip()),
         uptime=float(parts.get("uptime", "0").strip() or 0),
         agent_cpu=(int(agent.group(1)) + int(agent.group(2))) / 100.0 if agent else None,
+        agent_sys_cpu=int(agent.group(2)) / 100.0 if agent else None,
     )
 
 
