@@ -7,8 +7,8 @@
  * libc only (the guest image has gcc but not libxen-dev): the structs and numbers below are
  * Xen's (public/memory.h, xen.h, Linux's uapi xen/privcmd.h), checked against /usr/include/xen by
  * tests/test_bench_vnuma_call.py. Each call does what the agent's guestagent.xen.vnuma
- * get_vnumainfo does through its C doorway (csrc/xenc.c's ga_vnuma_alloc, ga_hypercall,
- * ga_vnuma_collect): a one-page hypercall buffer for the zero-capacity query (-ENOBUFS and the
+ * get_vnumainfo does through its C doorway (csrc/xenc.c's ga_vnuma_get, the whole protocol in
+ * one call): a one-page hypercall buffer for the zero-capacity query (-ENOBUFS and the
  * counts), freed; a second buffer holding the info, the distances, the vCPU map and the ranges at
  * the same offsets, the real call, the distances and the vCPU map copied out (the agent copies
  * the ranges too: 48 bytes here), freed. Buffers come from /dev/xen/hypercall when it opens,

@@ -9,8 +9,8 @@ its sources in ``/usr/src/guestagent``)::
         --timeout 900 -- 'python3 /usr/src/guestagent/benchmarks/vnuma_call.py --json'
 
 * The agent: ``guestagent.xen.vnuma.get_vnumainfo`` on one open privcmd (the C doorway's
-  hypercall, its buffers laid out and copied out by ``ga_vnuma_alloc``/``ga_vnuma_collect``, the
-  size-discovery query, the parse into ``VnumaInfo`` and its validation), N calls in a row,
+  ``ga_vnuma_get``: the size-discovery query and the real call, their buffers laid out, copied
+  out and freed; then in Python the parse into ``VnumaInfo`` and its validation), N calls in a row,
   timed together: seconds per call. For information also the call as the topology job makes it
   (``guestagent.host.real_vnuma_call``: privcmd opened and closed around every call).
 * C: ``benchmarks/vnuma_call.c``, compiled here with ``gcc -O2`` into a temporary directory: the

@@ -195,15 +195,29 @@ struct ga_xen_domctl {
     } u;
 };
 
+/* ---- XENMEM_get_vnumainfo's whole protocol in one call (ga_vnuma_get, csrc/xenc.c) ---- */
+/* Issues one privcmd hypercall: its result or a negative errno. ga_vnuma_get's NULL is the
+ * ioctl itself (ga_hypercall); tests pass a simulated hypervisor. */
+typedef long (*ga_hypercall_fn)(int fd, const struct ga_privcmd_hypercall *call);
+
+/* ga_vnuma_get's answers; out[0..GA_VNUMA_HEADER) holds the counts and the capacities. */
+#define GA_VNUMA_OK 0
+#define GA_VNUMA_QUERY_SUCCEEDED 1
+#define GA_VNUMA_BAD_COUNTS 2
+#define GA_VNUMA_OVERFLOW 3
+#define GA_VNUMA_KEPT_CHANGING 4
+#define GA_VNUMA_HEADER 6
+/* A buffer that could not be had: -(GA_VNUMA_BUFFER_ERRNO + errno); errnos stay below 4096. */
+#define GA_VNUMA_BUFFER_ERRNO 65536
+
 /* ---- the doorway's functions (csrc/xenc.c); errors come back as negative errno ---- */
 int ga_hypercall(int fd, uint64_t op, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3,
                  uint64_t a4, long *result);
 void *ga_buffer_alloc(int buf_fd, size_t npages, int *err);
 int ga_buffer_free(void *addr, size_t npages, int from_device);
-long ga_vnuma_alloc(int buf_fd, uint16_t domid, uint32_t nr_vnodes, uint32_t nr_vcpus,
-                    uint32_t nr_vmemranges);
-int ga_vnuma_collect(long address, int from_device, uint32_t nr_vnodes, uint32_t nr_vcpus,
-                     uint32_t nr_vmemranges, uint64_t *out, size_t out_len);
+int ga_vnuma_get(ga_hypercall_fn call, int privcmd_fd, int buf_fd, uint16_t domid,
+                 int attempts, uint32_t max_vnodes, uint32_t max_vcpus, uint32_t max_vmemranges,
+                 uint64_t *out, size_t room);
 int ga_xs_send(int fd, uint32_t type, uint32_t req_id, uint32_t tx_id,
                const uint8_t *payload, uint32_t len);
 int ga_xs_recv(int fd, struct ga_xsd_sockmsg *hdr, uint8_t *payload, uint32_t cap,

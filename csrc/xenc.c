@@ -1,8 +1,9 @@
 /*
- * guestagent's doorway to the kernel: privcmd hypercalls and their buffers, and framed xenstore
- * messages over the xenbus device or the xenstored socket. No policy lives here; every function
- * returns 0 (or a count) on success and a negative errno on failure, and Python turns that into
- * an exception that names the operation.
+ * guestagent's doorway to the kernel: privcmd hypercalls and their buffers (and, for
+ * XENMEM_get_vnumainfo, its whole two-call protocol), and framed xenstore messages over the
+ * xenbus device or the xenstored socket. No policy lives here; every function returns 0 (or a
+ * count, or ga_vnuma_get's status) on success and a negative errno on failure, and Python turns
+ * that into an exception that names the operation.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -92,19 +93,18 @@ int ga_buffer_free(void *addr, size_t npages, int from_device)
     return 0;
 }
 
-/* ---- XENMEM_get_vnumainfo's buffer (reference 2.2) ---- */
+/* ---- XENMEM_get_vnumainfo (reference 2.2) ---- */
 
 /*
  * One buffer per call holds the info and, after it, the distances (uint32_t[nr_vnodes^2]), the
  * vCPU map (uint32_t[nr_vcpus]) and, 8-aligned, the ranges. Returns the bytes it needs; the
  * offsets of the vCPU map and of the ranges in *cpus_off, *ranges_off.
  */
-static size_t vnuma_layout(uint32_t nr_vnodes, uint32_t nr_vcpus, uint32_t nr_vmemranges,
-                           size_t *cpus_off, size_t *ranges_off)
+static size_t vnuma_layout(const uint32_t cap[3], size_t *cpus_off, size_t *ranges_off)
 {
-    *cpus_off = sizeof(struct ga_xen_vnuma_topology_info) + 4 * (size_t)nr_vnodes * nr_vnodes;
-    *ranges_off = (*cpus_off + 4 * (size_t)nr_vcpus + 7) & ~(size_t)7;
-    return *ranges_off + sizeof(struct ga_xen_vmemrange) * nr_vmemranges;
+    *cpus_off = sizeof(struct ga_xen_vnuma_topology_info) + 4 * (size_t)cap[0] * cap[0];
+    *ranges_off = (*cpus_off + 4 * (size_t)cap[1] + 7) & ~(size_t)7;
+    return *ranges_off + sizeof(struct ga_xen_vmemrange) * cap[2];
 }
 
 static size_t pages_for(size_t nbytes)
@@ -112,78 +112,141 @@ static size_t pages_for(size_t nbytes)
     return nbytes == 0 ? 1 : (nbytes + GA_PAGE_SIZE - 1) / GA_PAGE_SIZE;
 }
 
+/* The hypercall through call, else through the ioctl as ga_hypercall issues it: the hypercall's
+ * result or a negative errno. */
+static long vnuma_hypercall(ga_hypercall_fn call, int fd, void *info)
+{
+    struct ga_privcmd_hypercall args = {
+        GA_HYPERVISOR_memory_op, { GA_XENMEM_get_vnumainfo, (uintptr_t)info, 0, 0, 0 }
+    };
+    long result;
+    int rc;
+
+    if (call != NULL)
+        return call(fd, &args);
+    rc = ga_hypercall(fd, args.op, args.arg[0], args.arg[1], 0, 0, 0, &result);
+    return rc < 0 ? rc : result;
+}
+
 /*
- * A hypercall buffer (ga_buffer_alloc) laid out for XENMEM_get_vnumainfo with room for the
- * capacities given: the info's domid and capacities set, its handles pointing at the arrays
- * (left null when all three capacities are 0: the size query). Returns the buffer's address, the
- * hypercall's argument, or a negative errno. Hand it to ga_vnuma_collect, which frees it.
+ * One XENMEM_get_vnumainfo with room for cap[] entries (all 0: the size query, its handles left
+ * null) in a hypercall buffer of its own, freed before it returns. The counts Xen wrote back go
+ * to out[0..2], cap[] to out[3..5]; when the call succeeded and each count is within its
+ * capacity, the distances (row-major), the vCPU map and each range's start, end, flags and nid
+ * follow (the caller has checked that they fit out). Returns the hypercall's result (>= 0:
+ * success), or -(GA_VNUMA_BUFFER_ERRNO + errno) when the buffer could not be had.
  */
-long ga_vnuma_alloc(int buf_fd, uint16_t domid, uint32_t nr_vnodes, uint32_t nr_vcpus,
-                    uint32_t nr_vmemranges)
+static long vnuma_exchange(ga_hypercall_fn call, int fd, int buf_fd, uint16_t domid,
+                           const uint32_t cap[3], uint64_t *out)
 {
     size_t cpus_off, ranges_off;
-    size_t size = vnuma_layout(nr_vnodes, nr_vcpus, nr_vmemranges, &cpus_off, &ranges_off);
+    size_t npages = pages_for(vnuma_layout(cap, &cpus_off, &ranges_off));
     struct ga_xen_vnuma_topology_info *info;
     uint8_t *base;
+    uint32_t nodes, vcpus, nranges;
+    uint64_t *next = out + GA_VNUMA_HEADER;
+    long rc;
     int err;
 
-    base = ga_buffer_alloc(buf_fd, pages_for(size), &err);
+    base = ga_buffer_alloc(buf_fd, npages, &err);
     if (base == NULL)
-        return -err;
+        return -(GA_VNUMA_BUFFER_ERRNO + err);
     info = (struct ga_xen_vnuma_topology_info *)base;
     info->domid = domid;
-    info->nr_vnodes = nr_vnodes;
-    info->nr_vcpus = nr_vcpus;
-    info->nr_vmemranges = nr_vmemranges;
-    if (nr_vnodes != 0 || nr_vcpus != 0 || nr_vmemranges != 0) {
+    info->nr_vnodes = cap[0];
+    info->nr_vcpus = cap[1];
+    info->nr_vmemranges = cap[2];
+    if (cap[0] != 0 || cap[1] != 0 || cap[2] != 0) {
         info->vdistance = (uintptr_t)(base + sizeof(*info));
         info->vcpu_to_vnode = (uintptr_t)(base + cpus_off);
         info->vmemrange = (uintptr_t)(base + ranges_off);
     }
-    return (long)(uintptr_t)base;
+    rc = vnuma_hypercall(call, fd, info);
+    nodes = info->nr_vnodes;
+    vcpus = info->nr_vcpus;
+    nranges = info->nr_vmemranges;
+    out[0] = nodes;
+    out[1] = vcpus;
+    out[2] = nranges;
+    out[3] = cap[0];
+    out[4] = cap[1];
+    out[5] = cap[2];
+    if (rc >= 0 && nodes <= cap[0] && vcpus <= cap[1] && nranges <= cap[2]) {
+        const uint32_t *dist = (const uint32_t *)(base + sizeof(*info));
+        const uint32_t *cpus = (const uint32_t *)(base + cpus_off);
+        const struct ga_xen_vmemrange *ranges = (const void *)(base + ranges_off);
+
+        for (size_t i = 0; i < (size_t)nodes * nodes; i++)
+            *next++ = dist[i];
+        for (size_t i = 0; i < vcpus; i++)
+            *next++ = cpus[i];
+        for (size_t i = 0; i < nranges; i++) {
+            *next++ = ranges[i].start;
+            *next++ = ranges[i].end;
+            *next++ = ranges[i].flags;
+            *next++ = ranges[i].nid;
+        }
+    }
+    ga_buffer_free(base, npages, buf_fd >= 0);
+    return rc;
+}
+
+/* Each count within 1..its maximum, and all the values they make within room. */
+static int vnuma_counts_fit(const uint32_t count[3], const uint32_t max[3], size_t room)
+{
+    for (int i = 0; i < 3; i++)
+        if (count[i] == 0 || count[i] > max[i])
+            return 0;
+    return (uint64_t)count[0] * count[0] <= room && count[1] <= room && count[2] <= room
+           && GA_VNUMA_HEADER + (uint64_t)count[0] * count[0] + count[1] + 4 * (uint64_t)count[2]
+                  <= room;
 }
 
 /*
- * After the hypercall on a buffer from ga_vnuma_alloc with these capacities: the counts the
- * hypervisor wrote back into out[0..2] (nr_vnodes, nr_vcpus, nr_vmemranges); when each is within
- * its capacity and out_len holds them, then the distances (row-major), the vCPU map, and each
- * range's start, end, flags and nid, as many as the counts say; the buffer is freed either way.
- * Returns how many values it wrote to out (3, or 3 + n^2 + v + 4r), or -EINVAL when out_len < 3.
+ * XENMEM_get_vnumainfo's size-discovery protocol, whole: the zero-capacity query (Xen answers
+ * -ENOBUFS, or -EAGAIN, with the counts), then the call with room for them, started over when
+ * that call answers -ENOBUFS or -EAGAIN (the topology changed in between), attempts times at
+ * most. Each call has a buffer of its own, freed on every path. Nothing is judged here beyond
+ * what the buffers need: the caller checks every value (Python, guestagent/xen/vnuma.py).
+ *
+ * out (room values): out[0..2] the counts Xen wrote back last, out[3..5] the capacities of that
+ * call; on GA_VNUMA_OK the distances (row-major), the vCPU map and each range's start, end,
+ * flags and nid follow. Returns GA_VNUMA_OK; GA_VNUMA_QUERY_SUCCEEDED (the zero-capacity query
+ * succeeded); GA_VNUMA_BAD_COUNTS (a count of the query's, in out[0..2], is 0, above its
+ * max_*, or they do not fit room: no second call made); GA_VNUMA_OVERFLOW (the call succeeded
+ * with counts above its capacities); GA_VNUMA_KEPT_CHANGING (attempts spent); a failed
+ * hypercall's negative errno; -(GA_VNUMA_BUFFER_ERRNO + errno) when a buffer could not be had;
+ * -EINVAL when room < GA_VNUMA_HEADER. call: see ga_hypercall_fn.
  */
-int ga_vnuma_collect(long address, int from_device, uint32_t nr_vnodes, uint32_t nr_vcpus,
-                     uint32_t nr_vmemranges, uint64_t *out, size_t out_len)
+int ga_vnuma_get(ga_hypercall_fn call, int privcmd_fd, int buf_fd, uint16_t domid,
+                 int attempts, uint32_t max_vnodes, uint32_t max_vcpus, uint32_t max_vmemranges,
+                 uint64_t *out, size_t room)
 {
-    size_t cpus_off, ranges_off;
-    size_t size = vnuma_layout(nr_vnodes, nr_vcpus, nr_vmemranges, &cpus_off, &ranges_off);
-    uint8_t *base = (uint8_t *)(uintptr_t)address;
-    const struct ga_xen_vnuma_topology_info *info = (const void *)base;
-    const uint32_t *dist = (const uint32_t *)(base + sizeof(*info));
-    const uint32_t *cpus = (const uint32_t *)(base + cpus_off);
-    const struct ga_xen_vmemrange *ranges = (const void *)(base + ranges_off);
-    uint32_t nodes = info->nr_vnodes, vcpus = info->nr_vcpus, nranges = info->nr_vmemranges;
-    size_t written = 0;
+    const uint32_t none[3] = { 0, 0, 0 };
+    const uint32_t max[3] = { max_vnodes, max_vcpus, max_vmemranges };
 
-    if (out_len >= 3) {
-        out[0] = nodes;
-        out[1] = vcpus;
-        out[2] = nranges;
-        written = 3;
-        if (nodes <= nr_vnodes && vcpus <= nr_vcpus && nranges <= nr_vmemranges
-            && out_len - 3 >= (size_t)nodes * nodes + vcpus + 4 * (size_t)nranges) {
-            for (size_t i = 0; i < (size_t)nodes * nodes; i++)
-                out[written++] = dist[i];
-            for (size_t i = 0; i < vcpus; i++)
-                out[written++] = cpus[i];
-            for (size_t i = 0; i < nranges; i++) {
-                out[written++] = ranges[i].start;
-                out[written++] = ranges[i].end;
-                out[written++] = ranges[i].flags;
-                out[written++] = ranges[i].nid;
-            }
-        }
+    if (room < GA_VNUMA_HEADER)
+        return -EINVAL;
+    for (int attempt = 0; attempt < attempts; attempt++) {
+        uint32_t count[3];
+        long rc = vnuma_exchange(call, privcmd_fd, buf_fd, domid, none, out);
+
+        if (rc >= 0)
+            return GA_VNUMA_QUERY_SUCCEEDED;
+        if (rc != -ENOBUFS && rc != -EAGAIN)
+            return (int)rc;
+        for (int i = 0; i < 3; i++)
+            count[i] = (uint32_t)out[i];
+        if (!vnuma_counts_fit(count, max, room))
+            return GA_VNUMA_BAD_COUNTS;
+        rc = vnuma_exchange(call, privcmd_fd, buf_fd, domid, count, out);
+        if (rc >= 0)
+            return out[0] <= count[0] && out[1] <= count[1] && out[2] <= count[2]
+                       ? GA_VNUMA_OK : GA_VNUMA_OVERFLOW;
+        if (rc != -ENOBUFS && rc != -EAGAIN)
+            return (int)rc;
     }
-    ga_buffer_free(base, pages_for(size), from_device);
-    return out_len >= 3 ? (int)written : -EINVAL;
+    return GA_VNUMA_KEPT_CHANGING;
 }
 
 /* ---- xenstore framing ---- */

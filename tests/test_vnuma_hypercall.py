@@ -2,7 +2,8 @@
 
 ``SimulatedXen`` replaces only the ioctl: it reads and writes the hypercall's memory exactly as
 Xen 4.17's ``XENMEM_get_vnumainfo`` does (reference section 2.2), so the bytes the agent lays out
-are the bytes under test.
+are the bytes under test. The protocol runs in C (``ga_vnuma_get``), which issues each hypercall
+through ``Privcmd.hypercall_fn``: here a cffi callback to the same ``_invoke``.
 """
 
 from __future__ import annotations
@@ -50,9 +51,18 @@ class SimulatedXen(Privcmd):
     errno_for_all: int = 0  # e.g. EPERM for a restricted privcmd, ENOSYS for old Xen
     eagain_times: int = 0  # answer -EAGAIN on this many full calls first
     calls: list[str] = field(default_factory=list)
+    #: The info's address of every XENMEM_get_vnumainfo, in order.
+    buffers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(-1, -1, "/dev/xen/privcmd", HostFS("/nonexistent"))
+        # ga_vnuma_get issues its hypercalls from C: through this callback, to _invoke.
+        self.hypercall_fn = ffi.callback("ga_hypercall_fn", self._from_c, error=-errno.EFAULT)
+
+    def _from_c(self, fd: int, call: Any) -> int:
+        if call.op == MEMORY_OP:
+            self.buffers.append(int(call.arg[1]))
+        return self._invoke(int(call.op), [int(a) for a in call.arg])
 
     def _invoke(self, op: int, args: list[int]) -> int:
         if self.errno_for_all:
@@ -296,53 +306,189 @@ def test_a_buffer_that_cannot_be_had_is_named() -> None:
     assert xen.calls == []
 
 
-def test_the_vnuma_buffer_layout_and_what_collect_copies() -> None:
-    """ga_vnuma_alloc lays the arrays out after the info (distances, vCPU map, 8-aligned ranges);
-    ga_vnuma_collect copies only what fits both the capacities and ``out``."""
+@dataclass
+class Recording(SimulatedXen):
+    """Keeps what each call's info held when it arrived: domid, capacities, the handles' offsets
+    from the info (None for a null handle)."""
+
+    seen: list[tuple[int | None, ...]] = field(default_factory=list)
+
+    def _invoke(self, op: int, args: list[int]) -> int:
+        if op == MEMORY_OP:
+            info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", args[1])
+            handles = [h - args[1] if h else None
+                       for h in (info.vdistance, info.vcpu_to_vnode, info.vmemrange)]
+            self.seen.append(
+                (info.domid, info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges, *handles))
+        return super()._invoke(op, args)
+
+
+def test_the_vnuma_buffer_layout() -> None:
+    """The query: zero capacities, null handles. The call: the distances right after the info,
+    the vCPU map after them, the ranges 8-aligned after it; each buffer page-aligned."""
+    xen = Recording(domain=THREE_VNODES)
+    get_vnumainfo(xen)
+    size = ffi.sizeof("struct ga_xen_vnuma_topology_info")
+    assert xen.seen == [
+        (0x7FF0, 0, 0, 0, None, None, None),
+        (0x7FF0, 3, 4, 3, size, size + 9 * 4, (size + 9 * 4 + 4 * 4 + 7) & ~7),
+    ]
+    assert all(address % 4096 == 0 for address in xen.buffers)
+    with pytest.raises(HypercallError, match="ESRCH"):  # only DOMID_SELF is simulated
+        get_vnumainfo(xen, domid=7)
+    assert xen.seen[2][0] == 7
+
+
+def test_ga_vnuma_get_refuses_what_does_not_fit_out() -> None:
+    """Fewer than the header's values: -EINVAL before any call; counts that fit their maxima but
+    not ``out``: GA_VNUMA_BAD_COUNTS after the query, the counts in out[0..2]."""
     from guestagent.xen.privcmd import lib
 
-    def filled(nodes: int, vcpus: int, nranges: int) -> tuple[int, Any]:
-        address = lib.ga_vnuma_alloc(-1, 0x7FF0, nodes, vcpus, nranges)
-        assert address > 0 and address % 4096 == 0
-        info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", address)
-        return address, info
+    xen = SimulatedXen(domain=THREE_VNODES)
+    out = ffi.new("uint64_t[]", 6 + 9 + 4 + 12)
+    args = (xen.hypercall_fn, -1, -1, 0x7FF0, 5, 64, 4096, 1024)
+    assert lib.ga_vnuma_get(*args, out, 5) == -errno.EINVAL and xen.calls == []
+    assert lib.ga_vnuma_get(*args, out, len(out) - 1) == lib.GA_VNUMA_BAD_COUNTS
+    assert list(out)[:3] == [3, 4, 3] and xen.calls == ["ENOBUFS"]
+    assert lib.ga_vnuma_get(*args, out, len(out)) == lib.GA_VNUMA_OK
+    assert list(out) == [3, 4, 3, 3, 4, 3, *THREE_VNODES.distances, *THREE_VNODES.vcpu_to_vnode,
+                         *(v for r in THREE_VNODES.ranges for v in r)]
 
-    address, info = filled(0, 0, 0)
-    assert (info.domid, info.nr_vnodes, info.vdistance, info.vmemrange) == (0x7FF0, 0, 0, 0)
-    info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = 2, 3, 1
-    out = ffi.new("uint64_t[]", 3)
-    assert lib.ga_vnuma_collect(address, 0, 0, 0, 0, out, 3) == 3
-    assert list(out) == [2, 3, 1]
 
-    address, info = filled(2, 3, 1)
-    size = ffi.sizeof("struct ga_xen_vnuma_topology_info")
-    assert (info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges) == (2, 3, 1)
-    assert info.vdistance == address + size
-    assert info.vcpu_to_vnode == address + size + 4 * 4
-    assert info.vmemrange == (address + size + 4 * 4 + 3 * 4 + 7) & ~7
-    for i, d in enumerate((10, 20, 20, 10)):
-        ffi.cast("uint32_t *", info.vdistance)[i] = d
-    for i, node in enumerate((0, 1, 1)):
-        ffi.cast("uint32_t *", info.vcpu_to_vnode)[i] = node
-    rng: Any = ffi.cast("struct ga_xen_vmemrange *", info.vmemrange)
-    rng.start, rng.end, rng.flags, rng.nid = 4096, 8192, 0, 1
-    out = ffi.new("uint64_t[]", 3 + 4 + 3 + 4)
-    assert lib.ga_vnuma_collect(address, 0, 2, 3, 1, out, 3 + 4 + 3 + 3) == 3  # no room: counts
-    assert list(out)[:3] == [2, 3, 1] and not any(list(out)[3:])
+@dataclass
+class Growing(SimulatedXen):
+    """The topology grows right after each of the first ``grow_times`` size queries."""
 
-    address, info = filled(2, 3, 1)
-    info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = 1, 2, 1
-    ffi.cast("uint32_t *", info.vdistance)[0] = 10
-    rng = ffi.cast("struct ga_xen_vmemrange *", info.vmemrange)
-    rng.start, rng.end, rng.flags, rng.nid = 4096, 8192, 0, 0
-    assert lib.ga_vnuma_collect(address, 0, 2, 3, 1, out, len(out)) == 3 + 1 + 2 + 4
-    assert list(out)[:10] == [1, 2, 1, 10, 0, 0, 4096, 8192, 0, 0]
+    grow_times: int = 0
 
-    address, info = filled(1, 1, 1)
-    info.nr_vcpus = 2  # beyond the capacity: nothing but the counts
-    assert lib.ga_vnuma_collect(address, 0, 1, 1, 1, out, len(out)) == 3
-    assert lib.ga_vnuma_collect(lib.ga_vnuma_alloc(-1, 0, 0, 0, 0), 0, 0, 0, 0, out, 2) == (
-        -errno.EINVAL)
+    def _invoke(self, op: int, args: list[int]) -> int:
+        rc = super()._invoke(op, args)
+        if rc == -errno.ENOBUFS and self.calls.count("ENOBUFS") % 2 == 1 and self.grow_times:
+            self.grow_times -= 1
+            d = self.domain
+            assert d is not None
+            self.domain = Domain([*d.vcpu_to_vnode, 0], d.distances,
+                                 [*d.ranges, (d.ranges[-1][1], d.ranges[-1][1] + MIB, 0, 0)])
+        return rc
+
+
+def test_counts_that_grow_between_the_calls_start_it_over() -> None:
+    """Xen answers the full call -ENOBUFS with the new counts; ga_vnuma_get asks for the sizes
+    again and gets the grown topology, within its attempts."""
+    xen = Growing(domain=THREE_VNODES, grow_times=2)
+    info = get_vnumainfo(xen)
+    assert len(info.vcpu_to_vnode) == 6 and len(info.memory_ranges) == 5
+    assert xen.calls == ["ENOBUFS", "ENOBUFS", "ENOBUFS", "ENOBUFS", "ENOBUFS", "OK"]
+
+    always = Growing(domain=THREE_VNODES, grow_times=3)
+    with pytest.raises(HypercallError, match="kept changing over 3 attempts"):
+        get_vnumainfo(always, attempts=3)
+    assert always.calls == ["ENOBUFS"] * 6
+
+
+@dataclass
+class Lying(SimulatedXen):
+    """Answers the size query -ENOBUFS with ``counts``, whatever the domain."""
+
+    counts: tuple[int, int, int] = (0, 0, 0)
+
+    def _invoke(self, op: int, args: list[int]) -> int:
+        info: Any = ffi.cast("struct ga_xen_vnuma_topology_info *", args[1])
+        if op == MEMORY_OP and info.nr_vnodes == info.nr_vcpus == info.nr_vmemranges == 0:
+            info.nr_vnodes, info.nr_vcpus, info.nr_vmemranges = self.counts
+            self.calls.append("ENOBUFS")
+            return -errno.ENOBUFS
+        return super()._invoke(op, args)
+
+
+@pytest.mark.parametrize(
+    ("counts", "text"),
+    [
+        ((0xFFFFFFFF, 4, 3), "nr_vnodes out of range 1..64 (got '4294967295')"),
+        ((3, 0xFFFFFFFF, 3), "nr_vcpus out of range 1..4096 (got '4294967295')"),
+        ((3, 4, 1025), "nr_vmemranges out of range 1..1024 (got '1025')"),
+        ((0, 4, 3), "nr_vnodes out of range 1..64 (got '0')"),
+        ((3, 4, 0), "nr_vmemranges out of range 1..1024 (got '0')"),
+    ],
+)
+def test_a_hostile_count_stops_at_the_query_with_one_line(
+    counts: tuple[int, int, int], text: str
+) -> None:
+    """No buffer is sized from a count outside its bounds: no second call, one line naming the
+    hypercall and the value."""
+    xen = Lying(domain=THREE_VNODES, counts=counts)
+    with pytest.raises(InputError) as caught:
+        get_vnumainfo(xen)
+    assert str(caught.value) == f"XENMEM_get_vnumainfo: {text}"
+    assert xen.calls == ["ENOBUFS"]
+
+
+def test_a_query_answered_with_success_is_refused() -> None:
+    class Succeeding(SimulatedXen):
+        def _invoke(self, op: int, args: list[int]) -> int:
+            return 0 if op == MEMORY_OP else super()._invoke(op, args)
+
+    with pytest.raises(InputError, match=r"zero-capacity query with success, not -ENOBUFS$"):
+        get_vnumainfo(Succeeding(domain=THREE_VNODES))
+
+
+def _locked_kib() -> int:
+    """This process's locked memory (VmLck): where the buffers come from without
+    /dev/xen/hypercall."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    pytest.skip("no VmLck in /proc/self/status")
+
+
+class FailingSecond(SimulatedXen):
+    """The full call fails with EFAULT."""
+
+    def _invoke(self, op: int, args: list[int]) -> int:
+        rc = super()._invoke(op, args)
+        return -errno.EFAULT if rc == 0 else rc
+
+
+def _overflowing() -> SimulatedXen:
+    class Overflowing(SimulatedXen):
+        def _invoke(self, op: int, args: list[int]) -> int:
+            rc = super()._invoke(op, args)
+            if rc == 0:
+                ffi.cast("struct ga_xen_vnuma_topology_info *", args[1]).nr_vnodes = 60
+            return rc
+
+    return Overflowing(domain=THREE_VNODES)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc"),
+    [
+        (lambda: SimulatedXen(domain=THREE_VNODES), None),
+        (lambda: SimulatedXen(errno_for_all=errno.EFAULT), HypercallError),
+        (lambda: FailingSecond(domain=THREE_VNODES), HypercallError),
+        (lambda: SimulatedXen(domain=THREE_VNODES, eagain_times=1000), HypercallError),
+        (lambda: SimulatedXen(domain=None), NoVnuma),
+        (_overflowing, InputError),
+        (lambda: Lying(domain=THREE_VNODES, counts=(65, 4, 3)), InputError),
+        (lambda: SimulatedXen(domain=Domain([0, 7], [10, 20, 20, 10], [(0, MIB, 0, 0)])),
+         InputError),
+    ],
+    ids=["ok", "query-fails", "call-fails", "kept-changing", "no-vnuma", "overflow",
+         "hostile-count", "hostile-value"],
+)
+def test_every_buffer_is_freed_on_every_path(make: Any, exc: type[Exception] | None) -> None:
+    """Locked anonymous pages (no /dev/xen/hypercall): the process holds as many locked KiB
+    after 40 calls down each path as before them, though each call took 1 to 10 buffers."""
+    before = _locked_kib()
+    for _ in range(40):
+        xen = make()
+        if exc is None:
+            get_vnumainfo(xen)
+        else:
+            with pytest.raises(exc):
+                get_vnumainfo(xen)
+        assert xen.buffers
+    assert _locked_kib() == before
 
 
 @pytest.mark.parametrize(

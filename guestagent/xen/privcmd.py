@@ -127,6 +127,10 @@ class HypercallBuffer:
 class Privcmd:
     """An open privcmd device: issue hypercalls, allocate their buffers."""
 
+    #: The C function a doorway function that runs a whole protocol (``ga_vnuma_get``) issues
+    #: its hypercalls through: NULL for the ioctl itself; a simulated hypervisor sets its own.
+    hypercall_fn: Any = ffi.NULL
+
     def __init__(self, fd: int, buffer_fd: int, path: str, hostfs: HostFS) -> None:
         self.fd = fd
         self.buffer_fd = buffer_fd
@@ -150,21 +154,24 @@ class Privcmd:
         """Issue hypercall ``op``; returns its non-negative result or raises.
 
         An errno in ``returned_errnos`` (one the caller handles, e.g. -ENOBUFS of a size query)
-        is returned negated instead of raised.
-        EPERM is told apart: when even ``xen_version`` (allowed for every guest) is refused, the
-        guest kernel is blocking privcmd, and the error says how to lift that.
+        is returned negated instead of raised; any other raises :meth:`failure`'s exception.
         """
         if len(args) > 5:
             raise ValueError("a hypercall takes at most 5 arguments")
         rc = self._invoke(op, [*args, *_NO_ARGS[len(args):]])
         if rc >= 0:
             return rc
-        err = -rc
-        if err in returned_errnos:
+        if -rc in returned_errnos:
             return rc
+        raise self.failure(name, -rc)
+
+    def failure(self, name: str, err: int) -> XenUnavailable | HypercallError:
+        """What hypercall ``name`` failing with ``err`` means. EPERM is told apart: when even
+        ``xen_version`` (allowed for every guest) is refused, the guest kernel is blocking
+        privcmd, and the error says how to lift that."""
         if err == errno.EPERM and self._privcmd_is_restricted():
-            raise PrivcmdRestricted(f" ({name} answered EPERM)")
-        raise HypercallError(name, err)
+            return PrivcmdRestricted(f" ({name} answered EPERM)")
+        return HypercallError(name, err)
 
     def xen_version(self) -> tuple[int, int]:
         """(major, minor) of the running hypervisor."""

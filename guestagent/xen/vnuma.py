@@ -2,8 +2,8 @@
 
 :func:`validate_vnuma` turns the raw arrays the hypercall returned into a checked
 :class:`VnumaInfo`; :func:`get_vnumainfo` runs the size-discovery protocol of reference section 2.2
-through privcmd: the C doorway lays each hypercall buffer out and copies its arrays back
-(``ga_vnuma_alloc``, ``ga_vnuma_collect`` in csrc/xenc.c), Python makes the call and every check.
+through privcmd in one call of the C doorway (``ga_vnuma_get`` in csrc/xenc.c: both hypercalls,
+their buffers laid out, copied out and freed), and makes every check of what it got in Python.
 """
 
 from __future__ import annotations
@@ -143,9 +143,6 @@ def _first_outside(values: Sequence[int], low: int, high: int) -> tuple[int, int
 
 #: How often the size-discovery protocol restarts when the topology changes under it.
 MAX_ATTEMPTS = 5
-#: What a call answers while the sizes are being found: returned by ``Privcmd.hypercall``, not
-#: raised.
-_RETRIED_ERRNOS = frozenset((errno.ENOBUFS, errno.EAGAIN))
 
 
 @dataclass(frozen=True)
@@ -153,11 +150,13 @@ class _Abi:
     """The C extension's numbers and functions for this hypercall, looked up once (the extension
     is imported on the first call, so that this module loads without it)."""
 
-    memory_op: int
-    subop: int
     domid_self: int
-    alloc: Any
-    collect: Any
+    #: Where the arrays start in ``out``: after the counts and the capacities.
+    header: int
+    #: Values ``out`` holds: the header and the largest topology accepted.
+    room: int
+    get: Any
+    #: ``ffi.new`` without zeroing: C writes what Python reads (about 96 KiB, per call).
     new: Any
     values: Any
     unpack: Any
@@ -165,10 +164,12 @@ class _Abi:
 
 @cache
 def _abi() -> _Abi:
-    from guestagent.xen.privcmd import MEMORY_OP, ffi, lib
+    from guestagent.xen.privcmd import ffi, lib
 
-    return _Abi(MEMORY_OP, int(lib.GA_XENMEM_get_vnumainfo), int(lib.GA_DOMID_SELF),
-                lib.ga_vnuma_alloc, lib.ga_vnuma_collect, ffi.new, ffi.typeof("uint64_t[]"),
+    header = int(lib.GA_VNUMA_HEADER)
+    room = header + MAX_VNODES * MAX_VNODES + MAX_VCPUS + 4 * MAX_VMEMRANGES
+    return _Abi(int(lib.GA_DOMID_SELF), header, room, lib.ga_vnuma_get,
+                ffi.new_allocator(should_clear_after_alloc=False), ffi.typeof("uint64_t[]"),
                 ffi.unpack)
 
 
@@ -178,70 +179,62 @@ def get_vnumainfo(
     """Run XENMEM_get_vnumainfo on DOMID_SELF, or on ``domid`` (Dom0 asking about a guest:
     ``xsm_get_vnumainfo`` is XSM_TARGET, which the control domain passes; reference 2.2).
 
-    First ask with zero capacities: Xen answers -ENOBUFS with the counts it needs. Then ask
-    again with room for them, starting over on -ENOBUFS or -EAGAIN (the topology changed
-    meanwhile) at most ``attempts`` times.
+    The C doorway's ``ga_vnuma_get`` runs the protocol in one call: first ask with zero
+    capacities (Xen answers -ENOBUFS with the counts it needs), then again with room for them,
+    starting over on -ENOBUFS or -EAGAIN (the topology changed meanwhile) at most ``attempts``
+    times; each call's buffer is laid out, copied out and freed in C. Every check is made here.
     Raises NoVnuma (-EOPNOTSUPP), XenTooOld (-ENOSYS), PrivcmdRestricted, HypercallError, or
     InputError for counts or contents no sane hypervisor reports.
     """
     abi = _abi()
-    target = abi.domid_self if domid is None else domid
-    for _ in range(attempts):
-        rc, counts = _exchange(privcmd, abi, target, 0, 0, 0)
-        if rc == 0:
-            raise InputError(SOURCE, "answered a zero-capacity query with success, not -ENOBUFS")
-        nodes, vcpus, nranges = counts
-        _check_counts(nodes, vcpus, nranges)
-        rc, values = _exchange(privcmd, abi, target, nodes, vcpus, nranges)
-        if rc < 0:
-            continue
-        got_nodes, got_vcpus, got_ranges = values[0], values[1], values[2]
-        if got_nodes > nodes or got_vcpus > vcpus or got_ranges > nranges:
-            raise InputError(
-                SOURCE,
-                "returned more entries than the buffers hold",
-                f"{got_nodes}/{got_vcpus}/{got_ranges} > {nodes}/{vcpus}/{nranges}",
-            )
-        cpus_at = 3 + got_nodes * got_nodes
-        ranges_at = cpus_at + got_vcpus
-        flat = values[ranges_at:]
-        return validate_vnuma(
-            got_nodes,
-            values[cpus_at:ranges_at],
-            values[3:cpus_at],
-            list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])),
+    out = abi.new(abi.values, abi.room)
+    status = abi.get(privcmd.hypercall_fn, privcmd.fd, privcmd.buffer_fd,
+                     abi.domid_self if domid is None else domid, attempts,
+                     MAX_VNODES, MAX_VCPUS, MAX_VMEMRANGES, out, abi.room)
+    if status != 0:
+        raise _failure(privcmd, status, out, attempts)
+    nodes, vcpus, nranges = out[0], out[1], out[2]
+    cpus_at = abi.header + nodes * nodes
+    ranges_at = cpus_at + vcpus
+    values: list[int] = abi.unpack(out, ranges_at + 4 * nranges)
+    flat = values[ranges_at:]
+    return validate_vnuma(
+        nodes,
+        values[cpus_at:ranges_at],
+        values[abi.header:cpus_at],
+        list(zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4])),
+    )
+
+
+def _failure(privcmd: Privcmd, status: int, out: Any, attempts: int) -> Exception:
+    """What an answer of ``ga_vnuma_get`` other than GA_VNUMA_OK means; ``out[0..2]`` holds the
+    counts Xen wrote back last, ``out[3..5]`` the capacities that call gave."""
+    from guestagent.xen.privcmd import lib
+
+    if status < 0:
+        err = -status
+        if err >= lib.GA_VNUMA_BUFFER_ERRNO:
+            return HypercallError("hypercall buffer allocation", err - lib.GA_VNUMA_BUFFER_ERRNO)
+        return _typed(privcmd.failure(SOURCE, err))
+    if status == lib.GA_VNUMA_QUERY_SUCCEEDED:
+        return InputError(SOURCE, "answered a zero-capacity query with success, not -ENOBUFS")
+    if status == lib.GA_VNUMA_BAD_COUNTS:
+        return _count_error(out[0], out[1], out[2])
+    if status == lib.GA_VNUMA_OVERFLOW:
+        return InputError(
+            SOURCE,
+            "returned more entries than the buffers hold",
+            f"{out[0]}/{out[1]}/{out[2]} > {out[3]}/{out[4]}/{out[5]}",
         )
-    raise HypercallError(
+    return HypercallError(
         SOURCE, errno.EAGAIN, f": the topology kept changing over {attempts} attempts"
     )
 
 
-def _exchange(
-    privcmd: Privcmd, abi: _Abi, domid: int, nodes: int, vcpus: int, nranges: int
-) -> tuple[int, list[int]]:
-    """One call with room for ``nodes``, ``vcpus`` and ``nranges`` entries (all 0: the size
-    query), through the doorway: ``ga_vnuma_alloc`` lays the hypercall buffer out,
-    ``ga_vnuma_collect`` copies out what Xen wrote and frees it. Returns the call's result (0,
-    or -ENOBUFS / -EAGAIN) and the values: the three counts Xen wrote back, then (when they fit)
-    the distances, the vCPU map and each range's start, end, flags and nid."""
-    address = abi.alloc(privcmd.buffer_fd, domid, nodes, vcpus, nranges)
-    if address < 0:
-        raise HypercallError("hypercall buffer allocation", -address)
-    room = 3 + nodes * nodes + vcpus + 4 * nranges
-    out = abi.new(abi.values, room)
-    try:
-        rc = privcmd.hypercall(abi.memory_op, abi.subop, address, name=SOURCE,
-                               returned_errnos=_RETRIED_ERRNOS)
-    except HypercallError as e:
-        raise _typed(e) from None
-    finally:
-        written = abi.collect(address, privcmd.buffer_fd >= 0, nodes, vcpus, nranges, out, room)
-    values: list[int] = abi.unpack(out, written)
-    return rc, values
-
-
-def _typed(error: HypercallError) -> Exception:
+def _typed(error: Exception) -> Exception:
     """What a failed call means here: -EOPNOTSUPP is no vNUMA, -ENOSYS a Xen before 4.5."""
+    if not isinstance(error, HypercallError):
+        return error
     if error.errno == errno.EOPNOTSUPP:
         return NoVnuma("no vNUMA: Xen has no virtual NUMA topology for this domain")
     if error.errno == errno.ENOSYS:
@@ -249,11 +242,11 @@ def _typed(error: HypercallError) -> Exception:
     return error
 
 
-def _check_counts(nodes: int, vcpus: int, nranges: int) -> None:
-    """The size query's counts within the bounds, else the first one outside them named."""
-    if 1 <= nodes <= MAX_VNODES and 1 <= vcpus <= MAX_VCPUS and 1 <= nranges <= MAX_VMEMRANGES:
-        return
+def _count_error(nodes: int, vcpus: int, nranges: int) -> InputError:
+    """The size query's first count outside its bounds, named."""
     for name, value, maximum in (("nr_vnodes", nodes, MAX_VNODES), ("nr_vcpus", vcpus, MAX_VCPUS),
                                  ("nr_vmemranges", nranges, MAX_VMEMRANGES)):
         if not 1 <= value <= maximum:
-            raise InputError(SOURCE, f"{name} out of range 1..{maximum}", value)
+            return InputError(SOURCE, f"{name} out of range 1..{maximum}", value)
+    return InputError(SOURCE, "counts that do not fit the room given",
+                      f"{nodes}/{vcpus}/{nranges}")
