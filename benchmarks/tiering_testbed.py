@@ -79,6 +79,7 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
     return {
         **cpu_split(parts, kdamond_cpu),
         "agent_command": rec.agent_command or "guestagent tiering run",
+        "interval_s": rec.tiering_keys.get("interval_seconds", sc.INTERVAL_S),
         "kernel": rec.facts.splitlines()[0] if rec.facts else "",
         "fill_mib": rec.fill_mib,
         "fill_seconds": round(rec.fill_seconds, 1),
@@ -223,7 +224,8 @@ def report(n: dict[str, Any]) -> str:
         f"node 0 free: {n['node0_least_free_pct']:.1f} % at its least -> "
         f"{n['node0_free_after_run_pct']:.1f} % after the run (regained "
         f"{mib(n['node0_free_regained_bytes'])}); node 1 gave {mib(n['node1_free_given_bytes'])}",
-        f"after SIGTERM: `{n['agent_command']}` exit {n['agent_rc']}, kdamonds left "
+        f"after SIGTERM: `{n['agent_command']}` (interval {n['interval_s']:g} s) exit "
+        f"{n['agent_rc']}, kdamonds left "
         f"{n['kdamonds_left']}",
     ]
     return "\n".join(lines)
@@ -233,10 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-run-s", type=float, default=420.0,
                         help="stop the agent after this long at the latest (default %(default)s)")
+    parser.add_argument("--interval", type=float, default=sc.INTERVAL_S,
+                        help="the daemon's [tiering] interval_seconds (default %(default)s, the "
+                        "e2e test's; the agent's own default is 10)")
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--record", type=Path,
                         help="no bed: the figures of a record a scenario run left (…-tiering.json)")
     args = parser.parse_args(argv)
+    if not 1 <= args.interval <= 600:  # NaN too; the key's own range ([tiering] interval_seconds)
+        parser.error(f"--interval {args.interval}: seconds between the job's ticks, 1 to 600")
     if args.record:
         try:
             record = sc.Record.load(args.record)
@@ -251,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with XenBed(BedConfig(run_name="bench-tiering")) as bed, bed.guest(sc.spec()) as g:
-            rec = sc.run_scenario(g, bed.run_dir, max_run_s=args.max_run_s)
+            keys = {**sc.TIERING_KEYS, "interval_seconds": args.interval}
+            rec = sc.run_scenario(g, bed.run_dir, max_run_s=args.max_run_s, keys=keys)
             run_dir = bed.run_dir
     except BedError as e:
         print(f"tiering_testbed: the bed failed: {e}", file=sys.stderr)

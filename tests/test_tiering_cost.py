@@ -380,3 +380,15 @@ def test_the_benchmark_names_a_record_it_cannot_read_in_one_line(
     assert tiering_testbed.main(["--record", str(damaged)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "damaged.json" in err[0]
+
+
+@pytest.mark.parametrize("value", ["0.5", "-2", "nan", "601"])
+def test_the_benchmark_refuses_an_interval_the_daemon_would_not_run_with(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import tiering_testbed
+
+    with pytest.raises(SystemExit) as caught:
+        tiering_testbed.main(["--interval", value, "--record", "/nonexistent"])
+    assert caught.value.code == 2
+    assert f"--interval {float(value)}" in capsys.readouterr().err

@@ -125,8 +125,9 @@ class Record:
     migrate_cold_probe: str = ""
     status_before: dict[str, Any] = field(default_factory=dict)
     status_after_fill: dict[str, Any] = field(default_factory=dict)
-    #: the command that ran the agent
+    #: the command that ran the agent, and the ``[tiering]`` keys of its configuration file
     agent_command: str = ""
+    tiering_keys: dict[str, float] = field(default_factory=dict)
     #: the daemon's CPU seconds when its tiering job had ticked once (interpreter, imports, every
     #: job's start, the first tick); None in records of ``tiering run``
     daemon_startup_cpu_s: float | None = None
@@ -361,12 +362,14 @@ def describe(s: Sample, t0: float) -> str:
             + agent)
 
 
-def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0) -> Record:
-    """Drive the scenario in a booted guest of :func:`spec`; the record is saved as it grows."""
+def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0,
+                 keys: dict[str, float] | None = None) -> Record:
+    """Drive the scenario in a booted guest of :func:`spec`; the record is saved as it grows.
+    ``keys``: the daemon's ``[tiering]`` keys (default :data:`TIERING_KEYS`)."""
     rec = Record()
     out_file = run_dir / f"{g.name}-tiering.json"
     try:
-        _scenario(g, rec, max_run_s)
+        _scenario(g, rec, max_run_s, TIERING_KEYS if keys is None else keys)
     finally:
         rec.save(out_file)
         log(f"tiering scenario record: {out_file}")
@@ -379,7 +382,7 @@ def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0) -> Record:
     return rec
 
 
-def _scenario(g: Guest, rec: Record, max_run_s: float) -> None:
+def _scenario(g: Guest, rec: Record, max_run_s: float, keys: dict[str, float]) -> None:
     rec.facts = g.run_ok(
         "uname -r; cat /proc/cmdline; "
         f"ls {KDAMONDS}; cat {KDAMONDS}/nr_kdamonds; "
@@ -413,7 +416,8 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     rec.status_before = first_json(g.run_ok("guestagent tiering status --json", timeout=180))
 
     # The daemon, as started at boot: before the memory fills.
-    rec.agent_command = start_daemon(g, "run", TIERING_KEYS)
+    rec.tiering_keys = dict(keys)
+    rec.agent_command = start_daemon(g, "run", keys)
     ready = wait_until_ticked(g, "run")
     rec.before_fill = parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH))
     rec.daemon_startup_cpu_s = rec.before_fill.agent_cpu
