@@ -519,3 +519,79 @@ def test_run_keeps_its_options_across_a_reload(
     assert (seen[0].source_high_pct, seen[0].target_min_pct) == (20.0, 35.0)
     assert (seen[-1].source_high_pct, seen[-1].target_min_pct) == (25.0, 35.0), seen
     assert signal.getsignal(signal.SIGHUP) is hup_before
+
+
+# --- tiering status beside a running daemon ------------------------------------------------------
+
+def daemon_answers(monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any]) -> list[str]:
+    """The daemon's status socket answers ``answer`` (the state directories asked, returned)."""
+    from guestagent.daemon import service
+
+    asked: list[str] = []
+
+    def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
+        asked.append(state_dir)
+        return answer
+
+    monkeypatch.setattr(service, "read_status", read_status)
+    return asked
+
+
+def daemon_kdamonds_on(root: Path, kernel: FakeDamonKernel) -> None:
+    """The daemon's kdamond 0 running, as this command's probe sees it: "another DAMON user"."""
+    from guestagent.tiering.model import Move, Plan
+
+    DamonBackend(HostFS(str(root)), writer=kernel.write).start(Plan((Move(0, 1, 4 << 20),)))
+
+
+def test_status_beside_the_daemon_says_the_daemon_serves_and_shows_its_plan(
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Seen on real Xen (run 20261207-102508-28537-pytest): ``tiering status`` while the daemon
+    moved pages said "serving: none" and "kdamond 0 is on (another DAMON user)" about the
+    daemon's own kdamond, and planned nothing at 12 % free where the daemon, a source until
+    45 %, still moved."""
+    root, kernel = world
+    daemon_kdamonds_on(root, kernel)
+    plan = [{"source": 0, "target": 1, "rate_bytes_per_s": 6 << 20}]
+    asked = daemon_answers(monkeypatch, {"pid": 4242, "jobs": {"tiering": {
+        "backend": "damon", "active": True, "bytes_moved": 8 << 20, "plan": plan,
+        "reasons": ["node 0: under pressure (free 12.4%) -> node 1 (distance 20) at 6.0 MiB/s"],
+    }}})
+    args = parse(["tiering", "status", "--json"])
+    assert args.func(args, Ctx(HostFS(str(root)))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert asked == [str(root / "run/guestagent")]
+    assert (doc["serving"], doc["daemon_pid"], doc["plan"]) == ("damon", 4242, plan)
+    damon = next(b for b in doc["backends"] if b["name"] == "damon")
+    assert damon["ok"] and damon["serving"]
+    assert damon["reason"] == (
+        "serving in the running daemon (pid 4242): 8.0 MiB moved since it started")
+    text = parse(["tiering", "status"])
+    text.func(text, Ctx(HostFS(str(root))))
+    out = capsys.readouterr().out
+    assert out.startswith("serving: damon\n")
+    assert "plan now (the running daemon's):\n  node 0 -> node 1 at 6.0 MiB/s\n" in out
+
+
+def test_status_without_a_daemon_that_answers_probes_for_itself(
+    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A daemon that answers with a status this command does not understand (here: a plan that
+    is not a list of moves) is named in one line and not used; the probe's view is shown."""
+    root, kernel = world
+    daemon_kdamonds_on(root, kernel)
+    capsys.readouterr()  # the kdamonds' start logged its line
+    daemon_answers(monkeypatch, {"pid": 4242, "jobs": {"tiering": {
+        "backend": "damon", "plan": "soon"}}})
+    args = parse(["tiering", "status", "--json"])
+    args.func(args, Ctx(HostFS(str(root))))
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert (doc["serving"], doc["daemon_pid"]) == (None, None)
+    assert "another DAMON user" in next(
+        b["reason"] for b in doc["backends"] if b["name"] == "damon")
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "not understood" in err[0] and "plan 'soon'" in err[0], err

@@ -43,6 +43,7 @@ from guestagent.tiering import readers
 from guestagent.tiering.model import (
     Availability,
     Backend,
+    Plan,
     PolicyState,
     TieringConfig,
     TieringStats,
@@ -104,10 +105,10 @@ def why_not(backend: Backend | None, availability: Availability) -> str:
 EXIT_NONE_SERVES = 4
 
 
-def _configured(args: argparse.Namespace, ctx: Any) -> tuple[bool, str, TieringConfig]:
-    """``[tiering] enabled``, ``backend`` and the policy's configuration, from the files ``run``
-    reads (``--config``/``--conf-dir``, else the context's; raises ConfigError/InputError when
-    refused)."""
+def _configured(args: argparse.Namespace, ctx: Any) -> tuple[bool, str, TieringConfig, str]:
+    """``[tiering] enabled``, ``backend``, the policy's configuration and ``[agent] state_dir``,
+    from the files ``run`` reads (``--config``/``--conf-dir``, else the context's; raises
+    ConfigError/InputError when refused)."""
     from guestagent import config as config_mod
     from guestagent.tiering.config import tiering_config
 
@@ -117,7 +118,56 @@ def _configured(args: argparse.Namespace, ctx: Any) -> tuple[bool, str, TieringC
         raise GuestAgentError(problem)
     agent = config_mod.load(*ctx.config_paths(args))
     section = agent.section("tiering")
-    return bool(section["enabled"]), str(section["backend"]), tiering_config(section)
+    return (bool(section["enabled"]), str(section["backend"]), tiering_config(section),
+            str(agent.get("agent", "state_dir")))
+
+
+def daemon_tiering(hostfs: HostFS, state_dir: str) -> tuple[int, dict[str, Any]] | None:
+    """The running daemon's pid and its tiering job's status (``guestagent status``), or None:
+    no daemon answers, it cannot be asked (the socket is root-only), or it runs no tiering job.
+    An answer without a backend name, a pid or a plan of moves is not taken (one line on
+    stderr naming it): the command then says what its own probe finds."""
+    from guestagent.daemon.service import read_status
+
+    try:
+        status = read_status(str(hostfs.path(state_dir)), timeout=2.0)
+    except GuestAgentError:
+        return None
+    job = status.get("jobs", {}).get("tiering") if isinstance(status.get("jobs"), dict) else None
+    if not isinstance(job, dict) or "backend" not in job:
+        return None
+    pid, plan = status.get("pid"), job.get("plan")
+    good_plan = isinstance(plan, list) and all(
+        isinstance(m, dict) and all(isinstance(m.get(k), int) for k in PLAN_KEYS) for m in plan)
+    if not (isinstance(job["backend"], str) and isinstance(pid, int) and good_plan):
+        print(f"guestagent: the running daemon's tiering status is not understood, not used: "
+              f"backend {job.get('backend')!r}, pid {pid!r}, plan {plan!r}", file=sys.stderr)
+        return None
+    return pid, job
+
+
+#: The keys of a plan's row (:func:`plan_rows`).
+PLAN_KEYS = ("source", "target", "rate_bytes_per_s")
+
+
+def with_daemon(doc: dict[str, Any], pid: int, job: dict[str, Any]) -> None:
+    """``status``'s document when a running daemon's tiering job serves: that backend serves
+    (its kdamonds are the daemon's, not another DAMON user's, whatever the probe said), and the
+    plan and reasons are the daemon's, which keep its state (a source stays one until it is
+    ``source_high_pct`` free), not a fresh decision's."""
+    name = job["backend"]
+    moved = job.get("bytes_moved")
+    for row in doc["backends"]:
+        row["serving"] = row["name"] == name
+        if row["serving"]:
+            row["ok"] = True
+            row["reason"] = (f"serving in the running daemon (pid {pid})"
+                             + (f": {moved / MIB:.1f} MiB moved since it started"
+                                if isinstance(moved, int) else ""))
+    doc["serving"] = name
+    doc["daemon_pid"] = pid
+    doc["plan"] = job["plan"]
+    doc["reasons"] = [str(r) for r in job.get("reasons", [])]
 
 
 def _backend_rows(
@@ -167,7 +217,8 @@ def status_text(doc: dict[str, Any]) -> str:
             f"  node {n['node']}: free {n['free_pct']}% of {n['total_bytes'] // MIB} MiB, "
             f"inactive {n['inactive_bytes'] // MIB} MiB"
         )
-    out.append("plan now:" + ("" if doc["plan"] else " nothing to move"))
+    whose = " (the running daemon's)" if doc.get("daemon_pid") is not None else ""
+    out.append(f"plan now{whose}:" + ("" if doc["plan"] else " nothing to move"))
     for p in doc["plan"]:
         out.append(
             f"  node {p['source']} -> node {p['target']} at {p['rate_bytes_per_s'] / MIB:.1f} MiB/s"
@@ -177,8 +228,11 @@ def status_text(doc: dict[str, Any]) -> str:
 
 
 def status(args: argparse.Namespace, ctx: Any) -> int:
+    """Which backend serves and why the others do not, the nodes, the plan. While a daemon runs
+    the tiering job (and answers: as root), what it serves and its plan (``daemon_pid`` in the
+    JSON); else this command's own probe and a fresh decision."""
     hostfs: HostFS = ctx.hostfs
-    enabled, wanted, policy_config = _configured(args, ctx)
+    enabled, wanted, policy_config, state_dir = _configured(args, ctx)
     probed = probe_all(ctx.host)
     # The backends the daemon's job may use ([tiering] backend), as it chooses (tiering.job).
     chosen = serving([p for p in probed if wanted in ("auto", p[0])])
@@ -198,18 +252,19 @@ def status(args: argparse.Namespace, ctx: Any) -> int:
             }
             for m in snapshot.nodes.values()
         ],
-        "plan": [
-            {"source": m.source, "target": m.target, "rate_bytes_per_s": m.rate}
-            for m in decision.plan.moves
-        ],
+        "plan": plan_rows(decision.plan),
         "reasons": list(decision.reasons),
         "lru_gen": snapshot.lru_gen,
+        "daemon_pid": None,
     }
+    daemon = daemon_tiering(hostfs, state_dir)
+    if daemon is not None:
+        with_daemon(doc, *daemon)
     if args.json:
         print_json(doc)
     else:
         sys.stdout.write(status_text(doc))
-    if not (enabled and chosen is None):
+    if not (enabled and doc["serving"] is None):
         return 0
     print("guestagent: [tiering] is enabled and no backend can serve: the daemon's tiering job "
           "would not start", file=sys.stderr)
@@ -278,6 +333,12 @@ def run_summary(backend: Backend, elapsed_s: float, cpu_s: float) -> dict[str, A
         "elapsed_s": round(elapsed_s, 3),
         "agent_cpu_s": round(cpu_s, 3),
     }
+
+
+def plan_rows(plan: Plan) -> list[dict[str, Any]]:
+    """A plan as ``status`` shows it: one row per move."""
+    return [{"source": m.source, "target": m.target, "rate_bytes_per_s": m.rate}
+            for m in plan.moves]
 
 
 def backend_counters(stats: TieringStats | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from guestagent.errors import GuestAgentError
 from guestagent.log import get_logger
 from guestagent.tiering.commands import (
     backend_counters,
+    plan_rows,
     probe_all,
     process_cpu_seconds,
     serving,
@@ -128,7 +129,8 @@ class TieringJob:
 
     def status(self) -> dict[str, Any]:
         """The backend, whether it has been started, its counters since (zeros before: an idle
-        guest creates nothing), and the job's ticks and their CPU time."""
+        guest creates nothing), the job's ticks and their CPU time, and the last round's plan
+        and reasons (``tiering status`` shows them while this daemon serves)."""
         runner = self._runner
         if runner is None:
             return {}
@@ -142,4 +144,6 @@ class TieringJob:
             **backend_counters(stats),
             "ticks": self.ticks,
             "tick_cpu_s": round(self.tick_cpu_s, 3),
+            "plan": plan_rows(runner.plan),
+            "reasons": list(runner.reasons),
         }

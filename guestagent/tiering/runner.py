@@ -116,6 +116,16 @@ class Runner:
             self._last_moved = dict(now_moved)
         return Observation(interval_s=interval, moved=moved, returned=returned)
 
+    @property
+    def plan(self) -> Plan:
+        """The plan of the last round (empty before the first, or while inputs are unreadable)."""
+        return self._plan
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The last round's reasons, one line each."""
+        return self._reasons
+
     def tick(self) -> Decision | None:
         """One round; returns the decision, or None when inputs were unreadable (paused)."""
         try:
