@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -523,18 +523,39 @@ def test_run_keeps_its_options_across_a_reload(
 
 # --- tiering status beside a running daemon ------------------------------------------------------
 
-def daemon_answers(monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any]) -> list[str]:
-    """The daemon's status socket answers ``answer`` (the state directories asked, returned)."""
-    from guestagent.daemon import service
+@contextlib.contextmanager
+def daemon_answers(root: Path, answer: dict[str, Any]) -> Iterator[list[int]]:
+    """A daemon's status socket in the fixture tree's state directory that answers ``answer`` to
+    each connection (the connections served, counted in the list it yields)."""
+    import socket
 
-    asked: list[str] = []
+    path = root / "run/guestagent/status.sock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    served: list[int] = []
 
-    def read_status(state_dir: str, timeout: float = 5.0) -> dict[str, Any]:
-        asked.append(state_dir)
-        return answer
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            served.append(1)
 
-    monkeypatch.setattr(service, "read_status", read_status)
-    return asked
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # wakes the accept (Linux), then it is closed
+        server.close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
 
 
 def daemon_kdamonds_on(root: Path, kernel: FakeDamonKernel) -> None:
@@ -545,8 +566,7 @@ def daemon_kdamonds_on(root: Path, kernel: FakeDamonKernel) -> None:
 
 
 def test_status_beside_the_daemon_says_the_daemon_serves_and_shows_its_plan(
-    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    world: tuple[Path, FakeDamonKernel], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Seen on real Xen (run 20261207-102508-28537-pytest): ``tiering status`` while the daemon
     moved pages said "serving: none" and "kdamond 0 is on (another DAMON user)" about the
@@ -555,39 +575,39 @@ def test_status_beside_the_daemon_says_the_daemon_serves_and_shows_its_plan(
     root, kernel = world
     daemon_kdamonds_on(root, kernel)
     plan = [{"source": 0, "target": 1, "rate_bytes_per_s": 6 << 20}]
-    asked = daemon_answers(monkeypatch, {"pid": 4242, "jobs": {"tiering": {
+    answer = {"pid": 4242, "jobs": {"tiering": {
         "backend": "damon", "active": True, "bytes_moved": 8 << 20, "plan": plan,
         "reasons": ["node 0: under pressure (free 12.4%) -> node 1 (distance 20) at 6.0 MiB/s"],
-    }}})
-    args = parse(["tiering", "status", "--json"])
-    assert args.func(args, Ctx(HostFS(str(root)))) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert asked == [str(root / "run/guestagent")]
+    }}}
+    with daemon_answers(root, answer) as served:
+        args = parse(["tiering", "status", "--json"])
+        assert args.func(args, Ctx(HostFS(str(root)))) == 0
+        doc = json.loads(capsys.readouterr().out)
+        text = parse(["tiering", "status"])
+        text.func(text, Ctx(HostFS(str(root))))
+        out = capsys.readouterr().out
+    assert len(served) == 2
     assert (doc["serving"], doc["daemon_pid"], doc["plan"]) == ("damon", 4242, plan)
     damon = next(b for b in doc["backends"] if b["name"] == "damon")
     assert damon["ok"] and damon["serving"]
     assert damon["reason"] == (
         "serving in the running daemon (pid 4242): 8.0 MiB moved since it started")
-    text = parse(["tiering", "status"])
-    text.func(text, Ctx(HostFS(str(root))))
-    out = capsys.readouterr().out
     assert out.startswith("serving: damon\n")
     assert "plan now (the running daemon's):\n  node 0 -> node 1 at 6.0 MiB/s\n" in out
 
 
 def test_status_without_a_daemon_that_answers_probes_for_itself(
-    world: tuple[Path, FakeDamonKernel], monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    world: tuple[Path, FakeDamonKernel], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A daemon that answers with a status this command does not understand (here: a plan that
     is not a list of moves) is named in one line and not used; the probe's view is shown."""
     root, kernel = world
     daemon_kdamonds_on(root, kernel)
     capsys.readouterr()  # the kdamonds' start logged its line
-    daemon_answers(monkeypatch, {"pid": 4242, "jobs": {"tiering": {
-        "backend": "damon", "plan": "soon"}}})
-    args = parse(["tiering", "status", "--json"])
-    args.func(args, Ctx(HostFS(str(root))))
+    with daemon_answers(root, {"pid": 4242, "jobs": {"tiering": {
+            "backend": "damon", "plan": "soon"}}}):
+        args = parse(["tiering", "status", "--json"])
+        args.func(args, Ctx(HostFS(str(root))))
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
     assert (doc["serving"], doc["daemon_pid"]) == (None, None)
