@@ -69,8 +69,9 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
     elapsed = parts["elapsed_s"]
     applied = int(summary.get("bytes_moved", 0))
     cpu = parts["agent_cpu_s"]
-    # kdamond threads exit when the agent turns them off: their CPU time is the last one seen.
-    kdamond_cpu = max((sum(s.kdamond_cpu.values()) for s in rec.samples), default=0.0)
+    # kdamond threads exit when the agent turns them off: their CPU time is the last one seen
+    # (every half second since the tracker; at the 10 s samples before).
+    kdamond_cpu = rec.kdamond_cpu_s()
     last_running = max(
         (s for s in rec.samples if s.kdamond_cpu), key=lambda s: s.t, default=rec.last
     )
@@ -103,6 +104,7 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
         "node0_free_after_run_pct": 100.0 * rec.free_kb(rec.last, 0) / total0,
         "kdamonds_left": rec.nr_kdamonds_after,
         "agent_rc": rec.run_rc,
+        "status_query_cpu_s": rec.status_query_cpu_s,
     }
 
 
@@ -181,6 +183,8 @@ def split_lines(n: dict[str, Any]) -> list[str]:
     lines = [f"agent / kdamond CPU over the run: {n['agent_to_kdamond']:.2f}x"]
     if n.get("agent_sys_cpu_s") is not None:
         lines[0] += f" (of the agent's, {n['agent_sys_cpu_s']:.2f} s in the kernel)"
+    if n.get("status_query_cpu_s") is not None:
+        lines.append(f"  of which answering one `tiering status`: {n['status_query_cpu_s']:.2f} s")
     if n["agent_startup_cpu_s"] is None or n["agent_steady_cpu_s"] is None:
         return [*lines, "  start-up / steady state: not in this record (the agent's summary has "
                         "no startup_cpu_s: an agent from before issue 18's split)"]

@@ -277,12 +277,16 @@ def test_under_the_daemon_the_run_counts_from_before_the_fill_and_the_start_apar
         4.0, 3.0, 1.0)
     assert (parts["ticks"], parts["tick_cpu_s"]) == (40, 0.5)
     assert parts["agent_sys_cpu_s"] == round((4.0 - 3.25) / 4, 3)
+    rec.kdamond_cpu_tracked = {4200: 2.5, 4201: 0.25}  # both exited before the last sample
+    rec.samples[1].kdamond_cpu = {4200: 1.5}
     n = numbers(rec)
+    assert n["kdamond_cpu_s"] == 2.75 and n["agent_to_kdamond"] == 0.75 / 2.75
     assert n["node0_free_regained_bytes"] == (210_000 - 20_000) * 1024
     assert n["agent_command"].startswith("guestagent run")
     rec.save(tmp_path / "tier-tiering.json")  # and read back as the benchmark's --record does
     again = Record.load(tmp_path / "tier-tiering.json")
     assert again.before_fill == rec.before_fill and again.samples == rec.samples
+    assert again.kdamond_cpu_tracked == rec.kdamond_cpu_tracked
     assert numbers(again) == n
 
 

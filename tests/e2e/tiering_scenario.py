@@ -86,6 +86,38 @@ with open(sys.argv[2], "w") as f:
 signal.pause()
 """
 
+#: The kdamond threads' CPU time, every half second, into the JSON file argv[1] (thread pid ->
+#: the most seen): a kdamond the agent turns off exits, and a 10 s sample misses what it used
+#: since the last one (run 20261207-105613-4207-pytest: 1.19 s seen). One process, no fork per
+#: round; /proc is scanned for new kdamond threads every 2 s, DAMON sysfs is never read (its
+#: lock would make the agent's writes answer EBUSY).
+KDAMOND_CPU_PY = r"""
+import json, os, sys, time
+seen, rounds = {}, 0
+while True:
+    if rounds % 4 == 0:
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) not in seen:
+                try:
+                    with open(f"/proc/{name}/comm") as f:
+                        if f.read().startswith("kdamond"):
+                            seen[int(name)] = 0.0
+                except OSError:
+                    pass
+    for pid in list(seen):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            seen[pid] = max(seen[pid], (int(fields[11]) + int(fields[12])) / 100.0)
+        except (OSError, ValueError, IndexError):
+            pass
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        json.dump(seen, f)
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    rounds += 1
+    time.sleep(0.5)
+"""
+
 
 def spec() -> GuestSpec:
     return GuestSpec.hvm(
@@ -133,6 +165,9 @@ class Record:
     daemon_startup_cpu_s: float | None = None
     #: a sample with the daemon running, just before the fill; None in records of ``tiering run``
     before_fill: Sample | None = None
+    #: the daemon's CPU seconds spent while ``tiering status`` asked it (after the fill): part of
+    #: its CPU over the run, not of the tiering job's ticks
+    status_query_cpu_s: float | None = None
     fill_mib: int = 0
     fill_seconds: float = 0.0
     cold_pid: int = 0
@@ -145,6 +180,14 @@ class Record:
     after_stop: str = ""
     nr_kdamonds_after: int | None = None
     kdamond_threads_after: int | None = None
+    #: kdamond thread pid -> the most CPU seconds seen every half second (:data:`KDAMOND_CPU_PY`)
+    kdamond_cpu_tracked: dict[int, float] = field(default_factory=dict)
+
+    def kdamond_cpu_s(self) -> float:
+        """The kdamond threads' CPU over the run: the half-second tracker's, or the samples' most
+        when that is more (records from before the tracker have only the samples)."""
+        sampled = max((sum(s.kdamond_cpu.values()) for s in self.samples), default=0.0)
+        return max(sampled, sum(self.kdamond_cpu_tracked.values()))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
@@ -174,6 +217,7 @@ class Record:
         before = doc.pop("before_fill", None)
         doc["before_fill"] = None if before is None else sample(before)
         doc["meminfo_before"] = ints(doc.get("meminfo_before", {}))
+        doc["kdamond_cpu_tracked"] = ints(doc.get("kdamond_cpu_tracked", {}))
         return cls(samples=samples, **doc)
 
     # -- derived numbers ---------------------------------------------------------------------
@@ -341,6 +385,14 @@ def tiering_job_status(g: Guest, name: str) -> dict[str, Any]:
     return job
 
 
+def daemon_cpu(g: Guest, name: str) -> float | None:
+    """The daemon's CPU seconds (utime + stime) now; None when it is not running."""
+    out = g.run_ok(f"p=$(cat /tmp/{name}.pid) && sed 's/.*) //' /proc/$p/stat 2>/dev/null | "
+                   "cut -d' ' -f12,13; true")
+    m = re.match(r"^(\d+) (\d+)$", out.strip())
+    return (int(m.group(1)) + int(m.group(2))) / 100.0 if m else None
+
+
 def wait_until_ticked(g: Guest, name: str) -> dict[str, Any]:
     """The tiering job's status once it has ticked (the daemon's start is over)."""
     deadline = time.monotonic() + READY_S
@@ -415,6 +467,10 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     log("migrate_cold by hand:\n" + rec.migrate_cold_probe)
     rec.status_before = first_json(g.run_ok("guestagent tiering status --json", timeout=180))
 
+    # The kdamond threads' CPU, every half second, until the end.
+    g.run_ok(f"cat > /tmp/kdcpu.py <<'EOF'\n{KDAMOND_CPU_PY}\nEOF\n"
+             "setsid python3 /tmp/kdcpu.py /tmp/kdamond-cpu.json </dev/null >/dev/null 2>&1 & "
+             "echo $! > /tmp/kdcpu.pid")
     # The daemon, as started at boot: before the memory fills.
     rec.tiering_keys = dict(keys)
     rec.agent_command = start_daemon(g, "run", keys)
@@ -451,7 +507,11 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     t0 = time.monotonic()
     rec.samples.append(parse_sample(t0, g.run_ok(SAMPLE_SH)))
     log(describe(rec.samples[0], t0))
+    cpu_before = daemon_cpu(g, "run")
     rec.status_after_fill = first_json(g.run_ok("guestagent tiering status --json", timeout=180))
+    cpu_after = daemon_cpu(g, "run")
+    if cpu_before is not None and cpu_after is not None:
+        rec.status_query_cpu_s = round(cpu_after - cpu_before, 2)
     log("plan after the fill: " + json.dumps(rec.status_after_fill.get("plan")) + " "
         + json.dumps(rec.status_after_fill.get("reasons")))
 
@@ -486,6 +546,11 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
         f"echo nr_kdamonds $(cat {KDAMONDS}/nr_kdamonds); "
         "echo kdamond_threads $(pgrep -c kdamond); true"
     )
+    tracked = g.run_ok("sleep 1; kill $(cat /tmp/kdcpu.pid); cat /tmp/kdamond-cpu.json; echo")
+    try:
+        rec.kdamond_cpu_tracked = {int(k): float(v) for k, v in first_json(tracked).items()}
+    except (AssertionError, ValueError, AttributeError) as e:
+        log(f"the kdamond CPU tracker left nothing readable ({e}): {tracked[:200]!r}")
     for key in ("nr_kdamonds", "kdamond_threads"):
         mm = re.search(rf"^{key} (\d+)$", rec.after_stop, re.M)
         value = int(mm.group(1)) if mm else None
