@@ -341,10 +341,9 @@ def plan_rows(plan: Plan) -> list[dict[str, Any]]:
             for m in plan.moves]
 
 
-def backend_counters(stats: TieringStats | None) -> dict[str, Any]:
+def backend_counters(stats: TieringStats) -> dict[str, Any]:
     """A backend's counters in bytes, as ``tiering run``'s summary and the tiering job's status
-    give them (None, a backend not started yet: zeros)."""
-    stats = stats if stats is not None else TieringStats()
+    give them."""
     return {
         "bytes_moved": stats.pages_moved_or_put * PAGE_SIZE,
         "bytes_tried": stats.bytes_tried,

@@ -24,6 +24,7 @@ from guestagent.tiering.commands import (
 )
 from guestagent.tiering.config import tiering_config
 from guestagent.tiering.journal import TieringJournal, journal_path
+from guestagent.tiering.model import TieringStats
 from guestagent.tiering.policy import next_interval
 from guestagent.tiering.runner import Runner
 
@@ -134,13 +135,13 @@ class TieringJob:
         runner = self._runner
         if runner is None:
             return {}
-        stats = runner.backend.stats() if runner.started else None
+        stats = runner.backend.stats() if runner.started else TieringStats()
         return {
             "backend": self._backend_name,
             "active": runner.started,
-            "pages_moved": 0 if stats is None else stats.pages_moved_or_put,
-            "pages_returned": 0 if stats is None else stats.pages_returned,
-            "failures": 0 if stats is None else stats.failures,
+            "pages_moved": stats.pages_moved_or_put,
+            "pages_returned": stats.pages_returned,
+            "failures": stats.failures,
             **backend_counters(stats),
             "ticks": self.ticks,
             "tick_cpu_s": round(self.tick_cpu_s, 3),

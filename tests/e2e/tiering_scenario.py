@@ -291,6 +291,17 @@ def first_json(out: str) -> dict[str, Any]:
 READ_RETRY = """r() { n=0; until v=$(cat "$1" 2>/dev/null); do n=$((n+1));
        [ $n -ge 25 ] && { echo "unreadable"; return 1; }; sleep 0.2; done; echo "$v"; }"""
 
+#: ``utime stime`` (clock ticks) of the process in ``$p``, after its ``comm`` (which may hold
+#: spaces); nothing when it is gone.
+PROC_CPU_SH = "sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f12,13"
+
+
+def parse_proc_cpu(text: str) -> tuple[float, float] | None:
+    """:data:`PROC_CPU_SH`'s answer as (user + system, system) seconds; None when empty."""
+    m = re.match(r"^(\d+) (\d+)$", text.strip())
+    return ((int(m.group(1)) + int(m.group(2))) / 100.0, int(m.group(2)) / 100.0) if m else None
+
+
 #: One sample, kept short: every answer crosses the guest's console.
 SAMPLE_SH = f"""
 {READ_RETRY}
@@ -316,8 +327,7 @@ echo '=== kdamond'
 for p in $(pgrep kdamond); do echo "cpu $p $(cut -d' ' -f14,15 /proc/$p/stat)"; done
 echo '=== agent'; cat /tmp/run.rc 2>/dev/null
 echo '=== agentcpu'
-p=$(cat /tmp/run.pid 2>/dev/null) && [ -z "$(cat /tmp/run.rc 2>/dev/null)" ] &&
-    sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f12,13
+p=$(cat /tmp/run.pid 2>/dev/null) && [ -z "$(cat /tmp/run.rc 2>/dev/null)" ] && {PROC_CPU_SH}
 echo '=== uptime'; cut -d' ' -f1 /proc/uptime
 true
 """
@@ -332,7 +342,7 @@ def parse_sample(t: float, out: str) -> Sample:
         int(m.group(1)): (int(m.group(2)) + int(m.group(3))) / 100.0
         for m in re.finditer(r"^cpu (\d+) (\d+) (\d+)$", parts.get("kdamond", ""), re.M)
     }
-    agent = re.match(r"^(\d+) (\d+)$", parts.get("agentcpu", "").strip())
+    agent = parse_proc_cpu(parts.get("agentcpu", ""))
     return Sample(
         t=t,
         meminfo=parse_meminfo(parts.get("meminfo", "")),
@@ -341,8 +351,8 @@ def parse_sample(t: float, out: str) -> Sample:
         kdamond_cpu=cpu,
         agent_exited=bool(parts.get("agent", "").strip()),
         uptime=float(parts.get("uptime", "0").strip() or 0),
-        agent_cpu=(int(agent.group(1)) + int(agent.group(2))) / 100.0 if agent else None,
-        agent_sys_cpu=int(agent.group(2)) / 100.0 if agent else None,
+        agent_cpu=agent[0] if agent else None,
+        agent_sys_cpu=agent[1] if agent else None,
     )
 
 
@@ -387,10 +397,8 @@ def tiering_job_status(g: Guest, name: str) -> dict[str, Any]:
 
 def daemon_cpu(g: Guest, name: str) -> float | None:
     """The daemon's CPU seconds (utime + stime) now; None when it is not running."""
-    out = g.run_ok(f"p=$(cat /tmp/{name}.pid) && sed 's/.*) //' /proc/$p/stat 2>/dev/null | "
-                   "cut -d' ' -f12,13; true")
-    m = re.match(r"^(\d+) (\d+)$", out.strip())
-    return (int(m.group(1)) + int(m.group(2))) / 100.0 if m else None
+    cpu = parse_proc_cpu(g.run_ok(f"p=$(cat /tmp/{name}.pid) && {PROC_CPU_SH}; true"))
+    return cpu[0] if cpu else None
 
 
 def wait_until_ticked(g: Guest, name: str) -> dict[str, Any]:
