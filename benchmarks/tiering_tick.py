@@ -14,8 +14,9 @@ Python writing files) left out of both:
   in it), the steady rate (``max_rate`` reached: the plan does not change) and idle (no node
   short). CPU per tick, files read and sysfs writes per tick.
 * **replay**: the shape of the e2e scenario (``tests/e2e/tiering_scenario.py``) at a 2 s
-  interval for 240 s of simulated time: node 0 short, DAMON moving up to 6 MiB/s while its quota
-  allows, node 1's room capping the rate, a few pages coming back every 14 s; node 0 45 % free
+  interval (and, last, with the warm-up below, at the default 10 s) for 240 s of simulated
+  time: node 0 short, DAMON moving up to 6 MiB/s while its quota allows, node 1's room
+  capping the rate, a few pages coming back every 14 s; node 0 45 % free
   after about 70 s, idle after. The job's pacing (``TieringJob._pace``, else
   ``policy.next_interval``, where the tree has them) decides which 2 s steps tick; the kernel
   moves on every step under the last plan applied. Ticks, CPU, bytes moved, commits and
@@ -146,17 +147,21 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
     return out
 
 
-def replay(m: dict[str, Any], seconds: float = 240.0, warmup_s: float = 0.0) -> dict[str, Any]:
+def replay(m: dict[str, Any], seconds: float = 240.0, warmup_s: float = 0.0,
+           interval_s: float = 2.0) -> dict[str, Any]:
     """``warmup_s``: for that long after the start the kernel moves a trickle (256 KiB per 2 s
     step, less than ``min_rate``'s worth), as DAMON does while its regions age (the last bed run:
-    node 0 at 5.0-5.1 % free for the first 6 s)."""
+    node 0 at 5.0-5.1 % free for the first 6 s). ``interval_s``: the job's ``interval_seconds``
+    (the kernel still moves in 2 s steps; a tick comes on the first step at or after it is due).
+    """
     tmp = Path(tempfile.mkdtemp())
     root = m["test_tiering_damon"].make_tree(tmp)
     kernel = m["test_tiering_damon"].FakeDamonKernel(root, Path("tests/fixtures/damon-6.12"))
     fake = FakeKernelClock()
     hostfs = m["hostfs"].HostFS(str(root))
     now = [0.0]
-    config = m["model"].TieringConfig(source_high_pct=45.0, target_min_pct=45.0, interval_s=2.0)
+    config = m["model"].TieringConfig(source_high_pct=45.0, target_min_pct=45.0,
+                                      interval_s=interval_s)
     backend = m["damon"].DamonBackend(hostfs, writer=fake.wrap(kernel.write))
     runner = m["runner"].Runner(hostfs, backend, config, clock=lambda: now[0])
     text0, text1 = (root / MEMINFO0).read_text(), (root / MEMINFO1).read_text()
@@ -205,7 +210,7 @@ def replay(m: dict[str, Any], seconds: float = 240.0, warmup_s: float = 0.0) -> 
     backend.stop()
     stats = backend.stats()
     return {
-        "seconds": seconds, "ticks": ticks, "moving_ticks": len(moving),
+        "seconds": seconds, "interval_s": interval_s, "ticks": ticks, "moving_ticks": len(moving),
         "cpu_ms": round(1000 * cpu, 2), "bytes_moved": stats.moved_by_source.get(0, 0),
         "update_schemes_stats": sum(1 for _, v in kernel.writes if v == "update_schemes_stats"),
         "commits": sum(1 for _, v in kernel.writes if v == "commit"),
@@ -237,16 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         measured = phases(modules, args.ticks)
         r = replay(modules)
         warm = replay(modules, warmup_s=6.0)
+        default = replay(modules, warmup_s=6.0, interval_s=10.0)
     if args.json:
         print(json.dumps({"repo": str(args.repo), "phases": measured, "replay": r,
-                          "replay_warmup": warm},
+                          "replay_warmup": warm, "replay_10s": default},
                          sort_keys=True))
         return 0
     for p in measured:
         print(f"{p['phase']:<7} {p['ms_per_tick']:6.3f} ms CPU per tick, {p['reads_per_tick']:5.2f}"
               f" files read, {p['writes_per_tick']:4.2f} sysfs writes ({p['ticks']} ticks)")
-    for name, x in (("replay", r), ("warm-up", warm)):
-        print(f"{name:<7} {x['seconds']:.0f} s: {x['ticks']} ticks ({x['moving_ticks']} moving), "
+    for name, x in (("replay", r), ("warm-up", warm), ("at 10 s", default)):
+        print(f"{name:<7} {x['seconds']:.0f} s, a tick per {x['interval_s']:g} s: "
+              f"{x['ticks']} ticks ({x['moving_ticks']} moving), "
               f"{x['cpu_ms']:.1f} ms CPU, {x['bytes_moved'] / MIB:.1f} MiB moved, "
               f"{x['update_schemes_stats']} update_schemes_stats, {x['commits']} commits, "
               f"node 0 short {x['short_s']:.0f} s (longest {x['worst_short_s']:.0f} s), node 1 "

@@ -342,8 +342,8 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
     now = [0.0]
 
     class TimedRunner(Runner):  # the time the loop's timer would have let pass
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args, clock=lambda: now[0])
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "clock": lambda: now[0]})
 
     job = TieringJob(runner=TimedRunner)
     job.start(ctx)

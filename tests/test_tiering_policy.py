@@ -23,6 +23,7 @@ from guestagent.tiering.policy import (
     next_interval,
     next_rate,
     plan_horizon_s,
+    source_lacking,
     target_room,
     watermark_bytes,
 )
@@ -85,16 +86,35 @@ def test_choose_target_excludes_sources_and_nodes_without_room() -> None:
 
 
 def test_no_pressure_no_plan_and_hysteresis_keeps_a_recovering_source() -> None:
-    s = snap([node(0, 1, 12), node(1, 1, 90)], [[10, 20], [20, 10]])
+    s = snap([node(0, 16, 12), node(1, 1, 90)], [[10, 20], [20, 10]])
     assert decide(s, CFG, PolicyState()).plan.moves == ()  # 12 % > 10 % low watermark
     was = PolicyState({0: SourceState(True, 1, 8 * MIB)})
     d = decide(s, CFG, was)  # but still below the 15 % release watermark
-    assert d.plan.moves == (Move(0, 1, 10 * MIB),)
-    s2 = snap([node(0, 1, 16), node(1, 1, 90)], [[10, 20], [20, 10]])
+    assert d.plan.moves == (Move(0, 1, 18 * MIB),)  # 8 MiB/s + 1 MiB/s per second of 10 s
+    s2 = snap([node(0, 16, 16), node(1, 1, 90)], [[10, 20], [20, 10]])
     d2 = decide(s2, CFG, d.state)
     assert d2.plan.moves == ()
     assert not d2.state.of(0).pressured
     assert "pressure over" in d2.reasons[0]
+
+
+def test_a_move_never_plans_more_than_its_source_lacks() -> None:
+    """A source 30 MiB short of its 15 % watermark is not given 10 s of an 18 MiB/s rate (180
+    MiB, the testbed's overshoot once the ramp counts seconds): what it lacks over the interval,
+    at least ``min_rate``."""
+    s = snap([node(0, 1, 12), node(1, 1, 90)], [[10, 20], [20, 10]])
+    lacking = source_lacking(s.nodes[0], CFG)
+    assert 30 * MIB < lacking < 31 * MIB
+    d = decide(s, CFG, PolicyState({0: SourceState(True, 1, 8 * MIB)}))
+    assert d.plan.moves == (Move(0, 1, lacking // 10),)
+    assert d.reasons[0].endswith("(capped by what it lacks)")
+    assert d.state.of(0).rate == lacking // 10  # the capped rate is what the state keeps
+    almost = snap([node(0, 1, 14.99), node(1, 1, 90)], [[10, 20], [20, 10]])
+    assert decide(almost, CFG, d.state).plan.moves == (Move(0, 1, CFG.min_rate),)
+    # The interval it is spread over is the configured one, not a longer spaced wait.
+    d2 = decide(s, CFG, PolicyState({0: SourceState(True, 1, 8 * MIB)}),
+                Observation(40.0, {0: 320 * MIB}, 0))
+    assert d2.plan.moves == (Move(0, 1, lacking // 10),)
 
 
 def test_nothing_cold_nothing_moves() -> None:
@@ -127,7 +147,11 @@ def test_under_mglru_the_whole_lru_may_be_cold() -> None:
     mglru = MemorySnapshot(snap(OBSERVED_612, dist).nodes, snap(OBSERVED_612, dist).distances,
                            lru_gen=True)
     d = decide(mglru, CFG, PolicyState())
-    assert d.plan == Plan((Move(0, 1, CFG.initial_rate),))
+    # The node lacks 25 MiB to its 15 % watermark: 2.5 MiB/s over the 10 s interval, under the
+    # initial 4 MiB/s.
+    lacking = source_lacking(OBSERVED_612[0], CFG)
+    assert d.plan == Plan((Move(0, 1, lacking // 10),))
+    assert lacking // 10 < CFG.initial_rate
     # ...but a node with (almost) nothing on its LRU lists still has nothing to move.
     empty = NodeMemory(0, 514624 * KB, 51460 * KB, active=4 * MIB, inactive=2 * MIB)
     d = decide(MemorySnapshot({0: empty, 1: OBSERVED_612[1]}, mglru.distances, lru_gen=True),
@@ -139,18 +163,26 @@ def test_under_mglru_the_whole_lru_may_be_cold() -> None:
     )
 
 
-def test_rate_grows_additively_without_returns_up_to_the_maximum() -> None:
-    s = snap([node(0, 4, 5), node(1, 64, 90)], [[10, 20], [20, 10]])
+@pytest.mark.parametrize("interval_s", [2.0, 10.0])
+def test_rate_grows_additively_without_returns_up_to_the_maximum(interval_s: float) -> None:
+    """By ``rate_step_per_s`` for each second an interval covered: the ramp takes as many
+    seconds at the default 10 s interval as at 2 s (it once grew by 2 MiB/s per interval, so at
+    10 s the move took 2-3.5x as long on the testbed)."""
+    cfg = TieringConfig(interval_s=interval_s)
+    s = snap([node(0, 64, 5), node(1, 64, 90)], [[10, 20], [20, 10]])
     state = PolicyState()
-    rates = []
-    for _ in range(40):
-        moved = {0: state.of(0).rate * 10} if state.of(0).rate else {}
-        d = decide(s, CFG, state, Observation(10.0, moved, 0))
+    rates, seconds = [], 0.0
+    for _ in range(400):
+        moved = {0: int(state.of(0).rate * interval_s)} if state.of(0).rate else {}
+        d = decide(s, cfg, state, Observation(interval_s, moved, 0))
         rates.append(d.plan.moves[0].rate)
         state = d.state
-    assert rates[:3] == [4 * MIB, 6 * MIB, 8 * MIB]
+        seconds += interval_s if rates[-1] < cfg.max_rate else 0.0
+    step = int(interval_s) * MIB
+    assert rates[:3] == [4 * MIB, 4 * MIB + step, 4 * MIB + 2 * step]
     assert rates[-1] == CFG.max_rate
     assert max(rates) == CFG.max_rate
+    assert seconds == 60.0  # 4 -> 64 MiB/s at 1 MiB/s per second, whatever the interval
 
 
 def test_rate_backs_off_multiplicatively_when_pages_come_back() -> None:
@@ -163,7 +195,7 @@ def test_rate_backs_off_multiplicatively_when_pages_come_back() -> None:
     assert "backed off" in d.reasons[0]
     # A trickle under the target: grows again.
     d2 = decide(s, CFG, d.state, Observation(10.0, {0: 160 * MIB}, 64 * 1024))
-    assert d2.plan.moves[0].rate == 18 * MIB
+    assert d2.plan.moves[0].rate == 26 * MIB
 
 
 def test_backoff_never_goes_below_the_minimum() -> None:
@@ -217,7 +249,7 @@ def test_returns_are_apportioned_by_bytes_out() -> None:
     # Everything out is node 0's: node 0 backs off, node 1 keeps growing.
     d = decide(s, CFG, state, Observation(10.0, {}, 200 * MIB))
     by = {m.source: m.rate for m in d.plan.moves}
-    assert by == {0: 4 * MIB, 1: 10 * MIB}
+    assert by == {0: 4 * MIB, 1: 18 * MIB}
 
 
 def test_rate_is_capped_by_the_target_room_and_pauses_when_none_fits() -> None:
@@ -234,7 +266,7 @@ def test_rate_is_capped_by_the_target_room_and_pauses_when_none_fits() -> None:
     # The rate is held through the pause, then grows from there.
     assert d2.state.of(0).rate == room // 10
     d3 = decide(snap([node(0, 4, 5), node(1, 4, 90)], [[10, 20], [20, 10]]), CFG, d2.state)
-    assert d3.plan.moves == (Move(0, 1, room // 10 + CFG.rate_step),)
+    assert d3.plan.moves == (Move(0, 1, room // 10 + 10 * CFG.rate_step_per_s),)
 
 
 def test_a_full_target_takes_pages_again_only_with_room_to_spare() -> None:

@@ -78,7 +78,10 @@ class TieringJob:
             raise GuestAgentError(f"no tiering backend can serve: {reasons}")
         self._backend_name = backend.name
         self.backend = backend
-        self._runner = self._make_runner(ctx.hostfs, backend, tiering_config(section))
+        # The loop's clock: the rate's ramp and room arithmetic use the time a tick's observation
+        # covered, as the loop's timers measure it (a fake clock in tests).
+        self._runner = self._make_runner(ctx.hostfs, backend, tiering_config(section),
+                                         clock=ctx.loop.now)
         self._schedule()
 
     def _schedule(self, first: float = 0.0) -> None:

@@ -88,10 +88,11 @@ class TieringConfig:
       watermark); the room it offers is the part above that watermark, and a move's rate is capped
       so one interval never eats more than that room. ``target_min_pct`` must be at least
       ``source_high_pct``, so a target is never a node that is itself short.
-    * The rate (bytes/s) starts at ``initial_rate``, grows by ``rate_step`` per interval while the
-      pages that come back stay under ``promotion_target_per_min`` (a fraction of the bytes out on
-      remote nodes, per minute), and is multiplied by ``backoff`` when they do not; always within
-      ``[min_rate, max_rate]``.
+    * The rate (bytes/s) starts at ``initial_rate``, grows by ``rate_step_per_s`` for each second
+      an interval covered while the pages that come back stay under ``promotion_target_per_min``
+      (a fraction of the bytes out on remote nodes, per minute), and is multiplied by ``backoff``
+      when they do not; always within ``[min_rate, max_rate]``, and never more per interval than
+      what the source lacks to ``source_high_pct`` (at least ``min_rate``).
     """
 
     source_low_pct: float = SOURCE_LOW.field()
@@ -101,7 +102,9 @@ class TieringConfig:
     min_rate: int = 1 * MIB
     max_rate: int = MAX_RATE.field()
     initial_rate: int = 4 * MIB
-    rate_step: int = 2 * MIB
+    #: The ramp: bytes/s the rate gains per second of the interval (2 MiB/s a tick at a 2 s
+    #: interval, 10 MiB/s at the default 10 s: the ramp takes as long whatever the interval).
+    rate_step_per_s: int = 1 * MIB
     backoff: float = 0.5
     promotion_target_per_min: float = 0.02
     interval_s: float = INTERVAL.field()
@@ -132,8 +135,10 @@ class TieringConfig:
                 "need 0 < min_rate <= initial_rate <= max_rate",
                 (self.min_rate, self.initial_rate, self.max_rate),
             )
-        if self.rate_step < 0:
-            raise InputError("tiering config rate_step", "must not be negative", self.rate_step)
+        if self.rate_step_per_s < 0:
+            raise InputError(
+                "tiering config rate_step_per_s", "must not be negative", self.rate_step_per_s
+            )
         if not 0.0 < self.backoff < 1.0:
             raise InputError("tiering config backoff", "must be in (0, 1)", self.backoff)
         if not 0.0 < self.promotion_target_per_min <= 1.0:

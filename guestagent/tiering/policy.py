@@ -19,14 +19,18 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    target, in the spirit of Google's software-defined far memory (Lagar-Cavilla et al., ASPLOS
    2019): the fraction of the bytes a source has out on remote nodes that comes back per minute
    must stay under ``promotion_target_per_min`` (e.g. 2 %/min). Above it the rate is multiplied by
-   ``backoff``; otherwise it grows by ``rate_step``, unless the backend moved at least
+   ``backoff``; otherwise it grows by ``rate_step_per_s`` for each second the interval covered
+   (so the ramp takes as long in seconds at the default 10 s interval as at 2 s), unless the
+   backend moved at least
    ``min_rate``'s worth but less than half of what the rate allowed over the interval
    (:data:`GROW_WHEN_USED`): then the rate is not what limits the move (DAMON finds no more pages
    old enough), a higher quota would move nothing more, and the rate is held, so the plan stays
    the same (nothing to commit, and the ticks are spaced out, see 4). An interval in which less
    than ``min_rate``'s worth moved (DAMON still ageing its regions after a start) grows the rate
-   as before, so the ramp is as fast as it was. Always within ``[min_rate, max_rate]``, and
-   never more than the target's room per interval (the capped rate is what the state remembers);
+   as before, so the ramp is as fast as it was. Always within ``[min_rate, max_rate]``, never
+   more per interval than the source lacks to ``source_high_pct`` (at least ``min_rate``: a
+   longer interval does not move more than the source needs), and never more than the target's
+   room per interval (the capped rate is what the state remembers);
    when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
    target counts as full until its room is back at ``target_resume_pct`` of its MemTotal
    (hysteresis: a target at its watermark does not flap the source on and off).
@@ -81,6 +85,11 @@ def cold_candidates(node: NodeMemory, lru_gen: bool) -> int:
     the multi-generational LRU, where a page stays in the youngest generation (Active) until
     reclaim ages the lists, however long nobody touches it (see ``MemorySnapshot.lru_gen``)."""
     return node.active + node.inactive if lru_gen else node.inactive
+
+
+def source_lacking(node: NodeMemory, config: TieringConfig) -> int:
+    """Bytes a source lacks to its ``source_high_pct`` watermark (0 when it has them)."""
+    return max(0, watermark_bytes(node, config.source_high_pct) - node.free)
 
 
 def target_room(node: NodeMemory, config: TieringConfig) -> int:
@@ -150,7 +159,7 @@ def next_rate(
         return max(config.min_rate, int(previous.rate * config.backoff)), True
     if config.min_rate * interval_s <= moved < GROW_WHEN_USED * previous.rate * interval_s:
         return max(config.min_rate, min(config.max_rate, previous.rate)), False
-    return min(config.max_rate, previous.rate + config.rate_step), False
+    return min(config.max_rate, previous.rate + int(config.rate_step_per_s * interval_s)), False
 
 
 def _apportion(returned: int, out: dict[int, int]) -> dict[int, int]:
@@ -240,13 +249,17 @@ def _plan_source(
             f"node {n}: under pressure, paused: node {target} has only "
             f"{room[target] // MIB} MiB above its watermark"
         )
-    capped = min(rate, int(budget))
+    # What it lacks over the next interval (a spaced wait never goes past the plan's horizon).
+    needed = max(config.min_rate,
+                 int(source_lacking(snapshot.nodes[n], config) / config.interval_s))
+    capped = min(rate, int(budget), needed)
     room[target] -= int(capped * interval)
     reason = (
         f"node {n}: under pressure (free {free_pct:.1f}%) -> node {target} "
         f"(distance {snapshot.distance(n, target)}) at {capped / MIB:.1f} MiB/s"
         + (" (backed off: pages came back)" if backed_off else "")
-        + (" (capped by the target's room)" if capped < rate else "")
+        + (" (capped by the target's room)" if capped < rate and capped == int(budget) else "")
+        + (" (capped by what it lacks)" if capped < min(rate, int(budget)) else "")
     )
     new_state = SourceState(
         pressured=True,
@@ -331,8 +344,7 @@ def plan_horizon_s(snapshot: MemorySnapshot, config: TieringConfig, plan: Plan) 
         into[move.target] = into.get(move.target, 0) + move.rate
         source = snapshot.nodes.get(move.source)
         if source is not None:
-            lacking = watermark_bytes(source, config.source_high_pct) - source.free
-            horizon = min(horizon, max(0, lacking) / move.rate)
+            horizon = min(horizon, source_lacking(source, config) / move.rate)
     for target, rate in into.items():
         node = snapshot.nodes.get(target)
         room = 0 if node is None else target_room(node, config)
