@@ -20,6 +20,7 @@ from guestagent.tiering.policy import (
     STEADY_MAX_FACTOR,
     choose_target,
     decide,
+    least_wait_s,
     next_interval,
     next_rate,
     plan_horizon_s,
@@ -98,25 +99,6 @@ def test_no_pressure_no_plan_and_hysteresis_keeps_a_recovering_source() -> None:
     assert "pressure over" in d2.reasons[0]
 
 
-def test_a_move_never_plans_more_than_its_source_lacks() -> None:
-    """A source 30 MiB short of its 15 % watermark is not given 10 s of an 18 MiB/s rate (180
-    MiB, the testbed's overshoot once the ramp counts seconds): what it lacks over the interval,
-    at least ``min_rate``."""
-    s = snap([node(0, 1, 12), node(1, 1, 90)], [[10, 20], [20, 10]])
-    lacking = source_lacking(s.nodes[0], CFG)
-    assert 30 * MIB < lacking < 31 * MIB
-    d = decide(s, CFG, PolicyState({0: SourceState(True, 1, 8 * MIB)}))
-    assert d.plan.moves == (Move(0, 1, lacking // 10),)
-    assert d.reasons[0].endswith("(capped by what it lacks)")
-    assert d.state.of(0).rate == lacking // 10  # the capped rate is what the state keeps
-    almost = snap([node(0, 1, 14.99), node(1, 1, 90)], [[10, 20], [20, 10]])
-    assert decide(almost, CFG, d.state).plan.moves == (Move(0, 1, CFG.min_rate),)
-    # The interval it is spread over is the configured one, not a longer spaced wait.
-    d2 = decide(s, CFG, PolicyState({0: SourceState(True, 1, 8 * MIB)}),
-                Observation(40.0, {0: 320 * MIB}, 0))
-    assert d2.plan.moves == (Move(0, 1, lacking // 10),)
-
-
 def test_nothing_cold_nothing_moves() -> None:
     s = snap([node(0, 1, 5, inactive_mib=4), node(1, 1, 90)], [[10, 20], [20, 10]])
     d = decide(s, CFG, PolicyState())
@@ -147,11 +129,7 @@ def test_under_mglru_the_whole_lru_may_be_cold() -> None:
     mglru = MemorySnapshot(snap(OBSERVED_612, dist).nodes, snap(OBSERVED_612, dist).distances,
                            lru_gen=True)
     d = decide(mglru, CFG, PolicyState())
-    # The node lacks 25 MiB to its 15 % watermark: 2.5 MiB/s over the 10 s interval, under the
-    # initial 4 MiB/s.
-    lacking = source_lacking(OBSERVED_612[0], CFG)
-    assert d.plan == Plan((Move(0, 1, lacking // 10),))
-    assert lacking // 10 < CFG.initial_rate
+    assert d.plan == Plan((Move(0, 1, CFG.initial_rate),))
     # ...but a node with (almost) nothing on its LRU lists still has nothing to move.
     empty = NodeMemory(0, 514624 * KB, 51460 * KB, active=4 * MIB, inactive=2 * MIB)
     d = decide(MemorySnapshot({0: empty, 1: OBSERVED_612[1]}, mglru.distances, lru_gen=True),
@@ -237,7 +215,32 @@ def test_a_kept_plan_spaces_the_ticks_out_up_to_its_horizon() -> None:
     assert [next_interval(cfg, 0, n) for n in range(6)] == [2.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert STEADY_MAX_FACTOR == 4
     assert next_interval(cfg, 0, 5, horizon_s=5.0) == 5.0
-    assert next_interval(cfg, 0, 5, horizon_s=0.5) == 2.0  # never under interval_s
+    assert next_interval(cfg, 0, 5, horizon_s=0.5) == 2.0  # never under 2 s
+
+
+def test_a_move_that_ends_within_the_interval_brings_the_next_tick_forward() -> None:
+    """At the default 10 s interval a source 30 MiB short, moving 16 MiB/s, is back at its
+    watermark in 1.9 s: the next tick comes at 2.5 s (testbed, 502c0ba: capping the rate at what the
+    source lacks instead dragged the move's tail out from 45 s to 211 s), never sooner than a
+    quarter of the interval or 2 s."""
+    assert least_wait_s(CFG) == 2.5
+    assert least_wait_s(TieringConfig(interval_s=2.0)) == 2.0
+    assert least_wait_s(TieringConfig(interval_s=60.0)) == 15.0
+    s = snap([node(0, 1, 12), node(1, 1, 90)], [[10, 20], [20, 10]])
+    lacking = source_lacking(s.nodes[0], CFG)
+    assert 30 * MIB < lacking < 31 * MIB
+    plan = Plan((Move(0, 1, 16 * MIB),))
+    assert plan_horizon_s(s, CFG, plan) == lacking / (16 * MIB)
+    assert next_interval(CFG, 0, 0, plan_horizon_s(s, CFG, plan)) == 2.5
+    # A source that moved less than its quota counts at what it moved: 4 MiB/s, 7.7 s.
+    seen = Observation(10.0, {0: 40 * MIB}, 0)
+    assert plan_horizon_s(s, CFG, plan, seen) == lacking / (4 * MIB)
+    assert next_interval(CFG, 0, 0, plan_horizon_s(s, CFG, plan, seen)) == lacking / (4 * MIB)
+    # ... and one that moved nothing yet (DAMON ageing its regions) at its quota.
+    assert plan_horizon_s(s, CFG, plan, Observation(10.0, {}, 0)) == lacking / (16 * MIB)
+    # Far from its watermark: the interval.
+    far = snap([node(0, 16, 5), node(1, 16, 90)], [[10, 20], [20, 10]])
+    assert next_interval(CFG, 0, 0, plan_horizon_s(far, CFG, plan)) == 10.0
 
 
 def test_returns_are_apportioned_by_bytes_out() -> None:

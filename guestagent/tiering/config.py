@@ -53,8 +53,8 @@ TARGET_MIN = setting(
 MAX_RATE = setting(
     "max_rate_mb", 64,
     "Upper bound on the migration rate (MiB/s per source vnode). The rate starts at 4, gains "
-    "1 MiB/s per second while pages stay where they were moved, halves when they come back, "
-    "and never plans more per interval than the source lacks to source_high_pct.",
+    "1 MiB/s per second while pages stay where they were moved and halves when they come "
+    "back.",
     minimum=1, maximum=4096, convert=scaled(MIB))
 
 #: Keys the job reads itself (no policy field).

@@ -91,8 +91,7 @@ class TieringConfig:
     * The rate (bytes/s) starts at ``initial_rate``, grows by ``rate_step_per_s`` for each second
       an interval covered while the pages that come back stay under ``promotion_target_per_min``
       (a fraction of the bytes out on remote nodes, per minute), and is multiplied by ``backoff``
-      when they do not; always within ``[min_rate, max_rate]``, and never more per interval than
-      what the source lacks to ``source_high_pct`` (at least ``min_rate``).
+      when they do not; always within ``[min_rate, max_rate]``.
     """
 
     source_low_pct: float = SOURCE_LOW.field()

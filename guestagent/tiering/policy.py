@@ -27,10 +27,8 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    old enough), a higher quota would move nothing more, and the rate is held, so the plan stays
    the same (nothing to commit, and the ticks are spaced out, see 4). An interval in which less
    than ``min_rate``'s worth moved (DAMON still ageing its regions after a start) grows the rate
-   as before, so the ramp is as fast as it was. Always within ``[min_rate, max_rate]``, never
-   more per interval than the source lacks to ``source_high_pct`` (at least ``min_rate``: a
-   longer interval does not move more than the source needs), and never more than the target's
-   room per interval (the capped rate is what the state remembers);
+   as before, so the ramp is as fast as it was. Always within ``[min_rate, max_rate]``, and
+   never more than the target's room per interval (the capped rate is what the state remembers);
    when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
    target counts as full until its room is back at ``target_resume_pct`` of its MemTotal
    (hysteresis: a target at its watermark does not flap the source on and off).
@@ -40,7 +38,11 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    The same while a move's plan stays unchanged (:attr:`Runner.steady_ticks
    <guestagent.tiering.runner.Runner>`), but never past :func:`plan_horizon_s`: the time the plan
    can run before a target's room is used up at the rates into it, or a source is back at
-   ``source_high_pct`` (so a longer wait neither overfills a target nor moves more than needed).
+   ``source_high_pct``, at the rate each source really moved over the last interval where it
+   moved less than its quota (so a longer wait neither overfills a target nor moves more than
+   needed). A horizon shorter than ``interval_s`` brings the next tick forward to it, to no
+   less than :func:`least_wait_s` (a quarter of ``interval_s``, at least 2 s): at the default
+   10 s interval the move stops near the watermark instead of up to 10 s of its rate past it.
    The rate and room arithmetic always uses the time the observation really covered.
 """
 
@@ -249,17 +251,13 @@ def _plan_source(
             f"node {n}: under pressure, paused: node {target} has only "
             f"{room[target] // MIB} MiB above its watermark"
         )
-    # What it lacks over the next interval (a spaced wait never goes past the plan's horizon).
-    needed = max(config.min_rate,
-                 int(source_lacking(snapshot.nodes[n], config) / config.interval_s))
-    capped = min(rate, int(budget), needed)
+    capped = min(rate, int(budget))
     room[target] -= int(capped * interval)
     reason = (
         f"node {n}: under pressure (free {free_pct:.1f}%) -> node {target} "
         f"(distance {snapshot.distance(n, target)}) at {capped / MIB:.1f} MiB/s"
         + (" (backed off: pages came back)" if backed_off else "")
-        + (" (capped by the target's room)" if capped < rate and capped == int(budget) else "")
-        + (" (capped by what it lacks)" if capped < min(rate, int(budget)) else "")
+        + (" (capped by the target's room)" if capped < rate else "")
     )
     new_state = SourceState(
         pressured=True,
@@ -327,6 +325,9 @@ IDLE_MAX_FACTOR = 4
 #: While a move's plan stays unchanged, ticks are at most this many ``interval_s`` apart (and
 #: never past :func:`plan_horizon_s`).
 STEADY_MAX_FACTOR = 4
+#: A move's horizon never brings the next tick sooner than this (seconds; the e2e's interval,
+#: so at 2 s nothing changes).
+LEAST_WAIT_S = 2.0
 
 
 def is_idle(decision: Decision) -> bool:
@@ -334,17 +335,28 @@ def is_idle(decision: Decision) -> bool:
     return not decision.plan.moves and not any(s.pressured for s in decision.state.sources.values())
 
 
-def plan_horizon_s(snapshot: MemorySnapshot, config: TieringConfig, plan: Plan) -> float:
+def plan_horizon_s(
+    snapshot: MemorySnapshot,
+    config: TieringConfig,
+    plan: Plan,
+    observed: Observation | None = None,
+) -> float:
     """Seconds ``plan`` can run unchanged at its rates: until a target's room above its
     ``target_min_pct`` watermark is used up by the moves into it, or a source has moved what it
-    lacks to ``source_high_pct``, whichever is first (``inf`` for the empty plan)."""
+    lacks to ``source_high_pct``, whichever is first (``inf`` for the empty plan). A source that
+    moved over the ``observed`` interval, but less than its new rate, counts at what it moved:
+    the quota is an upper bound, what DAMON finds cold is the pace."""
     horizon = math.inf
-    into: dict[int, int] = {}
+    into: dict[int, float] = {}
     for move in plan.moves:
-        into[move.target] = into.get(move.target, 0) + move.rate
+        rate = float(move.rate)
+        if observed is not None and observed.interval_s > 0:
+            seen = max(0, observed.moved.get(move.source, 0)) / observed.interval_s
+            rate = min(rate, seen) if seen > 0 else rate
+        into[move.target] = into.get(move.target, 0.0) + rate
         source = snapshot.nodes.get(move.source)
         if source is not None:
-            horizon = min(horizon, source_lacking(source, config) / move.rate)
+            horizon = min(horizon, source_lacking(source, config) / rate)
     for target, rate in into.items():
         node = snapshot.nodes.get(target)
         room = 0 if node is None else target_room(node, config)
@@ -357,15 +369,21 @@ def _spaced(ticks: int, max_factor: int) -> int:
     return 1 if ticks <= 1 else min(max_factor, 1 << min(ticks - 1, 8))
 
 
+def least_wait_s(config: TieringConfig) -> float:
+    """The soonest a move's horizon brings the next tick: a quarter of ``interval_s``, at least
+    :data:`LEAST_WAIT_S` (never more than ``interval_s``)."""
+    return min(config.interval_s, max(LEAST_WAIT_S, config.interval_s / 4))
+
+
 def next_interval(
     config: TieringConfig, idle_ticks: int, steady_ticks: int = 0, horizon_s: float = math.inf
 ) -> float:
     """Seconds until the next decision after ``idle_ticks`` idle decisions in a row (or
     ``steady_ticks`` moving decisions in a row that kept the same plan): ``interval_s``, doubled
     per such decision after the first, at most ``IDLE_MAX_FACTOR`` (``STEADY_MAX_FACTOR``) times;
-    a steady plan's wait never goes past ``horizon_s`` (:func:`plan_horizon_s`), nor under
-    ``interval_s``."""
+    a moving plan's wait never goes past ``horizon_s`` (:func:`plan_horizon_s`), nor under
+    :func:`least_wait_s`."""
     if idle_ticks > 1:
         return config.interval_s * _spaced(idle_ticks, IDLE_MAX_FACTOR)
     steady = config.interval_s * _spaced(steady_ticks, STEADY_MAX_FACTOR)
-    return max(config.interval_s, min(steady, horizon_s))
+    return max(least_wait_s(config), min(steady, horizon_s))

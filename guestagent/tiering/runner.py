@@ -152,7 +152,7 @@ class Runner:
         kept = bool(decision.plan.moves) and decision.plan == self._plan
         self.steady_ticks = self.steady_ticks + 1 if kept else 0
         self._plan = decision.plan
-        self.horizon_s = plan_horizon_s(snapshot, self.config, decision.plan)
+        self.horizon_s = plan_horizon_s(snapshot, self.config, decision.plan, observed)
         return decision
 
     def _apply(self, plan: Plan) -> None:
