@@ -365,7 +365,8 @@ def test_the_job_spaces_its_ticks_out_while_the_plan_is_kept_and_not_once_it_cha
     assert [v for _, v in kernel.writes].count("commit") == 0
     kernel.advance(0, sz_applied=4 * MIB * int(4 * every))  # the quota used in full
     job._tick()
-    assert job._timer is not None and job._timer.interval == every
+    # Back at the interval, or sooner where the move's horizon ends first.
+    assert job._timer is not None and job._timer.interval <= every
     assert [v for _, v in kernel.writes].count("commit") == 1
     job.stop()
     ctx.loop.close()

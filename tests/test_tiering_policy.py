@@ -256,20 +256,42 @@ def test_returns_are_apportioned_by_bytes_out() -> None:
 
 
 def test_rate_is_capped_by_the_target_room_and_pauses_when_none_fits() -> None:
-    # Target: 1 GiB, 26 % free -> ~10 MiB above its 25 % watermark: 1 MiB/s over 10 s.
-    s = snap([node(0, 4, 5), node(1, 1, 26)], [[10, 20], [20, 10]])
+    """The room is shared over least_wait_s (2.5 s at the default 10 s interval), not the whole
+    interval: the next tick comes before it is used up (plan_horizon_s counts the target at the
+    full quota), so a filling target no longer slows the move's tail geometrically (testbed,
+    35cec1b: 3.3-5 MiB/s for the last 40 s of the move)."""
+    window = least_wait_s(CFG)
+    assert window == 2.5
+    # Target: 1 GiB, 25.8 % free -> ~8 MiB above its 25 % watermark: 3.3 MiB/s over 2.5 s.
+    s = snap([node(0, 4, 5), node(1, 1, 25.8)], [[10, 20], [20, 10]])
     room = target_room(s.nodes[1], CFG)
+    capped = int(room / window)
+    assert capped < CFG.initial_rate
     d = decide(s, CFG, PolicyState())
-    assert d.plan.moves == (Move(0, 1, room // 10),)
+    assert d.plan.moves == (Move(0, 1, capped),)
     assert "capped" in d.reasons[0]
-    s2 = snap([node(0, 4, 5), node(1, 1, 25.5)], [[10, 20], [20, 10]])
+    # The next tick comes when it is full, and no sooner than least_wait_s.
+    assert plan_horizon_s(s, CFG, d.plan) == pytest.approx(window)
+    assert next_interval(CFG, 0, 0, plan_horizon_s(s, CFG, d.plan)) == pytest.approx(window)
+    assert capped * window <= room
+    # 2 MiB of room: under min_rate over 2.5 s.
+    s2 = snap([node(0, 4, 5), node(1, 1, 25.2)], [[10, 20], [20, 10]])
     d2 = decide(s2, CFG, d.state)
     assert d2.plan.moves == ()
     assert "paused" in d2.reasons[0]
     # The rate is held through the pause, then grows from there.
-    assert d2.state.of(0).rate == room // 10
+    assert d2.state.of(0).rate == capped
     d3 = decide(snap([node(0, 4, 5), node(1, 4, 90)], [[10, 20], [20, 10]]), CFG, d2.state)
-    assert d3.plan.moves == (Move(0, 1, room // 10 + 10 * CFG.rate_step_per_s),)
+    assert d3.plan.moves == (Move(0, 1, capped + 10 * CFG.rate_step_per_s),)
+
+
+def test_pages_back_count_only_once_a_move_has_some_out() -> None:
+    """numa_pages_migrated is guest-wide: 1 MiB of unrelated migrations against the 4 MiB a
+    move's first interval put out is not 150 %/min of returns (testbed at 10 s: two backoffs,
+    4 -> 1 MiB/s, before DAMON had moved 16 MiB)."""
+    prev = SourceState(True, 1, 4 * MIB)
+    assert next_rate(prev, MIB, 4 * MIB, 10.0, CFG) == (14 * MIB, False)
+    assert next_rate(prev, MIB, CFG.min_inactive_bytes, 10.0, CFG) == (2 * MIB, True)
 
 
 def test_a_full_target_takes_pages_again_only_with_room_to_spare() -> None:

@@ -14,11 +14,12 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    the node with more free memory, then the lower id. Only nodes with free memory above their own
    ``target_min_pct`` watermark qualify, never a source and never a node that is itself short. The
    room a target offers (free memory above its watermark) is shared by the sources that pick it:
-   each move reserves ``rate * interval`` of it.
+   each move reserves its rate over :func:`least_wait_s` of it.
 3. **Rate** (:func:`next_rate`): additive increase, multiplicative decrease on a promotion-rate
    target, in the spirit of Google's software-defined far memory (Lagar-Cavilla et al., ASPLOS
    2019): the fraction of the bytes a source has out on remote nodes that comes back per minute
-   must stay under ``promotion_target_per_min`` (e.g. 2 %/min). Above it the rate is multiplied by
+   must stay under ``promotion_target_per_min`` (e.g. 2 %/min; counted once ``min_inactive_bytes``
+   are out: the counter is guest-wide). Above it the rate is multiplied by
    ``backoff``; otherwise it grows by ``rate_step_per_s`` for each second the interval covered
    (so the ramp takes as long in seconds at the default 10 s interval as at 2 s), unless the
    backend moved at least
@@ -28,7 +29,8 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    the same (nothing to commit, and the ticks are spaced out, see 4). An interval in which less
    than ``min_rate``'s worth moved (DAMON still ageing its regions after a start) grows the rate
    as before, so the ramp is as fast as it was. Always within ``[min_rate, max_rate]``, and
-   never more than the target's room per interval (the capped rate is what the state remembers);
+   never more than the target's room over :func:`least_wait_s` (the next tick comes before
+   the room is used up at that rate, see 4; the capped rate is what the state remembers);
    when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
    target counts as full until its room is back at ``target_resume_pct`` of its MemTotal
    (hysteresis: a target at its watermark does not flap the source on and off).
@@ -156,7 +158,11 @@ def next_rate(
         return config.initial_rate, False
     if not previous.pressured:
         return max(config.min_rate, min(previous.rate, config.initial_rate)), False
-    fraction = promotion_fraction_per_min(returned, out_bytes, interval_s)
+    # numa_pages_migrated counts every NUMA-balancing migration in the guest: against the few
+    # MiB out in a move's first interval, a handful of unrelated pages reads as most of them
+    # (testbed, 10 s interval: two backoffs, 4 -> 1 MiB/s, before DAMON had moved 16 MiB).
+    fraction = (promotion_fraction_per_min(returned, out_bytes, interval_s)
+                if out_bytes >= config.min_inactive_bytes else 0.0)
     if fraction > config.promotion_target_per_min:
         return max(config.min_rate, int(previous.rate * config.backoff)), True
     if config.min_rate * interval_s <= moved < GROW_WHEN_USED * previous.rate * interval_s:
@@ -244,7 +250,10 @@ def _plan_source(
     target = choose_target(n, snapshot, config, room, short)
     if target is None:
         return None, paused, _no_target_reason(n, free_pct, snapshot, config, still_full)
-    budget = room[target] / interval
+    # The next tick comes before the room is used up at this rate (plan_horizon_s), at the
+    # latest least_wait_s after it: the room is shared over that, not over a whole interval.
+    window = min(interval, least_wait_s(config))
+    budget = room[target] / window
     if budget < config.min_rate:
         still_full.add(target)
         return None, paused, (
@@ -252,7 +261,7 @@ def _plan_source(
             f"{room[target] // MIB} MiB above its watermark"
         )
     capped = min(rate, int(budget))
-    room[target] -= int(capped * interval)
+    room[target] -= int(capped * window)
     reason = (
         f"node {n}: under pressure (free {free_pct:.1f}%) -> node {target} "
         f"(distance {snapshot.distance(n, target)}) at {capped / MIB:.1f} MiB/s"
@@ -345,15 +354,16 @@ def plan_horizon_s(
     ``target_min_pct`` watermark is used up by the moves into it, or a source has moved what it
     lacks to ``source_high_pct``, whichever is first (``inf`` for the empty plan). A source that
     moved over the ``observed`` interval, but less than its new rate, counts at what it moved:
-    the quota is an upper bound, what DAMON finds cold is the pace."""
+    the quota is an upper bound, what DAMON finds cold is the pace. A target's room counts the
+    full quotas into it (overfilling a target is what must not happen)."""
     horizon = math.inf
-    into: dict[int, float] = {}
+    into: dict[int, int] = {}
     for move in plan.moves:
+        into[move.target] = into.get(move.target, 0) + move.rate  # a target: at full quota
         rate = float(move.rate)
         if observed is not None and observed.interval_s > 0:
             seen = max(0, observed.moved.get(move.source, 0)) / observed.interval_s
             rate = min(rate, seen) if seen > 0 else rate
-        into[move.target] = into.get(move.target, 0.0) + rate
         source = snapshot.nodes.get(move.source)
         if source is not None:
             horizon = min(horizon, source_lacking(source, config) / rate)
