@@ -105,6 +105,10 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
         "kdamonds_left": rec.nr_kdamonds_after,
         "agent_rc": rec.run_rc,
         "status_query_cpu_s": rec.status_query_cpu_s,
+        "status_cpu_in_run_s": rec.status_cpu_in_run_s,
+        "agent_without_status_to_kdamond": (
+            None if rec.status_cpu_in_run_s is None or not kdamond_cpu
+            else round((cpu - rec.status_cpu_in_run_s) / kdamond_cpu, 4)),
     }
 
 
@@ -183,8 +187,14 @@ def split_lines(n: dict[str, Any]) -> list[str]:
     lines = [f"agent / kdamond CPU over the run: {n['agent_to_kdamond']:.2f}x"]
     if n.get("agent_sys_cpu_s") is not None:
         lines[0] += f" (of the agent's, {n['agent_sys_cpu_s']:.2f} s in the kernel)"
-    if n.get("status_query_cpu_s") is not None:
-        lines.append(f"  of which answering one `tiering status`: {n['status_query_cpu_s']:.2f} s")
+    if n.get("status_cpu_in_run_s") is not None:
+        lines.append(
+            f"  of which answering status requests (the daemon's own count): "
+            f"{n['status_cpu_in_run_s']:.2f} s; without them "
+            f"{n['agent_without_status_to_kdamond']:.2f}x kdamond")
+    elif n.get("status_query_cpu_s") is not None:
+        lines.append(f"  the daemon's CPU while one `tiering status` ran (its ticks included): "
+                     f"{n['status_query_cpu_s']:.2f} s")
     if n["agent_startup_cpu_s"] is None or n["agent_steady_cpu_s"] is None:
         return [*lines, "  start-up / steady state: not in this record (the agent's summary has "
                         "no startup_cpu_s: an agent from before issue 18's split)"]

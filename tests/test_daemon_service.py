@@ -97,6 +97,12 @@ def test_run_ready_status_reload_and_undo_on_sigterm(
         assert stat.S_IMODE(os.stat(state_dir / "status.sock").st_mode) == 0o600
         status = read_status(str(state_dir))
         assert status["role"] == "guest" and status["xenstore"] == "connected"
+        # What answering costs the daemon, counted with each answer (issue 18's figures).
+        again = read_status(str(state_dir))
+        assert again["status_answers"] == status["status_answers"] + 1
+        assert again["status_cpu_s"] == pytest.approx(
+            status["status_cpu_s"] + again["status_cpu_this_s"], abs=1e-5)
+        assert 0 <= again["status_cpu_this_s"] <= again["status_cpu_s"]
         assert status["jobs"]["topology"]["nodes"] == 3
         assert status["jobs"]["balloon"]["policy"] == "classic"
         assert status["jobs"]["balloon"]["ticks"] >= 1

@@ -283,11 +283,36 @@ def test_under_the_daemon_the_run_counts_from_before_the_fill_and_the_start_apar
     assert n["kdamond_cpu_s"] == 2.75 and n["agent_to_kdamond"] == 0.75 / 2.75
     assert n["node0_free_regained_bytes"] == (210_000 - 20_000) * 1024
     assert n["agent_command"].startswith("guestagent run")
+    assert n["status_cpu_in_run_s"] is None and n["agent_without_status_to_kdamond"] is None
     rec.save(tmp_path / "tier-tiering.json")  # and read back as the benchmark's --record does
     again = Record.load(tmp_path / "tier-tiering.json")
     assert again.before_fill == rec.before_fill and again.samples == rec.samples
     assert again.kdamond_cpu_tracked == rec.kdamond_cpu_tracked
     assert numbers(again) == n
+
+
+def test_the_daemons_status_answers_are_taken_out_by_its_own_count() -> None:
+    """The daemon counts the CPU of each status answer (with the answer); the scenario takes
+    the answers between its status before the fill and its last, and the benchmark sets the
+    agent without them against kdamond. A daemon without the count gives None, not a guess."""
+    from benchmarks.tiering_testbed import numbers, split_lines
+    from tests.e2e.tiering_scenario import Record, status_cpu_between
+
+    before = {"status_answers": 3, "status_cpu_s": 0.3, "status_cpu_this_s": 0.1}
+    after = {"status_answers": 5, "status_cpu_s": 0.9, "status_cpu_this_s": 0.2}
+    assert status_cpu_between(before, after) == 0.4  # the one answer between them
+    assert status_cpu_between({}, after) is None
+    assert status_cpu_between(before, {"status_cpu_s": "x", "status_cpu_this_s": 0}) is None
+    rec = Record(agent_command="guestagent run --config /tmp/run.toml",
+                 daemon_startup_cpu_s=3.0, before_fill=_sample(100.0, 3.25, 400_000),
+                 summary={"ticks": 40, "tick_cpu_s": 0.5, "bytes_moved": 200 << 20},
+                 status_cpu_in_run_s=0.25, kdamond_cpu_tracked={4200: 2.5})
+    rec.samples = [_sample(130.0, 3.5, 20_000), _sample(180.0, 4.0, 150_000)]
+    n = numbers(rec)
+    assert n["agent_cpu_s"] == 0.75 and n["kdamond_cpu_s"] == 2.5
+    assert n["agent_without_status_to_kdamond"] == round(0.5 / 2.5, 4)
+    assert any("status requests (the daemon's own count): 0.25 s; without them 0.20x" in line
+               for line in split_lines(n))
 
 
 def test_a_reason_is_logged_once_until_it_changes_and_a_new_rate_once(

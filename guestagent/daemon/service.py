@@ -353,6 +353,11 @@ class Daemon:
         self._starving = False
         self._resume = ResumeState()
         self._status_sock: socket.socket | None = None
+        #: Answers on the status socket, and the daemon's CPU time building them (thread time:
+        #: every job's status, which may read the system): what asking the daemon costs it,
+        #: apart from its jobs' own work (issue 18's tiering figures subtract it).
+        self.status_answers = 0
+        self.status_cpu_s = 0.0
         self._lock_fd: int | None = None
         self._metrics: Any = None
 
@@ -681,8 +686,17 @@ class Daemon:
             return
         with conn:
             conn.settimeout(1.0)
+            cpu0 = time.thread_time()
+            answer = self.status()
+            this = time.thread_time() - cpu0
+            self.status_answers += 1
+            self.status_cpu_s += this
+            # Counted with this answer: the CPU of every answer up to this one, and this one's.
+            answer.update(status_answers=self.status_answers,
+                          status_cpu_s=round(self.status_cpu_s, 6),
+                          status_cpu_this_s=round(this, 6))
             with contextlib.suppress(OSError):
-                conn.sendall(json.dumps(self.status(), sort_keys=True).encode() + b"\n")
+                conn.sendall(json.dumps(answer, sort_keys=True).encode() + b"\n")
 
     def _close_status_socket(self) -> None:
         if self._status_sock is not None:

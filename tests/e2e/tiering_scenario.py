@@ -168,6 +168,10 @@ class Record:
     #: the daemon's CPU seconds spent while ``tiering status`` asked it (after the fill): part of
     #: its CPU over the run, not of the tiering job's ticks
     status_query_cpu_s: float | None = None
+    #: the daemon's CPU answering status requests between the sample before the fill and the
+    #: last one (its own count, ``status_cpu_s``; None from a daemon without it): the
+    #: ``tiering status`` answer, apart from any tick that ran beside it
+    status_cpu_in_run_s: float | None = None
     fill_mib: int = 0
     fill_seconds: float = 0.0
     cold_pid: int = 0
@@ -381,9 +385,9 @@ def start_daemon(g: Guest, name: str, keys: dict[str, float]) -> str:
     return command
 
 
-def tiering_job_status(g: Guest, name: str) -> dict[str, Any]:
-    """The tiering job's entry of the daemon's ``guestagent status --json`` ({} while it does not
-    answer, or has no tiering job yet); AssertionError with its log when the daemon exited."""
+def daemon_status(g: Guest, name: str) -> dict[str, Any]:
+    """The daemon's ``guestagent status --json`` ({} while it does not answer); AssertionError
+    with its log when the daemon exited."""
     if g.run(f"test -s /tmp/{name}.rc")[1] == 0:
         raise AssertionError(f"the daemon {name} exited with status "
                              f"{g.run_ok(f'cat /tmp/{name}.rc').strip()}:\n"
@@ -391,8 +395,26 @@ def tiering_job_status(g: Guest, name: str) -> dict[str, Any]:
     out, rc = g.run("guestagent status --json 2>/dev/null", timeout=180)
     if rc != 0 or "{" not in out:
         return {}
-    job: dict[str, Any] = first_json(out).get("jobs", {}).get("tiering", {})
+    status: dict[str, Any] = first_json(out)
+    return status
+
+
+def tiering_job_status(g: Guest, name: str) -> dict[str, Any]:
+    """The tiering job's entry of the daemon's status ({} while it does not answer, or has no
+    tiering job yet)."""
+    job: dict[str, Any] = daemon_status(g, name).get("jobs", {}).get("tiering", {})
     return job
+
+
+def status_cpu_between(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+    """The daemon's CPU answering status requests after the answer ``before`` and before the
+    answer ``after`` (its own count: ``status_cpu_s`` includes the answer it is in); None when
+    either answer lacks it (an older daemon)."""
+    try:
+        return round(float(after["status_cpu_s"]) - float(after["status_cpu_this_s"])
+                     - float(before["status_cpu_s"]), 4)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def daemon_cpu(g: Guest, name: str) -> float | None:
@@ -402,12 +424,12 @@ def daemon_cpu(g: Guest, name: str) -> float | None:
 
 
 def wait_until_ticked(g: Guest, name: str) -> dict[str, Any]:
-    """The tiering job's status once it has ticked (the daemon's start is over)."""
+    """The daemon's status once its tiering job has ticked (the daemon's start is over)."""
     deadline = time.monotonic() + READY_S
-    while not (job := tiering_job_status(g, name)).get("ticks"):
-        assert time.monotonic() < deadline, (job, g.run_ok(f"tail -n 30 /tmp/{name}.log"))
+    while not (status := daemon_status(g, name)).get("jobs", {}).get("tiering", {}).get("ticks"):
+        assert time.monotonic() < deadline, (status, g.run_ok(f"tail -n 30 /tmp/{name}.log"))
         time.sleep(2)
-    return job
+    return status
 
 
 def describe(s: Sample, t0: float) -> str:
@@ -485,7 +507,8 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     ready = wait_until_ticked(g, "run")
     rec.before_fill = parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH))
     rec.daemon_startup_cpu_s = rec.before_fill.agent_cpu
-    log(f"daemon up: tiering job {json.dumps(ready)}; CPU {rec.daemon_startup_cpu_s} s")
+    log(f"daemon up: tiering job {json.dumps(ready['jobs']['tiering'])}; "
+        f"CPU {rec.daemon_startup_cpu_s} s")
 
     # The cold buffer on node 0.
     meminfo = rec.before_fill.meminfo
@@ -539,7 +562,9 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
             break
 
     # What the daemon says it did, then the stop systemd gives it; what it left behind.
-    rec.summary = tiering_job_status(g, "run")
+    final = daemon_status(g, "run")
+    rec.summary = final.get("jobs", {}).get("tiering", {})
+    rec.status_cpu_in_run_s = status_cpu_between(ready, final)
     out = g.run_ok(
         "kill -TERM $(cat /tmp/run.pid); i=0; "
         "while [ ! -s /tmp/run.rc ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; "
