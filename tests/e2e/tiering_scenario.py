@@ -165,8 +165,8 @@ class Record:
     daemon_startup_cpu_s: float | None = None
     #: a sample with the daemon running, just before the fill; None in records of ``tiering run``
     before_fill: Sample | None = None
-    #: the daemon's CPU seconds spent while ``tiering status`` asked it (after the fill): part of
-    #: its CPU over the run, not of the tiering job's ticks
+    #: records before 91ca721 only: the daemon's CPU seconds while ``tiering status`` ran after
+    #: the fill, its ticks included (superseded by ``status_cpu_in_run_s``)
     status_query_cpu_s: float | None = None
     #: the daemon's CPU answering status requests between the sample before the fill and the
     #: last one (its own count, ``status_cpu_s``; None from a daemon without it): the
@@ -399,11 +399,16 @@ def daemon_status(g: Guest, name: str) -> dict[str, Any]:
     return status
 
 
+def tiering_entry(status: dict[str, Any]) -> dict[str, Any]:
+    """The tiering job's entry of a daemon status ({} when it has none)."""
+    job: dict[str, Any] = status.get("jobs", {}).get("tiering", {})
+    return job
+
+
 def tiering_job_status(g: Guest, name: str) -> dict[str, Any]:
     """The tiering job's entry of the daemon's status ({} while it does not answer, or has no
     tiering job yet)."""
-    job: dict[str, Any] = daemon_status(g, name).get("jobs", {}).get("tiering", {})
-    return job
+    return tiering_entry(daemon_status(g, name))
 
 
 def status_cpu_between(before: dict[str, Any], after: dict[str, Any]) -> float | None:
@@ -417,16 +422,10 @@ def status_cpu_between(before: dict[str, Any], after: dict[str, Any]) -> float |
         return None
 
 
-def daemon_cpu(g: Guest, name: str) -> float | None:
-    """The daemon's CPU seconds (utime + stime) now; None when it is not running."""
-    cpu = parse_proc_cpu(g.run_ok(f"p=$(cat /tmp/{name}.pid) && {PROC_CPU_SH}; true"))
-    return cpu[0] if cpu else None
-
-
 def wait_until_ticked(g: Guest, name: str) -> dict[str, Any]:
     """The daemon's status once its tiering job has ticked (the daemon's start is over)."""
     deadline = time.monotonic() + READY_S
-    while not (status := daemon_status(g, name)).get("jobs", {}).get("tiering", {}).get("ticks"):
+    while not tiering_entry(status := daemon_status(g, name)).get("ticks"):
         assert time.monotonic() < deadline, (status, g.run_ok(f"tail -n 30 /tmp/{name}.log"))
         time.sleep(2)
     return status
@@ -507,7 +506,7 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     ready = wait_until_ticked(g, "run")
     rec.before_fill = parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH))
     rec.daemon_startup_cpu_s = rec.before_fill.agent_cpu
-    log(f"daemon up: tiering job {json.dumps(ready['jobs']['tiering'])}; "
+    log(f"daemon up: tiering job {json.dumps(tiering_entry(ready))}; "
         f"CPU {rec.daemon_startup_cpu_s} s")
 
     # The cold buffer on node 0.
@@ -538,11 +537,7 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
     t0 = time.monotonic()
     rec.samples.append(parse_sample(t0, g.run_ok(SAMPLE_SH)))
     log(describe(rec.samples[0], t0))
-    cpu_before = daemon_cpu(g, "run")
     rec.status_after_fill = first_json(g.run_ok("guestagent tiering status --json", timeout=180))
-    cpu_after = daemon_cpu(g, "run")
-    if cpu_before is not None and cpu_after is not None:
-        rec.status_query_cpu_s = round(cpu_after - cpu_before, 2)
     log("plan after the fill: " + json.dumps(rec.status_after_fill.get("plan")) + " "
         + json.dumps(rec.status_after_fill.get("reasons")))
 
@@ -563,7 +558,7 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
 
     # What the daemon says it did, then the stop systemd gives it; what it left behind.
     final = daemon_status(g, "run")
-    rec.summary = final.get("jobs", {}).get("tiering", {})
+    rec.summary = tiering_entry(final)
     rec.status_cpu_in_run_s = status_cpu_between(ready, final)
     out = g.run_ok(
         "kill -TERM $(cat /tmp/run.pid); i=0; "
