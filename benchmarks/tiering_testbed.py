@@ -80,6 +80,7 @@ def numbers(rec: sc.Record) -> dict[str, Any]:
     return {
         **cpu_split(parts, kdamond_cpu),
         "agent_command": rec.agent_command or "guestagent tiering run",
+        "profiled": rec.profiled,
         "interval_s": rec.tiering_keys.get("interval_seconds", sc.INTERVAL_S),
         "kernel": rec.facts.splitlines()[0] if rec.facts else "",
         "fill_mib": rec.fill_mib,
@@ -235,6 +236,8 @@ def report(n: dict[str, Any]) -> str:
         ),
         f"kernel CPU in kdamond threads (DAMON sampling + migration): {n['kdamond_cpu_s']:.2f} s",
         *split_lines(n),
+        *(["  (the daemon ran under cProfile: its CPU includes the profiler's, a breakdown, "
+           "not a measurement)"] if n.get("profiled") else []),
         f"node 0 free: {n['node0_least_free_pct']:.1f} % at its least -> "
         f"{n['node0_free_after_run_pct']:.1f} % after the run (regained "
         f"{mib(n['node0_free_regained_bytes'])}); node 1 gave {mib(n['node1_free_given_bytes'])}",
@@ -253,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the daemon's [tiering] interval_seconds (default %(default)s, the "
                         "e2e test's; the agent's own default is 10)")
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the daemon under cProfile and keep the statistics' text in "
+                        "the run directory (<guest>-profile.txt); its CPU figures then include "
+                        "the profiler's cost")
     parser.add_argument("--record", type=Path,
                         help="no bed: the figures of a record a scenario run left (…-tiering.json)")
     args = parser.parse_args(argv)
@@ -273,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with XenBed(BedConfig(run_name="bench-tiering")) as bed, bed.guest(sc.spec()) as g:
             keys = {**sc.TIERING_KEYS, "interval_seconds": args.interval}
-            rec = sc.run_scenario(g, bed.run_dir, max_run_s=args.max_run_s, keys=keys)
+            rec = sc.run_scenario(g, bed.run_dir, max_run_s=args.max_run_s, keys=keys,
+                                  profile=args.profile)
             run_dir = bed.run_dir
     except BedError as e:
         print(f"tiering_testbed: the bed failed: {e}", file=sys.stderr)

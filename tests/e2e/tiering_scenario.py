@@ -186,6 +186,9 @@ class Record:
     kdamond_threads_after: int | None = None
     #: kdamond thread pid -> the most CPU seconds seen every half second (:data:`KDAMOND_CPU_PY`)
     kdamond_cpu_tracked: dict[int, float] = field(default_factory=dict)
+    #: the daemon ran under cProfile (``run_scenario(profile=True)``): its CPU figures are the
+    #: profiler's too, and the profile's text is kept next to the record
+    profiled: bool = False
 
     def kdamond_cpu_s(self) -> float:
         """The kdamond threads' CPU over the run: the half-second tracker's, or the samples' most
@@ -368,12 +371,16 @@ def daemon_config(keys: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_daemon(g: Guest, name: str, keys: dict[str, float]) -> str:
+def start_daemon(g: Guest, name: str, keys: dict[str, float], profile: bool = False) -> str:
     """``guestagent run --config /tmp/NAME.toml`` in the background, as the unit runs it but with
     this main file (the drop-in directory the unit's, /etc/guestagent/conf.d): its PID in
     /tmp/NAME.pid, its exit status in /tmp/NAME.rc (the wrapper reaps it), its log in
-    /tmp/NAME.log. Returns the command."""
+    /tmp/NAME.log. ``profile``: under cProfile, its statistics in /tmp/NAME.prof when it exits
+    (the daemon's loop is one thread, so the profile has every job). Returns the command."""
     command = f"guestagent run --config /tmp/{name}.toml"
+    if profile:
+        command = (f"python3 -m cProfile -o /tmp/{name}.prof $(command -v guestagent) run "
+                   f"--config /tmp/{name}.toml")
     g.run_ok(
         f"rm -f /tmp/{name}.pid /tmp/{name}.rc\n"
         f"cat > /tmp/{name}.toml <<'EOF'\n{daemon_config(keys)}EOF\n"
@@ -444,16 +451,20 @@ def describe(s: Sample, t0: float) -> str:
 
 
 def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0,
-                 keys: dict[str, float] | None = None) -> Record:
+                 keys: dict[str, float] | None = None, profile: bool = False) -> Record:
     """Drive the scenario in a booted guest of :func:`spec`; the record is saved as it grows.
-    ``keys``: the daemon's ``[tiering]`` keys (default :data:`TIERING_KEYS`)."""
-    rec = Record()
+    ``keys``: the daemon's ``[tiering]`` keys (default :data:`TIERING_KEYS`). ``profile``: the
+    daemon under cProfile, the statistics' text in ``<guest>-profile.txt`` (its CPU figures
+    then include the profiler's own cost: a breakdown, not a measurement)."""
+    rec = Record(profiled=profile)
     out_file = run_dir / f"{g.name}-tiering.json"
     try:
         _scenario(g, rec, max_run_s, TIERING_KEYS if keys is None else keys)
     finally:
         rec.save(out_file)
         log(f"tiering scenario record: {out_file}")
+        if profile:
+            keep_profile(g, run_dir / f"{g.name}-profile.txt")
         # The guest's whole console (kernel messages included), kept next to the record.
         try:
             text, _ = g.bed.dom0(f"e2e-guest log {g.domid} 1000000", timeout=120)
@@ -461,6 +472,27 @@ def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0,
         except BedError as e:
             log(f"could not keep {g.name}'s console: {e}")
     return rec
+
+
+#: The daemon's profile, printed in the guest: by own time, then by cumulative time.
+PROFILE_PY = """
+import pstats, sys
+stats = pstats.Stats(sys.argv[1])
+stats.sort_stats("tottime").print_stats(45)
+stats.sort_stats("cumulative").print_stats(70)
+"""
+
+
+def keep_profile(g: Guest, path: Path) -> None:
+    """The text of the daemon's cProfile statistics (/tmp/run.prof, written when it exited) in
+    ``path``; a line in the log when there is none."""
+    out, rc = g.run(f"cat > /tmp/profile.py <<'EOF'\n{PROFILE_PY}\nEOF\n"
+                    "python3 /tmp/profile.py /tmp/run.prof", timeout=300)
+    if rc != 0:
+        log(f"no profile of the daemon (exit {rc}): {out[-300:]!r}")
+        return
+    path.write_text(out)
+    log(f"the daemon's profile: {path}")
 
 
 def _scenario(g: Guest, rec: Record, max_run_s: float, keys: dict[str, float]) -> None:
@@ -502,7 +534,7 @@ echo "nr_kdamonds $(cat $A/nr_kdamonds)"
              "echo $! > /tmp/kdcpu.pid")
     # The daemon, as started at boot: before the memory fills.
     rec.tiering_keys = dict(keys)
-    rec.agent_command = start_daemon(g, "run", keys)
+    rec.agent_command = start_daemon(g, "run", keys, profile=rec.profiled)
     ready = wait_until_ticked(g, "run")
     rec.before_fill = parse_sample(time.monotonic(), g.run_ok(SAMPLE_SH))
     rec.daemon_startup_cpu_s = rec.before_fill.agent_cpu
