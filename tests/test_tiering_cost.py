@@ -424,34 +424,3 @@ def test_the_benchmark_refuses_an_interval_the_daemon_would_not_run_with(
     assert caught.value.code == 2
     assert f"--interval {float(value)}" in capsys.readouterr().err
 
-
-def test_a_ticks_cpu_is_counted_by_part(tmp_path: Path) -> None:
-    """Each part of a tick (the nodes, the counters, the policy, the log, applying the plan) is
-    charged the CPU time between its ends; the job's status shows the parts, which add up to
-    the whole tick."""
-    root = make_tree(tmp_path)
-    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
-    hostfs = CountingFS(str(root))
-    backend = DamonBackend(hostfs, writer=kernel.write)
-    clock = iter(float(2 * i) for i in range(1000))
-    cpu = iter(float(i) for i in range(1000))  # a second of CPU between any two looks
-    runner = Runner(hostfs, backend, TieringConfig(interval_s=2.0), clock=lambda: next(clock),
-                    cpu_clock=lambda: next(cpu))
-    runner.tick()
-    runner.tick()
-    assert runner.cpu_by_part == {"nodes": 2.0, "counters": 2.0, "policy": 2.0, "log": 2.0,
-                                  "apply": 2.0}
-
-
-def test_the_jobs_status_shows_its_ticks_cpu_by_part(tmp_path: Path) -> None:
-    root = make_tree(tmp_path)
-    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
-    hostfs = HostFS(str(root))
-    job = TieringJob()
-    job.start(job_context(tmp_path, hostfs, [("damon", lambda h: DamonBackend(
-        h, writer=kernel.write))]))
-    job._tick()
-    status = job.status()
-    parts = status["tick_cpu_by_part_s"]
-    assert list(parts) == ["nodes", "counters", "policy", "log", "apply"]
-    assert sum(parts.values()) == pytest.approx(status["tick_cpu_s"], abs=0.01)

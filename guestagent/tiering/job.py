@@ -148,7 +148,6 @@ class TieringJob:
             **backend_counters(stats),
             "ticks": self.ticks,
             "tick_cpu_s": round(self.tick_cpu_s, 3),
-            "tick_cpu_by_part_s": {k: round(v, 3) for k, v in runner.cpu_by_part.items()},
             "plan": plan_rows(runner.plan),
             "reasons": list(runner.reasons),
         }

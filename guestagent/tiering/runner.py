@@ -50,8 +50,6 @@ from guestagent.units import PAGE_SIZE
 
 #: A snapshot's distances and MGLRU switch serve the snapshots of the next this many seconds.
 LAYOUT_MAX_AGE_S = 60.0
-#: The parts of a tick whose CPU time :attr:`Runner.cpu_by_part` counts, in their order.
-TICK_PARTS = ("nodes", "counters", "policy", "log", "apply")
 
 
 class Runner:
@@ -62,7 +60,6 @@ class Runner:
         config: TieringConfig,
         clock: Callable[[], float] = time.monotonic,
         layout_max_age_s: float = LAYOUT_MAX_AGE_S,
-        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.hostfs = hostfs
         self.backend = backend
@@ -88,11 +85,6 @@ class Runner:
         self.horizon_s = math.inf
         self._plan = Plan()
         self._log = get_logger("tiering.run")
-        #: CPU seconds (this thread's) spent in each part of the ticks: reading the nodes, the
-        #: counters (vmstat and what the backend moved), the policy, the log lines and applying
-        #: the plan (``status``: where a tick's CPU goes on a real guest, without a profiler).
-        self.cpu_by_part: dict[str, float] = dict.fromkeys(TICK_PARTS, 0.0)
-        self._cpu_clock = cpu_clock
 
     def _snapshot(self) -> MemorySnapshot:
         now = time.monotonic()
@@ -136,39 +128,25 @@ class Runner:
 
     def tick(self) -> Decision | None:
         """One round; returns the decision, or None when inputs were unreadable (paused)."""
-        lap = self._lap
-        t = self._cpu_clock()
         try:
             snapshot = self._snapshot()
-            t = lap("nodes", t)
             observed = self._observe()
-            t = lap("counters", t)
         except GuestAgentError as e:
             self._log.warning("tiering_inputs_unreadable", error=str(e), action="pause")
             self.idle_ticks = self.steady_ticks = 0
             self._plan = Plan()
             self._apply(self._plan)
-            lap("apply", t)
             return None
         decision = decide(snapshot, self.config, self.state, observed)
         self.state = decision.state
         self.horizon_s = plan_horizon_s(snapshot, self.config, decision.plan, observed)
-        t = lap("policy", t)
         self._log_changes(snapshot, decision)
-        t = lap("log", t)
         self._apply(decision.plan)
         self.idle_ticks = self.idle_ticks + 1 if is_idle(decision) else 0
         kept = bool(decision.plan.moves) and decision.plan == self._plan
         self.steady_ticks = self.steady_ticks + 1 if kept else 0
         self._plan = decision.plan
-        lap("apply", t)
         return decision
-
-    def _lap(self, part: str, since: float) -> float:
-        """Count the CPU time since ``since`` to ``part``; returns the time now."""
-        now = self._cpu_clock()
-        self.cpu_by_part[part] += now - since
-        return now
 
     def _log_changes(self, snapshot: MemorySnapshot, decision: Decision) -> None:
         """A line for each new input problem and each new reason (each once until it changes:
