@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from guestagent.hostfs import (
     parse_cpulist,
     parse_int,
     parse_meminfo,
+    read_whole,
 )
 
 # --- parse_cpulist -------------------------------------------------------------------------------
@@ -225,6 +229,46 @@ def test_size_limit(tmp_path: Path) -> None:
     for size in (FIRST_READ_BYTES - 1, FIRST_READ_BYTES, FIRST_READ_BYTES + 1):
         _fs_with(tmp_path, "sys/mid", b"2" * (size - 1) + b"3")
         assert fs.read_text("/sys/mid") == "2" * (size - 1) + "3"
+
+
+def _pipe_in_two_parts(first: bytes, second: bytes, pause_s: float = 0.2) -> str:
+    """A path that reads ``first``, then (after ``pause_s``) ``second`` and end of file: a
+    pipe's read end through ``/proc/self/fd``, fed by a thread (a short read before the end,
+    as a procfs ``seq_file`` gives a page at a time)."""
+    r, w = os.pipe()
+
+    def feed() -> None:
+        os.write(w, first)
+        time.sleep(pause_s)
+        os.write(w, second)
+        os.close(w)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return f"/proc/self/fd/{r}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+def test_a_file_that_comes_in_parts_is_read_to_its_end() -> None:
+    assert read_whole(_pipe_in_two_parts(b"a" * 4000, b"b" * 100), sysfs=False) == (
+        b"a" * 4000 + b"b" * 100)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc/self/fd")
+def test_a_sysfs_file_is_whole_after_a_short_first_read() -> None:
+    """kernfs prints an attribute in one go: the read that would return nothing is saved."""
+    assert read_whole(_pipe_in_two_parts(b"on\n", b"ignored"), sysfs=True) == b"on\n"
+
+
+@pytest.mark.skipif(not Path("/proc/vmstat").is_file(), reason="needs Linux's /proc/vmstat")
+def test_proc_vmstat_of_this_machine_is_read_whole() -> None:
+    """/proc/vmstat is a seq_file of one record a line (on a kernel with more counters longer
+    than the page one read returns): every line, the last one whole."""
+    ours = HostFS("/").read_text("/proc/vmstat")
+    with open("/proc/vmstat") as f:
+        theirs = f.read()
+    assert [line.split()[0] for line in ours.splitlines()] == [
+        line.split()[0] for line in theirs.splitlines()]
+    assert ours.endswith("\n")
 
 
 def test_nul_byte(tmp_path: Path) -> None:
