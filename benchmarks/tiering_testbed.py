@@ -1,7 +1,7 @@
 """Remote-node cold memory on the real-Xen testbed: how fast the agent's DAMON backend moves a cold
 buffer to the other vnode, what it costs, and how much free memory the source node regains.
 
-    python -m benchmarks.tiering_testbed [--max-run-s 420] [--json-out FILE]
+    python -m benchmarks.tiering_testbed [--max-run-s 420] [--interval S] [--json-out FILE] [--profile]
     python -m benchmarks.tiering_testbed --record tests/e2e/runs/<run>/<guest>-tiering.json
 
 Boots the e2e testbed (Xen 4.17 in QEMU under TCG, ``tests/e2e``; takes the machine-wide bed lock)
@@ -258,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--profile", action="store_true",
                         help="run the daemon under cProfile and keep the statistics' text in "
-                        "the run directory (<guest>-profile.txt); its CPU figures then include "
-                        "the profiler's cost")
+                        "the run directory (<guest>-profile.txt): wall-clock times (a CPU "
+                        "clock is a system call per look, which under TCG costs more than "
+                        "what it would time), so a DAMON write's wait for its kdamond counts; "
+                        "its CPU figures then include the profiler's cost")
     parser.add_argument("--record", type=Path,
                         help="no bed: the figures of a record a scenario run left (…-tiering.json)")
     args = parser.parse_args(argv)
