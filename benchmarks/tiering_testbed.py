@@ -1,7 +1,8 @@
 """Remote-node cold memory on the real-Xen testbed: how fast the agent's DAMON backend moves a cold
 buffer to the other vnode, what it costs, and how much free memory the source node regains.
 
-    python -m benchmarks.tiering_testbed [--max-run-s 420] [--interval S] [--json-out FILE] [--profile]
+    python -m benchmarks.tiering_testbed [--max-run-s 420] [--interval S] [--json-out FILE] \
+        [--profile]
     python -m benchmarks.tiering_testbed --record tests/e2e/runs/<run>/<guest>-tiering.json
 
 Boots the e2e testbed (Xen 4.17 in QEMU under TCG, ``tests/e2e``; takes the machine-wide bed lock)
