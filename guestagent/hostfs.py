@@ -25,7 +25,10 @@ MAX_READ_BYTES = 1 << 20
 #: ``read(n)`` allocates ``n`` bytes up front, and 1 MiB is an mmap and munmap per read, 3x the
 #: CPU of a small read (issue 18: 24 us against 8 us per file on the development host).
 FIRST_READ_BYTES = 1 << 16
-
+#: Largest CPU number accepted from text (Linux NR_CPUS tops out at 8192).
+MAX_CPU_ID = 8191
+#: Largest NUMA node number accepted from text (Linux NODES_SHIFT tops out at 10).
+MAX_NODE_ID = 1023
 
 
 def read_whole(path: str, sysfs: bool) -> bytes:
@@ -52,11 +55,6 @@ def read_whole(path: str, sysfs: bool) -> bytes:
     finally:
         os.close(fd)
 
-
-#: Largest CPU number accepted from text (Linux NR_CPUS tops out at 8192).
-MAX_CPU_ID = 8191
-#: Largest NUMA node number accepted from text (Linux NODES_SHIFT tops out at 10).
-MAX_NODE_ID = 1023
 
 _MEMINFO_LINE = re.compile(
     r"^(?:Node\s+(\d+)\s+)?([A-Za-z0-9_()]+):\s+(\d+)(?:\s+([kKmMgG]?B))?\s*$"

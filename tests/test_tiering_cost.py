@@ -423,4 +423,3 @@ def test_the_benchmark_refuses_an_interval_the_daemon_would_not_run_with(
         tiering_testbed.main(["--interval", value, "--record", "/nonexistent"])
     assert caught.value.code == 2
     assert f"--interval {float(value)}" in capsys.readouterr().err
-

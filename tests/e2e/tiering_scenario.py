@@ -464,7 +464,7 @@ def run_scenario(g: Guest, run_dir: Path, max_run_s: float = 420.0,
         rec.save(out_file)
         log(f"tiering scenario record: {out_file}")
         if profile:
-            keep_profile(g, run_dir / f"{g.name}-profile.txt")
+            keep_profile(g, "run", run_dir / f"{g.name}-profile.txt")
         # The guest's whole console (kernel messages included), kept next to the record.
         try:
             text, _ = g.bed.dom0(f"e2e-guest log {g.domid} 1000000", timeout=120)
@@ -483,11 +483,11 @@ stats.sort_stats("cumulative").print_stats(70)
 """
 
 
-def keep_profile(g: Guest, path: Path) -> None:
-    """The text of the daemon's cProfile statistics (/tmp/run.prof, written when it exited) in
-    ``path``; a line in the log when there is none."""
+def keep_profile(g: Guest, name: str, path: Path) -> None:
+    """The text of the cProfile statistics of the daemon NAME (/tmp/NAME.prof, written when it
+    exited: :func:`start_daemon`) in ``path``; a line in the log when there is none."""
     out, rc = g.run(f"cat > /tmp/profile.py <<'EOF'\n{PROFILE_PY}\nEOF\n"
-                    "python3 /tmp/profile.py /tmp/run.prof", timeout=300)
+                    f"python3 /tmp/profile.py /tmp/{name}.prof", timeout=300)
     if rc != 0:
         log(f"no profile of the daemon (exit {rc}): {out[-300:]!r}")
         return
