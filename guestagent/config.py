@@ -24,7 +24,7 @@ from typing import Any, Callable
 from guestagent.errors import GuestAgentError, show_value
 from guestagent.tunable import Key as Key
 from guestagent.tunable import Value as Value
-from guestagent.tunable import section_keys, setting
+from guestagent.tunable import as_float, section_keys, setting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +51,14 @@ AGENT = (
             "Runtime state: the status socket and what must be undone after a crash. An absolute "
             "path of the agent's own: a shared directory (/tmp, /run, one others can write to or "
             "with the sticky bit) is refused, never changed; a missing one is created, mode 0700."),
+    setting("idle_watchdog_seconds", 720.0,
+            "Under systemd's watchdog (the unit's `WatchdogSec=3min`): the timeout the daemon "
+            "asks for instead while no job moves memory (balloon and tiering off) and xenstore "
+            "is connected, so that the idle daemon wakes to feed it every half of this (10 times "
+            "an hour) rather than every 90 s. Never shorter than the unit's; 0 keeps the unit's. "
+            "The unit's comes back at once when balloon or tiering starts or xenstore is lost "
+            "(docs/FAULTS.md).",
+            minimum=0, maximum=86400, convert=as_float),
 )
 TOPOLOGY = (
     setting("enabled", True,

@@ -289,10 +289,12 @@ def test_run_parses_with_only_the_daemon_commands() -> None:
     assert args.role == "guest" and args.func.__module__ == "guestagent.daemon.commands"
 
 
-def test_timers_of_commensurate_intervals_share_wakeups() -> None:
-    """An hour of the idle daemon's timers (watchdog every 90 s, half the unit's WatchdogSec=3min;
-    the resume check every 180 s; the topology refresh every hour; started 1.5 s apart) on a fake
-    clock: every wakeup feeds the watchdog, none is spent on another timer alone."""
+@pytest.mark.parametrize("feed_s, feeds", [(90.0, 41), (360.0, 11)])
+def test_timers_of_commensurate_intervals_share_wakeups(feed_s: float, feeds: int) -> None:
+    """An hour of the idle daemon's timers (the watchdog fed every 90 s, half the unit's
+    WatchdogSec=3min, or every 360 s, half the idle 12 min; the resume check every 360 s; the
+    topology refresh every hour; started 1.5 s apart) on a fake clock: every wakeup feeds the
+    watchdog, none is spent on another timer alone."""
     now = [1000.0]
     loop = EventLoop(clock=lambda: now[0])
     runs: dict[str, int] = {"watchdog": 0, "resume": 0, "refresh": 0}
@@ -304,7 +306,7 @@ def test_timers_of_commensurate_intervals_share_wakeups() -> None:
         loop.call_every(3600, lambda: counter("refresh"))
         now[0] += 1.5  # the jobs' start takes a moment
         loop.call_every(RESUME_CHECK_SECONDS, lambda: counter("resume"))
-        loop.call_every(90, lambda: counter("watchdog"), first=0)
+        loop.call_every(feed_s, lambda: counter("watchdog"), first=0)
         wakeups = 0
         while True:
             timeout = loop._next_timeout()
@@ -316,8 +318,8 @@ def test_timers_of_commensurate_intervals_share_wakeups() -> None:
             wakeups += 1
     finally:
         loop.close()
-    # The refresh is due 1.5 s before the 41st watchdog feed, which runs early with it.
-    assert runs == {"watchdog": 41, "resume": 20, "refresh": 1}
+    # The refresh is due 1.5 s before the last watchdog feed, which runs early with it.
+    assert runs == {"watchdog": feeds, "resume": 10, "refresh": 1}
     assert wakeups == runs["watchdog"]
 
 

@@ -31,8 +31,9 @@ from typing import Any, Protocol
 from guestagent import __version__
 from guestagent.config import Config, ConfigError, state_dir_problem
 from guestagent.daemon import systemd
-from guestagent.daemon.loop import EventLoop
+from guestagent.daemon.loop import EventLoop, Timer
 from guestagent.daemon.resume import ResumeState, detect_resume, sample_clocks
+from guestagent.daemon.watchdog import watchdog_timeout
 from guestagent.errors import GuestAgentError
 from guestagent.host import Host
 from guestagent.hostfs import HostFS
@@ -42,9 +43,10 @@ from guestagent.log import get_logger
 #: migration is seen at once anyway: the guest kernel registers every xenstore watch again after
 #: it, and xenstored fires a watch when it is registered, so the ``unique-domain-id`` watch fires.
 #: The clocks alone catch what xenstore does not (no xenstore, an ACPI sleep of an HVM guest).
-#: A multiple of the watchdog's period (90 s with the unit's WatchdogSec=3min; also of 30 and
-#: 60 s), so the two share a wakeup (timers are coalesced).
-RESUME_CHECK_SECONDS = 180.0
+#: A multiple of the watchdog's feed period (90 s with the unit's WatchdogSec=3min, also of 30
+#: and 60 s) and equal to the idle one (360 s, half of ``[agent] idle_watchdog_seconds``' 12
+#: min), so the two share a wakeup (timers are coalesced).
+RESUME_CHECK_SECONDS = 360.0
 STATUS_SOCKET = "status.sock"
 
 
@@ -82,10 +84,12 @@ class XenstoreHub:
         loop: EventLoop,
         connect: Callable[[], Any],
         on_reconnect: Callable[[], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
         self._connect = connect
         self._on_reconnect = on_reconnect
+        self._on_lost = on_lost
         self._client: Any = None
         self._callbacks: dict[str, Callable[[str], None]] = {}
         self._watches: list[tuple[str, str]] = []
@@ -196,6 +200,8 @@ class XenstoreHub:
         self.attempts = 0
         self._log.error("xenstore_lost", reason=reason)
         self._schedule_retry()
+        if self._on_lost is not None:
+            self._on_lost()
 
     def _schedule_retry(self) -> None:
         delay = min(RECONNECT_FIRST_SECONDS * 2 ** min(self.attempts, 16), RECONNECT_MAX_SECONDS)
@@ -347,10 +353,13 @@ class Daemon:
         if self.host is None:
             self.host = Host(self.hostfs)
         connect = self.xenstore_connect or self._default_connect
-        self.hub = XenstoreHub(
-            self.loop, connect, on_reconnect=lambda: self._republish("xenstore reconnected")
-        )
+        self.hub = XenstoreHub(self.loop, connect, on_reconnect=self._xenstore_reconnected,
+                               on_lost=self._arm_watchdog)
         self._starving = False
+        #: The watchdog timeout asked of systemd (None: no watchdog, or not armed yet) and the
+        #: timer that feeds it every half of that.
+        self._watchdog_s: float | None = None
+        self._watchdog_timer: Timer | None = None
         self._resume = ResumeState()
         self._status_sock: socket.socket | None = None
         #: Answers on the status socket, and the daemon's CPU time building them (thread time:
@@ -390,10 +399,8 @@ class Daemon:
             timer.slack = 0.0  # never early: a duration is a promise, not a period
         running = [r.job.name for r in self.records if r.running]
         if not self.observer:  # a recorder beside the unit's daemon is not the unit's main PID
-            period = systemd.watchdog_period()
-            if period is not None:
-                self.loop.call_every(period, self._feed_watchdog, first=0)
             systemd.notify(f"READY=1\nSTATUS=jobs: {', '.join(running) or 'none'}")
+            self._arm_watchdog()
         self._log.info("started", version=__version__, role=self.role, jobs=running)
         self.release_memory()
 
@@ -406,6 +413,37 @@ class Daemon:
                 self._log.warning("resume_watch_off", error=str(e))
         self._resume = detect_resume(self._resume, sample_clocks(), self._unique_domain_id())[1]
         self.loop.call_every(RESUME_CHECK_SECONDS, lambda: self._check_resume(read_id=False))
+
+    def _xenstore_reconnected(self) -> None:
+        self._arm_watchdog()
+        self._republish("xenstore reconnected")
+
+    def _arm_watchdog(self) -> None:
+        """Ask systemd for the watchdog timeout the running jobs call for (the unit's, or the
+        longer idle one: :mod:`guestagent.daemon.watchdog`) and feed it every half of that. Run
+        at start, after a reload or a job's end, and when xenstore is lost or back; a change is
+        sent with a feed in one datagram (systemd counts the new timeout from that feed) and
+        logged."""
+        period = None if self.observer else systemd.watchdog_period()
+        if period is None:
+            return
+        unit_s = 2 * period
+        idle_s = float(self.config.get("agent", "idle_watchdog_seconds"))
+        running = [r.job.name for r in self.records if r.running]
+        timeout, why = watchdog_timeout(unit_s, idle_s, running, self.hub.lost is not None)
+        if timeout == self._watchdog_s:
+            return
+        first = self._watchdog_s is None
+        if self._watchdog_timer is not None:
+            self._watchdog_timer.cancel()
+        self._watchdog_s = timeout
+        if first and timeout == unit_s:  # the unit's from the start: nothing to override
+            self._watchdog_timer = self.loop.call_every(period, self._feed_watchdog, first=0)
+        else:
+            systemd.notify(f"WATCHDOG=1\nWATCHDOG_USEC={round(timeout * 1e6)}")
+            self._watchdog_timer = self.loop.call_every(timeout / 2, self._feed_watchdog)
+        self._log.info("watchdog", timeout_s=timeout, feed_every_s=timeout / 2,
+                       unit_s=unit_s, reason=why)
 
     def _feed_watchdog(self) -> None:
         """Feed systemd's watchdog, unless xenstore has been unreachable for longer than
@@ -496,6 +534,7 @@ class Daemon:
                 record = JobRecord(job)
                 self.records.append(record)
                 self._start_job(record, ctx)
+        self._arm_watchdog()
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -513,6 +552,7 @@ class Daemon:
         if record is None:
             return
         self._stop_job(record)
+        self._arm_watchdog()
         record.error = error or "finished"
         if error is not None:
             self._log.error("job_gave_up", job=name, reason=error)

@@ -76,6 +76,9 @@ def check_guard_under_the_unit(g: Guest) -> str:
     assert state == "active", g.run("systemctl status guestagent.service; "
                                     "journalctl -b -u guestagent.service --no-pager")[0]
     armed = guard_state(g)
+    # The balloon moves memory: the unit's watchdog timeout, no longer the idle one.
+    props = g.run_ok("systemctl show -p WatchdogUSec guestagent.service")
+    assert "WatchdogUSec=3min" in props, props
     # /zramN: the step ran in the unit's mount namespace, gone since (guard.zram_swaps)
     assert re.search(r"swaps: \S*/zram\d+/100\b", armed), (
         f"the unit's ExecStartPre made no zram swap: {armed}; journal:\n{journal()}")
@@ -136,7 +139,10 @@ def _check_unit_serves(g: Guest) -> None:
     assert state == "active", g.run("systemctl status guestagent.service; "
                                     "journalctl -b -u guestagent.service --no-pager")[0]
     props = g.run_ok("systemctl show -p Type -p WatchdogUSec -p NRestarts guestagent.service")
-    assert "Type=notify" in props and "WatchdogUSec=3min" in props, props
+    # No job moves memory (topology and devices): the daemon asked systemd for the idle
+    # timeout (sd_notify WATCHDOG_USEC=) in place of the unit's WatchdogSec=3min, and systemd
+    # took it (the property shows the timeout in force).
+    assert "Type=notify" in props and "WatchdogUSec=12min" in props, props
     assert "NRestarts=0" in props, props
     status = json.loads(g.run_ok("guestagent status --json"))
     assert status["role"] == "guest" and status["xenstore"] == "connected", status
@@ -147,6 +153,8 @@ def _check_unit_serves(g: Guest) -> None:
     journal = g.run_ok("journalctl -b -u guestagent.service -o cat --no-pager")
     lines = [ln for ln in journal.splitlines() if ln.startswith("{")]
     assert any(json.loads(ln).get("event") == "started" for ln in lines), journal
+    watchdog = [r for r in map(json.loads, lines) if r.get("event") == "watchdog"]
+    assert [(r["timeout_s"], r["unit_s"]) for r in watchdog] == [(720.0, 180.0)], journal
     # stderr is the journal ($JOURNAL_STREAM): each line carried its syslog priority, which
     # journald stored (and stripped), and no timestamp of its own.
     check_journal_priorities(g)

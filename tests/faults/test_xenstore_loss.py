@@ -148,8 +148,8 @@ def test_watchdog_starves_once_xenstore_stays_away_past_the_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """In process, on a fake clock: the watchdog is fed while xenstore is reachable and while
-    reconnecting within XENSTORE_GIVE_UP_SECONDS; after that no WATCHDOG=1 is sent, so systemd
-    (WatchdogSec=) kills and restarts the daemon."""
+    reconnecting within XENSTORE_GIVE_UP_SECONDS, at the unit's timeout once xenstore is lost;
+    after that no WATCHDOG=1 is sent, so systemd (WatchdogSec=) kills and restarts the daemon."""
     from guestagent.xen.xenstore import XenstoreClient
     from guestagent.xen.xsconn import connect_unix
 
@@ -186,12 +186,16 @@ def test_watchdog_starves_once_xenstore_stays_away_past_the_bound(
     try:
         daemon.start()
         loop.run_once(max_wait=0)
-        assert "WATCHDOG=1" in sent()
+        # No job moves memory: fed with the idle timeout, 12 min (guestagent.daemon.watchdog).
+        assert "WATCHDOG=1\nWATCHDOG_USEC=720000000" in sent()
         server.stop()
         for _ in range(100):  # the hang-up reaches the loop (real time; bounded)
             loop.run_once(max_wait=0.1)
             if daemon.status()["xenstore"] != "connected":
                 break
+        # Lost: the unit's timeout again at once, so that the give-up below restarts the daemon
+        # within WatchdogSec= of the last feed, not 12 min.
+        assert "WATCHDOG=1\nWATCHDOG_USEC=60000000" in sent()
         status = daemon.status()
         assert status["xenstore"].startswith("disconnected (")
         # the same state in the metrics: down since when, which attempt (issue 15)
