@@ -11,16 +11,18 @@ time of the whole process (``/proc/PID/stat``, clock ticks) and on-CPU nanosecon
 (``/proc/PID/task/*/schedstat``) between two samples; the first is taken after a settle time, so
 start-up is left out. Wakeups are the threads' voluntary context switches (each sleep in poll(2)
 that ends is one). Per-hour figures are the window's, extrapolated (x 3600 / window): say so when
-quoting them. The agent's hourly topology refresh falls outside a window shorter than an hour:
-on Xen (``e2e``) one republish of every job is measured on its own, set off from Dom0 the way a
-migration would (a changed ``unique-domain-id``), and added once to the hour as an upper bound of
-the refresh (which republishes the topology only).
+quoting them. The default window on Xen, 720 s, is a multiple of both periods the idle daemon
+wakes at (the watchdog fed every 90 s, or every 360 s with the idle watchdog timeout), so it
+always holds the same number of its wakeups. The agent's hourly topology refresh falls outside
+a window shorter than an hour: on Xen (``e2e``) one republish of every job is measured on its
+own, set off from Dom0 the way a migration would (a changed ``unique-domain-id``), and added once
+to the hour as an upper bound of the refresh (which republishes the topology only).
 
     python -m benchmarks.footprint                  quick mode: this machine, no Xen, 60 s window
     python -m benchmarks.footprint local --seconds 300
     python -m benchmarks.footprint e2e              a PV guest on real Xen 4.17 (tests/e2e), the
                                                     agent from its .deb, started by cloud-init
-                                                    under systemd, 600 s window
+                                                    under systemd, 720 s window
     python -m benchmarks.footprint measure --agent-pid PID [--seconds N] [--settle S] [--json]
                                                     the sampler alone (what e2e runs in the guest)
     python -m benchmarks.footprint sample --pid PID one sample of a process, as JSON
@@ -638,14 +640,14 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--settle", type=float, default=5.0)
     local.set_defaults(func=cmd_local)
     e2e = sub.add_parser("e2e", help="a PV guest on real Xen (the testbed)")
-    e2e.add_argument("--seconds", type=float, default=600.0)
+    e2e.add_argument("--seconds", type=float, default=720.0)
     e2e.add_argument("--settle", type=float, default=60.0)
     e2e.add_argument("--memory", type=int, default=512)
     e2e.add_argument("--vcpus", type=int, default=2)
     e2e.set_defaults(func=cmd_e2e)
     meas = sub.add_parser("measure", help="sample a running agent next to qemu-ga and the floor")
     meas.add_argument("--agent-pid", type=int, required=True)
-    meas.add_argument("--seconds", type=float, default=600.0)
+    meas.add_argument("--seconds", type=float, default=720.0)
     meas.add_argument("--settle", type=float, default=60.0)
     meas.set_defaults(func=cmd_measure)
     brk = sub.add_parser("breakdown", help="what each MiB of the idle daemon is (smaps, "
