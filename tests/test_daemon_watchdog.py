@@ -138,6 +138,7 @@ def test_an_idle_daemon_asks_for_12_min_and_feeds_every_6(watched: Path) -> None
         bed.daemon.start()
         assert bed.sent() == ["READY=1\nSTATUS=jobs: topology, devices",
                               "WATCHDOG=1\nWATCHDOG_USEC=720000000"]
+        assert bed.daemon.status()["watchdog_timeout_s"] == 720.0
         fed = bed.run_for(3600)
         assert fed == [360.0 * i for i in range(1, 11)], fed
     finally:
@@ -169,6 +170,7 @@ def test_reload_and_a_jobs_end_move_between_the_timeouts(watched: Path) -> None:
         bed.jobs = ["topology", "balloon"]
         bed.daemon.reload()
         assert "WATCHDOG=1\nWATCHDOG_USEC=180000000" in bed.sent()
+        assert bed.daemon.status()["watchdog_timeout_s"] == 180.0
         fed = bed.run_for(400)
         assert fed[:4] == [90.0, 180.0, 270.0, 360.0], fed
         bed.jobs = ["topology"]
@@ -204,6 +206,7 @@ def test_no_watchdog_no_feeds(watched: Path, monkeypatch: pytest.MonkeyPatch) ->
         bed.daemon.start()
         assert bed.sent() == ["READY=1\nSTATUS=jobs: topology"]
         assert bed.run_for(3600) == []
+        assert bed.daemon.status()["watchdog_timeout_s"] is None
     finally:
         bed.daemon.shutdown("test")
         bed.loop.close()

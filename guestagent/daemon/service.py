@@ -676,6 +676,8 @@ class Daemon:
             "xenstore_attempt": 0 if self.hub.lost is None else self.hub.attempts + 1,
             "resumes": self.resumes,
             "loop_errors": self.loop.errors,
+            # The watchdog timeout asked of systemd (seconds), None without a watchdog.
+            "watchdog_timeout_s": self._watchdog_s,
             "jobs": jobs,
         }
 
