@@ -302,7 +302,11 @@ def kill_mid_move(g: Guest) -> tuple[int, list[int], int, sc.Sample]:
              "done; cat /tmp/foreign.pid")
     sc.start_daemon(g, "crash", CRASH_KEYS)
     out, rc = g.run(KILL_MID_MOVE, timeout=700)
-    assert rc == 0 and "killed: rc 137" in out, (out, g.run_ok("tail -n 30 /tmp/crash.log"))
+    # On a failure, what the daemon saw too: its status (plan, reasons) and the nodes' memory.
+    assert rc == 0 and "killed: rc 137" in out, (
+        out, g.run_ok("tail -n 30 /tmp/crash.log"),
+        g.run("guestagent status --json; grep -h MemFree /sys/devices/system/node/node*/meminfo",
+              timeout=180)[0])
     applied = [int(v) for v in re.findall(r"^sz_applied (\d+)$", out, re.M)]
     log(f"kill -9 mid-move: {' '.join(out.split())}")
     after_kill = sc.parse_sample(time.monotonic(), g.run_ok(sc.SAMPLE_SH))
