@@ -210,3 +210,43 @@ def test_no_watchdog_no_feeds(watched: Path, monkeypatch: pytest.MonkeyPatch) ->
     finally:
         bed.daemon.shutdown("test")
         bed.loop.close()
+
+
+def test_watch_events_read_during_start_are_delivered_by_start(tmp_path: Path) -> None:
+    """A watch's first firing that arrives while a job's start waits for a reply is read off
+    the connection then; start delivers it, rather than the first timer's wakeup (seen on Xen:
+    the devices job's hint watch handled 360 s after start, inside the footprint window)."""
+    from guestagent.xen.xenstore import XenstoreClient
+    from guestagent.xen.xsconn import connect_unix
+    from tests.xenstore_server import XenstoreServer
+
+    xs_path = str(tmp_path / "xenstored.sock")
+    server = XenstoreServer(xs_path)
+    server.populate_guest(5)
+    server.default_domid = 5
+    server.start()
+    fired: list[str] = []
+
+    class Watcher(Job):
+        def start(self, ctx: Any) -> None:
+            ctx.xenstore.watch("data", fired.append)
+            ctx.xenstore.client().read("domid")  # the watch's first firing arrives meanwhile
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "pv-guest", root, symlinks=True)
+    cfg = defaults()
+    cfg.values["agent"]["state_dir"] = "/run/guestagent"
+    loop = EventLoop(clock=lambda: 1000.0)
+    daemon = Daemon(HostFS(str(root)), cfg, lambda: cfg, lambda c, r: [Watcher("watcher")],
+                    "guest", loop=loop, release_memory=lambda: None,
+                    xenstore_connect=lambda: XenstoreClient(connect_unix(xs_path), timeout=5.0))
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        daemon.start()
+        assert fired == ["data"], "the first firing waits for the loop"
+    finally:
+        daemon.shutdown("test")
+        loop.close()
+        server.stop()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

@@ -386,6 +386,10 @@ class Daemon:
             record = JobRecord(job)
             self.records.append(record)
             self._start_job(record, ctx)
+        # Watch events read off the connection while the jobs started (each waited for replies:
+        # the first firing of every watch among them) are already out of the descriptor, so poll
+        # would not wake for them: deliver them now, not at the first timer (up to 6 min later).
+        self.hub.flush()
         failed = [r for r in self.records if self.one_job and not r.running]
         if failed:
             raise GuestAgentError(failed[0].error or f"the {failed[0].job.name} job did not start")
