@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,17 @@ class Job:
         return {}
 
 
-class Bed:
-    """A daemon on the PV guest fixture, without xenstore, on a fake clock; ``jobs`` are the
-    names the next (re)load makes."""
+def no_xenstore() -> None:
+    raise GuestAgentError("no xenstore in this test")
 
-    def __init__(self, tmp_path: Path, jobs: list[str], idle_s: float = 720.0) -> None:
+
+class Bed:
+    """A daemon on the PV guest fixture, on a fake clock, without xenstore unless ``connect``
+    gives one; ``jobs`` are the names the next (re)load makes, each by ``make_job``."""
+
+    def __init__(self, tmp_path: Path, jobs: list[str], idle_s: float = 720.0,
+                 connect: Callable[[], Any] = no_xenstore,
+                 make_job: Callable[[str], Job] = Job) -> None:
         root = tmp_path / "root"
         shutil.copytree(FIXTURES / "pv-guest", root, symlinks=True)
         self.jobs = jobs
@@ -80,14 +86,15 @@ class Bed:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(tmp_path / "notify"))
         self.notify.setblocking(False)
-
-        def no_xenstore() -> None:
-            raise GuestAgentError("no xenstore in this test")
-
         self.daemon = Daemon(HostFS(str(root)), self.config(), self.config,
-                             lambda cfg, role: [Job(n) for n in self.jobs],
-                             "guest", loop=self.loop, xenstore_connect=no_xenstore,
+                             lambda cfg, role: [make_job(n) for n in self.jobs],
+                             "guest", loop=self.loop, xenstore_connect=connect,
                              release_memory=lambda: None)
+
+    def close(self) -> None:
+        self.daemon.shutdown("test")
+        self.loop.close()
+        self.notify.close()
 
     def config(self) -> Config:
         cfg = defaults()
@@ -121,15 +128,21 @@ class Bed:
 
 
 @pytest.fixture
-def watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+def signals_kept() -> Iterator[None]:
+    """The daemon's start installs signal handlers: the test's are put back after it."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, signals_kept: None) -> Path:
     """NOTIFY_SOCKET and WATCHDOG_USEC as the unit's WatchdogSec=3min sets them."""
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     monkeypatch.setenv("WATCHDOG_USEC", "180000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    yield tmp_path
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
+    return tmp_path
 
 
 def test_an_idle_daemon_asks_for_12_min_and_feeds_every_6(watched: Path) -> None:
@@ -142,8 +155,7 @@ def test_an_idle_daemon_asks_for_12_min_and_feeds_every_6(watched: Path) -> None
         fed = bed.run_for(3600)
         assert fed == [360.0 * i for i in range(1, 11)], fed
     finally:
-        bed.daemon.shutdown("test")
-        bed.loop.close()
+        bed.close()
 
 
 def test_a_daemon_that_moves_memory_keeps_the_units_timeout(watched: Path) -> None:
@@ -155,8 +167,7 @@ def test_a_daemon_that_moves_memory_keeps_the_units_timeout(watched: Path) -> No
         assert len(fed) == 41 and fed[0] == 0.0, fed  # at once, then every 90 s
         assert not any("WATCHDOG_USEC" in m for m in bed.sent())
     finally:
-        bed.daemon.shutdown("test")
-        bed.loop.close()
+        bed.close()
 
 
 def test_reload_and_a_jobs_end_move_between_the_timeouts(watched: Path) -> None:
@@ -184,8 +195,7 @@ def test_reload_and_a_jobs_end_move_between_the_timeouts(watched: Path) -> None:
         bed.loop.run_once(max_wait=0)
         assert "WATCHDOG=1\nWATCHDOG_USEC=720000000" in bed.sent()
     finally:
-        bed.daemon.shutdown("test")
-        bed.loop.close()
+        bed.close()
 
 
 def test_idle_watchdog_seconds_0_keeps_the_units(watched: Path) -> None:
@@ -195,8 +205,7 @@ def test_idle_watchdog_seconds_0_keeps_the_units(watched: Path) -> None:
         assert not any("WATCHDOG_USEC" in m for m in bed.sent())
         assert len(bed.run_for(3600)) == 41
     finally:
-        bed.daemon.shutdown("test")
-        bed.loop.close()
+        bed.close()
 
 
 def test_no_watchdog_no_feeds(watched: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,11 +217,11 @@ def test_no_watchdog_no_feeds(watched: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert bed.run_for(3600) == []
         assert bed.daemon.status()["watchdog_timeout_s"] is None
     finally:
-        bed.daemon.shutdown("test")
-        bed.loop.close()
+        bed.close()
 
 
-def test_watch_events_read_during_start_are_delivered_by_start(tmp_path: Path) -> None:
+def test_watch_events_read_during_start_are_delivered_by_start(tmp_path: Path,
+                                                               signals_kept: None) -> None:
     """A watch's first firing that arrives while a job's start waits for a reply is read off
     the connection then; start delivers it, rather than the first timer's wakeup (seen on Xen:
     the devices job's hint watch handled 360 s after start, inside the footprint window)."""
@@ -232,21 +241,11 @@ def test_watch_events_read_during_start_are_delivered_by_start(tmp_path: Path) -
             ctx.xenstore.watch("data", fired.append)
             ctx.xenstore.client().read("domid")  # the watch's first firing arrives meanwhile
 
-    root = tmp_path / "root"
-    shutil.copytree(FIXTURES / "pv-guest", root, symlinks=True)
-    cfg = defaults()
-    cfg.values["agent"]["state_dir"] = "/run/guestagent"
-    loop = EventLoop(clock=lambda: 1000.0)
-    daemon = Daemon(HostFS(str(root)), cfg, lambda: cfg, lambda c, r: [Watcher("watcher")],
-                    "guest", loop=loop, release_memory=lambda: None,
-                    xenstore_connect=lambda: XenstoreClient(connect_unix(xs_path), timeout=5.0))
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    bed = Bed(tmp_path, ["watcher"], make_job=Watcher,
+              connect=lambda: XenstoreClient(connect_unix(xs_path), timeout=5.0))
     try:
-        daemon.start()
+        bed.daemon.start()
         assert fired == ["data"], "the first firing waits for the loop"
     finally:
-        daemon.shutdown("test")
-        loop.close()
+        bed.close()
         server.stop()
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
