@@ -220,6 +220,20 @@ def test_the_probe_interval_is_a_key(tmp_path: Path) -> None:
         f"{main}: [balloon] probe_interval_seconds = '-1': below the minimum 0")
 
 
+def test_the_idle_watchdog_is_a_key(tmp_path: Path) -> None:
+    """``[agent] idle_watchdog_seconds`` (720 s by default; an integer is taken as seconds); a
+    negative value or a word is refused with the file, the key and the value."""
+    main = write(tmp_path / "guestagent.toml", "[agent]\nidle_watchdog_seconds = 600\n")
+    assert load(main, str(tmp_path / "conf.d")).get("agent", "idle_watchdog_seconds") == 600.0
+    assert defaults().get("agent", "idle_watchdog_seconds") == 720.0
+    for value, why in (("-5", "below the minimum 0"), ('"soon"', "expected a number")):
+        write(tmp_path / "guestagent.toml", f"[agent]\nidle_watchdog_seconds = {value}\n")
+        with pytest.raises(ConfigError) as e:
+            load(main, str(tmp_path / "conf.d"))
+        shown = value.strip('"')
+        assert e.value.problems == [f"{main}: [agent] idle_watchdog_seconds = '{shown}': {why}"]
+
+
 def test_every_job_packages_checks_pass_on_the_declared_defaults() -> None:
     """``cross_checks`` skips a job package's ``section_problems`` while its section holds the
     declared defaults (so an idle daemon does not import the policy modules): that is sound only
