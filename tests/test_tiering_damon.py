@@ -148,6 +148,14 @@ def setup(tmp_path: Path, damon: str = "damon-6.12") -> tuple[Path, FakeDamonKer
     return root, kernel, DamonBackend(HostFS(str(root)), writer=kernel.write)
 
 
+def start_both_configured(backend: DamonBackend) -> None:
+    """Started, with node 1 a source once since (so both kdamonds have a context), and node 0's
+    move alone now: kdamond 0 on, kdamond 1 off."""
+    backend.start(Plan((Move(0, 1, 4 * MIB),)))
+    backend.update(Plan((Move(0, 1, 4 * MIB), Move(1, 0, 4 * MIB))))
+    backend.update(Plan((Move(0, 1, 4 * MIB),)))
+
+
 def kd_path(index: int, rel: str = "") -> str:
     return f"{KDAMONDS}/{index}" + (f"/{rel}" if rel else "")
 
@@ -155,23 +163,18 @@ def kd_path(index: int, rel: str = "") -> str:
 def configure_writes(index: int, start: int, end: int) -> list[tuple[str, str]]:
     ctx = "contexts/0"
     s = f"{ctx}/schemes/0"
-    rows = [  # nr_accesses/min and weights/sz_permil: 0 in a fresh scheme, not written
+    # Not written: what a fresh context and scheme have already (monitoring_attrs at DamonConfig's
+    # defaults, nr_accesses 0..0, sz/min 0, weights/sz_permil 0); a test below reads them back.
+    rows = [
         ("contexts/nr_contexts", "1"),
         (f"{ctx}/operations", "paddr"),
-        (f"{ctx}/monitoring_attrs/intervals/sample_us", "5000"),
-        (f"{ctx}/monitoring_attrs/intervals/aggr_us", "100000"),
-        (f"{ctx}/monitoring_attrs/intervals/update_us", "1000000"),
-        (f"{ctx}/monitoring_attrs/nr_regions/min", "10"),
-        (f"{ctx}/monitoring_attrs/nr_regions/max", "1000"),
         (f"{ctx}/targets/nr_targets", "1"),
         (f"{ctx}/targets/0/regions/nr_regions", "1"),
         (f"{ctx}/targets/0/regions/0/start", str(start)),
         (f"{ctx}/targets/0/regions/0/end", str(end)),
         (f"{ctx}/schemes/nr_schemes", "1"),
         (f"{s}/action", "migrate_cold"),
-        (f"{s}/access_pattern/sz/min", "4096"),
         (f"{s}/access_pattern/sz/max", "18446744073709551615"),
-        (f"{s}/access_pattern/nr_accesses/max", "0"),
         (f"{s}/access_pattern/age/min", "50"),
         (f"{s}/access_pattern/age/max", "4294967295"),
         (f"{s}/quotas/ms", "100"),
@@ -249,20 +252,106 @@ def test_another_users_running_kdamond_is_left_alone(tmp_path: Path) -> None:
 
 
 def test_start_writes_exactly_this(tmp_path: Path) -> None:
+    # Both kdamonds are added (nr_kdamonds cannot grow while one runs); only the source's is
+    # configured (issue 18: 24 writes where there were 63).
     root, kernel, b = setup(tmp_path)
     b.start(Plan((Move(0, 1, 4 * MIB),)))
     s0 = kd_path(0, "contexts/0/schemes/0")
     assert kernel.writes == [
         (NR_KDAMONDS, "2"),
         *configure_writes(0, 0, GIB),
-        *configure_writes(1, GIB, 2 * GIB),
         (f"{s0}/target_nid", "1"),
         (f"{s0}/quotas/bytes", str(4 * MIB)),
         (kd_path(0, "state"), "on"),
     ]
+    assert len(kernel.writes) == 24
     assert b.kdamonds == {0: 0, 1: 1}
     assert kernel.kdamond_states() == ["on", "off"]
     assert read(root, f"{s0}/target_nid") == "1"
+    assert read(root, kd_path(1, "contexts/nr_contexts")) == "0"
+
+
+def test_the_fresh_context_holds_what_was_not_written(tmp_path: Path) -> None:
+    # What the kdamond runs with, read back from the (fake) kernel's tree: the values skipped
+    # because a fresh context has them are the ones DamonConfig wants.
+    root, _, b = setup(tmp_path)
+    b.start(Plan((Move(0, 1, 4 * MIB),)))
+    c = DamonConfig()
+    attrs = kd_path(0, "contexts/0/monitoring_attrs")
+    pattern = kd_path(0, "contexts/0/schemes/0/access_pattern")
+    assert [read(root, f"{attrs}/{f}") for f in (
+        "intervals/sample_us", "intervals/aggr_us", "intervals/update_us",
+        "nr_regions/min", "nr_regions/max",
+    )] == [str(v) for v in (
+        c.sample_us, c.aggr_us, c.update_us, c.min_nr_regions, c.max_nr_regions,
+    )]
+    assert [read(root, f"{pattern}/{f}") for f in (
+        "nr_accesses/min", "nr_accesses/max", "sz/min", "sz/max",
+    )] == ["0", "0", "0", "18446744073709551615"]
+
+
+def test_monitoring_attrs_other_than_a_fresh_contexts_are_written(tmp_path: Path) -> None:
+    root, kernel, b = setup(tmp_path)
+    b.config = DamonConfig(sample_us=10_000, aggr_us=200_000, max_nr_regions=500)
+    b.start(Plan((Move(0, 1, 4 * MIB),)))
+    attrs = kd_path(0, "contexts/0/monitoring_attrs")
+    assert [(p, v) for p, v in kernel.writes if "/monitoring_attrs/" in p] == [
+        (f"{attrs}/intervals/sample_us", "10000"),
+        (f"{attrs}/intervals/aggr_us", "200000"),
+        (f"{attrs}/nr_regions/max", "500"),
+    ]
+    assert read(root, f"{attrs}/nr_regions/min") == "10"
+
+
+def test_a_node_is_configured_when_first_a_source_while_the_other_runs(
+    tmp_path: Path,
+) -> None:
+    _, kernel, b = setup(tmp_path)
+    b.start(Plan((Move(0, 1, 4 * MIB),)))
+    kernel.writes.clear()
+    b.update(Plan((Move(1, 0, 2 * MIB),)))  # node 0 paused, node 1 a source for the first time
+    s1 = kd_path(1, "contexts/0/schemes/0")
+    assert kernel.writes == [
+        (kd_path(0, "state"), "update_schemes_stats"),
+        (kd_path(0, "state"), "off"),
+        *configure_writes(1, GIB, 2 * GIB),
+        (f"{s1}/target_nid", "0"),
+        (f"{s1}/quotas/bytes", str(2 * MIB)),
+        (kd_path(1, "state"), "on"),
+    ]
+    assert kernel.kdamond_states() == ["off", "on"]
+    kernel.writes.clear()
+    b.update(Plan((Move(0, 1, 4 * MIB), Move(1, 0, 2 * MIB))))
+    s0 = kd_path(0, "contexts/0/schemes/0")
+    assert kernel.writes == [  # configured once: the context kept, the move given again
+        (f"{s0}/target_nid", "1"),
+        (f"{s0}/quotas/bytes", str(4 * MIB)),
+        (kd_path(0, "state"), "on"),
+    ]
+
+
+def test_a_configure_that_failed_runs_again_whole_at_the_next_move(tmp_path: Path) -> None:
+    _, kernel, b = setup(tmp_path)
+    b.start(Plan((Move(0, 1, 4 * MIB),)))
+    write = kernel.write
+    refused = kd_path(1, "contexts/0/schemes/0/quotas/ms")
+
+    def flaky(path: str, value: str) -> None:
+        if path == refused:
+            raise SysfsWriteError(path, value, errno.ENOMEM)
+        write(path, value)
+
+    b.write = flaky
+    with pytest.raises(SysfsWriteError, match="quotas/ms"):
+        b.update(Plan((Move(0, 1, 4 * MIB), Move(1, 0, 2 * MIB))))
+    assert kernel.kdamond_states() == ["on", "off"]
+    b.write = write
+    kernel.writes.clear()
+    b.update(Plan((Move(0, 1, 4 * MIB), Move(1, 0, 2 * MIB))))
+    assert kernel.writes[: len(configure_writes(1, GIB, 2 * GIB))] == configure_writes(
+        1, GIB, 2 * GIB
+    )
+    assert kernel.kdamond_states() == ["on", "on"]
 
 
 def test_update_commits_new_targets_and_pauses_with_off_never_a_zero_quota(

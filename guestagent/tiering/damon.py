@@ -21,14 +21,17 @@ head lies in a region counts in full even where it runs past the region's end (`
 ``damon_pa_migrate``; seen on the testbed's 6.12: 234 MiB moved of 225 MiB tried). So failures
 (tried minus moved) are never below 0, and moved is never checked against tried.
 
-One kdamond per node with memory: a ``paddr`` context whose single target's regions are the node's
-physical ranges (its memory blocks), and one scheme: regions with no access (``nr_accesses``
-0..0) for at least ``min_age_s`` go to ``target_nid``, at most ``rate`` bytes per second (size quota
-``bytes`` per ``reset_interval_ms`` = 1000) and at most ``quota_ms`` of kernel time per second. A
-source without a move in the plan is paused by turning its kdamond ``off`` (never by a zero size
-quota: both quotas at zero means *unlimited*). A kernel-side backstop independent of the agent:
-the watermarks (metric ``free_mem_rate``, guest-wide free memory per thousand) deactivate the scheme
-when the whole guest falls under ``wmark_low_permil``.
+One kdamond per node with memory, all added at once (``nr_kdamonds`` cannot grow while one of
+them runs), each configured when its node is first a source: a ``paddr`` context whose single
+target's regions are the node's physical ranges (its memory blocks), and one scheme: regions with
+no access (``nr_accesses`` 0..0) for at least ``min_age_s`` go to ``target_nid``, at most ``rate``
+bytes per second (size quota ``bytes`` per ``reset_interval_ms`` = 1000) and at most ``quota_ms``
+of kernel time per second. A source without a move in the plan is paused by turning its kdamond
+``off`` (never by a zero size quota: both quotas at zero means *unlimited*). A kernel-side
+backstop independent of the agent: the watermarks (metric ``free_mem_rate``, guest-wide free
+memory per thousand) deactivate the scheme when the whole guest falls under
+``wmark_low_permil``. What a fresh context or scheme already holds (:data:`FRESH_MONITORING_ATTRS`,
+the zeros of a scheme) is not written.
 
 Other DAMON users: writing ``nr_kdamonds`` makes the kernel remove **every** kdamond directory and
 create N fresh ones, and it refuses (-EBUSY) while any kdamond runs. So the agent adds its kdamonds
@@ -101,6 +104,16 @@ __all__ = ["ADMIN", "KDAMONDS", "NR_KDAMONDS", "DamonBackend", "DamonConfig", "S
 
 ULONG_MAX = (1 << 64) - 1
 UINT_MAX = (1 << 32) - 1
+#: What a context the kernel just made has in ``monitoring_attrs`` (``mm/damon/sysfs.c``:
+#: ``damon_sysfs_intervals_alloc(5000, 100000, 60000000)``, ``nr_regions`` 10..1000, unchanged
+#: since DAMON sysfs came in 5.18): a value equal to it is not written (issue 18).
+FRESH_MONITORING_ATTRS = {
+    "intervals/sample_us": 5000,
+    "intervals/aggr_us": 100_000,
+    "intervals/update_us": 60_000_000,
+    "nr_regions/min": 10,
+    "nr_regions/max": 1000,
+}
 MIGRATE_COLD_SINCE = (6, 11)
 STAT_FILES = ("nr_tried", "sz_tried", "nr_applied", "sz_applied", "qt_exceeds")
 
@@ -118,7 +131,8 @@ class DamonConfig:
 
     sample_us: int = 5000
     aggr_us: int = 100_000
-    update_us: int = 1_000_000
+    #: What a fresh context has; ``paddr`` has no update operation, so it changes nothing.
+    update_us: int = 60_000_000
     min_nr_regions: int = 10
     max_nr_regions: int = 1000
     #: A region counts as cold after this long without any access.
@@ -218,6 +232,8 @@ class DamonBackend:
         self._running: dict[int, tuple[int, int]] = {}
         #: node -> state, as :meth:`moved_by_source` just read it (for the next :meth:`update`).
         self._seen: dict[int, str] = {}
+        #: node -> its physical ranges, for the kdamonds added but not configured yet.
+        self._unconfigured: dict[int, list[tuple[int, int]]] = {}
         self._log = get_logger("tiering.damon")
 
     # ---- reading ----
@@ -350,16 +366,18 @@ class DamonBackend:
             raise BackendUnavailable(self.name, str(e)) from None
         self.base = nr
         self.kdamonds = {n: nr + i for i, n in enumerate(sorted(nodes))}
+        self._unconfigured = dict(nodes)
+        self._counters = {n: _Counters() for n in nodes}
         self._log.info("damon_kdamonds_added", first=nr, nodes=sorted(nodes))
         try:
-            for n, ranges in sorted(nodes.items()):
-                self._configure(n, ranges)
-            self.update(plan)
+            self.update(plan)  # configures the kdamonds of the plan's sources
         except BaseException:
             self.stop()
             raise
 
     def _configure(self, node: int, ranges: list[tuple[int, int]]) -> None:
+        """Give ``node``'s kdamond (added, off, without a context) its context and scheme. Run
+        again from the start (``nr_contexts`` makes a fresh context) after a failure."""
         c = self.config
         kd = self._kd(self.kdamonds[node])
         ctx = f"{kd}/contexts/0"
@@ -370,12 +388,16 @@ class DamonBackend:
                 self.name, f"{ctx}/avail_operations lacks paddr (CONFIG_DAMON_PADDR=n): {avail}"
             )
         self.write(f"{ctx}/operations", "paddr")
-        attrs = f"{ctx}/monitoring_attrs"
-        self.write(f"{attrs}/intervals/sample_us", str(c.sample_us))
-        self.write(f"{attrs}/intervals/aggr_us", str(c.aggr_us))
-        self.write(f"{attrs}/intervals/update_us", str(c.update_us))
-        self.write(f"{attrs}/nr_regions/min", str(c.min_nr_regions))
-        self.write(f"{attrs}/nr_regions/max", str(c.max_nr_regions))
+        wanted = {
+            "intervals/sample_us": c.sample_us,
+            "intervals/aggr_us": c.aggr_us,
+            "intervals/update_us": c.update_us,
+            "nr_regions/min": c.min_nr_regions,
+            "nr_regions/max": c.max_nr_regions,
+        }
+        for name, value in wanted.items():
+            if value != FRESH_MONITORING_ATTRS[name]:
+                self.write(f"{ctx}/monitoring_attrs/{name}", str(value))
         self.write(f"{ctx}/targets/nr_targets", "1")
         regions = f"{ctx}/targets/0/regions"
         self.write(f"{regions}/nr_regions", str(len(ranges)))
@@ -396,11 +418,10 @@ class DamonBackend:
             raise BackendUnavailable(self.name, f"{scheme}/target_nid missing (needs Linux 6.11)")
         # A scheme the kernel just made has every range and weight at 0 (mm/damon/sysfs-schemes.c
         # allocates them so; tests/fixtures/damon-6.12/template): the zeros wanted are not
-        # written again (issue 18: 4 of the first tick's 67 writes).
+        # written again (issue 18), nor is sz/min, whose 0 admits what a page would (no region
+        # is smaller than a page). nr_accesses 0..0, never accessed, is that fresh scheme's.
         pattern = f"{scheme}/access_pattern"
-        self.write(f"{pattern}/sz/min", str(PAGE_SIZE))
         self.write(f"{pattern}/sz/max", str(ULONG_MAX))
-        self.write(f"{pattern}/nr_accesses/max", "0")
         self.write(f"{pattern}/age/min", str(c.min_age_aggregations))
         self.write(f"{pattern}/age/max", str(UINT_MAX))
         quotas = f"{scheme}/quotas"
@@ -414,7 +435,7 @@ class DamonBackend:
         self.write(f"{wm}/high", "1000")
         self.write(f"{wm}/mid", "1000")
         self.write(f"{wm}/low", str(c.wmark_low_permil))
-        self._counters[node] = _Counters()
+        self._unconfigured.pop(node, None)
 
     def update(self, plan: Plan) -> None:
         """Per node: pause (off) without a move; else set target and quota, then on or commit.
@@ -434,7 +455,11 @@ class DamonBackend:
             if move is None and node not in self._running:
                 continue  # off since this backend's own "off" (or never on): nothing to read
             kd_state = f"{self._kd(self.kdamonds[node])}/state"
-            state = seen[node] if node in seen else self._read_word(kd_state)
+            if node in self._unconfigured:  # a source for the first time (so, off)
+                self._configure(node, self._unconfigured[node])
+                state = "off"
+            else:
+                state = seen[node] if node in seen else self._read_word(kd_state)
             if move is None:
                 if state == "on":
                     self._refresh(node)
@@ -563,6 +588,7 @@ class DamonBackend:
         self.kdamonds = {}
         self._running = {}
         self._seen = {}
+        self._unconfigured = {}
 
     def _forget(self, entries: list[Change]) -> None:
         if self.journal is None:

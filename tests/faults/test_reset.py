@@ -32,9 +32,14 @@ from guestagent.host import TIERING_BACKENDS, BackendFactory, Host
 from guestagent.hostfs import HostFS
 from guestagent.tiering.damon import NR_KDAMONDS, DamonBackend
 from guestagent.tiering.journal import TieringJournal, journal_path
-from guestagent.tiering.model import Move, Plan
 from tests.faults.config_files import config_files_beside
-from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, make_tree, read
+from tests.test_tiering_damon import (
+    FIXTURES,
+    FakeDamonKernel,
+    make_tree,
+    read,
+    start_both_configured,
+)
 
 MIB = 1 << 20
 VF = "0000:00:05.0"
@@ -105,7 +110,7 @@ def change_everything(root: Path, kernel: FakeDamonKernel, state_dir: str = "/ru
     hostfs = HostFS(str(root))
     backend = DamonBackend(hostfs, writer=kernel.write)
     backend.take_journal(TieringJournal(hostfs, journal_path(state_dir)).load())
-    backend.start(Plan((Move(0, 1, 4 * MIB),)))
+    start_both_configured(backend)
     assert kernel.kdamond_states() == ["on", "off"]
 
 

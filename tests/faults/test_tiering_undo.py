@@ -37,7 +37,14 @@ from guestagent.tiering.journal import TieringJournal, journal_path, undo_kdamon
 from guestagent.tiering.model import Move, Plan
 from guestagent.tiering.sysfs import BUSY_PAUSE_S, BUSY_TRIES, SysfsWriteError, retry_busy
 from tests.faults.config_files import config_files_beside
-from tests.test_tiering_damon import FIXTURES, FakeDamonKernel, kd_path, make_tree, read
+from tests.test_tiering_damon import (
+    FIXTURES,
+    FakeDamonKernel,
+    kd_path,
+    make_tree,
+    read,
+    start_both_configured,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
@@ -81,15 +88,16 @@ def journalled_backend(root: Path, kernel: FakeDamonKernel) -> DamonBackend:
 
 
 def started_then_killed(root: Path, kernel: FakeDamonKernel) -> None:
-    """What ``kill -9`` leaves: the backend started and never stopped (kdamond 0 on)."""
-    journalled_backend(root, kernel).start(Plan((Move(0, 1, 4 * MIB),)))
+    """What ``kill -9`` leaves: the backend started and never stopped, both kdamonds configured
+    (kdamond 0 on, kdamond 1 off)."""
+    start_both_configured(journalled_backend(root, kernel))
     assert kernel.kdamond_states() == ["on", "off"]
     assert (root / JOURNAL).exists()
 
 
 def started_then_killed_at(root: Path, kernel: FakeDamonKernel, first: int) -> None:
     """The same with the agent's kdamonds after ``first`` kdamonds of someone else."""
-    journalled_backend(root, kernel).start(Plan((Move(0, 1, 4 * MIB),)))
+    start_both_configured(journalled_backend(root, kernel))
     assert kernel.kdamond_states()[first] == "on"
 
 
