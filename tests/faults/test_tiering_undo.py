@@ -199,6 +199,30 @@ def test_reset_after_a_kill_removes_the_kdamonds_and_is_idempotent(
     assert kernel.writes == []
 
 
+def test_a_kdamond_never_configured_is_already_off_and_empty_at_the_reset(
+    world: tuple[Path, FakeDamonKernel],
+) -> None:
+    # Killed while node 0 alone was ever a source: node 1's kdamond was added (journalled) but
+    # never given a context. The reset has nothing to write to it and still removes it.
+    root, kernel = world
+    journalled_backend(root, kernel).start(Plan((Move(0, 1, 4 * MIB),)))
+    assert read(root, kd_path(1, "contexts/nr_contexts")) == "0"
+    kernel.writes.clear()
+    rc, out = reset(root)
+    assert rc == 0, out
+    assert kernel.writes == [
+        (kd_path(0, "state"), "off"),
+        (kd_path(0, "contexts/nr_contexts"), "0"),
+        (NR_KDAMONDS, "0"),
+    ]
+    assert out.splitlines() == [
+        "kdamond 1: already off and empty",
+        "kdamond 0: turned off (was on) and emptied (the agent's migrate_cold kdamond)",
+        "nr_kdamonds: 2 -> 0 (the agent's kdamonds removed)",
+    ]
+    assert not (root / JOURNAL).exists()
+
+
 def test_reset_with_a_bad_configuration_still_works(
     world: tuple[Path, FakeDamonKernel], logfmt: io.StringIO, tmp_path: Path
 ) -> None:
