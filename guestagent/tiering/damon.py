@@ -375,9 +375,11 @@ class DamonBackend:
             self.stop()
             raise
 
-    def _configure(self, node: int, ranges: list[tuple[int, int]]) -> None:
-        """Give ``node``'s kdamond (added, off, without a context) its context and scheme. Run
-        again from the start (``nr_contexts`` makes a fresh context) after a failure."""
+    def _configure(self, node: int) -> None:
+        """Give ``node``'s kdamond (added, off, without a context) its context and scheme over
+        the node's ranges read at start. Run again from the start (``nr_contexts`` makes a fresh
+        context) after a failure: the node stays unconfigured until the last write."""
+        ranges = self._unconfigured[node]
         c = self.config
         kd = self._kd(self.kdamonds[node])
         ctx = f"{kd}/contexts/0"
@@ -435,7 +437,7 @@ class DamonBackend:
         self.write(f"{wm}/high", "1000")
         self.write(f"{wm}/mid", "1000")
         self.write(f"{wm}/low", str(c.wmark_low_permil))
-        self._unconfigured.pop(node, None)
+        del self._unconfigured[node]
 
     def update(self, plan: Plan) -> None:
         """Per node: pause (off) without a move; else set target and quota, then on or commit.
@@ -456,7 +458,7 @@ class DamonBackend:
                 continue  # off since this backend's own "off" (or never on): nothing to read
             kd_state = f"{self._kd(self.kdamonds[node])}/state"
             if node in self._unconfigured:  # a source for the first time (so, off)
-                self._configure(node, self._unconfigured[node])
+                self._configure(node)
                 state = "off"
             else:
                 state = seen[node] if node in seen else self._read_word(kd_state)
