@@ -116,14 +116,23 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
         opened: collections.Counter[str] = collections.Counter()
         real_open = builtins.open
 
+        real_os_open = os.open
+
         def counting_open(file: Any, *a: Any, **k: Any) -> Any:
             if str(a[0] if a else k.get("mode", "r")).startswith("r"):  # not the fake's copies
                 opened[str(file)] += 1
             return real_open(file, *a, **k)
 
+        def counting_os_open(file: Any, flags: int, *a: Any, **k: Any) -> int:
+            # HostFS.read_text reads through a descriptor since d7ce74e (hostfs.read_whole).
+            if not flags & (os.O_WRONLY | os.O_RDWR):
+                opened[str(file)] += 1
+            return real_os_open(file, flags, *a, **k)
+
         first_write = len(kernel.writes)
         fake.spent = 0.0
         builtins.open = counting_open
+        os.open = counting_os_open
         try:
             c0 = time.process_time()
             for _ in range(n):
@@ -132,6 +141,7 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
             cpu = time.process_time() - c0 - fake.spent
         finally:
             builtins.open = real_open
+            os.open = real_os_open
         agent_reads = sum(c for f, c in opened.items() if f.startswith(str(root)))
         return {"phase": name, "ticks": n, "ms_per_tick": round(1000 * cpu / n, 3),
                 "reads_per_tick": round(agent_reads / n, 2),
