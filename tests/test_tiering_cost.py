@@ -1,10 +1,12 @@
 """What one tick of the tiering job reads and writes (issue 18 item 1): the steady state reads
-``online``, the nodes' ``meminfo``, ``/proc/vmstat`` and, while a kdamond runs, its state and
-``sz_applied``; the distances and the MGLRU switch are taken over from an earlier snapshot; a
-commit does not read the counters the same tick just read; idle ticks are spaced out."""
+the nodes' ``meminfo``, ``/proc/vmstat`` and, while a kdamond runs, its ``sz_applied`` (its
+``state`` only when the kernel refused the request for fresh stats); the online nodes, the
+distances and the MGLRU switch are taken over from an earlier snapshot; a commit does not read
+the counters the same tick just read; idle ticks are spaced out."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +75,11 @@ def one_tick(runner: Runner, kernel: FakeDamonKernel, hostfs: CountingFS) -> tup
     return sorted(hostfs.reads), list(kernel.writes)
 
 
-STEADY_READS = sorted([f"{NODE}/online", f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo",
-                       "/proc/vmstat", kd_path(0, "state"), SZ_APPLIED])
+STEADY_READS = sorted([f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo", "/proc/vmstat",
+                       SZ_APPLIED])
 
 
-def test_a_tick_at_a_steady_rate_reads_six_files_and_asks_for_fresh_stats_once(
+def test_a_tick_at_a_steady_rate_reads_four_files_and_asks_for_fresh_stats_once(
     tmp_path: Path,
 ) -> None:
     _, kernel, hostfs, runner = world(tmp_path)
@@ -113,7 +115,57 @@ def test_a_tick_that_commits_reads_the_counters_once(tmp_path: Path) -> None:
     ]
 
 
-def test_an_idle_tick_reads_four_files_and_nothing_of_damon(tmp_path: Path) -> None:
+def test_a_kdamond_turned_off_behind_the_agents_back_is_seen_and_turned_on_again(
+    tmp_path: Path,
+) -> None:
+    root, kernel, hostfs, runner = world(tmp_path)
+    runner.tick()  # start: 4 MiB/s
+    kernel.advance(0, sz_applied=8 * MIB)
+    runner.tick()  # 6 MiB/s, committed; sz_applied read
+    (root / kd_path(0, "state").lstrip("/")).write_text("off\n")  # another DAMON user's "off"
+    reads, writes = one_tick(runner, kernel, hostfs)
+    # The request for stats is refused (EINVAL: not running): the state is read instead of the
+    # counters (those of an "off" kdamond are as the last request left them).
+    assert reads == sorted([f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo", "/proc/vmstat",
+                            kd_path(0, "state")])
+    s0 = kd_path(0, "contexts/0/schemes/0")
+    assert writes == [
+        (kd_path(0, "state"), "update_schemes_stats"),
+        (f"{s0}/target_nid", "1"),
+        (f"{s0}/quotas/bytes", str(8 * MIB)),
+        (kd_path(0, "state"), "on"),
+    ]
+    assert kernel.kdamond_states() == ["on", "off"]
+    assert runner.backend.stats().moved_by_source[0] == 8 * MIB  # nothing lost, nothing doubled
+
+
+def test_stats_refused_by_a_running_kdamond_keep_it_running_as_it_was(tmp_path: Path) -> None:
+    _, kernel, hostfs, runner = world(tmp_path)
+    for _ in range(40):  # up to max_rate: a steady plan after
+        runner.tick()
+        quota = 2 * runner.state.of(0).rate
+        kernel.advance(0, sz_applied=quota, sz_tried=quota)
+    moved_before = runner.backend.stats().moved_by_source[0]
+    original = kernel._state
+
+    def busy(p: Path, path: str, value: str) -> None:
+        if value == "update_schemes_stats":
+            kernel._fail(path, value, errno.EBUSY)  # another command in flight
+        original(p, path, value)
+
+    kernel._state = busy  # type: ignore[method-assign]
+    reads, writes = one_tick(runner, kernel, hostfs)
+    assert reads == sorted([f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo", "/proc/vmstat",
+                            kd_path(0, "state")])
+    assert writes == [(kd_path(0, "state"), "update_schemes_stats")]  # no commit, no "on"
+    assert kernel.kdamond_states() == ["on", "off"]
+    kernel._state = original  # type: ignore[method-assign]
+    kernel.advance(0, sz_applied=5 * MIB)
+    one_tick(runner, kernel, hostfs)
+    assert runner.state.of(0).out_bytes == moved_before + 5 * MIB  # counted once, when read
+
+
+def test_an_idle_tick_reads_three_files_and_nothing_of_damon(tmp_path: Path) -> None:
     root, kernel, hostfs, runner = world(tmp_path)
     runner.tick()
     kernel.advance(0, sz_applied=40 * MIB, sz_tried=40 * MIB)
@@ -123,17 +175,17 @@ def test_an_idle_tick_reads_four_files_and_nothing_of_damon(tmp_path: Path) -> N
     assert kernel.kdamond_states() == ["off", "off"]
     assert runner.backend.stats().moved_by_source[0] == 40 * MIB
     reads, writes = one_tick(runner, kernel, hostfs)
-    assert reads == sorted([f"{NODE}/online", f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo",
-                            "/proc/vmstat"])
+    assert reads == sorted([f"{NODE}/node0/meminfo", f"{NODE}/node1/meminfo", "/proc/vmstat"])
     assert writes == []
     assert runner.idle_ticks == 2
 
 
-def test_distances_are_read_again_after_a_minute_or_when_the_online_nodes_change(
+def test_the_layout_is_read_again_after_a_minute_or_after_a_snapshot_failed(
     tmp_path: Path,
 ) -> None:
-    root, _, _, runner = world(tmp_path)
-    distance0 = root / "sys/devices/system/node/node0/distance"
+    root, _, hostfs, runner = world(tmp_path)
+    nodes = root / "sys/devices/system/node"
+    distance0 = nodes / "node0/distance"
     runner.tick()
     distance0.write_text("10 30\n")
     runner.tick()
@@ -141,13 +193,29 @@ def test_distances_are_read_again_after_a_minute_or_when_the_online_nodes_change
     runner.layout_max_age_s = 0.0  # a minute later
     assert runner._snapshot().distance(0, 1) == 30
     runner.layout_max_age_s = LAYOUT_MAX_AGE_S
+    # Node 1 comes online only now (it was not in the layout): seen at the minute's read.
     distance0.write_text("10 40\n")
-    (root / "sys/devices/system/node/online").write_text("0\n")
+    (nodes / "online").write_text("0\n")
+    assert list(runner._snapshot().nodes) == [0, 1]  # within the minute: the layout's nodes
+    runner.layout_max_age_s = 0.0
     one_node = runner._snapshot()  # read again: the row no longer fits the online nodes
     assert list(one_node.nodes) == [0] and one_node.distances == {}
     assert "node0/distance" in one_node.problems[0]
-    (root / "sys/devices/system/node/online").write_text("0-1\n")
+    runner.layout_max_age_s = LAYOUT_MAX_AGE_S
+    (nodes / "online").write_text("0-1\n")
+    assert runner._snapshot().distance(0, 1) == 40  # a snapshot with a problem is not kept
+    # Node 1 goes offline within the minute: its meminfo goes with it. One tick paused (its
+    # reason logged), the next reads ``online`` again and serves node 0 alone.
     assert runner._snapshot().distance(0, 1) == 40
+    meminfo1 = (nodes / "node1/meminfo").read_text()
+    (nodes / "node1/meminfo").unlink()
+    (nodes / "online").write_text("0\n")
+    assert runner.tick() is None and runner.plan.moves == ()
+    hostfs.reads.clear()
+    assert list(runner._snapshot().nodes) == [0]
+    assert f"{NODE}/online" in hostfs.reads
+    (nodes / "node1/meminfo").write_text(meminfo1)
+    (nodes / "online").write_text("0-1\n")
 
 
 def test_a_snapshot_with_a_problem_is_not_taken_over(tmp_path: Path) -> None:

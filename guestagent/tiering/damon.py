@@ -51,10 +51,11 @@ Statistics: the kernel rebuilds its context (and zeroes the scheme counters) on 
 backend reads the counters (``update_schemes_stats``) before each ``off`` and ``commit``, folds them
 into a running total at each ``on``, and also treats any counter that goes down as a restart.
 A tick of the runner (:meth:`DamonBackend.moved_by_source`) asks for fresh statistics of the
-kdamonds it turned on and reads ``sz_applied`` alone; :meth:`DamonBackend.stats` (``tiering
-status``, the daemon's status, ``tiering run``'s summary) reads all five. A kdamond the backend
-turned off (or never turned on) is not read at all until it turns it on again: its counters were
-read just before the ``off``. The :meth:`DamonBackend.update` right after a tick's
+kdamonds it turned on and reads ``sz_applied`` alone (a kdamond's ``state`` only when the kernel
+refused the request: it refuses it from a kdamond not running); :meth:`DamonBackend.stats`
+(``tiering status``, the daemon's status, ``tiering run``'s summary) reads all five. A kdamond
+the backend turned off (or never turned on) is not read at all until it turns it on again: its
+counters were read just before the ``off``. The :meth:`DamonBackend.update` right after a tick's
 ``moved_by_source`` takes the states it read, and commits without reading the counters again (a
 ``commit`` keeps them since Linux 6.11, ``damon_commit_ctx``; any that went down would still
 count as a restart).
@@ -516,13 +517,28 @@ class DamonBackend:
         """Fresh counters of the kdamonds this backend turned on and still finds on; returns the
         state each was found in. One it turned off had its counters read just before the
         ``off`` (:meth:`update`), so it is not read."""
-        states: dict[int, str] = {}
-        for node in sorted(self._running):
-            if node in self.kdamonds and node in self._counters:
-                states[node] = self._read_word(f"{self._kd(self.kdamonds[node])}/state")
-                if states[node] == "on":
-                    self._refresh(node, files)
-        return states
+        return {
+            node: self._refresh_if_on(node, files)
+            for node in sorted(self._running)
+            if node in self.kdamonds and node in self._counters
+        }
+
+    def _refresh_if_on(self, node: int, files: tuple[str, ...]) -> str:
+        """Ask a kdamond this backend turned on for fresh stats and fold ``files`` of them in;
+        returns its state. The kernel refuses ``update_schemes_stats`` (EINVAL) from a kdamond
+        that is not running (``damon_sysfs_handle_cmd``), so a write it takes says ``on`` and
+        the ``state`` file is read only after a refusal: the kdamond stopped (another DAMON user
+        turned it off), or another command was in flight (EBUSY, the kdamond still on)."""
+        kd_state = f"{self._kd(self.kdamonds[node])}/state"
+        try:
+            self.write(kd_state, "update_schemes_stats")
+        except SysfsWriteError as e:
+            state = self._read_word(kd_state)
+            if state == "on":
+                self._log.info("damon_stats_not_updated", node=node, error=str(e))
+            return state
+        self._counters[node].observe(self._read_stats(node, files))
+        return "on"
 
     def moved_by_source(self) -> dict[int, int]:
         """Bytes moved away from each node since start: what the runner reads every tick, just

@@ -87,16 +87,17 @@ def read_distances(
 def read_snapshot(hostfs: HostFS, known: MemorySnapshot | None = None) -> MemorySnapshot:
     """Every online node's memory and the distance matrix, with what could not be read.
 
-    ``known``: an earlier snapshot whose distances and ``lru_gen`` are taken over instead of read
-    again when it had no problem and lists the same online nodes (they change only with a
-    hotplug or an administrator's switch; the runner passes one at most a minute old). Then a
-    snapshot reads ``online`` and each node's ``meminfo``, nothing else, and parses only the
-    meminfo lines the policy uses."""
+    ``known``: an earlier snapshot whose online nodes, distances and ``lru_gen`` are taken over
+    instead of read again when it had no problem (they change only with a hotplug or an
+    administrator's switch; the runner passes one at most a minute old, and none after a
+    snapshot that failed, so a node gone offline, whose ``meminfo`` is gone with it, costs one
+    paused tick). Then a snapshot reads each node's ``meminfo``, nothing else, and parses only
+    the meminfo lines the policy uses."""
+    if known is not None and not known.problems:
+        nodes = {n: read_node_memory(hostfs, n, lines_used_only=True) for n in known.nodes}
+        return MemorySnapshot(nodes=nodes, distances=known.distances, lru_gen=known.lru_gen)
     problems: list[str] = []
     ids = node_ids(hostfs, problems)
-    if known is not None and not known.problems and not problems and list(known.nodes) == ids:
-        nodes = {n: read_node_memory(hostfs, n, lines_used_only=True) for n in ids}
-        return MemorySnapshot(nodes=nodes, distances=known.distances, lru_gen=known.lru_gen)
     nodes = {n: read_node_memory(hostfs, n) for n in ids}
     return MemorySnapshot(
         nodes=nodes,

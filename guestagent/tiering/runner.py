@@ -12,10 +12,12 @@ Each tick reads the node snapshot and the counters, turns the counter deltas int
   the target's room per interval;
 * the daemon stops the job on SIGTERM, SIGINT or ``--duration``, and the job stops the backend.
 
-Cost per tick (issue 18; the breakdown is in ``benchmarks/README.md``): a tick reads ``online``,
-each node's ``meminfo`` and ``numa_pages_migrated``'s line of ``/proc/vmstat``; the distances and
-the MGLRU switch are taken over from the last snapshot that read them (:data:`LAYOUT_MAX_AGE_S`,
-sooner when the online nodes change or a read had a problem); the backend reads what moved
+Cost per tick (issue 18; the breakdown is in ``benchmarks/README.md``): a tick reads each node's
+``meminfo`` and ``numa_pages_migrated``'s line of ``/proc/vmstat``; the online nodes, the
+distances and the MGLRU switch are taken over from the last snapshot that read them
+(:data:`LAYOUT_MAX_AGE_S`, sooner when a read had a problem or a snapshot failed: a node gone
+offline costs one paused tick, a node come online is seen within the minute); the backend reads
+what moved
 (:meth:`~guestagent.tiering.model.Backend.moved_by_source`: for DAMON, ``sz_applied`` of the
 kdamonds it runs, nothing of those it turned off). While ticks find nothing to do
 (:attr:`Runner.idle_ticks`), or keep a move's plan as it was (:attr:`Runner.steady_ticks`: no
@@ -90,7 +92,11 @@ class Runner:
         now = time.monotonic()
         fresh = self._layout is not None and now - self._layout_at < self.layout_max_age_s
         known = self._layout if fresh else None
-        snapshot = readers.read_snapshot(self.hostfs, known)
+        try:
+            snapshot = readers.read_snapshot(self.hostfs, known)
+        except GuestAgentError:
+            self._layout = None  # the next snapshot reads everything (a node may have gone)
+            raise
         if known is None or snapshot.distances is not known.distances:  # read them this time
             self._layout, self._layout_at = snapshot, now
         return snapshot
