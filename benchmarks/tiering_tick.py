@@ -132,7 +132,7 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
         first_write = len(kernel.writes)
         fake.spent = 0.0
         builtins.open = counting_open
-        os.open = counting_os_open
+        os.open = counting_os_open  # type: ignore[assignment]
         try:
             c0 = time.process_time()
             for _ in range(n):
