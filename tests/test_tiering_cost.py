@@ -7,6 +7,7 @@ the counters the same tick just read; idle ticks are spaced out."""
 from __future__ import annotations
 
 import errno
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,44 @@ def test_the_job_spaces_its_ticks_out_while_idle_and_not_once_a_node_is_short(
     assert job._timer is not None and job._timer.interval == every
     assert kernel.kdamond_states() == ["on", "off"]
     assert job.ticks == 5 and job.cpu_at_first_tick_s is not None
+    job.stop()
+    ctx.loop.close()
+
+
+def test_a_source_paused_for_want_of_room_is_spaced_out_and_logged_once(
+    tmp_path: Path, log_events: list[MutableMapping[str, Any]],
+) -> None:
+    """Node 0 short, node 1 under its own watermark: nothing can move, nothing runs. The ticks
+    are spaced out as when idle (a guest whose other node stays full would otherwise tick and
+    log a line every interval for as long as it waits); the first tick after node 1's room is
+    back moves, and the interval is back."""
+    root = make_tree(tmp_path)
+    kernel = FakeDamonKernel(root, FIXTURES / "damon-6.12")
+    hostfs = HostFS(str(root))
+    meminfo1 = root / "sys/devices/system/node/node1/meminfo"
+    roomy = meminfo1.read_text()
+    short0 = (root / MEMINFO0).read_text()
+    ctx = job_context(tmp_path, hostfs, [("damon", lambda h: DamonBackend(h, writer=kernel.write))])
+    job = TieringJob()
+    job.start(ctx)
+    every = ctx.config.section("tiering")["interval_seconds"]
+    seen = []
+    for free1_kb, free0_kb in ((200000, 61836), (190000, 60000), (180000, 58000), (170000, 59000)):
+        meminfo1.write_text(roomy.replace("643477 kB", f"{free1_kb} kB"))  # 18-21 %: full
+        (root / MEMINFO0).write_text(short0.replace("61836 kB", f"{free0_kb} kB"))  # 6 %
+        job._tick()
+        assert job._timer is not None
+        seen.append(job._timer.interval)
+    assert seen == [every, 2 * every, 4 * every, 4 * every]
+    assert kernel.writes == []  # nothing was ever started
+    reasons = [e for e in log_events if e["event"] == "tiering_reason"]
+    assert [e["log_level"] for e in reasons] == ["info", "debug", "debug", "debug"]
+    assert "paused" in reasons[0]["reason"]
+    meminfo1.write_text(roomy)  # node 1's room is back
+    job._tick()
+    assert job._timer is not None and job._timer.interval == every
+    assert kernel.kdamond_states() == ["on", "off"]
+    assert [e["log_level"] for e in log_events if e["event"] == "tiering_reason"][-1] == "info"
     job.stop()
     ctx.loop.close()
 

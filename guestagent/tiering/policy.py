@@ -34,9 +34,10 @@ previous :class:`~guestagent.tiering.model.PolicyState` and what was observed si
    when even ``min_rate`` does not fit, the source pauses (no move, the rate is held) and the
    target counts as full until its room is back at ``target_resume_pct`` of its MemTotal
    (hysteresis: a target at its watermark does not flap the source on and off).
-4. **Pace** (:func:`next_interval`): while decisions find no node short (:func:`is_idle`: nothing
-   to move, nothing running), the ticks are spaced out, doubling up to :data:`IDLE_MAX_FACTOR`
-   times ``interval_s``; the first decision that finds a short node brings back ``interval_s``.
+4. **Pace** (:func:`next_interval`): while decisions find nothing to move (:func:`is_idle`: no
+   node short, or every short one paused for want of a target's room; nothing running), the
+   ticks are spaced out, doubling up to :data:`IDLE_MAX_FACTOR` times ``interval_s``; the first
+   decision that moves brings back ``interval_s``.
    The same while a move's plan stays unchanged (:attr:`Runner.steady_ticks
    <guestagent.tiering.runner.Runner>`), but never past :func:`plan_horizon_s`: the time the plan
    can run before a target's room is used up at the rates into it, or a source is back at
@@ -340,8 +341,10 @@ LEAST_WAIT_S = 2.0
 
 
 def is_idle(decision: Decision) -> bool:
-    """Nothing to move and no node short (so no source the backend may still run for)."""
-    return not decision.plan.moves and not any(s.pressured for s in decision.state.sources.values())
+    """Nothing to move, so nothing runs: no node short, or every short node paused (no target
+    with room above its watermark, or nothing cold to move). What would end it (a node short, a
+    target's room back) is a change of the nodes the spaced-out ticks still read."""
+    return not decision.plan.moves
 
 
 def plan_horizon_s(

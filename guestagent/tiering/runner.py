@@ -31,6 +31,7 @@ write but the counters' refresh), the job spaces them out
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Callable
 
@@ -52,6 +53,13 @@ from guestagent.units import PAGE_SIZE
 
 #: A snapshot's distances and MGLRU switch serve the snapshots of the next this many seconds.
 LAYOUT_MAX_AGE_S = 60.0
+
+_FIGURES = re.compile(r"\d+(?:\.\d+)?")
+
+
+def reason_shape(line: str) -> str:
+    """A reason with its figures taken out: what it says, not how much."""
+    return _FIGURES.sub("#", line)
 
 
 class Runner:
@@ -79,7 +87,8 @@ class Runner:
         self._layout: MemorySnapshot | None = None
         self.layout_max_age_s = layout_max_age_s
         self._layout_at = 0.0
-        #: Ticks in a row that found no node short and so nothing to move (0 after any other).
+        #: Ticks in a row that found nothing to move (no node short, or every short one paused
+        #: for want of a target's room; 0 after any other).
         self.idle_ticks = 0
         #: Moving ticks in a row that kept the previous tick's plan (0 after any other).
         self.steady_ticks = 0
@@ -146,7 +155,7 @@ class Runner:
         decision = decide(snapshot, self.config, self.state, observed)
         self.state = decision.state
         self.horizon_s = plan_horizon_s(snapshot, self.config, decision.plan, observed)
-        self._log_changes(snapshot, decision)
+        self._log_changes(snapshot, decision, plan_changed=decision.plan != self._plan)
         self._apply(decision.plan)
         self.idle_ticks = self.idle_ticks + 1 if is_idle(decision) else 0
         kept = bool(decision.plan.moves) and decision.plan == self._plan
@@ -154,16 +163,25 @@ class Runner:
         self._plan = decision.plan
         return decision
 
-    def _log_changes(self, snapshot: MemorySnapshot, decision: Decision) -> None:
+    def _log_changes(self, snapshot: MemorySnapshot, decision: Decision,
+                     plan_changed: bool) -> None:
         """A line for each new input problem and each new reason (each once until it changes:
-        a steady state repeats them)."""
+        a steady state repeats them). While the plan stays as it was, a reason whose figures
+        alone moved (a paused source's free memory, a target's room) is a debug line: a source
+        paused for want of room would otherwise log a line every tick for as long as it waits.
+        Every change of plan (what the backend is told) logs its reasons."""
         if snapshot.problems != self._problems:
             for line in snapshot.problems:
                 self._log.warning("tiering_input_problem", problem=line)
             self._problems = snapshot.problems
+        shapes = {reason_shape(line) for line in self._reasons}
         for line in decision.reasons:
-            if line not in self._reasons:
+            if line in self._reasons:
+                continue
+            if plan_changed or reason_shape(line) not in shapes:
                 self._log.info("tiering_reason", reason=line)
+            else:
+                self._log.debug("tiering_reason", reason=line)
         self._reasons = decision.reasons
 
     def _apply(self, plan: Plan) -> None:
