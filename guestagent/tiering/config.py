@@ -32,8 +32,9 @@ BACKEND = setting(
 #: ``TieringConfig.interval_s``.
 INTERVAL = setting(
     "interval_seconds", 10.0,
-    "How often the plan is recomputed; up to 4 times less often while no vnode is short or "
-    "while a move's plan stays the same.",
+    "How often the plan is recomputed; up to 4 times less often while nothing moves (no vnode "
+    "short, or every short one paused for want of a target's room) or while a move's plan "
+    "stays the same.",
     minimum=1, maximum=600, convert=as_float)
 SOURCE_LOW = setting(
     "source_low_pct", 10.0,
