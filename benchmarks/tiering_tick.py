@@ -115,7 +115,6 @@ def phases(m: dict[str, Any], ticks: int) -> list[dict[str, Any]]:
     def phase(name: str, n: int) -> dict[str, Any]:
         opened: collections.Counter[str] = collections.Counter()
         real_open = builtins.open
-
         real_os_open = os.open
 
         def counting_open(file: Any, *a: Any, **k: Any) -> Any:

@@ -498,13 +498,19 @@ class DamonBackend:
     def _refresh(self, node: int, files: tuple[str, ...] = STAT_FILES) -> None:
         """Ask the kernel for fresh scheme stats (running kdamonds only) and fold ``files`` of
         them in."""
-        kd_state = f"{self._kd(self.kdamonds[node])}/state"
+        refused = self._ask_stats(node, files)
+        if refused is not None:
+            self._log.info("damon_stats_not_updated", node=node, error=str(refused))
+
+    def _ask_stats(self, node: int, files: tuple[str, ...]) -> SysfsWriteError | None:
+        """``update_schemes_stats``, then ``files`` of the fresh stats folded in; the kernel's
+        refusal, if it refused (nothing folded then)."""
         try:
-            self.write(kd_state, "update_schemes_stats")
+            self.write(f"{self._kd(self.kdamonds[node])}/state", "update_schemes_stats")
         except SysfsWriteError as e:
-            self._log.info("damon_stats_not_updated", node=node, error=str(e))
-            return
+            return e
         self._counters[node].observe(self._read_stats(node, files))
+        return None
 
     def _read_stats(self, node: int, files: tuple[str, ...] = STAT_FILES) -> dict[str, int]:
         base = f"{self._scheme(node)}/stats"
@@ -529,16 +535,13 @@ class DamonBackend:
         that is not running (``damon_sysfs_handle_cmd``), so a write it takes says ``on`` and
         the ``state`` file is read only after a refusal: the kdamond stopped (another DAMON user
         turned it off), or another command was in flight (EBUSY, the kdamond still on)."""
-        kd_state = f"{self._kd(self.kdamonds[node])}/state"
-        try:
-            self.write(kd_state, "update_schemes_stats")
-        except SysfsWriteError as e:
-            state = self._read_word(kd_state)
-            if state == "on":
-                self._log.info("damon_stats_not_updated", node=node, error=str(e))
-            return state
-        self._counters[node].observe(self._read_stats(node, files))
-        return "on"
+        refused = self._ask_stats(node, files)
+        if refused is None:
+            return "on"
+        state = self._read_word(f"{self._kd(self.kdamonds[node])}/state")
+        if state == "on":
+            self._log.info("damon_stats_not_updated", node=node, error=str(refused))
+        return state
 
     def moved_by_source(self) -> dict[int, int]:
         """Bytes moved away from each node since start: what the runner reads every tick, just

@@ -174,7 +174,7 @@ class Runner:
             for line in snapshot.problems:
                 self._log.warning("tiering_input_problem", problem=line)
             self._problems = snapshot.problems
-        shapes = {reason_shape(line) for line in self._reasons}
+        shapes = set() if plan_changed else {reason_shape(line) for line in self._reasons}
         for line in decision.reasons:
             if line in self._reasons:
                 continue
